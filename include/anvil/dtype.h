@@ -1,0 +1,54 @@
+/*
+ * anvil/dtype.h: element types and exact conversions between them.
+ *
+ * bf16 and fp16 conversions from fp32 round to nearest, ties to even, as
+ * PyTorch does; NaN stays NaN, overflow goes to infinity.
+ */
+#ifndef ANVIL_DTYPE_H
+#define ANVIL_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum anvil_dtype {
+    ANVIL_DTYPE_F32 = 0,
+    ANVIL_DTYPE_F16,
+    ANVIL_DTYPE_BF16,
+    ANVIL_DTYPE_I32,
+    ANVIL_DTYPE_I64,
+    ANVIL_DTYPE_I8,
+    ANVIL_DTYPE_U8,
+    ANVIL_DTYPE_F8_E4M3,
+    ANVIL_DTYPE_COUNT,
+} anvil_dtype;
+
+/* Bytes per element. */
+size_t anvil_dtype_size(anvil_dtype dt);
+
+/* Lower-case name ("f32", "bf16", ...); "?" for an invalid value. */
+const char *anvil_dtype_name(anvil_dtype dt);
+
+/* Parses a name as anvil_dtype_name() writes it, or the safetensors /
+ * PyTorch spellings ("F32", "BF16", "float32", "bfloat16", "float16",
+ * "half", "float"). Returns 0 on success, -1 if unknown. */
+int anvil_dtype_parse(const char *name, anvil_dtype *out);
+
+float anvil_bf16_to_f32(uint16_t h);
+uint16_t anvil_f32_to_bf16(float f);
+float anvil_f16_to_f32(uint16_t h);
+uint16_t anvil_f32_to_f16(float f);
+
+/* Converts n elements of src (F32, F16 or BF16) into dst as float. */
+void anvil_convert_to_f32(anvil_dtype src_dt, const void *src, float *dst, int64_t n);
+
+/* Converts n floats into dst of dt (F32, F16 or BF16). */
+void anvil_convert_from_f32(anvil_dtype dst_dt, const float *src, void *dst, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,82 @@
+/*
+ * anvil/model_config.h: the model hyper-parameters anvil reads from a
+ * Hugging Face config.json (+ generation_config.json).
+ *
+ * Both key styles are accepted: the classic one (rope_theta, rope_scaling,
+ * torch_dtype) that most published checkpoints use, and transformers 5's
+ * (rope_parameters, dtype).
+ */
+#ifndef ANVIL_MODEL_CONFIG_H
+#define ANVIL_MODEL_CONFIG_H
+
+#include <stdint.h>
+
+#include "anvil/dtype.h"
+#include "anvil/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ANVIL_MAX_EOS_IDS 8
+
+typedef enum anvil_rope_type {
+    ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
+    ANVIL_ROPE_LINEAR,      /* positions divided by factor */
+    ANVIL_ROPE_LLAMA3,      /* Llama 3.1 frequency-dependent scaling */
+} anvil_rope_type;
+
+typedef struct anvil_rope_config {
+    anvil_rope_type type;
+    double theta;                    /* base */
+    double factor;                   /* linear, llama3 */
+    double low_freq_factor;          /* llama3 */
+    double high_freq_factor;         /* llama3 */
+    int64_t original_max_position;   /* llama3 */
+} anvil_rope_config;
+
+typedef struct anvil_model_config {
+    char architecture[64];       /* "LlamaForCausalLM", ... (the first of "architectures") */
+    char model_type[32];         /* "llama", "qwen2", ... */
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t intermediate_size;
+    int64_t n_layers;
+    int64_t n_heads;
+    int64_t n_kv_heads;          /* == n_heads without grouped-query attention */
+    int64_t head_dim;            /* hidden_size / n_heads unless given */
+    int64_t max_position_embeddings;
+    double rms_norm_eps;
+    anvil_rope_config rope;
+    int tie_word_embeddings;     /* LM head reuses the embedding table */
+    int attention_bias;          /* biases on q/k/v (Qwen2 family) */
+    int attention_out_bias;      /* bias on o_proj */
+    int mlp_bias;
+    int qk_norm;                 /* RMSNorm over each head of q and k (Qwen3) */
+    int64_t sliding_window;      /* 0: full attention */
+    anvil_dtype dtype;           /* the checkpoint's dtype */
+    int32_t bos_token_id;        /* -1 when none */
+    int32_t pad_token_id;        /* -1 when none */
+    int32_t eos_token_ids[ANVIL_MAX_EOS_IDS];
+    int n_eos_token_ids;
+    /* generation_config.json defaults (negative: not given) */
+    float gen_temperature;
+    int32_t gen_top_k;
+    float gen_top_p;
+} anvil_model_config;
+
+/*
+ * Reads dir/config.json and, when present, dir/generation_config.json.
+ * A missing or mistyped required field is ANVIL_ERR_FORMAT naming the field;
+ * a RoPE scaling type anvil does not implement is ANVIL_ERR_UNSUPPORTED.
+ * The architecture is not checked here (the model registry does that).
+ */
+anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out);
+
+/* The same from config.json text already in memory (generation defaults unset). */
+anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

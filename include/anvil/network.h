@@ -1,0 +1,127 @@
+/*
+ * anvil/network.h: the model-definition API.
+ *
+ * A network is a list of ops over named weights. Every value is a 2-D
+ * activation [rows, width]: rows are the tokens of a forward step's packed
+ * batch (or, after anvil_net_logit_rows, the rows that need logits), width is
+ * fixed when the op is added. A model file describes its architecture with
+ * these calls, naming each weight as its checkpoint does; the runtime checks
+ * every weight's shape against what the ops declare.
+ *
+ *     anvil_value x = anvil_net_embedding(net, "model.embed_tokens.weight", vocab, hidden);
+ *     anvil_value h = anvil_net_rmsnorm(net, x, "model.layers.0.input_layernorm.weight", eps);
+ *     ...
+ *     anvil_net_set_output(net, logits);
+ *     anvil_status st = anvil_network_status(net);
+ *
+ * Errors are sticky: an op added with bad arguments records the first error
+ * and returns ANVIL_VALUE_NONE; later calls do nothing; anvil_network_status()
+ * reports it. So model code stays a straight list of ops.
+ */
+#ifndef ANVIL_NETWORK_H
+#define ANVIL_NETWORK_H
+
+#include <stdint.h>
+
+#include "anvil/model_config.h"
+#include "anvil/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct anvil_network anvil_network;
+typedef int32_t anvil_value; /* index of the op that produces it */
+
+#define ANVIL_VALUE_NONE ((anvil_value)-1)
+
+typedef enum anvil_op_kind {
+    ANVIL_OP_EMBEDDING = 0, /* rows of a table picked by token id */
+    ANVIL_OP_RMSNORM,       /* x / rms(x) * w */
+    ANVIL_OP_HEAD_RMSNORM,  /* the same over each head of a row */
+    ANVIL_OP_LINEAR,        /* x W^T + b */
+    ANVIL_OP_ROPE,          /* rotary position embedding, in place semantics */
+    ANVIL_OP_ATTENTION,     /* cache k/v, causal attention over the paged cache */
+    ANVIL_OP_SILU_MUL,      /* silu(a) * b */
+    ANVIL_OP_ADD,           /* a + b */
+    ANVIL_OP_LOGIT_ROWS,    /* the rows that need logits */
+    ANVIL_OP_COUNT,
+} anvil_op_kind;
+
+typedef struct anvil_attention_params {
+    int32_t layer;          /* which KV cache layer */
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t sliding_window; /* 0: full attention */
+    float scale;            /* 0: 1 / sqrt(head_dim) */
+} anvil_attention_params;
+
+/* An empty network. *out is NULL on failure. */
+anvil_status anvil_network_create(anvil_network **out);
+void anvil_network_free(anvil_network *net); /* NULL is a no-op */
+
+/* The first error recorded while adding ops (ANVIL_OK when none), with its
+ * message restored into anvil_last_error(). Also fails if no output is set. */
+anvil_status anvil_network_status(const anvil_network *net);
+
+/* ---- ops. Weight names are copied. A NULL bias means none. */
+anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t vocab, int64_t width);
+anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps);
+anvil_value anvil_net_head_rmsnorm(anvil_network *net, anvil_value x, const char *weight, int64_t head_dim,
+                                   double eps);
+anvil_value anvil_net_linear(anvil_network *net, anvil_value x, const char *weight, const char *bias,
+                             int64_t out_features);
+anvil_value anvil_net_rope(anvil_network *net, anvil_value x, int64_t head_dim, const anvil_rope_config *rope);
+anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k, anvil_value v,
+                                const anvil_attention_params *p);
+anvil_value anvil_net_silu_mul(anvil_network *net, anvil_value gate, anvil_value up);
+anvil_value anvil_net_add(anvil_network *net, anvil_value a, anvil_value b);
+anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x);
+void anvil_net_set_output(anvil_network *net, anvil_value logits);
+
+/* ---- reading a network back (the runtime, the builder passes, tests) */
+
+typedef struct anvil_net_weight {
+    const char *name;
+    int n_dims;
+    int64_t shape[2];
+} anvil_net_weight;
+
+typedef struct anvil_net_op {
+    anvil_op_kind kind;
+    anvil_value inputs[3];   /* ANVIL_VALUE_NONE where unused */
+    int32_t weights[2];      /* indices into the weight list; -1 where unused (e.g. no bias) */
+    int64_t width;           /* columns of the result */
+    int row_kind;            /* 0: one row per token, 1: one row per logit row */
+    double eps;              /* norms */
+    int64_t head_dim;        /* head norms, rope */
+    anvil_rope_config rope;  /* rope */
+    anvil_attention_params attn; /* attention */
+} anvil_net_op;
+
+int32_t anvil_network_op_count(const anvil_network *net);
+const anvil_net_op *anvil_network_op(const anvil_network *net, int32_t i);
+int32_t anvil_network_weight_count(const anvil_network *net);
+const anvil_net_weight *anvil_network_weight(const anvil_network *net, int32_t i);
+anvil_value anvil_network_output(const anvil_network *net);
+/* The number of attention layers (KV cache layers) the network uses. */
+int32_t anvil_network_kv_layers(const anvil_network *net);
+const char *anvil_op_kind_name(anvil_op_kind kind);
+
+/* ---- the model registry */
+
+typedef anvil_status (*anvil_model_build_fn)(const anvil_model_config *cfg, anvil_network *net);
+
+/* The builder for an HF architecture name ("LlamaForCausalLM", ...), or
+ * ANVIL_ERR_UNSUPPORTED with a message that names it and lists the
+ * supported ones. */
+anvil_status anvil_model_lookup(const char *architecture, anvil_model_build_fn *out);
+
+/* Describes the model of cfg into a new network (*out NULL on failure). */
+anvil_status anvil_model_build_network(const anvil_model_config *cfg, anvil_network **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what anvil needs to build and test, only what is missing:
+# Debian packages through apt-get, and a Python virtual environment (.venv)
+# with the test-only packages from PyPI. Safe to run again.
+#   scripts/setup.sh          build dependencies
+#   scripts/setup.sh --test   also the test dependencies and .venv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev libxxhash-dev
+      libmicrohttpd-dev)
+if [ $want_test = 1 ]; then
+  pkgs+=(libcmocka-dev python3 python3-venv curl clang libclang-rt-14-dev)
+else
+  pkgs+=(libcmocka-dev)   # the test executables are part of the default build
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" != 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ $want_test = 1 ]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pytest, tokenizers' 2>/dev/null; then
+    echo "setup: creating .venv with the test packages"
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+  fi
+fi

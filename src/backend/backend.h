@@ -1,0 +1,140 @@
+/*
+ * backend.h: the one seam between the model and the hardware.
+ *
+ * A backend is a table of function pointers (anvil_backend_ops) plus its
+ * private state. The runtime allocates every buffer through it, copies data
+ * in and out through it, and runs each op of the plan through it. Every op
+ * of every backend is compared with the CPU backend's in tests.
+ *
+ * Conventions:
+ *  - Activations are 2-D, [rows, cols], dense row-major; rows are the tokens
+ *    of the packed batch (or the rows picked for logits).
+ *  - Weights are [out, in] as Hugging Face stores them (y = x W^T + b).
+ *  - Tensor data pointers are backend memory (host for CPU, device for CUDA).
+ *  - Ops are asynchronous on backends that can be (CUDA: one stream);
+ *    download() and synchronize() wait.
+ *  - Ops return ANVIL_OK or an error (unsupported dtype combination, a CUDA
+ *    failure); they never abort.
+ *
+ * The KV cache of one layer is two tensors, k and v, each
+ * [n_blocks, block_size, n_kv_heads, head_dim]: token slot s of the cache is
+ * block s / block_size, offset s % block_size.
+ */
+#ifndef ANVIL_BACKEND_H
+#define ANVIL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/status.h"
+#include "core/tensor.h"
+
+typedef struct anvil_backend anvil_backend;
+
+/*
+ * One forward step's batch metadata, in backend memory (the arrays) with
+ * the counts on the host. Built by the runtime from an anvil_batch.
+ * Sequences are packed back to back: sequence s owns token rows
+ * [seq_starts[s], seq_starts[s + 1]). A token at position p of sequence s
+ * is stored in cache slot slots[t] and attends to the cached positions
+ * [max(0, p - window + 1), p] of its sequence, looked up through
+ * block_tables[s * max_blocks_per_seq + p / block_size].
+ */
+typedef struct anvil_step {
+    int32_t n_tokens;
+    int32_t n_seqs;
+    int32_t n_logits;
+    int32_t max_blocks_per_seq;
+    int32_t block_size;
+    int32_t max_context;          /* the largest position + 1 in the batch */
+    const int32_t *token_ids;     /* [n_tokens] */
+    const int32_t *positions;     /* [n_tokens] */
+    const int32_t *seq_of_token;  /* [n_tokens] */
+    const int32_t *seq_starts;    /* [n_seqs + 1] */
+    const int32_t *seq_lens;      /* [n_seqs] positions in the cache after this step */
+    const int32_t *block_tables;  /* [n_seqs * max_blocks_per_seq] */
+    const int32_t *slots;         /* [n_tokens] */
+    const int32_t *logit_rows;    /* [n_logits] */
+} anvil_step;
+
+typedef struct anvil_attention_args {
+    const anvil_tensor *q;        /* [n_tokens, n_heads * head_dim] */
+    const anvil_tensor *k;        /* [n_tokens, n_kv_heads * head_dim] (rotated) */
+    const anvil_tensor *v;        /* [n_tokens, n_kv_heads * head_dim] */
+    anvil_tensor *k_cache;        /* [n_blocks, block_size, n_kv_heads, head_dim] */
+    anvil_tensor *v_cache;
+    anvil_tensor *out;            /* [n_tokens, n_heads * head_dim] */
+    const anvil_step *step;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t sliding_window;       /* 0: full causal attention */
+    float scale;                  /* usually 1 / sqrt(head_dim) */
+} anvil_attention_args;
+
+typedef struct anvil_backend_ops {
+    const char *name;
+    void (*destroy)(anvil_backend *be);
+
+    /* ---- memory */
+    anvil_status (*alloc)(anvil_backend *be, size_t bytes, void **out);
+    void (*free)(anvil_backend *be, void *ptr);
+    anvil_status (*upload)(anvil_backend *be, void *dst, const void *src, size_t bytes);
+    anvil_status (*download)(anvil_backend *be, void *dst, const void *src, size_t bytes);
+    anvil_status (*synchronize)(anvil_backend *be);
+    /* Free device memory in bytes (the host's available memory on CPU). */
+    anvil_status (*mem_available)(anvil_backend *be, size_t *out);
+    /* The dtype activations are kept in between ops (F32 on CPU). */
+    anvil_dtype act_dtype;
+    /* Whether weights can stay where the host mapped them (CPU: yes). */
+    int weights_in_host_memory;
+
+    /* ---- ops */
+    /* out[t] = table[ids[t]] */
+    anvil_status (*embedding)(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
+                              anvil_tensor *out);
+    /* out = x / rms(x) * w, per row */
+    anvil_status (*rmsnorm)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
+                            anvil_tensor *out);
+    /* The same over each head_dim-wide piece of every row (Qwen3 q/k norm). */
+    anvil_status (*head_rmsnorm)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                 int32_t head_dim, float eps, anvil_tensor *out);
+    /* out[T, N] = x[T, K] w[N, K]^T (+ bias[N]) */
+    anvil_status (*matmul)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                           const anvil_tensor *bias, anvil_tensor *out);
+    /* Rotates x [T, n_heads * head_dim] in place, rotate-half (GPT-NeoX)
+     * layout: the angle of pair i at position p is p * inv_freq[i],
+     * inv_freq being [head_dim / 2] floats in backend memory. */
+    anvil_status (*rope)(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                         const float *inv_freq);
+    /* Writes k and v into the cache at step->slots, then causal attention of
+     * each query over its sequence's cached keys and values. */
+    anvil_status (*attention)(anvil_backend *be, const anvil_attention_args *args);
+    /* out = silu(gate) * up */
+    anvil_status (*silu_mul)(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                             anvil_tensor *out);
+    /* out = a + b (out may alias a or b) */
+    anvil_status (*add)(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+    /* out[i] = x[step->logit_rows[i]] */
+    anvil_status (*gather_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
+                                anvil_tensor *out);
+} anvil_backend_ops;
+
+struct anvil_backend {
+    const anvil_backend_ops *ops;
+    void *impl;
+};
+
+/* The CPU backend. n_threads <= 0: one per online CPU. */
+anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out);
+
+/* The CUDA backend on device `device` (only in builds with CUDA). */
+anvil_status anvil_backend_cuda_create(int device, anvil_backend **out);
+
+/* Creates a backend from a name: "cpu", "cuda" or "cuda:N". */
+anvil_status anvil_backend_create(const char *name, int n_threads, anvil_backend **out);
+
+/* Destroys a backend. NULL is a no-op. */
+void anvil_backend_free(anvil_backend *be);
+
+#endif

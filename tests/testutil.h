@@ -1,0 +1,33 @@
+/* Helpers shared by the C tests (cmocka). */
+#ifndef ANVIL_TESTUTIL_H
+#define ANVIL_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "anvil/status.h"
+
+/* The shared data folder (ANVIL_SHARED_DIR, else ../shared from the source). */
+const char *anvil_test_shared_dir(void);
+
+/* Writes shared_dir + "/" + rel into a static buffer and returns it. */
+const char *anvil_test_shared_path(const char *rel);
+
+/* A fresh temporary directory for this test (removed by the OS, not us). */
+const char *anvil_test_tmpdir(void);
+
+/* Writes len bytes to path; fails the test on error. */
+void anvil_test_write_file(const char *path, const void *data, size_t len);
+
+/* Asserts st == want and that anvil_last_error() contains needle. */
+#define assert_status_msg(st, want, needle) anvil_test_assert_status_msg((st), (want), (needle), __FILE__, __LINE__)
+void anvil_test_assert_status_msg(anvil_status st, anvil_status want, const char *needle, const char *file, int line);
+
+/* A deterministic xorshift generator for test inputs. */
+uint64_t anvil_test_rand(uint64_t *state);
+float anvil_test_randf(uint64_t *state); /* uniform in [-1, 1) */
+
+#endif

@@ -1,0 +1,52 @@
+/* anvil: the command-line entry point; dispatches to one file per subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"run", anvil_cmd_run, "generate text from a prompt with a model"},
+    {"tokenize", anvil_cmd_tokenize, "print the token ids of a text"},
+    {"detokenize", anvil_cmd_detokenize, "print the text of token ids"},
+    {"chat-template", anvil_cmd_chat_template, "render chat messages with a model's template"},
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: anvil <command> [options]\n\n"
+                 "anvil compiles and runs large language models on the CPU and NVIDIA GPUs.\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\n'anvil <command> --help' describes a command's options.\n"
+                 "Set ANVIL_LOG=info (or debug) for more detail on stderr.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("anvil 0.1.0\n");
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].fn(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "anvil: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
