@@ -11,6 +11,14 @@
  *
  * A checkpoint folder holds either model.safetensors or a sharded set named
  * by model.safetensors.index.json ({"weight_map": {"name": "file"}}).
+ *
+ *     anvil_checkpoint *ck;
+ *     TRY(anvil_checkpoint_open("/models/llama", &ck));
+ *     const anvil_st_tensor *emb = anvil_checkpoint_find(ck, "model.embed_tokens.weight");
+ *     ... emb->data is valid until anvil_checkpoint_close(ck) ...
+ *
+ * Handles are immutable after open: reading one from several threads at
+ * once is safe. docs/checkpoints.md lists the rules in full.
  */
 #ifndef ANVIL_IO_SAFETENSORS_H
 #define ANVIL_IO_SAFETENSORS_H
@@ -22,11 +30,11 @@
 #include "core/tensor.h"
 
 typedef struct anvil_st_tensor {
-    const char *name;   /* owned by the file/checkpoint */
+    const char *name; /* owned by the file/checkpoint */
     anvil_dtype dtype;
     int n_dims;
     int64_t shape[ANVIL_MAX_DIMS];
-    const void *data;   /* into the mapping; valid until the file is closed */
+    const void *data; /* into the mapping; valid until the file is closed */
     size_t nbytes;
 } anvil_st_tensor;
 
@@ -57,7 +65,40 @@ const anvil_st_tensor *anvil_checkpoint_at(const anvil_checkpoint *c, int64_t i)
 const anvil_st_tensor *anvil_checkpoint_find(const anvil_checkpoint *c, const char *name);
 
 /* Writes a safetensors file from host tensors (used by tests to make bad
- * files and by the benchmark to make random-weight models). */
+ * files and by the benchmark to make random-weight models). Tensor data is
+ * written straight from tensors[i].data (borrowed for the call); nbytes must
+ * equal shape x dtype size. The data section is ordered by element size,
+ * largest first (stable otherwise), as the reference writer does, so that
+ * every tensor stays aligned to its element size; the header is padded
+ * with spaces to a multiple of 8 and carries {"format": "pt"}. Names must
+ * be unique. On failure the partial file is removed. */
 anvil_status anvil_safetensors_write(const char *path, const anvil_st_tensor *tensors, int64_t n);
+
+/* Fills buf with bytes [offset, offset + len) of tensor `index` (an index
+ * into the array given to anvil_safetensors_write_stream). */
+typedef anvil_status (*anvil_st_fill_fn)(void *user, int64_t index, void *buf, size_t offset, size_t len);
+
+/* As anvil_safetensors_write, but the data comes from fill() in chunks of at
+ * most a few MiB (tensors[i].data is ignored), so that a multi-GB
+ * random-weight file never has to exist in memory. A fill error aborts the
+ * write, removes the file and is returned as is. */
+anvil_status anvil_safetensors_write_stream(const char *path, const anvil_st_tensor *tensors, int64_t n,
+                                            anvil_st_fill_fn fill, void *user);
+
+/* The value of a "__metadata__" key, or NULL. Borrowed from f. */
+const char *anvil_safetensors_metadata(const anvil_safetensors *f, const char *key);
+
+/* The path (or "<memory>") the handle was opened from; borrowed. */
+const char *anvil_safetensors_path(const anvil_safetensors *f);
+
+/* Helpers for indexes over several files: sort tensor pointers by name, and
+ * binary-search such a sorted array (NULL when absent). */
+void anvil_st_sort_by_name(const anvil_st_tensor **v, int64_t n);
+const anvil_st_tensor *anvil_st_lookup(const anvil_st_tensor *const *v, int64_t n, const char *name);
+
+/* The safetensors spelling of a dtype ("BF16"), and its inverse (-1 when the
+ * name is not one anvil supports; the spelling is exact, case included). */
+const char *anvil_st_dtype_name(anvil_dtype dt);
+int anvil_st_dtype_parse(const char *name, anvil_dtype *out);
 
 #endif

@@ -1,0 +1,402 @@
+/*
+ * Hugging Face config.json (+ generation_config.json) -> anvil_model_config.
+ *
+ * Where a key is absent, the value is what transformers' config class for
+ * that model_type would use, because that is what the published weights
+ * were trained and evaluated with. Some architectural facts are not keys at
+ * all (Qwen2's q/k/v biases, Qwen3's q/k norms): transformers hard-codes
+ * them in the model class, so we do too, per family.
+ */
+#include "anvil/model_config.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "core/error.h"
+#include "core/fileutil.h"
+#include "core/json_util.h"
+
+/* ------------------------------------------------------ per-family rules */
+
+typedef enum bias_rule {
+    BIAS_FROM_KEY, /* attention_bias applies to q, k, v and o (Llama, Qwen3, Gemma2) */
+    BIAS_NONE,     /* no attention biases whatever the config says (Mistral, Mixtral, Phi-3) */
+    BIAS_QKV,      /* q, k, v always biased, o never (Qwen2) */
+} bias_rule;
+
+typedef enum window_rule {
+    WINDOW_NONE,     /* full attention (Llama ignores sliding_window) */
+    WINDOW_FROM_KEY, /* sliding_window, null means none (Mistral, Mixtral, Phi-3) */
+    WINDOW_QWEN,     /* only with use_sliding_window, on layers >= max_window_layers */
+} window_rule;
+
+typedef struct family {
+    const char *model_type;
+    int tie_word_embeddings; /* the config class's default */
+    double rope_theta;
+    double rms_norm_eps;
+    bias_rule bias;
+    int mlp_bias_key; /* the MLP reads mlp_bias (else never biased) */
+    int qk_norm;
+    window_rule window;
+} family;
+
+static const family families[] = {
+    {"llama", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_NONE},
+    {"mistral", 0, 10000.0, 1e-6, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
+    {"mixtral", 0, 1e6, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
+    {"qwen2", 0, 10000.0, 1e-6, BIAS_QKV, 0, 0, WINDOW_QWEN},
+    {"qwen3", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN},
+    {"phi3", 0, 10000.0, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
+    {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY},
+};
+
+/* Anything else gets PretrainedConfig's defaults (tied embeddings). */
+static const family generic_family = {"", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_FROM_KEY};
+
+static const family *find_family(const char *model_type)
+{
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (strcmp(families[i].model_type, model_type) == 0)
+            return &families[i];
+    return &generic_family;
+}
+
+/* ------------------------------------------------------------ token ids */
+
+/* One token id: -1 (or any negative: some old configs write -1) or absent
+ * or null means none. *present tells whether a non-null value was there. */
+static anvil_status get_token_id(const json_t *obj, const char *key, const char *what, int32_t *out,
+                                 int *present)
+{
+    int64_t v = INT64_MIN;
+    TRY(anvil_json_get_int(obj, NULL, key, what, INT64_MIN, &v));
+    *present = v != INT64_MIN;
+    if (!*present)
+        return ANVIL_OK;
+    CHECK(v <= INT32_MAX, ANVIL_ERR_FORMAT, "%s: field \"%s\" (%lld) is not a valid token id", what, key,
+          (long long)v);
+    *out = v < 0 ? -1 : (int32_t)v;
+    return ANVIL_OK;
+}
+
+/* eos_token_id: an integer or a list of them. */
+static anvil_status get_eos(const json_t *obj, const char *what, anvil_model_config *c, int *present)
+{
+    json_t *v = json_object_get(obj, "eos_token_id");
+    *present = v != NULL && !json_is_null(v);
+    if (!*present)
+        return ANVIL_OK;
+    if (json_is_integer(v)) {
+        int32_t id = -1;
+        int p;
+        TRY(get_token_id(obj, "eos_token_id", what, &id, &p));
+        c->n_eos_token_ids = 0;
+        if (id >= 0)
+            c->eos_token_ids[c->n_eos_token_ids++] = id;
+        return ANVIL_OK;
+    }
+    CHECK(json_is_array(v), ANVIL_ERR_FORMAT,
+          "%s: field \"eos_token_id\" must be an integer or a list of integers, got %s", what,
+          anvil_json_type_name(v));
+    CHECK(json_array_size(v) <= ANVIL_MAX_EOS_IDS, ANVIL_ERR_UNSUPPORTED,
+          "%s: field \"eos_token_id\" lists %zu ids, anvil keeps at most %d", what, json_array_size(v),
+          ANVIL_MAX_EOS_IDS);
+    c->n_eos_token_ids = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e)
+    {
+        CHECK(json_is_integer(e), ANVIL_ERR_FORMAT,
+              "%s: field \"eos_token_id\" must be an integer or a list of integers, item %zu is %s", what, i,
+              anvil_json_type_name(e));
+        json_int_t id = json_integer_value(e);
+        CHECK(id >= 0 && id <= INT32_MAX, ANVIL_ERR_FORMAT,
+              "%s: eos_token_id item %zu (%lld) is not a valid token id", what, i, (long long)id);
+        c->eos_token_ids[c->n_eos_token_ids++] = (int32_t)id;
+    }
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------------------ RoPE */
+
+static anvil_status parse_rope(const json_t *root, const char *what, const family *fam, anvil_model_config *c)
+{
+    /* transformers 5 writes rope_parameters (theta inside); older configs
+     * write rope_theta next to rope_scaling (null when unscaled). */
+    const char *obj_name = "rope_parameters";
+    json_t *rope = NULL;
+    TRY(anvil_json_get_object(root, NULL, "rope_parameters", what, &rope));
+    if (rope == NULL) {
+        obj_name = "rope_scaling";
+        TRY(anvil_json_get_object(root, NULL, "rope_scaling", what, &rope));
+    }
+    anvil_rope_config *r = &c->rope;
+    r->type = ANVIL_ROPE_DEFAULT;
+    r->factor = 1.0;
+    TRY(anvil_json_get_double(root, NULL, "rope_theta", what, fam->rope_theta, &r->theta));
+    double partial = 1.0;
+    TRY(anvil_json_get_double(root, NULL, "partial_rotary_factor", what, 1.0, &partial));
+    if (rope != NULL) {
+        /* Per-layer-type parameters (Gemma 3 style) nest objects by layer type. */
+        CHECK(json_object_get(rope, "full_attention") == NULL &&
+                  json_object_get(rope, "sliding_attention") == NULL,
+              ANVIL_ERR_UNSUPPORTED, "%s: per-layer-type %s are not supported", what, obj_name);
+        TRY(anvil_json_get_double(rope, obj_name, "rope_theta", what, r->theta, &r->theta));
+        TRY(anvil_json_get_double(rope, obj_name, "partial_rotary_factor", what, partial, &partial));
+        const char *type = NULL;
+        TRY(anvil_json_get_string(rope, obj_name, "rope_type", what, NULL, &type));
+        if (type == NULL) /* transformers < 4.45 spelled it "type" */
+            TRY(anvil_json_get_string(rope, obj_name, "type", what, "default", &type));
+        if (strcmp(type, "default") == 0) {
+            r->type = ANVIL_ROPE_DEFAULT;
+        } else if (strcmp(type, "linear") == 0) {
+            r->type = ANVIL_ROPE_LINEAR;
+            TRY(anvil_json_require_double(rope, obj_name, "factor", what, &r->factor));
+        } else if (strcmp(type, "llama3") == 0) {
+            r->type = ANVIL_ROPE_LLAMA3;
+            TRY(anvil_json_require_double(rope, obj_name, "factor", what, &r->factor));
+            TRY(anvil_json_require_double(rope, obj_name, "low_freq_factor", what, &r->low_freq_factor));
+            TRY(anvil_json_require_double(rope, obj_name, "high_freq_factor", what, &r->high_freq_factor));
+            TRY(anvil_json_require_int(rope, obj_name, "original_max_position_embeddings", what,
+                                       &r->original_max_position));
+            CHECK(r->low_freq_factor > 0 && r->high_freq_factor > r->low_freq_factor, ANVIL_ERR_FORMAT,
+                  "%s: %s needs 0 < low_freq_factor < high_freq_factor, got %g and %g", what, obj_name,
+                  r->low_freq_factor, r->high_freq_factor);
+            CHECK(r->original_max_position > 0, ANVIL_ERR_FORMAT,
+                  "%s: %s.original_max_position_embeddings must be positive", what, obj_name);
+        } else {
+            return ANVIL_FAIL(
+                ANVIL_ERR_UNSUPPORTED,
+                "%s: RoPE type \"%s\" is not supported (anvil implements default, linear, llama3)", what,
+                type);
+        }
+        CHECK(r->factor > 0 && isfinite(r->factor), ANVIL_ERR_FORMAT,
+              "%s: %s.factor must be positive, got %g", what, obj_name, r->factor);
+    }
+    CHECK(r->theta > 0 && isfinite(r->theta), ANVIL_ERR_FORMAT, "%s: rope_theta must be positive, got %g",
+          what, r->theta);
+    CHECK(partial == 1.0, ANVIL_ERR_UNSUPPORTED, "%s: partial_rotary_factor %g is not supported (only 1.0)",
+          what, partial);
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------- sliding window */
+
+static anvil_status parse_window(const json_t *root, const char *what, const family *fam,
+                                 anvil_model_config *c)
+{
+    c->sliding_window = 0;
+    if (fam->window == WINDOW_NONE)
+        return ANVIL_OK;
+    if (fam->window == WINDOW_QWEN) {
+        int use = 0;
+        TRY(anvil_json_get_bool(root, NULL, "use_sliding_window", what, 0, &use));
+        if (!use)
+            return ANVIL_OK; /* Qwen ignores sliding_window then */
+        int64_t max_window_layers = 28;
+        TRY(anvil_json_get_int(root, NULL, "max_window_layers", what, 28, &max_window_layers));
+        if (max_window_layers >= c->n_layers)
+            return ANVIL_OK; /* no layer reaches the sliding ones */
+        CHECK(max_window_layers <= 0, ANVIL_ERR_UNSUPPORTED,
+              "%s: sliding window on layers %lld and above only (max_window_layers) is not supported", what,
+              (long long)max_window_layers);
+        TRY(anvil_json_require_int(root, NULL, "sliding_window", what, &c->sliding_window));
+    } else {
+        TRY(anvil_json_get_int(root, NULL, "sliding_window", what, 0, &c->sliding_window));
+    }
+    CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
+          (long long)c->sliding_window);
+    return ANVIL_OK;
+}
+
+/* ---------------------------------------------------------------- config */
+
+static anvil_status parse_config(const json_t *root, const char *what, anvil_model_config *c)
+{
+    CHECK(json_is_object(root), ANVIL_ERR_FORMAT, "%s: the top level must be a JSON object, got %s", what,
+          anvil_json_type_name(root));
+
+    json_t *archs = json_object_get(root, "architectures");
+    if (archs != NULL && !json_is_null(archs)) {
+        CHECK(json_is_array(archs), ANVIL_ERR_FORMAT,
+              "%s: field \"architectures\" must be a list of strings, got %s", what,
+              anvil_json_type_name(archs));
+        if (json_array_size(archs) > 0) {
+            json_t *a0 = json_array_get(archs, 0);
+            CHECK(json_is_string(a0), ANVIL_ERR_FORMAT,
+                  "%s: field \"architectures\" must be a list of strings, got %s", what,
+                  anvil_json_type_name(a0));
+            CHECK(strlen(json_string_value(a0)) < sizeof c->architecture, ANVIL_ERR_FORMAT,
+                  "%s: architecture name \"%s\" is too long", what, json_string_value(a0));
+            strcpy(c->architecture, json_string_value(a0));
+        }
+    }
+    const char *model_type = NULL;
+    TRY(anvil_json_require_string(root, NULL, "model_type", what, &model_type));
+    CHECK(strlen(model_type) < sizeof c->model_type, ANVIL_ERR_FORMAT, "%s: model_type \"%s\" is too long",
+          what, model_type);
+    strcpy(c->model_type, model_type);
+    const family *fam = find_family(model_type);
+
+    TRY(anvil_json_require_int(root, NULL, "vocab_size", what, &c->vocab_size));
+    TRY(anvil_json_require_int(root, NULL, "hidden_size", what, &c->hidden_size));
+    TRY(anvil_json_require_int(root, NULL, "intermediate_size", what, &c->intermediate_size));
+    TRY(anvil_json_require_int(root, NULL, "num_hidden_layers", what, &c->n_layers));
+    TRY(anvil_json_require_int(root, NULL, "num_attention_heads", what, &c->n_heads));
+    TRY(anvil_json_require_int(root, NULL, "max_position_embeddings", what, &c->max_position_embeddings));
+    CHECK(c->vocab_size > 0, ANVIL_ERR_FORMAT, "%s: vocab_size must be positive, got %lld", what,
+          (long long)c->vocab_size);
+    CHECK(c->hidden_size > 0, ANVIL_ERR_FORMAT, "%s: hidden_size must be positive, got %lld", what,
+          (long long)c->hidden_size);
+    CHECK(c->intermediate_size > 0, ANVIL_ERR_FORMAT, "%s: intermediate_size must be positive, got %lld",
+          what, (long long)c->intermediate_size);
+    CHECK(c->n_layers > 0, ANVIL_ERR_FORMAT, "%s: num_hidden_layers must be positive, got %lld", what,
+          (long long)c->n_layers);
+    CHECK(c->n_heads > 0, ANVIL_ERR_FORMAT, "%s: num_attention_heads must be positive, got %lld", what,
+          (long long)c->n_heads);
+    CHECK(c->max_position_embeddings > 0, ANVIL_ERR_FORMAT,
+          "%s: max_position_embeddings must be positive, got %lld", what,
+          (long long)c->max_position_embeddings);
+
+    TRY(anvil_json_get_int(root, NULL, "num_key_value_heads", what, c->n_heads, &c->n_kv_heads));
+    CHECK(c->n_kv_heads > 0 && c->n_heads % c->n_kv_heads == 0, ANVIL_ERR_FORMAT,
+          "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)", what,
+          (long long)c->n_heads, (long long)c->n_kv_heads);
+    /* head_dim may be absent or null: hidden_size / heads, as transformers does. */
+    TRY(anvil_json_get_int(root, NULL, "head_dim", what, INT64_MIN, &c->head_dim));
+    if (c->head_dim == INT64_MIN) {
+        CHECK(
+            c->hidden_size % c->n_heads == 0, ANVIL_ERR_FORMAT,
+            "%s: hidden_size (%lld) is not divisible by num_attention_heads (%lld) and no head_dim is given",
+            what, (long long)c->hidden_size, (long long)c->n_heads);
+        c->head_dim = c->hidden_size / c->n_heads;
+    }
+    CHECK(c->head_dim > 0 && c->head_dim % 2 == 0, ANVIL_ERR_FORMAT,
+          "%s: head_dim must be positive and even (RoPE rotates pairs), got %lld", what,
+          (long long)c->head_dim);
+
+    TRY(anvil_json_get_double(root, NULL, "rms_norm_eps", what, fam->rms_norm_eps, &c->rms_norm_eps));
+    CHECK(c->rms_norm_eps > 0 && isfinite(c->rms_norm_eps), ANVIL_ERR_FORMAT,
+          "%s: rms_norm_eps must be positive, got %g", what, c->rms_norm_eps);
+    TRY(parse_rope(root, what, fam, c));
+
+    TRY(anvil_json_get_bool(root, NULL, "tie_word_embeddings", what, fam->tie_word_embeddings,
+                            &c->tie_word_embeddings));
+    int attn_bias = 0;
+    TRY(anvil_json_get_bool(root, NULL, "attention_bias", what, 0, &attn_bias));
+    switch (fam->bias) {
+    case BIAS_FROM_KEY:
+        c->attention_bias = c->attention_out_bias = attn_bias;
+        break;
+    case BIAS_NONE:
+        c->attention_bias = c->attention_out_bias = 0;
+        break;
+    case BIAS_QKV:
+        c->attention_bias = 1;
+        c->attention_out_bias = 0;
+        break;
+    }
+    int mlp_bias = 0;
+    TRY(anvil_json_get_bool(root, NULL, "mlp_bias", what, 0, &mlp_bias));
+    c->mlp_bias = fam->mlp_bias_key ? mlp_bias : 0;
+    c->qk_norm = fam->qk_norm;
+    TRY(parse_window(root, what, fam, c));
+
+    /* transformers 5 writes "dtype", older versions "torch_dtype". */
+    const char *dtype = NULL;
+    TRY(anvil_json_get_string(root, NULL, "dtype", what, NULL, &dtype));
+    if (dtype == NULL)
+        TRY(anvil_json_get_string(root, NULL, "torch_dtype", what, "float32", &dtype));
+    CHECK(anvil_dtype_parse(dtype, &c->dtype) == 0 &&
+              (c->dtype == ANVIL_DTYPE_F32 || c->dtype == ANVIL_DTYPE_F16 || c->dtype == ANVIL_DTYPE_BF16),
+          ANVIL_ERR_UNSUPPORTED, "%s: dtype \"%s\" is not supported (float32, float16, bfloat16)", what,
+          dtype);
+
+    int present;
+    c->bos_token_id = -1;
+    c->pad_token_id = -1;
+    c->n_eos_token_ids = 0;
+    TRY(get_token_id(root, "bos_token_id", what, &c->bos_token_id, &present));
+    TRY(get_token_id(root, "pad_token_id", what, &c->pad_token_id, &present));
+    TRY(get_eos(root, what, c, &present));
+    c->gen_temperature = -1.0f;
+    c->gen_top_k = -1;
+    c->gen_top_p = -1.0f;
+    return ANVIL_OK;
+}
+
+/* generation_config.json: sampling defaults, and bos/eos that override
+ * config.json's (chat models often list several stop ids only here). */
+static anvil_status parse_generation(const json_t *root, const char *what, anvil_model_config *c)
+{
+    double temperature, top_p;
+    int64_t top_k;
+    TRY(anvil_json_get_double(root, NULL, "temperature", what, -1.0, &temperature));
+    TRY(anvil_json_get_int(root, NULL, "top_k", what, -1, &top_k));
+    TRY(anvil_json_get_double(root, NULL, "top_p", what, -1.0, &top_p));
+    CHECK(temperature == -1.0 || (temperature >= 0 && isfinite(temperature)), ANVIL_ERR_FORMAT,
+          "%s: temperature must not be negative, got %g", what, temperature);
+    CHECK(top_k == -1 || (top_k >= 0 && top_k <= INT32_MAX), ANVIL_ERR_FORMAT,
+          "%s: top_k must not be negative, got %lld", what, (long long)top_k);
+    CHECK(top_p == -1.0 || (top_p > 0 && top_p <= 1), ANVIL_ERR_FORMAT, "%s: top_p must be in (0, 1], got %g",
+          what, top_p);
+    c->gen_temperature = (float)temperature;
+    c->gen_top_k = (int32_t)top_k;
+    c->gen_top_p = (float)top_p;
+
+    int present;
+    int32_t bos = -1;
+    TRY(get_token_id(root, "bos_token_id", what, &bos, &present));
+    if (present)
+        c->bos_token_id = bos;
+    anvil_model_config eos = *c;
+    TRY(get_eos(root, what, &eos, &present));
+    if (present) {
+        memcpy(c->eos_token_ids, eos.eos_token_ids, sizeof c->eos_token_ids);
+        c->n_eos_token_ids = eos.n_eos_token_ids;
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config *out)
+{
+    CHECK(out != NULL && json_text != NULL, ANVIL_ERR_INVALID_ARG, "anvil_model_config_parse: NULL argument");
+    memset(out, 0, sizeof *out);
+    json_t *root = NULL;
+    TRY(anvil_json_parse(json_text, strlen(json_text), "config.json", &root));
+    anvil_status st = parse_config(root, "config.json", out);
+    json_decref(root);
+    if (st != ANVIL_OK)
+        memset(out, 0, sizeof *out);
+    return st;
+}
+
+anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out)
+{
+    CHECK(out != NULL && dir != NULL, ANVIL_ERR_INVALID_ARG, "anvil_model_config_load: NULL argument");
+    memset(out, 0, sizeof *out);
+    char path[4096];
+    TRY(anvil_path_join(path, sizeof path, dir, "config.json"));
+    json_t *root = NULL;
+    TRY(anvil_json_load_file(path, &root));
+    anvil_status st = parse_config(root, path, out);
+    json_decref(root);
+    root = NULL;
+    if (st == ANVIL_OK) {
+        st = anvil_path_join(path, sizeof path, dir, "generation_config.json");
+        if (st == ANVIL_OK && anvil_file_exists(path)) {
+            st = anvil_json_load_file(path, &root);
+            if (st == ANVIL_OK)
+                st = parse_generation(root, path, out);
+            json_decref(root);
+        }
+    }
+    if (st != ANVIL_OK)
+        memset(out, 0, sizeof *out);
+    return st;
+}
