@@ -1,0 +1,103 @@
+/*
+ * anvil/runtime.h: a model loaded onto a backend, and one forward step over
+ * a packed batch with a paged KV cache.
+ *
+ *     anvil_runtime_options opts;
+ *     anvil_runtime_options_default(&opts);
+ *     anvil_runtime *rt;
+ *     if (anvil_runtime_load("models/stories260K", &opts, &rt) != ANVIL_OK)
+ *         fprintf(stderr, "%s\n", anvil_last_error());
+ *
+ * A step takes the tokens of several sequences in one flat list (no
+ * padding): sequence s owns rows [seq_starts[s], seq_starts[s+1]), each row
+ * has its position, and each sequence a table of KV blocks (block i holds
+ * positions [i * block_size, (i + 1) * block_size)). A row at position p
+ * attends to positions 0..p of its sequence: the positions before the step's
+ * first row must already be in the cache from earlier steps. Logits come
+ * back only for the rows listed in logit_rows.
+ *
+ * Thread safety: one thread at a time per runtime (the executor owns it).
+ */
+#ifndef ANVIL_RUNTIME_H
+#define ANVIL_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/dtype.h"
+#include "anvil/model_config.h"
+#include "anvil/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct anvil_runtime anvil_runtime;
+
+typedef struct anvil_runtime_options {
+    const char *device;         /* "cpu" (default), "cuda", "cuda:N" */
+    int n_threads;              /* CPU threads; 0: one per online CPU */
+    int32_t max_num_tokens;     /* rows per step (activations are sized for it); default 512 */
+    int32_t max_batch_size;     /* sequences per step; default 64 */
+    int32_t max_logit_rows;     /* rows that may ask for logits in one step; default max_batch_size */
+    int32_t max_seq_len;        /* positions per sequence; 0: the model's max_position_embeddings */
+    int32_t kv_block_size;      /* tokens per KV block; default 32 */
+    int64_t kv_cache_tokens;    /* KV pool size in tokens; 0: max_seq_len * 2 */
+    anvil_dtype weight_dtype;   /* weights converted to this on load; ANVIL_DTYPE_COUNT: as stored */
+} anvil_runtime_options;
+
+void anvil_runtime_options_default(anvil_runtime_options *opts);
+
+/*
+ * Loads a Hugging Face model folder (config.json, *.safetensors) onto the
+ * device of opts (NULL: defaults). Errors name what is wrong: an unsupported
+ * architecture, a missing tensor, a tensor whose shape disagrees with the
+ * config, a malformed file. *out is NULL on failure.
+ */
+anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out);
+
+/* Frees the runtime and everything it allocated. NULL is a no-op. */
+void anvil_runtime_free(anvil_runtime *rt);
+
+/* The model's configuration (borrowed, valid while rt lives). */
+const anvil_model_config *anvil_runtime_config(const anvil_runtime *rt);
+
+/* The options in effect after defaults were filled in (borrowed). */
+const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt);
+
+/* Bytes of weights the runtime holds (as stored on the backend). */
+size_t anvil_runtime_weight_bytes(const anvil_runtime *rt);
+
+typedef struct anvil_batch {
+    int32_t n_tokens;
+    const int32_t *token_ids;     /* [n_tokens] */
+    const int32_t *positions;     /* [n_tokens], consecutive within a sequence */
+    int32_t n_seqs;
+    const int32_t *seq_starts;    /* [n_seqs + 1], seq_starts[0] = 0, seq_starts[n_seqs] = n_tokens */
+    const int32_t *block_tables;  /* [n_seqs * max_blocks_per_seq] */
+    int32_t max_blocks_per_seq;
+    int32_t n_logits;
+    const int32_t *logit_rows;    /* [n_logits] rows whose logits are returned, in this order */
+} anvil_batch;
+
+/*
+ * Runs one forward step. logits receives n_logits rows of vocab_size floats
+ * (host memory, at least n_logits * vocab_size * 4 bytes). A batch that
+ * breaks the rules above or a limit of the options is ANVIL_ERR_INVALID_ARG
+ * or ANVIL_ERR_CAPACITY, and changes nothing.
+ */
+anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, float *logits);
+
+/* ---- KV blocks: a simple pool (the executor's manager builds on it). */
+int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt);
+int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt);
+int32_t anvil_runtime_kv_blocks_free(const anvil_runtime *rt);
+/* Takes n free blocks into ids; ANVIL_ERR_CAPACITY (taking none) when fewer are free. */
+anvil_status anvil_runtime_kv_alloc(anvil_runtime *rt, int32_t n, int32_t *ids);
+/* Returns blocks to the pool. */
+void anvil_runtime_kv_release(anvil_runtime *rt, int32_t n, const int32_t *ids);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,10 @@
+/* The builders of each architecture family (one file each) for the registry. */
+#ifndef ANVIL_MODELS_MODELS_H
+#define ANVIL_MODELS_MODELS_H
+
+#include "anvil/network.h"
+
+/* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM */
+anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_network *net);
+
+#endif

@@ -1,0 +1,356 @@
+/*
+ * The network under construction: a growable list of ops and of the weights
+ * they name. Errors are sticky (see network.h), so model files read as a
+ * straight list of ops.
+ */
+#include "anvil/network.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+struct anvil_network {
+    anvil_net_op *ops;
+    int32_t n_ops, cap_ops;
+    anvil_net_weight *weights;
+    int32_t n_weights, cap_weights;
+    anvil_value output;
+    int32_t n_kv_layers;
+    anvil_status error;           /* first error, sticky */
+    char error_msg[1024];
+};
+
+static const char *const op_names[ANVIL_OP_COUNT] = {
+    "embedding", "rmsnorm", "head_rmsnorm", "linear", "rope",
+    "attention", "silu_mul", "add", "logit_rows",
+};
+
+const char *anvil_op_kind_name(anvil_op_kind kind)
+{
+    return (int)kind >= 0 && kind < ANVIL_OP_COUNT ? op_names[kind] : "?";
+}
+
+anvil_status anvil_network_create(anvil_network **out)
+{
+    *out = calloc(1, sizeof **out);
+    CHECK(*out != NULL, ANVIL_ERR_OOM, "out of memory");
+    (*out)->output = ANVIL_VALUE_NONE;
+    return ANVIL_OK;
+}
+
+void anvil_network_free(anvil_network *net)
+{
+    if (net == NULL)
+        return;
+    for (int32_t i = 0; i < net->n_weights; i++)
+        free((char *)net->weights[i].name);
+    free(net->weights);
+    free(net->ops);
+    free(net);
+}
+
+/* Records the first error (the current anvil_last_error) and returns NONE. */
+static anvil_value record_error(anvil_network *net, anvil_status st)
+{
+    if (net->error == ANVIL_OK) {
+        net->error = st;
+        snprintf(net->error_msg, sizeof net->error_msg, "%s", anvil_last_error());
+    }
+    return ANVIL_VALUE_NONE;
+}
+
+#define NET_CHECK(cond, code, ...)                                  \
+    do {                                                            \
+        if (!(cond))                                                \
+            return record_error(net, ANVIL_FAIL((code), __VA_ARGS__)); \
+    } while (0)
+
+anvil_status anvil_network_status(const anvil_network *net)
+{
+    if (net->error != ANVIL_OK) {
+        anvil_error_set(net->error, "network", 0, "%s", net->error_msg);
+        return net->error;
+    }
+    CHECK(net->output != ANVIL_VALUE_NONE, ANVIL_ERR_INVALID_ARG, "the network has no output");
+    return ANVIL_OK;
+}
+
+/* Adds (or finds) a weight by name; -1 on error (recorded). The same name
+ * may be used twice (tied embeddings) only with the same shape. */
+static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
+{
+    if (net->error != ANVIL_OK)
+        return -1;
+    if (name == NULL) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight name is NULL"));
+        return -1;
+    }
+    for (int32_t i = 0; i < net->n_weights; i++) {
+        anvil_net_weight *w = &net->weights[i];
+        if (strcmp(w->name, name) == 0) {
+            if (w->n_dims != n_dims || w->shape[0] != d0 || (n_dims > 1 && w->shape[1] != d1)) {
+                record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight %s used with two shapes", name));
+                return -1;
+            }
+            return i;
+        }
+    }
+    if (net->n_weights == net->cap_weights) {
+        int32_t cap = net->cap_weights ? net->cap_weights * 2 : 64;
+        anvil_net_weight *p = realloc(net->weights, (size_t)cap * sizeof *p);
+        if (p == NULL) {
+            record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
+            return -1;
+        }
+        net->weights = p;
+        net->cap_weights = cap;
+    }
+    char *copy = strdup(name);
+    if (copy == NULL) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
+        return -1;
+    }
+    anvil_net_weight *w = &net->weights[net->n_weights];
+    memset(w, 0, sizeof *w);
+    w->name = copy;
+    w->n_dims = n_dims;
+    w->shape[0] = d0;
+    w->shape[1] = n_dims > 1 ? d1 : 0;
+    return net->n_weights++;
+}
+
+/* Appends an op with no inputs or weights yet; NULL on error (recorded). */
+static anvil_net_op *push_op(anvil_network *net, anvil_op_kind kind, int64_t width)
+{
+    if (net->error != ANVIL_OK)
+        return NULL;
+    if (width <= 0) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "%s: width must be > 0", op_names[kind]));
+        return NULL;
+    }
+    if (net->n_ops == net->cap_ops) {
+        int32_t cap = net->cap_ops ? net->cap_ops * 2 : 128;
+        anvil_net_op *p = realloc(net->ops, (size_t)cap * sizeof *p);
+        if (p == NULL) {
+            record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
+            return NULL;
+        }
+        net->ops = p;
+        net->cap_ops = cap;
+    }
+    anvil_net_op *op = &net->ops[net->n_ops];
+    memset(op, 0, sizeof *op);
+    op->kind = kind;
+    op->width = width;
+    op->inputs[0] = op->inputs[1] = op->inputs[2] = ANVIL_VALUE_NONE;
+    op->weights[0] = op->weights[1] = -1;
+    return op;
+}
+
+/* The op that produces v, or NULL if v is not a value of this network. */
+static const anvil_net_op *value_op(const anvil_network *net, anvil_value v)
+{
+    return v >= 0 && v < net->n_ops ? &net->ops[v] : NULL;
+}
+
+static anvil_value commit_op(anvil_network *net) { return net->n_ops++; }
+
+anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t vocab, int64_t width)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    NET_CHECK(vocab > 0, ANVIL_ERR_INVALID_ARG, "embedding: vocab must be > 0");
+    int32_t w = add_weight(net, weight, 2, vocab, width);
+    anvil_net_op *op = push_op(net, ANVIL_OP_EMBEDDING, width);
+    if (op == NULL || w < 0)
+        return ANVIL_VALUE_NONE;
+    op->weights[0] = w;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "rmsnorm %s: bad input value", weight ? weight : "");
+    NET_CHECK(eps > 0, ANVIL_ERR_INVALID_ARG, "rmsnorm %s: eps must be > 0", weight ? weight : "");
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    int32_t w = add_weight(net, weight, 1, width, 0);
+    anvil_net_op *op = push_op(net, ANVIL_OP_RMSNORM, width);
+    if (op == NULL || w < 0)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->weights[0] = w;
+    op->eps = eps;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_head_rmsnorm(anvil_network *net, anvil_value x, const char *weight, int64_t head_dim,
+                                   double eps)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "head_rmsnorm: bad input value");
+    NET_CHECK(head_dim > 0 && in->width % head_dim == 0, ANVIL_ERR_INVALID_ARG,
+              "head_rmsnorm %s: width %lld is not a multiple of head_dim %lld", weight ? weight : "",
+              (long long)in->width, (long long)head_dim);
+    NET_CHECK(eps > 0, ANVIL_ERR_INVALID_ARG, "head_rmsnorm: eps must be > 0");
+    int64_t width = in->width;
+    int32_t w = add_weight(net, weight, 1, head_dim, 0);
+    anvil_net_op *op = push_op(net, ANVIL_OP_HEAD_RMSNORM, width);
+    if (op == NULL || w < 0)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->weights[0] = w;
+    op->eps = eps;
+    op->head_dim = head_dim;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_linear(anvil_network *net, anvil_value x, const char *weight, const char *bias,
+                             int64_t out_features)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "linear %s: bad input value", weight ? weight : "");
+    int64_t in_features = in->width;
+    int row_kind = in->row_kind;
+    int32_t w = add_weight(net, weight, 2, out_features, in_features);
+    int32_t b = bias ? add_weight(net, bias, 1, out_features, 0) : -1;
+    anvil_net_op *op = push_op(net, ANVIL_OP_LINEAR, out_features);
+    if (op == NULL || w < 0 || (bias && b < 0))
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->weights[0] = w;
+    op->weights[1] = b;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_rope(anvil_network *net, anvil_value x, int64_t head_dim, const anvil_rope_config *rope)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL && rope != NULL, ANVIL_ERR_INVALID_ARG, "rope: bad arguments");
+    NET_CHECK(head_dim > 0 && head_dim % 2 == 0 && in->width % head_dim == 0, ANVIL_ERR_INVALID_ARG,
+              "rope: head_dim %lld must be even and divide the width %lld", (long long)head_dim,
+              (long long)in->width);
+    NET_CHECK(in->row_kind == 0, ANVIL_ERR_INVALID_ARG, "rope: needs one row per token");
+    NET_CHECK(rope->theta > 0, ANVIL_ERR_INVALID_ARG, "rope: theta must be > 0");
+    int64_t width = in->width;
+    anvil_net_op *op = push_op(net, ANVIL_OP_ROPE, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->head_dim = head_dim;
+    op->rope = *rope;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k, anvil_value v,
+                                const anvil_attention_params *p)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *oq = value_op(net, q), *ok = value_op(net, k), *ov = value_op(net, v);
+    NET_CHECK(oq && ok && ov && p, ANVIL_ERR_INVALID_ARG, "attention: bad arguments");
+    NET_CHECK(p->n_heads > 0 && p->n_kv_heads > 0 && p->head_dim > 0 && p->n_heads % p->n_kv_heads == 0,
+              ANVIL_ERR_INVALID_ARG, "attention layer %d: %d heads cannot share %d KV heads", p->layer,
+              p->n_heads, p->n_kv_heads);
+    NET_CHECK(oq->width == (int64_t)p->n_heads * p->head_dim, ANVIL_ERR_INVALID_ARG,
+              "attention layer %d: q width %lld != heads %d x head_dim %d", p->layer, (long long)oq->width,
+              p->n_heads, p->head_dim);
+    NET_CHECK(ok->width == (int64_t)p->n_kv_heads * p->head_dim && ov->width == ok->width,
+              ANVIL_ERR_INVALID_ARG, "attention layer %d: k/v width != kv heads x head_dim", p->layer);
+    NET_CHECK(p->layer >= 0 && p->sliding_window >= 0, ANVIL_ERR_INVALID_ARG, "attention: bad layer/window");
+    anvil_net_op *op = push_op(net, ANVIL_OP_ATTENTION, oq->width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = q;
+    op->inputs[1] = k;
+    op->inputs[2] = v;
+    op->attn = *p;
+    if (op->attn.scale == 0.0f)
+        op->attn.scale = 1.0f / sqrtf((float)p->head_dim);
+    if (p->layer + 1 > net->n_kv_layers)
+        net->n_kv_layers = p->layer + 1;
+    return commit_op(net);
+}
+
+/* The elementwise ops: two inputs of the same width and row kind. */
+static anvil_value binary_op(anvil_network *net, anvil_op_kind kind, anvil_value a, anvil_value b)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *oa = value_op(net, a), *ob = value_op(net, b);
+    NET_CHECK(oa && ob, ANVIL_ERR_INVALID_ARG, "%s: bad input value", op_names[kind]);
+    NET_CHECK(oa->width == ob->width && oa->row_kind == ob->row_kind, ANVIL_ERR_INVALID_ARG,
+              "%s: inputs of widths %lld and %lld", op_names[kind], (long long)oa->width, (long long)ob->width);
+    int64_t width = oa->width;
+    int row_kind = oa->row_kind;
+    anvil_net_op *op = push_op(net, kind, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = a;
+    op->inputs[1] = b;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_silu_mul(anvil_network *net, anvil_value gate, anvil_value up)
+{
+    return binary_op(net, ANVIL_OP_SILU_MUL, gate, up);
+}
+
+anvil_value anvil_net_add(anvil_network *net, anvil_value a, anvil_value b)
+{
+    return binary_op(net, ANVIL_OP_ADD, a, b);
+}
+
+anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL && in->row_kind == 0, ANVIL_ERR_INVALID_ARG, "logit_rows: bad input value");
+    int64_t width = in->width;
+    anvil_net_op *op = push_op(net, ANVIL_OP_LOGIT_ROWS, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = 1;
+    return commit_op(net);
+}
+
+void anvil_net_set_output(anvil_network *net, anvil_value logits)
+{
+    if (net->error != ANVIL_OK)
+        return;
+    const anvil_net_op *op = value_op(net, logits);
+    if (op == NULL || op->row_kind != 1) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "the output must be a value over the logit rows"));
+        return;
+    }
+    net->output = logits;
+}
+
+int32_t anvil_network_op_count(const anvil_network *net) { return net->n_ops; }
+const anvil_net_op *anvil_network_op(const anvil_network *net, int32_t i) { return value_op(net, i); }
+int32_t anvil_network_weight_count(const anvil_network *net) { return net->n_weights; }
+
+const anvil_net_weight *anvil_network_weight(const anvil_network *net, int32_t i)
+{
+    return i >= 0 && i < net->n_weights ? &net->weights[i] : NULL;
+}
+
+anvil_value anvil_network_output(const anvil_network *net) { return net->output; }
+int32_t anvil_network_kv_layers(const anvil_network *net) { return net->n_kv_layers; }

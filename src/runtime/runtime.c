@@ -1,0 +1,586 @@
+/*
+ * The runtime: a model's network, its weights on a backend, the activation
+ * buffers planned for the worst-case step, the paged KV cache, and the
+ * forward step that walks the network op by op.
+ */
+#include "anvil/runtime.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/log.h"
+#include "anvil/network.h"
+#include "backend/backend.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "runtime/rope_table.h"
+
+struct anvil_runtime {
+    anvil_runtime_options opts;
+    anvil_model_config cfg;
+    anvil_network *net;
+    anvil_checkpoint *ckpt;   /* kept open while weights point into it */
+    anvil_backend *be;
+
+    /* weights, indexed like the network's weight list */
+    int32_t n_weights;
+    anvil_tensor *weights;
+    void **weight_allocs;     /* backend allocations (NULL where the mmap is used) */
+    size_t weight_bytes;
+
+    /* activations: one buffer per value, shared between values whose lives
+     * do not overlap */
+    int32_t n_ops;
+    int32_t *value_buffer;    /* [n_ops] */
+    int32_t n_buffers;
+    void **buffers;
+    size_t *buffer_bytes;
+    float **rope_tables;      /* [n_ops] backend memory, for rope ops */
+
+    /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim] */
+    int32_t n_kv_layers;
+    int32_t n_blocks;
+    int32_t max_blocks_per_seq;
+    anvil_tensor *k_cache, *v_cache;
+    int32_t *free_blocks;     /* a stack of free block ids */
+    int32_t n_free;
+    unsigned char *block_used;
+
+    /* step metadata staged on the host, then uploaded in one copy */
+    int32_t *meta_host;
+    void *meta_dev;
+    size_t meta_ints;
+    void *logits_host_stage;  /* when activations are not f32 */
+};
+
+void anvil_runtime_options_default(anvil_runtime_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->device = "cpu";
+    o->max_num_tokens = 512;
+    o->max_batch_size = 64;
+    o->kv_block_size = 32;
+    o->weight_dtype = ANVIL_DTYPE_COUNT;
+}
+
+const anvil_model_config *anvil_runtime_config(const anvil_runtime *rt) { return &rt->cfg; }
+const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt) { return &rt->opts; }
+size_t anvil_runtime_weight_bytes(const anvil_runtime *rt) { return rt->weight_bytes; }
+int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt) { return rt->opts.kv_block_size; }
+int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt) { return rt->n_blocks; }
+int32_t anvil_runtime_kv_blocks_free(const anvil_runtime *rt) { return rt->n_free; }
+
+void anvil_runtime_free(anvil_runtime *rt)
+{
+    if (rt == NULL)
+        return;
+    anvil_backend *be = rt->be;
+    if (be != NULL) {
+        for (int32_t i = 0; i < rt->n_weights; i++)
+            if (rt->weight_allocs && rt->weight_allocs[i])
+                be->ops->free(be, rt->weight_allocs[i]);
+        for (int32_t i = 0; i < rt->n_buffers; i++)
+            be->ops->free(be, rt->buffers[i]);
+        for (int32_t i = 0; rt->rope_tables && i < rt->n_ops; i++)
+            if (rt->rope_tables[i])
+                be->ops->free(be, rt->rope_tables[i]);
+        for (int32_t l = 0; l < rt->n_kv_layers; l++) {
+            if (rt->k_cache && rt->k_cache[l].data)
+                be->ops->free(be, rt->k_cache[l].data);
+            if (rt->v_cache && rt->v_cache[l].data)
+                be->ops->free(be, rt->v_cache[l].data);
+        }
+        if (rt->meta_dev)
+            be->ops->free(be, rt->meta_dev);
+        anvil_backend_free(be);
+    }
+    free(rt->weights);
+    free(rt->weight_allocs);
+    free(rt->value_buffer);
+    free(rt->buffers);
+    free(rt->buffer_bytes);
+    free(rt->rope_tables);
+    free(rt->k_cache);
+    free(rt->v_cache);
+    free(rt->free_blocks);
+    free(rt->block_used);
+    free(rt->meta_host);
+    free(rt->logits_host_stage);
+    anvil_checkpoint_close(rt->ckpt);
+    anvil_network_free(rt->net);
+    free(rt);
+}
+
+/* ------------------------------------------------------------ options */
+
+static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_options *in)
+{
+    anvil_runtime_options *o = &rt->opts;
+    if (in)
+        *o = *in;
+    else
+        anvil_runtime_options_default(o);
+    if (o->device == NULL)
+        o->device = "cpu";
+    CHECK(o->max_num_tokens > 0, ANVIL_ERR_INVALID_ARG, "max_num_tokens must be > 0");
+    CHECK(o->max_batch_size > 0, ANVIL_ERR_INVALID_ARG, "max_batch_size must be > 0");
+    CHECK(o->kv_block_size > 0 && o->kv_block_size <= 4096, ANVIL_ERR_INVALID_ARG,
+          "kv_block_size must be in 1..4096");
+    if (o->max_logit_rows <= 0)
+        o->max_logit_rows = o->max_batch_size;
+    if (o->max_seq_len <= 0)
+        o->max_seq_len = (int32_t)(rt->cfg.max_position_embeddings > 0 ? rt->cfg.max_position_embeddings : 2048);
+    if (o->kv_cache_tokens <= 0)
+        o->kv_cache_tokens = (int64_t)o->max_seq_len;
+    CHECK(o->kv_cache_tokens / o->kv_block_size < INT32_MAX, ANVIL_ERR_INVALID_ARG, "kv_cache_tokens too large");
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------------ weights */
+
+static anvil_status load_weight(anvil_runtime *rt, int32_t i)
+{
+    const anvil_net_weight *nw = anvil_network_weight(rt->net, i);
+    const anvil_st_tensor *st = anvil_checkpoint_find(rt->ckpt, nw->name);
+    CHECK(st != NULL, ANVIL_ERR_NOT_FOUND, "missing tensor '%s' in the checkpoint", nw->name);
+    int same = st->n_dims == nw->n_dims;
+    for (int d = 0; same && d < nw->n_dims; d++)
+        same = st->shape[d] == nw->shape[d];
+    if (!same) {
+        char have[96], want[96];
+        anvil_shape_str(st->shape, st->n_dims, have, sizeof have);
+        anvil_shape_str(nw->shape, nw->n_dims, want, sizeof want);
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s but the config implies %s", nw->name, have,
+                          want);
+    }
+    CHECK(st->dtype == ANVIL_DTYPE_F32 || st->dtype == ANVIL_DTYPE_BF16 || st->dtype == ANVIL_DTYPE_F16,
+          ANVIL_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be f32, f16 or bf16", nw->name,
+          anvil_dtype_name(st->dtype));
+
+    anvil_backend *be = rt->be;
+    anvil_dtype want_dt = rt->opts.weight_dtype == ANVIL_DTYPE_COUNT ? st->dtype : rt->opts.weight_dtype;
+    anvil_tensor *t = &rt->weights[i];
+    t->dtype = want_dt;
+    t->n_dims = st->n_dims;
+    memcpy(t->shape, st->shape, sizeof t->shape);
+    const int64_t numel = anvil_tensor_numel(t);
+    const size_t bytes = (size_t)numel * anvil_dtype_size(want_dt);
+    rt->weight_bytes += bytes;
+
+    if (be->ops->weights_in_host_memory && want_dt == st->dtype) {
+        t->data = (void *)st->data; /* used in place from the mapping */
+        return ANVIL_OK;
+    }
+    void *dev = NULL;
+    TRY(be->ops->alloc(be, bytes, &dev));
+    rt->weight_allocs[i] = dev;
+    t->data = dev;
+    if (want_dt == st->dtype)
+        return be->ops->upload(be, dev, st->data, bytes);
+    /* convert through f32 in host chunks */
+    const int64_t chunk = 1 << 20;
+    float *tmp = malloc((size_t)chunk * 4);
+    void *conv = malloc((size_t)chunk * anvil_dtype_size(want_dt));
+    anvil_status s = ANVIL_OK;
+    if (tmp == NULL || conv == NULL)
+        s = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory converting '%s'", nw->name);
+    for (int64_t off = 0; s == ANVIL_OK && off < numel; off += chunk) {
+        int64_t n = numel - off < chunk ? numel - off : chunk;
+        anvil_convert_to_f32(st->dtype, (const char *)st->data + off * (int64_t)anvil_dtype_size(st->dtype), tmp, n);
+        anvil_convert_from_f32(want_dt, tmp, conv, n);
+        s = be->ops->upload(be, (char *)dev + off * (int64_t)anvil_dtype_size(want_dt), conv,
+                            (size_t)n * anvil_dtype_size(want_dt));
+    }
+    free(tmp);
+    free(conv);
+    return s;
+}
+
+static anvil_status load_weights(anvil_runtime *rt)
+{
+    rt->n_weights = anvil_network_weight_count(rt->net);
+    rt->weights = calloc((size_t)rt->n_weights, sizeof *rt->weights);
+    rt->weight_allocs = calloc((size_t)rt->n_weights, sizeof *rt->weight_allocs);
+    CHECK(rt->weights && rt->weight_allocs, ANVIL_ERR_OOM, "out of memory");
+    for (int32_t i = 0; i < rt->n_weights; i++)
+        TRY(load_weight(rt, i));
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------------ activations */
+
+static int64_t op_rows(const anvil_runtime *rt, const anvil_net_op *op)
+{
+    return op->row_kind == 0 ? rt->opts.max_num_tokens : rt->opts.max_logit_rows;
+}
+
+/*
+ * Assigns each value a buffer. Walking the ops in order, a value's buffer
+ * returns to the free list after its last use; a new value takes the
+ * smallest free buffer that fits, else a new one. Rope rotates in place, so
+ * its result shares its input's buffer.
+ */
+static anvil_status plan_activations(anvil_runtime *rt)
+{
+    const int32_t n = rt->n_ops = anvil_network_op_count(rt->net);
+    const size_t act = anvil_dtype_size(rt->be->ops->act_dtype);
+    anvil_status st = ANVIL_OK;
+    int32_t *last_use = malloc((size_t)n * sizeof *last_use);
+    int32_t *free_list = malloc((size_t)n * sizeof *free_list);
+    rt->value_buffer = malloc((size_t)n * sizeof *rt->value_buffer);
+    rt->buffers = calloc((size_t)n, sizeof *rt->buffers);
+    rt->buffer_bytes = calloc((size_t)n, sizeof *rt->buffer_bytes);
+    rt->rope_tables = calloc((size_t)n, sizeof *rt->rope_tables);
+    CHECK_GOTO(last_use && free_list && rt->value_buffer && rt->buffers && rt->buffer_bytes && rt->rope_tables,
+               ANVIL_ERR_OOM, done, "out of memory");
+    for (int32_t i = 0; i < n; i++)
+        last_use[i] = i;
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        for (int k = 0; k < 3; k++)
+            if (op->inputs[k] != ANVIL_VALUE_NONE)
+                last_use[op->inputs[k]] = i;
+    }
+    last_use[anvil_network_output(rt->net)] = n; /* read after the last op */
+
+    int32_t n_free = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        if (op->kind == ANVIL_OP_ROPE) {
+            CHECK_GOTO(last_use[op->inputs[0]] == i, ANVIL_ERR_INTERNAL, done,
+                       "rope input (op %d) is used after the rotation", op->inputs[0]);
+            rt->value_buffer[i] = rt->value_buffer[op->inputs[0]];
+        } else {
+            size_t need = (size_t)op_rows(rt, op) * (size_t)op->width * act;
+            int32_t best = -1;
+            for (int32_t f = 0; f < n_free; f++) {
+                size_t have = rt->buffer_bytes[free_list[f]];
+                if (have >= need && (best < 0 || have < rt->buffer_bytes[free_list[best]]))
+                    best = f;
+            }
+            if (best >= 0) {
+                rt->value_buffer[i] = free_list[best];
+                free_list[best] = free_list[--n_free];
+            } else {
+                int32_t b = rt->n_buffers;
+                TRY_GOTO(rt->be->ops->alloc(rt->be, need, &rt->buffers[b]), done);
+                rt->buffer_bytes[b] = need;
+                rt->n_buffers++;
+                rt->value_buffer[i] = b;
+            }
+        }
+        /* release the inputs that die here (once each: an op may read a value twice) */
+        for (int k = 0; k < 3; k++) {
+            anvil_value in = op->inputs[k];
+            if (in == ANVIL_VALUE_NONE || last_use[in] != i || op->kind == ANVIL_OP_ROPE)
+                continue;
+            int dup = 0;
+            for (int j = 0; j < k; j++)
+                dup |= op->inputs[j] == in;
+            int32_t b = rt->value_buffer[in];
+            for (int32_t f = 0; f < n_free; f++)
+                dup |= free_list[f] == b;
+            if (!dup && b != rt->value_buffer[i])
+                free_list[n_free++] = b;
+        }
+        if (op->kind == ANVIL_OP_ROPE) {
+            float table[1024];
+            CHECK_GOTO(op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, done, "rope: head_dim %lld too large",
+                       (long long)op->head_dim);
+            TRY_GOTO(anvil_rope_inv_freq(&op->rope, op->head_dim, table), done);
+            size_t bytes = (size_t)(op->head_dim / 2) * sizeof(float);
+            TRY_GOTO(rt->be->ops->alloc(rt->be, bytes, (void **)&rt->rope_tables[i]), done);
+            TRY_GOTO(rt->be->ops->upload(rt->be, rt->rope_tables[i], table, bytes), done);
+        }
+    }
+    size_t total = 0;
+    for (int32_t b = 0; b < rt->n_buffers; b++)
+        total += rt->buffer_bytes[b];
+    anvil_log(ANVIL_LOG_INFO, "activations: %d buffers, %.1f MiB for %d tokens", rt->n_buffers,
+              (double)total / 1048576.0, rt->opts.max_num_tokens);
+done:
+    free(last_use);
+    free(free_list);
+    return st;
+}
+
+/* ------------------------------------------------------------ KV cache */
+
+static anvil_status alloc_kv_cache(anvil_runtime *rt)
+{
+    const anvil_runtime_options *o = &rt->opts;
+    rt->n_kv_layers = anvil_network_kv_layers(rt->net);
+    rt->n_blocks = (int32_t)((o->kv_cache_tokens + o->kv_block_size - 1) / o->kv_block_size);
+    rt->max_blocks_per_seq = (o->max_seq_len + o->kv_block_size - 1) / o->kv_block_size;
+    rt->k_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->k_cache);
+    rt->v_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->v_cache);
+    rt->free_blocks = malloc((size_t)rt->n_blocks * sizeof *rt->free_blocks);
+    rt->block_used = calloc((size_t)rt->n_blocks, 1);
+    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used, ANVIL_ERR_OOM, "out of memory");
+    /* pop order 0, 1, 2, ...: blocks are handed out lowest first */
+    for (int32_t i = 0; i < rt->n_blocks; i++)
+        rt->free_blocks[i] = rt->n_blocks - 1 - i;
+    rt->n_free = rt->n_blocks;
+
+    const anvil_dtype dt = rt->be->ops->act_dtype;
+    const int64_t kv_heads = rt->cfg.n_kv_heads, hd = rt->cfg.head_dim;
+    const size_t bytes = (size_t)rt->n_blocks * (size_t)o->kv_block_size * (size_t)(kv_heads * hd) *
+                         anvil_dtype_size(dt);
+    for (int32_t l = 0; l < rt->n_kv_layers; l++) {
+        anvil_tensor *k = &rt->k_cache[l], *v = &rt->v_cache[l];
+        k->dtype = v->dtype = dt;
+        k->n_dims = v->n_dims = 4;
+        k->shape[0] = v->shape[0] = rt->n_blocks;
+        k->shape[1] = v->shape[1] = o->kv_block_size;
+        k->shape[2] = v->shape[2] = kv_heads;
+        k->shape[3] = v->shape[3] = hd;
+        TRY(rt->be->ops->alloc(rt->be, bytes, &k->data));
+        TRY(rt->be->ops->alloc(rt->be, bytes, &v->data));
+    }
+    anvil_log(ANVIL_LOG_INFO, "kv cache: %d blocks of %d tokens, %.1f MiB", rt->n_blocks, o->kv_block_size,
+              2.0 * (double)bytes * rt->n_kv_layers / 1048576.0);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_runtime_kv_alloc(anvil_runtime *rt, int32_t n, int32_t *ids)
+{
+    CHECK(n >= 0, ANVIL_ERR_INVALID_ARG, "cannot allocate %d blocks", n);
+    CHECK(n <= rt->n_free, ANVIL_ERR_CAPACITY, "KV cache full: %d blocks wanted, %d free of %d", n, rt->n_free,
+          rt->n_blocks);
+    for (int32_t i = 0; i < n; i++) {
+        ids[i] = rt->free_blocks[--rt->n_free];
+        rt->block_used[ids[i]] = 1;
+    }
+    return ANVIL_OK;
+}
+
+void anvil_runtime_kv_release(anvil_runtime *rt, int32_t n, const int32_t *ids)
+{
+    for (int32_t i = 0; i < n; i++) {
+        int32_t b = ids[i];
+        if (b < 0 || b >= rt->n_blocks || !rt->block_used[b]) {
+            anvil_log(ANVIL_LOG_WARN, "kv release: block %d is not allocated", b);
+            continue;
+        }
+        rt->block_used[b] = 0;
+        rt->free_blocks[rt->n_free++] = b;
+    }
+}
+
+/* ------------------------------------------------------------ load */
+
+static anvil_status alloc_step_meta(anvil_runtime *rt)
+{
+    const anvil_runtime_options *o = &rt->opts;
+    rt->meta_ints = 4 * (size_t)o->max_num_tokens + 2 * (size_t)o->max_batch_size + 1 +
+                    (size_t)o->max_batch_size * (size_t)rt->max_blocks_per_seq + (size_t)o->max_logit_rows;
+    rt->meta_host = malloc(rt->meta_ints * sizeof(int32_t));
+    CHECK(rt->meta_host != NULL, ANVIL_ERR_OOM, "out of memory");
+    TRY(rt->be->ops->alloc(rt->be, rt->meta_ints * sizeof(int32_t), &rt->meta_dev));
+    if (rt->be->ops->act_dtype != ANVIL_DTYPE_F32) {
+        size_t bytes = (size_t)o->max_logit_rows * (size_t)rt->cfg.vocab_size *
+                       anvil_dtype_size(rt->be->ops->act_dtype);
+        rt->logits_host_stage = malloc(bytes);
+        CHECK(rt->logits_host_stage != NULL, ANVIL_ERR_OOM, "out of memory");
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out)
+{
+    *out = NULL;
+    CHECK(model_dir != NULL, ANVIL_ERR_INVALID_ARG, "no model folder given");
+    anvil_runtime *rt = calloc(1, sizeof *rt);
+    CHECK(rt != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st;
+    TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
+    TRY_GOTO(resolve_options(rt, opts), fail);
+    TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
+    TRY_GOTO(anvil_checkpoint_open(model_dir, &rt->ckpt), fail);
+    TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, &rt->be), fail);
+    TRY_GOTO(load_weights(rt), fail);
+    if (!rt->be->ops->weights_in_host_memory) {
+        anvil_checkpoint_close(rt->ckpt); /* everything was copied to the device */
+        rt->ckpt = NULL;
+    }
+    TRY_GOTO(plan_activations(rt), fail);
+    TRY_GOTO(alloc_kv_cache(rt), fail);
+    TRY_GOTO(alloc_step_meta(rt), fail);
+    anvil_log(ANVIL_LOG_INFO, "loaded %s (%s) on %s: %.1f MiB of weights", model_dir, rt->cfg.architecture,
+              rt->be->ops->name, (double)rt->weight_bytes / 1048576.0);
+    *out = rt;
+    return ANVIL_OK;
+fail:
+    anvil_error_wrap("loading %s", model_dir);
+    anvil_runtime_free(rt);
+    return st;
+}
+
+/* ------------------------------------------------------------ forward */
+
+/* Checks the batch and fills the step's metadata (host arrays in meta_host,
+ * pointers rebased onto the backend copy). */
+static anvil_status prepare_step(anvil_runtime *rt, const anvil_batch *b, anvil_step *s)
+{
+    const anvil_runtime_options *o = &rt->opts;
+    const int32_t T = b->n_tokens, S = b->n_seqs, L = b->n_logits, MB = b->max_blocks_per_seq;
+    const int32_t bs = o->kv_block_size;
+    CHECK(T > 0 && b->token_ids && b->positions, ANVIL_ERR_INVALID_ARG, "a batch needs tokens and positions");
+    CHECK(T <= o->max_num_tokens, ANVIL_ERR_CAPACITY, "batch of %d tokens exceeds max_num_tokens %d", T,
+          o->max_num_tokens);
+    CHECK(S > 0 && S <= o->max_batch_size && b->seq_starts, ANVIL_ERR_CAPACITY,
+          "batch of %d sequences: must be 1..max_batch_size (%d)", S, o->max_batch_size);
+    CHECK(L >= 0 && L <= o->max_logit_rows, ANVIL_ERR_CAPACITY, "%d logit rows exceed max_logit_rows %d", L,
+          o->max_logit_rows);
+    CHECK(MB > 0 && MB <= rt->max_blocks_per_seq && b->block_tables, ANVIL_ERR_INVALID_ARG,
+          "max_blocks_per_seq must be 1..%d, got %d", rt->max_blocks_per_seq, MB);
+    CHECK(b->seq_starts[0] == 0 && b->seq_starts[S] == T, ANVIL_ERR_INVALID_ARG,
+          "seq_starts must run from 0 to n_tokens");
+
+    int32_t *m = rt->meta_host;
+    int32_t *ids = m, *pos = ids + T, *seq_of = pos + T, *slots = seq_of + T;
+    int32_t *starts = slots + T, *lens = starts + S + 1, *tables = lens + S, *rows = tables + (size_t)S * MB;
+    memcpy(ids, b->token_ids, (size_t)T * 4);
+    memcpy(pos, b->positions, (size_t)T * 4);
+    memcpy(starts, b->seq_starts, (size_t)(S + 1) * 4);
+    memcpy(tables, b->block_tables, (size_t)S * MB * 4);
+    if (L > 0) {
+        CHECK(b->logit_rows != NULL, ANVIL_ERR_INVALID_ARG, "n_logits > 0 needs logit_rows");
+        memcpy(rows, b->logit_rows, (size_t)L * 4);
+    }
+    int32_t max_ctx = 0;
+    for (int32_t q = 0; q < S; q++) {
+        CHECK(starts[q + 1] > starts[q], ANVIL_ERR_INVALID_ARG, "sequence %d of the batch has no tokens", q);
+        for (int32_t t = starts[q]; t < starts[q + 1]; t++) {
+            CHECK(ids[t] >= 0 && ids[t] < rt->cfg.vocab_size, ANVIL_ERR_INVALID_ARG,
+                  "token id %d out of range (vocabulary %lld)", ids[t], (long long)rt->cfg.vocab_size);
+            CHECK(pos[t] >= 0 && pos[t] < o->max_seq_len, ANVIL_ERR_CAPACITY,
+                  "position %d outside the context (max_seq_len %d)", pos[t], o->max_seq_len);
+            CHECK(t == starts[q] || pos[t] == pos[t - 1] + 1, ANVIL_ERR_INVALID_ARG,
+                  "positions of sequence %d are not consecutive", q);
+            CHECK(pos[t] / bs < MB, ANVIL_ERR_INVALID_ARG, "position %d needs block %d of a %d-block table",
+                  pos[t], pos[t] / bs, MB);
+            int32_t blk = tables[(size_t)q * MB + pos[t] / bs];
+            CHECK(blk >= 0 && blk < rt->n_blocks, ANVIL_ERR_INVALID_ARG,
+                  "sequence %d: block id %d out of range (%d blocks)", q, blk, rt->n_blocks);
+            seq_of[t] = q;
+            slots[t] = blk * bs + pos[t] % bs;
+        }
+        lens[q] = pos[starts[q + 1] - 1] + 1;
+        /* every earlier position is read from the cache: its block must be valid */
+        for (int32_t j = 0; j < (lens[q] + bs - 1) / bs; j++) {
+            int32_t blk = tables[(size_t)q * MB + j];
+            CHECK(blk >= 0 && blk < rt->n_blocks, ANVIL_ERR_INVALID_ARG,
+                  "sequence %d: block id %d out of range (%d blocks)", q, blk, rt->n_blocks);
+        }
+        if (lens[q] > max_ctx)
+            max_ctx = lens[q];
+    }
+    for (int32_t i = 0; i < L; i++)
+        CHECK(rows[i] >= 0 && rows[i] < T, ANVIL_ERR_INVALID_ARG, "logit row %d out of range", rows[i]);
+
+    size_t used = (size_t)(rows + L - m);
+    TRY(rt->be->ops->upload(rt->be, rt->meta_dev, m, used * 4));
+    const int32_t *d = rt->meta_dev;
+    s->n_tokens = T;
+    s->n_seqs = S;
+    s->n_logits = L;
+    s->max_blocks_per_seq = MB;
+    s->block_size = bs;
+    s->max_context = max_ctx;
+    s->token_ids = d + (ids - m);
+    s->positions = d + (pos - m);
+    s->seq_of_token = d + (seq_of - m);
+    s->slots = d + (slots - m);
+    s->seq_starts = d + (starts - m);
+    s->seq_lens = d + (lens - m);
+    s->block_tables = d + (tables - m);
+    s->logit_rows = d + (rows - m);
+    return ANVIL_OK;
+}
+
+static anvil_tensor value_tensor(const anvil_runtime *rt, const anvil_step *s, anvil_value v)
+{
+    const anvil_net_op *op = anvil_network_op(rt->net, v);
+    int64_t rows = op->row_kind == 0 ? s->n_tokens : s->n_logits;
+    return anvil_tensor_2d(rt->be->ops->act_dtype, rows, op->width, rt->buffers[rt->value_buffer[v]]);
+}
+
+static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
+{
+    anvil_backend *be = rt->be;
+    const anvil_backend_ops *ops = be->ops;
+    const anvil_net_op *op = anvil_network_op(rt->net, i);
+    anvil_tensor out = value_tensor(rt, s, i);
+    anvil_tensor a, b, c;
+    if (op->inputs[0] != ANVIL_VALUE_NONE)
+        a = value_tensor(rt, s, op->inputs[0]);
+    if (op->inputs[1] != ANVIL_VALUE_NONE)
+        b = value_tensor(rt, s, op->inputs[1]);
+    if (op->inputs[2] != ANVIL_VALUE_NONE)
+        c = value_tensor(rt, s, op->inputs[2]);
+    const anvil_tensor *w0 = op->weights[0] >= 0 ? &rt->weights[op->weights[0]] : NULL;
+    const anvil_tensor *w1 = op->weights[1] >= 0 ? &rt->weights[op->weights[1]] : NULL;
+
+    switch (op->kind) {
+    case ANVIL_OP_EMBEDDING:
+        return ops->embedding(be, w0, s, &out);
+    case ANVIL_OP_RMSNORM:
+        return ops->rmsnorm(be, &a, w0, (float)op->eps, &out);
+    case ANVIL_OP_HEAD_RMSNORM:
+        return ops->head_rmsnorm(be, &a, w0, (int32_t)op->head_dim, (float)op->eps, &out);
+    case ANVIL_OP_LINEAR:
+        return ops->matmul(be, &a, w0, w1, &out);
+    case ANVIL_OP_ROPE:
+        return ops->rope(be, &out, s, (int32_t)op->head_dim, rt->rope_tables[i]);
+    case ANVIL_OP_ATTENTION: {
+        const anvil_attention_params *p = &op->attn;
+        anvil_attention_args args = {
+            .q = &a, .k = &b, .v = &c,
+            .k_cache = &rt->k_cache[p->layer], .v_cache = &rt->v_cache[p->layer],
+            .out = &out, .step = s,
+            .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
+            .sliding_window = p->sliding_window, .scale = p->scale,
+        };
+        return ops->attention(be, &args);
+    }
+    case ANVIL_OP_SILU_MUL:
+        return ops->silu_mul(be, &a, &b, &out);
+    case ANVIL_OP_ADD:
+        return ops->add(be, &a, &b, &out);
+    case ANVIL_OP_LOGIT_ROWS:
+        return ops->gather_rows(be, &a, s, &out);
+    case ANVIL_OP_COUNT:
+        break;
+    }
+    return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
+}
+
+anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, float *logits)
+{
+    CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
+    CHECK(batch->n_logits == 0 || logits != NULL, ANVIL_ERR_INVALID_ARG, "forward: logits buffer is NULL");
+    anvil_step s;
+    TRY(prepare_step(rt, batch, &s));
+    for (int32_t i = 0; i < rt->n_ops; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        /* ops over the logit rows are skipped when no row wants logits */
+        if (op->row_kind == 1 && s.n_logits == 0)
+            continue;
+        anvil_status st = run_op(rt, &s, i);
+        if (st != ANVIL_OK)
+            return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
+    }
+    if (s.n_logits == 0)
+        return rt->be->ops->synchronize(rt->be);
+    const anvil_value outv = anvil_network_output(rt->net);
+    const void *src = rt->buffers[rt->value_buffer[outv]];
+    const int64_t n = (int64_t)s.n_logits * rt->cfg.vocab_size;
+    const anvil_dtype dt = rt->be->ops->act_dtype;
+    if (dt == ANVIL_DTYPE_F32)
+        return rt->be->ops->download(rt->be, logits, src, (size_t)n * 4);
+    TRY(rt->be->ops->download(rt->be, rt->logits_host_stage, src, (size_t)n * anvil_dtype_size(dt)));
+    anvil_convert_to_f32(dt, rt->logits_host_stage, logits, n);
+    return ANVIL_OK;
+}

@@ -1,0 +1,208 @@
+/*
+ * Token sampling: temperature, top-k, top-p over fp32 logits.
+ *
+ * Candidates are (index, logit) pairs. Top-k keeps the k largest with a
+ * partial selection; top-p then sorts the survivors (all of the vocabulary
+ * when top-k is off) and keeps the smallest prefix whose probability mass
+ * reaches p. Ties keep the lower index first, so results do not depend on
+ * the sort's stability.
+ */
+#include "anvil/sampling.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "core/error.h"
+
+typedef struct cand {
+    float logit;
+    int32_t id;
+} cand;
+
+struct anvil_sampler {
+    int32_t n_vocab;
+    cand *c;     /* [n_vocab] */
+    float *prob; /* [n_vocab] */
+};
+
+void anvil_sampling_params_default(anvil_sampling_params *p)
+{
+    p->temperature = 1.0f;
+    p->top_k = 0;
+    p->top_p = 1.0f;
+    p->seed = 0;
+}
+
+anvil_status anvil_sampling_params_check(const anvil_sampling_params *p)
+{
+    CHECK(p->temperature >= 0.0f && isfinite(p->temperature), ANVIL_ERR_INVALID_ARG,
+          "temperature must be >= 0, got %g", (double)p->temperature);
+    CHECK(p->top_k >= 0, ANVIL_ERR_INVALID_ARG, "top_k must be >= 0, got %d", p->top_k);
+    CHECK(p->top_p > 0.0f && p->top_p <= 1.0f, ANVIL_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g",
+          (double)p->top_p);
+    return ANVIL_OK;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void anvil_rng_seed(anvil_rng *rng, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        rng->s[i] = splitmix64(&seed);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t anvil_rng_next(anvil_rng *rng)
+{
+    uint64_t *s = rng->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double anvil_rng_uniform(anvil_rng *rng) { return (double)(anvil_rng_next(rng) >> 11) * 0x1.0p-53; }
+
+anvil_status anvil_sampler_create(int32_t n_vocab, anvil_sampler **out)
+{
+    *out = NULL;
+    CHECK(n_vocab > 0, ANVIL_ERR_INVALID_ARG, "vocabulary size must be > 0");
+    anvil_sampler *s = calloc(1, sizeof *s);
+    CHECK(s != NULL, ANVIL_ERR_OOM, "out of memory");
+    s->n_vocab = n_vocab;
+    s->c = malloc((size_t)n_vocab * sizeof *s->c);
+    s->prob = malloc((size_t)n_vocab * sizeof *s->prob);
+    if (s->c == NULL || s->prob == NULL) {
+        anvil_sampler_free(s);
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for a sampler of %d entries", n_vocab);
+    }
+    *out = s;
+    return ANVIL_OK;
+}
+
+void anvil_sampler_free(anvil_sampler *s)
+{
+    if (s == NULL)
+        return;
+    free(s->c);
+    free(s->prob);
+    free(s);
+}
+
+int32_t anvil_argmax(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* Descending by logit, then ascending by id: a total order. */
+static int cand_before(const cand *a, const cand *b)
+{
+    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+}
+
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const cand *a = pa, *b = pb;
+    return cand_before(a, b) ? -1 : cand_before(b, a) ? 1 : 0;
+}
+
+/* Moves the k best candidates to the front (in no order): quickselect. */
+static void select_top_k(cand *c, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        cand pivot = c[lo + (hi - lo) / 2];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (cand_before(&c[i], &pivot))
+                i++;
+            while (cand_before(&pivot, &c[j]))
+                j--;
+            if (i <= j) {
+                cand t = c[i];
+                c[i] = c[j];
+                c[j] = t;
+                i++;
+                j--;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_sampling_params *p,
+                             anvil_rng *rng)
+{
+    const int32_t n = s->n_vocab;
+    if (p->temperature <= 0.0f || p->top_k == 1)
+        return anvil_argmax(logits, n);
+
+    const float inv_t = 1.0f / p->temperature;
+    for (int32_t i = 0; i < n; i++) {
+        s->c[i].logit = logits[i] * inv_t;
+        s->c[i].id = i;
+    }
+    int32_t m = n;
+    if (p->top_k > 0 && p->top_k < n) {
+        select_top_k(s->c, n, p->top_k);
+        m = p->top_k;
+    }
+    if (p->top_p < 1.0f || m < n)
+        qsort(s->c, (size_t)m, sizeof *s->c, cand_cmp);
+
+    float max = s->c[0].logit;
+    if (m == n && p->top_p >= 1.0f) /* unsorted: find the max */
+        for (int32_t i = 1; i < m; i++)
+            if (s->c[i].logit > max)
+                max = s->c[i].logit;
+    double sum = 0.0;
+    for (int32_t i = 0; i < m; i++) {
+        s->prob[i] = expf(s->c[i].logit - max);
+        sum += s->prob[i];
+    }
+    if (p->top_p < 1.0f) {
+        /* Keep the smallest prefix with mass >= top_p (at least one). */
+        double cum = 0.0, target = (double)p->top_p * sum;
+        int32_t keep = m;
+        for (int32_t i = 0; i < m; i++) {
+            cum += s->prob[i];
+            if (cum >= target) {
+                keep = i + 1;
+                break;
+            }
+        }
+        m = keep;
+        sum = 0.0;
+        for (int32_t i = 0; i < m; i++)
+            sum += s->prob[i];
+    }
+    double r = anvil_rng_uniform(rng) * sum;
+    double acc = 0.0;
+    for (int32_t i = 0; i < m; i++) {
+        acc += s->prob[i];
+        if (r < acc)
+            return s->c[i].id;
+    }
+    return s->c[m - 1].id;
+}
