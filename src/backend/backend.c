@@ -5,11 +5,12 @@
 
 #include "core/error.h"
 
-anvil_status anvil_backend_create(const char *name, int n_threads, anvil_backend **out)
+anvil_status anvil_backend_create(const char *name, int n_threads, anvil_dtype act_dtype, anvil_backend **out)
 {
     *out = NULL;
     if (name == NULL || strcmp(name, "cpu") == 0)
         return anvil_backend_cpu_create(n_threads, out);
+    (void)act_dtype;
     if (strncmp(name, "cuda", 4) == 0 && (name[4] == '\0' || name[4] == ':')) {
         int device = 0;
         if (name[4] == ':') {
@@ -20,7 +21,7 @@ anvil_status anvil_backend_create(const char *name, int n_threads, anvil_backend
             device = (int)d;
         }
 #ifdef ANVIL_HAVE_CUDA
-        return anvil_backend_cuda_create(device, out);
+        return anvil_backend_cuda_create(device, act_dtype, out);
 #else
         (void)device;
         return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "device '%s': this anvil was built without CUDA", name);

@@ -128,11 +128,13 @@ struct anvil_backend {
 /* The CPU backend. n_threads <= 0: one per online CPU. */
 anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out);
 
-/* The CUDA backend on device `device` (only in builds with CUDA). */
-anvil_status anvil_backend_cuda_create(int device, anvil_backend **out);
+/* The CUDA backend on device `device` (only in builds with CUDA), keeping
+ * activations in act_dtype (F32 for the exact mode, BF16 or F16). */
+anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_backend **out);
 
-/* Creates a backend from a name: "cpu", "cuda" or "cuda:N". */
-anvil_status anvil_backend_create(const char *name, int n_threads, anvil_backend **out);
+/* Creates a backend from a name: "cpu", "cuda" or "cuda:N". act_dtype is a
+ * wish for the activation dtype: the CPU backend always uses F32. */
+anvil_status anvil_backend_create(const char *name, int n_threads, anvil_dtype act_dtype, anvil_backend **out);
 
 /* Destroys a backend. NULL is a no-op. */
 void anvil_backend_free(anvil_backend *be);

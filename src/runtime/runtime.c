@@ -398,7 +398,10 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
     TRY_GOTO(anvil_checkpoint_open(model_dir, &rt->ckpt), fail);
-    TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, &rt->be), fail);
+    anvil_dtype act = rt->opts.weight_dtype == ANVIL_DTYPE_BF16 || rt->opts.weight_dtype == ANVIL_DTYPE_F16
+                          ? rt->opts.weight_dtype
+                          : ANVIL_DTYPE_F32;
+    TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, act, &rt->be), fail);
     TRY_GOTO(load_weights(rt), fail);
     if (!rt->be->ops->weights_in_host_memory) {
         anvil_checkpoint_close(rt->ckpt); /* everything was copied to the device */
