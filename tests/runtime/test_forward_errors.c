@@ -89,7 +89,7 @@ static void test_bad_batches_change_nothing(void **s)
     bb.pos[0] = 8; bb.pos[1] = 9; bb.pos[2] = 10; /* positions in the second block */
     assert_status_msg(anvil_runtime_forward(rt, &bb.b, scratch), ANVIL_ERR_INVALID_ARG, "block id 99");
     valid_batch(&bb);
-    bb.pos[3] = 62; bb.pos[4] = 63; bb.pos[5] = 64;
+    bb.pos[3] = 64; bb.pos[4] = 65; bb.pos[5] = 66;
     assert_status_msg(anvil_runtime_forward(rt, &bb.b, scratch), ANVIL_ERR_CAPACITY, "outside the context");
     valid_batch(&bb);
     bb.b.n_tokens = 17;
