@@ -1,0 +1,211 @@
+/* Argument checks shared by the CPU reference and the optimized ops, so that
+ * both accept exactly the same calls and no kernel ever indexes out of
+ * bounds on a bad step (a wrong slot or block table is the runtime's bug,
+ * but it must come back as a status, not as memory corruption). */
+#include <limits.h>
+
+#include "backend/cpu/cpu_internal.h"
+#include "core/error.h"
+
+static anvil_status check_act(const anvil_tensor *t, const char *what)
+{
+    CHECK(t != NULL && t->data != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing tensor", what);
+    CHECK(t->n_dims == 2 && t->shape[0] >= 0 && t->shape[1] >= 0, ANVIL_ERR_INVALID_ARG,
+          "%s: expected a 2-D activation", what);
+    CHECK(t->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED, "%s: CPU activations are f32, got %s", what,
+          anvil_dtype_name(t->dtype));
+    return ANVIL_OK;
+}
+
+static anvil_status check_weight_dtype(const anvil_tensor *t, const char *what)
+{
+    CHECK(anvil_cpu_is_float_dtype(t->dtype), ANVIL_ERR_UNSUPPORTED,
+          "%s: dtype %s (the CPU backend takes f32, bf16 and f16)", what, anvil_dtype_name(t->dtype));
+    return ANVIL_OK;
+}
+
+static anvil_status check_vector(const anvil_tensor *w, int64_t n, const char *what)
+{
+    CHECK(w != NULL && w->data != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing tensor", what);
+    TRY(check_weight_dtype(w, what));
+    CHECK(anvil_tensor_numel(w) == n && (w->n_dims == 1 || (w->n_dims == 2 && w->shape[0] == 1)),
+          ANVIL_ERR_INVALID_ARG, "%s: expected [%lld]", what, (long long)n);
+    return ANVIL_OK;
+}
+
+static anvil_status check_same_shape(const anvil_tensor *a, const anvil_tensor *b, const char *what)
+{
+    CHECK(a->shape[0] == b->shape[0] && a->shape[1] == b->shape[1], ANVIL_ERR_INVALID_ARG,
+          "%s: shape [%lld, %lld] vs [%lld, %lld]", what, (long long)a->shape[0], (long long)a->shape[1],
+          (long long)b->shape[0], (long long)b->shape[1]);
+    return ANVIL_OK;
+}
+
+static anvil_status check_step_tokens(const anvil_step *step, int64_t rows, const char *what)
+{
+    CHECK(step != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing step", what);
+    CHECK(step->n_tokens >= 0 && step->n_tokens == rows, ANVIL_ERR_INVALID_ARG,
+          "%s: %lld rows for a step of %d tokens", what, (long long)rows, step->n_tokens);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_check_embedding(const anvil_tensor *table, const anvil_step *step, const anvil_tensor *out)
+{
+    TRY(check_act(out, "embedding out"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2, ANVIL_ERR_INVALID_ARG,
+          "embedding: expected a 2-D table");
+    TRY(check_weight_dtype(table, "embedding table"));
+    CHECK(table->shape[1] == out->shape[1], ANVIL_ERR_INVALID_ARG, "embedding: table width %lld, out width %lld",
+          (long long)table->shape[1], (long long)out->shape[1]);
+    TRY(check_step_tokens(step, out->shape[0], "embedding"));
+    CHECK(step->n_tokens == 0 || step->token_ids != NULL, ANVIL_ERR_INVALID_ARG, "embedding: no token ids");
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        CHECK(step->token_ids[t] >= 0 && step->token_ids[t] < table->shape[0], ANVIL_ERR_INVALID_ARG,
+              "embedding: token id %d at row %d outside the vocabulary [0, %lld)", step->token_ids[t], t,
+              (long long)table->shape[0]);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_check_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int64_t width, const anvil_tensor *out)
+{
+    TRY(check_act(x, "rmsnorm x"));
+    TRY(check_act(out, "rmsnorm out"));
+    TRY(check_same_shape(x, out, "rmsnorm"));
+    CHECK(width > 0 && x->shape[1] % width == 0, ANVIL_ERR_INVALID_ARG,
+          "rmsnorm: row width %lld is not a multiple of %lld", (long long)x->shape[1], (long long)width);
+    return check_vector(w, width, "rmsnorm weight");
+}
+
+anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
+                                    const anvil_tensor *out)
+{
+    TRY(check_act(x, "matmul x"));
+    TRY(check_act(out, "matmul out"));
+    CHECK(w != NULL && w->data != NULL && w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "matmul: expected a 2-D weight");
+    TRY(check_weight_dtype(w, "matmul weight"));
+    CHECK(w->shape[1] == x->shape[1] && w->shape[0] == out->shape[1] && x->shape[0] == out->shape[0],
+          ANVIL_ERR_INVALID_ARG, "matmul: x [%lld, %lld] w [%lld, %lld] out [%lld, %lld]", (long long)x->shape[0],
+          (long long)x->shape[1], (long long)w->shape[0], (long long)w->shape[1], (long long)out->shape[0],
+          (long long)out->shape[1]);
+    CHECK(out->data != x->data || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "matmul: out must not alias x");
+    if (bias != NULL) {
+        TRY(check_vector(bias, w->shape[0], "matmul bias"));
+        CHECK(bias->dtype == w->dtype || bias->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED,
+              "matmul: bias dtype %s with weight dtype %s", anvil_dtype_name(bias->dtype),
+              anvil_dtype_name(w->dtype));
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq)
+{
+    TRY(check_act(x, "rope x"));
+    CHECK(head_dim > 0 && head_dim % 2 == 0 && x->shape[1] % head_dim == 0, ANVIL_ERR_INVALID_ARG,
+          "rope: head_dim %d must be even and divide the row width %lld", head_dim, (long long)x->shape[1]);
+    CHECK(inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    TRY(check_step_tokens(step, x->shape[0], "rope"));
+    CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "rope: no positions");
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out)
+{
+    TRY(check_act(a, "elementwise a"));
+    TRY(check_act(b, "elementwise b"));
+    TRY(check_act(out, "elementwise out"));
+    TRY(check_same_shape(a, b, "elementwise"));
+    return check_same_shape(a, out, "elementwise out");
+}
+
+anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out)
+{
+    TRY(check_act(x, "gather_rows x"));
+    TRY(check_act(out, "gather_rows out"));
+    CHECK(step != NULL, ANVIL_ERR_INVALID_ARG, "gather_rows: missing step");
+    CHECK(out->shape[0] == step->n_logits && out->shape[1] == x->shape[1], ANVIL_ERR_INVALID_ARG,
+          "gather_rows: out [%lld, %lld] for %d rows of width %lld", (long long)out->shape[0],
+          (long long)out->shape[1], step->n_logits, (long long)x->shape[1]);
+    CHECK(step->n_logits == 0 || step->logit_rows != NULL, ANVIL_ERR_INVALID_ARG, "gather_rows: no logit rows");
+    for (int32_t i = 0; i < step->n_logits; i++)
+        CHECK(step->logit_rows[i] >= 0 && step->logit_rows[i] < x->shape[0], ANVIL_ERR_INVALID_ARG,
+              "gather_rows: row %d outside [0, %lld)", step->logit_rows[i], (long long)x->shape[0]);
+    CHECK(out->data != x->data || step->n_logits == 0, ANVIL_ERR_INVALID_ARG, "gather_rows: out must not alias x");
+    return ANVIL_OK;
+}
+
+static anvil_status check_cache(const anvil_tensor *c, const anvil_attention_args *a, const char *what)
+{
+    CHECK(c != NULL && c->data != NULL && c->n_dims == 4, ANVIL_ERR_INVALID_ARG,
+          "attention: %s must be [n_blocks, block_size, n_kv_heads, head_dim]", what);
+    CHECK(anvil_cpu_is_float_dtype(c->dtype), ANVIL_ERR_UNSUPPORTED, "attention: %s dtype %s", what,
+          anvil_dtype_name(c->dtype));
+    CHECK(c->shape[0] > 0 && c->shape[1] == a->step->block_size && c->shape[2] == a->n_kv_heads &&
+              c->shape[3] == a->head_dim,
+          ANVIL_ERR_INVALID_ARG, "attention: %s is [%lld, %lld, %lld, %lld], want [*, %d, %d, %d]", what,
+          (long long)c->shape[0], (long long)c->shape[1], (long long)c->shape[2], (long long)c->shape[3],
+          a->step->block_size, a->n_kv_heads, a->head_dim);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
+{
+    CHECK(a != NULL && a->step != NULL, ANVIL_ERR_INVALID_ARG, "attention: missing arguments");
+    const anvil_step *st = a->step;
+    CHECK(a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim > 0,
+          ANVIL_ERR_INVALID_ARG, "attention: n_heads %d, n_kv_heads %d, head_dim %d", a->n_heads, a->n_kv_heads,
+          a->head_dim);
+    CHECK(a->sliding_window >= 0, ANVIL_ERR_INVALID_ARG, "attention: sliding window %d", a->sliding_window);
+    CHECK(st->block_size > 0 && st->max_blocks_per_seq > 0 && st->n_seqs >= 0, ANVIL_ERR_INVALID_ARG,
+          "attention: block_size %d, max_blocks_per_seq %d, n_seqs %d", st->block_size, st->max_blocks_per_seq,
+          st->n_seqs);
+    TRY(check_act(a->q, "attention q"));
+    TRY(check_act(a->k, "attention k"));
+    TRY(check_act(a->v, "attention v"));
+    TRY(check_act(a->out, "attention out"));
+    int64_t qw = (int64_t)a->n_heads * a->head_dim, kw = (int64_t)a->n_kv_heads * a->head_dim;
+    int64_t T = st->n_tokens;
+    CHECK(a->q->shape[0] == T && a->q->shape[1] == qw && a->out->shape[0] == T && a->out->shape[1] == qw &&
+              a->k->shape[0] == T && a->k->shape[1] == kw && a->v->shape[0] == T && a->v->shape[1] == kw,
+          ANVIL_ERR_INVALID_ARG, "attention: q/k/v/out shapes do not match %lld tokens x %d/%d heads x %d",
+          (long long)T, a->n_heads, a->n_kv_heads, a->head_dim);
+    CHECK(a->out->data != a->q->data || T == 0, ANVIL_ERR_INVALID_ARG, "attention: out must not alias q");
+    TRY(check_cache(a->k_cache, a, "k_cache"));
+    TRY(check_cache(a->v_cache, a, "v_cache"));
+    CHECK(a->k_cache->shape[0] == a->v_cache->shape[0] && a->k_cache->dtype == a->v_cache->dtype,
+          ANVIL_ERR_INVALID_ARG, "attention: k_cache and v_cache differ");
+    if (T == 0)
+        return ANVIL_OK;
+    CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,
+          ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
+    int64_t n_blocks = a->k_cache->shape[0];
+    int64_t n_slots = n_blocks * st->block_size;
+    CHECK(st->seq_starts[0] == 0 && st->seq_starts[st->n_seqs] == T, ANVIL_ERR_INVALID_ARG,
+          "attention: seq_starts must run from 0 to n_tokens %lld", (long long)T);
+    for (int32_t s = 0; s < st->n_seqs; s++) {
+        int32_t b = st->seq_starts[s], e = st->seq_starts[s + 1];
+        CHECK(b <= e, ANVIL_ERR_INVALID_ARG, "attention: seq_starts not increasing at %d", s);
+        int32_t lo_min = INT32_MAX, p_max = -1;
+        for (int32_t t = b; t < e; t++) {
+            int32_t p = st->positions[t];
+            CHECK(st->seq_of_token[t] == s, ANVIL_ERR_INVALID_ARG,
+                  "attention: token %d is in sequence %d but seq_of_token says %d", t, s, st->seq_of_token[t]);
+            CHECK(p >= 0 && p / st->block_size < st->max_blocks_per_seq, ANVIL_ERR_INVALID_ARG,
+                  "attention: position %d of token %d outside the block table", p, t);
+            CHECK(st->slots[t] >= 0 && st->slots[t] < n_slots, ANVIL_ERR_INVALID_ARG,
+                  "attention: slot %d of token %d outside the cache [0, %lld)", st->slots[t], t,
+                  (long long)n_slots);
+            int32_t lo = anvil_cpu_window_lo(p, a->sliding_window);
+            lo_min = lo < lo_min ? lo : lo_min;
+            p_max = p > p_max ? p : p_max;
+        }
+        /* Only the blocks some query reads must be valid (a sliding window
+         * lets the runtime free the ones behind it). */
+        for (int32_t blk = lo_min / st->block_size; e > b && blk <= p_max / st->block_size; blk++) {
+            int32_t id = st->block_tables[(int64_t)s * st->max_blocks_per_seq + blk];
+            CHECK(id >= 0 && id < n_blocks, ANVIL_ERR_INVALID_ARG,
+                  "attention: block table of sequence %d names block %d at %d, outside [0, %lld)", s, id, blk,
+                  (long long)n_blocks);
+        }
+    }
+    return ANVIL_OK;
+}

@@ -1,0 +1,196 @@
+/*
+ * cpu_internal.h: what the CPU backend's files share (not part of any
+ * public interface; tests include it to reach the kernels directly).
+ *
+ * The backend keeps one thread pool and one scratch arena. Ops are not
+ * reentrant: one op at a time per backend (the runtime runs one step at a
+ * time), which is what lets the scratch and the pool be shared.
+ *
+ * Arithmetic contract (batch invariance, see docs/cpu-backend.md): every
+ * dot product of the optimized kernels is the "dot16" defined below, on
+ * every instruction set, so results are bitwise identical whatever T, the
+ * row's place in the batch, the thread count or the ISA chosen.
+ */
+#ifndef ANVIL_BACKEND_CPU_INTERNAL_H
+#define ANVIL_BACKEND_CPU_INTERNAL_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "core/threadpool.h"
+
+/* Code paths, best last. The backend picks the best the CPU supports. */
+typedef enum anvil_cpu_isa {
+    ANVIL_CPU_ISA_SCALAR = 0, /* portable C (fmaf), any architecture */
+    ANVIL_CPU_ISA_AVX2,       /* AVX2 + FMA + F16C */
+    ANVIL_CPU_ISA_AVX512,     /* AVX-512 F/BW/VL */
+    ANVIL_CPU_ISA_COUNT,
+} anvil_cpu_isa;
+
+/* The best ISA this CPU runs, and whether it runs a given one. */
+anvil_cpu_isa anvil_cpu_isa_best(void);
+int anvil_cpu_isa_supported(anvil_cpu_isa isa);
+const char *anvil_cpu_isa_name(anvil_cpu_isa isa);
+
+/*
+ * The CPU backend with a chosen code path (tests compare paths with each
+ * other). ANVIL_ERR_UNSUPPORTED if this CPU cannot run isa.
+ */
+anvil_status anvil_backend_cpu_create_isa(int n_threads, anvil_cpu_isa isa, anvil_backend **out);
+
+typedef struct anvil_cpu_backend {
+    anvil_threadpool *pool; /* owned */
+    int n_threads;
+    anvil_cpu_isa isa;
+    void *scratch;          /* owned, 64-byte aligned, n_threads * scratch_stride bytes */
+    size_t scratch_bytes;
+    size_t scratch_stride;  /* bytes per thread, a multiple of 64 */
+} anvil_cpu_backend;
+
+static inline anvil_cpu_backend *anvil_cpu_impl(anvil_backend *be) { return (anvil_cpu_backend *)be->impl; }
+
+/* Makes sure each thread has bytes_per_thread bytes of scratch (64-byte
+ * aligned) at scratch + ith * scratch_stride. Grows, never shrinks. */
+anvil_status anvil_cpu_scratch_reserve(anvil_cpu_backend *cb, size_t bytes_per_thread);
+
+static inline void *anvil_cpu_scratch_at(anvil_cpu_backend *cb, int ith)
+{
+    return (char *)cb->scratch + (size_t)ith * cb->scratch_stride;
+}
+
+/* ---------------------------------------------------------------- elements */
+
+static inline int anvil_cpu_is_float_dtype(anvil_dtype dt)
+{
+    return dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16;
+}
+
+/* Element i of a F32/BF16/F16 array as float. memcpy because weights point
+ * into an mmap'd file and may be only 2-byte aligned. */
+static inline float anvil_cpu_load_elem(const void *base, anvil_dtype dt, int64_t i)
+{
+    if (dt == ANVIL_DTYPE_F32) {
+        float f;
+        memcpy(&f, (const char *)base + i * 4, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, (const char *)base + i * 2, 2);
+    return dt == ANVIL_DTYPE_BF16 ? anvil_bf16_to_f32(h) : anvil_f16_to_f32(h);
+}
+
+/* Stores f as element i of a F32/BF16/F16 array (round to nearest even). */
+static inline void anvil_cpu_store_elem(void *base, anvil_dtype dt, int64_t i, float f)
+{
+    if (dt == ANVIL_DTYPE_F32) {
+        memcpy((char *)base + i * 4, &f, 4);
+        return;
+    }
+    uint16_t h = dt == ANVIL_DTYPE_BF16 ? anvil_f32_to_bf16(f) : anvil_f32_to_f16(f);
+    memcpy((char *)base + i * 2, &h, 2);
+}
+
+/* ---------------------------------------------------------------- validation
+ * Shared by the reference and the optimized ops so both accept exactly the
+ * same arguments. Each returns ANVIL_ERR_INVALID_ARG (shapes, ranges) or
+ * ANVIL_ERR_UNSUPPORTED (a dtype the CPU backend does not handle). */
+
+anvil_status anvil_cpu_check_embedding(const anvil_tensor *table, const anvil_step *step, const anvil_tensor *out);
+anvil_status anvil_cpu_check_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int64_t width, const anvil_tensor *out);
+anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
+                                    const anvil_tensor *out);
+anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq);
+/* Also checks every slot, position and block-table entry the op will use. */
+anvil_status anvil_cpu_check_attention(const anvil_attention_args *a);
+anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out);
+anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out);
+
+/* The first cached position a query at position p attends to. */
+static inline int32_t anvil_cpu_window_lo(int32_t p, int32_t window)
+{
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* ---------------------------------------------------------------- kernels
+ * One set per ISA (cpu_kernels_*.c instantiate cpu_matmul_tmpl.h and
+ * cpu_attention_tmpl.h with that ISA's 16-lane vector primitives). */
+
+typedef struct anvil_cpu_mm {
+    const float *x;      /* [T, K], row stride K */
+    const void *w;       /* [N, K] of wdt, may be 2-byte aligned */
+    anvil_dtype wdt;
+    const void *bias;    /* [N] of bias_dt, or NULL */
+    anvil_dtype bias_dt;
+    float *out;          /* [T, N] */
+    int64_t T, K, N;
+} anvil_cpu_mm;
+
+/* The tile sizes of one ISA's matmul (the driver splits work in units of
+ * them, which changes only which elements are computed together). */
+typedef struct anvil_cpu_mm_shape {
+    int gemv_max_t;   /* T up to this streams the weights directly */
+    int gemv_rows;    /* weight rows per GEMV tile */
+    int gemm_rows;    /* weight rows per converted panel */
+    int gemm_tokens;  /* tokens per GEMM tile */
+} anvil_cpu_mm_shape;
+
+/* Computes out[t0:t1, n0:n1]. scratch: gemm_rows * round_up(K, 16) floats,
+ * 64-byte aligned (used when T > gemv_max_t). */
+typedef void (*anvil_cpu_mm_fn)(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1,
+                                float *scratch);
+
+/* One attention work item: every query head of kv head g for token t.
+ * The k/v cache rows are already written. scratch: see
+ * anvil_cpu_attention_scratch_bytes(). */
+typedef void (*anvil_cpu_attn_fn)(const anvil_attention_args *a, int32_t t, int32_t g, void *scratch);
+
+/* Scratch one attention work item needs with contexts up to n_ctx. */
+size_t anvil_cpu_attention_scratch_bytes(int32_t group, int32_t n_ctx);
+
+typedef struct anvil_cpu_kernels {
+    anvil_cpu_mm_shape mm_shape;
+    anvil_cpu_mm_fn matmul;
+    anvil_cpu_attn_fn attention;
+} anvil_cpu_kernels;
+
+extern const anvil_cpu_kernels anvil_cpu_kernels_scalar;
+#if defined(__x86_64__)
+extern const anvil_cpu_kernels anvil_cpu_kernels_avx2;
+extern const anvil_cpu_kernels anvil_cpu_kernels_avx512;
+#endif
+
+const anvil_cpu_kernels *anvil_cpu_kernels_for(anvil_cpu_isa isa);
+
+/* ---------------------------------------------------------------- ops */
+
+anvil_status anvil_cpu_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
+                                    anvil_tensor *out);
+anvil_status anvil_cpu_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
+                                  anvil_tensor *out);
+anvil_status anvil_cpu_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                       int32_t head_dim, float eps, anvil_tensor *out);
+anvil_status anvil_cpu_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                 const anvil_tensor *bias, anvil_tensor *out);
+anvil_status anvil_cpu_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                               const float *inv_freq);
+anvil_status anvil_cpu_op_attention(anvil_backend *be, const anvil_attention_args *args);
+anvil_status anvil_cpu_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                   anvil_tensor *out);
+anvil_status anvil_cpu_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
+                                      anvil_tensor *out);
+
+/* Splits [0, n) into nth nearly equal ranges aligned to `unit` (except the
+ * end) and returns range ith in [*lo, *hi). */
+static inline void anvil_cpu_split(int64_t n, int64_t unit, int ith, int nth, int64_t *lo, int64_t *hi)
+{
+    int64_t units = (n + unit - 1) / unit;
+    int64_t a = units * ith / nth, b = units * (ith + 1) / nth;
+    *lo = a * unit < n ? a * unit : n;
+    *hi = b * unit < n ? b * unit : n;
+}
+
+#endif

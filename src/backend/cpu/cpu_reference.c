@@ -1,0 +1,189 @@
+/* The scalar reference ops (see cpu_reference.h). Obviously correct first:
+ * one element at a time, no threads, dot products and sums in double. */
+#include "backend/cpu/cpu_reference.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend/cpu/cpu_internal.h"
+#include "core/error.h"
+
+anvil_status anvil_cpu_ref_embedding(const anvil_tensor *table, const anvil_step *step, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_embedding(table, step, out));
+    int64_t width = out->shape[1];
+    float *o = out->data;
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        for (int64_t i = 0; i < width; i++)
+            o[t * width + i] = anvil_cpu_load_elem(table->data, table->dtype, step->token_ids[t] * width + i);
+    return ANVIL_OK;
+}
+
+static void ref_norm_rows(const anvil_tensor *x, const anvil_tensor *w, int64_t width, float eps, anvil_tensor *out)
+{
+    const float *xs = x->data;
+    float *o = out->data;
+    int64_t n_pieces = x->shape[0] * (x->shape[1] / width);
+    for (int64_t r = 0; r < n_pieces; r++) {
+        const float *xr = xs + r * width;
+        double ss = 0.0;
+        for (int64_t i = 0; i < width; i++)
+            ss += (double)xr[i] * (double)xr[i];
+        float var = (float)(ss / (double)width);
+        float inv = 1.0f / sqrtf(var + eps);
+        for (int64_t i = 0; i < width; i++)
+            o[r * width + i] = xr[i] * inv * anvil_cpu_load_elem(w->data, w->dtype, i);
+    }
+}
+
+anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_rmsnorm(x, w, x != NULL ? x->shape[1] : 0, out));
+    if (x->shape[1] > 0)
+        ref_norm_rows(x, w, x->shape[1], eps, out);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int32_t head_dim, float eps,
+                                        anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_rmsnorm(x, w, head_dim, out));
+    ref_norm_rows(x, w, head_dim, eps, out);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
+                                  anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_matmul(x, w, bias, out));
+    int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (double)xs[t * K + k] * (double)anvil_cpu_load_elem(w->data, w->dtype, n * K + k);
+            if (bias != NULL)
+                acc += (double)anvil_cpu_load_elem(bias->data, bias->dtype, n);
+            o[t * N + n] = (float)acc;
+        }
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq)
+{
+    TRY(anvil_cpu_check_rope(x, step, head_dim, inv_freq));
+    int64_t width = x->shape[1], half = head_dim / 2;
+    float *xs = x->data;
+    for (int32_t t = 0; t < step->n_tokens; t++) {
+        for (int64_t h = 0; h < width / head_dim; h++) {
+            float *xh = xs + t * width + h * head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                float angle = (float)step->positions[t] * inv_freq[i];
+                float c = cosf(angle), s = sinf(angle);
+                float x1 = xh[i], x2 = xh[i + half];
+                xh[i] = x1 * c - x2 * s;
+                xh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
+{
+    TRY(anvil_cpu_check_attention(a));
+    const anvil_step *st = a->step;
+    int64_t hd = a->head_dim, T = st->n_tokens;
+    int64_t kw = (int64_t)a->n_kv_heads * hd, qw = (int64_t)a->n_heads * hd;
+    anvil_dtype cdt = a->k_cache->dtype;
+    const float *q = a->q->data, *k = a->k->data, *v = a->v->data;
+    float *out = a->out->data;
+
+    /* 1. the new keys and values into their slots */
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < kw; i++) {
+            anvil_cpu_store_elem(a->k_cache->data, cdt, (int64_t)st->slots[t] * kw + i, k[t * kw + i]);
+            anvil_cpu_store_elem(a->v_cache->data, cdt, (int64_t)st->slots[t] * kw + i, v[t * kw + i]);
+        }
+    }
+
+    /* 2. each query over its sequence's cache */
+    int32_t group = a->n_heads / a->n_kv_heads;
+    double *acc = malloc((size_t)hd * sizeof *acc);
+    CHECK(acc != NULL, ANVIL_ERR_OOM, "reference attention: out of memory");
+    for (int64_t t = 0; t < T; t++) {
+        int32_t s = st->seq_of_token[t], p = st->positions[t];
+        int32_t lo = anvil_cpu_window_lo(p, a->sliding_window);
+        for (int32_t h = 0; h < a->n_heads; h++) {
+            int32_t g = h / group;
+            const float *qh = q + t * qw + (int64_t)h * hd;
+            /* pass 1: the largest score */
+            float m = -INFINITY;
+            for (int32_t j = lo; j <= p; j++) {
+                int64_t blk = st->block_tables[(int64_t)s * st->max_blocks_per_seq + j / st->block_size];
+                int64_t row = (blk * st->block_size + j % st->block_size) * kw + (int64_t)g * hd;
+                double dot = 0.0;
+                for (int64_t d = 0; d < hd; d++)
+                    dot += (double)qh[d] * (double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d);
+                float score = (float)dot * a->scale;
+                m = score > m ? score : m;
+            }
+            /* pass 2: softmax weights and the weighted sum of values */
+            double sum = 0.0;
+            for (int64_t d = 0; d < hd; d++)
+                acc[d] = 0.0;
+            for (int32_t j = lo; j <= p; j++) {
+                int64_t blk = st->block_tables[(int64_t)s * st->max_blocks_per_seq + j / st->block_size];
+                int64_t row = (blk * st->block_size + j % st->block_size) * kw + (int64_t)g * hd;
+                double dot = 0.0;
+                for (int64_t d = 0; d < hd; d++)
+                    dot += (double)qh[d] * (double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d);
+                float e = expf((float)dot * a->scale - m);
+                sum += e;
+                for (int64_t d = 0; d < hd; d++)
+                    acc[d] += (double)e * (double)anvil_cpu_load_elem(a->v_cache->data, cdt, row + d);
+            }
+            for (int64_t d = 0; d < hd; d++)
+                out[t * qw + (int64_t)h * hd + d] = (float)(acc[d] / sum);
+        }
+    }
+    free(acc);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_silu_mul(const anvil_tensor *gate, const anvil_tensor *up, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_binary(gate, up, out));
+    int64_t n = anvil_tensor_numel(gate);
+    const float *g = gate->data, *u = up->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_add(const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_binary(a, b, out));
+    int64_t n = anvil_tensor_numel(a);
+    const float *x = a->data, *y = b->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = x[i] + y[i];
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *step, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_gather_rows(x, step, out));
+    int64_t width = x->shape[1];
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int32_t i = 0; i < step->n_logits; i++)
+        for (int64_t c = 0; c < width; c++)
+            o[i * width + c] = xs[(int64_t)step->logit_rows[i] * width + c];
+    return ANVIL_OK;
+}

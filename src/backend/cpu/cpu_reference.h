@@ -1,0 +1,56 @@
+/*
+ * cpu_reference.h: plain scalar versions of every backend op.
+ *
+ * These are the definition that the optimized CPU ops and the CUDA ops are
+ * tested against: straight loops, one element at a time, sums in double,
+ * no threads. Same arguments and the same checks as the backend ops (minus
+ * the backend); tensors are host memory. They are slow on purpose.
+ *
+ *     anvil_tensor want = ...;
+ *     TRY(anvil_cpu_ref_matmul(&x, &w, NULL, &want));
+ *     TRY(be->ops->matmul(be, &x, &w, NULL, &got));
+ *
+ * Semantics follow Hugging Face transformers in fp32; each function says
+ * exactly what it computes.
+ */
+#ifndef ANVIL_BACKEND_CPU_REFERENCE_H
+#define ANVIL_BACKEND_CPU_REFERENCE_H
+
+#include "backend/backend.h"
+
+/* out[t, :] = table[token_ids[t], :] as f32. A token id outside the table is
+ * ANVIL_ERR_INVALID_ARG. */
+anvil_status anvil_cpu_ref_embedding(const anvil_tensor *table, const anvil_step *step, anvil_tensor *out);
+
+/* var = mean(x^2), y = x * (1 / sqrtf(var + eps)) * w, per row. */
+anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, anvil_tensor *out);
+
+/* The same over each head_dim-wide piece of every row (w is [head_dim]). */
+anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int32_t head_dim, float eps,
+                                        anvil_tensor *out);
+
+/* out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), summed in double. */
+anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
+                                  anvil_tensor *out);
+
+/* Rotate-half RoPE in place: for each head and i < head_dim / 2,
+ * a = (float)positions[t] * inv_freq[i], c = cosf(a), s = sinf(a),
+ * x[i], x[i + d/2] = x[i] * c - x[i + d/2] * s, x[i + d/2] * c + x[i] * s. */
+anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq);
+
+/* Writes k, v into the caches at step->slots (converted to the cache dtype),
+ * then for every token t and head h: softmax(q . k_j * scale) over the
+ * cached positions j of its sequence in [max(0, p - window + 1), p], and
+ * out = sum_j softmax_j * v_j (GQA: kv head h / (n_heads / n_kv_heads)). */
+anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a);
+
+/* out = gate / (1 + expf(-gate)) * up */
+anvil_status anvil_cpu_ref_silu_mul(const anvil_tensor *gate, const anvil_tensor *up, anvil_tensor *out);
+
+/* out = a + b */
+anvil_status anvil_cpu_ref_add(const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+
+/* out[i, :] = x[logit_rows[i], :] */
+anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *step, anvil_tensor *out);
+
+#endif

@@ -1,0 +1,112 @@
+/*
+ * cpu_vec_avx2.h: the 16-lane vector primitives on AVX2 + FMA + F16C, as
+ * two ymm halves (lanes 0-7 and 8-15). Same contract as cpu_vec_scalar.h,
+ * bit for bit. Include only from files compiled on x86-64.
+ */
+#ifndef ANVIL_BACKEND_CPU_VEC_H
+#define ANVIL_BACKEND_CPU_VEC_H
+
+#include <immintrin.h>
+
+#include "backend/cpu/cpu_internal.h"
+
+#define VEC_TARGET "avx2,fma,f16c"
+#define VEC_FN __attribute__((target(VEC_TARGET)))
+#define VEC_INLINE static inline __attribute__((always_inline, target(VEC_TARGET)))
+
+typedef struct vec16 {
+    __m256 lo, hi;
+} vec16;
+
+/* mask_tbl + 8 - n: lanes [0, n) all ones, 0 <= n <= 8 */
+static const int32_t vec_mask_tbl[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+VEC_INLINE __m256i v_mask8(int n) { return _mm256_loadu_si256((const __m256i *)(vec_mask_tbl + 8 - n)); }
+
+VEC_INLINE vec16 v_zero(void)
+{
+    vec16 r = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    return r;
+}
+
+VEC_INLINE vec16 v_set1(float x)
+{
+    vec16 r = {_mm256_set1_ps(x), _mm256_set1_ps(x)};
+    return r;
+}
+
+VEC_INLINE vec16 v_fma(vec16 a, vec16 b, vec16 c)
+{
+    vec16 r = {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+    return r;
+}
+
+VEC_INLINE vec16 v_div(vec16 a, vec16 b)
+{
+    vec16 r = {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)};
+    return r;
+}
+
+VEC_INLINE vec16 v_load(const float *p)
+{
+    vec16 r = {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)};
+    return r;
+}
+
+VEC_INLINE vec16 v_load_n(const float *p, int n)
+{
+    int nlo = n < 8 ? n : 8, nhi = n > 8 ? n - 8 : 0;
+    vec16 r = {_mm256_maskload_ps(p, v_mask8(nlo)), _mm256_maskload_ps(p + 8, v_mask8(nhi))};
+    return r;
+}
+
+VEC_INLINE void v_store(float *p, vec16 v)
+{
+    _mm256_storeu_ps(p, v.lo);
+    _mm256_storeu_ps(p + 8, v.hi);
+}
+
+VEC_INLINE void v_store_n(float *p, vec16 v, int n)
+{
+    int nlo = n < 8 ? n : 8, nhi = n > 8 ? n - 8 : 0;
+    _mm256_maskstore_ps(p, v_mask8(nlo), v.lo);
+    _mm256_maskstore_ps(p + 8, v_mask8(nhi), v.hi);
+}
+
+VEC_INLINE __m256 v_from_half8(__m128i h, anvil_dtype dt)
+{
+    if (dt == ANVIL_DTYPE_BF16) /* bf16 is the top half of an f32 */
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+
+VEC_INLINE vec16 v_load_w(const void *base, int64_t i, anvil_dtype dt)
+{
+    const char *p = (const char *)base;
+    if (dt == ANVIL_DTYPE_F32)
+        return v_load((const float *)(const void *)(p + i * 4));
+    vec16 r = {v_from_half8(_mm_loadu_si128((const __m128i *)(p + i * 2)), dt),
+               v_from_half8(_mm_loadu_si128((const __m128i *)(p + i * 2 + 16)), dt)};
+    return r;
+}
+
+VEC_INLINE vec16 v_load_w_n(const void *base, int64_t i, int n, anvil_dtype dt)
+{
+    const char *p = (const char *)base;
+    if (dt == ANVIL_DTYPE_F32)
+        return v_load_n((const float *)(const void *)(p + i * 4), n);
+    /* no 16-bit masked load on AVX2: go through a zeroed copy */
+    uint16_t tmp[16] = {0};
+    memcpy(tmp, p + i * 2, (size_t)n * 2);
+    return v_load_w(tmp, 0, dt);
+}
+
+VEC_INLINE float v_reduce(vec16 v)
+{
+    __m256 s8 = _mm256_add_ps(v.lo, v.hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+#endif

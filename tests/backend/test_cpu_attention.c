@@ -1,0 +1,220 @@
+/*
+ * CPU attention: every code path against the scalar reference on
+ * table-driven steps (head_dim 8..128 and off multiples of 16, GQA ratios
+ * 1/2/4/6/8, odd block sizes, scattered block tables, sequence lengths off
+ * the block size, sliding windows smaller than the context, several packed
+ * sequences mixing prefill chunks and decode tokens, f32/bf16/f16 caches);
+ * the caches written exactly as the reference writes them; guard bytes;
+ * the code paths bitwise equal; and the error paths.
+ */
+#include "cpu_attn_fixture.h"
+
+/* Tolerance on out: ATOL + RTOL * |want|. out is a convex combination of
+ * value rows in [-1, 1]; both sides read the same (already rounded) cache
+ * values, so the error is fp32 rounding of the dot products and sums, and
+ * the same for every cache dtype. */
+static const struct {
+    anvil_dtype dt;
+    float atol, rtol;
+} tolerances[] = {
+    {ANVIL_DTYPE_F32, 3e-6f, 1e-5f},
+    {ANVIL_DTYPE_BF16, 3e-6f, 1e-5f},
+    {ANVIL_DTYPE_F16, 3e-6f, 1e-5f},
+};
+
+static const attn_case cases[] = {
+    /* hd  H   KV  bs  win  cache              scale  n  (cached, new)... */
+    {8, 2, 1, 4, 0, ANVIL_DTYPE_F32, 0, 1, {{0, 5}}},
+    {16, 4, 2, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{10, 1}, {0, 7}, {33, 3}}},
+    {32, 8, 1, 8, 5, ANVIL_DTYPE_F32, 0, 2, {{20, 1}, {3, 9}}},
+    {64, 8, 8, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{100, 1}, {37, 1}, {0, 40}}},
+    {128, 4, 1, 32, 50, ANVIL_DTYPE_F32, 0, 2, {{200, 1}, {60, 10}}},
+    {80, 6, 3, 5, 0, ANVIL_DTYPE_F32, 0, 3, {{12, 4}, {0, 1}, {7, 1}}},
+    {64, 12, 2, 16, 0, ANVIL_DTYPE_BF16, 0, 2, {{50, 1}, {0, 20}}},
+    {64, 8, 2, 16, 0, ANVIL_DTYPE_F16, 0, 2, {{31, 2}, {64, 1}}},
+    {16, 4, 1, 4, 1, ANVIL_DTYPE_F32, 0, 1, {{9, 3}}},
+    {32, 16, 2, 7, 20, ANVIL_DTYPE_BF16, 0, 4, {{70, 1}, {5, 30}, {0, 1}, {44, 6}}},
+    {24, 3, 3, 3, 0, ANVIL_DTYPE_F32, 0, 1, {{0, 1}}},
+    {128, 2, 1, 64, 0, ANVIL_DTYPE_F32, 1.0f, 1, {{300, 1}}},
+    {16, 8, 4, 2, 3, ANVIL_DTYPE_F16, 0, 5, {{0, 2}, {1, 1}, {2, 2}, {17, 1}, {6, 4}}},
+    {8, 4, 4, 1, 0, ANVIL_DTYPE_F32, 0, 2, {{5, 2}, {0, 3}}},
+    {128, 32, 8, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{70, 1}, {0, 23}, {129, 1}}},
+};
+
+static void case_name(const attn_case *c, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "attention hd=%d H=%d KV=%d bs=%d win=%d cache=%s seqs=", c->head_dim, c->n_heads,
+                     c->n_kv_heads, c->block_size, c->window, kit_dt(c->cache_dt));
+    for (int s = 0; s < c->n_seqs && n > 0 && (size_t)n < cap; s++)
+        n += snprintf(buf + n, cap - (size_t)n, "(%d+%d)", c->seqs[s].cached, c->seqs[s].n_new);
+}
+
+static void test_attention_vs_reference(void **state)
+{
+    (void)state;
+    uint64_t rng = 1234;
+    kit_backends kb = kit_backends_new(2);
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        char name[256];
+        case_name(&cases[ci], name, sizeof name);
+        attn_fixture f;
+        attn_fixture_build(&f, &cases[ci], &rng);
+        attn_result want = attn_fixture_run(&f, NULL);
+        float atol = 0, rtol = 0;
+        for (size_t i = 0; i < sizeof tolerances / sizeof tolerances[0]; i++)
+            if (tolerances[i].dt == f.c.cache_dt) {
+                atol = tolerances[i].atol;
+                rtol = tolerances[i].rtol;
+            }
+        /* the step wrote something: every new token's rows differ from before */
+        assert_true(memcmp(want.kc.data, f.kc0, f.cache_bytes) != 0);
+        attn_result first = {0};
+        for (int i = 0; i < kb.n; i++) {
+            char pname[300];
+            snprintf(pname, sizeof pname, "%s [%s]", name, anvil_cpu_isa_name(kb.isa[i]));
+            attn_result got = attn_fixture_run(&f, kb.be[i]);
+            kit_expect_bitwise(pname, got.kc.data, want.kc.data, f.cache_bytes);
+            kit_expect_bitwise(pname, got.vc.data, want.vc.data, f.cache_bytes);
+            kit_expect_close(pname, got.out.data, want.out.data, NULL, (int64_t)(got.out.bytes / 4), atol, rtol);
+            if (i == 0)
+                first = got;
+            else {
+                kit_expect_bitwise(pname, got.out.data, first.out.data, got.out.bytes);
+                attn_result_free(&got);
+            }
+        }
+        attn_result_free(&first);
+        attn_result_free(&want);
+        attn_fixture_free(&f);
+    }
+    kit_backends_free(&kb);
+}
+
+/* The reference itself, on a case small enough to check by hand: one head,
+ * head_dim 2, three cached positions; out = softmax-weighted mean of v. */
+static void test_attention_reference_by_hand(void **state)
+{
+    (void)state;
+    attn_case c = {2, 1, 1, 2, 0, ANVIL_DTYPE_F32, 1.0f, 1, {{2, 1}}};
+    uint64_t rng = 5;
+    attn_fixture f;
+    attn_fixture_build(&f, &c, &rng);
+    /* q = (1, 0); keys at positions 0, 1, 2 = (0, 0), (1, 0), (2, 0) -> scores 0, 1, 2 */
+    f.q[0] = 1.0f;
+    f.q[1] = 0.0f;
+    f.k[0] = 2.0f;
+    f.k[1] = 0.0f;
+    f.v[0] = 3.0f;
+    f.v[1] = -1.0f;
+    float *kc = f.kc0, *vc = f.vc0;
+    const int32_t *bt = f.block_tables;
+    for (int p = 0; p < 2; p++) {
+        int64_t slot = (int64_t)bt[p / 2] * 2 + p % 2;
+        kc[slot * 2] = (float)p;
+        kc[slot * 2 + 1] = 0.0f;
+        vc[slot * 2] = (float)p + 1.0f;
+        vc[slot * 2 + 1] = -1.0f;
+    }
+    attn_result r = attn_fixture_run(&f, NULL);
+    double e0 = 1.0, e1 = exp(1.0), e2 = exp(2.0), z = e0 + e1 + e2;
+    float *out = r.out.data;
+    assert_float_equal(out[0], (float)((1.0 * e0 + 2.0 * e1 + 3.0 * e2) / z), 1e-6);
+    assert_float_equal(out[1], -1.0f, 1e-6);
+    attn_result_free(&r);
+    attn_fixture_free(&f);
+}
+
+static anvil_status run_args(anvil_backend *be, anvil_attention_args a)
+{
+    return be->ops->attention(be, &a);
+}
+
+static void test_attention_errors(void **state)
+{
+    (void)state;
+    uint64_t rng = 77;
+    attn_case c = {16, 4, 2, 4, 0, ANVIL_DTYPE_F32, 0, 2, {{5, 2}, {0, 3}}};
+    attn_fixture f;
+    attn_fixture_build(&f, &c, &rng);
+    anvil_backend *be = NULL;
+    KIT_OK(anvil_backend_cpu_create(2, &be));
+    int64_t qw = 64, kw = 32;
+    float *out = calloc((size_t)(f.T * qw), 4);
+    void *kc = calloc(f.cache_bytes, 1), *vc = calloc(f.cache_bytes, 1);
+    anvil_tensor tq = anvil_tensor_2d(ANVIL_DTYPE_F32, f.T, qw, f.q);
+    anvil_tensor tk = anvil_tensor_2d(ANVIL_DTYPE_F32, f.T, kw, f.k);
+    anvil_tensor tv = anvil_tensor_2d(ANVIL_DTYPE_F32, f.T, kw, f.v);
+    anvil_tensor to = anvil_tensor_2d(ANVIL_DTYPE_F32, f.T, qw, out);
+    anvil_tensor tkc = {.dtype = ANVIL_DTYPE_F32, .n_dims = 4, .shape = {f.n_blocks, 4, 2, 16}, .data = kc};
+    anvil_tensor tvc = tkc;
+    tvc.data = vc;
+    anvil_attention_args good = {.q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to,
+                                 .step = &f.step, .n_heads = 4, .n_kv_heads = 2, .head_dim = 16, .scale = 0.25f};
+    KIT_OK(run_args(be, good));
+
+    anvil_attention_args a = good;
+    a.n_kv_heads = 3;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "n_kv_heads");
+
+    /* a slot outside the cache */
+    int32_t saved = f.slots[1];
+    f.slots[1] = f.n_blocks * 4;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "slot");
+    f.slots[1] = -1;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "slot");
+    f.slots[1] = saved;
+
+    /* a block table entry that a query reads is out of range */
+    saved = f.block_tables[0];
+    f.block_tables[0] = f.n_blocks;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "block table");
+    f.block_tables[0] = -1;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "block table");
+    f.block_tables[0] = saved;
+
+    /* a position beyond the block table */
+    saved = f.positions[0];
+    f.positions[0] = f.max_blocks * 4;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "position");
+    f.positions[0] = saved;
+
+    /* seq_of_token disagrees with seq_starts */
+    f.seq_of_token[0] = 1;
+    assert_status_msg(run_args(be, good), ANVIL_ERR_INVALID_ARG, "seq_of_token");
+    f.seq_of_token[0] = 0;
+
+    /* cache shape and dtype */
+    anvil_tensor bad_kc = tkc;
+    bad_kc.shape[1] = 8;
+    a = good;
+    a.k_cache = &bad_kc;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "k_cache");
+    anvil_tensor int_kc = tkc, int_vc = tvc;
+    int_kc.dtype = int_vc.dtype = ANVIL_DTYPE_I32;
+    a.k_cache = &int_kc;
+    a.v_cache = &int_vc;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_UNSUPPORTED, "dtype");
+
+    /* and the reference refuses the same calls */
+    a = good;
+    a.n_heads = 5;
+    assert_status_msg(anvil_cpu_ref_attention(&a), ANVIL_ERR_INVALID_ARG, "n_heads");
+
+    /* the good call still works after all that */
+    KIT_OK(run_args(be, good));
+    free(out);
+    free(kc);
+    free(vc);
+    anvil_backend_free(be);
+    attn_fixture_free(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attention_reference_by_hand),
+        cmocka_unit_test(test_attention_vs_reference),
+        cmocka_unit_test(test_attention_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
