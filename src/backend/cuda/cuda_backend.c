@@ -1,0 +1,278 @@
+/* The CUDA backend: device, stream, memory, copies, the error word, and the
+ * op table. The ops live in cuda_*.c (host side) and cuda_*.cu (kernels). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+#define STAGE_BYTES ((size_t)4 << 20)           /* per pinned upload buffer */
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)   /* what cuBLAS advises for Hopper */
+
+/* ---------------------------------------------------------------- errors */
+
+anvil_status anvil_cuda_status(cudaError_t e, const char *what, const char *file, int line)
+{
+    if (e == cudaSuccess)
+        return ANVIL_OK;
+    return anvil_error_set(ANVIL_ERR_CUDA, file, line, "%s: %s (%s)", what, cudaGetErrorString(e),
+                           cudaGetErrorName(e));
+}
+
+int anvil_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError(); /* clear it: "no device" is an answer, not an error */
+        return 0;
+    }
+    return n;
+}
+
+anvil_status anvil_cuda_use(anvil_cuda_backend *cb)
+{
+    CUDA_TRY(cudaSetDevice(cb->device), "cudaSetDevice");
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_reserve(anvil_cuda_backend *cb, void **buf, size_t *have, size_t bytes, const char *what)
+{
+    if (bytes <= *have)
+        return ANVIL_OK;
+    if (*buf != NULL) {
+        /* kernels queued earlier may still read the old buffer */
+        CUDA_TRY(cudaStreamSynchronize(cb->stream), what);
+        CUDA_TRY(cudaFree(*buf), what);
+        *buf = NULL;
+        *have = 0;
+    }
+    size_t n = (bytes + 255) / 256 * 256;
+    CUDA_TRY(cudaMalloc(buf, n), what);
+    *have = n;
+    return ANVIL_OK;
+}
+
+/* Reads the error word (after the queued work) and reports what it says. */
+static anvil_status check_error_word(anvil_cuda_backend *cb, const char *what)
+{
+    CUDA_TRY(cudaMemcpyAsync(cb->h_err, cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream), what);
+    CUDA_TRY(cudaStreamSynchronize(cb->stream), what);
+    int bits = *cb->h_err;
+    if (bits == 0)
+        return ANVIL_OK;
+    CUDA_TRY(cudaMemsetAsync(cb->d_err, 0, sizeof(int), cb->stream), what);
+    CUDA_TRY(cudaStreamSynchronize(cb->stream), what);
+    char msg[256];
+    msg[0] = '\0';
+    static const struct {
+        int bit;
+        const char *text;
+    } names[] = {
+        {ANVIL_CUDA_BAD_TOKEN, " token id outside the embedding table;"},
+        {ANVIL_CUDA_BAD_SLOT, " cache slot outside the KV cache;"},
+        {ANVIL_CUDA_BAD_BLOCK, " block id outside the KV cache or position past the block table;"},
+        {ANVIL_CUDA_BAD_SEQ, " seq_of_token outside [0, n_seqs);"},
+        {ANVIL_CUDA_BAD_ROW, " logit row outside the activations;"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (bits & names[i].bit)
+            strncat(msg, names[i].text, sizeof msg - strlen(msg) - 1);
+    return ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "%s: a kernel skipped invalid step data:%s", what, msg);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void cuda_destroy(anvil_backend *be)
+{
+    if (be == NULL)
+        return;
+    /* be is the first member (impl may not be set yet when creation fails) */
+    anvil_cuda_backend *cb = (anvil_cuda_backend *)be;
+    if (cudaSetDevice(cb->device) == cudaSuccess && cb->stream != NULL)
+        (void)cudaStreamSynchronize(cb->stream);
+    anvil_cuda_matmul_cache_free(cb->mm_cache);
+    if (cb->lt != NULL)
+        cublasLtDestroy(cb->lt);
+    cudaFree(cb->lt_workspace);
+    cudaFree(cb->mm_scratch);
+    cudaFree(cb->attn_ws);
+    cudaFree(cb->d_err);
+    cudaFreeHost(cb->h_err);
+    for (int i = 0; i < 2; i++) {
+        cudaFreeHost(cb->stage[i]);
+        if (cb->stage_done[i] != NULL)
+            cudaEventDestroy(cb->stage_done[i]);
+    }
+    if (cb->stream != NULL)
+        cudaStreamDestroy(cb->stream);
+    (void)cudaGetLastError();
+    free(cb);
+}
+
+static anvil_status cuda_alloc(anvil_backend *be, size_t bytes, void **out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    *out = NULL;
+    TRY(anvil_cuda_use(cb));
+    /* whole 256-byte units: kernels may read a full vector at the end */
+    size_t n = bytes == 0 ? 256 : bytes;
+    CHECK(n <= SIZE_MAX - 255, ANVIL_ERR_OOM, "cuda alloc: %zu bytes", bytes);
+    n = (n + 255) / 256 * 256;
+    cudaError_t e = cudaMalloc(out, n);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        *out = NULL;
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "cuda alloc: cannot allocate %zu bytes on device %d", bytes, cb->device);
+    }
+    if (e != cudaSuccess)
+        *out = NULL;
+    CUDA_TRY(e, "cudaMalloc");
+    return ANVIL_OK;
+}
+
+static void cuda_free(anvil_backend *be, void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    if (cudaSetDevice(cb->device) == cudaSuccess)
+        (void)cudaFree(ptr); /* waits for the device: no kernel still reads ptr */
+    (void)cudaGetLastError();
+}
+
+/*
+ * Host to device. src is copied into a pinned staging buffer before this
+ * returns (so the caller may reuse it at once), then the DMA runs
+ * asynchronously on the stream. Large copies go through the two buffers in
+ * turn, the CPU filling one while the other is on its way.
+ */
+static anvil_status cuda_upload(anvil_backend *be, void *dst, const void *src, size_t bytes)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    if (bytes == 0)
+        return ANVIL_OK;
+    CHECK(dst != NULL && src != NULL, ANVIL_ERR_INVALID_ARG, "cuda upload: NULL pointer");
+    TRY(anvil_cuda_use(cb));
+    for (size_t off = 0; off < bytes;) {
+        size_t n = bytes - off < cb->stage_bytes ? bytes - off : cb->stage_bytes;
+        int i = cb->stage_next;
+        cb->stage_next ^= 1;
+        CUDA_TRY(cudaEventSynchronize(cb->stage_done[i]), "cuda upload: waiting for the staging buffer");
+        memcpy(cb->stage[i], (const char *)src + off, n);
+        CUDA_TRY(cudaMemcpyAsync((char *)dst + off, cb->stage[i], n, cudaMemcpyHostToDevice, cb->stream),
+                 "cuda upload");
+        CUDA_TRY(cudaEventRecord(cb->stage_done[i], cb->stream), "cuda upload");
+        off += n;
+    }
+    return ANVIL_OK;
+}
+
+/* Device to host, after everything queued before it; waits. */
+static anvil_status cuda_download(anvil_backend *be, void *dst, const void *src, size_t bytes)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(bytes == 0 || (dst != NULL && src != NULL), ANVIL_ERR_INVALID_ARG, "cuda download: NULL pointer");
+    TRY(anvil_cuda_use(cb));
+    if (bytes > 0)
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream), "cuda download");
+    return check_error_word(cb, "cuda download");
+}
+
+static anvil_status cuda_synchronize(anvil_backend *be)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_use(cb));
+    return check_error_word(cb, "cuda synchronize");
+}
+
+static anvil_status cuda_mem_available(anvil_backend *be, size_t *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    *out = 0;
+    TRY(anvil_cuda_use(cb));
+    size_t free_b = 0, total = 0;
+    CUDA_TRY(cudaMemGetInfo(&free_b, &total), "cudaMemGetInfo");
+    *out = free_b;
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_set_knobs(anvil_backend *be, const anvil_cuda_knobs *knobs)
+{
+    CHECK(be != NULL && be->ops != NULL && be->ops->destroy == cuda_destroy && knobs != NULL,
+          ANVIL_ERR_INVALID_ARG, "anvil_cuda_set_knobs: not a CUDA backend");
+    anvil_cuda_impl(be)->knobs = *knobs;
+    return ANVIL_OK;
+}
+
+/* ---------------------------------------------------------------- creation */
+
+static anvil_status cuda_init(anvil_cuda_backend *cb)
+{
+    int n = 0;
+    CUDA_TRY(cudaGetDeviceCount(&n), "cuda backend: cudaGetDeviceCount");
+    CHECK(cb->device >= 0 && cb->device < n, ANVIL_ERR_INVALID_ARG, "cuda backend: device %d, but %d device%s",
+          cb->device, n, n == 1 ? "" : "s");
+    TRY(anvil_cuda_use(cb));
+    struct cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, cb->device), "cudaGetDeviceProperties");
+    CHECK(prop.major >= 8, ANVIL_ERR_UNSUPPORTED,
+          "cuda backend: device %d (%s) is sm_%d%d; anvil needs sm_80 or newer", cb->device, prop.name,
+          prop.major, prop.minor);
+    cb->n_sm = prop.multiProcessorCount;
+    cb->smem_optin = prop.sharedMemPerBlockOptin;
+    CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
+    CUDA_TRY(cudaMemsetAsync(cb->d_err, 0, sizeof(int), cb->stream), "cuda backend: error word");
+    CUDA_TRY(cudaMallocHost((void **)&cb->h_err, sizeof(int)), "cuda backend: error word");
+    cb->stage_bytes = STAGE_BYTES;
+    for (int i = 0; i < 2; i++) {
+        CUDA_TRY(cudaMallocHost(&cb->stage[i], cb->stage_bytes), "cuda backend: staging buffer");
+        CUDA_TRY(cudaEventCreateWithFlags(&cb->stage_done[i], cudaEventDisableTiming), "cudaEventCreate");
+    }
+    cublasStatus_t bs = cublasLtCreate(&cb->lt);
+    CHECK(bs == CUBLAS_STATUS_SUCCESS, ANVIL_ERR_CUDA, "cublasLtCreate: %s", cublasGetStatusString(bs));
+    cb->lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    CUDA_TRY(cudaMalloc(&cb->lt_workspace, cb->lt_workspace_bytes), "cuda backend: cuBLASLt workspace");
+    CUDA_TRY(cudaStreamSynchronize(cb->stream), "cuda backend: init");
+    return ANVIL_OK;
+}
+
+anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_backend **out)
+{
+    *out = NULL;
+    CHECK(act_dtype == ANVIL_DTYPE_F32 || act_dtype == ANVIL_DTYPE_BF16 || act_dtype == ANVIL_DTYPE_F16,
+          ANVIL_ERR_UNSUPPORTED, "cuda backend: activations in %s (f32, bf16 or f16)", anvil_dtype_name(act_dtype));
+    anvil_cuda_backend *cb = calloc(1, sizeof *cb);
+    CHECK(cb != NULL, ANVIL_ERR_OOM, "cuda backend: out of memory");
+    cb->device = device;
+    anvil_status st = cuda_init(cb);
+    if (st != ANVIL_OK) {
+        anvil_error_wrap("cuda backend on device %d", device);
+        cuda_destroy(&cb->be);
+        return st;
+    }
+    anvil_backend_ops *o = &cb->ops;
+    o->name = act_dtype == ANVIL_DTYPE_F32 ? "cuda (f32)" : act_dtype == ANVIL_DTYPE_BF16 ? "cuda (bf16)" : "cuda (f16)";
+    o->destroy = cuda_destroy;
+    o->alloc = cuda_alloc;
+    o->free = cuda_free;
+    o->upload = cuda_upload;
+    o->download = cuda_download;
+    o->synchronize = cuda_synchronize;
+    o->mem_available = cuda_mem_available;
+    o->act_dtype = act_dtype;
+    o->weights_in_host_memory = 0;
+    o->embedding = anvil_cuda_op_embedding;
+    o->rmsnorm = anvil_cuda_op_rmsnorm;
+    o->head_rmsnorm = anvil_cuda_op_head_rmsnorm;
+    o->matmul = anvil_cuda_op_matmul;
+    o->rope = anvil_cuda_op_rope;
+    o->attention = anvil_cuda_op_attention;
+    o->silu_mul = anvil_cuda_op_silu_mul;
+    o->add = anvil_cuda_op_add;
+    o->gather_rows = anvil_cuda_op_gather_rows;
+    cb->be.ops = &cb->ops;
+    cb->be.impl = cb;
+    *out = &cb->be;
+    return ANVIL_OK;
+}

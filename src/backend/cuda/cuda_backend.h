@@ -1,0 +1,41 @@
+/*
+ * cuda_backend.h: what the CUDA backend offers besides the op table
+ * (anvil_backend_cuda_create is declared in backend/backend.h).
+ *
+ *     if (anvil_cuda_device_count() == 0)
+ *         ... no GPU (or no driver): use the CPU backend, or skip the test
+ *
+ * Plain C, no CUDA headers: tests and tools include it freely.
+ */
+#ifndef ANVIL_BACKEND_CUDA_BACKEND_H
+#define ANVIL_BACKEND_CUDA_BACKEND_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+
+/* The number of CUDA devices this process can use; 0 when there is none,
+ * no driver, or the runtime reports any error. Never fails. */
+int anvil_cuda_device_count(void);
+
+/*
+ * Knobs that pin choices the backend otherwise makes by itself, so tests
+ * can reach every kernel on every shape. Zero everywhere means automatic.
+ */
+typedef enum anvil_cuda_attn_kernel {
+    ANVIL_CUDA_ATTN_AUTO = 0,
+    ANVIL_CUDA_ATTN_DECODE,   /* the per-token split-K kernel, whatever the batch */
+    ANVIL_CUDA_ATTN_PREFILL,  /* the tiled kernel, whatever the batch */
+} anvil_cuda_attn_kernel;
+
+typedef struct anvil_cuda_knobs {
+    anvil_cuda_attn_kernel attn_kernel;
+    int32_t attn_splits;      /* > 0: this many splits in the decode kernel (capped by the context) */
+    int matmul_no_epilogue;   /* 1: bias added by a separate kernel, not the cuBLASLt epilogue */
+} anvil_cuda_knobs;
+
+/* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind
+ * of backend). Not thread-safe with ops running on be. */
+anvil_status anvil_cuda_set_knobs(anvil_backend *be, const anvil_cuda_knobs *knobs);
+
+#endif

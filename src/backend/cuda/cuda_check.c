@@ -1,0 +1,100 @@
+/* Host-side argument checks of the CUDA ops: everything that can be seen
+ * without reading device memory (shapes, dtypes, aliasing, limits). The
+ * contents of the step arrays are checked by the kernels themselves (see
+ * the error word in cuda_internal.h). */
+#include "backend/cuda/cuda_internal.h"
+
+int anvil_cuda_is_float_dtype(anvil_dtype dt)
+{
+    return dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16;
+}
+
+anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what)
+{
+    CHECK(t != NULL && t->data != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing tensor", what);
+    CHECK(t->n_dims == 2 && t->shape[0] >= 0 && t->shape[1] >= 0, ANVIL_ERR_INVALID_ARG,
+          "%s: expected a 2-D activation", what);
+    CHECK(t->dtype == cb->ops.act_dtype, ANVIL_ERR_UNSUPPORTED, "%s: activations of this backend are %s, got %s",
+          what, anvil_dtype_name(cb->ops.act_dtype), anvil_dtype_name(t->dtype));
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_check_vector(const anvil_tensor *w, int64_t n, const char *what)
+{
+    CHECK(w != NULL && w->data != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing tensor", what);
+    CHECK(anvil_cuda_is_float_dtype(w->dtype), ANVIL_ERR_UNSUPPORTED, "%s: dtype %s (f32, bf16 or f16)", what,
+          anvil_dtype_name(w->dtype));
+    CHECK(anvil_tensor_numel(w) == n && (w->n_dims == 1 || (w->n_dims == 2 && w->shape[0] == 1)),
+          ANVIL_ERR_INVALID_ARG, "%s: expected [%lld]", what, (long long)n);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_check_same_shape(const anvil_tensor *a, const anvil_tensor *b, const char *what)
+{
+    CHECK(a->shape[0] == b->shape[0] && a->shape[1] == b->shape[1], ANVIL_ERR_INVALID_ARG,
+          "%s: shape [%lld, %lld] vs [%lld, %lld]", what, (long long)a->shape[0], (long long)a->shape[1],
+          (long long)b->shape[0], (long long)b->shape[1]);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_check_step_rows(const anvil_step *step, int64_t rows, const char *what)
+{
+    CHECK(step != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing step", what);
+    CHECK(step->n_tokens >= 0 && step->n_tokens == rows, ANVIL_ERR_INVALID_ARG,
+          "%s: %lld rows for a step of %d tokens", what, (long long)rows, step->n_tokens);
+    return ANVIL_OK;
+}
+
+static anvil_status check_cache(const anvil_tensor *c, const anvil_attention_args *a, anvil_dtype act,
+                                const char *what)
+{
+    CHECK(c != NULL && c->data != NULL && c->n_dims == 4, ANVIL_ERR_INVALID_ARG,
+          "attention: %s must be [n_blocks, block_size, n_kv_heads, head_dim]", what);
+    CHECK(c->dtype == act, ANVIL_ERR_UNSUPPORTED, "attention: %s is %s; the CUDA backend keeps it in %s", what,
+          anvil_dtype_name(c->dtype), anvil_dtype_name(act));
+    CHECK(c->shape[0] > 0 && c->shape[0] <= INT32_MAX / a->step->block_size && c->shape[1] == a->step->block_size &&
+              c->shape[2] == a->n_kv_heads && c->shape[3] == a->head_dim,
+          ANVIL_ERR_INVALID_ARG, "attention: %s is [%lld, %lld, %lld, %lld], want [*, %d, %d, %d]", what,
+          (long long)c->shape[0], (long long)c->shape[1], (long long)c->shape[2], (long long)c->shape[3],
+          a->step->block_size, a->n_kv_heads, a->head_dim);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_check_attention(const anvil_cuda_backend *cb, const anvil_attention_args *a)
+{
+    CHECK(a != NULL && a->step != NULL, ANVIL_ERR_INVALID_ARG, "attention: missing arguments");
+    const anvil_step *st = a->step;
+    CHECK(a->n_heads > 0 && a->n_kv_heads > 0 && a->n_heads % a->n_kv_heads == 0 && a->head_dim > 0,
+          ANVIL_ERR_INVALID_ARG, "attention: n_heads %d, n_kv_heads %d, head_dim %d", a->n_heads, a->n_kv_heads,
+          a->head_dim);
+    /* The kernels keep a head in 32 lanes x (head_dim / 32) registers with
+     * vector loads of up to 8 elements. */
+    CHECK(a->head_dim <= 256 && a->head_dim % 4 == 0 && (a->head_dim <= 128 || a->head_dim % 8 == 0),
+          ANVIL_ERR_UNSUPPORTED,
+          "attention: head_dim %d (the CUDA kernels take multiples of 4 up to 128, of 8 up to 256)", a->head_dim);
+    CHECK(a->sliding_window >= 0, ANVIL_ERR_INVALID_ARG, "attention: sliding window %d", a->sliding_window);
+    CHECK(st->block_size > 0 && st->max_blocks_per_seq > 0 && st->n_seqs >= 0, ANVIL_ERR_INVALID_ARG,
+          "attention: block_size %d, max_blocks_per_seq %d, n_seqs %d", st->block_size, st->max_blocks_per_seq,
+          st->n_seqs);
+    TRY(anvil_cuda_check_act(cb, a->q, "attention q"));
+    TRY(anvil_cuda_check_act(cb, a->k, "attention k"));
+    TRY(anvil_cuda_check_act(cb, a->v, "attention v"));
+    TRY(anvil_cuda_check_act(cb, a->out, "attention out"));
+    int64_t qw = (int64_t)a->n_heads * a->head_dim, kw = (int64_t)a->n_kv_heads * a->head_dim;
+    int64_t T = st->n_tokens;
+    CHECK(T >= 0 && a->q->shape[0] == T && a->q->shape[1] == qw && a->out->shape[0] == T &&
+              a->out->shape[1] == qw && a->k->shape[0] == T && a->k->shape[1] == kw && a->v->shape[0] == T &&
+              a->v->shape[1] == kw,
+          ANVIL_ERR_INVALID_ARG, "attention: q/k/v/out shapes do not match %lld tokens x %d/%d heads x %d",
+          (long long)T, a->n_heads, a->n_kv_heads, a->head_dim);
+    CHECK(a->out->data != a->q->data || T == 0, ANVIL_ERR_INVALID_ARG, "attention: out must not alias q");
+    TRY(check_cache(a->k_cache, a, cb->ops.act_dtype, "k_cache"));
+    TRY(check_cache(a->v_cache, a, cb->ops.act_dtype, "v_cache"));
+    CHECK(a->k_cache->shape[0] == a->v_cache->shape[0], ANVIL_ERR_INVALID_ARG, "attention: k_cache and v_cache differ");
+    CHECK(T == 0 || (st->n_seqs > 0 && st->positions && st->seq_of_token && st->block_tables && st->slots),
+          ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
+    CHECK(T == 0 || st->max_context > 0, ANVIL_ERR_INVALID_ARG, "attention: max_context %d", st->max_context);
+    CHECK((int64_t)st->max_blocks_per_seq * st->block_size <= INT32_MAX, ANVIL_ERR_INVALID_ARG,
+          "attention: %d blocks of %d positions per sequence", st->max_blocks_per_seq, st->block_size);
+    return ANVIL_OK;
+}

@@ -1,0 +1,158 @@
+/*
+ * cuda_common.cuh: device helpers shared by the kernels: element loads and
+ * stores in f32/bf16/f16 with f32 arithmetic, vector loads, warp reductions,
+ * and the dtype dispatch used by the launchers.
+ */
+#ifndef ANVIL_BACKEND_CUDA_COMMON_CUH
+#define ANVIL_BACKEND_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+/* ---------------------------------------------------------------- elements */
+
+__device__ __forceinline__ float anvil_to_f32(float x) { return x; }
+__device__ __forceinline__ float anvil_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float anvil_to_f32(__half x) { return __half2float(x); }
+
+/* Round to nearest even, as the host conversions in core/dtype.c do. */
+template <typename T> __device__ __forceinline__ T anvil_from_f32(float x);
+template <> __device__ __forceinline__ float anvil_from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 anvil_from_f32<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ __half anvil_from_f32<__half>(float x) { return __float2half_rn(x); }
+
+/* Element i of an f32/bf16/f16 array whose dtype is only known at run time
+ * (weights may be in another dtype than the activations). */
+__device__ __forceinline__ float anvil_load_any(const void *p, int dt, int64_t i)
+{
+    if (dt == ANVIL_DTYPE_F32)
+        return ((const float *)p)[i];
+    if (dt == ANVIL_DTYPE_BF16)
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+
+/*
+ * N consecutive elements of T starting at p, as floats, in as few loads as
+ * the alignment allows: p must be aligned to N * sizeof(T) bytes (up to 16;
+ * wider groups are loaded 16 bytes at a time).
+ */
+template <typename T, int N> __device__ __forceinline__ void anvil_load_vec(const T *p, float (&out)[N])
+{
+    constexpr int BYTES = N * (int)sizeof(T);
+    if constexpr (BYTES >= 16) {
+        constexpr int PER = 16 / (int)sizeof(T);
+#pragma unroll
+        for (int c = 0; c < N / PER; c++) {
+            uint4 u = *reinterpret_cast<const uint4 *>(p + c * PER);
+            const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+            for (int i = 0; i < PER; i++)
+                out[c * PER + i] = anvil_to_f32(e[i]);
+        }
+    } else if constexpr (BYTES == 8) {
+        uint2 u = *reinterpret_cast<const uint2 *>(p);
+        const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            out[i] = anvil_to_f32(e[i]);
+    } else if constexpr (BYTES == 4) {
+        uint32_t u = *reinterpret_cast<const uint32_t *>(p);
+        const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            out[i] = anvil_to_f32(e[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            out[i] = anvil_to_f32(p[i]);
+    }
+}
+
+/* Stores N floats as T at p (same alignment rule as anvil_load_vec). */
+template <typename T, int N> __device__ __forceinline__ void anvil_store_vec(T *p, const float (&in)[N])
+{
+    constexpr int BYTES = N * (int)sizeof(T);
+    if constexpr (BYTES >= 16) {
+        constexpr int PER = 16 / (int)sizeof(T);
+#pragma unroll
+        for (int c = 0; c < N / PER; c++) {
+            uint4 u;
+            T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+            for (int i = 0; i < PER; i++)
+                e[i] = anvil_from_f32<T>(in[c * PER + i]);
+            *reinterpret_cast<uint4 *>(p + c * PER) = u;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            p[i] = anvil_from_f32<T>(in[i]);
+    }
+}
+
+/* ---------------------------------------------------------------- warps */
+
+__device__ __forceinline__ float anvil_warp_sum(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+__device__ __forceinline__ float anvil_warp_max(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+
+__device__ __forceinline__ void anvil_flag(int *err, int bit) { atomicOr(err, bit); }
+
+/* The first cached position a query at position p attends to. */
+__device__ __forceinline__ int32_t anvil_window_lo(int32_t p, int32_t window)
+{
+    return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+}
+
+/* ---------------------------------------------------------------- launch helpers */
+
+/* Blocks for n items at `per_block` items each, capped for grid-stride loops. */
+static inline unsigned anvil_grid_for(int64_t n, int per_block)
+{
+    int64_t b = (n + per_block - 1) / per_block;
+    if (b < 1)
+        b = 1;
+    if (b > 65535 * 8)
+        b = 65535 * 8;
+    return (unsigned)b;
+}
+
+/* Runs the statement(s) after dt with `T` the C++ type of activation dtype
+ * dt (f32/bf16/f16); returns ANVIL_ERR_UNSUPPORTED for any other dtype.
+ * Variadic because kernel launches hold commas. */
+#define ANVIL_CUDA_DISPATCH(dt, ...)                                                                   \
+    do {                                                                                               \
+        if ((dt) == ANVIL_DTYPE_F32) {                                                                 \
+            typedef float T;                                                                           \
+            __VA_ARGS__;                                                                               \
+        } else if ((dt) == ANVIL_DTYPE_BF16) {                                                         \
+            typedef __nv_bfloat16 T;                                                                   \
+            __VA_ARGS__;                                                                               \
+        } else if ((dt) == ANVIL_DTYPE_F16) {                                                          \
+            typedef __half T;                                                                          \
+            __VA_ARGS__;                                                                               \
+        } else {                                                                                       \
+            return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "cuda: dtype %s", anvil_dtype_name(dt));          \
+        }                                                                                              \
+    } while (0)
+
+#endif

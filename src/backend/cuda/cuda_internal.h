@@ -1,0 +1,201 @@
+/*
+ * cuda_internal.h: what the CUDA backend's files share (not a public
+ * interface; the CUDA tests include it to reach the test knobs).
+ *
+ * Layout of the backend:
+ *   cuda_backend.c   creation, memory, copies, the error word, the op table
+ *   cuda_check.c     host-side argument checks (shapes, dtypes, aliasing)
+ *   cuda_matmul.c    GEMMs through cuBLASLt, algorithm cache per shape
+ *   cuda_attention.c kernel choice and launch geometry for attention
+ *   cuda_*.cu        one op per file: the kernel(s) and an extern "C"
+ *                    launcher that checks its sizes and the last CUDA error
+ *
+ * Everything runs on one CUDA stream per backend, asynchronously; download()
+ * and synchronize() wait. Step arrays (token ids, slots, block tables) live
+ * in device memory, so kernels cannot return a status for a bad index: they
+ * skip the access and set a bit in a device "error word", which download()
+ * and synchronize() read back and turn into ANVIL_ERR_INVALID_ARG.
+ *
+ * This header is C and CUDA C++: the .cu files include it too.
+ */
+#ifndef ANVIL_BACKEND_CUDA_INTERNAL_H
+#define ANVIL_BACKEND_CUDA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "core/error.h"
+
+/* Bits of the device error word. */
+enum {
+    ANVIL_CUDA_BAD_TOKEN = 1,   /* embedding: token id outside the table */
+    ANVIL_CUDA_BAD_SLOT = 2,    /* attention: cache slot outside the cache */
+    ANVIL_CUDA_BAD_BLOCK = 4,   /* attention: block id outside the cache, or position past the table */
+    ANVIL_CUDA_BAD_SEQ = 8,     /* attention: seq_of_token outside [0, n_seqs) */
+    ANVIL_CUDA_BAD_ROW = 16,    /* gather_rows: row outside x */
+};
+
+typedef struct anvil_cuda_mm_cache anvil_cuda_mm_cache; /* cuda_matmul.c */
+
+typedef struct anvil_cuda_backend {
+    anvil_backend be;          /* be.impl points back here */
+    anvil_backend_ops ops;     /* per instance: act_dtype differs */
+    int device;
+    cudaStream_t stream;
+    int n_sm;
+    size_t smem_optin;         /* largest dynamic shared memory a block may opt in to */
+
+    /* cuBLASLt: one handle, one workspace, the algorithm per GEMM shape */
+    cublasLtHandle_t lt;
+    void *lt_workspace;
+    size_t lt_workspace_bytes;
+    anvil_cuda_mm_cache *mm_cache;
+
+    /* device scratch, grown on demand (never shrinks) */
+    void *mm_scratch;          /* matmul: a weight converted to the activation dtype */
+    size_t mm_scratch_bytes;
+    void *attn_ws;             /* attention: split-K partial results */
+    size_t attn_ws_bytes;
+
+    /* the error word: device int, and a pinned host copy */
+    int *d_err;
+    int *h_err;
+
+    /* pinned staging for uploads: two buffers used in turn, each with the
+     * event of its last copy, so upload() returns as soon as src is copied */
+    void *stage[2];
+    cudaEvent_t stage_done[2];
+    size_t stage_bytes;
+    int stage_next;
+
+    anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
+} anvil_cuda_backend;
+
+static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
+
+/* ---------------------------------------------------------------- errors */
+
+/* ANVIL_ERR_CUDA with "what: <CUDA error string> (<name>)" when e fails. */
+anvil_status anvil_cuda_status(cudaError_t e, const char *what, const char *file, int line);
+
+/* The last launch error (cudaGetLastError) as a status, for the launchers. */
+#define ANVIL_CUDA_LAUNCHED(what) anvil_cuda_status(cudaGetLastError(), (what), __FILE__, __LINE__)
+
+#define CUDA_TRY(call, what)                                               \
+    do {                                                                   \
+        cudaError_t cuda_try_e_ = (call);                                  \
+        if (cuda_try_e_ != cudaSuccess)                                    \
+            return anvil_cuda_status(cuda_try_e_, (what), __FILE__, __LINE__); \
+    } while (0)
+
+/* Makes the backend's device current (every entry point does this first, so
+ * backends on several devices can share a thread). */
+anvil_status anvil_cuda_use(anvil_cuda_backend *cb);
+
+/* Grows *buf to at least `bytes` (waits for the stream before freeing the
+ * old buffer). */
+anvil_status anvil_cuda_reserve(anvil_cuda_backend *cb, void **buf, size_t *have, size_t bytes, const char *what);
+
+/* ---------------------------------------------------------------- checks */
+
+int anvil_cuda_is_float_dtype(anvil_dtype dt);
+anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what);
+anvil_status anvil_cuda_check_vector(const anvil_tensor *w, int64_t n, const char *what);
+anvil_status anvil_cuda_check_same_shape(const anvil_tensor *a, const anvil_tensor *b, const char *what);
+anvil_status anvil_cuda_check_step_rows(const anvil_step *step, int64_t rows, const char *what);
+anvil_status anvil_cuda_check_attention(const anvil_cuda_backend *cb, const anvil_attention_args *a);
+
+/* ---------------------------------------------------------------- ops (host side) */
+
+void anvil_cuda_matmul_cache_free(anvil_cuda_mm_cache *c);
+anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                  const anvil_tensor *bias, anvil_tensor *out);
+anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_args *args);
+anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
+                                     anvil_tensor *out);
+anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
+                                   anvil_tensor *out);
+anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                        int32_t head_dim, float eps, anvil_tensor *out);
+anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                                const float *inv_freq);
+anvil_status anvil_cuda_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                    anvil_tensor *out);
+anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
+                                       anvil_tensor *out);
+
+/* ---------------------------------------------------------------- launchers (cuda_*.cu)
+ * Each checks what the kernel itself relies on, launches on `stream`, and
+ * returns the launch error. dtypes are F32, BF16 or F16 unless said. */
+
+anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const void *table, anvil_dtype table_dt,
+                                         int64_t vocab, const int32_t *ids, int32_t n_tokens, void *out,
+                                         anvil_dtype out_dt, int64_t width, int *err);
+
+/* n_pieces pieces of `width` elements each, contiguous; w is [width]. */
+anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
+                                       void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width, float eps);
+
+anvil_status anvil_cuda_launch_rope(cudaStream_t stream, void *x, anvil_dtype act_dt, int64_t n_tokens,
+                                    int64_t width, int32_t head_dim, const int32_t *positions,
+                                    const float *inv_freq);
+
+anvil_status anvil_cuda_launch_silu_mul(cudaStream_t stream, const void *gate, const void *up, void *out,
+                                        anvil_dtype act_dt, int64_t n);
+anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a, const void *b, void *out, anvil_dtype act_dt,
+                                   int64_t n);
+anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows, void *out,
+                                           anvil_dtype act_dt, int64_t width, const int32_t *rows,
+                                           int32_t n_out, int *err);
+
+/* dst[i] = (dst_dt) src[i] */
+anvil_status anvil_cuda_launch_convert(cudaStream_t stream, const void *src, anvil_dtype src_dt, void *dst,
+                                       anvil_dtype dst_dt, int64_t n);
+/* out[r, c] += bias[c] (out is [rows, cols] of out_dt), summed in f32. */
+anvil_status anvil_cuda_launch_bias_add(cudaStream_t stream, void *out, anvil_dtype out_dt, const void *bias,
+                                        anvil_dtype bias_dt, int64_t rows, int64_t cols);
+
+/* Attention geometry shared by the attention kernels. */
+typedef struct anvil_cuda_attn {
+    const void *q, *k, *v;       /* [T, n_heads * hd], [T, n_kv_heads * hd] x2 */
+    void *k_cache, *v_cache;     /* [n_blocks, block_size, n_kv_heads, hd] */
+    void *out;                   /* [T, n_heads * hd] */
+    anvil_dtype dt;              /* activations and cache */
+    const int32_t *positions, *seq_of_token, *block_tables, *slots;
+    int32_t n_tokens, n_seqs, max_blocks_per_seq, block_size, n_blocks;
+    int32_t n_heads, n_kv_heads, head_dim, window;
+    float scale;
+    int *err;
+} anvil_cuda_attn;
+
+/* k/v rows of every token into the cache at slots[t]. */
+anvil_status anvil_cuda_launch_kv_write(cudaStream_t stream, const anvil_cuda_attn *a);
+
+/* Tiled ("prefill") kernel: a block takes a run of consecutive tokens and
+ * the query heads of one KV head, so each K/V tile is loaded once for all of
+ * them. Correct for any batch. */
+anvil_status anvil_cuda_launch_attn_prefill(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin);
+
+/* Per-token ("decode") kernel, split-K over the context: a block takes one
+ * token, the query heads of one KV head, and one split of its keys. With
+ * n_splits > 1 it writes partials to ws ([T, n_heads, n_splits] of
+ * (m, l) and [.., hd] of acc) and a combine kernel writes out. Correct for
+ * any batch. ws must hold anvil_cuda_attn_decode_ws_bytes() bytes. */
+anvil_status anvil_cuda_launch_attn_decode(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
+                                           int32_t split_len, float *ws);
+size_t anvil_cuda_attn_decode_ws_bytes(const anvil_cuda_attn *a, int32_t n_splits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,107 @@
+/* The host side of the small CUDA ops: argument checks, then the launcher
+ * of the op's kernel (cuda_<op>.cu). Matmul and attention have files of
+ * their own. */
+#include "backend/cuda/cuda_internal.h"
+
+anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
+                                     anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, out, "embedding out"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2, ANVIL_ERR_INVALID_ARG,
+          "embedding: expected a 2-D table");
+    CHECK(anvil_cuda_is_float_dtype(table->dtype), ANVIL_ERR_UNSUPPORTED, "embedding: table dtype %s",
+          anvil_dtype_name(table->dtype));
+    CHECK(table->shape[1] == out->shape[1], ANVIL_ERR_INVALID_ARG, "embedding: table width %lld, out width %lld",
+          (long long)table->shape[1], (long long)out->shape[1]);
+    TRY(anvil_cuda_check_step_rows(step, out->shape[0], "embedding"));
+    CHECK(step->n_tokens == 0 || step->token_ids != NULL, ANVIL_ERR_INVALID_ARG, "embedding: no token ids");
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_embedding(cb->stream, table->data, table->dtype, table->shape[0], step->token_ids,
+                                       step->n_tokens, out->data, out->dtype, out->shape[1], cb->d_err);
+}
+
+static anvil_status norm(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w, int64_t width,
+                         float eps, anvil_tensor *out)
+{
+    TRY(anvil_cuda_check_act(cb, x, "rmsnorm x"));
+    TRY(anvil_cuda_check_act(cb, out, "rmsnorm out"));
+    TRY(anvil_cuda_check_same_shape(x, out, "rmsnorm"));
+    CHECK(width > 0 && x->shape[1] % width == 0, ANVIL_ERR_INVALID_ARG,
+          "rmsnorm: row width %lld is not a multiple of %lld", (long long)x->shape[1], (long long)width);
+    TRY(anvil_cuda_check_vector(w, width, "rmsnorm weight"));
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_rmsnorm(cb->stream, x->data, w->data, w->dtype, out->data, out->dtype,
+                                     x->shape[0] * (x->shape[1] / width), width, eps);
+}
+
+anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
+                                   anvil_tensor *out)
+{
+    return norm(anvil_cuda_impl(be), x, w, x != NULL ? x->shape[1] : 0, eps, out);
+}
+
+anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                        int32_t head_dim, float eps, anvil_tensor *out)
+{
+    return norm(anvil_cuda_impl(be), x, w, head_dim, eps, out);
+}
+
+anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                                const float *inv_freq)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, x, "rope x"));
+    CHECK(head_dim > 0 && head_dim % 2 == 0 && x->shape[1] % head_dim == 0, ANVIL_ERR_INVALID_ARG,
+          "rope: head_dim %d must be even and divide the row width %lld", head_dim, (long long)x->shape[1]);
+    CHECK(inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    TRY(anvil_cuda_check_step_rows(step, x->shape[0], "rope"));
+    CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "rope: no positions");
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_rope(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], head_dim, step->positions,
+                                  inv_freq);
+}
+
+static anvil_status check_binary(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,
+                                 const anvil_tensor *out)
+{
+    TRY(anvil_cuda_check_act(cb, a, "elementwise a"));
+    TRY(anvil_cuda_check_act(cb, b, "elementwise b"));
+    TRY(anvil_cuda_check_act(cb, out, "elementwise out"));
+    TRY(anvil_cuda_check_same_shape(a, b, "elementwise"));
+    TRY(anvil_cuda_check_same_shape(a, out, "elementwise out"));
+    return anvil_cuda_use(cb);
+}
+
+anvil_status anvil_cuda_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                    anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_binary(cb, gate, up, out));
+    return anvil_cuda_launch_silu_mul(cb->stream, gate->data, up->data, out->data, out->dtype,
+                                      anvil_tensor_numel(out));
+}
+
+anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_binary(cb, a, b, out));
+    return anvil_cuda_launch_add(cb->stream, a->data, b->data, out->data, out->dtype, anvil_tensor_numel(out));
+}
+
+anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
+                                       anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, x, "gather_rows x"));
+    TRY(anvil_cuda_check_act(cb, out, "gather_rows out"));
+    CHECK(step != NULL, ANVIL_ERR_INVALID_ARG, "gather_rows: missing step");
+    CHECK(out->shape[0] == step->n_logits && out->shape[1] == x->shape[1], ANVIL_ERR_INVALID_ARG,
+          "gather_rows: out [%lld, %lld] for %d rows of width %lld", (long long)out->shape[0],
+          (long long)out->shape[1], step->n_logits, (long long)x->shape[1]);
+    CHECK(step->n_logits == 0 || step->logit_rows != NULL, ANVIL_ERR_INVALID_ARG, "gather_rows: no logit rows");
+    CHECK(out->data != x->data || step->n_logits == 0, ANVIL_ERR_INVALID_ARG, "gather_rows: out must not alias x");
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_gather_rows(cb->stream, x->data, x->shape[0], out->data, out->dtype, x->shape[1],
+                                         step->logit_rows, step->n_logits, cb->d_err);
+}

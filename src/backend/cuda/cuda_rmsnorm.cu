@@ -1,0 +1,75 @@
+/* RMSNorm over pieces of `width` elements (a whole row for rmsnorm, one
+ * head for head_rmsnorm), in f32: y = x * (1 / sqrtf(mean(x^2) + eps)) * w,
+ * multiplied in that order as Hugging Face does. A warp per piece up to
+ * 1024 elements, a block per piece above. */
+#include "backend/cuda/cuda_common.cuh"
+
+#define NORM_WARPS 8
+#define NORM_BLOCK 256
+
+template <typename T>
+__global__ void anvil_rmsnorm_warp_kernel(const T *x, const void *w, int w_dt, T *out, int64_t n_pieces, int width,
+                                          float eps)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t piece = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
+    if (piece >= n_pieces)
+        return; /* the whole warp leaves together */
+    const T *xr = x + piece * width;
+    float ss = 0.0f;
+    for (int i = lane; i < width; i += 32) {
+        float v = anvil_to_f32(xr[i]);
+        ss += v * v;
+    }
+    ss = anvil_warp_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)width + eps);
+    T *o = out + piece * width;
+    for (int i = lane; i < width; i += 32)
+        o[i] = anvil_from_f32<T>(anvil_to_f32(xr[i]) * inv * anvil_load_any(w, w_dt, i));
+}
+
+template <typename T>
+__global__ void anvil_rmsnorm_block_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width, float eps)
+{
+    __shared__ float partial[NORM_BLOCK / 32];
+    const int64_t piece = blockIdx.x;
+    const T *xr = x + piece * width;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < width; i += NORM_BLOCK) {
+        float v = anvil_to_f32(xr[i]);
+        ss += v * v;
+    }
+    ss = anvil_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NORM_BLOCK / 32; i++)
+        total += partial[i];
+    const float inv = 1.0f / sqrtf(total / (float)width + eps);
+    T *o = out + piece * width;
+    for (int64_t i = threadIdx.x; i < width; i += NORM_BLOCK)
+        o[i] = anvil_from_f32<T>(anvil_to_f32(xr[i]) * inv * anvil_load_any(w, w_dt, i));
+}
+
+extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
+                                                  void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width,
+                                                  float eps)
+{
+    CHECK(anvil_cuda_is_float_dtype(w_dt), ANVIL_ERR_UNSUPPORTED, "rmsnorm: weight dtype %s", anvil_dtype_name(w_dt));
+    if (n_pieces == 0 || width == 0)
+        return ANVIL_OK;
+    if (width <= 1024) {
+        CHECK((n_pieces + NORM_WARPS - 1) / NORM_WARPS <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows",
+              (long long)n_pieces);
+        const unsigned grid = (unsigned)((n_pieces + NORM_WARPS - 1) / NORM_WARPS);
+        ANVIL_CUDA_DISPATCH(act_dt, anvil_rmsnorm_warp_kernel<T><<<grid, NORM_WARPS * 32, 0, stream>>>(
+                                        (const T *)x, w, (int)w_dt, (T *)out, n_pieces, (int)width, eps));
+    } else {
+        CHECK(n_pieces <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows", (long long)n_pieces);
+        ANVIL_CUDA_DISPATCH(act_dt, anvil_rmsnorm_block_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
+                                        (const T *)x, w, (int)w_dt, (T *)out, width, eps));
+    }
+    return ANVIL_CUDA_LAUNCHED("rmsnorm kernel");
+}
