@@ -22,24 +22,24 @@ VEC_INLINE void attn_scores(const int HN, const anvil_dtype DT, const float *q, 
 {
     for (int32_t j = 0; j < n; j++) {
         vec16 acc[ATTN_HEAD_TILE];
-#pragma GCC unroll 4
+VEC_UNROLL
         for (int h = 0; h < HN; h++)
             acc[h] = v_zero();
         int64_t d = 0;
         for (; d + 16 <= hd; d += 16) {
             vec16 kv = v_load_w(kc, off[j] + d, DT);
-#pragma GCC unroll 4
+VEC_UNROLL
             for (int h = 0; h < HN; h++)
                 acc[h] = v_fma(v_load(q + h * hd + d), kv, acc[h]);
         }
         if (d < hd) {
             int r = (int)(hd - d);
             vec16 kv = v_load_w_n(kc, off[j] + d, r, DT);
-#pragma GCC unroll 4
+VEC_UNROLL
             for (int h = 0; h < HN; h++)
                 acc[h] = v_fma(v_load_n(q + h * hd + d, r), kv, acc[h]);
         }
-#pragma GCC unroll 4
+VEC_UNROLL
         for (int h = 0; h < HN; h++)
             scores[h * ld + j] = v_reduce(acc[h]) * scale;
     }
@@ -52,25 +52,25 @@ VEC_INLINE void attn_values(const int HN, const anvil_dtype DT, const float *p, 
     for (int64_t d = 0; d < hd; d += 16) {
         int r = hd - d < 16 ? (int)(hd - d) : 16;
         vec16 acc[ATTN_HEAD_TILE];
-#pragma GCC unroll 4
+VEC_UNROLL
         for (int h = 0; h < HN; h++)
             acc[h] = v_zero();
         if (r == 16) {
             for (int32_t j = 0; j < n; j++) {
                 vec16 vv = v_load_w(vc, off[j] + d, DT);
-#pragma GCC unroll 4
+VEC_UNROLL
                 for (int h = 0; h < HN; h++)
                     acc[h] = v_fma(v_set1(p[h * ld + j]), vv, acc[h]);
             }
         } else {
             for (int32_t j = 0; j < n; j++) {
                 vec16 vv = v_load_w_n(vc, off[j] + d, r, DT);
-#pragma GCC unroll 4
+VEC_UNROLL
                 for (int h = 0; h < HN; h++)
                     acc[h] = v_fma(v_set1(p[h * ld + j]), vv, acc[h]);
             }
         }
-#pragma GCC unroll 4
+VEC_UNROLL
         for (int h = 0; h < HN; h++)
             v_store_n(out + h * hd + d, v_div(acc[h], v_set1(sums[h])), r);
     }

@@ -26,21 +26,21 @@ VEC_INLINE void mm_tile(const int TT, const int NT, const anvil_dtype DT, const 
                         const void *w, int64_t ldw, int64_t K, float *out, int64_t ldo, const float *bias)
 {
     vec16 acc[MM_TT_MAX][MM_NT_MAX];
-#pragma GCC unroll 8
+VEC_UNROLL
     for (int t = 0; t < TT; t++)
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int n = 0; n < NT; n++)
             acc[t][n] = v_zero();
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         vec16 wv[MM_NT_MAX];
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int n = 0; n < NT; n++)
             wv[n] = v_load_w(w, n * ldw + k, DT);
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int t = 0; t < TT; t++) {
             vec16 xv = v_load(x + t * ldx + k);
-#pragma GCC unroll 8
+VEC_UNROLL
             for (int n = 0; n < NT; n++)
                 acc[t][n] = v_fma(xv, wv[n], acc[t][n]);
         }
@@ -48,20 +48,20 @@ VEC_INLINE void mm_tile(const int TT, const int NT, const anvil_dtype DT, const 
     if (k < K) {
         int r = (int)(K - k);
         vec16 wv[MM_NT_MAX];
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int n = 0; n < NT; n++)
             wv[n] = v_load_w_n(w, n * ldw + k, r, DT);
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int t = 0; t < TT; t++) {
             vec16 xv = v_load_n(x + t * ldx + k, r);
-#pragma GCC unroll 8
+VEC_UNROLL
             for (int n = 0; n < NT; n++)
                 acc[t][n] = v_fma(xv, wv[n], acc[t][n]);
         }
     }
-#pragma GCC unroll 8
+VEC_UNROLL
     for (int t = 0; t < TT; t++)
-#pragma GCC unroll 8
+VEC_UNROLL
         for (int n = 0; n < NT; n++) {
             float s = v_reduce(acc[t][n]);
             out[t * ldo + n] = bias != NULL ? s + bias[n] : s;

@@ -14,6 +14,8 @@
 #define VEC_TARGET "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
 #define VEC_FN __attribute__((target(VEC_TARGET)))
 #define VEC_INLINE static inline __attribute__((always_inline, target(VEC_TARGET)))
+/* tiles are unrolled fully so their accumulators live in registers */
+#define VEC_UNROLL _Pragma("GCC unroll 8")
 
 typedef __m512 vec16;
 

@@ -19,7 +19,10 @@
 #include "backend/cpu/cpu_internal.h"
 
 #define VEC_FN
-#define VEC_INLINE static inline __attribute__((always_inline))
+/* No forced inlining or unrolling: this path is the portable fallback, and
+ * unrolling 16-lane structs by hand makes it very slow to compile. */
+#define VEC_INLINE static inline
+#define VEC_UNROLL
 
 typedef struct vec16 {
     float f[16];

@@ -1,0 +1,210 @@
+/*
+ * bench_cpu_ops: the CPU backend's matmul against the machine's ceilings.
+ *
+ *   GEMV (T = 1) at Llama-3.2-1B shapes with bf16 weights: GB/s of weight
+ *   bytes streamed, next to a plain streaming read of the same bytes on the
+ *   same threads (anvil_cpu_stream_read_gbps). Weight buffers are rotated
+ *   through a pool of at least 4x the last-level cache, so every call reads
+ *   from memory, as a decode step does.
+ *   GEMM (T = 128, 512): GFLOP/s next to the measured FMA peak.
+ *
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--json FILE]
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_bench.h"
+#include "backend/cpu/cpu_internal.h"
+
+typedef struct result {
+    const char *kind;
+    int64_t T, K, N;
+    double seconds, rate, ceiling; /* GB/s and stream GB/s, or GFLOP/s and peak */
+} result;
+
+/* Random bf16 in +-[2^-7, 1): no zeros, denormals, infinities or NaNs. */
+static void fill_bf16(uint16_t *w, size_t n, uint64_t *s)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t x = *s;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *s = x;
+        uint16_t sign = (uint16_t)((x >> 20) & 0x8000u), exp = (uint16_t)(120 + (x >> 8) % 7), mant = (uint16_t)(x & 0x7f);
+        w[i] = (uint16_t)(sign | (exp << 7) | mant);
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static size_t llc_bytes(void)
+{
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (l3 > 0)
+        return (size_t)l3;
+#endif
+    return (size_t)64 << 20;
+}
+
+static int bench_gemv(anvil_backend *be, int n_threads, int64_t K, int64_t N, int quick, result *r)
+{
+    size_t wbytes = (size_t)(N * K) * 2, stride = (wbytes + 4095) / 4096 * 4096;
+    size_t n_bufs = (4 * llc_bytes() + stride - 1) / stride;
+    n_bufs = n_bufs < 2 ? 2 : n_bufs;
+    char *pool = NULL;
+    if (posix_memalign((void **)&pool, 4096, n_bufs * stride) != 0)
+        return -1;
+    uint64_t rng = 7;
+    for (size_t b = 0; b < n_bufs; b++)
+        fill_bf16((uint16_t *)(pool + b * stride), (size_t)(N * K), &rng);
+    float *x = malloc((size_t)K * 4), *out = malloc((size_t)N * 4);
+    for (int64_t k = 0; k < K; k++)
+        x[k] = (float)((k * 37) % 101) / 101.0f - 0.5f;
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, K, x), to = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, N, out);
+    enum { MAX_REPS = 1000 };
+    double times[MAX_REPS];
+    int reps = 0;
+    for (size_t b = 0; b < n_bufs; b++) { /* untimed pass: page tables, clocks */
+        anvil_tensor tw = anvil_tensor_2d(ANVIL_DTYPE_BF16, N, K, pool + b * stride);
+        be->ops->matmul(be, &tx, &tw, NULL, &to);
+    }
+    double start = anvil_cpu_now_s(), budget = quick ? 0.2 : 0.6;
+    while (reps < MAX_REPS && (reps < 15 || anvil_cpu_now_s() - start < budget)) {
+        anvil_tensor tw = anvil_tensor_2d(ANVIL_DTYPE_BF16, N, K, pool + ((size_t)reps % n_bufs) * stride);
+        double t0 = anvil_cpu_now_s();
+        anvil_status st = be->ops->matmul(be, &tx, &tw, NULL, &to);
+        times[reps++] = anvil_cpu_now_s() - t0;
+        if (st != ANVIL_OK) {
+            fprintf(stderr, "matmul failed: %s\n", anvil_last_error());
+            return -1;
+        }
+    }
+    qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+    *r = (result){"gemv", 1, K, N, times[reps / 2], (double)wbytes / times[reps / 2] * 1e-9,
+                  anvil_cpu_stream_read_gbps(wbytes, n_threads)};
+    free(x);
+    free(out);
+    free(pool);
+    return 0;
+}
+
+static int bench_gemm(anvil_backend *be, double peak, int64_t T, int64_t K, int64_t N, int quick, result *r)
+{
+    uint16_t *w = malloc((size_t)(N * K) * 2);
+    float *x = malloc((size_t)(T * K) * 4), *out = malloc((size_t)(T * N) * 4);
+    if (w == NULL || x == NULL || out == NULL)
+        return -1;
+    uint64_t rng = 9;
+    fill_bf16(w, (size_t)(N * K), &rng);
+    for (int64_t i = 0; i < T * K; i++)
+        x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, K, x), tw = anvil_tensor_2d(ANVIL_DTYPE_BF16, N, K, w);
+    anvil_tensor to = anvil_tensor_2d(ANVIL_DTYPE_F32, T, N, out);
+    be->ops->matmul(be, &tx, &tw, NULL, &to); /* warm-up */
+    double times[64];
+    int reps = 0;
+    double start = anvil_cpu_now_s(), budget = quick ? 0.3 : 1.0;
+    while (reps < 64 && (reps < 3 || anvil_cpu_now_s() - start < budget)) {
+        double t0 = anvil_cpu_now_s();
+        be->ops->matmul(be, &tx, &tw, NULL, &to);
+        times[reps++] = anvil_cpu_now_s() - t0;
+    }
+    qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+    double flops = 2.0 * (double)T * (double)K * (double)N;
+    *r = (result){"gemm", T, K, N, times[reps / 2], flops / times[reps / 2] * 1e-9, peak};
+    free(w);
+    free(x);
+    free(out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int n_threads = 0, quick = 0;
+    const char *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+            n_threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
+            json = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--json FILE]\n", argv[0]);
+            return 2;
+        }
+    }
+    anvil_backend *be = NULL;
+    if (anvil_backend_cpu_create(n_threads, &be) != ANVIL_OK) {
+        fprintf(stderr, "error: %s\n", anvil_last_error());
+        return 1;
+    }
+    anvil_cpu_backend *cb = anvil_cpu_impl(be);
+    n_threads = cb->n_threads;
+    double peak = anvil_cpu_fma_peak_gflops(n_threads);
+    printf("anvil CPU kernels: %d threads, %s code path, FMA peak %.1f GFLOP/s (measured)\n\n", n_threads,
+           anvil_cpu_isa_name(cb->isa), peak);
+
+    static const int64_t gemv_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}, {2048, 128256}};
+    static const int64_t gemm_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}};
+    static const int64_t gemm_tokens[] = {128, 512};
+    result res[32];
+    int n_res = 0;
+
+    printf("GEMV, T = 1, bf16 weights (GB/s of weights; stream = plain read of the same bytes, same threads)\n");
+    printf("%8s %8s %10s %10s %10s %10s %8s\n", "K", "N", "MB", "us", "GB/s", "stream", "%");
+    for (size_t i = 0; i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
+        result *r = &res[n_res];
+        if (bench_gemv(be, n_threads, gemv_shapes[i][0], gemv_shapes[i][1], quick, r) != 0)
+            return 1;
+        n_res++;
+        printf("%8lld %8lld %10.1f %10.1f %10.2f %10.2f %7.1f%%\n", (long long)r->K, (long long)r->N,
+               (double)(r->K * r->N * 2) / 1e6, r->seconds * 1e6, r->rate, r->ceiling, 100 * r->rate / r->ceiling);
+        fflush(stdout);
+    }
+    printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads)\n");
+    printf("%8s %8s %8s %10s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak");
+    for (size_t t = 0; t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
+        for (size_t i = 0; i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
+            result *r = &res[n_res];
+            if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)
+                return 1;
+            n_res++;
+            printf("%8lld %8lld %8lld %10.2f %10.1f %7.1f%%\n", (long long)r->T, (long long)r->K, (long long)r->N,
+                   r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling);
+            fflush(stdout);
+        }
+
+    if (json != NULL) {
+        FILE *f = fopen(json, "w");
+        if (f == NULL) {
+            fprintf(stderr, "cannot write %s\n", json);
+            return 1;
+        }
+        fprintf(f, "{\"threads\": %d, \"isa\": \"%s\", \"fma_peak_gflops\": %.2f, \"results\": [\n", n_threads,
+                anvil_cpu_isa_name(cb->isa), peak);
+        for (int i = 0; i < n_res; i++) {
+            const result *r = &res[i];
+            int gemv = strcmp(r->kind, "gemv") == 0;
+            fprintf(f,
+                    "  {\"kind\": \"%s\", \"T\": %lld, \"K\": %lld, \"N\": %lld, \"seconds\": %.9f, \"%s\": %.3f, "
+                    "\"%s\": %.3f}%s\n",
+                    r->kind, (long long)r->T, (long long)r->K, (long long)r->N, r->seconds,
+                    gemv ? "gbps" : "gflops", r->rate, gemv ? "stream_gbps" : "peak_gflops", r->ceiling,
+                    i + 1 < n_res ? "," : "");
+        }
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    anvil_backend_free(be);
+    return 0;
+}
