@@ -73,6 +73,8 @@ static anvil_status build_header(const char *path, const anvil_st_tensor *tensor
     uint64_t off = 0;
     for (int64_t k = 0; k < n; k++) {
         const anvil_st_tensor *t = &tensors[order[k].index];
+        CHECK_GOTO(json_object_get(root, t->name) == NULL, ANVIL_ERR_INVALID_ARG, done,
+                   "%s: tensor name \"%s\" appears twice", path, t->name);
         json_t *shape = json_array();
         CHECK_GOTO(shape != NULL, ANVIL_ERR_OOM, done, "%s: out of memory for the header", path);
         for (int d = 0; d < t->n_dims; d++)
@@ -80,8 +82,6 @@ static anvil_status build_header(const char *path, const anvil_st_tensor *tensor
         json_t *e = json_pack("{s:s,s:o,s:[I,I]}", "dtype", anvil_st_dtype_name(t->dtype), "shape", shape,
                               "data_offsets", (json_int_t)off, (json_int_t)(off + t->nbytes));
         CHECK_GOTO(e != NULL, ANVIL_ERR_OOM, done, "%s: out of memory for the header", path);
-        CHECK_GOTO(json_object_get(root, t->name) == NULL, ANVIL_ERR_INVALID_ARG, done,
-                   "%s: tensor name \"%s\" appears twice", path, t->name);
         /* Fails for a name that is not valid UTF-8 (JSON cannot hold it). */
         CHECK_GOTO(json_object_set_new(root, t->name, e) == 0, ANVIL_ERR_INVALID_ARG, done,
                    "%s: tensor name \"%s\" is not valid UTF-8", path, t->name);

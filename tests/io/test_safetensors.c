@@ -231,6 +231,12 @@ static void test_write_rejects_bad_input(void **state)
     anvil_st_tensor meta = {
         .name = "__metadata__", .dtype = ANVIL_DTYPE_F32, .n_dims = 1, .shape = {2}, .data = a, .nbytes = 8};
     assert_status_msg(anvil_safetensors_write(path, &meta, 1), ANVIL_ERR_INVALID_ARG, "reserved");
+    anvil_st_tensor bad_utf8 = {
+        .name = "w\xff", .dtype = ANVIL_DTYPE_F32, .n_dims = 1, .shape = {2}, .data = a, .nbytes = 8};
+    assert_status_msg(anvil_safetensors_write(path, &bad_utf8, 1), ANVIL_ERR_INVALID_ARG, "not valid UTF-8");
+    anvil_st_tensor no_data = {.name = "z", .dtype = ANVIL_DTYPE_F32, .n_dims = 1, .shape = {2}, .nbytes = 8};
+    assert_status_msg(anvil_safetensors_write(path, &no_data, 1), ANVIL_ERR_INVALID_ARG, "data is NULL");
+    assert_int_not_equal(stat(path, &sb), 0);
 }
 
 /* Streams a "large" file through the fill callback, in several chunks. */
