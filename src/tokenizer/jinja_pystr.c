@@ -1,0 +1,308 @@
+/*
+ * Python str operations on UTF-8 strings, by code point as Python counts:
+ * strip / lstrip / rstrip (whitespace as str.isspace), case changes (simple
+ * Unicode case mappings from utf8proc), replace, split / rsplit, splitlines.
+ */
+#include <string.h>
+#include <utf8proc.h>
+
+#include "tokenizer/jinja_internal.h"
+
+typedef struct cpset {
+    uint32_t *cp;
+    size_t n;
+} cpset;
+
+static cpset cpset_of(jctx *c, const jstr *chars)
+{
+    cpset set = {0};
+    set.cp = jalloc(c, (chars->len + 1) * sizeof(uint32_t));
+    size_t i = 0;
+    while (i < chars->len)
+        set.cp[set.n++] = u8_next(chars->s, chars->len, &i);
+    return set;
+}
+
+static int cpset_has(const cpset *set, uint32_t cp)
+{
+    for (size_t i = 0; i < set->n; i++)
+        if (set->cp[i] == cp)
+            return 1;
+    return 0;
+}
+
+jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
+{
+    cpset set = {0};
+    if (chars)
+        set = cpset_of(c, chars);
+    size_t a = 0, b = s->len;
+    if (left) {
+        while (a < b) {
+            size_t k = a;
+            uint32_t cp = u8_next(s->s, s->len, &k);
+            if (chars ? !cpset_has(&set, cp) : !py_isspace(cp))
+                break;
+            a = k;
+        }
+    }
+    if (right) {
+        /* scan forward remembering the end of the last kept code point */
+        size_t i = a, keep = a;
+        while (i < b) {
+            uint32_t cp = u8_next(s->s, s->len, &i);
+            if (chars ? !cpset_has(&set, cp) : !py_isspace(cp))
+                keep = i;
+        }
+        b = keep;
+    }
+    if (a == 0 && b == s->len)
+        return (jstr *)s;
+    return jstr_new(c, s->s + a, b - a);
+}
+
+static int is_cased(uint32_t cp)
+{
+    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
+    return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
+}
+
+static uint32_t to_lower(uint32_t cp) { return (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp); }
+static uint32_t to_upper(uint32_t cp) { return (uint32_t)utf8proc_toupper((utf8proc_int32_t)cp); }
+static uint32_t to_title(uint32_t cp) { return (uint32_t)utf8proc_totitle((utf8proc_int32_t)cp); }
+
+jstr *py_case(jctx *c, const jstr *s, int mode)
+{
+    jbuf b = {0};
+    int prev_cased = 0, first = 1;
+    size_t i = 0;
+    while (i < s->len) {
+        uint32_t cp = u8_next(s->s, s->len, &i), out = cp;
+        switch (mode) {
+        case 0: out = to_lower(cp); break;
+        case 1: out = to_upper(cp); break;
+        case 2:
+            out = prev_cased ? to_lower(cp) : to_title(cp);
+            prev_cased = is_cased(cp);
+            break;
+        case 3: out = first ? to_title(cp) : to_lower(cp); break;
+        case 4: {
+            uint32_t up = to_upper(cp);
+            out = up != cp ? up : to_lower(cp);
+            break;
+        }
+        }
+        first = 0;
+        jbuf_put_cp(c, &b, out);
+    }
+    jstr *r = jbuf_str(c, &b);
+    return r;
+}
+
+jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count)
+{
+    if (count < 0)
+        count = INT64_MAX;
+    jbuf b = {0};
+    if (old->len == 0) {
+        /* inserts before every code point and at the end */
+        size_t i = 0;
+        int64_t done = 0;
+        while (i <= s->len) {
+            if (done < count) {
+                jbuf_put(c, &b, new_->s, new_->len);
+                done++;
+            }
+            if (i == s->len)
+                break;
+            size_t start = i;
+            u8_next(s->s, s->len, &i);
+            jbuf_put(c, &b, s->s + start, i - start);
+        }
+        return jbuf_str(c, &b);
+    }
+    size_t i = 0;
+    int64_t done = 0;
+    while (i < s->len) {
+        const char *hit = done < count ? memmem(s->s + i, s->len - i, old->s, old->len) : NULL;
+        if (hit == NULL) {
+            jbuf_put(c, &b, s->s + i, s->len - i);
+            break;
+        }
+        size_t at = (size_t)(hit - s->s);
+        jbuf_put(c, &b, s->s + i, at - i);
+        jbuf_put(c, &b, new_->s, new_->len);
+        i = at + old->len;
+        done++;
+        jstep(c);
+    }
+    if (b.p == NULL)
+        return jstr_new(c, "", 0);
+    return jbuf_str(c, &b);
+}
+
+static void push_piece(jctx *c, jlist *l, const char *s, size_t n)
+{
+    jstep(c);
+    jlist_push(c, l, jv_str(c, s, n));
+}
+
+static size_t skip_ws_fwd(const jstr *s, size_t i)
+{
+    while (i < s->len) {
+        size_t k = i;
+        if (!py_isspace(u8_next(s->s, s->len, &k)))
+            break;
+        i = k;
+    }
+    return i;
+}
+
+/* The start of the code point that ends at byte `end` (end > 0). */
+static size_t prev_cp(const jstr *s, size_t end)
+{
+    size_t i = end - 1;
+    while (i > 0 && ((unsigned char)s->s[i] & 0xc0) == 0x80)
+        i--;
+    return i;
+}
+
+static size_t skip_ws_back(const jstr *s, size_t end)
+{
+    while (end > 0) {
+        size_t st = prev_cp(s, end), k = st;
+        if (!py_isspace(u8_next(s->s, s->len, &k)))
+            break;
+        end = st;
+    }
+    return end;
+}
+
+static jv split_ws(jctx *c, const jstr *s, int64_t maxsplit)
+{
+    jv r = jv_list(c, 0);
+    size_t i = skip_ws_fwd(s, 0);
+    int64_t splits = 0;
+    while (i < s->len) {
+        if (splits == maxsplit) {
+            push_piece(c, r.u.l, s->s + i, s->len - i);
+            break;
+        }
+        size_t start = i;
+        while (i < s->len) {
+            size_t k = i;
+            if (py_isspace(u8_next(s->s, s->len, &k)))
+                break;
+            i = k;
+        }
+        push_piece(c, r.u.l, s->s + start, i - start);
+        splits++;
+        i = skip_ws_fwd(s, i);
+    }
+    return r;
+}
+
+static jv rsplit_ws(jctx *c, const jstr *s, int64_t maxsplit)
+{
+    jv r = jv_list(c, 0);
+    size_t end = skip_ws_back(s, s->len);
+    int64_t splits = 0;
+    while (end > 0) {
+        if (splits == maxsplit) {
+            push_piece(c, r.u.l, s->s, end);
+            break;
+        }
+        size_t start = end;
+        while (start > 0) {
+            size_t st = prev_cp(s, start), k = st;
+            if (py_isspace(u8_next(s->s, s->len, &k)))
+                break;
+            start = st;
+        }
+        push_piece(c, r.u.l, s->s + start, end - start);
+        splits++;
+        end = skip_ws_back(s, start);
+    }
+    /* built back to front */
+    jlist *l = r.u.l;
+    for (size_t a = 0, b = l->n ? l->n - 1 : 0; a < b; a++, b--) {
+        jv t = l->v[a];
+        l->v[a] = l->v[b];
+        l->v[b] = t;
+    }
+    return r;
+}
+
+jv py_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right)
+{
+    if (maxsplit < 0)
+        maxsplit = INT64_MAX;
+    if (sep == NULL)
+        return from_right ? rsplit_ws(c, s, maxsplit) : split_ws(c, s, maxsplit);
+    if (sep->len == 0)
+        jfail(c, JE_VALUE, "empty separator");
+    jv r = jv_list(c, 0);
+    if (!from_right) {
+        size_t i = 0;
+        int64_t splits = 0;
+        for (;;) {
+            const char *hit = splits < maxsplit ? memmem(s->s + i, s->len - i, sep->s, sep->len) : NULL;
+            if (hit == NULL) {
+                push_piece(c, r.u.l, s->s + i, s->len - i);
+                break;
+            }
+            size_t at = (size_t)(hit - s->s);
+            push_piece(c, r.u.l, s->s + i, at - i);
+            i = at + sep->len;
+            splits++;
+        }
+        return r;
+    }
+    /* rsplit: find matches from the right */
+    size_t end = s->len;
+    int64_t splits = 0;
+    jv rev = jv_list(c, 0);
+    for (;;) {
+        size_t found = SIZE_MAX;
+        if (splits < maxsplit && end >= sep->len) {
+            for (size_t k = end - sep->len + 1; k-- > 0;) {
+                if (memcmp(s->s + k, sep->s, sep->len) == 0) {
+                    found = k;
+                    break;
+                }
+            }
+        }
+        if (found == SIZE_MAX) {
+            push_piece(c, rev.u.l, s->s, end);
+            break;
+        }
+        push_piece(c, rev.u.l, s->s + found + sep->len, end - found - sep->len);
+        end = found;
+        splits++;
+    }
+    for (size_t k = rev.u.l->n; k-- > 0;)
+        jlist_push(c, r.u.l, rev.u.l->v[k]);
+    return r;
+}
+
+/* str.splitlines: \n \r \r\n \v \f \x1c \x1d \x1e \x85 \u2028 \u2029 */
+jv py_splitlines(jctx *c, const jstr *s, int keepends)
+{
+    jv r = jv_list(c, 0);
+    size_t i = 0, start = 0;
+    while (i < s->len) {
+        size_t at = i;
+        uint32_t cp = u8_next(s->s, s->len, &i);
+        int brk = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || cp == 0x1c || cp == 0x1d || cp == 0x1e ||
+                  cp == 0x85 || cp == 0x2028 || cp == 0x2029;
+        if (!brk)
+            continue;
+        if (cp == '\r' && i < s->len && s->s[i] == '\n')
+            i++;
+        push_piece(c, r.u.l, s->s + start, (keepends ? i : at) - start);
+        start = i;
+    }
+    if (start < s->len)
+        push_piece(c, r.u.l, s->s + start, s->len - start);
+    return r;
+}
