@@ -3,6 +3,7 @@
  * step after them gives the same logits as before them. The KV pool
  * refuses what it does not have.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
