@@ -32,6 +32,7 @@ typedef struct anvil_cuda_knobs {
     anvil_cuda_attn_kernel attn_kernel;
     int32_t attn_splits;      /* > 0: this many splits in the decode kernel (capped by the context) */
     int matmul_no_epilogue;   /* 1: bias added by a separate kernel, not the cuBLASLt epilogue */
+    int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

@@ -165,6 +165,12 @@ anvil_status anvil_cuda_launch_convert(cudaStream_t stream, const void *src, anv
 anvil_status anvil_cuda_launch_bias_add(cudaStream_t stream, void *out, anvil_dtype out_dt, const void *bias,
                                         anvil_dtype bias_dt, int64_t rows, int64_t cols);
 
+/* out[rows, N] = x[rows, K] w[N, K]^T (+ bias[N]): a plain tiled kernel,
+ * for shapes cuBLASLt takes no algorithm for. x, w, out in act_dt. */
+anvil_status anvil_cuda_launch_gemm_simt(cudaStream_t stream, const void *x, const void *w, const void *bias,
+                                         anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t rows,
+                                         int64_t K, int64_t N);
+
 /* Attention geometry shared by the attention kernels. */
 typedef struct anvil_cuda_attn {
     const void *q, *k, *v;       /* [T, n_heads * hd], [T, n_kv_heads * hd] x2 */

@@ -38,6 +38,7 @@ typedef struct mm_plan {
     mm_key key;
     int used;
     int fused_bias;      /* the epilogue adds the bias (else a kernel does) */
+    int simt;            /* cuBLASLt has no algorithm: the plain kernel (cuda_gemm_simt.cu) */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -223,7 +224,11 @@ static anvil_status plan_get(anvil_cuda_backend *cb, mm_key *k, mm_plan **out)
         k2.bias_dt = -1;
         st = plan_build(cb, &k2, &tmp);
     }
-    if (st != ANVIL_OK) {
+    if (st == ANVIL_ERR_UNSUPPORTED) { /* remembered, so the heuristic is asked once */
+        plan_destroy(&tmp);
+        tmp.simt = 1;
+        anvil_clear_error();
+    } else if (st != ANVIL_OK) {
         plan_destroy(&tmp);
         return st;
     }
@@ -278,6 +283,9 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
         wdata = cb->mm_scratch;
     }
 
+    if (cb->knobs.matmul_simt)
+        return anvil_cuda_launch_gemm_simt(cb->stream, x->data, wdata, bias ? bias->data : NULL,
+                                           bias ? bias->dtype : ANVIL_DTYPE_F32, out->data, dt, T, K, N);
     mm_key key;
     memset(&key, 0, sizeof key);
     key.T = T;
@@ -290,6 +298,9 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
     key.align_d = ptr_align(out->data);
     mm_plan *p = NULL;
     TRY(plan_get(cb, &key, &p));
+    if (p->simt)
+        return anvil_cuda_launch_gemm_simt(cb->stream, x->data, wdata, bias ? bias->data : NULL,
+                                           bias ? bias->dtype : ANVIL_DTYPE_F32, out->data, dt, T, K, N);
     if (p->fused_bias) {
         const void *bp = bias->data;
         LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp),

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the CUDA tests here for the GPU machine (which has CUDA 13 but not
+# this machine's -dev libraries) and gathers what a run there needs:
+#   build-device/   CMake build: -DANVIL_STATIC_DEPS=ON (jansson, PCRE2,
+#                   utf8proc, xxHash linked from their .a files; CUDA runtime
+#                   and cuBLASLt stay shared: the device has them), sm_80 + sm_90a
+#   .device/bin/    the test executables (copied out of build-device, so the
+#                   run carries a few MB instead of the whole build tree)
+#   .device/lib/    libcmocka.so.0 (Debian ships no static cmocka)
+#   .device/shared/ the models and golden files the CUDA tests read
+# Then, with the device tool:  run(command="scripts/device_test.sh", carry=[".device"])
+# (.device is in .gitignore).
+#   scripts/device_build.sh [--no-data]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DANVIL_STATIC_DEPS=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
+cmake --build build-device -j2 --target test_cuda_ops test_cuda_golden
+
+mkdir -p .device/bin .device/lib
+for t in test_cuda_ops test_cuda_golden; do
+  cp build-device/tests/$t .device/bin/
+  strip --strip-debug .device/bin/$t
+  # nothing of this machine's -dev libraries may be needed at run time
+  if ldd .device/bin/$t | grep -Eq 'jansson|pcre2|utf8proc|xxhash'; then
+    echo "device_build: $t still links a shared dependency:" >&2
+    ldd .device/bin/$t >&2
+    exit 1
+  fi
+done
+cp -L "$(ldconfig -p | awk '/libcmocka.so.0 /{print $NF; exit}')" .device/lib/libcmocka.so.0
+
+if [ "${1:-}" != "--no-data" ]; then
+  shared=${ANVIL_SHARED_DIR:-$PWD/../shared}
+  mkdir -p .device/shared/models .device/shared/golden/models
+  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3; do
+    rm -rf .device/shared/models/$m .device/shared/golden/models/$m
+    cp -r "$shared/models/$m" .device/shared/models/
+    cp -r "$shared/golden/models/$m" .device/shared/golden/models/
+  done
+  chmod -R u+w .device/shared
+fi
+du -sh .device

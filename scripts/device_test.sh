@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (see scripts/device_build.sh), from the repo root:
+# the CUDA op tests, the CUDA golden tests, compute-sanitizer memcheck and
+# racecheck over the op tests (quick mode), then the --perf table.
+# Logs go to $OUT when it is set (the device tool brings them back).
+#   scripts/device_test.sh [ops|golden|memcheck|racecheck|perf ...]   (default: all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export LD_LIBRARY_PATH="$PWD/.device/lib:${LD_LIBRARY_PATH:-}"
+export ANVIL_SHARED_DIR="$PWD/.device/shared"
+out=${OUT:-/tmp}
+bin=.device/bin
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(ops golden memcheck racecheck perf)
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+status=0
+for s in "${steps[@]}"; do
+  echo "=== $s"
+  t0=$(date +%s)
+  case $s in
+    ops) $bin/test_cuda_ops >"$out/ops.log" 2>&1 ;;
+    golden) $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
+    memcheck) ANVIL_TEST_QUICK=1 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
+                $bin/test_cuda_ops >"$out/memcheck.log" 2>&1 ;;
+    racecheck) ANVIL_TEST_QUICK=1 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
+                 $bin/test_cuda_ops >"$out/racecheck.log" 2>&1 ;;
+    perf) $bin/test_cuda_ops --perf >"$out/perf.log" 2>&1 ;;
+    *) echo "unknown step $s"; false ;;
+  esac
+  rc=$?
+  [ $rc -ne 0 ] && status=1
+  echo "--- $s: exit $rc in $(( $(date +%s) - t0 )) s"
+  grep -E "PASSED|FAILED|ERROR SUMMARY|RACECHECK SUMMARY|agreement|\[  FAILED|error:|Error" "$out/$s.log" | head -30
+  [ $rc -ne 0 ] && tail -25 "$out/$s.log"
+done
+[ -f "$out/perf.log" ] && cat "$out/perf.log"
+exit $status

@@ -1,0 +1,265 @@
+/*
+ * cuda_perf.h: the --perf mode of test_cuda_ops (included by it once; not
+ * a test, nothing asserted): timings of the CUDA ops at Llama-3-8B shapes
+ * in bf16 next to the device's own ceilings (a device-to-device copy for
+ * bandwidth, the largest cuBLASLt GEMM for arithmetic), measured in the
+ * same run. CUDA events around repeated launches on the backend's stream;
+ * median of 7 repetitions after a warm-up.
+ */
+#ifndef ANVIL_TEST_CUDA_PERF_H
+#define ANVIL_TEST_CUDA_PERF_H
+
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+typedef enum perf_kind { PERF_MATMUL, PERF_ATTN, PERF_RMSNORM, PERF_SILU, PERF_ADD, PERF_COPY } perf_kind;
+
+typedef struct perf_op {
+    perf_kind kind;
+    anvil_backend *be;
+    anvil_tensor x, w, out, y;
+    anvil_attention_args attn;
+    void *copy_dst, *copy_src;
+    size_t copy_bytes;
+} perf_op;
+
+static int perf_run(perf_op *p)
+{
+    anvil_backend *be = p->be;
+    anvil_status st = ANVIL_OK;
+    switch (p->kind) {
+    case PERF_MATMUL: st = be->ops->matmul(be, &p->x, &p->w, NULL, &p->out); break;
+    case PERF_ATTN: st = be->ops->attention(be, &p->attn); break;
+    case PERF_RMSNORM: st = be->ops->rmsnorm(be, &p->x, &p->w, 1e-5f, &p->out); break;
+    case PERF_SILU: st = be->ops->silu_mul(be, &p->x, &p->y, &p->out); break;
+    case PERF_ADD: st = be->ops->add(be, &p->x, &p->y, &p->out); break;
+    case PERF_COPY:
+        st = cudaMemcpyAsync(p->copy_dst, p->copy_src, p->copy_bytes, cudaMemcpyDeviceToDevice,
+                             anvil_cuda_impl(be)->stream) == cudaSuccess
+                 ? ANVIL_OK
+                 : ANVIL_ERR_CUDA;
+        break;
+    }
+    if (st != ANVIL_OK) {
+        fprintf(stderr, "perf: op failed: %s\n", anvil_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+static int perf_cmp(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median milliseconds per call. */
+static float perf_time(perf_op *p, int iters)
+{
+    cudaStream_t s = anvil_cuda_impl(p->be)->stream;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (int i = 0; i < 3; i++)
+        if (perf_run(p) != 0)
+            return -1.0f;
+    float ms[7];
+    for (int r = 0; r < 7; r++) {
+        cudaEventRecord(e0, s);
+        for (int i = 0; i < iters; i++)
+            if (perf_run(p) != 0)
+                return -1.0f;
+        cudaEventRecord(e1, s);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&ms[r], e0, e1);
+        ms[r] /= (float)iters;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (p->be->ops->synchronize(p->be) != ANVIL_OK)
+        fprintf(stderr, "perf: %s\n", anvil_last_error());
+    qsort(ms, 7, sizeof ms[0], perf_cmp);
+    return ms[3];
+}
+
+/* A device buffer of n bf16 values in [-1, 1). */
+static void *perf_buf(anvil_backend *be, int64_t n)
+{
+    uint16_t *h = malloc((size_t)n * 2);
+    uint64_t rng = 0x1234567ull + (uint64_t)n;
+    for (int64_t i = 0; i < n; i++)
+        h[i] = anvil_f32_to_bf16(anvil_test_randf(&rng));
+    void *d = NULL;
+    if (be->ops->alloc(be, (size_t)n * 2, &d) != ANVIL_OK || be->ops->upload(be, d, h, (size_t)n * 2) != ANVIL_OK) {
+        fprintf(stderr, "perf: %s\n", anvil_last_error());
+        exit(1);
+    }
+    free(h);
+    return d;
+}
+
+static void *perf_ints(anvil_backend *be, const int32_t *h, int64_t n)
+{
+    void *d = NULL;
+    if (be->ops->alloc(be, (size_t)n * 4, &d) != ANVIL_OK || be->ops->upload(be, d, h, (size_t)n * 4) != ANVIL_OK) {
+        fprintf(stderr, "perf: %s\n", anvil_last_error());
+        exit(1);
+    }
+    return d;
+}
+
+static double perf_copy_gbs;   /* the bandwidth ceiling, bytes read + written */
+static double perf_gemm_tflops; /* the arithmetic ceiling */
+
+static void perf_matmul(anvil_backend *be, const char *what, int64_t T, int64_t K, int64_t N)
+{
+    perf_op p = {.kind = PERF_MATMUL, .be = be};
+    void *x = perf_buf(be, T * K), *w = perf_buf(be, N * K), *o = perf_buf(be, T * N);
+    p.x = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, x);
+    p.w = anvil_tensor_2d(ANVIL_DTYPE_BF16, N, K, w);
+    p.out = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, o);
+    float ms = perf_time(&p, T * K * N > ((int64_t)1 << 33) ? 5 : 50);
+    double flops = 2.0 * (double)T * (double)K * (double)N, bytes = 2.0 * (double)(T * K + N * K + T * N);
+    double tf = flops / (ms * 1e-3) / 1e12, gbs = bytes / (ms * 1e-3) / 1e9;
+    if (perf_gemm_tflops == 0)
+        perf_gemm_tflops = tf;
+    printf("%-34s %9.4f ms %8.1f TFLOP/s %7.0f GB/s  (%3.0f%% of GEMM, %3.0f%% of copy)\n", what, ms, tf, gbs,
+           100.0 * tf / perf_gemm_tflops, 100.0 * gbs / perf_copy_gbs);
+    be->ops->free(be, x);
+    be->ops->free(be, w);
+    be->ops->free(be, o);
+}
+
+/* Attention over a fresh cache: n_seqs sequences of ctx positions (blocks
+ * of 16, tables in order), `new_tokens` tokens each in the step. */
+static void perf_attention(anvil_backend *be, const char *what, int n_seqs, int ctx, int new_tokens, int H, int KV,
+                           int hd)
+{
+    const int bs = 16, MB = (ctx + bs - 1) / bs, T = n_seqs * new_tokens;
+    const int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd, n_blocks = (int64_t)n_seqs * MB;
+    int32_t *pos = malloc((size_t)T * 4), *seq = malloc((size_t)T * 4), *slot = malloc((size_t)T * 4);
+    int32_t *starts = malloc((size_t)(n_seqs + 1) * 4), *lens = malloc((size_t)n_seqs * 4);
+    int32_t *tables = malloc((size_t)n_blocks * 4);
+    for (int64_t i = 0; i < n_blocks; i++)
+        tables[i] = (int32_t)i;
+    for (int s = 0, t = 0; s < n_seqs; s++) {
+        starts[s] = t;
+        lens[s] = ctx;
+        for (int j = 0; j < new_tokens; j++, t++) {
+            pos[t] = ctx - new_tokens + j;
+            seq[t] = s;
+            slot[t] = tables[s * MB + pos[t] / bs] * bs + pos[t] % bs;
+        }
+    }
+    starts[n_seqs] = T;
+    void *q = perf_buf(be, T * qw), *k = perf_buf(be, T * kw), *v = perf_buf(be, T * kw), *o = perf_buf(be, T * qw);
+    void *kc = perf_buf(be, n_blocks * bs * kw), *vc = perf_buf(be, n_blocks * bs * kw);
+    static anvil_tensor tq, tk, tv, to, tkc, tvc;
+    static anvil_step st;
+    tq = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, qw, q);
+    tk = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, kw, k);
+    tv = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, kw, v);
+    to = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, qw, o);
+    tkc = (anvil_tensor){.dtype = ANVIL_DTYPE_BF16, .n_dims = 4, .shape = {n_blocks, bs, KV, hd}, .data = kc};
+    tvc = tkc;
+    tvc.data = vc;
+    st = (anvil_step){.n_tokens = T, .n_seqs = n_seqs, .max_blocks_per_seq = MB, .block_size = bs,
+                      .max_context = ctx, .positions = perf_ints(be, pos, T), .seq_of_token = perf_ints(be, seq, T),
+                      .slots = perf_ints(be, slot, T), .seq_starts = perf_ints(be, starts, n_seqs + 1),
+                      .seq_lens = perf_ints(be, lens, n_seqs), .block_tables = perf_ints(be, tables, n_blocks)};
+    perf_op p = {.kind = PERF_ATTN, .be = be};
+    p.attn = (anvil_attention_args){.q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to,
+                                    .step = &st, .n_heads = H, .n_kv_heads = KV, .head_dim = hd,
+                                    .scale = 1.0f / sqrtf((float)hd)};
+    float ms = perf_time(&p, 20);
+    /* bytes: every query reads its context's K and V once (decode); flops: causal QK^T and PV */
+    double kv_bytes = 2.0 * (double)n_seqs * ctx * kw * 2;
+    double flops = 0;
+    for (int j = 0; j < new_tokens; j++)
+        flops += 4.0 * (double)n_seqs * (ctx - new_tokens + j + 1) * qw;
+    printf("%-34s %9.4f ms %8.1f TFLOP/s %7.0f GB/s  (%3.0f%% of GEMM, %3.0f%% of copy)\n", what, ms,
+           flops / (ms * 1e-3) / 1e12, kv_bytes / (ms * 1e-3) / 1e9, 100.0 * flops / (ms * 1e-3) / 1e12 / perf_gemm_tflops,
+           100.0 * kv_bytes / (ms * 1e-3) / 1e9 / perf_copy_gbs);
+    void *bufs[] = {q, k, v, o, kc, vc, (void *)st.positions, (void *)st.seq_of_token, (void *)st.slots,
+                    (void *)st.seq_starts, (void *)st.seq_lens, (void *)st.block_tables};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        be->ops->free(be, bufs[i]);
+    free(pos);
+    free(seq);
+    free(slot);
+    free(starts);
+    free(lens);
+    free(tables);
+}
+
+static void perf_elementwise(anvil_backend *be, const char *what, perf_kind kind, int64_t rows, int64_t cols)
+{
+    perf_op p = {.kind = kind, .be = be};
+    void *x = perf_buf(be, rows * cols), *y = perf_buf(be, rows * cols), *o = perf_buf(be, rows * cols);
+    void *w = perf_buf(be, cols);
+    p.x = anvil_tensor_2d(ANVIL_DTYPE_BF16, rows, cols, x);
+    p.y = anvil_tensor_2d(ANVIL_DTYPE_BF16, rows, cols, y);
+    p.out = anvil_tensor_2d(ANVIL_DTYPE_BF16, rows, cols, o);
+    p.w = anvil_tensor_1d(ANVIL_DTYPE_BF16, cols, w);
+    float ms = perf_time(&p, 50);
+    double bytes = 2.0 * (double)(rows * cols) * (kind == PERF_RMSNORM ? 2 : 3);
+    printf("%-34s %9.4f ms %8s         %7.0f GB/s  (%3.0f%% of copy)\n", what, ms, "", bytes / (ms * 1e-3) / 1e9,
+           100.0 * bytes / (ms * 1e-3) / 1e9 / perf_copy_gbs);
+    be->ops->free(be, x);
+    be->ops->free(be, y);
+    be->ops->free(be, o);
+    be->ops->free(be, w);
+}
+
+static int anvil_cuda_perf_main(void)
+{
+    if (anvil_cuda_device_count() == 0) {
+        printf("no CUDA device\n");
+        return 0;
+    }
+    anvil_backend *be = NULL;
+    if (anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &be) != ANVIL_OK) {
+        fprintf(stderr, "%s\n", anvil_last_error());
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    /* ceilings */
+    const size_t cb = (size_t)1 << 30;
+    perf_op cp = {.kind = PERF_COPY, .be = be, .copy_bytes = cb};
+    if (be->ops->alloc(be, cb, &cp.copy_src) != ANVIL_OK || be->ops->alloc(be, cb, &cp.copy_dst) != ANVIL_OK)
+        return 1;
+    float ms = perf_time(&cp, 5);
+    perf_copy_gbs = 2.0 * (double)cb / (ms * 1e-3) / 1e9;
+    printf("%-34s %9.4f ms %8s         %7.0f GB/s  (read + written)\n", "copy 1 GiB device to device", ms, "",
+           perf_copy_gbs);
+    be->ops->free(be, cp.copy_src);
+    be->ops->free(be, cp.copy_dst);
+    perf_matmul(be, "GEMM 8192^3 (ceiling)", 8192, 8192, 8192);
+    /* Llama-3-8B: hidden 4096, 32 heads / 8 KV heads of 128, intermediate 14336 */
+    perf_matmul(be, "matmul T=1 4096->4096 (q, o)", 1, 4096, 4096);
+    perf_matmul(be, "matmul T=1 4096->14336 (gate, up)", 1, 4096, 14336);
+    perf_matmul(be, "matmul T=1 14336->4096 (down)", 1, 14336, 4096);
+    perf_matmul(be, "matmul T=1 4096->128256 (lm head)", 1, 4096, 128256);
+    perf_matmul(be, "matmul T=16 4096->14336", 16, 4096, 14336);
+    perf_matmul(be, "matmul T=512 4096->4096", 512, 4096, 4096);
+    perf_matmul(be, "matmul T=512 4096->14336", 512, 4096, 14336);
+    perf_matmul(be, "matmul T=2048 4096->14336", 2048, 4096, 14336);
+    perf_attention(be, "attn decode B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);
+    perf_attention(be, "attn prefill 1x2048", 1, 2048, 2048, 32, 8, 128);
+    perf_attention(be, "attn prefill 4x512", 4, 512, 512, 32, 8, 128);
+    perf_elementwise(be, "rmsnorm 512x4096", PERF_RMSNORM, 512, 4096);
+    perf_elementwise(be, "silu_mul 512x14336", PERF_SILU, 512, 14336);
+    perf_elementwise(be, "add 512x4096", PERF_ADD, 512, 4096);
+    anvil_backend_free(be);
+    return 0;
+}
+
+#endif

@@ -1,0 +1,341 @@
+/*
+ * Golden tests on CUDA: the runtime on the CUDA backend against Hugging
+ * Face transformers, for every Llama-family model in
+ * $ANVIL_SHARED_DIR/golden/models.
+ *
+ * f32 (exact mode, weights converted to f32): for every prompt the logits
+ * at every position within 1e-3 x max|logit| of HF's, alone, all prompts
+ * packed in one step (scattered block tables), and position by position as
+ * decode steps after a prefill (the split-K decode kernel); the greedy
+ * continuation identical token for token.
+ * bf16 (weights and activations in bf16): the top-1 token at >= 99% of all
+ * positions of all prompts equal to HF's.
+ *
+ * Skips when no CUDA device is present.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/generate.h"
+#include "anvil/runtime.h"
+#include "backend/cuda/cuda_backend.h"
+#include "io/safetensors.h"
+#include "testutil.h"
+
+#define MAX_CASES 8
+#define F32_TOL 1e-3
+#define BF16_MIN_AGREEMENT 0.99
+#define DECODE_STEPS 8
+
+typedef struct golden_case {
+    char name[32];
+    int32_t *ids;
+    int32_t n_ids;
+    int32_t *greedy;
+    int32_t n_greedy;
+    const float *logits; /* [n_ids, vocab] into the golden file */
+} golden_case;
+
+typedef struct golden {
+    json_t *root;
+    anvil_safetensors *logits_file;
+    golden_case cases[MAX_CASES];
+    int n_cases;
+} golden;
+
+static int32_t *json_ids(json_t *arr, int32_t *n)
+{
+    *n = (int32_t)json_array_size(arr);
+    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
+    assert_non_null(ids);
+    for (int32_t i = 0; i < *n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return ids;
+}
+
+static void golden_load(const char *model, golden *g)
+{
+    memset(g, 0, sizeof *g);
+    char path[512];
+    snprintf(path, sizeof path, "%s/golden/models/%s/cases.json", anvil_test_shared_dir(), model);
+    json_error_t jerr;
+    g->root = json_load_file(path, 0, &jerr);
+    if (g->root == NULL)
+        fail_msg("%s: %s", path, jerr.text);
+    snprintf(path, sizeof path, "%s/golden/models/%s/logits.safetensors", anvil_test_shared_dir(), model);
+    if (anvil_safetensors_open(path, &g->logits_file) != ANVIL_OK)
+        fail_msg("%s", anvil_last_error());
+    json_t *cases = json_object_get(g->root, "cases");
+    assert_true(json_is_array(cases));
+    for (size_t i = 0; i < json_array_size(cases) && i < MAX_CASES; i++) {
+        json_t *c = json_array_get(cases, i);
+        golden_case *gc = &g->cases[g->n_cases++];
+        snprintf(gc->name, sizeof gc->name, "%s", json_string_value(json_object_get(c, "name")));
+        gc->ids = json_ids(json_object_get(c, "ids"), &gc->n_ids);
+        gc->greedy = json_ids(json_object_get(c, "greedy"), &gc->n_greedy);
+        char tname[64];
+        snprintf(tname, sizeof tname, "%s.logits", gc->name);
+        const anvil_st_tensor *t = anvil_safetensors_find(g->logits_file, tname);
+        assert_non_null(t);
+        assert_int_equal(t->shape[0], gc->n_ids);
+        gc->logits = t->data;
+    }
+}
+
+static void golden_free(golden *g)
+{
+    for (int i = 0; i < g->n_cases; i++) {
+        free(g->cases[i].ids);
+        free(g->cases[i].greedy);
+    }
+    anvil_safetensors_close(g->logits_file);
+    json_decref(g->root);
+}
+
+/* max |got - want| <= F32_TOL * max |want| over n_rows rows starting at row0 of the prompt */
+static void check_logits(const char *model, const char *what, const golden_case *gc, int32_t row0, int32_t n_rows,
+                         const float *got, int64_t vocab)
+{
+    const float *want = gc->logits + (int64_t)row0 * vocab;
+    const int64_t n = (int64_t)n_rows * vocab;
+    double max_ref = 0, max_err = 0;
+    int64_t worst = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double ref = want[i], err = fabs((double)got[i] - ref);
+        if (fabs(ref) > max_ref)
+            max_ref = fabs(ref);
+        if (err > max_err || isnan(got[i])) {
+            max_err = isnan(got[i]) ? INFINITY : err;
+            worst = i;
+        }
+    }
+    if (!(max_err <= F32_TOL * max_ref))
+        fail_msg("%s %s %s: max error %.3g at position %lld token %lld (tolerance %.3g)", model, gc->name, what,
+                 max_err, (long long)(row0 + worst / vocab), (long long)(worst % vocab), F32_TOL * max_ref);
+}
+
+static anvil_runtime *load_model(const char *model, anvil_dtype wdt)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    o.device = "cuda";
+    o.weight_dtype = wdt;
+    o.max_num_tokens = 1024;
+    o.max_logit_rows = 1024;
+    o.max_batch_size = 8;
+    o.kv_block_size = 16; /* several blocks per prompt */
+    o.kv_cache_tokens = 4096;
+    anvil_runtime *rt = NULL;
+    if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK)
+        fail_msg("load %s on cuda (%s): %s", model, anvil_dtype_name(wdt), anvil_last_error());
+    return rt;
+}
+
+/* Runs rows [first, first + n) of prompt gc as one step of a single
+ * sequence whose blocks are `blocks`; logits for every row. */
+static void forward_rows(anvil_runtime *rt, const golden_case *gc, int32_t first, int32_t n, int32_t *blocks,
+                         int32_t nb, float *logits, const char *model)
+{
+    int32_t *pos = malloc((size_t)n * 4), *rows = malloc((size_t)n * 4);
+    assert_true(pos && rows);
+    for (int32_t t = 0; t < n; t++) {
+        pos[t] = first + t;
+        rows[t] = t;
+    }
+    int32_t starts[2] = {0, n};
+    anvil_batch b = {.n_tokens = n, .token_ids = gc->ids + first, .positions = pos, .n_seqs = 1, .seq_starts = starts,
+                     .block_tables = blocks, .max_blocks_per_seq = nb, .n_logits = n, .logit_rows = rows};
+    if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
+        fail_msg("%s %s: %s", model, gc->name, anvil_last_error());
+    free(pos);
+    free(rows);
+}
+
+/* Each prompt alone (one step), then again as a prefill of all but the
+ * last DECODE_STEPS tokens followed by single-token steps. */
+static void check_prompts_alone(const char *model, anvil_runtime *rt, const golden *g)
+{
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    const int32_t bs = anvil_runtime_kv_block_size(rt);
+    for (int i = 0; i < g->n_cases; i++) {
+        const golden_case *gc = &g->cases[i];
+        int32_t n = gc->n_ids, nb = (n + bs - 1) / bs;
+        int32_t *blocks = malloc((size_t)nb * 4);
+        float *logits = malloc((size_t)n * (size_t)vocab * 4);
+        assert_true(blocks && logits);
+        assert_int_equal(anvil_runtime_kv_alloc(rt, nb, blocks), ANVIL_OK);
+        forward_rows(rt, gc, 0, n, blocks, nb, logits, model);
+        check_logits(model, "alone", gc, 0, n, logits, vocab);
+
+        int32_t split = n > DECODE_STEPS ? n - DECODE_STEPS : 1;
+        forward_rows(rt, gc, 0, split, blocks, nb, logits, model);
+        check_logits(model, "prefill part", gc, 0, split, logits, vocab);
+        for (int32_t t = split; t < n; t++) {
+            forward_rows(rt, gc, t, 1, blocks, nb, logits, model);
+            char what[32];
+            snprintf(what, sizeof what, "decode step %d", t);
+            check_logits(model, what, gc, t, 1, logits, vocab);
+        }
+        anvil_runtime_kv_release(rt, nb, blocks);
+        free(blocks);
+        free(logits);
+    }
+}
+
+/* All prompts packed in one step (blocks handed out in reverse so tables are
+ * scattered): every row must match its prompt's golden logits. */
+static void check_prompts_packed(const char *model, anvil_runtime *rt, const golden *g)
+{
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    const int32_t bs = anvil_runtime_kv_block_size(rt);
+    int32_t total = 0, max_nb = 0;
+    for (int i = 0; i < g->n_cases; i++) {
+        total += g->cases[i].n_ids;
+        int32_t nb = (g->cases[i].n_ids + bs - 1) / bs;
+        max_nb = nb > max_nb ? nb : max_nb;
+    }
+    int32_t *ids = malloc((size_t)total * 4), *pos = malloc((size_t)total * 4), *rows = malloc((size_t)total * 4);
+    int32_t *tables = calloc((size_t)g->n_cases * max_nb, 4), starts[MAX_CASES + 1];
+    float *logits = malloc((size_t)total * (size_t)vocab * 4);
+    assert_true(ids && pos && rows && tables && logits);
+    int32_t t = 0;
+    for (int i = 0; i < g->n_cases; i++) {
+        const golden_case *gc = &g->cases[i];
+        starts[i] = t;
+        int32_t nb = (gc->n_ids + bs - 1) / bs;
+        int32_t tmp[64];
+        assert_true(nb <= 64);
+        assert_int_equal(anvil_runtime_kv_alloc(rt, nb, tmp), ANVIL_OK);
+        for (int32_t j = 0; j < nb; j++)
+            tables[i * max_nb + j] = tmp[nb - 1 - j];
+        for (int32_t j = 0; j < gc->n_ids; j++, t++) {
+            ids[t] = gc->ids[j];
+            pos[t] = j;
+            rows[t] = t;
+        }
+    }
+    starts[g->n_cases] = t;
+    anvil_batch b = {.n_tokens = total, .token_ids = ids, .positions = pos, .n_seqs = g->n_cases,
+                     .seq_starts = starts, .block_tables = tables, .max_blocks_per_seq = max_nb,
+                     .n_logits = total, .logit_rows = rows};
+    if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
+        fail_msg("%s packed: %s", model, anvil_last_error());
+    for (int i = 0; i < g->n_cases; i++) {
+        check_logits(model, "packed", &g->cases[i], 0, g->cases[i].n_ids, logits + (size_t)starts[i] * (size_t)vocab,
+                     vocab);
+        int32_t nb = (g->cases[i].n_ids + bs - 1) / bs;
+        anvil_runtime_kv_release(rt, nb, tables + i * max_nb);
+    }
+    free(ids);
+    free(pos);
+    free(rows);
+    free(tables);
+    free(logits);
+}
+
+static void check_greedy(const char *model, anvil_runtime *rt, const golden *g)
+{
+    for (int i = 0; i < g->n_cases; i++) {
+        const golden_case *gc = &g->cases[i];
+        anvil_generate_params p = {.max_tokens = gc->n_greedy};
+        p.sampling.temperature = 0.0f;
+        p.sampling.top_p = 1.0f;
+        int32_t *out = malloc((size_t)(gc->n_greedy + 1) * 4), n_out = 0;
+        assert_non_null(out);
+        if (anvil_generate(rt, gc->ids, gc->n_ids, &p, NULL, NULL, out, &n_out, NULL) != ANVIL_OK)
+            fail_msg("%s %s generate: %s", model, gc->name, anvil_last_error());
+        assert_int_equal(n_out, gc->n_greedy);
+        for (int32_t j = 0; j < n_out; j++)
+            if (out[j] != gc->greedy[j])
+                fail_msg("%s %s: greedy token %d is %d, HF has %d", model, gc->name, j, out[j], gc->greedy[j]);
+        free(out);
+    }
+    assert_int_equal(anvil_runtime_kv_blocks_free(rt), anvil_runtime_kv_blocks_total(rt));
+}
+
+static int64_t argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* bf16: the share of positions whose top-1 token is HF's. */
+static void check_top1_bf16(const char *model, anvil_runtime *rt, const golden *g)
+{
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    const int32_t bs = anvil_runtime_kv_block_size(rt);
+    int64_t agree = 0, total = 0;
+    double max_err_rel = 0;
+    for (int i = 0; i < g->n_cases; i++) {
+        const golden_case *gc = &g->cases[i];
+        int32_t n = gc->n_ids, nb = (n + bs - 1) / bs;
+        int32_t *blocks = malloc((size_t)nb * 4);
+        float *logits = malloc((size_t)n * (size_t)vocab * 4);
+        assert_true(blocks && logits);
+        assert_int_equal(anvil_runtime_kv_alloc(rt, nb, blocks), ANVIL_OK);
+        forward_rows(rt, gc, 0, n, blocks, nb, logits, model);
+        for (int32_t t = 0; t < n; t++) {
+            const float *got = logits + (int64_t)t * vocab, *want = gc->logits + (int64_t)t * vocab;
+            agree += argmax(got, vocab) == argmax(want, vocab);
+            total++;
+            double mr = 0, me = 0;
+            for (int64_t v = 0; v < vocab; v++) {
+                mr = fmax(mr, fabs(want[v]));
+                me = fmax(me, isnan(got[v]) ? INFINITY : fabs(got[v] - want[v]));
+            }
+            if (mr > 0 && me / mr > max_err_rel)
+                max_err_rel = me / mr;
+        }
+        anvil_runtime_kv_release(rt, nb, blocks);
+        free(blocks);
+        free(logits);
+    }
+    double share = (double)agree / (double)total;
+    printf("  %s bf16: top-1 agreement %.2f%% of %lld positions, max |error| %.3g x max|logit|\n", model,
+           100.0 * share, (long long)total, max_err_rel);
+    if (!(share >= BF16_MIN_AGREEMENT))
+        fail_msg("%s bf16: top-1 agreement %.2f%% < %.0f%%", model, 100.0 * share, 100.0 * BF16_MIN_AGREEMENT);
+}
+
+static void run_model(const char *model)
+{
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    golden g;
+    golden_load(model, &g);
+    anvil_runtime *rt = load_model(model, ANVIL_DTYPE_F32);
+    check_prompts_alone(model, rt, &g);
+    check_prompts_packed(model, rt, &g);
+    check_greedy(model, rt, &g);
+    anvil_runtime_free(rt);
+
+    rt = load_model(model, ANVIL_DTYPE_BF16);
+    check_top1_bf16(model, rt, &g);
+    anvil_runtime_free(rt);
+    golden_free(&g);
+}
+
+static void test_stories260K(void **s) { (void)s; run_model("stories260K"); }
+static void test_tinycode(void **s) { (void)s; run_model("tinycode"); }
+static void test_tiny_llama3(void **s) { (void)s; run_model("tiny-llama3"); }
+static void test_tiny_qwen2(void **s) { (void)s; run_model("tiny-qwen2"); }
+static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
+static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories260K),  cmocka_unit_test(test_tinycode),
+        cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
+        cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
