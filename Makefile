@@ -36,7 +36,7 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
 
 bench: build
-	$(BUILD)/bench_cpu --shared $(SHARED)
+	$(BUILD)/bench_cpu_model --shared $(SHARED)
 
 clean:
 	rm -rf $(BUILD) build-asan
