@@ -8,7 +8,20 @@
 #include "backend/cpu/cpu_internal.h"
 #include "core/error.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 /* ---------------------------------------------------------------- ISA */
+
+#if defined(__x86_64__)
+/* clang 14's __builtin_cpu_supports does not know "f16c": ask cpuid. */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
 
 int anvil_cpu_isa_supported(anvil_cpu_isa isa)
 {
@@ -16,7 +29,7 @@ int anvil_cpu_isa_supported(anvil_cpu_isa isa)
     case ANVIL_CPU_ISA_SCALAR: return 1;
 #if defined(__x86_64__)
     case ANVIL_CPU_ISA_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case ANVIL_CPU_ISA_AVX512:
         return anvil_cpu_isa_supported(ANVIL_CPU_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
