@@ -20,13 +20,13 @@ for s in "${steps[@]}"; do
   echo "=== $s"
   t0=$(date +%s)
   case $s in
-    ops) $bin/test_cuda_ops >"$out/ops.log" 2>&1 ;;
-    golden) $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
-    memcheck) ANVIL_TEST_QUICK=1 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
+    ops) timeout 120 $bin/test_cuda_ops >"$out/ops.log" 2>&1 ;;
+    golden) timeout 120 $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
+    memcheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                 $bin/test_cuda_ops >"$out/memcheck.log" 2>&1 ;;
-    racecheck) ANVIL_TEST_QUICK=1 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
+    racecheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
                  $bin/test_cuda_ops >"$out/racecheck.log" 2>&1 ;;
-    perf) $bin/test_cuda_ops --perf >"$out/perf.log" 2>&1 ;;
+    perf) timeout 60 $bin/test_cuda_ops --perf >"$out/perf.log" 2>&1 ;;
     *) echo "unknown step $s"; false ;;
   esac
   rc=$?

@@ -135,8 +135,10 @@ static void cuda_free(anvil_backend *be, void *ptr)
     if (ptr == NULL)
         return;
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
-    if (cudaSetDevice(cb->device) == cudaSuccess)
-        (void)cudaFree(ptr); /* waits for the device: no kernel still reads ptr */
+    if (cudaSetDevice(cb->device) == cudaSuccess) {
+        (void)cudaStreamSynchronize(cb->stream); /* no queued kernel may still use ptr */
+        (void)cudaFree(ptr);
+    }
     (void)cudaGetLastError();
 }
 
