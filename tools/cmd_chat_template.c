@@ -31,6 +31,7 @@ static void usage(FILE *out)
             "  --messages JSON          a JSON array of {\"role\", \"content\", ...}; prints the text\n"
             "  --add-generation-prompt  end with the prompt of the assistant's turn\n"
             "  --tools JSON             a JSON array of tool schemas\n"
+            "  --documents JSON         a JSON array of documents (retrieval-augmented templates)\n"
             "  --vars JSON              a JSON object of more template variables (e.g. date_string)\n"
             "  --bos TEXT, --eos TEXT   override the folder's BOS / EOS tokens\n"
             "  --jsonl                  read one JSON object a line from stdin: {\"messages\",\n"
@@ -68,7 +69,7 @@ static char *render_line(const anvil_chat_template *t, const char *line)
 {
     json_error_t jerr;
     json_t *in = json_loads(line, JSON_ALLOW_NUL, &jerr), *reply = json_object();
-    char *text = NULL, *messages = NULL, *tools = NULL, *extra_text = NULL;
+    char *text = NULL, *messages = NULL, *tools = NULL, *documents = NULL, *extra_text = NULL;
     json_t *extra = json_object();
     if (in == NULL || !json_is_object(in)) {
         char msg[300];
@@ -86,7 +87,7 @@ static char *render_line(const anvil_chat_template *t, const char *line)
     json_object_foreach(in, key, val)
     {
         static const char *const fixed[] = {"messages", "add_generation_prompt", "bos_token", "eos_token",
-                                            "tools", "text", "error", NULL};
+                                            "tools", "documents", "text", "error", NULL};
         int is_fixed = 0;
         for (int i = 0; fixed[i]; i++)
             is_fixed |= strcmp(key, fixed[i]) == 0;
@@ -95,8 +96,10 @@ static char *render_line(const anvil_chat_template *t, const char *line)
     }
     messages = dump_or_null(json_object_get(in, "messages"));
     tools = dump_or_null(json_object_get(in, "tools"));
+    documents = dump_or_null(json_object_get(in, "documents"));
     extra_text = json_dumps(extra, JSON_COMPACT);
     opts.tools_json = tools;
+    opts.documents_json = documents;
     opts.extra_vars_json = extra_text;
     if (anvil_chat_template_render(t, messages ? messages : "[]", &opts, &text) == ANVIL_OK)
         json_object_set_new(reply, "text", json_string(text));
@@ -106,6 +109,7 @@ out:
     free(text);
     free(messages);
     free(tools);
+    free(documents);
     free(extra_text);
     json_decref(extra);
     json_decref(in);
@@ -172,6 +176,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
         {"messages", required_argument, NULL, 'm'},
         {"add-generation-prompt", no_argument, NULL, 'g'},
         {"tools", required_argument, NULL, 't'},
+        {"documents", required_argument, NULL, 'd'},
         {"vars", required_argument, NULL, 'v'},
         {"bos", required_argument, NULL, 'b'},
         {"eos", required_argument, NULL, 'e'},
@@ -190,6 +195,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
         case 'm': messages = optarg; break;
         case 'g': opts.add_generation_prompt = 1; break;
         case 't': opts.tools_json = optarg; break;
+        case 'd': opts.documents_json = optarg; break;
         case 'v': opts.extra_vars_json = optarg; break;
         case 'b': opts.bos_token = optarg; break;
         case 'e': opts.eos_token = optarg; break;

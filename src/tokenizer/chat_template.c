@@ -186,7 +186,7 @@ anvil_status anvil_chat_template_render(const anvil_chat_template *t, const char
     if (opts == NULL)
         opts = &none;
     anvil_status st = ANVIL_OK;
-    json_t *vars = json_object(), *messages = NULL, *tools = NULL, *extra = NULL;
+    json_t *vars = json_object(), *messages = NULL, *tools = NULL, *documents = NULL, *extra = NULL;
     CHECK_GOTO(vars != NULL, ANVIL_ERR_OOM, done, "out of memory");
     TRY_GOTO(parse_json(messages_json, "messages", &messages), done);
     CHECK_GOTO(json_is_array(messages), ANVIL_ERR_INVALID_ARG, done, "messages must be a JSON array");
@@ -195,6 +195,11 @@ anvil_status anvil_chat_template_render(const anvil_chat_template *t, const char
         CHECK_GOTO(json_is_array(tools) || json_is_null(tools), ANVIL_ERR_INVALID_ARG, done,
                    "tools must be a JSON array");
     }
+    if (opts->documents_json) {
+        TRY_GOTO(parse_json(opts->documents_json, "documents", &documents), done);
+        CHECK_GOTO(json_is_array(documents) || json_is_null(documents), ANVIL_ERR_INVALID_ARG, done,
+                   "documents must be a JSON array");
+    }
     if (opts->extra_vars_json) {
         TRY_GOTO(parse_json(opts->extra_vars_json, "extra variables", &extra), done);
         CHECK_GOTO(json_is_object(extra), ANVIL_ERR_INVALID_ARG, done, "extra variables must be a JSON object");
@@ -202,7 +207,7 @@ anvil_status anvil_chat_template_render(const anvil_chat_template *t, const char
 
     int ok = json_object_set(vars, "messages", messages) == 0;
     ok &= json_object_set(vars, "tools", tools ? tools : json_null()) == 0;
-    ok &= json_object_set_new(vars, "documents", json_null()) == 0;
+    ok &= json_object_set(vars, "documents", documents ? documents : json_null()) == 0;
     ok &= json_object_set_new(vars, "add_generation_prompt", json_boolean(opts->add_generation_prompt)) == 0;
     const char *given[TOK_COUNT] = {opts->bos_token, opts->eos_token, NULL, NULL};
     for (int i = 0; i < TOK_COUNT; i++) {
@@ -227,6 +232,7 @@ done:
     json_decref(vars);
     json_decref(messages);
     json_decref(tools);
+    json_decref(documents);
     json_decref(extra);
     return st;
 }

@@ -362,11 +362,10 @@ static int exec_for(jctx *c, jscope *s, const jnode *n)
     jloop *lp = jalloc(c, sizeof *lp);
     lp->length = (int64_t)items->n;
     lp->items = items;
-    lp->depth0 = c->loop_depth;
+    lp->depth0 = 0; /* depth counts recursive loops only, which anvil does not support */
     jv loopv = {.k = JK_LOOP};
     loopv.u.loop = lp;
     jstr *lname = loop_name(c);
-    c->loop_depth++;
     int indicator = 1;
     for (size_t i = 0; i < items->n; i++) {
         jstep(c);
@@ -381,7 +380,6 @@ static int exec_for(jctx *c, jscope *s, const jnode *n)
             continue;
         indicator = 0;
     }
-    c->loop_depth--;
     c->depth--;
     /* jinja2 runs the else block unless an iteration ran to its end */
     if (n->nw && indicator)

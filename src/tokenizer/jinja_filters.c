@@ -219,21 +219,34 @@ static jv f_case(jctx *c, jv v, jargs *a, const char *name)
         return jv_strv(py_case(c, s, 1));
     if (!strcmp(name, "capitalize"))
         return jv_strv(py_case(c, s, 3));
-    /* title: jinja2 capitalizes each piece split at [-\s({\[<]+ */
+    /* title: jinja2 splits at [-\s({\[<]+ and makes each piece
+     * piece[0].upper() + piece[1:].lower() */
     jbuf b = {0};
-    int at_start = 1;
     size_t i = 0;
     while (i < s->len) {
-        uint32_t cp = u8_next(s->s, s->len, &i);
+        size_t start = i, k = i;
+        uint32_t cp = u8_next(s->s, s->len, &k);
         int delim = py_isspace(cp) || cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<';
-        char enc[4];
-        size_t k = u8_encode(cp, enc);
-        jstr *ch = jstr_new(c, enc, k);
-        jstr *out = delim ? ch : py_case(c, ch, at_start ? 1 : 0);
-        jbuf_put(c, &b, out->s, out->len);
-        at_start = delim;
+        if (delim) {
+            jbuf_put(c, &b, s->s + start, k - start);
+            i = k;
+            continue;
+        }
+        size_t end = k;
+        while (end < s->len) {
+            size_t e2 = end;
+            uint32_t c2 = u8_next(s->s, s->len, &e2);
+            if (py_isspace(c2) || c2 == '-' || c2 == '(' || c2 == '{' || c2 == '[' || c2 == '<')
+                break;
+            end = e2;
+        }
+        jstr *head = py_case(c, jstr_new(c, s->s + start, k - start), 1);
+        jstr *rest = py_case(c, jstr_new(c, s->s + k, end - k), 0);
+        jbuf_put(c, &b, head->s, head->len);
+        jbuf_put(c, &b, rest->s, rest->len);
+        i = end;
     }
-    return jv_strv(jbuf_str(c, &b));
+    return b.p ? jv_strv(jbuf_str(c, &b)) : jv_str(c, "", 0);
 }
 
 static jv f_center(jctx *c, jv v, jargs *a, const char *name)
@@ -698,12 +711,30 @@ static jv f_minmax(jctx *c, jv v, jargs *a, const char *name)
     return l->v[best];
 }
 
-static jv f_pprint(jctx *c, jv v, jargs *a, const char *name)
+static jv f_batch(jctx *c, jv v, jargs *a, const char *name)
 {
-    jargs_done(c, a, name, 0);
-    jbuf b = {0};
-    jv_repr_into(c, &b, v);
-    return jv_strv(jbuf_str(c, &b));
+    jv count, fill = jv_none();
+    if (!arg(c, a, 0, "linecount", &count))
+        jfail(c, JE_TYPE, "do_batch() missing 1 required positional argument: 'linecount'");
+    arg(c, a, 1, "fill_with", &fill);
+    jargs_done(c, a, name, 2);
+    int64_t n = int_arg(c, count, "linecount");
+    jlist *l = jv_iter_list(c, v);
+    jv out = jv_list(c, 0), cur = jv_list(c, 0);
+    for (size_t i = 0; i < l->n; i++) {
+        jstep(c);
+        if ((int64_t)cur.u.l->n == n) {
+            jlist_push(c, out.u.l, cur);
+            cur = jv_list(c, 0);
+        }
+        jlist_push(c, cur.u.l, l->v[i]);
+    }
+    if (cur.u.l->n) {
+        while (fill.k != JK_NONE && (int64_t)cur.u.l->n < n)
+            jlist_push(c, cur.u.l, fill);
+        jlist_push(c, out.u.l, cur);
+    }
+    return out;
 }
 
 static jv f_replace(jctx *c, jv v, jargs *a, const char *name)
@@ -938,7 +969,7 @@ static const struct {
 } filters[] = {
     {"abs", f_abs},
     {"attr", f_attr},
-    {"batch", NULL},
+    {"batch", f_batch},
     {"capitalize", f_case},
     {"center", f_center},
     {"count", f_length},
@@ -964,7 +995,7 @@ static const struct {
     {"map", f_map},
     {"max", f_minmax},
     {"min", f_minmax},
-    {"pprint", f_pprint},
+    {"pprint", NULL}, /* pformat sorts and wraps: not implemented */
     {"random", NULL},
     {"reject", f_select},
     {"rejectattr", f_select},

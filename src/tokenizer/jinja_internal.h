@@ -278,7 +278,6 @@ typedef struct jctx {
     int vdepth;     /* value recursion (repr, tojson) */
     jbuf *out;          /* where output goes now (captures swap it) */
     jdict *context;     /* the variables the caller passed */
-    int loop_depth;
 } jctx;
 
 /* Records "<Kind>: message" and unwinds to the entry point. */
@@ -405,6 +404,9 @@ int jtest_apply(jctx *c, int tid, jv v, jargs *args);
 /* Python-style string helpers shared by filters and methods */
 jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right);
 jstr *py_case(jctx *c, const jstr *s, int mode); /* 0 lower, 1 upper, 2 title, 3 capitalize, 4 swapcase */
+/* The multi-character case mapping of cp (mode 0 lower, 1 upper, 2 title):
+ * the count written to out, 0 when cp maps to one character (jinja_casing.c) */
+int py_special_case(uint32_t cp, int mode, uint32_t out[3]);
 jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count);
 jv py_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right);
 jv py_splitlines(jctx *c, const jstr *s, int keepends);

@@ -166,16 +166,10 @@ static int64_t adjust(jctx *c, int64_t n, jv vstart, jv vstop, jv vstep, int64_t
         jfail(c, JE_VALUE, "slice step cannot be zero");
     if (st == INT64_MIN)
         st = -INT64_MAX;
-    int64_t lo, hi;
-    if (st > 0) {
-        lo = slice_arg(c, vstart, 0);
-        hi = slice_arg(c, vstop, n);
-    } else {
-        lo = slice_arg(c, vstart, n - 1);
-        hi = slice_arg(c, vstop, -n - 1);
-    }
+    /* the defaults of PySlice_Unpack, then PySlice_AdjustIndices */
+    int64_t lo = slice_arg(c, vstart, st > 0 ? 0 : INT64_MAX);
+    int64_t hi = slice_arg(c, vstop, st > 0 ? INT64_MAX : INT64_MIN);
     if (lo < 0) {
-        lo = lo < -n ? -n : lo;
         lo += n;
         if (lo < 0)
             lo = st < 0 ? -1 : 0;
@@ -183,7 +177,6 @@ static int64_t adjust(jctx *c, int64_t n, jv vstart, jv vstop, jv vstep, int64_t
         lo = st < 0 ? n - 1 : n;
     }
     if (hi < 0) {
-        hi = hi < -n ? -n : hi;
         hi += n;
         if (hi < 0)
             hi = st < 0 ? -1 : 0;

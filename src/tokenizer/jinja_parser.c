@@ -858,6 +858,7 @@ static const char *const END_CALL[] = {"endcall", NULL};
 static const char *const END_FILTER[] = {"endfilter", NULL};
 static const char *const END_WITH[] = {"endwith", NULL};
 static const char *const END_GENERATION[] = {"endgeneration", NULL};
+static const char *const END_BLOCK[] = {"endblock", NULL};
 
 static jnode *parse_for(jparse *p, int line)
 {
@@ -1042,11 +1043,11 @@ static void parse_statement(jparse *p, nvec *out)
         jparse_fail(p, t->line, "tag name expected");
     const char *name = t->str->s;
     int line = t->line;
-    static const char *const unsupported[] = {"block", "extends", "include", "import", "from", "autoescape", NULL};
+    static const char *const unsupported[] = {"extends", "include", "import", "from", "autoescape", NULL};
     for (int i = 0; unsupported[i]; i++)
         if (strcmp(name, unsupported[i]) == 0)
             jparse_fail(p, line, "the '%s' tag is not supported by anvil", name);
-    static const char *const known[] = {"for", "if", "set", "macro", "call", "filter", "with", "generation", NULL};
+    static const char *const known[] = {"for", "if", "set", "macro", "call", "filter", "with", "generation", "block", NULL};
     const char *tag = NULL;
     for (int i = 0; known[i]; i++)
         if (strcmp(name, known[i]) == 0)
@@ -1094,12 +1095,29 @@ static void parse_statement(jparse *p, nvec *out)
         n = parse_filter_block(p, line);
     } else if (tag == known[6]) {
         n = parse_with(p, line);
-    } else {
+    } else if (tag == known[7]) {
         n = node(p, N_GENERATION, line);
         int soft = p->soft;
         p->soft = 0;
         n->v = parse_statements(p, END_GENERATION, 1, &n->nv);
         p->soft = soft;
+    } else {
+        /* without template inheritance a block renders where it stands */
+        jstr *bname = expect_name(p);
+        skip_name(p, "scoped");
+        skip_name(p, "required");
+        n = node(p, N_GENERATION, line);
+        int soft = p->soft, loops = p->loops;
+        p->soft = 0;
+        p->loops = 0;
+        n->v = parse_statements(p, END_BLOCK, 1, &n->nv);
+        p->soft = soft;
+        p->loops = loops;
+        if (cur(p)->type == T_NAME) {
+            if (strcmp(cur(p)->str->s, bname->s) != 0)
+                jparse_fail(p, cur(p)->line, "mismatching name of block: '%s' and '%s'", bname->s, cur(p)->str->s);
+            advance(p);
+        }
     }
     if (tag)
         pop_tag(p);

@@ -71,32 +71,93 @@ static uint32_t to_lower(uint32_t cp) { return (uint32_t)utf8proc_tolower((utf8p
 static uint32_t to_upper(uint32_t cp) { return (uint32_t)utf8proc_toupper((utf8proc_int32_t)cp); }
 static uint32_t to_title(uint32_t cp) { return (uint32_t)utf8proc_totitle((utf8proc_int32_t)cp); }
 
+/* Characters Unicode calls case-ignorable (for the final sigma rule). */
+static int case_ignorable(uint32_t cp)
+{
+    if (cp == '\'' || cp == '.' || cp == ':' || cp == '^' || cp == '`' || cp == 0xb7 || cp == 0x2019)
+        return 1;
+    utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
+    return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME || cat == UTF8PROC_CATEGORY_CF ||
+           cat == UTF8PROC_CATEGORY_LM || cat == UTF8PROC_CATEGORY_SK;
+}
+
+/* Capital sigma lowers to final sigma at the end of a word: a cased letter
+ * before it and none after it (case-ignorable characters skipped). */
+static int final_sigma(const jstr *s, size_t at, size_t after)
+{
+    int before = 0;
+    size_t i = at;
+    while (i > 0) {
+        size_t st = i - 1;
+        while (st > 0 && ((unsigned char)s->s[st] & 0xc0) == 0x80)
+            st--;
+        size_t k = st;
+        uint32_t cp = u8_next(s->s, s->len, &k);
+        i = st;
+        if (case_ignorable(cp))
+            continue;
+        before = is_cased(cp);
+        break;
+    }
+    if (!before)
+        return 0;
+    i = after;
+    while (i < s->len) {
+        uint32_t cp = u8_next(s->s, s->len, &i);
+        if (case_ignorable(cp))
+            continue;
+        return !is_cased(cp);
+    }
+    return 1;
+}
+
+/* Appends the full mapping of cp (mode 0 lower, 1 upper, 2 title). */
+static void put_mapped(jctx *c, jbuf *b, uint32_t cp, int mode)
+{
+    uint32_t m[3];
+    int n = py_special_case(cp, mode, m);
+    if (n > 0) {
+        for (int k = 0; k < n; k++)
+            jbuf_put_cp(c, b, m[k]);
+        return;
+    }
+    jbuf_put_cp(c, b, mode == 0 ? to_lower(cp) : mode == 1 ? to_upper(cp) : to_title(cp));
+}
+
 jstr *py_case(jctx *c, const jstr *s, int mode)
 {
     jbuf b = {0};
     int prev_cased = 0, first = 1;
     size_t i = 0;
     while (i < s->len) {
-        uint32_t cp = u8_next(s->s, s->len, &i), out = cp;
+        size_t at = i;
+        uint32_t cp = u8_next(s->s, s->len, &i);
+        int m; /* 0 lower, 1 upper, 2 title, -1 unchanged */
         switch (mode) {
-        case 0: out = to_lower(cp); break;
-        case 1: out = to_upper(cp); break;
+        case 0: m = 0; break;
+        case 1: m = 1; break;
         case 2:
-            out = prev_cased ? to_lower(cp) : to_title(cp);
+            m = prev_cased ? 0 : 2;
             prev_cased = is_cased(cp);
             break;
-        case 3: out = first ? to_title(cp) : to_lower(cp); break;
-        case 4: {
-            uint32_t up = to_upper(cp);
-            out = up != cp ? up : to_lower(cp);
+        case 3: m = first ? 2 : 0; break;
+        default: {
+            utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
+            m = cat == UTF8PROC_CATEGORY_LU ? 0 : cat == UTF8PROC_CATEGORY_LL ? 1 : -1;
             break;
         }
         }
         first = 0;
-        jbuf_put_cp(c, &b, out);
+        if (m == 0 && cp == 0x3a3 && final_sigma(s, at, i))
+            jbuf_put_cp(c, &b, 0x3c2);
+        else if (m < 0)
+            jbuf_put_cp(c, &b, cp);
+        else
+            put_mapped(c, &b, cp, m);
     }
-    jstr *r = jbuf_str(c, &b);
-    return r;
+    if (b.p == NULL)
+        return jstr_new(c, "", 0);
+    return jbuf_str(c, &b);
 }
 
 jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count)
