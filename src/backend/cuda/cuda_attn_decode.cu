@@ -4,12 +4,16 @@
  * A block of 4 warps takes one token t, RD query heads of one KV head
  * (GQA: every K/V row loaded serves all RD heads), and one split of the
  * token's keys [lo, p]. Lane l holds dims [l * DPL, (l + 1) * DPL) of q, k,
- * v and the output accumulators in registers (vector loads of DPL elements);
- * a score is a warp all-reduce. The warps take interleaved keys, two at a
- * time with both rows loaded before use, then merge their online-softmax
- * states through shared memory. With one split the block writes the output;
- * with several it writes (m, l, acc) partials and a combine kernel merges
- * the splits.
+ * v and of the output accumulators in registers (vector loads of DPL
+ * elements). A warp takes KEYS consecutive keys at a time, all their K and V
+ * rows loaded before any use; the RD x KEYS partial dot products are summed
+ * across the warp in one "transpose" reduction (<= 31 shuffles, one score
+ * per lane), so the chunk's softmax update costs one exp per lane, and each
+ * probability is broadcast to the value FMAs by one shuffle. The warps take
+ * chunks in turn and merge their online-softmax states through shared
+ * memory at the end. With one split the block writes the output; with
+ * several it writes (m, l, acc) partials and a combine kernel merges the
+ * splits.
  *
  * Correct for any batch (each token alone); chosen for decode steps, where
  * every sequence brings one token and the parallelism must come from the
@@ -20,12 +24,48 @@
 #include "backend/cuda/cuda_common.cuh"
 
 #define DC_WARPS 4
-#define DC_UNROLL 2
+#define FULL_MASK 0xffffffffu
+
+/* Keys a warp takes at once: as many as registers allow (K and V rows of
+ * DPL values each) with RD * keys <= 32 scores. */
+template <int DPL, int RD> struct anvil_dc_shape {
+    static constexpr int KEYS = DPL >= 8 ? (RD >= 4 ? 2 : 4) : (RD >= 8 ? 4 : 8);
+    static constexpr int N = RD * KEYS;                   /* scores per chunk, <= 32 */
+    static constexpr int SHIFT = N == 32 ? 0 : N == 16 ? 1 : N == 8 ? 2 : N == 4 ? 3 : N == 2 ? 4 : 5;
+};
+
+/*
+ * Sums N partial values across the warp in 31 shuffles or fewer instead of
+ * 5 N: at each step a lane keeps half of its values and trades the other
+ * half with its partner. Returns, in lane l, the full sum of value
+ * l >> (5 - log2 N) (the same bits in every lane that holds it).
+ */
+template <int NV, int N, int OFF> __device__ __forceinline__ void anvil_transpose_sum(float (&v)[NV], int lane)
+{
+    if constexpr (OFF > 0) {
+        if constexpr (N > 1) {
+            constexpr int H = N / 2;
+            const bool upper = (lane & OFF) != 0;
+#pragma unroll
+            for (int i = 0; i < H; i++) {
+                const float send = upper ? v[i] : v[i + H];
+                const float keep = upper ? v[i + H] : v[i];
+                v[i] = keep + __shfl_xor_sync(FULL_MASK, send, OFF);
+            }
+            anvil_transpose_sum<NV, H, OFF / 2>(v, lane);
+        } else {
+            v[0] += __shfl_xor_sync(FULL_MASK, v[0], OFF);
+            anvil_transpose_sum<NV, 1, OFF / 2>(v, lane);
+        }
+    }
+}
 
 template <typename T, int DPL, int RD>
 __global__ void __launch_bounds__(DC_WARPS * 32)
     anvil_attn_decode_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws)
 {
+    typedef anvil_dc_shape<DPL, RD> S;
+    constexpr int KEYS = S::KEYS, N = S::N, SHIFT = S::SHIFT;
     __shared__ float sm_acc[DC_WARPS][RD][32 * DPL];
     __shared__ float sm_m[DC_WARPS][RD], sm_l[DC_WARPS][RD];
 
@@ -36,6 +76,8 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
     const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
     const int d0 = lane * DPL;
     const bool lane_ok = d0 < hd;
+    /* the score this lane ends up holding after a transpose sum: row r_me, key u_me of the chunk */
+    const int idx_me = lane >> SHIFT, r_me = idx_me / KEYS, u_me = idx_me - (idx_me / KEYS) * KEYS;
 
     const int s = a.seq_of_token[t], p = a.positions[t];
     const bool seq_ok = s >= 0 && s < a.n_seqs;
@@ -50,6 +92,7 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
     const int32_t *bt = a.block_tables + (seq_ok ? (int64_t)s * a.max_blocks_per_seq : 0);
     const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
 
+    /* q, and the online-softmax state (m, l the same in every lane) */
     float q[RD][DPL], m[RD], l[RD], acc[RD][DPL];
 #pragma unroll
     for (int r = 0; r < RD; r++) {
@@ -68,12 +111,13 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
             acc[r][i] = 0.0f;
     }
 
-    for (int kb = kbeg + warp; kb < kend; kb += DC_WARPS * DC_UNROLL) {
-        float kv[DC_UNROLL][DPL], vv[DC_UNROLL][DPL];
-        bool ok[DC_UNROLL];
+    /* each warp takes chunks of KEYS consecutive keys, the warps in turn */
+    for (int kb = kbeg + warp * KEYS; kb < kend; kb += DC_WARPS * KEYS) {
+        float kv[KEYS][DPL], vv[KEYS][DPL];
+        bool ok[KEYS];
 #pragma unroll
-        for (int u = 0; u < DC_UNROLL; u++) {
-            const int kj = kb + u * DC_WARPS;
+        for (int u = 0; u < KEYS; u++) { /* every load of the chunk before any use */
+            const int kj = kb + u;
             ok[u] = false;
 #pragma unroll
             for (int i = 0; i < DPL; i++)
@@ -94,32 +138,53 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
                 }
             }
         }
+        /* the chunk's RD x KEYS scores: partial dots, then one transpose sum */
+        float part[N];
 #pragma unroll
-        for (int u = 0; u < DC_UNROLL; u++) {
-            if (!ok[u]) /* uniform across the warp */
-                continue;
+        for (int r = 0; r < RD; r++) {
 #pragma unroll
-            for (int r = 0; r < RD; r++) {
-                float part = 0.0f;
+            for (int u = 0; u < KEYS; u++) {
+                float d = 0.0f;
 #pragma unroll
                 for (int i = 0; i < DPL; i++)
-                    part = fmaf(q[r][i], kv[u][i], part);
-                /* a butterfly all-reduce: every lane gets the same bits, so the branch below is uniform */
-                const float sc = anvil_warp_sum(part) * a.scale;
-                if (sc > m[r]) {
-                    const float corr = expf(m[r] - sc);
-                    l[r] = l[r] * corr + 1.0f;
+                    d = fmaf(q[r][i], kv[u][i], d);
+                part[r * KEYS + u] = d;
+            }
+        }
+        anvil_transpose_sum<N, N, 16>(part, lane);
+        bool ok_me = false;
 #pragma unroll
-                    for (int i = 0; i < DPL; i++)
-                        acc[r][i] = fmaf(acc[r][i], corr, vv[u][i]);
-                    m[r] = sc;
-                } else {
-                    const float pr = expf(sc - m[r]);
-                    l[r] += pr;
+        for (int u = 0; u < KEYS; u++)
+            ok_me = u == u_me ? ok[u] : ok_me;
+        const float sc = ok_me ? part[0] * a.scale : -INFINITY;
+        /* the chunk max of each row: over the lanes holding that row's keys */
+        float mt = sc;
 #pragma unroll
-                    for (int i = 0; i < DPL; i++)
-                        acc[r][i] = fmaf(pr, vv[u][i], acc[r][i]);
-                }
+        for (int o = 1 << SHIFT; o < (KEYS << SHIFT); o <<= 1)
+            mt = fmaxf(mt, __shfl_xor_sync(FULL_MASK, mt, o));
+        float m_me = -INFINITY;
+#pragma unroll
+        for (int r = 0; r < RD; r++) {
+            const float mr = fmaxf(m[r], __shfl_sync(FULL_MASK, mt, (r * KEYS) << SHIFT));
+            const float corr = mr == -INFINITY ? 1.0f : expf(m[r] - mr); /* 0 while m was -inf */
+            l[r] *= corr;
+#pragma unroll
+            for (int i = 0; i < DPL; i++)
+                acc[r][i] *= corr;
+            m[r] = mr;
+            m_me = r == r_me ? mr : m_me;
+        }
+        const float pme = sc == -INFINITY ? 0.0f : expf(sc - m_me);
+        /* acc += p V: each score broadcast from the lane that holds it */
+#pragma unroll
+        for (int r = 0; r < RD; r++) {
+#pragma unroll
+            for (int u = 0; u < KEYS; u++) {
+                const float pb = __shfl_sync(FULL_MASK, pme, (r * KEYS + u) << SHIFT);
+                l[r] += pb;
+#pragma unroll
+                for (int i = 0; i < DPL; i++)
+                    acc[r][i] = fmaf(pb, vv[u][i], acc[r][i]);
             }
         }
     }

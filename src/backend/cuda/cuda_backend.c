@@ -88,7 +88,11 @@ static void cuda_destroy(anvil_backend *be)
         return;
     /* be is the first member (impl may not be set yet when creation fails) */
     anvil_cuda_backend *cb = (anvil_cuda_backend *)be;
-    if (cudaSetDevice(cb->device) == cudaSuccess && cb->stream != NULL)
+    if (cb->stream == NULL) { /* creation stopped before the device was set up */
+        free(cb);
+        return;
+    }
+    if (cudaSetDevice(cb->device) == cudaSuccess)
         (void)cudaStreamSynchronize(cb->stream);
     anvil_cuda_matmul_cache_free(cb->mm_cache);
     if (cb->lt != NULL)
@@ -103,8 +107,7 @@ static void cuda_destroy(anvil_backend *be)
         if (cb->stage_done[i] != NULL)
             cudaEventDestroy(cb->stage_done[i]);
     }
-    if (cb->stream != NULL)
-        cudaStreamDestroy(cb->stream);
+    cudaStreamDestroy(cb->stream);
     (void)cudaGetLastError();
     free(cb);
 }

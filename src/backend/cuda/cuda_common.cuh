@@ -125,6 +125,8 @@ __device__ __forceinline__ int32_t anvil_window_lo(int32_t p, int32_t window)
 
 /* ---------------------------------------------------------------- launch helpers */
 
+static inline bool anvil_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 /* Blocks for n items at `per_block` items each, capped for grid-stride loops. */
 static inline unsigned anvil_grid_for(int64_t n, int per_block)
 {

@@ -197,11 +197,14 @@ static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan 
     if (s == CUBLAS_STATUS_SUCCESS)
         s = cublasLtMatmulAlgoGetHeuristic(cb->lt, p->desc, p->a, p->b, p->d, p->d, pref, 1, &res, &n_res);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (s == CUBLAS_STATUS_NOT_SUPPORTED || (s == CUBLAS_STATUS_SUCCESS && n_res == 0))
-        return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "matmul: no cuBLASLt algorithm for [%lld, %lld] x [%lld, %lld]^T %s%s",
-                          (long long)k->T, (long long)k->K, (long long)k->N, (long long)k->K,
-                          anvil_dtype_name((anvil_dtype)k->dt), k->bias_dt >= 0 ? " with bias" : "");
-    LT_TRY(s, "cublasLtMatmulAlgoGetHeuristic");
+    /* No algorithm (NOT_SUPPORTED, INVALID_VALUE for a combination it does
+     * not take, such as an f32 bias on bf16 output, or zero results): the
+     * caller falls back, first without the epilogue, then to the plain kernel. */
+    if (s != CUBLAS_STATUS_SUCCESS || n_res == 0)
+        return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
+                          "matmul: no cuBLASLt algorithm for [%lld, %lld] x [%lld, %lld]^T %s%s (%s)", (long long)k->T,
+                          (long long)k->K, (long long)k->N, (long long)k->K, anvil_dtype_name((anvil_dtype)k->dt),
+                          k->bias_dt >= 0 ? " with bias" : "", cublasGetStatusString(s));
     p->algo = res.algo;
     p->workspace = res.workspaceSize;
     p->fused_bias = k->bias_dt >= 0;

@@ -53,6 +53,43 @@ __global__ void anvil_rmsnorm_block_kernel(const T *x, const void *w, int w_dt, 
         o[i] = anvil_from_f32<T>(anvil_to_f32(xr[i]) * inv * anvil_load_any(w, w_dt, i));
 }
 
+/* The block kernel with 16-byte accesses (width a multiple of V, x and out
+ * 16-byte aligned). */
+template <typename T>
+__global__ void anvil_rmsnorm_block_vec_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width, float eps)
+{
+    constexpr int V = 16 / sizeof(T);
+    __shared__ float partial[NORM_BLOCK / 32];
+    const int64_t piece = blockIdx.x, n_vec = width / V;
+    const T *xr = x + piece * width;
+    float ss = 0.0f;
+    for (int64_t j = threadIdx.x; j < n_vec; j += NORM_BLOCK) {
+        float v[V];
+        anvil_load_vec<T, V>(xr + j * V, v);
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            ss += v[i] * v[i];
+    }
+    ss = anvil_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NORM_BLOCK / 32; i++)
+        total += partial[i];
+    const float inv = 1.0f / sqrtf(total / (float)width + eps);
+    T *o = out + piece * width;
+    for (int64_t j = threadIdx.x; j < n_vec; j += NORM_BLOCK) {
+        float v[V];
+        anvil_load_vec<T, V>(xr + j * V, v);
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            v[i] = v[i] * inv * anvil_load_any(w, w_dt, j * V + i);
+        anvil_store_vec<T, V>(o + j * V, v);
+    }
+}
+
 extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
                                                   void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width,
                                                   float eps)
@@ -68,8 +105,15 @@ extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const voi
                                         (const T *)x, w, (int)w_dt, (T *)out, n_pieces, (int)width, eps));
     } else {
         CHECK(n_pieces <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows", (long long)n_pieces);
-        ANVIL_CUDA_DISPATCH(act_dt, anvil_rmsnorm_block_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
-                                        (const T *)x, w, (int)w_dt, (T *)out, width, eps));
+        ANVIL_CUDA_DISPATCH(act_dt, {
+            constexpr int V = 16 / sizeof(T);
+            if (width % V == 0 && anvil_aligned16(x) && anvil_aligned16(out))
+                anvil_rmsnorm_block_vec_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
+                    (const T *)x, w, (int)w_dt, (T *)out, width, eps);
+            else
+                anvil_rmsnorm_block_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
+                    (const T *)x, w, (int)w_dt, (T *)out, width, eps);
+        });
     }
     return ANVIL_CUDA_LAUNCHED("rmsnorm kernel");
 }
