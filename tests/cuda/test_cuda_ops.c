@@ -917,7 +917,11 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
     char mode[64];
     snprintf(mode, sizeof mode, "%s splits=%d",
-             kernel == ANVIL_CUDA_ATTN_AUTO ? "auto" : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode" : "prefill", splits);
+             kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
+             : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
+             : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
+                                                 : "prefill-simt",
+             splits);
     attn_run_step(f, &e, 0, mode);
     attn_run_step(f, &e, 1, mode);
     reset_knobs(g);
@@ -965,6 +969,8 @@ static void test_attention(void **state)
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+            if (a > 0) /* f32 takes the SIMT kernel already */
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
         }
     }
 }

@@ -4,30 +4,61 @@
  *   - decode steps (every sequence brings one token) take the per-token
  *     split-K kernel, the context split so the grid fills the GPU;
  *   - any other batch takes the tiled kernel, which loads each K/V tile
- *     once for all the query rows of a run of tokens.
+ *     once for all the query rows of a run of tokens: on tensor cores
+ *     (cuda_attn_prefill_mma.cu) for bf16/f16 with head_dim a multiple of
+ *     16 up to 128, else in f32 SIMT (the exact mode among others).
  * Both are correct for any batch; the knobs of cuda_backend.h pin either.
  */
 #include "backend/cuda/cuda_internal.h"
 
-#define MIN_KEYS_PER_SPLIT 64
+#define MIN_KEYS_PER_SPLIT 32
 #define MAX_SPLITS 256
 
 static int is_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-/* Splits of the context for the decode kernel: enough blocks for about two
- * waves over the SMs, each split at least MIN_KEYS_PER_SPLIT keys. */
-static void choose_splits(const anvil_cuda_backend *cb, const anvil_cuda_attn *a, int32_t span, int32_t *n_splits,
+/* The decode kernel's blocks per SM for a's shape, asked once per shape class. */
+static int decode_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a)
+{
+    const int di = a->dt == ANVIL_DTYPE_F32 ? 0 : a->dt == ANVIL_DTYPE_BF16 ? 1 : 2;
+    const int hi = a->head_dim <= 32 ? 0 : a->head_dim <= 64 ? 1 : a->head_dim <= 128 ? 2 : 3;
+    const int group = a->n_heads / a->n_kv_heads;
+    const int gi = group <= 1 ? 0 : group <= 2 ? 1 : group <= 4 ? 2 : 3;
+    int *slot = &cb->decode_occupancy[di][hi][gi];
+    if (*slot == 0)
+        *slot = anvil_cuda_attn_decode_blocks_per_sm(a);
+    return *slot;
+}
+
+/*
+ * Splits of the context for the decode kernel. Each block's work shrinks as
+ * 1 / n while the grid grows in waves of (blocks per SM x SMs): pick the n
+ * (up to one split per MIN_KEYS_PER_SPLIT keys) with the least time in
+ * waves x work per block, a little extra per split for the combine.
+ */
+static void choose_splits(anvil_cuda_backend *cb, const anvil_cuda_attn *a, int32_t span, int32_t *n_splits,
                           int32_t *split_len)
 {
     const int group = a->n_heads / a->n_kv_heads;
     const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
     const int64_t blocks = (int64_t)a->n_tokens * a->n_kv_heads * ((group + rd - 1) / rd);
-    int64_t n = cb->knobs.attn_splits > 0 ? cb->knobs.attn_splits : (2 * (int64_t)cb->n_sm + blocks - 1) / blocks;
-    int64_t max_n = cb->knobs.attn_splits > 0 ? span : (span + MIN_KEYS_PER_SPLIT - 1) / MIN_KEYS_PER_SPLIT;
-    if (max_n > MAX_SPLITS)
-        max_n = MAX_SPLITS;
-    if (n > max_n)
-        n = max_n;
+    int64_t n = 1;
+    if (cb->knobs.attn_splits > 0) {
+        n = cb->knobs.attn_splits < span ? cb->knobs.attn_splits : span;
+    } else {
+        const int64_t wave = (int64_t)decode_occupancy(cb, a) * cb->n_sm;
+        int64_t max_n = (span + MIN_KEYS_PER_SPLIT - 1) / MIN_KEYS_PER_SPLIT;
+        if (max_n > MAX_SPLITS)
+            max_n = MAX_SPLITS;
+        double best = 0;
+        for (int64_t c = 1; c <= max_n; c++) {
+            const double waves = (double)((blocks * c + wave - 1) / wave);
+            const double cost = waves / (double)c + 0.002 * (double)c;
+            if (c == 1 || cost < best) {
+                best = cost;
+                n = c;
+            }
+        }
+    }
     if (n < 1)
         n = 1;
     int64_t len = (span + n - 1) / n;
@@ -65,7 +96,9 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
     anvil_cuda_attn_kernel kernel = cb->knobs.attn_kernel;
     if (kernel == ANVIL_CUDA_ATTN_AUTO)
         kernel = st->n_tokens == st->n_seqs ? ANVIL_CUDA_ATTN_DECODE : ANVIL_CUDA_ATTN_PREFILL;
-    if (kernel == ANVIL_CUDA_ATTN_PREFILL)
+    if (kernel == ANVIL_CUDA_ATTN_PREFILL && anvil_cuda_attn_prefill_mma_ok(&a))
+        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &a, cb->smem_optin);
+    if (kernel == ANVIL_CUDA_ATTN_PREFILL || kernel == ANVIL_CUDA_ATTN_PREFILL_SIMT)
         return anvil_cuda_launch_attn_prefill(cb->stream, &a, cb->smem_optin);
 
     int32_t span = st->max_context;

@@ -115,6 +115,16 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
     for (int kb = kbeg + warp * KEYS; kb < kend; kb += DC_WARPS * KEYS) {
         float kv[KEYS][DPL], vv[KEYS][DPL];
         bool ok[KEYS];
+        /* the chunk spans at most two blocks when blocks hold >= KEYS positions:
+         * two table reads and no division per key */
+        const bool two = a.block_size >= KEYS;
+        const int bi0 = kb / a.block_size, off0 = kb - bi0 * a.block_size;
+        int blk0 = -1, blk1 = -1;
+        if (two) {
+            blk0 = bi0 < a.max_blocks_per_seq ? bt[bi0] : -1;
+            if (off0 + KEYS > a.block_size && kb + (a.block_size - off0) < kend)
+                blk1 = bi0 + 1 < a.max_blocks_per_seq ? bt[bi0 + 1] : -1;
+        }
 #pragma unroll
         for (int u = 0; u < KEYS; u++) { /* every load of the chunk before any use */
             const int kj = kb + u;
@@ -123,12 +133,19 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
             for (int i = 0; i < DPL; i++)
                 kv[u][i] = vv[u][i] = 0.0f;
             if (kj < kend) {
-                const int bi = kj / a.block_size;
-                const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                int blk, in_blk;
+                if (two) {
+                    const bool next = off0 + u >= a.block_size;
+                    blk = next ? blk1 : blk0;
+                    in_blk = next ? off0 + u - a.block_size : off0 + u;
+                } else {
+                    const int bi = kj / a.block_size;
+                    blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                    in_blk = kj - bi * a.block_size;
+                }
                 if (blk >= 0 && blk < a.n_blocks) {
                     ok[u] = true;
-                    const int64_t off =
-                        ((int64_t)blk * a.block_size + (kj - bi * a.block_size)) * kw + (int64_t)g * hd + d0;
+                    const int64_t off = ((int64_t)blk * a.block_size + in_blk) * kw + (int64_t)g * hd + d0;
                     if (lane_ok) {
                         anvil_load_vec<T, DPL>(kc + off, kv[u]);
                         anvil_load_vec<T, DPL>(vc + off, vv[u]);
@@ -291,6 +308,55 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_
     return ANVIL_OK;
 }
 
+template <typename T, int DPL, int RD> static int blocks_per_sm(void)
+{
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_kernel<T, DPL, RD>, DC_WARPS * 32, 0) !=
+        cudaSuccess) {
+        (void)cudaGetLastError();
+        n = 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+template <typename T, int RD> static int blocks_per_sm_hd(int hd)
+{
+    if (hd <= 32)
+        return blocks_per_sm<T, 1, RD>();
+    if (hd <= 64)
+        return blocks_per_sm<T, 2, RD>();
+    if (hd <= 128)
+        return blocks_per_sm<T, 4, RD>();
+    return blocks_per_sm<T, 8, RD>();
+}
+
+static int decode_rd(const anvil_cuda_attn *a)
+{
+    const int group = a->n_heads / a->n_kv_heads;
+    return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+}
+
+extern "C" int anvil_cuda_attn_decode_blocks_per_sm(const anvil_cuda_attn *a)
+{
+    const int rd = decode_rd(a), hd = a->head_dim;
+    int n = 1;
+    switch (a->dt) {
+    case ANVIL_DTYPE_F32:
+        n = rd == 1 ? blocks_per_sm_hd<float, 1>(hd) : rd == 2 ? blocks_per_sm_hd<float, 2>(hd)
+          : rd == 4 ? blocks_per_sm_hd<float, 4>(hd) : blocks_per_sm_hd<float, 8>(hd);
+        break;
+    case ANVIL_DTYPE_BF16:
+        n = rd == 1 ? blocks_per_sm_hd<__nv_bfloat16, 1>(hd) : rd == 2 ? blocks_per_sm_hd<__nv_bfloat16, 2>(hd)
+          : rd == 4 ? blocks_per_sm_hd<__nv_bfloat16, 4>(hd) : blocks_per_sm_hd<__nv_bfloat16, 8>(hd);
+        break;
+    default:
+        n = rd == 1 ? blocks_per_sm_hd<__half, 1>(hd) : rd == 2 ? blocks_per_sm_hd<__half, 2>(hd)
+          : rd == 4 ? blocks_per_sm_hd<__half, 4>(hd) : blocks_per_sm_hd<__half, 8>(hd);
+        break;
+    }
+    return n;
+}
+
 template <typename T, int RD>
 static anvil_status launch_hd(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
                               float *ws)
@@ -314,7 +380,7 @@ extern "C" anvil_status anvil_cuda_launch_attn_decode(cudaStream_t stream, const
           ANVIL_ERR_INVALID_ARG, "attention decode: %d splits of %d", n_splits, split_len);
     const int group = a->n_heads / a->n_kv_heads;
     /* query heads per block: the group, rounded up to a kernel's RD */
-    const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+    const int rd = decode_rd(a);
     const int n_hc = (group + rd - 1) / rd;
     CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
           a->n_kv_heads, n_hc);

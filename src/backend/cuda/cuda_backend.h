@@ -25,7 +25,8 @@ int anvil_cuda_device_count(void);
 typedef enum anvil_cuda_attn_kernel {
     ANVIL_CUDA_ATTN_AUTO = 0,
     ANVIL_CUDA_ATTN_DECODE,   /* the per-token split-K kernel, whatever the batch */
-    ANVIL_CUDA_ATTN_PREFILL,  /* the tiled kernel, whatever the batch */
+    ANVIL_CUDA_ATTN_PREFILL,  /* the tiled kernel (tensor cores where it can), whatever the batch */
+    ANVIL_CUDA_ATTN_PREFILL_SIMT, /* the tiled kernel without tensor cores */
 } anvil_cuda_attn_kernel;
 
 typedef struct anvil_cuda_knobs {

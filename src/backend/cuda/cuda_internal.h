@@ -78,6 +78,7 @@ typedef struct anvil_cuda_backend {
     int stage_next;
 
     anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
+    int decode_occupancy[3][4][4]; /* decode kernel blocks per SM by [dtype][head_dim class][group class], 0: not asked yet */
 } anvil_cuda_backend;
 
 static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
@@ -192,6 +193,11 @@ anvil_status anvil_cuda_launch_kv_write(cudaStream_t stream, const anvil_cuda_at
  * them. Correct for any batch. */
 anvil_status anvil_cuda_launch_attn_prefill(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin);
 
+/* The same on tensor cores (mma.sync, bf16/f16, head_dim a multiple of 16
+ * up to 128: anvil_cuda_attn_prefill_mma_ok). */
+int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a);
+anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin);
+
 /* Per-token ("decode") kernel, split-K over the context: a block takes one
  * token, the query heads of one KV head, and one split of its keys. With
  * n_splits > 1 it writes partials to ws ([T, n_heads, n_splits] of
@@ -200,6 +206,8 @@ anvil_status anvil_cuda_launch_attn_prefill(cudaStream_t stream, const anvil_cud
 anvil_status anvil_cuda_launch_attn_decode(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
                                            int32_t split_len, float *ws);
 size_t anvil_cuda_attn_decode_ws_bytes(const anvil_cuda_attn *a, int32_t n_splits);
+/* Blocks of the decode kernel for a's shape that fit on one SM at once (>= 1). */
+int anvil_cuda_attn_decode_blocks_per_sm(const anvil_cuda_attn *a);
 
 #ifdef __cplusplus
 }

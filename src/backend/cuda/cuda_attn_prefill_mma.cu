@@ -1,0 +1,353 @@
+/*
+ * Tiled causal attention over the paged KV cache on tensor cores
+ * (bf16/f16, head_dim a multiple of 16 up to 128): FlashAttention-2 style
+ * with mma.sync.m16n8k16 (sm_80 and newer), f32 accumulation, online
+ * softmax in f32.
+ *
+ * A block of 4 warps owns 64 query rows: a run of `qt` consecutive tokens
+ * times `gh` query heads of one KV head (GQA: the heads of a group read the
+ * same K/V tile). Per tile of 64 keys: the block gathers the keys' cache
+ * rows through the block table into shared memory (16-byte copies, rows
+ * padded by 8 elements so fragment reads hit distinct banks); each warp
+ * computes S = Q K^T for its 16 rows (Q fragments stay in registers for
+ * the whole kernel), masks (causal, window, segment), updates the running
+ * max and sum, turns P into A fragments in registers (the S accumulator
+ * layout is the A operand layout) and accumulates O += P V. Rows of a run
+ * that belong to another sequence (mixed batches) are masked out for that
+ * sequence's keys, as in the SIMT kernel (cuda_attn_prefill.cu).
+ *
+ * P is rounded to the input dtype for the P V product, as FlashAttention
+ * does; everything else is f32.
+ */
+#include <math.h>
+
+#include "backend/cuda/cuda_common.cuh"
+
+#define MMA_WARPS 4
+#define MMA_ROWS 64  /* query rows per block: 16 per warp */
+#define MMA_BN 64    /* keys per tile */
+#define FULL_MASK 0xffffffffu
+
+template <typename T> __device__ __forceinline__ void anvil_mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                                     uint32_t b1);
+template <>
+__device__ __forceinline__ void anvil_mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void anvil_mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two floats as a packed pair of T, the first in the low half. */
+template <typename T> __device__ __forceinline__ uint32_t anvil_pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t anvil_pack2<__nv_bfloat16>(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+template <> __device__ __forceinline__ uint32_t anvil_pack2<__half>(float lo, float hi)
+{
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+template <typename T, int HDM>
+__global__ void __launch_bounds__(MMA_WARPS * 32)
+    anvil_attn_prefill_mma_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
+{
+    constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
+    constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
+    extern __shared__ uint4 mma_smem4[];
+    __shared__ int row_t[MMA_ROWS], row_h[MMA_ROWS], row_p[MMA_ROWS], row_lo[MMA_ROWS], tok_seq[MMA_ROWS];
+    __shared__ long long key_off[MMA_BN]; /* element offset of each key's row in the cache, -1: none */
+
+    const int hd = a.head_dim, kst = hd + 8; /* smem row stride in elements */
+    uint16_t *k_s = reinterpret_cast<uint16_t *>(mma_smem4);
+    uint16_t *v_s = k_s + MMA_BN * kst;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const int t0 = blockIdx.x * qt;
+    const int g = blockIdx.y / n_hc, hc = blockIdx.y - (blockIdx.y / n_hc) * n_hc;
+    const int group = a.n_heads / a.n_kv_heads;
+    const int n_tok = min(qt, a.n_tokens - t0);
+    const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
+
+    if (threadIdx.x < MMA_ROWS) {
+        const int r = threadIdx.x, tl = r / gh, hh = hc * gh + r % gh;
+        const bool ok = tl < n_tok && hh < group;
+        const int p = ok ? a.positions[t0 + tl] : 0;
+        row_t[r] = ok ? t0 + tl : -1;
+        row_h[r] = g * group + hh;
+        row_p[r] = p;
+        row_lo[r] = anvil_window_lo(p, a.window);
+        if (r < n_tok)
+            tok_seq[r] = a.seq_of_token[t0 + r];
+    }
+    __syncthreads();
+
+    /* this thread's rows (of the warp's 16): gq and gq + 8 */
+    const int r0 = warp * 16 + gq, r1 = r0 + 8;
+    const int tr0 = row_t[r0], tr1 = row_t[r1];
+    const int p0 = row_p[r0], p1 = row_p[r1], lo0 = row_lo[r0], lo1 = row_lo[r1];
+
+    /* Q fragments (A operand, row-major 16 x 16 per chunk), for the whole kernel */
+    uint32_t qf[KC][4];
+    {
+        const uint32_t *q0 = tr0 >= 0 ? reinterpret_cast<const uint32_t *>((const T *)a.q + (int64_t)tr0 * qw +
+                                                                           (int64_t)row_h[r0] * hd)
+                                      : nullptr;
+        const uint32_t *q1 = tr1 >= 0 ? reinterpret_cast<const uint32_t *>((const T *)a.q + (int64_t)tr1 * qw +
+                                                                           (int64_t)row_h[r1] * hd)
+                                      : nullptr;
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            const bool in = kc * 16 < hd;
+            const int w0 = kc * 8 + tq; /* 32-bit word of columns kc*16 + 2 tq */
+            qf[kc][0] = in && q0 ? q0[w0] : 0u;
+            qf[kc][1] = in && q1 ? q1[w0] : 0u;
+            qf[kc][2] = in && q0 ? q0[w0 + 4] : 0u;
+            qf[kc][3] = in && q1 ? q1[w0 + 4] : 0u;
+        }
+    }
+
+    float o[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int seg_begin = 0; seg_begin < n_tok;) {
+        const int s = tok_seq[seg_begin];
+        int seg_end = seg_begin + 1;
+        while (seg_end < n_tok && tok_seq[seg_end] == s)
+            seg_end++;
+        int klo = INT_MAX, khi = 0;
+        for (int r = 0; r < MMA_ROWS; r++) {
+            const int tl = row_t[r] - t0;
+            if (row_t[r] >= 0 && tl >= seg_begin && tl < seg_end) {
+                klo = min(klo, row_lo[r]);
+                khi = max(khi, row_p[r] + 1);
+            }
+        }
+        const bool seq_ok = s >= 0 && s < a.n_seqs;
+        if (!seq_ok) {
+            if (threadIdx.x == 0)
+                anvil_flag(a.err, ANVIL_CUDA_BAD_SEQ);
+            khi = klo;
+        }
+        const int32_t *bt = a.block_tables + (seq_ok ? (int64_t)s * a.max_blocks_per_seq : 0);
+        const bool in0 = tr0 >= 0 && tr0 - t0 >= seg_begin && tr0 - t0 < seg_end;
+        const bool in1 = tr1 >= 0 && tr1 - t0 >= seg_begin && tr1 - t0 < seg_end;
+        const bool any = __any_sync(FULL_MASK, in0 || in1);
+
+        for (int kt = klo; kt < khi; kt += MMA_BN) {
+            __syncthreads(); /* the previous tile is no longer read */
+            if (threadIdx.x < MMA_BN) {
+                const int kj = kt + threadIdx.x;
+                long long off = -1;
+                if (kj < khi) {
+                    const int bi = kj / a.block_size;
+                    const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                    if (blk >= 0 && blk < a.n_blocks)
+                        off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd;
+                    else
+                        anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
+                }
+                key_off[threadIdx.x] = off;
+            }
+            __syncthreads();
+            {
+                /* 64 rows of hd / 8 16-byte pieces, hd / 16 pieces of K and of V per thread */
+                const int pieces = hd / 8;
+                uint4 kb[KC], vb[KC];
+#pragma unroll
+                for (int i = 0; i < KC; i++) {
+                    kb[i] = vb[i] = make_uint4(0u, 0u, 0u, 0u);
+                    const int c = threadIdx.x + i * MMA_WARPS * 32;
+                    if (i * 16 < hd) {
+                        const long long off = key_off[c / pieces];
+                        if (off >= 0) {
+                            const int part = c - (c / pieces) * pieces;
+                            kb[i] = *reinterpret_cast<const uint4 *>((const T *)a.k_cache + off + part * 8);
+                            vb[i] = *reinterpret_cast<const uint4 *>((const T *)a.v_cache + off + part * 8);
+                        }
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < KC; i++) {
+                    const int c = threadIdx.x + i * MMA_WARPS * 32;
+                    if (i * 16 < hd) {
+                        const int key = c / pieces, part = c - key * pieces;
+                        *reinterpret_cast<uint4 *>(k_s + key * kst + part * 8) = kb[i];
+                        *reinterpret_cast<uint4 *>(v_s + key * kst + part * 8) = vb[i];
+                    }
+                }
+            }
+            __syncthreads();
+            if (!any)
+                continue;
+
+            /* S = Q K^T for 16 rows x 64 keys: 8 tiles of 8 keys */
+            float sc[8][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+                const uint16_t *kr = k_s + (nt * 8 + gq) * kst + 2 * tq;
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++) {
+                    if (kc * 16 < hd) {
+                        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
+                        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
+                        anvil_mma16816<T>(sc[nt], qf[kc], b0, b1);
+                    }
+                }
+            }
+            /* scale, mask, and the tile max of each of the two rows */
+            float mt0 = -INFINITY, mt1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kj = kt + nt * 8 + 2 * tq + (e & 1);
+                    const bool upper = e >= 2;
+                    const bool valid = (upper ? in1 : in0) && kj < khi && kj >= (upper ? lo1 : lo0) &&
+                                       kj <= (upper ? p1 : p0);
+                    const float x = valid ? sc[nt][e] * a.scale : -INFINITY;
+                    sc[nt][e] = x;
+                    if (upper)
+                        mt1 = fmaxf(mt1, x);
+                    else
+                        mt0 = fmaxf(mt0, x);
+                }
+            }
+            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
+            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
+            const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
+            const float c0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0);
+            const float c1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
+            m0 = mn0;
+            m1 = mn1;
+            l0 *= c0;
+            l1 *= c1;
+#pragma unroll
+            for (int i = 0; i < NTO; i++) {
+                o[i][0] *= c0;
+                o[i][1] *= c0;
+                o[i][2] *= c1;
+                o[i][3] *= c1;
+            }
+            /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand */
+            uint32_t pf[4][4];
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                float pr[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float mm = e >= 2 ? mn1 : mn0;
+                    pr[e] = sc[nt][e] == -INFINITY ? 0.0f : expf(sc[nt][e] - mm);
+                }
+                l0 += pr[0] + pr[1];
+                l1 += pr[2] + pr[3];
+                const int kc2 = nt >> 1, hi = (nt & 1) * 2;
+                pf[kc2][hi + 0] = anvil_pack2<T>(pr[0], pr[1]);
+                pf[kc2][hi + 1] = anvil_pack2<T>(pr[2], pr[3]);
+            }
+            /* O += P V: B operand (16 keys x 8 dims) from V rows */
+#pragma unroll
+            for (int kc2 = 0; kc2 < 4; kc2++) {
+                const uint16_t *vr = v_s + (kc2 * 16 + 2 * tq) * kst + gq;
+#pragma unroll
+                for (int nt = 0; nt < NTO; nt++) {
+                    if (nt * 8 < hd) {
+                        const uint16_t *v = vr + nt * 8;
+                        const uint32_t b0 = (uint32_t)v[0] | ((uint32_t)v[kst] << 16);
+                        const uint32_t b1 = (uint32_t)v[8 * kst] | ((uint32_t)v[9 * kst] << 16);
+                        anvil_mma16816<T>(o[nt], pf[kc2], b0, b1);
+                    }
+                }
+            }
+        }
+        seg_begin = seg_end;
+    }
+
+    /* the row sums over the quad, then out = O / l */
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    T *o0 = tr0 >= 0 ? (T *)a.out + (int64_t)tr0 * qw + (int64_t)row_h[r0] * hd : nullptr;
+    T *o1 = tr1 >= 0 ? (T *)a.out + (int64_t)tr1 * qw + (int64_t)row_h[r1] * hd : nullptr;
+#pragma unroll
+    for (int nt = 0; nt < NTO; nt++) {
+        if (nt * 8 < hd) {
+            const int d = nt * 8 + 2 * tq;
+            if (o0)
+                *reinterpret_cast<uint32_t *>(o0 + d) = anvil_pack2<T>(o[nt][0] * inv0, o[nt][1] * inv0);
+            if (o1)
+                *reinterpret_cast<uint32_t *>(o1 + d) = anvil_pack2<T>(o[nt][2] * inv1, o[nt][3] * inv1);
+        }
+    }
+}
+
+template <typename T, int HDM>
+static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
+                           int qt, int n_hc)
+{
+    const size_t smem = (size_t)2 * MMA_BN * (a->head_dim + 8) * 2;
+    CHECK(smem <= smem_optin, ANVIL_ERR_UNSUPPORTED, "attention: head_dim %d needs %zu bytes of shared memory",
+          a->head_dim, smem);
+    if (smem > 48 * 1024)
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_mma_kernel<T, HDM>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                              "attention: shared memory limit", __FILE__, __LINE__));
+    anvil_attn_prefill_mma_kernel<T, HDM><<<grid, MMA_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
+    return ANVIL_CUDA_LAUNCHED("attention prefill (mma) kernel");
+}
+
+extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
+{
+    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) && a->head_dim % 16 == 0 && a->head_dim <= 128;
+}
+
+extern "C" anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a,
+                                                           size_t smem_optin)
+{
+    CHECK(anvil_cuda_attn_prefill_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
+          "attention (mma): %s with head_dim %d (bf16/f16, multiples of 16 up to 128)", anvil_dtype_name(a->dt),
+          a->head_dim);
+    if (a->n_tokens == 0)
+        return ANVIL_OK;
+    const int group = a->n_heads / a->n_kv_heads;
+    const int gh = group < MMA_ROWS ? group : MMA_ROWS;
+    const int n_hc = (group + gh - 1) / gh;
+    const int qt = MMA_ROWS / gh;
+    CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
+          a->n_kv_heads, n_hc);
+    const dim3 grid((unsigned)((a->n_tokens + qt - 1) / qt), (unsigned)(a->n_kv_heads * n_hc), 1);
+    const int hd = a->head_dim;
+    if (a->dt == ANVIL_DTYPE_BF16) {
+        if (hd <= 32)
+            return launch<__nv_bfloat16, 32>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        if (hd <= 64)
+            return launch<__nv_bfloat16, 64>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        return launch<__nv_bfloat16, 128>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    }
+    if (hd <= 32)
+        return launch<__half, 32>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    if (hd <= 64)
+        return launch<__half, 64>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    return launch<__half, 128>(stream, a, smem_optin, grid, gh, qt, n_hc);
+}
