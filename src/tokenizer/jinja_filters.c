@@ -666,8 +666,8 @@ static jv f_select(jctx *c, jv v, jargs *a, const char *name)
             jfail(c, JE_RUNTIME, "No test named '%s'.", tname.k == JK_STR ? tname.u.s->s : "?");
     }
     jargs rest = *a;
-    rest.pos += off + 1;
     rest.npos = a->npos > off + 1 ? a->npos - off - 1 : 0;
+    rest.pos = rest.npos ? a->pos + off + 1 : NULL;
     for (size_t i = 0; i < l->n; i++) {
         jv item = by_attr ? path_get(c, l->v[i], &p, NULL) : l->v[i];
         int ok;

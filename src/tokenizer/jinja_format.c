@@ -122,8 +122,11 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
             width = num_as_int(c, pos[next++], '*');
             i++;
         } else {
-            while (i < n && s[i] >= '0' && s[i] <= '9')
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
                 width = (width < 0 ? 0 : width) * 10 + (s[i++] - '0');
+                if (width > 1 << 20)
+                    jfail(c, JE_LIMIT, "format width or precision too large");
+            }
         }
         if (i < n && s[i] == '.') {
             i++;
@@ -134,8 +137,11 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
                 prec = num_as_int(c, pos[next++], '*');
                 i++;
             } else {
-                while (i < n && s[i] >= '0' && s[i] <= '9')
+                while (i < n && s[i] >= '0' && s[i] <= '9') {
                     prec = prec * 10 + (s[i++] - '0');
+                    if (prec > 1 << 20)
+                        jfail(c, JE_LIMIT, "format width or precision too large");
+                }
             }
         }
         if (width > 1 << 20 || prec > 1 << 20)

@@ -264,6 +264,10 @@ static jv repeat(jctx *c, jv seq, int64_t times)
 {
     if (times < 0)
         times = 0;
+    if (seq.k == JK_STR && (seq.u.s->len == 0 || times == 0))
+        return jv_str(c, "", 0);
+    if (seq.k != JK_STR && (seq.u.l->n == 0 || times == 0))
+        return seq.k == JK_LIST ? jv_list(c, 0) : jv_tuple(c, 0);
     if (seq.k == JK_STR) {
         jstr *s = seq.u.s;
         if (s->len && (uint64_t)times > c->lim.max_memory / s->len)

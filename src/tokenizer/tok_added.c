@@ -204,7 +204,7 @@ static anvil_status value_count(const anvil_tokenizer *tok, added_state *s, cons
     if (now)
         *now = c;
     if (delta)
-        TRY(tok_strmap_put(&s->values, s->key.p, s->key.len, c, NULL));
+        TRY(tok_strmap_put(&s->values, s->key.p, s->key.len, c));
     return ANVIL_OK;
 }
 
@@ -221,7 +221,7 @@ static anvil_status add_one(anvil_tokenizer *tok, added_state *s, tok_added a)
     if (a.special && a.len > 0 && tok_strmap_get(&tok->special_set, c, a.len) < 0) {
         TRY(tok_grow((void **)&s->specials, &s->cap_spec, s->n_spec + 1, sizeof *s->specials));
         s->specials[s->n_spec++] = a;
-        TRY(tok_strmap_put(&tok->special_set, c, a.len, 1, NULL));
+        TRY(tok_strmap_put(&tok->special_set, c, a.len, 1));
     }
     int same;
     TRY(value_count(tok, s, &a, 0, &same));
@@ -236,7 +236,7 @@ static anvil_status add_one(anvil_tokenizer *tok, added_state *s, tok_added a)
             id = ((int64_t)s->max_added >= vs || vs == 0) ? s->max_added + 1 : (int32_t)vs;
         CHECK(id < TOK_MAX_ID, ANVIL_ERR_UNSUPPORTED, "tokenizer.json: too many added tokens");
     }
-    TRY(tok_strmap_put(&tok->added_map, c, a.len, id, NULL));
+    TRY(tok_strmap_put(&tok->added_map, c, a.len, id));
     if (!s->have_added || id > s->max_added)
         s->max_added = id;
     s->have_added = 1;
@@ -248,7 +248,7 @@ static anvil_status add_one(anvil_tokenizer *tok, added_state *s, tok_added a)
     } else {
         TRY(tok_grow((void **)&s->map_r, &s->cap_mapr, s->n_mapr + 1, sizeof *s->map_r));
         s->map_r[s->n_mapr] = a;
-        TRY(tok_strmap_put(&s->mapr, (const char *)&id, sizeof id, (int32_t)s->n_mapr, NULL));
+        TRY(tok_strmap_put(&s->mapr, (const char *)&id, sizeof id, (int32_t)s->n_mapr));
         s->n_mapr++;
     }
     TRY(value_count(tok, s, &a, +1, NULL));
@@ -317,8 +317,8 @@ anvil_status tok_added_load(anvil_tokenizer *tok, json_t *list)
     /* id -> string table: the model vocabulary, then the added tokens over it. */
     int64_t max_id = -1;
     for (size_t e = 0; e < tok->bpe.vocab.n; e++)
-        if (tok->bpe.vocab.entries[e].val > max_id)
-            max_id = tok->bpe.vocab.entries[e].val;
+        if (tok_strmap_rec(&tok->bpe.vocab, e)->val > max_id)
+            max_id = tok_strmap_rec(&tok->bpe.vocab, e)->val;
     for (size_t i = 0; i < s.n_mapr; i++)
         if (s.map_r[i].id > max_id)
             max_id = s.map_r[i].id;
@@ -328,9 +328,9 @@ anvil_status tok_added_load(anvil_tokenizer *tok, json_t *list)
     tok->id_flags = calloc(tok->n_ids + 1, sizeof *tok->id_flags);
     CHECK_GOTO(tok->id_str && tok->id_len && tok->id_flags, ANVIL_ERR_OOM, done, "out of memory");
     for (size_t e = 0; e < tok->bpe.vocab.n; e++) {
-        const tok_strmap_entry *en = &tok->bpe.vocab.entries[e];
-        tok->id_str[en->val] = tok->bpe.vocab.pool.p + en->off;
-        tok->id_len[en->val] = en->len;
+        const tok_strrec *r = tok_strmap_rec(&tok->bpe.vocab, e);
+        tok->id_str[r->val] = r->key;
+        tok->id_len[r->val] = r->len;
     }
     /* HF's id_to_token gives the normalized content of a normalized added
      * token (Llama-2 style "<s>" becomes "▁<s>"), and decode uses it. */
@@ -368,8 +368,8 @@ anvil_status tok_added_load(anvil_tokenizer *tok, json_t *list)
     /* HF get_vocab_size(true): distinct strings of the vocabulary and the added tokens. */
     tok->vocab_size = (int64_t)tok->bpe.vocab.n;
     for (size_t e = 0; e < tok->added_map.n; e++)
-        if (tok_strmap_get(&tok->bpe.vocab, tok->added_map.pool.p + tok->added_map.entries[e].off,
-                           tok->added_map.entries[e].len) < 0)
+        if (tok_strmap_get(&tok->bpe.vocab, tok_strmap_rec(&tok->added_map, e)->key,
+                           tok_strmap_rec(&tok->added_map, e)->len) < 0)
             tok->vocab_size++;
 done:
     tok_strmap_free(&s.mapr);

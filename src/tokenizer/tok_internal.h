@@ -42,40 +42,69 @@ size_t tok_utf8_incomplete_tail(const unsigned char *s, size_t n);
 
 /* ------------------------------------------------------------ hash maps */
 
-/* String -> int32, keys stored NUL-terminated in a pool. Later inserts of an
- * existing key overwrite its value. */
-typedef struct tok_strmap_entry {
-    uint32_t off, len;
+/* String -> int32. Each key lives in one record of the pool, {len, val,
+ * bytes, NUL}, 4-byte aligned, so a lookup touches one slot and one record.
+ * Later puts of an existing key overwrite its value. */
+typedef struct tok_strrec {
+    uint32_t len;
     int32_t val;
-} tok_strmap_entry;
+    char key[]; /* len bytes + NUL */
+} tok_strrec;
 
 typedef struct tok_strmap {
-    uint64_t *slots; /* (hash & ~mask) | (entry index + 1), 0 = empty */
+    uint64_t *slots; /* (hash tag << 32) | (record offset + 1), 0 = empty */
     uint32_t mask;
-    tok_strmap_entry *entries;
+    uint32_t *recs; /* record offsets in insertion order */
     size_t n, cap;
     tok_buf pool;
 } tok_strmap;
 
 anvil_status tok_strmap_init(tok_strmap *m, size_t expected);
 void tok_strmap_free(tok_strmap *m);
-/* Sets key -> val; *entry (may be NULL) receives the entry index. */
-anvil_status tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val, uint32_t *entry);
+/* Sets key -> val. */
+anvil_status tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val);
 /* The value of key, or -1. */
 int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len);
+/* The same with the key's tok_hash given (for batched lookups). */
+int32_t tok_strmap_get_hashed(const tok_strmap *m, const char *key, size_t len, uint64_t h);
+/* Prefetch hints for batched lookups: the slot of a hash, then its record. */
+static inline void tok_strmap_prefetch_slot(const tok_strmap *m, uint64_t h)
+{
+    __builtin_prefetch(&m->slots[(uint32_t)h & m->mask]);
+}
+static inline void tok_strmap_prefetch_rec(const tok_strmap *m, uint64_t h)
+{
+    uint64_t s = m->slots[(uint32_t)h & m->mask];
+    if (s)
+        __builtin_prefetch(m->pool.p + (uint32_t)(s - 1));
+}
+/* The i-th record (insertion order); valid while the map is not changed. */
+static inline const tok_strrec *tok_strmap_rec(const tok_strmap *m, size_t i)
+{
+    return (const tok_strrec *)(const void *)(m->pool.p + m->recs[i]);
+}
 uint64_t tok_hash(const void *p, size_t n);
 
-/* (id, id) -> (rank, new id) for BPE merges. */
+/* (id, id) -> (rank, new id) for BPE merges: one 16-byte slot per pair. */
+typedef struct tok_pair_slot {
+    uint64_t key; /* UINT64_MAX = empty */
+    uint32_t rank;
+    int32_t new_id;
+} tok_pair_slot;
+
 typedef struct tok_pairmap {
-    uint64_t *keys; /* UINT64_MAX = empty */
-    uint32_t *rank;
-    int32_t *new_id;
+    tok_pair_slot *slots;
     uint32_t mask;
     size_t n;
 } tok_pairmap;
 
 anvil_status tok_pairmap_init(tok_pairmap *m, size_t expected);
 void tok_pairmap_free(tok_pairmap *m);
+static inline void tok_pairmap_prefetch(const tok_pairmap *m, int32_t a, int32_t b)
+{
+    uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    __builtin_prefetch(&m->slots[(uint32_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & m->mask], 1);
+}
 /* Sets (a, b) -> (rank, new_id), overwriting an existing pair; grows as needed. */
 anvil_status tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id);
 /* 1 and *rank and *new_id if (a, b) is a merge, else 0. */
@@ -85,13 +114,13 @@ static inline int tok_pairmap_get(const tok_pairmap *m, int32_t a, int32_t b, ui
     uint64_t h = k * 0x9E3779B97F4A7C15ull;
     uint32_t i = (uint32_t)(h >> 32) & m->mask;
     for (;;) {
-        uint64_t kk = m->keys[i];
-        if (kk == k) {
-            *rank = m->rank[i];
-            *new_id = m->new_id[i];
+        const tok_pair_slot *s = &m->slots[i];
+        if (s->key == k) {
+            *rank = s->rank;
+            *new_id = s->new_id;
             return 1;
         }
-        if (kk == UINT64_MAX)
+        if (s->key == UINT64_MAX)
             return 0;
         i = (i + 1) & m->mask;
     }

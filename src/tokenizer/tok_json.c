@@ -50,6 +50,25 @@ static anvil_status read_hex4(jscan *s, uint32_t *v)
     return ANVIL_OK;
 }
 
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), 0 if invalid. */
+static size_t utf8_seq(const char *p, const char *end)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    size_t avail = (size_t)(end - p);
+    unsigned char b = u[0];
+    if (b >= 0xC2 && b <= 0xDF)
+        return avail >= 2 && (u[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (b >= 0xE0 && b <= 0xEF) {
+        unsigned char lo = b == 0xE0 ? 0xA0 : 0x80, hi = b == 0xED ? 0x9F : 0xBF;
+        return avail >= 3 && u[1] >= lo && u[1] <= hi && (u[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (b >= 0xF0 && b <= 0xF4) {
+        unsigned char lo = b == 0xF0 ? 0x90 : 0x80, hi = b == 0xF4 ? 0x8F : 0xBF;
+        return avail >= 4 && u[1] >= lo && u[1] <= hi && (u[2] & 0xC0) == 0x80 && (u[3] & 0xC0) == 0x80 ? 4 : 0;
+    }
+    return 0;
+}
+
 /*
  * Scans a string at s->p (which is at the opening quote). Without escapes
  * *str points into the document; with escapes the decoded bytes go to buf
@@ -62,7 +81,14 @@ static anvil_status scan_string(jscan *s, tok_buf *buf, const char **str, size_t
     const char *start = s->p;
     const char *q = start;
     while (q < s->end && *q != '"' && *q != '\\') {
-        CHECK((unsigned char)*q >= 0x20, ANVIL_ERR_FORMAT, "tokenizer.json: control character in a string");
+        unsigned char c = (unsigned char)*q;
+        if (c >= 0x80) {
+            size_t l = utf8_seq(q, s->end);
+            CHECK(l, ANVIL_ERR_FORMAT, "tokenizer.json: invalid UTF-8 in a string");
+            q += l;
+            continue;
+        }
+        CHECK(c >= 0x20, ANVIL_ERR_FORMAT, "tokenizer.json: control character in a string");
         q++;
     }
     CHECK(q < s->end, ANVIL_ERR_FORMAT, "tokenizer.json: unterminated string");
@@ -80,8 +106,15 @@ static anvil_status scan_string(jscan *s, tok_buf *buf, const char **str, size_t
         if (c != '\\') {
             CHECK((unsigned char)c >= 0x20, ANVIL_ERR_FORMAT, "tokenizer.json: control character in a string");
             const char *r = s->p;
-            while (r < s->end && *r != '"' && *r != '\\' && (unsigned char)*r >= 0x20)
-                r++;
+            while (r < s->end && *r != '"' && *r != '\\' && (unsigned char)*r >= 0x20) {
+                if ((unsigned char)*r >= 0x80) {
+                    size_t l = utf8_seq(r, s->end);
+                    CHECK(l, ANVIL_ERR_FORMAT, "tokenizer.json: invalid UTF-8 in a string");
+                    r += l;
+                } else {
+                    r++;
+                }
+            }
             TRY(tok_buf_append(buf, s->p, (size_t)(r - s->p)));
             s->p = r;
             continue;
@@ -165,9 +198,19 @@ static anvil_status skip_value(jscan *s, tok_buf *buf, int depth)
     CHECK(s->p < s->end, ANVIL_ERR_FORMAT, "tokenizer.json: unexpected end");
     char c = *s->p;
     if (c == '"') {
-        const char *str;
-        size_t len;
-        return scan_string(s, buf, &str, &len);
+        /* only the end is needed here: the contents are checked later, by
+         * jansson or by the vocab / merges readers */
+        const char *q = s->p + 1;
+        for (;;) {
+            while (q < s->end && *q != '"' && *q != '\\')
+                q++;
+            CHECK(q < s->end, ANVIL_ERR_FORMAT, "tokenizer.json: unterminated string");
+            if (*q == '"')
+                break;
+            q += 2;
+        }
+        s->p = q + 1;
+        return ANVIL_OK;
     }
     if (c == '{' || c == '[') {
         char close = c == '{' ? '}' : ']';
@@ -180,9 +223,8 @@ static anvil_status skip_value(jscan *s, tok_buf *buf, int depth)
         for (;;) {
             if (c == '{') {
                 ws(s);
-                const char *str;
-                size_t len;
-                TRY(scan_string(s, buf, &str, &len));
+                CHECK(s->p < s->end && *s->p == '"', ANVIL_ERR_FORMAT, "tokenizer.json: expected a key");
+                TRY(skip_value(s, buf, depth + 1));
                 ws(s);
                 CHECK(s->p < s->end && *s->p == ':', ANVIL_ERR_FORMAT, "tokenizer.json: expected ':'");
                 s->p++;
@@ -210,6 +252,48 @@ static anvil_status skip_value(jscan *s, tok_buf *buf, int depth)
         }
     }
     return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tokenizer.json: unexpected character '%c'", c);
+}
+
+/* Finds the end of the array or object at s->p by bracket matching alone:
+ * used for model.vocab and model.merges, whose syntax the readers below
+ * check in full. */
+static anvil_status skip_container(jscan *s)
+{
+    const char *p = s->p, *end = s->end;
+    size_t depth = 0;
+    while (p < end) {
+        char c = *p;
+        if (c == '"') {
+            const char *start = ++p;
+            for (;;) {
+                const char *q = memchr(p, '"', (size_t)(end - p));
+                CHECK(q, ANVIL_ERR_FORMAT, "tokenizer.json: unterminated string");
+                const char *b = q;
+                while (b > start && b[-1] == '\\')
+                    b--;
+                p = q + 1;
+                if (((q - b) & 1) == 0)
+                    break;
+            }
+            continue;
+        }
+        if (c == '[' || c == '{') {
+            depth++;
+        } else if (c == ']' || c == '}') {
+            CHECK(depth > 0, ANVIL_ERR_FORMAT, "tokenizer.json: unbalanced '%c'", c);
+            if (--depth == 0) {
+                s->p = p + 1;
+                return ANVIL_OK;
+            }
+        }
+        p++;
+    }
+    return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tokenizer.json: unexpected end");
+}
+
+static int peek(const jscan *s)
+{
+    return s->p < s->end ? (unsigned char)*s->p : -1;
 }
 
 typedef struct span {
@@ -254,7 +338,10 @@ static anvil_status find_spans(jscan *s, tok_buf *buf, span *vocab, span *merges
                     s->p++;
                     ws(s);
                     const char *v0 = s->p;
-                    TRY(skip_value(s, buf, 2));
+                    if ((is_vocab && *v0 == '{') || (is_merges && *v0 == '['))
+                        TRY(skip_container(s));
+                    else
+                        TRY(skip_value(s, buf, 2));
                     if (is_vocab && *v0 == '{')
                         *vocab = (span){v0, (size_t)(s->p - v0)};
                     if (is_merges && *v0 == '[')
@@ -294,7 +381,6 @@ anvil_status tok_json_load(const char *text, size_t len, json_t **root, const ch
     *root = NULL;
     *vocab = *merges = NULL;
     *vocab_len = *merges_len = 0;
-    CHECK(tok_utf8_valid(text, len), ANVIL_ERR_FORMAT, "tokenizer.json is not valid UTF-8");
     tok_buf buf = {0};
     jscan s = {text, text + len};
     span sv = {0}, sm = {0};
@@ -343,23 +429,26 @@ anvil_status tok_json_parse_vocab(const char *text, size_t n, tok_strmap *vocab,
     tok_buf buf = {0};
     jscan s = {text, text + n};
     *max_id = -1;
-    CHECK(n >= 2 && *s.p == '{', ANVIL_ERR_FORMAT, "tokenizer.json: model.vocab must be an object");
+    CHECK(n >= 2 && peek(&s) == '{', ANVIL_ERR_FORMAT, "tokenizer.json: model.vocab must be an object");
     s.p++;
     ws(&s);
-    if (*s.p == '}')
-        return ANVIL_OK;
+    if (s.p < s.end && peek(&s) == '}')
+        return s.p + 1 == s.end ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_FORMAT, "tokenizer.json: bad model.vocab");
     for (;;) {
         ws(&s);
         const char *key;
         size_t klen;
         TRY_GOTO(scan_string(&s, &buf, &key, &klen), done);
         ws(&s);
-        s.p++; /* ':' (syntax checked by find_spans) */
+        CHECK_GOTO(s.p < s.end && peek(&s) == ':', ANVIL_ERR_FORMAT, done, "tokenizer.json: expected ':' in model.vocab");
+        s.p++;
         ws(&s);
         const char *p = s.p;
         int64_t v = 0;
         CHECK_GOTO(p < s.end && *p >= '0' && *p <= '9', ANVIL_ERR_FORMAT, done,
                    "tokenizer.json: the id of vocab token '%.*s' is not a non-negative integer", (int)klen, key);
+        CHECK_GOTO(!(*p == '0' && p + 1 < s.end && p[1] >= '0' && p[1] <= '9'), ANVIL_ERR_FORMAT, done,
+                   "tokenizer.json: bad number in model.vocab");
         while (p < s.end && *p >= '0' && *p <= '9') {
             v = v * 10 + (*p - '0');
             CHECK_GOTO(v <= TOK_MAX_ID, ANVIL_ERR_UNSUPPORTED, done, "tokenizer.json: token id too large (max %d)",
@@ -369,14 +458,17 @@ anvil_status tok_json_parse_vocab(const char *text, size_t n, tok_strmap *vocab,
         CHECK_GOTO(p >= s.end || (*p != '.' && *p != 'e' && *p != 'E'), ANVIL_ERR_FORMAT, done,
                    "tokenizer.json: the id of vocab token '%.*s' is not an integer", (int)klen, key);
         s.p = p;
-        TRY_GOTO(tok_strmap_put(vocab, key, klen, (int32_t)v, NULL), done);
+        TRY_GOTO(tok_strmap_put(vocab, key, klen, (int32_t)v), done);
         if (v > *max_id)
             *max_id = (int32_t)v;
         ws(&s);
-        if (*s.p == ',') {
+        CHECK_GOTO(s.p < s.end, ANVIL_ERR_FORMAT, done, "tokenizer.json: unexpected end of model.vocab");
+        if (peek(&s) == ',') {
             s.p++;
             continue;
         }
+        CHECK_GOTO(peek(&s) == '}' && s.p + 1 == s.end, ANVIL_ERR_FORMAT, done,
+                   "tokenizer.json: expected ',' or '}' in model.vocab");
         break;
     }
 done:
@@ -391,17 +483,17 @@ anvil_status tok_json_parse_merges(const char *text, size_t n,
     anvil_status st = ANVIL_OK;
     tok_buf b1 = {0}, b2 = {0};
     jscan s = {text, text + n};
-    CHECK(n >= 2 && *s.p == '[', ANVIL_ERR_FORMAT, "tokenizer.json: model.merges must be an array");
+    CHECK(n >= 2 && peek(&s) == '[', ANVIL_ERR_FORMAT, "tokenizer.json: model.merges must be an array");
     s.p++;
     ws(&s);
-    if (*s.p == ']')
-        return ANVIL_OK;
+    if (s.p < s.end && peek(&s) == ']')
+        return s.p + 1 == s.end ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_FORMAT, "tokenizer.json: bad model.merges");
     size_t index = 0;
     for (;;) {
         ws(&s);
         const char *a, *b;
         size_t al, bl;
-        if (*s.p == '"') {
+        if (peek(&s) == '"') {
             /* "a b": exactly one space, as HF's convert_merges_to_hashmap. */
             const char *m;
             size_t ml;
@@ -415,31 +507,34 @@ anvil_status tok_json_parse_merges(const char *text, size_t n,
                 index++;
             }
         } else {
-            CHECK_GOTO(*s.p == '[', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a string or a pair",
+            CHECK_GOTO(peek(&s) == '[', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a string or a pair",
                        index + 1);
             s.p++;
             ws(&s);
-            CHECK_GOTO(*s.p == '"', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair of strings",
+            CHECK_GOTO(peek(&s) == '"', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair of strings",
                        index + 1);
             TRY_GOTO(scan_string(&s, &b1, &a, &al), done);
             ws(&s);
-            CHECK_GOTO(*s.p == ',', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair", index + 1);
+            CHECK_GOTO(peek(&s) == ',', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair", index + 1);
             s.p++;
             ws(&s);
-            CHECK_GOTO(*s.p == '"', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair of strings",
+            CHECK_GOTO(peek(&s) == '"', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair of strings",
                        index + 1);
             TRY_GOTO(scan_string(&s, &b2, &b, &bl), done);
             ws(&s);
-            CHECK_GOTO(*s.p == ']', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair", index + 1);
+            CHECK_GOTO(peek(&s) == ']', ANVIL_ERR_FORMAT, done, "tokenizer.json: merge %zu is not a pair", index + 1);
             s.p++;
             TRY_GOTO(fn(a, al, b, bl, ctx), done);
             index++;
         }
         ws(&s);
-        if (*s.p == ',') {
+        CHECK_GOTO(s.p < s.end, ANVIL_ERR_FORMAT, done, "tokenizer.json: unexpected end of model.merges");
+        if (peek(&s) == ',') {
             s.p++;
             continue;
         }
+        CHECK_GOTO(peek(&s) == ']' && s.p + 1 == s.end, ANVIL_ERR_FORMAT, done,
+                   "tokenizer.json: expected ',' or ']' in model.merges");
         break;
     }
 done:

@@ -29,37 +29,80 @@
 
 /* ------------------------------------------------------------ loading */
 
+/* Merges are resolved in batches: three hash lookups each (a, b, a+b) would
+ * otherwise wait on one cache miss after another; a batch issues the loads
+ * for all its lookups first (prefetch), then uses them. */
+#define MERGE_BATCH 64
+
 typedef struct merge_ctx {
     tok_bpe *bpe;
     uint32_t rank;
-    tok_buf tmp;
+    tok_buf keys; /* per merge: a, b, a+b (b without the subword prefix) */
+    size_t off[MERGE_BATCH][3], len[MERGE_BATCH][3];
+    int n;
 } merge_ctx;
+
+static anvil_status flush_merges(merge_ctx *c)
+{
+    tok_bpe *bpe = c->bpe;
+    uint64_t h[MERGE_BATCH][3];
+    int32_t id[MERGE_BATCH][3];
+    for (int i = 0; i < c->n; i++)
+        for (int k = 0; k < 3; k++) {
+            h[i][k] = tok_hash(c->keys.p + c->off[i][k], c->len[i][k]);
+            tok_strmap_prefetch_slot(&bpe->vocab, h[i][k]);
+        }
+    for (int i = 0; i < c->n; i++)
+        for (int k = 0; k < 3; k++)
+            tok_strmap_prefetch_rec(&bpe->vocab, h[i][k]);
+    for (int i = 0; i < c->n; i++) {
+        for (int k = 0; k < 3; k++)
+            id[i][k] = tok_strmap_get_hashed(&bpe->vocab, c->keys.p + c->off[i][k], c->len[i][k], h[i][k]);
+        if (id[i][0] >= 0 && id[i][1] >= 0)
+            tok_pairmap_prefetch(&bpe->merges, id[i][0], id[i][1]);
+    }
+    for (int i = 0; i < c->n; i++) {
+        uint32_t rank = c->rank - (uint32_t)c->n + (uint32_t)i;
+        static const char *const what[3] = {"uses", "uses", "makes"};
+        for (int k = 0; k < 3; k++)
+            CHECK(id[i][k] >= 0, ANVIL_ERR_FORMAT, "tokenizer.json: merge %u %s '%.*s', which is not in the vocabulary",
+                  rank + 1, what[k], (int)c->len[i][k], c->keys.p + c->off[i][k]);
+        TRY(tok_pairmap_put(&bpe->merges, id[i][0], id[i][1], rank, id[i][2]));
+    }
+    c->n = 0;
+    c->keys.len = 0;
+    return ANVIL_OK;
+}
 
 static anvil_status add_merge(const char *a, size_t al, const char *b, size_t bl, void *vctx)
 {
     merge_ctx *c = vctx;
     tok_bpe *bpe = c->bpe;
-    int32_t ia = tok_strmap_get(&bpe->vocab, a, al);
-    CHECK(ia >= 0, ANVIL_ERR_FORMAT, "tokenizer.json: merge %u uses '%.*s', which is not in the vocabulary",
-          c->rank + 1, (int)al, a);
-    int32_t ib = tok_strmap_get(&bpe->vocab, b, bl);
-    CHECK(ib >= 0, ANVIL_ERR_FORMAT, "tokenizer.json: merge %u uses '%.*s', which is not in the vocabulary",
-          c->rank + 1, (int)bl, b);
     size_t skip = bpe->prefix_len;
     CHECK(bl >= skip && (skip == 0 || memcmp(b, bpe->prefix, skip) == 0), ANVIL_ERR_FORMAT,
           "tokenizer.json: merge %u: '%.*s' does not start with the continuing_subword_prefix", c->rank + 1, (int)bl,
           b);
-    c->tmp.len = 0;
-    TRY(tok_buf_append(&c->tmp, a, al));
-    TRY(tok_buf_append(&c->tmp, b + skip, bl - skip));
-    int32_t inew = tok_strmap_get(&bpe->vocab, c->tmp.p, c->tmp.len);
-    CHECK(inew >= 0, ANVIL_ERR_FORMAT, "tokenizer.json: merge %u makes '%.*s', which is not in the vocabulary",
-          c->rank + 1, (int)c->tmp.len, c->tmp.p);
-    TRY(tok_pairmap_put(&bpe->merges, ia, ib, c->rank, inew));
     /* Is '▁' ever joined to a different char on its left? (see the header) */
     if (bl >= 3 && memcmp(b, META, 3) == 0 && !(al >= 3 && memcmp(a + al - 3, META, 3) == 0))
         bpe->meta_merge_ok = 0;
+    int i = c->n++;
+    size_t at = c->keys.len;
+    TRY(tok_buf_reserve(&c->keys, 2 * (al + bl)));
+    char *k = c->keys.p + at;
+    memcpy(k, a, al);
+    memcpy(k + al, b, bl);
+    memcpy(k + al + bl, a, al);
+    memcpy(k + 2 * al + bl, b + skip, bl - skip);
+    c->keys.len += 2 * al + 2 * bl - skip;
+    c->off[i][0] = at;
+    c->len[i][0] = al;
+    c->off[i][1] = at + al;
+    c->len[i][1] = bl;
+    c->off[i][2] = at + al + bl;
+    c->len[i][2] = al + bl - skip;
     c->rank++;
+    if (c->n == MERGE_BATCH)
+        return flush_merges(c);
     return ANVIL_OK;
 }
 
@@ -120,10 +163,15 @@ anvil_status tok_bpe_load(tok_bpe *bpe, json_t *model, const char *vocab, size_t
     int32_t max_id;
     TRY_GOTO(tok_json_parse_vocab(vocab, vocab_len, &bpe->vocab, &max_id), fail);
     bpe->vocab_len = bpe->vocab.n;
-    TRY_GOTO(tok_pairmap_init(&bpe->merges, merges_len / 12 + 16), fail);
-    merge_ctx ctx = {bpe, 0, {0}};
-    st = tok_json_parse_merges(merges, merges_len, add_merge, &ctx);
-    tok_buf_free(&ctx.tmp);
+    TRY_GOTO(tok_pairmap_init(&bpe->merges, merges_len / 16 + 16), fail);
+    merge_ctx *ctx = calloc(1, sizeof *ctx);
+    CHECK_GOTO(ctx, ANVIL_ERR_OOM, fail, "out of memory");
+    ctx->bpe = bpe;
+    st = tok_json_parse_merges(merges, merges_len, add_merge, ctx);
+    if (st == ANVIL_OK)
+        st = flush_merges(ctx);
+    tok_buf_free(&ctx->keys);
+    free(ctx);
     if (st != ANVIL_OK)
         goto fail;
 

@@ -1,6 +1,7 @@
 /* Buffers, hash maps, lossy UTF-8 and the byte-level alphabet of the tokenizer. */
 #include <stdlib.h>
 #include <string.h>
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include "core/error.h"
@@ -180,9 +181,14 @@ anvil_status tok_strmap_init(tok_strmap *m, size_t expected)
 void tok_strmap_free(tok_strmap *m)
 {
     free(m->slots);
-    free(m->entries);
+    free(m->recs);
     tok_buf_free(&m->pool);
     memset(m, 0, sizeof *m);
+}
+
+static tok_strrec *rec_at(const tok_strmap *m, uint64_t slot)
+{
+    return (tok_strrec *)(void *)(m->pool.p + (uint32_t)(slot - 1));
 }
 
 static anvil_status strmap_rehash(tok_strmap *m)
@@ -193,11 +199,12 @@ static anvil_status strmap_rehash(tok_strmap *m)
     CHECK(slots != NULL, ANVIL_ERR_OOM, "out of memory");
     uint32_t mask = (uint32_t)(cap - 1);
     for (size_t e = 0; e < m->n; e++) {
-        uint64_t h = tok_hash(m->pool.p + m->entries[e].off, m->entries[e].len);
+        const tok_strrec *r = tok_strmap_rec(m, e);
+        uint64_t h = tok_hash(r->key, r->len);
         uint32_t i = (uint32_t)h & mask;
         while (slots[i])
             i = (i + 1) & mask;
-        slots[i] = (h & ~(uint64_t)mask) | (e + 1);
+        slots[i] = (h & 0xFFFFFFFF00000000ull) | ((uint64_t)m->recs[e] + 1);
     }
     free(m->slots);
     m->slots = slots;
@@ -205,59 +212,74 @@ static anvil_status strmap_rehash(tok_strmap *m)
     return ANVIL_OK;
 }
 
+static int key_eq(const char *a, const char *b, size_t n)
+{
+    /* short keys dominate: avoid a call */
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
 int32_t tok_strmap_get(const tok_strmap *m, const char *key, size_t len)
 {
     if (!m->slots)
         return -1;
-    uint64_t h = tok_hash(key, len);
-    uint64_t tag = h & ~(uint64_t)m->mask;
+    return tok_strmap_get_hashed(m, key, len, tok_hash(key, len));
+}
+
+int32_t tok_strmap_get_hashed(const tok_strmap *m, const char *key, size_t len, uint64_t h)
+{
+    uint64_t tag = h & 0xFFFFFFFF00000000ull;
     uint32_t i = (uint32_t)h & m->mask;
     for (;;) {
         uint64_t s = m->slots[i];
         if (!s)
             return -1;
-        if ((s & ~(uint64_t)m->mask) == tag) {
-            const tok_strmap_entry *e = &m->entries[(s & m->mask) - 1];
-            if (e->len == len && memcmp(m->pool.p + e->off, key, len) == 0)
-                return e->val;
+        if ((s & 0xFFFFFFFF00000000ull) == tag) {
+            const tok_strrec *r = rec_at(m, s & 0xFFFFFFFFull);
+            if (r->len == len && key_eq(r->key, key, len))
+                return r->val;
         }
         i = (i + 1) & m->mask;
     }
 }
 
-anvil_status tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val, uint32_t *entry)
+anvil_status tok_strmap_put(tok_strmap *m, const char *key, size_t len, int32_t val)
 {
     CHECK(len < UINT32_MAX / 2, ANVIL_ERR_UNSUPPORTED, "token too long");
     if ((m->n + 1) * 2 > (size_t)m->mask + 1)
         TRY(strmap_rehash(m));
     uint64_t h = tok_hash(key, len);
-    uint64_t tag = h & ~(uint64_t)m->mask;
+    uint64_t tag = h & 0xFFFFFFFF00000000ull;
     uint32_t i = (uint32_t)h & m->mask;
     for (;;) {
         uint64_t s = m->slots[i];
         if (!s)
             break;
-        if ((s & ~(uint64_t)m->mask) == tag) {
-            tok_strmap_entry *e = &m->entries[(s & m->mask) - 1];
-            if (e->len == len && memcmp(m->pool.p + e->off, key, len) == 0) {
-                e->val = val;
-                if (entry)
-                    *entry = (uint32_t)((s & m->mask) - 1);
+        if ((s & 0xFFFFFFFF00000000ull) == tag) {
+            tok_strrec *r = rec_at(m, s & 0xFFFFFFFFull);
+            if (r->len == len && key_eq(r->key, key, len)) {
+                r->val = val;
                 return ANVIL_OK;
             }
         }
         i = (i + 1) & m->mask;
     }
-    TRY(tok_grow((void **)&m->entries, &m->cap, m->n + 1, sizeof *m->entries));
-    CHECK(m->pool.len + len + 1 < UINT32_MAX, ANVIL_ERR_UNSUPPORTED, "vocabulary too large");
+    size_t need = (sizeof(tok_strrec) + len + 1 + 3) & ~(size_t)3;
+    CHECK(m->pool.len + need < UINT32_MAX, ANVIL_ERR_UNSUPPORTED, "vocabulary too large");
+    TRY(tok_grow((void **)&m->recs, &m->cap, m->n + 1, sizeof *m->recs));
+    TRY(tok_buf_reserve(&m->pool, need));
     uint32_t off = (uint32_t)m->pool.len;
-    TRY(tok_buf_append(&m->pool, key, len));
-    m->pool.len++; /* keep the NUL: keys are C strings too */
-    m->entries[m->n] = (tok_strmap_entry){off, (uint32_t)len, val};
-    m->slots[i] = tag | (m->n + 1);
-    if (entry)
-        *entry = (uint32_t)m->n;
-    m->n++;
+    tok_strrec *r = (tok_strrec *)(void *)(m->pool.p + off);
+    r->len = (uint32_t)len;
+    r->val = val;
+    if (len)
+        memcpy(r->key, key, len);
+    memset(r->key + len, 0, need - sizeof(tok_strrec) - len);
+    m->pool.len += need;
+    m->recs[m->n++] = off;
+    m->slots[i] = tag | ((uint64_t)off + 1);
     return ANVIL_OK;
 }
 
@@ -267,37 +289,31 @@ anvil_status tok_pairmap_init(tok_pairmap *m, size_t expected)
 {
     memset(m, 0, sizeof *m);
     size_t cap = 64;
-    while (cap < expected * 2 + 2)
+    while (cap * 3 < expected * 4 + 4) /* load factor <= 0.75 */
         cap *= 2;
     CHECK(cap <= (1u << 30), ANVIL_ERR_UNSUPPORTED, "too many merges (%zu)", expected);
-    m->keys = malloc(cap * sizeof *m->keys);
-    m->rank = malloc(cap * sizeof *m->rank);
-    m->new_id = malloc(cap * sizeof *m->new_id);
-    if (!m->keys || !m->rank || !m->new_id) {
-        tok_pairmap_free(m);
-        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
-    }
-    memset(m->keys, 0xFF, cap * sizeof *m->keys);
+    m->slots = malloc(cap * sizeof *m->slots);
+    CHECK(m->slots, ANVIL_ERR_OOM, "out of memory");
+    for (size_t i = 0; i < cap; i++)
+        m->slots[i].key = UINT64_MAX;
     m->mask = (uint32_t)(cap - 1);
     return ANVIL_OK;
 }
 
 void tok_pairmap_free(tok_pairmap *m)
 {
-    free(m->keys);
-    free(m->rank);
-    free(m->new_id);
+    free(m->slots);
     memset(m, 0, sizeof *m);
 }
 
 static anvil_status pairmap_grow(tok_pairmap *m)
 {
     tok_pairmap bigger;
-    TRY(tok_pairmap_init(&bigger, ((size_t)m->mask + 1)));
+    TRY(tok_pairmap_init(&bigger, ((size_t)m->mask + 1) * 2));
     for (size_t i = 0; i <= m->mask; i++)
-        if (m->keys[i] != UINT64_MAX)
-            (void)tok_pairmap_put(&bigger, (int32_t)(m->keys[i] >> 32), (int32_t)(uint32_t)m->keys[i], m->rank[i],
-                                  m->new_id[i]);
+        if (m->slots[i].key != UINT64_MAX)
+            (void)tok_pairmap_put(&bigger, (int32_t)(m->slots[i].key >> 32), (int32_t)(uint32_t)m->slots[i].key,
+                                  m->slots[i].rank, m->slots[i].new_id);
     tok_pairmap_free(m);
     *m = bigger;
     return ANVIL_OK;
@@ -305,18 +321,16 @@ static anvil_status pairmap_grow(tok_pairmap *m)
 
 anvil_status tok_pairmap_put(tok_pairmap *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id)
 {
-    if ((m->n + 1) * 2 > (size_t)m->mask + 1)
+    if ((m->n + 1) * 4 > ((size_t)m->mask + 1) * 3)
         TRY(pairmap_grow(m));
     uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     uint64_t h = k * 0x9E3779B97F4A7C15ull;
     uint32_t i = (uint32_t)(h >> 32) & m->mask;
-    while (m->keys[i] != UINT64_MAX && m->keys[i] != k)
+    while (m->slots[i].key != UINT64_MAX && m->slots[i].key != k)
         i = (i + 1) & m->mask;
-    if (m->keys[i] == UINT64_MAX)
+    if (m->slots[i].key == UINT64_MAX)
         m->n++;
-    m->keys[i] = k;
-    m->rank[i] = rank;
-    m->new_id[i] = new_id;
+    m->slots[i] = (tok_pair_slot){k, rank, new_id};
     return ANVIL_OK;
 }
 
