@@ -1,11 +1,404 @@
+/*
+ * anvil run: generate from one prompt and stream the text to stdout.
+ *
+ *   anvil run --model DIR --prompt "Once upon a time" --max-tokens 100
+ *   anvil run --model DIR --prompt-ids 1,403,407 --json
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "anvil/chat_template.h"
+#include "anvil/generate.h"
+#include "anvil/runtime.h"
+#include "anvil/tokenizer.h"
 #include "commands.h"
+#include "core/fileutil.h"
+
+typedef struct run_args {
+    const char *model;
+    const char *prompt;
+    const char *prompt_ids;
+    const char *system;
+    int chat;
+    int json;
+    int no_echo;
+    int32_t max_tokens;
+    anvil_sampling_params sampling;
+    int temperature_set;
+    anvil_runtime_options rt;
+} run_args;
+
+static void run_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: anvil run --model DIR (--prompt TEXT | --prompt-ids IDS) [options]\n"
+            "\n"
+            "Generates a continuation of one prompt and streams it to stdout.\n"
+            "\n"
+            "  -m, --model DIR         Hugging Face model folder (config.json, *.safetensors, tokenizer.json)\n"
+            "  -p, --prompt TEXT       the prompt, tokenized with the model's tokenizer (BOS added as the\n"
+            "                          tokenizer does)\n"
+            "      --prompt-ids IDS    the prompt as comma-separated token ids, e.g. 1,403,407\n"
+            "      --chat              wrap the prompt as a user message in the model's chat template\n"
+            "      --system TEXT       with --chat: a system message before it\n"
+            "  -n, --max-tokens N      new tokens at most (default 256)\n"
+            "  -t, --temperature T     0 means greedy (default: the model's generation_config, else 1.0)\n"
+            "      --top-k K           keep the K most likely tokens (0: off, the default)\n"
+            "      --top-p P           keep the most likely tokens up to mass P (1: off, the default)\n"
+            "  -s, --seed S            random seed; the same seed gives the same output (default 0)\n"
+            "      --no-echo           do not print the prompt text before the continuation\n"
+            "      --json              print one JSON object {\"prompt_ids\", \"ids\", \"text\", \"finish_reason\"}\n"
+            "                          at the end instead of streaming\n"
+            "      --device DEV        cpu (default), cuda or cuda:N\n"
+            "      --threads N         CPU threads (default: all cores)\n"
+            "      --max-seq-len N     context length (default: the model's)\n"
+            "  -h, --help              this help\n");
+}
+
+static int parse_int(const char *s, const char *flag, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "anvil run: %s expects an integer in %ld..%ld, got '%s'\n", flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *flag, float *out)
+{
+    char *end = NULL;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end != '\0') {
+        fprintf(stderr, "anvil run: %s expects a number, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* "1,2,3" into a malloc'd array. */
+static int parse_ids(const char *s, int32_t **ids, int32_t *n)
+{
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    *ids = malloc(cap * sizeof **ids);
+    *n = 0;
+    if (*ids == NULL)
+        return -1;
+    const char *p = s;
+    while (*p) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v > INT32_MAX || (*end != ',' && *end != '\0')) {
+            fprintf(stderr, "anvil run: --prompt-ids expects comma-separated ids, got '%s'\n", s);
+            free(*ids);
+            *ids = NULL;
+            return -1;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (*n == 0) {
+        fprintf(stderr, "anvil run: --prompt-ids is empty\n");
+        free(*ids);
+        *ids = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, run_args *a)
+{
+    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
+        {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
+        {"system", required_argument, 0, OPT_SYSTEM}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, 't'}, {"top-k", required_argument, 0, OPT_TOPK},
+        {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, 's'},
+        {"json", no_argument, 0, OPT_JSON},         {"no-echo", no_argument, 0, OPT_NO_ECHO},         {"device", required_argument, 0, OPT_DEVICE},
+        {"threads", required_argument, 0, OPT_THREADS}, {"max-seq-len", required_argument, 0, OPT_SEQ},
+        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+    };
+    memset(a, 0, sizeof *a);
+    a->max_tokens = 256;
+    anvil_sampling_params_default(&a->sampling);
+    anvil_runtime_options_default(&a->rt);
+    a->rt.max_batch_size = 1;
+    a->rt.max_logit_rows = 1;
+    optind = 1;
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "m:p:n:t:s:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case OPT_IDS: a->prompt_ids = optarg; break;
+        case OPT_CHAT: a->chat = 1; break;
+        case OPT_SYSTEM: a->system = optarg; break;
+        case 'n':
+            if (parse_int(optarg, "--max-tokens", 0, 1 << 24, &v)) return 2;
+            a->max_tokens = (int32_t)v;
+            break;
+        case 't':
+            if (parse_float(optarg, "--temperature", &a->sampling.temperature)) return 2;
+            a->temperature_set = 1;
+            break;
+        case OPT_TOPK:
+            if (parse_int(optarg, "--top-k", 0, INT32_MAX, &v)) return 2;
+            a->sampling.top_k = (int32_t)v;
+            break;
+        case OPT_TOPP:
+            if (parse_float(optarg, "--top-p", &a->sampling.top_p)) return 2;
+            break;
+        case 's': {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end) {
+                fprintf(stderr, "anvil run: --seed expects a non-negative integer, got '%s'\n", optarg);
+                return 2;
+            }
+            a->sampling.seed = s;
+            break;
+        }
+        case OPT_JSON: a->json = 1; break;
+        case OPT_NO_ECHO: a->no_echo = 1; break;
+        case OPT_DEVICE: a->rt.device = optarg; break;
+        case OPT_THREADS:
+            if (parse_int(optarg, "--threads", 0, 4096, &v)) return 2;
+            a->rt.n_threads = (int)v;
+            break;
+        case OPT_SEQ:
+            if (parse_int(optarg, "--max-seq-len", 1, INT32_MAX, &v)) return 2;
+            a->rt.max_seq_len = (int32_t)v;
+            break;
+        case 'h': run_usage(stdout); return 0;
+        default: run_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "anvil run: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (a->model == NULL) {
+        fprintf(stderr, "anvil run: --model DIR is required (see anvil run --help)\n");
+        return 2;
+    }
+    if ((a->prompt == NULL) == (a->prompt_ids == NULL)) {
+        fprintf(stderr, "anvil run: give exactly one of --prompt TEXT or --prompt-ids IDS\n");
+        return 2;
+    }
+    if ((a->chat || a->system) && a->prompt == NULL) {
+        fprintf(stderr, "anvil run: --chat and --system need --prompt TEXT\n");
+        return 2;
+    }
+    if (a->system && !a->chat) {
+        fprintf(stderr, "anvil run: --system needs --chat\n");
+        return 2;
+    }
+    if (anvil_sampling_params_check(&a->sampling) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: %s\n", strchr(anvil_last_error(), ' ') + 1);
+        return 2;
+    }
+    return -1; /* go on */
+}
+
+/* The prompt text for --chat: the template applied to [system?, user]. */
+static char *render_chat(const run_args *a)
+{
+    anvil_chat_template *tpl = NULL;
+    if (anvil_chat_template_load(a->model, &tpl) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        return NULL;
+    }
+    json_t *msgs = json_array();
+    if (a->system)
+        json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "system", "content", a->system));
+    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", a->prompt));
+    char *msgs_text = json_dumps(msgs, JSON_COMPACT);
+    json_decref(msgs);
+    anvil_chat_render_options ro = {.add_generation_prompt = 1};
+    char *text = NULL;
+    if (msgs_text == NULL || anvil_chat_template_render(tpl, msgs_text, &ro, &text) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: chat template: %s\n", anvil_last_error());
+        text = NULL;
+    }
+    free(msgs_text);
+    anvil_chat_template_free(tpl);
+    return text;
+}
+
+typedef struct stream_state {
+    anvil_detokenizer *detok;
+    int print_ids; /* no tokenizer: print ids */
+    int failed;
+} stream_state;
+
+static int on_token(void *user, int32_t tok)
+{
+    stream_state *s = user;
+    if (s->print_ids) {
+        printf("%d ", tok);
+    } else {
+        const char *text;
+        size_t len;
+        if (anvil_detokenizer_push(s->detok, tok, &text, &len) != ANVIL_OK) {
+            s->failed = 1;
+            return 1;
+        }
+        fwrite(text, 1, len, stdout);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static const char *finish_name(anvil_finish_reason r)
+{
+    return r == ANVIL_FINISH_STOP ? "stop" : r == ANVIL_FINISH_LENGTH ? "length" : "none";
+}
 
 int anvil_cmd_run(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "anvil: run is not built yet\n");
-    return 1;
+    run_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    rc = 1;
+
+    anvil_tokenizer *tok = NULL;
+    anvil_runtime *rt = NULL;
+    anvil_detokenizer *detok = NULL;
+    int32_t *prompt = NULL, *out = NULL, n_prompt = 0, n_out = 0;
+    char *chat_text = NULL, *text = NULL;
+
+    char path[4096];
+    int have_tokenizer = anvil_path_join(path, sizeof path, a.model, "tokenizer.json") == ANVIL_OK &&
+                         anvil_file_exists(path);
+    if (have_tokenizer && anvil_tokenizer_load(a.model, &tok) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        goto done;
+    }
+    if (a.prompt) {
+        if (tok == NULL) {
+            fprintf(stderr, "anvil run: %s has no tokenizer.json; use --prompt-ids\n", a.model);
+            goto done;
+        }
+        const char *ptext = a.prompt;
+        int add_special = 1;
+        if (a.chat) {
+            if ((chat_text = render_chat(&a)) == NULL)
+                goto done;
+            ptext = chat_text;
+            add_special = 0; /* the template writes the special tokens itself */
+        }
+        int64_t n64 = 0;
+        if (anvil_tokenizer_encode(tok, ptext, strlen(ptext), add_special, &prompt, &n64) != ANVIL_OK) {
+            fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+            goto done;
+        }
+        n_prompt = (int32_t)n64;
+        if (n_prompt == 0) {
+            fprintf(stderr, "anvil run: the prompt encodes to no tokens\n");
+            goto done;
+        }
+    } else if (parse_ids(a.prompt_ids, &prompt, &n_prompt) != 0) {
+        rc = 2;
+        goto done;
+    }
+
+    if (anvil_runtime_load(a.model, &a.rt, &rt) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        goto done;
+    }
+    const anvil_model_config *cfg = anvil_runtime_config(rt);
+    if (!a.temperature_set && cfg->gen_temperature >= 0)
+        a.sampling.temperature = cfg->gen_temperature;
+    for (int32_t i = 0; i < n_prompt; i++) {
+        if (prompt[i] < 0 || prompt[i] >= cfg->vocab_size) {
+            fprintf(stderr, "anvil run: prompt token %d is outside the vocabulary (%lld)\n", prompt[i],
+                    (long long)cfg->vocab_size);
+            goto done;
+        }
+    }
+    out = malloc((size_t)(a.max_tokens + 1) * sizeof *out);
+    if (out == NULL) {
+        fprintf(stderr, "anvil run: out of memory\n");
+        goto done;
+    }
+    stream_state ss = {.print_ids = tok == NULL};
+    if (!a.json && tok && anvil_detokenizer_create(tok, 1, &detok) != ANVIL_OK) {
+        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        goto done;
+    }
+    ss.detok = detok;
+    /* Like llama.cpp, show the plain prompt the story continues (not a chat
+     * template's markup, not ids). */
+    if (!a.json && a.prompt && !a.chat && !a.no_echo) {
+        fputs(a.prompt, stdout);
+        fflush(stdout);
+    }
+    anvil_generate_params gp = {.sampling = a.sampling, .max_tokens = a.max_tokens};
+    anvil_finish_reason why;
+    if (anvil_generate(rt, prompt, n_prompt, &gp, a.json ? NULL : on_token, &ss, out, &n_out, &why) != ANVIL_OK) {
+        fprintf(stderr, "\nanvil run: %s\n", anvil_last_error());
+        goto done;
+    }
+    if (ss.failed) {
+        fprintf(stderr, "\nanvil run: %s\n", anvil_last_error());
+        goto done;
+    }
+    if (a.json) {
+        json_t *o = json_object(), *pi = json_array(), *ids = json_array();
+        for (int32_t i = 0; i < n_prompt; i++)
+            json_array_append_new(pi, json_integer(prompt[i]));
+        for (int32_t i = 0; i < n_out; i++)
+            json_array_append_new(ids, json_integer(out[i]));
+        json_object_set_new(o, "prompt_ids", pi);
+        json_object_set_new(o, "ids", ids);
+        if (tok) {
+            size_t len = 0;
+            if (anvil_tokenizer_decode(tok, out, n_out, 1, &text, &len) != ANVIL_OK) {
+                fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+                json_decref(o);
+                goto done;
+            }
+            json_object_set_new(o, "text", json_stringn(text, len));
+        }
+        json_object_set_new(o, "finish_reason", json_string(finish_name(why)));
+        char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+        json_decref(o);
+        if (s)
+            puts(s);
+        free(s);
+    } else {
+        if (detok) {
+            const char *rest;
+            size_t len;
+            if (anvil_detokenizer_flush(detok, &rest, &len) == ANVIL_OK)
+                fwrite(rest, 1, len, stdout);
+        }
+        putchar('\n');
+    }
+    rc = 0;
+done:
+    free(text);
+    free(chat_text);
+    free(prompt);
+    free(out);
+    anvil_detokenizer_free(detok);
+    anvil_runtime_free(rt);
+    anvil_tokenizer_free(tok);
+    return rc;
 }
