@@ -52,7 +52,9 @@ static void choose_splits(anvil_cuda_backend *cb, const anvil_cuda_attn *a, int3
         double best = 0;
         for (int64_t c = 1; c <= max_n; c++) {
             const double waves = (double)((blocks * c + wave - 1) / wave);
-            const double cost = waves / (double)c + 0.002 * (double)c;
+            /* a split adds (m, l, acc) partials to write and combine:
+             * about 1e-4 of a whole context's scan each */
+            const double cost = waves / (double)c + 1e-4 * (double)c;
             if (c == 1 || cost < best) {
                 best = cost;
                 n = c;

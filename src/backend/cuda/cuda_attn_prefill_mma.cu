@@ -8,11 +8,14 @@
  * times `gh` query heads of one KV head (GQA: the heads of a group read the
  * same K/V tile). Per tile of 64 keys: the block gathers the keys' cache
  * rows through the block table into shared memory (16-byte copies, rows
- * padded by 8 elements so fragment reads hit distinct banks); each warp
+ * padded by 8 elements so fragment reads hit distinct banks) with
+ * cp.async, two stages deep, the next tile in flight while this one is
+ * used; each warp
  * computes S = Q K^T for its 16 rows (Q fragments stay in registers for
  * the whole kernel), masks (causal, window, segment), updates the running
  * max and sum, turns P into A fragments in registers (the S accumulator
- * layout is the A operand layout) and accumulates O += P V. Rows of a run
+ * layout is the A operand layout) and accumulates O += P V, the V
+ * fragments by transposed ldmatrix. Rows of a run
  * that belong to another sequence (mixed batches) are masked out for that
  * sequence's keys, as in the SIMT kernel (cuda_attn_prefill.cu).
  *
@@ -61,6 +64,32 @@ template <> __device__ __forceinline__ uint32_t anvil_pack2<__half>(float lo, fl
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
+__device__ __forceinline__ uint32_t anvil_smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16 bytes global -> shared without a register round trip; zeros when !valid
+ * (src is then not read, but must still be a mapped address). */
+__device__ __forceinline__ void anvil_cp_async16(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(anvil_smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void anvil_cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void anvil_cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Four 8x8 b16 matrices from shared memory, transposed: lanes 8i..8i+7 give
+ * the row addresses of matrix i; register i receives matrix i's fragment
+ * (rows 2 (lane % 4) and + 1 of column lane / 4, packed). */
+__device__ __forceinline__ void anvil_ldmatrix_x4_trans(uint32_t (&r)[4], const void *row)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(anvil_smem_u32(row)));
+}
+
 template <typename T, int HDM>
 __global__ void __launch_bounds__(MMA_WARPS * 32)
     anvil_attn_prefill_mma_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
@@ -69,11 +98,11 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
     constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
     extern __shared__ uint4 mma_smem4[];
     __shared__ int row_t[MMA_ROWS], row_h[MMA_ROWS], row_p[MMA_ROWS], row_lo[MMA_ROWS], tok_seq[MMA_ROWS];
-    __shared__ long long key_off[MMA_BN]; /* element offset of each key's row in the cache, -1: none */
 
-    const int hd = a.head_dim, kst = hd + 8; /* smem row stride in elements */
-    uint16_t *k_s = reinterpret_cast<uint16_t *>(mma_smem4);
-    uint16_t *v_s = k_s + MMA_BN * kst;
+    /* two stages of (K tile, V tile), 64 rows each, padded by 8 elements */
+    const int hd = a.head_dim, kst = hd + 8;
+    uint16_t *const smem = reinterpret_cast<uint16_t *>(mma_smem4);
+    const int stage_elems = 2 * MMA_BN * kst;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     const int t0 = blockIdx.x * qt;
@@ -150,53 +179,48 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
         const bool in1 = tr1 >= 0 && tr1 - t0 >= seg_begin && tr1 - t0 < seg_end;
         const bool any = __any_sync(FULL_MASK, in0 || in1);
 
-        for (int kt = klo; kt < khi; kt += MMA_BN) {
-            __syncthreads(); /* the previous tile is no longer read */
-            if (threadIdx.x < MMA_BN) {
-                const int kj = kt + threadIdx.x;
-                long long off = -1;
-                if (kj < khi) {
-                    const int bi = kj / a.block_size;
-                    const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
-                    if (blk >= 0 && blk < a.n_blocks)
-                        off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd;
-                    else
-                        anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
-                }
-                key_off[threadIdx.x] = off;
-            }
-            __syncthreads();
-            {
-                /* 64 rows of hd / 8 16-byte pieces, hd / 16 pieces of K and of V per thread */
-                const int pieces = hd / 8;
-                uint4 kb[KC], vb[KC];
+        /* the keys of tile kt into stage st: 16-byte pieces, hd / 16 of K and of V per thread */
+        auto issue = [&](int kt, int st) {
+            uint16_t *k_s = smem + st * stage_elems, *v_s = k_s + MMA_BN * kst;
+            const int pieces = hd / 8;
 #pragma unroll
-                for (int i = 0; i < KC; i++) {
-                    kb[i] = vb[i] = make_uint4(0u, 0u, 0u, 0u);
-                    const int c = threadIdx.x + i * MMA_WARPS * 32;
-                    if (i * 16 < hd) {
-                        const long long off = key_off[c / pieces];
-                        if (off >= 0) {
-                            const int part = c - (c / pieces) * pieces;
-                            kb[i] = *reinterpret_cast<const uint4 *>((const T *)a.k_cache + off + part * 8);
-                            vb[i] = *reinterpret_cast<const uint4 *>((const T *)a.v_cache + off + part * 8);
-                        }
+            for (int i = 0; i < KC; i++) {
+                if (i * 16 < hd) {
+                    const int c = threadIdx.x + i * MMA_WARPS * 32, key = c / pieces, part = c - key * pieces;
+                    const int kj = kt + key;
+                    long long off = -1;
+                    if (kj < khi) {
+                        const int bi = kj / a.block_size;
+                        const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                        if (blk >= 0 && blk < a.n_blocks)
+                            off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd +
+                                  part * 8;
+                        else if (part == 0)
+                            anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
                     }
-                }
-#pragma unroll
-                for (int i = 0; i < KC; i++) {
-                    const int c = threadIdx.x + i * MMA_WARPS * 32;
-                    if (i * 16 < hd) {
-                        const int key = c / pieces, part = c - key * pieces;
-                        *reinterpret_cast<uint4 *>(k_s + key * kst + part * 8) = kb[i];
-                        *reinterpret_cast<uint4 *>(v_s + key * kst + part * 8) = vb[i];
-                    }
+                    const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
+                    anvil_cp_async16(k_s + key * kst + part * 8, off >= 0 ? kc + off : kc, off >= 0);
+                    anvil_cp_async16(v_s + key * kst + part * 8, off >= 0 ? vc + off : vc, off >= 0);
                 }
             }
-            __syncthreads();
-            if (!any)
-                continue;
+            anvil_cp_async_commit();
+        };
 
+        const int n_tiles = khi > klo ? (khi - klo + MMA_BN - 1) / MMA_BN : 0;
+        if (n_tiles > 0)
+            issue(klo, 0);
+        for (int it = 0; it < n_tiles; it++) {
+            const int kt = klo + it * MMA_BN;
+            /* the next tile on its way while this one is used */
+            if (it + 1 < n_tiles) {
+                issue(kt + MMA_BN, (it + 1) & 1);
+                anvil_cp_async_wait<1>();
+            } else {
+                anvil_cp_async_wait<0>();
+            }
+            __syncthreads(); /* tile it is in shared memory for every thread */
+            const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + MMA_BN * kst;
+            if (any) {
             /* S = Q K^T for 16 rows x 64 keys: 8 tiles of 8 keys */
             float sc[8][4];
 #pragma unroll
@@ -264,20 +288,23 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 pf[kc2][hi + 0] = anvil_pack2<T>(pr[0], pr[1]);
                 pf[kc2][hi + 1] = anvil_pack2<T>(pr[2], pr[3]);
             }
-            /* O += P V: B operand (16 keys x 8 dims) from V rows */
+            /* O += P V: the B operands (16 keys x 8 dims) of two dim tiles per
+             * transposed ldmatrix (matrices: keys +0/+8, dims +0/+8) */
 #pragma unroll
             for (int kc2 = 0; kc2 < 4; kc2++) {
-                const uint16_t *vr = v_s + (kc2 * 16 + 2 * tq) * kst + gq;
+                const uint16_t *vr = v_s + (kc2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
 #pragma unroll
-                for (int nt = 0; nt < NTO; nt++) {
+                for (int nt = 0; nt < NTO; nt += 2) {
                     if (nt * 8 < hd) {
-                        const uint16_t *v = vr + nt * 8;
-                        const uint32_t b0 = (uint32_t)v[0] | ((uint32_t)v[kst] << 16);
-                        const uint32_t b1 = (uint32_t)v[8 * kst] | ((uint32_t)v[9 * kst] << 16);
-                        anvil_mma16816<T>(o[nt], pf[kc2], b0, b1);
+                        uint32_t vb[4];
+                        anvil_ldmatrix_x4_trans(vb, vr + nt * 8);
+                        anvil_mma16816<T>(o[nt], pf[kc2], vb[0], vb[1]);
+                        anvil_mma16816<T>(o[nt + 1], pf[kc2], vb[2], vb[3]);
                     }
                 }
             }
+            } /* any */
+            __syncthreads(); /* stage it & 1 is free for tile it + 2 */
         }
         seg_begin = seg_end;
     }
@@ -306,7 +333,7 @@ template <typename T, int HDM>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
                            int qt, int n_hc)
 {
-    const size_t smem = (size_t)2 * MMA_BN * (a->head_dim + 8) * 2;
+    const size_t smem = (size_t)2 * 2 * MMA_BN * (a->head_dim + 8) * 2; /* 2 stages of K and V, 2 bytes each */
     CHECK(smem <= smem_optin, ANVIL_ERR_UNSUPPORTED, "attention: head_dim %d needs %zu bytes of shared memory",
           a->head_dim, smem);
     if (smem > 48 * 1024)
