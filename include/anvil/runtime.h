@@ -42,7 +42,10 @@ typedef struct anvil_runtime_options {
     int32_t max_logit_rows;     /* rows that may ask for logits in one step; default max_batch_size */
     int32_t max_seq_len;        /* positions per sequence; 0: the model's max_position_embeddings */
     int32_t kv_block_size;      /* tokens per KV block; default 32 */
-    int64_t kv_cache_tokens;    /* KV pool size in tokens; 0: max_seq_len * 2 */
+    int64_t kv_cache_tokens;    /* KV pool size in tokens; 0: max_seq_len (unless kv_cache_fraction) */
+    double kv_cache_fraction;   /* (0, 1]: size the KV pool to this fraction of the backend's memory
+                                   left after weights and activations (with kv_cache_tokens too: the
+                                   smaller of the two); 0: off */
     anvil_dtype weight_dtype;   /* weights converted to this on load; ANVIL_DTYPE_COUNT: as stored */
 } anvil_runtime_options;
 
@@ -96,6 +99,15 @@ int32_t anvil_runtime_kv_blocks_free(const anvil_runtime *rt);
 anvil_status anvil_runtime_kv_alloc(anvil_runtime *rt, int32_t n, int32_t *ids);
 /* Returns blocks to the pool. */
 void anvil_runtime_kv_release(anvil_runtime *rt, int32_t n, const int32_t *ids);
+/*
+ * Copies the first n_tokens token slots of KV block src[i] into block
+ * dst[i] (every layer, keys and values), for i < n: the copy-on-write of a
+ * partly filled block that several sequences share. Blocks must be
+ * allocated and src[i] != dst[i]; a bad id is ANVIL_ERR_INVALID_ARG and
+ * copies nothing.
+ */
+anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
+                                   int32_t n_tokens);
 
 #ifdef __cplusplus
 }

@@ -53,6 +53,62 @@ int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_
 /* The first index of the largest value. */
 int32_t anvil_argmax(const float *x, int32_t n);
 
+/* ---- The executor's per-request suite: min-p, penalties, bias, logprobs. */
+
+/* A bias added to one token's logit (OpenAI logit_bias). */
+typedef struct anvil_logit_bias {
+    int32_t token;
+    float bias;
+} anvil_logit_bias;
+
+/* A token and its log-probability. */
+typedef struct anvil_token_logprob {
+    int32_t token;
+    float logprob;
+} anvil_token_logprob;
+
+/*
+ * Logit processors that depend on the sequence so far, applied in this
+ * order (vLLM's): tokens in `masked` set to -inf (end tokens before
+ * min_tokens), logit bias added, repetition penalty (Hugging Face: every
+ * distinct token of prompt + generated has its logit divided by the penalty
+ * when positive, multiplied when negative), then frequency and presence
+ * penalties (OpenAI: logit -= frequency * count + presence * (count > 0),
+ * counting generated tokens only). Neutral values: penalty 1, 0, 0.
+ */
+typedef struct anvil_logits_processors {
+    float repetition_penalty;
+    float presence_penalty;
+    float frequency_penalty;
+    const anvil_logit_bias *bias;
+    int32_t n_bias;
+    const int32_t *masked;
+    int32_t n_masked;
+} anvil_logits_processors;
+
+/* Applies p to logits [n_vocab] in place; ids outside the vocabulary are
+ * ignored. The sampler s (of n_vocab entries) lends its scratch. */
+void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, float *logits, const int32_t *prompt,
+                        int32_t n_prompt, const int32_t *generated, int32_t n_generated);
+
+/*
+ * anvil_sampler_sample with min-p: after temperature, tokens whose
+ * probability is below min_p times the largest are dropped, then top-k and
+ * top-p as before. Tokens whose logit is -inf (or NaN) are never chosen.
+ * With min_p 0 and finite logits it draws exactly what
+ * anvil_sampler_sample draws from the same RNG state.
+ */
+int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
+                                   anvil_rng *rng);
+
+/* out[i] = x[i] - log(sum_j exp(x[j])), in float with a max shift, as
+ * torch.log_softmax does; out may be x. */
+void anvil_log_softmax(const float *x, float *out, int32_t n);
+
+/* The k largest values of lp [n_vocab] with their ids, best first, ties
+ * broken by the lower id. k <= n_vocab. */
+void anvil_top_logprobs(anvil_sampler *s, const float *lp, int32_t k, anvil_token_logprob *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -131,8 +131,11 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
         o->max_logit_rows = o->max_batch_size;
     if (o->max_seq_len <= 0)
         o->max_seq_len = (int32_t)(rt->cfg.max_position_embeddings > 0 ? rt->cfg.max_position_embeddings : 2048);
+    CHECK(o->kv_cache_fraction >= 0.0 && o->kv_cache_fraction <= 1.0, ANVIL_ERR_INVALID_ARG,
+          "kv_cache_fraction must be in [0, 1], got %g", o->kv_cache_fraction);
     if (o->kv_cache_tokens <= 0)
-        o->kv_cache_tokens = (int64_t)o->max_seq_len;
+        /* with a fraction alone, alloc_kv_cache sizes the pool from free memory */
+        o->kv_cache_tokens = o->kv_cache_fraction > 0.0 ? 0 : (int64_t)o->max_seq_len;
     CHECK(o->kv_cache_tokens / o->kv_block_size < INT32_MAX, ANVIL_ERR_INVALID_ARG, "kv_cache_tokens too large");
     return ANVIL_OK;
 }
@@ -307,8 +310,39 @@ done:
 
 /* ------------------------------------------------------------ KV cache */
 
+/*
+ * With kv_cache_fraction, the pool takes that fraction of the memory the
+ * backend reports free once weights and activations are allocated (the
+ * smaller of that and kv_cache_tokens when both are given), in whole
+ * blocks, at least one.
+ */
+static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
+{
+    anvil_runtime_options *o = &rt->opts;
+    if (o->kv_cache_fraction <= 0.0)
+        return ANVIL_OK;
+    size_t avail = 0;
+    TRY(rt->be->ops->mem_available(rt->be, &avail));
+    const size_t per_token = 2 * (size_t)anvil_network_kv_layers(rt->net) * (size_t)rt->cfg.n_kv_heads *
+                             (size_t)rt->cfg.head_dim * anvil_dtype_size(rt->be->ops->act_dtype);
+    CHECK(per_token > 0, ANVIL_ERR_INTERNAL, "the model has no KV cache");
+    double tokens = (double)avail * o->kv_cache_fraction / (double)per_token;
+    const double cap = (double)(INT32_MAX - 1) * (double)o->kv_block_size;
+    if (tokens > cap)
+        tokens = cap;
+    int64_t t = (int64_t)tokens / o->kv_block_size * o->kv_block_size;
+    if (t < o->kv_block_size)
+        t = o->kv_block_size;
+    if (o->kv_cache_tokens <= 0 || t < o->kv_cache_tokens)
+        o->kv_cache_tokens = t;
+    anvil_log(ANVIL_LOG_INFO, "kv cache: %.1f MiB available, fraction %.2f: %lld tokens", (double)avail / 1048576.0,
+              o->kv_cache_fraction, (long long)o->kv_cache_tokens);
+    return ANVIL_OK;
+}
+
 static anvil_status alloc_kv_cache(anvil_runtime *rt)
 {
+    TRY(size_kv_cache_from_memory(rt));
     const anvil_runtime_options *o = &rt->opts;
     rt->n_kv_layers = anvil_network_kv_layers(rt->net);
     rt->n_blocks = (int32_t)((o->kv_cache_tokens + o->kv_block_size - 1) / o->kv_block_size);
@@ -366,6 +400,41 @@ void anvil_runtime_kv_release(anvil_runtime *rt, int32_t n, const int32_t *ids)
         rt->block_used[b] = 0;
         rt->free_blocks[rt->n_free++] = b;
     }
+}
+
+anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
+                                   int32_t n_tokens)
+{
+    const int32_t bs = rt->opts.kv_block_size;
+    CHECK(n >= 0 && n_tokens >= 0 && n_tokens <= bs, ANVIL_ERR_INVALID_ARG,
+          "kv copy: %d blocks of %d tokens (block size %d)", n, n_tokens, bs);
+    for (int32_t i = 0; i < n; i++) {
+        CHECK(src[i] >= 0 && src[i] < rt->n_blocks && dst[i] >= 0 && dst[i] < rt->n_blocks &&
+                  rt->block_used[src[i]] && rt->block_used[dst[i]] && src[i] != dst[i],
+              ANVIL_ERR_INVALID_ARG, "kv copy: bad block pair %d -> %d", src[i], dst[i]);
+    }
+    if (n == 0 || n_tokens == 0)
+        return ANVIL_OK;
+    /* Through a host buffer: the backend interface has upload and download,
+     * and this runs once per fork, not per token. */
+    const size_t row = (size_t)(rt->cfg.n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->be->ops->act_dtype);
+    const size_t block_bytes = row * (size_t)bs, bytes = row * (size_t)n_tokens;
+    void *stage = malloc(bytes);
+    CHECK(stage != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st = ANVIL_OK;
+    for (int32_t l = 0; l < rt->n_kv_layers && st == ANVIL_OK; l++) {
+        anvil_tensor *caches[2] = {&rt->k_cache[l], &rt->v_cache[l]};
+        for (int c = 0; c < 2 && st == ANVIL_OK; c++) {
+            char *base = caches[c]->data;
+            for (int32_t i = 0; i < n && st == ANVIL_OK; i++) {
+                st = rt->be->ops->download(rt->be, stage, base + (size_t)src[i] * block_bytes, bytes);
+                if (st == ANVIL_OK)
+                    st = rt->be->ops->upload(rt->be, base + (size_t)dst[i] * block_bytes, stage, bytes);
+            }
+        }
+    }
+    free(stage);
+    return st;
 }
 
 /* ------------------------------------------------------------ load */

@@ -23,6 +23,8 @@ struct anvil_sampler {
     int32_t n_vocab;
     cand *c;     /* [n_vocab] */
     float *prob; /* [n_vocab] */
+    int32_t *counts;      /* [n_vocab] zero between calls (penalties) */
+    unsigned char *seen;  /* [n_vocab] zero between calls */
 };
 
 void anvil_sampling_params_default(anvil_sampling_params *p)
@@ -84,7 +86,9 @@ anvil_status anvil_sampler_create(int32_t n_vocab, anvil_sampler **out)
     s->n_vocab = n_vocab;
     s->c = malloc((size_t)n_vocab * sizeof *s->c);
     s->prob = malloc((size_t)n_vocab * sizeof *s->prob);
-    if (s->c == NULL || s->prob == NULL) {
+    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    s->seen = calloc((size_t)n_vocab, 1);
+    if (s->c == NULL || s->prob == NULL || s->counts == NULL || s->seen == NULL) {
         anvil_sampler_free(s);
         return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for a sampler of %d entries", n_vocab);
     }
@@ -98,6 +102,8 @@ void anvil_sampler_free(anvil_sampler *s)
         return;
     free(s->c);
     free(s->prob);
+    free(s->counts);
+    free(s->seen);
     free(s);
 }
 
@@ -205,4 +211,166 @@ int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_
             return s->c[i].id;
     }
     return s->c[m - 1].id;
+}
+
+/* ------------------------------------------------------------ the executor's suite */
+
+void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, float *logits, const int32_t *prompt,
+                        int32_t n_prompt, const int32_t *generated, int32_t n_generated)
+{
+    const int32_t n = s->n_vocab;
+    for (int32_t i = 0; i < p->n_masked; i++)
+        if (p->masked[i] >= 0 && p->masked[i] < n)
+            logits[p->masked[i]] = -INFINITY;
+    for (int32_t i = 0; i < p->n_bias; i++)
+        if (p->bias[i].token >= 0 && p->bias[i].token < n)
+            logits[p->bias[i].token] += p->bias[i].bias;
+    if (p->repetition_penalty != 1.0f) {
+        /* once per distinct token: seen[] marks, then is cleared the same way */
+        const float r = p->repetition_penalty;
+        for (int pass = 0; pass < 2; pass++) {
+            const int32_t *ids = pass ? generated : prompt;
+            const int32_t m = pass ? n_generated : n_prompt;
+            for (int32_t i = 0; i < m; i++) {
+                int32_t t = ids[i];
+                if (t < 0 || t >= n || s->seen[t])
+                    continue;
+                s->seen[t] = 1;
+                logits[t] = logits[t] < 0.0f ? logits[t] * r : logits[t] / r;
+            }
+        }
+        for (int32_t i = 0; i < n_prompt; i++)
+            if (prompt[i] >= 0 && prompt[i] < n)
+                s->seen[prompt[i]] = 0;
+        for (int32_t i = 0; i < n_generated; i++)
+            if (generated[i] >= 0 && generated[i] < n)
+                s->seen[generated[i]] = 0;
+    }
+    if (p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f) {
+        for (int32_t i = 0; i < n_generated; i++)
+            if (generated[i] >= 0 && generated[i] < n)
+                s->counts[generated[i]]++;
+        for (int32_t i = 0; i < n_generated; i++) {
+            int32_t t = generated[i];
+            if (t < 0 || t >= n || s->counts[t] == 0)
+                continue;
+            logits[t] -= p->frequency_penalty * (float)s->counts[t] + p->presence_penalty;
+            s->counts[t] = 0; /* applied once; also leaves counts zeroed */
+        }
+    }
+}
+
+int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
+                                   anvil_rng *rng)
+{
+    const int32_t n = s->n_vocab;
+    if (p->temperature <= 0.0f || p->top_k == 1)
+        return anvil_argmax(logits, n);
+
+    /* The steps mirror anvil_sampler_sample, over the finite candidates
+     * only, so that both draw the same token from the same state. */
+    const float inv_t = 1.0f / p->temperature;
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (!(logits[i] > -INFINITY))
+            continue; /* -inf (masked) or NaN */
+        s->c[m].logit = logits[i] * inv_t;
+        s->c[m].id = i;
+        m++;
+    }
+    if (m == 0)
+        return anvil_argmax(logits, n);
+    if (min_p > 0.0f) {
+        float max = s->c[0].logit;
+        for (int32_t i = 1; i < m; i++)
+            if (s->c[i].logit > max)
+                max = s->c[i].logit;
+        /* p_i / p_max = exp(l_i - max) >= min_p */
+        const float thr = max + logf(min_p);
+        int32_t k = 0;
+        for (int32_t i = 0; i < m; i++)
+            if (s->c[i].logit >= thr)
+                s->c[k++] = s->c[i];
+        m = k;
+    }
+    const int32_t total = m;
+    if (p->top_k > 0 && p->top_k < m) {
+        select_top_k(s->c, m, p->top_k);
+        m = p->top_k;
+    }
+    if (p->top_p < 1.0f || m < total)
+        qsort(s->c, (size_t)m, sizeof *s->c, cand_cmp);
+
+    float max = s->c[0].logit;
+    if (m == total && p->top_p >= 1.0f)
+        for (int32_t i = 1; i < m; i++)
+            if (s->c[i].logit > max)
+                max = s->c[i].logit;
+    double sum = 0.0;
+    for (int32_t i = 0; i < m; i++) {
+        s->prob[i] = expf(s->c[i].logit - max);
+        sum += s->prob[i];
+    }
+    if (p->top_p < 1.0f) {
+        double cum = 0.0, target = (double)p->top_p * sum;
+        int32_t keep = m;
+        for (int32_t i = 0; i < m; i++) {
+            cum += s->prob[i];
+            if (cum >= target) {
+                keep = i + 1;
+                break;
+            }
+        }
+        m = keep;
+        sum = 0.0;
+        for (int32_t i = 0; i < m; i++)
+            sum += s->prob[i];
+    }
+    double r = anvil_rng_uniform(rng) * sum;
+    double acc = 0.0;
+    for (int32_t i = 0; i < m; i++) {
+        acc += s->prob[i];
+        if (r < acc)
+            return s->c[i].id;
+    }
+    return s->c[m - 1].id;
+}
+
+void anvil_log_softmax(const float *x, float *out, int32_t n)
+{
+    float max = x[0];
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > max)
+            max = x[i];
+    if (!(max > -INFINITY)) { /* every entry -inf: nothing is possible */
+        for (int32_t i = 0; i < n; i++)
+            out[i] = -INFINITY;
+        return;
+    }
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        sum += exp((double)x[i] - (double)max);
+    const float lse = (float)log(sum);
+    for (int32_t i = 0; i < n; i++)
+        out[i] = (x[i] - max) - lse;
+}
+
+void anvil_top_logprobs(anvil_sampler *s, const float *lp, int32_t k, anvil_token_logprob *out)
+{
+    const int32_t n = s->n_vocab;
+    if (k <= 0)
+        return;
+    if (k > n)
+        k = n;
+    for (int32_t i = 0; i < n; i++) {
+        s->c[i].logit = lp[i];
+        s->c[i].id = i;
+    }
+    if (k < n)
+        select_top_k(s->c, n, k);
+    qsort(s->c, (size_t)k, sizeof *s->c, cand_cmp);
+    for (int32_t i = 0; i < k; i++) {
+        out[i].token = s->c[i].id;
+        out[i].logprob = s->c[i].logit;
+    }
 }

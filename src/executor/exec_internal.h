@@ -1,0 +1,233 @@
+/*
+ * The executor's private state, shared by its files:
+ *   executor.c        public API, the thread and its loop, intake, results
+ *   exec_request.c    checking and copying a request; building its result
+ *   exec_scheduler.c  capacity policies, micro-batch choice, preemption
+ *   exec_step.c       the packed batch, the forward, the block bookkeeping
+ *   exec_sample.c     per-sequence sampling, stop conditions, streamed text
+ *   exec_beam.c       beam search
+ *
+ * Everything below the "loop thread only" line is touched by the executor
+ * thread alone; the rest is guarded by the mutex.
+ */
+#ifndef ANVIL_EXECUTOR_INTERNAL_H
+#define ANVIL_EXECUTOR_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "anvil/executor.h"
+#include "anvil/sampling.h"
+#include "executor/kv_manager.h"
+
+/* One sequence: a sample of a request, or a beam. Tokens [0, n_tokens) are
+ * the prompt then the generated ids; the KV of [0, n_computed) is in the
+ * blocks. The next step computes tokens [n_computed, ...); when it reaches
+ * n_tokens its last row gives the logits of the next token. */
+typedef struct xseq {
+    int32_t *tokens;          /* [max_seq_len] */
+    int32_t n_tokens;
+    int32_t n_computed;
+    int32_t *blocks;          /* [max_blocks] runtime block ids, each holding one reference */
+    int32_t n_blocks;
+    uint64_t *block_hash;     /* [max_blocks] chained hashes of the leading full blocks */
+    int32_t n_hashed;
+    anvil_rng rng;
+    int32_t index;            /* sample index (events, seeds) */
+    anvil_request_finish finish;
+    int32_t stop_token, stop_string;
+
+    /* outputs beyond the ids */
+    float *logprobs;          /* [max_tokens] when the request wants them */
+    anvil_token_logprob *top; /* [max_tokens * n_top] */
+    double cum_logprob;
+    float beam_score;         /* beams: the running sum of log-probabilities (float, as HF) */
+
+    /* text: the detokenizer's final text, cut at a stop string */
+    anvil_detokenizer *detok;
+    char *text;
+    size_t text_len, text_cap;
+    size_t emitted;           /* bytes already delivered in events */
+    size_t stop_scan;         /* a stop string can only start at or after this byte */
+
+    /* this step */
+    int32_t sched_count;      /* tokens scheduled; 0: not in the batch */
+    int32_t logit_row;        /* -1: no logits this step */
+} xseq;
+
+/* A finished beam hypothesis. */
+typedef struct xhyp {
+    int32_t *tokens;          /* generated ids */
+    int32_t n_tokens;
+    float score;              /* sum_logprobs / len ** length_penalty */
+    double cum_logprob;
+    float *logprobs;          /* [n_tokens] or NULL */
+    anvil_token_logprob *top;
+    int stopped;              /* ended by an end token (else by length) */
+} xhyp;
+
+typedef enum xreq_state { XREQ_WAITING = 0, XREQ_RUNNING, XREQ_FINISHED } xreq_state;
+
+typedef struct xreq {
+    uint64_t id;
+    anvil_request p;          /* the request's scalars; its pointers are cleared */
+    int32_t *prompt;          /* [n_prompt] */
+    int32_t n_prompt;
+    char **stop;              /* [n_stop] */
+    int32_t n_stop;
+    size_t max_stop_len;
+    int32_t *stop_ids;        /* [n_stop_ids] */
+    int32_t n_stop_ids;
+    anvil_logit_bias *bias;   /* [n_bias] */
+    int32_t n_bias;
+    int32_t max_tokens;       /* resolved: at most max_seq_len - n_prompt */
+    int32_t n_top;            /* top alternatives per token (logprobs > 0) */
+    int beam;                 /* beam search */
+    int32_t width;            /* sequences it may run at once: n, or beam_width */
+    int32_t worst_blocks;     /* the most distinct blocks it can hold at once */
+
+    xreq_state state;
+    int cancel;               /* cancel at the next step */
+    xseq **seqs;              /* [width] live and finished samples, or the live beams */
+    int32_t n_seqs;
+    int forked;               /* n > 1: the samples were split from seq 0 */
+
+    /* beam search */
+    xhyp *hyps;               /* [width] finished hypotheses, best first */
+    int32_t n_hyps;
+    int heuristic_open;       /* HF's is_early_stop_heuristic_unsatisfied */
+    int done;                 /* beam search ended */
+
+    /* accounting */
+    int32_t n_cached_prompt;
+    int32_t n_preemptions;
+    int admitted_once;
+    double t_enqueue, t_first_sched, t_first_token;
+    anvil_status err_status;
+    char err_msg[256];
+} xreq;
+
+typedef struct retained {
+    uint64_t id;
+    anvil_result *result;     /* NULL until finished */
+} retained;
+
+/* One entry of the step's plan. */
+typedef struct plan_entry {
+    xreq *r;
+    xseq *s;
+    int32_t start;            /* first token index */
+    int32_t count;
+} plan_entry;
+
+struct anvil_executor {
+    anvil_runtime *rt;
+    const anvil_tokenizer *tok;
+    anvil_executor_options opts;
+    const anvil_model_config *cfg;
+    int32_t vocab;
+    int32_t max_seq_len;
+    int32_t bs;
+    int32_t max_blocks;       /* per sequence */
+    int32_t max_batch;        /* sequences per step */
+    int32_t max_tokens_step;  /* tokens per step */
+
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;      /* the loop waits for work */
+    pthread_cond_t done;      /* anvil_executor_wait waits for results */
+
+    /* ---- guarded by mu */
+    xreq **inbox;
+    int32_t n_inbox, cap_inbox;
+    uint64_t *cancels;
+    int32_t n_cancels, cap_cancels;
+    uint64_t next_id;
+    int stopping;
+    retained *kept;
+    int32_t n_kept, cap_kept;
+    int32_t n_queued;         /* inbox + waiting: for max_queue_size */
+    anvil_executor_metrics metrics;
+
+    /* ---- loop thread only */
+    anvil_kv_manager *kv;
+    xreq **waiting;           /* FIFO; preempted requests go back to the front */
+    int32_t n_waiting, cap_waiting;
+    xreq **running;           /* in admission order, oldest first */
+    int32_t n_running, cap_running;
+
+    plan_entry *plan;         /* [max_batch] */
+    int32_t n_plan;
+    int32_t *b_tokens, *b_pos, *b_starts, *b_tables, *b_rows;
+    float *logits;            /* [max_batch * vocab] */
+    float *work;              /* [vocab] processed logits */
+    float *lp;                /* [vocab] log-probabilities */
+    anvil_sampler *sampler;
+    int32_t *hits;            /* [max_batch] prefix hits per sequence at admission */
+    xreq **step_reqs;         /* [max_batch] the step's distinct requests */
+    const float **beam_rows;  /* [max_batch] a beam request's logits rows */
+    uint32_t *mark;           /* [n_blocks] stamps for counting distinct blocks */
+    uint32_t mark_stamp;
+    anvil_rng seed_rng;       /* seeds requests that bring no seed */
+
+    /* counters (copied into metrics after each step) */
+    int64_t c_finished, c_prompt, c_cached, c_computed, c_generated, c_preempt, c_steps;
+    double busy_s;
+    double rate_t[64];
+    int64_t rate_g[64];
+    int32_t rate_i;
+};
+
+/* ---- executor.c */
+double anvil_exec_now(void);
+/* Builds the result, delivers the final event, frees the request's
+ * blocks and state (r is freed). */
+void anvil_exec_finish_request(anvil_executor *ex, xreq *r, anvil_request_finish why);
+/* Finishes r with an error (message copied from msg). */
+void anvil_exec_fail_request(anvil_executor *ex, xreq *r, anvil_status st, const char *msg);
+void anvil_exec_emit(anvil_executor *ex, xreq *r, const anvil_event *ev);
+
+/* ---- exec_request.c */
+anvil_status anvil_exec_request_make(anvil_executor *ex, const anvil_request *req, xreq **out);
+void anvil_exec_request_free(xreq *r);
+anvil_status anvil_exec_seq_new(anvil_executor *ex, xreq *r, xseq **out);
+void anvil_exec_seq_free(xseq *s);
+/* A copy of s (tokens, block references, outputs; a fresh detokenizer
+ * state copied by replaying is not possible, so text state is copied as
+ * bytes and the detokenizer re-primed). */
+anvil_status anvil_exec_seq_fork(anvil_executor *ex, xreq *r, const xseq *s, xseq **out);
+/* Drops every block reference of s (the last block first, so that a
+ * prefix's head outlives its tail in the LRU). */
+void anvil_exec_seq_release(anvil_executor *ex, xseq *s);
+anvil_status anvil_exec_result_build(anvil_executor *ex, xreq *r, anvil_request_finish why, anvil_result **out);
+int anvil_exec_is_eos(const anvil_executor *ex, int32_t token);
+int anvil_exec_is_stop_token(const xreq *r, int32_t token);
+
+/* ---- exec_scheduler.c */
+/* Fills ex->plan for this step (may preempt under max-utilization, may
+ * fail requests that can never run). */
+void anvil_exec_schedule(anvil_executor *ex);
+/* Removes r from the running list. */
+void anvil_exec_running_remove(anvil_executor *ex, xreq *r);
+void anvil_exec_waiting_remove(anvil_executor *ex, xreq *r);
+anvil_status anvil_exec_waiting_push_back(anvil_executor *ex, xreq *r);
+
+/* ---- exec_step.c */
+/* Runs the plan: forward, then hands each logits row to sampling or beam
+ * search; finishes what ended. */
+void anvil_exec_step(anvil_executor *ex);
+
+/* ---- exec_sample.c */
+/* Samples the next token of s from its logits row and appends it; streams
+ * it; sets s->finish when it ends. */
+anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const float *row);
+/* At the end of a sequence: flushes the detokenizer and delivers the rest
+ * of the text (checking stop strings once more). */
+anvil_status anvil_exec_text_finish(anvil_executor *ex, xreq *r, xseq *s);
+
+/* ---- exec_beam.c */
+/* One beam-search step of r: rows[i] are the logits of r->seqs[i]. */
+anvil_status anvil_exec_beam_step(anvil_executor *ex, xreq *r, const float *const *rows);
+
+#endif

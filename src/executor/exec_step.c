@@ -1,0 +1,172 @@
+/*
+ * One step: the plan becomes a packed batch (each planned sequence's
+ * tokens, positions and block table; a logits row for each sequence whose
+ * chunk reaches its last token), the runtime runs it, newly filled blocks
+ * enter the prefix cache, and every logits row goes to sampling (samples)
+ * or beam search (beams). Requests whose sequences have all ended finish.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/log.h"
+#include "core/error.h"
+#include "executor/exec_internal.h"
+
+/* Registers s's newly filled blocks in the prefix cache. A beam request's
+ * generated blocks stay private: beams drop blocks mid-request, and the
+ * guaranteed-no-evict reservation counts on nobody else holding them. */
+static void register_blocks(anvil_executor *ex, const xreq *r, xseq *s)
+{
+    const int32_t bs = ex->bs;
+    int32_t full = s->n_computed / bs;
+    if (r->beam && full > r->n_prompt / bs)
+        full = r->n_prompt / bs;
+    for (int32_t j = s->n_hashed; j < full; j++) {
+        const uint64_t parent = j ? s->block_hash[j - 1] : ANVIL_KV_ROOT_HASH;
+        const int32_t *t = s->tokens + (size_t)j * (size_t)bs;
+        const uint64_t h = anvil_kv_hash(parent, t, bs);
+        s->block_hash[j] = h;
+        anvil_kv_register(ex->kv, s->blocks[j], h, parent, t);
+    }
+    if (full > s->n_hashed)
+        s->n_hashed = full;
+}
+
+/* n > 1: the samples split from seq 0 once its prompt's logits exist. They
+ * share its blocks (the partly filled last one is copied on first write). */
+static anvil_status fork_samples(anvil_executor *ex, xreq *r)
+{
+    xseq *parent = r->seqs[0];
+    for (int32_t i = 1; i < r->width; i++) {
+        xseq *c;
+        TRY(anvil_exec_seq_fork(ex, r, parent, &c));
+        c->index = i;
+        anvil_rng_seed(&c->rng, r->p.seed + (uint64_t)i);
+        c->logit_row = parent->logit_row;
+        r->seqs[r->n_seqs++] = c;
+    }
+    r->forked = 1;
+    return ANVIL_OK;
+}
+
+static int all_finished(const xreq *r)
+{
+    for (int32_t i = 0; i < r->n_seqs; i++)
+        if (r->seqs[i]->finish == ANVIL_REQUEST_RUNNING)
+            return 0;
+    return 1;
+}
+
+/* Samples every sequence of r that has logits; finishes r when all ended. */
+static void handle_samples(anvil_executor *ex, xreq *r)
+{
+    if (!r->forked && r->width > 1 && r->seqs[0]->logit_row >= 0) {
+        anvil_status st = fork_samples(ex, r);
+        if (st != ANVIL_OK) {
+            anvil_exec_fail_request(ex, r, st, anvil_last_error());
+            return;
+        }
+    }
+    for (int32_t i = 0; i < r->n_seqs; i++) {
+        xseq *s = r->seqs[i];
+        if (s->logit_row < 0 || s->finish != ANVIL_REQUEST_RUNNING)
+            continue;
+        anvil_status st = anvil_exec_sample_seq(ex, r, s, ex->logits + (size_t)s->logit_row * (size_t)ex->vocab);
+        if (st != ANVIL_OK) {
+            anvil_exec_fail_request(ex, r, st, anvil_last_error());
+            return;
+        }
+        if (s->finish != ANVIL_REQUEST_RUNNING)
+            anvil_exec_seq_release(ex, s); /* its blocks go back now, not when the last sample ends */
+    }
+    if (all_finished(r))
+        anvil_exec_finish_request(ex, r, r->seqs[0]->finish);
+}
+
+static void handle_beams(anvil_executor *ex, xreq *r)
+{
+    const float **rows = ex->beam_rows;
+    for (int32_t i = 0; i < r->n_seqs; i++) {
+        if (r->seqs[i]->logit_row < 0)
+            return; /* not every beam reached its logits: the scheduler keeps them together */
+        rows[i] = ex->logits + (size_t)r->seqs[i]->logit_row * (size_t)ex->vocab;
+    }
+    anvil_status st = anvil_exec_beam_step(ex, r, rows);
+    if (st != ANVIL_OK) {
+        anvil_exec_fail_request(ex, r, st, anvil_last_error());
+        return;
+    }
+    if (r->done)
+        anvil_exec_finish_request(ex, r, ANVIL_REQUEST_STOP);
+}
+
+void anvil_exec_step(anvil_executor *ex)
+{
+    const int32_t S = ex->n_plan, MB = ex->max_blocks;
+    int32_t T = 0, L = 0;
+    /* the distinct requests of the plan, in plan order; only planned
+     * sequences get a logits row */
+    xreq **reqs = ex->step_reqs;
+    int32_t n_reqs = 0;
+    for (int32_t i = 0; i < S; i++) {
+        xreq *r = ex->plan[i].r;
+        int seen = 0;
+        for (int32_t k = n_reqs - 1; k >= 0 && !seen; k--)
+            seen = reqs[k] == r;
+        if (!seen) {
+            reqs[n_reqs++] = r;
+            for (int32_t j = 0; j < r->n_seqs; j++)
+                r->seqs[j]->logit_row = -1;
+        }
+    }
+    for (int32_t i = 0; i < S; i++) {
+        const plan_entry *e = &ex->plan[i];
+        xseq *s = e->s;
+        ex->b_starts[i] = T;
+        for (int32_t k = 0; k < e->count; k++, T++) {
+            ex->b_tokens[T] = s->tokens[e->start + k];
+            ex->b_pos[T] = e->start + k;
+        }
+        int32_t *table = ex->b_tables + (size_t)i * (size_t)MB;
+        memcpy(table, s->blocks, (size_t)s->n_blocks * sizeof *table);
+        for (int32_t j = s->n_blocks; j < MB; j++)
+            table[j] = s->blocks[0];
+        if (e->start + e->count == s->n_tokens) {
+            s->logit_row = L;
+            ex->b_rows[L++] = T - 1;
+        }
+    }
+    ex->b_starts[S] = T;
+    anvil_batch b = {
+        .n_tokens = T, .token_ids = ex->b_tokens, .positions = ex->b_pos,
+        .n_seqs = S, .seq_starts = ex->b_starts, .block_tables = ex->b_tables, .max_blocks_per_seq = MB,
+        .n_logits = L, .logit_rows = ex->b_rows,
+    };
+
+    anvil_status st = anvil_runtime_forward(ex->rt, &b, ex->logits);
+    if (st != ANVIL_OK) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "forward step failed: %s", anvil_last_error());
+        anvil_log(ANVIL_LOG_ERROR, "executor: %s", msg);
+        for (int32_t k = 0; k < n_reqs; k++)
+            anvil_exec_fail_request(ex, reqs[k], st, msg);
+        return;
+    }
+    ex->c_steps++;
+    ex->c_computed += T;
+    for (int32_t i = 0; i < S; i++) {
+        plan_entry *e = &ex->plan[i];
+        e->s->n_computed += e->count;
+        e->s->sched_count = 0;
+        if (ex->opts.enable_prefix_caching)
+            register_blocks(ex, e->r, e->s);
+    }
+    for (int32_t k = 0; k < n_reqs; k++) {
+        xreq *r = reqs[k];
+        if (r->beam)
+            handle_beams(ex, r);
+        else
+            handle_samples(ex, r);
+    }
+}
