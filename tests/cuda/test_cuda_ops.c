@@ -719,6 +719,9 @@ static const attn_case attn_cases[] = {
     {"hd256", 8, 4, 256, 16, 0, 2, {0, 20}, {20, 1}, 0},
     {"group 32", 32, 1, 64, 16, 0, 2, {3, 17}, {17, 1}, 0},
     {"hd80 bs5 window 7", 6, 3, 80, 5, 7, 3, {12, 0, 9}, {4, 1, 1}, 0},
+    /* long enough for whole key tiles inside every row's window (the mask-free path) */
+    {"long prefill hd64", 8, 4, 64, 16, 0, 2, {0, 150}, {300, 90}, 0},
+    {"long prefill window 100", 8, 2, 128, 32, 100, 1, {0}, {333}, 0},
 };
 
 typedef struct attn_step_host {

@@ -20,7 +20,8 @@
  * sequence's keys, as in the SIMT kernel (cuda_attn_prefill.cu).
  *
  * P is rounded to the input dtype for the P V product, as FlashAttention
- * does; everything else is f32.
+ * does; everything else is f32 (exponentials as exp2 of scores prescaled
+ * by log2 e; tiles inside every row's causal window skip the mask).
  */
 #include <math.h>
 
@@ -237,21 +238,39 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 }
             }
             /* scale, mask, and the tile max of each of the two rows */
+            /* Scores in log2 units (scale * log2 e folded in, so each p is one
+             * exp2). A tile inside every row's window (most of a long prompt)
+             * needs no mask: the same for the whole warp. */
+            const float sl2 = a.scale * 1.4426950408889634f;
+            const bool full = __all_sync(FULL_MASK, in0 && in1 && kt + MMA_BN <= khi && kt >= max(lo0, lo1) &&
+                                                        kt + MMA_BN - 1 <= min(p0, p1));
             float mt0 = -INFINITY, mt1 = -INFINITY;
+            if (full) {
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
+                for (int nt = 0; nt < 8; nt++) {
+                    sc[nt][0] *= sl2;
+                    sc[nt][1] *= sl2;
+                    sc[nt][2] *= sl2;
+                    sc[nt][3] *= sl2;
+                    mt0 = fmaxf(mt0, fmaxf(sc[nt][0], sc[nt][1]));
+                    mt1 = fmaxf(mt1, fmaxf(sc[nt][2], sc[nt][3]));
+                }
+            } else {
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int kj = kt + nt * 8 + 2 * tq + (e & 1);
-                    const bool upper = e >= 2;
-                    const bool valid = (upper ? in1 : in0) && kj < khi && kj >= (upper ? lo1 : lo0) &&
-                                       kj <= (upper ? p1 : p0);
-                    const float x = valid ? sc[nt][e] * a.scale : -INFINITY;
-                    sc[nt][e] = x;
-                    if (upper)
-                        mt1 = fmaxf(mt1, x);
-                    else
-                        mt0 = fmaxf(mt0, x);
+                for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int kj = kt + nt * 8 + 2 * tq + (e & 1);
+                        const bool upper = e >= 2;
+                        const bool valid = (upper ? in1 : in0) && kj < khi && kj >= (upper ? lo1 : lo0) &&
+                                           kj <= (upper ? p1 : p0);
+                        const float x = valid ? sc[nt][e] * sl2 : -INFINITY;
+                        sc[nt][e] = x;
+                        if (upper)
+                            mt1 = fmaxf(mt1, x);
+                        else
+                            mt0 = fmaxf(mt0, x);
+                    }
                 }
             }
             mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
@@ -259,8 +278,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
             mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
             mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
             const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
-            const float c0 = mn0 == -INFINITY ? 1.0f : expf(m0 - mn0);
-            const float c1 = mn1 == -INFINITY ? 1.0f : expf(m1 - mn1);
+            const float c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - mn0);
+            const float c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - mn1);
             m0 = mn0;
             m1 = mn1;
             l0 *= c0;
@@ -272,21 +291,19 @@ __global__ void __launch_bounds__(MMA_WARPS * 32)
                 o[i][2] *= c1;
                 o[i][3] *= c1;
             }
-            /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand */
+            /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand.
+             * A row with no valid key yet has m = -inf: its p are 0 (exp2(-inf)), never NaN. */
+            const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
             uint32_t pf[4][4];
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
-                float pr[4];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float mm = e >= 2 ? mn1 : mn0;
-                    pr[e] = sc[nt][e] == -INFINITY ? 0.0f : expf(sc[nt][e] - mm);
-                }
-                l0 += pr[0] + pr[1];
-                l1 += pr[2] + pr[3];
+                const float pr0 = exp2f(sc[nt][0] - ms0), pr1 = exp2f(sc[nt][1] - ms0);
+                const float pr2 = exp2f(sc[nt][2] - ms1), pr3 = exp2f(sc[nt][3] - ms1);
+                l0 += pr0 + pr1;
+                l1 += pr2 + pr3;
                 const int kc2 = nt >> 1, hi = (nt & 1) * 2;
-                pf[kc2][hi + 0] = anvil_pack2<T>(pr[0], pr[1]);
-                pf[kc2][hi + 1] = anvil_pack2<T>(pr[2], pr[3]);
+                pf[kc2][hi + 0] = anvil_pack2<T>(pr0, pr1);
+                pf[kc2][hi + 1] = anvil_pack2<T>(pr2, pr3);
             }
             /* O += P V: the B operands (16 keys x 8 dims) of two dim tiles per
              * transposed ldmatrix (matrices: keys +0/+8, dims +0/+8) */
