@@ -91,8 +91,11 @@ __device__ __forceinline__ void anvil_ldmatrix_x4_trans(uint32_t (&r)[4], const 
                  : "r"(anvil_smem_u32(row)));
 }
 
+/* At most 168 registers, so three blocks share an SM (12 warps): with two,
+ * the warps stalled on mma and exp2 latencies too often (ncu, H200: 1.9
+ * warps per scheduler, 0.4 eligible). */
 template <typename T, int HDM>
-__global__ void __launch_bounds__(MMA_WARPS * 32)
+__global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     anvil_attn_prefill_mma_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
 {
     constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
