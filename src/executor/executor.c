@@ -249,12 +249,14 @@ static void *loop_main(void *arg)
         int32_t n_new = 0, n_cancel = 0;
         if (grow((void **)&batch, &cap_batch, ex->n_inbox, sizeof *batch)) {
             n_new = ex->n_inbox;
-            memcpy(batch, ex->inbox, (size_t)n_new * sizeof *batch);
+            if (n_new > 0)
+                memcpy(batch, ex->inbox, (size_t)n_new * sizeof *batch);
             ex->n_inbox = 0;
         }
         if (grow((void **)&cancels, &cap_cancels, ex->n_cancels, sizeof *cancels)) {
             n_cancel = ex->n_cancels;
-            memcpy(cancels, ex->cancels, (size_t)n_cancel * sizeof *cancels);
+            if (n_cancel > 0)
+                memcpy(cancels, ex->cancels, (size_t)n_cancel * sizeof *cancels);
             ex->n_cancels = 0;
         }
         const int stopping = ex->stopping;
