@@ -168,8 +168,9 @@ static void test_golden_chat_templates(void **state)
 
 static void write_text(const char *dir, const char *name, const char *text)
 {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/%s", dir, name);
+    assert_true(n > 0 && (size_t)n < sizeof path);
     anvil_test_write_file(path, text, strlen(text));
 }
 
