@@ -8,7 +8,7 @@
  *   from memory, as a decode step does.
  *   GEMM (T = 128, 512): GFLOP/s next to the measured FMA peak.
  *
- *   usage: bench_cpu_ops [--threads N] [--quick] [--json FILE]
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm] [--json FILE]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,16 +130,18 @@ static int bench_gemm(anvil_backend *be, double peak, int64_t T, int64_t K, int6
 int main(int argc, char **argv)
 {
     int n_threads = 0, quick = 0;
-    const char *json = NULL;
+    const char *json = NULL, *only = "";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
             n_threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
+            only = argv[++i];
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -162,7 +164,7 @@ int main(int argc, char **argv)
 
     printf("GEMV, T = 1, bf16 weights (GB/s of weights; stream = plain read of the same bytes, same threads)\n");
     printf("%8s %8s %10s %10s %10s %10s %8s\n", "K", "N", "MB", "us", "GB/s", "stream", "%");
-    for (size_t i = 0; i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
+    for (size_t i = 0; strcmp(only, "gemm") != 0 && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
         result *r = &res[n_res];
         if (bench_gemv(be, n_threads, gemv_shapes[i][0], gemv_shapes[i][1], quick, r) != 0)
             return 1;
@@ -173,7 +175,7 @@ int main(int argc, char **argv)
     }
     printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads)\n");
     printf("%8s %8s %8s %10s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak");
-    for (size_t t = 0; t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
+    for (size_t t = 0; strcmp(only, "gemv") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
         for (size_t i = 0; i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
             result *r = &res[n_res];
             if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)

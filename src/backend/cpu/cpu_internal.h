@@ -132,13 +132,19 @@ typedef struct anvil_cpu_mm {
  * them, which changes only which elements are computed together). */
 typedef struct anvil_cpu_mm_shape {
     int gemv_max_t;   /* T up to this streams the weights directly */
-    int gemv_rows;    /* weight rows per GEMV tile */
+    int gemv_rows;    /* weight rows per GEMV thread-split unit (a multiple of every GEMV tile) */
     int gemm_rows;    /* weight rows per converted panel */
     int gemm_tokens;  /* tokens per GEMM tile */
 } anvil_cpu_mm_shape;
 
-/* Computes out[t0:t1, n0:n1]. scratch: gemm_rows * round_up(K, 16) floats,
+/* Computes out[t0:t1, n0:n1]. scratch: anvil_cpu_mm_scratch_bytes(),
  * 64-byte aligned (used when T > gemv_max_t). */
+static inline size_t anvil_cpu_mm_scratch_bytes(const anvil_cpu_mm_shape *sh, int64_t K)
+{
+    size_t kp = ((size_t)K + 15) / 16 * 16 + 16; /* + the padding of mm_panel_ld() */
+    return (size_t)sh->gemm_rows * kp * sizeof(float);
+}
+
 typedef void (*anvil_cpu_mm_fn)(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1,
                                 float *scratch);
 

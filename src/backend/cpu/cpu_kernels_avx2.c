@@ -6,6 +6,7 @@
 
 /* 16 ymm registers: a tile is TT x NT outputs of two registers each. */
 #define MM_GEMV_MAX_T 8
+#define MM_GEMV_ROWS_T2 4
 #define MM_GEMV_ROWS 2
 #define MM_GEMM_ROWS 2
 #define MM_GEMM_TOKENS 3
@@ -16,7 +17,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_avx2 = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
     .matmul = mm_entry_avx2,
     .attention = attn_entry_avx2,
 };

@@ -7,6 +7,7 @@
 /* 32 zmm registers: the GEMM tile is 4 tokens x 6 rows = 24 accumulators,
  * plus the 6 weight vectors of a chunk and one x vector. */
 #define MM_GEMV_MAX_T 8
+#define MM_GEMV_ROWS_T2 8
 #define MM_GEMV_ROWS 4
 #define MM_GEMM_ROWS 6
 #define MM_GEMM_TOKENS 4
@@ -17,7 +18,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_avx512 = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
     .matmul = mm_entry_avx512,
     .attention = attn_entry_avx512,
 };

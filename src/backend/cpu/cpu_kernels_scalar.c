@@ -4,6 +4,7 @@
 #include "backend/cpu/cpu_vec_scalar.h"
 
 #define MM_GEMV_MAX_T 8
+#define MM_GEMV_ROWS_T2 4
 #define MM_GEMV_ROWS 4
 #define MM_GEMM_ROWS 4
 #define MM_GEMM_TOKENS 4
@@ -14,7 +15,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_scalar = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
     .matmul = mm_entry_scalar,
     .attention = attn_entry_scalar,
 };

@@ -47,8 +47,7 @@ anvil_status anvil_cpu_op_matmul(anvil_backend *be, const anvil_tensor *x, const
     if (job.mm.T == 0 || job.mm.N == 0)
         return ANVIL_OK;
     if (job.mm.T > sh->gemv_max_t) {
-        int64_t kp = (job.mm.K + 15) / 16 * 16;
-        TRY(anvil_cpu_scratch_reserve(cb, (size_t)sh->gemm_rows * (size_t)kp * sizeof(float)));
+        TRY(anvil_cpu_scratch_reserve(cb, anvil_cpu_mm_scratch_bytes(sh, job.mm.K)));
         /* Too few weight panels to keep every thread busy: split tokens. */
         int64_t panels = (job.mm.N + sh->gemm_rows - 1) / sh->gemm_rows;
         job.split_tokens = panels < 4 * (int64_t)cb->n_threads;

@@ -4,6 +4,8 @@
  *
  * Before including, define:
  *   MM_GEMV_ROWS    weight rows per GEMV tile (streamed straight from w)
+ *   MM_GEMV_ROWS_T2 the same when T <= 2 (more rows in flight: memory-level
+ *                   parallelism is what a decode GEMV lives on)
  *   MM_GEMM_ROWS    weight rows per converted GEMM panel
  *   MM_GEMM_TOKENS  tokens per GEMM tile (<= 4)
  *   MM_ENTRY        the name of the entry point (an anvil_cpu_mm_fn)
@@ -17,7 +19,8 @@
  */
 
 #define MM_TT_MAX 4
-#define MM_NT_MAX (MM_GEMV_ROWS > MM_GEMM_ROWS ? MM_GEMV_ROWS : MM_GEMM_ROWS)
+#define MM_MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define MM_NT_MAX MM_MAX2(MM_MAX2(MM_GEMV_ROWS, MM_GEMV_ROWS_T2), MM_GEMM_ROWS)
 
 /* out[t, n] for t < TT, n < NT: x rows at stride ldx, w rows at stride ldw
  * elements, bias[n] (floats) or NULL. TT, NT and DT are constants after
@@ -87,6 +90,12 @@ MM_INST_D(MM_GEMV_ROWS)
 #if MM_GEMV_ROWS != 1
 MM_INST_D(1)
 #endif
+#define MM_INST_T2(NT, DTN, DT) MM_INST(1, NT, DTN, DT) MM_INST(2, NT, DTN, DT)
+#if MM_GEMV_ROWS_T2 != MM_GEMV_ROWS
+MM_INST_T2(MM_GEMV_ROWS_T2, f32, ANVIL_DTYPE_F32)
+MM_INST_T2(MM_GEMV_ROWS_T2, bf16, ANVIL_DTYPE_BF16)
+MM_INST_T2(MM_GEMV_ROWS_T2, f16, ANVIL_DTYPE_F16)
+#endif
 /* panel tiles (f32 panel) */
 #if MM_GEMM_ROWS != MM_GEMV_ROWS && MM_GEMM_ROWS != 1
 MM_INST_T(MM_GEMM_ROWS, f32, ANVIL_DTYPE_F32)
@@ -99,6 +108,9 @@ MM_INST_T(MM_GEMM_ROWS, f32, ANVIL_DTYPE_F32)
 static const mm_tile_fn mm_tiles_wide[3][4] = {MM_ROW_T(MM_GEMV_ROWS, f32), MM_ROW_T(MM_GEMV_ROWS, bf16),
                                                MM_ROW_T(MM_GEMV_ROWS, f16)};
 static const mm_tile_fn mm_tiles_one[3][4] = {MM_ROW_T(1, f32), MM_ROW_T(1, bf16), MM_ROW_T(1, f16)};
+#define MM_ROW_T2(NT, DTN) {MM_NAME(1, NT, DTN), MM_NAME(2, NT, DTN)}
+static const mm_tile_fn mm_tiles_t2[3][2] = {MM_ROW_T2(MM_GEMV_ROWS_T2, f32), MM_ROW_T2(MM_GEMV_ROWS_T2, bf16),
+                                             MM_ROW_T2(MM_GEMV_ROWS_T2, f16)};
 static const mm_tile_fn mm_tiles_panel[4] = MM_ROW_T(MM_GEMM_ROWS, f32);
 
 static int mm_dt_index(anvil_dtype dt) { return dt == ANVIL_DTYPE_F32 ? 0 : dt == ANVIL_DTYPE_BF16 ? 1 : 2; }
@@ -114,7 +126,7 @@ static const float *mm_bias(const anvil_cpu_mm *m, int64_t n, int64_t nr, float 
 }
 
 /* Few tokens: memory-bound. Each weight row is read from memory once: the
- * tile of MM_GEMV_ROWS rows stays in L1/L2 while the token blocks pass. */
+ * tile of rows stays in L1/L2 while the token blocks pass. */
 static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1)
 {
     int di = mm_dt_index(m->wdt);
@@ -122,6 +134,13 @@ static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
     int64_t K = m->K, N = m->N;
     float bbuf[MM_NT_MAX];
     int64_t n = n0;
+    if (t1 - t0 <= 2) {
+        for (; n + MM_GEMV_ROWS_T2 <= n1; n += MM_GEMV_ROWS_T2) {
+            const float *b = mm_bias(m, n, MM_GEMV_ROWS_T2, bbuf);
+            const void *w = (const char *)m->w + (size_t)n * (size_t)K * esz;
+            mm_tiles_t2[di][t1 - t0 - 1](m->x + t0 * K, K, w, K, K, m->out + t0 * N + n, N, b);
+        }
+    }
     for (; n + MM_GEMV_ROWS <= n1; n += MM_GEMV_ROWS) {
         const float *b = mm_bias(m, n, MM_GEMV_ROWS, bbuf);
         const void *w = (const char *)m->w + (size_t)n * (size_t)K * esz;
@@ -138,6 +157,15 @@ static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
             mm_tiles_one[di][tt - 1](m->x + t * K, K, w, K, K, m->out + t * N + n, N, b);
         }
     }
+}
+
+/* The panel's row stride: K rounded up to 16, plus one cache line when
+ * that is a multiple of 4 KiB, so the panel rows do not all fall into the
+ * same L1 sets. */
+static int64_t mm_panel_ld(int64_t K)
+{
+    int64_t kp = (K + 15) / 16 * 16;
+    return (kp * 4) % 4096 == 0 ? kp + 16 : kp;
 }
 
 /* Converts weight rows [n, n + nr) into an f32 panel with row stride kp
@@ -173,7 +201,10 @@ static VEC_FN void mm_convert_panel(const anvil_cpu_mm *m, int64_t n, int64_t nr
 }
 
 /* Tokens per block that share one converted panel: enough x rows to fill
- * about half of L2 (x is re-read from there for every panel). */
+ * about half of L2 (x is re-read from there for every panel). A K-blocked
+ * variant (accumulators parked between k chunks so the panel chunk stays
+ * in L1) measured no faster on Sapphire Rapids, so the tile runs over the
+ * whole k range. */
 static int64_t mm_token_block(int64_t K)
 {
     int64_t tb = (int64_t)(1 << 20) / (K * 4);
@@ -186,7 +217,7 @@ static int64_t mm_token_block(int64_t K)
  * MM_GEMM_TOKENS-token tile of the block. */
 static VEC_FN void mm_gemm(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1, float *panel)
 {
-    int64_t K = m->K, N = m->N, kp = (K + 15) / 16 * 16;
+    int64_t K = m->K, N = m->N, kp = mm_panel_ld(K);
     int64_t tb = mm_token_block(K);
     float bbuf[MM_NT_MAX];
     for (int64_t tb0 = t0; tb0 < t1; tb0 += tb) {
