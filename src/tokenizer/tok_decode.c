@@ -141,6 +141,7 @@ typedef struct tlist {
 
 static anvil_status tl_begin(tlist *t)
 {
+    TRY(tok_buf_reserve(&t->buf, 0)); /* tl_str needs a buffer even for empty tokens */
     TRY(tok_grow((void **)&t->off, &t->cap, t->n + 1, sizeof *t->off));
     size_t c = t->cap;
     void *q = realloc(t->len, c * sizeof *t->len);

@@ -99,6 +99,8 @@ anvil_status anvil_detokenizer_flush(anvil_detokenizer *d, const char **text, si
     CHECK(d && text && len, ANVIL_ERR_INVALID_ARG, "bad arguments");
     *text = "";
     *len = 0;
+    if (d->n == 0)
+        return ANVIL_OK;
     d->prefix.len = 0;
     d->full.len = 0;
     TRY(tok_decode_into(d->tok, d->ids + d->po, d->ro - d->po, d->skip, &d->prefix, NULL));

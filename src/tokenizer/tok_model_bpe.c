@@ -442,8 +442,10 @@ static anvil_status cache_put(tok_work *w, uint64_t h, const char *s, size_t n, 
         j = (j + 1) & w->cache_mask;
     uint32_t koff = (uint32_t)w->cache_keys.len;
     TRY(tok_buf_append(&w->cache_keys, s, n));
-    TRY(tok_grow((void **)&w->cache_ids, &w->cache_cap_ids, w->cache_n_ids + k, sizeof *w->cache_ids));
-    memcpy(w->cache_ids + w->cache_n_ids, ids, k * sizeof *ids);
+    if (k) { /* a word can give no ids (chars missing from a vocabulary without unk) */
+        TRY(tok_grow((void **)&w->cache_ids, &w->cache_cap_ids, w->cache_n_ids + k, sizeof *w->cache_ids));
+        memcpy(w->cache_ids + w->cache_n_ids, ids, k * sizeof *ids);
+    }
     w->cache[j] = (tok_cache_slot){h, koff, (uint32_t)n, (uint32_t)w->cache_n_ids, (uint32_t)k};
     w->cache_n_ids += k;
     w->cache_n++;
@@ -464,6 +466,8 @@ static anvil_status word(tok_work *w, const char *s, size_t n, int raw, int im)
         while (w->cache[j].key_len) {
             const tok_cache_slot *c = &w->cache[j];
             if (c->hash == h && c->key_len == n && memcmp(w->cache_keys.p + c->key_off, s, n) == 0) {
+                if (c->val_n == 0)
+                    return ANVIL_OK;
                 TRY(tok_grow((void **)&w->ids, &w->cap_ids, w->n_ids + c->val_n, sizeof *w->ids));
                 memcpy(w->ids + w->n_ids, w->cache_ids + c->val_off, c->val_n * sizeof *w->ids);
                 w->n_ids += c->val_n;
