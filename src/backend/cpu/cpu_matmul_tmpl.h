@@ -26,8 +26,10 @@
  * elements, bias[n] (floats) or NULL. TT, NT and DT are constants after
  * inlining, so the accumulators live in registers. */
 VEC_INLINE void mm_tile(const int TT, const int NT, const anvil_dtype DT, const float *x, int64_t ldx,
-                        const void *w, int64_t ldw, int64_t K, float *out, int64_t ldo, const float *bias)
+                        const void *w, int64_t ldw, int64_t K, float *out, int64_t ldo, const float *bias,
+                        const void *pf)
 {
+    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : 2;
     vec16 acc[MM_TT_MAX][MM_NT_MAX];
 VEC_UNROLL
     for (int t = 0; t < TT; t++)
@@ -37,6 +39,14 @@ VEC_UNROLL
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
         vec16 wv[MM_NT_MAX];
+        /* pf: the rows the caller streams next; asking for them one tile
+         * ahead keeps more lines in flight than the hardware prefetcher,
+         * which stops at every 4 KiB page (a 2048-wide bf16 row is one). */
+        if (pf != NULL && (esz == 4 || (k & 31) == 0)) {
+VEC_UNROLL
+            for (int n = 0; n < NT; n++)
+                __builtin_prefetch((const char *)pf + (n * ldw + k) * esz, 0, 3);
+        }
 VEC_UNROLL
         for (int n = 0; n < NT; n++)
             wv[n] = v_load_w(w, n * ldw + k, DT);
@@ -72,13 +82,14 @@ VEC_UNROLL
 }
 
 typedef void (*mm_tile_fn)(const float *x, int64_t ldx, const void *w, int64_t ldw, int64_t K, float *out,
-                           int64_t ldo, const float *bias);
+                           int64_t ldo, const float *bias, const void *pf);
 
 #define MM_INST(TT, NT, DTN, DT)                                                                            \
     static VEC_FN void mm_tile_##TT##_##NT##_##DTN(const float *x, int64_t ldx, const void *w, int64_t ldw,   \
-                                                    int64_t K, float *out, int64_t ldo, const float *bias)   \
+                                                    int64_t K, float *out, int64_t ldo, const float *bias,   \
+                                                    const void *pf)                                          \
     {                                                                                                       \
-        mm_tile(TT, NT, DT, x, ldx, w, ldw, K, out, ldo, bias);                                             \
+        mm_tile(TT, NT, DT, x, ldx, w, ldw, K, out, ldo, bias, pf);                                         \
     }
 #define MM_INST_T(NT, DTN, DT) MM_INST(1, NT, DTN, DT) MM_INST(2, NT, DTN, DT) MM_INST(3, NT, DTN, DT) \
     MM_INST(4, NT, DTN, DT)
@@ -138,15 +149,17 @@ static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
         for (; n + MM_GEMV_ROWS_T2 <= n1; n += MM_GEMV_ROWS_T2) {
             const float *b = mm_bias(m, n, MM_GEMV_ROWS_T2, bbuf);
             const void *w = (const char *)m->w + (size_t)n * (size_t)K * esz;
-            mm_tiles_t2[di][t1 - t0 - 1](m->x + t0 * K, K, w, K, K, m->out + t0 * N + n, N, b);
+            const void *pf = n + 2 * MM_GEMV_ROWS_T2 <= n1 ? (const char *)w + (size_t)MM_GEMV_ROWS_T2 * K * esz : NULL;
+            mm_tiles_t2[di][t1 - t0 - 1](m->x + t0 * K, K, w, K, K, m->out + t0 * N + n, N, b, pf);
         }
     }
     for (; n + MM_GEMV_ROWS <= n1; n += MM_GEMV_ROWS) {
         const float *b = mm_bias(m, n, MM_GEMV_ROWS, bbuf);
         const void *w = (const char *)m->w + (size_t)n * (size_t)K * esz;
+        const void *pf = n + 2 * MM_GEMV_ROWS <= n1 ? (const char *)w + (size_t)MM_GEMV_ROWS * K * esz : NULL;
         for (int64_t t = t0; t < t1; t += MM_TT_MAX) {
             int tt = t1 - t < MM_TT_MAX ? (int)(t1 - t) : MM_TT_MAX;
-            mm_tiles_wide[di][tt - 1](m->x + t * K, K, w, K, K, m->out + t * N + n, N, b);
+            mm_tiles_wide[di][tt - 1](m->x + t * K, K, w, K, K, m->out + t * N + n, N, b, t == t0 ? pf : NULL);
         }
     }
     for (; n < n1; n++) {
@@ -154,7 +167,7 @@ static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
         const void *w = (const char *)m->w + (size_t)n * (size_t)K * esz;
         for (int64_t t = t0; t < t1; t += MM_TT_MAX) {
             int tt = t1 - t < MM_TT_MAX ? (int)(t1 - t) : MM_TT_MAX;
-            mm_tiles_one[di][tt - 1](m->x + t * K, K, w, K, K, m->out + t * N + n, N, b);
+            mm_tiles_one[di][tt - 1](m->x + t * K, K, w, K, K, m->out + t * N + n, N, b, NULL);
         }
     }
 }
@@ -229,16 +242,16 @@ static VEC_FN void mm_gemm(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
             int64_t t = tb0;
             if (nr == MM_GEMM_ROWS) {
                 for (; t + MM_GEMM_TOKENS <= tb1; t += MM_GEMM_TOKENS)
-                    mm_tiles_panel[MM_GEMM_TOKENS - 1](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b);
+                    mm_tiles_panel[MM_GEMM_TOKENS - 1](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
                 for (; t < tb1; t++)
-                    mm_tiles_panel[0](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b);
+                    mm_tiles_panel[0](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
             } else {
                 for (int64_t r = 0; r < nr; r++) {
                     const float *br = b != NULL ? b + r : NULL;
                     for (t = tb0; t < tb1; t += MM_TT_MAX) {
                         int tt = tb1 - t < MM_TT_MAX ? (int)(tb1 - t) : MM_TT_MAX;
                         mm_tiles_one[0][tt - 1](m->x + t * K, K, panel + r * kp, kp, K, m->out + t * N + n + r,
-                                                N, br);
+                                                N, br, NULL);
                     }
                 }
             }
