@@ -514,17 +514,13 @@ anvil_status tok_added_split(tok_work *w, const tok_trie *trie, tok_piece p,
             }
         }
         if (start_offset < start) {
-            tok_piece sub = {p.off + start_offset, start - start_offset, p.zp > start_offset ? p.zp - start_offset : 0,
-                             p.raw};
-            TRY(fn(w, sub));
+            TRY(fn(w, tok_piece_sub(p, start_offset, start)));
         }
         TRY(on_id(w, id));
         start_offset = stop;
     }
     if (start_offset < p.len) {
-        tok_piece sub = {p.off + start_offset, p.len - start_offset, p.zp > start_offset ? p.zp - start_offset : 0,
-                         p.raw};
-        TRY(fn(w, sub));
+        TRY(fn(w, tok_piece_sub(p, start_offset, p.len)));
     }
     return ANVIL_OK;
 }

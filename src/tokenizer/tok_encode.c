@@ -80,9 +80,10 @@ anvil_status anvil_tokenizer_encode(const anvil_tokenizer *tok, const char *text
     tok_work w;
     tok_work_init(&w, tok);
     CHECK_GOTO(w.md != NULL, ANVIL_ERR_OOM, done, "out of memory");
-    TRY_GOTO(tok_buf_append(&w.text, text ? text : "", len), done);
-    TRY_GOTO(tok_grow((void **)&w.ids, &w.cap_ids, len / 3 + 16, sizeof *w.ids), done);
-    tok_piece all = {0, len, len ? tok_utf8_len((unsigned char)text[0]) : 0, 0};
+    w.input = text ? text : "";
+    TRY_GOTO(tok_buf_reserve(&w.text, 0), done);
+    TRY_GOTO(tok_grow((void **)&w.ids, &w.cap_ids, len / 4 + 16, sizeof *w.ids), done);
+    tok_piece all = {0, len, len ? tok_utf8_len((unsigned char)text[0]) : 0, 0, 1};
     TRY_GOTO(tok_added_split(&w, &tok->trie_raw, all, norm_segment, on_id), done);
     TRY_GOTO(tok_post_process(tok, &w, add_special_tokens), done);
     TRY_GOTO(tok_grow((void **)&w.ids, &w.cap_ids, w.n_ids + 1, sizeof *w.ids), done);

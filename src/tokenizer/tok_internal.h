@@ -154,6 +154,19 @@ typedef struct tok_span {
 anvil_status tok_regex_find_all(const tok_regex *re, const char *subject, size_t n, pcre2_match_data *md,
                                 tok_span **out, size_t *n_out, size_t *cap);
 
+/* Match-by-match iteration with the same rules; the subject is passed to
+ * each call (it may move between calls, as long as its bytes stay the same). */
+typedef struct tok_regex_iter {
+    const pcre2_code *code;
+    size_t last_end, last_match_end;
+    int have_last;
+} tok_regex_iter;
+
+void tok_regex_iter_init(tok_regex_iter *it, const tok_regex *re, const char *subject, size_t n);
+/* 1 and [*s, *e) for the next match, 0 at the end; a PCRE2 failure sets *st. */
+int tok_regex_iter_next(tok_regex_iter *it, const char *subject, size_t n, pcre2_match_data *md, size_t *s, size_t *e,
+                        anvil_status *st);
+
 /* A pattern for Split / Replace: a non-empty literal (searched directly) or a regex. */
 typedef struct tok_pattern {
     int is_regex;
@@ -166,6 +179,15 @@ anvil_status tok_pattern_parse(tok_pattern *p, json_t *j, const char *what);
 void tok_pattern_free(tok_pattern *p);
 anvil_status tok_pattern_find_all(const tok_pattern *p, const char *s, size_t n, pcre2_match_data *md,
                                   tok_span **out, size_t *n_out, size_t *cap);
+
+typedef struct tok_pattern_iter {
+    tok_regex_iter re;
+    size_t at;
+} tok_pattern_iter;
+
+void tok_pattern_iter_init(tok_pattern_iter *it, const tok_pattern *p, const char *subject, size_t n);
+int tok_pattern_iter_next(tok_pattern_iter *it, const tok_pattern *p, const char *subject, size_t n,
+                          pcre2_match_data *md, size_t *s, size_t *e, anvil_status *st);
 
 /* ------------------------------------------------------------ components */
 
@@ -364,14 +386,25 @@ struct anvil_tokenizer {
 
 /* ------------------------------------------------------------ per-call work */
 
-/* A piece of text in w->text: bytes [off, off+len). zp counts its leading
- * bytes that map back to offset 0 of the input (HF's offsets_original().0 ==
- * 0 test in Metaspace prepend_scheme "first"). raw: the bytes still need
+/* A piece of text: bytes [off, off+len) of the input (in_input) or of the
+ * work arena w->text (everything a step rewrote). zp counts its leading
+ * bytes that map back to offset 0 of the input (HF's offsets_original().0
+ * == 0 test in Metaspace prepend_scheme "first"). raw: the bytes still need
  * the byte-level char mapping (done by the model). */
 typedef struct tok_piece {
     size_t off, len, zp;
-    int raw;
+    uint8_t raw, in_input;
 } tok_piece;
+
+/* The sub-piece [a, b) of p. */
+static inline tok_piece tok_piece_sub(tok_piece p, size_t a, size_t b)
+{
+    tok_piece s = p;
+    s.off = p.off + a;
+    s.len = b - a;
+    s.zp = p.zp > a ? (p.zp - a < b - a ? p.zp - a : b - a) : 0;
+    return s;
+}
 
 typedef struct tok_vec_piece {
     tok_piece *p;
@@ -399,7 +432,8 @@ typedef struct tok_merge_ent {
 
 typedef struct tok_work {
     const anvil_tokenizer *tok;
-    tok_buf text; /* piece bytes */
+    const char *input; /* the text being encoded (borrowed) */
+    tok_buf text;      /* bytes of rewritten pieces */
     int32_t *ids;
     size_t n_ids, cap_ids;
     pcre2_match_data *md;
@@ -426,10 +460,21 @@ typedef struct tok_work {
 void tok_work_init(tok_work *w, const anvil_tokenizer *tok);
 void tok_work_free(tok_work *w);
 anvil_status tok_work_push_id(tok_work *w, int32_t id);
-/* A piece of the arena as a pointer (valid until the arena grows). */
+/* The bytes of a piece (valid until the arena grows). */
 static inline const char *tok_piece_ptr(const tok_work *w, const tok_piece *p)
 {
-    return w->text.p + p->off;
+    return (p->in_input ? w->input : w->text.p) + p->off;
+}
+
+/* After a step wrote a piece's new bytes at the end of the arena: k bytes,
+ * zp of them mapping to input offset 0. */
+static inline void tok_piece_rewritten(tok_work *w, tok_piece *p, size_t k, size_t zp)
+{
+    p->off = w->text.len;
+    p->len = k;
+    p->zp = zp;
+    p->in_input = 0;
+    w->text.len += k;
 }
 
 /* ------------------------------------------------------------ functions between files */

@@ -138,7 +138,7 @@ typedef int (*char_fn)(uint32_t cp, uint32_t out[3], const void *arg);
 static anvil_status map_chars(tok_work *w, tok_piece *p, char_fn fn, const void *arg)
 {
     TRY(tok_buf_reserve(&w->text, p->len * 3 + 16));
-    const char *s = w->text.p + p->off;
+    const char *s = tok_piece_ptr(w, p);
     char *o = w->text.p + w->text.len;
     size_t k = 0, zp = 0;
     for (size_t i = 0; i < p->len;) {
@@ -149,7 +149,7 @@ static anvil_status map_chars(tok_work *w, tok_piece *p, char_fn fn, const void 
         size_t before = k;
         if (w->text.len + k + 13 > w->text.cap) {
             TRY(tok_buf_reserve(&w->text, k + 12));
-            s = w->text.p + p->off;
+            s = tok_piece_ptr(w, p);
             o = w->text.p + w->text.len;
         }
         for (int j = 0; j < m; j++)
@@ -158,10 +158,7 @@ static anvil_status map_chars(tok_work *w, tok_piece *p, char_fn fn, const void 
             zp += k - before;
         i += l;
     }
-    p->off = w->text.len;
-    p->len = k;
-    p->zp = zp;
-    w->text.len += k;
+    tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;
 }
 
@@ -249,7 +246,7 @@ static anvil_status nf_run(tok_work *w, const char *s, size_t n, utf8proc_option
 }
 
 /* Normalizes s[0..n) into out, leaving the inert code points as they are. */
-static anvil_status nf_text(tok_work *w, const char *s, size_t n, utf8proc_option_t opt, tok_buf *out)
+static anvil_status nf_region(tok_work *w, const char *s, size_t n, utf8proc_option_t opt, tok_buf *out)
 {
     size_t run = 0, i = 0;
     while (i < n) {
@@ -265,6 +262,45 @@ static anvil_status nf_text(tok_work *w, const char *s, size_t n, utf8proc_optio
         i += l;
     }
     return nf_run(w, s + run, n - run, opt, out);
+}
+
+/*
+ * Normalizes s[0..n) into out. Only the stretches that can change go
+ * through utf8proc: each maximal run of "unsafe" chars (with a mapping, a
+ * non-zero combining class, or able to compose onto the char before),
+ * together with the char just before it, which it may compose with. A safe
+ * char neither changes nor interacts across itself, so the text in between
+ * is copied as is.
+ */
+static anvil_status nf_text(tok_work *w, const char *s, size_t n, utf8proc_option_t opt, const tok_uset *unsafe,
+                            tok_buf *out)
+{
+    size_t copied = 0, i = 0, prev = 0;
+    while (i < n) {
+        size_t l = 1;
+        uint32_t cp = (unsigned char)s[i];
+        if (cp >= 0x80)
+            cp = tok_utf8_decode(s + i, n - i, &l);
+        if (cp < 0x80 || !tok_uset_has(unsafe, cp)) {
+            prev = i;
+            i += l;
+            continue;
+        }
+        size_t start = i > copied ? prev : i, j = i + l;
+        while (j < n) {
+            size_t l2 = 1;
+            uint32_t c2 = (unsigned char)s[j];
+            if (c2 >= 0x80)
+                c2 = tok_utf8_decode(s + j, n - j, &l2);
+            if (c2 < 0x80 || !tok_uset_has(unsafe, c2))
+                break;
+            j += l2;
+        }
+        TRY(tok_buf_append(out, s + copied, start - copied));
+        TRY(nf_region(w, s + start, j - start, opt, out));
+        copied = i = j;
+    }
+    return tok_buf_append(out, s + copied, n - copied);
 }
 
 static anvil_status norm_form(tok_work *w, tok_piece *p, enum tok_norm_kind kind)
@@ -283,20 +319,21 @@ static anvil_status norm_form(tok_work *w, tok_piece *p, enum tok_norm_kind kind
     tok_buf in = {0}, out = {0};
     anvil_status st = tok_buf_append(&in, tok_piece_ptr(w, p), p->len);
     if (st == ANVIL_OK)
-        st = nf_text(w, in.p, in.len, opt, &out);
+        st = nf_text(w, in.p, in.len, opt, unsafe, &out);
     size_t zp = 0;
     if (st == ANVIL_OK && p->zp > 0) {
         /* the chars from offset 0 map to the normalized form of that prefix */
         tok_buf z = {0};
-        st = nf_text(w, in.p, p->zp < in.len ? p->zp : in.len, opt, &z);
+        st = nf_text(w, in.p, p->zp < in.len ? p->zp : in.len, opt, unsafe, &z);
         zp = z.len < out.len ? z.len : out.len;
         tok_buf_free(&z);
     }
+    if (st == ANVIL_OK)
+        st = tok_buf_reserve(&w->text, out.len);
     if (st == ANVIL_OK) {
-        p->off = w->text.len;
-        p->len = out.len;
-        p->zp = zp;
-        st = tok_buf_append(&w->text, out.p, out.len);
+        if (out.len)
+            memcpy(w->text.p + w->text.len, out.p, out.len);
+        tok_piece_rewritten(w, p, out.len, zp);
     }
     tok_buf_free(&in);
     tok_buf_free(&out);
@@ -332,13 +369,10 @@ static anvil_status norm_prepend(tok_work *w, tok_piece *p, const char *s, size_
     if (p->len == 0)
         return ANVIL_OK;
     TRY(tok_buf_reserve(&w->text, n + p->len));
-    size_t off = w->text.len;
-    memcpy(w->text.p + off, s, n);
-    memcpy(w->text.p + off + n, w->text.p + p->off, p->len);
-    w->text.len += n + p->len;
-    p->zp = p->zp ? p->zp + n : 0;
-    p->off = off;
-    p->len += n;
+    char *o = w->text.p + w->text.len;
+    memcpy(o, s, n);
+    memcpy(o + n, tok_piece_ptr(w, p), p->len);
+    tok_piece_rewritten(w, p, n + p->len, p->zp ? p->zp + n : 0);
     return ANVIL_OK;
 }
 
@@ -363,7 +397,7 @@ static anvil_status norm_replace(tok_work *w, tok_piece *p, const tok_pattern *p
         return ANVIL_OK;
     size_t out_max = p->len + ns * rep_len;
     TRY(tok_buf_reserve(&w->text, out_max));
-    const char *s = w->text.p + p->off;
+    const char *s = tok_piece_ptr(w, p);
     char *o = w->text.p + w->text.len;
     const tok_span *sp = w->spans[stage];
     size_t k = 0, at = 0, zp = 0;
@@ -397,17 +431,14 @@ static anvil_status norm_replace(tok_work *w, tok_piece *p, const tok_pattern *p
         k += rep_len;
         at = e;
     }
-    p->off = w->text.len;
-    p->len = k;
-    p->zp = zp;
-    w->text.len += k;
+    tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;
 }
 
 static anvil_status norm_bytelevel(tok_work *w, tok_piece *p)
 {
     TRY(tok_buf_reserve(&w->text, p->len * 2));
-    const unsigned char *s = (const unsigned char *)w->text.p + p->off;
+    const unsigned char *s = (const unsigned char *)tok_piece_ptr(w, p);
     char *o = w->text.p + w->text.len;
     size_t k = 0, zp = 0;
     for (size_t i = 0; i < p->len; i++) {
@@ -416,10 +447,7 @@ static anvil_status norm_bytelevel(tok_work *w, tok_piece *p)
             zp += m;
         k += m;
     }
-    p->off = w->text.len;
-    p->len = k;
-    p->zp = zp;
-    w->text.len += k;
+    tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;
 }
 
@@ -443,8 +471,7 @@ ascii:
     char *o = w->text.p + w->text.len;
     for (size_t i = 0; i < p->len; i++)
         o[i] = (s[i] >= 'A' && s[i] <= 'Z') ? (char)(s[i] + 32) : s[i];
-    p->off = w->text.len;
-    w->text.len += p->len;
+    tok_piece_rewritten(w, p, p->len, p->zp);
     return ANVIL_OK;
 }
 
@@ -498,7 +525,7 @@ anvil_status tok_normalize_string(const anvil_tokenizer *tok, const char *s, siz
     tok_work w;
     tok_work_init(&w, tok);
     anvil_status st = w.md ? tok_buf_append(&w.text, s, n) : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
-    tok_piece p = {0, n, n ? tok_utf8_len((unsigned char)s[0]) : 0, 0};
+    tok_piece p = {0, n, n ? tok_utf8_len((unsigned char)s[0]) : 0, 0, 0};
     if (st == ANVIL_OK)
         st = tok_normalize(&w, &p);
     if (st == ANVIL_OK)

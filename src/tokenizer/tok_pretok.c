@@ -162,90 +162,158 @@ void tok_pre_free_all(anvil_tokenizer *tok)
 
 /* ------------------------------------------------------------ splitting */
 
-/* Turns the match spans of stage k over piece p into HF's (range, is_match)
- * list, applies the behavior and runs the next stage on each result. */
-static anvil_status split_and_continue(tok_work *w, int k, tok_piece p, int invert, enum tok_behavior beh)
-{
-    tok_vec_piece *ev = &w->stage[k];
-    const tok_span *sp = w->spans[k];
-    size_t ns = w->n_spans[k];
-    ev->n = 0;
-    TRY(tok_grow((void **)&ev->p, &ev->cap, 2 * ns + 2, sizeof *ev->p));
-    /* events: off/len relative to the piece, zp = is_match */
-    size_t prev = 0;
-    for (size_t i = 0; i < ns; i++) {
-        if (prev != sp[i].s)
-            ev->p[ev->n++] = (tok_piece){prev, sp[i].s - prev, (size_t)invert, 0};
-        ev->p[ev->n++] = (tok_piece){sp[i].s, sp[i].e - sp[i].s, (size_t)!invert, 0};
-        prev = sp[i].e;
-    }
-    if (prev != p.len)
-        ev->p[ev->n++] = (tok_piece){prev, p.len - prev, (size_t)invert, 0};
+/*
+ * A split runs as a stream: matches come one at a time, each becomes HF's
+ * (range, is_match) events (the gap before it, then the match), and the
+ * behavior folds them with at most one event held back, so no per-match
+ * array is built for a long text. Each resulting non-empty range goes
+ * straight to the next step.
+ */
+typedef struct splitter {
+    tok_work *w;
+    int k;       /* this step; results go to step k + 1 */
+    tok_piece p; /* the piece being split */
+    enum tok_behavior beh;
+    int invert;
+    int have;      /* a held range [ha, hb) */
+    size_t ha, hb;
+    int held_match; /* MergedWithNext: the held range is a match */
+    int prev_match;
+    size_t at;     /* end of the last event */
+    int bytelevel; /* results still need the byte-level mapping of step k */
+} splitter;
 
-    /* fold (in place: the output never runs ahead of the input) */
-    size_t out = 0;
-    switch (beh) {
+static anvil_status bytelevel_tail(tok_work *w, int k, tok_piece p);
+
+static anvil_status emit(splitter *sp, size_t a, size_t b)
+{
+    if (b <= a)
+        return ANVIL_OK; /* HF drops empty splits */
+    tok_piece sub = tok_piece_sub(sp->p, a, b);
+    if (sp->bytelevel)
+        return bytelevel_tail(sp->w, sp->k, sub);
+    return tok_pretokenize(sp->w, sp->k + 1, sub);
+}
+
+static anvil_status flush_held(splitter *sp)
+{
+    if (!sp->have)
+        return ANVIL_OK;
+    sp->have = 0;
+    return emit(sp, sp->ha, sp->hb);
+}
+
+static anvil_status event(splitter *sp, size_t a, size_t b, int m)
+{
+    if (sp->invert)
+        m = !m;
+    switch (sp->beh) {
     case TOK_SPLIT_REMOVED:
-        for (size_t i = 0; i < ev->n; i++)
-            if (!ev->p[i].zp)
-                ev->p[out++] = ev->p[i];
-        break;
+        return m ? ANVIL_OK : emit(sp, a, b);
     case TOK_SPLIT_ISOLATED:
-        out = ev->n;
-        break;
-    case TOK_SPLIT_MERGED_PREV: {
-        int prev_match = 0;
-        for (size_t i = 0; i < ev->n; i++) {
-            tok_piece e = ev->p[i];
-            int m = (int)e.zp;
-            if (m && !prev_match && out > 0)
-                ev->p[out - 1].len = e.off + e.len - ev->p[out - 1].off;
-            else
-                ev->p[out++] = e;
-            prev_match = m;
+        return emit(sp, a, b);
+    case TOK_SPLIT_MERGED_PREV:
+        /* a match joins the piece before it (unless that was a match too) */
+        if (m && !sp->prev_match && sp->have) {
+            sp->hb = b;
+        } else {
+            TRY(flush_held(sp));
+            sp->have = 1;
+            sp->ha = a;
+            sp->hb = b;
         }
-        break;
-    }
-    case TOK_SPLIT_MERGED_NEXT: {
-        /* HF folds from the end: a match joins the piece after it */
-        int prev_match = 0;
-        size_t w_at = ev->n; /* write from the back */
-        for (size_t i = ev->n; i-- > 0;) {
-            tok_piece e = ev->p[i];
-            int m = (int)e.zp;
-            if (m && !prev_match && w_at < ev->n) {
-                tok_piece *last = &ev->p[w_at];
-                last->len = last->off + last->len - e.off;
-                last->off = e.off;
-            } else {
-                ev->p[--w_at] = e;
+        sp->prev_match = m;
+        return ANVIL_OK;
+    case TOK_SPLIT_CONTIGUOUS:
+        if (m == sp->prev_match && sp->have) {
+            sp->hb = b;
+        } else {
+            TRY(flush_held(sp));
+            sp->have = 1;
+            sp->ha = a;
+            sp->hb = b;
+        }
+        sp->prev_match = m;
+        return ANVIL_OK;
+    case TOK_SPLIT_MERGED_NEXT:
+        /* HF folds from the end: a match joins the piece after it, unless that is a match */
+        if (sp->have) {
+            if (!m) {
+                sp->have = 0;
+                return emit(sp, sp->ha, b);
             }
-            prev_match = m;
+            TRY(flush_held(sp));
         }
-        memmove(ev->p, ev->p + w_at, (ev->n - w_at) * sizeof *ev->p);
-        out = ev->n - w_at;
-        break;
-    }
-    case TOK_SPLIT_CONTIGUOUS: {
-        int prev_match = 0;
-        for (size_t i = 0; i < ev->n; i++) {
-            tok_piece e = ev->p[i];
-            int m = (int)e.zp;
-            if (m == prev_match && out > 0)
-                ev->p[out - 1].len = e.off + e.len - ev->p[out - 1].off;
-            else
-                ev->p[out++] = e;
-            prev_match = m;
+        if (m) {
+            sp->have = 1;
+            sp->ha = a;
+            sp->hb = b;
+            return ANVIL_OK;
         }
-        break;
-    }
-    }
-    for (size_t i = 0; i < out; i++) {
-        tok_piece e = w->stage[k].p[i]; /* re-read: deeper stages never touch stage k */
-        tok_piece sub = {p.off + e.off, e.len, p.zp > e.off ? p.zp - e.off : 0, p.raw};
-        TRY(tok_pretokenize(w, k + 1, sub));
+        return emit(sp, a, b);
     }
     return ANVIL_OK;
+}
+
+/* One match [s, e): the gap before it, then the match itself. */
+static anvil_status match(splitter *sp, size_t s, size_t e)
+{
+    if (sp->at != s)
+        TRY(event(sp, sp->at, s, 0));
+    TRY(event(sp, s, e, 1));
+    sp->at = e;
+    return ANVIL_OK;
+}
+
+static anvil_status finish(splitter *sp)
+{
+    if (sp->at != sp->p.len)
+        TRY(event(sp, sp->at, sp->p.len, 0));
+    return flush_held(sp);
+}
+
+static void splitter_init(splitter *sp, tok_work *w, int k, tok_piece p, enum tok_behavior beh, int invert)
+{
+    memset(sp, 0, sizeof *sp);
+    sp->w = w;
+    sp->k = k;
+    sp->p = p;
+    sp->beh = beh;
+    sp->invert = invert;
+}
+
+static anvil_status split_regex(tok_work *w, int k, tok_piece p, const tok_regex *re, enum tok_behavior beh, int invert,
+                                int bytelevel)
+{
+    splitter sp;
+    splitter_init(&sp, w, k, p, beh, invert);
+    sp.bytelevel = bytelevel;
+    tok_regex_iter it;
+    tok_regex_iter_init(&it, re, tok_piece_ptr(w, &p), p.len);
+    anvil_status st = ANVIL_OK;
+    size_t s, e;
+    /* the arena may move while later steps run: take the pointer afresh */
+    while (tok_regex_iter_next(&it, tok_piece_ptr(w, &p), p.len, w->md, &s, &e, &st))
+        TRY(match(&sp, s, e));
+    TRY(st);
+    return finish(&sp);
+}
+
+static anvil_status split_pattern(tok_work *w, int k, tok_piece p, const tok_pattern *pat, enum tok_behavior beh,
+                                  int invert)
+{
+    if (pat->is_regex)
+        return split_regex(w, k, p, &pat->re, beh, invert, 0);
+    splitter sp;
+    splitter_init(&sp, w, k, p, beh, invert);
+    tok_pattern_iter it;
+    tok_pattern_iter_init(&it, pat, tok_piece_ptr(w, &p), p.len);
+    anvil_status st = ANVIL_OK;
+    size_t s, e;
+    while (tok_pattern_iter_next(&it, pat, tok_piece_ptr(w, &p), p.len, w->md, &s, &e, &st))
+        TRY(match(&sp, s, e));
+    TRY(st);
+    return finish(&sp);
 }
 
 typedef int (*char_pred)(uint32_t cp, const tok_pre *pre);
@@ -278,23 +346,22 @@ static int pred_delim(uint32_t cp, const tok_pre *pre)
 }
 
 /* Every char matching pred is one match (HF's Pattern for Fn(char) -> bool). */
-static anvil_status char_spans(tok_work *w, int k, tok_piece p, char_pred pred, const tok_pre *pre)
+static anvil_status split_chars(tok_work *w, int k, tok_piece p, char_pred pred, const tok_pre *pre,
+                                enum tok_behavior beh)
 {
-    const char *s = tok_piece_ptr(w, &p);
-    w->n_spans[k] = 0;
+    splitter sp;
+    splitter_init(&sp, w, k, p, beh, 0);
     for (size_t i = 0; i < p.len;) {
         size_t l;
-        uint32_t cp = tok_utf8_decode(s + i, p.len - i, &l);
-        if (pred(cp, pre)) {
-            TRY(tok_grow((void **)&w->spans[k], &w->cap_spans[k], w->n_spans[k] + 1, sizeof *w->spans[k]));
-            w->spans[k][w->n_spans[k]++] = (tok_span){i, i + l};
-        }
+        uint32_t cp = tok_utf8_decode(tok_piece_ptr(w, &p) + i, p.len - i, &l);
+        if (pred(cp, pre))
+            TRY(match(&sp, i, i + l));
         i += l;
     }
-    return ANVIL_OK;
+    return finish(&sp);
 }
 
-/* Rewrites piece p: every occurrence of byte ' ' becomes rep (Metaspace). */
+/* Rewrites piece p: every byte ' ' becomes rep (Metaspace). */
 static anvil_status replace_spaces(tok_work *w, tok_piece *p, const char *rep, size_t rep_len)
 {
     const char *s = tok_piece_ptr(w, p);
@@ -315,23 +382,17 @@ static anvil_status replace_spaces(tok_work *w, tok_piece *p, const char *rep, s
         if (i < p->zp)
             zp += k - before;
     }
-    p->off = w->text.len;
-    p->len = k;
-    p->zp = zp;
-    w->text.len += k;
+    tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;
 }
 
 static anvil_status prepend(tok_work *w, tok_piece *p, const char *s, size_t n)
 {
     TRY(tok_buf_reserve(&w->text, p->len + n));
-    size_t off = w->text.len;
-    memcpy(w->text.p + off, s, n);
-    memcpy(w->text.p + off + n, w->text.p + p->off, p->len);
-    w->text.len += n + p->len;
-    p->off = off;
-    p->len += n;
-    p->zp = p->zp ? p->zp + n : 0;
+    char *o = w->text.p + w->text.len;
+    memcpy(o, s, n);
+    memcpy(o + n, tok_piece_ptr(w, p), p->len);
+    tok_piece_rewritten(w, p, p->len + n, p->zp ? p->zp + n : 0);
     return ANVIL_OK;
 }
 
@@ -348,11 +409,18 @@ static anvil_status map_bytes(tok_work *w, tok_piece *p)
             zp += m;
         k += m;
     }
-    p->off = w->text.len;
-    p->len = k;
-    p->zp = zp;
-    w->text.len += k;
+    tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;
+}
+
+/* The byte-level step after its split: map (or mark raw), then go on. */
+static anvil_status bytelevel_tail(tok_work *w, int k, tok_piece p)
+{
+    if (w->tok->pres[k].raw_out)
+        p.raw = 1;
+    else
+        TRY(map_bytes(w, &p));
+    return tok_pretokenize(w, k + 1, p);
 }
 
 anvil_status tok_pretokenize(tok_work *w, int k, tok_piece p)
@@ -367,42 +435,10 @@ anvil_status tok_pretokenize(tok_work *w, int k, tok_piece p)
     case TOK_PRE_BYTELEVEL:
         if (pre->add_prefix_space && tok_piece_ptr(w, &p)[0] != ' ')
             TRY(prepend(w, &p, " ", 1));
-        if (pre->use_regex) {
-            w->n_spans[k] = 0;
-            TRY(tok_regex_find_all(pre->re, tok_piece_ptr(w, &p), p.len, w->md, &w->spans[k], &w->n_spans[k],
-                                   &w->cap_spans[k]));
-            /* map after splitting: each sub-piece maps on its own */
-            tok_vec_piece *ev = &w->stage[k];
-            ev->n = 0;
-            size_t ns = w->n_spans[k], prev = 0;
-            TRY(tok_grow((void **)&ev->p, &ev->cap, 2 * ns + 2, sizeof *ev->p));
-            for (size_t i = 0; i < ns; i++) {
-                const tok_span *sp = &w->spans[k][i];
-                if (prev != sp->s)
-                    ev->p[ev->n++] = (tok_piece){prev, sp->s - prev, 0, 0};
-                ev->p[ev->n++] = (tok_piece){sp->s, sp->e - sp->s, 0, 0};
-                prev = sp->e;
-            }
-            if (prev != p.len)
-                ev->p[ev->n++] = (tok_piece){prev, p.len - prev, 0, 0};
-            for (size_t i = 0; i < w->stage[k].n; i++) {
-                tok_piece e = w->stage[k].p[i];
-                tok_piece sub = {p.off + e.off, e.len, p.zp > e.off ? p.zp - e.off : 0, 0};
-                if (sub.len == 0)
-                    continue;
-                if (pre->raw_out)
-                    sub.raw = 1;
-                else
-                    TRY(map_bytes(w, &sub));
-                TRY(tok_pretokenize(w, k + 1, sub));
-            }
-            return ANVIL_OK;
-        }
-        if (pre->raw_out)
-            p.raw = 1;
-        else
-            TRY(map_bytes(w, &p));
-        return tok_pretokenize(w, k + 1, p);
+        if (!pre->use_regex)
+            return bytelevel_tail(w, k, p);
+        /* GPT-2's split (Isolated), then each sub-piece maps on its own */
+        return split_regex(w, k, p, pre->re, TOK_SPLIT_ISOLATED, 0, 1);
     case TOK_PRE_METASPACE: {
         TRY(replace_spaces(w, &p, pre->rep, pre->rep_len));
         int starts = p.len >= pre->rep_len && memcmp(tok_piece_ptr(w, &p), pre->rep, pre->rep_len) == 0;
@@ -410,42 +446,22 @@ anvil_status tok_pretokenize(tok_work *w, int k, tok_piece p)
             TRY(prepend(w, &p, pre->rep, pre->rep_len));
         if (!pre->split)
             return tok_pretokenize(w, k + 1, p);
-        /* split on the replacement char, MergedWithNext */
-        const char *s = tok_piece_ptr(w, &p);
-        w->n_spans[k] = 0;
-        for (size_t i = 0; i + pre->rep_len <= p.len;) {
-            const char *f = memmem(s + i, p.len - i, pre->rep, pre->rep_len);
-            if (!f)
-                break;
-            size_t at = (size_t)(f - s);
-            TRY(tok_grow((void **)&w->spans[k], &w->cap_spans[k], w->n_spans[k] + 1, sizeof *w->spans[k]));
-            w->spans[k][w->n_spans[k]++] = (tok_span){at, at + pre->rep_len};
-            i = at + pre->rep_len;
-        }
-        return split_and_continue(w, k, p, 0, TOK_SPLIT_MERGED_NEXT);
+        tok_pattern lit = {0, (char *)pre->rep, pre->rep_len, {0}};
+        return split_pattern(w, k, p, &lit, TOK_SPLIT_MERGED_NEXT, 0);
     }
     case TOK_PRE_SPLIT:
-        w->n_spans[k] = 0;
-        TRY(tok_pattern_find_all(&pre->pat, tok_piece_ptr(w, &p), p.len, w->md, &w->spans[k], &w->n_spans[k],
-                                 &w->cap_spans[k]));
-        return split_and_continue(w, k, p, pre->invert, pre->behavior);
+        return split_pattern(w, k, p, &pre->pat, pre->behavior, pre->invert);
     case TOK_PRE_WHITESPACE:
-        w->n_spans[k] = 0;
-        TRY(tok_regex_find_all(pre->re, tok_piece_ptr(w, &p), p.len, w->md, &w->spans[k], &w->n_spans[k],
-                               &w->cap_spans[k]));
-        return split_and_continue(w, k, p, 1, TOK_SPLIT_REMOVED);
+        return split_regex(w, k, p, pre->re, TOK_SPLIT_REMOVED, 1, 0);
     case TOK_PRE_DIGITS:
-        TRY(char_spans(w, k, p, pred_numeric, pre));
-        return split_and_continue(w, k, p, 0, pre->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS);
+        return split_chars(w, k, p, pred_numeric, pre,
+                           pre->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS);
     case TOK_PRE_WHITESPACE_SPLIT:
-        TRY(char_spans(w, k, p, pred_whitespace, pre));
-        return split_and_continue(w, k, p, 0, TOK_SPLIT_REMOVED);
+        return split_chars(w, k, p, pred_whitespace, pre, TOK_SPLIT_REMOVED);
     case TOK_PRE_PUNCTUATION:
-        TRY(char_spans(w, k, p, pred_punct, pre));
-        return split_and_continue(w, k, p, 0, pre->behavior);
+        return split_chars(w, k, p, pred_punct, pre, pre->behavior);
     case TOK_PRE_CHAR_DELIMITER:
-        TRY(char_spans(w, k, p, pred_delim, pre));
-        return split_and_continue(w, k, p, 0, TOK_SPLIT_REMOVED);
+        return split_chars(w, k, p, pred_delim, pre, TOK_SPLIT_REMOVED);
     }
     return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown pre-tokenizer %d", (int)pre->kind);
 }

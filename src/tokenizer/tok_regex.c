@@ -605,31 +605,54 @@ static int subject_risky(const tok_regex *re, const char *s, size_t n)
     return tok_utf8_any_in(s, n, &u);
 }
 
+void tok_regex_iter_init(tok_regex_iter *it, const tok_regex *re, const char *subject, size_t n)
+{
+    it->code = subject_risky(re, subject, n) ? re->exact : re->fast;
+    it->last_end = it->last_match_end = 0;
+    it->have_last = 0;
+}
+
+int tok_regex_iter_next(tok_regex_iter *it, const char *subject, size_t n, pcre2_match_data *md, size_t *s, size_t *e,
+                        anvil_status *st)
+{
+    while (it->last_end <= n) {
+        int rc = pcre2_match(it->code, (PCRE2_SPTR)subject, n, it->last_end, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_NOMATCH)
+            break;
+        if (rc < 0) {
+            *st = ANVIL_FAIL(ANVIL_ERR_INTERNAL, "regex match failed (PCRE2 error %d)", rc);
+            return 0;
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t ms = ov[0], me = ov[1];
+        if (me == ms && it->have_last && it->last_match_end == me) {
+            /* Oniguruma's find_iter: no empty match right after the previous one */
+            it->last_end += it->last_end < n ? tok_utf8_len((unsigned char)subject[it->last_end]) : 1;
+            continue;
+        }
+        it->last_end = me;
+        it->last_match_end = me;
+        it->have_last = 1;
+        *s = ms;
+        *e = me;
+        return 1;
+    }
+    it->last_end = n + 1;
+    return 0;
+}
+
 anvil_status tok_regex_find_all(const tok_regex *re, const char *subject, size_t n, pcre2_match_data *md,
                                 tok_span **out, size_t *n_out, size_t *cap)
 {
-    const pcre2_code *code = subject_risky(re, subject, n) ? re->exact : re->fast;
-    size_t last_end = 0, last_match_end = 0;
-    int have_last = 0;
-    while (last_end <= n) {
-        int rc = pcre2_match(code, (PCRE2_SPTR)subject, n, last_end, PCRE2_NO_UTF_CHECK, md, NULL);
-        if (rc == PCRE2_ERROR_NOMATCH)
-            break;
-        CHECK(rc >= 0, ANVIL_ERR_INTERNAL, "regex match failed (PCRE2 error %d)", rc);
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        size_t s = ov[0], e = ov[1];
-        if (e == s && have_last && last_match_end == e) {
-            /* Oniguruma's find_iter: no empty match right after the previous one */
-            last_end += last_end < n ? tok_utf8_len((unsigned char)subject[last_end]) : 1;
-            continue;
-        }
-        last_end = e;
-        last_match_end = e;
-        have_last = 1;
+    tok_regex_iter it;
+    tok_regex_iter_init(&it, re, subject, n);
+    anvil_status st = ANVIL_OK;
+    size_t s, e;
+    while (tok_regex_iter_next(&it, subject, n, md, &s, &e, &st)) {
         TRY(tok_grow((void **)out, cap, *n_out + 1, sizeof **out));
         (*out)[(*n_out)++] = (tok_span){s, e};
     }
-    return ANVIL_OK;
+    return st;
 }
 
 /* ------------------------------------------------------------ patterns */
@@ -684,4 +707,30 @@ anvil_status tok_pattern_find_all(const tok_pattern *p, const char *s, size_t n,
         i = at + p->lit_len;
     }
     return ANVIL_OK;
+}
+
+void tok_pattern_iter_init(tok_pattern_iter *it, const tok_pattern *p, const char *subject, size_t n)
+{
+    it->at = 0;
+    if (p->is_regex)
+        tok_regex_iter_init(&it->re, &p->re, subject, n);
+}
+
+int tok_pattern_iter_next(tok_pattern_iter *it, const tok_pattern *p, const char *subject, size_t n,
+                          pcre2_match_data *md, size_t *s, size_t *e, anvil_status *st)
+{
+    if (p->is_regex)
+        return tok_regex_iter_next(&it->re, subject, n, md, s, e, st);
+    if (it->at + p->lit_len > n)
+        return 0;
+    const char *f = p->lit_len == 1 ? memchr(subject + it->at, p->lit[0], n - it->at)
+                                    : memmem(subject + it->at, n - it->at, p->lit, p->lit_len);
+    if (!f) {
+        it->at = n + 1;
+        return 0;
+    }
+    *s = (size_t)(f - subject);
+    *e = *s + p->lit_len;
+    it->at = *e;
+    return 1;
 }
