@@ -271,6 +271,8 @@ static const char *finish_name(anvil_finish_reason r)
 
 int anvil_cmd_run(int argc, char **argv)
 {
+    if (anvil_run_batch_wanted(argc, argv))
+        return anvil_run_batch(argc, argv); /* --input / --beam-width: tools/run_batch.c */
     run_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0)

@@ -6,5 +6,11 @@ int anvil_cmd_run(int argc, char **argv);
 int anvil_cmd_tokenize(int argc, char **argv);
 int anvil_cmd_detokenize(int argc, char **argv);
 int anvil_cmd_chat_template(int argc, char **argv);
+int anvil_cmd_bench(int argc, char **argv);
+
+/* anvil run's batch mode (tools/run_batch.c): many requests through the
+ * executor, for --input FILE.jsonl or --beam-width. */
+int anvil_run_batch_wanted(int argc, char **argv);
+int anvil_run_batch(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@ static const command commands[] = {
     {"tokenize", anvil_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", anvil_cmd_detokenize, "print the text of token ids"},
     {"chat-template", anvil_cmd_chat_template, "render chat messages with a model's template"},
+    {"bench", anvil_cmd_bench, "measure throughput and latency of batched serving"},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,710 @@
+/*
+ * anvil bench: throughput and latency of the executor (anvil's trtllm-bench).
+ *
+ *   anvil bench --model DIR --num-requests 200 --input-len 128 --output-len 64:128
+ *   anvil bench --model DIR --dataset requests.jsonl --request-rate 20 --json out.json
+ *
+ * Requests come from a synthetic dataset (random prompt ids of fixed or
+ * ranged lengths, ignore_eos so each produces exactly its output length, an
+ * optional shared prefix to exercise the prefix cache) or from a JSONL file
+ * in `anvil run --input` form. They arrive all at once (throughput), with
+ * at most --concurrency in flight (closed loop), or as a Poisson process of
+ * --request-rate requests per second (open loop). Timestamps are taken in
+ * the executor's event callbacks: time to first token (TTFT) from the
+ * request's send time, inter-token latency (ITL) between consecutive token
+ * events of a sequence, time per output token (TPOT), end-to-end latency.
+ */
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anvil/model_config.h"
+#include "commands.h"
+#include "core/threadpool.h"
+#include "exec_cli.h"
+
+#define TOOL "anvil bench"
+
+typedef struct range {
+    long lo, hi;
+} range;
+
+typedef struct bench_args {
+    const char *model;
+    const char *dataset;
+    const char *json_path;
+    long num_requests;
+    range input_len, output_len;
+    long shared_prefix;
+    long concurrency;
+    double request_rate;
+    long seed;
+    double temperature;
+    int progress;
+    exec_cli_opts eo;
+} bench_args;
+
+/* Per request: written by the executor thread (callbacks), read by the
+ * main thread after `done` is set under the bench mutex. */
+typedef struct req_rec {
+    double t_send, t_first, t_last, t_end;
+    int32_t n_prompt, n_out, n_cached;
+    double *itl;            /* gaps between token events of sample 0 */
+    int32_t n_itl, cap_itl;
+    int failed;
+    char error[256];
+    struct bench *b;
+} req_rec;
+
+typedef struct bench {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long n_done;            /* guarded by mu */
+    long in_flight;         /* guarded by mu */
+    req_rec *recs;
+} bench;
+
+static void bench_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: anvil bench --model DIR [--dataset FILE | synthetic options] [options]\n"
+            "\n"
+            "Measures requests/s, tokens/s, time to first token and inter-token latency of the executor.\n"
+            "\n"
+            "  -m, --model DIR             Hugging Face model folder\n"
+            "      --dataset FILE          requests in `anvil run --input` form (JSONL)\n"
+            "      --num-requests N        requests (default 100; with --dataset: its lines)\n"
+            "      --input-len A[:B]       synthetic prompt length, fixed or uniform in [A, B] (default 128)\n"
+            "      --output-len A[:B]      synthetic output length (ignore_eos) (default 128)\n"
+            "      --shared-prefix N       synthetic prompts start with the same N tokens (default 0)\n"
+            "      --concurrency N         at most N requests in flight (default: all at once)\n"
+            "      --request-rate R        Poisson arrivals, R requests/s (default: all at once)\n"
+            "      --temperature T         synthetic requests' temperature (default 0: greedy)\n"
+            "      --seed S                dataset and arrival seed (default 0)\n"
+            "      --json FILE             write the results as JSON\n"
+            "      --no-progress           no progress bar (it shows only on a terminal)\n" EXEC_CLI_HELP
+            "  -h, --help                  this help\n");
+}
+
+static int parse_range(const char *s, const char *flag, range *r)
+{
+    char *end = NULL;
+    long a = strtol(s, &end, 10), b = a;
+    if (end != s && *end == ':') {
+        const char *q = end + 1;
+        b = strtol(q, &end, 10);
+        if (end == q)
+            end = (char *)s;
+    }
+    if (end == s || *end != '\0' || a < 1 || b < a) {
+        fprintf(stderr, TOOL ": %s expects N or A:B with 1 <= A <= B, got '%s'\n", flag, s);
+        return -1;
+    }
+    r->lo = a;
+    r->hi = b;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, bench_args *a)
+{
+    enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_TEMP, OPT_SEED, OPT_JSON,
+           OPT_NOPROG };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
+        {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
+        {"output-len", required_argument, 0, OPT_OUT},  {"shared-prefix", required_argument, 0, OPT_PREFIX},
+        {"concurrency", required_argument, 0, OPT_CONC}, {"request-rate", required_argument, 0, OPT_RATE},
+        {"temperature", required_argument, 0, OPT_TEMP}, {"seed", required_argument, 0, OPT_SEED},
+        {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
+        {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
+        {0, 0, 0, 0},
+    };
+    memset(a, 0, sizeof *a);
+    a->num_requests = -1;
+    a->input_len = (range){128, 128};
+    a->output_len = (range){128, 128};
+    a->progress = isatty(2);
+    exec_cli_opts_default(&a->eo);
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+        int r = exec_cli_option(&a->eo, c, optarg, TOOL);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case OPT_DATASET: a->dataset = optarg; break;
+        case OPT_NUM:
+            if (exec_cli_int(optarg, "--num-requests", 1, 100000000, &a->num_requests, TOOL))
+                return 2;
+            break;
+        case OPT_IN:
+            if (parse_range(optarg, "--input-len", &a->input_len))
+                return 2;
+            break;
+        case OPT_OUT:
+            if (parse_range(optarg, "--output-len", &a->output_len))
+                return 2;
+            break;
+        case OPT_PREFIX:
+            if (exec_cli_int(optarg, "--shared-prefix", 0, 1 << 24, &a->shared_prefix, TOOL))
+                return 2;
+            break;
+        case OPT_CONC:
+            if (exec_cli_int(optarg, "--concurrency", 1, 100000000, &a->concurrency, TOOL))
+                return 2;
+            break;
+        case OPT_RATE:
+            if (exec_cli_double(optarg, "--request-rate", 1e-6, 1e9, &a->request_rate, TOOL))
+                return 2;
+            break;
+        case OPT_TEMP:
+            if (exec_cli_double(optarg, "--temperature", 0, 1e6, &a->temperature, TOOL))
+                return 2;
+            break;
+        case OPT_SEED:
+            if (exec_cli_int(optarg, "--seed", 0, INT64_MAX, &a->seed, TOOL))
+                return 2;
+            break;
+        case OPT_JSON: a->json_path = optarg; break;
+        case OPT_NOPROG: a->progress = 0; break;
+        case 'h': bench_usage(stdout); return 0;
+        default: bench_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, TOOL ": unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (a->model == NULL) {
+        fprintf(stderr, TOOL ": --model is required\n");
+        return 2;
+    }
+    return -1;
+}
+
+/* ------------------------------------------------------------ callbacks */
+
+static void on_event(void *user, const anvil_event *ev)
+{
+    req_rec *r = user;
+    const double now = exec_cli_now();
+    if (ev->kind == ANVIL_EVENT_TOKENS) {
+        if (ev->index != 0)
+            return;
+        if (r->t_first == 0) {
+            r->t_first = now;
+        } else if (r->n_itl < r->cap_itl) {
+            r->itl[r->n_itl++] = now - r->t_last;
+        }
+        r->t_last = now;
+        return;
+    }
+    const anvil_result *res = ev->result;
+    r->t_end = now;
+    r->n_prompt = res->n_prompt;
+    r->n_cached = res->n_cached_prompt;
+    for (int32_t i = 0; i < res->n_sequences; i++)
+        r->n_out += res->sequences[i].n_tokens;
+    if (res->status != ANVIL_OK) {
+        r->failed = 1;
+        snprintf(r->error, sizeof r->error, "%s", res->error);
+    }
+    if (r->t_first == 0 && r->n_out > 0) /* beams stream nothing: first token = end */
+        r->t_first = r->t_last = now;
+    bench *b = r->b;
+    pthread_mutex_lock(&b->mu);
+    b->n_done++;
+    b->in_flight--;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* ------------------------------------------------------------ datasets */
+
+typedef struct dataset {
+    exec_cli_request *reqs;
+    json_t **objs;
+    long n;
+    int32_t *ids;           /* synthetic prompts' storage */
+} dataset;
+
+static void dataset_free(dataset *d)
+{
+    for (long i = 0; d->reqs && i < d->n; i++)
+        exec_cli_request_clear(&d->reqs[i]);
+    for (long i = 0; d->objs && i < d->n; i++)
+        json_decref(d->objs[i]);
+    free(d->reqs);
+    free(d->objs);
+    free(d->ids);
+}
+
+static long pick(range r, uint64_t *rng)
+{
+    if (r.hi == r.lo)
+        return r.lo;
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    return r.lo + (long)(*rng % (uint64_t)(r.hi - r.lo + 1));
+}
+
+static int synthetic(const bench_args *a, const anvil_runtime *rt, const anvil_tokenizer *tok, dataset *d)
+{
+    const anvil_model_config *cfg = anvil_runtime_config(rt);
+    const int32_t vocab = (int32_t)cfg->vocab_size;
+    const long n = a->num_requests > 0 ? a->num_requests : 100;
+    uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)a->seed;
+    /* usable ids: not special, not BOS/EOS/pad */
+    int32_t *usable = malloc((size_t)vocab * sizeof *usable);
+    int32_t n_usable = 0;
+    for (int32_t t = 0; usable && t < vocab; t++) {
+        int bad = t == cfg->bos_token_id || t == cfg->pad_token_id || (tok && anvil_tokenizer_is_special(tok, t));
+        for (int k = 0; k < cfg->n_eos_token_ids; k++)
+            bad |= t == cfg->eos_token_ids[k];
+        if (!bad)
+            usable[n_usable++] = t;
+    }
+    long total = 0;
+    long *lens = malloc((size_t)n * sizeof *lens), *outs = malloc((size_t)n * sizeof *outs);
+    d->reqs = calloc((size_t)n, sizeof *d->reqs);
+    if (!usable || !lens || !outs || !d->reqs || n_usable == 0) {
+        fprintf(stderr, TOOL ": out of memory\n");
+        free(usable);
+        free(lens);
+        free(outs);
+        return -1;
+    }
+    for (long i = 0; i < n; i++) {
+        lens[i] = pick(a->input_len, &rng);
+        if (lens[i] < a->shared_prefix + 1)
+            lens[i] = a->shared_prefix + 1;
+        outs[i] = pick(a->output_len, &rng);
+        total += lens[i];
+    }
+    d->ids = malloc((size_t)total * sizeof *d->ids);
+    int32_t *prefix = malloc((size_t)(a->shared_prefix + 1) * sizeof *prefix);
+    if (d->ids == NULL || prefix == NULL) {
+        fprintf(stderr, TOOL ": out of memory\n");
+        free(usable);
+        free(lens);
+        free(outs);
+        free(prefix);
+        return -1;
+    }
+    for (long k = 0; k < a->shared_prefix; k++)
+        prefix[k] = usable[pick((range){0, n_usable - 1}, &rng)];
+    long off = 0;
+    for (long i = 0; i < n; i++) {
+        int32_t *p = d->ids + off;
+        for (long k = 0; k < lens[i]; k++)
+            p[k] = k < a->shared_prefix ? prefix[k] : usable[pick((range){0, n_usable - 1}, &rng)];
+        if (cfg->bos_token_id >= 0 && a->shared_prefix == 0)
+            p[0] = cfg->bos_token_id;
+        anvil_request *r = &d->reqs[i].req;
+        anvil_request_init(r);
+        r->prompt_ids = p;
+        r->n_prompt_ids = (int32_t)lens[i];
+        r->max_tokens = (int32_t)outs[i];
+        r->ignore_eos = 1;
+        r->temperature = (float)a->temperature;
+        r->seed = (uint64_t)a->seed + (uint64_t)i;
+        r->has_seed = 1;
+        off += lens[i];
+    }
+    d->n = n;
+    free(usable);
+    free(lens);
+    free(outs);
+    free(prefix);
+    return 0;
+}
+
+static int from_file(const bench_args *a, dataset *d)
+{
+    FILE *f = fopen(a->dataset, "r");
+    if (f == NULL) {
+        fprintf(stderr, TOOL ": cannot open %s\n", a->dataset);
+        return -1;
+    }
+    long cap = 0;
+    char *buf = NULL;
+    size_t bcap = 0;
+    ssize_t len;
+    int rc = 0;
+    while (rc == 0 && (a->num_requests < 0 || d->n < a->num_requests) && (len = getline(&buf, &bcap, f)) >= 0) {
+        if (len <= 1)
+            continue;
+        if (d->n == cap) {
+            cap = cap ? cap * 2 : 64;
+            exec_cli_request *rq = realloc(d->reqs, (size_t)cap * sizeof *rq);
+            json_t **ob = rq ? realloc(d->objs, (size_t)cap * sizeof *ob) : NULL;
+            if (rq)
+                d->reqs = rq;
+            if (ob)
+                d->objs = ob;
+            if (!rq || !ob) {
+                fprintf(stderr, TOOL ": out of memory\n");
+                rc = -1;
+                break;
+            }
+        }
+        json_error_t jerr;
+        json_t *o = json_loadb(buf, (size_t)len, 0, &jerr);
+        if (o == NULL) {
+            fprintf(stderr, TOOL ": %s line %ld: %s\n", a->dataset, d->n + 1, jerr.text);
+            rc = -1;
+            break;
+        }
+        exec_cli_request *q = &d->reqs[d->n];
+        memset(q, 0, sizeof *q);
+        anvil_request_init(&q->req);
+        q->req.max_tokens = 256;
+        d->objs[d->n++] = o;
+        char err[300];
+        if (exec_cli_request_from_json(o, q, err, sizeof err)) {
+            fprintf(stderr, TOOL ": %s line %ld: %s\n", a->dataset, d->n, err);
+            rc = -1;
+        }
+    }
+    free(buf);
+    fclose(f);
+    if (rc == 0 && d->n == 0) {
+        fprintf(stderr, TOOL ": %s holds no request\n", a->dataset);
+        rc = -1;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------ statistics */
+
+static int cmp_double(const void *pa, const void *pb)
+{
+    double a = *(const double *)pa, b = *(const double *)pb;
+    return (a > b) - (a < b);
+}
+
+typedef struct summary {
+    double mean, p50, p90, p99, max;
+    long n;
+} summary;
+
+/* Percentiles with linear interpolation (numpy's default). Sorts v. */
+static summary summarize(double *v, long n)
+{
+    summary s = {0};
+    s.n = n;
+    if (n == 0)
+        return s;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double sum = 0;
+    for (long i = 0; i < n; i++)
+        sum += v[i];
+    s.mean = sum / (double)n;
+    const double qs[3] = {0.5, 0.9, 0.99};
+    double *outs[3] = {&s.p50, &s.p90, &s.p99};
+    for (int k = 0; k < 3; k++) {
+        double pos = qs[k] * (double)(n - 1);
+        long i = (long)pos;
+        double frac = pos - (double)i;
+        *outs[k] = i + 1 < n ? v[i] + frac * (v[i + 1] - v[i]) : v[i];
+    }
+    s.max = v[n - 1];
+    return s;
+}
+
+static json_t *summary_json(summary s, double scale)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "mean", json_real(s.mean * scale));
+    json_object_set_new(o, "p50", json_real(s.p50 * scale));
+    json_object_set_new(o, "p90", json_real(s.p90 * scale));
+    json_object_set_new(o, "p99", json_real(s.p99 * scale));
+    json_object_set_new(o, "max", json_real(s.max * scale));
+    json_object_set_new(o, "count", json_integer(s.n));
+    return o;
+}
+
+static void print_summary(const char *name, summary s)
+{
+    printf("  %-26s mean %9.2f   p50 %9.2f   p90 %9.2f   p99 %9.2f\n", name, s.mean * 1e3, s.p50 * 1e3, s.p90 * 1e3,
+           s.p99 * 1e3);
+}
+
+static void progress(long done, long total, double elapsed, int64_t gen)
+{
+    const int width = 30;
+    int fill = total > 0 ? (int)((double)done / (double)total * width) : width;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
+    bar[width] = '\0';
+    fprintf(stderr, "\r[%s] %ld/%ld requests  %.0f tok/s  %.1f s ", bar, done, total,
+            elapsed > 0 ? (double)gen / elapsed : 0.0, elapsed);
+    fflush(stderr);
+}
+
+static void cpu_model(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f == NULL)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            char *c = strchr(line, ':');
+            if (c) {
+                c++;
+                while (*c == ' ')
+                    c++;
+                c[strcspn(c, "\n")] = '\0';
+                snprintf(buf, cap, "%s", c);
+            }
+            break;
+        }
+    }
+    fclose(f);
+}
+
+/* ------------------------------------------------------------ main */
+
+static double exp_sample(uint64_t *rng, double rate)
+{
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    double u = ((double)(*rng >> 11) + 0.5) * 0x1.0p-53;
+    return -log(u) / rate;
+}
+
+static void wait_until(bench *b, double t)
+{
+    double now = exec_cli_now();
+    if (t <= now)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double wake = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + (t - now);
+    ts.tv_sec = (time_t)wake;
+    ts.tv_nsec = (long)((wake - (double)ts.tv_sec) * 1e9);
+    pthread_cond_timedwait(&b->cv, &b->mu, &ts);
+}
+
+int anvil_cmd_bench(int argc, char **argv)
+{
+    bench_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    anvil_runtime *rt = NULL;
+    anvil_tokenizer *tok = NULL;
+    anvil_executor *ex = NULL;
+    dataset d = {0};
+    bench b = {0};
+    int sync_ok = pthread_mutex_init(&b.mu, NULL) == 0 && pthread_cond_init(&b.cv, NULL) == 0;
+    rc = 1;
+    if (!sync_ok || exec_cli_load(&a.eo, a.model, TOOL, &rt, &tok, &ex))
+        goto done;
+    if (a.dataset ? from_file(&a, &d) : synthetic(&a, rt, tok, &d))
+        goto done;
+    b.recs = calloc((size_t)d.n, sizeof *b.recs);
+    if (b.recs == NULL)
+        goto done;
+    for (long i = 0; i < d.n; i++) {
+        req_rec *r = &b.recs[i];
+        r->b = &b;
+        r->cap_itl = d.reqs[i].req.max_tokens > 0 ? d.reqs[i].req.max_tokens : anvil_runtime_options_get(rt)->max_seq_len;
+        r->itl = malloc((size_t)r->cap_itl * sizeof *r->itl);
+        if (r->itl == NULL)
+            goto done;
+        d.reqs[i].req.on_event = on_event;
+        d.reqs[i].req.user = r;
+    }
+    const long conc = a.concurrency > 0 ? a.concurrency : d.n;
+    uint64_t arng = 0x2545f4914f6cdd1dull ^ (uint64_t)a.seed;
+    fprintf(stderr, TOOL ": %ld requests, %s, %s\n", d.n, a.dataset ? a.dataset : "synthetic",
+            a.request_rate > 0 ? "Poisson arrivals" : "closed loop");
+
+    const double t0 = exec_cli_now();
+    double next_arrival = t0, last_progress = 0;
+    long sent = 0;
+    int peak_used = 0;
+    pthread_mutex_lock(&b.mu);
+    while (b.n_done < d.n) {
+        const double now = exec_cli_now();
+        if (sent < d.n && b.in_flight < conc && (a.request_rate <= 0 || now >= next_arrival)) {
+            b.recs[sent].t_send = now;
+            b.in_flight++;
+            pthread_mutex_unlock(&b.mu);
+            /* enqueue outside the lock: a callback may need it */
+            if (anvil_executor_enqueue(ex, &d.reqs[sent].req, NULL) != ANVIL_OK) {
+                req_rec *r = &b.recs[sent];
+                r->failed = 1;
+                snprintf(r->error, sizeof r->error, "%s", anvil_last_error());
+                r->t_end = exec_cli_now();
+                pthread_mutex_lock(&b.mu);
+                b.in_flight--;
+                b.n_done++;
+            } else {
+                pthread_mutex_lock(&b.mu);
+            }
+            sent++;
+            if (a.request_rate > 0)
+                next_arrival += exp_sample(&arng, a.request_rate);
+            continue;
+        }
+        double until = now + 0.1;
+        if (sent < d.n && a.request_rate > 0 && b.in_flight < conc && next_arrival < until)
+            until = next_arrival;
+        wait_until(&b, until);
+        anvil_executor_metrics m;
+        if (anvil_executor_stats(ex, &m) == ANVIL_OK && m.kv_blocks_used > peak_used)
+            peak_used = m.kv_blocks_used;
+        if (a.progress && exec_cli_now() - last_progress > 0.2) {
+            last_progress = exec_cli_now();
+            progress(b.n_done, d.n, last_progress - t0, m.generated_tokens);
+        }
+    }
+    pthread_mutex_unlock(&b.mu);
+    const double t_end = exec_cli_now();
+    if (a.progress) {
+        progress(d.n, d.n, t_end - t0, 0);
+        fputc('\n', stderr);
+    }
+    anvil_executor_metrics m;
+    anvil_executor_stats(ex, &m);
+
+    /* ---- statistics */
+    long n_ok = 0, n_itl = 0, n_fail = 0;
+    int64_t in_tok = 0, out_tok = 0, cached = 0;
+    for (long i = 0; i < d.n; i++) {
+        n_itl += b.recs[i].n_itl;
+        if (b.recs[i].failed) {
+            if (n_fail++ == 0)
+                fprintf(stderr, TOOL ": request %ld failed: %s\n", i, b.recs[i].error);
+            continue;
+        }
+        n_ok++;
+        in_tok += b.recs[i].n_prompt;
+        out_tok += b.recs[i].n_out;
+        cached += b.recs[i].n_cached;
+    }
+    double *ttft = malloc((size_t)(d.n + 1) * sizeof *ttft), *e2e = malloc((size_t)(d.n + 1) * sizeof *e2e);
+    double *tpot = malloc((size_t)(d.n + 1) * sizeof *tpot), *itl = malloc((size_t)(n_itl + 1) * sizeof *itl);
+    if (!ttft || !e2e || !tpot || !itl) {
+        free(ttft);
+        free(e2e);
+        free(tpot);
+        free(itl);
+        goto done;
+    }
+    long k = 0, n_tpot = 0, j = 0;
+    for (long i = 0; i < d.n; i++) {
+        const req_rec *r = &b.recs[i];
+        if (r->failed)
+            continue;
+        ttft[k] = r->t_first - r->t_send;
+        e2e[k] = r->t_end - r->t_send;
+        k++;
+        if (r->n_itl > 0)
+            tpot[n_tpot++] = (r->t_last - r->t_first) / (double)r->n_itl;
+        for (int32_t q = 0; q < r->n_itl; q++)
+            itl[j++] = r->itl[q];
+    }
+    const double dur = t_end - t0;
+    summary s_ttft = summarize(ttft, k), s_e2e = summarize(e2e, k), s_tpot = summarize(tpot, n_tpot),
+            s_itl = summarize(itl, j);
+    const double hit = m.prompt_tokens > 0 ? (double)m.cached_prompt_tokens / (double)m.prompt_tokens : 0.0;
+    char cpu[128];
+    cpu_model(cpu, sizeof cpu);
+    const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
+    const int threads = ro->n_threads > 0 ? ro->n_threads : anvil_cpu_count();
+
+    printf("anvil bench: %s on %s (%s, %d threads)\n", a.model, ro->device, cpu, threads);
+    printf("  requests                   %ld ok, %ld failed, in %.2f s\n", n_ok, n_fail, dur);
+    printf("  throughput                 %.2f requests/s, %.1f input tokens/s, %.1f output tokens/s\n",
+           (double)n_ok / dur, (double)in_tok / dur, (double)out_tok / dur);
+    printf("  tokens                     %lld input (%lld from the prefix cache, %.1f%%), %lld output\n",
+           (long long)in_tok, (long long)cached, 100.0 * hit, (long long)out_tok);
+    printf("  latency (ms)\n");
+    print_summary("time to first token", s_ttft);
+    print_summary("inter-token latency", s_itl);
+    print_summary("time per output token", s_tpot);
+    print_summary("end to end", s_e2e);
+    printf("  KV cache                   %d blocks of %d tokens, peak %d used (%.1f%%), %lld preemptions\n",
+           m.kv_blocks_total, m.kv_block_size, peak_used,
+           m.kv_blocks_total ? 100.0 * peak_used / m.kv_blocks_total : 0.0, (long long)m.preemptions);
+    printf("  executor                   %lld steps, %.1f%% busy, policy %s, max %d sequences and %d tokens a step\n",
+           (long long)m.steps, dur > 0 ? 100.0 * m.busy_s / dur : 0.0,
+           a.eo.ex.policy == ANVIL_CAPACITY_MAX_UTILIZATION ? "max-utilization" : "guaranteed-no-evict",
+           ro->max_batch_size, ro->max_num_tokens);
+
+    if (a.json_path) {
+        json_t *o = json_object(), *cfgj = json_object(), *lat = json_object();
+        json_object_set_new(cfgj, "model", json_string(a.model));
+        json_object_set_new(cfgj, "device", json_string(ro->device));
+        json_object_set_new(cfgj, "cpu", json_string(cpu));
+        json_object_set_new(cfgj, "threads", json_integer(threads));
+        json_object_set_new(cfgj, "dataset", a.dataset ? json_string(a.dataset) : json_string("synthetic"));
+        json_object_set_new(cfgj, "input_len", json_sprintf("%ld:%ld", a.input_len.lo, a.input_len.hi));
+        json_object_set_new(cfgj, "output_len", json_sprintf("%ld:%ld", a.output_len.lo, a.output_len.hi));
+        json_object_set_new(cfgj, "shared_prefix", json_integer(a.shared_prefix));
+        json_object_set_new(cfgj, "concurrency", json_integer(conc));
+        json_object_set_new(cfgj, "request_rate", a.request_rate > 0 ? json_real(a.request_rate) : json_null());
+        json_object_set_new(cfgj, "policy", json_string(a.eo.ex.policy == ANVIL_CAPACITY_MAX_UTILIZATION
+                                                            ? "max-utilization"
+                                                            : "guaranteed-no-evict"));
+        json_object_set_new(cfgj, "max_batch_size", json_integer(ro->max_batch_size));
+        json_object_set_new(cfgj, "max_num_tokens", json_integer(ro->max_num_tokens));
+        json_object_set_new(cfgj, "kv_block_size", json_integer(m.kv_block_size));
+        json_object_set_new(cfgj, "kv_blocks", json_integer(m.kv_blocks_total));
+        json_object_set_new(o, "config", cfgj);
+        json_object_set_new(o, "requests", json_integer(n_ok));
+        json_object_set_new(o, "failed", json_integer(n_fail));
+        json_object_set_new(o, "duration_s", json_real(dur));
+        json_object_set_new(o, "requests_per_s", json_real((double)n_ok / dur));
+        json_object_set_new(o, "input_tokens", json_integer(in_tok));
+        json_object_set_new(o, "output_tokens", json_integer(out_tok));
+        json_object_set_new(o, "input_tokens_per_s", json_real((double)in_tok / dur));
+        json_object_set_new(o, "output_tokens_per_s", json_real((double)out_tok / dur));
+        json_object_set_new(o, "prefix_hit_rate", json_real(hit));
+        json_object_set_new(o, "kv_peak_blocks_used", json_integer(peak_used));
+        json_object_set_new(o, "preemptions", json_integer(m.preemptions));
+        json_object_set_new(o, "steps", json_integer(m.steps));
+        json_object_set_new(lat, "ttft", summary_json(s_ttft, 1e3));
+        json_object_set_new(lat, "itl", summary_json(s_itl, 1e3));
+        json_object_set_new(lat, "tpot", summary_json(s_tpot, 1e3));
+        json_object_set_new(lat, "e2e", summary_json(s_e2e, 1e3));
+        json_object_set_new(o, "latency_ms", lat);
+        if (json_dump_file(o, a.json_path, JSON_INDENT(2)) != 0)
+            fprintf(stderr, TOOL ": cannot write %s\n", a.json_path);
+        json_decref(o);
+    }
+    free(ttft);
+    free(e2e);
+    free(tpot);
+    free(itl);
+    rc = n_fail ? 1 : 0;
+done:
+    anvil_executor_free(ex);
+    if (b.recs)
+        for (long i = 0; i < d.n; i++)
+            free(b.recs[i].itl);
+    free(b.recs);
+    dataset_free(&d);
+    anvil_runtime_free(rt);
+    anvil_tokenizer_free(tok);
+    if (sync_ok) {
+        pthread_cond_destroy(&b.cv);
+        pthread_mutex_destroy(&b.mu);
+    }
+    return rc;
+}

@@ -1,0 +1,480 @@
+/* Shared pieces of the executor-based commands (see exec_cli.h). */
+#include "exec_cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "anvil/model_config.h"
+#include "core/fileutil.h"
+
+double exec_cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void exec_cli_opts_default(exec_cli_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    anvil_runtime_options_default(&o->rt);
+    anvil_executor_options_default(&o->ex);
+}
+
+int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "%s: %s expects an integer in %ld..%ld, got '%s'\n", tool, flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int exec_cli_double(const char *s, const char *flag, double min, double max, double *out, const char *tool)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end != '\0' || !(v >= min && v <= max)) {
+        fprintf(stderr, "%s: %s expects a number in [%g, %g], got '%s'\n", tool, flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool)
+{
+    long v;
+    double d;
+    switch (opt) {
+    case EXEC_OPT_DEVICE:
+        o->rt.device = arg;
+        return 1;
+    case EXEC_OPT_THREADS:
+        if (exec_cli_int(arg, "--threads", 0, 4096, &v, tool))
+            return -1;
+        o->rt.n_threads = (int)v;
+        return 1;
+    case EXEC_OPT_MAX_SEQ_LEN:
+        if (exec_cli_int(arg, "--max-seq-len", 1, 1 << 24, &v, tool))
+            return -1;
+        o->rt.max_seq_len = (int32_t)v;
+        return 1;
+    case EXEC_OPT_MAX_BATCH:
+        if (exec_cli_int(arg, "--max-batch-size", 1, 65536, &v, tool))
+            return -1;
+        o->rt.max_batch_size = (int32_t)v;
+        return 1;
+    case EXEC_OPT_MAX_TOKENS_STEP:
+        if (exec_cli_int(arg, "--max-num-tokens", 1, 1 << 24, &v, tool))
+            return -1;
+        o->rt.max_num_tokens = (int32_t)v;
+        return 1;
+    case EXEC_OPT_KV_TOKENS:
+        if (exec_cli_int(arg, "--kv-cache-tokens", 1, 1L << 40, &v, tool))
+            return -1;
+        o->rt.kv_cache_tokens = v;
+        o->kv_set = 1;
+        return 1;
+    case EXEC_OPT_KV_FRACTION:
+        if (exec_cli_double(arg, "--kv-cache-fraction", 1e-9, 1.0, &d, tool))
+            return -1;
+        o->rt.kv_cache_fraction = d;
+        o->kv_set = 1;
+        return 1;
+    case EXEC_OPT_BLOCK_SIZE:
+        if (exec_cli_int(arg, "--block-size", 1, 4096, &v, tool))
+            return -1;
+        o->rt.kv_block_size = (int32_t)v;
+        return 1;
+    case EXEC_OPT_POLICY:
+        if (strcmp(arg, "no-evict") == 0 || strcmp(arg, "guaranteed-no-evict") == 0) {
+            o->ex.policy = ANVIL_CAPACITY_GUARANTEED_NO_EVICT;
+        } else if (strcmp(arg, "max-utilization") == 0) {
+            o->ex.policy = ANVIL_CAPACITY_MAX_UTILIZATION;
+        } else {
+            fprintf(stderr, "%s: --policy expects no-evict or max-utilization, got '%s'\n", tool, arg);
+            return -1;
+        }
+        return 1;
+    case EXEC_OPT_NO_PREFIX_CACHE:
+        o->ex.enable_prefix_caching = 0;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
+                  anvil_tokenizer **tok, anvil_executor **ex)
+{
+    *rt = NULL;
+    *tok = NULL;
+    *ex = NULL;
+    char path[4096];
+    if (anvil_path_join(path, sizeof path, model_dir, "tokenizer.json") == ANVIL_OK && anvil_file_exists(path) &&
+        anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        return -1;
+    }
+    anvil_runtime_options ro = o->rt;
+    if (!o->kv_set) {
+        /* room for many sequences in flight, without taking the machine */
+        anvil_model_config cfg;
+        if (anvil_model_config_load(model_dir, &cfg) == ANVIL_OK) {
+            int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings;
+            ro.kv_cache_tokens = 32 * (ctx > 0 ? ctx : 2048);
+            ro.kv_cache_fraction = 0.25;
+        }
+    }
+    if (anvil_runtime_load(model_dir, &ro, rt) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_tokenizer_free(*tok);
+        *tok = NULL;
+        return -1;
+    }
+    if (anvil_executor_create(*rt, *tok, &o->ex, ex) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_runtime_free(*rt);
+        anvil_tokenizer_free(*tok);
+        *rt = NULL;
+        *tok = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ requests from JSON */
+
+void exec_cli_request_clear(exec_cli_request *r)
+{
+    free(r->prompt_ids);
+    free(r->stop);
+    free(r->stop_ids);
+    free(r->bias);
+    r->prompt_ids = NULL;
+    r->stop = NULL;
+    r->stop_ids = NULL;
+    r->bias = NULL;
+}
+
+static int get_number(json_t *obj, const char *key, double lo, double hi, double *out, char *err, size_t n)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_number(v)) {
+        snprintf(err, n, "'%s' must be a number", key);
+        return -1;
+    }
+    double d = json_number_value(v);
+    if (!(d >= lo && d <= hi)) {
+        snprintf(err, n, "'%s' must be in [%g, %g], got %g", key, lo, hi, d);
+        return -1;
+    }
+    *out = d;
+    return 1;
+}
+
+static int get_int(json_t *obj, const char *key, long lo, long hi, long *out, char *err, size_t n)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        snprintf(err, n, "'%s' must be an integer in %ld..%ld", key, lo, hi);
+        return -1;
+    }
+    *out = (long)json_integer_value(v);
+    return 1;
+}
+
+static int get_bool(json_t *obj, const char *key, int *out, char *err, size_t n)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(err, n, "'%s' must be true or false", key);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 1;
+}
+
+static int get_ids(json_t *arr, const char *key, int32_t **out, int32_t *n_out, char *err, size_t n)
+{
+    if (!json_is_array(arr)) {
+        snprintf(err, n, "'%s' must be an array of token ids", key);
+        return -1;
+    }
+    size_t m = json_array_size(arr);
+    *out = malloc((m ? m : 1) * sizeof **out);
+    if (*out == NULL) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < m; i++) {
+        json_t *e = json_array_get(arr, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX) {
+            snprintf(err, n, "'%s' must hold non-negative integers", key);
+            return -1;
+        }
+        (*out)[i] = (int32_t)json_integer_value(e);
+    }
+    *n_out = (int32_t)m;
+    return 0;
+}
+
+static const char *const known_keys[] = {
+    "prompt", "prompt_ids", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+    "presence_penalty", "frequency_penalty", "seed", "n", "stop", "stop_token_ids", "logprobs", "min_tokens",
+    "ignore_eos", "logit_bias", "skip_special_tokens", "add_special_tokens", "beam_width", "use_beam_search",
+    "length_penalty", "early_stopping", "id", "best_of", NULL,
+};
+
+int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, size_t n)
+{
+    anvil_request *r = &out->req;
+    if (!json_is_object(obj)) {
+        snprintf(err, n, "a request must be a JSON object");
+        return -1;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        int ok = 0;
+        for (int i = 0; known_keys[i] && !ok; i++)
+            ok = strcmp(key, known_keys[i]) == 0;
+        if (!ok) {
+            snprintf(err, n, "unknown field '%s'", key);
+            return -1;
+        }
+    }
+    json_t *p = json_object_get(obj, "prompt"), *pi = json_object_get(obj, "prompt_ids");
+    if (pi && !json_is_null(pi)) {
+        if (get_ids(pi, "prompt_ids", &out->prompt_ids, &r->n_prompt_ids, err, n))
+            return -1;
+        r->prompt_ids = out->prompt_ids;
+    } else if (json_is_string(p)) {
+        r->prompt = json_string_value(p);
+    } else {
+        snprintf(err, n, "a request needs 'prompt' (a string) or 'prompt_ids' (an array)");
+        return -1;
+    }
+    double d;
+    long v;
+    int b, got;
+#define NUM(key, lo, hi, field)                                        \
+    if ((got = get_number(obj, key, lo, hi, &d, err, n)) < 0)          \
+        return -1;                                                     \
+    if (got)                                                           \
+        r->field = (float)d;
+#define INT(key, lo, hi, field)                                        \
+    if ((got = get_int(obj, key, lo, hi, &v, err, n)) < 0)             \
+        return -1;                                                     \
+    if (got)                                                           \
+        r->field = (int32_t)v;
+#define BOOL(key, field)                                               \
+    if ((got = get_bool(obj, key, &b, err, n)) < 0)                    \
+        return -1;                                                     \
+    if (got)                                                           \
+        r->field = b;
+    NUM("temperature", 0, 1e6, temperature)
+    NUM("top_p", 0, 1, top_p)
+    NUM("min_p", 0, 1, min_p)
+    NUM("repetition_penalty", 0, 1e6, repetition_penalty)
+    NUM("presence_penalty", -1e6, 1e6, presence_penalty)
+    NUM("frequency_penalty", -1e6, 1e6, frequency_penalty)
+    NUM("length_penalty", -1e6, 1e6, length_penalty)
+    INT("max_tokens", 0, INT32_MAX, max_tokens)
+    INT("min_tokens", 0, INT32_MAX, min_tokens)
+    INT("top_k", -1, INT32_MAX, top_k)
+    INT("n", 1, 65536, n)
+    INT("beam_width", 0, 65536, beam_width)
+    BOOL("ignore_eos", ignore_eos)
+    BOOL("skip_special_tokens", skip_special_tokens)
+    BOOL("add_special_tokens", add_special_tokens)
+#undef NUM
+#undef INT
+#undef BOOL
+    if ((got = get_int(obj, "seed", 0, INT64_MAX, &v, err, n)) < 0)
+        return -1;
+    if (got) {
+        r->seed = (uint64_t)v;
+        r->has_seed = 1;
+    }
+    json_t *lp = json_object_get(obj, "logprobs");
+    if (json_is_boolean(lp)) {
+        r->logprobs = json_is_true(lp) ? 0 : -1;
+    } else if ((got = get_int(obj, "logprobs", 0, 1 << 20, &v, err, n)) < 0) {
+        return -1;
+    } else if (got) {
+        r->logprobs = (int32_t)v;
+    }
+    /* vLLM's use_beam_search with best_of / n as the width */
+    int use_beam = 0;
+    if (get_bool(obj, "use_beam_search", &use_beam, err, n) < 0)
+        return -1;
+    if (use_beam && r->beam_width <= 1) {
+        long width = 0;
+        if (get_int(obj, "best_of", 2, 65536, &width, err, n) < 0)
+            return -1;
+        r->beam_width = width > 1 ? (int32_t)width : r->n > 1 ? r->n : 4;
+        r->n = 1;
+    }
+    json_t *es = json_object_get(obj, "early_stopping");
+    if (json_is_boolean(es))
+        r->early_stopping = json_is_true(es);
+    else if (json_is_string(es) && strcmp(json_string_value(es), "never") == 0)
+        r->early_stopping = -1;
+    else if (es && !json_is_null(es)) {
+        snprintf(err, n, "'early_stopping' must be true, false or \"never\"");
+        return -1;
+    }
+    json_t *stop = json_object_get(obj, "stop");
+    if (json_is_string(stop)) {
+        out->stop = malloc(sizeof *out->stop);
+        if (out->stop == NULL)
+            return snprintf(err, n, "out of memory"), -1;
+        out->stop[0] = json_string_value(stop);
+        r->stop = out->stop;
+        r->n_stop = 1;
+    } else if (json_is_array(stop)) {
+        size_t m = json_array_size(stop);
+        out->stop = malloc((m ? m : 1) * sizeof *out->stop);
+        if (out->stop == NULL)
+            return snprintf(err, n, "out of memory"), -1;
+        for (size_t i = 0; i < m; i++) {
+            if (!json_is_string(json_array_get(stop, i))) {
+                snprintf(err, n, "'stop' must be a string or an array of strings");
+                return -1;
+            }
+            out->stop[i] = json_string_value(json_array_get(stop, i));
+        }
+        r->stop = out->stop;
+        r->n_stop = (int32_t)m;
+    } else if (stop && !json_is_null(stop)) {
+        snprintf(err, n, "'stop' must be a string or an array of strings");
+        return -1;
+    }
+    json_t *sti = json_object_get(obj, "stop_token_ids");
+    if (sti && !json_is_null(sti)) {
+        if (get_ids(sti, "stop_token_ids", &out->stop_ids, &r->n_stop_token_ids, err, n))
+            return -1;
+        r->stop_token_ids = out->stop_ids;
+    }
+    json_t *bias = json_object_get(obj, "logit_bias");
+    if (json_is_object(bias)) {
+        size_t m = json_object_size(bias), i = 0;
+        out->bias = malloc((m ? m : 1) * sizeof *out->bias);
+        if (out->bias == NULL)
+            return snprintf(err, n, "out of memory"), -1;
+        json_object_foreach(bias, key, val)
+        {
+            char *end = NULL;
+            long t = strtol(key, &end, 10);
+            if (end == key || *end != '\0' || t < 0 || t > INT32_MAX || !json_is_number(val)) {
+                snprintf(err, n, "'logit_bias' maps token ids (as strings) to numbers");
+                return -1;
+            }
+            out->bias[i].token = (int32_t)t;
+            out->bias[i].bias = (float)json_number_value(val);
+            i++;
+        }
+        r->logit_bias = out->bias;
+        r->n_logit_bias = (int32_t)m;
+    } else if (bias && !json_is_null(bias)) {
+        snprintf(err, n, "'logit_bias' must be an object");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ results as JSON */
+
+static json_t *ids_json(const int32_t *ids, int32_t n)
+{
+    json_t *a = json_array();
+    for (int32_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    return a;
+}
+
+static json_t *real_json(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+json_t *exec_cli_result_json(const anvil_result *res, long index, int beam, json_t *request)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "index", json_integer(index));
+    json_object_set_new(o, "id", json_integer((json_int_t)res->id));
+    json_t *choices = json_array();
+    int32_t completion = 0;
+    for (int32_t i = 0; i < res->n_sequences; i++) {
+        const anvil_sequence_output *s = &res->sequences[i];
+        json_t *c = json_object();
+        json_object_set_new(c, "index", json_integer(i));
+        if (s->text)
+            json_object_set_new(c, "text", json_stringn(s->text, s->text_len));
+        json_object_set_new(c, "token_ids", ids_json(s->token_ids, s->n_tokens));
+        json_object_set_new(c, "finish_reason", json_string(anvil_request_finish_name(s->finish)));
+        /* vLLM's stop_reason: the stop string that matched, or the stop token */
+        json_t *stops = request ? json_object_get(request, "stop") : NULL;
+        json_t *matched = NULL;
+        if (s->stop_string >= 0)
+            matched = json_is_string(stops) ? stops : json_array_get(stops, (size_t)s->stop_string);
+        if (json_is_string(matched))
+            json_object_set(c, "stop_reason", matched);
+        else if (s->stop_string >= 0)
+            json_object_set_new(c, "stop_reason", json_integer(s->stop_string));
+        else if (s->stop_token >= 0)
+            json_object_set_new(c, "stop_reason", json_integer(s->stop_token));
+        if (s->logprobs) {
+            json_t *lp = json_object(), *tl = json_array(), *top = json_array();
+            for (int32_t k = 0; k < s->n_tokens; k++) {
+                json_array_append_new(tl, real_json(s->logprobs[k]));
+                if (s->top_logprobs) {
+                    json_t *alts = json_array();
+                    for (int32_t j = 0; j < s->n_top; j++) {
+                        const anvil_token_logprob *e = &s->top_logprobs[(size_t)k * (size_t)s->n_top + (size_t)j];
+                        json_t *pair = json_object();
+                        json_object_set_new(pair, "token", json_integer(e->token));
+                        json_object_set_new(pair, "logprob", real_json(e->logprob));
+                        json_array_append_new(alts, pair);
+                    }
+                    json_array_append_new(top, alts);
+                }
+            }
+            json_object_set_new(lp, "token_logprobs", tl);
+            if (s->top_logprobs)
+                json_object_set_new(lp, "top_logprobs", top);
+            else
+                json_decref(top);
+            json_object_set_new(c, "logprobs", lp);
+            json_object_set_new(c, "cumulative_logprob", real_json(s->cumulative_logprob));
+        }
+        if (beam)
+            json_object_set_new(c, "score", real_json(s->score));
+        json_array_append_new(choices, c);
+        completion += s->n_tokens;
+    }
+    json_object_set_new(o, "choices", choices);
+    json_object_set_new(o, "finish_reason", json_string(anvil_request_finish_name(res->finish)));
+    if (res->status != ANVIL_OK)
+        json_object_set_new(o, "error", json_string(res->error));
+    json_t *usage = json_object();
+    json_object_set_new(usage, "prompt_tokens", json_integer(res->n_prompt));
+    json_object_set_new(usage, "completion_tokens", json_integer(completion));
+    json_object_set_new(usage, "cached_prompt_tokens", json_integer(res->n_cached_prompt));
+    json_object_set_new(o, "usage", usage);
+    return o;
+}

@@ -1,0 +1,111 @@
+/*
+ * What `anvil run --input` (run_batch.c) and `anvil bench` (cmd_bench.c)
+ * share: the runtime and executor options on the command line, loading a
+ * model with its tokenizer into an executor, requests read from JSON with
+ * OpenAI / vLLM field names, and results written as JSON.
+ */
+#ifndef ANVIL_TOOLS_EXEC_CLI_H
+#define ANVIL_TOOLS_EXEC_CLI_H
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "anvil/executor.h"
+#include "anvil/runtime.h"
+#include "anvil/tokenizer.h"
+
+/* getopt codes of the shared options (above every tool's own) */
+enum {
+    EXEC_OPT_DEVICE = 1000,
+    EXEC_OPT_THREADS,
+    EXEC_OPT_MAX_SEQ_LEN,
+    EXEC_OPT_MAX_BATCH,
+    EXEC_OPT_MAX_TOKENS_STEP,
+    EXEC_OPT_KV_TOKENS,
+    EXEC_OPT_KV_FRACTION,
+    EXEC_OPT_BLOCK_SIZE,
+    EXEC_OPT_POLICY,
+    EXEC_OPT_NO_PREFIX_CACHE,
+};
+
+/* The shared entries of a getopt_long table. */
+#define EXEC_CLI_LONGOPTS                                                                  \
+    {"device", required_argument, 0, EXEC_OPT_DEVICE},                                     \
+        {"threads", required_argument, 0, EXEC_OPT_THREADS},                               \
+        {"max-seq-len", required_argument, 0, EXEC_OPT_MAX_SEQ_LEN},                       \
+        {"max-batch-size", required_argument, 0, EXEC_OPT_MAX_BATCH},                      \
+        {"max-num-tokens", required_argument, 0, EXEC_OPT_MAX_TOKENS_STEP},                \
+        {"kv-cache-tokens", required_argument, 0, EXEC_OPT_KV_TOKENS},                     \
+        {"kv-cache-fraction", required_argument, 0, EXEC_OPT_KV_FRACTION},                 \
+        {"block-size", required_argument, 0, EXEC_OPT_BLOCK_SIZE},                         \
+        {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
+        {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE}
+
+/* Help text for the shared options. */
+#define EXEC_CLI_HELP                                                                                     \
+    "      --device DEV            cpu (default), cuda or cuda:N\n"                                       \
+    "      --threads N             CPU threads (default: all cores)\n"                                    \
+    "      --max-seq-len N         context length (default: the model's)\n"                               \
+    "      --max-batch-size N      sequences per step (default 64)\n"                                     \
+    "      --max-num-tokens N      tokens per step; longer prompts are chunked (default 512)\n"           \
+    "      --kv-cache-tokens N     KV cache size in tokens (default: 32 contexts, at most a quarter\n"    \
+    "                              of free memory)\n"                                                     \
+    "      --kv-cache-fraction F   KV cache size as a fraction of the memory left after the weights\n"    \
+    "      --block-size N          tokens per KV block (default 32)\n"                                    \
+    "      --policy P              no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
+    "      --no-prefix-caching     do not reuse the KV blocks of earlier prompts\n"
+
+typedef struct exec_cli_opts {
+    anvil_runtime_options rt;
+    anvil_executor_options ex;
+    int kv_set;                 /* --kv-cache-tokens or --kv-cache-fraction given */
+} exec_cli_opts;
+
+void exec_cli_opts_default(exec_cli_opts *o);
+
+/* Handles a shared option. 1: handled; 0: not a shared option; -1: a bad
+ * value (reported on stderr, prefixed with tool). */
+int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool);
+
+/* Number parsing with messages: 0 ok, -1 reported. */
+int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool);
+int exec_cli_double(const char *s, const char *flag, double min, double max, double *out, const char *tool);
+
+/* Loads model_dir (+ its tokenizer.json when there is one) and starts an
+ * executor. 0 ok; -1 reported on stderr. */
+int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
+                  anvil_tokenizer **tok, anvil_executor **ex);
+
+/* Storage a parsed request points into (freed by exec_cli_request_clear). */
+typedef struct exec_cli_request {
+    anvil_request req;
+    int32_t *prompt_ids;
+    const char **stop;
+    int32_t *stop_ids;
+    anvil_logit_bias *bias;
+} exec_cli_request;
+
+/*
+ * Fills out->req from a JSON object: `prompt` or `prompt_ids`, and the
+ * OpenAI / vLLM sampling fields (max_tokens, temperature, top_p, top_k,
+ * min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, n,
+ * stop, stop_token_ids, logprobs, min_tokens, ignore_eos, logit_bias,
+ * skip_special_tokens, add_special_tokens, beam_width / use_beam_search,
+ * length_penalty, early_stopping). Fields absent keep the values already in
+ * out->req (the defaults). Strings point into obj, which must outlive the
+ * request. 0 ok; -1 with a message in err.
+ */
+int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, size_t errlen);
+void exec_cli_request_clear(exec_cli_request *r);
+
+/* One result as JSON (OpenAI-like choices, usage, finish reason); beam:
+ * each choice carries its beam score; request (may be NULL): the JSON
+ * request, to name the stop string that matched. */
+json_t *exec_cli_result_json(const anvil_result *res, long index, int beam, json_t *request);
+
+/* Seconds on a monotonic clock. */
+double exec_cli_now(void);
+
+#endif

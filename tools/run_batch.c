@@ -1,0 +1,380 @@
+/*
+ * anvil run in batch mode: many requests through the executor at once, one
+ * JSON result a line, in input order.
+ *
+ *   anvil run --model DIR --input requests.jsonl [--output results.jsonl]
+ *   anvil run --model DIR --prompt "Once upon a time" --beam-width 4
+ *
+ * Each input line is a JSON object with `prompt` (text) or `prompt_ids`,
+ * and any of the OpenAI / vLLM sampling fields (see exec_cli.h). The
+ * command-line sampling flags set the defaults for lines that omit a field.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/model_config.h"
+#include "commands.h"
+#include "exec_cli.h"
+
+#define TOOL "anvil run"
+
+typedef struct batch_args {
+    const char *model;
+    const char *input;
+    const char *output;
+    const char *prompt;
+    const char *prompt_ids;
+    long max_tokens;
+    double temperature;
+    int temperature_set;
+    long top_k;
+    double top_p;
+    long seed;
+    int seed_set;
+    long beam_width;
+    double length_penalty;
+    long logprobs;
+    exec_cli_opts eo;
+} batch_args;
+
+int anvil_run_batch_wanted(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            break;
+        if (strcmp(a, "--input") == 0 || strncmp(a, "--input=", 8) == 0 || strcmp(a, "--beam-width") == 0 ||
+            strncmp(a, "--beam-width=", 13) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void batch_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: anvil run --model DIR --input FILE.jsonl [options]\n"
+            "       anvil run --model DIR (--prompt TEXT | --prompt-ids IDS) --beam-width N [options]\n"
+            "\n"
+            "Runs every request of FILE (one JSON object a line: \"prompt\" or \"prompt_ids\", plus any of\n"
+            "max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,\n"
+            "frequency_penalty, seed, n, stop, stop_token_ids, logprobs, min_tokens, ignore_eos, logit_bias,\n"
+            "beam_width, length_penalty, early_stopping) through the executor concurrently, and prints one\n"
+            "JSON result a line in input order: {\"index\", \"choices\": [{\"text\", \"token_ids\",\n"
+            "\"finish_reason\", ...}], \"usage\"}. With --beam-width, every beam and its score.\n"
+            "\n"
+            "  -m, --model DIR             Hugging Face model folder\n"
+            "      --input FILE            requests, one JSON object a line ('-': stdin)\n"
+            "  -o, --output FILE           write the results there instead of stdout\n"
+            "  -p, --prompt TEXT           one prompt instead of --input\n"
+            "      --prompt-ids IDS        one prompt as comma-separated token ids\n"
+            "  -n, --max-tokens N          default max_tokens (256)\n"
+            "  -t, --temperature T         default temperature (the model's generation_config, else 1)\n"
+            "      --top-k K               default top_k (0: off)\n"
+            "      --top-p P               default top_p (1: off)\n"
+            "  -s, --seed S                default seed (otherwise each request draws one)\n"
+            "      --beam-width N          beam search with N beams (Hugging Face semantics)\n"
+            "      --length-penalty L      beam search length penalty (default 1)\n"
+            "      --logprobs K            default logprobs (-1: none)\n" EXEC_CLI_HELP
+            "  -h, --help                  this help\n");
+}
+
+static int parse_args(int argc, char **argv, batch_args *a)
+{
+    enum { OPT_INPUT = 256, OPT_IDS, OPT_TOPK, OPT_TOPP, OPT_BEAM, OPT_LP, OPT_LOGPROBS };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},        {"input", required_argument, 0, OPT_INPUT},
+        {"output", required_argument, 0, 'o'},       {"prompt", required_argument, 0, 'p'},
+        {"prompt-ids", required_argument, 0, OPT_IDS}, {"max-tokens", required_argument, 0, 'n'},
+        {"temperature", required_argument, 0, 't'},  {"top-k", required_argument, 0, OPT_TOPK},
+        {"top-p", required_argument, 0, OPT_TOPP},   {"seed", required_argument, 0, 's'},
+        {"beam-width", required_argument, 0, OPT_BEAM}, {"length-penalty", required_argument, 0, OPT_LP},
+        {"logprobs", required_argument, 0, OPT_LOGPROBS}, {"help", no_argument, 0, 'h'},
+        EXEC_CLI_LONGOPTS,                          {0, 0, 0, 0},
+    };
+    memset(a, 0, sizeof *a);
+    a->max_tokens = 256;
+    a->top_p = 1.0;
+    a->length_penalty = 1.0;
+    a->logprobs = -1;
+    exec_cli_opts_default(&a->eo);
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:o:p:n:t:s:h", longopts, NULL)) != -1) {
+        int r = exec_cli_option(&a->eo, c, optarg, TOOL);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case OPT_INPUT: a->input = optarg; break;
+        case 'o': a->output = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case OPT_IDS: a->prompt_ids = optarg; break;
+        case 'n':
+            if (exec_cli_int(optarg, "--max-tokens", 0, INT32_MAX, &a->max_tokens, TOOL))
+                return 2;
+            break;
+        case 't':
+            if (exec_cli_double(optarg, "--temperature", 0, 1e6, &a->temperature, TOOL))
+                return 2;
+            a->temperature_set = 1;
+            break;
+        case OPT_TOPK:
+            if (exec_cli_int(optarg, "--top-k", -1, INT32_MAX, &a->top_k, TOOL))
+                return 2;
+            break;
+        case OPT_TOPP:
+            if (exec_cli_double(optarg, "--top-p", 1e-9, 1, &a->top_p, TOOL))
+                return 2;
+            break;
+        case 's':
+            if (exec_cli_int(optarg, "--seed", 0, INT64_MAX, &a->seed, TOOL))
+                return 2;
+            a->seed_set = 1;
+            break;
+        case OPT_BEAM:
+            if (exec_cli_int(optarg, "--beam-width", 1, 65536, &a->beam_width, TOOL))
+                return 2;
+            break;
+        case OPT_LP:
+            if (exec_cli_double(optarg, "--length-penalty", -1e6, 1e6, &a->length_penalty, TOOL))
+                return 2;
+            break;
+        case OPT_LOGPROBS:
+            if (exec_cli_int(optarg, "--logprobs", -1, 1 << 20, &a->logprobs, TOOL))
+                return 2;
+            break;
+        case 'h': batch_usage(stdout); return 0;
+        default: batch_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, TOOL ": unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (a->model == NULL) {
+        fprintf(stderr, TOOL ": --model is required\n");
+        return 2;
+    }
+    if ((a->input != NULL) + (a->prompt != NULL) + (a->prompt_ids != NULL) != 1) {
+        fprintf(stderr, TOOL ": give exactly one of --input, --prompt, --prompt-ids\n");
+        return 2;
+    }
+    return -1;
+}
+
+/* The requests: one JSON object each (parsed from the input lines or made
+ * from --prompt), or the reason a line is not one. */
+typedef struct line {
+    json_t *obj;
+    char *error;
+} line;
+
+static int read_lines(const char *path, line **out, long *n_out)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    if (f == NULL) {
+        fprintf(stderr, TOOL ": cannot open %s\n", path);
+        return -1;
+    }
+    line *lines = NULL;
+    long n = 0, cap = 0;
+    char *buf = NULL;
+    size_t bcap = 0;
+    ssize_t len;
+    int rc = 0;
+    while ((len = getline(&buf, &bcap, f)) >= 0) {
+        size_t k = (size_t)len;
+        while (k > 0 && (buf[k - 1] == '\n' || buf[k - 1] == '\r' || buf[k - 1] == ' '))
+            k--;
+        if (k == 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            line *p = realloc(lines, (size_t)cap * sizeof *p);
+            if (p == NULL) {
+                rc = -1;
+                break;
+            }
+            lines = p;
+        }
+        line *l = &lines[n++];
+        memset(l, 0, sizeof *l);
+        json_error_t jerr;
+        l->obj = json_loadb(buf, k, JSON_REJECT_DUPLICATES, &jerr);
+        if (l->obj == NULL) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "line %ld: %s (column %d)", n, jerr.text, jerr.column);
+            l->error = strdup(msg);
+        }
+    }
+    free(buf);
+    if (f != stdin)
+        fclose(f);
+    if (rc != 0)
+        fprintf(stderr, TOOL ": out of memory reading %s\n", path);
+    *out = lines;
+    *n_out = n;
+    return rc;
+}
+
+static json_t *single_prompt(const batch_args *a)
+{
+    json_t *o = json_object();
+    if (a->prompt) {
+        json_object_set_new(o, "prompt", json_string(a->prompt));
+        return o;
+    }
+    json_t *ids = json_array();
+    const char *p = a->prompt_ids;
+    while (*p) {
+        char *end = NULL;
+        long v = strtol(p, &end, 10);
+        if (end == p || (*end != ',' && *end != '\0')) {
+            fprintf(stderr, TOOL ": --prompt-ids expects comma-separated ids, got '%s'\n", a->prompt_ids);
+            json_decref(ids);
+            json_decref(o);
+            return NULL;
+        }
+        json_array_append_new(ids, json_integer(v));
+        p = *end == ',' ? end + 1 : end;
+    }
+    json_object_set_new(o, "prompt_ids", ids);
+    return o;
+}
+
+static void defaults(const batch_args *a, const anvil_model_config *cfg, anvil_request *r)
+{
+    anvil_request_init(r);
+    r->max_tokens = (int32_t)a->max_tokens;
+    if (a->temperature_set)
+        r->temperature = (float)a->temperature;
+    else if (cfg->gen_temperature >= 0)
+        r->temperature = cfg->gen_temperature;
+    r->top_k = (int32_t)a->top_k;
+    r->top_p = (float)a->top_p;
+    if (a->top_k == 0 && cfg->gen_top_k > 0 && !a->temperature_set)
+        r->top_k = cfg->gen_top_k;
+    if (a->seed_set) {
+        r->seed = (uint64_t)a->seed;
+        r->has_seed = 1;
+    }
+    r->beam_width = (int32_t)a->beam_width;
+    r->length_penalty = (float)a->length_penalty;
+    r->logprobs = (int32_t)a->logprobs;
+    r->retain_result = 1;
+}
+
+int anvil_run_batch(int argc, char **argv)
+{
+    batch_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    line *lines = NULL;
+    long n = 0;
+    if (a.input) {
+        if (read_lines(a.input, &lines, &n))
+            return 1;
+    } else {
+        lines = calloc(1, sizeof *lines);
+        if (lines == NULL || (lines[0].obj = single_prompt(&a)) == NULL) {
+            free(lines);
+            return 2;
+        }
+        n = 1;
+    }
+    FILE *out = stdout;
+    anvil_runtime *rt = NULL;
+    anvil_tokenizer *tok = NULL;
+    anvil_executor *ex = NULL;
+    uint64_t *ids = calloc((size_t)(n ? n : 1), sizeof *ids);
+    int *beam = calloc((size_t)(n ? n : 1), sizeof *beam);
+    rc = 1;
+    if (ids == NULL || beam == NULL) {
+        fprintf(stderr, TOOL ": out of memory\n");
+        goto done;
+    }
+    if (a.output && (out = fopen(a.output, "w")) == NULL) {
+        fprintf(stderr, TOOL ": cannot write %s\n", a.output);
+        out = stdout;
+        goto done;
+    }
+    if (exec_cli_load(&a.eo, a.model, TOOL, &rt, &tok, &ex))
+        goto done;
+    const anvil_model_config *cfg = anvil_runtime_config(rt);
+    const double t0 = exec_cli_now();
+    for (long i = 0; i < n; i++) {
+        line *l = &lines[i];
+        if (l->error)
+            continue;
+        exec_cli_request q = {0};
+        defaults(&a, cfg, &q.req);
+        char err[300];
+        if (exec_cli_request_from_json(l->obj, &q, err, sizeof err) != 0) {
+            char msg[340];
+            snprintf(msg, sizeof msg, "line %ld: %s", i + 1, err);
+            l->error = strdup(msg);
+        } else if (anvil_executor_enqueue(ex, &q.req, &ids[i]) != ANVIL_OK) {
+            char msg[340];
+            snprintf(msg, sizeof msg, "line %ld: %s", i + 1, anvil_last_error());
+            l->error = strdup(msg);
+        }
+        beam[i] = q.req.beam_width > 1;
+        exec_cli_request_clear(&q); /* the executor copied what it keeps; obj names the stop strings later */
+    }
+    int failed = 0;
+    int64_t n_prompt = 0, n_out = 0;
+    for (long i = 0; i < n; i++) {
+        json_t *o;
+        anvil_result *res = NULL;
+        if (lines[i].error == NULL && anvil_executor_wait(ex, ids[i], &res) != ANVIL_OK) {
+            char msg[340];
+            snprintf(msg, sizeof msg, "line %ld: %s", i + 1, anvil_last_error());
+            lines[i].error = strdup(msg);
+        }
+        if (res != NULL) {
+            o = exec_cli_result_json(res, i, beam[i], lines[i].obj);
+            failed |= res->status != ANVIL_OK;
+            n_prompt += res->n_prompt;
+            for (int32_t k = 0; k < res->n_sequences; k++)
+                n_out += res->sequences[k].n_tokens;
+            anvil_result_free(res);
+        } else {
+            o = json_object();
+            json_object_set_new(o, "index", json_integer(i));
+            json_object_set_new(o, "error", json_string(lines[i].error ? lines[i].error : "out of memory"));
+            json_object_set_new(o, "finish_reason", json_string("error"));
+            failed = 1;
+        }
+        char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+        json_decref(o);
+        if (s) {
+            fputs(s, out);
+            fputc('\n', out);
+            fflush(out);
+        }
+        free(s);
+    }
+    const double dt = exec_cli_now() - t0;
+    fprintf(stderr, TOOL ": %ld requests, %lld prompt + %lld generated tokens in %.2f s (%.1f generated tokens/s)\n",
+            n, (long long)n_prompt, (long long)n_out, dt, dt > 0 ? (double)n_out / dt : 0.0);
+    rc = failed ? 1 : 0;
+done:
+    anvil_executor_free(ex);
+    anvil_runtime_free(rt);
+    anvil_tokenizer_free(tok);
+    if (out != stdout)
+        fclose(out);
+    for (long i = 0; i < n; i++) {
+        json_decref(lines[i].obj);
+        free(lines[i].error);
+    }
+    free(lines);
+    free(ids);
+    free(beam);
+    return rc;
+}
