@@ -119,7 +119,9 @@ static anvil_status trie_finish(tok_trie *t, trie_build *b)
     for (uint32_t i = 0; i < t->n_edges[0]; i++) {
         uint8_t c = t->edge_byte[t->first[0] + i];
         t->first_byte[c >> 3] |= (uint8_t)(1u << (c & 7));
+        t->only_first = c;
     }
+    t->n_first = t->n_edges[0];
     return ANVIL_OK;
 }
 
@@ -142,6 +144,12 @@ static uint32_t trie_step(const tok_trie *t, uint32_t u, uint8_t c)
 static int trie_find(const tok_trie *t, const char *text, size_t n, size_t from, size_t *s, size_t *e, int32_t *pat)
 {
     for (size_t i = from; i < n; i++) {
+        if (t->n_first == 1) { /* one possible first byte (often '<'): let memchr run */
+            const char *f = memchr(text + i, t->only_first, n - i);
+            if (!f)
+                return 0;
+            i = (size_t)(f - text);
+        }
         uint8_t c = (uint8_t)text[i];
         if (!(t->first_byte[c >> 3] & (1u << (c & 7))))
             continue;

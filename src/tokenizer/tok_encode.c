@@ -36,7 +36,6 @@ void tok_work_free(tok_work *w)
     tok_buf_free(&w->scratch);
     free(w->u32);
     free(w->cache);
-    tok_buf_free(&w->cache_keys);
     free(w->cache_ids);
     memset(w, 0, sizeof *w);
 }

@@ -158,6 +158,7 @@ anvil_status tok_regex_find_all(const tok_regex *re, const char *subject, size_t
  * each call (it may move between calls, as long as its bytes stay the same). */
 typedef struct tok_regex_iter {
     const pcre2_code *code;
+    int jit; /* code has JIT code: call pcre2_jit_match directly */
     size_t last_end, last_match_end;
     int have_last;
 } tok_regex_iter;
@@ -332,6 +333,8 @@ typedef struct tok_trie {
     uint32_t *edge_node;
     uint32_t n_nodes;
     uint8_t first_byte[32]; /* bitmap of bytes that can start a match */
+    int n_first;            /* how many such bytes; 1: memchr finds candidates */
+    uint8_t only_first;
     int32_t *pattern_id;    /* pattern -> added token id */
     uint32_t n_patterns;
 } tok_trie;
@@ -411,10 +414,15 @@ typedef struct tok_vec_piece {
     size_t n, cap;
 } tok_vec_piece;
 
+/* A word-cache slot: one cache line holding the key and, for up to three
+ * ids, the value too (longer values live in tok_work.cache_ids). */
+#define TOK_CACHE_KEY 36
 typedef struct tok_cache_slot {
-    uint64_t hash;
-    uint32_t key_off, key_len;
-    uint32_t val_off, val_n;
+    uint64_t hash; /* 0 = empty */
+    uint16_t key_len, n_ids;
+    uint32_t ids_off;
+    int32_t ids[3];
+    char key[TOK_CACHE_KEY];
 } tok_cache_slot;
 
 typedef struct tok_sym {
@@ -452,7 +460,6 @@ typedef struct tok_work {
     tok_cache_slot *cache;
     uint32_t cache_mask;
     size_t cache_n;
-    tok_buf cache_keys;
     int32_t *cache_ids;
     size_t cache_n_ids, cache_cap_ids;
 } tok_work;

@@ -25,7 +25,6 @@
 
 #define META "\xE2\x96\x81" /* U+2581 '▁' */
 #define CACHE_MAX_SLOTS (1u << 16)
-#define CACHE_MAX_KEY 128
 
 /* ------------------------------------------------------------ loading */
 
@@ -409,7 +408,6 @@ static anvil_status cache_reset(tok_work *w, uint32_t slots)
     CHECK(w->cache, ANVIL_ERR_OOM, "out of memory");
     w->cache_mask = slots - 1;
     w->cache_n = 0;
-    w->cache_keys.len = 0;
     w->cache_n_ids = 0;
     return ANVIL_OK;
 }
@@ -427,10 +425,10 @@ static anvil_status cache_put(tok_work *w, uint64_t h, const char *s, size_t n, 
             CHECK(w->cache, ANVIL_ERR_OOM, "out of memory");
             w->cache_mask = slots - 1;
             for (uint32_t i = 0; i < old_n; i++) {
-                if (!old[i].key_len)
+                if (!old[i].hash)
                     continue;
                 uint32_t j = (uint32_t)old[i].hash & w->cache_mask;
-                while (w->cache[j].key_len)
+                while (w->cache[j].hash)
                     j = (j + 1) & w->cache_mask;
                 w->cache[j] = old[i];
             }
@@ -438,16 +436,21 @@ static anvil_status cache_put(tok_work *w, uint64_t h, const char *s, size_t n, 
         }
     }
     uint32_t j = (uint32_t)h & w->cache_mask;
-    while (w->cache[j].key_len)
+    while (w->cache[j].hash)
         j = (j + 1) & w->cache_mask;
-    uint32_t koff = (uint32_t)w->cache_keys.len;
-    TRY(tok_buf_append(&w->cache_keys, s, n));
-    if (k) { /* a word can give no ids (chars missing from a vocabulary without unk) */
+    tok_cache_slot *c = &w->cache[j];
+    c->hash = h;
+    c->key_len = (uint16_t)n;
+    c->n_ids = (uint16_t)k;
+    memcpy(c->key, s, n);
+    if (k <= 3) {
+        memcpy(c->ids, ids, k * sizeof *ids);
+    } else {
         TRY(tok_grow((void **)&w->cache_ids, &w->cache_cap_ids, w->cache_n_ids + k, sizeof *w->cache_ids));
         memcpy(w->cache_ids + w->cache_n_ids, ids, k * sizeof *ids);
+        c->ids_off = (uint32_t)w->cache_n_ids;
+        w->cache_n_ids += k;
     }
-    w->cache[j] = (tok_cache_slot){h, koff, (uint32_t)n, (uint32_t)w->cache_n_ids, (uint32_t)k};
-    w->cache_n_ids += k;
     w->cache_n++;
     return ANVIL_OK;
 }
@@ -456,21 +459,23 @@ static anvil_status cache_put(tok_work *w, uint64_t h, const char *s, size_t n, 
 static anvil_status word(tok_work *w, const char *s, size_t n, int raw, int im)
 {
     const tok_bpe *b = &w->tok->bpe;
-    int cacheable = n <= CACHE_MAX_KEY;
+    int cacheable = n <= TOK_CACHE_KEY;
     uint64_t h = 0;
     if (cacheable) {
         if (!w->cache)
-            TRY(cache_reset(w, 256));
-        h = tok_hash(s, n);
+            TRY(cache_reset(w, 32)); /* small first: short prompts are common */
+        h = tok_hash(s, n) | 1; /* 0 marks an empty slot */
         uint32_t j = (uint32_t)h & w->cache_mask;
-        while (w->cache[j].key_len) {
+        for (;;) {
             const tok_cache_slot *c = &w->cache[j];
-            if (c->hash == h && c->key_len == n && memcmp(w->cache_keys.p + c->key_off, s, n) == 0) {
-                if (c->val_n == 0)
-                    return ANVIL_OK;
-                TRY(tok_grow((void **)&w->ids, &w->cap_ids, w->n_ids + c->val_n, sizeof *w->ids));
-                memcpy(w->ids + w->n_ids, w->cache_ids + c->val_off, c->val_n * sizeof *w->ids);
-                w->n_ids += c->val_n;
+            if (!c->hash)
+                break;
+            if (c->hash == h && c->key_len == n && memcmp(c->key, s, n) == 0) {
+                size_t k = c->n_ids;
+                if (w->n_ids + k > w->cap_ids)
+                    TRY(tok_grow((void **)&w->ids, &w->cap_ids, w->n_ids + k, sizeof *w->ids));
+                memcpy(w->ids + w->n_ids, k <= 3 ? c->ids : w->cache_ids + c->ids_off, k * sizeof *w->ids);
+                w->n_ids += k;
                 return ANVIL_OK;
             }
             j = (j + 1) & w->cache_mask;
@@ -514,9 +519,13 @@ anvil_status tok_bpe_tokenize(tok_work *w, const char *s, size_t n, int raw)
      * UTF-8 char, so a byte match is always at a char boundary) */
     size_t start = 0, i = 1;
     while (i < n) {
-        const char *f = memmem(s + i, n - i, META, 3);
+        const char *f = memchr(s + i, META[0], n - i); /* memchr beats memmem on a 3-byte needle */
         if (!f)
             break;
+        if ((size_t)(f - s) + 3 > n || memcmp(f, META, 3) != 0) {
+            i = (size_t)(f - s) + 1;
+            continue;
+        }
         size_t at = (size_t)(f - s);
         if (!(at >= 3 && memcmp(s + at - 3, META, 3) == 0)) {
             TRY(word(w, s + start, at - start, 0, 0));

@@ -365,22 +365,30 @@ static anvil_status split_chars(tok_work *w, int k, tok_piece p, char_pred pred,
 static anvil_status replace_spaces(tok_work *w, tok_piece *p, const char *rep, size_t rep_len)
 {
     const char *s = tok_piece_ptr(w, p);
-    if (!memchr(s, ' ', p->len))
+    const char *sp = memchr(s, ' ', p->len);
+    if (!sp)
         return ANVIL_OK;
-    TRY(tok_buf_reserve(&w->text, p->len * rep_len));
+    size_t n_sp = 0;
+    for (const char *q = sp; q; q = memchr(q + 1, ' ', p->len - (size_t)(q + 1 - s)))
+        n_sp++;
+    TRY(tok_buf_reserve(&w->text, p->len + n_sp * rep_len));
     s = tok_piece_ptr(w, p);
     char *o = w->text.p + w->text.len;
-    size_t k = 0, zp = 0;
-    for (size_t i = 0; i < p->len; i++) {
-        size_t before = k;
-        if (s[i] == ' ') {
-            memcpy(o + k, rep, rep_len);
-            k += rep_len;
-        } else {
-            o[k++] = s[i];
-        }
-        if (i < p->zp)
-            zp += k - before;
+    size_t k = 0, at = 0, zp = 0;
+    while (at < p->len) {
+        const char *f = memchr(s + at, ' ', p->len - at);
+        size_t e = f ? (size_t)(f - s) : p->len;
+        memcpy(o + k, s + at, e - at);
+        k += e - at;
+        if (at < p->zp)
+            zp = k - (e > p->zp ? e - p->zp : 0);
+        if (!f)
+            break;
+        memcpy(o + k, rep, rep_len);
+        k += rep_len;
+        if (e < p->zp)
+            zp = k;
+        at = e + 1;
     }
     tok_piece_rewritten(w, p, k, zp);
     return ANVIL_OK;

@@ -608,6 +608,8 @@ static int subject_risky(const tok_regex *re, const char *s, size_t n)
 void tok_regex_iter_init(tok_regex_iter *it, const tok_regex *re, const char *subject, size_t n)
 {
     it->code = subject_risky(re, subject, n) ? re->exact : re->fast;
+    size_t jit_size = 0;
+    it->jit = pcre2_pattern_info(it->code, PCRE2_INFO_JITSIZE, &jit_size) == 0 && jit_size > 0;
     it->last_end = it->last_match_end = 0;
     it->have_last = 0;
 }
@@ -616,7 +618,9 @@ int tok_regex_iter_next(tok_regex_iter *it, const char *subject, size_t n, pcre2
                         anvil_status *st)
 {
     while (it->last_end <= n) {
-        int rc = pcre2_match(it->code, (PCRE2_SPTR)subject, n, it->last_end, PCRE2_NO_UTF_CHECK, md, NULL);
+        /* the subject is valid UTF-8 (checked once by encode): skip PCRE2's checks */
+        int rc = it->jit ? pcre2_jit_match(it->code, (PCRE2_SPTR)subject, n, it->last_end, 0, md, NULL)
+                         : pcre2_match(it->code, (PCRE2_SPTR)subject, n, it->last_end, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
         if (rc < 0) {

@@ -160,6 +160,17 @@ int tok_utf8_any_in(const char *s, size_t n, const tok_uset *set)
     uint32_t min = set->r[0][0];
     size_t i = 0;
     while (i < n) {
+        if (min >= 0x80) { /* ASCII cannot match: skip it eight bytes at a time */
+            while (i + 8 <= n) {
+                uint64_t x;
+                memcpy(&x, s + i, 8);
+                if (x & 0x8080808080808080ull)
+                    break;
+                i += 8;
+            }
+            if (i >= n)
+                break;
+        }
         unsigned char b = (unsigned char)s[i];
         if (b < 0x80) {
             if (b >= min && tok_uset_has(set, b))
