@@ -7,8 +7,10 @@
  *   through a pool of at least 4x the last-level cache, so every call reads
  *   from memory, as a decode step does.
  *   GEMM (T = 128, 512): GFLOP/s next to the measured FMA peak.
+ *   Decode attention at the Llama-3.2-1B shape (32 heads, 8 kv heads,
+ *   head_dim 64, f32 cache): GB/s of cached K/V read, next to the stream.
  *
- *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm] [--json FILE]
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn] [--json FILE]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +129,79 @@ static int bench_gemm(anvil_backend *be, double peak, int64_t T, int64_t K, int6
     return 0;
 }
 
+/* One decode step: n_seqs sequences of ctx cached tokens, one new token
+ * each, scattered blocks of 16. Rate: bytes of K and V read per second. */
+static int bench_attention(anvil_backend *be, int n_threads, int32_t n_seqs, int32_t ctx, int quick, result *r)
+{
+    const int32_t H = 32, KVH = 8, hd = 64, bs = 16;
+    int32_t blocks_per_seq = (ctx + bs) / bs + 1, n_blocks = n_seqs * blocks_per_seq;
+    int64_t kw = (int64_t)KVH * hd, qw = (int64_t)H * hd;
+    size_t cache_bytes = (size_t)n_blocks * bs * (size_t)kw * 4;
+    float *kc = malloc(cache_bytes), *vc = malloc(cache_bytes);
+    float *q = malloc((size_t)(n_seqs * qw) * 4), *k = malloc((size_t)(n_seqs * kw) * 4);
+    float *v = malloc((size_t)(n_seqs * kw) * 4), *out = malloc((size_t)(n_seqs * qw) * 4);
+    int32_t *pos = malloc((size_t)n_seqs * 4), *seq_of = malloc((size_t)n_seqs * 4), *starts = malloc((size_t)(n_seqs + 1) * 4);
+    int32_t *lens = malloc((size_t)n_seqs * 4), *slots = malloc((size_t)n_seqs * 4);
+    int32_t *bt = malloc((size_t)n_blocks * 4);
+    if (!kc || !vc || !q || !k || !v || !out || !pos || !seq_of || !starts || !lens || !slots || !bt)
+        return -1;
+    for (size_t i = 0; i < cache_bytes / 4; i++)
+        kc[i] = vc[i] = (float)(i % 97) / 97.0f - 0.5f;
+    for (int64_t i = 0; i < n_seqs * qw; i++)
+        q[i] = (float)(i % 89) / 89.0f - 0.5f;
+    for (int64_t i = 0; i < n_seqs * kw; i++)
+        k[i] = v[i] = (float)(i % 83) / 83.0f - 0.5f;
+    for (int32_t b = 0; b < n_blocks; b++) /* interleaved: scattered over the cache */
+        bt[b] = (b % blocks_per_seq) * n_seqs + b / blocks_per_seq;
+    for (int32_t s = 0; s < n_seqs; s++) {
+        pos[s] = ctx;
+        seq_of[s] = s;
+        starts[s] = s;
+        lens[s] = ctx + 1;
+        slots[s] = bt[s * blocks_per_seq + ctx / bs] * bs + ctx % bs;
+    }
+    starts[n_seqs] = n_seqs;
+    anvil_step st = {.n_tokens = n_seqs, .n_seqs = n_seqs, .max_blocks_per_seq = blocks_per_seq, .block_size = bs,
+                     .max_context = ctx + 1, .positions = pos, .seq_of_token = seq_of, .seq_starts = starts,
+                     .seq_lens = lens, .block_tables = bt, .slots = slots};
+    anvil_tensor tq = anvil_tensor_2d(ANVIL_DTYPE_F32, n_seqs, qw, q), tk = anvil_tensor_2d(ANVIL_DTYPE_F32, n_seqs, kw, k);
+    anvil_tensor tv = anvil_tensor_2d(ANVIL_DTYPE_F32, n_seqs, kw, v), to = anvil_tensor_2d(ANVIL_DTYPE_F32, n_seqs, qw, out);
+    anvil_tensor tkc = {.dtype = ANVIL_DTYPE_F32, .n_dims = 4, .shape = {n_blocks, bs, KVH, hd}, .data = kc};
+    anvil_tensor tvc = tkc;
+    tvc.data = vc;
+    anvil_attention_args a = {.q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to,
+                              .step = &st, .n_heads = H, .n_kv_heads = KVH, .head_dim = hd, .scale = 0.125f};
+    if (be->ops->attention(be, &a) != ANVIL_OK) {
+        fprintf(stderr, "attention failed: %s\n", anvil_last_error());
+        return -1;
+    }
+    double times[256];
+    int reps = 0;
+    double start = anvil_cpu_now_s(), budget = quick ? 0.2 : 0.6;
+    while (reps < 256 && (reps < 10 || anvil_cpu_now_s() - start < budget)) {
+        double t0 = anvil_cpu_now_s();
+        be->ops->attention(be, &a);
+        times[reps++] = anvil_cpu_now_s() - t0;
+    }
+    qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+    double kv_bytes = 2.0 * (double)n_seqs * (ctx + 1) * (double)kw * 4;
+    *r = (result){"attention", n_seqs, ctx, 0, times[reps / 2], kv_bytes / times[reps / 2] * 1e-9,
+                  anvil_cpu_stream_read_gbps((size_t)kv_bytes, n_threads)};
+    free(kc);
+    free(vc);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(pos);
+    free(seq_of);
+    free(starts);
+    free(lens);
+    free(slots);
+    free(bt);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int n_threads = 0, quick = 0;
@@ -141,7 +216,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -159,12 +234,12 @@ int main(int argc, char **argv)
     static const int64_t gemv_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}, {2048, 128256}};
     static const int64_t gemm_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}};
     static const int64_t gemm_tokens[] = {128, 512};
-    result res[32];
+    result res[40];
     int n_res = 0;
 
     printf("GEMV, T = 1, bf16 weights (GB/s of weights; stream = plain read of the same bytes, same threads)\n");
     printf("%8s %8s %10s %10s %10s %10s %8s\n", "K", "N", "MB", "us", "GB/s", "stream", "%");
-    for (size_t i = 0; strcmp(only, "gemm") != 0 && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
+    for (size_t i = 0; strcmp(only, "gemm") != 0 && strcmp(only, "attn") != 0 && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
         result *r = &res[n_res];
         if (bench_gemv(be, n_threads, gemv_shapes[i][0], gemv_shapes[i][1], quick, r) != 0)
             return 1;
@@ -175,7 +250,7 @@ int main(int argc, char **argv)
     }
     printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads)\n");
     printf("%8s %8s %8s %10s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak");
-    for (size_t t = 0; strcmp(only, "gemv") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
+    for (size_t t = 0; strcmp(only, "gemv") != 0 && strcmp(only, "attn") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
         for (size_t i = 0; i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
             result *r = &res[n_res];
             if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)
@@ -185,6 +260,22 @@ int main(int argc, char **argv)
                    r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling);
             fflush(stdout);
         }
+
+    static const int32_t attn_cases[][2] = {{1, 512}, {1, 4096}, {8, 512}, {8, 4096}};
+    if (strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0) {
+        printf("\nDecode attention, 32 heads / 8 kv heads x 64, f32 cache (GB/s of K/V read; stream = same bytes)\n");
+        printf("%8s %8s %10s %10s %10s %10s %8s\n", "seqs", "context", "MB", "us", "GB/s", "stream", "%");
+    }
+    for (size_t i = 0; strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0 && i < 4; i++) {
+        result *r = &res[n_res];
+        if (bench_attention(be, n_threads, attn_cases[i][0], attn_cases[i][1], quick, r) != 0)
+            return 1;
+        n_res++;
+        double mb = 2.0 * (double)r->T * (double)(r->K + 1) * 512 * 4 / 1e6;
+        printf("%8lld %8lld %10.1f %10.1f %10.2f %10.2f %7.1f%%\n", (long long)r->T, (long long)r->K, mb,
+               r->seconds * 1e6, r->rate, r->ceiling, 100 * r->rate / r->ceiling);
+        fflush(stdout);
+    }
 
     if (json != NULL) {
         FILE *f = fopen(json, "w");
@@ -196,7 +287,7 @@ int main(int argc, char **argv)
                 anvil_cpu_isa_name(cb->isa), peak);
         for (int i = 0; i < n_res; i++) {
             const result *r = &res[i];
-            int gemv = strcmp(r->kind, "gemv") == 0;
+            int gemv = strcmp(r->kind, "gemm") != 0;
             fprintf(f,
                     "  {\"kind\": \"%s\", \"T\": %lld, \"K\": %lld, \"N\": %lld, \"seconds\": %.9f, \"%s\": %.3f, "
                     "\"%s\": %.3f}%s\n",

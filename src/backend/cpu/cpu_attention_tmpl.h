@@ -2,25 +2,90 @@
  * cpu_attention_tmpl.h: the attention work item, written once against the
  * 16-lane primitives of cpu_vec_*.h and instantiated per ISA.
  *
- * Before including, define ATTN_ENTRY (the name of the anvil_cpu_attn_fn).
+ * Before including, define ATTN_ENTRY (the name of the anvil_cpu_attn_fn)
+ * and ATTN_DCHUNKS (16-wide chunks of head_dim per value pass; ATTN_HEAD_TILE
+ * x ATTN_DCHUNKS accumulators must fit in registers).
  *
  * A work item is one token and one kv head: all the query heads of that
  * GQA group run together, so every cached key and value row is loaded once
  * for the group. Per query head and per element the arithmetic is fixed
  * (batch invariance):
  *   score_j = v_reduce(dot16(q, k_j)) * scale       for j = lo .. p
- *   m = max_j score_j; e_j = expf(score_j - m); sum = e_lo + ... + e_p (in order)
+ *   m = max_j score_j; e_j = v_exp(score_j - m)
+ *   sum = v_reduce(16 lanes, lane l adding e_j for j - lo = l mod 16 in order)
  *   out[d] = (fma chain over j = lo .. p of e_j * v_j[d]) / sum
  * It depends only on q, the cached rows and (lo, p), never on the batch.
  */
 
 #define ATTN_HEAD_TILE 4
 
-/* scores[h][j] = q_h . k_j * scale for HN heads, rows at elements off[j]. */
+/* Rows this many positions ahead are prefetched (block tables scatter the
+ * cached rows, so the hardware prefetcher cannot follow them), into L2:
+ * the rows of one kv head are a power of two apart, so they share a few
+ * L1 sets and prefetching that far into L1 would evict itself. */
+#define ATTN_PF 32
+
+VEC_INLINE void attn_prefetch_row(const void *base, int64_t off, int64_t bytes, int64_t esz)
+{
+    const char *p = (const char *)base + off * esz;
+    for (int64_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(p + b, 0, 2);
+}
+
+/* scores[h][j] = q_h . k_j * scale for HN heads, rows at elements off[j].
+ * Blocks of 16 / HN positions x HN heads fill 16 accumulators, reduced
+ * together by v_reduce16 (the same bits as one v_reduce each, a third of
+ * the shuffles); the positions left over go one at a time. */
 VEC_INLINE void attn_scores(const int HN, const anvil_dtype DT, const float *q, int64_t hd, const void *kc,
                             const int64_t *off, int32_t n, float scale, float *scores, int64_t ld)
 {
-    for (int32_t j = 0; j < n; j++) {
+    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : 2;
+    const int JB = 16 / HN;
+    int32_t j = 0;
+    for (; j + JB <= n; j += JB) {
+        for (int jj = 0; jj < JB && j + ATTN_PF + jj < n; jj++)
+            attn_prefetch_row(kc, off[j + ATTN_PF + jj], hd * esz, esz);
+        vec16 acc[16];
+VEC_UNROLL
+        for (int i = 0; i < 16; i++)
+            acc[i] = v_zero();
+        int64_t d = 0;
+        for (; d + 16 <= hd; d += 16) {
+            vec16 qv[ATTN_HEAD_TILE];
+VEC_UNROLL
+            for (int h = 0; h < HN; h++)
+                qv[h] = v_load(q + h * hd + d);
+VEC_UNROLL
+            for (int jj = 0; jj < JB; jj++) {
+                vec16 kv = v_load_w(kc, off[j + jj] + d, DT);
+VEC_UNROLL
+                for (int h = 0; h < HN; h++)
+                    acc[jj * HN + h] = v_fma(qv[h], kv, acc[jj * HN + h]);
+            }
+        }
+        if (d < hd) {
+            int r = (int)(hd - d);
+            vec16 qv[ATTN_HEAD_TILE];
+VEC_UNROLL
+            for (int h = 0; h < HN; h++)
+                qv[h] = v_load_n(q + h * hd + d, r);
+VEC_UNROLL
+            for (int jj = 0; jj < JB; jj++) {
+                vec16 kv = v_load_w_n(kc, off[j + jj] + d, r, DT);
+VEC_UNROLL
+                for (int h = 0; h < HN; h++)
+                    acc[jj * HN + h] = v_fma(qv[h], kv, acc[jj * HN + h]);
+            }
+        }
+        float red[16];
+        v_reduce16(acc, red);
+VEC_UNROLL
+        for (int jj = 0; jj < JB; jj++)
+VEC_UNROLL
+            for (int h = 0; h < HN; h++)
+                scores[h * ld + j + jj] = red[jj * HN + h] * scale;
+    }
+    for (; j < n; j++) {
         vec16 acc[ATTN_HEAD_TILE];
 VEC_UNROLL
         for (int h = 0; h < HN; h++)
@@ -45,35 +110,83 @@ VEC_UNROLL
     }
 }
 
-/* out_h[d] = sum_j p[h][j] * v_j[d] / sums[h], for HN heads. */
+/* out_h[d] = sum_j p[h][j] * v_j[d] / sums[h], for HN heads. Positions are
+ * the outer loop, so each value row is read contiguously, ATTN_DCHUNKS
+ * 16-wide chunks of d per pass (the accumulators of a pass stay in
+ * registers); each out[d] still sums over j in order. */
 VEC_INLINE void attn_values(const int HN, const anvil_dtype DT, const float *p, int64_t ld, const float *sums,
                             const void *vc, const int64_t *off, int32_t n, int64_t hd, float *out)
 {
-    for (int64_t d = 0; d < hd; d += 16) {
-        int r = hd - d < 16 ? (int)(hd - d) : 16;
-        vec16 acc[ATTN_HEAD_TILE];
+    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : 2;
+    for (int64_t d0 = 0; d0 < hd; d0 += 16 * ATTN_DCHUNKS) {
+        int64_t left = hd - d0;
+        int nc = left >= 16 * ATTN_DCHUNKS ? ATTN_DCHUNKS : (int)((left + 15) / 16);
+        int rlast = (int)(left - 16 * (nc - 1) < 16 ? left - 16 * (nc - 1) : 16);
+        vec16 acc[ATTN_HEAD_TILE][ATTN_DCHUNKS];
 VEC_UNROLL
         for (int h = 0; h < HN; h++)
-            acc[h] = v_zero();
-        if (r == 16) {
-            for (int32_t j = 0; j < n; j++) {
-                vec16 vv = v_load_w(vc, off[j] + d, DT);
 VEC_UNROLL
-                for (int h = 0; h < HN; h++)
-                    acc[h] = v_fma(v_set1(p[h * ld + j]), vv, acc[h]);
-            }
-        } else {
-            for (int32_t j = 0; j < n; j++) {
-                vec16 vv = v_load_w_n(vc, off[j] + d, r, DT);
+            for (int c = 0; c < ATTN_DCHUNKS; c++)
+                acc[h][c] = v_zero();
+        for (int32_t j = 0; j < n; j++) {
+            if (j + ATTN_PF < n)
+                attn_prefetch_row(vc, off[j + ATTN_PF] + d0, (int64_t)nc * 16 * esz, esz);
+            vec16 pv[ATTN_HEAD_TILE];
 VEC_UNROLL
-                for (int h = 0; h < HN; h++)
-                    acc[h] = v_fma(v_set1(p[h * ld + j]), vv, acc[h]);
+            for (int h = 0; h < HN; h++)
+                pv[h] = v_set1(p[h * ld + j]);
+VEC_UNROLL
+            for (int c = 0; c < ATTN_DCHUNKS; c++) {
+                if (c < nc) {
+                    vec16 vv = c == nc - 1 && rlast < 16 ? v_load_w_n(vc, off[j] + d0 + 16 * c, rlast, DT)
+                                                         : v_load_w(vc, off[j] + d0 + 16 * c, DT);
+VEC_UNROLL
+                    for (int h = 0; h < HN; h++)
+                        acc[h][c] = v_fma(pv[h], vv, acc[h][c]);
+                }
             }
         }
 VEC_UNROLL
         for (int h = 0; h < HN; h++)
-            v_store_n(out + h * hd + d, v_div(acc[h], v_set1(sums[h])), r);
+VEC_UNROLL
+            for (int c = 0; c < ATTN_DCHUNKS; c++)
+                if (c < nc)
+                    v_store_n(out + h * hd + d0 + 16 * c, v_div(acc[h][c], v_set1(sums[h])), c == nc - 1 ? rlast : 16);
     }
+}
+
+/* Softmax numerators in place: sc[j] = exp(sc[j] - max) for j < n (v_exp);
+ * returns their sum, added in 16 lanes (lane = j mod 16, in order of j) and
+ * reduced by v_reduce. The row has room for n rounded up to 16. */
+VEC_INLINE float attn_softmax(float *sc, int32_t n)
+{
+    vec16 mv = v_set1(-INFINITY);
+    int32_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        mv = v_max(mv, v_load(sc + j));
+    float lanes[16];
+    v_store(lanes, mv);
+    float m = -INFINITY; /* the max is exact in any order */
+    for (int l = 0; l < 16; l++)
+        m = lanes[l] > m ? lanes[l] : m;
+    for (; j < n; j++)
+        m = sc[j] > m ? sc[j] : m;
+    vec16 mm = v_set1(m), acc = v_zero();
+    for (j = 0; j + 16 <= n; j += 16) {
+        vec16 e = v_exp(v_sub(v_load(sc + j), mm));
+        v_store(sc + j, e);
+        acc = v_add(acc, e);
+    }
+    if (j < n) {
+        int r = n - j;
+        float tail[16];
+        v_store(tail, v_exp(v_sub(v_load_n(sc + j, r), mm)));
+        for (int l = r; l < 16; l++)
+            tail[l] = 0.0f;
+        memcpy(sc + j, tail, (size_t)r * sizeof(float));
+        acc = v_add(acc, v_load(tail));
+    }
+    return v_reduce(acc);
 }
 
 #define ATTN_INST(HN, DTN, DT)                                                                                  \
@@ -120,8 +233,14 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
     float *scores = (float *)(off + ((int64_t)n + 15) / 16 * 16); /* [group][ld] */
     int64_t ld = ((int64_t)n + 15) / 16 * 16;
     const int32_t *bt = st->block_tables + (int64_t)s * st->max_blocks_per_seq;
-    for (int32_t j = lo; j <= p; j++)
-        off[j - lo] = ((int64_t)bt[j / st->block_size] * st->block_size + j % st->block_size) * kw + (int64_t)g * hd;
+    int32_t bs = st->block_size;
+    for (int32_t j = lo, blk = lo / bs, in = lo % bs; j <= p; j++) { /* no division per position */
+        off[j - lo] = ((int64_t)bt[blk] * bs + in) * kw + (int64_t)g * hd;
+        if (++in == bs) {
+            in = 0;
+            blk++;
+        }
+    }
 
     const float *q = (const float *)a->q->data + (int64_t)t * qw + (int64_t)g * group * hd;
     for (int32_t h = 0; h < group; h += ATTN_HEAD_TILE) {
@@ -133,18 +252,8 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
     float *out = (float *)a->out->data + (int64_t)t * qw + (int64_t)g * group * hd;
     for (int32_t h = 0; h < group; h += ATTN_HEAD_TILE) {
         int hn = group - h < ATTN_HEAD_TILE ? group - h : ATTN_HEAD_TILE;
-        for (int i = 0; i < hn; i++) {
-            float *sc = scores + (h + i) * ld;
-            float m = -INFINITY;
-            for (int32_t j = 0; j < n; j++)
-                m = sc[j] > m ? sc[j] : m;
-            float sum = 0.0f;
-            for (int32_t j = 0; j < n; j++) {
-                sc[j] = expf(sc[j] - m);
-                sum += sc[j];
-            }
-            sums[i] = sum;
-        }
+        for (int i = 0; i < hn; i++)
+            sums[i] = attn_softmax(scores + (h + i) * ld, n);
         attn_values_tbl[di][hn - 1](scores + h * ld, ld, sums, a->v_cache->data, off, n, hd, out + h * hd);
     }
 }

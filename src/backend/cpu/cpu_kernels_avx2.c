@@ -13,6 +13,7 @@
 #define MM_ENTRY mm_entry_avx2
 #include "backend/cpu/cpu_matmul_tmpl.h"
 
+#define ATTN_DCHUNKS 2
 #define ATTN_ENTRY attn_entry_avx2
 #include "backend/cpu/cpu_attention_tmpl.h"
 

@@ -11,6 +11,7 @@
 #define MM_ENTRY mm_entry_scalar
 #include "backend/cpu/cpu_matmul_tmpl.h"
 
+#define ATTN_DCHUNKS 4
 #define ATTN_ENTRY attn_entry_scalar
 #include "backend/cpu/cpu_attention_tmpl.h"
 

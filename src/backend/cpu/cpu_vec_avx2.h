@@ -14,7 +14,7 @@
 #define VEC_FN __attribute__((target(VEC_TARGET)))
 #define VEC_INLINE static inline __attribute__((always_inline, target(VEC_TARGET)))
 /* tiles are unrolled fully so their accumulators live in registers */
-#define VEC_UNROLL _Pragma("GCC unroll 8")
+#define VEC_UNROLL _Pragma("GCC unroll 16")
 
 typedef struct vec16 {
     __m256 lo, hi;
@@ -46,6 +46,31 @@ VEC_INLINE vec16 v_fma(vec16 a, vec16 b, vec16 c)
 VEC_INLINE vec16 v_div(vec16 a, vec16 b)
 {
     vec16 r = {_mm256_div_ps(a.lo, b.lo), _mm256_div_ps(a.hi, b.hi)};
+    return r;
+}
+
+VEC_INLINE vec16 v_add(vec16 a, vec16 b)
+{
+    vec16 r = {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+    return r;
+}
+
+VEC_INLINE vec16 v_sub(vec16 a, vec16 b)
+{
+    vec16 r = {_mm256_sub_ps(a.lo, b.lo), _mm256_sub_ps(a.hi, b.hi)};
+    return r;
+}
+
+VEC_INLINE vec16 v_mul(vec16 a, vec16 b)
+{
+    vec16 r = {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+    return r;
+}
+
+/* a > b ? a : b per lane (b when unordered) */
+VEC_INLINE vec16 v_max(vec16 a, vec16 b)
+{
+    vec16 r = {_mm256_max_ps(a.lo, b.lo), _mm256_max_ps(a.hi, b.hi)};
     return r;
 }
 
@@ -109,6 +134,44 @@ VEC_INLINE float v_reduce(vec16 v)
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* exp(x) for x <= 0 as softmax needs it (Cephes expf: n = round(x log2 e),
+ * r = x - n ln 2 in two steps, a degree-6 polynomial, times 2^n), within
+ * 1.5 ulp of exp; below -87.3 it returns exp(-87.3) ~ 1e-38 instead of a denormal.
+ * Only IEEE-exact steps (fma, mul, add, round to nearest even, exponent
+ * bits), so every ISA gives the same bits. */
+VEC_INLINE __m256 v_exp8(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+VEC_INLINE vec16 v_exp(vec16 x)
+{
+    vec16 r = {v_exp8(x.lo), v_exp8(x.hi)};
+    return r;
+}
+
+/* out[i] = v_reduce(a[i]) for 16 vectors. */
+VEC_INLINE void v_reduce16(const vec16 *a, float *out)
+{
+    for (int i = 0; i < 16; i++)
+        out[i] = v_reduce(a[i]);
 }
 
 #endif

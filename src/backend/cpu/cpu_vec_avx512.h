@@ -15,7 +15,7 @@
 #define VEC_FN __attribute__((target(VEC_TARGET)))
 #define VEC_INLINE static inline __attribute__((always_inline, target(VEC_TARGET)))
 /* tiles are unrolled fully so their accumulators live in registers */
-#define VEC_UNROLL _Pragma("GCC unroll 8")
+#define VEC_UNROLL _Pragma("GCC unroll 16")
 
 typedef __m512 vec16;
 
@@ -23,6 +23,11 @@ VEC_INLINE vec16 v_zero(void) { return _mm512_setzero_ps(); }
 VEC_INLINE vec16 v_set1(float x) { return _mm512_set1_ps(x); }
 VEC_INLINE vec16 v_fma(vec16 a, vec16 b, vec16 c) { return _mm512_fmadd_ps(a, b, c); }
 VEC_INLINE vec16 v_div(vec16 a, vec16 b) { return _mm512_div_ps(a, b); }
+VEC_INLINE vec16 v_add(vec16 a, vec16 b) { return _mm512_add_ps(a, b); }
+VEC_INLINE vec16 v_sub(vec16 a, vec16 b) { return _mm512_sub_ps(a, b); }
+VEC_INLINE vec16 v_mul(vec16 a, vec16 b) { return _mm512_mul_ps(a, b); }
+/* a > b ? a : b per lane (b when unordered) */
+VEC_INLINE vec16 v_max(vec16 a, vec16 b) { return _mm512_max_ps(a, b); }
 VEC_INLINE vec16 v_load(const float *p) { return _mm512_loadu_ps(p); }
 VEC_INLINE __mmask16 v_mask(int n) { return (__mmask16)((1u << n) - 1u); }
 VEC_INLINE vec16 v_load_n(const float *p, int n) { return _mm512_maskz_loadu_ps(v_mask(n), p); }
@@ -58,6 +63,55 @@ VEC_INLINE float v_reduce(vec16 v)
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* exp(x) for x <= 0 as softmax needs it (Cephes expf: n = round(x log2 e),
+ * r = x - n ln 2 in two steps, a degree-6 polynomial, times 2^n), within
+ * 1.5 ulp of exp; below -87.3 it returns exp(-87.3) ~ 1e-38 instead of a denormal.
+ * Only IEEE-exact steps (fma, mul, add, round to nearest even, exponent
+ * bits), so every ISA gives the same bits. */
+VEC_INLINE vec16 v_exp(vec16 x)
+{
+    x = _mm512_max_ps(_mm512_set1_ps(-87.3f), x);
+    x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+/* out[i] = v_reduce(a[i]) for 16 vectors at once: the same additions as
+ * v_reduce (lane l with l + 8, then l + 4, then l + 2, then 0 with 1), but
+ * two or four vectors share each shuffle and add. */
+VEC_INLINE void v_reduce16(const vec16 *a, float *out)
+{
+    __m512 s[8], t[4], w[2];
+VEC_UNROLL
+    for (int k = 0; k < 8; k++) /* [a0 lo256 + hi256 | a1 lo256 + hi256] */
+        s[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0xEE));
+VEC_UNROLL
+    for (int k = 0; k < 4; k++) /* quarters: four vectors, l + 4 */
+        t[k] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * k], s[2 * k + 1], 0xDD));
+VEC_UNROLL
+    for (int k = 0; k < 2; k++) /* l + 2 */
+        w[k] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * k], t[2 * k + 1], 0xEE));
+    /* 0 + 1: lane 4q + i now holds vector q + 4i */
+    __m512 f = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(order, f));
 }
 
 #endif

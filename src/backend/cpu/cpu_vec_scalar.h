@@ -60,6 +60,39 @@ VEC_INLINE vec16 v_div(vec16 a, vec16 b)
     return r;
 }
 
+VEC_INLINE vec16 v_add(vec16 a, vec16 b)
+{
+    vec16 r;
+    for (int l = 0; l < 16; l++)
+        r.f[l] = a.f[l] + b.f[l];
+    return r;
+}
+
+VEC_INLINE vec16 v_sub(vec16 a, vec16 b)
+{
+    vec16 r;
+    for (int l = 0; l < 16; l++)
+        r.f[l] = a.f[l] - b.f[l];
+    return r;
+}
+
+VEC_INLINE vec16 v_mul(vec16 a, vec16 b)
+{
+    vec16 r;
+    for (int l = 0; l < 16; l++)
+        r.f[l] = a.f[l] * b.f[l];
+    return r;
+}
+
+/* a > b ? a : b per lane (b when unordered), as maxps does */
+VEC_INLINE vec16 v_max(vec16 a, vec16 b)
+{
+    vec16 r;
+    for (int l = 0; l < 16; l++)
+        r.f[l] = a.f[l] > b.f[l] ? a.f[l] : b.f[l];
+    return r;
+}
+
 VEC_INLINE vec16 v_load(const float *p)
 {
     vec16 r;
@@ -106,6 +139,48 @@ VEC_INLINE float v_reduce(vec16 v)
         s4[l] = s8[l] + s8[l + 4];
     float s20 = s4[0] + s4[2], s21 = s4[1] + s4[3];
     return s20 + s21;
+}
+
+/* exp(x) for x <= 0 as softmax needs it (Cephes expf: n = round(x log2 e),
+ * r = x - n ln 2 in two steps, a degree-6 polynomial, times 2^n), within
+ * 1.5 ulp of exp; below -87.3 it returns exp(-87.3) ~ 1e-38 instead of a denormal.
+ * Only IEEE-exact steps (fma, mul, add, round to nearest even, exponent
+ * bits), so every ISA gives the same bits. */
+VEC_INLINE float v_exp1(float x)
+{
+    if (isnan(x))
+        return x;
+    x = -87.3f > x ? -87.3f : x;
+    x = 88.0f < x ? 88.0f : x; /* minps(88, x): x when unordered */
+    float n = nearbyintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    float y = fmaf(p, r * r, r) + 1.0f;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return y * scale;
+}
+
+VEC_INLINE vec16 v_exp(vec16 x)
+{
+    vec16 r;
+    for (int l = 0; l < 16; l++)
+        r.f[l] = v_exp1(x.f[l]);
+    return r;
+}
+
+/* out[i] = v_reduce(a[i]) for 16 vectors. */
+VEC_INLINE void v_reduce16(const vec16 *a, float *out)
+{
+    for (int i = 0; i < 16; i++)
+        out[i] = v_reduce(a[i]);
 }
 
 #endif
