@@ -251,6 +251,15 @@ anvil_status anvil_executor_cancel(anvil_executor *ex, uint64_t id);
  */
 anvil_status anvil_executor_wait(anvil_executor *ex, uint64_t id, anvil_result **out);
 
+/*
+ * The synchronous convenience: enqueues req (as if with retain_result) and
+ * waits for its result (*out, taken by the caller: anvil_result_free). A
+ * refused request returns its status with *out NULL; a request that ran
+ * returns ANVIL_OK, how it ended being in the result. Must not be called
+ * from an event callback.
+ */
+anvil_status anvil_executor_generate(anvil_executor *ex, const anvil_request *req, anvil_result **out);
+
 typedef struct anvil_executor_metrics {
     int32_t queued;                /* requests waiting (new or preempted) */
     int32_t running;               /* requests admitted */

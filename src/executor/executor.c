@@ -518,6 +518,18 @@ anvil_status anvil_executor_wait(anvil_executor *ex, uint64_t id, anvil_result *
     }
 }
 
+anvil_status anvil_executor_generate(anvil_executor *ex, const anvil_request *req, anvil_result **out)
+{
+    CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "generate: NULL result pointer");
+    *out = NULL;
+    CHECK(req != NULL, ANVIL_ERR_INVALID_ARG, "generate: NULL request");
+    anvil_request r = *req;
+    r.retain_result = 1;
+    uint64_t id;
+    TRY(anvil_executor_enqueue(ex, &r, &id));
+    return anvil_executor_wait(ex, id, out);
+}
+
 anvil_status anvil_executor_stats(anvil_executor *ex, anvil_executor_metrics *out)
 {
     CHECK(ex != NULL && out != NULL, ANVIL_ERR_INVALID_ARG, "stats: NULL argument");

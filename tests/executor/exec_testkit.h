@@ -120,15 +120,11 @@ static inline int kit_cases(const char *model, kit_case *cases, int cap)
 
 /* ---- running requests */
 
-/* Enqueues req (with retain_result) and waits for its result. */
+/* Runs req to its result (anvil_executor_generate). */
 static inline anvil_result *kit_run(anvil_executor *ex, const anvil_request *req)
 {
-    anvil_request r = *req;
-    r.retain_result = 1;
-    uint64_t id;
-    KIT_OK(anvil_executor_enqueue(ex, &r, &id));
     anvil_result *res = NULL;
-    KIT_OK(anvil_executor_wait(ex, id, &res));
+    KIT_OK(anvil_executor_generate(ex, req, &res));
     return res;
 }
 

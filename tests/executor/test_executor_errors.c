@@ -214,6 +214,11 @@ static void test_wait_and_cancel_errors(void **state)
     assert_status_msg(anvil_executor_cancel(NULL, 1), ANVIL_ERR_INVALID_ARG, "NULL");
     assert_status_msg(anvil_executor_stats(f->ex, NULL), ANVIL_ERR_INVALID_ARG, "NULL");
     assert_status_msg(anvil_executor_enqueue(NULL, &r, NULL), ANVIL_ERR_INVALID_ARG, "NULL");
+    assert_status_msg(anvil_executor_generate(f->ex, &r, NULL), ANVIL_ERR_INVALID_ARG, "NULL");
+    assert_status_msg(anvil_executor_generate(f->ex, NULL, &res), ANVIL_ERR_INVALID_ARG, "NULL request");
+    r.temperature = -1;
+    assert_status_msg(anvil_executor_generate(f->ex, &r, &res), ANVIL_ERR_INVALID_ARG, "temperature");
+    assert_null(res);
     anvil_executor_free(NULL);
     anvil_result_free(NULL);
     assert_string_equal(anvil_request_finish_name(ANVIL_REQUEST_CANCELLED), "cancelled");
