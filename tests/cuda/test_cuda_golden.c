@@ -24,99 +24,12 @@
 #include "anvil/runtime.h"
 #include "backend/cuda/cuda_backend.h"
 #include "io/safetensors.h"
+#include "golden.h"
 #include "testutil.h"
 
-#define MAX_CASES 8
 #define F32_TOL 1e-3
 #define BF16_MIN_AGREEMENT 0.99
 #define DECODE_STEPS 8
-
-typedef struct golden_case {
-    char name[32];
-    int32_t *ids;
-    int32_t n_ids;
-    int32_t *greedy;
-    int32_t n_greedy;
-    const float *logits; /* [n_ids, vocab] into the golden file */
-} golden_case;
-
-typedef struct golden {
-    json_t *root;
-    anvil_safetensors *logits_file;
-    golden_case cases[MAX_CASES];
-    int n_cases;
-} golden;
-
-static int32_t *json_ids(json_t *arr, int32_t *n)
-{
-    *n = (int32_t)json_array_size(arr);
-    int32_t *ids = malloc((size_t)(*n ? *n : 1) * sizeof *ids);
-    assert_non_null(ids);
-    for (int32_t i = 0; i < *n; i++)
-        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
-    return ids;
-}
-
-static void golden_load(const char *model, golden *g)
-{
-    memset(g, 0, sizeof *g);
-    char path[512];
-    snprintf(path, sizeof path, "%s/golden/models/%s/cases.json", anvil_test_shared_dir(), model);
-    json_error_t jerr;
-    g->root = json_load_file(path, 0, &jerr);
-    if (g->root == NULL)
-        fail_msg("%s: %s", path, jerr.text);
-    snprintf(path, sizeof path, "%s/golden/models/%s/logits.safetensors", anvil_test_shared_dir(), model);
-    if (anvil_safetensors_open(path, &g->logits_file) != ANVIL_OK)
-        fail_msg("%s", anvil_last_error());
-    json_t *cases = json_object_get(g->root, "cases");
-    assert_true(json_is_array(cases));
-    for (size_t i = 0; i < json_array_size(cases) && i < MAX_CASES; i++) {
-        json_t *c = json_array_get(cases, i);
-        golden_case *gc = &g->cases[g->n_cases++];
-        snprintf(gc->name, sizeof gc->name, "%s", json_string_value(json_object_get(c, "name")));
-        gc->ids = json_ids(json_object_get(c, "ids"), &gc->n_ids);
-        gc->greedy = json_ids(json_object_get(c, "greedy"), &gc->n_greedy);
-        char tname[64];
-        snprintf(tname, sizeof tname, "%s.logits", gc->name);
-        const anvil_st_tensor *t = anvil_safetensors_find(g->logits_file, tname);
-        assert_non_null(t);
-        assert_int_equal(t->shape[0], gc->n_ids);
-        gc->logits = t->data;
-    }
-}
-
-static void golden_free(golden *g)
-{
-    for (int i = 0; i < g->n_cases; i++) {
-        free(g->cases[i].ids);
-        free(g->cases[i].greedy);
-    }
-    anvil_safetensors_close(g->logits_file);
-    json_decref(g->root);
-}
-
-/* max |got - want| <= F32_TOL * max |want| over n_rows rows starting at row0 of the prompt */
-static void check_logits(const char *model, const char *what, const golden_case *gc, int32_t row0, int32_t n_rows,
-                         const float *got, int64_t vocab)
-{
-    const float *want = gc->logits + (int64_t)row0 * vocab;
-    const int64_t n = (int64_t)n_rows * vocab;
-    double max_ref = 0, max_err = 0;
-    int64_t worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double ref = want[i], err = fabs((double)got[i] - ref);
-        if (fabs(ref) > max_ref)
-            max_ref = fabs(ref);
-        if (err > max_err || isnan(got[i])) {
-            max_err = isnan(got[i]) ? INFINITY : err;
-            worst = i;
-        }
-    }
-    if (!(max_err <= F32_TOL * max_ref))
-        fail_msg("%s %s %s: max error %.3g at position %lld token %lld (tolerance %.3g)", model, gc->name, what,
-                 max_err, (long long)(row0 + worst / vocab), (long long)(worst % vocab), F32_TOL * max_ref);
-}
 
 static anvil_runtime *load_model(const char *model, anvil_dtype wdt)
 {
@@ -171,16 +84,16 @@ static void check_prompts_alone(const char *model, anvil_runtime *rt, const gold
         assert_true(blocks && logits);
         assert_int_equal(anvil_runtime_kv_alloc(rt, nb, blocks), ANVIL_OK);
         forward_rows(rt, gc, 0, n, blocks, nb, logits, model);
-        check_logits(model, "alone", gc, 0, n, logits, vocab);
+        golden_check_logits(model, "alone", gc, 0, n, logits, vocab, F32_TOL);
 
         int32_t split = n > DECODE_STEPS ? n - DECODE_STEPS : 1;
         forward_rows(rt, gc, 0, split, blocks, nb, logits, model);
-        check_logits(model, "prefill part", gc, 0, split, logits, vocab);
+        golden_check_logits(model, "prefill part", gc, 0, split, logits, vocab, F32_TOL);
         for (int32_t t = split; t < n; t++) {
             forward_rows(rt, gc, t, 1, blocks, nb, logits, model);
             char what[32];
             snprintf(what, sizeof what, "decode step %d", t);
-            check_logits(model, what, gc, t, 1, logits, vocab);
+            golden_check_logits(model, what, gc, t, 1, logits, vocab, F32_TOL);
         }
         anvil_runtime_kv_release(rt, nb, blocks);
         free(blocks);
@@ -201,7 +114,7 @@ static void check_prompts_packed(const char *model, anvil_runtime *rt, const gol
         max_nb = nb > max_nb ? nb : max_nb;
     }
     int32_t *ids = malloc((size_t)total * 4), *pos = malloc((size_t)total * 4), *rows = malloc((size_t)total * 4);
-    int32_t *tables = calloc((size_t)g->n_cases * max_nb, 4), starts[MAX_CASES + 1];
+    int32_t *tables = calloc((size_t)g->n_cases * max_nb, 4), starts[GOLDEN_MAX_CASES + 1];
     float *logits = malloc((size_t)total * (size_t)vocab * 4);
     assert_true(ids && pos && rows && tables && logits);
     int32_t t = 0;
@@ -227,8 +140,8 @@ static void check_prompts_packed(const char *model, anvil_runtime *rt, const gol
     if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
         fail_msg("%s packed: %s", model, anvil_last_error());
     for (int i = 0; i < g->n_cases; i++) {
-        check_logits(model, "packed", &g->cases[i], 0, g->cases[i].n_ids, logits + (size_t)starts[i] * (size_t)vocab,
-                     vocab);
+        golden_check_logits(model, "packed", &g->cases[i], 0, g->cases[i].n_ids, logits + (size_t)starts[i] * (size_t)vocab,
+                     vocab, F32_TOL);
         int32_t nb = (g->cases[i].n_ids + bs - 1) / bs;
         anvil_runtime_kv_release(rt, nb, tables + i * max_nb);
     }
