@@ -1,7 +1,7 @@
 /*
  * CPU attention: every code path against the scalar reference on
  * table-driven steps (head_dim 8..128 and off multiples of 16, GQA ratios
- * 1/2/4/6/8, odd block sizes, scattered block tables, sequence lengths off
+ * 1/2/3/4/6/7/8, odd block sizes, scattered block tables, sequence lengths off
  * the block size, sliding windows smaller than the context, several packed
  * sequences mixing prefill chunks and decode tokens, f32/bf16/f16 caches);
  * the caches written exactly as the reference writes them; guard bytes;
@@ -39,6 +39,8 @@ static const attn_case cases[] = {
     {16, 8, 4, 2, 3, ANVIL_DTYPE_F16, 0, 5, {{0, 2}, {1, 1}, {2, 2}, {17, 1}, {6, 4}}},
     {8, 4, 4, 1, 0, ANVIL_DTYPE_F32, 0, 2, {{5, 2}, {0, 3}}},
     {128, 32, 8, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{70, 1}, {0, 23}, {129, 1}}},
+    {32, 6, 2, 8, 0, ANVIL_DTYPE_F32, 0, 2, {{37, 1}, {0, 21}}},             /* group 3 */
+    {48, 7, 1, 16, 40, ANVIL_DTYPE_BF16, 0, 2, {{90, 1}, {15, 18}}},         /* group 7 = 4 + 3 */
 };
 
 static void case_name(const attn_case *c, char *buf, size_t cap)
