@@ -177,6 +177,34 @@ static jv sorted_list(jctx *c, const jlist *l, const keyspec *k, int reverse)
 
 /* ------------------------------------------------------------------ filters */
 
+/* The input of a lazy filter (map, select, unique, batch): its items, or NULL
+ * when it cannot be iterated; then *failing is the generator jinja2 would
+ * return, which fails only when consumed. */
+static jlist *lazy_input(jctx *c, jv v, jv *failing)
+{
+    switch ((jkind)v.k) {
+    case JK_UNDEF:
+    case JK_STR:
+    case JK_LIST:
+    case JK_TUPLE:
+    case JK_DICT: return jv_iter_list(c, v);
+    case JK_GEN:
+        if (v.u.l->err) {
+            /* still lazy: fails when what we return is consumed */
+            *failing = jv_gen_failing(c, v.u.l->err_kind, v.u.l->err->s);
+            return NULL;
+        }
+        return jv_iter_list(c, v);
+    default: {
+        char msg[96];
+        snprintf(msg, sizeof msg, "'%s' object is not iterable", jv_type_name(v));
+        *failing = jv_gen_failing(c, JE_TYPE, msg);
+        return NULL;
+    }
+    }
+}
+
+
 static jv f_abs(jctx *c, jv v, jargs *a, const char *name)
 {
     jargs_done(c, a, name, 0);
@@ -187,7 +215,6 @@ static jv f_abs(jctx *c, jv v, jargs *a, const char *name)
             jfail(c, JE_OVERFLOW, "integer result does not fit in 64 bits");
         return jv_int(v.u.i < 0 ? -v.u.i : v.u.i);
     }
-    jv_check_defined(c, v);
     jfail(c, JE_TYPE, "bad operand type for abs(): '%s'", jv_type_name(v));
 }
 
@@ -288,13 +315,13 @@ static jv f_dictsort(jctx *c, jv v, jargs *a, const char *name)
     jargs_done(c, a, name, 3);
     if (v.k != JK_DICT) {
         jv_check_defined(c, v);
-        jfail(c, JE_TYPE, "dictsort needs a mapping, not %s", jv_type_name(v));
+        jfail(c, JE_ATTRIBUTE, "'%s' object has no attribute 'items'", jv_type_name(v));
     }
     int pos = 0;
     if (by.k == JK_STR && !strcmp(by.u.s->s, "value"))
         pos = 1;
     else if (by.k != JK_NONE && !(by.k == JK_STR && !strcmp(by.u.s->s, "key")))
-        jfail(c, JE_VALUE, "You can only sort by either \"key\" or \"value\"");
+        jfail(c, JE_FILTER_ARG, "You can only sort by either \"key\" or \"value\"");
     const jdict *d = v.u.d;
     jv items = jv_list(c, d->n);
     for (size_t i = 0; i < d->n; i++) {
@@ -331,6 +358,15 @@ static jv f_escape(jctx *c, jv v, jargs *a, const char *name)
 static jv f_first_last(jctx *c, jv v, jargs *a, const char *name)
 {
     jargs_done(c, a, name, 0);
+    if (v.k == JK_GEN) {
+        /* next(iter(gen)) takes one item; reversed(gen) is an error */
+        jv_gen_check(c, v);
+        if (name[0] == 'l')
+            jfail(c, JE_TYPE, "'generator' object is not reversible");
+        if (v.u.l->pos < v.u.l->n)
+            return v.u.l->v[v.u.l->pos++];
+        return jv_undef(c, "No first item, sequence was empty.");
+    }
     jlist *l = jv_iter_list(c, v);
     if (l->n == 0)
         return jv_undef(c, "No %s item, sequence was empty.", name);
@@ -385,6 +421,7 @@ static jv f_float(jctx *c, jv v, jargs *a, const char *name)
     arg(c, a, 0, "default", &dflt);
     jargs_done(c, a, name, 1);
     double f;
+    jv_check_defined(c, v); /* float(Undefined) raises */
     if (v.k == JK_FLOAT)
         return v;
     if (v.k == JK_INT || v.k == JK_BOOL)
@@ -400,6 +437,7 @@ static jv f_int(jctx *c, jv v, jargs *a, const char *name)
     arg(c, a, 0, "default", &dflt);
     arg(c, a, 1, "base", &base);
     jargs_done(c, a, name, 2);
+    jv_check_defined(c, v); /* int(Undefined) raises */
     if (v.k == JK_INT)
         return v;
     if (v.k == JK_BOOL)
@@ -461,7 +499,7 @@ static jv f_format(jctx *c, jv v, jargs *a, const char *name)
 {
     (void)name;
     if (a->npos && a->nkw)
-        jfail(c, JE_RUNTIME, "can't handle positional and keyword arguments at the same time");
+        jfail(c, JE_FILTER_ARG, "can't handle positional and keyword arguments at the same time");
     jv args;
     if (a->nkw) {
         args = jv_dict(c);
@@ -534,7 +572,12 @@ static jv f_indent(jctx *c, jv v, jargs *a, const char *name)
         ind = jstr_new(c, NULL, (size_t)w);
         memset(ind->s, ' ', (size_t)w);
     }
-    jstr *s = jstr_cat(c, soft_str(c, v), jstr_new(c, "\n", 1));
+    /* jinja2 appends "\n" to the value itself: only strings work */
+    if (v.k != JK_STR) {
+        jv_check_defined(c, v);
+        jfail(c, JE_TYPE, "unsupported operand type(s) for +=: '%s' and 'str'", jv_type_name(v));
+    }
+    jstr *s = jstr_cat(c, v.u.s, jstr_new(c, "\n", 1));
     jlist *lines = py_splitlines(c, s, 0).u.l;
     jbuf b = {0};
     if (jv_truthy(first))
@@ -555,13 +598,13 @@ static jv f_items(jctx *c, jv v, jargs *a, const char *name)
 {
     jargs_done(c, a, name, 0);
     if (v.k == JK_UNDEF)
-        return jv_list(c, 0);
+        return jv_gen(jv_list(c, 0).u.l);
     if (v.k != JK_DICT)
-        jfail(c, JE_TYPE, "Can only get item pairs from a mapping.");
+        return jv_gen_failing(c, JE_TYPE, "Can only get item pairs from a mapping.");
     jv m;
     jmethod_lookup(c, v, jstr_new(c, "items", 5), &m);
     jargs none = {0};
-    return jmethod_call(c, m.u.mt, &none);
+    return jv_gen(jmethod_call(c, m.u.mt, &none).u.l);
 }
 
 static jv f_join(jctx *c, jv v, jargs *a, const char *name)
@@ -600,7 +643,7 @@ static jv f_list(jctx *c, jv v, jargs *a, const char *name)
 static jv call_named_filter(jctx *c, jv fname, jv item, jargs *rest)
 {
     if (fname.k != JK_STR)
-        jfail(c, JE_RUNTIME, "map requires a filter argument");
+        jfail(c, JE_FILTER_ARG, "map requires a filter argument");
     int fid = jfilter_find(fname.u.s->s, fname.u.s->len);
     if (fid < 0)
         jfail(c, JE_RUNTIME, "No filter named '%s'.", fname.u.s->s);
@@ -614,7 +657,12 @@ static jv call_named_filter(jctx *c, jv fname, jv item, jargs *rest)
 static jv f_map(jctx *c, jv v, jargs *a, const char *name)
 {
     (void)name;
-    jlist *l = jv_iter_list(c, v);
+    jv failing;
+    if (!jv_truthy(v) && v.k != JK_GEN)
+        return jv_gen(jv_list(c, 0).u.l); /* jinja2: `if value:` before iterating */
+    jlist *l = lazy_input(c, v, &failing);
+    if (l == NULL)
+        return failing;
     jv out = jv_list(c, l->n);
     jv attribute, dflt;
     if (a->npos == 0 && jargs_take(c, a, -1, "attribute", &attribute)) {
@@ -629,10 +677,10 @@ static jv f_map(jctx *c, jv v, jargs *a, const char *name)
             out.u.l->v[i] = path_get(c, l->v[i], &p, has_default && dflt.k != JK_NONE ? &dflt : NULL);
         }
         out.u.l->n = l->n;
-        return out;
+        return jv_gen(out.u.l);
     }
     if (a->npos == 0)
-        jfail(c, JE_RUNTIME, "map requires a filter argument");
+        jfail(c, JE_FILTER_ARG, "map requires a filter argument");
     jargs rest = *a;
     rest.pos++;
     rest.npos--;
@@ -641,7 +689,7 @@ static jv f_map(jctx *c, jv v, jargs *a, const char *name)
         out.u.l->v[i] = call_named_filter(c, a->pos[0], l->v[i], &rest);
     }
     out.u.l->n = l->n;
-    return out;
+    return jv_gen(out.u.l);
 }
 
 /* select, reject, selectattr, rejectattr */
@@ -649,13 +697,18 @@ static jv f_select(jctx *c, jv v, jargs *a, const char *name)
 {
     int reject = name[0] == 'r';
     int by_attr = strstr(name, "attr") != NULL;
-    jlist *l = jv_iter_list(c, v);
+    jv failing;
+    if (!jv_truthy(v) && v.k != JK_GEN)
+        return jv_gen(jv_list(c, 0).u.l); /* jinja2: `if value:` before iterating */
+    jlist *l = lazy_input(c, v, &failing);
+    if (l == NULL)
+        return failing;
     jv out = jv_list(c, 0);
     int off = 0;
     attrpath p;
     if (by_attr) {
         if (a->npos < 1)
-            jfail(c, JE_RUNTIME, "Missing parameter for attribute name");
+            jfail(c, JE_FILTER_ARG, "Missing parameter for attribute name");
         parse_path(c, a->pos[0], &p);
         off = 1;
     }
@@ -683,7 +736,7 @@ static jv f_select(jctx *c, jv v, jargs *a, const char *name)
         if (ok != reject)
             jlist_push(c, out.u.l, l->v[i]);
     }
-    return out;
+    return jv_gen(out.u.l);
 }
 
 static jv f_minmax(jctx *c, jv v, jargs *a, const char *name)
@@ -719,7 +772,10 @@ static jv f_batch(jctx *c, jv v, jargs *a, const char *name)
     arg(c, a, 1, "fill_with", &fill);
     jargs_done(c, a, name, 2);
     int64_t n = int_arg(c, count, "linecount");
-    jlist *l = jv_iter_list(c, v);
+    jv failing;
+    jlist *l = lazy_input(c, v, &failing);
+    if (l == NULL)
+        return failing;
     jv out = jv_list(c, 0), cur = jv_list(c, 0);
     for (size_t i = 0; i < l->n; i++) {
         jstep(c);
@@ -734,7 +790,7 @@ static jv f_batch(jctx *c, jv v, jargs *a, const char *name)
             jlist_push(c, cur.u.l, fill);
         jlist_push(c, out.u.l, cur);
     }
-    return out;
+    return jv_gen(out.u.l);
 }
 
 static jv f_replace(jctx *c, jv v, jargs *a, const char *name)
@@ -753,12 +809,20 @@ static jv f_reverse(jctx *c, jv v, jargs *a, const char *name)
     jargs_done(c, a, name, 0);
     if (v.k == JK_STR)
         return jop_slice(c, v, jv_none(), jv_none(), jv_int(-1));
+    /* reversed(seq) is an iterator; a generator cannot be reversed, so jinja2
+     * falls back to a reversed list of it */
+    int was_gen = v.k == JK_GEN;
+    if (v.k != JK_LIST && v.k != JK_TUPLE && v.k != JK_DICT && v.k != JK_UNDEF && !was_gen)
+        jfail(c, JE_FILTER_ARG, "argument must be iterable");
     jlist *l = jv_iter_list(c, v);
     jv r = jv_list(c, l->n);
     for (size_t i = 0; i < l->n; i++)
         r.u.l->v[i] = l->v[l->n - 1 - i];
     r.u.l->n = l->n;
-    return r;
+    if (was_gen)
+        return r;
+    r.u.l->gen_type = v.k == JK_DICT ? "dict_reversekeyiterator" : v.k == JK_TUPLE ? "reversed" : "list_reverseiterator";
+    return jv_gen(r.u.l);
 }
 
 static jv f_round(jctx *c, jv v, jargs *a, const char *name)
@@ -770,11 +834,9 @@ static jv f_round(jctx *c, jv v, jargs *a, const char *name)
     int64_t p = int_arg(c, prec, "precision");
     const char *m = method.k == JK_STR ? method.u.s->s : "common";
     if (strcmp(m, "common") && strcmp(m, "ceil") && strcmp(m, "floor"))
-        jfail(c, JE_RUNTIME, "method must be common, ceil or floor");
-    if (v.k != JK_FLOAT && v.k != JK_INT && v.k != JK_BOOL) {
-        jv_check_defined(c, v);
+        jfail(c, JE_FILTER_ARG, "method must be common, ceil or floor");
+    if (v.k != JK_FLOAT && v.k != JK_INT && v.k != JK_BOOL)
         jfail(c, JE_TYPE, "type %s doesn't define __round__ method", jv_type_name(v));
-    }
     if (p < -308 || p > 308)
         jfail(c, JE_UNSUPPORTED, "round() precision out of range");
     if (!strcmp(m, "common")) {
@@ -869,7 +931,10 @@ static jv f_unique(jctx *c, jv v, jargs *a, const char *name)
     arg(c, a, 0, "case_sensitive", &cs);
     arg(c, a, 1, "attribute", &attribute);
     jargs_done(c, a, name, 2);
-    jlist *l = jv_iter_list(c, v);
+    jv failing;
+    jlist *l = lazy_input(c, v, &failing);
+    if (l == NULL)
+        return failing;
     keyspec k;
     keyspec_init(c, &k, attribute, 0, !jv_truthy(cs));
     jv out = jv_list(c, 0), seen = jv_list(c, 0);
@@ -887,7 +952,7 @@ static jv f_unique(jctx *c, jv v, jargs *a, const char *name)
             jlist_push(c, out.u.l, l->v[i]);
         }
     }
-    return out;
+    return jv_gen(out.u.l);
 }
 
 static jv f_wordcount(jctx *c, jv v, jargs *a, const char *name)

@@ -56,6 +56,8 @@ typedef enum jkind {
     JK_MACRO,
     JK_FUNC,   /* a global function: range, namespace, raise_exception, ... */
     JK_METHOD, /* a bound method: 'abc'.upper, d.items, loop.cycle */
+    JK_GEN,    /* what jinja2's lazy filters return (map, select, unique, ...): computed
+                * eagerly, but iterated once, always true, without len() */
 } jkind;
 
 /* Immutable string: len bytes of valid UTF-8 followed by a NUL. */
@@ -84,6 +86,10 @@ typedef struct jv {
 typedef struct jlist {
     size_t n, cap;
     jv *v;
+    size_t pos;    /* JK_GEN: the items already consumed */
+    jstr *err;     /* JK_GEN: raised when consumed (jinja2 fails lazily), or NULL */
+    int err_kind;
+    const char *gen_type; /* JK_GEN: Python's type name when not "generator" */
 } jlist;
 
 /* Insertion-ordered, looked up by linear search with Python equality: chat
@@ -132,6 +138,8 @@ enum {
     JE_INDEX,     /* IndexError */
     JE_LIMIT,     /* anvil's resource limits */
     JE_UNSUPPORTED,
+    JE_ATTRIBUTE, /* AttributeError */
+    JE_FILTER_ARG, /* FilterArgumentError */
 };
 
 /* ------------------------------------------------------------------ tokens */
@@ -356,8 +364,16 @@ void py_str_repr_into(jctx *c, jbuf *b, const char *s, size_t len);
 
 /* len(); TypeError for values without a length. */
 int64_t jv_len(jctx *c, jv v);
-/* list(v): strings give their characters, dicts their keys. */
+/* list(v): strings give their characters, dicts their keys; a generator
+ * gives what is left of it and is then exhausted. */
 jlist *jv_iter_list(jctx *c, jv v);
+/* A generator over the items of l. */
+jv jv_gen(jlist *l);
+/* A generator that raises "<kind>: <message>" when it is consumed: what jinja2's
+ * lazy filters do with input they cannot iterate. */
+jv jv_gen_failing(jctx *c, int kind, const char *message);
+/* Raises the error of a failing generator. */
+void jv_gen_check(jctx *c, jv g);
 
 /* ---- operators and access (jinja_ops.c) */
 jv jop_binary(jctx *c, int op, jv a, jv b);

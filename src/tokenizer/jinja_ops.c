@@ -229,7 +229,10 @@ jv jop_slice(jctx *c, jv obj, jv vstart, jv vstop, jv vstep)
         }
         return jv_strv(jbuf_str(c, &b));
     }
-    return jv_undef(c, "%s object has no element slice", jv_type_name(obj));
+    /* jinja2 compiles a slice to a plain Python subscription: no undefined here */
+    if (obj.k == JK_DICT)
+        jfail(c, JE_TYPE, "unhashable type: 'slice'");
+    jfail(c, JE_TYPE, "'%s' object is not subscriptable", jv_type_name(obj));
 }
 
 /* ------------------------------------------------------------------ operators */
@@ -477,10 +480,8 @@ int jop_contains(jctx *c, jv container, jv item)
 {
     switch ((jkind)container.k) {
     case JK_STR:
-        if (item.k != JK_STR) {
-            jv_check_defined(c, item);
+        if (item.k != JK_STR)
             jfail(c, JE_TYPE, "'in <string>' requires string as left operand, not %s", jv_type_name(item));
-        }
         if (item.u.s->len == 0)
             return 1;
         return memmem(container.u.s->s, container.u.s->len, item.u.s->s, item.u.s->len) != NULL;
@@ -494,6 +495,15 @@ int jop_contains(jctx *c, jv container, jv item)
         if (item.k == JK_LIST || item.k == JK_DICT)
             jfail(c, JE_TYPE, "unhashable type: '%s'", jv_type_name(item));
         return jdict_get(container.u.d, item, NULL);
+    case JK_GEN: {
+        /* `in` consumes an iterator up to the match */
+        jv_gen_check(c, container);
+        jlist *l = container.u.l;
+        while (l->pos < l->n)
+            if (jv_eq(l->v[l->pos++], item))
+                return 1;
+        return 0;
+    }
     case JK_UNDEF: return 0;
     default: jfail(c, JE_TYPE, "argument of type '%s' is not iterable", jv_type_name(container));
     }

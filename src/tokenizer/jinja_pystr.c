@@ -47,14 +47,17 @@ jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
         }
     }
     if (right) {
-        /* scan forward remembering the end of the last kept code point */
-        size_t i = a, keep = a;
-        while (i < b) {
-            uint32_t cp = u8_next(s->s, s->len, &i);
+        /* back from the end, one code point at a time */
+        while (b > a) {
+            size_t st = b - 1;
+            while (st > a && ((unsigned char)s->s[st] & 0xc0) == 0x80)
+                st--;
+            size_t k = st;
+            uint32_t cp = u8_next(s->s, s->len, &k);
             if (chars ? !cpset_has(&set, cp) : !py_isspace(cp))
-                keep = i;
+                break;
+            b = st;
         }
-        b = keep;
     }
     if (a == 0 && b == s->len)
         return (jstr *)s;

@@ -60,7 +60,8 @@ static int t_kind(jctx *c, jv v, jargs *a, const char *name)
     if (!strcmp(name, "sequence"))
         return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF;
     if (!strcmp(name, "iterable"))
-        return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF || k == JK_LOOP;
+        return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF || k == JK_LOOP ||
+               k == JK_GEN;
     if (!strcmp(name, "callable"))
         return k == JK_MACRO || k == JK_FUNC || k == JK_METHOD || k == JK_UNDEF;
     return 0; /* escaped: nothing is markup here */

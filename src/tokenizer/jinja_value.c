@@ -21,6 +21,7 @@ static const char *const kind_names[] = {
     [JE_SYNTAX] = "TemplateSyntaxError", [JE_ASSERTION] = "TemplateAssertionError",
     [JE_KEY] = "KeyError",               [JE_INDEX] = "IndexError",
     [JE_LIMIT] = "LimitError",           [JE_UNSUPPORTED] = "UnsupportedError",
+    [JE_ATTRIBUTE] = "AttributeError",        [JE_FILTER_ARG] = "FilterArgumentError",
 };
 
 void jfail(jctx *c, int kind, const char *fmt, ...)
@@ -375,6 +376,7 @@ const char *jv_type_name(jv v)
     case JK_MACRO: return "Macro";
     case JK_FUNC: return "function";
     case JK_METHOD: return "builtin_function_or_method";
+    case JK_GEN: return v.u.l->gen_type ? v.u.l->gen_type : "generator";
     }
     return "object";
 }
@@ -453,6 +455,7 @@ int jv_eq(jv a, jv b)
     case JK_MACRO: return a.u.m == b.u.m;
     case JK_FUNC: return a.u.fn == b.u.fn;
     case JK_METHOD: return a.u.mt == b.u.mt;
+    case JK_GEN: return a.u.l == b.u.l;
     default: return 0;
     }
 }
@@ -766,6 +769,11 @@ void jv_str_into(jctx *c, jbuf *b, jv v)
         jbuf_putc(c, b, '>');
         break;
     case JK_METHOD: jbuf_puts(c, b, "<built-in method>"); break;
+    case JK_GEN: /* Python adds the address */
+        jbuf_putc(c, b, '<');
+        jbuf_puts(c, b, jv_type_name(v));
+        jbuf_puts(c, b, " object>");
+        break;
     }
 }
 
@@ -793,10 +801,39 @@ int64_t jv_len(jctx *c, jv v)
     }
 }
 
+jv jv_gen(jlist *l)
+{
+    jv g = {.k = JK_GEN};
+    g.u.l = l;
+    return g;
+}
+
+jv jv_gen_failing(jctx *c, int kind, const char *message)
+{
+    jv g = jv_gen(jv_list(c, 0).u.l);
+    g.u.l->err = jstr_new(c, message, strlen(message));
+    g.u.l->err_kind = kind;
+    return g;
+}
+
+void jv_gen_check(jctx *c, jv g)
+{
+    if (g.k == JK_GEN && g.u.l->err != NULL)
+        jfail(c, g.u.l->err_kind, "%s", g.u.l->err->s);
+}
+
 jlist *jv_iter_list(jctx *c, jv v)
 {
     switch ((jkind)v.k) {
     case JK_UNDEF: return jv_list(c, 0).u.l;
+    case JK_GEN: {
+        jv_gen_check(c, v);
+        jlist *rest = jalloc(c, sizeof *rest);
+        rest->n = rest->cap = v.u.l->n - v.u.l->pos;
+        rest->v = rest->n ? v.u.l->v + v.u.l->pos : NULL;
+        v.u.l->pos = v.u.l->n;
+        return rest;
+    }
     case JK_LIST:
     case JK_TUPLE: return v.u.l;
     case JK_DICT: {

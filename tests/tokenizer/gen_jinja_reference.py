@@ -317,6 +317,29 @@ T_CORNERS = [
  "{% macro m(a) %}{{ a }}{% endmacro %}{{ m }}|{{ m is callable }}{{ 1 is callable }}",
 ]
 
+# ---------------------------------------------------------------- lazy filters (generators) and undefined input
+T_LAZY = [
+    "{% set g = messages | selectattr('role', 'eq', 'user') %}{{ g | list | length }}{{ g | list | length }}",
+    "{% if messages | selectattr('role', 'eq', 'nobody') %}truthy{% endif %}",
+    "{{ messages | map(attribute='role') | length }}",
+    "{{ [1, 2] | reverse | length }}", "{{ [1, 2] | reverse | list }}{{ {'a': 1, 'b': 2} | reverse | list }}",
+    "{% set g = [1, 2, 3] | map('string') %}{{ g | first }}{{ g | join }}{{ g | join }}",
+    "{{ [1, 2] | map('string') | last }}",
+    "{% set g = [1, 2, 3] | select %}{{ 2 in g }}{{ g | list }}",
+    "{{ (l | unique)[0] }}|{{ l | unique | tojson }}",
+    "{{ d | items | list }}{{ nope | items | list }}",
+    "{% for a, b in d | items %}{{ a }}{{ b }}{% endfor %}",
+    "{{ l | map('string') is iterable }}{{ l | map('string') is sequence }}",
+    "{{ (l | reverse | list) + [1] }}", "{{ (l | reverse) + [1] }}",
+    "{{ l | batch(2) | list }}{{ l | select | sum }}{{ l | select | sort }}",
+    "{{ not (3 | select) }}{{ not (none | map('x')) }}{{ not ('' | items) }}{{ 3 | select | list }}",
+    "{% set x = nope % true | batch(2) | select %}{{ x }}",
+    "{{ nope.role in 'abc' }}",
+] + ["{{ nope | %s }}" % f for f in ["int", "float", "abs", "round", "string", "trim", "length", "list", "sum", "join", "first", "last", "sort",
+                                      "unique | list", "reverse | list", "tojson", "indent", "replace('a', 'b')", "wordcount", "batch(2) | list",
+                                      "dictsort", "format", "title", "min", "truncate", "groupby('a')", "map('x') | list", "selectattr('a') | list",
+                                      "count", "upper", "select | list", "default(1)"]]
+
 # ---------------------------------------------------------------- chat-template-like programs
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}, "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}},
          {"type": "function", "function": {"name": "add", "description": "Add numbers ünïcode", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}, "return": {"type": "number"}}]
@@ -578,7 +601,7 @@ def c_str(s, indent="     "):
 
 def main():
     cases = []
-    for group in (T_BASIC, T_STATEMENTS, T_FILTERS, T_CORNERS):
+    for group in (T_BASIC, T_STATEMENTS, T_FILTERS, T_CORNERS, T_LAZY):
         for src in group:
             if not any(s in src for s in SKIP):
                 cases.append((src, V))
