@@ -446,7 +446,9 @@ static int exec(jctx *c, jscope *s, const jnode *n)
             scope_set(c, ws, n->names[i], jeval(c, s, n->w[i]));
         return exec_body(c, ws, n->v, n->nv);
     }
-    case N_GENERATION: return exec_body(c, scope_new(c, s), n->v, n->nv);
+    case N_GENERATION:
+        /* a block that is not scoped sees the top level, not the loop around it */
+        return exec_body(c, scope_new(c, n->op == 1 ? c->root : s), n->v, n->nv);
     case N_BREAK: return X_BREAK;
     case N_CONTINUE: return X_CONTINUE;
     default: break;
@@ -485,7 +487,8 @@ static anvil_status render(jctx *c, const jinja_template *t, const json_t *vars,
     c->context = ctxv.u.d;
     jbuf buf = {0};
     c->out = &buf;
-    exec_body(c, scope_new(c, NULL), t->body, t->nbody);
+    c->root = scope_new(c, NULL);
+    exec_body(c, c->root, t->body, t->nbody);
     char *text = malloc(buf.n + 1);
     if (text == NULL)
         return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");

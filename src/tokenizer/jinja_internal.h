@@ -286,6 +286,7 @@ typedef struct jctx {
     int vdepth;     /* value recursion (repr, tojson) */
     jbuf *out;          /* where output goes now (captures swap it) */
     jdict *context;     /* the variables the caller passed */
+    struct jscope *root; /* the template's top-level scope */
 } jctx;
 
 /* Records "<Kind>: message" and unwinds to the entry point. */

@@ -1104,9 +1104,10 @@ static void parse_statement(jparse *p, nvec *out)
     } else {
         /* without template inheritance a block renders where it stands */
         jstr *bname = expect_name(p);
-        skip_name(p, "scoped");
+        int scoped = skip_name(p, "scoped");
         skip_name(p, "required");
         n = node(p, N_GENERATION, line);
+        n->op = scoped ? 2 : 1; /* a block; 0 is {% generation %} */
         int soft = p->soft, loops = p->loops;
         p->soft = 0;
         p->loops = 0;

@@ -340,6 +340,14 @@ T_LAZY = [
                                       "dictsort", "format", "title", "min", "truncate", "groupby('a')", "map('x') | list", "selectattr('a') | list",
                                       "count", "upper", "select | list", "default(1)"]]
 
+T_BLOCKS = [
+    "{% set x = 1 %}{% block b %}{{ x }}{% set y = 2 %}{% endblock %}{{ y }}",
+    "{% for i in [1, 2] %}{% block b %}[{{ i }}]{% endblock %}{% endfor %}",
+    "{% for i in [1, 2] %}{% block b scoped %}[{{ i }}]{% endblock %}{% endfor %}",
+    "{% for i in [1] %}{% set x = 5 %}{% block b %}{{ x }}{% endblock %}{% endfor %}",
+    "{% block body %}x{{ 1 }}{% endblock %}|{% block b2 scoped %}y{% endblock b2 %}",
+]
+
 # ---------------------------------------------------------------- chat-template-like programs
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}, "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}},
          {"type": "function", "function": {"name": "add", "description": "Add numbers ünïcode", "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}}}, "return": {"type": "number"}}]
@@ -601,7 +609,7 @@ def c_str(s, indent="     "):
 
 def main():
     cases = []
-    for group in (T_BASIC, T_STATEMENTS, T_FILTERS, T_CORNERS, T_LAZY):
+    for group in (T_BASIC, T_STATEMENTS, T_FILTERS, T_CORNERS, T_LAZY, T_BLOCKS):
         for src in group:
             if not any(s in src for s in SKIP):
                 cases.append((src, V))

@@ -370,6 +370,11 @@ static const char *const templates[] = {
     "{{ nope | upper }}",
     "{{ nope | select | list }}",
     "{{ nope | default(1) }}",
+    "{% set x = 1 %}{% block b %}{{ x }}{% set y = 2 %}{% endblock %}{{ y }}",
+    "{% for i in [1, 2] %}{% block b %}[{{ i }}]{% endblock %}{% endfor %}",
+    "{% for i in [1, 2] %}{% block b scoped %}[{{ i }}]{% endblock %}{% endfor %}",
+    "{% for i in [1] %}{% set x = 5 %}{% block b %}{{ x }}{% endblock %}{% endfor %}",
+    "{% block body %}x{{ 1 }}{% endblock %}|{% block b2 scoped %}y{% endblock b2 %}",
     "{{ bos_token }}{%- macro doc_turn(documents) -%}\n<|DOCS|>[\n{% for doc in documents %}\n    \"{{ loop.index0 }}\": {{ doc|tojson }}{% if not loop.last %},\n"
     "    {% endif %}\n{% endfor %}\n]{%- endmacro %}\n{%- macro call_index(messages, call_id) %}\n{%- set counter = namespace(value=0) %}\n"
     "{%- set seen = namespace(value=false) %}\n{%- for msg in messages %}\n    {%- if msg.tool_calls %}\n        {%- for tc in msg.tool_calls %}\n"
@@ -817,58 +822,63 @@ static const struct reference_case {
     {355, 0, "", NULL},
     {356, 0, "[]", NULL},
     {357, 0, "1", NULL},
-    {358, 1, NULL, "TypeError: Object of type Undefined is not JSON serializable"},
-    {358, 2, NULL, "TypeError: Object of type Undefined is not JSON serializable"},
-    {358, 3, NULL, "TypeError: 'NoneType' object is not iterable"},
-    {358, 4, NULL, "TypeError: 'NoneType' object is not iterable"},
-    {358, 5, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'text', 'text': 'a'}, {'type': 'image'}]<|END|><|BOT|>[{'type': 'text', 'text': 'b'}]<|END|><|BOT|>", NULL},
-    {358, 6, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'text', 'text': 'a'}, {'type': 'image'}]<|END|><|BOT|>[{'type': 'text', 'text': 'b'}]<|END|><|BOT|>", NULL},
-    {358, 7, "<s><|SYS|>Preamble\n\n# Dev\n[{'type': 'text', 'text': 'sys'}]<|END|><|USER|>x<|END|><|BOT|>[\n    {\"id\": \"0\", \"name\": \"get_weather\", \"args\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n"
+    {358, 0, "1", NULL},
+    {359, 0, "[][]", NULL},
+    {360, 0, "[1][2]", NULL},
+    {361, 0, "", NULL},
+    {362, 0, "x1|y", NULL},
+    {363, 1, NULL, "TypeError: Object of type Undefined is not JSON serializable"},
+    {363, 2, NULL, "TypeError: Object of type Undefined is not JSON serializable"},
+    {363, 3, NULL, "TypeError: 'NoneType' object is not iterable"},
+    {363, 4, NULL, "TypeError: 'NoneType' object is not iterable"},
+    {363, 5, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'text', 'text': 'a'}, {'type': 'image'}]<|END|><|BOT|>[{'type': 'text', 'text': 'b'}]<|END|><|BOT|>", NULL},
+    {363, 6, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'text', 'text': 'a'}, {'type': 'image'}]<|END|><|BOT|>[{'type': 'text', 'text': 'b'}]<|END|><|BOT|>", NULL},
+    {363, 7, "<s><|SYS|>Preamble\n\n# Dev\n[{'type': 'text', 'text': 'sys'}]<|END|><|USER|>x<|END|><|BOT|>[\n    {\"id\": \"0\", \"name\": \"get_weather\", \"args\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n"
      "]<|END|><|BOT|>", NULL},
-    {358, 8, "<s><|SYS|>Preamble\n\n# Dev\n[{'type': 'text', 'text': 'sys'}]<|END|><|USER|>x<|END|><|BOT|>[\n    {\"id\": \"0\", \"name\": \"get_weather\", \"args\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n"
+    {363, 8, "<s><|SYS|>Preamble\n\n# Dev\n[{'type': 'text', 'text': 'sys'}]<|END|><|USER|>x<|END|><|BOT|>[\n    {\"id\": \"0\", \"name\": \"get_weather\", \"args\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n"
      "]<|END|><|BOT|>", NULL},
-    {358, 9, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'audio'}]<|END|><|BOT|>", NULL},
-    {358, 10, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'audio'}]<|END|><|BOT|>", NULL},
-    {358, 11, "<s><|SYS|>Preamble\n<|END|><|RESULT|>[\n{\"id\": \"\", \"result\": \"x\"}\n]<|END|><|BOT|>", NULL},
-    {358, 12, "<s><|SYS|>Preamble\n<|END|><|RESULT|>[\n{\"id\": \"\", \"result\": \"x\"}\n]<|END|><|BOT|>", NULL},
-    {359, 1, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
-    {359, 2, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
-    {359, 3, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]q[/INST]", NULL},
-    {359, 4, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]q[/INST]", NULL},
-    {359, 5, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]a[IMG][/INST]b</s>", NULL},
-    {359, 6, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]a[IMG][/INST]b</s>", NULL},
-    {359, 7, "4<s>[SYS]sys[/SYS][INST]x[/INST][CALLS]get_weather</s>", NULL},
-    {359, 8, "4<s>[SYS]sys[/SYS][INST]x[/INST][CALLS]get_weather</s>", NULL},
-    {359, 9, NULL, "TemplateError: Only text and image blocks are supported in message content!"},
-    {359, 10, NULL, "TemplateError: Only text and image blocks are supported in message content!"},
-    {359, 11, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
-    {359, 12, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
-    {360, 1, "## functions\n\nnamespace functions {\n\n// Get the weather\ntype get_weather = (_: {\n// City name\ncity: string,\n"
+    {363, 9, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'audio'}]<|END|><|BOT|>", NULL},
+    {363, 10, "<s><|SYS|>Preamble\n<|END|><|USER|>[{'type': 'audio'}]<|END|><|BOT|>", NULL},
+    {363, 11, "<s><|SYS|>Preamble\n<|END|><|RESULT|>[\n{\"id\": \"\", \"result\": \"x\"}\n]<|END|><|BOT|>", NULL},
+    {363, 12, "<s><|SYS|>Preamble\n<|END|><|RESULT|>[\n{\"id\": \"\", \"result\": \"x\"}\n]<|END|><|BOT|>", NULL},
+    {364, 1, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
+    {364, 2, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
+    {364, 3, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]q[/INST]", NULL},
+    {364, 4, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]q[/INST]", NULL},
+    {364, 5, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]a[IMG][/INST]b</s>", NULL},
+    {364, 6, "4<s>[SYS]You are a model. Today is 4.[/SYS][INST]a[IMG][/INST]b</s>", NULL},
+    {364, 7, "4<s>[SYS]sys[/SYS][INST]x[/INST][CALLS]get_weather</s>", NULL},
+    {364, 8, "4<s>[SYS]sys[/SYS][INST]x[/INST][CALLS]get_weather</s>", NULL},
+    {364, 9, NULL, "TemplateError: Only text and image blocks are supported in message content!"},
+    {364, 10, NULL, "TemplateError: Only text and image blocks are supported in message content!"},
+    {364, 11, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
+    {364, 12, NULL, "TemplateError: Only user, system and assistant roles are supported!"},
+    {365, 1, "## functions\n\nnamespace functions {\n\n// Get the weather\ntype get_weather = (_: {\n// City name\ncity: string,\n"
      "unit\?: \"c\" | \"f\",\n}) => any;\n\n// Add numbers \303\274n\303\257code\ntype add = (_: {\na\?: number,\nb\?: number,\n}) => any;\n"
      "\n// d\ntype multi = (_: {\n// either\nx: string | number,\narr\?: string[],\nk\?: string, // default: \"v\",\n"
      "}) => any;\n\n// none\ntype noparams = () => any;\n\n} // namespace functions<system>dev</system>\n<user>q</user>\n"
      "<call>get_weather {\n  \"city\": \"Paris\"\n}</call><call>add {\n  \"a\": 1.5,\n  \"b\": 2\n}</call><tool>{\"temp\": 21}</tool>\n"
      "<tool>3.5</tool>\n<assistant>done</assistant>\n", NULL},
-    {360, 2, "## functions\n\nnamespace functions {\n\n// Get the weather\ntype get_weather = (_: {\n// City name\ncity: string,\n"
+    {365, 2, "## functions\n\nnamespace functions {\n\n// Get the weather\ntype get_weather = (_: {\n// City name\ncity: string,\n"
      "unit\?: \"c\" | \"f\",\n}) => any;\n\n// Add numbers \303\274n\303\257code\ntype add = (_: {\na\?: number,\nb\?: number,\n}) => any;\n"
      "\n// d\ntype multi = (_: {\n// either\nx: string | number,\narr\?: string[],\nk\?: string, // default: \"v\",\n"
      "}) => any;\n\n// none\ntype noparams = () => any;\n\n} // namespace functions<system>dev</system>\n<user>q</user>\n"
      "<call>get_weather {\n  \"city\": \"Paris\"\n}</call><call>add {\n  \"a\": 1.5,\n  \"b\": 2\n}</call><tool>{\"temp\": 21}</tool>\n"
      "<tool>3.5</tool>\n<assistant>done</assistant>\n<assistant>", NULL},
-    {360, 3, "<user>q</user>\n", NULL},
-    {360, 4, "<user>q</user>\n<assistant>", NULL},
-    {360, 5, "<user>[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image\"}]</user>\n<assistant>[{\"type\": \"text\", \"text\": \"b\"}]</assistant>\n"
+    {365, 3, "<user>q</user>\n", NULL},
+    {365, 4, "<user>q</user>\n<assistant>", NULL},
+    {365, 5, "<user>[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image\"}]</user>\n<assistant>[{\"type\": \"text\", \"text\": \"b\"}]</assistant>\n"
      "", NULL},
-    {360, 6, "<user>[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image\"}]</user>\n<assistant>[{\"type\": \"text\", \"text\": \"b\"}]</assistant>\n"
+    {365, 6, "<user>[{\"type\": \"text\", \"text\": \"a\"}, {\"type\": \"image\"}]</user>\n<assistant>[{\"type\": \"text\", \"text\": \"b\"}]</assistant>\n"
      "<assistant>", NULL},
-    {360, 7, "<system>[{\"type\": \"text\", \"text\": \"sys\"}]</system>\n<user>x</user>\n<call>get_weather {\n  \"city\": \"Paris\",\n"
+    {365, 7, "<system>[{\"type\": \"text\", \"text\": \"sys\"}]</system>\n<user>x</user>\n<call>get_weather {\n  \"city\": \"Paris\",\n"
      "  \"unit\": \"c\"\n}</call>", NULL},
-    {360, 8, "<system>[{\"type\": \"text\", \"text\": \"sys\"}]</system>\n<user>x</user>\n<call>get_weather {\n  \"city\": \"Paris\",\n"
+    {365, 8, "<system>[{\"type\": \"text\", \"text\": \"sys\"}]</system>\n<user>x</user>\n<call>get_weather {\n  \"city\": \"Paris\",\n"
      "  \"unit\": \"c\"\n}</call><assistant>", NULL},
-    {360, 9, "<user>[{\"type\": \"audio\"}]</user>\n", NULL},
-    {360, 10, "<user>[{\"type\": \"audio\"}]</user>\n<assistant>", NULL},
-    {360, 11, "<tool>x</tool>\n", NULL},
-    {360, 12, "<tool>x</tool>\n<assistant>", NULL},
+    {365, 9, "<user>[{\"type\": \"audio\"}]</user>\n", NULL},
+    {365, 10, "<user>[{\"type\": \"audio\"}]</user>\n<assistant>", NULL},
+    {365, 11, "<tool>x</tool>\n", NULL},
+    {365, 12, "<tool>x</tool>\n<assistant>", NULL},
 };
 
 /* Errors found while parsing: jinja2 reports them from from_string(). */
