@@ -4,7 +4,7 @@
 #   build-device/   CMake build: -DANVIL_STATIC_DEPS=ON (jansson, PCRE2,
 #                   utf8proc, xxHash linked from their .a files; CUDA runtime
 #                   and cuBLASLt stay shared: the device has them), sm_80 + sm_90a
-#   .device/bin/    the test executables (copied out of build-device, so the
+#   .device/bin.tgz the test executables, bench_cuda_latency and the anvil command (copied out of build-device, so the
 #                   run carries a few MB instead of the whole build tree)
 #   .device/lib/    libcmocka.so.0 (Debian ships no static cmocka)
 #   .device/shared/ the models and golden files the CUDA tests read
@@ -16,11 +16,12 @@ cd "$(dirname "$0")/.."
 
 cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DANVIL_STATIC_DEPS=ON \
   -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
-cmake --build build-device -j2 --target test_cuda_ops test_cuda_golden
+cmake --build build-device -j2 --target test_cuda_ops test_cuda_golden test_cuda_graph bench_cuda_latency anvil_cli
 
 mkdir -p .device/bin .device/lib
-for t in test_cuda_ops test_cuda_golden; do
-  cp build-device/tests/$t .device/bin/
+cp build-device/bench_cuda_latency build-device/anvil .device/bin/
+for t in test_cuda_ops test_cuda_golden test_cuda_graph bench_cuda_latency anvil; do
+  if [ -f build-device/tests/$t ]; then cp build-device/tests/$t .device/bin/; fi
   strip --strip-debug .device/bin/$t
   # nothing of this machine's -dev libraries may be needed at run time
   if ldd .device/bin/$t | grep -Eq 'jansson|pcre2|utf8proc|xxhash'; then
@@ -30,6 +31,10 @@ for t in test_cuda_ops test_cuda_golden; do
   fi
 done
 cp -L "$(ldconfig -p | awk '/libcmocka.so.0 /{print $NF; exit}')" .device/lib/libcmocka.so.0
+# the binaries are mostly CUDA code, which gzip shrinks 3-4x: the tool
+# carries 64 MiB at most (device_test.sh unpacks them)
+tar czf .device/bin.tgz -C .device bin
+rm -rf .device/bin
 
 if [ "${1:-}" != "--no-data" ]; then
   shared=${ANVIL_SHARED_DIR:-$PWD/../shared}

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (see scripts/device_build.sh), from the repo root:
-# the CUDA op tests, the CUDA golden tests, compute-sanitizer memcheck and
-# racecheck over the op tests (quick mode), then the --perf table.
+# the CUDA op tests, the CUDA golden tests, the step-graph tests,
+# compute-sanitizer memcheck and racecheck over the op tests (quick mode),
+# the --perf table, `anvil run --device cuda` end to end (e2e: greedy ids
+# equal to the CPU's for stories260K in f32), and the latency benchmark
+# (bench: BENCH_ARGS are passed to bench_cuda_latency; models are written
+# to /dev/shm when it has room, else /tmp).
 # Logs go to $OUT when it is set (the device tool brings them back).
-#   scripts/device_test.sh [ops|golden|memcheck|racecheck|perf ...]   (default: all)
+#   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|perf|e2e|bench ...]
+#   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export LD_LIBRARY_PATH="$PWD/.device/lib:${LD_LIBRARY_PATH:-}"
 export ANVIL_SHARED_DIR="$PWD/.device/shared"
 out=${OUT:-/tmp}
 bin=.device/bin
+if [ -f .device/bin.tgz ]; then tar xzf .device/bin.tgz -C .device; fi
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(ops golden memcheck racecheck perf)
+[ ${#steps[@]} -eq 0 ] && steps=(ops golden graph memcheck racecheck perf e2e)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -20,7 +26,13 @@ for s in "${steps[@]}"; do
   echo "=== $s"
   t0=$(date +%s)
   case $s in
-    ops) timeout 120 $bin/test_cuda_ops >"$out/ops.log" 2>&1 ;;
+    ops) timeout 240 $bin/test_cuda_ops >"$out/ops.log" 2>&1 ;;
+    graph) timeout 120 $bin/test_cuda_graph >"$out/graph.log" 2>&1 ;;
+    e2e) timeout 120 scripts/device_e2e.sh "$bin/anvil" .device/shared/models >"$out/e2e.log" 2>&1 ;;
+    bench)
+      ws=/dev/shm/anvil-bench
+      [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
+      timeout 500 $bin/bench_cuda_latency --workdir $ws --json "$out/bench.json" ${BENCH_ARGS:-} >"$out/bench.log" 2>&1 ;;
     golden) timeout 120 $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
     memcheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                 $bin/test_cuda_ops >"$out/memcheck.log" 2>&1 ;;
@@ -32,8 +44,9 @@ for s in "${steps[@]}"; do
   rc=$?
   [ $rc -ne 0 ] && status=1
   echo "--- $s: exit $rc in $(( $(date +%s) - t0 )) s"
-  grep -E "PASSED|FAILED|ERROR SUMMARY|RACECHECK SUMMARY|agreement|\[  FAILED|error:|Error" "$out/$s.log" | head -30
+  grep -E "PASSED|FAILED|ERROR SUMMARY|RACECHECK SUMMARY|agreement|\[  FAILED|error:|Error|e2e:|graphs recorded" "$out/$s.log" | head -30
   [ $rc -ne 0 ] && tail -25 "$out/$s.log"
 done
 [ -f "$out/perf.log" ] && cat "$out/perf.log"
+[ -f "$out/bench.log" ] && cat "$out/bench.log"
 exit $status

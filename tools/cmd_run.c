@@ -54,6 +54,8 @@ static void run_usage(FILE *out)
             "      --json              print one JSON object {\"prompt_ids\", \"ids\", \"text\", \"finish_reason\"}\n"
             "                          at the end instead of streaming\n"
             "      --device DEV        cpu (default), cuda or cuda:N\n"
+            "      --dtype DT          f32, bf16 or f16: convert the weights on load (bf16/f16 on cuda: activations\n"
+            "                          and KV cache in that dtype too; default: weights as stored, f32 activations)\n"
             "      --threads N         CPU threads (default: all cores)\n"
             "      --max-seq-len N     context length (default: the model's)\n"
             "  -h, --help              this help\n");
@@ -120,7 +122,7 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
-    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ };
+    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -129,6 +131,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, 's'},
         {"json", no_argument, 0, OPT_JSON},         {"no-echo", no_argument, 0, OPT_NO_ECHO},         {"device", required_argument, 0, OPT_DEVICE},
         {"threads", required_argument, 0, OPT_THREADS}, {"max-seq-len", required_argument, 0, OPT_SEQ},
+        {"dtype", required_argument, 0, OPT_DTYPE},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -183,6 +186,18 @@ static int parse_args(int argc, char **argv, run_args *a)
         case OPT_SEQ:
             if (parse_int(optarg, "--max-seq-len", 1, INT32_MAX, &v)) return 2;
             a->rt.max_seq_len = (int32_t)v;
+            break;
+        case OPT_DTYPE:
+            if (strcmp(optarg, "f32") == 0) {
+                a->rt.weight_dtype = ANVIL_DTYPE_F32;
+            } else if (strcmp(optarg, "bf16") == 0) {
+                a->rt.weight_dtype = ANVIL_DTYPE_BF16;
+            } else if (strcmp(optarg, "f16") == 0) {
+                a->rt.weight_dtype = ANVIL_DTYPE_F16;
+            } else {
+                fprintf(stderr, "anvil run: --dtype expects f32, bf16 or f16, got '%s'\n", optarg);
+                return 2;
+            }
             break;
         case 'h': run_usage(stdout); return 0;
         default: run_usage(stderr); return 2;

@@ -91,6 +91,15 @@ typedef struct anvil_batch {
  */
 anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, float *logits);
 
+/*
+ * The same step for greedy decoding: next_ids[i] receives the index of the
+ * largest logit of logit row i (the lowest index on ties), n_logits ids.
+ * On backends with a device argmax only the ids leave the device (not
+ * n_logits x vocab_size logits); elsewhere the logits are downloaded and
+ * scanned on the host.
+ */
+anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids);
+
 /* ---- KV blocks: a simple pool (the executor's manager builds on it). */
 int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt);
 int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt);

@@ -118,7 +118,36 @@ typedef struct anvil_backend_ops {
     /* out[i] = x[step->logit_rows[i]] */
     anvil_status (*gather_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                 anvil_tensor *out);
+
+    /* ---- optional (NULL where a backend has none; the runtime then does
+     * without) */
+
+    /* ids[r] = the column of the largest value of row r of x [rows, cols]
+     * (the lowest such column on ties), ids in backend memory: greedy
+     * decoding without copying the logits out. */
+    anvil_status (*argmax_rows)(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
+
+    /*
+     * Step graphs: the runtime brackets the ops of a step whose launches
+     * depend only on `key` (the same shapes, buffers and kernel choices;
+     * the step arrays are uploaded into the same backend buffer before
+     * each step) with graph_begin / graph_end. graph_begin sets *action:
+     *   ANVIL_GRAPH_RUN       run the ops as usual (graph_end not called);
+     *   ANVIL_GRAPH_RECORDING the ops that follow are recorded, not run;
+     *                         then graph_end;
+     *   ANVIL_GRAPH_REPLAYED  the graph recorded for key was launched:
+     *                         skip the ops.
+     * graph_end(ops_status: what the recorded ops returned) sets *ran = 1
+     * when the recording was kept and launched; with *ran = 0 nothing ran
+     * and the caller runs the ops as usual. Anything that changes what the
+     * ops would launch (a scratch buffer reallocated, knobs) drops the
+     * backend's graphs.
+     */
+    anvil_status (*graph_begin)(anvil_backend *be, uint64_t key, int *action);
+    anvil_status (*graph_end)(anvil_backend *be, uint64_t key, anvil_status ops_status, int *ran);
 } anvil_backend_ops;
+
+enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
 
 struct anvil_backend {
     const anvil_backend_ops *ops;

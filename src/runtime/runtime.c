@@ -52,6 +52,7 @@ struct anvil_runtime {
     void *meta_dev;
     size_t meta_ints;
     void *logits_host_stage;  /* when activations are not f32 */
+    void *ids_dev;            /* [max_logit_rows] argmax ids (forward_greedy), made on first use */
 };
 
 void anvil_runtime_options_default(anvil_runtime_options *o)
@@ -93,6 +94,8 @@ void anvil_runtime_free(anvil_runtime *rt)
         }
         if (rt->meta_dev)
             be->ops->free(be, rt->meta_dev);
+        if (rt->ids_dev)
+            be->ops->free(be, rt->ids_dev);
         anvil_backend_free(be);
     }
     free(rt->weights);
@@ -629,21 +632,80 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
 }
 
+/* Every op of the step, and with ids_dev the argmax of each logit row into it. */
+static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids_dev)
+{
+    for (int32_t i = 0; i < rt->n_ops; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        /* ops over the logit rows are skipped when no row wants logits */
+        if (op->row_kind == 1 && s->n_logits == 0)
+            continue;
+        anvil_status st = run_op(rt, s, i);
+        if (st != ANVIL_OK)
+            return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
+    }
+    if (ids_dev != NULL && s->n_logits > 0) {
+        anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));
+        TRY(rt->be->ops->argmax_rows(rt->be, &lg, ids_dev));
+    }
+    return ANVIL_OK;
+}
+
+/* Decode steps of at most this many sequences go through step graphs. */
+#define GRAPH_MAX_TOKENS 1024
+
+/*
+ * The step-graph key of a step, or 0 when it takes none: only decode steps
+ * (one token per sequence), on backends with graphs. Their launches depend
+ * on the token, logit-row and block-table sizes (which fix the layout of the
+ * step arrays in meta_dev), on whether the argmax runs, and, through the
+ * attention split count, on max_context: that is rounded up to a power of
+ * two (at least 64) here, for the graph and for the runs before it alike,
+ * so one graph serves a range of contexts.
+ */
+static uint64_t step_graph_key(const anvil_runtime *rt, anvil_step *s, int greedy)
+{
+    const anvil_backend_ops *ops = rt->be->ops;
+    if (ops->graph_begin == NULL || ops->graph_end == NULL)
+        return 0;
+    if (s->n_tokens != s->n_seqs || s->n_tokens > GRAPH_MAX_TOKENS || s->n_logits > 4095 ||
+        s->max_blocks_per_seq >= (1 << 20))
+        return 0;
+    int lg = 6;
+    while (lg < 30 && (1 << lg) < s->max_context)
+        lg++;
+    s->max_context = 1 << lg;
+    return 1u | (uint64_t)(greedy != 0) << 1 | (uint64_t)lg << 2 | (uint64_t)s->n_tokens << 8 |
+           (uint64_t)s->n_logits << 20 | (uint64_t)s->max_blocks_per_seq << 32;
+}
+
+/* The ops of the step, through a step graph where one applies. */
+static anvil_status run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev)
+{
+    anvil_backend *be = rt->be;
+    const uint64_t key = step_graph_key(rt, s, ids_dev != NULL);
+    int action = ANVIL_GRAPH_RUN;
+    if (key != 0)
+        TRY(be->ops->graph_begin(be, key, &action));
+    if (action == ANVIL_GRAPH_REPLAYED)
+        return ANVIL_OK;
+    anvil_status st = run_ops(rt, s, ids_dev);
+    if (action != ANVIL_GRAPH_RECORDING)
+        return st;
+    int ran = 0;
+    TRY(be->ops->graph_end(be, key, st, &ran));
+    /* not recorded (an op failed, or the backend could not make the
+     * graph): run the ops as usual, which also reports a real error */
+    return ran ? ANVIL_OK : run_ops(rt, s, ids_dev);
+}
+
 anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, float *logits)
 {
     CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
     CHECK(batch->n_logits == 0 || logits != NULL, ANVIL_ERR_INVALID_ARG, "forward: logits buffer is NULL");
     anvil_step s;
     TRY(prepare_step(rt, batch, &s));
-    for (int32_t i = 0; i < rt->n_ops; i++) {
-        const anvil_net_op *op = anvil_network_op(rt->net, i);
-        /* ops over the logit rows are skipped when no row wants logits */
-        if (op->row_kind == 1 && s.n_logits == 0)
-            continue;
-        anvil_status st = run_op(rt, &s, i);
-        if (st != ANVIL_OK)
-            return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
-    }
+    TRY(run_step(rt, &s, NULL));
     if (s.n_logits == 0)
         return rt->be->ops->synchronize(rt->be);
     const anvil_value outv = anvil_network_output(rt->net);
@@ -655,4 +717,36 @@ anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, 
     TRY(rt->be->ops->download(rt->be, rt->logits_host_stage, src, (size_t)n * anvil_dtype_size(dt)));
     anvil_convert_to_f32(dt, rt->logits_host_stage, logits, n);
     return ANVIL_OK;
+}
+
+anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids)
+{
+    CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
+    CHECK(batch->n_logits == 0 || next_ids != NULL, ANVIL_ERR_INVALID_ARG, "forward: next_ids is NULL");
+    anvil_backend *be = rt->be;
+    if (be->ops->argmax_rows == NULL) {
+        /* the logits come to the host, one row at a time through a buffer */
+        const int64_t vocab = rt->cfg.vocab_size;
+        float *lg = batch->n_logits > 0 ? malloc((size_t)batch->n_logits * (size_t)vocab * sizeof *lg) : NULL;
+        CHECK(batch->n_logits == 0 || lg != NULL, ANVIL_ERR_OOM, "out of memory");
+        anvil_status st = anvil_runtime_forward(rt, batch, lg);
+        for (int32_t r = 0; st == ANVIL_OK && r < batch->n_logits; r++) {
+            const float *row = lg + (int64_t)r * vocab;
+            int32_t best = 0;
+            for (int64_t c = 1; c < vocab; c++)
+                if (row[c] > row[best])
+                    best = (int32_t)c;
+            next_ids[r] = best;
+        }
+        free(lg);
+        return st;
+    }
+    if (rt->ids_dev == NULL)
+        TRY(be->ops->alloc(be, (size_t)rt->opts.max_logit_rows * sizeof(int32_t), &rt->ids_dev));
+    anvil_step s;
+    TRY(prepare_step(rt, batch, &s));
+    TRY(run_step(rt, &s, rt->ids_dev));
+    if (s.n_logits == 0)
+        return be->ops->synchronize(be);
+    return be->ops->download(be, next_ids, rt->ids_dev, (size_t)s.n_logits * sizeof(int32_t));
 }

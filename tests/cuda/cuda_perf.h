@@ -253,6 +253,19 @@ static int anvil_cuda_perf_main(void)
     perf_attention(be, "attn decode B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=1 ctx=512", 1, 512, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=64 ctx=512", 64, 512, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=256 ctx=512", 256, 512, 1, 32, 8, 128);
+    {
+        /* the same without tensor cores, for comparison */
+        anvil_cuda_knobs k = {.attn_kernel = ANVIL_CUDA_ATTN_DECODE_SIMT};
+        anvil_cuda_set_knobs(be, &k);
+        perf_attention(be, "attn decode-simt B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
+        perf_attention(be, "attn decode-simt B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);
+        perf_attention(be, "attn decode-simt B=256 ctx=512", 256, 512, 1, 32, 8, 128);
+        anvil_cuda_knobs k0 = {0};
+        anvil_cuda_set_knobs(be, &k0);
+    }
     perf_attention(be, "attn prefill 1x2048", 1, 2048, 2048, 32, 8, 128);
     perf_attention(be, "attn prefill 4x512", 4, 512, 512, 32, 8, 128);
     perf_elementwise(be, "rmsnorm 512x4096", PERF_RMSNORM, 512, 4096);

@@ -923,6 +923,7 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
              kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
              : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
              : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
+             : kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ? "decode-simt"
                                                  : "prefill-simt",
              splits);
     attn_run_step(f, &e, 0, mode);
@@ -972,8 +973,11 @@ static void test_attention(void **state)
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
-            if (a > 0) /* f32 takes the SIMT kernel already */
+            if (a > 0) { /* f32 takes the SIMT kernels already */
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 3);
+            }
         }
     }
 }

@@ -2,7 +2,9 @@
  * attention on CUDA: the step's k and v into the paged cache, then one of
  * two kernels (see cuda_attn_prefill.cu and cuda_attn_decode.cu):
  *   - decode steps (every sequence brings one token) take the per-token
- *     split-K kernel, the context split so the grid fills the GPU;
+ *     split-K kernel, the context split so the grid fills the GPU: on
+ *     tensor cores (cuda_attn_decode_mma.cu) for bf16/f16 with head_dim a
+ *     multiple of 16 up to 128, else in SIMT (cuda_attn_decode.cu);
  *   - any other batch takes the tiled kernel, which loads each K/V tile
  *     once for all the query rows of a run of tokens: on tensor cores
  *     (cuda_attn_prefill_mma.cu) for bf16/f16 with head_dim a multiple of
@@ -29,24 +31,33 @@ static int decode_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a)
     return *slot;
 }
 
+/* The same for the tensor-core decode kernel (shared memory bounds it). */
+static int decode_mma_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a)
+{
+    const int di = a->dt == ANVIL_DTYPE_BF16 ? 0 : 1;
+    const int hi = a->head_dim <= 32 ? 0 : a->head_dim <= 64 ? 1 : 2;
+    int *slot = &cb->decode_mma_occupancy[di][hi];
+    if (*slot == 0)
+        *slot = anvil_cuda_attn_decode_mma_blocks_per_sm(a, cb->smem_optin);
+    return *slot;
+}
+
 /*
- * Splits of the context for the decode kernel. Each block's work shrinks as
- * 1 / n while the grid grows in waves of (blocks per SM x SMs): pick the n
- * (up to one split per MIN_KEYS_PER_SPLIT keys) with the least time in
+ * Splits of the context for a decode kernel whose grid is `blocks` x the
+ * split count and of which `per_sm` blocks fit on an SM. Each block's work
+ * shrinks as 1 / n while the grid grows in waves of (per_sm x SMs): pick
+ * the n (up to one split per min_keys keys) with the least time in
  * waves x work per block, a little extra per split for the combine.
  */
-static void choose_splits(anvil_cuda_backend *cb, const anvil_cuda_attn *a, int32_t span, int32_t *n_splits,
-                          int32_t *split_len)
+static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, int32_t min_keys, int32_t span,
+                          int32_t *n_splits, int32_t *split_len)
 {
-    const int group = a->n_heads / a->n_kv_heads;
-    const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
-    const int64_t blocks = (int64_t)a->n_tokens * a->n_kv_heads * ((group + rd - 1) / rd);
     int64_t n = 1;
     if (cb->knobs.attn_splits > 0) {
         n = cb->knobs.attn_splits < span ? cb->knobs.attn_splits : span;
     } else {
-        const int64_t wave = (int64_t)decode_occupancy(cb, a) * cb->n_sm;
-        int64_t max_n = (span + MIN_KEYS_PER_SPLIT - 1) / MIN_KEYS_PER_SPLIT;
+        const int64_t wave = (int64_t)per_sm * cb->n_sm;
+        int64_t max_n = (span + min_keys - 1) / min_keys;
         if (max_n > MAX_SPLITS)
             max_n = MAX_SPLITS;
         double best = 0;
@@ -106,10 +117,23 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
     int32_t span = st->max_context;
     if (a.window > 0 && a.window < span)
         span = a.window;
+    const int group = a.n_heads / a.n_kv_heads;
+    const int mma = kernel == ANVIL_CUDA_ATTN_DECODE && anvil_cuda_attn_decode_mma_ok(&a);
     int32_t n_splits = 1, split_len = span;
-    choose_splits(cb, &a, span, &n_splits, &split_len);
+    if (mma) {
+        /* 64-key tiles: a split shorter than one leaves warps idle */
+        const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + 15) / 16);
+        choose_splits(cb, blocks, decode_mma_occupancy(cb, &a), 64, span, &n_splits, &split_len);
+    } else {
+        const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+        const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + rd - 1) / rd);
+        choose_splits(cb, blocks, decode_occupancy(cb, &a), MIN_KEYS_PER_SPLIT, span, &n_splits, &split_len);
+    }
     if (n_splits > 1)
         TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(&a, n_splits),
                                "attention: split-K workspace"));
+    if (mma)
+        return anvil_cuda_launch_attn_decode_mma(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws,
+                                                 cb->smem_optin);
     return anvil_cuda_launch_attn_decode(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws);
 }

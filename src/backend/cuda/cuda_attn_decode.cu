@@ -286,6 +286,16 @@ __global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tok
     }
 }
 
+extern "C" anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, const anvil_cuda_attn *a,
+                                                       int32_t n_splits, const float *ws)
+{
+    const int threads = a->head_dim <= 64 ? 64 : 128;
+    const unsigned blocks = (unsigned)((int64_t)a->n_tokens * a->n_heads);
+    ANVIL_CUDA_DISPATCH(a->dt, anvil_attn_combine_kernel<T><<<blocks, threads, 0, stream>>>(
+                                   ws, (T *)a->out, a->n_tokens, a->n_heads, a->head_dim, n_splits));
+    return ANVIL_CUDA_LAUNCHED("attention combine kernel");
+}
+
 extern "C" size_t anvil_cuda_attn_decode_ws_bytes(const anvil_cuda_attn *a, int32_t n_splits)
 {
     return (size_t)a->n_tokens * (size_t)a->n_heads * (size_t)n_splits * (size_t)(a->head_dim + 2) * sizeof(float);
@@ -298,13 +308,8 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
     anvil_attn_decode_kernel<T, DPL, RD><<<grid, DC_WARPS * 32, 0, stream>>>(*a, n_hc, n_splits, split_len, ws);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode kernel"));
-    if (n_splits > 1) {
-        const int threads = a->head_dim <= 64 ? 64 : 128;
-        const unsigned blocks = (unsigned)((int64_t)a->n_tokens * a->n_heads);
-        anvil_attn_combine_kernel<T><<<blocks, threads, 0, stream>>>(ws, (T *)a->out, a->n_tokens, a->n_heads,
-                                                                    a->head_dim, n_splits);
-        TRY(ANVIL_CUDA_LAUNCHED("attention combine kernel"));
-    }
+    if (n_splits > 1)
+        TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
     return ANVIL_OK;
 }
 

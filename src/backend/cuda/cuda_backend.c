@@ -39,6 +39,8 @@ anvil_status anvil_cuda_reserve(anvil_cuda_backend *cb, void **buf, size_t *have
 {
     if (bytes <= *have)
         return ANVIL_OK;
+    CHECK(!cb->capturing, ANVIL_ERR_INTERNAL, "%s: %zu bytes needed while a step graph is recorded", what, bytes);
+    anvil_cuda_graphs_reset(cb); /* graphs hold the old pointer (and the sizes that came with it) */
     if (*buf != NULL) {
         /* kernels queued earlier may still read the old buffer */
         CUDA_TRY(cudaStreamSynchronize(cb->stream), what);
@@ -94,6 +96,7 @@ static void cuda_destroy(anvil_backend *be)
     }
     if (cudaSetDevice(cb->device) == cudaSuccess)
         (void)cudaStreamSynchronize(cb->stream);
+    anvil_cuda_graphs_free(cb);
     anvil_cuda_matmul_cache_free(cb->mm_cache);
     if (cb->lt != NULL)
         cublasLtDestroy(cb->lt);
@@ -206,6 +209,7 @@ anvil_status anvil_cuda_set_knobs(anvil_backend *be, const anvil_cuda_knobs *kno
     CHECK(be != NULL && be->ops != NULL && be->ops->destroy == cuda_destroy && knobs != NULL,
           ANVIL_ERR_INVALID_ARG, "anvil_cuda_set_knobs: not a CUDA backend");
     anvil_cuda_impl(be)->knobs = *knobs;
+    anvil_cuda_graphs_reset(anvil_cuda_impl(be)); /* recorded with the old choices */
     return ANVIL_OK;
 }
 
@@ -276,6 +280,11 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     o->silu_mul = anvil_cuda_op_silu_mul;
     o->add = anvil_cuda_op_add;
     o->gather_rows = anvil_cuda_op_gather_rows;
+    o->argmax_rows = anvil_cuda_op_argmax_rows;
+    o->graph_begin = anvil_cuda_graph_begin;
+    o->graph_end = anvil_cuda_graph_end;
+    const char *g = getenv("ANVIL_CUDA_GRAPHS");
+    cb->graphs_enabled = !(g != NULL && strcmp(g, "0") == 0);
     cb->be.ops = &cb->ops;
     cb->be.impl = cb;
     *out = &cb->be;

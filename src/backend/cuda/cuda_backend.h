@@ -27,6 +27,8 @@ typedef enum anvil_cuda_attn_kernel {
     ANVIL_CUDA_ATTN_DECODE,   /* the per-token split-K kernel, whatever the batch */
     ANVIL_CUDA_ATTN_PREFILL,  /* the tiled kernel (tensor cores where it can), whatever the batch */
     ANVIL_CUDA_ATTN_PREFILL_SIMT, /* the tiled kernel without tensor cores */
+    ANVIL_CUDA_ATTN_DECODE_SIMT,  /* the per-token kernel without tensor cores (DECODE takes the tensor-core
+                                     one where it can: bf16/f16, head_dim a multiple of 16 up to 128) */
 } anvil_cuda_attn_kernel;
 
 typedef struct anvil_cuda_knobs {
@@ -37,7 +39,12 @@ typedef struct anvil_cuda_knobs {
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind
- * of backend). Not thread-safe with ops running on be. */
+ * of backend) and drops its step graphs. Not thread-safe with ops running
+ * on be. */
 anvil_status anvil_cuda_set_knobs(anvil_backend *be, const anvil_cuda_knobs *knobs);
+
+/* Step graphs recorded and replayed by every CUDA backend of this process
+ * so far (see cuda_graph.c), for tests and benchmarks. */
+void anvil_cuda_graph_counts(unsigned long long *recorded, unsigned long long *replayed);
 
 #endif

@@ -45,6 +45,7 @@ enum {
 };
 
 typedef struct anvil_cuda_mm_cache anvil_cuda_mm_cache; /* cuda_matmul.c */
+typedef struct anvil_cuda_graphs anvil_cuda_graphs;     /* cuda_graph.c */
 
 typedef struct anvil_cuda_backend {
     anvil_backend be;          /* be.impl points back here */
@@ -77,8 +78,14 @@ typedef struct anvil_cuda_backend {
     size_t stage_bytes;
     int stage_next;
 
+    /* step graphs (cuda_graph.c) */
+    int graphs_enabled;        /* 0 when ANVIL_CUDA_GRAPHS=0 */
+    int capturing;             /* between graph_begin (recording) and graph_end */
+    anvil_cuda_graphs *graphs;
+
     anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
     int decode_occupancy[3][4][4]; /* decode kernel blocks per SM by [dtype][head_dim class][group class], 0: not asked yet */
+    int decode_mma_occupancy[2][3]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128] */
 } anvil_cuda_backend;
 
 static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
@@ -103,8 +110,18 @@ anvil_status anvil_cuda_status(cudaError_t e, const char *what, const char *file
 anvil_status anvil_cuda_use(anvil_cuda_backend *cb);
 
 /* Grows *buf to at least `bytes` (waits for the stream before freeing the
- * old buffer). */
+ * old buffer, and drops the step graphs, which hold the old pointer).
+ * During a graph capture a buffer cannot grow: an error, and the capture is
+ * dropped. */
 anvil_status anvil_cuda_reserve(anvil_cuda_backend *cb, void **buf, size_t *have, size_t bytes, const char *what);
+
+/* ---------------------------------------------------------------- step graphs (cuda_graph.c) */
+
+anvil_status anvil_cuda_graph_begin(anvil_backend *be, uint64_t key, int *action);
+anvil_status anvil_cuda_graph_end(anvil_backend *be, uint64_t key, anvil_status ops_status, int *ran);
+/* Drops every graph (the keys start over). */
+void anvil_cuda_graphs_reset(anvil_cuda_backend *cb);
+void anvil_cuda_graphs_free(anvil_cuda_backend *cb);
 
 /* ---------------------------------------------------------------- checks */
 
@@ -134,6 +151,7 @@ anvil_status anvil_cuda_op_silu_mul(anvil_backend *be, const anvil_tensor *gate,
 anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                        anvil_tensor *out);
+anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
 
 /* ---------------------------------------------------------------- launchers (cuda_*.cu)
  * Each checks what the kernel itself relies on, launches on `stream`, and
@@ -158,6 +176,10 @@ anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a, const voi
 anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows, void *out,
                                            anvil_dtype act_dt, int64_t width, const int32_t *rows,
                                            int32_t n_out, int *err);
+
+/* ids[r] = argmax of row r of x [rows, cols] (lowest column on ties). */
+anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t rows,
+                                           int64_t cols, int32_t *ids);
 
 /* dst[i] = (dst_dt) src[i] */
 anvil_status anvil_cuda_launch_convert(cudaStream_t stream, const void *src, anvil_dtype src_dt, void *dst,
@@ -208,6 +230,17 @@ anvil_status anvil_cuda_launch_attn_decode(cudaStream_t stream, const anvil_cuda
 size_t anvil_cuda_attn_decode_ws_bytes(const anvil_cuda_attn *a, int32_t n_splits);
 /* Blocks of the decode kernel for a's shape that fit on one SM at once (>= 1). */
 int anvil_cuda_attn_decode_blocks_per_sm(const anvil_cuda_attn *a);
+/* Merges the splits' partials in ws (the layout above) into a->out. */
+anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
+                                            const float *ws);
+
+/* The decode kernel on tensor cores (cuda_attn_decode_mma.cu): bf16/f16,
+ * head_dim a multiple of 16 up to 128 (anvil_cuda_attn_decode_mma_ok). The
+ * same split-K contract and workspace layout as the kernel above. */
+int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a);
+anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
+                                               int32_t split_len, float *ws, size_t smem_optin);
+int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, size_t smem_optin);
 
 #ifdef __cplusplus
 }

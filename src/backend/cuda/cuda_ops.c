@@ -105,3 +105,14 @@ anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x,
     return anvil_cuda_launch_gather_rows(cb->stream, x->data, x->shape[0], out->data, out->dtype, x->shape[1],
                                          step->logit_rows, step->n_logits, cb->d_err);
 }
+
+anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, x, "argmax_rows x"));
+    CHECK(ids != NULL || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "argmax_rows: ids is NULL");
+    CHECK(x->shape[1] > 0 || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "argmax_rows: rows of width 0");
+    CHECK(x->shape[1] <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "argmax_rows: %lld columns", (long long)x->shape[1]);
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_argmax_rows(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], ids);
+}

@@ -1,0 +1,573 @@
+/*
+ * bench_cuda_latency: static-batch latency of the runtime on a CUDA GPU,
+ * against the device's own ceilings measured in the same run.
+ *
+ *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR]
+ *                      [--cases B:P:N,...] [--graphs on|off|both] [--json FILE]
+ *
+ * A case B:P:N is a batch of B sequences with P-token prompts (random
+ * ids) generating N tokens each, greedily (anvil_runtime_forward_greedy:
+ * the argmax on the device, only ids come back). Prompts are prefilled in
+ * steps of up to 2048 tokens; the time until every sequence has its first
+ * token is the TTFT; the N - 1 decode steps of B tokens after it give the
+ * time per output token (TPOT). Every case runs once to warm up (weights
+ * paged in, cuBLASLt plans, step graphs recorded) with up to 4 decode
+ * steps, then once measured.
+ *
+ * Ceilings, measured in the same run: cudaMemcpy device to device of
+ * 1 GiB (bytes read + written, median of 9) and a bf16 GEMM 8192^3 through
+ * the backend's matmul (cuBLASLt, random data, median of 9 batches of 5).
+ * Fractions printed:
+ *   decode  bytes a step must read (weights, less the embedding table when
+ *           the LM head is separate, + every sequence's K and V at its mean
+ *           context over the decode steps) / TPOT, vs copy bandwidth;
+ *           matmul + attention FLOPs / TPOT vs the GEMM rate;
+ *   prefill 2 x matmul params x prompt tokens (LM head: one row per
+ *           sequence) + causal attention FLOPs, / TTFT, vs the GEMM rate.
+ *
+ * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
+ * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
+ * Llama-3.2-1B's (hidden 2048, 16 layers, 32/8 heads of 64, intermediate
+ * 8192, tied), written to the work folder on first use (default
+ * /dev/shm/anvil-bench: memory, so 16 GB write and map fast) with the
+ * filling spread over all cores; or any model folder with --model.
+ * ANVIL_CUDA_GRAPHS=0 (--graphs off) runs without step graphs.
+ */
+#include <cuda_runtime_api.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "anvil/model_config.h"
+#include "anvil/network.h"
+#include "anvil/runtime.h"
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/fileutil.h"
+#include "core/threadpool.h"
+#include "io/safetensors.h"
+
+static const char *llama_8b_config =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 4096,\n"
+    " \"intermediate_size\": 14336, \"num_hidden_layers\": 32, \"num_attention_heads\": 32,\n"
+    " \"num_key_value_heads\": 8, \"head_dim\": 128, \"vocab_size\": 128256, \"max_position_embeddings\": 8192,\n"
+    " \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0, \"tie_word_embeddings\": false,\n"
+    " \"torch_dtype\": \"bfloat16\", \"bos_token_id\": 128000, \"eos_token_id\": 128001}\n";
+
+static const char *llama_1b_config =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 2048,\n"
+    " \"intermediate_size\": 8192, \"num_hidden_layers\": 16, \"num_attention_heads\": 32,\n"
+    " \"num_key_value_heads\": 8, \"head_dim\": 64, \"vocab_size\": 128256, \"max_position_embeddings\": 131072,\n"
+    " \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": \"llama3\",\n"
+    " \"factor\": 32.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,\n"
+    " \"original_max_position_embeddings\": 8192}, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\",\n"
+    " \"bos_token_id\": 128000, \"eos_token_id\": 128001}\n";
+
+#define PREFILL_CHUNK 2048
+#define MAX_CASES 16
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ------------------------------------------------------------ random model, filled on every core */
+
+typedef struct fill_ctx {
+    const anvil_network *net;
+    anvil_dtype dt;
+    anvil_threadpool *tp;
+    /* the chunk in progress */
+    int64_t index, first, n;
+    void *buf;
+    int norm;
+} fill_ctx;
+
+static float rand_at(int64_t w, int64_t i)
+{
+    uint64_t z = 0x5eed ^ ((uint64_t)w * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)i * 0xbf58476d1ce4e5b9ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    /* uniform, standard deviation 0.02, as HF initializes */
+    return (float)((double)(z >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 0.034641f;
+}
+
+static void fill_task(void *user, int ith, int nth)
+{
+    fill_ctx *c = user;
+    const int64_t per = (c->n + nth - 1) / nth, lo = per * ith, hi = lo + per < c->n ? lo + per : c->n;
+    const size_t es = anvil_dtype_size(c->dt);
+    float tmp[1024];
+    for (int64_t i = lo; i < hi; i += 1024) {
+        const int64_t m = hi - i < 1024 ? hi - i : 1024;
+        for (int64_t j = 0; j < m; j++)
+            tmp[j] = c->norm ? 1.0f : rand_at(c->index, c->first + i + j);
+        anvil_convert_from_f32(c->dt, tmp, (char *)c->buf + (size_t)i * es, m);
+    }
+}
+
+static anvil_status fill(void *user, int64_t index, void *buf, size_t offset, size_t len)
+{
+    fill_ctx *c = user;
+    const size_t es = anvil_dtype_size(c->dt);
+    c->index = index;
+    c->first = (int64_t)(offset / es);
+    c->n = (int64_t)(len / es);
+    c->buf = buf;
+    c->norm = strstr(anvil_network_weight(c->net, (int32_t)index)->name, "norm") != NULL;
+    anvil_threadpool_run(c->tp, fill_task, c);
+    return ANVIL_OK;
+}
+
+static anvil_status write_model(const char *dir, const char *config_json)
+{
+    anvil_model_config cfg;
+    TRY(anvil_model_config_parse(config_json, &cfg));
+    anvil_network *net = NULL;
+    anvil_threadpool *tp = NULL;
+    anvil_st_tensor *ts = NULL;
+    char path[4096];
+    anvil_status st = ANVIL_OK;
+    TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
+    TRY_GOTO(anvil_threadpool_create(0, &tp), done);
+    TRY_GOTO(anvil_path_join(path, sizeof path, dir, "config.json"), done);
+    FILE *f = fopen(path, "wb");
+    CHECK_GOTO(f != NULL, ANVIL_ERR_IO, done, "cannot write %s", path);
+    int ok = fwrite(config_json, 1, strlen(config_json), f) == strlen(config_json);
+    ok &= fclose(f) == 0;
+    CHECK_GOTO(ok, ANVIL_ERR_IO, done, "cannot write %s", path);
+    const int32_t n = anvil_network_weight_count(net);
+    ts = calloc((size_t)n, sizeof *ts);
+    CHECK_GOTO(ts != NULL, ANVIL_ERR_OOM, done, "out of memory");
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_weight *w = anvil_network_weight(net, i);
+        ts[i].name = w->name;
+        ts[i].dtype = cfg.dtype;
+        ts[i].n_dims = w->n_dims;
+        ts[i].shape[0] = w->shape[0];
+        ts[i].shape[1] = w->shape[1];
+        ts[i].nbytes = (size_t)w->shape[0] * (size_t)(w->n_dims > 1 ? w->shape[1] : 1) * anvil_dtype_size(cfg.dtype);
+    }
+    fill_ctx ctx = {.net = net, .dt = cfg.dtype, .tp = tp};
+    TRY_GOTO(anvil_path_join(path, sizeof path, dir, "model.safetensors"), done);
+    TRY_GOTO(anvil_safetensors_write_stream(path, ts, n, fill, &ctx), done);
+done:
+    free(ts);
+    anvil_threadpool_free(tp);
+    anvil_network_free(net);
+    return st;
+}
+
+static int ensure_model(const char *workdir, const char *name, const char *config, char *dir, size_t cap)
+{
+    snprintf(dir, cap, "%s/%s", workdir, name);
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
+    if (anvil_file_exists(probe))
+        return 0;
+    mkdir(workdir, 0755);
+    mkdir(dir, 0755);
+    fprintf(stderr, "writing a random-weight %s-shaped model to %s ...\n", name, dir);
+    double t0 = now_s();
+    if (write_model(dir, config) != ANVIL_OK) {
+        fprintf(stderr, "error: %s\n", anvil_last_error());
+        return -1;
+    }
+    fprintf(stderr, "  written in %.1f s\n", now_s() - t0);
+    return 0;
+}
+
+/* ------------------------------------------------------------ ceilings */
+
+static int measure_ceilings(double *copy_gbs, double *gemm_tflops, char *device, size_t cap)
+{
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
+        return -1;
+    snprintf(device, cap, "%.200s (%d SMs, %.0f GiB)", prop.name, prop.multiProcessorCount,
+             (double)prop.totalGlobalMem / 1073741824.0);
+    /* copy: 1 GiB device to device, CUDA events */
+    const size_t bytes = (size_t)1 << 30;
+    void *a = NULL, *b = NULL;
+    if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess)
+        return -1;
+    cudaMemset(a, 1, bytes);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    double t[9];
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    for (int r = 0; r < 9; r++) {
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        cudaEventSynchronize(e1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, e0, e1);
+        t[r] = ms * 1e-3;
+    }
+    qsort(t, 9, sizeof t[0], cmp_double);
+    *copy_gbs = 2.0 * (double)bytes / t[4] / 1e9;
+    cudaFree(a);
+    cudaFree(b);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (cudaGetLastError() != cudaSuccess)
+        return -1;
+
+    /* GEMM: the backend's matmul (cuBLASLt) on random bf16 data */
+    anvil_backend *be = NULL;
+    if (anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &be) != ANVIL_OK)
+        return -1;
+    const int64_t n = 8192;
+    const size_t mb = (size_t)(n * n) * 2;
+    void *x = NULL, *w = NULL, *o = NULL;
+    uint16_t *h = malloc(mb);
+    int rc = -1;
+    if (h == NULL || be->ops->alloc(be, mb, &x) || be->ops->alloc(be, mb, &w) || be->ops->alloc(be, mb, &o))
+        goto done;
+    uint64_t s = 12345;
+    for (int64_t i = 0; i < n * n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        float v = (float)((double)(s >> 40) * 0x1.0p-24 * 2.0 - 1.0);
+        uint32_t u;
+        memcpy(&u, &v, 4);
+        h[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+    if (be->ops->upload(be, x, h, mb) || be->ops->upload(be, w, h, mb))
+        goto done;
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_BF16, n, n, x), tw = anvil_tensor_2d(ANVIL_DTYPE_BF16, n, n, w);
+    anvil_tensor to = anvil_tensor_2d(ANVIL_DTYPE_BF16, n, n, o);
+    if (be->ops->matmul(be, &tx, &tw, NULL, &to) || be->ops->synchronize(be))
+        goto done;
+    for (int r = 0; r < 9; r++) {
+        double t0 = now_s();
+        for (int k = 0; k < 5; k++)
+            if (be->ops->matmul(be, &tx, &tw, NULL, &to))
+                goto done;
+        if (be->ops->synchronize(be))
+            goto done;
+        t[r] = (now_s() - t0) / 5;
+    }
+    qsort(t, 9, sizeof t[0], cmp_double);
+    *gemm_tflops = 2.0 * (double)n * n * n / t[4] / 1e12;
+    rc = 0;
+done:
+    if (rc != 0)
+        fprintf(stderr, "ceilings: %s\n", anvil_last_error());
+    free(h);
+    be->ops->free(be, x);
+    be->ops->free(be, w);
+    be->ops->free(be, o);
+    anvil_backend_free(be);
+    return rc;
+}
+
+/* ------------------------------------------------------------ cases */
+
+typedef struct bench_case {
+    int32_t batch, input, output;
+} bench_case;
+
+typedef struct case_result {
+    double ttft_s, tpot_s, tok_s;
+    double decode_bytes, decode_flops, prefill_flops;
+} case_result;
+
+/* FLOPs of the matmuls for `rows` token rows (without the LM head) and of the LM head per row. */
+static void matmul_params(const anvil_model_config *c, double *body, double *head)
+{
+    const double h = (double)c->hidden_size, qd = (double)(c->n_heads * c->head_dim),
+                 kvd = (double)(c->n_kv_heads * c->head_dim), in = (double)c->intermediate_size;
+    *body = (double)c->n_layers * (h * qd + 2 * h * kvd + qd * h + 3 * h * in);
+    *head = (double)c->vocab_size * h;
+}
+
+/* Runs case k: prefill then n_decode decode steps; *res when measured. */
+static int run_case(anvil_runtime *rt, const bench_case *bc, int32_t n_decode, case_result *res)
+{
+    const anvil_model_config *cfg = anvil_runtime_config(rt);
+    const int32_t B = bc->batch, P = bc->input, bs = anvil_runtime_kv_block_size(rt);
+    const int32_t MB = (P + bc->output + bs - 1) / bs;
+    int32_t *tables = malloc((size_t)B * MB * sizeof *tables);
+    int32_t *tok = malloc((size_t)PREFILL_CHUNK * sizeof *tok), *pos = malloc((size_t)PREFILL_CHUNK * sizeof *pos);
+    int32_t *starts = malloc((size_t)(B + 1) * sizeof *starts), *rows = malloc((size_t)B * sizeof *rows);
+    int32_t *stab = malloc((size_t)B * MB * sizeof *stab), *ids = malloc((size_t)B * sizeof *ids);
+    int32_t *cur = malloc((size_t)B * sizeof *cur);
+    int rc = -1, have_blocks = 0;
+    if (!tables || !tok || !pos || !starts || !rows || !stab || !ids || !cur) {
+        fprintf(stderr, "out of memory\n");
+        goto done;
+    }
+    if (anvil_runtime_kv_alloc(rt, B * MB, tables) != ANVIL_OK)
+        goto fail;
+    have_blocks = 1;
+    uint64_t rng = 77;
+    /* prefill: the prompts back to back, cut into steps of up to PREFILL_CHUNK tokens */
+    double t0 = now_s();
+    int32_t seq = 0, off = 0;
+    while (seq < B) {
+        int32_t T = 0, S = 0, L = 0;
+        while (seq < B && T < PREFILL_CHUNK) {
+            const int32_t n = P - off < PREFILL_CHUNK - T ? P - off : PREFILL_CHUNK - T;
+            starts[S] = T;
+            memcpy(stab + (size_t)S * MB, tables + (size_t)seq * MB, (size_t)MB * sizeof *stab);
+            for (int32_t j = 0; j < n; j++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                tok[T + j] = (int32_t)((rng >> 33) % (uint64_t)cfg->vocab_size);
+                pos[T + j] = off + j;
+            }
+            T += n;
+            S++;
+            off += n;
+            if (off == P) {
+                rows[L++] = T - 1;
+                seq++;
+                off = 0;
+            }
+        }
+        starts[S] = T;
+        anvil_batch b = {.n_tokens = T, .token_ids = tok, .positions = pos, .n_seqs = S, .seq_starts = starts,
+                         .block_tables = stab, .max_blocks_per_seq = MB, .n_logits = L, .logit_rows = rows};
+        if (anvil_runtime_forward_greedy(rt, &b, ids) != ANVIL_OK)
+            goto fail;
+        const int32_t first = seq - L; /* the sequences finished in this step */
+        for (int32_t i = 0; i < L; i++)
+            cur[first + i] = ids[i];
+    }
+    const double ttft = now_s() - t0;
+    /* decode: all B sequences, one token each */
+    for (int32_t s = 0; s < B; s++) {
+        starts[s] = s;
+        rows[s] = s;
+    }
+    starts[B] = B;
+    double t1 = now_s();
+    for (int32_t it = 0; it < n_decode; it++) {
+        for (int32_t s = 0; s < B; s++)
+            pos[s] = P + it;
+        anvil_batch b = {.n_tokens = B, .token_ids = cur, .positions = pos, .n_seqs = B, .seq_starts = starts,
+                         .block_tables = tables, .max_blocks_per_seq = MB, .n_logits = B, .logit_rows = rows};
+        if (anvil_runtime_forward_greedy(rt, &b, ids) != ANVIL_OK)
+            goto fail;
+        memcpy(cur, ids, (size_t)B * sizeof *cur);
+    }
+    const double tdec = now_s() - t1;
+    if (res) {
+        double body, head;
+        matmul_params(cfg, &body, &head);
+        const double kv_row = 2.0 * (double)(cfg->n_kv_heads * cfg->head_dim) * 2 * (double)cfg->n_layers;
+        const double mean_ctx = P + 1 + (n_decode - 1) / 2.0;
+        const double attn_per_key = 4.0 * (double)(cfg->n_heads * cfg->head_dim) * (double)cfg->n_layers;
+        const double embed = (double)cfg->vocab_size * (double)cfg->hidden_size * 2;
+        res->ttft_s = ttft;
+        res->tpot_s = n_decode > 0 ? tdec / n_decode : 0;
+        res->tok_s = (double)B * (n_decode + 1) / (ttft + tdec);
+        res->decode_bytes = (double)anvil_runtime_weight_bytes(rt) - (cfg->tie_word_embeddings ? 0 : embed) +
+                            (double)B * mean_ctx * kv_row;
+        res->decode_flops = (double)B * (2 * (body + head) + attn_per_key * mean_ctx);
+        res->prefill_flops = (double)B * (2 * body * P + 2 * head + attn_per_key * (double)P * (P + 1) / 2);
+    }
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "case %d:%d:%d: %s\n", B, P, bc->output, anvil_last_error());
+done:
+    if (have_blocks)
+        anvil_runtime_kv_release(rt, B * MB, tables);
+    free(tables);
+    free(tok);
+    free(pos);
+    free(starts);
+    free(rows);
+    free(stab);
+    free(ids);
+    free(cur);
+    return rc;
+}
+
+static int parse_cases(const char *s, bench_case *cs, int *n)
+{
+    *n = 0;
+    const char *p = s;
+    while (*p && *n < MAX_CASES) {
+        int b, i, o, used = 0;
+        if (sscanf(p, "%d:%d:%d%n", &b, &i, &o, &used) != 3 || b < 1 || i < 1 || o < 1)
+            return -1;
+        cs[(*n)++] = (bench_case){b, i, o};
+        p += used;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return -1;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *models = "llama-8b,llama-1b", *model_dir = NULL, *workdir = "/dev/shm/anvil-bench";
+    const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
+    static const struct option longopts[] = {
+        {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
+        {"workdir", required_argument, 0, 'w'}, {"cases", required_argument, 0, 'c'},
+        {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'M': models = optarg; break;
+        case 'd': model_dir = optarg; break;
+        case 'w': workdir = optarg; break;
+        case 'c': cases_s = optarg; break;
+        case 'g': graphs = optarg; break;
+        case 'j': json_path = optarg; break;
+        default:
+            fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR] "
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--json FILE]\n", argv[0]);
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    bench_case cs[MAX_CASES];
+    int n_cases = 0;
+    if (parse_cases(cases_s, cs, &n_cases) != 0) {
+        fprintf(stderr, "bad --cases '%s' (B:P:N,...)\n", cases_s);
+        return 2;
+    }
+    int g_modes[2], n_modes = 0;
+    if (strcmp(graphs, "on") == 0 || strcmp(graphs, "both") == 0)
+        g_modes[n_modes++] = 1;
+    if (strcmp(graphs, "off") == 0 || strcmp(graphs, "both") == 0)
+        g_modes[n_modes++] = 0;
+    if (n_modes == 0) {
+        fprintf(stderr, "--graphs on, off or both\n");
+        return 2;
+    }
+
+    double copy_gbs = 0, gemm_tflops = 0;
+    char device[256];
+    if (measure_ceilings(&copy_gbs, &gemm_tflops, device, sizeof device) != 0) {
+        fprintf(stderr, "no CUDA device, or the ceilings failed\n");
+        return 1;
+    }
+    printf("device: %s\nceilings: copy %.0f GB/s (read + written), bf16 GEMM 8192^3 %.0f TFLOP/s\n", device,
+           copy_gbs, gemm_tflops);
+
+    FILE *js = NULL;
+    if (json_path) {
+        js = fopen(json_path, "w");
+        if (js == NULL) {
+            fprintf(stderr, "cannot write %s\n", json_path);
+            return 1;
+        }
+        fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"gemm_tflops\": %.1f, \"results\": [", device,
+                copy_gbs, gemm_tflops);
+    }
+    int first_json = 1, rc = 0;
+
+    /* the model list: named shapes, or one folder */
+    char list[256];
+    snprintf(list, sizeof list, "%s", model_dir ? "dir" : models);
+    for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+        char dir[4096];
+        if (model_dir) {
+            snprintf(dir, sizeof dir, "%s", model_dir);
+        } else {
+            const char *cfg = strcmp(name, "llama-8b") == 0 ? llama_8b_config
+                              : strcmp(name, "llama-1b") == 0 ? llama_1b_config
+                                                              : NULL;
+            if (cfg == NULL) {
+                fprintf(stderr, "unknown model %s (llama-8b, llama-1b)\n", name);
+                return 2;
+            }
+            if (ensure_model(workdir, name, cfg, dir, sizeof dir) != 0)
+                return 1;
+        }
+        for (int gm = 0; gm < n_modes; gm++) {
+            if (g_modes[gm])
+                unsetenv("ANVIL_CUDA_GRAPHS");
+            else
+                setenv("ANVIL_CUDA_GRAPHS", "0", 1);
+            int32_t max_b = 1, max_ctx = 1;
+            int64_t kv_tokens = 0;
+            for (int k = 0; k < n_cases; k++) {
+                const int32_t ctx = (cs[k].input + cs[k].output + 31) / 32 * 32;
+                max_b = cs[k].batch > max_b ? cs[k].batch : max_b;
+                max_ctx = ctx > max_ctx ? ctx : max_ctx;
+                kv_tokens = (int64_t)cs[k].batch * ctx > kv_tokens ? (int64_t)cs[k].batch * ctx : kv_tokens;
+            }
+            anvil_runtime_options o;
+            anvil_runtime_options_default(&o);
+            o.device = "cuda";
+            o.weight_dtype = ANVIL_DTYPE_BF16;
+            o.max_num_tokens = PREFILL_CHUNK > max_b ? PREFILL_CHUNK : max_b;
+            o.max_batch_size = max_b > PREFILL_CHUNK ? max_b : PREFILL_CHUNK; /* a prefill step packs many prompts */
+            o.max_logit_rows = max_b;
+            o.kv_block_size = 32;
+            o.max_seq_len = max_ctx;
+            o.kv_cache_tokens = kv_tokens;
+            anvil_runtime *rt = NULL;
+            double tl = now_s();
+            if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
+                fprintf(stderr, "load %s: %s\n", dir, anvil_last_error());
+                rc = 1;
+                continue;
+            }
+            tl = now_s() - tl;
+            printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s\n", name,
+                   (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off");
+            printf("%-12s %9s %9s %9s  %-28s %-24s %s\n", "B:P:N", "TTFT ms", "TPOT ms", "tok/s", "decode (bytes | flops)",
+                   "prefill", "");
+            for (int k = 0; k < n_cases; k++) {
+                case_result r;
+                const int32_t nd = cs[k].output - 1;
+                if (run_case(rt, &cs[k], nd < 4 ? nd : 4, NULL) != 0 || run_case(rt, &cs[k], nd, &r) != 0) {
+                    rc = 1;
+                    continue;
+                }
+                const double bw = nd > 0 ? r.decode_bytes / r.tpot_s / 1e9 : 0;
+                const double dfl = nd > 0 ? r.decode_flops / r.tpot_s / 1e12 : 0;
+                const double pfl = r.prefill_flops / r.ttft_s / 1e12;
+                char dec[64] = "-";
+                if (nd > 0)
+                    snprintf(dec, sizeof dec, "%5.0f GB/s %3.0f%% | %4.0f%%", bw, 100 * bw / copy_gbs,
+                             100 * dfl / gemm_tflops);
+                printf("%4d:%d:%-5d %9.2f %9.3f %9.1f  %-28s %5.0f TFLOP/s %3.0f%%\n", cs[k].batch, cs[k].input,
+                       cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, dec, pfl, 100 * pfl / gemm_tflops);
+                fflush(stdout);
+                if (js) {
+                    fprintf(js,
+                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
+                            "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
+                            "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
+                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", cs[k].batch, cs[k].input,
+                            cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
+                            dfl / gemm_tflops, pfl, pfl / gemm_tflops);
+                    first_json = 0;
+                }
+            }
+            anvil_runtime_free(rt);
+        }
+    }
+    unsetenv("ANVIL_CUDA_GRAPHS");
+    if (js) {
+        fprintf(js, "\n]}\n");
+        fclose(js);
+    }
+    return rc;
+}

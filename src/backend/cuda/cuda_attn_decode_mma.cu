@@ -1,0 +1,363 @@
+/*
+ * Per-token attention over the paged KV cache on tensor cores, split-K
+ * ("flash decoding"), bf16/f16, head_dim a multiple of 16 up to 128.
+ *
+ * Why: the SIMT decode kernel (cuda_attn_decode.cu) spends ~100
+ * instructions per key and warp on dot products, shuffles and exps, and
+ * keeps only a few keys in flight per warp: it reached 11-22% of the copy
+ * bandwidth. Here a block of 4 warps takes one token, up to 16 query heads
+ * of one KV head (the GQA group, padded to the 16 rows of an
+ * mma.m16n8k16 A operand; the padding rows cost tensor-core time, which is
+ * idle anyway) and one split of the token's keys. Per tile of 64 keys the
+ * block gathers the K and V rows through the block table into shared
+ * memory with 16-byte cp.async copies, two stages deep (the next tile in
+ * flight while this one is used), so each K/V element is read from memory
+ * once for the whole group. Each warp takes 16 keys of the tile:
+ * S = Q K^T (16 rows x 16 keys), the online softmax of its rows over its
+ * keys (scores prescaled by scale * log2 e, one exp2 each), and
+ * O += P V with P's accumulator layout reused as the A operand and V's
+ * fragments from transposed ldmatrix (as in cuda_attn_prefill_mma.cu). At
+ * the end the 4 warps' (m, l, O) merge through shared memory; with one
+ * split the block writes the output, with several it writes the same
+ * (m, l, acc) partials as the SIMT kernel (m in natural-log units) and the
+ * same combine kernel merges them.
+ *
+ * P is rounded to the input dtype for P V, as in the prefill kernel.
+ */
+#include <math.h>
+
+#include "backend/cuda/cuda_mma.cuh"
+
+#define DM_WARPS 4
+#define DM_BN 64     /* keys per tile: 16 per warp */
+#define DM_ROWS 16   /* query heads per block (the mma M dimension) */
+#define FULL_MASK 0xffffffffu
+
+static size_t dm_smem_bytes(int hd) { return (size_t)2 * 2 * DM_BN * (size_t)(hd + 8) * 2; }
+
+template <typename T, int HDM>
+__global__ void __launch_bounds__(DM_WARPS * 32)
+    anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws)
+{
+    constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
+    constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
+    extern __shared__ uint4 dm_smem4[];
+    const int hd = a.head_dim, kst = hd + 8; /* rows padded by 8 elements: fragment reads hit distinct banks */
+    uint16_t *const smem = reinterpret_cast<uint16_t *>(dm_smem4);
+    const int stage_elems = 2 * DM_BN * kst;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const int t = blockIdx.x, sp = blockIdx.z;
+    const int g = blockIdx.y / n_hc, hc = blockIdx.y - (blockIdx.y / n_hc) * n_hc;
+    const int group = a.n_heads / a.n_kv_heads;
+    const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
+
+    const int s = a.seq_of_token[t], p = a.positions[t];
+    const bool seq_ok = s >= 0 && s < a.n_seqs;
+    if (!seq_ok && threadIdx.x == 0)
+        anvil_flag(a.err, ANVIL_CUDA_BAD_SEQ);
+    const int lo = anvil_window_lo(p, a.window);
+    const int kbeg = lo + sp * split_len;
+    /* the last split runs to p whatever max_context said */
+    int kend = sp == n_splits - 1 ? p + 1 : min(p + 1, kbeg + split_len);
+    if (!seq_ok)
+        kend = kbeg;
+    const int32_t *bt = a.block_tables + (seq_ok ? (int64_t)s * a.max_blocks_per_seq : 0);
+
+    /* this thread's rows: heads hc * 16 + gq and + 8 of the group */
+    const int hh0 = hc * DM_ROWS + gq, hh1 = hh0 + 8;
+    uint32_t qf[KC][4];
+    {
+        const uint32_t *q0 = hh0 < group ? reinterpret_cast<const uint32_t *>(
+                                               (const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh0) * hd)
+                                         : nullptr;
+        const uint32_t *q1 = hh1 < group ? reinterpret_cast<const uint32_t *>(
+                                               (const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh1) * hd)
+                                         : nullptr;
+#pragma unroll
+        for (int kc = 0; kc < KC; kc++) {
+            const bool in = kc * 16 < hd;
+            const int w0 = kc * 8 + tq; /* 32-bit word of columns kc*16 + 2 tq */
+            qf[kc][0] = in && q0 ? q0[w0] : 0u;
+            qf[kc][1] = in && q1 ? q1[w0] : 0u;
+            qf[kc][2] = in && q0 ? q0[w0 + 4] : 0u;
+            qf[kc][3] = in && q1 ? q1[w0 + 4] : 0u;
+        }
+    }
+
+    float o[NTO][4];
+#pragma unroll
+    for (int i = 0; i < NTO; i++)
+        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    /* the keys of tile kt into stage st: 16-byte pieces, hd / 16 of K and of V per thread */
+    auto issue = [&](int kt, int st) {
+        uint16_t *k_s = smem + st * stage_elems, *v_s = k_s + DM_BN * kst;
+        const int pieces = hd / 8;
+        const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
+#pragma unroll
+        for (int i = 0; i < KC; i++) {
+            if (i * 16 < hd) {
+                const int c = threadIdx.x + i * DM_WARPS * 32, key = c / pieces, part = c - key * pieces;
+                const int kj = kt + key;
+                long long off = -1;
+                if (kj < kend) {
+                    const int bi = kj / a.block_size;
+                    const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                    if (blk >= 0 && blk < a.n_blocks)
+                        off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd +
+                              part * 8;
+                    else if (part == 0)
+                        anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
+                }
+                anvil_cp_async16(k_s + key * kst + part * 8, off >= 0 ? kc + off : kc, off >= 0);
+                anvil_cp_async16(v_s + key * kst + part * 8, off >= 0 ? vc + off : vc, off >= 0);
+            }
+        }
+        anvil_cp_async_commit();
+    };
+
+    const float sl2 = a.scale * 1.4426950408889634f;
+    const int n_tiles = kend > kbeg ? (kend - kbeg + DM_BN - 1) / DM_BN : 0;
+    if (n_tiles > 0)
+        issue(kbeg, 0);
+    for (int it = 0; it < n_tiles; it++) {
+        const int kt = kbeg + it * DM_BN;
+        if (it + 1 < n_tiles) {
+            issue(kt + DM_BN, (it + 1) & 1);
+            anvil_cp_async_wait<1>();
+        } else {
+            anvil_cp_async_wait<0>();
+        }
+        __syncthreads(); /* tile it is in shared memory for every thread */
+        const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + DM_BN * kst;
+        const int kw0 = kt + warp * 16; /* this warp's first key */
+        if (kw0 < kend) {               /* the same for the whole warp */
+            float sc[2][4];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+                const uint16_t *kr = k_s + (warp * 16 + nt * 8 + gq) * kst + 2 * tq;
+#pragma unroll
+                for (int kc = 0; kc < KC; kc++) {
+                    if (kc * 16 < hd) {
+                        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
+                        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
+                        anvil_mma16816<T>(sc[nt], qf[kc], b0, b1);
+                    }
+                }
+            }
+            /* scale, mask the keys past kend, and the max of each of the two rows */
+            const bool full = kw0 + 16 <= kend;
+            float mt0 = -INFINITY, mt1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kj = kw0 + nt * 8 + 2 * tq + (e & 1);
+                    const float x = full || kj < kend ? sc[nt][e] * sl2 : -INFINITY;
+                    sc[nt][e] = x;
+                    if (e >= 2)
+                        mt1 = fmaxf(mt1, x);
+                    else
+                        mt0 = fmaxf(mt0, x);
+                }
+            }
+            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
+            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
+            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
+            const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
+            const float c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - mn0);
+            const float c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - mn1);
+            m0 = mn0;
+            m1 = mn1;
+            l0 *= c0;
+            l1 *= c1;
+#pragma unroll
+            for (int i = 0; i < NTO; i++) {
+                o[i][0] *= c0;
+                o[i][1] *= c0;
+                o[i][2] *= c1;
+                o[i][3] *= c1;
+            }
+            const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
+            uint32_t pf[4];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                const float pr0 = exp2f(sc[nt][0] - ms0), pr1 = exp2f(sc[nt][1] - ms0);
+                const float pr2 = exp2f(sc[nt][2] - ms1), pr3 = exp2f(sc[nt][3] - ms1);
+                l0 += pr0 + pr1;
+                l1 += pr2 + pr3;
+                pf[nt * 2 + 0] = anvil_pack2<T>(pr0, pr1);
+                pf[nt * 2 + 1] = anvil_pack2<T>(pr2, pr3);
+            }
+            /* O += P V: B operands (16 keys x 8 dims) of two dim tiles per transposed ldmatrix */
+            const uint16_t *vr = v_s + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
+#pragma unroll
+            for (int nt = 0; nt < NTO; nt += 2) {
+                if (nt * 8 < hd) {
+                    uint32_t vb[4];
+                    anvil_ldmatrix_x4_trans(vb, vr + nt * 8);
+                    anvil_mma16816<T>(o[nt], pf, vb[0], vb[1]);
+                    anvil_mma16816<T>(o[nt + 1], pf, vb[2], vb[3]);
+                }
+            }
+        }
+        __syncthreads(); /* stage it & 1 is free for tile it + 2 */
+    }
+
+    /* merge the warps: row sums over the quad, then (m, l, O) through shared memory */
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
+    l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
+    l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
+    float *sm_o = reinterpret_cast<float *>(dm_smem4); /* [warp][16 rows][hd]; fits in the stages */
+    float *sm_ml = sm_o + DM_WARPS * DM_ROWS * hd;      /* [warp][16 rows][m, l] */
+#pragma unroll
+    for (int nt = 0; nt < NTO; nt++) {
+        if (nt * 8 < hd) {
+            const int d = nt * 8 + 2 * tq;
+            sm_o[(warp * DM_ROWS + gq) * hd + d] = o[nt][0];
+            sm_o[(warp * DM_ROWS + gq) * hd + d + 1] = o[nt][1];
+            sm_o[(warp * DM_ROWS + gq + 8) * hd + d] = o[nt][2];
+            sm_o[(warp * DM_ROWS + gq + 8) * hd + d + 1] = o[nt][3];
+        }
+    }
+    if (tq == 0) {
+        sm_ml[(warp * DM_ROWS + gq) * 2] = m0;
+        sm_ml[(warp * DM_ROWS + gq) * 2 + 1] = l0;
+        sm_ml[(warp * DM_ROWS + gq + 8) * 2] = m1;
+        sm_ml[(warp * DM_ROWS + gq + 8) * 2 + 1] = l1;
+    }
+    __syncthreads();
+
+    /* 8 threads per row, hd / 8 dims each */
+    const int r = threadIdx.x >> 3, part = threadIdx.x & 7, hh = hc * DM_ROWS + r;
+    if (hh >= group)
+        return;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DM_WARPS; w++)
+        mx = fmaxf(mx, sm_ml[(w * DM_ROWS + r) * 2]);
+    float f[DM_WARPS], lsum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DM_WARPS; w++) {
+        const float mw = sm_ml[(w * DM_ROWS + r) * 2];
+        f[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        lsum += sm_ml[(w * DM_ROWS + r) * 2 + 1] * f[w];
+    }
+    const int h = g * group + hh, per = hd / 8, d0 = part * per;
+    if (n_splits == 1) {
+        const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+        T *out = (T *)a.out + (int64_t)t * qw + (int64_t)h * hd;
+        for (int d = d0; d < d0 + per; d++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DM_WARPS; w++)
+                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
+            out[d] = anvil_from_f32<T>(acc * inv);
+        }
+    } else {
+        const int64_t idx = ((int64_t)t * a.n_heads + h) * n_splits + sp;
+        float *ml = ws + 2 * idx;
+        float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * hd;
+        if (part == 0) {
+            ml[0] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f; /* log2 units -> natural */
+            ml[1] = lsum;
+        }
+        for (int d = d0; d < d0 + per; d++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DM_WARPS; w++)
+                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
+            pa[d] = acc;
+        }
+    }
+}
+
+template <typename T, int HDM> static anvil_status set_smem(int hd)
+{
+    const size_t smem = dm_smem_bytes(hd);
+    if (smem > 48 * 1024)
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_decode_mma_kernel<T, HDM>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                              "attention decode (mma): shared memory limit", __FILE__, __LINE__));
+    return ANVIL_OK;
+}
+
+template <typename T, int HDM>
+static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
+                           float *ws)
+{
+    TRY((set_smem<T, HDM>(a->head_dim)));
+    const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
+    anvil_attn_decode_mma_kernel<T, HDM><<<grid, DM_WARPS * 32, dm_smem_bytes(a->head_dim), stream>>>(
+        *a, n_hc, n_splits, split_len, ws);
+    TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
+    if (n_splits > 1)
+        TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
+    return ANVIL_OK;
+}
+
+template <typename T, int HDM> static int occupancy(int hd)
+{
+    int n = 0;
+    if (set_smem<T, HDM>(hd) != ANVIL_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM>, DM_WARPS * 32,
+                                                      dm_smem_bytes(hd)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        n = 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
+{
+    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) && a->head_dim % 16 == 0 && a->head_dim <= 128;
+}
+
+extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, size_t smem_optin)
+{
+    const int hd = a->head_dim;
+    if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd) > smem_optin)
+        return 1;
+    if (a->dt == ANVIL_DTYPE_BF16)
+        return hd <= 32 ? occupancy<__nv_bfloat16, 32>(hd) : hd <= 64 ? occupancy<__nv_bfloat16, 64>(hd)
+                                                                      : occupancy<__nv_bfloat16, 128>(hd);
+    return hd <= 32 ? occupancy<__half, 32>(hd) : hd <= 64 ? occupancy<__half, 64>(hd) : occupancy<__half, 128>(hd);
+}
+
+extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a,
+                                                          int32_t n_splits, int32_t split_len, float *ws,
+                                                          size_t smem_optin)
+{
+    CHECK(anvil_cuda_attn_decode_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
+          "attention decode (mma): %s with head_dim %d (bf16/f16, multiples of 16 up to 128)",
+          anvil_dtype_name(a->dt), a->head_dim);
+    if (a->n_tokens == 0)
+        return ANVIL_OK;
+    CHECK(n_splits >= 1 && n_splits <= 65535 && split_len >= 1 && (n_splits == 1 || ws != NULL),
+          ANVIL_ERR_INVALID_ARG, "attention decode: %d splits of %d", n_splits, split_len);
+    CHECK(dm_smem_bytes(a->head_dim) <= smem_optin, ANVIL_ERR_UNSUPPORTED,
+          "attention decode (mma): head_dim %d needs %zu bytes of shared memory", a->head_dim,
+          dm_smem_bytes(a->head_dim));
+    const int group = a->n_heads / a->n_kv_heads;
+    const int n_hc = (group + DM_ROWS - 1) / DM_ROWS;
+    CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
+          a->n_kv_heads, n_hc);
+    const int hd = a->head_dim;
+    if (a->dt == ANVIL_DTYPE_BF16) {
+        if (hd <= 32)
+            return launch<__nv_bfloat16, 32>(stream, a, n_hc, n_splits, split_len, ws);
+        if (hd <= 64)
+            return launch<__nv_bfloat16, 64>(stream, a, n_hc, n_splits, split_len, ws);
+        return launch<__nv_bfloat16, 128>(stream, a, n_hc, n_splits, split_len, ws);
+    }
+    if (hd <= 32)
+        return launch<__half, 32>(stream, a, n_hc, n_splits, split_len, ws);
+    if (hd <= 64)
+        return launch<__half, 64>(stream, a, n_hc, n_splits, split_len, ws);
+    return launch<__half, 128>(stream, a, n_hc, n_splits, split_len, ws);
+}
