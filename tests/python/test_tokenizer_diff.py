@@ -20,7 +20,7 @@ import pytest
 from tokenizers import Tokenizer
 
 SHARED = os.environ.get("ANVIL_SHARED_DIR", os.path.join(os.path.dirname(__file__), "../../../shared"))
-ANVIL = os.environ.get("ANVIL_BIN", "anvil")
+ANVIL = os.environ.get("ANVIL_BIN", os.path.join(os.path.dirname(__file__), "../../build/anvil"))
 SEED = 20240611
 
 # Code point ranges of many scripts (and some symbols); random picks from
