@@ -20,25 +20,26 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: anvil chat-template --tokenizer DIR [--template FILE] (--jsonl | --messages JSON [options])\n"
-            "\n"
-            "Renders chat messages with a model's chat template, byte for byte as Hugging Face\n"
-            "transformers' apply_chat_template(..., tokenize=False) does.\n"
-            "\n"
-            "  --tokenizer DIR          folder with tokenizer_config.json and/or chat_template.jinja\n"
-            "  --template FILE          use this template instead of the folder's\n"
-            "  --messages JSON          a JSON array of {\"role\", \"content\", ...}; prints the text\n"
-            "  --add-generation-prompt  end with the prompt of the assistant's turn\n"
-            "  --tools JSON             a JSON array of tool schemas\n"
-            "  --documents JSON         a JSON array of documents (retrieval-augmented templates)\n"
-            "  --vars JSON              a JSON object of more template variables (e.g. date_string)\n"
-            "  --bos TEXT, --eos TEXT   override the folder's BOS / EOS tokens\n"
-            "  --jsonl                  read one JSON object a line from stdin: {\"messages\",\n"
-            "                           \"add_generation_prompt\", \"bos_token\"?, \"eos_token\"?, \"tools\"?,\n"
-            "                           any other key is a template variable}; write {\"text\"} or\n"
-            "                           {\"error\"} a line\n"
-            "  -h, --help               this help\n");
+    fprintf(
+        out,
+        "usage: anvil chat-template --tokenizer DIR [--template FILE] (--jsonl | --messages JSON [options])\n"
+        "\n"
+        "Renders chat messages with a model's chat template, byte for byte as Hugging Face\n"
+        "transformers' apply_chat_template(..., tokenize=False) does.\n"
+        "\n"
+        "  --tokenizer DIR          folder with tokenizer_config.json and/or chat_template.jinja\n"
+        "  --template FILE          use this template instead of the folder's\n"
+        "  --messages JSON          a JSON array of {\"role\", \"content\", ...}; prints the text\n"
+        "  --add-generation-prompt  end with the prompt of the assistant's turn\n"
+        "  --tools JSON             a JSON array of tool schemas\n"
+        "  --documents JSON         a JSON array of documents (retrieval-augmented templates)\n"
+        "  --vars JSON              a JSON object of more template variables (e.g. date_string)\n"
+        "  --bos TEXT, --eos TEXT   override the folder's BOS / EOS tokens\n"
+        "  --jsonl                  read one JSON object a line from stdin: {\"messages\",\n"
+        "                           \"add_generation_prompt\", \"bos_token\"?, \"eos_token\"?, \"tools\"?,\n"
+        "                           any other key is a template variable}; write {\"text\"} or\n"
+        "                           {\"error\"} a line\n"
+        "  -h, --help               this help\n");
 }
 
 /* anvil_last_error() without its "file:line: " prefix: the template's own
@@ -86,8 +87,11 @@ static char *render_line(const anvil_chat_template *t, const char *line)
     json_t *val;
     json_object_foreach(in, key, val)
     {
-        static const char *const fixed[] = {"messages", "add_generation_prompt", "bos_token", "eos_token",
-                                            "tools", "documents", "text", "error", NULL};
+        static const char *const fixed[] = {"messages",  "add_generation_prompt",
+                                            "bos_token", "eos_token",
+                                            "tools",     "documents",
+                                            "text",      "error",
+                                            NULL};
         int is_fixed = 0;
         for (int i = 0; fixed[i]; i++)
             is_fixed |= strcmp(key, fixed[i]) == 0;
@@ -190,18 +194,42 @@ int anvil_cmd_chat_template(int argc, char **argv)
     optind = 1;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'k': dir = optarg; break;
-        case 'T': template_file = optarg; break;
-        case 'm': messages = optarg; break;
-        case 'g': opts.add_generation_prompt = 1; break;
-        case 't': opts.tools_json = optarg; break;
-        case 'd': opts.documents_json = optarg; break;
-        case 'v': opts.extra_vars_json = optarg; break;
-        case 'b': opts.bos_token = optarg; break;
-        case 'e': opts.eos_token = optarg; break;
-        case 'j': jsonl = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'k':
+            dir = optarg;
+            break;
+        case 'T':
+            template_file = optarg;
+            break;
+        case 'm':
+            messages = optarg;
+            break;
+        case 'g':
+            opts.add_generation_prompt = 1;
+            break;
+        case 't':
+            opts.tools_json = optarg;
+            break;
+        case 'd':
+            opts.documents_json = optarg;
+            break;
+        case 'v':
+            opts.extra_vars_json = optarg;
+            break;
+        case 'b':
+            opts.bos_token = optarg;
+            break;
+        case 'e':
+            opts.eos_token = optarg;
+            break;
+        case 'j':
+            jsonl = 1;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind < argc || (dir == NULL && template_file == NULL) || (!jsonl && messages == NULL) ||
@@ -218,7 +246,8 @@ int anvil_cmd_chat_template(int argc, char **argv)
         }
     }
     anvil_chat_template *t = NULL;
-    anvil_status st = dir ? anvil_chat_template_load_source(dir, source, &t) : anvil_chat_template_parse(source, &t);
+    anvil_status st =
+        dir ? anvil_chat_template_load_source(dir, source, &t) : anvil_chat_template_parse(source, &t);
     free(source);
     if (st != ANVIL_OK) {
         fprintf(stderr, "anvil chat-template: %s\n", anvil_last_error());

@@ -60,12 +60,13 @@ anvil_status anvil_chat_template_parse(const char *source, anvil_chat_template *
 void anvil_chat_template_free(anvil_chat_template *t);
 
 typedef struct anvil_chat_render_options {
-    int add_generation_prompt;   /* the template's add_generation_prompt variable */
-    const char *bos_token;       /* NULL: the folder's; undefined in the template when it has none */
-    const char *eos_token;       /* likewise */
-    const char *tools_json;      /* a JSON array of tool schemas, or NULL (then `tools` is none) */
-    const char *documents_json;  /* a JSON array of documents for retrieval (RAG), or NULL (none) */
-    const char *extra_vars_json; /* a JSON object of more variables ({"date_string": "26 Jul 2024"}), or NULL */
+    int add_generation_prompt;  /* the template's add_generation_prompt variable */
+    const char *bos_token;      /* NULL: the folder's; undefined in the template when it has none */
+    const char *eos_token;      /* likewise */
+    const char *tools_json;     /* a JSON array of tool schemas, or NULL (then `tools` is none) */
+    const char *documents_json; /* a JSON array of documents for retrieval (RAG), or NULL (none) */
+    const char
+        *extra_vars_json; /* a JSON object of more variables ({"date_string": "26 Jul 2024"}), or NULL */
 } anvil_chat_render_options;
 
 /*

@@ -92,8 +92,8 @@ static anvil_status config_template(const json_t *cfg, const char *path, const j
             return ANVIL_OK;
         }
     }
-    return ANVIL_FAIL(ANVIL_ERR_NOT_FOUND, "%s: chat_template lists several templates and none is named 'default'",
-                      path);
+    return ANVIL_FAIL(ANVIL_ERR_NOT_FOUND,
+                      "%s: chat_template lists several templates and none is named 'default'", path);
 }
 
 anvil_status anvil_chat_template_load(const char *dir, anvil_chat_template **out)
@@ -136,8 +136,10 @@ anvil_status anvil_chat_template_load_source(const char *dir, const char *source
             src_len = json_string_length(js);
         }
     }
-    CHECK_GOTO(src != NULL, ANVIL_ERR_NOT_FOUND, done, "%s has no chat template (no chat_template.jinja, no "
-               "chat_template in tokenizer_config.json)", dir);
+    CHECK_GOTO(src != NULL, ANVIL_ERR_NOT_FOUND, done,
+               "%s has no chat template (no chat_template.jinja, no "
+               "chat_template in tokenizer_config.json)",
+               dir);
     st = parse_into(src, src_len, &t);
     if (st != ANVIL_OK) {
         anvil_error_wrap("%s", source ? "template" : file_src ? jinja_path : cfg_path);
@@ -159,9 +161,15 @@ done:
     return st;
 }
 
-const char *anvil_chat_template_bos_token(const anvil_chat_template *t) { return t ? t->tokens[TOK_BOS] : NULL; }
+const char *anvil_chat_template_bos_token(const anvil_chat_template *t)
+{
+    return t ? t->tokens[TOK_BOS] : NULL;
+}
 
-const char *anvil_chat_template_eos_token(const anvil_chat_template *t) { return t ? t->tokens[TOK_EOS] : NULL; }
+const char *anvil_chat_template_eos_token(const anvil_chat_template *t)
+{
+    return t ? t->tokens[TOK_EOS] : NULL;
+}
 
 static anvil_status parse_json(const char *text, const char *what, json_t **out)
 {
@@ -202,7 +210,8 @@ anvil_status anvil_chat_template_render(const anvil_chat_template *t, const char
     }
     if (opts->extra_vars_json) {
         TRY_GOTO(parse_json(opts->extra_vars_json, "extra variables", &extra), done);
-        CHECK_GOTO(json_is_object(extra), ANVIL_ERR_INVALID_ARG, done, "extra variables must be a JSON object");
+        CHECK_GOTO(json_is_object(extra), ANVIL_ERR_INVALID_ARG, done,
+                   "extra variables must be a JSON object");
     }
 
     int ok = json_object_set(vars, "messages", messages) == 0;

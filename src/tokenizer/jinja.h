@@ -27,10 +27,10 @@ typedef struct jinja_template jinja_template;
 /* What one render may use; a template that goes past one fails with
  * ANVIL_ERR_CAPACITY instead of hanging or exhausting memory. */
 typedef struct jinja_limits {
-    size_t max_output;  /* bytes of rendered text (also each captured block) */
-    size_t max_memory;  /* bytes allocated by one render, values included */
-    int64_t max_steps;  /* statements run + loop iterations + calls */
-    int max_depth;      /* nesting of macro calls and loops */
+    size_t max_output; /* bytes of rendered text (also each captured block) */
+    size_t max_memory; /* bytes allocated by one render, values included */
+    int64_t max_steps; /* statements run + loop iterations + calls */
+    int max_depth;     /* nesting of macro calls and loops */
 } jinja_limits;
 
 /* The defaults: 64 MiB of output, 512 MiB of memory, 20 million steps,

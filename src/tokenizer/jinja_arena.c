@@ -10,8 +10,8 @@
 #include "tokenizer/jinja_internal.h"
 
 #define CHUNK_SIZE ((size_t)32 << 10)
-#define BIG_MIN ((size_t)8 << 10)
-#define ALIGN 16
+#define BIG_MIN    ((size_t)8 << 10)
+#define ALIGN      16
 
 struct jchunk {
     struct jchunk *next;

@@ -16,7 +16,10 @@ static const char *const names[F_COUNT] = {"range", "dict", "namespace", "raise_
 
 #define MAX_RANGE 100000
 
-const char *jglobal_name(int fn) { return fn >= 0 && fn < F_COUNT ? names[fn] : "?"; }
+const char *jglobal_name(int fn)
+{
+    return fn >= 0 && fn < F_COUNT ? names[fn] : "?";
+}
 
 int jglobal_lookup(const char *name, size_t len, jv *out)
 {
@@ -58,13 +61,16 @@ static jv do_range(jctx *c, jargs *a)
     /* the count without overflow */
     int64_t n = 0;
     if (step > 0 && start < stop)
-        n = (int64_t)(((unsigned long long)stop - (unsigned long long)start - 1ULL) / (unsigned long long)step + 1ULL);
+        n = (int64_t)(((unsigned long long)stop - (unsigned long long)start - 1ULL) /
+                          (unsigned long long)step +
+                      1ULL);
     else if (step < 0 && start > stop)
         n = (int64_t)(((unsigned long long)start - (unsigned long long)stop - 1ULL) /
                           (unsigned long long)(-(step + 1) + 1ULL) +
                       1ULL);
     if (n > MAX_RANGE || n < 0)
-        jfail(c, JE_OVERFLOW, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).", MAX_RANGE);
+        jfail(c, JE_OVERFLOW, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (%d).",
+              MAX_RANGE);
     jv r = jv_list(c, (size_t)n);
     for (int64_t k = 0; k < n; k++)
         r.u.l->v[k] = jv_int(start + k * step);
@@ -87,8 +93,8 @@ static jv do_dict(jctx *c, jargs *a, int ns)
             for (size_t i = 0; i < pairs->n; i++) {
                 jlist *kv = jv_iter_list(c, pairs->v[i]);
                 if (kv->n != 2)
-                    jfail(c, JE_VALUE, "dictionary update sequence element #%zu has length %zu; 2 is required", i,
-                          kv->n);
+                    jfail(c, JE_VALUE,
+                          "dictionary update sequence element #%zu has length %zu; 2 is required", i, kv->n);
                 jdict_set(c, d.u.d, kv->v[0], kv->v[1]);
             }
         }
@@ -123,16 +129,20 @@ static jv do_strftime(jctx *c, jargs *a)
 jv jglobal_call(jctx *c, int fn, jargs *a)
 {
     switch (fn) {
-    case F_RANGE: return do_range(c, a);
-    case F_DICT: return do_dict(c, a, 0);
-    case F_NAMESPACE: return do_dict(c, a, 1);
+    case F_RANGE:
+        return do_range(c, a);
+    case F_DICT:
+        return do_dict(c, a, 0);
+    case F_NAMESPACE:
+        return do_dict(c, a, 1);
     case F_RAISE: {
         jv msg = a->npos > 0 ? a->pos[0] : jv_undef_plain();
         jbuf b = {0};
         jv_str_into(c, &b, msg);
         jfail(c, JE_TEMPLATE, "%s", b.p ? b.p : "");
     }
-    case F_STRFTIME: return do_strftime(c, a);
+    case F_STRFTIME:
+        return do_strftime(c, a);
     }
     jfail(c, JE_RUNTIME, "unknown function");
 }

@@ -115,7 +115,7 @@ static const struct {
     {0xfb17, {{0xfb17, 0x0, 0x0}, {0x544, 0x53d, 0x0}, {0x544, 0x56d, 0x0}}},
 };
 
-int py_special_case(uint32_t cp, int mode, uint32_t out[3])
+int jpy_special_case(uint32_t cp, int mode, uint32_t out[3])
 {
     size_t lo = 0, hi = sizeof special / sizeof special[0];
     while (lo < hi) {

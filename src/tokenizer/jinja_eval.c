@@ -25,7 +25,10 @@ static jscope *scope_new(jctx *c, jscope *parent)
     return s;
 }
 
-static void scope_set(jctx *c, jscope *s, jstr *name, jv v) { jdict_set(c, &s->vars, jv_strv(name), v); }
+static void scope_set(jctx *c, jscope *s, jstr *name, jv v)
+{
+    jdict_set(c, &s->vars, jv_strv(name), v);
+}
 
 static int scope_lookup(jctx *c, jscope *s, const jstr *name, jv *out)
 {
@@ -157,11 +160,17 @@ jv jcall_value(jctx *c, jscope *s, jv callee, jargs *args)
 {
     (void)s;
     switch ((jkind)callee.k) {
-    case JK_MACRO: return call_macro(c, callee.u.m, args, jv_undef_plain());
-    case JK_FUNC: return jglobal_call(c, callee.u.fn, args);
-    case JK_METHOD: return jmethod_call(c, callee.u.mt, args);
-    case JK_UNDEF: jv_check_defined(c, callee); break;
-    default: break;
+    case JK_MACRO:
+        return call_macro(c, callee.u.m, args, jv_undef_plain());
+    case JK_FUNC:
+        return jglobal_call(c, callee.u.fn, args);
+    case JK_METHOD:
+        return jmethod_call(c, callee.u.mt, args);
+    case JK_UNDEF:
+        jv_check_defined(c, callee);
+        break;
+    default:
+        break;
     }
     jfail(c, JE_TYPE, "'%s' object is not callable", jv_type_name(callee));
 }
@@ -211,7 +220,8 @@ static void check_hashable(jctx *c, jv k)
 static jv eval_inner(jctx *c, jscope *s, const jnode *n)
 {
     switch ((jnode_kind)n->kind) {
-    case E_CONST: return n->cst;
+    case E_CONST:
+        return n->cst;
     case E_NAME: {
         jv v;
         if (scope_lookup(c, s, n->str, &v))
@@ -240,7 +250,8 @@ static jv eval_inner(jctx *c, jscope *s, const jnode *n)
         jstep(c);
         return jcall_value(c, s, callee, &a);
     }
-    case E_FILTER: return run_filter(c, s, n, jv_undef_plain(), 0);
+    case E_FILTER:
+        return run_filter(c, s, n, jv_undef_plain(), 0);
     case E_TEST: {
         jv v = jeval(c, s, n->a);
         jargs a;
@@ -254,9 +265,12 @@ static jv eval_inner(jctx *c, jscope *s, const jnode *n)
         jv b = jeval(c, s, n->b);
         return jop_binary(c, n->op, a, b);
     }
-    case E_NEG: return jop_neg(c, jeval(c, s, n->a));
-    case E_POS: return jop_pos(c, jeval(c, s, n->a));
-    case E_NOT: return jv_bool(!jv_truthy(jeval(c, s, n->a)));
+    case E_NEG:
+        return jop_neg(c, jeval(c, s, n->a));
+    case E_POS:
+        return jop_pos(c, jeval(c, s, n->a));
+    case E_NOT:
+        return jv_bool(!jv_truthy(jeval(c, s, n->a)));
     case E_AND: {
         jv a = jeval(c, s, n->a);
         return jv_truthy(a) ? jeval(c, s, n->b) : a;
@@ -265,7 +279,8 @@ static jv eval_inner(jctx *c, jscope *s, const jnode *n)
         jv a = jeval(c, s, n->a);
         return jv_truthy(a) ? a : jeval(c, s, n->b);
     }
-    case E_COMPARE: return eval_compare(c, s, n);
+    case E_COMPARE:
+        return eval_compare(c, s, n);
     case E_CONCAT: {
         jbuf b = {0};
         for (int i = 0; i < n->nv; i++)
@@ -277,9 +292,9 @@ static jv eval_inner(jctx *c, jscope *s, const jnode *n)
             return jeval(c, s, n->b);
         if (n->c)
             return jeval(c, s, n->c);
-        return jv_undef(c,
-                        "the inline if-expression on line %d evaluated to false and no else section was defined.",
-                        n->line);
+        return jv_undef(
+            c, "the inline if-expression on line %d evaluated to false and no else section was defined.",
+            n->line);
     }
     case E_LIST:
     case E_TUPLE: {
@@ -299,8 +314,10 @@ static jv eval_inner(jctx *c, jscope *s, const jnode *n)
         return d;
     }
     case E_NSREF:
-    case E_SLICE: break;
-    default: break;
+    case E_SLICE:
+        break;
+    default:
+        break;
     }
     jfail(c, JE_RUNTIME, "internal error: node %d is not an expression", n->kind);
 }
@@ -391,14 +408,21 @@ static int exec(jctx *c, jscope *s, const jnode *n)
 {
     jstep(c);
     switch ((jnode_kind)n->kind) {
-    case N_TEXT: jbuf_put(c, c->out, n->str->s, n->str->len); return X_OK;
-    case N_OUTPUT: jv_str_into(c, c->out, jeval(c, s, n->a)); return X_OK;
+    case N_TEXT:
+        jbuf_put(c, c->out, n->str->s, n->str->len);
+        return X_OK;
+    case N_OUTPUT:
+        jv_str_into(c, c->out, jeval(c, s, n->a));
+        return X_OK;
     case N_IF:
         if (jv_truthy(jeval(c, s, n->a)))
             return exec_body(c, s, n->v, n->nv);
         return exec_body(c, s, n->w, n->nw);
-    case N_FOR: return exec_for(c, s, n);
-    case N_SET: assign(c, s, n->a, jeval(c, s, n->b)); return X_OK;
+    case N_FOR:
+        return exec_for(c, s, n);
+    case N_SET:
+        assign(c, s, n->a, jeval(c, s, n->b));
+        return X_OK;
     case N_SET_BLOCK: {
         int code;
         jstr *text = capture(c, scope_new(c, s), n->v, n->nv, &code);
@@ -449,9 +473,12 @@ static int exec(jctx *c, jscope *s, const jnode *n)
     case N_GENERATION:
         /* a block that is not scoped sees the top level, not the loop around it */
         return exec_body(c, scope_new(c, n->op == 1 ? c->root : s), n->v, n->nv);
-    case N_BREAK: return X_BREAK;
-    case N_CONTINUE: return X_CONTINUE;
-    default: break;
+    case N_BREAK:
+        return X_BREAK;
+    case N_CONTINUE:
+        return X_CONTINUE;
+    default:
+        break;
     }
     jfail(c, JE_RUNTIME, "internal error: node %d is not a statement", n->kind);
 }
@@ -471,9 +498,12 @@ static int exec_body(jctx *c, jscope *s, jnode *const *body, int n)
 static anvil_status status_of(int kind)
 {
     switch (kind) {
-    case JE_LIMIT: return ANVIL_ERR_CAPACITY;
-    case JE_UNSUPPORTED: return ANVIL_ERR_UNSUPPORTED;
-    default: return ANVIL_ERR_INVALID_ARG;
+    case JE_LIMIT:
+        return ANVIL_ERR_CAPACITY;
+    case JE_UNSUPPORTED:
+        return ANVIL_ERR_UNSUPPORTED;
+    default:
+        return ANVIL_ERR_INVALID_ARG;
     }
 }
 

@@ -176,7 +176,7 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
             if (prec >= 0) {
                 size_t k = 0;
                 for (int64_t q = 0; q < prec && k < piece.n; q++)
-                    u8_next(piece.p, piece.n, &k);
+                    ju8_next(piece.p, piece.n, &k);
                 len = k;
             }
             put_padded(c, &b, piece.p ? piece.p : "", len, width, align, ' ');
@@ -192,11 +192,19 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
             char spec = conv == 'i' || conv == 'u' ? 'd' : conv;
             unsigned long long mag = v < 0 ? (unsigned long long)(-(v + 1)) + 1ULL : (unsigned long long)v;
             char digits[96];
-            snprintf(digits, sizeof digits, spec == 'x' ? "%llx" : spec == 'X' ? "%llX" : spec == 'o' ? "%llo" : "%llu",
+            snprintf(digits, sizeof digits,
+                     spec == 'x'   ? "%llx"
+                     : spec == 'X' ? "%llX"
+                     : spec == 'o' ? "%llo"
+                                   : "%llu",
                      mag);
             size_t nd = strlen(digits);
             const char *sign = v < 0 ? "-" : strchr(flags, '+') ? "+" : strchr(flags, ' ') ? " " : "";
-            const char *prefix = !strchr(flags, '#') ? "" : spec == 'x' ? "0x" : spec == 'X' ? "0X" : spec == 'o' ? "0o" : "";
+            const char *prefix = !strchr(flags, '#') ? ""
+                                 : spec == 'x'       ? "0x"
+                                 : spec == 'X'       ? "0X"
+                                 : spec == 'o'       ? "0o"
+                                                     : "";
             int64_t zeros = prec > (int64_t)nd ? prec - (int64_t)nd : 0;
             if (strchr(flags, '0') && !left && width >= 0) {
                 int64_t body = (int64_t)(strlen(sign) + strlen(prefix)) + zeros + (int64_t)nd;
@@ -219,8 +227,8 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
         case 'G': {
             double v = num_as_double(c, arg, conv);
             snprintf(cfmt, sizeof cfmt, "%%%s%s%s%s%s*.*%c", strchr(flags, '-') ? "-" : "",
-                     strchr(flags, '+') ? "+" : "", strchr(flags, ' ') ? " " : "", strchr(flags, '#') ? "#" : "",
-                     strchr(flags, '0') && !left ? "0" : "", conv);
+                     strchr(flags, '+') ? "+" : "", strchr(flags, ' ') ? " " : "",
+                     strchr(flags, '#') ? "#" : "", strchr(flags, '0') && !left ? "0" : "", conv);
             snprintf(tmp, sizeof tmp, cfmt, width < 0 ? 0 : (int)width, prec < 0 ? 6 : (int)prec, v);
             jbuf_puts(c, &b, tmp);
             continue;
@@ -232,7 +240,7 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
                 if (arg.u.i < 0 || arg.u.i > 0x10ffff || (arg.u.i >= 0xd800 && arg.u.i <= 0xdfff))
                     jfail(c, JE_OVERFLOW, "%%c arg not in range(0x110000)");
                 char enc[4];
-                size_t k = u8_encode((uint32_t)arg.u.i, enc);
+                size_t k = ju8_encode((uint32_t)arg.u.i, enc);
                 put_padded(c, &b, enc, k, width, align, ' ');
             } else {
                 jfail(c, JE_TYPE, "%%c requires int or char");
@@ -240,8 +248,8 @@ jv jop_percent_format(jctx *c, const jstr *fmt, jv args)
             continue;
         }
         default:
-            jfail(c, JE_VALUE, "unsupported format character '%c' (0x%x) at index %zu", conv, (unsigned char)conv,
-                  i - 1 - start + start);
+            jfail(c, JE_VALUE, "unsupported format character '%c' (0x%x) at index %zu", conv,
+                  (unsigned char)conv, i - 1 - start + start);
         }
     }
     if (next < npos && !used_mapping && !(mapping && npos == 1))
@@ -273,7 +281,7 @@ static void parse_spec(jctx *c, const char *s, size_t n, spec *sp)
     /* [[fill]align] */
     if (n > 0) {
         size_t k = 0;
-        uint32_t cp = u8_next(s, n, &k);
+        uint32_t cp = ju8_next(s, n, &k);
         if (k < n && strchr("<>=^", s[k]) && s[k] != '\0') {
             sp->fill = cp;
             sp->align = s[k];
@@ -321,7 +329,8 @@ static void group_digits(char *digits, size_t cap, char sep)
 {
     /* digits: optional sign then [0-9]+ then the rest (fraction) */
     char out[600];
-    size_t len = strlen(digits), start = (digits[0] == '-' || digits[0] == '+' || digits[0] == ' ') ? 1 : 0, end = start;
+    size_t len = strlen(digits), start = (digits[0] == '-' || digits[0] == '+' || digits[0] == ' ') ? 1 : 0,
+           end = start;
     while (end < len && digits[end] >= '0' && digits[end] <= '9')
         end++;
     size_t o = 0;
@@ -355,7 +364,7 @@ static void format_value(jctx *c, jbuf *b, jv v, const spec *sp)
         if (sp->prec >= 0) {
             size_t k = 0;
             for (int64_t q = 0; q < sp->prec && k < v.u.s->len; q++)
-                u8_next(v.u.s->s, v.u.s->len, &k);
+                ju8_next(v.u.s->s, v.u.s->len, &k);
             len = k;
         }
         put_padded(c, b, v.u.s->s, len, sp->width, align, fill);
@@ -372,7 +381,7 @@ static void format_value(jctx *c, jbuf *b, jv v, const spec *sp)
         char t = sp->type ? sp->type : 'd';
         if (t == 'c') {
             char enc[4];
-            size_t k = u8_encode((uint32_t)x, enc);
+            size_t k = ju8_encode((uint32_t)x, enc);
             put_padded(c, b, enc, k, sp->width, align, fill);
             return;
         }
@@ -387,21 +396,36 @@ static void format_value(jctx *c, jbuf *b, jv v, const spec *sp)
                 digits[q] = rev[k - 1 - q];
             digits[k] = '\0';
         } else {
-            snprintf(digits, sizeof digits, t == 'x' ? "%llx" : t == 'X' ? "%llX" : t == 'o' ? "%llo" : "%llu", mag);
+            snprintf(digits, sizeof digits,
+                     t == 'x'   ? "%llx"
+                     : t == 'X' ? "%llX"
+                     : t == 'o' ? "%llo"
+                                : "%llu",
+                     mag);
         }
-        const char *prefix = !sp->alt ? "" : t == 'x' ? "0x" : t == 'X' ? "0X" : t == 'o' ? "0o" : t == 'b' ? "0b" : "";
-        snprintf(tmp, sizeof tmp, "%s%s%s", x < 0 ? "-" : sp->sign == '+' ? "+" : sp->sign == ' ' ? " " : "", prefix,
-                 digits);
+        const char *prefix = !sp->alt   ? ""
+                             : t == 'x' ? "0x"
+                             : t == 'X' ? "0X"
+                             : t == 'o' ? "0o"
+                             : t == 'b' ? "0b"
+                                        : "";
+        snprintf(tmp, sizeof tmp, "%s%s%s",
+                 x < 0             ? "-"
+                 : sp->sign == '+' ? "+"
+                 : sp->sign == ' ' ? " "
+                                   : "",
+                 prefix, digits);
         if (sp->group)
             group_digits(tmp, sizeof tmp, sp->group);
         put_padded(c, b, tmp, strlen(tmp), sp->width, align, fill);
         return;
     }
-    if ((v.k == JK_INT || v.k == JK_BOOL || v.k == JK_FLOAT) && (sp->type == 0 || strchr("eEfFgG%", sp->type))) {
+    if ((v.k == JK_INT || v.k == JK_BOOL || v.k == JK_FLOAT) &&
+        (sp->type == 0 || strchr("eEfFgG%", sp->type))) {
         double x = v.k == JK_FLOAT ? v.u.f : (double)v.u.i;
         char t = sp->type;
         if (t == 0 && sp->prec < 0) {
-            py_float_repr(x, tmp);
+            jpy_float_repr(x, tmp);
             if (sp->sign == '+' && x >= 0) {
                 memmove(tmp + 1, tmp, strlen(tmp) + 1);
                 tmp[0] = '+';
@@ -412,8 +436,11 @@ static void format_value(jctx *c, jbuf *b, jv v, const spec *sp)
                 x *= 100.0;
             char ct = t == 0 ? 'g' : t == '%' ? 'f' : t;
             char cf[16];
-            snprintf(cf, sizeof cf, "%%%s%s.*%c", sp->sign == '+' ? "+" : sp->sign == ' ' ? " " : "", sp->alt ? "#" : "",
-                     ct);
+            snprintf(cf, sizeof cf, "%%%s%s.*%c",
+                     sp->sign == '+'   ? "+"
+                     : sp->sign == ' ' ? " "
+                                       : "",
+                     sp->alt ? "#" : "", ct);
             snprintf(tmp, sizeof tmp, cf, prec, x);
             if (t == '%')
                 strncat(tmp, "%", sizeof tmp - strlen(tmp) - 1);
@@ -471,7 +498,8 @@ jv jformat_str_method(jctx *c, const jstr *fmt, jargs *a)
         jv v;
         if (k == 0) {
             if (manual)
-                jfail(c, JE_VALUE, "cannot switch from manual field specification to automatic field numbering");
+                jfail(c, JE_VALUE,
+                      "cannot switch from manual field specification to automatic field numbering");
             if (auto_idx >= a->npos)
                 jfail(c, JE_INDEX, "Replacement index %d out of range for positional args tuple", auto_idx);
             v = a->pos[auto_idx++];
@@ -484,7 +512,8 @@ jv jformat_str_method(jctx *c, const jstr *fmt, jargs *a)
             }
             manual = 1;
             if (idx >= a->npos)
-                jfail(c, JE_INDEX, "Replacement index %" PRId64 " out of range for positional args tuple", idx);
+                jfail(c, JE_INDEX, "Replacement index %" PRId64 " out of range for positional args tuple",
+                      idx);
             v = a->pos[idx];
         } else {
             int found = 0;

@@ -51,8 +51,8 @@ typedef enum jkind {
     JK_LIST,
     JK_TUPLE,
     JK_DICT,
-    JK_NS,     /* namespace(): a mutable dict with attribute syntax */
-    JK_LOOP,   /* the loop variable of a for loop */
+    JK_NS,   /* namespace(): a mutable dict with attribute syntax */
+    JK_LOOP, /* the loop variable of a for loop */
     JK_MACRO,
     JK_FUNC,   /* a global function: range, namespace, raise_exception, ... */
     JK_METHOD, /* a bound method: 'abc'.upper, d.items, loop.cycle */
@@ -86,8 +86,8 @@ typedef struct jv {
 typedef struct jlist {
     size_t n, cap;
     jv *v;
-    size_t pos;    /* JK_GEN: the items already consumed */
-    jstr *err;     /* JK_GEN: raised when consumed (jinja2 fails lazily), or NULL */
+    size_t pos; /* JK_GEN: the items already consumed */
+    jstr *err;  /* JK_GEN: raised when consumed (jinja2 fails lazily), or NULL */
     int err_kind;
     const char *gen_type; /* JK_GEN: Python's type name when not "generator" */
 } jlist;
@@ -138,7 +138,7 @@ enum {
     JE_INDEX,     /* IndexError */
     JE_LIMIT,     /* anvil's resource limits */
     JE_UNSUPPORTED,
-    JE_ATTRIBUTE, /* AttributeError */
+    JE_ATTRIBUTE,  /* AttributeError */
     JE_FILTER_ARG, /* FilterArgumentError */
 };
 
@@ -204,41 +204,41 @@ typedef struct jtok {
 
 typedef enum jnode_kind {
     /* statements */
-    N_TEXT,        /* str */
-    N_OUTPUT,      /* a */
-    N_IF,          /* a test, v body, w else (an elif is an N_IF alone in w) */
-    N_FOR,         /* a target, b iterable, c filter or NULL, v body, w else */
-    N_SET,         /* a target, b value */
-    N_SET_BLOCK,   /* a target, c filter chain or NULL, v body */
-    N_MACRO,       /* str name, names params, w defaults (for the last nw params), v body */
-    N_CALL_BLOCK,  /* a the call, names/w caller params and defaults, v body */
-    N_FILTER_BLOCK,/* c filter chain (innermost input NULL), v body */
-    N_WITH,        /* names targets, w values, v body */
-    N_GENERATION,  /* v body */
+    N_TEXT,         /* str */
+    N_OUTPUT,       /* a */
+    N_IF,           /* a test, v body, w else (an elif is an N_IF alone in w) */
+    N_FOR,          /* a target, b iterable, c filter or NULL, v body, w else */
+    N_SET,          /* a target, b value */
+    N_SET_BLOCK,    /* a target, c filter chain or NULL, v body */
+    N_MACRO,        /* str name, names params, w defaults (for the last nw params), v body */
+    N_CALL_BLOCK,   /* a the call, names/w caller params and defaults, v body */
+    N_FILTER_BLOCK, /* c filter chain (innermost input NULL), v body */
+    N_WITH,         /* names targets, w values, v body */
+    N_GENERATION,   /* v body */
     N_BREAK,
     N_CONTINUE,
     /* expressions */
-    E_CONST,       /* cst */
-    E_NAME,        /* str */
-    E_NSREF,       /* str namespace name, str2 attribute (assignment target) */
-    E_GETATTR,     /* a object, str attribute */
-    E_GETITEM,     /* a object, b key (an E_SLICE for slices) */
-    E_SLICE,       /* a start, b stop, c step; each may be NULL */
-    E_CALL,        /* a callee, v positional, w keyword values, names keyword names */
-    E_FILTER,      /* a input (NULL inside a filter block), str name, fid, args like E_CALL */
-    E_TEST,        /* a input, str name, fid, args like E_CALL */
-    E_BIN,         /* op, a, b */
+    E_CONST,   /* cst */
+    E_NAME,    /* str */
+    E_NSREF,   /* str namespace name, str2 attribute (assignment target) */
+    E_GETATTR, /* a object, str attribute */
+    E_GETITEM, /* a object, b key (an E_SLICE for slices) */
+    E_SLICE,   /* a start, b stop, c step; each may be NULL */
+    E_CALL,    /* a callee, v positional, w keyword values, names keyword names */
+    E_FILTER,  /* a input (NULL inside a filter block), str name, fid, args like E_CALL */
+    E_TEST,    /* a input, str name, fid, args like E_CALL */
+    E_BIN,     /* op, a, b */
     E_NEG,
     E_POS,
     E_NOT,
     E_AND,
     E_OR,
-    E_COMPARE,     /* a first, v operands, ops */
-    E_CONCAT,      /* v parts */
-    E_COND,        /* a test, b value if true, c value if false or NULL */
-    E_LIST,        /* v */
-    E_TUPLE,       /* v */
-    E_DICT,        /* v keys, w values */
+    E_COMPARE, /* a first, v operands, ops */
+    E_CONCAT,  /* v parts */
+    E_COND,    /* a test, b value if true, c value if false or NULL */
+    E_LIST,    /* v */
+    E_TUPLE,   /* v */
+    E_DICT,    /* v keys, w values */
 } jnode_kind;
 
 typedef struct jnode {
@@ -281,11 +281,11 @@ typedef struct jctx {
     int err_kind;
     jinja_limits lim;
     int64_t steps;
-    int depth;      /* macro calls and loops */
-    int eval_depth; /* expression recursion */
-    int vdepth;     /* value recursion (repr, tojson) */
-    jbuf *out;          /* where output goes now (captures swap it) */
-    jdict *context;     /* the variables the caller passed */
+    int depth;           /* macro calls and loops */
+    int eval_depth;      /* expression recursion */
+    int vdepth;          /* value recursion (repr, tojson) */
+    jbuf *out;           /* where output goes now (captures swap it) */
+    jdict *context;      /* the variables the caller passed */
     struct jscope *root; /* the template's top-level scope */
 } jctx;
 
@@ -316,17 +316,41 @@ void jbuf_put_cp(jctx *c, jbuf *b, uint32_t cp);
 jstr *jbuf_str(jctx *c, const jbuf *b);
 
 /* UTF-8 over valid input */
-uint32_t u8_next(const char *s, size_t len, size_t *i);
-size_t u8_encode(uint32_t cp, char out[4]);
-int u8_valid(const char *s, size_t len);
-int py_isspace(uint32_t cp);
+uint32_t ju8_next(const char *s, size_t len, size_t *i);
+size_t ju8_encode(uint32_t cp, char out[4]);
+int ju8_valid(const char *s, size_t len);
+int jpy_isspace(uint32_t cp);
 
 /* ---- values (jinja_value.c) */
-static inline jv jv_none(void) { jv v = {.k = JK_NONE}; return v; }
-static inline jv jv_bool(int b) { jv v = {.k = JK_BOOL}; v.u.i = b ? 1 : 0; return v; }
-static inline jv jv_int(int64_t i) { jv v = {.k = JK_INT}; v.u.i = i; return v; }
-static inline jv jv_float(double f) { jv v = {.k = JK_FLOAT}; v.u.f = f; return v; }
-static inline jv jv_strv(jstr *s) { jv v = {.k = JK_STR}; v.u.s = s; return v; }
+static inline jv jv_none(void)
+{
+    jv v = {.k = JK_NONE};
+    return v;
+}
+static inline jv jv_bool(int b)
+{
+    jv v = {.k = JK_BOOL};
+    v.u.i = b ? 1 : 0;
+    return v;
+}
+static inline jv jv_int(int64_t i)
+{
+    jv v = {.k = JK_INT};
+    v.u.i = i;
+    return v;
+}
+static inline jv jv_float(double f)
+{
+    jv v = {.k = JK_FLOAT};
+    v.u.f = f;
+    return v;
+}
+static inline jv jv_strv(jstr *s)
+{
+    jv v = {.k = JK_STR};
+    v.u.s = s;
+    return v;
+}
 jv jv_str(jctx *c, const char *s, size_t len);
 jv jv_cstr(jctx *c, const char *s);
 /* An undefined value that raises "UndefinedError: <message>" when used. */
@@ -360,8 +384,8 @@ void jv_check_defined(jctx *c, jv v);
 void jv_str_into(jctx *c, jbuf *b, jv v);
 void jv_repr_into(jctx *c, jbuf *b, jv v);
 jstr *jv_to_jstr(jctx *c, jv v);
-void py_float_repr(double f, char out[32]);
-void py_str_repr_into(jctx *c, jbuf *b, const char *s, size_t len);
+void jpy_float_repr(double f, char out[32]);
+void jpy_str_repr_into(jctx *c, jbuf *b, const char *s, size_t len);
 
 /* len(); TypeError for values without a length. */
 int64_t jv_len(jctx *c, jv v);
@@ -413,20 +437,35 @@ jv jformat_str_method(jctx *c, const jstr *fmt, jargs *a);
 jv jglobal_call(jctx *c, int fn, jargs *args);
 const char *jglobal_name(int fn);
 
-/* ---- filters and tests (jinja_filters.c, jinja_tests.c) */
+/* ---- filters and tests (jinja_filters.c, jinja_filters_seq.c, jinja_tests.c) */
+/* the sequence filters, with jinja2's names (jinja_filters_seq.c) */
+jv jf_dictsort(jctx *c, jv v, jargs *a, const char *name);
+jv jf_first_last(jctx *c, jv v, jargs *a, const char *name);
+jv jf_groupby(jctx *c, jv v, jargs *a, const char *name);
+jv jf_items(jctx *c, jv v, jargs *a, const char *name);
+jv jf_join(jctx *c, jv v, jargs *a, const char *name);
+jv jf_list(jctx *c, jv v, jargs *a, const char *name);
+jv jf_map(jctx *c, jv v, jargs *a, const char *name);
+jv jf_select(jctx *c, jv v, jargs *a, const char *name);
+jv jf_minmax(jctx *c, jv v, jargs *a, const char *name);
+jv jf_batch(jctx *c, jv v, jargs *a, const char *name);
+jv jf_reverse(jctx *c, jv v, jargs *a, const char *name);
+jv jf_sort(jctx *c, jv v, jargs *a, const char *name);
+jv jf_sum(jctx *c, jv v, jargs *a, const char *name);
+jv jf_unique(jctx *c, jv v, jargs *a, const char *name);
 int jfilter_find(const char *name, size_t len);
 jv jfilter_apply(jctx *c, int fid, jv v, jargs *args);
 int jtest_find(const char *name, size_t len);
 int jtest_apply(jctx *c, int tid, jv v, jargs *args);
 /* Python-style string helpers shared by filters and methods */
-jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right);
-jstr *py_case(jctx *c, const jstr *s, int mode); /* 0 lower, 1 upper, 2 title, 3 capitalize, 4 swapcase */
+jstr *jpy_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right);
+jstr *jpy_case(jctx *c, const jstr *s, int mode); /* 0 lower, 1 upper, 2 title, 3 capitalize, 4 swapcase */
 /* The multi-character case mapping of cp (mode 0 lower, 1 upper, 2 title):
  * the count written to out, 0 when cp maps to one character (jinja_casing.c) */
-int py_special_case(uint32_t cp, int mode, uint32_t out[3]);
-jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count);
-jv py_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right);
-jv py_splitlines(jctx *c, const jstr *s, int keepends);
+int jpy_special_case(uint32_t cp, int mode, uint32_t out[3]);
+jstr *jpy_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count);
+jv jpy_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right);
+jv jpy_splitlines(jctx *c, const jstr *s, int keepends);
 
 /* ---- JSON (jinja_json.c) */
 typedef struct jjson_opts {

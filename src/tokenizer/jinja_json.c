@@ -42,11 +42,21 @@ jv jjson_to_value(jctx *c, const json_t *j)
         r = jv_str(c, s, n);
         break;
     }
-    case JSON_INTEGER: r = jv_int((int64_t)json_integer_value(j)); break;
-    case JSON_REAL: r = jv_float(json_real_value(j)); break;
-    case JSON_TRUE: r = jv_bool(1); break;
-    case JSON_FALSE: r = jv_bool(0); break;
-    default: r = jv_none(); break;
+    case JSON_INTEGER:
+        r = jv_int((int64_t)json_integer_value(j));
+        break;
+    case JSON_REAL:
+        r = jv_float(json_real_value(j));
+        break;
+    case JSON_TRUE:
+        r = jv_bool(1);
+        break;
+    case JSON_FALSE:
+        r = jv_bool(0);
+        break;
+    default:
+        r = jv_none();
+        break;
     }
     c->vdepth--;
     return r;
@@ -71,7 +81,7 @@ static void dump_string(jctx *c, jbuf *b, const char *s, size_t len, int ensure_
         unsigned char ch = (unsigned char)s[i];
         char esc[16];
         if (ch >= 0x80) {
-            uint32_t cp = u8_next(s, len, &i);
+            uint32_t cp = ju8_next(s, len, &i);
             if (cp >= 0x10000) {
                 uint32_t v = cp - 0x10000;
                 snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xd800 + (v >> 10), 0xdc00 + (v & 0x3ff));
@@ -83,13 +93,27 @@ static void dump_string(jctx *c, jbuf *b, const char *s, size_t len, int ensure_
         }
         i++;
         switch (ch) {
-        case '"': jbuf_put(c, b, "\\\"", 2); break;
-        case '\\': jbuf_put(c, b, "\\\\", 2); break;
-        case '\n': jbuf_put(c, b, "\\n", 2); break;
-        case '\r': jbuf_put(c, b, "\\r", 2); break;
-        case '\t': jbuf_put(c, b, "\\t", 2); break;
-        case '\b': jbuf_put(c, b, "\\b", 2); break;
-        case '\f': jbuf_put(c, b, "\\f", 2); break;
+        case '"':
+            jbuf_put(c, b, "\\\"", 2);
+            break;
+        case '\\':
+            jbuf_put(c, b, "\\\\", 2);
+            break;
+        case '\n':
+            jbuf_put(c, b, "\\n", 2);
+            break;
+        case '\r':
+            jbuf_put(c, b, "\\r", 2);
+            break;
+        case '\t':
+            jbuf_put(c, b, "\\t", 2);
+            break;
+        case '\b':
+            jbuf_put(c, b, "\\b", 2);
+            break;
+        case '\f':
+            jbuf_put(c, b, "\\f", 2);
+            break;
         default:
             snprintf(esc, sizeof esc, "\\u%04x", ch);
             jbuf_puts(c, b, esc);
@@ -109,7 +133,7 @@ static void dump_float(jctx *c, jbuf *b, double f)
     else if (f < -1.7976931348623157e308)
         jbuf_puts(c, b, "-Infinity");
     else {
-        py_float_repr(f, tmp);
+        jpy_float_repr(f, tmp);
         jbuf_puts(c, b, tmp);
     }
 }
@@ -128,13 +152,19 @@ static void dump_key(jctx *c, jbuf *b, jv k, const jjson_opts *o)
 {
     char tmp[64];
     switch ((jkind)k.k) {
-    case JK_STR: dump_string(c, b, k.u.s->s, k.u.s->len, o->ensure_ascii); return;
+    case JK_STR:
+        dump_string(c, b, k.u.s->s, k.u.s->len, o->ensure_ascii);
+        return;
     case JK_INT:
         snprintf(tmp, sizeof tmp, "\"%lld\"", (long long)k.u.i);
         jbuf_puts(c, b, tmp);
         return;
-    case JK_BOOL: jbuf_puts(c, b, k.u.i ? "\"true\"" : "\"false\""); return;
-    case JK_NONE: jbuf_puts(c, b, "\"null\""); return;
+    case JK_BOOL:
+        jbuf_puts(c, b, k.u.i ? "\"true\"" : "\"false\"");
+        return;
+    case JK_NONE:
+        jbuf_puts(c, b, "\"null\"");
+        return;
     case JK_FLOAT: {
         jbuf t = {0};
         dump_float(c, &t, k.u.f);
@@ -143,7 +173,8 @@ static void dump_key(jctx *c, jbuf *b, jv k, const jjson_opts *o)
         jbuf_putc(c, b, '"');
         return;
     }
-    default: jfail(c, JE_TYPE, "keys must be str, int, float, bool or None, not %s", jv_type_name(k));
+    default:
+        jfail(c, JE_TYPE, "keys must be str, int, float, bool or None, not %s", jv_type_name(k));
     }
 }
 
@@ -204,14 +235,22 @@ static void dump(jctx *c, jbuf *b, jv v, const jjson_opts *o, int level)
         jfail(c, JE_LIMIT, "value nested too deeply for tojson");
     jstep(c);
     switch ((jkind)v.k) {
-    case JK_NONE: jbuf_puts(c, b, "null"); break;
-    case JK_BOOL: jbuf_puts(c, b, v.u.i ? "true" : "false"); break;
+    case JK_NONE:
+        jbuf_puts(c, b, "null");
+        break;
+    case JK_BOOL:
+        jbuf_puts(c, b, v.u.i ? "true" : "false");
+        break;
     case JK_INT:
         snprintf(tmp, sizeof tmp, "%lld", (long long)v.u.i);
         jbuf_puts(c, b, tmp);
         break;
-    case JK_FLOAT: dump_float(c, b, v.u.f); break;
-    case JK_STR: dump_string(c, b, v.u.s->s, v.u.s->len, o->ensure_ascii); break;
+    case JK_FLOAT:
+        dump_float(c, b, v.u.f);
+        break;
+    case JK_STR:
+        dump_string(c, b, v.u.s->s, v.u.s->len, o->ensure_ascii);
+        break;
     case JK_LIST:
     case JK_TUPLE: {
         const jlist *l = v.u.l;
@@ -232,10 +271,16 @@ static void dump(jctx *c, jbuf *b, jv v, const jjson_opts *o, int level)
         jbuf_putc(c, b, ']');
         break;
     }
-    case JK_DICT: dump_dict(c, b, v.u.d, o, level); break;
-    default: jfail(c, JE_TYPE, "Object of type %s is not JSON serializable", jv_type_name(v));
+    case JK_DICT:
+        dump_dict(c, b, v.u.d, o, level);
+        break;
+    default:
+        jfail(c, JE_TYPE, "Object of type %s is not JSON serializable", jv_type_name(v));
     }
     c->vdepth--;
 }
 
-void jjson_dump(jctx *c, jbuf *b, jv v, const jjson_opts *o) { dump(c, b, v, o, 0); }
+void jjson_dump(jctx *c, jbuf *b, jv v, const jjson_opts *o)
+{
+    dump(c, b, v, o, 0);
+}

@@ -64,8 +64,8 @@ static size_t ws_run(const char *s, size_t len, size_t i)
     size_t j = i;
     while (j < len) {
         size_t k = j;
-        uint32_t cp = u8_next(s, len, &k);
-        if (!py_isspace(cp))
+        uint32_t cp = ju8_next(s, len, &k);
+        if (!jpy_isspace(cp))
             break;
         j = k;
     }
@@ -77,8 +77,8 @@ static size_t rstrip_len(const char *s, size_t n)
 {
     size_t keep = 0, i = 0;
     while (i < n) {
-        uint32_t cp = u8_next(s, n, &i);
-        if (!py_isspace(cp))
+        uint32_t cp = ju8_next(s, n, &i);
+        if (!jpy_isspace(cp))
             keep = i;
     }
     return keep;
@@ -148,9 +148,15 @@ static void set_line_starting(lexer *lx, size_t end)
 
 /* ------------------------------------------------------------------ tokens inside tags */
 
-static int is_digit(char ch) { return ch >= '0' && ch <= '9'; }
+static int is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
 
-static int is_name_start(char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_'; }
+static int is_name_start(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
+}
 
 /* (\d+_)*\d+ at i: the length, or 0 */
 static size_t digits_us(const lexer *lx, size_t i)
@@ -314,17 +320,39 @@ static jstr *unescape(lexer *lx, const char *s, size_t n, int line)
         uint32_t cp;
         size_t used = 2;
         switch (e) {
-        case '\n': i += 2; continue; /* line continuation */
-        case '\\': cp = '\\'; break;
-        case '\'': cp = '\''; break;
-        case '"': cp = '"'; break;
-        case 'a': cp = 7; break;
-        case 'b': cp = 8; break;
-        case 'f': cp = 12; break;
-        case 'n': cp = 10; break;
-        case 'r': cp = 13; break;
-        case 't': cp = 9; break;
-        case 'v': cp = 11; break;
+        case '\n':
+            i += 2;
+            continue; /* line continuation */
+        case '\\':
+            cp = '\\';
+            break;
+        case '\'':
+            cp = '\'';
+            break;
+        case '"':
+            cp = '"';
+            break;
+        case 'a':
+            cp = 7;
+            break;
+        case 'b':
+            cp = 8;
+            break;
+        case 'f':
+            cp = 12;
+            break;
+        case 'n':
+            cp = 10;
+            break;
+        case 'r':
+            cp = 13;
+            break;
+        case 't':
+            cp = 9;
+            break;
+        case 'v':
+            cp = 11;
+            break;
         case 'x':
         case 'u':
         case 'U': {
@@ -338,7 +366,8 @@ static jstr *unescape(lexer *lx, const char *s, size_t n, int line)
             used = 2 + nd;
             break;
         }
-        case 'N': jparse_fail(lx->p, line, "\\N{...} escapes are not supported");
+        case 'N':
+            jparse_fail(lx->p, line, "\\N{...} escapes are not supported");
         default:
             if (e >= '0' && e <= '7') {
                 cp = 0;
@@ -350,9 +379,9 @@ static jstr *unescape(lexer *lx, const char *s, size_t n, int line)
                 /* backslashreplace turned the character into an escape; the
                  * backslash before it escapes only the backslash of that */
                 size_t k = i + 1;
-                uint32_t c2 = u8_next(s, n, &k);
+                uint32_t c2 = ju8_next(s, n, &k);
                 char tmp[16];
-                int m = c2 < 0x100 ? snprintf(tmp, sizeof tmp, "\\x%02x", c2)
+                int m = c2 < 0x100     ? snprintf(tmp, sizeof tmp, "\\x%02x", c2)
                         : c2 < 0x10000 ? snprintf(tmp, sizeof tmp, "\\u%04x", c2)
                                        : snprintf(tmp, sizeof tmp, "\\U%08x", c2);
                 memcpy(out + o, tmp, (size_t)m);
@@ -367,7 +396,7 @@ static jstr *unescape(lexer *lx, const char *s, size_t n, int line)
             }
         }
         char enc[4];
-        size_t k = u8_encode(cp, enc);
+        size_t k = ju8_encode(cp, enc);
         memcpy(out + o, enc, k);
         o += k;
         i += used;
@@ -395,11 +424,11 @@ static const struct {
     const char *text;
     jop op;
 } operators[] = {
-    {"//", OP_FLOORDIV}, {"**", OP_POW},     {"==", OP_EQ},       {"!=", OP_NE},       {"<=", OP_LTEQ},
-    {">=", OP_GTEQ},     {"+", OP_ADD},      {"-", OP_SUB},       {"/", OP_DIV},       {"*", OP_MUL},
-    {"%", OP_MOD},       {"~", OP_TILDE},    {"[", OP_LBRACKET},  {"]", OP_RBRACKET},  {"(", OP_LPAREN},
-    {")", OP_RPAREN},    {"{", OP_LBRACE},   {"}", OP_RBRACE},    {"<", OP_LT},        {">", OP_GT},
-    {"=", OP_ASSIGN},    {".", OP_DOT},      {":", OP_COLON},     {"|", OP_PIPE},      {",", OP_COMMA},
+    {"//", OP_FLOORDIV}, {"**", OP_POW},   {"==", OP_EQ},      {"!=", OP_NE},      {"<=", OP_LTEQ},
+    {">=", OP_GTEQ},     {"+", OP_ADD},    {"-", OP_SUB},      {"/", OP_DIV},      {"*", OP_MUL},
+    {"%", OP_MOD},       {"~", OP_TILDE},  {"[", OP_LBRACKET}, {"]", OP_RBRACKET}, {"(", OP_LPAREN},
+    {")", OP_RPAREN},    {"{", OP_LBRACE}, {"}", OP_RBRACE},   {"<", OP_LT},       {">", OP_GT},
+    {"=", OP_ASSIGN},    {".", OP_DOT},    {":", OP_COLON},    {"|", OP_PIPE},     {",", OP_COMMA},
     {";", OP_SEMICOLON},
 };
 
@@ -413,7 +442,8 @@ static void lex_tag(lexer *lx, int tag)
     for (;;) {
         size_t i = lx->pos;
         if (i >= lx->len)
-            jparse_fail(lx->p, lx->line, "unexpected end of template, expected '%s'", tag == TAG_VAR ? "}}" : "%}");
+            jparse_fail(lx->p, lx->line, "unexpected end of template, expected '%s'",
+                        tag == TAG_VAR ? "}}" : "%}");
         if (depth == 0) {
             size_t n = tag == TAG_VAR ? match_var_end(lx, i) : match_block_end(lx, i, '%');
             if (n) {
@@ -466,7 +496,7 @@ static void lex_tag(lexer *lx, int tag)
                 break;
         if (k == sizeof operators / sizeof operators[0]) {
             size_t e = i;
-            u8_next(lx->s, lx->len, &e);
+            ju8_next(lx->s, lx->len, &e);
             jparse_fail(lx->p, lx->line, "unexpected char '%.*s' at %zu", (int)(e - i), lx->s + i, i);
         }
         jop op = operators[k].op;

@@ -87,10 +87,12 @@ static jstr *window(jctx *c, jstr *s, jargs *a, int idx, int64_t *offset)
 static jv m_case(jctx *c, jv self, jargs *a, const char *name)
 {
     jargs_done(c, a, name, 0);
-    int mode = !strcmp(name, "upper") ? 1 : !strcmp(name, "title") ? 2 : !strcmp(name, "capitalize") ? 3
-             : !strcmp(name, "swapcase")                             ? 4
-                                                                     : 0;
-    return jv_strv(py_case(c, self.u.s, mode));
+    int mode = !strcmp(name, "upper")        ? 1
+               : !strcmp(name, "title")      ? 2
+               : !strcmp(name, "capitalize") ? 3
+               : !strcmp(name, "swapcase")   ? 4
+                                             : 0;
+    return jv_strv(jpy_case(c, self.u.s, mode));
 }
 
 static jv m_strip(jctx *c, jv self, jargs *a, const char *name)
@@ -99,7 +101,7 @@ static jv m_strip(jctx *c, jv self, jargs *a, const char *name)
     jstr *chars = opt_str(c, a, 0, NULL, name, &given);
     jargs_done(c, a, name, 1);
     int left = name[0] != 'r', right = name[0] != 'l';
-    return jv_strv(py_strip(c, self.u.s, chars, left, right));
+    return jv_strv(jpy_strip(c, self.u.s, chars, left, right));
 }
 
 static jv m_split(jctx *c, jv self, jargs *a, const char *name)
@@ -108,7 +110,7 @@ static jv m_split(jctx *c, jv self, jargs *a, const char *name)
     jstr *sep = opt_str(c, a, 0, "sep", name, &given);
     int64_t maxsplit = opt_int(c, a, 1, "maxsplit", -1);
     jargs_done(c, a, name, 2);
-    return py_split(c, self.u.s, sep, maxsplit, name[0] == 'r');
+    return jpy_split(c, self.u.s, sep, maxsplit, name[0] == 'r');
 }
 
 static jv m_splitlines(jctx *c, jv self, jargs *a, const char *name)
@@ -116,7 +118,7 @@ static jv m_splitlines(jctx *c, jv self, jargs *a, const char *name)
     jv keep = jv_bool(0);
     jargs_take(c, a, 0, "keepends", &keep);
     jargs_done(c, a, name, 1);
-    return py_splitlines(c, self.u.s, jv_truthy(keep));
+    return jpy_splitlines(c, self.u.s, jv_truthy(keep));
 }
 
 static int affix_match(const jstr *s, const jstr *x, int end)
@@ -157,7 +159,7 @@ static jv m_replace(jctx *c, jv self, jargs *a, const char *name)
     jstr *new_ = req_str(c, a, 1, NULL, name);
     int64_t count = opt_int(c, a, 2, "count", -1);
     jargs_done(c, a, name, 3);
-    return jv_strv(py_replace(c, self.u.s, old, new_, count));
+    return jv_strv(jpy_replace(c, self.u.s, old, new_, count));
 }
 
 /* find, rfind, index, rindex, count */
@@ -245,7 +247,7 @@ static int cp_class(uint32_t cp, const char *what)
     if (!strcmp(what, "isalnum"))
         return alpha || numeric;
     if (!strcmp(what, "isspace"))
-        return py_isspace(cp);
+        return jpy_isspace(cp);
     return 0;
 }
 
@@ -259,9 +261,10 @@ static jv m_is(jctx *c, jv self, jargs *a, const char *name)
     if (!strcmp(name, "islower") || !strcmp(name, "isupper") || !strcmp(name, "istitle")) {
         int cased = 0, prev_cased = 0;
         while (i < s->len) {
-            uint32_t cp = u8_next(s->s, s->len, &i);
+            uint32_t cp = ju8_next(s->s, s->len, &i);
             utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
-            int up = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LT, lo = cat == UTF8PROC_CATEGORY_LL;
+            int up = cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LT,
+                lo = cat == UTF8PROC_CATEGORY_LL;
             if (name[2] == 'l' && up)
                 return jv_bool(0);
             if (name[2] == 'u' && lo)
@@ -276,7 +279,7 @@ static jv m_is(jctx *c, jv self, jargs *a, const char *name)
         return jv_bool(cased);
     }
     while (i < s->len)
-        if (!cp_class(u8_next(s->s, s->len, &i), name))
+        if (!cp_class(ju8_next(s->s, s->len, &i), name))
             return jv_bool(0);
     return jv_bool(1);
 }
@@ -292,7 +295,7 @@ static jv m_pad(jctx *c, jv self, jargs *a, const char *name)
             if (jstr_ncp(f) != 1)
                 jfail(c, JE_TYPE, "The fill character must be exactly one character long");
             size_t k = 0;
-            fill = u8_next(f->s, f->len, &k);
+            fill = ju8_next(f->s, f->len, &k);
         }
     }
     jargs_done(c, a, name, strcmp(name, "zfill") ? 2 : 1);
@@ -473,30 +476,63 @@ static const struct {
     const char *name;
     method_fn fn;
 } methods[] = {
-    {ON_STR, "upper", m_case},          {ON_STR, "lower", m_case},           {ON_STR, "title", m_case},
-    {ON_STR, "capitalize", m_case},     {ON_STR, "swapcase", m_case},        {ON_STR, "casefold", m_case},
-    {ON_STR, "strip", m_strip},         {ON_STR, "lstrip", m_strip},         {ON_STR, "rstrip", m_strip},
-    {ON_STR, "split", m_split},         {ON_STR, "rsplit", m_split},         {ON_STR, "splitlines", m_splitlines},
-    {ON_STR, "startswith", m_startswith}, {ON_STR, "endswith", m_startswith}, {ON_STR, "replace", m_replace},
-    {ON_STR, "find", m_find},           {ON_STR, "rfind", m_find},           {ON_STR, "index", m_find},
-    {ON_STR, "rindex", m_find},         {ON_STR, "count", m_find},           {ON_STR, "join", m_join},
-    {ON_STR, "format", m_format},       {ON_STR, "isalpha", m_is},           {ON_STR, "isdigit", m_is},
-    {ON_STR, "isdecimal", m_is},        {ON_STR, "isnumeric", m_is},         {ON_STR, "isalnum", m_is},
-    {ON_STR, "isspace", m_is},          {ON_STR, "islower", m_is},           {ON_STR, "isupper", m_is},
-    {ON_STR, "istitle", m_is},          {ON_STR, "center", m_pad},           {ON_STR, "ljust", m_pad},
-    {ON_STR, "rjust", m_pad},           {ON_STR, "zfill", m_pad},            {ON_STR, "partition", m_partition},
-    {ON_STR, "rpartition", m_partition}, {ON_STR, "removeprefix", m_remove_affix},
+    {ON_STR, "upper", m_case},
+    {ON_STR, "lower", m_case},
+    {ON_STR, "title", m_case},
+    {ON_STR, "capitalize", m_case},
+    {ON_STR, "swapcase", m_case},
+    {ON_STR, "casefold", m_case},
+    {ON_STR, "strip", m_strip},
+    {ON_STR, "lstrip", m_strip},
+    {ON_STR, "rstrip", m_strip},
+    {ON_STR, "split", m_split},
+    {ON_STR, "rsplit", m_split},
+    {ON_STR, "splitlines", m_splitlines},
+    {ON_STR, "startswith", m_startswith},
+    {ON_STR, "endswith", m_startswith},
+    {ON_STR, "replace", m_replace},
+    {ON_STR, "find", m_find},
+    {ON_STR, "rfind", m_find},
+    {ON_STR, "index", m_find},
+    {ON_STR, "rindex", m_find},
+    {ON_STR, "count", m_find},
+    {ON_STR, "join", m_join},
+    {ON_STR, "format", m_format},
+    {ON_STR, "isalpha", m_is},
+    {ON_STR, "isdigit", m_is},
+    {ON_STR, "isdecimal", m_is},
+    {ON_STR, "isnumeric", m_is},
+    {ON_STR, "isalnum", m_is},
+    {ON_STR, "isspace", m_is},
+    {ON_STR, "islower", m_is},
+    {ON_STR, "isupper", m_is},
+    {ON_STR, "istitle", m_is},
+    {ON_STR, "center", m_pad},
+    {ON_STR, "ljust", m_pad},
+    {ON_STR, "rjust", m_pad},
+    {ON_STR, "zfill", m_pad},
+    {ON_STR, "partition", m_partition},
+    {ON_STR, "rpartition", m_partition},
+    {ON_STR, "removeprefix", m_remove_affix},
     {ON_STR, "removesuffix", m_remove_affix},
-    {ON_DICT, "items", m_items},        {ON_DICT, "keys", m_items},          {ON_DICT, "values", m_items},
-    {ON_DICT, "get", m_get},            {ON_DICT | ON_SEQ, "copy", m_copy},  {ON_SEQ, "index", m_seq_index},
-    {ON_SEQ, "count", m_seq_index},     {ON_LOOP, "cycle", m_cycle},         {ON_LOOP, "changed", m_changed},
+    {ON_DICT, "items", m_items},
+    {ON_DICT, "keys", m_items},
+    {ON_DICT, "values", m_items},
+    {ON_DICT, "get", m_get},
+    {ON_DICT | ON_SEQ, "copy", m_copy},
+    {ON_SEQ, "index", m_seq_index},
+    {ON_SEQ, "count", m_seq_index},
+    {ON_LOOP, "cycle", m_cycle},
+    {ON_LOOP, "changed", m_changed},
 };
 
 int jmethod_lookup(jctx *c, jv obj, const jstr *name, jv *out)
 {
-    int on = obj.k == JK_STR ? ON_STR : obj.k == JK_DICT ? ON_DICT : (obj.k == JK_LIST || obj.k == JK_TUPLE) ? ON_SEQ
-           : obj.k == JK_LOOP                                                                            ? ON_LOOP
-                                                                                                          : 0;
+    int on = obj.k == JK_STR                           ? ON_STR
+             : obj.k == JK_DICT                        ? ON_DICT
+             : (obj.k == JK_LIST || obj.k == JK_TUPLE) ? ON_SEQ
+             : obj.k == JK_LOOP                        ? ON_LOOP
+                                                       : 0;
     if (on == 0)
         return 0;
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {

@@ -13,10 +13,13 @@
 
 /* ------------------------------------------------------------------ access */
 
-static int is_int_like(jv v) { return v.k == JK_INT || v.k == JK_BOOL; }
+static int is_int_like(jv v)
+{
+    return v.k == JK_INT || v.k == JK_BOOL;
+}
 
-static const char *const mutating_list[] = {"append", "extend", "insert", "pop", "remove", "reverse", "sort", "clear",
-                                           NULL};
+static const char *const mutating_list[] = {"append",  "extend", "insert", "pop", "remove",
+                                            "reverse", "sort",   "clear",  NULL};
 static const char *const mutating_dict[] = {"clear", "pop", "popitem", "setdefault", "update", NULL};
 
 static int in_names(const char *const *names, const jstr *name)
@@ -42,7 +45,8 @@ static int attribute(jctx *c, jv obj, const jstr *name, jv *out)
         *out = unsafe(c, obj, name);
         return 1;
     }
-    if ((obj.k == JK_LIST && in_names(mutating_list, name)) || (obj.k == JK_DICT && in_names(mutating_dict, name))) {
+    if ((obj.k == JK_LIST && in_names(mutating_list, name)) ||
+        (obj.k == JK_DICT && in_names(mutating_dict, name))) {
         *out = unsafe(c, obj, name);
         return 1;
     }
@@ -72,7 +76,8 @@ static int attribute(jctx *c, jv obj, const jstr *name, jv *out)
         else if (!strcmp(n, "previtem"))
             *out = lp->index0 > 0 ? lp->items->v[lp->index0 - 1] : jv_undef(c, "there is no previous item");
         else if (!strcmp(n, "nextitem"))
-            *out = lp->index0 + 1 < lp->length ? lp->items->v[lp->index0 + 1] : jv_undef(c, "there is no next item");
+            *out = lp->index0 + 1 < lp->length ? lp->items->v[lp->index0 + 1]
+                                               : jv_undef(c, "there is no next item");
         else
             return jmethod_lookup(c, obj, name, out);
         return 1;
@@ -107,7 +112,7 @@ static size_t cp_offset(const jstr *s, int64_t cp_index)
 {
     size_t i = 0;
     for (int64_t k = 0; k < cp_index && i < s->len; k++)
-        u8_next(s->s, s->len, &i);
+        ju8_next(s->s, s->len, &i);
     return i;
 }
 
@@ -134,7 +139,7 @@ jv jop_getitem(jctx *c, jv obj, jv key)
             jstr *s = obj.u.s;
             if (norm_index(key.u.i, jstr_ncp(s), &idx)) {
                 size_t a = cp_offset(s, idx), b = a;
-                u8_next(s->s, s->len, &b);
+                ju8_next(s->s, s->len, &b);
                 jv ch = jv_str(c, s->s + a, b - a);
                 ch.u.s->ncp = 1;
                 return ch;
@@ -142,7 +147,8 @@ jv jop_getitem(jctx *c, jv obj, jv key)
             return jv_undef_item(c, obj, key);
         }
         break;
-    default: break;
+    default:
+        break;
     }
     if (key.k == JK_STR && attribute(c, obj, key.u.s, &v))
         return v;
@@ -209,7 +215,7 @@ jv jop_slice(jctx *c, jv obj, jv vstart, jv vstop, jv vstep)
         if (step == 1) {
             size_t a = cp_offset(s, start), b = a;
             for (int64_t k = 0; k < count; k++)
-                u8_next(s->s, s->len, &b);
+                ju8_next(s->s, s->len, &b);
             jv r = jv_str(c, s->s + a, b - a);
             r.u.s->ncp = count;
             return r;
@@ -219,7 +225,7 @@ jv jop_slice(jctx *c, jv obj, jv vstart, jv vstop, jv vstep)
         size_t i = 0;
         for (int64_t k = 0; k < n; k++) {
             offs[k] = i;
-            u8_next(s->s, s->len, &i);
+            ju8_next(s->s, s->len, &i);
         }
         offs[n] = s->len;
         jbuf b = {0};
@@ -237,21 +243,35 @@ jv jop_slice(jctx *c, jv obj, jv vstart, jv vstop, jv vstep)
 
 /* ------------------------------------------------------------------ operators */
 
-static int is_num(jv v) { return v.k == JK_BOOL || v.k == JK_INT || v.k == JK_FLOAT; }
+static int is_num(jv v)
+{
+    return v.k == JK_BOOL || v.k == JK_INT || v.k == JK_FLOAT;
+}
 
-static double as_f(jv v) { return v.k == JK_FLOAT ? v.u.f : (double)v.u.i; }
+static double as_f(jv v)
+{
+    return v.k == JK_FLOAT ? v.u.f : (double)v.u.i;
+}
 
 static const char *op_name(int op)
 {
     switch (op) {
-    case OP_ADD: return "+";
-    case OP_SUB: return "-";
-    case OP_MUL: return "*";
-    case OP_DIV: return "/";
-    case OP_FLOORDIV: return "//";
-    case OP_MOD: return "%";
-    case OP_POW: return "** or pow()";
-    default: return "?";
+    case OP_ADD:
+        return "+";
+    case OP_SUB:
+        return "-";
+    case OP_MUL:
+        return "*";
+    case OP_DIV:
+        return "/";
+    case OP_FLOORDIV:
+        return "//";
+    case OP_MOD:
+        return "%";
+    case OP_POW:
+        return "** or pow()";
+    default:
+        return "?";
     }
 }
 
@@ -261,7 +281,10 @@ static void unsupported(jctx *c, int op, jv a, jv b)
           jv_type_name(b));
 }
 
-static void overflow(jctx *c) { jfail(c, JE_OVERFLOW, "integer result does not fit in 64 bits"); }
+static void overflow(jctx *c)
+{
+    jfail(c, JE_OVERFLOW, "integer result does not fit in 64 bits");
+}
 
 static jv repeat(jctx *c, jv seq, int64_t times)
 {
@@ -291,7 +314,7 @@ static jv repeat(jctx *c, jv seq, int64_t times)
 }
 
 /* CPython's float floor division and modulo */
-static double py_fmod(double a, double b)
+static double jpy_fmod(double a, double b)
 {
     double m = fmod(a, b);
     if (m != 0.0) {
@@ -303,7 +326,7 @@ static double py_fmod(double a, double b)
     return m;
 }
 
-static double py_floordiv(double a, double b)
+static double jpy_floordiv(double a, double b)
 {
     double m = fmod(a, b);
     double div = (a - m) / b;
@@ -366,7 +389,7 @@ static jv arith(jctx *c, int op, jv a, jv b)
         if (!ints) {
             if (as_f(b) == 0.0)
                 jfail(c, JE_ZERODIV, "float floor division by zero");
-            return jv_float(py_floordiv(as_f(a), as_f(b)));
+            return jv_float(jpy_floordiv(as_f(a), as_f(b)));
         }
         if (y == 0)
             jfail(c, JE_ZERODIV, "integer division or modulo by zero");
@@ -380,7 +403,7 @@ static jv arith(jctx *c, int op, jv a, jv b)
         if (!ints) {
             if (as_f(b) == 0.0)
                 jfail(c, JE_ZERODIV, "float modulo");
-            return jv_float(py_fmod(as_f(a), as_f(b)));
+            return jv_float(jpy_fmod(as_f(a), as_f(b)));
         }
         if (y == 0)
             jfail(c, JE_ZERODIV, "integer modulo by zero");
@@ -447,7 +470,8 @@ jv jop_binary(jctx *c, int op, jv a, jv b)
         if (a.k == JK_STR)
             return jop_percent_format(c, a.u.s, b);
         break;
-    default: break;
+    default:
+        break;
     }
     unsupported(c, op, a, b);
     return jv_none();
@@ -504,7 +528,9 @@ int jop_contains(jctx *c, jv container, jv item)
                 return 1;
         return 0;
     }
-    case JK_UNDEF: return 0;
-    default: jfail(c, JE_TYPE, "argument of type '%s' is not iterable", jv_type_name(container));
+    case JK_UNDEF:
+        return 0;
+    default:
+        jfail(c, JE_TYPE, "argument of type '%s' is not iterable", jv_type_name(container));
     }
 }

@@ -19,7 +19,7 @@ static cpset cpset_of(jctx *c, const jstr *chars)
     set.cp = jalloc(c, (chars->len + 1) * sizeof(uint32_t));
     size_t i = 0;
     while (i < chars->len)
-        set.cp[set.n++] = u8_next(chars->s, chars->len, &i);
+        set.cp[set.n++] = ju8_next(chars->s, chars->len, &i);
     return set;
 }
 
@@ -31,7 +31,7 @@ static int cpset_has(const cpset *set, uint32_t cp)
     return 0;
 }
 
-jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
+jstr *jpy_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
 {
     cpset set = {0};
     if (chars)
@@ -40,8 +40,8 @@ jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
     if (left) {
         while (a < b) {
             size_t k = a;
-            uint32_t cp = u8_next(s->s, s->len, &k);
-            if (chars ? !cpset_has(&set, cp) : !py_isspace(cp))
+            uint32_t cp = ju8_next(s->s, s->len, &k);
+            if (chars ? !cpset_has(&set, cp) : !jpy_isspace(cp))
                 break;
             a = k;
         }
@@ -53,8 +53,8 @@ jstr *py_strip(jctx *c, const jstr *s, const jstr *chars, int left, int right)
             while (st > a && ((unsigned char)s->s[st] & 0xc0) == 0x80)
                 st--;
             size_t k = st;
-            uint32_t cp = u8_next(s->s, s->len, &k);
-            if (chars ? !cpset_has(&set, cp) : !py_isspace(cp))
+            uint32_t cp = ju8_next(s->s, s->len, &k);
+            if (chars ? !cpset_has(&set, cp) : !jpy_isspace(cp))
                 break;
             b = st;
         }
@@ -70,9 +70,18 @@ static int is_cased(uint32_t cp)
     return cat == UTF8PROC_CATEGORY_LU || cat == UTF8PROC_CATEGORY_LL || cat == UTF8PROC_CATEGORY_LT;
 }
 
-static uint32_t to_lower(uint32_t cp) { return (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp); }
-static uint32_t to_upper(uint32_t cp) { return (uint32_t)utf8proc_toupper((utf8proc_int32_t)cp); }
-static uint32_t to_title(uint32_t cp) { return (uint32_t)utf8proc_totitle((utf8proc_int32_t)cp); }
+static uint32_t to_lower(uint32_t cp)
+{
+    return (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
+}
+static uint32_t to_upper(uint32_t cp)
+{
+    return (uint32_t)utf8proc_toupper((utf8proc_int32_t)cp);
+}
+static uint32_t to_title(uint32_t cp)
+{
+    return (uint32_t)utf8proc_totitle((utf8proc_int32_t)cp);
+}
 
 /* Characters Unicode calls case-ignorable (for the final sigma rule). */
 static int case_ignorable(uint32_t cp)
@@ -95,7 +104,7 @@ static int final_sigma(const jstr *s, size_t at, size_t after)
         while (st > 0 && ((unsigned char)s->s[st] & 0xc0) == 0x80)
             st--;
         size_t k = st;
-        uint32_t cp = u8_next(s->s, s->len, &k);
+        uint32_t cp = ju8_next(s->s, s->len, &k);
         i = st;
         if (case_ignorable(cp))
             continue;
@@ -106,7 +115,7 @@ static int final_sigma(const jstr *s, size_t at, size_t after)
         return 0;
     i = after;
     while (i < s->len) {
-        uint32_t cp = u8_next(s->s, s->len, &i);
+        uint32_t cp = ju8_next(s->s, s->len, &i);
         if (case_ignorable(cp))
             continue;
         return !is_cased(cp);
@@ -118,7 +127,7 @@ static int final_sigma(const jstr *s, size_t at, size_t after)
 static void put_mapped(jctx *c, jbuf *b, uint32_t cp, int mode)
 {
     uint32_t m[3];
-    int n = py_special_case(cp, mode, m);
+    int n = jpy_special_case(cp, mode, m);
     if (n > 0) {
         for (int k = 0; k < n; k++)
             jbuf_put_cp(c, b, m[k]);
@@ -127,23 +136,29 @@ static void put_mapped(jctx *c, jbuf *b, uint32_t cp, int mode)
     jbuf_put_cp(c, b, mode == 0 ? to_lower(cp) : mode == 1 ? to_upper(cp) : to_title(cp));
 }
 
-jstr *py_case(jctx *c, const jstr *s, int mode)
+jstr *jpy_case(jctx *c, const jstr *s, int mode)
 {
     jbuf b = {0};
     int prev_cased = 0, first = 1;
     size_t i = 0;
     while (i < s->len) {
         size_t at = i;
-        uint32_t cp = u8_next(s->s, s->len, &i);
+        uint32_t cp = ju8_next(s->s, s->len, &i);
         int m; /* 0 lower, 1 upper, 2 title, -1 unchanged */
         switch (mode) {
-        case 0: m = 0; break;
-        case 1: m = 1; break;
+        case 0:
+            m = 0;
+            break;
+        case 1:
+            m = 1;
+            break;
         case 2:
             m = prev_cased ? 0 : 2;
             prev_cased = is_cased(cp);
             break;
-        case 3: m = first ? 2 : 0; break;
+        case 3:
+            m = first ? 2 : 0;
+            break;
         default: {
             utf8proc_category_t cat = utf8proc_category((utf8proc_int32_t)cp);
             m = cat == UTF8PROC_CATEGORY_LU ? 0 : cat == UTF8PROC_CATEGORY_LL ? 1 : -1;
@@ -163,7 +178,7 @@ jstr *py_case(jctx *c, const jstr *s, int mode)
     return jbuf_str(c, &b);
 }
 
-jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count)
+jstr *jpy_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int64_t count)
 {
     if (count < 0)
         count = INT64_MAX;
@@ -180,7 +195,7 @@ jstr *py_replace(jctx *c, const jstr *s, const jstr *old, const jstr *new_, int6
             if (i == s->len)
                 break;
             size_t start = i;
-            u8_next(s->s, s->len, &i);
+            ju8_next(s->s, s->len, &i);
             jbuf_put(c, &b, s->s + start, i - start);
         }
         return jbuf_str(c, &b);
@@ -215,7 +230,7 @@ static size_t skip_ws_fwd(const jstr *s, size_t i)
 {
     while (i < s->len) {
         size_t k = i;
-        if (!py_isspace(u8_next(s->s, s->len, &k)))
+        if (!jpy_isspace(ju8_next(s->s, s->len, &k)))
             break;
         i = k;
     }
@@ -235,7 +250,7 @@ static size_t skip_ws_back(const jstr *s, size_t end)
 {
     while (end > 0) {
         size_t st = prev_cp(s, end), k = st;
-        if (!py_isspace(u8_next(s->s, s->len, &k)))
+        if (!jpy_isspace(ju8_next(s->s, s->len, &k)))
             break;
         end = st;
     }
@@ -255,7 +270,7 @@ static jv split_ws(jctx *c, const jstr *s, int64_t maxsplit)
         size_t start = i;
         while (i < s->len) {
             size_t k = i;
-            if (py_isspace(u8_next(s->s, s->len, &k)))
+            if (jpy_isspace(ju8_next(s->s, s->len, &k)))
                 break;
             i = k;
         }
@@ -279,7 +294,7 @@ static jv rsplit_ws(jctx *c, const jstr *s, int64_t maxsplit)
         size_t start = end;
         while (start > 0) {
             size_t st = prev_cp(s, start), k = st;
-            if (py_isspace(u8_next(s->s, s->len, &k)))
+            if (jpy_isspace(ju8_next(s->s, s->len, &k)))
                 break;
             start = st;
         }
@@ -297,7 +312,7 @@ static jv rsplit_ws(jctx *c, const jstr *s, int64_t maxsplit)
     return r;
 }
 
-jv py_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right)
+jv jpy_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_right)
 {
     if (maxsplit < 0)
         maxsplit = INT64_MAX;
@@ -350,15 +365,15 @@ jv py_split(jctx *c, const jstr *s, const jstr *sep, int64_t maxsplit, int from_
 }
 
 /* str.splitlines: \n \r \r\n \v \f \x1c \x1d \x1e \x85 \u2028 \u2029 */
-jv py_splitlines(jctx *c, const jstr *s, int keepends)
+jv jpy_splitlines(jctx *c, const jstr *s, int keepends)
 {
     jv r = jv_list(c, 0);
     size_t i = 0, start = 0;
     while (i < s->len) {
         size_t at = i;
-        uint32_t cp = u8_next(s->s, s->len, &i);
-        int brk = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || cp == 0x1c || cp == 0x1d || cp == 0x1e ||
-                  cp == 0x85 || cp == 0x2028 || cp == 0x2029;
+        uint32_t cp = ju8_next(s->s, s->len, &i);
+        int brk = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || cp == 0x1c || cp == 0x1d ||
+                  cp == 0x1e || cp == 0x85 || cp == 0x2028 || cp == 0x2029;
         if (!brk)
             continue;
         if (cp == '\r' && i < s->len && s->s[i] == '\n')

@@ -60,8 +60,8 @@ static int t_kind(jctx *c, jv v, jargs *a, const char *name)
     if (!strcmp(name, "sequence"))
         return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF;
     if (!strcmp(name, "iterable"))
-        return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF || k == JK_LOOP ||
-               k == JK_GEN;
+        return k == JK_STR || k == JK_LIST || k == JK_TUPLE || k == JK_DICT || k == JK_UNDEF ||
+               k == JK_LOOP || k == JK_GEN;
     if (!strcmp(name, "callable"))
         return k == JK_MACRO || k == JK_FUNC || k == JK_METHOD || k == JK_UNDEF;
     return 0; /* escaped: nothing is markup here */
@@ -86,15 +86,22 @@ static int t_sameas(jctx *c, jv v, jargs *a, const char *name)
         return 0;
     switch ((jkind)v.k) {
     case JK_NONE:
-    case JK_UNDEF: return v.k == JK_NONE;
-    case JK_BOOL: return v.u.i == o.u.i;
-    case JK_INT: return v.u.i == o.u.i && v.u.i >= -5 && v.u.i <= 256; /* CPython's cached ints */
-    case JK_STR: return v.u.s == o.u.s;
+    case JK_UNDEF:
+        return v.k == JK_NONE;
+    case JK_BOOL:
+        return v.u.i == o.u.i;
+    case JK_INT:
+        return v.u.i == o.u.i && v.u.i >= -5 && v.u.i <= 256; /* CPython's cached ints */
+    case JK_STR:
+        return v.u.s == o.u.s;
     case JK_LIST:
-    case JK_TUPLE: return v.u.l == o.u.l;
+    case JK_TUPLE:
+        return v.u.l == o.u.l;
     case JK_DICT:
-    case JK_NS: return v.u.d == o.u.d;
-    default: return jv_eq(v, o);
+    case JK_NS:
+        return v.u.d == o.u.d;
+    default:
+        return jv_eq(v, o);
     }
 }
 
@@ -135,16 +142,19 @@ static const struct {
     const char *name;
     test_fn fn;
 } tests[] = {
-    {"odd", t_parity},        {"even", t_parity},    {"divisibleby", t_divisibleby}, {"defined", t_kind},
-    {"undefined", t_kind},    {"none", t_kind},      {"boolean", t_kind},            {"false", t_kind},
-    {"true", t_kind},         {"integer", t_kind},   {"float", t_kind},              {"number", t_kind},
-    {"string", t_kind},       {"mapping", t_kind},   {"sequence", t_kind},           {"iterable", t_kind},
-    {"callable", t_kind},     {"escaped", t_kind},   {"lower", t_case},              {"upper", t_case},
-    {"sameas", t_sameas},     {"in", t_in},          {"==", t_compare},              {"eq", t_compare},
-    {"equalto", t_compare},   {"!=", t_compare},     {"ne", t_compare},              {">", t_compare},
-    {"gt", t_compare},        {"greaterthan", t_compare}, {">=", t_compare},         {"ge", t_compare},
-    {"<", t_compare},         {"lt", t_compare},     {"lessthan", t_compare},        {"<=", t_compare},
-    {"le", t_compare},        {"filter", t_named},   {"test", t_named},
+    {"odd", t_parity},      {"even", t_parity},      {"divisibleby", t_divisibleby},
+    {"defined", t_kind},    {"undefined", t_kind},   {"none", t_kind},
+    {"boolean", t_kind},    {"false", t_kind},       {"true", t_kind},
+    {"integer", t_kind},    {"float", t_kind},       {"number", t_kind},
+    {"string", t_kind},     {"mapping", t_kind},     {"sequence", t_kind},
+    {"iterable", t_kind},   {"callable", t_kind},    {"escaped", t_kind},
+    {"lower", t_case},      {"upper", t_case},       {"sameas", t_sameas},
+    {"in", t_in},           {"==", t_compare},       {"eq", t_compare},
+    {"equalto", t_compare}, {"!=", t_compare},       {"ne", t_compare},
+    {">", t_compare},       {"gt", t_compare},       {"greaterthan", t_compare},
+    {">=", t_compare},      {"ge", t_compare},       {"<", t_compare},
+    {"lt", t_compare},      {"lessthan", t_compare}, {"<=", t_compare},
+    {"le", t_compare},      {"filter", t_named},     {"test", t_named},
 };
 
 int jtest_find(const char *name, size_t len)

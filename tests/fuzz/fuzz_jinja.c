@@ -21,11 +21,13 @@ static const char *const VARS =
     "{\"messages\": ["
     "{\"role\": \"system\", \"content\": \"You are helpful.\"},"
     "{\"role\": \"user\", \"content\": \"Weather in Paris? caf\\u00e9 \\u65e5\\u672c\"},"
-    "{\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"call12345\", \"type\": \"function\","
+    "{\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"call12345\", \"type\": "
+    "\"function\","
     " \"function\": {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 2}}}]},"
     "{\"role\": \"tool\", \"content\": \"{\\\"temp\\\": 21.5}\", \"tool_call_id\": \"call12345\"},"
     "{\"role\": \"assistant\", \"content\": \"<think>\\nhm\\n</think>\\n\\nIt is 21.5 C.\"}],"
-    " \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather\","
+    " \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": "
+    "\"Weather\","
     " \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}},"
     " \"required\": [\"city\"]}}}],"
     " \"documents\": null, \"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\","
@@ -64,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             __builtin_trap();
         /* deterministic, unless the template reads the clock */
         if (memmem(data, size, "strftime", 8) == NULL) {
-            if (jinja_render(t, vars, &lim, &again, &len2) != ANVIL_OK || len2 != len || memcmp(out, again, len) != 0)
+            if (jinja_render(t, vars, &lim, &again, &len2) != ANVIL_OK || len2 != len ||
+                memcmp(out, again, len) != 0)
                 __builtin_trap();
         }
     }

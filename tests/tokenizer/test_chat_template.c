@@ -19,8 +19,8 @@
 /* Keys of a golden line that are not template variables. */
 static int is_fixed_key(const char *key)
 {
-    static const char *const fixed[] = {"messages", "add_generation_prompt", "bos_token", "eos_token",
-                                        "tools", "text", "error", NULL};
+    static const char *const fixed[] = {
+        "messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "text", "error", NULL};
     for (int i = 0; fixed[i]; i++)
         if (strcmp(key, fixed[i]) == 0)
             return 1;
@@ -59,7 +59,8 @@ static int check_golden_file(const anvil_chat_template *t, const char *path, int
         }
         char *messages = json_dumps(json_object_get(c, "messages"), JSON_COMPACT);
         char *extra_text = json_dumps(extra, JSON_COMPACT);
-        char *tools = json_object_get(c, "tools") ? json_dumps(json_object_get(c, "tools"), JSON_COMPACT) : NULL;
+        char *tools =
+            json_object_get(c, "tools") ? json_dumps(json_object_get(c, "tools"), JSON_COMPACT) : NULL;
         opts.extra_vars_json = extra_text;
         opts.tools_json = tools;
         char *text = NULL;
@@ -74,8 +75,10 @@ static int check_golden_file(const anvil_chat_template *t, const char *path, int
         } else {
             /* golden "TemplateError: <message>": the same words, and no text */
             assert_non_null(want_error);
-            const char *msg = st == ANVIL_OK ? NULL : strstr(anvil_last_error(), json_string_value(want_error));
-            if (st != ANVIL_ERR_INVALID_ARG || msg == NULL || strcmp(msg, json_string_value(want_error)) != 0) {
+            const char *msg =
+                st == ANVIL_OK ? NULL : strstr(anvil_last_error(), json_string_value(want_error));
+            if (st != ANVIL_ERR_INVALID_ARG || msg == NULL ||
+                strcmp(msg, json_string_value(want_error)) != 0) {
                 printf("%s line %d:\n  want error %s\n  got  %s\n", path, n, json_string_value(want_error),
                        st == ANVIL_OK ? text : anvil_last_error());
                 (*failures)++;
@@ -174,7 +177,8 @@ static void write_text(const char *dir, const char *name, const char *text)
     anvil_test_write_file(path, text, strlen(text));
 }
 
-static char *render_simple(const anvil_chat_template *t, const char *messages, const anvil_chat_render_options *o)
+static char *render_simple(const anvil_chat_template *t, const char *messages,
+                           const anvil_chat_render_options *o)
 {
     char *out = NULL;
     if (anvil_chat_template_render(t, messages, o, &out) != ANVIL_OK)
@@ -194,7 +198,8 @@ static void test_loading_rules(void **state)
                "{\"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<B>\"}, \"eos_token\": \"<E>\","
                " \"model_max_length\": 1000000000000000019884624838656,"
                " \"chat_template\": [{\"name\": \"tool_use\", \"template\": \"tools\"},"
-               " {\"name\": \"default\", \"template\": \"{{ bos_token }}{{ messages[0].content }}{{ eos_token }}\"}]}");
+               " {\"name\": \"default\", \"template\": \"{{ bos_token }}{{ messages[0].content }}{{ "
+               "eos_token }}\"}]}");
     anvil_chat_template *t = NULL;
     assert_int_equal(anvil_chat_template_load(dir, &t), ANVIL_OK);
     assert_string_equal(anvil_chat_template_bos_token(t), "<B>");
@@ -235,7 +240,8 @@ static void test_loading_rules(void **state)
     assert_status_msg(anvil_chat_template_load(dir, &t), ANVIL_ERR_NOT_FOUND, "has no chat template");
     assert_null(t);
     /* a list without "default" */
-    write_text(dir, "tokenizer_config.json", "{\"chat_template\": [{\"name\": \"rag\", \"template\": \"x\"}]}");
+    write_text(dir, "tokenizer_config.json",
+               "{\"chat_template\": [{\"name\": \"rag\", \"template\": \"x\"}]}");
     assert_status_msg(anvil_chat_template_load(dir, &t), ANVIL_ERR_NOT_FOUND, "none is named 'default'");
     /* malformed config and template */
     write_text(dir, "tokenizer_config.json", "{\"chat_template\": ");
@@ -251,11 +257,12 @@ static void test_render_arguments(void **state)
 {
     (void)state;
     anvil_chat_template *t = NULL;
-    assert_int_equal(anvil_chat_template_parse("{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}"
-                                               "{{ bos_token is defined }}{% for t in tools or [] %}{{ t | tojson }}"
-                                               "{% endfor %}{{ date_string | default('') }}",
-                                               &t),
-                     ANVIL_OK);
+    assert_int_equal(
+        anvil_chat_template_parse("{{ tools is none }}{{ documents is none }}{{ add_generation_prompt }}"
+                                  "{{ bos_token is defined }}{% for t in tools or [] %}{{ t | tojson }}"
+                                  "{% endfor %}{{ date_string | default('') }}",
+                                  &t),
+        ANVIL_OK);
     char *out = render_simple(t, "[]", NULL);
     assert_string_equal(out, "TrueTrueFalseFalse");
     free(out);
@@ -266,10 +273,11 @@ static void test_render_arguments(void **state)
     assert_string_equal(out, "FalseTrueTrueFalse{\"name\": \"f\", \"é\": [1, 2.5]}26 Jul 2024");
     free(out);
     out = (char *)t;
-    assert_status_msg(anvil_chat_template_render(t, "{\"role\": \"user\"}", NULL, &out), ANVIL_ERR_INVALID_ARG,
-                      "messages must be a JSON array");
+    assert_status_msg(anvil_chat_template_render(t, "{\"role\": \"user\"}", NULL, &out),
+                      ANVIL_ERR_INVALID_ARG, "messages must be a JSON array");
     assert_null(out);
-    assert_status_msg(anvil_chat_template_render(t, "[{", NULL, &out), ANVIL_ERR_INVALID_ARG, "not valid JSON");
+    assert_status_msg(anvil_chat_template_render(t, "[{", NULL, &out), ANVIL_ERR_INVALID_ARG,
+                      "not valid JSON");
     o.extra_vars_json = "{\"messages\": []}";
     assert_status_msg(anvil_chat_template_render(t, "[]", &o, &out), ANVIL_ERR_INVALID_ARG,
                       "'messages' is given as its own argument");
@@ -290,7 +298,8 @@ static void test_command_jsonl(void **state)
     if (bin == NULL)
         skip();
     char golden[1024], cmd[4096];
-    snprintf(golden, sizeof golden, "%s", anvil_test_shared_path("golden/chat_templates/google-gemma-2-2b-it.jsonl"));
+    snprintf(golden, sizeof golden, "%s",
+             anvil_test_shared_path("golden/chat_templates/google-gemma-2-2b-it.jsonl"));
     snprintf(cmd, sizeof cmd, "'%s' chat-template --template '%s' --jsonl < '%s'", bin,
              anvil_test_shared_path("chat_templates/google-gemma-2-2b-it.jinja"), golden);
     FILE *p = popen(cmd, "r");
@@ -349,10 +358,8 @@ static void test_command_jsonl(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_tokenizers),
-        cmocka_unit_test(test_golden_chat_templates),
-        cmocka_unit_test(test_loading_rules),
-        cmocka_unit_test(test_render_arguments),
+        cmocka_unit_test(test_golden_tokenizers), cmocka_unit_test(test_golden_chat_templates),
+        cmocka_unit_test(test_loading_rules),     cmocka_unit_test(test_render_arguments),
         cmocka_unit_test(test_command_jsonl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -48,30 +48,31 @@ static char *render(const char *src, const char *vars_json, anvil_status *st)
     return render_lim(src, vars_json, NULL, st);
 }
 
-#define assert_renders(src, vars, want)                        \
-    do {                                                       \
-        anvil_status st_;                                      \
-        char *got_ = render((src), (vars), &st_);              \
-        if (got_ == NULL)                                      \
-            fail_msg("render failed: %s", anvil_last_error()); \
-        assert_string_equal(got_, (want));                     \
-        free(got_);                                            \
+#define assert_renders(src, vars, want)                                                                      \
+    do {                                                                                                     \
+        anvil_status st_;                                                                                    \
+        char *got_ = render((src), (vars), &st_);                                                            \
+        if (got_ == NULL)                                                                                    \
+            fail_msg("render failed: %s", anvil_last_error());                                               \
+        assert_string_equal(got_, (want));                                                                   \
+        free(got_);                                                                                          \
     } while (0)
 
 /* Fails with code and an error message containing needle. */
-#define assert_fails(src, vars, code, needle)            \
-    do {                                                 \
-        anvil_status st_;                                \
-        char *got_ = render((src), (vars), &st_);        \
-        if (got_ != NULL)                                \
-            fail_msg("rendered instead of failing: %s", got_); \
-        assert_status_msg(st_, (code), (needle));        \
+#define assert_fails(src, vars, code, needle)                                                                \
+    do {                                                                                                     \
+        anvil_status st_;                                                                                    \
+        char *got_ = render((src), (vars), &st_);                                                            \
+        if (got_ != NULL)                                                                                    \
+            fail_msg("rendered instead of failing: %s", got_);                                               \
+        assert_status_msg(st_, (code), (needle));                                                            \
     } while (0)
 
 static void test_python_printing(void **state)
 {
     (void)state;
-    assert_renders("{{ 1.0 }} {{ 0.1 }} {{ 1e16 }} {{ 1e15 }} {{ 1e-5 }} {{ 0.0001 }} {{ 1/3 }} {{ -0.0 }} {{ 2.5e-10 }}",
+    assert_renders("{{ 1.0 }} {{ 0.1 }} {{ 1e16 }} {{ 1e15 }} {{ 1e-5 }} {{ 0.0001 }} {{ 1/3 }} {{ -0.0 }} "
+                   "{{ 2.5e-10 }}",
                    NULL, "1.0 0.1 1e+16 1000000000000000.0 1e-05 0.0001 0.3333333333333333 -0.0 2.5e-10");
     assert_renders("{{ 1e300 * 1e10 }} {{ -1e300 * 1e10 }} {{ 123456789.125 }} {{ 1e22 }}", NULL,
                    "inf -inf 123456789.125 1e+22");
@@ -82,10 +83,12 @@ static void test_python_printing(void **state)
     /* repr picks the quote and escapes like CPython */
     assert_renders("{{ [\"it's\", 'a\"b', 'x\\ny', '\\x01', 'é', '\\u00a0'] }}", NULL,
                    "[\"it's\", 'a\"b', 'x\\ny', '\\x01', 'é', '\\xa0']");
-    assert_renders("{{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 6 / 2 }} {{ 2 ** 10 }} {{ 2 ** -1 }}", NULL,
-                   "3 -4 2 3.5 3.0 1024 0.5");
+    assert_renders(
+        "{{ 7 // 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 6 / 2 }} {{ 2 ** 10 }} {{ 2 ** -1 }}", NULL,
+        "3 -4 2 3.5 3.0 1024 0.5");
     assert_renders("{{ 'a' ~ 1 ~ none ~ true ~ 1.5 ~ [1] ~ nope }}", NULL, "a1NoneTrue1.5[1]");
-    assert_renders("{{ x }}|{{ x.role }}|{{ x['content'] }}", "{\"x\": {\"role\": \"user\", \"content\": \"hi\"}}",
+    assert_renders("{{ x }}|{{ x.role }}|{{ x['content'] }}",
+                   "{\"x\": {\"role\": \"user\", \"content\": \"hi\"}}",
                    "{'role': 'user', 'content': 'hi'}|user|hi");
 }
 
@@ -107,23 +110,30 @@ static void test_statements(void **state)
 {
     (void)state;
     assert_renders("{% if 0 %}a{% elif [] %}b{% elif 'x' %}c{% else %}d{% endif %}", NULL, "c");
-    assert_renders("{% for x in [3, 1, 2] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.first }}"
-                   "{{ loop.last }}{{ loop.length }}{{ loop.previtem }}|{% endfor %}",
-                   NULL, "103TrueFalse3|212FalseFalse33|321FalseTrue31|");
+    assert_renders(
+        "{% for x in [3, 1, 2] %}{{ loop.index }}{{ loop.index0 }}{{ loop.revindex }}{{ loop.first }}"
+        "{{ loop.last }}{{ loop.length }}{{ loop.previtem }}|{% endfor %}",
+        NULL, "103TrueFalse3|212FalseFalse33|321FalseTrue31|");
     assert_renders("{% for x in [] %}x{% else %}empty{% endfor %}", NULL, "empty");
-    assert_renders("{% for x in [1, 2, 3, 4] if x is even %}{{ x }}/{{ loop.length }} {% endfor %}", NULL, "2/2 4/2 ");
-    assert_renders("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}", NULL, "a=1;b=2;");
-    assert_renders("{% for x in [1, 2, 3] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}"
-                   "{% endif %}{{ x }}{% endfor %}",
-                   NULL, "1");
+    assert_renders("{% for x in [1, 2, 3, 4] if x is even %}{{ x }}/{{ loop.length }} {% endfor %}", NULL,
+                   "2/2 4/2 ");
+    assert_renders("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}", NULL,
+                   "a=1;b=2;");
+    assert_renders(
+        "{% for x in [1, 2, 3] %}{% if x == 2 %}{% continue %}{% endif %}{% if x == 3 %}{% break %}"
+        "{% endif %}{{ x }}{% endfor %}",
+        NULL, "1");
     /* a set in a loop body is gone at the next iteration and after the loop; a namespace is shared */
-    assert_renders("{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}", NULL,
-                   "12121");
-    assert_renders("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
-                   NULL, "6");
+    assert_renders("{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = 2 %}{{ x }}{% endfor %}{{ x }}",
+                   NULL, "12121");
+    assert_renders(
+        "{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}",
+        NULL, "6");
     assert_renders("{% set a, b = 1, 2 %}{{ a + b }}{% set c %}[{{ a }}]{% endset %}{{ c }}", NULL, "3[1]");
-    assert_renders("{% macro m(a, b='d') %}{{ a }}-{{ b }}{% endmacro %}{{ m(1) }} {{ m(b=3, a=2) }}", NULL, "1-d 2-3");
-    assert_renders("{% macro f() %}<{{ caller() }}>{% endmacro %}{% call f() %}in{% endcall %}", NULL, "<in>");
+    assert_renders("{% macro m(a, b='d') %}{{ a }}-{{ b }}{% endmacro %}{{ m(1) }} {{ m(b=3, a=2) }}", NULL,
+                   "1-d 2-3");
+    assert_renders("{% macro f() %}<{{ caller() }}>{% endmacro %}{% call f() %}in{% endcall %}", NULL,
+                   "<in>");
     assert_renders("{% filter upper %}abc{% endfilter %}{% with x = 5 %}{{ x }}{% endwith %}", NULL, "ABC5");
     assert_renders("{% generation %}{{ 'assistant text' }}{% endgeneration %}", NULL, "assistant text");
     assert_renders("{{ 'y' if 0 else 'n' }}{{ 'y' if 0 }}|{{ 1 and 'b' }}{{ 0 or 'c' }}{{ not none }}", NULL,
@@ -133,14 +143,18 @@ static void test_statements(void **state)
 static void test_values_and_methods(void **state)
 {
     (void)state;
-    const char *v = "{\"m\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"Hé\"}]}";
-    assert_renders("{{ m[0]['role'] }} {{ m[-1].content }} {{ m[5] }}|{{ m[1:] | length }} {{ m[::-1][0].role }}", v,
-                   "system Hé |1 user");
+    const char *v =
+        "{\"m\": [{\"role\": \"system\", \"content\": \"s\"}, {\"role\": \"user\", \"content\": \"Hé\"}]}";
+    assert_renders(
+        "{{ m[0]['role'] }} {{ m[-1].content }} {{ m[5] }}|{{ m[1:] | length }} {{ m[::-1][0].role }}", v,
+        "system Hé |1 user");
     assert_renders("{{ 'héllo'[1:3] }} {{ 'abc'[::-1] }} {{ 'héllo' | length }}", NULL, "él cba 5");
-    assert_renders("{{ '  a b  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}",
-                   NULL, "a b|hi|['a', 'b', '', 'c']|['a', 'b']");
-    assert_renders("{{ 'hello'.startswith('he') }}{{ 'hello'.endswith(('x', 'lo')) }}{{ 'a-b'.replace('-', '+') }}",
-                   NULL, "TrueTruea+b");
+    assert_renders(
+        "{{ '  a b  '.strip() }}|{{ 'xxhixx'.strip('x') }}|{{ 'a,b,,c'.split(',') }}|{{ ' a  b '.split() }}",
+        NULL, "a b|hi|['a', 'b', '', 'c']|['a', 'b']");
+    assert_renders(
+        "{{ 'hello'.startswith('he') }}{{ 'hello'.endswith(('x', 'lo')) }}{{ 'a-b'.replace('-', '+') }}",
+        NULL, "TrueTruea+b");
     assert_renders("{{ 'straße'.upper() }} {{ 'hello wORLD'.title() }} {{ 'ΟΔΟΣ'.lower() }}", NULL,
                    "STRASSE Hello World οδος");
     assert_renders("{{ '{} {x}'.format(1, x='y') }} {{ '%s=%05.1f' % ('a', 3.14159) }}", NULL, "1 y a=003.1");
@@ -155,18 +169,24 @@ static void test_values_and_methods(void **state)
 static void test_filters_and_tests(void **state)
 {
     (void)state;
-    assert_renders("{{ '  x ' | trim }}|{{ 'ab' | upper }}{{ 'AB' | lower }}{{ 'a b-c' | title }}{{ 'aB' | capitalize }}",
+    assert_renders("{{ '  x ' | trim }}|{{ 'ab' | upper }}{{ 'AB' | lower }}{{ 'a b-c' | title }}{{ 'aB' | "
+                   "capitalize }}",
                    NULL, "x|ABabA B-CAb");
-    assert_renders("{{ [3, 1, 2] | sort | join(',') }} {{ ['b', 'A', 'a'] | unique | list }} {{ [1, 2] | reverse | list }}",
+    assert_renders("{{ [3, 1, 2] | sort | join(',') }} {{ ['b', 'A', 'a'] | unique | list }} {{ [1, 2] | "
+                   "reverse | list }}",
                    NULL, "1,2,3 ['b', 'A'] [2, 1]");
-    assert_renders("{{ nope | default('d') }}{{ '' | default('e', true) }}{{ [] | first }}|{{ [1, 2] | last }}", NULL,
-                   "de|2");
-    assert_renders("{{ '4.7' | int }}{{ 'x' | int(9) }}{{ '2' | float }}{{ 2.675 | round(2) }}{{ 2.5 | round }}", NULL,
-                   "492.02.672.0");
-    const char *v = "{\"m\": [{\"role\": \"user\", \"c\": 1}, {\"role\": \"bot\", \"c\": 2}, {\"role\": \"user\", \"c\": 3}]}";
-    assert_renders("{{ m | selectattr('role', 'equalto', 'user') | map(attribute='c') | list }}"
-                   "{{ m | rejectattr('role', 'eq', 'user') | list | length }}{{ m | map(attribute='c') | sum }}",
-                   v, "[1, 3]16");
+    assert_renders(
+        "{{ nope | default('d') }}{{ '' | default('e', true) }}{{ [] | first }}|{{ [1, 2] | last }}", NULL,
+        "de|2");
+    assert_renders(
+        "{{ '4.7' | int }}{{ 'x' | int(9) }}{{ '2' | float }}{{ 2.675 | round(2) }}{{ 2.5 | round }}", NULL,
+        "492.02.672.0");
+    const char *v = "{\"m\": [{\"role\": \"user\", \"c\": 1}, {\"role\": \"bot\", \"c\": 2}, {\"role\": "
+                    "\"user\", \"c\": 3}]}";
+    assert_renders(
+        "{{ m | selectattr('role', 'equalto', 'user') | map(attribute='c') | list }}"
+        "{{ m | rejectattr('role', 'eq', 'user') | list | length }}{{ m | map(attribute='c') | sum }}",
+        v, "[1, 3]16");
     assert_renders("{{ {'b': [1, 2.5, none, true, 'é\\n\"'], 'a': {}} | tojson }}", NULL,
                    "{\"b\": [1, 2.5, null, true, \"é\\n\\\"\"], \"a\": {}}");
     assert_renders("{{ {'a': [1]} | tojson(indent=2) }}|{{ 'é' | tojson(ensure_ascii=true) }}|"
@@ -174,9 +194,10 @@ static void test_filters_and_tests(void **state)
                    NULL, "{\n  \"a\": [\n    1\n  ]\n}|\"\\u00e9\"|{\"a\": 2, \"b\": 1}");
     assert_renders("{{ 'a\\nb' | indent(2, true) }}|{{ 'one two' | wordcount }}|{{ 'x' | center(5) }}|", NULL,
                    "  a\n  b|2|  x  |");
-    assert_renders("{{ 1 is number }}{{ true is number }}{{ true is integer }}{{ 'a' is iterable }}{{ nope is defined }}"
-                   "{{ none is none }}{{ {} is mapping }}{{ 3 is odd }}{{ 9 is divisibleby 3 }}{{ 'a' is in 'abc' }}",
-                   NULL, "TrueTrueFalseTrueFalseTrueTrueTrueTrueTrue");
+    assert_renders(
+        "{{ 1 is number }}{{ true is number }}{{ true is integer }}{{ 'a' is iterable }}{{ nope is defined }}"
+        "{{ none is none }}{{ {} is mapping }}{{ 3 is odd }}{{ 9 is divisibleby 3 }}{{ 'a' is in 'abc' }}",
+        NULL, "TrueTrueFalseTrueFalseTrueTrueTrueTrueTrue");
 }
 
 static void test_syntax_errors_have_lines(void **state)
@@ -216,7 +237,8 @@ static void test_runtime_errors(void **state)
     assert_fails("{{ nope.attr }}", NULL, ANVIL_ERR_INVALID_ARG, "UndefinedError: 'nope' is undefined");
     assert_fails("{{ x.a.b }}", "{\"x\": {}}", ANVIL_ERR_INVALID_ARG,
                  "UndefinedError: 'dict object' has no attribute 'a'");
-    assert_fails("{{ 'a' + 1 }}", NULL, ANVIL_ERR_INVALID_ARG, "TypeError: can only concatenate str (not \"int\") to str");
+    assert_fails("{{ 'a' + 1 }}", NULL, ANVIL_ERR_INVALID_ARG,
+                 "TypeError: can only concatenate str (not \"int\") to str");
     assert_fails("{{ 1 // 0 }}", NULL, ANVIL_ERR_INVALID_ARG, "ZeroDivisionError");
     assert_fails("{{ [1].append(2) }}", NULL, ANVIL_ERR_INVALID_ARG,
                  "SecurityError: access to attribute 'append' of 'list' object is unsafe.");
@@ -234,8 +256,8 @@ static void test_limits(void **state)
     /* steps: 10^10 iterations stop at the step limit */
     lim.max_steps = 100000;
     anvil_status st;
-    char *out = render_lim("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", NULL,
-                           &lim, &st);
+    char *out = render_lim("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                           NULL, &lim, &st);
     assert_null(out);
     assert_status_msg(st, ANVIL_ERR_CAPACITY, "steps");
     /* output */
@@ -251,9 +273,10 @@ static void test_limits(void **state)
     /* memory: a string doubled 40 times */
     jinja_default_limits(&lim);
     lim.max_memory = 16 << 20;
-    out = render_lim("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
-                     "{{ ns.s | length }}",
-                     NULL, &lim, &st);
+    out = render_lim(
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}"
+        "{{ ns.s | length }}",
+        NULL, &lim, &st);
     assert_null(out);
     assert_status_msg(st, ANVIL_ERR_CAPACITY, "memory");
     out = render_lim("{{ 'a' * 1000000000000 }}", NULL, &lim, &st);
