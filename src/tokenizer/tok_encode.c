@@ -80,6 +80,7 @@ anvil_status anvil_tokenizer_encode(const anvil_tokenizer *tok, const char *text
     tok_work_init(&w, tok);
     CHECK_GOTO(w.md != NULL, ANVIL_ERR_OOM, done, "out of memory");
     w.input = text ? text : "";
+    w.cache_hint = len;
     TRY_GOTO(tok_buf_reserve(&w.text, 0), done);
     TRY_GOTO(tok_grow((void **)&w.ids, &w.cap_ids, len / 4 + 16, sizeof *w.ids), done);
     tok_piece all = {0, len, len ? tok_utf8_len((unsigned char)text[0]) : 0, 0, 1};

@@ -458,6 +458,7 @@ typedef struct tok_work {
     size_t cap_u32;
     /* word cache */
     tok_cache_slot *cache;
+    size_t cache_hint; /* input bytes: sizes the first cache table */
     uint32_t cache_mask;
     size_t cache_n;
     int32_t *cache_ids;

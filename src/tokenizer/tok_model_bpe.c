@@ -195,12 +195,16 @@ void tok_bpe_finish(tok_bpe *bpe, int model_sees_bytelevel, const char *meta_cha
 {
     bpe->bytelevel_ok = 0;
     if (model_sees_bytelevel && !bpe->prefix && !bpe->suffix) {
+        /* A byte whose char is not a token is dropped by HF when there is
+         * neither an unk token nor byte fallback (SmolLM2 lacks 21 of them):
+         * the raw path can do that too (id -1 = no symbol). */
+        int can_drop = !bpe->has_unk_token && !bpe->byte_fallback;
         bpe->bytelevel_ok = 1;
         for (int b = 0; b < 256; b++) {
             char u[4];
             size_t l = tok_utf8_encode(tok_bytelevel_char((unsigned char)b), u);
             bpe->bytelevel_ids[b] = tok_strmap_get(&bpe->vocab, u, l);
-            if (bpe->bytelevel_ids[b] < 0)
+            if (bpe->bytelevel_ids[b] < 0 && !can_drop)
                 bpe->bytelevel_ok = 0;
         }
     }
@@ -324,8 +328,11 @@ static anvil_status merge_word(tok_work *w, const char *s, size_t n, int raw)
     TRY(tok_grow((void **)&w->heap, &w->cap_heap, 3 * max_sym + 4, sizeof *w->heap));
     size_t ns = 0;
     if (raw) {
-        for (size_t i = 0; i < n; i++)
-            sym_add(w, &ns, b->bytelevel_ids[(unsigned char)s[i]], 1);
+        for (size_t i = 0; i < n; i++) {
+            int32_t id = b->bytelevel_ids[(unsigned char)s[i]];
+            if (id >= 0)
+                sym_add(w, &ns, id, 1);
+        }
     } else {
         int32_t unk_id = -1;
         uint32_t unk_len = 0;
@@ -462,8 +469,14 @@ static anvil_status word(tok_work *w, const char *s, size_t n, int raw, int im)
     int cacheable = n <= TOK_CACHE_KEY;
     uint64_t h = 0;
     if (cacheable) {
-        if (!w->cache)
-            TRY(cache_reset(w, 32)); /* small first: short prompts are common */
+        if (!w->cache) {
+            /* about one word per 4 bytes, at most half full: no regrowth for
+             * a prompt, no big zeroing for a short one */
+            uint32_t slots = 32;
+            while (slots < CACHE_MAX_SLOTS / 4 && slots < w->cache_hint / 2)
+                slots *= 2;
+            TRY(cache_reset(w, slots));
+        }
         h = tok_hash(s, n) | 1; /* 0 marks an empty slot */
         uint32_t j = (uint32_t)h & w->cache_mask;
         for (;;) {
