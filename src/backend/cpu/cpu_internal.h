@@ -22,6 +22,17 @@
 #include "backend/backend.h"
 #include "core/threadpool.h"
 
+/* Set under AddressSanitizer (GCC or clang): the kernels then skip forced
+ * unrolling and inlining, which only buys speed and makes the instrumented
+ * build very slow to compile. The arithmetic is the same either way. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ANVIL_CPU_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ANVIL_CPU_SANITIZED 1
+#endif
+#endif
+
 /* Code paths, best last. The backend picks the best the CPU supports. */
 typedef enum anvil_cpu_isa {
     ANVIL_CPU_ISA_SCALAR = 0, /* portable C (fmaf), any architecture */

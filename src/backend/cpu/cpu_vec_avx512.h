@@ -13,9 +13,14 @@
 
 #define VEC_TARGET "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
 #define VEC_FN __attribute__((target(VEC_TARGET)))
+#ifndef ANVIL_CPU_SANITIZED
 #define VEC_INLINE static inline __attribute__((always_inline, target(VEC_TARGET)))
 /* tiles are unrolled fully so their accumulators live in registers */
 #define VEC_UNROLL _Pragma("GCC unroll 16")
+#else
+#define VEC_INLINE static inline __attribute__((target(VEC_TARGET)))
+#define VEC_UNROLL
+#endif
 
 typedef __m512 vec16;
 
