@@ -29,9 +29,10 @@ typedef struct anvil_chat_template anvil_chat_template;
 
 /*
  * Loads the chat template of a model or tokenizer folder: chat_template.jinja
- * when the folder has one (transformers gives it priority), else
- * tokenizer_config.json's "chat_template" (a string, or a list of
- * {"name", "template"} of which the one named "default" is used). The special
+ * when the folder has one (transformers gives it priority), else the
+ * "chat_template" of chat_template.json, else tokenizer_config.json's (a
+ * string, or a list of {"name", "template"} of which the one named "default"
+ * is used). The special
  * tokens bos_token, eos_token, unk_token and pad_token are read from
  * tokenizer_config.json (a string or {"content": ...}) when present.
  * On success *out is taken by the caller (anvil_chat_template_free); on

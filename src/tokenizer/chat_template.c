@@ -105,13 +105,15 @@ anvil_status anvil_chat_template_load_source(const char *dir, const char *source
 {
     *out = NULL;
     CHECK(dir != NULL, ANVIL_ERR_INVALID_ARG, "folder is NULL");
-    char cfg_path[4096], jinja_path[4096];
+    char cfg_path[4096], jinja_path[4096], json_path[4096];
     TRY(anvil_path_join(cfg_path, sizeof cfg_path, dir, "tokenizer_config.json"));
     TRY(anvil_path_join(jinja_path, sizeof jinja_path, dir, "chat_template.jinja"));
+    TRY(anvil_path_join(json_path, sizeof json_path, dir, "chat_template.json"));
 
     anvil_status st = ANVIL_OK;
-    json_t *cfg = NULL;
+    json_t *cfg = NULL, *tpl_json = NULL;
     char *file_src = NULL;
+    const char *src_path = cfg_path;
     anvil_chat_template *t = NULL;
     if (anvil_file_exists(cfg_path)) {
         json_error_t jerr;
@@ -128,7 +130,22 @@ anvil_status anvil_chat_template_load_source(const char *dir, const char *source
     } else if (anvil_file_exists(jinja_path)) {
         TRY_GOTO(anvil_read_file(jinja_path, &file_src, &src_len), done);
         src = file_src;
-    } else if (cfg != NULL) {
+        src_path = jinja_path;
+    } else if (anvil_file_exists(json_path)) {
+        /* processors save {"chat_template": ...} in chat_template.json */
+        json_error_t jerr;
+        tpl_json = json_load_file(json_path, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
+        CHECK_GOTO(tpl_json != NULL && json_is_object(tpl_json), ANVIL_ERR_FORMAT, done, "%s:%d: %s",
+                   json_path, jerr.line, tpl_json ? "not a JSON object" : jerr.text);
+        const json_t *js;
+        TRY_GOTO(config_template(tpl_json, json_path, &js), done);
+        if (js) {
+            src = json_string_value(js);
+            src_len = json_string_length(js);
+            src_path = json_path;
+        }
+    }
+    if (src == NULL && source == NULL && cfg != NULL) {
         const json_t *js;
         TRY_GOTO(config_template(cfg, cfg_path, &js), done);
         if (js) {
@@ -137,12 +154,12 @@ anvil_status anvil_chat_template_load_source(const char *dir, const char *source
         }
     }
     CHECK_GOTO(src != NULL, ANVIL_ERR_NOT_FOUND, done,
-               "%s has no chat template (no chat_template.jinja, no "
+               "%s has no chat template (no chat_template.jinja, chat_template.json or "
                "chat_template in tokenizer_config.json)",
                dir);
     st = parse_into(src, src_len, &t);
     if (st != ANVIL_OK) {
-        anvil_error_wrap("%s", source ? "template" : file_src ? jinja_path : cfg_path);
+        anvil_error_wrap("%s", source ? "template" : src_path);
         goto done;
     }
     for (int i = 0; cfg != NULL && i < TOK_COUNT; i++) {
@@ -158,6 +175,7 @@ done:
     anvil_chat_template_free(t);
     free(file_src);
     json_decref(cfg);
+    json_decref(tpl_json);
     return st;
 }
 

@@ -218,6 +218,13 @@ static void test_loading_rules(void **state)
     free(out);
     anvil_chat_template_free(t);
 
+    /* chat_template.json (processors) over the config's, chat_template.jinja over both */
+    write_text(dir, "chat_template.json", "{\"chat_template\": \"json file: {{ bos_token }}\"}");
+    assert_int_equal(anvil_chat_template_load(dir, &t), ANVIL_OK);
+    out = render_simple(t, msgs, NULL);
+    assert_string_equal(out, "json file: <B>");
+    free(out);
+    anvil_chat_template_free(t);
     /* chat_template.jinja takes priority over the config's template */
     write_text(dir, "chat_template.jinja", "jinja file: {{ messages | length }}\n");
     assert_int_equal(anvil_chat_template_load(dir, &t), ANVIL_OK);
