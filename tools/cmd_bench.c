@@ -628,7 +628,10 @@ int anvil_cmd_bench(int argc, char **argv)
     const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
     const int threads = ro->n_threads > 0 ? ro->n_threads : anvil_cpu_count();
 
-    printf("anvil bench: %s on %s (%s, %d threads)\n", a.model, ro->device, cpu, threads);
+    if (strcmp(ro->device, "cpu") == 0)
+        printf("anvil bench: %s on cpu (%s, %d threads)\n", a.model, cpu, threads);
+    else
+        printf("anvil bench: %s on %s (host: %s)\n", a.model, ro->device, cpu);
     printf("  requests                   %ld ok, %ld failed, in %.2f s\n", n_ok, n_fail, dur);
     printf("  throughput                 %.2f requests/s, %.1f input tokens/s, %.1f output tokens/s\n",
            (double)n_ok / dur, (double)in_tok / dur, (double)out_tok / dur);
