@@ -193,9 +193,9 @@ anvil_status anvil_exec_request_make(anvil_executor *ex, const anvil_request *re
 void anvil_exec_request_free(xreq *r);
 anvil_status anvil_exec_seq_new(anvil_executor *ex, xreq *r, xseq **out);
 void anvil_exec_seq_free(xseq *s);
-/* A copy of s (tokens, block references, outputs; a fresh detokenizer
- * state copied by replaying is not possible, so text state is copied as
- * bytes and the detokenizer re-primed). */
+/* A copy of s: tokens, a reference to each of its blocks, hashes,
+ * log-probabilities, scores, RNG state. Not its text: samples fork before
+ * their first token and beams decode their text at the end. */
 anvil_status anvil_exec_seq_fork(anvil_executor *ex, xreq *r, const xseq *s, xseq **out);
 /* Drops every block reference of s (the last block first, so that a
  * prefix's head outlives its tail in the LRU). */
