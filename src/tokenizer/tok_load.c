@@ -3,6 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <utf8proc.h>
+
+#include "anvil/log.h"
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "tokenizer/tok_internal.h"
@@ -61,6 +64,18 @@ static anvil_status build(anvil_tokenizer *tok, const char *text, size_t len)
     tok_bpe_finish(&tok->bpe, last_bl, meta, meta_len);
     if (last_bl && tok->bpe.bytelevel_ok)
         tok->pres[tok->n_pres - 1].raw_out = 1;
+
+    for (int i = 0; i < tok->n_norms; i++) {
+        enum tok_norm_kind k = tok->norms[i].kind;
+        if ((k <= TOK_NORM_NFKD || (k == TOK_NORM_BERT && tok->norms[i].bert_strip_accents)) &&
+            strcmp(utf8proc_unicode_version(), tok_unicode_utf8proc_version) != 0) {
+            anvil_log(ANVIL_LOG_WARN,
+                      "tokenizer: utf8proc has Unicode %s, the normalization guards were made for %s; "
+                      "characters new since then may normalize unlike HF (rerun src/tokenizer/gen_unicode_data.py)",
+                      utf8proc_unicode_version(), tok_unicode_utf8proc_version);
+            break;
+        }
+    }
 
     TRY_GOTO(tok_added_load(tok, json_object_get(root, "added_tokens")), done);
     TRY_GOTO(tok_added_build_tries(tok), done);

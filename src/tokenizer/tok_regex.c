@@ -511,6 +511,14 @@ static int cmp_range(const void *a, const void *b)
     return x[0] < y[0] ? -1 : x[0] > y[0];
 }
 
+/* 1 if the PCRE2 in use has the Unicode version the risk tables were made for. */
+static int pcre2_tables_match(void)
+{
+    char v[32] = "";
+    pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, v);
+    return strcmp(v, tok_unicode_pcre2_version) == 0;
+}
+
 anvil_status tok_regex_compile(tok_regex *re, const char *pattern, size_t len)
 {
     memset(re, 0, sizeof *re);
@@ -529,7 +537,9 @@ anvil_status tok_regex_compile(tok_regex *re, const char *pattern, size_t len)
     size_t n_risk = 0;
     for (int i = 0; i < xf.n_risks; i++)
         n_risk += xf.risks[i]->n;
-    re->all_risky = xf.all_risky;
+    /* another PCRE2 Unicode version: the risk sets do not describe it, so
+     * every subject takes the exact pattern (slower, still exact) */
+    re->all_risky = xf.all_risky || !pcre2_tables_match();
     if (!re->all_risky)
         TRY_GOTO(compile_one(fast.p ? fast.p : "", fast.len, &re->fast, pattern, len), fail);
     if (n_risk > 0 || re->all_risky) {
