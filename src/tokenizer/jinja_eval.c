@@ -212,9 +212,13 @@ static void check_hashable(jctx *c, jv k)
 {
     if (k.k == JK_LIST || k.k == JK_DICT || k.k == JK_NS)
         jfail(c, JE_TYPE, "unhashable type: '%s'", jv_type_name(k));
-    if (k.k == JK_TUPLE)
+    if (k.k == JK_TUPLE) {
+        if (++c->vdepth > 1000)
+            jfail(c, JE_RECURSION, "maximum recursion depth exceeded while hashing");
         for (size_t i = 0; i < k.u.l->n; i++)
             check_hashable(c, k.u.l->v[i]);
+        c->vdepth--;
+    }
 }
 
 static jv eval_inner(jctx *c, jscope *s, const jnode *n)
@@ -499,6 +503,7 @@ static anvil_status status_of(int kind)
 {
     switch (kind) {
     case JE_LIMIT:
+    case JE_RECURSION:
         return ANVIL_ERR_CAPACITY;
     case JE_UNSUPPORTED:
         return ANVIL_ERR_UNSUPPORTED;

@@ -278,7 +278,7 @@ jv jf_groupby(jctx *c, jv v, jargs *a, const char *name)
     while (i < l->n) {
         size_t j = i;
         jv group = jv_list(c, 0);
-        while (j < l->n && jv_eq(keys.u.l->v[j], keys.u.l->v[i]))
+        while (j < l->n && jv_eq(c, keys.u.l->v[j], keys.u.l->v[i]))
             jlist_push(c, group.u.l, keyed.u.l->v[j++]);
         jv grouper =
             jv_truthy(cs) ? keys.u.l->v[i] : path_get(c, keyed.u.l->v[i], &p, has_default ? &dflt : NULL);
@@ -566,7 +566,7 @@ jv jf_unique(jctx *c, jv v, jargs *a, const char *name)
         int dup = 0;
         for (size_t j = 0; j < seen.u.l->n && !dup; j++) {
             jstep(c);
-            dup = jv_eq(seen.u.l->v[j], key);
+            dup = jv_eq(c, seen.u.l->v[j], key);
         }
         if (!dup) {
             jlist_push(c, seen.u.l, key);

@@ -140,6 +140,7 @@ enum {
     JE_UNSUPPORTED,
     JE_ATTRIBUTE,  /* AttributeError */
     JE_FILTER_ARG, /* FilterArgumentError */
+    JE_RECURSION,  /* RecursionError: values nested too deeply */
 };
 
 /* ------------------------------------------------------------------ tokens */
@@ -368,12 +369,12 @@ jv jv_tuple(jctx *c, size_t n);
 jv jv_dict(jctx *c);
 void jlist_push(jctx *c, jlist *l, jv v);
 void jdict_set(jctx *c, jdict *d, jv k, jv v);
-int jdict_get(const jdict *d, jv k, jv *out);
+int jdict_get(jctx *c, const jdict *d, jv k, jv *out);
 int jdict_get_str(const jdict *d, const char *k, size_t klen, jv *out);
 
 const char *jv_type_name(jv v);
 int jv_truthy(jv v);
-int jv_eq(jv a, jv b);
+int jv_eq(jctx *c, jv a, jv b);
 /* a < b and friends with Python rules; TypeError for unorderable types. */
 int jv_lt(jctx *c, jv a, jv b);
 int jv_cmp_op(jctx *c, int op, jv a, jv b);

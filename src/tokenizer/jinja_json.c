@@ -232,7 +232,7 @@ static void dump(jctx *c, jbuf *b, jv v, const jjson_opts *o, int level)
 {
     char tmp[32];
     if (++c->vdepth > 1000)
-        jfail(c, JE_LIMIT, "value nested too deeply for tojson");
+        jfail(c, JE_RECURSION, "maximum recursion depth exceeded while encoding a JSON object");
     jstep(c);
     switch ((jkind)v.k) {
     case JK_NONE:

@@ -405,7 +405,7 @@ static jv m_get(jctx *c, jv self, jargs *a, const char *name)
         jfail(c, JE_TYPE, "get expected at least 1 argument, got 0");
     jargs_take(c, a, 1, NULL, &dflt);
     jargs_done(c, a, name, 2);
-    return jdict_get(self.u.d, key, &v) ? v : dflt;
+    return jdict_get(c, self.u.d, key, &v) ? v : dflt;
 }
 
 static jv m_copy(jctx *c, jv self, jargs *a, const char *name)
@@ -433,7 +433,7 @@ static jv m_seq_index(jctx *c, jv self, jargs *a, const char *name)
     const jlist *l = self.u.l;
     int64_t n = 0;
     for (size_t i = 0; i < l->n; i++) {
-        if (jv_eq(l->v[i], x)) {
+        if (jv_eq(c, l->v[i], x)) {
             if (name[0] == 'i')
                 return jv_int((int64_t)i);
             n++;
@@ -460,7 +460,7 @@ static jv m_changed(jctx *c, jv self, jargs *a, const char *name)
     for (int i = 0; i < a->npos; i++)
         t.u.l->v[i] = a->pos[i];
     t.u.l->n = (size_t)a->npos;
-    if (lp->has_changed && jv_eq(lp->last_changed, t))
+    if (lp->has_changed && jv_eq(c, lp->last_changed, t))
         return jv_bool(0);
     lp->last_changed = t;
     lp->has_changed = 1;

@@ -123,7 +123,7 @@ jv jop_getitem(jctx *c, jv obj, jv key)
     int64_t idx;
     switch ((jkind)obj.k) {
     case JK_DICT:
-        if (jdict_get(obj.u.d, key, &v))
+        if (jdict_get(c, obj.u.d, key, &v))
             return v;
         break;
     case JK_LIST:
@@ -512,19 +512,19 @@ int jop_contains(jctx *c, jv container, jv item)
     case JK_LIST:
     case JK_TUPLE:
         for (size_t i = 0; i < container.u.l->n; i++)
-            if (jv_eq(container.u.l->v[i], item))
+            if (jv_eq(c, container.u.l->v[i], item))
                 return 1;
         return 0;
     case JK_DICT:
         if (item.k == JK_LIST || item.k == JK_DICT)
             jfail(c, JE_TYPE, "unhashable type: '%s'", jv_type_name(item));
-        return jdict_get(container.u.d, item, NULL);
+        return jdict_get(c, container.u.d, item, NULL);
     case JK_GEN: {
         /* `in` consumes an iterator up to the match */
         jv_gen_check(c, container);
         jlist *l = container.u.l;
         while (l->pos < l->n)
-            if (jv_eq(l->v[l->pos++], item))
+            if (jv_eq(c, l->v[l->pos++], item))
                 return 1;
         return 0;
     }

@@ -175,7 +175,7 @@ static void dict_repr(jctx *c, jbuf *b, const jdict *d)
 void jv_repr_into(jctx *c, jbuf *b, jv v)
 {
     if (++c->vdepth > 1000)
-        jfail(c, JE_LIMIT, "value nested too deeply to print");
+        jfail(c, JE_RECURSION, "maximum recursion depth exceeded while getting the repr of an object");
     switch ((jkind)v.k) {
     case JK_STR:
         jpy_str_repr_into(c, b, v.u.s->s, v.u.s->len);

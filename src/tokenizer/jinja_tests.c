@@ -22,13 +22,13 @@ static int t_parity(jctx *c, jv v, jargs *a, const char *name)
 {
     jargs_done(c, a, name, 0);
     jv r = jop_binary(c, OP_MOD, v, jv_int(2));
-    return jv_eq(r, jv_int(name[0] == 'o' ? 1 : 0));
+    return jv_eq(c, r, jv_int(name[0] == 'o' ? 1 : 0));
 }
 
 static int t_divisibleby(jctx *c, jv v, jargs *a, const char *name)
 {
     jv n = one_arg(c, a, name);
-    return jv_eq(jop_binary(c, OP_MOD, v, n), jv_int(0));
+    return jv_eq(c, jop_binary(c, OP_MOD, v, n), jv_int(0));
 }
 
 static int t_kind(jctx *c, jv v, jargs *a, const char *name)
@@ -101,7 +101,7 @@ static int t_sameas(jctx *c, jv v, jargs *a, const char *name)
     case JK_NS:
         return v.u.d == o.u.d;
     default:
-        return jv_eq(v, o);
+        return jv_eq(c, v, o);
     }
 }
 

@@ -30,6 +30,7 @@ static const char *const kind_names[] = {
     [JE_UNSUPPORTED] = "UnsupportedError",
     [JE_ATTRIBUTE] = "AttributeError",
     [JE_FILTER_ARG] = "FilterArgumentError",
+    [JE_RECURSION] = "RecursionError",
 };
 
 void jfail(jctx *c, int kind, const char *fmt, ...)

@@ -12,6 +12,8 @@
 
 #include "tokenizer/jinja_internal.h"
 
+#define MAX_VALUE_DEPTH 1000
+
 /* ------------------------------------------------------------------ values */
 
 jv jv_str(jctx *c, const char *s, size_t len)
@@ -115,10 +117,10 @@ void jlist_push(jctx *c, jlist *l, jv v)
     l->v[l->n++] = v;
 }
 
-int jdict_get(const jdict *d, jv k, jv *out)
+int jdict_get(jctx *c, const jdict *d, jv k, jv *out)
 {
     for (size_t i = 0; i < d->n; i++) {
-        if (jv_eq(d->k[i], k)) {
+        if (jv_eq(c, d->k[i], k)) {
             if (out)
                 *out = d->v[i];
             return 1;
@@ -143,7 +145,7 @@ int jdict_get_str(const jdict *d, const char *k, size_t klen, jv *out)
 void jdict_set(jctx *c, jdict *d, jv k, jv v)
 {
     for (size_t i = 0; i < d->n; i++) {
-        if (jv_eq(d->k[i], k)) {
+        if (jv_eq(c, d->k[i], k)) {
             d->v[i] = v;
             return;
         }
@@ -247,8 +249,11 @@ static int int_eq_float(int64_t i, double f)
     return (int64_t)f == i;
 }
 
-int jv_eq(jv a, jv b)
+static int eq_rec(jctx *c, jv a, jv b, int depth)
 {
+    /* values a template nests itself ({% set ns.x = [ns.x] %}) can be deep */
+    if (depth > MAX_VALUE_DEPTH)
+        jfail(c, JE_RECURSION, "maximum recursion depth exceeded in comparison");
     if (is_num(a) && is_num(b)) {
         if (a.k == JK_FLOAT && b.k == JK_FLOAT)
             return a.u.f == b.u.f;
@@ -268,18 +273,22 @@ int jv_eq(jv a, jv b)
         return a.u.s->len == b.u.s->len && memcmp(a.u.s->s, b.u.s->s, a.u.s->len) == 0;
     case JK_LIST:
     case JK_TUPLE:
+        if (a.u.l == b.u.l)
+            return 1; /* CPython compares an object with itself as equal without looking inside */
         if (a.u.l->n != b.u.l->n)
             return 0;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!jv_eq(a.u.l->v[i], b.u.l->v[i]))
+            if (!eq_rec(c, a.u.l->v[i], b.u.l->v[i], depth + 1))
                 return 0;
         return 1;
     case JK_DICT:
+        if (a.u.d == b.u.d)
+            return 1;
         if (a.u.d->n != b.u.d->n)
             return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
             jv other;
-            if (!jdict_get(b.u.d, a.u.d->k[i], &other) || !jv_eq(a.u.d->v[i], other))
+            if (!jdict_get(c, b.u.d, a.u.d->k[i], &other) || !eq_rec(c, a.u.d->v[i], other, depth + 1))
                 return 0;
         }
         return 1;
@@ -298,6 +307,11 @@ int jv_eq(jv a, jv b)
     default:
         return 0;
     }
+}
+
+int jv_eq(jctx *c, jv a, jv b)
+{
+    return eq_rec(c, a, b, 0);
 }
 
 static int num_lt(jv a, jv b)
@@ -359,8 +373,13 @@ static int ordered(jctx *c, int op, jv a, jv b)
     if ((a.k == JK_LIST && b.k == JK_LIST) || (a.k == JK_TUPLE && b.k == JK_TUPLE)) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
-            if (!jv_eq(a.u.l->v[i], b.u.l->v[i]))
-                return ordered(c, op, a.u.l->v[i], b.u.l->v[i]);
+            if (!jv_eq(c, a.u.l->v[i], b.u.l->v[i])) {
+                if (++c->vdepth > MAX_VALUE_DEPTH)
+                    jfail(c, JE_RECURSION, "maximum recursion depth exceeded in comparison");
+                int r = ordered(c, op, a.u.l->v[i], b.u.l->v[i]);
+                c->vdepth--;
+                return r;
+            }
         }
         return a.u.l->n < b.u.l->n ? -1 : a.u.l->n > b.u.l->n;
     }
@@ -377,9 +396,9 @@ int jv_cmp_op(jctx *c, int op, jv a, jv b)
 {
     switch (op) {
     case OP_EQ:
-        return jv_eq(a, b);
+        return jv_eq(c, a, b);
     case OP_NE:
-        return !jv_eq(a, b);
+        return !jv_eq(c, a, b);
     case OP_LT:
         return ordered(c, op, a, b) < 0;
     case OP_LTEQ: {

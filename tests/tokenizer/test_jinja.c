@@ -312,6 +312,25 @@ static void test_limits(void **state)
     assert_null(out);
     assert_status_msg(st, ANVIL_ERR_CAPACITY, "expression nested more than");
     free(src);
+    /* values a template nests itself: compared, printed and dumped without blowing the stack */
+    const char *deep = "{% set ns = namespace(x=[], y=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}"
+                       "{% set ns.y = [ns.y] %}{% endfor %}";
+    char tpl[512];
+    snprintf(tpl, sizeof tpl, "%s{{ ns.x == ns.x }}", deep); /* the same object: equal, as in CPython */
+    assert_renders(tpl, NULL, "True");
+    snprintf(tpl, sizeof tpl, "%s{{ ns.x == ns.y }}", deep);
+    out = render(tpl, NULL, &st);
+    assert_null(out);
+    assert_status_msg(st, ANVIL_ERR_CAPACITY,
+                      "RecursionError: maximum recursion depth exceeded in comparison");
+    snprintf(tpl, sizeof tpl, "%s{{ ns.x | tojson }}", deep);
+    out = render(tpl, NULL, &st);
+    assert_null(out);
+    assert_status_msg(st, ANVIL_ERR_CAPACITY, "RecursionError");
+    snprintf(tpl, sizeof tpl, "%s{{ ns.x }}", deep);
+    out = render(tpl, NULL, &st);
+    assert_null(out);
+    assert_status_msg(st, ANVIL_ERR_CAPACITY, "RecursionError");
     /* sources over the cap are refused */
     jinja_template *t = NULL;
     assert_int_equal(jinja_parse("x", JINJA_MAX_SOURCE + 1, &t), ANVIL_ERR_CAPACITY);
