@@ -16,6 +16,7 @@ static const command commands[] = {
     {"detokenize", anvil_cmd_detokenize, "print the text of token ids"},
     {"chat-template", anvil_cmd_chat_template, "render chat messages with a model's template"},
     {"bench", anvil_cmd_bench, "measure throughput and latency of batched serving"},
+    {"serve", anvil_cmd_serve, "serve models over HTTP with OpenAI's API"},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,622 @@
+/*
+ * The HTTP side: libmicrohttpd with a thread per connection. Decision
+ * (docs/server.md): a connection's thread may block, so a streamed response
+ * is a content reader that waits on the request's condition variable (with a
+ * short timeout to notice a client that hung up), and a non-streamed one
+ * waits in the handler. No busy polling, no suspend/resume bookkeeping; the
+ * price is a thread per open connection, bounded by max_connections.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/fileutil.h"
+#include "server/server_internal.h"
+
+/* One HTTP request: its body as it arrives. */
+typedef struct conn_ctx {
+    char *body;
+    size_t len;
+    int too_large;
+} conn_ctx;
+
+/* A streamed response's reader state. */
+typedef struct stream_ctx {
+    srv_gen *g;
+    struct MHD_Connection *conn;
+} stream_ctx;
+
+void anvil_server_options_default(anvil_server_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 8000;
+    o->max_request_bytes = 1 << 20;
+    o->max_connections = 1024;
+}
+
+/* ------------------------------------------------------------ responses */
+
+static void count_status(anvil_server *s, int status)
+{
+    pthread_mutex_lock(&s->mu);
+    if (status >= 100 && status < 600)
+        s->http_status_counts[status]++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static enum MHD_Result send_buf(anvil_server *s, struct MHD_Connection *c, int status, const char *type,
+                                const char *data, size_t len, const char *allow)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, (void *)data, MHD_RESPMEM_MUST_COPY);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", type);
+    if (allow)
+        MHD_add_response_header(r, "Allow", allow);
+    if (status == 401)
+        MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
+    MHD_destroy_response(r);
+    count_status(s, status);
+    return ret;
+}
+
+/* Sends JSON (takes j). */
+static enum MHD_Result send_json(anvil_server *s, struct MHD_Connection *c, int status, json_t *j, const char *allow)
+{
+    char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (t == NULL)
+        return send_buf(s, c, 500, "application/json", "{}", 2, NULL);
+    enum MHD_Result r = send_buf(s, c, status, "application/json", t, strlen(t), allow);
+    free(t);
+    return r;
+}
+
+static enum MHD_Result send_error(anvil_server *s, struct MHD_Connection *c, int status, const char *msg,
+                                  const char *type, const char *param, const char *code, const char *allow)
+{
+    return send_json(s, c, status, srv_error_json(msg, type, param, code), allow);
+}
+
+/* ------------------------------------------------------------ requests in flight */
+
+static void gen_track(anvil_server *s, srv_gen *g)
+{
+    pthread_mutex_lock(&s->mu);
+    g->next = s->gens;
+    g->prev = NULL;
+    if (s->gens)
+        s->gens->prev = g;
+    s->gens = g;
+    s->in_flight++;
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* The HTTP side is done with g: untrack it and drop its reference. */
+static void gen_untrack(anvil_server *s, srv_gen *g)
+{
+    pthread_mutex_lock(&s->mu);
+    if (g->prev)
+        g->prev->next = g->next;
+    else
+        s->gens = g->next;
+    if (g->next)
+        g->next->prev = g->prev;
+    s->in_flight--;
+    pthread_mutex_unlock(&s->mu);
+    srv_gen_release(g);
+}
+
+/* 1 when the client closed its end of the connection. */
+static int client_gone(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return 1;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+static void gen_cancel(srv_gen *g)
+{
+    pthread_mutex_lock(&g->mu);
+    int need = !g->done && !g->cancelled;
+    g->cancelled = 1;
+    pthread_mutex_unlock(&g->mu);
+    if (need)
+        anvil_executor_cancel(g->model->ex, g->id);
+}
+
+/* Waits (with g->mu held) up to 50 ms for news. */
+static void gen_wait(srv_gen *g)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&g->cv, &g->mu, &ts);
+}
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    stream_ctx *sc = cls;
+    srv_gen *g = sc->g;
+    pthread_mutex_lock(&g->mu);
+    while (g->sent == g->len && !g->done) {
+        gen_wait(g);
+        if (g->sent == g->len && !g->done) {
+            pthread_mutex_unlock(&g->mu);
+            if (client_gone(sc->conn)) {
+                gen_cancel(g);
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            }
+            pthread_mutex_lock(&g->mu);
+        }
+    }
+    ssize_t n;
+    if (g->sent < g->len) {
+        size_t k = g->len - g->sent < max ? g->len - g->sent : max;
+        memcpy(buf, g->buf + g->sent, k);
+        g->sent += k;
+        n = (ssize_t)k;
+    } else {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
+static void stream_free(void *cls)
+{
+    stream_ctx *sc = cls;
+    gen_cancel(sc->g); /* a no-op when it finished; else the client went away */
+    gen_untrack(sc->g->srv, sc->g);
+    free(sc);
+}
+
+static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat)
+{
+    srv_gen *g = NULL;
+    int status = 500;
+    json_t *err = NULL;
+    if (srv_openai_generate(s, body, chat, &g, &status, &err) < 0)
+        return send_json(s, c, status, err, NULL);
+    gen_track(s, g);
+    if (g->stream) {
+        stream_ctx *sc = malloc(sizeof *sc);
+        struct MHD_Response *r =
+            sc ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, sc, stream_free) : NULL;
+        if (r == NULL) {
+            free(sc);
+            gen_cancel(g);
+            gen_untrack(s, g);
+            return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
+        }
+        sc->g = g;
+        sc->conn = c;
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+        enum MHD_Result ret = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r);
+        count_status(s, 200);
+        return ret;
+    }
+    pthread_mutex_lock(&g->mu);
+    while (!g->done) {
+        gen_wait(g);
+        if (!g->done) {
+            pthread_mutex_unlock(&g->mu);
+            if (client_gone(c))
+                gen_cancel(g);
+            pthread_mutex_lock(&g->mu);
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    enum MHD_Result ret = send_buf(s, c, g->http_status, "application/json", g->buf ? g->buf : "", g->len, NULL);
+    gen_untrack(s, g);
+    return ret;
+}
+
+/* ------------------------------------------------------------ other endpoints */
+
+static srv_model *model_named(anvil_server *s, const char *name)
+{
+    for (int i = 0; i < s->n_models; i++)
+        if (name == NULL || strcmp(s->models[i].name, name) == 0)
+            return &s->models[i];
+    return NULL;
+}
+
+static json_t *model_json(const srv_model *m)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(m->name));
+    json_object_set_new(o, "object", json_string("model"));
+    json_object_set_new(o, "created", json_integer(0));
+    json_object_set_new(o, "owned_by", json_string("anvil"));
+    json_object_set_new(o, "max_model_len", json_integer(m->max_seq_len));
+    return o;
+}
+
+static enum MHD_Result serve_tokenize(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok)
+{
+    json_t *mn = json_object_get(body, "model");
+    if (mn && !json_is_null(mn) && !json_is_string(mn))
+        return send_error(s, c, 400, "'model' must be a string", "invalid_request_error", "model", "invalid_type",
+                          NULL);
+    srv_model *m = model_named(s, json_string_value(mn));
+    if (m == NULL)
+        return send_error(s, c, 404, "The model does not exist", "invalid_request_error", "model",
+                          "model_not_found", NULL);
+    if (m->tok == NULL)
+        return send_error(s, c, 400, "The model has no tokenizer", "invalid_request_error", "model", NULL, NULL);
+    json_t *o = json_object();
+    if (!detok) {
+        json_t *p = json_object_get(body, "prompt"), *asp = json_object_get(body, "add_special_tokens");
+        if (!json_is_string(p) || (asp && !json_is_boolean(asp))) {
+            json_decref(o);
+            return send_error(s, c, 400, "'prompt' must be a string (and 'add_special_tokens' a boolean)",
+                              "invalid_request_error", "prompt", "invalid_type", NULL);
+        }
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        if (anvil_tokenizer_encode(m->tok, json_string_value(p), json_string_length(p), asp ? json_is_true(asp) : 1,
+                                   &ids, &n) != ANVIL_OK) {
+            json_decref(o);
+            return send_error(s, c, 400, anvil_last_error(), "invalid_request_error", "prompt", NULL, NULL);
+        }
+        json_t *a = json_array();
+        for (int64_t i = 0; i < n; i++)
+            json_array_append_new(a, json_integer(ids[i]));
+        free(ids);
+        json_object_set_new(o, "tokens", a);
+        json_object_set_new(o, "count", json_integer(n));
+        json_object_set_new(o, "max_model_len", json_integer(m->max_seq_len));
+    } else {
+        json_t *t = json_object_get(body, "tokens");
+        size_t k = json_is_array(t) ? json_array_size(t) : 0;
+        int32_t *ids = malloc((k ? k : 1) * sizeof *ids);
+        int ok = json_is_array(t) && ids;
+        for (size_t i = 0; ok && i < k; i++) {
+            json_t *e = json_array_get(t, i);
+            ok = json_is_integer(e) && json_integer_value(e) >= 0 && json_integer_value(e) <= INT32_MAX;
+            if (ok)
+                ids[i] = (int32_t)json_integer_value(e);
+        }
+        char *text = NULL;
+        size_t len = 0;
+        if (!ok || anvil_tokenizer_decode(m->tok, ids, (int64_t)k, 1, &text, &len) != ANVIL_OK) {
+            free(ids);
+            json_decref(o);
+            return send_error(s, c, 400, "'tokens' must be an array of token ids", "invalid_request_error",
+                              "tokens", "invalid_type", NULL);
+        }
+        free(ids);
+        json_t *js = json_stringn(text, len);
+        free(text);
+        json_object_set_new(o, "prompt", js ? js : json_string(""));
+    }
+    return send_json(s, c, 200, o, NULL);
+}
+
+/* Constant-time comparison of the Authorization header with "Bearer KEY". */
+static int authorized(anvil_server *s, struct MHD_Connection *c)
+{
+    if (s->api_key == NULL)
+        return 1;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (h == NULL || strncmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    size_t n = strlen(h), k = strlen(s->api_key);
+    unsigned diff = (unsigned)(n ^ k);
+    for (size_t i = 0; i < k; i++)
+        diff |= (unsigned char)s->api_key[i] ^ (unsigned char)(i < n ? h[i] : 0);
+    return diff == 0;
+}
+
+typedef struct route {
+    const char *path;
+    const char *method;
+    int id;
+} route;
+
+enum { R_HEALTH, R_METRICS, R_MODELS, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE };
+
+static const route routes[] = {
+    {"/health", "GET", R_HEALTH},
+    {"/metrics", "GET", R_METRICS},
+    {"/v1/models", "GET", R_MODELS},
+    {"/v1/completions", "POST", R_COMPLETIONS},
+    {"/v1/chat/completions", "POST", R_CHAT},
+    {"/v1/tokenize", "POST", R_TOKENIZE},
+    {"/tokenize", "POST", R_TOKENIZE},
+    {"/v1/detokenize", "POST", R_DETOKENIZE},
+    {"/detokenize", "POST", R_DETOKENIZE},
+};
+
+static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const char *url, const char *method,
+                                conn_ctx *cc)
+{
+    const route *rt = NULL;
+    int model_path = strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0';
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !model_path; i++)
+        if (strcmp(url, routes[i].path) == 0)
+            rt = &routes[i];
+    int needs_auth = strncmp(url, "/v1/", 4) == 0 || (rt && (rt->id == R_TOKENIZE || rt->id == R_DETOKENIZE));
+    if (needs_auth && !authorized(s, c))
+        return send_error(s, c, 401, "Incorrect API key provided.", "invalid_request_error", NULL,
+                          "invalid_api_key", NULL);
+    if (rt == NULL && !model_path)
+        return send_error(s, c, 404, "Not found", "invalid_request_error", NULL, "not_found", NULL);
+    const char *want = rt ? rt->method : "GET";
+    if (strcmp(method, want) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(want, "GET") == 0))
+        return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL, "method_not_allowed",
+                          want);
+    if (cc->too_large)
+        return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL,
+                          "request_too_large", NULL);
+    if (model_path) {
+        srv_model *m = model_named(s, url + 11);
+        if (m == NULL)
+            return send_error(s, c, 404, "The model does not exist", "invalid_request_error", "model",
+                              "model_not_found", NULL);
+        return send_json(s, c, 200, model_json(m), NULL);
+    }
+    switch (rt->id) {
+    case R_HEALTH:
+        if (atomic_load(&s->shutting_down))
+            return send_error(s, c, 503, "shutting down", "service_unavailable", NULL, NULL, NULL);
+        return send_buf(s, c, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
+    case R_METRICS: {
+        char *t = srv_metrics_text(s);
+        if (t == NULL)
+            return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
+        enum MHD_Result r = send_buf(s, c, 200, "text/plain; version=0.0.4", t, strlen(t), NULL);
+        free(t);
+        return r;
+    }
+    case R_MODELS: {
+        json_t *o = json_object(), *a = json_array();
+        for (int i = 0; i < s->n_models; i++)
+            json_array_append_new(a, model_json(&s->models[i]));
+        json_object_set_new(o, "object", json_string("list"));
+        json_object_set_new(o, "data", a);
+        return send_json(s, c, 200, o, NULL);
+    }
+    default:
+        break;
+    }
+    if (atomic_load(&s->shutting_down))
+        return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+    json_error_t je;
+    json_t *body = json_loadb(cc->body ? cc->body : "", cc->len, 0, &je);
+    if (body == NULL)
+        return send_error(s, c, 400, "We could not parse the JSON body of your request.", "invalid_request_error",
+                          NULL, "invalid_json", NULL);
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return send_error(s, c, 400, "The request body must be a JSON object.", "invalid_request_error", NULL,
+                          "invalid_json", NULL);
+    }
+    enum MHD_Result r;
+    if (rt->id == R_COMPLETIONS || rt->id == R_CHAT)
+        r = serve_generate(s, c, body, rt->id == R_CHAT);
+    else
+        r = serve_tokenize(s, c, body, rt->id == R_DETOKENIZE);
+    json_decref(body);
+    return r;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    anvil_server *s = cls;
+    conn_ctx *cc = *con_cls;
+    if (cc == NULL) {
+        cc = calloc(1, sizeof *cc);
+        if (cc == NULL)
+            return MHD_NO;
+        *con_cls = cc;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > s->opts.max_request_bytes) {
+            /* answer at once; MHD closes the connection rather than read the body */
+            cc->too_large = 1;
+            return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL,
+                              "request_too_large", NULL);
+        }
+        return MHD_YES;
+    }
+    if (*upload_size > 0) {
+        if (!cc->too_large && cc->len + *upload_size <= s->opts.max_request_bytes) {
+            char *b = realloc(cc->body, cc->len + *upload_size + 1);
+            if (b == NULL) {
+                cc->too_large = 1;
+            } else {
+                memcpy(b + cc->len, upload, *upload_size);
+                cc->body = b;
+                cc->len += *upload_size;
+                b[cc->len] = '\0';
+            }
+        } else {
+            cc->too_large = 1;
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return dispatch(s, c, url, method, cc);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
+{
+    (void)cls;
+    (void)c;
+    (void)t;
+    conn_ctx *cc = *con_cls;
+    if (cc) {
+        free(cc->body);
+        free(cc);
+        *con_cls = NULL;
+    }
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **out)
+{
+    *out = NULL;
+    anvil_server *s = calloc(1, sizeof *s);
+    CHECK(s != NULL, ANVIL_ERR_OOM, "out of memory");
+    if (o)
+        s->opts = *o;
+    else
+        anvil_server_options_default(&s->opts);
+    if (s->opts.host == NULL)
+        s->opts.host = "127.0.0.1";
+    if (s->opts.max_request_bytes == 0)
+        s->opts.max_request_bytes = 1 << 20;
+    if (s->opts.max_connections == 0)
+        s->opts.max_connections = 1024;
+    s->host = strdup(s->opts.host);
+    s->api_key = s->opts.api_key && s->opts.api_key[0] ? strdup(s->opts.api_key) : NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    if (s->host == NULL || (s->opts.api_key && s->opts.api_key[0] && s->api_key == NULL)) {
+        anvil_server_free(s);
+        CHECK(0, ANVIL_ERR_OOM, "out of memory");
+    }
+    s->opts.host = s->host;
+    s->opts.api_key = s->api_key;
+    *out = s;
+    return ANVIL_OK;
+}
+
+anvil_status anvil_server_add_model(anvil_server *s, const char *name, const char *dir,
+                                    const char *chat_template_source, anvil_runtime *rt, anvil_tokenizer *tok,
+                                    anvil_executor *ex)
+{
+    anvil_status st = ANVIL_OK;
+    srv_model *ms = NULL;
+    CHECK_GOTO(s->daemon == NULL, ANVIL_ERR_INVALID_ARG, fail, "models are added before the server starts");
+    CHECK_GOTO(model_named(s, name) == NULL, ANVIL_ERR_INVALID_ARG, fail, "two models named '%s'", name);
+    ms = realloc(s->models, (size_t)(s->n_models + 1) * sizeof *ms);
+    CHECK_GOTO(ms != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+    s->models = ms;
+    srv_model *m = &s->models[s->n_models];
+    memset(m, 0, sizeof *m);
+    m->name = strdup(name);
+    CHECK_GOTO(m->name != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+    if (chat_template_source || dir) {
+        anvil_status ts = anvil_chat_template_load_source(dir, chat_template_source, &m->tmpl);
+        if (ts != ANVIL_OK && (chat_template_source || ts != ANVIL_ERR_NOT_FOUND)) {
+            free(m->name);
+            CHECK_GOTO(0, ts, fail, "chat template of '%s': %s", name, anvil_last_error());
+        }
+    }
+    m->rt = rt;
+    m->tok = tok;
+    m->ex = ex;
+    const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
+    m->max_seq_len = ro->max_seq_len > 0 ? ro->max_seq_len : anvil_runtime_config(rt)->max_position_embeddings;
+    pthread_mutex_init(&m->mu, NULL);
+    s->n_models++;
+    return ANVIL_OK;
+fail:
+    anvil_executor_free(ex);
+    anvil_runtime_free(rt);
+    anvil_tokenizer_free(tok);
+    return st;
+}
+
+anvil_status anvil_server_start(anvil_server *s)
+{
+    CHECK(s->n_models > 0, ANVIL_ERR_INVALID_ARG, "no model to serve");
+    CHECK(s->daemon == NULL, ANVIL_ERR_INVALID_ARG, "the server is already started");
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)s->opts.port);
+    CHECK(inet_pton(AF_INET, s->host, &addr.sin_addr) == 1, ANVIL_ERR_INVALID_ARG,
+          "--host expects an IPv4 address, got '%s'", s->host);
+    s->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC |
+                                     MHD_USE_POLL,
+                                 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_LIMIT,
+                                 s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)300,
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    CHECK(s->daemon != NULL, ANVIL_ERR_IO, "cannot listen on %s:%d", s->host, s->opts.port);
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = di ? di->port : s->opts.port;
+    return ANVIL_OK;
+}
+
+int anvil_server_port(const anvil_server *s) { return s->port; }
+
+int anvil_server_in_flight(anvil_server *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->in_flight;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void wait_drained(anvil_server *s, double timeout_s)
+{
+    double end = srv_now() + timeout_s;
+    while (anvil_server_in_flight(s) > 0 && srv_now() < end)
+        usleep(20000);
+}
+
+void anvil_server_shutdown(anvil_server *s, double timeout_s)
+{
+    if (s == NULL || s->daemon == NULL)
+        return;
+    atomic_store(&s->shutting_down, 1);
+    MHD_socket ls = MHD_quiesce_daemon(s->daemon);
+    if (ls != MHD_INVALID_SOCKET)
+        close(ls);
+    wait_drained(s, timeout_s);
+    /* what is left is cancelled; its final events end the responses */
+    pthread_mutex_lock(&s->mu);
+    for (srv_gen *g = s->gens; g; g = g->next)
+        anvil_executor_cancel(g->model->ex, g->id);
+    pthread_mutex_unlock(&s->mu);
+    wait_drained(s, 10.0);
+    MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+}
+
+void anvil_server_free(anvil_server *s)
+{
+    if (s == NULL)
+        return;
+    anvil_server_shutdown(s, 0);
+    for (int i = 0; i < s->n_models; i++) {
+        srv_model *m = &s->models[i];
+        anvil_executor_free(m->ex);
+        anvil_runtime_free(m->rt);
+        anvil_tokenizer_free(m->tok);
+        anvil_chat_template_free(m->tmpl);
+        pthread_mutex_destroy(&m->mu);
+        free(m->name);
+    }
+    free(s->models);
+    pthread_mutex_destroy(&s->mu);
+    free(s->host);
+    free(s->api_key);
+    free(s);
+}

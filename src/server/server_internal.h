@@ -1,0 +1,92 @@
+/* What the server's files share: the server, its models, one HTTP request in
+ * flight, and the metrics. */
+#ifndef ANVIL_SERVER_INTERNAL_H
+#define ANVIL_SERVER_INTERNAL_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/chat_template.h"
+#include "anvil/server.h"
+
+#define SRV_N_BUCKETS 14
+
+/* A latency histogram (seconds), Prometheus-style cumulative on output. */
+typedef struct srv_hist {
+    uint64_t counts[SRV_N_BUCKETS + 1]; /* the last: +Inf */
+    double sum;
+    uint64_t n;
+} srv_hist;
+
+typedef struct srv_model {
+    char *name;
+    anvil_runtime *rt;
+    anvil_tokenizer *tok;
+    anvil_executor *ex;
+    anvil_chat_template *tmpl; /* NULL: the model has none */
+    int32_t max_seq_len;
+    pthread_mutex_t mu;        /* guards the counters below */
+    uint64_t prompt_tokens, generated_tokens;
+    uint64_t finished[5];      /* by anvil_request_finish */
+    srv_hist ttft, itl, e2e;
+} srv_model;
+
+/* One generation request in flight: shared by the HTTP thread that serves it
+ * and the executor's callbacks (refcount 2 until the final event). */
+typedef struct srv_gen {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    struct anvil_server *srv;
+    srv_model *model;
+    uint64_t id;
+    int chat, stream, include_usage, n, echo;
+    int32_t logprobs;          /* -1 none */
+    int top_as_chat;           /* chat logprobs shape */
+    char rid[48];
+    long created;
+    json_t *stop;              /* the request's stop field (for nothing but lifetime) */
+    /* output: SSE bytes (stream) or the final body */
+    char *buf;
+    size_t len, cap, sent;
+    int done;                  /* final event seen */
+    int http_status;           /* of a non-streamed body */
+    int *role_sent;            /* [n] chat streams: the role delta went out */
+    double t_enqueue, t_last;
+    int got_first;
+    int cancelled;
+    struct srv_gen *next, *prev; /* the server's list of requests in flight */
+} srv_gen;
+
+struct anvil_server {
+    anvil_server_options opts;
+    char *host, *api_key;
+    srv_model *models;
+    int n_models;
+    struct MHD_Daemon *daemon;
+    int port;
+    atomic_int shutting_down;
+    pthread_mutex_t mu;        /* guards gens, http counters */
+    srv_gen *gens;
+    int in_flight;
+    uint64_t http_status_counts[600];
+};
+
+/* server_gen.c */
+double srv_now(void);
+void srv_gen_release(srv_gen *g);
+void srv_gen_on_event(void *user, const anvil_event *ev);
+int srv_gen_append(srv_gen *g, const char *s, size_t n); /* with g->mu held */
+
+/* server_openai.c: builds a request from a body; on failure fills *status and *err_json */
+int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, int *status, json_t **err);
+json_t *srv_error_json(const char *message, const char *type, const char *param, const char *code);
+
+/* server_metrics.c */
+void srv_hist_add(srv_hist *h, double v);
+char *srv_metrics_text(struct anvil_server *s);
+
+#endif

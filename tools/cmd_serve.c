@@ -1,0 +1,188 @@
+/* anvil serve: the OpenAI-compatible HTTP server (src/server/, docs/server.md). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/server.h"
+#include "commands.h"
+#include "core/fileutil.h"
+#include "exec_cli.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: anvil serve --model [NAME=]DIR [--model NAME=DIR ...] [options]\n\n"
+            "Serves the models over HTTP with OpenAI's API: /v1/completions, /v1/chat/completions,\n"
+            "/v1/models, /v1/tokenize, /v1/detokenize, /health, /metrics (docs/server.md).\n\n"
+            "  -m, --model [NAME=]DIR      a model folder, served as NAME (default: the folder's name);\n"
+            "                              repeat for more models; the first is the default\n"
+            "      --host ADDR             IPv4 address to listen on (default 127.0.0.1)\n"
+            "      --port N                port (default 8000; 0: any free port)\n"
+            "      --api-key KEY           require 'Authorization: Bearer KEY' on /v1/ (default: env\n"
+            "                              ANVIL_API_KEY; none if unset)\n"
+            "      --chat-template FILE    a Jinja chat template for models without their own\n"
+            "      --max-request-bytes N   larger request bodies are 413 (default 1048576)\n"
+            "      --max-queue-size N      requests waiting per model before 429 (default 1024)\n"
+            "      --max-connections N     simultaneous connections (default 1024)\n"
+            "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10)\n" EXEC_CLI_HELP
+            "  -h, --help                  this help\n");
+}
+
+enum { OPT_HOST = 2000, OPT_PORT, OPT_KEY, OPT_TEMPLATE, OPT_MAX_BYTES, OPT_QUEUE, OPT_CONNS, OPT_SHUTDOWN };
+
+int anvil_cmd_serve(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"host", required_argument, 0, OPT_HOST},
+        {"port", required_argument, 0, OPT_PORT},
+        {"api-key", required_argument, 0, OPT_KEY},
+        {"chat-template", required_argument, 0, OPT_TEMPLATE},
+        {"max-request-bytes", required_argument, 0, OPT_MAX_BYTES},
+        {"max-queue-size", required_argument, 0, OPT_QUEUE},
+        {"max-connections", required_argument, 0, OPT_CONNS},
+        {"shutdown-timeout", required_argument, 0, OPT_SHUTDOWN},
+        {"help", no_argument, 0, 'h'},
+        EXEC_CLI_LONGOPTS,
+        {0, 0, 0, 0},
+    };
+    const char *tool = "anvil serve";
+    exec_cli_opts eo;
+    exec_cli_opts_default(&eo);
+    eo.ex.max_queue_size = 1024;
+    anvil_server_options so;
+    anvil_server_options_default(&so);
+    so.api_key = getenv("ANVIL_API_KEY");
+    const char *models[64];
+    int n_models = 0;
+    const char *template_path = NULL;
+    double shutdown_s = 10;
+    long v;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+        int r = exec_cli_option(&eo, opt, optarg, tool);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        switch (opt) {
+        case 'm':
+            if (n_models == 64) {
+                fprintf(stderr, "%s: at most 64 models\n", tool);
+                return 2;
+            }
+            models[n_models++] = optarg;
+            break;
+        case OPT_HOST:
+            so.host = optarg;
+            break;
+        case OPT_PORT:
+            if (exec_cli_int(optarg, "--port", 0, 65535, &v, tool))
+                return 2;
+            so.port = (int)v;
+            break;
+        case OPT_KEY:
+            so.api_key = optarg;
+            break;
+        case OPT_TEMPLATE:
+            template_path = optarg;
+            break;
+        case OPT_MAX_BYTES:
+            if (exec_cli_int(optarg, "--max-request-bytes", 1, 1L << 30, &v, tool))
+                return 2;
+            so.max_request_bytes = (size_t)v;
+            break;
+        case OPT_QUEUE:
+            if (exec_cli_int(optarg, "--max-queue-size", 1, 1 << 24, &v, tool))
+                return 2;
+            eo.ex.max_queue_size = (int32_t)v;
+            break;
+        case OPT_CONNS:
+            if (exec_cli_int(optarg, "--max-connections", 1, 65536, &v, tool))
+                return 2;
+            so.max_connections = (unsigned)v;
+            break;
+        case OPT_SHUTDOWN:
+            if (exec_cli_double(optarg, "--shutdown-timeout", 0, 3600, &shutdown_s, tool))
+                return 2;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (n_models == 0 || optind < argc) {
+        fprintf(stderr, "%s: %s\n\n", tool, n_models == 0 ? "--model is required" : "unexpected argument");
+        usage(stderr);
+        return 2;
+    }
+    char *template_src = NULL;
+    size_t template_len = 0;
+    if (template_path && anvil_read_file(template_path, &template_src, &template_len) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        return 1;
+    }
+    /* SIGINT / SIGTERM are taken by sigwait below: block them before any
+     * thread starts so that every thread inherits the mask */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    anvil_server *srv = NULL;
+    int rc = 1;
+    if (anvil_server_create(&so, &srv) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        free(template_src);
+        return 1;
+    }
+    for (int i = 0; i < n_models; i++) {
+        char name[256];
+        const char *dir = models[i], *eq = strchr(models[i], '=');
+        if (eq && eq != models[i] && (size_t)(eq - models[i]) < sizeof name) {
+            memcpy(name, models[i], (size_t)(eq - models[i]));
+            name[eq - models[i]] = '\0';
+            dir = eq + 1;
+        } else {
+            size_t n = strlen(dir);
+            while (n > 1 && dir[n - 1] == '/')
+                n--;
+            size_t b = n;
+            while (b > 0 && dir[b - 1] != '/')
+                b--;
+            snprintf(name, sizeof name, "%.*s", (int)(n - b), dir + b);
+        }
+        anvil_runtime *rt;
+        anvil_tokenizer *tok;
+        anvil_executor *ex;
+        if (exec_cli_load(&eo, dir, tool, &rt, &tok, &ex) != 0)
+            goto done;
+        if (anvil_server_add_model(srv, name, dir, template_src, rt, tok, ex) != ANVIL_OK) {
+            fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+            goto done;
+        }
+    }
+    if (anvil_server_start(srv) != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        goto done;
+    }
+    fprintf(stderr, "%s: listening on http://%s:%d\n", tool, so.host, anvil_server_port(srv));
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "%s: %s: shutting down (%d requests in flight)\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM",
+            anvil_server_in_flight(srv));
+    anvil_server_shutdown(srv, shutdown_s);
+    rc = 0;
+done:
+    anvil_server_free(srv);
+    free(template_src);
+    return rc;
+}
