@@ -75,6 +75,19 @@ static json_t *token_json(const anvil_tokenizer *tok, int32_t id)
     size_t n = 0;
     if (tok == NULL || anvil_tokenizer_decode(tok, &id, 1, 0, &t, &n) != ANVIL_OK)
         return json_sprintf("token_id:%d", id);
+    /* SentencePiece decoders drop the word-start space of a text's first
+     * token; a token on its own is not a text's start */
+    const char *raw = anvil_tokenizer_token_text(tok, id);
+    if (raw && strncmp(raw, "\xe2\x96\x81", 3) == 0 && (n == 0 || t[0] != ' ')) {
+        char *u = malloc(n + 2);
+        if (u) {
+            u[0] = ' ';
+            memcpy(u + 1, t, n + 1);
+            free(t);
+            t = u;
+            n++;
+        }
+    }
     json_t *j = jstr(t, n);
     free(t);
     return j;

@@ -146,6 +146,8 @@ def test_logprobs(client):
     c = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=8, temperature=0, logprobs=2)
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    assert "".join(lp.tokens) == c.choices[0].text  # token strings add up to the text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert chosen <= 0 and 1 <= len(top) <= 2
         assert max(top.values()) == pytest.approx(chosen, abs=1e-5)  # greedy: the chosen is the best
