@@ -182,12 +182,17 @@ jv jcall_value(jctx *c, jscope *s, jv callee, jargs *args)
 static jv run_filter(jctx *c, jscope *s, const jnode *f, jv input, int chain)
 {
     jv v;
-    if (f->a == NULL)
+    if (f->a == NULL) {
         v = input;
-    else if (chain)
+    } else if (chain) {
+        /* a long filter chain on a block recurses here, not through jeval */
+        if (++c->eval_depth > MAX_EVAL_DEPTH)
+            jfail(c, JE_LIMIT, "expression nested more than %d deep", MAX_EVAL_DEPTH);
         v = run_filter(c, s, f->a, input, 1);
-    else
+        c->eval_depth--;
+    } else {
         v = jeval(c, s, f->a);
+    }
     jargs a;
     eval_args(c, s, f, &a);
     if (f->fid < 0)
@@ -408,7 +413,7 @@ static int exec_for(jctx *c, jscope *s, const jnode *n)
     return X_OK;
 }
 
-static int exec(jctx *c, jscope *s, const jnode *n)
+static int exec_inner(jctx *c, jscope *s, const jnode *n)
 {
     jstep(c);
     switch ((jnode_kind)n->kind) {
@@ -485,6 +490,17 @@ static int exec(jctx *c, jscope *s, const jnode *n)
         break;
     }
     jfail(c, JE_RUNTIME, "internal error: node %d is not a statement", n->kind);
+}
+
+/* Statements nest (and macros recurse through them): the same depth budget
+ * as expressions keeps the C stack bounded. */
+static int exec(jctx *c, jscope *s, const jnode *n)
+{
+    if (++c->eval_depth > MAX_EVAL_DEPTH)
+        jfail(c, JE_LIMIT, "statements nested more than %d deep", MAX_EVAL_DEPTH);
+    int r = exec_inner(c, s, n);
+    c->eval_depth--;
+    return r;
 }
 
 static int exec_body(jctx *c, jscope *s, jnode *const *body, int n)
