@@ -32,9 +32,9 @@ typedef struct anvil_chat_template anvil_chat_template;
  * when the folder has one (transformers gives it priority), else the
  * "chat_template" of chat_template.json, else tokenizer_config.json's (a
  * string, or a list of {"name", "template"} of which the one named "default"
- * is used). The special
- * tokens bos_token, eos_token, unk_token and pad_token are read from
- * tokenizer_config.json (a string or {"content": ...}) when present.
+ * is used). The special tokens bos_token, eos_token, unk_token and pad_token
+ * are read from tokenizer_config.json (a string or {"content": ...}) when
+ * present.
  * On success *out is taken by the caller (anvil_chat_template_free); on
  * failure *out is NULL: ANVIL_ERR_NOT_FOUND when the folder has no template,
  * ANVIL_ERR_IO / ANVIL_ERR_FORMAT for unreadable or malformed files and
@@ -61,13 +61,12 @@ anvil_status anvil_chat_template_parse(const char *source, anvil_chat_template *
 void anvil_chat_template_free(anvil_chat_template *t);
 
 typedef struct anvil_chat_render_options {
-    int add_generation_prompt;  /* the template's add_generation_prompt variable */
-    const char *bos_token;      /* NULL: the folder's; undefined in the template when it has none */
-    const char *eos_token;      /* likewise */
-    const char *tools_json;     /* a JSON array of tool schemas, or NULL (then `tools` is none) */
-    const char *documents_json; /* a JSON array of documents for retrieval (RAG), or NULL (none) */
-    const char
-        *extra_vars_json; /* a JSON object of more variables ({"date_string": "26 Jul 2024"}), or NULL */
+    int add_generation_prompt;   /* the template's add_generation_prompt variable */
+    const char *bos_token;       /* NULL: the folder's; undefined in the template when it has none */
+    const char *eos_token;       /* likewise */
+    const char *tools_json;      /* a JSON array of tool schemas, or NULL (then `tools` is none) */
+    const char *documents_json;  /* a JSON array of documents for retrieval (RAG), or NULL (none) */
+    const char *extra_vars_json; /* a JSON object of more variables ({"date_string": ...}), or NULL */
 } anvil_chat_render_options;
 
 /*
