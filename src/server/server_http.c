@@ -596,6 +596,15 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
         anvil_executor_cancel(g->model->ex, g->id);
     pthread_mutex_unlock(&s->mu);
     wait_drained(s, 10.0);
+    /* a response's last bytes may still be in MHD's buffer when its free
+     * callback ran: give open connections a moment to flush */
+    double end = srv_now() + 1.0;
+    for (;;) {
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (di == NULL || di->num_connections == 0 || srv_now() > end)
+            break;
+        usleep(20000);
+    }
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
 }

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -272,20 +273,45 @@ def test_disconnect_cancels(server):
     wait_idle(server)
 
 
+def read_all(s, out, i):
+    buf = out[i]
+    try:
+        while chunk := s.recv(65536):
+            buf += chunk
+    except OSError:
+        pass
+    out[i] = buf
+
+
 def test_queue_full_429_and_graceful_shutdown():
-    # one request's KV fills the cache: the next waits, the one after is refused
+    # one request's KV fills the cache, the next waits: the ones after are refused
     srv = Server("--api-key", KEY, "--kv-cache-tokens", 512, "--max-queue-size", 1)
     try:
         body = {"prompt": "Once upon a time", "max_tokens": 500, "ignore_eos": True, "stream": True}
-        # more requests than fit: one runs, one waits, the others are refused
-        streams = [open_stream(srv.port, body) for _ in range(6)]
-        st, err, _ = error_of(srv, "POST", "/v1/completions", {"prompt": "Once", "max_tokens": 500})
-        assert st == 429 and err["code"] == "queue_full"
-        first_data(streams[0])
+        streams, out, refused = [], [], None
+        for _ in range(100):
+            x = open_stream(srv.port, body)
+            first = x.recv(65536)
+            if b" 429 " in first.split(b"\r\n")[0]:
+                refused = first
+                x.close()
+                break
+            streams.append(x)
+            out.append(first)
+        assert refused is not None and b'"queue_full"' in refused, out
+        readers = [threading.Thread(target=read_all, args=(x, out, i)) for i, x in enumerate(streams)]
+        for t in readers:
+            t.start()
         # SIGTERM with requests in flight: they finish or are cancelled, exit 0
         srv.proc.send_signal(signal.SIGTERM)
-        rc = srv.proc.wait(timeout=30)
-        assert rc == 0
+        assert srv.proc.wait(timeout=60) == 0
+        for t in readers:
+            t.join(timeout=30)
+        # each stream ends whole, with [DONE] (finished, or aborted by the
+        # shutdown), unless it was still queued when the shutdown began (503)
+        for buf in out:
+            status = buf.split(b"\r\n")[0]
+            assert b" 503 " in status or b"data: [DONE]" in buf, buf[-300:]
         for x in streams:
             x.close()
     finally:
