@@ -24,7 +24,7 @@ for t in test_cuda_ops test_cuda_golden test_cuda_graph bench_cuda_latency anvil
   if [ -f build-device/tests/$t ]; then cp build-device/tests/$t .device/bin/; fi
   strip --strip-debug .device/bin/$t
   # nothing of this machine's -dev libraries may be needed at run time
-  if ldd .device/bin/$t | grep -Eq 'jansson|pcre2|utf8proc|xxhash'; then
+  if ldd .device/bin/$t | grep -Eq 'jansson|pcre2|utf8proc|xxhash|microhttpd'; then
     echo "device_build: $t still links a shared dependency:" >&2
     ldd .device/bin/$t >&2
     exit 1

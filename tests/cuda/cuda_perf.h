@@ -57,18 +57,30 @@ static int perf_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* ANVIL_PERF_FILTER=text: only the rows whose name holds it (the ceilings
+ * always run); ANVIL_PERF_QUICK=1: one timed call per row (for profilers). */
+static int perf_wanted(const char *what)
+{
+    const char *f = getenv("ANVIL_PERF_FILTER");
+    return f == NULL || strstr(what, f) != NULL;
+}
+
 /* Median milliseconds per call. */
 static float perf_time(perf_op *p, int iters)
 {
+    const int quick = getenv("ANVIL_PERF_QUICK") != NULL;
+    if (quick)
+        iters = 1;
     cudaStream_t s = anvil_cuda_impl(p->be)->stream;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < (quick ? 1 : 3); i++)
         if (perf_run(p) != 0)
             return -1.0f;
     float ms[7];
-    for (int r = 0; r < 7; r++) {
+    const int reps = quick ? 1 : 7;
+    for (int r = 0; r < reps; r++) {
         cudaEventRecord(e0, s);
         for (int i = 0; i < iters; i++)
             if (perf_run(p) != 0)
@@ -82,8 +94,8 @@ static float perf_time(perf_op *p, int iters)
     cudaEventDestroy(e1);
     if (p->be->ops->synchronize(p->be) != ANVIL_OK)
         fprintf(stderr, "perf: %s\n", anvil_last_error());
-    qsort(ms, 7, sizeof ms[0], perf_cmp);
-    return ms[3];
+    qsort(ms, (size_t)reps, sizeof ms[0], perf_cmp);
+    return ms[reps / 2];
 }
 
 /* A device buffer of n bf16 values in [-1, 1). */
@@ -117,6 +129,8 @@ static double perf_gemm_tflops; /* the arithmetic ceiling */
 
 static void perf_matmul(anvil_backend *be, const char *what, int64_t T, int64_t K, int64_t N)
 {
+    if (perf_gemm_tflops != 0 && !perf_wanted(what))
+        return;
     perf_op p = {.kind = PERF_MATMUL, .be = be};
     void *x = perf_buf(be, T * K), *w = perf_buf(be, N * K), *o = perf_buf(be, T * N);
     p.x = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, x);
@@ -139,6 +153,8 @@ static void perf_matmul(anvil_backend *be, const char *what, int64_t T, int64_t 
 static void perf_attention(anvil_backend *be, const char *what, int n_seqs, int ctx, int new_tokens, int H, int KV,
                            int hd)
 {
+    if (!perf_wanted(what))
+        return;
     const int bs = 16, MB = (ctx + bs - 1) / bs, T = n_seqs * new_tokens;
     const int64_t qw = (int64_t)H * hd, kw = (int64_t)KV * hd, n_blocks = (int64_t)n_seqs * MB;
     int32_t *pos = malloc((size_t)T * 4), *seq = malloc((size_t)T * 4), *slot = malloc((size_t)T * 4);
@@ -198,6 +214,8 @@ static void perf_attention(anvil_backend *be, const char *what, int n_seqs, int 
 
 static void perf_elementwise(anvil_backend *be, const char *what, perf_kind kind, int64_t rows, int64_t cols)
 {
+    if (!perf_wanted(what))
+        return;
     perf_op p = {.kind = kind, .be = be};
     void *x = perf_buf(be, rows * cols), *y = perf_buf(be, rows * cols), *o = perf_buf(be, rows * cols);
     void *w = perf_buf(be, cols);
@@ -246,6 +264,25 @@ static int anvil_cuda_perf_main(void)
     perf_matmul(be, "matmul T=1 4096->14336 (gate, up)", 1, 4096, 14336);
     perf_matmul(be, "matmul T=1 14336->4096 (down)", 1, 14336, 4096);
     perf_matmul(be, "matmul T=1 4096->128256 (lm head)", 1, 4096, 128256);
+    perf_matmul(be, "matmul T=1 4096->1024 (k, v)", 1, 4096, 1024);
+    perf_matmul(be, "matmul T=4 4096->4096", 4, 4096, 4096);
+    {
+        /* the same through the GEMV kernel, and through cuBLASLt alone */
+        for (int kind = 1; kind <= 2; kind++) {
+            anvil_cuda_knobs k = {.matmul_gemv = kind};
+            anvil_cuda_set_knobs(be, &k);
+            char name[64];
+            static const int64_t shp[6][3] = {{1, 4096, 4096},  {1, 4096, 1024},   {1, 4096, 14336},
+                                              {1, 14336, 4096}, {1, 4096, 128256}, {4, 4096, 4096}};
+            for (int i = 0; i < 6; i++) {
+                snprintf(name, sizeof name, "%s T=%lld %lld->%lld", kind == 1 ? "gemv" : "cublasLt",
+                         (long long)shp[i][0], (long long)shp[i][1], (long long)shp[i][2]);
+                perf_matmul(be, name, shp[i][0], shp[i][1], shp[i][2]);
+            }
+        }
+        anvil_cuda_knobs k0 = {0};
+        anvil_cuda_set_knobs(be, &k0);
+    }
     perf_matmul(be, "matmul T=16 4096->14336", 16, 4096, 14336);
     perf_matmul(be, "matmul T=512 4096->4096", 512, 4096, 4096);
     perf_matmul(be, "matmul T=512 4096->14336", 512, 4096, 14336);
@@ -256,6 +293,14 @@ static int anvil_cuda_perf_main(void)
     perf_attention(be, "attn decode B=1 ctx=512", 1, 512, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=64 ctx=512", 64, 512, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=256 ctx=512", 256, 512, 1, 32, 8, 128);
+    {
+        /* three tiles in shared memory instead of two */
+        anvil_cuda_knobs k3 = {.attn_decode_stages = 3};
+        anvil_cuda_set_knobs(be, &k3);
+        perf_attention(be, "attn decode-3st B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
+        perf_attention(be, "attn decode-3st B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);
+        perf_attention(be, "attn decode-3st B=256 ctx=512", 256, 512, 1, 32, 8, 128);
+    }
     {
         /* the same without tensor cores, for comparison */
         anvil_cuda_knobs k = {.attn_kernel = ANVIL_CUDA_ATTN_DECODE_SIMT};

@@ -449,7 +449,8 @@ typedef struct mm_case {
     int64_t T, K, N;
 } mm_case;
 
-/* path: 0 cuBLASLt (bias in the epilogue), 1 cuBLASLt + bias kernel, 2 the fallback kernel */
+/* path: 0 automatic (cuBLASLt with the bias in the epilogue, or the GEMV kernel where it is faster),
+ * 1 cuBLASLt + bias kernel, 2 the fallback kernel, 3 the GEMV kernel (1..4 rows, bf16/f16) */
 static void run_matmul(fixture *f, int a, const mm_case *c, anvil_dtype wdt, int bias_kind, int path)
 {
     anvil_backend *g = f->gpu[a];
@@ -469,7 +470,7 @@ static void run_matmul(fixture *f, int a, const mm_case *c, anvil_dtype wdt, int
     anvil_tensor oh = anvil_tensor_2d(ANVIL_DTYPE_F32, T, N, want);
     OK_OR_FAIL(f->cpu->ops->matmul(f->cpu, &xh, &wth, bias_kind ? &bth : NULL, &oh), "cpu matmul");
 
-    anvil_cuda_knobs k = {.matmul_no_epilogue = path == 1, .matmul_simt = path == 2};
+    anvil_cuda_knobs k = {.matmul_no_epilogue = path == 1, .matmul_simt = path == 2, .matmul_gemv = path == 3 ? 1 : 0};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
     void *xd = dev_upload_floats(g, x, T * K, act);
     void *wd = dev_upload_raw(g, wh, (size_t)(N * K) * anvil_dtype_size(wdt));
@@ -482,7 +483,8 @@ static void run_matmul(fixture *f, int a, const mm_case *c, anvil_dtype wdt, int
     char name[160];
     snprintf(name, sizeof name, "matmul act=%s w=%s [%lld,%lld]x[%lld,%lld]^T bias=%s%s", anvil_dtype_name(act),
              anvil_dtype_name(wdt), (long long)T, (long long)K, (long long)N, (long long)K,
-             bias_kind ? anvil_dtype_name(bdt) : "none", path == 1 ? " (bias kernel)" : path == 2 ? " (simt)" : "");
+             bias_kind ? anvil_dtype_name(bdt) : "none",
+             path == 1 ? " (bias kernel)" : path == 2 ? " (simt)" : path == 3 ? " (gemv)" : "");
     OK_OR_FAIL(g->ops->matmul(g, &xt, &wt, bias_kind ? &bt : NULL, &ot), name);
     /* twice: the second call takes the cached plan */
     OK_OR_FAIL(g->ops->matmul(g, &xt, &wt, bias_kind ? &bt : NULL, &ot), name);
@@ -508,6 +510,7 @@ static void test_matmul(void **state)
     fixture *f = *state;
     const mm_case cases[] = {
         {1, 64, 64}, {7, 77, 129}, {33, 512, 1000}, {5, 4096, 17}, {128, 1024, 384}, {2, 8, 3},
+        {3, 4096, 1000}, {4, 2056, 129},
     };
     const size_t n_cases = f->quick ? 3 : sizeof cases / sizeof cases[0];
     for (int a = 0; a < N_ACT; a++) {
@@ -520,6 +523,11 @@ static void test_matmul(void **state)
             run_matmul(f, a, &cases[i], act, 1, 1);
             run_matmul(f, a, &cases[i], act, 2, 2);
             run_matmul(f, a, &cases[i], other, i % 2 ? 2 : 0, 0);
+            if (act != ANVIL_DTYPE_F32 && cases[i].T <= 4 && cases[i].K % 8 == 0) {
+                run_matmul(f, a, &cases[i], act, 0, 3);
+                run_matmul(f, a, &cases[i], act, 2, 3);
+                run_matmul(f, a, &cases[i], other, 1, 3); /* an f32 weight converted first */
+            }
         }
     }
 }
@@ -873,6 +881,8 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
 
 /* A case end to end in one mode: the history step, then the tested step,
  * then the caches compared slot by slot where written. */
+static int attn_stages; /* the decode kernel's stages knob for the runs of attn_run_case */
+
 static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn_kernel kernel, int32_t splits)
 {
     anvil_backend *g = f->gpu[a];
@@ -916,16 +926,16 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     e.kc_d = dev_alloc(g, e.cache_bytes); /* poisoned: reading an unwritten slot gives NaN */
     e.vc_d = dev_alloc(g, e.cache_bytes);
 
-    anvil_cuda_knobs k = {.attn_kernel = kernel, .attn_splits = splits};
+    anvil_cuda_knobs k = {.attn_kernel = kernel, .attn_splits = splits, .attn_decode_stages = attn_stages};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
     char mode[64];
-    snprintf(mode, sizeof mode, "%s splits=%d",
+    snprintf(mode, sizeof mode, "%s splits=%d stages=%d",
              kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
              : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
              : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
              : kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ? "decode-simt"
                                                  : "prefill-simt",
-             splits);
+             splits, attn_stages);
     attn_run_step(f, &e, 0, mode);
     attn_run_step(f, &e, 1, mode);
     reset_knobs(g);
@@ -977,6 +987,10 @@ static void test_attention(void **state)
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 0);
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 3);
+                attn_stages = 3; /* the tensor-core decode kernel three stages deep */
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
+                attn_stages = 0;
             }
         }
     }

@@ -32,25 +32,29 @@ static int decode_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a)
 }
 
 /* The same for the tensor-core decode kernel (shared memory bounds it). */
-static int decode_mma_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a)
+static int decode_mma_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a, int stages)
 {
     const int di = a->dt == ANVIL_DTYPE_BF16 ? 0 : 1;
     const int hi = a->head_dim <= 32 ? 0 : a->head_dim <= 64 ? 1 : 2;
-    int *slot = &cb->decode_mma_occupancy[di][hi];
+    int *slot = &cb->decode_mma_occupancy[di][hi][stages == 3];
     if (*slot == 0)
-        *slot = anvil_cuda_attn_decode_mma_blocks_per_sm(a, cb->smem_optin);
+        *slot = anvil_cuda_attn_decode_mma_blocks_per_sm(a, stages, cb->smem_optin);
     return *slot;
 }
 
 /*
  * Splits of the context for a decode kernel whose grid is `blocks` x the
- * split count and of which `per_sm` blocks fit on an SM. Each block's work
+ * split count and of which `per_sm` blocks fit on an SM (splits a multiple
+ * of `align` keys long where the knobs do not pin them). Each block's work
  * shrinks as 1 / n while the grid grows in waves of (per_sm x SMs): pick
- * the n (up to one split per min_keys keys) with the least time in
- * waves x work per block, a little extra per split for the combine.
+ * the n (up to one split per min_keys keys) with the least time: for the
+ * SIMT kernel waves x work per block, a little extra per split for the
+ * combine; for the tensor-core kernel (align > 1, memory-bound) total work
+ * over the blocks streaming at once, each block's work counted with a
+ * fixed start of one tile.
  */
-static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, int32_t min_keys, int32_t span,
-                          int32_t *n_splits, int32_t *split_len)
+static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, int32_t min_keys, int32_t align,
+                          int32_t span, int32_t *n_splits, int32_t *split_len)
 {
     int64_t n = 1;
     if (cb->knobs.attn_splits > 0) {
@@ -62,10 +66,21 @@ static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, in
             max_n = MAX_SPLITS;
         double best = 0;
         for (int64_t c = 1; c <= max_n; c++) {
-            const double waves = (double)((blocks * c + wave - 1) / wave);
-            /* a split adds (m, l, acc) partials to write and combine:
-             * about 1e-4 of a whole context's scan each */
-            const double cost = waves / (double)c + 1e-4 * (double)c;
+            const int64_t len = ((span + c - 1) / c + align - 1) / align * align;
+            double cost;
+            if (align > 1) {
+                /* the tensor-core kernel is memory-bound: what counts is how many
+                 * blocks stream at once (up to a wave), and each block's work
+                 * plus a fixed start (table and first-tile latency, partials:
+                 * about one tile) */
+                const int64_t active = blocks * c < wave ? blocks * c : wave;
+                cost = (double)(blocks * c) * (double)(len + align) / (double)active / (double)span;
+            } else {
+                const double waves = (double)((blocks * c + wave - 1) / wave);
+                /* a split adds (m, l, acc) partials to write and combine:
+                 * about 1e-4 of a whole context's scan each */
+                cost = waves * (double)len / (double)span + 1e-4 * (double)c;
+            }
             if (c == 1 || cost < best) {
                 best = cost;
                 n = c;
@@ -75,6 +90,7 @@ static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, in
     if (n < 1)
         n = 1;
     int64_t len = (span + n - 1) / n;
+    len = (len + align - 1) / align * align; /* whole tiles: a ragged split still pays for its last tile */
     *split_len = (int32_t)(len < 1 ? 1 : len);
     *n_splits = (int32_t)((span + *split_len - 1) / *split_len);
     if (*n_splits < 1)
@@ -120,20 +136,22 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
     const int group = a.n_heads / a.n_kv_heads;
     const int mma = kernel == ANVIL_CUDA_ATTN_DECODE && anvil_cuda_attn_decode_mma_ok(&a);
     int32_t n_splits = 1, split_len = span;
+    const int stages = cb->knobs.attn_decode_stages == 3 ? 3 : 2;
     if (mma) {
         /* 64-key tiles: a split shorter than one leaves warps idle */
         const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + 15) / 16);
-        choose_splits(cb, blocks, decode_mma_occupancy(cb, &a), 64, span, &n_splits, &split_len);
+        choose_splits(cb, blocks, decode_mma_occupancy(cb, &a, stages), 64, cb->knobs.attn_splits > 0 ? 1 : 64, span,
+                      &n_splits, &split_len);
     } else {
         const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
         const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + rd - 1) / rd);
-        choose_splits(cb, blocks, decode_occupancy(cb, &a), MIN_KEYS_PER_SPLIT, span, &n_splits, &split_len);
+        choose_splits(cb, blocks, decode_occupancy(cb, &a), MIN_KEYS_PER_SPLIT, 1, span, &n_splits, &split_len);
     }
     if (n_splits > 1)
         TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(&a, n_splits),
                                "attention: split-K workspace"));
     if (mma)
         return anvil_cuda_launch_attn_decode_mma(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws,
-                                                 cb->smem_optin);
+                                                 stages, cb->smem_optin);
     return anvil_cuda_launch_attn_decode(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws);
 }

@@ -33,9 +33,10 @@
 #define DM_ROWS 16   /* query heads per block (the mma M dimension) */
 #define FULL_MASK 0xffffffffu
 
-static size_t dm_smem_bytes(int hd) { return (size_t)2 * 2 * DM_BN * (size_t)(hd + 8) * 2; }
+/* K and V tiles of every stage, rows padded by 8 elements */
+static size_t dm_smem_bytes(int hd, int stages) { return (size_t)stages * 2 * DM_BN * (size_t)(hd + 8) * 2; }
 
-template <typename T, int HDM>
+template <typename T, int HDM, int STAGES>
 __global__ void __launch_bounds__(DM_WARPS * 32)
     anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws)
 {
@@ -91,62 +92,80 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    /* the keys of tile kt into stage st: 16-byte pieces, hd / 16 of K and of V per thread */
+    /* The keys of tile kt into stage st, 16-byte pieces: thread x copies
+     * piece x % P (P = HDM / 8 per row) of keys x / P + i * (128 / P).
+     * Every block-table read first, then the copies (asm with a memory
+     * clobber, which would otherwise put each read behind the previous
+     * copy); block sizes that are powers of two take shifts, not divisions:
+     * this address arithmetic was most of the kernel's instructions. */
+    constexpr int P = HDM / 8, KSTEP = DM_WARPS * 32 / P, NPC = DM_BN / KSTEP; /* pieces per thread */
+    const int part = threadIdx.x % P, key0 = threadIdx.x / P;
+    const bool bs_pow2 = (a.block_size & (a.block_size - 1)) == 0;
+    const int bs_shift = __ffs(a.block_size) - 1;
     auto issue = [&](int kt, int st) {
-        uint16_t *k_s = smem + st * stage_elems, *v_s = k_s + DM_BN * kst;
-        const int pieces = hd / 8;
-        const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
+        uint16_t *k_s = smem + st * stage_elems + key0 * kst + part * 8, *v_s = k_s + DM_BN * kst;
+        const T *kc = (const T *)a.k_cache + (int64_t)g * hd + part * 8;
+        const T *vc = (const T *)a.v_cache + (int64_t)g * hd + part * 8;
+        int rows[NPC];
 #pragma unroll
-        for (int i = 0; i < KC; i++) {
-            if (i * 16 < hd) {
-                const int c = threadIdx.x + i * DM_WARPS * 32, key = c / pieces, part = c - key * pieces;
-                const int kj = kt + key;
-                long long off = -1;
-                if (kj < kend) {
-                    const int bi = kj / a.block_size;
-                    const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
-                    if (blk >= 0 && blk < a.n_blocks)
-                        off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd +
-                              part * 8;
-                    else if (part == 0)
-                        anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
-                }
-                anvil_cp_async16(k_s + key * kst + part * 8, off >= 0 ? kc + off : kc, off >= 0);
-                anvil_cp_async16(v_s + key * kst + part * 8, off >= 0 ? vc + off : vc, off >= 0);
+        for (int i = 0; i < NPC; i++) {
+            const int kj = kt + key0 + i * KSTEP;
+            rows[i] = -1;
+            if (kj < kend) {
+                const int bi = bs_pow2 ? kj >> bs_shift : kj / a.block_size;
+                const int in_blk = kj - bi * a.block_size;
+                const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                if (blk >= 0 && blk < a.n_blocks)
+                    rows[i] = blk * a.block_size + in_blk; /* < n_blocks * block_size: an int (host-checked) */
+                else if (part == 0)
+                    anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
             }
+        }
+#pragma unroll
+        for (int i = 0; i < NPC; i++) {
+            const int64_t off = rows[i] >= 0 ? (int64_t)rows[i] * kw : 0;
+            anvil_cp_async16(k_s + i * KSTEP * kst, kc + off, rows[i] >= 0);
+            anvil_cp_async16(v_s + i * KSTEP * kst, vc + off, rows[i] >= 0);
         }
         anvil_cp_async_commit();
     };
 
     const float sl2 = a.scale * 1.4426950408889634f;
     const int n_tiles = kend > kbeg ? (kend - kbeg + DM_BN - 1) / DM_BN : 0;
-    if (n_tiles > 0)
-        issue(kbeg, 0);
+    /* STAGES - 1 tiles in flight ahead of the one in use (an empty group
+     * where there is no tile, so the group count stays uniform) */
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) {
+        if (st < n_tiles)
+            issue(kbeg + st * DM_BN, st);
+        else
+            anvil_cp_async_commit();
+    }
     for (int it = 0; it < n_tiles; it++) {
         const int kt = kbeg + it * DM_BN;
-        if (it + 1 < n_tiles) {
-            issue(kt + DM_BN, (it + 1) & 1);
-            anvil_cp_async_wait<1>();
-        } else {
-            anvil_cp_async_wait<0>();
-        }
+        const int nx = it + STAGES - 1;
+        if (nx < n_tiles)
+            issue(kbeg + nx * DM_BN, nx % STAGES);
+        else
+            anvil_cp_async_commit();
+        anvil_cp_async_wait<STAGES - 1>();
         __syncthreads(); /* tile it is in shared memory for every thread */
-        const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + DM_BN * kst;
+        const uint16_t *k_s = smem + (it % STAGES) * stage_elems, *v_s = k_s + DM_BN * kst;
         const int kw0 = kt + warp * 16; /* this warp's first key */
         if (kw0 < kend) {               /* the same for the whole warp */
+            /* S = Q K^T: the B fragments of both 8-key tiles and a 16-wide
+             * chunk of head_dim in one ldmatrix (matrices: keys +0/+8 x dims +0/+8) */
             float sc[2][4];
 #pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
+            for (int nt = 0; nt < 2; nt++)
                 sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-                const uint16_t *kr = k_s + (warp * 16 + nt * 8 + gq) * kst + 2 * tq;
+            const uint16_t *kr = k_s + (warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kst + ((lane >> 3) & 1) * 8;
 #pragma unroll
-                for (int kc = 0; kc < KC; kc++) {
-                    if (kc * 16 < hd) {
-                        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
-                        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
-                        anvil_mma16816<T>(sc[nt], qf[kc], b0, b1);
-                    }
-                }
+            for (int kc = 0; kc < KC; kc++) {
+                uint32_t kb[4];
+                anvil_ldmatrix_x4(kb, kr + kc * 16);
+                anvil_mma16816<T>(sc[0], qf[kc], kb[0], kb[1]);
+                anvil_mma16816<T>(sc[1], qf[kc], kb[2], kb[3]);
             }
             /* scale, mask the keys past kend, and the max of each of the two rows */
             const bool full = kw0 + 16 <= kend;
@@ -175,12 +194,15 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
             m1 = mn1;
             l0 *= c0;
             l1 *= c1;
+            /* the maxima settle after a few tiles: rescale only when one moved */
+            if (__any_sync(FULL_MASK, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
-            for (int i = 0; i < NTO; i++) {
-                o[i][0] *= c0;
-                o[i][1] *= c0;
-                o[i][2] *= c1;
-                o[i][3] *= c1;
+                for (int i = 0; i < NTO; i++) {
+                    o[i][0] *= c0;
+                    o[i][1] *= c0;
+                    o[i][2] *= c1;
+                    o[i][3] *= c1;
+                }
             }
             const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
             uint32_t pf[4];
@@ -197,16 +219,15 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
             const uint16_t *vr = v_s + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
 #pragma unroll
             for (int nt = 0; nt < NTO; nt += 2) {
-                if (nt * 8 < hd) {
-                    uint32_t vb[4];
-                    anvil_ldmatrix_x4_trans(vb, vr + nt * 8);
-                    anvil_mma16816<T>(o[nt], pf, vb[0], vb[1]);
-                    anvil_mma16816<T>(o[nt + 1], pf, vb[2], vb[3]);
-                }
+                uint32_t vb[4];
+                anvil_ldmatrix_x4_trans(vb, vr + nt * 8);
+                anvil_mma16816<T>(o[nt], pf, vb[0], vb[1]);
+                anvil_mma16816<T>(o[nt + 1], pf, vb[2], vb[3]);
             }
         }
-        __syncthreads(); /* stage it & 1 is free for tile it + 2 */
+        __syncthreads(); /* stage it % STAGES is free for tile it + STAGES */
     }
+    anvil_cp_async_wait<0>(); /* the empty groups */
 
     /* merge the warps: row sums over the quad, then (m, l, O) through shared memory */
     l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
@@ -234,7 +255,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     __syncthreads();
 
     /* 8 threads per row, hd / 8 dims each */
-    const int r = threadIdx.x >> 3, part = threadIdx.x & 7, hh = hc * DM_ROWS + r;
+    const int r = threadIdx.x >> 3, seg = threadIdx.x & 7, hh = hc * DM_ROWS + r;
     if (hh >= group)
         return;
     float mx = -INFINITY;
@@ -248,7 +269,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         f[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
         lsum += sm_ml[(w * DM_ROWS + r) * 2 + 1] * f[w];
     }
-    const int h = g * group + hh, per = hd / 8, d0 = part * per;
+    const int h = g * group + hh, per = hd / 8, d0 = seg * per;
     if (n_splits == 1) {
         const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
         T *out = (T *)a.out + (int64_t)t * qw + (int64_t)h * hd;
@@ -263,7 +284,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         const int64_t idx = ((int64_t)t * a.n_heads + h) * n_splits + sp;
         float *ml = ws + 2 * idx;
         float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * hd;
-        if (part == 0) {
+        if (seg == 0) {
             ml[0] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f; /* log2 units -> natural */
             ml[1] = lsum;
         }
@@ -277,87 +298,111 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     }
 }
 
-template <typename T, int HDM> static anvil_status set_smem(int hd)
+/* The shared-memory limit, raised once per kernel and device (a driver call
+ * that costs microseconds per launch otherwise). */
+template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
 {
-    const size_t smem = dm_smem_bytes(hd);
+    static bool done[16];
+    int dev = 0;
+    TRY(anvil_cuda_status(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__));
+    if (dev >= 0 && dev < 16 && done[dev])
+        return ANVIL_OK;
+    (void)hd;
+    const size_t smem = dm_smem_bytes(HDM, STAGES); /* the most any head_dim of this kernel needs */
     if (smem > 48 * 1024)
-        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_decode_mma_kernel<T, HDM>,
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_decode_mma_kernel<T, HDM, STAGES>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention decode (mma): shared memory limit", __FILE__, __LINE__));
+    if (dev >= 0 && dev < 16)
+        done[dev] = true;
     return ANVIL_OK;
 }
 
-template <typename T, int HDM>
+template <typename T, int HDM, int STAGES>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
                            float *ws)
 {
-    TRY((set_smem<T, HDM>(a->head_dim)));
+    TRY((set_smem<T, HDM, STAGES>(a->head_dim)));
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
-    anvil_attn_decode_mma_kernel<T, HDM><<<grid, DM_WARPS * 32, dm_smem_bytes(a->head_dim), stream>>>(
-        *a, n_hc, n_splits, split_len, ws);
+    anvil_attn_decode_mma_kernel<T, HDM, STAGES><<<grid, DM_WARPS * 32, dm_smem_bytes(a->head_dim, STAGES),
+                                                   stream>>>(*a, n_hc, n_splits, split_len, ws);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
     if (n_splits > 1)
         TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
     return ANVIL_OK;
 }
 
-template <typename T, int HDM> static int occupancy(int hd)
+template <typename T, int HDM, int STAGES> static int occupancy(int hd)
 {
     int n = 0;
-    if (set_smem<T, HDM>(hd) != ANVIL_OK ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM>, DM_WARPS * 32,
-                                                      dm_smem_bytes(hd)) != cudaSuccess) {
+    if (set_smem<T, HDM, STAGES>(hd) != ANVIL_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM, STAGES>,
+                                                      DM_WARPS * 32, dm_smem_bytes(hd, STAGES)) != cudaSuccess) {
         (void)cudaGetLastError();
         n = 1;
     }
     return n > 0 ? n : 1;
 }
 
-extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
+/* head_dim class x stages: the instantiations */
+template <typename T> static int occupancy_t(int hd, int stages)
 {
-    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) && a->head_dim % 16 == 0 && a->head_dim <= 128;
+    if (stages == 3)
+        return hd <= 32 ? occupancy<T, 32, 3>(hd) : hd <= 64 ? occupancy<T, 64, 3>(hd) : occupancy<T, 128, 3>(hd);
+    return hd <= 32 ? occupancy<T, 32, 2>(hd) : hd <= 64 ? occupancy<T, 64, 2>(hd) : occupancy<T, 128, 2>(hd);
 }
 
-extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, size_t smem_optin)
+template <typename T>
+static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
+                             float *ws, int stages)
 {
     const int hd = a->head_dim;
-    if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd) > smem_optin)
+    if (stages == 3)
+        return hd <= 32   ? launch<T, 32, 3>(stream, a, n_hc, n_splits, split_len, ws)
+               : hd <= 64 ? launch<T, 64, 3>(stream, a, n_hc, n_splits, split_len, ws)
+                          : launch<T, 128, 3>(stream, a, n_hc, n_splits, split_len, ws);
+    return hd <= 32   ? launch<T, 32, 2>(stream, a, n_hc, n_splits, split_len, ws)
+           : hd <= 64 ? launch<T, 64, 2>(stream, a, n_hc, n_splits, split_len, ws)
+                      : launch<T, 128, 2>(stream, a, n_hc, n_splits, split_len, ws);
+}
+
+extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
+{
+    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
+           (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128) &&
+           (int64_t)a->n_blocks * a->block_size <= INT32_MAX;
+}
+
+extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages, size_t smem_optin)
+{
+    const int hd = a->head_dim;
+    if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd, stages) > smem_optin)
         return 1;
     if (a->dt == ANVIL_DTYPE_BF16)
-        return hd <= 32 ? occupancy<__nv_bfloat16, 32>(hd) : hd <= 64 ? occupancy<__nv_bfloat16, 64>(hd)
-                                                                      : occupancy<__nv_bfloat16, 128>(hd);
-    return hd <= 32 ? occupancy<__half, 32>(hd) : hd <= 64 ? occupancy<__half, 64>(hd) : occupancy<__half, 128>(hd);
+        return occupancy_t<__nv_bfloat16>(hd, stages);
+    return occupancy_t<__half>(hd, stages);
 }
 
 extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a,
-                                                          int32_t n_splits, int32_t split_len, float *ws,
+                                                          int32_t n_splits, int32_t split_len, float *ws, int stages,
                                                           size_t smem_optin)
 {
     CHECK(anvil_cuda_attn_decode_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
-          "attention decode (mma): %s with head_dim %d (bf16/f16, multiples of 16 up to 128)",
+          "attention decode (mma): %s with head_dim %d (bf16/f16, head_dim 32, 64 or 128)",
           anvil_dtype_name(a->dt), a->head_dim);
+    CHECK(stages == 2 || stages == 3, ANVIL_ERR_INVALID_ARG, "attention decode (mma): %d stages", stages);
     if (a->n_tokens == 0)
         return ANVIL_OK;
     CHECK(n_splits >= 1 && n_splits <= 65535 && split_len >= 1 && (n_splits == 1 || ws != NULL),
           ANVIL_ERR_INVALID_ARG, "attention decode: %d splits of %d", n_splits, split_len);
-    CHECK(dm_smem_bytes(a->head_dim) <= smem_optin, ANVIL_ERR_UNSUPPORTED,
+    CHECK(dm_smem_bytes(a->head_dim, stages) <= smem_optin, ANVIL_ERR_UNSUPPORTED,
           "attention decode (mma): head_dim %d needs %zu bytes of shared memory", a->head_dim,
-          dm_smem_bytes(a->head_dim));
+          dm_smem_bytes(a->head_dim, stages));
     const int group = a->n_heads / a->n_kv_heads;
     const int n_hc = (group + DM_ROWS - 1) / DM_ROWS;
     CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
           a->n_kv_heads, n_hc);
-    const int hd = a->head_dim;
-    if (a->dt == ANVIL_DTYPE_BF16) {
-        if (hd <= 32)
-            return launch<__nv_bfloat16, 32>(stream, a, n_hc, n_splits, split_len, ws);
-        if (hd <= 64)
-            return launch<__nv_bfloat16, 64>(stream, a, n_hc, n_splits, split_len, ws);
-        return launch<__nv_bfloat16, 128>(stream, a, n_hc, n_splits, split_len, ws);
-    }
-    if (hd <= 32)
-        return launch<__half, 32>(stream, a, n_hc, n_splits, split_len, ws);
-    if (hd <= 64)
-        return launch<__half, 64>(stream, a, n_hc, n_splits, split_len, ws);
-    return launch<__half, 128>(stream, a, n_hc, n_splits, split_len, ws);
+    if (a->dt == ANVIL_DTYPE_BF16)
+        return launch_t<__nv_bfloat16>(stream, a, n_hc, n_splits, split_len, ws, stages);
+    return launch_t<__half>(stream, a, n_hc, n_splits, split_len, ws, stages);
 }

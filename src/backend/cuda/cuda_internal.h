@@ -85,7 +85,7 @@ typedef struct anvil_cuda_backend {
 
     anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
     int decode_occupancy[3][4][4]; /* decode kernel blocks per SM by [dtype][head_dim class][group class], 0: not asked yet */
-    int decode_mma_occupancy[2][3]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128] */
+    int decode_mma_occupancy[2][3][2]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128][2/3 stages] */
 } anvil_cuda_backend;
 
 static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
@@ -194,6 +194,14 @@ anvil_status anvil_cuda_launch_gemm_simt(cudaStream_t stream, const void *x, con
                                          anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t rows,
                                          int64_t K, int64_t N);
 
+/* out[T, N] = x[T, K] w[N, K]^T (+ bias[N]) for T <= 4 rows: a stream over
+ * w (cuda_gemv.cu). x, w, out in act_dt (bf16/f16); K a multiple of 8;
+ * 16-byte aligned pointers: anvil_cuda_gemv_ok. */
+int anvil_cuda_gemv_ok(anvil_dtype dt, int64_t T, int64_t K, const void *x, const void *w, const void *out);
+anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w, const void *bias,
+                                    anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t T, int64_t K,
+                                    int64_t N);
+
 /* Attention geometry shared by the attention kernels. */
 typedef struct anvil_cuda_attn {
     const void *q, *k, *v;       /* [T, n_heads * hd], [T, n_kv_heads * hd] x2 */
@@ -239,8 +247,9 @@ anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, const anvil_cud
  * same split-K contract and workspace layout as the kernel above. */
 int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a);
 anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
-                                               int32_t split_len, float *ws, size_t smem_optin);
-int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, size_t smem_optin);
+                                               int32_t split_len, float *ws, int stages, size_t smem_optin);
+/* stages: 2 or 3 tiles of 64 keys in shared memory */
+int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages, size_t smem_optin);
 
 #ifdef __cplusplus
 }

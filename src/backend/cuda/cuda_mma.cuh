@@ -68,4 +68,14 @@ __device__ __forceinline__ void anvil_ldmatrix_x4_trans(uint32_t (&r)[4], const 
                  : "r"(anvil_smem_u32(row)));
 }
 
+/* The same without the transpose: register i receives row lane / 4,
+ * columns 2 (lane % 4) and + 1 of matrix i (an mma B fragment when the
+ * matrix rows are the n index, as K's rows are for S = Q K^T). */
+__device__ __forceinline__ void anvil_ldmatrix_x4(uint32_t (&r)[4], const void *row)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(anvil_smem_u32(row)));
+}
+
 #endif
