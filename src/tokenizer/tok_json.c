@@ -337,6 +337,7 @@ static anvil_status find_spans(jscan *s, tok_buf *buf, span *vocab, span *merges
                     CHECK(s->p < s->end && *s->p == ':', ANVIL_ERR_FORMAT, "tokenizer.json: expected ':'");
                     s->p++;
                     ws(s);
+                    CHECK(s->p < s->end, ANVIL_ERR_FORMAT, "tokenizer.json: unexpected end");
                     const char *v0 = s->p;
                     if ((is_vocab && *v0 == '{') || (is_merges && *v0 == '['))
                         TRY(skip_container(s));

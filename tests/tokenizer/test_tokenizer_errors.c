@@ -152,6 +152,16 @@ static void test_malformed_files(void **state)
         assert_null(tok);
         assert_non_null(strstr(anvil_last_error(), "tokenizer.json"));
     }
+    /* a document cut right after a model key's ':' (found by the fuzzer): the
+     * bytes end there, with no NUL after them for a scan to stop on */
+    static const char cut[] = "{\"model\":{\"type\":\"BPE\",\"vocab\":";
+    char *exact = malloc(sizeof cut - 1);
+    assert_non_null(exact);
+    memcpy(exact, cut, sizeof cut - 1);
+    anvil_tokenizer *cut_tok = NULL;
+    assert_status_msg(anvil_tokenizer_load_json(exact, sizeof cut - 1, &cut_tok), ANVIL_ERR_FORMAT, "unexpected end");
+    assert_null(cut_tok);
+    free(exact);
     /* huge ids are refused rather than allocated */
     const char *big = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 4000000000}, \"merges\": []}}";
     anvil_tokenizer *tok;
