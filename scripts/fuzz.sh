@@ -7,6 +7,8 @@
 # in build-fuzz/fuzz-corpus/<target>/ (so later runs start further along), and
 # a crashing input is saved as build-fuzz/fuzz-artifacts/<target>-crash-*:
 # reproduce with build-fuzz/fuzz/fuzz_<target> <that file>.
+# The random seed is fixed (FUZZ_SEED, default 1) so that a run, CI's
+# included, can be repeated exactly; FUZZ_SEED=0 lets libFuzzer pick one.
 #   scripts/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +47,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$work"
   dirs=("$work") # new inputs go to the first folder; the seeds stay untouched
   [ -d "tests/fuzz/corpus/$name" ] && dirs+=("tests/fuzz/corpus/$name")
-  args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+  args=(-max_total_time="$secs" -seed="${FUZZ_SEED:-1}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
         -artifact_prefix="$build/fuzz-artifacts/$name-")
   [ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
   log="$build/fuzz-logs/$name.log"
