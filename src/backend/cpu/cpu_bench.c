@@ -185,7 +185,7 @@ double anvil_cpu_stream_read_gbps(size_t bytes, int n_threads)
 
 /* ---------------------------------------------------------------- FMA peak */
 
-#define PEAK_ITERS 2000000L
+#define PEAK_ITERS 20000000L /* ~50 ms a run: long enough for AVX-512 clocks to settle */
 
 typedef struct peak_job {
     anvil_cpu_isa isa;
@@ -267,7 +267,7 @@ double anvil_cpu_fma_peak_gflops(int n_threads)
     double lanes = job.isa == ANVIL_CPU_ISA_AVX512 ? 16 : job.isa == ANVIL_CPU_ISA_AVX2 ? 8 : 1;
     double iters = job.isa == ANVIL_CPU_ISA_SCALAR ? (double)(PEAK_ITERS / 16) : (double)PEAK_ITERS;
     double best = 0.0;
-    for (int rep = 0; rep < 3; rep++) { /* the first also wakes the clocks up */
+    for (int rep = 0; rep < 5; rep++) { /* the first also wakes the clocks up */
         double t0 = anvil_cpu_now_s();
         anvil_threadpool_run(tp, peak_task, &job);
         double dt = anvil_cpu_now_s() - t0;
