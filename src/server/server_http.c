@@ -155,6 +155,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     stream_ctx *sc = cls;
     srv_gen *g = sc->g;
+    uint64_t t0 = srv_cpu_ns();
     pthread_mutex_lock(&g->mu);
     while (g->sent == g->len && !g->done) {
         gen_wait(g);
@@ -162,6 +163,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
             pthread_mutex_unlock(&g->mu);
             if (client_gone(sc->conn)) {
                 gen_cancel(g);
+                srv_cost_add(g->srv, t0);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             }
             pthread_mutex_lock(&g->mu);
@@ -177,23 +179,33 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         n = MHD_CONTENT_READER_END_OF_STREAM;
     }
     pthread_mutex_unlock(&g->mu);
+    srv_cost_add(g->srv, t0);
     return n;
 }
 
 static void stream_free(void *cls)
 {
     stream_ctx *sc = cls;
+    anvil_server *s = sc->g->srv;
+    uint64_t t0 = srv_cpu_ns();
     gen_cancel(sc->g); /* a no-op when it finished; else the client went away */
-    gen_untrack(sc->g->srv, sc->g);
+    gen_untrack(s, sc->g);
     free(sc);
+    srv_cost_add(s, t0);
 }
 
-static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat)
+/* *t0: the CPU clock of this handler's cost bracket, paused around
+ * srv_openai_generate (which accounts for its own work). */
+static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat,
+                                      uint64_t *t0)
 {
     srv_gen *g = NULL;
     int status = 500;
     json_t *err = NULL;
-    if (srv_openai_generate(s, body, chat, &g, &status, &err) < 0)
+    srv_cost_add(s, *t0);
+    int rc = srv_openai_generate(s, body, chat, &g, &status, &err);
+    *t0 = srv_cpu_ns();
+    if (rc < 0)
         return send_json(s, c, status, err, NULL);
     gen_track(s, g);
     if (g->stream) {
@@ -252,16 +264,27 @@ static json_t *model_json(const srv_model *m)
     return o;
 }
 
+static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok,
+                                     srv_model *m);
+
 static enum MHD_Result serve_tokenize(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok)
 {
     json_t *mn = json_object_get(body, "model");
     if (mn && !json_is_null(mn) && !json_is_string(mn))
         return send_error(s, c, 400, "'model' must be a string", "invalid_request_error", "model", "invalid_type",
                           NULL);
-    srv_model *m = model_named(s, json_string_value(mn));
+    srv_model *m = srv_model_acquire(s, json_string_value(mn));
     if (m == NULL)
-        return send_error(s, c, 404, "The model does not exist", "invalid_request_error", "model",
+        return send_error(s, c, 404, "The model does not exist or is not loaded", "invalid_request_error", "model",
                           "model_not_found", NULL);
+    enum MHD_Result r = tokenize_with(s, c, body, detok, m);
+    srv_model_release(m);
+    return r;
+}
+
+static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok,
+                                     srv_model *m)
+{
     if (m->tok == NULL)
         return send_error(s, c, 400, "The model has no tokenizer", "invalid_request_error", "model", NULL, NULL);
     json_t *o = json_object();
@@ -350,7 +373,7 @@ static const route routes[] = {
 };
 
 static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const char *url, const char *method,
-                                conn_ctx *cc)
+                                conn_ctx *cc, uint64_t *t0)
 {
     const route *rt = NULL;
     int model_path = strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0';
@@ -371,11 +394,13 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
         return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL,
                           "request_too_large", NULL);
     if (model_path) {
-        srv_model *m = model_named(s, url + 11);
+        srv_model *m = srv_model_acquire(s, url + 11);
         if (m == NULL)
-            return send_error(s, c, 404, "The model does not exist", "invalid_request_error", "model",
-                              "model_not_found", NULL);
-        return send_json(s, c, 200, model_json(m), NULL);
+            return send_error(s, c, 404, "The model does not exist or is not loaded", "invalid_request_error",
+                              "model", "model_not_found", NULL);
+        json_t *j = model_json(m);
+        srv_model_release(m);
+        return send_json(s, c, 200, j, NULL);
     }
     switch (rt->id) {
     case R_HEALTH:
@@ -392,8 +417,11 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     case R_MODELS: {
         json_t *o = json_object(), *a = json_array();
+        pthread_mutex_lock(&s->repo_mu);
         for (int i = 0; i < s->n_models; i++)
-            json_array_append_new(a, model_json(&s->models[i]));
+            if (!s->models[i].unloading)
+                json_array_append_new(a, model_json(&s->models[i]));
+        pthread_mutex_unlock(&s->repo_mu);
         json_object_set_new(o, "object", json_string("list"));
         json_object_set_new(o, "data", a);
         return send_json(s, c, 200, o, NULL);
@@ -415,18 +443,17 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     enum MHD_Result r;
     if (rt->id == R_COMPLETIONS || rt->id == R_CHAT)
-        r = serve_generate(s, c, body, rt->id == R_CHAT);
+        r = serve_generate(s, c, body, rt->id == R_CHAT, t0);
     else
         r = serve_tokenize(s, c, body, rt->id == R_DETOKENIZE);
     json_decref(body);
     return r;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-                                  const char *version, const char *upload, size_t *upload_size, void **con_cls)
+static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c, const char *url,
+                                      const char *method, const char *upload, size_t *upload_size, void **con_cls,
+                                      uint64_t *t0)
 {
-    (void)version;
-    anvil_server *s = cls;
     conn_ctx *cc = *con_cls;
     if (cc == NULL) {
         cc = calloc(1, sizeof *cc);
@@ -459,20 +486,34 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    return dispatch(s, c, url, method, cc);
+    return dispatch(s, c, url, method, cc, t0);
+}
+
+/* MHD's handler: the server's own CPU time is counted from here (the HTTP
+ * side of the cost counters, docs/server.md). */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    anvil_server *s = cls;
+    uint64_t t0 = srv_cpu_ns();
+    enum MHD_Result r = handle_request(s, c, url, method, upload, upload_size, con_cls, &t0);
+    srv_cost_add(s, t0);
+    return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode t)
 {
-    (void)cls;
     (void)c;
     (void)t;
+    uint64_t t0 = srv_cpu_ns();
     conn_ctx *cc = *con_cls;
     if (cc) {
         free(cc->body);
         free(cc);
         *con_cls = NULL;
     }
+    srv_cost_add(cls, t0);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -495,6 +536,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     s->host = strdup(s->opts.host);
     s->api_key = s->opts.api_key && s->opts.api_key[0] ? strdup(s->opts.api_key) : NULL;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->repo_mu, NULL);
+    pthread_cond_init(&s->repo_cv, NULL);
     if (s->host == NULL || (s->opts.api_key && s->opts.api_key[0] && s->api_key == NULL)) {
         anvil_server_free(s);
         CHECK(0, ANVIL_ERR_OOM, "out of memory");
@@ -527,6 +570,8 @@ anvil_status anvil_server_add_model(anvil_server *s, const char *name, const cha
             CHECK_GOTO(0, ts, fail, "chat template of '%s': %s", name, anvil_last_error());
         }
     }
+    m->srv = s;
+    m->refs = 1; /* the table's */
     m->rt = rt;
     m->tok = tok;
     m->ex = ex;
@@ -625,6 +670,8 @@ void anvil_server_free(anvil_server *s)
     }
     free(s->models);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->repo_mu);
+    pthread_cond_destroy(&s->repo_cv);
     free(s->host);
     free(s->api_key);
     free(s);

@@ -21,7 +21,14 @@ typedef struct srv_hist {
     uint64_t n;
 } srv_hist;
 
+/* A loaded model. Reference-counted: the server's table holds one
+ * reference, and so does every user between srv_model_acquire and
+ * srv_model_release (an HTTP request, a srv_gen in flight), so that a
+ * model can be unloaded while serving (docs/server.md, "Model repository"). */
 typedef struct srv_model {
+    struct anvil_server *srv;
+    int refs;                  /* guarded by srv->repo_mu */
+    int unloading;             /* guarded by srv->repo_mu: no new references */
     char *name;
     anvil_runtime *rt;
     anvil_tokenizer *tok;
@@ -69,11 +76,29 @@ struct anvil_server {
     struct MHD_Daemon *daemon;
     int port;
     atomic_int shutting_down;
+    pthread_mutex_t repo_mu;   /* guards the model table and every srv_model's refs */
+    pthread_cond_t repo_cv;    /* a reference dropped, a load or unload ended */
+    atomic_uint_fast64_t cost_ns; /* CPU time of the server's own work (srv_cost_add) */
     pthread_mutex_t mu;        /* guards gens, http counters */
     srv_gen *gens;
     int in_flight;
     uint64_t http_status_counts[600];
 };
+
+/* server_model.c */
+
+/* The model named `name` (NULL: the default model), with one more reference,
+ * or NULL when no such model is loaded and ready. */
+srv_model *srv_model_acquire(struct anvil_server *s, const char *name);
+/* Drops a reference taken by srv_model_acquire (NULL: no-op). Never frees
+ * on the caller's thread (it may be an executor's): see server_model.c. */
+void srv_model_release(srv_model *m);
+
+/* CPU time of the calling thread, in ns (CLOCK_THREAD_CPUTIME_ID). */
+uint64_t srv_cpu_ns(void);
+/* Adds (srv_cpu_ns() - t0) to the server's "outside the executor" CPU time
+ * (anvil_server_cpu_seconds_total in /metrics). */
+void srv_cost_add(struct anvil_server *s, uint64_t t0);
 
 /* server_gen.c */
 double srv_now(void);

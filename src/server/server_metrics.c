@@ -3,6 +3,7 @@
  * executor's queue, running requests and KV blocks. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,6 +82,20 @@ char *srv_metrics_text(struct anvil_server *s)
     put(&b, "# HELP anvil_http_requests_in_flight Generation requests being served.\n"
             "# TYPE anvil_http_requests_in_flight gauge\nanvil_http_requests_in_flight %d\n",
         in_flight);
+    /* the cost counters: the server's own work (HTTP handlers, request
+     * mapping, event formatting) and the whole process, user + system */
+    struct rusage ru;
+    double proc = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        proc = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+               (double)ru.ru_stime.tv_usec * 1e-6;
+    put(&b,
+        "# HELP anvil_server_cpu_seconds_total CPU time of the server's own work outside the executor's forward "
+        "passes (HTTP handlers, request mapping, tokenization, response formatting).\n"
+        "# TYPE anvil_server_cpu_seconds_total counter\nanvil_server_cpu_seconds_total %.6f\n"
+        "# HELP process_cpu_seconds_total Total user and system CPU time of the process.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
+        (double)atomic_load(&s->cost_ns) * 1e-9, proc);
     static const char *const gauges[][2] = {
         {"anvil_num_requests_waiting", "Requests queued in the executor."},
         {"anvil_num_requests_running", "Requests admitted by the executor."},
