@@ -101,6 +101,18 @@ void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, floa
 int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
                                    anvil_rng *rng);
 
+/*
+ * The token anvil_sampler_sample_min_p picks when its draw is u: the same
+ * steps with the min-p threshold given as log_min_p = logf(min_p) (or
+ * -INFINITY for none) and the uniform u in [0, 1) (what anvil_rng_uniform
+ * returned) given instead of drawn. Greedy parameters (temperature 0, top_k
+ * 1) ignore u. When sampling finds no finite logit it returns -1 (the
+ * RNG-drawing version returns 0 without drawing). For backends that sample
+ * on their device: they mirror this, and the CPU backend calls it.
+ */
+int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
+                           double u);
+
 /* out[i] = x[i] - log(sum_j exp(x[j])), in float with a max shift, as
  * torch.log_softmax does; out may be x. */
 void anvil_log_softmax(const float *x, float *out, int32_t n);

@@ -260,8 +260,15 @@ void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, floa
     }
 }
 
-int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
-                                   anvil_rng *rng)
+/*
+ * anvil_sampler_sample_min_p's algorithm, the min-p threshold given as
+ * log_min_p (logf(min_p), or -INFINITY for none) and the uniform draw taken
+ * from rng, or, with rng NULL, given as u. Returns -1 instead of the
+ * argmax when no logit is finite and rng is NULL (the draw was not used).
+ * Backends that sample on their device follow this step for step.
+ */
+static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
+                           anvil_rng *rng, double u)
 {
     const int32_t n = s->n_vocab;
     if (p->temperature <= 0.0f || p->top_k == 1)
@@ -279,14 +286,14 @@ int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const 
         m++;
     }
     if (m == 0)
-        return anvil_argmax(logits, n);
-    if (min_p > 0.0f) {
+        return rng != NULL ? anvil_argmax(logits, n) : -1;
+    if (log_min_p > -INFINITY) {
         float max = s->c[0].logit;
         for (int32_t i = 1; i < m; i++)
             if (s->c[i].logit > max)
                 max = s->c[i].logit;
         /* p_i / p_max = exp(l_i - max) >= min_p */
-        const float thr = max + logf(min_p);
+        const float thr = max + log_min_p;
         int32_t k = 0;
         for (int32_t i = 0; i < m; i++)
             if (s->c[i].logit >= thr)
@@ -326,7 +333,7 @@ int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const 
         for (int32_t i = 0; i < m; i++)
             sum += s->prob[i];
     }
-    double r = anvil_rng_uniform(rng) * sum;
+    double r = (rng != NULL ? anvil_rng_uniform(rng) : u) * sum;
     double acc = 0.0;
     for (int32_t i = 0; i < m; i++) {
         acc += s->prob[i];
@@ -334,6 +341,18 @@ int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const 
             return s->c[i].id;
     }
     return s->c[m - 1].id;
+}
+
+int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
+                                   anvil_rng *rng)
+{
+    return sample_core(s, logits, p, min_p > 0.0f ? logf(min_p) : -INFINITY, rng, 0.0);
+}
+
+int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
+                           double u)
+{
+    return sample_core(s, logits, p, log_min_p, NULL, u);
 }
 
 void anvil_log_softmax(const float *x, float *out, int32_t n)
