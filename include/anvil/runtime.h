@@ -26,6 +26,7 @@
 
 #include "anvil/dtype.h"
 #include "anvil/model_config.h"
+#include "anvil/sampling.h"
 #include "anvil/status.h"
 
 #ifdef __cplusplus
@@ -99,6 +100,32 @@ anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, 
  * scanned on the host.
  */
 anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids);
+
+/* How one logits row is sampled (anvil_runtime_forward_sample): the
+ * parameters of anvil_sampler_sample_min_p and the sequence's generator. */
+typedef struct anvil_sample_row {
+    float temperature;            /* >= 0; 0: greedy */
+    int32_t top_k;                /* <= 0: off; 1: greedy */
+    float top_p;                  /* (0, 1]; 1: off */
+    float min_p;                  /* [0, 1]; 0: off */
+    anvil_rng *rng;               /* drawn from when the row samples (NULL allowed for greedy rows) */
+} anvil_sample_row;
+
+/*
+ * The same step, sampling each logit row on the backend: next_ids[i]
+ * receives what anvil_sampler_sample_min_p(logits of row i, rows[i]) would
+ * return, and rows[i].rng advances exactly as that call advances it (one
+ * uniform when the row samples and has a finite logit, none otherwise).
+ * Only the ids leave the device. Backends without a sample op (or with
+ * ANVIL_HOST_SAMPLING=1 in the environment at load) download the logits
+ * and call anvil_sampler_sample_min_p itself. On the CPU the ids are
+ * identical to that call's; on CUDA too except where the draw or the top-p
+ * mass lands within ~1e-9 of a cumulative-probability boundary (the device
+ * sums in another order; docs/cuda-backend.md). On failure no generator
+ * has advanced.
+ */
+anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
+                                          int32_t *next_ids);
 
 /* ---- KV blocks: a simple pool (the executor's manager builds on it). */
 int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt);

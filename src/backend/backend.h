@@ -72,6 +72,20 @@ typedef struct anvil_attention_args {
     float scale;                  /* usually 1 / sqrt(head_dim) */
 } anvil_attention_args;
 
+/*
+ * One logits row's sampling for the sample_rows op: the host sampler's
+ * parameters with its two host-side values computed already, so that every
+ * backend uses the host's logf and RNG. Greedy when temperature <= 0 or
+ * top_k == 1 (u unused); top_k <= 0: all; top_p 1: off.
+ */
+typedef struct anvil_sample_params {
+    float temperature;
+    int32_t top_k;
+    float top_p;
+    float log_min_p;              /* logf(min_p) as the host computes it; -INFINITY: no min-p */
+    double u;                     /* the uniform draw in [0, 1) (anvil_rng_uniform) */
+} anvil_sample_params;
+
 typedef struct anvil_backend_ops {
     const char *name;
     void (*destroy)(anvil_backend *be);
@@ -126,6 +140,14 @@ typedef struct anvil_backend_ops {
      * (the lowest such column on ties), ids in backend memory: greedy
      * decoding without copying the logits out. */
     anvil_status (*argmax_rows)(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
+
+    /* ids[r] = the token the host sampler (anvil_sampler_pick in
+     * anvil/sampling.h) picks from row r of the logits x [rows, cols] with
+     * params[r]; -1 where sampling found no finite logit (the draw was not
+     * used). params and ids are in backend memory: sampling without copying
+     * the logits out (anvil_sample_params: above). */
+    anvil_status (*sample_rows)(anvil_backend *be, const anvil_tensor *x, const struct anvil_sample_params *params,
+                                int32_t *ids);
 
     /*
      * Step graphs: the runtime brackets the ops of a step whose launches

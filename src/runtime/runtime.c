@@ -53,6 +53,15 @@ struct anvil_runtime {
     size_t meta_ints;
     void *logits_host_stage;  /* when activations are not f32 */
     void *ids_dev;            /* [max_logit_rows] argmax ids (forward_greedy), made on first use */
+
+    /* forward_sample, made on first use */
+    anvil_sample_params *sample_host;  /* [max_logit_rows] the step's parameters, staged */
+    void *sample_dev;                  /* [max_logit_rows] the same on the backend */
+    anvil_rng *sample_saved;           /* [max_logit_rows] generators before their draw */
+    const anvil_sample_params *step_sample; /* during a forward_sample step: run_ops samples with these */
+    int host_sampling;                 /* ANVIL_HOST_SAMPLING=1 at load: sample on the host always */
+    anvil_sampler *host_sampler;       /* the host path (no sample op) */
+    float *host_logits;                /* [max_logit_rows * vocab] for it */
 };
 
 void anvil_runtime_options_default(anvil_runtime_options *o)
@@ -96,6 +105,8 @@ void anvil_runtime_free(anvil_runtime *rt)
             be->ops->free(be, rt->meta_dev);
         if (rt->ids_dev)
             be->ops->free(be, rt->ids_dev);
+        if (rt->sample_dev)
+            be->ops->free(be, rt->sample_dev);
         anvil_backend_free(be);
     }
     free(rt->weights);
@@ -110,6 +121,10 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->block_used);
     free(rt->meta_host);
     free(rt->logits_host_stage);
+    free(rt->sample_host);
+    free(rt->sample_saved);
+    free(rt->host_logits);
+    anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
     anvil_network_free(rt->net);
     free(rt);
@@ -482,6 +497,10 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(plan_activations(rt), fail);
     TRY_GOTO(alloc_kv_cache(rt), fail);
     TRY_GOTO(alloc_step_meta(rt), fail);
+    {
+        const char *hs = getenv("ANVIL_HOST_SAMPLING");
+        rt->host_sampling = hs != NULL && strcmp(hs, "1") == 0;
+    }
     anvil_log(ANVIL_LOG_INFO, "loaded %s (%s) on %s: %.1f MiB of weights", model_dir, rt->cfg.architecture,
               rt->be->ops->name, (double)rt->weight_bytes / 1048576.0);
     *out = rt;
@@ -646,7 +665,10 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
     }
     if (ids_dev != NULL && s->n_logits > 0) {
         anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));
-        TRY(rt->be->ops->argmax_rows(rt->be, &lg, ids_dev));
+        if (rt->step_sample != NULL)
+            TRY(rt->be->ops->sample_rows(rt->be, &lg, rt->step_sample, ids_dev));
+        else
+            TRY(rt->be->ops->argmax_rows(rt->be, &lg, ids_dev));
     }
     return ANVIL_OK;
 }
@@ -658,7 +680,8 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
  * The step-graph key of a step, or 0 when it takes none: only decode steps
  * (one token per sequence), on backends with graphs. Their launches depend
  * on the token, logit-row and block-table sizes (which fix the layout of the
- * step arrays in meta_dev), on whether the argmax runs, and, through the
+ * step arrays in meta_dev), on whether the argmax or the sampler runs
+ * (`greedy` 1 or 2), and, through the
  * attention split count, on max_context: that is rounded up to a power of
  * two (at least 64) here, for the graph and for the runs before it alike,
  * so one graph serves a range of contexts.
@@ -675,7 +698,8 @@ static uint64_t step_graph_key(const anvil_runtime *rt, anvil_step *s, int greed
     while (lg < 30 && (1 << lg) < s->max_context)
         lg++;
     s->max_context = 1 << lg;
-    return 1u | (uint64_t)(greedy != 0) << 1 | (uint64_t)lg << 2 | (uint64_t)s->n_tokens << 8 |
+    return 1u | (uint64_t)(greedy == 1) << 1 | (uint64_t)lg << 2 | (uint64_t)(greedy == 2) << 7 |
+           (uint64_t)s->n_tokens << 8 |
            (uint64_t)s->n_logits << 20 | (uint64_t)s->max_blocks_per_seq << 32;
 }
 
@@ -683,7 +707,8 @@ static uint64_t step_graph_key(const anvil_runtime *rt, anvil_step *s, int greed
 static anvil_status run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev)
 {
     anvil_backend *be = rt->be;
-    const uint64_t key = step_graph_key(rt, s, ids_dev != NULL);
+    /* the ids come from the argmax (1) or, in a forward_sample step, the sampler (2) */
+    const uint64_t key = step_graph_key(rt, s, ids_dev == NULL ? 0 : rt->step_sample != NULL ? 2 : 1);
     int action = ANVIL_GRAPH_RUN;
     if (key != 0)
         TRY(be->ops->graph_begin(be, key, &action));
@@ -749,4 +774,109 @@ anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *
     if (s.n_logits == 0)
         return be->ops->synchronize(be);
     return be->ops->download(be, next_ids, rt->ids_dev, (size_t)s.n_logits * sizeof(int32_t));
+}
+
+/* forward_sample where the backend has no sample op (or ANVIL_HOST_SAMPLING):
+ * the logits come to the host and go through the host sampler. */
+static anvil_status sample_on_host(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
+                                   int32_t *next_ids)
+{
+    const int32_t L = batch->n_logits;
+    const int64_t vocab = rt->cfg.vocab_size;
+    if (L > 0 && rt->host_logits == NULL) {
+        rt->host_logits = malloc((size_t)rt->opts.max_logit_rows * (size_t)vocab * sizeof *rt->host_logits);
+        CHECK(rt->host_logits != NULL, ANVIL_ERR_OOM, "forward_sample: out of memory for the logits");
+    }
+    if (L > 0 && rt->host_sampler == NULL)
+        TRY(anvil_sampler_create((int32_t)vocab, &rt->host_sampler));
+    TRY(anvil_runtime_forward(rt, batch, rt->host_logits));
+    for (int32_t i = 0; i < L; i++) {
+        const anvil_sampling_params sp = {
+            .temperature = rows[i].temperature, .top_k = rows[i].top_k, .top_p = rows[i].top_p,
+        };
+        next_ids[i] = anvil_sampler_sample_min_p(rt->host_sampler, rt->host_logits + (int64_t)i * vocab, &sp,
+                                                 rows[i].min_p, rows[i].rng);
+    }
+    return ANVIL_OK;
+}
+
+static int row_samples(const anvil_sample_row *r) { return r->temperature > 0.0f && r->top_k != 1; }
+
+anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
+                                          int32_t *next_ids)
+{
+    CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
+    const int32_t L = batch->n_logits;
+    CHECK(L >= 0 && L <= rt->opts.max_logit_rows, ANVIL_ERR_CAPACITY, "%d logit rows exceed max_logit_rows %d", L,
+          rt->opts.max_logit_rows);
+    CHECK(L == 0 || (rows != NULL && next_ids != NULL), ANVIL_ERR_INVALID_ARG,
+          "forward_sample: rows or next_ids is NULL");
+    for (int32_t i = 0; i < L; i++) {
+        const anvil_sample_row *r = &rows[i];
+        CHECK(r->temperature >= 0.0f && isfinite(r->temperature), ANVIL_ERR_INVALID_ARG,
+              "forward_sample: row %d: temperature must be >= 0, got %g", i, (double)r->temperature);
+        CHECK(r->top_p > 0.0f && r->top_p <= 1.0f, ANVIL_ERR_INVALID_ARG,
+              "forward_sample: row %d: top_p must be in (0, 1], got %g", i, (double)r->top_p);
+        CHECK(r->min_p >= 0.0f && r->min_p <= 1.0f, ANVIL_ERR_INVALID_ARG,
+              "forward_sample: row %d: min_p must be in [0, 1], got %g", i, (double)r->min_p);
+        CHECK(r->rng != NULL || !row_samples(r), ANVIL_ERR_INVALID_ARG, "forward_sample: row %d samples without a generator",
+              i);
+    }
+    anvil_backend *be = rt->be;
+    if (be->ops->sample_rows == NULL || rt->host_sampling)
+        return sample_on_host(rt, batch, rows, next_ids);
+
+    const size_t n_max = (size_t)rt->opts.max_logit_rows;
+    if (rt->sample_host == NULL) {
+        rt->sample_host = malloc(n_max * sizeof *rt->sample_host);
+        rt->sample_saved = malloc(n_max * sizeof *rt->sample_saved);
+        if (rt->sample_host == NULL || rt->sample_saved == NULL) {
+            free(rt->sample_host);
+            free(rt->sample_saved);
+            rt->sample_host = NULL;
+            rt->sample_saved = NULL;
+            return ANVIL_FAIL(ANVIL_ERR_OOM, "forward_sample: out of memory");
+        }
+    }
+    if (rt->sample_dev == NULL)
+        TRY(be->ops->alloc(be, n_max * sizeof(anvil_sample_params), &rt->sample_dev));
+    if (rt->ids_dev == NULL)
+        TRY(be->ops->alloc(be, n_max * sizeof(int32_t), &rt->ids_dev));
+
+    /* the draws happen here, on the host, in the generators' own order;
+     * the device only uses them */
+    for (int32_t i = 0; i < L; i++) {
+        const anvil_sample_row *r = &rows[i];
+        anvil_sample_params *q = &rt->sample_host[i];
+        q->temperature = r->temperature;
+        q->top_k = r->top_k;
+        q->top_p = r->top_p;
+        q->log_min_p = r->min_p > 0.0f ? logf(r->min_p) : -INFINITY;
+        q->u = 0.0;
+        if (row_samples(r)) {
+            rt->sample_saved[i] = *r->rng;
+            q->u = anvil_rng_uniform(r->rng);
+        }
+    }
+    anvil_step s;
+    anvil_status st = prepare_step(rt, batch, &s);
+    if (st == ANVIL_OK && L > 0)
+        st = be->ops->upload(be, rt->sample_dev, rt->sample_host, (size_t)L * sizeof(anvil_sample_params));
+    if (st == ANVIL_OK) {
+        rt->step_sample = rt->sample_dev;
+        st = run_step(rt, &s, rt->ids_dev);
+        rt->step_sample = NULL;
+    }
+    if (st == ANVIL_OK)
+        st = L == 0 ? be->ops->synchronize(be)
+                    : be->ops->download(be, next_ids, rt->ids_dev, (size_t)L * sizeof(int32_t));
+    for (int32_t i = 0; i < L; i++) {
+        /* no finite logit: the host sampler returns 0 without drawing */
+        const int undraw = st != ANVIL_OK || next_ids[i] < 0;
+        if (st == ANVIL_OK && next_ids[i] < 0)
+            next_ids[i] = 0;
+        if (undraw && row_samples(&rows[i]))
+            *rows[i].rng = rt->sample_saved[i];
+    }
+    return st;
 }

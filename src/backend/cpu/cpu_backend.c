@@ -180,6 +180,7 @@ static const anvil_backend_ops cpu_ops = {
     .silu_mul = anvil_cpu_op_silu_mul,
     .add = anvil_cpu_op_add,
     .gather_rows = anvil_cpu_op_gather_rows,
+    .sample_rows = anvil_cpu_op_sample_rows,
 };
 
 anvil_status anvil_backend_cpu_create_isa(int n_threads, anvil_cpu_isa isa, anvil_backend **out)

@@ -199,6 +199,9 @@ anvil_status anvil_cpu_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, 
 anvil_status anvil_cpu_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
 anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                       anvil_tensor *out);
+/* sample_rows through the host sampler, a row per thread (cpu_sample.c) */
+anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
+                                      int32_t *ids);
 
 /* Splits [0, n) into nth nearly equal ranges aligned to `unit` (except the
  * end) and returns range ith in [*lo, *hi). */

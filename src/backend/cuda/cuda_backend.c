@@ -281,6 +281,7 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     o->add = anvil_cuda_op_add;
     o->gather_rows = anvil_cuda_op_gather_rows;
     o->argmax_rows = anvil_cuda_op_argmax_rows;
+    o->sample_rows = anvil_cuda_op_sample_rows;
     o->graph_begin = anvil_cuda_graph_begin;
     o->graph_end = anvil_cuda_graph_end;
     const char *g = getenv("ANVIL_CUDA_GRAPHS");

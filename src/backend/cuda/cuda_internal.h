@@ -152,6 +152,11 @@ anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const a
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                        anvil_tensor *out);
 anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
+/* sample_rows (cuda_sample.cu); anvil_cuda_sample_set_chunk: a test knob, the
+ * shared-memory chunk (1..4096 candidates) of the streamed paths */
+anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
+                                       int32_t *ids);
+void anvil_cuda_sample_set_chunk(int cap);
 
 /* ---------------------------------------------------------------- launchers (cuda_*.cu)
  * Each checks what the kernel itself relies on, launches on `stream`, and
