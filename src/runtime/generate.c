@@ -32,28 +32,33 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
     if (total > o->max_seq_len)
         total = o->max_seq_len;
     const int32_t n_blocks = (int32_t)((total + bs - 1) / bs);
-    const int32_t vocab = (int32_t)cfg->vocab_size;
 
     anvil_status st = ANVIL_OK;
     int32_t *blocks = malloc((size_t)n_blocks * sizeof *blocks);
     int32_t *pos = malloc((size_t)o->max_num_tokens * sizeof *pos);
-    float *logits = malloc((size_t)vocab * sizeof *logits);
-    anvil_sampler *sampler = NULL;
     int have_blocks = 0;
-    CHECK_GOTO(blocks && pos && logits, ANVIL_ERR_OOM, done, "out of memory");
-    TRY_GOTO(anvil_sampler_create(vocab, &sampler), done);
+    CHECK_GOTO(blocks && pos, ANVIL_ERR_OOM, done, "out of memory");
     TRY_GOTO(anvil_runtime_kv_alloc(rt, n_blocks, blocks), done);
     have_blocks = 1;
 
+    /* each token is sampled where the logits are (anvil_runtime_forward_sample:
+     * on a GPU only the id comes back), drawing from rng as
+     * anvil_sampler_sample would (the same token for finite logits) */
     anvil_rng rng;
     anvil_rng_seed(&rng, params->sampling.seed);
+    const anvil_sample_row how = {
+        .temperature = params->sampling.temperature, .top_k = params->sampling.top_k,
+        .top_p = params->sampling.top_p, .min_p = 0.0f, .rng = &rng,
+    };
+    int32_t tok = 0;
     int32_t starts[2] = {0, 0};
-    /* prefill in chunks; only the last chunk's last row needs logits */
+    /* prefill in chunks; only the last chunk's last row is sampled (when a
+     * token is wanted at all) */
     for (int32_t done_tokens = 0; done_tokens < n_prompt;) {
         int32_t n = n_prompt - done_tokens < o->max_num_tokens ? n_prompt - done_tokens : o->max_num_tokens;
         for (int32_t i = 0; i < n; i++)
             pos[i] = done_tokens + i;
-        int last = done_tokens + n == n_prompt;
+        int last = done_tokens + n == n_prompt && params->max_tokens > 0;
         int32_t row = n - 1;
         starts[1] = n;
         anvil_batch b = {
@@ -61,14 +66,13 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
             .n_seqs = 1, .seq_starts = starts, .block_tables = blocks, .max_blocks_per_seq = n_blocks,
             .n_logits = last ? 1 : 0, .logit_rows = &row,
         };
-        TRY_GOTO(anvil_runtime_forward(rt, &b, logits), done);
+        TRY_GOTO(anvil_runtime_forward_sample(rt, &b, &how, &tok), done);
         done_tokens += n;
     }
 
     anvil_finish_reason why = ANVIL_FINISH_LENGTH;
     int32_t cur = n_prompt; /* position of the next token */
     while (*n_out < params->max_tokens) {
-        int32_t tok = anvil_sampler_sample(sampler, logits, &params->sampling, &rng);
         out_ids[(*n_out)++] = tok;
         int stop = on_token ? on_token(user, tok) : 0;
         if ((!params->ignore_eos && is_eos(cfg, tok)) || stop) {
@@ -77,14 +81,14 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
         }
         if (*n_out == params->max_tokens || cur >= total)
             break; /* no room for another step */
-        int32_t row = 0;
+        int32_t row = 0, in = tok;
         starts[1] = 1;
         anvil_batch b = {
-            .n_tokens = 1, .token_ids = &tok, .positions = &cur,
+            .n_tokens = 1, .token_ids = &in, .positions = &cur,
             .n_seqs = 1, .seq_starts = starts, .block_tables = blocks, .max_blocks_per_seq = n_blocks,
             .n_logits = 1, .logit_rows = &row,
         };
-        TRY_GOTO(anvil_runtime_forward(rt, &b, logits), done);
+        TRY_GOTO(anvil_runtime_forward_sample(rt, &b, &how, &tok), done);
         cur++;
     }
     if (finish)
@@ -92,9 +96,7 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
 done:
     if (have_blocks)
         anvil_runtime_kv_release(rt, n_blocks, blocks);
-    anvil_sampler_free(sampler);
     free(blocks);
     free(pos);
-    free(logits);
     return st;
 }
