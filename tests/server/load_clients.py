@@ -1,43 +1,137 @@
 """Load measurement (not a test): N concurrent streaming clients against a
-running `anvil serve`, each sending R completions; prints throughput, TTFT
-and inter-chunk latency percentiles, and errors.
+running `anvil serve`, each sending R completions one after the other;
+prints throughput, time to first token and inter-chunk latency percentiles,
+errors, and (--metrics) the server's own CPU share from /metrics.
 
     anvil serve --model models/stories260K --port 8000 &
     python tests/server/load_clients.py --port 8000 --clients 256 --requests 4 --max-tokens 64
+
+Each stream is read through http.client (chunked transfer decoding) and
+parsed as SSE: a request counts as ok only with status 200, a finish_reason,
+a usage chunk (include_usage) and `data: [DONE]` last; generated tokens are
+the usage's completion_tokens. The clients are threads of one Python
+process: on a small machine they take CPU from the server (say so with the
+numbers). bench/server_cost.py imports run_load and scrape_metrics.
 """
 import argparse
+import http.client
 import json
-import socket
 import threading
 import time
 
 
-def one(port, body, key):
-    data = json.dumps(body).encode()
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n")
-    t0 = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", port), timeout=600)
-    s.sendall(head.encode() + data)
-    buf, first, stamps = b"", None, []
-    while b"data: [DONE]" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        now = time.perf_counter()
-        n = chunk.count(b"data: {")
-        if n and first is None:
-            first = now - t0
-        stamps += [now] * n
-        buf += chunk
-    s.close()
-    ok = buf.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in buf
-    return ok, first, stamps, buf.split(b"\r\n")[0]
+def one(port, path, body, key, timeout=600):
+    """One streamed request. Returns (ok, ttft_s, event stamps, completion_tokens, status or error)."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        t0 = time.perf_counter()
+        c.request("POST", path, body=json.dumps(body), headers=headers)
+        r = c.getresponse()
+        if r.status != 200:
+            return False, None, [], 0, f"HTTP {r.status}"
+        buf, first, stamps, finish, usage, done = b"", None, [], None, None, False
+        while True:
+            part = r.read1(65536)  # one HTTP chunk as it arrives
+            if not part:
+                break
+            now = time.perf_counter()
+            buf += part
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                if not event.startswith(b"data: "):
+                    return False, None, [], 0, f"not SSE: {event[:60]!r}"
+                if event == b"data: [DONE]":
+                    done = True
+                    continue
+                ch = json.loads(event[6:])
+                if ch.get("usage"):
+                    usage = ch["usage"]
+                for choice in ch["choices"]:
+                    piece = choice.get("text") or (choice.get("delta") or {}).get("content")
+                    if piece:
+                        if first is None:
+                            first = now - t0
+                        stamps.append(now)
+                    finish = choice.get("finish_reason") or finish
+        ok = done and finish is not None and usage is not None and buf == b""
+        return ok, first, stamps, usage["completion_tokens"] if usage else 0, "" if ok else "incomplete stream"
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return False, None, [], 0, repr(e)
+    finally:
+        c.close()
 
 
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+
+def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=False, chat=False):
+    """Runs the load (clients threads x requests each, all released together); returns a dict of results."""
+    ttft, itl, errors, tokens = [], [], [], [0]
+    lock = threading.Lock()
+    start = threading.Barrier(clients)
+
+    def worker(i):
+        start.wait()
+        for r in range(requests):
+            text = f"Once upon a time {i} {r}"
+            body = {"max_tokens": max_tokens, "ignore_eos": True, "stream": True,
+                    "stream_options": {"include_usage": True}}
+            body.update({"temperature": 0} if greedy else {"temperature": 0.8, "seed": i * 1000 + r})
+            if model:
+                body["model"] = model
+            if chat:
+                body["messages"] = [{"role": "user", "content": text}]
+            else:
+                body["prompt"] = text
+            ok, first, stamps, n, err = one(port, "/v1/chat/completions" if chat else "/v1/completions", body, key)
+            with lock:
+                if not ok:
+                    errors.append(err)
+                    continue
+                ttft.append(first)
+                itl.extend(b - a for a, b in zip(stamps, stamps[1:]))
+                tokens[0] += n
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()  # the barrier releases the clients once the last thread starts
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "ok": clients * requests - len(errors), "errors": errors, "tokens": tokens[0],
+            "ttft": ttft, "itl": itl}
+
+
+def scrape_metrics(port, key=""):
+    """/metrics as {series: value}."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"} if key else {})
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def report(a, res):
+    print(f"clients {a.clients} x {a.requests} requests, {a.max_tokens} tokens each: {res['wall']:.2f} s, "
+          f"{res['ok']} ok, {len(res['errors'])} errors {sorted(set(res['errors']))[:3]}")
+    print(f"throughput {res['tokens'] / res['wall']:.0f} generated tokens/s, {res['ok'] / res['wall']:.1f} requests/s")
+    t, i = res["ttft"], res["itl"]
+    print(f"TTFT p50 {pct(t, 50) * 1e3:.1f} ms  p90 {pct(t, 90) * 1e3:.1f} ms  p99 {pct(t, 99) * 1e3:.1f} ms  "
+          f"max {max(t, default=float('nan')) * 1e3:.1f} ms")
+    print(f"inter-chunk p50 {pct(i, 50) * 1e3:.2f} ms  p99 {pct(i, 99) * 1e3:.2f} ms")
 
 
 def main():
@@ -47,36 +141,24 @@ def main():
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--api-key", default="")
+    ap.add_argument("--model", default=None, help="the model field (default: the server's default model)")
+    ap.add_argument("--greedy", action="store_true", help="temperature 0 (default: 0.8 with a seed per request)")
+    ap.add_argument("--chat", action="store_true", help="/v1/chat/completions instead of /v1/completions")
+    ap.add_argument("--metrics", action="store_true",
+                    help="scrape /metrics before and after: server CPU / process CPU, and no request left")
     a = ap.parse_args()
-    ttft, itl, errors, chunks = [], [], [], [0]
-    lock = threading.Lock()
-
-    def worker(i):
-        for r in range(a.requests):
-            body = {"prompt": f"Once upon a time {i} {r}", "max_tokens": a.max_tokens, "ignore_eos": True,
-                    "temperature": 0.8, "seed": i * 1000 + r, "stream": True}
-            ok, first, stamps, status = one(a.port, body, a.api_key)
-            with lock:
-                if not ok:
-                    errors.append(status)
-                    continue
-                ttft.append(first)
-                itl.extend(b - a_ for a_, b in zip(stamps, stamps[1:]))
-                chunks[0] += len(stamps)
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(a.clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    n_ok = a.clients * a.requests - len(errors)
-    print(f"clients {a.clients} x {a.requests} requests, {a.max_tokens} tokens each: {wall:.2f} s, "
-          f"{n_ok} ok, {len(errors)} errors {sorted(set(errors))[:3]}")
-    print(f"throughput {n_ok * a.max_tokens / wall:.0f} generated tokens/s, {n_ok / wall:.1f} requests/s")
-    print(f"TTFT p50 {pct(ttft, 50) * 1e3:.1f} ms  p90 {pct(ttft, 90) * 1e3:.1f} ms  p99 {pct(ttft, 99) * 1e3:.1f} ms")
-    print(f"inter-chunk p50 {pct(itl, 50) * 1e3:.2f} ms  p99 {pct(itl, 99) * 1e3:.2f} ms")
+    before = scrape_metrics(a.port, a.api_key) if a.metrics else None
+    res = run_load(a.port, a.clients, a.requests, a.max_tokens, a.api_key, a.model, a.greedy, a.chat)
+    report(a, res)
+    if a.metrics:
+        after = scrape_metrics(a.port, a.api_key)
+        srv = after["anvil_server_cpu_seconds_total"] - before["anvil_server_cpu_seconds_total"]
+        proc = after["process_cpu_seconds_total"] - before["process_cpu_seconds_total"]
+        print(f"server CPU {srv:.3f} s of process CPU {proc:.3f} s: {100 * srv / proc:.2f}% "
+              f"(process CPU / wall {proc / res['wall']:.2f} cores)")
+        left = {k: v for k, v in after.items() if v and (k.startswith("anvil_num_requests_running") or
+                                                        'state="used"' in k)}
+        print(f"afterwards: {left or 'no request running, no KV block used'}")
 
 
 if __name__ == "__main__":
