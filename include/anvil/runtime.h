@@ -48,6 +48,8 @@ typedef struct anvil_runtime_options {
                                    left after weights and activations (with kv_cache_tokens too: the
                                    smaller of the two); 0: off */
     anvil_dtype weight_dtype;   /* weights converted to this on load; ANVIL_DTYPE_COUNT: as stored */
+    int no_fusion;              /* 1: run every op of the network by itself, never the backend's fused ops
+                                   (the reference the fused path is compared with); default 0 */
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);

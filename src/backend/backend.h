@@ -70,6 +70,11 @@ typedef struct anvil_attention_args {
     int32_t head_dim;
     int32_t sliding_window;       /* 0: full causal attention */
     float scale;                  /* usually 1 / sqrt(head_dim) */
+    /* NULL: q and k arrive rotated. Else (backends with attention_rope
+     * only) they arrive as the rope op's inputs: the backend rotates q in
+     * place and k (as the rope op would, with these [head_dim / 2]
+     * frequencies in backend memory) before it caches k and attends. */
+    const float *rope_inv_freq;
 } anvil_attention_args;
 
 /*
@@ -167,7 +172,34 @@ typedef struct anvil_backend_ops {
      */
     anvil_status (*graph_begin)(anvil_backend *be, uint64_t key, int *action);
     anvil_status (*graph_end)(anvil_backend *be, uint64_t key, anvil_status ops_status, int *ran);
+
+    /*
+     * Fused ops: one launch where the separate ops take several (decode
+     * steps are bound by per-kernel latency as much as by bandwidth). The
+     * runtime uses them where the network has the pattern
+     * (src/runtime/runtime_fuse.c) and runs the separate ops elsewhere or
+     * when a backend has none. Each gives what its separate ops would give,
+     * on the same buffers, rounding where they round.
+     */
+    /* sum = a + b, norm = rmsnorm(sum) * w (add, then rmsnorm). sum may
+     * alias a or b; norm aliases none of a, b, sum. */
+    anvil_status (*add_rmsnorm)(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm);
+    /* out[i] = x w[i]^T (+ bias[i]) for i < n (1..ANVIL_MATMUL_MULTI_MAX),
+     * the matmuls of one input (q, k and v). bias[i] may be NULL. */
+    anvil_status (*matmul_multi)(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                 const anvil_tensor *const *bias, anvil_tensor *const *out);
+    /* out = silu(x wg^T + bg) * (x wu^T + bu) (the biases may be NULL);
+     * gate and up have the two products' shape and are the backend's to
+     * use as scratch (their contents afterwards are unspecified). */
+    anvil_status (*matmul_silu_mul)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
+                                    const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                                    anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
+    /* 1: attention takes rope_inv_freq (see anvil_attention_args) */
+    int attention_rope;
 } anvil_backend_ops;
+
+#define ANVIL_MATMUL_MULTI_MAX 4
 
 enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
 

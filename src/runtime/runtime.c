@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
+#include "runtime/runtime_fuse.h"
 
 struct anvil_runtime {
     anvil_runtime_options opts;
@@ -32,6 +33,7 @@ struct anvil_runtime {
     /* activations: one buffer per value, shared between values whose lives
      * do not overlap */
     int32_t n_ops;
+    anvil_fuse *fuse;         /* [n_ops] which ops run fused (runtime_fuse.c) */
     int32_t *value_buffer;    /* [n_ops] */
     int32_t n_buffers;
     void **buffers;
@@ -115,6 +117,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->buffers);
     free(rt->buffer_bytes);
     free(rt->rope_tables);
+    free(rt->fuse);
     free(rt->k_cache);
     free(rt->v_cache);
     free(rt->free_blocks);
@@ -264,6 +267,7 @@ static anvil_status plan_activations(anvil_runtime *rt)
                 last_use[op->inputs[k]] = i;
     }
     last_use[anvil_network_output(rt->net)] = n; /* read after the last op */
+    anvil_fuse_extend_lives(rt->net, rt->fuse, last_use);
 
     int32_t n_free = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -494,6 +498,14 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         anvil_checkpoint_close(rt->ckpt); /* everything was copied to the device */
         rt->ckpt = NULL;
     }
+    TRY_GOTO(anvil_fuse_plan(rt->net, rt->be->ops, rt->opts.no_fusion, &rt->fuse), fail);
+    {
+        int32_t c[6];
+        anvil_fuse_counts(rt->fuse, anvil_network_op_count(rt->net), c);
+        anvil_log(ANVIL_LOG_INFO, "fused ops: %d add+rmsnorm, %d matmul groups, %d gate/up+silu, %d rope+attention",
+                  c[ANVIL_FUSE_ADD_RMSNORM], c[ANVIL_FUSE_MATMUL_MULTI], c[ANVIL_FUSE_SILU_MUL],
+                  c[ANVIL_FUSE_ROPE_ATTENTION]);
+    }
     TRY_GOTO(plan_activations(rt), fail);
     TRY_GOTO(alloc_kv_cache(rt), fail);
     TRY_GOTO(alloc_step_meta(rt), fail);
@@ -651,6 +663,64 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
 }
 
+/* The fused group that starts at op i (or, for attention, ends there). */
+static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
+{
+    anvil_backend *be = rt->be;
+    const anvil_backend_ops *ops = be->ops;
+    const anvil_net_op *op = anvil_network_op(rt->net, i);
+    const anvil_fuse *f = &rt->fuse[i];
+    switch ((anvil_fuse_kind)f->kind) {
+    case ANVIL_FUSE_ADD_RMSNORM: {
+        const anvil_net_op *norm = anvil_network_op(rt->net, i + 1);
+        anvil_tensor a = value_tensor(rt, s, op->inputs[0]), b = value_tensor(rt, s, op->inputs[1]);
+        anvil_tensor sum = value_tensor(rt, s, i), out = value_tensor(rt, s, i + 1);
+        return ops->add_rmsnorm(be, &a, &b, &rt->weights[norm->weights[0]], (float)norm->eps, &sum, &out);
+    }
+    case ANVIL_FUSE_MATMUL_MULTI: {
+        anvil_tensor x = value_tensor(rt, s, op->inputs[0]);
+        anvil_tensor outs[ANVIL_MATMUL_MULTI_MAX];
+        const anvil_tensor *w[ANVIL_MATMUL_MULTI_MAX], *bias[ANVIL_MATMUL_MULTI_MAX];
+        anvil_tensor *o[ANVIL_MATMUL_MULTI_MAX];
+        for (int j = 0; j < f->n; j++) {
+            const anvil_net_op *lj = anvil_network_op(rt->net, i + j);
+            outs[j] = value_tensor(rt, s, i + j);
+            o[j] = &outs[j];
+            w[j] = &rt->weights[lj->weights[0]];
+            bias[j] = lj->weights[1] >= 0 ? &rt->weights[lj->weights[1]] : NULL;
+        }
+        return ops->matmul_multi(be, &x, f->n, w, bias, o);
+    }
+    case ANVIL_FUSE_SILU_MUL: {
+        const anvil_net_op *up = anvil_network_op(rt->net, i + 1);
+        anvil_tensor x = value_tensor(rt, s, op->inputs[0]);
+        anvil_tensor g = value_tensor(rt, s, i), u = value_tensor(rt, s, i + 1), out = value_tensor(rt, s, i + 2);
+        return ops->matmul_silu_mul(be, &x, &rt->weights[op->weights[0]],
+                                    op->weights[1] >= 0 ? &rt->weights[op->weights[1]] : NULL,
+                                    &rt->weights[up->weights[0]],
+                                    up->weights[1] >= 0 ? &rt->weights[up->weights[1]] : NULL, &g, &u, &out);
+    }
+    case ANVIL_FUSE_ROPE_ATTENTION: {
+        const anvil_attention_params *p = &op->attn;
+        anvil_tensor q = value_tensor(rt, s, op->inputs[0]), k = value_tensor(rt, s, op->inputs[1]);
+        anvil_tensor v = value_tensor(rt, s, op->inputs[2]), out = value_tensor(rt, s, i);
+        anvil_attention_args args = {
+            .q = &q, .k = &k, .v = &v,
+            .k_cache = &rt->k_cache[p->layer], .v_cache = &rt->v_cache[p->layer],
+            .out = &out, .step = s,
+            .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
+            .sliding_window = p->sliding_window, .scale = p->scale,
+            .rope_inv_freq = rt->rope_tables[f->rope_op],
+        };
+        return ops->attention(be, &args);
+    }
+    case ANVIL_FUSE_NONE:
+    case ANVIL_FUSE_SKIP:
+        break;
+    }
+    return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "op %d: unknown fusion %d", i, (int)f->kind);
+}
+
 /* Every op of the step, and with ids_dev the argmax of each logit row into it. */
 static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids_dev)
 {
@@ -659,7 +729,9 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
         /* ops over the logit rows are skipped when no row wants logits */
         if (op->row_kind == 1 && s->n_logits == 0)
             continue;
-        anvil_status st = run_op(rt, s, i);
+        if (rt->fuse[i].kind == ANVIL_FUSE_SKIP)
+            continue;
+        anvil_status st = rt->fuse[i].kind == ANVIL_FUSE_NONE ? run_op(rt, s, i) : run_fused(rt, s, i);
         if (st != ANVIL_OK)
             return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
     }

@@ -197,6 +197,15 @@ anvil_status anvil_cpu_op_attention(anvil_backend *be, const anvil_attention_arg
 anvil_status anvil_cpu_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
                                    anvil_tensor *out);
 anvil_status anvil_cpu_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+/* cpu_fused.c */
+anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                      const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm);
+anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                       const anvil_tensor *const *bias, anvil_tensor *const *out);
+anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
+                                          const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                                          anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
+anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args);
 anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                       anvil_tensor *out);
 /* sample_rows through the host sampler, a row per thread (cpu_sample.c) */

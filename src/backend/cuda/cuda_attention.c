@@ -1,5 +1,7 @@
 /*
- * attention on CUDA: the step's k and v into the paged cache, then one of
+ * attention on CUDA: the step's k and v into the paged cache (with the
+ * rotation of q and k in the same launch when the runtime fused the ropes
+ * in: cuda_rope_kv_write.cu), then one of
  * two kernels (see cuda_attn_prefill.cu and cuda_attn_decode.cu):
  *   - decode steps (every sequence brings one token) take the per-token
  *     split-K kernel, the context split so the grid fills the GPU: on
@@ -118,9 +120,13 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         .block_size = st->block_size, .n_blocks = (int32_t)args->k_cache->shape[0],
         .n_heads = args->n_heads, .n_kv_heads = args->n_kv_heads, .head_dim = args->head_dim,
         .window = args->sliding_window, .scale = args->scale, .err = cb->d_err,
+        .rope_inv_freq = args->rope_inv_freq,
     };
     TRY(anvil_cuda_use(cb));
-    TRY(anvil_cuda_launch_kv_write(cb->stream, &a));
+    if (a.rope_inv_freq != NULL)
+        TRY(anvil_cuda_launch_rope_kv_write(cb->stream, &a));
+    else
+        TRY(anvil_cuda_launch_kv_write(cb->stream, &a));
 
     anvil_cuda_attn_kernel kernel = cb->knobs.attn_kernel;
     if (kernel == ANVIL_CUDA_ATTN_AUTO)

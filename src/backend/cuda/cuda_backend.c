@@ -284,6 +284,10 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     o->sample_rows = anvil_cuda_op_sample_rows;
     o->graph_begin = anvil_cuda_graph_begin;
     o->graph_end = anvil_cuda_graph_end;
+    o->add_rmsnorm = anvil_cuda_op_add_rmsnorm;
+    o->matmul_multi = anvil_cuda_op_matmul_multi;
+    o->matmul_silu_mul = anvil_cuda_op_matmul_silu_mul;
+    o->attention_rope = 1;
     const char *g = getenv("ANVIL_CUDA_GRAPHS");
     cb->graphs_enabled = !(g != NULL && strcmp(g, "0") == 0);
     cb->be.ops = &cb->ops;

@@ -157,6 +157,14 @@ anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x,
 anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
                                        int32_t *ids);
 void anvil_cuda_sample_set_chunk(int cap);
+/* cuda_fused.c */
+anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                       const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm);
+anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                        const anvil_tensor *const *bias, anvil_tensor *const *out);
+anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
+                                           const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                                           anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
 
 /* ---------------------------------------------------------------- launchers (cuda_*.cu)
  * Each checks what the kernel itself relies on, launches on `stream`, and
@@ -206,6 +214,19 @@ int anvil_cuda_gemv_ok(anvil_dtype dt, int64_t T, int64_t K, const void *x, cons
 anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w, const void *bias,
                                     anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t T, int64_t K,
                                     int64_t N);
+/* Several GEMVs of one x in one launch: out[i] [T, n[i]] = x w[i]^T (+ bias[i]), i < n_parts
+ * (1..4); every w[i] and out[i] as anvil_cuda_gemv_ok asks. */
+anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const void *x, int n_parts, const void *const *w,
+                                          const void *const *bias, const anvil_dtype *bias_dt, void *const *out,
+                                          const int64_t *n, anvil_dtype act_dt, int64_t T, int64_t K);
+/* out [T, N] = silu(x wg^T + bg) * (x wu^T + bu), each product rounded to the activation dtype first. */
+anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, const void *x, const void *wg, const void *bg,
+                                             anvil_dtype bg_dt, const void *wu, const void *bu, anvil_dtype bu_dt,
+                                             void *out, anvil_dtype act_dt, int64_t T, int64_t K, int64_t N);
+/* sum = a + b, norm = rmsnorm(sum) * w over rows of `width` (cuda_add_rmsnorm.cu). */
+anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const void *a, const void *b, const void *w,
+                                           anvil_dtype w_dt, void *sum, void *norm, anvil_dtype act_dt, int64_t rows,
+                                           int64_t width, float eps);
 
 /* Attention geometry shared by the attention kernels. */
 typedef struct anvil_cuda_attn {
@@ -218,10 +239,13 @@ typedef struct anvil_cuda_attn {
     int32_t n_heads, n_kv_heads, head_dim, window;
     float scale;
     int *err;
+    const float *rope_inv_freq;  /* non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
 } anvil_cuda_attn;
 
 /* k/v rows of every token into the cache at slots[t]. */
 anvil_status anvil_cuda_launch_kv_write(cudaStream_t stream, const anvil_cuda_attn *a);
+/* The same after rotating q (in place) and k with a->rope_inv_freq, in one launch. */
+anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, const anvil_cuda_attn *a);
 
 /* Tiled ("prefill") kernel: a block takes a run of consecutive tokens and
  * the query heads of one KV head, so each K/V tile is loaded once for all of

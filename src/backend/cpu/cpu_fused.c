@@ -1,0 +1,46 @@
+/*
+ * The fused ops of backend.h on the CPU, as their separate ops in a row.
+ * The CPU gains nothing from fewer launches; these exist so that the
+ * runtime's fused path (runtime_fuse.c), which the GPU takes, also runs in
+ * every CPU test and must give the separate ops' results to the bit.
+ */
+#include "backend/cpu/cpu_internal.h"
+#include "core/error.h"
+
+anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                      const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm)
+{
+    TRY(anvil_cpu_op_add(be, a, b, sum));
+    return anvil_cpu_op_rmsnorm(be, sum, w, eps, norm);
+}
+
+anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                       const anvil_tensor *const *bias, anvil_tensor *const *out)
+{
+    CHECK(n >= 1 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_INVALID_ARG, "matmul_multi: %d matrices", n);
+    for (int i = 0; i < n; i++)
+        TRY(anvil_cpu_op_matmul(be, x, w[i], bias[i], out[i]));
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
+                                          const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                                          anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+{
+    TRY(anvil_cpu_op_matmul(be, x, wg, bg, gate));
+    TRY(anvil_cpu_op_matmul(be, x, wu, bu, up));
+    return anvil_cpu_op_silu_mul(be, gate, up, out);
+}
+
+/* Attention given unrotated q and k (args->rope_inv_freq set): the two
+ * ropes, then the attention op. */
+anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args)
+{
+    CHECK(args != NULL && args->q != NULL && args->k != NULL, ANVIL_ERR_INVALID_ARG, "attention: missing arguments");
+    anvil_tensor q = *args->q, k = *args->k;
+    TRY(anvil_cpu_op_rope(be, &q, args->step, args->head_dim, args->rope_inv_freq));
+    TRY(anvil_cpu_op_rope(be, &k, args->step, args->head_dim, args->rope_inv_freq));
+    anvil_attention_args a = *args;
+    a.rope_inv_freq = NULL;
+    return anvil_cpu_op_attention(be, &a);
+}

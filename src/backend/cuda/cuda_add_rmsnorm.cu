@@ -1,0 +1,138 @@
+/*
+ * The residual add and the RMSNorm that follows it, in one pass:
+ * sum = a + b (rounded to the activation dtype, as the add op stores it),
+ * norm = sum * (1 / sqrtf(mean(sum^2) + eps)) * w from the rounded sum (as
+ * the rmsnorm op reads it). A warp per row up to 1024 wide, else a block
+ * per row, each reducing as the rmsnorm op does. Each thread adds, stores and
+ * squares the same elements it later normalises, re-reading its own stores,
+ * so sum may alias a or b (each element is read before it is written by the
+ * one thread that owns it).
+ *
+ * Saves, per layer and step, two launches and a read of the row: at batch 1
+ * the launches are what count (~2-3 us of dependent-kernel gap each against
+ * 16 KB of data).
+ */
+#include "backend/cuda/cuda_common.cuh"
+
+#define AN_BLOCK 256
+
+template <typename T>
+__device__ __forceinline__ float an_block_sum(float ss, float *partial)
+{
+    ss = anvil_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < AN_BLOCK / 32; i++)
+        total += partial[i];
+    return total;
+}
+
+/* Rows up to 1024 wide: a warp per row, 8 rows per block, summing in the
+ * order of the rmsnorm op's warp kernel (cuda_rmsnorm.cu), so that fused
+ * and separate give the same bits. */
+#define AN_ROWS 8
+template <typename T>
+__global__ void __launch_bounds__(AN_ROWS * 32)
+    anvil_add_rmsnorm_warp_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t rows,
+                                  int width, float eps)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * AN_ROWS + (threadIdx.x >> 5);
+    if (row >= rows)
+        return;
+    const int64_t off = row * width;
+    float ss = 0.0f;
+    for (int i = lane; i < width; i += 32) {
+        const T s = anvil_from_f32<T>(anvil_to_f32(a[off + i]) + anvil_to_f32(b[off + i]));
+        sum[off + i] = s;
+        const float x = anvil_to_f32(s);
+        ss += x * x;
+    }
+    ss = anvil_warp_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)width + eps);
+    for (int i = lane; i < width; i += 32)
+        norm[off + i] = anvil_from_f32<T>(anvil_to_f32(sum[off + i]) * inv * anvil_load_any(w, w_dt, i));
+}
+
+/* 16-byte accesses: width a multiple of V, a, b, sum and norm 16-byte aligned. */
+template <typename T>
+__global__ void __launch_bounds__(AN_BLOCK)
+    anvil_add_rmsnorm_vec_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t width,
+                                 float eps)
+{
+    constexpr int V = 16 / sizeof(T);
+    __shared__ float partial[AN_BLOCK / 32];
+    const int64_t row = blockIdx.x, n_vec = width / V, off = row * width;
+    float ss = 0.0f;
+    for (int64_t j = threadIdx.x; j < n_vec; j += AN_BLOCK) {
+        float x[V], y[V];
+        anvil_load_vec<T, V>(a + off + j * V, x);
+        anvil_load_vec<T, V>(b + off + j * V, y);
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            x[i] = anvil_to_f32(anvil_from_f32<T>(x[i] + y[i])); /* the stored sum, rounded */
+            ss += x[i] * x[i];
+        }
+        anvil_store_vec<T, V>(sum + off + j * V, x);
+    }
+    const float inv = 1.0f / sqrtf(an_block_sum<T>(ss, partial) / (float)width + eps);
+    for (int64_t j = threadIdx.x; j < n_vec; j += AN_BLOCK) {
+        float x[V];
+        anvil_load_vec<T, V>(sum + off + j * V, x);
+#pragma unroll
+        for (int i = 0; i < V; i++)
+            x[i] = x[i] * inv * anvil_load_any(w, w_dt, j * V + i);
+        anvil_store_vec<T, V>(norm + off + j * V, x);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(AN_BLOCK)
+    anvil_add_rmsnorm_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t width,
+                             float eps)
+{
+    __shared__ float partial[AN_BLOCK / 32];
+    const int64_t off = (int64_t)blockIdx.x * width;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < width; i += AN_BLOCK) {
+        const T s = anvil_from_f32<T>(anvil_to_f32(a[off + i]) + anvil_to_f32(b[off + i]));
+        sum[off + i] = s;
+        const float x = anvil_to_f32(s);
+        ss += x * x;
+    }
+    const float inv = 1.0f / sqrtf(an_block_sum<T>(ss, partial) / (float)width + eps);
+    for (int64_t i = threadIdx.x; i < width; i += AN_BLOCK)
+        norm[off + i] = anvil_from_f32<T>(anvil_to_f32(sum[off + i]) * inv * anvil_load_any(w, w_dt, i));
+}
+
+extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const void *a, const void *b,
+                                                      const void *w, anvil_dtype w_dt, void *sum, void *norm,
+                                                      anvil_dtype act_dt, int64_t rows, int64_t width, float eps)
+{
+    CHECK(anvil_cuda_is_float_dtype(w_dt), ANVIL_ERR_UNSUPPORTED, "add_rmsnorm: weight dtype %s",
+          anvil_dtype_name(w_dt));
+    CHECK(rows <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "add_rmsnorm: %lld rows", (long long)rows);
+    if (rows == 0 || width == 0)
+        return ANVIL_OK;
+    if (width <= 1024) {
+        const unsigned grid = (unsigned)((rows + AN_ROWS - 1) / AN_ROWS);
+        ANVIL_CUDA_DISPATCH(act_dt, anvil_add_rmsnorm_warp_kernel<T><<<grid, AN_ROWS * 32, 0, stream>>>(
+                                        (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, rows,
+                                        (int)width, eps));
+        return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");
+    }
+    ANVIL_CUDA_DISPATCH(act_dt, {
+        constexpr int V = 16 / sizeof(T);
+        if (width % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(sum) &&
+            anvil_aligned16(norm))
+            anvil_add_rmsnorm_vec_kernel<T><<<(unsigned)rows, AN_BLOCK, 0, stream>>>(
+                (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
+        else
+            anvil_add_rmsnorm_kernel<T><<<(unsigned)rows, AN_BLOCK, 0, stream>>>(
+                (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
+    });
+    return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");
+}

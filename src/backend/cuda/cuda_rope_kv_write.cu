@@ -1,0 +1,73 @@
+/*
+ * RoPE of a step's q and k and the write of k and v into the paged cache,
+ * in one launch (what the rope op twice and the KV write do in three): q is
+ * rotated in place, k is rotated in place and into its cache slot, v copied
+ * to its slot. The rotation is the rope op's to the bit (cuda_rope.cu: the
+ * same angle, sincosf, and products rounded before the sum).
+ * A block per token; a slot outside the cache skips the token's cache
+ * writes and sets ANVIL_CUDA_BAD_SLOT, as the KV write does.
+ */
+#include "backend/cuda/cuda_common.cuh"
+
+template <typename T>
+__device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float c, float s, T *copy)
+{
+    const float x1 = anvil_to_f32(xh[i]), x2 = anvil_to_f32(xh[i + half]);
+    const T y1 = anvil_from_f32<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+    const T y2 = anvil_from_f32<T>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+    xh[i] = y1;
+    xh[i + half] = y2;
+    if (copy != nullptr) {
+        copy[i] = y1;
+        copy[i + half] = y2;
+    }
+}
+
+template <typename T>
+__global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T *v_cache, const int32_t *slots,
+                                           const int32_t *positions, const float *inv_freq, int32_t n_tokens,
+                                           int n_heads, int n_kv_heads, int head_dim, int64_t n_slots, int *err)
+{
+    const int half = head_dim / 2;
+    const int64_t qw = (int64_t)n_heads * head_dim, kw = (int64_t)n_kv_heads * head_dim;
+    const int q_pairs = n_heads * half, all_pairs = (n_heads + n_kv_heads) * half;
+    for (int32_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
+        const int64_t slot = slots[t];
+        const bool slot_ok = slot >= 0 && slot < n_slots;
+        if (!slot_ok && threadIdx.x == 0)
+            anvil_flag(err, ANVIL_CUDA_BAD_SLOT);
+        const float pos = (float)positions[t];
+        for (int r = threadIdx.x; r < all_pairs; r += blockDim.x) {
+            const bool is_q = r < q_pairs;
+            const int rr = is_q ? r : r - q_pairs;
+            const int h = rr / half, i = rr - h * half;
+            float s, c;
+            sincosf(pos * inv_freq[i], &s, &c);
+            if (is_q)
+                anvil_rotate_pair<T>(q + t * qw + (int64_t)h * head_dim, i, half, c, s, nullptr);
+            else
+                anvil_rotate_pair<T>(k + t * kw + (int64_t)h * head_dim, i, half, c, s,
+                                     slot_ok ? k_cache + slot * kw + (int64_t)h * head_dim : nullptr);
+        }
+        if (slot_ok)
+            for (int64_t i = threadIdx.x; i < kw; i += blockDim.x)
+                v_cache[slot * kw + i] = v[(int64_t)t * kw + i];
+    }
+}
+
+extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, const anvil_cuda_attn *a)
+{
+    CHECK(a->rope_inv_freq != NULL && a->head_dim % 2 == 0, ANVIL_ERR_INVALID_ARG,
+          "rope_kv_write: no frequencies, or an odd head_dim %d", a->head_dim);
+    if (a->n_tokens == 0)
+        return ANVIL_OK;
+    const int64_t n_slots = (int64_t)a->n_blocks * a->block_size;
+    const unsigned grid = a->n_tokens < 65535 ? (unsigned)a->n_tokens : 65535u;
+    const int pairs = (a->n_heads + a->n_kv_heads) * (a->head_dim / 2);
+    const unsigned threads = pairs >= 256 ? 256 : pairs >= 128 ? 128 : 64;
+    ANVIL_CUDA_DISPATCH(a->dt, anvil_rope_kv_write_kernel<T><<<grid, threads, 0, stream>>>(
+                                   (T *)a->q, (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
+                                   a->positions, a->rope_inv_freq, a->n_tokens, a->n_heads, a->n_kv_heads,
+                                   a->head_dim, n_slots, a->err));
+    return ANVIL_CUDA_LAUNCHED("rope_kv_write kernel");
+}

@@ -1,0 +1,47 @@
+/*
+ * Which ops of a network run fused on a given backend (the fused ops of
+ * backend.h), decided once when the runtime loads.
+ */
+#ifndef ANVIL_RUNTIME_FUSE_H
+#define ANVIL_RUNTIME_FUSE_H
+
+#include <stdint.h>
+
+#include "anvil/network.h"
+#include "backend/backend.h"
+
+typedef enum anvil_fuse_kind {
+    ANVIL_FUSE_NONE = 0,      /* the op runs by itself */
+    ANVIL_FUSE_SKIP,          /* done by the fused op of another index */
+    ANVIL_FUSE_ADD_RMSNORM,   /* this add and the rmsnorm at i + 1 */
+    ANVIL_FUSE_MATMUL_MULTI,  /* this linear and the n - 1 after it (one input) */
+    ANVIL_FUSE_SILU_MUL,      /* linears gate (i), up (i + 1), silu_mul (i + 2) */
+    ANVIL_FUSE_ROPE_ATTENTION /* this attention and the two ropes of its q and k */
+} anvil_fuse_kind;
+
+typedef struct anvil_fuse {
+    int8_t kind;              /* anvil_fuse_kind */
+    int8_t n;                 /* ANVIL_FUSE_MATMUL_MULTI: linears in the group */
+    int32_t rope_op;          /* ANVIL_FUSE_ROPE_ATTENTION: the rope of q (its table) */
+} anvil_fuse;
+
+/*
+ * The fusion of each op ([n_ops], malloc'd into *out) for a backend with
+ * `ops`: all ANVIL_FUSE_NONE when disabled or when the backend has no fused
+ * op. Only ops over token rows take part.
+ */
+anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *ops, int disabled,
+                             anvil_fuse **out);
+
+/*
+ * Extends last_use[v] (the index of the last op reading value v) to the
+ * last op of each fused group that reads v: a fused op reads its inputs
+ * while it writes the outputs of later ops of the group, so those outputs
+ * must not take the inputs' buffers.
+ */
+void anvil_fuse_extend_lives(const anvil_network *net, const anvil_fuse *f, int32_t *last_use);
+
+/* How many groups of each kind (for the log line and tests). */
+void anvil_fuse_counts(const anvil_fuse *f, int32_t n_ops, int32_t counts[6]);
+
+#endif

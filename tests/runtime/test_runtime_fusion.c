@@ -1,0 +1,134 @@
+/*
+ * The runtime's fused path (runtime_fuse.c) against the separate ops. On
+ * the CPU the fused ops are the separate ops in a row, so every logit must
+ * be equal to the bit, for every model family: what this checks is the
+ * plan (which ops group, which buffers they read and write, their
+ * lifetimes). The planner finds the groups it should in a Llama network
+ * and only those the backend offers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/model_config.h"
+#include "anvil/network.h"
+#include "backend/backend.h"
+#include "fusion_check.h"
+#include "runtime/runtime_fuse.h"
+#include "testutil.h"
+
+static void check_model(const char *name)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), name);
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    o.n_threads = 2;
+    fusion_diff d;
+    anvil_status st = fusion_compare(dir, &o, 6, &d);
+    if (st != ANVIL_OK)
+        print_error("%s: %s\n", name, anvil_last_error());
+    assert_int_equal(st, ANVIL_OK);
+    assert_int_equal(d.rows, 3 * 7);
+    if (d.max_abs != 0.0)
+        print_error("%s: fused logits differ by up to %g\n", name, d.max_abs);
+    assert_true(d.max_abs == 0.0);
+    assert_int_equal(d.greedy_differ, 0);
+}
+
+static void test_fused_equals_separate(void **s)
+{
+    (void)s;
+    const char *models[] = {"stories260K", "tinycode", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
+        check_model(models[i]);
+}
+
+static anvil_status dummy_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                      const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm)
+{
+    (void)be, (void)a, (void)b, (void)w, (void)eps, (void)sum, (void)norm;
+    return ANVIL_OK;
+}
+
+static anvil_status dummy_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                const anvil_tensor *const *bias, anvil_tensor *const *out)
+{
+    (void)be, (void)x, (void)n, (void)w, (void)bias, (void)out;
+    return ANVIL_OK;
+}
+
+static anvil_status dummy_silu(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
+                               const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                               anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+{
+    (void)be, (void)x, (void)wg, (void)bg, (void)wu, (void)bu, (void)gate, (void)up, (void)out;
+    return ANVIL_OK;
+}
+
+static void plan_counts(const char *model, const anvil_backend_ops *ops, int disabled, int32_t c[6],
+                        int64_t *layers)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    anvil_model_config cfg;
+    assert_int_equal(anvil_model_config_load(dir, &cfg), ANVIL_OK);
+    anvil_network *net = NULL;
+    assert_int_equal(anvil_model_build_network(&cfg, &net), ANVIL_OK);
+    anvil_fuse *f = NULL;
+    assert_int_equal(anvil_fuse_plan(net, ops, disabled, &f), ANVIL_OK);
+    anvil_fuse_counts(f, anvil_network_op_count(net), c);
+    /* every group's members are marked skipped; nothing else is */
+    int32_t skipped = c[ANVIL_FUSE_ADD_RMSNORM] + 2 * c[ANVIL_FUSE_ROPE_ATTENTION] + 2 * c[ANVIL_FUSE_SILU_MUL];
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++)
+        if (f[i].kind == ANVIL_FUSE_MATMUL_MULTI)
+            skipped += f[i].n - 1;
+    assert_int_equal(c[ANVIL_FUSE_SKIP], skipped);
+    *layers = cfg.n_layers;
+    free(f);
+    anvil_network_free(net);
+}
+
+static void test_plan_groups(void **s)
+{
+    (void)s;
+    anvil_backend_ops ops;
+    memset(&ops, 0, sizeof ops);
+    int32_t c[6];
+    int64_t L = 0;
+    plan_counts("tiny-qwen3", &ops, 0, c, &L); /* a backend without fused ops: nothing */
+    for (int k = ANVIL_FUSE_SKIP; k < 6; k++)
+        assert_int_equal(c[k], 0);
+
+    ops.add_rmsnorm = dummy_add_rmsnorm;
+    plan_counts("tiny-qwen3", &ops, 0, c, &L);
+    assert_int_equal(c[ANVIL_FUSE_ADD_RMSNORM], 2 * L - 1); /* the last add feeds the logit rows */
+    assert_int_equal(c[ANVIL_FUSE_MATMUL_MULTI] + c[ANVIL_FUSE_SILU_MUL] + c[ANVIL_FUSE_ROPE_ATTENTION], 0);
+
+    ops.matmul_multi = dummy_multi;
+    ops.matmul_silu_mul = dummy_silu;
+    ops.attention_rope = 1;
+    plan_counts("tiny-qwen3", &ops, 0, c, &L); /* q/k norms between the matmuls and the ropes */
+    assert_int_equal(c[ANVIL_FUSE_ADD_RMSNORM], 2 * L - 1);
+    assert_int_equal(c[ANVIL_FUSE_MATMUL_MULTI], L);
+    assert_int_equal(c[ANVIL_FUSE_SILU_MUL], L);
+    assert_int_equal(c[ANVIL_FUSE_ROPE_ATTENTION], L);
+
+    ops.matmul_silu_mul = NULL; /* then gate and up are a matmul group of two */
+    plan_counts("tiny-qwen2", &ops, 0, c, &L);
+    assert_int_equal(c[ANVIL_FUSE_MATMUL_MULTI], 2 * L);
+    assert_int_equal(c[ANVIL_FUSE_SILU_MUL], 0);
+
+    plan_counts("tiny-qwen2", &ops, 1, c, &L); /* disabled */
+    for (int k = ANVIL_FUSE_SKIP; k < 6; k++)
+        assert_int_equal(c[k], 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_groups),
+        cmocka_unit_test(test_fused_equals_separate),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
