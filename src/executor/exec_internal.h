@@ -160,6 +160,8 @@ struct anvil_executor {
     plan_entry *plan;         /* [max_batch] */
     int32_t n_plan;
     int32_t *b_tokens, *b_pos, *b_starts, *b_tables, *b_rows;
+    anvil_sample_row *b_sample; /* [max_batch] per logits row, when the step samples on the backend */
+    int32_t *b_next;          /* [max_batch] the ids it sampled */
     float *logits;            /* [max_batch * vocab] */
     float *work;              /* [vocab] processed logits */
     float *lp;                /* [vocab] log-probabilities */
@@ -222,6 +224,14 @@ void anvil_exec_step(anvil_executor *ex);
 /* Samples the next token of s from its logits row and appends it; streams
  * it; sets s->finish when it ends. */
 anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const float *row);
+/* Whether s's next token can be sampled from its logits alone (on the
+ * backend, by anvil_runtime_forward_sample): no log-probabilities, no logit
+ * processors in effect (penalties, bias, min_tokens masking), not a beam,
+ * not a request about to fork its samples. */
+int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s);
+/* Appends tok (sampled elsewhere) to s, as anvil_exec_sample_seq does after
+ * its draw: stop conditions, text, the event. */
+anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok);
 /* At the end of a sequence: flushes the detokenizer and delivers the rest
  * of the text (checking stop strings once more). */
 anvil_status anvil_exec_text_finish(anvil_executor *ex, xreq *r, xseq *s);

@@ -166,6 +166,24 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
         if (s->top)
             anvil_top_logprobs(ex->sampler, ex->lp, r->n_top, s->top + (size_t)n_gen * (size_t)r->n_top);
     }
+    return anvil_exec_accept_token(ex, r, s, tok);
+}
+
+int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s)
+{
+    if (r->beam || s->logprobs != NULL || (r->width > 1 && !r->forked))
+        return 0;
+    if (r->n_bias > 0 || r->p.repetition_penalty != 1.0f || r->p.presence_penalty != 0.0f ||
+        r->p.frequency_penalty != 0.0f)
+        return 0;
+    /* before min_tokens, end tokens are masked (apply_min_tokens) */
+    const int masks = (!r->p.ignore_eos && ex->cfg->n_eos_token_ids > 0) || r->n_stop_ids > 0;
+    return !(masks && s->n_tokens - r->n_prompt < r->p.min_tokens);
+}
+
+anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok)
+{
+    int32_t n_gen = s->n_tokens - r->n_prompt;
     s->tokens[s->n_tokens++] = tok;
     n_gen++;
     ex->c_generated++;

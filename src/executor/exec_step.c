@@ -3,7 +3,11 @@
  * tokens, positions and block table; a logits row for each sequence whose
  * chunk reaches its last token), the runtime runs it, newly filled blocks
  * enter the prefix cache, and every logits row goes to sampling (samples)
- * or beam search (beams). Requests whose sequences have all ended finish.
+ * or beam search (beams). When no row of the step needs its logits on the
+ * host (no log-probabilities, processors, beams or fork: see
+ * anvil_exec_samples_on_backend), the runtime samples them where they are
+ * (anvil_runtime_forward_sample) and only the ids come back; the draws are
+ * the same either way. Requests whose sequences have all ended finish.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +63,7 @@ static int all_finished(const xreq *r)
 }
 
 /* Samples every sequence of r that has logits; finishes r when all ended. */
-static void handle_samples(anvil_executor *ex, xreq *r)
+static void handle_samples(anvil_executor *ex, xreq *r, int on_backend)
 {
     if (!r->forked && r->width > 1 && r->seqs[0]->logit_row >= 0) {
         anvil_status st = fork_samples(ex, r);
@@ -72,7 +76,9 @@ static void handle_samples(anvil_executor *ex, xreq *r)
         xseq *s = r->seqs[i];
         if (s->logit_row < 0 || s->finish != ANVIL_REQUEST_RUNNING)
             continue;
-        anvil_status st = anvil_exec_sample_seq(ex, r, s, ex->logits + (size_t)s->logit_row * (size_t)ex->vocab);
+        anvil_status st = on_backend
+                              ? anvil_exec_accept_token(ex, r, s, ex->b_next[s->logit_row])
+                              : anvil_exec_sample_seq(ex, r, s, ex->logits + (size_t)s->logit_row * (size_t)ex->vocab);
         if (st != ANVIL_OK) {
             anvil_exec_fail_request(ex, r, st, anvil_last_error());
             return;
@@ -120,6 +126,9 @@ void anvil_exec_step(anvil_executor *ex)
                 r->seqs[j]->logit_row = -1;
         }
     }
+    /* sampling on the backend (only ids come back) when every row needs
+     * nothing else from its logits; else the logits come to the host */
+    int on_backend = 1;
     for (int32_t i = 0; i < S; i++) {
         const plan_entry *e = &ex->plan[i];
         xseq *s = e->s;
@@ -133,6 +142,12 @@ void anvil_exec_step(anvil_executor *ex)
         for (int32_t j = s->n_blocks; j < MB; j++)
             table[j] = s->blocks[0];
         if (e->start + e->count == s->n_tokens) {
+            const xreq *r = e->r;
+            on_backend = on_backend && anvil_exec_samples_on_backend(ex, r, s);
+            ex->b_sample[L] = (anvil_sample_row){
+                .temperature = r->p.temperature, .top_k = r->p.top_k, .top_p = r->p.top_p, .min_p = r->p.min_p,
+                .rng = &s->rng,
+            };
             s->logit_row = L;
             ex->b_rows[L++] = T - 1;
         }
@@ -144,7 +159,9 @@ void anvil_exec_step(anvil_executor *ex)
         .n_logits = L, .logit_rows = ex->b_rows,
     };
 
-    anvil_status st = anvil_runtime_forward(ex->rt, &b, ex->logits);
+    on_backend = on_backend && L > 0;
+    anvil_status st = on_backend ? anvil_runtime_forward_sample(ex->rt, &b, ex->b_sample, ex->b_next)
+                                 : anvil_runtime_forward(ex->rt, &b, ex->logits);
     if (st != ANVIL_OK) {
         char msg[256];
         snprintf(msg, sizeof msg, "forward step failed: %s", anvil_last_error());
@@ -167,6 +184,6 @@ void anvil_exec_step(anvil_executor *ex)
         if (r->beam)
             handle_beams(ex, r);
         else
-            handle_samples(ex, r);
+            handle_samples(ex, r, on_backend);
     }
 }

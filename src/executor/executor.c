@@ -305,6 +305,8 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->b_starts = malloc((S + 1) * sizeof *ex->b_starts);
     ex->b_tables = malloc(S * (size_t)ex->max_blocks * sizeof *ex->b_tables);
     ex->b_rows = malloc(S * sizeof *ex->b_rows);
+    ex->b_sample = malloc(S * sizeof *ex->b_sample);
+    ex->b_next = malloc(S * sizeof *ex->b_next);
     ex->hits = malloc(S * sizeof *ex->hits);
     ex->step_reqs = malloc(S * sizeof *ex->step_reqs);
     ex->beam_rows = malloc(S * sizeof *ex->beam_rows);
@@ -312,7 +314,7 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->work = malloc(V * sizeof *ex->work);
     ex->lp = malloc(V * sizeof *ex->lp);
     ex->mark = calloc((size_t)anvil_runtime_kv_blocks_total(ex->rt), sizeof *ex->mark);
-    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
+    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->b_sample && ex->b_next && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
               ex->work && ex->lp && ex->mark,
           ANVIL_ERR_OOM, "out of memory for the executor's step buffers");
     return anvil_sampler_create(ex->vocab, &ex->sampler);
@@ -335,6 +337,8 @@ static void free_state(anvil_executor *ex)
     free(ex->b_starts);
     free(ex->b_tables);
     free(ex->b_rows);
+    free(ex->b_sample);
+    free(ex->b_next);
     free(ex->hits);
     free(ex->step_reqs);
     free((void *)ex->beam_rows);
