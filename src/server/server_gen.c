@@ -1,12 +1,15 @@
-/* One generation request in flight: the executor's callbacks turn its events
- * into OpenAI-shaped SSE chunks or a final body, without blocking (a short
- * mutex only: the whole batch waits for a callback). */
+/* One generation request in flight (a srv_job: one executor request per
+ * prompt): the executor's callbacks turn its events into OpenAI-shaped SSE
+ * chunks or a final body, without blocking (a short mutex only: the whole
+ * batch waits for a callback). */
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "server/server_internal.h"
+#include "server/server_openai.h"
 
 double srv_now(void)
 {
@@ -25,12 +28,21 @@ void srv_gen_release(srv_gen *g)
     pthread_mutex_unlock(&g->mu);
     if (left > 0)
         return;
+    srv_job *j = (srv_job *)g; /* every srv_gen is the head of a srv_job */
+    srv_model_release(g->model);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     json_decref(g->stop);
     free(g->buf);
     free(g->role_sent);
-    free(g);
+    for (int32_t i = 0; j->echo && i < j->n_prompts; i++)
+        free(j->echo[i]);
+    free(j->echo);
+    free(j->echo_len);
+    free(j->echo_space);
+    free(j->subs);
+    json_decref(j->choices);
+    free(j);
 }
 
 int srv_gen_append(srv_gen *g, const char *s, size_t n)
@@ -102,7 +114,10 @@ static json_t *bytes_json(json_t *tokstr)
     return a;
 }
 
-static json_t *real_or_null(double v) { return v == v && v > -1e30 ? json_real(v) : json_real(-9999.0); }
+static json_t *real_or_null(double v)
+{
+    return v == v && v > -1e30 ? json_real(v) : json_real(-9999.0);
+}
 
 /* logprobs of n tokens, in the shape of the endpoint; offset: the text
  * offset of the first (completions' text_offset). */
@@ -185,15 +200,12 @@ static json_t *envelope(const srv_gen *g, const char *object)
     return o;
 }
 
-static json_t *usage_json(const anvil_result *r)
+static json_t *usage_json(const srv_job *j)
 {
-    int64_t completion = 0;
-    for (int32_t i = 0; i < r->n_sequences; i++)
-        completion += r->sequences[i].n_tokens;
     json_t *u = json_object();
-    json_object_set_new(u, "prompt_tokens", json_integer(r->n_prompt));
-    json_object_set_new(u, "completion_tokens", json_integer(completion));
-    json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + completion));
+    json_object_set_new(u, "prompt_tokens", json_integer(j->prompt_tokens));
+    json_object_set_new(u, "completion_tokens", json_integer(j->completion_tokens));
+    json_object_set_new(u, "total_tokens", json_integer(j->prompt_tokens + j->completion_tokens));
     return u;
 }
 
@@ -238,14 +250,108 @@ static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t tex
     sse(g, o);
 }
 
-/* The non-streamed body of a finished request. */
-static void final_body(srv_gen *g, const anvil_result *r)
+/* 1 when the generated text lost the word-start space of its first token:
+ * the executor decodes the generated tokens as a text of their own, and
+ * SentencePiece decoders drop a text's leading space. After an echoed
+ * prompt the space belongs there ("The cat" + " was", not "The catwas"). */
+static int lost_space(const anvil_tokenizer *tok, int32_t first, const char *text, size_t len)
 {
-    if (r->finish == ANVIL_REQUEST_ERROR || r->finish == ANVIL_REQUEST_CANCELLED) {
-        int unavailable = r->finish == ANVIL_REQUEST_CANCELLED;
-        json_t *e = srv_error_json(unavailable ? "the request was cancelled (server shutting down)" : r->error,
-                                   unavailable ? "service_unavailable" : "server_error", NULL, NULL);
-        g->http_status = unavailable ? 503 : 500;
+    const char *raw = tok ? anvil_tokenizer_token_text(tok, first) : NULL;
+    return raw && strncmp(raw, "\xe2\x96\x81", 3) == 0 && len > 0 && text[0] != ' ';
+}
+
+/* Echo text + generated text, as one JSON string. */
+static json_t *choice_text(const srv_job *j, int32_t prompt, const anvil_sequence_output *sq)
+{
+    const char *e = j->echo ? j->echo[prompt] : NULL;
+    if (e == NULL)
+        return jstr(sq->text, sq->text_len);
+    size_t el = j->echo_len[prompt];
+    int sp = sq->n_tokens > 0 && lost_space(j->g.model->tok, sq->token_ids[0], sq->text, sq->text_len);
+    char *t = malloc(el + 1 + sq->text_len + 1);
+    if (t == NULL)
+        return json_string("");
+    memcpy(t, e, el);
+    if (sp)
+        t[el] = ' ';
+    if (sq->text_len)
+        memcpy(t + el + (size_t)sp, sq->text, sq->text_len);
+    json_t *o = jstr(t, el + (size_t)sp + sq->text_len);
+    free(t);
+    return o;
+}
+
+static const anvil_sequence_output *sort_seqs;
+static int by_logprob(const void *a, const void *b)
+{
+    double x = sort_seqs[*(const int32_t *)a].cumulative_logprob,
+           y = sort_seqs[*(const int32_t *)b].cumulative_logprob;
+    if (x != y)
+        return x > y ? -1 : 1;
+    return *(const int32_t *)a - *(const int32_t *)b; /* stable: the earlier sample first */
+}
+
+/* The choices of one finished prompt into j->choices: its samples, or with
+ * best_of > n the n with the highest cumulative logprob (as OpenAI and vLLM). */
+static void add_choices(srv_job *j, const srv_sub *sub, const anvil_result *r)
+{
+    srv_gen *g = &j->g;
+    int32_t k = r->n_sequences, *order = malloc((size_t)(k > 0 ? k : 1) * sizeof *order);
+    if (order == NULL)
+        return;
+    for (int32_t i = 0; i < k; i++)
+        order[i] = i;
+    if (j->best_of > g->n && k > 1) {
+        /* qsort has no context argument; callbacks run one at a time on
+         * one executor thread, but several executors (models) may run: lock */
+        static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
+        pthread_mutex_lock(&sort_mu);
+        sort_seqs = r->sequences;
+        qsort(order, (size_t)k, sizeof *order, by_logprob);
+        pthread_mutex_unlock(&sort_mu);
+    }
+    for (int32_t rank = 0; rank < k && rank < g->n; rank++) {
+        const anvil_sequence_output *sq = &r->sequences[order[rank]];
+        int32_t index = sub->prompt * g->n + rank;
+        json_t *c = json_object();
+        json_object_set_new(c, "index", json_integer(index));
+        if (g->chat) {
+            json_t *m = json_object();
+            json_object_set_new(m, "role", json_string("assistant"));
+            json_object_set_new(m, "content", jstr(sq->text, sq->text_len));
+            json_object_set_new(m, "refusal", json_null());
+            json_object_set_new(c, "message", m);
+        } else {
+            json_object_set_new(c, "text", choice_text(j, sub->prompt, sq));
+        }
+        /* the executor counts a stopping end token among the ids; OpenAI's
+         * logprobs cover the tokens of the text */
+        json_object_set_new(
+            c, "logprobs",
+            g->logprobs >= 0 && sq->logprobs
+                ? logprobs_json(g, sq->token_ids, sq->n_tokens, sq->logprobs, sq->top_logprobs, sq->n_top, 0)
+                : json_null());
+        json_object_set_new(c, "finish_reason", finish_json(sq->finish));
+        json_array_set_new(j->choices, (size_t)index, c);
+    }
+    free(order);
+}
+
+/* The non-streamed body once every prompt finished. */
+static void final_body(srv_job *j)
+{
+    srv_gen *g = &j->g;
+    if (j->failure == ANVIL_REQUEST_ERROR || j->failure == ANVIL_REQUEST_CANCELLED) {
+        int unavailable = j->failure == ANVIL_REQUEST_CANCELLED;
+        /* a request that can never fit the KV cache is the client's to change */
+        int too_big = !unavailable && j->failure_status == ANVIL_ERR_CAPACITY;
+        json_t *e =
+            srv_error_json(unavailable ? "the request was cancelled (server shutting down)" : j->failure_msg,
+                           unavailable ? "service_unavailable"
+                           : too_big   ? "invalid_request_error"
+                                       : "server_error",
+                           NULL, too_big ? "kv_cache_exceeded" : NULL);
+        g->http_status = unavailable ? 503 : too_big ? 400 : 500;
         char *s = json_dumps(e, JSON_COMPACT);
         json_decref(e);
         if (s)
@@ -254,31 +360,13 @@ static void final_body(srv_gen *g, const anvil_result *r)
         return;
     }
     json_t *o = envelope(g, g->chat ? "chat.completion" : "text_completion");
+    /* a prompt that returned fewer samples than asked leaves holes: drop them */
     json_t *choices = json_array();
-    for (int32_t i = 0; i < r->n_sequences; i++) {
-        const anvil_sequence_output *sq = &r->sequences[i];
-        json_t *c = json_object();
-        json_object_set_new(c, "index", json_integer(i));
-        if (g->chat) {
-            json_t *m = json_object();
-            json_object_set_new(m, "role", json_string("assistant"));
-            json_object_set_new(m, "content", jstr(sq->text, sq->text_len));
-            json_object_set_new(m, "refusal", json_null());
-            json_object_set_new(c, "message", m);
-        } else {
-            json_object_set_new(c, "text", jstr(sq->text, sq->text_len));
-        }
-        /* the executor counts a stopping end token among the ids; OpenAI's
-         * logprobs cover the tokens of the text */
-        json_object_set_new(c, "logprobs",
-                            sq->logprobs ? logprobs_json(g, sq->token_ids, sq->n_tokens, sq->logprobs,
-                                                         sq->top_logprobs, sq->n_top, 0)
-                                         : json_null());
-        json_object_set_new(c, "finish_reason", finish_json(sq->finish));
-        json_array_append_new(choices, c);
-    }
+    for (size_t i = 0; i < json_array_size(j->choices); i++)
+        if (!json_is_null(json_array_get(j->choices, i)))
+            json_array_append(choices, json_array_get(j->choices, i));
     json_object_set_new(o, "choices", choices);
-    json_object_set_new(o, "usage", usage_json(r));
+    json_object_set_new(o, "usage", usage_json(j));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     g->http_status = s ? 200 : 500;
@@ -313,44 +401,217 @@ static void record_metrics(srv_gen *g, const anvil_event *ev, double now)
     pthread_mutex_unlock(&m->mu);
 }
 
+/* With g->mu held: the ids of the prompts still running that nobody
+ * cancelled yet (marked cancelled now); returns how many. */
+static int32_t to_cancel(srv_job *j, uint64_t *ids, int32_t cap)
+{
+    int32_t k = 0;
+    for (int32_t i = 0; i < j->n_prompts && k < cap; i++) {
+        srv_sub *s = &j->subs[i];
+        if (s->enqueued && !s->finished && !s->cancel_sent) {
+            s->cancel_sent = 1;
+            ids[k++] = s->id;
+        }
+    }
+    return k;
+}
+
+static void cancel_ids(srv_job *j, const uint64_t *ids, int32_t k)
+{
+    for (int32_t i = 0; i < k; i++)
+        if (j->g.model->ex)
+            anvil_executor_cancel(j->g.model->ex, ids[i]);
+}
+
+void srv_job_abort(srv_job *j)
+{
+    uint64_t *ids = malloc((size_t)j->n_prompts * sizeof *ids);
+    pthread_mutex_lock(&j->g.mu);
+    j->start_failed = 1;
+    int32_t k = ids ? to_cancel(j, ids, j->n_prompts) : 0;
+    pthread_mutex_unlock(&j->g.mu);
+    cancel_ids(j, ids, k);
+    free(ids);
+}
+
+/* A streamed job's end, once every prompt finished. */
+static void stream_end(srv_job *j)
+{
+    srv_gen *g = &j->g;
+    if (g->include_usage) {
+        json_t *o = envelope(g, g->chat ? "chat.completion.chunk" : "text_completion");
+        json_object_set_new(o, "choices", json_array());
+        json_object_set_new(o, "usage", usage_json(j));
+        sse(g, o);
+    }
+    srv_gen_append(g, "data: [DONE]\n\n", 14);
+}
+
+/* A prompt's final event (with g->mu held). */
+static void on_final(srv_sub *sub, const anvil_result *r)
+{
+    srv_job *j = sub->job;
+    srv_gen *g = &j->g;
+    sub->finished = 1;
+    j->n_finished++;
+    j->prompt_tokens += r->n_prompt;
+    for (int32_t i = 0; i < r->n_sequences; i++)
+        j->completion_tokens += r->sequences[i].n_tokens;
+    int failed = r->finish == ANVIL_REQUEST_ERROR || r->finish == ANVIL_REQUEST_CANCELLED;
+    if (failed && j->failure == ANVIL_REQUEST_RUNNING) {
+        j->failure = r->finish;
+        j->failure_status = r->status;
+        snprintf(j->failure_msg, sizeof j->failure_msg, "%s", r->error[0] ? r->error : "the request failed");
+    }
+    int last = j->n_finished == j->n_prompts;
+    if (j->start_failed) {
+        g->done = last;
+        return;
+    }
+    if (g->stream) {
+        /* a request cancelled as a whole (shutdown) tells every sample */
+        if (r->finish == ANVIL_REQUEST_ERROR && !j->error_sent) {
+            json_t *e = json_object();
+            json_object_set_new(e, "error", srv_error_json(r->error, "server_error", NULL, NULL));
+            sse(g, e);
+            j->error_sent = 1;
+        } else if (r->finish == ANVIL_REQUEST_CANCELLED) {
+            for (int32_t i = 0; i < g->n; i++)
+                stream_chunk(g, sub->prompt * g->n + i, "", 0, NULL, ANVIL_REQUEST_CANCELLED);
+        }
+        if (last)
+            stream_end(j);
+    } else {
+        if (!failed)
+            add_choices(j, sub, r);
+        if (last)
+            final_body(j);
+    }
+    g->done = last;
+}
+
 void srv_gen_on_event(void *user, const anvil_event *ev)
 {
-    srv_gen *g = user;
+    srv_sub *sub = user;
+    srv_job *j = sub->job;
+    srv_gen *g = &j->g;
+    /* the server's own work on the executor's thread: detokenized pieces
+     * into JSON and SSE, counted apart from the executor's */
+    struct anvil_server *srv = g->srv;
+    uint64_t t0 = srv_cpu_ns();
     record_metrics(g, ev, srv_now());
+    uint64_t stack_ids[8], *ids = stack_ids;
+    int32_t n_cancel = 0;
+    if (j->n_prompts > 8 && (ids = malloc((size_t)j->n_prompts * sizeof *ids)) == NULL)
+        ids = stack_ids; /* then only up to 8 now; later events cancel the rest */
     pthread_mutex_lock(&g->mu);
-    if (ev->kind == ANVIL_EVENT_TOKENS && g->stream && ev->index >= 0 && ev->index < g->n) {
-        if (ev->text_len > 0 || ev->finish != ANVIL_REQUEST_RUNNING || (ev->logprobs && ev->n_tokens > 0)) {
-            json_t *lp = ev->logprobs ? logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs,
-                                                      ev->top_logprobs, ev->n_top, 0)
-                                      : NULL;
-            stream_chunk(g, ev->index, ev->text, ev->text_len, lp, ev->finish);
+    if (ev->kind == ANVIL_EVENT_TOKENS) {
+        int32_t index = sub->prompt * g->n + ev->index;
+        if (j->echo_space && ev->index >= 0 && ev->index < g->n && ev->n_tokens > 0 &&
+            j->echo_space[index] == 0) {
+            const char *raw =
+                g->model->tok ? anvil_tokenizer_token_text(g->model->tok, ev->token_ids[0]) : NULL;
+            j->echo_space[index] = raw && strncmp(raw, "\xe2\x96\x81", 3) == 0 ? 1 : 2;
+        }
+        if (!j->start_failed && g->stream && ev->index >= 0 && ev->index < g->n &&
+            (ev->text_len > 0 || ev->finish != ANVIL_REQUEST_RUNNING || (ev->logprobs && ev->n_tokens > 0))) {
+            json_t *lp = g->logprobs >= 0 && ev->logprobs
+                             ? logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs, ev->top_logprobs,
+                                             ev->n_top, 0)
+                             : NULL;
+            char *spaced = NULL;
+            if (j->echo_space && j->echo_space[index] == 1 && ev->text_len > 0) {
+                j->echo_space[index] = 2;
+                if (ev->text[0] != ' ' && (spaced = malloc(ev->text_len + 1)) != NULL) {
+                    spaced[0] = ' ';
+                    memcpy(spaced + 1, ev->text, ev->text_len);
+                }
+            }
+            stream_chunk(g, index, spaced ? spaced : ev->text, ev->text_len + (spaced != NULL), lp,
+                         ev->finish);
+            free(spaced);
         }
     } else if (ev->kind == ANVIL_EVENT_FINAL) {
-        const anvil_result *r = ev->result;
-        if (g->stream) {
-            /* a request cancelled as a whole (shutdown) tells every sample */
-            if (r->finish == ANVIL_REQUEST_ERROR) {
-                json_t *e = json_object();
-                json_object_set_new(e, "error", srv_error_json(r->error, "server_error", NULL, NULL));
-                sse(g, e);
-            } else if (r->finish == ANVIL_REQUEST_CANCELLED) {
-                for (int32_t i = 0; i < g->n; i++)
-                    stream_chunk(g, i, "", 0, NULL, ANVIL_REQUEST_CANCELLED);
-            }
-            if (g->include_usage) {
-                json_t *o = envelope(g, g->chat ? "chat.completion.chunk" : "text_completion");
-                json_object_set_new(o, "choices", json_array());
-                json_object_set_new(o, "usage", usage_json(r));
-                sse(g, o);
-            }
-            srv_gen_append(g, "data: [DONE]\n\n", 14);
-        } else {
-            final_body(g, r);
-        }
-        g->done = 1;
+        on_final(sub, ev->result);
     }
+    /* the HTTP side cancels g.id only: the other prompts follow, as do the
+     * others of a prompt that was cancelled or failed */
+    if (j->n_prompts > 1 && (g->cancelled || j->failure != ANVIL_REQUEST_RUNNING || j->start_failed))
+        n_cancel = to_cancel(j, ids, ids == stack_ids ? 8 : j->n_prompts);
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
+    cancel_ids(j, ids, n_cancel);
+    if (ids != stack_ids)
+        free(ids);
     if (ev->kind == ANVIL_EVENT_FINAL)
-        srv_gen_release(g); /* the executor's reference */
+        srv_gen_release(g); /* this prompt's executor reference */
+    srv_cost_add(srv, t0);
+}
+
+static atomic_uint_fast64_t rid_counter;
+
+srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
+{
+    srv_job *j = calloc(1, sizeof *j);
+    if (j == NULL) {
+        srv_model_release(q->model);
+        return NULL;
+    }
+    srv_gen *g = &j->g;
+    j->n_prompts = q->n_prompts;
+    j->best_of = q->best_of;
+    j->n_choices = q->n_prompts * q->n;
+    j->failure = ANVIL_REQUEST_RUNNING;
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->refs = 1;
+    g->srv = s;
+    g->model = q->model;
+    g->chat = q->chat;
+    g->stream = q->stream;
+    g->include_usage = q->stream && q->include_usage;
+    g->n = q->n;
+    g->echo = q->echo;
+    g->logprobs = q->logprobs;
+    g->top_as_chat = q->chat;
+    g->http_status = 200;
+    g->created = (long)time(NULL);
+    snprintf(g->rid, sizeof g->rid, "%s-%016" PRIx64 "%08" PRIx64, q->chat ? "chatcmpl" : "cmpl",
+             (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(uintptr_t)g,
+             (uint64_t)atomic_fetch_add(&rid_counter, 1));
+    g->t_enqueue = srv_now();
+    int ok = (g->role_sent = calloc((size_t)j->n_choices, sizeof *g->role_sent)) != NULL &&
+             (j->subs = calloc((size_t)j->n_prompts, sizeof *j->subs)) != NULL &&
+             (g->stream || (j->choices = json_array()) != NULL);
+    for (int32_t i = 0; ok && !g->stream && i < j->n_choices; i++)
+        ok = json_array_append_new(j->choices, json_null()) == 0;
+    if (ok && q->echo) {
+        ok = (j->echo = calloc((size_t)j->n_prompts, sizeof *j->echo)) != NULL &&
+             (j->echo_len = calloc((size_t)j->n_prompts, sizeof *j->echo_len)) != NULL;
+        if (ok && g->stream)
+            ok = (j->echo_space = calloc((size_t)j->n_choices, 1)) != NULL;
+        for (int32_t i = 0; ok && i < j->n_prompts; i++) {
+            const srv_prompt *p = &q->prompts[i];
+            if (p->echo == NULL)
+                continue;
+            ok = (j->echo[i] = malloc(p->echo_len + 1)) != NULL;
+            if (ok) {
+                memcpy(j->echo[i], p->echo, p->echo_len + 1);
+                j->echo_len[i] = p->echo_len;
+            }
+        }
+    }
+    for (int32_t i = 0; ok && i < j->n_prompts; i++) {
+        j->subs[i].job = j;
+        j->subs[i].prompt = i;
+    }
+    if (!ok) {
+        srv_gen_release(g);
+        return NULL;
+    }
+    /* streamed echo: each choice starts with its prompt's text */
+    for (int32_t i = 0; g->stream && j->echo && i < j->n_choices; i++)
+        if (j->echo[i / g->n])
+            stream_chunk(g, i, j->echo[i / g->n], j->echo_len[i / g->n], NULL, ANVIL_REQUEST_RUNNING);
+    return j;
 }
