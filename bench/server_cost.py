@@ -103,7 +103,7 @@ def perf_profile(path):
                 k = "executor thread, server callbacks: JSON"
             else:
                 k = "executor thread, server callbacks: other (SSE buffer, metrics, malloc)"
-        elif "detokenizer" in chain or "tok_decode" in chain or "norm_pieces" in chain:
+        elif "anvil_detokenizer" in chain or "tok_decode" in chain:
             k = "executor thread: detokenization"
         elif "anvil_runtime_forward" in chain or "worker_main" in chain:
             k = "executor: forward (runtime, thread pool)"
