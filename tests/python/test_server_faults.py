@@ -43,20 +43,25 @@ def client(port, i, results):
     kind = i % 8
     prompt = {"prompt": "Once upon a time", "max_tokens": rnd.randint(8, 64), "temperature": 0.8, "seed": i}
     try:
-        if kind == 0:  # well-behaved, streamed
-            buf = send(port, post("/v1/completions", {**prompt, "stream": True}))
+        if kind == 0:  # well-behaved, streamed (some with several prompts)
+            several = {"prompt": ["Once upon a time", "The cat"]} if i % 16 == 0 else {}
+            buf = send(port, post("/v1/completions", {**prompt, "stream": True, **several}))
             results[i] = b" 200 " in buf.split(b"\r\n")[0] and b"data: [DONE]" in buf
         elif kind == 1:  # well-behaved, not streamed
             buf = send(port, post("/v1/completions", prompt))
             results[i] = b" 200 " in buf.split(b"\r\n")[0] or b" 429 " in buf.split(b"\r\n")[0]
-        elif kind == 2:  # hangs up mid-stream
+        elif kind == 2:  # hangs up mid-stream (every other one with several prompts, each to be cancelled)
             s = socket.create_connection(("127.0.0.1", port), timeout=60)
-            s.sendall(post("/v1/completions", {**prompt, "max_tokens": 400, "ignore_eos": True, "stream": True}))
+            several = {"prompt": ["Once upon a time", "The cat", "Tom"]} if i % 16 == 2 else {}
+            s.sendall(post("/v1/completions", {**prompt, "max_tokens": 400, "ignore_eos": True, "stream": True,
+                                               **several}))
             s.recv(200)
             s.close()
             results[i] = True
-        elif kind == 3:  # hangs up before the answer
-            send(port, post("/v1/completions", {**prompt, "max_tokens": 400, "ignore_eos": True}), read=False)
+        elif kind == 3:  # hangs up before the answer (some with several prompts, n and best_of)
+            several = {"prompt": ["Once upon a time"] * 3, "n": 2, "best_of": 3} if i % 16 == 3 else {}
+            send(port, post("/v1/completions", {**prompt, "max_tokens": 400, "ignore_eos": True, **several}),
+                 read=False)
             results[i] = True
         elif kind == 4:  # malformed JSON
             buf = send(port, post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": '))

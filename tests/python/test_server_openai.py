@@ -316,3 +316,162 @@ def test_queue_full_429_and_graceful_shutdown():
             x.close()
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------ several prompts, echo, best_of, formats, tools
+
+
+def greedy(client, prompt, **kw):
+    return client.completions.create(model="stories260K", prompt=prompt, max_tokens=10, temperature=0, **kw)
+
+
+def test_several_prompts(client):
+    prompts = ["Once upon a time", "The cat", "Lily and Tom went"]
+    singles = [greedy(client, p) for p in prompts]
+    c = greedy(client, prompts, n=2)
+    # one choice per prompt x n, index = prompt_i * n + j (OpenAI's and vLLM's order)
+    assert [ch.index for ch in c.choices] == list(range(6))
+    assert [ch.text for ch in c.choices] == [s.choices[0].text for s in singles for _ in range(2)]
+    assert c.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+    assert c.usage.completion_tokens == 2 * sum(s.usage.completion_tokens for s in singles)
+    # as token-id lists: the same
+    ids = [[1] + client.post("/tokenize", body={"prompt": p, "add_special_tokens": False}, cast_to=object)["tokens"]
+           for p in prompts]
+    t = greedy(client, ids)
+    assert [ch.text for ch in t.choices] == [s.choices[0].text for s in singles]
+    # streamed: the chunks of each index add up to its text; usage summed at the end
+    chunks = list(client.completions.create(model="stories260K", prompt=prompts, max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    texts, finish = {}, {}
+    for ch in chunks:
+        for x in ch.choices:
+            texts[x.index] = texts.get(x.index, "") + x.text
+            finish[x.index] = x.finish_reason or finish.get(x.index)
+    assert texts == {i: s.choices[0].text for i, s in enumerate(singles)}
+    assert set(finish.values()) == {"length"}
+    assert chunks[-1].usage.prompt_tokens == c.usage.prompt_tokens
+    # at most 128 prompts
+    with pytest.raises(openai.BadRequestError):
+        greedy(client, ["x"] * 129)
+
+
+def test_echo(client):
+    plain = greedy(client, "Once upon a time")
+    e = greedy(client, "Once upon a time", echo=True)
+    assert e.choices[0].text == "Once upon a time" + plain.choices[0].text
+    assert e.usage == plain.usage
+    # a word-start token after the prompt keeps its space ("The cat" + " was", not "The catwas")
+    cat = greedy(client, "The cat", echo=True).choices[0].text
+    assert cat.startswith("The cat ") and cat[len("The cat "):].strip() == greedy(client, "The cat").choices[0].text.strip()
+    # token ids are echoed as their text (decoded as HF does: stories260K's <s> stays)
+    ids = client.post("/tokenize", body={"prompt": "Once upon a time", "add_special_tokens": False},
+                      cast_to=object)["tokens"]
+    assert greedy(client, ids, echo=True).choices[0].text == "Once upon a time" + greedy(client, ids).choices[0].text
+    assert greedy(client, [1] + ids, echo=True).choices[0].text == "<s> " + e.choices[0].text
+    # several prompts, n > 1
+    two = greedy(client, ["Once upon a time", "The cat"], echo=True, n=2)
+    assert [ch.text for ch in two.choices][:2] == [e.choices[0].text] * 2 and two.choices[2].text == cat
+    # streamed: the prompt comes first, then the completion
+    chunks = list(client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=10,
+                                            temperature=0, stream=True, echo=True))
+    assert chunks[0].choices[0].text == "Once upon a time"
+    assert "".join(ch.choices[0].text for ch in chunks) == e.choices[0].text
+    # the prompt's logprobs are not computed: echo with logprobs is refused
+    with pytest.raises(openai.BadRequestError) as ex:
+        greedy(client, "Once upon a time", echo=True, logprobs=1)
+    assert ex.value.body["param"] == "echo" and "logprobs" in ex.value.body["message"]
+
+
+def test_best_of(client):
+    args = dict(model="stories260K", prompt="Once upon a time", seed=7, temperature=1.0, max_tokens=12, logprobs=0,
+                extra_body={"ignore_eos": True})
+    every = client.completions.create(n=5, **args)
+    best = client.completions.create(n=2, best_of=5, **args)
+
+    def score(ch):
+        return sum(ch.logprobs.token_logprobs)
+
+    assert len({ch.text for ch in every.choices}) > 2  # the samples differ
+    ranked = sorted(every.choices, key=score, reverse=True)
+    assert [ch.text for ch in best.choices] == [ch.text for ch in ranked[:2]]
+    assert [ch.index for ch in best.choices] == [0, 1]
+    assert score(best.choices[0]) >= score(best.choices[1])
+    # usage counts every sample generated, as OpenAI bills best_of
+    assert best.usage.completion_tokens == every.usage.completion_tokens == 60
+    # without logprobs asked, none are returned (they were computed for the ranking)
+    plain = client.completions.create(n=1, best_of=5, **{**args, "logprobs": None})
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == ranked[0].text
+    # several prompts: the best of each
+    two = client.completions.create(n=1, best_of=5, **{**args, "prompt": ["Once upon a time"] * 2})
+    assert [ch.text for ch in two.choices] == [ranked[0].text] * 2
+    # best_of == n streams; more cannot (the best are known only at the end); best_of < n is wrong
+    assert list(client.completions.create(n=2, best_of=2, stream=True, **args))
+    for bad in (dict(n=1, best_of=3, stream=True), dict(n=3, best_of=2)):
+        with pytest.raises(openai.BadRequestError) as ex:
+            client.completions.create(**{**args, **bad})
+        assert ex.value.body["param"] == "best_of"
+
+
+def test_response_format_and_tools(client):
+    msgs = [{"role": "user", "content": "Tell me a story"}]
+    plain = client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=8, temperature=0)
+    c = client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=8, temperature=0,
+                                       response_format={"type": "text"})
+    assert c.choices[0].message.content == plain.choices[0].message.content
+    for rf in ({"type": "json_object"},
+               {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}):
+        with pytest.raises(openai.BadRequestError) as ex:
+            client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=8, response_format=rf)
+        assert ex.value.body["param"] == "response_format" and "not supported" in ex.value.body["message"]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    # tools the model must not call are accepted (the template sees them)
+    c = client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=8, temperature=0,
+                                       tools=tools, tool_choice="none")
+    assert c.choices[0].message.tool_calls is None and c.choices[0].finish_reason == "length"
+    for choice in (None, "auto", "required", {"type": "function", "function": {"name": "get_weather"}}):
+        kw = {} if choice is None else {"tool_choice": choice}
+        with pytest.raises(openai.BadRequestError) as ex:
+            client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=8, tools=tools, **kw)
+        assert ex.value.body["param"] == "tools" and "not supported" in ex.value.body["message"]
+    # tool_choice "none" / "auto" without tools is harmless; "required" has nothing to call
+    assert client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=2, tool_choice="none")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=2, tool_choice="required")
+
+
+def test_several_prompts_disconnect(server):
+    """A client that leaves cancels every prompt of its request (the HTTP
+    side cancels the first; the others follow at their next event)."""
+    long = {"max_tokens": 480, "ignore_eos": True}
+    for stream in (True, False):
+        s = open_stream(server.port, {"prompt": ["Once upon a time", "The cat", "Tom"] * 2, "stream": stream, **long})
+        if stream:
+            first_data(s)
+        else:
+            time.sleep(0.3)
+        s.close()
+        m = wait_idle(server)
+        assert m['anvil_num_requests_waiting{model="stories260K"}'] == 0
+
+
+def test_several_prompts_queue_full():
+    """A request whose prompts overflow the queue is 429, and its prompts
+    already queued are cancelled."""
+    srv = Server("--api-key", KEY, "--kv-cache-tokens", 512, "--max-queue-size", 2)
+    try:
+        long = {"max_tokens": 480, "ignore_eos": True}
+        # one request fills the KV cache; then 4 prompts: 2 wait, the 3rd overflows the queue
+        hog = open_stream(srv.port, {"prompt": "Once upon a time", "stream": True, **long})
+        first_data(hog)
+        st, text, _ = srv.request("POST", "/v1/completions", {"prompt": ["a", "b", "c", "d"], "max_tokens": 4}, AUTH)
+        assert st == 429 and json.loads(text)["error"]["code"] == "queue_full"
+        hog.close()
+        m = wait_idle(srv)
+        assert m['anvil_num_requests_waiting{model="stories260K"}'] == 0
+        assert m['anvil_kv_blocks{model="stories260K",state="free"}'] + \
+            m['anvil_kv_blocks{model="stories260K",state="cached"}'] == m['anvil_kv_blocks_total{model="stories260K"}']
+        st, text, _ = srv.request("POST", "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 4}, AUTH)
+        assert st == 200 and len(json.loads(text)["choices"]) == 2
+    finally:
+        assert srv.stop() == 0
