@@ -281,14 +281,15 @@ static json_t *choice_text(const srv_job *j, int32_t prompt, const anvil_sequenc
     return o;
 }
 
-static const anvil_sequence_output *sort_seqs;
-static int by_logprob(const void *a, const void *b)
+/* qsort_r order: the higher cumulative logprob first; ties in sample order. */
+static int by_logprob(const void *a, const void *b, void *seqs)
 {
-    double x = sort_seqs[*(const int32_t *)a].cumulative_logprob,
-           y = sort_seqs[*(const int32_t *)b].cumulative_logprob;
+    const anvil_sequence_output *sq = seqs;
+    int32_t i = *(const int32_t *)a, k = *(const int32_t *)b;
+    double x = sq[i].cumulative_logprob, y = sq[k].cumulative_logprob;
     if (x != y)
         return x > y ? -1 : 1;
-    return *(const int32_t *)a - *(const int32_t *)b; /* stable: the earlier sample first */
+    return i < k ? -1 : i > k;
 }
 
 /* The choices of one finished prompt into j->choices: its samples, or with
@@ -301,15 +302,8 @@ static void add_choices(srv_job *j, const srv_sub *sub, const anvil_result *r)
         return;
     for (int32_t i = 0; i < k; i++)
         order[i] = i;
-    if (j->best_of > g->n && k > 1) {
-        /* qsort has no context argument; callbacks run one at a time on
-         * one executor thread, but several executors (models) may run: lock */
-        static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
-        pthread_mutex_lock(&sort_mu);
-        sort_seqs = r->sequences;
-        qsort(order, (size_t)k, sizeof *order, by_logprob);
-        pthread_mutex_unlock(&sort_mu);
-    }
+    if (j->best_of > g->n && k > 1)
+        qsort_r(order, (size_t)k, sizeof *order, by_logprob, (void *)r->sequences);
     for (int32_t rank = 0; rank < k && rank < g->n; rank++) {
         const anvil_sequence_output *sq = &r->sequences[order[rank]];
         int32_t index = sub->prompt * g->n + rank;
