@@ -309,8 +309,8 @@ static json_t *chat_messages(parse_ctx *c, json_t *msgs)
                      ROLES[r]);
                 goto fail;
             }
-            /* templates print content: without tool calls, an empty turn */
-            if (json_object_get(m, "tool_calls") == NULL &&
+            /* templates print content: without tool calls (none, null or []), an empty turn */
+            if (json_array_size(json_object_get(m, "tool_calls")) == 0 &&
                 json_object_set_new(copy, "content", json_string("")))
                 goto oom;
             continue;

@@ -62,7 +62,7 @@ static const char embedded_tmpl[] =
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}";
 
-static struct anvil_server srv; /* just its model table, for the model references */
+static struct anvil_server srv; /* for the model reference only (repo_mu) */
 static srv_model model;
 static int64_t vocab;
 static int ready;
@@ -128,8 +128,6 @@ static void init(void)
     pthread_mutex_init(&model.mu, NULL);
     pthread_mutex_init(&srv.repo_mu, NULL);
     pthread_cond_init(&srv.repo_cv, NULL);
-    srv.models = &model;
-    srv.n_models = 1;
     model.srv = &srv;
     model.refs = 1; /* the table's */
     vocab = anvil_tokenizer_vocab_size(model.tok);
@@ -279,7 +277,11 @@ static void check_output(const srv_job *j, int any_failed)
 /* What the executor would do with the job's requests, faked. */
 static void run_job(const srv_mapped *q, size_t salt)
 {
-    CHECK_OR_TRAP(srv_model_acquire(&srv, NULL) == &model); /* the job's reference */
+    /* the job's reference, as srv_model_acquire takes it (the server's
+     * model table is none of the mapping's business) */
+    pthread_mutex_lock(&srv.repo_mu);
+    model.refs++;
+    pthread_mutex_unlock(&srv.repo_mu);
     srv_job *j = srv_job_new(&srv, q);
     CHECK_OR_TRAP(j != NULL);
     srv_gen *g = &j->g;
@@ -367,7 +369,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             srv_mapped *q = (srv_mapped *)&q; /* must be reset */
             status = 0;
             err = NULL;
-            if (srv_openai_map(&model, body, chat, &q, &status, &err) < 0) {
+            int rc = srv_openai_map(&model, body, chat, &q, &status, &err);
+            if (getenv("FUZZ_SERVER_VERBOSE")) { /* what each input maps to, for reading a corpus */
+                char *e = err ? json_dumps(err, JSON_COMPACT) : NULL;
+                fprintf(stderr, "%s: %d %s\n", chat ? "chat" : "completions", rc < 0 ? status : 200,
+                        e ? e : "");
+                free(e);
+            }
+            if (rc < 0) {
                 CHECK_OR_TRAP(q == NULL);
                 check_error(status, err);
                 json_decref(err);

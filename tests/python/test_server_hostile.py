@@ -380,6 +380,8 @@ def test_chat_messages(server):
     chat_bad([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0]")
     # an assistant turn without content (tool calls) is accepted, as are text parts
     for msgs in ([{"role": "user", "content": "Hi"}, {"role": "assistant"}, {"role": "user", "content": "Again"}],
+                 [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": []},
+                  {"role": "user", "content": "Again"}],
                  [{"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}],
                  [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]):
         st, text, _ = server.request("POST", "/v1/chat/completions", {**CHAT, "messages": msgs}, AUTH)
