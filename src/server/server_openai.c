@@ -101,8 +101,9 @@ static int has_nul(json_t *str)
     return strlen(json_string_value(str)) != json_string_length(str);
 }
 
-/* 1 present, 0 absent or null, -1 failed */
-static int num(parse_ctx *c, json_t *b, const char *k, double lo, double hi, double *out)
+/* 1 present, 0 absent or null, -1 failed. open_lo: lo itself is out, and
+ * so is what rounds to it as a float (1e-300 would be a top_p of 0). */
+static int num(parse_ctx *c, json_t *b, const char *k, double lo, double hi, int open_lo, double *out)
 {
     json_t *v = get(b, k);
     if (v == NULL)
@@ -110,8 +111,9 @@ static int num(parse_ctx *c, json_t *b, const char *k, double lo, double hi, dou
     if (!json_is_number(v))
         return fail(c, 400, k, "invalid_type", "'%s' must be a number", k);
     double d = json_number_value(v);
-    if (!(d >= lo && d <= hi))
-        return fail(c, 400, k, "invalid_value", "'%s' must be in [%g, %g], got %g", k, lo, hi, d);
+    if (!(open_lo ? (float)d > (float)lo : d >= lo) || !(d <= hi))
+        return fail(c, 400, k, "invalid_value", "'%s' must be in %c%g, %g], got %g", k, open_lo ? '(' : '[',
+                    lo, hi, d);
     *out = d;
     return 1;
 }
@@ -645,8 +647,8 @@ static int sampling(parse_ctx *c, srv_mapped *q, json_t *body)
     double d;
     int64_t v;
     int b, got;
-#define NUM(k, lo, hi, field)                                                                                \
-    if ((got = num(c, body, k, lo, hi, &d)) < 0)                                                             \
+#define NUM(k, lo, hi, open_lo, field)                                                                       \
+    if ((got = num(c, body, k, lo, hi, open_lo, &d)) < 0)                                                    \
         return -1;                                                                                           \
     if (got)                                                                                                 \
         r->field = (float)d;
@@ -660,12 +662,12 @@ static int sampling(parse_ctx *c, srv_mapped *q, json_t *body)
         return -1;                                                                                           \
     if (got)                                                                                                 \
         r->field = b;
-    NUM("temperature", 0, 2, temperature)
-    NUM("top_p", 1e-9, 1, top_p)
-    NUM("presence_penalty", -2, 2, presence_penalty)
-    NUM("frequency_penalty", -2, 2, frequency_penalty)
-    NUM("min_p", 0, 1, min_p)
-    NUM("repetition_penalty", 1e-6, 1e6, repetition_penalty)
+    NUM("temperature", 0, 2, 0, temperature)
+    NUM("top_p", 0, 1, 1, top_p)
+    NUM("presence_penalty", -2, 2, 0, presence_penalty)
+    NUM("frequency_penalty", -2, 2, 0, frequency_penalty)
+    NUM("min_p", 0, 1, 0, min_p)
+    NUM("repetition_penalty", 0, 1e6, 1, repetition_penalty)
     INT("max_tokens", 1, INT32_MAX, max_tokens)
     INT("max_completion_tokens", 1, INT32_MAX, max_tokens)
     INT("top_k", -1, INT32_MAX, top_k)

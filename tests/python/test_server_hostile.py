@@ -194,11 +194,11 @@ def test_not_utf8_and_nul(server):
 
 NUMERIC_BAD = {  # a field, out-of-range values of it
     "temperature": [-0.5, 2.5, 1e300],
-    "top_p": [-0.1, 0, 1.5],
+    "top_p": [-0.1, 0, 1.5, 1e-300],  # 1e-300 is 0 as a float
     "presence_penalty": [-2.5, 3],
     "frequency_penalty": [-2.5, 3],
     "min_p": [-0.1, 1.5],
-    "repetition_penalty": [-1, 0, 1e7],
+    "repetition_penalty": [-1, 0, 1e7, 1e-300],
     "max_tokens": [-1, 0, 2**31, 2**63 - 1, 1e300],
     "max_completion_tokens": [-1, 0, 2**40],
     "n": [-1, 0, 129, 10**9, 2**63 - 1],
