@@ -13,11 +13,27 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: anvil serve --model [NAME=]DIR [--model NAME=DIR ...] [options]\n\n"
+            "usage: anvil serve --model [NAME=]DIR [--model NAME=DIR ...] [--model-repo DIR] [options]\n\n"
             "Serves the models over HTTP with OpenAI's API: /v1/completions, /v1/chat/completions,\n"
-            "/v1/models, /v1/tokenize, /v1/detokenize, /health, /metrics (docs/server.md).\n\n"
+            "/v1/models, /v1/tokenize, /v1/detokenize, /health, /metrics; and Triton's repository API:\n"
+            "GET|POST /v2/repository/index, POST /v2/repository/models/NAME/load and /unload\n"
+            "(docs/server.md).\n\n"
             "  -m, --model [NAME=]DIR      a model folder, served as NAME (default: the folder's name);\n"
-            "                              repeat for more models; the first is the default\n"
+            "                              repeat for more models; loaded at start. Requests without\n"
+            "                              'model' go to the first loaded model (--model ones first)\n"
+            "      --model-repo DIR        a model repository: every subfolder holding a model\n"
+            "                              (config.json + *.safetensors) is served under its folder's\n"
+            "                              name; all are loaded at start unless --load-model or\n"
+            "                              --no-load-all say otherwise\n"
+            "      --load-model NAME       load only these of the repository at start (repeatable)\n"
+            "      --no-load-all           load none of the repository at start (the repository API\n"
+            "                              loads them on demand)\n"
+            "      --admin-key KEY         require 'Authorization: Bearer KEY' on /v2/repository/ (default:\n"
+            "                              env ANVIL_ADMIN_KEY, else the API key; none if neither)\n"
+            "      --unload-timeout S      an unload lets the model's requests finish for S seconds, then\n"
+            "                              cancels them (default 10)\n"
+            "  Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
+            "  with '.', without '..'.\n"
             "      --host ADDR             IPv4 address to listen on (default 127.0.0.1)\n"
             "      --port N                port (default 8000; 0: any free port)\n"
             "      --api-key KEY           require 'Authorization: Bearer KEY' on /v1/ (default: env\n"
@@ -30,7 +46,41 @@ static void usage(FILE *out)
             "  -h, --help                  this help\n");
 }
 
-enum { OPT_HOST = 2000, OPT_PORT, OPT_KEY, OPT_TEMPLATE, OPT_MAX_BYTES, OPT_QUEUE, OPT_CONNS, OPT_SHUTDOWN };
+enum {
+    OPT_HOST = 2000,
+    OPT_PORT,
+    OPT_KEY,
+    OPT_TEMPLATE,
+    OPT_MAX_BYTES,
+    OPT_QUEUE,
+    OPT_CONNS,
+    OPT_SHUTDOWN,
+    OPT_REPO,
+    OPT_LOAD,
+    OPT_NO_LOAD_ALL,
+    OPT_ADMIN_KEY,
+    OPT_UNLOAD_TIMEOUT,
+};
+
+/* --model's NAME=DIR, or DIR served as its folder's name. */
+static void model_arg(const char *arg, char *name, size_t cap, const char **dir)
+{
+    const char *eq = strchr(arg, '=');
+    *dir = arg;
+    if (eq && eq != arg && (size_t)(eq - arg) < cap) {
+        memcpy(name, arg, (size_t)(eq - arg));
+        name[eq - arg] = '\0';
+        *dir = eq + 1;
+        return;
+    }
+    size_t n = strlen(arg);
+    while (n > 1 && arg[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && arg[b - 1] != '/')
+        b--;
+    snprintf(name, cap, "%.*s", (int)(n - b), arg + b);
+}
 
 int anvil_cmd_serve(int argc, char **argv)
 {
@@ -44,6 +94,11 @@ int anvil_cmd_serve(int argc, char **argv)
         {"max-queue-size", required_argument, 0, OPT_QUEUE},
         {"max-connections", required_argument, 0, OPT_CONNS},
         {"shutdown-timeout", required_argument, 0, OPT_SHUTDOWN},
+        {"model-repo", required_argument, 0, OPT_REPO},
+        {"load-model", required_argument, 0, OPT_LOAD},
+        {"no-load-all", no_argument, 0, OPT_NO_LOAD_ALL},
+        {"admin-key", required_argument, 0, OPT_ADMIN_KEY},
+        {"unload-timeout", required_argument, 0, OPT_UNLOAD_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
@@ -55,8 +110,9 @@ int anvil_cmd_serve(int argc, char **argv)
     anvil_server_options so;
     anvil_server_options_default(&so);
     so.api_key = getenv("ANVIL_API_KEY");
-    const char *models[64];
-    int n_models = 0;
+    so.admin_key = getenv("ANVIL_ADMIN_KEY");
+    const char *models[64], *loads[64];
+    int n_models = 0, n_loads = 0, no_load_all = 0;
     const char *template_path = NULL;
     double shutdown_s = 10;
     long v;
@@ -75,6 +131,26 @@ int anvil_cmd_serve(int argc, char **argv)
                 return 2;
             }
             models[n_models++] = optarg;
+            break;
+        case OPT_REPO:
+            so.model_repo = optarg;
+            break;
+        case OPT_LOAD:
+            if (n_loads == 64) {
+                fprintf(stderr, "%s: at most 64 --load-model\n", tool);
+                return 2;
+            }
+            loads[n_loads++] = optarg;
+            break;
+        case OPT_NO_LOAD_ALL:
+            no_load_all = 1;
+            break;
+        case OPT_ADMIN_KEY:
+            so.admin_key = optarg;
+            break;
+        case OPT_UNLOAD_TIMEOUT:
+            if (exec_cli_double(optarg, "--unload-timeout", 0, 3600, &so.unload_timeout_s, tool))
+                return 2;
             break;
         case OPT_HOST:
             so.host = optarg;
@@ -117,9 +193,14 @@ int anvil_cmd_serve(int argc, char **argv)
             return 2;
         }
     }
-    if (n_models == 0 || optind < argc) {
-        fprintf(stderr, "%s: %s\n\n", tool, n_models == 0 ? "--model is required" : "unexpected argument");
+    if ((n_models == 0 && so.model_repo == NULL) || optind < argc) {
+        fprintf(stderr, "%s: %s\n\n", tool,
+                optind < argc ? "unexpected argument" : "--model or --model-repo is required");
         usage(stderr);
+        return 2;
+    }
+    if ((n_loads > 0 || no_load_all) && so.model_repo == NULL) {
+        fprintf(stderr, "%s: --load-model and --no-load-all choose among the models of --model-repo\n", tool);
         return 2;
     }
     char *template_src = NULL;
@@ -137,6 +218,10 @@ int anvil_cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    so.runtime = &eo.rt;
+    so.executor = &eo.ex;
+    so.kv_cache_auto = !eo.kv_set;
+    so.chat_template_source = template_src;
     anvil_server *srv = NULL;
     int rc = 1;
     if (anvil_server_create(&so, &srv) != ANVIL_OK) {
@@ -146,35 +231,41 @@ int anvil_cmd_serve(int argc, char **argv)
     }
     for (int i = 0; i < n_models; i++) {
         char name[256];
-        const char *dir = models[i], *eq = strchr(models[i], '=');
-        if (eq && eq != models[i] && (size_t)(eq - models[i]) < sizeof name) {
-            memcpy(name, models[i], (size_t)(eq - models[i]));
-            name[eq - models[i]] = '\0';
-            dir = eq + 1;
-        } else {
-            size_t n = strlen(dir);
-            while (n > 1 && dir[n - 1] == '/')
-                n--;
-            size_t b = n;
-            while (b > 0 && dir[b - 1] != '/')
-                b--;
-            snprintf(name, sizeof name, "%.*s", (int)(n - b), dir + b);
-        }
-        anvil_runtime *rt;
-        anvil_tokenizer *tok;
-        anvil_executor *ex;
-        if (exec_cli_load(&eo, dir, tool, &rt, &tok, &ex) != 0)
-            goto done;
-        if (anvil_server_add_model(srv, name, dir, template_src, rt, tok, ex) != ANVIL_OK) {
-            fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        const char *dir;
+        model_arg(models[i], name, sizeof name, &dir);
+        if (anvil_server_add_model_dir(srv, name, dir) != ANVIL_OK) {
+            fprintf(stderr, "%s: --model %s: %s\n", tool, models[i], anvil_last_error());
             goto done;
         }
     }
+    /* listening first: /health says 503 "loading" until the models of the
+     * start are loaded (a bad --port fails before a long load) */
+    anvil_server_set_ready(srv, 0);
     if (anvil_server_start(srv) != ANVIL_OK) {
         fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
         goto done;
     }
-    fprintf(stderr, "%s: listening on http://%s:%d\n", tool, so.host, anvil_server_port(srv));
+    fprintf(stderr, "%s: listening on http://%s:%d (loading)\n", tool, so.host, anvil_server_port(srv));
+    anvil_status st = ANVIL_OK;
+    if (n_loads == 0 && !no_load_all) {
+        st = anvil_server_load_all(srv);
+    } else {
+        for (int i = 0; i < n_models && st == ANVIL_OK; i++) {
+            char name[256];
+            const char *dir;
+            model_arg(models[i], name, sizeof name, &dir);
+            st = anvil_server_load_model(srv, name);
+        }
+        for (int i = 0; i < n_loads && st == ANVIL_OK; i++)
+            st = anvil_server_load_model(srv, loads[i]);
+    }
+    if (st != ANVIL_OK) {
+        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_server_shutdown(srv, 0);
+        goto done;
+    }
+    anvil_server_set_ready(srv, 1);
+    fprintf(stderr, "%s: ready on http://%s:%d\n", tool, so.host, anvil_server_port(srv));
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "%s: %s: shutting down (%d requests in flight)\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM",

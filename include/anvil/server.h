@@ -8,15 +8,24 @@
  *     anvil_server *s;
  *     anvil_server_create(&o, &s);
  *     anvil_server_add_model(s, "stories", "models/stories260K", NULL, rt, tok, ex);  // takes all three
+ *     anvil_server_add_model_dir(s, "code", "models/tinycode");  // known, not loaded yet
  *     anvil_server_start(s);            // listening; requests are served on MHD's threads
+ *     anvil_server_load_model(s, "code");  // loads with o.runtime / o.executor
  *     ... wait for a signal ...
  *     anvil_server_shutdown(s, 10.0);   // stop accepting, finish or cancel in-flight requests
  *     anvil_server_free(s);             // frees the executors, runtimes and tokenizers
  *
  * Endpoints, error mapping and the decisions behind them: docs/server.md.
  *
- * Thread safety: create, add_model, start, shutdown and free are called from
- * one thread (the owner); the HTTP handlers run on the server's own threads.
+ * Models are reference-counted entries of a table that changes while
+ * serving: the repository API (POST /v2/repository/models/{name}/load and
+ * /unload, GET /v2/repository/index) and anvil_server_load_model /
+ * anvil_server_unload_model load and unload them at run time.
+ *
+ * Thread safety: create, start, shutdown and free are called from one
+ * thread (the owner); add_model, add_model_dir, load_model, unload_model and
+ * set_ready may be called from any thread between create and free; the HTTP
+ * handlers run on the server's own threads.
  */
 #ifndef ANVIL_SERVER_H
 #define ANVIL_SERVER_H
@@ -41,6 +50,29 @@ typedef struct anvil_server_options {
     const char *api_key;       /* NULL or "": no authentication; else "Authorization: Bearer KEY" on /v1/ */
     size_t max_request_bytes;  /* larger bodies are 413; default 1 MiB */
     unsigned max_connections;  /* simultaneous connections; default 1024 */
+    /* Key of the repository API (/v2/repository/...): "Authorization: Bearer
+     * KEY". NULL or "": api_key (the repository is as open as /v1/). */
+    const char *admin_key;
+    /* A folder whose every subfolder holding a model (config.json and a
+     * *.safetensors file) is known under the subfolder's name; NULL: none.
+     * Scanned by create (which fails when it is not a readable folder) and
+     * again by the index and load requests. Models are not loaded by that:
+     * see anvil_server_load_model. */
+    const char *model_repo;
+    /* How the server loads a model folder (anvil_server_load_model and the
+     * repository API). NULL: the defaults. Copied by create. */
+    const anvil_runtime_options *runtime;
+    const anvil_executor_options *executor;
+    /* 1: when runtime sets neither kv_cache_tokens nor kv_cache_fraction, a
+     * KV cache of 32 contexts, at most a quarter of free memory (as `anvil
+     * run --input`); 0: runtime's values as they are. Default 1. */
+    int kv_cache_auto;
+    /* A chat template text replacing the folders' own (NULL: theirs).
+     * Copied by create. */
+    const char *chat_template_source;
+    /* Unloading a model waits this long for its requests to finish, then
+     * cancels them; default 10. */
+    double unload_timeout_s;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);
@@ -49,17 +81,63 @@ void anvil_server_options_default(anvil_server_options *o);
  * copied. *out is NULL on failure. */
 anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **out);
 
+/* 1 when name is usable as a model name: 1 to 128 characters of
+ * [A-Za-z0-9._-], not starting with '.', without "..". Names come from URLs
+ * and name folders of the repository, so nothing else is accepted. */
+int anvil_server_model_name_ok(const char *name);
+
 /*
- * Adds a model served under `name` (the request's "model" field). The
- * server takes rt, tok and ex (also on failure): it frees them in
- * anvil_server_free. dir is the model folder (its chat template is loaded
- * from there); chat_template_source (may be NULL) is a template text that
- * replaces the folder's. The first model added is the default for requests
- * without "model". Must be called before anvil_server_start.
+ * Adds a loaded model served under `name` (the request's "model" field). The
+ * server takes rt, tok and ex (also on failure): it frees them when the model
+ * is unloaded or in anvil_server_free. dir is the model folder (its chat
+ * template is loaded from there, and a later load after an unload reads it
+ * with the server's options); chat_template_source (may be NULL) is a
+ * template text that replaces the folder's. The first model of the table
+ * that is loaded is the default for requests without "model".
+ * ANVIL_ERR_INVALID_ARG for a bad name (anvil_server_model_name_ok) or one
+ * already known.
  */
 anvil_status anvil_server_add_model(anvil_server *s, const char *name, const char *dir,
                                     const char *chat_template_source, anvil_runtime *rt, anvil_tokenizer *tok,
                                     anvil_executor *ex);
+
+/*
+ * Makes the model folder dir known under `name`, not loaded (state
+ * UNAVAILABLE in the index) until anvil_server_load_model or a load request.
+ * ANVIL_ERR_INVALID_ARG for a bad name or one already known.
+ */
+anvil_status anvil_server_add_model_dir(anvil_server *s, const char *name, const char *dir);
+
+/*
+ * Loads the model `name` (added with add_model_dir, or a folder of the
+ * repository) with the server's runtime and executor options, on the calling
+ * thread, and serves it. Idempotent: a model already loaded is ANVIL_OK; a
+ * load of the same model in progress on another thread is waited for (and
+ * its result returned), never repeated; an unload in progress is waited for,
+ * then the model is loaded again. ANVIL_ERR_NOT_FOUND: no such model;
+ * ANVIL_ERR_INVALID_ARG: a bad name, or the server is shutting down; else
+ * the runtime's error when the folder does not load (its message is also the
+ * index's reason).
+ */
+anvil_status anvil_server_load_model(anvil_server *s, const char *name);
+
+/* Loads every model known (added ones and the repository's) that is not
+ * loaded, in the table's order; stops at the first that fails. */
+anvil_status anvil_server_load_all(anvil_server *s);
+
+/*
+ * Unloads the model `name`: new requests for it are 404 at once; requests in
+ * flight get timeout_s seconds (< 0: options.unload_timeout_s) to finish,
+ * then are cancelled (streams end with finish_reason "abort"); when the last
+ * of them has ended the executor, runtime, KV cache, tokenizer and template
+ * are freed, on this thread, before it returns. Idempotent (a model not
+ * loaded is ANVIL_OK); ANVIL_ERR_NOT_FOUND: no such model.
+ */
+anvil_status anvil_server_unload_model(anvil_server *s, const char *name, double timeout_s);
+
+/* ready 0: GET /health answers 503 {"status":"loading"} (e.g. while the
+ * models of the start are loading); 1 (the default): 200. */
+void anvil_server_set_ready(anvil_server *s, int ready);
 
 /* Binds and starts serving. ANVIL_ERR_IO when the address cannot be bound. */
 anvil_status anvil_server_start(anvil_server *s);

@@ -7,6 +7,7 @@
  * price is a thread per open connection, bounded by max_connections.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -41,6 +42,8 @@ void anvil_server_options_default(anvil_server_options *o)
     o->port = 8000;
     o->max_request_bytes = 1 << 20;
     o->max_connections = 1024;
+    o->kv_cache_auto = 1;
+    o->unload_timeout_s = 10;
 }
 
 /* ------------------------------------------------------------ responses */
@@ -135,6 +138,15 @@ static void gen_cancel(srv_gen *g)
     pthread_mutex_unlock(&g->mu);
     if (need)
         anvil_executor_cancel(g->model->ex, g->id);
+}
+
+void srv_http_cancel_model(anvil_server *s, srv_model *m)
+{
+    pthread_mutex_lock(&s->mu);
+    for (srv_gen *g = s->gens; g; g = g->next)
+        if (g->model == m)
+            gen_cancel(g);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Waits (with g->mu held) up to 50 ms for news. */
@@ -245,25 +257,6 @@ static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c,
 
 /* ------------------------------------------------------------ other endpoints */
 
-static srv_model *model_named(anvil_server *s, const char *name)
-{
-    for (int i = 0; i < s->n_models; i++)
-        if (name == NULL || strcmp(s->models[i].name, name) == 0)
-            return &s->models[i];
-    return NULL;
-}
-
-static json_t *model_json(const srv_model *m)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(m->name));
-    json_object_set_new(o, "object", json_string("model"));
-    json_object_set_new(o, "created", json_integer(0));
-    json_object_set_new(o, "owned_by", json_string("anvil"));
-    json_object_set_new(o, "max_model_len", json_integer(m->max_seq_len));
-    return o;
-}
-
 static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok,
                                      srv_model *m);
 
@@ -336,20 +329,89 @@ static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, 
     return send_json(s, c, 200, o, NULL);
 }
 
-/* Constant-time comparison of the Authorization header with "Bearer KEY". */
-static int authorized(anvil_server *s, struct MHD_Connection *c)
+/* Constant-time comparison of the Authorization header with "Bearer KEY"
+ * (key NULL: no authentication). */
+static int authorized(const char *key, struct MHD_Connection *c)
 {
-    if (s->api_key == NULL)
+    if (key == NULL)
         return 1;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (h == NULL || strncmp(h, "Bearer ", 7) != 0)
         return 0;
     h += 7;
-    size_t n = strlen(h), k = strlen(s->api_key);
+    size_t n = strlen(h), k = strlen(key);
     unsigned diff = (unsigned)(n ^ k);
     for (size_t i = 0; i < k; i++)
-        diff |= (unsigned char)s->api_key[i] ^ (unsigned char)(i < n ? h[i] : 0);
+        diff |= (unsigned char)key[i] ^ (unsigned char)(i < n ? h[i] : 0);
     return diff == 0;
+}
+
+/* /v2/repository/...: the index, or a model's load / unload (the name is
+ * checked before anything looks for it: never a path outside the
+ * repository). */
+static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *c, const char *url,
+                                        const char *method, conn_ctx *cc)
+{
+    const char *rest = url + strlen("/v2/repository");
+    if (strcmp(rest, "/index") == 0) {
+        if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0 && strcmp(method, "HEAD") != 0)
+            return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL, "method_not_allowed",
+                              "GET, POST");
+        if (cc->too_large)
+            return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL,
+                              "request_too_large", NULL);
+        int ready_only = 0;
+        if (cc->len > 0) { /* Triton's optional {"ready": true} */
+            json_error_t je;
+            json_t *b = json_loadb(cc->body, cc->len, 0, &je);
+            json_t *r = json_object_get(b, "ready");
+            if (!json_is_object(b) || (r && !json_is_boolean(r))) {
+                json_decref(b);
+                return send_error(s, c, 400, "The body must be a JSON object like {\"ready\": true}",
+                                  "invalid_request_error", "ready", "invalid_json", NULL);
+            }
+            ready_only = json_is_true(r);
+            json_decref(b);
+        }
+        return send_json(s, c, 200, srv_repo_index_json(s, ready_only), NULL);
+    }
+    const char *verb = NULL;
+    size_t n = 0;
+    if (strncmp(rest, "/models/", 8) == 0) {
+        const char *name = rest + 8, *end = strrchr(name, '/');
+        if (end && (strcmp(end, "/load") == 0 || strcmp(end, "/unload") == 0)) {
+            verb = end + 1;
+            n = (size_t)(end - name);
+        }
+    }
+    if (verb == NULL)
+        return send_error(s, c, 404,
+                          "Not found: the repository API is GET|POST /v2/repository/index and POST "
+                          "/v2/repository/models/{name}/load or /unload",
+                          "invalid_request_error", NULL, "not_found", NULL);
+    if (strcmp(method, "POST") != 0)
+        return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL, "method_not_allowed",
+                          "POST");
+    if (cc->too_large)
+        return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL, "request_too_large",
+                          NULL);
+    char name[130];
+    if (n == 0 || n > 128) {
+        name[0] = '\0';
+    } else {
+        memcpy(name, rest + 8, n);
+        name[n] = '\0';
+    }
+    if (!anvil_server_model_name_ok(name))
+        return send_error(s, c, 400,
+                          "Invalid model name: use 1 to 128 of A-Z a-z 0-9 . _ -, not starting with '.', "
+                          "without '..' (the name of a folder of the model repository)",
+                          "invalid_request_error", "name", "invalid_model_name", NULL);
+    if (atomic_load(&s->shutting_down))
+        return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+    json_t *body = NULL;
+    int status = strcmp(verb, "load") == 0 ? srv_repo_load_http(s, name, &body) : srv_repo_unload_http(s, name, &body);
+    return send_json(s, c, status, body, NULL);
 }
 
 typedef struct route {
@@ -375,13 +437,19 @@ static const route routes[] = {
 static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const char *url, const char *method,
                                 conn_ctx *cc, uint64_t *t0)
 {
+    if (strncmp(url, "/v2/repository/", 15) == 0) {
+        if (!authorized(s->admin_key, c))
+            return send_error(s, c, 401, "Incorrect admin key provided (the repository API needs the admin key).",
+                              "invalid_request_error", NULL, "invalid_api_key", NULL);
+        return serve_repository(s, c, url, method, cc);
+    }
     const route *rt = NULL;
     int model_path = strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0';
     for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !model_path; i++)
         if (strcmp(url, routes[i].path) == 0)
             rt = &routes[i];
     int needs_auth = strncmp(url, "/v1/", 4) == 0 || (rt && (rt->id == R_TOKENIZE || rt->id == R_DETOKENIZE));
-    if (needs_auth && !authorized(s, c))
+    if (needs_auth && !authorized(s->api_key, c))
         return send_error(s, c, 401, "Incorrect API key provided.", "invalid_request_error", NULL,
                           "invalid_api_key", NULL);
     if (rt == NULL && !model_path)
@@ -398,14 +466,21 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
         if (m == NULL)
             return send_error(s, c, 404, "The model does not exist or is not loaded", "invalid_request_error",
                               "model", "model_not_found", NULL);
-        json_t *j = model_json(m);
+        json_t *o = json_object();
+        json_object_set_new(o, "id", json_string(m->name));
+        json_object_set_new(o, "object", json_string("model"));
+        json_object_set_new(o, "created", json_integer(0));
+        json_object_set_new(o, "owned_by", json_string("anvil"));
+        json_object_set_new(o, "max_model_len", json_integer(m->max_seq_len));
         srv_model_release(m);
-        return send_json(s, c, 200, j, NULL);
+        return send_json(s, c, 200, o, NULL);
     }
     switch (rt->id) {
     case R_HEALTH:
         if (atomic_load(&s->shutting_down))
             return send_error(s, c, 503, "shutting down", "service_unavailable", NULL, NULL, NULL);
+        if (!atomic_load(&s->ready))
+            return send_buf(s, c, 503, "application/json", "{\"status\":\"loading\"}", 20, NULL);
         return send_buf(s, c, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
     case R_METRICS: {
         char *t = srv_metrics_text(s);
@@ -416,12 +491,7 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
         return r;
     }
     case R_MODELS: {
-        json_t *o = json_object(), *a = json_array();
-        pthread_mutex_lock(&s->repo_mu);
-        for (int i = 0; i < s->n_models; i++)
-            if (!s->models[i].unloading)
-                json_array_append_new(a, model_json(&s->models[i]));
-        pthread_mutex_unlock(&s->repo_mu);
+        json_t *o = json_object(), *a = srv_repo_models_json(s);
         json_object_set_new(o, "object", json_string("list"));
         json_object_set_new(o, "data", a);
         return send_json(s, c, 200, o, NULL);
@@ -533,63 +603,61 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         s->opts.max_request_bytes = 1 << 20;
     if (s->opts.max_connections == 0)
         s->opts.max_connections = 1024;
-    s->host = strdup(s->opts.host);
-    s->api_key = s->opts.api_key && s->opts.api_key[0] ? strdup(s->opts.api_key) : NULL;
+    if (s->opts.unload_timeout_s < 0)
+        s->opts.unload_timeout_s = 0;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->repo_mu, NULL);
     pthread_cond_init(&s->repo_cv, NULL);
-    if (s->host == NULL || (s->opts.api_key && s->opts.api_key[0] && s->api_key == NULL)) {
+    atomic_store(&s->ready, 1);
+    if (s->opts.runtime)
+        s->rt_opts = *s->opts.runtime;
+    else
+        anvil_runtime_options_default(&s->rt_opts);
+    if (s->opts.executor)
+        s->ex_opts = *s->opts.executor;
+    else
+        anvil_executor_options_default(&s->ex_opts);
+    const anvil_server_options *in = &s->opts;
+    /* the admin key defaults to the API key: the repository is never more open than /v1/ */
+    const char *admin = in->admin_key && in->admin_key[0] ? in->admin_key : in->api_key;
+    int oom = (s->host = strdup(in->host)) == NULL;
+    oom |= in->api_key && in->api_key[0] && (s->api_key = strdup(in->api_key)) == NULL;
+    oom |= admin && admin[0] && (s->admin_key = strdup(admin)) == NULL;
+    oom |= s->rt_opts.device && (s->device = strdup(s->rt_opts.device)) == NULL;
+    oom |= in->chat_template_source && (s->template_src = strdup(in->chat_template_source)) == NULL;
+    oom |= in->model_repo && (s->repo_dir = strdup(in->model_repo)) == NULL;
+    if (oom) {
         anvil_server_free(s);
         CHECK(0, ANVIL_ERR_OOM, "out of memory");
     }
+    if (s->repo_dir) {
+        DIR *d = opendir(s->repo_dir);
+        if (d == NULL) {
+            int e = errno;
+            anvil_server_free(s);
+            CHECK(0, e == ENOENT ? ANVIL_ERR_NOT_FOUND : ANVIL_ERR_IO, "model repository %s: %s", in->model_repo,
+                  strerror(e));
+        }
+        closedir(d);
+    }
+    s->rt_opts.device = s->device;
     s->opts.host = s->host;
     s->opts.api_key = s->api_key;
+    s->opts.admin_key = s->admin_key;
+    s->opts.model_repo = s->repo_dir;
+    s->opts.chat_template_source = s->template_src;
+    s->opts.runtime = NULL;  /* copied into rt_opts / ex_opts */
+    s->opts.executor = NULL;
     *out = s;
     return ANVIL_OK;
 }
 
-anvil_status anvil_server_add_model(anvil_server *s, const char *name, const char *dir,
-                                    const char *chat_template_source, anvil_runtime *rt, anvil_tokenizer *tok,
-                                    anvil_executor *ex)
-{
-    anvil_status st = ANVIL_OK;
-    srv_model *ms = NULL;
-    CHECK_GOTO(s->daemon == NULL, ANVIL_ERR_INVALID_ARG, fail, "models are added before the server starts");
-    CHECK_GOTO(model_named(s, name) == NULL, ANVIL_ERR_INVALID_ARG, fail, "two models named '%s'", name);
-    ms = realloc(s->models, (size_t)(s->n_models + 1) * sizeof *ms);
-    CHECK_GOTO(ms != NULL, ANVIL_ERR_OOM, fail, "out of memory");
-    s->models = ms;
-    srv_model *m = &s->models[s->n_models];
-    memset(m, 0, sizeof *m);
-    m->name = strdup(name);
-    CHECK_GOTO(m->name != NULL, ANVIL_ERR_OOM, fail, "out of memory");
-    if (chat_template_source || dir) {
-        anvil_status ts = anvil_chat_template_load_source(dir, chat_template_source, &m->tmpl);
-        if (ts != ANVIL_OK && (chat_template_source || ts != ANVIL_ERR_NOT_FOUND)) {
-            free(m->name);
-            CHECK_GOTO(0, ts, fail, "chat template of '%s': %s", name, anvil_last_error());
-        }
-    }
-    m->srv = s;
-    m->refs = 1; /* the table's */
-    m->rt = rt;
-    m->tok = tok;
-    m->ex = ex;
-    const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
-    m->max_seq_len = ro->max_seq_len > 0 ? ro->max_seq_len : anvil_runtime_config(rt)->max_position_embeddings;
-    pthread_mutex_init(&m->mu, NULL);
-    s->n_models++;
-    return ANVIL_OK;
-fail:
-    anvil_executor_free(ex);
-    anvil_runtime_free(rt);
-    anvil_tokenizer_free(tok);
-    return st;
-}
-
 anvil_status anvil_server_start(anvil_server *s)
 {
-    CHECK(s->n_models > 0, ANVIL_ERR_INVALID_ARG, "no model to serve");
+    pthread_mutex_lock(&s->repo_mu);
+    int n = s->n_entries;
+    pthread_mutex_unlock(&s->repo_mu);
+    CHECK(n > 0 || s->repo_dir, ANVIL_ERR_INVALID_ARG, "no model to serve (add one, or a model repository)");
     CHECK(s->daemon == NULL, ANVIL_ERR_INVALID_ARG, "the server is already started");
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
@@ -659,20 +727,15 @@ void anvil_server_free(anvil_server *s)
     if (s == NULL)
         return;
     anvil_server_shutdown(s, 0);
-    for (int i = 0; i < s->n_models; i++) {
-        srv_model *m = &s->models[i];
-        anvil_executor_free(m->ex);
-        anvil_runtime_free(m->rt);
-        anvil_tokenizer_free(m->tok);
-        anvil_chat_template_free(m->tmpl);
-        pthread_mutex_destroy(&m->mu);
-        free(m->name);
-    }
-    free(s->models);
+    srv_repo_free(s);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->repo_mu);
     pthread_cond_destroy(&s->repo_cv);
     free(s->host);
     free(s->api_key);
+    free(s->admin_key);
+    free(s->device);
+    free(s->template_src);
+    free(s->repo_dir);
     free(s);
 }

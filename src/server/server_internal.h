@@ -29,6 +29,8 @@ typedef struct srv_model {
     struct anvil_server *srv;
     int refs;                  /* guarded by srv->repo_mu */
     int unloading;             /* guarded by srv->repo_mu: no new references */
+    int detached;              /* guarded by srv->repo_mu: off the table (an unload gave up waiting) */
+    struct srv_model *next_detached;
     char *name;
     anvil_runtime *rt;
     anvil_tokenizer *tok;
@@ -40,6 +42,25 @@ typedef struct srv_model {
     uint64_t finished[5];      /* by anvil_request_finish */
     srv_hist ttft, itl, e2e;
 } srv_model;
+
+/* A model's state in the repository index (Triton's names). */
+enum { SRV_UNAVAILABLE = 0, SRV_LOADING, SRV_READY, SRV_UNLOADING };
+
+/* A model the server knows: a --model folder or one of the repository's.
+ * Entries live as long as the server (so a thread waiting on one never
+ * sees it freed); a repository folder that went away is only hidden. */
+typedef struct srv_entry {
+    char *name;
+    char *dir;
+    int state;                 /* SRV_* */
+    char *reason;              /* UNAVAILABLE: "unloaded", a load error; NULL: never loaded */
+    int in_repo;               /* found in the repository folder */
+    int hidden;                /* a repository folder no longer there (and not loaded) */
+    int load_failed_seq;       /* bumped by each failed load (for threads that waited on it) */
+    anvil_status load_status;  /* of the last failed load */
+    uint64_t n_loads, n_unloads; /* completed ones (/metrics) */
+    srv_model *m;              /* READY / UNLOADING: the model (the table holds one reference) */
+} srv_entry;
 
 /* One generation request in flight: shared by the HTTP thread that serves it
  * and the executor's callbacks (refcount 2 until the final event). */
@@ -70,9 +91,18 @@ typedef struct srv_gen {
 
 struct anvil_server {
     anvil_server_options opts;
-    char *host, *api_key;
-    srv_model *models;
-    int n_models;
+    char *host, *api_key, *admin_key;
+    /* the model table (guarded by repo_mu) */
+    srv_entry **entries;
+    int n_entries;
+    srv_model *detached;       /* off the table, freed when their last reference goes */
+    char *repo_dir;
+    /* how models are loaded */
+    anvil_runtime_options rt_opts;
+    anvil_executor_options ex_opts;
+    char *device;
+    char *template_src;
+    atomic_int ready;          /* /health 200 (else 503 "loading") */
     struct MHD_Daemon *daemon;
     int port;
     atomic_int shutting_down;
@@ -94,11 +124,41 @@ srv_model *srv_model_acquire(struct anvil_server *s, const char *name);
  * on the caller's thread (it may be an executor's): see server_model.c. */
 void srv_model_release(srv_model *m);
 
+/* A model over rt, tok and ex (taken, also on failure) with its chat
+ * template (template_src, else dir's; none is fine), one reference (the
+ * table's). */
+anvil_status srv_model_new(struct anvil_server *s, const char *name, const char *dir, const char *template_src,
+                           anvil_runtime *rt, anvil_tokenizer *tok, anvil_executor *ex, srv_model **out);
+/* Loads the folder dir with the server's options into a new model. */
+anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_model **out);
+/* Frees a model nobody references (the executor first: it must not run
+ * while the rest goes). NULL is a no-op. */
+void srv_model_free(srv_model *m);
+
 /* CPU time of the calling thread, in ns (CLOCK_THREAD_CPUTIME_ID). */
 uint64_t srv_cpu_ns(void);
 /* Adds (srv_cpu_ns() - t0) to the server's "outside the executor" CPU time
  * (anvil_server_cpu_seconds_total in /metrics). */
 void srv_cost_add(struct anvil_server *s, uint64_t t0);
+
+/* server_repo.c: the repository (model table, load, unload, index) */
+const char *srv_state_name(int state);
+/* HTTP: the index as Triton's [{"name","version","state","reason"}]; ready_only: READY ones. */
+json_t *srv_repo_index_json(struct anvil_server *s, int ready_only);
+/* HTTP: load / unload a model by name; returns the status, *body the answer (an index row or an error). */
+int srv_repo_load_http(struct anvil_server *s, const char *name, json_t **body);
+int srv_repo_unload_http(struct anvil_server *s, const char *name, json_t **body);
+/* /v1/models: the loaded models as OpenAI model objects. */
+json_t *srv_repo_models_json(struct anvil_server *s);
+/* The loaded models, each with a reference (for /metrics); *n of them; free
+ * with srv_repo_release_all. */
+srv_model **srv_repo_acquire_all(struct anvil_server *s, int *n);
+void srv_repo_release_all(srv_model **ms, int n);
+/* Frees the whole table (anvil_server_free, after the HTTP threads stopped). */
+void srv_repo_free(struct anvil_server *s);
+
+/* server_http.c: cancels every request in flight on model m (an unload's timeout). */
+void srv_http_cancel_model(struct anvil_server *s, srv_model *m);
 
 /* server_gen.c */
 double srv_now(void);

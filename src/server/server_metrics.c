@@ -96,6 +96,20 @@ char *srv_metrics_text(struct anvil_server *s)
         "# HELP process_cpu_seconds_total Total user and system CPU time of the process.\n"
         "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
         (double)atomic_load(&s->cost_ns) * 1e-9, proc);
+    put(&b, "# HELP anvil_model_loads_total Loads of each model of the repository that succeeded.\n"
+            "# TYPE anvil_model_loads_total counter\n");
+    pthread_mutex_lock(&s->repo_mu);
+    for (int i = 0; i < s->n_entries; i++)
+        put(&b, "anvil_model_loads_total{model=\"%s\"} %llu\n", s->entries[i]->name,
+            (unsigned long long)s->entries[i]->n_loads);
+    put(&b, "# HELP anvil_model_unloads_total Unloads of each model of the repository.\n"
+            "# TYPE anvil_model_unloads_total counter\n");
+    for (int i = 0; i < s->n_entries; i++)
+        put(&b, "anvil_model_unloads_total{model=\"%s\"} %llu\n", s->entries[i]->name,
+            (unsigned long long)s->entries[i]->n_unloads);
+    pthread_mutex_unlock(&s->repo_mu);
+    int n_models = 0;
+    srv_model **models = srv_repo_acquire_all(s, &n_models); /* each with a reference */
     static const char *const gauges[][2] = {
         {"anvil_num_requests_waiting", "Requests queued in the executor."},
         {"anvil_num_requests_running", "Requests admitted by the executor."},
@@ -108,8 +122,8 @@ char *srv_metrics_text(struct anvil_server *s)
     for (size_t gi = 0; gi < sizeof gauges / sizeof gauges[0]; gi++) {
         const char *name = gauges[gi][0];
         put(&b, "# HELP %s %s\n# TYPE %s %s\n", name, gauges[gi][1], name, gi < 4 ? "gauge" : "counter");
-        for (int i = 0; i < s->n_models; i++) {
-            srv_model *m = &s->models[i];
+        for (int i = 0; i < n_models; i++) {
+            srv_model *m = models[i];
             anvil_executor_metrics em;
             memset(&em, 0, sizeof em);
             anvil_executor_stats(m->ex, &em);
@@ -151,13 +165,14 @@ char *srv_metrics_text(struct anvil_server *s)
     };
     for (int hi = 0; hi < 3; hi++) {
         put(&b, "# HELP %s %s\n# TYPE %s histogram\n", hists[hi][0], hists[hi][1], hists[hi][0]);
-        for (int i = 0; i < s->n_models; i++) {
-            srv_model *m = &s->models[i];
+        for (int i = 0; i < n_models; i++) {
+            srv_model *m = models[i];
             pthread_mutex_lock(&m->mu);
             hist(&b, hists[hi][0], m->name, hi == 0 ? &m->ttft : hi == 1 ? &m->itl : &m->e2e);
             pthread_mutex_unlock(&m->mu);
         }
     }
+    srv_repo_release_all(models, n_models);
     if (b.oom) {
         free(b.p);
         return NULL;

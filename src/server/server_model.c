@@ -1,21 +1,32 @@
-/* The server's models as reference-counted entries (srv_model_acquire /
- * srv_model_release), and the CPU-time accounting of the server's own work. */
+/* The server's models as reference-counted objects (srv_model_acquire /
+ * srv_model_release), loading one from a folder, freeing one; and the
+ * CPU-time accounting of the server's own work. */
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
+#include "core/error.h"
+#include "core/fileutil.h"
 #include "server/server_internal.h"
 
 srv_model *srv_model_acquire(struct anvil_server *s, const char *name)
 {
     srv_model *found = NULL;
     pthread_mutex_lock(&s->repo_mu);
-    for (int i = 0; i < s->n_models && found == NULL; i++) {
-        srv_model *m = &s->models[i];
-        if (m->unloading)
+    for (int i = 0; i < s->n_entries; i++) {
+        srv_entry *e = s->entries[i];
+        if (name != NULL && strcmp(e->name, name) != 0)
             continue;
-        /* no name: the default, the first model that is loaded */
-        if (name == NULL || strcmp(m->name, name) == 0)
-            found = m;
+        /* no name: the default, the first model of the table that is loaded */
+        if (e->state == SRV_READY && e->m && !e->m->unloading) {
+            found = e->m;
+            break;
+        }
+        if (name != NULL)
+            break; /* names are unique: that one is not ready */
     }
     if (found)
         found->refs++;
@@ -23,6 +34,12 @@ srv_model *srv_model_acquire(struct anvil_server *s, const char *name)
     return found;
 }
 
+/* The last reference of a model that is still on the table is the table's
+ * own, dropped by an unload on its own thread, which frees it there. A model
+ * that an unload had to leave behind (detached) is freed by the next
+ * repository operation (srv_repo_reap): never here, because this may run on
+ * the model's own executor thread (a srv_gen's last release), which cannot
+ * free its executor. */
 void srv_model_release(srv_model *m)
 {
     if (m == NULL)
@@ -32,6 +49,92 @@ void srv_model_release(srv_model *m)
     m->refs--;
     pthread_cond_broadcast(&s->repo_cv);
     pthread_mutex_unlock(&s->repo_mu);
+}
+
+anvil_status srv_model_new(struct anvil_server *s, const char *name, const char *dir, const char *template_src,
+                           anvil_runtime *rt, anvil_tokenizer *tok, anvil_executor *ex, srv_model **out)
+{
+    anvil_status st = ANVIL_OK;
+    *out = NULL;
+    srv_model *m = calloc(1, sizeof *m);
+    CHECK_GOTO(m != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+    m->name = strdup(name);
+    CHECK_GOTO(m->name != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+    if (template_src || dir) {
+        anvil_status ts = anvil_chat_template_load_source(dir, template_src, &m->tmpl);
+        /* a folder without a template is fine (chat requests are then 400) */
+        CHECK_GOTO(ts == ANVIL_OK || (!template_src && ts == ANVIL_ERR_NOT_FOUND), ts, fail,
+                   "chat template of '%s': %s", name, anvil_last_error());
+    }
+    m->srv = s;
+    m->refs = 1; /* the table's */
+    m->rt = rt;
+    m->tok = tok;
+    m->ex = ex;
+    const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
+    m->max_seq_len = ro->max_seq_len > 0 ? ro->max_seq_len : anvil_runtime_config(rt)->max_position_embeddings;
+    pthread_mutex_init(&m->mu, NULL);
+    *out = m;
+    return ANVIL_OK;
+fail:
+    if (m) {
+        free(m->name);
+        free(m);
+    }
+    anvil_executor_free(ex);
+    anvil_runtime_free(rt);
+    anvil_tokenizer_free(tok);
+    return st;
+}
+
+anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_model **out)
+{
+    *out = NULL;
+    anvil_tokenizer *tok = NULL;
+    anvil_runtime *rt = NULL;
+    anvil_executor *ex = NULL;
+    char path[4096];
+    if (anvil_path_join(path, sizeof path, dir, "tokenizer.json") == ANVIL_OK && anvil_file_exists(path))
+        TRY(anvil_tokenizer_load(dir, &tok));
+    anvil_runtime_options ro = s->rt_opts;
+    if (s->opts.kv_cache_auto && ro.kv_cache_tokens == 0 && ro.kv_cache_fraction == 0) {
+        /* room for many sequences in flight, without taking the machine (as anvil run --input) */
+        anvil_model_config cfg;
+        if (anvil_model_config_load(dir, &cfg) == ANVIL_OK) {
+            int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings;
+            ro.kv_cache_tokens = 32 * (ctx > 0 ? ctx : 2048);
+            ro.kv_cache_fraction = 0.25;
+        }
+    }
+    anvil_status st = anvil_runtime_load(dir, &ro, &rt);
+    if (st == ANVIL_OK)
+        st = anvil_executor_create(rt, tok, &s->ex_opts, &ex);
+    if (st != ANVIL_OK) {
+        anvil_runtime_free(rt);
+        anvil_tokenizer_free(tok);
+        return st;
+    }
+    return srv_model_new(s, name, dir, s->template_src, rt, tok, ex, out);
+}
+
+void srv_model_free(srv_model *m)
+{
+    if (m == NULL)
+        return;
+    /* the executor first: it must not run while the rest goes; requests
+     * still queued end there (their final events drop their references) */
+    anvil_executor_free(m->ex);
+    anvil_runtime_free(m->rt);
+    anvil_tokenizer_free(m->tok);
+    anvil_chat_template_free(m->tmpl);
+    pthread_mutex_destroy(&m->mu);
+    free(m->name);
+    free(m);
+#if defined(__GLIBC__)
+    /* weights and KV blocks that came from the heap go back to the system
+     * now, not at some later allocation: an unload returns its memory */
+    malloc_trim(0);
+#endif
 }
 
 uint64_t srv_cpu_ns(void)
