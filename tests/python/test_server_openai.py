@@ -473,5 +473,8 @@ def test_several_prompts_queue_full():
             m['anvil_kv_blocks{model="stories260K",state="cached"}'] == m['anvil_kv_blocks_total{model="stories260K"}']
         st, text, _ = srv.request("POST", "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 4}, AUTH)
         assert st == 200 and len(json.loads(text)["choices"]) == 2
+        # a request that can never fit the KV cache is the client's to change: 400, not 500
+        st, text, _ = srv.request("POST", "/v1/completions", {"prompt": "a", "n": 4, "max_tokens": 400}, AUTH)
+        assert st == 400 and json.loads(text)["error"]["code"] == "kv_cache_exceeded", text
     finally:
         assert srv.stop() == 0
