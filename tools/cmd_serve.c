@@ -13,7 +13,7 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: anvil serve --model [NAME=]DIR [--model NAME=DIR ...] [--model-repo DIR] [options]\n\n"
+            "usage: anvil serve [--model [NAME=]DIR ...] [--model-repo DIR] [options]  (one of the two at least)\n\n"
             "Serves the models over HTTP with OpenAI's API: /v1/completions, /v1/chat/completions,\n"
             "/v1/models, /v1/tokenize, /v1/detokenize, /health, /metrics; and Triton's repository API:\n"
             "GET|POST /v2/repository/index, POST /v2/repository/models/NAME/load and /unload\n"
@@ -32,8 +32,7 @@ static void usage(FILE *out)
             "                              env ANVIL_ADMIN_KEY, else the API key; none if neither)\n"
             "      --unload-timeout S      an unload lets the model's requests finish for S seconds, then\n"
             "                              cancels them (default 10)\n"
-            "  Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
-            "  with '.', without '..'.\n"
+
             "      --host ADDR             IPv4 address to listen on (default 127.0.0.1)\n"
             "      --port N                port (default 8000; 0: any free port)\n"
             "      --api-key KEY           require 'Authorization: Bearer KEY' on /v1/ (default: env\n"
@@ -43,7 +42,9 @@ static void usage(FILE *out)
             "      --max-queue-size N      requests waiting per model before 429 (default 1024)\n"
             "      --max-connections N     simultaneous connections (default 1024)\n"
             "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10)\n" EXEC_CLI_HELP
-            "  -h, --help                  this help\n");
+            "  -h, --help                  this help\n\n"
+            "Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
+            "with '.', without '..'.\n");
 }
 
 enum {
