@@ -23,6 +23,7 @@ With --perf FILE it also records `perf record -g` of the server over the
 load.
 """
 import argparse
+import http.client
 import os
 import pathlib
 import signal
@@ -139,12 +140,17 @@ def main():
         deadline = time.time() + 120
         while True:
             assert srv.poll() is None, "the server exited"
-            try:
-                scrape_metrics(port)
-                break
+            try:  # /health is 200 once every model is loaded
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                c.request("GET", "/health")
+                if c.getresponse().status == 200:
+                    break
             except OSError:
-                assert time.time() < deadline, "the server did not start"
-                time.sleep(0.1)
+                pass
+            finally:
+                c.close()
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.1)
         warm = run_load(port, min(a.clients, 8), 1, 8)
         assert not warm["errors"], warm["errors"][:3]
         perf = None
@@ -187,9 +193,9 @@ def main():
     proc = r1["proc"] - r0["proc"]
     live = sum(groups.values())
     groups["ended threads (MHD-connection)"] = proc - live
-    http = proc - groups["anvil (main, executor, pool)"]
+    http_cpu = proc - groups["anvil (main, executor, pool)"]
     print(f"/proc: process {proc:.2f} s; " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(groups.items())) +
-          f"; HTTP threads {http:.2f} s = {100 * http / proc:.2f}%")
+          f"; HTTP threads {http_cpu:.2f} s = {100 * http_cpu / proc:.2f}%")
     top = sorted(((cpu - t0.get(tid, (n, 0.0))[1], tid, n) for tid, (n, cpu) in t1.items()), reverse=True)[:4]
     print("busiest threads: " + ", ".join(f"{n}/{tid} {d:.2f} s" for d, tid, n in top))
     if a.perf:

@@ -46,6 +46,9 @@ def one(port, path, body, key, timeout=600):
                 if event == b"data: [DONE]":
                     done = True
                     continue
+                if first is not None and b'"finish_reason":null' in event and b'"usage":{' not in event:
+                    stamps.append(now)  # a middle chunk: one piece of text (parsing each costs the client CPU)
+                    continue
                 ch = json.loads(event[6:])
                 if ch.get("usage"):
                     usage = ch["usage"]
