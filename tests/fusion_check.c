@@ -7,8 +7,8 @@
 #include "anvil/sampling.h"
 #include "core/error.h"
 
-#define FC_SEQS 3
-#define FC_BLOCK 8
+#define FC_SEQS       3
+#define FC_BLOCK      8
 #define FC_MAX_BLOCKS 8
 
 static void compare_rows(const float *a, const float *b, int rows, int64_t vocab, fusion_diff *d)
@@ -71,8 +71,14 @@ anvil_status fusion_compare(const char *model_dir, const anvil_runtime_options *
         rows[s] = n - 1;
         ctx[s] = lens[s];
     }
-    anvil_batch b = {.n_tokens = n, .token_ids = ids, .positions = pos, .n_seqs = FC_SEQS, .seq_starts = starts,
-                     .block_tables = tables, .max_blocks_per_seq = FC_MAX_BLOCKS, .n_logits = FC_SEQS,
+    anvil_batch b = {.n_tokens = n,
+                     .token_ids = ids,
+                     .positions = pos,
+                     .n_seqs = FC_SEQS,
+                     .seq_starts = starts,
+                     .block_tables = tables,
+                     .max_blocks_per_seq = FC_MAX_BLOCKS,
+                     .n_logits = FC_SEQS,
                      .logit_rows = rows};
     for (int step = 0; step <= decode_steps; step++) {
         for (int i = 0; i < 2; i++)

@@ -3,7 +3,8 @@
  * against the device's own ceilings measured in the same run.
  *
  *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR]
- *                      [--cases B:P:N,...] [--graphs on|off|both] [--json FILE]
+ *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both]
+ *                      [--json FILE]
  *
  * A case B:P:N is a batch of B sequences with P-token prompts (random
  * ids) generating N tokens each, greedily (anvil_runtime_forward_greedy:
@@ -31,7 +32,8 @@
  * 8192, tied), written to the work folder on first use (default
  * /dev/shm/anvil-bench: memory, so 16 GB write and map fast) with the
  * filling spread over all cores; or any model folder with --model.
- * ANVIL_CUDA_GRAPHS=0 (--graphs off) runs without step graphs.
+ * ANVIL_CUDA_GRAPHS=0 (--graphs off) runs without step graphs; --fusion off
+ * runs every op of the network separately (runtime option no_fusion).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -421,10 +423,12 @@ int main(int argc, char **argv)
 {
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *workdir = "/dev/shm/anvil-bench";
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
+    const char *fusion = "on";
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
         {"workdir", required_argument, 0, 'w'}, {"cases", required_argument, 0, 'c'},
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
+        {"fusion", required_argument, 0, 'f'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;
@@ -435,10 +439,12 @@ int main(int argc, char **argv)
         case 'w': workdir = optarg; break;
         case 'c': cases_s = optarg; break;
         case 'g': graphs = optarg; break;
+        case 'f': fusion = optarg; break;
         case 'j': json_path = optarg; break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--json FILE]\n", argv[0]);
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both] [--json FILE]\n",
+                    argv[0]);
             return c == 'h' ? 0 : 2;
         }
     }
@@ -455,6 +461,15 @@ int main(int argc, char **argv)
         g_modes[n_modes++] = 0;
     if (n_modes == 0) {
         fprintf(stderr, "--graphs on, off or both\n");
+        return 2;
+    }
+    int f_modes[2], n_fmodes = 0;
+    if (strcmp(fusion, "on") == 0 || strcmp(fusion, "both") == 0)
+        f_modes[n_fmodes++] = 1;
+    if (strcmp(fusion, "off") == 0 || strcmp(fusion, "both") == 0)
+        f_modes[n_fmodes++] = 0;
+    if (n_fmodes == 0) {
+        fprintf(stderr, "--fusion on, off or both\n");
         return 2;
     }
 
@@ -497,7 +512,8 @@ int main(int argc, char **argv)
             if (ensure_model(workdir, name, cfg, dir, sizeof dir) != 0)
                 return 1;
         }
-        for (int gm = 0; gm < n_modes; gm++) {
+        for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
+            const int gm = mode / n_fmodes, fused = f_modes[mode % n_fmodes];
             if (g_modes[gm])
                 unsetenv("ANVIL_CUDA_GRAPHS");
             else
@@ -520,6 +536,7 @@ int main(int argc, char **argv)
             o.kv_block_size = 32;
             o.max_seq_len = max_ctx;
             o.kv_cache_tokens = kv_tokens;
+            o.no_fusion = !fused;
             anvil_runtime *rt = NULL;
             double tl = now_s();
             if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
@@ -528,8 +545,9 @@ int main(int argc, char **argv)
                 continue;
             }
             tl = now_s() - tl;
-            printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s\n", name,
-                   (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off");
+            printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
+                   (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
+                   fused ? "on" : "off");
             printf("%-12s %9s %9s %9s  %-28s %-24s %s\n", "B:P:N", "TTFT ms", "TPOT ms", "tok/s", "decode (bytes | flops)",
                    "prefill", "");
             for (int k = 0; k < n_cases; k++) {
@@ -551,11 +569,11 @@ int main(int argc, char **argv)
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
-                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
-                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", cs[k].batch, cs[k].input,
+                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", fused ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
                             dfl / gemm_tflops, pfl, pfl / gemm_tflops);
                     first_json = 0;

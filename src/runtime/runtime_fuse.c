@@ -23,14 +23,17 @@
 
 #include "core/error.h"
 
-static int token_rows(const anvil_net_op *op) { return op->row_kind == 0; }
+static int token_rows(const anvil_net_op *op)
+{
+    return op->row_kind == 0;
+}
 
 static int same_rope(const anvil_net_op *a, const anvil_net_op *b)
 {
     const anvil_rope_config *x = &a->rope, *y = &b->rope;
-    return a->head_dim == b->head_dim && x->type == y->type && x->theta == y->theta && x->factor == y->factor &&
-           x->low_freq_factor == y->low_freq_factor && x->high_freq_factor == y->high_freq_factor &&
-           x->original_max_position == y->original_max_position;
+    return a->head_dim == b->head_dim && x->type == y->type && x->theta == y->theta &&
+           x->factor == y->factor && x->low_freq_factor == y->low_freq_factor &&
+           x->high_freq_factor == y->high_freq_factor && x->original_max_position == y->original_max_position;
 }
 
 anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *ops, int disabled,
@@ -94,8 +97,8 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *
             continue;
         if (ops->matmul_silu_mul && n1 && n2 && n1->kind == ANVIL_OP_LINEAR && token_rows(n1) &&
             n1->inputs[0] == op->inputs[0] && n2->kind == ANVIL_OP_SILU_MUL && token_rows(n2) &&
-            n2->inputs[0] == i && n2->inputs[1] == i + 1 && uses[i] == 1 && uses[i + 1] == 1 && !f[i + 1].kind &&
-            !f[i + 2].kind) {
+            n2->inputs[0] == i && n2->inputs[1] == i + 1 && uses[i] == 1 && uses[i + 1] == 1 &&
+            !f[i + 1].kind && !f[i + 2].kind) {
             f[i].kind = ANVIL_FUSE_SILU_MUL;
             f[i + 1].kind = f[i + 2].kind = ANVIL_FUSE_SKIP;
             continue;
@@ -125,10 +128,14 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *
 static int32_t group_span(const anvil_fuse *g)
 {
     switch (g->kind) {
-    case ANVIL_FUSE_ADD_RMSNORM: return 2;
-    case ANVIL_FUSE_MATMUL_MULTI: return g->n;
-    case ANVIL_FUSE_SILU_MUL: return 3;
-    default: return 1;
+    case ANVIL_FUSE_ADD_RMSNORM:
+        return 2;
+    case ANVIL_FUSE_MATMUL_MULTI:
+        return g->n;
+    case ANVIL_FUSE_SILU_MUL:
+        return 3;
+    default:
+        return 1;
     }
 }
 
@@ -138,7 +145,8 @@ void anvil_fuse_extend_lives(const anvil_network *net, const anvil_fuse *f, int3
     for (int32_t i = 0; i < n; i++) {
         /* the rope group needs nothing: ropes work in place and their
          * values are read by the attention alone */
-        if (f[i].kind == ANVIL_FUSE_NONE || f[i].kind == ANVIL_FUSE_SKIP || f[i].kind == ANVIL_FUSE_ROPE_ATTENTION)
+        if (f[i].kind == ANVIL_FUSE_NONE || f[i].kind == ANVIL_FUSE_SKIP ||
+            f[i].kind == ANVIL_FUSE_ROPE_ATTENTION)
             continue;
         const int32_t end = i + group_span(&f[i]) - 1;
         for (int32_t j = i; j <= end; j++) {

@@ -470,7 +470,7 @@ static void run_matmul(fixture *f, int a, const mm_case *c, anvil_dtype wdt, int
     anvil_tensor oh = anvil_tensor_2d(ANVIL_DTYPE_F32, T, N, want);
     OK_OR_FAIL(f->cpu->ops->matmul(f->cpu, &xh, &wth, bias_kind ? &bth : NULL, &oh), "cpu matmul");
 
-    anvil_cuda_knobs k = {.matmul_no_epilogue = path == 1, .matmul_simt = path == 2, .matmul_gemv = path == 3 ? 1 : 0};
+    anvil_cuda_knobs k = {.matmul_no_epilogue = path == 1, .matmul_simt = path == 2, .matmul_gemv = path == 3 ? 1 : 2};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
     void *xd = dev_upload_floats(g, x, T * K, act);
     void *wd = dev_upload_raw(g, wh, (size_t)(N * K) * anvil_dtype_size(wdt));

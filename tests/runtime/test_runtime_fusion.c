@@ -39,7 +39,8 @@ static void check_model(const char *name)
 static void test_fused_equals_separate(void **s)
 {
     (void)s;
-    const char *models[] = {"stories260K", "tinycode", "tiny-llama3", "tiny-qwen2", "tiny-mistral", "tiny-qwen3"};
+    const char *models[] = {"stories260K", "tinycode",     "tiny-llama3",
+                            "tiny-qwen2",  "tiny-mistral", "tiny-qwen3"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
         check_model(models[i]);
 }
@@ -79,7 +80,8 @@ static void plan_counts(const char *model, const anvil_backend_ops *ops, int dis
     assert_int_equal(anvil_fuse_plan(net, ops, disabled, &f), ANVIL_OK);
     anvil_fuse_counts(f, anvil_network_op_count(net), c);
     /* every group's members are marked skipped; nothing else is */
-    int32_t skipped = c[ANVIL_FUSE_ADD_RMSNORM] + 2 * c[ANVIL_FUSE_ROPE_ATTENTION] + 2 * c[ANVIL_FUSE_SILU_MUL];
+    int32_t skipped =
+        c[ANVIL_FUSE_ADD_RMSNORM] + 2 * c[ANVIL_FUSE_ROPE_ATTENTION] + 2 * c[ANVIL_FUSE_SILU_MUL];
     for (int32_t i = 0; i < anvil_network_op_count(net); i++)
         if (f[i].kind == ANVIL_FUSE_MATMUL_MULTI)
             skipped += f[i].n - 1;

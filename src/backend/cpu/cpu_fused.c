@@ -14,8 +14,9 @@ anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, 
     return anvil_cpu_op_rmsnorm(be, sum, w, eps, norm);
 }
 
-anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
-                                       const anvil_tensor *const *bias, anvil_tensor *const *out)
+anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n,
+                                       const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                       anvil_tensor *const *out)
 {
     CHECK(n >= 1 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_INVALID_ARG, "matmul_multi: %d matrices", n);
     for (int i = 0; i < n; i++)
@@ -24,8 +25,9 @@ anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x,
 }
 
 anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
-                                          const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
-                                          anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+                                          const anvil_tensor *bg, const anvil_tensor *wu,
+                                          const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                          anvil_tensor *out)
 {
     TRY(anvil_cpu_op_matmul(be, x, wg, bg, gate));
     TRY(anvil_cpu_op_matmul(be, x, wu, bu, up));
@@ -36,7 +38,8 @@ anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor 
  * ropes, then the attention op. */
 anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args)
 {
-    CHECK(args != NULL && args->q != NULL && args->k != NULL, ANVIL_ERR_INVALID_ARG, "attention: missing arguments");
+    CHECK(args != NULL && args->q != NULL && args->k != NULL, ANVIL_ERR_INVALID_ARG,
+          "attention: missing arguments");
     anvil_tensor q = *args->q, k = *args->k;
     TRY(anvil_cpu_op_rope(be, &q, args->step, args->head_dim, args->rope_inv_freq));
     TRY(anvil_cpu_op_rope(be, &k, args->step, args->head_dim, args->rope_inv_freq));

@@ -4,15 +4,21 @@
 
 template <typename T> __global__ void anvil_add_kernel(const T *a, const T *b, T *out, int64_t n)
 {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    anvil_pdl_wait();
+    anvil_pdl_launch();
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
         out[i] = anvil_from_f32<T>(anvil_to_f32(a[i]) + anvil_to_f32(b[i]));
 }
 
 /* 16 bytes per thread and access (n a multiple of V, pointers 16-byte aligned). */
 template <typename T> __global__ void anvil_add_vec_kernel(const T *a, const T *b, T *out, int64_t n_vec)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     constexpr int V = 16 / sizeof(T);
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n_vec; j += (int64_t)gridDim.x * blockDim.x) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n_vec;
+         j += (int64_t)gridDim.x * blockDim.x) {
         float x[V], y[V];
         anvil_load_vec<T, V>(a + j * V, x);
         anvil_load_vec<T, V>(b + j * V, y);
@@ -31,10 +37,11 @@ extern "C" anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a
     ANVIL_CUDA_DISPATCH(act_dt, {
         constexpr int V = 16 / sizeof(T);
         if (n % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(out))
-            anvil_add_vec_kernel<T><<<anvil_grid_for(n / V, 256), 256, 0, stream>>>((const T *)a, (const T *)b,
-                                                                                  (T *)out, n / V);
+            anvil_launch(anvil_add_vec_kernel<T>, anvil_grid_for(n / V, 256), 256, 0, stream, (const T *)a,
+                         (const T *)b, (T *)out, n / V);
         else
-            anvil_add_kernel<T><<<anvil_grid_for(n, 256), 256, 0, stream>>>((const T *)a, (const T *)b, (T *)out, n);
+            anvil_launch(anvil_add_kernel<T>, anvil_grid_for(n, 256), 256, 0, stream, (const T *)a,
+                         (const T *)b, (T *)out, n);
     });
     return ANVIL_CUDA_LAUNCHED("add kernel");
 }

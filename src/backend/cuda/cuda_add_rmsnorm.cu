@@ -16,8 +16,7 @@
 
 #define AN_BLOCK 256
 
-template <typename T>
-__device__ __forceinline__ float an_block_sum(float ss, float *partial)
+template <typename T> __device__ __forceinline__ float an_block_sum(float ss, float *partial)
 {
     ss = anvil_warp_sum(ss);
     if ((threadIdx.x & 31) == 0)
@@ -36,9 +35,11 @@ __device__ __forceinline__ float an_block_sum(float ss, float *partial)
 #define AN_ROWS 8
 template <typename T>
 __global__ void __launch_bounds__(AN_ROWS * 32)
-    anvil_add_rmsnorm_warp_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t rows,
-                                  int width, float eps)
+    anvil_add_rmsnorm_warp_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm,
+                                  int64_t rows, int width, float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * AN_ROWS + (threadIdx.x >> 5);
     if (row >= rows)
@@ -60,9 +61,11 @@ __global__ void __launch_bounds__(AN_ROWS * 32)
 /* 16-byte accesses: width a multiple of V, a, b, sum and norm 16-byte aligned. */
 template <typename T>
 __global__ void __launch_bounds__(AN_BLOCK)
-    anvil_add_rmsnorm_vec_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t width,
-                                 float eps)
+    anvil_add_rmsnorm_vec_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm,
+                                 int64_t width, float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     constexpr int V = 16 / sizeof(T);
     __shared__ float partial[AN_BLOCK / 32];
     const int64_t row = blockIdx.x, n_vec = width / V, off = row * width;
@@ -94,6 +97,8 @@ __global__ void __launch_bounds__(AN_BLOCK)
     anvil_add_rmsnorm_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm, int64_t width,
                              float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     __shared__ float partial[AN_BLOCK / 32];
     const int64_t off = (int64_t)blockIdx.x * width;
     float ss = 0.0f;
@@ -110,7 +115,8 @@ __global__ void __launch_bounds__(AN_BLOCK)
 
 extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const void *a, const void *b,
                                                       const void *w, anvil_dtype w_dt, void *sum, void *norm,
-                                                      anvil_dtype act_dt, int64_t rows, int64_t width, float eps)
+                                                      anvil_dtype act_dt, int64_t rows, int64_t width,
+                                                      float eps)
 {
     CHECK(anvil_cuda_is_float_dtype(w_dt), ANVIL_ERR_UNSUPPORTED, "add_rmsnorm: weight dtype %s",
           anvil_dtype_name(w_dt));
@@ -119,20 +125,20 @@ extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const
         return ANVIL_OK;
     if (width <= 1024) {
         const unsigned grid = (unsigned)((rows + AN_ROWS - 1) / AN_ROWS);
-        ANVIL_CUDA_DISPATCH(act_dt, anvil_add_rmsnorm_warp_kernel<T><<<grid, AN_ROWS * 32, 0, stream>>>(
-                                        (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, rows,
-                                        (int)width, eps));
+        ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_add_rmsnorm_warp_kernel<T>, grid, AN_ROWS * 32, 0,
+                                                 stream, (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum,
+                                                 (T *)norm, rows, (int)width, eps));
         return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");
     }
     ANVIL_CUDA_DISPATCH(act_dt, {
         constexpr int V = 16 / sizeof(T);
         if (width % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(sum) &&
             anvil_aligned16(norm))
-            anvil_add_rmsnorm_vec_kernel<T><<<(unsigned)rows, AN_BLOCK, 0, stream>>>(
-                (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
+            anvil_launch(anvil_add_rmsnorm_vec_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, (const T *)a,
+                         (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
         else
-            anvil_add_rmsnorm_kernel<T><<<(unsigned)rows, AN_BLOCK, 0, stream>>>(
-                (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
+            anvil_launch(anvil_add_rmsnorm_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, (const T *)a,
+                         (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
     });
     return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");
 }

@@ -18,6 +18,8 @@ __device__ __forceinline__ bool anvil_am_better(float va, int ia, float vb, int 
 template <typename T>
 __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *x, int64_t cols, int32_t *ids)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     const T *row = x + (int64_t)blockIdx.x * cols;
     float best = -INFINITY;
     int bi = INT_MAX;
@@ -80,9 +82,9 @@ extern "C" anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, const
 {
     if (rows == 0)
         return ANVIL_OK;
-    CHECK(rows <= INT32_MAX && cols > 0 && cols <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "argmax_rows: [%lld, %lld]",
-          (long long)rows, (long long)cols);
-    ANVIL_CUDA_DISPATCH(act_dt, anvil_argmax_rows_kernel<T><<<(unsigned)rows, AM_THREADS, 0, stream>>>(
-                                    (const T *)x, cols, ids));
+    CHECK(rows <= INT32_MAX && cols > 0 && cols <= INT32_MAX, ANVIL_ERR_UNSUPPORTED,
+          "argmax_rows: [%lld, %lld]", (long long)rows, (long long)cols);
+    ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_argmax_rows_kernel<T>, (unsigned)rows, AM_THREADS, 0,
+                                             stream, (const T *)x, cols, ids));
     return ANVIL_CUDA_LAUNCHED("argmax_rows kernel");
 }

@@ -23,14 +23,14 @@
 
 #include "backend/cuda/cuda_common.cuh"
 
-#define DC_WARPS 4
+#define DC_WARPS  4
 #define FULL_MASK 0xffffffffu
 
 /* Keys a warp takes at once: as many as registers allow (K and V rows of
  * DPL values each) with RD * keys <= 32 scores. */
 template <int DPL, int RD> struct anvil_dc_shape {
     static constexpr int KEYS = DPL >= 8 ? (RD >= 4 ? 2 : 4) : (RD >= 8 ? 4 : 8);
-    static constexpr int N = RD * KEYS;                   /* scores per chunk, <= 32 */
+    static constexpr int N = RD * KEYS; /* scores per chunk, <= 32 */
     static constexpr int SHIFT = N == 32 ? 0 : N == 16 ? 1 : N == 8 ? 2 : N == 4 ? 3 : N == 2 ? 4 : 5;
 };
 
@@ -40,7 +40,8 @@ template <int DPL, int RD> struct anvil_dc_shape {
  * half with its partner. Returns, in lane l, the full sum of value
  * l >> (5 - log2 N) (the same bits in every lane that holds it).
  */
-template <int NV, int N, int OFF> __device__ __forceinline__ void anvil_transpose_sum(float (&v)[NV], int lane)
+template <int NV, int N, int OFF>
+__device__ __forceinline__ void anvil_transpose_sum(float (&v)[NV], int lane)
 {
     if constexpr (OFF > 0) {
         if constexpr (N > 1) {
@@ -98,7 +99,8 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
     for (int r = 0; r < RD; r++) {
         const int hh = hc * RD + r;
         if (hh < group && lane_ok) {
-            anvil_load_vec<T, DPL>((const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh) * hd + d0, q[r]);
+            anvil_load_vec<T, DPL>((const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh) * hd + d0,
+                                   q[r]);
         } else {
 #pragma unroll
             for (int i = 0; i < DPL; i++)
@@ -265,8 +267,11 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
 
 /* out[t, h] = sum over splits of acc * e^(m - M) / sum of l * e^(m - M). */
 template <typename T>
-__global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tokens, int n_heads, int hd, int n_splits)
+__global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tokens, int n_heads, int hd,
+                                          int n_splits)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     const int64_t idx = blockIdx.x; /* t * n_heads + h */
     const float *ml = ws + 2 * idx * n_splits;
     const float *pa = ws + 2 * (int64_t)n_tokens * n_heads * n_splits + idx * n_splits * hd;
@@ -291,22 +296,24 @@ extern "C" anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, cons
 {
     const int threads = a->head_dim <= 64 ? 64 : 128;
     const unsigned blocks = (unsigned)((int64_t)a->n_tokens * a->n_heads);
-    ANVIL_CUDA_DISPATCH(a->dt, anvil_attn_combine_kernel<T><<<blocks, threads, 0, stream>>>(
-                                   ws, (T *)a->out, a->n_tokens, a->n_heads, a->head_dim, n_splits));
+    ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_attn_combine_kernel<T>, blocks, threads, 0, stream, ws,
+                                            (T *)a->out, a->n_tokens, a->n_heads, a->head_dim, n_splits));
     return ANVIL_CUDA_LAUNCHED("attention combine kernel");
 }
 
 extern "C" size_t anvil_cuda_attn_decode_ws_bytes(const anvil_cuda_attn *a, int32_t n_splits)
 {
-    return (size_t)a->n_tokens * (size_t)a->n_heads * (size_t)n_splits * (size_t)(a->head_dim + 2) * sizeof(float);
+    return (size_t)a->n_tokens * (size_t)a->n_heads * (size_t)n_splits * (size_t)(a->head_dim + 2) *
+           sizeof(float);
 }
 
 template <typename T, int DPL, int RD>
-static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
-                           float *ws)
+static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
+                           int split_len, float *ws)
 {
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
-    anvil_attn_decode_kernel<T, DPL, RD><<<grid, DC_WARPS * 32, 0, stream>>>(*a, n_hc, n_splits, split_len, ws);
+    anvil_attn_decode_kernel<T, DPL, RD>
+        <<<grid, DC_WARPS * 32, 0, stream>>>(*a, n_hc, n_splits, split_len, ws);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode kernel"));
     if (n_splits > 1)
         TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
@@ -316,8 +323,8 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_
 template <typename T, int DPL, int RD> static int blocks_per_sm(void)
 {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_kernel<T, DPL, RD>, DC_WARPS * 32, 0) !=
-        cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_kernel<T, DPL, RD>, DC_WARPS * 32,
+                                                      0) != cudaSuccess) {
         (void)cudaGetLastError();
         n = 1;
     }
@@ -347,24 +354,30 @@ extern "C" int anvil_cuda_attn_decode_blocks_per_sm(const anvil_cuda_attn *a)
     int n = 1;
     switch (a->dt) {
     case ANVIL_DTYPE_F32:
-        n = rd == 1 ? blocks_per_sm_hd<float, 1>(hd) : rd == 2 ? blocks_per_sm_hd<float, 2>(hd)
-          : rd == 4 ? blocks_per_sm_hd<float, 4>(hd) : blocks_per_sm_hd<float, 8>(hd);
+        n = rd == 1   ? blocks_per_sm_hd<float, 1>(hd)
+            : rd == 2 ? blocks_per_sm_hd<float, 2>(hd)
+            : rd == 4 ? blocks_per_sm_hd<float, 4>(hd)
+                      : blocks_per_sm_hd<float, 8>(hd);
         break;
     case ANVIL_DTYPE_BF16:
-        n = rd == 1 ? blocks_per_sm_hd<__nv_bfloat16, 1>(hd) : rd == 2 ? blocks_per_sm_hd<__nv_bfloat16, 2>(hd)
-          : rd == 4 ? blocks_per_sm_hd<__nv_bfloat16, 4>(hd) : blocks_per_sm_hd<__nv_bfloat16, 8>(hd);
+        n = rd == 1   ? blocks_per_sm_hd<__nv_bfloat16, 1>(hd)
+            : rd == 2 ? blocks_per_sm_hd<__nv_bfloat16, 2>(hd)
+            : rd == 4 ? blocks_per_sm_hd<__nv_bfloat16, 4>(hd)
+                      : blocks_per_sm_hd<__nv_bfloat16, 8>(hd);
         break;
     default:
-        n = rd == 1 ? blocks_per_sm_hd<__half, 1>(hd) : rd == 2 ? blocks_per_sm_hd<__half, 2>(hd)
-          : rd == 4 ? blocks_per_sm_hd<__half, 4>(hd) : blocks_per_sm_hd<__half, 8>(hd);
+        n = rd == 1   ? blocks_per_sm_hd<__half, 1>(hd)
+            : rd == 2 ? blocks_per_sm_hd<__half, 2>(hd)
+            : rd == 4 ? blocks_per_sm_hd<__half, 4>(hd)
+                      : blocks_per_sm_hd<__half, 8>(hd);
         break;
     }
     return n;
 }
 
 template <typename T, int RD>
-static anvil_status launch_hd(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
-                              float *ws)
+static anvil_status launch_hd(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
+                              int split_len, float *ws)
 {
     const int hd = a->head_dim;
     if (hd <= 32)

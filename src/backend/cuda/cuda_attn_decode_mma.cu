@@ -28,22 +28,28 @@
 
 #include "backend/cuda/cuda_mma.cuh"
 
-#define DM_WARPS 4
-#define DM_BN 64     /* keys per tile: 16 per warp */
-#define DM_ROWS 16   /* query heads per block (the mma M dimension) */
+#define DM_WARPS  4
+#define DM_BN     64 /* keys per tile: 16 per warp */
+#define DM_ROWS   16 /* query heads per block (the mma M dimension) */
 #define FULL_MASK 0xffffffffu
 
 /* K and V tiles of every stage, rows padded by 8 elements */
-static size_t dm_smem_bytes(int hd, int stages) { return (size_t)stages * 2 * DM_BN * (size_t)(hd + 8) * 2; }
+static size_t dm_smem_bytes(int hd, int stages)
+{
+    return (size_t)stages * 2 * DM_BN * (size_t)(hd + 8) * 2;
+}
 
 template <typename T, int HDM, int STAGES>
 __global__ void __launch_bounds__(DM_WARPS * 32)
     anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
     constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
     extern __shared__ uint4 dm_smem4[];
-    const int hd = a.head_dim, kst = hd + 8; /* rows padded by 8 elements: fragment reads hit distinct banks */
+    const int hd = a.head_dim,
+              kst = hd + 8; /* rows padded by 8 elements: fragment reads hit distinct banks */
     uint16_t *const smem = reinterpret_cast<uint16_t *>(dm_smem4);
     const int stage_elems = 2 * DM_BN * kst;
 
@@ -69,12 +75,14 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     const int hh0 = hc * DM_ROWS + gq, hh1 = hh0 + 8;
     uint32_t qf[KC][4];
     {
-        const uint32_t *q0 = hh0 < group ? reinterpret_cast<const uint32_t *>(
-                                               (const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh0) * hd)
-                                         : nullptr;
-        const uint32_t *q1 = hh1 < group ? reinterpret_cast<const uint32_t *>(
-                                               (const T *)a.q + (int64_t)t * qw + (int64_t)(g * group + hh1) * hd)
-                                         : nullptr;
+        const uint32_t *q0 = hh0 < group
+                                 ? reinterpret_cast<const uint32_t *>((const T *)a.q + (int64_t)t * qw +
+                                                                      (int64_t)(g * group + hh0) * hd)
+                                 : nullptr;
+        const uint32_t *q1 = hh1 < group
+                                 ? reinterpret_cast<const uint32_t *>((const T *)a.q + (int64_t)t * qw +
+                                                                      (int64_t)(g * group + hh1) * hd)
+                                 : nullptr;
 #pragma unroll
         for (int kc = 0; kc < KC; kc++) {
             const bool in = kc * 16 < hd;
@@ -116,7 +124,8 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
                 const int in_blk = kj - bi * a.block_size;
                 const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
                 if (blk >= 0 && blk < a.n_blocks)
-                    rows[i] = blk * a.block_size + in_blk; /* < n_blocks * block_size: an int (host-checked) */
+                    rows[i] =
+                        blk * a.block_size + in_blk; /* < n_blocks * block_size: an int (host-checked) */
                 else if (part == 0)
                     anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
             }
@@ -159,7 +168,8 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
                 sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-            const uint16_t *kr = k_s + (warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kst + ((lane >> 3) & 1) * 8;
+            const uint16_t *kr =
+                k_s + (warp * 16 + ((lane >> 4) & 1) * 8 + (lane & 7)) * kst + ((lane >> 3) & 1) * 8;
 #pragma unroll
             for (int kc = 0; kc < KC; kc++) {
                 uint32_t kb[4];
@@ -216,7 +226,8 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
                 pf[nt * 2 + 1] = anvil_pack2<T>(pr2, pr3);
             }
             /* O += P V: B operands (16 keys x 8 dims) of two dim tiles per transposed ldmatrix */
-            const uint16_t *vr = v_s + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
+            const uint16_t *vr =
+                v_s + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
 #pragma unroll
             for (int nt = 0; nt < NTO; nt += 2) {
                 uint32_t vb[4];
@@ -235,7 +246,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
     l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
     float *sm_o = reinterpret_cast<float *>(dm_smem4); /* [warp][16 rows][hd]; fits in the stages */
-    float *sm_ml = sm_o + DM_WARPS * DM_ROWS * hd;      /* [warp][16 rows][m, l] */
+    float *sm_ml = sm_o + DM_WARPS * DM_ROWS * hd;     /* [warp][16 rows][m, l] */
 #pragma unroll
     for (int nt = 0; nt < NTO; nt++) {
         if (nt * 8 < hd) {
@@ -319,13 +330,13 @@ template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
 }
 
 template <typename T, int HDM, int STAGES>
-static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
-                           float *ws)
+static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
+                           int split_len, float *ws)
 {
     TRY((set_smem<T, HDM, STAGES>(a->head_dim)));
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
-    anvil_attn_decode_mma_kernel<T, HDM, STAGES><<<grid, DM_WARPS * 32, dm_smem_bytes(a->head_dim, STAGES),
-                                                   stream>>>(*a, n_hc, n_splits, split_len, ws);
+    anvil_launch(anvil_attn_decode_mma_kernel<T, HDM, STAGES>, grid, DM_WARPS * 32,
+                 dm_smem_bytes(a->head_dim, STAGES), stream, *a, n_hc, n_splits, split_len, ws);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
     if (n_splits > 1)
         TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
@@ -337,7 +348,8 @@ template <typename T, int HDM, int STAGES> static int occupancy(int hd)
     int n = 0;
     if (set_smem<T, HDM, STAGES>(hd) != ANVIL_OK ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM, STAGES>,
-                                                      DM_WARPS * 32, dm_smem_bytes(hd, STAGES)) != cudaSuccess) {
+                                                      DM_WARPS * 32,
+                                                      dm_smem_bytes(hd, STAGES)) != cudaSuccess) {
         (void)cudaGetLastError();
         n = 1;
     }
@@ -348,13 +360,15 @@ template <typename T, int HDM, int STAGES> static int occupancy(int hd)
 template <typename T> static int occupancy_t(int hd, int stages)
 {
     if (stages == 3)
-        return hd <= 32 ? occupancy<T, 32, 3>(hd) : hd <= 64 ? occupancy<T, 64, 3>(hd) : occupancy<T, 128, 3>(hd);
+        return hd <= 32   ? occupancy<T, 32, 3>(hd)
+               : hd <= 64 ? occupancy<T, 64, 3>(hd)
+                          : occupancy<T, 128, 3>(hd);
     return hd <= 32 ? occupancy<T, 32, 2>(hd) : hd <= 64 ? occupancy<T, 64, 2>(hd) : occupancy<T, 128, 2>(hd);
 }
 
 template <typename T>
-static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits, int split_len,
-                             float *ws, int stages)
+static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
+                             int split_len, float *ws, int stages)
 {
     const int hd = a->head_dim;
     if (stages == 3)
@@ -373,7 +387,8 @@ extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
            (int64_t)a->n_blocks * a->block_size <= INT32_MAX;
 }
 
-extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages, size_t smem_optin)
+extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages,
+                                                        size_t smem_optin)
 {
     const int hd = a->head_dim;
     if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd, stages) > smem_optin)
@@ -384,8 +399,8 @@ extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a
 }
 
 extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a,
-                                                          int32_t n_splits, int32_t split_len, float *ws, int stages,
-                                                          size_t smem_optin)
+                                                          int32_t n_splits, int32_t split_len, float *ws,
+                                                          int stages, size_t smem_optin)
 {
     CHECK(anvil_cuda_attn_decode_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
           "attention decode (mma): %s with head_dim %d (bf16/f16, head_dim 32, 64 or 128)",

@@ -6,6 +6,8 @@
 
 #include "backend/cuda/cuda_internal.h"
 
+int anvil_cuda_pdl = -1; /* -1: no backend yet */
+
 #define STAGE_BYTES ((size_t)4 << 20)           /* per pinned upload buffer */
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)   /* what cuBLAS advises for Hopper */
 
@@ -228,6 +230,15 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
           "cuda backend: device %d (%s) is sm_%d%d; anvil needs sm_80 or newer", cb->device, prop.name,
           prop.major, prop.minor);
     cb->n_sm = prop.multiProcessorCount;
+    {
+        /* the first backend sets it, any later one on an older device (or
+         * with ANVIL_CUDA_PDL=0) clears it for good */
+        const char *e = getenv("ANVIL_CUDA_PDL");
+        const int ok = prop.major >= 9 && !(e != NULL && strcmp(e, "0") == 0);
+        int unset = -1;
+        if (!__atomic_compare_exchange_n(&anvil_cuda_pdl, &unset, ok, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) && !ok)
+            __atomic_store_n(&anvil_cuda_pdl, 0, __ATOMIC_SEQ_CST);
+    }
     cb->smem_optin = prop.sharedMemPerBlockOptin;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");

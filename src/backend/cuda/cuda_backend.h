@@ -37,7 +37,7 @@ typedef struct anvil_cuda_knobs {
     int matmul_no_epilogue;   /* 1: bias added by a separate kernel, not the cuBLASLt epilogue */
     int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
-    int matmul_gemv;          /* for 1..4 rows: 1 the GEMV kernel, 2 cuBLASLt (default: the faster, timed once per shape) */
+    int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

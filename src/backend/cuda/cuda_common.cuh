@@ -123,6 +123,51 @@ __device__ __forceinline__ int32_t anvil_window_lo(int32_t p, int32_t window)
     return window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
 }
 
+/* ---------------------------------------------------------------- dependent launches */
+
+/* Waits until the kernels before this one in the stream have finished and
+ * their writes are visible (a no-op when the kernel was launched without
+ * the PDL attribute, or before sm_90). A kernel launched by anvil_launch
+ * calls it before it reads anything an earlier kernel wrote or writes
+ * anything at all; before it, only weights may be read. */
+__device__ __forceinline__ void anvil_pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Lets the next kernel start launching (once every block of this one has
+ * called it or exited). Called right after anvil_pdl_wait: the next
+ * kernel's own wait then implies this one's predecessor is done. */
+__device__ __forceinline__ void anvil_pdl_launch()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with the programmatic
+ * stream serialization attribute where anvil_cuda_pdl is on. Only for
+ * kernels that call anvil_pdl_wait as described above. Errors surface
+ * through cudaGetLastError (ANVIL_CUDA_LAUNCHED). */
+template <typename... KArgs, typename... Args>
+static inline void anvil_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = __atomic_load_n(&anvil_cuda_pdl, __ATOMIC_RELAXED) > 0 ? 1 : 0;
+    (void)cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
+
 /* ---------------------------------------------------------------- launch helpers */
 
 static inline bool anvil_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }

@@ -9,7 +9,8 @@
 #include "backend/cuda/cuda_internal.h"
 
 anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
-                                       const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm)
+                                       const anvil_tensor *w, float eps, anvil_tensor *sum,
+                                       anvil_tensor *norm)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(anvil_cuda_check_act(cb, a, "add_rmsnorm a"));
@@ -23,8 +24,8 @@ anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a,
     CHECK(a->shape[0] == 0 || (norm->data != a->data && norm->data != b->data && norm->data != sum->data),
           ANVIL_ERR_INVALID_ARG, "add_rmsnorm: norm must not alias a, b or sum");
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_add_rmsnorm(cb->stream, a->data, b->data, w->data, w->dtype, sum->data, norm->data,
-                                         cb->ops.act_dtype, a->shape[0], a->shape[1], eps);
+    return anvil_cuda_launch_add_rmsnorm(cb->stream, a->data, b->data, w->data, w->dtype, sum->data,
+                                         norm->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps);
 }
 
 /* Whether x [T, K] w^T -> out can take the GEMV kernels directly. */
@@ -32,19 +33,21 @@ static int gemv_direct(const anvil_cuda_backend *cb, const anvil_tensor *x, cons
                        const anvil_tensor *out)
 {
     const anvil_dtype dt = cb->ops.act_dtype;
-    return cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && w != NULL && w->dtype == dt && w->n_dims == 2 &&
-           w->shape[1] == x->shape[1] && out->shape[0] == x->shape[0] && out->shape[1] == w->shape[0] &&
-           out->data != x->data && anvil_cuda_gemv_ok(dt, x->shape[0], x->shape[1], x->data, w->data, out->data);
+    return cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && w != NULL && w->dtype == dt &&
+           w->n_dims == 2 && w->shape[1] == x->shape[1] && out->shape[0] == x->shape[0] &&
+           out->shape[1] == w->shape[0] && out->data != x->data &&
+           anvil_cuda_gemv_ok(dt, x->shape[0], x->shape[1], x->data, w->data, out->data);
 }
 
 static int bias_ok(const anvil_tensor *bias, int64_t n)
 {
-    return bias == NULL || (bias->data != NULL && anvil_cuda_is_float_dtype(bias->dtype) &&
-                            anvil_tensor_numel(bias) == n);
+    return bias == NULL ||
+           (bias->data != NULL && anvil_cuda_is_float_dtype(bias->dtype) && anvil_tensor_numel(bias) == n);
 }
 
-anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n, const anvil_tensor *const *w,
-                                        const anvil_tensor *const *bias, anvil_tensor *const *out)
+anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n,
+                                        const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                        anvil_tensor *const *out)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     CHECK(n >= 1 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_INVALID_ARG, "matmul_multi: %d matrices", n);
@@ -78,8 +81,9 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
 }
 
 anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
-                                           const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
-                                           anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+                                           const anvil_tensor *bg, const anvil_tensor *wu,
+                                           const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                           anvil_tensor *out)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(anvil_cuda_check_act(cb, x, "matmul_silu_mul x"));

@@ -3,9 +3,11 @@
 #include "backend/cuda/cuda_common.cuh"
 
 template <typename T>
-__global__ void anvil_gather_rows_kernel(const T *x, int64_t n_rows, T *out, int64_t width, const int32_t *rows,
-                                         int32_t n_out, int *err)
+__global__ void anvil_gather_rows_kernel(const T *x, int64_t n_rows, T *out, int64_t width,
+                                         const int32_t *rows, int32_t n_out, int *err)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     for (int32_t i = blockIdx.x; i < n_out; i += gridDim.x) {
         const int32_t r = rows[i];
         const bool ok = r >= 0 && r < n_rows;
@@ -16,14 +18,14 @@ __global__ void anvil_gather_rows_kernel(const T *x, int64_t n_rows, T *out, int
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows, void *out,
-                                                      anvil_dtype act_dt, int64_t width, const int32_t *rows,
-                                                      int32_t n_out, int *err)
+extern "C" anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows,
+                                                      void *out, anvil_dtype act_dt, int64_t width,
+                                                      const int32_t *rows, int32_t n_out, int *err)
 {
     if (n_out == 0 || width == 0)
         return ANVIL_OK;
     const unsigned grid = n_out < 65535 ? (unsigned)n_out : 65535u;
-    ANVIL_CUDA_DISPATCH(act_dt, anvil_gather_rows_kernel<T><<<grid, 256, 0, stream>>>(
-                                    (const T *)x, n_rows, (T *)out, width, rows, n_out, err));
+    ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_gather_rows_kernel<T>, grid, 256, 0, stream, (const T *)x,
+                                             n_rows, (T *)out, width, rows, n_out, err));
     return ANVIL_CUDA_LAUNCHED("gather_rows kernel");
 }

@@ -19,7 +19,7 @@
 
 #include "backend/cuda/cuda_common.cuh"
 
-#define GV_WARPS 4
+#define GV_WARPS    4
 #define GV_MAX_ROWS 4
 
 __device__ __forceinline__ uint4 anvil_ld_stream16(const void *p)
@@ -69,9 +69,12 @@ typedef struct gv_parts {
 } gv_parts;
 
 /* acc[r] += x[r, :] . w_row for the rows r < R (the lane's share; the
- * caller sums the warp) */
+ * caller sums the warp). With `wait`, the first weight pieces are loaded
+ * before anvil_pdl_wait: they are weights, which no kernel writes, so under
+ * a dependent launch they stream in while the kernel before still runs. */
 template <typename T, int R>
-__device__ __forceinline__ void anvil_gemv_row(const uint4 *xr, const uint4 *wr, int kv, int lane, float (&acc)[R])
+__device__ __forceinline__ void anvil_gemv_row(const uint4 *xr, const uint4 *wr, int kv, int lane,
+                                               float (&acc)[R], bool wait)
 {
     int v = lane;
     /* eight pieces per lane in flight, then the tail */
@@ -80,11 +83,20 @@ __device__ __forceinline__ void anvil_gemv_row(const uint4 *xr, const uint4 *wr,
 #pragma unroll
         for (int u = 0; u < 8; u++)
             wv[u] = anvil_ld_stream16(wr + v + u * 32);
+        if (wait) {
+            anvil_pdl_wait();
+            anvil_pdl_launch();
+            wait = false;
+        }
 #pragma unroll
         for (int u = 0; u < 8; u++)
 #pragma unroll
             for (int r = 0; r < R; r++)
                 acc[r] = anvil_dot8<T>(xr[(int64_t)r * kv + v + u * 32], wv[u], acc[r]);
+    }
+    if (wait) {
+        anvil_pdl_wait();
+        anvil_pdl_launch();
     }
     for (; v < kv; v += 32) {
         const uint4 wv = anvil_ld_stream16(wr + v);
@@ -111,8 +123,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32) anvil_gemv_kernel(const T *__re
 #pragma unroll
     for (int r = 0; r < R; r++)
         acc[r] = 0.0f;
-    anvil_gemv_row<T, R>(reinterpret_cast<const uint4 *>(x), reinterpret_cast<const uint4 *>(w + (int64_t)n * K),
-                         K / 8, lane, acc);
+    anvil_gemv_row<T, R>(reinterpret_cast<const uint4 *>(x),
+                         reinterpret_cast<const uint4 *>(w + (int64_t)n * K), K / 8, lane, acc, true);
 #pragma unroll
     for (int r = 0; r < R; r++)
         acc[r] = anvil_warp_sum(acc[r]);
@@ -143,8 +155,8 @@ __global__ void __launch_bounds__(GV_WARPS * 32)
     for (int r = 0; r < R; r++)
         ag[r] = au[r] = 0.0f;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x);
-    anvil_gemv_row<T, R>(xr, reinterpret_cast<const uint4 *>(wg + (int64_t)n * K), K / 8, lane, ag);
-    anvil_gemv_row<T, R>(xr, reinterpret_cast<const uint4 *>(wu + (int64_t)n * K), K / 8, lane, au);
+    anvil_gemv_row<T, R>(xr, reinterpret_cast<const uint4 *>(wg + (int64_t)n * K), K / 8, lane, ag, true);
+    anvil_gemv_row<T, R>(xr, reinterpret_cast<const uint4 *>(wu + (int64_t)n * K), K / 8, lane, au, false);
 #pragma unroll
     for (int r = 0; r < R; r++) {
         ag[r] = anvil_warp_sum(ag[r]);
@@ -175,18 +187,27 @@ static anvil_status launch_t(cudaStream_t stream, const void *x, const gv_parts 
     const dim3 grid((unsigned)((p->end[p->n_parts - 1] + GV_WARPS - 1) / GV_WARPS));
     const T *xp = (const T *)x;
     switch (T_) {
-    case 1: anvil_gemv_kernel<T, 1><<<grid, GV_WARPS * 32, 0, stream>>>(xp, *p, (int)K); break;
-    case 2: anvil_gemv_kernel<T, 2><<<grid, GV_WARPS * 32, 0, stream>>>(xp, *p, (int)K); break;
-    case 3: anvil_gemv_kernel<T, 3><<<grid, GV_WARPS * 32, 0, stream>>>(xp, *p, (int)K); break;
-    default: anvil_gemv_kernel<T, 4><<<grid, GV_WARPS * 32, 0, stream>>>(xp, *p, (int)K); break;
+    case 1:
+        anvil_launch(anvil_gemv_kernel<T, 1>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        break;
+    case 2:
+        anvil_launch(anvil_gemv_kernel<T, 2>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        break;
+    case 3:
+        anvil_launch(anvil_gemv_kernel<T, 3>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        break;
+    default:
+        anvil_launch(anvil_gemv_kernel<T, 4>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        break;
     }
     return ANVIL_CUDA_LAUNCHED("gemv kernel");
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const void *x, int n_parts,
                                                      const void *const *w, const void *const *bias,
-                                                     const anvil_dtype *bias_dt, void *const *out, const int64_t *n,
-                                                     anvil_dtype act_dt, int64_t T, int64_t K)
+                                                     const anvil_dtype *bias_dt, void *const *out,
+                                                     const int64_t *n, anvil_dtype act_dt, int64_t T,
+                                                     int64_t K)
 {
     CHECK(n_parts >= 1 && n_parts <= GV_MAX_PARTS, ANVIL_ERR_INVALID_ARG, "gemv: %d parts (1..%d)", n_parts,
           GV_MAX_PARTS);
@@ -214,28 +235,35 @@ extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const 
     return launch_t<__half>(stream, x, &p, T, K);
 }
 
-extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w, const void *bias,
-                                               anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t T,
-                                               int64_t K, int64_t N)
+extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w,
+                                               const void *bias, anvil_dtype bias_dt, void *out,
+                                               anvil_dtype act_dt, int64_t T, int64_t K, int64_t N)
 {
     return anvil_cuda_launch_gemv_multi(stream, x, 1, &w, &bias, &bias_dt, &out, &N, act_dt, T, K);
 }
 
 template <typename T>
-static void launch_silu_t(cudaStream_t stream, const void *x, const void *wg, const void *bg, anvil_dtype bg_dt,
-                          const void *wu, const void *bu, anvil_dtype bu_dt, void *out, int64_t T_, int64_t K,
-                          int64_t N)
+static void launch_silu_t(cudaStream_t stream, const void *x, const void *wg, const void *bg,
+                          anvil_dtype bg_dt, const void *wu, const void *bu, anvil_dtype bu_dt, void *out,
+                          int64_t T_, int64_t K, int64_t N)
 {
     const dim3 grid((unsigned)((N + GV_WARPS - 1) / GV_WARPS));
-#define GV_SILU(R)                                                                                              \
-    anvil_gemv_silu_kernel<T, R><<<grid, GV_WARPS * 32, 0, stream>>>((const T *)x, (const T *)wg, bg, (int)bg_dt, \
-                                                                     (const T *)wu, bu, (int)bu_dt, (T *)out,     \
-                                                                     (int)K, (int)N)
+#define GV_SILU(R)                                                                                           \
+    anvil_launch(anvil_gemv_silu_kernel<T, R>, grid, GV_WARPS * 32, 0, stream, (const T *)x, (const T *)wg,  \
+                 bg, (int)bg_dt, (const T *)wu, bu, (int)bu_dt, (T *)out, (int)K, (int)N)
     switch (T_) {
-    case 1: GV_SILU(1); break;
-    case 2: GV_SILU(2); break;
-    case 3: GV_SILU(3); break;
-    default: GV_SILU(4); break;
+    case 1:
+        GV_SILU(1);
+        break;
+    case 2:
+        GV_SILU(2);
+        break;
+    case 3:
+        GV_SILU(3);
+        break;
+    default:
+        GV_SILU(4);
+        break;
     }
 #undef GV_SILU
 }

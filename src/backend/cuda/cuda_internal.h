@@ -90,6 +90,16 @@ typedef struct anvil_cuda_backend {
 
 static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
 
+/*
+ * Programmatic dependent launch (sm_90+): the kernels of a decode step that
+ * wait for their predecessor inside (anvil_pdl_wait, cuda_common.cuh) are
+ * launched with the attribute that lets them start while it drains, so
+ * their launch and their first weight loads overlap its tail. 1 when every
+ * CUDA backend created so far is on an sm_90+ device and ANVIL_CUDA_PDL was
+ * not "0" at its creation; -1 before the first (atomic builtins only).
+ */
+extern int anvil_cuda_pdl;
+
 /* ---------------------------------------------------------------- errors */
 
 /* ANVIL_ERR_CUDA with "what: <CUDA error string> (<name>)" when e fails. */

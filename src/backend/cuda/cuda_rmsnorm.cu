@@ -8,9 +8,11 @@
 #define NORM_BLOCK 256
 
 template <typename T>
-__global__ void anvil_rmsnorm_warp_kernel(const T *x, const void *w, int w_dt, T *out, int64_t n_pieces, int width,
-                                          float eps)
+__global__ void anvil_rmsnorm_warp_kernel(const T *x, const void *w, int w_dt, T *out, int64_t n_pieces,
+                                          int width, float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     const int lane = threadIdx.x & 31;
     const int64_t piece = (int64_t)blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
     if (piece >= n_pieces)
@@ -29,8 +31,11 @@ __global__ void anvil_rmsnorm_warp_kernel(const T *x, const void *w, int w_dt, T
 }
 
 template <typename T>
-__global__ void anvil_rmsnorm_block_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width, float eps)
+__global__ void anvil_rmsnorm_block_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width,
+                                           float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     __shared__ float partial[NORM_BLOCK / 32];
     const int64_t piece = blockIdx.x;
     const T *xr = x + piece * width;
@@ -56,8 +61,11 @@ __global__ void anvil_rmsnorm_block_kernel(const T *x, const void *w, int w_dt, 
 /* The block kernel with 16-byte accesses (width a multiple of V, x and out
  * 16-byte aligned). */
 template <typename T>
-__global__ void anvil_rmsnorm_block_vec_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width, float eps)
+__global__ void anvil_rmsnorm_block_vec_kernel(const T *x, const void *w, int w_dt, T *out, int64_t width,
+                                               float eps)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     constexpr int V = 16 / sizeof(T);
     __shared__ float partial[NORM_BLOCK / 32];
     const int64_t piece = blockIdx.x, n_vec = width / V;
@@ -90,29 +98,31 @@ __global__ void anvil_rmsnorm_block_vec_kernel(const T *x, const void *w, int w_
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
-                                                  void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width,
-                                                  float eps)
+extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w,
+                                                  anvil_dtype w_dt, void *out, anvil_dtype act_dt,
+                                                  int64_t n_pieces, int64_t width, float eps)
 {
-    CHECK(anvil_cuda_is_float_dtype(w_dt), ANVIL_ERR_UNSUPPORTED, "rmsnorm: weight dtype %s", anvil_dtype_name(w_dt));
+    CHECK(anvil_cuda_is_float_dtype(w_dt), ANVIL_ERR_UNSUPPORTED, "rmsnorm: weight dtype %s",
+          anvil_dtype_name(w_dt));
     if (n_pieces == 0 || width == 0)
         return ANVIL_OK;
     if (width <= 1024) {
-        CHECK((n_pieces + NORM_WARPS - 1) / NORM_WARPS <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows",
-              (long long)n_pieces);
+        CHECK((n_pieces + NORM_WARPS - 1) / NORM_WARPS <= INT32_MAX, ANVIL_ERR_UNSUPPORTED,
+              "rmsnorm: %lld rows", (long long)n_pieces);
         const unsigned grid = (unsigned)((n_pieces + NORM_WARPS - 1) / NORM_WARPS);
-        ANVIL_CUDA_DISPATCH(act_dt, anvil_rmsnorm_warp_kernel<T><<<grid, NORM_WARPS * 32, 0, stream>>>(
-                                        (const T *)x, w, (int)w_dt, (T *)out, n_pieces, (int)width, eps));
+        ANVIL_CUDA_DISPATCH(act_dt,
+                            anvil_launch(anvil_rmsnorm_warp_kernel<T>, grid, NORM_WARPS * 32, 0, stream,
+                                         (const T *)x, w, (int)w_dt, (T *)out, n_pieces, (int)width, eps));
     } else {
         CHECK(n_pieces <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows", (long long)n_pieces);
         ANVIL_CUDA_DISPATCH(act_dt, {
             constexpr int V = 16 / sizeof(T);
             if (width % V == 0 && anvil_aligned16(x) && anvil_aligned16(out))
-                anvil_rmsnorm_block_vec_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
-                    (const T *)x, w, (int)w_dt, (T *)out, width, eps);
+                anvil_launch(anvil_rmsnorm_block_vec_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream,
+                             (const T *)x, w, (int)w_dt, (T *)out, width, eps);
             else
-                anvil_rmsnorm_block_kernel<T><<<(unsigned)n_pieces, NORM_BLOCK, 0, stream>>>(
-                    (const T *)x, w, (int)w_dt, (T *)out, width, eps);
+                anvil_launch(anvil_rmsnorm_block_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream,
+                             (const T *)x, w, (int)w_dt, (T *)out, width, eps);
         });
     }
     return ANVIL_CUDA_LAUNCHED("rmsnorm kernel");

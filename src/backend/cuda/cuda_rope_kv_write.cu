@@ -24,10 +24,13 @@ __device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float 
 }
 
 template <typename T>
-__global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T *v_cache, const int32_t *slots,
-                                           const int32_t *positions, const float *inv_freq, int32_t n_tokens,
-                                           int n_heads, int n_kv_heads, int head_dim, int64_t n_slots, int *err)
+__global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T *v_cache,
+                                           const int32_t *slots, const int32_t *positions,
+                                           const float *inv_freq, int32_t n_tokens, int n_heads,
+                                           int n_kv_heads, int head_dim, int64_t n_slots, int *err)
 {
+    anvil_pdl_wait();
+    anvil_pdl_launch();
     const int half = head_dim / 2;
     const int64_t qw = (int64_t)n_heads * head_dim, kw = (int64_t)n_kv_heads * head_dim;
     const int q_pairs = n_heads * half, all_pairs = (n_heads + n_kv_heads) * half;
@@ -65,9 +68,10 @@ extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, con
     const unsigned grid = a->n_tokens < 65535 ? (unsigned)a->n_tokens : 65535u;
     const int pairs = (a->n_heads + a->n_kv_heads) * (a->head_dim / 2);
     const unsigned threads = pairs >= 256 ? 256 : pairs >= 128 ? 128 : 64;
-    ANVIL_CUDA_DISPATCH(a->dt, anvil_rope_kv_write_kernel<T><<<grid, threads, 0, stream>>>(
-                                   (T *)a->q, (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
-                                   a->positions, a->rope_inv_freq, a->n_tokens, a->n_heads, a->n_kv_heads,
-                                   a->head_dim, n_slots, a->err));
+    ANVIL_CUDA_DISPATCH(a->dt,
+                        anvil_launch(anvil_rope_kv_write_kernel<T>, grid, threads, 0, stream, (T *)a->q,
+                                     (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
+                                     a->positions, a->rope_inv_freq, a->n_tokens, a->n_heads, a->n_kv_heads,
+                                     a->head_dim, n_slots, a->err));
     return ANVIL_CUDA_LAUNCHED("rope_kv_write kernel");
 }

@@ -65,6 +65,7 @@ struct sr_shared {
     union {
         u64 ord[SR_CAP];           /* a chunk of candidates, sorted by ord descending */
         double gsum[SR_MAX_GROUPS]; /* unsorted case: group sums, then their running sums */
+        u64 mass[SR_BINS];         /* sr_locate: approximate mass per bin */
     } buf;
     unsigned hist[SR_BINS];
     u64 tab[32];
@@ -539,6 +540,168 @@ __device__ int sr_unsorted(sr_shared &sh, const T *row, int n, bool vec, const s
     return sh.bcast_i;
 }
 
+/*
+ * Where the running mass (in the order) reaches t, roughly: a radix
+ * descent like sr_descend whose bins also sum an approximate mass (__expf,
+ * fixed point with 2^-40 steps: integer atomics, so deterministic), among
+ * the candidates with ord >= lo. Returns the ord range [*rlo, *rhi) of at
+ * most cap candidates that holds the crossing unless rounding put it next
+ * door (sr_query checks with exact sums and walks on).
+ */
+template <typename T>
+__device__ void sr_locate(sr_shared &sh, const T *row, int n, bool vec, const sr_row &R, u64 lo, double t,
+                          unsigned cap, u64 *rlo, u64 *rhi)
+{
+    const int shifts[6] = {53, 42, 32, 21, 10, 0}, widths[6] = {11, 11, 10, 11, 11, 10};
+    const double scale = 1099511627776.0; /* 2^40 */
+    const u64 tfx = __double2ull_rn(t * scale);
+    u64 prefix = 0, above = 0;
+    for (int lev = 0; lev < 6; lev++) {
+        const int sft = shifts[lev], hs = sft + widths[lev];
+        const unsigned mask = (1u << widths[lev]) - 1;
+        for (int i = threadIdx.x; i < SR_BINS; i += SR_THREADS) {
+            sh.hist[i] = 0;
+            sh.buf.mass[i] = 0;
+        }
+        if (threadIdx.x == 0)
+            sh.sel_bin = -1;
+        __syncthreads();
+        sr_each(row, n, vec, [&](int id, float x) {
+            float l;
+            unsigned key;
+            if (!sr_cand(R, x, l, key))
+                return;
+            const u64 o = sr_ord(key, id);
+            if (o < lo || (lev > 0 && (o >> hs) != (prefix >> hs)))
+                return;
+            const unsigned b = (unsigned)(o >> sft) & mask;
+            atomicAdd(&sh.hist[b], 1u);
+            const u64 fx = __double2ull_rn((double)__expf(__fsub_rn(l, R.mx)) * scale);
+            if (fx)
+                atomicAdd(&sh.buf.mass[b], fx);
+        });
+        __syncthreads();
+        const int b0 = SR_BINS - 1 - 2 * (int)threadIdx.x, b1 = b0 - 1;
+        const u64 m0 = sh.buf.mass[b0], m1 = sh.buf.mass[b1];
+        const unsigned h0 = sh.hist[b0], h1 = sh.hist[b1];
+        u64 tot;
+        const u64 a = above + sr_block_excl_scan<u64>(m0 + m1, (u64 *)sh.dscan, &tot);
+        if (a < tfx && a + m0 >= tfx) {
+            sh.sel_bin = b0;
+            sh.sel_hist = h0;
+        } else if (a + m0 < tfx && a + m0 + m1 >= tfx) {
+            sh.sel_bin = b1;
+            sh.sel_hist = h1;
+        }
+        /* the mass never reaches t (by the rough sums): the lowest bin */
+        const int lowest = sr_block_int(h1 ? b1 : h0 ? b0 : INT_MAX, 0, sh.ired2);
+        int fb = sh.sel_bin;
+        unsigned fh = sh.sel_hist;
+        u64 fabove = 0;
+        if (fb < 0 && lowest != INT_MAX) {
+            fb = lowest;
+            fh = sh.hist[fb];
+        }
+        /* the mass above the chosen bin, for the next level */
+        u64 mine = 0;
+        if (b0 > fb)
+            mine += m0;
+        if (b1 > fb)
+            mine += m1;
+        {
+            u64 all;
+            sr_block_excl_scan<u64>(mine, (u64 *)sh.dscan, &all);
+            fabove = all;
+        }
+        if (fb < 0) { /* nothing in range */
+            *rlo = lo;
+            *rhi = lo;
+            return;
+        }
+        const u64 nb = prefix | ((u64)fb << sft);
+        if (fh <= cap) {
+            const u64 up = prefix + ((u64)(fb + 1) << sft);
+            *rlo = nb;
+            *rhi = (lev == 0 && fb == SR_BINS - 1) || up < prefix ? ~0ull : up;
+            return;
+        }
+        above += fabove;
+        prefix = nb;
+    }
+    *rlo = prefix; /* not reached: a full ord is one element */
+    *rhi = prefix + 1;
+}
+
+/*
+ * The first candidate of the order among ord >= lo whose running mass
+ * (exact double sums: the mass above a chunk in one reduction, then the
+ * chunk's prefix sums) satisfies cum >= t (ge) or t < cum (!ge): its ord
+ * and running mass. False when none does; then *cum_at is the total and
+ * *last the last candidate. sr_locate finds the chunk; when rounding put
+ * the crossing outside it, the chunks are walked in order from there.
+ */
+template <typename T>
+__device__ bool sr_query(sr_shared &sh, const T *row, int n, bool vec, const sr_row &R, u64 lo, double t, bool ge,
+                         unsigned cap, u64 *ord, double *cum_at, u64 *last)
+{
+    double cum[SR_PER];
+    u64 rlo, rhi;
+    sr_locate(sh, row, n, vec, R, lo, t, cap, &rlo, &rhi);
+    if (rlo < lo)
+        rlo = lo;
+    double local = 0.0;
+    sr_each(row, n, vec, [&](int id, float x) {
+        float l;
+        unsigned key;
+        if (sr_cand(R, x, l, key)) {
+            const u64 o = sr_ord(key, id);
+            if (o >= lo && o >= rhi)
+                local = __dadd_rn(local, (double)sr_prob(R, l, sh.tab));
+        }
+    });
+    const double base = sr_block_sum_d(local, sh.dscan);
+    u64 hi = ~0ull;
+    double b = 0.0;
+    if (!(ge ? base >= t : t < base)) { /* the crossing is not above the chunk */
+        const int m = rhi > rlo ? sr_gather_sorted(sh, row, n, vec, R, rlo, rhi) : 0;
+        if (m > 0) {
+            sr_chunk_cums(sh, R, m, base, cum);
+            const int i = sr_chunk_first(sh, cum, m, t, ge);
+            if (i < m) {
+                *ord = sh.buf.ord[i];
+                *cum_at = sr_chunk_cum_at(sh, cum, i);
+                return true;
+            }
+            b = sr_chunk_cum_at(sh, cum, m - 1);
+            hi = sh.buf.ord[m - 1];
+        } else {
+            b = base;
+            hi = rlo;
+        }
+    }
+    /* walk the chunks in order from (hi, b) */
+    *last = hi;
+    for (;;) {
+        unsigned c;
+        const u64 bnd = sr_descend(sh, row, n, vec, R, lo, hi, cap, cap, &c);
+        if (c == 0) {
+            *cum_at = b;
+            return false;
+        }
+        const int m = sr_gather_sorted(sh, row, n, vec, R, bnd, hi);
+        sr_chunk_cums(sh, R, m, b, cum);
+        const int i = sr_chunk_first(sh, cum, m, t, ge);
+        if (i < m) {
+            *ord = sh.buf.ord[i];
+            *cum_at = sr_chunk_cum_at(sh, cum, i);
+            return true;
+        }
+        b = sr_chunk_cum_at(sh, cum, m - 1);
+        hi = sh.buf.ord[m - 1];
+        *last = hi;
+    }
+}
+
 /* Sorted survivors: the first K of the order (K <= total), then top-p,
  * then the draw, all in the order. */
 template <typename T>
@@ -546,10 +709,10 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
                          float top_p, double u, unsigned cap)
 {
     const u64 top = ~0ull; /* above every ord */
-    double cum[SR_PER];
     unsigned c;
     if (K <= cap) {
         /* the survivors fit one chunk */
+        double cum[SR_PER];
         const u64 b = sr_descend(sh, row, n, vec, R, 0, top, K, cap, &c);
         sr_gather_sorted(sh, row, n, vec, R, b, top);
         const int m = (int)K;
@@ -566,7 +729,8 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
             i = keep - 1;
         return sr_id(sh.buf.ord[i]);
     }
-    /* many survivors: their exact boundary and mass, then chunks in order */
+    /* many survivors: their exact boundary and mass, then the top-p and
+     * draw crossings, each found where the mass says */
     const u64 lo = K < total ? sr_descend(sh, row, n, vec, R, 0, top, K, K, &c) : 0;
     double local = 0.0;
     sr_each(row, n, vec, [&](int id, float x) {
@@ -576,55 +740,17 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
             local = __dadd_rn(local, (double)sr_prob(R, l, sh.tab));
     });
     const double sum = sr_block_sum_d(local, sh.dscan);
-    u64 lo_p = lo;       /* the survivors of top-p: ord >= lo_p */
-    double sum2 = sum;
-    int keep_in_first = -1; /* top-p's last survivor, when in the first chunk (still in shared memory) */
+    u64 lo_p = lo, o, last;
+    double sum2 = sum, at;
     if (top_p < 1.0f) {
-        const double target = __dmul_rn((double)top_p, sum);
-        u64 hi = top;
-        double base = 0.0;
-        for (int chunk = 0;; chunk++) {
-            const u64 b = sr_descend(sh, row, n, vec, R, lo, hi, cap, cap, &c);
-            if (c == 0)
-                break; /* the mass never reached: all survive, sum2 = the running sum */
-            const int m = sr_gather_sorted(sh, row, n, vec, R, b, hi);
-            sr_chunk_cums(sh, R, m, base, cum);
-            const int i = sr_chunk_first(sh, cum, m, target, true);
-            if (i < m) {
-                lo_p = sh.buf.ord[i];
-                sum2 = sr_chunk_cum_at(sh, cum, i);
-                if (chunk == 0)
-                    keep_in_first = i;
-                break;
-            }
-            base = sr_chunk_cum_at(sh, cum, m - 1);
-            sum2 = base;
-            hi = sh.buf.ord[m - 1];
-        }
+        /* not reached (rounding): all survive, with the walked total */
+        if (sr_query(sh, row, n, vec, R, lo, __dmul_rn((double)top_p, sum), true, cap, &o, &at, &last))
+            lo_p = o;
+        sum2 = at;
     }
-    const double r = __dmul_rn(u, sum2);
-    if (keep_in_first >= 0) {
-        int i = sr_chunk_first(sh, cum, keep_in_first + 1, r, false);
-        if (i > keep_in_first)
-            i = keep_in_first;
-        return sr_id(sh.buf.ord[i]);
-    }
-    u64 hi = top;
-    double base = 0.0;
-    int last = -1;
-    for (;;) {
-        const u64 b = sr_descend(sh, row, n, vec, R, lo_p, hi, cap, cap, &c);
-        if (c == 0)
-            return last; /* no crossing (rounding): the host takes the last survivor */
-        const int m = sr_gather_sorted(sh, row, n, vec, R, b, hi);
-        sr_chunk_cums(sh, R, m, base, cum);
-        const int i = sr_chunk_first(sh, cum, m, r, false);
-        if (i < m)
-            return sr_id(sh.buf.ord[i]);
-        base = sr_chunk_cum_at(sh, cum, m - 1);
-        hi = sh.buf.ord[m - 1];
-        last = sr_id(hi);
-    }
+    if (sr_query(sh, row, n, vec, R, lo_p, __dmul_rn(u, sum2), false, cap, &o, &at, &last))
+        return sr_id(o);
+    return sr_id(last); /* no crossing (rounding): the host takes the last survivor */
 }
 
 /* ---------------------------------------------------------------- the kernel */
