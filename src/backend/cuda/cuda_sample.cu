@@ -730,7 +730,7 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
         return sr_id(sh.buf.ord[i]);
     }
     /* many survivors: their exact boundary and mass, then the top-p and
-     * draw crossings, each found where the mass says */
+     * draw crossings: in the first chunk, or where the mass says */
     const u64 lo = K < total ? sr_descend(sh, row, n, vec, R, 0, top, K, K, &c) : 0;
     double local = 0.0;
     sr_each(row, n, vec, [&](int id, float x) {
@@ -742,13 +742,36 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
     const double sum = sr_block_sum_d(local, sh.dscan);
     u64 lo_p = lo, o, last;
     double sum2 = sum, at;
+    /* the first chunk of the order first: with the peaked distributions
+     * of language models both crossings are usually in it */
+    double cum[SR_PER];
+    const u64 b = sr_descend(sh, row, n, vec, R, lo, top, cap, cap, &c);
+    const int m = sr_gather_sorted(sh, row, n, vec, R, b, top);
+    sr_chunk_cums(sh, R, m, 0.0, cum);
+    int keep = -1; /* the top-p survivors in the first chunk: entries [0, keep) */
     if (top_p < 1.0f) {
-        /* not reached (rounding): all survive, with the walked total */
-        if (sr_query(sh, row, n, vec, R, lo, __dmul_rn((double)top_p, sum), true, cap, &o, &at, &last))
-            lo_p = o;
-        sum2 = at;
+        const double target = __dmul_rn((double)top_p, sum);
+        const int i = sr_chunk_first(sh, cum, m, target, true);
+        if (i < m) {
+            keep = i + 1;
+            lo_p = sh.buf.ord[i];
+            sum2 = sr_chunk_cum_at(sh, cum, i);
+        } else {
+            /* not reached at all (rounding): all survive, with the walked total */
+            if (sr_query(sh, row, n, vec, R, lo, target, true, cap, &o, &at, &last))
+                lo_p = o;
+            sum2 = at;
+        }
+    } else {
+        keep = m;
     }
-    if (sr_query(sh, row, n, vec, R, lo_p, __dmul_rn(u, sum2), false, cap, &o, &at, &last))
+    const double r = __dmul_rn(u, sum2);
+    if (keep > 0) { /* the chunk is still in shared memory */
+        const int i = sr_chunk_first(sh, cum, keep, r, false);
+        if (i < keep)
+            return sr_id(sh.buf.ord[i]);
+    }
+    if (sr_query(sh, row, n, vec, R, lo_p, r, false, cap, &o, &at, &last))
         return sr_id(o);
     return sr_id(last); /* no crossing (rounding): the host takes the last survivor */
 }
