@@ -222,9 +222,98 @@ static void sse(srv_gen *g, json_t *o)
     free(s);
 }
 
+/* A chunk without logprobs, formatted straight into g->buf: building a
+ * jansson object per token was the largest part of the server's own CPU at
+ * 64 streams (bench/server_cost.py). The same JSON as the jansson path. */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (k == 0 || i + k > n)
+            return 0;
+        for (size_t j = 1; j < k; j++)
+            if ((s[i + j] & 0xc0) != 0x80)
+                return 0;
+        i += k;
+    }
+    return 1;
+}
+
+static void put_escaped(srv_gen *g, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[256];
+    size_t k = 0;
+    tmp[k++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (k > sizeof tmp - 8) {
+            srv_gen_append(g, tmp, k);
+            k = 0;
+        }
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            tmp[k++] = '\\';
+            tmp[k++] = (char)c;
+        } else if (c == '\n') {
+            tmp[k++] = '\\';
+            tmp[k++] = 'n';
+        } else if (c < 0x20) {
+            memcpy(tmp + k, "\\u00", 4);
+            tmp[k + 4] = hex[c >> 4];
+            tmp[k + 5] = hex[c & 15];
+            k += 6;
+        } else {
+            tmp[k++] = (char)c;
+        }
+    }
+    tmp[k++] = '"';
+    srv_gen_append(g, tmp, k);
+}
+
 static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
                          anvil_request_finish finish)
 {
+    if (lp == NULL && utf8_ok((const unsigned char *)text, text_len)) {
+        char head[256];
+        int hn = snprintf(head, sizeof head,
+                          "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":", g->rid,
+                          g->chat ? "chat.completion.chunk" : "text_completion", g->created);
+        srv_gen_append(g, head, (size_t)hn);
+        put_escaped(g, g->model->name, strlen(g->model->name));
+        hn = snprintf(head, sizeof head, ",\"system_fingerprint\":null,\"choices\":[{\"index\":%d,",
+                      (int)index);
+        srv_gen_append(g, head, (size_t)hn);
+        if (g->chat) {
+            srv_gen_append(g, "\"delta\":{", 9);
+            int comma = 0;
+            if (!g->role_sent[index]) {
+                srv_gen_append(g, "\"role\":\"assistant\"", 18);
+                g->role_sent[index] = 1;
+                comma = 1;
+            }
+            if (text_len > 0 || finish == ANVIL_REQUEST_RUNNING) {
+                if (comma)
+                    srv_gen_append(g, ",", 1);
+                srv_gen_append(g, "\"content\":", 10);
+                put_escaped(g, text, text_len);
+            }
+            srv_gen_append(g, "},", 2);
+        } else {
+            srv_gen_append(g, "\"text\":", 7);
+            put_escaped(g, text, text_len);
+            srv_gen_append(g, ",", 1);
+        }
+        const char *f = finish == ANVIL_REQUEST_STOP        ? "\"stop\""
+                        : finish == ANVIL_REQUEST_LENGTH    ? "\"length\""
+                        : finish == ANVIL_REQUEST_CANCELLED ? "\"abort\""
+                        : finish == ANVIL_REQUEST_ERROR     ? "\"error\""
+                                                            : "null";
+        hn = snprintf(head, sizeof head, "\"logprobs\":null,\"finish_reason\":%s}]%s}\n\n", f,
+                      g->include_usage ? ",\"usage\":null" : "");
+        srv_gen_append(g, head, (size_t)hn);
+        return;
+    }
     json_t *o = envelope(g, g->chat ? "chat.completion.chunk" : "text_completion");
     json_t *c = json_object();
     json_object_set_new(c, "index", json_integer(index));
@@ -532,8 +621,9 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
      * others of a prompt that was cancelled or failed */
     if (j->n_prompts > 1 && (g->cancelled || j->failure != ANVIL_REQUEST_RUNNING || j->start_failed))
         n_cancel = to_cancel(j, ids, ids == stack_ids ? 8 : j->n_prompts);
-    pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
+    pthread_cond_broadcast(&g->cv); /* after unlocking: the woken thread need not wait for the lock; the
+                                       executor still holds its reference */
     cancel_ids(j, ids, n_cancel);
     if (ids != stack_ids)
         free(ids);
