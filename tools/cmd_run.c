@@ -16,6 +16,7 @@
 #include "anvil/runtime.h"
 #include "anvil/tokenizer.h"
 #include "commands.h"
+#include "core/error.h"
 #include "core/fileutil.h"
 
 typedef struct run_args {
@@ -283,6 +284,40 @@ static int on_token(void *user, int32_t tok)
     return 0;
 }
 
+/* The text of ids through the (primed) detokenizer d, into *text (malloc'd). */
+static anvil_status detok_all(anvil_detokenizer *d, const int32_t *ids, int32_t n, char **text, size_t *len)
+{
+    size_t cap = 64, at = 0;
+    char *buf = malloc(cap);
+    anvil_status st = buf ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    for (int32_t i = 0; st == ANVIL_OK && i <= n; i++) {
+        const char *t;
+        size_t k;
+        st = i < n ? anvil_detokenizer_push(d, ids[i], &t, &k) : anvil_detokenizer_flush(d, &t, &k);
+        while (st == ANVIL_OK && at + k + 1 > cap) {
+            char *b = realloc(buf, cap * 2);
+            if (b == NULL) {
+                st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+        if (st == ANVIL_OK) {
+            memcpy(buf + at, t, k);
+            at += k;
+        }
+    }
+    if (st != ANVIL_OK) {
+        free(buf);
+        return st;
+    }
+    buf[at] = '\0';
+    *text = buf;
+    *len = at;
+    return ANVIL_OK;
+}
+
 static const char *finish_name(anvil_finish_reason r)
 {
     return r == ANVIL_FINISH_STOP ? "stop" : r == ANVIL_FINISH_LENGTH ? "length" : "none";
@@ -359,7 +394,10 @@ int anvil_cmd_run(int argc, char **argv)
         goto done;
     }
     stream_state ss = {.print_ids = tok == NULL};
-    if (!a.json && tok && anvil_detokenizer_create(tok, 1, &detok) != ANVIL_OK) {
+    /* the text is what the generated ids add to the prompt's (a first word
+     * keeps its space after "The cat"), as the executor and the server give it */
+    if (tok && (anvil_detokenizer_create(tok, 1, &detok) != ANVIL_OK ||
+                anvil_detokenizer_prime(detok, prompt, (size_t)n_prompt) != ANVIL_OK)) {
         fprintf(stderr, "anvil run: %s\n", anvil_last_error());
         goto done;
     }
@@ -390,7 +428,7 @@ int anvil_cmd_run(int argc, char **argv)
         json_object_set_new(o, "ids", ids);
         if (tok) {
             size_t len = 0;
-            if (anvil_tokenizer_decode(tok, out, n_out, 1, &text, &len) != ANVIL_OK) {
+            if (detok_all(detok, out, n_out, &text, &len) != ANVIL_OK) {
                 fprintf(stderr, "anvil run: %s\n", anvil_last_error());
                 json_decref(o);
                 goto done;

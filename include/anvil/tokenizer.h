@@ -97,11 +97,27 @@ typedef struct anvil_detokenizer anvil_detokenizer;
 /*
  * A streaming detokenizer over tok (borrowed; it must outlive the
  * detokenizer). The concatenation of all text returned by push and flush
- * equals anvil_tokenizer_decode of all pushed ids, and no returned piece ends
- * inside a UTF-8 character. *out is taken by the caller; NULL on failure.
+ * equals anvil_tokenizer_decode of all pushed ids (after
+ * anvil_detokenizer_prime: the text they add to the primed ids), and no
+ * returned piece ends inside a UTF-8 character. *out is taken by the
+ * caller; NULL on failure.
  */
 anvil_status anvil_detokenizer_create(const anvil_tokenizer *tok, int skip_special_tokens,
                                       anvil_detokenizer **out);
+
+/*
+ * Gives a new (or flushed) detokenizer the n ids that come before the ones
+ * to be pushed, e.g. a prompt: their text is never returned, but the pushed
+ * ids are decoded after them. The text returned then is the text the pushed
+ * ids add: Hugging Face's decode(ids + pushed)[len(decode(ids)):] (vLLM's
+ * incremental detokenization), so a completion's first word keeps the space
+ * that a SentencePiece decoder strips at the start of a text, and a
+ * byte-level space is not doubled. Only the last few ids are kept (from a
+ * token that starts a character). When ids end inside a UTF-8 character,
+ * the character completed by the pushed ids is returned whole. n 0: no
+ * context.
+ */
+anvil_status anvil_detokenizer_prime(anvil_detokenizer *d, const int32_t *ids, size_t n);
 
 /* Pushes one id; *text and *len is the newly final text (may be empty), borrowed
  * from the detokenizer and valid until its next call. */

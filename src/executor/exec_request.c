@@ -355,9 +355,54 @@ static void *dup_mem(const void *p, size_t bytes)
     return q;
 }
 
+/* The text gen adds to the prompt (as the streamed text of a sample:
+ * exec_sample.c primes its detokenizer the same way). *text is malloc'd. */
+static anvil_status decode_after_prompt(const anvil_executor *ex, const xreq *r, const int32_t *gen, int32_t n_gen,
+                                        char **text, size_t *len)
+{
+    *text = NULL;
+    anvil_detokenizer *d;
+    TRY(anvil_detokenizer_create(ex->tok, r->p.skip_special_tokens, &d));
+    anvil_status st = anvil_detokenizer_prime(d, r->prompt, (size_t)r->n_prompt);
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (int32_t i = 0; st == ANVIL_OK && i <= n_gen; i++) {
+        const char *t;
+        size_t k;
+        st = i < n_gen ? anvil_detokenizer_push(d, gen[i], &t, &k) : anvil_detokenizer_flush(d, &t, &k);
+        if (st == ANVIL_OK && n + k + 1 > cap) {
+            size_t c = cap ? cap : 64;
+            while (c < n + k + 1)
+                c *= 2;
+            char *b = realloc(buf, c);
+            if (b == NULL) {
+                st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+            } else {
+                buf = b;
+                cap = c;
+            }
+        }
+        if (st == ANVIL_OK) {
+            memcpy(buf + n, t, k);
+            n += k;
+            buf[n] = '\0';
+        }
+    }
+    anvil_detokenizer_free(d);
+    if (st != ANVIL_OK) {
+        free(buf);
+        return st;
+    }
+    if (buf == NULL && (buf = calloc(1, 1)) == NULL)
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    *text = buf;
+    *len = n;
+    return ANVIL_OK;
+}
+
 static anvil_status fill_output(const anvil_executor *ex, const xreq *r, anvil_sequence_output *o,
                                 const int32_t *gen, int32_t n_gen, const float *lps, const anvil_token_logprob *top,
-                                const char *text, size_t text_len, int decode)
+                                const char *text, size_t text_len, int32_t n_decode)
 {
     o->token_ids = dup_mem(gen, (size_t)n_gen * sizeof *gen);
     CHECK(o->token_ids != NULL, ANVIL_ERR_OOM, "out of memory");
@@ -373,9 +418,10 @@ static anvil_status fill_output(const anvil_executor *ex, const xreq *r, anvil_s
     }
     if (ex->tok == NULL)
         return ANVIL_OK;
-    if (decode) {
-        /* beams: the end token is decoded with the rest, dropped as special */
-        return anvil_tokenizer_decode(ex->tok, gen, n_gen, r->p.skip_special_tokens, &o->text, &o->text_len);
+    if (n_decode >= 0) {
+        /* beams: decoded at the end, without the end token that stopped
+         * them (it adds no text, as a sample's) */
+        return decode_after_prompt(ex, r, gen, n_decode, &o->text, &o->text_len);
     }
     o->text = malloc(text_len + 1);
     CHECK(o->text != NULL, ANVIL_ERR_OOM, "out of memory");
@@ -416,7 +462,9 @@ anvil_status anvil_exec_result_build(anvil_executor *ex, xreq *r, anvil_request_
         for (int32_t i = 0; i < r->n_hyps; i++, k++) {
             const xhyp *h = &r->hyps[i];
             anvil_sequence_output *o = &res->sequences[k];
-            TRY_GOTO(fill_output(ex, r, o, h->tokens, h->n_tokens, h->logprobs, h->top, NULL, 0, 1), fail);
+            TRY_GOTO(fill_output(ex, r, o, h->tokens, h->n_tokens, h->logprobs, h->top, NULL, 0,
+                                 h->stopped && h->n_tokens > 0 ? h->n_tokens - 1 : h->n_tokens),
+                     fail);
             o->finish = h->stopped ? ANVIL_REQUEST_STOP : ANVIL_REQUEST_LENGTH;
             o->stop_token = h->stopped && h->n_tokens > 0 ? h->tokens[h->n_tokens - 1] : -1;
             o->stop_string = -1;
@@ -430,7 +478,7 @@ anvil_status anvil_exec_result_build(anvil_executor *ex, xreq *r, anvil_request_
             anvil_sequence_output *o = &res->sequences[k];
             const int32_t n_gen = s->n_tokens - r->n_prompt;
             TRY_GOTO(fill_output(ex, r, o, s->tokens + r->n_prompt, n_gen, s->logprobs, s->top, s->text, s->text_len,
-                                 r->beam),
+                                 r->beam ? n_gen : -1),
                      fail);
             o->finish = s->finish != ANVIL_REQUEST_RUNNING ? s->finish : why;
             o->stop_token = s->stop_token;

@@ -3,13 +3,15 @@
  * the stop conditions, and the text streamed out.
  *
  * Text. Each generated token goes through the sequence's streaming
- * detokenizer, whose output (never half a UTF-8 character) is appended to
- * s->text. Stop strings are searched in that text from s->stop_scan, the
- * earliest byte where a match could still start. Text that might be the
- * beginning of a stop string (the longest suffix equal to a prefix of one)
- * is held back from the events until the next tokens decide. A match cuts
- * the text where it starts. The token that ends a sequence (end-of-sequence
- * or a stop token id) stays in its ids but adds no text, as in vLLM.
+ * detokenizer, primed with the prompt's last tokens (the text is what the
+ * generated tokens add to the prompt's), whose output (never half a UTF-8
+ * character) is appended to s->text. Stop strings are searched in that
+ * text from s->stop_scan, the earliest byte where a match could still
+ * start. Text that might be the beginning of a stop string (the longest
+ * suffix equal to a prefix of one) is held back from the events until the
+ * next tokens decide. A match cuts the text where it starts. The token
+ * that ends a sequence (end-of-sequence or a stop token id) stays in its
+ * ids but adds no text, as in vLLM.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -104,11 +106,16 @@ static void check_stop_strings(const xreq *r, xseq *s, int32_t n_gen)
         s->stop_scan = s->text_len + 1 - r->max_stop_len;
 }
 
+/* The sequence's detokenizer, primed with the prompt: the text is what the
+ * generated ids add to the prompt's (HF's decode(prompt + gen) after
+ * decode(prompt), as vLLM streams it), so the first word keeps the space a
+ * SentencePiece decoder strips at the start of a text. */
 static anvil_status ensure_detok(anvil_executor *ex, const xreq *r, xseq *s)
 {
-    if (s->detok == NULL)
-        TRY(anvil_detokenizer_create(ex->tok, r->p.skip_special_tokens, &s->detok));
-    return ANVIL_OK;
+    if (s->detok != NULL)
+        return ANVIL_OK;
+    TRY(anvil_detokenizer_create(ex->tok, r->p.skip_special_tokens, &s->detok));
+    return anvil_detokenizer_prime(s->detok, r->prompt, (size_t)r->n_prompt);
 }
 
 anvil_status anvil_exec_text_finish(anvil_executor *ex, xreq *r, xseq *s)
