@@ -39,7 +39,6 @@ void srv_gen_release(srv_gen *g)
         free(j->echo[i]);
     free(j->echo);
     free(j->echo_len);
-    free(j->echo_space);
     free(j->subs);
     json_decref(j->choices);
     free(j);
@@ -339,33 +338,21 @@ static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t tex
     sse(g, o);
 }
 
-/* 1 when the generated text lost the word-start space of its first token:
- * the executor decodes the generated tokens as a text of their own, and
- * SentencePiece decoders drop a text's leading space. After an echoed
- * prompt the space belongs there ("The cat" + " was", not "The catwas"). */
-static int lost_space(const anvil_tokenizer *tok, int32_t first, const char *text, size_t len)
-{
-    const char *raw = tok ? anvil_tokenizer_token_text(tok, first) : NULL;
-    return raw && strncmp(raw, "\xe2\x96\x81", 3) == 0 && len > 0 && text[0] != ' ';
-}
-
-/* Echo text + generated text, as one JSON string. */
+/* Echo text + generated text, as one JSON string (the generated text is
+ * what the executor decoded after the prompt: "The cat" + " was"). */
 static json_t *choice_text(const srv_job *j, int32_t prompt, const anvil_sequence_output *sq)
 {
     const char *e = j->echo ? j->echo[prompt] : NULL;
     if (e == NULL)
         return jstr(sq->text, sq->text_len);
     size_t el = j->echo_len[prompt];
-    int sp = sq->n_tokens > 0 && lost_space(j->g.model->tok, sq->token_ids[0], sq->text, sq->text_len);
-    char *t = malloc(el + 1 + sq->text_len + 1);
+    char *t = malloc(el + sq->text_len + 1);
     if (t == NULL)
         return json_string("");
     memcpy(t, e, el);
-    if (sp)
-        t[el] = ' ';
     if (sq->text_len)
-        memcpy(t + el + (size_t)sp, sq->text, sq->text_len);
-    json_t *o = jstr(t, el + (size_t)sp + sq->text_len);
+        memcpy(t + el, sq->text, sq->text_len);
+    json_t *o = jstr(t, el + sq->text_len);
     free(t);
     return o;
 }
@@ -428,12 +415,14 @@ static void final_body(srv_job *j)
         int unavailable = j->failure == ANVIL_REQUEST_CANCELLED;
         /* a request that can never fit the KV cache is the client's to change */
         int too_big = !unavailable && j->failure_status == ANVIL_ERR_CAPACITY;
-        json_t *e =
-            srv_error_json(unavailable ? "the request was cancelled (server shutting down)" : j->failure_msg,
-                           unavailable ? "service_unavailable"
-                           : too_big   ? "invalid_request_error"
-                                       : "server_error",
-                           NULL, too_big ? "kv_cache_exceeded" : NULL);
+        const char *msg =
+            unavailable ? "the request was cancelled (the server is shutting down, or its model unloading)"
+                        : j->failure_msg;
+        json_t *e = srv_error_json(msg,
+                                   unavailable ? "service_unavailable"
+                                   : too_big   ? "invalid_request_error"
+                                               : "server_error",
+                                   NULL, too_big ? "kv_cache_exceeded" : NULL);
         g->http_status = unavailable ? 503 : too_big ? 400 : 500;
         char *s = json_dumps(e, JSON_COMPACT);
         json_decref(e);
@@ -517,6 +506,17 @@ void srv_job_abort(srv_job *j)
     free(ids);
 }
 
+void srv_gen_cancel(srv_gen *g)
+{
+    srv_job *j = (srv_job *)g; /* every srv_gen is the head of a srv_job */
+    uint64_t ids[SRV_MAX_PROMPTS];
+    pthread_mutex_lock(&g->mu);
+    g->cancelled = 1;
+    int32_t k = g->done ? 0 : to_cancel(j, ids, SRV_MAX_PROMPTS);
+    pthread_mutex_unlock(&g->mu);
+    cancel_ids(j, ids, k);
+}
+
 /* A streamed job's end, once every prompt finished. */
 static void stream_end(srv_job *j)
 {
@@ -590,35 +590,19 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
     pthread_mutex_lock(&g->mu);
     if (ev->kind == ANVIL_EVENT_TOKENS) {
         int32_t index = sub->prompt * g->n + ev->index;
-        if (j->echo_space && ev->index >= 0 && ev->index < g->n && ev->n_tokens > 0 &&
-            j->echo_space[index] == 0) {
-            const char *raw =
-                g->model->tok ? anvil_tokenizer_token_text(g->model->tok, ev->token_ids[0]) : NULL;
-            j->echo_space[index] = raw && strncmp(raw, "\xe2\x96\x81", 3) == 0 ? 1 : 2;
-        }
         if (!j->start_failed && g->stream && ev->index >= 0 && ev->index < g->n &&
             (ev->text_len > 0 || ev->finish != ANVIL_REQUEST_RUNNING || (ev->logprobs && ev->n_tokens > 0))) {
             json_t *lp = g->logprobs >= 0 && ev->logprobs
                              ? logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs, ev->top_logprobs,
                                              ev->n_top, 0)
                              : NULL;
-            char *spaced = NULL;
-            if (j->echo_space && j->echo_space[index] == 1 && ev->text_len > 0) {
-                j->echo_space[index] = 2;
-                if (ev->text[0] != ' ' && (spaced = malloc(ev->text_len + 1)) != NULL) {
-                    spaced[0] = ' ';
-                    memcpy(spaced + 1, ev->text, ev->text_len);
-                }
-            }
-            stream_chunk(g, index, spaced ? spaced : ev->text, ev->text_len + (spaced != NULL), lp,
-                         ev->finish);
-            free(spaced);
+            stream_chunk(g, index, ev->text, ev->text_len, lp, ev->finish);
         }
     } else if (ev->kind == ANVIL_EVENT_FINAL) {
         on_final(sub, ev->result);
     }
-    /* the HTTP side cancels g.id only: the other prompts follow, as do the
-     * others of a prompt that was cancelled or failed */
+    /* a prompt that was cancelled or failed cancels the others (the HTTP
+     * side cancels them all at once: srv_gen_cancel) */
     if (j->n_prompts > 1 && (g->cancelled || j->failure != ANVIL_REQUEST_RUNNING || j->start_failed))
         n_cancel = to_cancel(j, ids, ids == stack_ids ? 8 : j->n_prompts);
     pthread_mutex_unlock(&g->mu);
@@ -672,8 +656,6 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     if (ok && q->echo) {
         ok = (j->echo = calloc((size_t)j->n_prompts, sizeof *j->echo)) != NULL &&
              (j->echo_len = calloc((size_t)j->n_prompts, sizeof *j->echo_len)) != NULL;
-        if (ok && g->stream)
-            ok = (j->echo_space = calloc((size_t)j->n_choices, 1)) != NULL;
         for (int32_t i = 0; ok && i < j->n_prompts; i++) {
             const srv_prompt *p = &q->prompts[i];
             if (p->echo == NULL)

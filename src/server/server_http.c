@@ -20,7 +20,7 @@
 
 #include "core/error.h"
 #include "core/fileutil.h"
-#include "server/server_internal.h"
+#include "server/server_openai.h"
 
 /* One HTTP request: its body as it arrives. */
 typedef struct conn_ctx {
@@ -131,22 +131,12 @@ static int client_gone(struct MHD_Connection *c)
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
-static void gen_cancel(srv_gen *g)
-{
-    pthread_mutex_lock(&g->mu);
-    int need = !g->done && !g->cancelled;
-    g->cancelled = 1;
-    pthread_mutex_unlock(&g->mu);
-    if (need)
-        anvil_executor_cancel(g->model->ex, g->id);
-}
-
 void srv_http_cancel_model(anvil_server *s, srv_model *m)
 {
     pthread_mutex_lock(&s->mu);
     for (srv_gen *g = s->gens; g; g = g->next)
         if (g->model == m)
-            gen_cancel(g);
+            srv_gen_cancel(g);
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -177,7 +167,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         if (g->sent == g->len && !g->done) {
             pthread_mutex_unlock(&g->mu);
             if (client_gone(sc->conn)) {
-                gen_cancel(g);
+                srv_gen_cancel(g);
                 srv_cost_add(g->srv, t0);
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             }
@@ -203,7 +193,7 @@ static void stream_free(void *cls)
     stream_ctx *sc = cls;
     anvil_server *s = sc->g->srv;
     uint64_t t0 = srv_cpu_ns();
-    gen_cancel(sc->g); /* a no-op when it finished; else the client went away */
+    srv_gen_cancel(sc->g); /* a no-op when it finished; else the client went away */
     gen_untrack(s, sc->g);
     free(sc);
     srv_cost_add(s, t0);
@@ -230,7 +220,7 @@ static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c,
                : NULL;
         if (r == NULL) {
             free(sc);
-            gen_cancel(g);
+            srv_gen_cancel(g);
             gen_untrack(s, g);
             return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
         }
@@ -249,7 +239,7 @@ static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c,
         if (!g->done) {
             pthread_mutex_unlock(&g->mu);
             if (client_gone(c))
-                gen_cancel(g);
+                srv_gen_cancel(g);
             pthread_mutex_lock(&g->mu);
         }
     }
@@ -267,11 +257,12 @@ static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, 
 
 static enum MHD_Result serve_tokenize(anvil_server *s, struct MHD_Connection *c, json_t *body, int detok)
 {
-    json_t *mn = json_object_get(body, "model");
-    if (mn && !json_is_null(mn) && !json_is_string(mn))
-        return send_error(s, c, 400, "'model' must be a string", "invalid_request_error", "model",
-                          "invalid_type", NULL);
-    srv_model *m = srv_model_acquire(s, json_string_value(mn));
+    const char *name;
+    int status;
+    json_t *err;
+    if (srv_openai_model_name(body, &name, &status, &err) < 0)
+        return send_json(s, c, status, err, NULL);
+    srv_model *m = srv_model_acquire(s, name);
     if (m == NULL)
         return send_error(s, c, 404, "The model does not exist or is not loaded", "invalid_request_error",
                           "model", "model_not_found", NULL);
@@ -293,6 +284,11 @@ static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, 
             json_decref(o);
             return send_error(s, c, 400, "'prompt' must be a string (and 'add_special_tokens' a boolean)",
                               "invalid_request_error", "prompt", "invalid_type", NULL);
+        }
+        if (strlen(json_string_value(p)) != json_string_length(p)) { /* as /v1/completions refuses it */
+            json_decref(o);
+            return send_error(s, c, 400, "'prompt' must not contain a NUL character", "invalid_request_error",
+                              "prompt", "invalid_value", NULL);
         }
         int32_t *ids = NULL;
         int64_t n = 0;
@@ -335,6 +331,26 @@ static enum MHD_Result tokenize_with(anvil_server *s, struct MHD_Connection *c, 
     return send_json(s, c, 200, o, NULL);
 }
 
+/* what, then (je given) jansson's message and where: "...: '}' expected
+ * near end of file (line 1, column 16)". The message quotes the client's
+ * bytes: only printable ASCII is kept (the message must be a JSON string). */
+static void parse_error(const json_error_t *je, const char *what, char *buf, size_t cap)
+{
+    if (je == NULL) {
+        snprintf(buf, cap, "%s.", what);
+        return;
+    }
+    char text[JSON_ERROR_TEXT_LENGTH];
+    size_t i = 0;
+    for (; i + 1 < sizeof text && je->text[i]; i++)
+        text[i] = je->text[i] >= 0x20 && je->text[i] < 0x7f ? je->text[i] : '?';
+    text[i] = '\0';
+    if (je->line >= 1)
+        snprintf(buf, cap, "%s: %s (line %d, column %d).", what, text, je->line, je->column);
+    else
+        snprintf(buf, cap, "%s: %s.", what, text);
+}
+
 /* Constant-time comparison of the Authorization header with "Bearer KEY"
  * (key NULL: no authentication). */
 static int authorized(const char *key, struct MHD_Connection *c)
@@ -356,7 +372,7 @@ static int authorized(const char *key, struct MHD_Connection *c)
  * checked before anything looks for it: never a path outside the
  * repository). */
 static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *c, const char *url,
-                                        const char *method, conn_ctx *cc)
+                                        const char *method, conn_ctx *cc, uint64_t *t0)
 {
     const char *rest = url + strlen("/v2/repository");
     if (strcmp(rest, "/index") == 0) {
@@ -372,9 +388,11 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
             json_t *b = json_loadb(cc->body, cc->len, 0, &je);
             json_t *r = json_object_get(b, "ready");
             if (!json_is_object(b) || (r && !json_is_boolean(r))) {
+                char msg[400];
+                parse_error(b ? NULL : &je, "The body must be a JSON object like {\"ready\": true}", msg,
+                            sizeof msg);
                 json_decref(b);
-                return send_error(s, c, 400, "The body must be a JSON object like {\"ready\": true}",
-                                  "invalid_request_error", "ready", "invalid_json", NULL);
+                return send_error(s, c, 400, msg, "invalid_request_error", "ready", "invalid_json", NULL);
             }
             ready_only = json_is_true(r);
             json_decref(b);
@@ -416,8 +434,11 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
     json_t *body = NULL;
+    /* a load or unload is not the server's per-request work: outside the cost bracket */
+    srv_cost_add(s, *t0);
     int status =
         strcmp(verb, "load") == 0 ? srv_repo_load_http(s, name, &body) : srv_repo_unload_http(s, name, &body);
+    *t0 = srv_cpu_ns();
     return send_json(s, c, status, body, NULL);
 }
 
@@ -449,7 +470,7 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
             return send_error(s, c, 401,
                               "Incorrect admin key provided (the repository API needs the admin key).",
                               "invalid_request_error", NULL, "invalid_api_key", NULL);
-        return serve_repository(s, c, url, method, cc);
+        return serve_repository(s, c, url, method, cc, t0);
     }
     const route *rt = NULL;
     int model_path = strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0';
@@ -509,11 +530,15 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+    /* \u0000 is valid JSON: the mapping refuses it in each field it reads,
+     * naming the field (a C string would be cut at it) */
     json_error_t je;
-    json_t *body = json_loadb(cc->body ? cc->body : "", cc->len, 0, &je);
-    if (body == NULL)
-        return send_error(s, c, 400, "We could not parse the JSON body of your request.",
-                          "invalid_request_error", NULL, "invalid_json", NULL);
+    json_t *body = json_loadb(cc->body ? cc->body : "", cc->len, JSON_ALLOW_NUL, &je);
+    if (body == NULL) {
+        char msg[400];
+        parse_error(&je, "We could not parse the JSON body of your request", msg, sizeof msg);
+        return send_error(s, c, 400, msg, "invalid_request_error", NULL, "invalid_json", NULL);
+    }
     if (!json_is_object(body)) {
         json_decref(body);
         return send_error(s, c, 400, "The request body must be a JSON object.", "invalid_request_error", NULL,
@@ -718,7 +743,7 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
     /* what is left is cancelled; its final events end the responses */
     pthread_mutex_lock(&s->mu);
     for (srv_gen *g = s->gens; g; g = g->next)
-        anvil_executor_cancel(g->model->ex, g->id);
+        srv_gen_cancel(g); /* every prompt of it */
     pthread_mutex_unlock(&s->mu);
     wait_drained(s, 10.0);
     /* a response's last bytes may still be in MHD's buffer when its free

@@ -70,7 +70,6 @@ typedef struct srv_gen {
     int refs;
     struct anvil_server *srv;
     srv_model *model;
-    uint64_t id;
     int chat, stream, include_usage, n, echo;
     int32_t logprobs;          /* -1 none */
     int top_as_chat;           /* chat logprobs shape */
@@ -163,6 +162,10 @@ void srv_http_cancel_model(struct anvil_server *s, srv_model *m);
 /* server_gen.c */
 double srv_now(void);
 void srv_gen_release(srv_gen *g);
+/* Cancels every executor request of g (one per prompt) still running and
+ * marks g cancelled (a client that went away, a shutdown, an unload); their
+ * final events end the response. A no-op once g is done. */
+void srv_gen_cancel(srv_gen *g);
 void srv_gen_on_event(void *user, const anvil_event *ev);
 int srv_gen_append(srv_gen *g, const char *s, size_t n); /* with g->mu held */
 

@@ -164,6 +164,39 @@ static int string_field(parse_ctx *c, json_t *b, const char *k)
     json_t *v = get(b, k);
     if (v && !json_is_string(v))
         return fail(c, 400, k, "invalid_type", "'%s' must be a string", k);
+    if (v && has_nul(v))
+        return fail(c, 400, k, "invalid_value", "'%s' must not contain a NUL character", k);
+    return 0;
+}
+
+/* 1 when a string inside v (a chat message, the tools: what a chat template
+ * gets) holds a NUL, with its place appended to path (cap bytes): the
+ * rendered prompt is a C string, which a NUL would cut short. */
+static int nul_inside(json_t *v, char *path, size_t cap)
+{
+    size_t at = strlen(path);
+    if (json_is_string(v))
+        return has_nul(v);
+    size_t i;
+    const char *k;
+    json_t *e;
+    if (json_is_array(v)) {
+        json_array_foreach(v, i, e)
+        {
+            snprintf(path + at, cap - at, "[%zu]", i);
+            if (nul_inside(e, path, cap))
+                return 1;
+        }
+    } else if (json_is_object(v)) {
+        json_object_foreach(v, k, e)
+        {
+            snprintf(path + at, cap - at, ".%s", k);
+            utf8_trim(path); /* a key cut short must stay UTF-8 (the param is a JSON string) */
+            if (nul_inside(e, path, cap))
+                return 1;
+        }
+    }
+    path[at] = '\0';
     return 0;
 }
 
@@ -230,6 +263,8 @@ static json_t *content_text(parse_ctx *c, json_t *content, size_t i)
         snprintf(param, sizeof param, "messages[%zu].content[%zu]", i, j);
         if (!json_is_object(part))
             return fail(c, 400, param, "invalid_type", "%s must be a content part object", param), NULL;
+        if (json_is_string(ty) && has_nul(ty))
+            return fail(c, 400, param, "invalid_value", "%s.type must not contain a NUL character", param), NULL;
         if (ty && !(json_is_string(ty) && strcmp(json_string_value(ty), "text") == 0))
             return fail(c, 400, param, "invalid_value", "%s: only text content parts are supported", param),
                    NULL;
@@ -289,10 +324,14 @@ static json_t *chat_messages(parse_ctx *c, json_t *msgs)
             fail(c, 400, param, "invalid_type", "%s must be a string", param);
             goto fail;
         }
+        if (has_nul(role)) {
+            fail(c, 400, param, "invalid_value", "%s must not contain a NUL character", param);
+            goto fail;
+        }
         size_t r = 0;
         while (r < sizeof ROLES / sizeof ROLES[0] && strcmp(json_string_value(role), ROLES[r]) != 0)
             r++;
-        if (r == sizeof ROLES / sizeof ROLES[0] || has_nul(role)) {
+        if (r == sizeof ROLES / sizeof ROLES[0]) {
             fail(c, 400, param, "invalid_value",
                  "Invalid value '%s' for %s: supported roles are system, developer, user, assistant, tool, "
                  "function",
@@ -322,6 +361,15 @@ static json_t *chat_messages(parse_ctx *c, json_t *msgs)
             goto fail;
         json_object_set_new(copy, "content", text);
     }
+    json_array_foreach(msgs, i, m)
+    {
+        char path[128];
+        snprintf(path, sizeof path, "messages[%zu]", i);
+        if (nul_inside(m, path, sizeof path)) {
+            fail(c, 400, path, "invalid_value", "%s must not contain a NUL character", path);
+            goto fail;
+        }
+    }
     return out;
 oom:
     fail(c, 500, NULL, NULL, "out of memory");
@@ -331,7 +379,7 @@ fail:
 }
 
 /* tools / tool_choice / functions / response_format: what is accepted (see
- * docs/server-openai-notes.md); tools_json (malloc'd, may stay NULL) is
+ * docs/server.md, "Requests"); tools_json (malloc'd, may stay NULL) is
  * what the chat template sees. */
 static int chat_tools(parse_ctx *c, json_t *body, char **tools_json)
 {
@@ -349,12 +397,17 @@ static int chat_tools(parse_ctx *c, json_t *body, char **tools_json)
             return fail(c, 400, "tools", "invalid_value",
                         "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", i);
     }
+    char path[128] = "tools";
+    if (tools && nul_inside(tools, path, sizeof path))
+        return fail(c, 400, path, "invalid_value", "%s must not contain a NUL character", path);
     const char *ch = NULL;
     if (choice) {
         if (json_is_string(choice))
             ch = json_string_value(choice);
         else if (!json_is_object(choice))
             return fail(c, 400, "tool_choice", "invalid_type", "'tool_choice' must be a string or an object");
+        if (ch && has_nul(choice))
+            return fail(c, 400, "tool_choice", "invalid_value", "'tool_choice' must not contain a NUL character");
         if (ch && strcmp(ch, "none") != 0 && strcmp(ch, "auto") != 0 && strcmp(ch, "required") != 0)
             return fail(c, 400, "tool_choice", "invalid_value",
                         "'tool_choice' must be \"none\", \"auto\", \"required\" or a function");
@@ -386,6 +439,9 @@ static int response_format(parse_ctx *c, json_t *body)
     if (!json_is_object(rf) || !json_is_string(t))
         return fail(c, 400, "response_format", "invalid_type",
                     "'response_format' must be an object with a 'type'");
+    if (has_nul(t))
+        return fail(c, 400, "response_format", "invalid_value",
+                    "'response_format.type' must not contain a NUL character");
     const char *ty = json_string_value(t);
     if (strcmp(ty, "text") == 0)
         return 0;
@@ -894,8 +950,6 @@ static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **ou
         } else {
             j->subs[i].id = id;
             j->subs[i].enqueued = 1;
-            if (i == 0)
-                g->id = id;
         }
         pthread_mutex_unlock(&g->mu);
         if (st != ANVIL_OK) {

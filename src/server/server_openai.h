@@ -69,9 +69,9 @@ typedef struct srv_sub {
 } srv_sub;
 
 /* A srv_gen (first, so server_http.c sees one) with what a request of
- * several prompts, echo and best_of needs. g.id is the first prompt's
- * executor request: a cancel of it (or any sub-request ending cancelled, or
- * g.cancelled seen at an event) cancels the others. */
+ * several prompts, echo and best_of needs. srv_gen_cancel cancels every
+ * sub-request; one that ends cancelled or failed (or g.cancelled seen at an
+ * event) cancels the others. */
 typedef struct srv_job {
     srv_gen g;
     int32_t n_prompts, best_of, n_choices; /* n_choices = n_prompts * g.n */
@@ -80,7 +80,6 @@ typedef struct srv_job {
     int start_failed;          /* an enqueue failed: the others are cancelled, nothing is output */
     char **echo;               /* [n_prompts] echo text or NULL */
     size_t *echo_len;
-    unsigned char *echo_space; /* [n_choices] streamed echo: 0 unknown, 1 a word-start space is due, 2 done */
     json_t *choices;           /* non-streamed: [n_choices] filled as prompts finish */
     int64_t prompt_tokens, completion_tokens;
     int error_sent;            /* streamed: an error chunk went out */

@@ -141,6 +141,14 @@ def test_truncated_and_malformed_json(server):
     for body in ("", " ", "{", "}", "{,}", '{"prompt": "x",}', '{"prompt" "x"}', "[1, 2]", '"x"', "null", "42",
                  '{"prompt": "x"} trailing', "\x00", "{'prompt': 'x'}"):
         bad(server, raw_body=body)
+    # the message says what the parser found and where
+    err = bad(server, raw_body='{"prompt": "x",\n "max_tokens": tru}', code="invalid_json")
+    assert "invalid token near 'tru'" in err["message"] and "(line 2, column" in err["message"], err
+    err = bad(server, raw_body=text[:10], code="invalid_json")
+    assert "near end of file (line 1, column 10)" in err["message"], err
+    # the client's bytes quoted in it stay a valid JSON string (printable ASCII only)
+    err = bad(server, raw_body=b'{"prompt": \xff\xfe}', code="invalid_json")
+    assert err["message"].isascii() and "(line 1" in err["message"], err
     bad(server, raw_body="{", path="/v1/chat/completions", code="invalid_json")
 
 
@@ -174,16 +182,49 @@ def test_not_utf8_and_nul(server):
     # escaped lone surrogates are not text either
     bad(server, raw_body=json.dumps(GOOD).replace("Once", "Once \\ud800"), code="invalid_json")
     bad(server, raw_body=json.dumps(GOOD).replace("Once", "Once \\udc00\\ud800"), code="invalid_json")
-    # NUL characters: refused by the JSON parser, or (when it lets them through) by the field
-    for field, body, path in (("prompt", {**GOOD, "prompt": "Once\u0000upon"}, "/v1/completions"),
-                              ("prompt", {**GOOD, "prompt": ["ok", "\u0000"]}, "/v1/completions"),
-                              ("stop", {**GOOD, "stop": ["a\u0000b"]}, "/v1/completions"),
-                              ("stop", {**GOOD, "stop": "\u0000"}, "/v1/completions"),
-                              ("model", {**GOOD, "model": "stories260K\u0000../x"}, "/v1/completions"),
-                              ("messages[0].content", {**CHAT, "messages": [{"role": "user", "content": "a\u0000"}]},
-                               "/v1/chat/completions")):
+    # NUL characters (\u0000 is valid JSON): refused in every string field the server reads, naming it
+    # (a C string would be cut at the NUL); jansson itself refuses them in object keys
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\u0000}"}}
+    for field, body, path in (
+            ("prompt", {**GOOD, "prompt": "Once\u0000upon"}, "/v1/completions"),
+            ("prompt", {**GOOD, "prompt": ["ok", "\u0000"]}, "/v1/completions"),
+            ("stop", {**GOOD, "stop": ["a\u0000b"]}, "/v1/completions"),
+            ("stop", {**GOOD, "stop": "\u0000"}, "/v1/completions"),
+            ("model", {**GOOD, "model": "stories260K\u0000../x"}, "/v1/completions"),
+            ("user", {**GOOD, "user": "me\u0000"}, "/v1/completions"),
+            ("suffix", {**GOOD, "suffix": "\u0000"}, "/v1/completions"),
+            ("response_format", {**GOOD, "response_format": {"type": "text\u0000"}}, "/v1/completions"),
+            ("model", {**CHAT, "model": "stories260K\u0000"}, "/v1/chat/completions"),
+            ("messages[0].content", {**CHAT, "messages": [{"role": "user", "content": "a\u0000"}]},
+             "/v1/chat/completions"),
+            ("messages[0].content[0]", {**CHAT, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "a\u0000"}]}]}, "/v1/chat/completions"),
+            ("messages[0].content[0]", {**CHAT, "messages": [{"role": "user", "content": [
+                {"type": "text\u0000", "text": "a"}]}]}, "/v1/chat/completions"),
+            ("messages[0].role", {**CHAT, "messages": [{"role": "user\u0000", "content": "a"}]},
+             "/v1/chat/completions"),
+            ("messages[0].name", {**CHAT, "messages": [{"role": "user", "content": "a", "name": "x\u0000"}]},
+             "/v1/chat/completions"),
+            ("messages[1].tool_calls[0].function.arguments",
+             {**CHAT, "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": [call]},
+                                   {"role": "tool", "tool_call_id": "c1", "content": "1"}]}, "/v1/chat/completions"),
+            ("tools[0].function.name", {**CHAT, "tools": [{**tool, "function": {"name": "f\u0000"}}],
+                                        "tool_choice": "none"}, "/v1/chat/completions"),
+            ("tools[0].type", {**CHAT, "tools": [{**tool, "type": "function\u0000"}], "tool_choice": "none"},
+             "/v1/chat/completions"),
+            ("tool_choice", {**CHAT, "tools": [tool], "tool_choice": "none\u0000"}, "/v1/chat/completions"),
+            ("prompt", {"prompt": "a\u0000b"}, "/v1/tokenize"),
+            ("model", {"prompt": "a", "model": "stories260K\u0000"}, "/v1/tokenize"),
+            ("model", {"tokens": [1], "model": "stories260K\u0000"}, "/v1/detokenize")):
         err = bad(server, body, path=path)
-        assert err["code"] == "invalid_json" or err["param"] == field, (body, err)
+        assert err["param"] == field, (body, err)
+        assert "NUL" in err["message"] or err["code"] == "unsupported", (body, err)  # suffix: none is supported
+    err = bad(server, {**GOOD, "logit_bias": {"5\u0000": 1}}, code="invalid_json")
+    assert "NUL byte in object key" in err["message"], err
+    # a NUL in a field the server does not read is no harm
+    st, text, _ = server.request("POST", "/v1/completions", {**GOOD, "unknown": "a\u0000b"}, AUTH)
+    assert st == 200, text
     # a valid but unusual text is fine: emoji, CJK, combining marks, escaped supplementary planes
     for p in ("\U0001F600 \u65e5\u672c e\u0301", "\\ud83d\\ude00"):
         st, text, _ = server.request("POST", "/v1/completions", {**GOOD, "prompt": p}, AUTH)

@@ -1,7 +1,8 @@
 """anvil serve driven by the official openai client and by raw HTTP: the
 OpenAI shapes of completions and chat (streamed and not), greedy output equal
-to `anvil run`, every error status, a client that hangs up, and a graceful
-shutdown. A real server on stories260K, on 127.0.0.1 only."""
+to `anvil run` and to what Hugging Face decodes after the prompt, every error
+status, a client that hangs up (every prompt of its request cancelled), and a
+graceful shutdown. A real server on stories260K, on 127.0.0.1 only."""
 import http.client
 import json
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 
 import pytest
+from tokenizers import Tokenizer
 
 from conftest import ANVIL, SHARED
 
@@ -128,6 +130,35 @@ def test_greedy_completion_equals_anvil_run(client):
     assert chunks[-1].usage.completion_tokens == 24 and chunks[-1].choices == []
 
 
+def test_completion_text_is_what_it_adds_to_the_prompt(client, tmp_path):
+    """The completion of "The cat" is " and a boy ...": HF's
+    decode(prompt + gen)[len(decode(prompt)):], as OpenAI and vLLM return it
+    (a SentencePiece decoder alone strips the first word's space). The ids
+    come from `anvil run --input` with the same requests (the same executor,
+    the same seeded draws)."""
+    tok = Tokenizer.from_file(str(MODEL / "tokenizer.json"))
+    reqs = [{"prompt": p, "max_tokens": 12, "ignore_eos": True, **kw}
+            for p in ("The cat", "Once upon a time", "Lily and Tom went to the park. They saw a", "Tom had a")
+            for kw in ({"temperature": 0}, {"temperature": 1.0, "seed": 5, "n": 2})]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    r = subprocess.run([ANVIL, "run", "--model", MODEL, "--input", path, "--threads", "1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    refs = [json.loads(line) for line in r.stdout.splitlines()]
+    for req, ref in zip(reqs, refs):
+        kw = {k: v for k, v in req.items() if k not in ("prompt", "ignore_eos")}
+        c = client.completions.create(model="stories260K", prompt=req["prompt"], extra_body={"ignore_eos": True},
+                                      **kw)
+        ids = tok.encode(req["prompt"]).ids
+        assert len(c.choices) == len(ref["choices"])
+        for ch, want in zip(c.choices, ref["choices"]):
+            hf = tok.decode(ids + want["token_ids"])[len(tok.decode(ids)):]
+            assert ch.text == want["text"] == hf, (req, ch.text, hf)
+    cat = client.completions.create(model="stories260K", prompt="The cat", max_tokens=4, temperature=0)
+    assert cat.choices[0].text.startswith(" ")
+
+
 def test_stop_n_and_seed(client):
     full = client.completions.create(model="stories260K", prompt="Once upon a time", max_tokens=24, temperature=0).choices[0].text
     word = full.split()[4]
@@ -148,6 +179,9 @@ def test_logprobs(client):
     lp = c.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
     assert "".join(lp.tokens) == c.choices[0].text  # token strings add up to the text
+    # also where the first token starts a word ("The cat" + " and")
+    cat = client.completions.create(model="stories260K", prompt="The cat", max_tokens=4, temperature=0, logprobs=0)
+    assert "".join(cat.choices[0].logprobs.tokens) == cat.choices[0].text and cat.choices[0].text[0] == " "
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
     for chosen, top in zip(lp.token_logprobs, lp.top_logprobs):
         assert chosen <= 0 and 1 <= len(top) <= 2
@@ -360,9 +394,10 @@ def test_echo(client):
     e = greedy(client, "Once upon a time", echo=True)
     assert e.choices[0].text == "Once upon a time" + plain.choices[0].text
     assert e.usage == plain.usage
-    # a word-start token after the prompt keeps its space ("The cat" + " was", not "The catwas")
+    # a word-start token after the prompt keeps its space ("The cat" + " and", not "The catand"): the
+    # completion's own text has it, echo adds nothing
     cat = greedy(client, "The cat", echo=True).choices[0].text
-    assert cat.startswith("The cat ") and cat[len("The cat "):].strip() == greedy(client, "The cat").choices[0].text.strip()
+    assert cat == "The cat" + greedy(client, "The cat").choices[0].text and cat.startswith("The cat ")
     # token ids are echoed as their text (decoded as HF does: stories260K's <s> stays)
     ids = client.post("/tokenize", body={"prompt": "Once upon a time", "add_special_tokens": False},
                       cast_to=object)["tokens"]
@@ -376,6 +411,9 @@ def test_echo(client):
                                             temperature=0, stream=True, echo=True))
     assert chunks[0].choices[0].text == "Once upon a time"
     assert "".join(ch.choices[0].text for ch in chunks) == e.choices[0].text
+    chunks = list(client.completions.create(model="stories260K", prompt="The cat", max_tokens=10,
+                                            temperature=0, stream=True, echo=True))
+    assert "".join(ch.choices[0].text for ch in chunks) == cat
     # the prompt's logprobs are not computed: echo with logprobs is refused
     with pytest.raises(openai.BadRequestError) as ex:
         greedy(client, "Once upon a time", echo=True, logprobs=1)
@@ -440,19 +478,100 @@ def test_response_format_and_tools(client):
         client.chat.completions.create(model="stories260K", messages=msgs, max_tokens=2, tool_choice="required")
 
 
+def finished(server):
+    """anvil_requests_total by finish reason (one per executor request: one per prompt)."""
+    m = server.metrics()
+    return {f: m[f'anvil_requests_total{{model="stories260K",finish_reason="{f}"}}']
+            for f in ("stop", "length", "cancelled")}
+
+
+def delta(after, before):
+    return {k: after[k] - before[k] for k in after}
+
+
+def sse_until(port, body, done):
+    """Streams body; reads events until done(event) is true. Returns the
+    connection, its response and the events read (the caller hangs up or
+    reads on)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers=AUTH)
+    r = conn.getresponse()
+    assert r.status == 200
+    events = []
+    while True:
+        line = r.readline()
+        assert line, events
+        if line.startswith(b"data: {"):
+            events.append(json.loads(line[6:]))
+            if done(events[-1]):
+                return conn, r, events
+
+
+def first_prompt_stopped(ev):
+    return any(ch["index"] == 0 and ch["finish_reason"] == "stop" for ch in ev["choices"])
+
+
+# "Once upon a time" reaches "Lily" within 10 tokens; "Tom and Max" does not within 480 (greedy, ignore_eos)
+FIRST_STOPS = {"prompt": ["Once upon a time"] + ["Tom and Max"] * 5, "stop": ["Lily"], "n": 4, "temperature": 0,
+               "max_tokens": 480, "ignore_eos": True, "stream": True}
+
+
+def test_first_stops_precondition(client):
+    c = client.completions.create(model="stories260K", prompt=FIRST_STOPS["prompt"][:2], max_tokens=480,
+                                  temperature=0, stop=["Lily"], extra_body={"ignore_eos": True})
+    assert [ch.finish_reason for ch in c.choices] == ["stop", "length"]
+    assert c.usage.completion_tokens - 480 <= 12
+
+
 def test_several_prompts_disconnect(server):
-    """A client that leaves cancels every prompt of its request (the HTTP
-    side cancels the first; the others follow at their next event)."""
-    long = {"max_tokens": 480, "ignore_eos": True}
+    """A client that leaves cancels every prompt of its request at once (every
+    executor request of the job, not only the first prompt's): each ends
+    cancelled, none runs on to its length, also when the first prompt has
+    already finished."""
+    long = {"max_tokens": 480, "ignore_eos": True, "n": 4}
     for stream in (True, False):
+        before = finished(server)
         s = open_stream(server.port, {"prompt": ["Once upon a time", "The cat", "Tom"] * 2, "stream": stream, **long})
         if stream:
             first_data(s)
         else:
-            time.sleep(0.3)
+            time.sleep(0.1)
         s.close()
         m = wait_idle(server)
         assert m['anvil_num_requests_waiting{model="stories260K"}'] == 0
+        assert delta(finished(server), before) == {"stop": 0, "length": 0, "cancelled": 6}
+    # the first prompt ends (its stop string) before the client leaves; the five others are cancelled
+    before = finished(server)
+    conn, r, _ = sse_until(server.port, FIRST_STOPS, first_prompt_stopped)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    m = wait_idle(server)
+    assert m['anvil_kv_blocks{model="stories260K",state="free"}'] + \
+        m['anvil_kv_blocks{model="stories260K",state="cached"}'] == m['anvil_kv_blocks_total{model="stories260K"}']
+    assert delta(finished(server), before) == {"stop": 1, "length": 0, "cancelled": 5}
+
+
+def test_several_prompts_shutdown():
+    """SIGTERM when the first prompt of a request has finished: the shutdown
+    cancels every prompt still running (each sample ends with "abort" and the
+    stream with [DONE]), it does not wait for them to reach their length."""
+    srv = Server("--api-key", KEY, "--shutdown-timeout", 0)
+    try:
+        conn, r, events = sse_until(srv.port, FIRST_STOPS, first_prompt_stopped)
+        srv.proc.send_signal(signal.SIGTERM)
+        rest = r.read()
+        assert rest.endswith(b"data: [DONE]\n\n"), rest[-300:]
+        events += [json.loads(line[6:]) for line in rest.split(b"\n") if line.startswith(b"data: {")]
+        finish = {}
+        for ev in events:
+            for ch in ev["choices"]:
+                finish[ch["index"]] = ch["finish_reason"] or finish.get(ch["index"])
+        assert [finish[i] for i in range(4)] == ["stop"] * 4
+        assert [finish[i] for i in range(4, 24)] == ["abort"] * 20, finish
+        conn.close()
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        srv.stop()
 
 
 def test_several_prompts_queue_full():
