@@ -11,14 +11,11 @@ the load takes two readings:
   handler callbacks, the stream reader, request mapping, the executor
   callbacks that format chunks) over process_cpu_seconds_total
   (getrusage); their ratio is the number the issue asks for.
-- /proc/<pid>/task/*/stat: CPU time per thread. MHD names its threads
-  (MHD-listen, MHD-connection); the executor, the thread pool and main are
-  "anvil". Connection threads that ended are in the process total only, so
-  HTTP threads = process - live "anvil" threads. This is a cross-check that
-  needs no cooperation from the server; it cannot separate the formatting
-  done in the executor's callbacks (on the executor's thread), and it counts
-  MHD's own work (socket writes, header parsing, polling) that the brackets
-  do not see.
+- /proc/<pid>/task/*/stat: CPU time per thread. The server's event loop
+  (MHD, request mapping, writes) is "anvil-http"; the executor, the thread
+  pool and main are "anvil". This is a cross-check that needs no
+  cooperation from the server; it cannot see the formatting done in the
+  executor's callbacks (on the executor's thread).
 With --perf FILE it also records `perf record -g` of the server over the
 load.
 """
@@ -84,13 +81,13 @@ def perf_profile(path):
                 for ln in lines[1:]]
         leaf = syms[0] if syms else "?"
         chain = " ".join(syms)
-        if comm.startswith(("MHD", ":")):  # ":tid": a connection thread born after perf attached
+        if comm.startswith(("MHD", "anvil-http")):
             if "sendto" in chain or "__send" in chain or "writev" in chain:
                 k = "HTTP threads: send() of SSE chunks (incl. loopback delivery to the client)"
             elif "futex" in chain or "lll_lock" in chain or "cond_timedwait" in chain:
                 k = "HTTP threads: waits and wake-ups (condition variable, mutex)"
             elif "poll" in chain:
-                k = "HTTP threads: poll() (MHD, client_gone)"
+                k = "HTTP threads: poll()/epoll (MHD, hang-up sweep)"
             elif "clock_gettime" in chain:
                 k = "HTTP threads: clock_gettime (cost counters, timed waits)"
             elif "srv_openai" in chain or "anvil_tokenize" in chain or "chat_template" in chain:
@@ -98,8 +95,8 @@ def perf_profile(path):
             else:
                 k = "HTTP threads: other (MHD parsing, thread start/exit, ...)"
         elif "srv_" in chain:
-            if "cond_broadcast" in chain or "futex" in chain:
-                k = "executor thread, server callbacks: waking the HTTP threads"
+            if "srv_wake" in chain or "futex" in chain:
+                k = "executor thread, server callbacks: waking the HTTP loop"
             elif "json" in chain:
                 k = "executor thread, server callbacks: JSON"
             else:
@@ -188,11 +185,12 @@ def main():
     groups = {}
     for tid, (name, cpu) in t1.items():
         d = cpu - t0.get(tid, (name, 0.0))[1]
-        key = name if name.startswith("MHD") else "anvil (main, executor, pool)"
+        key = name if name.startswith(("MHD", "anvil-http")) else "anvil (main, executor, pool)"
         groups[key] = groups.get(key, 0.0) + d
     proc = r1["proc"] - r0["proc"]
     live = sum(groups.values())
-    groups["ended threads (MHD-connection)"] = proc - live
+    if proc - live > 0.005:
+        groups["ended threads"] = proc - live
     http_cpu = proc - groups["anvil (main, executor, pool)"]
     print(f"/proc: process {proc:.2f} s; " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(groups.items())) +
           f"; HTTP threads {http_cpu:.2f} s = {100 * http_cpu / proc:.2f}%")

@@ -151,7 +151,7 @@ int anvil_server_in_flight(anvil_server *s);
 /*
  * Graceful shutdown: stop accepting connections, let requests in flight
  * finish for up to timeout_s seconds, cancel the rest, wait for them to end
- * and stop the HTTP threads. Idempotent.
+ * and stop the server's event loop thread. Idempotent.
  */
 void anvil_server_shutdown(anvil_server *s, double timeout_s);
 

@@ -31,7 +31,6 @@ void srv_gen_release(srv_gen *g)
     srv_job *j = (srv_job *)g; /* every srv_gen is the head of a srv_job */
     srv_model_release(g->model);
     pthread_mutex_destroy(&g->mu);
-    pthread_cond_destroy(&g->cv);
     json_decref(g->stop);
     free(g->buf);
     free(g->role_sent);
@@ -605,9 +604,10 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
      * side cancels them all at once: srv_gen_cancel) */
     if (j->n_prompts > 1 && (g->cancelled || j->failure != ANVIL_REQUEST_RUNNING || j->start_failed))
         n_cancel = to_cancel(j, ids, ids == stack_ids ? 8 : j->n_prompts);
+    int wake = g->stream || g->done; /* a non-streamed body waits for the end */
     pthread_mutex_unlock(&g->mu);
-    pthread_cond_broadcast(&g->cv); /* after unlocking: the woken thread need not wait for the lock; the
-                                       executor still holds its reference */
+    if (wake)
+        srv_wake(srv, &g->w); /* after unlocking: the loop need not wait for the lock */
     cancel_ids(j, ids, n_cancel);
     if (ids != stack_ids)
         free(ids);
@@ -631,7 +631,7 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     j->n_choices = q->n_prompts * q->n;
     j->failure = ANVIL_REQUEST_RUNNING;
     pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    g->w.fd = -1;
     g->refs = 1;
     g->srv = s;
     g->model = q->model;

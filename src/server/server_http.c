@@ -1,17 +1,16 @@
 /*
- * The HTTP side: libmicrohttpd with a thread per connection. Decision
- * (docs/server.md): a connection's thread may block, so a streamed response
- * is a content reader that waits on the request's condition variable (with a
- * short timeout to notice a client that hung up), and a non-streamed one
- * waits in the handler. No busy polling, no suspend/resume bookkeeping; the
- * price is a thread per open connection, bounded by max_connections.
+ * The HTTP side: libmicrohttpd in external epoll mode, run by the server's
+ * event loop (server_loop.c): one thread for every connection. Nothing here
+ * blocks: a request waiting for the executor suspends its connection, and
+ * srv_wake resumes it (docs/server.md, "Threads"). A streamed response is a
+ * content reader that hands over what the executor's callbacks formatted,
+ * or suspends; a repository load or unload runs on a thread of its own.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,18 +21,25 @@
 #include "core/fileutil.h"
 #include "server/server_openai.h"
 
-/* One HTTP request: its body as it arrives. */
+/* A repository load or unload on its own thread. */
+typedef struct repo_job {
+    anvil_server *s;
+    srv_waiter w;
+    char name[130];
+    int unload;
+    int done;                  /* guarded by s->wake_mu */
+    int status;
+    json_t *body;
+} repo_job;
+
+/* One HTTP request: its body as it arrives, then what it waits for. */
 typedef struct conn_ctx {
     char *body;
     size_t len;
     int too_large;
+    srv_gen *g;                /* a non-streamed generation in flight */
+    repo_job *job;             /* a repository load or unload in flight */
 } conn_ctx;
-
-/* A streamed response's reader state. */
-typedef struct stream_ctx {
-    srv_gen *g;
-    struct MHD_Connection *conn;
-} stream_ctx;
 
 void anvil_server_options_default(anvil_server_options *o)
 {
@@ -94,8 +100,13 @@ static enum MHD_Result send_error(anvil_server *s, struct MHD_Connection *c, int
 
 /* ------------------------------------------------------------ requests in flight */
 
-static void gen_track(anvil_server *s, srv_gen *g)
+static void gen_track(anvil_server *s, srv_gen *g, struct MHD_Connection *c)
 {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    pthread_mutex_lock(&s->wake_mu);
+    g->w.conn = c;
+    g->w.fd = ci ? ci->connect_fd : -1;
+    pthread_mutex_unlock(&s->wake_mu);
     pthread_mutex_lock(&s->mu);
     g->next = s->gens;
     g->prev = NULL;
@@ -109,6 +120,9 @@ static void gen_track(anvil_server *s, srv_gen *g)
 /* The HTTP side is done with g: untrack it and drop its reference. */
 static void gen_untrack(anvil_server *s, srv_gen *g)
 {
+    pthread_mutex_lock(&s->wake_mu);
+    g->w.conn = NULL; /* no wake-ups for a connection that is going */
+    pthread_mutex_unlock(&s->wake_mu);
     pthread_mutex_lock(&s->mu);
     if (g->prev)
         g->prev->next = g->next;
@@ -121,16 +135,6 @@ static void gen_untrack(anvil_server *s, srv_gen *g)
     srv_gen_release(g);
 }
 
-/* 1 when the client closed its end of the connection. */
-static int client_gone(struct MHD_Connection *c)
-{
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL)
-        return 1;
-    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
-    return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
-}
-
 void srv_http_cancel_model(anvil_server *s, srv_model *m)
 {
     pthread_mutex_lock(&s->mu);
@@ -140,113 +144,89 @@ void srv_http_cancel_model(anvil_server *s, srv_model *m)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Waits (with g->mu held) up to 250 ms for news: the hang-up check runs
- * that often when no token comes (every 50 ms woke each stream's thread 20
- * times a second for nothing, a measurable share of the server's CPU). */
-static void gen_wait(srv_gen *g)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 250 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&g->cv, &g->mu, &ts);
-}
-
+/* MHD's content reader of a stream: what the executor's callbacks
+ * formatted so far, or (nothing new) the connection is suspended until
+ * srv_wake. */
 static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
-    stream_ctx *sc = cls;
-    srv_gen *g = sc->g;
-    uint64_t t0 = srv_cpu_ns();
+    srv_gen *g = cls;
+    anvil_server *s = g->srv;
+    if (atomic_load(&s->closing))
+        return MHD_CONTENT_READER_END_WITH_ERROR;
     pthread_mutex_lock(&g->mu);
-    while (g->sent == g->len && !g->done) {
-        gen_wait(g);
-        if (g->sent == g->len && !g->done) {
-            pthread_mutex_unlock(&g->mu);
-            if (client_gone(sc->conn)) {
-                srv_gen_cancel(g);
-                srv_cost_add(g->srv, t0);
-                return MHD_CONTENT_READER_END_WITH_ERROR;
-            }
-            pthread_mutex_lock(&g->mu);
-        }
-    }
-    ssize_t n;
+    ssize_t n = 0;
     if (g->sent < g->len) {
         size_t k = g->len - g->sent < max ? g->len - g->sent : max;
         memcpy(buf, g->buf + g->sent, k);
         g->sent += k;
         n = (ssize_t)k;
-    } else {
+    } else if (g->done) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        srv_suspend(s, &g->w); /* under g->mu: an event appended now wakes it */
     }
     pthread_mutex_unlock(&g->mu);
-    srv_cost_add(g->srv, t0);
     return n;
 }
 
 static void stream_free(void *cls)
 {
-    stream_ctx *sc = cls;
-    anvil_server *s = sc->g->srv;
-    uint64_t t0 = srv_cpu_ns();
-    srv_gen_cancel(sc->g); /* a no-op when it finished; else the client went away */
-    gen_untrack(s, sc->g);
-    free(sc);
-    srv_cost_add(s, t0);
+    srv_gen *g = cls;
+    srv_gen_cancel(g); /* a no-op when it finished; else the client went away */
+    gen_untrack(g->srv, g);
 }
 
-/* *t0: the CPU clock of this handler's cost bracket, paused around
- * srv_openai_generate (which accounts for its own work). */
+/* A non-streamed request's answer once it is done (else it suspends
+ * again: a wake-up that came early). */
+static enum MHD_Result finish_generate(anvil_server *s, struct MHD_Connection *c, conn_ctx *cc)
+{
+    srv_gen *g = cc->g;
+    if (atomic_load(&s->closing)) {
+        srv_gen_cancel(g);
+        gen_untrack(s, g);
+        cc->g = NULL;
+        return MHD_NO;
+    }
+    pthread_mutex_lock(&g->mu);
+    int done = g->done;
+    if (!done)
+        srv_suspend(s, &g->w);
+    pthread_mutex_unlock(&g->mu);
+    if (!done)
+        return MHD_YES;
+    enum MHD_Result ret =
+        send_buf(s, c, g->http_status, "application/json", g->buf ? g->buf : "", g->len, NULL);
+    gen_untrack(s, g);
+    cc->g = NULL;
+    return ret;
+}
+
 static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat,
-                                      uint64_t *t0)
+                                      conn_ctx *cc)
 {
     srv_gen *g = NULL;
     int status = 500;
     json_t *err = NULL;
-    srv_cost_add(s, *t0);
-    int rc = srv_openai_generate(s, body, chat, &g, &status, &err);
-    *t0 = srv_cpu_ns();
-    if (rc < 0)
+    if (srv_openai_generate(s, body, chat, &g, &status, &err) < 0)
         return send_json(s, c, status, err, NULL);
-    gen_track(s, g);
-    if (g->stream) {
-        stream_ctx *sc = malloc(sizeof *sc);
-        struct MHD_Response *r =
-            sc ? MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, sc, stream_free)
-               : NULL;
-        if (r == NULL) {
-            free(sc);
-            srv_gen_cancel(g);
-            gen_untrack(s, g);
-            return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
-        }
-        sc->g = g;
-        sc->conn = c;
-        MHD_add_response_header(r, "Content-Type", "text/event-stream");
-        MHD_add_response_header(r, "Cache-Control", "no-cache");
-        enum MHD_Result ret = MHD_queue_response(c, 200, r);
-        MHD_destroy_response(r);
-        count_status(s, 200);
-        return ret;
+    gen_track(s, g, c);
+    if (!g->stream) {
+        cc->g = g;
+        return finish_generate(s, c, cc);
     }
-    pthread_mutex_lock(&g->mu);
-    while (!g->done) {
-        gen_wait(g);
-        if (!g->done) {
-            pthread_mutex_unlock(&g->mu);
-            if (client_gone(c))
-                srv_gen_cancel(g);
-            pthread_mutex_lock(&g->mu);
-        }
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_reader, g, stream_free);
+    if (r == NULL) {
+        srv_gen_cancel(g);
+        gen_untrack(s, g);
+        return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
     }
-    pthread_mutex_unlock(&g->mu);
-    enum MHD_Result ret =
-        send_buf(s, c, g->http_status, "application/json", g->buf ? g->buf : "", g->len, NULL);
-    gen_untrack(s, g);
+    MHD_add_response_header(r, "Content-Type", "text/event-stream");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    count_status(s, 200);
     return ret;
 }
 
@@ -368,11 +348,80 @@ static int authorized(const char *key, struct MHD_Connection *c)
     return diff == 0;
 }
 
+static void *repo_job_main(void *arg)
+{
+    repo_job *j = arg;
+    anvil_server *s = j->s;
+    json_t *body = NULL;
+    int status = j->unload ? srv_repo_unload_http(s, j->name, &body) : srv_repo_load_http(s, j->name, &body);
+    pthread_mutex_lock(&s->wake_mu);
+    j->status = status;
+    j->body = body;
+    j->done = 1;
+    pthread_mutex_unlock(&s->wake_mu);
+    srv_wake(s, &j->w);
+    atomic_fetch_sub(&s->n_jobs, 1);
+    return NULL;
+}
+
+/* A load or unload takes seconds: on a thread of its own, the connection
+ * suspended meanwhile (the event loop serves everybody else). */
+static enum MHD_Result start_repo_job(anvil_server *s, struct MHD_Connection *c, conn_ctx *cc, const char *name,
+                                      int unload)
+{
+    repo_job *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
+    j->s = s;
+    j->w.conn = c;
+    j->w.fd = -1;
+    j->unload = unload;
+    snprintf(j->name, sizeof j->name, "%s", name);
+    cc->job = j;
+    atomic_fetch_add(&s->n_jobs, 1);
+    srv_suspend(s, &j->w); /* before the thread can wake it */
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int e = pthread_create(&t, &attr, repo_job_main, j);
+    pthread_attr_destroy(&attr);
+    if (e != 0) {
+        /* answered on the resumed connection's next call */
+        atomic_fetch_sub(&s->n_jobs, 1);
+        pthread_mutex_lock(&s->wake_mu);
+        j->status = 500;
+        j->body = srv_error_json("cannot start a thread for the load", "server_error", NULL, NULL);
+        j->done = 1;
+        pthread_mutex_unlock(&s->wake_mu);
+        srv_wake(s, &j->w);
+    }
+    return MHD_YES;
+}
+
+/* The answer of a load or unload once its thread is done. */
+static enum MHD_Result finish_repo_job(anvil_server *s, struct MHD_Connection *c, conn_ctx *cc)
+{
+    repo_job *j = cc->job;
+    pthread_mutex_lock(&s->wake_mu);
+    int done = j->done;
+    pthread_mutex_unlock(&s->wake_mu);
+    if (!done) {
+        srv_suspend(s, &j->w);
+        return MHD_YES;
+    }
+    cc->job = NULL;
+    json_t *body = j->body;
+    int status = j->status;
+    free(j);
+    return send_json(s, c, status, body, NULL);
+}
+
 /* /v2/repository/...: the index, or a model's load / unload (the name is
  * checked before anything looks for it: never a path outside the
  * repository). */
 static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *c, const char *url,
-                                        const char *method, conn_ctx *cc, uint64_t *t0)
+                                        const char *method, conn_ctx *cc)
 {
     const char *rest = url + strlen("/v2/repository");
     if (strcmp(rest, "/index") == 0) {
@@ -433,13 +482,7 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
                           "invalid_request_error", "name", "invalid_model_name", NULL);
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
-    json_t *body = NULL;
-    /* a load or unload is not the server's per-request work: outside the cost bracket */
-    srv_cost_add(s, *t0);
-    int status =
-        strcmp(verb, "load") == 0 ? srv_repo_load_http(s, name, &body) : srv_repo_unload_http(s, name, &body);
-    *t0 = srv_cpu_ns();
-    return send_json(s, c, status, body, NULL);
+    return start_repo_job(s, c, cc, name, strcmp(verb, "unload") == 0);
 }
 
 typedef struct route {
@@ -463,14 +506,14 @@ static const route routes[] = {
 };
 
 static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const char *url,
-                                const char *method, conn_ctx *cc, uint64_t *t0)
+                                const char *method, conn_ctx *cc)
 {
     if (strncmp(url, "/v2/repository/", 15) == 0) {
         if (!authorized(s->admin_key, c))
             return send_error(s, c, 401,
                               "Incorrect admin key provided (the repository API needs the admin key).",
                               "invalid_request_error", NULL, "invalid_api_key", NULL);
-        return serve_repository(s, c, url, method, cc, t0);
+        return serve_repository(s, c, url, method, cc);
     }
     const route *rt = NULL;
     int model_path = strncmp(url, "/v1/models/", 11) == 0 && url[11] != '\0';
@@ -546,7 +589,7 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     enum MHD_Result r;
     if (rt->id == R_COMPLETIONS || rt->id == R_CHAT)
-        r = serve_generate(s, c, body, rt->id == R_CHAT, t0);
+        r = serve_generate(s, c, body, rt->id == R_CHAT, cc);
     else
         r = serve_tokenize(s, c, body, rt->id == R_DETOKENIZE);
     json_decref(body);
@@ -555,7 +598,7 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
 
 static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c, const char *url,
                                       const char *method, const char *upload, size_t *upload_size,
-                                      void **con_cls, uint64_t *t0)
+                                      void **con_cls)
 {
     conn_ctx *cc = *con_cls;
     if (cc == NULL) {
@@ -589,21 +632,20 @@ static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c,
         *upload_size = 0;
         return MHD_YES;
     }
-    return dispatch(s, c, url, method, cc, t0);
+    /* called again once resumed: what the request waited for is there */
+    if (cc->g)
+        return finish_generate(s, c, cc);
+    if (cc->job)
+        return finish_repo_job(s, c, cc);
+    return dispatch(s, c, url, method, cc);
 }
 
-/* MHD's handler: the server's own CPU time is counted from here (the HTTP
- * side of the cost counters, docs/server.md). */
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size,
                                   void **con_cls)
 {
     (void)version;
-    anvil_server *s = cls;
-    uint64_t t0 = srv_cpu_ns();
-    enum MHD_Result r = handle_request(s, c, url, method, upload, upload_size, con_cls, &t0);
-    srv_cost_add(s, t0);
-    return r;
+    return handle_request(cls, c, url, method, upload, upload_size, con_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -611,14 +653,35 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     (void)c;
     (void)t;
-    uint64_t t0 = srv_cpu_ns();
+    anvil_server *s = cls;
     conn_ctx *cc = *con_cls;
-    if (cc) {
-        free(cc->body);
-        free(cc);
-        *con_cls = NULL;
+    if (cc == NULL)
+        return;
+    if (cc->g) { /* never seen: a waiting request's connection is suspended, so it cannot end */
+        srv_gen_cancel(cc->g);
+        gen_untrack(s, cc->g);
     }
-    srv_cost_add(cls, t0);
+    if (cc->job) { /* likewise; a job still running keeps its memory */
+        pthread_mutex_lock(&s->wake_mu);
+        int done = cc->job->done;
+        pthread_mutex_unlock(&s->wake_mu);
+        if (done) {
+            json_decref(cc->job->body);
+            free(cc->job);
+        }
+    }
+    free(cc->body);
+    free(cc);
+    *con_cls = NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)c;
+    (void)socket_context;
+    anvil_server *s = cls;
+    atomic_fetch_add(&s->n_conns, code == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -641,6 +704,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     if (s->opts.unload_timeout_s < 0)
         s->opts.unload_timeout_s = 0;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->wake_mu, NULL);
+    s->wake_fd = -1;
     pthread_mutex_init(&s->repo_mu, NULL);
     pthread_cond_init(&s->repo_cv, NULL);
     atomic_store(&s->ready, 1);
@@ -700,15 +765,21 @@ anvil_status anvil_server_start(anvil_server *s)
     addr.sin_port = htons((uint16_t)s->opts.port);
     CHECK(inet_pton(AF_INET, s->host, &addr.sin_addr) == 1, ANVIL_ERR_INVALID_ARG,
           "--host expects an IPv4 address, got '%s'", s->host);
+    /* external epoll mode: the server's own loop runs MHD (server_loop.c) */
     s->daemon = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL, 0, NULL,
-        NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
-        on_completed, s, MHD_OPTION_CONNECTION_LIMIT, s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, s, MHD_OPTION_CONNECTION_LIMIT, s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)300, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     CHECK(s->daemon != NULL, ANVIL_ERR_IO, "cannot listen on %s:%d", s->host, s->opts.port);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : s->opts.port;
-    return ANVIL_OK;
+    anvil_status st = srv_loop_start(s);
+    if (st != ANVIL_OK) {
+        MHD_stop_daemon(s->daemon);
+        s->daemon = NULL;
+    }
+    return st;
 }
 
 int anvil_server_port(const anvil_server *s)
@@ -736,9 +807,7 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
     if (s == NULL || s->daemon == NULL)
         return;
     atomic_store(&s->shutting_down, 1);
-    MHD_socket ls = MHD_quiesce_daemon(s->daemon);
-    if (ls != MHD_INVALID_SOCKET)
-        close(ls);
+    srv_loop_quiesce(s); /* no new connections */
     wait_drained(s, timeout_s);
     /* what is left is cancelled; its final events end the responses */
     pthread_mutex_lock(&s->mu);
@@ -746,15 +815,15 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
         srv_gen_cancel(g); /* every prompt of it */
     pthread_mutex_unlock(&s->mu);
     wait_drained(s, 10.0);
+    /* loads and unloads on their threads end on their own */
+    while (atomic_load(&s->n_jobs) > 0)
+        usleep(20000);
     /* a response's last bytes may still be in MHD's buffer when its free
      * callback ran: give open connections a moment to flush */
     double end = srv_now() + 1.0;
-    for (;;) {
-        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (di == NULL || di->num_connections == 0 || srv_now() > end)
-            break;
+    while (atomic_load(&s->n_conns) > 0 && srv_now() < end)
         usleep(20000);
-    }
+    srv_loop_stop(s);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
 }
@@ -766,6 +835,7 @@ void anvil_server_free(anvil_server *s)
     anvil_server_shutdown(s, 0);
     srv_repo_free(s);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->wake_mu);
     pthread_mutex_destroy(&s->repo_mu);
     pthread_cond_destroy(&s->repo_cv);
     free(s->host);

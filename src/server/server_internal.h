@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "anvil/chat_template.h"
 #include "anvil/server.h"
@@ -62,11 +63,21 @@ typedef struct srv_entry {
     srv_model *m;              /* READY / UNLOADING: the model (the table holds one reference) */
 } srv_entry;
 
-/* One generation request in flight: shared by the HTTP thread that serves it
+/* A suspended HTTP connection waiting for news (tokens of a stream, the end
+ * of a request, a repository load): server_loop.c. Whoever has news calls
+ * srv_wake; the event loop resumes the connection. */
+typedef struct srv_waiter {
+    struct MHD_Connection *conn; /* NULL: no connection (any longer) */
+    int fd;                    /* its socket (the hang-up sweep) */
+    int suspended, queued;     /* guarded by srv->wake_mu */
+    struct srv_waiter *next;   /* the ready list */
+} srv_waiter;
+
+/* One generation request in flight: shared by the event loop that serves it
  * and the executor's callbacks (refcount 2 until the final event). */
 typedef struct srv_gen {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    srv_waiter w;              /* its connection */
     int refs;
     struct anvil_server *srv;
     srv_model *model;
@@ -107,7 +118,19 @@ struct anvil_server {
     atomic_int shutting_down;
     pthread_mutex_t repo_mu;   /* guards the model table and every srv_model's refs */
     pthread_cond_t repo_cv;    /* a reference dropped, a load or unload ended */
-    atomic_uint_fast64_t cost_ns; /* CPU time of the server's own work (srv_cost_add) */
+    atomic_uint_fast64_t cost_ns; /* CPU time of the server's own work off the event loop (srv_cost_add) */
+    atomic_uint_fast64_t exempt_ns; /* the executor's work on the event loop (enqueue: srv_cost_exempt) */
+    /* the event loop (server_loop.c) */
+    pthread_t loop;
+    int loop_running;
+    clockid_t loop_clock;      /* its CPU clock */
+    int wake_fd;               /* eventfd: the ready list got its first entry, or a request for the loop */
+    pthread_mutex_t wake_mu;   /* guards the ready list and every waiter's flags */
+    srv_waiter *ready_head, *ready_tail;
+    int n_suspended;           /* the loop's own */
+    atomic_int loop_stop, quiesce_req, closing;
+    atomic_int n_conns;        /* open connections */
+    atomic_int n_jobs;         /* repository loads and unloads on their threads */
     pthread_mutex_t mu;        /* guards gens, http counters */
     srv_gen *gens;
     int in_flight;
@@ -137,8 +160,26 @@ void srv_model_free(srv_model *m);
 /* CPU time of the calling thread, in ns (CLOCK_THREAD_CPUTIME_ID). */
 uint64_t srv_cpu_ns(void);
 /* Adds (srv_cpu_ns() - t0) to the server's "outside the executor" CPU time
- * (anvil_server_cpu_seconds_total in /metrics). */
+ * (anvil_server_cpu_seconds_total in /metrics): for the server's work on
+ * other threads than the event loop, whose CPU time counts whole. */
 void srv_cost_add(struct anvil_server *s, uint64_t t0);
+/* The executor's work done on the event loop since t0 (enqueue): not the
+ * server's. */
+void srv_cost_exempt(struct anvil_server *s, uint64_t t0);
+/* The server's own CPU time so far, in ns. */
+uint64_t srv_cost_total(struct anvil_server *s);
+
+/* server_loop.c: the event loop */
+/* Starts the loop thread over s->daemon (MHD in external epoll mode). */
+anvil_status srv_loop_start(struct anvil_server *s);
+/* Asks the loop to stop listening (MHD_quiesce_daemon on its thread). */
+void srv_loop_quiesce(struct anvil_server *s);
+/* Stops the loop: connections still suspended are resumed and closed first. */
+void srv_loop_stop(struct anvil_server *s);
+/* On the loop (an MHD callback): suspends w's connection until srv_wake. */
+void srv_suspend(struct anvil_server *s, srv_waiter *w);
+/* Any thread: w has news; a suspended connection is resumed by the loop. */
+void srv_wake(struct anvil_server *s, srv_waiter *w);
 
 /* server_repo.c: the repository (model table, load, unload, index) */
 const char *srv_state_name(int state);
@@ -153,7 +194,7 @@ json_t *srv_repo_models_json(struct anvil_server *s);
  * with srv_repo_release_all. */
 srv_model **srv_repo_acquire_all(struct anvil_server *s, int *n);
 void srv_repo_release_all(srv_model **ms, int n);
-/* Frees the whole table (anvil_server_free, after the HTTP threads stopped). */
+/* Frees the whole table (anvil_server_free, after the event loop stopped). */
 void srv_repo_free(struct anvil_server *s);
 
 /* server_http.c: cancels every request in flight on model m (an unload's timeout). */

@@ -95,7 +95,7 @@ char *srv_metrics_text(struct anvil_server *s)
         "# TYPE anvil_server_cpu_seconds_total counter\nanvil_server_cpu_seconds_total %.6f\n"
         "# HELP process_cpu_seconds_total Total user and system CPU time of the process.\n"
         "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.6f\n",
-        (double)atomic_load(&s->cost_ns) * 1e-9, proc);
+        (double)srv_cost_total(s) * 1e-9, proc);
     put(&b, "# HELP anvil_model_loads_total Loads of each model of the repository that succeeded.\n"
             "# TYPE anvil_model_loads_total counter\n");
     pthread_mutex_lock(&s->repo_mu);

@@ -1,6 +1,5 @@
 /* The server's models as reference-counted objects (srv_model_acquire /
- * srv_model_release), loading one from a folder, freeing one; and the
- * CPU-time accounting of the server's own work. */
+ * srv_model_release), loading one from a folder, freeing one. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -135,19 +134,4 @@ void srv_model_free(srv_model *m)
      * now, not at some later allocation: an unload returns its memory */
     malloc_trim(0);
 #endif
-}
-
-uint64_t srv_cpu_ns(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-void srv_cost_add(struct anvil_server *s, uint64_t t0)
-{
-    uint64_t t = srv_cpu_ns();
-    if (s && t > t0)
-        atomic_fetch_add(&s->cost_ns, t - t0);
 }

@@ -909,10 +909,9 @@ static const char *refused_param(const char *msg, const srv_mapped *q)
     return NULL;
 }
 
-/* The request's mapping and enqueue; the CPU time of the server's own work
- * (JSON, tokenization, chat template) goes to srv_cost_add, the executor's
- * (enqueue) does not. */
-static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, parse_ctx *c, uint64_t *t0)
+/* The request's mapping and enqueue (on the event loop, whose CPU time is
+ * the server's: the executor's part, the enqueue, is taken out). */
+static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, parse_ctx *c)
 {
     const char *name;
     if (srv_openai_model_name(body, &name, c->status, c->err) < 0)
@@ -940,10 +939,9 @@ static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **ou
         pthread_mutex_lock(&g->mu);
         g->refs++; /* the executor's, dropped by the final event */
         pthread_mutex_unlock(&g->mu);
-        uint64_t id = 0;
-        srv_cost_add(s, *t0);
+        uint64_t id = 0, t0 = srv_cpu_ns();
         anvil_status st = anvil_executor_enqueue(m->ex, &r, &id);
-        *t0 = srv_cpu_ns();
+        srv_cost_exempt(s, t0); /* the executor's work */
         pthread_mutex_lock(&g->mu);
         if (st != ANVIL_OK) {
             g->refs--; /* no event comes for a refused request */
@@ -978,8 +976,5 @@ int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen 
 {
     *out = NULL;
     parse_ctx pc = {status, err};
-    uint64_t t0 = srv_cpu_ns();
-    int rc = generate(s, body, chat, out, &pc, &t0);
-    srv_cost_add(s, t0);
-    return rc;
+    return generate(s, body, chat, out, &pc);
 }

@@ -5,8 +5,8 @@
  *
  * - Entries are never freed while the server lives (a thread waiting on one
  *   never sees it go); a repository folder that disappears is only hidden.
- * - A load runs on the thread that asked (an HTTP handler: with a thread per
- *   connection nothing else waits for it), outside the lock; the entry is
+ * - A load runs on a thread of its own (server_http.c: the event loop
+ *   serves everybody else meanwhile), outside the lock; the entry is
  *   LOADING meanwhile, so a second load of it waits for the first and never
  *   loads twice.
  * - An unload marks the model UNLOADING (srv_model_acquire refuses it: new

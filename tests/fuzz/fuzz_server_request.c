@@ -127,6 +127,7 @@ static void init(void)
     model.max_seq_len = 512;
     pthread_mutex_init(&model.mu, NULL);
     pthread_mutex_init(&srv.repo_mu, NULL);
+    pthread_mutex_init(&srv.wake_mu, NULL);
     pthread_cond_init(&srv.repo_cv, NULL);
     model.srv = &srv;
     model.refs = 1; /* the table's */
