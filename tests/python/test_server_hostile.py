@@ -430,6 +430,42 @@ def test_chat_messages(server):
     bad(server, {**CHAT, "echo": True}, path="/v1/chat/completions", param="echo")
 
 
+def test_idle_slow_and_stalled_connections(server):
+    """One event loop serves every connection, so none may hold it: 300 idle
+    sockets, 100 that send half a request head and stall, and streams whose
+    client never reads (its socket buffers fill) must not delay a normal
+    request; the stalled streams are cancelled when they hang up."""
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+    slow = []
+    for _ in range(100):
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        c.sendall(headers(extra="Content-Length: 50\r\n").encode()[:40])
+        slow.append(c)
+    stalled = []
+    for _ in range(4):
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # ~1.5 MB of chunks: more than the socket buffers hold
+        body = json.dumps({**GOOD, "max_tokens": 480, "ignore_eos": True, "stream": True, "n": 4,
+                           "logprobs": 5}).encode()
+        c.sendall(headers(extra=f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        stalled.append(c)
+    try:
+        time.sleep(1.0)  # the stalled streams fill their sockets
+        t = time.time()
+        st, text, _ = server.request("POST", "/v1/completions", GOOD, AUTH)
+        elapsed = time.time() - t
+        assert st == 200
+        got, ref = json.loads(text), json.loads(server.reference[1])
+        assert got["choices"] == ref["choices"]
+        assert elapsed < 10, elapsed  # not a timing claim: a blocked loop would never answer
+        assert server.metrics()["anvil_http_requests_in_flight"] >= 1  # the stalled streams are still there
+    finally:
+        for c in idle + slow + stalled:
+            c.close()
+    wait_idle(server)
+
+
 def test_still_healthy(server):
     """Runs last (pytest keeps the file's order): everything above left no trace."""
     assert server.request("GET", "/health")[0] == 200
