@@ -73,6 +73,11 @@ typedef struct anvil_server_options {
     /* Unloading a model waits this long for its requests to finish, then
      * cancels them; default 10. */
     double unload_timeout_s;
+    /* A stream is written every this many executor steps (its chunks of
+     * the steps between go out together), and always at its first token
+     * and its end; default 1 (every step). TensorRT-LLM's stream_interval:
+     * fewer writes for many streams of a fast model. */
+    int stream_interval;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);

@@ -604,7 +604,14 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
      * side cancels them all at once: srv_gen_cancel) */
     if (j->n_prompts > 1 && (g->cancelled || j->failure != ANVIL_REQUEST_RUNNING || j->start_failed))
         n_cancel = to_cancel(j, ids, ids == stack_ids ? 8 : j->n_prompts);
-    int wake = g->stream || g->done; /* a non-streamed body waits for the end */
+    /* a non-streamed body waits for the end; a stream is woken at its
+     * first chunk, then every stream_interval steps, and at its end */
+    int wake = g->done;
+    if (g->stream && !wake && ev->kind == ANVIL_EVENT_TOKENS && g->len > g->sent) {
+        wake = g->unwoken < 0 || ++g->unwoken >= g->wake_every;
+    }
+    if (wake)
+        g->unwoken = 0;
     pthread_mutex_unlock(&g->mu);
     if (wake)
         srv_wake(srv, &g->w); /* after unlocking: the loop need not wait for the lock */
@@ -643,6 +650,8 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     g->logprobs = q->logprobs;
     g->top_as_chat = q->chat;
     g->http_status = 200;
+    g->unwoken = -1;
+    g->wake_every = (s->opts.stream_interval > 1 ? s->opts.stream_interval : 1) * q->n;
     g->created = (long)time(NULL);
     snprintf(g->rid, sizeof g->rid, "%s-%016" PRIx64 "%08" PRIx64, q->chat ? "chatcmpl" : "cmpl",
              (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(uintptr_t)g,

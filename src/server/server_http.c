@@ -50,6 +50,7 @@ void anvil_server_options_default(anvil_server_options *o)
     o->max_connections = 1024;
     o->kv_cache_auto = 1;
     o->unload_timeout_s = 10;
+    o->stream_interval = 1;
 }
 
 /* ------------------------------------------------------------ responses */
@@ -703,6 +704,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         s->opts.max_connections = 1024;
     if (s->opts.unload_timeout_s < 0)
         s->opts.unload_timeout_s = 0;
+    if (s->opts.stream_interval < 1)
+        s->opts.stream_interval = 1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
     s->wake_fd = -1;

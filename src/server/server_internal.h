@@ -96,6 +96,8 @@ typedef struct srv_gen {
     double t_enqueue, t_last;
     int got_first;
     int cancelled;
+    int wake_every;            /* stream_interval x n: events between wake-ups */
+    int unwoken;               /* chunk events since the last wake-up (-1: none yet) */
     struct srv_gen *next, *prev; /* the server's list of requests in flight */
 } srv_gen;
 
