@@ -597,3 +597,46 @@ def test_several_prompts_queue_full():
         assert st == 400 and json.loads(text)["error"]["code"] == "kv_cache_exceeded", text
     finally:
         assert srv.stop() == 0
+
+
+def read_sse_raw(s):
+    """Reads a whole chunked SSE response from a raw socket: (events, the
+    number of HTTP chunks: one per write of the server's stream reader)."""
+    buf = b""
+    while not buf.endswith(b"0\r\n\r\n"):
+        chunk = s.recv(65536)
+        assert chunk, buf[-200:]
+        buf += chunk
+    text, rest, writes = b"", buf.split(b"\r\n\r\n", 1)[1], 0
+    while True:  # undo the chunked transfer encoding
+        size, rest = rest.split(b"\r\n", 1)
+        n = int(size, 16)
+        if n == 0:
+            break
+        text, rest, writes = text + rest[:n], rest[n + 2:], writes + 1
+    events = [json.loads(line[6:]) for line in text.split(b"\n") if line.startswith(b"data: {")]
+    assert text.endswith(b"data: [DONE]\n\n")
+    return events, writes
+
+
+def test_stream_interval():
+    """--stream-interval 4: the same stream, its chunks written four steps
+    at a time (about a quarter of the writes), the first token at once."""
+    steps = 40
+    body = {"prompt": "Once upon a time", "max_tokens": steps, "ignore_eos": True, "temperature": 0,
+            "n": 2, "logprobs": 2, "stream": True}
+    got = {}
+    for interval in (1, 4):
+        srv = Server("--api-key", KEY, "--stream-interval", interval)
+        try:
+            s = open_stream(srv.port, body)
+            events, writes = read_sse_raw(s)
+            s.close()
+            got[interval] = events
+            if interval == 4:  # the first token, then every 4 steps, and the end
+                assert writes <= steps // 4 + 3, writes
+        finally:
+            assert srv.stop() == 0
+    assert [ev["choices"] for ev in got[1]] == [ev["choices"] for ev in got[4]]
+    texts = ["".join(c["text"] for ev in got[4] for c in ev["choices"] if c["index"] == i) for i in (0, 1)]
+    assert texts[0] == texts[1] and len(texts[0]) > 20  # greedy: both samples the same
