@@ -14,6 +14,7 @@
  * request's send time, inter-token latency (ITL) between consecutive token
  * events of a sequence, time per output token (TPOT), end-to-end latency.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
@@ -331,7 +332,7 @@ static int from_file(const bench_args *a, dataset *d)
 {
     FILE *f = fopen(a->dataset, "r");
     if (f == NULL) {
-        fprintf(stderr, TOOL ": cannot open %s\n", a->dataset);
+        fprintf(stderr, TOOL ": cannot open %s: %s\n", a->dataset, strerror(errno));
         return -1;
     }
     long cap = 0;
@@ -649,6 +650,11 @@ int anvil_cmd_bench(int argc, char **argv)
            (long long)m.steps, dur > 0 ? 100.0 * m.busy_s / dur : 0.0,
            a.eo.ex.policy == ANVIL_CAPACITY_MAX_UTILIZATION ? "max-utilization" : "guaranteed-no-evict",
            ro->max_batch_size, ro->max_num_tokens);
+    if (m.steps > 0)
+        printf("  per step (ms)              schedule %.3f, forward %.3f, tokens %.3f (sampling on the host, stops, "
+               "text, events)\n",
+               1e3 * m.schedule_s / (double)m.steps, 1e3 * m.forward_s / (double)m.steps,
+               1e3 * m.tokens_s / (double)m.steps);
 
     if (a.json_path) {
         json_t *o = json_object(), *cfgj = json_object(), *lat = json_object();

@@ -9,6 +9,7 @@
  * "bos_token"?, "eos_token"?, "tools"?, ...more variables} and each output line
  * {"text": ...} or {"error": ...}.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "anvil/chat_template.h"
+#include "cli_error.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -40,22 +42,6 @@ static void usage(FILE *out)
         "                           any other key is a template variable}; write {\"text\"} or\n"
         "                           {\"error\"} a line\n"
         "  -h, --help               this help\n");
-}
-
-/* anvil_last_error() without its "file:line: " prefix: the template's own
- * message, as transformers reports it. */
-static const char *clean_error(void)
-{
-    const char *msg = anvil_last_error();
-    const char *colon = strchr(msg, ':');
-    if (colon && colon[1] >= '0' && colon[1] <= '9') {
-        const char *p = colon + 1;
-        while (*p >= '0' && *p <= '9')
-            p++;
-        if (p[0] == ':' && p[1] == ' ')
-            return p + 2;
-    }
-    return msg;
 }
 
 static char *dump_or_null(const json_t *v)
@@ -108,7 +94,7 @@ static char *render_line(const anvil_chat_template *t, const char *line)
     if (anvil_chat_template_render(t, messages ? messages : "[]", &opts, &text) == ANVIL_OK)
         json_object_set_new(reply, "text", json_string(text));
     else
-        json_object_set_new(reply, "error", json_string(clean_error()));
+        json_object_set_new(reply, "error", json_string(anvil_last_error()));
 out:
     free(text);
     free(messages);
@@ -241,7 +227,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
     if (template_file) {
         source = read_text_file(template_file);
         if (source == NULL) {
-            fprintf(stderr, "anvil chat-template: cannot read %s\n", template_file);
+            fprintf(stderr, "anvil chat-template: cannot read %s: %s\n", template_file, strerror(errno));
             return 1;
         }
     }
@@ -250,7 +236,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
         dir ? anvil_chat_template_load_source(dir, source, &t) : anvil_chat_template_parse(source, &t);
     free(source);
     if (st != ANVIL_OK) {
-        fprintf(stderr, "anvil chat-template: %s\n", anvil_last_error());
+        anvil_cli_report("anvil chat-template");
         return 1;
     }
     int rc = 0;
@@ -262,7 +248,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
             fputs(text, stdout);
             free(text);
         } else {
-            fprintf(stderr, "anvil chat-template: %s\n", clean_error());
+            anvil_cli_report("anvil chat-template");
             rc = 1;
         }
     }

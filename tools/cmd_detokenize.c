@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "anvil/tokenizer.h"
+#include "cli_error.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -147,7 +148,7 @@ int anvil_cmd_detokenize(int argc, char **argv)
     }
     anvil_tokenizer *tok;
     if (anvil_tokenizer_load(dir, &tok) != ANVIL_OK) {
-        fprintf(stderr, "anvil detokenize: %s\n", anvil_last_error());
+        anvil_cli_report("anvil detokenize");
         free(ids);
         return 1;
     }
@@ -158,7 +159,7 @@ int anvil_cmd_detokenize(int argc, char **argv)
         char *text;
         size_t len;
         if (anvil_tokenizer_decode(tok, ids, n, skip, &text, &len) != ANVIL_OK) {
-            fprintf(stderr, "anvil detokenize: %s\n", anvil_last_error());
+            anvil_cli_report("anvil detokenize");
             rc = 1;
         } else {
             fwrite(text, 1, len, stdout);

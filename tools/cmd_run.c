@@ -15,6 +15,7 @@
 #include "anvil/generate.h"
 #include "anvil/runtime.h"
 #include "anvil/tokenizer.h"
+#include "cli_error.h"
 #include "commands.h"
 #include "core/error.h"
 #include "core/fileutil.h"
@@ -229,7 +230,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         return 2;
     }
     if (anvil_sampling_params_check(&a->sampling) != ANVIL_OK) {
-        fprintf(stderr, "anvil run: %s\n", strchr(anvil_last_error(), ' ') + 1);
+        anvil_cli_report("anvil run");
         return 2;
     }
     return -1; /* go on */
@@ -240,7 +241,7 @@ static char *render_chat(const run_args *a)
 {
     anvil_chat_template *tpl = NULL;
     if (anvil_chat_template_load(a->model, &tpl) != ANVIL_OK) {
-        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        anvil_cli_report("anvil run");
         return NULL;
     }
     json_t *msgs = json_array();
@@ -251,8 +252,10 @@ static char *render_chat(const run_args *a)
     json_decref(msgs);
     anvil_chat_render_options ro = {.add_generation_prompt = 1};
     char *text = NULL;
-    if (msgs_text == NULL || anvil_chat_template_render(tpl, msgs_text, &ro, &text) != ANVIL_OK) {
-        fprintf(stderr, "anvil run: chat template: %s\n", anvil_last_error());
+    if (msgs_text == NULL) {
+        fprintf(stderr, "anvil run: out of memory\n");
+    } else if (anvil_chat_template_render(tpl, msgs_text, &ro, &text) != ANVIL_OK) {
+        anvil_cli_report("anvil run: chat template");
         text = NULL;
     }
     free(msgs_text);
@@ -343,7 +346,7 @@ int anvil_cmd_run(int argc, char **argv)
     int have_tokenizer = anvil_path_join(path, sizeof path, a.model, "tokenizer.json") == ANVIL_OK &&
                          anvil_file_exists(path);
     if (have_tokenizer && anvil_tokenizer_load(a.model, &tok) != ANVIL_OK) {
-        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        anvil_cli_report("anvil run");
         goto done;
     }
     if (a.prompt) {
@@ -361,7 +364,7 @@ int anvil_cmd_run(int argc, char **argv)
         }
         int64_t n64 = 0;
         if (anvil_tokenizer_encode(tok, ptext, strlen(ptext), add_special, &prompt, &n64) != ANVIL_OK) {
-            fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+            anvil_cli_report("anvil run");
             goto done;
         }
         n_prompt = (int32_t)n64;
@@ -375,7 +378,7 @@ int anvil_cmd_run(int argc, char **argv)
     }
 
     if (anvil_runtime_load(a.model, &a.rt, &rt) != ANVIL_OK) {
-        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        anvil_cli_report("anvil run");
         goto done;
     }
     const anvil_model_config *cfg = anvil_runtime_config(rt);
@@ -398,7 +401,7 @@ int anvil_cmd_run(int argc, char **argv)
      * keeps its space after "The cat"), as the executor and the server give it */
     if (tok && (anvil_detokenizer_create(tok, 1, &detok) != ANVIL_OK ||
                 anvil_detokenizer_prime(detok, prompt, (size_t)n_prompt) != ANVIL_OK)) {
-        fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+        anvil_cli_report("anvil run");
         goto done;
     }
     ss.detok = detok;
@@ -411,11 +414,13 @@ int anvil_cmd_run(int argc, char **argv)
     anvil_generate_params gp = {.sampling = a.sampling, .max_tokens = a.max_tokens};
     anvil_finish_reason why;
     if (anvil_generate(rt, prompt, n_prompt, &gp, a.json ? NULL : on_token, &ss, out, &n_out, &why) != ANVIL_OK) {
-        fprintf(stderr, "\nanvil run: %s\n", anvil_last_error());
+        fputc('\n', stderr); /* off the streamed text's line */
+        anvil_cli_report("anvil run");
         goto done;
     }
     if (ss.failed) {
-        fprintf(stderr, "\nanvil run: %s\n", anvil_last_error());
+        fputc('\n', stderr); /* off the streamed text's line */
+        anvil_cli_report("anvil run");
         goto done;
     }
     if (a.json) {
@@ -429,7 +434,7 @@ int anvil_cmd_run(int argc, char **argv)
         if (tok) {
             size_t len = 0;
             if (detok_all(detok, out, n_out, &text, &len) != ANVIL_OK) {
-                fprintf(stderr, "anvil run: %s\n", anvil_last_error());
+                anvil_cli_report("anvil run");
                 json_decref(o);
                 goto done;
             }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "anvil/server.h"
+#include "cli_error.h"
 #include "commands.h"
 #include "core/fileutil.h"
 #include "exec_cli.h"
@@ -41,6 +42,8 @@ static void usage(FILE *out)
             "      --max-request-bytes N   larger request bodies are 413 (default 1048576)\n"
             "      --max-queue-size N      requests waiting per model before 429 (default 1024)\n"
             "      --max-connections N     simultaneous connections (default 1024)\n"
+            "      --stream-interval N     write a stream every N steps, the steps between together\n"
+            "                              (default 1: every token as it comes)\n"
             "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10)\n" EXEC_CLI_HELP
             "  -h, --help                  this help\n\n"
             "Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
@@ -55,6 +58,7 @@ enum {
     OPT_MAX_BYTES,
     OPT_QUEUE,
     OPT_CONNS,
+    OPT_STREAM_INTERVAL,
     OPT_SHUTDOWN,
     OPT_REPO,
     OPT_LOAD,
@@ -94,6 +98,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"max-request-bytes", required_argument, 0, OPT_MAX_BYTES},
         {"max-queue-size", required_argument, 0, OPT_QUEUE},
         {"max-connections", required_argument, 0, OPT_CONNS},
+        {"stream-interval", required_argument, 0, OPT_STREAM_INTERVAL},
         {"shutdown-timeout", required_argument, 0, OPT_SHUTDOWN},
         {"model-repo", required_argument, 0, OPT_REPO},
         {"load-model", required_argument, 0, OPT_LOAD},
@@ -182,6 +187,11 @@ int anvil_cmd_serve(int argc, char **argv)
                 return 2;
             so.max_connections = (unsigned)v;
             break;
+        case OPT_STREAM_INTERVAL:
+            if (exec_cli_int(optarg, "--stream-interval", 1, 1000, &v, tool))
+                return 2;
+            so.stream_interval = (int)v;
+            break;
         case OPT_SHUTDOWN:
             if (exec_cli_double(optarg, "--shutdown-timeout", 0, 3600, &shutdown_s, tool))
                 return 2;
@@ -194,9 +204,12 @@ int anvil_cmd_serve(int argc, char **argv)
             return 2;
         }
     }
-    if ((n_models == 0 && so.model_repo == NULL) || optind < argc) {
-        fprintf(stderr, "%s: %s\n\n", tool,
-                optind < argc ? "unexpected argument" : "--model or --model-repo is required");
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", tool, argv[optind]);
+        return 2;
+    }
+    if (n_models == 0 && so.model_repo == NULL) {
+        fprintf(stderr, "%s: --model or --model-repo is required\n\n", tool);
         usage(stderr);
         return 2;
     }
@@ -207,7 +220,7 @@ int anvil_cmd_serve(int argc, char **argv)
     char *template_src = NULL;
     size_t template_len = 0;
     if (template_path && anvil_read_file(template_path, &template_src, &template_len) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         return 1;
     }
     /* SIGINT / SIGTERM are taken by sigwait below: block them before any
@@ -226,7 +239,7 @@ int anvil_cmd_serve(int argc, char **argv)
     anvil_server *srv = NULL;
     int rc = 1;
     if (anvil_server_create(&so, &srv) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         free(template_src);
         return 1;
     }
@@ -235,7 +248,7 @@ int anvil_cmd_serve(int argc, char **argv)
         const char *dir;
         model_arg(models[i], name, sizeof name, &dir);
         if (anvil_server_add_model_dir(srv, name, dir) != ANVIL_OK) {
-            fprintf(stderr, "%s: --model %s: %s\n", tool, models[i], anvil_last_error());
+            anvil_cli_report("%s: --model %s", tool, models[i]);
             goto done;
         }
     }
@@ -243,7 +256,7 @@ int anvil_cmd_serve(int argc, char **argv)
      * start are loaded (a bad --port fails before a long load) */
     anvil_server_set_ready(srv, 0);
     if (anvil_server_start(srv) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         goto done;
     }
     fprintf(stderr, "%s: listening on http://%s:%d (loading)\n", tool, so.host, anvil_server_port(srv));
@@ -261,7 +274,7 @@ int anvil_cmd_serve(int argc, char **argv)
             st = anvil_server_load_model(srv, loads[i]);
     }
     if (st != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         anvil_server_shutdown(srv, 0);
         goto done;
     }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "anvil/tokenizer.h"
+#include "cli_error.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -137,7 +138,7 @@ int anvil_cmd_tokenize(int argc, char **argv)
     }
     anvil_tokenizer *tok;
     if (anvil_tokenizer_load(dir, &tok) != ANVIL_OK) {
-        fprintf(stderr, "anvil tokenize: %s\n", anvil_last_error());
+        anvil_cli_report("anvil tokenize");
         return 1;
     }
     int rc = 0;
@@ -162,7 +163,7 @@ int anvil_cmd_tokenize(int argc, char **argv)
         int32_t *ids;
         int64_t n;
         if (anvil_tokenizer_encode(tok, text, len, add_special, &ids, &n) != ANVIL_OK) {
-            fprintf(stderr, "anvil tokenize: %s\n", anvil_last_error());
+            anvil_cli_report("anvil tokenize");
             rc = 1;
         } else {
             print_ids(stdout, ids, n);

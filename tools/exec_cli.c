@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "anvil/model_config.h"
+#include "cli_error.h"
 #include "core/fileutil.h"
 
 double exec_cli_now(void)
@@ -122,7 +123,7 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
     char path[4096];
     if (anvil_path_join(path, sizeof path, model_dir, "tokenizer.json") == ANVIL_OK && anvil_file_exists(path) &&
         anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         return -1;
     }
     anvil_runtime_options ro = o->rt;
@@ -136,13 +137,13 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
         }
     }
     if (anvil_runtime_load(model_dir, &ro, rt) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         anvil_tokenizer_free(*tok);
         *tok = NULL;
         return -1;
     }
     if (anvil_executor_create(*rt, *tok, &o->ex, ex) != ANVIL_OK) {
-        fprintf(stderr, "%s: %s\n", tool, anvil_last_error());
+        anvil_cli_report("%s", tool);
         anvil_runtime_free(*rt);
         anvil_tokenizer_free(*tok);
         *rt = NULL;

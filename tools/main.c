@@ -27,7 +27,8 @@ static void usage(FILE *out)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(out, "  %-14s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\n'anvil <command> --help' describes a command's options.\n"
-                 "Set ANVIL_LOG=info (or debug) for more detail on stderr.\n");
+                 "Set ANVIL_LOG=info (or debug) for more detail on stderr, ANVIL_DEBUG=1 to see\n"
+                 "where in anvil's source an error was raised.\n");
 }
 
 int main(int argc, char **argv)
@@ -45,8 +46,14 @@ int main(int argc, char **argv)
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
-        if (strcmp(argv[1], commands[i].name) == 0)
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            /* getopt names argv[0] in its messages: "anvil run: unrecognized
+             * option '--bogus'", like the commands' own errors */
+            char name[64];
+            snprintf(name, sizeof name, "anvil %s", commands[i].name);
+            argv[1] = name;
             return commands[i].fn(argc - 1, argv + 1);
+        }
     }
     fprintf(stderr, "anvil: unknown command '%s'\n\n", argv[1]);
     usage(stderr);

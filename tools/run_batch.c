@@ -9,6 +9,7 @@
  * and any of the OpenAI / vLLM sampling fields (see exec_cli.h). The
  * command-line sampling flags set the defaults for lines that omit a field.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,7 +178,7 @@ static int read_lines(const char *path, line **out, long *n_out)
 {
     FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
     if (f == NULL) {
-        fprintf(stderr, TOOL ": cannot open %s\n", path);
+        fprintf(stderr, TOOL ": cannot open %s: %s\n", path, strerror(errno));
         return -1;
     }
     line *lines = NULL;
@@ -299,7 +300,7 @@ int anvil_run_batch(int argc, char **argv)
         goto done;
     }
     if (a.output && (out = fopen(a.output, "w")) == NULL) {
-        fprintf(stderr, TOOL ": cannot write %s\n", a.output);
+        fprintf(stderr, TOOL ": cannot write %s: %s\n", a.output, strerror(errno));
         out = stdout;
         goto done;
     }

@@ -2,8 +2,14 @@
  * anvil/status.h: result codes and the last error message.
  *
  * Every fallible anvil function returns an anvil_status. On failure it also
- * leaves a message (with the file and line that raised it) that
- * anvil_last_error() returns until the next failure on the same thread.
+ * leaves a message that anvil_last_error() returns until the next failure on
+ * the same thread. The message is plain text meant for users ("unsupported
+ * architecture 'FalconForCausalLM' ..."), possibly behind "context: "
+ * prefixes that say which file or tensor it is about; it never starts with
+ * a source location. Where in anvil's source the error was raised
+ * ("src/models/registry.c:36") is kept apart, for bug reports:
+ * anvil_last_error_origin(). The anvil tool prints it when the environment
+ * variable ANVIL_DEBUG is set (non-empty and not "0").
  *
  *     anvil_status st = anvil_runtime_load(dir, &opts, &rt);
  *     if (st != ANVIL_OK)
@@ -33,11 +39,20 @@ typedef enum anvil_status {
 const char *anvil_status_name(anvil_status st);
 
 /*
- * The message of the last failure on the calling thread, "file:line: text".
- * Empty string when there was none. The pointer stays valid until the next
- * anvil call on this thread.
+ * The message of the last failure on the calling thread: plain text, without
+ * a source location ("context: text" when a caller added context). Empty
+ * string when there was none. The pointer stays valid until the next anvil
+ * call on this thread.
  */
 const char *anvil_last_error(void);
+
+/*
+ * Where that last failure was raised in anvil's source, "src/dir/file.c:LINE"
+ * (a path from the source tree's root), for logs and bug reports; context
+ * added on the way up keeps it. Empty string when there was no failure. The
+ * pointer stays valid until the next anvil call on this thread.
+ */
+const char *anvil_last_error_origin(void);
 
 /* The status of that last failure (ANVIL_OK when none). */
 anvil_status anvil_last_status(void);

@@ -1,5 +1,6 @@
-/* The thread's last error: a fixed buffer per thread, so that recording an
- * error never allocates (it is often an out-of-memory error). */
+/* The thread's last error: fixed buffers per thread, so that recording an
+ * error never allocates (it is often an out-of-memory error). The message is
+ * what users read; the origin (file:line) is kept apart, for developers. */
 #include "core/error.h"
 
 #include <stdarg.h>
@@ -7,8 +8,10 @@
 #include <string.h>
 
 #define ERROR_MSG_MAX 1024
+#define ERROR_ORIGIN_MAX 256
 
 static _Thread_local char last_msg[ERROR_MSG_MAX];
+static _Thread_local char last_origin[ERROR_ORIGIN_MAX];
 static _Thread_local anvil_status last_code = ANVIL_OK;
 
 const char *anvil_status_name(anvil_status st)
@@ -30,29 +33,46 @@ const char *anvil_status_name(anvil_status st)
 
 const char *anvil_last_error(void) { return last_msg; }
 
+const char *anvil_last_error_origin(void) { return last_origin; }
+
 anvil_status anvil_last_status(void) { return last_code; }
 
 void anvil_clear_error(void)
 {
     last_msg[0] = '\0';
+    last_origin[0] = '\0';
     last_code = ANVIL_OK;
+}
+
+/* file as a path from the source tree's root ("src/models/registry.c",
+ * "tools/cmd_run.c"): the build gives __FILE__ as an absolute path, and the
+ * root is what precedes "src/core/error.c" in this file's own. Files from
+ * elsewhere keep their base name. */
+static const char *source_relative(const char *file)
+{
+    static const char self[] = "src/core/error.c";
+    size_t own = strlen(__FILE__), tail = sizeof self - 1;
+    if (own >= tail && strcmp(__FILE__ + own - tail, self) == 0 && strncmp(file, __FILE__, own - tail) == 0)
+        return file + (own - tail);
+    const char *base = strrchr(file, '/');
+    return base ? base + 1 : file;
 }
 
 anvil_status anvil_error_set(anvil_status code, const char *file, int line, const char *fmt, ...)
 {
-    /* Keep only the path below src/ (or the base name) to keep messages short. */
-    const char *short_file = strstr(file, "src/");
-    if (short_file == NULL) {
-        short_file = strrchr(file, '/');
-        short_file = short_file ? short_file + 1 : file;
-    }
-    int n = snprintf(last_msg, sizeof last_msg, "%s:%d: ", short_file, line);
-    if (n < 0 || n >= (int)sizeof last_msg)
-        n = 0;
+    /* Format apart first: callers may pass anvil_last_error() itself as an
+     * argument ("cannot load '%s': %s"), which must be read before the
+     * buffer is overwritten. */
+    char msg[ERROR_MSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_msg + n, sizeof last_msg - (size_t)n, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (n < 0)
+        msg[0] = '\0';
+    memcpy(last_msg, msg, strlen(msg) + 1);
+
+    snprintf(last_origin, sizeof last_origin, "%s:%d", file ? source_relative(file) : "?", line);
     last_code = code;
     return code;
 }

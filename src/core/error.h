@@ -1,6 +1,8 @@
 /*
- * Internal error helpers: set the thread's last error with file:line and
- * return a status in one expression.
+ * Internal error helpers: set the thread's last error and return a status in
+ * one expression. The message is plain text for users (anvil_last_error());
+ * the file:line that raised it is kept apart (anvil_last_error_origin()),
+ * so messages never start with a source path.
  *
  *     CHECK(n >= 0, ANVIL_ERR_INVALID_ARG, "n must be >= 0, got %d", n);
  *     TRY(anvil_st_open(path, &st));
@@ -16,15 +18,17 @@
 
 #include "anvil/status.h"
 
-/* Records the error and returns code. */
+/* Records the error (message from fmt, origin "file:line" with file as a
+ * path from the source tree's root: "src/models/registry.c") and returns code. The arguments may point into
+ * anvil_last_error(): they are read before it is overwritten. */
 anvil_status anvil_error_set(anvil_status code, const char *file, int line, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 4, 5)))
 #endif
     ;
 
-/* Prepends "context: " to the thread's current message, keeps the status,
- * and returns it. Used to say which file or tensor a lower error is about. */
+/* Prepends "context: " to the thread's current message, keeps the status
+ * and the origin, and returns the status. Used to say which file or tensor a lower error is about. */
 anvil_status anvil_error_wrap(const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 1, 2)))

@@ -4,8 +4,11 @@ text of generated ids is the text they add to the prompt, as Hugging Face
 decodes it (decode(prompt + gen)[len(decode(prompt)):]), for `anvil run` and
 `anvil run --input` (the executor) alike."""
 import json
+import os
 import random
+import re
 import shutil
+import subprocess
 
 import pytest
 from tokenizers import Tokenizer
@@ -184,3 +187,52 @@ def test_broken_model_folder(anvil, shared, tmp_path):
     r = anvil("run", "--model", tmp_path, "--prompt-ids", "1")
     assert r.returncode == 1
     assert "unsupported architecture 'FalconForCausalLM'" in r.stderr
+
+
+def run_env(*args, debug=None, input=None):
+    """anvil with ANVIL_DEBUG set to debug (None: unset), whatever the caller's."""
+    env = {k: v for k, v in os.environ.items() if k != "ANVIL_DEBUG"}
+    if debug is not None:
+        env["ANVIL_DEBUG"] = debug
+    return subprocess.run([os.environ.get("ANVIL_BIN", "anvil"), *map(str, args)], input=input,
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_errors_name_no_source_file(shared, tmp_path):
+    """Messages are for users: no "src/x.c:NN:" in them; ANVIL_DEBUG adds the
+    origin on a line of its own."""
+    src = shared / "models" / "stories260K"
+    for name in ["config.json", "model.safetensors"]:
+        shutil.copy(src / name, tmp_path / name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["FalconForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    want = f"anvil run: loading {tmp_path}: unsupported architecture 'FalconForCausalLM' (supported: "
+    for debug in [None, "", "0"]:
+        r = run_env("run", "--model", tmp_path, "--prompt-ids", "1", debug=debug)
+        assert r.returncode == 1
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(want), r.stderr
+        assert ".c:" not in r.stderr and "src/" not in r.stderr
+    r = run_env("run", "--model", tmp_path, "--prompt-ids", "1", debug="1")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 2 and lines[0].startswith(want), r.stderr
+    assert re.fullmatch(r"anvil run: \(raised at src/models/\w+\.c:\d+\)", lines[1]), r.stderr
+
+    r = run_env("run", "--model", src, "--prompt-ids", "1", "--temperature", "-1")
+    assert r.returncode == 2 and r.stderr == "anvil run: temperature must be >= 0, got -1\n"
+    r = run_env("run", "--model", src, "--prompt-ids", "1", "--bogus")
+    assert r.returncode == 2 and r.stderr.startswith("anvil run: unrecognized option '--bogus'\n")
+    r = run_env("tokenize", "--tokenizer", tmp_path / "nowhere", "hi")
+    assert r.returncode == 1 and r.stderr == f"anvil tokenize: no tokenizer.json in {tmp_path / 'nowhere'}\n"
+
+    # a template's own error, in --jsonl's {"error"} and on stderr, as transformers words it
+    (tmp_path / "t.jinja").write_text("{{ raise_exception('no system role') }}")
+    r = run_env("chat-template", "--template", tmp_path / "t.jinja", "--jsonl",
+                input='{"messages": [{"role": "user", "content": "hi"}]}\n')
+    assert json.loads(r.stdout)["error"].endswith("no system role") and ".c:" not in r.stdout, r.stdout
+    r = run_env("chat-template", "--template", tmp_path / "t.jinja", "--messages", "[]", debug="1")
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 2 and lines[0].startswith("anvil chat-template: "), r.stderr
+    assert lines[0].endswith("no system role") and ".c:" not in lines[0], r.stderr
+    assert re.fullmatch(r"anvil chat-template: \(raised at src/tokenizer/\w+\.c:\d+\)", lines[1]), r.stderr
