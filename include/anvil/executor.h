@@ -278,6 +278,10 @@ typedef struct anvil_executor_metrics {
     int64_t steps;
     double tokens_per_s;           /* generated tokens per second over the last second or so */
     double busy_s;                 /* time spent in steps */
+    /* where busy_s went: scheduling, the forward pass (and the device's
+     * sampling; on a GPU the wait for it), the tokens (sampling on the
+     * host, stop checks, detokenization, the events' callbacks) */
+    double schedule_s, forward_s, tokens_s;
 } anvil_executor_metrics;
 
 /* A snapshot of the counters (updated after every step). */

@@ -176,6 +176,7 @@ struct anvil_executor {
     /* counters (copied into metrics after each step) */
     int64_t c_finished, c_prompt, c_cached, c_computed, c_generated, c_preempt, c_steps;
     double busy_s;
+    double schedule_s, forward_s, tokens_s; /* parts of busy_s (anvil_executor_metrics) */
     double rate_t[64];
     int64_t rate_g[64];
     int32_t rate_i;

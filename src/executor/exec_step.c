@@ -160,6 +160,7 @@ void anvil_exec_step(anvil_executor *ex)
     };
 
     on_backend = on_backend && L > 0;
+    const double t_fwd = anvil_exec_now();
     anvil_status st = on_backend ? anvil_runtime_forward_sample(ex->rt, &b, ex->b_sample, ex->b_next)
                                  : anvil_runtime_forward(ex->rt, &b, ex->logits);
     if (st != ANVIL_OK) {
@@ -170,6 +171,8 @@ void anvil_exec_step(anvil_executor *ex)
             anvil_exec_fail_request(ex, reqs[k], st, msg);
         return;
     }
+    const double t_tok = anvil_exec_now();
+    ex->forward_s += t_tok - t_fwd;
     ex->c_steps++;
     ex->c_computed += T;
     for (int32_t i = 0; i < S; i++) {
@@ -186,4 +189,5 @@ void anvil_exec_step(anvil_executor *ex)
         else
             handle_samples(ex, r, on_backend);
     }
+    ex->tokens_s += anvil_exec_now() - t_tok;
 }

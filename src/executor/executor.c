@@ -229,6 +229,9 @@ static void publish_metrics(anvil_executor *ex)
     m->steps = ex->c_steps;
     m->tokens_per_s = gen_rate(ex, now);
     m->busy_s = ex->busy_s;
+    m->schedule_s = ex->schedule_s;
+    m->forward_s = ex->forward_s;
+    m->tokens_s = ex->tokens_s;
     const int32_t n = (int32_t)(sizeof ex->rate_t / sizeof ex->rate_t[0]);
     ex->rate_t[ex->rate_i] = now;
     ex->rate_g[ex->rate_i] = ex->c_generated;
@@ -276,8 +279,9 @@ static void *loop_main(void *arg)
         if (ex->n_waiting > 0 || ex->n_running > 0) {
             const double t0 = anvil_exec_now();
             anvil_exec_schedule(ex);
+            ex->schedule_s += anvil_exec_now() - t0;
             if (ex->n_plan > 0)
-                anvil_exec_step(ex);
+                anvil_exec_step(ex); /* adds forward_s and tokens_s */
             ex->busy_s += anvil_exec_now() - t0;
         }
         pthread_mutex_lock(&ex->mu);
