@@ -607,11 +607,13 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
     /* a non-streamed body waits for the end; a stream is woken at its
      * first chunk, then every stream_interval steps, and at its end */
     int wake = g->done;
-    if (g->stream && !wake && ev->kind == ANVIL_EVENT_TOKENS && g->len > g->sent) {
+    if (g->stream && !wake && ev->kind == ANVIL_EVENT_TOKENS && g->len > g->flush_len) {
         wake = g->unwoken < 0 || ++g->unwoken >= g->wake_every;
     }
-    if (wake)
+    if (wake) {
         g->unwoken = 0;
+        g->flush_len = g->len; /* the reader hands out this much: whole groups of steps */
+    }
     pthread_mutex_unlock(&g->mu);
     if (wake)
         srv_wake(srv, &g->w); /* after unlocking: the loop need not wait for the lock */

@@ -157,12 +157,12 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     pthread_mutex_lock(&g->mu);
     ssize_t n = 0;
-    if (g->sent < g->len) {
-        size_t k = g->len - g->sent < max ? g->len - g->sent : max;
+    if (g->sent < g->flush_len) {
+        size_t k = g->flush_len - g->sent < max ? g->flush_len - g->sent : max;
         memcpy(buf, g->buf + g->sent, k);
         g->sent += k;
         n = (ssize_t)k;
-    } else if (g->done) {
+    } else if (g->done && g->sent == g->len) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
     } else {
         srv_suspend(s, &g->w); /* under g->mu: an event appended now wakes it */

@@ -90,6 +90,7 @@ typedef struct srv_gen {
     /* output: SSE bytes (stream) or the final body */
     char *buf;
     size_t len, cap, sent;
+    size_t flush_len;          /* a stream: what may be written yet (stream_interval) */
     int done;                  /* final event seen */
     int http_status;           /* of a non-streamed body */
     int *role_sent;            /* [n] chat streams: the role delta went out */
