@@ -77,18 +77,6 @@ static const char *clip(const char *s, char buf[80])
     return buf;
 }
 
-/* A library message without its "src/file.c:123: " origin. */
-static const char *without_origin(const char *msg)
-{
-    const char *p = strstr(msg, ".c:");
-    if (p == NULL)
-        return msg;
-    p += 3;
-    while (*p >= '0' && *p <= '9')
-        p++;
-    return strncmp(p, ": ", 2) == 0 ? p + 2 : msg;
-}
-
 /* A field's value; NULL when absent or null (OpenAI treats null as absent). */
 static json_t *get(json_t *o, const char *k)
 {
@@ -474,7 +462,7 @@ static int tokenize(parse_ctx *c, const srv_model *m, const char *text, size_t l
         return fail(c, 400, param, NULL, "The model '%s' has no tokenizer: send token ids", m->name);
     int64_t n = 0;
     if (anvil_tokenizer_encode(m->tok, text, len, add_special, &p->ids, &n) != ANVIL_OK)
-        return fail(c, 400, param, "invalid_value", "%s", without_origin(anvil_last_error()));
+        return fail(c, 400, param, "invalid_value", "%s", anvil_last_error());
     return add_ids(c, p, n, param);
 }
 
@@ -560,7 +548,7 @@ static int completion_prompts(parse_ctx *c, srv_mapped *q, json_t *p, int add_sp
             if (q->echo && q->model->tok &&
                 anvil_tokenizer_decode(q->model->tok, sp->ids, sp->n_ids, q->req.skip_special_tokens,
                                        &sp->echo, &sp->echo_len) != ANVIL_OK)
-                return fail(c, 500, NULL, NULL, "%s", without_origin(anvil_last_error()));
+                return fail(c, 500, NULL, NULL, "%s", anvil_last_error());
         }
     }
     return 0;
@@ -597,7 +585,7 @@ static int chat_prompt(parse_ctx *c, srv_mapped *q, json_t *body, int add_specia
     if (st == ANVIL_ERR_OOM)
         return fail(c, 500, NULL, NULL, "out of memory");
     if (st != ANVIL_OK)
-        return fail(c, 400, "messages", "chat_template_error", "%s", without_origin(anvil_last_error()));
+        return fail(c, 400, "messages", "chat_template_error", "%s", anvil_last_error());
     q->prompts = calloc(1, sizeof *q->prompts);
     if (q->prompts == NULL) {
         free(text);
@@ -952,7 +940,7 @@ static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **ou
         pthread_mutex_unlock(&g->mu);
         if (st != ANVIL_OK) {
             char msg[256];
-            snprintf(msg, sizeof msg, "%s", without_origin(anvil_last_error()));
+            snprintf(msg, sizeof msg, "%s", anvil_last_error());
             const char *param = refused_param(msg, q);
             srv_job_abort(j);
             srv_gen_release(g);

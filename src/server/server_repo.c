@@ -50,32 +50,6 @@ int anvil_server_model_name_ok(const char *n)
     return 1;
 }
 
-/* Copies msg without the "src/x/file.c:123: " locations that
- * anvil_error_set puts before each level of a message: HTTP clients and the
- * index read these. */
-static void plain_copy(char *out, size_t cap, const char *msg)
-{
-    size_t o = 0;
-    for (const char *p = msg; *p && o + 1 < cap;) {
-        if (p == msg || p[-1] == ' ') {
-            const char *q = p;
-            while (*q && *q != ':' && *q != ' ')
-                q++;
-            if (q - p > 2 && q[-2] == '.' && q[-1] == 'c' && q[0] == ':' && q[1] >= '0' && q[1] <= '9') {
-                q++;
-                while (*q >= '0' && *q <= '9')
-                    q++;
-                if (q[0] == ':' && q[1] == ' ') {
-                    p = q + 2;
-                    continue;
-                }
-            }
-        }
-        out[o++] = *p++;
-    }
-    out[o] = '\0';
-}
-
 /* ------------------------------------------------------------ the table (repo_mu held) */
 
 static srv_entry *entry_find(anvil_server *s, const char *name)
@@ -337,7 +311,7 @@ anvil_status anvil_server_load_model(anvil_server *s, const char *name)
         char msg[1024];
         if (st != ANVIL_OK) {
             char why[900];
-            plain_copy(why, sizeof why, anvil_last_error());
+            snprintf(why, sizeof why, "%s", anvil_last_error());
             snprintf(msg, sizeof msg, "cannot load model '%s': %s", name, why);
         }
         pthread_mutex_lock(&s->repo_mu);
@@ -483,7 +457,7 @@ json_t *srv_repo_index_json(anvil_server *s, int ready_only)
 static int repo_error(anvil_status st, json_t **body)
 {
     char msg[1024];
-    plain_copy(msg, sizeof msg, anvil_last_error());
+    snprintf(msg, sizeof msg, "%s", anvil_last_error());
     int status = st == ANVIL_ERR_NOT_FOUND     ? 404
                  : st == ANVIL_ERR_INVALID_ARG ? (strstr(msg, "shutting down") ? 503 : 400)
                                                : 500;
