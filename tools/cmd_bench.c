@@ -632,7 +632,8 @@ int anvil_cmd_bench(int argc, char **argv)
     if (strcmp(ro->device, "cpu") == 0)
         printf("anvil bench: %s on cpu (%s, %d threads)\n", a.model, cpu, threads);
     else
-        printf("anvil bench: %s on %s (host: %s)\n", a.model, ro->device, cpu);
+        printf("anvil bench: %s on %s, %s compute (host: %s)\n", a.model, ro->device,
+               anvil_dtype_name(anvil_runtime_compute_dtype(rt)), cpu);
     printf("  requests                   %ld ok, %ld failed, in %.2f s\n", n_ok, n_fail, dur);
     printf("  throughput                 %.2f requests/s, %.1f input tokens/s, %.1f output tokens/s\n",
            (double)n_ok / dur, (double)in_tok / dur, (double)out_tok / dur);

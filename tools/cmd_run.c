@@ -19,6 +19,7 @@
 #include "commands.h"
 #include "core/error.h"
 #include "core/fileutil.h"
+#include "exec_cli.h"
 
 typedef struct run_args {
     const char *model;
@@ -60,8 +61,9 @@ static void run_usage(FILE *out)
             "      --json              print one JSON object {\"prompt_ids\", \"ids\", \"text\", \"finish_reason\"}\n"
             "                          at the end instead of streaming\n"
             "      --device DEV        cpu (default), cuda or cuda:N\n"
-            "      --dtype DT          f32, bf16 or f16: convert the weights on load (bf16/f16 on cuda: activations\n"
-            "                          and KV cache in that dtype too; default: weights as stored, f32 activations)\n"
+            "      --dtype DT          auto (default: weights as stored; a bf16/f16 model computes in its dtype\n"
+            "                          on cuda, f32 elsewhere), f32, bf16 or f16: convert the weights on load\n"
+            "                          (bf16/f16 on cuda: activations and KV cache in that dtype too)\n"
             "      --threads N         CPU threads (default: all cores)\n"
             "      --max-seq-len N     context length (default: the model's)\n"
             "  -h, --help              this help\n");
@@ -194,16 +196,7 @@ static int parse_args(int argc, char **argv, run_args *a)
             a->rt.max_seq_len = (int32_t)v;
             break;
         case OPT_DTYPE:
-            if (strcmp(optarg, "f32") == 0) {
-                a->rt.weight_dtype = ANVIL_DTYPE_F32;
-            } else if (strcmp(optarg, "bf16") == 0) {
-                a->rt.weight_dtype = ANVIL_DTYPE_BF16;
-            } else if (strcmp(optarg, "f16") == 0) {
-                a->rt.weight_dtype = ANVIL_DTYPE_F16;
-            } else {
-                fprintf(stderr, "anvil run: --dtype expects f32, bf16 or f16, got '%s'\n", optarg);
-                return 2;
-            }
+            if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
         case 'h': run_usage(stdout); return 0;
         default: run_usage(stderr); return 2;

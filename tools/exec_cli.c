@@ -25,6 +25,23 @@ void exec_cli_opts_default(exec_cli_opts *o)
     anvil_executor_options_default(&o->ex);
 }
 
+int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool)
+{
+    if (strcmp(arg, "auto") == 0)
+        *out = ANVIL_DTYPE_COUNT;
+    else if (strcmp(arg, "f32") == 0 || strcmp(arg, "float32") == 0)
+        *out = ANVIL_DTYPE_F32;
+    else if (strcmp(arg, "bf16") == 0 || strcmp(arg, "bfloat16") == 0)
+        *out = ANVIL_DTYPE_BF16;
+    else if (strcmp(arg, "f16") == 0 || strcmp(arg, "float16") == 0 || strcmp(arg, "half") == 0)
+        *out = ANVIL_DTYPE_F16;
+    else {
+        fprintf(stderr, "%s: --dtype expects auto, f32, bf16 or f16, got '%s'\n", tool, arg);
+        return -1;
+    }
+    return 0;
+}
+
 int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool)
 {
     char *end = NULL;
@@ -109,6 +126,8 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
     case EXEC_OPT_NO_PREFIX_CACHE:
         o->ex.enable_prefix_caching = 0;
         return 1;
+    case EXEC_OPT_DTYPE:
+        return exec_cli_dtype(arg, &o->rt.weight_dtype, tool) == 0 ? 1 : -1;
     default:
         return 0;
     }

@@ -28,6 +28,7 @@ enum {
     EXEC_OPT_BLOCK_SIZE,
     EXEC_OPT_POLICY,
     EXEC_OPT_NO_PREFIX_CACHE,
+    EXEC_OPT_DTYPE,
 };
 
 /* The shared entries of a getopt_long table. */
@@ -41,11 +42,14 @@ enum {
         {"kv-cache-fraction", required_argument, 0, EXEC_OPT_KV_FRACTION},                 \
         {"block-size", required_argument, 0, EXEC_OPT_BLOCK_SIZE},                         \
         {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
-        {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE}
+        {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE},                  \
+        {"dtype", required_argument, 0, EXEC_OPT_DTYPE}
 
 /* Help text for the shared options. */
 #define EXEC_CLI_HELP                                                                                     \
     "      --device DEV            cpu (default), cuda or cuda:N\n"                                       \
+    "      --dtype DT              auto (default: a bf16/f16 model computes in its dtype on cuda, f32\n" \
+    "                              elsewhere), f32, bf16 or f16 (weights converted on load)\n"         \
     "      --threads N             CPU threads (default: all cores)\n"                                    \
     "      --max-seq-len N         context length (default: the model's)\n"                               \
     "      --max-batch-size N      sequences per step (default 64)\n"                                     \
@@ -68,6 +72,11 @@ void exec_cli_opts_default(exec_cli_opts *o);
 /* Handles a shared option. 1: handled; 0: not a shared option; -1: a bad
  * value (reported on stderr, prefixed with tool). */
 int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool);
+
+/* --dtype's value: auto (ANVIL_DTYPE_COUNT: weights as stored, compute
+ * dtype auto), f32, bf16 or f16 (anvil_runtime_options.weight_dtype). 0 ok,
+ * -1 reported. */
+int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool);
 
 /* Number parsing with messages: 0 ok, -1 reported. */
 int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool);

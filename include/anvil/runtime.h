@@ -47,7 +47,12 @@ typedef struct anvil_runtime_options {
     double kv_cache_fraction;   /* (0, 1]: size the KV pool to this fraction of the backend's memory
                                    left after weights and activations (with kv_cache_tokens too: the
                                    smaller of the two); 0: off */
-    anvil_dtype weight_dtype;   /* weights converted to this on load; ANVIL_DTYPE_COUNT: as stored */
+    /* Weights converted to this on load; bf16/f16 also set the activations'
+     * and KV cache's dtype, f32 makes them f32. ANVIL_DTYPE_COUNT (default):
+     * weights as stored, and the compute dtype "auto": a bf16/f16
+     * checkpoint (config.json's torch_dtype) computes in that dtype on
+     * cuda, everything else in f32. */
+    anvil_dtype weight_dtype;
     int no_fusion;              /* 1: run every op of the network by itself, never the backend's fused ops
                                    (the reference the fused path is compared with); default 0 */
 } anvil_runtime_options;
@@ -73,6 +78,9 @@ const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt);
 
 /* Bytes of weights the runtime holds (as stored on the backend). */
 size_t anvil_runtime_weight_bytes(const anvil_runtime *rt);
+
+/* The dtype of the activations and the KV cache (see weight_dtype). */
+anvil_dtype anvil_runtime_compute_dtype(const anvil_runtime *rt);
 
 typedef struct anvil_batch {
     int32_t n_tokens;

@@ -78,6 +78,7 @@ void anvil_runtime_options_default(anvil_runtime_options *o)
 
 const anvil_model_config *anvil_runtime_config(const anvil_runtime *rt) { return &rt->cfg; }
 const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt) { return &rt->opts; }
+anvil_dtype anvil_runtime_compute_dtype(const anvil_runtime *rt) { return rt->be->ops->act_dtype; }
 size_t anvil_runtime_weight_bytes(const anvil_runtime *rt) { return rt->weight_bytes; }
 int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt) { return rt->opts.kv_block_size; }
 int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt) { return rt->n_blocks; }
@@ -489,9 +490,17 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
     TRY_GOTO(anvil_checkpoint_open(model_dir, &rt->ckpt), fail);
+    /* activations and KV cache: the dtype the weights are converted to when
+     * that is bf16/f16; with weights as stored, a bf16/f16 checkpoint
+     * computes in its own dtype on cuda (vLLM's --dtype auto: f32 compute
+     * there runs without tensor cores, several times slower); f32 on the
+     * CPU, whose kernels compute in f32 */
     anvil_dtype act = rt->opts.weight_dtype == ANVIL_DTYPE_BF16 || rt->opts.weight_dtype == ANVIL_DTYPE_F16
                           ? rt->opts.weight_dtype
                           : ANVIL_DTYPE_F32;
+    if (rt->opts.weight_dtype == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
+        (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
+        act = rt->cfg.dtype;
     TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, act, &rt->be), fail);
     TRY_GOTO(load_weights(rt), fail);
     if (!rt->be->ops->weights_in_host_memory) {
