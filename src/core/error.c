@@ -51,8 +51,9 @@ void anvil_clear_error(void)
 static const char *source_relative(const char *file)
 {
     static const char self[] = "src/core/error.c";
-    size_t own = strlen(__FILE__), tail = sizeof self - 1;
-    if (own >= tail && strcmp(__FILE__ + own - tail, self) == 0 && strncmp(file, __FILE__, own - tail) == 0)
+    const char *me = __FILE__;
+    size_t own = strlen(me), tail = sizeof self - 1;
+    if (own >= tail && strcmp(me + own - tail, self) == 0 && strncmp(file, me, own - tail) == 0)
         return file + (own - tail);
     const char *base = strrchr(file, '/');
     return base ? base + 1 : file;
