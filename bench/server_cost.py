@@ -123,6 +123,7 @@ def main():
     ap.add_argument("--requests", type=int, default=4, help="per client")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--greedy", action="store_true")
+    ap.add_argument("--procs", type=int, default=1, help="client processes (one caps near 50k events/s)")
     ap.add_argument("--perf", default=None, help="perf record -g the server into this file during the load")
     ap.add_argument("--extra", default="", help="more server flags, one string")
     a = ap.parse_args()
@@ -157,7 +158,7 @@ def main():
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         r0 = reading(srv.pid, port)
-        res = run_load(port, a.clients, a.requests, a.max_tokens, greedy=a.greedy)
+        res = run_load(port, a.clients, a.requests, a.max_tokens, greedy=a.greedy, procs=a.procs)
         r1 = reading(srv.pid, port)
         if perf:
             perf.send_signal(signal.SIGINT)
@@ -203,7 +204,7 @@ def main():
         for k, v in prof:
             if v >= 0.002:
                 print(f"  {100 * v:5.1f}%  {k}")
-    if res["errors"]:
+    if res["errors"] or res["ok"] != a.clients * a.requests:
         sys.exit(1)
 
 

@@ -755,6 +755,20 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     return ANVIL_OK;
 }
 
+/* Why MHD could not listen on addr (it keeps no errno): the error of a
+ * plain bind there, as MHD binds it. */
+static const char *bind_error(const struct sockaddr_in *addr)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1, e = 0;
+    if (fd < 0)
+        return strerror(errno);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)addr, sizeof *addr) != 0 || listen(fd, 1) != 0)
+        e = errno;
+    close(fd);
+    return e ? strerror(e) : "the HTTP daemon did not start";
+}
+
 anvil_status anvil_server_start(anvil_server *s)
 {
     pthread_mutex_lock(&s->repo_mu);
@@ -773,8 +787,12 @@ anvil_status anvil_server_start(anvil_server *s)
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, s, MHD_OPTION_CONNECTION_LIMIT, s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)300, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
-    CHECK(s->daemon != NULL, ANVIL_ERR_IO, "cannot listen on %s:%d", s->host, s->opts.port);
+        (unsigned)300, MHD_OPTION_END);
+    /* (MHD's default SO_REUSEADDR only: a restart binds at once, and a
+     * second server on a port in use fails, rather than sharing it as
+     * SO_REUSEPORT would) */
+    CHECK(s->daemon != NULL, ANVIL_ERR_IO, "cannot listen on %s:%d: %s", s->host, s->opts.port,
+          bind_error(&addr));
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : s->opts.port;
     anvil_status st = srv_loop_start(s);

@@ -107,6 +107,15 @@ def test_models_and_health(server, client):
     assert server.request("GET", "/health")[0] == 200
 
 
+def test_port_in_use(server):
+    """A second server on a port in use fails at once, saying why (it must not share the port)."""
+    r = subprocess.run([ANVIL, "serve", "--model", MODEL, "--port", str(server.port), "--threads", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in r.stderr, r.stderr
+    assert server.request("GET", "/health")[0] == 200
+
+
 def test_greedy_completion_equals_anvil_run(client):
     r = subprocess.run([ANVIL, "run", "--model", MODEL, "--prompt", "Once upon a time", "--temperature", "0",
                         "--max-tokens", "24", "--json", "--threads", "1"], capture_output=True, text=True, timeout=60)

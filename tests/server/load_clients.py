@@ -14,6 +14,7 @@ process: on a small machine they take CPU from the server (say so with the
 numbers). bench/server_cost.py imports run_load and scrape_metrics.
 """
 import argparse
+import multiprocessing
 import http.client
 import json
 import threading
@@ -72,13 +73,18 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
 
-def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=False, chat=False):
-    """Runs the load (clients threads x requests each, all released together); returns a dict of results."""
-    ttft, itl, errors, tokens = [], [], [], [0]
+def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=False, chat=False, procs=1, first_client=0):
+    """Runs the load (clients threads x requests each, all released together); returns a dict of results.
+    procs > 1: the clients spread over that many processes (one Python process's GIL caps the events
+    it can parse near 50k a second); first_client: the number of the first client (its prompt and seed)."""
+    if procs > 1:
+        return run_procs(port, clients, requests, max_tokens, key, model, greedy, chat, procs)
+    ttft, itl, errors, tokens, n_ok = [], [], [], [0], [0]
     lock = threading.Lock()
     start = threading.Barrier(clients)
 
     def worker(i):
+        i += first_client
         start.wait()
         for r in range(requests):
             text = f"Once upon a time {i} {r}"
@@ -99,6 +105,7 @@ def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=Fal
                 ttft.append(first)
                 itl.extend(b - a for a, b in zip(stamps, stamps[1:]))
                 tokens[0] += n
+                n_ok[0] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -106,9 +113,36 @@ def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=Fal
     t0 = time.perf_counter()  # the barrier releases the clients once the last thread starts
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    return {"wall": wall, "ok": clients * requests - len(errors), "errors": errors, "tokens": tokens[0],
-            "ttft": ttft, "itl": itl}
+    t1 = time.perf_counter()
+    # a client thread that died (an exception) did not count its requests as ok
+    return {"wall": t1 - t0, "t0": t0, "t1": t1, "ok": n_ok[0], "errors": errors,
+            "tokens": tokens[0], "ttft": ttft, "itl": itl}
+
+
+def run_procs(port, clients, requests, max_tokens, key, model, greedy, chat, procs):
+    """run_load over procs processes, released together; the results merged (wall: the first start to
+    the last end, on the system-wide monotonic clock perf_counter reads)."""
+    ctx = multiprocessing.get_context("fork")
+    ready, q = ctx.Barrier(procs), ctx.Queue()
+
+    def child(k, n, first):
+        ready.wait()
+        q.put(run_load(port, n, requests, max_tokens, key, model, greedy, chat, first_client=first))
+
+    sizes = [clients // procs + (k < clients % procs) for k in range(procs)]
+    ps = [ctx.Process(target=child, args=(k, sizes[k], sum(sizes[:k]))) for k in range(procs) if sizes[k]]
+    for p in ps:
+        p.start()
+    parts = [q.get() for _ in ps]
+    for p in ps:
+        p.join()
+    out = {"t0": min(r["t0"] for r in parts), "t1": max(r["t1"] for r in parts)}
+    out["wall"] = out["t1"] - out["t0"]
+    for k in ("ok", "tokens"):
+        out[k] = sum(r[k] for r in parts)
+    for k in ("errors", "ttft", "itl"):
+        out[k] = [x for r in parts for x in r[k]]
+    return out
 
 
 def scrape_metrics(port, key=""):
@@ -149,9 +183,10 @@ def main():
     ap.add_argument("--chat", action="store_true", help="/v1/chat/completions instead of /v1/completions")
     ap.add_argument("--metrics", action="store_true",
                     help="scrape /metrics before and after: server CPU / process CPU, and no request left")
+    ap.add_argument("--procs", type=int, default=1, help="spread the clients over this many processes")
     a = ap.parse_args()
     before = scrape_metrics(a.port, a.api_key) if a.metrics else None
-    res = run_load(a.port, a.clients, a.requests, a.max_tokens, a.api_key, a.model, a.greedy, a.chat)
+    res = run_load(a.port, a.clients, a.requests, a.max_tokens, a.api_key, a.model, a.greedy, a.chat, a.procs)
     report(a, res)
     if a.metrics:
         after = scrape_metrics(a.port, a.api_key)
