@@ -543,8 +543,11 @@ def test_several_prompts_disconnect(server):
         s = open_stream(server.port, {"prompt": ["Once upon a time", "The cat", "Tom"] * 2, "stream": stream, **long})
         if stream:
             first_data(s)
-        else:
-            time.sleep(0.1)
+        else:  # the server has the request (else "idle" below could be seen before it came)
+            deadline = time.time() + 10
+            while server.metrics()["anvil_http_requests_in_flight"] < 1:
+                assert time.time() < deadline
+                time.sleep(0.01)
         s.close()
         m = wait_idle(server)
         assert m['anvil_num_requests_waiting{model="stories260K"}'] == 0
