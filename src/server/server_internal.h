@@ -86,6 +86,8 @@ typedef struct srv_gen {
     int top_as_chat;           /* chat logprobs shape */
     char rid[48];
     long created;
+    char *chunk_head;          /* a stream's chunks up to the choice's index (NULL: the jansson path) */
+    size_t chunk_head_len;
     json_t *stop;              /* the request's stop field (for nothing but lifetime) */
     /* output: SSE bytes (stream) or the final body */
     char *buf;
@@ -121,7 +123,7 @@ struct anvil_server {
     atomic_int shutting_down;
     pthread_mutex_t repo_mu;   /* guards the model table and every srv_model's refs */
     pthread_cond_t repo_cv;    /* a reference dropped, a load or unload ended */
-    atomic_uint_fast64_t cost_ns; /* CPU time of the server's own work off the event loop (srv_cost_add) */
+    atomic_uint_fast64_t cost_ns; /* CPU time of the server's own work off the event loop (srv_cost_add_times) */
     atomic_uint_fast64_t exempt_ns; /* the executor's work on the event loop (enqueue: srv_cost_exempt) */
     /* the event loop (server_loop.c) */
     pthread_t loop;
@@ -162,10 +164,11 @@ void srv_model_free(srv_model *m);
 
 /* CPU time of the calling thread, in ns (CLOCK_THREAD_CPUTIME_ID). */
 uint64_t srv_cpu_ns(void);
-/* Adds (srv_cpu_ns() - t0) to the server's "outside the executor" CPU time
- * (anvil_server_cpu_seconds_total in /metrics): for the server's work on
- * other threads than the event loop, whose CPU time counts whole. */
-void srv_cost_add(struct anvil_server *s, uint64_t t0);
+/* Adds (srv_cpu_ns() - t0) x times to the server's "outside the executor"
+ * CPU time (anvil_server_cpu_seconds_total in /metrics): for the server's
+ * work on other threads than the event loop, whose CPU time counts whole;
+ * times > 1: one of that many alike brackets, the only one timed. */
+void srv_cost_add_times(struct anvil_server *s, uint64_t t0, unsigned times);
 /* The executor's work done on the event loop since t0 (enqueue): not the
  * server's. */
 void srv_cost_exempt(struct anvil_server *s, uint64_t t0);
