@@ -134,6 +134,7 @@ struct anvil_server {
     srv_waiter *ready_head, *ready_tail;
     int n_suspended;           /* the loop's own */
     atomic_int loop_stop, quiesce_req, closing;
+    atomic_int loop_asleep;    /* the loop is in (or about to enter) poll(): srv_wake must write wake_fd */
     atomic_int n_conns;        /* open connections */
     atomic_int n_jobs;         /* repository loads and unloads on their threads */
     pthread_mutex_t mu;        /* guards gens, http counters */

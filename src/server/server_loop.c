@@ -5,10 +5,11 @@
  * A connection with nothing to send (a stream between tokens, a request
  * not finished, a repository load on its thread) is suspended. Whoever has
  * news for it (the executor's callback, the load's thread) calls srv_wake,
- * which puts it on the ready list and, when the list was empty, writes the
- * loop's eventfd: one wake-up for all the streams of an executor step. The
- * loop resumes every connection of the list, and MHD writes them in the same
- * pass.
+ * which puts it on the ready list and, when the loop sleeps, writes the
+ * loop's eventfd (once: the first waker clears the loop's asleep flag), so
+ * the streams of an executor step cost one system call, not one each. The
+ * loop resumes every connection of the list, and MHD writes them in the
+ * same pass.
  *
  * MHD does not watch a suspended connection's socket, so every 250 ms the
  * loop polls the sockets of the suspended ones at once for a hang-up
@@ -87,20 +88,23 @@ void srv_suspend(struct anvil_server *s, srv_waiter *w)
 
 void srv_wake(struct anvil_server *s, srv_waiter *w)
 {
-    int first = 0;
+    int queued = 0;
     pthread_mutex_lock(&s->wake_mu);
     if (w->suspended && !w->queued) {
         w->queued = 1;
         w->next = NULL;
-        first = s->ready_head == NULL;
-        if (first)
+        if (s->ready_head == NULL)
             s->ready_head = w;
         else
             s->ready_tail->next = w;
         s->ready_tail = w;
+        queued = 1;
     }
     pthread_mutex_unlock(&s->wake_mu);
-    if (first)
+    /* only a sleeping loop needs the eventfd, and only once: the streams
+     * of a step cost one write, not one each (the loop, awake, drains the
+     * list before it sleeps again) */
+    if (queued && atomic_exchange(&s->loop_asleep, 0))
         signal_loop(s);
 }
 
@@ -183,11 +187,20 @@ static void *loop_main(void *arg)
             if (timeout < 0 || ms < timeout)
                 timeout = ms;
         }
+        /* asleep from here: a waker that finds the flag set writes the
+         * eventfd (once: it clears the flag); the list is checked after
+         * setting it, so a wake-up between the two is not lost */
+        atomic_store(&s->loop_asleep, 1);
+        pthread_mutex_lock(&s->wake_mu);
+        if (s->ready_head != NULL)
+            timeout = 0;
+        pthread_mutex_unlock(&s->wake_mu);
         if (!stop && poll(p, 2, timeout) > 0 && (p[1].revents & POLLIN)) {
             uint64_t v;
             while (read(s->wake_fd, &v, sizeof v) < 0 && errno == EINTR)
                 ;
         }
+        atomic_store(&s->loop_asleep, 0);
         resume_ready(s);
         if (!quiesced && atomic_load(&s->quiesce_req)) {
             MHD_socket ls = MHD_quiesce_daemon(s->daemon);
