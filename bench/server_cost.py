@@ -181,6 +181,16 @@ def main():
           f"TTFT p99 {pct(res['ttft'], 99) * 1e3:.0f} ms")
     print(f"counters: server CPU {server:.3f} s / process CPU {process:.3f} s = {100 * server / process:.2f}% "
           f"(process used {process / wall:.2f} cores over {wall:.2f} s)")
+    steps = {k: m1[k] - m0.get(k, 0) for k in m1 if k.startswith("anvil_executor_steps_total")}
+    n_steps = sum(steps.values())
+    if n_steps > 0:
+        ph = {}
+        for k in m1:
+            if k.startswith("anvil_executor_busy_seconds_total"):
+                p = k.split('phase="')[1].split('"')[0]
+                ph[p] = ph.get(p, 0.0) + m1[k] - m0.get(k, 0.0)
+        print(f"executor: {n_steps:.0f} steps; per step " +
+              ", ".join(f"{p} {1e3 * v / n_steps:.3f} ms" for p, v in ph.items()))
     # per thread, from /proc (clock ticks: 10 ms resolution)
     t0, t1 = r0["threads"], r1["threads"]
     groups = {}

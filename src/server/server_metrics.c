@@ -118,6 +118,10 @@ char *srv_metrics_text(struct anvil_server *s)
         {"anvil_requests_total", "Generation requests finished, by finish reason."},
         {"anvil_prompt_tokens_total", "Prompt tokens of finished requests."},
         {"anvil_generation_tokens_total", "Generated tokens of finished requests."},
+        {"anvil_executor_steps_total", "Steps the executor ran."},
+        {"anvil_executor_busy_seconds_total",
+         "The executor's time in steps, by phase (schedule; forward: the model, waited for on a GPU; tokens: "
+         "sampling on the host, stop checks, detokenization, the server's callbacks)."},
     };
     for (size_t gi = 0; gi < sizeof gauges / sizeof gauges[0]; gi++) {
         const char *name = gauges[gi][0];
@@ -151,8 +155,16 @@ char *srv_metrics_text(struct anvil_server *s)
             case 5:
                 put(&b, "%s{model=\"%s\"} %llu\n", name, m->name, (unsigned long long)m->prompt_tokens);
                 break;
-            default:
+            case 6:
                 put(&b, "%s{model=\"%s\"} %llu\n", name, m->name, (unsigned long long)m->generated_tokens);
+                break;
+            case 7:
+                put(&b, "%s{model=\"%s\"} %lld\n", name, m->name, (long long)em.steps);
+                break;
+            default:
+                put(&b, "%s{model=\"%s\",phase=\"schedule\"} %.6f\n", name, m->name, em.schedule_s);
+                put(&b, "%s{model=\"%s\",phase=\"forward\"} %.6f\n", name, m->name, em.forward_s);
+                put(&b, "%s{model=\"%s\",phase=\"tokens\"} %.6f\n", name, m->name, em.tokens_s);
                 break;
             }
             pthread_mutex_unlock(&m->mu);
