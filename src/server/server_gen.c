@@ -33,6 +33,7 @@ void srv_gen_release(srv_gen *g)
     pthread_mutex_destroy(&g->mu);
     json_decref(g->stop);
     free(g->chunk_head);
+    free(g->rec);
     free(g->buf);
     free(g->role_sent);
     for (int32_t i = 0; j->echo && i < j->n_prompts; i++)
@@ -349,6 +350,66 @@ static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t tex
     sse(g, o);
 }
 
+/* A stream's token events wait as records (index, finish, text) until the
+ * event loop formats them (srv_gen_format_ready): the executor's thread,
+ * which every stream's callback runs on, only copies the text (its
+ * formatting was ~1 us a token there, 8% of a GPU step at 256 streams:
+ * docs/performance.md "Server"). Everything else appended to a stream
+ * formats the records first, so the chunks stay in order. */
+typedef struct rec_head {
+    int32_t index;
+    int32_t finish;
+    uint32_t len;
+} rec_head;
+
+static int rec_push(srv_gen *g, int32_t index, anvil_request_finish finish, const char *text, size_t len)
+{
+    if (len > UINT32_MAX)
+        return -1;
+    size_t need = g->rec_len + sizeof(rec_head) + len;
+    if (need > g->rec_cap) {
+        size_t cap = g->rec_cap ? g->rec_cap : 1024;
+        while (cap < need)
+            cap *= 2;
+        char *b = realloc(g->rec, cap);
+        if (b == NULL)
+            return -1;
+        g->rec = b;
+        g->rec_cap = cap;
+    }
+    rec_head h = {index, (int32_t)finish, (uint32_t)len};
+    memcpy(g->rec + g->rec_len, &h, sizeof h);
+    if (len)
+        memcpy(g->rec + g->rec_len + sizeof h, text, len);
+    g->rec_len = need;
+    return 0;
+}
+
+/* Formats the records in [0, upto) into the stream's buffer (g->mu held). */
+static void rec_format(srv_gen *g, size_t upto)
+{
+    size_t at = 0;
+    while (at < upto) {
+        rec_head h;
+        memcpy(&h, g->rec + at, sizeof h);
+        stream_chunk(g, h.index, g->rec + at + sizeof h, h.len, NULL, (anvil_request_finish)h.finish);
+        at += sizeof h + h.len;
+    }
+    if (at > 0) {
+        memmove(g->rec, g->rec + at, g->rec_len - at);
+        g->rec_len -= at;
+        g->rec_ready = g->rec_ready > at ? g->rec_ready - at : 0;
+    }
+}
+
+void srv_gen_format_ready(srv_gen *g)
+{
+    if (g->rec_ready == 0)
+        return;
+    rec_format(g, g->rec_ready);
+    g->flush_len = g->len; /* nothing in the buffer is newer than the records (see above) */
+}
+
 /* Echo text + generated text, as one JSON string (the generated text is
  * what the executor decoded after the prompt: "The cat" + " was"). */
 static json_t *choice_text(const srv_job *j, int32_t prompt, const anvil_sequence_output *sq)
@@ -546,6 +607,7 @@ static void on_final(srv_sub *sub, const anvil_result *r)
 {
     srv_job *j = sub->job;
     srv_gen *g = &j->g;
+    rec_format(g, g->rec_len); /* what follows comes after every chunk so far */
     sub->finished = 1;
     j->n_finished++;
     j->prompt_tokens += r->n_prompt;
@@ -607,11 +669,14 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
         int32_t index = sub->prompt * g->n + ev->index;
         if (!j->start_failed && g->stream && ev->index >= 0 && ev->index < g->n &&
             (ev->text_len > 0 || ev->finish != ANVIL_REQUEST_RUNNING || (ev->logprobs && ev->n_tokens > 0))) {
-            json_t *lp = g->logprobs >= 0 && ev->logprobs
-                             ? logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs, ev->top_logprobs,
-                                             ev->n_top, 0)
-                             : NULL;
-            stream_chunk(g, index, ev->text, ev->text_len, lp, ev->finish);
+            if (g->logprobs >= 0 && ev->logprobs) {
+                json_t *lp = logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs, ev->top_logprobs,
+                                           ev->n_top, 0);
+                stream_chunk(g, index, ev->text, ev->text_len, lp, ev->finish);
+            } else if (rec_push(g, index, ev->finish, ev->text, ev->text_len) != 0) {
+                rec_format(g, g->rec_len); /* out of memory: in order, formatted here */
+                stream_chunk(g, index, ev->text, ev->text_len, NULL, ev->finish);
+            }
         }
     } else if (ev->kind == ANVIL_EVENT_FINAL) {
         on_final(sub, ev->result);
@@ -623,12 +688,14 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
     /* a non-streamed body waits for the end; a stream is woken at its
      * first chunk, then every stream_interval steps, and at its end */
     int wake = g->done;
-    if (g->stream && !wake && ev->kind == ANVIL_EVENT_TOKENS && g->len > g->flush_len) {
+    if (g->stream && !wake && ev->kind == ANVIL_EVENT_TOKENS && (g->len > g->flush_len || g->rec_len > g->rec_ready)) {
         wake = g->unwoken < 0 || ++g->unwoken >= g->wake_every;
     }
     if (wake) {
         g->unwoken = 0;
-        g->flush_len = g->len; /* the reader hands out this much: whole groups of steps */
+        /* the reader hands out this much: whole groups of steps */
+        g->flush_len = g->len;
+        g->rec_ready = g->rec_len;
     }
     pthread_mutex_unlock(&g->mu);
     if (wake)

@@ -156,6 +156,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
     if (atomic_load(&s->closing))
         return MHD_CONTENT_READER_END_WITH_ERROR;
     pthread_mutex_lock(&g->mu);
+    srv_gen_format_ready(g);
     ssize_t n = 0;
     if (g->sent < g->flush_len) {
         size_t k = g->flush_len - g->sent < max ? g->flush_len - g->sent : max;

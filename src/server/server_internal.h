@@ -93,6 +93,8 @@ typedef struct srv_gen {
     char *buf;
     size_t len, cap, sent;
     size_t flush_len;          /* a stream: what may be written yet (stream_interval) */
+    char *rec;                 /* a stream's token events not formatted yet (server_gen.c) */
+    size_t rec_len, rec_cap, rec_ready; /* rec_ready: of them, those the loop may format and send */
     int done;                  /* final event seen */
     int http_status;           /* of a non-streamed body */
     int *role_sent;            /* [n] chat streams: the role delta went out */
@@ -216,6 +218,9 @@ void srv_gen_release(srv_gen *g);
 void srv_gen_cancel(srv_gen *g);
 void srv_gen_on_event(void *user, const anvil_event *ev);
 int srv_gen_append(srv_gen *g, const char *s, size_t n); /* with g->mu held */
+/* On the event loop, with g->mu held: formats the token events a wake-up
+ * released into the stream's buffer (and releases them to the reader). */
+void srv_gen_format_ready(srv_gen *g);
 
 /* server_openai.c: builds a request from a body; on failure fills *status and *err_json */
 int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, int *status, json_t **err);

@@ -445,9 +445,9 @@ def test_idle_slow_and_stalled_connections(server):
     for _ in range(4):
         c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        # ~1.5 MB of chunks: more than the socket buffers hold
-        body = json.dumps({**GOOD, "max_tokens": 480, "ignore_eos": True, "stream": True, "n": 4,
-                           "logprobs": 5}).encode()
+        # ~6 MB of chunks: more than the socket buffers hold (1.5 MB could fit in them)
+        body = json.dumps({**GOOD, "max_tokens": 480, "ignore_eos": True, "stream": True, "n": 16,
+                           "logprobs": 20}).encode()
         c.sendall(headers(extra=f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
         stalled.append(c)
     try:
