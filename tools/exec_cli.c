@@ -114,12 +114,14 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         o->rt.kv_block_size = (int32_t)v;
         return 1;
     case EXEC_OPT_POLICY:
-        if (strcmp(arg, "no-evict") == 0 || strcmp(arg, "guaranteed-no-evict") == 0) {
+        /* TensorRT-LLM spells them GUARANTEED_NO_EVICT and MAX_UTILIZATION */
+        if (strcmp(arg, "no-evict") == 0 || strcmp(arg, "guaranteed-no-evict") == 0 ||
+            strcmp(arg, "GUARANTEED_NO_EVICT") == 0) {
             o->ex.policy = ANVIL_CAPACITY_GUARANTEED_NO_EVICT;
-        } else if (strcmp(arg, "max-utilization") == 0) {
+        } else if (strcmp(arg, "max-utilization") == 0 || strcmp(arg, "MAX_UTILIZATION") == 0) {
             o->ex.policy = ANVIL_CAPACITY_MAX_UTILIZATION;
         } else {
-            fprintf(stderr, "%s: --policy expects no-evict or max-utilization, got '%s'\n", tool, arg);
+            fprintf(stderr, "%s: --scheduler-policy expects no-evict or max-utilization, got '%s'\n", tool, arg);
             return -1;
         }
         return 1;

@@ -42,6 +42,7 @@ enum {
         {"kv-cache-fraction", required_argument, 0, EXEC_OPT_KV_FRACTION},                 \
         {"block-size", required_argument, 0, EXEC_OPT_BLOCK_SIZE},                         \
         {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
+        {"scheduler-policy", required_argument, 0, EXEC_OPT_POLICY},                       \
         {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE},                  \
         {"dtype", required_argument, 0, EXEC_OPT_DTYPE}
 
@@ -58,7 +59,8 @@ enum {
     "                              of free memory)\n"                                                     \
     "      --kv-cache-fraction F   KV cache size as a fraction of the memory left after the weights\n"    \
     "      --block-size N          tokens per KV block (default 32)\n"                                    \
-    "      --policy P              no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
+    "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
+    "                              (TensorRT-LLM's capacity policies; also --policy)\n"                  \
     "      --no-prefix-caching     do not reuse the KV blocks of earlier prompts\n"
 
 typedef struct exec_cli_opts {

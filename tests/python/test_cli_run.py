@@ -171,6 +171,24 @@ def test_usage_and_input_errors(anvil, shared, args, code, needle):
     assert "Traceback" not in r.stderr and r.returncode < 128  # no crash
 
 
+def test_scheduler_policy_and_dtype_flags(anvil, shared):
+    """The executor flags of serve and bench: --scheduler-policy (the issue's name; --policy too, and
+    TensorRT-LLM's spelling) and --dtype, checked before any model loads."""
+    model = str(shared / "models" / "stories260K")
+    base = ["--model", model, "--num-requests", "2", "--input-len", "4", "--output-len", "4", "--no-progress"]
+    for policy, shown in (("MAX_UTILIZATION", "max-utilization"), ("no-evict", "guaranteed-no-evict")):
+        r = anvil("bench", *base, "--scheduler-policy", policy)
+        assert r.returncode == 0 and f"policy {shown}," in r.stdout, (r.stdout, r.stderr)
+    r = anvil("bench", *base, "--policy", "max-utilization", "--dtype", "auto")
+    assert r.returncode == 0 and "policy max-utilization," in r.stdout, r.stderr
+    for cmd in ("bench", "serve"):
+        r = anvil(cmd, "--model", model, "--scheduler-policy", "fifo")
+        assert r.returncode == 2 and r.stderr == \
+            f"anvil {cmd}: --scheduler-policy expects no-evict or max-utilization, got 'fifo'\n", r.stderr
+        r = anvil(cmd, "--model", model, "--dtype", "fp8")
+        assert r.returncode == 2 and r.stderr == f"anvil {cmd}: --dtype expects auto, f32, bf16 or f16, got 'fp8'\n"
+
+
 def test_broken_model_folder(anvil, shared, tmp_path):
     src = shared / "models" / "stories260K"
     for name in ["config.json", "tokenizer.json", "tokenizer_config.json"]:
