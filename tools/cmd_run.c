@@ -66,6 +66,7 @@ static void run_usage(FILE *out)
             "                          (bf16/f16 on cuda: activations and KV cache in that dtype too)\n"
             "      --threads N         CPU threads (default: all cores)\n"
             "      --max-seq-len N     context length (default: the model's)\n"
+            "      --mmap              map the weights instead of reading them into memory\n"
             "  -h, --help              this help\n");
 }
 
@@ -130,7 +131,7 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
-    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE };
+    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE, OPT_MMAP };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -139,7 +140,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, 's'},
         {"json", no_argument, 0, OPT_JSON},         {"no-echo", no_argument, 0, OPT_NO_ECHO},         {"device", required_argument, 0, OPT_DEVICE},
         {"threads", required_argument, 0, OPT_THREADS}, {"max-seq-len", required_argument, 0, OPT_SEQ},
-        {"dtype", required_argument, 0, OPT_DTYPE},
+        {"dtype", required_argument, 0, OPT_DTYPE}, {"mmap", no_argument, 0, OPT_MMAP},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -198,6 +199,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         case OPT_DTYPE:
             if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
+        case OPT_MMAP: a->rt.use_mmap = 1; break;
         case 'h': run_usage(stdout); return 0;
         default: run_usage(stderr); return 2;
         }

@@ -29,6 +29,7 @@ enum {
     EXEC_OPT_POLICY,
     EXEC_OPT_NO_PREFIX_CACHE,
     EXEC_OPT_DTYPE,
+    EXEC_OPT_MMAP,
 };
 
 /* The shared entries of a getopt_long table. */
@@ -44,7 +45,8 @@ enum {
         {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
         {"scheduler-policy", required_argument, 0, EXEC_OPT_POLICY},                       \
         {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE},                  \
-        {"dtype", required_argument, 0, EXEC_OPT_DTYPE}
+        {"dtype", required_argument, 0, EXEC_OPT_DTYPE},                                   \
+        {"mmap", no_argument, 0, EXEC_OPT_MMAP}
 
 /* Help text for the shared options. */
 #define EXEC_CLI_HELP                                                                                     \
@@ -61,7 +63,9 @@ enum {
     "      --block-size N          tokens per KV block (default 32)\n"                                    \
     "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
     "                              (TensorRT-LLM's capacity policies; also --policy)\n"                  \
-    "      --no-prefix-caching     do not reuse the KV blocks of earlier prompts\n"
+    "      --no-prefix-caching     do not reuse the KV blocks of earlier prompts\n"                    \
+    "      --mmap                  map the weights instead of reading them (CPU: shared with the page\n" \
+    "                              cache; a checkpoint truncated while served then kills the process)\n"
 
 typedef struct exec_cli_opts {
     anvil_runtime_options rt;

@@ -48,6 +48,10 @@ void anvil_convert_to_f32(anvil_dtype src_dt, const void *src, float *dst, int64
 /* Converts n floats into dst of dt (F32, F16 or BF16). */
 void anvil_convert_from_f32(anvil_dtype dst_dt, const float *src, void *dst, int64_t n);
 
+/* The index of the first NaN or infinity among n elements of data (F32,
+ * F16 or BF16), or -1 when all are finite (and for other dtypes). */
+int64_t anvil_find_nonfinite(anvil_dtype dt, const void *data, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,6 +55,20 @@ typedef struct anvil_runtime_options {
     anvil_dtype weight_dtype;
     int no_fusion;              /* 1: run every op of the network by itself, never the backend's fused ops
                                    (the reference the fused path is compared with); default 0 */
+    /* 0 (default): weights are read into the backend's memory with pread,
+     * so a checkpoint changed or truncated after the load cannot touch the
+     * runtime, and one changed during it fails the load with a message.
+     * 1: the checkpoint is mapped, and CPU weights are used in place from
+     * the page cache (shared between processes, no copy); a file truncated
+     * while mapped then kills the process with SIGBUS at the next access. */
+    int use_mmap;
+    int no_weight_check;        /* 1: skip the load's scan of every weight for NaN and infinity */
+    /* Called during the load as weights arrive (bytes done of bytes in all,
+     * both of the checkpoint), from the loading thread. A nonzero return
+     * stops the load: anvil_runtime_load then fails with ANVIL_ERR_CANCELLED
+     * and frees what it made. NULL: none. */
+    int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
+    void *progress_user;
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);

@@ -53,6 +53,10 @@ int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_
 /* The first index of the largest value. */
 int32_t anvil_argmax(const float *x, int32_t n);
 
+/* Greedy decoding's pick: anvil_argmax, or -1 when the row holds a NaN or
+ * +inf or no value above -inf (the logits of a damaged model). */
+int32_t anvil_greedy_pick(const float *x, int32_t n);
+
 /* ---- The executor's per-request suite: min-p, penalties, bias, logprobs. */
 
 /* A bias added to one token's logit (OpenAI logit_bias). */
@@ -94,9 +98,11 @@ void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, floa
 /*
  * anvil_sampler_sample with min-p: after temperature, tokens whose
  * probability is below min_p times the largest are dropped, then top-k and
- * top-p as before. Tokens whose logit is -inf (or NaN) are never chosen.
- * With min_p 0 and finite logits it draws exactly what
- * anvil_sampler_sample draws from the same RNG state.
+ * top-p as before. Tokens whose logit is -inf are never chosen. A row that
+ * holds a NaN or +inf, or no logit above -inf, gives -1 and draws nothing
+ * (a damaged model: the caller ends the request with an error). With
+ * min_p 0 and finite logits it draws exactly what anvil_sampler_sample
+ * draws from the same RNG state.
  */
 int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
                                    anvil_rng *rng);
@@ -106,9 +112,9 @@ int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const 
  * steps with the min-p threshold given as log_min_p = logf(min_p) (or
  * -INFINITY for none) and the uniform u in [0, 1) (what anvil_rng_uniform
  * returned) given instead of drawn. Greedy parameters (temperature 0, top_k
- * 1) ignore u. When sampling finds no finite logit it returns -1 (the
- * RNG-drawing version returns 0 without drawing). For backends that sample
- * on their device: they mirror this, and the CPU backend calls it.
+ * 1) ignore u. A row with a NaN or +inf, or no logit above -inf, gives -1,
+ * greedy or not. For backends that sample on their device: they mirror
+ * this, and the CPU backend calls it.
  */
 int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
                            double u);

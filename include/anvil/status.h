@@ -33,6 +33,7 @@ typedef enum anvil_status {
     ANVIL_ERR_CUDA,         /* a CUDA or cuBLAS call failed */
     ANVIL_ERR_CAPACITY,     /* a fixed limit (KV blocks, max tokens) is exceeded */
     ANVIL_ERR_INTERNAL,     /* a bug in anvil */
+    ANVIL_ERR_CANCELLED,    /* the caller asked to stop (a load's progress callback, a deadline) */
 } anvil_status;
 
 /* A short constant name for a status ("ANVIL_ERR_FORMAT"); never NULL. */

@@ -147,3 +147,38 @@ void anvil_convert_from_f32(anvil_dtype dst_dt, const float *src, void *dst, int
             d[i] = anvil_f32_to_f16(src[i]);
     }
 }
+
+/* Blocks of 256 are scanned with an OR of the "exponent all ones" test,
+ * which compilers vectorize; only a block that holds one is searched. */
+#define NONFINITE_SCAN(T, mask)                                                                                        \
+    do {                                                                                                               \
+        const T *p = data;                                                                                             \
+        for (int64_t b = 0; b < n; b += 256) {                                                                         \
+            const int64_t e = n - b < 256 ? n : b + 256;                                                               \
+            unsigned hit = 0;                                                                                          \
+            for (int64_t i = b; i < e; i++)                                                                            \
+                hit |= (p[i] & (mask)) == (mask);                                                                      \
+            if (hit)                                                                                                   \
+                for (int64_t i = b; i < e; i++)                                                                        \
+                    if ((p[i] & (mask)) == (mask))                                                                     \
+                        return i;                                                                                      \
+        }                                                                                                              \
+    } while (0)
+
+int64_t anvil_find_nonfinite(anvil_dtype dt, const void *data, int64_t n)
+{
+    switch (dt) {
+    case ANVIL_DTYPE_F32:
+        NONFINITE_SCAN(uint32_t, 0x7f800000u);
+        break;
+    case ANVIL_DTYPE_BF16:
+        NONFINITE_SCAN(uint16_t, 0x7f80u);
+        break;
+    case ANVIL_DTYPE_F16:
+        NONFINITE_SCAN(uint16_t, 0x7c00u);
+        break;
+    default:
+        break;
+    }
+    return -1;
+}

@@ -1,10 +1,12 @@
 #include "core/fileutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/error.h"
 
@@ -13,8 +15,15 @@ anvil_status anvil_read_file(const char *path, char **out, size_t *len)
     *out = NULL;
     if (len)
         *len = 0;
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL, ANVIL_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    /* O_NONBLOCK: a FIFO or device must not block the open; it is refused below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    CHECK(fd >= 0, ANVIL_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    FILE *f = fdopen(fd, "rb");
+    if (f == NULL) {
+        int e = errno;
+        close(fd);
+        return ANVIL_FAIL(ANVIL_ERR_IO, "cannot open %s: %s", path, strerror(e));
+    }
     anvil_status st = ANVIL_OK;
     char *buf = NULL;
     struct stat sb;

@@ -233,6 +233,9 @@ int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const
 /* Appends tok (sampled elsewhere) to s, as anvil_exec_sample_seq does after
  * its draw: stop conditions, text, the event. */
 anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok);
+/* The error that ends s's request when its logits are poisoned (a NaN or
+ * +inf, or none finite: the sampler's -1), naming the step; returns it. */
+anvil_status anvil_exec_nonfinite(const anvil_executor *ex, const xreq *r, const xseq *s);
 /* At the end of a sequence: flushes the detokenizer and delivers the rest
  * of the text (checking stop strings once more). */
 anvil_status anvil_exec_text_finish(anvil_executor *ex, xreq *r, xseq *s);

@@ -165,6 +165,8 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
         .temperature = r->p.temperature, .top_k = r->p.top_k, .top_p = r->p.top_p, .seed = r->p.seed,
     };
     const int32_t tok = anvil_sampler_sample_min_p(ex->sampler, w, &sp, r->p.min_p, &s->rng);
+    if (tok < 0)
+        return anvil_exec_nonfinite(ex, r, s);
 
     if (s->logprobs) {
         anvil_log_softmax(row, ex->lp, V);
@@ -188,8 +190,18 @@ int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const
     return !(masks && s->n_tokens - r->n_prompt < r->p.min_tokens);
 }
 
+anvil_status anvil_exec_nonfinite(const anvil_executor *ex, const xreq *r, const xseq *s)
+{
+    return ANVIL_FAIL(ANVIL_ERR_FORMAT,
+                      "the model produced non-finite logits (NaN or infinity) at step %lld, for generated token %d "
+                      "of this request: its weights or config are damaged",
+                      (long long)ex->c_steps, s->n_tokens - r->n_prompt + 1);
+}
+
 anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok)
 {
+    if (tok < 0) /* the device sampler's verdict on a poisoned row */
+        return anvil_exec_nonfinite(ex, r, s);
     int32_t n_gen = s->n_tokens - r->n_prompt;
     s->tokens[s->n_tokens++] = tok;
     n_gen++;

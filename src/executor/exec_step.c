@@ -97,6 +97,11 @@ static void handle_beams(anvil_executor *ex, xreq *r)
         if (r->seqs[i]->logit_row < 0)
             return; /* not every beam reached its logits: the scheduler keeps them together */
         rows[i] = ex->logits + (size_t)r->seqs[i]->logit_row * (size_t)ex->vocab;
+        if (anvil_greedy_pick(rows[i], ex->vocab) < 0) { /* a NaN or +inf: a damaged model */
+            anvil_status st = anvil_exec_nonfinite(ex, r, r->seqs[i]);
+            anvil_exec_fail_request(ex, r, st, anvil_last_error());
+            return;
+        }
     }
     anvil_status st = anvil_exec_beam_step(ex, r, rows);
     if (st != ANVIL_OK) {

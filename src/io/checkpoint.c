@@ -20,6 +20,7 @@
 #define CKPT_INDEX  "model.safetensors.index.json"
 
 struct anvil_checkpoint {
+    anvil_st_access access;
     anvil_safetensors **shards;
     int64_t n_shards;
     const anvil_st_tensor **tensors; /* shard order, then file order */
@@ -83,7 +84,7 @@ static anvil_status open_shards(anvil_checkpoint *c, const char *dir, const char
     for (size_t i = 0; i < n_unique; i++) {
         char path[4096];
         TRY_GOTO(anvil_path_join(path, sizeof path, dir, names[i]), done);
-        st = anvil_safetensors_open(path, &c->shards[i]);
+        st = anvil_safetensors_open_ex(path, c->access, &c->shards[i]);
         if (st != ANVIL_OK) {
             anvil_error_wrap("%s names shard %s", index_path, names[i]);
             goto done;
@@ -138,10 +139,23 @@ static anvil_status check_weight_map(const anvil_checkpoint *c, const char *inde
 
 anvil_status anvil_checkpoint_open(const char *dir, anvil_checkpoint **out)
 {
+    return anvil_checkpoint_open_ex(dir, ANVIL_ST_MMAP, out);
+}
+
+anvil_status anvil_checkpoint_check_unchanged(const anvil_checkpoint *c)
+{
+    for (int64_t s = 0; c && s < c->n_shards; s++)
+        TRY(anvil_safetensors_check_unchanged(c->shards[s]));
+    return ANVIL_OK;
+}
+
+anvil_status anvil_checkpoint_open_ex(const char *dir, anvil_st_access access, anvil_checkpoint **out)
+{
     *out = NULL;
     CHECK(dir != NULL, ANVIL_ERR_INVALID_ARG, "anvil_checkpoint_open: dir is NULL");
     anvil_checkpoint *c = calloc(1, sizeof *c);
     CHECK(c != NULL, ANVIL_ERR_OOM, "out of memory opening %s", dir);
+    c->access = access;
     anvil_status st = ANVIL_OK;
     json_t *index = NULL;
     const char **names = NULL;
@@ -150,7 +164,7 @@ anvil_status anvil_checkpoint_open(const char *dir, anvil_checkpoint **out)
     if (anvil_file_exists(path)) {
         c->shards = calloc(1, sizeof *c->shards);
         CHECK_GOTO(c->shards != NULL, ANVIL_ERR_OOM, fail, "out of memory opening %s", dir);
-        TRY_GOTO(anvil_safetensors_open(path, &c->shards[0]), fail);
+        TRY_GOTO(anvil_safetensors_open_ex(path, access, &c->shards[0]), fail);
         c->n_shards = 1;
     } else {
         TRY_GOTO(anvil_path_join(path, sizeof path, dir, CKPT_INDEX), fail);

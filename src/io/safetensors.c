@@ -27,10 +27,14 @@
 
 struct anvil_safetensors {
     char *path;          /* for messages; "<memory>" for images */
-    const uint8_t *base; /* the whole file */
-    size_t len;
+    const uint8_t *base; /* the whole file (mapped or an image), or its first 8 + header bytes (read) */
+    size_t len;          /* the file's size */
+    int has_data;        /* base holds the data section too */
     void *map; /* the mapping to unmap, or NULL */
     size_t map_len;
+    uint8_t *head;       /* ANVIL_ST_READ: the header as read (base points here) */
+    int fd;              /* ANVIL_ST_READ: kept open for anvil_st_read; else -1 */
+    struct stat at_open; /* ANVIL_ST_READ: size and modification time when opened */
     anvil_st_tensor *tensors; /* in header order */
     int64_t n;
     const anvil_st_tensor **by_name; /* sorted by name */
@@ -132,7 +136,7 @@ static int cmp_span(const void *a, const void *b)
 
 /* Checks one header entry and fills t (except name), recording its span. */
 static anvil_status parse_entry(anvil_safetensors *f, const char *name, const json_t *e, const uint8_t *data,
-                                uint64_t data_len, anvil_st_tensor *t, span *sp)
+                                uint64_t data_start, uint64_t data_len, anvil_st_tensor *t, span *sp)
 {
     const char *path = f->path;
     CHECK(json_is_object(e), ANVIL_ERR_FORMAT, "%s: tensor \"%s\": entry must be an object, got %s", path,
@@ -196,12 +200,16 @@ static anvil_status parse_entry(anvil_safetensors *f, const char *name, const js
             path, name, shape, dts, (unsigned long long)nbytes, (unsigned long long)begin,
             (unsigned long long)end, (unsigned long long)(end - begin));
     }
-    t->data = data + begin;
+    t->data = data ? data + begin : NULL;
     t->nbytes = (size_t)nbytes;
+    t->file = f;
+    t->file_offset = data_start + begin;
     /* Consumers read weights in place as float / uint16_t arrays, which needs
-     * natural alignment. Every file the reference writer makes is aligned
-     * (8-byte padded header, tensors ordered by element size). */
-    CHECK(nbytes == 0 || (uintptr_t)t->data % esize == 0, ANVIL_ERR_UNSUPPORTED,
+     * natural alignment (of the file offset too: a mapping is page-aligned,
+     * and reads go to aligned buffers). Every file the reference writer
+     * makes is aligned (8-byte padded header, tensors ordered by element
+     * size). */
+    CHECK(nbytes == 0 || (data ? (uintptr_t)t->data % esize : t->file_offset % esize) == 0, ANVIL_ERR_UNSUPPORTED,
           "%s: tensor \"%s\": data at offset %llu is not aligned to its %zu-byte elements (re-save the file "
           "with the safetensors library)",
           path, name, (unsigned long long)begin, esize);
@@ -249,7 +257,7 @@ static anvil_status parse(anvil_safetensors *f)
           path, (unsigned long long)hlen, f->len);
     CHECK(hlen <= ST_MAX_HEADER, ANVIL_ERR_FORMAT, "%s: header length %llu is over the 100 MB limit", path,
           (unsigned long long)hlen);
-    const uint8_t *data = f->base + 8 + hlen;
+    const uint8_t *data = f->has_data ? f->base + 8 + hlen : NULL;
     uint64_t data_len = avail - hlen;
 
     char what[600];
@@ -303,7 +311,7 @@ static anvil_status parse(anvil_safetensors *f)
         if (strcmp(key, "__metadata__") == 0)
             continue;
         anvil_st_tensor *t = &f->tensors[i];
-        TRY_GOTO(parse_entry(f, key, val, data, data_len, t, &spans[i]), done);
+        TRY_GOTO(parse_entry(f, key, val, data, 8 + hlen, data_len, t, &spans[i]), done);
         t->name = put_string(f, &pos, key);
         spans[i].index = i;
         f->by_name[i] = t;
@@ -345,41 +353,125 @@ static anvil_status open_common(anvil_safetensors *f, anvil_safetensors **out)
     return ANVIL_OK;
 }
 
-anvil_status anvil_safetensors_open(const char *path, anvil_safetensors **out)
+/* Reads exactly len bytes at offset: a short read (the file was truncated
+ * since it was opened) is an error naming the file, never a signal. */
+static anvil_status read_at(int fd, const char *path, void *dst, size_t len, uint64_t offset)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, (char *)dst + done, len - done, (off_t)(offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        CHECK(n >= 0, ANVIL_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        CHECK(n > 0, ANVIL_ERR_IO,
+              "%s changed while in use: %zu bytes at offset %llu are past its end (was it truncated or "
+              "replaced?)",
+              path, len - done, (unsigned long long)(offset + done));
+        done += (size_t)n;
+    }
+    return ANVIL_OK;
+}
+
+/* ANVIL_ST_READ: the 8-byte length and the header, read into f->head. */
+static anvil_status read_head(anvil_safetensors *f, int fd)
+{
+    uint8_t len8[8];
+    CHECK(f->len >= 8, ANVIL_ERR_FORMAT,
+          "%s: truncated: %zu bytes, but a safetensors file starts with an 8-byte header length", f->path, f->len);
+    TRY(read_at(fd, f->path, len8, 8, 0));
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = hlen << 8 | len8[i];
+    /* parse() reports a bad length; read no more than the file holds */
+    if (hlen > (uint64_t)f->len - 8 || hlen > ST_MAX_HEADER)
+        hlen = 0;
+    f->head = malloc(8 + (size_t)hlen);
+    CHECK(f->head != NULL, ANVIL_ERR_OOM, "out of memory reading the header of %s", f->path);
+    memcpy(f->head, len8, 8);
+    TRY(read_at(fd, f->path, f->head + 8, (size_t)hlen, 8));
+    f->base = f->head;
+    return ANVIL_OK;
+}
+
+anvil_status anvil_safetensors_open_ex(const char *path, anvil_st_access access, anvil_safetensors **out)
 {
     *out = NULL;
     CHECK(path != NULL, ANVIL_ERR_INVALID_ARG, "anvil_safetensors_open: path is NULL");
     anvil_safetensors *f = calloc(1, sizeof *f);
     CHECK(f != NULL, ANVIL_ERR_OOM, "out of memory opening %s", path);
+    f->fd = -1;
     anvil_status st = ANVIL_OK;
     int fd = -1;
     f->path = strdup(path);
     CHECK_GOTO(f->path != NULL, ANVIL_ERR_OOM, fail, "out of memory opening %s", path);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
+     * only regular files are read */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     CHECK_GOTO(fd >= 0, errno == ENOENT ? ANVIL_ERR_NOT_FOUND : ANVIL_ERR_IO, fail, "cannot open %s: %s",
                path, strerror(errno));
     struct stat sb;
     CHECK_GOTO(fstat(fd, &sb) == 0, ANVIL_ERR_IO, fail, "cannot stat %s: %s", path, strerror(errno));
     CHECK_GOTO(S_ISREG(sb.st_mode), ANVIL_ERR_IO, fail, "%s is not a regular file", path);
     f->len = (size_t)sb.st_size;
-    if (f->len >= 8) { /* shorter files fail in parse() with a clear message; mmap of 0 bytes is an error */
+    if (access == ANVIL_ST_READ) {
+        TRY_GOTO(read_head(f, fd), fail);
+        f->fd = fd;
+        f->at_open = sb;
+        fd = -1;
+    } else if (f->len >= 8) { /* shorter files fail in parse() with a clear message; mmap of 0 bytes is an error */
         void *m = mmap(NULL, f->len, PROT_READ, MAP_PRIVATE, fd, 0);
         CHECK_GOTO(m != MAP_FAILED, ANVIL_ERR_IO, fail, "cannot map %s (%zu bytes): %s", path, f->len,
                    strerror(errno));
         f->map = m;
         f->map_len = f->len;
         f->base = m;
+        f->has_data = 1;
     } else {
         static const uint8_t empty[8];
         f->base = empty; /* never read: parse() stops at the length check */
     }
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     return open_common(f, out);
 fail:
     if (fd >= 0)
         close(fd);
     anvil_safetensors_close(f);
     return st;
+}
+
+anvil_status anvil_safetensors_open(const char *path, anvil_safetensors **out)
+{
+    return anvil_safetensors_open_ex(path, ANVIL_ST_MMAP, out);
+}
+
+anvil_status anvil_st_read(const anvil_st_tensor *t, size_t offset, void *dst, size_t len)
+{
+    CHECK(t != NULL && (dst != NULL || len == 0), ANVIL_ERR_INVALID_ARG, "anvil_st_read: NULL argument");
+    CHECK(offset <= t->nbytes && len <= t->nbytes - offset, ANVIL_ERR_INVALID_ARG,
+          "anvil_st_read: bytes [%zu, +%zu) outside tensor \"%s\" (%zu bytes)", offset, len, t->name, t->nbytes);
+    if (len == 0)
+        return ANVIL_OK;
+    if (t->data != NULL) {
+        memcpy(dst, (const char *)t->data + offset, len);
+        return ANVIL_OK;
+    }
+    const anvil_safetensors *f = t->file;
+    CHECK(f != NULL && f->fd >= 0, ANVIL_ERR_INVALID_ARG, "anvil_st_read: tensor \"%s\" has no file", t->name);
+    return read_at(f->fd, f->path, dst, len, t->file_offset + offset);
+}
+
+anvil_status anvil_safetensors_check_unchanged(const anvil_safetensors *f)
+{
+    if (f == NULL || f->fd < 0)
+        return ANVIL_OK;
+    struct stat sb;
+    CHECK(fstat(f->fd, &sb) == 0, ANVIL_ERR_IO, "cannot stat %s: %s", f->path, strerror(errno));
+    CHECK(sb.st_size == f->at_open.st_size && sb.st_mtim.tv_sec == f->at_open.st_mtim.tv_sec &&
+              sb.st_mtim.tv_nsec == f->at_open.st_mtim.tv_nsec,
+          ANVIL_ERR_IO, "%s changed while it was read (size %lld -> %lld bytes): load it again", f->path,
+          (long long)f->at_open.st_size, (long long)sb.st_size);
+    return ANVIL_OK;
 }
 
 anvil_status anvil_safetensors_open_memory(const void *data, size_t len, anvil_safetensors **out)
@@ -396,6 +488,8 @@ anvil_status anvil_safetensors_open_memory(const void *data, size_t len, anvil_s
     static const uint8_t empty[8];
     f->base = data ? data : empty;
     f->len = len;
+    f->has_data = 1;
+    f->fd = -1;
     return open_common(f, out);
 }
 
@@ -405,6 +499,9 @@ void anvil_safetensors_close(anvil_safetensors *f)
         return;
     if (f->map)
         munmap(f->map, f->map_len);
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f->head);
     free(f->tensors);
     free(f->by_name);
     free(f->meta);

@@ -12,6 +12,11 @@ static int is_eos(const anvil_model_config *cfg, int32_t id)
     return 0;
 }
 
+/* A row of logits with a NaN or +inf, or none finite (the sampler's -1):
+ * the model is damaged (poisoned weights, absurd RoPE parameters); the
+ * request ends rather than emitting garbage. */
+#define NONFINITE_MSG "the model produced non-finite logits (NaN or infinity) for generated token %d: its weights or config are damaged"
+
 anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_prompt,
                             const anvil_generate_params *params, anvil_token_fn on_token, void *user,
                             int32_t *out_ids, int32_t *n_out, anvil_finish_reason *finish)
@@ -67,6 +72,7 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
             .n_logits = last ? 1 : 0, .logit_rows = &row,
         };
         TRY_GOTO(anvil_runtime_forward_sample(rt, &b, &how, &tok), done);
+        CHECK_GOTO(!last || tok >= 0, ANVIL_ERR_FORMAT, done, NONFINITE_MSG, 1);
         done_tokens += n;
     }
 
@@ -89,6 +95,7 @@ anvil_status anvil_generate(anvil_runtime *rt, const int32_t *prompt, int32_t n_
             .n_logits = 1, .logit_rows = &row,
         };
         TRY_GOTO(anvil_runtime_forward_sample(rt, &b, &how, &tok), done);
+        CHECK_GOTO(tok >= 0, ANVIL_ERR_FORMAT, done, NONFINITE_MSG, *n_out + 1);
         cur++;
     }
     if (finish)

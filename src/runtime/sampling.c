@@ -260,33 +260,51 @@ void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, floa
     }
 }
 
+int32_t anvil_greedy_pick(const float *x, int32_t n)
+{
+    int32_t best = -1;
+    float bv = -INFINITY;
+    int bad = 0;
+    for (int32_t i = 0; i < n; i++) {
+        bad |= !(x[i] < INFINITY);
+        if (x[i] > bv) {
+            bv = x[i];
+            best = i;
+        }
+    }
+    return bad ? -1 : best;
+}
+
 /*
  * anvil_sampler_sample_min_p's algorithm, the min-p threshold given as
  * log_min_p (logf(min_p), or -INFINITY for none) and the uniform draw taken
- * from rng, or, with rng NULL, given as u. Returns -1 instead of the
- * argmax when no logit is finite and rng is NULL (the draw was not used).
- * Backends that sample on their device follow this step for step.
+ * from rng, or, with rng NULL, given as u. A poisoned row (a NaN or +inf,
+ * or no finite logit) gives -1 and draws nothing: a damaged model must end
+ * its request, not sample garbage. Backends that sample on their device
+ * follow this step for step.
  */
 static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
                            anvil_rng *rng, double u)
 {
     const int32_t n = s->n_vocab;
     if (p->temperature <= 0.0f || p->top_k == 1)
-        return anvil_argmax(logits, n);
+        return anvil_greedy_pick(logits, n);
 
     /* The steps mirror anvil_sampler_sample, over the finite candidates
      * only, so that both draw the same token from the same state. */
     const float inv_t = 1.0f / p->temperature;
     int32_t m = 0;
+    int bad = 0;
     for (int32_t i = 0; i < n; i++) {
+        bad |= !(logits[i] < INFINITY);
         if (!(logits[i] > -INFINITY))
             continue; /* -inf (masked) or NaN */
         s->c[m].logit = logits[i] * inv_t;
         s->c[m].id = i;
         m++;
     }
-    if (m == 0)
-        return rng != NULL ? anvil_argmax(logits, n) : -1;
+    if (m == 0 || bad)
+        return -1;
     if (log_min_p > -INFINITY) {
         float max = s->c[0].logit;
         for (int32_t i = 1; i < m; i++)

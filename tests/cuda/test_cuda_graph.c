@@ -1,8 +1,9 @@
 /*
  * Step graphs and the device argmax on CUDA.
  *
- *  - argmax_rows against a host scan (`>`, the lowest column on ties) for
- *    f32/bf16/f16 rows of odd and aligned widths with planted ties.
+ *  - argmax_rows against the host's greedy pick (`>`, the lowest column on
+ *    ties; -1 for a row with a NaN or +inf) for f32/bf16/f16 rows of odd
+ *    and aligned widths with planted ties and a poisoned row.
  *  - The runtime with graphs (the default) against the same runtime with
  *    ANVIL_CUDA_GRAPHS=0, on batches of decode steps (three sequences, then
  *    two, contexts crossing a graph's context bucket): the logits must be
@@ -31,11 +32,7 @@
 
 static int32_t host_argmax(const float *row, int64_t n)
 {
-    int32_t best = 0;
-    for (int64_t c = 1; c < n; c++)
-        if (row[c] > row[best])
-            best = (int32_t)c;
-    return best;
+    return anvil_greedy_pick(row, (int32_t)n);
 }
 
 static void test_argmax_rows(void **state)
@@ -64,6 +61,7 @@ static void test_argmax_rows(void **state)
             }
             for (int64_t c = 0; c < cols; c++)
                 f[2 * cols + c] = -3.0f;
+            f[4 * cols + cols / 2] = wi % 2 ? NAN : INFINITY; /* row 4: poisoned */
             anvil_convert_from_f32(dts[di], f, h, rows * cols);
             anvil_convert_to_f32(dts[di], h, f, rows * cols); /* the values the device sees */
             void *x = NULL, *ids = NULL;
@@ -76,6 +74,8 @@ static void test_argmax_rows(void **state)
             assert_int_equal(be->ops->download(be, got, ids, sizeof got), ANVIL_OK);
             for (int64_t r = 0; r < rows; r++) {
                 const int32_t want = host_argmax(f + r * cols, cols);
+                if (r == 4)
+                    assert_int_equal(want, -1);
                 if (got[r] != want)
                     fail_msg("argmax %s width %lld row %lld: %d, host %d", anvil_dtype_name(dts[di]),
                              (long long)cols, (long long)r, got[r], want);

@@ -68,11 +68,19 @@ static int rc_cmp(const void *pa, const void *pb)
  * The host sampler's steps (src/runtime/sampling.c), returning how close
  * its decisions were: the smallest distance, relative to the sum used, of
  * top_p * sum and of u * sum to a running sum. INFINITY for greedy rows and
- * rows without a finite logit. *id: the token (checked against pick).
+ * poisoned rows (a NaN or +inf, or no finite logit: *id -1). *id: the
+ * token (checked against pick), -2 for greedy rows.
  */
 static double host_margin(const float *x, int32_t V, const anvil_sample_params *q, rc *c, double *cum, int32_t *id)
 {
     *id = -2;
+    int bad = 0;
+    for (int32_t i = 0; i < V; i++)
+        bad |= !(x[i] < INFINITY);
+    if (bad) {
+        *id = -1;
+        return INFINITY;
+    }
     if (q->temperature <= 0.0f || q->top_k == 1)
         return INFINITY;
     const float inv_t = 1.0f / q->temperature;
@@ -145,7 +153,7 @@ static float gauss(uint64_t *r)
 }
 
 /* kind 0/1: LLM-like; 2: few distinct values; 3: constant; 4: masked; 5: a
- * NaN; 6: one finite; 7: nothing finite */
+ * NaN; 6: one finite; 7: nothing finite (5 and 7 are poisoned: -1) */
 static void fill_row(float *x, int64_t V, int kind, uint64_t *r)
 {
     for (int64_t i = 0; i < V; i++)

@@ -9,8 +9,9 @@
  *    returns for the same step, and every generator must end in the state
  *    that call leaves it in; the host path (ANVIL_HOST_SAMPLING=1) too.
  *  - anvil_sampler_pick with the draw given equals the drawing sampler on
- *    random rows with ties, -inf and NaN, and returns -1 (no draw) on rows
- *    without a finite logit; the CPU op does the same on many rows at once.
+ *    random rows with ties and -inf, and both return -1 (no draw) on
+ *    poisoned rows (a NaN, a +inf, nothing finite), greedy or not; the CPU
+ *    op does the same on many rows at once.
  *  - bad parameters are refused before any generator moves.
  */
 #include <math.h>
@@ -162,7 +163,10 @@ static void test_tinycode(void **st)
 /* ---------------------------------------------------------------- pick and the op on random rows */
 
 /* Rows of several shapes: plain, many ties, masked (-inf), a NaN, one
- * finite value, nothing finite. */
+ * finite value, nothing finite, a +inf. Kinds 3, 5 and 6 are poisoned. */
+#define ROW_KINDS 7
+static int poisoned_kind(int kind) { return kind == 3 || kind == 5 || kind == 6; }
+
 static void fill_row(float *x, int32_t V, int kind, uint64_t *r)
 {
     for (int32_t i = 0; i < V; i++)
@@ -189,6 +193,9 @@ static void fill_row(float *x, int32_t V, int kind, uint64_t *r)
         for (int32_t i = 0; i < V; i++)
             x[i] = (i % 5 == 1) ? NAN : -INFINITY;
         break;
+    case 6:
+        x[anvil_test_rand(r) % (uint64_t)V] = INFINITY;
+        break;
     default:
         break;
     }
@@ -205,7 +212,7 @@ static void test_pick_equals_sampler(void **st)
     uint64_t r = 5;
     int no_draw = 0;
     for (int it = 0; it < 3000; it++) {
-        fill_row(x, V, it % 6, &r);
+        fill_row(x, V, it % ROW_KINDS, &r);
         anvil_rng rng;
         anvil_rng_seed(&rng, (uint64_t)it);
         anvil_sample_row s = random_row(&r, &rng);
@@ -216,9 +223,10 @@ static void test_pick_equals_sampler(void **st)
         const double u = anvil_rng_uniform(&copy);
         const anvil_sampling_params sp = {.temperature = s.temperature, .top_k = s.top_k, .top_p = s.top_p};
         const int32_t got = anvil_sampler_pick(sm, x, &sp, s.min_p > 0.0f ? logf(s.min_p) : -INFINITY, u);
+        assert_int_equal(got < 0, poisoned_kind(it % ROW_KINDS)); /* greedy rows too */
         if (got < 0) {
             assert_false(drew);
-            assert_int_equal(want, 0);
+            assert_int_equal(want, -1);
             no_draw++;
         } else {
             assert_int_equal(got, want);
@@ -246,7 +254,7 @@ static void test_cpu_op_rows(void **st)
     uint64_t r = 9;
     for (int rep = 0; rep < 20; rep++) {
         for (int32_t i = 0; i < R; i++) {
-            fill_row(x + (size_t)i * V, V, (i + rep) % 6, &r);
+            fill_row(x + (size_t)i * V, V, (i + rep) % ROW_KINDS, &r);
             anvil_rng rng;
             anvil_rng_seed(&rng, anvil_test_rand(&r));
             anvil_sample_row s = random_row(&r, &rng);
@@ -260,6 +268,7 @@ static void test_cpu_op_rows(void **st)
             const anvil_sampling_params sp = {.temperature = p[i].temperature, .top_k = p[i].top_k,
                                               .top_p = p[i].top_p};
             assert_int_equal(ids[i], anvil_sampler_pick(sm, x + (size_t)i * V, &sp, p[i].log_min_p, p[i].u));
+            assert_int_equal(ids[i] < 0, poisoned_kind((i + rep) % ROW_KINDS));
         }
     }
     p[3].u = 1.0;

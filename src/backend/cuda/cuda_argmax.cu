@@ -1,5 +1,7 @@
 /* ids[r] = the column of the largest value of row r (the lowest column on
- * ties, as a host scan with `>` finds it): greedy decoding on the device, so
+ * ties, as a host scan with `>` finds it), or -1 when the row holds a NaN
+ * or +inf or nothing above -inf (a damaged model: the runtime's guard, see
+ * anvil_runtime_forward_greedy): greedy decoding on the device, so
  * a step downloads one id per row instead of a row of logits. A block per
  * row; each thread scans a strided slice with 16-byte loads where the row
  * is aligned, then the block reduces (value, column) pairs. */
@@ -23,6 +25,7 @@ __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *
     const T *row = x + (int64_t)blockIdx.x * cols;
     float best = -INFINITY;
     int bi = INT_MAX;
+    int bad = 0; /* a NaN or +inf seen */
     constexpr int PER = 16 / (int)sizeof(T);
     const bool vec = (((uintptr_t)row) & 15) == 0;
     int64_t c0 = 0;
@@ -34,6 +37,7 @@ __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *
 #pragma unroll
             for (int i = 0; i < PER; i++) {
                 const int c = (int)(v * PER + i);
+                bad |= !(f[i] < INFINITY);
                 if (anvil_am_better(f[i], c, best, bi)) {
                     best = f[i];
                     bi = c;
@@ -44,6 +48,7 @@ __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *
     }
     for (int64_t c = c0 + threadIdx.x; c < cols; c += AM_THREADS) {
         const float f = anvil_to_f32(row[c]);
+        bad |= !(f < INFINITY);
         if (anvil_am_better(f, (int)c, best, bi)) {
             best = f;
             bi = (int)c;
@@ -65,15 +70,14 @@ __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *
         sv[warp] = best;
         si[warp] = bi;
     }
-    __syncthreads();
+    const int any_bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) {
         for (int w = 1; w < AM_THREADS / 32; w++)
             if (anvil_am_better(sv[w], si[w], best, bi)) {
                 best = sv[w];
                 bi = si[w];
             }
-        /* a row of NaNs (or -inf) only: column 0, as the host scan gives */
-        ids[blockIdx.x] = bi == INT_MAX ? 0 : bi;
+        ids[blockIdx.x] = any_bad || bi == INT_MAX ? -1 : bi;
     }
 }
 

@@ -4,8 +4,10 @@
  * id per row. The uniform draw u comes from the host; the kernel repeats
  * the host's steps:
  *
+ *   a row holding a NaN or +inf, or nothing above -inf, gives -1 and uses
+ *   no draw (the runtime's guard against a damaged model).
  *   greedy (temperature <= 0 or top_k == 1): the argmax of the raw row with
- *   the host scan's rules (`>`, the lowest column; a NaN in column 0 wins).
+ *   the host scan's rules (`>`, the lowest column).
  *   Else l_i = x_i * (1 / temperature) over the finite x_i; min-p keeps
  *   l_i >= max + log_min_p; top-k keeps the k first in the order "logit
  *   descending, then id ascending"; when top-k cut or top_p < 1 the
@@ -792,8 +794,9 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     if (P.temperature <= 0.0f || P.top_k == 1) {
         /* greedy: the host scan's argmax */
         float best = -INFINITY;
-        int bi = INT_MAX;
+        int bi = INT_MAX, bad = 0;
         sr_each(row, n, vec, [&](int id, float v) {
+            bad |= !(v < INFINITY);
             if (v > best || (v == best && id < bi)) {
                 best = v;
                 bi = id;
@@ -812,15 +815,14 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
             sh.fred[threadIdx.x >> 5] = best;
             sh.ired[threadIdx.x >> 5] = bi;
         }
-        __syncthreads();
+        const int any_bad = __syncthreads_or(bad);
         if (threadIdx.x == 0) {
             for (int w = 1; w < SR_WARPS; w++)
                 if (sh.fred[w] > best || (sh.fred[w] == best && sh.ired[w] < bi)) {
                     best = sh.fred[w];
                     bi = sh.ired[w];
                 }
-            const float x0 = anvil_to_f32(row[0]);
-            ids[blockIdx.x] = (x0 != x0 || bi == INT_MAX) ? 0 : bi; /* NaN first: nothing beats it */
+            ids[blockIdx.x] = any_bad || bi == INT_MAX ? -1 : bi;
         }
         return;
     }
@@ -830,11 +832,12 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     R.thr = 0;
     R.mx = -INFINITY;
     float mx = -INFINITY;
-    int nfin = 0;
+    int nfin = 0, bad = 0;
     sr_each(row, n, vec, [&](int id, float v) {
         (void)id;
         float l;
         unsigned key;
+        bad |= !(v < INFINITY);
         if (sr_cand(R, v, l, key)) {
             mx = fmaxf(mx, l);
             nfin++;
@@ -842,9 +845,9 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     });
     R.mx = sr_block_max_f(mx, sh.fred);
     nfin = sr_block_int(nfin, 2, sh.ired);
-    if (nfin == 0) {
+    if (__syncthreads_or(bad) || nfin == 0) {
         if (threadIdx.x == 0)
-            ids[blockIdx.x] = -1; /* the host returns 0 without drawing */
+            ids[blockIdx.x] = -1; /* the draw is given back */
         return;
     }
     unsigned total = (unsigned)nfin;
