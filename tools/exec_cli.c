@@ -130,6 +130,9 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         return 1;
     case EXEC_OPT_DTYPE:
         return exec_cli_dtype(arg, &o->rt.weight_dtype, tool) == 0 ? 1 : -1;
+    case EXEC_OPT_MMAP:
+        o->rt.use_mmap = 1;
+        return 1;
     default:
         return 0;
     }
@@ -152,8 +155,9 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
         /* room for many sequences in flight, without taking the machine */
         anvil_model_config cfg;
         if (anvil_model_config_load(model_dir, &cfg) == ANVIL_OK) {
+            /* bounded by the config's limits; an overflow would only raise the cap */
             int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings;
-            ro.kv_cache_tokens = 32 * (ctx > 0 ? ctx : 2048);
+            ro.kv_cache_tokens = ctx <= INT64_MAX / 32 ? 32 * ctx : INT64_MAX;
             ro.kv_cache_fraction = 0.25;
         }
     }

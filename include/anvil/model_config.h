@@ -20,6 +20,34 @@ extern "C" {
 
 #define ANVIL_MAX_EOS_IDS 8
 
+/*
+ * Bounds on config.json values, checked before anything is sized from
+ * them (docs/checkpoints.md has the table and the models behind each
+ * number). Each is several times the largest published model's, and small
+ * enough that every size derived from them fits 64-bit arithmetic and the
+ * int32 indices the runtime uses. A value above its bound is
+ * ANVIL_ERR_UNSUPPORTED, one below its minimum ANVIL_ERR_FORMAT; both
+ * messages name the key, its value and the bound.
+ */
+#define ANVIL_MAX_LAYERS 1024                /* num_hidden_layers (Llama 3.1 405B: 126) */
+#define ANVIL_MAX_HEADS 1024                 /* num_attention_heads, num_key_value_heads (405B: 128) */
+#define ANVIL_MAX_HEAD_DIM 1024              /* head_dim (Gemma: 256) */
+#define ANVIL_MAX_HIDDEN_SIZE 65536          /* hidden_size (405B: 16384) */
+#define ANVIL_MAX_INTERMEDIATE_SIZE 262144   /* intermediate_size (405B: 53248) */
+#define ANVIL_MAX_VOCAB_SIZE 16777216        /* vocab_size, 2^24 (Gemma: 256000) */
+#define ANVIL_MAX_CONTEXT 268435456          /* 2^28 positions: max_position_embeddings, sliding_window,
+                                                original_max_position_embeddings, and the runtime's
+                                                max_seq_len (Llama 4 Scout: 10M) */
+#define ANVIL_MIN_ROPE_THETA 1.0
+#define ANVIL_MAX_ROPE_THETA 1e12
+#define ANVIL_MIN_ROPE_FACTOR 1.0            /* linear and llama3 factor (transformers warns below 1) */
+#define ANVIL_MAX_ROPE_FACTOR 4096.0
+#define ANVIL_MIN_ROPE_FREQ_FACTOR 1e-3      /* llama3 low_freq_factor and high_freq_factor */
+#define ANVIL_MAX_ROPE_FREQ_FACTOR 1e3
+#define ANVIL_MIN_RMS_NORM_EPS 1e-12
+#define ANVIL_MAX_RMS_NORM_EPS 0.1
+#define ANVIL_MAX_TEMPERATURE 100.0          /* generation_config.json */
+
 typedef enum anvil_rope_type {
     ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
     ANVIL_ROPE_LINEAR,      /* positions divided by factor */
@@ -75,6 +103,15 @@ anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out);
 
 /* The same from config.json text already in memory (generation defaults unset). */
 anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config *out);
+
+/*
+ * Checks a config made some other way (by hand, or edited after a load)
+ * against the same bounds and rules the parser applies: ANVIL_OK, or the
+ * parser's status and message with "model config" in place of the file
+ * name. anvil_model_build_network calls it, so no size is ever derived from
+ * an unchecked config.
+ */
+anvil_status anvil_model_config_check(const anvil_model_config *cfg);
 
 #ifdef __cplusplus
 }

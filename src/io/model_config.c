@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -64,6 +65,117 @@ static const family *find_family(const char *model_type)
         if (strcmp(families[i].model_type, model_type) == 0)
             return &families[i];
     return &generic_family;
+}
+
+/* ---------------------------------------------------------------- bounds */
+
+/* v in [lo, hi]. Below is nonsense (ANVIL_ERR_FORMAT, "must be positive"
+ * when lo is 1, as users know it); above is a model anvil does not size
+ * for (ANVIL_ERR_UNSUPPORTED). Either message names the key, the value and
+ * the bound. */
+static anvil_status int_in_range(const char *what, const char *key, int64_t v, int64_t lo, int64_t hi)
+{
+    if (v < lo && lo == 1)
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: %s must be positive, got %lld", what, key, (long long)v);
+    CHECK(v >= lo, ANVIL_ERR_FORMAT, "%s: %s is %lld; it must be at least %lld", what, key, (long long)v,
+          (long long)lo);
+    CHECK(v <= hi, ANVIL_ERR_UNSUPPORTED, "%s: %s is %lld; anvil supports at most %lld", what, key, (long long)v,
+          (long long)hi);
+    return ANVIL_OK;
+}
+
+/* The same for reals. They reach float math (RoPE tables, norms) where a
+ * value like 1e-30 or 1e300 silently turns every logit into NaN, so a
+ * sane range is enforced, not just the sign. */
+static anvil_status real_in_range(const char *what, const char *key, double v, double lo, double hi)
+{
+    CHECK(isfinite(v) && v >= lo, ANVIL_ERR_FORMAT, "%s: %s is %g; it must be at least %g (and at most %g)", what,
+          key, v, lo, hi);
+    CHECK(v <= hi, ANVIL_ERR_UNSUPPORTED, "%s: %s is %g; anvil supports at most %g", what, key, v, hi);
+    return ANVIL_OK;
+}
+
+/* A required size: present, an integer, within [1, hi]. */
+static anvil_status require_size(const json_t *root, const char *key, const char *what, int64_t hi, int64_t *out)
+{
+    TRY(anvil_json_require_int(root, NULL, key, what, out));
+    return int_in_range(what, key, *out, 1, hi);
+}
+
+/* RoPE parameters; obj names the object they came from, for messages. */
+static anvil_status check_rope(const anvil_rope_config *r, const char *what, const char *obj)
+{
+    char key[96];
+    CHECK(r->theta > 0, ANVIL_ERR_FORMAT, "%s: rope_theta must be positive, got %g", what, r->theta);
+    TRY(real_in_range(what, "rope_theta", r->theta, ANVIL_MIN_ROPE_THETA, ANVIL_MAX_ROPE_THETA));
+    switch (r->type) {
+    case ANVIL_ROPE_DEFAULT:
+        return ANVIL_OK;
+    case ANVIL_ROPE_LINEAR:
+    case ANVIL_ROPE_LLAMA3:
+        break;
+    default:
+        return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "%s: RoPE type %d is not supported", what, (int)r->type);
+    }
+    snprintf(key, sizeof key, "%s.factor", obj);
+    CHECK(r->factor > 0, ANVIL_ERR_FORMAT, "%s: %s must be positive, got %g", what, key, r->factor);
+    TRY(real_in_range(what, key, r->factor, ANVIL_MIN_ROPE_FACTOR, ANVIL_MAX_ROPE_FACTOR));
+    if (r->type != ANVIL_ROPE_LLAMA3)
+        return ANVIL_OK;
+    snprintf(key, sizeof key, "%s.low_freq_factor", obj);
+    TRY(real_in_range(what, key, r->low_freq_factor, ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR));
+    snprintf(key, sizeof key, "%s.high_freq_factor", obj);
+    TRY(real_in_range(what, key, r->high_freq_factor, ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR));
+    /* compared in float, as the table is computed: equal floats would
+     * divide by zero in the interpolation */
+    CHECK((float)r->high_freq_factor > (float)r->low_freq_factor, ANVIL_ERR_FORMAT,
+          "%s: %s.high_freq_factor (%g) must be above %s.low_freq_factor (%g)", what, obj, r->high_freq_factor, obj,
+          r->low_freq_factor);
+    snprintf(key, sizeof key, "%s.original_max_position_embeddings", obj);
+    return int_in_range(what, key, r->original_max_position, 1, ANVIL_MAX_CONTEXT);
+}
+
+/* Every bound and rule on a parsed (or hand-made) config. The parser checks
+ * each field as it reads it too, so that derived values (head_dim) are
+ * computed from checked ones; this is the last word. */
+static anvil_status check_config(const anvil_model_config *c, const char *what, const char *rope_obj)
+{
+    TRY(int_in_range(what, "vocab_size", c->vocab_size, 1, ANVIL_MAX_VOCAB_SIZE));
+    TRY(int_in_range(what, "hidden_size", c->hidden_size, 1, ANVIL_MAX_HIDDEN_SIZE));
+    TRY(int_in_range(what, "intermediate_size", c->intermediate_size, 1, ANVIL_MAX_INTERMEDIATE_SIZE));
+    TRY(int_in_range(what, "num_hidden_layers", c->n_layers, 1, ANVIL_MAX_LAYERS));
+    TRY(int_in_range(what, "num_attention_heads", c->n_heads, 1, ANVIL_MAX_HEADS));
+    TRY(int_in_range(what, "num_key_value_heads", c->n_kv_heads, 1, ANVIL_MAX_HEADS));
+    CHECK(c->n_heads % c->n_kv_heads == 0, ANVIL_ERR_FORMAT,
+          "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)", what,
+          (long long)c->n_heads, (long long)c->n_kv_heads);
+    TRY(int_in_range(what, "head_dim", c->head_dim, 1, ANVIL_MAX_HEAD_DIM));
+    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld", what,
+          (long long)c->head_dim);
+    TRY(int_in_range(what, "max_position_embeddings", c->max_position_embeddings, 1, ANVIL_MAX_CONTEXT));
+    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what, c->rms_norm_eps);
+    TRY(real_in_range(what, "rms_norm_eps", c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
+    TRY(check_rope(&c->rope, what, rope_obj));
+    CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
+          (long long)c->sliding_window);
+    TRY(int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT));
+    CHECK(c->dtype == ANVIL_DTYPE_F32 || c->dtype == ANVIL_DTYPE_F16 || c->dtype == ANVIL_DTYPE_BF16,
+          ANVIL_ERR_UNSUPPORTED, "%s: dtype %d is not supported (float32, float16, bfloat16)", what, (int)c->dtype);
+    CHECK(c->bos_token_id >= -1 && c->pad_token_id >= -1, ANVIL_ERR_FORMAT, "%s: token ids must be -1 or more",
+          what);
+    CHECK(c->n_eos_token_ids >= 0 && c->n_eos_token_ids <= ANVIL_MAX_EOS_IDS, ANVIL_ERR_FORMAT,
+          "%s: %d eos token ids (at most %d)", what, c->n_eos_token_ids, ANVIL_MAX_EOS_IDS);
+    for (int i = 0; i < c->n_eos_token_ids; i++)
+        CHECK(c->eos_token_ids[i] >= 0, ANVIL_ERR_FORMAT, "%s: eos_token_id %d is not a valid token id", what,
+              c->eos_token_ids[i]);
+    /* the generation defaults size nothing; parse_generation checks them */
+    return ANVIL_OK;
+}
+
+anvil_status anvil_model_config_check(const anvil_model_config *cfg)
+{
+    CHECK(cfg != NULL, ANVIL_ERR_INVALID_ARG, "anvil_model_config_check: NULL config");
+    return check_config(cfg, "model config", "rope_scaling");
 }
 
 /* ------------------------------------------------------------ token ids */
@@ -164,25 +276,16 @@ static anvil_status parse_rope(const json_t *root, const char *what, const famil
             TRY(anvil_json_require_double(rope, obj_name, "high_freq_factor", what, &r->high_freq_factor));
             TRY(anvil_json_require_int(rope, obj_name, "original_max_position_embeddings", what,
                                        &r->original_max_position));
-            CHECK(r->low_freq_factor > 0 && r->high_freq_factor > r->low_freq_factor, ANVIL_ERR_FORMAT,
-                  "%s: %s needs 0 < low_freq_factor < high_freq_factor, got %g and %g", what, obj_name,
-                  r->low_freq_factor, r->high_freq_factor);
-            CHECK(r->original_max_position > 0, ANVIL_ERR_FORMAT,
-                  "%s: %s.original_max_position_embeddings must be positive", what, obj_name);
         } else {
             return ANVIL_FAIL(
                 ANVIL_ERR_UNSUPPORTED,
                 "%s: RoPE type \"%s\" is not supported (anvil implements default, linear, llama3)", what,
                 type);
         }
-        CHECK(r->factor > 0 && isfinite(r->factor), ANVIL_ERR_FORMAT,
-              "%s: %s.factor must be positive, got %g", what, obj_name, r->factor);
     }
-    CHECK(r->theta > 0 && isfinite(r->theta), ANVIL_ERR_FORMAT, "%s: rope_theta must be positive, got %g",
-          what, r->theta);
     CHECK(partial == 1.0, ANVIL_ERR_UNSUPPORTED, "%s: partial_rotary_factor %g is not supported (only 1.0)",
           what, partial);
-    return ANVIL_OK;
+    return check_rope(r, what, obj_name);
 }
 
 /* ------------------------------------------------------- sliding window */
@@ -211,10 +314,17 @@ static anvil_status parse_window(const json_t *root, const char *what, const fam
     }
     CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
           (long long)c->sliding_window);
-    return ANVIL_OK;
+    return int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT);
 }
 
 /* ---------------------------------------------------------------- config */
+
+/* The key RoPE parameters were read from, for messages. */
+static const char *rope_obj_name(const json_t *root)
+{
+    const json_t *p = json_object_get(root, "rope_parameters");
+    return p != NULL && !json_is_null(p) ? "rope_parameters" : "rope_scaling";
+}
 
 static anvil_status parse_config(const json_t *root, const char *what, anvil_model_config *c)
 {
@@ -243,46 +353,43 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     strcpy(c->model_type, model_type);
     const family *fam = find_family(model_type);
 
-    TRY(anvil_json_require_int(root, NULL, "vocab_size", what, &c->vocab_size));
-    TRY(anvil_json_require_int(root, NULL, "hidden_size", what, &c->hidden_size));
-    TRY(anvil_json_require_int(root, NULL, "intermediate_size", what, &c->intermediate_size));
-    TRY(anvil_json_require_int(root, NULL, "num_hidden_layers", what, &c->n_layers));
-    TRY(anvil_json_require_int(root, NULL, "num_attention_heads", what, &c->n_heads));
-    TRY(anvil_json_require_int(root, NULL, "max_position_embeddings", what, &c->max_position_embeddings));
-    CHECK(c->vocab_size > 0, ANVIL_ERR_FORMAT, "%s: vocab_size must be positive, got %lld", what,
-          (long long)c->vocab_size);
-    CHECK(c->hidden_size > 0, ANVIL_ERR_FORMAT, "%s: hidden_size must be positive, got %lld", what,
-          (long long)c->hidden_size);
-    CHECK(c->intermediate_size > 0, ANVIL_ERR_FORMAT, "%s: intermediate_size must be positive, got %lld",
-          what, (long long)c->intermediate_size);
-    CHECK(c->n_layers > 0, ANVIL_ERR_FORMAT, "%s: num_hidden_layers must be positive, got %lld", what,
-          (long long)c->n_layers);
-    CHECK(c->n_heads > 0, ANVIL_ERR_FORMAT, "%s: num_attention_heads must be positive, got %lld", what,
-          (long long)c->n_heads);
-    CHECK(c->max_position_embeddings > 0, ANVIL_ERR_FORMAT,
-          "%s: max_position_embeddings must be positive, got %lld", what,
-          (long long)c->max_position_embeddings);
+    /* each bounded as it is read: head_dim is derived from two of them */
+    TRY(require_size(root, "vocab_size", what, ANVIL_MAX_VOCAB_SIZE, &c->vocab_size));
+    TRY(require_size(root, "hidden_size", what, ANVIL_MAX_HIDDEN_SIZE, &c->hidden_size));
+    TRY(require_size(root, "intermediate_size", what, ANVIL_MAX_INTERMEDIATE_SIZE, &c->intermediate_size));
+    TRY(require_size(root, "num_hidden_layers", what, ANVIL_MAX_LAYERS, &c->n_layers));
+    TRY(require_size(root, "num_attention_heads", what, ANVIL_MAX_HEADS, &c->n_heads));
+    /* kept as int64 and bounded here: the runtime's max_seq_len (int32)
+     * defaults to it, and a value cut to 32 bits would run silently */
+    TRY(require_size(root, "max_position_embeddings", what, ANVIL_MAX_CONTEXT, &c->max_position_embeddings));
 
     TRY(anvil_json_get_int(root, NULL, "num_key_value_heads", what, c->n_heads, &c->n_kv_heads));
-    CHECK(c->n_kv_heads > 0 && c->n_heads % c->n_kv_heads == 0, ANVIL_ERR_FORMAT,
+    TRY(int_in_range(what, "num_key_value_heads", c->n_kv_heads, 1, ANVIL_MAX_HEADS));
+    CHECK(c->n_heads % c->n_kv_heads == 0, ANVIL_ERR_FORMAT,
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)", what,
           (long long)c->n_heads, (long long)c->n_kv_heads);
     /* head_dim may be absent or null: hidden_size / heads, as transformers does. */
-    TRY(anvil_json_get_int(root, NULL, "head_dim", what, INT64_MIN, &c->head_dim));
-    if (c->head_dim == INT64_MIN) {
+    /* presence, not a sentinel value: any integer may be written there */
+    const json_t *hd = json_object_get(root, "head_dim");
+    const int head_dim_given = hd != NULL && !json_is_null(hd);
+    if (head_dim_given) {
+        TRY(anvil_json_get_int(root, NULL, "head_dim", what, 0, &c->head_dim));
+    } else {
         CHECK(
             c->hidden_size % c->n_heads == 0, ANVIL_ERR_FORMAT,
             "%s: hidden_size (%lld) is not divisible by num_attention_heads (%lld) and no head_dim is given",
             what, (long long)c->hidden_size, (long long)c->n_heads);
         c->head_dim = c->hidden_size / c->n_heads;
     }
-    CHECK(c->head_dim > 0 && c->head_dim % 2 == 0, ANVIL_ERR_FORMAT,
-          "%s: head_dim must be positive and even (RoPE rotates pairs), got %lld", what,
+    TRY(int_in_range(what, head_dim_given ? "head_dim" : "head_dim (hidden_size / num_attention_heads)",
+                     c->head_dim, 1, ANVIL_MAX_HEAD_DIM));
+    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld", what,
           (long long)c->head_dim);
 
     TRY(anvil_json_get_double(root, NULL, "rms_norm_eps", what, fam->rms_norm_eps, &c->rms_norm_eps));
-    CHECK(c->rms_norm_eps > 0 && isfinite(c->rms_norm_eps), ANVIL_ERR_FORMAT,
-          "%s: rms_norm_eps must be positive, got %g", what, c->rms_norm_eps);
+    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what,
+          c->rms_norm_eps);
+    TRY(real_in_range(what, "rms_norm_eps", c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
     TRY(parse_rope(root, what, fam, c));
 
     TRY(anvil_json_get_bool(root, NULL, "tie_word_embeddings", what, fam->tie_word_embeddings,
@@ -327,7 +434,7 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     c->gen_temperature = -1.0f;
     c->gen_top_k = -1;
     c->gen_top_p = -1.0f;
-    return ANVIL_OK;
+    return check_config(c, what, rope_obj_name(root));
 }
 
 /* generation_config.json: sampling defaults, and bos/eos that override
@@ -341,6 +448,9 @@ static anvil_status parse_generation(const json_t *root, const char *what, anvil
     TRY(anvil_json_get_double(root, NULL, "top_p", what, -1.0, &top_p));
     CHECK(temperature == -1.0 || (temperature >= 0 && isfinite(temperature)), ANVIL_ERR_FORMAT,
           "%s: temperature must not be negative, got %g", what, temperature);
+    /* narrowed to float below: a huge value would not fit */
+    CHECK(temperature <= ANVIL_MAX_TEMPERATURE, ANVIL_ERR_UNSUPPORTED,
+          "%s: temperature is %g; anvil supports at most %g", what, temperature, ANVIL_MAX_TEMPERATURE);
     CHECK(top_k == -1 || (top_k >= 0 && top_k <= INT32_MAX), ANVIL_ERR_FORMAT,
           "%s: top_k must not be negative, got %lld", what, (long long)top_k);
     CHECK(top_p == -1.0 || (top_p > 0 && top_p <= 1), ANVIL_ERR_FORMAT, "%s: top_p must be in (0, 1], got %g",
@@ -363,13 +473,50 @@ static anvil_status parse_generation(const json_t *root, const char *what, anvil
     return ANVIL_OK;
 }
 
+/*
+ * After JSON text failed to parse: names the key whose value jansson
+ * refused, when there is one (a number too large for it, 1e999), by
+ * appending it to the current message. jansson only gives the position.
+ */
+static void name_bad_key(const char *text, size_t len)
+{
+    json_error_t err;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+    if (root != NULL) {
+        json_decref(root);
+        return;
+    }
+    /* back from the error to the nearest  "key" :  */
+    size_t i = (size_t)err.position < len ? (size_t)err.position : len;
+    while (i > 0 && text[i - 1] != ':' && text[i - 1] != '{' && text[i - 1] != '"')
+        i--;
+    if (i == 0 || text[i - 1] != ':')
+        return;
+    i--;
+    while (i > 0 && (text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n' || text[i - 1] == '\r'))
+        i--;
+    if (i == 0 || text[i - 1] != '"')
+        return;
+    const size_t end = --i;
+    while (i > 0 && text[i - 1] != '"')
+        i--;
+    if (i == 0 || end - i > 128)
+        return;
+    anvil_error_set(ANVIL_ERR_FORMAT, __FILE__, __LINE__, "%s (the value of \"%.*s\")", anvil_last_error(),
+                    (int)(end - i), text + i);
+}
+
 anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config *out)
 {
     CHECK(out != NULL && json_text != NULL, ANVIL_ERR_INVALID_ARG, "anvil_model_config_parse: NULL argument");
     memset(out, 0, sizeof *out);
     json_t *root = NULL;
-    TRY(anvil_json_parse(json_text, strlen(json_text), "config.json", &root));
-    anvil_status st = parse_config(root, "config.json", out);
+    anvil_status st = anvil_json_parse(json_text, strlen(json_text), "config.json", &root);
+    if (st != ANVIL_OK) {
+        name_bad_key(json_text, strlen(json_text));
+        return st;
+    }
+    st = parse_config(root, "config.json", out);
     json_decref(root);
     if (st != ANVIL_OK)
         memset(out, 0, sizeof *out);
@@ -383,8 +530,22 @@ anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out)
     char path[4096];
     TRY(anvil_path_join(path, sizeof path, dir, "config.json"));
     json_t *root = NULL;
-    TRY(anvil_json_load_file(path, &root));
-    anvil_status st = parse_config(root, path, out);
+    anvil_status st = anvil_json_load_file(path, &root);
+    if (st == ANVIL_ERR_FORMAT) {
+        char *text = NULL;
+        size_t len = 0;
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", anvil_last_error());
+        if (anvil_read_file(path, &text, &len) == ANVIL_OK) {
+            anvil_error_set(ANVIL_ERR_FORMAT, __FILE__, __LINE__, "%s", msg);
+            name_bad_key(text, len);
+        } else {
+            anvil_error_set(ANVIL_ERR_FORMAT, __FILE__, __LINE__, "%s", msg);
+        }
+        free(text);
+    }
+    TRY(st);
+    st = parse_config(root, path, out);
     json_decref(root);
     root = NULL;
     if (st == ANVIL_OK) {

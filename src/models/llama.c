@@ -12,9 +12,11 @@
  *   x = h + down_proj(silu(gate_proj(m)) * up_proj(m)), m = post_attention_layernorm(h)
  * then final norm and the LM head on the rows that need logits.
  */
+#include <stdint.h>
 #include <stdio.h>
 
 #include "anvil/network.h"
+#include "core/checked.h"
 #include "core/error.h"
 #include "models/models.h"
 
@@ -29,10 +31,17 @@ static const char *layer_name(char *buf, int64_t layer, const char *suffix)
 
 anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_network *net)
 {
+    /* anvil_model_build_network checked the config's bounds, which keep
+     * these products small; they are checked anyway, with the narrowings
+     * to the int32 attention parameters, so that no bound change can make
+     * them wrap */
     const int64_t hidden = cfg->hidden_size;
     const int64_t hd = cfg->head_dim;
-    const int64_t q_width = cfg->n_heads * hd;
-    const int64_t kv_width = cfg->n_kv_heads * hd;
+    int64_t q_width, kv_width;
+    CHECK(anvil_mul_i64_ok(cfg->n_heads, hd, &q_width) && anvil_mul_i64_ok(cfg->n_kv_heads, hd, &kv_width) &&
+              q_width <= INT32_MAX && cfg->sliding_window <= INT32_MAX && cfg->n_layers <= INT32_MAX,
+          ANVIL_ERR_UNSUPPORTED, "llama: %lld heads x head_dim %lld is too large", (long long)cfg->n_heads,
+          (long long)hd);
     const double eps = cfg->rms_norm_eps;
     char w[NAME_MAX_LEN], b[NAME_MAX_LEN];
 

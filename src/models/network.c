@@ -17,6 +17,12 @@ struct anvil_network {
     int32_t n_ops, cap_ops;
     anvil_net_weight *weights;
     int32_t n_weights, cap_weights;
+    /* weight names -> index, open addressing with linear probing: slot
+     * holds index + 1, 0 when empty; n_slots is a power of two at least
+     * twice n_weights. Without it each add scanned every name before it,
+     * and a config with many layers loaded in quadratic time. */
+    int32_t *slots;
+    uint32_t n_slots;
     anvil_value output;
     int32_t n_kv_layers;
     anvil_status error;           /* first error, sticky */
@@ -48,6 +54,7 @@ void anvil_network_free(anvil_network *net)
     for (int32_t i = 0; i < net->n_weights; i++)
         free((char *)net->weights[i].name);
     free(net->weights);
+    free(net->slots);
     free(net->ops);
     free(net);
 }
@@ -78,6 +85,42 @@ anvil_status anvil_network_status(const anvil_network *net)
     return ANVIL_OK;
 }
 
+/* FNV-1a: short names that differ in a digit or two hash apart. */
+static uint32_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+/* The slot of name: where it is, or the empty slot where it would go. */
+static uint32_t find_slot(const anvil_network *net, const char *name)
+{
+    const uint32_t mask = net->n_slots - 1;
+    uint32_t i = name_hash(name) & mask;
+    while (net->slots[i] != 0 && strcmp(net->weights[net->slots[i] - 1].name, name) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+/* Room in the name index for one more weight (rebuilt at twice the size). */
+static anvil_status grow_slots(anvil_network *net)
+{
+    if ((uint64_t)net->n_weights + 1 <= net->n_slots / 2)
+        return ANVIL_OK;
+    CHECK(net->n_slots <= (1u << 30), ANVIL_ERR_UNSUPPORTED, "too many weights (%d)", net->n_weights);
+    const uint32_t n = net->n_slots ? net->n_slots * 2 : 256;
+    int32_t *slots = calloc(n, sizeof *slots);
+    CHECK(slots != NULL, ANVIL_ERR_OOM, "out of memory for the index of %d weight names", net->n_weights);
+    free(net->slots);
+    net->slots = slots;
+    net->n_slots = n;
+    for (int32_t i = 0; i < net->n_weights; i++)
+        net->slots[find_slot(net, net->weights[i].name)] = i + 1;
+    return ANVIL_OK;
+}
+
 /* Adds (or finds) a weight by name; -1 on error (recorded). The same name
  * may be used twice (tied embeddings) only with the same shape. */
 static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
@@ -88,18 +131,28 @@ static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int6
         record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight name is NULL"));
         return -1;
     }
-    for (int32_t i = 0; i < net->n_weights; i++) {
+    if (net->n_weights == INT32_MAX) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "too many weights"));
+        return -1;
+    }
+    anvil_status gs = grow_slots(net);
+    if (gs != ANVIL_OK) {
+        record_error(net, gs);
+        return -1;
+    }
+    const uint32_t slot = find_slot(net, name);
+    if (net->slots[slot] != 0) {
+        const int32_t i = net->slots[slot] - 1;
         anvil_net_weight *w = &net->weights[i];
-        if (strcmp(w->name, name) == 0) {
-            if (w->n_dims != n_dims || w->shape[0] != d0 || (n_dims > 1 && w->shape[1] != d1)) {
-                record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight %s used with two shapes", name));
-                return -1;
-            }
-            return i;
+        if (w->n_dims != n_dims || w->shape[0] != d0 || (n_dims > 1 && w->shape[1] != d1)) {
+            record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight %s used with two shapes", name));
+            return -1;
         }
+        return i;
     }
     if (net->n_weights == net->cap_weights) {
-        int32_t cap = net->cap_weights ? net->cap_weights * 2 : 64;
+        /* n_weights < INT32_MAX (checked above) */
+        int32_t cap = net->cap_weights == 0 ? 64 : net->cap_weights > INT32_MAX / 2 ? INT32_MAX : net->cap_weights * 2;
         anvil_net_weight *p = realloc(net->weights, (size_t)cap * sizeof *p);
         if (p == NULL) {
             record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
@@ -119,6 +172,7 @@ static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int6
     w->n_dims = n_dims;
     w->shape[0] = d0;
     w->shape[1] = n_dims > 1 ? d1 : 0;
+    net->slots[slot] = net->n_weights + 1;
     return net->n_weights++;
 }
 
@@ -131,8 +185,12 @@ static anvil_net_op *push_op(anvil_network *net, anvil_op_kind kind, int64_t wid
         record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "%s: width must be > 0", op_names[kind]));
         return NULL;
     }
+    if (net->n_ops == INT32_MAX) { /* values are int32 op indices */
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "too many ops"));
+        return NULL;
+    }
     if (net->n_ops == net->cap_ops) {
-        int32_t cap = net->cap_ops ? net->cap_ops * 2 : 128;
+        int32_t cap = net->cap_ops == 0 ? 128 : net->cap_ops > INT32_MAX / 2 ? INT32_MAX : net->cap_ops * 2;
         anvil_net_op *p = realloc(net->ops, (size_t)cap * sizeof *p);
         if (p == NULL) {
             record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
@@ -271,7 +329,8 @@ anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k
               p->n_heads, p->head_dim);
     NET_CHECK(ok->width == (int64_t)p->n_kv_heads * p->head_dim && ov->width == ok->width,
               ANVIL_ERR_INVALID_ARG, "attention layer %d: k/v width != kv heads x head_dim", p->layer);
-    NET_CHECK(p->layer >= 0 && p->sliding_window >= 0, ANVIL_ERR_INVALID_ARG, "attention: bad layer/window");
+    NET_CHECK(p->layer >= 0 && p->layer < INT32_MAX && p->sliding_window >= 0, ANVIL_ERR_INVALID_ARG,
+              "attention: bad layer/window");
     anvil_net_op *op = push_op(net, ANVIL_OP_ATTENTION, oq->width);
     if (op == NULL)
         return ANVIL_VALUE_NONE;

@@ -40,6 +40,9 @@ anvil_status anvil_model_lookup(const char *architecture, anvil_model_build_fn *
 anvil_status anvil_model_build_network(const anvil_model_config *cfg, anvil_network **out)
 {
     *out = NULL;
+    /* every size the builders derive comes from a checked config, also when
+     * the caller made it by hand */
+    TRY(anvil_model_config_check(cfg));
     anvil_model_build_fn build;
     TRY(anvil_model_lookup(cfg->architecture, &build));
     anvil_network *net;

@@ -6,20 +6,24 @@
 #include "anvil/runtime.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "anvil/log.h"
 #include "anvil/network.h"
 #include "backend/backend.h"
+#include "core/checked.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
 #include "runtime/runtime_fuse.h"
+#include "runtime/runtime_plan.h"
 
 struct anvil_runtime {
     anvil_runtime_options opts;
     anvil_model_config cfg;
+    int seq_len_from_config;  /* opts.max_seq_len is the config's context (no option gave one) */
     anvil_network *net;
     anvil_checkpoint *ckpt;   /* kept open while weights point into it */
     anvil_backend *be;
@@ -151,20 +155,73 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
           "kv_block_size must be in 1..4096");
     if (o->max_logit_rows <= 0)
         o->max_logit_rows = o->max_batch_size;
-    if (o->max_seq_len <= 0)
-        o->max_seq_len = (int32_t)(rt->cfg.max_position_embeddings > 0 ? rt->cfg.max_position_embeddings : 2048);
+    if (o->max_seq_len <= 0) {
+        /* the config's context is int64 and bounded when parsed; checked
+         * again before it narrows to int32 (a value cut to 32 bits once ran
+         * 2^32 + 512 as a context of 512) */
+        const int64_t ctx = rt->cfg.max_position_embeddings;
+        CHECK(ctx > 0 && ctx <= ANVIL_MAX_CONTEXT, ANVIL_ERR_UNSUPPORTED,
+              "max_position_embeddings is %lld; anvil supports at most %d (set max_seq_len, --max-seq-len, to run "
+              "with a shorter context)",
+              (long long)ctx, ANVIL_MAX_CONTEXT);
+        o->max_seq_len = (int32_t)ctx;
+        rt->seq_len_from_config = 1;
+    }
+    CHECK(o->max_seq_len <= ANVIL_MAX_CONTEXT, ANVIL_ERR_UNSUPPORTED, "max_seq_len is %d; anvil supports at most %d",
+          o->max_seq_len, ANVIL_MAX_CONTEXT);
     CHECK(o->kv_cache_fraction >= 0.0 && o->kv_cache_fraction <= 1.0, ANVIL_ERR_INVALID_ARG,
           "kv_cache_fraction must be in [0, 1], got %g", o->kv_cache_fraction);
     if (o->kv_cache_tokens <= 0)
         /* with a fraction alone, alloc_kv_cache sizes the pool from free memory */
         o->kv_cache_tokens = o->kv_cache_fraction > 0.0 ? 0 : (int64_t)o->max_seq_len;
-    CHECK(o->kv_cache_tokens / o->kv_block_size < INT32_MAX, ANVIL_ERR_INVALID_ARG, "kv_cache_tokens too large");
+    if (o->kv_cache_fraction > 0.0 && o->kv_cache_tokens / o->kv_block_size >= INT32_MAX)
+        o->kv_cache_tokens = (int64_t)(INT32_MAX - 1) * o->kv_block_size; /* beside a fraction, only a cap */
+    CHECK(o->kv_cache_tokens / o->kv_block_size < INT32_MAX, ANVIL_ERR_INVALID_ARG,
+          "kv_cache_tokens is %lld; anvil supports at most %lld with blocks of %d tokens", (long long)o->kv_cache_tokens,
+          (long long)(INT32_MAX - 1) * o->kv_block_size, o->kv_block_size);
     return ANVIL_OK;
 }
 
 /* ------------------------------------------------------------ weights */
 
-static anvil_status load_weight(anvil_runtime *rt, int32_t i)
+/* Weights arrive in chunks of this many bytes: the non-finite scan reads
+ * data still in cache, and a cancel is seen within one chunk. */
+#define LOAD_CHUNK ((size_t)16 << 20)
+
+typedef struct weight_loader {
+    size_t done, total;  /* checkpoint bytes, for the progress callback */
+    void *stage;         /* [LOAD_CHUNK bytes] what was read, on its way to the device */
+    float *f32;          /* [LOAD_CHUNK bytes] a chunk as f32, when converting */
+    void *conv;          /* [LOAD_CHUNK bytes] the converted chunk */
+} weight_loader;
+
+static anvil_status loader_progress(anvil_runtime *rt, weight_loader *wl, size_t bytes)
+{
+    wl->done += bytes;
+    if (rt->opts.progress && rt->opts.progress(rt->opts.progress_user, wl->done, wl->total))
+        return ANVIL_FAIL(ANVIL_ERR_CANCELLED, "the load was cancelled");
+    return ANVIL_OK;
+}
+
+/* A NaN or infinity among n elements of p (elements [first, first + n) of
+ * the weight) is a damaged checkpoint: it would be served as garbage. */
+static anvil_status check_finite(const anvil_runtime *rt, const char *name, anvil_dtype dt, const void *p, int64_t n,
+                                 int64_t first)
+{
+    if (rt->opts.no_weight_check)
+        return ANVIL_OK;
+    const int64_t i = anvil_find_nonfinite(dt, p, n);
+    if (i < 0)
+        return ANVIL_OK;
+    float v;
+    anvil_convert_to_f32(dt, (const char *)p + i * (int64_t)anvil_dtype_size(dt), &v, 1);
+    return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' holds %s at element %lld: the checkpoint is damaged", name,
+                      isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", (long long)(first + i));
+}
+
+/* The checkpoint tensor for network weight i, checked against the shape the
+ * config implies and the dtypes the runtime takes. */
+static anvil_status find_weight(const anvil_runtime *rt, int32_t i, const anvil_st_tensor **out)
 {
     const anvil_net_weight *nw = anvil_network_weight(rt->net, i);
     const anvil_st_tensor *st = anvil_checkpoint_find(rt->ckpt, nw->name);
@@ -182,44 +239,78 @@ static anvil_status load_weight(anvil_runtime *rt, int32_t i)
     CHECK(st->dtype == ANVIL_DTYPE_F32 || st->dtype == ANVIL_DTYPE_BF16 || st->dtype == ANVIL_DTYPE_F16,
           ANVIL_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be f32, f16 or bf16", nw->name,
           anvil_dtype_name(st->dtype));
+    *out = st;
+    return ANVIL_OK;
+}
 
+/* Elements [off, off + n) of st into stage (mapped: a pointer into the
+ * mapping, nothing copied). */
+static anvil_status read_elems(const anvil_st_tensor *st, int64_t off, int64_t n, void *stage, const void **out)
+{
+    const size_t es = anvil_dtype_size(st->dtype);
+    if (st->data != NULL) {
+        *out = (const char *)st->data + (size_t)off * es;
+        return ANVIL_OK;
+    }
+    TRY(anvil_st_read(st, (size_t)off * es, stage, (size_t)n * es));
+    *out = stage;
+    return ANVIL_OK;
+}
+
+static anvil_status load_weight(anvil_runtime *rt, weight_loader *wl, int32_t i)
+{
+    const anvil_net_weight *nw = anvil_network_weight(rt->net, i);
+    const anvil_st_tensor *st;
+    TRY(find_weight(rt, i, &st));
     anvil_backend *be = rt->be;
-    anvil_dtype want_dt = rt->opts.weight_dtype == ANVIL_DTYPE_COUNT ? st->dtype : rt->opts.weight_dtype;
+    const anvil_dtype src_dt = st->dtype;
+    const anvil_dtype want_dt = rt->opts.weight_dtype == ANVIL_DTYPE_COUNT ? src_dt : rt->opts.weight_dtype;
     anvil_tensor *t = &rt->weights[i];
     t->dtype = want_dt;
     t->n_dims = st->n_dims;
     memcpy(t->shape, st->shape, sizeof t->shape);
     const int64_t numel = anvil_tensor_numel(t);
-    const size_t bytes = (size_t)numel * anvil_dtype_size(want_dt);
-    rt->weight_bytes += bytes;
+    const size_t src_es = anvil_dtype_size(src_dt), dst_es = anvil_dtype_size(want_dt);
+    rt->weight_bytes += (size_t)numel * dst_es;
+    const int64_t chunk = (int64_t)(LOAD_CHUNK / 4); /* elements: LOAD_CHUNK bytes of f32 at most */
 
-    if (be->ops->weights_in_host_memory && want_dt == st->dtype) {
-        t->data = (void *)st->data; /* used in place from the mapping */
+    if (be->ops->weights_in_host_memory && want_dt == src_dt && st->data != NULL) {
+        /* mapped (use_mmap): used in place; the scan reads it once */
+        for (int64_t off = 0; off < numel; off += chunk) {
+            const int64_t n = numel - off < chunk ? numel - off : chunk;
+            TRY(check_finite(rt, nw->name, src_dt, (const char *)st->data + (size_t)off * src_es, n, off));
+            TRY(loader_progress(rt, wl, (size_t)n * src_es));
+        }
+        t->data = (void *)st->data;
         return ANVIL_OK;
     }
     void *dev = NULL;
-    TRY(be->ops->alloc(be, bytes, &dev));
+    TRY(be->ops->alloc(be, (size_t)numel * dst_es, &dev));
     rt->weight_allocs[i] = dev;
     t->data = dev;
-    if (want_dt == st->dtype)
-        return be->ops->upload(be, dev, st->data, bytes);
-    /* convert through f32 in host chunks */
-    const int64_t chunk = 1 << 20;
-    float *tmp = malloc((size_t)chunk * 4);
-    void *conv = malloc((size_t)chunk * anvil_dtype_size(want_dt));
-    anvil_status s = ANVIL_OK;
-    if (tmp == NULL || conv == NULL)
-        s = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory converting '%s'", nw->name);
-    for (int64_t off = 0; s == ANVIL_OK && off < numel; off += chunk) {
-        int64_t n = numel - off < chunk ? numel - off : chunk;
-        anvil_convert_to_f32(st->dtype, (const char *)st->data + off * (int64_t)anvil_dtype_size(st->dtype), tmp, n);
-        anvil_convert_from_f32(want_dt, tmp, conv, n);
-        s = be->ops->upload(be, (char *)dev + off * (int64_t)anvil_dtype_size(want_dt), conv,
-                            (size_t)n * anvil_dtype_size(want_dt));
+    for (int64_t off = 0; off < numel; off += chunk) {
+        const int64_t n = numel - off < chunk ? numel - off : chunk;
+        char *dst = (char *)dev + (size_t)off * dst_es;
+        const void *src;
+        if (want_dt == src_dt && be->ops->weights_in_host_memory) {
+            TRY(anvil_st_read(st, (size_t)off * src_es, dst, (size_t)n * src_es)); /* straight into place */
+            TRY(check_finite(rt, nw->name, want_dt, dst, n, off));
+        } else if (want_dt == src_dt) {
+            TRY(read_elems(st, off, n, wl->stage, &src));
+            TRY(check_finite(rt, nw->name, want_dt, src, n, off));
+            TRY(be->ops->upload(be, dst, src, (size_t)n * dst_es));
+        } else {
+            /* converted through f32; the scan sees the converted values,
+             * so an f32 weight that overflows f16 is caught too */
+            TRY(read_elems(st, off, n, wl->stage, &src));
+            anvil_convert_to_f32(src_dt, src, wl->f32, n);
+            anvil_convert_from_f32(want_dt, wl->f32, wl->conv, n);
+            TRY(check_finite(rt, nw->name, want_dt, wl->conv, n, off));
+            TRY(be->ops->upload(be, dst, wl->conv, (size_t)n * dst_es));
+        }
+        TRY(loader_progress(rt, wl, (size_t)n * src_es));
     }
-    free(tmp);
-    free(conv);
-    return s;
+    return ANVIL_OK;
 }
 
 static anvil_status load_weights(anvil_runtime *rt)
@@ -228,116 +319,159 @@ static anvil_status load_weights(anvil_runtime *rt)
     rt->weights = calloc((size_t)rt->n_weights, sizeof *rt->weights);
     rt->weight_allocs = calloc((size_t)rt->n_weights, sizeof *rt->weight_allocs);
     CHECK(rt->weights && rt->weight_allocs, ANVIL_ERR_OOM, "out of memory");
-    for (int32_t i = 0; i < rt->n_weights; i++)
-        TRY(load_weight(rt, i));
-    return ANVIL_OK;
+    weight_loader wl = {0};
+    for (int32_t i = 0; i < rt->n_weights; i++) {
+        const anvil_st_tensor *st;
+        TRY(find_weight(rt, i, &st)); /* every weight is there before anything is allocated */
+        wl.total += st->nbytes;
+    }
+    wl.stage = malloc(LOAD_CHUNK);
+    wl.f32 = malloc(LOAD_CHUNK);
+    wl.conv = malloc(LOAD_CHUNK);
+    anvil_status st = ANVIL_OK;
+    if (wl.stage == NULL || wl.f32 == NULL || wl.conv == NULL)
+        st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
+    for (int32_t i = 0; i < rt->n_weights && st == ANVIL_OK; i++)
+        st = load_weight(rt, &wl, i);
+    if (st == ANVIL_OK)
+        st = anvil_checkpoint_check_unchanged(rt->ckpt); /* rewritten in place while read */
+    free(wl.stage);
+    free(wl.f32);
+    free(wl.conv);
+    return st;
 }
 
 /* ------------------------------------------------------------ activations */
 
-static int64_t op_rows(const anvil_runtime *rt, const anvil_net_op *op)
+/*
+ * Whether bytes fit in the backend's free memory (what, the need, the
+ * hint what to change). Checked before allocating so that an impossible
+ * size is a message naming what needed how much, never an attempt (an
+ * ASan build aborts on one over 1 TiB; cudaMalloc says only "out of
+ * memory"). A backend that cannot tell its free memory is not checked.
+ */
+static anvil_status check_fits(anvil_runtime *rt, size_t bytes, const char *what, const char *hint)
 {
-    return op->row_kind == 0 ? rt->opts.max_num_tokens : rt->opts.max_logit_rows;
+    size_t avail = 0;
+    if (rt->be->ops->mem_available == NULL || rt->be->ops->mem_available(rt->be, &avail) != ANVIL_OK)
+        return ANVIL_OK;
+    char need_s[32], avail_s[32];
+    CHECK(bytes <= avail, ANVIL_ERR_OOM, "%s would take %s (%zu bytes), but %s has %s available%s%s", what,
+          anvil_plan_fmt_bytes(bytes, need_s, sizeof need_s), bytes, rt->be->ops->name,
+          anvil_plan_fmt_bytes(avail, avail_s, sizeof avail_s), hint ? "; " : "", hint ? hint : "");
+    return ANVIL_OK;
 }
 
 /*
- * Assigns each value a buffer. Walking the ops in order, a value's buffer
- * returns to the free list after its last use; a new value takes the
- * smallest free buffer that fits, else a new one. Rope rotates in place, so
- * its result shares its input's buffer.
+ * Activation buffers (runtime_plan.c assigns them) and the RoPE tables,
+ * allocated once for the worst-case step.
  */
 static anvil_status plan_activations(anvil_runtime *rt)
 {
     const int32_t n = rt->n_ops = anvil_network_op_count(rt->net);
     const size_t act = anvil_dtype_size(rt->be->ops->act_dtype);
-    anvil_status st = ANVIL_OK;
-    int32_t *last_use = malloc((size_t)n * sizeof *last_use);
-    int32_t *free_list = malloc((size_t)n * sizeof *free_list);
     rt->value_buffer = malloc((size_t)n * sizeof *rt->value_buffer);
     rt->buffers = calloc((size_t)n, sizeof *rt->buffers);
     rt->buffer_bytes = calloc((size_t)n, sizeof *rt->buffer_bytes);
     rt->rope_tables = calloc((size_t)n, sizeof *rt->rope_tables);
-    CHECK_GOTO(last_use && free_list && rt->value_buffer && rt->buffers && rt->buffer_bytes && rt->rope_tables,
-               ANVIL_ERR_OOM, done, "out of memory");
-    for (int32_t i = 0; i < n; i++)
-        last_use[i] = i;
-    for (int32_t i = 0; i < n; i++) {
-        const anvil_net_op *op = anvil_network_op(rt->net, i);
-        for (int k = 0; k < 3; k++)
-            if (op->inputs[k] != ANVIL_VALUE_NONE)
-                last_use[op->inputs[k]] = i;
-    }
-    last_use[anvil_network_output(rt->net)] = n; /* read after the last op */
-    anvil_fuse_extend_lives(rt->net, rt->fuse, last_use);
-
-    int32_t n_free = 0;
-    for (int32_t i = 0; i < n; i++) {
-        const anvil_net_op *op = anvil_network_op(rt->net, i);
-        if (op->kind == ANVIL_OP_ROPE) {
-            CHECK_GOTO(last_use[op->inputs[0]] == i, ANVIL_ERR_INTERNAL, done,
-                       "rope input (op %d) is used after the rotation", op->inputs[0]);
-            rt->value_buffer[i] = rt->value_buffer[op->inputs[0]];
-        } else {
-            size_t need = (size_t)op_rows(rt, op) * (size_t)op->width * act;
-            int32_t best = -1;
-            for (int32_t f = 0; f < n_free; f++) {
-                size_t have = rt->buffer_bytes[free_list[f]];
-                if (have >= need && (best < 0 || have < rt->buffer_bytes[free_list[best]]))
-                    best = f;
-            }
-            if (best >= 0) {
-                rt->value_buffer[i] = free_list[best];
-                free_list[best] = free_list[--n_free];
-            } else {
-                int32_t b = rt->n_buffers;
-                TRY_GOTO(rt->be->ops->alloc(rt->be, need, &rt->buffers[b]), done);
-                rt->buffer_bytes[b] = need;
-                rt->n_buffers++;
-                rt->value_buffer[i] = b;
-            }
-        }
-        /* release the inputs that die here (once each: an op may read a value twice) */
-        for (int k = 0; k < 3; k++) {
-            anvil_value in = op->inputs[k];
-            if (in == ANVIL_VALUE_NONE || last_use[in] != i || op->kind == ANVIL_OP_ROPE)
-                continue;
-            int dup = 0;
-            for (int j = 0; j < k; j++)
-                dup |= op->inputs[j] == in;
-            int32_t b = rt->value_buffer[in];
-            for (int32_t f = 0; f < n_free; f++)
-                dup |= free_list[f] == b;
-            if (!dup && b != rt->value_buffer[i])
-                free_list[n_free++] = b;
-        }
-        if (op->kind == ANVIL_OP_ROPE) {
-            float table[1024];
-            CHECK_GOTO(op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, done, "rope: head_dim %lld too large",
-                       (long long)op->head_dim);
-            TRY_GOTO(anvil_rope_inv_freq(&op->rope, op->head_dim, table), done);
-            size_t bytes = (size_t)(op->head_dim / 2) * sizeof(float);
-            TRY_GOTO(rt->be->ops->alloc(rt->be, bytes, (void **)&rt->rope_tables[i]), done);
-            TRY_GOTO(rt->be->ops->upload(rt->be, rt->rope_tables[i], table, bytes), done);
-        }
-    }
+    CHECK(rt->value_buffer && rt->buffers && rt->buffer_bytes && rt->rope_tables, ANVIL_ERR_OOM,
+          "out of memory for the plan of %d ops", n);
+    int32_t n_buffers = 0;
     size_t total = 0;
-    for (int32_t b = 0; b < rt->n_buffers; b++)
-        total += rt->buffer_bytes[b];
+    TRY(anvil_plan_activations(rt->net, rt->fuse, rt->opts.max_num_tokens, rt->opts.max_logit_rows, act,
+                               rt->value_buffer, rt->buffer_bytes, &n_buffers, &total));
+    char what[160];
+    snprintf(what, sizeof what, "activations for %d tokens a step (%d buffers)", rt->opts.max_num_tokens, n_buffers);
+    TRY(check_fits(rt, total, what, "lower max_num_tokens (--max-num-tokens)"));
+    for (int32_t b = 0; b < n_buffers; b++) {
+        if (rt->be->ops->alloc(rt->be, rt->buffer_bytes[b], &rt->buffers[b]) != ANVIL_OK)
+            return anvil_error_wrap("activation buffer %d of %zu bytes", b, rt->buffer_bytes[b]);
+        rt->n_buffers++;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        if (op->kind != ANVIL_OP_ROPE)
+            continue;
+        float table[1024];
+        CHECK(op->head_dim > 0 && op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, "rope: head_dim %lld too large",
+              (long long)op->head_dim);
+        TRY(anvil_rope_inv_freq(&op->rope, op->head_dim, table));
+        size_t bytes = (size_t)(op->head_dim / 2) * sizeof(float);
+        TRY(rt->be->ops->alloc(rt->be, bytes, (void **)&rt->rope_tables[i]));
+        TRY(rt->be->ops->upload(rt->be, rt->rope_tables[i], table, bytes));
+    }
     anvil_log(ANVIL_LOG_INFO, "activations: %d buffers, %.1f MiB for %d tokens", rt->n_buffers,
               (double)total / 1048576.0, rt->opts.max_num_tokens);
-done:
-    free(last_use);
-    free(free_list);
-    return st;
+    return ANVIL_OK;
 }
 
 /* ------------------------------------------------------------ KV cache */
+
+/* The KV pool for the options as they stand, every size checked. A pool
+ * still to be sized from memory (kv_cache_tokens 0) has no blocks yet. */
+typedef struct kv_plan {
+    int32_t n_blocks;
+    int32_t max_blocks_per_seq;
+    size_t per_token;   /* keys and values of every layer */
+    size_t layer_bytes; /* one layer's keys (its values alike) */
+    size_t pool_bytes;  /* every layer's keys and values, and the block lists */
+} kv_plan;
+
+static anvil_status plan_kv(const anvil_model_config *cfg, const anvil_runtime_options *o, int32_t n_kv_layers,
+                            size_t act, kv_plan *p)
+{
+    memset(p, 0, sizeof *p);
+    const int64_t bs = o->kv_block_size;
+    /* resolve_options bounds both: blocks fit int32 */
+    p->n_blocks = (int32_t)((o->kv_cache_tokens + bs - 1) / bs);
+    p->max_blocks_per_seq = (int32_t)(((int64_t)o->max_seq_len + bs - 1) / bs);
+    TRY(anvil_plan_kv_bytes_per_token(n_kv_layers, cfg->n_kv_heads, cfg->head_dim, act, &p->per_token));
+    size_t row, lists;
+    CHECK(anvil_mul_size_ok((size_t)cfg->n_kv_heads, (size_t)cfg->head_dim, &row) &&
+              anvil_mul_size_ok(row, act, &row) && anvil_mul_size_ok(row, (size_t)p->n_blocks, &p->layer_bytes) &&
+              anvil_mul_size_ok(p->layer_bytes, (size_t)bs, &p->layer_bytes) &&
+              anvil_mul_size_ok(p->per_token, (size_t)p->n_blocks, &p->pool_bytes) &&
+              anvil_mul_size_ok(p->pool_bytes, (size_t)bs, &p->pool_bytes) &&
+              anvil_mul_size_ok((size_t)p->n_blocks, sizeof(int32_t) + 1, &lists) &&
+              anvil_add_size_ok(p->pool_bytes, lists, &p->pool_bytes),
+          ANVIL_ERR_UNSUPPORTED, "KV cache: %d blocks of %lld tokens of %zu bytes overflow a size", p->n_blocks,
+          (long long)bs, p->per_token);
+    return ANVIL_OK;
+}
+
+/* Whether the pool of p fits the backend's free memory, with a message
+ * that says where its size came from and what to change. */
+static anvil_status check_kv_fits(anvil_runtime *rt, const kv_plan *p)
+{
+    const anvil_runtime_options *o = &rt->opts;
+    char what[256], per[32];
+    snprintf(what, sizeof what,
+             "the KV cache for %lld tokens (%s a token: %d layers x 2 x %lld KV heads x %lld x %zu bytes)",
+             (long long)o->kv_cache_tokens, anvil_plan_fmt_bytes(p->per_token, per, sizeof per),
+             anvil_network_kv_layers(rt->net), (long long)rt->cfg.n_kv_heads, (long long)rt->cfg.head_dim,
+             anvil_dtype_size(rt->be->ops->act_dtype));
+    char hint[256];
+    if (rt->seq_len_from_config && o->kv_cache_tokens == o->max_seq_len)
+        snprintf(hint, sizeof hint,
+                 "the pool holds one context of max_position_embeddings (%d, from config.json): set a smaller "
+                 "max_seq_len (--max-seq-len) or kv_cache_tokens (--kv-cache-tokens)",
+                 o->max_seq_len);
+    else
+        snprintf(hint, sizeof hint,
+                 "set a smaller kv_cache_tokens (--kv-cache-tokens) or max_seq_len (--max-seq-len, now %d)",
+                 o->max_seq_len);
+    return check_fits(rt, p->pool_bytes, what, hint);
+}
 
 /*
  * With kv_cache_fraction, the pool takes that fraction of the memory the
  * backend reports free once weights and activations are allocated (the
  * smaller of that and kv_cache_tokens when both are given), in whole
- * blocks, at least one.
+ * blocks, at least one. A pool smaller than one context of the config's
+ * max_position_embeddings (when no max_seq_len was given) lowers
+ * max_seq_len to what it holds, with a warning: a context that no
+ * sequence could reach would be advertised for nothing, and the step's
+ * block tables would be sized for it.
  */
 static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
 {
@@ -346,8 +480,9 @@ static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
         return ANVIL_OK;
     size_t avail = 0;
     TRY(rt->be->ops->mem_available(rt->be, &avail));
-    const size_t per_token = 2 * (size_t)anvil_network_kv_layers(rt->net) * (size_t)rt->cfg.n_kv_heads *
-                             (size_t)rt->cfg.head_dim * anvil_dtype_size(rt->be->ops->act_dtype);
+    size_t per_token = 0;
+    TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), rt->cfg.n_kv_heads, rt->cfg.head_dim,
+                                      anvil_dtype_size(rt->be->ops->act_dtype), &per_token));
     CHECK(per_token > 0, ANVIL_ERR_INTERNAL, "the model has no KV cache");
     double tokens = (double)avail * o->kv_cache_fraction / (double)per_token;
     const double cap = (double)(INT32_MAX - 1) * (double)o->kv_block_size;
@@ -360,6 +495,16 @@ static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
         o->kv_cache_tokens = t;
     anvil_log(ANVIL_LOG_INFO, "kv cache: %.1f MiB available, fraction %.2f: %lld tokens", (double)avail / 1048576.0,
               o->kv_cache_fraction, (long long)o->kv_cache_tokens);
+    if (rt->seq_len_from_config && o->kv_cache_tokens < o->max_seq_len) {
+        int64_t fit = o->kv_cache_tokens / o->kv_block_size * o->kv_block_size;
+        if (fit < o->kv_block_size)
+            fit = o->kv_cache_tokens;
+        anvil_log(ANVIL_LOG_WARN,
+                  "max_seq_len: the KV cache holds %lld tokens, fewer than config.json's max_position_embeddings "
+                  "(%d): sequences are limited to %lld tokens (set max_seq_len, --max-seq-len, to choose)",
+                  (long long)o->kv_cache_tokens, o->max_seq_len, (long long)fit);
+        o->max_seq_len = (int32_t)fit;
+    }
     return ANVIL_OK;
 }
 
@@ -367,14 +512,18 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
 {
     TRY(size_kv_cache_from_memory(rt));
     const anvil_runtime_options *o = &rt->opts;
+    kv_plan kp;
+    TRY(plan_kv(&rt->cfg, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->be->ops->act_dtype), &kp));
+    TRY(check_kv_fits(rt, &kp));
     rt->n_kv_layers = anvil_network_kv_layers(rt->net);
-    rt->n_blocks = (int32_t)((o->kv_cache_tokens + o->kv_block_size - 1) / o->kv_block_size);
-    rt->max_blocks_per_seq = (o->max_seq_len + o->kv_block_size - 1) / o->kv_block_size;
+    rt->n_blocks = kp.n_blocks;
+    rt->max_blocks_per_seq = kp.max_blocks_per_seq;
     rt->k_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->k_cache);
     rt->v_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->v_cache);
     rt->free_blocks = malloc((size_t)rt->n_blocks * sizeof *rt->free_blocks);
     rt->block_used = calloc((size_t)rt->n_blocks, 1);
-    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used, ANVIL_ERR_OOM, "out of memory");
+    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used, ANVIL_ERR_OOM,
+          "out of memory for the lists of %d KV blocks", rt->n_blocks);
     /* pop order 0, 1, 2, ...: blocks are handed out lowest first */
     for (int32_t i = 0; i < rt->n_blocks; i++)
         rt->free_blocks[i] = rt->n_blocks - 1 - i;
@@ -382,8 +531,7 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
 
     const anvil_dtype dt = rt->be->ops->act_dtype;
     const int64_t kv_heads = rt->cfg.n_kv_heads, hd = rt->cfg.head_dim;
-    const size_t bytes = (size_t)rt->n_blocks * (size_t)o->kv_block_size * (size_t)(kv_heads * hd) *
-                         anvil_dtype_size(dt);
+    const size_t bytes = kp.layer_bytes;
     for (int32_t l = 0; l < rt->n_kv_layers; l++) {
         anvil_tensor *k = &rt->k_cache[l], *v = &rt->v_cache[l];
         k->dtype = v->dtype = dt;
@@ -392,8 +540,9 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
         k->shape[1] = v->shape[1] = o->kv_block_size;
         k->shape[2] = v->shape[2] = kv_heads;
         k->shape[3] = v->shape[3] = hd;
-        TRY(rt->be->ops->alloc(rt->be, bytes, &k->data));
-        TRY(rt->be->ops->alloc(rt->be, bytes, &v->data));
+        if (rt->be->ops->alloc(rt->be, bytes, &k->data) != ANVIL_OK ||
+            rt->be->ops->alloc(rt->be, bytes, &v->data) != ANVIL_OK)
+            return anvil_error_wrap("KV cache of layer %d (%zu bytes for keys, as many for values)", l, bytes);
     }
     anvil_log(ANVIL_LOG_INFO, "kv cache: %d blocks of %d tokens, %.1f MiB", rt->n_blocks, o->kv_block_size,
               2.0 * (double)bytes * rt->n_kv_layers / 1048576.0);
@@ -462,21 +611,109 @@ anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *
 
 /* ------------------------------------------------------------ load */
 
-static anvil_status alloc_step_meta(anvil_runtime *rt)
+/* Bytes of one step's metadata (int32s, on the host and the backend each)
+ * and of the logits staging (host, when activations are not f32). */
+static anvil_status plan_step(const anvil_runtime *rt, anvil_dtype act, int32_t max_blocks_per_seq, size_t *meta_ints,
+                              size_t *stage_bytes)
 {
     const anvil_runtime_options *o = &rt->opts;
-    rt->meta_ints = 4 * (size_t)o->max_num_tokens + 2 * (size_t)o->max_batch_size + 1 +
-                    (size_t)o->max_batch_size * (size_t)rt->max_blocks_per_seq + (size_t)o->max_logit_rows;
+    *stage_bytes = 0;
+    TRY(anvil_plan_step_ints(o, max_blocks_per_seq, meta_ints));
+    if (act != ANVIL_DTYPE_F32)
+        CHECK(anvil_mul_size_ok((size_t)o->max_logit_rows, (size_t)rt->cfg.vocab_size, stage_bytes) &&
+                  anvil_mul_size_ok(*stage_bytes, anvil_dtype_size(act), stage_bytes),
+              ANVIL_ERR_UNSUPPORTED, "logits: %d rows of %lld overflow a size", o->max_logit_rows,
+              (long long)rt->cfg.vocab_size);
+    return ANVIL_OK;
+}
+
+static anvil_status check_step_fits(anvil_runtime *rt, int32_t max_blocks_per_seq)
+{
+    size_t ints, stage, bytes;
+    TRY(plan_step(rt, rt->be->ops->act_dtype, max_blocks_per_seq, &ints, &stage));
+    char what[160];
+    snprintf(what, sizeof what, "the step metadata (%d tokens; block tables of %d sequences x %d blocks) and logits",
+             rt->opts.max_num_tokens, rt->opts.max_batch_size, max_blocks_per_seq);
+    CHECK(anvil_add_size_ok(ints * sizeof(int32_t), stage, &bytes), ANVIL_ERR_UNSUPPORTED, "%s overflow a size",
+          what);
+    return check_fits(rt, bytes, what, "set a smaller max_batch_size (--max-batch-size) or max_seq_len (--max-seq-len)");
+}
+
+static anvil_status alloc_step_meta(anvil_runtime *rt)
+{
+    size_t stage = 0;
+    TRY(check_step_fits(rt, rt->max_blocks_per_seq));
+    TRY(plan_step(rt, rt->be->ops->act_dtype, rt->max_blocks_per_seq, &rt->meta_ints, &stage));
     rt->meta_host = malloc(rt->meta_ints * sizeof(int32_t));
-    CHECK(rt->meta_host != NULL, ANVIL_ERR_OOM, "out of memory");
-    TRY(rt->be->ops->alloc(rt->be, rt->meta_ints * sizeof(int32_t), &rt->meta_dev));
-    if (rt->be->ops->act_dtype != ANVIL_DTYPE_F32) {
-        size_t bytes = (size_t)o->max_logit_rows * (size_t)rt->cfg.vocab_size *
-                       anvil_dtype_size(rt->be->ops->act_dtype);
-        rt->logits_host_stage = malloc(bytes);
-        CHECK(rt->logits_host_stage != NULL, ANVIL_ERR_OOM, "out of memory");
+    CHECK(rt->meta_host != NULL, ANVIL_ERR_OOM, "out of memory for the step metadata (%zu bytes)",
+          rt->meta_ints * sizeof(int32_t));
+    if (rt->be->ops->alloc(rt->be, rt->meta_ints * sizeof(int32_t), &rt->meta_dev) != ANVIL_OK)
+        return anvil_error_wrap("step metadata (%zu bytes)", rt->meta_ints * sizeof(int32_t));
+    if (stage > 0) {
+        rt->logits_host_stage = malloc(stage);
+        CHECK(rt->logits_host_stage != NULL, ANVIL_ERR_OOM, "out of memory for the logits staging (%zu bytes)",
+              stage);
     }
     return ANVIL_OK;
+}
+
+/*
+ * Sizes known before the weights come: the KV pool and the step metadata,
+ * when the pool's size is given (not sized from memory, which may also
+ * lower max_seq_len). Refused here, not after a long weight load, when they
+ * cannot fit the backend's free memory even before the weights take their
+ * share; alloc_kv_cache checks again with what is left.
+ */
+static anvil_status check_sizes_early(anvil_runtime *rt)
+{
+    if (rt->opts.kv_cache_fraction > 0.0)
+        return ANVIL_OK;
+    kv_plan kp;
+    TRY(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->be->ops->act_dtype),
+                &kp));
+    TRY(check_kv_fits(rt, &kp));
+    return check_step_fits(rt, kp.max_blocks_per_seq);
+}
+
+/*
+ * Whether the checkpoint names every weight the config implies, before the
+ * backend or any weight is allocated: a config with more layers than its
+ * checkpoint (or of another family) fails here, in the time of a few
+ * lookups, with a message that says which config value to suspect.
+ */
+static anvil_status check_checkpoint_names(const anvil_runtime *rt)
+{
+    const int32_t n = anvil_network_weight_count(rt->net);
+    int32_t missing = 0;
+    const char *first = NULL;
+    long long top_present = -1, first_missing_layer = -1;
+    for (int32_t i = 0; i < n; i++) {
+        const char *name = anvil_network_weight(rt->net, i)->name;
+        long long layer = -1;
+        if (sscanf(name, "model.layers.%lld.", &layer) != 1)
+            layer = -1;
+        if (anvil_checkpoint_find(rt->ckpt, name) != NULL) {
+            if (layer > top_present)
+                top_present = layer;
+            continue;
+        }
+        if (missing++ == 0) {
+            first = name;
+            first_missing_layer = layer;
+        }
+    }
+    if (missing == 0)
+        return ANVIL_OK;
+    /* every missing weight past the last layer the checkpoint has: the
+     * config names more layers than there are */
+    if (first_missing_layer > top_present && top_present >= 0)
+        return ANVIL_FAIL(ANVIL_ERR_NOT_FOUND,
+                          "config.json: num_hidden_layers is %lld but the checkpoint holds layers 0 to %lld only "
+                          "(no tensor '%s'; %d of the %d tensors the config implies are missing)",
+                          (long long)rt->cfg.n_layers, top_present, first, missing, n);
+    return ANVIL_FAIL(ANVIL_ERR_NOT_FOUND,
+                      "missing tensor '%s' in the checkpoint (%d of the %d tensors the config implies are missing)",
+                      first, missing, n);
 }
 
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out)
@@ -489,7 +726,8 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
-    TRY_GOTO(anvil_checkpoint_open(model_dir, &rt->ckpt), fail);
+    TRY_GOTO(anvil_checkpoint_open_ex(model_dir, rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ, &rt->ckpt), fail);
+    TRY_GOTO(check_checkpoint_names(rt), fail);
     /* activations and KV cache: the dtype the weights are converted to when
      * that is bf16/f16; with weights as stored, a bf16/f16 checkpoint
      * computes in its own dtype on cuda (vLLM's --dtype auto: f32 compute
@@ -502,9 +740,10 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
         act = rt->cfg.dtype;
     TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, act, &rt->be), fail);
+    TRY_GOTO(check_sizes_early(rt), fail);
     TRY_GOTO(load_weights(rt), fail);
-    if (!rt->be->ops->weights_in_host_memory) {
-        anvil_checkpoint_close(rt->ckpt); /* everything was copied to the device */
+    if (!rt->be->ops->weights_in_host_memory || !rt->opts.use_mmap) {
+        anvil_checkpoint_close(rt->ckpt); /* everything was copied to the backend */
         rt->ckpt = NULL;
     }
     TRY_GOTO(anvil_fuse_plan(rt->net, rt->be->ops, rt->opts.no_fusion, &rt->fuse), fail);
@@ -528,6 +767,65 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     return ANVIL_OK;
 fail:
     anvil_error_wrap("loading %s", model_dir);
+    anvil_runtime_free(rt);
+    return st;
+}
+
+anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil_runtime_options *opts,
+                                      anvil_dtype act_dtype, size_t mem_limit, anvil_runtime_sizes *out)
+{
+    CHECK(cfg != NULL && out != NULL, ANVIL_ERR_INVALID_ARG, "anvil_runtime_plan_sizes: NULL argument");
+    memset(out, 0, sizeof *out);
+    CHECK(act_dtype == ANVIL_DTYPE_F32 || act_dtype == ANVIL_DTYPE_BF16 || act_dtype == ANVIL_DTYPE_F16,
+          ANVIL_ERR_INVALID_ARG, "activations must be f32, bf16 or f16");
+    anvil_runtime *rt = calloc(1, sizeof *rt);
+    CHECK(rt != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st = ANVIL_OK;
+    rt->cfg = *cfg;
+    /* the steps of anvil_runtime_load up to its allocations, in its order */
+    TRY_GOTO(resolve_options(rt, opts), done);
+    TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), done);
+    const int32_t n = anvil_network_op_count(rt->net);
+    const size_t act = anvil_dtype_size(act_dtype);
+    rt->fuse = calloc((size_t)n, sizeof *rt->fuse); /* no fusion: every op by itself */
+    rt->value_buffer = malloc((size_t)n * sizeof *rt->value_buffer);
+    rt->buffer_bytes = calloc((size_t)n, sizeof *rt->buffer_bytes);
+    CHECK_GOTO(rt->fuse && rt->value_buffer && rt->buffer_bytes, ANVIL_ERR_OOM, done, "out of memory");
+    TRY_GOTO(anvil_plan_activations(rt->net, rt->fuse, rt->opts.max_num_tokens, rt->opts.max_logit_rows, act,
+                                    rt->value_buffer, rt->buffer_bytes, &out->n_act_buffers, &out->act_bytes),
+             done);
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        float table[1024];
+        if (op->kind != ANVIL_OP_ROPE)
+            continue;
+        CHECK_GOTO(op->head_dim > 0 && op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, done,
+                   "rope: head_dim %lld too large", (long long)op->head_dim);
+        TRY_GOTO(anvil_rope_inv_freq(&op->rope, op->head_dim, table), done);
+    }
+    kv_plan kp;
+    TRY_GOTO(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), act, &kp), done);
+    size_t ints = 0, stage = 0;
+    TRY_GOTO(plan_step(rt, act_dtype, kp.max_blocks_per_seq, &ints, &stage), done);
+    CHECK_GOTO(anvil_add_size_ok(ints * sizeof(int32_t), stage, &out->step_bytes), ANVIL_ERR_UNSUPPORTED, done,
+               "the step metadata overflows a size");
+    out->max_seq_len = rt->opts.max_seq_len;
+    out->kv_cache_tokens = rt->opts.kv_cache_tokens;
+    out->n_kv_layers = anvil_network_kv_layers(rt->net);
+    out->kv_bytes_per_token = kp.per_token;
+    out->kv_bytes = kp.pool_bytes;
+    if (mem_limit > 0) {
+        char need_s[32], lim_s[32];
+        const size_t parts[3] = {out->act_bytes, out->kv_bytes, out->step_bytes};
+        static const char *const names[3] = {"activations", "the KV cache", "the step metadata"};
+        for (int k = 0; k < 3; k++)
+            CHECK_GOTO(parts[k] <= mem_limit, ANVIL_ERR_OOM, done, "%s would take %s (%zu bytes), over the limit of %s",
+                       names[k], anvil_plan_fmt_bytes(parts[k], need_s, sizeof need_s), parts[k],
+                       anvil_plan_fmt_bytes(mem_limit, lim_s, sizeof lim_s));
+    }
+done:
+    if (st != ANVIL_OK)
+        memset(out, 0, sizeof *out);
     anvil_runtime_free(rt);
     return st;
 }
@@ -837,12 +1135,7 @@ anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *
         CHECK(batch->n_logits == 0 || lg != NULL, ANVIL_ERR_OOM, "out of memory");
         anvil_status st = anvil_runtime_forward(rt, batch, lg);
         for (int32_t r = 0; st == ANVIL_OK && r < batch->n_logits; r++) {
-            const float *row = lg + (int64_t)r * vocab;
-            int32_t best = 0;
-            for (int64_t c = 1; c < vocab; c++)
-                if (row[c] > row[best])
-                    best = (int32_t)c;
-            next_ids[r] = best;
+            next_ids[r] = anvil_greedy_pick(lg + (int64_t)r * vocab, (int32_t)vocab);
         }
         free(lg);
         return st;
@@ -952,10 +1245,8 @@ anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *
         st = L == 0 ? be->ops->synchronize(be)
                     : be->ops->download(be, next_ids, rt->ids_dev, (size_t)L * sizeof(int32_t));
     for (int32_t i = 0; i < L; i++) {
-        /* no finite logit: the host sampler returns 0 without drawing */
+        /* a poisoned row (-1) draws nothing, as on the host */
         const int undraw = st != ANVIL_OK || next_ids[i] < 0;
-        if (st == ANVIL_OK && next_ids[i] < 0)
-            next_ids[i] = 0;
         if (undraw && row_samples(&rows[i]))
             *rows[i].rng = rt->sample_saved[i];
     }

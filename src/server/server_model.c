@@ -7,6 +7,7 @@
 #include <malloc.h>
 #endif
 
+#include "core/checked.h"
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "server/server_internal.h"
@@ -70,8 +71,10 @@ anvil_status srv_model_new(struct anvil_server *s, const char *name, const char 
     m->rt = rt;
     m->tok = tok;
     m->ex = ex;
-    const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
-    m->max_seq_len = ro->max_seq_len > 0 ? ro->max_seq_len : anvil_runtime_config(rt)->max_position_embeddings;
+    /* the runtime's, after its defaults: the config's context bounded and
+     * checked, or lowered to what the KV cache holds (never the int64
+     * config value cut to 32 bits) */
+    m->max_seq_len = anvil_runtime_options_get(rt)->max_seq_len;
     pthread_mutex_init(&m->mu, NULL);
     *out = m;
     return ANVIL_OK;
@@ -99,10 +102,12 @@ anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const 
     if (s->opts.kv_cache_auto && ro.kv_cache_tokens == 0 && ro.kv_cache_fraction == 0) {
         /* room for many sequences in flight, without taking the machine (as anvil run --input) */
         anvil_model_config cfg;
+        /* a config that does not load (or is out of bounds) is left for
+         * anvil_runtime_load, which fails with its message */
         if (anvil_model_config_load(dir, &cfg) == ANVIL_OK) {
-            int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings;
-            ro.kv_cache_tokens = 32 * (ctx > 0 ? ctx : 2048);
-            ro.kv_cache_fraction = 0.25;
+            int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings, tokens;
+            ro.kv_cache_tokens = anvil_mul_i64_ok(32, ctx, &tokens) ? tokens : INT64_MAX;
+            ro.kv_cache_fraction = 0.25; /* the smaller of the two */
         }
     }
     anvil_status st = anvil_runtime_load(dir, &ro, &rt);
