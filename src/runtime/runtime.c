@@ -705,9 +705,10 @@ static anvil_status check_checkpoint_names(const anvil_runtime *rt)
     if (missing == 0)
         return ANVIL_OK;
     /* every missing weight past the last layer the checkpoint has: the
-     * config names more layers than there are */
+     * config names more layers than there are (a malformed config, not a
+     * missing model: ANVIL_ERR_FORMAT) */
     if (first_missing_layer > top_present && top_present >= 0)
-        return ANVIL_FAIL(ANVIL_ERR_NOT_FOUND,
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT,
                           "config.json: num_hidden_layers is %lld but the checkpoint holds layers 0 to %lld only "
                           "(no tensor '%s'; %d of the %d tensors the config implies are missing)",
                           (long long)rt->cfg.n_layers, top_present, first, missing, n);

@@ -87,9 +87,9 @@ static void test_missing_tensor(void **s)
     (void)s;
     assert_status_msg(try_load(make_model("noq3", NULL, drop_q3)), ANVIL_ERR_NOT_FOUND,
                       "model.layers.3.self_attn.q_proj.weight");
-    /* a config with more layers than the checkpoint holds */
-    assert_status_msg(try_load(make_model("sixlayers", more_layers, NULL)), ANVIL_ERR_NOT_FOUND,
-                      "model.layers.5.");
+    /* a config with more layers than the checkpoint holds: the config is wrong */
+    assert_status_msg(try_load(make_model("sixlayers", more_layers, NULL)), ANVIL_ERR_FORMAT,
+                      "num_hidden_layers is 6 but the checkpoint holds layers 0 to 4 only (no tensor 'model.layers.5.");
 }
 
 static void test_shape_disagrees_with_config(void **s)
