@@ -79,8 +79,8 @@ static anvil_status int_in_range(const char *what, const char *key, int64_t v, i
         return ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: %s must be positive, got %lld", what, key, (long long)v);
     CHECK(v >= lo, ANVIL_ERR_FORMAT, "%s: %s is %lld; it must be at least %lld", what, key, (long long)v,
           (long long)lo);
-    CHECK(v <= hi, ANVIL_ERR_UNSUPPORTED, "%s: %s is %lld; anvil supports at most %lld", what, key, (long long)v,
-          (long long)hi);
+    CHECK(v <= hi, ANVIL_ERR_UNSUPPORTED, "%s: %s is %lld; anvil supports at most %lld", what, key,
+          (long long)v, (long long)hi);
     return ANVIL_OK;
 }
 
@@ -89,14 +89,15 @@ static anvil_status int_in_range(const char *what, const char *key, int64_t v, i
  * sane range is enforced, not just the sign. */
 static anvil_status real_in_range(const char *what, const char *key, double v, double lo, double hi)
 {
-    CHECK(isfinite(v) && v >= lo, ANVIL_ERR_FORMAT, "%s: %s is %g; it must be at least %g (and at most %g)", what,
-          key, v, lo, hi);
+    CHECK(isfinite(v) && v >= lo, ANVIL_ERR_FORMAT, "%s: %s is %g; it must be at least %g (and at most %g)",
+          what, key, v, lo, hi);
     CHECK(v <= hi, ANVIL_ERR_UNSUPPORTED, "%s: %s is %g; anvil supports at most %g", what, key, v, hi);
     return ANVIL_OK;
 }
 
 /* A required size: present, an integer, within [1, hi]. */
-static anvil_status require_size(const json_t *root, const char *key, const char *what, int64_t hi, int64_t *out)
+static anvil_status require_size(const json_t *root, const char *key, const char *what, int64_t hi,
+                                 int64_t *out)
 {
     TRY(anvil_json_require_int(root, NULL, key, what, out));
     return int_in_range(what, key, *out, 1, hi);
@@ -125,12 +126,13 @@ static anvil_status check_rope(const anvil_rope_config *r, const char *what, con
     snprintf(key, sizeof key, "%s.low_freq_factor", obj);
     TRY(real_in_range(what, key, r->low_freq_factor, ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR));
     snprintf(key, sizeof key, "%s.high_freq_factor", obj);
-    TRY(real_in_range(what, key, r->high_freq_factor, ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR));
+    TRY(real_in_range(what, key, r->high_freq_factor, ANVIL_MIN_ROPE_FREQ_FACTOR,
+                      ANVIL_MAX_ROPE_FREQ_FACTOR));
     /* compared in float, as the table is computed: equal floats would
      * divide by zero in the interpolation */
     CHECK((float)r->high_freq_factor > (float)r->low_freq_factor, ANVIL_ERR_FORMAT,
-          "%s: %s.high_freq_factor (%g) must be above %s.low_freq_factor (%g)", what, obj, r->high_freq_factor, obj,
-          r->low_freq_factor);
+          "%s: %s.high_freq_factor (%g) must be above %s.low_freq_factor (%g)", what, obj,
+          r->high_freq_factor, obj, r->low_freq_factor);
     snprintf(key, sizeof key, "%s.original_max_position_embeddings", obj);
     return int_in_range(what, key, r->original_max_position, 1, ANVIL_MAX_CONTEXT);
 }
@@ -150,19 +152,21 @@ static anvil_status check_config(const anvil_model_config *c, const char *what, 
           "%s: num_attention_heads (%lld) must be a multiple of num_key_value_heads (%lld)", what,
           (long long)c->n_heads, (long long)c->n_kv_heads);
     TRY(int_in_range(what, "head_dim", c->head_dim, 1, ANVIL_MAX_HEAD_DIM));
-    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld", what,
-          (long long)c->head_dim);
+    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld",
+          what, (long long)c->head_dim);
     TRY(int_in_range(what, "max_position_embeddings", c->max_position_embeddings, 1, ANVIL_MAX_CONTEXT));
-    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what, c->rms_norm_eps);
+    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what,
+          c->rms_norm_eps);
     TRY(real_in_range(what, "rms_norm_eps", c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
     TRY(check_rope(&c->rope, what, rope_obj));
     CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
           (long long)c->sliding_window);
     TRY(int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT));
     CHECK(c->dtype == ANVIL_DTYPE_F32 || c->dtype == ANVIL_DTYPE_F16 || c->dtype == ANVIL_DTYPE_BF16,
-          ANVIL_ERR_UNSUPPORTED, "%s: dtype %d is not supported (float32, float16, bfloat16)", what, (int)c->dtype);
-    CHECK(c->bos_token_id >= -1 && c->pad_token_id >= -1, ANVIL_ERR_FORMAT, "%s: token ids must be -1 or more",
-          what);
+          ANVIL_ERR_UNSUPPORTED, "%s: dtype %d is not supported (float32, float16, bfloat16)", what,
+          (int)c->dtype);
+    CHECK(c->bos_token_id >= -1 && c->pad_token_id >= -1, ANVIL_ERR_FORMAT,
+          "%s: token ids must be -1 or more", what);
     CHECK(c->n_eos_token_ids >= 0 && c->n_eos_token_ids <= ANVIL_MAX_EOS_IDS, ANVIL_ERR_FORMAT,
           "%s: %d eos token ids (at most %d)", what, c->n_eos_token_ids, ANVIL_MAX_EOS_IDS);
     for (int i = 0; i < c->n_eos_token_ids; i++)
@@ -383,8 +387,8 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     }
     TRY(int_in_range(what, head_dim_given ? "head_dim" : "head_dim (hidden_size / num_attention_heads)",
                      c->head_dim, 1, ANVIL_MAX_HEAD_DIM));
-    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld", what,
-          (long long)c->head_dim);
+    CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld",
+          what, (long long)c->head_dim);
 
     TRY(anvil_json_get_double(root, NULL, "rms_norm_eps", what, fam->rms_norm_eps, &c->rms_norm_eps));
     CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what,

@@ -18,7 +18,8 @@ static anvil_status check_table(const anvil_rope_config *rope, int64_t half, con
 {
     for (int64_t i = 0; i < half; i++)
         CHECK(isfinite(out[i]) && out[i] > 0.0f && out[i] <= 1.0f + 1e-6f, ANVIL_ERR_FORMAT,
-              "rope: inverse frequency %lld is %g (rope_theta %g, factor %g): the RoPE parameters are out of range",
+              "rope: inverse frequency %lld is %g (rope_theta %g, factor %g): the RoPE parameters are out of "
+              "range",
               (long long)i, (double)out[i], rope->theta, rope->factor);
     return ANVIL_OK;
 }

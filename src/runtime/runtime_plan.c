@@ -30,10 +30,11 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
     const int32_t n = anvil_network_op_count(net);
     *n_buffers = 0;
     *total_bytes = 0;
-    CHECK(token_rows > 0 && logit_rows > 0, ANVIL_ERR_INVALID_ARG, "activations: %d token rows, %d logit rows",
-          token_rows, logit_rows);
+    CHECK(token_rows > 0 && logit_rows > 0, ANVIL_ERR_INVALID_ARG,
+          "activations: %d token rows, %d logit rows", token_rows, logit_rows);
     const anvil_value output = anvil_network_output(net);
-    CHECK(n > 0 && output >= 0 && output < n, ANVIL_ERR_INVALID_ARG, "activations: the network has no output");
+    CHECK(n > 0 && output >= 0 && output < n, ANVIL_ERR_INVALID_ARG,
+          "activations: the network has no output");
     anvil_status st = ANVIL_OK;
     int32_t *last_use = malloc((size_t)n * sizeof *last_use);
     int32_t *free_list = malloc((size_t)n * sizeof *free_list);
@@ -114,7 +115,8 @@ anvil_status anvil_plan_kv_bytes_per_token(int64_t n_layers, int64_t n_kv_heads,
     size_t b;
     CHECK(anvil_mul_size_ok((size_t)n_layers, 2, &b) && anvil_mul_size_ok(b, (size_t)n_kv_heads, &b) &&
               anvil_mul_size_ok(b, (size_t)head_dim, &b) && anvil_mul_size_ok(b, act_size, &b),
-          ANVIL_ERR_UNSUPPORTED, "KV cache: %lld layers x 2 x %lld heads x %lld x %zu bytes a token overflow a size",
+          ANVIL_ERR_UNSUPPORTED,
+          "KV cache: %lld layers x 2 x %lld heads x %lld x %zu bytes a token overflow a size",
           (long long)n_layers, (long long)n_kv_heads, (long long)head_dim, act_size);
     *out = b;
     return ANVIL_OK;
@@ -131,9 +133,10 @@ anvil_status anvil_plan_step_ints(const anvil_runtime_options *o, int32_t max_bl
     CHECK(anvil_mul_size_ok((size_t)o->max_batch_size, (size_t)max_blocks_per_seq, &b) &&
               anvil_add_size_ok(b, 4 * (size_t)o->max_num_tokens, &b) &&
               anvil_add_size_ok(b, 2 * (size_t)o->max_batch_size + 1, &b) &&
-              anvil_add_size_ok(b, (size_t)o->max_logit_rows, &b) && anvil_mul_size_ok(b, sizeof(int32_t), &a),
-          ANVIL_ERR_UNSUPPORTED, "step metadata: %d sequences x %d KV blocks overflow a size", o->max_batch_size,
-          max_blocks_per_seq);
+              anvil_add_size_ok(b, (size_t)o->max_logit_rows, &b) &&
+              anvil_mul_size_ok(b, sizeof(int32_t), &a),
+          ANVIL_ERR_UNSUPPORTED, "step metadata: %d sequences x %d KV blocks overflow a size",
+          o->max_batch_size, max_blocks_per_seq);
     *out = b;
     return ANVIL_OK;
 }

@@ -52,14 +52,14 @@ const char *anvil_plan_fmt_bytes(size_t bytes, char *buf, size_t cap);
 
 /* What anvil_runtime_plan_sizes found. */
 typedef struct anvil_runtime_sizes {
-    int32_t max_seq_len;        /* the options' or the config's context */
-    int64_t kv_cache_tokens;    /* the pool in tokens; 0: sized from memory at load (kv_cache_fraction) */
+    int32_t max_seq_len;     /* the options' or the config's context */
+    int64_t kv_cache_tokens; /* the pool in tokens; 0: sized from memory at load (kv_cache_fraction) */
     int32_t n_kv_layers;
-    size_t kv_bytes_per_token;  /* keys and values of every layer */
-    size_t kv_bytes;            /* the pool of kv_cache_tokens, in whole blocks (0 when sized from memory) */
+    size_t kv_bytes_per_token; /* keys and values of every layer */
+    size_t kv_bytes;           /* the pool of kv_cache_tokens, in whole blocks (0 when sized from memory) */
     int32_t n_act_buffers;
-    size_t act_bytes;           /* every activation buffer */
-    size_t step_bytes;          /* step metadata, and the logits staging when act is not f32 */
+    size_t act_bytes;  /* every activation buffer */
+    size_t step_bytes; /* step metadata, and the logits staging when act is not f32 */
 } anvil_runtime_sizes;
 
 /*

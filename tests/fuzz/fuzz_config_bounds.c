@@ -99,7 +99,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (z.kv_bytes_per_token != 2 * (size_t)c.n_layers * (size_t)c.n_kv_heads * (size_t)c.head_dim * es)
         __builtin_trap();
     if (z.kv_cache_tokens > 0) {
-        const uint64_t blocks = ((uint64_t)z.kv_cache_tokens + (uint64_t)o.kv_block_size - 1) / o.kv_block_size;
+        const uint64_t blocks =
+            ((uint64_t)z.kv_cache_tokens + (uint64_t)o.kv_block_size - 1) / o.kv_block_size;
         if (blocks >= INT32_MAX || z.kv_bytes != blocks * o.kv_block_size * z.kv_bytes_per_token + blocks * 5)
             __builtin_trap();
     } else if (z.kv_bytes != 0 || o.kv_cache_fraction <= 0.0) {

@@ -33,7 +33,8 @@ static const char *const mistral =
     "{\"architectures\": [\"MistralForCausalLM\"], \"model_type\": \"mistral\", \"vocab_size\": 32000,"
     " \"hidden_size\": 4096, \"intermediate_size\": 14336, \"num_hidden_layers\": 32,"
     " \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"max_position_embeddings\": 32768,"
-    " \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"sliding_window\": 4096, \"torch_dtype\": \"bfloat16\"}";
+    " \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"sliding_window\": 4096, \"torch_dtype\": "
+    "\"bfloat16\"}";
 
 /* base with obj[.sub] = value (JSON text jansson can hold), as config.json text (malloc'd). */
 static char *with_value(const char *base, const char *key, const char *sub, const char *value)
@@ -63,7 +64,7 @@ typedef struct field {
     const char *sub;  /* key inside it, or NULL */
     const char *name; /* as messages name it */
     field_kind kind;
-    double lo, hi;    /* the bounds: below lo is FORMAT, above hi UNSUPPORTED */
+    double lo, hi; /* the bounds: below lo is FORMAT, above hi UNSUPPORTED */
 } field;
 
 #define L llama31
@@ -81,11 +82,12 @@ static const field fields[] = {
     {mistral, "sliding_window", NULL, "sliding_window", INT_FIELD, 0, ANVIL_MAX_CONTEXT},
     {L, "rms_norm_eps", NULL, "rms_norm_eps", REAL_FIELD, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS},
     {L, "rope_theta", NULL, "rope_theta", REAL_FIELD, ANVIL_MIN_ROPE_THETA, ANVIL_MAX_ROPE_THETA},
-    {L, "rope_scaling", "factor", "rope_scaling.factor", REAL_FIELD, ANVIL_MIN_ROPE_FACTOR, ANVIL_MAX_ROPE_FACTOR},
-    {L, "rope_scaling", "low_freq_factor", "rope_scaling.low_freq_factor", REAL_FIELD, ANVIL_MIN_ROPE_FREQ_FACTOR,
-     ANVIL_MAX_ROPE_FREQ_FACTOR},
-    {L, "rope_scaling", "high_freq_factor", "rope_scaling.high_freq_factor", REAL_FIELD, ANVIL_MIN_ROPE_FREQ_FACTOR,
-     ANVIL_MAX_ROPE_FREQ_FACTOR},
+    {L, "rope_scaling", "factor", "rope_scaling.factor", REAL_FIELD, ANVIL_MIN_ROPE_FACTOR,
+     ANVIL_MAX_ROPE_FACTOR},
+    {L, "rope_scaling", "low_freq_factor", "rope_scaling.low_freq_factor", REAL_FIELD,
+     ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR},
+    {L, "rope_scaling", "high_freq_factor", "rope_scaling.high_freq_factor", REAL_FIELD,
+     ANVIL_MIN_ROPE_FREQ_FACTOR, ANVIL_MAX_ROPE_FREQ_FACTOR},
 };
 #undef L
 
@@ -94,14 +96,14 @@ static const char *const values[] = {
     "-1",
     "0",
     "-0.0",
-    "-9223372036854775808",                   /* -2^63 */
-    "2147483647",                             /* 2^31 - 1 */
-    "2147483648",                             /* 2^31 */
-    "4294967808",                             /* 2^32 + 512: 512 once cut to 32 bits */
-    "1099511627776",                          /* 2^40: 0 once cut */
-    "2305843009213693952",                    /* 2^61 */
-    "4611686018427387904",                    /* 2^62 */
-    "9223372036854775807",                    /* 2^63 - 1: -1 once cut */
+    "-9223372036854775808", /* -2^63 */
+    "2147483647",           /* 2^31 - 1 */
+    "2147483648",           /* 2^31 */
+    "4294967808",           /* 2^32 + 512: 512 once cut to 32 bits */
+    "1099511627776",        /* 2^40: 0 once cut */
+    "2305843009213693952",  /* 2^61 */
+    "4611686018427387904",  /* 2^62 */
+    "9223372036854775807",  /* 2^63 - 1: -1 once cut */
     "1e-30",
     "1e300",
     "-1e300",
@@ -139,10 +141,12 @@ static anvil_status check_one(const field *f, const char *value)
             snprintf(want, sizeof want, "config.json: %s is %lld; anvil supports at most %lld", f->name,
                      (long long)json_integer_value(v), (long long)f->hi);
         else
-            snprintf(want, sizeof want, "config.json: %s is %g; anvil supports at most %g", f->name, d, f->hi);
+            snprintf(want, sizeof want, "config.json: %s is %g; anvil supports at most %g", f->name, d,
+                     f->hi);
     } else if (f->sub != NULL && strcmp(f->sub, "high_freq_factor") == 0 && d <= 1.0) {
         want_st = ANVIL_ERR_FORMAT; /* in range, but not above low_freq_factor (1.0) */
-        snprintf(want, sizeof want, "high_freq_factor (%g) must be above rope_scaling.low_freq_factor (1)", d);
+        snprintf(want, sizeof want, "high_freq_factor (%g) must be above rope_scaling.low_freq_factor (1)",
+                 d);
     }
     if (st != want_st || (want_st != ANVIL_OK && strstr(msg, want) == NULL) ||
         (want_st != ANVIL_OK && strstr(msg, f->name) == NULL))
@@ -186,18 +190,20 @@ static void test_beyond_json(void **state)
     static const char *const big[] = {"18446744073709551616", "99999999999999999999999", "1e999", "-1e999"};
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
         char text[1024];
-        snprintf(text, sizeof text,
-                 "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 32000,"
-                 " \"hidden_size\": 4096, \"intermediate_size\": 11008, \"num_hidden_layers\": %s,"
-                 " \"num_attention_heads\": 32, \"max_position_embeddings\": 4096}",
-                 big[i]);
+        snprintf(
+            text, sizeof text,
+            "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"vocab_size\": 32000,"
+            " \"hidden_size\": 4096, \"intermediate_size\": 11008, \"num_hidden_layers\": %s,"
+            " \"num_attention_heads\": 32, \"max_position_embeddings\": 4096}",
+            big[i]);
         anvil_model_config c;
         /* jansson says where, and what; anvil adds the key */
         assert_status_msg(anvil_model_config_parse(text, &c), ANVIL_ERR_FORMAT,
                           "(the value of \"num_hidden_layers\")");
         assert_non_null(strstr(anvil_last_error(), "malformed JSON at line 1"));
         /* JSON has no NaN or Infinity: those are malformed text */
-        snprintf(text, sizeof text, "{\"model_type\": \"llama\", \"rope_theta\": %s}", i % 2 ? "NaN" : "Infinity");
+        snprintf(text, sizeof text, "{\"model_type\": \"llama\", \"rope_theta\": %s}",
+                 i % 2 ? "NaN" : "Infinity");
         assert_status_msg(anvil_model_config_parse(text, &c), ANVIL_ERR_FORMAT, "malformed JSON");
     }
 }
@@ -224,7 +230,8 @@ static void test_reported_cases(void **state)
                       "max_position_embeddings is 4294967808; anvil supports at most 268435456");
     free(t);
     t = with_value(llama31, "rope_theta", NULL, "1e-30");
-    assert_status_msg(anvil_model_config_parse(t, &c), ANVIL_ERR_FORMAT, "rope_theta is 1e-30; it must be at least 1");
+    assert_status_msg(anvil_model_config_parse(t, &c), ANVIL_ERR_FORMAT,
+                      "rope_theta is 1e-30; it must be at least 1");
     free(t);
     t = with_value(llama31, "rope_scaling", "factor", "1e-30");
     assert_status_msg(anvil_model_config_parse(t, &c), ANVIL_ERR_FORMAT, "rope_scaling.factor is 1e-30");
@@ -272,11 +279,14 @@ static void test_real_models_pass(void **state)
     free(e);
     /* Gemma 2: vocabulary 256000, head_dim 256; Qwen 2.5: 152064; Llama 4 Scout: a 10M context, theta 5e5 */
     static const char *const ok[][3] = {
-        {"vocab_size", NULL, "256000"},     {"vocab_size", NULL, "152064"},
-        {"head_dim", NULL, "256"},          {"max_position_embeddings", NULL, "10485760"},
+        {"vocab_size", NULL, "256000"},
+        {"vocab_size", NULL, "152064"},
+        {"head_dim", NULL, "256"},
+        {"max_position_embeddings", NULL, "10485760"},
         {"intermediate_size", NULL, "18432"}, /* DeepSeek V3 */
-        {"rope_theta", NULL, "1000000000"}, /* long-context fine-tunes raise theta by orders of magnitude */
-        {"rms_norm_eps", NULL, "1e-6"},     {"rope_scaling", "factor", "32.0"}, /* Llama 3.2 */
+        {"rope_theta", NULL, "1000000000"},   /* long-context fine-tunes raise theta by orders of magnitude */
+        {"rms_norm_eps", NULL, "1e-6"},
+        {"rope_scaling", "factor", "32.0"}, /* Llama 3.2 */
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         char *t = with_value(llama31, ok[i][0], ok[i][1], ok[i][2]);
@@ -300,9 +310,9 @@ static void test_real_models_pass(void **state)
     assert_status_msg(anvil_model_config_parse(a, &c), ANVIL_ERR_UNSUPPORTED, "max_position_embeddings");
     free(a);
     /* the shared models */
-    static const char *const models[] = {"stories260K", "tiny-llama3", "tiny-mistral", "tiny-mixtral",
-                                         "tiny-qwen2",  "tiny-qwen3",  "tiny-phi3",    "tiny-gemma2",
-                                         "tinycode"};
+    static const char *const models[] = {"stories260K",  "tiny-llama3", "tiny-mistral",
+                                         "tiny-mixtral", "tiny-qwen2",  "tiny-qwen3",
+                                         "tiny-phi3",    "tiny-gemma2", "tinycode"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         char rel[128];
         snprintf(rel, sizeof rel, "models/%s", models[i]);
@@ -384,7 +394,8 @@ static void test_max_layers_network(void **state)
     assert_int_equal(anvil_network_kv_layers(net), ANVIL_MAX_LAYERS);
     int found_last = 0;
     for (int32_t i = 0; i < n; i++)
-        found_last |= strcmp(anvil_network_weight(net, i)->name, "model.layers.1023.mlp.down_proj.weight") == 0;
+        found_last |=
+            strcmp(anvil_network_weight(net, i)->name, "model.layers.1023.mlp.down_proj.weight") == 0;
     assert_true(found_last);
     /* the LM head reads the embedding's weight (index 0), not a copy */
     const anvil_net_op *head = anvil_network_op(net, anvil_network_output(net));
@@ -397,8 +408,8 @@ static void test_max_layers_network(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hostile_values),   cmocka_unit_test(test_beyond_json),
-        cmocka_unit_test(test_reported_cases),   cmocka_unit_test(test_real_models_pass),
+        cmocka_unit_test(test_hostile_values),         cmocka_unit_test(test_beyond_json),
+        cmocka_unit_test(test_reported_cases),         cmocka_unit_test(test_real_models_pass),
         cmocka_unit_test(test_generation_temperature), cmocka_unit_test(test_hand_made_config),
         cmocka_unit_test(test_max_layers_network),
     };
