@@ -42,6 +42,13 @@ static void usage(FILE *out)
             "      --max-request-bytes N   larger request bodies are 413 (default 1048576)\n"
             "      --max-queue-size N      requests waiting per model before 429 (default 1024)\n"
             "      --max-connections N     simultaneous connections (default 1024)\n"
+            "      --max-connections-per-client N\n"
+            "                              simultaneous connections from one address; more are closed\n"
+            "                              at once (default: half of --max-connections; behind a proxy,\n"
+            "                              set it to --max-connections)\n"
+            "      --header-timeout S      a connection must send a complete request head within S\n"
+            "                              seconds of opening or of its previous response, else it is\n"
+            "                              closed (also the idle keep-alive time; default 10; 0: none)\n"
             "      --stream-interval N     write a stream every N steps, the steps between together\n"
             "                              (default 1: every token as it comes)\n"
             "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10)\n" EXEC_CLI_HELP
@@ -65,6 +72,8 @@ enum {
     OPT_NO_LOAD_ALL,
     OPT_ADMIN_KEY,
     OPT_UNLOAD_TIMEOUT,
+    OPT_CONNS_PER_CLIENT,
+    OPT_HEADER_TIMEOUT,
 };
 
 /* --model's NAME=DIR, or DIR served as its folder's name. */
@@ -105,6 +114,8 @@ int anvil_cmd_serve(int argc, char **argv)
         {"no-load-all", no_argument, 0, OPT_NO_LOAD_ALL},
         {"admin-key", required_argument, 0, OPT_ADMIN_KEY},
         {"unload-timeout", required_argument, 0, OPT_UNLOAD_TIMEOUT},
+        {"max-connections-per-client", required_argument, 0, OPT_CONNS_PER_CLIENT},
+        {"header-timeout", required_argument, 0, OPT_HEADER_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
@@ -117,6 +128,7 @@ int anvil_cmd_serve(int argc, char **argv)
     anvil_server_options_default(&so);
     so.api_key = getenv("ANVIL_API_KEY");
     so.admin_key = getenv("ANVIL_ADMIN_KEY");
+    const char *api_key_from = "ANVIL_API_KEY", *admin_key_from = "ANVIL_ADMIN_KEY";
     const char *models[64], *loads[64];
     int n_models = 0, n_loads = 0, no_load_all = 0;
     const char *template_path = NULL;
@@ -153,6 +165,7 @@ int anvil_cmd_serve(int argc, char **argv)
             break;
         case OPT_ADMIN_KEY:
             so.admin_key = optarg;
+            admin_key_from = "--admin-key";
             break;
         case OPT_UNLOAD_TIMEOUT:
             if (exec_cli_double(optarg, "--unload-timeout", 0, 3600, &so.unload_timeout_s, tool))
@@ -168,6 +181,7 @@ int anvil_cmd_serve(int argc, char **argv)
             break;
         case OPT_KEY:
             so.api_key = optarg;
+            api_key_from = "--api-key";
             break;
         case OPT_TEMPLATE:
             template_path = optarg;
@@ -187,6 +201,18 @@ int anvil_cmd_serve(int argc, char **argv)
                 return 2;
             so.max_connections = (unsigned)v;
             break;
+        case OPT_CONNS_PER_CLIENT:
+            if (exec_cli_int(optarg, "--max-connections-per-client", 1, 65536, &v, tool))
+                return 2;
+            so.max_connections_per_client = (unsigned)v;
+            break;
+        case OPT_HEADER_TIMEOUT: {
+            double sec;
+            if (exec_cli_double(optarg, "--header-timeout", 0, 3600, &sec, tool))
+                return 2;
+            so.header_timeout_s = sec > 0 ? sec : -1; /* the library's 0 is its default */
+            break;
+        }
         case OPT_STREAM_INTERVAL:
             if (exec_cli_int(optarg, "--stream-interval", 1, 1000, &v, tool))
                 return 2;
@@ -211,6 +237,18 @@ int anvil_cmd_serve(int argc, char **argv)
     if (n_models == 0 && so.model_repo == NULL) {
         fprintf(stderr, "%s: --model or --model-repo is required\n\n", tool);
         usage(stderr);
+        return 2;
+    }
+    /* an empty key (a variable a script failed to fill in) must not turn
+     * authentication off unnoticed */
+    if (so.api_key && so.api_key[0] == '\0') {
+        fprintf(stderr, "%s: %s is empty; give a key, or %s to serve without authentication\n", tool, api_key_from,
+                api_key_from[0] == '-' ? "leave the flag out" : "unset it");
+        return 2;
+    }
+    if (so.admin_key && so.admin_key[0] == '\0') {
+        fprintf(stderr, "%s: %s is empty; give a key, or %s to guard the repository with the API key\n", tool,
+                admin_key_from, admin_key_from[0] == '-' ? "leave the flag out" : "unset it");
         return 2;
     }
     if ((n_loads > 0 || no_load_all) && so.model_repo == NULL) {

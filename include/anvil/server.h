@@ -47,11 +47,13 @@ typedef struct anvil_server anvil_server;
 typedef struct anvil_server_options {
     const char *host;          /* IPv4 address to bind; default "127.0.0.1" */
     int port;                  /* default 8000; 0: an ephemeral port (see anvil_server_port) */
-    const char *api_key;       /* NULL or "": no authentication; else "Authorization: Bearer KEY" on /v1/ */
+    /* NULL: no authentication; else "Authorization: Bearer KEY" on /v1/ ("" is refused by create) */
+    const char *api_key;
     size_t max_request_bytes;  /* larger bodies are 413; default 1 MiB */
     unsigned max_connections;  /* simultaneous connections; default 1024 */
     /* Key of the repository API (/v2/repository/...): "Authorization: Bearer
-     * KEY". NULL or "": api_key (the repository is as open as /v1/). */
+     * KEY". NULL: api_key (the repository is as open as /v1/); "" is
+     * refused by create (an empty key must not turn authentication off). */
     const char *admin_key;
     /* A folder whose every subfolder holding a model (config.json and a
      * *.safetensors file) is known under the subfolder's name; NULL: none.
@@ -78,6 +80,20 @@ typedef struct anvil_server_options {
      * and its end; default 1 (every step). TensorRT-LLM's stream_interval:
      * fewer writes for many streams of a fast model. */
     int stream_interval;
+    /* Seconds a connection has to deliver a complete request head (request
+     * line and headers), counted from its opening or from the end of its
+     * previous response, so also how long an idle keep-alive connection is
+     * kept. Past it the connection is closed, whatever it trickles (nginx's
+     * client_header_timeout). A connection waiting on the server (a stream
+     * between tokens, a request in the queue, a load) is never cut by it.
+     * Default 10; 0: the default; < 0: no deadline. */
+    double header_timeout_s;
+    /* Simultaneous connections from one client address (nginx's
+     * limit_conn); a client over it has its new connections closed at once,
+     * unanswered. 0 (the default): max_connections / 2, at least 1, so one
+     * address never holds every slot. Behind a proxy every client has the
+     * proxy's address: set it to max_connections there. */
+    unsigned max_connections_per_client;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,6 +52,8 @@ void anvil_server_options_default(anvil_server_options *o)
     o->kv_cache_auto = 1;
     o->unload_timeout_s = 10;
     o->stream_interval = 1;
+    o->header_timeout_s = 10;
+    o->max_connections_per_client = 0; /* max_connections / 2 */
 }
 
 /* ------------------------------------------------------------ responses */
@@ -598,16 +601,110 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     return r;
 }
 
+/* ------------------------------------------------------------ request framing */
+
+/* What the headers say about the body's framing. */
+typedef struct framing {
+    int n_length, n_encoding, n_host; /* Content-Length, Transfer-Encoding, Host headers */
+    const char *encoding;     /* the (last) Transfer-Encoding value */
+    int bad_name;             /* a header name with whitespace in it */
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        f->n_length++;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->n_encoding++;
+        f->encoding = value;
+    } else if (strcasecmp(key, "Host") == 0) {
+        f->n_host++;
+    }
+    if (key[strcspn(key, " \t")] != '\0')
+        f->bad_name = 1;
+    return MHD_YES;
+}
+
+/* Why the request's framing is refused, or NULL. libmicrohttpd is lenient
+ * (the first of two Content-Lengths wins, Transfer-Encoding beats
+ * Content-Length, an unknown coding reads to the end of the connection);
+ * a proxy in front that frames the same bytes by the other header would
+ * take the rest of this body for a request of its own (request
+ * smuggling). So every framing two readers could disagree on is refused,
+ * as nginx does: one Content-Length or one Transfer-Encoding: chunked
+ * (HTTP/1.1 only), never both, and no whitespace in a header name
+ * ("Transfer-Encoding : chunked" is a header MHD does not know, but a
+ * lenient proxy reads it as Transfer-Encoding). An HTTP/1.1 request has
+ * exactly one Host (RFC 9112 3.2); MHD's strict mode checks that too, but
+ * answers with its status line twice, so the check is here. */
+static const char *framing_error(struct MHD_Connection *c, const char *version)
+{
+    framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, count_framing, &f);
+    if (f.bad_name)
+        return "A header name contains whitespace.";
+    if (f.n_length > 1)
+        return "The request has more than one Content-Length header.";
+    if (f.n_length > 0 && f.n_encoding > 0)
+        return "The request has both Content-Length and Transfer-Encoding.";
+    if (f.n_encoding > 1)
+        return "The request has more than one Transfer-Encoding header.";
+    if (f.n_encoding == 1 && strcasecmp(f.encoding ? f.encoding : "", "chunked") != 0)
+        return "Transfer-Encoding must be exactly 'chunked'.";
+    int http11 = version && strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
+    if (f.n_encoding == 1 && !http11)
+        return "Transfer-Encoding needs HTTP/1.1.";
+    if (f.n_host > 1 || (f.n_host == 0 && http11))
+        return "An HTTP/1.1 request must have exactly one Host header.";
+    return NULL;
+}
+
+/* The 400 of a refused framing, in OpenAI's error shape, with Connection:
+ * close: nothing after this head can be trusted to start the next request.
+ * Queued before the body is read, which MHD then never reads. */
+static enum MHD_Result send_framing_error(anvil_server *s, struct MHD_Connection *c, const char *msg)
+{
+    json_t *j = srv_error_json(msg, "invalid_request_error", NULL, "invalid_framing");
+    char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (t == NULL)
+        return MHD_NO; /* MHD closes the connection */
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(t), t, MHD_RESPMEM_MUST_COPY);
+    free(t);
+    if (r == NULL)
+        return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "Connection", "close");
+    enum MHD_Result ret = MHD_queue_response(c, 400, r);
+    MHD_destroy_response(r);
+    count_status(s, 400);
+    return ret;
+}
+
+/* The connection's record (on_connection's socket context), or NULL. */
+static srv_conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
 static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c, const char *url,
-                                      const char *method, const char *upload, size_t *upload_size,
-                                      void **con_cls)
+                                      const char *method, const char *version, const char *upload,
+                                      size_t *upload_size, void **con_cls)
 {
     conn_ctx *cc = *con_cls;
     if (cc == NULL) {
+        /* the first call: the head is complete, the body not read yet */
+        srv_conn_head_done(s, conn_of(c));
         cc = calloc(1, sizeof *cc);
         if (cc == NULL)
             return MHD_NO;
         *con_cls = cc;
+        const char *why = framing_error(c, version);
+        if (why)
+            return send_framing_error(s, c, why);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > s->opts.max_request_bytes) {
             /* answer at once; MHD closes the connection rather than read the body */
@@ -646,16 +743,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                                   const char *version, const char *upload, size_t *upload_size,
                                   void **con_cls)
 {
-    (void)version;
-    return handle_request(cls, c, url, method, upload, upload_size, con_cls);
+    return handle_request(cls, c, url, method, version, upload, upload_size, con_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode t)
 {
-    (void)c;
     (void)t;
     anvil_server *s = cls;
+    /* the response ended: on a kept-alive connection the next head has
+     * the same deadline as a new connection's first (a closing one is
+     * freed by its CLOSED notification next) */
+    srv_conn_await_head(s, conn_of(c));
     conn_ctx *cc = *con_cls;
     if (cc == NULL)
         return;
@@ -680,10 +779,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode code)
 {
-    (void)c;
-    (void)socket_context;
     anvil_server *s = cls;
-    atomic_fetch_add(&s->n_conns, code == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add(&s->n_conns, 1);
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        *socket_context = srv_conn_open(s, ci ? ci->connect_fd : -1);
+        return;
+    }
+    atomic_fetch_sub(&s->n_conns, 1);
+    srv_conn_closed(s, *socket_context); /* counted: the loop runs MHD again (server_loop.c) */
+    *socket_context = NULL;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -691,6 +796,13 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **out)
 {
     *out = NULL;
+    /* an empty key would match "Bearer " or turn authentication off
+     * unnoticed: refused, so a key that a script failed to fill in stops
+     * the start */
+    CHECK(o == NULL || o->api_key == NULL || o->api_key[0], ANVIL_ERR_INVALID_ARG,
+          "the API key is empty; give a key, or none (NULL) to serve without authentication");
+    CHECK(o == NULL || o->admin_key == NULL || o->admin_key[0], ANVIL_ERR_INVALID_ARG,
+          "the admin key is empty; give a key, or none (NULL) for the API key's");
     anvil_server *s = calloc(1, sizeof *s);
     CHECK(s != NULL, ANVIL_ERR_OOM, "out of memory");
     if (o)
@@ -707,6 +819,10 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         s->opts.unload_timeout_s = 0;
     if (s->opts.stream_interval < 1)
         s->opts.stream_interval = 1;
+    if (s->opts.header_timeout_s == 0)
+        s->opts.header_timeout_s = 10;
+    if (s->opts.max_connections_per_client == 0)
+        s->opts.max_connections_per_client = s->opts.max_connections > 1 ? s->opts.max_connections / 2 : 1;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
     s->wake_fd = -1;
@@ -723,10 +839,10 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         anvil_executor_options_default(&s->ex_opts);
     const anvil_server_options *in = &s->opts;
     /* the admin key defaults to the API key: the repository is never more open than /v1/ */
-    const char *admin = in->admin_key && in->admin_key[0] ? in->admin_key : in->api_key;
+    const char *admin = in->admin_key ? in->admin_key : in->api_key;
     int oom = (s->host = strdup(in->host)) == NULL;
-    oom |= in->api_key && in->api_key[0] && (s->api_key = strdup(in->api_key)) == NULL;
-    oom |= admin && admin[0] && (s->admin_key = strdup(admin)) == NULL;
+    oom |= in->api_key && (s->api_key = strdup(in->api_key)) == NULL;
+    oom |= admin && (s->admin_key = strdup(admin)) == NULL;
     oom |= s->rt_opts.device && (s->device = strdup(s->rt_opts.device)) == NULL;
     oom |= in->chat_template_source && (s->template_src = strdup(in->chat_template_source)) == NULL;
     oom |= in->model_repo && (s->repo_dir = strdup(in->model_repo)) == NULL;
@@ -783,12 +899,25 @@ anvil_status anvil_server_start(anvil_server *s)
     addr.sin_port = htons((uint16_t)s->opts.port);
     CHECK(inet_pton(AF_INET, s->host, &addr.sin_addr) == 1, ANVIL_ERR_INVALID_ARG,
           "--host expects an IPv4 address, got '%s'", s->host);
-    /* external epoll mode: the server's own loop runs MHD (server_loop.c) */
+    /* external epoll mode: the server's own loop runs MHD (server_loop.c).
+     * The inactivity timeout (nothing read or written) ends a body upload
+     * or a response write that stalls, as nginx's client_body_timeout and
+     * send_timeout (60 s); a suspended connection is exempt (MHD takes it
+     * off its timeout list), and the request head has its own, shorter
+     * deadline (header_timeout_s). A per-client limit at or over the
+     * global one is none (0 spares MHD its per-address bookkeeping).
+     * MHD's strict client discipline (MHD_OPTION_STRICT_FOR_CLIENT) is
+     * left off: in 0.9.75 it answers a request without Host with its
+     * status line twice and closes on a space in the target without an
+     * answer; the framing and Host checks are handle_request's. */
+    unsigned per_client = s->opts.max_connections_per_client >= s->opts.max_connections
+                              ? 0
+                              : s->opts.max_connections_per_client;
     s->daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, s, MHD_OPTION_CONNECTION_LIMIT, s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)300, MHD_OPTION_END);
+        (unsigned)60, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_client, MHD_OPTION_END);
     /* (MHD's default SO_REUSEADDR only: a restart binds at once, and a
      * second server on a port in use fails, rather than sharing it as
      * SO_REUSEPORT would) */

@@ -73,6 +73,19 @@ typedef struct srv_waiter {
     struct srv_waiter *next;   /* the ready list */
 } srv_waiter;
 
+/* An open HTTP connection, from libmicrohttpd's STARTED notification to its
+ * CLOSED one (its socket_context; server_http.c's on_connection). The
+ * event loop closes one that has not delivered a complete request head
+ * within the header deadline (docs/server.md, "Connection handling").
+ * Only the loop's thread touches these. */
+typedef struct srv_conn {
+    int fd;                    /* its socket (shutdown() to cut it) */
+    double head_deadline;      /* srv_now() by which the request head must be complete (HUGE_VAL: none) */
+    unsigned since_pass;       /* the loop's n_passes when it began to wait */
+    int waiting_head;          /* on the server's deadline list */
+    struct srv_conn *next, *prev; /* the deadline list, earliest deadline first */
+} srv_conn;
+
 /* One generation request in flight: shared by the event loop that serves it
  * and the executor's callbacks (refcount 2 until the final event). */
 typedef struct srv_gen {
@@ -138,6 +151,10 @@ struct anvil_server {
     atomic_int loop_stop, quiesce_req, closing;
     atomic_int loop_asleep;    /* the loop is in (or about to enter) poll(): srv_wake must write wake_fd */
     atomic_int n_conns;        /* open connections */
+    /* connection handling (server_loop.c; the loop's own, no lock) */
+    srv_conn *head_first, *head_last; /* waiting for a request head, earliest deadline first */
+    unsigned n_closed;         /* connections closed: one closed during MHD_run makes the loop run it again at once */
+    unsigned n_passes;         /* MHD_run calls so far */
     atomic_int n_jobs;         /* repository loads and unloads on their threads */
     pthread_mutex_t mu;        /* guards gens, http counters */
     srv_gen *gens;
@@ -189,6 +206,18 @@ void srv_loop_stop(struct anvil_server *s);
 void srv_suspend(struct anvil_server *s, srv_waiter *w);
 /* Any thread: w has news; a suspended connection is resumed by the loop. */
 void srv_wake(struct anvil_server *s, srv_waiter *w);
+/* On the loop (MHD callbacks): k's request head is awaited from now on,
+ * for opts.header_timeout_s (a new connection, or a keep-alive one whose
+ * response ended), and its socket watched for a hang-up meanwhile (also
+ * without a deadline); k NULL: a no-op. */
+void srv_conn_await_head(struct anvil_server *s, srv_conn *k);
+/* The head arrived (the request's first callback): no deadline any longer. */
+void srv_conn_head_done(struct anvil_server *s, srv_conn *k);
+/* On the loop: a connection opened on socket fd (STARTED), awaiting its
+ * first head; NULL when out of memory (then it has no deadline). */
+srv_conn *srv_conn_open(struct anvil_server *s, int fd);
+/* On the loop: its connection closed (CLOSED); frees k (NULL: only counts). */
+void srv_conn_closed(struct anvil_server *s, srv_conn *k);
 
 /* server_repo.c: the repository (model table, load, unload, index) */
 const char *srv_state_name(int state);
