@@ -1,9 +1,12 @@
 /* anvil serve: the OpenAI-compatible HTTP server (src/server/, docs/server.md). */
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "anvil/server.h"
 #include "cli_error.h"
@@ -51,7 +54,10 @@ static void usage(FILE *out)
             "                              closed (also the idle keep-alive time; default 10; 0: none)\n"
             "      --stream-interval N     write a stream every N steps, the steps between together\n"
             "                              (default 1: every token as it comes)\n"
-            "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10)\n" EXEC_CLI_HELP
+            "      --load-timeout S        a model load that takes longer fails (default 900; 0: none)\n"
+            "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10);\n"
+            "                              a signal during the start's loads cancels them; a second\n"
+            "                              signal, or a shutdown 30 s past this, exits at once\n" EXEC_CLI_HELP
             "  -h, --help                  this help\n\n"
             "Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
             "with '.', without '..'.\n");
@@ -74,7 +80,57 @@ enum {
     OPT_UNLOAD_TIMEOUT,
     OPT_CONNS_PER_CLIENT,
     OPT_HEADER_TIMEOUT,
+    OPT_LOAD_TIMEOUT,
 };
+
+/* SIGINT / SIGTERM, taken by a thread of their own from before the first
+ * load: the first stops the loads in progress (a long start can be
+ * interrupted) and wakes the main thread to shut down; a second signal, or
+ * a shutdown running `bound_s` past the first, ends the process at once
+ * (a load stuck in a system call must not keep a server alive). */
+typedef struct sig_watch {
+    anvil_server *srv;
+    sigset_t set;
+    double bound_s;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int sig; /* the first signal; 0 before it */
+} sig_watch;
+
+static void *sig_main(void *arg)
+{
+    sig_watch *w = arg;
+    int sig = 0;
+    if (sigwait(&w->set, &sig) != 0)
+        return NULL;
+    pthread_mutex_lock(&w->mu);
+    w->sig = sig;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    anvil_server_stop_loads(w->srv);
+    /* a second signal, or the bound; sigtimedwait returns early on EINTR */
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int again = 0;
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        const double left = w->bound_s - ((double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9);
+        if (left <= 0)
+            break;
+        struct timespec ts = {.tv_sec = (time_t)left, .tv_nsec = (long)((left - (double)(time_t)left) * 1e9)};
+        if (sigtimedwait(&w->set, NULL, &ts) > 0) {
+            again = 1;
+            break;
+        }
+    }
+    char msg[160];
+    int n = again ? snprintf(msg, sizeof msg, "anvil serve: a second signal: exiting now\n")
+                  : snprintf(msg, sizeof msg, "anvil serve: the shutdown did not end within %.0f s: exiting now\n",
+                             w->bound_s);
+    if (write(STDERR_FILENO, msg, (size_t)n) < 0)
+        n = 0;
+    _exit(again ? 130 : 1);
+}
 
 /* --model's NAME=DIR, or DIR served as its folder's name. */
 static void model_arg(const char *arg, char *name, size_t cap, const char **dir)
@@ -116,6 +172,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"unload-timeout", required_argument, 0, OPT_UNLOAD_TIMEOUT},
         {"max-connections-per-client", required_argument, 0, OPT_CONNS_PER_CLIENT},
         {"header-timeout", required_argument, 0, OPT_HEADER_TIMEOUT},
+        {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
@@ -222,6 +279,13 @@ int anvil_cmd_serve(int argc, char **argv)
             if (exec_cli_double(optarg, "--shutdown-timeout", 0, 3600, &shutdown_s, tool))
                 return 2;
             break;
+        case OPT_LOAD_TIMEOUT: {
+            double sec;
+            if (exec_cli_double(optarg, "--load-timeout", 0, 1e6, &sec, tool))
+                return 2;
+            so.load_timeout_s = sec > 0 ? sec : -1; /* the library's 0 is its default */
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -281,6 +345,17 @@ int anvil_cmd_serve(int argc, char **argv)
         free(template_src);
         return 1;
     }
+    /* static: the signal thread outlives this function (it ends with the process) */
+    static sig_watch w;
+    w = (sig_watch){.srv = srv, .set = sigs, .bound_s = shutdown_s + 30};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    pthread_t sig_thread;
+    if (pthread_create(&sig_thread, NULL, sig_main, &w) != 0) {
+        fprintf(stderr, "%s: cannot start the signal thread\n", tool);
+        goto done;
+    }
+    pthread_detach(sig_thread); /* it ends with the process */
     for (int i = 0; i < n_models; i++) {
         char name[256];
         const char *dir;
@@ -311,6 +386,15 @@ int anvil_cmd_serve(int argc, char **argv)
         for (int i = 0; i < n_loads && st == ANVIL_OK; i++)
             st = anvil_server_load_model(srv, loads[i]);
     }
+    pthread_mutex_lock(&w.mu);
+    int sig = w.sig;
+    pthread_mutex_unlock(&w.mu);
+    if (st != ANVIL_OK && sig != 0) { /* the loads were cancelled by the signal */
+        fprintf(stderr, "%s: %s during the start's loads: shutting down\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM");
+        anvil_server_shutdown(srv, 0);
+        rc = 0;
+        goto done;
+    }
     if (st != ANVIL_OK) {
         anvil_cli_report("%s", tool);
         anvil_server_shutdown(srv, 0);
@@ -318,8 +402,11 @@ int anvil_cmd_serve(int argc, char **argv)
     }
     anvil_server_set_ready(srv, 1);
     fprintf(stderr, "%s: ready on http://%s:%d\n", tool, so.host, anvil_server_port(srv));
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    pthread_mutex_lock(&w.mu);
+    while (w.sig == 0)
+        pthread_cond_wait(&w.cv, &w.mu);
+    sig = w.sig;
+    pthread_mutex_unlock(&w.mu);
     fprintf(stderr, "%s: %s: shutting down (%d requests in flight)\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM",
             anvil_server_in_flight(srv));
     anvil_server_shutdown(srv, shutdown_s);

@@ -94,6 +94,12 @@ typedef struct anvil_server_options {
      * address never holds every slot. Behind a proxy every client has the
      * proxy's address: set it to max_connections there. */
     unsigned max_connections_per_client;
+    /* A model load (anvil_server_load_model, a repository load request)
+     * that takes longer fails with ANVIL_ERR_CANCELLED and frees what it
+     * made; the model stays UNAVAILABLE with the reason. Checked as the
+     * weights arrive (every 16 MiB or so). Default 900; 0: the default;
+     * < 0: no deadline. */
+    double load_timeout_s;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);
@@ -147,12 +153,23 @@ anvil_status anvil_server_load_model(anvil_server *s, const char *name);
 anvil_status anvil_server_load_all(anvil_server *s);
 
 /*
+ * The start of a shutdown, callable from any thread at any time (a thread
+ * that caught SIGTERM while another still loads the models of the start):
+ * loads in progress are cancelled (they fail with ANVIL_ERR_CANCELLED
+ * within about 16 MiB of reading), new loads and generation requests are
+ * refused, /health answers 503. anvil_server_shutdown does the rest.
+ */
+void anvil_server_stop_loads(anvil_server *s);
+
+/*
  * Unloads the model `name`: new requests for it are 404 at once; requests in
  * flight get timeout_s seconds (< 0: options.unload_timeout_s) to finish,
  * then are cancelled (streams end with finish_reason "abort"); when the last
  * of them has ended the executor, runtime, KV cache, tokenizer and template
- * are freed, on this thread, before it returns. Idempotent (a model not
- * loaded is ANVIL_OK); ANVIL_ERR_NOT_FOUND: no such model.
+ * are freed, on this thread, before it returns. A model still loading has
+ * its load cancelled (the load fails with ANVIL_ERR_CANCELLED, "cancelled
+ * by an unload"). Idempotent (a model not loaded is ANVIL_OK);
+ * ANVIL_ERR_NOT_FOUND: no such model.
  */
 anvil_status anvil_server_unload_model(anvil_server *s, const char *name, double timeout_s);
 

@@ -18,9 +18,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "anvil/log.h"
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "server/server_openai.h"
+
+/* How long a shutdown waits for repository jobs that did not end. */
+#define JOBS_WAIT_S 10.0
 
 /* A repository load or unload on its own thread. */
 typedef struct repo_job {
@@ -29,8 +33,10 @@ typedef struct repo_job {
     char name[130];
     int unload;
     int done;                  /* guarded by s->wake_mu */
+    int orphaned;              /* guarded by s->wake_mu: answered without it (shutdown); the thread frees it */
     int status;
     json_t *body;
+    struct repo_job *next, *prev; /* s->jobs, guarded by s->wake_mu */
 } repo_job;
 
 /* One HTTP request: its body as it arrives, then what it waits for. */
@@ -51,6 +57,7 @@ void anvil_server_options_default(anvil_server_options *o)
     o->max_connections = 1024;
     o->kv_cache_auto = 1;
     o->unload_timeout_s = 10;
+    o->load_timeout_s = 900;
     o->stream_interval = 1;
     o->header_timeout_s = 10;
     o->max_connections_per_client = 0; /* max_connections / 2 */
@@ -353,6 +360,17 @@ static int authorized(const char *key, struct MHD_Connection *c)
     return diff == 0;
 }
 
+static void job_unlink(anvil_server *s, repo_job *j) /* wake_mu held */
+{
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        s->jobs = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    j->next = j->prev = NULL;
+}
+
 static void *repo_job_main(void *arg)
 {
     repo_job *j = arg;
@@ -363,10 +381,31 @@ static void *repo_job_main(void *arg)
     j->status = status;
     j->body = body;
     j->done = 1;
+    job_unlink(s, j);
+    const int orphaned = j->orphaned;
     pthread_mutex_unlock(&s->wake_mu);
-    srv_wake(s, &j->w);
+    if (orphaned) { /* its connection was answered and closed at shutdown */
+        json_decref(body);
+        free(j);
+    } else {
+        srv_wake(s, &j->w);
+    }
     atomic_fetch_sub(&s->n_jobs, 1);
     return NULL;
+}
+
+void srv_http_wake_jobs(anvil_server *s)
+{
+    /* a job's memory is freed only on the loop's thread (this one), so the
+     * waiters collected stay valid; srv_wake takes wake_mu itself */
+    srv_waiter *ws[64];
+    int n = 0;
+    pthread_mutex_lock(&s->wake_mu);
+    for (repo_job *j = s->jobs; j && n < 64; j = j->next)
+        ws[n++] = &j->w;
+    pthread_mutex_unlock(&s->wake_mu);
+    for (int i = 0; i < n; i++)
+        srv_wake(s, ws[i]); /* the rest on the next pass */
 }
 
 /* A load or unload takes seconds: on a thread of its own, the connection
@@ -384,6 +423,12 @@ static enum MHD_Result start_repo_job(anvil_server *s, struct MHD_Connection *c,
     snprintf(j->name, sizeof j->name, "%s", name);
     cc->job = j;
     atomic_fetch_add(&s->n_jobs, 1);
+    pthread_mutex_lock(&s->wake_mu);
+    j->next = s->jobs;
+    if (s->jobs)
+        s->jobs->prev = j;
+    s->jobs = j;
+    pthread_mutex_unlock(&s->wake_mu);
     srv_suspend(s, &j->w); /* before the thread can wake it */
     pthread_t t;
     pthread_attr_t attr;
@@ -398,6 +443,7 @@ static enum MHD_Result start_repo_job(anvil_server *s, struct MHD_Connection *c,
         j->status = 500;
         j->body = srv_error_json("cannot start a thread for the load", "server_error", NULL, NULL);
         j->done = 1;
+        job_unlink(s, j);
         pthread_mutex_unlock(&s->wake_mu);
         srv_wake(s, &j->w);
     }
@@ -410,7 +456,18 @@ static enum MHD_Result finish_repo_job(anvil_server *s, struct MHD_Connection *c
     repo_job *j = cc->job;
     pthread_mutex_lock(&s->wake_mu);
     int done = j->done;
+    /* the server is closing and the job is not done (a load stuck in a
+     * system call: a cancelled one ends within a chunk of its reading):
+     * answered now, the job left to its thread, which frees it */
+    const int orphan = !done && atomic_load(&s->closing);
+    if (orphan)
+        j->orphaned = 1;
     pthread_mutex_unlock(&s->wake_mu);
+    if (orphan) {
+        cc->job = NULL;
+        return send_error(s, c, 503, "The server is shutting down; the load or unload was left unfinished",
+                          "service_unavailable", NULL, NULL, NULL);
+    }
     if (!done) {
         srv_suspend(s, &j->w);
         return MHD_YES;
@@ -817,6 +874,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         s->opts.max_connections = 1024;
     if (s->opts.unload_timeout_s < 0)
         s->opts.unload_timeout_s = 0;
+    if (s->opts.load_timeout_s == 0)
+        s->opts.load_timeout_s = 900;
     if (s->opts.stream_interval < 1)
         s->opts.stream_interval = 1;
     if (s->opts.header_timeout_s == 0)
@@ -957,7 +1016,7 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
 {
     if (s == NULL || s->daemon == NULL)
         return;
-    atomic_store(&s->shutting_down, 1);
+    anvil_server_stop_loads(s); /* loads in progress are cancelled, new ones refused */
     srv_loop_quiesce(s); /* no new connections */
     wait_drained(s, timeout_s);
     /* what is left is cancelled; its final events end the responses */
@@ -966,8 +1025,13 @@ void anvil_server_shutdown(anvil_server *s, double timeout_s)
         srv_gen_cancel(g); /* every prompt of it */
     pthread_mutex_unlock(&s->mu);
     wait_drained(s, 10.0);
-    /* loads and unloads on their threads end on their own */
-    while (atomic_load(&s->n_jobs) > 0)
+    /* loads and unloads on their threads end on their own: a cancelled load
+     * within a chunk of its reading. One stuck in a system call (a hung
+     * network filesystem) is left behind after JOBS_WAIT_S: its connection
+     * is answered 503 as the loop closes, and the server's memory is left
+     * to it (anvil_server_free) */
+    double jobs_end = srv_now() + JOBS_WAIT_S;
+    while (atomic_load(&s->n_jobs) > 0 && srv_now() < jobs_end)
         usleep(20000);
     /* a response's last bytes may still be in MHD's buffer when its free
      * callback ran: give open connections a moment to flush */
@@ -984,6 +1048,13 @@ void anvil_server_free(anvil_server *s)
     if (s == NULL)
         return;
     anvil_server_shutdown(s, 0);
+    if (atomic_load(&s->n_jobs) > 0) {
+        /* a load thread still uses the server (stuck in a system call):
+         * freeing it would pull its memory from under it */
+        anvil_log(ANVIL_LOG_ERROR, "server: %d repository jobs did not end; their memory is not freed",
+                  atomic_load(&s->n_jobs));
+        return;
+    }
     srv_repo_free(s);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->wake_mu);

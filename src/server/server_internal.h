@@ -50,6 +50,14 @@ enum { SRV_UNAVAILABLE = 0, SRV_LOADING, SRV_READY, SRV_UNLOADING };
 /* A model the server knows: a --model folder or one of the repository's.
  * Entries live as long as the server (so a thread waiting on one never
  * sees it freed); a repository folder that went away is only hidden. */
+/* A load in progress (srv_model_load_dir): what can stop it. */
+typedef struct srv_load_ctl {
+    struct anvil_server *s;
+    atomic_int cancel;         /* set by an unload of the model being loaded */
+    double deadline;           /* srv_now() time past which it fails; 0: none */
+    const char *why;           /* once it stopped: why (a constant string) */
+} srv_load_ctl;
+
 typedef struct srv_entry {
     char *name;
     char *dir;
@@ -61,6 +69,7 @@ typedef struct srv_entry {
     anvil_status load_status;  /* of the last failed load */
     uint64_t n_loads, n_unloads; /* completed ones (/metrics) */
     srv_model *m;              /* READY / UNLOADING: the model (the table holds one reference) */
+    srv_load_ctl *loading;     /* LOADING: the load's controls (on the loading thread's stack) */
 } srv_entry;
 
 /* A suspended HTTP connection waiting for news (tokens of a stream, the end
@@ -156,6 +165,7 @@ struct anvil_server {
     unsigned n_closed;         /* connections closed: one closed during MHD_run makes the loop run it again at once */
     unsigned n_passes;         /* MHD_run calls so far */
     atomic_int n_jobs;         /* repository loads and unloads on their threads */
+    struct repo_job *jobs;     /* those jobs (server_http.c), guarded by wake_mu */
     pthread_mutex_t mu;        /* guards gens, http counters */
     srv_gen *gens;
     int in_flight;
@@ -177,7 +187,11 @@ void srv_model_release(srv_model *m);
 anvil_status srv_model_new(struct anvil_server *s, const char *name, const char *dir, const char *template_src,
                            anvil_runtime *rt, anvil_tokenizer *tok, anvil_executor *ex, srv_model **out);
 /* Loads the folder dir with the server's options into a new model. */
-anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_model **out);
+/* Wakes the connections of the repository jobs (at shutdown: they are
+ * answered, done or not). */
+void srv_http_wake_jobs(struct anvil_server *s);
+anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_load_ctl *ctl,
+                                srv_model **out);
 /* Frees a model nobody references (the executor first: it must not run
  * while the rest goes). NULL is a no-op. */
 void srv_model_free(srv_model *m);

@@ -389,6 +389,7 @@ static void *loop_main(void *arg)
             for (srv_gen *g = s->gens; g; g = g->next)
                 srv_wake(s, &g->w);
             pthread_mutex_unlock(&s->mu);
+            srv_http_wake_jobs(s); /* answered 503 if not done */
         }
     }
     free(fds);

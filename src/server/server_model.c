@@ -89,7 +89,27 @@ fail:
     return st;
 }
 
-anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_model **out)
+/* The runtime's progress callback during a server load: a nonzero return
+ * cancels it (an unload of the model, the server's shutdown, the load's
+ * deadline, or the callback of the server's runtime options, called
+ * first), and ctl->why says which. */
+static int load_progress(void *user, size_t done, size_t total)
+{
+    srv_load_ctl *ctl = user;
+    const anvil_runtime_options *own = &ctl->s->rt_opts; /* the server's runtime options may have one too */
+    if (own->progress && own->progress(own->progress_user, done, total))
+        ctl->why = "cancelled by the progress callback of the server's runtime options";
+    else if (atomic_load(&ctl->cancel))
+        ctl->why = "cancelled by an unload of the model";
+    else if (atomic_load(&ctl->s->shutting_down))
+        ctl->why = "cancelled: the server is shutting down";
+    else if (ctl->deadline > 0 && srv_now() > ctl->deadline)
+        ctl->why = "it took longer than the load timeout (--load-timeout)";
+    return ctl->why != NULL;
+}
+
+anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const char *dir, srv_load_ctl *ctl,
+                                srv_model **out)
 {
     *out = NULL;
     anvil_tokenizer *tok = NULL;
@@ -109,6 +129,10 @@ anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const 
             ro.kv_cache_tokens = anvil_mul_i64_ok(32, ctx, &tokens) ? tokens : INT64_MAX;
             ro.kv_cache_fraction = 0.25; /* the smaller of the two */
         }
+    }
+    if (ctl != NULL) {
+        ro.progress = load_progress;
+        ro.progress_user = ctl;
     }
     anvil_status st = anvil_runtime_load(dir, &ro, &rt);
     if (st == ANVIL_OK)

@@ -302,19 +302,27 @@ anvil_status anvil_server_load_model(anvil_server *s, const char *name)
     if (e == NULL) {
         st = anvil_last_status();
     } else if (st == ANVIL_OK && e->state == SRV_UNAVAILABLE) {
+        srv_load_ctl ctl = {.s = s};
+        double limit = s->opts.load_timeout_s;
+        if (limit > 0)
+            ctl.deadline = srv_now() + limit;
         e->state = SRV_LOADING;
+        e->loading = &ctl;
         pthread_mutex_unlock(&s->repo_mu);
         reap_free(dead);
         dead = NULL;
         srv_model *m = NULL;
-        st = srv_model_load_dir(s, name, e->dir, &m);
+        st = srv_model_load_dir(s, name, e->dir, &ctl, &m);
         char msg[1024];
-        if (st != ANVIL_OK) {
+        if (st == ANVIL_ERR_CANCELLED && ctl.why != NULL) {
+            snprintf(msg, sizeof msg, "cannot load model '%s': %s", name, ctl.why);
+        } else if (st != ANVIL_OK) {
             char why[900];
             snprintf(why, sizeof why, "%s", anvil_last_error());
             snprintf(msg, sizeof msg, "cannot load model '%s': %s", name, why);
         }
         pthread_mutex_lock(&s->repo_mu);
+        e->loading = NULL;
         free(e->reason);
         e->reason = NULL;
         if (st == ANVIL_OK) {
@@ -371,9 +379,13 @@ anvil_status anvil_server_unload_model(anvil_server *s, const char *name, double
         reap_free(dead);
         return anvil_last_status();
     }
-    /* a load or unload in progress ends first */
-    while (e->state == SRV_LOADING || e->state == SRV_UNLOADING)
+    /* a load in progress is cancelled (it stops within a chunk of its
+     * reading); an unload in progress ends first */
+    while (e->state == SRV_LOADING || e->state == SRV_UNLOADING) {
+        if (e->state == SRV_LOADING && e->loading != NULL)
+            atomic_store(&e->loading->cancel, 1);
         pthread_cond_wait(&s->repo_cv, &s->repo_mu);
+    }
     if (e->state != SRV_READY) {
         pthread_mutex_unlock(&s->repo_mu);
         reap_free(dead);
@@ -419,6 +431,16 @@ anvil_status anvil_server_unload_model(anvil_server *s, const char *name, double
     return ANVIL_OK;
 }
 
+void anvil_server_stop_loads(anvil_server *s)
+{
+    if (s == NULL)
+        return;
+    atomic_store(&s->shutting_down, 1); /* the loads' progress callbacks see it */
+    pthread_mutex_lock(&s->repo_mu);
+    pthread_cond_broadcast(&s->repo_cv); /* loads waiting on another's see it too */
+    pthread_mutex_unlock(&s->repo_mu);
+}
+
 void anvil_server_set_ready(anvil_server *s, int ready)
 {
     atomic_store(&s->ready, ready ? 1 : 0);
@@ -458,13 +480,19 @@ static int repo_error(anvil_status st, json_t **body)
 {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", anvil_last_error());
-    int status = st == ANVIL_ERR_NOT_FOUND     ? 404
+    /* a load that failed is the server's (500), whatever the runtime's
+     * status: a tensor missing from a model that exists is not a 404 */
+    const int load_failed = strncmp(msg, "cannot load model", 17) == 0 && st != ANVIL_ERR_CANCELLED;
+    int status = load_failed                   ? 500
+                 : st == ANVIL_ERR_NOT_FOUND   ? 404
                  : st == ANVIL_ERR_INVALID_ARG ? (strstr(msg, "shutting down") ? 503 : 400)
+                 : st == ANVIL_ERR_CANCELLED   ? 503
                                                : 500;
-    const char *code = status == 404   ? "model_not_found"
-                       : status == 400 ? "invalid_model_name"
-                       : status == 503 ? NULL
-                                       : "model_load_failed";
+    const char *code = status == 404                  ? "model_not_found"
+                       : status == 400                ? "invalid_model_name"
+                       : st == ANVIL_ERR_CANCELLED    ? "model_load_cancelled"
+                       : status == 503                ? NULL
+                                                      : "model_load_failed";
     const char *type = status == 503 ? "service_unavailable" : status == 500 ? "server_error" : "invalid_request_error";
     *body = srv_error_json(msg, type, "name", code);
     return status;
