@@ -142,14 +142,16 @@ typedef struct anvil_backend_ops {
      * without) */
 
     /* ids[r] = the column of the largest value of row r of x [rows, cols]
-     * (the lowest such column on ties), ids in backend memory: greedy
-     * decoding without copying the logits out. */
+     * (the lowest such column on ties), or -1 for a poisoned row (as
+     * anvil_greedy_pick), ids in backend memory: greedy decoding without
+     * copying the logits out. */
     anvil_status (*argmax_rows)(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
 
     /* ids[r] = the token the host sampler (anvil_sampler_pick in
      * anvil/sampling.h) picks from row r of the logits x [rows, cols] with
-     * params[r]; -1 where sampling found no finite logit (the draw was not
-     * used). params and ids are in backend memory: sampling without copying
+     * params[r]; -1 for a poisoned row, one with a NaN or +inf or no value
+     * above -inf, greedy or not (the draw was not used; the runtime's guard
+     * against a damaged model). params and ids are in backend memory: sampling without copying
      * the logits out (anvil_sample_params: above). */
     anvil_status (*sample_rows)(anvil_backend *be, const anvil_tensor *x, const struct anvil_sample_params *params,
                                 int32_t *ids);
