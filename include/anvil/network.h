@@ -5,8 +5,21 @@
  * activation [rows, width]: rows are the tokens of a forward step's packed
  * batch (or, after anvil_net_logit_rows, the rows that need logits), width is
  * fixed when the op is added. A model file describes its architecture with
- * these calls, naming each weight as its checkpoint does; the runtime checks
+ * these calls, naming each weight as its checkpoint does; the builder checks
  * every weight's shape against what the ops declare.
+ *
+ * Recipes: a weight is by default the checkpoint tensor of its name. A model
+ * whose checkpoint stores it otherwise (Phi-3's fused qkv_proj, stacked
+ * experts) declares where it comes from before an op names it:
+ *
+ *     // q, k and v are rows of one checkpoint tensor
+ *     anvil_net_weight_slice(net, "layers.0.q", "model.layers.0.self_attn.qkv_proj.weight", 0, 0);
+ *     anvil_net_weight_slice(net, "layers.0.k", "model.layers.0.self_attn.qkv_proj.weight", 0, q_width);
+ *     anvil_value q = anvil_net_linear(net, n, "layers.0.q", NULL, q_width);
+ *
+ * The builder (src/builder/) turns recipes into prepared weights: it reads
+ * the sources, slices and concatenates, converts, and (later) quantizes and
+ * shards; the runtime only places what it prepared.
  *
  *     anvil_value x = anvil_net_embedding(net, "model.embed_tokens.weight", vocab, hidden);
  *     anvil_value h = anvil_net_rmsnorm(net, x, "model.layers.0.input_layernorm.weight", eps);
@@ -65,6 +78,19 @@ void anvil_network_free(anvil_network *net); /* NULL is a no-op */
  * message restored into anvil_last_error(). Also fails if no output is set. */
 anvil_status anvil_network_status(const anvil_network *net);
 
+/* ---- recipes (see the top). Names are copied. Declared before the first
+ * op that names the weight; its shape then comes from that op. */
+
+/* `name` is the stretch of axis `axis` (0 or 1) of the checkpoint tensor
+ * `source` that starts at `start` and is as long as the weight's own extent
+ * along that axis. A source with one more dimension than the weight is a
+ * stack: axis must be 0 and `start` picks one of its matrices. */
+void anvil_net_weight_slice(anvil_network *net, const char *name, const char *source, int axis, int64_t start);
+/* `name` is the checkpoint tensors sources[0..n) concatenated along axis 0
+ * or 1. */
+void anvil_net_weight_concat(anvil_network *net, const char *name, int axis, const char *const *sources,
+                             int32_t n);
+
 /* ---- ops. Weight names are copied. A NULL bias means none. */
 anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t vocab, int64_t width);
 anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps);
@@ -82,16 +108,32 @@ void anvil_net_set_output(anvil_network *net, anvil_value logits);
 
 /* ---- reading a network back (the runtime, the builder passes, tests) */
 
+/* Where a weight's values come from (see the recipes above). */
+typedef enum anvil_recipe_kind {
+    ANVIL_RECIPE_TENSOR = 0, /* the checkpoint tensor sources[0] as it is */
+    ANVIL_RECIPE_SLICE,      /* a stretch of sources[0] (axis, start) */
+    ANVIL_RECIPE_CONCAT,     /* sources[0..n_sources) concatenated along axis */
+} anvil_recipe_kind;
+
 typedef struct anvil_net_weight {
     const char *name;
     int n_dims;
     int64_t shape[2];
+    anvil_recipe_kind recipe;
+    int axis;                    /* SLICE, CONCAT */
+    int64_t start;               /* SLICE */
+    int32_t n_sources;
+    const char *const *sources;  /* checkpoint tensor names; TENSOR: { name } */
 } anvil_net_weight;
 
 typedef struct anvil_net_op {
     anvil_op_kind kind;
     anvil_value inputs[3];   /* ANVIL_VALUE_NONE where unused */
-    int32_t weights[2];      /* indices into the weight list; -1 where unused (e.g. no bias) */
+    /* [n_weights] indices into the weight list, at least 2 (so weights[0]
+     * and weights[1] are always there); -1 where unused (e.g. no bias) */
+    const int32_t *weights;
+    int32_t n_weights;
+    int32_t weights_at;      /* (where weights start in the network's pool) */
     int64_t width;           /* columns of the result */
     int row_kind;            /* 0: one row per token, 1: one row per logit row */
     double eps;              /* norms */
@@ -104,6 +146,8 @@ int32_t anvil_network_op_count(const anvil_network *net);
 const anvil_net_op *anvil_network_op(const anvil_network *net, int32_t i);
 int32_t anvil_network_weight_count(const anvil_network *net);
 const anvil_net_weight *anvil_network_weight(const anvil_network *net, int32_t i);
+/* The index of the weight named `name`, or -1. */
+int32_t anvil_network_find_weight(const anvil_network *net, const char *name);
 anvil_value anvil_network_output(const anvil_network *net);
 /* The number of attention layers (KV cache layers) the network uses. */
 int32_t anvil_network_kv_layers(const anvil_network *net);

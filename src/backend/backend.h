@@ -179,7 +179,7 @@ typedef struct anvil_backend_ops {
      * Fused ops: one launch where the separate ops take several (decode
      * steps are bound by per-kernel latency as much as by bandwidth). The
      * runtime uses them where the network has the pattern
-     * (src/runtime/runtime_fuse.c) and runs the separate ops elsewhere or
+     * (src/builder/fuse_plan.c) and runs the separate ops elsewhere or
      * when a backend has none. Each gives what its separate ops would give,
      * on the same buffers, rounding where they round.
      */

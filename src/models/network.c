@@ -17,6 +17,8 @@ struct anvil_network {
     int32_t n_ops, cap_ops;
     anvil_net_weight *weights;
     int32_t n_weights, cap_weights;
+    int32_t *wpool;               /* the ops' weight lists, back to back */
+    int32_t n_wpool, cap_wpool;
     /* weight names -> index, open addressing with linear probing: slot
      * holds index + 1, 0 when empty; n_slots is a power of two at least
      * twice n_weights. Without it each add scanned every name before it,
@@ -51,9 +53,15 @@ void anvil_network_free(anvil_network *net)
 {
     if (net == NULL)
         return;
-    for (int32_t i = 0; i < net->n_weights; i++)
-        free((char *)net->weights[i].name);
+    for (int32_t i = 0; i < net->n_weights; i++) {
+        anvil_net_weight *w = &net->weights[i];
+        for (int32_t k = 0; k < w->n_sources; k++)
+            free((char *)w->sources[k]);
+        free((void *)w->sources);
+        free((char *)w->name);
+    }
     free(net->weights);
+    free(net->wpool);
     free(net->slots);
     free(net->ops);
     free(net);
@@ -82,6 +90,9 @@ anvil_status anvil_network_status(const anvil_network *net)
         return net->error;
     }
     CHECK(net->output != ANVIL_VALUE_NONE, ANVIL_ERR_INVALID_ARG, "the network has no output");
+    for (int32_t i = 0; i < net->n_weights; i++)
+        CHECK(net->weights[i].n_dims > 0, ANVIL_ERR_INVALID_ARG, "weight %s has a recipe but no op uses it",
+              net->weights[i].name);
     return ANVIL_OK;
 }
 
@@ -121,16 +132,35 @@ static anvil_status grow_slots(anvil_network *net)
     return ANVIL_OK;
 }
 
-/* Adds (or finds) a weight by name; -1 on error (recorded). The same name
- * may be used twice (tied embeddings) only with the same shape. */
-static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
+int32_t anvil_network_find_weight(const anvil_network *net, const char *name)
 {
-    if (net->error != ANVIL_OK)
+    if (name == NULL || net->n_slots == 0)
         return -1;
-    if (name == NULL) {
-        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight name is NULL"));
-        return -1;
+    const uint32_t slot = find_slot(net, name);
+    return net->slots[slot] - 1;
+}
+
+/* A copy of the strings srcs[0..n) (NULL on failure, recorded). */
+static const char **copy_sources(anvil_network *net, const char *const *srcs, int32_t n)
+{
+    const char **out = calloc((size_t)n, sizeof *out);
+    int ok = out != NULL;
+    for (int32_t k = 0; ok && k < n; k++)
+        ok = (out[k] = strdup(srcs[k])) != NULL;
+    if (!ok) {
+        for (int32_t k = 0; out && k < n; k++)
+            free((char *)out[k]);
+        free(out);
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
+        return NULL;
     }
+    return out;
+}
+
+/* A new weight entry named `name` (not there yet), shape unset (n_dims 0)
+ * and no recipe; its index, or -1 (recorded). */
+static int32_t new_weight(anvil_network *net, const char *name)
+{
     if (net->n_weights == INT32_MAX) {
         record_error(net, ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "too many weights"));
         return -1;
@@ -141,15 +171,6 @@ static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int6
         return -1;
     }
     const uint32_t slot = find_slot(net, name);
-    if (net->slots[slot] != 0) {
-        const int32_t i = net->slots[slot] - 1;
-        anvil_net_weight *w = &net->weights[i];
-        if (w->n_dims != n_dims || w->shape[0] != d0 || (n_dims > 1 && w->shape[1] != d1)) {
-            record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight %s used with two shapes", name));
-            return -1;
-        }
-        return i;
-    }
     if (net->n_weights == net->cap_weights) {
         /* n_weights < INT32_MAX (checked above) */
         int32_t cap = net->cap_weights == 0 ? 64 : net->cap_weights > INT32_MAX / 2 ? INT32_MAX : net->cap_weights * 2;
@@ -169,11 +190,137 @@ static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int6
     anvil_net_weight *w = &net->weights[net->n_weights];
     memset(w, 0, sizeof *w);
     w->name = copy;
-    w->n_dims = n_dims;
-    w->shape[0] = d0;
-    w->shape[1] = n_dims > 1 ? d1 : 0;
     net->slots[slot] = net->n_weights + 1;
     return net->n_weights++;
+}
+
+/* Adds (or finds) a weight by name with the shape an op gives it; -1 on
+ * error (recorded). The same name may be used twice (tied embeddings) only
+ * with the same shape. A weight declared by a recipe gets its shape here;
+ * any other is the checkpoint tensor of its name. */
+static int32_t add_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
+{
+    if (net->error != ANVIL_OK)
+        return -1;
+    if (name == NULL) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight name is NULL"));
+        return -1;
+    }
+    int32_t i = anvil_network_find_weight(net, name);
+    if (i < 0) {
+        i = new_weight(net, name);
+        if (i < 0)
+            return -1;
+        anvil_net_weight *w = &net->weights[i];
+        const char *self = name;
+        w->sources = copy_sources(net, &self, 1);
+        if (w->sources == NULL)
+            return -1;
+        w->n_sources = 1;
+        w->recipe = ANVIL_RECIPE_TENSOR;
+    }
+    anvil_net_weight *w = &net->weights[i];
+    if (w->n_dims == 0) { /* new, or declared by a recipe */
+        w->n_dims = n_dims;
+        w->shape[0] = d0;
+        w->shape[1] = n_dims > 1 ? d1 : 0;
+        return i;
+    }
+    if (w->n_dims != n_dims || w->shape[0] != d0 || (n_dims > 1 && w->shape[1] != d1)) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "weight %s used with two shapes", name));
+        return -1;
+    }
+    return i;
+}
+
+/* A recipe's weight: new, named, with its sources (recorded errors). */
+static anvil_net_weight *declare(anvil_network *net, const char *name, const char *const *srcs, int32_t n,
+                                 int axis)
+{
+    if (net->error != ANVIL_OK)
+        return NULL;
+    if (name == NULL || srcs == NULL || n < 1) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "a recipe needs a name and sources"));
+        return NULL;
+    }
+    for (int32_t k = 0; k < n; k++)
+        if (srcs[k] == NULL) {
+            record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "recipe of %s: source %d is NULL", name, k));
+            return NULL;
+        }
+    if (axis != 0 && axis != 1) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "recipe of %s: axis must be 0 or 1", name));
+        return NULL;
+    }
+    if (anvil_network_find_weight(net, name) >= 0) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG,
+                                     "recipe of %s: the weight is already declared or in use", name));
+        return NULL;
+    }
+    int32_t i = new_weight(net, name);
+    if (i < 0)
+        return NULL;
+    anvil_net_weight *w = &net->weights[i];
+    w->sources = copy_sources(net, srcs, n);
+    if (w->sources == NULL)
+        return NULL;
+    w->n_sources = n;
+    w->axis = axis;
+    return w;
+}
+
+void anvil_net_weight_slice(anvil_network *net, const char *name, const char *source, int axis, int64_t start)
+{
+    if (start < 0 && net->error == ANVIL_OK) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "recipe of %s: negative start", name ? name : "?"));
+        return;
+    }
+    anvil_net_weight *w = declare(net, name, &source, 1, axis);
+    if (w) {
+        w->recipe = ANVIL_RECIPE_SLICE;
+        w->start = start;
+    }
+}
+
+void anvil_net_weight_concat(anvil_network *net, const char *name, int axis, const char *const *sources,
+                             int32_t n)
+{
+    anvil_net_weight *w = declare(net, name, sources, n, axis);
+    if (w)
+        w->recipe = ANVIL_RECIPE_CONCAT;
+}
+
+/* Room in the pool for an op's weight list of n entries, all -1; the ops'
+ * pointers follow a move of the pool. */
+static int32_t *op_weights(anvil_network *net, anvil_net_op *op, int32_t n)
+{
+    if (net->n_wpool > INT32_MAX - n) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "too many weights in ops"));
+        return NULL;
+    }
+    if (net->n_wpool + n > net->cap_wpool) {
+        int64_t cap = net->cap_wpool ? (int64_t)net->cap_wpool * 2 : 256;
+        while (cap < (int64_t)net->n_wpool + n)
+            cap *= 2;
+        if (cap > INT32_MAX)
+            cap = INT32_MAX;
+        int32_t *p = realloc(net->wpool, (size_t)cap * sizeof *p);
+        if (p == NULL) {
+            record_error(net, ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory"));
+            return NULL;
+        }
+        net->wpool = p;
+        net->cap_wpool = (int32_t)cap;
+        for (int32_t i = 0; i < net->n_ops; i++)
+            net->ops[i].weights = net->wpool + net->ops[i].weights_at;
+    }
+    op->weights_at = net->n_wpool;
+    op->n_weights = n;
+    op->weights = net->wpool + op->weights_at;
+    for (int32_t k = 0; k < n; k++)
+        net->wpool[op->weights_at + k] = -1;
+    net->n_wpool += n;
+    return net->wpool + op->weights_at;
 }
 
 /* Appends an op with no inputs or weights yet; NULL on error (recorded). */
@@ -204,7 +351,8 @@ static anvil_net_op *push_op(anvil_network *net, anvil_op_kind kind, int64_t wid
     op->kind = kind;
     op->width = width;
     op->inputs[0] = op->inputs[1] = op->inputs[2] = ANVIL_VALUE_NONE;
-    op->weights[0] = op->weights[1] = -1;
+    if (op_weights(net, op, 2) == NULL)
+        return NULL;
     return op;
 }
 
@@ -225,7 +373,7 @@ anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t 
     anvil_net_op *op = push_op(net, ANVIL_OP_EMBEDDING, width);
     if (op == NULL || w < 0)
         return ANVIL_VALUE_NONE;
-    op->weights[0] = w;
+    net->wpool[op->weights_at] = w;
     return commit_op(net);
 }
 
@@ -243,7 +391,7 @@ anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *wei
     if (op == NULL || w < 0)
         return ANVIL_VALUE_NONE;
     op->inputs[0] = x;
-    op->weights[0] = w;
+    net->wpool[op->weights_at] = w;
     op->eps = eps;
     op->row_kind = row_kind;
     return commit_op(net);
@@ -266,7 +414,7 @@ anvil_value anvil_net_head_rmsnorm(anvil_network *net, anvil_value x, const char
     if (op == NULL || w < 0)
         return ANVIL_VALUE_NONE;
     op->inputs[0] = x;
-    op->weights[0] = w;
+    net->wpool[op->weights_at] = w;
     op->eps = eps;
     op->head_dim = head_dim;
     return commit_op(net);
@@ -287,8 +435,8 @@ anvil_value anvil_net_linear(anvil_network *net, anvil_value x, const char *weig
     if (op == NULL || w < 0 || (bias && b < 0))
         return ANVIL_VALUE_NONE;
     op->inputs[0] = x;
-    op->weights[0] = w;
-    op->weights[1] = b;
+    net->wpool[op->weights_at] = w;
+    net->wpool[op->weights_at + 1] = b;
     op->row_kind = row_kind;
     return commit_op(net);
 }

@@ -17,7 +17,8 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
-#include "runtime/runtime_fuse.h"
+#include "builder/build_plan.h"
+#include "builder/fuse_plan.h"
 #include "runtime/runtime_plan.h"
 
 struct anvil_runtime {
@@ -28,16 +29,20 @@ struct anvil_runtime {
     anvil_checkpoint *ckpt;   /* kept open while weights point into it */
     anvil_backend *be;
 
-    /* weights, indexed like the network's weight list */
+    /* weights: the stored tensors of the build plan, each an allocation
+     * (or the mapping, CPU with use_mmap), and the network's weights as
+     * views into them, indexed like the network's weight list */
+    anvil_build_plan *plan;
+    void **stored_allocs;     /* [plan->n_stored] backend allocations (NULL where the mapping is used) */
+    void **stored_data;       /* [plan->n_stored] where each stored tensor's bytes are */
     int32_t n_weights;
     anvil_tensor *weights;
-    void **weight_allocs;     /* backend allocations (NULL where the mmap is used) */
     size_t weight_bytes;
 
     /* activations: one buffer per value, shared between values whose lives
      * do not overlap */
     int32_t n_ops;
-    anvil_fuse *fuse;         /* [n_ops] which ops run fused (runtime_fuse.c) */
+    anvil_fuse *fuse;         /* [n_ops] which ops run fused (builder/fuse_plan.c) */
     int32_t *value_buffer;    /* [n_ops] */
     int32_t n_buffers;
     void **buffers;
@@ -94,9 +99,9 @@ void anvil_runtime_free(anvil_runtime *rt)
         return;
     anvil_backend *be = rt->be;
     if (be != NULL) {
-        for (int32_t i = 0; i < rt->n_weights; i++)
-            if (rt->weight_allocs && rt->weight_allocs[i])
-                be->ops->free(be, rt->weight_allocs[i]);
+        for (int32_t i = 0; rt->plan && i < rt->plan->n_stored; i++)
+            if (rt->stored_allocs && rt->stored_allocs[i])
+                be->ops->free(be, rt->stored_allocs[i]);
         for (int32_t i = 0; i < rt->n_buffers; i++)
             be->ops->free(be, rt->buffers[i]);
         for (int32_t i = 0; rt->rope_tables && i < rt->n_ops; i++)
@@ -117,7 +122,9 @@ void anvil_runtime_free(anvil_runtime *rt)
         anvil_backend_free(be);
     }
     free(rt->weights);
-    free(rt->weight_allocs);
+    free(rt->stored_allocs);
+    free(rt->stored_data);
+    anvil_build_plan_free(rt->plan);
     free(rt->value_buffer);
     free(rt->buffers);
     free(rt->buffer_bytes);
@@ -184,15 +191,10 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
 
 /* ------------------------------------------------------------ weights */
 
-/* Weights arrive in chunks of this many bytes: the non-finite scan reads
- * data still in cache, and a cancel is seen within one chunk. */
-#define LOAD_CHUNK ((size_t)16 << 20)
-
 typedef struct weight_loader {
-    size_t done, total;  /* checkpoint bytes, for the progress callback */
-    void *stage;         /* [LOAD_CHUNK bytes] what was read, on its way to the device */
-    float *f32;          /* [LOAD_CHUNK bytes] a chunk as f32, when converting */
-    void *conv;          /* [LOAD_CHUNK bytes] the converted chunk */
+    size_t done, total;  /* prepared bytes, for the progress callback */
+    void *stage;         /* [ANVIL_BUILD_CHUNK] a chunk on its way to the device */
+    anvil_build_scratch *scratch;
 } weight_loader;
 
 static anvil_status loader_progress(anvil_runtime *rt, weight_loader *wl, size_t bytes)
@@ -203,141 +205,116 @@ static anvil_status loader_progress(anvil_runtime *rt, weight_loader *wl, size_t
     return ANVIL_OK;
 }
 
-/* A NaN or infinity among n elements of p (elements [first, first + n) of
- * the weight) is a damaged checkpoint: it would be served as garbage. */
-static anvil_status check_finite(const anvil_runtime *rt, const char *name, anvil_dtype dt, const void *p, int64_t n,
-                                 int64_t first)
+/* A NaN or infinity among the n elements at p, elements [first, first + n)
+ * of stored tensor s, is a damaged checkpoint: it would be served as
+ * garbage. The message names the network weight and its element. */
+static anvil_status check_finite(const anvil_runtime *rt, int32_t s, const void *p, int64_t n, int64_t first)
 {
     if (rt->opts.no_weight_check)
         return ANVIL_OK;
-    const int64_t i = anvil_find_nonfinite(dt, p, n);
+    const anvil_stored *t = &rt->plan->stored[s];
+    const int64_t i = anvil_find_nonfinite(t->kind, p, n);
     if (i < 0)
         return ANVIL_OK;
     float v;
-    anvil_convert_to_f32(dt, (const char *)p + i * (int64_t)anvil_dtype_size(dt), &v, 1);
-    return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' holds %s at element %lld: the checkpoint is damaged", name,
-                      isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", (long long)(first + i));
-}
-
-/* The checkpoint tensor for network weight i, checked against the shape the
- * config implies and the dtypes the runtime takes. */
-static anvil_status find_weight(const anvil_runtime *rt, int32_t i, const anvil_st_tensor **out)
-{
-    const anvil_net_weight *nw = anvil_network_weight(rt->net, i);
-    const anvil_st_tensor *st = anvil_checkpoint_find(rt->ckpt, nw->name);
-    CHECK(st != NULL, ANVIL_ERR_NOT_FOUND, "missing tensor '%s' in the checkpoint", nw->name);
-    int same = st->n_dims == nw->n_dims;
-    for (int d = 0; same && d < nw->n_dims; d++)
-        same = st->shape[d] == nw->shape[d];
-    if (!same) {
-        char have[96], want[96];
-        anvil_shape_str(st->shape, st->n_dims, have, sizeof have);
-        anvil_shape_str(nw->shape, nw->n_dims, want, sizeof want);
-        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s but the config implies %s", nw->name, have,
-                          want);
-    }
-    CHECK(st->dtype == ANVIL_DTYPE_F32 || st->dtype == ANVIL_DTYPE_BF16 || st->dtype == ANVIL_DTYPE_F16,
-          ANVIL_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be f32, f16 or bf16", nw->name,
-          anvil_dtype_name(st->dtype));
-    *out = st;
-    return ANVIL_OK;
-}
-
-/* Elements [off, off + n) of st into stage (mapped: a pointer into the
- * mapping, nothing copied). */
-static anvil_status read_elems(const anvil_st_tensor *st, int64_t off, int64_t n, void *stage, const void **out)
-{
-    const size_t es = anvil_dtype_size(st->dtype);
-    if (st->data != NULL) {
-        *out = (const char *)st->data + (size_t)off * es;
-        return ANVIL_OK;
-    }
-    TRY(anvil_st_read(st, (size_t)off * es, stage, (size_t)n * es));
-    *out = stage;
-    return ANVIL_OK;
-}
-
-static anvil_status load_weight(anvil_runtime *rt, weight_loader *wl, int32_t i)
-{
-    const anvil_net_weight *nw = anvil_network_weight(rt->net, i);
-    const anvil_st_tensor *st;
-    TRY(find_weight(rt, i, &st));
-    anvil_backend *be = rt->be;
-    const anvil_dtype src_dt = st->dtype;
-    const anvil_dtype want_dt = rt->opts.weight_dtype == ANVIL_DTYPE_COUNT ? src_dt : rt->opts.weight_dtype;
-    anvil_tensor *t = &rt->weights[i];
-    t->dtype = want_dt;
-    t->n_dims = st->n_dims;
-    memcpy(t->shape, st->shape, sizeof t->shape);
-    const int64_t numel = anvil_tensor_numel(t);
-    const size_t src_es = anvil_dtype_size(src_dt), dst_es = anvil_dtype_size(want_dt);
-    rt->weight_bytes += (size_t)numel * dst_es;
-    const int64_t chunk = (int64_t)(LOAD_CHUNK / 4); /* elements: LOAD_CHUNK bytes of f32 at most */
-
-    if (be->ops->weights_in_host_memory && want_dt == src_dt && st->data != NULL) {
-        /* mapped (use_mmap): used in place; the scan reads it once */
-        for (int64_t off = 0; off < numel; off += chunk) {
-            const int64_t n = numel - off < chunk ? numel - off : chunk;
-            TRY(check_finite(rt, nw->name, src_dt, (const char *)st->data + (size_t)off * src_es, n, off));
-            TRY(loader_progress(rt, wl, (size_t)n * src_es));
+    anvil_convert_to_f32(t->kind, (const char *)p + i * (int64_t)anvil_dtype_size(t->kind), &v, 1);
+    const int64_t at = first + i;
+    const char *name = t->name;
+    int64_t off = at;
+    for (int32_t k = t->n - 1; k >= 0; k--) { /* the member holding it */
+        const int32_t wi = rt->plan->members[t->first + k];
+        if (rt->plan->weight_offset[wi] <= at) {
+            name = anvil_network_weight(rt->net, wi)->name;
+            off = at - rt->plan->weight_offset[wi];
+            break;
         }
-        t->data = (void *)st->data;
+    }
+    return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' holds %s at element %lld: the checkpoint is damaged", name,
+                      isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", (long long)off);
+}
+
+/*
+ * Places stored tensor s on the backend: its bytes prepared by the builder
+ * (anvil_build_fill, in chunks, read through pread or the mapping) and
+ * checked for non-finite values; on the CPU with use_mmap a tensor that is
+ * one checkpoint tensor as stored is used in place from the mapping.
+ */
+static anvil_status place_stored(anvil_runtime *rt, weight_loader *wl, int32_t s)
+{
+    anvil_backend *be = rt->be;
+    const anvil_stored *t = &rt->plan->stored[s];
+    const size_t es = anvil_dtype_size(t->kind);
+    const anvil_st_tensor *plain = anvil_build_plain_source(rt->plan, rt->net, rt->ckpt, s);
+    if (be->ops->weights_in_host_memory && plain != NULL && plain->data != NULL) {
+        for (size_t off = 0; off < t->bytes; off += ANVIL_BUILD_CHUNK) {
+            const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
+            TRY(check_finite(rt, s, (const char *)plain->data + off, (int64_t)(len / es), (int64_t)(off / es)));
+            TRY(loader_progress(rt, wl, len));
+        }
+        rt->stored_data[s] = (void *)plain->data;
         return ANVIL_OK;
     }
     void *dev = NULL;
-    TRY(be->ops->alloc(be, (size_t)numel * dst_es, &dev));
-    rt->weight_allocs[i] = dev;
-    t->data = dev;
-    for (int64_t off = 0; off < numel; off += chunk) {
-        const int64_t n = numel - off < chunk ? numel - off : chunk;
-        char *dst = (char *)dev + (size_t)off * dst_es;
-        const void *src;
-        if (want_dt == src_dt && be->ops->weights_in_host_memory) {
-            TRY(anvil_st_read(st, (size_t)off * src_es, dst, (size_t)n * src_es)); /* straight into place */
-            TRY(check_finite(rt, nw->name, want_dt, dst, n, off));
-        } else if (want_dt == src_dt) {
-            TRY(read_elems(st, off, n, wl->stage, &src));
-            TRY(check_finite(rt, nw->name, want_dt, src, n, off));
-            TRY(be->ops->upload(be, dst, src, (size_t)n * dst_es));
-        } else {
-            /* converted through f32; the scan sees the converted values,
-             * so an f32 weight that overflows f16 is caught too */
-            TRY(read_elems(st, off, n, wl->stage, &src));
-            anvil_convert_to_f32(src_dt, src, wl->f32, n);
-            anvil_convert_from_f32(want_dt, wl->f32, wl->conv, n);
-            TRY(check_finite(rt, nw->name, want_dt, wl->conv, n, off));
-            TRY(be->ops->upload(be, dst, wl->conv, (size_t)n * dst_es));
-        }
-        TRY(loader_progress(rt, wl, (size_t)n * src_es));
+    TRY(be->ops->alloc(be, t->bytes, &dev));
+    rt->stored_allocs[s] = dev;
+    rt->stored_data[s] = dev;
+    for (size_t off = 0; off < t->bytes; off += ANVIL_BUILD_CHUNK) {
+        const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
+        /* host memory: prepared in place; else through the stage */
+        void *dst = be->ops->weights_in_host_memory ? (char *)dev + off : wl->stage;
+        TRY(anvil_build_fill(rt->plan, rt->net, rt->ckpt, s, off, dst, len, wl->scratch));
+        TRY(check_finite(rt, s, dst, (int64_t)(len / es), (int64_t)(off / es)));
+        if (!be->ops->weights_in_host_memory)
+            TRY(be->ops->upload(be, (char *)dev + off, dst, len));
+        TRY(loader_progress(rt, wl, len));
     }
     return ANVIL_OK;
 }
 
+/* The network's weights as views into the stored tensors. */
+static void make_views(anvil_runtime *rt)
+{
+    for (int32_t i = 0; i < rt->n_weights; i++) {
+        const anvil_net_weight *w = anvil_network_weight(rt->net, i);
+        const int32_t s = rt->plan->weight_stored[i];
+        const anvil_stored *t = &rt->plan->stored[s];
+        anvil_tensor *v = &rt->weights[i];
+        memset(v, 0, sizeof *v);
+        v->dtype = t->kind;
+        v->n_dims = w->n_dims;
+        v->shape[0] = w->shape[0];
+        v->shape[1] = w->n_dims > 1 ? w->shape[1] : 0;
+        v->data = (char *)rt->stored_data[s] + (size_t)rt->plan->weight_offset[i] * anvil_dtype_size(t->kind);
+    }
+}
+
+/* The build plan for this runtime's backend and options, then every stored
+ * tensor placed and the views made. */
 static anvil_status load_weights(anvil_runtime *rt)
 {
+    const anvil_build_options bo = {
+        .weight_dtype = rt->opts.weight_dtype, .target = rt->be->ops, .no_fusion = rt->opts.no_fusion,
+    };
+    TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
+    const int32_t ns = rt->plan->n_stored;
     rt->n_weights = anvil_network_weight_count(rt->net);
-    rt->weights = calloc((size_t)rt->n_weights, sizeof *rt->weights);
-    rt->weight_allocs = calloc((size_t)rt->n_weights, sizeof *rt->weight_allocs);
-    CHECK(rt->weights && rt->weight_allocs, ANVIL_ERR_OOM, "out of memory");
-    weight_loader wl = {0};
-    for (int32_t i = 0; i < rt->n_weights; i++) {
-        const anvil_st_tensor *st;
-        TRY(find_weight(rt, i, &st)); /* every weight is there before anything is allocated */
-        wl.total += st->nbytes;
-    }
-    wl.stage = malloc(LOAD_CHUNK);
-    wl.f32 = malloc(LOAD_CHUNK);
-    wl.conv = malloc(LOAD_CHUNK);
-    anvil_status st = ANVIL_OK;
-    if (wl.stage == NULL || wl.f32 == NULL || wl.conv == NULL)
-        st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
-    for (int32_t i = 0; i < rt->n_weights && st == ANVIL_OK; i++)
-        st = load_weight(rt, &wl, i);
+    rt->weights = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->weights);
+    rt->stored_allocs = calloc((size_t)(ns ? ns : 1), sizeof *rt->stored_allocs);
+    rt->stored_data = calloc((size_t)(ns ? ns : 1), sizeof *rt->stored_data);
+    CHECK(rt->weights && rt->stored_allocs && rt->stored_data, ANVIL_ERR_OOM, "out of memory");
+    rt->weight_bytes = rt->plan->total_bytes;
+    weight_loader wl = {.total = rt->plan->total_bytes};
+    wl.stage = malloc(ANVIL_BUILD_CHUNK);
+    anvil_status st = wl.stage ? anvil_build_scratch_create(&wl.scratch)
+                               : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
+    for (int32_t s = 0; s < ns && st == ANVIL_OK; s++)
+        st = place_stored(rt, &wl, s);
     if (st == ANVIL_OK)
         st = anvil_checkpoint_check_unchanged(rt->ckpt); /* rewritten in place while read */
     free(wl.stage);
-    free(wl.f32);
-    free(wl.conv);
+    anvil_build_scratch_free(wl.scratch);
+    if (st == ANVIL_OK)
+        make_views(rt);
     return st;
 }
 
@@ -683,25 +660,30 @@ static anvil_status check_sizes_early(anvil_runtime *rt)
  */
 static anvil_status check_checkpoint_names(const anvil_runtime *rt)
 {
-    const int32_t n = anvil_network_weight_count(rt->net);
+    int32_t n = anvil_network_weight_count(rt->net);
     int32_t missing = 0;
     const char *first = NULL;
     long long top_present = -1, first_missing_layer = -1;
+    int32_t n_sources = 0;
     for (int32_t i = 0; i < n; i++) {
-        const char *name = anvil_network_weight(rt->net, i)->name;
-        long long layer = -1;
-        if (sscanf(name, "model.layers.%lld.", &layer) != 1)
-            layer = -1;
-        if (anvil_checkpoint_find(rt->ckpt, name) != NULL) {
-            if (layer > top_present)
-                top_present = layer;
-            continue;
-        }
-        if (missing++ == 0) {
-            first = name;
-            first_missing_layer = layer;
+        const anvil_net_weight *w = anvil_network_weight(rt->net, i);
+        for (int32_t k = 0; k < w->n_sources; k++, n_sources++) {
+            const char *name = w->sources[k];
+            long long layer = -1;
+            if (sscanf(name, "model.layers.%lld.", &layer) != 1)
+                layer = -1;
+            if (anvil_checkpoint_find(rt->ckpt, name) != NULL) {
+                if (layer > top_present)
+                    top_present = layer;
+                continue;
+            }
+            if (missing++ == 0) {
+                first = name;
+                first_missing_layer = layer;
+            }
         }
     }
+    n = n_sources;
     if (missing == 0)
         return ANVIL_OK;
     /* every missing weight past the last layer the checkpoint has: the
@@ -747,7 +729,8 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         anvil_checkpoint_close(rt->ckpt); /* everything was copied to the backend */
         rt->ckpt = NULL;
     }
-    TRY_GOTO(anvil_fuse_plan(rt->net, rt->be->ops, rt->opts.no_fusion, &rt->fuse), fail);
+    rt->fuse = rt->plan->fuse; /* the plan's, made with this backend's fused ops */
+    rt->plan->fuse = NULL;
     {
         int32_t c[6];
         anvil_fuse_counts(rt->fuse, anvil_network_op_count(rt->net), c);

@@ -18,7 +18,7 @@
 
 #include "anvil/network.h"
 #include "anvil/runtime.h"
-#include "runtime/runtime_fuse.h"
+#include "builder/fuse_plan.h"
 
 /*
  * Assigns each value of net a buffer. Walking the ops in order, a value's

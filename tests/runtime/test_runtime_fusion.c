@@ -1,5 +1,5 @@
 /*
- * The runtime's fused path (runtime_fuse.c) against the separate ops. On
+ * The runtime's fused path (builder/fuse_plan.c) against the separate ops. On
  * the CPU the fused ops are the separate ops in a row, so every logit must
  * be equal to the bit, for every model family: what this checks is the
  * plan (which ops group, which buffers they read and write, their
@@ -14,7 +14,7 @@
 #include "anvil/network.h"
 #include "backend/backend.h"
 #include "fusion_check.h"
-#include "runtime/runtime_fuse.h"
+#include "builder/fuse_plan.h"
 #include "testutil.h"
 
 static void check_model(const char *name)

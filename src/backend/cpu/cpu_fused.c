@@ -1,7 +1,7 @@
 /*
  * The fused ops of backend.h on the CPU, as their separate ops in a row.
  * The CPU gains nothing from fewer launches; these exist so that the
- * runtime's fused path (runtime_fuse.c), which the GPU takes, also runs in
+ * runtime's fused path (builder/fuse_plan.c), which the GPU takes, also runs in
  * every CPU test and must give the separate ops' results to the bit.
  */
 #include "backend/cpu/cpu_internal.h"

@@ -2,8 +2,8 @@
  * Which ops of a network run fused on a given backend (the fused ops of
  * backend.h), decided once when the runtime loads.
  */
-#ifndef ANVIL_RUNTIME_FUSE_H
-#define ANVIL_RUNTIME_FUSE_H
+#ifndef ANVIL_BUILDER_FUSE_PLAN_H
+#define ANVIL_BUILDER_FUSE_PLAN_H
 
 #include <stdint.h>
 

@@ -16,7 +16,7 @@
  *   rope(q), rope(k) read only by attention(q, k, v)   -> attention with
  *     rope_inv_freq (the two ropes alike)
  */
-#include "runtime/runtime_fuse.h"
+#include "builder/fuse_plan.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,0 +1,479 @@
+/*
+ * The build plan (build_plan.h): which weights share a stored tensor, in
+ * which kind, and how each stored tensor's bytes are prepared from the
+ * checkpoint through the weights' recipes.
+ */
+#include "builder/build_plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checked.h"
+#include "core/error.h"
+
+/* Members of a fused stored tensor start at multiples of this many bytes,
+ * so that a view into it is as aligned as an allocation (vector loads). */
+#define FUSE_ALIGN 256
+
+struct anvil_build_scratch {
+    void *src;   /* [ANVIL_BUILD_CHUNK bytes] source bytes */
+    float *f32;  /* [ANVIL_BUILD_CHUNK bytes] the same as f32 */
+};
+
+/* Elements of a piece converted at once: its f32 form fills the scratch. */
+#define PIECE_ELEMS ((int64_t)(ANVIL_BUILD_CHUNK / sizeof(float)))
+
+anvil_status anvil_build_scratch_create(anvil_build_scratch **out)
+{
+    *out = NULL;
+    anvil_build_scratch *s = calloc(1, sizeof *s);
+    CHECK(s != NULL, ANVIL_ERR_OOM, "out of memory");
+    s->src = malloc(ANVIL_BUILD_CHUNK);
+    s->f32 = malloc(ANVIL_BUILD_CHUNK);
+    if (s->src == NULL || s->f32 == NULL) {
+        anvil_build_scratch_free(s);
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the build's buffers");
+    }
+    *out = s;
+    return ANVIL_OK;
+}
+
+void anvil_build_scratch_free(anvil_build_scratch *s)
+{
+    if (s == NULL)
+        return;
+    free(s->src);
+    free(s->f32);
+    free(s);
+}
+
+void anvil_build_plan_free(anvil_build_plan *p)
+{
+    if (p == NULL)
+        return;
+    for (int32_t i = 0; i < p->n_stored; i++)
+        free(p->stored[i].name);
+    free(p->stored);
+    free(p->members);
+    free(p->weight_stored);
+    free(p->weight_offset);
+    free(p->fuse);
+    free(p);
+}
+
+anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored, anvil_build_plan **out)
+{
+    *out = NULL;
+    CHECK(n_weights >= 0 && n_ops >= 0 && n_stored >= 0 && n_stored <= n_weights, ANVIL_ERR_INVALID_ARG,
+          "a plan of %d stored tensors for %d weights", n_stored, n_weights);
+    anvil_build_plan *p = calloc(1, sizeof *p);
+    CHECK(p != NULL, ANVIL_ERR_OOM, "out of memory");
+    p->n_weights = n_weights;
+    p->n_ops = n_ops;
+    p->n_stored = n_stored;
+    /* room for one stored tensor per weight (the most a plan can have) */
+    p->stored = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->stored);
+    p->members = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->members);
+    p->weight_stored = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->weight_stored);
+    p->weight_offset = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->weight_offset);
+    p->fuse = calloc((size_t)(n_ops ? n_ops : 1), sizeof *p->fuse);
+    if (!p->stored || !p->members || !p->weight_stored || !p->weight_offset || !p->fuse) {
+        p->n_stored = 0; /* names not allocated yet */
+        anvil_build_plan_free(p);
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for a plan of %d weights", n_weights);
+    }
+    *out = p;
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------------ recipes against the checkpoint */
+
+static int64_t w_numel(const anvil_net_weight *w)
+{
+    return w->n_dims == 1 ? w->shape[0] : w->shape[0] * w->shape[1];
+}
+
+static anvil_status shape_error(const anvil_net_weight *w, const anvil_st_tensor *st, const char *why)
+{
+    char have[96], want[96];
+    anvil_shape_str(st->shape, st->n_dims, have, sizeof have);
+    anvil_shape_str(w->shape, w->n_dims, want, sizeof want);
+    if (w->recipe == ANVIL_RECIPE_TENSOR)
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s but the config implies %s", st->name, have,
+                          want);
+    return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s, which cannot give '%s' of shape %s (%s)",
+                      st->name, have, w->name, want, why);
+}
+
+static anvil_status find_source(const anvil_checkpoint *ck, const char *name, const anvil_st_tensor **out)
+{
+    const anvil_st_tensor *st = anvil_checkpoint_find(ck, name);
+    CHECK(st != NULL, ANVIL_ERR_NOT_FOUND, "missing tensor '%s' in the checkpoint", name);
+    CHECK(st->dtype == ANVIL_DTYPE_F32 || st->dtype == ANVIL_DTYPE_BF16 || st->dtype == ANVIL_DTYPE_F16,
+          ANVIL_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be f32, f16 or bf16", name,
+          anvil_dtype_name(st->dtype));
+    *out = st;
+    return ANVIL_OK;
+}
+
+/* Checks weight w's recipe against ck; *dtype: its sources' dtype. */
+static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoint *ck, anvil_dtype *dtype)
+{
+    const anvil_st_tensor *st;
+    TRY(find_source(ck, w->sources[0], &st));
+    *dtype = st->dtype;
+    switch (w->recipe) {
+    case ANVIL_RECIPE_TENSOR: {
+        int same = st->n_dims == w->n_dims;
+        for (int d = 0; same && d < w->n_dims; d++)
+            same = st->shape[d] == w->shape[d];
+        return same ? ANVIL_OK : shape_error(w, st, "");
+    }
+    case ANVIL_RECIPE_SLICE: {
+        if (st->n_dims == w->n_dims + 1) { /* one matrix of a stack */
+            if (w->axis != 0)
+                return shape_error(w, st, "a stack is sliced along axis 0");
+            for (int d = 0; d < w->n_dims; d++)
+                if (st->shape[d + 1] != w->shape[d])
+                    return shape_error(w, st, "the stack's matrices have another shape");
+            if (w->start >= st->shape[0])
+                return shape_error(w, st, "the index is past the stack");
+            return ANVIL_OK;
+        }
+        if (st->n_dims != w->n_dims || w->axis >= w->n_dims)
+            return shape_error(w, st, "ranks differ");
+        for (int d = 0; d < w->n_dims; d++)
+            if (d != w->axis && st->shape[d] != w->shape[d])
+                return shape_error(w, st, "the other axis differs");
+        if (w->start > st->shape[w->axis] || w->shape[w->axis] > st->shape[w->axis] - w->start)
+            return shape_error(w, st, "the slice runs past the tensor");
+        return ANVIL_OK;
+    }
+    case ANVIL_RECIPE_CONCAT: {
+        if (w->axis >= w->n_dims)
+            return shape_error(w, st, "no such axis");
+        int64_t sum = 0;
+        for (int32_t k = 0; k < w->n_sources; k++) {
+            if (k > 0)
+                TRY(find_source(ck, w->sources[k], &st));
+            CHECK(st->dtype == *dtype, ANVIL_ERR_FORMAT, "'%s' concatenates tensors of dtypes %s and %s", w->name,
+                  anvil_dtype_name(*dtype), anvil_dtype_name(st->dtype));
+            if (st->n_dims != w->n_dims)
+                return shape_error(w, st, "ranks differ");
+            for (int d = 0; d < w->n_dims; d++)
+                if (d != w->axis && st->shape[d] != w->shape[d])
+                    return shape_error(w, st, "the other axis differs");
+            sum += st->shape[w->axis];
+        }
+        if (sum != w->shape[w->axis])
+            return shape_error(w, st, "the parts do not add up");
+        return ANVIL_OK;
+    }
+    }
+    return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "weight '%s': unknown recipe %d", w->name, (int)w->recipe);
+}
+
+/* ------------------------------------------------------------ the plan */
+
+/* The weight of linear op i (its matrix), or -1. */
+static int32_t linear_weight(const anvil_network *net, int32_t i)
+{
+    const anvil_net_op *op = anvil_network_op(net, i);
+    return op && op->kind == ANVIL_OP_LINEAR ? op->weights[0] : -1;
+}
+
+/* "a+b+c" of the members' names (NULL when out of memory). */
+static char *joined_name(const anvil_network *net, const int32_t *ws, int32_t n)
+{
+    size_t len = 1;
+    for (int32_t k = 0; k < n; k++)
+        len += strlen(anvil_network_weight(net, ws[k])->name) + 1;
+    char *s = malloc(len);
+    if (s == NULL)
+        return NULL;
+    s[0] = '\0';
+    for (int32_t k = 0; k < n; k++) {
+        if (k)
+            strcat(s, "+");
+        strcat(s, anvil_network_weight(net, ws[k])->name);
+    }
+    return s;
+}
+
+/* Appends a stored tensor of the given members (in order, stacked along axis 0). */
+static anvil_status add_stored(anvil_build_plan *p, const anvil_network *net, const int32_t *ws, int32_t n,
+                               anvil_dtype kind, int32_t *n_members)
+{
+    anvil_stored *st = &p->stored[p->n_stored];
+    memset(st, 0, sizeof *st);
+    st->name = n == 1 ? strdup(anvil_network_weight(net, ws[0])->name) : joined_name(net, ws, n);
+    CHECK(st->name != NULL, ANVIL_ERR_OOM, "out of memory");
+    const anvil_net_weight *w0 = anvil_network_weight(net, ws[0]);
+    st->kind = kind;
+    st->n_dims = w0->n_dims;
+    st->shape[1] = w0->n_dims > 1 ? w0->shape[1] : 0;
+    st->first = *n_members;
+    st->n = n;
+    int64_t rows = 0, elems = 0;
+    for (int32_t k = 0; k < n; k++) {
+        const anvil_net_weight *w = anvil_network_weight(net, ws[k]);
+        p->members[(*n_members)++] = ws[k];
+        p->weight_stored[ws[k]] = p->n_stored;
+        p->weight_offset[ws[k]] = elems;
+        rows += w->shape[0];
+        elems += w_numel(w);
+    }
+    st->shape[0] = rows;
+    size_t bytes;
+    CHECK(anvil_mul_size_ok((size_t)elems, anvil_dtype_size(kind), &bytes), ANVIL_ERR_UNSUPPORTED,
+          "weight '%s' is too large", st->name);
+    st->bytes = bytes;
+    CHECK(p->total_bytes <= SIZE_MAX - bytes, ANVIL_ERR_UNSUPPORTED, "the weights are too large");
+    p->total_bytes += bytes;
+    p->n_stored++;
+    return ANVIL_OK;
+}
+
+/* Whether the matrices ws[0..n) can be stored as one: unstored yet, one
+ * kind, one width, each a whole number of FUSE_ALIGN bytes. */
+static int fusable(const anvil_build_plan *p, const anvil_network *net, const anvil_dtype *kinds, const int32_t *ws,
+                   int32_t n)
+{
+    const anvil_net_weight *w0 = anvil_network_weight(net, ws[0]);
+    for (int32_t k = 0; k < n; k++) {
+        if (ws[k] < 0 || p->weight_stored[ws[k]] >= 0)
+            return 0;
+        for (int32_t j = 0; j < k; j++)
+            if (ws[j] == ws[k])
+                return 0;
+        const anvil_net_weight *w = anvil_network_weight(net, ws[k]);
+        if (w->n_dims != 2 || w->shape[1] != w0->shape[1] || kinds[ws[k]] != kinds[ws[0]] ||
+            ((size_t)w_numel(w) * anvil_dtype_size(kinds[ws[k]])) % FUSE_ALIGN != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* How many ops use each weight (a weight two ops read, such as tied
+ * embeddings, is never fused with another). */
+static void count_uses(const anvil_network *net, int32_t *uses)
+{
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
+        const anvil_net_op *op = anvil_network_op(net, i);
+        for (int32_t k = 0; k < op->n_weights; k++)
+            if (op->weights[k] >= 0)
+                uses[op->weights[k]]++;
+    }
+}
+
+anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpoint *ck,
+                                   const anvil_build_options *opts, anvil_build_plan **out)
+{
+    *out = NULL;
+    const int32_t nw = anvil_network_weight_count(net), nops = anvil_network_op_count(net);
+    anvil_dtype *kinds = malloc((size_t)(nw ? nw : 1) * sizeof *kinds);
+    int32_t *uses = calloc((size_t)(nw ? nw : 1), sizeof *uses);
+    anvil_build_plan *p = NULL;
+    anvil_status st = ANVIL_OK;
+    CHECK_GOTO(kinds && uses, ANVIL_ERR_OOM, done, "out of memory");
+    for (int32_t i = 0; i < nw; i++) {
+        anvil_dtype src;
+        TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
+        kinds[i] = opts && opts->weight_dtype != ANVIL_DTYPE_COUNT ? opts->weight_dtype : src;
+    }
+    TRY_GOTO(anvil_build_plan_alloc(nw, nops, 0, &p), done);
+    for (int32_t i = 0; i < nw; i++)
+        p->weight_stored[i] = -1;
+    const int no_fusion = opts == NULL || opts->no_fusion || opts->target == NULL;
+    anvil_fuse *fuse = NULL;
+    TRY_GOTO(anvil_fuse_plan(net, opts && opts->target ? opts->target : NULL, no_fusion, &fuse), done);
+    free(p->fuse);
+    p->fuse = fuse;
+    count_uses(net, uses);
+    int32_t n_members = 0;
+    /* the fused groups' matrices first, each group as one tensor */
+    for (int32_t i = 0; i < nops && !no_fusion; i++) {
+        int32_t ws[ANVIL_MATMUL_MULTI_MAX], n = 0;
+        if (fuse[i].kind == ANVIL_FUSE_MATMUL_MULTI)
+            for (n = 0; n < fuse[i].n; n++)
+                ws[n] = linear_weight(net, i + n);
+        else if (fuse[i].kind == ANVIL_FUSE_SILU_MUL)
+            for (n = 0; n < 2; n++)
+                ws[n] = linear_weight(net, i + n);
+        if (n < 2 || !fusable(p, net, kinds, ws, n))
+            continue;
+        int once = 1;
+        for (int32_t k = 0; k < n; k++)
+            once &= uses[ws[k]] == 1;
+        if (once)
+            TRY_GOTO(add_stored(p, net, ws, n, kinds[ws[0]], &n_members), done);
+    }
+    for (int32_t i = 0; i < nw; i++)
+        if (p->weight_stored[i] < 0)
+            TRY_GOTO(add_stored(p, net, &i, 1, kinds[i], &n_members), done);
+done:
+    free(kinds);
+    free(uses);
+    if (st != ANVIL_OK) {
+        anvil_build_plan_free(p);
+        return st;
+    }
+    *out = p;
+    return ANVIL_OK;
+}
+
+anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_network *net)
+{
+    const int32_t nw = anvil_network_weight_count(net);
+    CHECK(p->n_weights == nw && p->n_ops == anvil_network_op_count(net), ANVIL_ERR_FORMAT,
+          "the plan is for %d weights and %d ops, the network has %d and %d", p->n_weights, p->n_ops, nw,
+          anvil_network_op_count(net));
+    int32_t seen = 0;
+    for (int32_t s = 0; s < p->n_stored; s++) {
+        const anvil_stored *t = &p->stored[s];
+        CHECK(t->n >= 1 && t->first >= 0 && t->first <= nw - t->n && t->first == seen, ANVIL_ERR_FORMAT,
+              "stored tensor '%s': members [%d, +%d) out of order", t->name, t->first, t->n);
+        CHECK(t->kind == ANVIL_DTYPE_F32 || t->kind == ANVIL_DTYPE_BF16 || t->kind == ANVIL_DTYPE_F16,
+              ANVIL_ERR_UNSUPPORTED, "stored tensor '%s': kind %s is not supported", t->name,
+              anvil_dtype_name(t->kind));
+        int64_t rows = 0, elems = 0;
+        for (int32_t k = 0; k < t->n; k++) {
+            const int32_t wi = p->members[t->first + k];
+            CHECK(wi >= 0 && wi < nw, ANVIL_ERR_FORMAT, "stored tensor '%s': member %d is not a weight", t->name, wi);
+            const anvil_net_weight *w = anvil_network_weight(net, wi);
+            CHECK(p->weight_stored[wi] == s && p->weight_offset[wi] == elems, ANVIL_ERR_FORMAT,
+                  "weight '%s' is not where stored tensor '%s' puts it", w->name, t->name);
+            CHECK(w->n_dims == t->n_dims && (t->n_dims == 1 || w->shape[1] == t->shape[1]), ANVIL_ERR_FORMAT,
+                  "weight '%s' does not fit stored tensor '%s'", w->name, t->name);
+            CHECK(t->n == 1 || t->n_dims == 2, ANVIL_ERR_FORMAT, "stored tensor '%s' stacks vectors", t->name);
+            rows += w->shape[0];
+            elems += w_numel(w);
+        }
+        size_t bytes;
+        CHECK(rows == t->shape[0] && anvil_mul_size_ok((size_t)elems, anvil_dtype_size(t->kind), &bytes) &&
+                  bytes == t->bytes,
+              ANVIL_ERR_FORMAT, "stored tensor '%s': shape or bytes do not match its members", t->name);
+        seen += t->n;
+    }
+    CHECK(seen == nw, ANVIL_ERR_FORMAT, "%d of the network's %d weights are stored", seen, nw);
+    for (int32_t i = 0; i < p->n_ops; i++) {
+        const anvil_fuse *f = &p->fuse[i];
+        const int span = f->kind == ANVIL_FUSE_ADD_RMSNORM ? 2 : f->kind == ANVIL_FUSE_MATMUL_MULTI ? f->n
+                         : f->kind == ANVIL_FUSE_SILU_MUL  ? 3 : 1;
+        CHECK(f->kind >= ANVIL_FUSE_NONE && f->kind <= ANVIL_FUSE_ROPE_ATTENTION && span >= 1 &&
+                  span <= ANVIL_MATMUL_MULTI_MAX && i + span <= p->n_ops,
+              ANVIL_ERR_FORMAT, "the fusion plan's op %d is malformed", i);
+    }
+    return ANVIL_OK;
+}
+
+/* ------------------------------------------------------------ filling */
+
+/* Source elements [first, first + n) of st, converted to `kind` at dst. */
+static anvil_status copy_elems(const anvil_st_tensor *st, int64_t first, int64_t n, anvil_dtype kind, void *dst,
+                               anvil_build_scratch *sc)
+{
+    const size_t ses = anvil_dtype_size(st->dtype), des = anvil_dtype_size(kind);
+    while (n > 0) {
+        const int64_t m = n < PIECE_ELEMS ? n : PIECE_ELEMS;
+        if (st->dtype == kind) {
+            TRY(anvil_st_read(st, (size_t)first * ses, dst, (size_t)m * ses));
+        } else {
+            TRY(anvil_st_read(st, (size_t)first * ses, sc->src, (size_t)m * ses));
+            anvil_convert_to_f32(st->dtype, sc->src, sc->f32, m);
+            anvil_convert_from_f32(kind, sc->f32, dst, m);
+        }
+        first += m;
+        n -= m;
+        dst = (char *)dst + (size_t)m * des;
+    }
+    return ANVIL_OK;
+}
+
+/* Elements [a, b) of weight w (row-major in its shape), in `kind`, at dst. */
+static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoint *ck, int64_t a, int64_t b,
+                                anvil_dtype kind, char *dst, anvil_build_scratch *sc)
+{
+    const size_t des = anvil_dtype_size(kind);
+    const int64_t cols = w->n_dims == 2 ? w->shape[1] : 1;
+    const anvil_st_tensor *st;
+    TRY(find_source(ck, w->sources[0], &st));
+    if (w->recipe == ANVIL_RECIPE_TENSOR)
+        return copy_elems(st, a, b - a, kind, dst, sc);
+    if (w->recipe == ANVIL_RECIPE_SLICE && (st->n_dims == w->n_dims + 1 || w->axis == 0)) {
+        /* a stack's matrix or a run of rows: contiguous in the source */
+        const int64_t base = st->n_dims == w->n_dims + 1 ? w->start * w_numel(w) : w->start * cols;
+        return copy_elems(st, base + a, b - a, kind, dst, sc);
+    }
+    if (w->recipe == ANVIL_RECIPE_CONCAT && w->axis == 0) {
+        int64_t at = 0; /* the first element of source k in w */
+        for (int32_t k = 0; k < w->n_sources && at < b; k++) {
+            if (k > 0)
+                TRY(find_source(ck, w->sources[k], &st));
+            const int64_t n = st->n_dims == 2 ? st->shape[0] * st->shape[1] : st->shape[0];
+            const int64_t lo = a > at ? a : at, hi = b < at + n ? b : at + n;
+            if (lo < hi)
+                TRY(copy_elems(st, lo - at, hi - lo, kind, dst + (size_t)(lo - a) * des, sc));
+            at += n;
+        }
+        return ANVIL_OK;
+    }
+    /* along axis 1 (columns): row by row, each row's pieces contiguous */
+    for (int64_t e = a; e < b;) {
+        const int64_t row = e / cols, col = e % cols;
+        const int64_t row_end = (row + 1) * cols < b ? (row + 1) * cols : b;
+        if (w->recipe == ANVIL_RECIPE_SLICE) {
+            TRY(copy_elems(st, row * st->shape[1] + w->start + col, row_end - e, kind, dst + (size_t)(e - a) * des,
+                           sc));
+        } else { /* CONCAT along axis 1 */
+            int64_t c0 = 0;
+            for (int32_t k = 0; k < w->n_sources && c0 < col + (row_end - e); k++) {
+                const anvil_st_tensor *sk;
+                TRY(find_source(ck, w->sources[k], &sk));
+                const int64_t wk = sk->shape[1];
+                const int64_t lo = col > c0 ? col : c0, hi = col + (row_end - e) < c0 + wk ? col + (row_end - e) : c0 + wk;
+                if (lo < hi)
+                    TRY(copy_elems(sk, row * wk + (lo - c0), hi - lo, kind, dst + (size_t)(e - a + lo - col) * des,
+                                   sc));
+                c0 += wk;
+            }
+        }
+        e = row_end;
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch)
+{
+    CHECK(s >= 0 && s < p->n_stored, ANVIL_ERR_INVALID_ARG, "stored tensor %d out of range", s);
+    const anvil_stored *t = &p->stored[s];
+    const size_t es = anvil_dtype_size(t->kind);
+    CHECK(offset % es == 0 && len % es == 0 && offset <= t->bytes && len <= t->bytes - offset &&
+              len <= ANVIL_BUILD_CHUNK,
+          ANVIL_ERR_INVALID_ARG, "fill of '%s': bytes [%zu, +%zu) do not fit", t->name, offset, len);
+    const int64_t a = (int64_t)(offset / es), b = (int64_t)((offset + len) / es);
+    for (int32_t k = 0; k < t->n; k++) {
+        const int32_t wi = p->members[t->first + k];
+        const anvil_net_weight *w = anvil_network_weight(net, wi);
+        const int64_t m0 = p->weight_offset[wi], m1 = m0 + w_numel(w);
+        const int64_t lo = a > m0 ? a : m0, hi = b < m1 ? b : m1;
+        if (lo < hi)
+            TRY(fill_member(w, ck, lo - m0, hi - m0, t->kind, (char *)dst + (size_t)(lo - a) * es, scratch));
+    }
+    return ANVIL_OK;
+}
+
+const anvil_st_tensor *anvil_build_plain_source(const anvil_build_plan *p, const anvil_network *net,
+                                                const anvil_checkpoint *ck, int32_t s)
+{
+    const anvil_stored *t = &p->stored[s];
+    if (t->n != 1)
+        return NULL;
+    const anvil_net_weight *w = anvil_network_weight(net, p->members[t->first]);
+    if (w->recipe != ANVIL_RECIPE_TENSOR)
+        return NULL;
+    const anvil_st_tensor *st = anvil_checkpoint_find(ck, w->sources[0]);
+    return st && st->dtype == t->kind ? st : NULL;
+}

@@ -1,0 +1,115 @@
+/*
+ * The build plan: how a network's weights are stored and prepared.
+ *
+ * A network weight (what an op names) is a view into a stored tensor (what
+ * an engine file's weight table lists and the runtime allocates): one
+ * stored tensor per weight, except where the fusion plan runs several
+ * linears of one input as one fused op (q, k and v; gate and up). Their
+ * matrices are then stored back to back, concatenated along axis 0, as one
+ * tensor ("model.layers.0.self_attn.q_proj.weight+k_proj+v_proj"), so that
+ * the backend sees one matrix.
+ *
+ * Each stored tensor has a storage kind (f32, bf16, f16 today; room for
+ * fp8 e4m3, int8 and packed int4 with scales and zero points) and is
+ * prepared from the checkpoint by anvil_build_fill: every member weight's
+ * recipe (anvil/network.h) read from its sources (slices, stacks,
+ * concatenations), converted to the kind. The plan is made from a network
+ * and a checkpoint (anvil_build_plan_make: it checks every source's
+ * presence, dtype and shape first, so nothing is allocated for a broken
+ * checkpoint), or read back from an engine's manifest.
+ *
+ *     anvil_build_plan *p;
+ *     TRY(anvil_build_plan_make(net, ck, &opts, &p));
+ *     for (int32_t s = 0; s < p->n_stored; s++)
+ *         ... anvil_build_fill(p, net, ck, s, off, buf, len, scratch) in chunks ...
+ */
+#ifndef ANVIL_BUILDER_BUILD_PLAN_H
+#define ANVIL_BUILDER_BUILD_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/network.h"
+#include "backend/backend.h"
+#include "builder/fuse_plan.h"
+#include "io/safetensors.h"
+
+/* A tensor as stored (engine weight table, runtime allocation). */
+typedef struct anvil_stored {
+    char *name;
+    anvil_dtype kind;        /* the storage kind */
+    int n_dims;              /* 1 or 2 */
+    int64_t shape[2];
+    size_t bytes;
+    int32_t first, n;        /* its member weights: members[first .. first + n), stacked along axis 0 */
+} anvil_stored;
+
+typedef struct anvil_build_plan {
+    int32_t n_weights;       /* the network's */
+    int32_t n_ops;
+    int32_t n_stored;
+    anvil_stored *stored;    /* [n_stored] */
+    int32_t *members;        /* [n_weights] weight indices, grouped by stored tensor */
+    int32_t *weight_stored;  /* [n_weights] the stored tensor of each weight */
+    int64_t *weight_offset;  /* [n_weights] its first element in that stored tensor */
+    anvil_fuse *fuse;        /* [n_ops] the fusion plan */
+    size_t total_bytes;      /* of every stored tensor */
+} anvil_build_plan;
+
+typedef struct anvil_build_options {
+    /* Every weight converted to this kind; ANVIL_DTYPE_COUNT: each as its
+     * checkpoint stores it (a recipe's sources must then agree). */
+    anvil_dtype weight_dtype;
+    /* The fused ops the target backend has (the fusion plan uses only
+     * those); NULL or no_fusion: none, and no weight stored fused. */
+    const anvil_backend_ops *target;
+    int no_fusion;
+} anvil_build_options;
+
+/*
+ * Makes the plan for net's weights from checkpoint ck. Every recipe is
+ * checked against ck first: a missing source is ANVIL_ERR_NOT_FOUND
+ * ("missing tensor 'X' in the checkpoint"), a source whose dtype is not
+ * f32/bf16/f16 ANVIL_ERR_UNSUPPORTED, a shape that does not give the
+ * weight's shape ANVIL_ERR_FORMAT ("tensor 'X' has shape [..] but the config
+ * implies [..]"). *out is NULL on failure.
+ */
+anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpoint *ck,
+                                   const anvil_build_options *opts, anvil_build_plan **out);
+
+/* A plan without stored tensors yet, for readers that fill it (an engine's
+ * manifest): n_weights / n_ops set, arrays allocated, fuse all NONE. */
+anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored, anvil_build_plan **out);
+
+/* Checks a plan against net: every weight in exactly one stored tensor,
+ * offsets and shapes consistent, members of a stored tensor of one width,
+ * bytes = elements x kind size, the fusion plan's groups well formed.
+ * ANVIL_ERR_FORMAT naming what does not fit. */
+anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_network *net);
+
+void anvil_build_plan_free(anvil_build_plan *p); /* NULL is a no-op */
+
+/* Scratch for anvil_build_fill: room for ANVIL_BUILD_CHUNK bytes of
+ * sources and of their f32 values (one per thread). */
+#define ANVIL_BUILD_CHUNK ((size_t)16 << 20)
+typedef struct anvil_build_scratch anvil_build_scratch;
+anvil_status anvil_build_scratch_create(anvil_build_scratch **out);
+void anvil_build_scratch_free(anvil_build_scratch *s);
+
+/*
+ * Writes bytes [offset, offset + len) of stored tensor s, in its kind, into
+ * dst: what its members' recipes give from ck. offset and len must be
+ * multiples of the kind's element size, len at most ANVIL_BUILD_CHUNK.
+ * Reads through anvil_st_read (pread or the mapping): a checkpoint that
+ * changed since the plan was made is ANVIL_ERR_IO. Safe from several
+ * threads with a scratch each.
+ */
+anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch);
+
+/* When stored tensor s is exactly one checkpoint tensor in its own dtype,
+ * that tensor (its bytes can be used or copied as they are); else NULL. */
+const anvil_st_tensor *anvil_build_plain_source(const anvil_build_plan *p, const anvil_network *net,
+                                                const anvil_checkpoint *ck, int32_t s);
+
+#endif
