@@ -109,9 +109,19 @@ typedef struct anvil_engine_header {
  * whose header is consistent but whose contents are not. */
 void anvil_engine_header_encode(const anvil_engine_header *h, uint8_t out[ANVIL_ENGINE_HEADER_SIZE]);
 
+/* The fields of a header's first ANVIL_ENGINE_HEADER_FIELDS bytes, as they
+ * are (nothing is checked: the reader does that), and the header checksum
+ * stored in them. */
+void anvil_engine_header_decode(const uint8_t in[ANVIL_ENGINE_HEADER_FIELDS], anvil_engine_header *h,
+                                uint64_t *header_xxh64);
+
 /* XXH64 (seed 0) of len bytes: the checksum of the manifest and of every
  * tensor. */
 uint64_t anvil_engine_xxh64(const void *data, size_t len);
+
+/* The checksum a header's bytes should store: XXH64 of the 80 bytes before
+ * it. */
+uint64_t anvil_engine_header_xxh64(const uint8_t in[ANVIL_ENGINE_HEADER_FIELDS]);
 
 /* Called as work is done: bytes done of bytes in all, never from two
  * threads at once and always from the thread that called the writer or
