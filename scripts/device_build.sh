@@ -41,7 +41,7 @@ rm -rf .device/bin
 if [ "${1:-}" != "--no-data" ]; then
   shared=${ANVIL_SHARED_DIR:-$PWD/../shared}
   mkdir -p .device/shared/models .device/shared/golden/models
-  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3; do
+  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3; do
     rm -rf .device/shared/models/$m .device/shared/golden/models/$m
     cp -r "$shared/models/$m" .device/shared/models/
     cp -r "$shared/golden/models/$m" .device/shared/golden/models/

@@ -20,7 +20,7 @@ else
   echo "e2e: FAILED stories260K f32 greedy: cuda != cpu"
   status=1
 fi
-for name in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3; do
+for name in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3; do
   m=$models/$name
   c=$(run $m --prompt-ids 1,5,9,13,17 --device cpu --dtype f32)
   f=$(run $m --prompt-ids 1,5,9,13,17 --device cuda --dtype f32)

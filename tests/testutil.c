@@ -1,8 +1,15 @@
 #include "testutil.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 const char *anvil_test_shared_dir(void)
 {
@@ -27,6 +34,42 @@ const char *anvil_test_tmpdir(void)
             fail_msg("mkdtemp failed");
     }
     return dir;
+}
+
+void anvil_test_model_variant(const char *model, const char *name, const char *patch, char *out, size_t cap)
+{
+    char rel[1024], src[PATH_MAX], from[PATH_MAX + 256], to[2048];
+    snprintf(rel, sizeof rel, "%s/models/%s", anvil_test_shared_dir(), model);
+    /* absolute: the links live elsewhere */
+    if (realpath(rel, src) == NULL)
+        fail_msg("cannot open %s", rel);
+    if ((size_t)snprintf(out, cap, "%s/%s", anvil_test_tmpdir(), name) >= cap)
+        fail_msg("model variant path too long");
+    if (mkdir(out, 0755) != 0 && errno != EEXIST)
+        fail_msg("cannot make %s", out);
+    DIR *d = opendir(src);
+    if (d == NULL)
+        fail_msg("cannot open %s", src);
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' || strcmp(e->d_name, "config.json") == 0)
+            continue;
+        snprintf(from, sizeof from, "%s/%s", src, e->d_name);
+        snprintf(to, sizeof to, "%s/%s", out, e->d_name);
+        unlink(to);
+        if (symlink(from, to) != 0)
+            fail_msg("cannot link %s", to);
+    }
+    closedir(d);
+    json_error_t err;
+    snprintf(from, sizeof from, "%s/config.json", src);
+    json_t *cfg = json_load_file(from, 0, &err), *p = json_loads(patch, 0, &err);
+    if (cfg == NULL || p == NULL || json_object_update(cfg, p) != 0)
+        fail_msg("config patch for %s: %s", name, err.text);
+    snprintf(to, sizeof to, "%s/config.json", out);
+    if (json_dump_file(cfg, to, JSON_INDENT(2)) != 0)
+        fail_msg("cannot write %s", to);
+    json_decref(cfg);
+    json_decref(p);
 }
 
 void anvil_test_write_file(const char *path, const void *data, size_t len)

@@ -19,6 +19,12 @@ const char *anvil_test_shared_path(const char *rel);
 /* A fresh temporary directory for this test (removed by the OS, not us). */
 const char *anvil_test_tmpdir(void);
 
+/* A copy of the shared model folder `model` as the temporary folder `name`
+ * (under anvil_test_tmpdir), its config.json with the keys of the JSON
+ * object `patch` replaced (json_object_update), every other file a symbolic
+ * link to the original. Its path goes into out[cap]; fails the test on error. */
+void anvil_test_model_variant(const char *model, const char *name, const char *patch, char *out, size_t cap);
+
 /* Writes len bytes to path; fails the test on error. */
 void anvil_test_write_file(const char *path, const void *data, size_t len);
 

@@ -44,6 +44,12 @@ extern "C" {
 #define ANVIL_MAX_ROPE_FACTOR 4096.0
 #define ANVIL_MIN_ROPE_FREQ_FACTOR 1e-3      /* llama3 low_freq_factor and high_freq_factor */
 #define ANVIL_MAX_ROPE_FREQ_FACTOR 1e3
+#define ANVIL_MAX_ROPE_EXT_FACTORS 256       /* longrope short_factor / long_factor entries, head_dim / 2:
+                                                head_dim <= 512 with longrope (Phi-3: 96) */
+#define ANVIL_MIN_ROPE_EXT_FACTOR 1e-3       /* each longrope short_factor / long_factor entry */
+#define ANVIL_MAX_ROPE_EXT_FACTOR 4096.0
+#define ANVIL_MIN_ROPE_ATTENTION_FACTOR 1e-2 /* longrope attention_factor, given or derived (Phi-3 128k: 1.19) */
+#define ANVIL_MAX_ROPE_ATTENTION_FACTOR 10.0
 #define ANVIL_MIN_RMS_NORM_EPS 1e-12
 #define ANVIL_MAX_RMS_NORM_EPS 0.1
 #define ANVIL_MAX_TEMPERATURE 100.0          /* generation_config.json */
@@ -52,15 +58,29 @@ typedef enum anvil_rope_type {
     ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
     ANVIL_ROPE_LINEAR,      /* positions divided by factor */
     ANVIL_ROPE_LLAMA3,      /* Llama 3.1 frequency-dependent scaling */
+    ANVIL_ROPE_LONGROPE,    /* Phi-3 LongRoPE: per-frequency factors, short or long by sequence length */
 } anvil_rope_type;
 
+/*
+ * LongRoPE (Phi-3 128k, Phi-3.5): inverse frequency i is
+ * 1 / (ext_i * theta^(2i / head_dim)), ext being short_factor for a token
+ * whose sequence is at most original_max_position long after the step that
+ * computes it (anvil_step.seq_lens) and long_factor beyond; cos and sin are
+ * multiplied by attention_factor either way. docs/checkpoints.md has the
+ * keys and the defaults.
+ */
 typedef struct anvil_rope_config {
     anvil_rope_type type;
     double theta;                    /* base */
-    double factor;                   /* linear, llama3 */
+    double factor;                   /* linear, llama3; longrope: the context's extension (given, or
+                                        max_position_embeddings / original_max_position) */
     double low_freq_factor;          /* llama3 */
     double high_freq_factor;         /* llama3 */
-    int64_t original_max_position;   /* llama3 */
+    int64_t original_max_position;   /* llama3; longrope: the length above which long_factor applies */
+    double attention_factor;         /* longrope: cos and sin are multiplied by it */
+    int32_t n_ext_factors;           /* longrope: head_dim / 2 entries in each of: */
+    float short_factor[ANVIL_MAX_ROPE_EXT_FACTORS]; /* longrope */
+    float long_factor[ANVIL_MAX_ROPE_EXT_FACTORS];  /* longrope */
 } anvil_rope_config;
 
 typedef struct anvil_model_config {

@@ -57,6 +57,21 @@ typedef struct anvil_step {
     const int32_t *logit_rows;    /* [n_logits] */
 } anvil_step;
 
+/*
+ * A rope op's frequencies: tables of [head_dim / 2] floats in backend
+ * memory. The angle of pair i of a token at position p is p * inv_freq[i];
+ * with inv_freq_long (LongRoPE), a token of sequence s takes
+ * inv_freq_long[i] instead when step->seq_lens[s] > long_after (so the
+ * choice is the sequence's own, whatever else the batch holds). cos and
+ * sin are multiplied by scale, rounded to float before they meet x.
+ */
+typedef struct anvil_rope_freqs {
+    const float *inv_freq;        /* [head_dim / 2] */
+    const float *inv_freq_long;   /* [head_dim / 2], or NULL: inv_freq for every token */
+    int32_t long_after;           /* with inv_freq_long: the longest sequence that keeps inv_freq */
+    float scale;                  /* 0 or 1: none (LongRoPE's attention factor otherwise) */
+} anvil_rope_freqs;
+
 typedef struct anvil_attention_args {
     const anvil_tensor *q;        /* [n_tokens, n_heads * head_dim] */
     const anvil_tensor *k;        /* [n_tokens, n_kv_heads * head_dim] (rotated) */
@@ -72,9 +87,9 @@ typedef struct anvil_attention_args {
     float scale;                  /* usually 1 / sqrt(head_dim) */
     /* NULL: q and k arrive rotated. Else (backends with attention_rope
      * only) they arrive as the rope op's inputs: the backend rotates q in
-     * place and k (as the rope op would, with these [head_dim / 2]
-     * frequencies in backend memory) before it caches k and attends. */
-    const float *rope_inv_freq;
+     * place and k (as the rope op would, with these frequencies) before it
+     * caches k and attends. */
+    const anvil_rope_freqs *rope;
 } anvil_attention_args;
 
 /*
@@ -122,10 +137,11 @@ typedef struct anvil_backend_ops {
     anvil_status (*matmul)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                            const anvil_tensor *bias, anvil_tensor *out);
     /* Rotates x [T, n_heads * head_dim] in place, rotate-half (GPT-NeoX)
-     * layout: the angle of pair i at position p is p * inv_freq[i],
-     * inv_freq being [head_dim / 2] floats in backend memory. */
+     * layout, with the frequencies of f (anvil_rope_freqs above): pair
+     * (x[i], x[i + d/2]) becomes (x[i] c - x[i + d/2] s, x[i + d/2] c + x[i] s),
+     * c and s the cosine and sine of the pair's angle times f->scale. */
     anvil_status (*rope)(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
-                         const float *inv_freq);
+                         const anvil_rope_freqs *f);
     /* Writes k and v into the cache at step->slots, then causal attention of
      * each query over its sequence's cached keys and values. */
     anvil_status (*attention)(anvil_backend *be, const anvil_attention_args *args);
@@ -197,7 +213,7 @@ typedef struct anvil_backend_ops {
     anvil_status (*matmul_silu_mul)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
                                     const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
                                     anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
-    /* 1: attention takes rope_inv_freq (see anvil_attention_args) */
+    /* 1: attention takes rope (see anvil_attention_args) */
     int attention_rope;
 } anvil_backend_ops;
 

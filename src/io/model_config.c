@@ -44,20 +44,23 @@ typedef struct family {
     int mlp_bias_key; /* the MLP reads mlp_bias (else never biased) */
     int qk_norm;
     window_rule window;
+    /* Phi3Config: RoPE types "su" and "yarn" are older names of "longrope",
+     * and original_max_position_embeddings defaults to this (0: none) */
+    int64_t phi3_original_max;
 } family;
 
 static const family families[] = {
-    {"llama", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_NONE},
-    {"mistral", 0, 10000.0, 1e-6, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
-    {"mixtral", 0, 1e6, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
-    {"qwen2", 0, 10000.0, 1e-6, BIAS_QKV, 0, 0, WINDOW_QWEN},
-    {"qwen3", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN},
-    {"phi3", 0, 10000.0, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY},
-    {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY},
+    {"llama", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_NONE, 0},
+    {"mistral", 0, 10000.0, 1e-6, BIAS_NONE, 0, 0, WINDOW_FROM_KEY, 0},
+    {"mixtral", 0, 1e6, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY, 0},
+    {"qwen2", 0, 10000.0, 1e-6, BIAS_QKV, 0, 0, WINDOW_QWEN, 0},
+    {"qwen3", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN, 0},
+    {"phi3", 0, 10000.0, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY, 4096},
+    {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY, 0},
 };
 
 /* Anything else gets PretrainedConfig's defaults (tied embeddings). */
-static const family generic_family = {"", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_FROM_KEY};
+static const family generic_family = {"", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_FROM_KEY, 0};
 
 static const family *find_family(const char *model_type)
 {
@@ -103,8 +106,36 @@ static anvil_status require_size(const json_t *root, const char *key, const char
     return int_in_range(what, key, *out, 1, hi);
 }
 
+/* LongRoPE's parameters (check_rope), head_dim being the config's. */
+static anvil_status check_longrope(const anvil_rope_config *r, int64_t head_dim, const char *what, const char *obj)
+{
+    char key[96];
+    CHECK(head_dim / 2 <= ANVIL_MAX_ROPE_EXT_FACTORS, ANVIL_ERR_UNSUPPORTED,
+          "%s: longrope with head_dim %lld needs %lld factors; anvil supports at most %d (head_dim %d)", what,
+          (long long)head_dim, (long long)(head_dim / 2), ANVIL_MAX_ROPE_EXT_FACTORS,
+          2 * ANVIL_MAX_ROPE_EXT_FACTORS);
+    CHECK(r->n_ext_factors == head_dim / 2, ANVIL_ERR_FORMAT,
+          "%s: %s.short_factor and long_factor have %d entries; head_dim %lld needs %lld (head_dim / 2)", what,
+          obj, r->n_ext_factors, (long long)head_dim, (long long)(head_dim / 2));
+    for (int32_t i = 0; i < r->n_ext_factors; i++) {
+        snprintf(key, sizeof key, "%s.short_factor[%d]", obj, i);
+        TRY(real_in_range(what, key, r->short_factor[i], ANVIL_MIN_ROPE_EXT_FACTOR, ANVIL_MAX_ROPE_EXT_FACTOR));
+        snprintf(key, sizeof key, "%s.long_factor[%d]", obj, i);
+        TRY(real_in_range(what, key, r->long_factor[i], ANVIL_MIN_ROPE_EXT_FACTOR, ANVIL_MAX_ROPE_EXT_FACTOR));
+    }
+    snprintf(key, sizeof key, "%s.factor", obj);
+    /* given, it was bounded as linear's is; derived, only its sign matters
+     * (it reaches nothing but the attention factor, bounded below) */
+    CHECK(isfinite(r->factor) && r->factor > 0, ANVIL_ERR_FORMAT, "%s: %s must be positive, got %g", what, key,
+          r->factor);
+    snprintf(key, sizeof key, "%s.attention_factor", obj);
+    TRY(real_in_range(what, key, r->attention_factor, ANVIL_MIN_ROPE_ATTENTION_FACTOR,
+                      ANVIL_MAX_ROPE_ATTENTION_FACTOR));
+    return int_in_range(what, "original_max_position_embeddings", r->original_max_position, 1, ANVIL_MAX_CONTEXT);
+}
+
 /* RoPE parameters; obj names the object they came from, for messages. */
-static anvil_status check_rope(const anvil_rope_config *r, const char *what, const char *obj)
+static anvil_status check_rope(const anvil_rope_config *r, int64_t head_dim, const char *what, const char *obj)
 {
     char key[96];
     CHECK(r->theta > 0, ANVIL_ERR_FORMAT, "%s: rope_theta must be positive, got %g", what, r->theta);
@@ -112,6 +143,8 @@ static anvil_status check_rope(const anvil_rope_config *r, const char *what, con
     switch (r->type) {
     case ANVIL_ROPE_DEFAULT:
         return ANVIL_OK;
+    case ANVIL_ROPE_LONGROPE:
+        return check_longrope(r, head_dim, what, obj);
     case ANVIL_ROPE_LINEAR:
     case ANVIL_ROPE_LLAMA3:
         break;
@@ -158,7 +191,7 @@ static anvil_status check_config(const anvil_model_config *c, const char *what, 
     CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what,
           c->rms_norm_eps);
     TRY(real_in_range(what, "rms_norm_eps", c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
-    TRY(check_rope(&c->rope, what, rope_obj));
+    TRY(check_rope(&c->rope, c->head_dim, what, rope_obj));
     CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
           (long long)c->sliding_window);
     TRY(int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT));
@@ -240,6 +273,101 @@ static anvil_status get_eos(const json_t *obj, const char *what, anvil_model_con
 
 /* ------------------------------------------------------------------ RoPE */
 
+/* obj.key: a list of head_dim / 2 numbers, each bounded, into out. */
+static anvil_status parse_ext_factors(const json_t *obj, const char *obj_name, const char *key, const char *what,
+                                      int64_t head_dim, float *out)
+{
+    const json_t *v = json_object_get(obj, key);
+    CHECK(v != NULL, ANVIL_ERR_FORMAT, "%s: missing field \"%s.%s\" (longrope needs it)", what, obj_name, key);
+    CHECK(json_is_array(v), ANVIL_ERR_FORMAT, "%s: field \"%s.%s\" must be a list of numbers, got %s", what,
+          obj_name, key, anvil_json_type_name(v));
+    const int64_t half = head_dim / 2;
+    CHECK(half <= ANVIL_MAX_ROPE_EXT_FACTORS, ANVIL_ERR_UNSUPPORTED,
+          "%s: longrope with head_dim %lld needs %lld factors; anvil supports at most %d (head_dim %d)", what,
+          (long long)head_dim, (long long)half, ANVIL_MAX_ROPE_EXT_FACTORS, 2 * ANVIL_MAX_ROPE_EXT_FACTORS);
+    CHECK((int64_t)json_array_size(v) == half, ANVIL_ERR_FORMAT,
+          "%s: %s.%s has %zu entries; head_dim %lld needs %lld (head_dim / 2)", what, obj_name, key,
+          json_array_size(v), (long long)head_dim, (long long)half);
+    char name[96];
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e)
+    {
+        snprintf(name, sizeof name, "%s.%s[%zu]", obj_name, key, i);
+        CHECK(json_is_number(e), ANVIL_ERR_FORMAT, "%s: %s must be a number, got %s", what, name,
+              anvil_json_type_name(e));
+        const double f = json_number_value(e);
+        /* bounded before it narrows to float */
+        TRY(real_in_range(what, name, f, ANVIL_MIN_ROPE_EXT_FACTOR, ANVIL_MAX_ROPE_EXT_FACTOR));
+        out[i] = (float)f;
+    }
+    return ANVIL_OK;
+}
+
+/*
+ * LongRoPE's keys, as transformers 5 resolves them (modeling_rope_utils:
+ * standardize_rope_params, _compute_longrope_parameters):
+ *  - original_max_position_embeddings: the top-level key (Phi-3 writes it
+ *    there), else Phi3Config's default 4096 for phi3, else the key inside
+ *    the RoPE object, else max_position_embeddings;
+ *  - factor: the RoPE object's, else max_position_embeddings / that;
+ *  - attention_factor: the RoPE object's, else 1 when factor <= 1, else
+ *    sqrt(1 + ln(factor) / ln(original_max_position_embeddings)).
+ */
+static anvil_status parse_longrope(const json_t *root, const json_t *rope, const char *obj_name, const char *what,
+                                   const family *fam, anvil_model_config *c)
+{
+    anvil_rope_config *r = &c->rope;
+    r->type = ANVIL_ROPE_LONGROPE;
+    TRY(parse_ext_factors(rope, obj_name, "short_factor", what, c->head_dim, r->short_factor));
+    TRY(parse_ext_factors(rope, obj_name, "long_factor", what, c->head_dim, r->long_factor));
+    r->n_ext_factors = (int32_t)(c->head_dim / 2);
+
+    char key[96];
+    const json_t *top = json_object_get(root, "original_max_position_embeddings");
+    if (top != NULL && !json_is_null(top)) {
+        TRY(anvil_json_require_int(root, NULL, "original_max_position_embeddings", what, &r->original_max_position));
+        snprintf(key, sizeof key, "original_max_position_embeddings");
+    } else {
+        const int64_t def = fam->phi3_original_max > 0 ? fam->phi3_original_max : c->max_position_embeddings;
+        TRY(anvil_json_get_int(rope, obj_name, "original_max_position_embeddings", what, def,
+                               &r->original_max_position));
+        if (fam->phi3_original_max > 0)
+            r->original_max_position = fam->phi3_original_max; /* the class attribute wins, as in transformers */
+        snprintf(key, sizeof key, "%s.original_max_position_embeddings", obj_name);
+    }
+    TRY(int_in_range(what, key, r->original_max_position, 1, ANVIL_MAX_CONTEXT));
+
+    const json_t *f = json_object_get(rope, "factor");
+    snprintf(key, sizeof key, "%s.factor", obj_name);
+    if (f != NULL && !json_is_null(f)) {
+        TRY(anvil_json_require_double(rope, obj_name, "factor", what, &r->factor));
+        TRY(real_in_range(what, key, r->factor, ANVIL_MIN_ROPE_FACTOR, ANVIL_MAX_ROPE_FACTOR));
+    } else {
+        r->factor = (double)c->max_position_embeddings / (double)r->original_max_position;
+    }
+
+    const json_t *af = json_object_get(rope, "attention_factor");
+    snprintf(key, sizeof key, "%s.attention_factor", obj_name);
+    if (af != NULL && !json_is_null(af)) {
+        TRY(anvil_json_require_double(rope, obj_name, "attention_factor", what, &r->attention_factor));
+    } else if (r->factor <= 1.0) {
+        r->attention_factor = 1.0;
+    } else {
+        /* ln(1) = 0 for an original context of 1 gives inf, which the bound refuses */
+        r->attention_factor = sqrt(1.0 + log(r->factor) / log((double)r->original_max_position));
+        CHECK(isfinite(r->attention_factor) && r->attention_factor >= ANVIL_MIN_ROPE_ATTENTION_FACTOR &&
+                  r->attention_factor <= ANVIL_MAX_ROPE_ATTENTION_FACTOR,
+              ANVIL_ERR_UNSUPPORTED,
+              "%s: %s derived from factor %g and original_max_position_embeddings %lld is %g; anvil supports %g "
+              "to %g",
+              what, key, r->factor, (long long)r->original_max_position, r->attention_factor,
+              ANVIL_MIN_ROPE_ATTENTION_FACTOR, ANVIL_MAX_ROPE_ATTENTION_FACTOR);
+    }
+    return real_in_range(what, key, r->attention_factor, ANVIL_MIN_ROPE_ATTENTION_FACTOR,
+                         ANVIL_MAX_ROPE_ATTENTION_FACTOR);
+}
+
 static anvil_status parse_rope(const json_t *root, const char *what, const family *fam, anvil_model_config *c)
 {
     /* transformers 5 writes rope_parameters (theta inside); older configs
@@ -264,6 +392,9 @@ static anvil_status parse_rope(const json_t *root, const char *what, const famil
               ANVIL_ERR_UNSUPPORTED, "%s: per-layer-type %s are not supported", what, obj_name);
         TRY(anvil_json_get_double(rope, obj_name, "rope_theta", what, r->theta, &r->theta));
         TRY(anvil_json_get_double(rope, obj_name, "partial_rotary_factor", what, partial, &partial));
+        /* before the type's keys: longrope's factor lists would be sized by the rotated part */
+        CHECK(partial == 1.0, ANVIL_ERR_UNSUPPORTED,
+              "%s: partial_rotary_factor %g is not supported (only 1.0)", what, partial);
         const char *type = NULL;
         TRY(anvil_json_get_string(rope, obj_name, "rope_type", what, NULL, &type));
         if (type == NULL) /* transformers < 4.45 spelled it "type" */
@@ -280,16 +411,19 @@ static anvil_status parse_rope(const json_t *root, const char *what, const famil
             TRY(anvil_json_require_double(rope, obj_name, "high_freq_factor", what, &r->high_freq_factor));
             TRY(anvil_json_require_int(rope, obj_name, "original_max_position_embeddings", what,
                                        &r->original_max_position));
+        } else if (strcmp(type, "longrope") == 0 ||
+                   (fam->phi3_original_max > 0 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0))) {
+            TRY(parse_longrope(root, rope, obj_name, what, fam, c));
         } else {
             return ANVIL_FAIL(
                 ANVIL_ERR_UNSUPPORTED,
-                "%s: RoPE type \"%s\" is not supported (anvil implements default, linear, llama3)", what,
-                type);
+                "%s: RoPE type \"%s\" is not supported (anvil implements default, linear, llama3, longrope)",
+                what, type);
         }
     }
     CHECK(partial == 1.0, ANVIL_ERR_UNSUPPORTED, "%s: partial_rotary_factor %g is not supported (only 1.0)",
           what, partial);
-    return check_rope(r, what, obj_name);
+    return check_rope(r, c->head_dim, what, obj_name);
 }
 
 /* ------------------------------------------------------- sliding window */

@@ -7,4 +7,7 @@
 /* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM */
 anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_network *net);
 
+/* Phi3ForCausalLM: fused qkv_proj and gate_up_proj, sliced by recipes */
+anvil_status anvil_model_phi3_build(const anvil_model_config *cfg, anvil_network *net);
+
 #endif

@@ -16,6 +16,7 @@ static const model_entry registry[] = {
     {"MistralForCausalLM", anvil_model_llama_build},
     {"Qwen2ForCausalLM", anvil_model_llama_build},
     {"Qwen3ForCausalLM", anvil_model_llama_build},
+    {"Phi3ForCausalLM", anvil_model_phi3_build},
 };
 
 #define N_MODELS (sizeof registry / sizeof registry[0])

@@ -13,15 +13,36 @@
 /* Every inverse frequency in (0, 1], as theta >= 1 and factor >= 1 (the
  * config's bounds) make them: a theta or factor far outside those (a
  * config made by hand) would otherwise turn every angle, and so every
- * logit, into NaN or noise without a word. */
+ * logit, into NaN or noise without a word. LongRoPE divides by factors
+ * down to ANVIL_MIN_ROPE_EXT_FACTOR, so its frequencies reach 1 / that. */
 static anvil_status check_table(const anvil_rope_config *rope, int64_t half, const float *out)
 {
+    const float hi = rope->type == ANVIL_ROPE_LONGROPE ? (float)(1.0 / ANVIL_MIN_ROPE_EXT_FACTOR) : 1.0f;
     for (int64_t i = 0; i < half; i++)
-        CHECK(isfinite(out[i]) && out[i] > 0.0f && out[i] <= 1.0f + 1e-6f, ANVIL_ERR_FORMAT,
+        CHECK(isfinite(out[i]) && out[i] > 0.0f && out[i] <= hi * (1.0f + 1e-6f), ANVIL_ERR_FORMAT,
               "rope: inverse frequency %lld is %g (rope_theta %g, factor %g): the RoPE parameters are out of "
               "range",
               (long long)i, (double)out[i], rope->theta, rope->factor);
     return ANVIL_OK;
+}
+
+/* LongRoPE's table of ext (short_factor or long_factor): transformers'
+ * 1.0 / (ext_factors * base ** (arange(0, dim, 2).float() / dim)), all in
+ * float32 as torch computes it, so that angles match its to the bit where
+ * powf does. */
+static anvil_status longrope_table(const anvil_rope_config *rope, int64_t head_dim, const float *ext, float *out)
+{
+    const int64_t half = head_dim / 2;
+    CHECK(rope->n_ext_factors == half && half <= ANVIL_MAX_ROPE_EXT_FACTORS, ANVIL_ERR_FORMAT,
+          "rope: longrope has %d factors, head_dim %lld needs %lld", rope->n_ext_factors, (long long)head_dim,
+          (long long)half);
+    const float base = (float)rope->theta;
+    for (int64_t i = 0; i < half; i++) {
+        CHECK(isfinite(ext[i]) && ext[i] > 0.0f, ANVIL_ERR_FORMAT, "rope: longrope factor %lld is %g",
+              (long long)i, (double)ext[i]);
+        out[i] = 1.0f / (ext[i] * powf(base, (float)(2 * i) / (float)head_dim));
+    }
+    return check_table(rope, half, out);
 }
 
 anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim, float *out)
@@ -36,6 +57,8 @@ anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim
                   fabs(rope->high_freq_factor) <= FLT_MAX,
               ANVIL_ERR_FORMAT, "rope: scaling factors %g, %g, %g are out of range", rope->factor,
               rope->low_freq_factor, rope->high_freq_factor);
+    if (rope->type == ANVIL_ROPE_LONGROPE)
+        return longrope_table(rope, head_dim, rope->short_factor, out);
     const int64_t half = head_dim / 2;
     const float base = (float)rope->theta;
     for (int64_t i = 0; i < half; i++)
@@ -71,6 +94,32 @@ anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim
         }
         return check_table(rope, half, out);
     }
+    case ANVIL_ROPE_LONGROPE:
+        break; /* above */
     }
     return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "rope: unknown scaling type %d", (int)rope->type);
+}
+
+anvil_status anvil_rope_tables(const anvil_rope_config *rope, int64_t head_dim, float *table, int *n_tables,
+                               int32_t *long_after, float *scale)
+{
+    *n_tables = 1;
+    *long_after = 0;
+    *scale = 1.0f;
+    TRY(anvil_rope_inv_freq(rope, head_dim, table));
+    if (rope->type != ANVIL_ROPE_LONGROPE)
+        return ANVIL_OK;
+    /* the config's bounds, again for a config made by hand: the threshold
+     * is compared with int32 sequence lengths, the factor reaches floats */
+    CHECK(rope->original_max_position >= 1 && rope->original_max_position <= ANVIL_MAX_CONTEXT, ANVIL_ERR_FORMAT,
+          "rope: longrope original_max_position_embeddings %lld is out of range",
+          (long long)rope->original_max_position);
+    CHECK(isfinite(rope->attention_factor) && rope->attention_factor >= ANVIL_MIN_ROPE_ATTENTION_FACTOR &&
+              rope->attention_factor <= ANVIL_MAX_ROPE_ATTENTION_FACTOR,
+          ANVIL_ERR_FORMAT, "rope: longrope attention_factor %g is out of range", rope->attention_factor);
+    TRY(longrope_table(rope, head_dim, rope->long_factor, table + head_dim / 2));
+    *n_tables = 2;
+    *long_after = (int32_t)rope->original_max_position;
+    *scale = (float)rope->attention_factor;
+    return ANVIL_OK;
 }

@@ -47,7 +47,8 @@ struct anvil_runtime {
     int32_t n_buffers;
     void **buffers;
     size_t *buffer_bytes;
-    float **rope_tables;      /* [n_ops] backend memory, for rope ops */
+    float **rope_tables;      /* [n_ops] backend memory, for rope ops: one table, or LongRoPE's two back to back */
+    anvil_rope_freqs *rope_freqs; /* [n_ops] what rope ops (and the attention that fuses them) take */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim] */
     int32_t n_kv_layers;
@@ -129,6 +130,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->buffers);
     free(rt->buffer_bytes);
     free(rt->rope_tables);
+    free(rt->rope_freqs);
     free(rt->fuse);
     free(rt->k_cache);
     free(rt->v_cache);
@@ -351,7 +353,8 @@ static anvil_status plan_activations(anvil_runtime *rt)
     rt->buffers = calloc((size_t)n, sizeof *rt->buffers);
     rt->buffer_bytes = calloc((size_t)n, sizeof *rt->buffer_bytes);
     rt->rope_tables = calloc((size_t)n, sizeof *rt->rope_tables);
-    CHECK(rt->value_buffer && rt->buffers && rt->buffer_bytes && rt->rope_tables, ANVIL_ERR_OOM,
+    rt->rope_freqs = calloc((size_t)n, sizeof *rt->rope_freqs);
+    CHECK(rt->value_buffer && rt->buffers && rt->buffer_bytes && rt->rope_tables && rt->rope_freqs, ANVIL_ERR_OOM,
           "out of memory for the plan of %d ops", n);
     int32_t n_buffers = 0;
     size_t total = 0;
@@ -369,13 +372,17 @@ static anvil_status plan_activations(anvil_runtime *rt)
         const anvil_net_op *op = anvil_network_op(rt->net, i);
         if (op->kind != ANVIL_OP_ROPE)
             continue;
-        float table[1024];
-        CHECK(op->head_dim > 0 && op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, "rope: head_dim %lld too large",
+        float table[2048]; /* LongRoPE's two tables of head_dim / 2 */
+        CHECK(op->head_dim > 0 && op->head_dim <= 2048, ANVIL_ERR_UNSUPPORTED, "rope: head_dim %lld too large",
               (long long)op->head_dim);
-        TRY(anvil_rope_inv_freq(&op->rope, op->head_dim, table));
-        size_t bytes = (size_t)(op->head_dim / 2) * sizeof(float);
+        int n_tables;
+        anvil_rope_freqs *f = &rt->rope_freqs[i];
+        TRY(anvil_rope_tables(&op->rope, op->head_dim, table, &n_tables, &f->long_after, &f->scale));
+        size_t bytes = (size_t)(op->head_dim / 2) * sizeof(float) * (size_t)n_tables;
         TRY(rt->be->ops->alloc(rt->be, bytes, (void **)&rt->rope_tables[i]));
         TRY(rt->be->ops->upload(rt->be, rt->rope_tables[i], table, bytes));
+        f->inv_freq = rt->rope_tables[i];
+        f->inv_freq_long = n_tables == 2 ? rt->rope_tables[i] + op->head_dim / 2 : NULL;
     }
     anvil_log(ANVIL_LOG_INFO, "activations: %d buffers, %.1f MiB for %d tokens", rt->n_buffers,
               (double)total / 1048576.0, rt->opts.max_num_tokens);
@@ -780,12 +787,14 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
              done);
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(rt->net, i);
-        float table[1024];
+        float table[2048], scale;
+        int n_tables;
+        int32_t long_after;
         if (op->kind != ANVIL_OP_ROPE)
             continue;
-        CHECK_GOTO(op->head_dim > 0 && op->head_dim / 2 <= 1024, ANVIL_ERR_UNSUPPORTED, done,
+        CHECK_GOTO(op->head_dim > 0 && op->head_dim <= 2048, ANVIL_ERR_UNSUPPORTED, done,
                    "rope: head_dim %lld too large", (long long)op->head_dim);
-        TRY_GOTO(anvil_rope_inv_freq(&op->rope, op->head_dim, table), done);
+        TRY_GOTO(anvil_rope_tables(&op->rope, op->head_dim, table, &n_tables, &long_after, &scale), done);
     }
     kv_plan kp;
     TRY_GOTO(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), act, &kp), done);
@@ -930,7 +939,7 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     case ANVIL_OP_LINEAR:
         return ops->matmul(be, &a, w0, w1, &out);
     case ANVIL_OP_ROPE:
-        return ops->rope(be, &out, s, (int32_t)op->head_dim, rt->rope_tables[i]);
+        return ops->rope(be, &out, s, (int32_t)op->head_dim, &rt->rope_freqs[i]);
     case ANVIL_OP_ATTENTION: {
         const anvil_attention_params *p = &op->attn;
         anvil_attention_args args = {
@@ -1001,7 +1010,7 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .out = &out, .step = s,
             .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
             .sliding_window = p->sliding_window, .scale = p->scale,
-            .rope_inv_freq = rt->rope_tables[f->rope_op],
+            .rope = &rt->rope_freqs[f->rope_op],
         };
         return ops->attention(be, &args);
     }

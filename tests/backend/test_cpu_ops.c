@@ -149,12 +149,13 @@ static void test_rope(void **state)
             gbuf orig = gbuf_new((size_t)(T * D) * 4, 0);
             memcpy(orig.data, want.data, want.bytes);
             anvil_tensor tw = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, want.data);
-            KIT_OK(anvil_cpu_ref_rope(&tw, &st, hd, inv_freq));
+            const anvil_rope_freqs f = {.inv_freq = inv_freq};
+            KIT_OK(anvil_cpu_ref_rope(&tw, &st, hd, &f));
             for (int i = 0; i < kb.n; i++) {
                 gbuf got = gbuf_new((size_t)(T * D) * 4, 0);
                 memcpy(got.data, orig.data, orig.bytes);
                 anvil_tensor tg = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, got.data);
-                KIT_OK(kb.be[i]->ops->rope(kb.be[i], &tg, &st, hd, inv_freq));
+                KIT_OK(kb.be[i]->ops->rope(kb.be[i], &tg, &st, hd, &f));
                 gbuf_check(&got, name);
                 kit_expect_bitwise(name, got.data, want.data, got.bytes);
                 gbuf_free(&got);
@@ -175,7 +176,8 @@ static void test_rope_reference_by_hand(void **state)
     int32_t pos[1] = {3};
     anvil_step st = tokens_step(1, NULL, pos);
     anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, x);
-    KIT_OK(anvil_cpu_ref_rope(&tx, &st, 4, inv_freq));
+    const anvil_rope_freqs f = {.inv_freq = inv_freq};
+    KIT_OK(anvil_cpu_ref_rope(&tx, &st, 4, &f));
     float c0 = cosf(3.0f), s0 = sinf(3.0f), c1 = cosf(1.5f), s1 = sinf(1.5f);
     assert_float_equal(x[0], 1 * c0 - 3 * s0, 1e-6);
     assert_float_equal(x[2], 3 * c0 + 1 * s0, 1e-6);
@@ -334,7 +336,8 @@ static void test_op_errors(void **state)
     int32_t pos[2] = {0, 1};
     anvil_step rs = tokens_step(2, NULL, pos);
     float inv[2] = {1, 1};
-    assert_status_msg(be->ops->rope(be, &tx, &rs, 3, inv), ANVIL_ERR_INVALID_ARG, "even");
+    const anvil_rope_freqs rf = {.inv_freq = inv};
+    assert_status_msg(be->ops->rope(be, &tx, &rs, 3, &rf), ANVIL_ERR_INVALID_ARG, "even");
 
     /* elementwise: shape mismatch */
     anvil_tensor t14 = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, x);

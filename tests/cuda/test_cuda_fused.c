@@ -212,7 +212,8 @@ static void test_matmul_groups(void **s)
 
 typedef struct rope_case {
     int32_t n_heads, n_kv_heads, head_dim;
-    int decode; /* 1: one token per sequence; 0: prompts of 5, 9 and 40 */
+    int decode;   /* 1: one token per sequence; 0: prompts of 5, 9 and 40 */
+    int longrope; /* two tables, sequences longer than 20 on the long one, and a scale */
 } rope_case;
 
 static void run_rope_case(anvil_dtype dt, const rope_case *c)
@@ -256,12 +257,18 @@ static void run_rope_case(anvil_dtype dt, const rope_case *c)
 
     const int64_t qw = (int64_t)c->n_heads * c->head_dim, kw = (int64_t)c->n_kv_heads * c->head_dim;
     const int64_t cache_n = (int64_t)NB * BS * kw;
-    float freq[128];
-    for (int i = 0; i < c->head_dim / 2; i++)
+    float freq[256];
+    for (int i = 0; i < c->head_dim / 2; i++) {
         freq[i] = powf(10000.0f, -2.0f * (float)i / (float)c->head_dim);
+        freq[c->head_dim / 2 + i] = freq[i] / 3.0f;
+    }
     void *inv = NULL;
     assert_int_equal(be->ops->alloc(be, sizeof freq, &inv), ANVIL_OK);
     assert_int_equal(be->ops->upload(be, inv, freq, sizeof freq), ANVIL_OK);
+    anvil_rope_freqs rf = {.inv_freq = inv};
+    if (c->longrope)
+        rf = (anvil_rope_freqs){
+            .inv_freq = inv, .inv_freq_long = (const float *)inv + c->head_dim / 2, .long_after = 20, .scale = 1.19f};
     /* the same q, k, v and the same earlier cache contents on both sides */
     void *q1 = dev_rand(be, dt, T * qw, 1.0f), *k1 = dev_rand(be, dt, T * kw, 1.0f),
          *v = dev_rand(be, dt, T * kw, 1.0f);
@@ -292,8 +299,8 @@ static void run_rope_case(anvil_dtype dt, const rope_case *c)
     tvc1.data = vc1;
     tkc2.data = kc2;
     tvc2.data = vc2;
-    assert_int_equal(be->ops->rope(be, &tq1, &st, c->head_dim, inv), ANVIL_OK);
-    assert_int_equal(be->ops->rope(be, &tk1, &st, c->head_dim, inv), ANVIL_OK);
+    assert_int_equal(be->ops->rope(be, &tq1, &st, c->head_dim, &rf), ANVIL_OK);
+    assert_int_equal(be->ops->rope(be, &tk1, &st, c->head_dim, &rf), ANVIL_OK);
     anvil_attention_args a1 = {.q = &tq1,
                                .k = &tk1,
                                .v = &tv,
@@ -312,11 +319,11 @@ static void run_rope_case(anvil_dtype dt, const rope_case *c)
     a2.k_cache = &tkc2;
     a2.v_cache = &tvc2;
     a2.out = &to2;
-    a2.rope_inv_freq = inv;
+    a2.rope = &rf;
     assert_int_equal(be->ops->attention(be, &a2), ANVIL_OK);
     char what[128];
-    snprintf(what, sizeof what, "rope+attention %s heads %d/%d hd %d %s", anvil_dtype_name(dt), c->n_heads,
-             c->n_kv_heads, c->head_dim, c->decode ? "decode" : "prefill");
+    snprintf(what, sizeof what, "rope+attention %s heads %d/%d hd %d %s%s", anvil_dtype_name(dt), c->n_heads,
+             c->n_kv_heads, c->head_dim, c->decode ? "decode" : "prefill", c->longrope ? " longrope" : "");
     expect_same(be, what, o1, o2, (size_t)(T * qw) * es);
     expect_same(be, "rotated q", q1, q2, (size_t)(T * qw) * es);
     expect_same(be, "k cache", kc1, kc2, (size_t)cache_n * es);
@@ -352,7 +359,8 @@ static void test_rope_attention(void **s)
     (void)s;
     NEED_GPU();
     const rope_case cases[] = {
-        {8, 8, 64, 1}, {8, 2, 64, 0}, {32, 8, 128, 1}, {32, 8, 128, 0}, {16, 2, 128, 1}, {4, 4, 128, 0},
+        {8, 8, 64, 1, 0},   {8, 2, 64, 0, 0},  {32, 8, 128, 1, 0}, {32, 8, 128, 0, 0},
+        {16, 2, 128, 1, 0}, {4, 4, 128, 0, 0}, {32, 8, 96, 0, 1},  {32, 8, 96, 1, 1},
     };
     for (size_t d = 0; d < 3; d++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -363,12 +371,24 @@ static void test_models(void **s)
 {
     (void)s;
     NEED_GPU();
-    const char *models[] = {"stories260K", "tinycode",     "tiny-llama3",
-                            "tiny-qwen2",  "tiny-mistral", "tiny-qwen3"};
+    /* the last: tiny-phi3 with LongRoPE (original context 16, context 64),
+     * so that the three sequences run short, cross the threshold and run long */
+    const char *models[] = {"stories260K",  "tinycode",   "tiny-llama3", "tiny-qwen2",
+                            "tiny-mistral", "tiny-qwen3", "tiny-phi3",   "tiny-phi3 longrope"};
+    char longrope_dir[1024];
+    anvil_test_model_variant(
+        "tiny-phi3", "tiny-phi3-longrope",
+        "{\"max_position_embeddings\": 64, \"original_max_position_embeddings\": 16,"
+        " \"rope_parameters\": {\"rope_type\": \"longrope\", \"rope_theta\": 10000.0,"
+        " \"short_factor\": [1.0, 1.1, 1.3, 1.6], \"long_factor\": [1.5, 2.5, 6.0, 11.0]}}",
+        longrope_dir, sizeof longrope_dir);
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
         for (int bf = 0; bf < 2; bf++) {
-            char dir[512];
-            snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), models[m]);
+            char dir[1024];
+            if (strcmp(models[m], "tiny-phi3 longrope") == 0)
+                snprintf(dir, sizeof dir, "%s", longrope_dir);
+            else
+                snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), models[m]);
             anvil_runtime_options o;
             anvil_runtime_options_default(&o);
             o.device = "cuda";

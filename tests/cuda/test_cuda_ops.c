@@ -560,13 +560,16 @@ static void test_matmul_errors(void **state)
 
 /* ---------------------------------------------------------------- rope */
 
+/* Cases with `longrope` take two tables (the long one 1/4 of the short),
+ * a scale and three sequences, the last two longer than long_after: each
+ * token must take its own sequence's table. */
 static void test_rope(void **state)
 {
     NEED_GPU();
     fixture *f = *state;
     const struct {
-        int32_t T, heads, hd;
-    } cases[] = {{1, 8, 64}, {13, 3, 128}, {5, 4, 8}, {64, 2, 256}};
+        int32_t T, heads, hd, longrope;
+    } cases[] = {{1, 8, 64, 0}, {13, 3, 128, 0}, {5, 4, 8, 0}, {64, 2, 256, 0}, {13, 3, 96, 1}, {64, 2, 128, 1}};
     for (int a = 0; a < N_ACT; a++) {
         anvil_backend *g = f->gpu[a];
         const anvil_dtype act = act_dtypes[a];
@@ -574,33 +577,54 @@ static void test_rope(void **state)
             const int32_t T = cases[c].T, hd = cases[c].hd;
             const int64_t W = (int64_t)cases[c].heads * hd, n = T * W;
             float *x = rand_floats(&f->rng, n, 1.0f, act);
-            float inv[128];
-            for (int i = 0; i < hd / 2; i++)
+            float inv[256];
+            for (int i = 0; i < hd / 2; i++) {
                 inv[i] = powf(10000.0f, -2.0f * (float)i / (float)hd);
-            int32_t pos[64];
-            for (int t = 0; t < T; t++)
+                inv[hd / 2 + i] = inv[i] / 4.0f;
+            }
+            int32_t pos[64], seq_of[64], lens[3] = {0, 0, 0};
+            for (int t = 0; t < T; t++) {
                 pos[t] = t == 0 ? 0 : (int32_t)(anvil_test_rand(&f->rng) % 40000);
+                seq_of[t] = t % 3;
+                lens[t % 3] = pos[t] + 1 > lens[t % 3] ? pos[t] + 1 : lens[t % 3];
+            }
+            lens[0] = 1; /* at most long_after (below): the short table */
+            const int32_t long_after = 1000;
+            lens[1] = lens[1] > long_after ? lens[1] : long_after + 1;
+            lens[2] = long_after + 7;
             anvil_tensor xh = anvil_tensor_2d(ANVIL_DTYPE_F32, T, W, x);
             float *want = malloc((size_t)n * 4);
             memcpy(want, x, (size_t)n * 4);
             anvil_tensor wh = anvil_tensor_2d(ANVIL_DTYPE_F32, T, W, want);
-            anvil_step sh = {.n_tokens = T, .positions = pos};
-            OK_OR_FAIL(f->cpu->ops->rope(f->cpu, &wh, &sh, hd, inv), "cpu rope");
+            anvil_step sh = {.n_tokens = T, .n_seqs = 3, .positions = pos, .seq_of_token = seq_of, .seq_lens = lens};
+            anvil_rope_freqs fh = {.inv_freq = inv};
+            if (cases[c].longrope)
+                fh = (anvil_rope_freqs){.inv_freq = inv, .inv_freq_long = inv + hd / 2, .long_after = long_after,
+                                        .scale = 1.1902f};
+            OK_OR_FAIL(f->cpu->ops->rope(f->cpu, &wh, &sh, hd, &fh), "cpu rope");
             (void)xh;
 
             void *xd = dev_upload_floats(g, x, n, act);
             void *pd = dev_upload_raw(g, pos, (size_t)T * 4);
-            void *id = dev_upload_raw(g, inv, (size_t)(hd / 2) * 4);
+            void *sd_of = dev_upload_raw(g, seq_of, (size_t)T * 4);
+            void *ld = dev_upload_raw(g, lens, sizeof lens);
+            void *id = dev_upload_raw(g, inv, (size_t)hd * 4);
             anvil_tensor xt = anvil_tensor_2d(act, T, W, xd);
-            anvil_step sd = {.n_tokens = T, .positions = pd};
-            OK_OR_FAIL(g->ops->rope(g, &xt, &sd, hd, id), "cuda rope");
+            anvil_step sd = {.n_tokens = T, .n_seqs = 3, .positions = pd, .seq_of_token = sd_of, .seq_lens = ld};
+            anvil_rope_freqs fd = fh;
+            fd.inv_freq = id;
+            if (cases[c].longrope)
+                fd.inv_freq_long = (const float *)id + hd / 2;
+            OK_OR_FAIL(g->ops->rope(g, &xt, &sd, hd, &fd), "cuda rope");
             float *got = dev_download_floats(g, xd, n, act, "rope");
             char name[96];
-            snprintf(name, sizeof name, "rope act=%s T=%d heads=%d hd=%d", anvil_dtype_name(act), T,
-                     cases[c].heads, hd);
+            snprintf(name, sizeof name, "rope act=%s T=%d heads=%d hd=%d%s", anvil_dtype_name(act), T,
+                     cases[c].heads, hd, cases[c].longrope ? " longrope" : "");
             expect_close(name, got, want, n, tol_for(act, 1));
             g->ops->free(g, xd);
             g->ops->free(g, pd);
+            g->ops->free(g, sd_of);
+            g->ops->free(g, ld);
             g->ops->free(g, id);
             free(x);
             free(want);

@@ -405,8 +405,13 @@ static void test_unsupported_rope(void **state)
         ANVIL_ERR_UNSUPPORTED, "\"dynamic\"");
     assert_status_msg(
         anvil_model_config_parse(
+            llama_json("rope_parameters", "{\"rope_type\": \"llama4\", \"rope_theta\": 1e4}"), &c),
+        ANVIL_ERR_UNSUPPORTED, "\"llama4\"");
+    /* longrope is supported (tests/io/test_longrope_config.c); without its lists it is malformed */
+    assert_status_msg(
+        anvil_model_config_parse(
             llama_json("rope_parameters", "{\"rope_type\": \"longrope\", \"rope_theta\": 1e4}"), &c),
-        ANVIL_ERR_UNSUPPORTED, "\"longrope\"");
+        ANVIL_ERR_FORMAT, "missing field \"rope_parameters.short_factor\"");
     assert_status_msg(anvil_model_config_parse(llama_json("partial_rotary_factor", "0.5"), &c),
                       ANVIL_ERR_UNSUPPORTED, "partial_rotary_factor");
     assert_status_msg(anvil_model_config_parse(llama_json("torch_dtype", "\"float64\""), &c),

@@ -65,7 +65,7 @@ static void attn_task(void *ctx, int ith, int nth)
 
 anvil_status anvil_cpu_op_attention(anvil_backend *be, const anvil_attention_args *args)
 {
-    if (args != NULL && args->rope_inv_freq != NULL)
+    if (args != NULL && args->rope != NULL)
         return anvil_cpu_attention_with_rope(be, args);
     TRY(anvil_cpu_check_attention(args));
     anvil_cpu_backend *cb = anvil_cpu_impl(be);

@@ -3,6 +3,7 @@
  * bounds on a bad step (a wrong slot or block table is the runtime's bug,
  * but it must come back as a status, not as memory corruption). */
 #include <limits.h>
+#include <math.h>
 
 #include "backend/cpu/cpu_internal.h"
 #include "core/error.h"
@@ -97,14 +98,24 @@ anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w
     return ANVIL_OK;
 }
 
-anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq)
+anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                                  const anvil_rope_freqs *f)
 {
     TRY(check_act(x, "rope x"));
     CHECK(head_dim > 0 && head_dim % 2 == 0 && x->shape[1] % head_dim == 0, ANVIL_ERR_INVALID_ARG,
           "rope: head_dim %d must be even and divide the row width %lld", head_dim, (long long)x->shape[1]);
-    CHECK(inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    CHECK(f != NULL && f->inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    CHECK(isfinite(f->scale), ANVIL_ERR_INVALID_ARG, "rope: scale %g", (double)f->scale);
     TRY(check_step_tokens(step, x->shape[0], "rope"));
     CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "rope: no positions");
+    if (f->inv_freq_long == NULL || step->n_tokens == 0)
+        return ANVIL_OK;
+    /* the long table is picked by each token's sequence length */
+    CHECK(step->seq_of_token != NULL && step->seq_lens != NULL, ANVIL_ERR_INVALID_ARG,
+          "rope: two tables need the step's seq_of_token and seq_lens");
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        CHECK(step->seq_of_token[t] >= 0 && step->seq_of_token[t] < step->n_seqs, ANVIL_ERR_INVALID_ARG,
+              "rope: token %d of sequence %d (the step has %d)", t, step->seq_of_token[t], step->n_seqs);
     return ANVIL_OK;
 }
 

@@ -20,18 +20,20 @@ typedef struct ew_job {
     float *out;         /* out, or x for rope */
     int64_t rows, width;
     int32_t head_dim;
-    const float *inv_freq;
+    const anvil_rope_freqs *freqs;
 } ew_job;
 
 static void rope_rows(const ew_job *job, int64_t r0, int64_t r1, float *cs)
 {
     int64_t half = job->head_dim / 2, width = job->width;
+    const float scale = anvil_cpu_rope_scale(job->freqs);
     for (int64_t t = r0; t < r1; t++) {
+        const float *inv_freq = anvil_cpu_rope_table(job->freqs, job->step, (int32_t)t);
         /* one cos/sin per pair, shared by every head of the token */
         for (int64_t i = 0; i < half; i++) {
-            float angle = (float)job->step->positions[t] * job->inv_freq[i];
-            cs[i] = cosf(angle);
-            cs[half + i] = sinf(angle);
+            float angle = (float)job->step->positions[t] * inv_freq[i];
+            cs[i] = cosf(angle) * scale;
+            cs[half + i] = sinf(angle) * scale;
         }
         for (int64_t h = 0; h < width; h += job->head_dim) {
             float *xh = job->out + t * width + h;
@@ -117,11 +119,11 @@ anvil_status anvil_cpu_op_embedding(anvil_backend *be, const anvil_tensor *table
 }
 
 anvil_status anvil_cpu_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
-                               const float *inv_freq)
+                               const anvil_rope_freqs *f)
 {
-    TRY(anvil_cpu_check_rope(x, step, head_dim, inv_freq));
+    TRY(anvil_cpu_check_rope(x, step, head_dim, f));
     ew_job job = {.kind = EW_ROPE, .step = step, .out = x->data, .rows = x->shape[0], .width = x->shape[1],
-                  .head_dim = head_dim, .inv_freq = inv_freq};
+                  .head_dim = head_dim, .freqs = f};
     return ew_run(be, &job);
 }
 

@@ -34,16 +34,16 @@ anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor 
     return anvil_cpu_op_silu_mul(be, gate, up, out);
 }
 
-/* Attention given unrotated q and k (args->rope_inv_freq set): the two
- * ropes, then the attention op. */
+/* Attention given unrotated q and k (args->rope set): the two ropes, then
+ * the attention op. */
 anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args)
 {
     CHECK(args != NULL && args->q != NULL && args->k != NULL, ANVIL_ERR_INVALID_ARG,
           "attention: missing arguments");
     anvil_tensor q = *args->q, k = *args->k;
-    TRY(anvil_cpu_op_rope(be, &q, args->step, args->head_dim, args->rope_inv_freq));
-    TRY(anvil_cpu_op_rope(be, &k, args->step, args->head_dim, args->rope_inv_freq));
+    TRY(anvil_cpu_op_rope(be, &q, args->step, args->head_dim, args->rope));
+    TRY(anvil_cpu_op_rope(be, &k, args->step, args->head_dim, args->rope));
     anvil_attention_args a = *args;
-    a.rope_inv_freq = NULL;
+    a.rope = NULL;
     return anvil_cpu_op_attention(be, &a);
 }

@@ -113,11 +113,24 @@ anvil_status anvil_cpu_check_embedding(const anvil_tensor *table, const anvil_st
 anvil_status anvil_cpu_check_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int64_t width, const anvil_tensor *out);
 anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                     const anvil_tensor *out);
-anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq);
+anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step, int32_t head_dim,
+                                  const anvil_rope_freqs *f);
 /* Also checks every slot, position and block-table entry the op will use. */
 anvil_status anvil_cpu_check_attention(const anvil_attention_args *a);
 anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out);
 anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out);
+
+/* The inverse frequencies token t of step rotates with: LongRoPE's long
+ * table when its sequence is longer than f->long_after after the step. */
+static inline const float *anvil_cpu_rope_table(const anvil_rope_freqs *f, const anvil_step *step, int32_t t)
+{
+    if (f->inv_freq_long != NULL && step->seq_lens[step->seq_of_token[t]] > f->long_after)
+        return f->inv_freq_long;
+    return f->inv_freq;
+}
+
+/* What cos and sin are multiplied by (0 in anvil_rope_freqs means none). */
+static inline float anvil_cpu_rope_scale(const anvil_rope_freqs *f) { return f->scale == 0.0f ? 1.0f : f->scale; }
 
 /* The first cached position a query at position p attends to. */
 static inline int32_t anvil_cpu_window_lo(int32_t p, int32_t window)
@@ -192,7 +205,7 @@ anvil_status anvil_cpu_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x,
 anvil_status anvil_cpu_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                  const anvil_tensor *bias, anvil_tensor *out);
 anvil_status anvil_cpu_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
-                               const float *inv_freq);
+                               const anvil_rope_freqs *f);
 anvil_status anvil_cpu_op_attention(anvil_backend *be, const anvil_attention_args *args);
 anvil_status anvil_cpu_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
                                    anvil_tensor *out);

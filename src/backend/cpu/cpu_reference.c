@@ -72,17 +72,19 @@ anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, 
     return ANVIL_OK;
 }
 
-anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq)
+anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const anvil_rope_freqs *f)
 {
-    TRY(anvil_cpu_check_rope(x, step, head_dim, inv_freq));
+    TRY(anvil_cpu_check_rope(x, step, head_dim, f));
     int64_t width = x->shape[1], half = head_dim / 2;
+    const float scale = anvil_cpu_rope_scale(f);
     float *xs = x->data;
     for (int32_t t = 0; t < step->n_tokens; t++) {
+        const float *inv_freq = anvil_cpu_rope_table(f, step, t);
         for (int64_t h = 0; h < width / head_dim; h++) {
             float *xh = xs + t * width + h * head_dim;
             for (int64_t i = 0; i < half; i++) {
                 float angle = (float)step->positions[t] * inv_freq[i];
-                float c = cosf(angle), s = sinf(angle);
+                float c = cosf(angle) * scale, s = sinf(angle) * scale;
                 float x1 = xh[i], x2 = xh[i + half];
                 xh[i] = x1 * c - x2 * s;
                 xh[i + half] = x2 * c + x1 * s;

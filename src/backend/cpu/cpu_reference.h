@@ -34,9 +34,11 @@ anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, 
                                   anvil_tensor *out);
 
 /* Rotate-half RoPE in place: for each head and i < head_dim / 2,
- * a = (float)positions[t] * inv_freq[i], c = cosf(a), s = sinf(a),
- * x[i], x[i + d/2] = x[i] * c - x[i + d/2] * s, x[i + d/2] * c + x[i] * s. */
-anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const float *inv_freq);
+ * a = (float)positions[t] * inv_freq[i], c = cosf(a) * scale, s = sinf(a) * scale,
+ * x[i], x[i + d/2] = x[i] * c - x[i + d/2] * s, x[i + d/2] * c + x[i] * s;
+ * inv_freq is f's long table for a token whose sequence is longer than
+ * f->long_after after the step (backend.h, anvil_rope_freqs). */
+anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const anvil_rope_freqs *f);
 
 /* Writes k, v into the caches at step->slots (converted to the cache dtype),
  * then for every token t and head h: softmax(q . k_j * scale) over the

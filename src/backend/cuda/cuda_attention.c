@@ -13,6 +13,8 @@
  *     16 up to 128, else in f32 SIMT (the exact mode among others).
  * Both are correct for any batch; the knobs of cuda_backend.h pin either.
  */
+#include <math.h>
+
 #include "backend/cuda/cuda_internal.h"
 
 #define MIN_KEYS_PER_SPLIT 32
@@ -120,10 +122,14 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         .block_size = st->block_size, .n_blocks = (int32_t)args->k_cache->shape[0],
         .n_heads = args->n_heads, .n_kv_heads = args->n_kv_heads, .head_dim = args->head_dim,
         .window = args->sliding_window, .scale = args->scale, .err = cb->d_err,
-        .rope_inv_freq = args->rope_inv_freq,
+        .rope = anvil_cuda_rope_of(args->rope, st),
     };
+    if (args->rope != NULL)
+        CHECK(args->rope->inv_freq != NULL && isfinite(args->rope->scale) &&
+                  (args->rope->inv_freq_long == NULL || st->seq_lens != NULL),
+              ANVIL_ERR_INVALID_ARG, "attention: rope without its tables or the step's seq_lens");
     TRY(anvil_cuda_use(cb));
-    if (a.rope_inv_freq != NULL)
+    if (a.rope.inv_freq != NULL)
         TRY(anvil_cuda_launch_rope_kv_write(cb->stream, &a));
     else
         TRY(anvil_cuda_launch_kv_write(cb->stream, &a));

@@ -12,6 +12,15 @@
 
 #include "backend/cuda/cuda_internal.h"
 
+/* ---------------------------------------------------------------- rope */
+
+/* The inverse frequencies token t rotates with (anvil_cuda_rope: LongRoPE's
+ * long table when its sequence is longer than long_after after the step). */
+__device__ __forceinline__ const float *anvil_rope_table(const anvil_cuda_rope &r, int64_t t)
+{
+    return r.inv_freq_long != nullptr && r.seq_lens[r.seq_of_token[t]] > r.long_after ? r.inv_freq_long : r.inv_freq;
+}
+
 /* ---------------------------------------------------------------- elements */
 
 __device__ __forceinline__ float anvil_to_f32(float x) { return x; }

@@ -155,7 +155,7 @@ anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, con
 anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                         int32_t head_dim, float eps, anvil_tensor *out);
 anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
-                                const float *inv_freq);
+                                const anvil_rope_freqs *f);
 anvil_status anvil_cuda_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
                                     anvil_tensor *out);
 anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
@@ -188,9 +188,24 @@ anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const void *table,
 anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
                                        void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width, float eps);
 
+/* A rope's frequencies (backend.h's anvil_rope_freqs) as the kernels take
+ * them, by value: with inv_freq_long, token t of sequence seq_of_token[t]
+ * uses it when seq_lens of that sequence > long_after. */
+typedef struct anvil_cuda_rope {
+    const float *inv_freq;       /* [head_dim / 2] */
+    const float *inv_freq_long;  /* [head_dim / 2] or NULL */
+    const int32_t *seq_of_token; /* [n_tokens], with inv_freq_long */
+    const int32_t *seq_lens;     /* [n_seqs], with inv_freq_long */
+    int32_t long_after;
+    float scale;                 /* cos and sin multiplied by it (1: none) */
+} anvil_cuda_rope;
+
+/* The kernels' form of f for a step (f NULL: inv_freq NULL). */
+anvil_cuda_rope anvil_cuda_rope_of(const anvil_rope_freqs *f, const anvil_step *step);
+
 anvil_status anvil_cuda_launch_rope(cudaStream_t stream, void *x, anvil_dtype act_dt, int64_t n_tokens,
                                     int64_t width, int32_t head_dim, const int32_t *positions,
-                                    const float *inv_freq);
+                                    const anvil_cuda_rope *rope);
 
 anvil_status anvil_cuda_launch_silu_mul(cudaStream_t stream, const void *gate, const void *up, void *out,
                                         anvil_dtype act_dt, int64_t n);
@@ -249,12 +264,12 @@ typedef struct anvil_cuda_attn {
     int32_t n_heads, n_kv_heads, head_dim, window;
     float scale;
     int *err;
-    const float *rope_inv_freq;  /* non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
+    anvil_cuda_rope rope;        /* rope.inv_freq non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
 } anvil_cuda_attn;
 
 /* k/v rows of every token into the cache at slots[t]. */
 anvil_status anvil_cuda_launch_kv_write(cudaStream_t stream, const anvil_cuda_attn *a);
-/* The same after rotating q (in place) and k with a->rope_inv_freq, in one launch. */
+/* The same after rotating q (in place) and k with a->rope, in one launch. */
 anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, const anvil_cuda_attn *a);
 
 /* Tiled ("prefill") kernel: a block takes a run of consecutive tokens and

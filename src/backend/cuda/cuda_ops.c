@@ -1,6 +1,8 @@
 /* The host side of the small CUDA ops: argument checks, then the launcher
  * of the op's kernel (cuda_<op>.cu). Matmul and attention have files of
  * their own. */
+#include <math.h>
+
 #include "backend/cuda/cuda_internal.h"
 
 anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
@@ -47,19 +49,38 @@ anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x
     return norm(anvil_cuda_impl(be), x, w, head_dim, eps, out);
 }
 
+anvil_cuda_rope anvil_cuda_rope_of(const anvil_rope_freqs *f, const anvil_step *step)
+{
+    anvil_cuda_rope r = {0};
+    if (f == NULL)
+        return r;
+    r.inv_freq = f->inv_freq;
+    r.inv_freq_long = f->inv_freq_long;
+    r.seq_of_token = step->seq_of_token;
+    r.seq_lens = step->seq_lens;
+    r.long_after = f->long_after;
+    r.scale = f->scale == 0.0f ? 1.0f : f->scale;
+    return r;
+}
+
 anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
-                                const float *inv_freq)
+                                const anvil_rope_freqs *f)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(anvil_cuda_check_act(cb, x, "rope x"));
     CHECK(head_dim > 0 && head_dim % 2 == 0 && x->shape[1] % head_dim == 0, ANVIL_ERR_INVALID_ARG,
           "rope: head_dim %d must be even and divide the row width %lld", head_dim, (long long)x->shape[1]);
-    CHECK(inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    CHECK(f != NULL && f->inv_freq != NULL, ANVIL_ERR_INVALID_ARG, "rope: missing inv_freq");
+    CHECK(isfinite(f->scale), ANVIL_ERR_INVALID_ARG, "rope: scale %g", (double)f->scale);
     TRY(anvil_cuda_check_step_rows(step, x->shape[0], "rope"));
     CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "rope: no positions");
+    /* the long table is picked by each token's sequence length */
+    CHECK(step->n_tokens == 0 || f->inv_freq_long == NULL || (step->seq_of_token != NULL && step->seq_lens != NULL),
+          ANVIL_ERR_INVALID_ARG, "rope: two tables need the step's seq_of_token and seq_lens");
     TRY(anvil_cuda_use(cb));
+    const anvil_cuda_rope r = anvil_cuda_rope_of(f, step);
     return anvil_cuda_launch_rope(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], head_dim, step->positions,
-                                  inv_freq);
+                                  &r);
 }
 
 static anvil_status check_binary(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,

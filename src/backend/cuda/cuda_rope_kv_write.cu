@@ -3,7 +3,8 @@
  * in one launch (what the rope op twice and the KV write do in three): q is
  * rotated in place, k is rotated in place and into its cache slot, v copied
  * to its slot. The rotation is the rope op's to the bit (cuda_rope.cu: the
- * same angle, sincosf, and products rounded before the sum).
+ * same table and angle, sincosf, the same scaling, and products rounded
+ * before the sum).
  * A block per token; a slot outside the cache skips the token's cache
  * writes and sets ANVIL_CUDA_BAD_SLOT, as the KV write does.
  */
@@ -26,7 +27,7 @@ __device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float 
 template <typename T>
 __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T *v_cache,
                                            const int32_t *slots, const int32_t *positions,
-                                           const float *inv_freq, int32_t n_tokens, int n_heads,
+                                           const anvil_cuda_rope rope, int32_t n_tokens, int n_heads,
                                            int n_kv_heads, int head_dim, int64_t n_slots, int *err)
 {
     anvil_pdl_wait();
@@ -40,12 +41,15 @@ __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T
         if (!slot_ok && threadIdx.x == 0)
             anvil_flag(err, ANVIL_CUDA_BAD_SLOT);
         const float pos = (float)positions[t];
+        const float *inv_freq = anvil_rope_table(rope, t);
         for (int r = threadIdx.x; r < all_pairs; r += blockDim.x) {
             const bool is_q = r < q_pairs;
             const int rr = is_q ? r : r - q_pairs;
             const int h = rr / half, i = rr - h * half;
             float s, c;
             sincosf(pos * inv_freq[i], &s, &c);
+            c = __fmul_rn(c, rope.scale);
+            s = __fmul_rn(s, rope.scale);
             if (is_q)
                 anvil_rotate_pair<T>(q + t * qw + (int64_t)h * head_dim, i, half, c, s, nullptr);
             else
@@ -60,8 +64,10 @@ __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T
 
 extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, const anvil_cuda_attn *a)
 {
-    CHECK(a->rope_inv_freq != NULL && a->head_dim % 2 == 0, ANVIL_ERR_INVALID_ARG,
+    CHECK(a->rope.inv_freq != NULL && a->head_dim % 2 == 0, ANVIL_ERR_INVALID_ARG,
           "rope_kv_write: no frequencies, or an odd head_dim %d", a->head_dim);
+    CHECK(a->rope.inv_freq_long == NULL || (a->rope.seq_of_token != NULL && a->rope.seq_lens != NULL),
+          ANVIL_ERR_INVALID_ARG, "rope_kv_write: two tables need the step's seq_of_token and seq_lens");
     if (a->n_tokens == 0)
         return ANVIL_OK;
     const int64_t n_slots = (int64_t)a->n_blocks * a->block_size;
@@ -71,7 +77,7 @@ extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, con
     ANVIL_CUDA_DISPATCH(a->dt,
                         anvil_launch(anvil_rope_kv_write_kernel<T>, grid, threads, 0, stream, (T *)a->q,
                                      (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
-                                     a->positions, a->rope_inv_freq, a->n_tokens, a->n_heads, a->n_kv_heads,
+                                     a->positions, a->rope, a->n_tokens, a->n_heads, a->n_kv_heads,
                                      a->head_dim, n_slots, a->err));
     return ANVIL_CUDA_LAUNCHED("rope_kv_write kernel");
 }
