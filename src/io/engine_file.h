@@ -61,7 +61,7 @@
 #define ANVIL_ENGINE_TENSOR_ALIGN  256u  /* every tensor's offset in the data section */
 #define ANVIL_ENGINE_MAX_DIMS      4
 #define ANVIL_ENGINE_MAX_MANIFEST  ((uint64_t)1 << 30) /* 1 GiB: far above any tokenizer */
-#define ANVIL_ENGINE_CHUNK         ((size_t)16 << 20) /* the writer's and verify's unit of work */
+#define ANVIL_ENGINE_CHUNK         ((size_t)16 << 20)  /* the writer's and verify's unit of work */
 
 /* Storage kinds. The values are this enum's, never stored: the manifest
  * spells them ("bf16"). fp8_e4m3, int8 and int4 are accepted and validated
@@ -194,13 +194,13 @@ typedef struct anvil_engine_tensor {
     const char *name; /* borrowed from the file */
     int64_t index;    /* its position in the weight table */
     anvil_engine_kind kind;
-    int n_dims; /* 1 to 4 */
+    int n_dims;                           /* 1 to 4 */
     int64_t shape[ANVIL_ENGINE_MAX_DIMS]; /* unused dims are 0 */
     uint64_t offset; /* of its first byte in the file (data offset + its manifest "offset") */
     size_t bytes;
-    uint64_t xxh64;  /* of its bytes, as the manifest says */
-    int64_t scales;  /* index of the tensor holding its scales, or -1 */
-    const void *data; /* ANVIL_ST_MMAP and memory images: its bytes (256-aligned); else NULL */
+    uint64_t xxh64;      /* of its bytes, as the manifest says */
+    int64_t scales;      /* index of the tensor holding its scales, or -1 */
+    const void *data;    /* ANVIL_ST_MMAP and memory images: its bytes (256-aligned); else NULL */
     const json_t *entry; /* its object in the manifest's "tensors" (borrowed; other keys are the builder's) */
 } anvil_engine_tensor;
 
@@ -245,13 +245,15 @@ const anvil_engine_tensor *anvil_engine_file_find(const anvil_engine_file *f, co
  * mapped, else pread. A range outside the tensor is ANVIL_ERR_INVALID_ARG; a
  * file that no longer holds the bytes is ANVIL_ERR_IO ("changed while in
  * use"). Safe from several threads. */
-anvil_status anvil_engine_file_read(const anvil_engine_file *f, int64_t i, size_t offset, void *dst, size_t len);
+anvil_status anvil_engine_file_read(const anvil_engine_file *f, int64_t i, size_t offset, void *dst,
+                                    size_t len);
 
 /* Recomputes every tensor's XXH64 and compares it with the manifest. A
  * mismatch is ANVIL_ERR_FORMAT naming the first such tensor in table order
  * ("tensor 'X': checksum mismatch (the file is damaged)"). progress (may be
  * NULL) as for the writer, over every tensor byte. */
-anvil_status anvil_engine_file_verify(const anvil_engine_file *f, anvil_engine_progress_fn progress, void *user);
+anvil_status anvil_engine_file_verify(const anvil_engine_file *f, anvil_engine_progress_fn progress,
+                                      void *user);
 
 /* ANVIL_ST_READ files: ANVIL_ERR_IO when the file's size or modification
  * time changed since it was opened; ANVIL_OK otherwise (and when mapped). */

@@ -24,7 +24,7 @@
 #include "core/json_util.h"
 
 struct anvil_engine_file {
-    char *path;          /* for messages; "<memory>" for images */
+    char *path; /* for messages; "<memory>" for images */
     anvil_engine_header h;
     const uint8_t *base; /* the whole file (mapped or an image); NULL when read with pread */
     size_t len;          /* the file's size */
@@ -52,8 +52,9 @@ static anvil_status parse_header(anvil_engine_file *f, const uint8_t *b, size_t 
     anvil_engine_header *h = &f->h;
     uint64_t stored_xxh64;
     anvil_engine_header_decode(whole, h, &stored_xxh64);
-    CHECK(n >= 16, ANVIL_ERR_FORMAT, "%s: truncated: %zu bytes, but an engine file starts with a %u-byte header",
-          path, f->len, ANVIL_ENGINE_HEADER_SIZE);
+    CHECK(n >= 16, ANVIL_ERR_FORMAT,
+          "%s: truncated: %zu bytes, but an engine file starts with a %u-byte header", path, f->len,
+          ANVIL_ENGINE_HEADER_SIZE);
     CHECK(h->version_major == ANVIL_ENGINE_VERSION_MAJOR, ANVIL_ERR_UNSUPPORTED,
           "%s: engine format %u.%u; this anvil reads %u.x: rebuild it with `anvil build`", path,
           h->version_major, h->version_minor, ANVIL_ENGINE_VERSION_MAJOR);
@@ -63,14 +64,14 @@ static anvil_status parse_header(anvil_engine_file *f, const uint8_t *b, size_t 
     CHECK(stored_xxh64 == anvil_engine_header_xxh64(whole), ANVIL_ERR_FORMAT,
           "%s: header checksum mismatch (the header is damaged)", path);
     CHECK(h->file_size <= (uint64_t)f->len, ANVIL_ERR_FORMAT,
-          "%s: truncated: %zu bytes, but its header says %llu (an interrupted copy or download?)", path, f->len,
-          (unsigned long long)h->file_size);
+          "%s: truncated: %zu bytes, but its header says %llu (an interrupted copy or download?)", path,
+          f->len, (unsigned long long)h->file_size);
     CHECK(h->file_size == (uint64_t)f->len, ANVIL_ERR_FORMAT,
           "%s: %zu bytes, but its header says %llu (bytes were added after its end)", path, f->len,
           (unsigned long long)h->file_size);
     CHECK(h->flags == 0, ANVIL_ERR_UNSUPPORTED,
-          "%s: header flags 0x%08x name features this anvil does not have: rebuild it with `anvil build`", path,
-          h->flags);
+          "%s: header flags 0x%08x name features this anvil does not have: rebuild it with `anvil build`",
+          path, h->flags);
     return ANVIL_OK;
 }
 
@@ -84,9 +85,8 @@ static anvil_status check_section(const anvil_engine_file *f, const char *what, 
     CHECK(!__builtin_add_overflow(offset, length, &end) && end <= h->file_size, ANVIL_ERR_FORMAT,
           "%s: the %s (offset %llu, %llu bytes) lies outside the file (%llu bytes)", f->path, what,
           (unsigned long long)offset, (unsigned long long)length, (unsigned long long)h->file_size);
-    CHECK(offset >= h->header_size, ANVIL_ERR_FORMAT,
-          "%s: the %s (offset %llu) overlaps the %u-byte header", f->path, what, (unsigned long long)offset,
-          h->header_size);
+    CHECK(offset >= h->header_size, ANVIL_ERR_FORMAT, "%s: the %s (offset %llu) overlaps the %u-byte header",
+          f->path, what, (unsigned long long)offset, h->header_size);
     return ANVIL_OK;
 }
 
@@ -106,8 +106,8 @@ static anvil_status check_layout(const anvil_engine_file *f)
           "%s: the manifest is %llu bytes, over the %llu-byte limit", path,
           (unsigned long long)h->manifest_length, (unsigned long long)ANVIL_ENGINE_MAX_MANIFEST);
     CHECK(h->data_offset % ANVIL_ENGINE_SECTION_ALIGN == 0, ANVIL_ERR_FORMAT,
-          "%s: the data section's offset %llu is not a multiple of %u", path, (unsigned long long)h->data_offset,
-          ANVIL_ENGINE_SECTION_ALIGN);
+          "%s: the data section's offset %llu is not a multiple of %u", path,
+          (unsigned long long)h->data_offset, ANVIL_ENGINE_SECTION_ALIGN);
     uint64_t manifest_end = h->manifest_offset + h->manifest_length; /* no overflow: checked above */
     uint64_t data_end = h->data_offset + h->data_length;
     CHECK(h->data_offset >= h->manifest_offset, ANVIL_ERR_FORMAT,
@@ -123,8 +123,8 @@ static anvil_status check_layout(const anvil_engine_file *f)
 /* ----------------------------------------------------------- weight table */
 
 /* A JSON integer in [min, INT64_MAX], as uint64. */
-static anvil_status entry_uint(const anvil_engine_file *f, const char *name, const char *field, const json_t *v,
-                               int64_t min, uint64_t *out)
+static anvil_status entry_uint(const anvil_engine_file *f, const char *name, const char *field,
+                               const json_t *v, int64_t min, uint64_t *out)
 {
     CHECK(v != NULL, ANVIL_ERR_FORMAT, "%s: tensor '%s': missing \"%s\"", f->path, name, field);
     CHECK(json_is_integer(v), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"%s\" must hold integers, got %s", f->path,
@@ -157,7 +157,8 @@ static anvil_status entry_xxh64(const anvil_engine_file *f, const char *name, co
         ok = d >= 0;
         x = x << 4 | (uint64_t)(d & 15);
     }
-    CHECK(ok, ANVIL_ERR_FORMAT, "%s: tensor '%s': \"xxh64\" must be a string of 16 hex digits", f->path, name);
+    CHECK(ok, ANVIL_ERR_FORMAT, "%s: tensor '%s': \"xxh64\" must be a string of 16 hex digits", f->path,
+          name);
     *out = x;
     return ANVIL_OK;
 }
@@ -171,13 +172,14 @@ static anvil_status entry_kind_shape(const anvil_engine_file *f, const json_t *e
     CHECK(json_is_string(jkind), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"kind\" must be a string, got %s", path,
           name, anvil_json_type_name(jkind));
     CHECK(anvil_engine_kind_parse(json_string_value(jkind), &t->kind) == 0, ANVIL_ERR_UNSUPPORTED,
-          "%s: tensor '%s': kind \"%s\" is not one this anvil knows (f32, bf16, f16, fp8_e4m3, int8, int4)", path,
-          name, json_string_value(jkind));
-    CHECK(json_is_array(jshape), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"shape\" must be an array, got %s", path,
-          name, anvil_json_type_name(jshape));
+          "%s: tensor '%s': kind \"%s\" is not one this anvil knows (f32, bf16, f16, fp8_e4m3, int8, int4)",
+          path, name, json_string_value(jkind));
+    CHECK(json_is_array(jshape), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"shape\" must be an array, got %s",
+          path, name, anvil_json_type_name(jshape));
     size_t nd = json_array_size(jshape);
     CHECK(nd >= 1 && nd <= ANVIL_ENGINE_MAX_DIMS, ANVIL_ERR_FORMAT,
-          "%s: tensor '%s': %zu dimensions, an engine tensor has 1 to %d", path, name, nd, ANVIL_ENGINE_MAX_DIMS);
+          "%s: tensor '%s': %zu dimensions, an engine tensor has 1 to %d", path, name, nd,
+          ANVIL_ENGINE_MAX_DIMS);
     t->n_dims = (int)nd;
     *numel = 1;
     int overflow = 0;
@@ -209,13 +211,13 @@ static void shape_str(const anvil_engine_tensor *t, char *buf, size_t cap)
 static anvil_status parse_entry(anvil_engine_file *f, const json_t *e, int64_t i, anvil_engine_tensor *t)
 {
     const char *path = f->path;
-    CHECK(json_is_object(e), ANVIL_ERR_FORMAT, "%s: tensors[%lld] must be an object, got %s", path, (long long)i,
-          anvil_json_type_name(e));
+    CHECK(json_is_object(e), ANVIL_ERR_FORMAT, "%s: tensors[%lld] must be an object, got %s", path,
+          (long long)i, anvil_json_type_name(e));
     json_t *jname = json_object_get(e, "name");
     CHECK(json_is_string(jname) && json_string_length(jname) > 0 &&
               strlen(json_string_value(jname)) == json_string_length(jname),
-          ANVIL_ERR_FORMAT, "%s: tensors[%lld]: \"name\" must be a non-empty string without NUL, got %s", path,
-          (long long)i, anvil_json_type_name(jname));
+          ANVIL_ERR_FORMAT, "%s: tensors[%lld]: \"name\" must be a non-empty string without NUL, got %s",
+          path, (long long)i, anvil_json_type_name(jname));
     t->name = json_string_value(jname);
     t->index = i;
     t->entry = e;
@@ -227,8 +229,9 @@ static anvil_status parse_entry(anvil_engine_file *f, const json_t *e, int64_t i
     if (bytes != need) {
         char shape[128];
         shape_str(t, shape, sizeof shape);
-        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: tensor '%s': shape %s of %s needs %llu bytes but \"bytes\" is %llu",
-                          path, t->name, shape, anvil_engine_kind_name(t->kind), (unsigned long long)need,
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT,
+                          "%s: tensor '%s': shape %s of %s needs %llu bytes but \"bytes\" is %llu", path,
+                          t->name, shape, anvil_engine_kind_name(t->kind), (unsigned long long)need,
                           (unsigned long long)bytes);
     }
     CHECK(offset % ANVIL_ENGINE_TENSOR_ALIGN == 0, ANVIL_ERR_FORMAT,
@@ -277,11 +280,12 @@ static anvil_status resolve_scales(anvil_engine_file *f, anvil_engine_tensor *t)
     CHECK(json_is_object(s), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"scales\" must be an object, got %s", path,
           name, anvil_json_type_name(s));
     const json_t *js = json_object_get(s, "tensor");
-    CHECK(json_is_string(js), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"scales\".\"tensor\" must be a string, got %s",
-          path, name, anvil_json_type_name(js));
+    CHECK(json_is_string(js), ANVIL_ERR_FORMAT,
+          "%s: tensor '%s': \"scales\".\"tensor\" must be a string, got %s", path, name,
+          anvil_json_type_name(js));
     const anvil_engine_tensor *st = lookup(f, json_string_value(js));
-    CHECK(st != NULL, ANVIL_ERR_FORMAT, "%s: tensor '%s': its scales tensor '%s' is not in the table", path, name,
-          json_string_value(js));
+    CHECK(st != NULL, ANVIL_ERR_FORMAT, "%s: tensor '%s': its scales tensor '%s' is not in the table", path,
+          name, json_string_value(js));
     CHECK(st != t, ANVIL_ERR_FORMAT, "%s: tensor '%s': names itself as its scales", path, name);
     t->scales = st->index;
     return ANVIL_OK;
@@ -352,16 +356,17 @@ static anvil_status parse_manifest(anvil_engine_file *f, const uint8_t *text)
     CHECK(json_is_array(ver) && json_array_size(ver) == 2 && json_is_integer(json_array_get(ver, 0)) &&
               json_is_integer(json_array_get(ver, 1)),
           ANVIL_ERR_FORMAT, "%s: the manifest's \"format_version\" must be [major, minor]", path);
-    json_int_t vmaj = json_integer_value(json_array_get(ver, 0)), vmin = json_integer_value(json_array_get(ver, 1));
+    json_int_t vmaj = json_integer_value(json_array_get(ver, 0)),
+               vmin = json_integer_value(json_array_get(ver, 1));
     CHECK(vmaj == (json_int_t)h->version_major && vmin == (json_int_t)h->version_minor, ANVIL_ERR_FORMAT,
-          "%s: the manifest says format %lld.%lld but the header %u.%u", path, (long long)vmaj, (long long)vmin,
-          h->version_major, h->version_minor);
+          "%s: the manifest says format %lld.%lld but the header %u.%u", path, (long long)vmaj,
+          (long long)vmin, h->version_major, h->version_minor);
     const json_t *av = json_object_get(m, "anvil_version");
-    CHECK(json_is_string(av), ANVIL_ERR_FORMAT, "%s: the manifest's \"anvil_version\" must be a string, got %s",
-          path, anvil_json_type_name(av));
+    CHECK(json_is_string(av), ANVIL_ERR_FORMAT,
+          "%s: the manifest's \"anvil_version\" must be a string, got %s", path, anvil_json_type_name(av));
     const json_t *ts = json_object_get(m, "tensors");
-    CHECK(json_is_array(ts), ANVIL_ERR_FORMAT, "%s: the manifest's \"tensors\" must be an array, got %s", path,
-          anvil_json_type_name(ts));
+    CHECK(json_is_array(ts), ANVIL_ERR_FORMAT, "%s: the manifest's \"tensors\" must be an array, got %s",
+          path, anvil_json_type_name(ts));
     return parse_tensors(f, ts);
 }
 
@@ -435,8 +440,8 @@ anvil_status anvil_engine_file_open(const char *path, anvil_st_access access, an
     /* O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer;
      * only regular files are read */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    CHECK_GOTO(fd >= 0, errno == ENOENT ? ANVIL_ERR_NOT_FOUND : ANVIL_ERR_IO, fail, "cannot open %s: %s", path,
-               strerror(errno));
+    CHECK_GOTO(fd >= 0, errno == ENOENT ? ANVIL_ERR_NOT_FOUND : ANVIL_ERR_IO, fail, "cannot open %s: %s",
+               path, strerror(errno));
     struct stat sb;
     CHECK_GOTO(fstat(fd, &sb) == 0, ANVIL_ERR_IO, fail, "cannot stat %s: %s", path, strerror(errno));
     CHECK_GOTO(S_ISREG(sb.st_mode), ANVIL_ERR_IO, fail, "%s is not a regular file", path);
@@ -533,14 +538,17 @@ const anvil_engine_tensor *anvil_engine_file_find(const anvil_engine_file *f, co
     return lookup(f, name);
 }
 
-anvil_status anvil_engine_file_read(const anvil_engine_file *f, int64_t i, size_t offset, void *dst, size_t len)
+anvil_status anvil_engine_file_read(const anvil_engine_file *f, int64_t i, size_t offset, void *dst,
+                                    size_t len)
 {
-    CHECK(f != NULL && (dst != NULL || len == 0), ANVIL_ERR_INVALID_ARG, "anvil_engine_file_read: NULL argument");
+    CHECK(f != NULL && (dst != NULL || len == 0), ANVIL_ERR_INVALID_ARG,
+          "anvil_engine_file_read: NULL argument");
     const anvil_engine_tensor *t = anvil_engine_file_tensor(f, i);
     CHECK(t != NULL, ANVIL_ERR_INVALID_ARG, "%s: no tensor %lld (the table has %lld)", f->path, (long long)i,
           (long long)f->n);
     CHECK(offset <= t->bytes && len <= t->bytes - offset, ANVIL_ERR_INVALID_ARG,
-          "%s: bytes [%zu, +%zu) are outside tensor '%s' (%zu bytes)", f->path, offset, len, t->name, t->bytes);
+          "%s: bytes [%zu, +%zu) are outside tensor '%s' (%zu bytes)", f->path, offset, len, t->name,
+          t->bytes);
     if (len == 0)
         return ANVIL_OK;
     if (t->data != NULL) {
@@ -572,7 +580,8 @@ static anvil_status hash_tensor(const anvil_engine_file *f, const anvil_engine_t
     return ANVIL_OK;
 }
 
-anvil_status anvil_engine_file_verify(const anvil_engine_file *f, anvil_engine_progress_fn progress, void *user)
+anvil_status anvil_engine_file_verify(const anvil_engine_file *f, anvil_engine_progress_fn progress,
+                                      void *user)
 {
     CHECK(f != NULL, ANVIL_ERR_INVALID_ARG, "anvil_engine_file_verify: f is NULL");
     size_t total = 0, done = 0;
@@ -589,8 +598,8 @@ anvil_status anvil_engine_file_verify(const anvil_engine_file *f, anvil_engine_p
         uint64_t h = 0;
         st = hash_tensor(f, t, buf, &done, total, progress, user, &h);
         if (st == ANVIL_OK && h != t->xxh64)
-            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: tensor '%s': checksum mismatch (the file is damaged)", f->path,
-                            t->name);
+            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: tensor '%s': checksum mismatch (the file is damaged)",
+                            f->path, t->name);
     }
     free(buf);
     return st;

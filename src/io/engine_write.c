@@ -42,8 +42,8 @@ typedef struct wtensor {
     int64_t shape[ANVIL_ENGINE_MAX_DIMS];
     uint64_t offset; /* in the data section */
     uint64_t bytes;
-    uint64_t xxh64;  /* set as it is written */
-    int64_t scales;  /* index, or -1 */
+    uint64_t xxh64; /* set as it is written */
+    int64_t scales; /* index, or -1 */
 } wtensor;
 
 struct anvil_engine_writer {
@@ -92,7 +92,8 @@ static anvil_status create_tmp(anvil_engine_writer *w)
             return ANVIL_OK;
         CHECK(errno == EEXIST, ANVIL_ERR_IO, "cannot create %s: %s", w->tmp, strerror(errno));
     }
-    return ANVIL_FAIL(ANVIL_ERR_IO, "cannot create a temporary file next to %s: every name tried exists", w->path);
+    return ANVIL_FAIL(ANVIL_ERR_IO, "cannot create a temporary file next to %s: every name tried exists",
+                      w->path);
 }
 
 anvil_status anvil_engine_writer_create(const char *path, anvil_engine_writer **out)
@@ -135,13 +136,13 @@ void anvil_engine_writer_abort(anvil_engine_writer *w)
 /* ---------------------------------------------------------------- tensors */
 
 /* Checks a declaration; its byte size in *bytes. */
-static anvil_status check_decl(const anvil_engine_writer *w, const char *name, anvil_engine_kind kind, int n_dims,
-                               const int64_t *shape, uint64_t *bytes)
+static anvil_status check_decl(const anvil_engine_writer *w, const char *name, anvil_engine_kind kind,
+                               int n_dims, const int64_t *shape, uint64_t *bytes)
 {
     const char *path = w->path;
     CHECK(name != NULL && *name != '\0', ANVIL_ERR_INVALID_ARG, "%s: a tensor needs a name", path);
-    CHECK(json_object_get(w->names, name) == NULL, ANVIL_ERR_INVALID_ARG, "%s: tensor name '%s' appears twice",
-          path, name);
+    CHECK(json_object_get(w->names, name) == NULL, ANVIL_ERR_INVALID_ARG,
+          "%s: tensor name '%s' appears twice", path, name);
     CHECK((int)kind >= 0 && kind < ANVIL_ENGINE_KIND_COUNT, ANVIL_ERR_INVALID_ARG,
           "%s: tensor '%s': invalid kind %d", path, name, (int)kind);
     CHECK(n_dims >= 1 && n_dims <= ANVIL_ENGINE_MAX_DIMS && shape != NULL, ANVIL_ERR_INVALID_ARG,
@@ -149,14 +150,14 @@ static anvil_status check_decl(const anvil_engine_writer *w, const char *name, a
           ANVIL_ENGINE_MAX_DIMS);
     uint64_t numel = 1;
     for (int d = 0; d < n_dims; d++) {
-        CHECK(shape[d] > 0, ANVIL_ERR_INVALID_ARG, "%s: tensor '%s': dimension %d is %lld (must be > 0)", path,
-              name, d, (long long)shape[d]);
+        CHECK(shape[d] > 0, ANVIL_ERR_INVALID_ARG, "%s: tensor '%s': dimension %d is %lld (must be > 0)",
+              path, name, d, (long long)shape[d]);
         CHECK(!__builtin_mul_overflow(numel, (uint64_t)shape[d], &numel), ANVIL_ERR_INVALID_ARG,
               "%s: tensor '%s': shape overflows", path, name);
     }
     *bytes = anvil_engine_kind_bytes(kind, numel);
-    CHECK(*bytes != 0 && *bytes <= (uint64_t)INT64_MAX, ANVIL_ERR_INVALID_ARG, "%s: tensor '%s': shape overflows",
-          path, name);
+    CHECK(*bytes != 0 && *bytes <= (uint64_t)INT64_MAX, ANVIL_ERR_INVALID_ARG,
+          "%s: tensor '%s': shape overflows", path, name);
     return ANVIL_OK;
 }
 
@@ -166,8 +167,8 @@ anvil_status anvil_engine_writer_add_tensor(anvil_engine_writer *w, const char *
     CHECK(w != NULL, ANVIL_ERR_INVALID_ARG, "anvil_engine_writer_add_tensor: w is NULL");
     uint64_t bytes = 0, offset = align_up(w->data_end, ANVIL_ENGINE_TENSOR_ALIGN), end;
     TRY(check_decl(w, name, kind, n_dims, shape, &bytes));
-    CHECK(!__builtin_add_overflow(offset, bytes, &end) && end <= (uint64_t)INT64_MAX / 2, ANVIL_ERR_INVALID_ARG,
-          "%s: tensor '%s': the data section would pass 2^62 bytes", w->path, name);
+    CHECK(!__builtin_add_overflow(offset, bytes, &end) && end <= (uint64_t)INT64_MAX / 2,
+          ANVIL_ERR_INVALID_ARG, "%s: tensor '%s': the data section would pass 2^62 bytes", w->path, name);
     if (w->n == w->cap) {
         int64_t cap = w->cap ? 2 * w->cap : 64;
         wtensor *t = realloc(w->t, (size_t)cap * sizeof *t);
@@ -195,7 +196,8 @@ anvil_status anvil_engine_writer_add_tensor(anvil_engine_writer *w, const char *
 anvil_status anvil_engine_writer_set_scales(anvil_engine_writer *w, int64_t index, int64_t scales)
 {
     CHECK(w != NULL, ANVIL_ERR_INVALID_ARG, "anvil_engine_writer_set_scales: w is NULL");
-    CHECK(index >= 0 && index < w->n && scales >= 0 && scales < w->n && index != scales, ANVIL_ERR_INVALID_ARG,
+    CHECK(index >= 0 && index < w->n && scales >= 0 && scales < w->n && index != scales,
+          ANVIL_ERR_INVALID_ARG,
           "%s: set_scales(%lld, %lld): two different declared tensors needed (%lld declared)", w->path,
           (long long)index, (long long)scales, (long long)w->n);
     w->t[index].scales = scales;
@@ -247,7 +249,8 @@ static anvil_status print_manifest(const anvil_engine_writer *w, json_t *m, char
     json_t *out = json_pack("{s:s, s:[i, i], s:s}", "format", "anvil-engine", "format_version",
                             (int)ANVIL_ENGINE_VERSION_MAJOR, (int)ANVIL_ENGINE_VERSION_MINOR, "anvil_version",
                             ANVIL_VERSION_STRING);
-    CHECK_GOTO(table != NULL && out != NULL, ANVIL_ERR_OOM, done, "%s: out of memory for the manifest", w->path);
+    CHECK_GOTO(table != NULL && out != NULL, ANVIL_ERR_OOM, done, "%s: out of memory for the manifest",
+               w->path);
     const char *k;
     json_t *v;
     int bad = 0;
@@ -424,8 +427,9 @@ static anvil_status reraise(const job *j)
 }
 
 /* Writes every tensor's bytes at data_offset with up to n_threads workers. */
-static anvil_status write_data(anvil_engine_writer *w, uint64_t data_offset, anvil_engine_fill_fn fill, void *user,
-                               int n_threads, anvil_engine_progress_fn progress, void *progress_user)
+static anvil_status write_data(anvil_engine_writer *w, uint64_t data_offset, anvil_engine_fill_fn fill,
+                               void *user, int n_threads, anvil_engine_progress_fn progress,
+                               void *progress_user)
 {
     job j = {.w = w, .data_offset = data_offset, .fill = fill, .user = user};
     int nw = n_threads < 1 ? 1 : n_threads > MAX_THREADS ? MAX_THREADS : n_threads;
@@ -442,8 +446,9 @@ static anvil_status write_data(anvil_engine_writer *w, uint64_t data_offset, anv
     for (int i = 0; i < nw; i++) {
         wk[i].j = &j;
         wk[i].buf = malloc(ANVIL_ENGINE_CHUNK);
-        CHECK_GOTO(wk[i].buf != NULL, ANVIL_ERR_OOM, done, "%s: out of memory for %d write buffers of %zu MiB",
-                   w->path, nw, ANVIL_ENGINE_CHUNK >> 20);
+        CHECK_GOTO(wk[i].buf != NULL, ANVIL_ERR_OOM, done,
+                   "%s: out of memory for %d write buffers of %zu MiB", w->path, nw,
+                   ANVIL_ENGINE_CHUNK >> 20);
     }
     pthread_mutex_init(&j.lock, NULL);
     pthread_cond_init(&j.changed, NULL);
@@ -497,8 +502,8 @@ static anvil_status reserve(const anvil_engine_writer *w, uint64_t size)
     return ANVIL_OK;
 }
 
-static anvil_status finish(anvil_engine_writer *w, json_t *m, anvil_engine_fill_fn fill, void *user, int n_threads,
-                           anvil_engine_progress_fn progress, void *progress_user)
+static anvil_status finish(anvil_engine_writer *w, json_t *m, anvil_engine_fill_fn fill, void *user,
+                           int n_threads, anvil_engine_progress_fn progress, void *progress_user)
 {
     char *text = NULL;
     anvil_status st = ANVIL_OK;
@@ -531,8 +536,8 @@ static anvil_status finish(anvil_engine_writer *w, json_t *m, anvil_engine_fill_
     int rc = close(w->fd);
     w->fd = -1;
     CHECK_GOTO(rc == 0, ANVIL_ERR_IO, done, "cannot write %s: %s", w->path, strerror(errno));
-    CHECK_GOTO(rename(w->tmp, w->path) == 0, ANVIL_ERR_IO, done, "cannot rename %s to %s: %s", w->tmp, w->path,
-               strerror(errno));
+    CHECK_GOTO(rename(w->tmp, w->path) == 0, ANVIL_ERR_IO, done, "cannot rename %s to %s: %s", w->tmp,
+               w->path, strerror(errno));
 done:
     if (st != ANVIL_OK && w->fd < 0)
         unlink(w->tmp); /* closed above but not renamed; abort removes it when still open */
@@ -548,8 +553,9 @@ anvil_status anvil_engine_writer_finish(anvil_engine_writer *w, json_t *manifest
     anvil_status st = ANVIL_OK;
     json_t *m = manifest ? json_incref(manifest) : json_object();
     CHECK_GOTO(m != NULL, ANVIL_ERR_OOM, done, "%s: out of memory", w->path);
-    CHECK_GOTO(json_is_object(m), ANVIL_ERR_INVALID_ARG, done, "%s: the manifest must be a JSON object, got %s",
-               w->path, json_is_array(m) ? "an array" : "a scalar");
+    CHECK_GOTO(json_is_object(m), ANVIL_ERR_INVALID_ARG, done,
+               "%s: the manifest must be a JSON object, got %s", w->path,
+               json_is_array(m) ? "an array" : "a scalar");
     CHECK_GOTO(fill != NULL || w->n == 0, ANVIL_ERR_INVALID_ARG, done, "%s: no fill callback", w->path);
     st = finish(w, m, fill, user, n_threads, progress, progress_user);
 done:

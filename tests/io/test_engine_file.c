@@ -49,7 +49,7 @@ typedef struct fill_ctx {
     size_t fail_offset;
     atomic_long calls;
     atomic_size_t max_len;
-    int random;     /* perf mode: xorshift bytes instead of the pattern */
+    int random; /* perf mode: xorshift bytes instead of the pattern */
 } fill_ctx;
 
 static anvil_status fill_pattern(void *user, int64_t index, size_t offset, void *dst, size_t len)
@@ -159,9 +159,9 @@ static void write_specs(const char *path, const spec *specs, int64_t n, json_t *
     assert_int_equal(anvil_engine_writer_create(path, &w), ANVIL_OK);
     for (int64_t i = 0; i < n; i++) {
         int64_t idx = -1;
-        assert_int_equal(
-            anvil_engine_writer_add_tensor(w, specs[i].name, specs[i].kind, specs[i].n_dims, specs[i].shape, &idx),
-            ANVIL_OK);
+        assert_int_equal(anvil_engine_writer_add_tensor(w, specs[i].name, specs[i].kind, specs[i].n_dims,
+                                                        specs[i].shape, &idx),
+                         ANVIL_OK);
         assert_int_equal(idx, i);
     }
     if (n > 5)
@@ -259,7 +259,8 @@ static void test_round_trip(void **state)
             size_t len = 0;
             uint8_t *image = NULL;
             if (mode < 2) {
-                assert_int_equal(anvil_engine_file_open(path, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f), ANVIL_OK);
+                assert_int_equal(anvil_engine_file_open(path, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f),
+                                 ANVIL_OK);
             } else {
                 image = read_all(path, &len);
                 assert_int_equal(anvil_engine_file_open_memory(image, len, &f), ANVIL_OK);
@@ -269,8 +270,9 @@ static void test_round_trip(void **state)
             assert_int_equal(stat(path, &sb), 0);
             assert_int_equal(anvil_engine_file_header(f)->file_size, (uint64_t)sb.st_size);
             const json_t *mf = anvil_engine_file_manifest(f);
-            assert_string_equal(json_string_value(json_object_get(json_object_get(mf, "config"), "architectures")),
-                                "LlamaForCausalLM");
+            assert_string_equal(
+                json_string_value(json_object_get(json_object_get(mf, "config"), "architectures")),
+                "LlamaForCausalLM");
             assert_string_equal(json_string_value(json_object_get(mf, "chat_template")), "{{ messages }}");
             const char *ver = json_string_value(json_object_get(mf, "anvil_version"));
             assert_non_null(ver);
@@ -370,7 +372,8 @@ static void write_expect_failure(const char *path, fill_ctx *fc, progress_log *p
     assert_int_equal(count_temp_files(), 1);
     for (int64_t i = 0; i < N_SPECS; i++)
         assert_int_equal(anvil_engine_writer_add_tensor(w, round_trip_specs[i].name, round_trip_specs[i].kind,
-                                                        round_trip_specs[i].n_dims, round_trip_specs[i].shape, NULL),
+                                                        round_trip_specs[i].n_dims, round_trip_specs[i].shape,
+                                                        NULL),
                          ANVIL_OK);
     anvil_status st =
         anvil_engine_writer_finish(w, NULL, fill_pattern, fc, 3, plog ? on_progress : NULL, plog);
@@ -475,8 +478,8 @@ static void test_writer_bad_args(void **state)
     /* a manifest that is not an object: refused, the writer freed, nothing left */
     json_t *arr = json_array();
     fill_ctx fc = {.fail_index = -1};
-    assert_status_msg(anvil_engine_writer_finish(w, arr, fill_pattern, &fc, 1, NULL, NULL), ANVIL_ERR_INVALID_ARG,
-                      "must be a JSON object");
+    assert_status_msg(anvil_engine_writer_finish(w, arr, fill_pattern, &fc, 1, NULL, NULL),
+                      ANVIL_ERR_INVALID_ARG, "must be a JSON object");
     json_decref(arr);
     assert_false(exists(path));
     assert_int_equal(count_temp_files(), 0);
@@ -490,7 +493,8 @@ static void test_writer_bad_args(void **state)
     const char *dir = tmp_path("a_directory.engine");
     assert_int_equal(mkdir(dir, 0700), 0);
     assert_int_equal(anvil_engine_writer_create(dir, &w), ANVIL_OK);
-    assert_status_msg(anvil_engine_writer_finish(w, NULL, NULL, NULL, 1, NULL, NULL), ANVIL_ERR_IO, "cannot rename");
+    assert_status_msg(anvil_engine_writer_finish(w, NULL, NULL, NULL, 1, NULL, NULL), ANVIL_ERR_IO,
+                      "cannot rename");
     assert_int_equal(count_temp_files(), 0);
     rmdir(dir);
 }
@@ -534,10 +538,10 @@ typedef struct img {
     size_t data_len;
     anvil_engine_header h;
     void (*patch)(anvil_engine_header *h); /* after the layout, before encoding */
-    int64_t cut;    /* keep this many bytes (< 0: drop -cut from the end; 0: all) */
-    int64_t flip;   /* xor byte [flip] with 1 after encoding (0: none) */
-    size_t append;  /* zero bytes added at the end */
-    int empty;      /* no bytes at all */
+    int64_t cut;                           /* keep this many bytes (< 0: drop -cut from the end; 0: all) */
+    int64_t flip;                          /* xor byte [flip] with 1 after encoding (0: none) */
+    size_t append;                         /* zero bytes added at the end */
+    int empty;                             /* no bytes at all */
 } img;
 
 static json_t *tensor_entry(const char *name, const char *kind, json_t *shape, int64_t offset, int64_t bytes,
@@ -556,11 +560,11 @@ static void img_init(img *g)
         g->data[i] = (uint8_t)(i * 7 + 1);
     memset(g->data + 64, 0, 192); /* the padding after "a" */
     g->data_len = 256 + 16;
-    g->m = json_pack("{s:s, s:[i, i], s:s, s:[o, o], s:{s:s}}", "format", "anvil-engine", "format_version", 1, 0,
-                     "anvil_version", "test", "tensors",
+    g->m = json_pack("{s:s, s:[i, i], s:s, s:[o, o], s:{s:s}}", "format", "anvil-engine", "format_version", 1,
+                     0, "anvil_version", "test", "tensors",
                      tensor_entry("a", "f32", json_pack("[i, i]", 4, 4), 0, 64, g->data),
-                     tensor_entry("b", "bf16", json_pack("[i]", 8), 256, 16, g->data + 256), "config", "model_type",
-                     "llama");
+                     tensor_entry("b", "bf16", json_pack("[i]", 8), 256, 16, g->data + 256), "config",
+                     "model_type", "llama");
     assert_non_null(g->m);
 }
 
@@ -588,7 +592,8 @@ static uint8_t *img_bytes(img *g, size_t *len)
     h->file_size = h->data_offset + h->data_length; /* append: bytes the header does not know */
     if (g->patch)
         g->patch(h);
-    size_t total = 4096 + (text_len + 4095) / 4096 * 4096 + g->data_len + g->append; /* as laid out before the patch */
+    size_t total =
+        4096 + (text_len + 4095) / 4096 * 4096 + g->data_len + g->append; /* as laid out before the patch */
     uint8_t *b = calloc(1, total);
     assert_non_null(b);
     anvil_engine_header_encode(h, b);
@@ -613,80 +618,256 @@ static void img_free(img *g)
 }
 
 /* The cases. Each changes a valid image in one way. */
-static void cut_in_header(img *g) { g->cut = 40; }
-static void cut_in_header_reserve(img *g) { g->cut = 2000; }
-static void cut_to_magic(img *g) { g->cut = 5; }
-static void cut_to_nothing(img *g) { g->empty = 1; }
-static void cut_in_manifest(img *g) { g->cut = 4096 + 30; }
-static void cut_in_data(img *g) { g->cut = -10; }
-static void appended(img *g) { g->append = 4096; }
-static void wrong_magic(img *g) { g->flip = 3; /* "ANVJLENG": and the checksum, but the magic is read first */ }
-static void p_major2(anvil_engine_header *h) { h->version_major = 2, h->version_minor = 3; }
-static void major2(img *g) { g->patch = p_major2; }
-static void p_major0(anvil_engine_header *h) { h->version_major = 0; }
-static void major0(img *g) { g->patch = p_major0; }
-static void header_damaged(img *g) { g->flip = 50; /* data_length, after the checksum was taken */ }
-static void manifest_damaged(img *g) { g->flip = 4096 + 20; }
-static void p_flags(anvil_engine_header *h) { h->flags = 4; }
-static void flags(img *g) { g->patch = p_flags; }
-static void p_m_outside(anvil_engine_header *h) { h->manifest_length = h->file_size; }
-static void manifest_outside(img *g) { g->patch = p_m_outside; }
-static void p_m_wrap(anvil_engine_header *h) { h->manifest_offset = UINT64_MAX - 10; }
-static void manifest_wraps(img *g) { g->patch = p_m_wrap; }
-static void p_m_in_header(anvil_engine_header *h) { h->manifest_offset = 100; }
-static void manifest_in_header(img *g) { g->patch = p_m_in_header; }
-static void p_hsize(anvil_engine_header *h) { h->header_size = 20; }
-static void header_size_small(img *g) { g->patch = p_hsize; }
-static void p_d_wrap(anvil_engine_header *h) { h->data_length = UINT64_MAX - 100; }
-static void data_wraps(img *g) { g->patch = p_d_wrap; }
-static void p_d_overlap(anvil_engine_header *h) { h->data_offset = 4096, h->data_length += 4096; }
-static void data_overlaps_manifest(img *g) { g->patch = p_d_overlap; }
-static void p_d_misaligned(anvil_engine_header *h) { h->data_offset += 256, h->data_length -= 256; }
-static void data_misaligned(img *g) { g->patch = p_d_misaligned; }
+static void cut_in_header(img *g)
+{
+    g->cut = 40;
+}
+static void cut_in_header_reserve(img *g)
+{
+    g->cut = 2000;
+}
+static void cut_to_magic(img *g)
+{
+    g->cut = 5;
+}
+static void cut_to_nothing(img *g)
+{
+    g->empty = 1;
+}
+static void cut_in_manifest(img *g)
+{
+    g->cut = 4096 + 30;
+}
+static void cut_in_data(img *g)
+{
+    g->cut = -10;
+}
+static void appended(img *g)
+{
+    g->append = 4096;
+}
+static void wrong_magic(img *g)
+{
+    g->flip = 3; /* "ANVJLENG": and the checksum, but the magic is read first */
+}
+static void p_major2(anvil_engine_header *h)
+{
+    h->version_major = 2, h->version_minor = 3;
+}
+static void major2(img *g)
+{
+    g->patch = p_major2;
+}
+static void p_major0(anvil_engine_header *h)
+{
+    h->version_major = 0;
+}
+static void major0(img *g)
+{
+    g->patch = p_major0;
+}
+static void header_damaged(img *g)
+{
+    g->flip = 50; /* data_length, after the checksum was taken */
+}
+static void manifest_damaged(img *g)
+{
+    g->flip = 4096 + 20;
+}
+static void p_flags(anvil_engine_header *h)
+{
+    h->flags = 4;
+}
+static void flags(img *g)
+{
+    g->patch = p_flags;
+}
+static void p_m_outside(anvil_engine_header *h)
+{
+    h->manifest_length = h->file_size;
+}
+static void manifest_outside(img *g)
+{
+    g->patch = p_m_outside;
+}
+static void p_m_wrap(anvil_engine_header *h)
+{
+    h->manifest_offset = UINT64_MAX - 10;
+}
+static void manifest_wraps(img *g)
+{
+    g->patch = p_m_wrap;
+}
+static void p_m_in_header(anvil_engine_header *h)
+{
+    h->manifest_offset = 100;
+}
+static void manifest_in_header(img *g)
+{
+    g->patch = p_m_in_header;
+}
+static void p_hsize(anvil_engine_header *h)
+{
+    h->header_size = 20;
+}
+static void header_size_small(img *g)
+{
+    g->patch = p_hsize;
+}
+static void p_d_wrap(anvil_engine_header *h)
+{
+    h->data_length = UINT64_MAX - 100;
+}
+static void data_wraps(img *g)
+{
+    g->patch = p_d_wrap;
+}
+static void p_d_overlap(anvil_engine_header *h)
+{
+    h->data_offset = 4096, h->data_length += 4096;
+}
+static void data_overlaps_manifest(img *g)
+{
+    g->patch = p_d_overlap;
+}
+static void p_d_misaligned(anvil_engine_header *h)
+{
+    h->data_offset += 256, h->data_length -= 256;
+}
+static void data_misaligned(img *g)
+{
+    g->patch = p_d_misaligned;
+}
 static void p_d_before(anvil_engine_header *h)
 {
     h->manifest_offset = 4096 + 256, h->manifest_length = 100, h->data_offset = 4096, h->data_length = 0;
 }
-static void data_before_manifest(img *g) { g->patch = p_d_before; }
-static void p_m_empty(anvil_engine_header *h) { h->manifest_length = 0; }
-static void manifest_empty(img *g) { g->patch = p_m_empty; }
-static void not_json(img *g) { g->text = strdup("{\"format\": \"anvil-engine\", \"tensors\": [}"); }
-static void dup_key(img *g) { g->text = strdup("{\"format\": \"anvil-engine\", \"format\": \"x\"}"); }
-static void not_object(img *g) { g->text = strdup("[1, 2, 3]"); }
-static void no_tensors(img *g) { json_object_del(g->m, "tensors"); }
-static void tensors_object(img *g) { json_object_set_new(g->m, "tensors", json_object()); }
-static void wrong_format(img *g) { json_object_set_new(g->m, "format", json_string("gguf")); }
-static void no_version(img *g) { json_object_del(g->m, "format_version"); }
-static void version_disagrees(img *g) { json_object_set_new(g->m, "format_version", json_pack("[i, i]", 1, 1)); }
-static void anvil_version_int(img *g) { json_object_set_new(g->m, "anvil_version", json_integer(3)); }
-static void entry_not_object(img *g) { json_array_append_new(json_object_get(g->m, "tensors"), json_string("c")); }
-static void name_int(img *g) { json_object_set_new(entry(g, 1), "name", json_integer(1)); }
-static void name_empty(img *g) { json_object_set_new(entry(g, 1), "name", json_string("")); }
-static void kind_unknown(img *g) { json_object_set_new(entry(g, 1), "kind", json_string("q3_k")); }
-static void kind_missing(img *g) { json_object_del(entry(g, 1), "kind"); }
-static void shape_string(img *g) { json_object_set_new(entry(g, 1), "shape", json_string("[8]")); }
-static void shape_empty(img *g) { json_object_set_new(entry(g, 1), "shape", json_array()); }
-static void shape_5d(img *g) { json_object_set_new(entry(g, 1), "shape", json_pack("[i,i,i,i,i]", 1, 1, 1, 1, 8)); }
-static void shape_zero(img *g) { json_object_set_new(entry(g, 1), "shape", json_pack("[i, i]", 0, 8)); }
-static void shape_negative(img *g) { json_object_set_new(entry(g, 1), "shape", json_pack("[i, i]", -2, -4)); }
-static void shape_real(img *g) { json_object_set_new(entry(g, 1), "shape", json_pack("[f]", 8.0)); }
+static void data_before_manifest(img *g)
+{
+    g->patch = p_d_before;
+}
+static void p_m_empty(anvil_engine_header *h)
+{
+    h->manifest_length = 0;
+}
+static void manifest_empty(img *g)
+{
+    g->patch = p_m_empty;
+}
+static void not_json(img *g)
+{
+    g->text = strdup("{\"format\": \"anvil-engine\", \"tensors\": [}");
+}
+static void dup_key(img *g)
+{
+    g->text = strdup("{\"format\": \"anvil-engine\", \"format\": \"x\"}");
+}
+static void not_object(img *g)
+{
+    g->text = strdup("[1, 2, 3]");
+}
+static void no_tensors(img *g)
+{
+    json_object_del(g->m, "tensors");
+}
+static void tensors_object(img *g)
+{
+    json_object_set_new(g->m, "tensors", json_object());
+}
+static void wrong_format(img *g)
+{
+    json_object_set_new(g->m, "format", json_string("gguf"));
+}
+static void no_version(img *g)
+{
+    json_object_del(g->m, "format_version");
+}
+static void version_disagrees(img *g)
+{
+    json_object_set_new(g->m, "format_version", json_pack("[i, i]", 1, 1));
+}
+static void anvil_version_int(img *g)
+{
+    json_object_set_new(g->m, "anvil_version", json_integer(3));
+}
+static void entry_not_object(img *g)
+{
+    json_array_append_new(json_object_get(g->m, "tensors"), json_string("c"));
+}
+static void name_int(img *g)
+{
+    json_object_set_new(entry(g, 1), "name", json_integer(1));
+}
+static void name_empty(img *g)
+{
+    json_object_set_new(entry(g, 1), "name", json_string(""));
+}
+static void kind_unknown(img *g)
+{
+    json_object_set_new(entry(g, 1), "kind", json_string("q3_k"));
+}
+static void kind_missing(img *g)
+{
+    json_object_del(entry(g, 1), "kind");
+}
+static void shape_string(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_string("[8]"));
+}
+static void shape_empty(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_array());
+}
+static void shape_5d(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_pack("[i,i,i,i,i]", 1, 1, 1, 1, 8));
+}
+static void shape_zero(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_pack("[i, i]", 0, 8));
+}
+static void shape_negative(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_pack("[i, i]", -2, -4));
+}
+static void shape_real(img *g)
+{
+    json_object_set_new(entry(g, 1), "shape", json_pack("[f]", 8.0));
+}
 static void shape_overflow(img *g)
 {
-    json_object_set_new(entry(g, 1), "shape", json_pack("[I, I, i]", (json_int_t)1 << 32, (json_int_t)1 << 32, 4));
+    json_object_set_new(entry(g, 1), "shape",
+                        json_pack("[I, I, i]", (json_int_t)1 << 32, (json_int_t)1 << 32, 4));
 }
 static void shape_bytes_overflow(img *g)
 {
-    json_object_set_new(entry(g, 0), "shape", json_pack("[I, i]", (json_int_t)1 << 61, 2)); /* f32: 2^64 bytes */
+    json_object_set_new(entry(g, 0), "shape",
+                        json_pack("[I, i]", (json_int_t)1 << 61, 2)); /* f32: 2^64 bytes */
 }
-static void bytes_mismatch(img *g) { json_object_set_new(entry(g, 1), "bytes", json_integer(32)); }
-static void bytes_missing(img *g) { json_object_del(entry(g, 1), "bytes"); }
-static void offset_outside(img *g) { json_object_set_new(entry(g, 1), "offset", json_integer(512)); }
+static void bytes_mismatch(img *g)
+{
+    json_object_set_new(entry(g, 1), "bytes", json_integer(32));
+}
+static void bytes_missing(img *g)
+{
+    json_object_del(entry(g, 1), "bytes");
+}
+static void offset_outside(img *g)
+{
+    json_object_set_new(entry(g, 1), "offset", json_integer(512));
+}
 static void offset_wraps(img *g)
 {
     json_object_set_new(entry(g, 1), "offset", json_integer((json_int_t)(INT64_MAX / 256 * 256)));
 }
-static void offset_negative(img *g) { json_object_set_new(entry(g, 1), "offset", json_integer(-256)); }
-static void offset_misaligned(img *g) { json_object_set_new(entry(g, 1), "offset", json_integer(128)); }
+static void offset_negative(img *g)
+{
+    json_object_set_new(entry(g, 1), "offset", json_integer(-256));
+}
+static void offset_misaligned(img *g)
+{
+    json_object_set_new(entry(g, 1), "offset", json_integer(128));
+}
 static void overlapping(img *g)
 {
     json_object_set_new(entry(g, 0), "shape", json_pack("[i, i]", 8, 10)); /* 320 bytes: into "b" at 256 */
@@ -697,17 +878,38 @@ static void same_offset(img *g)
 {
     json_object_set_new(entry(g, 1), "offset", json_integer(0));
 }
-static void duplicate_names(img *g) { json_object_set_new(entry(g, 1), "name", json_string("a")); }
-static void xxh64_short(img *g) { json_object_set_new(entry(g, 1), "xxh64", json_string("0123456789abcde")); }
-static void xxh64_not_hex(img *g) { json_object_set_new(entry(g, 1), "xxh64", json_string("0123456789abcdeg")); }
-static void xxh64_int(img *g) { json_object_set_new(entry(g, 1), "xxh64", json_integer(5)); }
+static void duplicate_names(img *g)
+{
+    json_object_set_new(entry(g, 1), "name", json_string("a"));
+}
+static void xxh64_short(img *g)
+{
+    json_object_set_new(entry(g, 1), "xxh64", json_string("0123456789abcde"));
+}
+static void xxh64_not_hex(img *g)
+{
+    json_object_set_new(entry(g, 1), "xxh64", json_string("0123456789abcdeg"));
+}
+static void xxh64_int(img *g)
+{
+    json_object_set_new(entry(g, 1), "xxh64", json_integer(5));
+}
 static void scales_missing(img *g)
 {
     json_object_set_new(entry(g, 1), "scales", json_pack("{s:s}", "tensor", "b.scales"));
 }
-static void scales_self(img *g) { json_object_set_new(entry(g, 1), "scales", json_pack("{s:s}", "tensor", "b")); }
-static void scales_string(img *g) { json_object_set_new(entry(g, 1), "scales", json_string("a")); }
-static void scales_no_tensor(img *g) { json_object_set_new(entry(g, 1), "scales", json_object()); }
+static void scales_self(img *g)
+{
+    json_object_set_new(entry(g, 1), "scales", json_pack("{s:s}", "tensor", "b"));
+}
+static void scales_string(img *g)
+{
+    json_object_set_new(entry(g, 1), "scales", json_string("a"));
+}
+static void scales_no_tensor(img *g)
+{
+    json_object_set_new(entry(g, 1), "scales", json_object());
+}
 
 typedef struct bad_case {
     const char *name;
@@ -718,21 +920,24 @@ typedef struct bad_case {
 
 static const bad_case bad_cases[] = {
     {"cut_in_header", cut_in_header, ANVIL_ERR_FORMAT, "truncated: 40 bytes"},
-    {"cut_in_header_reserve", cut_in_header_reserve, ANVIL_ERR_FORMAT, "truncated: 2000 bytes, but its header says"},
+    {"cut_in_header_reserve", cut_in_header_reserve, ANVIL_ERR_FORMAT,
+     "truncated: 2000 bytes, but its header says"},
     {"cut_to_magic", cut_to_magic, ANVIL_ERR_FORMAT, "truncated: 5 bytes"},
     {"cut_to_nothing", cut_to_nothing, ANVIL_ERR_FORMAT, "truncated: 0 bytes"},
     {"cut_in_manifest", cut_in_manifest, ANVIL_ERR_FORMAT, "truncated: 4126 bytes"},
     {"cut_in_data", cut_in_data, ANVIL_ERR_FORMAT, "truncated"},
     {"appended", appended, ANVIL_ERR_FORMAT, "bytes were added after its end"},
     {"wrong_magic", wrong_magic, ANVIL_ERR_FORMAT, "not an anvil engine file"},
-    {"major2", major2, ANVIL_ERR_UNSUPPORTED, "engine format 2.3; this anvil reads 1.x: rebuild it with `anvil build`"},
+    {"major2", major2, ANVIL_ERR_UNSUPPORTED,
+     "engine format 2.3; this anvil reads 1.x: rebuild it with `anvil build`"},
     {"major0", major0, ANVIL_ERR_UNSUPPORTED, "engine format 0.0; this anvil reads 1.x"},
     {"header_damaged", header_damaged, ANVIL_ERR_FORMAT, "header checksum mismatch"},
     {"manifest_damaged", manifest_damaged, ANVIL_ERR_FORMAT, "manifest checksum mismatch"},
     {"flags", flags, ANVIL_ERR_UNSUPPORTED, "header flags 0x00000004"},
     {"manifest_outside", manifest_outside, ANVIL_ERR_FORMAT, "the manifest (offset 4096"},
     {"manifest_wraps", manifest_wraps, ANVIL_ERR_FORMAT, "lies outside the file"},
-    {"manifest_in_header", manifest_in_header, ANVIL_ERR_FORMAT, "the manifest (offset 100) overlaps the 4096-byte header"},
+    {"manifest_in_header", manifest_in_header, ANVIL_ERR_FORMAT,
+     "the manifest (offset 100) overlaps the 4096-byte header"},
     {"header_size_small", header_size_small, ANVIL_ERR_FORMAT, "header size 20"},
     {"manifest_empty", manifest_empty, ANVIL_ERR_FORMAT, "the manifest is empty"},
     {"data_wraps", data_wraps, ANVIL_ERR_FORMAT, "the data section (offset 8192"},
@@ -747,11 +952,13 @@ static const bad_case bad_cases[] = {
     {"wrong_format", wrong_format, ANVIL_ERR_FORMAT, "\"format\" must be \"anvil-engine\""},
     {"no_version", no_version, ANVIL_ERR_FORMAT, "\"format_version\" must be [major, minor]"},
     {"version_disagrees", version_disagrees, ANVIL_ERR_FORMAT, "says format 1.1 but the header 1.0"},
-    {"anvil_version_int", anvil_version_int, ANVIL_ERR_FORMAT, "\"anvil_version\" must be a string, got integer"},
+    {"anvil_version_int", anvil_version_int, ANVIL_ERR_FORMAT,
+     "\"anvil_version\" must be a string, got integer"},
     {"entry_not_object", entry_not_object, ANVIL_ERR_FORMAT, "tensors[2] must be an object, got string"},
     {"name_int", name_int, ANVIL_ERR_FORMAT, "tensors[1]: \"name\" must be a non-empty string"},
     {"name_empty", name_empty, ANVIL_ERR_FORMAT, "tensors[1]: \"name\" must be a non-empty string"},
-    {"kind_unknown", kind_unknown, ANVIL_ERR_UNSUPPORTED, "tensor 'b': kind \"q3_k\" is not one this anvil knows"},
+    {"kind_unknown", kind_unknown, ANVIL_ERR_UNSUPPORTED,
+     "tensor 'b': kind \"q3_k\" is not one this anvil knows"},
     {"kind_missing", kind_missing, ANVIL_ERR_FORMAT, "tensor 'b': \"kind\" must be a string, got absent"},
     {"shape_string", shape_string, ANVIL_ERR_FORMAT, "tensor 'b': \"shape\" must be an array"},
     {"shape_empty", shape_empty, ANVIL_ERR_FORMAT, "tensor 'b': 0 dimensions"},
@@ -761,22 +968,27 @@ static const bad_case bad_cases[] = {
     {"shape_real", shape_real, ANVIL_ERR_FORMAT, "\"shape\" must hold integers, got real"},
     {"shape_overflow", shape_overflow, ANVIL_ERR_FORMAT, "tensor 'b': shape is too large"},
     {"shape_bytes_overflow", shape_bytes_overflow, ANVIL_ERR_FORMAT, "tensor 'a': shape is too large"},
-    {"bytes_mismatch", bytes_mismatch, ANVIL_ERR_FORMAT, "tensor 'b': shape [8] of bf16 needs 16 bytes but \"bytes\" is 32"},
+    {"bytes_mismatch", bytes_mismatch, ANVIL_ERR_FORMAT,
+     "tensor 'b': shape [8] of bf16 needs 16 bytes but \"bytes\" is 32"},
     {"bytes_missing", bytes_missing, ANVIL_ERR_FORMAT, "tensor 'b': missing \"bytes\""},
-    {"offset_outside", offset_outside, ANVIL_ERR_FORMAT, "tensor 'b': bytes [512, +16) lie outside the data section (272 bytes)"},
+    {"offset_outside", offset_outside, ANVIL_ERR_FORMAT,
+     "tensor 'b': bytes [512, +16) lie outside the data section (272 bytes)"},
     {"offset_wraps", offset_wraps, ANVIL_ERR_FORMAT, "lie outside the data section"},
     {"offset_negative", offset_negative, ANVIL_ERR_FORMAT, "\"offset\" holds -256"},
-    {"offset_misaligned", offset_misaligned, ANVIL_ERR_FORMAT, "tensor 'b': offset 128 is not a multiple of 256"},
+    {"offset_misaligned", offset_misaligned, ANVIL_ERR_FORMAT,
+     "tensor 'b': offset 128 is not a multiple of 256"},
     {"overlapping", overlapping, ANVIL_ERR_FORMAT, "tensors 'a' and 'b' overlap"},
     {"same_offset", same_offset, ANVIL_ERR_FORMAT, "tensors 'a' and 'b' overlap"},
     {"duplicate_names", duplicate_names, ANVIL_ERR_FORMAT, "tensor name 'a' appears twice"},
     {"xxh64_short", xxh64_short, ANVIL_ERR_FORMAT, "tensor 'b': \"xxh64\" must be a string of 16 hex digits"},
     {"xxh64_not_hex", xxh64_not_hex, ANVIL_ERR_FORMAT, "16 hex digits"},
     {"xxh64_int", xxh64_int, ANVIL_ERR_FORMAT, "16 hex digits"},
-    {"scales_missing", scales_missing, ANVIL_ERR_FORMAT, "tensor 'b': its scales tensor 'b.scales' is not in the table"},
+    {"scales_missing", scales_missing, ANVIL_ERR_FORMAT,
+     "tensor 'b': its scales tensor 'b.scales' is not in the table"},
     {"scales_self", scales_self, ANVIL_ERR_FORMAT, "tensor 'b': names itself as its scales"},
     {"scales_string", scales_string, ANVIL_ERR_FORMAT, "\"scales\" must be an object, got string"},
-    {"scales_no_tensor", scales_no_tensor, ANVIL_ERR_FORMAT, "\"scales\".\"tensor\" must be a string, got absent"},
+    {"scales_no_tensor", scales_no_tensor, ANVIL_ERR_FORMAT,
+     "\"scales\".\"tensor\" must be a string, got absent"},
 };
 
 /* Each bad file through the three ways in: read, mmap, memory image. */
@@ -796,8 +1008,9 @@ static void test_bad_files(void **state)
         anvil_test_write_file(path, b, len);
         for (int mode = 0; mode < 3; mode++) {
             anvil_engine_file *f = (anvil_engine_file *)0x1;
-            anvil_status st = mode == 2 ? anvil_engine_file_open_memory(b, len, &f)
-                                        : anvil_engine_file_open(path, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f);
+            anvil_status st = mode == 2
+                                  ? anvil_engine_file_open_memory(b, len, &f)
+                                  : anvil_engine_file_open(path, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f);
             if (st != bc->want || strstr(anvil_last_error(), bc->needle) == NULL)
                 print_error("case %s, mode %d:\n", bc->name, mode);
             assert_status_msg(st, bc->want, bc->needle);
@@ -823,8 +1036,9 @@ static void test_hand_made_valid(void **state)
     assert_int_equal(anvil_engine_file_open_memory(b, len, &f), ANVIL_OK);
     assert_int_equal(anvil_engine_file_count(f), 2);
     assert_int_equal(anvil_engine_file_tensor(f, 0)->scales, 1);
-    assert_string_equal(json_string_value(json_object_get(anvil_engine_file_tensor(f, 1)->entry, "zero_points")),
-                        "the builder's own key");
+    assert_string_equal(
+        json_string_value(json_object_get(anvil_engine_file_tensor(f, 1)->entry, "zero_points")),
+        "the builder's own key");
     assert_int_equal(anvil_engine_file_verify(f, NULL, NULL), ANVIL_OK);
     anvil_engine_file_close(f);
     free(b);
@@ -840,8 +1054,8 @@ static void test_not_regular(void **state)
     assert_int_equal(mkfifo(fifo, 0600), 0);
     for (int mode = 0; mode < 2; mode++) {
         anvil_engine_file *f = (anvil_engine_file *)0x1;
-        assert_status_msg(anvil_engine_file_open(fifo, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f), ANVIL_ERR_IO,
-                          "fifo.engine is not a regular file");
+        assert_status_msg(anvil_engine_file_open(fifo, mode ? ANVIL_ST_MMAP : ANVIL_ST_READ, &f),
+                          ANVIL_ERR_IO, "fifo.engine is not a regular file");
         assert_null(f);
     }
     assert_false(anvil_engine_file_is_engine(fifo));
@@ -851,8 +1065,8 @@ static void test_not_regular(void **state)
                       "is not a regular file");
     assert_null(f);
     assert_false(anvil_engine_file_is_engine(anvil_test_tmpdir()));
-    assert_status_msg(anvil_engine_file_open(tmp_path("missing.engine"), ANVIL_ST_READ, &f), ANVIL_ERR_NOT_FOUND,
-                      "missing.engine");
+    assert_status_msg(anvil_engine_file_open(tmp_path("missing.engine"), ANVIL_ST_READ, &f),
+                      ANVIL_ERR_NOT_FOUND, "missing.engine");
     assert_false(anvil_engine_file_is_engine(tmp_path("missing.engine")));
     assert_false(anvil_engine_file_is_engine(NULL));
     const char *st_path = tmp_path("model.safetensors");
@@ -880,8 +1094,10 @@ static void test_changed_after_open(void **state)
     assert_int_equal(truncate(path, (off_t)b->offset + 100), 0);
     uint8_t buf[2000];
     assert_int_equal(anvil_engine_file_read(f, b->index, 0, buf, 100), ANVIL_OK);
-    assert_status_msg(anvil_engine_file_read(f, b->index, 0, buf, 2000), ANVIL_ERR_IO, "changed while in use");
-    assert_status_msg(anvil_engine_file_verify(f, NULL, NULL), ANVIL_ERR_IO, "changing.engine changed while in use");
+    assert_status_msg(anvil_engine_file_read(f, b->index, 0, buf, 2000), ANVIL_ERR_IO,
+                      "changed while in use");
+    assert_status_msg(anvil_engine_file_verify(f, NULL, NULL), ANVIL_ERR_IO,
+                      "changing.engine changed while in use");
     assert_status_msg(anvil_engine_file_check_unchanged(f), ANVIL_ERR_IO, "changed while it was read");
     assert_status_msg(anvil_engine_file_read(f, 7, 0, buf, 1), ANVIL_ERR_INVALID_ARG, "no tensor 7");
     anvil_engine_file_close(f);
@@ -903,9 +1119,9 @@ static void write_seed(const char *dir, const char *name, const spec *specs, int
     anvil_engine_writer *w = NULL;
     assert_int_equal(anvil_engine_writer_create(path, &w), ANVIL_OK);
     for (int64_t i = 0; i < n; i++)
-        assert_int_equal(
-            anvil_engine_writer_add_tensor(w, specs[i].name, specs[i].kind, specs[i].n_dims, specs[i].shape, NULL),
-            ANVIL_OK);
+        assert_int_equal(anvil_engine_writer_add_tensor(w, specs[i].name, specs[i].kind, specs[i].n_dims,
+                                                        specs[i].shape, NULL),
+                         ANVIL_OK);
     if (scales)
         assert_int_equal(anvil_engine_writer_set_scales(w, 0, n - 1), ANVIL_OK);
     fill_ctx fc = {.fail_index = -1};
@@ -917,14 +1133,14 @@ static void write_seeds(const char *dir)
 {
     const spec one[] = {{"w", ANVIL_ENGINE_KIND_F32, 2, {2, 3}, 24}};
     const spec kinds[] = {
-        {"q", ANVIL_ENGINE_KIND_INT4, 2, {3, 5}, 8},         {"e", ANVIL_ENGINE_KIND_BF16, 1, {5}, 10},
-        {"h", ANVIL_ENGINE_KIND_F16, 3, {1, 2, 2}, 8},       {"f8", ANVIL_ENGINE_KIND_FP8_E4M3, 1, {3}, 3},
-        {"i8", ANVIL_ENGINE_KIND_INT8, 4, {1, 1, 1, 2}, 2},  {"q.scales", ANVIL_ENGINE_KIND_F32, 1, {3}, 12},
+        {"q", ANVIL_ENGINE_KIND_INT4, 2, {3, 5}, 8},        {"e", ANVIL_ENGINE_KIND_BF16, 1, {5}, 10},
+        {"h", ANVIL_ENGINE_KIND_F16, 3, {1, 2, 2}, 8},      {"f8", ANVIL_ENGINE_KIND_FP8_E4M3, 1, {3}, 3},
+        {"i8", ANVIL_ENGINE_KIND_INT8, 4, {1, 1, 1, 2}, 2}, {"q.scales", ANVIL_ENGINE_KIND_F32, 1, {3}, 12},
     };
     write_seed(dir, "valid_one_f32", one, 1, 0, NULL);
     write_seed(dir, "valid_all_kinds", kinds, 6, 1,
-               json_pack("{s:{s:s, s:i}, s:[s], s:s}", "config", "architectures", "LlamaForCausalLM", "hidden_size",
-                         8, "ops", "linear", "chat_template", "{{ x }}"));
+               json_pack("{s:{s:s, s:i}, s:[s], s:s}", "config", "architectures", "LlamaForCausalLM",
+                         "hidden_size", 8, "ops", "linear", "chat_template", "{{ x }}"));
     write_seed(dir, "valid_empty", NULL, 0, 0, NULL);
     /* a damaged tensor: opens, fails verify */
     char src[1024], dst[1024];
@@ -960,7 +1176,7 @@ static void test_fuzz_seeds(void **state)
         const char *name;
         int opens, verifies;
     } seeds[] = {
-        {"valid_one_f32", 1, 1}, {"valid_all_kinds", 1, 1}, {"valid_empty", 1, 1},
+        {"valid_one_f32", 1, 1},  {"valid_all_kinds", 1, 1}, {"valid_empty", 1, 1},
         {"damaged_tensor", 1, 0}, {"overlap", 0, 0},
     };
     for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
@@ -1015,8 +1231,8 @@ static int perf(long mb)
         double dt = now_s() - t0;
         if (st != ANVIL_OK)
             return fprintf(stderr, "%s\n", anvil_last_error()), 1;
-        printf("write %zu MB, %d thread(s): %.2f s, %.0f MB/s (random fill included)\n", sum >> 20, threads, dt,
-               (double)sum / 1048576.0 / dt);
+        printf("write %zu MB, %d thread(s): %.2f s, %.0f MB/s (random fill included)\n", sum >> 20, threads,
+               dt, (double)sum / 1048576.0 / dt);
     }
     { /* the fill callback alone, one thread: what the writer cannot beat */
         fill_ctx fc = {.fail_index = -1, .random = 1};
