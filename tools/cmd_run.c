@@ -337,9 +337,7 @@ int anvil_cmd_run(int argc, char **argv)
     int32_t *prompt = NULL, *out = NULL, n_prompt = 0, n_out = 0;
     char *chat_text = NULL, *text = NULL;
 
-    char path[4096];
-    int have_tokenizer = anvil_path_join(path, sizeof path, a.model, "tokenizer.json") == ANVIL_OK &&
-                         anvil_file_exists(path);
+    int have_tokenizer = anvil_tokenizer_available(a.model);
     if (have_tokenizer && anvil_tokenizer_load(a.model, &tok) != ANVIL_OK) {
         anvil_cli_report("anvil run");
         goto done;

@@ -144,9 +144,7 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
     *rt = NULL;
     *tok = NULL;
     *ex = NULL;
-    char path[4096];
-    if (anvil_path_join(path, sizeof path, model_dir, "tokenizer.json") == ANVIL_OK && anvil_file_exists(path) &&
-        anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
+    if (anvil_tokenizer_available(model_dir) && anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
         anvil_cli_report("%s", tool);
         return -1;
     }

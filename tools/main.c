@@ -17,6 +17,8 @@ static const command commands[] = {
     {"chat-template", anvil_cmd_chat_template, "render chat messages with a model's template"},
     {"bench", anvil_cmd_bench, "measure throughput and latency of batched serving"},
     {"serve", anvil_cmd_serve, "serve models over HTTP with OpenAI's API"},
+    {"build", anvil_cmd_build, "build a model folder into one engine file"},
+    {"inspect", anvil_cmd_inspect, "show what an engine file holds; --verify checks every byte"},
 };
 
 static void usage(FILE *out)

@@ -1,15 +1,25 @@
 /*
- * anvil/builder.h: making models and engines.
+ * anvil/builder.h: making engines (and random-weight models).
  *
- * For now: a model folder with random weights from a config alone, so that
- * benchmarks can run at the shape of a real model (Llama-3-8B, 3.2-1B, ...)
- * without downloading it.
+ * An engine is one file that holds everything serving a model needs: its
+ * weights prepared for the runtime (converted, fused, later quantized and
+ * sharded), the network's ops and fusion plan, the config, tokenizer, chat
+ * template and generation config (docs/engine.md, docs/engine-format.md).
+ * Every command that takes a model folder takes an engine file.
+ *
+ *     anvil_build_options o;
+ *     anvil_build_options_default(&o);
+ *     o.weight_dtype = ANVIL_DTYPE_BF16;
+ *     if (anvil_build_engine("models/llama", "llama.engine", &o) != ANVIL_OK)
+ *         fprintf(stderr, "%s\n", anvil_last_error());
  */
 #ifndef ANVIL_BUILDER_H
 #define ANVIL_BUILDER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+#include "anvil/dtype.h"
 #include "anvil/status.h"
 
 #ifdef __cplusplus
@@ -23,6 +33,39 @@ extern "C" {
  * deviation 0.02 (as HF initializes them), from seed. dir must exist.
  */
 anvil_status anvil_write_random_model(const char *dir, const char *config_json, uint64_t seed);
+
+typedef struct anvil_build_options {
+    /* Weights converted to this (f32, bf16, f16); ANVIL_DTYPE_COUNT
+     * (default, "auto"): as the checkpoint stores them. It also sets the
+     * compute dtype at run time, as --dtype does for a folder. */
+    anvil_dtype weight_dtype;
+    int no_fusion;          /* 1: no fused ops and no weights stored fused */
+    int n_threads;          /* threads preparing and writing; 0: one per online CPU (at most 16) */
+    /* Random weights from the config alone (model is then a config.json
+     * file or a folder holding one): norms 1, others uniform with standard
+     * deviation 0.02, a function of seed. For benchmarks at a real
+     * model's shape without its weights. weight_dtype COUNT: the config's
+     * dtype. */
+    int random_weights;
+    uint64_t seed;
+    /* Called as bytes are written (of all the weights' bytes); a nonzero
+     * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
+     * NULL. Called from the building threads, one at a time. */
+    int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
+    void *progress_user;
+} anvil_build_options;
+
+/* auto dtype, fusion on, threads auto, no random weights. */
+void anvil_build_options_default(anvil_build_options *o);
+
+/*
+ * Builds model (a Hugging Face folder; or, with random_weights, a
+ * config.json) into the engine file `output`. Every weight is checked
+ * against the config and scanned for NaN and infinity as it is prepared.
+ * The file appears at `output` only when complete (a failure or a cancel
+ * leaves nothing there, and an existing file untouched). o NULL: defaults.
+ */
+anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *o);
 
 #ifdef __cplusplus
 }

@@ -52,6 +52,9 @@ typedef struct anvil_tokenizer anvil_tokenizer;
  */
 anvil_status anvil_tokenizer_load(const char *dir, anvil_tokenizer **out);
 
+/* 1 when path (a model folder, or an engine file) has a tokenizer.json. */
+int anvil_tokenizer_available(const char *path);
+
 /* Loads the given tokenizer.json file; otherwise as anvil_tokenizer_load. */
 anvil_status anvil_tokenizer_load_file(const char *tokenizer_json_path, anvil_tokenizer **out);
 

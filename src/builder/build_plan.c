@@ -183,22 +183,41 @@ static int32_t linear_weight(const anvil_network *net, int32_t i)
     return op && op->kind == ANVIL_OP_LINEAR ? op->weights[0] : -1;
 }
 
-/* "a+b+c" of the members' names (NULL when out of memory). */
+/* The members' names as one: "model.layers.0.self_attn.{q,k,v}_proj.weight"
+ * (their common prefix, up to a '.', and suffix around the parts that
+ * differ); NULL when out of memory. */
 static char *joined_name(const anvil_network *net, const int32_t *ws, int32_t n)
 {
-    size_t len = 1;
+    const char *first = anvil_network_weight(net, ws[0])->name;
+    size_t pre = strlen(first), suf = strlen(first);
+    for (int32_t k = 1; k < n; k++) {
+        const char *s = anvil_network_weight(net, ws[k])->name;
+        size_t i = 0, ls = strlen(s), lf = strlen(first);
+        while (i < pre && s[i] == first[i])
+            i++;
+        pre = i;
+        size_t j = 0;
+        while (j < suf && j < ls && j < lf && s[ls - 1 - j] == first[lf - 1 - j])
+            j++;
+        suf = j;
+    }
+    while (pre > 0 && first[pre - 1] != '.')
+        pre--; /* the prefix ends at a '.' */
+    size_t len = 3;
     for (int32_t k = 0; k < n; k++)
         len += strlen(anvil_network_weight(net, ws[k])->name) + 1;
-    char *s = malloc(len);
-    if (s == NULL)
+    char *out = malloc(len);
+    if (out == NULL)
         return NULL;
-    s[0] = '\0';
+    size_t at = (size_t)snprintf(out, len, "%.*s{", (int)pre, first);
     for (int32_t k = 0; k < n; k++) {
-        if (k)
-            strcat(s, "+");
-        strcat(s, anvil_network_weight(net, ws[k])->name);
+        const char *s = anvil_network_weight(net, ws[k])->name;
+        const size_t ls = strlen(s);
+        const size_t mid = ls >= pre + suf ? ls - pre - suf : 0; /* suffix and prefix may overlap in s */
+        at += (size_t)snprintf(out + at, len - at, "%s%.*s", k ? "," : "", (int)mid, s + pre);
     }
-    return s;
+    snprintf(out + at, len - at, "}%s", first + strlen(first) - suf);
+    return out;
 }
 
 /* Appends a stored tensor of the given members (in order, stacked along axis 0). */
@@ -268,7 +287,7 @@ static void count_uses(const anvil_network *net, int32_t *uses)
 }
 
 anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpoint *ck,
-                                   const anvil_build_options *opts, anvil_build_plan **out)
+                                   const anvil_plan_options *opts, anvil_build_plan **out)
 {
     *out = NULL;
     const int32_t nw = anvil_network_weight_count(net), nops = anvil_network_op_count(net);
@@ -277,17 +296,21 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
     anvil_build_plan *p = NULL;
     anvil_status st = ANVIL_OK;
     CHECK_GOTO(kinds && uses, ANVIL_ERR_OOM, done, "out of memory");
+    CHECK_GOTO(ck != NULL || (opts && opts->weight_dtype != ANVIL_DTYPE_COUNT), ANVIL_ERR_INVALID_ARG, done,
+               "a plan without a checkpoint needs a weight dtype");
     for (int32_t i = 0; i < nw; i++) {
-        anvil_dtype src;
-        TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
+        anvil_dtype src = ANVIL_DTYPE_COUNT;
+        if (ck != NULL) /* no checkpoint: random weights, nothing to check */
+            TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
         kinds[i] = opts && opts->weight_dtype != ANVIL_DTYPE_COUNT ? opts->weight_dtype : src;
     }
     TRY_GOTO(anvil_build_plan_alloc(nw, nops, 0, &p), done);
     for (int32_t i = 0; i < nw; i++)
         p->weight_stored[i] = -1;
-    const int no_fusion = opts == NULL || opts->no_fusion || opts->target == NULL;
+    const int no_fusion = opts == NULL || opts->no_fusion || opts->caps == NULL;
     anvil_fuse *fuse = NULL;
-    TRY_GOTO(anvil_fuse_plan(net, opts && opts->target ? opts->target : NULL, no_fusion, &fuse), done);
+    const anvil_fuse_caps none = {0};
+    TRY_GOTO(anvil_fuse_plan(net, no_fusion ? &none : opts->caps, no_fusion, &fuse), done);
     free(p->fuse);
     p->fuse = fuse;
     count_uses(net, uses);

@@ -56,18 +56,19 @@ typedef struct anvil_build_plan {
     size_t total_bytes;      /* of every stored tensor */
 } anvil_build_plan;
 
-typedef struct anvil_build_options {
+typedef struct anvil_plan_options {
     /* Every weight converted to this kind; ANVIL_DTYPE_COUNT: each as its
      * checkpoint stores it (a recipe's sources must then agree). */
     anvil_dtype weight_dtype;
-    /* The fused ops the target backend has (the fusion plan uses only
-     * those); NULL or no_fusion: none, and no weight stored fused. */
-    const anvil_backend_ops *target;
+    /* The fused ops the target has (the fusion plan uses only those);
+     * NULL or no_fusion: none, and no weight stored fused. */
+    const anvil_fuse_caps *caps;
     int no_fusion;
-} anvil_build_options;
+} anvil_plan_options;
 
 /*
- * Makes the plan for net's weights from checkpoint ck. Every recipe is
+ * Makes the plan for net's weights from checkpoint ck (NULL: a plan for
+ * random weights, of opts->weight_dtype, which must be set). Every recipe is
  * checked against ck first: a missing source is ANVIL_ERR_NOT_FOUND
  * ("missing tensor 'X' in the checkpoint"), a source whose dtype is not
  * f32/bf16/f16 ANVIL_ERR_UNSUPPORTED, a shape that does not give the
@@ -75,7 +76,7 @@ typedef struct anvil_build_options {
  * implies [..]"). *out is NULL on failure.
  */
 anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpoint *ck,
-                                   const anvil_build_options *opts, anvil_build_plan **out);
+                                   const anvil_plan_options *opts, anvil_build_plan **out);
 
 /* A plan without stored tensors yet, for readers that fill it (an engine's
  * manifest): n_weights / n_ops set, arrays allocated, fuse all NONE. */

@@ -33,11 +33,30 @@ static int same_rope(const anvil_net_op *a, const anvil_net_op *b)
     const anvil_rope_config *x = &a->rope, *y = &b->rope;
     return a->head_dim == b->head_dim && x->type == y->type && x->theta == y->theta &&
            x->factor == y->factor && x->low_freq_factor == y->low_freq_factor &&
-           x->high_freq_factor == y->high_freq_factor && x->original_max_position == y->original_max_position;
+           x->high_freq_factor == y->high_freq_factor && x->original_max_position == y->original_max_position &&
+           x->attention_factor == y->attention_factor && x->n_ext_factors == y->n_ext_factors &&
+           memcmp(x->short_factor, y->short_factor, (size_t)x->n_ext_factors * sizeof x->short_factor[0]) == 0 &&
+           memcmp(x->long_factor, y->long_factor, (size_t)x->n_ext_factors * sizeof x->long_factor[0]) == 0;
 }
 
-anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *ops, int disabled,
-                             anvil_fuse **out)
+anvil_fuse_caps anvil_fuse_caps_of(const anvil_backend_ops *ops)
+{
+    anvil_fuse_caps c = {0};
+    if (ops) {
+        c.add_rmsnorm = ops->add_rmsnorm != NULL;
+        c.matmul_multi = ops->matmul_multi != NULL;
+        c.matmul_silu_mul = ops->matmul_silu_mul != NULL;
+        c.attention_rope = ops->attention_rope != 0;
+    }
+    return c;
+}
+
+anvil_fuse_caps anvil_fuse_caps_all(void)
+{
+    return (anvil_fuse_caps){.add_rmsnorm = 1, .matmul_multi = 1, .matmul_silu_mul = 1, .attention_rope = 1};
+}
+
+anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *ops, int disabled, anvil_fuse **out)
 {
     *out = NULL;
     const int32_t n = anvil_network_op_count(net);

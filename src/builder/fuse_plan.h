@@ -25,13 +25,23 @@ typedef struct anvil_fuse {
     int32_t rope_op;          /* ANVIL_FUSE_ROPE_ATTENTION: the rope of q (its table) */
 } anvil_fuse;
 
+/* Which fused ops a target has (backend.h's optional fused ops). */
+typedef struct anvil_fuse_caps {
+    int add_rmsnorm, matmul_multi, matmul_silu_mul, attention_rope;
+} anvil_fuse_caps;
+
+/* The fused ops of a backend's table; ops NULL: none. */
+anvil_fuse_caps anvil_fuse_caps_of(const anvil_backend_ops *ops);
+
+/* Every fused op (what the CPU and CUDA backends both have). */
+anvil_fuse_caps anvil_fuse_caps_all(void);
+
 /*
- * The fusion of each op ([n_ops], malloc'd into *out) for a backend with
- * `ops`: all ANVIL_FUSE_NONE when disabled or when the backend has no fused
- * op. Only ops over token rows take part.
+ * The fusion of each op ([n_ops], malloc'd into *out) for a target with
+ * `caps`: all ANVIL_FUSE_NONE when disabled or when it has no fused op.
+ * Only ops over token rows take part.
  */
-anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_backend_ops *ops, int disabled,
-                             anvil_fuse **out);
+anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *caps, int disabled, anvil_fuse **out);
 
 /*
  * Extends last_use[v] (the index of the last op reading value v) to the

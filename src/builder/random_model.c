@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "io/safetensors.h"
+#include "builder/random_weights.h"
 
 typedef struct fill_ctx {
     const anvil_network *net;
@@ -33,10 +34,17 @@ static float rand_at(uint64_t seed, int64_t w, int64_t i)
     return (float)((double)(z >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 0.034641f;
 }
 
+void anvil_random_weights(const anvil_network *net, int32_t weight, uint64_t seed, int64_t first, int64_t n,
+                          float *out)
+{
+    const int norm = is_norm(anvil_network_weight(net, weight)->name);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = norm ? 1.0f : rand_at(seed, weight, first + i);
+}
+
 static anvil_status fill(void *user, int64_t index, void *buf, size_t offset, size_t len)
 {
     fill_ctx *c = user;
-    const anvil_net_weight *w = anvil_network_weight(c->net, (int32_t)index);
     const size_t es = anvil_dtype_size(c->dtype);
     const int64_t first = (int64_t)(offset / es), n = (int64_t)(len / es);
     if ((size_t)n > c->tmp_cap) {
@@ -45,9 +53,7 @@ static anvil_status fill(void *user, int64_t index, void *buf, size_t offset, si
         c->tmp = p;
         c->tmp_cap = (size_t)n;
     }
-    const int norm = is_norm(w->name);
-    for (int64_t i = 0; i < n; i++)
-        c->tmp[i] = norm ? 1.0f : rand_at(c->seed, index, first + i);
+    anvil_random_weights(c->net, (int32_t)index, c->seed, first, n, c->tmp);
     anvil_convert_from_f32(c->dtype, c->tmp, buf, n);
     return ANVIL_OK;
 }

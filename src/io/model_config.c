@@ -20,6 +20,7 @@
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "core/json_util.h"
+#include "io/model_files.h"
 
 /* ------------------------------------------------------ per-family rules */
 
@@ -661,40 +662,45 @@ anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config 
     return st;
 }
 
+/* One JSON file of the model (what: its place, for messages), parsed; a
+ * number too large for it names its key. */
+static anvil_status parse_model_json(const char *text, size_t len, const char *what, json_t **root)
+{
+    anvil_status st = anvil_json_parse(text, len, what, root);
+    if (st == ANVIL_ERR_FORMAT)
+        name_bad_key(text, len);
+    return st;
+}
+
 anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out)
 {
     CHECK(out != NULL && dir != NULL, ANVIL_ERR_INVALID_ARG, "anvil_model_config_load: NULL argument");
     memset(out, 0, sizeof *out);
-    char path[4096];
-    TRY(anvil_path_join(path, sizeof path, dir, "config.json"));
+    anvil_model_files *mf = NULL;
+    TRY(anvil_model_files_open(dir, &mf));
+    char what[4200];
+    const char *text;
+    size_t len;
     json_t *root = NULL;
-    anvil_status st = anvil_json_load_file(path, &root);
-    if (st == ANVIL_ERR_FORMAT) {
-        char *text = NULL;
-        size_t len = 0;
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s", anvil_last_error());
-        if (anvil_read_file(path, &text, &len) == ANVIL_OK) {
-            anvil_error_set(ANVIL_ERR_FORMAT, __FILE__, __LINE__, "%s", msg);
-            name_bad_key(text, len);
-        } else {
-            anvil_error_set(ANVIL_ERR_FORMAT, __FILE__, __LINE__, "%s", msg);
-        }
-        free(text);
-    }
-    TRY(st);
-    st = parse_config(root, path, out);
+    anvil_status st = anvil_model_files_get(mf, "config.json", &text, &len);
+    if (st == ANVIL_OK)
+        st = parse_model_json(text, len, anvil_model_files_where(mf, "config.json", what, sizeof what), &root);
+    if (st == ANVIL_OK)
+        st = parse_config(root, what, out);
     json_decref(root);
     root = NULL;
-    if (st == ANVIL_OK) {
-        st = anvil_path_join(path, sizeof path, dir, "generation_config.json");
-        if (st == ANVIL_OK && anvil_file_exists(path)) {
-            st = anvil_json_load_file(path, &root);
-            if (st == ANVIL_OK)
-                st = parse_generation(root, path, out);
-            json_decref(root);
-        }
+    if (st == ANVIL_OK && anvil_model_files_has(mf, "generation_config.json")) {
+        st = anvil_model_files_get(mf, "generation_config.json", &text, &len);
+        if (st == ANVIL_OK)
+            st = parse_model_json(text, len, anvil_model_files_where(mf, "generation_config.json", what, sizeof what),
+                                  &root);
+        if (st == ANVIL_OK && !json_is_object(root))
+            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: the top level must be a JSON object", what);
+        if (st == ANVIL_OK)
+            st = parse_generation(root, what, out);
+        json_decref(root);
     }
+    anvil_model_files_close(mf);
     if (st != ANVIL_OK)
         memset(out, 0, sizeof *out);
     return st;

@@ -19,6 +19,8 @@
 #include "runtime/rope_table.h"
 #include "builder/build_plan.h"
 #include "builder/fuse_plan.h"
+#include "builder/manifest.h"
+#include "io/engine_file.h"
 #include "runtime/runtime_plan.h"
 
 struct anvil_runtime {
@@ -26,7 +28,8 @@ struct anvil_runtime {
     anvil_model_config cfg;
     int seq_len_from_config;  /* opts.max_seq_len is the config's context (no option gave one) */
     anvil_network *net;
-    anvil_checkpoint *ckpt;   /* kept open while weights point into it */
+    anvil_checkpoint *ckpt;   /* an HF folder's: kept open while weights point into it */
+    anvil_engine_file *engine; /* an engine file's: likewise */
     anvil_backend *be;
 
     /* weights: the stored tensors of the build plan, each an allocation
@@ -143,6 +146,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->host_logits);
     anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
+    anvil_engine_file_close(rt->engine);
     anvil_network_free(rt->net);
     free(rt);
 }
@@ -235,6 +239,25 @@ static anvil_status check_finite(const anvil_runtime *rt, int32_t s, const void 
                       isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", (long long)off);
 }
 
+/* Bytes [off, off + len) of stored tensor s: prepared from the checkpoint
+ * by the builder, or read from the engine file. */
+static anvil_status stored_fill(anvil_runtime *rt, int32_t s, size_t off, void *dst, size_t len,
+                                anvil_build_scratch *scratch)
+{
+    if (rt->engine != NULL)
+        return anvil_engine_file_read(rt->engine, s, off, dst, len);
+    return anvil_build_fill(rt->plan, rt->net, rt->ckpt, s, off, dst, len, scratch);
+}
+
+/* Stored tensor s's bytes as they are in a mapping (use_mmap), or NULL. */
+static const void *stored_in_place(const anvil_runtime *rt, int32_t s)
+{
+    if (rt->engine != NULL)
+        return anvil_engine_file_tensor(rt->engine, s)->data;
+    const anvil_st_tensor *plain = anvil_build_plain_source(rt->plan, rt->net, rt->ckpt, s);
+    return plain ? plain->data : NULL;
+}
+
 /*
  * Places stored tensor s on the backend: its bytes prepared by the builder
  * (anvil_build_fill, in chunks, read through pread or the mapping) and
@@ -246,14 +269,14 @@ static anvil_status place_stored(anvil_runtime *rt, weight_loader *wl, int32_t s
     anvil_backend *be = rt->be;
     const anvil_stored *t = &rt->plan->stored[s];
     const size_t es = anvil_dtype_size(t->kind);
-    const anvil_st_tensor *plain = anvil_build_plain_source(rt->plan, rt->net, rt->ckpt, s);
-    if (be->ops->weights_in_host_memory && plain != NULL && plain->data != NULL) {
+    const void *mapped = stored_in_place(rt, s);
+    if (be->ops->weights_in_host_memory && mapped != NULL) {
         for (size_t off = 0; off < t->bytes; off += ANVIL_BUILD_CHUNK) {
             const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
-            TRY(check_finite(rt, s, (const char *)plain->data + off, (int64_t)(len / es), (int64_t)(off / es)));
+            TRY(check_finite(rt, s, (const char *)mapped + off, (int64_t)(len / es), (int64_t)(off / es)));
             TRY(loader_progress(rt, wl, len));
         }
-        rt->stored_data[s] = (void *)plain->data;
+        rt->stored_data[s] = (void *)mapped;
         return ANVIL_OK;
     }
     void *dev = NULL;
@@ -264,7 +287,7 @@ static anvil_status place_stored(anvil_runtime *rt, weight_loader *wl, int32_t s
         const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
         /* host memory: prepared in place; else through the stage */
         void *dst = be->ops->weights_in_host_memory ? (char *)dev + off : wl->stage;
-        TRY(anvil_build_fill(rt->plan, rt->net, rt->ckpt, s, off, dst, len, wl->scratch));
+        TRY(stored_fill(rt, s, off, dst, len, wl->scratch));
         TRY(check_finite(rt, s, dst, (int64_t)(len / es), (int64_t)(off / es)));
         if (!be->ops->weights_in_host_memory)
             TRY(be->ops->upload(be, (char *)dev + off, dst, len));
@@ -290,14 +313,45 @@ static void make_views(anvil_runtime *rt)
     }
 }
 
-/* The build plan for this runtime's backend and options, then every stored
- * tensor placed and the views made. */
+/* An engine's fusion plan on this backend: a group whose fused op the
+ * backend lacks (or every group, with no_fusion) runs as its separate ops. */
+static void adapt_fusion(anvil_runtime *rt)
+{
+    const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
+    anvil_fuse *f = rt->plan->fuse;
+    for (int32_t i = 0; i < rt->plan->n_ops; i++) {
+        const int kind = f[i].kind;
+        const int have = kind == ANVIL_FUSE_ADD_RMSNORM     ? caps.add_rmsnorm
+                         : kind == ANVIL_FUSE_MATMUL_MULTI  ? caps.matmul_multi
+                         : kind == ANVIL_FUSE_SILU_MUL      ? caps.matmul_silu_mul
+                         : kind == ANVIL_FUSE_ROPE_ATTENTION ? caps.attention_rope
+                                                             : 1;
+        if (have && !rt->opts.no_fusion)
+            continue;
+        const int32_t span = kind == ANVIL_FUSE_ADD_RMSNORM ? 2 : kind == ANVIL_FUSE_MATMUL_MULTI ? f[i].n
+                             : kind == ANVIL_FUSE_SILU_MUL  ? 3 : 1;
+        if (kind == ANVIL_FUSE_ROPE_ATTENTION) { /* its ropes come before it */
+            const anvil_net_op *op = anvil_network_op(rt->net, i);
+            f[op->inputs[0]].kind = f[op->inputs[1]].kind = ANVIL_FUSE_NONE;
+        }
+        for (int32_t j = 0; j < span; j++)
+            f[i + j].kind = ANVIL_FUSE_NONE;
+    }
+}
+
+/* The build plan (made for this backend and options from a checkpoint, or
+ * an engine's), then every stored tensor placed and the views made. */
 static anvil_status load_weights(anvil_runtime *rt)
 {
-    const anvil_build_options bo = {
-        .weight_dtype = rt->opts.weight_dtype, .target = rt->be->ops, .no_fusion = rt->opts.no_fusion,
-    };
-    TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
+    if (rt->engine == NULL) {
+        const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
+        const anvil_plan_options bo = {
+            .weight_dtype = rt->opts.weight_dtype, .caps = &caps, .no_fusion = rt->opts.no_fusion,
+        };
+        TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
+    } else {
+        adapt_fusion(rt);
+    }
     const int32_t ns = rt->plan->n_stored;
     rt->n_weights = anvil_network_weight_count(rt->net);
     rt->weights = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->weights);
@@ -311,8 +365,8 @@ static anvil_status load_weights(anvil_runtime *rt)
                                : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
     for (int32_t s = 0; s < ns && st == ANVIL_OK; s++)
         st = place_stored(rt, &wl, s);
-    if (st == ANVIL_OK)
-        st = anvil_checkpoint_check_unchanged(rt->ckpt); /* rewritten in place while read */
+    if (st == ANVIL_OK) /* rewritten in place while read */
+        st = rt->engine ? anvil_engine_file_check_unchanged(rt->engine) : anvil_checkpoint_check_unchanged(rt->ckpt);
     free(wl.stage);
     anvil_build_scratch_free(wl.scratch);
     if (st == ANVIL_OK)
@@ -706,6 +760,28 @@ static anvil_status check_checkpoint_names(const anvil_runtime *rt)
                       first, missing, n);
 }
 
+/*
+ * The weight dtype an engine's build chose (its manifest's build.dtype:
+ * "auto" is as stored), which sets the compute dtype as the same --dtype
+ * sets it for a folder. An engine's weights are what they were built to be:
+ * a --dtype other than auto or the build's is refused rather than
+ * converted at every load.
+ */
+static anvil_status engine_weight_dtype(const anvil_runtime *rt, anvil_dtype *out)
+{
+    const json_t *b = json_object_get(anvil_engine_file_manifest(rt->engine), "build");
+    const char *name = json_string_value(json_object_get(b, "dtype"));
+    anvil_dtype built = ANVIL_DTYPE_COUNT;
+    CHECK(name != NULL && (strcmp(name, "auto") == 0 || anvil_dtype_parse(name, &built) == 0), ANVIL_ERR_FORMAT,
+          "%s: the manifest's build has no valid \"dtype\"", anvil_engine_file_path(rt->engine));
+    const anvil_dtype want = rt->opts.weight_dtype;
+    CHECK(want == ANVIL_DTYPE_COUNT || want == built, ANVIL_ERR_INVALID_ARG,
+          "the engine was built with --dtype %s; it runs as built (--dtype auto), or build another with --dtype %s",
+          name, anvil_dtype_name(want));
+    *out = built;
+    return ANVIL_OK;
+}
+
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out)
 {
     *out = NULL;
@@ -713,20 +789,28 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     anvil_runtime *rt = calloc(1, sizeof *rt);
     CHECK(rt != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st;
+    const int engine = anvil_engine_file_is_engine(model_dir);
     TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
-    TRY_GOTO(anvil_checkpoint_open_ex(model_dir, rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ, &rt->ckpt), fail);
-    TRY_GOTO(check_checkpoint_names(rt), fail);
+    const anvil_st_access access = rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ;
+    anvil_dtype wdt = rt->opts.weight_dtype;
+    if (engine) {
+        TRY_GOTO(anvil_engine_file_open(model_dir, access, &rt->engine), fail);
+        TRY_GOTO(anvil_manifest_read_plan(rt->engine, rt->net, &rt->plan), fail);
+        TRY_GOTO(engine_weight_dtype(rt, &wdt), fail);
+    } else {
+        TRY_GOTO(anvil_checkpoint_open_ex(model_dir, access, &rt->ckpt), fail);
+        TRY_GOTO(check_checkpoint_names(rt), fail);
+    }
     /* activations and KV cache: the dtype the weights are converted to when
      * that is bf16/f16; with weights as stored, a bf16/f16 checkpoint
      * computes in its own dtype on cuda (vLLM's --dtype auto: f32 compute
      * there runs without tensor cores, several times slower); f32 on the
-     * CPU, whose kernels compute in f32 */
-    anvil_dtype act = rt->opts.weight_dtype == ANVIL_DTYPE_BF16 || rt->opts.weight_dtype == ANVIL_DTYPE_F16
-                          ? rt->opts.weight_dtype
-                          : ANVIL_DTYPE_F32;
-    if (rt->opts.weight_dtype == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
+     * CPU, whose kernels compute in f32. An engine computes as the folder
+     * it was built from would with its build's --dtype. */
+    anvil_dtype act = wdt == ANVIL_DTYPE_BF16 || wdt == ANVIL_DTYPE_F16 ? wdt : ANVIL_DTYPE_F32;
+    if (wdt == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
         (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
         act = rt->cfg.dtype;
     TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, act, &rt->be), fail);
@@ -735,6 +819,8 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     if (!rt->be->ops->weights_in_host_memory || !rt->opts.use_mmap) {
         anvil_checkpoint_close(rt->ckpt); /* everything was copied to the backend */
         rt->ckpt = NULL;
+        anvil_engine_file_close(rt->engine);
+        rt->engine = NULL;
     }
     rt->fuse = rt->plan->fuse; /* the plan's, made with this backend's fused ops */
     rt->plan->fuse = NULL;

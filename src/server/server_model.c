@@ -115,8 +115,7 @@ anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const 
     anvil_tokenizer *tok = NULL;
     anvil_runtime *rt = NULL;
     anvil_executor *ex = NULL;
-    char path[4096];
-    if (anvil_path_join(path, sizeof path, dir, "tokenizer.json") == ANVIL_OK && anvil_file_exists(path))
+    if (anvil_tokenizer_available(dir))
         TRY(anvil_tokenizer_load(dir, &tok));
     anvil_runtime_options ro = s->rt_opts;
     if (s->opts.kv_cache_auto && ro.kv_cache_tokens == 0 && ro.kv_cache_fraction == 0) {

@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/fileutil.h"
+#include "io/engine_file.h"
 #include "server/server_internal.h"
 
 static const char *const state_names[] = {"UNAVAILABLE", "LOADING", "READY", "UNLOADING"};
@@ -107,9 +108,11 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* Reads the repository folder: each subfolder (or link to one) with a
- * usable name that holds a model becomes an entry (in name order); an
- * entry whose folder went away is hidden unless it is loaded. A name taken
- * by a --model entry stays that entry's. */
+ * usable name that holds a model, and each engine file NAME.engine (anvil
+ * build's output), becomes an entry named after it (in name order); an
+ * entry whose folder or file went away is hidden unless it is loaded. A
+ * name taken by a --model entry stays that entry's (and a folder's name
+ * wins over an engine file's). */
 static void repo_scan(anvil_server *s)
 {
     if (s->repo_dir == NULL)
@@ -121,12 +124,20 @@ static void repo_scan(anvil_server *s)
     size_t n = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
-        if (!anvil_server_model_name_ok(de->d_name))
-            continue;
         char path[4096];
         struct stat st;
-        if (anvil_path_join(path, sizeof path, s->repo_dir, de->d_name) != ANVIL_OK || stat(path, &st) != 0 ||
-            !S_ISDIR(st.st_mode) || !is_model_dir(path))
+        if (anvil_path_join(path, sizeof path, s->repo_dir, de->d_name) != ANVIL_OK || stat(path, &st) != 0)
+            continue;
+        char name[256];
+        snprintf(name, sizeof name, "%s", de->d_name);
+        const size_t len = strlen(name);
+        if (S_ISREG(st.st_mode) && len > 7 && strcmp(name + len - 7, ".engine") == 0 &&
+            anvil_engine_file_is_engine(path)) {
+            name[len - 7] = '\0'; /* NAME.engine serves as NAME */
+        } else if (!S_ISDIR(st.st_mode) || !is_model_dir(path)) {
+            continue;
+        }
+        if (!anvil_server_model_name_ok(name))
             continue;
         if (n == cap) {
             size_t c = cap ? cap * 2 : 16;
@@ -136,7 +147,10 @@ static void repo_scan(anvil_server *s)
             names = t;
             cap = c;
         }
-        if ((names[n] = strdup(de->d_name)) != NULL)
+        int dup = 0; /* a folder and an engine of one name: listed once */
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = strcmp(names[k], name) == 0;
+        if (!dup && (names[n] = strdup(name)) != NULL)
             n++;
     }
     closedir(d);
@@ -151,8 +165,14 @@ static void repo_scan(anvil_server *s)
     }
     for (size_t i = 0; i < n; i++) {
         if (entry_find(s, names[i]) == NULL) {
-            char path[4096];
-            if (anvil_path_join(path, sizeof path, s->repo_dir, names[i]) == ANVIL_OK)
+            char path[4096], file[300];
+            struct stat st;
+            /* the folder if there is one, else the engine file */
+            if (anvil_path_join(path, sizeof path, s->repo_dir, names[i]) == ANVIL_OK &&
+                (stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
+                entry_add(s, names[i], path, 1);
+            else if (snprintf(file, sizeof file, "%s.engine", names[i]) < (int)sizeof file &&
+                     anvil_path_join(path, sizeof path, s->repo_dir, file) == ANVIL_OK)
                 entry_add(s, names[i], path, 1);
         }
         free(names[i]);

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/fileutil.h"
+#include "io/model_files.h"
 #include "tokenizer/jinja.h"
 
 enum { TOK_BOS, TOK_EOS, TOK_UNK, TOK_PAD, TOK_COUNT };
@@ -101,42 +102,55 @@ anvil_status anvil_chat_template_load(const char *dir, anvil_chat_template **out
     return anvil_chat_template_load_source(dir, NULL, out);
 }
 
+/* A model file parsed as JSON (as reals: tokenizer configs hold integers
+ * past 64 bits, model_max_length = 1e30); it must be an object. */
+static anvil_status load_json_file(anvil_model_files *mf, const char *name, json_t **out)
+{
+    *out = NULL;
+    const char *text;
+    size_t len;
+    char where[4200];
+    anvil_model_files_where(mf, name, where, sizeof where);
+    TRY(anvil_model_files_get(mf, name, &text, &len));
+    json_error_t jerr;
+    json_t *j = json_loadb(text, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
+    CHECK(j != NULL, ANVIL_ERR_FORMAT, "%s:%d: %s", where, jerr.line, jerr.text);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s is not a JSON object", where);
+    }
+    *out = j;
+    return ANVIL_OK;
+}
+
 anvil_status anvil_chat_template_load_source(const char *dir, const char *source, anvil_chat_template **out)
 {
     *out = NULL;
     CHECK(dir != NULL, ANVIL_ERR_INVALID_ARG, "folder is NULL");
-    char cfg_path[4096], jinja_path[4096], json_path[4096];
-    TRY(anvil_path_join(cfg_path, sizeof cfg_path, dir, "tokenizer_config.json"));
-    TRY(anvil_path_join(jinja_path, sizeof jinja_path, dir, "chat_template.jinja"));
-    TRY(anvil_path_join(json_path, sizeof json_path, dir, "chat_template.json"));
+    anvil_model_files *mf = NULL;
+    TRY(anvil_model_files_open(dir, &mf));
+    char cfg_path[4200], jinja_path[4200], json_path[4200];
+    anvil_model_files_where(mf, "tokenizer_config.json", cfg_path, sizeof cfg_path);
+    anvil_model_files_where(mf, "chat_template.jinja", jinja_path, sizeof jinja_path);
+    anvil_model_files_where(mf, "chat_template.json", json_path, sizeof json_path);
 
     anvil_status st = ANVIL_OK;
     json_t *cfg = NULL, *tpl_json = NULL;
-    char *file_src = NULL;
     const char *src_path = cfg_path;
     anvil_chat_template *t = NULL;
-    if (anvil_file_exists(cfg_path)) {
-        json_error_t jerr;
-        /* as reals: tokenizer configs hold integers past 64 bits (model_max_length = 1e30) */
-        cfg = json_load_file(cfg_path, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
-        CHECK_GOTO(cfg != NULL, ANVIL_ERR_FORMAT, done, "%s:%d: %s", cfg_path, jerr.line, jerr.text);
-        CHECK_GOTO(json_is_object(cfg), ANVIL_ERR_FORMAT, done, "%s is not a JSON object", cfg_path);
-    }
+    if (anvil_model_files_has(mf, "tokenizer_config.json"))
+        TRY_GOTO(load_json_file(mf, "tokenizer_config.json", &cfg), done);
     const char *src = NULL;
     size_t src_len = 0;
     if (source != NULL) {
         src = source;
         src_len = strlen(source);
-    } else if (anvil_file_exists(jinja_path)) {
-        TRY_GOTO(anvil_read_file(jinja_path, &file_src, &src_len), done);
-        src = file_src;
+    } else if (anvil_model_files_has(mf, "chat_template.jinja")) {
+        TRY_GOTO(anvil_model_files_get(mf, "chat_template.jinja", &src, &src_len), done);
         src_path = jinja_path;
-    } else if (anvil_file_exists(json_path)) {
+    } else if (anvil_model_files_has(mf, "chat_template.json")) {
         /* processors save {"chat_template": ...} in chat_template.json */
-        json_error_t jerr;
-        tpl_json = json_load_file(json_path, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
-        CHECK_GOTO(tpl_json != NULL && json_is_object(tpl_json), ANVIL_ERR_FORMAT, done, "%s:%d: %s",
-                   json_path, jerr.line, tpl_json ? "not a JSON object" : jerr.text);
+        TRY_GOTO(load_json_file(mf, "chat_template.json", &tpl_json), done);
         const json_t *js;
         TRY_GOTO(config_template(tpl_json, json_path, &js), done);
         if (js) {
@@ -173,9 +187,9 @@ anvil_status anvil_chat_template_load_source(const char *dir, const char *source
     t = NULL;
 done:
     anvil_chat_template_free(t);
-    free(file_src);
     json_decref(cfg);
     json_decref(tpl_json);
+    anvil_model_files_close(mf);
     return st;
 }
 

@@ -8,6 +8,8 @@
 #include "anvil/log.h"
 #include "core/error.h"
 #include "core/fileutil.h"
+#include "io/engine_file.h"
+#include "io/model_files.h"
 #include "tokenizer/tok_internal.h"
 
 void anvil_tokenizer_free(anvil_tokenizer *tok)
@@ -121,12 +123,37 @@ anvil_status anvil_tokenizer_load(const char *dir, anvil_tokenizer **out)
     CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "out must not be NULL");
     *out = NULL;
     CHECK(dir != NULL, ANVIL_ERR_INVALID_ARG, "dir must not be NULL");
+    if (anvil_engine_file_is_engine(dir)) { /* an engine carries tokenizer.json in its manifest */
+        anvil_model_files *mf = NULL;
+        TRY(anvil_model_files_open(dir, &mf));
+        const char *text;
+        size_t len;
+        anvil_status st = anvil_model_files_get(mf, "tokenizer.json", &text, &len);
+        if (st == ANVIL_OK)
+            st = anvil_tokenizer_load_json(text, len, out);
+        if (st != ANVIL_OK)
+            anvil_error_wrap("%s", dir);
+        anvil_model_files_close(mf);
+        return st;
+    }
     if (anvil_file_exists(dir))
         return anvil_tokenizer_load_file(dir, out);
     char path[PATH_MAX];
     TRY(anvil_path_join(path, sizeof path, dir, "tokenizer.json"));
     CHECK(anvil_file_exists(path), ANVIL_ERR_NOT_FOUND, "no tokenizer.json in %s", dir);
     return anvil_tokenizer_load_file(path, out);
+}
+
+int anvil_tokenizer_available(const char *path)
+{
+    anvil_model_files *mf = NULL;
+    if (path == NULL || anvil_model_files_open(path, &mf) != ANVIL_OK) {
+        anvil_clear_error();
+        return 0;
+    }
+    const int has = anvil_model_files_has(mf, "tokenizer.json");
+    anvil_model_files_close(mf);
+    return has;
 }
 
 int64_t anvil_tokenizer_vocab_size(const anvil_tokenizer *tok)

@@ -228,7 +228,7 @@ static void test_recipes_fill(void **state)
     /* as stored: each weight keeps its sources' dtype */
     const anvil_dtype kinds[3] = {ANVIL_DTYPE_COUNT, ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16};
     for (int k = 0; k < 3; k++) {
-        anvil_build_options o = {.weight_dtype = kinds[k]};
+        anvil_plan_options o = {.weight_dtype = kinds[k]};
         anvil_build_plan *p = NULL;
         if (anvil_build_plan_make(net, ck, &o, &p) != ANVIL_OK)
             fail_msg("plan: %s", anvil_last_error());
@@ -303,7 +303,7 @@ static void expect_plan_error(const char *case_name, anvil_network *net, src *sr
     const char *dir = write_ckpt(case_name, srcs, n);
     anvil_checkpoint *ck = NULL;
     assert_int_equal(anvil_checkpoint_open_ex(dir, ANVIL_ST_READ, &ck), ANVIL_OK);
-    anvil_build_options o = {.weight_dtype = ANVIL_DTYPE_COUNT};
+    anvil_plan_options o = {.weight_dtype = ANVIL_DTYPE_COUNT};
     anvil_build_plan *p = (anvil_build_plan *)&o; /* must come back NULL */
     printf("  %s\n", case_name);
     assert_status_msg(anvil_build_plan_make(net, ck, &o, &p), want, needle);

@@ -151,8 +151,9 @@ static void test_plan_stores_checkpoint_rows(void **s)
     anvil_backend *be = NULL;
     assert_int_equal(anvil_backend_cpu_create(1, &be), ANVIL_OK);
     const anvil_dtype kinds[2] = {ANVIL_DTYPE_COUNT, ANVIL_DTYPE_F32}; /* as stored (bf16), converted */
+    const anvil_fuse_caps caps = anvil_fuse_caps_of(be->ops);
     for (int k = 0; k < 2; k++) {
-        anvil_build_options o = {.weight_dtype = kinds[k], .target = be->ops};
+        anvil_plan_options o = {.weight_dtype = kinds[k], .caps = &caps};
         anvil_build_plan *p = NULL;
         assert_int_equal(anvil_build_plan_make(net, ck, &o, &p), ANVIL_OK);
         assert_int_equal(anvil_build_plan_check(p, net), ANVIL_OK);
@@ -168,7 +169,7 @@ static void test_plan_stores_checkpoint_rows(void **s)
         anvil_build_plan_free(p);
     }
     /* without fusion every slice is a tensor of its own: check one */
-    anvil_build_options o = {.weight_dtype = ANVIL_DTYPE_COUNT, .target = be->ops, .no_fusion = 1};
+    anvil_plan_options o = {.weight_dtype = ANVIL_DTYPE_COUNT, .caps = &caps, .no_fusion = 1};
     anvil_build_plan *p = NULL;
     assert_int_equal(anvil_build_plan_make(net, ck, &o, &p), ANVIL_OK);
     const int32_t vi = anvil_network_find_weight(net, "model.layers.1.self_attn.v_proj.weight");

@@ -102,7 +102,7 @@ static void test_shape_disagrees_with_config(void **s)
 static void test_missing_folder(void **s)
 {
     (void)s;
-    assert_status_msg(try_load("/nonexistent/model"), ANVIL_ERR_NOT_FOUND, "/nonexistent/model/config.json");
+    assert_status_msg(try_load("/nonexistent/model"), ANVIL_ERR_NOT_FOUND, "no model at /nonexistent/model");
 }
 
 int main(void)

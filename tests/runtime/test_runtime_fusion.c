@@ -77,7 +77,8 @@ static void plan_counts(const char *model, const anvil_backend_ops *ops, int dis
     anvil_network *net = NULL;
     assert_int_equal(anvil_model_build_network(&cfg, &net), ANVIL_OK);
     anvil_fuse *f = NULL;
-    assert_int_equal(anvil_fuse_plan(net, ops, disabled, &f), ANVIL_OK);
+    const anvil_fuse_caps caps = anvil_fuse_caps_of(ops);
+    assert_int_equal(anvil_fuse_plan(net, &caps, disabled, &f), ANVIL_OK);
     anvil_fuse_counts(f, anvil_network_op_count(net), c);
     /* every group's members are marked skipped; nothing else is */
     int32_t skipped =

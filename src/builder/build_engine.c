@@ -1,0 +1,263 @@
+/*
+ * anvil_build_engine: a model folder (or a config with random weights)
+ * into one engine file. The config, network and build plan are made as the
+ * runtime makes them for a folder (with every fused op, which both
+ * backends have), then the writer streams each stored tensor's bytes
+ * (prepared by anvil_build_fill on several threads, scanned for NaN and
+ * infinity) into the file, with the manifest: the model's files verbatim,
+ * the build options, the network and the plan (docs/engine-format.md).
+ */
+#include "anvil/builder.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anvil/network.h"
+#include "builder/build_plan.h"
+#include "builder/manifest.h"
+#include "builder/random_weights.h"
+#include "core/error.h"
+#include "core/fileutil.h"
+#include "io/engine_file.h"
+#include "io/model_files.h"
+#include "io/safetensors.h"
+
+void anvil_build_options_default(anvil_build_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->weight_dtype = ANVIL_DTYPE_COUNT;
+}
+
+/* What the writer's threads share while filling. */
+typedef struct build_job {
+    const anvil_build_plan *plan;
+    const anvil_network *net;
+    const anvil_checkpoint *ck;  /* NULL: random weights */
+    uint64_t seed;
+    pthread_mutex_t mu;
+    anvil_build_scratch **free_scratch; /* a pool: one per thread at most */
+    int n_free;
+    const anvil_build_options *o;
+} build_job;
+
+static anvil_build_scratch *take_scratch(build_job *j)
+{
+    anvil_build_scratch *s = NULL;
+    pthread_mutex_lock(&j->mu);
+    if (j->n_free > 0)
+        s = j->free_scratch[--j->n_free];
+    pthread_mutex_unlock(&j->mu);
+    if (s == NULL && anvil_build_scratch_create(&s) != ANVIL_OK)
+        return NULL;
+    return s;
+}
+
+static void give_scratch(build_job *j, anvil_build_scratch *s)
+{
+    pthread_mutex_lock(&j->mu);
+    j->free_scratch[j->n_free++] = s; /* room for every thread's */
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Random values for stored tensor s's bytes [offset, +len). */
+static anvil_status fill_random(build_job *j, int64_t s, size_t offset, void *dst, size_t len, float *tmp)
+{
+    const anvil_stored *t = &j->plan->stored[s];
+    const size_t es = anvil_dtype_size(t->kind);
+    const int64_t a = (int64_t)(offset / es), b = (int64_t)((offset + len) / es);
+    for (int32_t k = 0; k < t->n; k++) {
+        const int32_t wi = j->plan->members[t->first + k];
+        const anvil_net_weight *w = anvil_network_weight(j->net, wi);
+        const int64_t m0 = j->plan->weight_offset[wi], m1 = m0 + w->shape[0] * (w->n_dims > 1 ? w->shape[1] : 1);
+        const int64_t lo = a > m0 ? a : m0, hi = b < m1 ? b : m1;
+        if (lo >= hi)
+            continue;
+        anvil_random_weights(j->net, wi, j->seed, lo - m0, hi - lo, tmp);
+        anvil_convert_from_f32(t->kind, tmp, (char *)dst + (size_t)(lo - a) * es, hi - lo);
+    }
+    return ANVIL_OK;
+}
+
+/* The writer's fill callback: prepared bytes, checked for NaN and inf. */
+static anvil_status fill(void *user, int64_t index, size_t offset, void *dst, size_t len)
+{
+    build_job *j = user;
+    anvil_build_scratch *sc = take_scratch(j);
+    CHECK(sc != NULL, ANVIL_ERR_OOM, "out of memory for the build's buffers");
+    anvil_status st;
+    if (j->ck != NULL) {
+        st = anvil_build_fill(j->plan, j->net, j->ck, (int32_t)index, offset, dst, len, sc);
+    } else {
+        float *tmp = malloc(len / 2 * sizeof *tmp + sizeof *tmp); /* len / 2 elements at most (2-byte kinds) */
+        st = tmp ? fill_random(j, index, offset, dst, len, tmp) : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+        free(tmp);
+    }
+    give_scratch(j, sc);
+    TRY(st);
+    const anvil_stored *t = &j->plan->stored[index];
+    const size_t es = anvil_dtype_size(t->kind);
+    const int64_t bad = anvil_find_nonfinite(t->kind, dst, (int64_t)(len / es));
+    CHECK(bad < 0, ANVIL_ERR_FORMAT, "tensor '%s' holds a NaN or infinity at element %lld: the checkpoint is damaged",
+          t->name, (long long)(offset / es) + bad);
+    return ANVIL_OK;
+}
+
+/* The manifest's "files": each model file the folder (or engine) has, verbatim. */
+static anvil_status files_json(anvil_model_files *mf, json_t *files)
+{
+    for (int i = 0; anvil_model_file_names[i]; i++) {
+        const char *name = anvil_model_file_names[i];
+        if (!anvil_model_files_has(mf, name))
+            continue;
+        const char *text;
+        size_t len;
+        TRY(anvil_model_files_get(mf, name, &text, &len));
+        CHECK(json_object_set_new(files, name, json_stringn(text, len)) == 0, ANVIL_ERR_FORMAT,
+              "%s: %s is not UTF-8 text", anvil_model_files_path(mf), name);
+    }
+    return ANVIL_OK;
+}
+
+/* The manifest's "build": options and provenance. */
+static json_t *build_json(const char *model, const anvil_build_options *o, const anvil_build_plan *p)
+{
+    json_t *b = json_object();
+    if (b == NULL)
+        return NULL;
+    char when[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    char abs[4096];
+    const char *src = realpath(model, abs) ? abs : model;
+    int ok = json_object_set_new(b, "dtype", json_string(o->weight_dtype == ANVIL_DTYPE_COUNT
+                                                             ? "auto"
+                                                             : anvil_dtype_name(o->weight_dtype))) == 0;
+    ok &= json_object_set_new(b, "fusion", json_boolean(!o->no_fusion)) == 0;
+    ok &= json_object_set_new(b, "random_weights", json_boolean(o->random_weights)) == 0;
+    if (o->random_weights)
+        ok &= json_object_set_new(b, "seed", json_integer((json_int_t)o->seed)) == 0;
+    ok &= json_object_set_new(b, "source", json_string(src)) == 0;
+    ok &= json_object_set_new(b, "created", json_string(when)) == 0;
+    ok &= json_object_set_new(b, "weight_bytes", json_integer((json_int_t)p->total_bytes)) == 0;
+    /* tuned kernel choices would go here; anvil's kernels pick at run time
+     * from the shapes alone (docs/engine.md) */
+    ok &= json_object_set_new(b, "kernels", json_object()) == 0;
+    if (!ok) {
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* The folder that holds the model's files: model itself, or the folder of a config.json path. */
+static anvil_status model_folder(const char *model, int random, char *buf, size_t cap)
+{
+    struct stat sb;
+    CHECK(stat(model, &sb) == 0, ANVIL_ERR_NOT_FOUND, "no model at %s", model);
+    if (S_ISDIR(sb.st_mode) || !random) {
+        snprintf(buf, cap, "%s", model);
+        return ANVIL_OK;
+    }
+    const char *slash = strrchr(model, '/');
+    CHECK(strcmp(slash ? slash + 1 : model, "config.json") == 0, ANVIL_ERR_INVALID_ARG,
+          "--random-weights takes a config.json or a folder holding one, not %s", model);
+    snprintf(buf, cap, "%.*s", slash ? (int)(slash - model) : 1, slash ? model : ".");
+    return ANVIL_OK;
+}
+
+anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *opts)
+{
+    CHECK(model != NULL && output != NULL, ANVIL_ERR_INVALID_ARG, "anvil_build_engine: NULL argument");
+    anvil_build_options o;
+    if (opts)
+        o = *opts;
+    else
+        anvil_build_options_default(&o);
+    char dir[4096];
+    TRY(model_folder(model, o.random_weights, dir, sizeof dir));
+    anvil_status st = ANVIL_OK;
+    anvil_model_files *mf = NULL;
+    anvil_model_config cfg;
+    anvil_network *net = NULL;
+    anvil_checkpoint *ck = NULL;
+    anvil_build_plan *plan = NULL;
+    anvil_engine_writer *w = NULL;
+    json_t *manifest = NULL;
+    build_job job = {.o = &o, .seed = o.seed};
+    pthread_mutex_init(&job.mu, NULL);
+
+    TRY_GOTO(anvil_model_files_open(dir, &mf), done);
+    CHECK_GOTO(!anvil_model_files_is_engine(mf), ANVIL_ERR_INVALID_ARG, done,
+               "%s is an engine already (build from the model folder)", dir);
+    TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
+    TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
+    if (!o.random_weights)
+        TRY_GOTO(anvil_checkpoint_open_ex(dir, ANVIL_ST_READ, &ck), done);
+    else if (o.weight_dtype == ANVIL_DTYPE_COUNT)
+        o.weight_dtype = cfg.dtype;
+    const anvil_fuse_caps caps = anvil_fuse_caps_all();
+    const anvil_plan_options po = {.weight_dtype = o.weight_dtype, .caps = &caps, .no_fusion = o.no_fusion};
+    TRY_GOTO(anvil_build_plan_make(net, ck, &po, &plan), done);
+
+    TRY_GOTO(anvil_engine_writer_create(output, &w), done);
+    for (int32_t s = 0; s < plan->n_stored; s++) {
+        const anvil_stored *t = &plan->stored[s];
+        anvil_engine_kind kind;
+        CHECK_GOTO(anvil_engine_kind_from_dtype(t->kind, &kind) == 0, ANVIL_ERR_UNSUPPORTED, done,
+                   "no engine kind for %s", anvil_dtype_name(t->kind));
+        int64_t idx;
+        TRY_GOTO(anvil_engine_writer_add_tensor(w, t->name, kind, t->n_dims, t->shape, &idx), done);
+        CHECK_GOTO(idx == s, ANVIL_ERR_INTERNAL, done, "engine tensor %lld for stored tensor %d", (long long)idx, s);
+    }
+    manifest = json_object();
+    json_t *files = json_object(), *m = json_object();
+    CHECK_GOTO(manifest && files && m, ANVIL_ERR_OOM, done, "out of memory");
+    json_object_set_new(manifest, "files", files);
+    TRY_GOTO(files_json(mf, files), done);
+    json_object_set_new(m, "architecture", json_string(cfg.architecture));
+    json_object_set_new(m, "model_type", json_string(cfg.model_type));
+    json_object_set_new(manifest, "model", m);
+    json_t *b = build_json(model, &o, plan), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
+    CHECK_GOTO(b && jn && jp, ANVIL_ERR_OOM, done, "out of memory");
+    json_object_set_new(manifest, "build", b);
+    json_object_set_new(manifest, "network", jn);
+    json_object_set_new(manifest, "plan", jp);
+
+    int threads = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1)
+        threads = 1;
+    if (threads > 16 && o.n_threads <= 0)
+        threads = 16;
+    job.plan = plan;
+    job.net = net;
+    job.ck = ck;
+    job.free_scratch = calloc((size_t)threads + 1, sizeof *job.free_scratch);
+    CHECK_GOTO(job.free_scratch != NULL, ANVIL_ERR_OOM, done, "out of memory");
+    st = anvil_engine_writer_finish(w, manifest, fill, &job, threads, o.progress, o.progress_user);
+    w = NULL; /* finish frees it, whatever it returns */
+    if (st == ANVIL_OK && ck != NULL)
+        st = anvil_checkpoint_check_unchanged(ck);
+    if (st != ANVIL_OK && ck != NULL)
+        unlink(output); /* a checkpoint rewritten during the build: the engine is not trusted */
+done:
+    if (st != ANVIL_OK)
+        anvil_error_wrap("building %s", model);
+    anvil_engine_writer_abort(w);
+    json_decref(manifest);
+    for (int i = 0; i < job.n_free; i++)
+        anvil_build_scratch_free(job.free_scratch[i]);
+    free(job.free_scratch);
+    pthread_mutex_destroy(&job.mu);
+    anvil_build_plan_free(plan);
+    anvil_checkpoint_close(ck);
+    anvil_network_free(net);
+    anvil_model_files_close(mf);
+    return st;
+}

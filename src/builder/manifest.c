@@ -1,0 +1,389 @@
+/* The builder's part of an engine's manifest (manifest.h). */
+#include "builder/manifest.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+static const char *const fuse_names[] = {"none", "skip", "add_rmsnorm", "matmul_multi", "silu_mul", "rope_attention"};
+#define N_FUSE ((int)(sizeof fuse_names / sizeof fuse_names[0]))
+
+const char *anvil_manifest_fuse_name(int kind)
+{
+    return kind >= 0 && kind < N_FUSE ? fuse_names[kind] : "?";
+}
+
+int anvil_manifest_fuse_parse(const char *name)
+{
+    for (int i = 0; name && i < N_FUSE; i++)
+        if (strcmp(fuse_names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+static const char *const recipe_names[] = {"tensor", "slice", "concat"};
+
+/* ------------------------------------------------------------ writing */
+
+/* json_object_set_new that remembers a failure (out of memory) in *ok. */
+static void put(json_t *o, const char *k, json_t *v, int *ok)
+{
+    if (v == NULL || json_object_set_new(o, k, v) != 0)
+        *ok = 0;
+}
+
+static void add(json_t *a, json_t *v, int *ok)
+{
+    if (v == NULL || json_array_append_new(a, v) != 0)
+        *ok = 0;
+}
+
+static json_t *rope_json(const anvil_rope_config *r, int *ok)
+{
+    json_t *o = json_object();
+    if (o == NULL) {
+        *ok = 0;
+        return NULL;
+    }
+    put(o, "type", json_integer(r->type), ok);
+    put(o, "theta", json_real(r->theta), ok);
+    put(o, "factor", json_real(r->factor), ok);
+    put(o, "low_freq_factor", json_real(r->low_freq_factor), ok);
+    put(o, "high_freq_factor", json_real(r->high_freq_factor), ok);
+    put(o, "original_max_position", json_integer(r->original_max_position), ok);
+    if (r->n_ext_factors > 0) { /* LongRoPE */
+        json_t *sf = json_array(), *lf = json_array();
+        for (int32_t i = 0; sf && lf && i < r->n_ext_factors; i++) {
+            add(sf, json_real(r->short_factor[i]), ok);
+            add(lf, json_real(r->long_factor[i]), ok);
+        }
+        put(o, "attention_factor", json_real(r->attention_factor), ok);
+        put(o, "short_factor", sf, ok);
+        put(o, "long_factor", lf, ok);
+    }
+    return o;
+}
+
+static json_t *op_json(const anvil_net_op *op, int *ok)
+{
+    json_t *o = json_object(), *in = json_array(), *w = json_array();
+    if (o == NULL || in == NULL || w == NULL) {
+        json_decref(o);
+        json_decref(in);
+        json_decref(w);
+        *ok = 0;
+        return NULL;
+    }
+    put(o, "kind", json_string(anvil_op_kind_name(op->kind)), ok);
+    for (int k = 0; k < 3; k++)
+        if (op->inputs[k] != ANVIL_VALUE_NONE)
+            add(in, json_integer(op->inputs[k]), ok);
+    put(o, "in", in, ok);
+    for (int32_t k = 0; k < op->n_weights; k++)
+        add(w, json_integer(op->weights[k]), ok);
+    put(o, "w", w, ok);
+    put(o, "width", json_integer(op->width), ok);
+    put(o, "rows", json_string(op->row_kind ? "logits" : "tokens"), ok);
+    switch (op->kind) {
+    case ANVIL_OP_RMSNORM:
+        put(o, "eps", json_real(op->eps), ok);
+        break;
+    case ANVIL_OP_HEAD_RMSNORM:
+        put(o, "eps", json_real(op->eps), ok);
+        put(o, "head_dim", json_integer(op->head_dim), ok);
+        break;
+    case ANVIL_OP_ROPE:
+        put(o, "head_dim", json_integer(op->head_dim), ok);
+        put(o, "rope", rope_json(&op->rope, ok), ok);
+        break;
+    case ANVIL_OP_ATTENTION: {
+        const anvil_attention_params *p = &op->attn;
+        put(o, "layer", json_integer(p->layer), ok);
+        put(o, "n_heads", json_integer(p->n_heads), ok);
+        put(o, "n_kv_heads", json_integer(p->n_kv_heads), ok);
+        put(o, "head_dim", json_integer(p->head_dim), ok);
+        put(o, "sliding_window", json_integer(p->sliding_window), ok);
+        put(o, "scale", json_real(p->scale), ok);
+        break;
+    }
+    default:
+        break;
+    }
+    return o;
+}
+
+static json_t *weight_json(const anvil_net_weight *w, int *ok)
+{
+    json_t *o = json_object(), *shape = json_array();
+    if (o == NULL || shape == NULL) {
+        json_decref(o);
+        json_decref(shape);
+        *ok = 0;
+        return NULL;
+    }
+    put(o, "name", json_string(w->name), ok);
+    for (int d = 0; d < w->n_dims; d++)
+        add(shape, json_integer(w->shape[d]), ok);
+    put(o, "shape", shape, ok);
+    put(o, "recipe", json_string(recipe_names[w->recipe]), ok);
+    if (w->recipe != ANVIL_RECIPE_TENSOR) {
+        json_t *src = json_array();
+        for (int32_t k = 0; src && k < w->n_sources; k++)
+            add(src, json_string(w->sources[k]), ok);
+        put(o, "sources", src, ok);
+        put(o, "axis", json_integer(w->axis), ok);
+        if (w->recipe == ANVIL_RECIPE_SLICE)
+            put(o, "start", json_integer(w->start), ok);
+    }
+    return o;
+}
+
+json_t *anvil_manifest_network(const anvil_network *net)
+{
+    int ok = 1;
+    json_t *o = json_object(), *ops = json_array(), *ws = json_array();
+    for (int32_t i = 0; ops && i < anvil_network_op_count(net); i++)
+        add(ops, op_json(anvil_network_op(net, i), &ok), &ok);
+    for (int32_t i = 0; ws && i < anvil_network_weight_count(net); i++)
+        add(ws, weight_json(anvil_network_weight(net, i), &ok), &ok);
+    if (o) {
+        put(o, "ops", ops, &ok);
+        put(o, "weights", ws, &ok);
+        put(o, "output", json_integer(anvil_network_output(net)), &ok);
+    } else {
+        json_decref(ops);
+        json_decref(ws);
+    }
+    if (!ok || o == NULL) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net)
+{
+    int ok = 1;
+    json_t *o = json_object(), *stored = json_array(), *fusion = json_array();
+    for (int32_t s = 0; stored && s < p->n_stored; s++) {
+        const anvil_stored *t = &p->stored[s];
+        json_t *e = json_object(), *members = json_array();
+        for (int32_t k = 0; members && k < t->n; k++)
+            add(members, json_string(anvil_network_weight(net, p->members[t->first + k])->name), &ok);
+        if (e) {
+            put(e, "name", json_string(t->name), &ok);
+            put(e, "members", members, &ok);
+        } else {
+            json_decref(members);
+        }
+        add(stored, e, &ok);
+    }
+    for (int32_t i = 0; fusion && i < p->n_ops; i++) {
+        const anvil_fuse *f = &p->fuse[i];
+        if (f->kind == ANVIL_FUSE_NONE || f->kind == ANVIL_FUSE_SKIP)
+            continue;
+        json_t *e = json_object();
+        if (e) {
+            put(e, "op", json_integer(i), &ok);
+            put(e, "kind", json_string(anvil_manifest_fuse_name(f->kind)), &ok);
+            if (f->kind == ANVIL_FUSE_MATMUL_MULTI)
+                put(e, "n", json_integer(f->n), &ok);
+            if (f->kind == ANVIL_FUSE_ROPE_ATTENTION)
+                put(e, "rope_op", json_integer(f->rope_op), &ok);
+        }
+        add(fusion, e, &ok);
+    }
+    if (o) {
+        put(o, "stored", stored, &ok);
+        put(o, "fusion", fusion, &ok);
+    } else {
+        json_decref(stored);
+        json_decref(fusion);
+    }
+    if (!ok || o == NULL) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------ reading */
+
+/* The first difference between two networks' JSON, for the message. */
+static void first_difference(const json_t *want, const json_t *have, char *buf, size_t cap)
+{
+    const char *parts[2] = {"ops", "weights"};
+    for (int p = 0; p < 2; p++) {
+        const json_t *a = json_object_get(want, parts[p]), *b = json_object_get(have, parts[p]);
+        if (!json_is_array(b)) {
+            snprintf(buf, cap, "no \"%s\" list", parts[p]);
+            return;
+        }
+        if (json_array_size(a) != json_array_size(b)) {
+            snprintf(buf, cap, "%zu %s instead of %zu", json_array_size(b), parts[p], json_array_size(a));
+            return;
+        }
+        for (size_t i = 0; i < json_array_size(a); i++)
+            if (!json_equal(json_array_get(a, i), json_array_get(b, i))) {
+                const json_t *k = json_object_get(json_array_get(a, i), p ? "name" : "kind");
+                snprintf(buf, cap, "%s %zu (%s) differs", p ? "weight" : "op", i, json_string_value(k));
+                return;
+            }
+    }
+    snprintf(buf, cap, "the output differs");
+}
+
+static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p, const char *path)
+{
+    CHECK(json_is_array(fusion), ANVIL_ERR_FORMAT, "%s: the manifest's plan has no \"fusion\" list", path);
+    size_t i;
+    const json_t *e;
+    json_array_foreach(fusion, i, e)
+    {
+        const json_t *jop = json_object_get(e, "op"), *jk = json_object_get(e, "kind");
+        const int kind = anvil_manifest_fuse_parse(json_string_value(jk));
+        CHECK(json_is_integer(jop) && kind > ANVIL_FUSE_SKIP, ANVIL_ERR_FORMAT,
+              "%s: fusion entry %zu is malformed", path, i);
+        const json_int_t op = json_integer_value(jop);
+        int64_t n = kind == ANVIL_FUSE_ADD_RMSNORM ? 2 : kind == ANVIL_FUSE_SILU_MUL ? 3 : 1;
+        if (kind == ANVIL_FUSE_MATMUL_MULTI) {
+            const json_t *jn = json_object_get(e, "n");
+            n = json_is_integer(jn) ? json_integer_value(jn) : 0;
+            CHECK(n >= 2 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_FORMAT, "%s: fusion entry %zu: bad n", path, i);
+        }
+        CHECK(op >= 0 && op < p->n_ops && n <= p->n_ops - op, ANVIL_ERR_FORMAT,
+              "%s: fusion entry %zu names ops out of range", path, i);
+        for (int64_t j = 0; j < n; j++)
+            CHECK(p->fuse[op + j].kind == ANVIL_FUSE_NONE, ANVIL_ERR_FORMAT,
+                  "%s: fusion entry %zu overlaps another", path, i);
+        p->fuse[op].kind = (int8_t)kind;
+        for (int64_t j = 1; j < n; j++)
+            p->fuse[op + j].kind = ANVIL_FUSE_SKIP;
+        if (kind == ANVIL_FUSE_MATMUL_MULTI)
+            p->fuse[op].n = (int8_t)n;
+        if (kind == ANVIL_FUSE_ROPE_ATTENTION) {
+            const json_t *jr = json_object_get(e, "rope_op");
+            const json_int_t r = json_is_integer(jr) ? json_integer_value(jr) : -1;
+            CHECK(r >= 0 && r < op, ANVIL_ERR_FORMAT, "%s: fusion entry %zu: bad rope_op", path, i);
+            p->fuse[op].rope_op = (int32_t)r;
+        }
+    }
+    return ANVIL_OK;
+}
+
+/* The fusion plan must be the planner's for this network with every fused
+ * op (what the builder asks for), or no fusion at all: anything else was
+ * not made by anvil. The ropes an attention group rotates are marked
+ * SKIP here (the manifest lists groups, not the ops they absorb). */
+static anvil_status check_fusion_matches(anvil_build_plan *p, const anvil_network *net, const char *path)
+{
+    const anvil_fuse_caps all = anvil_fuse_caps_all();
+    anvil_fuse *want = NULL;
+    TRY(anvil_fuse_plan(net, &all, 0, &want));
+    int any = 0;
+    for (int32_t i = 0; i < p->n_ops; i++) {
+        anvil_fuse *f = &p->fuse[i];
+        if (f->kind != ANVIL_FUSE_ROPE_ATTENTION)
+            continue;
+        const anvil_net_op *op = anvil_network_op(net, i);
+        for (int k = 0; k < 2; k++)
+            if (op->inputs[k] >= 0 && op->inputs[k] < i && p->fuse[op->inputs[k]].kind == ANVIL_FUSE_NONE)
+                p->fuse[op->inputs[k]].kind = ANVIL_FUSE_SKIP;
+    }
+    for (int32_t i = 0; i < p->n_ops; i++)
+        any |= p->fuse[i].kind != ANVIL_FUSE_NONE;
+    anvil_status st = ANVIL_OK;
+    for (int32_t i = 0; any && i < p->n_ops && st == ANVIL_OK; i++) {
+        const anvil_fuse *f = &p->fuse[i], *w = &want[i];
+        if (f->kind != w->kind || (f->kind == ANVIL_FUSE_MATMUL_MULTI && f->n != w->n) ||
+            (f->kind == ANVIL_FUSE_ROPE_ATTENTION && f->rope_op != w->rope_op))
+            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: the fusion plan at op %d (%s) is not the one anvil makes (%s)",
+                            path, i, anvil_manifest_fuse_name(f->kind), anvil_manifest_fuse_name(w->kind));
+    }
+    free(want);
+    return st;
+}
+
+anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_network *net, anvil_build_plan **out)
+{
+    *out = NULL;
+    const char *path = anvil_engine_file_path(f);
+    const json_t *m = anvil_engine_file_manifest(f);
+    json_t *have = json_object_get(m, "network"), *want = anvil_manifest_network(net);
+    CHECK(want != NULL, ANVIL_ERR_OOM, "out of memory");
+    if (!json_equal(want, have)) {
+        char why[200];
+        first_difference(want, have, why, sizeof why);
+        json_decref(want);
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT,
+                          "%s: the engine's network is not the one anvil builds from its config (%s): it was "
+                          "built by another version of anvil, or its manifest was altered; build it again",
+                          path, why);
+    }
+    json_decref(want);
+    const json_t *plan = json_object_get(m, "plan"), *stored = json_object_get(plan, "stored");
+    const int64_t n_stored = anvil_engine_file_count(f);
+    CHECK(json_is_array(stored) && (int64_t)json_array_size(stored) == n_stored, ANVIL_ERR_FORMAT,
+          "%s: the manifest's plan does not list the %lld stored tensors", path, (long long)n_stored);
+    const int32_t nw = anvil_network_weight_count(net);
+    CHECK(n_stored <= nw, ANVIL_ERR_FORMAT, "%s: %lld stored tensors for %d weights", path, (long long)n_stored, nw);
+    anvil_build_plan *p = NULL;
+    TRY(anvil_build_plan_alloc(nw, anvil_network_op_count(net), 0, &p));
+    anvil_status st = ANVIL_OK;
+    for (int32_t i = 0; i < nw; i++)
+        p->weight_stored[i] = -1;
+    int32_t n_members = 0;
+    for (int64_t s = 0; s < n_stored; s++) {
+        const anvil_engine_tensor *et = anvil_engine_file_tensor(f, s);
+        const json_t *e = json_array_get(stored, (size_t)s), *members = json_object_get(e, "members");
+        const json_t *jname = json_object_get(e, "name");
+        CHECK_GOTO(json_is_string(jname) && strcmp(json_string_value(jname), et->name) == 0 &&
+                       json_is_array(members) && json_array_size(members) >= 1,
+                   ANVIL_ERR_FORMAT, fail, "%s: the plan's stored tensor %lld is not tensor '%s'", path, (long long)s,
+                   et->name);
+        anvil_dtype kind;
+        CHECK_GOTO(anvil_engine_kind_to_dtype(et->kind, &kind) == 0, ANVIL_ERR_UNSUPPORTED, fail,
+                   "%s: tensor '%s' is %s, which this anvil does not run", path, et->name,
+                   anvil_engine_kind_name(et->kind));
+        CHECK_GOTO(et->n_dims <= 2, ANVIL_ERR_FORMAT, fail, "%s: tensor '%s' has %d dimensions", path, et->name,
+                   et->n_dims);
+        anvil_stored *t = &p->stored[p->n_stored];
+        t->name = strdup(et->name);
+        CHECK_GOTO(t->name != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+        p->n_stored++;
+        t->kind = kind;
+        t->n_dims = et->n_dims;
+        t->shape[0] = et->shape[0];
+        t->shape[1] = et->n_dims > 1 ? et->shape[1] : 0;
+        t->bytes = et->bytes;
+        t->first = n_members;
+        t->n = (int32_t)json_array_size(members);
+        int64_t elems = 0;
+        for (int32_t k = 0; k < t->n; k++) {
+            const int32_t wi = anvil_network_find_weight(net, json_string_value(json_array_get(members, (size_t)k)));
+            CHECK_GOTO(wi >= 0 && p->weight_stored[wi] < 0 && n_members < nw, ANVIL_ERR_FORMAT, fail,
+                       "%s: stored tensor '%s' names a weight that is not the network's or is stored twice", path,
+                       et->name);
+            const anvil_net_weight *w = anvil_network_weight(net, wi);
+            p->members[n_members++] = wi;
+            p->weight_stored[wi] = (int32_t)s;
+            p->weight_offset[wi] = elems;
+            elems += w->n_dims == 1 ? w->shape[0] : w->shape[0] * w->shape[1];
+        }
+        p->total_bytes += t->bytes;
+    }
+    TRY_GOTO(read_fusion(json_object_get(plan, "fusion"), p, path), fail);
+    st = anvil_build_plan_check(p, net);
+    if (st != ANVIL_OK) {
+        anvil_error_wrap("%s", path);
+        goto fail;
+    }
+    TRY_GOTO(check_fusion_matches(p, net, path), fail);
+    *out = p;
+    return ANVIL_OK;
+fail:
+    anvil_build_plan_free(p);
+    return st;
+}

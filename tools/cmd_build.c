@@ -1,0 +1,154 @@
+/* anvil build: a model folder (or a config with random weights) into one engine file (docs/engine.md). */
+#include <getopt.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "anvil/builder.h"
+#include "cli_error.h"
+#include "commands.h"
+#include "exec_cli.h"
+
+#define TOOL "anvil build"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: anvil build --model DIR --output FILE [options]\n"
+            "       anvil build --config config.json --random-weights --output FILE [options]\n\n"
+            "Builds a Hugging Face model folder into one engine file: the weights prepared for the\n"
+            "runtime (converted, fused), the network's ops and fusion plan, and the config, tokenizer,\n"
+            "chat template and generation config. Every command that takes a model folder takes the\n"
+            "engine file instead (docs/engine.md).\n\n"
+            "  -m, --model DIR         the Hugging Face folder (config.json, *.safetensors, tokenizer.json)\n"
+            "      --config FILE       with --random-weights: a config.json (or a folder holding one)\n"
+            "  -o, --output FILE       the engine file to write (replaced only when the build succeeds)\n"
+            "      --dtype DT          auto (default: weights as stored), f32, bf16 or f16\n"
+            "      --random-weights    random weights from the config alone (benchmarks at a real shape)\n"
+            "      --seed N            the random weights' seed (default 1)\n"
+            "      --no-fusion         no fused ops, no fused weight matrices\n"
+            "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
+            "      --no-progress       no progress bar (it shows only on a terminal)\n"
+            "  -h, --help              this help\n");
+}
+
+typedef struct bar {
+    int show;
+    double t0, last;
+} bar;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static atomic_int interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    atomic_store(&interrupted, 1);
+}
+
+/* A progress bar on stderr, at most ten times a second; Ctrl-C cancels. */
+static int progress(void *user, size_t done, size_t total)
+{
+    bar *b = user;
+    const double t = now_s();
+    if (b->show && (t - b->last >= 0.1 || done == total)) {
+        b->last = t;
+        const double frac = total ? (double)done / (double)total : 1.0;
+        const double el = t - b->t0;
+        char line[32];
+        int n = (int)(frac * 30.0);
+        memset(line, '#', (size_t)n);
+        memset(line + n, '.', (size_t)(30 - n));
+        line[30] = '\0';
+        fprintf(stderr, "\r" TOOL ": [%s] %5.1f%%  %.2f of %.2f GB  %.0f MB/s ", line, 100.0 * frac,
+                (double)done / 1e9, (double)total / 1e9, el > 0 ? (double)done / el / 1e6 : 0.0);
+        fflush(stderr);
+    }
+    return atomic_load(&interrupted);
+}
+
+int anvil_cmd_build(int argc, char **argv)
+{
+    enum { OPT_CONFIG = 256, OPT_DTYPE, OPT_RANDOM, OPT_SEED, OPT_NO_FUSION, OPT_THREADS, OPT_NO_PROGRESS };
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
+        {"output", required_argument, 0, 'o'},     {"dtype", required_argument, 0, OPT_DTYPE},
+        {"random-weights", no_argument, 0, OPT_RANDOM}, {"seed", required_argument, 0, OPT_SEED},
+        {"no-fusion", no_argument, 0, OPT_NO_FUSION}, {"threads", required_argument, 0, OPT_THREADS},
+        {"no-progress", no_argument, 0, OPT_NO_PROGRESS}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0},
+    };
+    anvil_build_options o;
+    anvil_build_options_default(&o);
+    o.seed = 1;
+    const char *model = NULL, *config = NULL, *output = NULL;
+    int no_progress = 0;
+    long v;
+    optind = 1;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:o:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model = optarg; break;
+        case OPT_CONFIG: config = optarg; break;
+        case 'o': output = optarg; break;
+        case OPT_DTYPE:
+            if (exec_cli_dtype(optarg, &o.weight_dtype, TOOL)) return 2;
+            break;
+        case OPT_RANDOM: o.random_weights = 1; break;
+        case OPT_SEED:
+            if (exec_cli_int(optarg, "--seed", 0, 0x7fffffffL, &v, TOOL)) return 2;
+            o.seed = (uint64_t)v;
+            break;
+        case OPT_NO_FUSION: o.no_fusion = 1; break;
+        case OPT_THREADS:
+            if (exec_cli_int(optarg, "--threads", 0, 1024, &v, TOOL)) return 2;
+            o.n_threads = (int)v;
+            break;
+        case OPT_NO_PROGRESS: no_progress = 1; break;
+        case 'h': usage(stdout); return 0;
+        default:
+            fprintf(stderr, TOOL ": see anvil build --help\n");
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, TOOL ": unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (output == NULL) {
+        fprintf(stderr, TOOL ": --output FILE is required (see anvil build --help)\n");
+        return 2;
+    }
+    if (o.random_weights ? (config == NULL || model != NULL) : (model == NULL || config != NULL)) {
+        fprintf(stderr, o.random_weights ? TOOL ": --random-weights builds from --config config.json (no --model)\n"
+                                         : TOOL ": --model DIR is required (--config goes with --random-weights)\n");
+        return 2;
+    }
+    bar b = {.show = !no_progress && isatty(STDERR_FILENO), .t0 = now_s()};
+    o.progress = progress;
+    o.progress_user = &b;
+    struct sigaction sa = {.sa_handler = on_sigint}, old_int;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    const char *src = o.random_weights ? config : model;
+    anvil_status st = anvil_build_engine(src, output, &o);
+    sigaction(SIGINT, &old_int, NULL);
+    if (b.show)
+        fputc('\n', stderr);
+    if (st != ANVIL_OK) {
+        anvil_cli_report(TOOL);
+        return st == ANVIL_ERR_CANCELLED ? 130 : 1;
+    }
+    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output, now_s() - b.t0);
+    return 0;
+}
