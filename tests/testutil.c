@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <math.h>
+
+#include "io/safetensors.h"
 
 const char *anvil_test_shared_dir(void)
 {
@@ -70,6 +73,55 @@ void anvil_test_model_variant(const char *model, const char *name, const char *p
         fail_msg("cannot write %s", to);
     json_decref(cfg);
     json_decref(p);
+}
+
+void anvil_test_perturbed_model(const char *model, const char *name, double amplitude, const char *patch,
+                                void (*edit)(anvil_st_tensor *t, void *data), char *out, size_t cap)
+{
+    anvil_test_model_variant(model, name, patch ? patch : "{}", out, cap);
+    char src[1024], dst[1100];
+    snprintf(src, sizeof src, "%s/models/%s/model.safetensors", anvil_test_shared_dir(), model);
+    snprintf(dst, sizeof dst, "%s/model.safetensors", out);
+    anvil_safetensors *f = NULL;
+    if (anvil_safetensors_open(src, &f) != ANVIL_OK)
+        fail_msg("%s: %s", src, anvil_last_error());
+    const int64_t n = anvil_safetensors_count(f);
+    anvil_st_tensor *ts = calloc((size_t)n, sizeof *ts);
+    void **bufs = calloc((size_t)n, sizeof *bufs);
+    if (ts == NULL || bufs == NULL)
+        fail_msg("out of memory");
+    for (int64_t k = 0; k < n; k++) {
+        const anvil_st_tensor *t = anvil_safetensors_at(f, k);
+        ts[k] = *t;
+        bufs[k] = malloc(t->nbytes ? t->nbytes : 1);
+        if (bufs[k] == NULL)
+            fail_msg("out of memory");
+        memcpy(bufs[k], t->data, t->nbytes);
+        const size_t es = anvil_dtype_size(t->dtype);
+        const int64_t ne = (int64_t)(t->nbytes / es);
+        if (amplitude != 0.0 && (t->dtype == ANVIL_DTYPE_F32 || t->dtype == ANVIL_DTYPE_BF16 ||
+                                 t->dtype == ANVIL_DTYPE_F16)) {
+            float *v = malloc((size_t)(ne ? ne : 1) * sizeof *v);
+            if (v == NULL)
+                fail_msg("out of memory");
+            anvil_convert_to_f32(t->dtype, bufs[k], v, ne);
+            for (int64_t i = 0; i < ne; i++)
+                v[i] *= (float)(1.0 + amplitude * sin((double)i + 7.0 * (double)k));
+            anvil_convert_from_f32(t->dtype, v, bufs[k], ne);
+            free(v);
+        }
+        if (edit)
+            edit(&ts[k], bufs[k]);
+        ts[k].data = bufs[k];
+    }
+    unlink(dst); /* the link to the original */
+    if (anvil_safetensors_write(dst, ts, n) != ANVIL_OK)
+        fail_msg("%s: %s", dst, anvil_last_error());
+    for (int64_t k = 0; k < n; k++)
+        free(bufs[k]);
+    free(bufs);
+    free(ts);
+    anvil_safetensors_close(f);
 }
 
 void anvil_test_write_file(const char *path, const void *data, size_t len)

@@ -25,6 +25,19 @@ const char *anvil_test_tmpdir(void);
  * link to the original. Its path goes into out[cap]; fails the test on error. */
 void anvil_test_model_variant(const char *model, const char *name, const char *patch, char *out, size_t cap);
 
+/* A copy of the shared model folder `model` (one model.safetensors) as the
+ * temporary folder `name`, whose weights are perturbed deterministically:
+ * element i of the k-th tensor (in the file's order) becomes
+ * w * (1 + amplitude * sin(i + 7k)), in the tensor's own dtype (amplitude 0:
+ * the same bytes). edit (may be NULL) then sees each tensor as it will be
+ * written (its name, dtype, shape and bytes; it may change the shape of one
+ * to fewer elements, or its bytes). The other files are links to the
+ * original's; config.json is patched with `patch` (NULL or "{}": as is).
+ * Its path goes into out[cap]; fails the test on error. */
+struct anvil_st_tensor;
+void anvil_test_perturbed_model(const char *model, const char *name, double amplitude, const char *patch,
+                                void (*edit)(struct anvil_st_tensor *t, void *data), char *out, size_t cap);
+
 /* Writes len bytes to path; fails the test on error. */
 void anvil_test_write_file(const char *path, const void *data, size_t len);
 

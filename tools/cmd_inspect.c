@@ -163,6 +163,10 @@ static void print_human(const json_t *r, int all_weights)
            json_string_value(json_object_get(b, "source")), json_string_value(json_object_get(b, "dtype")),
            json_is_true(json_object_get(b, "fusion")) ? "on" : "off",
            json_is_true(json_object_get(b, "random_weights")) ? ", random weights" : "");
+    const json_t *refit = json_object_get(b, "refit"); /* anvil refit's record */
+    if (json_is_object(refit))
+        printf("refit       %s with the weights of %s\n", json_string_value(json_object_get(refit, "created")),
+               json_string_value(json_object_get(refit, "source")));
     const json_t *files = json_object_get(r, "files");
     printf("files      ");
     size_t i;

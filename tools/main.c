@@ -19,6 +19,7 @@ static const command commands[] = {
     {"serve", anvil_cmd_serve, "serve models over HTTP with OpenAI's API"},
     {"build", anvil_cmd_build, "build a model folder into one engine file"},
     {"inspect", anvil_cmd_inspect, "show what an engine file holds; --verify checks every byte"},
+    {"refit", anvil_cmd_refit, "put new weights of the same shapes into an engine file"},
 };
 
 static void usage(FILE *out)

@@ -67,6 +67,37 @@ void anvil_build_options_default(anvil_build_options *o);
  */
 anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *o);
 
+/* ---- refit: new weights of the same shapes without a rebuild (docs/engine.md, "Refit") */
+
+typedef struct anvil_refit_options {
+    /* Called as the new weights are read (bytes done of bytes in all); a
+     * nonzero return stops the refit (ANVIL_ERR_CANCELLED, nothing
+     * changed). Called from the refitting thread(s), one at a time. May be
+     * NULL. */
+    int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
+    void *progress_user;
+    int n_threads;          /* anvil_refit_engine's threads; 0: one per online CPU (at most 16) */
+} anvil_refit_options;
+
+/*
+ * Writes an engine with `engine`'s manifest (config, network, plan, the
+ * model's files, build options) and the weights of `weights` (a Hugging
+ * Face folder, or another engine file), every checksum recomputed, and a
+ * "refit" record (source, created) in the manifest's "build". The new
+ * weights must fit exactly: the same config (values other than the dtype
+ * and the generation defaults), hence the same network, and a checkpoint
+ * whose tensors give every weight's shape (an engine: the same stored
+ * tensors, kinds and shapes); a folder's weights are converted to the
+ * engine's kinds. What does not fit is ANVIL_ERR_INVALID_ARG naming the
+ * first difference ("refit changes rope_theta 10000 -> 500000: build a new
+ * engine"); a NaN or infinity in the new weights is ANVIL_ERR_FORMAT.
+ * output NULL: engine itself is replaced. Either way the file appears only
+ * when complete: a failure or a cancel leaves output as it was. o NULL:
+ * defaults (no progress, threads auto).
+ */
+anvil_status anvil_refit_engine(const char *engine, const char *weights, const char *output,
+                                const anvil_refit_options *o);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,7 +16,8 @@
  * first row must already be in the cache from earlier steps. Logits come
  * back only for the rows listed in logit_rows.
  *
- * Thread safety: one thread at a time per runtime (the executor owns it).
+ * Thread safety: one thread at a time per runtime (the executor owns it),
+ * except anvil_runtime_refit_prepare (below).
  */
 #ifndef ANVIL_RUNTIME_H
 #define ANVIL_RUNTIME_H
@@ -24,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "anvil/builder.h" /* anvil_refit_options */
 #include "anvil/dtype.h"
 #include "anvil/model_config.h"
 #include "anvil/sampling.h"
@@ -168,6 +170,69 @@ void anvil_runtime_kv_release(anvil_runtime *rt, int32_t n, const int32_t *ids);
  */
 anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
                                    int32_t n_tokens);
+
+/* ---- refit: new weights of the same shapes, in place (docs/engine.md, "Refit")
+ *
+ * A fine-tuned checkpoint replaces the weights of a loaded runtime without
+ * a reload: the KV cache, activations, options and, on CUDA, the captured
+ * step graphs stay (the weights are copied into the same allocations). In
+ * two phases, so that a serving runtime pauses only for the copy:
+ *
+ *     anvil_refit_staging *sg;
+ *     TRY(anvil_runtime_refit_prepare(rt, "ckpt-v2", NULL, &sg)); // any thread, while steps run
+ *     ... between two steps, on the runtime's thread:
+ *     TRY(anvil_runtime_refit_commit(rt, sg));                     // takes sg
+ */
+typedef struct anvil_refit_staging anvil_refit_staging;
+
+/*
+ * Reads the weights at `weights` (a Hugging Face folder or an engine file)
+ * into host memory, in the form the runtime stores them (converted to its
+ * kinds, fused as it fuses), scanning them for NaN and infinity (unless the
+ * runtime was loaded with no_weight_check). They must fit the runtime
+ * exactly: the same config (every value but the checkpoint's dtype and the
+ * generation defaults: "refit changes rope_theta 10000 -> 500000: build a
+ * new engine"), the same network, every tensor of the shape the config
+ * implies (an engine: the runtime's stored tensors, kinds and shapes);
+ * else ANVIL_ERR_INVALID_ARG naming the first difference. A NaN is
+ * ANVIL_ERR_FORMAT; an unreadable source ANVIL_ERR_NOT_FOUND / ANVIL_ERR_IO.
+ * The staging holds as many bytes as the runtime's weights
+ * (anvil_runtime_weight_bytes). One thread; it may take long (it reads the
+ * whole checkpoint); o->progress may cancel it (ANVIL_ERR_CANCELLED).
+ * Nothing of rt changes: it reads only what the load fixed (config,
+ * network, plan), so it may run on another thread while rt's own thread
+ * runs steps. *out is NULL on failure.
+ */
+anvil_status anvil_runtime_refit_prepare(const anvil_runtime *rt, const char *weights, const anvil_refit_options *o,
+                                         anvil_refit_staging **out);
+
+/*
+ * Copies the staged weights into the runtime's weight memory in place
+ * (the same device pointers), then frees the staging (taken, also on
+ * failure). Call it on the runtime's thread, between steps: the next step
+ * computes with the new weights. The KV cache is kept: sequences in flight
+ * continue over keys and values computed with the old weights (their
+ * caller decides whether that is acceptable; the executor does as
+ * TensorRT-LLM's refit and vLLM's weight updates do). On the CPU, weights
+ * used in place from a mapping (use_mmap) get memory of their own first,
+ * all before any copy, so a failed allocation changes nothing
+ * (ANVIL_ERR_OOM); the file is then closed once no weight points into it.
+ * A staging prepared for another runtime is ANVIL_ERR_INVALID_ARG. A
+ * device copy that fails halfway leaves the weights mixed: the status is
+ * the backend's (ANVIL_ERR_CUDA) and the message says so; free the runtime.
+ */
+anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *staging);
+
+/* Frees a staging that will not be committed. NULL is a no-op. */
+void anvil_refit_staging_free(anvil_refit_staging *staging);
+
+/* Bytes of host memory the staging holds. */
+size_t anvil_refit_staging_bytes(const anvil_refit_staging *staging);
+
+/* Prepare and commit in one call, on the runtime's thread (o NULL:
+ * defaults). On failure the runtime's weights are as they were (but see
+ * anvil_runtime_refit_commit on a failed device copy). */
+anvil_status anvil_runtime_refit(anvil_runtime *rt, const char *weights, const anvil_refit_options *o);
 
 #ifdef __cplusplus
 }

@@ -500,3 +500,26 @@ const anvil_st_tensor *anvil_build_plain_source(const anvil_build_plan *p, const
     const anvil_st_tensor *st = anvil_checkpoint_find(ck, w->sources[0]);
     return st && st->dtype == t->kind ? st : NULL;
 }
+
+anvil_status anvil_build_check_checkpoint(const anvil_network *net, const anvil_checkpoint *ck)
+{
+    for (int32_t i = 0; i < anvil_network_weight_count(net); i++) {
+        anvil_dtype dt;
+        TRY(check_recipe(anvil_network_weight(net, i), ck, &dt));
+    }
+    return ANVIL_OK;
+}
+
+int32_t anvil_build_member_at(const anvil_build_plan *p, int32_t s, int64_t elem, int64_t *at)
+{
+    const anvil_stored *t = &p->stored[s];
+    for (int32_t k = t->n - 1; k >= 0; k--) { /* members lie in order: the last that starts at or before it */
+        const int32_t wi = p->members[t->first + k];
+        if (p->weight_offset[wi] <= elem) {
+            *at = elem - p->weight_offset[wi];
+            return wi;
+        }
+    }
+    *at = elem;
+    return p->members[t->first];
+}

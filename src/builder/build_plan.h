@@ -108,6 +108,16 @@ void anvil_build_scratch_free(anvil_build_scratch *s);
 anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
                               int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch);
 
+/* Checks every recipe of net against checkpoint ck, as
+ * anvil_build_plan_make does (sources present, f32/bf16/f16, shapes that
+ * give each weight's): for a plan made from another checkpoint, before it
+ * fills from ck (a refit). The errors are anvil_build_plan_make's. */
+anvil_status anvil_build_check_checkpoint(const anvil_network *net, const anvil_checkpoint *ck);
+
+/* The member weight of stored tensor s that holds its element `elem`
+ * (*at: the element's index in that weight), for messages. */
+int32_t anvil_build_member_at(const anvil_build_plan *p, int32_t s, int64_t elem, int64_t *at);
+
 /* When stored tensor s is exactly one checkpoint tensor in its own dtype,
  * that tensor (its bytes can be used or copied as they are); else NULL. */
 const anvil_st_tensor *anvil_build_plain_source(const anvil_build_plan *p, const anvil_network *net,

@@ -211,8 +211,7 @@ json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net)
 
 /* ------------------------------------------------------------ reading */
 
-/* The first difference between two networks' JSON, for the message. */
-static void first_difference(const json_t *want, const json_t *have, char *buf, size_t cap)
+void anvil_manifest_network_diff(const json_t *want, const json_t *have, char *buf, size_t cap)
 {
     const char *parts[2] = {"ops", "weights"};
     for (int p = 0; p < 2; p++) {
@@ -315,7 +314,7 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
     CHECK(want != NULL, ANVIL_ERR_OOM, "out of memory");
     if (!json_equal(want, have)) {
         char why[200];
-        first_difference(want, have, why, sizeof why);
+        anvil_manifest_network_diff(want, have, why, sizeof why);
         json_decref(want);
         return ANVIL_FAIL(ANVIL_ERR_FORMAT,
                           "%s: the engine's network is not the one anvil builds from its config (%s): it was "

@@ -27,6 +27,10 @@ json_t *anvil_manifest_network(const anvil_network *net);
 /* {"stored": [{"name", "members": [weight names]}], "fusion": [{"op", "kind", "n"}]}. */
 json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net);
 
+/* The first difference between two networks' JSON (anvil_manifest_network),
+ * for a message: "op 3 (rmsnorm) differs", "12 weights instead of 14". */
+void anvil_manifest_network_diff(const json_t *want, const json_t *have, char *buf, size_t cap);
+
 /* The fusion kind's name in the manifest ("add_rmsnorm", ...), and back (-1: unknown). */
 const char *anvil_manifest_fuse_name(int kind);
 int anvil_manifest_fuse_parse(const char *name);

@@ -1,0 +1,80 @@
+/*
+ * The runtime's state, shared by its files:
+ *   runtime.c        loading (weights, activations, KV cache) and the forward step
+ *   runtime_refit.c  new weights of the same shapes in place (refit)
+ *
+ * The struct is opaque to everything outside src/runtime/.
+ */
+#ifndef ANVIL_RUNTIME_INTERNAL_H
+#define ANVIL_RUNTIME_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/network.h"
+#include "anvil/runtime.h"
+#include "anvil/sampling.h"
+#include "backend/backend.h"
+#include "builder/build_plan.h"
+#include "builder/fuse_plan.h"
+#include "io/engine_file.h"
+#include "io/safetensors.h"
+#include "runtime/rope_table.h"
+
+struct anvil_runtime {
+    anvil_runtime_options opts;
+    anvil_model_config cfg;
+    int seq_len_from_config;  /* opts.max_seq_len is the config's context (no option gave one) */
+    anvil_network *net;
+    anvil_checkpoint *ckpt;   /* an HF folder's: kept open while weights point into it */
+    anvil_engine_file *engine; /* an engine file's: likewise */
+    anvil_backend *be;
+
+    /* weights: the stored tensors of the build plan, each an allocation
+     * (or the mapping, CPU with use_mmap), and the network's weights as
+     * views into them, indexed like the network's weight list */
+    anvil_build_plan *plan;
+    void **stored_allocs;     /* [plan->n_stored] backend allocations (NULL where the mapping is used) */
+    void **stored_data;       /* [plan->n_stored] where each stored tensor's bytes are */
+    int32_t n_weights;
+    anvil_tensor *weights;
+    size_t weight_bytes;
+
+    /* activations: one buffer per value, shared between values whose lives
+     * do not overlap */
+    int32_t n_ops;
+    anvil_fuse *fuse;         /* [n_ops] which ops run fused (builder/fuse_plan.c) */
+    int32_t *value_buffer;    /* [n_ops] */
+    int32_t n_buffers;
+    void **buffers;
+    size_t *buffer_bytes;
+    float **rope_tables;      /* [n_ops] backend memory, for rope ops: one table, or LongRoPE's two back to back */
+    anvil_rope_freqs *rope_freqs; /* [n_ops] what rope ops (and the attention that fuses them) take */
+
+    /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim] */
+    int32_t n_kv_layers;
+    int32_t n_blocks;
+    int32_t max_blocks_per_seq;
+    anvil_tensor *k_cache, *v_cache;
+    int32_t *free_blocks;     /* a stack of free block ids */
+    int32_t n_free;
+    unsigned char *block_used;
+
+    /* step metadata staged on the host, then uploaded in one copy */
+    int32_t *meta_host;
+    void *meta_dev;
+    size_t meta_ints;
+    void *logits_host_stage;  /* when activations are not f32 */
+    void *ids_dev;            /* [max_logit_rows] argmax ids (forward_greedy), made on first use */
+
+    /* forward_sample, made on first use */
+    anvil_sample_params *sample_host;  /* [max_logit_rows] the step's parameters, staged */
+    void *sample_dev;                  /* [max_logit_rows] the same on the backend */
+    anvil_rng *sample_saved;           /* [max_logit_rows] generators before their draw */
+    const anvil_sample_params *step_sample; /* during a forward_sample step: run_ops samples with these */
+    int host_sampling;                 /* ANVIL_HOST_SAMPLING=1 at load: sample on the host always */
+    anvil_sampler *host_sampler;       /* the host path (no sample op) */
+    float *host_logits;                /* [max_logit_rows * vocab] for it */
+};
+
+#endif
