@@ -18,11 +18,11 @@ cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DA
   -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
 # every tests/cuda test, the latency benchmark and the anvil command
 cuda_tests=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//' | tr '\n' ' ')
-cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency anvil_cli
+cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_load anvil_cli
 
 mkdir -p .device/bin .device/lib
-cp build-device/bench_cuda_latency build-device/anvil .device/bin/
-for t in $cuda_tests bench_cuda_latency anvil; do
+cp build-device/bench_cuda_latency build-device/bench_load build-device/anvil .device/bin/
+for t in $cuda_tests bench_cuda_latency bench_load anvil; do
   if [ -f build-device/tests/$t ]; then cp build-device/tests/$t .device/bin/; fi
   strip --strip-debug .device/bin/$t
   # nothing of this machine's -dev libraries may be needed at run time

@@ -34,6 +34,8 @@ for s in "${steps[@]}"; do
       [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
       timeout 500 $bin/bench_cuda_latency --workdir $ws --json "$out/bench.json" ${BENCH_ARGS:-} >"$out/bench.log" 2>&1 ;;
     golden) timeout 120 $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
+    load) # build and load times of an engine vs its folder (LOAD_ARGS: bench_load's options)
+      timeout 560 $bin/bench_load --workdir /tmp/anvil-load --device cuda --json "$out/load.json" ${LOAD_ARGS:-} >"$out/load.log" 2>&1 ;;
     memcheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                 $bin/test_cuda_ops >"$out/memcheck.log" 2>&1 ;;
     racecheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
@@ -52,4 +54,5 @@ for s in "${steps[@]}"; do
 done
 [ -f "$out/perf.log" ] && cat "$out/perf.log"
 [ -f "$out/bench.log" ] && cat "$out/bench.log"
+[ -f "$out/load.log" ] && cat "$out/load.log"
 exit $status

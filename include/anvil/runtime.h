@@ -65,10 +65,12 @@ typedef struct anvil_runtime_options {
      * while mapped then kills the process with SIGBUS at the next access. */
     int use_mmap;
     int no_weight_check;        /* 1: skip the load's scan of every weight for NaN and infinity */
-    /* Called during the load as weights arrive (bytes done of bytes in all,
-     * both of the checkpoint), from the loading thread. A nonzero return
-     * stops the load: anvil_runtime_load then fails with ANVIL_ERR_CANCELLED
-     * and frees what it made. NULL: none. */
+    /* Called during the load as weights arrive (bytes prepared of the
+     * weights' bytes in all), every few milliseconds and once at the end
+     * with every byte, from the thread that called anvil_runtime_load (the
+     * load itself runs on several threads). A nonzero return stops the
+     * load: anvil_runtime_load then fails with ANVIL_ERR_CANCELLED and
+     * frees what it made. NULL: none. */
     int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
     void *progress_user;
 } anvil_runtime_options;

@@ -215,9 +215,24 @@ typedef struct anvil_backend_ops {
                                     anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
     /* 1: attention takes rope (see anvil_attention_args) */
     int attention_rope;
+
+    /* ---- optional: loading weights fast from several threads (NULL where
+     * a backend has none: the loader then uses upload, from one thread) */
+    /* Pinned host memory, from which copies to the device run at full
+     * speed and asynchronously; freed with host_free. */
+    anvil_status (*host_alloc)(anvil_backend *be, size_t bytes, void **out);
+    void (*host_free)(anvil_backend *be, void *ptr);
+    /* Copies bytes from src (memory of host_alloc) to dst on copy lane
+     * `lane` (0 .. ANVIL_UPLOAD_LANES - 1) and returns before the copy is
+     * done; upload_wait(lane) waits for every copy of the lane. A lane
+     * belongs to one thread at a time; different lanes may be used from
+     * different threads at once, and their copies overlap. */
+    anvil_status (*upload_async)(anvil_backend *be, int lane, void *dst, const void *src, size_t bytes);
+    anvil_status (*upload_wait)(anvil_backend *be, int lane);
 } anvil_backend_ops;
 
 #define ANVIL_MATMUL_MULTI_MAX 4
+#define ANVIL_UPLOAD_LANES 32
 
 enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
 

@@ -5,7 +5,12 @@
  */
 #include "anvil/runtime.h"
 
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +28,6 @@
 #include "io/engine_file.h"
 #include "runtime/runtime_internal.h"
 #include "runtime/runtime_plan.h"
-
 
 void anvil_runtime_options_default(anvil_runtime_options *o)
 {
@@ -143,18 +147,46 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
 
 /* ------------------------------------------------------------ weights */
 
+/*
+ * The load runs on several threads (the cores are what bounds reading a
+ * warm page cache, converting and scanning): the stored tensors are cut
+ * into chunks of ANVIL_BUILD_CHUNK bytes, which the threads take in turn.
+ * On the CPU a thread prepares a chunk in place; on a GPU it prepares it in
+ * one of its two pinned buffers and copies it on a lane of its own
+ * (upload_async) while it prepares the next, so reading, scanning and
+ * copying overlap. The progress callback runs on the calling thread.
+ */
+#define LOAD_THREADS_MAX 16
+
+typedef struct load_chunk {
+    int32_t s;       /* stored tensor */
+    size_t off, len; /* its bytes */
+} load_chunk;
+
 typedef struct weight_loader {
-    size_t done, total;  /* prepared bytes, for the progress callback */
-    void *stage;         /* [ANVIL_BUILD_CHUNK] a chunk on its way to the device */
-    anvil_build_scratch *scratch;
+    anvil_runtime *rt;
+    load_chunk *chunks;
+    int64_t n_chunks;
+    _Atomic int64_t next;    /* the next chunk to take */
+    _Atomic size_t done;     /* bytes prepared */
+    _Atomic int threads;     /* started so far (each takes its own copy lanes) */
+    _Atomic int finished;    /* ended so far */
+    size_t total;
+    atomic_int stop;         /* a thread failed, or the caller cancelled */
+    pthread_mutex_t mu;      /* the first failure, and upload without lanes */
+    anvil_status st;
+    char msg[1024];
 } weight_loader;
 
-static anvil_status loader_progress(anvil_runtime *rt, weight_loader *wl, size_t bytes)
+static void loader_fail(weight_loader *wl, anvil_status st)
 {
-    wl->done += bytes;
-    if (rt->opts.progress && rt->opts.progress(rt->opts.progress_user, wl->done, wl->total))
-        return ANVIL_FAIL(ANVIL_ERR_CANCELLED, "the load was cancelled");
-    return ANVIL_OK;
+    pthread_mutex_lock(&wl->mu);
+    if (wl->st == ANVIL_OK) { /* messages are per thread: carry the text over */
+        wl->st = st;
+        snprintf(wl->msg, sizeof wl->msg, "%s", anvil_last_error());
+    }
+    pthread_mutex_unlock(&wl->mu);
+    atomic_store(&wl->stop, 1);
 }
 
 /* A NaN or infinity among the n elements at p, elements [first, first + n)
@@ -205,40 +237,138 @@ static const void *stored_in_place(const anvil_runtime *rt, int32_t s)
 }
 
 /*
- * Places stored tensor s on the backend: its bytes prepared by the builder
- * (anvil_build_fill, in chunks, read through pread or the mapping) and
- * checked for non-finite values; on the CPU with use_mmap a tensor that is
- * one checkpoint tensor as stored is used in place from the mapping.
+ * Where stored tensor s goes: on the CPU with use_mmap, a tensor that is in
+ * the mapping as it is stays there (its chunks are only scanned); else an
+ * allocation of the backend, filled by the threads.
  */
-static anvil_status place_stored(anvil_runtime *rt, weight_loader *wl, int32_t s)
+static anvil_status place_stored(anvil_runtime *rt, int32_t s)
 {
     anvil_backend *be = rt->be;
-    const anvil_stored *t = &rt->plan->stored[s];
-    const size_t es = anvil_dtype_size(t->kind);
     const void *mapped = stored_in_place(rt, s);
     if (be->ops->weights_in_host_memory && mapped != NULL) {
-        for (size_t off = 0; off < t->bytes; off += ANVIL_BUILD_CHUNK) {
-            const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
-            TRY(check_finite(rt, s, (const char *)mapped + off, (int64_t)(len / es), (int64_t)(off / es)));
-            TRY(loader_progress(rt, wl, len));
-        }
         rt->stored_data[s] = (void *)mapped;
         return ANVIL_OK;
     }
     void *dev = NULL;
-    TRY(be->ops->alloc(be, t->bytes, &dev));
+    TRY(be->ops->alloc(be, rt->plan->stored[s].bytes, &dev));
     rt->stored_allocs[s] = dev;
     rt->stored_data[s] = dev;
-    for (size_t off = 0; off < t->bytes; off += ANVIL_BUILD_CHUNK) {
-        const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
-        /* host memory: prepared in place; else through the stage */
-        void *dst = be->ops->weights_in_host_memory ? (char *)dev + off : wl->stage;
-        TRY(stored_fill(rt, s, off, dst, len, wl->scratch));
-        TRY(check_finite(rt, s, dst, (int64_t)(len / es), (int64_t)(off / es)));
-        if (!be->ops->weights_in_host_memory)
-            TRY(be->ops->upload(be, (char *)dev + off, dst, len));
-        TRY(loader_progress(rt, wl, len));
+    return ANVIL_OK;
+}
+
+/* One chunk: prepared (in place on the CPU, else in buf), scanned, and
+ * copied to the device (on lane `lane` when the backend has lanes, else
+ * through upload under the loader's lock). */
+static anvil_status load_one(weight_loader *wl, const load_chunk *c, void *buf, int lane,
+                             anvil_build_scratch *scratch)
+{
+    anvil_runtime *rt = wl->rt;
+    anvil_backend *be = rt->be;
+    const size_t es = anvil_dtype_size(rt->plan->stored[c->s].kind);
+    const int64_t n = (int64_t)(c->len / es), first = (int64_t)(c->off / es);
+    char *dev = (char *)rt->stored_data[c->s] + c->off;
+    if (be->ops->weights_in_host_memory) {
+        if (rt->stored_allocs[c->s] != NULL) /* else in the mapping: scanned only */
+            TRY(stored_fill(rt, c->s, c->off, dev, c->len, scratch));
+        return check_finite(rt, c->s, dev, n, first);
     }
+    if (lane >= 0) /* the copy that last used this buffer is done */
+        TRY(be->ops->upload_wait(be, lane));
+    TRY(stored_fill(rt, c->s, c->off, buf, c->len, scratch));
+    TRY(check_finite(rt, c->s, buf, n, first));
+    if (lane >= 0)
+        return be->ops->upload_async(be, lane, dev, buf, c->len);
+    pthread_mutex_lock(&wl->mu); /* upload is for one thread at a time */
+    anvil_status st = be->ops->upload(be, dev, buf, c->len);
+    pthread_mutex_unlock(&wl->mu);
+    return st;
+}
+
+/* One thread of the load (see weight_loader): takes chunks until none is
+ * left or the load stops. */
+static void *load_thread(void *arg)
+{
+    weight_loader *wl = arg;
+    anvil_runtime *rt = wl->rt;
+    anvil_backend *be = rt->be;
+    const int host = be->ops->weights_in_host_memory;
+    const int lanes = !host && be->ops->upload_async && be->ops->host_alloc;
+    const int me = atomic_fetch_add(&wl->threads, 1); /* lanes 2 me and 2 me + 1 */
+    void *buf[2] = {NULL, NULL};
+    anvil_build_scratch *scratch = NULL;
+    anvil_status st = rt->ckpt ? anvil_build_scratch_create(&scratch) : ANVIL_OK;
+    for (int b = 0; b < 2 && st == ANVIL_OK && !host; b++) {
+        if (lanes)
+            st = be->ops->host_alloc(be, ANVIL_BUILD_CHUNK, &buf[b]);
+        else if ((buf[b] = malloc(ANVIL_BUILD_CHUNK)) == NULL)
+            st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
+    }
+    for (int b = 0; st == ANVIL_OK && !atomic_load(&wl->stop); b ^= 1) {
+        const int64_t i = atomic_fetch_add(&wl->next, 1);
+        if (i >= wl->n_chunks)
+            break;
+        st = load_one(wl, &wl->chunks[i], buf[b], lanes ? 2 * me + b : -1, scratch);
+        if (st == ANVIL_OK)
+            atomic_fetch_add(&wl->done, wl->chunks[i].len);
+    }
+    for (int k = 0; k < 2 && lanes; k++) { /* every copy of ours is done before the buffers go */
+        anvil_status w = be->ops->upload_wait(be, 2 * me + k);
+        if (st == ANVIL_OK)
+            st = w;
+    }
+    if (st != ANVIL_OK)
+        loader_fail(wl, st);
+    for (int k = 0; k < 2; k++) {
+        if (lanes)
+            be->ops->host_free(be, buf[k]);
+        else
+            free(buf[k]);
+    }
+    anvil_build_scratch_free(scratch);
+    atomic_fetch_add(&wl->finished, 1);
+    return NULL;
+}
+
+/* Runs the load's threads over every chunk, the progress callback on this
+ * thread (a nonzero return stops them). */
+static anvil_status load_chunks(anvil_runtime *rt, weight_loader *wl)
+{
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cpus > 1 ? (int)(cpus < LOAD_THREADS_MAX ? cpus : LOAD_THREADS_MAX) : 1;
+    if ((int64_t)n > wl->n_chunks)
+        n = wl->n_chunks > 0 ? (int)wl->n_chunks : 1;
+    pthread_t th[LOAD_THREADS_MAX];
+    int started = 0;
+    while (started < n && pthread_create(&th[started], NULL, load_thread, wl) == 0)
+        started++;
+    if (started == 0)
+        load_thread(wl); /* no thread to be had: this one does it all */
+    for (int running = started > 0; running;) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        running = atomic_load(&wl->finished) < started;
+        const size_t done = atomic_load(&wl->done);
+        if (rt->opts.progress && !atomic_load(&wl->stop) && rt->opts.progress(rt->opts.progress_user, done, wl->total)) {
+            pthread_mutex_lock(&wl->mu);
+            if (wl->st == ANVIL_OK) {
+                wl->st = ANVIL_ERR_CANCELLED;
+                snprintf(wl->msg, sizeof wl->msg, "the load was cancelled");
+            }
+            pthread_mutex_unlock(&wl->mu);
+            atomic_store(&wl->stop, 1);
+        }
+        if (atomic_load(&wl->stop))
+            break;
+    }
+    for (int k = 0; k < started; k++)
+        pthread_join(th[k], NULL);
+    if (wl->st == ANVIL_OK && rt->opts.progress &&
+        rt->opts.progress(rt->opts.progress_user, atomic_load(&wl->done), wl->total)) {
+        wl->st = ANVIL_ERR_CANCELLED; /* the last report: every byte, once */
+        snprintf(wl->msg, sizeof wl->msg, "the load was cancelled");
+    }
+    if (wl->st != ANVIL_OK)
+        return anvil_error_set(wl->st, __FILE__, __LINE__, "%s", wl->msg);
     return ANVIL_OK;
 }
 
@@ -305,16 +435,28 @@ static anvil_status load_weights(anvil_runtime *rt)
     rt->stored_data = calloc((size_t)(ns ? ns : 1), sizeof *rt->stored_data);
     CHECK(rt->weights && rt->stored_allocs && rt->stored_data, ANVIL_ERR_OOM, "out of memory");
     rt->weight_bytes = rt->plan->total_bytes;
-    weight_loader wl = {.total = rt->plan->total_bytes};
-    wl.stage = malloc(ANVIL_BUILD_CHUNK);
-    anvil_status st = wl.stage ? anvil_build_scratch_create(&wl.scratch)
-                               : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for the load's buffers");
-    for (int32_t s = 0; s < ns && st == ANVIL_OK; s++)
-        st = place_stored(rt, &wl, s);
+    weight_loader wl = {.rt = rt, .total = rt->plan->total_bytes};
+    int64_t n_chunks = 0;
+    for (int32_t t = 0; t < ns; t++)
+        n_chunks += (int64_t)((rt->plan->stored[t].bytes + ANVIL_BUILD_CHUNK - 1) / ANVIL_BUILD_CHUNK);
+    wl.chunks = malloc((size_t)(n_chunks ? n_chunks : 1) * sizeof *wl.chunks);
+    CHECK(wl.chunks != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st = ANVIL_OK;
+    for (int32_t t = 0; t < ns && st == ANVIL_OK; t++) {
+        st = place_stored(rt, t);
+        for (size_t off = 0; off < rt->plan->stored[t].bytes; off += ANVIL_BUILD_CHUNK) {
+            const size_t left = rt->plan->stored[t].bytes - off;
+            wl.chunks[wl.n_chunks++] =
+                (load_chunk){.s = t, .off = off, .len = left < ANVIL_BUILD_CHUNK ? left : ANVIL_BUILD_CHUNK};
+        }
+    }
+    pthread_mutex_init(&wl.mu, NULL);
+    if (st == ANVIL_OK)
+        st = load_chunks(rt, &wl);
+    pthread_mutex_destroy(&wl.mu);
+    free(wl.chunks);
     if (st == ANVIL_OK) /* rewritten in place while read */
         st = rt->engine ? anvil_engine_file_check_unchanged(rt->engine) : anvil_checkpoint_check_unchanged(rt->ckpt);
-    free(wl.stage);
-    anvil_build_scratch_free(wl.scratch);
     if (st == ANVIL_OK)
         make_views(rt);
     return st;

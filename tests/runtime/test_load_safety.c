@@ -218,17 +218,21 @@ static void test_progress_and_cancel(void **st)
         anvil_runtime *rt = NULL;
         assert_int_equal(anvil_runtime_load(dir, &o, &rt), ANVIL_OK);
         assert_true(p.monotone);
-        assert_true(p.calls > 5);
+        assert_true(p.calls >= 1); /* the load's threads report; the callback runs every few ms and at the end */
         assert_int_equal(p.last, p.total); /* every byte, once */
         assert_true(p.total > 0 && p.total <= (size_t)sb.st_size);
         anvil_runtime_free(rt);
-        for (int stop_at = 1; stop_at <= 9; stop_at += 4) {
-            progress_log q = {.monotone = 1, .stop_at = stop_at};
+        /* cancelled at the first report (mid-load for tinycode's 24 MB:
+         * the threads stop, everything made so far is freed) */
+        for (int m = 0; m < 2; m++) {
+            char d2[512];
+            snprintf(d2, sizeof d2, "%s/models/%s", anvil_test_shared_dir(), m ? "tinycode" : "stories260K");
+            progress_log q = {.monotone = 1, .stop_at = 1};
             o.progress_user = &q;
             rt = (anvil_runtime *)0x1;
-            assert_status_msg(anvil_runtime_load(dir, &o, &rt), ANVIL_ERR_CANCELLED, "cancelled");
+            assert_status_msg(anvil_runtime_load(d2, &o, &rt), ANVIL_ERR_CANCELLED, "cancelled");
             assert_null(rt);
-            assert_int_equal(q.calls, stop_at); /* stopped at once */
+            assert_int_equal(q.calls, 1); /* stopped at once: no report after the nonzero return */
         }
     }
 }

@@ -93,6 +93,7 @@ static void cuda_destroy(anvil_backend *be)
     /* be is the first member (impl may not be set yet when creation fails) */
     anvil_cuda_backend *cb = (anvil_cuda_backend *)be;
     if (cb->stream == NULL) { /* creation stopped before the device was set up */
+        pthread_mutex_destroy(&cb->lanes_mu);
         free(cb);
         return;
     }
@@ -112,6 +113,9 @@ static void cuda_destroy(anvil_backend *be)
         if (cb->stage_done[i] != NULL)
             cudaEventDestroy(cb->stage_done[i]);
     }
+    for (int i = 0; i < cb->lanes_made; i++)
+        cudaStreamDestroy(cb->lanes[i]);
+    pthread_mutex_destroy(&cb->lanes_mu);
     cudaStreamDestroy(cb->stream);
     (void)cudaGetLastError();
     free(cb);
@@ -174,6 +178,68 @@ static anvil_status cuda_upload(anvil_backend *be, void *dst, const void *src, s
         CUDA_TRY(cudaEventRecord(cb->stage_done[i], cb->stream), "cuda upload");
         off += n;
     }
+    return ANVIL_OK;
+}
+
+/* ---------------------------------------------------------------- loading from threads */
+
+static anvil_status cuda_host_alloc(anvil_backend *be, size_t bytes, void **out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    *out = NULL;
+    TRY(anvil_cuda_use(cb));
+    cudaError_t e = cudaMallocHost(out, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *out = NULL;
+        (void)cudaGetLastError();
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "cuda: cannot pin %zu bytes of host memory: %s", bytes, cudaGetErrorString(e));
+    }
+    return ANVIL_OK;
+}
+
+static void cuda_host_free(anvil_backend *be, void *ptr)
+{
+    (void)be;
+    if (ptr != NULL)
+        (void)cudaFreeHost(ptr);
+    (void)cudaGetLastError();
+}
+
+/* The copy lanes: streams of their own, made once, so that copies from
+ * several loading threads overlap each other (and nothing else waits). */
+static anvil_status lanes_ready(anvil_cuda_backend *cb)
+{
+    anvil_status st = ANVIL_OK;
+    pthread_mutex_lock(&cb->lanes_mu);
+    while (cb->lanes_made < ANVIL_UPLOAD_LANES && st == ANVIL_OK) {
+        cudaError_t e = cudaStreamCreateWithFlags(&cb->lanes[cb->lanes_made], cudaStreamNonBlocking);
+        if (e != cudaSuccess)
+            st = ANVIL_FAIL(ANVIL_ERR_CUDA, "cudaStreamCreate (copy lane): %s", cudaGetErrorString(e));
+        else
+            cb->lanes_made++;
+    }
+    pthread_mutex_unlock(&cb->lanes_mu);
+    return st;
+}
+
+static anvil_status cuda_upload_async(anvil_backend *be, int lane, void *dst, const void *src, size_t bytes)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(lane >= 0 && lane < ANVIL_UPLOAD_LANES, ANVIL_ERR_INVALID_ARG, "cuda upload: lane %d", lane);
+    TRY(anvil_cuda_use(cb)); /* this thread's current device */
+    TRY(lanes_ready(cb));
+    if (bytes > 0)
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->lanes[lane]), "cuda upload (lane)");
+    return ANVIL_OK;
+}
+
+static anvil_status cuda_upload_wait(anvil_backend *be, int lane)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(lane >= 0 && lane < ANVIL_UPLOAD_LANES, ANVIL_ERR_INVALID_ARG, "cuda upload: lane %d", lane);
+    TRY(anvil_cuda_use(cb));
+    TRY(lanes_ready(cb));
+    CUDA_TRY(cudaStreamSynchronize(cb->lanes[lane]), "cuda upload (lane)");
     return ANVIL_OK;
 }
 
@@ -265,6 +331,7 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     anvil_cuda_backend *cb = calloc(1, sizeof *cb);
     CHECK(cb != NULL, ANVIL_ERR_OOM, "cuda backend: out of memory");
     cb->device = device;
+    pthread_mutex_init(&cb->lanes_mu, NULL);
     anvil_status st = cuda_init(cb);
     if (st != ANVIL_OK) {
         anvil_error_wrap("cuda backend on device %d", device);
@@ -277,6 +344,10 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     o->alloc = cuda_alloc;
     o->free = cuda_free;
     o->upload = cuda_upload;
+    o->host_alloc = cuda_host_alloc;
+    o->host_free = cuda_host_free;
+    o->upload_async = cuda_upload_async;
+    o->upload_wait = cuda_upload_wait;
     o->download = cuda_download;
     o->synchronize = cuda_synchronize;
     o->mem_available = cuda_mem_available;

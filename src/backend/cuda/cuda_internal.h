@@ -26,6 +26,7 @@
 
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -76,6 +77,10 @@ typedef struct anvil_cuda_backend {
     void *stage[2];
     cudaEvent_t stage_done[2];
     size_t stage_bytes;
+    /* upload_async's copy lanes, made on first use (lanes_mu) */
+    cudaStream_t lanes[ANVIL_UPLOAD_LANES];
+    pthread_mutex_t lanes_mu;
+    int lanes_made;
     int stage_next;
 
     /* step graphs (cuda_graph.c) */
