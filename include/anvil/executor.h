@@ -282,10 +282,33 @@ typedef struct anvil_executor_metrics {
      * sampling; on a GPU the wait for it), the tokens (sampling on the
      * host, stop checks, detokenization, the events' callbacks) */
     double schedule_s, forward_s, tokens_s;
+    int64_t refits;                /* anvil_executor_refit calls that replaced the weights */
+    double refit_pause_s;          /* the last one's commit: how long steps waited for the copy */
 } anvil_executor_metrics;
 
 /* A snapshot of the counters (updated after every step). */
 anvil_status anvil_executor_stats(anvil_executor *ex, anvil_executor_metrics *out);
+
+/*
+ * Replaces the model's weights with those at `weights` (a Hugging Face
+ * folder or an engine file of the same model: anvil_runtime_refit_prepare
+ * says what must match) while requests run. The new weights are read and
+ * checked on the calling thread (seconds for a large model; the loop keeps
+ * stepping meanwhile; o->progress may cancel), then the loop copies them in
+ * place between two steps (anvil_runtime_refit_commit: the steps pause for
+ * the copy alone) and this call returns. No step mixes old and new weights,
+ * and no request fails or is cancelled: requests in flight continue with
+ * the new weights from the next step, over the keys and values their
+ * earlier tokens computed with the old ones (as TensorRT-LLM's refit and
+ * vLLM's weight updates do). The prefix cache forgets every block: no
+ * request admitted after the refit reuses KV computed with the old weights,
+ * and sequences admitted before it never register blocks again. One refit
+ * at a time (a second call waits for the first). On failure the weights
+ * are the old ones (ANVIL_ERR_INVALID_ARG: they do not fit, the message
+ * naming the first difference; ANVIL_ERR_CANCELLED: o->progress said
+ * stop). Must not be called from an event callback.
+ */
+anvil_status anvil_executor_refit(anvil_executor *ex, const char *weights, const anvil_refit_options *o);
 
 /*
  * Stops the loop: what is still queued or running ends as `cancelled`

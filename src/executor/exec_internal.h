@@ -6,6 +6,7 @@
  *   exec_step.c       the packed batch, the forward, the block bookkeeping
  *   exec_sample.c     per-sequence sampling, stop conditions, streamed text
  *   exec_beam.c       beam search
+ *   exec_refit.c      new weights between two steps (anvil_executor_refit)
  *
  * Everything below the "loop thread only" line is touched by the executor
  * thread alone; the rest is guarded by the mutex.
@@ -32,6 +33,8 @@ typedef struct xseq {
     int32_t n_blocks;
     uint64_t *block_hash;     /* [max_blocks] chained hashes of the leading full blocks */
     int32_t n_hashed;
+    uint64_t root;            /* the parent hash of its first block: the executor's kv_root when it was
+                                 admitted (a refit since: its blocks are never registered) */
     anvil_rng rng;
     int32_t index;            /* sample index (events, seeds) */
     anvil_request_finish finish;
@@ -149,6 +152,13 @@ struct anvil_executor {
     int32_t n_kept, cap_kept;
     int32_t n_queued;         /* inbox + waiting: for max_queue_size */
     anvil_executor_metrics metrics;
+    /* a refit (anvil_executor_refit): the staged weights the loop commits
+     * at its next step boundary, and the outcome it reports back (on `done`) */
+    anvil_refit_staging *refit_staged;
+    int refit_done;
+    anvil_status refit_status;
+    char refit_msg[512];
+    pthread_mutex_t refit_mu;  /* one refit at a time (held through its prepare and commit) */
 
     /* ---- loop thread only */
     anvil_kv_manager *kv;
@@ -172,9 +182,15 @@ struct anvil_executor {
     uint32_t *mark;           /* [n_blocks] stamps for counting distinct blocks */
     uint32_t mark_stamp;
     anvil_rng seed_rng;       /* seeds requests that bring no seed */
+    /* the parent hash of every sequence's first block: ANVIL_KV_ROOT_HASH
+     * mixed with the weights' generation (bumped by each refit), so that KV
+     * computed with other weights is never found by a prefix lookup */
+    uint64_t kv_root;
+    uint64_t weights_gen;
 
     /* counters (copied into metrics after each step) */
-    int64_t c_finished, c_prompt, c_cached, c_computed, c_generated, c_preempt, c_steps;
+    int64_t c_finished, c_prompt, c_cached, c_computed, c_generated, c_preempt, c_steps, c_refits;
+    double refit_pause_s;     /* the last refit's commit */
     double busy_s;
     double schedule_s, forward_s, tokens_s; /* parts of busy_s (anvil_executor_metrics) */
     double rate_t[64];
@@ -190,6 +206,11 @@ void anvil_exec_finish_request(anvil_executor *ex, xreq *r, anvil_request_finish
 /* Finishes r with an error (message copied from msg). */
 void anvil_exec_fail_request(anvil_executor *ex, xreq *r, anvil_status st, const char *msg);
 void anvil_exec_emit(anvil_executor *ex, xreq *r, const anvil_event *ev);
+
+/* ---- exec_refit.c */
+/* On the loop thread, between steps: commits a staged refit (sg, taken)
+ * and reports the outcome to the waiting caller; stopping: refused. */
+void anvil_exec_refit_commit(anvil_executor *ex, anvil_refit_staging *sg, int stopping);
 
 /* ---- exec_request.c */
 anvil_status anvil_exec_request_make(anvil_executor *ex, const anvil_request *req, xreq **out);

@@ -110,6 +110,7 @@ anvil_status anvil_exec_seq_fork(anvil_executor *ex, xreq *r, const xseq *src, x
         anvil_kv_incref(ex->kv, s->blocks[i]);
     memcpy(s->block_hash, src->block_hash, (size_t)src->n_hashed * sizeof *s->block_hash);
     s->n_hashed = src->n_hashed;
+    s->root = src->root;
     const int32_t n_gen = src->n_tokens - r->n_prompt;
     if (s->logprobs && n_gen > 0) {
         memcpy(s->logprobs, src->logprobs, (size_t)n_gen * sizeof *s->logprobs);

@@ -279,7 +279,7 @@ static int32_t lookup_prefix(anvil_executor *ex, xseq *s)
     if (!ex->opts.enable_prefix_caching)
         return 0;
     const int32_t bs = ex->bs, max_hits = (s->n_tokens - 1) / bs;
-    uint64_t parent = ANVIL_KV_ROOT_HASH;
+    uint64_t parent = ex->kv_root;
     int32_t j = 0;
     for (; j < max_hits; j++) {
         const int32_t *t = s->tokens + (size_t)j * (size_t)bs;
@@ -351,6 +351,7 @@ static int admit_head(anvil_executor *ex, sched *sc)
         for (int32_t j = 0; j < hits[i]; j++)
             anvil_kv_incref(ex->kv, s->blocks[j]);
         s->n_blocks = s->n_hashed = hits[i];
+        s->root = ex->kv_root; /* the hashes it registers chain from the current weights' root */
         s->n_computed = hits[i] * bs;
     }
     if (!grow_ptrs(&ex->running, &ex->cap_running, ex->n_running + 1)) {

@@ -19,15 +19,19 @@
 
 /* Registers s's newly filled blocks in the prefix cache. A beam request's
  * generated blocks stay private: beams drop blocks mid-request, and the
- * guaranteed-no-evict reservation counts on nobody else holding them. */
+ * guaranteed-no-evict reservation counts on nobody else holding them. A
+ * sequence admitted before a refit registers nothing: its blocks mix KV of
+ * the old and the new weights. */
 static void register_blocks(anvil_executor *ex, const xreq *r, xseq *s)
 {
+    if (s->root != ex->kv_root)
+        return;
     const int32_t bs = ex->bs;
     int32_t full = s->n_computed / bs;
     if (r->beam && full > r->n_prompt / bs)
         full = r->n_prompt / bs;
     for (int32_t j = s->n_hashed; j < full; j++) {
-        const uint64_t parent = j ? s->block_hash[j - 1] : ANVIL_KV_ROOT_HASH;
+        const uint64_t parent = j ? s->block_hash[j - 1] : s->root;
         const int32_t *t = s->tokens + (size_t)j * (size_t)bs;
         const uint64_t h = anvil_kv_hash(parent, t, bs);
         s->block_hash[j] = h;

@@ -232,6 +232,8 @@ static void publish_metrics(anvil_executor *ex)
     m->schedule_s = ex->schedule_s;
     m->forward_s = ex->forward_s;
     m->tokens_s = ex->tokens_s;
+    m->refits = ex->c_refits;
+    m->refit_pause_s = ex->refit_pause_s;
     const int32_t n = (int32_t)(sizeof ex->rate_t / sizeof ex->rate_t[0]);
     ex->rate_t[ex->rate_i] = now;
     ex->rate_g[ex->rate_i] = ex->c_generated;
@@ -246,7 +248,8 @@ static void *loop_main(void *arg)
     int32_t cap_batch = 0, cap_cancels = 0;
     for (;;) {
         pthread_mutex_lock(&ex->mu);
-        while (!ex->stopping && ex->n_inbox == 0 && ex->n_cancels == 0 && ex->n_waiting == 0 && ex->n_running == 0)
+        while (!ex->stopping && ex->n_inbox == 0 && ex->n_cancels == 0 && ex->n_waiting == 0 && ex->n_running == 0 &&
+               ex->refit_staged == NULL)
             pthread_cond_wait(&ex->wake, &ex->mu);
         /* take the inbox and the cancels; on OOM leave them for the next round */
         int32_t n_new = 0, n_cancel = 0;
@@ -263,8 +266,12 @@ static void *loop_main(void *arg)
             ex->n_cancels = 0;
         }
         const int stopping = ex->stopping;
+        anvil_refit_staging *refit = ex->refit_staged; /* new weights to commit: between two steps, here */
+        ex->refit_staged = NULL;
         pthread_mutex_unlock(&ex->mu);
 
+        if (refit != NULL)
+            anvil_exec_refit_commit(ex, refit, stopping);
         intake(ex, batch, n_new);
         apply_cancels(ex, cancels, n_cancel);
         if (stopping) {
@@ -326,6 +333,7 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
 
 static void free_state(anvil_executor *ex)
 {
+    anvil_refit_staging_free(ex->refit_staged); /* none: the loop answers every refit before it ends */
     for (int32_t i = 0; i < ex->n_inbox; i++)
         anvil_exec_request_free(ex->inbox[i]);
     for (int32_t i = 0; i < ex->n_kept; i++)
@@ -362,7 +370,7 @@ anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok
     anvil_executor *ex = calloc(1, sizeof *ex);
     CHECK(ex != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st = ANVIL_OK;
-    int mu_ok = 0, wake_ok = 0, done_ok = 0;
+    int mu_ok = 0, wake_ok = 0, done_ok = 0, refit_ok = 0;
     if (opts)
         ex->opts = *opts;
     else
@@ -402,6 +410,7 @@ anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok
     }
     anvil_rng_seed(&ex->seed_rng, seed);
     ex->next_id = 1;
+    ex->kv_root = ANVIL_KV_ROOT_HASH;
 
     TRY_GOTO(anvil_kv_manager_create(rt, ex->opts.enable_prefix_caching, &ex->kv), fail);
     TRY_GOTO(alloc_step_buffers(ex), fail);
@@ -411,6 +420,8 @@ anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok
     wake_ok = 1;
     CHECK_GOTO(pthread_cond_init(&ex->done, NULL) == 0, ANVIL_ERR_INTERNAL, fail, "pthread_cond_init failed");
     done_ok = 1;
+    CHECK_GOTO(pthread_mutex_init(&ex->refit_mu, NULL) == 0, ANVIL_ERR_INTERNAL, fail, "pthread_mutex_init failed");
+    refit_ok = 1;
     pthread_mutex_lock(&ex->mu);
     publish_metrics(ex);
     pthread_mutex_unlock(&ex->mu);
@@ -423,6 +434,8 @@ anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok
     *out = ex;
     return ANVIL_OK;
 fail:
+    if (refit_ok)
+        pthread_mutex_destroy(&ex->refit_mu);
     if (done_ok)
         pthread_cond_destroy(&ex->done);
     if (wake_ok)
@@ -446,6 +459,7 @@ void anvil_executor_free(anvil_executor *ex)
         pthread_join(ex->thread, NULL);
     }
     free_state(ex);
+    pthread_mutex_destroy(&ex->refit_mu);
     pthread_cond_destroy(&ex->done);
     pthread_cond_destroy(&ex->wake);
     pthread_mutex_destroy(&ex->mu);

@@ -286,6 +286,21 @@ void anvil_kv_decref(anvil_kv_manager *m, int32_t b)
         m->free_stack[m->n_free++] = b;
 }
 
+int32_t anvil_kv_forget_all(anvil_kv_manager *m)
+{
+    int32_t freed = 0;
+    while (m->lru_head != NONE) {
+        const int32_t b = m->lru_head;
+        lru_remove(m, b);
+        unregister(m, b);
+        m->free_stack[m->n_free++] = b;
+        freed++;
+    }
+    for (int32_t i = 0; i < m->n_owned; i++)
+        unregister(m, m->owned_ids[i]); /* used ones: their sequences keep them, unregistered */
+    return freed;
+}
+
 anvil_status anvil_kv_copy(anvil_kv_manager *m, int32_t src, int32_t dst, int32_t n_tokens)
 {
     return anvil_runtime_kv_copy(m->rt, 1, &src, &dst, n_tokens);

@@ -87,6 +87,14 @@ int32_t anvil_kv_lookup(const anvil_kv_manager *m, uint64_t h, uint64_t parent, 
  */
 void anvil_kv_register(anvil_kv_manager *m, int32_t block, uint64_t h, uint64_t parent, const int32_t *tokens);
 
+/*
+ * Forgets every registered prefix (a refit: KV computed with the old
+ * weights must not serve new requests): cached blocks become free, used
+ * ones stay with their sequences but are no longer found by a lookup nor
+ * cached when released. Returns the number of cached blocks freed.
+ */
+int32_t anvil_kv_forget_all(anvil_kv_manager *m);
+
 /* Copies the first n_tokens slots of src into dst (anvil_runtime_kv_copy). */
 anvil_status anvil_kv_copy(anvil_kv_manager *m, int32_t src, int32_t dst, int32_t n_tokens);
 

@@ -1,7 +1,8 @@
 /*
  * The KV manager on its own: reference counts, the free list, prefix
  * registration and lookup (with the token check), LRU eviction order,
- * block copies, and its invariants after random operations.
+ * block copies, forgetting every prefix (a refit), and its invariants
+ * after random operations.
  */
 #include "exec_testkit.h"
 #include "executor/kv_manager.h"
@@ -194,6 +195,42 @@ static void test_random_operations(void **state)
     anvil_runtime_free(rt);
 }
 
+/* A refit forgets every prefix: cached blocks become free, used ones stay
+ * with their holders but are neither found nor cached any more. */
+static void test_forget_all(void **state)
+{
+    (void)state;
+    anvil_runtime *rt = load_small(6);
+    anvil_kv_manager *m;
+    KIT_OK(anvil_kv_manager_create(rt, 1, &m));
+    const int32_t toks[3][4] = {{1, 2, 3, 4}, {5, 6, 7, 8}, {9, 10, 11, 12}};
+    uint64_t h[3], parent = ANVIL_KV_ROOT_HASH;
+    int32_t b[3];
+    KIT_OK(anvil_kv_alloc(m, 3, b));
+    for (int i = 0; i < 3; i++) {
+        h[i] = anvil_kv_hash(parent, toks[i], 4);
+        anvil_kv_register(m, b[i], h[i], parent, toks[i]);
+        parent = h[i];
+    }
+    anvil_kv_decref(m, b[2]);
+    anvil_kv_decref(m, b[1]); /* cached: 2, 1; block 0 still used */
+    assert_int_equal(anvil_kv_n_cached(m), 2);
+    assert_int_equal(anvil_kv_forget_all(m), 2);
+    KIT_OK(anvil_kv_check(m));
+    assert_int_equal(anvil_kv_n_cached(m), 0);
+    assert_int_equal(anvil_kv_n_free(m), 5);
+    assert_int_equal(anvil_kv_n_used(m), 1);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(anvil_kv_lookup(m, h[i], i ? h[i - 1] : ANVIL_KV_ROOT_HASH, toks[i]), -1);
+    assert_false(anvil_kv_is_registered(m, b[0]));
+    anvil_kv_decref(m, b[0]); /* unregistered: free, not cached */
+    assert_int_equal(anvil_kv_n_free(m), 6);
+    assert_int_equal(anvil_kv_forget_all(m), 0);
+    KIT_OK(anvil_kv_check(m));
+    anvil_kv_manager_free(m);
+    anvil_runtime_free(rt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +238,7 @@ int main(void)
         cmocka_unit_test(test_prefix_registration_and_lru),
         cmocka_unit_test(test_cache_off),
         cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_forget_all),
         cmocka_unit_test(test_random_operations),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
