@@ -32,6 +32,10 @@ typedef struct run_args {
     int32_t max_tokens;
     anvil_sampling_params sampling;
     int temperature_set;
+    int ignore_eos;
+    const char *refit_weights; /* --refit-weights: new weights after refit_after tokens */
+    int32_t refit_after;
+    int refit_after_set;
     anvil_runtime_options rt;
 } run_args;
 
@@ -58,6 +62,11 @@ static void run_usage(FILE *out)
             "      --top-p P           keep the most likely tokens up to mass P (1: off, the default)\n"
             "  -s, --seed S            random seed; the same seed gives the same output (default 0)\n"
             "      --no-echo           do not print the prompt text before the continuation\n"
+            "      --ignore-eos        go on past the model's end-of-sequence tokens\n"
+            "      --refit-weights PATH  after --refit-after N new tokens, replace the weights with those of PATH\n"
+            "                          (a folder or engine of the same model: anvil refit's rules) and go on:\n"
+            "                          what a served stream that crossed a refit after N tokens generates\n"
+            "      --refit-after N     (N >= 1; with --refit-weights)\n"
             "      --json              print one JSON object {\"prompt_ids\", \"ids\", \"text\", \"finish_reason\"}\n"
             "                          at the end instead of streaming\n"
             "      --device DEV        cpu (default), cuda or cuda:N\n"
@@ -131,7 +140,8 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
-    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE, OPT_MMAP };
+    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE, OPT_MMAP,
+           OPT_IGNORE_EOS, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -141,6 +151,8 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"json", no_argument, 0, OPT_JSON},         {"no-echo", no_argument, 0, OPT_NO_ECHO},         {"device", required_argument, 0, OPT_DEVICE},
         {"threads", required_argument, 0, OPT_THREADS}, {"max-seq-len", required_argument, 0, OPT_SEQ},
         {"dtype", required_argument, 0, OPT_DTYPE}, {"mmap", no_argument, 0, OPT_MMAP},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS}, {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
+        {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -200,6 +212,13 @@ static int parse_args(int argc, char **argv, run_args *a)
             if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
         case OPT_MMAP: a->rt.use_mmap = 1; break;
+        case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
+        case OPT_REFIT_WEIGHTS: a->refit_weights = optarg; break;
+        case OPT_REFIT_AFTER:
+            if (parse_int(optarg, "--refit-after", 1, INT32_MAX, &v)) return 2;
+            a->refit_after = (int32_t)v;
+            a->refit_after_set = 1;
+            break;
         case 'h': run_usage(stdout); return 0;
         default: run_usage(stderr); return 2;
         }
@@ -222,6 +241,10 @@ static int parse_args(int argc, char **argv, run_args *a)
     }
     if (a->system && !a->chat) {
         fprintf(stderr, "anvil run: --system needs --chat\n");
+        return 2;
+    }
+    if (a->refit_after_set != (a->refit_weights != NULL)) {
+        fprintf(stderr, "anvil run: --refit-weights PATH and --refit-after N go together\n");
         return 2;
     }
     if (anvil_sampling_params_check(&a->sampling) != ANVIL_OK) {
@@ -261,12 +284,27 @@ static char *render_chat(const run_args *a)
 typedef struct stream_state {
     anvil_detokenizer *detok;
     int print_ids; /* no tokenizer: print ids */
+    int quiet;     /* --json: nothing printed as it comes */
     int failed;
+    /* --refit-weights: after refit_after tokens, on this thread between two
+     * steps (the callback runs between them), as the executor commits a
+     * refit: the tokens so far came from the old weights, the next step
+     * computes with the new ones over the old keys and values */
+    anvil_runtime *rt;
+    const char *refit_weights;
+    int32_t refit_after;
+    int32_t n_seen;
 } stream_state;
 
 static int on_token(void *user, int32_t tok)
 {
     stream_state *s = user;
+    if (s->refit_weights && ++s->n_seen == s->refit_after && anvil_runtime_refit(s->rt, s->refit_weights, NULL) != ANVIL_OK) {
+        s->failed = 1;
+        return 1;
+    }
+    if (s->quiet)
+        return 0;
     if (s->print_ids) {
         printf("%d ", tok);
     } else {
@@ -389,7 +427,8 @@ int anvil_cmd_run(int argc, char **argv)
         fprintf(stderr, "anvil run: out of memory\n");
         goto done;
     }
-    stream_state ss = {.print_ids = tok == NULL};
+    stream_state ss = {.print_ids = tok == NULL, .quiet = a.json, .rt = rt, .refit_weights = a.refit_weights,
+                       .refit_after = a.refit_after};
     /* the text is what the generated ids add to the prompt's (a first word
      * keeps its space after "The cat"), as the executor and the server give it */
     if (tok && (anvil_detokenizer_create(tok, 1, &detok) != ANVIL_OK ||
@@ -404,9 +443,10 @@ int anvil_cmd_run(int argc, char **argv)
         fputs(a.prompt, stdout);
         fflush(stdout);
     }
-    anvil_generate_params gp = {.sampling = a.sampling, .max_tokens = a.max_tokens};
+    anvil_generate_params gp = {.sampling = a.sampling, .max_tokens = a.max_tokens, .ignore_eos = a.ignore_eos};
     anvil_finish_reason why;
-    if (anvil_generate(rt, prompt, n_prompt, &gp, a.json ? NULL : on_token, &ss, out, &n_out, &why) != ANVIL_OK) {
+    if (anvil_generate(rt, prompt, n_prompt, &gp, a.json && !a.refit_weights ? NULL : on_token, &ss, out, &n_out,
+                       &why) != ANVIL_OK) {
         fputc('\n', stderr); /* off the streamed text's line */
         anvil_cli_report("anvil run");
         goto done;

@@ -212,6 +212,9 @@ struct anvil_event {
     size_t text_len;
     anvil_request_finish finish;   /* TOKENS: RUNNING, or how this sample just ended */
     const anvil_result *result;    /* FINAL: the complete result */
+    /* The weights that computed the tokens: 0 as loaded, n after the n-th
+     * anvil_executor_refit (FINAL: those of the request's last step). */
+    uint64_t weights_version;
 };
 
 /*

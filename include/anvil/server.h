@@ -173,6 +173,21 @@ void anvil_server_stop_loads(anvil_server *s);
  */
 anvil_status anvil_server_unload_model(anvil_server *s, const char *name, double timeout_s);
 
+/*
+ * Replaces the weights of the loaded model `name` with those at `weights`
+ * (a Hugging Face folder or an engine file of the same model; a relative
+ * path is taken in the model repository, and refused without one) while it
+ * serves: anvil_executor_refit, on the calling thread (the read takes as
+ * long as a load's; requests in flight continue with the new weights from
+ * the next step; none fails). ANVIL_ERR_NOT_FOUND: no such model, or
+ * nothing at `weights`; ANVIL_ERR_INVALID_ARG: a bad name or path, a model
+ * not loaded (or loading, unloading), weights that do not fit (the message
+ * names the first difference); ANVIL_ERR_CANCELLED: the model was unloaded
+ * or the server shut down meanwhile; else the error reading the weights.
+ * On failure the model serves its old weights.
+ */
+anvil_status anvil_server_refit_model(anvil_server *s, const char *name, const char *weights);
+
 /* ready 0: GET /health answers 503 {"status":"loading"} (e.g. while the
  * models of the start are loading); 1 (the default): 200. */
 void anvil_server_set_ready(anvil_server *s, int ready);

@@ -248,6 +248,7 @@ anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32
             .text = s->text ? s->text + emitted_before : "",
             .text_len = upto > emitted_before ? upto - emitted_before : 0,
             .finish = s->finish,
+            .weights_version = (uint64_t)ex->c_refits,
         };
         anvil_exec_emit(ex, r, &ev);
     }

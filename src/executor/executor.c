@@ -115,7 +115,8 @@ void anvil_exec_finish_request(anvil_executor *ex, xreq *r, anvil_request_finish
     if (anvil_exec_result_build(ex, r, why, &res) != ANVIL_OK)
         res = minimal_result(r, why);
     if (res != NULL) {
-        anvil_event ev = {.kind = ANVIL_EVENT_FINAL, .request_id = r->id, .finish = res->finish, .result = res};
+        anvil_event ev = {.kind = ANVIL_EVENT_FINAL, .request_id = r->id, .finish = res->finish, .result = res,
+                          .weights_version = (uint64_t)ex->c_refits};
         anvil_exec_emit(ex, r, &ev);
         publish_result(ex, r, res);
     }

@@ -24,10 +24,15 @@
 #include "runtime/runtime_internal.h"
 #include "runtime/runtime_plan.h"
 
+/* Copy lanes the commit spreads pinned copies over (a few streams keep the
+ * host-to-device link busy; more add nothing). */
+#define REFIT_LANES 4
+
 struct anvil_refit_staging {
-    const anvil_runtime *rt; /* the runtime it was prepared for */
+    const anvil_runtime *rt; /* the runtime it was prepared for (its backend frees pinned memory) */
     int32_t n;               /* stored tensors */
     void **data;             /* [n] each stored tensor's new bytes, as the runtime stores them */
+    unsigned char *pinned;   /* [n] 1: data[s] is the backend's pinned host memory (host_alloc) */
     size_t bytes;
 };
 
@@ -35,10 +40,34 @@ void anvil_refit_staging_free(anvil_refit_staging *sg)
 {
     if (sg == NULL)
         return;
-    for (int32_t s = 0; sg->data && s < sg->n; s++)
-        free(sg->data[s]);
+    anvil_backend *be = sg->rt->be;
+    for (int32_t s = 0; sg->data && s < sg->n; s++) {
+        if (sg->pinned[s])
+            be->ops->host_free(be, sg->data[s]);
+        else
+            free(sg->data[s]);
+    }
     free(sg->data);
+    free(sg->pinned);
     free(sg);
+}
+
+/* Host memory for stored tensor s's new bytes: pinned where the backend
+ * has it (a GPU: the commit's copies then run at full speed, on several
+ * copy lanes at once, which shortens the pause), else (or when pinning
+ * fails: it is a scarcer resource than memory) from the heap. */
+static void *stage_alloc(anvil_refit_staging *sg, int32_t s, size_t bytes)
+{
+    anvil_backend *be = sg->rt->be;
+    if (be->ops->host_alloc != NULL && be->ops->host_free != NULL) {
+        void *p = NULL;
+        if (be->ops->host_alloc(be, bytes, &p) == ANVIL_OK) {
+            sg->pinned[s] = 1;
+            return p;
+        }
+        anvil_clear_error();
+    }
+    return malloc(bytes ? bytes : 1);
 }
 
 size_t anvil_refit_staging_bytes(const anvil_refit_staging *sg)
@@ -58,7 +87,7 @@ static anvil_status stage_all(const anvil_runtime *rt, const anvil_refit_source 
     size_t done = 0;
     for (int32_t s = 0; s < sg->n && st == ANVIL_OK; s++) {
         const anvil_stored *t = &rt->plan->stored[s];
-        sg->data[s] = malloc(t->bytes ? t->bytes : 1);
+        sg->data[s] = stage_alloc(sg, s, t->bytes);
         if (sg->data[s] == NULL) {
             char b[32];
             st = ANVIL_FAIL(ANVIL_ERR_OOM, "refit: out of host memory staging tensor '%s' (%s)", t->name,
@@ -99,8 +128,9 @@ anvil_status anvil_runtime_refit_prepare(const anvil_runtime *rt, const char *we
         sg->rt = rt;
         sg->n = rt->plan->n_stored;
         sg->data = calloc((size_t)(sg->n ? sg->n : 1), sizeof *sg->data);
+        sg->pinned = calloc((size_t)(sg->n ? sg->n : 1), 1);
     }
-    if (sg == NULL || sg->data == NULL)
+    if (sg == NULL || sg->data == NULL || sg->pinned == NULL)
         st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
     else
         st = stage_all(rt, src, sg, o);
@@ -154,15 +184,26 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
         return st;
     }
     int32_t copied = 0;
+    int lanes_used = 0;
     for (int32_t s = 0; s < n && st == ANVIL_OK; s++) {
         const size_t bytes = rt->plan->stored[s].bytes;
-        if (fresh[s] != NULL)
+        if (fresh[s] != NULL) {
             memcpy(fresh[s], sg->data[s], bytes);
-        else if (be->ops->weights_in_host_memory)
+        } else if (be->ops->weights_in_host_memory) {
             memcpy(rt->stored_data[s], sg->data[s], bytes);
-        else
+        } else if (sg->pinned[s] && be->ops->upload_async != NULL && be->ops->upload_wait != NULL) {
+            const int lane = s % REFIT_LANES;
+            st = be->ops->upload_async(be, lane, rt->stored_data[s], sg->data[s], bytes);
+            lanes_used = lane + 1 > lanes_used ? lane + 1 : lanes_used;
+        } else {
             st = be->ops->upload(be, rt->stored_data[s], sg->data[s], bytes);
+        }
         copied += st == ANVIL_OK;
+    }
+    for (int lane = 0; lane < lanes_used; lane++) { /* every lane, also after a failure: the staging goes next */
+        const anvil_status w = be->ops->upload_wait(be, lane);
+        if (st == ANVIL_OK)
+            st = w;
     }
     if (st == ANVIL_OK)
         st = be->ops->synchronize(be);

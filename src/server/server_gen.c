@@ -189,6 +189,18 @@ static json_t *finish_json(anvil_request_finish f)
     }
 }
 
+/* system_fingerprint (OpenAI: "the backend configuration that the model
+ * runs with", for telling when a change may affect outputs): null for the
+ * weights the model was loaded with, "fp_anvil_wN" after its N-th refit
+ * (for the chunk or body at hand: the weights that computed its tokens). */
+static void fingerprint(uint64_t version, char *buf, size_t cap)
+{
+    if (version == 0)
+        snprintf(buf, cap, "null");
+    else
+        snprintf(buf, cap, "\"fp_anvil_w%llu\"", (unsigned long long)version);
+}
+
 static json_t *envelope(const srv_gen *g, const char *object)
 {
     json_t *o = json_object();
@@ -196,9 +208,13 @@ static json_t *envelope(const srv_gen *g, const char *object)
     json_object_set_new(o, "object", json_string(object));
     json_object_set_new(o, "created", json_integer(g->created));
     json_object_set_new(o, "model", json_string(g->model->name));
-    json_object_set_new(o, "system_fingerprint", json_null());
+    char fp[48];
+    fingerprint(g->fp_version, fp, sizeof fp); /* JSON text: null, or a quoted string */
+    json_object_set_new(o, "system_fingerprint", g->fp_version ? json_stringn(fp + 1, strlen(fp) - 2) : json_null());
     return o;
 }
+
+static int make_chunk_head(srv_gen *g);
 
 static json_t *usage_json(const srv_job *j)
 {
@@ -274,6 +290,11 @@ static void put_escaped(srv_gen *g, const char *s, size_t n)
 static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
                          anvil_request_finish finish)
 {
+    if (lp == NULL && g->chunk_head && g->head_version != g->fp_version) { /* new weights since: a new head */
+        free(g->chunk_head);
+        g->chunk_head = NULL;
+        (void)make_chunk_head(g); /* out of memory: NULL, the jansson path */
+    }
     if (lp == NULL && g->chunk_head && utf8_ok((const unsigned char *)text, text_len)) {
         srv_gen_append(g, g->chunk_head, g->chunk_head_len);
         char num[16];
@@ -360,9 +381,11 @@ typedef struct rec_head {
     int32_t index;
     int32_t finish;
     uint32_t len;
+    uint64_t version; /* the weights that computed it */
 } rec_head;
 
-static int rec_push(srv_gen *g, int32_t index, anvil_request_finish finish, const char *text, size_t len)
+static int rec_push(srv_gen *g, int32_t index, anvil_request_finish finish, const char *text, size_t len,
+                    uint64_t version)
 {
     if (len > UINT32_MAX)
         return -1;
@@ -377,7 +400,7 @@ static int rec_push(srv_gen *g, int32_t index, anvil_request_finish finish, cons
         g->rec = b;
         g->rec_cap = cap;
     }
-    rec_head h = {index, (int32_t)finish, (uint32_t)len};
+    rec_head h = {index, (int32_t)finish, (uint32_t)len, version};
     memcpy(g->rec + g->rec_len, &h, sizeof h);
     if (len)
         memcpy(g->rec + g->rec_len + sizeof h, text, len);
@@ -392,6 +415,7 @@ static void rec_format(srv_gen *g, size_t upto)
     while (at < upto) {
         rec_head h;
         memcpy(&h, g->rec + at, sizeof h);
+        g->fp_version = h.version;
         stream_chunk(g, h.index, g->rec + at + sizeof h, h.len, NULL, (anvil_request_finish)h.finish);
         at += sizeof h + h.len;
     }
@@ -603,11 +627,12 @@ static void stream_end(srv_job *j)
 }
 
 /* A prompt's final event (with g->mu held). */
-static void on_final(srv_sub *sub, const anvil_result *r)
+static void on_final(srv_sub *sub, const anvil_result *r, uint64_t version)
 {
     srv_job *j = sub->job;
     srv_gen *g = &j->g;
     rec_format(g, g->rec_len); /* what follows comes after every chunk so far */
+    g->fp_version = version;
     sub->finished = 1;
     j->n_finished++;
     j->prompt_tokens += r->n_prompt;
@@ -670,16 +695,19 @@ void srv_gen_on_event(void *user, const anvil_event *ev)
         if (!j->start_failed && g->stream && ev->index >= 0 && ev->index < g->n &&
             (ev->text_len > 0 || ev->finish != ANVIL_REQUEST_RUNNING || (ev->logprobs && ev->n_tokens > 0))) {
             if (g->logprobs >= 0 && ev->logprobs) {
+                rec_format(g, g->rec_len); /* in order */
+                g->fp_version = ev->weights_version;
                 json_t *lp = logprobs_json(g, ev->token_ids, ev->n_tokens, ev->logprobs, ev->top_logprobs,
                                            ev->n_top, 0);
                 stream_chunk(g, index, ev->text, ev->text_len, lp, ev->finish);
-            } else if (rec_push(g, index, ev->finish, ev->text, ev->text_len) != 0) {
+            } else if (rec_push(g, index, ev->finish, ev->text, ev->text_len, ev->weights_version) != 0) {
                 rec_format(g, g->rec_len); /* out of memory: in order, formatted here */
+                g->fp_version = ev->weights_version;
                 stream_chunk(g, index, ev->text, ev->text_len, NULL, ev->finish);
             }
         }
     } else if (ev->kind == ANVIL_EVENT_FINAL) {
-        on_final(sub, ev->result);
+        on_final(sub, ev->result, ev->weights_version);
     }
     /* a prompt that was cancelled or failed cancels the others (the HTTP
      * side cancels them all at once: srv_gen_cancel) */
@@ -719,13 +747,16 @@ static int make_chunk_head(srv_gen *g)
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p >= 0x80)
             return 1;
     const char *fmt = "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\","
-                      "\"system_fingerprint\":null,\"choices\":[{\"index\":";
+                      "\"system_fingerprint\":%s,\"choices\":[{\"index\":";
     const char *obj = g->chat ? "chat.completion.chunk" : "text_completion";
-    int n = snprintf(NULL, 0, fmt, g->rid, obj, g->created, g->model->name);
+    char fp[48];
+    fingerprint(g->fp_version, fp, sizeof fp);
+    int n = snprintf(NULL, 0, fmt, g->rid, obj, g->created, g->model->name, fp);
     if (n < 0 || (g->chunk_head = malloc((size_t)n + 1)) == NULL)
         return 0;
-    snprintf(g->chunk_head, (size_t)n + 1, fmt, g->rid, obj, g->created, g->model->name);
+    snprintf(g->chunk_head, (size_t)n + 1, fmt, g->rid, obj, g->created, g->model->name, fp);
     g->chunk_head_len = (size_t)n;
+    g->head_version = g->fp_version;
     return 1;
 }
 

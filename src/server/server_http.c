@@ -26,12 +26,14 @@
 /* How long a shutdown waits for repository jobs that did not end. */
 #define JOBS_WAIT_S 10.0
 
-/* A repository load or unload on its own thread. */
+/* A repository load, unload or refit on its own thread. */
+enum { JOB_LOAD = 0, JOB_UNLOAD, JOB_REFIT };
 typedef struct repo_job {
     anvil_server *s;
     srv_waiter w;
     char name[130];
-    int unload;
+    int verb;                  /* JOB_* */
+    char *weights;             /* JOB_REFIT: the body's path */
     int done;                  /* guarded by s->wake_mu */
     int orphaned;              /* guarded by s->wake_mu: answered without it (shutdown); the thread frees it */
     int status;
@@ -376,7 +378,9 @@ static void *repo_job_main(void *arg)
     repo_job *j = arg;
     anvil_server *s = j->s;
     json_t *body = NULL;
-    int status = j->unload ? srv_repo_unload_http(s, j->name, &body) : srv_repo_load_http(s, j->name, &body);
+    int status = j->verb == JOB_UNLOAD  ? srv_repo_unload_http(s, j->name, &body)
+                 : j->verb == JOB_REFIT ? srv_repo_refit_http(s, j->name, j->weights, &body)
+                                        : srv_repo_load_http(s, j->name, &body);
     pthread_mutex_lock(&s->wake_mu);
     j->status = status;
     j->body = body;
@@ -386,6 +390,7 @@ static void *repo_job_main(void *arg)
     pthread_mutex_unlock(&s->wake_mu);
     if (orphaned) { /* its connection was answered and closed at shutdown */
         json_decref(body);
+        free(j->weights);
         free(j);
     } else {
         srv_wake(s, &j->w);
@@ -408,18 +413,23 @@ void srv_http_wake_jobs(anvil_server *s)
         srv_wake(s, ws[i]); /* the rest on the next pass */
 }
 
-/* A load or unload takes seconds: on a thread of its own, the connection
- * suspended meanwhile (the event loop serves everybody else). */
+/* A load, unload or refit takes seconds: on a thread of its own, the
+ * connection suspended meanwhile (the event loop serves everybody else).
+ * weights: a refit's path (copied). */
 static enum MHD_Result start_repo_job(anvil_server *s, struct MHD_Connection *c, conn_ctx *cc, const char *name,
-                                      int unload)
+                                      int verb, const char *weights)
 {
     repo_job *j = calloc(1, sizeof *j);
+    if (j != NULL && weights != NULL && (j->weights = strdup(weights)) == NULL) {
+        free(j);
+        j = NULL;
+    }
     if (j == NULL)
         return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
     j->s = s;
     j->w.conn = c;
     j->w.fd = -1;
-    j->unload = unload;
+    j->verb = verb;
     snprintf(j->name, sizeof j->name, "%s", name);
     cc->job = j;
     atomic_fetch_add(&s->n_jobs, 1);
@@ -465,7 +475,7 @@ static enum MHD_Result finish_repo_job(anvil_server *s, struct MHD_Connection *c
     pthread_mutex_unlock(&s->wake_mu);
     if (orphan) {
         cc->job = NULL;
-        return send_error(s, c, 503, "The server is shutting down; the load or unload was left unfinished",
+        return send_error(s, c, 503, "The server is shutting down; the load, unload or refit was left unfinished",
                           "service_unavailable", NULL, NULL, NULL);
     }
     if (!done) {
@@ -475,6 +485,7 @@ static enum MHD_Result finish_repo_job(anvil_server *s, struct MHD_Connection *c
     cc->job = NULL;
     json_t *body = j->body;
     int status = j->status;
+    free(j->weights);
     free(j);
     return send_json(s, c, status, body, NULL);
 }
@@ -514,7 +525,7 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
     size_t n = 0;
     if (strncmp(rest, "/models/", 8) == 0) {
         const char *name = rest + 8, *end = strrchr(name, '/');
-        if (end && (strcmp(end, "/load") == 0 || strcmp(end, "/unload") == 0)) {
+        if (end && (strcmp(end, "/load") == 0 || strcmp(end, "/unload") == 0 || strcmp(end, "/refit") == 0)) {
             verb = end + 1;
             n = (size_t)(end - name);
         }
@@ -522,7 +533,7 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
     if (verb == NULL)
         return send_error(s, c, 404,
                           "Not found: the repository API is GET|POST /v2/repository/index and POST "
-                          "/v2/repository/models/{name}/load or /unload",
+                          "/v2/repository/models/{name}/load, /unload or /refit",
                           "invalid_request_error", NULL, "not_found", NULL);
     if (strcmp(method, "POST") != 0)
         return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL,
@@ -544,7 +555,25 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
                           "invalid_request_error", "name", "invalid_model_name", NULL);
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
-    return start_repo_job(s, c, cc, name, strcmp(verb, "unload") == 0);
+    if (strcmp(verb, "refit") != 0)
+        return start_repo_job(s, c, cc, name, strcmp(verb, "unload") == 0 ? JOB_UNLOAD : JOB_LOAD, NULL);
+    /* refit: {"weights": "PATH"} */
+    json_error_t je;
+    json_t *b = cc->len > 0 ? json_loadb(cc->body, cc->len, 0, &je) : NULL;
+    const json_t *w = json_object_get(b, "weights");
+    if (!json_is_object(b) || !json_is_string(w) || json_string_length(w) == 0 ||
+        strlen(json_string_value(w)) != json_string_length(w)) {
+        char msg[400];
+        parse_error(b || cc->len == 0 ? NULL : &je,
+                    "The body must be a JSON object like {\"weights\": \"PATH\"}: PATH a Hugging Face folder or an "
+                    "engine file, absolute or in the model repository",
+                    msg, sizeof msg);
+        json_decref(b);
+        return send_error(s, c, 400, msg, "invalid_request_error", "weights", "invalid_json", NULL);
+    }
+    enum MHD_Result r = start_repo_job(s, c, cc, name, JOB_REFIT, json_string_value(w));
+    json_decref(b);
+    return r;
 }
 
 typedef struct route {

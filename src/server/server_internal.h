@@ -68,6 +68,7 @@ typedef struct srv_entry {
     int load_failed_seq;       /* bumped by each failed load (for threads that waited on it) */
     anvil_status load_status;  /* of the last failed load */
     uint64_t n_loads, n_unloads; /* completed ones (/metrics) */
+    uint64_t n_refits;         /* refits that replaced the weights (/metrics) */
     srv_model *m;              /* READY / UNLOADING: the model (the table holds one reference) */
     srv_load_ctl *loading;     /* LOADING: the load's controls (on the loading thread's stack) */
 } srv_entry;
@@ -110,6 +111,8 @@ typedef struct srv_gen {
     long created;
     char *chunk_head;          /* a stream's chunks up to the choice's index (NULL: the jansson path) */
     size_t chunk_head_len;
+    uint64_t head_version;     /* the weights version chunk_head names */
+    uint64_t fp_version;       /* the weights version of what is formatted now (system_fingerprint) */
     json_t *stop;              /* the request's stop field (for nothing but lifetime) */
     /* output: SSE bytes (stream) or the final body */
     char *buf;
@@ -240,6 +243,9 @@ json_t *srv_repo_index_json(struct anvil_server *s, int ready_only);
 /* HTTP: load / unload a model by name; returns the status, *body the answer (an index row or an error). */
 int srv_repo_load_http(struct anvil_server *s, const char *name, json_t **body);
 int srv_repo_unload_http(struct anvil_server *s, const char *name, json_t **body);
+/* HTTP: new weights for a loaded model (weights: the body's path); the
+ * status (200, 400, 404, 409, 500, 503), *body the answer. */
+int srv_repo_refit_http(struct anvil_server *s, const char *name, const char *weights, json_t **body);
 /* /v1/models: the loaded models as OpenAI model objects. */
 json_t *srv_repo_models_json(struct anvil_server *s);
 /* The loaded models, each with a reference (for /metrics); *n of them; free

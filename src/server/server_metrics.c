@@ -107,6 +107,11 @@ char *srv_metrics_text(struct anvil_server *s)
     for (int i = 0; i < s->n_entries; i++)
         put(&b, "anvil_model_unloads_total{model=\"%s\"} %llu\n", s->entries[i]->name,
             (unsigned long long)s->entries[i]->n_unloads);
+    put(&b, "# HELP anvil_model_refits_total Refits of each model (new weights of the same shapes while served).\n"
+            "# TYPE anvil_model_refits_total counter\n");
+    for (int i = 0; i < s->n_entries; i++)
+        put(&b, "anvil_model_refits_total{model=\"%s\"} %llu\n", s->entries[i]->name,
+            (unsigned long long)s->entries[i]->n_refits);
     pthread_mutex_unlock(&s->repo_mu);
     int n_models = 0;
     srv_model **models = srv_repo_acquire_all(s, &n_models); /* each with a reference */

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "anvil/log.h"
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "io/engine_file.h"
@@ -537,6 +538,134 @@ int srv_repo_load_http(anvil_server *s, const char *name, json_t **body)
 int srv_repo_unload_http(anvil_server *s, const char *name, json_t **body)
 {
     return repo_answer(s, name, anvil_server_unload_model(s, name, -1), body);
+}
+
+/* ------------------------------------------------------------ refit */
+
+/* A refit's controls: its progress callback cancels it when the model is
+ * being unloaded or the server shuts down (why says which). */
+typedef struct refit_ctl {
+    anvil_server *s;
+    srv_model *m;
+    const char *why;
+} refit_ctl;
+
+static int refit_progress(void *user, size_t done, size_t total)
+{
+    (void)done;
+    (void)total;
+    refit_ctl *c = user;
+    if (atomic_load(&c->s->shutting_down)) {
+        c->why = "the server is shutting down";
+    } else {
+        pthread_mutex_lock(&c->s->repo_mu);
+        if (c->m->unloading)
+            c->why = "the model is being unloaded";
+        pthread_mutex_unlock(&c->s->repo_mu);
+    }
+    return c->why != NULL;
+}
+
+/*
+ * The refit of anvil_server_refit_model, with the HTTP answer's status and
+ * error code: the model looked up (404) and required READY (409), a
+ * reference held meanwhile (an unload waits for it, and cancels the refit
+ * through its progress callback), the weights read and committed by the
+ * model's executor between two steps.
+ */
+static anvil_status refit_model(anvil_server *s, const char *name, const char *weights, int *http, const char **code)
+{
+    *http = 400;
+    *code = "invalid_model_name";
+    CHECK(anvil_server_model_name_ok(name), ANVIL_ERR_INVALID_ARG,
+          "bad model name '%s': use 1 to 128 of A-Z a-z 0-9 . _ -, not starting with '.', without '..'",
+          name ? name : "(null)");
+    *code = "invalid_weights";
+    CHECK(weights != NULL && weights[0], ANVIL_ERR_INVALID_ARG, "refit: no weights path given");
+    char path[4096];
+    if (weights[0] == '/') {
+        CHECK(strlen(weights) < sizeof path, ANVIL_ERR_INVALID_ARG, "refit: the weights path is too long");
+        snprintf(path, sizeof path, "%s", weights);
+    } else {
+        /* a relative path means the repository's: never the server's working folder */
+        CHECK(s->repo_dir != NULL, ANVIL_ERR_INVALID_ARG,
+              "refit: the weights path '%s' is relative, and the server has no model repository (--model-repo) "
+              "to take it in: give an absolute path",
+              weights);
+        TRY(anvil_path_join(path, sizeof path, s->repo_dir, weights));
+    }
+    pthread_mutex_lock(&s->repo_mu);
+    srv_model *dead = reap_take(s);
+    srv_entry *e = lookup(s, name);
+    srv_model *m = NULL;
+    anvil_status st = ANVIL_OK;
+    if (e == NULL) {
+        *http = 404;
+        *code = "model_not_found";
+        st = anvil_last_status();
+    } else if (e->state != SRV_READY || e->m == NULL || e->m->unloading) {
+        *http = 409;
+        *code = "model_not_ready";
+        st = ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "model '%s' is %s: a refit needs a loaded model", name,
+                        srv_state_name(e->state == SRV_READY ? SRV_UNLOADING : e->state));
+    } else {
+        m = e->m;
+        m->refs++; /* the model stays while its weights are replaced */
+    }
+    pthread_mutex_unlock(&s->repo_mu);
+    reap_free(dead);
+    if (m == NULL)
+        return st;
+    refit_ctl ctl = {.s = s, .m = m};
+    const anvil_refit_options o = {.progress = refit_progress, .progress_user = &ctl};
+    anvil_log(ANVIL_LOG_INFO, "model '%s': refit with %s", name, path);
+    st = anvil_executor_refit(m->ex, path, &o);
+    if (st == ANVIL_OK) {
+        pthread_mutex_lock(&s->repo_mu);
+        e->n_refits++;
+        pthread_mutex_unlock(&s->repo_mu);
+        anvil_log(ANVIL_LOG_INFO, "model '%s': serving the weights of %s", name, path);
+        *http = 200;
+        *code = NULL;
+    } else if (st == ANVIL_ERR_CANCELLED && ctl.why != NULL) {
+        const int unloading = strstr(ctl.why, "unloaded") != NULL;
+        *http = unloading ? 409 : 503;
+        *code = unloading ? "model_not_ready" : NULL;
+        st = ANVIL_FAIL(ANVIL_ERR_CANCELLED, "refit of model '%s' cancelled: %s", name, ctl.why);
+    } else {
+        /* what does not fit, or cannot be read as weights, is the caller's to fix */
+        *http = st == ANVIL_ERR_INVALID_ARG || st == ANVIL_ERR_NOT_FOUND || st == ANVIL_ERR_FORMAT ||
+                        st == ANVIL_ERR_UNSUPPORTED
+                    ? 400
+                    : st == ANVIL_ERR_CANCELLED ? 503 : 500;
+        *code = st == ANVIL_ERR_INVALID_ARG ? "refit_mismatch"
+                : st == ANVIL_ERR_NOT_FOUND ? "weights_not_found"
+                : *http == 400              ? "invalid_weights"
+                : *http == 503              ? NULL
+                                            : "refit_failed";
+    }
+    srv_model_release(m);
+    return st;
+}
+
+anvil_status anvil_server_refit_model(anvil_server *s, const char *name, const char *weights)
+{
+    CHECK(s != NULL, ANVIL_ERR_INVALID_ARG, "refit: NULL server");
+    int http;
+    const char *code;
+    return refit_model(s, name, weights, &http, &code);
+}
+
+int srv_repo_refit_http(anvil_server *s, const char *name, const char *weights, json_t **body)
+{
+    int http;
+    const char *code;
+    if (refit_model(s, name, weights, &http, &code) == ANVIL_OK)
+        return repo_answer(s, name, ANVIL_OK, body);
+    const char *type = http == 503 ? "service_unavailable" : http == 500 ? "server_error" : "invalid_request_error";
+    const char *param = http == 404 || strcmp(code ? code : "", "invalid_model_name") == 0 ? "name" : "weights";
+    *body = srv_error_json(anvil_last_error(), type, http == 409 ? NULL : param, code);
+    return http;
 }
 
 json_t *srv_repo_models_json(anvil_server *s)

@@ -174,6 +174,7 @@ typedef struct stream {
     int32_t tokens[LONG_TOKENS];
     int32_t n;
     int32_t before; /* tokens that came before the refit's commit */
+    uint64_t version0; /* the weights version when it started */
     int done;
     anvil_request_finish finish;
     anvil_status status;
@@ -189,7 +190,13 @@ static void on_event(void *user, const anvil_event *ev)
     if (ev->kind == ANVIL_EVENT_TOKENS) {
         for (int32_t i = 0; i < ev->n_tokens && s->n < LONG_TOKENS; i++)
             s->tokens[s->n++] = ev->token_ids[i];
-        if (m.refits == 0)
+        /* the event says which weights computed its tokens; the stats, read
+         * from the loop's thread, agree (the refit count is published at
+         * the commit) */
+        if ((uint64_t)m.refits != ev->weights_version)
+            fail_msg("event of weights %llu, stats %lld refits", (unsigned long long)ev->weights_version,
+                     (long long)m.refits);
+        if (ev->weights_version == s->version0)
             s->before = s->n;
     } else {
         s->done = 1;
@@ -392,7 +399,7 @@ static void test_refit_under_load(void **st)
     req.ignore_eos = 1;
     req.retain_result = 1;
     uint64_t id;
-    stream s1 = {.ex = ex, .mu = &mu, .cv = &cv};
+    stream s1 = {.ex = ex, .mu = &mu, .cv = &cv, .version0 = 1}; /* one refit so far */
     req.on_event = on_event;
     req.user = &s1;
     KIT_OK(anvil_executor_enqueue(ex, &req, &id));
