@@ -4,7 +4,7 @@
 #   build-device/   CMake build: -DANVIL_STATIC_DEPS=ON (jansson, PCRE2,
 #                   utf8proc, xxHash linked from their .a files; CUDA runtime
 #                   and cuBLASLt stay shared: the device has them), sm_80 + sm_90a
-#   .device/bin.tgz the test executables, bench_cuda_latency and the anvil command (copied out of build-device, so the
+#   .device/bin.tar.xz the test executables, bench_cuda_latency and the anvil command (copied out of build-device, so the
 #                   run carries a few MB instead of the whole build tree)
 #   .device/lib/    libcmocka.so.0 (Debian ships no static cmocka)
 #   .device/shared/ the models and golden files the CUDA tests read
@@ -33,9 +33,11 @@ for t in $cuda_tests bench_cuda_latency bench_load anvil; do
   fi
 done
 cp -L "$(ldconfig -p | awk '/libcmocka.so.0 /{print $NF; exit}')" .device/lib/libcmocka.so.0
-# the binaries are mostly CUDA code, which gzip shrinks 3-4x: the tool
-# carries 64 MiB at most (device_test.sh unpacks them)
-tar czf .device/bin.tgz -C .device bin
+# the binaries are mostly the same library (CUDA code): xz with its large
+# window stores it once, 117 MB into 2 MB (gzip's 32 KB window: 29 MB);
+# the tool carries 64 MiB at most (device_test.sh unpacks them)
+rm -f .device/bin.tgz
+tar cf - -C .device bin | xz -9 -T2 > .device/bin.tar.xz
 rm -rf .device/bin
 
 if [ "${1:-}" != "--no-data" ]; then

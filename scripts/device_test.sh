@@ -15,7 +15,7 @@ export LD_LIBRARY_PATH="$PWD/.device/lib:${LD_LIBRARY_PATH:-}"
 export ANVIL_SHARED_DIR="$PWD/.device/shared"
 out=${OUT:-/tmp}
 bin=.device/bin
-if [ -f .device/bin.tgz ]; then tar xzf .device/bin.tgz -C .device; fi
+if [ -f .device/bin.tar.xz ]; then tar xJf .device/bin.tar.xz -C .device; fi
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(ops golden graph memcheck racecheck perf e2e)
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)

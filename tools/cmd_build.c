@@ -25,7 +25,7 @@ static void usage(FILE *out)
             "chat template and generation config. Every command that takes a model folder takes the\n"
             "engine file instead (docs/engine.md).\n\n"
             "  -m, --model DIR         the Hugging Face folder (config.json, *.safetensors, tokenizer.json)\n"
-            "      --config FILE       with --random-weights: a config.json (or a folder holding one)\n"
+            "      --config FILE       with --random-weights: an HF config (any file name, or a folder holding config.json)\n"
             "  -o, --output FILE       the engine file to write (replaced only when the build succeeds)\n"
             "      --dtype DT          auto (default: weights as stored), f32, bf16 or f16\n"
             "      --random-weights    random weights from the config alone (benchmarks at a real shape)\n"

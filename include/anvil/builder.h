@@ -41,8 +41,8 @@ typedef struct anvil_build_options {
     anvil_dtype weight_dtype;
     int no_fusion;          /* 1: no fused ops and no weights stored fused */
     int n_threads;          /* threads preparing and writing; 0: one per online CPU (at most 16) */
-    /* Random weights from the config alone (model is then a config.json
-     * file or a folder holding one): norms 1, others uniform with standard
+    /* Random weights from the config alone (model is then a config file,
+     * of any name, or a folder holding config.json): norms 1, others uniform with standard
      * deviation 0.02, a function of seed. For benchmarks at a real
      * model's shape without its weights. weight_dtype COUNT: the config's
      * dtype. */

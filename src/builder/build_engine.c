@@ -156,20 +156,17 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
     return b;
 }
 
-/* The folder that holds the model's files: model itself, or the folder of a config.json path. */
-static anvil_status model_folder(const char *model, int random, char *buf, size_t cap)
+/* With random weights, model may be a config file (any name) rather than
+ * a folder: its text is then the one file the engine carries. */
+static anvil_status random_config_file(const char *model, int random, char **text)
 {
+    *text = NULL;
     struct stat sb;
     CHECK(stat(model, &sb) == 0, ANVIL_ERR_NOT_FOUND, "no model at %s", model);
-    if (S_ISDIR(sb.st_mode) || !random) {
-        snprintf(buf, cap, "%s", model);
+    if (!random || S_ISDIR(sb.st_mode))
         return ANVIL_OK;
-    }
-    const char *slash = strrchr(model, '/');
-    CHECK(strcmp(slash ? slash + 1 : model, "config.json") == 0, ANVIL_ERR_INVALID_ARG,
-          "--random-weights takes a config.json or a folder holding one, not %s", model);
-    snprintf(buf, cap, "%.*s", slash ? (int)(slash - model) : 1, slash ? model : ".");
-    return ANVIL_OK;
+    size_t len;
+    return anvil_read_file(model, text, &len);
 }
 
 anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *opts)
@@ -180,8 +177,9 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
         o = *opts;
     else
         anvil_build_options_default(&o);
-    char dir[4096];
-    TRY(model_folder(model, o.random_weights, dir, sizeof dir));
+    char *cfg_text = NULL; /* a config file given alone (random weights) */
+    TRY(random_config_file(model, o.random_weights, &cfg_text));
+    const char *dir = model;
     anvil_status st = ANVIL_OK;
     anvil_model_files *mf = NULL;
     anvil_model_config cfg;
@@ -193,10 +191,14 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     build_job job = {.o = &o, .seed = o.seed};
     pthread_mutex_init(&job.mu, NULL);
 
-    TRY_GOTO(anvil_model_files_open(dir, &mf), done);
-    CHECK_GOTO(!anvil_model_files_is_engine(mf), ANVIL_ERR_INVALID_ARG, done,
-               "%s is an engine already (build from the model folder)", dir);
-    TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
+    if (cfg_text != NULL) {
+        TRY_GOTO(anvil_model_config_parse(cfg_text, &cfg), done);
+    } else {
+        TRY_GOTO(anvil_model_files_open(dir, &mf), done);
+        CHECK_GOTO(!anvil_model_files_is_engine(mf), ANVIL_ERR_INVALID_ARG, done,
+                   "%s is an engine already (build from the model folder)", dir);
+        TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
+    }
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
     if (!o.random_weights)
         TRY_GOTO(anvil_checkpoint_open_ex(dir, ANVIL_ST_READ, &ck), done);
@@ -220,7 +222,11 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     json_t *files = json_object(), *m = json_object();
     CHECK_GOTO(manifest && files && m, ANVIL_ERR_OOM, done, "out of memory");
     json_object_set_new(manifest, "files", files);
-    TRY_GOTO(files_json(mf, files), done);
+    if (mf != NULL)
+        TRY_GOTO(files_json(mf, files), done);
+    else
+        CHECK_GOTO(json_object_set_new(files, "config.json", json_string(cfg_text)) == 0, ANVIL_ERR_FORMAT, done,
+                   "%s is not UTF-8 text", model);
     json_object_set_new(m, "architecture", json_string(cfg.architecture));
     json_object_set_new(m, "model_type", json_string(cfg.model_type));
     json_object_set_new(manifest, "model", m);
@@ -259,5 +265,6 @@ done:
     anvil_checkpoint_close(ck);
     anvil_network_free(net);
     anvil_model_files_close(mf);
+    free(cfg_text);
     return st;
 }

@@ -12,14 +12,25 @@
  * the fuzzer would spend its time on the header and never reach the
  * manifest and the weight table behind it.
  *
+ * A file the container accepts then goes through the builder's half of an
+ * engine load: its config.json (from the manifest's files) parsed, the
+ * network built, and the manifest's network and plan checked against it
+ * (anvil_manifest_read_plan): either refused with a message, or a plan
+ * whose every weight sits inside its stored tensor.
+ *
  * Seeds: tests/fuzz/corpus/engine_file/, written by test_engine_file
- * (ANVIL_UPDATE_SEEDS=1 build/tests/test_engine_file, from the source root).
+ * (ANVIL_UPDATE_SEEDS=1 build/tests/test_engine_file, from the source root),
+ * and tiny_llama.engine (anvil build --config tests/fuzz/tiny_llama_config.json
+ * --random-weights --output ...: a real engine of a 1-layer model).
  */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "anvil/model_config.h"
+#include "anvil/network.h"
+#include "builder/manifest.h"
 #include "io/engine_file.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -46,6 +57,37 @@ static void repair(uint8_t *b, size_t size)
     if (moff <= size && mlen <= size - moff)
         put_u64(b + 64, anvil_engine_xxh64(b + moff, (size_t)mlen));
     put_u64(b + 80, anvil_engine_xxh64(b, 80));
+}
+
+/* The builder's half of a load, for a file the container accepted. */
+static void check_plan(const anvil_engine_file *f)
+{
+    const json_t *files = json_object_get(anvil_engine_file_manifest(f), "files");
+    const char *cfg_text = json_string_value(json_object_get(files, "config.json"));
+    anvil_model_config cfg;
+    if (cfg_text == NULL || anvil_model_config_parse(cfg_text, &cfg) != ANVIL_OK)
+        return;
+    if (cfg.n_layers * cfg.hidden_size > (1 << 16) || cfg.vocab_size * cfg.hidden_size > (1 << 22))
+        return; /* within anvil's bounds, but slow to build for a fuzzer */
+    anvil_network *net = NULL;
+    if (anvil_model_build_network(&cfg, &net) != ANVIL_OK)
+        return;
+    anvil_build_plan *p = (anvil_build_plan *)&p; /* must be reset to NULL on failure */
+    if (anvil_manifest_read_plan(f, net, &p) != ANVIL_OK) {
+        if (p != NULL || anvil_last_error()[0] == '\0')
+            __builtin_trap();
+    } else {
+        for (int32_t w = 0; w < p->n_weights; w++) {
+            const int32_t s = p->weight_stored[w];
+            const anvil_net_weight *nw = anvil_network_weight(net, w);
+            const int64_t numel = nw->shape[0] * (nw->n_dims > 1 ? nw->shape[1] : 1);
+            if (s < 0 || s >= p->n_stored || p->weight_offset[w] < 0 ||
+                (uint64_t)(p->weight_offset[w] + numel) * anvil_dtype_size(p->stored[s].kind) > p->stored[s].bytes)
+                __builtin_trap();
+        }
+        anvil_build_plan_free(p);
+    }
+    anvil_network_free(net);
 }
 
 static void check(const uint8_t *data, size_t size)
@@ -87,6 +129,7 @@ static void check(const uint8_t *data, size_t size)
     anvil_status st = anvil_engine_file_verify(f, NULL, NULL);
     if (st != ANVIL_OK && st != ANVIL_ERR_FORMAT)
         __builtin_trap();
+    check_plan(f);
     anvil_engine_file_close(f);
 }
 

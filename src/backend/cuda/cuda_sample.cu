@@ -796,7 +796,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         float best = -INFINITY;
         int bi = INT_MAX, bad = 0;
         sr_each(row, n, vec, [&](int id, float v) {
-            bad |= !(v < INFINITY);
+            bad |= id < n && !(v < INFINITY); /* the tail past n is NaN padding */
             if (v > best || (v == best && id < bi)) {
                 best = v;
                 bi = id;
@@ -837,7 +837,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         (void)id;
         float l;
         unsigned key;
-        bad |= !(v < INFINITY);
+        bad |= id < n && !(v < INFINITY); /* the tail past n is NaN padding */
         if (sr_cand(R, v, l, key)) {
             mx = fmaxf(mx, l);
             nfin++;
