@@ -7,7 +7,8 @@
 
 #include "core/error.h"
 
-static const char *const fuse_names[] = {"none", "skip", "add_rmsnorm", "matmul_multi", "silu_mul", "rope_attention"};
+static const char *const fuse_names[] = {"none",         "skip",     "add_rmsnorm",
+                                         "matmul_multi", "silu_mul", "rope_attention"};
 #define N_FUSE ((int)(sizeof fuse_names / sizeof fuse_names[0]))
 
 const char *anvil_manifest_fuse_name(int kind)
@@ -234,9 +235,9 @@ void anvil_manifest_network_diff(const json_t *want, const json_t *have, char *b
     snprintf(buf, cap, "the output differs");
 }
 
-static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p, const char *path)
+static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p)
 {
-    CHECK(json_is_array(fusion), ANVIL_ERR_FORMAT, "%s: the manifest's plan has no \"fusion\" list", path);
+    CHECK(json_is_array(fusion), ANVIL_ERR_FORMAT, "the manifest's plan has no \"fusion\" list");
     size_t i;
     const json_t *e;
     json_array_foreach(fusion, i, e)
@@ -244,19 +245,19 @@ static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p, const
         const json_t *jop = json_object_get(e, "op"), *jk = json_object_get(e, "kind");
         const int kind = anvil_manifest_fuse_parse(json_string_value(jk));
         CHECK(json_is_integer(jop) && kind > ANVIL_FUSE_SKIP, ANVIL_ERR_FORMAT,
-              "%s: fusion entry %zu is malformed", path, i);
+              "fusion entry %zu is malformed", i);
         const json_int_t op = json_integer_value(jop);
         int64_t n = kind == ANVIL_FUSE_ADD_RMSNORM ? 2 : kind == ANVIL_FUSE_SILU_MUL ? 3 : 1;
         if (kind == ANVIL_FUSE_MATMUL_MULTI) {
             const json_t *jn = json_object_get(e, "n");
             n = json_is_integer(jn) ? json_integer_value(jn) : 0;
-            CHECK(n >= 2 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_FORMAT, "%s: fusion entry %zu: bad n", path, i);
+            CHECK(n >= 2 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_FORMAT, "fusion entry %zu: bad n", i);
         }
         CHECK(op >= 0 && op < p->n_ops && n <= p->n_ops - op, ANVIL_ERR_FORMAT,
-              "%s: fusion entry %zu names ops out of range", path, i);
+              "fusion entry %zu names ops out of range", i);
         for (int64_t j = 0; j < n; j++)
             CHECK(p->fuse[op + j].kind == ANVIL_FUSE_NONE, ANVIL_ERR_FORMAT,
-                  "%s: fusion entry %zu overlaps another", path, i);
+                  "fusion entry %zu overlaps another", i);
         p->fuse[op].kind = (int8_t)kind;
         for (int64_t j = 1; j < n; j++)
             p->fuse[op + j].kind = ANVIL_FUSE_SKIP;
@@ -265,7 +266,7 @@ static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p, const
         if (kind == ANVIL_FUSE_ROPE_ATTENTION) {
             const json_t *jr = json_object_get(e, "rope_op");
             const json_int_t r = json_is_integer(jr) ? json_integer_value(jr) : -1;
-            CHECK(r >= 0 && r < op, ANVIL_ERR_FORMAT, "%s: fusion entry %zu: bad rope_op", path, i);
+            CHECK(r >= 0 && r < op, ANVIL_ERR_FORMAT, "fusion entry %zu: bad rope_op", i);
             p->fuse[op].rope_op = (int32_t)r;
         }
     }
@@ -276,7 +277,7 @@ static anvil_status read_fusion(const json_t *fusion, anvil_build_plan *p, const
  * op (what the builder asks for), or no fusion at all: anything else was
  * not made by anvil. The ropes an attention group rotates are marked
  * SKIP here (the manifest lists groups, not the ops they absorb). */
-static anvil_status check_fusion_matches(anvil_build_plan *p, const anvil_network *net, const char *path)
+static anvil_status check_fusion_matches(anvil_build_plan *p, const anvil_network *net)
 {
     const anvil_fuse_caps all = anvil_fuse_caps_all();
     anvil_fuse *want = NULL;
@@ -298,17 +299,17 @@ static anvil_status check_fusion_matches(anvil_build_plan *p, const anvil_networ
         const anvil_fuse *f = &p->fuse[i], *w = &want[i];
         if (f->kind != w->kind || (f->kind == ANVIL_FUSE_MATMUL_MULTI && f->n != w->n) ||
             (f->kind == ANVIL_FUSE_ROPE_ATTENTION && f->rope_op != w->rope_op))
-            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "%s: the fusion plan at op %d (%s) is not the one anvil makes (%s)",
-                            path, i, anvil_manifest_fuse_name(f->kind), anvil_manifest_fuse_name(w->kind));
+            st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "the fusion plan at op %d (%s) is not the one anvil makes (%s)",
+                            i, anvil_manifest_fuse_name(f->kind), anvil_manifest_fuse_name(w->kind));
     }
     free(want);
     return st;
 }
 
-anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_network *net, anvil_build_plan **out)
+anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_network *net,
+                                      anvil_build_plan **out)
 {
     *out = NULL;
-    const char *path = anvil_engine_file_path(f);
     const json_t *m = anvil_engine_file_manifest(f);
     json_t *have = json_object_get(m, "network"), *want = anvil_manifest_network(net);
     CHECK(want != NULL, ANVIL_ERR_OOM, "out of memory");
@@ -317,17 +318,17 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         anvil_manifest_network_diff(want, have, why, sizeof why);
         json_decref(want);
         return ANVIL_FAIL(ANVIL_ERR_FORMAT,
-                          "%s: the engine's network is not the one anvil builds from its config (%s): it was "
+                          "the engine's network is not the one anvil builds from its config (%s): it was "
                           "built by another version of anvil, or its manifest was altered; build it again",
-                          path, why);
+                          why);
     }
     json_decref(want);
     const json_t *plan = json_object_get(m, "plan"), *stored = json_object_get(plan, "stored");
     const int64_t n_stored = anvil_engine_file_count(f);
     CHECK(json_is_array(stored) && (int64_t)json_array_size(stored) == n_stored, ANVIL_ERR_FORMAT,
-          "%s: the manifest's plan does not list the %lld stored tensors", path, (long long)n_stored);
+          "the manifest's plan does not list the %lld stored tensors", (long long)n_stored);
     const int32_t nw = anvil_network_weight_count(net);
-    CHECK(n_stored <= nw, ANVIL_ERR_FORMAT, "%s: %lld stored tensors for %d weights", path, (long long)n_stored, nw);
+    CHECK(n_stored <= nw, ANVIL_ERR_FORMAT, "%lld stored tensors for %d weights", (long long)n_stored, nw);
     anvil_build_plan *p = NULL;
     TRY(anvil_build_plan_alloc(nw, anvil_network_op_count(net), 0, &p));
     anvil_status st = ANVIL_OK;
@@ -340,13 +341,13 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         const json_t *jname = json_object_get(e, "name");
         CHECK_GOTO(json_is_string(jname) && strcmp(json_string_value(jname), et->name) == 0 &&
                        json_is_array(members) && json_array_size(members) >= 1,
-                   ANVIL_ERR_FORMAT, fail, "%s: the plan's stored tensor %lld is not tensor '%s'", path, (long long)s,
+                   ANVIL_ERR_FORMAT, fail, "the plan's stored tensor %lld is not tensor '%s'", (long long)s,
                    et->name);
         anvil_dtype kind;
         CHECK_GOTO(anvil_engine_kind_to_dtype(et->kind, &kind) == 0, ANVIL_ERR_UNSUPPORTED, fail,
-                   "%s: tensor '%s' is %s, which this anvil does not run", path, et->name,
+                   "tensor '%s' is %s, which this anvil does not run", et->name,
                    anvil_engine_kind_name(et->kind));
-        CHECK_GOTO(et->n_dims <= 2, ANVIL_ERR_FORMAT, fail, "%s: tensor '%s' has %d dimensions", path, et->name,
+        CHECK_GOTO(et->n_dims <= 2, ANVIL_ERR_FORMAT, fail, "tensor '%s' has %d dimensions", et->name,
                    et->n_dims);
         anvil_stored *t = &p->stored[p->n_stored];
         t->name = strdup(et->name);
@@ -361,9 +362,10 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         t->n = (int32_t)json_array_size(members);
         int64_t elems = 0;
         for (int32_t k = 0; k < t->n; k++) {
-            const int32_t wi = anvil_network_find_weight(net, json_string_value(json_array_get(members, (size_t)k)));
+            const int32_t wi =
+                anvil_network_find_weight(net, json_string_value(json_array_get(members, (size_t)k)));
             CHECK_GOTO(wi >= 0 && p->weight_stored[wi] < 0 && n_members < nw, ANVIL_ERR_FORMAT, fail,
-                       "%s: stored tensor '%s' names a weight that is not the network's or is stored twice", path,
+                       "stored tensor '%s' names a weight that is not the network's or is stored twice",
                        et->name);
             const anvil_net_weight *w = anvil_network_weight(net, wi);
             p->members[n_members++] = wi;
@@ -373,13 +375,9 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         }
         p->total_bytes += t->bytes;
     }
-    TRY_GOTO(read_fusion(json_object_get(plan, "fusion"), p, path), fail);
-    st = anvil_build_plan_check(p, net);
-    if (st != ANVIL_OK) {
-        anvil_error_wrap("%s", path);
-        goto fail;
-    }
-    TRY_GOTO(check_fusion_matches(p, net, path), fail);
+    TRY_GOTO(read_fusion(json_object_get(plan, "fusion"), p), fail);
+    TRY_GOTO(anvil_build_plan_check(p, net), fail);
+    TRY_GOTO(check_fusion_matches(p, net), fail);
     *out = p;
     return ANVIL_OK;
 fail:
