@@ -45,7 +45,10 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("anvil 0.1.0\n");
+#ifndef ANVIL_VERSION_STRING
+#define ANVIL_VERSION_STRING "0.0.0-dev"
+#endif
+        printf("anvil %s\n", ANVIL_VERSION_STRING); /* engines record it (anvil inspect) */
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {

@@ -29,9 +29,10 @@
  * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
  * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
  * Llama-3.2-1B's (hidden 2048, 16 layers, 32/8 heads of 64, intermediate
- * 8192, tied), written to the work folder on first use (default
- * /dev/shm/anvil-bench: memory, so 16 GB write and map fast) with the
- * filling spread over all cores; or any model folder with --model.
+ * 8192, tied): random-weight engines built into the work folder on first
+ * use by the builder (anvil_build_engine, random_weights; default
+ * /dev/shm/anvil-bench: memory, so 16 GB write and read fast); or any model
+ * folder or engine with --model.
  * ANVIL_CUDA_GRAPHS=0 (--graphs off) runs without step graphs; --fusion off
  * runs every op of the network separately (runtime option no_fusion).
  */
@@ -46,6 +47,7 @@
 
 #include "anvil/model_config.h"
 #include "anvil/network.h"
+#include "anvil/builder.h"
 #include "anvil/runtime.h"
 #include "backend/backend.h"
 #include "core/error.h"
@@ -85,110 +87,34 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* ------------------------------------------------------------ random model, filled on every core */
+/* ------------------------------------------------------------ random model */
 
-typedef struct fill_ctx {
-    const anvil_network *net;
-    anvil_dtype dt;
-    anvil_threadpool *tp;
-    /* the chunk in progress */
-    int64_t index, first, n;
-    void *buf;
-    int norm;
-} fill_ctx;
-
-static float rand_at(int64_t w, int64_t i)
+/* A random-weight engine of the config (the builder's, as `anvil build
+ * --config FILE --random-weights` makes it), written once into workdir. */
+static int ensure_model(const char *workdir, const char *name, const char *config, char *path, size_t cap)
 {
-    uint64_t z = 0x5eed ^ ((uint64_t)w * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)i * 0xbf58476d1ce4e5b9ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    /* uniform, standard deviation 0.02, as HF initializes */
-    return (float)((double)(z >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 0.034641f;
-}
-
-static void fill_task(void *user, int ith, int nth)
-{
-    fill_ctx *c = user;
-    const int64_t per = (c->n + nth - 1) / nth, lo = per * ith, hi = lo + per < c->n ? lo + per : c->n;
-    const size_t es = anvil_dtype_size(c->dt);
-    float tmp[1024];
-    for (int64_t i = lo; i < hi; i += 1024) {
-        const int64_t m = hi - i < 1024 ? hi - i : 1024;
-        for (int64_t j = 0; j < m; j++)
-            tmp[j] = c->norm ? 1.0f : rand_at(c->index, c->first + i + j);
-        anvil_convert_from_f32(c->dt, tmp, (char *)c->buf + (size_t)i * es, m);
-    }
-}
-
-static anvil_status fill(void *user, int64_t index, void *buf, size_t offset, size_t len)
-{
-    fill_ctx *c = user;
-    const size_t es = anvil_dtype_size(c->dt);
-    c->index = index;
-    c->first = (int64_t)(offset / es);
-    c->n = (int64_t)(len / es);
-    c->buf = buf;
-    c->norm = strstr(anvil_network_weight(c->net, (int32_t)index)->name, "norm") != NULL;
-    anvil_threadpool_run(c->tp, fill_task, c);
-    return ANVIL_OK;
-}
-
-static anvil_status write_model(const char *dir, const char *config_json)
-{
-    anvil_model_config cfg;
-    TRY(anvil_model_config_parse(config_json, &cfg));
-    anvil_network *net = NULL;
-    anvil_threadpool *tp = NULL;
-    anvil_st_tensor *ts = NULL;
-    char path[4096];
-    anvil_status st = ANVIL_OK;
-    TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
-    TRY_GOTO(anvil_threadpool_create(0, &tp), done);
-    TRY_GOTO(anvil_path_join(path, sizeof path, dir, "config.json"), done);
-    FILE *f = fopen(path, "wb");
-    CHECK_GOTO(f != NULL, ANVIL_ERR_IO, done, "cannot write %s", path);
-    int ok = fwrite(config_json, 1, strlen(config_json), f) == strlen(config_json);
-    ok &= fclose(f) == 0;
-    CHECK_GOTO(ok, ANVIL_ERR_IO, done, "cannot write %s", path);
-    const int32_t n = anvil_network_weight_count(net);
-    ts = calloc((size_t)n, sizeof *ts);
-    CHECK_GOTO(ts != NULL, ANVIL_ERR_OOM, done, "out of memory");
-    for (int32_t i = 0; i < n; i++) {
-        const anvil_net_weight *w = anvil_network_weight(net, i);
-        ts[i].name = w->name;
-        ts[i].dtype = cfg.dtype;
-        ts[i].n_dims = w->n_dims;
-        ts[i].shape[0] = w->shape[0];
-        ts[i].shape[1] = w->shape[1];
-        ts[i].nbytes = (size_t)w->shape[0] * (size_t)(w->n_dims > 1 ? w->shape[1] : 1) * anvil_dtype_size(cfg.dtype);
-    }
-    fill_ctx ctx = {.net = net, .dt = cfg.dtype, .tp = tp};
-    TRY_GOTO(anvil_path_join(path, sizeof path, dir, "model.safetensors"), done);
-    TRY_GOTO(anvil_safetensors_write_stream(path, ts, n, fill, &ctx), done);
-done:
-    free(ts);
-    anvil_threadpool_free(tp);
-    anvil_network_free(net);
-    return st;
-}
-
-static int ensure_model(const char *workdir, const char *name, const char *config, char *dir, size_t cap)
-{
-    snprintf(dir, cap, "%s/%s", workdir, name);
-    char probe[4200];
-    snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
-    if (anvil_file_exists(probe))
+    snprintf(path, cap, "%s/%s.engine", workdir, name);
+    if (anvil_file_exists(path))
         return 0;
     mkdir(workdir, 0755);
-    mkdir(dir, 0755);
-    fprintf(stderr, "writing a random-weight %s-shaped model to %s ...\n", name, dir);
+    char cfg_path[4200];
+    snprintf(cfg_path, sizeof cfg_path, "%s/%s-config.json", workdir, name);
+    FILE *f = fopen(cfg_path, "wb");
+    if (f == NULL || fputs(config, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "error: cannot write %s\n", cfg_path);
+        return -1;
+    }
+    fprintf(stderr, "building a random-weight %s-shaped engine %s ...\n", name, path);
     double t0 = now_s();
-    if (write_model(dir, config) != ANVIL_OK) {
+    anvil_build_options bo;
+    anvil_build_options_default(&bo);
+    bo.random_weights = 1;
+    bo.seed = 0x5eed;
+    if (anvil_build_engine(cfg_path, path, &bo) != ANVIL_OK) {
         fprintf(stderr, "error: %s\n", anvil_last_error());
         return -1;
     }
-    fprintf(stderr, "  written in %.1f s\n", now_s() - t0);
+    fprintf(stderr, "  built in %.1f s\n", now_s() - t0);
     return 0;
 }
 
