@@ -225,7 +225,9 @@ anvil_status anvil_runtime_refit_prepare(const anvil_runtime *rt, const char *we
  */
 anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *staging);
 
-/* Frees a staging that will not be committed. NULL is a no-op. */
+/* Frees a staging that will not be committed. NULL is a no-op. A staging
+ * is committed or freed before its runtime is freed (its pinned memory is
+ * the runtime's backend's). */
 void anvil_refit_staging_free(anvil_refit_staging *staging);
 
 /* Bytes of host memory the staging holds. */
