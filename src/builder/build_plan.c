@@ -17,8 +17,8 @@
 #define FUSE_ALIGN 256
 
 struct anvil_build_scratch {
-    void *src;   /* [ANVIL_BUILD_CHUNK bytes] source bytes */
-    float *f32;  /* [ANVIL_BUILD_CHUNK bytes] the same as f32 */
+    void *src;  /* [ANVIL_BUILD_CHUNK bytes] source bytes */
+    float *f32; /* [ANVIL_BUILD_CHUNK bytes] the same as f32 */
 };
 
 /* Elements of a piece converted at once: its f32 form fills the scratch. */
@@ -62,7 +62,8 @@ void anvil_build_plan_free(anvil_build_plan *p)
     free(p);
 }
 
-anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored, anvil_build_plan **out)
+anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored,
+                                    anvil_build_plan **out)
 {
     *out = NULL;
     CHECK(n_weights >= 0 && n_ops >= 0 && n_stored >= 0 && n_stored <= n_weights, ANVIL_ERR_INVALID_ARG,
@@ -100,8 +101,8 @@ static anvil_status shape_error(const anvil_net_weight *w, const anvil_st_tensor
     anvil_shape_str(st->shape, st->n_dims, have, sizeof have);
     anvil_shape_str(w->shape, w->n_dims, want, sizeof want);
     if (w->recipe == ANVIL_RECIPE_TENSOR)
-        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s but the config implies %s", st->name, have,
-                          want);
+        return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s but the config implies %s", st->name,
+                          have, want);
     return ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' has shape %s, which cannot give '%s' of shape %s (%s)",
                       st->name, have, w->name, want, why);
 }
@@ -157,8 +158,8 @@ static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoi
         for (int32_t k = 0; k < w->n_sources; k++) {
             if (k > 0)
                 TRY(find_source(ck, w->sources[k], &st));
-            CHECK(st->dtype == *dtype, ANVIL_ERR_FORMAT, "'%s' concatenates tensors of dtypes %s and %s", w->name,
-                  anvil_dtype_name(*dtype), anvil_dtype_name(st->dtype));
+            CHECK(st->dtype == *dtype, ANVIL_ERR_FORMAT, "'%s' concatenates tensors of dtypes %s and %s",
+                  w->name, anvil_dtype_name(*dtype), anvil_dtype_name(st->dtype));
             if (st->n_dims != w->n_dims)
                 return shape_error(w, st, "ranks differ");
             for (int d = 0; d < w->n_dims; d++)
@@ -230,6 +231,7 @@ static anvil_status add_stored(anvil_build_plan *p, const anvil_network *net, co
     CHECK(st->name != NULL, ANVIL_ERR_OOM, "out of memory");
     const anvil_net_weight *w0 = anvil_network_weight(net, ws[0]);
     st->kind = kind;
+    st->shard = (anvil_shard){.rank = 0, .count = 1, .axis = -1};
     st->n_dims = w0->n_dims;
     st->shape[1] = w0->n_dims > 1 ? w0->shape[1] : 0;
     st->first = *n_members;
@@ -256,8 +258,8 @@ static anvil_status add_stored(anvil_build_plan *p, const anvil_network *net, co
 
 /* Whether the matrices ws[0..n) can be stored as one: unstored yet, one
  * kind, one width, each a whole number of FUSE_ALIGN bytes. */
-static int fusable(const anvil_build_plan *p, const anvil_network *net, const anvil_dtype *kinds, const int32_t *ws,
-                   int32_t n)
+static int fusable(const anvil_build_plan *p, const anvil_network *net, const anvil_dtype *kinds,
+                   const int32_t *ws, int32_t n)
 {
     const anvil_net_weight *w0 = anvil_network_weight(net, ws[0]);
     for (int32_t k = 0; k < n; k++) {
@@ -357,19 +359,24 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
         const anvil_stored *t = &p->stored[s];
         CHECK(t->n >= 1 && t->first >= 0 && t->first <= nw - t->n && t->first == seen, ANVIL_ERR_FORMAT,
               "stored tensor '%s': members [%d, +%d) out of order", t->name, t->first, t->n);
+        CHECK(t->shard.count == 1 && t->shard.rank == 0, ANVIL_ERR_UNSUPPORTED,
+              "stored tensor '%s' is shard %d of %d; this anvil runs whole tensors only", t->name,
+              t->shard.rank, t->shard.count);
         CHECK(t->kind == ANVIL_DTYPE_F32 || t->kind == ANVIL_DTYPE_BF16 || t->kind == ANVIL_DTYPE_F16,
               ANVIL_ERR_UNSUPPORTED, "stored tensor '%s': kind %s is not supported", t->name,
               anvil_dtype_name(t->kind));
         int64_t rows = 0, elems = 0;
         for (int32_t k = 0; k < t->n; k++) {
             const int32_t wi = p->members[t->first + k];
-            CHECK(wi >= 0 && wi < nw, ANVIL_ERR_FORMAT, "stored tensor '%s': member %d is not a weight", t->name, wi);
+            CHECK(wi >= 0 && wi < nw, ANVIL_ERR_FORMAT, "stored tensor '%s': member %d is not a weight",
+                  t->name, wi);
             const anvil_net_weight *w = anvil_network_weight(net, wi);
             CHECK(p->weight_stored[wi] == s && p->weight_offset[wi] == elems, ANVIL_ERR_FORMAT,
                   "weight '%s' is not where stored tensor '%s' puts it", w->name, t->name);
             CHECK(w->n_dims == t->n_dims && (t->n_dims == 1 || w->shape[1] == t->shape[1]), ANVIL_ERR_FORMAT,
                   "weight '%s' does not fit stored tensor '%s'", w->name, t->name);
-            CHECK(t->n == 1 || t->n_dims == 2, ANVIL_ERR_FORMAT, "stored tensor '%s' stacks vectors", t->name);
+            CHECK(t->n == 1 || t->n_dims == 2, ANVIL_ERR_FORMAT, "stored tensor '%s' stacks vectors",
+                  t->name);
             rows += w->shape[0];
             elems += w_numel(w);
         }
@@ -382,8 +389,10 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
     CHECK(seen == nw, ANVIL_ERR_FORMAT, "%d of the network's %d weights are stored", seen, nw);
     for (int32_t i = 0; i < p->n_ops; i++) {
         const anvil_fuse *f = &p->fuse[i];
-        const int span = f->kind == ANVIL_FUSE_ADD_RMSNORM ? 2 : f->kind == ANVIL_FUSE_MATMUL_MULTI ? f->n
-                         : f->kind == ANVIL_FUSE_SILU_MUL  ? 3 : 1;
+        const int span = f->kind == ANVIL_FUSE_ADD_RMSNORM    ? 2
+                         : f->kind == ANVIL_FUSE_MATMUL_MULTI ? f->n
+                         : f->kind == ANVIL_FUSE_SILU_MUL     ? 3
+                                                              : 1;
         CHECK(f->kind >= ANVIL_FUSE_NONE && f->kind <= ANVIL_FUSE_ROPE_ATTENTION && span >= 1 &&
                   span <= ANVIL_MATMUL_MULTI_MAX && i + span <= p->n_ops,
               ANVIL_ERR_FORMAT, "the fusion plan's op %d is malformed", i);
@@ -394,8 +403,8 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
 /* ------------------------------------------------------------ filling */
 
 /* Source elements [first, first + n) of st, converted to `kind` at dst. */
-static anvil_status copy_elems(const anvil_st_tensor *st, int64_t first, int64_t n, anvil_dtype kind, void *dst,
-                               anvil_build_scratch *sc)
+static anvil_status copy_elems(const anvil_st_tensor *st, int64_t first, int64_t n, anvil_dtype kind,
+                               void *dst, anvil_build_scratch *sc)
 {
     const size_t ses = anvil_dtype_size(st->dtype), des = anvil_dtype_size(kind);
     while (n > 0) {
@@ -447,18 +456,19 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
         const int64_t row = e / cols, col = e % cols;
         const int64_t row_end = (row + 1) * cols < b ? (row + 1) * cols : b;
         if (w->recipe == ANVIL_RECIPE_SLICE) {
-            TRY(copy_elems(st, row * st->shape[1] + w->start + col, row_end - e, kind, dst + (size_t)(e - a) * des,
-                           sc));
+            TRY(copy_elems(st, row * st->shape[1] + w->start + col, row_end - e, kind,
+                           dst + (size_t)(e - a) * des, sc));
         } else { /* CONCAT along axis 1 */
             int64_t c0 = 0;
             for (int32_t k = 0; k < w->n_sources && c0 < col + (row_end - e); k++) {
                 const anvil_st_tensor *sk;
                 TRY(find_source(ck, w->sources[k], &sk));
                 const int64_t wk = sk->shape[1];
-                const int64_t lo = col > c0 ? col : c0, hi = col + (row_end - e) < c0 + wk ? col + (row_end - e) : c0 + wk;
+                const int64_t lo = col > c0 ? col : c0,
+                              hi = col + (row_end - e) < c0 + wk ? col + (row_end - e) : c0 + wk;
                 if (lo < hi)
-                    TRY(copy_elems(sk, row * wk + (lo - c0), hi - lo, kind, dst + (size_t)(e - a + lo - col) * des,
-                                   sc));
+                    TRY(copy_elems(sk, row * wk + (lo - c0), hi - lo, kind,
+                                   dst + (size_t)(e - a + lo - col) * des, sc));
                 c0 += wk;
             }
         }

@@ -34,26 +34,36 @@
 #include "builder/fuse_plan.h"
 #include "io/safetensors.h"
 
+/* Which part of a logical tensor a stored tensor is: rank `rank` of
+ * `count` equal parts along `axis`. Every stored tensor is whole today
+ * (count 1); tensor parallelism (issue 16) cuts weights into shards through
+ * the same recipes (a slice per rank) and records it here. */
+typedef struct anvil_shard {
+    int32_t rank, count;
+    int axis; /* -1 when whole */
+} anvil_shard;
+
 /* A tensor as stored (engine weight table, runtime allocation). */
 typedef struct anvil_stored {
     char *name;
-    anvil_dtype kind;        /* the storage kind */
-    int n_dims;              /* 1 or 2 */
+    anvil_dtype kind;  /* the storage kind */
+    anvil_shard shard; /* {0, 1, -1}: whole */
+    int n_dims;        /* 1 or 2 */
     int64_t shape[2];
     size_t bytes;
-    int32_t first, n;        /* its member weights: members[first .. first + n), stacked along axis 0 */
+    int32_t first, n; /* its member weights: members[first .. first + n), stacked along axis 0 */
 } anvil_stored;
 
 typedef struct anvil_build_plan {
-    int32_t n_weights;       /* the network's */
+    int32_t n_weights; /* the network's */
     int32_t n_ops;
     int32_t n_stored;
-    anvil_stored *stored;    /* [n_stored] */
-    int32_t *members;        /* [n_weights] weight indices, grouped by stored tensor */
-    int32_t *weight_stored;  /* [n_weights] the stored tensor of each weight */
-    int64_t *weight_offset;  /* [n_weights] its first element in that stored tensor */
-    anvil_fuse *fuse;        /* [n_ops] the fusion plan */
-    size_t total_bytes;      /* of every stored tensor */
+    anvil_stored *stored;   /* [n_stored] */
+    int32_t *members;       /* [n_weights] weight indices, grouped by stored tensor */
+    int32_t *weight_stored; /* [n_weights] the stored tensor of each weight */
+    int64_t *weight_offset; /* [n_weights] its first element in that stored tensor */
+    anvil_fuse *fuse;       /* [n_ops] the fusion plan */
+    size_t total_bytes;     /* of every stored tensor */
 } anvil_build_plan;
 
 typedef struct anvil_plan_options {
@@ -80,7 +90,8 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
 
 /* A plan without stored tensors yet, for readers that fill it (an engine's
  * manifest): n_weights / n_ops set, arrays allocated, fuse all NONE. */
-anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored, anvil_build_plan **out);
+anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_stored,
+                                    anvil_build_plan **out);
 
 /* Checks a plan against net: every weight in exactly one stored tensor,
  * offsets and shapes consistent, members of a stored tensor of one width,

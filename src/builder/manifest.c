@@ -176,6 +176,10 @@ json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net)
         if (e) {
             put(e, "name", json_string(t->name), &ok);
             put(e, "members", members, &ok);
+            put(e, "shard",
+                json_pack("{s:i, s:i, s:i}", "rank", t->shard.rank, "of", t->shard.count, "axis",
+                          t->shard.axis),
+                &ok);
         } else {
             json_decref(members);
         }
@@ -354,6 +358,21 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         CHECK_GOTO(t->name != NULL, ANVIL_ERR_OOM, fail, "out of memory");
         p->n_stored++;
         t->kind = kind;
+        const json_t *sh = json_object_get(e, "shard");
+        t->shard = (anvil_shard){.rank = 0, .count = 1, .axis = -1};
+        if (sh != NULL) {
+            const json_t *r = json_object_get(sh, "rank"), *of = json_object_get(sh, "of"),
+                         *ax = json_object_get(sh, "axis");
+            CHECK_GOTO(json_is_integer(r) && json_is_integer(of) && json_is_integer(ax) &&
+                           json_integer_value(of) >= 1 && json_integer_value(of) <= 4096 &&
+                           json_integer_value(r) >= 0 && json_integer_value(r) < json_integer_value(of) &&
+                           json_integer_value(ax) >= -1 && json_integer_value(ax) <= 1,
+                       ANVIL_ERR_FORMAT, fail, "the plan's stored tensor '%s' has a malformed shard",
+                       et->name);
+            t->shard = (anvil_shard){.rank = (int32_t)json_integer_value(r),
+                                     .count = (int32_t)json_integer_value(of),
+                                     .axis = (int)json_integer_value(ax)};
+        }
         t->n_dims = et->n_dims;
         t->shape[0] = et->shape[0];
         t->shape[1] = et->n_dims > 1 ? et->shape[1] : 0;
