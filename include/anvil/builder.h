@@ -72,11 +72,14 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
 typedef struct anvil_refit_options {
     /* Called as the new weights are read (bytes done of bytes in all); a
      * nonzero return stops the refit (ANVIL_ERR_CANCELLED, nothing
-     * changed). Called from the refitting thread(s), one at a time. May be
-     * NULL. */
+     * changed). Called one at a time (a live refit: from the thread that
+     * prepares it). May be NULL. */
     int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
     void *progress_user;
-    int n_threads;          /* anvil_refit_engine's threads; 0: one per online CPU (at most 16) */
+    /* Threads reading and preparing the new weights. 0: anvil_refit_engine
+     * one per online CPU (at most 16); a live refit 1 on the CPU backend
+     * (the serving loop keeps its cores) and 8 on a GPU's host. */
+    int n_threads;
 } anvil_refit_options;
 
 /*

@@ -14,9 +14,12 @@
  * first byte of the runtime changes, and the pause a serving loop sees is
  * the copy alone.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "anvil/log.h"
 #include "builder/refit.h"
@@ -26,7 +29,10 @@
 
 /* Copy lanes the commit spreads pinned copies over (a few streams keep the
  * host-to-device link busy; more add nothing). */
-#define REFIT_LANES 4
+#define REFIT_LANES 8
+#define REFIT_COPY_CHUNK                                                                                     \
+    ((size_t)64 << 20) /* pieces spread over the lanes: a large tensor (the                                  \
+                           embeddings) is not one lane's alone */
 
 struct anvil_refit_staging {
     const anvil_runtime *rt; /* the runtime it was prepared for (its backend frees pinned memory) */
@@ -75,37 +81,148 @@ size_t anvil_refit_staging_bytes(const anvil_refit_staging *sg)
     return sg ? sg->bytes : 0;
 }
 
-/* Every stored tensor of src into sg, chunk by chunk, with progress. One
- * thread: a serving loop keeps its cores meanwhile. */
+/*
+ * Staging on several threads: the stored tensors in chunks of
+ * ANVIL_BUILD_CHUNK bytes, which the threads take in turn (read, convert,
+ * scan: on a GPU's host, with pinned staging, this is what bounds a
+ * refit's preparation). The calling thread reports progress between its
+ * own chunks. How many threads: o->n_threads, else 1 where the weights
+ * live in host memory (the CPU backend: a serving loop keeps its cores;
+ * it has the pause alone to fear, not the preparation) and up to 8 on a
+ * GPU's host, whose cores are idle while the GPU serves.
+ */
+#define STAGE_THREADS_MAX 8
+
+typedef struct stage_job {
+    const anvil_runtime *rt;
+    const anvil_refit_source *src;
+    anvil_refit_staging *sg;
+    _Atomic int64_t next; /* the next chunk: (tensor, offset) in plan order */
+    _Atomic size_t done;  /* bytes staged */
+    atomic_int stop;      /* a thread failed, or the caller cancelled */
+    int64_t n_chunks;
+    int32_t *chunk_s;   /* [n_chunks] */
+    size_t *chunk_off;  /* [n_chunks] */
+    pthread_mutex_t mu; /* the first failure */
+    anvil_status st;
+    char msg[1024];
+} stage_job;
+
+static void stage_fail(stage_job *j, anvil_status st)
+{
+    pthread_mutex_lock(&j->mu);
+    if (j->st == ANVIL_OK) { /* messages are per thread: carry the text over */
+        j->st = st;
+        snprintf(j->msg, sizeof j->msg, "%s", anvil_last_error());
+    }
+    pthread_mutex_unlock(&j->mu);
+    atomic_store(&j->stop, 1);
+}
+
+/* One chunk, or 0 when none is left (or the work stopped). */
+static int stage_one(stage_job *j, anvil_build_scratch *scratch)
+{
+    if (atomic_load(&j->stop))
+        return 0;
+    const int64_t c = atomic_fetch_add(&j->next, 1);
+    if (c >= j->n_chunks)
+        return 0;
+    const int32_t s = j->chunk_s[c];
+    const size_t off = j->chunk_off[c], bytes = j->rt->plan->stored[s].bytes;
+    const size_t len = bytes - off < ANVIL_BUILD_CHUNK ? bytes - off : ANVIL_BUILD_CHUNK;
+    const anvil_status st =
+        anvil_refit_source_fill(j->src, s, off, (char *)j->sg->data[s] + off, len, scratch);
+    if (st != ANVIL_OK) {
+        stage_fail(j, st);
+        return 0;
+    }
+    atomic_fetch_add(&j->done, len);
+    return 1;
+}
+
+static void *stage_thread(void *arg)
+{
+    stage_job *j = arg;
+    anvil_build_scratch *scratch = NULL;
+    if (!anvil_refit_source_is_engine(j->src)) {
+        const anvil_status st = anvil_build_scratch_create(&scratch);
+        if (st != ANVIL_OK) {
+            stage_fail(j, st);
+            return NULL;
+        }
+    }
+    while (stage_one(j, scratch))
+        ;
+    anvil_build_scratch_free(scratch);
+    return NULL;
+}
+
 static anvil_status stage_all(const anvil_runtime *rt, const anvil_refit_source *src, anvil_refit_staging *sg,
                               const anvil_refit_options *o)
 {
-    anvil_build_scratch *scratch = NULL;
-    if (!anvil_refit_source_is_engine(src))
-        TRY(anvil_build_scratch_create(&scratch));
-    anvil_status st = ANVIL_OK;
-    size_t done = 0;
-    for (int32_t s = 0; s < sg->n && st == ANVIL_OK; s++) {
+    /* the staging memory first: running out of it fails before any reading */
+    int64_t n_chunks = 0;
+    for (int32_t s = 0; s < sg->n; s++) {
         const anvil_stored *t = &rt->plan->stored[s];
         sg->data[s] = stage_alloc(sg, s, t->bytes);
         if (sg->data[s] == NULL) {
             char b[32];
-            st = ANVIL_FAIL(ANVIL_ERR_OOM, "refit: out of host memory staging tensor '%s' (%s)", t->name,
-                            anvil_plan_fmt_bytes(t->bytes, b, sizeof b));
-            break;
+            return ANVIL_FAIL(ANVIL_ERR_OOM, "refit: out of host memory staging tensor '%s' (%s)", t->name,
+                              anvil_plan_fmt_bytes(t->bytes, b, sizeof b));
         }
         sg->bytes += t->bytes;
-        for (size_t off = 0; off < t->bytes && st == ANVIL_OK; off += ANVIL_BUILD_CHUNK) {
-            const size_t len = t->bytes - off < ANVIL_BUILD_CHUNK ? t->bytes - off : ANVIL_BUILD_CHUNK;
-            st = anvil_refit_source_fill(src, s, off, (char *)sg->data[s] + off, len, scratch);
-            done += len;
-            if (st == ANVIL_OK && o->progress && o->progress(o->progress_user, done, rt->plan->total_bytes))
-                st = ANVIL_FAIL(ANVIL_ERR_CANCELLED, "the refit was cancelled");
+        n_chunks += (int64_t)((t->bytes + ANVIL_BUILD_CHUNK - 1) / ANVIL_BUILD_CHUNK);
+    }
+    stage_job j = {.rt = rt, .src = src, .sg = sg, .n_chunks = n_chunks};
+    j.chunk_s = malloc((size_t)(n_chunks ? n_chunks : 1) * sizeof *j.chunk_s);
+    j.chunk_off = malloc((size_t)(n_chunks ? n_chunks : 1) * sizeof *j.chunk_off);
+    anvil_build_scratch *scratch = NULL;
+    anvil_status st = j.chunk_s && j.chunk_off ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    if (st == ANVIL_OK && !anvil_refit_source_is_engine(src))
+        st = anvil_build_scratch_create(&scratch);
+    if (st != ANVIL_OK) {
+        free(j.chunk_s);
+        free(j.chunk_off);
+        return st;
+    }
+    for (int32_t s = 0, c = 0; s < sg->n; s++)
+        for (size_t off = 0; off < rt->plan->stored[s].bytes; off += ANVIL_BUILD_CHUNK, c++) {
+            j.chunk_s[c] = s;
+            j.chunk_off[c] = off;
+        }
+    pthread_mutex_init(&j.mu, NULL);
+    int n_threads = o->n_threads > 0                      ? o->n_threads
+                    : rt->be->ops->weights_in_host_memory ? 1
+                                                          : STAGE_THREADS_MAX;
+    if (n_threads > STAGE_THREADS_MAX)
+        n_threads = STAGE_THREADS_MAX;
+    if (n_threads > n_chunks)
+        n_threads = (int)(n_chunks > 0 ? n_chunks : 1);
+    pthread_t threads[STAGE_THREADS_MAX];
+    int started = 0;
+    for (int i = 1; i < n_threads; i++) /* the calling thread is the first */
+        if (pthread_create(&threads[started], NULL, stage_thread, &j) == 0)
+            started++;
+    const size_t total = rt->plan->total_bytes;
+    while (stage_one(&j, scratch)) {
+        if (o->progress && o->progress(o->progress_user, atomic_load(&j.done), total)) {
+            ANVIL_FAIL(ANVIL_ERR_CANCELLED, "the refit was cancelled");
+            stage_fail(&j, ANVIL_ERR_CANCELLED);
         }
     }
+    for (int i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    st = j.st;
+    if (st != ANVIL_OK)
+        ANVIL_FAIL(st, "%s", j.msg); /* the failing thread's message, on this thread */
+    else if (o->progress && o->progress(o->progress_user, total, total))
+        st = ANVIL_FAIL(ANVIL_ERR_CANCELLED, "the refit was cancelled");
     if (st == ANVIL_OK) /* rewritten while read: what was staged is not to be trusted */
         st = anvil_refit_source_check_unchanged(src);
+    pthread_mutex_destroy(&j.mu);
     anvil_build_scratch_free(scratch);
+    free(j.chunk_s);
+    free(j.chunk_off);
     return st;
 }
 
@@ -118,6 +235,8 @@ anvil_status anvil_runtime_refit_prepare(const anvil_runtime *rt, const char *we
     const anvil_refit_options none = {0};
     if (o == NULL)
         o = &none;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     anvil_refit_source *src = NULL;
     anvil_status st =
         anvil_refit_source_open(weights, &rt->cfg, rt->net, rt->plan, !rt->opts.no_weight_check, &src);
@@ -139,6 +258,11 @@ anvil_status anvil_runtime_refit_prepare(const anvil_runtime *rt, const char *we
         anvil_refit_staging_free(sg);
         return anvil_error_wrap("refit with %s", weights);
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    anvil_log(ANVIL_LOG_INFO, "refit: %.1f MiB of new weights from %s staged in %.2f s%s",
+              (double)sg->bytes / 1048576.0, weights,
+              (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9,
+              sg->n > 0 && sg->pinned[0] ? " (pinned)" : "");
     *out = sg;
     return ANVIL_OK;
 }
@@ -161,6 +285,8 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
     }
     anvil_backend *be = rt->be;
     const int32_t n = sg->n;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     void **fresh = calloc((size_t)(n ? n : 1), sizeof *fresh);
     anvil_status st = fresh ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
     /* memory of their own for mapped tensors, all before the first copy:
@@ -184,7 +310,7 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
         return st;
     }
     int32_t copied = 0;
-    int lanes_used = 0;
+    int lanes_used = 0, next_lane = 0;
     for (int32_t s = 0; s < n && st == ANVIL_OK; s++) {
         const size_t bytes = rt->plan->stored[s].bytes;
         if (fresh[s] != NULL) {
@@ -192,15 +318,20 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
         } else if (be->ops->weights_in_host_memory) {
             memcpy(rt->stored_data[s], sg->data[s], bytes);
         } else if (sg->pinned[s] && be->ops->upload_async != NULL && be->ops->upload_wait != NULL) {
-            const int lane = s % REFIT_LANES;
-            st = be->ops->upload_async(be, lane, rt->stored_data[s], sg->data[s], bytes);
-            lanes_used = lane + 1 > lanes_used ? lane + 1 : lanes_used;
+            for (size_t off = 0; off < bytes && st == ANVIL_OK; off += REFIT_COPY_CHUNK, next_lane++) {
+                const int lane = next_lane % REFIT_LANES;
+                const size_t len = bytes - off < REFIT_COPY_CHUNK ? bytes - off : REFIT_COPY_CHUNK;
+                st = be->ops->upload_async(be, lane, (char *)rt->stored_data[s] + off,
+                                           (char *)sg->data[s] + off, len);
+                lanes_used = lane + 1 > lanes_used ? lane + 1 : lanes_used;
+            }
         } else {
             st = be->ops->upload(be, rt->stored_data[s], sg->data[s], bytes);
         }
         copied += st == ANVIL_OK;
     }
-    for (int lane = 0; lane < lanes_used; lane++) { /* every lane, also after a failure: the staging goes next */
+    for (int lane = 0; lane < lanes_used;
+         lane++) { /* every lane, also after a failure: the staging goes next */
         const anvil_status w = be->ops->upload_wait(be, lane);
         if (st == ANVIL_OK)
             st = w;
@@ -235,8 +366,11 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
     free(fresh);
     const size_t bytes = sg->bytes;
     anvil_refit_staging_free(sg);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (st == ANVIL_OK)
-        anvil_log(ANVIL_LOG_INFO, "refit: %.1f MiB of weights replaced in place%s", (double)bytes / 1048576.0,
+        anvil_log(ANVIL_LOG_INFO, "refit: %.1f MiB of weights replaced in place in %.2f ms%s",
+                  (double)bytes / 1048576.0,
+                  ((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9) * 1e3,
                   n_fresh ? " (mapped weights copied into memory of their own)" : "");
     return st;
 }

@@ -298,11 +298,13 @@ static void test_engine_refit(void **st)
 
 /* ------------------------------------------------------------ live */
 
-static void refit_ok(anvil_runtime *rt, const char *weights)
+/* threads: the staging's (0: the default, one on the CPU) */
+static void refit_ok(anvil_runtime *rt, const char *weights, int threads)
 {
     const double t0 = now_s();
     anvil_refit_staging *sg = NULL;
-    if (anvil_runtime_refit_prepare(rt, weights, NULL, &sg) != ANVIL_OK)
+    const anvil_refit_options o = {.n_threads = threads};
+    if (anvil_runtime_refit_prepare(rt, weights, &o, &sg) != ANVIL_OK)
         fail_msg("refit prepare %s: %s", weights, anvil_last_error());
     assert_int_equal(anvil_refit_staging_bytes(sg), anvil_runtime_weight_bytes(rt));
     const double t1 = now_s();
@@ -324,12 +326,16 @@ static void test_live_refit(void **st)
                      mm ? ", mapped" : "");
             anvil_runtime *rt = load(sources[src], mm);
             expect_logits(rt, &want_orig, what);
-            refit_ok(rt, pert_dir);
+            refit_ok(rt, pert_dir, 0);
             expect_logits(rt, &want_pert, what);
-            /* again, from the original's engine, then the perturbed engine: in place each time */
-            refit_ok(rt, orig_engine);
+            /* again, from the original's engine, then the perturbed engine (staged on 3 threads): in place */
+            refit_ok(rt, orig_engine, 0);
             expect_logits(rt, &want_orig, what);
-            refit_ok(rt, pert_engine);
+            refit_ok(rt, pert_engine, 3);
+            expect_logits(rt, &want_pert, what);
+            refit_ok(rt, orig_dir, 2); /* a folder on 2 threads */
+            expect_logits(rt, &want_orig, what);
+            refit_ok(rt, pert_dir, 4);
             expect_logits(rt, &want_pert, what);
             anvil_runtime_free(rt);
         }
@@ -397,6 +403,9 @@ static void test_mismatches(void **st)
         assert_status_msg(anvil_runtime_refit(rt, eps, NULL), ANVIL_ERR_INVALID_ARG,
                           "refit changes rms_norm_eps 1e-05 -> 1e-06");
         assert_status_msg(anvil_runtime_refit(rt, poison, NULL), ANVIL_ERR_FORMAT,
+                          "tensor 'model.layers.4.self_attn.k_proj.weight' holds NaN at element 5");
+        const anvil_refit_options three = {.n_threads = 3}; /* the message of a worker thread's failure */
+        assert_status_msg(anvil_runtime_refit(rt, poison, &three), ANVIL_ERR_FORMAT,
                           "tensor 'model.layers.4.self_attn.k_proj.weight' holds NaN at element 5");
         assert_status_msg(anvil_runtime_refit(rt, engine_f32, NULL), ANVIL_ERR_INVALID_ARG,
                           "is stored as f32, the model's as bf16");
