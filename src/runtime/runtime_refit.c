@@ -27,12 +27,13 @@
 #include "runtime/runtime_internal.h"
 #include "runtime/runtime_plan.h"
 
-/* Copy lanes the commit spreads pinned copies over (a few streams keep the
- * host-to-device link busy; more add nothing). */
-#define REFIT_LANES 8
-#define REFIT_COPY_CHUNK                                                                                     \
-    ((size_t)64 << 20) /* pieces spread over the lanes: a large tensor (the                                  \
-                           embeddings) is not one lane's alone */
+/* The commit's pinned copies go in pieces of REFIT_COPY_CHUNK bytes over
+ * REFIT_LANES copy lanes, so that a large tensor (the embeddings) is not
+ * one lane's alone. On an H100 host 1 to 32 lanes and 16 MiB to 1 GiB
+ * pieces copied at the same rate (the link's, docs/engine.md); several
+ * lanes are for hosts whose copy engines are the limit. */
+#define REFIT_LANES      8
+#define REFIT_COPY_CHUNK ((size_t)64 << 20)
 
 struct anvil_refit_staging {
     const anvil_runtime *rt; /* the runtime it was prepared for (its backend frees pinned memory) */
@@ -48,7 +49,7 @@ void anvil_refit_staging_free(anvil_refit_staging *sg)
         return;
     anvil_backend *be = sg->rt->be;
     for (int32_t s = 0; sg->data && s < sg->n; s++) {
-        if (sg->pinned[s])
+        if (sg->pinned && sg->pinned[s])
             be->ops->host_free(be, sg->data[s]);
         else
             free(sg->data[s]);
