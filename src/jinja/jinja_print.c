@@ -11,7 +11,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 /* repr(float): the shortest digits that round-trip, laid out as CPython's
  * float_repr_style 'short' does (exponent form below 1e-4 and from 1e16). */

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 enum { F_RANGE, F_DICT, F_NAMESPACE, F_RAISE, F_STRFTIME, F_COUNT };
 

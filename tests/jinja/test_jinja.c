@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "testutil.h"
-#include "tokenizer/jinja.h"
+#include "jinja/jinja.h"
 
 /* Renders src with the variables of vars_json; returns the malloc'd text, or
  * NULL with the status in *st (when st is given). */

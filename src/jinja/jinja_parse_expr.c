@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tokenizer/jinja_parse.h"
+#include "jinja/jinja_parse.h"
 
 /* ------------------------------------------------------------------ expressions */
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 typedef jv (*filter_fn)(jctx *c, jv v, jargs *a, const char *name);
 

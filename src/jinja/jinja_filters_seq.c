@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 static int arg(jctx *c, jargs *a, int idx, const char *name, jv *out)
 {

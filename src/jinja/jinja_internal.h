@@ -17,7 +17,7 @@
 
 #include <jansson.h>
 
-#include "tokenizer/jinja.h"
+#include "jinja/jinja.h"
 
 /* ------------------------------------------------------------------ arena */
 

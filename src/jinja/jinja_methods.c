@@ -7,7 +7,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 typedef jv (*method_fn)(jctx *c, jv self, jargs *a, const char *name);
 

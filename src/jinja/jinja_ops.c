@@ -9,7 +9,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 /* ------------------------------------------------------------------ access */
 

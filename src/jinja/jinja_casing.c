@@ -4,7 +4,7 @@
  * CPython 3.11 applies them: "ß".upper() == "SS"). utf8proc gives the simple
  * one-to-one mappings, which agree with Python for every other code point.
  */
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 static const struct {
     uint32_t cp;

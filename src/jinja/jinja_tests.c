@@ -5,7 +5,7 @@
  */
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 typedef int (*test_fn)(jctx *c, jv v, jargs *a, const char *name);
 

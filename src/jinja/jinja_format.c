@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 /* Pads s (already converted) to width by code points. align: '<' '>' '^' or
  * '=' (after the sign, for numbers). */

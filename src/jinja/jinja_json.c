@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 jv jjson_to_value(jctx *c, const json_t *j)
 {

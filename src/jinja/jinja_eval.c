@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "core/error.h"
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 enum { X_OK, X_BREAK, X_CONTINUE };
 

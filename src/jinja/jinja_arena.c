@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 #define CHUNK_SIZE ((size_t)32 << 10)
 #define BIG_MIN    ((size_t)8 << 10)

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "core/error.h"
-#include "tokenizer/jinja_parse.h"
+#include "jinja/jinja_parse.h"
 
 #define ARENA_CAP ((size_t)1 << 30)
 

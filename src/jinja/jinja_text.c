@@ -11,7 +11,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
-#include "tokenizer/jinja_internal.h"
+#include "jinja/jinja_internal.h"
 
 static const char *const kind_names[] = {
     [JE_TEMPLATE] = "TemplateError",

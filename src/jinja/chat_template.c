@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "io/model_files.h"
-#include "tokenizer/jinja.h"
+#include "jinja/jinja.h"
 
 enum { TOK_BOS, TOK_EOS, TOK_UNK, TOK_PAD, TOK_COUNT };
 
