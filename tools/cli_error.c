@@ -7,12 +7,9 @@
 #include <string.h>
 
 #include "anvil/status.h"
+#include "cli_env.h"
 
-int anvil_cli_debug(void)
-{
-    const char *v = getenv("ANVIL_DEBUG");
-    return v != NULL && v[0] != '\0' && strcmp(v, "0") != 0;
-}
+int anvil_cli_debug(void) { return cli_env_debug(); }
 
 void anvil_cli_report(const char *fmt, ...)
 {

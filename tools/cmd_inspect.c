@@ -19,6 +19,7 @@
 #include "anvil/model_config.h"
 #include "anvil/runtime.h"
 #include "builder/manifest.h"
+#include "cli_env.h"
 #include "cli_error.h"
 #include "commands.h"
 #include "core/error.h"
@@ -233,6 +234,7 @@ static int parse(int argc, char **argv, inspect_args *a)
     memset(a, 0, sizeof *a);
     anvil_runtime_options_default(&a->rt);
     a->act = ANVIL_DTYPE_F32;
+    cli_env_runtime_options(&a->rt);
     optind = 1;
     int c;
     long v;

@@ -15,6 +15,7 @@
 #include "anvil/generate.h"
 #include "anvil/runtime.h"
 #include "anvil/tokenizer.h"
+#include "cli_env.h"
 #include "cli_error.h"
 #include "commands.h"
 #include "core/error.h"
@@ -132,6 +133,7 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
     if (*n == 0) {
         fprintf(stderr, "anvil run: --prompt-ids is empty\n");
         free(*ids);
+    cli_env_runtime_options(&a->rt);
         *ids = NULL;
         return -1;
     }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "anvil/server.h"
+#include "cli_env.h"
 #include "cli_error.h"
 #include "commands.h"
 #include "core/fileutil.h"
@@ -183,8 +184,8 @@ int anvil_cmd_serve(int argc, char **argv)
     eo.ex.max_queue_size = 1024;
     anvil_server_options so;
     anvil_server_options_default(&so);
-    so.api_key = getenv("ANVIL_API_KEY");
-    so.admin_key = getenv("ANVIL_ADMIN_KEY");
+    so.api_key = cli_env_key("ANVIL_API_KEY");
+    so.admin_key = cli_env_key("ANVIL_ADMIN_KEY");
     const char *api_key_from = "ANVIL_API_KEY", *admin_key_from = "ANVIL_ADMIN_KEY";
     const char *models[64], *loads[64];
     int n_models = 0, n_loads = 0, no_load_all = 0;

@@ -10,6 +10,7 @@
 #include "anvil/model_config.h"
 #include "cli_error.h"
 #include "core/fileutil.h"
+#include "cli_env.h"
 
 double exec_cli_now(void)
 {
@@ -23,6 +24,7 @@ void exec_cli_opts_default(exec_cli_opts *o)
     memset(o, 0, sizeof *o);
     anvil_runtime_options_default(&o->rt);
     anvil_executor_options_default(&o->ex);
+    cli_env_runtime_options(&o->rt);
 }
 
 int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool)

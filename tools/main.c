@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli_env.h"
+#include "cli_flags.h"
 #include "commands.h"
 
 typedef struct command {
@@ -36,6 +38,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    cli_env_log();
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -33,7 +33,7 @@
  * use by the builder (anvil_build_engine, random_weights; default
  * /dev/shm/anvil-bench: memory, so 16 GB write and read fast); or any model
  * folder or engine with --model.
- * ANVIL_CUDA_GRAPHS=0 (--graphs off) runs without step graphs; --fusion off
+ * --graphs off runs without step graphs; --fusion off
  * runs every op of the network separately (runtime option no_fusion).
  */
 #include <cuda_runtime_api.h>
@@ -440,10 +440,6 @@ int main(int argc, char **argv)
         }
         for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
             const int gm = mode / n_fmodes, fused = f_modes[mode % n_fmodes];
-            if (g_modes[gm])
-                unsetenv("ANVIL_CUDA_GRAPHS");
-            else
-                setenv("ANVIL_CUDA_GRAPHS", "0", 1);
             int32_t max_b = 1, max_ctx = 1;
             int64_t kv_tokens = 0;
             for (int k = 0; k < n_cases; k++) {
@@ -455,6 +451,7 @@ int main(int argc, char **argv)
             anvil_runtime_options o;
             anvil_runtime_options_default(&o);
             o.device = "cuda";
+            o.no_cuda_graphs = !g_modes[gm];
             o.weight_dtype = ANVIL_DTYPE_BF16;
             o.max_num_tokens = PREFILL_CHUNK > max_b ? PREFILL_CHUNK : max_b;
             o.max_batch_size = max_b > PREFILL_CHUNK ? max_b : PREFILL_CHUNK; /* a prefill step packs many prompts */
@@ -508,7 +505,6 @@ int main(int argc, char **argv)
             anvil_runtime_free(rt);
         }
     }
-    unsetenv("ANVIL_CUDA_GRAPHS");
     if (js) {
         fprintf(js, "\n]}\n");
         fclose(js);

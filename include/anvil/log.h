@@ -2,8 +2,8 @@
  * anvil/log.h: leveled logging to stderr.
  *
  * The level is process-wide (like a verbosity flag); it starts at
- * ANVIL_LOG_WARN, or at the level named by the ANVIL_LOG environment
- * variable (error, warn, info, debug).
+ * ANVIL_LOG_WARN. The library reads no environment: the anvil command sets
+ * the level from its ANVIL_LOG variable (error, warn, info, debug).
  */
 #ifndef ANVIL_LOG_H
 #define ANVIL_LOG_H

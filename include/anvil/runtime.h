@@ -65,6 +65,14 @@ typedef struct anvil_runtime_options {
      * while mapped then kills the process with SIGBUS at the next access. */
     int use_mmap;
     int no_weight_check;        /* 1: skip the load's scan of every weight for NaN and infinity */
+    /* Comparisons and diagnosis (the anvil command sets them from ANVIL_*
+     * environment variables, docs/cli.md; the library reads no environment).
+     * Zero is the default everywhere. */
+    const char *cpu_isa;        /* CPU: "scalar", "avx2" or "avx512" instead of the best path this CPU runs */
+    int no_cuda_graphs;         /* CUDA: never record or replay step graphs */
+    int no_pdl;                 /* CUDA: never launch with programmatic dependent launch (sm_90+) */
+    int host_sampling;          /* 1: logits always come back to the host to be sampled there, even on a
+                                   backend with a sample op (anvil_runtime_forward_sample) */
     /* Called during the load as weights arrive (bytes prepared of the
      * weights' bytes in all), every few milliseconds and once at the end
      * with every byte, from the thread that called anvil_runtime_load (the

@@ -5,12 +5,22 @@
 
 #include "core/error.h"
 
-anvil_status anvil_backend_create(const char *name, int n_threads, anvil_dtype act_dtype, anvil_backend **out)
+void anvil_backend_config_default(anvil_backend_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->act_dtype = ANVIL_DTYPE_F32;
+}
+
+anvil_status anvil_backend_create(const char *name, const anvil_backend_config *c, anvil_backend **out)
 {
     *out = NULL;
+    anvil_backend_config dflt;
+    if (c == NULL) {
+        anvil_backend_config_default(&dflt);
+        c = &dflt;
+    }
     if (name == NULL || strcmp(name, "cpu") == 0)
-        return anvil_backend_cpu_create(n_threads, out);
-    (void)act_dtype;
+        return anvil_backend_cpu_create_config(c, out);
     if (strncmp(name, "cuda", 4) == 0 && (name[4] == '\0' || name[4] == ':')) {
         int device = 0;
         if (name[4] == ':') {
@@ -21,7 +31,7 @@ anvil_status anvil_backend_create(const char *name, int n_threads, anvil_dtype a
             device = (int)d;
         }
 #ifdef ANVIL_HAVE_CUDA
-        return anvil_backend_cuda_create(device, act_dtype, out);
+        return anvil_backend_cuda_create_config(device, c, out);
 #else
         (void)device;
         return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "device '%s': this anvil was built without CUDA", name);

@@ -230,12 +230,34 @@ typedef struct anvil_backend_ops {
     anvil_status (*upload_async)(anvil_backend *be, int lane, void *dst, const void *src, size_t bytes);
     anvil_status (*upload_wait)(anvil_backend *be, int lane);
 } anvil_backend_ops;
+/*
+ * How a backend is made. The runtime fills it from anvil_runtime_options;
+ * nothing below reads the environment (the anvil command reads ANVIL_*
+ * variables into those options, tools/cli_env.c). Zero everywhere is the
+ * default: the best of everything.
+ */
+typedef struct anvil_backend_config {
+    int n_threads;             /* CPU threads; <= 0: one per online CPU */
+    anvil_dtype act_dtype;     /* CUDA: activations in F32 (the exact mode), BF16 or F16; the CPU uses F32 */
+    const char *cpu_isa;       /* CPU: NULL or "": the best code path this CPU runs; "scalar", "avx2",
+                                  "avx512": that one, for comparisons (the best when the CPU lacks it) */
+    int no_cuda_graphs;        /* CUDA: 1: never record or replay step graphs */
+    int no_pdl;                /* CUDA: 1: never launch with programmatic dependent launch (sm_90+) */
+} anvil_backend_config;
+
+/* n_threads 0, act_dtype F32, the rest 0 */
+void anvil_backend_config_default(anvil_backend_config *c);
+
 
 #define ANVIL_MATMUL_MULTI_MAX 4
+/* The same with a whole config (cpu_isa). */
+anvil_status anvil_backend_cpu_create_config(const anvil_backend_config *c, anvil_backend **out);
 #define ANVIL_UPLOAD_LANES 32
 
 enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
 
+/* The same with a whole config (act_dtype, no_cuda_graphs, no_pdl). */
+anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_config *c, anvil_backend **out);
 struct anvil_backend {
     const anvil_backend_ops *ops;
     void *impl;
@@ -248,9 +270,9 @@ anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out);
  * activations in act_dtype (F32 for the exact mode, BF16 or F16). */
 anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_backend **out);
 
-/* Creates a backend from a name: "cpu", "cuda" or "cuda:N". act_dtype is a
- * wish for the activation dtype: the CPU backend always uses F32. */
-anvil_status anvil_backend_create(const char *name, int n_threads, anvil_dtype act_dtype, anvil_backend **out);
+/* Creates a backend from a name: "cpu", "cuda" or "cuda:N"; c NULL: the
+ * defaults. */
+anvil_status anvil_backend_create(const char *name, const anvil_backend_config *c, anvil_backend **out);
 
 /* Destroys a backend. NULL is a no-op. */
 void anvil_backend_free(anvil_backend *be);

@@ -3,33 +3,15 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-/* -1 until first use, when ANVIL_LOG (if set) decides the starting level. */
-static atomic_int log_level = -1;
-
-static int level_from_env(void)
-{
-    const char *v = getenv("ANVIL_LOG");
-    if (v == NULL) return ANVIL_LOG_WARN;
-    if (strcmp(v, "error") == 0) return ANVIL_LOG_ERROR;
-    if (strcmp(v, "info") == 0) return ANVIL_LOG_INFO;
-    if (strcmp(v, "debug") == 0) return ANVIL_LOG_DEBUG;
-    return ANVIL_LOG_WARN;
-}
+/* Warnings and errors until someone sets a level (the anvil command, from
+ * ANVIL_LOG: the library reads no environment). */
+static atomic_int log_level = ANVIL_LOG_WARN;
 
 void anvil_log_set_level(anvil_log_level level) { atomic_store(&log_level, (int)level); }
 
-anvil_log_level anvil_log_get_level(void)
-{
-    int lv = atomic_load(&log_level);
-    if (lv < 0) {
-        lv = level_from_env();
-        atomic_store(&log_level, lv);
-    }
-    return (anvil_log_level)lv;
-}
+anvil_log_level anvil_log_get_level(void) { return (anvil_log_level)atomic_load(&log_level); }
 
 void anvil_log(anvil_log_level level, const char *fmt, ...)
 {

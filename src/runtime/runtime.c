@@ -901,7 +901,14 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     if (wdt == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
         (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
         act = rt->cfg.dtype;
-    TRY_GOTO(anvil_backend_create(rt->opts.device, rt->opts.n_threads, act, &rt->be), fail);
+    anvil_backend_config bc;
+    anvil_backend_config_default(&bc);
+    bc.n_threads = rt->opts.n_threads;
+    bc.act_dtype = act;
+    bc.cpu_isa = rt->opts.cpu_isa;
+    bc.no_cuda_graphs = rt->opts.no_cuda_graphs;
+    bc.no_pdl = rt->opts.no_pdl;
+    TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);
     TRY_GOTO(check_sizes_early(rt), fail);
     TRY_GOTO(load_weights(rt), fail);
     if (!rt->be->ops->weights_in_host_memory || !rt->opts.use_mmap) {
@@ -922,10 +929,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(plan_activations(rt), fail);
     TRY_GOTO(alloc_kv_cache(rt), fail);
     TRY_GOTO(alloc_step_meta(rt), fail);
-    {
-        const char *hs = getenv("ANVIL_HOST_SAMPLING");
-        rt->host_sampling = hs != NULL && strcmp(hs, "1") == 0;
-    }
+    rt->host_sampling = rt->opts.host_sampling != 0;
     anvil_log(ANVIL_LOG_INFO, "loaded %s (%s) on %s: %.1f MiB of weights", model_dir, rt->cfg.architecture,
               rt->be->ops->name, (double)rt->weight_bytes / 1048576.0);
     *out = rt;
@@ -1317,7 +1321,7 @@ anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *
     return be->ops->download(be, next_ids, rt->ids_dev, (size_t)s.n_logits * sizeof(int32_t));
 }
 
-/* forward_sample where the backend has no sample op (or ANVIL_HOST_SAMPLING):
+/* forward_sample where the backend has no sample op (or opts.host_sampling):
  * the logits come to the host and go through the host sampler. */
 static anvil_status sample_on_host(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
                                    int32_t *next_ids)

@@ -68,11 +68,11 @@ struct anvil_runtime {
     void *ids_dev;            /* [max_logit_rows] argmax ids (forward_greedy), made on first use */
 
     /* forward_sample, made on first use */
-    anvil_sample_params *sample_host;  /* [max_logit_rows] the step's parameters, staged */
+    anvil_sample_draw *sample_host;    /* [max_logit_rows] the step's draws, staged */
     void *sample_dev;                  /* [max_logit_rows] the same on the backend */
     anvil_rng *sample_saved;           /* [max_logit_rows] generators before their draw */
-    const anvil_sample_params *step_sample; /* during a forward_sample step: run_ops samples with these */
-    int host_sampling;                 /* ANVIL_HOST_SAMPLING=1 at load: sample on the host always */
+    const anvil_sample_draw *step_sample; /* during a forward_sample step: run_ops samples with these */
+    int host_sampling;                 /* opts.host_sampling: sample on the host always */
     anvil_sampler *host_sampler;       /* the host path (no sample op) */
     float *host_logits;                /* [max_logit_rows * vocab] for it */
 };

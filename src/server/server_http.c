@@ -932,6 +932,7 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     oom |= in->api_key && (s->api_key = strdup(in->api_key)) == NULL;
     oom |= admin && (s->admin_key = strdup(admin)) == NULL;
     oom |= s->rt_opts.device && (s->device = strdup(s->rt_opts.device)) == NULL;
+    oom |= s->rt_opts.cpu_isa && (s->cpu_isa = strdup(s->rt_opts.cpu_isa)) == NULL;
     oom |= in->chat_template_source && (s->template_src = strdup(in->chat_template_source)) == NULL;
     oom |= in->model_repo && (s->repo_dir = strdup(in->model_repo)) == NULL;
     if (oom) {
@@ -949,6 +950,7 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         closedir(d);
     }
     s->rt_opts.device = s->device;
+    s->rt_opts.cpu_isa = s->cpu_isa;
     s->opts.host = s->host;
     s->opts.api_key = s->api_key;
     s->opts.admin_key = s->admin_key;
@@ -1093,6 +1095,7 @@ void anvil_server_free(anvil_server *s)
     free(s->api_key);
     free(s->admin_key);
     free(s->device);
+    free(s->cpu_isa);
     free(s->template_src);
     free(s->repo_dir);
     free(s);

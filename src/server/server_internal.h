@@ -143,6 +143,7 @@ struct anvil_server {
     anvil_runtime_options rt_opts;
     anvil_executor_options ex_opts;
     char *device;
+    char *cpu_isa;                /* rt_opts.cpu_isa, owned */
     char *template_src;
     atomic_int ready;          /* /health 200 (else 503 "loading") */
     struct MHD_Daemon *daemon;

@@ -350,7 +350,10 @@ static void test_memory_ops(void **state)
 {
     (void)state;
     anvil_backend *be = NULL;
-    KIT_OK(anvil_backend_create("cpu", 0, ANVIL_DTYPE_BF16, &be)); /* 0: one thread per CPU; the wish for bf16 is ignored */
+    anvil_backend_config c;
+    anvil_backend_config_default(&c); /* 0 threads: one per CPU */
+    c.act_dtype = ANVIL_DTYPE_BF16;   /* a wish the CPU ignores */
+    KIT_OK(anvil_backend_create("cpu", &c, &be));
     assert_string_equal(be->ops->name, "cpu");
     assert_int_equal(be->ops->act_dtype, ANVIL_DTYPE_F32);
     assert_int_equal(be->ops->weights_in_host_memory, 1);

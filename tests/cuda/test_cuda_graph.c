@@ -5,7 +5,7 @@
  *    ties; -1 for a row with a NaN or +inf) for f32/bf16/f16 rows of odd
  *    and aligned widths with planted ties and a poisoned row.
  *  - The runtime with graphs (the default) against the same runtime with
- *    ANVIL_CUDA_GRAPHS=0, on batches of decode steps (three sequences, then
+ *    no_cuda_graphs, on batches of decode steps (three sequences, then
  *    two, contexts crossing a graph's context bucket): the logits must be
  *    identical bit for bit (the graph launches the same kernels with the
  *    same arguments), and graphs must really have been recorded and
@@ -93,12 +93,9 @@ static anvil_runtime *load(const char *model, anvil_dtype wdt, int graphs)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
-    if (graphs)
-        unsetenv("ANVIL_CUDA_GRAPHS");
-    else
-        setenv("ANVIL_CUDA_GRAPHS", "0", 1);
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
+    o.no_cuda_graphs = !graphs;
     o.device = "cuda";
     o.weight_dtype = wdt;
     o.max_num_tokens = 256;
@@ -109,7 +106,6 @@ static anvil_runtime *load(const char *model, anvil_dtype wdt, int graphs)
     anvil_runtime *rt = NULL;
     if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK)
         fail_msg("load %s: %s", model, anvil_last_error());
-    unsetenv("ANVIL_CUDA_GRAPHS");
     return rt;
 }
 
@@ -264,5 +260,5 @@ int main(void)
         cmocka_unit_test(test_graph_qwen3_bf16),
         cmocka_unit_test(test_graph_tinycode_f16),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }

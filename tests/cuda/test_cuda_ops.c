@@ -231,12 +231,15 @@ static void test_create_errors(void **state)
 {
     (void)state;
     anvil_backend *be = (anvil_backend *)1;
+    anvil_backend_config bf16;
+    anvil_backend_config_default(&bf16);
+    bf16.act_dtype = ANVIL_DTYPE_BF16;
     if (!have_gpu()) {
         /* no device: a clean error, not a crash */
         assert_int_not_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_F32, &be), ANVIL_OK);
         assert_null(be);
         be = (anvil_backend *)1;
-        assert_int_not_equal(anvil_backend_create("cuda", 0, ANVIL_DTYPE_BF16, &be), ANVIL_OK);
+        assert_int_not_equal(anvil_backend_create("cuda", &bf16, &be), ANVIL_OK);
         assert_null(be);
         return;
     }
@@ -244,12 +247,12 @@ static void test_create_errors(void **state)
     assert_status_msg(anvil_backend_cuda_create(n, ANVIL_DTYPE_F32, &be), ANVIL_ERR_INVALID_ARG, "device");
     assert_null(be);
     be = (anvil_backend *)1;
-    assert_status_msg(anvil_backend_create("cuda:999", 0, ANVIL_DTYPE_F32, &be), ANVIL_ERR_INVALID_ARG, "device");
+    assert_status_msg(anvil_backend_create("cuda:999", NULL, &be), ANVIL_ERR_INVALID_ARG, "device");
     assert_null(be);
     be = (anvil_backend *)1;
     assert_status_msg(anvil_backend_cuda_create(0, ANVIL_DTYPE_I32, &be), ANVIL_ERR_UNSUPPORTED, "i32");
     assert_null(be);
-    assert_int_equal(anvil_backend_create("cuda:0", 0, ANVIL_DTYPE_BF16, &be), ANVIL_OK);
+    assert_int_equal(anvil_backend_create("cuda:0", &bf16, &be), ANVIL_OK);
     assert_int_equal(be->ops->act_dtype, ANVIL_DTYPE_BF16);
     assert_int_equal(be->ops->weights_in_host_memory, 0);
     anvil_backend_free(be);

@@ -7,7 +7,7 @@
  * against the same requests asking for log-probabilities (which do not
  * change the tokens but need the logits on the host: the executor's own
  * host sampler), against a runtime that always samples on the host
- * (ANVIL_HOST_SAMPLING=1), and each plain request alone.
+ * (options.host_sampling), and each plain request alone.
  */
 #include "exec_testkit.h"
 
@@ -22,9 +22,8 @@ static int setup(void **st)
     anvil_runtime_options o;
     kit_rt_options(&o);
     rt_dev = kit_load("stories260K", &o);
-    setenv("ANVIL_HOST_SAMPLING", "1", 1);
+    o.host_sampling = 1;
     rt_host = kit_load("stories260K", &o);
-    unsetenv("ANVIL_HOST_SAMPLING");
     return 0;
 }
 

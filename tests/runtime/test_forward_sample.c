@@ -7,7 +7,7 @@
  *    top_p 0.05..1, min_p 0..0.5) and its own seeded generator: the ids
  *    must equal anvil_sampler_sample_min_p on the logits anvil_runtime_forward
  *    returns for the same step, and every generator must end in the state
- *    that call leaves it in; the host path (ANVIL_HOST_SAMPLING=1) too.
+ *    that call leaves it in; the host path (options.host_sampling) too.
  *  - anvil_sampler_pick with the draw given equals the drawing sampler on
  *    random rows with ties and -inf, and both return -1 (no draw) on
  *    poisoned rows (a NaN, a +inf, nothing finite), greedy or not; the CPU
@@ -57,10 +57,9 @@ static anvil_runtime *load(const char *model, int host_sampling)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
-    if (host_sampling)
-        setenv("ANVIL_HOST_SAMPLING", "1", 1);
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
+    o.host_sampling = host_sampling;
     o.n_threads = 2;
     o.max_num_tokens = 64;
     o.max_batch_size = NS;
@@ -70,7 +69,6 @@ static anvil_runtime *load(const char *model, int host_sampling)
     anvil_runtime *rt = NULL;
     if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK)
         fail_msg("load %s: %s", model, anvil_last_error());
-    unsetenv("ANVIL_HOST_SAMPLING");
     return rt;
 }
 

@@ -214,16 +214,21 @@ fail:
 }
 
 /*
- * The CPU backend with the best code path this CPU runs. The environment
- * variable ANVIL_CPU_ISA (scalar, avx2, avx512) asks for a lower one, for
- * comparisons; a path the CPU lacks falls back to the best it has.
+ * The CPU backend with the best code path this CPU runs, or the lower one
+ * c->cpu_isa names (scalar, avx2, avx512), for comparisons; a path the CPU
+ * lacks falls back to the best it has.
  */
-anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out)
+anvil_status anvil_backend_cpu_create_config(const anvil_backend_config *c, anvil_backend **out)
 {
     anvil_cpu_isa isa = anvil_cpu_isa_best();
-    const char *want = getenv("ANVIL_CPU_ISA");
+    const char *want = c->cpu_isa;
     for (int i = 0; want != NULL && i < ANVIL_CPU_ISA_COUNT; i++)
         if (strcmp(want, anvil_cpu_isa_name((anvil_cpu_isa)i)) == 0 && anvil_cpu_isa_supported((anvil_cpu_isa)i))
             isa = (anvil_cpu_isa)i;
-    return anvil_backend_cpu_create_isa(n_threads, isa, out);
+    return anvil_backend_cpu_create_isa(c->n_threads, isa, out);
+}
+
+anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out)
+{
+    return anvil_backend_cpu_create_isa(n_threads, anvil_cpu_isa_best(), out);
 }

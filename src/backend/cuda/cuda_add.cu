@@ -29,7 +29,7 @@ template <typename T> __global__ void anvil_add_vec_kernel(const T *a, const T *
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a, const void *b, void *out,
+extern "C" anvil_status anvil_cuda_launch_add(cudaStream_t stream, int pdl, const void *a, const void *b, void *out,
                                               anvil_dtype act_dt, int64_t n)
 {
     if (n == 0)
@@ -37,10 +37,10 @@ extern "C" anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a
     ANVIL_CUDA_DISPATCH(act_dt, {
         constexpr int V = 16 / sizeof(T);
         if (n % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(out))
-            anvil_launch(anvil_add_vec_kernel<T>, anvil_grid_for(n / V, 256), 256, 0, stream, (const T *)a,
+            anvil_launch(anvil_add_vec_kernel<T>, anvil_grid_for(n / V, 256), 256, 0, stream, pdl, (const T *)a,
                          (const T *)b, (T *)out, n / V);
         else
-            anvil_launch(anvil_add_kernel<T>, anvil_grid_for(n, 256), 256, 0, stream, (const T *)a,
+            anvil_launch(anvil_add_kernel<T>, anvil_grid_for(n, 256), 256, 0, stream, pdl, (const T *)a,
                          (const T *)b, (T *)out, n);
     });
     return ANVIL_CUDA_LAUNCHED("add kernel");

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(AN_BLOCK)
         norm[off + i] = anvil_from_f32<T>(anvil_to_f32(sum[off + i]) * inv * anvil_load_any(w, w_dt, i));
 }
 
-extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const void *a, const void *b,
+extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int pdl, const void *a, const void *b,
                                                       const void *w, anvil_dtype w_dt, void *sum, void *norm,
                                                       anvil_dtype act_dt, int64_t rows, int64_t width,
                                                       float eps)
@@ -126,7 +126,7 @@ extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const
     if (width <= 1024) {
         const unsigned grid = (unsigned)((rows + AN_ROWS - 1) / AN_ROWS);
         ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_add_rmsnorm_warp_kernel<T>, grid, AN_ROWS * 32, 0,
-                                                 stream, (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum,
+                                                 stream, pdl, (const T *)a, (const T *)b, w, (int)w_dt, (T *)sum,
                                                  (T *)norm, rows, (int)width, eps));
         return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");
     }
@@ -134,10 +134,10 @@ extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const
         constexpr int V = 16 / sizeof(T);
         if (width % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(sum) &&
             anvil_aligned16(norm))
-            anvil_launch(anvil_add_rmsnorm_vec_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, (const T *)a,
+            anvil_launch(anvil_add_rmsnorm_vec_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, pdl, (const T *)a,
                          (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
         else
-            anvil_launch(anvil_add_rmsnorm_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, (const T *)a,
+            anvil_launch(anvil_add_rmsnorm_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, pdl, (const T *)a,
                          (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
     });
     return ANVIL_CUDA_LAUNCHED("add_rmsnorm kernel");

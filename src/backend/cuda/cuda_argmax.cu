@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(AM_THREADS) anvil_argmax_rows_kernel(const T *
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, const void *x, anvil_dtype act_dt,
+extern "C" anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, int pdl, const void *x, anvil_dtype act_dt,
                                                       int64_t rows, int64_t cols, int32_t *ids)
 {
     if (rows == 0)
@@ -89,6 +89,6 @@ extern "C" anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, const
     CHECK(rows <= INT32_MAX && cols > 0 && cols <= INT32_MAX, ANVIL_ERR_UNSUPPORTED,
           "argmax_rows: [%lld, %lld]", (long long)rows, (long long)cols);
     ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_argmax_rows_kernel<T>, (unsigned)rows, AM_THREADS, 0,
-                                             stream, (const T *)x, cols, ids));
+                                             stream, pdl, (const T *)x, cols, ids));
     return ANVIL_CUDA_LAUNCHED("argmax_rows kernel");
 }

@@ -123,6 +123,7 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         .n_heads = args->n_heads, .n_kv_heads = args->n_kv_heads, .head_dim = args->head_dim,
         .window = args->sliding_window, .scale = args->scale, .err = cb->d_err,
         .rope = anvil_cuda_rope_of(args->rope, st),
+        .pdl = cb->pdl,
     };
     if (args->rope != NULL)
         CHECK(args->rope->inv_freq != NULL && isfinite(args->rope->scale) &&

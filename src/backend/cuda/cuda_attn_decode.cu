@@ -296,7 +296,7 @@ extern "C" anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, cons
 {
     const int threads = a->head_dim <= 64 ? 64 : 128;
     const unsigned blocks = (unsigned)((int64_t)a->n_tokens * a->n_heads);
-    ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_attn_combine_kernel<T>, blocks, threads, 0, stream, ws,
+    ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_attn_combine_kernel<T>, blocks, threads, 0, stream, a->pdl, ws,
                                             (T *)a->out, a->n_tokens, a->n_heads, a->head_dim, n_splits));
     return ANVIL_CUDA_LAUNCHED("attention combine kernel");
 }

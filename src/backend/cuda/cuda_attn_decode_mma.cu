@@ -310,13 +310,16 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
 }
 
 /* The shared-memory limit, raised once per kernel and device (a driver call
- * that costs microseconds per launch otherwise). */
+ * that costs microseconds per launch otherwise). The limit is a property of
+ * the kernel on a device, which CUDA keeps for the whole process, so the
+ * record of having raised it is per process too; backends on several
+ * threads launch at once, hence atomics (raising it twice is harmless). */
 template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
 {
-    static bool done[16];
+    static int done[16];
     int dev = 0;
     TRY(anvil_cuda_status(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__));
-    if (dev >= 0 && dev < 16 && done[dev])
+    if (dev >= 0 && dev < 16 && __atomic_load_n(&done[dev], __ATOMIC_ACQUIRE))
         return ANVIL_OK;
     (void)hd;
     const size_t smem = dm_smem_bytes(HDM, STAGES); /* the most any head_dim of this kernel needs */
@@ -325,7 +328,7 @@ template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention decode (mma): shared memory limit", __FILE__, __LINE__));
     if (dev >= 0 && dev < 16)
-        done[dev] = true;
+        __atomic_store_n(&done[dev], 1, __ATOMIC_RELEASE);
     return ANVIL_OK;
 }
 
@@ -336,7 +339,7 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_
     TRY((set_smem<T, HDM, STAGES>(a->head_dim)));
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
     anvil_launch(anvil_attn_decode_mma_kernel<T, HDM, STAGES>, grid, DM_WARPS * 32,
-                 dm_smem_bytes(a->head_dim, STAGES), stream, *a, n_hc, n_splits, split_len, ws);
+                 dm_smem_bytes(a->head_dim, STAGES), stream, a->pdl, *a, n_hc, n_splits, split_len, ws);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
     if (n_splits > 1)
         TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));

@@ -6,8 +6,6 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-int anvil_cuda_pdl = -1; /* -1: no backend yet */
-
 #define STAGE_BYTES ((size_t)4 << 20)           /* per pinned upload buffer */
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)   /* what cuBLAS advises for Hopper */
 
@@ -296,15 +294,9 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
           "cuda backend: device %d (%s) is sm_%d%d; anvil needs sm_80 or newer", cb->device, prop.name,
           prop.major, prop.minor);
     cb->n_sm = prop.multiProcessorCount;
-    {
-        /* the first backend sets it, any later one on an older device (or
-         * with ANVIL_CUDA_PDL=0) clears it for good */
-        const char *e = getenv("ANVIL_CUDA_PDL");
-        const int ok = prop.major >= 9 && !(e != NULL && strcmp(e, "0") == 0);
-        int unset = -1;
-        if (!__atomic_compare_exchange_n(&anvil_cuda_pdl, &unset, ok, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) && !ok)
-            __atomic_store_n(&anvil_cuda_pdl, 0, __ATOMIC_SEQ_CST);
-    }
+    /* programmatic dependent launch needs sm_90; each backend decides for
+     * its own launches (several devices may differ) */
+    cb->pdl = prop.major >= 9 && !cb->config.no_pdl;
     cb->smem_optin = prop.sharedMemPerBlockOptin;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
@@ -325,12 +317,23 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
 
 anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_backend **out)
 {
+    anvil_backend_config c;
+    anvil_backend_config_default(&c);
+    c.act_dtype = act_dtype;
+    return anvil_backend_cuda_create_config(device, &c, out);
+}
+
+anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_config *c, anvil_backend **out)
+{
     *out = NULL;
+    const anvil_dtype act_dtype = c->act_dtype;
     CHECK(act_dtype == ANVIL_DTYPE_F32 || act_dtype == ANVIL_DTYPE_BF16 || act_dtype == ANVIL_DTYPE_F16,
           ANVIL_ERR_UNSUPPORTED, "cuda backend: activations in %s (f32, bf16 or f16)", anvil_dtype_name(act_dtype));
     anvil_cuda_backend *cb = calloc(1, sizeof *cb);
     CHECK(cb != NULL, ANVIL_ERR_OOM, "cuda backend: out of memory");
     cb->device = device;
+    cb->config = *c;
+    cb->config.cpu_isa = NULL; /* not ours, and not kept past the call */
     pthread_mutex_init(&cb->lanes_mu, NULL);
     anvil_status st = cuda_init(cb);
     if (st != ANVIL_OK) {
@@ -370,8 +373,7 @@ anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_
     o->matmul_multi = anvil_cuda_op_matmul_multi;
     o->matmul_silu_mul = anvil_cuda_op_matmul_silu_mul;
     o->attention_rope = 1;
-    const char *g = getenv("ANVIL_CUDA_GRAPHS");
-    cb->graphs_enabled = !(g != NULL && strcmp(g, "0") == 0);
+    cb->graphs_enabled = !c->no_cuda_graphs;
     cb->be.ops = &cb->ops;
     cb->be.impl = cb;
     *out = &cb->be;

@@ -157,12 +157,13 @@ __device__ __forceinline__ void anvil_pdl_launch()
 }
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with the programmatic
- * stream serialization attribute where anvil_cuda_pdl is on. Only for
+ * stream serialization attribute when pdl (the backend's anvil_cuda_backend.pdl,
+ * handed down by each launcher) is nonzero. Only for
  * kernels that call anvil_pdl_wait as described above. Errors surface
  * through cudaGetLastError (ANVIL_CUDA_LAUNCHED). */
 template <typename... KArgs, typename... Args>
 static inline void anvil_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                                Args... args)
+                                int pdl, Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
@@ -173,7 +174,7 @@ static inline void anvil_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block,
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = __atomic_load_n(&anvil_cuda_pdl, __ATOMIC_RELAXED) > 0 ? 1 : 0;
+    cfg.numAttrs = pdl ? 1 : 0;
     (void)cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
 }
 

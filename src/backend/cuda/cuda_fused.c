@@ -24,7 +24,7 @@ anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a,
     CHECK(a->shape[0] == 0 || (norm->data != a->data && norm->data != b->data && norm->data != sum->data),
           ANVIL_ERR_INVALID_ARG, "add_rmsnorm: norm must not alias a, b or sum");
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_add_rmsnorm(cb->stream, a->data, b->data, w->data, w->dtype, sum->data,
+    return anvil_cuda_launch_add_rmsnorm(cb->stream, cb->pdl, a->data, b->data, w->data, w->dtype, sum->data,
                                          norm->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps);
 }
 
@@ -76,7 +76,7 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
     if (x->shape[0] == 0)
         return ANVIL_OK;
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_gemv_multi(cb->stream, x->data, n, wp, bp, bdt, op, cols, cb->ops.act_dtype,
+    return anvil_cuda_launch_gemv_multi(cb->stream, cb->pdl, x->data, n, wp, bp, bdt, op, cols, cb->ops.act_dtype,
                                         x->shape[0], x->shape[1]);
 }
 
@@ -97,7 +97,7 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
     if (x->shape[0] == 0)
         return ANVIL_OK;
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_gemv_silu_mul(cb->stream, x->data, wg->data, bg ? bg->data : NULL,
+    return anvil_cuda_launch_gemv_silu_mul(cb->stream, cb->pdl, x->data, wg->data, bg ? bg->data : NULL,
                                            bg ? bg->dtype : ANVIL_DTYPE_F32, wu->data, bu ? bu->data : NULL,
                                            bu ? bu->dtype : ANVIL_DTYPE_F32, out->data, cb->ops.act_dtype,
                                            x->shape[0], x->shape[1], wg->shape[0]);

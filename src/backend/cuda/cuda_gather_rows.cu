@@ -18,14 +18,14 @@ __global__ void anvil_gather_rows_kernel(const T *x, int64_t n_rows, T *out, int
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows,
+extern "C" anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, int pdl, const void *x, int64_t n_rows,
                                                       void *out, anvil_dtype act_dt, int64_t width,
                                                       const int32_t *rows, int32_t n_out, int *err)
 {
     if (n_out == 0 || width == 0)
         return ANVIL_OK;
     const unsigned grid = n_out < 65535 ? (unsigned)n_out : 65535u;
-    ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_gather_rows_kernel<T>, grid, 256, 0, stream, (const T *)x,
+    ANVIL_CUDA_DISPATCH(act_dt, anvil_launch(anvil_gather_rows_kernel<T>, grid, 256, 0, stream, pdl, (const T *)x,
                                              n_rows, (T *)out, width, rows, n_out, err));
     return ANVIL_CUDA_LAUNCHED("gather_rows kernel");
 }

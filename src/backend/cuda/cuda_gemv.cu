@@ -188,22 +188,22 @@ static anvil_status launch_t(cudaStream_t stream, const void *x, const gv_parts 
     const T *xp = (const T *)x;
     switch (T_) {
     case 1:
-        anvil_launch(anvil_gemv_kernel<T, 1>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        anvil_launch(anvil_gemv_kernel<T, 1>, grid, GV_WARPS * 32, 0, stream, pdl, xp, *p, (int)K);
         break;
     case 2:
-        anvil_launch(anvil_gemv_kernel<T, 2>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        anvil_launch(anvil_gemv_kernel<T, 2>, grid, GV_WARPS * 32, 0, stream, pdl, xp, *p, (int)K);
         break;
     case 3:
-        anvil_launch(anvil_gemv_kernel<T, 3>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        anvil_launch(anvil_gemv_kernel<T, 3>, grid, GV_WARPS * 32, 0, stream, pdl, xp, *p, (int)K);
         break;
     default:
-        anvil_launch(anvil_gemv_kernel<T, 4>, grid, GV_WARPS * 32, 0, stream, xp, *p, (int)K);
+        anvil_launch(anvil_gemv_kernel<T, 4>, grid, GV_WARPS * 32, 0, stream, pdl, xp, *p, (int)K);
         break;
     }
     return ANVIL_CUDA_LAUNCHED("gemv kernel");
 }
 
-extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const void *x, int n_parts,
+extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, int pdl, const void *x, int n_parts,
                                                      const void *const *w, const void *const *bias,
                                                      const anvil_dtype *bias_dt, void *const *out,
                                                      const int64_t *n, anvil_dtype act_dt, int64_t T,
@@ -235,11 +235,11 @@ extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const 
     return launch_t<__half>(stream, x, &p, T, K);
 }
 
-extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w,
+extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, int pdl, const void *x, const void *w,
                                                const void *bias, anvil_dtype bias_dt, void *out,
                                                anvil_dtype act_dt, int64_t T, int64_t K, int64_t N)
 {
-    return anvil_cuda_launch_gemv_multi(stream, x, 1, &w, &bias, &bias_dt, &out, &N, act_dt, T, K);
+    return anvil_cuda_launch_gemv_multi(stream, pdl, x, 1, &w, &bias, &bias_dt, &out, &N, act_dt, T, K);
 }
 
 template <typename T>
@@ -249,7 +249,7 @@ static void launch_silu_t(cudaStream_t stream, const void *x, const void *wg, co
 {
     const dim3 grid((unsigned)((N + GV_WARPS - 1) / GV_WARPS));
 #define GV_SILU(R)                                                                                           \
-    anvil_launch(anvil_gemv_silu_kernel<T, R>, grid, GV_WARPS * 32, 0, stream, (const T *)x, (const T *)wg,  \
+    anvil_launch(anvil_gemv_silu_kernel<T, R>, grid, GV_WARPS * 32, 0, stream, pdl, (const T *)x, (const T *)wg,  \
                  bg, (int)bg_dt, (const T *)wu, bu, (int)bu_dt, (T *)out, (int)K, (int)N)
     switch (T_) {
     case 1:
@@ -268,7 +268,7 @@ static void launch_silu_t(cudaStream_t stream, const void *x, const void *wg, co
 #undef GV_SILU
 }
 
-extern "C" anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, const void *x, const void *wg,
+extern "C" anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, int pdl, const void *x, const void *wg,
                                                         const void *bg, anvil_dtype bg_dt, const void *wu,
                                                         const void *bu, anvil_dtype bu_dt, void *out,
                                                         anvil_dtype act_dt, int64_t T, int64_t K, int64_t N)

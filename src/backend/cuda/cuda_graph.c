@@ -21,7 +21,7 @@
  * change, every graph is dropped (they hold the old pointers and choices)
  * and the keys start over.
  *
- * ANVIL_CUDA_GRAPHS=0 in the environment at backend creation turns graphs
+ * A backend made with no_cuda_graphs (anvil_backend_config) keeps graphs
  * off (to compare, or to rule them out).
  */
 #include <stdlib.h>

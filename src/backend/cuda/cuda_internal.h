@@ -52,8 +52,11 @@ typedef struct anvil_cuda_backend {
     anvil_backend be;          /* be.impl points back here */
     anvil_backend_ops ops;     /* per instance: act_dtype differs */
     int device;
+    anvil_backend_config config; /* as created (cpu_isa cleared) */
     cudaStream_t stream;
     int n_sm;
+    int pdl;                   /* launch a decode step's kernels with programmatic dependent launch
+                                  (sm_90+, unless config.no_pdl) */
     size_t smem_optin;         /* largest dynamic shared memory a block may opt in to */
 
     /* cuBLASLt: one handle, one workspace, the algorithm per GEMM shape */
@@ -84,7 +87,7 @@ typedef struct anvil_cuda_backend {
     int stage_next;
 
     /* step graphs (cuda_graph.c) */
-    int graphs_enabled;        /* 0 when ANVIL_CUDA_GRAPHS=0 */
+    int graphs_enabled;        /* 0 with config.no_cuda_graphs */
     int capturing;             /* between graph_begin (recording) and graph_end */
     anvil_cuda_graphs *graphs;
 
@@ -99,11 +102,10 @@ static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (a
  * Programmatic dependent launch (sm_90+): the kernels of a decode step that
  * wait for their predecessor inside (anvil_pdl_wait, cuda_common.cuh) are
  * launched with the attribute that lets them start while it drains, so
- * their launch and their first weight loads overlap its tail. 1 when every
- * CUDA backend created so far is on an sm_90+ device and ANVIL_CUDA_PDL was
- * not "0" at its creation; -1 before the first (atomic builtins only).
+ * their launch and their first weight loads overlap its tail. Each
+ * launcher takes the backend's pdl (anvil_cuda_backend.pdl) as an argument,
+ * the attention launchers in anvil_cuda_attn.pdl.
  */
-extern int anvil_cuda_pdl;
 
 /* ---------------------------------------------------------------- errors */
 
@@ -190,7 +192,7 @@ anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const void *table,
                                          anvil_dtype out_dt, int64_t width, int *err);
 
 /* n_pieces pieces of `width` elements each, contiguous; w is [width]. */
-anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w, anvil_dtype w_dt,
+anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, int pdl, const void *x, const void *w, anvil_dtype w_dt,
                                        void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width, float eps);
 
 /* A rope's frequencies (backend.h's anvil_rope_freqs) as the kernels take
@@ -214,14 +216,14 @@ anvil_status anvil_cuda_launch_rope(cudaStream_t stream, void *x, anvil_dtype ac
 
 anvil_status anvil_cuda_launch_silu_mul(cudaStream_t stream, const void *gate, const void *up, void *out,
                                         anvil_dtype act_dt, int64_t n);
-anvil_status anvil_cuda_launch_add(cudaStream_t stream, const void *a, const void *b, void *out, anvil_dtype act_dt,
+anvil_status anvil_cuda_launch_add(cudaStream_t stream, int pdl, const void *a, const void *b, void *out, anvil_dtype act_dt,
                                    int64_t n);
-anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, const void *x, int64_t n_rows, void *out,
+anvil_status anvil_cuda_launch_gather_rows(cudaStream_t stream, int pdl, const void *x, int64_t n_rows, void *out,
                                            anvil_dtype act_dt, int64_t width, const int32_t *rows,
                                            int32_t n_out, int *err);
 
 /* ids[r] = argmax of row r of x [rows, cols] (lowest column on ties). */
-anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t rows,
+anvil_status anvil_cuda_launch_argmax_rows(cudaStream_t stream, int pdl, const void *x, anvil_dtype act_dt, int64_t rows,
                                            int64_t cols, int32_t *ids);
 
 /* dst[i] = (dst_dt) src[i] */
@@ -241,20 +243,20 @@ anvil_status anvil_cuda_launch_gemm_simt(cudaStream_t stream, const void *x, con
  * w (cuda_gemv.cu). x, w, out in act_dt (bf16/f16); K a multiple of 8;
  * 16-byte aligned pointers: anvil_cuda_gemv_ok. */
 int anvil_cuda_gemv_ok(anvil_dtype dt, int64_t T, int64_t K, const void *x, const void *w, const void *out);
-anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, const void *x, const void *w, const void *bias,
+anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, int pdl, const void *x, const void *w, const void *bias,
                                     anvil_dtype bias_dt, void *out, anvil_dtype act_dt, int64_t T, int64_t K,
                                     int64_t N);
 /* Several GEMVs of one x in one launch: out[i] [T, n[i]] = x w[i]^T (+ bias[i]), i < n_parts
  * (1..4); every w[i] and out[i] as anvil_cuda_gemv_ok asks. */
-anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, const void *x, int n_parts, const void *const *w,
+anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, int pdl, const void *x, int n_parts, const void *const *w,
                                           const void *const *bias, const anvil_dtype *bias_dt, void *const *out,
                                           const int64_t *n, anvil_dtype act_dt, int64_t T, int64_t K);
 /* out [T, N] = silu(x wg^T + bg) * (x wu^T + bu), each product rounded to the activation dtype first. */
-anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, const void *x, const void *wg, const void *bg,
+anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, int pdl, const void *x, const void *wg, const void *bg,
                                              anvil_dtype bg_dt, const void *wu, const void *bu, anvil_dtype bu_dt,
                                              void *out, anvil_dtype act_dt, int64_t T, int64_t K, int64_t N);
 /* sum = a + b, norm = rmsnorm(sum) * w over rows of `width` (cuda_add_rmsnorm.cu). */
-anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, const void *a, const void *b, const void *w,
+anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int pdl, const void *a, const void *b, const void *w,
                                            anvil_dtype w_dt, void *sum, void *norm, anvil_dtype act_dt, int64_t rows,
                                            int64_t width, float eps);
 
@@ -270,6 +272,7 @@ typedef struct anvil_cuda_attn {
     float scale;
     int *err;
     anvil_cuda_rope rope;        /* rope.inv_freq non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
+    int pdl;                     /* the backend's pdl: launch with programmatic dependent launch */
 } anvil_cuda_attn;
 
 /* k/v rows of every token into the cache at slots[t]. */

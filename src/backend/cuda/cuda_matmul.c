@@ -317,7 +317,7 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
      * tokens after a restart; the GEMV reads at 85-100% of the copy rate
      * on every Llama-3-8B shape, cuBLASLt at 20-88%) */
     if (anvil_cuda_gemv_ok(dt, T, K, x->data, wdata, out->data) && cb->knobs.matmul_gemv != 2)
-        return anvil_cuda_launch_gemv(cb->stream, x->data, wdata, bp, bdt, out->data, dt, T, K, N);
+        return anvil_cuda_launch_gemv(cb->stream, cb->pdl, x->data, wdata, bp, bdt, out->data, dt, T, K, N);
     mm_key key;
     memset(&key, 0, sizeof key);
     key.T = T;

@@ -98,7 +98,7 @@ __global__ void anvil_rmsnorm_block_vec_kernel(const T *x, const void *w, int w_
     }
 }
 
-extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const void *x, const void *w,
+extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, int pdl, const void *x, const void *w,
                                                   anvil_dtype w_dt, void *out, anvil_dtype act_dt,
                                                   int64_t n_pieces, int64_t width, float eps)
 {
@@ -111,17 +111,17 @@ extern "C" anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, const voi
               "rmsnorm: %lld rows", (long long)n_pieces);
         const unsigned grid = (unsigned)((n_pieces + NORM_WARPS - 1) / NORM_WARPS);
         ANVIL_CUDA_DISPATCH(act_dt,
-                            anvil_launch(anvil_rmsnorm_warp_kernel<T>, grid, NORM_WARPS * 32, 0, stream,
+                            anvil_launch(anvil_rmsnorm_warp_kernel<T>, grid, NORM_WARPS * 32, 0, stream, pdl,
                                          (const T *)x, w, (int)w_dt, (T *)out, n_pieces, (int)width, eps));
     } else {
         CHECK(n_pieces <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "rmsnorm: %lld rows", (long long)n_pieces);
         ANVIL_CUDA_DISPATCH(act_dt, {
             constexpr int V = 16 / sizeof(T);
             if (width % V == 0 && anvil_aligned16(x) && anvil_aligned16(out))
-                anvil_launch(anvil_rmsnorm_block_vec_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream,
+                anvil_launch(anvil_rmsnorm_block_vec_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream, pdl,
                              (const T *)x, w, (int)w_dt, (T *)out, width, eps);
             else
-                anvil_launch(anvil_rmsnorm_block_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream,
+                anvil_launch(anvil_rmsnorm_block_kernel<T>, (unsigned)n_pieces, NORM_BLOCK, 0, stream, pdl,
                              (const T *)x, w, (int)w_dt, (T *)out, width, eps);
         });
     }

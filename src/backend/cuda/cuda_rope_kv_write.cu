@@ -75,7 +75,7 @@ extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, con
     const int pairs = (a->n_heads + a->n_kv_heads) * (a->head_dim / 2);
     const unsigned threads = pairs >= 256 ? 256 : pairs >= 128 ? 128 : 64;
     ANVIL_CUDA_DISPATCH(a->dt,
-                        anvil_launch(anvil_rope_kv_write_kernel<T>, grid, threads, 0, stream, (T *)a->q,
+                        anvil_launch(anvil_rope_kv_write_kernel<T>, grid, threads, 0, stream, a->pdl, (T *)a->q,
                                      (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
                                      a->positions, a->rope, a->n_tokens, a->n_heads, a->n_kv_heads,
                                      a->head_dim, n_slots, a->err));
