@@ -182,7 +182,7 @@ extern "C" int anvil_cuda_gemv_ok(anvil_dtype dt, int64_t T, int64_t K, const vo
 }
 
 template <typename T>
-static anvil_status launch_t(cudaStream_t stream, const void *x, const gv_parts *p, int64_t T_, int64_t K)
+static anvil_status launch_t(cudaStream_t stream, int pdl, const void *x, const gv_parts *p, int64_t T_, int64_t K)
 {
     const dim3 grid((unsigned)((p->end[p->n_parts - 1] + GV_WARPS - 1) / GV_WARPS));
     const T *xp = (const T *)x;
@@ -231,8 +231,8 @@ extern "C" anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, int pd
     if (total == 0)
         return ANVIL_OK;
     if (act_dt == ANVIL_DTYPE_BF16)
-        return launch_t<__nv_bfloat16>(stream, x, &p, T, K);
-    return launch_t<__half>(stream, x, &p, T, K);
+        return launch_t<__nv_bfloat16>(stream, pdl, x, &p, T, K);
+    return launch_t<__half>(stream, pdl, x, &p, T, K);
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, int pdl, const void *x, const void *w,
@@ -243,7 +243,7 @@ extern "C" anvil_status anvil_cuda_launch_gemv(cudaStream_t stream, int pdl, con
 }
 
 template <typename T>
-static void launch_silu_t(cudaStream_t stream, const void *x, const void *wg, const void *bg,
+static void launch_silu_t(cudaStream_t stream, int pdl, const void *x, const void *wg, const void *bg,
                           anvil_dtype bg_dt, const void *wu, const void *bu, anvil_dtype bu_dt, void *out,
                           int64_t T_, int64_t K, int64_t N)
 {
@@ -280,8 +280,8 @@ extern "C" anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, int
     if (N == 0)
         return ANVIL_OK;
     if (act_dt == ANVIL_DTYPE_BF16)
-        launch_silu_t<__nv_bfloat16>(stream, x, wg, bg, bg_dt, wu, bu, bu_dt, out, T, K, N);
+        launch_silu_t<__nv_bfloat16>(stream, pdl, x, wg, bg, bg_dt, wu, bu, bu_dt, out, T, K, N);
     else
-        launch_silu_t<__half>(stream, x, wg, bg, bg_dt, wu, bu, bu_dt, out, T, K, N);
+        launch_silu_t<__half>(stream, pdl, x, wg, bg, bg_dt, wu, bu, bu_dt, out, T, K, N);
     return ANVIL_CUDA_LAUNCHED("gemv silu kernel");
 }
