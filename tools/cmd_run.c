@@ -133,7 +133,6 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
     if (*n == 0) {
         fprintf(stderr, "anvil run: --prompt-ids is empty\n");
         free(*ids);
-    cli_env_runtime_options(&a->rt);
         *ids = NULL;
         return -1;
     }
@@ -161,6 +160,7 @@ static int parse_args(int argc, char **argv, run_args *a)
     a->max_tokens = 256;
     anvil_sampling_params_default(&a->sampling);
     anvil_runtime_options_default(&a->rt);
+    cli_env_runtime_options(&a->rt);
     a->rt.max_batch_size = 1;
     a->rt.max_logit_rows = 1;
     optind = 1;
