@@ -3,7 +3,6 @@
 #include <string.h>
 
 #include "cli_env.h"
-#include "cli_flags.h"
 #include "commands.h"
 
 typedef struct command {
