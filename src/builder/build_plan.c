@@ -121,7 +121,7 @@ static anvil_status find_source(const anvil_checkpoint *ck, const char *name, co
 /* Checks weight w's recipe against ck; *dtype: its sources' dtype. */
 static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoint *ck, anvil_dtype *dtype)
 {
-    const anvil_st_tensor *st;
+    const anvil_st_tensor *st = NULL;
     TRY(find_source(ck, w->sources[0], &st));
     *dtype = st->dtype;
     switch (w->recipe) {
@@ -429,7 +429,7 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
 {
     const size_t des = anvil_dtype_size(kind);
     const int64_t cols = w->n_dims == 2 ? w->shape[1] : 1;
-    const anvil_st_tensor *st;
+    const anvil_st_tensor *st = NULL;
     TRY(find_source(ck, w->sources[0], &st));
     if (w->recipe == ANVIL_RECIPE_TENSOR)
         return copy_elems(st, a, b - a, kind, dst, sc);
@@ -461,7 +461,7 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
         } else { /* CONCAT along axis 1 */
             int64_t c0 = 0;
             for (int32_t k = 0; k < w->n_sources && c0 < col + (row_end - e); k++) {
-                const anvil_st_tensor *sk;
+                const anvil_st_tensor *sk = NULL;
                 TRY(find_source(ck, w->sources[k], &sk));
                 const int64_t wk = sk->shape[1];
                 const int64_t lo = col > c0 ? col : c0,

@@ -167,7 +167,7 @@ static anvil_status parse_entry(anvil_safetensors *f, const char *name, const js
     uint64_t numel = 1;
     int overflow = 0;
     for (size_t d = 0; d < nd; d++) {
-        uint64_t dim;
+        uint64_t dim = 0;
         TRY(get_uint(json_array_get(jshape, d), path, name, "shape", &dim));
         t->shape[d] = (int64_t)dim; /* <= INT64_MAX: it came from a json_int_t */
         if (dim != 0 && numel > (uint64_t)INT64_MAX / dim)
@@ -182,7 +182,7 @@ static anvil_status parse_entry(anvil_safetensors *f, const char *name, const js
           "%s: tensor \"%s\": shape is too large (its byte size overflows 64 bits)", path, name);
     uint64_t nbytes = numel * esize;
 
-    uint64_t begin, end;
+    uint64_t begin = 0, end = 0;
     TRY(get_uint(json_array_get(joff, 0), path, name, "data_offsets", &begin));
     TRY(get_uint(json_array_get(joff, 1), path, name, "data_offsets", &end));
     CHECK(begin <= end, ANVIL_ERR_FORMAT,

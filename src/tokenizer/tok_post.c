@@ -206,7 +206,7 @@ anvil_status tok_trunc_pad_load(anvil_tokenizer *tok, json_t *trunc, json_t *pad
         json_t *m = json_object_get(pad, "pad_to_multiple_of");
         if (m && !json_is_null(m))
             TRY(size_field(pad, "pad_to_multiple_of", &tok->pad_multiple, "padding"));
-        size_t id;
+        size_t id = 0;
         TRY(size_field(pad, "pad_id", &id, "padding"));
         CHECK(id < TOK_MAX_ID, ANVIL_ERR_FORMAT, "tokenizer.json: padding.pad_id out of range");
         tok->pad_id = (int32_t)id;
