@@ -24,9 +24,11 @@
 #include <unistd.h>
 
 #include "anvil/model_config.h"
+#include "cli_flags.h"
+#include "cli_signal.h"
 #include "commands.h"
-#include "core/threadpool.h"
 #include "exec_cli.h"
+#include "request_flags.h"
 
 #define TOOL "anvil bench"
 
@@ -43,8 +45,7 @@ typedef struct bench_args {
     long shared_prefix;
     long concurrency;
     double request_rate;
-    long seed;
-    double temperature;
+    request_values rv;      /* the request flags: the synthetic requests', the defaults of --dataset lines */
     int progress;
     exec_cli_opts eo;
 } bench_args;
@@ -57,6 +58,9 @@ typedef struct req_rec {
     double *itl;            /* gaps between token events of sample 0 */
     int32_t n_itl, cap_itl;
     int failed;
+    int cancelled;          /* Ctrl-C cancelled it before it finished */
+    int done;               /* its last event came (under the bench mutex) */
+    uint64_t id;            /* the executor's */
     char error[256];
     struct bench *b;
 } req_rec;
@@ -75,8 +79,9 @@ static void bench_usage(FILE *out)
             "usage: anvil bench --model DIR [--dataset FILE | synthetic options] [options]\n"
             "\n"
             "Measures requests/s, tokens/s, time to first token and inter-token latency of the executor.\n"
+            "Ctrl-C stops it and reports the requests completed so far (marked partial), exit 130.\n"
             "\n"
-            "  -m, --model DIR             Hugging Face model folder\n"
+            "  -m, --model DIR             Hugging Face model folder or engine file\n"
             "      --dataset FILE          requests in `anvil run --input` form (JSONL)\n"
             "      --num-requests N        requests (default 100; with --dataset: its lines)\n"
             "      --input-len A[:B]       synthetic prompt length, fixed or uniform in [A, B] (default 128)\n"
@@ -84,11 +89,13 @@ static void bench_usage(FILE *out)
             "      --shared-prefix N       synthetic prompts start with the same N tokens (default 0)\n"
             "      --concurrency N         at most N requests in flight (default: all at once)\n"
             "      --request-rate R        Poisson arrivals, R requests/s (default: all at once)\n"
-            "      --temperature T         synthetic requests' temperature (default 0: greedy)\n"
-            "      --seed S                dataset and arrival seed (default 0)\n"
             "      --json FILE             write the results as JSON\n"
-            "      --no-progress           no progress bar (it shows only on a terminal)\n" EXEC_CLI_HELP
-            "  -h, --help                  this help\n");
+            "      --no-progress           no progress bar (it shows only on a terminal)\n"
+            "\n"
+            "The request flags: the synthetic requests' (temperature 0 unless given; request i samples with\n"
+            "seed S+i, and S also seeds the dataset and the arrivals), and the defaults of --dataset lines\n");
+    request_flags_help(out, RF_BENCH);
+    fprintf(out, "\n" EXEC_CLI_HELP "  -h, --help                  this help\n");
 }
 
 static int parse_range(const char *s, const char *flag, range *r)
@@ -112,19 +119,22 @@ static int parse_range(const char *s, const char *flag, range *r)
 
 static int parse_args(int argc, char **argv, bench_args *a)
 {
-    enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_TEMP, OPT_SEED, OPT_JSON,
-           OPT_NOPROG };
-    static const struct option longopts[] = {
+    enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG };
+    static const struct option own[] = {
         {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
         {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
         {"output-len", required_argument, 0, OPT_OUT},  {"shared-prefix", required_argument, 0, OPT_PREFIX},
         {"concurrency", required_argument, 0, OPT_CONC}, {"request-rate", required_argument, 0, OPT_RATE},
-        {"temperature", required_argument, 0, OPT_TEMP}, {"seed", required_argument, 0, OPT_SEED},
         {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
     };
+    struct option longopts[96];
+    char shortopts[32];
+    request_flags_longopts(RF_BENCH, own, longopts, sizeof longopts / sizeof longopts[0]);
+    request_flags_shortopts(RF_BENCH, "m:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
+    request_values_init(&a->rv);
     a->num_requests = -1;
     a->input_len = (range){128, 128};
     a->output_len = (range){128, 128};
@@ -132,8 +142,10 @@ static int parse_args(int argc, char **argv, bench_args *a)
     exec_cli_opts_default(&a->eo);
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
         int r = exec_cli_option(&a->eo, c, optarg, TOOL);
+        if (r == 0)
+            r = request_flags_option(&a->rv, RF_BENCH, c, optarg, TOOL);
         if (r < 0)
             return 2;
         if (r > 0)
@@ -165,18 +177,16 @@ static int parse_args(int argc, char **argv, bench_args *a)
             if (exec_cli_double(optarg, "--request-rate", 1e-6, 1e9, &a->request_rate, TOOL))
                 return 2;
             break;
-        case OPT_TEMP:
-            if (exec_cli_double(optarg, "--temperature", 0, 1e6, &a->temperature, TOOL))
-                return 2;
-            break;
-        case OPT_SEED:
-            if (exec_cli_int(optarg, "--seed", 0, INT64_MAX, &a->seed, TOOL))
-                return 2;
-            break;
         case OPT_JSON: a->json_path = optarg; break;
         case OPT_NOPROG: a->progress = 0; break;
         case 'h': bench_usage(stdout); return 0;
-        default: bench_usage(stderr); return 2;
+        default:
+            if (optind > 0 && strcmp(argv[optind - 1], "--max-tokens") == 0) {
+                fprintf(stderr, TOOL ": the synthetic requests' length is --output-len A[:B]; --dataset lines "
+                                "give their own max_tokens\n");
+                return 2;
+            }
+            return cli_bad_flag(TOOL, argv, shortopts, longopts);
         }
     }
     if (optind < argc) {
@@ -184,7 +194,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
         return 2;
     }
     if (a->model == NULL) {
-        fprintf(stderr, TOOL ": --model is required\n");
+        fprintf(stderr, TOOL ": --model DIR is required (see anvil bench --help)\n");
         return 2;
     }
     return -1;
@@ -213,7 +223,9 @@ static void on_event(void *user, const anvil_event *ev)
     r->n_cached = res->n_cached_prompt;
     for (int32_t i = 0; i < res->n_sequences; i++)
         r->n_out += res->sequences[i].n_tokens;
-    if (res->status != ANVIL_OK) {
+    if (res->finish == ANVIL_REQUEST_CANCELLED) {
+        r->cancelled = 1;
+    } else if (res->status != ANVIL_OK) {
         r->failed = 1;
         snprintf(r->error, sizeof r->error, "%s", res->error);
     }
@@ -221,6 +233,7 @@ static void on_event(void *user, const anvil_event *ev)
         r->t_first = r->t_last = now;
     bench *b = r->b;
     pthread_mutex_lock(&b->mu);
+    r->done = 1;
     b->n_done++;
     b->in_flight--;
     pthread_cond_signal(&b->cv);
@@ -262,7 +275,8 @@ static int synthetic(const bench_args *a, const anvil_runtime *rt, const anvil_t
     const anvil_model_config *cfg = anvil_runtime_config(rt);
     const int32_t vocab = (int32_t)cfg->vocab_size;
     const long n = a->num_requests > 0 ? a->num_requests : 100;
-    uint64_t rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)a->seed;
+    const uint64_t seed = a->rv.req.sampling.seed;
+    uint64_t rng = 0x9e3779b97f4a7c15ull ^ seed;
     /* usable ids: not special, not BOS/EOS/pad */
     int32_t *usable = malloc((size_t)vocab * sizeof *usable);
     int32_t n_usable = 0;
@@ -311,12 +325,13 @@ static int synthetic(const bench_args *a, const anvil_runtime *rt, const anvil_t
             p[0] = cfg->bos_token_id;
         anvil_request *r = &d->reqs[i].req;
         anvil_request_init(r);
+        r->sampling.temperature = 0; /* greedy unless --temperature */
+        request_values_apply(&a->rv, r);
         r->prompt_ids = p;
         r->n_prompt_ids = (int32_t)lens[i];
         r->max_tokens = (int32_t)outs[i];
         r->ignore_eos = 1;
-        r->temperature = (float)a->temperature;
-        r->seed = (uint64_t)a->seed + (uint64_t)i;
+        r->sampling.seed = seed + (uint64_t)i;
         r->has_seed = 1;
         off += lens[i];
     }
@@ -368,6 +383,7 @@ static int from_file(const bench_args *a, dataset *d)
         memset(q, 0, sizeof *q);
         anvil_request_init(&q->req);
         q->req.max_tokens = 256;
+        request_values_apply(&a->rv, &q->req);
         d->objs[d->n++] = o;
         char err[300];
         if (exec_cli_request_from_json(o, q, err, sizeof err)) {
@@ -503,8 +519,11 @@ int anvil_cmd_bench(int argc, char **argv)
 {
     bench_args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc >= 0)
+    if (rc >= 0) {
+        request_values_free(&a.rv);
         return rc;
+    }
+    cli_sigint_install(TOOL); /* loading: Ctrl-C exits 130 */
     anvil_runtime *rt = NULL;
     anvil_tokenizer *tok = NULL;
     anvil_executor *ex = NULL;
@@ -530,28 +549,34 @@ int anvil_cmd_bench(int argc, char **argv)
         d.reqs[i].req.user = r;
     }
     const long conc = a.concurrency > 0 ? a.concurrency : d.n;
-    uint64_t arng = 0x2545f4914f6cdd1dull ^ (uint64_t)a.seed;
+    uint64_t arng = 0x2545f4914f6cdd1dull ^ a.rv.req.sampling.seed;
     fprintf(stderr, TOOL ": %ld requests, %s, %s\n", d.n, a.dataset ? a.dataset : "synthetic",
             a.request_rate > 0 ? "Poisson arrivals" : "closed loop");
 
     const double t0 = exec_cli_now();
     double next_arrival = t0, last_progress = 0;
     long sent = 0;
-    int peak_used = 0;
+    int peak_used = 0, interrupted = 0;
+    cli_sigint_keep(); /* from here Ctrl-C reports what completed */
     pthread_mutex_lock(&b.mu);
     while (b.n_done < d.n) {
+        if (cli_sigint_seen()) {
+            interrupted = 1;
+            break;
+        }
         const double now = exec_cli_now();
         if (sent < d.n && b.in_flight < conc && (a.request_rate <= 0 || now >= next_arrival)) {
             b.recs[sent].t_send = now;
             b.in_flight++;
             pthread_mutex_unlock(&b.mu);
             /* enqueue outside the lock: a callback may need it */
-            if (anvil_executor_enqueue(ex, &d.reqs[sent].req, NULL) != ANVIL_OK) {
+            if (anvil_executor_enqueue(ex, &d.reqs[sent].req, &b.recs[sent].id) != ANVIL_OK) {
                 req_rec *r = &b.recs[sent];
                 r->failed = 1;
                 snprintf(r->error, sizeof r->error, "%s", anvil_last_error());
                 r->t_end = exec_cli_now();
                 pthread_mutex_lock(&b.mu);
+                r->done = 1;
                 b.in_flight--;
                 b.n_done++;
             } else {
@@ -576,7 +601,23 @@ int anvil_cmd_bench(int argc, char **argv)
     }
     pthread_mutex_unlock(&b.mu);
     const double t_end = exec_cli_now();
-    if (a.progress) {
+    if (interrupted) {
+        /* cancel what is in flight and wait for its last events: the
+         * report counts the requests that completed before Ctrl-C */
+        for (long i = 0; i < sent; i++) {
+            pthread_mutex_lock(&b.mu);
+            const int done_i = b.recs[i].done;
+            pthread_mutex_unlock(&b.mu);
+            if (!done_i)
+                anvil_executor_cancel(ex, b.recs[i].id);
+        }
+        pthread_mutex_lock(&b.mu);
+        while (b.in_flight > 0)
+            wait_until(&b, exec_cli_now() + 0.1);
+        pthread_mutex_unlock(&b.mu);
+        if (a.progress)
+            fputc('\n', stderr);
+    } else if (a.progress) {
         progress(d.n, d.n, t_end - t0, 0);
         fputc('\n', stderr);
     }
@@ -584,10 +625,15 @@ int anvil_cmd_bench(int argc, char **argv)
     anvil_executor_stats(ex, &m);
 
     /* ---- statistics */
-    long n_ok = 0, n_itl = 0, n_fail = 0;
+    long n_ok = 0, n_itl = 0, n_fail = 0, n_cancelled = 0, n_unsent = 0;
     int64_t in_tok = 0, out_tok = 0, cached = 0;
     for (long i = 0; i < d.n; i++) {
         n_itl += b.recs[i].n_itl;
+        if (!b.recs[i].done || b.recs[i].cancelled) { /* Ctrl-C: not sent, or cancelled in flight */
+            n_cancelled += i < sent;
+            n_unsent += i >= sent;
+            continue;
+        }
         if (b.recs[i].failed) {
             if (n_fail++ == 0)
                 fprintf(stderr, TOOL ": request %ld failed: %s\n", i, b.recs[i].error);
@@ -610,7 +656,7 @@ int anvil_cmd_bench(int argc, char **argv)
     long k = 0, n_tpot = 0, j = 0;
     for (long i = 0; i < d.n; i++) {
         const req_rec *r = &b.recs[i];
-        if (r->failed)
+        if (r->failed || r->cancelled || !r->done)
             continue;
         ttft[k] = r->t_first - r->t_send;
         e2e[k] = r->t_end - r->t_send;
@@ -627,13 +673,17 @@ int anvil_cmd_bench(int argc, char **argv)
     char cpu[128];
     cpu_model(cpu, sizeof cpu);
     const anvil_runtime_options *ro = anvil_runtime_options_get(rt);
-    const int threads = ro->n_threads > 0 ? ro->n_threads : anvil_cpu_count();
+    const int threads = ro->n_threads > 0 ? ro->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 
     if (strcmp(ro->device, "cpu") == 0)
         printf("anvil bench: %s on cpu (%s, %d threads)\n", a.model, cpu, threads);
     else
         printf("anvil bench: %s on %s, %s compute (host: %s)\n", a.model, ro->device,
                anvil_dtype_name(anvil_runtime_compute_dtype(rt)), cpu);
+    if (interrupted)
+        printf("  PARTIAL                    interrupted after %.2f s: the %ld requests completed by then (%ld "
+               "cancelled in flight, %ld not sent)\n",
+               dur, n_ok + n_fail, n_cancelled, n_unsent);
     printf("  requests                   %ld ok, %ld failed, in %.2f s\n", n_ok, n_fail, dur);
     printf("  throughput                 %.2f requests/s, %.1f input tokens/s, %.1f output tokens/s\n",
            (double)n_ok / dur, (double)in_tok / dur, (double)out_tok / dur);
@@ -677,6 +727,11 @@ int anvil_cmd_bench(int argc, char **argv)
         json_object_set_new(cfgj, "kv_block_size", json_integer(m.kv_block_size));
         json_object_set_new(cfgj, "kv_blocks", json_integer(m.kv_blocks_total));
         json_object_set_new(o, "config", cfgj);
+        json_object_set_new(o, "partial", json_boolean(interrupted));
+        if (interrupted) {
+            json_object_set_new(o, "cancelled", json_integer(n_cancelled));
+            json_object_set_new(o, "not_sent", json_integer(n_unsent));
+        }
         json_object_set_new(o, "requests", json_integer(n_ok));
         json_object_set_new(o, "failed", json_integer(n_fail));
         json_object_set_new(o, "duration_s", json_real(dur));
@@ -702,7 +757,10 @@ int anvil_cmd_bench(int argc, char **argv)
     free(e2e);
     free(tpot);
     free(itl);
-    rc = n_fail ? 1 : 0;
+    fflush(stdout);
+    rc = interrupted ? 130 : n_fail ? 1 : 0;
+    if (interrupted)
+        fprintf(stderr, TOOL ": interrupted: a partial report of %ld of %ld requests\n", n_ok + n_fail, d.n);
 done:
     anvil_executor_free(ex);
     if (b.recs)
@@ -716,5 +774,6 @@ done:
         pthread_cond_destroy(&b.cv);
         pthread_mutex_destroy(&b.mu);
     }
+    request_values_free(&a.rv);
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include "anvil/builder.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 #include "exec_cli.h"
 
@@ -96,7 +97,7 @@ int anvil_cmd_build(int argc, char **argv)
     long v;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:o:h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, "m:o:h", longopts)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case OPT_CONFIG: config = optarg; break;
@@ -116,9 +117,7 @@ int anvil_cmd_build(int argc, char **argv)
             break;
         case OPT_NO_PROGRESS: no_progress = 1; break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, TOOL ": see anvil build --help\n");
-            return 2;
+        default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
     }
     if (optind < argc) {

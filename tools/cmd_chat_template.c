@@ -18,6 +18,7 @@
 
 #include "anvil/chat_template.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -178,7 +179,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
     anvil_chat_render_options opts = {0};
     int jsonl = 0, opt;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((opt = cli_getopt(argc, argv, "h", longopts)) != -1) {
         switch (opt) {
         case 'k':
             dir = optarg;
@@ -213,9 +214,7 @@ int anvil_cmd_chat_template(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        default:
-            usage(stderr);
-            return 2;
+        default: return cli_bad_flag("anvil chat-template", argv, "h", longopts);
         }
     }
     if (optind < argc || (dir == NULL && template_file == NULL) || (!jsonl && messages == NULL) ||

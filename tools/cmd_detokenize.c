@@ -8,6 +8,7 @@
 
 #include "anvil/tokenizer.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -111,13 +112,13 @@ int anvil_cmd_detokenize(int argc, char **argv)
     const char *dir = NULL;
     int skip = 0, jsonl = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:sjh", opts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, "t:sjh", opts)) != -1) {
         switch (c) {
         case 't': dir = optarg; break;
         case 's': skip = 1; break;
         case 'j': jsonl = 1; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return cli_bad_flag("anvil detokenize", argv, "t:sjh", opts);
         }
     }
     if (!dir) {

@@ -21,6 +21,7 @@
 #include "builder/manifest.h"
 #include "cli_env.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 #include "core/error.h"
 #include "exec_cli.h"
@@ -233,12 +234,12 @@ static int parse(int argc, char **argv, inspect_args *a)
     };
     memset(a, 0, sizeof *a);
     anvil_runtime_options_default(&a->rt);
-    a->act = ANVIL_DTYPE_F32;
     cli_env_runtime_options(&a->rt);
+    a->act = ANVIL_DTYPE_F32;
     optind = 1;
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, "h", longopts)) != -1) {
         switch (c) {
         case OPT_JSON: a->json = 1; break;
         case OPT_VERIFY: a->verify = 1; break;
@@ -265,9 +266,7 @@ static int parse(int argc, char **argv, inspect_args *a)
                 a->act = ANVIL_DTYPE_F32;
             break;
         case 'h': usage(stdout); return 0;
-        default:
-            fprintf(stderr, TOOL ": see anvil inspect --help\n");
-            return 2;
+        default: return cli_bad_flag(TOOL, argv, "h", longopts);
         }
     }
     if (optind != argc - 1) {

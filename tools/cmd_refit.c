@@ -10,6 +10,7 @@
 
 #include "anvil/builder.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 #include "exec_cli.h"
 
@@ -90,7 +91,7 @@ int anvil_cmd_refit(int argc, char **argv)
     long v;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "w:o:h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, "w:o:h", longopts)) != -1) {
         switch (c) {
         case 'w':
             weights = optarg;
@@ -109,9 +110,7 @@ int anvil_cmd_refit(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        default:
-            fprintf(stderr, TOOL ": see anvil refit --help\n");
-            return 2;
+        default: return cli_bad_flag(TOOL, argv, "w:o:h", longopts);
         }
     }
     if (optind >= argc) {

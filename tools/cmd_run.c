@@ -17,10 +17,11 @@
 #include "anvil/tokenizer.h"
 #include "cli_env.h"
 #include "cli_error.h"
+#include "cli_flags.h"
+#include "cli_signal.h"
 #include "commands.h"
-#include "core/error.h"
-#include "core/fileutil.h"
 #include "exec_cli.h"
+#include "request_flags.h"
 
 typedef struct run_args {
     const char *model;
@@ -30,10 +31,7 @@ typedef struct run_args {
     int chat;
     int json;
     int no_echo;
-    int32_t max_tokens;
-    anvil_sampling_params sampling;
-    int temperature_set;
-    int ignore_eos;
+    request_values rv;         /* the request flags (request_flags.c) */
     const char *refit_weights; /* --refit-weights: new weights after refit_after tokens */
     int32_t refit_after;
     int refit_after_set;
@@ -45,65 +43,38 @@ static void run_usage(FILE *out)
     fprintf(out,
             "usage: anvil run --model DIR (--prompt TEXT | --prompt-ids IDS) [options]\n"
             "\n"
-            "Generates a continuation of one prompt and streams it to stdout.\n"
+            "Generates a continuation of one prompt and streams it to stdout. Ctrl-C stops it: the text so\n"
+            "far stays (--json prints it with \"finish_reason\": \"cancelled\"), exit 130.\n"
             "\n"
-            "  -m, --model DIR         Hugging Face model folder (config.json, *.safetensors, tokenizer.json)\n"
-            "  -p, --prompt TEXT       the prompt, tokenized with the model's tokenizer (BOS added as the\n"
-            "                          tokenizer does)\n"
-            "      --prompt-ids IDS    the prompt as comma-separated token ids, e.g. 1,403,407\n"
-            "      --chat              wrap the prompt as a user message in the model's chat template\n"
-            "      --system TEXT       with --chat: a system message before it\n"
-            "      --input FILE.jsonl  batch mode: one request a line ({\"prompt\" or \"prompt_ids\", sampling\n"
-            "                          fields}), run concurrently; one JSON result a line, in input order\n"
-            "      --beam-width N      beam search; the JSON result carries every beam and its score\n"
-            "                          (anvil run --input FILE --help: the batch options)\n"
-            "  -n, --max-tokens N      new tokens at most (default 256)\n"
-            "  -t, --temperature T     0 means greedy (default: the model's generation_config, else 1.0)\n"
-            "      --top-k K           keep the K most likely tokens (0: off, the default)\n"
-            "      --top-p P           keep the most likely tokens up to mass P (1: off, the default)\n"
-            "  -s, --seed S            random seed; the same seed gives the same output (default 0)\n"
-            "      --no-echo           do not print the prompt text before the continuation\n"
-            "      --ignore-eos        go on past the model's end-of-sequence tokens\n"
-            "      --refit-weights PATH  after --refit-after N new tokens, replace the weights with those of PATH\n"
-            "                          (a folder or engine of the same model: anvil refit's rules) and go on:\n"
-            "                          what a served stream that crossed a refit after N tokens generates\n"
-            "      --refit-after N     (N >= 1; with --refit-weights)\n"
-            "      --json              print one JSON object {\"prompt_ids\", \"ids\", \"text\", \"finish_reason\"}\n"
-            "                          at the end instead of streaming\n"
-            "      --device DEV        cpu (default), cuda or cuda:N\n"
-            "      --dtype DT          auto (default: weights as stored; a bf16/f16 model computes in its dtype\n"
-            "                          on cuda, f32 elsewhere), f32, bf16 or f16: convert the weights on load\n"
-            "                          (bf16/f16 on cuda: activations and KV cache in that dtype too)\n"
-            "      --threads N         CPU threads (default: all cores)\n"
-            "      --max-seq-len N     context length (default: the model's)\n"
-            "      --mmap              map the weights instead of reading them into memory\n"
-            "  -h, --help              this help\n");
-}
-
-static int parse_int(const char *s, const char *flag, long min, long max, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < min || v > max) {
-        fprintf(stderr, "anvil run: %s expects an integer in %ld..%ld, got '%s'\n", flag, min, max, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *flag, float *out)
-{
-    char *end = NULL;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end != '\0') {
-        fprintf(stderr, "anvil run: %s expects a number, got '%s'\n", flag, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+            "  -m, --model DIR             Hugging Face model folder (config.json, *.safetensors,\n"
+            "                              tokenizer.json) or engine file (anvil build)\n"
+            "  -p, --prompt TEXT           the prompt, tokenized with the model's tokenizer (BOS added as\n"
+            "                              the tokenizer does)\n"
+            "      --prompt-ids IDS        the prompt as comma-separated token ids, e.g. 1,403,407\n"
+            "      --chat                  wrap the prompt as a user message in the model's chat template\n"
+            "      --system TEXT           with --chat: a system message before it\n"
+            "      --input FILE.jsonl      batch mode: one request a line ({\"prompt\" or \"prompt_ids\",\n"
+            "                              sampling fields}), run concurrently; one JSON result a line\n"
+            "      --beam-width N          beam search; the JSON result carries every beam and its score\n"
+            "                              (anvil run --input FILE --help: the batch flags)\n");
+    request_flags_help(out, RF_RUN);
+    fprintf(out,
+            "      --no-echo               do not print the prompt text before the continuation\n"
+            "      --json                  print one JSON object {\"prompt_ids\", \"ids\", \"text\",\n"
+            "                              \"finish_reason\"} at the end instead of streaming\n"
+            "      --refit-weights PATH    after --refit-after N new tokens, replace the weights with those\n"
+            "                              of PATH (a folder or engine of the same model: anvil refit's\n"
+            "                              rules) and go on: what a served stream that crossed a refit\n"
+            "                              after N tokens generates\n"
+            "      --refit-after N         (N >= 1; with --refit-weights)\n"
+            "      --device DEV            cpu (default), cuda or cuda:N\n"
+            "      --dtype DT              auto (default: weights as stored; a bf16/f16 model computes in\n"
+            "                              its dtype on cuda, f32 elsewhere), f32, bf16 or f16: convert the\n"
+            "                              weights on load (bf16/f16 on cuda: activations and KV cache too)\n"
+            "      --threads N             CPU threads (default: all cores)\n"
+            "      --max-seq-len N         context length (default: the model's)\n"
+            "      --mmap                  map the weights instead of reading them into memory\n"
+            "  -h, --help                  this help\n");
 }
 
 /* "1,2,3" into a malloc'd array. */
@@ -141,24 +112,26 @@ static int parse_ids(const char *s, int32_t **ids, int32_t *n)
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
-    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_TOPK, OPT_TOPP, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE, OPT_MMAP,
-           OPT_IGNORE_EOS, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
+    enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER };
+    static const struct option own[] = {
+        {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
-        {"system", required_argument, 0, OPT_SYSTEM}, {"max-tokens", required_argument, 0, 'n'},
-        {"temperature", required_argument, 0, 't'}, {"top-k", required_argument, 0, OPT_TOPK},
-        {"top-p", required_argument, 0, OPT_TOPP},  {"seed", required_argument, 0, 's'},
-        {"json", no_argument, 0, OPT_JSON},         {"no-echo", no_argument, 0, OPT_NO_ECHO},         {"device", required_argument, 0, OPT_DEVICE},
+        {"system", required_argument, 0, OPT_SYSTEM},  {"json", no_argument, 0, OPT_JSON},
+        {"no-echo", no_argument, 0, OPT_NO_ECHO},      {"device", required_argument, 0, OPT_DEVICE},
         {"threads", required_argument, 0, OPT_THREADS}, {"max-seq-len", required_argument, 0, OPT_SEQ},
-        {"dtype", required_argument, 0, OPT_DTYPE}, {"mmap", no_argument, 0, OPT_MMAP},
-        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS}, {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
+        {"dtype", required_argument, 0, OPT_DTYPE},    {"mmap", no_argument, 0, OPT_MMAP},
+        {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
-        {"help", no_argument, 0, 'h'},              {0, 0, 0, 0},
+        {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
+    struct option longopts[64];
+    char shortopts[32];
+    request_flags_longopts(RF_RUN, own, longopts, sizeof longopts / sizeof longopts[0]);
+    request_flags_shortopts(RF_RUN, "m:p:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
-    a->max_tokens = 256;
-    anvil_sampling_params_default(&a->sampling);
+    request_values_init(&a->rv);
+    a->rv.req.max_tokens = 256;
     anvil_runtime_options_default(&a->rt);
     cli_env_runtime_options(&a->rt);
     a->rt.max_batch_size = 1;
@@ -166,63 +139,51 @@ static int parse_args(int argc, char **argv, run_args *a)
     optind = 1;
     int c;
     long v;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:s:h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
+        int r = request_flags_option(&a->rv, RF_RUN, c, optarg, "anvil run");
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
         case OPT_IDS: a->prompt_ids = optarg; break;
         case OPT_CHAT: a->chat = 1; break;
         case OPT_SYSTEM: a->system = optarg; break;
-        case 'n':
-            if (parse_int(optarg, "--max-tokens", 0, 1 << 24, &v)) return 2;
-            a->max_tokens = (int32_t)v;
-            break;
-        case 't':
-            if (parse_float(optarg, "--temperature", &a->sampling.temperature)) return 2;
-            a->temperature_set = 1;
-            break;
-        case OPT_TOPK:
-            if (parse_int(optarg, "--top-k", 0, INT32_MAX, &v)) return 2;
-            a->sampling.top_k = (int32_t)v;
-            break;
-        case OPT_TOPP:
-            if (parse_float(optarg, "--top-p", &a->sampling.top_p)) return 2;
-            break;
-        case 's': {
-            char *end = NULL;
-            errno = 0;
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (errno || end == optarg || *end) {
-                fprintf(stderr, "anvil run: --seed expects a non-negative integer, got '%s'\n", optarg);
-                return 2;
-            }
-            a->sampling.seed = s;
-            break;
-        }
         case OPT_JSON: a->json = 1; break;
         case OPT_NO_ECHO: a->no_echo = 1; break;
         case OPT_DEVICE: a->rt.device = optarg; break;
         case OPT_THREADS:
-            if (parse_int(optarg, "--threads", 0, 4096, &v)) return 2;
+            if (exec_cli_int(optarg, "--threads", 0, 4096, &v, "anvil run")) return 2;
             a->rt.n_threads = (int)v;
             break;
         case OPT_SEQ:
-            if (parse_int(optarg, "--max-seq-len", 1, INT32_MAX, &v)) return 2;
+            if (exec_cli_int(optarg, "--max-seq-len", 1, INT32_MAX, &v, "anvil run")) return 2;
             a->rt.max_seq_len = (int32_t)v;
             break;
         case OPT_DTYPE:
             if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
         case OPT_MMAP: a->rt.use_mmap = 1; break;
-        case OPT_IGNORE_EOS: a->ignore_eos = 1; break;
         case OPT_REFIT_WEIGHTS: a->refit_weights = optarg; break;
         case OPT_REFIT_AFTER:
-            if (parse_int(optarg, "--refit-after", 1, INT32_MAX, &v)) return 2;
+            if (exec_cli_int(optarg, "--refit-after", 1, INT32_MAX, &v, "anvil run")) return 2;
             a->refit_after = (int32_t)v;
             a->refit_after_set = 1;
             break;
         case 'h': run_usage(stdout); return 0;
-        default: run_usage(stderr); return 2;
+        default: {
+            /* a request flag of the executor's: say where it works */
+            const char *bad = optind > 0 ? argv[optind - 1] : "";
+            const request_flag *f = strncmp(bad, "--", 2) == 0 ? request_flag_find(bad + 2) : NULL;
+            if (f != NULL && !(f->cmds & RF_RUN)) {
+                fprintf(stderr, "anvil run: --%s works with --input FILE (the executor), not with one prompt\n",
+                        f->flag);
+                return 2;
+            }
+            return cli_bad_flag("anvil run", argv, shortopts, longopts);
+        }
         }
     }
     if (optind < argc) {
@@ -249,7 +210,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         fprintf(stderr, "anvil run: --refit-weights PATH and --refit-after N go together\n");
         return 2;
     }
-    if (anvil_sampling_params_check(&a->sampling) != ANVIL_OK) {
+    if (anvil_sampling_params_check(&a->rv.req.sampling) != ANVIL_OK) {
         anvil_cli_report("anvil run");
         return 2;
     }
@@ -288,6 +249,7 @@ typedef struct stream_state {
     int print_ids; /* no tokenizer: print ids */
     int quiet;     /* --json: nothing printed as it comes */
     int failed;
+    int cancelled; /* Ctrl-C: stopped after the last token */
     /* --refit-weights: after refit_after tokens, on this thread between two
      * steps (the callback runs between them), as the executor commits a
      * refit: the tokens so far came from the old weights, the next step
@@ -305,60 +267,68 @@ static int on_token(void *user, int32_t tok)
         s->failed = 1;
         return 1;
     }
-    if (s->quiet)
-        return 0;
-    if (s->print_ids) {
-        printf("%d ", tok);
-    } else {
-        const char *text;
-        size_t len;
-        if (anvil_detokenizer_push(s->detok, tok, &text, &len) != ANVIL_OK) {
-            s->failed = 1;
-            return 1;
+    if (!s->quiet) {
+        if (s->print_ids) {
+            printf("%d ", tok);
+        } else {
+            const char *text;
+            size_t len;
+            if (anvil_detokenizer_push(s->detok, tok, &text, &len) != ANVIL_OK) {
+                s->failed = 1;
+                return 1;
+            }
+            fwrite(text, 1, len, stdout);
         }
-        fwrite(text, 1, len, stdout);
+        fflush(stdout);
     }
-    fflush(stdout);
+    if (cli_sigint_seen()) {
+        s->cancelled = 1;
+        return 1;
+    }
     return 0;
 }
 
-/* The text of ids through the (primed) detokenizer d, into *text (malloc'd). */
-static anvil_status detok_all(anvil_detokenizer *d, const int32_t *ids, int32_t n, char **text, size_t *len)
+/* The text of ids through the (primed) detokenizer d, into *text (malloc'd).
+ * 0 ok; -1 reported on stderr. */
+static int detok_all(anvil_detokenizer *d, const int32_t *ids, int32_t n, char **text, size_t *len)
 {
     size_t cap = 64, at = 0;
     char *buf = malloc(cap);
-    anvil_status st = buf ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
-    for (int32_t i = 0; st == ANVIL_OK && i <= n; i++) {
+    if (buf == NULL) {
+        fprintf(stderr, "anvil run: out of memory\n");
+        return -1;
+    }
+    for (int32_t i = 0; i <= n; i++) {
         const char *t;
         size_t k;
-        st = i < n ? anvil_detokenizer_push(d, ids[i], &t, &k) : anvil_detokenizer_flush(d, &t, &k);
-        while (st == ANVIL_OK && at + k + 1 > cap) {
+        anvil_status st = i < n ? anvil_detokenizer_push(d, ids[i], &t, &k) : anvil_detokenizer_flush(d, &t, &k);
+        if (st != ANVIL_OK) {
+            anvil_cli_report("anvil run");
+            free(buf);
+            return -1;
+        }
+        while (at + k + 1 > cap) {
             char *b = realloc(buf, cap * 2);
             if (b == NULL) {
-                st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
-                break;
+                fprintf(stderr, "anvil run: out of memory\n");
+                free(buf);
+                return -1;
             }
             buf = b;
             cap *= 2;
         }
-        if (st == ANVIL_OK) {
-            memcpy(buf + at, t, k);
-            at += k;
-        }
-    }
-    if (st != ANVIL_OK) {
-        free(buf);
-        return st;
+        memcpy(buf + at, t, k);
+        at += k;
     }
     buf[at] = '\0';
     *text = buf;
     *len = at;
-    return ANVIL_OK;
+    return 0;
 }
 
-static const char *finish_name(anvil_finish_reason r)
+static const char *finish_name(anvil_finish_reason r, int cancelled)
 {
-    return r == ANVIL_FINISH_STOP ? "stop" : r == ANVIL_FINISH_LENGTH ? "length" : "none";
+    return cancelled ? "cancelled" : r == ANVIL_FINISH_STOP ? "stop" : r == ANVIL_FINISH_LENGTH ? "length" : "none";
 }
 
 int anvil_cmd_run(int argc, char **argv)
@@ -367,9 +337,12 @@ int anvil_cmd_run(int argc, char **argv)
         return anvil_run_batch(argc, argv); /* --input / --beam-width: tools/run_batch.c */
     run_args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc >= 0)
+    if (rc >= 0) {
+        request_values_free(&a.rv);
         return rc;
+    }
     rc = 1;
+    cli_sigint_install("anvil run"); /* loading: Ctrl-C exits 130 */
 
     anvil_tokenizer *tok = NULL;
     anvil_runtime *rt = NULL;
@@ -377,6 +350,8 @@ int anvil_cmd_run(int argc, char **argv)
     int32_t *prompt = NULL, *out = NULL, n_prompt = 0, n_out = 0;
     char *chat_text = NULL, *text = NULL;
 
+    if (exec_cli_model_check(a.model, "anvil run", NULL) != 0)
+        goto done;
     int have_tokenizer = anvil_tokenizer_available(a.model);
     if (have_tokenizer && anvil_tokenizer_load(a.model, &tok) != ANVIL_OK) {
         anvil_cli_report("anvil run");
@@ -384,7 +359,7 @@ int anvil_cmd_run(int argc, char **argv)
     }
     if (a.prompt) {
         if (tok == NULL) {
-            fprintf(stderr, "anvil run: %s has no tokenizer.json; use --prompt-ids\n", a.model);
+            fprintf(stderr, "anvil run: %s has no tokenizer.json: give the prompt as --prompt-ids IDS\n", a.model);
             goto done;
         }
         const char *ptext = a.prompt;
@@ -415,8 +390,10 @@ int anvil_cmd_run(int argc, char **argv)
         goto done;
     }
     const anvil_model_config *cfg = anvil_runtime_config(rt);
-    if (!a.temperature_set && cfg->gen_temperature >= 0)
-        a.sampling.temperature = cfg->gen_temperature;
+    anvil_generate_params gp = {.sampling = a.rv.req.sampling, .max_tokens = a.rv.req.max_tokens,
+                                .ignore_eos = a.rv.req.ignore_eos};
+    if (!request_values_given(&a.rv, RQ_TEMPERATURE) && cfg->gen_temperature >= 0)
+        gp.sampling.temperature = cfg->gen_temperature;
     for (int32_t i = 0; i < n_prompt; i++) {
         if (prompt[i] < 0 || prompt[i] >= cfg->vocab_size) {
             fprintf(stderr, "anvil run: prompt token %d is outside the vocabulary (%lld)\n", prompt[i],
@@ -424,7 +401,29 @@ int anvil_cmd_run(int argc, char **argv)
             goto done;
         }
     }
-    out = malloc((size_t)(a.max_tokens + 1) * sizeof *out);
+    /* what the context holds, said before generating rather than found out */
+    const int32_t ctx = anvil_runtime_options_get(rt)->max_seq_len;
+    if (n_prompt >= ctx) {
+        if (ctx < cfg->max_position_embeddings)
+            fprintf(stderr,
+                    "anvil run: the prompt has %d tokens and the context holds %d, so no new token fits "
+                    "(--max-seq-len can go up to the model's %lld)\n",
+                    n_prompt, ctx, (long long)cfg->max_position_embeddings);
+        else
+            fprintf(stderr,
+                    "anvil run: the prompt has %d tokens and the context holds %d, so no new token fits: "
+                    "shorten the prompt\n",
+                    n_prompt, ctx);
+        goto done;
+    }
+    const int32_t wanted = gp.max_tokens;
+    const int shortened = gp.max_tokens > ctx - n_prompt;
+    if (shortened) {
+        gp.max_tokens = ctx - n_prompt;
+        fprintf(stderr, "anvil run: the context holds %d tokens; the prompt has %d, so at most %d new tokens (not %d)\n",
+                ctx, n_prompt, gp.max_tokens, wanted);
+    }
+    out = malloc((size_t)(gp.max_tokens + 1) * sizeof *out);
     if (out == NULL) {
         fprintf(stderr, "anvil run: out of memory\n");
         goto done;
@@ -445,10 +444,11 @@ int anvil_cmd_run(int argc, char **argv)
         fputs(a.prompt, stdout);
         fflush(stdout);
     }
-    anvil_generate_params gp = {.sampling = a.sampling, .max_tokens = a.max_tokens, .ignore_eos = a.ignore_eos};
-    anvil_finish_reason why;
-    if (anvil_generate(rt, prompt, n_prompt, &gp, a.json && !a.refit_weights ? NULL : on_token, &ss, out, &n_out,
-                       &why) != ANVIL_OK) {
+    cli_sigint_keep(); /* from here Ctrl-C keeps what was generated */
+    anvil_finish_reason why = ANVIL_FINISH_NONE;
+    if (cli_sigint_seen())
+        ss.cancelled = 1; /* before the first step: nothing generated */
+    else if (anvil_generate(rt, prompt, n_prompt, &gp, on_token, &ss, out, &n_out, &why) != ANVIL_OK) {
         fputc('\n', stderr); /* off the streamed text's line */
         anvil_cli_report("anvil run");
         goto done;
@@ -468,19 +468,22 @@ int anvil_cmd_run(int argc, char **argv)
         json_object_set_new(o, "ids", ids);
         if (tok) {
             size_t len = 0;
-            if (detok_all(detok, out, n_out, &text, &len) != ANVIL_OK) {
-                anvil_cli_report("anvil run");
+            if (detok_all(detok, out, n_out, &text, &len) != 0) {
                 json_decref(o);
                 goto done;
             }
             json_object_set_new(o, "text", json_stringn(text, len));
         }
-        json_object_set_new(o, "finish_reason", json_string(finish_name(why)));
-        char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+        json_object_set_new(o, "finish_reason", json_string(finish_name(why, ss.cancelled)));
+        if (shortened) /* the request the context could not hold in full */
+            json_object_set_new(o, "context_limit",
+                                json_pack("{s:i, s:i, s:i, s:i}", "context", ctx, "prompt_tokens", n_prompt,
+                                          "max_tokens", wanted, "max_new_tokens", gp.max_tokens));
+        char *js = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
         json_decref(o);
-        if (s)
-            puts(s);
-        free(s);
+        if (js)
+            puts(js);
+        free(js);
     } else {
         if (detok) {
             const char *rest;
@@ -490,7 +493,13 @@ int anvil_cmd_run(int argc, char **argv)
         }
         putchar('\n');
     }
-    rc = 0;
+    fflush(stdout);
+    if (ss.cancelled) {
+        fprintf(stderr, "anvil run: interrupted after %d new tokens\n", n_out);
+        rc = 130;
+    } else {
+        rc = 0;
+    }
 done:
     free(text);
     free(chat_text);
@@ -499,5 +508,6 @@ done:
     anvil_detokenizer_free(detok);
     anvil_runtime_free(rt);
     anvil_tokenizer_free(tok);
+    request_values_free(&a.rv);
     return rc;
 }

@@ -11,6 +11,7 @@
 #include "anvil/server.h"
 #include "cli_env.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 #include "core/fileutil.h"
 #include "exec_cli.h"
@@ -194,7 +195,7 @@ int anvil_cmd_serve(int argc, char **argv)
     long v;
     int opt;
     optind = 1;
-    while ((opt = getopt_long(argc, argv, "m:h", longopts, NULL)) != -1) {
+    while ((opt = cli_getopt(argc, argv, "m:h", longopts)) != -1) {
         int r = exec_cli_option(&eo, opt, optarg, tool);
         if (r < 0)
             return 2;
@@ -290,9 +291,7 @@ int anvil_cmd_serve(int argc, char **argv)
         case 'h':
             usage(stdout);
             return 0;
-        default:
-            usage(stderr);
-            return 2;
+        default: return cli_bad_flag(tool, argv, "m:h", longopts);
         }
     }
     if (optind < argc) {

@@ -8,6 +8,7 @@
 
 #include "anvil/tokenizer.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 #include "commands.h"
 
 static void usage(FILE *out)
@@ -118,13 +119,13 @@ int anvil_cmd_tokenize(int argc, char **argv)
     const char *dir = NULL;
     int add_special = 1, jsonl = 0, c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "t:njh", opts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, "t:njh", opts)) != -1) {
         switch (c) {
         case 't': dir = optarg; break;
         case 'n': add_special = 0; break;
         case 'j': jsonl = 1; break;
         case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        default: return cli_bad_flag("anvil tokenize", argv, "t:njh", opts);
         }
     }
     if (!dir) {

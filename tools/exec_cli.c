@@ -5,12 +5,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "anvil/model_config.h"
-#include "cli_error.h"
-#include "core/fileutil.h"
 #include "cli_env.h"
+#include "cli_error.h"
 
 double exec_cli_now(void)
 {
@@ -23,8 +24,8 @@ void exec_cli_opts_default(exec_cli_opts *o)
 {
     memset(o, 0, sizeof *o);
     anvil_runtime_options_default(&o->rt);
-    anvil_executor_options_default(&o->ex);
     cli_env_runtime_options(&o->rt);
+    anvil_executor_options_default(&o->ex);
 }
 
 int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool)
@@ -140,12 +141,43 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
     }
 }
 
+int exec_cli_model_check(const char *path, const char *tool, anvil_model_config *cfg)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            fprintf(stderr, "%s: %s does not exist (--model takes a model folder or an engine file)\n", tool, path);
+        else
+            fprintf(stderr, "%s: cannot read %s: %s\n", tool, path, strerror(errno));
+        return -1;
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        char cfg_path[4096];
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+        if (access(cfg_path, F_OK) != 0) {
+            fprintf(stderr,
+                    "%s: %s is not a model folder: it has no config.json (a Hugging Face model folder holds "
+                    "config.json, *.safetensors and tokenizer.json)\n",
+                    tool, path);
+            return -1;
+        }
+    }
+    anvil_model_config c;
+    if (anvil_model_config_load(path, cfg ? cfg : &c) != ANVIL_OK) {
+        anvil_cli_report("%s", tool); /* a file that is no engine is named as such */
+        return -1;
+    }
+    return 0;
+}
+
 int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
                   anvil_tokenizer **tok, anvil_executor **ex)
 {
     *rt = NULL;
     *tok = NULL;
     *ex = NULL;
+    if (exec_cli_model_check(model_dir, tool, NULL) != 0)
+        return -1;
     if (anvil_tokenizer_available(model_dir) && anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
         anvil_cli_report("%s", tool);
         return -1;
@@ -183,31 +215,10 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
 void exec_cli_request_clear(exec_cli_request *r)
 {
     free(r->prompt_ids);
-    free(r->stop);
-    free(r->stop_ids);
     free(r->bias);
+    request_storage_free(&r->st);
     r->prompt_ids = NULL;
-    r->stop = NULL;
-    r->stop_ids = NULL;
     r->bias = NULL;
-}
-
-static int get_number(json_t *obj, const char *key, double lo, double hi, double *out, char *err, size_t n)
-{
-    json_t *v = json_object_get(obj, key);
-    if (v == NULL || json_is_null(v))
-        return 0;
-    if (!json_is_number(v)) {
-        snprintf(err, n, "'%s' must be a number", key);
-        return -1;
-    }
-    double d = json_number_value(v);
-    if (!(d >= lo && d <= hi)) {
-        snprintf(err, n, "'%s' must be in [%g, %g], got %g", key, lo, hi, d);
-        return -1;
-    }
-    *out = d;
-    return 1;
 }
 
 static int get_int(json_t *obj, const char *key, long lo, long hi, long *out, char *err, size_t n)
@@ -236,35 +247,9 @@ static int get_bool(json_t *obj, const char *key, int *out, char *err, size_t n)
     return 1;
 }
 
-static int get_ids(json_t *arr, const char *key, int32_t **out, int32_t *n_out, char *err, size_t n)
-{
-    if (!json_is_array(arr)) {
-        snprintf(err, n, "'%s' must be an array of token ids", key);
-        return -1;
-    }
-    size_t m = json_array_size(arr);
-    *out = malloc((m ? m : 1) * sizeof **out);
-    if (*out == NULL) {
-        snprintf(err, n, "out of memory");
-        return -1;
-    }
-    for (size_t i = 0; i < m; i++) {
-        json_t *e = json_array_get(arr, i);
-        if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX) {
-            snprintf(err, n, "'%s' must hold non-negative integers", key);
-            return -1;
-        }
-        (*out)[i] = (int32_t)json_integer_value(e);
-    }
-    *n_out = (int32_t)m;
-    return 0;
-}
-
-static const char *const known_keys[] = {
-    "prompt", "prompt_ids", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "presence_penalty", "frequency_penalty", "seed", "n", "stop", "stop_token_ids", "logprobs", "min_tokens",
-    "ignore_eos", "logit_bias", "skip_special_tokens", "add_special_tokens", "beam_width", "use_beam_search",
-    "length_penalty", "early_stopping", "id", "best_of", NULL,
+/* The fields besides the request flags' (request_flags.c has those). */
+static const char *const other_keys[] = {
+    "prompt", "prompt_ids", "logit_bias", "use_beam_search", "early_stopping", "id", "best_of", NULL,
 };
 
 int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, size_t n)
@@ -278,9 +263,9 @@ int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, si
     json_t *val;
     json_object_foreach(obj, key, val)
     {
-        int ok = 0;
-        for (int i = 0; known_keys[i] && !ok; i++)
-            ok = strcmp(key, known_keys[i]) == 0;
+        int ok = request_field_known(key);
+        for (int i = 0; other_keys[i] && !ok; i++)
+            ok = strcmp(key, other_keys[i]) == 0;
         if (!ok) {
             snprintf(err, n, "unknown field '%s'", key);
             return -1;
@@ -288,65 +273,32 @@ int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, si
     }
     json_t *p = json_object_get(obj, "prompt"), *pi = json_object_get(obj, "prompt_ids");
     if (pi && !json_is_null(pi)) {
-        if (get_ids(pi, "prompt_ids", &out->prompt_ids, &r->n_prompt_ids, err, n))
+        if (!json_is_array(pi)) {
+            snprintf(err, n, "'prompt_ids' must be an array of token ids");
             return -1;
+        }
+        size_t m = json_array_size(pi);
+        out->prompt_ids = malloc((m ? m : 1) * sizeof *out->prompt_ids);
+        if (out->prompt_ids == NULL)
+            return snprintf(err, n, "out of memory"), -1;
+        for (size_t i = 0; i < m; i++) {
+            json_t *e = json_array_get(pi, i);
+            if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) > INT32_MAX) {
+                snprintf(err, n, "'prompt_ids' must hold non-negative integers");
+                return -1;
+            }
+            out->prompt_ids[i] = (int32_t)json_integer_value(e);
+        }
         r->prompt_ids = out->prompt_ids;
+        r->n_prompt_ids = (int32_t)m;
     } else if (json_is_string(p)) {
         r->prompt = json_string_value(p);
     } else {
         snprintf(err, n, "a request needs 'prompt' (a string) or 'prompt_ids' (an array)");
         return -1;
     }
-    double d;
-    long v;
-    int b, got;
-#define NUM(key, lo, hi, field)                                        \
-    if ((got = get_number(obj, key, lo, hi, &d, err, n)) < 0)          \
-        return -1;                                                     \
-    if (got)                                                           \
-        r->field = (float)d;
-#define INT(key, lo, hi, field)                                        \
-    if ((got = get_int(obj, key, lo, hi, &v, err, n)) < 0)             \
-        return -1;                                                     \
-    if (got)                                                           \
-        r->field = (int32_t)v;
-#define BOOL(key, field)                                               \
-    if ((got = get_bool(obj, key, &b, err, n)) < 0)                    \
-        return -1;                                                     \
-    if (got)                                                           \
-        r->field = b;
-    NUM("temperature", 0, 1e6, temperature)
-    NUM("top_p", 0, 1, top_p)
-    NUM("min_p", 0, 1, min_p)
-    NUM("repetition_penalty", 0, 1e6, repetition_penalty)
-    NUM("presence_penalty", -1e6, 1e6, presence_penalty)
-    NUM("frequency_penalty", -1e6, 1e6, frequency_penalty)
-    NUM("length_penalty", -1e6, 1e6, length_penalty)
-    INT("max_tokens", 0, INT32_MAX, max_tokens)
-    INT("min_tokens", 0, INT32_MAX, min_tokens)
-    INT("top_k", -1, INT32_MAX, top_k)
-    INT("n", 1, 65536, n)
-    INT("beam_width", 0, 65536, beam_width)
-    BOOL("ignore_eos", ignore_eos)
-    BOOL("skip_special_tokens", skip_special_tokens)
-    BOOL("add_special_tokens", add_special_tokens)
-#undef NUM
-#undef INT
-#undef BOOL
-    if ((got = get_int(obj, "seed", 0, INT64_MAX, &v, err, n)) < 0)
+    if (request_fields_from_json(obj, r, &out->st, err, n) != 0)
         return -1;
-    if (got) {
-        r->seed = (uint64_t)v;
-        r->has_seed = 1;
-    }
-    json_t *lp = json_object_get(obj, "logprobs");
-    if (json_is_boolean(lp)) {
-        r->logprobs = json_is_true(lp) ? 0 : -1;
-    } else if ((got = get_int(obj, "logprobs", 0, 1 << 20, &v, err, n)) < 0) {
-        return -1;
-    } else if (got) {
-        r->logprobs = (int32_t)v;
-    }
     /* vLLM's use_beam_search with best_of / n as the width */
     int use_beam = 0;
     if (get_bool(obj, "use_beam_search", &use_beam, err, n) < 0)
@@ -366,38 +318,6 @@ int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, si
     else if (es && !json_is_null(es)) {
         snprintf(err, n, "'early_stopping' must be true, false or \"never\"");
         return -1;
-    }
-    json_t *stop = json_object_get(obj, "stop");
-    if (json_is_string(stop)) {
-        out->stop = malloc(sizeof *out->stop);
-        if (out->stop == NULL)
-            return snprintf(err, n, "out of memory"), -1;
-        out->stop[0] = json_string_value(stop);
-        r->stop = out->stop;
-        r->n_stop = 1;
-    } else if (json_is_array(stop)) {
-        size_t m = json_array_size(stop);
-        out->stop = malloc((m ? m : 1) * sizeof *out->stop);
-        if (out->stop == NULL)
-            return snprintf(err, n, "out of memory"), -1;
-        for (size_t i = 0; i < m; i++) {
-            if (!json_is_string(json_array_get(stop, i))) {
-                snprintf(err, n, "'stop' must be a string or an array of strings");
-                return -1;
-            }
-            out->stop[i] = json_string_value(json_array_get(stop, i));
-        }
-        r->stop = out->stop;
-        r->n_stop = (int32_t)m;
-    } else if (stop && !json_is_null(stop)) {
-        snprintf(err, n, "'stop' must be a string or an array of strings");
-        return -1;
-    }
-    json_t *sti = json_object_get(obj, "stop_token_ids");
-    if (sti && !json_is_null(sti)) {
-        if (get_ids(sti, "stop_token_ids", &out->stop_ids, &r->n_stop_token_ids, err, n))
-            return -1;
-        r->stop_token_ids = out->stop_ids;
     }
     json_t *bias = json_object_get(obj, "logit_bias");
     if (json_is_object(bias)) {

@@ -13,8 +13,10 @@
 #include <stdio.h>
 
 #include "anvil/executor.h"
+#include "anvil/model_config.h"
 #include "anvil/runtime.h"
 #include "anvil/tokenizer.h"
+#include "request_flags.h"
 
 /* getopt codes of the shared options (above every tool's own) */
 enum {
@@ -88,7 +90,16 @@ int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool);
 int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool);
 int exec_cli_double(const char *s, const char *flag, double min, double max, double *out, const char *tool);
 
-/* Loads model_dir (+ its tokenizer.json when there is one) and starts an
+/*
+ * Checks that path is a model folder or an engine file, saying plainly
+ * what it is otherwise ("/x does not exist (--model takes a model folder
+ * or an engine file)", "/x is not a model folder: it has no config.json",
+ * "/x is neither a model folder nor an anvil engine file"), and reads its
+ * config into cfg (may be NULL). 0 ok; -1 reported on stderr.
+ */
+int exec_cli_model_check(const char *path, const char *tool, anvil_model_config *cfg);
+
+/* Checks model_dir (exec_cli_model_check), loads it (+ its tokenizer.json when there is one) and starts an
  * executor. 0 ok; -1 reported on stderr. */
 int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
                   anvil_tokenizer **tok, anvil_executor **ex);
@@ -97,18 +108,17 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
 typedef struct exec_cli_request {
     anvil_request req;
     int32_t *prompt_ids;
-    const char **stop;
-    int32_t *stop_ids;
+    request_storage st;         /* stop strings, stop token ids */
     anvil_logit_bias *bias;
 } exec_cli_request;
 
 /*
- * Fills out->req from a JSON object: `prompt` or `prompt_ids`, and the
- * OpenAI / vLLM sampling fields (max_tokens, temperature, top_p, top_k,
- * min_p, repetition_penalty, presence_penalty, frequency_penalty, seed, n,
- * stop, stop_token_ids, logprobs, min_tokens, ignore_eos, logit_bias,
- * skip_special_tokens, add_special_tokens, beam_width / use_beam_search,
- * length_penalty, early_stopping). Fields absent keep the values already in
+ * Fills out->req from a JSON object: `prompt` or `prompt_ids`, the
+ * request flags' fields (request_flags.c: max_tokens, temperature, top_p,
+ * top_k, min_p, repetition_penalty, presence_penalty, frequency_penalty,
+ * seed, n, stop, stop_token_ids, logprobs, min_tokens, ignore_eos,
+ * skip_special_tokens, add_special_tokens, beam_width, length_penalty) and
+ * logit_bias, use_beam_search, early_stopping. Fields absent keep the values already in
  * out->req (the defaults). Strings point into obj, which must outlive the
  * request. 0 ok; -1 with a message in err.
  */

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli_env.h"
+#include "cli_flags.h"
 #include "commands.h"
 
 typedef struct command {
@@ -63,7 +64,19 @@ int main(int argc, char **argv)
             return commands[i].fn(argc - 1, argv + 1);
         }
     }
-    fprintf(stderr, "anvil: unknown command '%s'\n\n", argv[1]);
-    usage(stderr);
+    /* one line, not the usage: the line would scroll away */
+    const char *names[sizeof commands / sizeof commands[0]];
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        names[i] = commands[i].name;
+    const char *best = cli_closest(argv[1], names, sizeof names / sizeof names[0]);
+    if (argv[1][0] == '-')
+        fprintf(stderr, "anvil: %s: the command comes first (anvil <command> [options]); anvil --help lists the "
+                        "commands\n",
+                argv[1]);
+    else if (best)
+        fprintf(stderr, "anvil: unknown command '%s' (did you mean %s?); anvil --help lists the commands\n", argv[1],
+                best);
+    else
+        fprintf(stderr, "anvil: unknown command '%s'; anvil --help lists the commands\n", argv[1]);
     return 2;
 }

@@ -15,8 +15,10 @@
 #include <string.h>
 
 #include "anvil/model_config.h"
+#include "cli_flags.h"
 #include "commands.h"
 #include "exec_cli.h"
+#include "request_flags.h"
 
 #define TOOL "anvil run"
 
@@ -26,16 +28,7 @@ typedef struct batch_args {
     const char *output;
     const char *prompt;
     const char *prompt_ids;
-    long max_tokens;
-    double temperature;
-    int temperature_set;
-    long top_k;
-    double top_p;
-    long seed;
-    int seed_set;
-    long beam_width;
-    double length_penalty;
-    long logprobs;
+    request_values rv; /* the request flags: defaults of the lines */
     exec_cli_opts eo;
 } batch_args;
 
@@ -58,52 +51,57 @@ static void batch_usage(FILE *out)
             "usage: anvil run --model DIR --input FILE.jsonl [options]\n"
             "       anvil run --model DIR (--prompt TEXT | --prompt-ids IDS) --beam-width N [options]\n"
             "\n"
-            "Runs every request of FILE (one JSON object a line: \"prompt\" or \"prompt_ids\", plus any of\n"
-            "max_tokens, temperature, top_p, top_k, min_p, repetition_penalty, presence_penalty,\n"
-            "frequency_penalty, seed, n, stop, stop_token_ids, logprobs, min_tokens, ignore_eos, logit_bias,\n"
-            "beam_width, length_penalty, early_stopping) through the executor concurrently, and prints one\n"
-            "JSON result a line in input order: {\"index\", \"choices\": [{\"text\", \"token_ids\",\n"
-            "\"finish_reason\", ...}], \"usage\"}. With --beam-width, every beam and its score.\n"
-            "\n"
-            "  -m, --model DIR             Hugging Face model folder\n"
-            "      --input FILE            requests, one JSON object a line ('-': stdin)\n"
-            "  -o, --output FILE           write the results there instead of stdout\n"
-            "  -p, --prompt TEXT           one prompt instead of --input\n"
-            "      --prompt-ids IDS        one prompt as comma-separated token ids\n"
-            "  -n, --max-tokens N          default max_tokens (256)\n"
-            "  -t, --temperature T         default temperature (the model's generation_config, else 1)\n"
-            "      --top-k K               default top_k (0: off)\n"
-            "      --top-p P               default top_p (1: off)\n"
-            "  -s, --seed S                default seed (otherwise each request draws one)\n"
-            "      --beam-width N          beam search with N beams (Hugging Face semantics)\n"
-            "      --length-penalty L      beam search length penalty (default 1)\n"
-            "      --logprobs K            default logprobs (-1: none)\n" EXEC_CLI_HELP
-            "  -h, --help                  this help\n");
+            "Runs every request of FILE through the executor concurrently, and prints one JSON result a\n"
+            "line in input order: {\"index\", \"choices\": [{\"text\", \"token_ids\", \"finish_reason\", ...}],\n"
+            "\"usage\"}. With --beam-width, every beam and its score. A line is a JSON object with\n"
+            "\"prompt\" or \"prompt_ids\" and any of these fields:");
+    size_t col = 80;
+    for (size_t i = 0; i < n_request_flags; i++) {
+        if (request_flags[i].field == NULL)
+            continue;
+        const size_t len = strlen(request_flags[i].field) + 2;
+        if (col + len > 96) {
+            fputs("\n ", out);
+            col = 1;
+        }
+        fprintf(out, " %s,", request_flags[i].field);
+        col += len;
+    }
+    fprintf(out, "\n  logit_bias, use_beam_search, early_stopping.\n"
+                 "\n"
+                 "  -m, --model DIR             Hugging Face model folder or engine file\n"
+                 "      --input FILE            requests, one JSON object a line ('-': stdin)\n"
+                 "  -o, --output FILE           write the results there instead of stdout\n"
+                 "  -p, --prompt TEXT           one prompt instead of --input\n"
+                 "      --prompt-ids IDS        one prompt as comma-separated token ids\n"
+                 "\n"
+                 "The request flags: defaults for the lines that omit the field of the same name\n");
+    request_flags_help(out, RF_BATCH);
+    fprintf(out, "\n" EXEC_CLI_HELP "  -h, --help                  this help\n");
 }
 
 static int parse_args(int argc, char **argv, batch_args *a)
 {
-    enum { OPT_INPUT = 256, OPT_IDS, OPT_TOPK, OPT_TOPP, OPT_BEAM, OPT_LP, OPT_LOGPROBS };
-    static const struct option longopts[] = {
-        {"model", required_argument, 0, 'm'},        {"input", required_argument, 0, OPT_INPUT},
-        {"output", required_argument, 0, 'o'},       {"prompt", required_argument, 0, 'p'},
-        {"prompt-ids", required_argument, 0, OPT_IDS}, {"max-tokens", required_argument, 0, 'n'},
-        {"temperature", required_argument, 0, 't'},  {"top-k", required_argument, 0, OPT_TOPK},
-        {"top-p", required_argument, 0, OPT_TOPP},   {"seed", required_argument, 0, 's'},
-        {"beam-width", required_argument, 0, OPT_BEAM}, {"length-penalty", required_argument, 0, OPT_LP},
-        {"logprobs", required_argument, 0, OPT_LOGPROBS}, {"help", no_argument, 0, 'h'},
-        EXEC_CLI_LONGOPTS,                          {0, 0, 0, 0},
+    enum { OPT_INPUT = 256, OPT_IDS };
+    static const struct option own[] = {
+        {"model", required_argument, 0, 'm'},          {"input", required_argument, 0, OPT_INPUT},
+        {"output", required_argument, 0, 'o'},         {"prompt", required_argument, 0, 'p'},
+        {"prompt-ids", required_argument, 0, OPT_IDS}, {"help", no_argument, 0, 'h'},
+        EXEC_CLI_LONGOPTS,                             {0, 0, 0, 0},
     };
+    struct option longopts[96];
+    char shortopts[64];
+    request_flags_longopts(RF_BATCH, own, longopts, sizeof longopts / sizeof longopts[0]);
+    request_flags_shortopts(RF_BATCH, "m:o:p:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
-    a->max_tokens = 256;
-    a->top_p = 1.0;
-    a->length_penalty = 1.0;
-    a->logprobs = -1;
+    request_values_init(&a->rv);
     exec_cli_opts_default(&a->eo);
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, "m:o:p:n:t:s:h", longopts, NULL)) != -1) {
+    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
         int r = exec_cli_option(&a->eo, c, optarg, TOOL);
+        if (r == 0)
+            r = request_flags_option(&a->rv, RF_BATCH, c, optarg, TOOL);
         if (r < 0)
             return 2;
         if (r > 0)
@@ -114,42 +112,8 @@ static int parse_args(int argc, char **argv, batch_args *a)
         case 'o': a->output = optarg; break;
         case 'p': a->prompt = optarg; break;
         case OPT_IDS: a->prompt_ids = optarg; break;
-        case 'n':
-            if (exec_cli_int(optarg, "--max-tokens", 0, INT32_MAX, &a->max_tokens, TOOL))
-                return 2;
-            break;
-        case 't':
-            if (exec_cli_double(optarg, "--temperature", 0, 1e6, &a->temperature, TOOL))
-                return 2;
-            a->temperature_set = 1;
-            break;
-        case OPT_TOPK:
-            if (exec_cli_int(optarg, "--top-k", -1, INT32_MAX, &a->top_k, TOOL))
-                return 2;
-            break;
-        case OPT_TOPP:
-            if (exec_cli_double(optarg, "--top-p", 1e-9, 1, &a->top_p, TOOL))
-                return 2;
-            break;
-        case 's':
-            if (exec_cli_int(optarg, "--seed", 0, INT64_MAX, &a->seed, TOOL))
-                return 2;
-            a->seed_set = 1;
-            break;
-        case OPT_BEAM:
-            if (exec_cli_int(optarg, "--beam-width", 1, 65536, &a->beam_width, TOOL))
-                return 2;
-            break;
-        case OPT_LP:
-            if (exec_cli_double(optarg, "--length-penalty", -1e6, 1e6, &a->length_penalty, TOOL))
-                return 2;
-            break;
-        case OPT_LOGPROBS:
-            if (exec_cli_int(optarg, "--logprobs", -1, 1 << 20, &a->logprobs, TOOL))
-                return 2;
-            break;
         case 'h': batch_usage(stdout); return 0;
-        default: batch_usage(stderr); return 2;
+        default: return cli_bad_flag(TOOL, argv, shortopts, longopts);
         }
     }
     if (optind < argc) {
@@ -157,7 +121,7 @@ static int parse_args(int argc, char **argv, batch_args *a)
         return 2;
     }
     if (a->model == NULL) {
-        fprintf(stderr, TOOL ": --model is required\n");
+        fprintf(stderr, TOOL ": --model DIR is required (see anvil run --input FILE --help)\n");
         return 2;
     }
     if ((a->input != NULL) + (a->prompt != NULL) + (a->prompt_ids != NULL) != 1) {
@@ -247,25 +211,16 @@ static json_t *single_prompt(const batch_args *a)
     return o;
 }
 
+/* A line's defaults: the model's generation_config.json, then the flags. */
 static void defaults(const batch_args *a, const anvil_model_config *cfg, anvil_request *r)
 {
     anvil_request_init(r);
-    r->max_tokens = (int32_t)a->max_tokens;
-    if (a->temperature_set)
-        r->temperature = (float)a->temperature;
-    else if (cfg->gen_temperature >= 0)
-        r->temperature = cfg->gen_temperature;
-    r->top_k = (int32_t)a->top_k;
-    r->top_p = (float)a->top_p;
-    if (a->top_k == 0 && cfg->gen_top_k > 0 && !a->temperature_set)
-        r->top_k = cfg->gen_top_k;
-    if (a->seed_set) {
-        r->seed = (uint64_t)a->seed;
-        r->has_seed = 1;
-    }
-    r->beam_width = (int32_t)a->beam_width;
-    r->length_penalty = (float)a->length_penalty;
-    r->logprobs = (int32_t)a->logprobs;
+    r->max_tokens = 256;
+    if (cfg->gen_temperature >= 0)
+        r->sampling.temperature = cfg->gen_temperature;
+    if (cfg->gen_top_k > 0 && !request_values_given(&a->rv, RQ_TEMPERATURE))
+        r->sampling.top_k = cfg->gen_top_k;
+    request_values_apply(&a->rv, r);
     r->retain_result = 1;
 }
 
@@ -273,17 +228,22 @@ int anvil_run_batch(int argc, char **argv)
 {
     batch_args a;
     int rc = parse_args(argc, argv, &a);
-    if (rc >= 0)
+    if (rc >= 0) {
+        request_values_free(&a.rv);
         return rc;
+    }
     line *lines = NULL;
     long n = 0;
     if (a.input) {
-        if (read_lines(a.input, &lines, &n))
+        if (read_lines(a.input, &lines, &n)) {
+            request_values_free(&a.rv);
             return 1;
+        }
     } else {
         lines = calloc(1, sizeof *lines);
         if (lines == NULL || (lines[0].obj = single_prompt(&a)) == NULL) {
             free(lines);
+            request_values_free(&a.rv);
             return 2;
         }
         n = 1;
@@ -377,5 +337,6 @@ done:
     free(lines);
     free(ids);
     free(beam);
+    request_values_free(&a.rv);
     return rc;
 }

@@ -157,7 +157,7 @@ def test_help_describes_every_flag(anvil):
     (["--model", "MODEL", "--prompt-ids", "1,x"], 2, "comma-separated"),
     (["--model", "MODEL", "--prompt-ids", "1,99999"], 1, "outside the vocabulary"),
     (["--model", "MODEL", "--prompt-ids", "1", "--temperature", "-1"], 2, "temperature"),
-    (["--model", "MODEL", "--prompt-ids", "1", "--top-p", "1.5"], 2, "top_p"),
+    (["--model", "MODEL", "--prompt-ids", "1", "--top-p", "1.5"], 2, "--top-p"),
     (["--model", "MODEL", "--prompt-ids", "1", "--max-tokens", "ten"], 2, "--max-tokens"),
     (["--model", "MODEL"], 2, "--prompt"),
     (["--model", "MODEL", "--prompt-ids", "1", "--device", "tpu"], 1, "unknown device"),
@@ -238,9 +238,9 @@ def test_errors_name_no_source_file(shared, tmp_path):
     assert re.fullmatch(r"anvil run: \(raised at src/models/\w+\.c:\d+\)", lines[1]), r.stderr
 
     r = run_env("run", "--model", src, "--prompt-ids", "1", "--temperature", "-1")
-    assert r.returncode == 2 and r.stderr == "anvil run: temperature must be >= 0, got -1\n"
+    assert r.returncode == 2 and r.stderr == "anvil run: --temperature expects a number >= 0, got '-1'\n"
     r = run_env("run", "--model", src, "--prompt-ids", "1", "--bogus")
-    assert r.returncode == 2 and r.stderr.startswith("anvil run: unrecognized option '--bogus'\n")
+    assert r.returncode == 2 and r.stderr == "anvil run: unknown flag --bogus; anvil run --help lists the flags\n"
     r = run_env("tokenize", "--tokenizer", tmp_path / "nowhere", "hi")
     assert r.returncode == 1 and r.stderr == f"anvil tokenize: no tokenizer.json in {tmp_path / 'nowhere'}\n"
 
@@ -253,4 +253,4 @@ def test_errors_name_no_source_file(shared, tmp_path):
     lines = r.stderr.splitlines()
     assert r.returncode == 1 and len(lines) == 2 and lines[0].startswith("anvil chat-template: "), r.stderr
     assert lines[0].endswith("no system role") and ".c:" not in lines[0], r.stderr
-    assert re.fullmatch(r"anvil chat-template: \(raised at src/tokenizer/\w+\.c:\d+\)", lines[1]), r.stderr
+    assert re.fullmatch(r"anvil chat-template: \(raised at src/jinja/\w+\.c:\d+\)", lines[1]), r.stderr
