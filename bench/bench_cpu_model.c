@@ -2,12 +2,13 @@
  * bench_cpu_model: prefill and decode speed of whole models on the CPU.
  *
  *   bench_cpu_model [--shared DIR] [--threads N] [--prompt-len N] [--decode N]
- *                   [--workdir DIR] [--models a,b,...] [--json FILE]
+ *                   [--scratch DIR] [--models a,b,...] [--json FILE]
  *
  * Models: stories260K and tinycode from the shared folder, and llama-1b, a
  * random-weight model of Llama-3.2-1B's shape (hidden 2048, 16 layers, 32
  * heads, 8 KV heads, intermediate 8192, vocab 128256, bf16, tied), written
- * to the work folder on first use.
+ * to the scratch folder on first use (--scratch DIR; default bench-scratch/
+ * beside this binary, in the build folder).
  *
  * Decode at batch 1 reads every weight once per token, so it is bounded by
  * memory bandwidth: the benchmark reports the bytes a token must read
@@ -25,9 +26,8 @@
 #include "anvil/builder.h"
 #include "anvil/runtime.h"
 #include "anvil/sampling.h"
-#include "backend/cpu/cpu_bench.h"
-#include "core/fileutil.h"
-#include "core/threadpool.h"
+#include "bench_scratch.h"
+#include "anvil_internal.h" /* internal: not part of the API */
 
 static const char *llama_1b_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 2048,\n"
@@ -63,7 +63,6 @@ static int ensure_llama_1b(const char *workdir, char *dir, size_t cap)
     snprintf(probe, sizeof probe, "%s/model.safetensors", dir);
     if (anvil_file_exists(probe))
         return 0;
-    mkdir(workdir, 0755);
     mkdir(dir, 0755);
     fprintf(stderr, "writing a random-weight Llama-3.2-1B-shaped model to %s ...\n", dir);
     if (anvil_write_random_model(dir, llama_1b_config, 1) != ANVIL_OK) {
@@ -157,14 +156,15 @@ done:
 
 int main(int argc, char **argv)
 {
-    const char *shared = "../shared", *workdir = "/tmp/anvil-bench", *json_path = NULL;
+    const char *shared = "../shared", *scratch = NULL, *json_path = NULL;
     const char *models = "stories260K,tinycode,llama-1b";
     int threads = 0;
     int32_t prompt_len = 128, n_decode = 32;
     static const struct option opts[] = {
         {"shared", required_argument, 0, 'S'}, {"threads", required_argument, 0, 't'},
         {"prompt-len", required_argument, 0, 'p'}, {"decode", required_argument, 0, 'd'},
-        {"workdir", required_argument, 0, 'w'}, {"models", required_argument, 0, 'm'},
+        {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
+        {"models", required_argument, 0, 'm'},
         {"json", required_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
@@ -174,13 +174,13 @@ int main(int argc, char **argv)
         case 't': threads = atoi(optarg); break;
         case 'p': prompt_len = atoi(optarg); break;
         case 'd': n_decode = atoi(optarg); break;
-        case 'w': workdir = optarg; break;
+        case 'w': scratch = optarg; break;
         case 'm': models = optarg; break;
         case 'j': json_path = optarg; break;
         default:
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: bench_cpu_model [--shared DIR] [--threads N] [--prompt-len N] [--decode N]\n"
-                    "                       [--workdir DIR] [--models stories260K,tinycode,llama-1b] [--json FILE]\n");
+                    "                       [--scratch DIR] [--models stories260K,tinycode,llama-1b] [--json FILE]\n");
             return c == 'h' ? 0 : 2;
         }
     }
@@ -197,7 +197,8 @@ int main(int argc, char **argv)
     for (char *save = NULL, *m = strtok_r(list, ",", &save); m && n_res < 8; m = strtok_r(NULL, ",", &save)) {
         char dir[4096];
         if (strcmp(m, "llama-1b") == 0) {
-            if (ensure_llama_1b(workdir, dir, sizeof dir) != 0)
+            char workdir[3072];
+            if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0 || ensure_llama_1b(workdir, dir, sizeof dir) != 0)
                 return 1;
         } else {
             snprintf(dir, sizeof dir, "%s/models/%s", shared, m);

@@ -17,9 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend/backend.h"
-#include "backend/cpu/cpu_bench.h"
-#include "backend/cpu/cpu_internal.h"
+#include "anvil_internal.h" /* internal: not part of the API */
 
 typedef struct result {
     const char *kind;

@@ -3,11 +3,12 @@
  * token out of it, against loading the Hugging Face folder (issue 12's
  * must-show; numbers in docs/performance.md "Build and load").
  *
- *   bench_load [--config llama-8b|llama-1b|FILE] [--workdir DIR] [--device cuda|cpu] [--dtype bf16]
+ *   bench_load [--config llama-8b|llama-1b|FILE] [--scratch DIR] [--device cuda|cpu] [--dtype bf16]
  *              [--runs N] [--json FILE]
  *
- * In --workdir it writes a random-weight folder of the config (once; kept
- * for later runs), then:
+ * In --scratch DIR (default bench-scratch/ beside this binary, in the build
+ * folder) it writes a random-weight folder of the config (once; kept for
+ * later runs), then:
  *   build   anvil_build_engine(folder -> DIR/model.engine), timed
  *   load    for the engine and for the folder: a fresh process (this
  *           program with --load) loads the model on --device and
@@ -36,6 +37,7 @@
 #include "anvil/builder.h"
 #include "anvil/generate.h"
 #include "anvil/runtime.h"
+#include "bench_scratch.h"
 
 static const char *llama_8b =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 4096,\n"
@@ -164,7 +166,7 @@ static long long file_bytes(const char *path)
 
 int main(int argc, char **argv)
 {
-    const char *config = "llama-8b", *workdir = "/dev/shm/anvil-load", *device = "cuda", *json = NULL;
+    const char *config = "llama-8b", *scratch = NULL, *device = "cuda", *json = NULL;
     const char *load = NULL;
     int runs = 3;
     anvil_dtype dtype = ANVIL_DTYPE_COUNT;
@@ -172,13 +174,13 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--load") == 0 && v) load = argv[++i];
         else if (strcmp(a, "--config") == 0 && v) config = argv[++i];
-        else if (strcmp(a, "--workdir") == 0 && v) workdir = argv[++i];
+        else if ((strcmp(a, "--scratch") == 0 || strcmp(a, "--workdir") == 0) && v) scratch = argv[++i];
         else if (strcmp(a, "--device") == 0 && v) device = argv[++i];
         else if (strcmp(a, "--runs") == 0 && v) runs = atoi(argv[++i]);
         else if (strcmp(a, "--json") == 0 && v) json = argv[++i];
         else if (strcmp(a, "--dtype") == 0 && v && strcmp(argv[++i], "bf16") == 0) dtype = ANVIL_DTYPE_BF16;
         else {
-            fprintf(stderr, "usage: bench_load [--config llama-8b|llama-1b|FILE] [--workdir DIR] [--device D] "
+            fprintf(stderr, "usage: bench_load [--config llama-8b|llama-1b|FILE] [--scratch DIR] [--device D] "
                             "[--dtype bf16] [--runs N] [--json FILE]\n");
             return 2;
         }
@@ -202,11 +204,12 @@ int main(int argc, char **argv)
         fclose(f);
         cfg = cfg_text;
     }
-    char folder[4096], engine[4200], marker[4200];
+    char workdir[4096], folder[4200], engine[4300], marker[4300];
+    if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0)
+        return 1;
     snprintf(folder, sizeof folder, "%s/model", workdir);
     snprintf(engine, sizeof engine, "%s/model.engine", workdir);
     snprintf(marker, sizeof marker, "%s/model.safetensors", folder);
-    mkdir(workdir, 0755);
     mkdir(folder, 0755);
     if (file_bytes(marker) < 0) {
         printf("writing a random %s folder in %s ...\n", config, folder);

@@ -5,8 +5,8 @@
  * for a batch and KV cache size; --verify reads every byte (checksums,
  * NaN/inf); --json for programs.
  *
- * Internal headers: the engine container and the runtime's size planner
- * have no public API yet (issue 13 gives tools public headers only).
+ * The engine container and the runtime's size planner have no public API
+ * yet: they come through the one internal header, src/anvil_internal.h.
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -18,16 +18,12 @@
 
 #include "anvil/model_config.h"
 #include "anvil/runtime.h"
-#include "builder/manifest.h"
+#include "anvil_internal.h" /* internal: not part of the API */
 #include "cli_env.h"
 #include "cli_error.h"
 #include "cli_flags.h"
 #include "commands.h"
-#include "core/error.h"
 #include "exec_cli.h"
-#include "io/engine_file.h"
-#include "io/model_files.h"
-#include "runtime/runtime_plan.h"
 
 #define TOOL "anvil inspect"
 

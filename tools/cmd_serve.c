@@ -1,4 +1,5 @@
 /* anvil serve: the OpenAI-compatible HTTP server (src/server/, docs/server.md). */
+#include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,7 +14,6 @@
 #include "cli_error.h"
 #include "cli_flags.h"
 #include "commands.h"
-#include "core/fileutil.h"
 #include "exec_cli.h"
 
 static void usage(FILE *out)
@@ -152,6 +152,39 @@ static void model_arg(const char *arg, char *name, size_t cap, const char **dir)
     while (b > 0 && arg[b - 1] != '/')
         b--;
     snprintf(name, cap, "%.*s", (int)(n - b), arg + b);
+}
+
+/* A whole file as a NUL-terminated string (malloc'd); NULL with errno set. */
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 4096, n = 0, k;
+    char *buf = malloc(cap);
+    while (buf != NULL && (k = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += k;
+        if (cap - n < 2) {
+            char *b = realloc(buf, cap * 2);
+            if (b == NULL) {
+                free(buf);
+                buf = NULL;
+                errno = ENOMEM;
+                break;
+            }
+            buf = b;
+            cap *= 2;
+        }
+    }
+    const int bad = buf == NULL || ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        errno = errno ? errno : EIO;
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
 }
 
 int anvil_cmd_serve(int argc, char **argv)
@@ -320,9 +353,8 @@ int anvil_cmd_serve(int argc, char **argv)
         return 2;
     }
     char *template_src = NULL;
-    size_t template_len = 0;
-    if (template_path && anvil_read_file(template_path, &template_src, &template_len) != ANVIL_OK) {
-        anvil_cli_report("%s", tool);
+    if (template_path && (template_src = read_text(template_path)) == NULL) {
+        fprintf(stderr, "%s: cannot read --chat-template %s: %s\n", tool, template_path, strerror(errno));
         return 1;
     }
     /* SIGINT / SIGTERM are taken by sigwait below: block them before any

@@ -254,8 +254,9 @@ int anvil_run_batch(int argc, char **argv)
     anvil_executor *ex = NULL;
     uint64_t *ids = calloc((size_t)(n ? n : 1), sizeof *ids);
     int *beam = calloc((size_t)(n ? n : 1), sizeof *beam);
+    int32_t *max_tokens = calloc((size_t)(n ? n : 1), sizeof *max_tokens);
     rc = 1;
-    if (ids == NULL || beam == NULL) {
+    if (ids == NULL || beam == NULL || max_tokens == NULL) {
         fprintf(stderr, TOOL ": out of memory\n");
         goto done;
     }
@@ -285,6 +286,7 @@ int anvil_run_batch(int argc, char **argv)
             l->error = strdup(msg);
         }
         beam[i] = q.req.beam_width > 1;
+        max_tokens[i] = q.req.max_tokens;
         exec_cli_request_clear(&q); /* the executor copied what it keeps; obj names the stop strings later */
     }
     int failed = 0;
@@ -299,6 +301,12 @@ int anvil_run_batch(int argc, char **argv)
         }
         if (res != NULL) {
             o = exec_cli_result_json(res, i, beam[i], lines[i].obj);
+            /* a max_tokens the context could not hold in full: say so, as anvil run --json does */
+            const int32_t ctx = anvil_runtime_options_get(rt)->max_seq_len;
+            if (res->status == ANVIL_OK && max_tokens[i] > 0 && (int64_t)res->n_prompt + max_tokens[i] > ctx)
+                json_object_set_new(o, "context_limit",
+                                    json_pack("{s:i, s:i, s:i, s:i}", "context", ctx, "prompt_tokens", res->n_prompt,
+                                              "max_tokens", max_tokens[i], "max_new_tokens", ctx - res->n_prompt));
             failed |= res->status != ANVIL_OK;
             n_prompt += res->n_prompt;
             for (int32_t k = 0; k < res->n_sequences; k++)
@@ -337,6 +345,7 @@ done:
     free(lines);
     free(ids);
     free(beam);
+    free(max_tokens);
     request_values_free(&a.rv);
     return rc;
 }

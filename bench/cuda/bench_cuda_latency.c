@@ -2,7 +2,7 @@
  * bench_cuda_latency: static-batch latency of the runtime on a CUDA GPU,
  * against the device's own ceilings measured in the same run.
  *
- *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR]
+ *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR]
  *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both]
  *                      [--json FILE]
  *
@@ -45,15 +45,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "../bench_scratch.h"
 #include "anvil/model_config.h"
 #include "anvil/network.h"
 #include "anvil/builder.h"
 #include "anvil/runtime.h"
-#include "backend/backend.h"
-#include "core/error.h"
-#include "core/fileutil.h"
-#include "core/threadpool.h"
-#include "io/safetensors.h"
+#include "anvil_internal.h" /* internal: not part of the API */
 
 static const char *llama_8b_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 4096,\n"
@@ -90,7 +87,8 @@ static int cmp_double(const void *a, const void *b)
 /* ------------------------------------------------------------ random model */
 
 /* A random-weight engine of the config (the builder's, as `anvil build
- * --config FILE --random-weights` makes it), written once into workdir. */
+ * --config FILE --random-weights` makes it), written once into workdir
+ * (--scratch DIR; default bench-scratch/ beside this binary). */
 static int ensure_model(const char *workdir, const char *name, const char *config, char *path, size_t cap)
 {
     snprintf(path, cap, "%s/%s.engine", workdir, name);
@@ -347,12 +345,13 @@ static int parse_cases(const char *s, bench_case *cs, int *n)
 
 int main(int argc, char **argv)
 {
-    const char *models = "llama-8b,llama-1b", *model_dir = NULL, *workdir = "/dev/shm/anvil-bench";
+    const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
     const char *fusion = "on";
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
-        {"workdir", required_argument, 0, 'w'}, {"cases", required_argument, 0, 'c'},
+        {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
+        {"cases", required_argument, 0, 'c'},
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
         {"fusion", required_argument, 0, 'f'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
@@ -362,13 +361,13 @@ int main(int argc, char **argv)
         switch (c) {
         case 'M': models = optarg; break;
         case 'd': model_dir = optarg; break;
-        case 'w': workdir = optarg; break;
+        case 'w': scratch = optarg; break;
         case 'c': cases_s = optarg; break;
         case 'g': graphs = optarg; break;
         case 'f': fusion = optarg; break;
         case 'j': json_path = optarg; break;
         default:
-            fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--workdir DIR] "
+            fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
                             "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both] [--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -435,7 +434,9 @@ int main(int argc, char **argv)
                 fprintf(stderr, "unknown model %s (llama-8b, llama-1b)\n", name);
                 return 2;
             }
-            if (ensure_model(workdir, name, cfg, dir, sizeof dir) != 0)
+            char workdir[3072];
+            if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0 ||
+                ensure_model(workdir, name, cfg, dir, sizeof dir) != 0)
                 return 1;
         }
         for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
