@@ -18,8 +18,8 @@
  *     anvil_request_init(&req);
  *     req.prompt = "Once upon a time";
  *     req.max_tokens = 64;
- *     req.temperature = 0.8f;
- *     req.seed = 42; req.has_seed = 1;
+ *     req.sampling.temperature = 0.8f;
+ *     req.sampling.seed = 42; req.has_seed = 1;
  *     req.retain_result = 1;                              // for anvil_executor_wait
  *     uint64_t id;
  *     if (anvil_executor_enqueue(ex, &req, &id) != ANVIL_OK)
@@ -94,17 +94,17 @@ typedef struct anvil_request {
     int add_special_tokens;        /* for a text prompt (BOS as the tokenizer adds it); default 1 */
 
     /* ---- sampling (the order of the transforms is in docs/executor.md) */
-    float temperature;             /* 0: greedy; default 1 */
-    int32_t top_k;                 /* 0 (or -1): off */
-    float top_p;                   /* (0, 1]; 1: off */
-    float min_p;                   /* [0, 1]; 0: off */
+    /* temperature (0: greedy; default 1), top_k (0 or -1: off), top_p
+     * ((0, 1]; 1: off), min_p ([0, 1]; 0: off), seed (used with has_seed);
+     * anvil/sampling.h. Checked as anvil_sampling_params_check. */
+    anvil_sampling_params sampling;
+    int has_seed;                  /* 1: sampling.seed seeds the request's own RNG, whatever else runs;
+                                      0: the executor draws a seed (anvil_executor_options.seed) */
     float repetition_penalty;      /* > 0; 1: off. HF semantics over prompt + generated tokens */
     float presence_penalty;        /* [-2, 2]; OpenAI semantics over generated tokens */
     float frequency_penalty;       /* [-2, 2] */
     const anvil_logit_bias *logit_bias;
     int32_t n_logit_bias;
-    uint64_t seed;                 /* with has_seed: the request's own RNG, whatever else runs */
-    int has_seed;
     int32_t n;                     /* independent samples sharing the prompt's KV blocks; default 1 */
     int32_t logprobs;              /* -1: none (default); 0: the chosen token's; k: and the top k */
 

@@ -138,23 +138,22 @@ anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, 
 anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids);
 
 /* How one logits row is sampled (anvil_runtime_forward_sample): the
- * parameters of anvil_sampler_sample_min_p and the sequence's generator. */
+ * parameters of anvil_sampler_sample and the sequence's generator. */
 typedef struct anvil_sample_row {
-    float temperature;            /* >= 0; 0: greedy */
-    int32_t top_k;                /* <= 0: off; 1: greedy */
-    float top_p;                  /* (0, 1]; 1: off */
-    float min_p;                  /* [0, 1]; 0: off */
-    anvil_rng *rng;               /* drawn from when the row samples (NULL allowed for greedy rows) */
+    anvil_sampling_params sampling; /* checked as anvil_sampling_params_check; sampling.seed unused */
+    anvil_rng *rng;                 /* drawn from when the row samples (NULL allowed for greedy rows) */
 } anvil_sample_row;
 
 /*
  * The same step, sampling each logit row on the backend: next_ids[i]
- * receives what anvil_sampler_sample_min_p(logits of row i, rows[i]) would
- * return, and rows[i].rng advances exactly as that call advances it (one
- * uniform when the row samples and has a finite logit, none otherwise).
+ * receives what anvil_sampler_sample(logits of row i, &rows[i].sampling,
+ * rows[i].rng) would return, and rows[i].rng advances exactly as that
+ * call advances it (one uniform when the row samples and has a finite
+ * logit, none otherwise). Every row is checked first
+ * (anvil_sampling_params_check; ANVIL_ERR_INVALID_ARG naming the row).
  * Only the ids leave the device. Backends without a sample op (or with
- * ANVIL_HOST_SAMPLING=1 in the environment at load) download the logits
- * and call anvil_sampler_sample_min_p itself. On the CPU the ids are
+ * host_sampling in its options) download the logits
+ * and call anvil_sampler_sample itself. On the CPU the ids are
  * identical to that call's; on CUDA too except where the draw or the top-p
  * mass lands within ~1e-9 of a cumulative-probability boundary (the device
  * sums in another order; docs/cuda-backend.md). On failure no generator

@@ -1,10 +1,30 @@
 /*
  * anvil/sampling.h: choosing the next token from logits.
  *
+ * One set of sampling numbers, anvil_sampling_params, serves everywhere:
+ * anvil_generate_params.sampling, anvil_request.sampling (the executor),
+ * anvil_sample_row.sampling (anvil_runtime_forward_sample) and the
+ * backends' sample op. The sampler (src/sampler/) is arithmetic on one
+ * logits row and nothing else; the runtime, both backends and the executor
+ * use it, and the CUDA sampler is tested against it row by row.
+ *
  * Order of the transforms, as in Hugging Face generate() and vLLM:
- * temperature, then top-k, then top-p. Temperature 0 means greedy (the
- * first index of the largest logit). The generator is xoshiro256** seeded
- * through splitmix64: the same seed gives the same tokens.
+ * temperature, min-p, top-k, top-p, then one uniform draw. Temperature 0
+ * (or top_k 1) means greedy: the first index of the largest logit. The
+ * generator is xoshiro256** seeded through splitmix64: the same seed gives
+ * the same tokens.
+ *
+ *     anvil_sampling_params p;
+ *     anvil_sampling_params_default(&p);
+ *     p.temperature = 0.8f; p.top_p = 0.95f; p.seed = 42;
+ *     anvil_sampler *s; anvil_rng rng;
+ *     anvil_sampler_create(n_vocab, &s);
+ *     anvil_rng_seed(&rng, p.seed);
+ *     int32_t tok = anvil_sampler_sample(s, logits, &p, &rng); // -1: a poisoned row
+ *     anvil_sampler_free(s);
+ *
+ * Thread safety: an anvil_sampler is scratch memory for one thread at a
+ * time; the rest is pure functions.
  */
 #ifndef ANVIL_SAMPLING_H
 #define ANVIL_SAMPLING_H
@@ -17,18 +37,26 @@
 extern "C" {
 #endif
 
+/* How one token is chosen from a row of logits. */
 typedef struct anvil_sampling_params {
-    float temperature;  /* 0: greedy */
-    int32_t top_k;      /* 0: off */
-    float top_p;        /* 1: off */
-    uint64_t seed;
+    float temperature;  /* >= 0, finite; 0: greedy. Default 1 */
+    int32_t top_k;      /* keep the k most likely; 0 (or -1): off. 1: greedy */
+    float top_p;        /* (0, 1]: keep the smallest set whose probability reaches top_p; 1: off */
+    float min_p;        /* [0, 1]: drop tokens less likely than min_p times the most likely; 0: off */
+    uint64_t seed;      /* the generator's seed (where a caller seeds one: anvil_generate, and the
+                           executor with anvil_request.has_seed); the sampler itself draws from the
+                           anvil_rng it is given */
 } anvil_sampling_params;
 
-/* temperature 1, top_k 0, top_p 1, seed 0 */
+/* temperature 1, top_k 0, top_p 1, min_p 0, seed 0 */
 void anvil_sampling_params_default(anvil_sampling_params *p);
 
-/* Checks ranges: temperature >= 0, top_k >= 0, 0 < top_p <= 1. */
+/* Checks ranges: temperature finite and >= 0, top_k >= -1, 0 < top_p <= 1,
+ * 0 <= min_p <= 1; ANVIL_ERR_INVALID_ARG naming the first bad one. */
 anvil_status anvil_sampling_params_check(const anvil_sampling_params *p);
+
+/* Whether p picks greedily (temperature 0 or top_k 1): no draw is used. */
+int anvil_sampling_is_greedy(const anvil_sampling_params *p);
 
 typedef struct anvil_rng {
     uint64_t s[4];
@@ -45,8 +73,18 @@ typedef struct anvil_sampler anvil_sampler;
 anvil_status anvil_sampler_create(int32_t n_vocab, anvil_sampler **out);
 void anvil_sampler_free(anvil_sampler *s);
 
-/* Picks a token from logits [n_vocab] (not modified). Draws from rng only
- * when sampling (temperature > 0). */
+/*
+ * Picks a token from logits [n_vocab] (not modified) with p (p->seed is
+ * not used: rng is the generator). Greedy parameters give the first index
+ * of the largest logit and draw nothing. Otherwise: logits divided by the
+ * temperature; min-p drops tokens whose probability is below min_p times
+ * the largest; top-k keeps the k largest; top-p the smallest prefix (in the
+ * order "logit descending, then id ascending") whose mass reaches top_p;
+ * one uniform from rng picks among the survivors. Tokens whose logit is
+ * -inf are never chosen. A row that holds a NaN or +inf, or no logit above
+ * -inf, gives -1 and draws nothing (a damaged model: the caller ends the
+ * request with an error).
+ */
 int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_sampling_params *p,
                              anvil_rng *rng);
 
@@ -57,7 +95,7 @@ int32_t anvil_argmax(const float *x, int32_t n);
  * +inf or no value above -inf (the logits of a damaged model). */
 int32_t anvil_greedy_pick(const float *x, int32_t n);
 
-/* ---- The executor's per-request suite: min-p, penalties, bias, logprobs. */
+/* ---- The executor's per-request suite: penalties, bias, logprobs. */
 
 /* A bias added to one token's logit (OpenAI logit_bias). */
 typedef struct anvil_logit_bias {
@@ -94,30 +132,6 @@ typedef struct anvil_logits_processors {
  * ignored. The sampler s (of n_vocab entries) lends its scratch. */
 void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, float *logits, const int32_t *prompt,
                         int32_t n_prompt, const int32_t *generated, int32_t n_generated);
-
-/*
- * anvil_sampler_sample with min-p: after temperature, tokens whose
- * probability is below min_p times the largest are dropped, then top-k and
- * top-p as before. Tokens whose logit is -inf are never chosen. A row that
- * holds a NaN or +inf, or no logit above -inf, gives -1 and draws nothing
- * (a damaged model: the caller ends the request with an error). With
- * min_p 0 and finite logits it draws exactly what anvil_sampler_sample
- * draws from the same RNG state.
- */
-int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
-                                   anvil_rng *rng);
-
-/*
- * The token anvil_sampler_sample_min_p picks when its draw is u: the same
- * steps with the min-p threshold given as log_min_p = logf(min_p) (or
- * -INFINITY for none) and the uniform u in [0, 1) (what anvil_rng_uniform
- * returned) given instead of drawn. Greedy parameters (temperature 0, top_k
- * 1) ignore u. A row with a NaN or +inf, or no logit above -inf, gives -1,
- * greedy or not. For backends that sample on their device: they mirror
- * this, and the CPU backend calls it.
- */
-int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
-                           double u);
 
 /* out[i] = x[i] - log(sum_j exp(x[j])), in float with a max shift, as
  * torch.log_softmax does; out may be x. */

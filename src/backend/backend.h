@@ -28,6 +28,7 @@
 
 #include "anvil/status.h"
 #include "core/tensor.h"
+#include "sampler/sampler.h"
 
 typedef struct anvil_backend anvil_backend;
 
@@ -92,20 +93,6 @@ typedef struct anvil_attention_args {
     const anvil_rope_freqs *rope;
 } anvil_attention_args;
 
-/*
- * One logits row's sampling for the sample_rows op: the host sampler's
- * parameters with its two host-side values computed already, so that every
- * backend uses the host's logf and RNG. Greedy when temperature <= 0 or
- * top_k == 1 (u unused); top_k <= 0: all; top_p 1: off.
- */
-typedef struct anvil_sample_params {
-    float temperature;
-    int32_t top_k;
-    float top_p;
-    float log_min_p;              /* logf(min_p) as the host computes it; -INFINITY: no min-p */
-    double u;                     /* the uniform draw in [0, 1) (anvil_rng_uniform) */
-} anvil_sample_params;
-
 typedef struct anvil_backend_ops {
     const char *name;
     void (*destroy)(anvil_backend *be);
@@ -163,13 +150,15 @@ typedef struct anvil_backend_ops {
      * copying the logits out. */
     anvil_status (*argmax_rows)(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
 
-    /* ids[r] = the token the host sampler (anvil_sampler_pick in
-     * anvil/sampling.h) picks from row r of the logits x [rows, cols] with
-     * params[r]; -1 for a poisoned row, one with a NaN or +inf or no value
-     * above -inf, greedy or not (the draw was not used; the runtime's guard
-     * against a damaged model). params and ids are in backend memory: sampling without copying
-     * the logits out (anvil_sample_params: above). */
-    anvil_status (*sample_rows)(anvil_backend *be, const anvil_tensor *x, const struct anvil_sample_params *params,
+    /* ids[r] = the token the sampler's anvil_sampler_pick (sampler/sampler.h)
+     * picks from row r of the logits x [rows, cols] with draws[r]: its
+     * parameters and the values the host derived from them (greedy,
+     * 1/temperature, logf(min_p), the uniform u), used as given; -1 for a
+     * poisoned row, one with a NaN or +inf or no value above -inf, greedy or
+     * not (the draw was not used; the runtime's guard against a damaged
+     * model). draws and ids are in backend memory: sampling without copying
+     * the logits out. */
+    anvil_status (*sample_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
                                 int32_t *ids);
 
     /*

@@ -1,6 +1,7 @@
 /*
  * The executor's private state, shared by its files:
  *   executor.c        public API, the thread and its loop, intake, results
+ *   exec_generate.c   anvil_generate: one request on an executor without a thread
  *   exec_request.c    checking and copying a request; building its result
  *   exec_scheduler.c  capacity policies, micro-batch choice, preemption
  *   exec_step.c       the packed batch, the forward, the block bookkeeping
@@ -137,6 +138,7 @@ struct anvil_executor {
 
     pthread_t thread;
     int thread_started;
+    int inline_loop;          /* no thread: anvil_exec_run_inline runs the loop on its caller's thread */
     pthread_mutex_t mu;
     pthread_cond_t wake;      /* the loop waits for work */
     pthread_cond_t done;      /* anvil_executor_wait waits for results */
@@ -161,6 +163,10 @@ struct anvil_executor {
     pthread_mutex_t refit_mu;  /* one refit at a time (held through its prepare and commit) */
 
     /* ---- loop thread only */
+    xreq **round_batch;       /* what one round took from the inbox */
+    int32_t cap_round_batch;
+    uint64_t *round_cancels;  /* ... and from the cancels */
+    int32_t cap_round_cancels;
     anvil_kv_manager *kv;
     xreq **waiting;           /* FIFO; preempted requests go back to the front */
     int32_t n_waiting, cap_waiting;
@@ -200,6 +206,14 @@ struct anvil_executor {
 
 /* ---- executor.c */
 double anvil_exec_now(void);
+/* An executor without a thread and without a tokenizer, for anvil_generate:
+ * requests run only inside anvil_exec_run_inline, on its caller's thread
+ * (event callbacks included); anvil_executor_free cancels what is left on
+ * the calling thread. anvil_executor_wait and anvil_executor_generate must
+ * not be used on it (nothing would run the requests they wait for). */
+anvil_status anvil_exec_create_inline(anvil_runtime *rt, const anvil_executor_options *opts, anvil_executor **out);
+/* Runs the loop on the calling thread until nothing is queued or running. */
+void anvil_exec_run_inline(anvil_executor *ex);
 /* Builds the result, delivers the final event, frees the request's
  * blocks and state (r is freed). */
 void anvil_exec_finish_request(anvil_executor *ex, xreq *r, anvil_request_finish why);

@@ -14,8 +14,7 @@ void anvil_request_init(anvil_request *r)
 {
     memset(r, 0, sizeof *r);
     r->add_special_tokens = 1;
-    r->temperature = 1.0f;
-    r->top_p = 1.0f;
+    anvil_sampling_params_default(&r->sampling);
     r->repetition_penalty = 1.0f;
     r->n = 1;
     r->logprobs = -1;
@@ -178,13 +177,7 @@ static int32_t worst_blocks(const anvil_executor *ex, const xreq *r)
 
 static anvil_status check_params(const anvil_executor *ex, const anvil_request *q)
 {
-    CHECK(q->temperature >= 0.0f && isfinite(q->temperature), ANVIL_ERR_INVALID_ARG,
-          "temperature must be a finite number >= 0, got %g", (double)q->temperature);
-    CHECK(q->top_k >= -1, ANVIL_ERR_INVALID_ARG, "top_k must be >= 0 (or -1 for off), got %d", q->top_k);
-    CHECK(q->top_p > 0.0f && q->top_p <= 1.0f, ANVIL_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g",
-          (double)q->top_p);
-    CHECK(q->min_p >= 0.0f && q->min_p <= 1.0f, ANVIL_ERR_INVALID_ARG, "min_p must be in [0, 1], got %g",
-          (double)q->min_p);
+    TRY(anvil_sampling_params_check(&q->sampling));
     CHECK(q->repetition_penalty > 0.0f && isfinite(q->repetition_penalty), ANVIL_ERR_INVALID_ARG,
           "repetition_penalty must be > 0, got %g", (double)q->repetition_penalty);
     CHECK(q->presence_penalty >= -2.0f && q->presence_penalty <= 2.0f, ANVIL_ERR_INVALID_ARG,
@@ -301,8 +294,6 @@ anvil_status anvil_exec_request_make(anvil_executor *ex, const anvil_request *q,
     r->p.logit_bias = NULL;
     r->p.stop_token_ids = NULL;
     r->p.stop = NULL;
-    if (r->p.top_k < 0)
-        r->p.top_k = 0;
     TRY_GOTO(copy_prompt(ex, q, r), fail);
     TRY_GOTO(copy_lists(q, r), fail);
     const int32_t room = ex->max_seq_len - r->n_prompt;

@@ -161,10 +161,7 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
         .n_bias = r->n_bias,
     };
     anvil_logits_apply(ex->sampler, &proc, w, r->prompt, r->n_prompt, s->tokens + r->n_prompt, n_gen);
-    const anvil_sampling_params sp = {
-        .temperature = r->p.temperature, .top_k = r->p.top_k, .top_p = r->p.top_p, .seed = r->p.seed,
-    };
-    const int32_t tok = anvil_sampler_sample_min_p(ex->sampler, w, &sp, r->p.min_p, &s->rng);
+    const int32_t tok = anvil_sampler_sample(ex->sampler, w, &r->p.sampling, &s->rng);
     if (tok < 0)
         return anvil_exec_nonfinite(ex, r, s);
 

@@ -50,7 +50,7 @@ static anvil_status fork_samples(anvil_executor *ex, xreq *r)
         xseq *c;
         TRY(anvil_exec_seq_fork(ex, r, parent, &c));
         c->index = i;
-        anvil_rng_seed(&c->rng, r->p.seed + (uint64_t)i);
+        anvil_rng_seed(&c->rng, r->p.sampling.seed + (uint64_t)i);
         c->logit_row = parent->logit_row;
         r->seqs[r->n_seqs++] = c;
     }
@@ -153,10 +153,7 @@ void anvil_exec_step(anvil_executor *ex)
         if (e->start + e->count == s->n_tokens) {
             const xreq *r = e->r;
             on_backend = on_backend && anvil_exec_samples_on_backend(ex, r, s);
-            ex->b_sample[L] = (anvil_sample_row){
-                .temperature = r->p.temperature, .top_k = r->p.top_k, .top_p = r->p.top_p, .min_p = r->p.min_p,
-                .rng = &s->rng,
-            };
+            ex->b_sample[L] = (anvil_sample_row){.sampling = r->p.sampling, .rng = &s->rng};
             s->logit_row = L;
             ex->b_rows[L++] = T - 1;
         }

@@ -141,8 +141,8 @@ static void intake(anvil_executor *ex, xreq **batch, int32_t n)
     for (int32_t i = 0; i < n; i++) {
         xreq *r = batch[i];
         if (!r->p.has_seed)
-            r->p.seed = anvil_rng_next(&ex->seed_rng);
-        anvil_rng_seed(&r->seqs[0]->rng, r->p.seed);
+            r->p.sampling.seed = anvil_rng_next(&ex->seed_rng);
+        anvil_rng_seed(&r->seqs[0]->rng, r->p.sampling.seed);
         if (r->worst_blocks > anvil_kv_total(ex->kv)) {
             char msg[200];
             snprintf(msg, sizeof msg,
@@ -241,69 +241,89 @@ static void publish_metrics(anvil_executor *ex)
     ex->rate_i = (ex->rate_i + 1) % n;
 }
 
+/* Whether the loop has anything to do (called with mu held). */
+static int has_work(const anvil_executor *ex)
+{
+    return ex->stopping || ex->n_inbox > 0 || ex->n_cancels > 0 || ex->n_waiting > 0 || ex->n_running > 0 ||
+           ex->refit_staged != NULL;
+}
+
+/*
+ * One round of the loop: takes the inbox, the cancels and a staged refit
+ * (waiting for one of them first when `wait`), then schedules and runs one
+ * step. Returns 0 once a stopping executor has cancelled everything.
+ */
+static int loop_round(anvil_executor *ex, int wait)
+{
+    pthread_mutex_lock(&ex->mu);
+    while (wait && !has_work(ex))
+        pthread_cond_wait(&ex->wake, &ex->mu);
+    /* take the inbox and the cancels; on OOM leave them for the next round */
+    int32_t n_new = 0, n_cancel = 0;
+    if (grow((void **)&ex->round_batch, &ex->cap_round_batch, ex->n_inbox, sizeof *ex->round_batch)) {
+        n_new = ex->n_inbox;
+        if (n_new > 0)
+            memcpy(ex->round_batch, ex->inbox, (size_t)n_new * sizeof *ex->round_batch);
+        ex->n_inbox = 0;
+    }
+    if (grow((void **)&ex->round_cancels, &ex->cap_round_cancels, ex->n_cancels, sizeof *ex->round_cancels)) {
+        n_cancel = ex->n_cancels;
+        if (n_cancel > 0)
+            memcpy(ex->round_cancels, ex->cancels, (size_t)n_cancel * sizeof *ex->round_cancels);
+        ex->n_cancels = 0;
+    }
+    const int stopping = ex->stopping;
+    anvil_refit_staging *refit = ex->refit_staged; /* new weights to commit: between two steps, here */
+    ex->refit_staged = NULL;
+    pthread_mutex_unlock(&ex->mu);
+
+    if (refit != NULL)
+        anvil_exec_refit_commit(ex, refit, stopping);
+    intake(ex, ex->round_batch, n_new);
+    apply_cancels(ex, ex->round_cancels, n_cancel);
+    if (stopping) {
+        cancel_everything(ex);
+        pthread_mutex_lock(&ex->mu);
+        const int more = ex->n_inbox > 0; /* enqueued by a callback meanwhile: cancel those too */
+        if (!more) {
+            ex->n_queued = 0;
+            publish_metrics(ex);
+        }
+        pthread_mutex_unlock(&ex->mu);
+        return more;
+    }
+    if (ex->n_waiting > 0 || ex->n_running > 0) {
+        const double t0 = anvil_exec_now();
+        anvil_exec_schedule(ex);
+        ex->schedule_s += anvil_exec_now() - t0;
+        if (ex->n_plan > 0)
+            anvil_exec_step(ex); /* adds forward_s and tokens_s */
+        ex->busy_s += anvil_exec_now() - t0;
+    }
+    pthread_mutex_lock(&ex->mu);
+    ex->n_queued = ex->n_inbox + ex->n_waiting;
+    publish_metrics(ex);
+    pthread_mutex_unlock(&ex->mu);
+    return 1;
+}
+
 static void *loop_main(void *arg)
 {
     anvil_executor *ex = arg;
-    xreq **batch = NULL;
-    uint64_t *cancels = NULL;
-    int32_t cap_batch = 0, cap_cancels = 0;
+    while (loop_round(ex, 1))
+        ;
+    return NULL;
+}
+
+void anvil_exec_run_inline(anvil_executor *ex)
+{
     for (;;) {
         pthread_mutex_lock(&ex->mu);
-        while (!ex->stopping && ex->n_inbox == 0 && ex->n_cancels == 0 && ex->n_waiting == 0 && ex->n_running == 0 &&
-               ex->refit_staged == NULL)
-            pthread_cond_wait(&ex->wake, &ex->mu);
-        /* take the inbox and the cancels; on OOM leave them for the next round */
-        int32_t n_new = 0, n_cancel = 0;
-        if (grow((void **)&batch, &cap_batch, ex->n_inbox, sizeof *batch)) {
-            n_new = ex->n_inbox;
-            if (n_new > 0)
-                memcpy(batch, ex->inbox, (size_t)n_new * sizeof *batch);
-            ex->n_inbox = 0;
-        }
-        if (grow((void **)&cancels, &cap_cancels, ex->n_cancels, sizeof *cancels)) {
-            n_cancel = ex->n_cancels;
-            if (n_cancel > 0)
-                memcpy(cancels, ex->cancels, (size_t)n_cancel * sizeof *cancels);
-            ex->n_cancels = 0;
-        }
-        const int stopping = ex->stopping;
-        anvil_refit_staging *refit = ex->refit_staged; /* new weights to commit: between two steps, here */
-        ex->refit_staged = NULL;
+        const int work = has_work(ex);
         pthread_mutex_unlock(&ex->mu);
-
-        if (refit != NULL)
-            anvil_exec_refit_commit(ex, refit, stopping);
-        intake(ex, batch, n_new);
-        apply_cancels(ex, cancels, n_cancel);
-        if (stopping) {
-            cancel_everything(ex);
-            pthread_mutex_lock(&ex->mu);
-            int more = ex->n_inbox > 0;
-            pthread_mutex_unlock(&ex->mu);
-            if (more)
-                continue; /* enqueued by a callback meanwhile: cancel those too */
-            break;
-        }
-        if (ex->n_waiting > 0 || ex->n_running > 0) {
-            const double t0 = anvil_exec_now();
-            anvil_exec_schedule(ex);
-            ex->schedule_s += anvil_exec_now() - t0;
-            if (ex->n_plan > 0)
-                anvil_exec_step(ex); /* adds forward_s and tokens_s */
-            ex->busy_s += anvil_exec_now() - t0;
-        }
-        pthread_mutex_lock(&ex->mu);
-        ex->n_queued = ex->n_inbox + ex->n_waiting;
-        publish_metrics(ex);
-        pthread_mutex_unlock(&ex->mu);
+        if (!work || !loop_round(ex, 0))
+            return;
     }
-    free(batch);
-    free(cancels);
-    pthread_mutex_lock(&ex->mu);
-    ex->n_queued = 0;
-    publish_metrics(ex);
-    pthread_mutex_unlock(&ex->mu);
-    return NULL;
 }
 
 /* ------------------------------------------------------------ public API */
@@ -341,6 +361,8 @@ static void free_state(anvil_executor *ex)
         anvil_result_free(ex->kept[i].result);
     free(ex->inbox);
     free(ex->cancels);
+    free(ex->round_batch);
+    free(ex->round_cancels);
     free(ex->kept);
     free(ex->waiting);
     free(ex->running);
@@ -363,8 +385,10 @@ static void free_state(anvil_executor *ex)
     anvil_kv_manager_free(ex->kv);
 }
 
-anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok, const anvil_executor_options *opts,
-                                   anvil_executor **out)
+/* anvil_executor_create, with a thread (threaded) or driven by
+ * anvil_exec_run_inline on its caller's thread. */
+static anvil_status create(anvil_runtime *rt, const anvil_tokenizer *tok, const anvil_executor_options *opts,
+                           int threaded, anvil_executor **out)
 {
     *out = NULL;
     CHECK(rt != NULL, ANVIL_ERR_INVALID_ARG, "executor: no runtime");
@@ -426,10 +450,15 @@ anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok
     pthread_mutex_lock(&ex->mu);
     publish_metrics(ex);
     pthread_mutex_unlock(&ex->mu);
-    CHECK_GOTO(pthread_create(&ex->thread, NULL, loop_main, ex) == 0, ANVIL_ERR_INTERNAL, fail,
-               "cannot start the executor thread");
-    ex->thread_started = 1;
-    anvil_log(ANVIL_LOG_INFO, "executor: %d KV blocks of %d tokens, max %d sequences and %d tokens per step, %s",
+    if (threaded) {
+        CHECK_GOTO(pthread_create(&ex->thread, NULL, loop_main, ex) == 0, ANVIL_ERR_INTERNAL, fail,
+                   "cannot start the executor thread");
+        ex->thread_started = 1;
+    } else {
+        ex->inline_loop = 1;
+    }
+    anvil_log(threaded ? ANVIL_LOG_INFO : ANVIL_LOG_DEBUG,
+              "executor: %d KV blocks of %d tokens, max %d sequences and %d tokens per step, %s",
               anvil_kv_total(ex->kv), ex->bs, ex->max_batch, ex->max_tokens_step,
               ex->opts.policy == ANVIL_CAPACITY_MAX_UTILIZATION ? "max-utilization" : "guaranteed-no-evict");
     *out = ex;
@@ -448,6 +477,17 @@ fail:
     return st;
 }
 
+anvil_status anvil_executor_create(anvil_runtime *rt, const anvil_tokenizer *tok, const anvil_executor_options *opts,
+                                   anvil_executor **out)
+{
+    return create(rt, tok, opts, 1, out);
+}
+
+anvil_status anvil_exec_create_inline(anvil_runtime *rt, const anvil_executor_options *opts, anvil_executor **out)
+{
+    return create(rt, NULL, opts, 0, out);
+}
+
 void anvil_executor_free(anvil_executor *ex)
 {
     if (ex == NULL)
@@ -458,6 +498,12 @@ void anvil_executor_free(anvil_executor *ex)
         pthread_cond_signal(&ex->wake);
         pthread_mutex_unlock(&ex->mu);
         pthread_join(ex->thread, NULL);
+    } else if (ex->inline_loop) {
+        pthread_mutex_lock(&ex->mu);
+        ex->stopping = 1;
+        pthread_mutex_unlock(&ex->mu);
+        while (loop_round(ex, 0))
+            ;
     }
     free_state(ex);
     pthread_mutex_destroy(&ex->refit_mu);

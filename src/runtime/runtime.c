@@ -1335,17 +1335,13 @@ static anvil_status sample_on_host(anvil_runtime *rt, const anvil_batch *batch, 
     if (L > 0 && rt->host_sampler == NULL)
         TRY(anvil_sampler_create((int32_t)vocab, &rt->host_sampler));
     TRY(anvil_runtime_forward(rt, batch, rt->host_logits));
-    for (int32_t i = 0; i < L; i++) {
-        const anvil_sampling_params sp = {
-            .temperature = rows[i].temperature, .top_k = rows[i].top_k, .top_p = rows[i].top_p,
-        };
-        next_ids[i] = anvil_sampler_sample_min_p(rt->host_sampler, rt->host_logits + (int64_t)i * vocab, &sp,
-                                                 rows[i].min_p, rows[i].rng);
-    }
+    for (int32_t i = 0; i < L; i++)
+        next_ids[i] = anvil_sampler_sample(rt->host_sampler, rt->host_logits + (int64_t)i * vocab, &rows[i].sampling,
+                                           rows[i].rng);
     return ANVIL_OK;
 }
 
-static int row_samples(const anvil_sample_row *r) { return r->temperature > 0.0f && r->top_k != 1; }
+static int row_samples(const anvil_sample_row *r) { return !anvil_sampling_is_greedy(&r->sampling); }
 
 anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
                                           int32_t *next_ids)
@@ -1358,12 +1354,8 @@ anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *
           "forward_sample: rows or next_ids is NULL");
     for (int32_t i = 0; i < L; i++) {
         const anvil_sample_row *r = &rows[i];
-        CHECK(r->temperature >= 0.0f && isfinite(r->temperature), ANVIL_ERR_INVALID_ARG,
-              "forward_sample: row %d: temperature must be >= 0, got %g", i, (double)r->temperature);
-        CHECK(r->top_p > 0.0f && r->top_p <= 1.0f, ANVIL_ERR_INVALID_ARG,
-              "forward_sample: row %d: top_p must be in (0, 1], got %g", i, (double)r->top_p);
-        CHECK(r->min_p >= 0.0f && r->min_p <= 1.0f, ANVIL_ERR_INVALID_ARG,
-              "forward_sample: row %d: min_p must be in [0, 1], got %g", i, (double)r->min_p);
+        if (anvil_sampling_params_check(&r->sampling) != ANVIL_OK)
+            return anvil_error_wrap("forward_sample: row %d", i);
         CHECK(r->rng != NULL || !row_samples(r), ANVIL_ERR_INVALID_ARG, "forward_sample: row %d samples without a generator",
               i);
     }
@@ -1384,7 +1376,7 @@ anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *
         }
     }
     if (rt->sample_dev == NULL)
-        TRY(be->ops->alloc(be, n_max * sizeof(anvil_sample_params), &rt->sample_dev));
+        TRY(be->ops->alloc(be, n_max * sizeof(anvil_sample_draw), &rt->sample_dev));
     if (rt->ids_dev == NULL)
         TRY(be->ops->alloc(be, n_max * sizeof(int32_t), &rt->ids_dev));
 
@@ -1392,21 +1384,17 @@ anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *
      * the device only uses them */
     for (int32_t i = 0; i < L; i++) {
         const anvil_sample_row *r = &rows[i];
-        anvil_sample_params *q = &rt->sample_host[i];
-        q->temperature = r->temperature;
-        q->top_k = r->top_k;
-        q->top_p = r->top_p;
-        q->log_min_p = r->min_p > 0.0f ? logf(r->min_p) : -INFINITY;
-        q->u = 0.0;
+        double u = 0.0;
         if (row_samples(r)) {
             rt->sample_saved[i] = *r->rng;
-            q->u = anvil_rng_uniform(r->rng);
+            u = anvil_rng_uniform(r->rng);
         }
+        anvil_sample_draw_make(&rt->sample_host[i], &r->sampling, u);
     }
     anvil_step s;
     anvil_status st = prepare_step(rt, batch, &s);
     if (st == ANVIL_OK && L > 0)
-        st = be->ops->upload(be, rt->sample_dev, rt->sample_host, (size_t)L * sizeof(anvil_sample_params));
+        st = be->ops->upload(be, rt->sample_dev, rt->sample_host, (size_t)L * sizeof(anvil_sample_draw));
     if (st == ANVIL_OK) {
         rt->step_sample = rt->sample_dev;
         st = run_step(rt, &s, rt->ids_dev);

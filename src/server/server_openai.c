@@ -706,15 +706,15 @@ static int sampling(parse_ctx *c, srv_mapped *q, json_t *body)
         return -1;                                                                                           \
     if (got)                                                                                                 \
         r->field = b;
-    NUM("temperature", 0, 2, 0, temperature)
-    NUM("top_p", 0, 1, 1, top_p)
+    NUM("temperature", 0, 2, 0, sampling.temperature)
+    NUM("top_p", 0, 1, 1, sampling.top_p)
     NUM("presence_penalty", -2, 2, 0, presence_penalty)
     NUM("frequency_penalty", -2, 2, 0, frequency_penalty)
-    NUM("min_p", 0, 1, 0, min_p)
+    NUM("min_p", 0, 1, 0, sampling.min_p)
     NUM("repetition_penalty", 0, 1e6, 1, repetition_penalty)
     INT("max_tokens", 1, INT32_MAX, max_tokens)
     INT("max_completion_tokens", 1, INT32_MAX, max_tokens)
-    INT("top_k", -1, INT32_MAX, top_k)
+    INT("top_k", -1, INT32_MAX, sampling.top_k)
     INT("min_tokens", 0, INT32_MAX, min_tokens)
     BOOL("ignore_eos", ignore_eos)
     BOOL("skip_special_tokens", skip_special_tokens)
@@ -724,7 +724,7 @@ static int sampling(parse_ctx *c, srv_mapped *q, json_t *body)
     if ((got = integer(c, body, "seed", INT64_MIN, INT64_MAX, &v)) < 0)
         return -1;
     if (got) {
-        r->seed = (uint64_t)v;
+        r->sampling.seed = (uint64_t)v;
         r->has_seed = 1;
     }
     const char *mt = get(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";

@@ -1,17 +1,24 @@
 /*
- * sample_rows on CUDA against the host sampler (anvil_sampler_pick, what the
- * CPU op runs):
+ * sample_rows on CUDA against the sampler (anvil_sampler_pick, src/sampler/,
+ * what the CPU op runs), row by row: the device kernel is not kept equal to
+ * the host by hand but checked against it here.
  *
  *  - f32, bf16 and f16 logits at vocabularies 32000 and 128256 (and odd
  *    widths whose rows are not 16-byte aligned), rows of several shapes
  *    (LLM-like with a few peaked tokens, few distinct values = many ties,
- *    constant rows, masked -inf, a NaN, one finite value, nothing finite),
- *    under a grid of temperature 0/0.6/1/1.7, top_k 0/1/40/1000/6000, top_p
- *    1/0.9/0.1, min_p 0/0.05 and random draws (u = 0 and u just below 1
- *    included). Every id must equal the host's, except where the host's own
- *    running sums put u * sum (or top_p * sum) within 1e-9 (relative) of a
- *    boundary: the device adds the same double values in another order.
- *    Such near-ties are counted and reported; anything else fails.
+ *    constant rows, masked -inf, a NaN, a +inf, one finite value, nothing
+ *    finite), under a grid of temperature 0/0.6/1/1.7, top_k 0/1/40/1000/
+ *    6000, top_p 1/0.9/0.1, min_p 0/0.05 and random draws (u = 0 and u just
+ *    below 1 included), and under random mixes (any temperature in
+ *    [0.02, 4], top_k anywhere in 0..V, top_p in (0, 1], min_p in [0, 0.5],
+ *    a share of greedy rows). Every id must equal the host's; a poisoned
+ *    row (a NaN or +inf, or nothing finite) must give -1, greedy or not.
+ *    The one tolerance, the documented float-ordering difference: the
+ *    device adds the same double probabilities in another order (trees),
+ *    so where anvil_sampler_pick_margin says the host's u * sum (or
+ *    top_p * sum) lies within 1e-9 (relative) of a running sum, the device
+ *    may pick the neighbour. Such near ties are counted, reported and
+ *    bounded (at most 1% of the rows); anything else fails.
  *  - the same with 64-candidate chunks (anvil_cuda_sample_set_chunk), so
  *    that the streamed paths run many chunks.
  *  - anvil_runtime_forward_sample on CUDA (stories260K f32, tinycode bf16):
@@ -39,6 +46,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
+#include "sampler/sampler.h"
 #include "testutil.h"
 
 #define NEED_GPU()                              \
@@ -48,99 +56,6 @@
     } while (0)
 
 #define NEAR_TIE 1e-9
-
-/* ---------------------------------------------------------------- the host reference, with its margins */
-
-typedef struct rc {
-    float l;
-    int32_t id;
-} rc;
-
-static int rc_cmp(const void *pa, const void *pb)
-{
-    const rc *a = pa, *b = pb;
-    if (a->l != b->l)
-        return a->l > b->l ? -1 : 1;
-    return a->id < b->id ? -1 : a->id > b->id;
-}
-
-/*
- * The host sampler's steps (src/runtime/sampling.c), returning how close
- * its decisions were: the smallest distance, relative to the sum used, of
- * top_p * sum and of u * sum to a running sum. INFINITY for greedy rows and
- * poisoned rows (a NaN or +inf, or no finite logit: *id -1). *id: the
- * token (checked against pick), -2 for greedy rows.
- */
-static double host_margin(const float *x, int32_t V, const anvil_sample_params *q, rc *c, double *cum, int32_t *id)
-{
-    *id = -2;
-    int bad = 0;
-    for (int32_t i = 0; i < V; i++)
-        bad |= !(x[i] < INFINITY);
-    if (bad) {
-        *id = -1;
-        return INFINITY;
-    }
-    if (q->temperature <= 0.0f || q->top_k == 1)
-        return INFINITY;
-    const float inv_t = 1.0f / q->temperature;
-    int32_t m = 0;
-    for (int32_t i = 0; i < V; i++)
-        if (x[i] > -INFINITY) {
-            c[m].l = x[i] * inv_t;
-            c[m].id = i;
-            m++;
-        }
-    if (m == 0) {
-        *id = -1;
-        return INFINITY;
-    }
-    float max = c[0].l;
-    for (int32_t i = 1; i < m; i++)
-        if (c[i].l > max)
-            max = c[i].l;
-    if (q->log_min_p > -INFINITY) {
-        const float thr = max + q->log_min_p;
-        int32_t k = 0;
-        for (int32_t i = 0; i < m; i++)
-            if (c[i].l >= thr)
-                c[k++] = c[i];
-        m = k;
-    }
-    const int32_t total = m;
-    const int sorted = q->top_p < 1.0f || (q->top_k > 0 && q->top_k < total);
-    if (sorted) {
-        qsort(c, (size_t)m, sizeof *c, rc_cmp);
-        if (q->top_k > 0 && q->top_k < m)
-            m = q->top_k;
-    }
-    double s = 0.0;
-    for (int32_t i = 0; i < m; i++) {
-        s += expf(c[i].l - max);
-        cum[i] = s;
-    }
-    double margin = INFINITY;
-    int32_t keep = m;
-    if (q->top_p < 1.0f) {
-        const double target = (double)q->top_p * s;
-        for (int32_t i = 0; i < m; i++) {
-            margin = fmin(margin, fabs(cum[i] - target) / s);
-            if (keep == m && cum[i] >= target)
-                keep = i + 1;
-        }
-    }
-    const double sum2 = cum[keep - 1], r = q->u * sum2;
-    *id = c[keep - 1].id;
-    int found = 0;
-    for (int32_t i = 0; i < keep; i++) {
-        margin = fmin(margin, fabs(cum[i] - r) / sum2);
-        if (!found && r < cum[i]) {
-            *id = c[i].id;
-            found = 1;
-        }
-    }
-    return margin;
-}
 
 /* ---------------------------------------------------------------- rows */
 
@@ -153,7 +68,12 @@ static float gauss(uint64_t *r)
 }
 
 /* kind 0/1: LLM-like; 2: few distinct values; 3: constant; 4: masked; 5: a
- * NaN; 6: one finite; 7: nothing finite (5 and 7 are poisoned: -1) */
+ * NaN; 6: one finite; 7: nothing finite; 8: a +inf (5, 7 and 8 are
+ * poisoned: -1) */
+#define ROW_KINDS 9
+
+static int poisoned_kind(int kind) { return kind == 5 || kind == 7 || kind == 8; }
+
 static void fill_row(float *x, int64_t V, int kind, uint64_t *r)
 {
     for (int64_t i = 0; i < V; i++)
@@ -186,6 +106,9 @@ static void fill_row(float *x, int64_t V, int kind, uint64_t *r)
         for (int64_t i = 0; i < V; i++)
             x[i] = i % 7 == 3 ? NAN : -INFINITY;
         break;
+    case 8:
+        x[anvil_test_rand(r) % (uint64_t)V] = INFINITY;
+        break;
     default:
         break;
     }
@@ -197,46 +120,98 @@ static const float grid_p[3] = {1.0f, 0.9f, 0.1f};
 static const float grid_mp[2] = {0.0f, 0.05f};
 #define GRID (4 * 5 * 3 * 2)
 
-static anvil_sample_params grid_params(int i, uint64_t *r)
+/* A uniform draw, with the ends (0, and just below 1) now and then. */
+static double draw_u(int i, uint64_t *r)
 {
-    anvil_sample_params q;
-    q.temperature = grid_t[i % 4];
-    q.top_k = grid_k[(i / 4) % 5];
-    q.top_p = grid_p[(i / 20) % 3];
-    const float mp = grid_mp[(i / 60) % 2];
-    q.log_min_p = mp > 0.0f ? logf(mp) : -INFINITY;
     anvil_rng g;
     anvil_rng_seed(&g, anvil_test_rand(r));
-    q.u = anvil_rng_uniform(&g);
-    if (i % 37 == 5)
-        q.u = 0.0;
-    if (i % 37 == 6)
-        q.u = 1.0 - 0x1.0p-53;
-    return q;
+    const double u = anvil_rng_uniform(&g);
+    return i % 37 == 5 ? 0.0 : i % 37 == 6 ? 1.0 - 0x1.0p-53 : u;
 }
 
+static anvil_sample_draw grid_params(int i, int64_t V, uint64_t *r)
+{
+    (void)V;
+    anvil_sampling_params p;
+    anvil_sampling_params_default(&p);
+    p.temperature = grid_t[i % 4];
+    p.top_k = grid_k[(i / 4) % 5];
+    p.top_p = grid_p[(i / 20) % 3];
+    p.min_p = grid_mp[(i / 60) % 2];
+    anvil_sample_draw d;
+    anvil_sample_draw_make(&d, &p, draw_u(i, r));
+    return d;
+}
+
+/* Random mixes: any temperature, top_k anywhere up to the vocabulary, top_p
+ * and min_p anywhere in their ranges, and some greedy rows. */
+static anvil_sample_draw random_params(int i, int64_t V, uint64_t *r)
+{
+    anvil_sampling_params p;
+    anvil_sampling_params_default(&p);
+    const float f = 0.5f * (anvil_test_randf(r) + 1.0f); /* [0, 1) */
+    p.temperature = anvil_test_rand(r) % 8 == 0 ? 0.0f : 0.02f + 3.98f * f * f;
+    switch (anvil_test_rand(r) % 4) {
+    case 0: p.top_k = 0; break;
+    case 1: p.top_k = anvil_test_rand(r) % 6 == 0 ? 1 : -1; break;
+    case 2: p.top_k = 2 + (int32_t)(anvil_test_rand(r) % 100); break;
+    default: p.top_k = 1 + (int32_t)(anvil_test_rand(r) % (uint64_t)V); break;
+    }
+    p.top_p = anvil_test_rand(r) % 2 ? 1.0f : 0.01f + 0.99f * 0.5f * (anvil_test_randf(r) + 1.0f);
+    p.min_p = anvil_test_rand(r) % 2 ? 0.0f : 0.5f * 0.5f * (anvil_test_randf(r) + 1.0f);
+    anvil_sample_draw d;
+    anvil_sample_draw_make(&d, &p, draw_u(i, r));
+    return d;
+}
+
+typedef anvil_sample_draw (*params_fn)(int i, int64_t V, uint64_t *r);
+
 typedef struct tally {
-    int checked, sampled, near_ties;
+    int checked, sampled, poisoned, near_ties;
     double worst_near; /* the largest margin among the near ties */
 } tally;
 
+/* Compares a device id with the sampler's pick of the same row: equal, or
+ * a near tie (counted); anything else fails with what. */
+static void compare(anvil_sampler *sm, const float *row, const anvil_sample_draw *d, int32_t got, tally *t,
+                    const char *what, int i)
+{
+    double margin;
+    const int32_t want = anvil_sampler_pick_margin(sm, row, d, &margin);
+    t->checked++;
+    t->sampled += !d->greedy;
+    t->poisoned += want < 0;
+    if (got == want)
+        return;
+    if (want >= 0 && got >= 0 && margin < NEAR_TIE) {
+        t->near_ties++;
+        if (margin > t->worst_near)
+            t->worst_near = margin;
+        return;
+    }
+    fail_msg("%s row %d (t %g k %d p %g min_p %g u %.17g): device %d, host %d (margin %.3g)", what, i,
+             (double)d->sampling.temperature, d->sampling.top_k, (double)d->sampling.top_p,
+             (double)d->sampling.min_p, d->u, got, want, margin);
+}
+
 /* R rows of width V in dtype dt through the op; each id against the host. */
-static void check_batch(anvil_backend *be, anvil_dtype dt, int64_t V, int R, uint64_t seed, tally *t)
+static void check_batch(anvil_backend *be, anvil_dtype dt, int64_t V, int R, uint64_t seed, params_fn params,
+                        tally *t)
 {
     const size_t es = anvil_dtype_size(dt);
     float *f = malloc((size_t)R * (size_t)V * sizeof *f);
     void *h = malloc((size_t)R * (size_t)V * es);
-    anvil_sample_params *q = malloc((size_t)R * sizeof *q);
+    anvil_sample_draw *q = malloc((size_t)R * sizeof *q);
     int32_t *got = malloc((size_t)R * sizeof *got);
-    rc *c = malloc((size_t)V * sizeof *c);
-    double *cum = malloc((size_t)V * sizeof *cum);
+    int *kind = malloc((size_t)R * sizeof *kind);
     anvil_sampler *sm = NULL;
-    assert_true(f && h && q && got && c && cum);
+    assert_true(f && h && q && got && kind);
     assert_int_equal(anvil_sampler_create((int32_t)V, &sm), ANVIL_OK);
     uint64_t r = seed;
     for (int i = 0; i < R; i++) {
-        fill_row(f + (size_t)i * V, V, (i * 7 / 3 + (int)(seed & 7)) % 8, &r);
-        q[i] = grid_params(i, &r);
+        kind[i] = (i * 7 / 3 + (int)(seed & 7)) % ROW_KINDS;
+        fill_row(f + (size_t)i * V, V, kind[i], &r);
+        q[i] = params(i, V, &r);
     }
     anvil_convert_from_f32(dt, f, h, (int64_t)R * V);
     anvil_convert_to_f32(dt, h, f, (int64_t)R * V); /* the values the device sees */
@@ -250,27 +225,12 @@ static void check_batch(anvil_backend *be, anvil_dtype dt, int64_t V, int R, uin
     if (be->ops->sample_rows(be, &x, qd, idd) != ANVIL_OK)
         fail_msg("sample_rows: %s", anvil_last_error());
     assert_int_equal(be->ops->download(be, got, idd, (size_t)R * sizeof(int32_t)), ANVIL_OK);
+    char what[64];
+    snprintf(what, sizeof what, "%s V %lld", anvil_dtype_name(dt), (long long)V);
     for (int i = 0; i < R; i++) {
-        const float *row = f + (size_t)i * V;
-        const anvil_sampling_params sp = {.temperature = q[i].temperature, .top_k = q[i].top_k, .top_p = q[i].top_p};
-        const int32_t want = anvil_sampler_pick(sm, row, &sp, q[i].log_min_p, q[i].u);
-        t->checked++;
-        t->sampled += q[i].temperature > 0.0f && q[i].top_k != 1;
-        if (got[i] == want)
-            continue;
-        int32_t ref_id;
-        const double margin = host_margin(row, (int32_t)V, &q[i], c, cum, &ref_id);
-        if (ref_id != want) /* the reference itself must agree (test_reference checks it everywhere) */
-            fail_msg("reference %d vs pick %d", ref_id, want);
-        if (margin < NEAR_TIE) {
-            t->near_ties++;
-            if (margin > t->worst_near)
-                t->worst_near = margin;
-            continue;
-        }
-        fail_msg("%s V %lld row %d (t %g k %d p %g log_min_p %g u %.17g): device %d, host %d (margin %.3g)",
-                 anvil_dtype_name(dt), (long long)V, i, (double)q[i].temperature, q[i].top_k, (double)q[i].top_p,
-                 (double)q[i].log_min_p, q[i].u, got[i], want, margin);
+        if (poisoned_kind(kind[i]) && got[i] != -1) /* greedy or not */
+            fail_msg("%s row %d: a poisoned row (kind %d) gave %d, not -1", what, i, kind[i], got[i]);
+        compare(sm, f + (size_t)i * V, &q[i], got[i], t, what, i);
     }
     be->ops->free(be, xd);
     be->ops->free(be, qd);
@@ -280,8 +240,16 @@ static void check_batch(anvil_backend *be, anvil_dtype dt, int64_t V, int R, uin
     free(h);
     free(q);
     free(got);
-    free(c);
-    free(cum);
+    free(kind);
+}
+
+static void report(const char *what, const tally *t)
+{
+    printf("%s: %d rows (%d sampled, %d poisoned), %d near-tie differences (largest margin %.3g)\n", what,
+           t->checked, t->sampled, t->poisoned, t->near_ties, t->worst_near);
+    assert_true(t->sampled > t->checked / 2);
+    assert_true(t->poisoned > 0);
+    assert_true(t->near_ties <= t->checked / 100); /* rare by construction */
 }
 
 static void test_op_vs_host(void **st)
@@ -297,13 +265,29 @@ static void test_op_vs_host(void **st)
         anvil_backend *be = NULL;
         assert_int_equal(anvil_backend_cuda_create(0, dts[di], &be), ANVIL_OK);
         for (int wi = quick ? 3 : 0; wi < 4; wi++)
-            check_batch(be, dts[di], widths[wi], GRID, 1000 + (uint64_t)(di * 10 + wi), &t);
+            check_batch(be, dts[di], widths[wi], GRID, 1000 + (uint64_t)(di * 10 + wi), grid_params, &t);
         anvil_backend_free(be);
     }
-    printf("sample_rows: %d rows (%d sampled), %d near-tie differences (largest margin %.3g)\n", t.checked,
-           t.sampled, t.near_ties, t.worst_near);
-    assert_true(t.sampled > t.checked / 2);
-    assert_true(t.near_ties <= t.checked / 100); /* rare by construction */
+    report("sample_rows, the grid", &t);
+}
+
+static void test_op_random_mix(void **st)
+{
+    (void)st;
+    NEED_GPU();
+    const int quick = getenv("ANVIL_TEST_QUICK") != NULL;
+    const int64_t widths[4] = {32000, 151936, 5003, 777};
+    tally t = {0};
+    for (int di = 0; di < (quick ? 1 : 2); di++) {
+        const anvil_dtype dt = di ? ANVIL_DTYPE_BF16 : ANVIL_DTYPE_F32;
+        anvil_backend *be = NULL;
+        assert_int_equal(anvil_backend_cuda_create(0, dt, &be), ANVIL_OK);
+        for (int wi = quick ? 2 : 0; wi < 4; wi++)
+            for (int rep = 0; rep < (quick ? 1 : 3); rep++)
+                check_batch(be, dt, widths[wi], 200, 5000 + (uint64_t)(di * 100 + wi * 10 + rep), random_params, &t);
+        anvil_backend_free(be);
+    }
+    report("sample_rows, random mixes", &t);
 }
 
 static void test_small_chunks(void **st)
@@ -316,47 +300,14 @@ static void test_small_chunks(void **st)
     anvil_cuda_sample_set_chunk(64);
     const int quick = getenv("ANVIL_TEST_QUICK") != NULL;
     if (!quick)
-        check_batch(be, ANVIL_DTYPE_F32, 32000, GRID, 77, &t);
-    check_batch(be, ANVIL_DTYPE_F32, quick ? 1001 : 5000, GRID, 78, &t);
+        check_batch(be, ANVIL_DTYPE_F32, 32000, GRID, 77, grid_params, &t);
+    check_batch(be, ANVIL_DTYPE_F32, quick ? 1001 : 5000, GRID, 78, grid_params, &t);
+    check_batch(be, ANVIL_DTYPE_F32, 3000, 200, 80, random_params, &t);
     anvil_cuda_sample_set_chunk(1);
-    check_batch(be, ANVIL_DTYPE_F32, 300, GRID, 79, &t);
+    check_batch(be, ANVIL_DTYPE_F32, 300, GRID, 79, grid_params, &t);
     anvil_cuda_sample_set_chunk(4096);
     anvil_backend_free(be);
-    printf("sample_rows, small chunks: %d rows, %d near ties\n", t.checked, t.near_ties);
-    assert_true(t.near_ties <= t.checked / 100);
-}
-
-/* The test's reference (used only to measure margins) follows the host
- * sampler: checked on the CPU against anvil_sampler_pick, every row. */
-static void test_reference(void **st)
-{
-    (void)st;
-    const int64_t V = 32000;
-    float *f = malloc((size_t)V * sizeof *f);
-    rc *c = malloc((size_t)V * sizeof *c);
-    double *cum = malloc((size_t)V * sizeof *cum);
-    anvil_sampler *sm = NULL;
-    assert_true(f && c && cum);
-    assert_int_equal(anvil_sampler_create((int32_t)V, &sm), ANVIL_OK);
-    uint64_t r = 3;
-    int sampled = 0;
-    for (int i = 0; i < GRID; i++) {
-        fill_row(f, V, i % 8, &r);
-        const anvil_sample_params q = grid_params(i, &r);
-        const anvil_sampling_params sp = {.temperature = q.temperature, .top_k = q.top_k, .top_p = q.top_p};
-        const int32_t want = anvil_sampler_pick(sm, f, &sp, q.log_min_p, q.u);
-        int32_t id;
-        host_margin(f, (int32_t)V, &q, c, cum, &id);
-        if (id != -2) {
-            assert_int_equal(id, want);
-            sampled++;
-        }
-    }
-    assert_true(sampled > GRID / 2);
-    anvil_sampler_free(sm);
-    free(f);
-    free(c);
-    free(cum);
+    report("sample_rows, small chunks", &t);
 }
 
 /* ---------------------------------------------------------------- the runtime */
@@ -381,10 +332,8 @@ static void run_model(const char *model, anvil_dtype wdt, int steps, uint64_t se
         fail_msg("load %s: %s", model, anvil_last_error());
     const int32_t V = (int32_t)anvil_runtime_config(rt)->vocab_size;
     float *logits = malloc((size_t)NS * (size_t)V * sizeof *logits);
-    rc *c = malloc((size_t)V * sizeof *c);
-    double *cum = malloc((size_t)V * sizeof *cum);
     anvil_sampler *sm = NULL;
-    assert_true(logits && c && cum);
+    assert_non_null(logits);
     assert_int_equal(anvil_sampler_create(V, &sm), ANVIL_OK);
     int32_t tables[NS * 8], toks[NS][128], len[NS], done[NS] = {0};
     assert_int_equal(anvil_runtime_kv_alloc(rt, NS * 8, tables), ANVIL_OK);
@@ -411,37 +360,26 @@ static void run_model(const char *model, anvil_dtype wdt, int steps, uint64_t se
         assert_int_equal(anvil_runtime_forward(rt, &b, logits), ANVIL_OK);
         anvil_rng want_rng[NS], got_rng[NS];
         anvil_sample_row sr[NS];
-        anvil_sample_params q[NS];
         int32_t got[NS];
         for (int s = 0; s < NS; s++) {
-            q[s] = grid_params((int)(anvil_test_rand(&r) % GRID), &r);
-            q[s].top_k = q[s].top_k > 100 ? 50 : q[s].top_k; /* vocabularies of 512 */
+            anvil_sample_draw g = grid_params((int)(anvil_test_rand(&r) % GRID), V, &r);
+            if (g.sampling.top_k > 100)
+                g.sampling.top_k = 50; /* vocabularies of 512 */
             anvil_rng_seed(&want_rng[s], anvil_test_rand(&r));
             got_rng[s] = want_rng[s];
-            sr[s] = (anvil_sample_row){.temperature = q[s].temperature, .top_k = q[s].top_k, .top_p = q[s].top_p,
-                                       .min_p = q[s].log_min_p > -INFINITY ? 0.05f : 0.0f, .rng = &got_rng[s]};
-            q[s].log_min_p = sr[s].min_p > 0.0f ? logf(sr[s].min_p) : -INFINITY;
+            sr[s] = (anvil_sample_row){.sampling = g.sampling, .rng = &got_rng[s]};
         }
         if (anvil_runtime_forward_sample(rt, &b, sr, got) != ANVIL_OK)
             fail_msg("%s: %s", model, anvil_last_error());
         for (int s = 0; s < NS; s++) {
-            const int samples = sr[s].temperature > 0.0f && sr[s].top_k != 1;
-            q[s].u = samples ? anvil_rng_uniform(&want_rng[s]) : 0.0;
-            const float *row = logits + (size_t)s * (size_t)V;
-            const anvil_sampling_params sp = {.temperature = sr[s].temperature, .top_k = sr[s].top_k,
-                                              .top_p = sr[s].top_p};
-            const int32_t want = anvil_sampler_pick(sm, row, &sp, q[s].log_min_p, q[s].u);
+            /* the draw the runtime made: one uniform when the row samples */
+            const int samples = !anvil_sampling_is_greedy(&sr[s].sampling);
+            anvil_sample_draw d;
+            anvil_sample_draw_make(&d, &sr[s].sampling, samples ? anvil_rng_uniform(&want_rng[s]) : 0.0);
             assert_memory_equal(&got_rng[s], &want_rng[s], sizeof(anvil_rng));
-            t->checked++;
-            t->sampled += samples;
-            if (got[s] != want) {
-                int32_t ref_id;
-                const double margin = host_margin(row, V, &q[s], c, cum, &ref_id);
-                if (!(margin < NEAR_TIE))
-                    fail_msg("%s step %d row %d: device %d, host %d (margin %.3g)", model, step, s, got[s], want,
-                             margin);
-                t->near_ties++;
-            }
+            char what[96];
+            snprintf(what, sizeof what, "%s step %d", model, step);
+            compare(sm, logits + (size_t)s * (size_t)V, &d, got[s], t, what, s);
         }
         for (int s = 0; s < NS; s++) {
             done[s] = len[s];
@@ -450,8 +388,6 @@ static void run_model(const char *model, anvil_dtype wdt, int steps, uint64_t se
     }
     anvil_sampler_free(sm);
     free(logits);
-    free(c);
-    free(cum);
     anvil_runtime_free(rt);
 }
 
@@ -519,7 +455,7 @@ static int perf_main(void)
     const int B = 256;
     float *f = malloc((size_t)B * (size_t)V * sizeof *f);
     uint16_t *h = malloc((size_t)B * (size_t)V * 2);
-    anvil_sample_params *q = malloc((size_t)B * sizeof *q);
+    anvil_sample_draw *q = malloc((size_t)B * sizeof *q);
     void *xd = NULL, *qd = NULL, *idd = NULL, *xp = NULL;
     uint64_t r = 42;
     /* "peaked rows" (k = -1 in the table): a narrower bulk, N(0, 1), so
@@ -560,9 +496,9 @@ static int perf_main(void)
             anvil_rng_seed(&g, 7);
             for (int i = 0; i < rows; i++) {
                 const perf_cfg *c = &cfgs[ci < 0 ? 0 : ci];
-                q[i] = (anvil_sample_params){.temperature = c->t, .top_k = c->k < 0 ? 0 : c->k, .top_p = c->p,
-                                             .log_min_p = c->mp > 0.0f ? logf(c->mp) : -INFINITY,
-                                             .u = anvil_rng_uniform(&g)};
+                const anvil_sampling_params sp = {.temperature = c->t, .top_k = c->k < 0 ? 0 : c->k, .top_p = c->p,
+                                                  .min_p = c->mp};
+                anvil_sample_draw_make(&q[i], &sp, anvil_rng_uniform(&g));
             }
             be->ops->upload(be, qd, q, (size_t)rows * sizeof *q);
             anvil_tensor x = anvil_tensor_2d(ANVIL_DTYPE_BF16, rows, V, ci >= 0 && cfgs[ci].k < 0 ? xp : xd);
@@ -610,11 +546,13 @@ static int perf_main(void)
         const perf_cfg *c = &cfgs[ci];
         if (c->k < 0)
             continue;
-        const anvil_sampling_params sp = {.temperature = c->t, .top_k = c->k, .top_p = c->p};
+        const anvil_sampling_params sp = {.temperature = c->t, .top_k = c->k, .top_p = c->p, .min_p = c->mp};
+        anvil_sample_draw d;
+        anvil_sample_draw_make(&d, &sp, 0.5);
         volatile int32_t sink = 0;
         const double t0 = now_s();
         for (int i = 0; i < 16; i++)
-            sink += anvil_sampler_pick(sm, f + (size_t)i * V, &sp, c->mp > 0.0f ? logf(c->mp) : -INFINITY, 0.5);
+            sink += anvil_sampler_pick(sm, f + (size_t)i * V, &d);
         printf("host sampler, one row, %-24s %9.1f us\n", c->name, 1e6 * (now_s() - t0) / 16);
     }
     anvil_sampler_free(sm);
@@ -634,8 +572,8 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "--perf") == 0)
         return perf_main();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reference),
         cmocka_unit_test(test_op_vs_host),
+        cmocka_unit_test(test_op_random_mix),
         cmocka_unit_test(test_small_chunks),
         cmocka_unit_test(test_runtime),
     };

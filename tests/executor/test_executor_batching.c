@@ -27,7 +27,7 @@ static void test_greedy_matches_golden(void **state)
         anvil_request_init(&r);
         r.prompt_ids = cases[i].ids;
         r.n_prompt_ids = cases[i].n_ids;
-        r.temperature = 0;
+        r.sampling.temperature = 0;
         r.max_tokens = cases[i].n_greedy;
         r.retain_result = 1;
         KIT_OK(anvil_executor_enqueue(ex, &r, &ids[i]));
@@ -107,13 +107,13 @@ static void fill_request(anvil_request *r, const inv_req *q)
     r->n_prompt_ids = q->n_prompt;
     r->max_tokens = q->max_tokens;
     if (q->sampled) {
-        r->temperature = 0.9f;
-        r->top_p = 0.95f;
-        r->top_k = 40;
-        r->seed = q->seed;
+        r->sampling.temperature = 0.9f;
+        r->sampling.top_p = 0.95f;
+        r->sampling.top_k = 40;
+        r->sampling.seed = q->seed;
         r->has_seed = 1;
     } else {
-        r->temperature = 0;
+        r->sampling.temperature = 0;
     }
     r->retain_result = 1;
 }

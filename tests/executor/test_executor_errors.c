@@ -71,12 +71,12 @@ static void test_refused_requests(void **state)
     REFUSED((r_.prompt_ids = NULL, r_.prompt = "hello"), ANVIL_ERR_INVALID_ARG, "needs a tokenizer");
     REFUSED((r_.prompt_ids = big, r_.n_prompt_ids = 1), ANVIL_ERR_INVALID_ARG, "outside the vocabulary");
     REFUSED((r_.prompt_ids = longp, r_.n_prompt_ids = 512), ANVIL_ERR_CAPACITY, "the context holds 512");
-    REFUSED(r_.temperature = -1, ANVIL_ERR_INVALID_ARG, "temperature");
-    REFUSED(r_.temperature = NAN, ANVIL_ERR_INVALID_ARG, "temperature");
-    REFUSED(r_.top_p = 0, ANVIL_ERR_INVALID_ARG, "top_p");
-    REFUSED(r_.top_p = 1.5f, ANVIL_ERR_INVALID_ARG, "top_p");
-    REFUSED(r_.top_k = -2, ANVIL_ERR_INVALID_ARG, "top_k");
-    REFUSED(r_.min_p = 1.5f, ANVIL_ERR_INVALID_ARG, "min_p");
+    REFUSED(r_.sampling.temperature = -1, ANVIL_ERR_INVALID_ARG, "temperature");
+    REFUSED(r_.sampling.temperature = NAN, ANVIL_ERR_INVALID_ARG, "temperature");
+    REFUSED(r_.sampling.top_p = 0, ANVIL_ERR_INVALID_ARG, "top_p");
+    REFUSED(r_.sampling.top_p = 1.5f, ANVIL_ERR_INVALID_ARG, "top_p");
+    REFUSED(r_.sampling.top_k = -2, ANVIL_ERR_INVALID_ARG, "top_k");
+    REFUSED(r_.sampling.min_p = 1.5f, ANVIL_ERR_INVALID_ARG, "min_p");
     REFUSED(r_.repetition_penalty = 0, ANVIL_ERR_INVALID_ARG, "repetition_penalty");
     REFUSED(r_.presence_penalty = 2.5f, ANVIL_ERR_INVALID_ARG, "presence_penalty");
     REFUSED(r_.frequency_penalty = -3, ANVIL_ERR_INVALID_ARG, "frequency_penalty");
@@ -216,7 +216,7 @@ static void test_wait_and_cancel_errors(void **state)
     assert_status_msg(anvil_executor_enqueue(NULL, &r, NULL), ANVIL_ERR_INVALID_ARG, "NULL");
     assert_status_msg(anvil_executor_generate(f->ex, &r, NULL), ANVIL_ERR_INVALID_ARG, "NULL");
     assert_status_msg(anvil_executor_generate(f->ex, NULL, &res), ANVIL_ERR_INVALID_ARG, "NULL request");
-    r.temperature = -1;
+    r.sampling.temperature = -1;
     assert_status_msg(anvil_executor_generate(f->ex, &r, &res), ANVIL_ERR_INVALID_ARG, "temperature");
     assert_null(res);
     anvil_executor_free(NULL);

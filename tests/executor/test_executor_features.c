@@ -34,7 +34,7 @@ static anvil_request greedy_request(const int32_t *ids, int32_t n, int32_t max_t
     anvil_request_init(&r);
     r.prompt_ids = ids;
     r.n_prompt_ids = n;
-    r.temperature = 0;
+    r.sampling.temperature = 0;
     r.max_tokens = max_tokens;
     return r;
 }
@@ -219,8 +219,8 @@ static void test_n_samples(void **state)
     int32_t p[37];
     random_prompt(p, 37, 41); /* 2 full blocks + a partial one: forks copy it */
     anvil_request r = greedy_request(p, 37, 24);
-    r.temperature = 1.0f;
-    r.seed = 500;
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = 500;
     r.has_seed = 1;
     r.n = 4;
     r.logprobs = 0;
@@ -233,8 +233,8 @@ static void test_n_samples(void **state)
     int differ = 0;
     for (int i = 0; i < 4; i++) {
         anvil_request one = greedy_request(p, 37, 24);
-        one.temperature = 1.0f;
-        one.seed = 500 + (uint64_t)i;
+        one.sampling.temperature = 1.0f;
+        one.sampling.seed = 500 + (uint64_t)i;
         one.has_seed = 1;
         anvil_result *single = kit_run(ex, &one);
         char what[64];
@@ -287,8 +287,8 @@ static void test_logprobs(void **state)
     int32_t p[20];
     random_prompt(p, 20, 51);
     anvil_request r = greedy_request(p, 20, 8);
-    r.temperature = 0.7f;
-    r.seed = 3;
+    r.sampling.temperature = 0.7f;
+    r.sampling.seed = 3;
     r.has_seed = 1;
     r.logprobs = V;
     r.repetition_penalty = 1.3f; /* processed logits differ; the logprobs are raw */
@@ -555,7 +555,7 @@ static void test_text_and_stop_strings(void **state)
     anvil_request r;
     anvil_request_init(&r);
     r.prompt = "Once upon a time";
-    r.temperature = 0;
+    r.sampling.temperature = 0;
     r.max_tokens = cases[1].n_greedy;
     piece_log *log = calloc(1, sizeof *log);
     r.on_event = log_pieces;
@@ -726,8 +726,8 @@ static void test_text_after_prompt(void **state)
             spaced += check_text_after(tok, res, st, 1);
             anvil_result_free(res);
             memset(st, 0, sizeof *st);
-            r.temperature = 1.5f; /* n samples, some byte tokens */
-            r.seed = 7 + t;
+            r.sampling.temperature = 1.5f; /* n samples, some byte tokens */
+            r.sampling.seed = 7 + t;
             r.has_seed = 1;
             r.n = 3;
             r.ignore_eos = 1;
@@ -748,7 +748,7 @@ static void test_text_after_prompt(void **state)
             anvil_result_free(res);
             r.on_event = NULL; /* beams: decoded at the end */
             r.skip_special_tokens = 1;
-            r.temperature = 0;
+            r.sampling.temperature = 0;
             r.beam_width = 2;
             r.max_tokens = 8;
             res = kit_run(ex, &r);
@@ -775,7 +775,7 @@ static void test_text_after_prompt(void **state)
     anvil_request r;
     anvil_request_init(&r);
     r.prompt = "The cat";
-    r.temperature = 0;
+    r.sampling.temperature = 0;
     r.max_tokens = 16;
     anvil_result *full = kit_run(ex, &r);
     const char *text = full->sequences[0].text;

@@ -47,14 +47,14 @@ static anvil_request mix_request(const mix_req *q, int32_t eos)
     r.retain_result = 1;
     if (q->kind == 0) {
         r.n = 3;
-        r.temperature = 1.0f;
-        r.seed = 42;
+        r.sampling.temperature = 1.0f;
+        r.sampling.seed = 42;
         r.has_seed = 1;
     } else if (q->kind == 1) {
         r.beam_width = 3;
         r.logprobs = 2;
     } else {
-        r.temperature = 0;
+        r.sampling.temperature = 0;
     }
     return r;
 }

@@ -229,7 +229,7 @@ static anvil_result *run_prompt(anvil_executor *ex, const int32_t *ids, int32_t 
     req.prompt_ids = ids;
     req.n_prompt_ids = n;
     req.max_tokens = max_tokens;
-    req.temperature = 0.0f;
+    req.sampling.temperature = 0.0f;
     req.ignore_eos = 1;
     return kit_run(ex, &req);
 }
@@ -274,7 +274,7 @@ static void test_refit_under_load(void **st)
         req.prompt_ids = prompts[j].ids;
         req.n_prompt_ids = prompts[j].n;
         req.max_tokens = prompts[j].max_tokens;
-        req.temperature = 0.0f;
+        req.sampling.temperature = 0.0f;
         req.ignore_eos = 1;
         req.on_event = on_event;
         req.user = &ss[j];
@@ -395,7 +395,7 @@ static void test_refit_under_load(void **st)
     req.prompt_ids = other;
     req.n_prompt_ids = 40;
     req.max_tokens = 200;
-    req.temperature = 0.0f;
+    req.sampling.temperature = 0.0f;
     req.ignore_eos = 1;
     req.retain_result = 1;
     uint64_t id;

@@ -50,13 +50,13 @@ static void make_request(int i, int plain, anvil_request *q)
     q->max_tokens = MAXTOK - i % 5;
     q->ignore_eos = 1;
     q->has_seed = 1;
-    q->seed = 100 + (uint64_t)i;
+    q->sampling.seed = 100 + (uint64_t)i;
     q->retain_result = 1;
     static const float temps[4] = {1.0f, 0.7f, 1.3f, 0.0f};
-    q->temperature = temps[i % 4];
-    q->top_k = (int32_t[]){0, 5, 40, -1}[i % 4];
-    q->top_p = (float[]){1.0f, 0.9f, 0.5f, 1.0f}[(i / 2) % 4];
-    q->min_p = i % 3 == 2 ? 0.1f : 0.0f;
+    q->sampling.temperature = temps[i % 4];
+    q->sampling.top_k = (int32_t[]){0, 5, 40, -1}[i % 4];
+    q->sampling.top_p = (float[]){1.0f, 0.9f, 0.5f, 1.0f}[(i / 2) % 4];
+    q->sampling.min_p = i % 3 == 2 ? 0.1f : 0.0f;
     q->n = i % 5 == 1 ? 3 : 1;
     if (plain) {
         q->logprobs = want_lp ? 0 : -1;

@@ -167,7 +167,7 @@ static void check_mapped(const srv_mapped *q, int chat)
     CHECK_OR_TRAP(!(q->echo && (chat || q->logprobs >= 0)));
     CHECK_OR_TRAP(r->max_tokens >= 0 && r->min_tokens >= 0 &&
                   (r->max_tokens == 0 || r->min_tokens <= r->max_tokens));
-    CHECK_OR_TRAP(r->temperature >= 0 && r->temperature <= 2 && r->top_p > 0 && r->top_p <= 1);
+    CHECK_OR_TRAP(anvil_sampling_params_check(&r->sampling) == ANVIL_OK && r->sampling.temperature <= 2);
     CHECK_OR_TRAP(r->n_stop >= 0 && r->n_stop <= SRV_MAX_STOP);
     for (int32_t i = 0; i < r->n_stop; i++)
         CHECK_OR_TRAP(r->stop[i] != NULL && r->stop[i][0] != '\0');

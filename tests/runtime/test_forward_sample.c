@@ -5,10 +5,11 @@
  *    (a prefill, then decode steps) where every row gets random sampling
  *    parameters (greedy, temperatures 0.05..8, top_k -1/0/1/2/5/40/1000,
  *    top_p 0.05..1, min_p 0..0.5) and its own seeded generator: the ids
- *    must equal anvil_sampler_sample_min_p on the logits anvil_runtime_forward
+ *    must equal anvil_sampler_sample on the logits anvil_runtime_forward
  *    returns for the same step, and every generator must end in the state
  *    that call leaves it in; the host path (options.host_sampling) too.
- *  - anvil_sampler_pick with the draw given equals the drawing sampler on
+ *  - anvil_sampler_pick with the draw given (anvil_sample_draw_make of the
+ *    parameters and the uniform) equals the drawing sampler on
  *    random rows with ties and -inf, and both return -1 (no draw) on
  *    poisoned rows (a NaN, a +inf, nothing finite), greedy or not; the CPU
  *    op does the same on many rows at once.
@@ -22,6 +23,7 @@
 #include "anvil/runtime.h"
 #include "anvil/sampling.h"
 #include "backend/backend.h"
+#include "sampler/sampler.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- random parameters */
@@ -32,20 +34,18 @@ static anvil_sample_row random_row(uint64_t *r, anvil_rng *rng)
     static const int32_t ks[] = {-1, 0, 0, 1, 2, 5, 40, 1000};
     static const float ps[] = {0.05f, 0.3f, 0.9f, 0.95f, 1.0f, 1.0f, 1.0f};
     static const float mps[] = {0.0f, 0.0f, 0.0f, 0.02f, 0.1f, 0.5f};
-    anvil_sample_row s = {
-        .temperature = temps[anvil_test_rand(r) % 8],
-        .top_k = ks[anvil_test_rand(r) % 8],
-        .top_p = ps[anvil_test_rand(r) % 7],
-        .min_p = mps[anvil_test_rand(r) % 6],
-        .rng = rng,
-    };
+    anvil_sample_row s = {.rng = rng};
+    anvil_sampling_params_default(&s.sampling);
+    s.sampling.temperature = temps[anvil_test_rand(r) % 8];
+    s.sampling.top_k = ks[anvil_test_rand(r) % 8];
+    s.sampling.top_p = ps[anvil_test_rand(r) % 7];
+    s.sampling.min_p = mps[anvil_test_rand(r) % 6];
     return s;
 }
 
 static int32_t host_pick(anvil_sampler *sm, const float *row, const anvil_sample_row *s, anvil_rng *rng)
 {
-    const anvil_sampling_params sp = {.temperature = s->temperature, .top_k = s->top_k, .top_p = s->top_p};
-    return anvil_sampler_sample_min_p(sm, row, &sp, s->min_p, rng);
+    return anvil_sampler_sample(sm, row, &s->sampling, rng);
 }
 
 /* ---------------------------------------------------------------- golden models */
@@ -119,7 +119,7 @@ static void run_model(const char *model, int host_sampling, int steps, uint64_t 
             got_rng[s] = want_rng[s];
             sr[s] = random_row(&r, &got_rng[s]);
             want[s] = host_pick(sm, logits + (size_t)s * (size_t)V, &sr[s], &want_rng[s]);
-            sampled += sr[s].temperature > 0.0f && sr[s].top_k != 1;
+            sampled += !anvil_sampling_is_greedy(&sr[s].sampling);
         }
         /* the same step again (the same KV is written to the same slots) */
         if (anvil_runtime_forward_sample(rt, &b, sr, got) != ANVIL_OK)
@@ -127,7 +127,8 @@ static void run_model(const char *model, int host_sampling, int steps, uint64_t 
         for (int s = 0; s < NS; s++) {
             if (got[s] != want[s])
                 fail_msg("%s step %d row %d (t %g k %d p %g min_p %g): id %d, host sampler %d", model, step, s,
-                         (double)sr[s].temperature, sr[s].top_k, (double)sr[s].top_p, (double)sr[s].min_p, got[s],
+                         (double)sr[s].sampling.temperature, sr[s].sampling.top_k, (double)sr[s].sampling.top_p,
+                         (double)sr[s].sampling.min_p, got[s],
                          want[s]);
             assert_memory_equal(&got_rng[s], &want_rng[s], sizeof(anvil_rng));
             checked++;
@@ -219,8 +220,9 @@ static void test_pick_equals_sampler(void **st)
         const int drew = memcmp(&before, &rng, sizeof rng) != 0;
         anvil_rng copy = before;
         const double u = anvil_rng_uniform(&copy);
-        const anvil_sampling_params sp = {.temperature = s.temperature, .top_k = s.top_k, .top_p = s.top_p};
-        const int32_t got = anvil_sampler_pick(sm, x, &sp, s.min_p > 0.0f ? logf(s.min_p) : -INFINITY, u);
+        anvil_sample_draw d;
+        anvil_sample_draw_make(&d, &s.sampling, u);
+        const int32_t got = anvil_sampler_pick(sm, x, &d);
         assert_int_equal(got < 0, poisoned_kind(it % ROW_KINDS)); /* greedy rows too */
         if (got < 0) {
             assert_false(drew);
@@ -244,7 +246,7 @@ static void test_cpu_op_rows(void **st)
     assert_int_equal(anvil_backend_cpu_create(3, &be), ANVIL_OK);
     const int32_t V = 1000, R = 37;
     float *x = malloc((size_t)R * (size_t)V * sizeof *x);
-    anvil_sample_params *p = malloc((size_t)R * sizeof *p);
+    anvil_sample_draw *p = malloc((size_t)R * sizeof *p);
     int32_t ids[37];
     anvil_sampler *sm = NULL;
     assert_true(x && p);
@@ -256,16 +258,12 @@ static void test_cpu_op_rows(void **st)
             anvil_rng rng;
             anvil_rng_seed(&rng, anvil_test_rand(&r));
             anvil_sample_row s = random_row(&r, &rng);
-            p[i] = (anvil_sample_params){.temperature = s.temperature, .top_k = s.top_k, .top_p = s.top_p,
-                                         .log_min_p = s.min_p > 0.0f ? logf(s.min_p) : -INFINITY,
-                                         .u = anvil_rng_uniform(&rng)};
+            anvil_sample_draw_make(&p[i], &s.sampling, anvil_rng_uniform(&rng));
         }
         anvil_tensor t = anvil_tensor_2d(ANVIL_DTYPE_F32, R, V, x);
         assert_int_equal(be->ops->sample_rows(be, &t, p, ids), ANVIL_OK);
         for (int32_t i = 0; i < R; i++) {
-            const anvil_sampling_params sp = {.temperature = p[i].temperature, .top_k = p[i].top_k,
-                                              .top_p = p[i].top_p};
-            assert_int_equal(ids[i], anvil_sampler_pick(sm, x + (size_t)i * V, &sp, p[i].log_min_p, p[i].u));
+            assert_int_equal(ids[i], anvil_sampler_pick(sm, x + (size_t)i * V, &p[i]));
             assert_int_equal(ids[i] < 0, poisoned_kind((i + rep) % ROW_KINDS));
         }
     }
@@ -290,29 +288,40 @@ static void test_bad_rows_move_nothing(void **st)
     anvil_rng rng, before;
     anvil_rng_seed(&rng, 3);
     before = rng;
-    anvil_sample_row s = {.temperature = -1.0f, .top_p = 1.0f, .rng = &rng};
-    assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "temperature");
-    s = (anvil_sample_row){.temperature = 1.0f, .top_p = 0.0f, .rng = &rng};
+    anvil_sample_row s = {.rng = &rng};
+    anvil_sampling_params_default(&s.sampling);
+    s.sampling.temperature = -1.0f;
+    assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG,
+                      "forward_sample: row 0: temperature");
+    s.sampling.temperature = 1.0f;
+    s.sampling.top_p = 0.0f;
     assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "top_p");
-    s = (anvil_sample_row){.temperature = 1.0f, .top_p = 1.0f, .min_p = 2.0f, .rng = &rng};
+    s.sampling.top_p = 1.0f;
+    s.sampling.min_p = 2.0f;
     assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "min_p");
-    s = (anvil_sample_row){.temperature = 1.0f, .top_p = 1.0f};
+    s.sampling.min_p = 0.0f;
+    s.sampling.top_k = -2;
+    assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "top_k");
+    s.sampling.top_k = 0;
+    s.rng = NULL;
     assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "generator");
     /* a bad batch (token id out of range): refused, the generator unmoved */
-    s = (anvil_sample_row){.temperature = 1.0f, .top_p = 1.0f, .rng = &rng};
+    s.rng = &rng;
     ids[1] = 1 << 20;
     assert_status_msg(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_ERR_INVALID_ARG, "token id");
     assert_memory_equal(&rng, &before, sizeof rng);
     /* greedy needs no generator and draws nothing */
     ids[1] = 403;
-    s = (anvil_sample_row){.temperature = 0.0f, .top_p = 1.0f};
+    s.sampling.temperature = 0.0f;
+    s.rng = NULL;
     assert_int_equal(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_OK);
     int32_t g = -1;
     assert_int_equal(anvil_runtime_forward_greedy(rt, &b, &g), ANVIL_OK);
     assert_int_equal(next, g);
     /* no logit rows: nothing sampled, nothing drawn */
     b.n_logits = 0;
-    s = (anvil_sample_row){.temperature = 1.0f, .top_p = 1.0f, .rng = &rng};
+    s.sampling.temperature = 1.0f;
+    s.rng = &rng;
     assert_int_equal(anvil_runtime_forward_sample(rt, &b, &s, &next), ANVIL_OK);
     assert_memory_equal(&rng, &before, sizeof rng);
     anvil_runtime_free(rt);

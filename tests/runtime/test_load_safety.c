@@ -245,11 +245,11 @@ static anvil_result *run_one(anvil_executor *ex, float temperature, int32_t logp
     anvil_request_init(&r);
     r.prompt = "Once upon a time";
     r.max_tokens = 8;
-    r.temperature = temperature;
+    r.sampling.temperature = temperature;
     r.logprobs = logprobs;
     r.beam_width = beams;
     r.has_seed = 1;
-    r.seed = 3;
+    r.sampling.seed = 3;
     anvil_result *res = NULL;
     assert_int_equal(anvil_executor_generate(ex, &r, &res), ANVIL_OK);
     return res;

@@ -222,7 +222,7 @@ anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attent
 anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                       anvil_tensor *out);
 /* sample_rows through the host sampler, a row per thread (cpu_sample.c) */
-anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
+anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
                                       int32_t *ids);
 
 /* Splits [0, n) into nth nearly equal ranges aligned to `unit` (except the

@@ -1,20 +1,20 @@
 /*
- * sample_rows on the CPU: each logits row through the host sampler
- * (anvil_sampler_pick), rows spread over the backend's threads. The op
- * exists so that anvil_runtime_forward_sample works on every backend, and
- * is by construction what the executor's host path computes, bit for bit,
- * whichever thread takes a row.
+ * sample_rows on the CPU: each logits row through the sampler
+ * (anvil_sampler_pick, src/sampler/), rows spread over the backend's
+ * threads. The op exists so that anvil_runtime_forward_sample works on
+ * every backend, and is by construction what the executor's host path
+ * computes, bit for bit, whichever thread takes a row.
  */
 #include <stdlib.h>
 
-#include "anvil/sampling.h"
 #include "backend/cpu/cpu_internal.h"
 #include "core/error.h"
+#include "sampler/sampler.h"
 
 typedef struct sample_job {
     const float *x;
     int64_t rows, cols;
-    const anvil_sample_params *params;
+    const anvil_sample_draw *draws;
     int32_t *ids;
     anvil_sampler **samplers; /* one per thread that has rows */
 } sample_job;
@@ -22,14 +22,11 @@ typedef struct sample_job {
 static void sample_task(void *ctx, int ith, int nth)
 {
     const sample_job *j = ctx;
-    for (int64_t r = ith; r < j->rows; r += nth) {
-        const anvil_sample_params *q = &j->params[r];
-        const anvil_sampling_params sp = {.temperature = q->temperature, .top_k = q->top_k, .top_p = q->top_p};
-        j->ids[r] = anvil_sampler_pick(j->samplers[ith], j->x + r * j->cols, &sp, q->log_min_p, q->u);
-    }
+    for (int64_t r = ith; r < j->rows; r += nth)
+        j->ids[r] = anvil_sampler_pick(j->samplers[ith], j->x + r * j->cols, &j->draws[r]);
 }
 
-anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
+anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
                                       int32_t *ids)
 {
     anvil_cpu_backend *cb = anvil_cpu_impl(be);
@@ -38,13 +35,14 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
     const int64_t rows = x->shape[0], cols = x->shape[1];
     if (rows == 0)
         return ANVIL_OK;
-    CHECK(params != NULL && ids != NULL, ANVIL_ERR_INVALID_ARG, "sample_rows: params or ids is NULL");
+    CHECK(draws != NULL && ids != NULL, ANVIL_ERR_INVALID_ARG, "sample_rows: draws or ids is NULL");
     CHECK(cols > 0 && cols <= INT32_MAX, ANVIL_ERR_INVALID_ARG, "sample_rows: rows of %lld columns", (long long)cols);
     for (int64_t r = 0; r < rows; r++) {
-        const anvil_sample_params *q = &params[r];
-        CHECK(q->temperature >= 0.0f && q->top_p > 0.0f && q->top_p <= 1.0f && q->u >= 0.0 && q->u < 1.0,
+        const anvil_sample_draw *q = &draws[r];
+        CHECK(q->sampling.temperature >= 0.0f && q->sampling.top_p > 0.0f && q->sampling.top_p <= 1.0f &&
+                  q->u >= 0.0 && q->u < 1.0,
               ANVIL_ERR_INVALID_ARG, "sample_rows: row %lld: temperature %g, top_p %g, u %g", (long long)r,
-              (double)q->temperature, (double)q->top_p, q->u);
+              (double)q->sampling.temperature, (double)q->sampling.top_p, q->u);
     }
     /* a sampler per thread (scratch of cols entries); at most one thread per row */
     int nth = cb->n_threads < rows ? cb->n_threads : (int)rows;
@@ -54,7 +52,7 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
     for (int i = 0; i < nth && st == ANVIL_OK; i++)
         st = anvil_sampler_create((int32_t)cols, &samplers[i]);
     if (st == ANVIL_OK) {
-        sample_job j = {.x = x->data, .rows = rows, .cols = cols, .params = params, .ids = ids, .samplers = samplers};
+        sample_job j = {.x = x->data, .rows = rows, .cols = cols, .draws = draws, .ids = ids, .samplers = samplers};
         if (nth == 1)
             sample_task(&j, 0, 1);
         else

@@ -171,7 +171,7 @@ anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x,
 anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
 /* sample_rows (cuda_sample.cu); anvil_cuda_sample_set_chunk: a test knob, the
  * shared-memory chunk (1..4096 candidates) of the streamed paths */
-anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_params *params,
+anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
                                        int32_t *ids);
 void anvil_cuda_sample_set_chunk(int cap);
 /* cuda_fused.c */

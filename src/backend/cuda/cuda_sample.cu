@@ -1,14 +1,17 @@
 /*
- * sample_rows: the host sampler (anvil_sampler_pick, src/runtime/sampling.c)
+ * sample_rows: the sampler's pick (anvil_sampler_pick, src/sampler/sampler.c)
  * on the device, a block per logits row, so a sampling step downloads one
- * id per row. The uniform draw u comes from the host; the kernel repeats
- * the host's steps:
+ * id per row. Each row comes as an anvil_sample_draw (sampler/sampler.h):
+ * what can be computed once on the host is, and is used as given here (the
+ * greedy decision, 1 / temperature, logf(min_p), the uniform u). The kernel
+ * repeats the pick's steps, and tests/cuda/test_cuda_sample.c holds it to
+ * anvil_sampler_pick row by row:
  *
  *   a row holding a NaN or +inf, or nothing above -inf, gives -1 and uses
  *   no draw (the runtime's guard against a damaged model).
- *   greedy (temperature <= 0 or top_k == 1): the argmax of the raw row with
- *   the host scan's rules (`>`, the lowest column).
- *   Else l_i = x_i * (1 / temperature) over the finite x_i; min-p keeps
+ *   greedy (draw.greedy): the argmax of the raw row with the host scan's
+ *   rules (`>`, the lowest column).
+ *   Else l_i = x_i * inv_temperature over the finite x_i; min-p keeps
  *   l_i >= max + log_min_p; top-k keeps the k first in the order "logit
  *   descending, then id ascending"; when top-k cut or top_p < 1 the
  *   survivors are taken in that order, else in id order; p_i =
@@ -782,16 +785,16 @@ __device__ int sr_sorted(sr_shared &sh, const T *row, int n, bool vec, const sr_
 
 template <typename T>
 __global__ void __launch_bounds__(SR_THREADS, 1)
-    anvil_sample_rows_kernel(const T *x, int n, const anvil_sample_params *params, int32_t *ids, unsigned cap)
+    anvil_sample_rows_kernel(const T *x, int n, const anvil_sample_draw *draws, int32_t *ids, unsigned cap)
 {
     __shared__ sr_shared sh;
     const T *row = x + (size_t)blockIdx.x * (size_t)n;
     const bool vec = (((uintptr_t)row) & 15) == 0;
     if (threadIdx.x < 32)
         sh.tab[threadIdx.x] = sr_exp2_tab[threadIdx.x];
-    const anvil_sample_params P = params[blockIdx.x];
+    const anvil_sample_draw P = draws[blockIdx.x];
 
-    if (P.temperature <= 0.0f || P.top_k == 1) {
+    if (P.greedy) {
         /* greedy: the host scan's argmax */
         float best = -INFINITY;
         int bi = INT_MAX, bad = 0;
@@ -828,7 +831,7 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     }
 
     sr_row R;
-    R.inv_t = __fdiv_rn(1.0f, P.temperature);
+    R.inv_t = P.inv_temperature; /* the host's 1.0f / temperature */
     R.thr = 0;
     R.mx = -INFINITY;
     float mx = -INFINITY;
@@ -862,12 +865,14 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
         });
         total = (unsigned)sr_block_int(cnt, 2, sh.ired);
     }
-    const unsigned K = P.top_k > 0 && (unsigned)P.top_k < total ? (unsigned)P.top_k : total;
+    const int32_t top_k = P.sampling.top_k;
+    const float top_p = P.sampling.top_p;
+    const unsigned K = top_k > 0 && (unsigned)top_k < total ? (unsigned)top_k : total;
     int id;
-    if (P.top_p >= 1.0f && K == total)
+    if (top_p >= 1.0f && K == total)
         id = sr_unsorted(sh, row, n, vec, R, P.u);
     else
-        id = sr_sorted(sh, row, n, vec, R, K, total, P.top_p, P.u, cap);
+        id = sr_sorted(sh, row, n, vec, R, K, total, top_p, P.u, cap);
     if (threadIdx.x == 0)
         ids[blockIdx.x] = id;
 }
@@ -883,7 +888,7 @@ extern "C" void anvil_cuda_sample_set_chunk(int cap)
 }
 
 extern "C" anvil_status anvil_cuda_launch_sample_rows(cudaStream_t stream, const void *x, anvil_dtype act_dt,
-                                                      int64_t rows, int64_t cols, const anvil_sample_params *params,
+                                                      int64_t rows, int64_t cols, const anvil_sample_draw *draws,
                                                       int32_t *ids)
 {
     if (rows == 0)
@@ -892,17 +897,17 @@ extern "C" anvil_status anvil_cuda_launch_sample_rows(cudaStream_t stream, const
           "sample_rows: [%lld, %lld] (at most %d columns)", (long long)rows, (long long)cols, SR_MAX_COLS);
     const unsigned cap = sr_chunk_cap;
     ANVIL_CUDA_DISPATCH(act_dt, anvil_sample_rows_kernel<T><<<(unsigned)rows, SR_THREADS, 0, stream>>>(
-                                    (const T *)x, (int)cols, params, ids, cap));
+                                    (const T *)x, (int)cols, draws, ids, cap));
     return ANVIL_CUDA_LAUNCHED("sample_rows kernel");
 }
 
 extern "C" anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x,
-                                                  const anvil_sample_params *params, int32_t *ids)
+                                                  const anvil_sample_draw *draws, int32_t *ids)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(anvil_cuda_check_act(cb, x, "sample_rows x"));
-    CHECK((params != NULL && ids != NULL) || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG,
-          "sample_rows: params or ids is NULL");
+    CHECK((draws != NULL && ids != NULL) || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG,
+          "sample_rows: draws or ids is NULL");
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_sample_rows(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], params, ids);
+    return anvil_cuda_launch_sample_rows(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], draws, ids);
 }

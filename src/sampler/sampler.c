@@ -1,11 +1,14 @@
 /*
- * Token sampling: temperature, top-k, top-p over fp32 logits.
+ * The sampler: sampling parameters, the generator, and the pick from one
+ * row of fp32 logits (temperature, min-p, top-k, top-p, the draw); the
+ * executor's logit processors and log-probabilities. Arithmetic on host
+ * rows only: a leaf that depends on core alone (docs/architecture.md).
  *
  * Candidates are (index, logit) pairs. Top-k keeps the k largest with a
- * partial selection; top-p then sorts the survivors (all of the vocabulary
- * when top-k is off) and keeps the smallest prefix whose probability mass
- * reaches p. Ties keep the lower index first, so results do not depend on
- * the sort's stability.
+ * partial selection; top-p then sorts the survivors (all of them when top-k
+ * is off) and keeps the smallest prefix whose probability mass reaches p.
+ * Ties keep the lower index first, so results do not depend on the sort's
+ * stability.
  */
 #include "anvil/sampling.h"
 
@@ -13,6 +16,7 @@
 #include <stdlib.h>
 
 #include "core/error.h"
+#include "sampler/sampler.h"
 
 typedef struct cand {
     float logit;
@@ -32,6 +36,7 @@ void anvil_sampling_params_default(anvil_sampling_params *p)
     p->temperature = 1.0f;
     p->top_k = 0;
     p->top_p = 1.0f;
+    p->min_p = 0.0f;
     p->seed = 0;
 }
 
@@ -39,10 +44,23 @@ anvil_status anvil_sampling_params_check(const anvil_sampling_params *p)
 {
     CHECK(p->temperature >= 0.0f && isfinite(p->temperature), ANVIL_ERR_INVALID_ARG,
           "temperature must be >= 0, got %g", (double)p->temperature);
-    CHECK(p->top_k >= 0, ANVIL_ERR_INVALID_ARG, "top_k must be >= 0, got %d", p->top_k);
+    CHECK(p->top_k >= -1, ANVIL_ERR_INVALID_ARG, "top_k must be >= 0 (or -1 for off), got %d", p->top_k);
     CHECK(p->top_p > 0.0f && p->top_p <= 1.0f, ANVIL_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g",
           (double)p->top_p);
+    CHECK(p->min_p >= 0.0f && p->min_p <= 1.0f, ANVIL_ERR_INVALID_ARG, "min_p must be in [0, 1], got %g",
+          (double)p->min_p);
     return ANVIL_OK;
+}
+
+int anvil_sampling_is_greedy(const anvil_sampling_params *p) { return p->temperature <= 0.0f || p->top_k == 1; }
+
+void anvil_sample_draw_make(anvil_sample_draw *d, const anvil_sampling_params *p, double u)
+{
+    d->sampling = *p;
+    d->greedy = anvil_sampling_is_greedy(p);
+    d->inv_temperature = d->greedy ? 0.0f : 1.0f / p->temperature;
+    d->log_min_p = p->min_p > 0.0f ? logf(p->min_p) : -INFINITY;
+    d->u = d->greedy ? 0.0 : u;
 }
 
 static uint64_t splitmix64(uint64_t *x)
@@ -157,62 +175,6 @@ static void select_top_k(cand *c, int32_t n, int32_t k)
     }
 }
 
-int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_sampling_params *p,
-                             anvil_rng *rng)
-{
-    const int32_t n = s->n_vocab;
-    if (p->temperature <= 0.0f || p->top_k == 1)
-        return anvil_argmax(logits, n);
-
-    const float inv_t = 1.0f / p->temperature;
-    for (int32_t i = 0; i < n; i++) {
-        s->c[i].logit = logits[i] * inv_t;
-        s->c[i].id = i;
-    }
-    int32_t m = n;
-    if (p->top_k > 0 && p->top_k < n) {
-        select_top_k(s->c, n, p->top_k);
-        m = p->top_k;
-    }
-    if (p->top_p < 1.0f || m < n)
-        qsort(s->c, (size_t)m, sizeof *s->c, cand_cmp);
-
-    float max = s->c[0].logit;
-    if (m == n && p->top_p >= 1.0f) /* unsorted: find the max */
-        for (int32_t i = 1; i < m; i++)
-            if (s->c[i].logit > max)
-                max = s->c[i].logit;
-    double sum = 0.0;
-    for (int32_t i = 0; i < m; i++) {
-        s->prob[i] = expf(s->c[i].logit - max);
-        sum += s->prob[i];
-    }
-    if (p->top_p < 1.0f) {
-        /* Keep the smallest prefix with mass >= top_p (at least one). */
-        double cum = 0.0, target = (double)p->top_p * sum;
-        int32_t keep = m;
-        for (int32_t i = 0; i < m; i++) {
-            cum += s->prob[i];
-            if (cum >= target) {
-                keep = i + 1;
-                break;
-            }
-        }
-        m = keep;
-        sum = 0.0;
-        for (int32_t i = 0; i < m; i++)
-            sum += s->prob[i];
-    }
-    double r = anvil_rng_uniform(rng) * sum;
-    double acc = 0.0;
-    for (int32_t i = 0; i < m; i++) {
-        acc += s->prob[i];
-        if (r < acc)
-            return s->c[i].id;
-    }
-    return s->c[m - 1].id;
-}
-
 /* ------------------------------------------------------------ the executor's suite */
 
 void anvil_logits_apply(anvil_sampler *s, const anvil_logits_processors *p, float *logits, const int32_t *prompt,
@@ -276,23 +238,22 @@ int32_t anvil_greedy_pick(const float *x, int32_t n)
 }
 
 /*
- * anvil_sampler_sample_min_p's algorithm, the min-p threshold given as
- * log_min_p (logf(min_p), or -INFINITY for none) and the uniform draw taken
- * from rng, or, with rng NULL, given as u. A poisoned row (a NaN or +inf,
- * or no finite logit) gives -1 and draws nothing: a damaged model must end
- * its request, not sample garbage. Backends that sample on their device
- * follow this step for step.
+ * The pick: d's parameters, the uniform drawn from rng or, with rng NULL,
+ * taken from d->u. A poisoned row (a NaN or +inf, or no finite logit) gives
+ * -1 and draws nothing: a damaged model must end its request, not sample
+ * garbage. margin (may be NULL): anvil_sampler_pick_margin's. Device
+ * samplers follow these steps (src/backend/cuda/cuda_sample.cu).
  */
-static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
-                           anvil_rng *rng, double u)
+static int32_t pick(anvil_sampler *s, const float *logits, const anvil_sample_draw *d, anvil_rng *rng, double *margin)
 {
     const int32_t n = s->n_vocab;
-    if (p->temperature <= 0.0f || p->top_k == 1)
+    const anvil_sampling_params *p = &d->sampling;
+    if (margin != NULL)
+        *margin = INFINITY;
+    if (d->greedy)
         return anvil_greedy_pick(logits, n);
 
-    /* The steps mirror anvil_sampler_sample, over the finite candidates
-     * only, so that both draw the same token from the same state. */
-    const float inv_t = 1.0f / p->temperature;
+    const float inv_t = d->inv_temperature;
     int32_t m = 0;
     int bad = 0;
     for (int32_t i = 0; i < n; i++) {
@@ -305,13 +266,13 @@ static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sa
     }
     if (m == 0 || bad)
         return -1;
-    if (log_min_p > -INFINITY) {
+    if (d->log_min_p > -INFINITY) {
         float max = s->c[0].logit;
         for (int32_t i = 1; i < m; i++)
             if (s->c[i].logit > max)
                 max = s->c[i].logit;
         /* p_i / p_max = exp(l_i - max) >= min_p */
-        const float thr = max + log_min_p;
+        const float thr = max + d->log_min_p;
         int32_t k = 0;
         for (int32_t i = 0; i < m; i++)
             if (s->c[i].logit >= thr)
@@ -327,7 +288,7 @@ static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sa
         qsort(s->c, (size_t)m, sizeof *s->c, cand_cmp);
 
     float max = s->c[0].logit;
-    if (m == total && p->top_p >= 1.0f)
+    if (m == total && p->top_p >= 1.0f) /* unsorted: find the max */
         for (int32_t i = 1; i < m; i++)
             if (s->c[i].logit > max)
                 max = s->c[i].logit;
@@ -337,13 +298,18 @@ static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sa
         sum += s->prob[i];
     }
     if (p->top_p < 1.0f) {
-        double cum = 0.0, target = (double)p->top_p * sum;
+        /* keep the smallest prefix with mass >= top_p (at least one) */
+        double cum = 0.0;
+        const double target = (double)p->top_p * sum;
         int32_t keep = m;
         for (int32_t i = 0; i < m; i++) {
             cum += s->prob[i];
-            if (cum >= target) {
+            if (margin != NULL)
+                *margin = fmin(*margin, fabs(cum - target) / sum);
+            if (keep == m && cum >= target) {
                 keep = i + 1;
-                break;
+                if (margin == NULL)
+                    break;
             }
         }
         m = keep;
@@ -351,26 +317,37 @@ static int32_t sample_core(anvil_sampler *s, const float *logits, const anvil_sa
         for (int32_t i = 0; i < m; i++)
             sum += s->prob[i];
     }
-    double r = (rng != NULL ? anvil_rng_uniform(rng) : u) * sum;
+    const double r = (rng != NULL ? anvil_rng_uniform(rng) : d->u) * sum;
     double acc = 0.0;
+    int32_t chosen = -1;
     for (int32_t i = 0; i < m; i++) {
         acc += s->prob[i];
-        if (r < acc)
-            return s->c[i].id;
+        if (margin != NULL)
+            *margin = fmin(*margin, fabs(acc - r) / sum);
+        if (chosen < 0 && r < acc) {
+            chosen = s->c[i].id;
+            if (margin == NULL)
+                break;
+        }
     }
-    return s->c[m - 1].id;
+    return chosen >= 0 ? chosen : s->c[m - 1].id; /* r rounded up to sum: the last one */
 }
 
-int32_t anvil_sampler_sample_min_p(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float min_p,
-                                   anvil_rng *rng)
+int32_t anvil_sampler_sample(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, anvil_rng *rng)
 {
-    return sample_core(s, logits, p, min_p > 0.0f ? logf(min_p) : -INFINITY, rng, 0.0);
+    anvil_sample_draw d;
+    anvil_sample_draw_make(&d, p, 0.0);
+    return pick(s, logits, &d, rng, NULL);
 }
 
-int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sampling_params *p, float log_min_p,
-                           double u)
+int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sample_draw *d)
 {
-    return sample_core(s, logits, p, log_min_p, NULL, u);
+    return pick(s, logits, d, NULL, NULL);
+}
+
+int32_t anvil_sampler_pick_margin(anvil_sampler *s, const float *logits, const anvil_sample_draw *d, double *margin)
+{
+    return pick(s, logits, d, NULL, margin);
 }
 
 void anvil_log_softmax(const float *x, float *out, int32_t n)
