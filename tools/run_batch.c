@@ -249,6 +249,7 @@ int anvil_run_batch(int argc, char **argv)
         n = 1;
     }
     FILE *out = stdout;
+    json_t *flag_stops = NULL; /* {"stop": --stop's strings} */
     anvil_runtime *rt = NULL;
     anvil_tokenizer *tok = NULL;
     anvil_executor *ex = NULL;
@@ -268,6 +269,11 @@ int anvil_run_batch(int argc, char **argv)
     if (exec_cli_load(&a.eo, a.model, TOOL, &rt, &tok, &ex))
         goto done;
     const anvil_model_config *cfg = anvil_runtime_config(rt);
+    flag_stops = json_object();
+    json_t *stops = json_array();
+    for (int32_t k = 0; k < a.rv.req.n_stop; k++)
+        json_array_append_new(stops, json_string(a.rv.stop[k]));
+    json_object_set_new(flag_stops, "stop", stops);
     const double t0 = exec_cli_now();
     for (long i = 0; i < n; i++) {
         line *l = &lines[i];
@@ -300,7 +306,9 @@ int anvil_run_batch(int argc, char **argv)
             lines[i].error = strdup(msg);
         }
         if (res != NULL) {
-            o = exec_cli_result_json(res, i, beam[i], lines[i].obj);
+            /* the stop string that matched: the line's own, else --stop's */
+            json_t *named = json_object_get(lines[i].obj, "stop") ? lines[i].obj : flag_stops;
+            o = exec_cli_result_json(res, i, beam[i], named);
             /* a max_tokens the context could not hold in full: say so, as anvil run --json does */
             const int32_t ctx = anvil_runtime_options_get(rt)->max_seq_len;
             if (res->status == ANVIL_OK && max_tokens[i] > 0 && (int64_t)res->n_prompt + max_tokens[i] > ctx)
@@ -346,6 +354,7 @@ done:
     free(ids);
     free(beam);
     free(max_tokens);
+    json_decref(flag_stops);
     request_values_free(&a.rv);
     return rc;
 }
