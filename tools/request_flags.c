@@ -19,7 +19,7 @@ const request_flag request_flags[] = {
      "new tokens at most (default 256; in --input lines 0 means up to the context)", RF_RUN | RF_BATCH,
      RQ_MAX_TOKENS},
     {"temperature", 't', "temperature", RF_NUM, 0, BIG, 0, "T",
-     "0 is greedy (default: the model's generation_config.json, else 1; bench: 0)", ALL, RQ_TEMPERATURE},
+     "0 is greedy (default: the model's generation_config.json, else 1; bench's synthetic requests: 0)", ALL, RQ_TEMPERATURE},
     {"top-k", 0, "top_k", RF_INT, -1, INT32_MAX, 0, "K", "keep the K most likely tokens (0: off, the default)", ALL,
      RQ_TOP_K},
     {"top-p", 0, "top_p", RF_NUM, 0, 1, 1, "P", "keep the most likely tokens up to mass P (1: off, the default)", ALL,
@@ -312,9 +312,21 @@ void request_flags_help(FILE *out, unsigned cmd)
         snprintf(lhs, sizeof lhs, "%c%c%c --%s%s%s", f->short_flag ? '-' : ' ', f->short_flag ? f->short_flag : ' ',
                  f->short_flag ? ',' : ' ', f->flag, f->metavar ? " " : "", f->metavar ? f->metavar : "");
         if (strlen(lhs) + 2 > 30)
-            fprintf(out, "  %s\n  %-28s%s\n", lhs, "", f->help);
+            fprintf(out, "  %s\n%30s", lhs, "");
         else
-            fprintf(out, "  %-28s%s\n", lhs, f->help);
+            fprintf(out, "  %-28s", lhs);
+        /* the help text in lines of at most 66 characters after the 30 of the flag */
+        const char *h = f->help;
+        while (strlen(h) > 66) {
+            int cut = 66;
+            while (cut > 0 && h[cut] != ' ')
+                cut--;
+            if (cut == 0)
+                break;
+            fprintf(out, "%.*s\n%30s", cut, h, "");
+            h += cut + 1;
+        }
+        fprintf(out, "%s\n", h);
     }
 }
 

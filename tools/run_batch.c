@@ -54,8 +54,8 @@ static void batch_usage(FILE *out)
             "Runs every request of FILE through the executor concurrently, and prints one JSON result a\n"
             "line in input order: {\"index\", \"choices\": [{\"text\", \"token_ids\", \"finish_reason\", ...}],\n"
             "\"usage\"}. With --beam-width, every beam and its score. A line is a JSON object with\n"
-            "\"prompt\" or \"prompt_ids\" and any of these fields:");
-    size_t col = 80;
+            "\"prompt\" or \"prompt_ids\" and any of these fields:\n ");
+    size_t col = 1;
     for (size_t i = 0; i < n_request_flags; i++) {
         if (request_flags[i].field == NULL)
             continue;
