@@ -1,26 +1,42 @@
 # The README's two commands, and a few conveniences around CMake.
-#   make demo     install what is missing, build, tell a story with stories260K on the CPU
-#   make test     install what is missing, build, run every test (ctest)
+#   make demo     install what is missing, build the anvil command (only it, quietly),
+#                 tell a story with stories260K on the CPU
+#   make test     install what is missing, build everything, run every test (ctest)
+#   make install PREFIX=/usr/local   headers, libanvil.{a,so}, libanvil-cuda.so, anvil.pc, bin/anvil
+# The Makefile is the development entry point: warnings are errors here
+# (WERROR=OFF to relax); a plain `cmake` configure leaves them warnings.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 SHARED ?= $(abspath ../shared)
+PREFIX ?= /usr/local
+WERROR ?= ON
 CMAKE_FLAGS ?=
+CONFIGURE = cmake -S . -B $(BUILD) -DANVIL_SHARED_DIR=$(SHARED) -DANVIL_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null
 
-.PHONY: all build demo test test-asan format bench clean
+.PHONY: all build demo test test-asan test-tsan install format bench clean
 
 all: build
 
 build:
 	@scripts/setup.sh
-	@cmake -S . -B $(BUILD) -DANVIL_SHARED_DIR=$(SHARED) $(CMAKE_FLAGS) >/dev/null
+	@$(CONFIGURE)
 	@cmake --build $(BUILD) -j $(JOBS)
 
-demo: build
-	$(BUILD)/anvil run --model $(SHARED)/models/stories260K --prompt "Once upon a time" --max-tokens 200 --temperature 0.8 --seed 7
+# Only the anvil command and libanvil (no tests, benchmarks or CUDA
+# kernels: the story runs on the CPU); make's output goes to a log that is
+# shown only if the build fails.
+demo:
+	@scripts/setup.sh
+	@$(CONFIGURE)
+	@t0=$$(date +%s); printf 'building anvil... '; \
+	if ! cmake --build $(BUILD) -j $(JOBS) --target anvil_cli >$(BUILD)/demo-build.log 2>&1; then \
+	  echo failed; cat $(BUILD)/demo-build.log; exit 1; fi; \
+	echo "done ($$(( $$(date +%s) - t0 )) s)"
+	@$(BUILD)/anvil run --model $(SHARED)/models/stories260K --prompt "Once upon a time" --max-tokens 200 --temperature 0.8 --seed 7
 
 test:
 	@scripts/setup.sh --test
-	@cmake -S . -B $(BUILD) -DANVIL_SHARED_DIR=$(SHARED) $(CMAKE_FLAGS) >/dev/null
+	@$(CONFIGURE)
 	@cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
@@ -28,9 +44,23 @@ test:
 # (the CUDA backend is left out: nvcc objects are not instrumented).
 test-asan:
 	@scripts/setup.sh --test
-	@cmake -S . -B build-asan -DANVIL_SANITIZE=ON -DANVIL_CUDA=OFF -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
+	@cmake -S . -B build-asan -DANVIL_SANITIZE=ON -DANVIL_CUDA=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
+
+# The executor and server tests under ThreadSanitizer (CPU only).
+test-tsan:
+	@scripts/setup.sh --test
+	@cmake -S . -B build-tsan -DANVIL_SANITIZE_THREAD=ON -DANVIL_CUDA=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
+	@cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --output-on-failure -j $(JOBS) -R 'executor|server'
+
+# Builds what is installed (not the tests) and installs it under PREFIX.
+install:
+	@scripts/setup.sh
+	@$(CONFIGURE)
+	@cmake --build $(BUILD) -j $(JOBS) --target anvil_install_deps
+	cmake --install $(BUILD) --prefix $(PREFIX)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu')
@@ -39,4 +69,4 @@ bench: build
 	$(BUILD)/bench_cpu_model --shared $(SHARED)
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan

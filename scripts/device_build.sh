@@ -4,8 +4,10 @@
 #   build-device/   CMake build: -DANVIL_STATIC_DEPS=ON (jansson, PCRE2,
 #                   utf8proc, xxHash linked from their .a files; CUDA runtime
 #                   and cuBLASLt stay shared: the device has them), sm_80 + sm_90a
-#   .device/bin.tar.xz the test executables, bench_cuda_latency and the anvil command (copied out of build-device, so the
-#                   run carries a few MB instead of the whole build tree)
+#   .device/bin.tar.xz the test executables, bench_cuda_latency, the anvil command (libanvil linked in) and
+#                   next to it the CUDA backend module libanvil-cuda.so, which the command loads for
+#                   --device cuda (copied out of build-device, so the run carries a few MB instead of
+#                   the whole build tree)
 #   .device/lib/    libcmocka.so.0 (Debian ships no static cmocka)
 #   .device/shared/ the models and golden files the CUDA tests read
 # Then, with the device tool:  run(command="scripts/device_test.sh", carry=[".device"])
@@ -14,15 +16,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DANVIL_STATIC_DEPS=ON \
+cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DANVIL_STATIC_DEPS=ON -DANVIL_WERROR=ON \
   -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
-# every tests/cuda test, the latency benchmark and the anvil command
+# every tests/cuda test, the latency benchmark, the anvil command and the CUDA module
 cuda_tests=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//' | tr '\n' ' ')
-cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_load anvil_cli
+cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_load anvil_cli anvil_cuda
 
+rm -rf .device/bin
 mkdir -p .device/bin .device/lib
-cp build-device/bench_cuda_latency build-device/bench_load build-device/anvil .device/bin/
-for t in $cuda_tests bench_cuda_latency bench_load anvil; do
+cp build-device/bench_cuda_latency build-device/bench_load build-device/anvil build-device/libanvil-cuda.so .device/bin/
+for t in $cuda_tests bench_cuda_latency bench_load anvil libanvil-cuda.so; do
   if [ -f build-device/tests/$t ]; then cp build-device/tests/$t .device/bin/; fi
   strip --strip-debug .device/bin/$t
   # nothing of this machine's -dev libraries may be needed at run time

@@ -71,6 +71,8 @@ typedef struct anvil_runtime_options {
     const char *cpu_isa;        /* CPU: "scalar", "avx2" or "avx512" instead of the best path this CPU runs */
     int no_cuda_graphs;         /* CUDA: never record or replay step graphs */
     int no_pdl;                 /* CUDA: never launch with programmatic dependent launch (sm_90+) */
+    const char *cuda_module;    /* CUDA: the path of the CUDA backend, libanvil-cuda.so; NULL: the one in
+                                   libanvil's folder, else the dynamic loader's search path */
     int host_sampling;          /* 1: logits always come back to the host to be sampled there, even on a
                                    backend with a sample op (anvil_runtime_forward_sample) */
     /* Called during the load as weights arrive (bytes prepared of the

@@ -3,13 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/backend_module.h"
 #include "core/error.h"
-
-void anvil_backend_config_default(anvil_backend_config *c)
-{
-    memset(c, 0, sizeof *c);
-    c->act_dtype = ANVIL_DTYPE_F32;
-}
 
 anvil_status anvil_backend_create(const char *name, const anvil_backend_config *c, anvil_backend **out)
 {
@@ -30,12 +25,8 @@ anvil_status anvil_backend_create(const char *name, const anvil_backend_config *
                   "bad device '%s': expected cuda or cuda:N", name);
             device = (int)d;
         }
-#ifdef ANVIL_HAVE_CUDA
-        return anvil_backend_cuda_create_config(device, c, out);
-#else
-        (void)device;
-        return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "device '%s': this anvil was built without CUDA", name);
-#endif
+        /* the CUDA backend is a module, libanvil-cuda.so (backend_load.c) */
+        return anvil_backend_cuda_load(device, c, out);
     }
     return ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "unknown device '%s' (expected cpu, cuda or cuda:N)", name);
 }

@@ -232,6 +232,8 @@ typedef struct anvil_backend_config {
                                   "avx512": that one, for comparisons (the best when the CPU lacks it) */
     int no_cuda_graphs;        /* CUDA: 1: never record or replay step graphs */
     int no_pdl;                /* CUDA: 1: never launch with programmatic dependent launch (sm_90+) */
+    const char *cuda_module;   /* CUDA: the path of libanvil-cuda.so to load; NULL: the one next to
+                                  libanvil, else the dynamic loader's (backend_module.h) */
 } anvil_backend_config;
 
 /* n_threads 0, act_dtype F32, the rest 0 */

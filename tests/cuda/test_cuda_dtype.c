@@ -62,5 +62,5 @@ int main(void)
         cmocka_unit_test(test_cpu_computes_in_f32),
         cmocka_unit_test(test_cuda_auto),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }

@@ -30,5 +30,5 @@ static void test_cuda_engine_equal(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_cuda_engine_equal)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }

@@ -415,5 +415,5 @@ int main(void)
         cmocka_unit_test(test_rope_attention),
         cmocka_unit_test(test_models),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }

@@ -284,5 +284,5 @@ int main(void)
         cmocka_unit_test(test_tiny_phi3),
         cmocka_unit_test(test_bf16_top1_pooled),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }

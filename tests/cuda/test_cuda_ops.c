@@ -1122,5 +1122,5 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);
 }

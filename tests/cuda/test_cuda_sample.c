@@ -577,5 +577,5 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_small_chunks),
         cmocka_unit_test(test_runtime),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return anvil_test_run_group(tests);
 }
