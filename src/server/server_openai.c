@@ -690,7 +690,7 @@ static int sampling(parse_ctx *c, srv_mapped *q, json_t *body)
     anvil_request *r = &q->req;
     double d;
     int64_t v;
-    int b, got;
+    int b = 0, got;
 #define NUM(k, lo, hi, open_lo, field)                                                                       \
     if ((got = num(c, body, k, lo, hi, open_lo, &d)) < 0)                                                    \
         return -1;                                                                                           \
