@@ -105,11 +105,13 @@ static void *sig_main(void *arg)
     int sig = 0;
     if (sigwait(&w->set, &sig) != 0)
         return NULL;
+    /* before the main thread hears of it: once it does, it may free the
+     * server (ThreadSanitizer caught the two at once) */
+    anvil_server_stop_loads(w->srv);
     pthread_mutex_lock(&w->mu);
     w->sig = sig;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    anvil_server_stop_loads(w->srv);
     /* a second signal, or the bound; sigtimedwait returns early on EINTR */
     struct timespec t0, now;
     clock_gettime(CLOCK_MONOTONIC, &t0);
