@@ -24,8 +24,8 @@ def driver_present():
         return False
 
 
-def run_cuda(anvil, shared, *extra):
-    return anvil("run", "--model", shared / "models" / "stories260K", "--device", "cuda", "--prompt", "hi", *extra)
+def run_cuda(anvil, shared, device="cuda"):
+    return anvil("run", "--model", shared / "models" / "stories260K", "--device", device, "--prompt", "hi")
 
 
 def one_line(stderr):
@@ -53,19 +53,19 @@ def test_no_driver_says_so(anvil, shared):
     assert "no NVIDIA driver found (libcuda.so.1" in line, line
     assert "insufficient" not in line  # not the CUDA runtime's version message
     # the same for a numbered device
-    r = run_cuda(anvil, shared, "--device", "cuda:1")
+    r = run_cuda(anvil, shared, "cuda:1")
     assert r.returncode == 1 and "no NVIDIA driver found" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(not module_present() or not driver_present(), reason="needs a driver")
 def test_device_past_the_last_gpu(anvil, shared):
-    r = run_cuda(anvil, shared, "--device", "cuda:99")
+    r = run_cuda(anvil, shared, "cuda:99")
     assert r.returncode == 1, r.stderr
     line = one_line(r.stderr)
     assert "no CUDA GPU found" in line or "cuda:99" in line, line
 
 
 def test_explicit_device_typo_is_refused(anvil, shared):
-    r = run_cuda(anvil, shared, "--device", "cuda:x")
+    r = run_cuda(anvil, shared, "cuda:x")
     assert r.returncode != 0
     assert "cuda:x" in r.stderr

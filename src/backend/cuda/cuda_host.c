@@ -10,7 +10,10 @@
 #include "backend/backend_module.h"
 #include "core/error.h"
 
-static const anvil_backend_host *host;
+/* set by every load (the same table each time), read by every thread */
+static const anvil_backend_host *host_table;
+
+static const anvil_backend_host *host(void) { return __atomic_load_n(&host_table, __ATOMIC_ACQUIRE); }
 
 __attribute__((visibility("default"))) int anvil_cuda_module_init(const anvil_backend_host *h, const char *version,
                                                                   size_t layout, anvil_backend_module *out);
@@ -24,46 +27,54 @@ int anvil_cuda_module_init(const anvil_backend_host *h, const char *version, siz
         out->device_count = NULL;
         return -1;
     }
-    host = h;
+    __atomic_store_n(&host_table, h, __ATOMIC_RELEASE);
     return 0;
 }
 
 anvil_status anvil_error_set(anvil_status code, const char *file, int line, const char *fmt, ...)
 {
-    if (host == NULL)
+    const anvil_backend_host *h = host();
+    if (h == NULL)
         return code;
     va_list ap;
     va_start(ap, fmt);
-    anvil_status st = host->error_vset(code, file, line, fmt, ap);
+    anvil_status st = h->error_vset(code, file, line, fmt, ap);
     va_end(ap);
     return st;
 }
 
 anvil_status anvil_error_wrap(const char *fmt, ...)
 {
-    if (host == NULL)
+    const anvil_backend_host *h = host();
+    if (h == NULL)
         return ANVIL_ERR_INTERNAL;
     va_list ap;
     va_start(ap, fmt);
-    anvil_status st = host->error_vwrap(fmt, ap);
+    anvil_status st = h->error_vwrap(fmt, ap);
     va_end(ap);
     return st;
 }
 
 void anvil_clear_error(void)
 {
-    if (host != NULL)
-        host->clear_error();
+    const anvil_backend_host *h = host();
+    if (h != NULL)
+        h->clear_error();
 }
 
-anvil_log_level anvil_log_get_level(void) { return host != NULL ? host->log_level() : ANVIL_LOG_WARN; }
+anvil_log_level anvil_log_get_level(void)
+{
+    const anvil_backend_host *h = host();
+    return h != NULL ? h->log_level() : ANVIL_LOG_WARN;
+}
 
 void anvil_log(anvil_log_level level, const char *fmt, ...)
 {
-    if (host == NULL)
+    const anvil_backend_host *h = host();
+    if (h == NULL)
         return;
     va_list ap;
     va_start(ap, fmt);
-    host->vlog(level, fmt, ap);
+    h->vlog(level, fmt, ap);
     va_end(ap);
 }
