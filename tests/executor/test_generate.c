@@ -5,7 +5,7 @@
  * generator seeded with the seed, ending at an end-of-sequence token,
  * max_tokens or the context):
  *
- *  - stories260K and tinycode, prompts of 1..40 tokens (longer than
+ *  - stories260K (40 cases) and tinycode (24), prompts of 1..40 tokens (longer than
  *    max_num_tokens: a chunked prefill), greedy and seeded sampling with
  *    temperature, top-k, top-p and min-p: the same ids, the same finish;
  *    end-of-sequence endings among them, and ignore_eos.
@@ -111,18 +111,19 @@ static int on_token(void *user, int32_t tok)
     return s->stop_at > 0 && s->n == s->stop_at;
 }
 
-static void compare_model(const char *model)
+/* n cases of model; eos: some of them must end at an end-of-sequence token */
+static void compare_model(const char *model, int n, int eos)
 {
     anvil_runtime *rt = load(model);
     const int32_t V = (int32_t)anvil_runtime_config(rt)->vocab_size;
     uint64_t r = 17;
     int stops = 0, lengths = 0, sampled = 0;
-    for (int it = 0; it < 40; it++) {
+    for (int it = 0; it < n; it++) {
         int32_t prompt[40], n_prompt = 1 + (int32_t)(anvil_test_rand(&r) % 40);
         prompt[0] = 1;
         for (int32_t i = 1; i < n_prompt; i++)
             prompt[i] = 3 + (int32_t)(anvil_test_rand(&r) % (uint64_t)(V - 3));
-        anvil_generate_params p = {.max_tokens = 1 + (int32_t)(anvil_test_rand(&r) % 70), .ignore_eos = it % 7 == 3};
+        anvil_generate_params p = {.max_tokens = 1 + (int32_t)(anvil_test_rand(&r) % 56), .ignore_eos = it % 7 == 3};
         anvil_sampling_params_default(&p.sampling);
         p.sampling.seed = anvil_test_rand(&r);
         switch (it % 5) {
@@ -150,8 +151,10 @@ static void compare_model(const char *model)
         stops += got_f == ANVIL_FINISH_STOP;
         lengths += got_f == ANVIL_FINISH_LENGTH;
     }
-    printf("%s: 40 cases (%d sampled), %d ended by end-of-sequence, %d by length\n", model, sampled, stops, lengths);
+    printf("%s: %d cases (%d sampled), %d ended by end-of-sequence, %d by length\n", model, n, sampled, stops,
+           lengths);
     assert_true(lengths > 0);
+    assert_true(stops > 0 || !eos);
     assert_int_equal(anvil_runtime_kv_blocks_free(rt), anvil_runtime_kv_blocks_total(rt));
     anvil_runtime_free(rt);
 }
@@ -159,13 +162,13 @@ static void compare_model(const char *model)
 static void test_stories(void **st)
 {
     (void)st;
-    compare_model("stories260K");
+    compare_model("stories260K", 40, 0);
 }
 
 static void test_tinycode(void **st)
 {
     (void)st;
-    compare_model("tinycode");
+    compare_model("tinycode", 24, 1);
 }
 
 /* max_tokens past the context: prompt + generated = max_seq_len, LENGTH */
