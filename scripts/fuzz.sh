@@ -31,7 +31,7 @@ if [ ${#targets[@]} -eq 0 ]; then
   exit 0
 fi
 
-CC=clang cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DANVIL_FUZZ=ON -DANVIL_CUDA=OFF \
+CC=clang cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DANVIL_FUZZ=ON -DANVIL_CUDA=OFF -DANVIL_WERROR=ON \
   -DANVIL_SHARED_DIR="$shared" >/dev/null
 cmake --build "$build" --target "${targets[@]}" -j "$(nproc)" >"$build/fuzz-build.log" 2>&1 || {
   tail -50 "$build/fuzz-build.log"
