@@ -219,6 +219,17 @@ typedef struct anvil_backend_ops {
     anvil_status (*upload_async)(anvil_backend *be, int lane, void *dst, const void *src, size_t bytes);
     anvil_status (*upload_wait)(anvil_backend *be, int lane);
 } anvil_backend_ops;
+
+#define ANVIL_MATMUL_MULTI_MAX 4
+#define ANVIL_UPLOAD_LANES 32
+
+enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
+
+struct anvil_backend {
+    const anvil_backend_ops *ops;
+    void *impl;
+};
+
 /*
  * How a backend is made. The runtime fills it from anvil_runtime_options;
  * nothing below reads the environment (the anvil command reads ANVIL_*
@@ -239,27 +250,16 @@ typedef struct anvil_backend_config {
 /* n_threads 0, act_dtype F32, the rest 0 */
 void anvil_backend_config_default(anvil_backend_config *c);
 
-
-#define ANVIL_MATMUL_MULTI_MAX 4
-/* The same with a whole config (cpu_isa). */
-anvil_status anvil_backend_cpu_create_config(const anvil_backend_config *c, anvil_backend **out);
-#define ANVIL_UPLOAD_LANES 32
-
-enum { ANVIL_GRAPH_RUN = 0, ANVIL_GRAPH_RECORDING = 1, ANVIL_GRAPH_REPLAYED = 2 };
-
-/* The same with a whole config (act_dtype, no_cuda_graphs, no_pdl). */
-anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_config *c, anvil_backend **out);
-struct anvil_backend {
-    const anvil_backend_ops *ops;
-    void *impl;
-};
-
 /* The CPU backend. n_threads <= 0: one per online CPU. */
 anvil_status anvil_backend_cpu_create(int n_threads, anvil_backend **out);
+/* The same with a whole config (cpu_isa). */
+anvil_status anvil_backend_cpu_create_config(const anvil_backend_config *c, anvil_backend **out);
 
 /* The CUDA backend on device `device` (only in builds with CUDA), keeping
  * activations in act_dtype (F32 for the exact mode, BF16 or F16). */
 anvil_status anvil_backend_cuda_create(int device, anvil_dtype act_dtype, anvil_backend **out);
+/* The same with a whole config (act_dtype, no_cuda_graphs, no_pdl). */
+anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_config *c, anvil_backend **out);
 
 /* Creates a backend from a name: "cpu", "cuda" or "cuda:N"; c NULL: the
  * defaults. */
