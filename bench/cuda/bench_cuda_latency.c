@@ -33,7 +33,8 @@
  * use by the builder (anvil_build_engine, random_weights; default
  * /dev/shm/anvil-bench: memory, so 16 GB write and read fast); or any model
  * folder or engine with --model.
- * --graphs off runs without step graphs; --fusion off
+ * --graphs off runs without step graphs; --pdl off without programmatic
+ * dependent launch (runtime option no_pdl); --fusion off
  * runs every op of the network separately (runtime option no_fusion).
  */
 #include <cuda_runtime_api.h>
@@ -348,12 +349,13 @@ int main(int argc, char **argv)
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
     const char *fusion = "on";
+    int no_pdl = 0;
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
         {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
         {"cases", required_argument, 0, 'c'},
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
-        {"fusion", required_argument, 0, 'f'},
+        {"fusion", required_argument, 0, 'f'}, {"pdl", required_argument, 0, 'p'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;
@@ -366,9 +368,17 @@ int main(int argc, char **argv)
         case 'g': graphs = optarg; break;
         case 'f': fusion = optarg; break;
         case 'j': json_path = optarg; break;
+        case 'p':
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                fprintf(stderr, "--pdl on or off\n");
+                return 2;
+            }
+            no_pdl = strcmp(optarg, "off") == 0;
+            break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both] [--json FILE]\n",
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both] [--pdl on|off] "
+                            "[--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
@@ -453,6 +463,7 @@ int main(int argc, char **argv)
             anvil_runtime_options_default(&o);
             o.device = "cuda";
             o.no_cuda_graphs = !g_modes[gm];
+            o.no_pdl = no_pdl;
             o.weight_dtype = ANVIL_DTYPE_BF16;
             o.max_num_tokens = PREFILL_CHUNK > max_b ? PREFILL_CHUNK : max_b;
             o.max_batch_size = max_b > PREFILL_CHUNK ? max_b : PREFILL_CHUNK; /* a prefill step packs many prompts */
