@@ -77,39 +77,6 @@ static void run_usage(FILE *out)
             "  -h, --help                  this help\n");
 }
 
-/* "1,2,3" into a malloc'd array. */
-static int parse_ids(const char *s, int32_t **ids, int32_t *n)
-{
-    size_t cap = 1;
-    for (const char *p = s; *p; p++)
-        cap += *p == ',';
-    *ids = malloc(cap * sizeof **ids);
-    *n = 0;
-    if (*ids == NULL)
-        return -1;
-    const char *p = s;
-    while (*p) {
-        char *end = NULL;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (errno || end == p || v < 0 || v > INT32_MAX || (*end != ',' && *end != '\0')) {
-            fprintf(stderr, "anvil run: --prompt-ids expects comma-separated ids, got '%s'\n", s);
-            free(*ids);
-            *ids = NULL;
-            return -1;
-        }
-        (*ids)[(*n)++] = (int32_t)v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    if (*n == 0) {
-        fprintf(stderr, "anvil run: --prompt-ids is empty\n");
-        free(*ids);
-        *ids = NULL;
-        return -1;
-    }
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
@@ -380,7 +347,8 @@ int anvil_cmd_run(int argc, char **argv)
             fprintf(stderr, "anvil run: the prompt encodes to no tokens\n");
             goto done;
         }
-    } else if (parse_ids(a.prompt_ids, &prompt, &n_prompt) != 0) {
+    } else if (request_ids_parse(a.prompt_ids, &prompt, &n_prompt) != 0) {
+        fprintf(stderr, "anvil run: --prompt-ids expects comma-separated token ids, got '%s'\n", a.prompt_ids);
         rc = 2;
         goto done;
     }

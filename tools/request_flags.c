@@ -201,8 +201,7 @@ static int in_range(const request_flag *f, double d)
     return (f->lo_open ? d > f->lo : d >= f->lo) && d <= f->hi;
 }
 
-/* "1,2,3" into a malloc'd array. 0 ok, -1 not such a list. */
-static int parse_ids(const char *s, int32_t **ids, int32_t *n)
+int request_ids_parse(const char *s, int32_t **ids, int32_t *n)
 {
     size_t cap = 1;
     for (const char *p = s; *p; p++)
@@ -291,7 +290,7 @@ int request_flags_option(request_values *v, unsigned cmd, int c, const char *arg
     case RF_IDS:
         free(v->stop_ids);
         v->stop_ids = NULL;
-        if (parse_ids(arg, &v->stop_ids, &v->req.n_stop_token_ids) != 0) {
+        if (request_ids_parse(arg, &v->stop_ids, &v->req.n_stop_token_ids) != 0) {
             fprintf(stderr, "%s: --%s expects comma-separated token ids, got '%s'\n", tool, f->flag, arg);
             return -1;
         }

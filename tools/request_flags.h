@@ -119,6 +119,11 @@ void request_flags_shortopts(unsigned cmd, const char *own, char *out, size_t ca
  */
 int request_flags_option(request_values *v, unsigned cmd, int c, const char *arg, const char *tool);
 
+/* "1,2,3" (non-negative 32-bit ids, no empty item) into a malloc'd array
+ * of *n ids: 0, or -1 when s is not such a list (or memory ran out). The
+ * one parser of --prompt-ids and --stop-token-ids. */
+int request_ids_parse(const char *s, int32_t **ids, int32_t *n);
+
 /* The help lines of cmd's request flags, in table order. */
 void request_flags_help(FILE *out, unsigned cmd);
 

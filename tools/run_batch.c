@@ -193,20 +193,16 @@ static json_t *single_prompt(const batch_args *a)
         json_object_set_new(o, "prompt", json_string(a->prompt));
         return o;
     }
-    json_t *ids = json_array();
-    const char *p = a->prompt_ids;
-    while (*p) {
-        char *end = NULL;
-        long v = strtol(p, &end, 10);
-        if (end == p || (*end != ',' && *end != '\0')) {
-            fprintf(stderr, TOOL ": --prompt-ids expects comma-separated ids, got '%s'\n", a->prompt_ids);
-            json_decref(ids);
-            json_decref(o);
-            return NULL;
-        }
-        json_array_append_new(ids, json_integer(v));
-        p = *end == ',' ? end + 1 : end;
+    int32_t *v = NULL, n = 0;
+    if (request_ids_parse(a->prompt_ids, &v, &n) != 0) {
+        fprintf(stderr, TOOL ": --prompt-ids expects comma-separated token ids, got '%s'\n", a->prompt_ids);
+        json_decref(o);
+        return NULL;
     }
+    json_t *ids = json_array();
+    for (int32_t i = 0; i < n; i++)
+        json_array_append_new(ids, json_integer(v[i]));
+    free(v);
     json_object_set_new(o, "prompt_ids", ids);
     return o;
 }
