@@ -30,11 +30,19 @@
 
 #include "exec_testkit.h"
 
+#if ANVIL_TEST_TSAN /* the same run, smaller (testutil.h) */
+#define N_STREAMS    16
+#define N_SHORT      4 /* streams 0, 4, 8, 12: finished before the refit */
+#define LONG_TOKENS  40
+#define SHORT_TOKENS 6
+#define TRIGGER      8   /* the refit starts once every long stream has this many tokens */
+#else
 #define N_STREAMS    64
 #define N_SHORT      8 /* streams 0, 8, 16, ...: finished before the refit */
 #define LONG_TOKENS  96
 #define SHORT_TOKENS 12
 #define TRIGGER      16  /* the refit starts once every long stream has this many tokens */
+#endif
 #define AMPLITUDE    0.2 /* large enough that greedy outputs part within a few tokens */
 #define BS           16
 #define MAXB         32 /* blocks a sequence may have: max_seq_len / BS */
