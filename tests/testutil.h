@@ -2,18 +2,19 @@
 #ifndef ANVIL_TESTUTIL_H
 #define ANVIL_TESTUTIL_H
 
-/* 1 in a ThreadSanitizer build (make test-tsan), where code runs 5 to 15
- * times slower: the long concurrency tests run the same paths with fewer
- * requests and tokens there. */
-#if defined(__SANITIZE_THREAD__)
-#define ANVIL_TEST_TSAN 1
+/* 1 in an AddressSanitizer or ThreadSanitizer build (make test-asan,
+ * make test-tsan), where code runs 5 to 15 times slower: the longest tests
+ * run the same paths with fewer requests and tokens there (the python
+ * tests see ANVIL_TEST_SANITIZED=1, tests/CMakeLists.txt). */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define ANVIL_TEST_SANITIZED 1
 #elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ANVIL_TEST_TSAN 1
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define ANVIL_TEST_SANITIZED 1
 #endif
 #endif
-#ifndef ANVIL_TEST_TSAN
-#define ANVIL_TEST_TSAN 0
+#ifndef ANVIL_TEST_SANITIZED
+#define ANVIL_TEST_SANITIZED 0
 #endif
 
 #include <setjmp.h>

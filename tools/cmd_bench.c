@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include "anvil/model_config.h"
-#include "cli_flags.h"
 #include "cli_signal.h"
 #include "commands.h"
 #include "exec_cli.h"
@@ -129,10 +128,6 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
     };
-    struct option longopts[96];
-    char shortopts[32];
-    request_flags_longopts(RF_BENCH, own, longopts, sizeof longopts / sizeof longopts[0]);
-    request_flags_shortopts(RF_BENCH, "m:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
     request_values_init(&a->rv);
     a->num_requests = -1;
@@ -140,16 +135,11 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->output_len = (range){128, 128};
     a->progress = isatty(2);
     exec_cli_opts_default(&a->eo);
-    optind = 1;
+    exec_cli_parser p;
+    if (exec_cli_parser_init(&p, RF_BENCH, own, "m:h", &a->rv, &a->eo, TOOL, argc, argv) != 0)
+        return 2;
     int c;
-    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
-        int r = exec_cli_option(&a->eo, c, optarg, TOOL);
-        if (r == 0)
-            r = request_flags_option(&a->rv, RF_BENCH, c, optarg, TOOL);
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    while ((c = exec_cli_parser_next(&p)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
         case OPT_DATASET: a->dataset = optarg; break;
@@ -180,13 +170,14 @@ static int parse_args(int argc, char **argv, bench_args *a)
         case OPT_JSON: a->json_path = optarg; break;
         case OPT_NOPROG: a->progress = 0; break;
         case 'h': bench_usage(stdout); return 0;
+        case EXEC_CLI_BAD: return 2;
         default:
             if (optind > 0 && strcmp(argv[optind - 1], "--max-tokens") == 0) {
                 fprintf(stderr, TOOL ": the synthetic requests' length is --output-len A[:B]; --dataset lines "
                                 "give their own max_tokens\n");
                 return 2;
             }
-            return cli_bad_flag(TOOL, argv, shortopts, longopts);
+            return exec_cli_parser_bad(&p);
         }
     }
     if (optind < argc) {

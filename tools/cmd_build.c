@@ -1,16 +1,13 @@
 /* anvil build: a model folder (or a config with random weights) into one engine file (docs/engine.md). */
 #include <getopt.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "anvil/builder.h"
 #include "cli_error.h"
 #include "cli_flags.h"
+#include "cli_progress.h"
 #include "commands.h"
 #include "exec_cli.h"
 
@@ -35,47 +32,6 @@ static void usage(FILE *out)
             "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
-}
-
-typedef struct bar {
-    int show;
-    double t0, last;
-} bar;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static atomic_int interrupted;
-
-static void on_sigint(int sig)
-{
-    (void)sig;
-    atomic_store(&interrupted, 1);
-}
-
-/* A progress bar on stderr, at most ten times a second; Ctrl-C cancels. */
-static int progress(void *user, size_t done, size_t total)
-{
-    bar *b = user;
-    const double t = now_s();
-    if (b->show && (t - b->last >= 0.1 || done == total)) {
-        b->last = t;
-        const double frac = total ? (double)done / (double)total : 1.0;
-        const double el = t - b->t0;
-        char line[32];
-        int n = (int)(frac * 30.0);
-        memset(line, '#', (size_t)n);
-        memset(line + n, '.', (size_t)(30 - n));
-        line[30] = '\0';
-        fprintf(stderr, "\r" TOOL ": [%s] %5.1f%%  %.2f of %.2f GB  %.0f MB/s ", line, 100.0 * frac,
-                (double)done / 1e9, (double)total / 1e9, el > 0 ? (double)done / el / 1e6 : 0.0);
-        fflush(stderr);
-    }
-    return atomic_load(&interrupted);
 }
 
 int anvil_cmd_build(int argc, char **argv)
@@ -133,21 +89,17 @@ int anvil_cmd_build(int argc, char **argv)
                                          : TOOL ": --model DIR is required (--config goes with --random-weights)\n");
         return 2;
     }
-    bar b = {.show = !no_progress && isatty(STDERR_FILENO), .t0 = now_s()};
-    o.progress = progress;
+    cli_progress b;
+    cli_progress_start(&b, TOOL, !no_progress);
+    o.progress = cli_progress_cb;
     o.progress_user = &b;
-    struct sigaction sa = {.sa_handler = on_sigint}, old_int;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
     const char *src = o.random_weights ? config : model;
     anvil_status st = anvil_build_engine(src, output, &o);
-    sigaction(SIGINT, &old_int, NULL);
-    if (b.show)
-        fputc('\n', stderr);
+    cli_progress_end(&b);
     if (st != ANVIL_OK) {
         anvil_cli_report(TOOL);
         return st == ANVIL_ERR_CANCELLED ? 130 : 1;
     }
-    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output, now_s() - b.t0);
+    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output, cli_progress_elapsed(&b));
     return 0;
 }

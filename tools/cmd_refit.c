@@ -1,16 +1,13 @@
 /* anvil refit: an engine with new weights of the same shapes, without a rebuild (docs/engine.md, "Refit"). */
 #include <getopt.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "anvil/builder.h"
 #include "cli_error.h"
 #include "cli_flags.h"
+#include "cli_progress.h"
 #include "commands.h"
 #include "exec_cli.h"
 
@@ -32,46 +29,6 @@ static void usage(FILE *out)
             "      --threads N         threads reading and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
-}
-
-typedef struct bar {
-    int show;
-    double t0, last;
-} bar;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static atomic_int interrupted;
-
-static void on_sigint(int sig)
-{
-    (void)sig;
-    atomic_store(&interrupted, 1);
-}
-
-/* A progress bar on stderr, at most ten times a second; Ctrl-C cancels. */
-static int progress(void *user, size_t done, size_t total)
-{
-    bar *b = user;
-    const double t = now_s();
-    if (b->show && (t - b->last >= 0.1 || done == total)) {
-        b->last = t;
-        const double frac = total ? (double)done / (double)total : 1.0;
-        char line[32];
-        int n = (int)(frac * 30.0);
-        memset(line, '#', (size_t)n);
-        memset(line + n, '.', (size_t)(30 - n));
-        line[30] = '\0';
-        fprintf(stderr, "\r" TOOL ": [%s] %5.1f%%  %.2f of %.2f GB ", line, 100.0 * frac, (double)done / 1e9,
-                (double)total / 1e9);
-        fflush(stderr);
-    }
-    return atomic_load(&interrupted);
 }
 
 int anvil_cmd_refit(int argc, char **argv)
@@ -126,20 +83,16 @@ int anvil_cmd_refit(int argc, char **argv)
         fprintf(stderr, TOOL ": --weights DIR|ENGINE is required (see anvil refit --help)\n");
         return 2;
     }
-    bar b = {.show = !no_progress && isatty(STDERR_FILENO), .t0 = now_s()};
-    o.progress = progress;
+    cli_progress b;
+    cli_progress_start(&b, TOOL, !no_progress);
+    o.progress = cli_progress_cb;
     o.progress_user = &b;
-    struct sigaction sa = {.sa_handler = on_sigint}, old_int;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
     anvil_status st = anvil_refit_engine(engine, weights, output, &o);
-    sigaction(SIGINT, &old_int, NULL);
-    if (b.show)
-        fputc('\n', stderr);
+    cli_progress_end(&b);
     if (st != ANVIL_OK) {
         anvil_cli_report(TOOL);
         return st == ANVIL_ERR_CANCELLED ? 130 : 1;
     }
-    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output ? output : engine, now_s() - b.t0);
+    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output ? output : engine, cli_progress_elapsed(&b));
     return 0;
 }

@@ -17,7 +17,6 @@
 #include "anvil/tokenizer.h"
 #include "cli_env.h"
 #include "cli_error.h"
-#include "cli_flags.h"
 #include "cli_signal.h"
 #include "commands.h"
 #include "exec_cli.h"
@@ -92,10 +91,6 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
-    struct option longopts[64];
-    char shortopts[32];
-    request_flags_longopts(RF_RUN, own, longopts, sizeof longopts / sizeof longopts[0]);
-    request_flags_shortopts(RF_RUN, "m:p:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
     request_values_init(&a->rv);
     a->rv.req.max_tokens = 256;
@@ -103,15 +98,12 @@ static int parse_args(int argc, char **argv, run_args *a)
     cli_env_runtime_options(&a->rt);
     a->rt.max_batch_size = 1;
     a->rt.max_logit_rows = 1;
-    optind = 1;
+    exec_cli_parser p;
+    if (exec_cli_parser_init(&p, RF_RUN, own, "m:p:h", &a->rv, NULL, "anvil run", argc, argv) != 0)
+        return 2;
     int c;
     long v;
-    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
-        int r = request_flags_option(&a->rv, RF_RUN, c, optarg, "anvil run");
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    while ((c = exec_cli_parser_next(&p)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
@@ -140,6 +132,7 @@ static int parse_args(int argc, char **argv, run_args *a)
             a->refit_after_set = 1;
             break;
         case 'h': run_usage(stdout); return 0;
+        case EXEC_CLI_BAD: return 2;
         default: {
             /* a request flag of the executor's: say where it works */
             const char *bad = optind > 0 ? argv[optind - 1] : "";
@@ -149,7 +142,7 @@ static int parse_args(int argc, char **argv, run_args *a)
                         f->flag);
                 return 2;
             }
-            return cli_bad_flag("anvil run", argv, shortopts, longopts);
+            return exec_cli_parser_bad(&p);
         }
         }
     }

@@ -12,6 +12,7 @@
 #include "anvil/model_config.h"
 #include "cli_env.h"
 #include "cli_error.h"
+#include "cli_flags.h"
 
 double exec_cli_now(void)
 {
@@ -69,6 +70,44 @@ int exec_cli_double(const char *s, const char *flag, double min, double max, dou
     }
     *out = v;
     return 0;
+}
+
+int exec_cli_parser_init(exec_cli_parser *p, unsigned cmd, const struct option *own, const char *own_short,
+                         request_values *rv, exec_cli_opts *eo, const char *tool, int argc, char **argv)
+{
+    p->cmd = cmd;
+    p->rv = rv;
+    p->eo = eo;
+    p->tool = tool;
+    p->argc = argc;
+    p->argv = argv;
+    optind = 1;
+    request_flags_shortopts(cmd, own_short, p->shortopts, sizeof p->shortopts);
+    if (request_flags_longopts(cmd, own, p->longopts, sizeof p->longopts / sizeof p->longopts[0]) != 0) {
+        fprintf(stderr, "%s: too many flags for the parser's table (exec_cli_parser)\n", tool); /* a new flag's bug */
+        return -1;
+    }
+    return 0;
+}
+
+int exec_cli_parser_next(exec_cli_parser *p)
+{
+    int c;
+    while ((c = cli_getopt(p->argc, p->argv, p->shortopts, p->longopts)) != -1) {
+        int r = p->eo ? exec_cli_option(p->eo, c, optarg, p->tool) : 0;
+        if (r == 0)
+            r = request_flags_option(p->rv, p->cmd, c, optarg, p->tool);
+        if (r < 0)
+            return EXEC_CLI_BAD;
+        if (r == 0)
+            return c;
+    }
+    return -1;
+}
+
+int exec_cli_parser_bad(const exec_cli_parser *p)
+{
+    return cli_bad_flag(p->tool, p->argv, p->shortopts, p->longopts);
 }
 
 int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool)

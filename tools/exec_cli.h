@@ -81,6 +81,49 @@ void exec_cli_opts_default(exec_cli_opts *o);
  * value (reported on stderr, prefixed with tool). */
 int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool);
 
+/*
+ * The option loop that anvil run, run --input and anvil bench share: the
+ * table's request flags of cmd (RF_RUN, RF_BATCH, RF_BENCH) go into rv, the
+ * executor's flags (EXEC_CLI_LONGOPTS, when eo is not NULL) into eo, and
+ * exec_cli_parser_next returns the command's own flags only:
+ *
+ *     exec_cli_parser p;
+ *     if (exec_cli_parser_init(&p, RF_BENCH, own, "m:h", &a->rv, &a->eo, TOOL, argc, argv) != 0)
+ *         return 2;
+ *     while ((c = exec_cli_parser_next(&p)) != -1) {
+ *         switch (c) {
+ *         case 'm': ...
+ *         case EXEC_CLI_BAD: return 2;               (reported)
+ *         default: return exec_cli_parser_bad(&p);   (the one-line unknown-flag message)
+ *         }
+ *     }
+ */
+#define EXEC_CLI_BAD (-2)
+typedef struct exec_cli_parser {
+    unsigned cmd;
+    request_values *rv;
+    exec_cli_opts *eo;
+    const char *tool;
+    int argc;
+    char **argv;
+    struct option longopts[128];
+    char shortopts[64];
+} exec_cli_parser;
+
+/* own: the command's long flags (zero-terminated); own_short its short ones
+ * (getopt's syntax). Resets getopt (optind). 0, or -1 reported (the
+ * table's room is too small: a programming error). */
+int exec_cli_parser_init(exec_cli_parser *p, unsigned cmd, const struct option *own, const char *own_short,
+                         request_values *rv, exec_cli_opts *eo, const char *tool, int argc, char **argv);
+
+/* The next flag of the command's own (optarg set), -1 at the end, or
+ * EXEC_CLI_BAD after a bad value of a shared flag (reported on stderr). */
+int exec_cli_parser_next(exec_cli_parser *p);
+
+/* After a flag the command does not know: the one-line message (the
+ * closest flag), and the exit code 2. */
+int exec_cli_parser_bad(const exec_cli_parser *p);
+
 /* --dtype's value: auto (ANVIL_DTYPE_COUNT: weights as stored, compute
  * dtype auto), f32, bf16 or f16 (anvil_runtime_options.weight_dtype). 0 ok,
  * -1 reported. */

@@ -15,7 +15,6 @@
 #include <string.h>
 
 #include "anvil/model_config.h"
-#include "cli_flags.h"
 #include "commands.h"
 #include "exec_cli.h"
 #include "request_flags.h"
@@ -89,23 +88,14 @@ static int parse_args(int argc, char **argv, batch_args *a)
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,                             {0, 0, 0, 0},
     };
-    struct option longopts[96];
-    char shortopts[64];
-    request_flags_longopts(RF_BATCH, own, longopts, sizeof longopts / sizeof longopts[0]);
-    request_flags_shortopts(RF_BATCH, "m:o:p:h", shortopts, sizeof shortopts);
     memset(a, 0, sizeof *a);
     request_values_init(&a->rv);
     exec_cli_opts_default(&a->eo);
-    optind = 1;
+    exec_cli_parser p;
+    if (exec_cli_parser_init(&p, RF_BATCH, own, "m:o:p:h", &a->rv, &a->eo, TOOL, argc, argv) != 0)
+        return 2;
     int c;
-    while ((c = cli_getopt(argc, argv, shortopts, longopts)) != -1) {
-        int r = exec_cli_option(&a->eo, c, optarg, TOOL);
-        if (r == 0)
-            r = request_flags_option(&a->rv, RF_BATCH, c, optarg, TOOL);
-        if (r < 0)
-            return 2;
-        if (r > 0)
-            continue;
+    while ((c = exec_cli_parser_next(&p)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
         case OPT_INPUT: a->input = optarg; break;
@@ -113,7 +103,8 @@ static int parse_args(int argc, char **argv, batch_args *a)
         case 'p': a->prompt = optarg; break;
         case OPT_IDS: a->prompt_ids = optarg; break;
         case 'h': batch_usage(stdout); return 0;
-        default: return cli_bad_flag(TOOL, argv, shortopts, longopts);
+        case EXEC_CLI_BAD: return 2;
+        default: return exec_cli_parser_bad(&p);
         }
     }
     if (optind < argc) {

@@ -49,7 +49,7 @@ static void test_greedy_matches_golden(void **state)
 
 /* ---- batch invariance */
 
-#define N_REQ (ANVIL_TEST_TSAN ? 12 : 32) /* fewer in a ThreadSanitizer build (testutil.h) */
+#define N_REQ 32
 
 typedef struct inv_req {
     int32_t prompt[300];

@@ -1,6 +1,6 @@
 /*
  * anvil_executor_refit under load (issue 12's must-show): 64 greedy streams
- * of tinycode run through the executor; once every stream is decoding (and
+ * (16 under a sanitizer) of tinycode run through the executor; once every stream is decoding (and
  * the 8 short ones have finished), the weights are replaced by a perturbed
  * copy's while the other 56 are mid-stream. Then:
  *  - no request fails (each ends at its length);
@@ -30,7 +30,7 @@
 
 #include "exec_testkit.h"
 
-#if ANVIL_TEST_TSAN /* the same run, smaller (testutil.h) */
+#if ANVIL_TEST_SANITIZED /* the same run, smaller (testutil.h) */
 #define N_STREAMS    16
 #define N_SHORT      4 /* streams 0, 4, 8, 12: finished before the refit */
 #define LONG_TOKENS  40
