@@ -11,10 +11,14 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "anvil/model_config.h"
+#include "cli_signal.h"
 #include "commands.h"
 #include "exec_cli.h"
 #include "request_flags.h"
@@ -211,6 +215,32 @@ static void defaults(const batch_args *a, const anvil_model_config *cfg, anvil_r
     r->retain_result = 1;
 }
 
+/* Ctrl-C while the requests run: every request still in flight is
+ * cancelled (its result, with what it generated, comes back with
+ * finish_reason "cancelled"), so the output keeps a line for each. */
+typedef struct sigint_watch {
+    anvil_executor *ex;
+    const uint64_t *ids;
+    long n;
+    atomic_int done;
+} sigint_watch;
+
+static void *watch_main(void *arg)
+{
+    sigint_watch *w = arg;
+    while (!atomic_load(&w->done)) {
+        if (cli_sigint_seen()) {
+            for (long i = 0; i < w->n; i++)
+                if (w->ids[i] != 0)
+                    anvil_executor_cancel(w->ex, w->ids[i]); /* one finished already: an error we ignore */
+            return NULL;
+        }
+        struct timespec ts = {0, 20 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
 int anvil_run_batch(int argc, char **argv)
 {
     batch_args a;
@@ -253,6 +283,7 @@ int anvil_run_batch(int argc, char **argv)
         out = stdout;
         goto done;
     }
+    cli_sigint_install(TOOL); /* loading: Ctrl-C exits 130 */
     if (exec_cli_load(&a.eo, a.model, TOOL, &rt, &tok, &ex))
         goto done;
     const anvil_model_config *cfg = anvil_runtime_config(rt);
@@ -282,6 +313,10 @@ int anvil_run_batch(int argc, char **argv)
         max_tokens[i] = q.req.max_tokens;
         exec_cli_request_clear(&q); /* the executor copied what it keeps; obj names the stop strings later */
     }
+    sigint_watch watch = {.ex = ex, .ids = ids, .n = n};
+    pthread_t watcher;
+    cli_sigint_keep(); /* from here the first Ctrl-C cancels what runs, and every line is written */
+    const int watching = pthread_create(&watcher, NULL, watch_main, &watch) == 0;
     int failed = 0;
     int64_t n_prompt = 0, n_out = 0;
     for (long i = 0; i < n; i++) {
@@ -323,10 +358,15 @@ int anvil_run_batch(int argc, char **argv)
         }
         free(s);
     }
+    atomic_store(&watch.done, 1);
+    if (watching)
+        pthread_join(watcher, NULL);
     const double dt = exec_cli_now() - t0;
+    if (cli_sigint_seen())
+        fprintf(stderr, TOOL ": interrupted: the requests in flight were cancelled (finish_reason \"cancelled\")\n");
     fprintf(stderr, TOOL ": %ld requests, %lld prompt + %lld generated tokens in %.2f s (%.1f generated tokens/s)\n",
             n, (long long)n_prompt, (long long)n_out, dt, dt > 0 ? (double)n_out / dt : 0.0);
-    rc = failed ? 1 : 0;
+    rc = cli_sigint_seen() ? 130 : failed ? 1 : 0;
 done:
     anvil_executor_free(ex);
     anvil_runtime_free(rt);

@@ -265,3 +265,22 @@ def test_ctrl_c_on_bench_reports_the_requests_completed(shared, tmp_path):
     got = json.loads(report.read_text())
     assert got["partial"] is True and got["requests"] == 4 and got["cancelled"] == 6 and got["not_sent"] == 2
     assert got["output_tokens"] == 4 * 2 and got["latency_ms"]["ttft"]["count"] == 4
+
+
+def test_ctrl_c_on_run_input_writes_a_line_for_every_request(shared, tmp_path):
+    data = tmp_path / "requests.jsonl"
+    short = {"prompt": "def f(x):", "max_tokens": 2, "ignore_eos": True, "temperature": 0}
+    long = {"prompt": "def g(y):", "max_tokens": 6000, "ignore_eos": True, "temperature": 0}
+    data.write_text("".join(json.dumps(x) + "\n" for x in [short] * 3 + [long] * 3))
+    p = start("run", "--model", models(shared, "tinycode"), "--input", data, "--max-seq-len", "8192")
+    wait_loaded(p)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    lines = [json.loads(x) for x in out.decode().splitlines()]
+    assert [x["index"] for x in lines] == list(range(6))  # one line each, in order
+    assert [x["finish_reason"] for x in lines] == ["length"] * 3 + ["cancelled"] * 3
+    assert all(len(x["choices"][0]["token_ids"]) == 2 for x in lines[:3])
+    assert all(0 < len(x["choices"][0]["token_ids"]) < 6000 for x in lines[3:])  # what they had generated
+    assert "anvil run: interrupted: the requests in flight were cancelled" in err.decode()
