@@ -132,11 +132,13 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         if (exec_cli_int(arg, "--max-batch-size", 1, 65536, &v, tool))
             return -1;
         o->rt.max_batch_size = (int32_t)v;
+        o->batch_set = 1;
         return 1;
     case EXEC_OPT_MAX_TOKENS_STEP:
         if (exec_cli_int(arg, "--max-num-tokens", 1, 1 << 24, &v, tool))
             return -1;
         o->rt.max_num_tokens = (int32_t)v;
+        o->tokens_set = 1;
         return 1;
     case EXEC_OPT_KV_TOKENS:
         if (exec_cli_int(arg, "--kv-cache-tokens", 1, 1L << 40, &v, tool))
@@ -222,7 +224,21 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
         return -1;
     }
     anvil_runtime_options ro = o->rt;
-    if (!o->kv_set) {
+    const int cuda = ro.device != NULL && strncmp(ro.device, "cuda", 4) == 0;
+    if (cuda) {
+        /* a GPU is used by many sequences at once: TensorRT-LLM's and vLLM's
+         * sizes (docs/cli.md); the KV cache takes 90% of what is left after
+         * the weights and the activations of the largest step, as
+         * TensorRT-LLM's free_gpu_memory_fraction does */
+        if (!o->batch_set)
+            ro.max_batch_size = 512;
+        if (!o->tokens_set)
+            ro.max_num_tokens = 8192;
+        if (!o->kv_set) {
+            ro.kv_cache_tokens = 0;
+            ro.kv_cache_fraction = 0.9;
+        }
+    } else if (!o->kv_set) {
         /* room for many sequences in flight, without taking the machine */
         anvil_model_config cfg;
         if (anvil_model_config_load(model_dir, &cfg) == ANVIL_OK) {
@@ -237,6 +253,13 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
         anvil_tokenizer_free(*tok);
         *tok = NULL;
         return -1;
+    }
+    if (cuda) {
+        /* what the GPU was sized to, once, at start */
+        const anvil_runtime_options *got = anvil_runtime_options_get(*rt);
+        const int64_t kv = (int64_t)anvil_runtime_kv_blocks_total(*rt) * got->kv_block_size;
+        fprintf(stderr, "%s: %s: up to %d sequences and %d tokens a step, a KV cache of %lld tokens\n", tool,
+                got->device, got->max_batch_size, got->max_num_tokens, (long long)kv);
     }
     if (anvil_executor_create(*rt, *tok, &o->ex, ex) != ANVIL_OK) {
         anvil_cli_report("%s", tool);

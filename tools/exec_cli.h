@@ -57,10 +57,11 @@ enum {
     "                              elsewhere), f32, bf16 or f16 (weights converted on load)\n"         \
     "      --threads N             CPU threads (default: all cores)\n"                                    \
     "      --max-seq-len N         context length (default: the model's)\n"                               \
-    "      --max-batch-size N      sequences per step (default 64)\n"                                     \
-    "      --max-num-tokens N      tokens per step; longer prompts are chunked (default 512)\n"           \
+    "      --max-batch-size N      sequences per step (default 64; 512 on cuda)\n"                        \
+    "      --max-num-tokens N      tokens per step; longer prompts are chunked (default 512; 8192 on\n"  \
+    "                              cuda)\n"                                                              \
     "      --kv-cache-tokens N     KV cache size in tokens (default: 32 contexts, at most a quarter\n"    \
-    "                              of free memory)\n"                                                     \
+    "                              of free memory; on cuda: 0.9 of the memory left, no count)\n"           \
     "      --kv-cache-fraction F   KV cache size as a fraction of the memory left after the weights\n"    \
     "      --block-size N          tokens per KV block (default 32)\n"                                    \
     "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
@@ -73,6 +74,8 @@ typedef struct exec_cli_opts {
     anvil_runtime_options rt;
     anvil_executor_options ex;
     int kv_set;                 /* --kv-cache-tokens or --kv-cache-fraction given */
+    int batch_set;              /* --max-batch-size given */
+    int tokens_set;             /* --max-num-tokens given */
 } exec_cli_opts;
 
 void exec_cli_opts_default(exec_cli_opts *o);
