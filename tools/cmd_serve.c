@@ -368,9 +368,14 @@ int anvil_cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* on a GPU: its sizes; the KV cache's 90% only for one model (a
+     * repository's models share the GPU: their caches keep the automatic
+     * size, at most a quarter of what is free at each load) */
+    const int one_model = so.model_repo == NULL && n_models == 1;
+    const int gpu_kv = exec_cli_gpu_sizes(&eo, &eo.rt, one_model) && one_model && !eo.kv_set;
     so.runtime = &eo.rt;
     so.executor = &eo.ex;
-    so.kv_cache_auto = !eo.kv_set;
+    so.kv_cache_auto = !eo.kv_set && !gpu_kv;
     so.chat_template_source = template_src;
     anvil_server *srv = NULL;
     int rc = 1;

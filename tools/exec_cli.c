@@ -211,6 +211,25 @@ int exec_cli_model_check(const char *path, const char *tool, anvil_model_config 
     return 0;
 }
 
+int exec_cli_gpu_sizes(const exec_cli_opts *o, anvil_runtime_options *ro, int kv)
+{
+    if (ro->device == NULL || strncmp(ro->device, "cuda", 4) != 0)
+        return 0;
+    /* a GPU is used by many sequences at once: TensorRT-LLM's and vLLM's
+     * sizes (docs/cli.md); the KV cache takes 90% of what is left after
+     * the weights and the activations of the largest step, as
+     * TensorRT-LLM's free_gpu_memory_fraction does */
+    if (!o->batch_set)
+        ro->max_batch_size = 512;
+    if (!o->tokens_set)
+        ro->max_num_tokens = 8192;
+    if (kv && !o->kv_set) {
+        ro->kv_cache_tokens = 0;
+        ro->kv_cache_fraction = 0.9;
+    }
+    return 1;
+}
+
 int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
                   anvil_tokenizer **tok, anvil_executor **ex)
 {
@@ -224,21 +243,8 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
         return -1;
     }
     anvil_runtime_options ro = o->rt;
-    const int cuda = ro.device != NULL && strncmp(ro.device, "cuda", 4) == 0;
-    if (cuda) {
-        /* a GPU is used by many sequences at once: TensorRT-LLM's and vLLM's
-         * sizes (docs/cli.md); the KV cache takes 90% of what is left after
-         * the weights and the activations of the largest step, as
-         * TensorRT-LLM's free_gpu_memory_fraction does */
-        if (!o->batch_set)
-            ro.max_batch_size = 512;
-        if (!o->tokens_set)
-            ro.max_num_tokens = 8192;
-        if (!o->kv_set) {
-            ro.kv_cache_tokens = 0;
-            ro.kv_cache_fraction = 0.9;
-        }
-    } else if (!o->kv_set) {
+    const int cuda = exec_cli_gpu_sizes(o, &ro, 1);
+    if (!cuda && !o->kv_set) {
         /* room for many sequences in flight, without taking the machine */
         anvil_model_config cfg;
         if (anvil_model_config_load(model_dir, &cfg) == ANVIL_OK) {

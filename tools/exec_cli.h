@@ -145,6 +145,12 @@ int exec_cli_double(const char *s, const char *flag, double min, double max, dou
  */
 int exec_cli_model_check(const char *path, const char *tool, anvil_model_config *cfg);
 
+/* On a cuda device (ro->device), the sizes that use the GPU where the flags
+ * did not set them: 512 sequences and 8192 tokens a step, and (kv) a KV
+ * cache of 90% of the memory left after the weights and the activations.
+ * 1 when ro is a cuda device's. */
+int exec_cli_gpu_sizes(const exec_cli_opts *o, anvil_runtime_options *ro, int kv);
+
 /* Checks model_dir (exec_cli_model_check), loads it (+ its tokenizer.json when there is one) and starts an
  * executor. 0 ok; -1 reported on stderr. */
 int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anvil_runtime **rt,
