@@ -55,6 +55,12 @@ typedef struct anvil_runtime_options {
      * checkpoint (config.json's torch_dtype) computes in that dtype on
      * cuda, everything else in f32. */
     anvil_dtype weight_dtype;
+    /* The KV cache's element type: "f32", "bf16", "f16", or NULL / "auto"
+     * (default): on the CPU f16 for a model that computes in bf16/f16
+     * (config.json's torch_dtype or weight_dtype), else f32; on cuda the
+     * compute dtype, the only one cuda takes for now (docs/cpu-backend.md).
+     * A string so that new types (fp8) can join without an ABI change. */
+    const char *kv_cache_dtype;
     int no_fusion;              /* 1: run every op of the network by itself, never the backend's fused ops
                                    (the reference the fused path is compared with); default 0 */
     /* 0 (default): weights are read into the backend's memory with pread,
@@ -107,8 +113,11 @@ const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt);
 /* Bytes of weights the runtime holds (as stored on the backend). */
 size_t anvil_runtime_weight_bytes(const anvil_runtime *rt);
 
-/* The dtype of the activations and the KV cache (see weight_dtype). */
+/* The dtype of the activations (see weight_dtype). */
 anvil_dtype anvil_runtime_compute_dtype(const anvil_runtime *rt);
+
+/* The dtype of the KV cache (see kv_cache_dtype). */
+anvil_dtype anvil_runtime_kv_cache_dtype(const anvil_runtime *rt);
 
 typedef struct anvil_batch {
     int32_t n_tokens;
