@@ -95,6 +95,18 @@ const char *anvil_tokenizer_token_text(const anvil_tokenizer *tok, int32_t id);
 /* 1 if id is a special added token (skipped by decode with skip_special_tokens), else 0. */
 int anvil_tokenizer_is_special(const anvil_tokenizer *tok, int32_t id);
 
+/*
+ * The bytes one token adds in the middle of a text (what a grammar matches):
+ * the decoder chain on that token alone, with its bytes kept raw (a
+ * byte-fallback token such as <0xE2> or a byte-level token that holds part
+ * of a UTF-8 character gives that byte, not U+FFFD) and without the steps
+ * that act only at the start of a text (Strip, Metaspace's dropped leading
+ * space), so "▁world" gives " world". Special tokens give their content.
+ * *bytes is malloc'd, NUL-terminated, taken by the caller (free()); *len
+ * excludes the NUL. An id with no token is ANVIL_ERR_INVALID_ARG. Thread-safe.
+ */
+anvil_status anvil_tokenizer_token_bytes(const anvil_tokenizer *tok, int32_t id, char **bytes, size_t *len);
+
 typedef struct anvil_detokenizer anvil_detokenizer;
 
 /*

@@ -187,7 +187,7 @@ static const char *tl_str(const tlist *t, size_t i)
 
 /* ------------------------------------------------------------ steps */
 
-static anvil_status dec_bytelevel(const anvil_tokenizer *tok, const tlist *in, tlist *out, int *unstable)
+static anvil_status dec_bytelevel(const anvil_tokenizer *tok, const tlist *in, tlist *out, int *unstable, int piece)
 {
     tok_buf bytes = {0};
     anvil_status st = ANVIL_OK;
@@ -224,7 +224,9 @@ static anvil_status dec_bytelevel(const anvil_tokenizer *tok, const tlist *in, t
         st = tl_begin(out);
     if (st == ANVIL_OK) {
         size_t before = out->buf.len;
-        st = tok_append_lossy(&out->buf, (const unsigned char *)bytes.p, bytes.len);
+        /* a piece keeps its bytes: a token may hold part of a character */
+        st = piece ? tok_buf_append(&out->buf, bytes.p, bytes.len)
+                   : tok_append_lossy(&out->buf, (const unsigned char *)bytes.p, bytes.len);
         out->len[out->n - 1] = out->buf.len - before;
     }
     tok_buf_free(&bytes);
@@ -255,11 +257,11 @@ static int byte_token(const char *s, size_t n)
     return a * 16 + b;
 }
 
-static anvil_status flush_bytes(tok_buf *pending, tlist *out)
+static anvil_status flush_bytes(tok_buf *pending, tlist *out, int piece)
 {
     if (pending->len == 0)
         return ANVIL_OK;
-    if (tok_utf8_valid(pending->p, pending->len)) {
+    if (piece || tok_utf8_valid(pending->p, pending->len)) {
         TRY(tl_push(out, pending->p, pending->len));
     } else {
         for (size_t i = 0; i < pending->len; i++)
@@ -269,7 +271,7 @@ static anvil_status flush_bytes(tok_buf *pending, tlist *out)
     return ANVIL_OK;
 }
 
-static anvil_status dec_bytefallback(const tlist *in, tlist *out, int *unstable)
+static anvil_status dec_bytefallback(const tlist *in, tlist *out, int *unstable, int piece)
 {
     tok_buf pending = {0};
     anvil_status st = ANVIL_OK;
@@ -280,14 +282,14 @@ static anvil_status dec_bytefallback(const tlist *in, tlist *out, int *unstable)
             st = tok_buf_append(&pending, &c, 1);
             continue;
         }
-        st = flush_bytes(&pending, out);
+        st = flush_bytes(&pending, out, piece);
         if (st == ANVIL_OK)
             st = tl_push(out, tl_str(in, i), in->len[i]);
     }
     if (st == ANVIL_OK && pending.len > 0 && unstable)
         *unstable = 1; /* more byte tokens could still complete (or break) the run */
     if (st == ANVIL_OK)
-        st = flush_bytes(&pending, out);
+        st = flush_bytes(&pending, out, piece);
     tok_buf_free(&pending);
     return st;
 }
@@ -346,7 +348,7 @@ static anvil_status dec_strip(const tok_dec *d, const tlist *in, tlist *out)
     return ANVIL_OK;
 }
 
-static anvil_status dec_metaspace(const tok_dec *d, const tlist *in, tlist *out)
+static anvil_status dec_metaspace(const tok_dec *d, const tlist *in, tlist *out, int piece)
 {
     for (size_t i = 0; i < in->n; i++) {
         const char *s = tl_str(in, i);
@@ -356,7 +358,7 @@ static anvil_status dec_metaspace(const tok_dec *d, const tlist *in, tlist *out)
             size_t l;
             uint32_t cp = tok_utf8_decode(s + k, n - k, &l);
             if (cp == d->ch) {
-                if (!(i == 0 && d->drop_first))
+                if (!(i == 0 && d->drop_first && !piece))
                     TRY(tl_add(out, " ", 1));
             } else {
                 TRY(tl_add(out, s + k, l));
@@ -457,8 +459,12 @@ static anvil_status dec_bpe(const tok_dec *d, const tlist *in, tlist *out)
 
 /* ------------------------------------------------------------ decode */
 
-anvil_status tok_decode_into(const anvil_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, tok_buf *out,
-                             int *unstable)
+/* piece: the ids are a piece from the middle of a text (tok_token_bytes):
+ * bytes stay raw (no U+FFFD for a partial character) and the steps that
+ * only act at the start of a text (Strip, Metaspace's dropped first space)
+ * do not apply. */
+static anvil_status decode_chain(const anvil_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                                 tok_buf *out, int *unstable, int piece)
 {
     anvil_status st = ANVIL_OK;
     tlist a, b;
@@ -489,11 +495,11 @@ anvil_status tok_decode_into(const anvil_tokenizer *tok, const int32_t *ids, siz
         const tok_dec *d = &tok->decs[k];
         tl_reset(o);
         switch (d->kind) {
-        case TOK_DEC_BYTELEVEL: st = dec_bytelevel(tok, in, o, unstable); break;
-        case TOK_DEC_BYTEFALLBACK: st = dec_bytefallback(in, o, unstable); break;
+        case TOK_DEC_BYTELEVEL: st = dec_bytelevel(tok, in, o, unstable, piece); break;
+        case TOK_DEC_BYTEFALLBACK: st = dec_bytefallback(in, o, unstable, piece); break;
         case TOK_DEC_FUSE: st = dec_fuse(in, o); break;
-        case TOK_DEC_STRIP: st = dec_strip(d, in, o); break;
-        case TOK_DEC_METASPACE: st = dec_metaspace(d, in, o); break;
+        case TOK_DEC_STRIP: st = piece ? dec_fuse(in, o) : dec_strip(d, in, o); break;
+        case TOK_DEC_METASPACE: st = dec_metaspace(d, in, o, piece); break;
         case TOK_DEC_WORDPIECE: st = dec_wordpiece(d, in, o); break;
         case TOK_DEC_BPE: st = dec_bpe(d, in, o); break;
         case TOK_DEC_REPLACE:
@@ -518,6 +524,34 @@ done:
     pcre2_match_data_free(w.md);
     free(w.spans[0]);
     return st;
+}
+
+anvil_status tok_decode_into(const anvil_tokenizer *tok, const int32_t *ids, size_t n, int skip_special, tok_buf *out,
+                             int *unstable)
+{
+    return decode_chain(tok, ids, n, skip_special, out, unstable, 0);
+}
+
+anvil_status anvil_tokenizer_token_bytes(const anvil_tokenizer *tok, int32_t id, char **bytes, size_t *len)
+{
+    CHECK(bytes != NULL && len != NULL, ANVIL_ERR_INVALID_ARG, "bytes and len must not be NULL");
+    *bytes = NULL;
+    *len = 0;
+    CHECK(tok != NULL, ANVIL_ERR_INVALID_ARG, "tokenizer must not be NULL");
+    CHECK(id >= 0 && (uint32_t)id < tok->n_ids && tok->id_str[id], ANVIL_ERR_INVALID_ARG, "no token with id %d",
+          (int)id);
+    tok_buf out = {0};
+    anvil_status st = decode_chain(tok, &id, 1, 0, &out, NULL, 1);
+    if (st == ANVIL_OK)
+        st = tok_buf_reserve(&out, 0);
+    if (st != ANVIL_OK) {
+        tok_buf_free(&out);
+        return st;
+    }
+    out.p[out.len] = 0;
+    *bytes = out.p;
+    *len = out.len;
+    return ANVIL_OK;
 }
 
 anvil_status anvil_tokenizer_decode(const anvil_tokenizer *tok, const int32_t *ids, int64_t n,
