@@ -39,7 +39,11 @@ static void usage(FILE *out)
             "      --unload-timeout S      an unload lets the model's requests finish for S seconds, then\n"
             "                              cancels them (default 10)\n"
 
-            "      --host ADDR             IPv4 address to listen on (default 127.0.0.1)\n"
+            "      --host ADDR             address to listen on (default 127.0.0.1); an IPv6 one is\n"
+            "                              dual-stack: '::' serves IPv4 and IPv6 on every interface\n"
+            "      --allowed-origins LIST  CORS: the origins whose pages may call the server,\n"
+            "                              comma-separated (e.g. http://localhost:3000), or '*' for any\n"
+            "                              (default: none)\n"
             "      --port N                port (default 8000; 0: any free port)\n"
             "      --api-key KEY           require 'Authorization: Bearer KEY' on /v1/ (default: env\n"
             "                              ANVIL_API_KEY; none if unset)\n"
@@ -67,6 +71,7 @@ static void usage(FILE *out)
 
 enum {
     OPT_HOST = 2000,
+    OPT_ORIGINS,
     OPT_PORT,
     OPT_KEY,
     OPT_TEMPLATE,
@@ -194,6 +199,7 @@ int anvil_cmd_serve(int argc, char **argv)
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, OPT_HOST},
+        {"allowed-origins", required_argument, 0, OPT_ORIGINS},
         {"port", required_argument, 0, OPT_PORT},
         {"api-key", required_argument, 0, OPT_KEY},
         {"chat-template", required_argument, 0, OPT_TEMPLATE},
@@ -267,6 +273,9 @@ int anvil_cmd_serve(int argc, char **argv)
             break;
         case OPT_HOST:
             so.host = optarg;
+            break;
+        case OPT_ORIGINS:
+            so.allowed_origins = optarg;
             break;
         case OPT_PORT:
             if (exec_cli_int(optarg, "--port", 0, 65535, &v, tool))
@@ -411,7 +420,10 @@ int anvil_cmd_serve(int argc, char **argv)
         anvil_cli_report("%s", tool);
         goto done;
     }
-    fprintf(stderr, "%s: listening on http://%s:%d (loading)\n", tool, so.host, anvil_server_port(srv));
+    /* an IPv6 address goes in brackets in a URL */
+    const int v6 = strchr(so.host, ':') != NULL;
+    fprintf(stderr, "%s: listening on http://%s%s%s:%d (loading)\n", tool, v6 ? "[" : "", so.host, v6 ? "]" : "",
+            anvil_server_port(srv));
     anvil_status st = ANVIL_OK;
     if (n_loads == 0 && !no_load_all) {
         st = anvil_server_load_all(srv);
@@ -440,7 +452,8 @@ int anvil_cmd_serve(int argc, char **argv)
         goto done;
     }
     anvil_server_set_ready(srv, 1);
-    fprintf(stderr, "%s: ready on http://%s:%d\n", tool, so.host, anvil_server_port(srv));
+    fprintf(stderr, "%s: ready on http://%s%s%s:%d\n", tool, v6 ? "[" : "", so.host, v6 ? "]" : "",
+            anvil_server_port(srv));
     pthread_mutex_lock(&w.mu);
     while (w.sig == 0)
         pthread_cond_wait(&w.cv, &w.mu);

@@ -45,7 +45,9 @@ extern "C" {
 typedef struct anvil_server anvil_server;
 
 typedef struct anvil_server_options {
-    const char *host;          /* IPv4 address to bind; default "127.0.0.1" */
+    /* IPv4 or IPv6 address to bind; default "127.0.0.1". An IPv6 address
+     * is bound dual-stack (IPV6_V6ONLY off): "::" serves IPv4 and IPv6 */
+    const char *host;
     int port;                  /* default 8000; 0: an ephemeral port (see anvil_server_port) */
     /* NULL: no authentication; else "Authorization: Bearer KEY" on /v1/ ("" is refused by create) */
     const char *api_key;
@@ -100,6 +102,11 @@ typedef struct anvil_server_options {
      * weights arrive (every 16 MiB or so). Default 900; 0: the default;
      * < 0: no deadline. */
     double load_timeout_s;
+    /* Origins whose pages may call the server (CORS): comma-separated,
+     * e.g. "https://app.example.com,http://localhost:3000", or "*" for
+     * any. NULL (the default): none (no CORS header is sent). Copied by
+     * create. */
+    const char *allowed_origins;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);

@@ -32,6 +32,8 @@ void srv_gen_release(srv_gen *g)
     srv_model_release(g->model);
     pthread_mutex_destroy(&g->mu);
     json_decref(g->stop);
+    json_decref(g->wire_ctx);
+    free(g->text);
     free(g->chunk_head);
     free(g->rec);
     free(g->buf);
@@ -290,6 +292,12 @@ static void put_escaped(srv_gen *g, const char *s, size_t n)
 static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
                          anvil_request_finish finish)
 {
+    if (g->wire) { /* one sample, no logprobs (the wire's mapping refuses them) */
+        json_decref(lp);
+        (void)index;
+        g->wire->chunk(g, text, text_len, finish);
+        return;
+    }
     if (lp == NULL && g->chunk_head && g->head_version != g->fp_version) { /* new weights since: a new head */
         free(g->chunk_head);
         g->chunk_head = NULL;
@@ -520,11 +528,17 @@ static void final_body(srv_job *j)
                                                : "server_error",
                                    NULL, too_big ? "kv_cache_exceeded" : NULL);
         g->http_status = unavailable ? 503 : too_big ? 400 : 500;
+        if (g->wire && g->wire->error_body)
+            e = g->wire->error_body(e);
         char *s = json_dumps(e, JSON_COMPACT);
         json_decref(e);
         if (s)
             srv_gen_append(g, s, strlen(s));
         free(s);
+        return;
+    }
+    if (g->wire) {
+        g->wire->body(j);
         return;
     }
     json_t *o = envelope(g, g->chat ? "chat.completion" : "text_completion");
@@ -617,6 +631,10 @@ void srv_gen_cancel(srv_gen *g)
 static void stream_end(srv_job *j)
 {
     srv_gen *g = &j->g;
+    if (g->wire) {
+        g->wire->end(j);
+        return;
+    }
     if (g->include_usage) {
         json_t *o = envelope(g, g->chat ? "chat.completion.chunk" : "text_completion");
         json_object_set_new(o, "choices", json_array());
@@ -651,7 +669,10 @@ static void on_final(srv_sub *sub, const anvil_result *r, uint64_t version)
     }
     if (g->stream) {
         /* a request cancelled as a whole (shutdown) tells every sample */
-        if (r->finish == ANVIL_REQUEST_ERROR && !j->error_sent) {
+        if (r->finish == ANVIL_REQUEST_ERROR && !j->error_sent && g->wire) {
+            g->wire->error(g, r->error[0] ? r->error : "the request failed");
+            j->error_sent = 1;
+        } else if (r->finish == ANVIL_REQUEST_ERROR && !j->error_sent) {
             json_t *e = json_object();
             json_object_set_new(e, "error", srv_error_json(r->error, "server_error", NULL, NULL));
             sse(g, e);
@@ -786,11 +807,14 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     g->echo = q->echo;
     g->logprobs = q->logprobs;
     g->top_as_chat = q->chat;
+    g->wire = q->wire;
+    g->wire_ctx = json_incref(q->wire_ctx);
     g->http_status = 200;
     g->unwoken = -1;
     g->wake_every = (s->opts.stream_interval > 1 ? s->opts.stream_interval : 1) * q->n;
     g->created = (long)time(NULL);
-    snprintf(g->rid, sizeof g->rid, "%s-%016" PRIx64 "%08" PRIx64, q->chat ? "chatcmpl" : "cmpl",
+    const char *prefix = q->wire && q->wire->id_prefix ? q->wire->id_prefix : q->chat ? "chatcmpl" : "cmpl";
+    snprintf(g->rid, sizeof g->rid, "%s%s%016" PRIx64 "%08" PRIx64, prefix, q->wire ? "_" : "-",
              (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(uintptr_t)g,
              (uint64_t)atomic_fetch_add(&rid_counter, 1));
     g->t_enqueue = srv_now();
@@ -824,6 +848,10 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     if (g->stream && !make_chunk_head(g)) {
         srv_gen_release(g);
         return NULL;
+    }
+    if (g->stream && g->wire && g->wire->start) {
+        g->wire->start(g);
+        g->flush_len = g->len; /* out with the response's head */
     }
     /* streamed echo: each choice starts with its prompt's text */
     for (int32_t i = 0; g->stream && j->echo && i < j->n_choices; i++)

@@ -86,6 +86,7 @@ static enum MHD_Result send_buf(anvil_server *s, struct MHD_Connection *c, int s
         MHD_add_response_header(r, "Allow", allow);
     if (status == 401)
         MHD_add_response_header(r, "WWW-Authenticate", "Bearer");
+    srv_http_decorate(s, c, r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     count_status(s, status);
@@ -96,6 +97,9 @@ static enum MHD_Result send_buf(anvil_server *s, struct MHD_Connection *c, int s
 static enum MHD_Result send_json(anvil_server *s, struct MHD_Connection *c, int status, json_t *j,
                                  const char *allow)
 {
+    /* under /v2/, Triton's error shape {"error": "text"} (its clients read no other) */
+    if (j && status >= 400 && s->reply_v2 && json_is_object(json_object_get(j, "error")))
+        j = srv_triton_error(j);
     char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (t == NULL)
@@ -216,14 +220,20 @@ static enum MHD_Result finish_generate(anvil_server *s, struct MHD_Connection *c
     return ret;
 }
 
+/* wire NULL: OpenAI's completions or chat; else another format (its
+ * fields wire_ctx; rename: its names in the mapping's errors) */
 static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat,
-                                      conn_ctx *cc)
+                                      conn_ctx *cc, const srv_wire *wire, json_t *wire_ctx,
+                                      void (*rename)(json_t *))
 {
     srv_gen *g = NULL;
     int status = 500;
     json_t *err = NULL;
-    if (srv_openai_generate(s, body, chat, &g, &status, &err) < 0)
+    if (srv_openai_generate_wire(s, body, chat, wire, wire_ctx, &g, &status, &err) < 0) {
+        if (rename)
+            rename(err);
         return send_json(s, c, status, err, NULL);
+    }
     gen_track(s, g, c);
     if (!g->stream) {
         cc->g = g;
@@ -238,6 +248,8 @@ static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c,
     }
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no"); /* nginx: pass each event on at once */
+    srv_http_decorate(s, c, r);
     enum MHD_Result ret = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);
     count_status(s, 200);
@@ -352,9 +364,12 @@ static int authorized(const char *key, struct MHD_Connection *c)
     if (key == NULL)
         return 1;
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (h == NULL || strncmp(h, "Bearer ", 7) != 0)
+    /* the scheme is case-insensitive (RFC 9110 11.1), one or more spaces after it */
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
         return 0;
     h += 7;
+    while (*h == ' ')
+        h++;
     size_t n = strlen(h), k = strlen(key);
     unsigned diff = (unsigned)(n ^ k);
     for (size_t i = 0; i < k; i++)
@@ -582,7 +597,10 @@ typedef struct route {
     int id;
 } route;
 
-enum { R_HEALTH, R_METRICS, R_MODELS, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE };
+enum {
+    R_HEALTH, R_METRICS, R_MODELS, R_COMPLETIONS, R_CHAT, R_RESPONSES, R_TOKENIZE, R_DETOKENIZE,
+    R_V2, R_V2_LIVE, R_V2_READY, R_V2_STATS
+};
 
 static const route routes[] = {
     {"/health", "GET", R_HEALTH},
@@ -590,15 +608,165 @@ static const route routes[] = {
     {"/v1/models", "GET", R_MODELS},
     {"/v1/completions", "POST", R_COMPLETIONS},
     {"/v1/chat/completions", "POST", R_CHAT},
+    {"/v1/responses", "POST", R_RESPONSES},
     {"/v1/tokenize", "POST", R_TOKENIZE},
     {"/tokenize", "POST", R_TOKENIZE},
     {"/v1/detokenize", "POST", R_DETOKENIZE},
     {"/detokenize", "POST", R_DETOKENIZE},
+    {"/v2", "GET", R_V2},
+    {"/v2/health/live", "GET", R_V2_LIVE},
+    {"/v2/health/ready", "GET", R_V2_READY},
+    {"/v2/models/stats", "GET", R_V2_STATS},
 };
+
+/* 404 naming what was asked for (the path cut to printable ASCII) and what
+ * there is. */
+static enum MHD_Result send_not_found(anvil_server *s, struct MHD_Connection *c, const char *method,
+                                      const char *url)
+{
+    char path[130], msg[700];
+    size_t k = 0;
+    for (const char *p = url; *p && k < 120; p++)
+        path[k++] = *p >= 0x20 && *p < 0x7f ? *p : '?';
+    path[k] = '\0';
+    snprintf(msg, sizeof msg,
+             "Not found: %.10s %s%s. The endpoints are POST /v1/completions, /v1/chat/completions, "
+             "/v1/responses, /v1/tokenize, /v1/detokenize; GET /v1/models, /health, /metrics; Triton's GET /v2, "
+             "/v2/health/live, /v2/health/ready, /v2/models/{model}[/ready|/config|/stats], POST "
+             "/v2/models/{model}/generate, /generate_stream and /v2/repository/...",
+             method, path, url[k] ? "..." : "");
+    return send_error(s, c, 404, msg, "invalid_request_error", NULL, "not_found", NULL);
+}
+
+/* OPTIONS: a CORS preflight (docs/server.md, "Browsers and proxies"), or a
+ * plain one: 204 with what the server allows. Never authenticated (a
+ * preflight carries no credentials). */
+static enum MHD_Result serve_options(anvil_server *s, struct MHD_Connection *c)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (r == NULL)
+        return MHD_NO;
+    int pre = srv_cors_preflight(s, c, r);
+    if (pre < 0) {
+        MHD_destroy_response(r);
+        return send_error(s, c, 403,
+                          "CORS: this origin may not call the server; start it with --allowed-origins ORIGIN "
+                          "(or '*')",
+                          "invalid_request_error", NULL, "origin_not_allowed", NULL);
+    }
+    MHD_add_response_header(r, "Allow", "GET, POST, HEAD, OPTIONS");
+    if (pre == 0)
+        srv_http_decorate(s, c, r);
+    enum MHD_Result ret = MHD_queue_response(c, 204, r);
+    MHD_destroy_response(r);
+    count_status(s, 204);
+    return ret;
+}
+
+/* The body as a JSON object, or NULL with the 400 sent (*sent). */
+static json_t *body_object(anvil_server *s, struct MHD_Connection *c, conn_ctx *cc, enum MHD_Result *sent)
+{
+    /* \u0000 is valid JSON: the mapping refuses it in each field it reads,
+     * naming the field (a C string would be cut at it) */
+    json_error_t je;
+    json_t *body = json_loadb(cc->body ? cc->body : "", cc->len, JSON_ALLOW_NUL, &je);
+    if (body == NULL) {
+        char msg[400];
+        parse_error(&je, "We could not parse the JSON body of your request", msg, sizeof msg);
+        *sent = send_error(s, c, 400, msg, "invalid_request_error", NULL, "invalid_json", NULL);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        *sent = send_error(s, c, 400, "The request body must be a JSON object.", "invalid_request_error", NULL,
+                           "invalid_json", NULL);
+        return NULL;
+    }
+    return body;
+}
+
+/* A model's name in a path (anvil_server_model_name_ok's rule), cut and
+ * made printable for a message. */
+static void name_for_message(const char *name, char out[72])
+{
+    size_t k = 0;
+    for (const char *p = name; *p && k < 64; p++)
+        out[k++] = *p >= 0x20 && *p < 0x7f ? *p : '?';
+    out[k] = '\0';
+}
+
+/* /v2/models/{name}[/versions/1][/ready|/config|/stats|/generate|/generate_stream]:
+ * Triton's per-model endpoints (docs/server.md, "Triton's protocol"). */
+static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c, const char *url,
+                                      const char *method, conn_ctx *cc)
+{
+    char name[130], shown[72];
+    const char *verb = "";
+    int pr = srv_triton_path(url + strlen("/v2/models/"), name, sizeof name, &verb);
+    if (pr == -1)
+        return send_not_found(s, c, method, url);
+    name_for_message(pr == -2 ? url + strlen("/v2/models/") : name, shown);
+    if (pr == -2)
+        return send_error(s, c, 404, "Unknown model version: every model has version 1 only",
+                          "invalid_request_error", "version", "model_not_found", NULL);
+    int post = strncmp(verb, "generate", 8) == 0;
+    const char *want = post ? "POST" : "GET";
+    if (strcmp(method, want) != 0 && !(strcmp(method, "HEAD") == 0 && !post))
+        return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL, "method_not_allowed",
+                          want);
+    if (cc->too_large)
+        return send_error(s, c, 413, "Request body too large", "invalid_request_error", NULL,
+                          "request_too_large", NULL);
+    if (post) {
+        if (atomic_load(&s->shutting_down))
+            return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+        enum MHD_Result sent = MHD_NO;
+        json_t *body = body_object(s, c, cc, &sent);
+        if (body == NULL)
+            return sent;
+        json_t *oai = NULL, *ctx = NULL, *err = NULL;
+        int status = 400;
+        enum MHD_Result r;
+        if (srv_triton_map(body, name, strcmp(verb, "generate_stream") == 0, &oai, &ctx, &status, &err) < 0)
+            r = send_json(s, c, status, err, NULL);
+        else
+            r = serve_generate(s, c, oai, 0, cc, &srv_triton_wire, ctx, srv_triton_rename);
+        json_decref(oai);
+        json_decref(ctx);
+        json_decref(body);
+        return r;
+    }
+    srv_model *m = srv_model_acquire(s, name);
+    if (m == NULL) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s model '%s' (it does not exist or is not loaded)",
+                 strcmp(verb, "ready") == 0 ? "Not ready:" : "Unknown", shown);
+        /* Triton answers a model that is not ready 400 */
+        return send_error(s, c, strcmp(verb, "ready") == 0 ? 400 : 404, msg, "invalid_request_error", "model",
+                          "model_not_found", NULL);
+    }
+    json_t *o;
+    if (strcmp(verb, "ready") == 0)
+        o = json_object();
+    else if (strcmp(verb, "config") == 0)
+        o = srv_triton_model_config(m, s->ex_opts.max_batch_size);
+    else if (strcmp(verb, "stats") == 0)
+        o = srv_triton_model_stats(&m, 1);
+    else
+        o = srv_triton_model_metadata(m);
+    srv_model_release(m);
+    if (strcmp(verb, "ready") == 0) {
+        json_decref(o);
+        return send_buf(s, c, 200, "application/json", "", 0, NULL);
+    }
+    return send_json(s, c, 200, o, NULL);
+}
 
 static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const char *url,
                                 const char *method, conn_ctx *cc)
 {
+    if (strcmp(method, "OPTIONS") == 0)
+        return serve_options(s, c);
     if (strncmp(url, "/v2/repository/", 15) == 0) {
         if (!authorized(s->admin_key, c))
             return send_error(s, c, 401,
@@ -611,12 +779,16 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     for (size_t i = 0; i < sizeof routes / sizeof routes[0] && !model_path; i++)
         if (strcmp(url, routes[i].path) == 0)
             rt = &routes[i];
-    int needs_auth = strncmp(url, "/v1/", 4) == 0 || (rt && (rt->id == R_TOKENIZE || rt->id == R_DETOKENIZE));
+    int v2_model = rt == NULL && strncmp(url, "/v2/models/", 11) == 0 && url[11] != '\0';
+    int needs_auth = strncmp(url, "/v1/", 4) == 0 || strncmp(url, "/v2/models/", 11) == 0 ||
+                     (rt && (rt->id == R_TOKENIZE || rt->id == R_DETOKENIZE));
     if (needs_auth && !authorized(s->api_key, c))
         return send_error(s, c, 401, "Incorrect API key provided.", "invalid_request_error", NULL,
                           "invalid_api_key", NULL);
+    if (v2_model)
+        return serve_v2_model(s, c, url, method, cc);
     if (rt == NULL && !model_path)
-        return send_error(s, c, 404, "Not found", "invalid_request_error", NULL, "not_found", NULL);
+        return send_not_found(s, c, method, url);
     const char *want = rt ? rt->method : "GET";
     if (strcmp(method, want) != 0 && !(strcmp(method, "HEAD") == 0 && strcmp(want, "GET") == 0))
         return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL,
@@ -645,6 +817,24 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
         if (!atomic_load(&s->ready))
             return send_buf(s, c, 503, "application/json", "{\"status\":\"loading\"}", 20, NULL);
         return send_buf(s, c, 200, "application/json", "{\"status\":\"ok\"}", 15, NULL);
+    case R_V2:
+        return send_json(s, c, 200, srv_triton_server_metadata(), NULL);
+    case R_V2_LIVE: /* Triton's: the process answers */
+        return send_buf(s, c, 200, "application/json", "", 0, NULL);
+    case R_V2_READY: /* Triton's: 200 ready, 400 not (yet, or any longer) */
+        if (atomic_load(&s->shutting_down) || !atomic_load(&s->ready))
+            return send_error(s, c, 400,
+                              atomic_load(&s->shutting_down) ? "The server is shutting down"
+                                                             : "The server is loading its models",
+                              "service_unavailable", NULL, NULL, NULL);
+        return send_buf(s, c, 200, "application/json", "", 0, NULL);
+    case R_V2_STATS: {
+        int n = 0;
+        srv_model **ms = srv_repo_acquire_all(s, &n);
+        json_t *o = srv_triton_model_stats(ms, n);
+        srv_repo_release_all(ms, n);
+        return send_json(s, c, 200, o, NULL);
+    }
     case R_METRICS: {
         char *t = srv_metrics_text(s);
         if (t == NULL)
@@ -664,25 +854,24 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
-    /* \u0000 is valid JSON: the mapping refuses it in each field it reads,
-     * naming the field (a C string would be cut at it) */
-    json_error_t je;
-    json_t *body = json_loadb(cc->body ? cc->body : "", cc->len, JSON_ALLOW_NUL, &je);
-    if (body == NULL) {
-        char msg[400];
-        parse_error(&je, "We could not parse the JSON body of your request", msg, sizeof msg);
-        return send_error(s, c, 400, msg, "invalid_request_error", NULL, "invalid_json", NULL);
-    }
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return send_error(s, c, 400, "The request body must be a JSON object.", "invalid_request_error", NULL,
-                          "invalid_json", NULL);
-    }
-    enum MHD_Result r;
-    if (rt->id == R_COMPLETIONS || rt->id == R_CHAT)
-        r = serve_generate(s, c, body, rt->id == R_CHAT, cc);
-    else
+    enum MHD_Result r = MHD_NO;
+    json_t *body = body_object(s, c, cc, &r);
+    if (body == NULL)
+        return r;
+    if (rt->id == R_COMPLETIONS || rt->id == R_CHAT) {
+        r = serve_generate(s, c, body, rt->id == R_CHAT, cc, NULL, NULL, NULL);
+    } else if (rt->id == R_RESPONSES) {
+        json_t *chat = NULL, *ctx = NULL, *err = NULL;
+        int status = 400;
+        if (srv_responses_map(body, &chat, &ctx, &status, &err) < 0)
+            r = send_json(s, c, status, err, NULL);
+        else
+            r = serve_generate(s, c, chat, 1, cc, &srv_responses_wire, ctx, srv_responses_rename);
+        json_decref(chat);
+        json_decref(ctx);
+    } else {
         r = serve_tokenize(s, c, body, rt->id == R_DETOKENIZE);
+    }
     json_decref(body);
     return r;
 }
@@ -763,6 +952,7 @@ static enum MHD_Result send_framing_error(anvil_server *s, struct MHD_Connection
         return MHD_NO;
     MHD_add_response_header(r, "Content-Type", "application/json");
     MHD_add_response_header(r, "Connection", "close");
+    srv_http_decorate(s, c, r);
     enum MHD_Result ret = MHD_queue_response(c, 400, r);
     MHD_destroy_response(r);
     count_status(s, 400);
@@ -781,6 +971,8 @@ static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c,
                                       size_t *upload_size, void **con_cls)
 {
     conn_ctx *cc = *con_cls;
+    /* Triton's clients read errors as {"error": "text"} (send_json) */
+    s->reply_v2 = strncmp(url, "/v2/", 4) == 0 || strcmp(url, "/v2") == 0;
     if (cc == NULL) {
         /* the first call: the head is complete, the body not read yet */
         srv_conn_head_done(s, conn_of(c));
@@ -822,6 +1014,18 @@ static enum MHD_Result handle_request(anvil_server *s, struct MHD_Connection *c,
         return finish_generate(s, c, cc);
     if (cc->job)
         return finish_repo_job(s, c, cc);
+    /* a trailing slash names the same endpoint (/v1/completions/) */
+    size_t ul = strlen(url);
+    if (ul > 1 && url[ul - 1] == '/') {
+        while (ul > 1 && url[ul - 1] == '/')
+            ul--;
+        char *u = strndup(url, ul);
+        if (u == NULL)
+            return send_error(s, c, 500, "out of memory", "server_error", NULL, NULL, NULL);
+        enum MHD_Result r = dispatch(s, c, u, method, cc);
+        free(u);
+        return r;
+    }
     return dispatch(s, c, url, method, cc);
 }
 
@@ -931,6 +1135,7 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     int oom = (s->host = strdup(in->host)) == NULL;
     oom |= in->api_key && (s->api_key = strdup(in->api_key)) == NULL;
     oom |= admin && (s->admin_key = strdup(admin)) == NULL;
+    oom |= in->allowed_origins && (s->allowed_origins = strdup(in->allowed_origins)) == NULL;
     oom |= s->rt_opts.device && (s->device = strdup(s->rt_opts.device)) == NULL;
     oom |= s->rt_opts.cpu_isa && (s->cpu_isa = strdup(s->rt_opts.cpu_isa)) == NULL;
     oom |= in->chat_template_source && (s->template_src = strdup(in->chat_template_source)) == NULL;
@@ -954,6 +1159,7 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
     s->opts.host = s->host;
     s->opts.api_key = s->api_key;
     s->opts.admin_key = s->admin_key;
+    s->opts.allowed_origins = s->allowed_origins;
     s->opts.model_repo = s->repo_dir;
     s->opts.chat_template_source = s->template_src;
     s->opts.runtime = NULL; /* copied into rt_opts / ex_opts */
@@ -964,13 +1170,15 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
 
 /* Why MHD could not listen on addr (it keeps no errno): the error of a
  * plain bind there, as MHD binds it. */
-static const char *bind_error(const struct sockaddr_in *addr)
+static const char *bind_error(const struct sockaddr *addr, socklen_t len)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1, e = 0;
+    int fd = socket(addr->sa_family, SOCK_STREAM, 0), one = 1, zero = 0, e = 0;
     if (fd < 0)
         return strerror(errno);
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (const struct sockaddr *)addr, sizeof *addr) != 0 || listen(fd, 1) != 0)
+    if (addr->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, addr, len) != 0 || listen(fd, 1) != 0)
         e = errno;
     close(fd);
     return e ? strerror(e) : "the HTTP daemon did not start";
@@ -983,12 +1191,26 @@ anvil_status anvil_server_start(anvil_server *s)
     pthread_mutex_unlock(&s->repo_mu);
     CHECK(n > 0 || s->repo_dir, ANVIL_ERR_INVALID_ARG, "no model to serve (add one, or a model repository)");
     CHECK(s->daemon == NULL, ANVIL_ERR_INVALID_ARG, "the server is already started");
+    /* an IPv6 address is bound dual-stack (IPV6_V6ONLY off, MHD's
+     * MHD_USE_DUAL_STACK): "::" takes IPv4 clients too, as 0.0.0.0 and ::
+     * together would */
     struct sockaddr_in addr;
+    struct sockaddr_in6 addr6;
     memset(&addr, 0, sizeof addr);
+    memset(&addr6, 0, sizeof addr6);
     addr.sin_family = AF_INET;
     addr.sin_port = htons((uint16_t)s->opts.port);
-    CHECK(inet_pton(AF_INET, s->host, &addr.sin_addr) == 1, ANVIL_ERR_INVALID_ARG,
-          "--host expects an IPv4 address, got '%s'", s->host);
+    addr6.sin6_family = AF_INET6;
+    addr6.sin6_port = htons((uint16_t)s->opts.port);
+    const char *host = strcmp(s->host, "localhost") == 0 ? "127.0.0.1" : s->host;
+    int v6 = 0;
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
+        CHECK(inet_pton(AF_INET6, host, &addr6.sin6_addr) == 1, ANVIL_ERR_INVALID_ARG,
+              "--host expects an IPv4 or IPv6 address (e.g. 127.0.0.1, 0.0.0.0, ::1, ::), got '%s'", s->host);
+        v6 = 1;
+    }
+    const struct sockaddr *sa = v6 ? (const struct sockaddr *)&addr6 : (const struct sockaddr *)&addr;
+    socklen_t sa_len = v6 ? (socklen_t)sizeof addr6 : (socklen_t)sizeof addr;
     /* external epoll mode: the server's own loop runs MHD (server_loop.c).
      * The inactivity timeout (nothing read or written) ends a body upload
      * or a response write that stalls, as nginx's client_body_timeout and
@@ -1004,15 +1226,15 @@ anvil_status anvil_server_start(anvil_server *s)
                               ? 0
                               : s->opts.max_connections_per_client;
     s->daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | (v6 ? MHD_USE_DUAL_STACK : 0), 0, NULL, NULL, on_request, s,
+        MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, s, MHD_OPTION_CONNECTION_LIMIT, s->opts.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)60, MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_client, MHD_OPTION_END);
     /* (MHD's default SO_REUSEADDR only: a restart binds at once, and a
      * second server on a port in use fails, rather than sharing it as
      * SO_REUSEPORT would) */
     CHECK(s->daemon != NULL, ANVIL_ERR_IO, "cannot listen on %s:%d: %s", s->host, s->opts.port,
-          bind_error(&addr));
+          bind_error(sa, sa_len));
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : s->opts.port;
     anvil_status st = srv_loop_start(s);
@@ -1094,6 +1316,7 @@ void anvil_server_free(anvil_server *s)
     free(s->host);
     free(s->api_key);
     free(s->admin_key);
+    free(s->allowed_origins);
     free(s->device);
     free(s->cpu_isa);
     free(s->template_src);

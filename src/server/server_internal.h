@@ -96,6 +96,31 @@ typedef struct srv_conn {
     struct srv_conn *next, *prev; /* the deadline list, earliest deadline first */
 } srv_conn;
 
+struct srv_gen;
+struct srv_job;
+
+/* A wire format of a generation's output other than OpenAI's completions
+ * and chat (server_gen.c's own): Triton's generate extension
+ * (server_triton.c) and OpenAI's Responses API (server_responses.c). The
+ * OpenAI mapping and the executor are the same; only the bytes differ.
+ * Every hook runs with g->mu held. */
+typedef struct srv_wire {
+    const char *id_prefix;     /* the response id's ("resp"); NULL: OpenAI's */
+    /* a stream's first events, before any token; NULL: none */
+    void (*start)(struct srv_gen *g);
+    /* a piece of one sample's text; finish != RUNNING: its last piece */
+    void (*chunk)(struct srv_gen *g, const char *text, size_t len, anvil_request_finish finish);
+    /* a stream failed after its 200 went out (msg: why) */
+    void (*error)(struct srv_gen *g, const char *msg);
+    /* a stream's end: every prompt finished */
+    void (*end)(struct srv_job *j);
+    /* a non-streamed answer once every prompt finished without failure */
+    void (*body)(struct srv_job *j);
+    /* a non-streamed failure's body from OpenAI's error object (taken);
+     * NULL: OpenAI's as it is */
+    json_t *(*error_body)(json_t *openai_error);
+} srv_wire;
+
 /* One generation request in flight: shared by the event loop that serves it
  * and the executor's callbacks (refcount 2 until the final event). */
 typedef struct srv_gen {
@@ -126,6 +151,12 @@ typedef struct srv_gen {
     double t_enqueue, t_last;
     int got_first;
     int cancelled;
+    const srv_wire *wire;      /* NULL: OpenAI's completions or chat */
+    json_t *wire_ctx;          /* the wire's fields of the request (Triton's id, Responses' echoed fields) */
+    char *text;                /* a wire stream's text so far */
+    size_t text_len, text_cap;
+    int64_t seq;               /* a wire stream's events so far (Responses' sequence_number) */
+    int wire_failed;           /* a wire stream's error event went out */
     int wake_every;            /* stream_interval x n: events between wake-ups */
     int unwoken;               /* chunk events since the last wake-up (-1: none yet) */
     struct srv_gen *next, *prev; /* the server's list of requests in flight */
@@ -133,7 +164,8 @@ typedef struct srv_gen {
 
 struct anvil_server {
     anvil_server_options opts;
-    char *host, *api_key, *admin_key;
+    char *host, *api_key, *admin_key, *allowed_origins;
+    int reply_v2;              /* the loop's: the request at hand is under /v2/ (Triton's error shape) */
     /* the model table (guarded by repo_mu) */
     srv_entry **entries;
     int n_entries;
@@ -274,7 +306,71 @@ void srv_gen_format_ready(srv_gen *g);
 
 /* server_openai.c: builds a request from a body; on failure fills *status and *err_json */
 int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, int *status, json_t **err);
+/* The same with another wire format's output (wire NULL: OpenAI's) and its
+ * fields (wire_ctx, borrowed: the request takes a reference). */
+int srv_openai_generate_wire(struct anvil_server *s, json_t *body, int chat, const srv_wire *wire,
+                             json_t *wire_ctx, srv_gen **out, int *status, json_t **err);
 json_t *srv_error_json(const char *message, const char *type, const char *param, const char *code);
+
+/* server_wire.c: what the other wire formats share */
+/* Appends to g->text (a wire stream's text so far); -1 out of memory. */
+int srv_gen_text_add(srv_gen *g, const char *s, size_t n);
+/* Appends "data: <o>\n\n" (takes o); event: an SSE event line before it, or NULL. */
+void srv_gen_sse(srv_gen *g, const char *event, json_t *o);
+/* A JSON string of bytes that may not be valid UTF-8 (a lone byte token:
+ * U+FFFD for each bad byte). */
+json_t *srv_json_text(const char *s, size_t n);
+/* Renames the fields an OpenAI error names, in its message ('old' quoted)
+ * and its param, to the names the client sent (Triton's "text_input" for
+ * "prompt"): names[i][0] OpenAI's, names[i][1] the client's. */
+void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n);
+
+/* server_triton.c: KServe v2 and Triton's generate extension */
+extern const srv_wire srv_triton_wire;
+/* Triton's error body {"error": "text"} (anvil's code beside it) from an
+ * OpenAI error object (taken). */
+json_t *srv_triton_error(json_t *openai_error);
+
+/* A generate request's body (in) for model `model` as an OpenAI
+ * completions body (*oai) and the wire's fields (*ctx), both new; -1 with
+ * *status and an OpenAI error object in *err (the field named as the client
+ * sent it). stream_endpoint: generate_stream. Needs no model. */
+int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **oai, json_t **ctx, int *status,
+                   json_t **err);
+/* An OpenAI mapping's error about the body srv_triton_map made, in the
+ * client's names ('stop' -> 'stop_words'). */
+void srv_triton_rename(json_t *err);
+/* After "/v2/models/": NAME[/versions/1][/VERB]: the name into name[cap],
+ * *verb "" (metadata), "ready", "config", "stats", "generate" or
+ * "generate_stream". 0; -1 not such a path; -2 a version other than 1. */
+int srv_triton_path(const char *rest, char *name, size_t cap, const char **verb);
+json_t *srv_triton_server_metadata(void);
+json_t *srv_triton_model_metadata(const srv_model *m);
+json_t *srv_triton_model_config(const srv_model *m, int32_t max_batch_size);
+/* Triton's statistics of the n models ms. */
+json_t *srv_triton_model_stats(srv_model *const *ms, int n);
+
+/* server_responses.c: OpenAI's Responses API */
+extern const srv_wire srv_responses_wire;
+/* A /v1/responses body as an OpenAI chat body (*chat) and the fields the
+ * response object repeats (*ctx), both new; -1 with *status and *err (an
+ * OpenAI error object). Needs no model. */
+int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json_t **err);
+/* A chat mapping's error in the Responses API's names ('max_tokens' ->
+ * 'max_output_tokens', 'messages' -> 'input'). */
+void srv_responses_rename(json_t *err);
+
+/* server_cors.c: what browsers and proxies need of every response */
+/* 1: origin is in list (--allowed-origins: comma-separated, "*" any). */
+int srv_cors_allowed(const char *list, const char *origin);
+/* Adds the client's X-Request-Id and, for an allowed Origin, the CORS
+ * headers to r, a response to c's request. */
+struct MHD_Connection;
+struct MHD_Response;
+void srv_http_decorate(const struct anvil_server *s, struct MHD_Connection *c, struct MHD_Response *r);
+/* An OPTIONS request: 1 a CORS preflight from an allowed origin (its
+ * headers added to r), -1 one from another origin, 0 a plain OPTIONS. */
+int srv_cors_preflight(const struct anvil_server *s, struct MHD_Connection *c, struct MHD_Response *r);
 
 /* server_metrics.c */
 void srv_hist_add(srv_hist *h, double v);

@@ -899,7 +899,8 @@ static const char *refused_param(const char *msg, const srv_mapped *q)
 
 /* The request's mapping and enqueue (on the event loop, whose CPU time is
  * the server's: the executor's part, the enqueue, is taken out). */
-static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, parse_ctx *c)
+static int generate(struct anvil_server *s, json_t *body, int chat, const srv_wire *wire, json_t *wire_ctx,
+                    srv_gen **out, parse_ctx *c)
 {
     const char *name;
     if (srv_openai_model_name(body, &name, c->status, c->err) < 0)
@@ -912,6 +913,8 @@ static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **ou
         srv_model_release(m);
         return -1;
     }
+    q->wire = wire;
+    q->wire_ctx = wire_ctx;
     srv_job *j = srv_job_new(s, q); /* takes the model reference */
     if (j == NULL) {
         srv_mapped_free(q);
@@ -962,7 +965,13 @@ static int generate(struct anvil_server *s, json_t *body, int chat, srv_gen **ou
 int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, int *status,
                         json_t **err)
 {
+    return srv_openai_generate_wire(s, body, chat, NULL, NULL, out, status, err);
+}
+
+int srv_openai_generate_wire(struct anvil_server *s, json_t *body, int chat, const srv_wire *wire,
+                             json_t *wire_ctx, srv_gen **out, int *status, json_t **err)
+{
     *out = NULL;
     parse_ctx pc = {status, err};
-    return generate(s, body, chat, out, &pc);
+    return generate(s, body, chat, wire, wire_ctx, out, &pc);
 }

@@ -38,6 +38,8 @@ typedef struct srv_mapped {
     anvil_logit_bias *bias;
     srv_prompt *prompts;
     int32_t n_prompts;
+    const srv_wire *wire;      /* the output's wire format (NULL: OpenAI's); set by the caller */
+    json_t *wire_ctx;          /* its fields (borrowed) */
 } srv_mapped;
 
 /*

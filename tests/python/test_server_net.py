@@ -157,7 +157,7 @@ def test_empty_api_key_refused():
     assert "is empty" in r.stderr  # the admin variable is still empty
     r = subprocess.run([ANVIL, "serve", "--model", MODEL, "--host", "not-an-address", "--api-key", "sk-x"],
                        env={**env, "ANVIL_API_KEY": ""}, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "IPv4 address" in r.stderr and "empty" not in r.stderr, r.stderr
+    assert r.returncode == 1 and "IPv4 or IPv6 address" in r.stderr and "empty" not in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------ never deaf

@@ -214,19 +214,19 @@ def test_refit_errors(tmp_path):
     try:
         before = complete(server, "tc", [1, 403, 407], 16)
         st, body = refit(server, "nosuch", {"weights": "tc"})
-        assert st == 404 and body["error"]["code"] == "model_not_found", body
+        assert st == 404 and body["code"] == "model_not_found", body
         st, body = refit(server, "tctheta", {"weights": "tc"})  # known, not loaded
-        assert st == 409 and body["error"]["code"] == "model_not_ready", body
+        assert st == 409 and body["code"] == "model_not_ready", body
         for raw in ("", "{", "[]", '{"weights": 3}', '{"weights": ""}', '{"other": "tc"}'):
             st, body = server.request("POST", "/v2/repository/models/tc/refit", key=ADMIN, raw=raw)
-            assert st == 400 and body["error"]["code"] == "invalid_json", (raw, body)
+            assert st == 400 and body["code"] == "invalid_json", (raw, body)
         st, body = refit(server, "tc", {"weights": "tctheta"})
-        assert st == 400 and body["error"]["code"] == "refit_mismatch", body
-        assert "refit changes rope_theta 10000 -> 500000: build a new engine" in body["error"]["message"]
+        assert st == 400 and body["code"] == "refit_mismatch", body
+        assert "refit changes rope_theta 10000 -> 500000: build a new engine" in body["error"]
         st, body = refit(server, "tc", {"weights": "gone"})
-        assert st == 400 and body["error"]["code"] == "weights_not_found", body
+        assert st == 400 and body["code"] == "weights_not_found", body
         st, body = refit(server, "tc", {"weights": str(SHARED / "models" / "tiny-qwen2")})  # absolute
-        assert st == 400 and "the architecture LlamaForCausalLM -> Qwen2ForCausalLM" in body["error"]["message"]
+        assert st == 400 and "the architecture LlamaForCausalLM -> Qwen2ForCausalLM" in body["error"]
         st, body = refit(server, "tc", {"weights": "tc"}, key=KEY)  # the API key is not the admin key
         assert st == 401, body
         st, body = server.request("GET", "/v2/repository/models/tc/refit", key=ADMIN)
@@ -243,7 +243,7 @@ def test_refit_errors(tmp_path):
     server = Server("--model", f"tc={TINYCODE}", "--admin-key", ADMIN)
     try:
         st, body = refit(server, "tc", {"weights": "tinycode"})
-        assert st == 400 and "relative" in body["error"]["message"], body
+        assert st == 400 and "relative" in body["error"], body
         st, body = refit(server, "tc", {"weights": str(TINYCODE)})
         assert st == 200, body
     finally:

@@ -120,7 +120,7 @@ def test_truncated_checkpoint_keeps_serving(tmp_path):
         assert srv.repo("unload", "m")[0] == 200
         st, body = srv.repo("load", "m")
         assert st == 500, body
-        assert "model.safetensors" in body["error"]["message"], body
+        assert "model.safetensors" in body["error"], body
         row = srv.state("m")
         assert row["state"] == "UNAVAILABLE" and "model.safetensors" in row["reason"], row
         assert srv.request("GET", "/health")[0] == 200
@@ -149,19 +149,19 @@ def test_fifo_shard_and_load_timeout(tmp_path):
         t0 = time.time()
         st, body = srv.repo("load", "fifo")
         assert time.time() - t0 < 30
-        assert st == 500 and "not a regular file" in body["error"]["message"], body
+        assert st == 500 and "not a regular file" in body["error"], body
         assert srv.state("fifo")["state"] == "UNAVAILABLE"
         assert srv.repo("unload", "fifo")[0] == 200  # not stuck behind a load
         # a model that exists but lacks a tensor is the server's failure, not a 404
         st, body = srv.repo("load", "missing")
-        assert st == 500 and body["error"]["code"] == "model_load_failed", body
-        assert "missing tensor 'model.norm.weight'" in body["error"]["message"], body
+        assert st == 500 and body["code"] == "model_load_failed", body
+        assert "missing tensor 'model.norm.weight'" in body["error"], body
         assert srv.repo("load", "ok")[0] == 200
         assert srv.complete("ok")[0] == 200
         # a load past its deadline fails and says why
         st, body = slow.repo("load", "ok")
-        assert st == 503 and body["error"]["code"] == "model_load_cancelled", body
-        assert "load timeout" in body["error"]["message"], body
+        assert st == 503 and body["code"] == "model_load_cancelled", body
+        assert "load timeout" in body["error"], body
         row = slow.state("ok")
         assert row["state"] == "UNAVAILABLE" and "load timeout" in row["reason"], row
     finally:
@@ -181,7 +181,7 @@ def test_poisoned_models(tmp_path):
     try:
         st, body = srv.repo("load", "nan")
         assert st == 500, body
-        msg = body["error"]["message"]
+        msg = body["error"]
         assert "model.layers.1.self_attn.q_proj.weight" in msg and "NaN" in msg, msg
         assert srv.state("nan")["state"] == "UNAVAILABLE"
         assert srv.repo("load", "huge")[0] == 200
