@@ -224,14 +224,14 @@ static enum MHD_Result finish_generate(anvil_server *s, struct MHD_Connection *c
  * fields wire_ctx; rename: its names in the mapping's errors) */
 static enum MHD_Result serve_generate(anvil_server *s, struct MHD_Connection *c, json_t *body, int chat,
                                       conn_ctx *cc, const srv_wire *wire, json_t *wire_ctx,
-                                      void (*rename)(json_t *))
+                                      void (*rename)(json_t *, json_t *))
 {
     srv_gen *g = NULL;
     int status = 500;
     json_t *err = NULL;
     if (srv_openai_generate_wire(s, body, chat, wire, wire_ctx, &g, &status, &err) < 0) {
         if (rename)
-            rename(err);
+            rename(err, wire_ctx);
         return send_json(s, c, status, err, NULL);
     }
     gen_track(s, g, c);

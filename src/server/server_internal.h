@@ -320,10 +320,11 @@ void srv_gen_sse(srv_gen *g, const char *event, json_t *o);
 /* A JSON string of bytes that may not be valid UTF-8 (a lone byte token:
  * U+FFFD for each bad byte). */
 json_t *srv_json_text(const char *s, size_t n);
-/* Renames the fields an OpenAI error names, in its message ('old' quoted)
- * and its param, to the names the client sent (Triton's "text_input" for
- * "prompt"): names[i][0] OpenAI's, names[i][1] the client's. */
-void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n);
+/* Renames the fields an OpenAI error names, in its message (quoted: only
+ * as 'old') and its param, to the names the client sent (Triton's
+ * "text_input" for "prompt"): names[i][0] OpenAI's, names[i][1] the
+ * client's. */
+void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n, int quoted);
 
 /* server_triton.c: KServe v2 and Triton's generate extension */
 extern const srv_wire srv_triton_wire;
@@ -339,7 +340,7 @@ int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **
                    json_t **err);
 /* An OpenAI mapping's error about the body srv_triton_map made, in the
  * client's names ('stop' -> 'stop_words'). */
-void srv_triton_rename(json_t *err);
+void srv_triton_rename(json_t *err, json_t *ctx);
 /* After "/v2/models/": NAME[/versions/1][/VERB]: the name into name[cap],
  * *verb "" (metadata), "ready", "config", "stats", "generate" or
  * "generate_stream". 0; -1 not such a path; -2 a version other than 1. */
@@ -357,8 +358,9 @@ extern const srv_wire srv_responses_wire;
  * OpenAI error object). Needs no model. */
 int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json_t **err);
 /* A chat mapping's error in the Responses API's names ('max_tokens' ->
- * 'max_output_tokens', 'messages' -> 'input'). */
-void srv_responses_rename(json_t *err);
+ * 'max_output_tokens', 'messages[2].role' -> 'input[1].role' after
+ * instructions); ctx: srv_responses_map's. */
+void srv_responses_rename(json_t *err, json_t *ctx);
 
 /* server_cors.c: what browsers and proxies need of every response */
 /* 1: origin is in list (--allowed-origins: comma-separated, "*" any). */

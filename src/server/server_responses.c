@@ -16,12 +16,45 @@
 
 static const char *const renames[][2] = {
     {"max_tokens", "max_output_tokens"},
-    {"messages", "input"},
 };
 
-void srv_responses_rename(json_t *err)
+/* "messages[i]..." of the chat body as the client's "input[i - offset]..."
+ * (offset 1: the instructions are messages[0]) into out; 0 when p is no
+ * such path. */
+static int input_path(const char *p, int offset, char *out, size_t cap)
 {
-    srv_error_rename(err, renames, sizeof renames / sizeof renames[0]);
+    if (strncmp(p, "messages", 8) != 0)
+        return 0;
+    if (p[8] != '[') {
+        snprintf(out, cap, "input%s", p + 8);
+        return 1;
+    }
+    char *end;
+    long i = strtol(p + 9, &end, 10);
+    if (*end != ']')
+        return 0;
+    if (i < offset)
+        snprintf(out, cap, "instructions");
+    else
+        snprintf(out, cap, "input[%ld]%s", i - offset, end + 1);
+    return 1;
+}
+
+void srv_responses_rename(json_t *err, json_t *ctx)
+{
+    srv_error_rename(err, renames, sizeof renames / sizeof renames[0], 1);
+    json_t *e = json_object_get(err, "error");
+    const char *param = json_string_value(json_object_get(e, "param"));
+    char from[96], to[96];
+    if (param == NULL || strlen(param) >= sizeof from)
+        return;
+    snprintf(from, sizeof from, "%s", param);
+    int offset = json_is_string(json_object_get(ctx, "instructions"));
+    if (!input_path(from, offset, to, sizeof to))
+        return;
+    json_object_set_new(e, "param", json_string(to));
+    const char *const names[][2] = {{from, to}};
+    srv_error_rename(err, names, 1, 0); /* the message's messages[1].role */
 }
 
 static int fail(int *status, json_t **err, const char *param, const char *code, const char *fmt, ...)

@@ -195,7 +195,7 @@ int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **
     copy_as(in, "random_seed", o, "seed");
     copy_as(in, "seed", o, "seed");
     /* TensorRT-LLM: top_k 0 and top_p 0 mean "no limit", and a request
-     * with neither limit decodes greedily */
+     * with neither limit decodes greedily (its top_k of 1) */
     json_t *tk = scalar(json_object_get(in, "top_k")), *tp = scalar(json_object_get(in, "top_p"));
     int has_k = tk && !(json_is_number(tk) && json_number_value(tk) == 0);
     int has_p = tp && !(json_is_number(tp) && json_number_value(tp) == 0);
@@ -204,7 +204,7 @@ int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **
     if (has_p)
         json_object_set(o, "top_p", tp);
     if (!has_k && !has_p)
-        json_object_set_new(o, "temperature", json_real(0.0));
+        json_object_set_new(o, "top_k", json_integer(1));
     /* TensorRT-LLM's streams carry the new tokens only; a whole answer
      * has the prompt in front when exclude_input_in_output is false */
     if (ex && json_is_false(ex))
@@ -221,9 +221,10 @@ int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **
     return 0;
 }
 
-void srv_triton_rename(json_t *err)
+void srv_triton_rename(json_t *err, json_t *ctx)
 {
-    srv_error_rename(err, renames, sizeof renames / sizeof renames[0]);
+    (void)ctx;
+    srv_error_rename(err, renames, sizeof renames / sizeof renames[0], 1);
 }
 
 /* ------------------------------------------------------------ output */
@@ -410,6 +411,11 @@ json_t *srv_triton_model_config(const srv_model *m, int32_t max_batch_size)
     json_object_set_new(o, "name", json_string(m->name));
     json_object_set_new(o, "platform", json_string("anvil"));
     json_object_set_new(o, "backend", json_string("anvil"));
+    /* the executor's limit: its own, or the runtime's when it has none or a larger one */
+    const anvil_runtime_options *ro = m->rt ? anvil_runtime_options_get(m->rt) : NULL;
+    int32_t rt_max = ro ? ro->max_batch_size : 0;
+    if (max_batch_size <= 0 || (rt_max > 0 && max_batch_size > rt_max))
+        max_batch_size = rt_max;
     json_object_set_new(o, "max_batch_size", json_integer(max_batch_size));
     json_object_set_new(o, "input", in);
     json_object_set_new(o, "output", out);

@@ -2,6 +2,7 @@
  * (Triton's generate, server_triton.c; the Responses API,
  * server_responses.c): a stream's text so far, SSE events, text as JSON, and
  * errors that name the client's fields rather than the OpenAI mapping's. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,27 +76,22 @@ json_t *srv_json_text(const char *s, size_t n)
     return j ? j : json_string("");
 }
 
-/* s with every "'from'" replaced by "'to'" (a new string), or NULL. */
-static char *replace_quoted(const char *s, const char *from, const char *to)
+/* s with every from replaced by to (quoted: "'from'" by "'to'"), a new
+ * string, or NULL. */
+static char *replace(const char *s, const char *from, const char *to, int quoted)
 {
-    size_t nf = strlen(from) + 2, nt = strlen(to) + 2, n = strlen(s);
-    char *qf = malloc(nf + 1), *out = malloc(n / nf * nt + n + 1);
-    if (qf == NULL || out == NULL) {
+    const size_t q = quoted ? 2 : 0, nf = strlen(from) + q, nt = strlen(to) + q, n = strlen(s);
+    char *qf = malloc(nf + 1), *out = malloc(n / (nf ? nf : 1) * nt + n + 1);
+    if (qf == NULL || out == NULL || nf == 0) {
         free(qf);
         free(out);
         return NULL;
     }
-    qf[0] = '\'';
-    memcpy(qf + 1, from, nf - 2);
-    qf[nf - 1] = '\'';
-    qf[nf] = '\0';
+    snprintf(qf, nf + 1, quoted ? "'%s'" : "%s", from);
     size_t k = 0;
     for (const char *p = s; *p;) {
         if (strncmp(p, qf, nf) == 0) {
-            out[k++] = '\'';
-            memcpy(out + k, to, nt - 2);
-            k += nt - 2;
-            out[k++] = '\'';
+            k += (size_t)sprintf(out + k, quoted ? "'%s'" : "%s", to);
             p += nf;
         } else {
             out[k++] = *p++;
@@ -106,7 +102,7 @@ static char *replace_quoted(const char *s, const char *from, const char *to)
     return out;
 }
 
-void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n)
+void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n, int quoted)
 {
     json_t *e = json_object_get(err, "error");
     if (!json_is_object(e))
@@ -118,7 +114,7 @@ void srv_error_rename(json_t *err, const char *const (*names)[2], size_t n)
             param = names[i][1];
         }
         const char *msg = json_string_value(json_object_get(e, "message"));
-        char *m = msg ? replace_quoted(msg, names[i][0], names[i][1]) : NULL;
+        char *m = msg ? replace(msg, names[i][0], names[i][1], quoted) : NULL;
         if (m) {
             json_t *js = json_string(m);
             if (js)
