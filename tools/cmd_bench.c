@@ -667,7 +667,8 @@ int anvil_cmd_bench(int argc, char **argv)
     const int threads = ro->n_threads > 0 ? ro->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
 
     if (strcmp(ro->device, "cpu") == 0)
-        printf("anvil bench: %s on cpu (%s, %d threads)\n", a.model, cpu, threads);
+        printf("anvil bench: %s on cpu (%s, %d threads), %s KV cache\n", a.model, cpu, threads,
+               anvil_dtype_name(anvil_runtime_kv_cache_dtype(rt)));
     else
         printf("anvil bench: %s on %s, %s compute (host: %s)\n", a.model, ro->device,
                anvil_dtype_name(anvil_runtime_compute_dtype(rt)), cpu);

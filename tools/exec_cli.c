@@ -152,6 +152,14 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         o->rt.kv_cache_fraction = d;
         o->kv_set = 1;
         return 1;
+    case EXEC_OPT_KV_DTYPE:
+        if (strcmp(arg, "auto") != 0 && strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0 &&
+            strcmp(arg, "f16") != 0) {
+            fprintf(stderr, "%s: --kv-cache-dtype expects auto, f32, bf16 or f16, got '%s'\n", tool, arg);
+            return -1;
+        }
+        o->rt.kv_cache_dtype = arg;
+        return 1;
     case EXEC_OPT_BLOCK_SIZE:
         if (exec_cli_int(arg, "--block-size", 1, 4096, &v, tool))
             return -1;

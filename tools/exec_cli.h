@@ -32,6 +32,7 @@ enum {
     EXEC_OPT_NO_PREFIX_CACHE,
     EXEC_OPT_DTYPE,
     EXEC_OPT_MMAP,
+    EXEC_OPT_KV_DTYPE,
 };
 
 /* The shared entries of a getopt_long table. */
@@ -43,6 +44,7 @@ enum {
         {"max-num-tokens", required_argument, 0, EXEC_OPT_MAX_TOKENS_STEP},                \
         {"kv-cache-tokens", required_argument, 0, EXEC_OPT_KV_TOKENS},                     \
         {"kv-cache-fraction", required_argument, 0, EXEC_OPT_KV_FRACTION},                 \
+        {"kv-cache-dtype", required_argument, 0, EXEC_OPT_KV_DTYPE},                       \
         {"block-size", required_argument, 0, EXEC_OPT_BLOCK_SIZE},                         \
         {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
         {"scheduler-policy", required_argument, 0, EXEC_OPT_POLICY},                       \
@@ -63,6 +65,8 @@ enum {
     "      --kv-cache-tokens N     KV cache size in tokens (default: 32 contexts, at most a quarter\n"    \
     "                              of free memory; on cuda: 0.9 of the memory left, no count)\n"           \
     "      --kv-cache-fraction F   KV cache size as a fraction of the memory left after the weights\n"    \
+    "      --kv-cache-dtype DT     auto (default: on the CPU f16 for a bf16/f16 model, else f32; on\n"   \
+    "                              cuda the compute dtype), f32, bf16 or f16 (CPU)\n"                  \
     "      --block-size N          tokens per KV block (default 32)\n"                                    \
     "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
     "                              (TensorRT-LLM's capacity policies; also --policy)\n"                  \

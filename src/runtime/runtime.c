@@ -42,6 +42,7 @@ void anvil_runtime_options_default(anvil_runtime_options *o)
 const anvil_model_config *anvil_runtime_config(const anvil_runtime *rt) { return &rt->cfg; }
 const anvil_runtime_options *anvil_runtime_options_get(const anvil_runtime *rt) { return &rt->opts; }
 anvil_dtype anvil_runtime_compute_dtype(const anvil_runtime *rt) { return rt->be->ops->act_dtype; }
+anvil_dtype anvil_runtime_kv_cache_dtype(const anvil_runtime *rt) { return rt->kv_dtype; }
 size_t anvil_runtime_weight_bytes(const anvil_runtime *rt) { return rt->weight_bytes; }
 int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt) { return rt->opts.kv_block_size; }
 int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt) { return rt->n_blocks; }
@@ -103,6 +104,20 @@ void anvil_runtime_free(anvil_runtime *rt)
 
 /* ------------------------------------------------------------ options */
 
+/* kv_cache_dtype's text: ANVIL_DTYPE_COUNT for NULL or "auto". */
+static anvil_status parse_kv_cache_dtype(const char *name, anvil_dtype *out)
+{
+    *out = ANVIL_DTYPE_COUNT;
+    if (name == NULL || strcmp(name, "auto") == 0)
+        return ANVIL_OK;
+    anvil_dtype dt;
+    CHECK(anvil_dtype_parse(name, &dt) == 0 &&
+              (dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16),
+          ANVIL_ERR_INVALID_ARG, "kv_cache_dtype \"%s\": expected auto, f32, bf16 or f16", name);
+    *out = dt;
+    return ANVIL_OK;
+}
+
 static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_options *in)
 {
     anvil_runtime_options *o = &rt->opts;
@@ -142,6 +157,40 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
     CHECK(o->kv_cache_tokens / o->kv_block_size < INT32_MAX, ANVIL_ERR_INVALID_ARG,
           "kv_cache_tokens is %lld; anvil supports at most %lld with blocks of %d tokens", (long long)o->kv_cache_tokens,
           (long long)(INT32_MAX - 1) * o->kv_block_size, o->kv_block_size);
+    anvil_dtype kv;
+    TRY(parse_kv_cache_dtype(o->kv_cache_dtype, &kv));
+    return ANVIL_OK;
+}
+
+/*
+ * The KV cache's dtype. "auto": the compute dtype on cuda; on the CPU,
+ * whose kernels compute in f32, f16 for a model that computes in bf16/f16
+ * (its checkpoint's torch_dtype, or weight_dtype), as llama.cpp does: half
+ * the bytes a decode step reads from the cache and twice the contexts in
+ * the same memory, with f16's 11-bit mantissa (bf16 keeps 8); f32 for an
+ * f32 model. cuda keeps its cache in its compute dtype for now.
+ */
+static anvil_status kv_cache_dtype_for(const anvil_model_config *cfg, const anvil_runtime_options *o, anvil_dtype wdt,
+                                       anvil_dtype act, anvil_dtype *out)
+{
+    anvil_dtype want;
+    TRY(parse_kv_cache_dtype(o->kv_cache_dtype, &want));
+    const int cuda = o->device != NULL && strncmp(o->device, "cuda", 4) == 0;
+    if (cuda) {
+        CHECK(want == ANVIL_DTYPE_COUNT || want == act, ANVIL_ERR_UNSUPPORTED,
+              "kv_cache_dtype %s: the cuda backend keeps its KV cache in its compute dtype (%s) for now; use "
+              "--kv-cache-dtype auto or %s there",
+              anvil_dtype_name(want), anvil_dtype_name(act), anvil_dtype_name(act));
+        *out = act;
+        return ANVIL_OK;
+    }
+    if (want == ANVIL_DTYPE_COUNT) {
+        const anvil_dtype model = wdt != ANVIL_DTYPE_COUNT ? wdt : cfg->dtype;
+        want = model == ANVIL_DTYPE_BF16 || model == ANVIL_DTYPE_F16 ? ANVIL_DTYPE_F16
+               : act != ANVIL_DTYPE_F32                              ? act /* a plan for half activations */
+                                                                     : ANVIL_DTYPE_F32;
+    }
+    *out = want;
     return ANVIL_OK;
 }
 
@@ -575,7 +624,7 @@ static anvil_status check_kv_fits(anvil_runtime *rt, const kv_plan *p)
              "the KV cache for %lld tokens (%s a token: %d layers x 2 x %lld KV heads x %lld x %zu bytes)",
              (long long)o->kv_cache_tokens, anvil_plan_fmt_bytes(p->per_token, per, sizeof per),
              anvil_network_kv_layers(rt->net), (long long)rt->cfg.n_kv_heads, (long long)rt->cfg.head_dim,
-             anvil_dtype_size(rt->be->ops->act_dtype));
+             anvil_dtype_size(rt->kv_dtype));
     char hint[256];
     if (rt->seq_len_from_config && o->kv_cache_tokens == o->max_seq_len)
         snprintf(hint, sizeof hint,
@@ -608,7 +657,7 @@ static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
     TRY(rt->be->ops->mem_available(rt->be, &avail));
     size_t per_token = 0;
     TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), rt->cfg.n_kv_heads, rt->cfg.head_dim,
-                                      anvil_dtype_size(rt->be->ops->act_dtype), &per_token));
+                                      anvil_dtype_size(rt->kv_dtype), &per_token));
     CHECK(per_token > 0, ANVIL_ERR_INTERNAL, "the model has no KV cache");
     double tokens = (double)avail * o->kv_cache_fraction / (double)per_token;
     const double cap = (double)(INT32_MAX - 1) * (double)o->kv_block_size;
@@ -639,7 +688,7 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     TRY(size_kv_cache_from_memory(rt));
     const anvil_runtime_options *o = &rt->opts;
     kv_plan kp;
-    TRY(plan_kv(&rt->cfg, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->be->ops->act_dtype), &kp));
+    TRY(plan_kv(&rt->cfg, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype), &kp));
     TRY(check_kv_fits(rt, &kp));
     rt->n_kv_layers = anvil_network_kv_layers(rt->net);
     rt->n_blocks = kp.n_blocks;
@@ -655,7 +704,7 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
         rt->free_blocks[i] = rt->n_blocks - 1 - i;
     rt->n_free = rt->n_blocks;
 
-    const anvil_dtype dt = rt->be->ops->act_dtype;
+    const anvil_dtype dt = rt->kv_dtype;
     const int64_t kv_heads = rt->cfg.n_kv_heads, hd = rt->cfg.head_dim;
     const size_t bytes = kp.layer_bytes;
     for (int32_t l = 0; l < rt->n_kv_layers; l++) {
@@ -670,8 +719,8 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
             rt->be->ops->alloc(rt->be, bytes, &v->data) != ANVIL_OK)
             return anvil_error_wrap("KV cache of layer %d (%zu bytes for keys, as many for values)", l, bytes);
     }
-    anvil_log(ANVIL_LOG_INFO, "kv cache: %d blocks of %d tokens, %.1f MiB", rt->n_blocks, o->kv_block_size,
-              2.0 * (double)bytes * rt->n_kv_layers / 1048576.0);
+    anvil_log(ANVIL_LOG_INFO, "kv cache: %d blocks of %d tokens, %s, %.1f MiB", rt->n_blocks, o->kv_block_size,
+              anvil_dtype_name(dt), 2.0 * (double)bytes * rt->n_kv_layers / 1048576.0);
     return ANVIL_OK;
 }
 
@@ -715,7 +764,7 @@ anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *
         return ANVIL_OK;
     /* Through a host buffer: the backend interface has upload and download,
      * and this runs once per fork, not per token. */
-    const size_t row = (size_t)(rt->cfg.n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->be->ops->act_dtype);
+    const size_t row = (size_t)(rt->cfg.n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->kv_dtype);
     const size_t block_bytes = row * (size_t)bs, bytes = row * (size_t)n_tokens;
     void *stage = malloc(bytes);
     CHECK(stage != NULL, ANVIL_ERR_OOM, "out of memory");
@@ -795,8 +844,7 @@ static anvil_status check_sizes_early(anvil_runtime *rt)
     if (rt->opts.kv_cache_fraction > 0.0)
         return ANVIL_OK;
     kv_plan kp;
-    TRY(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->be->ops->act_dtype),
-                &kp));
+    TRY(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype), &kp));
     TRY(check_kv_fits(rt, &kp));
     return check_step_fits(rt, kp.max_blocks_per_seq);
 }
@@ -901,6 +949,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     if (wdt == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
         (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
         act = rt->cfg.dtype;
+    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, wdt, act, &rt->kv_dtype), fail);
     anvil_backend_config bc;
     anvil_backend_config_default(&bc);
     bc.n_threads = rt->opts.n_threads;
@@ -975,8 +1024,10 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
                    "rope: head_dim %lld too large", (long long)op->head_dim);
         TRY_GOTO(anvil_rope_tables(&op->rope, op->head_dim, table, &n_tables, &long_after, &scale), done);
     }
+    anvil_dtype kv_dt;
+    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, rt->opts.weight_dtype, act_dtype, &kv_dt), done);
     kv_plan kp;
-    TRY_GOTO(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), act, &kp), done);
+    TRY_GOTO(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(kv_dt), &kp), done);
     size_t ints = 0, stage = 0;
     TRY_GOTO(plan_step(rt, act_dtype, kp.max_blocks_per_seq, &ints, &stage), done);
     CHECK_GOTO(anvil_add_size_ok(ints * sizeof(int32_t), stage, &out->step_bytes), ANVIL_ERR_UNSUPPORTED, done,
@@ -984,6 +1035,7 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
     out->max_seq_len = rt->opts.max_seq_len;
     out->kv_cache_tokens = rt->opts.kv_cache_tokens;
     out->n_kv_layers = anvil_network_kv_layers(rt->net);
+    out->kv_dtype = kv_dt;
     out->kv_bytes_per_token = kp.per_token;
     out->kv_bytes = kp.pool_bytes;
     if (mem_limit > 0) {

@@ -52,6 +52,7 @@ struct anvil_runtime {
     anvil_rope_freqs *rope_freqs; /* [n_ops] what rope ops (and the attention that fuses them) take */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim] */
+    anvil_dtype kv_dtype;     /* opts.kv_cache_dtype resolved (kv_cache_dtype_for) */
     int32_t n_kv_layers;
     int32_t n_blocks;
     int32_t max_blocks_per_seq;

@@ -55,6 +55,7 @@ typedef struct anvil_runtime_sizes {
     int32_t max_seq_len;     /* the options' or the config's context */
     int64_t kv_cache_tokens; /* the pool in tokens; 0: sized from memory at load (kv_cache_fraction) */
     int32_t n_kv_layers;
+    anvil_dtype kv_dtype;      /* the options' kv_cache_dtype resolved */
     size_t kv_bytes_per_token; /* keys and values of every layer */
     size_t kv_bytes;           /* the pool of kv_cache_tokens, in whole blocks (0 when sized from memory) */
     int32_t n_act_buffers;

@@ -92,6 +92,67 @@ static void test_attention_vs_reference(void **state)
     kit_backends_free(&kb);
 }
 
+/* A half-precision KV cache (the runtime's kv_cache_dtype) against the f32
+ * reference on the same keys and values: the only difference is the
+ * rounding of the cached rows, so the tolerance is the dtype's: out is a
+ * convex combination of values in [-1, 1] (a value's error is at most half
+ * an ulp: 2^-9 for bf16, 2^-12 for f16) weighted by a softmax whose scores
+ * move by about as much. The caches the step writes are the f32
+ * reference's, rounded to nearest even. */
+static void test_attention_half_cache_vs_f32(void **state)
+{
+    (void)state;
+    static const struct {
+        anvil_dtype dt;
+        float atol;
+    } half[] = {{ANVIL_DTYPE_BF16, 1.5e-2f}, {ANVIL_DTYPE_F16, 2e-3f}};
+    static const attn_case hc[] = {
+        {64, 32, 8, 32, 0, ANVIL_DTYPE_F32, 0, 2, {{300, 1}, {0, 40}}}, /* the Llama-3.2-1B head shape */
+        {128, 8, 2, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{100, 1}, {17, 9}, {0, 1}}},
+        {80, 6, 3, 5, 30, ANVIL_DTYPE_F32, 0, 2, {{70, 1}, {3, 12}}},
+    };
+    uint64_t rng = 99;
+    kit_backends kb = kit_backends_new(2);
+    for (size_t ci = 0; ci < sizeof hc / sizeof hc[0]; ci++) {
+        attn_fixture f;
+        attn_fixture_build(&f, &hc[ci], &rng);
+        attn_result want = attn_fixture_run(&f, NULL);
+        const int64_t elems = (int64_t)(f.cache_bytes / 4);
+        for (size_t di = 0; di < sizeof half / sizeof half[0]; di++) {
+            const anvil_dtype dt = half[di].dt;
+            attn_fixture h = f; /* shares f's arrays; only the caches are its own */
+            h.c.cache_dt = dt;
+            h.cache_bytes = (size_t)elems * 2;
+            h.kc0 = fix_calloc(h.cache_bytes, 1);
+            h.vc0 = fix_calloc(h.cache_bytes, 1);
+            anvil_convert_from_f32(dt, f.kc0, h.kc0, elems);
+            anvil_convert_from_f32(dt, f.vc0, h.vc0, elems);
+            uint16_t *kc_want = fix_calloc(h.cache_bytes, 1), *vc_want = fix_calloc(h.cache_bytes, 1);
+            anvil_convert_from_f32(dt, want.kc.data, kc_want, elems);
+            anvil_convert_from_f32(dt, want.vc.data, vc_want, elems);
+            for (int i = 0; i < kb.n; i++) {
+                char name[160];
+                snprintf(name, sizeof name, "half cache case %zu %s [%s]", ci, kit_dt(dt), anvil_cpu_isa_name(kb.isa[i]));
+                attn_result got = attn_fixture_run(&h, kb.be[i]);
+                kit_expect_bitwise(name, got.kc.data, kc_want, h.cache_bytes);
+                kit_expect_bitwise(name, got.vc.data, vc_want, h.cache_bytes);
+                kit_expect_close(name, got.out.data, want.out.data, NULL, (int64_t)(got.out.bytes / 4),
+                                 half[di].atol, 0.0f);
+                /* the rounding is there: not every output equals the f32 one */
+                assert_true(memcmp(got.out.data, want.out.data, got.out.bytes) != 0);
+                attn_result_free(&got);
+            }
+            free(kc_want);
+            free(vc_want);
+            free(h.kc0);
+            free(h.vc0);
+        }
+        attn_result_free(&want);
+        attn_fixture_free(&f);
+    }
+    kit_backends_free(&kb);
+}
+
 /* The reference itself, on a case small enough to check by hand: one head,
  * head_dim 2, three cached positions; out = softmax-weighted mean of v. */
 static void test_attention_reference_by_hand(void **state)
@@ -216,6 +277,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attention_reference_by_hand),
         cmocka_unit_test(test_attention_vs_reference),
+        cmocka_unit_test(test_attention_half_cache_vs_f32),
         cmocka_unit_test(test_attention_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -95,7 +95,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const int64_t want_seq = o.max_seq_len > 0 ? o.max_seq_len : c.max_position_embeddings;
     if (z.max_seq_len != want_seq || z.max_seq_len > ANVIL_MAX_CONTEXT || z.n_kv_layers != c.n_layers)
         __builtin_trap();
-    const size_t es = act == ANVIL_DTYPE_F32 ? 4 : 2;
+    /* the KV cache's dtype: f16 for a half model on the CPU, else as the activations */
+    const int half = c.dtype == ANVIL_DTYPE_BF16 || c.dtype == ANVIL_DTYPE_F16;
+    if (z.kv_dtype != (half ? ANVIL_DTYPE_F16 : act))
+        __builtin_trap();
+    const size_t es = anvil_dtype_size(z.kv_dtype);
     if (z.kv_bytes_per_token != 2 * (size_t)c.n_layers * (size_t)c.n_kv_heads * (size_t)c.head_dim * es)
         __builtin_trap();
     if (z.kv_cache_tokens > 0) {
