@@ -698,6 +698,11 @@ int anvil_cmd_bench(int argc, char **argv)
                "text, events)\n",
                1e3 * m.schedule_s / (double)m.steps, 1e3 * m.forward_s / (double)m.steps,
                1e3 * m.tokens_s / (double)m.steps);
+    if (m.steps > 0)
+        printf("  overlap scheduler          %s: %lld of %lld steps launched beside the one before, %.3f ms of "
+               "schedule + tokens a step hidden under the device\n",
+               a.eo.ex.enable_overlap == ANVIL_OVERLAP_OFF ? "off" : "on where it applies",
+               (long long)m.overlap_steps, (long long)m.steps, 1e3 * m.overlapped_s / (double)m.steps);
 
     if (a.json_path) {
         json_t *o = json_object(), *cfgj = json_object(), *lat = json_object();
@@ -736,6 +741,11 @@ int anvil_cmd_bench(int argc, char **argv)
         json_object_set_new(o, "kv_peak_blocks_used", json_integer(peak_used));
         json_object_set_new(o, "preemptions", json_integer(m.preemptions));
         json_object_set_new(o, "steps", json_integer(m.steps));
+        json_object_set_new(o, "schedule_s", json_real(m.schedule_s));
+        json_object_set_new(o, "forward_s", json_real(m.forward_s));
+        json_object_set_new(o, "tokens_s", json_real(m.tokens_s));
+        json_object_set_new(o, "overlapped_s", json_real(m.overlapped_s));
+        json_object_set_new(o, "overlap_steps", json_integer(m.overlap_steps));
         json_object_set_new(lat, "ttft", summary_json(s_ttft, 1e3));
         json_object_set_new(lat, "itl", summary_json(s_itl, 1e3));
         json_object_set_new(lat, "tpot", summary_json(s_tpot, 1e3));

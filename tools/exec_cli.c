@@ -180,6 +180,12 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
     case EXEC_OPT_NO_PREFIX_CACHE:
         o->ex.enable_prefix_caching = 0;
         return 1;
+    case EXEC_OPT_NO_OVERLAP:
+        o->ex.enable_overlap = ANVIL_OVERLAP_OFF;
+        return 1;
+    case EXEC_OPT_OVERLAP:
+        o->ex.enable_overlap = ANVIL_OVERLAP_ALWAYS;
+        return 1;
     case EXEC_OPT_DTYPE:
         return exec_cli_dtype(arg, &o->rt.weight_dtype, tool) == 0 ? 1 : -1;
     case EXEC_OPT_MMAP:

@@ -33,6 +33,8 @@ enum {
     EXEC_OPT_DTYPE,
     EXEC_OPT_MMAP,
     EXEC_OPT_KV_DTYPE,
+    EXEC_OPT_NO_OVERLAP,
+    EXEC_OPT_OVERLAP,
 };
 
 /* The shared entries of a getopt_long table. */
@@ -49,6 +51,8 @@ enum {
         {"policy", required_argument, 0, EXEC_OPT_POLICY},                                 \
         {"scheduler-policy", required_argument, 0, EXEC_OPT_POLICY},                       \
         {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE},                  \
+        {"no-overlap", no_argument, 0, EXEC_OPT_NO_OVERLAP},                               \
+        {"overlap", no_argument, 0, EXEC_OPT_OVERLAP},                                     \
         {"dtype", required_argument, 0, EXEC_OPT_DTYPE},                                   \
         {"mmap", no_argument, 0, EXEC_OPT_MMAP}
 
@@ -71,6 +75,9 @@ enum {
     "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
     "                              (TensorRT-LLM's capacity policies; also --policy)\n"                  \
     "      --no-prefix-caching     do not reuse the KV blocks of earlier prompts\n"                    \
+    "      --no-overlap            plan and stream each step after it ran, not while the next runs\n"  \
+    "                              (the overlap scheduler is on by default on cuda)\n"                \
+    "      --overlap               the overlap scheduler also on the CPU (no gain there; for tests)\n" \
     "      --mmap                  map the weights instead of reading them (CPU: shared with the page\n" \
     "                              cache; a checkpoint truncated while served then kills the process)\n"
 

@@ -76,9 +76,21 @@ typedef struct anvil_executor_options {
     int32_t max_logprobs;     /* the largest `logprobs` a request may ask for; default 20 */
     int enable_prefix_caching;/* keep and reuse full KV blocks by prefix hash; default 1 */
     uint64_t seed;            /* seeds requests without their own seed; 0: from the clock */
+    /* The overlap scheduler (docs/executor.md): step n + 1 is planned and
+     * launched while the device runs step n, whose tokens are then
+     * checked, detokenized and streamed while step n + 1 runs; the ids
+     * step n sampled feed step n + 1 on the device. The outputs are the
+     * same. ANVIL_OVERLAP_AUTO (the default): on where the runtime launches
+     * steps ahead (anvil_runtime_launches_ahead: CUDA); ANVIL_OVERLAP_OFF;
+     * ANVIL_OVERLAP_ALWAYS: also where a launch computes the step first
+     * (the CPU: no gain, one step more of latency; for tests). */
+    int enable_overlap;
 } anvil_executor_options;
 
-/* policy GUARANTEED_NO_EVICT, limits from the runtime, max_logprobs 20, prefix caching on. */
+enum { ANVIL_OVERLAP_OFF = 0, ANVIL_OVERLAP_AUTO = 1, ANVIL_OVERLAP_ALWAYS = 2 };
+
+/* policy GUARANTEED_NO_EVICT, limits from the runtime, max_logprobs 20, prefix caching on,
+ * overlap ANVIL_OVERLAP_AUTO. */
 void anvil_executor_options_default(anvil_executor_options *o);
 
 /*
@@ -283,8 +295,14 @@ typedef struct anvil_executor_metrics {
     double busy_s;                 /* time spent in steps */
     /* where busy_s went: scheduling, the forward pass (and the device's
      * sampling; on a GPU the wait for it), the tokens (sampling on the
-     * host, stop checks, detokenization, the events' callbacks) */
+     * host, stop checks, detokenization, the events' callbacks). Under the
+     * overlap scheduler forward_s is the launches plus the time the loop
+     * waited for the device, and overlapped_s the part of schedule_s and
+     * tokens_s that ran while a launched step was on the device (hidden
+     * under it; 0 where a launch computes the step first, as on the CPU). */
     double schedule_s, forward_s, tokens_s;
+    double overlapped_s;
+    int64_t overlap_steps;         /* steps launched while another was on the device */
     int64_t refits;                /* anvil_executor_refit calls that replaced the weights */
     double refit_pause_s;          /* the last one's commit: how long steps waited for the copy */
 } anvil_executor_metrics;

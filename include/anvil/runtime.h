@@ -173,6 +173,41 @@ typedef struct anvil_sample_row {
 anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
                                           int32_t *next_ids);
 
+/*
+ * Steps launched ahead (the executor's overlap scheduler, docs/executor.md):
+ * the step of anvil_runtime_forward_sample in two halves, so that the
+ * caller prepares the next step while the device runs this one.
+ *
+ *     launch(step n); launch(step n + 1, tokens naming step n's rows); wait(n); ...
+ *
+ * launch queues the step (the draws are taken from the generators now, as
+ * forward_sample takes them) and returns; wait gives the ids of the oldest
+ * launched step not yet waited for, waiting for that step alone. At most
+ * two launched steps are not waited for at a time. In a launched batch a
+ * token id < 0 is a placeholder, ANVIL_TOKEN_FROM_ROW(j): the id the
+ * previous launch (the last one, waited for or not) sampled for its logits
+ * row j, which on CUDA never leaves the device for this (the step's first
+ * kernel reads it; the ids also go to pinned host memory for wait). A row
+ * that came out poisoned (-1) feeds token 0: the caller fails its request.
+ * A placeholder is refused (ANVIL_ERR_INVALID_ARG) when j is not a row of
+ * the previous launch, or when a synchronous step (forward, forward_greedy,
+ * forward_sample) ran since; those are themselves refused while a launched
+ * step was not waited for. Unlike forward_sample, a poisoned row does not
+ * give its draw back (the generator advanced at launch). A failed launch
+ * advanced no generator and counts as no launch; a failed wait still takes
+ * its step (the caller fails that step's requests). On the CPU a launch
+ * computes the whole step before it returns (the same ids, the same
+ * contract: anvil_runtime_launches_ahead says 0).
+ */
+#define ANVIL_TOKEN_FROM_ROW(j) (-1 - (int32_t)(j))
+anvil_status anvil_runtime_forward_sample_launch(anvil_runtime *rt, const anvil_batch *batch,
+                                                 const anvil_sample_row *rows);
+/* next_ids: n_logits of that step */
+anvil_status anvil_runtime_forward_sample_wait(anvil_runtime *rt, int32_t *next_ids);
+/* 1 where a launch returns before the device finished (CUDA with its
+ * sampler); 0 where it computes the step first (CPU, host_sampling). */
+int anvil_runtime_launches_ahead(const anvil_runtime *rt);
+
 /* ---- KV blocks: a simple pool (the executor's manager builds on it). */
 int32_t anvil_runtime_kv_block_size(const anvil_runtime *rt);
 int32_t anvil_runtime_kv_blocks_total(const anvil_runtime *rt);

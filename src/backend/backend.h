@@ -218,6 +218,22 @@ typedef struct anvil_backend_ops {
      * different threads at once, and their copies overlap. */
     anvil_status (*upload_async)(anvil_backend *be, int lane, void *dst, const void *src, size_t bytes);
     anvil_status (*upload_wait)(anvil_backend *be, int lane);
+
+    /* ---- optional: steps launched ahead (anvil_runtime_forward_sample_launch;
+     * NULL where a backend has none: the runtime then resolves on the host
+     * and downloads synchronously) */
+    /* Rewrites the step's token ids in place (step->token_ids, backend
+     * memory), in stream order: an id t < 0 becomes prev_ids[-1 - t] (the
+     * id a previous step sampled for its logits row -1 - t, backend
+     * memory), or 0 where that is negative (a poisoned row: its request
+     * fails on the host). Ids >= 0 stay. Runs inside a step graph. */
+    anvil_status (*resolve_tokens)(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
+    /* Device to host into dst (memory of host_alloc), after everything
+     * queued before it, without waiting: download_wait(slot) waits for
+     * that copy alone (slot 0 or 1, one copy in flight per slot) and
+     * reports a kernel's invalid-data flag raised before it. */
+    anvil_status (*download_async)(anvil_backend *be, int slot, void *dst, const void *src, size_t bytes);
+    anvil_status (*download_wait)(anvil_backend *be, int slot);
 } anvil_backend_ops;
 
 #define ANVIL_MATMUL_MULTI_MAX 4

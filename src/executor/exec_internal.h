@@ -54,6 +54,11 @@ typedef struct xseq {
     size_t emitted;           /* bytes already delivered in events */
     size_t stop_scan;         /* a stop string can only start at or after this byte */
 
+    /* placeholders at the end of tokens (the overlap scheduler): the ids a
+     * launched step samples, known on the device only, oldest first
+     * (0..2); tokens[n_tokens - n_pending] is the next to be accepted */
+    int32_t n_pending;
+
     /* this step */
     int32_t sched_count;      /* tokens scheduled; 0: not in the batch */
     int32_t logit_row;        /* -1: no logits this step */
@@ -124,6 +129,17 @@ typedef struct plan_entry {
     int32_t count;
 } plan_entry;
 
+/* A step launched on the runtime (the overlap scheduler), not yet taken:
+ * its plan, each entry's logits row, and the ids once waited for. An
+ * entry whose request ended meanwhile has r and s NULL (its row's id is
+ * dropped, its KV was never registered). */
+typedef struct launched_step {
+    plan_entry *e;            /* [max_batch] */
+    int32_t *row;             /* [max_batch] -1: no logits */
+    int32_t *ids;             /* [max_batch] */
+    int32_t n;
+} launched_step;
+
 struct anvil_executor {
     anvil_runtime *rt;
     const anvil_tokenizer *tok;
@@ -175,6 +191,12 @@ struct anvil_executor {
 
     plan_entry *plan;         /* [max_batch] */
     int32_t n_plan;
+    int sched_speculative;    /* planning beside a launched step: no preemption (sched_aborted instead) */
+    int sched_aborted;        /* the speculative plan needed a preemption */
+    int overlap;              /* the overlap scheduler is on */
+    int overlap_hidden;       /* a launch returns before the device finished (time under it is hidden) */
+    launched_step fl[2];      /* launched steps not taken, fl[fl_first] the oldest */
+    int fl_first, fl_count;
     int32_t *b_tokens, *b_pos, *b_starts, *b_tables, *b_rows;
     anvil_sample_row *b_sample; /* [max_batch] per logits row, when the step samples on the backend */
     int32_t *b_next;          /* [max_batch] the ids it sampled */
@@ -199,6 +221,8 @@ struct anvil_executor {
     double refit_pause_s;     /* the last refit's commit */
     double busy_s;
     double schedule_s, forward_s, tokens_s; /* parts of busy_s (anvil_executor_metrics) */
+    double overlapped_s;
+    int64_t c_overlap_steps;
     double rate_t[64];
     int64_t rate_g[64];
     int32_t rate_i;
@@ -244,17 +268,43 @@ int anvil_exec_is_stop_token(const xreq *r, int32_t token);
 
 /* ---- exec_scheduler.c */
 /* Fills ex->plan for this step (may preempt under max-utilization, may
- * fail requests that can never run). */
+ * fail requests that can never run). Beside a launched step
+ * (ex->sched_speculative) it preempts nothing and fails nothing for want
+ * of room: it sets ex->sched_aborted instead, and the caller drops the
+ * plan (anvil_exec_unplan) and plans again once that step is taken. A
+ * sequence whose pending token is known to be its last (max_tokens, the
+ * context) is not planned. */
 void anvil_exec_schedule(anvil_executor *ex);
+void anvil_exec_unplan(anvil_executor *ex);
 /* Removes r from the running list. */
 void anvil_exec_running_remove(anvil_executor *ex, xreq *r);
 void anvil_exec_waiting_remove(anvil_executor *ex, xreq *r);
 anvil_status anvil_exec_waiting_push_back(anvil_executor *ex, xreq *r);
 
 /* ---- exec_step.c */
-/* Runs the plan: forward, then hands each logits row to sampling or beam
- * search; finishes what ended. */
-void anvil_exec_step(anvil_executor *ex);
+/* Packs the plan into ex->b_* (b: the batch over them); the plan's
+ * distinct requests go to ex->step_reqs (*n_reqs); every sequence of
+ * them gets its logits row (s->logit_row, -1: none). Returns whether
+ * every row can be sampled on the backend. */
+int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs);
+/* Runs the packed plan synchronously: forward, then hands each logits row
+ * to sampling or beam search; finishes what ended. */
+void anvil_exec_step(anvil_executor *ex, const anvil_batch *b, int32_t n_reqs, int on_backend);
+/* Registers s's blocks filled below position upto in the prefix cache. */
+void anvil_exec_register_blocks(anvil_executor *ex, const xreq *r, xseq *s, int32_t upto);
+
+/* ---- exec_overlap.c */
+/* One round of the loop's work: plans, launches or runs a step, takes
+ * a launched one (below). */
+void anvil_exec_round(anvil_executor *ex);
+/* Waits for every launched step and takes its tokens (before a refit, a
+ * stop, or a step that cannot overlap). */
+void anvil_exec_drain(anvil_executor *ex);
+/* r ends: its entries in launched steps are dropped (their ids will not
+ * be accepted) and its sequences lose their placeholders. */
+void anvil_exec_forget_launched(anvil_executor *ex, xreq *r);
+anvil_status anvil_exec_overlap_alloc(anvil_executor *ex);
+void anvil_exec_overlap_free(anvil_executor *ex);
 
 /* ---- exec_sample.c */
 /* Samples the next token of s from its logits row and appends it; streams

@@ -215,6 +215,12 @@ static int plan_seq(anvil_executor *ex, sched *sc, xreq *r, xseq *s, int32_t cou
             fail_planned(ex, sc, r, st, anvil_last_error());
             return -1;
         }
+        if (ex->sched_speculative) {
+            /* beside a launched step: what its tokens end may free enough;
+             * the caller takes that step and plans again (preempting then) */
+            ex->sched_aborted = 1;
+            return 0;
+        }
         if (ex->opts.policy == ANVIL_CAPACITY_GUARANTEED_NO_EVICT || ex->n_running == 0) {
             /* the reservation should have made this impossible */
             fail_planned(ex, sc, r, ANVIL_ERR_INTERNAL, "KV cache exhausted despite the reservation");
@@ -235,6 +241,15 @@ static int plan_seq(anvil_executor *ex, sched *sc, xreq *r, xseq *s, int32_t cou
     return 1;
 }
 
+/* Whether s's pending token (sampled by a launched step, not yet known)
+ * will end it whatever it is: its max_tokens-th, or the context's last.
+ * Such a sequence is not planned beside that step: its slot would be
+ * wasted, and its KV past the end is outside the request's reservation. */
+static int known_done(const anvil_executor *ex, const xreq *r, const xseq *s)
+{
+    return s->n_pending > 0 && (s->n_tokens - r->n_prompt >= r->max_tokens || s->n_tokens >= ex->max_seq_len);
+}
+
 /* Pass A for one request: its decode tokens. */
 static void plan_decodes(anvil_executor *ex, sched *sc, xreq *r)
 {
@@ -247,7 +262,8 @@ static void plan_decodes(anvil_executor *ex, sched *sc, xreq *r)
     }
     for (int32_t i = 0; i < r->n_seqs; i++) {
         xseq *s = r->seqs[i];
-        if (live(s) && s->sched_count == 0 && remaining(s) == 1 && plan_seq(ex, sc, r, s, 1) < 0)
+        if (live(s) && s->sched_count == 0 && remaining(s) == 1 && !known_done(ex, r, s) &&
+            plan_seq(ex, sc, r, s, 1) < 0)
             return;
     }
 }
@@ -387,10 +403,18 @@ static int admit_head(anvil_executor *ex, sched *sc)
 
 /* ------------------------------------------------------------ the step's plan */
 
+void anvil_exec_unplan(anvil_executor *ex)
+{
+    for (int32_t i = 0; i < ex->n_plan; i++)
+        ex->plan[i].s->sched_count = 0;
+    ex->n_plan = 0;
+}
+
 void anvil_exec_schedule(anvil_executor *ex)
 {
     sched sc = {.budget = ex->max_tokens_step};
     ex->n_plan = 0;
+    ex->sched_aborted = 0;
     for (int32_t i = 0; i < ex->n_running; i++)
         for (int32_t j = 0; j < ex->running[i]->n_seqs; j++)
             ex->running[i]->seqs[j]->sched_count = 0;
@@ -412,11 +436,14 @@ void anvil_exec_schedule(anvil_executor *ex)
             i++;
     }
     /* C: admission */
-    while (!sc.preempted && ex->n_waiting > 0 && sc.budget > 0 && ex->n_plan < ex->max_batch)
+    while (!sc.preempted && !ex->sched_aborted && ex->n_waiting > 0 && sc.budget > 0 && ex->n_plan < ex->max_batch)
         if (!admit_head(ex, &sc))
             break;
 
-    if (ex->n_plan == 0 && ex->n_waiting > 0 && ex->n_running == 0) {
+    if (ex->sched_speculative) {
+        /* an empty plan beside a launched step is no sign of trouble: its
+         * sequences may all be ending, or waiting for its blocks to return */
+    } else if (ex->n_plan == 0 && ex->n_waiting > 0 && ex->n_running == 0) {
         /* nothing runs and the head cannot start: it never will */
         xreq *q = ex->waiting[0];
         char msg[160];

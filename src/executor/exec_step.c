@@ -22,12 +22,12 @@
  * guaranteed-no-evict reservation counts on nobody else holding them. A
  * sequence admitted before a refit registers nothing: its blocks mix KV of
  * the old and the new weights. */
-static void register_blocks(anvil_executor *ex, const xreq *r, xseq *s)
+void anvil_exec_register_blocks(anvil_executor *ex, const xreq *r, xseq *s, int32_t upto)
 {
     if (s->root != ex->kv_root)
         return;
     const int32_t bs = ex->bs;
-    int32_t full = s->n_computed / bs;
+    int32_t full = upto / bs;
     if (r->beam && full > r->n_prompt / bs)
         full = r->n_prompt / bs;
     for (int32_t j = s->n_hashed; j < full; j++) {
@@ -116,7 +116,7 @@ static void handle_beams(anvil_executor *ex, xreq *r)
         anvil_exec_finish_request(ex, r, ANVIL_REQUEST_STOP);
 }
 
-void anvil_exec_step(anvil_executor *ex)
+int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs_out)
 {
     const int32_t S = ex->n_plan, MB = ex->max_blocks;
     int32_t T = 0, L = 0;
@@ -143,7 +143,7 @@ void anvil_exec_step(anvil_executor *ex)
         xseq *s = e->s;
         ex->b_starts[i] = T;
         for (int32_t k = 0; k < e->count; k++, T++) {
-            ex->b_tokens[T] = s->tokens[e->start + k];
+            ex->b_tokens[T] = s->tokens[e->start + k]; /* < 0: a placeholder (the overlap scheduler) */
             ex->b_pos[T] = e->start + k;
         }
         int32_t *table = ex->b_tables + (size_t)i * (size_t)MB;
@@ -159,16 +159,23 @@ void anvil_exec_step(anvil_executor *ex)
         }
     }
     ex->b_starts[S] = T;
-    anvil_batch b = {
+    *b = (anvil_batch){
         .n_tokens = T, .token_ids = ex->b_tokens, .positions = ex->b_pos,
         .n_seqs = S, .seq_starts = ex->b_starts, .block_tables = ex->b_tables, .max_blocks_per_seq = MB,
         .n_logits = L, .logit_rows = ex->b_rows,
     };
+    *n_reqs_out = n_reqs;
+    return on_backend;
+}
 
-    on_backend = on_backend && L > 0;
+void anvil_exec_step(anvil_executor *ex, const anvil_batch *b, int32_t n_reqs, int on_backend)
+{
+    const int32_t S = ex->n_plan, T = b->n_tokens;
+    xreq **reqs = ex->step_reqs;
+    on_backend = on_backend && b->n_logits > 0;
     const double t_fwd = anvil_exec_now();
-    anvil_status st = on_backend ? anvil_runtime_forward_sample(ex->rt, &b, ex->b_sample, ex->b_next)
-                                 : anvil_runtime_forward(ex->rt, &b, ex->logits);
+    anvil_status st = on_backend ? anvil_runtime_forward_sample(ex->rt, b, ex->b_sample, ex->b_next)
+                                 : anvil_runtime_forward(ex->rt, b, ex->logits);
     if (st != ANVIL_OK) {
         char msg[256];
         snprintf(msg, sizeof msg, "forward step failed: %s", anvil_last_error());
@@ -186,7 +193,7 @@ void anvil_exec_step(anvil_executor *ex)
         e->s->n_computed += e->count;
         e->s->sched_count = 0;
         if (ex->opts.enable_prefix_caching)
-            register_blocks(ex, e->r, e->s);
+            anvil_exec_register_blocks(ex, e->r, e->s, e->s->n_computed);
     }
     for (int32_t k = 0; k < n_reqs; k++) {
         xreq *r = reqs[k];

@@ -30,6 +30,7 @@ void anvil_executor_options_default(anvil_executor_options *o)
     o->policy = ANVIL_CAPACITY_GUARANTEED_NO_EVICT;
     o->max_logprobs = 20;
     o->enable_prefix_caching = 1;
+    o->enable_overlap = ANVIL_OVERLAP_AUTO;
 }
 
 /* Grows *arr (of *cap elements of size elt) to hold need elements. */
@@ -96,6 +97,7 @@ static anvil_result *minimal_result(const xreq *r, anvil_request_finish why)
 
 void anvil_exec_finish_request(anvil_executor *ex, xreq *r, anvil_request_finish why)
 {
+    anvil_exec_forget_launched(ex, r); /* a launched step's ids for it are dropped */
     if (r->state == XREQ_RUNNING)
         anvil_exec_running_remove(ex, r);
     else if (r->state == XREQ_WAITING)
@@ -233,6 +235,8 @@ static void publish_metrics(anvil_executor *ex)
     m->schedule_s = ex->schedule_s;
     m->forward_s = ex->forward_s;
     m->tokens_s = ex->tokens_s;
+    m->overlapped_s = ex->overlapped_s;
+    m->overlap_steps = ex->c_overlap_steps;
     m->refits = ex->c_refits;
     m->refit_pause_s = ex->refit_pause_s;
     const int32_t n = (int32_t)(sizeof ex->rate_t / sizeof ex->rate_t[0]);
@@ -245,7 +249,7 @@ static void publish_metrics(anvil_executor *ex)
 static int has_work(const anvil_executor *ex)
 {
     return ex->stopping || ex->n_inbox > 0 || ex->n_cancels > 0 || ex->n_waiting > 0 || ex->n_running > 0 ||
-           ex->refit_staged != NULL;
+           ex->refit_staged != NULL || ex->fl_count > 0;
 }
 
 /*
@@ -277,11 +281,14 @@ static int loop_round(anvil_executor *ex, int wait)
     ex->refit_staged = NULL;
     pthread_mutex_unlock(&ex->mu);
 
-    if (refit != NULL)
+    if (refit != NULL) {
+        anvil_exec_drain(ex); /* a step never mixes weights, and tokens are emitted under the weights that made them */
         anvil_exec_refit_commit(ex, refit, stopping);
+    }
     intake(ex, ex->round_batch, n_new);
     apply_cancels(ex, ex->round_cancels, n_cancel);
     if (stopping) {
+        anvil_exec_drain(ex);
         cancel_everything(ex);
         pthread_mutex_lock(&ex->mu);
         const int more = ex->n_inbox > 0; /* enqueued by a callback meanwhile: cancel those too */
@@ -292,12 +299,9 @@ static int loop_round(anvil_executor *ex, int wait)
         pthread_mutex_unlock(&ex->mu);
         return more;
     }
-    if (ex->n_waiting > 0 || ex->n_running > 0) {
+    if (ex->n_waiting > 0 || ex->n_running > 0 || ex->fl_count > 0) {
         const double t0 = anvil_exec_now();
-        anvil_exec_schedule(ex);
-        ex->schedule_s += anvil_exec_now() - t0;
-        if (ex->n_plan > 0)
-            anvil_exec_step(ex); /* adds forward_s and tokens_s */
+        anvil_exec_round(ex); /* adds schedule_s, forward_s and tokens_s */
         ex->busy_s += anvil_exec_now() - t0;
     }
     pthread_mutex_lock(&ex->mu);
@@ -382,6 +386,7 @@ static void free_state(anvil_executor *ex)
     free(ex->lp);
     free(ex->mark);
     anvil_sampler_free(ex->sampler);
+    anvil_exec_overlap_free(ex);
     anvil_kv_manager_free(ex->kv);
 }
 
@@ -439,6 +444,15 @@ static anvil_status create(anvil_runtime *rt, const anvil_tokenizer *tok, const 
 
     TRY_GOTO(anvil_kv_manager_create(rt, ex->opts.enable_prefix_caching, &ex->kv), fail);
     TRY_GOTO(alloc_step_buffers(ex), fail);
+    TRY_GOTO(anvil_exec_overlap_alloc(ex), fail);
+    /* the overlap scheduler; anvil_generate's executor (no thread) runs
+     * without it: its on_token may use the runtime between two steps */
+    CHECK_GOTO(ex->opts.enable_overlap >= ANVIL_OVERLAP_OFF && ex->opts.enable_overlap <= ANVIL_OVERLAP_ALWAYS,
+               ANVIL_ERR_INVALID_ARG, fail, "enable_overlap must be 0 (off), 1 (auto) or 2 (always), got %d",
+               ex->opts.enable_overlap);
+    ex->overlap_hidden = anvil_runtime_launches_ahead(rt);
+    ex->overlap = threaded && (ex->opts.enable_overlap == ANVIL_OVERLAP_ALWAYS ||
+                               (ex->opts.enable_overlap == ANVIL_OVERLAP_AUTO && ex->overlap_hidden));
     CHECK_GOTO(pthread_mutex_init(&ex->mu, NULL) == 0, ANVIL_ERR_INTERNAL, fail, "pthread_mutex_init failed");
     mu_ok = 1;
     CHECK_GOTO(pthread_cond_init(&ex->wake, NULL) == 0, ANVIL_ERR_INTERNAL, fail, "pthread_cond_init failed");
@@ -458,9 +472,10 @@ static anvil_status create(anvil_runtime *rt, const anvil_tokenizer *tok, const 
         ex->inline_loop = 1;
     }
     anvil_log(threaded ? ANVIL_LOG_INFO : ANVIL_LOG_DEBUG,
-              "executor: %d KV blocks of %d tokens, max %d sequences and %d tokens per step, %s",
+              "executor: %d KV blocks of %d tokens, max %d sequences and %d tokens per step, %s%s",
               anvil_kv_total(ex->kv), ex->bs, ex->max_batch, ex->max_tokens_step,
-              ex->opts.policy == ANVIL_CAPACITY_MAX_UTILIZATION ? "max-utilization" : "guaranteed-no-evict");
+              ex->opts.policy == ANVIL_CAPACITY_MAX_UTILIZATION ? "max-utilization" : "guaranteed-no-evict",
+              ex->overlap ? ", overlap scheduler" : "");
     *out = ex;
     return ANVIL_OK;
 fail:

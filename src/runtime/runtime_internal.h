@@ -76,6 +76,18 @@ struct anvil_runtime {
     int host_sampling;                 /* opts.host_sampling: sample on the host always */
     anvil_sampler *host_sampler;       /* the host path (no sample op) */
     float *host_logits;                /* [max_logit_rows * vocab] for it */
+
+    /* steps launched ahead (forward_sample_launch / _wait): the ids of
+     * up to two launched steps, oldest first, each in its own host slot
+     * (pinned where the backend has host_alloc) */
+    int32_t *launch_ids[2];            /* [max_logit_rows] per slot, made on first use */
+    int launch_pinned;                 /* the slots are the backend's host_alloc memory */
+    int32_t launch_rows[2];            /* logits rows of the step in each slot */
+    int launch_first;                  /* the slot of the oldest step not waited for */
+    int launch_count;                  /* launched steps not waited for (0..2) */
+    int32_t launch_prev_rows;          /* logits rows of the last launched step, whose ids a
+                                          placeholder may name; 0: none (another forward since) */
+    const int32_t *step_prev_ids;      /* during a launch with placeholders: resolve_tokens with these */
 };
 
 #endif

@@ -181,6 +181,7 @@ static const anvil_backend_ops cpu_ops = {
     .add = anvil_cpu_op_add,
     .gather_rows = anvil_cpu_op_gather_rows,
     .sample_rows = anvil_cpu_op_sample_rows,
+    .resolve_tokens = anvil_cpu_op_resolve_tokens,
     .add_rmsnorm = anvil_cpu_op_add_rmsnorm,
     .matmul_multi = anvil_cpu_op_matmul_multi,
     .matmul_silu_mul = anvil_cpu_op_matmul_silu_mul,

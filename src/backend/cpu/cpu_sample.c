@@ -63,3 +63,20 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
     free(samplers);
     return st;
 }
+
+/* resolve_tokens on the CPU: the step's ids and the previous step's are
+ * host memory; the launch runs synchronously, so the previous ids are
+ * final when this runs. */
+anvil_status anvil_cpu_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids)
+{
+    (void)be;
+    CHECK(step != NULL && prev_ids != NULL, ANVIL_ERR_INVALID_ARG, "resolve_tokens: NULL argument");
+    int32_t *ids = (int32_t *)step->token_ids; /* the step's own metadata, rewritten before its ops read it */
+    for (int32_t t = 0; t < step->n_tokens; t++) {
+        if (ids[t] < 0) {
+            const int32_t v = prev_ids[-1 - ids[t]];
+            ids[t] = v < 0 ? 0 : v;
+        }
+    }
+    return ANVIL_OK;
+}
