@@ -4,11 +4,22 @@
 # with the test-only packages from PyPI. Safe to run again.
 #   scripts/setup.sh          build dependencies
 #   scripts/setup.sh --test   also the test dependencies and .venv
+#   scripts/setup.sh --browser  also a headless Chromium for
+#                             tests/python/test_server_browser.py (about 130
+#                             Debian packages, 220 MB: .ci/run installs it;
+#                             without it that one test is skipped locally)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_browser=0
+for a in "$@"; do
+  case "$a" in
+    --test) want_test=1 ;;
+    --browser) want_browser=1 ;;
+    *) echo "setup: unknown option $a" >&2; exit 2 ;;
+  esac
+done
 
 pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev libxxhash-dev
       libmicrohttpd-dev)
@@ -17,6 +28,7 @@ if [ $want_test = 1 ]; then
 else
   pkgs+=(libcmocka-dev)   # the test executables are part of the default build
 fi
+[ $want_browser = 1 ] && pkgs+=(chromium-headless-shell)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -31,7 +43,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ $want_test = 1 ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pytest, tokenizers' 2>/dev/null; then
+  # (an older .venv without a package of the list gets it added)
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pytest, tokenizers, openai, tritonclient.http' 2>/dev/null; then
     echo "setup: creating .venv with the test packages"
     python3 -m venv .venv
     .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt

@@ -1,0 +1,308 @@
+/* The request mappings of the other wire formats, without a model or HTTP:
+ * Triton's generate body (srv_triton_map) and the Responses API's
+ * (srv_responses_map) into the OpenAI bodies the server then checks; the
+ * /v2/models/ paths (srv_triton_path); the CORS origin list
+ * (srv_cors_allowed); errors renamed to the client's fields and Triton's
+ * error shape. The server tests (tests/python/test_server_triton.py,
+ * test_server_responses.py, test_server_browser.py) drive them end to end. */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "server/server_openai.h"
+#include "testutil.h"
+
+static json_t *parse(const char *text)
+{
+    json_error_t je;
+    json_t *j = json_loads(text, 0, &je);
+    if (j == NULL)
+        fail_msg("bad test JSON %s: %s", text, je.text);
+    return j;
+}
+
+/* The OpenAI body of a Triton body (NULL: refused, with *param the field
+ * the error names). */
+static json_t *triton(const char *body, int stream, json_t **ctx, char *param, size_t cap)
+{
+    json_t *in = parse(body), *oai = NULL, *err = NULL;
+    int status = 0;
+    int r = srv_triton_map(in, "m", stream, &oai, ctx, &status, &err);
+    json_decref(in);
+    if (r == 0) {
+        assert_null(err);
+        return oai;
+    }
+    assert_int_equal(status, 400);
+    assert_null(oai);
+    json_t *e = json_object_get(err, "error");
+    const char *p = json_string_value(json_object_get(e, "param"));
+    snprintf(param, cap, "%s", p ? p : "");
+    /* the message names the field too */
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), param));
+    json_decref(err);
+    return NULL;
+}
+
+static void test_triton_fields(void **state)
+{
+    (void)state;
+    json_t *ctx = NULL;
+    char param[64];
+    json_t *o = triton("{\"text_input\": \"hi\", \"max_tokens\": 20, \"temperature\": 0.5, \"top_k\": 40, "
+                       "\"top_p\": 0.9, \"stop_words\": [\"a\", \"\", \"b\"], \"random_seed\": 9, \"min_length\": 2, "
+                       "\"repetition_penalty\": 1.1, \"presence_penalty\": 0.5, \"frequency_penalty\": 0.25, "
+                       "\"id\": \"x1\", \"bad_words\": \"\", \"end_id\": 2, \"pad_id\": 2}",
+                       0, &ctx, param, sizeof param);
+    assert_non_null(o);
+    json_t *want = parse("{\"model\": \"m\", \"prompt\": \"hi\", \"max_tokens\": 20, \"temperature\": 0.5, "
+                         "\"top_k\": 40, \"top_p\": 0.9, \"stop\": [\"a\", \"b\"], \"seed\": 9, \"min_tokens\": 2, "
+                         "\"repetition_penalty\": 1.1, \"presence_penalty\": 0.5, \"frequency_penalty\": 0.25, "
+                         "\"stream\": false}");
+    assert_true(json_equal(o, want));
+    assert_string_equal(json_string_value(json_object_get(ctx, "id")), "x1");
+    assert_true(json_is_false(json_object_get(ctx, "whole")));
+    json_decref(want);
+    json_decref(o);
+    json_decref(ctx);
+    /* no top_k, no top_p: TensorRT-LLM decodes greedily; tensor shapes unwrapped */
+    o = triton("{\"text_input\": [\"hi\"], \"max_tokens\": [[3]], \"top_k\": 0, \"top_p\": 0.0, "
+               "\"stop_words\": [[\"x\"]], \"exclude_input_in_output\": false}",
+               0, &ctx, param, sizeof param);
+    assert_non_null(o);
+    want = parse("{\"model\": \"m\", \"prompt\": \"hi\", \"max_tokens\": 3, \"top_k\": 1, \"stop\": [\"x\"], "
+                 "\"echo\": true, \"stream\": false}");
+    assert_true(json_equal(o, want));
+    json_decref(want);
+    json_decref(o);
+    json_decref(ctx);
+    /* generate_stream: stream true unless it says false (then one event) */
+    o = triton("{\"text_input\": \"hi\"}", 1, &ctx, param, sizeof param);
+    assert_true(json_is_true(json_object_get(o, "stream")));
+    assert_true(json_is_false(json_object_get(ctx, "whole")));
+    json_decref(o);
+    json_decref(ctx);
+    o = triton("{\"text_input\": \"hi\", \"stream\": false}", 1, &ctx, param, sizeof param);
+    assert_true(json_is_true(json_object_get(o, "stream")));
+    assert_true(json_is_true(json_object_get(ctx, "whole")));
+    json_decref(o);
+    json_decref(ctx);
+}
+
+static void test_triton_refusals(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *body;
+        const char *param;
+    } cases[] = {
+        {"{}", "text_input"},
+        {"{\"text_input\": 3}", "text_input"},
+        {"{\"text_input\": [\"a\", \"b\"]}", "text_input"}, /* a batch: one prompt per request */
+        {"{\"text_input\": \"a\", \"stream\": true}", "stream"},
+        {"{\"text_input\": \"a\", \"stream\": \"yes\"}", "stream"},
+        {"{\"text_input\": \"a\", \"stop_words\": 5}", "stop_words"},
+        {"{\"text_input\": \"a\", \"stop_words\": [\"a\", 1]}", "stop_words"},
+        {"{\"text_input\": \"a\", \"bad_words\": [\"no\"]}", "bad_words"},
+        {"{\"text_input\": \"a\", \"beam_width\": 4}", "beam_width"},
+        {"{\"text_input\": \"a\", \"num_return_sequences\": 2}", "num_return_sequences"},
+        {"{\"text_input\": \"a\", \"return_log_probs\": true}", "return_log_probs"},
+        {"{\"text_input\": \"a\", \"return_generation_logits\": [[true]]}", "return_generation_logits"},
+        {"{\"text_input\": \"a\", \"lora_task_id\": 3}", "lora_task_id"},
+        {"{\"text_input\": \"a\", \"exclude_input_in_output\": 1}", "exclude_input_in_output"},
+        {"{\"text_input\": \"a\", \"id\": 5}", "id"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *ctx = (json_t *)&ctx;
+        char param[64] = "";
+        json_t *o = triton(cases[i].body, 0, &ctx, param, sizeof param);
+        if (o != NULL || strcmp(param, cases[i].param) != 0)
+            fail_msg("%s: got param '%s', want '%s'", cases[i].body, param, cases[i].param);
+        assert_null(ctx);
+    }
+    /* not an object */
+    json_t *a = json_array(), *o = NULL, *ctx = NULL, *err = NULL;
+    int status = 0;
+    assert_int_equal(srv_triton_map(a, "m", 0, &o, &ctx, &status, &err), -1);
+    assert_int_equal(status, 400);
+    json_decref(a);
+    json_decref(err);
+}
+
+/* The OpenAI mapping's errors in the client's names, then Triton's shape. */
+static void test_triton_errors(void **state)
+{
+    (void)state;
+    json_t *e = srv_error_json("'seed' must be an integer; 'seeds' and 'stop' are fine", "invalid_request_error",
+                               "seed", "invalid_type");
+    srv_triton_rename(e, NULL);
+    json_t *t = srv_triton_error(e);
+    assert_string_equal(json_string_value(json_object_get(t, "error")),
+                        "'random_seed' must be an integer; 'seeds' and 'stop_words' are fine");
+    assert_string_equal(json_string_value(json_object_get(t, "code")), "invalid_type");
+    assert_string_equal(json_string_value(json_object_get(t, "param")), "random_seed");
+    json_decref(t);
+}
+
+static void test_triton_paths(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *rest, *name, *verb;
+        int r;
+    } cases[] = {
+        {"m", "m", "", 0},
+        {"m/ready", "m", "ready", 0},
+        {"m/versions/1", "m", "", 0},
+        {"m/versions/1/generate_stream", "m", "generate_stream", 0},
+        {"m/config", "m", "config", 0},
+        {"m/stats", "m", "stats", 0},
+        {"m/generate", "m", "generate", 0},
+        {"m/versions/2/ready", "m", NULL, -2},
+        {"m/versions/12", "m", NULL, -2},
+        {"m/infer", NULL, NULL, -1},
+        {"m/ready/x", NULL, NULL, -1},
+        {"", NULL, NULL, -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[130] = "";
+        const char *verb = NULL;
+        int r = srv_triton_path(cases[i].rest, name, sizeof name, &verb);
+        if (r != cases[i].r)
+            fail_msg("%s: %d, want %d", cases[i].rest, r, cases[i].r);
+        if (r == 0) {
+            assert_string_equal(name, cases[i].name);
+            assert_string_equal(verb, cases[i].verb);
+        }
+    }
+    char small[4];
+    const char *verb;
+    assert_int_equal(srv_triton_path("longname/ready", small, sizeof small, &verb), -1);
+}
+
+static json_t *responses(const char *body, json_t **ctx, char *param, size_t cap)
+{
+    json_t *in = parse(body), *chat = NULL, *err = NULL;
+    int status = 0;
+    int r = srv_responses_map(in, &chat, ctx, &status, &err);
+    json_decref(in);
+    if (r == 0)
+        return chat;
+    assert_int_equal(status, 400);
+    json_t *e = json_object_get(err, "error");
+    snprintf(param, cap, "%s", json_string_value(json_object_get(e, "param")));
+    json_decref(err);
+    return NULL;
+}
+
+static void test_responses_map(void **state)
+{
+    (void)state;
+    json_t *ctx = NULL;
+    char param[64];
+    json_t *o = responses("{\"model\": \"m\", \"input\": \"hi\", \"instructions\": \"be nice\", "
+                          "\"max_output_tokens\": 9, \"temperature\": 0.2, \"stream\": true, \"store\": true, "
+                          "\"metadata\": {\"a\": \"b\"}, \"reasoning\": {}}",
+                          &ctx, param, sizeof param);
+    assert_non_null(o);
+    json_t *want = parse("{\"model\": \"m\", \"messages\": [{\"role\": \"system\", \"content\": \"be nice\"}, "
+                         "{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 9, \"temperature\": 0.2, "
+                         "\"stream\": true}");
+    assert_true(json_equal(o, want));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ctx, "metadata"), "a")), "b");
+    assert_int_equal(json_integer_value(json_object_get(ctx, "max_output_tokens")), 9);
+    json_decref(want);
+    json_decref(o);
+    json_decref(ctx);
+    o = responses("{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_text\", \"text\": \"a\"}]}, "
+                  "{\"type\": \"message\", \"role\": \"assistant\", \"content\": [{\"type\": \"output_text\", "
+                  "\"text\": \"b\"}]}]}",
+                  &ctx, param, sizeof param);
+    assert_non_null(o);
+    want = parse("{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": \"a\"}]}, "
+                 "{\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"b\"}]}]}");
+    assert_true(json_equal(o, want));
+    json_decref(want);
+    json_decref(o);
+    json_decref(ctx);
+    static const struct {
+        const char *body, *param;
+    } refused[] = {
+        {"{}", "input"},
+        {"{\"input\": 3}", "input"},
+        {"{\"input\": []}", "input"},
+        {"{\"input\": [5]}", "input[0]"},
+        {"{\"input\": [{\"role\": \"user\"}]}", "input[0]"},
+        {"{\"input\": [{\"type\": \"function_call\", \"name\": \"f\"}]}", "input[0]"},
+        {"{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_image\"}]}]}", "input[0].content[0]"},
+        {"{\"input\": \"x\", \"previous_response_id\": \"resp_1\"}", "previous_response_id"},
+        {"{\"input\": \"x\", \"conversation\": \"c\"}", "conversation"},
+        {"{\"input\": \"x\", \"background\": true}", "background"},
+        {"{\"input\": \"x\", \"tools\": [{}]}", "tools"},
+        {"{\"input\": \"x\", \"top_logprobs\": 2}", "top_logprobs"},
+        {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}", "text.format"},
+        {"{\"input\": \"x\", \"instructions\": 5}", "instructions"},
+        {"{\"input\": \"x\", \"metadata\": []}", "metadata"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        char p[64] = "";
+        json_t *c2 = NULL;
+        json_t *r = responses(refused[i].body, &c2, p, sizeof p);
+        if (r != NULL || strcmp(p, refused[i].param) != 0)
+            fail_msg("%s: param '%s', want '%s'", refused[i].body, p, refused[i].param);
+    }
+}
+
+/* The chat mapping's messages[i] is the client's input[i - 1] after
+ * instructions, and instructions itself at 0. */
+static void test_responses_rename(void **state)
+{
+    (void)state;
+    json_t *ctx = parse("{\"instructions\": \"x\"}");
+    json_t *e = srv_error_json("Invalid value 'w' for messages[2].role", "invalid_request_error",
+                               "messages[2].role", "invalid_value");
+    srv_responses_rename(e, ctx);
+    json_t *in = json_object_get(e, "error");
+    assert_string_equal(json_string_value(json_object_get(in, "param")), "input[1].role");
+    assert_string_equal(json_string_value(json_object_get(in, "message")), "Invalid value 'w' for input[1].role");
+    json_decref(e);
+    e = srv_error_json("bad", "invalid_request_error", "messages[0].content", NULL);
+    srv_responses_rename(e, ctx);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e, "error"), "param")), "instructions");
+    json_decref(e);
+    e = srv_error_json("'max_tokens' is too large", "invalid_request_error", "max_tokens", NULL);
+    srv_responses_rename(e, NULL);
+    in = json_object_get(e, "error");
+    assert_string_equal(json_string_value(json_object_get(in, "param")), "max_output_tokens");
+    assert_string_equal(json_string_value(json_object_get(in, "message")), "'max_output_tokens' is too large");
+    json_decref(e);
+    json_decref(ctx);
+}
+
+static void test_cors_list(void **state)
+{
+    (void)state;
+    const char *list = "https://a.example, http://localhost:3000 ,https://B.example";
+    assert_true(srv_cors_allowed(list, "https://a.example"));
+    assert_true(srv_cors_allowed(list, "http://localhost:3000"));
+    assert_true(srv_cors_allowed(list, "https://b.example")); /* host names are case-insensitive */
+    assert_false(srv_cors_allowed(list, "https://a.example.evil"));
+    assert_false(srv_cors_allowed(list, "https://a.exampl"));
+    assert_false(srv_cors_allowed(list, "http://localhost:30001"));
+    assert_false(srv_cors_allowed(list, ""));
+    assert_false(srv_cors_allowed(NULL, "https://a.example"));
+    assert_true(srv_cors_allowed("*", "https://anything.example"));
+    assert_true(srv_cors_allowed("https://x.example,*", "null"));
+    assert_false(srv_cors_allowed(",, ,", "https://a.example"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_triton_fields),    cmocka_unit_test(test_triton_refusals),
+        cmocka_unit_test(test_triton_errors),    cmocka_unit_test(test_triton_paths),
+        cmocka_unit_test(test_responses_map),    cmocka_unit_test(test_responses_rename),
+        cmocka_unit_test(test_cors_list),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
