@@ -28,7 +28,7 @@ if [ $want_test = 1 ]; then
 else
   pkgs+=(libcmocka-dev)   # the test executables are part of the default build
 fi
-[ $want_browser = 1 ] && pkgs+=(chromium-headless-shell)
+if [ $want_browser = 1 ]; then pkgs+=(chromium-headless-shell); fi
 
 missing=()
 for p in "${pkgs[@]}"; do
