@@ -106,6 +106,10 @@ static void cuda_destroy(anvil_backend *be)
     cudaFree(cb->attn_ws);
     cudaFree(cb->d_err);
     cudaFreeHost(cb->h_err);
+    cudaFreeHost(cb->h_err_slot);
+    for (int i = 0; i < 2; i++)
+        if (cb->dl_done[i] != NULL)
+            cudaEventDestroy(cb->dl_done[i]);
     for (int i = 0; i < 2; i++) {
         cudaFreeHost(cb->stage[i]);
         if (cb->stage_done[i] != NULL)
@@ -252,6 +256,40 @@ static anvil_status cuda_download(anvil_backend *be, void *dst, const void *src,
     return check_error_word(cb, "cuda download");
 }
 
+/* Device to host into pinned dst, queued after everything before it; the
+ * error word follows into the slot's own pinned int, then the slot's
+ * event. The host goes on at once (the overlap scheduler's step n + 1 is
+ * queued behind this copy while step n's ids come back). */
+static anvil_status cuda_download_async(anvil_backend *be, int slot, void *dst, const void *src, size_t bytes)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(slot == 0 || slot == 1, ANVIL_ERR_INVALID_ARG, "cuda download_async: slot %d", slot);
+    CHECK(bytes == 0 || (dst != NULL && src != NULL), ANVIL_ERR_INVALID_ARG, "cuda download_async: NULL pointer");
+    TRY(anvil_cuda_use(cb));
+    if (bytes > 0)
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream), "cuda download_async");
+    CUDA_TRY(cudaMemcpyAsync(&cb->h_err_slot[slot], cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream),
+             "cuda download_async");
+    CUDA_TRY(cudaEventRecord(cb->dl_done[slot], cb->stream), "cuda download_async");
+    return ANVIL_OK;
+}
+
+/* Waits for the slot's copy alone (not for work queued after it). */
+static anvil_status cuda_download_wait(anvil_backend *be, int slot)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(slot == 0 || slot == 1, ANVIL_ERR_INVALID_ARG, "cuda download_wait: slot %d", slot);
+    TRY(anvil_cuda_use(cb));
+    CUDA_TRY(cudaEventSynchronize(cb->dl_done[slot]), "cuda download_wait");
+    if (cb->h_err_slot[slot] == 0)
+        return ANVIL_OK;
+    /* a kernel flagged invalid data: the full check (waits for the stream,
+     * names the flags, clears the word) */
+    anvil_status st = check_error_word(cb, "cuda step");
+    return st != ANVIL_OK ? st
+                          : ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "cuda step: a kernel skipped invalid step data");
+}
+
 static anvil_status cuda_synchronize(anvil_backend *be)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
@@ -302,6 +340,9 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
     CUDA_TRY(cudaMemsetAsync(cb->d_err, 0, sizeof(int), cb->stream), "cuda backend: error word");
     CUDA_TRY(cudaMallocHost((void **)&cb->h_err, sizeof(int)), "cuda backend: error word");
+    CUDA_TRY(cudaMallocHost((void **)&cb->h_err_slot, 2 * sizeof(int)), "cuda backend: error word");
+    for (int i = 0; i < 2; i++)
+        CUDA_TRY(cudaEventCreateWithFlags(&cb->dl_done[i], cudaEventDisableTiming), "cudaEventCreate");
     cb->stage_bytes = STAGE_BYTES;
     for (int i = 0; i < 2; i++) {
         CUDA_TRY(cudaMallocHost(&cb->stage[i], cb->stage_bytes), "cuda backend: staging buffer");
@@ -352,6 +393,9 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->upload_async = cuda_upload_async;
     o->upload_wait = cuda_upload_wait;
     o->download = cuda_download;
+    o->download_async = cuda_download_async;
+    o->download_wait = cuda_download_wait;
+    o->resolve_tokens = anvil_cuda_op_resolve_tokens;
     o->synchronize = cuda_synchronize;
     o->mem_available = cuda_mem_available;
     o->act_dtype = act_dtype;

@@ -32,3 +32,29 @@ extern "C" anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const v
                                     table, (int)table_dt, vocab, ids, n_tokens, (T *)out, width, err));
     return ANVIL_CUDA_LAUNCHED("embedding kernel");
 }
+
+/* The overlap scheduler's placeholders (backend.h, resolve_tokens): an id
+ * t < 0 becomes prev[-1 - t], the id the previous step sampled for its
+ * logits row -1 - t (0 for a poisoned row's -1), before the embedding
+ * reads the ids. The runtime checked every -1 - t against that step's
+ * rows. */
+__global__ void anvil_resolve_tokens_kernel(int32_t *ids, int32_t n_tokens, const int32_t *prev)
+{
+    for (int32_t t = blockIdx.x * blockDim.x + threadIdx.x; t < n_tokens; t += gridDim.x * blockDim.x) {
+        const int32_t id = ids[t];
+        if (id < 0) {
+            const int32_t v = prev[-1 - id];
+            ids[t] = v < 0 ? 0 : v;
+        }
+    }
+}
+
+extern "C" anvil_status anvil_cuda_launch_resolve_tokens(cudaStream_t stream, int32_t *ids, int32_t n_tokens,
+                                                         const int32_t *prev)
+{
+    if (n_tokens == 0)
+        return ANVIL_OK;
+    const int32_t blocks = (n_tokens + 255) / 256 < 1024 ? (n_tokens + 255) / 256 : 1024;
+    anvil_resolve_tokens_kernel<<<(unsigned)blocks, 256, 0, stream>>>(ids, n_tokens, prev);
+    return ANVIL_CUDA_LAUNCHED("resolve_tokens kernel");
+}

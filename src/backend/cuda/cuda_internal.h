@@ -74,6 +74,11 @@ typedef struct anvil_cuda_backend {
     /* the error word: device int, and a pinned host copy */
     int *d_err;
     int *h_err;
+    /* download_async's slots: the error word copied after each copy (pinned,
+     * two ints) and the event that ends it, so download_wait waits for that
+     * copy alone, not for a step launched after it */
+    int *h_err_slot;
+    cudaEvent_t dl_done[2];
 
     /* pinned staging for uploads: two buffers used in turn, each with the
      * event of its last copy, so upload() returns as soon as src is copied */
@@ -155,6 +160,8 @@ void anvil_cuda_matmul_cache_free(anvil_cuda_mm_cache *c);
 anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                   const anvil_tensor *bias, anvil_tensor *out);
 anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_args *args);
+/* resolve_tokens (backend.h), cuda_ops.c */
+anvil_status anvil_cuda_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
 anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                                      anvil_tensor *out);
 anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
@@ -187,6 +194,8 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
  * Each checks what the kernel itself relies on, launches on `stream`, and
  * returns the launch error. dtypes are F32, BF16 or F16 unless said. */
 
+/* ids[t] < 0 becomes prev[-1 - ids[t]] (0 where that is negative). */
+anvil_status anvil_cuda_launch_resolve_tokens(cudaStream_t stream, int32_t *ids, int32_t n_tokens, const int32_t *prev);
 anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const void *table, anvil_dtype table_dt,
                                          int64_t vocab, const int32_t *ids, int32_t n_tokens, void *out,
                                          anvil_dtype out_dt, int64_t width, int *err);

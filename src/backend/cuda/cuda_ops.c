@@ -5,6 +5,16 @@
 
 #include "backend/cuda/cuda_internal.h"
 
+anvil_status anvil_cuda_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(step != NULL && prev_ids != NULL && (step->n_tokens == 0 || step->token_ids != NULL), ANVIL_ERR_INVALID_ARG,
+          "resolve_tokens: NULL argument");
+    TRY(anvil_cuda_use(cb));
+    /* the step's own id array, rewritten in stream order before its embedding reads it */
+    return anvil_cuda_launch_resolve_tokens(cb->stream, (int32_t *)step->token_ids, step->n_tokens, prev_ids);
+}
+
 anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                                      anvil_tensor *out)
 {
