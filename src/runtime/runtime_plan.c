@@ -38,7 +38,11 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
     anvil_status st = ANVIL_OK;
     int32_t *last_use = malloc((size_t)n * sizeof *last_use);
     int32_t *free_list = malloc((size_t)n * sizeof *free_list);
-    CHECK_GOTO(last_use && free_list, ANVIL_ERR_OOM, done, "out of memory planning %d activations", n);
+    unsigned char *aliased = calloc((size_t)n, 1);
+    int32_t *dies_first = malloc((size_t)n * sizeof *dies_first); /* values whose last use is op i, a list */
+    int32_t *dies_next = malloc((size_t)n * sizeof *dies_next);
+    CHECK_GOTO(last_use && free_list && aliased && dies_first && dies_next, ANVIL_ERR_OOM, done,
+               "out of memory planning %d activations", n);
     for (int32_t i = 0; i < n; i++)
         last_use[i] = i;
     for (int32_t i = 0; i < n; i++) {
@@ -49,6 +53,15 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
     }
     last_use[output] = n; /* read after the last op */
     anvil_fuse_extend_lives(net, fuse, last_use);
+    for (int32_t i = 0; i < n; i++)
+        dies_first[i] = -1;
+    for (int32_t v = n - 1; v >= 0; v--) {
+        dies_next[v] = -1;
+        if (last_use[v] < n) {
+            dies_next[v] = dies_first[last_use[v]];
+            dies_first[last_use[v]] = v;
+        }
+    }
 
     int32_t n_free = 0, n_buf = 0;
     size_t total = 0;
@@ -58,6 +71,7 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
             CHECK_GOTO(last_use[op->inputs[0]] == i, ANVIL_ERR_INTERNAL, done,
                        "rope input (op %d) is used after the rotation", op->inputs[0]);
             value_buffer[i] = value_buffer[op->inputs[0]];
+            aliased[op->inputs[0]] = 1;
         } else {
             const int32_t rows = op->row_kind == 0 ? token_rows : logit_rows;
             size_t need;
@@ -82,18 +96,19 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
                 value_buffer[i] = n_buf++;
             }
         }
-        /* release the inputs that die here (once each: an op may read a value twice) */
-        for (int k = 0; k < 3; k++) {
-            anvil_value in = op->inputs[k];
-            if (in == ANVIL_VALUE_NONE || last_use[in] != i || op->kind == ANVIL_OP_ROPE)
+        /* release the buffers of every value that dies here: not only this
+         * op's inputs, since a fused group extends its inputs' lives to the
+         * group's last op, which need not read them (the norm before a
+         * gate/up+silu group dies at the silu). A rope's input lives on as
+         * the rope's output, in the same buffer. */
+        for (int32_t v = dies_first[i]; v >= 0; v = dies_next[v]) {
+            if (aliased[v])
                 continue;
-            int dup = 0;
-            for (int j = 0; j < k; j++)
-                dup |= op->inputs[j] == in;
-            int32_t b = value_buffer[in];
-            for (int32_t f = 0; f < n_free; f++)
-                dup |= free_list[f] == b;
-            if (!dup && b != value_buffer[i])
+            const int32_t b = value_buffer[v];
+            int dup = b == value_buffer[i] && v != i;
+            for (int32_t f = 0; f < n_free && !dup; f++)
+                dup = free_list[f] == b;
+            if (!dup)
                 free_list[n_free++] = b;
         }
     }
@@ -102,6 +117,9 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
 done:
     free(last_use);
     free(free_list);
+    free(aliased);
+    free(dies_first);
+    free(dies_next);
     return st;
 }
 
