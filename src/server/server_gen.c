@@ -808,7 +808,9 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     g->logprobs = q->logprobs;
     g->top_as_chat = q->chat;
     g->wire = q->wire;
-    g->wire_ctx = json_incref(q->wire_ctx);
+    /* its own copy: a wire may note things in it (under g->mu) while the
+     * HTTP side drops the request's */
+    g->wire_ctx = q->wire_ctx ? json_deep_copy(q->wire_ctx) : NULL;
     g->http_status = 200;
     g->unwoken = -1;
     g->wake_every = (s->opts.stream_interval > 1 ? s->opts.stream_interval : 1) * q->n;
@@ -818,7 +820,8 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
              (uint64_t)time(NULL) * 2654435761u ^ (uint64_t)(uintptr_t)g,
              (uint64_t)atomic_fetch_add(&rid_counter, 1));
     g->t_enqueue = srv_now();
-    int ok = (g->role_sent = calloc((size_t)j->n_choices, sizeof *g->role_sent)) != NULL &&
+    int ok = (q->wire_ctx == NULL || g->wire_ctx != NULL) &&
+             (g->role_sent = calloc((size_t)j->n_choices, sizeof *g->role_sent)) != NULL &&
              (j->subs = calloc((size_t)j->n_prompts, sizeof *j->subs)) != NULL &&
              (g->stream || (j->choices = json_array()) != NULL);
     for (int32_t i = 0; ok && !g->stream && i < j->n_choices; i++)

@@ -307,7 +307,7 @@ void srv_gen_format_ready(srv_gen *g);
 /* server_openai.c: builds a request from a body; on failure fills *status and *err_json */
 int srv_openai_generate(struct anvil_server *s, json_t *body, int chat, srv_gen **out, int *status, json_t **err);
 /* The same with another wire format's output (wire NULL: OpenAI's) and its
- * fields (wire_ctx, borrowed: the request takes a reference). */
+ * fields (wire_ctx, borrowed: the request keeps a copy). */
 int srv_openai_generate_wire(struct anvil_server *s, json_t *body, int chat, const srv_wire *wire,
                              json_t *wire_ctx, srv_gen **out, int *status, json_t **err);
 json_t *srv_error_json(const char *message, const char *type, const char *param, const char *code);

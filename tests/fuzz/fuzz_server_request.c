@@ -18,6 +18,12 @@
  * error), or SSE chunks that each parse, ending with [DONE]. ASan and UBSan
  * catch memory errors, leaks and undefined behaviour; the model's reference
  * count must be back where it was.
+ *
+ * The same body is also read as Triton's generate (srv_triton_map, both
+ * endpoints) and as a Responses API body (srv_responses_map); what they
+ * accept is mapped and run as above with their wire format, whose output
+ * must be Triton's JSON and events, or the Responses events in order with
+ * consecutive sequence numbers.
  */
 #include <jansson.h>
 #include <stddef.h>
@@ -223,10 +229,66 @@ static void fake_sample(const srv_prompt *p, int32_t k, int32_t n_top, fake_seq 
         o->cumulative_logprob += f->lp[t];
 }
 
+/* A wire format's output: Triton's body or events, or the Responses API's. */
+static void check_wire_output(const srv_job *j, int any_failed)
+{
+    const srv_gen *g = &j->g;
+    const int triton = g->wire == &srv_triton_wire;
+    if (!g->stream) {
+        json_error_t e;
+        json_t *o = json_loadb(g->buf, g->len, JSON_ALLOW_NUL, &e);
+        CHECK_OR_TRAP(json_is_object(o));
+        if (any_failed)
+            CHECK_OR_TRAP(g->http_status >= 400 && (triton ? json_is_string(json_object_get(o, "error"))
+                                                           : json_is_object(json_object_get(o, "error"))));
+        else if (triton)
+            CHECK_OR_TRAP(g->http_status == 200 && json_is_string(json_object_get(o, "text_output")));
+        else
+            CHECK_OR_TRAP(g->http_status == 200 &&
+                          strcmp(json_string_value(json_object_get(o, "object")), "response") == 0 &&
+                          json_array_size(json_object_get(o, "output")) == 1);
+        json_decref(o);
+        return;
+    }
+    const char *at = g->buf, *end = g->buf + g->len;
+    json_int_t seq = 0;
+    while (at < end) {
+        char type[80] = "";
+        if (!triton) { /* "event: TYPE\n" first */
+            CHECK_OR_TRAP((size_t)(end - at) > 7 && memcmp(at, "event: ", 7) == 0);
+            const char *nl = memchr(at, '\n', (size_t)(end - at));
+            CHECK_OR_TRAP(nl != NULL && (size_t)(nl - at - 7) < sizeof type);
+            memcpy(type, at + 7, (size_t)(nl - at - 7));
+            type[nl - at - 7] = '\0';
+            at = nl + 1;
+        }
+        CHECK_OR_TRAP((size_t)(end - at) > 6 && memcmp(at, "data: ", 6) == 0);
+        at += 6;
+        const char *stop = strstr(at, "\n\n");
+        CHECK_OR_TRAP(stop != NULL);
+        json_error_t e;
+        json_t *o = json_loadb(at, (size_t)(stop - at), JSON_ALLOW_NUL, &e);
+        CHECK_OR_TRAP(json_is_object(o));
+        if (triton) {
+            CHECK_OR_TRAP(json_is_string(json_object_get(o, "text_output")) ||
+                          json_is_string(json_object_get(o, "error")));
+        } else {
+            CHECK_OR_TRAP(strcmp(json_string_value(json_object_get(o, "type")), type) == 0);
+            CHECK_OR_TRAP(json_integer_value(json_object_get(o, "sequence_number")) == seq++);
+        }
+        json_decref(o);
+        at = stop + 2;
+    }
+}
+
 static void check_output(const srv_job *j, int any_failed)
 {
     const srv_gen *g = &j->g;
     CHECK_OR_TRAP(g->done && g->buf != NULL && g->len == strlen(g->buf));
+    if (g->wire) {
+        check_wire_output(j, any_failed);
+        return;
+    }
     if (!g->stream) {
         json_error_t e;
         json_t *o = json_loadb(g->buf, g->len, JSON_ALLOW_NUL, &e); /* a generated <0x00> is \u0000 */
@@ -365,6 +427,37 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (srv_openai_model_name(body, &name, &status, &err) < 0) {
             check_error(status, err);
             json_decref(err);
+        }
+        /* the other wire formats: their own mapping, then the OpenAI one */
+        for (int w = 0; w < 3; w++) {
+            json_t *oai = NULL, *ctx = NULL;
+            status = 0;
+            err = NULL;
+            int rc = w < 2 ? srv_triton_map(body, "m", w, &oai, &ctx, &status, &err)
+                           : srv_responses_map(body, &oai, &ctx, &status, &err);
+            if (rc < 0) {
+                CHECK_OR_TRAP(oai == NULL && ctx == NULL);
+                check_error(status, err);
+                json_decref(err);
+                continue;
+            }
+            srv_mapped *q = NULL;
+            if (srv_openai_map(&model, oai, w == 2, &q, &status, &err) < 0) {
+                if (w < 2)
+                    srv_triton_rename(err, ctx);
+                else
+                    srv_responses_rename(err, ctx);
+                check_error(status, err);
+                json_decref(err);
+            } else {
+                CHECK_OR_TRAP(q->n == 1 && q->best_of == 1 && q->logprobs < 0);
+                q->wire = w < 2 ? &srv_triton_wire : &srv_responses_wire;
+                q->wire_ctx = ctx;
+                run_job(q, size);
+                srv_mapped_free(q);
+            }
+            json_decref(oai);
+            json_decref(ctx);
         }
         for (int chat = 0; chat <= 1; chat++) {
             srv_mapped *q = (srv_mapped *)&q; /* must be reset */
