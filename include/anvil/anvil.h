@@ -29,6 +29,7 @@
 #include "anvil/network.h"
 #include "anvil/builder.h"
 #include "anvil/sampling.h"
+#include "anvil/grammar.h"
 #include "anvil/runtime.h"
 #include "anvil/generate.h"
 #include "anvil/executor.h"

@@ -14,6 +14,7 @@
 
 #include "anvil/grammar.h"
 #include "anvil/tokenizer.h"
+#include "grammar/gram_internal.h"
 #include "testutil.h"
 
 #define OK(expr)                                                           \
@@ -82,23 +83,30 @@ static inline int gt_prefix(const anvil_grammar *g, const char *s, size_t n)
     return ok;
 }
 
-/* Checks m's mask against the brute force: each token's bytes through a copy of m. */
+/*
+ * Checks m's mask against the brute force: every token's bytes stepped
+ * through the matcher's own transitions one by one (no trie, no cache),
+ * and the stop ids by can_end.
+ */
 static inline void gt_check_mask(const anvil_grammar_vocab *v, anvil_grammar_matcher *m, uint32_t *words)
 {
     size_t nw = anvil_grammar_vocab_mask_words(v);
     OK(anvil_grammar_matcher_fill_mask(m, words, nw));
     int32_t n = anvil_grammar_vocab_size(v);
+    int done = anvil_grammar_matcher_is_done(m), can_end = anvil_grammar_matcher_can_end(m);
     for (int32_t id = 0; id < n; id++) {
-        int want;
+        int want = 0;
         size_t len;
         const char *p = anvil_grammar_vocab_token(v, id, &len);
-        anvil_grammar_matcher *c;
-        OK(anvil_grammar_matcher_copy(m, &c));
-        if (p)
-            want = anvil_grammar_matcher_accept_bytes(c, p, len) == ANVIL_OK;
-        else
-            want = anvil_grammar_matcher_accept_token(c, id) == ANVIL_OK; /* stop ids; specials refused */
-        anvil_grammar_matcher_free(c);
+        if (p && !done) {
+            int32_t s = m->state;
+            for (size_t k = 0; k < len && s != 0; k++)
+                OK(gram_dfa_step(&m->dfa, s, (uint8_t)p[k], &s));
+            want = s != 0 && (m->dfa.st[s].n > 0 || m->dfa.st[s].accept);
+        } else if (!p) {
+            for (int i = 0; i < v->n_stop; i++)
+                want |= v->stop[i] == id && can_end;
+        }
         int got = (int)(words[id >> 5] >> (id & 31) & 1);
         if (got != want)
             fail_msg("token %d (%.*s): mask says %d, its bytes say %d", (int)id, (int)len, p ? p : "", got, want);
@@ -133,9 +141,9 @@ static inline int gt_walk(const anvil_grammar *g, const anvil_grammar_vocab *v, 
         else
             OK(anvil_grammar_matcher_fill_mask(m, w, nw));
         int32_t n = 0;
-        for (int32_t id = 0; id < anvil_grammar_vocab_size(v); id++)
-            if (w[id >> 5] >> (id & 31) & 1)
-                allowed[n++] = id;
+        for (size_t i = 0; i < nw; i++)
+            for (uint32_t x = w[i]; x; x &= x - 1)
+                allowed[n++] = (int32_t)(i * 32 + (size_t)__builtin_ctz(x));
         if (n == 0)
             fail_msg("empty mask at step %d after \"%.*s\"", step, (int)len, buf);
         int32_t id = allowed[anvil_test_rand(rng) % (uint64_t)n];

@@ -89,7 +89,7 @@ static void test_ebnf(void **state)
 {
     (void)state;
     anvil_grammar_vocab *v = gt_byte_vocab();
-    const char *gram = "# arithmetic, right-recursive and with repetition\n"
+    const char *text = "# arithmetic, right-recursive and with repetition\n"
                        "root ::= expr\n"
                        "expr ::= term (ws [-+] ws term)*\n"
                        "term ::= factor (ws [*/] ws factor)*\n"
@@ -97,7 +97,7 @@ static void test_ebnf(void **state)
                        "num ::= \"-\"? [0-9]{1,3}\n"
                        "ws ::= \" \"?\n";
     anvil_grammar *g;
-    OK(anvil_grammar_compile_ebnf(v, gram, strlen(gram), NULL, NULL, &g));
+    OK(anvil_grammar_compile_ebnf(v, text, strlen(text), NULL, NULL, &g));
     static const gcase c[] = {{"1", 1},       {"1 + 2*3", 1},  {"(1+2) * -3", 1}, {"((7))", 1},
                               {"1 +", 0},     {"1  + 2", 0},   {"1234", 0},      {"(1", 0},
                               {"-", 0},       {"2/(3-4)", 1},  {"", 0}};
