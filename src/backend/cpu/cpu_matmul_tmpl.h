@@ -9,6 +9,12 @@
  *   MM_GEMM_ROWS    weight rows per converted GEMM panel
  *   MM_GEMM_TOKENS  tokens per GEMM tile (<= 4)
  *   MM_ENTRY        the name of the entry point (an anvil_cpu_mm_fn)
+ * and optionally:
+ *   MM_PANEL_TILE   a function for the full MM_GEMM_TOKENS x MM_GEMM_ROWS
+ *                   panel tile (x, ldx, panel, kp, K, out, ldo, bias) in
+ *                   place of the generic one, with the same arithmetic
+ *   MM_L2_BYTES     the L2 cache of one core (default 2 MiB): a token
+ *                   block's x rows take half of it
  *
  * Every output element, on every path, is
  *     acc[16] = +0; for each 16-wide chunk c of k (the last one zero-padded):
@@ -218,9 +224,12 @@ static VEC_FN void mm_convert_panel(const anvil_cpu_mm *m, int64_t n, int64_t nr
  * variant (accumulators parked between k chunks so the panel chunk stays
  * in L1) measured no faster on Sapphire Rapids, so the tile runs over the
  * whole k range. */
+#ifndef MM_L2_BYTES
+#define MM_L2_BYTES (2 << 20)
+#endif
 static int64_t mm_token_block(int64_t K)
 {
-    int64_t tb = (int64_t)(1 << 20) / (K * 4);
+    int64_t tb = (int64_t)(MM_L2_BYTES / 2) / (K * 4);
     tb = tb / MM_GEMM_TOKENS * MM_GEMM_TOKENS;
     return tb < MM_GEMM_TOKENS * 4 ? MM_GEMM_TOKENS * 4 : tb;
 }
@@ -242,7 +251,11 @@ static VEC_FN void mm_gemm(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
             int64_t t = tb0;
             if (nr == MM_GEMM_ROWS) {
                 for (; t + MM_GEMM_TOKENS <= tb1; t += MM_GEMM_TOKENS)
+#ifdef MM_PANEL_TILE
+                    MM_PANEL_TILE(m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b);
+#else
                     mm_tiles_panel[MM_GEMM_TOKENS - 1](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
+#endif
                 for (; t < tb1; t++)
                     mm_tiles_panel[0](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
             } else {
