@@ -3,6 +3,7 @@
  *
  *   bench_cpu_model [--shared DIR] [--threads N] [--prompt-len N] [--decode N]
  *                   [--scratch DIR] [--models a,b,...] [--json FILE]
+ *                   [--kv-cache-dtype auto|f32|bf16|f16]
  *
  * Models: stories260K and tinycode from the shared folder, and llama-1b, a
  * random-weight model of Llama-3.2-1B's shape (hidden 2048, 16 layers, 32
@@ -13,7 +14,10 @@
  * Decode at batch 1 reads every weight once per token, so it is bounded by
  * memory bandwidth: the benchmark reports the bytes a token must read
  * (weights + KV cache) per second, next to a plain streaming read of the
- * same number of bytes on the same threads.
+ * same number of bytes on the same threads. Prefill is one step of the
+ * whole prompt, the median of three after a warm-up. RSS is the process's
+ * resident memory after the decode (weights, activations, KV cache).
+ * bench/cpu_vs_llamacpp.py pairs these runs with llama.cpp's.
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -54,7 +58,23 @@ typedef struct result {
     double bytes_per_token;
     double achieved_gbps;
     double stream_gbps;
+    char kv_dtype[8];
+    double rss_mib; /* the process's resident memory after the decode: weights, activations, KV cache */
 } result;
+
+/* VmRSS of /proc/self/status in MiB, 0 where there is none (not Linux) */
+static double rss_mib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double v = 0;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "VmRSS:", 6) == 0)
+            v = atof(line + 6) / 1024.0;
+    if (f != NULL)
+        fclose(f);
+    return v;
+}
 
 static int ensure_llama_1b(const char *workdir, char *dir, size_t cap)
 {
@@ -72,12 +92,21 @@ static int ensure_llama_1b(const char *workdir, char *dir, size_t cap)
     return 0;
 }
 
+static const char *kv_cache_dtype; /* --kv-cache-dtype; NULL: auto */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 static int bench_model(const char *name, const char *dir, int threads, int32_t prompt_len, int32_t n_decode,
                        result *r)
 {
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.n_threads = threads;
+    o.kv_cache_dtype = kv_cache_dtype;
     o.max_num_tokens = prompt_len;
     o.max_batch_size = 1;
     o.max_logit_rows = 1;
@@ -106,17 +135,18 @@ static int bench_model(const char *name, const char *dir, int threads, int32_t p
     anvil_batch b = {.n_tokens = prompt_len, .token_ids = ids, .positions = pos, .n_seqs = 1,
                      .seq_starts = starts, .block_tables = blocks, .max_blocks_per_seq = n_blocks,
                      .n_logits = 1, .logit_rows = &row};
-    /* prefill: one warm-up, then the best of three */
-    double best = 1e30;
+    /* prefill: one warm-up, then the median of three (the median, not the
+     * best: paired runs against llama.cpp, whose llama-bench reports a mean) */
+    double times[3];
     for (int rep = 0; rep < 4; rep++) {
         double t0 = now_s();
         if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
             goto fail;
-        double dt = now_s() - t0;
-        if (rep > 0 && dt < best)
-            best = dt;
+        if (rep > 0)
+            times[rep - 1] = now_s() - t0;
     }
-    r->prefill_tps = prompt_len / best;
+    qsort(times, 3, sizeof times[0], cmp_double);
+    r->prefill_tps = prompt_len / times[1];
 
     /* decode: greedy, one token per step after the prompt */
     int32_t tok = anvil_argmax(logits, vocab), cur = prompt_len, one_start[2] = {0, 1}, zero = 0;
@@ -130,12 +160,15 @@ static int bench_model(const char *name, const char *dir, int threads, int32_t p
         tok = anvil_argmax(logits, vocab);
     }
     double dt = now_s() - t0;
+    r->rss_mib = rss_mib();
     r->decode_tps = n_decode / dt;
     r->decode_ms = dt * 1e3 / n_decode;
     /* bytes a decode step must read: every weight once, plus the KV cache of
-     * the context (K and V, f32, every layer) at its mean length */
+     * the context (K and V, every layer, in the cache's dtype) at its mean length */
     double mean_ctx = prompt_len + n_decode / 2.0;
-    double kv = mean_ctx * (double)cfg->n_layers * 2.0 * (double)(cfg->n_kv_heads * cfg->head_dim) * 4.0;
+    double kv = mean_ctx * (double)cfg->n_layers * 2.0 * (double)(cfg->n_kv_heads * cfg->head_dim) *
+                (double)anvil_dtype_size(anvil_runtime_kv_cache_dtype(rt));
+    snprintf(r->kv_dtype, sizeof r->kv_dtype, "%s", anvil_dtype_name(anvil_runtime_kv_cache_dtype(rt)));
     r->weight_gb = (double)anvil_runtime_weight_bytes(rt) / 1e9;
     r->bytes_per_token = (double)anvil_runtime_weight_bytes(rt) + kv;
     r->achieved_gbps = r->bytes_per_token * r->decode_tps / 1e9;
@@ -164,7 +197,7 @@ int main(int argc, char **argv)
         {"shared", required_argument, 0, 'S'}, {"threads", required_argument, 0, 't'},
         {"prompt-len", required_argument, 0, 'p'}, {"decode", required_argument, 0, 'd'},
         {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
-        {"models", required_argument, 0, 'm'},
+        {"models", required_argument, 0, 'm'}, {"kv-cache-dtype", required_argument, 0, 'k'},
         {"json", required_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
@@ -176,11 +209,13 @@ int main(int argc, char **argv)
         case 'd': n_decode = atoi(optarg); break;
         case 'w': scratch = optarg; break;
         case 'm': models = optarg; break;
+        case 'k': kv_cache_dtype = optarg; break;
         case 'j': json_path = optarg; break;
         default:
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: bench_cpu_model [--shared DIR] [--threads N] [--prompt-len N] [--decode N]\n"
-                    "                       [--scratch DIR] [--models stories260K,tinycode,llama-1b] [--json FILE]\n");
+                    "                       [--scratch DIR] [--models stories260K,tinycode,llama-1b] [--json FILE]\n"
+                    "                       [--kv-cache-dtype auto|f32|bf16|f16]\n");
             return c == 'h' ? 0 : 2;
         }
     }
@@ -208,20 +243,21 @@ int main(int argc, char **argv)
         n_res++;
     }
     printf("\nCPU, %d threads, prompt %d tokens, %d decode tokens (batch 1)\n\n", threads, prompt_len, n_decode);
-    printf("| model | weights GB | prefill tok/s | decode tok/s | ms/token | GB/s read | stream GB/s | of stream |\n");
-    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("| model | KV | weights GB | prefill tok/s | decode tok/s | ms/token | GB/s read | stream GB/s | of stream | RSS MiB |\n");
+    printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (int i = 0; i < n_res; i++) {
         result *r = &res[i];
-        printf("| %s | %.4f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f%% |\n", r->name, r->weight_gb, r->prefill_tps,
-               r->decode_tps, r->decode_ms, r->achieved_gbps, r->stream_gbps,
-               100.0 * r->achieved_gbps / r->stream_gbps);
+        printf("| %s | %s | %.4f | %.1f | %.1f | %.2f | %.2f | %.2f | %.0f%% | %.0f |\n", r->name, r->kv_dtype,
+               r->weight_gb, r->prefill_tps, r->decode_tps, r->decode_ms, r->achieved_gbps, r->stream_gbps,
+               100.0 * r->achieved_gbps / r->stream_gbps, r->rss_mib);
     }
     if (json_path) {
         json_t *arr = json_array();
         for (int i = 0; i < n_res; i++) {
             result *r = &res[i];
             json_array_append_new(
-                arr, json_pack("{s:s, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "model", r->name,
+                arr, json_pack("{s:s, s:s, s:f, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "model", r->name,
+                               "kv_cache_dtype", r->kv_dtype, "rss_mib", r->rss_mib,
                                "threads", threads, "prompt_len", prompt_len, "decode_tokens", n_decode,
                                "weight_gb", r->weight_gb, "prefill_tok_s", r->prefill_tps, "decode_tok_s",
                                r->decode_tps, "decode_ms", r->decode_ms, "bytes_per_token", r->bytes_per_token,
