@@ -695,6 +695,24 @@ static void name_for_message(const char *name, char out[72])
     out[k] = '\0';
 }
 
+/* The 404 of a model that is not loaded, naming those that are (a
+ * TensorRT-LLM user's "ensemble" is anvil's model folder name). */
+static enum MHD_Result send_no_model(anvil_server *s, struct MHD_Connection *c, const char *shown, int status)
+{
+    int n = 0;
+    srv_model **ms = srv_repo_acquire_all(s, &n);
+    char names[256] = "", msg[512];
+    size_t k = 0;
+    for (int i = 0; i < n && k + 4 < sizeof names; i++)
+        k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", i ? ", " : "", ms[i]->name);
+    srv_repo_release_all(ms, n);
+    if (k >= sizeof names)
+        strcpy(names + sizeof names - 4, "...");
+    snprintf(msg, sizeof msg, "%s model '%s'; the loaded models: %s (GET /v2/repository/index lists every one)",
+             status == 400 ? "Not ready:" : "Unknown", shown, n ? names : "none");
+    return send_error(s, c, status, msg, "invalid_request_error", "model", "model_not_found", NULL);
+}
+
 /* /v2/models/{name}[/versions/1][/ready|/config|/stats|/generate|/generate_stream]:
  * Triton's per-model endpoints (docs/server.md, "Triton's protocol"). */
 static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c, const char *url,
@@ -720,6 +738,10 @@ static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c,
     if (post) {
         if (atomic_load(&s->shutting_down))
             return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+        srv_model *known = srv_model_acquire(s, name);
+        if (known == NULL)
+            return send_no_model(s, c, shown, 404);
+        srv_model_release(known); /* (one unloaded meanwhile is the mapping's 404) */
         enum MHD_Result sent = MHD_NO;
         json_t *body = body_object(s, c, cc, &sent);
         if (body == NULL)
@@ -737,14 +759,8 @@ static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c,
         return r;
     }
     srv_model *m = srv_model_acquire(s, name);
-    if (m == NULL) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "%s model '%s' (it does not exist or is not loaded)",
-                 strcmp(verb, "ready") == 0 ? "Not ready:" : "Unknown", shown);
-        /* Triton answers a model that is not ready 400 */
-        return send_error(s, c, strcmp(verb, "ready") == 0 ? 400 : 404, msg, "invalid_request_error", "model",
-                          "model_not_found", NULL);
-    }
+    if (m == NULL) /* Triton answers a model that is not ready 400 */
+        return send_no_model(s, c, shown, strcmp(verb, "ready") == 0 ? 400 : 404);
     json_t *o;
     if (strcmp(verb, "ready") == 0)
         o = json_object();

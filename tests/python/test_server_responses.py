@@ -114,6 +114,12 @@ def test_stream(client):
                                           temperature=0, extra_body={"stop": ["."]}))
     assert events[-1].type == "response.completed" and events[-1].response.status == "completed"
     assert events[-1].response.incomplete_details is None
+    # the SDK's stream helper, which rebuilds the response from the events
+    with client.responses.stream(model="stories260K", input="Hi", max_output_tokens=200, temperature=0,
+                                 extra_body={"stop": ["."]}) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.status == "completed" and final.output_text == "".join(deltas) == events[-1].response.output_text
 
 
 def test_refusals(client):

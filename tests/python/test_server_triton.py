@@ -140,8 +140,9 @@ def test_errors_readable(server):
         assert expect[what] in text and expect[what] in e.value.message(), (what, text)
         assert e.value.status() in ("400", "401", "404"), (what, e.value.status())
     # the raw shape: Triton's {"error": "text"}, anvil's code beside it
-    st, body = server.post("/v2/models/nope/generate", {"text_input": "x"})
+    st, body = server.post("/v2/models/ensemble/generate", {"text_input": "x"})
     assert st == 404 and isinstance(body["error"], str) and body["code"] == "model_not_found", body
+    assert "'ensemble'" in body["error"] and "stories260K" in body["error"], body  # what there is instead
     st, text, r = server.request("GET", "/v2/models/stories260K/generate")
     assert st == 405 and r.getheader("Allow") == "POST" and isinstance(json.loads(text)["error"], str)
     st, text, _ = server.request("GET", "/v2/models/stories260K/nonsense")
