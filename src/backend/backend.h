@@ -48,6 +48,13 @@ typedef struct anvil_step {
     int32_t max_blocks_per_seq;
     int32_t block_size;
     int32_t max_context;          /* the largest position + 1 in the batch */
+    /* Host-side: the leading sequences that bring one token each (their
+     * tokens are [0, n_decode)), and the largest position + 1 among them.
+     * A backend may run those rows through its decode attention and the
+     * rest through its tiled one; 0 when the batch starts with a longer
+     * sequence (the executor plans decodes first). */
+    int32_t n_decode;
+    int32_t decode_max_context;
     const int32_t *token_ids;     /* [n_tokens] */
     const int32_t *positions;     /* [n_tokens] */
     const int32_t *seq_of_token;  /* [n_tokens] */

@@ -1097,7 +1097,7 @@ static anvil_status prepare_step_ph(anvil_runtime *rt, const anvil_batch *b, anv
         CHECK(b->logit_rows != NULL, ANVIL_ERR_INVALID_ARG, "n_logits > 0 needs logit_rows");
         memcpy(rows, b->logit_rows, (size_t)L * 4);
     }
-    int32_t max_ctx = 0;
+    int32_t max_ctx = 0, n_dec = 0, dec_ctx = 0;
     for (int32_t q = 0; q < S; q++) {
         CHECK(starts[q + 1] > starts[q], ANVIL_ERR_INVALID_ARG, "sequence %d of the batch has no tokens", q);
         for (int32_t t = starts[q]; t < starts[q + 1]; t++) {
@@ -1133,6 +1133,10 @@ static anvil_status prepare_step_ph(anvil_runtime *rt, const anvil_batch *b, anv
         }
         if (lens[q] > max_ctx)
             max_ctx = lens[q];
+        if (n_dec == q && starts[q + 1] - starts[q] == 1) {
+            n_dec++;
+            dec_ctx = lens[q] > dec_ctx ? lens[q] : dec_ctx;
+        }
     }
     for (int32_t i = 0; i < L; i++)
         CHECK(rows[i] >= 0 && rows[i] < T, ANVIL_ERR_INVALID_ARG, "logit row %d out of range", rows[i]);
@@ -1146,6 +1150,8 @@ static anvil_status prepare_step_ph(anvil_runtime *rt, const anvil_batch *b, anv
     s->max_blocks_per_seq = MB;
     s->block_size = bs;
     s->max_context = max_ctx;
+    s->n_decode = n_dec;
+    s->decode_max_context = dec_ctx;
     s->token_ids = d + (ids - m);
     s->positions = d + (pos - m);
     s->seq_of_token = d + (seq_of - m);

@@ -747,6 +747,9 @@ static const attn_case attn_cases[] = {
     {"prefill GQA4 hd128 + chunk", 8, 2, 128, 16, 0, 2, {0, 20}, {50, 13}, 0},
     {"decode GQA8", 16, 2, 64, 16, 0, 5, {0, 16, 32, 99, 256}, {1, 1, 1, 1, 1}, 0},
     {"mixed MQA hd128", 8, 1, 128, 32, 0, 4, {40, 0, 7, 64}, {1, 23, 1, 10}, 0},
+    /* decodes first, as the executor plans them: decode and tiled kernels in one step */
+    {"decodes then prefill GQA4", 32, 8, 128, 32, 0, 5, {300, 64, 1000, 0, 40}, {1, 1, 1, 70, 33}, 0},
+    {"decodes then prefill window", 8, 2, 64, 16, 24, 3, {100, 7, 0}, {1, 1, 40}, 0},
     {"sliding window 16", 8, 2, 64, 16, 16, 3, {0, 50, 30}, {45, 1, 5}, 0},
     {"GQA3 hd32 bs8", 12, 4, 32, 8, 0, 2, {5, 100}, {9, 1}, 0},
     {"hd8 (stories260K)", 8, 4, 8, 16, 0, 2, {0, 30}, {30, 1}, 0},
@@ -763,6 +766,7 @@ typedef struct attn_step_host {
     int32_t T, S, MB;
     int32_t *pos, *seq_of, *starts, *lens, *tables, *slots, *ids;
     int32_t max_ctx;
+    int32_t n_decode, decode_ctx; /* leading sequences of one token, their largest context */
 } attn_step_host;
 
 /* The step of phase `phase` (0: the history, 1: the tested tokens). */
@@ -798,6 +802,10 @@ static void build_step(const attn_case *c, int phase, const int32_t *tables, int
         h->lens[S] = first + n;
         if (first + n > h->max_ctx)
             h->max_ctx = first + n;
+        if (h->n_decode == S && n == 1) {
+            h->n_decode++;
+            h->decode_ctx = first + n > h->decode_ctx ? first + n : h->decode_ctx;
+        }
         S++;
     }
     h->starts[S] = t;
@@ -852,7 +860,8 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
     anvil_tensor vch = kch;
     vch.data = e->vc_h;
     anvil_step sh = {.n_tokens = h.T, .n_seqs = h.S, .max_blocks_per_seq = e->MB, .block_size = c->block_size,
-                     .max_context = h.max_ctx, .token_ids = h.ids, .positions = h.pos, .seq_of_token = h.seq_of,
+                     .max_context = h.max_ctx, .n_decode = h.n_decode, .decode_max_context = h.decode_ctx,
+                     .token_ids = h.ids, .positions = h.pos, .seq_of_token = h.seq_of,
                      .seq_starts = h.starts, .seq_lens = h.lens, .block_tables = h.tables, .slots = h.slots};
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     anvil_attention_args ah = {.q = &qh, .k = &kh, .v = &vh, .k_cache = &kch, .v_cache = &vch, .out = &oh,

@@ -10,7 +10,11 @@
  *   - any other batch takes the tiled kernel, which loads each K/V tile
  *     once for all the query rows of a run of tokens: on tensor cores
  *     (cuda_attn_prefill_mma.cu) for bf16/f16 with head_dim a multiple of
- *     16 up to 128, else in f32 SIMT (the exact mode among others).
+ *     16 up to 128, else in f32 SIMT (the exact mode among others);
+ *   - a mixed step whose leading sequences bring one token each
+ *     (step->n_decode, as the executor plans decodes first) takes both on
+ *     tensor cores: the decode kernel for those rows, the tiled one for
+ *     the rest.
  * Both are correct for any batch; the knobs of cuda_backend.h pin either.
  */
 #include <math.h>
@@ -101,6 +105,36 @@ static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, in
         *n_splits = 1;
 }
 
+/* The per-token split-K kernel over a's tokens (each one of a sequence's
+ * last), the context split by the cost model for contexts up to `span`. */
+static anvil_status launch_decode(anvil_cuda_backend *cb, anvil_cuda_attn *a, anvil_cuda_attn_kernel kernel,
+                                  int32_t span)
+{
+    if (a->window > 0 && a->window < span)
+        span = a->window;
+    const int group = a->n_heads / a->n_kv_heads;
+    const int mma = kernel == ANVIL_CUDA_ATTN_DECODE && anvil_cuda_attn_decode_mma_ok(a);
+    int32_t n_splits = 1, split_len = span;
+    const int stages = cb->knobs.attn_decode_stages == 3 ? 3 : 2;
+    if (mma) {
+        /* 64-key tiles: a split shorter than one leaves warps idle */
+        const int64_t blocks = (int64_t)a->n_tokens * a->n_kv_heads * ((group + 15) / 16);
+        choose_splits(cb, blocks, decode_mma_occupancy(cb, a, stages), 64, cb->knobs.attn_splits > 0 ? 1 : 64, span,
+                      &n_splits, &split_len);
+    } else {
+        const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+        const int64_t blocks = (int64_t)a->n_tokens * a->n_kv_heads * ((group + rd - 1) / rd);
+        choose_splits(cb, blocks, decode_occupancy(cb, a), MIN_KEYS_PER_SPLIT, 1, span, &n_splits, &split_len);
+    }
+    if (n_splits > 1)
+        TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(a, n_splits),
+                               "attention: split-K workspace"));
+    if (mma)
+        return anvil_cuda_launch_attn_decode_mma(cb->stream, a, n_splits, split_len, (float *)cb->attn_ws, stages,
+                                                 cb->smem_optin);
+    return anvil_cuda_launch_attn_decode(cb->stream, a, n_splits, split_len, (float *)cb->attn_ws);
+}
+
 anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_args *args)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
@@ -136,35 +170,29 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         TRY(anvil_cuda_launch_kv_write(cb->stream, &a));
 
     anvil_cuda_attn_kernel kernel = cb->knobs.attn_kernel;
+    if (kernel == ANVIL_CUDA_ATTN_AUTO && st->n_tokens != st->n_seqs && st->n_decode > 0 &&
+        st->n_decode < st->n_seqs && anvil_cuda_attn_prefill_mma_ok(&a) && anvil_cuda_attn_decode_mma_ok(&a)) {
+        /* a mixed step, decodes first: in the tiled kernel a block would
+         * take 64 / group of the decode rows one after another, each alone
+         * in a 64-row tile; the decode kernel splits their contexts over
+         * the whole GPU instead. The rest goes tiled, its per-token arrays
+         * offset past the decode rows (sequence indices stay the step's). */
+        anvil_cuda_attn d = a, p = a;
+        d.n_tokens = st->n_decode;
+        TRY(launch_decode(cb, &d, ANVIL_CUDA_ATTN_DECODE, st->decode_max_context));
+        const size_t row = (size_t)a.n_heads * (size_t)a.head_dim * anvil_dtype_size(a.dt);
+        p.n_tokens = st->n_tokens - st->n_decode;
+        p.q = (const char *)a.q + (size_t)st->n_decode * row;
+        p.out = (char *)a.out + (size_t)st->n_decode * row;
+        p.positions = a.positions + st->n_decode;
+        p.seq_of_token = a.seq_of_token + st->n_decode;
+        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &p, cb->smem_optin);
+    }
     if (kernel == ANVIL_CUDA_ATTN_AUTO)
         kernel = st->n_tokens == st->n_seqs ? ANVIL_CUDA_ATTN_DECODE : ANVIL_CUDA_ATTN_PREFILL;
     if (kernel == ANVIL_CUDA_ATTN_PREFILL && anvil_cuda_attn_prefill_mma_ok(&a))
         return anvil_cuda_launch_attn_prefill_mma(cb->stream, &a, cb->smem_optin);
     if (kernel == ANVIL_CUDA_ATTN_PREFILL || kernel == ANVIL_CUDA_ATTN_PREFILL_SIMT)
         return anvil_cuda_launch_attn_prefill(cb->stream, &a, cb->smem_optin);
-
-    int32_t span = st->max_context;
-    if (a.window > 0 && a.window < span)
-        span = a.window;
-    const int group = a.n_heads / a.n_kv_heads;
-    const int mma = kernel == ANVIL_CUDA_ATTN_DECODE && anvil_cuda_attn_decode_mma_ok(&a);
-    int32_t n_splits = 1, split_len = span;
-    const int stages = cb->knobs.attn_decode_stages == 3 ? 3 : 2;
-    if (mma) {
-        /* 64-key tiles: a split shorter than one leaves warps idle */
-        const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + 15) / 16);
-        choose_splits(cb, blocks, decode_mma_occupancy(cb, &a, stages), 64, cb->knobs.attn_splits > 0 ? 1 : 64, span,
-                      &n_splits, &split_len);
-    } else {
-        const int rd = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
-        const int64_t blocks = (int64_t)a.n_tokens * a.n_kv_heads * ((group + rd - 1) / rd);
-        choose_splits(cb, blocks, decode_occupancy(cb, &a), MIN_KEYS_PER_SPLIT, 1, span, &n_splits, &split_len);
-    }
-    if (n_splits > 1)
-        TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(&a, n_splits),
-                               "attention: split-K workspace"));
-    if (mma)
-        return anvil_cuda_launch_attn_decode_mma(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws,
-                                                 stages, cb->smem_optin);
-    return anvil_cuda_launch_attn_decode(cb->stream, &a, n_splits, split_len, (float *)cb->attn_ws);
+    return launch_decode(cb, &a, kernel, st->max_context);
 }
