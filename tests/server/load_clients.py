@@ -20,6 +20,9 @@ import json
 import threading
 import time
 
+# --input-len: prompts of this many token ids (as `anvil bench` makes them) instead of a short text
+INPUT_LEN = 0
+
 
 def one(port, path, body, key, timeout=600):
     """One streamed request. Returns (ok, ttft_s, event stamps, completion_tokens, status or error)."""
@@ -88,6 +91,7 @@ def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=Fal
         start.wait()
         for r in range(requests):
             text = f"Once upon a time {i} {r}"
+            ids = [100 + (i * 7919 + r * 104729 + j * 31337) % 7000 for j in range(INPUT_LEN)]
             body = {"max_tokens": max_tokens, "ignore_eos": True, "stream": True,
                     "stream_options": {"include_usage": True}}
             body.update({"temperature": 0} if greedy else {"temperature": 0.8, "seed": i * 1000 + r})
@@ -96,7 +100,7 @@ def run_load(port, clients, requests, max_tokens, key="", model=None, greedy=Fal
             if chat:
                 body["messages"] = [{"role": "user", "content": text}]
             else:
-                body["prompt"] = text
+                body["prompt"] = ids if INPUT_LEN else text
             ok, first, stamps, n, err = one(port, "/v1/chat/completions" if chat else "/v1/completions", body, key)
             with lock:
                 if not ok:
@@ -162,7 +166,8 @@ def scrape_metrics(port, key=""):
 
 
 def report(a, res):
-    print(f"clients {a.clients} x {a.requests} requests, {a.max_tokens} tokens each: {res['wall']:.2f} s, "
+    print(f"clients {a.clients} x {a.requests} requests, {a.input_len or 'a short text of'} prompt tokens, "
+          f"{a.max_tokens} tokens each: {res['wall']:.2f} s, "
           f"{res['ok']} ok, {len(res['errors'])} errors {sorted(set(res['errors']))[:3]}")
     print(f"throughput {res['tokens'] / res['wall']:.0f} generated tokens/s, {res['ok'] / res['wall']:.1f} requests/s")
     t, i = res["ttft"], res["itl"]
@@ -184,7 +189,13 @@ def main():
     ap.add_argument("--metrics", action="store_true",
                     help="scrape /metrics before and after: server CPU / process CPU, and no request left")
     ap.add_argument("--procs", type=int, default=1, help="spread the clients over this many processes")
+    ap.add_argument("--input-len", type=int, default=0,
+                    help="prompts of this many token ids (100..7099, different for every request) instead of a text")
     a = ap.parse_args()
+    if a.input_len and a.chat:
+        ap.error("--input-len sends token ids: only with /v1/completions (not --chat)")
+    global INPUT_LEN
+    INPUT_LEN = a.input_len
     before = scrape_metrics(a.port, a.api_key) if a.metrics else None
     res = run_load(a.port, a.clients, a.requests, a.max_tokens, a.api_key, a.model, a.greedy, a.chat, a.procs)
     report(a, res)
