@@ -28,7 +28,11 @@ TEMPLATE = SHARED / "chat_templates" / "microsoft-Phi-3.5-mini-instruct.jinja"
 KEY = "sk-browser"
 CHROMIUM = shutil.which("chromium-headless-shell") or shutil.which("chromium")
 
+# The page's <img src="/wait"> holds its load event, and so Chromium's
+# --dump-dom, until the script has posted /done to the page's own server:
+# the DOM is read once the stream is over.
 PAGE = """<!doctype html><html><body><div id="out"></div><div id="status">running</div><div id="rid"></div>
+<img src="/wait" alt="">
 <script>
 (async () => {
   const status = document.getElementById("status");
@@ -57,6 +61,7 @@ PAGE = """<!doctype html><html><body><div id="out"></div><div id="status">runnin
   } catch (e) {
     status.textContent = "error " + e;
   }
+  await fetch("/done", {method: "POST"});
 })();
 </script></body></html>"""
 
@@ -104,9 +109,21 @@ class PageServer:
 
     def __init__(self, html, port):
         page = html.encode()
+        done = threading.Event()
 
         class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                done.set()
+                self.send_response(204)
+                self.end_headers()
+
             def do_GET(self):
+                if self.path == "/wait":
+                    done.wait(90)
+                    done.clear()  # (the next load of the page waits again)
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(page)))
@@ -127,7 +144,7 @@ class PageServer:
 
 def dump_dom(url):
     r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                        "--virtual-time-budget=30000", "--dump-dom", url],
+                        "--dump-dom", url],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return {k: html.unescape(re.search(f'<div id="{k}">(.*?)</div>', r.stdout, re.S).group(1))
