@@ -10,7 +10,8 @@
  *   the first request with a schema), warm (the same walks again: later
  *   requests with that schema), and without the cache (cache_frames 0).
  *
- *   usage: bench_grammar [--shared DIR] [--walks N] [--tokens N] [--only NAME]
+ *   usage: bench_grammar [--shared DIR] [--walks N] [--tokens N] [--only NAME] [--frames N]
+ *   (--frames: the mask cache's cache_frames, default the library's)
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -155,16 +156,19 @@ static void walks(const anvil_grammar *g, const anvil_grammar_vocab *v, int n_wa
 int main(int argc, char **argv)
 {
     const char *shared = "/work/shared", *only = NULL;
-    int n_walks = 4, n_tokens = 200;
+    int n_walks = 4, n_tokens = 200, frames = -1;
     static const struct option opts[] = {{"shared", 1, 0, 's'}, {"walks", 1, 0, 'w'}, {"tokens", 1, 0, 't'},
-                                         {"only", 1, 0, 'o'},   {0, 0, 0, 0}};
+                                         {"only", 1, 0, 'o'},   {"frames", 1, 0, 'f'}, {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
         case 's': shared = optarg; break;
         case 'w': n_walks = atoi(optarg); break;
         case 't': n_tokens = atoi(optarg); break;
         case 'o': only = optarg; break;
-        default: fprintf(stderr, "usage: bench_grammar [--shared DIR] [--walks N] [--tokens N] [--only NAME]\n"); return 2;
+        case 'f': frames = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: bench_grammar [--shared DIR] [--walks N] [--tokens N] [--only NAME] [--frames N]\n");
+            return 2;
         }
     }
     static const char *const vocabs[] = {"models/tinycode", "tokenizers/llama2", "tokenizers/llama3"};
@@ -182,7 +186,7 @@ int main(int argc, char **argv)
                 stop = i;
         double t0 = now_s();
         anvil_grammar_vocab *v;
-        if (anvil_grammar_vocab_from_tokenizer(tok, &stop, stop >= 0, &v) != ANVIL_OK) {
+        if (anvil_grammar_vocab_from_tokenizer(tok, 0, &stop, stop >= 0, &v) != ANVIL_OK) {
             fprintf(stderr, "%s\n", anvil_last_error());
             return 1;
         }
@@ -194,6 +198,8 @@ int main(int argc, char **argv)
                 continue;
             anvil_grammar_options o;
             anvil_grammar_options_default(&o);
+            if (frames >= 0)
+                o.cache_frames = frames;
             anvil_grammar *g;
             int reps = 20;
             double c0 = now_s();

@@ -6,7 +6,7 @@
  * bitmask the sampler applies to the logits).
  *
  *     anvil_grammar_vocab *v;       // once per tokenizer
- *     anvil_grammar_vocab_from_tokenizer(tok, eos_ids, n_eos, &v);
+ *     anvil_grammar_vocab_from_tokenizer(tok, model_vocab_size, eos_ids, n_eos, &v);
  *     anvil_grammar *g;             // once per schema, shared by requests
  *     if (anvil_grammar_compile_json_schema(v, schema, strlen(schema), NULL, &g) != ANVIL_OK)
  *         reply_400(anvil_last_error());
@@ -71,11 +71,14 @@ void anvil_grammar_options_default(anvil_grammar_options *o);
  * The vocabulary a grammar masks: the bytes of every token
  * (anvil_tokenizer_token_bytes), arranged as a byte trie. Special tokens
  * are never allowed by a grammar, except stop_ids (EOS, EOT, ...: n_stop of
- * them, copied), which are allowed exactly when the output may end. tok is
- * borrowed for the call only. *out is taken by the caller; NULL on failure.
+ * them, copied), which are allowed exactly when the output may end.
+ * n_vocab: the mask's size, the model's vocabulary (its logits, often padded
+ * past the tokenizer's ids: those ids are never allowed); 0 means the
+ * tokenizer's. tok is borrowed for the call only. *out is taken by the
+ * caller; NULL on failure.
  */
-anvil_status anvil_grammar_vocab_from_tokenizer(const anvil_tokenizer *tok, const int32_t *stop_ids, int n_stop,
-                                                anvil_grammar_vocab **out);
+anvil_status anvil_grammar_vocab_from_tokenizer(const anvil_tokenizer *tok, int32_t n_vocab, const int32_t *stop_ids,
+                                                int n_stop, anvil_grammar_vocab **out);
 
 /*
  * The same from token bytes: n_vocab tokens, token i is bytes[i] (lens[i]

@@ -129,8 +129,8 @@ fail:
     return st;
 }
 
-anvil_status anvil_grammar_vocab_from_tokenizer(const anvil_tokenizer *tok, const int32_t *stop_ids, int n_stop,
-                                                anvil_grammar_vocab **out)
+anvil_status anvil_grammar_vocab_from_tokenizer(const anvil_tokenizer *tok, int32_t n_vocab, const int32_t *stop_ids,
+                                                int n_stop, anvil_grammar_vocab **out)
 {
     CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "out must not be NULL");
     *out = NULL;
@@ -140,11 +140,15 @@ anvil_status anvil_grammar_vocab_from_tokenizer(const anvil_tokenizer *tok, cons
     while (anvil_tokenizer_token_text(tok, (int32_t)n) != NULL)
         n++;
     CHECK(n > 0 && n < INT32_MAX, ANVIL_ERR_INVALID_ARG, "bad vocabulary size %lld", (long long)n);
+    CHECK(n_vocab >= 0, ANVIL_ERR_INVALID_ARG, "bad vocabulary size %d", (int)n_vocab);
+    int64_t n_tok = n;
+    if (n_vocab > 0)
+        n = n_vocab; /* ids past the tokenizer's are never allowed; tokens past n_vocab cannot be sampled */
     anvil_status st = ANVIL_OK;
     char **bytes = calloc((size_t)n, sizeof *bytes);
     size_t *lens = calloc((size_t)n, sizeof *lens);
     CHECK_GOTO(bytes && lens, ANVIL_ERR_OOM, done, "out of memory");
-    for (int32_t i = 0; i < (int32_t)n; i++) {
+    for (int32_t i = 0; i < (int32_t)n && i < n_tok; i++) {
         if (!anvil_tokenizer_token_text(tok, i) || anvil_tokenizer_is_special(tok, i))
             continue;
         TRY_GOTO(anvil_tokenizer_token_bytes(tok, i, &bytes[i], &lens[i]), done);

@@ -55,7 +55,7 @@ static inline anvil_grammar_vocab *gt_tok_vocab(const char *rel, anvil_tokenizer
             stop = i;
     assert_true(stop >= 0);
     anvil_grammar_vocab *v;
-    OK(anvil_grammar_vocab_from_tokenizer(tok, &stop, 1, &v));
+    OK(anvil_grammar_vocab_from_tokenizer(tok, 0, &stop, 1, &v));
     if (tok_out)
         *tok_out = tok;
     else

@@ -159,7 +159,7 @@ int main(int argc, char **argv)
         if (anvil_tokenizer_token_text(tok, i) && anvil_tokenizer_is_special(tok, i))
             stop = i;
     anvil_grammar_vocab *v;
-    if (anvil_grammar_vocab_from_tokenizer(tok, &stop, stop >= 0, &v) != ANVIL_OK)
+    if (anvil_grammar_vocab_from_tokenizer(tok, 0, &stop, stop >= 0, &v) != ANVIL_OK)
         die("vocabulary");
     char *line = NULL;
     size_t cap = 0;

@@ -154,12 +154,31 @@ static void test_copy_and_cache_sharing(void **state)
     anvil_grammar_free(g);
 }
 
+/* A model's vocabulary padded past the tokenizer's ids: the padding is never allowed. */
+static void test_padded_vocab(void **state)
+{
+    (void)state;
+    int32_t n_tok = anvil_grammar_vocab_size(g_vocab[0]), stop = g_vocab[0]->stop[0];
+    anvil_grammar_vocab *v;
+    OK(anvil_grammar_vocab_from_tokenizer(g_tok[0], n_tok + 77, &stop, 1, &v));
+    assert_int_equal(anvil_grammar_vocab_size(v), n_tok + 77);
+    anvil_grammar *g = compile(v, 1, 4);
+    uint64_t rng = 11;
+    char *out;
+    size_t len;
+    gt_walk(g, v, &rng, 12, &out, &len, 3);
+    free(out);
+    anvil_grammar_free(g);
+    anvil_grammar_vocab_free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_token_bytes),
         cmocka_unit_test(test_mask_brute_force),
         cmocka_unit_test(test_copy_and_cache_sharing),
+        cmocka_unit_test(test_padded_vocab),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
