@@ -701,7 +701,9 @@ int anvil_cmd_bench(int argc, char **argv)
     if (m.steps > 0)
         printf("  overlap scheduler          %s: %lld of %lld steps launched beside the one before, %.3f ms of "
                "schedule + tokens a step hidden under the device\n",
-               a.eo.ex.enable_overlap == ANVIL_OVERLAP_OFF ? "off" : "on where it applies",
+               a.eo.ex.enable_overlap == ANVIL_OVERLAP_OFF      ? "off (--no-overlap)"
+               : a.eo.ex.enable_overlap == ANVIL_OVERLAP_ALWAYS ? "always (--overlap)"
+                                                                : "auto",
                (long long)m.overlap_steps, (long long)m.steps, 1e3 * m.overlapped_s / (double)m.steps);
 
     if (a.json_path) {
