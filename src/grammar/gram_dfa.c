@@ -146,7 +146,7 @@ static anvil_status seen_add(gram_dfa *d, const int32_t *s, int32_t len, int *fr
 }
 
 /* Expands everything on the work list into d->out (class-topped stacks). */
-static anvil_status expand(gram_dfa *d, int *accept, int *popped)
+static anvil_status expand(gram_dfa *d, int *accept, int *popped, int *deep)
 {
     const gram *g = d->g;
     int32_t *tmp = NULL;
@@ -193,8 +193,10 @@ static anvil_status expand(gram_dfa *d, int *accept, int *popped)
                 base = len - 1; /* a tail call: the frame is done */
             else
                 tmp[len - 1] = top + 1;
-            if (base + 1 > d->max_depth)
-                continue; /* deeper than max_stack_depth: not generated */
+            if (base + 1 > d->max_depth) {
+                *deep = 1; /* deeper than max_depth: not generated (a cut walk marks such tokens uncertain) */
+                continue;
+            }
             for (int32_t a = g->rule_alt0[r + 1] - 1; a >= g->rule_alt0[r]; a--)
                 TRY_GOTO(work_push(d, tmp, base, g->alt_start[a]), done);
         }
@@ -234,12 +236,12 @@ static anvil_status ht_grow(gram_dfa *d)
 }
 
 /* Interns d->out (stacks in d->seen) with the flags; *id its state. */
-static anvil_status intern(gram_dfa *d, int accept, int popped, int32_t *id)
+static anvil_status intern(gram_dfa *d, int accept, int popped, int deep, int32_t *id)
 {
     const int32_t *base = d->seen;
     gram_stk *o = d->out;
     size_t n = d->n_out;
-    if (n == 0 && !accept && !popped && d->n_st > 0) {
+    if (n == 0 && !accept && !popped && !deep && d->n_st > 0) {
         *id = 0;
         return ANVIL_OK;
     }
@@ -253,7 +255,7 @@ static anvil_status intern(gram_dfa *d, int accept, int popped, int32_t *id)
         }
         o[j] = x;
     }
-    uint64_t h = 1469598103934665603ull ^ ((uint64_t)accept << 1 | (uint64_t)popped);
+    uint64_t h = 1469598103934665603ull ^ ((uint64_t)accept << 1 | (uint64_t)popped | (uint64_t)deep << 2);
     for (size_t i = 0; i < n; i++)
         h = hash_ints(base + o[i].off, o[i].len, h ^ (uint64_t)o[i].len);
     h ^= n;
@@ -262,7 +264,7 @@ static anvil_status intern(gram_dfa *d, int accept, int popped, int32_t *id)
     size_t j = h & (d->ht_cap - 1);
     for (; d->ht[j] >= 0; j = (j + 1) & (d->ht_cap - 1)) {
         const gram_dstate *s = &d->st[d->ht[j]];
-        if (s->hash != h || (size_t)s->n != n || s->accept != accept || s->popped != popped)
+        if (s->hash != h || (size_t)s->n != n || s->accept != accept || s->popped != popped || s->deep != deep)
             continue;
         size_t i = 0;
         for (; i < n; i++) {
@@ -298,6 +300,7 @@ static anvil_status intern(gram_dfa *d, int accept, int popped, int32_t *id)
     s->n = (int32_t)n;
     s->accept = (uint8_t)accept;
     s->popped = (uint8_t)popped;
+    s->deep = (uint8_t)deep;
     s->hash = h;
     for (size_t i = 0; i < n; i++) {
         memcpy(d->data + d->n_data, base + o[i].off, (size_t)o[i].len * sizeof *d->data);
@@ -318,7 +321,7 @@ static anvil_status ensure_dead(gram_dfa *d)
         return ANVIL_OK;
     scratch_reset(d);
     int32_t id;
-    TRY(intern(d, 0, 0, &id)); /* state 0: no stack, nothing accepted */
+    TRY(intern(d, 0, 0, 0, &id)); /* state 0: no stack, nothing accepted */
     return ANVIL_OK;
 }
 
@@ -329,9 +332,9 @@ anvil_status gram_dfa_start(gram_dfa *d, const int32_t *const *stacks, const int
     scratch_reset(d);
     for (int i = n - 1; i >= 0; i--)
         TRY(work_push(d, stacks[i], lens[i], GRAM_END));
-    int popped = 0;
-    TRY(expand(d, &accept, &popped));
-    return intern(d, accept, popped, state);
+    int popped = 0, deep = 0;
+    TRY(expand(d, &accept, &popped, &deep));
+    return intern(d, accept, popped, deep, state);
 }
 
 anvil_status gram_dfa_step(gram_dfa *d, int32_t s, uint8_t c, int32_t *next)
@@ -352,9 +355,9 @@ anvil_status gram_dfa_step(gram_dfa *d, int32_t s, uint8_t c, int32_t *next)
             continue;
         TRY(work_push(d, p, a->len - 1, top + 1));
     }
-    int accept = 0, popped = 0;
-    TRY(expand(d, &accept, &popped));
-    TRY(intern(d, accept, popped, &t));
+    int accept = 0, popped = 0, deep = 0;
+    TRY(expand(d, &accept, &popped, &deep));
+    TRY(intern(d, accept, popped, deep, &t));
     d->trans[(size_t)s * 256 + c] = t;
     *next = t;
     return ANVIL_OK;

@@ -151,6 +151,7 @@ typedef struct gram_dstate {
     int32_t n;
     uint8_t accept; /* an empty stack: the output may end here */
     uint8_t popped; /* a cut stack returned onto GRAM_BOTTOM */
+    uint8_t deep;   /* a parse was dropped for going past max_depth */
     uint64_t hash;
 } gram_dstate;
 

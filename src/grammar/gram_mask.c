@@ -24,6 +24,13 @@
 
 /* ------------------------------------------------------------ the trie walk */
 
+/* Frames a cut walk's stacks may reach: the kept frames, the bottom mark,
+ * and room for what one token pushes (past it, tokens become uncertain). */
+static int32_t gram_cut_depth(const anvil_grammar_options *o)
+{
+    return o->cache_frames + 1 + 48;
+}
+
 typedef struct ivec {
     int32_t *p;
     size_t n, cap;
@@ -53,7 +60,7 @@ typedef struct walk_frame {
  * indices). frames: scratch of vocab.max_len + 2.
  */
 static anvil_status walk(gram_dfa *d, const anvil_grammar_vocab *v, int32_t s0, ivec *acc, uint32_t *words,
-                         ivec *unc, walk_frame *fr)
+                         ivec *unc, walk_frame *fr, int cut)
 {
     int sp = 0;
     fr[0].node = 0;
@@ -74,7 +81,9 @@ static anvil_status walk(gram_dfa *d, const anvil_grammar_vocab *v, int32_t s0, 
         TRY(gram_dfa_step(d, f->state, t->byte, &ns));
         const gram_dstate *ds = &d->st[ns];
         int ok = ds->n > 0 || ds->accept || ds->popped;
-        int u = f->unc || ds->popped;
+        /* a cut walk's depth limit is tighter than the real one: what it dropped is uncertain */
+        int deep = cut && ds->deep;
+        int u = f->unc || ds->popped || deep;
         for (int32_t k = t->lo; k < t->lo + t->n_here; k++) {
             if (ok) {
                 int32_t id = v->sorted[k];
@@ -82,7 +91,7 @@ static anvil_status walk(gram_dfa *d, const anvil_grammar_vocab *v, int32_t s0, 
                     words[id >> 5] |= 1u << (id & 31);
                 else
                     TRY(ivec_push(acc, id));
-            } else if (f->unc) {
+            } else if (f->unc || deep) {
                 TRY(ivec_push(unc, k));
             }
         }
@@ -186,7 +195,7 @@ static anvil_status entry_compute(const anvil_grammar *g, const int32_t *key, in
     const anvil_grammar_vocab *v = g->v;
     anvil_status st = ANVIL_OK;
     gram_dfa d;
-    gram_dfa_init(&d, &g->g, g->o.max_stack_depth, g->o.max_stacks);
+    gram_dfa_init(&d, &g->g, gram_cut_depth(&g->o), g->o.max_stacks);
     ivec acc = {0}, unc = {0};
     const int32_t **stacks = NULL;
     int32_t *lens = NULL;
@@ -203,7 +212,7 @@ static anvil_status entry_compute(const anvil_grammar *g, const int32_t *key, in
     }
     int32_t s0;
     TRY_GOTO(gram_dfa_start(&d, stacks, lens, n_st, 0, &s0), fail);
-    TRY_GOTO(walk(&d, v, s0, &acc, NULL, &unc, fr), fail);
+    TRY_GOTO(walk(&d, v, s0, &acc, NULL, &unc, fr, 1), fail);
     e->hash = h;
     e->n_key = n_key;
     e->key = malloc((size_t)n_key * sizeof *e->key);
@@ -241,12 +250,24 @@ fail:
 
 /* ------------------------------------------------------------ fill */
 
-/* The cut key of the matcher's state into m->cut; *n its length. */
+/* The cut key of the matcher's state into m->cut; *n its length, 0 when a
+ * stack is too deep for a cut walk (gram_cut_depth) and the mask must be a
+ * full walk. */
 static anvil_status cut_key(anvil_grammar_matcher *m, int32_t *n)
 {
     const gram_dfa *d = &m->dfa;
     const gram_dstate *s = &d->st[m->state];
     int32_t frames = m->g->o.cache_frames;
+    /* a cut walk allows gram_cut_depth frames; the real stack must allow at least as many */
+    int32_t limit = gram_cut_depth(&m->g->o);
+    for (int32_t k = 0; k < s->n; k++) {
+        int32_t len = d->stk[s->first + (size_t)k].len;
+        int32_t cutoff = len > frames ? len - frames : 0;
+        if (m->g->o.max_stack_depth - cutoff + 1 < limit) {
+            *n = 0;
+            return ANVIL_OK;
+        }
+    }
     size_t need = 1;
     for (int32_t k = 0; k < s->n; k++)
         need += 2 + (size_t)(d->stk[s->first + (size_t)k].len < frames ? d->stk[s->first + (size_t)k].len : frames);
@@ -318,17 +339,19 @@ anvil_status gram_mask_fill(anvil_grammar_matcher *m, uint32_t *words)
 {
     anvil_grammar *g = (anvil_grammar *)m->g;
     const anvil_grammar_vocab *v = g->v;
-    if (g->o.cache_frames <= 0) {
+    int32_t n_key = 0;
+    if (g->o.cache_frames > 0)
+        TRY(cut_key(m, &n_key));
+    if (n_key == 0) {
+        /* no cache (or a stack near max_stack_depth): one walk of the trie from the full state */
         walk_frame *fr = malloc(((size_t)v->max_len + 2) * sizeof *fr);
         CHECK(fr, ANVIL_ERR_OOM, "out of memory");
         ivec unc = {0};
-        anvil_status st = walk(&m->dfa, v, m->state, NULL, words, &unc, fr);
+        anvil_status st = walk(&m->dfa, v, m->state, NULL, words, &unc, fr, 0);
         free(fr);
         free(unc.p);
         return st;
     }
-    int32_t n_key = 0;
-    TRY(cut_key(m, &n_key));
     uint64_t h = key_hash(m->cut, n_key);
     pthread_mutex_lock(&g->lock);
     gram_mask_entry *e = cache_find(g, m->cut, n_key, h);

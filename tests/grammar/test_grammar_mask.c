@@ -154,6 +154,37 @@ static void test_copy_and_cache_sharing(void **state)
     anvil_grammar_free(g);
 }
 
+/* Near max_stack_depth the cached masks still equal the brute force: a cut
+ * walk's depth limit is tighter than the real one and what it drops is
+ * uncertain; deeper still, the mask is a full walk. */
+static void test_masks_near_depth_limit(void **state)
+{
+    (void)state;
+    anvil_grammar_vocab *v = g_vocab[0];
+    anvil_grammar_options o;
+    anvil_grammar_options_default(&o);
+    o.max_stack_depth = 100;
+    o.max_whitespace = 0;
+    anvil_grammar *g;
+    OK(anvil_grammar_compile_json_object(v, &o, &g));
+    anvil_grammar_matcher *m;
+    OK(anvil_grammar_matcher_create(g, &m));
+    OK(anvil_grammar_matcher_accept_bytes(m, "{\"a\":", 5));
+    uint32_t *w = calloc(anvil_grammar_vocab_mask_words(v), 4);
+    int depth = 0;
+    for (; depth < 60; depth++) {
+        if (depth % 3 == 0 || depth > 20)
+            gt_check_mask(v, m, w);
+        if (anvil_grammar_matcher_accept_bytes(m, "[", 1) != ANVIL_OK)
+            break;
+    }
+    assert_true(depth > 10 && depth < 60); /* the limit was reached */
+    gt_check_mask(v, m, w);
+    free(w);
+    anvil_grammar_matcher_free(m);
+    anvil_grammar_free(g);
+}
+
 /* A model's vocabulary padded past the tokenizer's ids: the padding is never allowed. */
 static void test_padded_vocab(void **state)
 {
@@ -179,6 +210,7 @@ int main(void)
         cmocka_unit_test(test_mask_brute_force),
         cmocka_unit_test(test_copy_and_cache_sharing),
         cmocka_unit_test(test_padded_vocab),
+        cmocka_unit_test(test_masks_near_depth_limit),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
