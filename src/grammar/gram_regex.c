@@ -39,8 +39,8 @@ static int parse_braces(rx *x, int *min, int *max)
         i++;
         nd++;
     }
-    if (nd == 0)
-        return 0;
+    if (nd == 0 && !(i < x->s.n && x->s.p[i] == ',' && i + 1 < x->s.n && x->s.p[i + 1] >= '0' && x->s.p[i + 1] <= '9'))
+        return 0; /* a literal '{' (but {,n} is {0,n}, as in Python) */
     if (i < x->s.n && x->s.p[i] == '}') {
         bnd = a;
     } else if (i < x->s.n && x->s.p[i] == ',') {
@@ -117,7 +117,7 @@ static anvil_status parse_atom(rx *x, int32_t *elem, int *got)
         if (st == ANVIL_OK && cp != UINT32_MAX)
             st = gram_ranges_add(&rs, cp, cp);
     } else {
-        CHECK(c != '*' && c != '+' && c != '?' && c != '{' ? 1 : 0, ANVIL_ERR_INVALID_ARG,
+        CHECK(c != '*' && c != '+' && c != '?', ANVIL_ERR_INVALID_ARG,
               "regular expression: nothing to repeat at byte %zu", x->s.i);
         uint32_t cp;
         st = gram_cp_next(&x->s, &cp);

@@ -43,6 +43,7 @@ static void test_regex(void **state)
         {"a.c", {{"abc", 1}, {"a\xe2\x9c\x93" "c", 1}, {"a\nc", 0}, {"ac", 0}}},
         {"(a*)*b", {{"b", 1}, {"aaab", 1}, {"aa", 0}}},
         {"x{0}y{2,}", {{"yy", 1}, {"yyyy", 1}, {"xyy", 0}, {"y", 0}}},
+        {"a{,2}b{c", {{"b{c", 1}, {"aab{c", 1}, {"aaab{c", 0}}},
         {"(?:a|b)(?P<n>c)\\.", {{"ac.", 1}, {"bc.", 1}, {"acx", 0}}},
     };
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
