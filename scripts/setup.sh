@@ -5,9 +5,10 @@
 #   scripts/setup.sh          build dependencies
 #   scripts/setup.sh --test   also the test dependencies and .venv
 #   scripts/setup.sh --browser  also a headless Chromium for
-#                             tests/python/test_server_browser.py (about 130
-#                             Debian packages, 220 MB: .ci/run installs it;
-#                             without it that one test is skipped locally)
+#                             tests/python/test_server_browser.py (Debian's
+#                             chromium-headless-shell, about 220 MB installed:
+#                             .ci/run installs it; without it that one test
+#                             is skipped outside CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,6 @@ if [ $want_test = 1 ]; then
 else
   pkgs+=(libcmocka-dev)   # the test executables are part of the default build
 fi
-if [ $want_browser = 1 ]; then pkgs+=(chromium-headless-shell); fi
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -40,6 +40,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" != 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# the browser alone, without its Recommends (a desktop's worth: printing,
+# samba, perl, GTK): its Depends run it headless
+if [ $want_browser = 1 ] && ! dpkg-query -W -f='${Status}' chromium-headless-shell 2>/dev/null | grep -q "install ok installed"; then
+  echo "setup: installing chromium-headless-shell"
+  SUDO=""
+  [ "$(id -u)" != 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null
 fi
 
 if [ $want_test = 1 ]; then
