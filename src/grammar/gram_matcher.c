@@ -13,7 +13,7 @@
 #include "core/error.h"
 #include "grammar/gram_internal.h"
 
-#define MATCHER_MAX_STATES 4096
+#define MATCHER_MAX_STATES 1024 /* about 1.2 MiB of transitions at most */
 
 static anvil_status matcher_new(const anvil_grammar *g, anvil_grammar_matcher **out)
 {

@@ -326,6 +326,38 @@ static void test_matcher_api(void **state)
     anvil_grammar_vocab_free(NULL);
 }
 
+/* A long output with many distinct states (each count of a bounded
+ * repetition is one) makes the matcher rebuild its DFA around its state
+ * (past 1024 states): it goes on exactly. */
+static void test_matcher_rebuild(void **state)
+{
+    (void)state;
+    anvil_grammar_vocab *v = gt_byte_vocab();
+    anvil_grammar *g = regex(v, "(ab){0,1500}c");
+    anvil_grammar_matcher *m;
+    OK(anvil_grammar_matcher_create(g, &m));
+    int rebuilt = 0;
+    for (int i = 0; i < 1500; i++) {
+        int32_t before = m->dfa.n_st;
+        OK(anvil_grammar_matcher_accept_bytes(m, "ab", 2));
+        rebuilt |= m->dfa.n_st < before;
+        if (i == 1200) {
+            uint32_t w[9];
+            gt_check_mask(v, m, w);
+        }
+    }
+    assert_true(rebuilt);
+    assert_true(m->dfa.n_st <= 1024 + 1);
+    assert_int_equal(anvil_grammar_matcher_accept_bytes(m, "a", 1), ANVIL_ERR_INVALID_ARG); /* 1500 is the most */
+    assert_false(anvil_grammar_matcher_can_end(m));
+    OK(anvil_grammar_matcher_accept_bytes(m, "c", 1));
+    assert_true(anvil_grammar_matcher_can_end(m));
+    assert_true(anvil_grammar_matcher_is_done(m));
+    anvil_grammar_matcher_free(m);
+    anvil_grammar_free(g);
+    anvil_grammar_vocab_free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +365,7 @@ int main(void)
         cmocka_unit_test(test_ebnf),         cmocka_unit_test(test_ebnf_refused),
         cmocka_unit_test(test_choice),       cmocka_unit_test(test_json_schema),
         cmocka_unit_test(test_json_schema_refused), cmocka_unit_test(test_matcher_api),
+        cmocka_unit_test(test_matcher_rebuild),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
