@@ -77,8 +77,9 @@ static anvil_status walk(gram_dfa *d, const anvil_grammar_vocab *v, int32_t s0, 
         int32_t c = f->child;
         const gram_tnode *t = &v->trie[c];
         f->child = t->end;
-        int32_t ns;
-        TRY(gram_dfa_step(d, f->state, t->byte, &ns));
+        int32_t ns = d->trans[(size_t)f->state * 256 + t->byte]; /* the common case: known */
+        if (ns < 0)
+            TRY(gram_dfa_step(d, f->state, t->byte, &ns));
         const gram_dstate *ds = &d->st[ns];
         int ok = ds->n > 0 || ds->accept || ds->popped;
         /* a cut walk's depth limit is tighter than the real one: what it dropped is uncertain */
@@ -323,7 +324,10 @@ static anvil_status check_uncertain(anvil_grammar_matcher *m, const gram_mask_en
         int32_t s = ds[l];
         uint32_t k = l;
         for (; k < len && s != 0; k++) {
-            TRY(gram_dfa_step(&m->dfa, s, (uint8_t)p[k], &s));
+            int32_t t = m->dfa.trans[(size_t)s * 256 + (uint8_t)p[k]];
+            if (t < 0)
+                TRY(gram_dfa_step(&m->dfa, s, (uint8_t)p[k], &t));
+            s = t;
             ds[k + 1] = s;
         }
         valid = k;
