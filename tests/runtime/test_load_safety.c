@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "anvil/executor.h"
@@ -267,26 +268,41 @@ static void test_nonfinite_logits(void **st)
     anvil_tokenizer *tok = NULL;
     assert_int_equal(anvil_runtime_load(dir, &o, &rt), ANVIL_OK);
     assert_int_equal(anvil_tokenizer_load(dir, &tok), ANVIL_OK);
-    anvil_executor_options eo;
-    anvil_executor_options_default(&eo);
-    anvil_executor *ex = NULL;
-    assert_int_equal(anvil_executor_create(rt, tok, &eo, &ex), ANVIL_OK);
-    /* greedy and sampled on the backend's sampler, logprobs on the host's, beams */
-    const struct {
-        float t;
-        int32_t lp, beams;
-    } how[] = {{0.0f, -1, 1}, {0.8f, -1, 1}, {0.0f, 2, 1}, {0.0f, -1, 3}};
-    for (size_t i = 0; i < sizeof how / sizeof how[0]; i++) {
-        anvil_result *res = run_one(ex, how[i].t, how[i].lp, how[i].beams);
-        assert_int_equal(res->finish, ANVIL_REQUEST_ERROR);
-        assert_int_equal(res->status, ANVIL_ERR_FORMAT);
-        if (strstr(res->error, "non-finite logits") == NULL || strstr(res->error, "at step") == NULL)
-            fail_msg("case %zu: %s", i, res->error);
-        for (int32_t s = 0; s < res->n_sequences; s++)
-            assert_int_equal(res->sequences[s].n_tokens, 0); /* nothing sampled from garbage */
-        anvil_result_free(res);
+    /* the plain loop, and the overlap scheduler (a launched step's poisoned
+     * row feeds token 0 to the next launched step; the request fails when
+     * the row is taken, the next step's slot is dropped) */
+    for (int overlap = 0; overlap < 2; overlap++) {
+        anvil_executor_options eo;
+        anvil_executor_options_default(&eo);
+        eo.enable_overlap = overlap ? ANVIL_OVERLAP_ALWAYS : ANVIL_OVERLAP_OFF;
+        anvil_executor *ex = NULL;
+        assert_int_equal(anvil_executor_create(rt, tok, &eo, &ex), ANVIL_OK);
+        /* greedy and sampled on the backend's sampler, logprobs on the host's, beams */
+        const struct {
+            float t;
+            int32_t lp, beams;
+        } how[] = {{0.0f, -1, 1}, {0.8f, -1, 1}, {0.0f, 2, 1}, {0.0f, -1, 3}};
+        for (size_t i = 0; i < sizeof how / sizeof how[0]; i++) {
+            anvil_result *res = run_one(ex, how[i].t, how[i].lp, how[i].beams);
+            assert_int_equal(res->finish, ANVIL_REQUEST_ERROR);
+            assert_int_equal(res->status, ANVIL_ERR_FORMAT);
+            if (strstr(res->error, "non-finite logits") == NULL || strstr(res->error, "at step") == NULL)
+                fail_msg("overlap %d, case %zu: %s", overlap, i, res->error);
+            for (int32_t s = 0; s < res->n_sequences; s++)
+                assert_int_equal(res->sequences[s].n_tokens, 0); /* nothing sampled from garbage */
+            anvil_result_free(res);
+        }
+        anvil_executor_metrics m; /* every block back (the snapshot follows the step that ended it) */
+        for (int k = 0; k < 10000; k++) {
+            assert_int_equal(anvil_executor_stats(ex, &m), ANVIL_OK);
+            if (m.running == 0 && m.queued == 0)
+                break;
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        assert_int_equal(m.kv_blocks_used, 0);
+        anvil_executor_free(ex);
     }
-    anvil_executor_free(ex);
     /* anvil_generate */
     const int32_t prompt[3] = {1, 403, 407};
     anvil_generate_params gp = {.max_tokens = 4};
