@@ -213,6 +213,28 @@ static enum MHD_Result finish_generate(anvil_server *s, struct MHD_Connection *c
     pthread_mutex_unlock(&g->mu);
     if (!done)
         return MHD_YES;
+    /* KServe's binary tensors: a JSON header of that length, then the bytes */
+    json_t *hl = g->wire_ctx ? json_object_get(g->wire_ctx, "header_length") : NULL;
+    if (hl && g->http_status == 200) {
+        struct MHD_Response *r =
+            MHD_create_response_from_buffer(g->len, g->buf ? g->buf : (void *)"", MHD_RESPMEM_MUST_COPY);
+        if (r == NULL) {
+            gen_untrack(s, g);
+            cc->g = NULL;
+            return MHD_NO;
+        }
+        char n[24];
+        snprintf(n, sizeof n, "%" JSON_INTEGER_FORMAT, json_integer_value(hl));
+        MHD_add_response_header(r, "Content-Type", "application/octet-stream");
+        MHD_add_response_header(r, "Inference-Header-Content-Length", n);
+        srv_http_decorate(s, c, r);
+        enum MHD_Result ret = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r);
+        count_status(s, 200);
+        gen_untrack(s, g);
+        cc->g = NULL;
+        return ret;
+    }
     enum MHD_Result ret =
         send_buf(s, c, g->http_status, "application/json", g->buf ? g->buf : "", g->len, NULL);
     gen_untrack(s, g);
@@ -713,7 +735,38 @@ static enum MHD_Result send_no_model(anvil_server *s, struct MHD_Connection *c, 
     return send_error(s, c, status, msg, "invalid_request_error", "model", "model_not_found", NULL);
 }
 
-/* /v2/models/{name}[/versions/1][/ready|/config|/stats|/generate|/generate_stream]:
+/* POST /v2/models/{name}/infer: KServe tensors (JSON or binary) as a
+ * generate request, answered with the text_output tensor. */
+static enum MHD_Result serve_infer(anvil_server *s, struct MHD_Connection *c, const char *name, conn_ctx *cc)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+    char *end = NULL;
+    unsigned long long hl = h ? strtoull(h, &end, 10) : 0;
+    if (h && (end == h || *end != '\0'))
+        return send_error(s, c, 400, "Inference-Header-Content-Length must be a number of bytes",
+                          "invalid_request_error", NULL, "invalid_tensor", NULL);
+    json_t *gen = NULL, *ictx = NULL, *oai = NULL, *ctx = NULL, *err = NULL;
+    int status = 400;
+    enum MHD_Result r;
+    if (hl > cc->len)
+        r = send_error(s, c, 400, "Inference-Header-Content-Length is larger than the body",
+                       "invalid_request_error", NULL, "invalid_tensor", NULL);
+    else if (srv_triton_infer_map(cc->body ? cc->body : "", cc->len, (size_t)hl, &gen, &ictx, &status, &err) < 0)
+        r = send_json(s, c, status, err, NULL);
+    else if (srv_triton_map(gen, name, 0, &oai, &ctx, &status, &err) < 0)
+        r = send_json(s, c, status, err, NULL);
+    else {
+        json_object_update(ctx, ictx);
+        r = serve_generate(s, c, oai, 0, cc, &srv_triton_infer_wire, ctx, srv_triton_rename);
+    }
+    json_decref(gen);
+    json_decref(ictx);
+    json_decref(oai);
+    json_decref(ctx);
+    return r;
+}
+
+/* /v2/models/{name}[/versions/1][/ready|/config|/stats|/generate|/generate_stream|/infer]:
  * Triton's per-model endpoints (docs/server.md, "Triton's protocol"). */
 static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c, const char *url,
                                       const char *method, conn_ctx *cc)
@@ -727,7 +780,7 @@ static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c,
     if (pr == -2)
         return send_error(s, c, 404, "Unknown model version: every model has version 1 only",
                           "invalid_request_error", "version", "model_not_found", NULL);
-    int post = strncmp(verb, "generate", 8) == 0;
+    int post = strncmp(verb, "generate", 8) == 0 || strcmp(verb, "infer") == 0;
     const char *want = post ? "POST" : "GET";
     if (strcmp(method, want) != 0 && !(strcmp(method, "HEAD") == 0 && !post))
         return send_error(s, c, 405, "Method not allowed", "invalid_request_error", NULL, "method_not_allowed",
@@ -742,6 +795,8 @@ static enum MHD_Result serve_v2_model(anvil_server *s, struct MHD_Connection *c,
         if (known == NULL)
             return send_no_model(s, c, shown, 404);
         srv_model_release(known); /* (one unloaded meanwhile is the mapping's 404) */
+        if (strcmp(verb, "infer") == 0)
+            return serve_infer(s, c, name, cc);
         enum MHD_Result sent = MHD_NO;
         json_t *body = body_object(s, c, cc, &sent);
         if (body == NULL)

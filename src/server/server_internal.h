@@ -343,13 +343,22 @@ int srv_triton_map(json_t *in, const char *model, int stream_endpoint, json_t **
 void srv_triton_rename(json_t *err, json_t *ctx);
 /* After "/v2/models/": NAME[/versions/1][/VERB]: the name into name[cap],
  * *verb "" (metadata), "ready", "config", "stats", "generate" or
- * "generate_stream". 0; -1 not such a path; -2 a version other than 1. */
+ * "generate_stream" or "infer". 0; -1 not such a path; -2 a version other than 1. */
 int srv_triton_path(const char *rest, char *name, size_t cap, const char **verb);
 json_t *srv_triton_server_metadata(void);
 json_t *srv_triton_model_metadata(const srv_model *m);
 json_t *srv_triton_model_config(const srv_model *m, int32_t max_batch_size);
 /* Triton's statistics of the n models ms. */
 json_t *srv_triton_model_stats(srv_model *const *ms, int n);
+
+/* server_triton_infer.c: POST /v2/models/{m}/infer (KServe tensors) */
+extern const srv_wire srv_triton_infer_wire;
+/* An infer request (body[0, len): its JSON header of header_len bytes, 0:
+ * all of it, then the binary tensors) as a generate body (*gen) and the
+ * wire's fields (*infer: "binary" output, "id"), both new; -1 with *status
+ * and an OpenAI error object in *err. */
+int srv_triton_infer_map(const char *body, size_t len, size_t header_len, json_t **gen, json_t **infer,
+                         int *status, json_t **err);
 
 /* server_responses.c: OpenAI's Responses API */
 extern const srv_wire srv_responses_wire;

@@ -330,7 +330,7 @@ int srv_triton_path(const char *rest, char *name, size_t cap, const char **verb)
         return 0;
     }
     p++;
-    static const char *const verbs[] = {"ready", "config", "stats", "generate", "generate_stream"};
+    static const char *const verbs[] = {"ready", "config", "stats", "generate", "generate_stream", "infer"};
     for (size_t i = 0; i < sizeof verbs / sizeof verbs[0]; i++)
         if (strcmp(p, verbs[i]) == 0) {
             *verb = verbs[i];

@@ -2,7 +2,8 @@
 tritonclient's HTTP client (live, ready, metadata, config, statistics, the
 repository's load and unload, and every error's message readable), and
 TensorRT-LLM's generate / generate_stream bodies over raw HTTP (tritonclient
-has no generate call): greedy text equal to /v1/completions, the stream's
+has no generate call) and tritonclient's infer() with TensorRT-LLM's
+tensors (binary and JSON): greedy text equal to /v1/completions, the stream's
 pieces adding up to the whole, stop words, seeds, and each refused field
 named in Triton's {"error": "text"}. A real server on stories260K."""
 import http.client
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from conftest import ANVIL, SHARED
@@ -266,3 +268,60 @@ def test_api_key_guards_models_not_health():
     finally:
         rc, err = s.stop()
     assert rc == 0, err
+
+
+def tensor(name, value, dtype, binary):
+    t = httpclient.InferInput(name, list(value.shape), dtype)
+    t.set_data_from_numpy(value, binary_data=binary)
+    return t
+
+
+def test_infer_tensors(server):
+    """tritonclient.infer() as TensorRT-LLM's ensemble is called: [1, 1] tensors."""
+    c, _ = client(server)
+    st, ref = server.post("/v2/models/stories260K/generate", {"text_input": PROMPT, "max_tokens": 12})
+    for binary in (True, False):
+        inputs = [tensor("text_input", np.array([[PROMPT]], dtype=object), "BYTES", binary),
+                  tensor("max_tokens", np.array([[12]], dtype=np.int32), "INT32", binary),
+                  tensor("bad_words", np.array([[""]], dtype=object), "BYTES", binary),
+                  tensor("stop_words", np.array([[""]], dtype=object), "BYTES", binary),
+                  tensor("temperature", np.array([[0.7]], dtype=np.float32), "FP32", binary),
+                  tensor("random_seed", np.array([[5]], dtype=np.uint64), "UINT64", binary)]
+        out = [httpclient.InferRequestedOutput("text_output", binary_data=binary)]
+        r = c.infer("stories260K", inputs, outputs=out, request_id="r-9")
+        text = r.as_numpy("text_output")
+        assert text.shape == (1, 1) and r.get_response()["id"] == "r-9"
+        got = text[0, 0].decode() if binary else text[0, 0]  # binary BYTES come back as bytes
+        assert got == ref["text_output"], (binary, got, ref)
+    # a stop word list as a [1, 2] tensor, and a bool
+    inputs = [tensor("text_input", np.array([[PROMPT]], dtype=object), "BYTES", True),
+              tensor("max_tokens", np.array([[24]], dtype=np.int32), "INT32", True),
+              tensor("stop_words", np.array([["little", "zzz"]], dtype=object), "BYTES", True),
+              tensor("exclude_input_in_output", np.array([[False]], dtype=bool), "BOOL", True)]
+    text = c.infer("stories260K", inputs).as_numpy("text_output")[0, 0].decode()
+    assert text.startswith(PROMPT) and "little" not in text and ref["text_output"].startswith(text[len(PROMPT):])
+    # refusals, readable through tritonclient
+    cases = [
+        ([tensor("max_tokens", np.array([[4]], dtype=np.int32), "INT32", True)], None, "text_input"),
+        ([tensor("text_input", np.array([["x"]], dtype=object), "BYTES", True),
+          tensor("max_tokens", np.array([[-4]], dtype=np.int32), "INT32", True)], None, "max_tokens"),
+        ([tensor("text_input", np.array([["x"]], dtype=object), "BYTES", True)],
+         [httpclient.InferRequestedOutput("cum_log_probs")], "cum_log_probs"),
+        ([tensor("text_input", np.array([["x"]], dtype=object), "BYTES", True),
+          tensor("stream", np.array([[True]], dtype=bool), "BOOL", True)], None, "generate_stream"),
+    ]
+    for inputs, outputs, word in cases:
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("stories260K", inputs, outputs=outputs)
+        assert word in str(e.value) and e.value.status() == "400", (word, str(e.value))
+    with pytest.raises(InferenceServerException) as e:
+        c.infer("ensemble", [tensor("text_input", np.array([["x"]], dtype=object), "BYTES", True)])
+    assert "'ensemble'" in str(e.value) and "stories260K" in str(e.value)
+    # a binary size beyond the body, and a header length beyond it
+    head = json.dumps({"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1, 1],
+                                   "parameters": {"binary_data_size": 50}}]})
+    for raw, hl in ((head + "\x05\x00\x00\x00abc", len(head)), (head, len(head) + 10),
+                    (head + "\xff\x00\x00\x00", len(head))):
+        st, text, _ = server.request("POST", "/v2/models/stories260K/infer", raw,
+                                     {"Inference-Header-Content-Length": str(hl)})
+        assert st == 400 and isinstance(json.loads(text)["error"], str), (raw, text)
