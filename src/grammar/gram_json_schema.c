@@ -47,6 +47,8 @@ typedef struct js {
     int32_t r_string, r_char, r_value, r_number, r_integer, r_any_object;
     jref *refs;
     int n_refs, cap_refs;
+    int32_t *ref_ht; /* refs by name: index + 1, 0 empty */
+    size_t ref_ht_cap;
 } js;
 
 static anvil_status schema(js *x, json_t *s, int32_t *elem);
@@ -333,13 +335,39 @@ static anvil_status resolve(js *x, const char *ref, json_t **out)
     return ANVIL_OK;
 }
 
+static uint64_t str_hash(const char *p)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
+    return h;
+}
+
+static anvil_status ref_index(js *x)
+{
+    size_t nc = x->ref_ht_cap ? x->ref_ht_cap * 2 : 64;
+    int32_t *t = calloc(nc, sizeof *t);
+    CHECK(t, ANVIL_ERR_OOM, "out of memory");
+    for (int i = 0; i < x->n_refs; i++) {
+        size_t j = str_hash(x->refs[i].ref) & (nc - 1);
+        while (t[j])
+            j = (j + 1) & (nc - 1);
+        t[j] = i + 1;
+    }
+    free(x->ref_ht);
+    x->ref_ht = t;
+    x->ref_ht_cap = nc;
+    return ANVIL_OK;
+}
+
 static anvil_status ref_elem(js *x, const char *ref, int32_t *e)
 {
-    for (int i = 0; i < x->n_refs; i++)
-        if (strcmp(x->refs[i].ref, ref) == 0) {
-            *e = GRAM_REF(x->refs[i].rule);
-            return ANVIL_OK;
-        }
+    if (x->ref_ht_cap)
+        for (size_t j = str_hash(ref) & (x->ref_ht_cap - 1); x->ref_ht[j]; j = (j + 1) & (x->ref_ht_cap - 1))
+            if (strcmp(x->refs[x->ref_ht[j] - 1].ref, ref) == 0) {
+                *e = GRAM_REF(x->refs[x->ref_ht[j] - 1].rule);
+                return ANVIL_OK;
+            }
     json_t *target;
     TRY(resolve(x, ref, &target));
     if (x->n_refs == x->cap_refs) {
@@ -355,6 +383,14 @@ static anvil_status ref_elem(js *x, const char *ref, int32_t *e)
     CHECK(x->refs[x->n_refs].ref, ANVIL_ERR_OOM, "out of memory");
     x->refs[x->n_refs].rule = r;
     x->n_refs++;
+    if ((size_t)x->n_refs * 2 > x->ref_ht_cap) {
+        TRY(ref_index(x)); /* doubles: amortized */
+    } else {
+        size_t j = str_hash(ref) & (x->ref_ht_cap - 1);
+        while (x->ref_ht[j])
+            j = (j + 1) & (x->ref_ht_cap - 1);
+        x->ref_ht[j] = x->n_refs;
+    }
     /* the rule exists before its body: a recursive $ref finds it */
     int32_t body;
     TRY(schema(x, target, &body));
@@ -923,6 +959,7 @@ static void js_free(js *x)
     for (int i = 0; i < x->n_refs; i++)
         free(x->refs[i].ref);
     free(x->refs);
+    free(x->ref_ht);
 }
 
 anvil_status gram_json_schema(gram_builder *b, const char *text, size_t len, int32_t *root)
