@@ -157,7 +157,9 @@ anvil_status anvil_grammar_matcher_accept_bytes(anvil_grammar_matcher *m, const 
  * the output validly, and the stop ids when the output may end. Once done,
  * only the stop ids. The mask is empty only when no token of the
  * vocabulary can continue (a vocabulary without a byte the grammar needs):
- * the caller then ends the sequence.
+ * the caller then ends the sequence. Fails only with ANVIL_ERR_UNSUPPORTED
+ * (the grammar turned out more ambiguous than max_stacks at this step) or
+ * ANVIL_ERR_OOM: the request fails.
  */
 anvil_status anvil_grammar_matcher_fill_mask(anvil_grammar_matcher *m, uint32_t *words, size_t n_words);
 
