@@ -233,12 +233,18 @@ static void fake_sample(const srv_prompt *p, int32_t k, int32_t n_top, fake_seq 
 static void check_wire_output(const srv_job *j, int any_failed)
 {
     const srv_gen *g = &j->g;
-    const int triton = g->wire == &srv_triton_wire;
+    const int triton = g->wire == &srv_triton_wire || g->wire == &srv_triton_infer_wire;
     if (!g->stream) {
         json_error_t e;
-        json_t *o = json_loadb(g->buf, g->len, JSON_ALLOW_NUL, &e);
+        /* infer's binary answer: the JSON header, then the tensor's 4-byte length and bytes */
+        json_t *hl = json_object_get(g->wire_ctx, "header_length");
+        size_t json_len = hl ? (size_t)json_integer_value(hl) : g->len;
+        CHECK_OR_TRAP(json_len <= g->len && (hl == NULL || g->len - json_len >= 4));
+        json_t *o = json_loadb(g->buf, json_len, JSON_ALLOW_NUL, &e);
         CHECK_OR_TRAP(json_is_object(o));
-        if (any_failed)
+        if (g->wire == &srv_triton_infer_wire && !any_failed)
+            CHECK_OR_TRAP(g->http_status == 200 && json_array_size(json_object_get(o, "outputs")) == 1);
+        else if (any_failed)
             CHECK_OR_TRAP(g->http_status >= 400 && (triton ? json_is_string(json_object_get(o, "error"))
                                                            : json_is_object(json_object_get(o, "error"))));
         else if (triton)
@@ -284,7 +290,9 @@ static void check_wire_output(const srv_job *j, int any_failed)
 static void check_output(const srv_job *j, int any_failed)
 {
     const srv_gen *g = &j->g;
-    CHECK_OR_TRAP(g->done && g->buf != NULL && g->len == strlen(g->buf));
+    /* (infer's binary answer holds NUL bytes: its tensor's length) */
+    const int binary = g->wire_ctx && json_object_get(g->wire_ctx, "header_length");
+    CHECK_OR_TRAP(g->done && g->buf != NULL && (binary || g->len == strlen(g->buf)));
     if (g->wire) {
         check_wire_output(j, any_failed);
         return;
@@ -435,6 +443,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             err = NULL;
             int rc = w < 2 ? srv_triton_map(body, "m", w, &oai, &ctx, &status, &err)
                            : srv_responses_map(body, &oai, &ctx, &status, &err);
+            if (w == 0) { /* and as KServe tensors (infer), JSON data only */
+                json_t *gen = NULL, *ictx = NULL, *ioai = NULL, *tctx = NULL, *ierr = NULL;
+                int ist = 0;
+                if (srv_triton_infer_map((const char *)data, size, 0, &gen, &ictx, &ist, &ierr) < 0) {
+                    check_error(ist, ierr);
+                    json_decref(ierr);
+                } else if (srv_triton_map(gen, "m", 0, &ioai, &tctx, &ist, &ierr) < 0) {
+                    check_error(ist, ierr);
+                    json_decref(ierr);
+                } else {
+                    json_object_update(tctx, ictx);
+                    srv_mapped *iq = NULL;
+                    if (srv_openai_map(&model, ioai, 0, &iq, &ist, &ierr) < 0) {
+                        check_error(ist, ierr);
+                        json_decref(ierr);
+                    } else {
+                        iq->wire = &srv_triton_infer_wire;
+                        iq->wire_ctx = tctx;
+                        run_job(iq, size);
+                        srv_mapped_free(iq);
+                    }
+                }
+                json_decref(gen);
+                json_decref(ictx);
+                json_decref(ioai);
+                json_decref(tctx);
+            }
             if (rc < 0) {
                 CHECK_OR_TRAP(oai == NULL && ctx == NULL);
                 check_error(status, err);

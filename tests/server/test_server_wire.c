@@ -1,6 +1,7 @@
 /* The request mappings of the other wire formats, without a model or HTTP:
  * Triton's generate body (srv_triton_map) and the Responses API's
- * (srv_responses_map) into the OpenAI bodies the server then checks; the
+ * (srv_responses_map) into the OpenAI bodies the server then checks, and
+ * KServe's infer tensors (srv_triton_infer_map) into a generate body; the
  * /v2/models/ paths (srv_triton_path); the CORS origin list
  * (srv_cors_allowed); errors renamed to the client's fields and Triton's
  * error shape. The server tests (tests/python/test_server_triton.py,
@@ -160,7 +161,8 @@ static void test_triton_paths(void **state)
         {"m/generate", "m", "generate", 0},
         {"m/versions/2/ready", "m", NULL, -2},
         {"m/versions/12", "m", NULL, -2},
-        {"m/infer", NULL, NULL, -1},
+        {"m/infer", "m", "infer", 0},
+        {"m/explain", NULL, NULL, -1},
         {"m/ready/x", NULL, NULL, -1},
         {"", NULL, NULL, -1},
     };
@@ -279,6 +281,74 @@ static void test_responses_rename(void **state)
     json_decref(ctx);
 }
 
+/* KServe tensors (JSON data or binary) as a generate body. */
+static void test_infer_tensors(void **state)
+{
+    (void)state;
+    json_t *gen = NULL, *ctx = NULL, *err = NULL;
+    int status = 0;
+    const char *js = "{\"id\": \"q\", \"inputs\": [{\"name\": \"text_input\", \"datatype\": \"BYTES\", "
+                     "\"shape\": [1, 1], \"data\": [[\"hi\"]]}, {\"name\": \"max_tokens\", \"datatype\": "
+                     "\"INT32\", \"shape\": [1, 1], \"data\": [7]}, {\"name\": \"stop_words\", \"datatype\": "
+                     "\"BYTES\", \"shape\": [1, 2], \"data\": [\"a\", \"b\"]}], \"outputs\": [{\"name\": "
+                     "\"text_output\"}]}";
+    assert_int_equal(srv_triton_infer_map(js, strlen(js), 0, &gen, &ctx, &status, &err), 0);
+    json_t *want = parse("{\"text_input\": \"hi\", \"max_tokens\": 7, \"stop_words\": [\"a\", \"b\"]}");
+    assert_true(json_equal(gen, want));
+    assert_true(json_is_false(json_object_get(ctx, "binary")));
+    assert_string_equal(json_string_value(json_object_get(ctx, "id")), "q");
+    json_decref(want);
+    json_decref(gen);
+    json_decref(ctx);
+    /* binary: BYTES "hey" (4-byte length first), INT32 -2, FP32 0.5, BOOL true */
+    const char *head = "{\"inputs\": [{\"name\": \"text_input\", \"datatype\": \"BYTES\", \"shape\": [1, 1], "
+                       "\"parameters\": {\"binary_data_size\": 7}}, {\"name\": \"max_tokens\", \"datatype\": "
+                       "\"INT32\", \"shape\": [1], \"parameters\": {\"binary_data_size\": 4}}, {\"name\": "
+                       "\"temperature\", \"datatype\": \"FP32\", \"shape\": [1], \"parameters\": "
+                       "{\"binary_data_size\": 4}}, {\"name\": \"stream\", \"datatype\": \"BOOL\", \"shape\": [1], "
+                       "\"parameters\": {\"binary_data_size\": 1}}], \"parameters\": {\"binary_data_output\": true}}";
+    const unsigned char bin[] = {3, 0, 0, 0, 'h', 'e', 'y', 0xfe, 0xff, 0xff, 0xff, 0, 0, 0, 0x3f, 1};
+    size_t hl = strlen(head);
+    char body[1024];
+    memcpy(body, head, hl);
+    memcpy(body + hl, bin, sizeof bin);
+    assert_int_equal(srv_triton_infer_map(body, hl + sizeof bin, hl, &gen, &ctx, &status, &err), 0);
+    want = parse("{\"text_input\": \"hey\", \"max_tokens\": -2, \"temperature\": 0.5, \"stream\": true}");
+    assert_true(json_equal(gen, want));
+    assert_true(json_is_true(json_object_get(ctx, "binary")));
+    json_decref(want);
+    json_decref(gen);
+    json_decref(ctx);
+    /* each damaged form refused, never read past the body */
+    for (size_t cut = 0; cut < sizeof bin; cut++) {
+        gen = ctx = err = NULL;
+        assert_int_equal(srv_triton_infer_map(body, hl + cut, hl, &gen, &ctx, &status, &err), -1);
+        assert_int_equal(status, 400);
+        assert_null(gen);
+        json_decref(err);
+    }
+    static const char *const bad[] = {
+        "[]",
+        "{\"inputs\": 5}",
+        "{\"inputs\": [{\"name\": \"text_input\", \"shape\": [1]}]}",
+        "{\"inputs\": [{\"name\": \"x\", \"datatype\": \"FP16\", \"shape\": [1], \"data\": [1]}]}",
+        "{\"inputs\": [], \"outputs\": [{\"name\": \"output_log_probs\"}]}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gen = ctx = err = NULL;
+        if (srv_triton_infer_map(bad[i], strlen(bad[i]), 0, &gen, &ctx, &status, &err) != -1)
+            fail_msg("accepted %s", bad[i]);
+        json_decref(err);
+    }
+    /* a header length past the body; BYTES that are not UTF-8 */
+    assert_int_equal(srv_triton_infer_map(js, strlen(js), strlen(js) + 1, &gen, &ctx, &status, &err), -1);
+    json_decref(err);
+    const unsigned char notutf8[] = {2, 0, 0, 0, 0xc3, 0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    memcpy(body + hl, notutf8, sizeof notutf8);
+    assert_int_equal(srv_triton_infer_map(body, hl + sizeof notutf8, hl, &gen, &ctx, &status, &err), -1);
+    json_decref(err);
+}
+
 static void test_cors_list(void **state)
 {
     (void)state;
@@ -302,7 +372,7 @@ int main(void)
         cmocka_unit_test(test_triton_fields),    cmocka_unit_test(test_triton_refusals),
         cmocka_unit_test(test_triton_errors),    cmocka_unit_test(test_triton_paths),
         cmocka_unit_test(test_responses_map),    cmocka_unit_test(test_responses_rename),
-        cmocka_unit_test(test_cors_list),
+        cmocka_unit_test(test_cors_list),        cmocka_unit_test(test_infer_tensors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
