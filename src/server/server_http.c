@@ -655,7 +655,7 @@ static enum MHD_Result send_not_found(anvil_server *s, struct MHD_Connection *c,
              "Not found: %.10s %s%s. The endpoints are POST /v1/completions, /v1/chat/completions, "
              "/v1/responses, /v1/tokenize, /v1/detokenize; GET /v1/models, /health, /metrics; Triton's GET /v2, "
              "/v2/health/live, /v2/health/ready, /v2/models/{model}[/ready|/config|/stats], POST "
-             "/v2/models/{model}/generate, /generate_stream and /v2/repository/...",
+             "/v2/models/{model}/generate, /generate_stream, /infer and /v2/repository/...",
              method, path, url[k] ? "..." : "");
     return send_error(s, c, 404, msg, "invalid_request_error", NULL, "not_found", NULL);
 }

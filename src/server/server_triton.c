@@ -349,6 +349,7 @@ json_t *srv_triton_server_metadata(void)
     json_array_append_new(x, json_string("model_configuration"));
     json_array_append_new(x, json_string("statistics"));
     json_array_append_new(x, json_string("generate"));
+    json_array_append_new(x, json_string("binary_tensor_data"));
     json_object_set_new(o, "extensions", x);
     return o;
 }
