@@ -399,7 +399,8 @@ anvil_status gb_finish(gram_builder *b, int32_t root, gram *out)
         for (int32_t a = 0; a < b->rules[r].n_alts; a++) {
             const gb_seq *al = &b->rules[r].alts[a];
             out->alt_start[k++] = (int32_t)p;
-            memcpy(out->elems + p, al->e, (size_t)al->n * sizeof *al->e);
+            if (al->n > 0) /* an empty alternative has no array */
+                memcpy(out->elems + p, al->e, (size_t)al->n * sizeof *al->e);
             p += al->n;
             out->elems[p++] = GRAM_END;
         }
@@ -407,7 +408,8 @@ anvil_status gb_finish(gram_builder *b, int32_t root, gram *out)
     out->rule_alt0[b->n_rules] = (int32_t)k;
     out->n_elems = p;
     out->n_rules = b->n_rules;
-    memcpy(out->classes, b->classes, (size_t)b->n_classes * sizeof *out->classes);
+    if (b->n_classes > 0)
+        memcpy(out->classes, b->classes, (size_t)b->n_classes * sizeof *out->classes);
     out->n_classes = b->n_classes;
     return ANVIL_OK;
 fail:

@@ -92,7 +92,8 @@ static anvil_status work_push(gram_dfa *d, const int32_t *s, int32_t len, int32_
     /* entry: positions (len of s, then top if >= 0... stored whole), then its length */
     int32_t n = len + (top != GRAM_END ? 1 : 0);
     TRY(reserve((void **)&d->work, &d->cap_work, d->n_work + (size_t)n + 1, sizeof *d->work));
-    memcpy(d->work + d->n_work, s, (size_t)len * sizeof *s);
+    if (len > 0)
+        memcpy(d->work + d->n_work, s, (size_t)len * sizeof *s);
     if (top != GRAM_END)
         d->work[d->n_work + (size_t)len] = top;
     d->work[d->n_work + (size_t)n] = n;
