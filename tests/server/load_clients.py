@@ -58,9 +58,9 @@ def one(port, path, body, key, timeout=600):
                     usage = ch["usage"]
                 for choice in ch["choices"]:
                     piece = choice.get("text") or (choice.get("delta") or {}).get("content")
+                    if first is None and (piece or choice.get("finish_reason")):
+                        first = now - t0  # random weights may stream tokens that print nothing
                     if piece:
-                        if first is None:
-                            first = now - t0
                         stamps.append(now)
                     finish = choice.get("finish_reason") or finish
         ok = done and finish is not None and usage is not None and buf == b""
