@@ -15,7 +15,7 @@
  * memory bandwidth: the benchmark reports the bytes a token must read
  * (weights + KV cache) per second, next to a plain streaming read of the
  * same number of bytes on the same threads. Prefill is one step of the
- * whole prompt, the median of three after a warm-up. RSS is the process's
+ * whole prompt, the median of --prefill-reps (3) after a warm-up. RSS is the process's
  * resident memory after the decode (weights, activations, KV cache).
  * bench/cpu_vs_llamacpp.py pairs these runs with llama.cpp's.
  */
@@ -93,6 +93,7 @@ static int ensure_llama_1b(const char *workdir, char *dir, size_t cap)
 }
 
 static const char *kv_cache_dtype; /* --kv-cache-dtype; NULL: auto */
+static int prefill_reps = 3;       /* --prefill-reps: timed prefills after the warm-up */
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -135,18 +136,19 @@ static int bench_model(const char *name, const char *dir, int threads, int32_t p
     anvil_batch b = {.n_tokens = prompt_len, .token_ids = ids, .positions = pos, .n_seqs = 1,
                      .seq_starts = starts, .block_tables = blocks, .max_blocks_per_seq = n_blocks,
                      .n_logits = 1, .logit_rows = &row};
-    /* prefill: one warm-up, then the median of three (the median, not the
-     * best: paired runs against llama.cpp, whose llama-bench reports a mean) */
-    double times[3];
-    for (int rep = 0; rep < 4; rep++) {
+    /* prefill: one warm-up, then the median of prefill_reps (the median,
+     * not the best: paired runs against llama.cpp, whose llama-bench
+     * reports a mean) */
+    double times[16];
+    for (int rep = 0; rep <= prefill_reps; rep++) {
         double t0 = now_s();
         if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
             goto fail;
         if (rep > 0)
             times[rep - 1] = now_s() - t0;
     }
-    qsort(times, 3, sizeof times[0], cmp_double);
-    r->prefill_tps = prompt_len / times[1];
+    qsort(times, (size_t)prefill_reps, sizeof times[0], cmp_double);
+    r->prefill_tps = prompt_len / times[prefill_reps / 2];
 
     /* decode: greedy, one token per step after the prompt */
     int32_t tok = anvil_argmax(logits, vocab), cur = prompt_len, one_start[2] = {0, 1}, zero = 0;
@@ -198,6 +200,7 @@ int main(int argc, char **argv)
         {"prompt-len", required_argument, 0, 'p'}, {"decode", required_argument, 0, 'd'},
         {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
         {"models", required_argument, 0, 'm'}, {"kv-cache-dtype", required_argument, 0, 'k'},
+        {"prefill-reps", required_argument, 0, 'r'},
         {"json", required_argument, 0, 'j'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     int c;
@@ -210,19 +213,20 @@ int main(int argc, char **argv)
         case 'w': scratch = optarg; break;
         case 'm': models = optarg; break;
         case 'k': kv_cache_dtype = optarg; break;
+        case 'r': prefill_reps = atoi(optarg); break;
         case 'j': json_path = optarg; break;
         default:
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: bench_cpu_model [--shared DIR] [--threads N] [--prompt-len N] [--decode N]\n"
                     "                       [--scratch DIR] [--models stories260K,tinycode,llama-1b] [--json FILE]\n"
-                    "                       [--kv-cache-dtype auto|f32|bf16|f16]\n");
+                    "                       [--kv-cache-dtype auto|f32|bf16|f16] [--prefill-reps N (1..16)]\n");
             return c == 'h' ? 0 : 2;
         }
     }
     if (threads <= 0)
         threads = anvil_cpu_count();
-    if (prompt_len < 1 || n_decode < 1) {
-        fprintf(stderr, "prompt-len and decode must be >= 1\n");
+    if (prompt_len < 1 || n_decode < 1 || prefill_reps < 1 || prefill_reps > 16) {
+        fprintf(stderr, "prompt-len and decode must be >= 1, prefill-reps in 1..16\n");
         return 2;
     }
     result res[8];

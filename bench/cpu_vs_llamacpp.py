@@ -41,7 +41,8 @@ def anvil_model_bench(a, prompt, decode):
     out = os.path.join(tempfile.mkdtemp(), "r.json")
     scratch = os.path.dirname(os.path.abspath(a.model))
     run([os.path.join(a.anvil_build, "bench_cpu_model"), "--models", "llama-1b", "--scratch", scratch,
-         "--threads", str(a.threads), "--prompt-len", str(prompt), "--decode", str(decode), "--json", out])
+         "--threads", str(a.threads), "--prompt-len", str(prompt), "--decode", str(decode),
+         "--prefill-reps", str(a.reps), "--json", out])
     return json.load(open(out))[0]
 
 
@@ -64,7 +65,7 @@ def anvil_batch16(a):
 
 def llama_bench(a, p, n):
     out = run([os.path.join(a.llama_bin, "llama-bench"), "-m", a.gguf, "-t", str(a.threads), "-p", str(p),
-               "-n", str(n), "-r", "3", "-o", "json"])
+               "-n", str(n), "-r", str(a.reps), "-o", "json"])
     return json.loads(out)[0]["avg_ts"]
 
 
@@ -94,6 +95,8 @@ def main():
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3,
+                    help="timed repetitions inside one run (after a warm-up): llama-bench -r, bench_cpu_model --prefill-reps")
     ap.add_argument("--only", default=",".join(WORKLOADS))
     ap.add_argument("--json")
     a = ap.parse_args()
