@@ -54,7 +54,7 @@ test-asan:
 # drive it from many connections at once. test_server_refit.py (64 streams
 # across a live refit: 10 min under TSan) is left to test_executor_refit,
 # which runs the same refit under TSan in the executor.
-TSAN_TESTS = ^(executor|server)/|^python/test_server_(openai|hostile|reliability|load|faults|triton|responses)$$
+TSAN_TESTS = ^(executor|server)/|^python/test_server_(openai|hostile|reliability|load|faults|triton|responses|overlap)$$
 test-tsan:
 	@scripts/setup.sh --test
 	@cmake -S . -B build-tsan -DANVIL_SANITIZE_THREAD=ON -DANVIL_CUDA=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
