@@ -6,7 +6,7 @@
  *  - properties come in the schema's order; optional ones may be left out;
  *    with properties given and additionalProperties absent, no other
  *    property is generated (strict); additionalProperties as a schema adds
- *    members after the listed ones, under any other name.
+ *    members after the listed ones, under names that are none of the listed ones.
  *  - anyOf and oneOf are alternatives (oneOf's "exactly one" is not checked);
  *    allOf with one subschema is that subschema.
  *  - numbers are bounded in length so that generation always ends: at most
@@ -694,6 +694,107 @@ static anvil_status array_type(js *x, json_t *s, int32_t *e)
     return ANVIL_OK;
 }
 
+/* ------------------------------------------------------------ additional members */
+
+#define NAME_MAX_LEN 1024
+
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A raw (unescaped) string character not in the byte set `not`. */
+static anvil_status raw_char(js *x, const uint32_t *not, int32_t *e)
+{
+    gram_ranges rs = {0};
+    anvil_status st = ANVIL_OK;
+    uint32_t lo = 0x20;
+    for (uint32_t c = 0x20; c < 0x80 && st == ANVIL_OK; c++)
+        if (c == '"' || c == '\\' || (not && gram_class_has(not, c))) {
+            st = gram_ranges_add(&rs, lo, c - 1);
+            lo = c + 1;
+        }
+    if (st == ANVIL_OK)
+        st = gram_ranges_add(&rs, lo, 0x10FFFF);
+    if (st == ANVIL_OK)
+        st = gb_utf8_ranges(x->b, &rs, e);
+    gram_ranges_free(&rs);
+    return st;
+}
+
+/* The keys that extend names[lo..hi) (sorted, sharing their first depth
+ * bytes) without being one of them: a trie whose every node may also turn
+ * off into any other character. */
+static anvil_status other_key_node(js *x, const char **names, size_t lo, size_t hi, size_t depth, int32_t any_rest,
+                                   int32_t *rule)
+{
+    int32_t r;
+    TRY(gb_rule_new(x->b, "additional key", &r));
+    uint32_t kids[8] = {0};
+    int is_name = 0;
+    size_t i = lo;
+    while (i < hi && names[i][depth] == 0) {
+        is_name = 1;
+        i++;
+    }
+    while (i < hi) {
+        unsigned char c = (unsigned char)names[i][depth];
+        size_t j = i + 1;
+        while (j < hi && (unsigned char)names[j][depth] == c)
+            j++;
+        int32_t child;
+        TRY(other_key_node(x, names, i, j, depth + 1, any_rest, &child));
+        TRY(gb_alt(x->b, r));
+        TRY(gb_byte(x->b, r, c));
+        TRY(gb_elem(x->b, r, GRAM_REF(child)));
+        gram_class_add(kids, c);
+        i = j;
+    }
+    int32_t other;
+    TRY(raw_char(x, kids, &other));
+    TRY(gb_alt(x->b, r));
+    TRY(gb_elem(x->b, r, other));
+    TRY(gb_elem(x->b, r, any_rest));
+    if (!is_name)
+        TRY(gb_alt(x->b, r)); /* the key may end here */
+    *rule = r;
+    return ANVIL_OK;
+}
+
+/* "key": value for a key not among the n names (ASCII names only). */
+static anvil_status additional_member(js *x, const char **names, size_t n, int32_t value, int32_t *e)
+{
+    for (size_t i = 0; i < n; i++) {
+        CHECK(strlen(names[i]) <= NAME_MAX_LEN, ANVIL_ERR_UNSUPPORTED,
+              "JSON schema: a property name over %d bytes next to 'additionalProperties'", NAME_MAX_LEN);
+        for (const unsigned char *p = (const unsigned char *)names[i]; *p; p++)
+            CHECK(*p >= 0x20 && *p < 0x7F && *p != '"' && *p != '\\', ANVIL_ERR_UNSUPPORTED,
+                  "JSON schema: 'additionalProperties' as a schema next to 'properties' needs property names of "
+                  "printable ASCII without quotes or backslashes ('%s')",
+                  names[i]);
+    }
+    const char **sorted = malloc((n + 1) * sizeof *sorted);
+    CHECK(sorted, ANVIL_ERR_OOM, "out of memory");
+    memcpy(sorted, names, n * sizeof *names);
+    qsort(sorted, n, sizeof *sorted, name_cmp);
+    int32_t any = 0, rest = 0, key = 0, m;
+    anvil_status st = raw_char(x, NULL, &any);
+    if (st == ANVIL_OK)
+        st = gb_repeat(x->b, any, 0, -1, "additional key", &rest);
+    if (st == ANVIL_OK)
+        st = other_key_node(x, sorted, 0, n, 0, rest, &key);
+    free(sorted);
+    TRY(st);
+    TRY(new_rule(x, "additional member", &m));
+    TRY(lit(x, m, "\""));
+    TRY(gb_elem(x->b, m, GRAM_REF(key)));
+    TRY(lit(x, m, "\""));
+    TRY(sep(x, m, ':'));
+    TRY(gb_elem(x->b, m, value));
+    *e = GRAM_REF(m);
+    return ANVIL_OK;
+}
+
 static anvil_status object_type(js *x, json_t *s, int32_t *e)
 {
     json_t *props = json_object_get(s, "properties");
@@ -712,9 +813,6 @@ static anvil_status object_type(js *x, json_t *s, int32_t *e)
               "JSON schema: 'required' names a property that 'properties' does not define");
         return free_object(x, v, e);
     }
-    CHECK(!json_is_object(addl), ANVIL_ERR_UNSUPPORTED,
-          "JSON schema: 'additionalProperties' as a schema next to 'properties' is not supported "
-          "(use false, or no 'properties')");
     for (size_t i = 0; req && i < json_array_size(req); i++) {
         json_t *name = json_array_get(req, i);
         CHECK(json_is_string(name), ANVIL_ERR_INVALID_ARG, "JSON schema: 'required' must list strings");
@@ -753,8 +851,24 @@ static anvil_status object_type(js *x, json_t *s, int32_t *e)
         i++;
     }
     /* from the end: rest(n) is empty; rest(i, first) */
-    TRY_GOTO(new_rule(x, "end", &st_first[n]), done);
-    st_more[n] = st_first[n];
+    if (json_is_object(addl)) {
+        /* after the listed members, members of the additional schema under other names */
+        int32_t v = 0, am = 0;
+        TRY_GOTO(schema(x, addl, &v), done);
+        TRY_GOTO(additional_member(x, keys, n, v, &am), done);
+        TRY_GOTO(new_rule(x, "more members", &st_more[n]), done);
+        TRY_GOTO(sep(x, st_more[n], ','), done);
+        TRY_GOTO(gb_elem(x->b, st_more[n], am), done);
+        TRY_GOTO(gb_elem(x->b, st_more[n], GRAM_REF(st_more[n])), done);
+        TRY_GOTO(gb_alt(x->b, st_more[n]), done);
+        TRY_GOTO(new_rule(x, "more members", &st_first[n]), done);
+        TRY_GOTO(gb_elem(x->b, st_first[n], am), done);
+        TRY_GOTO(gb_elem(x->b, st_first[n], GRAM_REF(st_more[n])), done);
+        TRY_GOTO(gb_alt(x->b, st_first[n]), done);
+    } else {
+        TRY_GOTO(new_rule(x, "end", &st_first[n]), done);
+        st_more[n] = st_first[n];
+    }
     for (size_t j = n; j-- > 0;) {
         for (int first = 0; first <= 1; first++) {
             int32_t r;

@@ -228,6 +228,13 @@ static void test_json_schema(void **state)
          0,
          {{"{}", 1}, {"{\"x\":1,\"y\":2}", 1}, {"{\"x\":\"1\"}", 0}}},
         {"{}", 0, {{"{\"a\":[1,{\"b\":null}],\"c\":\"d\"}", 1}, {"[true,false]", 1}, {"\"s\"", 1}, {"tru", 0}}},
+        /* additional members after the listed ones, never under a listed name */
+        {"{\"type\":\"object\",\"properties\":{\"ab\":{\"type\":\"integer\"},\"a\":{\"type\":\"null\"}},"
+         "\"additionalProperties\":{\"type\":\"boolean\"}}",
+         0,
+         {{"{\"ab\":1,\"x\":true}", 1}, {"{\"abc\":false,\"b\":true}", 1}, {"{\"ab\":true}", 0},
+          {"{\"a\":true}", 0}, {"{\"\":true,\"a\":null}", 0}, {"{\"a\":null,\"\":true}", 1},
+          {"{\"aa\":true}", 1}, {"{}", 1}}},
         {"{\"title\":\"T\",\"description\":\"d\",\"type\":\"boolean\",\"default\":true,\"examples\":[true]}",
          0,
          {{"true", 1}, {"1", 0}}},
