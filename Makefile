@@ -51,10 +51,11 @@ test-asan:
 # The executor and server tests under ThreadSanitizer (CPU only): every C
 # test of tests/executor and tests/server (the long ones run smaller there:
 # ANVIL_TEST_TSAN in tests/testutil.h) and the server's client tests that
-# drive it from many connections at once. test_server_refit.py (64 streams
+# drive it from many connections at once, and the grammar engine's test of one
+# grammar shared by four threads. test_server_refit.py (64 streams
 # across a live refit: 10 min under TSan) is left to test_executor_refit,
 # which runs the same refit under TSan in the executor.
-TSAN_TESTS = ^(executor|server)/|^python/test_server_(openai|hostile|reliability|load|faults|triton|responses|overlap)$$
+TSAN_TESTS = ^(executor|server)/|^grammar/test_grammar_threads$$|^python/test_server_(openai|hostile|reliability|load|faults|triton|responses|overlap)$$
 test-tsan:
 	@scripts/setup.sh --test
 	@cmake -S . -B build-tsan -DANVIL_SANITIZE_THREAD=ON -DANVIL_CUDA=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
