@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "anvil/grammar.h"
 #include "anvil/runtime.h"
 #include "anvil/sampling.h"
 #include "anvil/status.h"
@@ -119,6 +120,15 @@ typedef struct anvil_request {
     int32_t n_logit_bias;
     int32_t n;                     /* independent samples sharing the prompt's KV blocks; default 1 */
     int32_t logprobs;              /* -1: none (default); 0: the chosen token's; k: and the top k */
+    /* Structured output (anvil/grammar.h): every sample's tokens are
+     * masked to those the grammar allows, the end tokens of its vocabulary
+     * only where the output may end; a sample whose grammar is complete
+     * (nothing may follow) ends with finish "stop". Borrowed beyond
+     * enqueue, unlike the rest: the caller keeps the grammar (and its
+     * vocabulary) alive until the request's FINAL event (or
+     * anvil_executor_wait / generate returns). Its vocabulary must not be
+     * larger than the model's logits. Not with beam search. NULL: none. */
+    const anvil_grammar *grammar;
 
     /* ---- beam search (Hugging Face generate(num_beams=...) semantics) */
     int32_t beam_width;            /* > 1: beam search; all beams come back, best first */

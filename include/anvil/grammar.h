@@ -129,6 +129,9 @@ anvil_status anvil_grammar_compile_choice(const anvil_grammar_vocab *v, const ch
 /* Frees a grammar (no matcher may use it any more); NULL is a no-op. */
 void anvil_grammar_free(anvil_grammar *g);
 
+/* The vocabulary g was compiled against (borrowed; its mask's size). */
+const anvil_grammar_vocab *anvil_grammar_get_vocab(const anvil_grammar *g);
+
 /* ------------------------------------------------------------ matching */
 
 /* A matcher at the start of the output of g (borrowed: it must outlive the

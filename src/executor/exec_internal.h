@@ -41,6 +41,8 @@ typedef struct xseq {
     anvil_request_finish finish;
     int32_t stop_token, stop_string;
 
+    anvil_grammar_matcher *gm; /* the request's grammar: this sample's parse (NULL: none) */
+
     /* outputs beyond the ids */
     float *logprobs;          /* [max_tokens] when the request wants them */
     anvil_token_logprob *top; /* [max_tokens * n_top] */
@@ -203,6 +205,7 @@ struct anvil_executor {
     float *logits;            /* [max_batch * vocab] */
     float *work;              /* [vocab] processed logits */
     float *lp;                /* [vocab] log-probabilities */
+    uint32_t *gmask;          /* [(vocab + 31) / 32] a grammar's allowed tokens (allocated on first use) */
     anvil_sampler *sampler;
     int32_t *hits;            /* [max_batch] prefix hits per sequence at admission */
     xreq **step_reqs;         /* [max_batch] the step's distinct requests */
@@ -312,8 +315,9 @@ void anvil_exec_overlap_free(anvil_executor *ex);
 anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const float *row);
 /* Whether s's next token can be sampled from its logits alone (on the
  * backend, by anvil_runtime_forward_sample): no log-probabilities, no logit
- * processors in effect (penalties, bias, min_tokens masking), not a beam,
- * not a request about to fork its samples. */
+ * processors in effect (penalties, bias, min_tokens masking), no grammar
+ * (its mask is applied on the host), not a beam, not a request about to
+ * fork its samples. */
 int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s);
 /* Appends tok (sampled elsewhere) to s, as anvil_exec_sample_seq does after
  * its draw: stop conditions, text, the event. */

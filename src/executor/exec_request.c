@@ -64,6 +64,7 @@ void anvil_exec_seq_free(xseq *s)
     free(s->top);
     free(s->text);
     anvil_detokenizer_free(s->detok);
+    anvil_grammar_matcher_free(s->gm);
     free(s);
 }
 
@@ -87,6 +88,13 @@ anvil_status anvil_exec_seq_new(anvil_executor *ex, xreq *r, xseq **out)
     if (!ok) {
         anvil_exec_seq_free(s);
         return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory for a sequence");
+    }
+    if (r->p.grammar != NULL) {
+        anvil_status st = anvil_grammar_matcher_create(r->p.grammar, &s->gm);
+        if (st != ANVIL_OK) {
+            anvil_exec_seq_free(s);
+            return st;
+        }
     }
     memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof *s->tokens);
     s->n_tokens = r->n_prompt;
@@ -120,6 +128,16 @@ anvil_status anvil_exec_seq_fork(anvil_executor *ex, xreq *r, const xseq *src, x
     s->beam_score = src->beam_score;
     s->rng = src->rng;
     s->index = src->index;
+    if (src->gm != NULL) { /* the fork continues the parent's parse */
+        anvil_grammar_matcher_free(s->gm);
+        s->gm = NULL;
+        anvil_status st = anvil_grammar_matcher_copy(src->gm, &s->gm);
+        if (st != ANVIL_OK) {
+            anvil_exec_seq_release(ex, s);
+            anvil_exec_seq_free(s);
+            return st;
+        }
+    }
     /* Text is not copied: samples fork before their first token, beams
      * decode their text once at the end. */
     *out = s;
@@ -206,6 +224,13 @@ static anvil_status check_params(const anvil_executor *ex, const anvil_request *
         CHECK(isfinite(q->length_penalty), ANVIL_ERR_INVALID_ARG, "length_penalty must be finite");
         CHECK(q->early_stopping >= -1 && q->early_stopping <= 1, ANVIL_ERR_INVALID_ARG,
               "early_stopping must be 1 (true), 0 (false) or -1 (never), got %d", q->early_stopping);
+    }
+    if (q->grammar != NULL) {
+        CHECK(q->beam_width <= 1, ANVIL_ERR_UNSUPPORTED,
+              "structured output (a grammar, response_format or guided_*) is not supported with beam search");
+        const int32_t gv = anvil_grammar_vocab_size(anvil_grammar_get_vocab(q->grammar));
+        CHECK(gv <= ex->vocab, ANVIL_ERR_INVALID_ARG,
+              "the grammar's vocabulary has %d tokens, more than the model's %d logits", gv, ex->vocab);
     }
     CHECK(q->max_tokens >= 0, ANVIL_ERR_INVALID_ARG, "max_tokens must be >= 0, got %d", q->max_tokens);
     CHECK(q->min_tokens >= 0, ANVIL_ERR_INVALID_ARG, "min_tokens must be >= 0, got %d", q->min_tokens);

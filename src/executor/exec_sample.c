@@ -145,6 +145,60 @@ static void apply_min_tokens(const anvil_executor *ex, const xreq *r, float *w)
         w[r->stop_ids[i]] = -INFINITY;
 }
 
+/* A grammar's mask on the processed logits: what it does not allow is
+ * -inf (its end tokens are allowed only where the output may end). Sets
+ * *none when it allows nothing (no token of the vocabulary continues). */
+static anvil_status apply_grammar(anvil_executor *ex, xseq *s, float *w, int *none)
+{
+    const int32_t V = ex->vocab;
+    const size_t words = ((size_t)V + 31) / 32;
+    if (ex->gmask == NULL) {
+        ex->gmask = malloc(words * sizeof *ex->gmask);
+        CHECK(ex->gmask != NULL, ANVIL_ERR_OOM, "out of memory for a grammar mask");
+    }
+    memset(ex->gmask, 0, words * sizeof *ex->gmask);
+    TRY(anvil_grammar_matcher_fill_mask(s->gm, ex->gmask, words));
+    uint32_t any = 0;
+    for (size_t k = 0; k < words; k++) {
+        const uint32_t m = ex->gmask[k];
+        any |= m;
+        if (m == 0xffffffffu)
+            continue;
+        const int32_t end = (int32_t)(k * 32 + 32) < V ? (int32_t)(k * 32 + 32) : V;
+        for (int32_t i = (int32_t)(k * 32); i < end; i++)
+            if (!((m >> (i & 31)) & 1u))
+                w[i] = -INFINITY;
+    }
+    *none = any == 0;
+    return ANVIL_OK;
+}
+
+/* The grammar allows no token: the sequence ends here, as the engine asks
+ * (a vocabulary without a byte the grammar needs), with what it has. */
+static anvil_status end_by_grammar(anvil_executor *ex, xreq *r, xseq *s)
+{
+    s->finish = ANVIL_REQUEST_STOP;
+    s->stop_token = -1;
+    const size_t before = s->emitted;
+    TRY(anvil_exec_text_finish(ex, r, s));
+    s->emitted = s->text_len;
+    if (r->p.on_event) {
+        anvil_event ev = {
+            .kind = ANVIL_EVENT_TOKENS,
+            .request_id = r->id,
+            .index = s->index,
+            .token_ids = s->tokens + s->n_tokens,
+            .n_tokens = 0,
+            .text = s->text ? s->text + before : "",
+            .text_len = s->text_len > before ? s->text_len - before : 0,
+            .finish = s->finish,
+            .weights_version = (uint64_t)ex->c_refits,
+        };
+        anvil_exec_emit(ex, r, &ev);
+    }
+    return ANVIL_OK;
+}
+
 anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const float *row)
 {
     const int32_t V = ex->vocab;
@@ -161,6 +215,12 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
         .n_bias = r->n_bias,
     };
     anvil_logits_apply(ex->sampler, &proc, w, r->prompt, r->n_prompt, s->tokens + r->n_prompt, n_gen);
+    if (s->gm != NULL) {
+        int none = 0;
+        TRY(apply_grammar(ex, s, w, &none));
+        if (none)
+            return end_by_grammar(ex, r, s);
+    }
     const int32_t tok = anvil_sampler_sample(ex->sampler, w, &r->p.sampling, &s->rng);
     if (tok < 0)
         return anvil_exec_nonfinite(ex, r, s);
@@ -177,7 +237,7 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
 
 int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s)
 {
-    if (r->beam || s->logprobs != NULL || (r->width > 1 && !r->forked))
+    if (r->beam || s->logprobs != NULL || (r->width > 1 && !r->forked) || s->gm != NULL)
         return 0;
     if (r->n_bias > 0 || r->p.repetition_penalty != 1.0f || r->p.presence_penalty != 0.0f ||
         r->p.frequency_penalty != 0.0f)
@@ -199,6 +259,10 @@ anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32
 {
     if (tok < 0) /* the device sampler's verdict on a poisoned row */
         return anvil_exec_nonfinite(ex, r, s);
+    /* the grammar follows the token first: a token it refuses (its mask
+     * was not applied) fails the request before anything is output */
+    if (s->gm != NULL)
+        TRY(anvil_grammar_matcher_accept_token(s->gm, tok));
     int32_t n_gen = s->n_tokens - r->n_prompt;
     s->tokens[s->n_tokens++] = tok;
     n_gen++;
@@ -220,6 +284,10 @@ anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32
         TRY(anvil_detokenizer_push(s->detok, tok, &t, &n));
         TRY(text_append(s, t, n));
         check_stop_strings(r, s, n_gen);
+    }
+    if (s->finish == ANVIL_REQUEST_RUNNING && s->gm != NULL && anvil_grammar_matcher_is_done(s->gm)) {
+        s->finish = ANVIL_REQUEST_STOP; /* the output is complete: nothing may follow */
+        s->stop_token = -1;
     }
     if (s->finish == ANVIL_REQUEST_RUNNING && (n_gen >= r->max_tokens || s->n_tokens >= ex->max_seq_len))
         s->finish = ANVIL_REQUEST_LENGTH;

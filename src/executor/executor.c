@@ -384,6 +384,7 @@ static void free_state(anvil_executor *ex)
     free(ex->logits);
     free(ex->work);
     free(ex->lp);
+    free(ex->gmask);
     free(ex->mark);
     anvil_sampler_free(ex->sampler);
     anvil_exec_overlap_free(ex);

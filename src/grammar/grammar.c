@@ -74,6 +74,11 @@ anvil_status gram_compiled_new(const anvil_grammar_vocab *v, const anvil_grammar
     return ANVIL_OK;
 }
 
+const anvil_grammar_vocab *anvil_grammar_get_vocab(const anvil_grammar *g)
+{
+    return g ? g->v : NULL;
+}
+
 void anvil_grammar_free(anvil_grammar *g)
 {
     if (!g)
