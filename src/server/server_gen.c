@@ -29,6 +29,7 @@ void srv_gen_release(srv_gen *g)
     if (left > 0)
         return;
     srv_job *j = (srv_job *)g; /* every srv_gen is the head of a srv_job */
+    anvil_grammar_free(g->grammar); /* before the model, whose vocabulary it uses */
     srv_model_release(g->model);
     pthread_mutex_destroy(&g->mu);
     json_decref(g->stop);

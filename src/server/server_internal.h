@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "anvil/chat_template.h"
+#include "anvil/grammar.h"
 #include "anvil/server.h"
 
 #define SRV_N_BUCKETS 14
@@ -42,6 +43,10 @@ typedef struct srv_model {
     uint64_t prompt_tokens, generated_tokens;
     uint64_t finished[5];      /* by anvil_request_finish */
     srv_hist ttft, itl, e2e;
+    /* structured output (server_guided.c): the grammar vocabulary, built on
+     * the first constrained request, under guided_mu */
+    pthread_mutex_t guided_mu;
+    anvil_grammar_vocab *guided_vocab;
 } srv_model;
 
 /* A model's state in the repository index (Triton's names). */
@@ -159,6 +164,7 @@ typedef struct srv_gen {
     int wire_failed;           /* a wire stream's error event went out */
     int wake_every;            /* stream_interval x n: events between wake-ups */
     int unwoken;               /* chunk events since the last wake-up (-1: none yet) */
+    anvil_grammar *grammar;    /* structured output (owned; the executor borrows it until the final events) */
     struct srv_gen *next, *prev; /* the server's list of requests in flight */
 } srv_gen;
 

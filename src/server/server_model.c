@@ -10,6 +10,7 @@
 #include "core/checked.h"
 #include "core/error.h"
 #include "core/fileutil.h"
+#include "server/server_guided.h"
 #include "server/server_internal.h"
 
 srv_model *srv_model_acquire(struct anvil_server *s, const char *name)
@@ -76,6 +77,7 @@ anvil_status srv_model_new(struct anvil_server *s, const char *name, const char 
      * config value cut to 32 bits) */
     m->max_seq_len = anvil_runtime_options_get(rt)->max_seq_len;
     pthread_mutex_init(&m->mu, NULL);
+    pthread_mutex_init(&m->guided_mu, NULL);
     *out = m;
     return ANVIL_OK;
 fail:
@@ -154,6 +156,8 @@ void srv_model_free(srv_model *m)
     anvil_runtime_free(m->rt);
     anvil_tokenizer_free(m->tok);
     anvil_chat_template_free(m->tmpl);
+    srv_guided_model_free(m); /* after the executor: no request uses it now */
+    pthread_mutex_destroy(&m->guided_mu);
     pthread_mutex_destroy(&m->mu);
     free(m->name);
     free(m);

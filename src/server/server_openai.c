@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/server_guided.h"
 #include "server/server_openai.h"
 
 /* Cuts s (NUL-terminated) after its last complete UTF-8 sequence: a message
@@ -215,6 +216,7 @@ void srv_mapped_free(srv_mapped *q)
         free(q->prompts[i].echo);
     }
     free(q->prompts);
+    anvil_grammar_free(q->grammar);
     free(q);
 }
 
@@ -434,13 +436,21 @@ static int response_format(parse_ctx *c, json_t *body)
     if (strcmp(ty, "text") == 0)
         return 0;
     if (strcmp(ty, "json_object") == 0 || strcmp(ty, "json_schema") == 0)
-        return fail(c, 400, "response_format", "unsupported",
-                    "'response_format' of type '%s' is not supported (no constrained decoding): use \"text\"",
-                    ty);
+        return 0; /* compiled by structured_output() */
     char buf[80];
     return fail(c, 400, "response_format", "invalid_value",
                 "'response_format.type' must be \"text\", \"json_object\" or \"json_schema\", got '%s'",
                 clip(ty, buf));
+}
+
+/* response_format / guided_*: the grammar the request's samples follow. */
+static int structured_output(parse_ctx *c, srv_mapped *q, json_t *body)
+{
+    srv_guided_err e;
+    if (srv_guided_map(q->model, body, &q->grammar, &e) < 0)
+        return fail(c, e.status, e.param, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
+    q->req.grammar = q->grammar;
+    return 0;
 }
 
 /* ------------------------------------------------------------ prompts */
@@ -813,7 +823,8 @@ int srv_openai_map(srv_model *m, json_t *body, int chat, srv_mapped **out, int *
     q->req.max_tokens = chat ? 0 : 16; /* OpenAI's defaults: 16 for completions, the context for chat */
     int add_special = !chat;
     if (string_field(c, body, "user") < 0 || sampling(c, q, body) < 0 || choices(c, q, body) < 0 ||
-        boolean(c, body, "add_special_tokens", &add_special) < 0 || response_format(c, body) < 0)
+        boolean(c, body, "add_special_tokens", &add_special) < 0 || response_format(c, body) < 0 ||
+        structured_output(c, q, body) < 0)
         goto fail;
     if (!chat) {
         json_t *sfx = get(body, "suffix");
@@ -920,6 +931,8 @@ static int generate(struct anvil_server *s, json_t *body, int chat, const srv_wi
         srv_mapped_free(q);
         return fail(c, 500, NULL, NULL, "out of memory");
     }
+    j->g.grammar = q->grammar; /* the job's now: freed after the last final event */
+    q->grammar = NULL;
     srv_gen *g = &j->g;
     anvil_request r = q->req;
     r.on_event = srv_gen_on_event;

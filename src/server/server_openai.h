@@ -40,6 +40,7 @@ typedef struct srv_mapped {
     int32_t n_prompts;
     const srv_wire *wire;      /* the output's wire format (NULL: OpenAI's); set by the caller */
     json_t *wire_ctx;          /* its fields (borrowed) */
+    anvil_grammar *grammar;    /* structured output (server_guided.c), req.grammar; NULL: none */
 } srv_mapped;
 
 /*

@@ -132,6 +132,7 @@ static void init(void)
     model.name = "stories260K";
     model.max_seq_len = 512;
     pthread_mutex_init(&model.mu, NULL);
+    pthread_mutex_init(&model.guided_mu, NULL); /* structured output: the grammar vocabulary, built once */
     pthread_mutex_init(&srv.repo_mu, NULL);
     pthread_mutex_init(&srv.wake_mu, NULL);
     pthread_cond_init(&srv.repo_cv, NULL);

@@ -332,7 +332,7 @@ def test_wrong_types_chat(server):
                 body.pop(field)
             bad(server, body, path="/v1/chat/completions", param=field)
     for field, v in (("temperature", "x"), ("n", "x"), ("max_tokens", "x"), ("stop", 5), ("model", 5),
-                     ("seed", "x"), ("response_format", {"type": "json_object"})):
+                     ("seed", "x"), ("response_format", {"type": "json"})):
         bad(server, {**CHAT, field: v}, path="/v1/chat/completions", param=field)
 
 
