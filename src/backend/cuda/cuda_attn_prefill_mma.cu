@@ -51,8 +51,14 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     const int stage_elems = 2 * MMA_BN * kst;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
-    const int t0 = blockIdx.x * qt;
-    const int g = blockIdx.y / n_hc, hc = blockIdx.y - (blockIdx.y / n_hc) * n_hc;
+    /* Blocks start in the order of their linear index (x fastest): it
+     * takes the head groups first and the runs of tokens last to first. In
+     * a causal prompt the last runs have the most keys; started last, they
+     * would leave the GPU waiting on a few long blocks at the end. */
+    const int lin = blockIdx.y * gridDim.x + blockIdx.x;
+    const int by = lin % gridDim.y, bx = gridDim.x - 1 - lin / gridDim.y;
+    const int t0 = bx * qt;
+    const int g = by / n_hc, hc = by - (by / n_hc) * n_hc;
     const int group = a.n_heads / a.n_kv_heads;
     const int n_tok = min(qt, a.n_tokens - t0);
     const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
@@ -172,10 +178,19 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
                 sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+                /* B operands of two 16-wide chunks of head_dim per ldmatrix
+                 * (matrices: dims +0, +8, +16, +24 of keys nt*8..+8): one
+                 * instruction where 32-bit loads took four */
+                const uint16_t *kl = k_s + (nt * 8 + (lane & 7)) * kst + (lane >> 3) * 8;
                 const uint16_t *kr = k_s + (nt * 8 + gq) * kst + 2 * tq;
 #pragma unroll
-                for (int kc = 0; kc < KC; kc++) {
-                    if (kc * 16 < hd) {
+                for (int kc = 0; kc < KC; kc += 2) {
+                    if ((kc + 1) * 16 < hd) {
+                        uint32_t kb[4];
+                        anvil_ldmatrix_x4(kb, kl + kc * 16);
+                        anvil_mma16816<T>(sc[nt], qf[kc], kb[0], kb[1]);
+                        anvil_mma16816<T>(sc[nt], qf[kc + 1], kb[2], kb[3]);
+                    } else if (kc * 16 < hd) { /* an odd last chunk */
                         const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
                         const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
                         anvil_mma16816<T>(sc[nt], qf[kc], b0, b1);
