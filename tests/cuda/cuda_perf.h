@@ -293,6 +293,12 @@ static int anvil_cuda_perf_main(void)
     perf_attention(be, "attn decode B=1 ctx=512", 1, 512, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=64 ctx=512", 64, 512, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=256 ctx=512", 256, 512, 1, 32, 8, 128);
+    /* the serving shapes: many sequences at long contexts (issue 14) */
+    perf_attention(be, "attn decode B=256 ctx=2048", 256, 2048, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=512 ctx=2048", 512, 2048, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=1024 ctx=1024", 1024, 1024, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=64 ctx=8192", 64, 8192, 1, 32, 8, 128);
+    perf_attention(be, "attn decode B=8 ctx=8192", 8, 8192, 1, 32, 8, 128);
     {
         /* three tiles in shared memory instead of two */
         anvil_cuda_knobs k3 = {.attn_decode_stages = 3};
