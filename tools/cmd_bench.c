@@ -377,7 +377,20 @@ static int from_file(const bench_args *a, dataset *d)
         request_values_apply(&a->rv, &q->req);
         d->objs[d->n++] = o;
         char err[300];
-        if (exec_cli_request_from_json(o, q, err, sizeof err)) {
+        const char *k;
+        json_t *kv;
+        json_object_foreach(o, k, kv)
+        {
+            if (exec_cli_structured_field(k) && !json_is_null(kv) &&
+                !(strcmp(k, "response_format") == 0 &&
+                  json_is_string(json_object_get(kv, "type")) &&
+                  strcmp(json_string_value(json_object_get(kv, "type")), "text") == 0)) {
+                fprintf(stderr, TOOL ": %s line %ld: '%s': structured output is not measured by anvil bench yet\n",
+                        a->dataset, d->n, k);
+                rc = -1;
+            }
+        }
+        if (rc == 0 && exec_cli_request_from_json(o, q, err, sizeof err)) {
             fprintf(stderr, TOOL ": %s line %ld: %s\n", a->dataset, d->n, err);
             rc = -1;
         }

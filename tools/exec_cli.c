@@ -348,6 +348,7 @@ int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, si
         int ok = request_field_known(key);
         for (int i = 0; other_keys[i] && !ok; i++)
             ok = strcmp(key, other_keys[i]) == 0;
+        ok = ok || exec_cli_structured_field(key);
         if (!ok) {
             snprintf(err, n, "unknown field '%s'", key);
             return -1;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "anvil/executor.h"
+#include "anvil/grammar.h"
 #include "anvil/model_config.h"
 #include "anvil/runtime.h"
 #include "anvil/tokenizer.h"
@@ -186,6 +187,15 @@ typedef struct exec_cli_request {
  * request. 0 ok; -1 with a message in err.
  */
 int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, size_t errlen);
+
+/* exec_grammar.c: structured output. Whether key is one of its fields
+ * (response_format, guided_json, guided_regex, guided_choice,
+ * guided_grammar); the grammar obj asks for (*out, taken by the caller;
+ * NULL: none), compiled over *vocab, built from tok and cfg on first use
+ * (taken by the caller). 0, or -1 with err. */
+int exec_cli_structured_field(const char *key);
+int exec_cli_request_grammar(json_t *obj, const anvil_tokenizer *tok, const anvil_model_config *cfg,
+                             anvil_grammar_vocab **vocab, anvil_grammar **out, char *err, size_t n);
 void exec_cli_request_clear(exec_cli_request *r);
 
 /* One result as JSON (OpenAI-like choices, usage, finish reason); beam:

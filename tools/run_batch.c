@@ -273,8 +273,10 @@ int anvil_run_batch(int argc, char **argv)
     uint64_t *ids = calloc((size_t)(n ? n : 1), sizeof *ids);
     int *beam = calloc((size_t)(n ? n : 1), sizeof *beam);
     int32_t *max_tokens = calloc((size_t)(n ? n : 1), sizeof *max_tokens);
+    anvil_grammar **grams = calloc((size_t)(n ? n : 1), sizeof *grams); /* borrowed by the executor till the end */
+    anvil_grammar_vocab *gvocab = NULL;
     rc = 1;
-    if (ids == NULL || beam == NULL || max_tokens == NULL) {
+    if (ids == NULL || beam == NULL || max_tokens == NULL || grams == NULL) {
         fprintf(stderr, TOOL ": out of memory\n");
         goto done;
     }
@@ -300,14 +302,18 @@ int anvil_run_batch(int argc, char **argv)
         exec_cli_request q = {0};
         defaults(&a, cfg, &q.req);
         char err[300];
-        if (exec_cli_request_from_json(l->obj, &q, err, sizeof err) != 0) {
+        if (exec_cli_request_from_json(l->obj, &q, err, sizeof err) != 0 ||
+            exec_cli_request_grammar(l->obj, tok, cfg, &gvocab, &grams[i], err, sizeof err) != 0) {
             char msg[340];
             snprintf(msg, sizeof msg, "line %ld: %s", i + 1, err);
             l->error = strdup(msg);
-        } else if (anvil_executor_enqueue(ex, &q.req, &ids[i]) != ANVIL_OK) {
-            char msg[340];
-            snprintf(msg, sizeof msg, "line %ld: %s", i + 1, anvil_last_error());
-            l->error = strdup(msg);
+        } else {
+            q.req.grammar = grams[i];
+            if (anvil_executor_enqueue(ex, &q.req, &ids[i]) != ANVIL_OK) {
+                char msg[340];
+                snprintf(msg, sizeof msg, "line %ld: %s", i + 1, anvil_last_error());
+                l->error = strdup(msg);
+            }
         }
         beam[i] = q.req.beam_width > 1;
         max_tokens[i] = q.req.max_tokens;
@@ -369,6 +375,10 @@ int anvil_run_batch(int argc, char **argv)
     rc = cli_sigint_seen() ? 130 : failed ? 1 : 0;
 done:
     anvil_executor_free(ex);
+    for (long i = 0; grams && i < n; i++)
+        anvil_grammar_free(grams[i]);
+    free(grams);
+    anvil_grammar_vocab_free(gvocab);
     anvil_runtime_free(rt);
     anvil_tokenizer_free(tok);
     if (out != stdout)

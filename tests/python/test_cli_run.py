@@ -254,3 +254,40 @@ def test_errors_name_no_source_file(shared, tmp_path):
     assert r.returncode == 1 and len(lines) == 2 and lines[0].startswith("anvil chat-template: "), r.stderr
     assert lines[0].endswith("no system role") and ".c:" not in lines[0], r.stderr
     assert re.fullmatch(r"anvil chat-template: \(raised at src/jinja/\w+\.c:\d+\)", lines[1]), r.stderr
+
+
+def test_input_structured_output(anvil, shared, tmp_path):
+    """anvil run --input with the server's structured output fields (tinycode at temperature 1): every
+    constrained line's text follows its schema, choice, expression or grammar; a refused one is that
+    line's error naming the field; unconstrained lines are untouched."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "b": {"enum": ["x", "y"]}},
+              "required": ["a", "b"], "additionalProperties": False}
+    base = {"prompt": "def f():", "max_tokens": 60, "temperature": 1.0}
+    lines = [{**base, "seed": s, "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}}
+             for s in range(4)]
+    lines += [{**base, "seed": 9, "guided_json": json.dumps(schema)},
+              {**base, "seed": 1, "guided_choice": ["yes", "no", "maybe"]},
+              {**base, "seed": 2, "guided_regex": "[a-z]{1,4}-[0-9]{2}"},
+              {**base, "seed": 3, "guided_grammar": 'root ::= "n" [0-9]+ "."'},
+              {**base, "seed": 4, "response_format": {"type": "json_object"}},
+              {**base, "guided_regex": "(unclosed"},
+              {**base, "guided_choice": ["a"], "guided_regex": "a"},
+              {**base, "seed": 5, "max_tokens": 5, "response_format": {"type": "text"}}]
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    r = anvil("run", "--model", shared / "models" / "tinycode", "--input", path, "--threads", "1")
+    assert r.returncode == 1, r.stderr  # the two bad lines
+    out = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(out) == len(lines)
+    text = [o["choices"][0]["text"] if "choices" in o else None for o in out]
+    for i in range(5):
+        assert out[i]["finish_reason"] == "stop", out[i]
+        o = json.loads(text[i])
+        assert set(o) == {"a", "b"} and 0 <= o["a"] <= 99 and o["b"] in ("x", "y")
+    assert text[5] in ("yes", "no", "maybe")
+    assert re.fullmatch(r"[a-z]{1,4}-[0-9]{2}", text[6]), text[6]
+    assert re.fullmatch(r"n[0-9]+\.", text[7]), text[7]
+    assert isinstance(json.loads(text[8]), dict)
+    assert "guided_regex" in out[9]["error"] and "only one" in out[10]["error"]
+    assert len(out[11]["choices"][0]["token_ids"]) == 5
