@@ -16,7 +16,8 @@ is faster). The workloads, as llama.cpp's tools name them:
            (16 sequences of 128 prompt tokens and 128 generated: all tokens / total time)
 
 DIR is the Hugging Face folder (bench_cpu_model writes llama-1b, a random
-Llama-3.2-1B-shaped bf16 model); FILE is the same weights as GGUF bf16. The
+Llama-3.2-1B-shaped bf16 model); FILE is the same weights as GGUF bf16
+(bench/hf_to_gguf_bf16.py DIR FILE LLAMA_CPP/gguf-py). The
 KV cache is f16 on both sides (llama.cpp's default, anvil's auto for a bf16
 model on the CPU). Writes the raw numbers as JSON with --json.
 """
