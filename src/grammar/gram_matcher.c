@@ -35,7 +35,7 @@ anvil_status anvil_grammar_matcher_create(const anvil_grammar *g, anvil_grammar_
     CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "out must not be NULL");
     *out = NULL;
     CHECK(g != NULL, ANVIL_ERR_INVALID_ARG, "grammar must not be NULL");
-    anvil_grammar_matcher *m;
+    anvil_grammar_matcher *m = NULL; /* set by matcher_new (GCC -O3 cannot see it) */
     TRY(matcher_new(g, &m));
     const int32_t *s = &g->g.start;
     int32_t len = 1;
@@ -81,7 +81,7 @@ anvil_status anvil_grammar_matcher_copy(const anvil_grammar_matcher *m, anvil_gr
     CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "out must not be NULL");
     *out = NULL;
     CHECK(m != NULL, ANVIL_ERR_INVALID_ARG, "matcher must not be NULL");
-    anvil_grammar_matcher *c;
+    anvil_grammar_matcher *c = NULL;
     TRY(matcher_new(m->g, &c));
     anvil_status st = rebase(c, &m->dfa, m->state);
     if (st != ANVIL_OK) {
