@@ -143,6 +143,10 @@ def stream_client(port, i, start, results):
 def test_256_concurrent_streams_equal_single_requests():
     srv = Server("--api-key", KEY)
     try:
+        # /health answers 503 "loading" until the model is in (often seen
+        # under the sanitizers, which load slowly): those count, the load's
+        # requests must not add any non-200
+        http0 = {k: v for k, v in srv.metrics().items() if k.startswith("anvil_http_requests_total{")}
         # references, each request alone: the even clients' before the load,
         # the odd clients' after it
         refs = {i: reference(srv, i) for i in range(0, N_CLIENTS, 2)}
@@ -190,7 +194,8 @@ def test_256_concurrent_streams_equal_single_requests():
             2 * sum(refs[i]["usage"]["completion_tokens"] for i in range(N_CLIENTS))
         assert m['anvil_prompt_tokens_total{model="stories260K"}'] == \
             2 * sum(refs[i]["usage"]["prompt_tokens"] for i in range(N_CLIENTS))
-        assert all(v == 0 for k, v in m.items() if k.startswith("anvil_http_requests_total{") and '"200"' not in k)
+        assert all(v == http0.get(k, 0) for k, v in m.items()
+                   if k.startswith("anvil_http_requests_total{") and '"200"' not in k), (http0, m)
         assert m['anvil_kv_blocks{model="stories260K",state="used"}'] == 0
         ttft = sorted(r[3] for r in results)
         print(f"\n{N_CLIENTS} streams in {wall:.2f} s, TTFT p50 {ttft[len(ttft) // 2] * 1e3:.0f} ms, "
