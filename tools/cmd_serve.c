@@ -48,6 +48,8 @@ static void usage(FILE *out)
             "      --api-key KEY           require 'Authorization: Bearer KEY' on /v1/ (default: env\n"
             "                              ANVIL_API_KEY; none if unset)\n"
             "      --chat-template FILE    a Jinja chat template for models without their own\n"
+            "      --tool-call-parser P    how chat outputs become tool calls: auto (default: from the\n"
+            "                              model's template), llama3_json, hermes, mistral or none\n"
             "      --max-request-bytes N   larger request bodies are 413 (default 1048576)\n"
             "      --max-queue-size N      requests waiting per model before 429 (default 1024)\n"
             "      --max-connections N     simultaneous connections (default 1024)\n"
@@ -72,6 +74,7 @@ static void usage(FILE *out)
 enum {
     OPT_HOST = 2000,
     OPT_ORIGINS,
+    OPT_TOOL_PARSER,
     OPT_PORT,
     OPT_KEY,
     OPT_TEMPLATE,
@@ -200,6 +203,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"model", required_argument, 0, 'm'},
         {"host", required_argument, 0, OPT_HOST},
         {"allowed-origins", required_argument, 0, OPT_ORIGINS},
+        {"tool-call-parser", required_argument, 0, OPT_TOOL_PARSER},
         {"port", required_argument, 0, OPT_PORT},
         {"api-key", required_argument, 0, OPT_KEY},
         {"chat-template", required_argument, 0, OPT_TEMPLATE},
@@ -276,6 +280,15 @@ int anvil_cmd_serve(int argc, char **argv)
             break;
         case OPT_ORIGINS:
             so.allowed_origins = optarg;
+            break;
+        case OPT_TOOL_PARSER:
+            if (strcmp(optarg, "auto") && strcmp(optarg, "llama3_json") && strcmp(optarg, "hermes") &&
+                strcmp(optarg, "mistral") && strcmp(optarg, "none")) {
+                fprintf(stderr, "%s: --tool-call-parser must be auto, llama3_json, hermes, mistral or none, got '%s'\n",
+                        tool, optarg);
+                return 2;
+            }
+            so.tool_call_parser = optarg;
             break;
         case OPT_PORT:
             if (exec_cli_int(optarg, "--port", 0, 65535, &v, tool))

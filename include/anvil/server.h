@@ -107,6 +107,12 @@ typedef struct anvil_server_options {
      * any. NULL (the default): none (no CORS header is sent). Copied by
      * create. */
     const char *allowed_origins;
+    /* How chat outputs are parsed into tool calls (vLLM's
+     * --tool-call-parser): "llama3_json", "hermes" (Qwen2.5/3's
+     * <tool_call>), "mistral" ([TOOL_CALLS]), "none" (never), or NULL /
+     * "auto" (the default): from each model's chat template and tokenizer.
+     * Another name is refused by create. */
+    const char *tool_call_parser;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);

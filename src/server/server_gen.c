@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "server/server_openai.h"
+#include "server/server_tools.h"
 
 double srv_now(void)
 {
@@ -39,6 +40,9 @@ void srv_gen_release(srv_gen *g)
     free(g->rec);
     free(g->buf);
     free(g->role_sent);
+    for (int32_t i = 0; g->tools_st && i < j->n_choices; i++)
+        srv_tools_stream_free(&g->tools_st[i]);
+    free(g->tools_st);
     for (int32_t i = 0; j->echo && i < j->n_prompts; i++)
         free(j->echo[i]);
     free(j->echo);
@@ -290,8 +294,8 @@ static void put_escaped(srv_gen *g, const char *s, size_t n)
     srv_gen_append(g, tmp, k);
 }
 
-static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
-                         anvil_request_finish finish)
+static void chunk_out(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
+                      anvil_request_finish finish)
 {
     if (g->wire) { /* one sample, no logprobs (the wire's mapping refuses them) */
         json_decref(lp);
@@ -378,6 +382,97 @@ static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t tex
     if (g->include_usage)
         json_object_set_new(o, "usage", json_null());
     sse(g, o);
+}
+
+/* The tool_calls of a message or delta: calls ({name, arguments}) with
+ * their ids; delta: each with its index. */
+static json_t *tool_calls_json(const srv_gen *g, json_t *calls, int delta)
+{
+    json_t *a = json_array();
+    size_t i;
+    json_t *c;
+    json_array_foreach(calls, i, c)
+    {
+        char id[40];
+        srv_tools_call_id(g->tool_parser, id, sizeof id);
+        json_t *f = json_object(), *tc = json_object();
+        json_object_set(f, "name", json_object_get(c, "name"));
+        json_object_set(f, "arguments", json_object_get(c, "arguments"));
+        if (delta)
+            json_object_set_new(tc, "index", json_integer((json_int_t)i));
+        json_object_set_new(tc, "id", json_string(id));
+        json_object_set_new(tc, "type", json_string("function"));
+        json_object_set_new(tc, "function", f);
+        json_array_append_new(a, tc);
+    }
+    return a;
+}
+
+/* A chat chunk of a tool-calls stream in the jansson shape: the calls'
+ * delta (calls non-NULL), or the end with finish_reason "tool_calls". */
+static void tool_chunk(srv_gen *g, int32_t index, json_t *calls)
+{
+    json_t *o = envelope(g, "chat.completion.chunk");
+    json_t *c = json_object(), *delta = json_object();
+    json_object_set_new(c, "index", json_integer(index));
+    if (!g->role_sent[index]) {
+        json_object_set_new(delta, "role", json_string("assistant"));
+        g->role_sent[index] = 1;
+    }
+    if (calls)
+        json_object_set_new(delta, "tool_calls", tool_calls_json(g, calls, 1));
+    json_object_set_new(c, "delta", delta);
+    json_object_set_new(c, "logprobs", json_null());
+    json_object_set_new(c, "finish_reason", calls ? json_null() : json_string("tool_calls"));
+    json_t *choices = json_array();
+    json_array_append_new(choices, c);
+    json_object_set_new(o, "choices", choices);
+    if (g->include_usage)
+        json_object_set_new(o, "usage", json_null());
+    sse(g, o);
+}
+
+/* A chunk of a stream: with tools, through the choice's call parser (the
+ * content that cannot be a call goes out at once; the calls, whole, at the
+ * end: one delta each, as vLLM's and OpenAI's clients take them). */
+static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
+                         anvil_request_finish finish)
+{
+    if (g->tools_st == NULL) {
+        chunk_out(g, index, text, text_len, lp, finish);
+        return;
+    }
+    srv_tools_stream *ts = &g->tools_st[index];
+    const char *out = NULL;
+    size_t out_len = 0;
+    if (srv_tools_stream_push(ts, text, text_len, &out, &out_len) < 0) {
+        /* out of memory: this piece as content, the parser off */
+        srv_tools_stream_free(ts);
+        srv_tools_stream_init(ts, SRV_TOOLS_NONE, 0);
+        out = text;
+        out_len = text_len;
+    }
+    if (finish == ANVIL_REQUEST_RUNNING) {
+        if (out_len > 0 || lp)
+            chunk_out(g, index, out, out_len, lp, finish);
+        else
+            json_decref(lp);
+        return;
+    }
+    if (out_len > 0 || lp)
+        chunk_out(g, index, out, out_len, lp, ANVIL_REQUEST_RUNNING);
+    srv_tools_result r = {0};
+    if (srv_tools_stream_finish(ts, &r) < 0)
+        memset(&r, 0, sizeof r);
+    if (r.content_len > 0)
+        chunk_out(g, index, r.content, r.content_len, NULL, ANVIL_REQUEST_RUNNING);
+    if (r.calls && (finish == ANVIL_REQUEST_STOP || finish == ANVIL_REQUEST_LENGTH)) {
+        tool_chunk(g, index, r.calls);
+        tool_chunk(g, index, NULL);
+    } else {
+        chunk_out(g, index, "", 0, NULL, finish);
+    }
+    srv_tools_result_free(&r);
 }
 
 /* A stream's token events wait as records (index, finish, text) until the
@@ -488,12 +583,23 @@ static void add_choices(srv_job *j, const srv_sub *sub, const anvil_result *r)
     for (int32_t rank = 0; rank < k && rank < g->n; rank++) {
         const anvil_sequence_output *sq = &r->sequences[order[rank]];
         int32_t index = sub->prompt * g->n + rank;
+        int calls = 0;
         json_t *c = json_object();
         json_object_set_new(c, "index", json_integer(index));
         if (g->chat) {
             json_t *m = json_object();
             json_object_set_new(m, "role", json_string("assistant"));
-            json_object_set_new(m, "content", jstr(sq->text, sq->text_len));
+            srv_tools_result tr = {0};
+            if (g->tools_active &&
+                srv_tools_parse(g->tool_parser, g->tools_forced, sq->text, sq->text_len, &tr) == 0 && tr.calls) {
+                /* the text before the calls, or null (OpenAI's shape) */
+                json_object_set_new(m, "content", tr.content_len ? jstr(tr.content, tr.content_len) : json_null());
+                json_object_set_new(m, "tool_calls", tool_calls_json(g, tr.calls, 0));
+                calls = 1;
+            } else {
+                json_object_set_new(m, "content", jstr(sq->text, sq->text_len));
+            }
+            srv_tools_result_free(&tr);
             json_object_set_new(m, "refusal", json_null());
             json_object_set_new(c, "message", m);
         } else {
@@ -506,7 +612,10 @@ static void add_choices(srv_job *j, const srv_sub *sub, const anvil_result *r)
             g->logprobs >= 0 && sq->logprobs
                 ? logprobs_json(g, sq->token_ids, sq->n_tokens, sq->logprobs, sq->top_logprobs, sq->n_top, 0)
                 : json_null());
-        json_object_set_new(c, "finish_reason", finish_json(sq->finish));
+        json_object_set_new(c, "finish_reason", calls && (sq->finish == ANVIL_REQUEST_STOP ||
+                                                          sq->finish == ANVIL_REQUEST_LENGTH)
+                                                    ? json_string("tool_calls")
+                                                    : finish_json(sq->finish));
         json_array_set_new(j->choices, (size_t)index, c);
     }
     free(order);
@@ -809,6 +918,9 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     g->logprobs = q->logprobs;
     g->top_as_chat = q->chat;
     g->wire = q->wire;
+    g->tools_active = q->tools_active && q->chat && q->wire == NULL;
+    g->tool_parser = q->tool_parser;
+    g->tools_forced = q->tools_forced;
     /* its own copy: a wire may note things in it (under g->mu) while the
      * HTTP side drops the request's */
     g->wire_ctx = q->wire_ctx ? json_deep_copy(q->wire_ctx) : NULL;
@@ -827,6 +939,11 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
              (g->stream || (j->choices = json_array()) != NULL);
     for (int32_t i = 0; ok && !g->stream && i < j->n_choices; i++)
         ok = json_array_append_new(j->choices, json_null()) == 0;
+    if (ok && g->stream && g->tools_active) {
+        ok = (g->tools_st = calloc((size_t)j->n_choices, sizeof *g->tools_st)) != NULL;
+        for (int32_t i = 0; ok && i < j->n_choices; i++)
+            srv_tools_stream_init(&g->tools_st[i], g->tool_parser, g->tools_forced);
+    }
     if (ok && q->echo) {
         ok = (j->echo = calloc((size_t)j->n_prompts, sizeof *j->echo)) != NULL &&
              (j->echo_len = calloc((size_t)j->n_prompts, sizeof *j->echo_len)) != NULL;

@@ -57,6 +57,16 @@ static int vocab(srv_model *m, const anvil_grammar_vocab **out, const char *para
     return 0;
 }
 
+int srv_guided_vocab(srv_model *m, const anvil_grammar_vocab **out, const char *param, srv_guided_err *e)
+{
+    return vocab(m, out, param, e);
+}
+
+void srv_guided_json_options(anvil_grammar_options *o)
+{
+    json_opts(o);
+}
+
 /* The engine's verdict on a compile: a refused schema or grammar is the
  * client's (400, the engine's message), memory the server's. */
 static int compiled(anvil_status st, const char *param, srv_guided_err *e)

@@ -20,6 +20,13 @@ typedef struct srv_guided_err {
  * 0, or -1 with *e filled. */
 int srv_guided_map(srv_model *m, json_t *body, anvil_grammar **out, srv_guided_err *e);
 
+/* The model's grammar vocabulary, built on first use (tool calls' grammars
+ * use it too: server_tools.c); 0, or -1 with *e filled naming param. */
+int srv_guided_vocab(srv_model *m, const anvil_grammar_vocab **out, const char *param, srv_guided_err *e);
+
+/* The options JSON grammars are compiled with (json.dumps' whitespace). */
+void srv_guided_json_options(anvil_grammar_options *o);
+
 /* Frees the model's grammar vocabulary (with the model). */
 void srv_guided_model_free(srv_model *m);
 

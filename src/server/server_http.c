@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "server/server_openai.h"
+#include "server/server_tools.h"
 
 /* How long a shutdown waits for repository jobs that did not end. */
 #define JOBS_WAIT_S 10.0
@@ -1164,6 +1165,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
           "the API key is empty; give a key, or none (NULL) to serve without authentication");
     CHECK(o == NULL || o->admin_key == NULL || o->admin_key[0], ANVIL_ERR_INVALID_ARG,
           "the admin key is empty; give a key, or none (NULL) for the API key's");
+    CHECK(o == NULL || srv_tools_parser_from_name(o->tool_call_parser) != -2, ANVIL_ERR_INVALID_ARG,
+          "unknown tool-call parser '%s' (auto, llama3_json, hermes, mistral or none)", o->tool_call_parser);
     anvil_server *s = calloc(1, sizeof *s);
     CHECK(s != NULL, ANVIL_ERR_OOM, "out of memory");
     if (o)
@@ -1186,6 +1189,8 @@ anvil_status anvil_server_create(const anvil_server_options *o, anvil_server **o
         s->opts.header_timeout_s = 10;
     if (s->opts.max_connections_per_client == 0)
         s->opts.max_connections_per_client = s->opts.max_connections > 1 ? s->opts.max_connections / 2 : 1;
+    s->tool_parser = srv_tools_parser_from_name(s->opts.tool_call_parser);
+    s->opts.tool_call_parser = NULL; /* the caller's string: read into tool_parser */
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->wake_mu, NULL);
     s->wake_fd = -1;

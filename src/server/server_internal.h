@@ -47,6 +47,7 @@ typedef struct srv_model {
      * the first constrained request, under guided_mu */
     pthread_mutex_t guided_mu;
     anvil_grammar_vocab *guided_vocab;
+    int tool_parser;           /* tool-call syntax from its template (server_tools.h) + 1; 0: not read yet (guided_mu) */
 } srv_model;
 
 /* A model's state in the repository index (Triton's names). */
@@ -165,6 +166,9 @@ typedef struct srv_gen {
     int wake_every;            /* stream_interval x n: events between wake-ups */
     int unwoken;               /* chunk events since the last wake-up (-1: none yet) */
     anvil_grammar *grammar;    /* structured output (owned; the executor borrows it until the final events) */
+    int tool_parser, tools_forced; /* chat with tools (tools_active): outputs parsed into tool_calls (server_tools.h) */
+    int tools_active;
+    struct srv_tools_stream *tools_st; /* [n_choices] a chat stream with tools: each choice's parser */
     struct srv_gen *next, *prev; /* the server's list of requests in flight */
 } srv_gen;
 
@@ -184,6 +188,7 @@ struct anvil_server {
     char *cpu_isa;                /* rt_opts.cpu_isa, owned */
     char *template_src;
     atomic_int ready;          /* /health 200 (else 503 "loading") */
+    int tool_parser;           /* --tool-call-parser: SRV_TOOLS_AUTO (the model's) or a parser (server_tools.h) */
     struct MHD_Daemon *daemon;
     int port;
     atomic_int shutting_down;

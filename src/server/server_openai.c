@@ -12,6 +12,7 @@
 
 #include "server/server_guided.h"
 #include "server/server_openai.h"
+#include "server/server_tools.h"
 
 /* Cuts s (NUL-terminated) after its last complete UTF-8 sequence: a message
  * cut by snprintf must stay valid UTF-8 for json_string. */
@@ -285,6 +286,8 @@ static json_t *content_text(parse_ctx *c, json_t *content, size_t i)
 
 /* The chat messages checked (roles, content) with content parts flattened
  * to text (templates expect strings). Returns a new array or NULL (failed). */
+static int args_as_objects(json_t *msg);
+
 static json_t *chat_messages(parse_ctx *c, json_t *msgs)
 {
     if (msgs == NULL)
@@ -331,6 +334,8 @@ static json_t *chat_messages(parse_ctx *c, json_t *msgs)
         json_t *copy = json_deep_copy(m);
         if (copy == NULL || json_array_append_new(out, copy) != 0)
             goto oom;
+        if (args_as_objects(copy) < 0)
+            goto oom;
         json_t *content = get(m, "content");
         if (content == NULL) {
             /* an assistant turn may carry tool calls instead (OpenAI's rule) */
@@ -368,17 +373,59 @@ fail:
     return NULL;
 }
 
-/* tools / tool_choice / functions / response_format: what is accepted (see
- * docs/server.md, "Requests"); tools_json (malloc'd, may stay NULL) is
- * what the chat template sees. */
-static int chat_tools(parse_ctx *c, json_t *body, char **tools_json)
+/* A past call's arguments (a JSON string, as OpenAI sends them) as the
+ * object they hold: templates print them with tojson (Llama 3.1, Qwen2.5,
+ * Mistral), which would quote the string again. vLLM does the same. */
+static int args_as_objects(json_t *msg)
+{
+    size_t i;
+    json_t *tc;
+    json_array_foreach(json_object_get(msg, "tool_calls"), i, tc)
+    {
+        json_t *f = json_object_get(tc, "function");
+        json_t *a = json_object_get(f, "arguments");
+        if (!json_is_string(a))
+            continue;
+        json_t *o = json_loadb(json_string_value(a), json_string_length(a), 0, NULL);
+        if (json_is_object(o)) {
+            if (json_object_set_new(f, "arguments", o) != 0)
+                return -1;
+        } else {
+            json_decref(o);
+        }
+    }
+    return 0;
+}
+
+/* The model's tool-call syntax: --tool-call-parser, else what its template
+ * and tokenizer show (read once, under guided_mu). */
+static int model_tool_parser(srv_model *m)
+{
+    if (m->srv && m->srv->tool_parser != SRV_TOOLS_AUTO)
+        return m->srv->tool_parser;
+    pthread_mutex_lock(&m->guided_mu);
+    if (m->tool_parser == 0)
+        m->tool_parser = srv_tools_detect(m->tmpl, m->tok) + 1;
+    int p = m->tool_parser - 1;
+    pthread_mutex_unlock(&m->guided_mu);
+    return p;
+}
+
+/* tools / tool_choice / parallel_tool_calls / functions (docs/server.md,
+ * "Tool calls"): checked; with a tool_choice other than none the outputs
+ * are parsed for calls (q->tools_active), and with "required" or a named
+ * function a grammar forces one (q->grammar) after the prompt's *tail.
+ * tools_json (malloc'd, may stay NULL) is what the chat template sees. */
+static int chat_tools(parse_ctx *c, srv_mapped *q, json_t *body, char **tools_json, const char **tail)
 {
     *tools_json = NULL;
+    *tail = "";
     json_t *tools = get(body, "tools"), *choice = get(body, "tool_choice"), *fns = get(body, "functions");
     if (tools && !json_is_array(tools))
         return fail(c, 400, "tools", "invalid_type", "'tools' must be an array of tools");
     size_t i;
     json_t *t;
+    char path[128] = "tools";
     json_array_foreach(tools, i, t)
     {
         json_t *f = json_object_get(t, "function"), *ty = json_object_get(t, "type");
@@ -386,11 +433,14 @@ static int chat_tools(parse_ctx *c, json_t *body, char **tools_json)
             !json_is_object(f) || !json_is_string(json_object_get(f, "name")))
             return fail(c, 400, "tools", "invalid_value",
                         "tools[%zu] must be {\"type\": \"function\", \"function\": {\"name\": ...}}", i);
+        json_t *params = get(f, "parameters");
+        if (params && !json_is_object(params))
+            return fail(c, 400, "tools", "invalid_value",
+                        "tools[%zu].function.parameters must be a JSON schema object", i);
     }
-    char path[128] = "tools";
     if (tools && nul_inside(tools, path, sizeof path))
         return fail(c, 400, path, "invalid_value", "%s must not contain a NUL character", path);
-    const char *ch = NULL;
+    const char *ch = NULL, *named = NULL;
     if (choice) {
         if (json_is_string(choice))
             ch = json_string_value(choice);
@@ -401,22 +451,76 @@ static int chat_tools(parse_ctx *c, json_t *body, char **tools_json)
         if (ch && strcmp(ch, "none") != 0 && strcmp(ch, "auto") != 0 && strcmp(ch, "required") != 0)
             return fail(c, 400, "tool_choice", "invalid_value",
                         "'tool_choice' must be \"none\", \"auto\", \"required\" or a function");
+        if (ch == NULL) {
+            json_t *ty = json_object_get(choice, "type"), *f = json_object_get(choice, "function");
+            json_t *name = json_object_get(f, "name");
+            if (!json_is_string(ty) || strcmp(json_string_value(ty), "function") != 0 || !json_is_string(name))
+                return fail(c, 400, "tool_choice", "invalid_value",
+                            "'tool_choice' as an object must be {\"type\": \"function\", \"function\": "
+                            "{\"name\": ...}}");
+            if (has_nul(name))
+                return fail(c, 400, "tool_choice", "invalid_value",
+                            "'tool_choice' must not contain a NUL character");
+            named = json_string_value(name);
+        }
     }
     size_t n_tools = tools ? json_array_size(tools) : 0;
     if (n_tools == 0 && choice && !(ch && (strcmp(ch, "none") == 0 || strcmp(ch, "auto") == 0)))
         return fail(c, 400, "tool_choice", "invalid_value", "'tool_choice' needs 'tools'");
-    if (n_tools > 0 && !(ch && strcmp(ch, "none") == 0))
-        return fail(
-            c, 400, "tools", "unsupported",
-            "tool calling is not supported: 'tools' are accepted only with \"tool_choice\": \"none\"");
-    if (fns && !(json_is_array(fns) && json_array_size(fns) == 0))
-        return fail(c, 400, "functions", "unsupported", "function calling ('functions') is not supported");
-    if (n_tools > 0) {
-        /* the model still sees the tools (vLLM's default with tool_choice none) */
-        *tools_json = json_dumps(tools, JSON_COMPACT);
-        if (*tools_json == NULL)
-            return fail(c, 500, NULL, NULL, "out of memory");
+    if (named) {
+        for (i = 0; i < n_tools; i++) {
+            t = json_object_get(json_array_get(tools, i), "function");
+            if (strcmp(json_string_value(json_object_get(t, "name")), named) == 0)
+                break;
+        }
+        char buf[80];
+        if (i == n_tools)
+            return fail(c, 400, "tool_choice", "invalid_value",
+                        "'tool_choice' names the function '%s', which is not in 'tools'", clip(named, buf));
     }
+    int parallel = 1;
+    if (boolean(c, body, "parallel_tool_calls", &parallel) < 0)
+        return -1;
+    if (fns && !(json_is_array(fns) && json_array_size(fns) == 0))
+        return fail(c, 400, "functions", "unsupported",
+                    "legacy function calling ('functions') is not supported: use 'tools'");
+    if (get(body, "function_call"))
+        return fail(c, 400, "function_call", "unsupported",
+                    "legacy function calling ('function_call') is not supported: use 'tool_choice'");
+    if (n_tools == 0)
+        return 0;
+    /* the model sees the tools, with tool_choice none too (vLLM's default) */
+    *tools_json = json_dumps(tools, JSON_COMPACT);
+    if (*tools_json == NULL)
+        return fail(c, 500, NULL, NULL, "out of memory");
+    if (ch && strcmp(ch, "none") == 0)
+        return 0;
+    q->tools_active = 1;
+    q->tool_parser = model_tool_parser(q->model);
+    q->tools_forced = named != NULL || (ch && strcmp(ch, "required") == 0);
+    /* the markers of Llama's and Mistral's calls are special tokens: kept
+     * in the text (as vLLM does) unless the client says otherwise */
+    if ((q->tool_parser == SRV_TOOLS_LLAMA3 || q->tool_parser == SRV_TOOLS_MISTRAL) &&
+        get(body, "skip_special_tokens") == NULL)
+        q->req.skip_special_tokens = 0;
+    if (!q->tools_forced)
+        return 0;
+    if (q->grammar)
+        return fail(c, 400, "tool_choice", "invalid_value",
+                    "'tool_choice' \"required\" or a named function cannot be combined with 'response_format' or "
+                    "guided_* (both constrain the output)");
+    srv_guided_err e;
+    const anvil_grammar_vocab *v;
+    if (srv_guided_vocab(q->model, &v, "tool_choice", &e) < 0)
+        return fail(c, e.status, e.param, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
+    anvil_grammar_options o;
+    srv_guided_json_options(&o);
+    int st = 0;
+    char msg[512];
+    if (srv_tools_force(v, &o, q->tool_parser, tools, named, parallel, &q->grammar, tail, &st, msg, sizeof msg) < 0)
+        return fail(c, st, st == 400 ? "tools" : NULL, st == 400 ? "invalid_value" : NULL,
+                    "the tools' parameters: %s", msg);
+    q->req.grammar = q->grammar;
     return 0;
 }
 
@@ -574,7 +678,8 @@ static int chat_prompt(parse_ctx *c, srv_mapped *q, json_t *body, int add_specia
     anvil_chat_render_options ro = {.add_generation_prompt = 1};
     int agp = 1;
     char *tools = NULL;
-    if (boolean(c, body, "add_generation_prompt", &agp) < 0 || chat_tools(c, body, &tools) < 0) {
+    const char *tail = "";
+    if (boolean(c, body, "add_generation_prompt", &agp) < 0 || chat_tools(c, q, body, &tools, &tail) < 0) {
         json_decref(msgs);
         return -1;
     }
@@ -602,6 +707,16 @@ static int chat_prompt(parse_ctx *c, srv_mapped *q, json_t *body, int add_specia
         return fail(c, 500, NULL, NULL, "out of memory");
     }
     q->n_prompts = 1;
+    if (tail[0]) { /* a forced call: the prompt ends with its opening marker */
+        size_t n = strlen(text);
+        char *t2 = realloc(text, n + strlen(tail) + 1);
+        if (t2 == NULL) {
+            free(text);
+            return fail(c, 500, NULL, NULL, "out of memory");
+        }
+        text = t2;
+        memcpy(text + n, tail, strlen(tail) + 1);
+    }
     int r = tokenize(c, m, text, strlen(text), add_special, &q->prompts[0], "messages");
     free(text);
     return r;

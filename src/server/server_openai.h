@@ -41,6 +41,9 @@ typedef struct srv_mapped {
     const srv_wire *wire;      /* the output's wire format (NULL: OpenAI's); set by the caller */
     json_t *wire_ctx;          /* its fields (borrowed) */
     anvil_grammar *grammar;    /* structured output (server_guided.c), req.grammar; NULL: none */
+    int tools_active;          /* chat tools with tool_choice other than none: outputs parsed (server_tools.h) */
+    int tool_parser;           /* the call syntax */
+    int tools_forced;          /* required / a named function: grammar holds the forcing grammar */
 } srv_mapped;
 
 /*

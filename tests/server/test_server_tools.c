@@ -1,0 +1,352 @@
+/* Tool calls without a model or HTTP (server_tools.c): every family's
+ * output parsed whole and streamed in pieces split at every byte offset
+ * (the content streamed out, put together, and the calls are the whole
+ * parse's); malformed calls fall back to content; the forcing grammar of
+ * each family accepts a valid call and refuses a wrong one (a tool with
+ * $defs included); the parser read from real chat templates. The server
+ * tests (tests/python/test_server_tools.py) drive it end to end. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/chat_template.h"
+#include "anvil/grammar.h"
+#include "server/server_tools.h"
+#include "testutil.h"
+
+typedef struct tcase {
+    int parser, forced;
+    const char *text;
+    const char *content; /* the whole parse's content */
+    const char *calls;   /* JSON array of {name, arguments}, or NULL: none */
+} tcase;
+
+static const tcase CASES[] = {
+    /* hermes (Qwen2.5 / Qwen3) */
+    {SRV_TOOLS_HERMES, 0,
+     "Let me look.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
+     "Let me look.", "[{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\"}\"}]"},
+    {SRV_TOOLS_HERMES, 0,
+     "<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", "
+     "\"arguments\": {\"x\": [1, 2]}}\n</tool_call>",
+     "", "[{\"name\":\"a\",\"arguments\":\"{}\"},{\"name\":\"b\",\"arguments\":\"{\\\"x\\\":[1,2]}\"}]"},
+    {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"a\", \"arguments\": {\"k\": \"v\"}}", "",
+     "[{\"name\":\"a\",\"arguments\":\"{\\\"k\\\":\\\"v\\\"}\"}]"}, /* the close never came */
+    {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"a\", \"arguments\": {\"k\": ", /* cut short */
+     "<tool_call>{\"name\": \"a\", \"arguments\": {\"k\": ", NULL},
+    {SRV_TOOLS_HERMES, 0, "x <tool_call>{\"arguments\": {}}</tool_call>", /* no name */
+     "x <tool_call>{\"arguments\": {}}</tool_call>", NULL},
+    {SRV_TOOLS_HERMES, 0, "a < b and <tool_ is not a call <tool", "a < b and <tool_ is not a call <tool", NULL},
+    {SRV_TOOLS_HERMES, 0, "caf\xc3\xa9 \xe2\x82\xac", "caf\xc3\xa9 \xe2\x82\xac", NULL},
+    {SRV_TOOLS_HERMES, 0, "", "", NULL},
+    {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"a\", \"arguments\": \"{\\\"s\\\": 1}\"}</tool_call> trailing", "",
+     "[{\"name\":\"a\",\"arguments\":\"{\\\"s\\\": 1}\"}]"}, /* arguments as a string stay as they are */
+    {SRV_TOOLS_HERMES, 1, "{\"name\": \"f\", \"arguments\": {\"n\": 3}}", "",
+     "[{\"name\":\"f\",\"arguments\":\"{\\\"n\\\":3}\"}]"},
+    /* llama3_json */
+    {SRV_TOOLS_LLAMA3, 0, "{\"name\": \"f\", \"parameters\": {\"q\": \"x\"}}", "",
+     "[{\"name\":\"f\",\"arguments\":\"{\\\"q\\\":\\\"x\\\"}\"}]"},
+    {SRV_TOOLS_LLAMA3, 0, " \n<|python_tag|>{\"name\": \"f\", \"parameters\": {}}; {\"name\": \"g\", \"arguments\": {}}",
+     "", "[{\"name\":\"f\",\"arguments\":\"{}\"},{\"name\":\"g\",\"arguments\":\"{}\"}]"},
+    {SRV_TOOLS_LLAMA3, 0, "Sure: {\"name\": \"f\", \"parameters\": {}}", "Sure: {\"name\": \"f\", \"parameters\": {}}",
+     NULL}, /* a call only at the start */
+    {SRV_TOOLS_LLAMA3, 0, "{\"answer\": 42}", "{\"answer\": 42}", NULL},
+    {SRV_TOOLS_LLAMA3, 0, "{\"name\": \"f\", \"parameters\": {}} and more", "{\"name\": \"f\", \"parameters\": {}} and more",
+     NULL},
+    {SRV_TOOLS_LLAMA3, 0, "<|python", "<|python", NULL},
+    {SRV_TOOLS_LLAMA3, 0, "  ", "  ", NULL},
+    {SRV_TOOLS_LLAMA3, 1, "{\"name\": \"f\", \"parameters\": {\"a\": true}}", "",
+     "[{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":true}\"}]"},
+    /* mistral */
+    {SRV_TOOLS_MISTRAL, 0,
+     "Checking. [TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"a\": 1}}, {\"name\": \"g\", \"arguments\": "
+     "\"{\\\"b\\\": 2}\"}]",
+     "Checking. ", "[{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"},{\"name\":\"g\",\"arguments\":\"{\\\"b\\\": 2}\"}]"},
+    {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {}}]", "",
+     "[{\"name\":\"f\",\"arguments\":\"{}\"}]"},
+    {SRV_TOOLS_MISTRAL, 0, "[1, 2] [TOOL_CALLS", "[1, 2] [TOOL_CALLS", NULL},
+    {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS][{\"name\": 3}]", "[TOOL_CALLS][{\"name\": 3}]", NULL},
+    {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS][]", "[TOOL_CALLS][]", NULL},
+    {SRV_TOOLS_MISTRAL, 1, "[{\"name\": \"f\", \"arguments\": {\"u\": null}}]", "",
+     "[{\"name\":\"f\",\"arguments\":\"{\\\"u\\\":null}\"}]"},
+    /* none: never parsed, except a forced array */
+    {SRV_TOOLS_NONE, 0, "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>",
+     "<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>", NULL},
+    {SRV_TOOLS_NONE, 1, "[{\"name\": \"f\", \"parameters\": {\"z\": 1.5}}]", "",
+     "[{\"name\":\"f\",\"arguments\":\"{\\\"z\\\":1.5}\"}]"},
+    {SRV_TOOLS_NONE, 1, "[{\"name\": \"f\", \"param", "[{\"name\": \"f\", \"param", NULL}, /* max_tokens */
+};
+
+static void check_result(const tcase *c, const char *content, size_t content_len, json_t *calls, const char *how)
+{
+    if (content_len != strlen(c->content) || memcmp(content, c->content, content_len) != 0)
+        fail_msg("%s of [%s]: content [%.*s], want [%s]", how, c->text, (int)content_len, content, c->content);
+    if (c->calls == NULL) {
+        if (calls != NULL)
+            fail_msg("%s of [%s]: calls where none are", how, c->text);
+        return;
+    }
+    json_t *want = json_loads(c->calls, 0, NULL);
+    assert_non_null(want);
+    if (calls == NULL || !json_equal(calls, want)) {
+        char *got = calls ? json_dumps(calls, JSON_COMPACT) : NULL;
+        fail_msg("%s of [%s]: calls %s, want %s", how, c->text, got ? got : "(none)", c->calls);
+    }
+    json_decref(want);
+}
+
+static void test_parse_whole(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        const tcase *c = &CASES[i];
+        srv_tools_result r;
+        assert_int_equal(srv_tools_parse(c->parser, c->forced, c->text, strlen(c->text), &r), 0);
+        check_result(c, r.content, r.content_len, r.calls, "whole parse");
+        srv_tools_result_free(&r);
+    }
+}
+
+/* Streams text cut at the given offsets (n_cuts of them, ascending). */
+static void stream_case(const tcase *c, const size_t *cuts, int n_cuts, const char *how)
+{
+    size_t len = strlen(c->text), at = 0;
+    char *content = malloc(len + 1);
+    size_t n = 0;
+    srv_tools_stream s;
+    srv_tools_stream_init(&s, c->parser, c->forced);
+    for (int k = 0; k <= n_cuts; k++) {
+        size_t to = k < n_cuts ? cuts[k] : len;
+        const char *out;
+        size_t out_len;
+        assert_int_equal(srv_tools_stream_push(&s, c->text + at, to - at, &out, &out_len), 0);
+        /* content goes out only as a prefix of the whole parse's */
+        assert_true(n + out_len <= len);
+        memcpy(content + n, out, out_len);
+        n += out_len;
+        at = to;
+    }
+    srv_tools_result r;
+    assert_int_equal(srv_tools_stream_finish(&s, &r), 0);
+    memcpy(content + n, r.content, r.content_len);
+    n += r.content_len;
+    check_result(c, content, n, r.calls, how);
+    srv_tools_result_free(&r);
+    /* a second end (a cancel after it) gives nothing */
+    assert_int_equal(srv_tools_stream_finish(&s, &r), 0);
+    assert_int_equal(r.content_len, 0);
+    assert_null(r.calls);
+    srv_tools_result_free(&r);
+    srv_tools_stream_free(&s);
+    free(content);
+}
+
+static void test_parse_streamed(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        const tcase *c = &CASES[i];
+        size_t len = strlen(c->text);
+        for (size_t k = 0; k <= len; k++) { /* two pieces, at every offset */
+            char how[64];
+            snprintf(how, sizeof how, "stream cut at %zu", k);
+            stream_case(c, &k, 1, how);
+        }
+        size_t *every = malloc((len + 1) * sizeof *every); /* a byte at a time */
+        for (size_t k = 0; k < len; k++)
+            every[k] = k + 1;
+        stream_case(c, every, (int)len, "byte-by-byte stream");
+        free(every);
+    }
+}
+
+/* Content before a hermes call goes out before the call is complete; a
+ * partial marker is held. */
+static void test_stream_holds_only_markers(void **state)
+{
+    (void)state;
+    srv_tools_stream s;
+    srv_tools_stream_init(&s, SRV_TOOLS_HERMES, 0);
+    const char *out;
+    size_t n;
+    assert_int_equal(srv_tools_stream_push(&s, "Hello <tool", 11, &out, &n), 0);
+    assert_int_equal(n, 6);
+    assert_memory_equal(out, "Hello ", 6);
+    assert_int_equal(srv_tools_stream_push(&s, "_call>{\"name\"", 13, &out, &n), 0);
+    assert_int_equal(n, 0);
+    srv_tools_stream_free(&s);
+    srv_tools_stream_init(&s, SRV_TOOLS_LLAMA3, 0);
+    assert_int_equal(srv_tools_stream_push(&s, " Paris", 6, &out, &n), 0);
+    assert_int_equal(n, 6); /* not a call: everything at once */
+    srv_tools_stream_free(&s);
+}
+
+static void test_call_ids(void **state)
+{
+    (void)state;
+    char a[40], b[40];
+    srv_tools_call_id(SRV_TOOLS_HERMES, a, sizeof a);
+    srv_tools_call_id(SRV_TOOLS_HERMES, b, sizeof b);
+    assert_int_equal(strlen(a), 29);
+    assert_memory_equal(a, "call_", 5);
+    assert_string_not_equal(a + 5 + 12, b + 5 + 12); /* the tails differ too */
+    srv_tools_call_id(SRV_TOOLS_MISTRAL, a, sizeof a);
+    assert_int_equal(strlen(a), 9); /* Mistral's templates take 9 letters and digits */
+    for (int i = 0; i < 9; i++)
+        assert_true((a[i] >= 'a' && a[i] <= 'z') || (a[i] >= 'A' && a[i] <= 'Z') || (a[i] >= '0' && a[i] <= '9'));
+    assert_int_equal(srv_tools_parser_from_name("hermes"), SRV_TOOLS_HERMES);
+    assert_int_equal(srv_tools_parser_from_name(NULL), SRV_TOOLS_AUTO);
+    assert_int_equal(srv_tools_parser_from_name("auto"), SRV_TOOLS_AUTO);
+    assert_int_equal(srv_tools_parser_from_name("pythonic"), -2);
+    assert_string_equal(srv_tools_parser_name(SRV_TOOLS_MISTRAL), "mistral");
+}
+
+/* A vocabulary of the 256 single bytes and a stop token. */
+static anvil_grammar_vocab *byte_vocab(void)
+{
+    const char *bytes[257];
+    size_t lens[257];
+    static char b[256];
+    for (int i = 0; i < 256; i++) {
+        b[i] = (char)i;
+        bytes[i] = &b[i];
+        lens[i] = 1;
+    }
+    bytes[256] = NULL;
+    lens[256] = 0;
+    int32_t stop = 256;
+    anvil_grammar_vocab *v = NULL;
+    assert_int_equal(anvil_grammar_vocab_create(257, bytes, lens, &stop, 1, &v), ANVIL_OK);
+    return v;
+}
+
+static int accepts(const anvil_grammar *g, const char *text)
+{
+    anvil_grammar_matcher *m;
+    assert_int_equal(anvil_grammar_matcher_create(g, &m), ANVIL_OK);
+    int ok = anvil_grammar_matcher_accept_bytes(m, text, strlen(text)) == ANVIL_OK && anvil_grammar_matcher_can_end(m);
+    anvil_grammar_matcher_free(m);
+    return ok;
+}
+
+static void test_forcing_grammar(void **state)
+{
+    (void)state;
+    anvil_grammar_vocab *v = byte_vocab();
+    json_t *tools = json_loads(
+        "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", "
+        "\"properties\": {\"city\": {\"type\": \"string\"}, \"unit\": {\"enum\": [\"c\", \"f\"]}}, \"required\": "
+        "[\"city\", \"unit\"]}}},"
+        " {\"type\": \"function\", \"function\": {\"name\": \"ping\"}},"
+        " {\"type\": \"function\", \"function\": {\"name\": \"put\", \"parameters\": {\"$defs\": {\"P\": {\"type\": "
+        "\"object\", \"properties\": {\"x\": {\"type\": \"integer\"}}, \"required\": [\"x\"]}}, \"type\": \"object\", "
+        "\"properties\": {\"p\": {\"$ref\": \"#/$defs/P\"}}, \"required\": [\"p\"]}}}]",
+        0, NULL);
+    assert_non_null(tools);
+    anvil_grammar_options o;
+    anvil_grammar_options_default(&o);
+    o.max_whitespace = -1;
+    static const struct {
+        int parser;
+        const char *tail, *good, *good2, *bad;
+    } fam[] = {
+        {SRV_TOOLS_HERMES, "<tool_call>\n", "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"unit\": \"c\"}}",
+         "{\"name\": \"put\", \"arguments\": {\"p\": {\"x\": 7}}}",
+         "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"unit\": \"k\"}}"},
+        {SRV_TOOLS_LLAMA3, "", "{\"name\": \"ping\", \"parameters\": {}}",
+         "{\"name\": \"put\", \"parameters\": {\"p\": {\"x\": -2}}}", "{\"name\": \"pong\", \"parameters\": {}}"},
+        {SRV_TOOLS_MISTRAL, "[TOOL_CALLS]", "[{\"name\": \"ping\", \"arguments\": {}}]",
+         "[{\"name\": \"ping\", \"arguments\": {}}, {\"name\": \"put\", \"arguments\": {\"p\": {\"x\": 1}}}]",
+         "[]"},
+        {SRV_TOOLS_NONE, "", "[{\"name\": \"ping\", \"parameters\": {}}]",
+         "[{\"name\": \"get_weather\", \"parameters\": {\"city\": \"\", \"unit\": \"f\"}}]",
+         "[{\"name\": \"put\", \"parameters\": {\"p\": {\"x\": \"1\"}}}]"},
+    };
+    for (size_t i = 0; i < sizeof fam / sizeof fam[0]; i++) {
+        anvil_grammar *g = NULL;
+        const char *tail;
+        int status = 0;
+        char msg[256];
+        if (srv_tools_force(v, &o, fam[i].parser, tools, NULL, 1, &g, &tail, &status, msg, sizeof msg) != 0)
+            fail_msg("%s: %s", srv_tools_parser_name(fam[i].parser), msg);
+        assert_string_equal(tail, fam[i].tail);
+        if (!accepts(g, fam[i].good) || !accepts(g, fam[i].good2))
+            fail_msg("%s refuses a valid call", srv_tools_parser_name(fam[i].parser));
+        assert_false(accepts(g, fam[i].bad));
+        /* what the grammar makes, the parser reads back as calls */
+        srv_tools_result r;
+        assert_int_equal(srv_tools_parse(fam[i].parser, 1, fam[i].good2, strlen(fam[i].good2), &r), 0);
+        assert_non_null(r.calls);
+        assert_int_equal(r.content_len, 0);
+        srv_tools_result_free(&r);
+        anvil_grammar_free(g);
+        /* a named function: only it */
+        assert_int_equal(srv_tools_force(v, &o, fam[i].parser, tools, "ping", 0, &g, &tail, &status, msg, sizeof msg), 0);
+        const char *ping = fam[i].parser == SRV_TOOLS_HERMES ? "{\"name\": \"ping\", \"arguments\": {}}"
+                           : fam[i].parser == SRV_TOOLS_MISTRAL ? "[{\"name\": \"ping\", \"arguments\": {}}]"
+                                                                 : fam[i].good;
+        assert_true(accepts(g, ping));
+        assert_false(accepts(g, fam[i].good2)); /* another tool, or two calls with parallel off */
+        anvil_grammar_free(g);
+    }
+    /* a schema the engine refuses is the client's 400 */
+    json_t *bad = json_loads("[{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": "
+                             "\"object\", \"properties\": {\"a\": {\"not\": {}}}}}}]",
+                             0, NULL);
+    anvil_grammar *g = NULL;
+    const char *tail;
+    int status = 0;
+    char msg[256];
+    assert_int_equal(srv_tools_force(v, &o, SRV_TOOLS_HERMES, bad, NULL, 1, &g, &tail, &status, msg, sizeof msg), -1);
+    assert_int_equal(status, 400);
+    assert_non_null(strstr(msg, "not"));
+    assert_null(g);
+    json_decref(bad);
+    json_decref(tools);
+    anvil_grammar_vocab_free(v);
+}
+
+static void test_detect_from_templates(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        int parser;
+    } want[] = {
+        {"Qwen-Qwen2.5-7B-Instruct.jinja", SRV_TOOLS_HERMES},
+        {"meta-llama-Llama-3.1-8B-Instruct.jinja", SRV_TOOLS_LLAMA3},
+        {"meta-llama-Llama-3.2-3B-Instruct.jinja", SRV_TOOLS_LLAMA3},
+        {"mistralai-Mistral-Nemo-Instruct-2407.jinja", SRV_TOOLS_MISTRAL},
+        {"microsoft-Phi-3.5-mini-instruct.jinja", SRV_TOOLS_NONE},
+        {"google-gemma-2-2b-it.jinja", SRV_TOOLS_NONE},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char rel[256];
+        snprintf(rel, sizeof rel, "chat_templates/%s", want[i].file);
+        FILE *f = fopen(anvil_test_shared_path(rel), "rb");
+        assert_non_null(f);
+        static char src[1 << 16];
+        size_t n = fread(src, 1, sizeof src - 1, f);
+        fclose(f);
+        src[n] = '\0';
+        anvil_chat_template *t = NULL;
+        assert_int_equal(anvil_chat_template_parse(src, &t), ANVIL_OK);
+        int p = srv_tools_detect(t, NULL);
+        if (p != want[i].parser)
+            fail_msg("%s: parser %s, want %s", want[i].file, srv_tools_parser_name(p),
+                     srv_tools_parser_name(want[i].parser));
+        anvil_chat_template_free(t);
+    }
+    assert_int_equal(srv_tools_detect(NULL, NULL), SRV_TOOLS_NONE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_whole),      cmocka_unit_test(test_parse_streamed),
+        cmocka_unit_test(test_stream_holds_only_markers), cmocka_unit_test(test_call_ids),
+        cmocka_unit_test(test_forcing_grammar),  cmocka_unit_test(test_detect_from_templates),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
