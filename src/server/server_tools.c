@@ -533,7 +533,7 @@ char *srv_tools_force_schema(int parser, json_t *tools, const char *name, int pa
     json_t *root = one;
     if (array) {
         root = json_pack("{s:s, s:o, s:i}", "type", "array", "items", one, "minItems", 1);
-        if (root && !parallel)
+        if (root && (!parallel || name)) /* a named function is one call (OpenAI's, vLLM's) */
             json_object_set_new(root, "maxItems", json_integer(1));
     }
     char *s = root ? json_dumps(root, JSON_COMPACT) : NULL;

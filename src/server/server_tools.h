@@ -84,7 +84,8 @@ void srv_tools_call_id(int parser, char *buf, size_t cap);
  * call object(s) whose arguments follow each tool's parameters (only the
  * named tool's), compiled against v with opts into *out, and the text that
  * ends the prompt (*tail, a constant: "<tool_call>\n", "[TOOL_CALLS]" or
- * ""), after which the model writes the JSON. parallel 0: one call. 0, or
+ * ""), after which the model writes the JSON. parallel 0 or a name: one
+ * call. 0, or
  * -1 with the engine's message in msg (the status in *status: 400 a schema
  * it refuses, 500 memory).
  */

@@ -1,0 +1,291 @@
+"""Tool calls through anvil serve (docs/server.md, "Tool calls") on tinycode
+with the real chat templates of the three call families (Qwen2.5's
+<tool_call>, Llama 3.1's JSON, Mistral Nemo's [TOOL_CALLS]): tool_choice
+"required" and a named function at temperature 1 over many seeds, every
+call's arguments validating against its tool's schema with jsonschema,
+streamed and not; the openai client's round trip (a call, the tool's
+answer back through the template, a reply); langchain-openai's bind_tools
+with the default choice and with_structured_output by function calling and
+by json_schema; tool_choice none and auto; refusals. The model is small
+and untrained for tools, so its free output is rarely a call: the parsers
+of free output are tested in tests/server/test_server_tools.c."""
+import json
+
+import pytest
+
+import test_server_openai as tso
+from conftest import SHARED
+
+openai = pytest.importorskip("openai")
+jsonschema = pytest.importorskip("jsonschema")
+pydantic = pytest.importorskip("pydantic")
+
+MODEL = SHARED / "models" / "tinycode"
+TEMPLATES = {
+    "hermes": SHARED / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja",
+    "llama3_json": SHARED / "chat_templates" / "meta-llama-Llama-3.1-8B-Instruct.jinja",
+    "mistral": SHARED / "chat_templates" / "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+}
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+BOOK = {"type": "function", "function": {
+    "name": "book_table", "description": "Books a table",
+    "parameters": {"type": "object", "properties": {
+        "guests": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 1, "maxItems": 3},
+        "when": {"type": "object", "properties": {"hour": {"type": "integer", "minimum": 12, "maximum": 23},
+                                                  "outside": {"type": "boolean"}},
+                 "required": ["hour", "outside"], "additionalProperties": False}},
+        "required": ["guests", "when"], "additionalProperties": False}}}
+PING = {"type": "function", "function": {"name": "ping", "description": "No arguments"}}
+TOOLS = [WEATHER, BOOK, PING]
+SCHEMAS = {t["function"]["name"]: t["function"].get("parameters", {"type": "object"}) for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Oslo, and book a table for two at seven."}]
+
+
+def start(template, *extra):
+    saved = tso.MODEL, tso.TEMPLATE
+    tso.MODEL, tso.TEMPLATE = MODEL, template
+    try:
+        return tso.Server(*extra)
+    finally:
+        tso.MODEL, tso.TEMPLATE = saved
+
+
+@pytest.fixture(scope="module", params=sorted(TEMPLATES))
+def family(request):
+    s = start(TEMPLATES[request.param])
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none", timeout=60, max_retries=0)
+    yield request.param, s, c
+    assert s.stop() == 0
+
+
+def check_calls(calls, allowed):
+    assert calls, "no tool calls"
+    for tc in calls:
+        assert tc.type == "function"
+        assert tc.id and isinstance(tc.id, str)
+        assert tc.function.name in allowed, tc.function.name
+        args = json.loads(tc.function.arguments)
+        jsonschema.validate(args, SCHEMAS[tc.function.name])
+
+
+def test_required_over_seeds(family):
+    name, _, client = family
+    seen = set()
+    for seed in range(10):
+        # one call: Mistral's array may take more, which a random model
+        # goes on adding past max_tokens
+        r = client.chat.completions.create(model="tinycode", messages=ASK, tools=TOOLS, tool_choice="required",
+                                           temperature=1.0, seed=seed, max_tokens=160, parallel_tool_calls=False)
+        c = r.choices[0]
+        assert c.finish_reason == "tool_calls", (seed, c.message)
+        assert c.message.content is None
+        check_calls(c.message.tool_calls, SCHEMAS)
+        ids = [tc.id for tc in c.message.tool_calls]
+        assert len(set(ids)) == len(ids)
+        if name == "mistral":  # Mistral's templates take back only 9 letters and digits
+            assert all(len(i) == 9 and i.isalnum() for i in ids)
+        else:
+            assert all(i.startswith("call_") for i in ids)
+        seen.update(tc.function.name for tc in c.message.tool_calls)
+    assert len(seen) >= 2, seen  # the sampler picks among the tools
+
+
+def test_named_function_streamed_and_not(family):
+    _, _, client = family
+    choice = {"type": "function", "function": {"name": "book_table"}}
+    for seed in range(6):
+        r = client.chat.completions.create(model="tinycode", messages=ASK, tools=TOOLS, tool_choice=choice,
+                                           temperature=1.0, seed=seed, max_tokens=160)
+        check_calls(r.choices[0].message.tool_calls, {"book_table"})
+        # the same request streamed: the call arrives as deltas, the end says tool_calls
+        stream = client.chat.completions.create(model="tinycode", messages=ASK, tools=TOOLS, tool_choice=choice,
+                                                temperature=1.0, seed=seed, max_tokens=160, stream=True)
+        calls, finish, content = {}, None, ""
+        for chunk in stream:
+            d = chunk.choices[0].delta
+            content += d.content or ""
+            for tc in d.tool_calls or []:
+                e = calls.setdefault(tc.index, {"id": tc.id, "name": "", "arguments": ""})
+                e["name"] += tc.function.name or ""
+                e["arguments"] += tc.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls" and content == ""
+        assert list(calls) == [0] and calls[0]["name"] == "book_table" and calls[0]["id"]
+        jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS["book_table"])
+        # greedy-free but seeded: the stream is the same sample as the body
+        assert json.loads(calls[0]["arguments"]) == json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+
+
+def test_round_trip(family):
+    """A call, the tool's answer back through the template, then a reply."""
+    _, server, client = family
+    msgs = list(ASK)
+    r = client.chat.completions.create(model="tinycode", messages=msgs, tools=TOOLS, tool_choice="required",
+                                       temperature=1.0, seed=7, max_tokens=160, parallel_tool_calls=False)
+    m = r.choices[0].message
+    check_calls(m.tool_calls, SCHEMAS)
+    msgs.append(m.model_dump(exclude_none=True))
+    for tc in m.tool_calls:
+        msgs.append({"role": "tool", "tool_call_id": tc.id, "content": json.dumps({"ok": True, "temp": 21})})
+    r2 = client.chat.completions.create(model="tinycode", messages=msgs, tools=TOOLS, temperature=1.0, seed=1,
+                                        max_tokens=8)
+    c2 = r2.choices[0]
+    assert c2.finish_reason in ("stop", "length", "tool_calls")
+    assert isinstance(c2.message.content, str) or c2.message.tool_calls
+    # the tool's answer and the call were in the prompt the model saw
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+    # tool_choice none: the tools are shown, the output is text
+    r3 = client.chat.completions.create(model="tinycode", messages=msgs, tools=TOOLS, tool_choice="none",
+                                        temperature=1.0, seed=2, max_tokens=8)
+    assert r3.choices[0].message.tool_calls is None
+    assert isinstance(r3.choices[0].message.content, str)
+
+
+def test_auto_is_free_text_or_calls(family):
+    """The default choice: free generation, parsed; a random model writes
+    text, which comes back as content, the same streamed."""
+    _, _, client = family
+    for seed in range(3):
+        kw = dict(model="tinycode", messages=ASK, tools=TOOLS, temperature=1.0, seed=seed, max_tokens=12)
+        c = client.chat.completions.create(**kw).choices[0]
+        if c.message.tool_calls:
+            check_calls(c.message.tool_calls, SCHEMAS)
+            continue
+        assert isinstance(c.message.content, str) and c.finish_reason in ("stop", "length")
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == c.message.content
+        assert chunks[-1].choices[0].finish_reason == c.finish_reason
+
+
+def test_parallel_off_and_n(family):
+    name, _, client = family
+    r = client.chat.completions.create(model="tinycode", messages=ASK, tools=TOOLS, tool_choice="required",
+                                       temperature=1.0, seed=3, max_tokens=160, n=3, parallel_tool_calls=False)
+    assert len(r.choices) == 3
+    for c in r.choices:
+        check_calls(c.message.tool_calls, SCHEMAS)
+        assert len(c.message.tool_calls) == 1
+
+
+def test_refusals(family):
+    _, server, _ = family
+    base = {"model": "tinycode", "messages": ASK, "tools": TOOLS, "max_tokens": 4}
+    cases = [
+        ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"tool_choice": "required", "response_format": {"type": "json_object"}}, "tool_choice"),
+        ({"tool_choice": "required", "tools": [{"type": "function", "function": {
+            "name": "f", "parameters": {"type": "object", "properties": {"a": {"not": {}}}}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"function_call": "auto"}, "function_call"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ({"tools": None, "tool_choice": "required"}, "tool_choice"),
+    ]
+    for extra, param in cases:
+        status, text, _ = server.request("POST", "/v1/chat/completions", {**base, **extra})
+        assert status == 400, (extra, text)
+        err = json.loads(text)["error"]
+        assert err["param"] == param, (extra, err)
+        assert err["message"]
+
+
+def test_parser_option():
+    """--tool-call-parser none: auto is never parsed; a forced call is a
+    JSON array of {name, parameters} (no family syntax); an unknown name
+    stops the start."""
+    s = start(TEMPLATES["hermes"], "--tool-call-parser", "none")
+    try:
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none", timeout=60, max_retries=0)
+        for seed in range(4):
+            r = c.chat.completions.create(model="tinycode", messages=ASK, tools=TOOLS, tool_choice="required",
+                                          temperature=1.0, seed=seed, max_tokens=200)
+            assert r.choices[0].finish_reason == "tool_calls"
+            check_calls(r.choices[0].message.tool_calls, SCHEMAS)
+    finally:
+        assert s.stop() == 0
+    import subprocess
+    p = subprocess.run([tso.ANVIL, "serve", "--model", MODEL, "--tool-call-parser", "pythonic", "--port", "0"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--tool-call-parser" in p.stderr
+
+
+# ------------------------------------------------------------ langchain
+
+class Weather(pydantic.BaseModel):
+    """The weather in a city."""
+    city: str = pydantic.Field(max_length=10)
+    unit: str = pydantic.Field(pattern="^(celsius|fahrenheit)$")
+    days: int = pydantic.Field(ge=1, le=7)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    s = start(TEMPLATES["hermes"])
+    yield s
+    assert s.stop() == 0
+
+
+def chat_model(server, **kw):
+    lco = pytest.importorskip("langchain_openai")
+    return lco.ChatOpenAI(model="tinycode", base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none",
+                          max_retries=0, timeout=60, **kw)
+
+
+def test_langchain_bind_tools_default_choice(qwen):
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str, unit: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    for seed in range(3):
+        llm = chat_model(qwen, temperature=1.0, max_tokens=12, seed=seed).bind_tools([get_weather])
+        msg = llm.invoke("What is the weather in Oslo?")
+        assert isinstance(msg, AIMessage)
+        for tc in msg.tool_calls:  # a random model rarely calls: text otherwise
+            assert tc["name"] == "get_weather" and isinstance(tc["args"], dict)
+        assert msg.tool_calls or isinstance(msg.content, str)
+    # the same with tool_choice forced by langchain: a parsed call every time
+    llm = chat_model(qwen, temperature=1.0, max_tokens=120, seed=5).bind_tools([get_weather], tool_choice="any")
+    msg = llm.invoke("What is the weather in Oslo?")
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather"
+    assert set(msg.tool_calls[0]["args"]) <= {"city", "unit"}
+
+
+def test_langchain_structured_output(qwen):
+    for method in ("function_calling", "json_schema"):
+        for seed in range(4):
+            llm = chat_model(qwen, temperature=1.0, max_tokens=120, seed=seed)
+            out = llm.with_structured_output(Weather, method=method).invoke("Weather in Oslo for 3 days?")
+            assert isinstance(out, Weather), (method, seed, out)
+            jsonschema.validate(out.model_dump(), Weather.model_json_schema())
+
+
+def test_openai_pydantic_function_tool(qwen):
+    """openai's pydantic_function_tool (strict, with $defs) and parse():
+    the call is parsed back into the model."""
+    class When(pydantic.BaseModel):
+        hour: int = pydantic.Field(ge=12, le=23)
+
+    class Book(pydantic.BaseModel):
+        guests: int = pydantic.Field(ge=1, le=9)
+        when: When
+
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{qwen.port}/v1", api_key="none", timeout=60, max_retries=0)
+    tool = openai.pydantic_function_tool(Book)
+    for seed in range(3):
+        r = c.chat.completions.parse(model="tinycode", messages=ASK, tools=[tool], temperature=1.0, seed=seed,
+                                     max_tokens=120, tool_choice={"type": "function", "function": {"name": "Book"}})
+        tc = r.choices[0].message.tool_calls[0]
+        assert isinstance(tc.function.parsed_arguments, Book)
