@@ -235,7 +235,7 @@ def qwen():
 
 
 def chat_model(server, **kw):
-    lco = pytest.importorskip("langchain_openai")
+    import langchain_openai as lco
     return lco.ChatOpenAI(model="tinycode", base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none",
                           max_retries=0, timeout=60, **kw)
 
