@@ -458,9 +458,9 @@ static int chat_tools(parse_ctx *c, srv_mapped *q, json_t *body, char **tools_js
                 return fail(c, 400, "tool_choice", "invalid_value",
                             "'tool_choice' as an object must be {\"type\": \"function\", \"function\": "
                             "{\"name\": ...}}");
-            if (has_nul(name))
-                return fail(c, 400, "tool_choice", "invalid_value",
-                            "'tool_choice' must not contain a NUL character");
+            char cpath[128] = "tool_choice";
+            if (nul_inside(choice, cpath, sizeof cpath))
+                return fail(c, 400, "tool_choice", "invalid_value", "%s must not contain a NUL character", cpath);
             named = json_string_value(name);
         }
     }
@@ -681,6 +681,7 @@ static int chat_prompt(parse_ctx *c, srv_mapped *q, json_t *body, int add_specia
     const char *tail = "";
     if (boolean(c, body, "add_generation_prompt", &agp) < 0 || chat_tools(c, q, body, &tools, &tail) < 0) {
         json_decref(msgs);
+        free(tools); /* a tools refusal after they were written out */
         return -1;
     }
     if (m->tmpl == NULL) {

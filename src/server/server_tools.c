@@ -353,7 +353,7 @@ static size_t partial_suffix(const char *t, size_t len, size_t at, const char *l
 
 int srv_tools_stream_push(srv_tools_stream *s, const char *text, size_t len, const char **out, size_t *out_len)
 {
-    *out = NULL;
+    *out = "";
     *out_len = 0;
     if (s->len + len + 1 > s->cap) {
         size_t cap = s->cap ? s->cap : 256;
