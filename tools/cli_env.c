@@ -40,4 +40,6 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->no_pdl = 1;
     if (is("ANVIL_HOST_SAMPLING", "1"))
         o->host_sampling = 1;
+    if (is("ANVIL_NORM_GEMV", "0"))
+        o->no_norm_gemv = 1;
 }

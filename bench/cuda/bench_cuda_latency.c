@@ -3,7 +3,7 @@
  * against the device's own ceilings measured in the same run.
  *
  *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR]
- *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both]
+ *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion MODE,...]
  *                      [--json FILE]
  *
  * A case B:P:N is a batch of B sequences with P-token prompts (random
@@ -34,8 +34,11 @@
  * /dev/shm/anvil-bench: memory, so 16 GB write and read fast); or any model
  * folder or engine with --model.
  * --graphs off runs without step graphs; --pdl off without programmatic
- * dependent launch (runtime option no_pdl); --fusion off
- * runs every op of the network separately (runtime option no_fusion).
+ * dependent launch (runtime option no_pdl). --fusion takes a list of
+ * modes, each run in turn: on (every fused op), off (every op of the
+ * network separately: runtime option no_fusion), no-norm-gemv (fused, but
+ * the residual add + RMSNorm as its own kernel before the GEMVs instead of
+ * in their prologue: runtime option no_norm_gemv); both = on,off.
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -377,7 +380,7 @@ int main(int argc, char **argv)
             break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on|off|both] [--pdl on|off] "
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,no-norm-gemv|both] [--pdl on|off] "
                             "[--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -398,14 +401,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "--graphs on, off or both\n");
         return 2;
     }
-    int f_modes[2], n_fmodes = 0;
-    if (strcmp(fusion, "on") == 0 || strcmp(fusion, "both") == 0)
-        f_modes[n_fmodes++] = 1;
-    if (strcmp(fusion, "off") == 0 || strcmp(fusion, "both") == 0)
-        f_modes[n_fmodes++] = 0;
-    if (n_fmodes == 0) {
-        fprintf(stderr, "--fusion on, off or both\n");
-        return 2;
+    /* fusion modes: 1 on, 0 off, 2 on without the norm in the GEMV prologue */
+    int f_modes[8], n_fmodes = 0;
+    {
+        char fl[128];
+        snprintf(fl, sizeof fl, "%s", fusion);
+        for (char *sv = NULL, *m = strtok_r(fl, ",", &sv); m; m = strtok_r(NULL, ",", &sv)) {
+            const int both = strcmp(m, "both") == 0;
+            if (n_fmodes > 5 || (!both && strcmp(m, "on") != 0 && strcmp(m, "off") != 0 &&
+                                 strcmp(m, "no-norm-gemv") != 0)) {
+                fprintf(stderr, "--fusion: a list of on, off, no-norm-gemv, both (on,off)\n");
+                return 2;
+            }
+            if (both || strcmp(m, "on") == 0)
+                f_modes[n_fmodes++] = 1;
+            if (both || strcmp(m, "off") == 0)
+                f_modes[n_fmodes++] = 0;
+            if (strcmp(m, "no-norm-gemv") == 0)
+                f_modes[n_fmodes++] = 2;
+        }
+        if (n_fmodes == 0) {
+            fprintf(stderr, "--fusion: a list of on, off, no-norm-gemv, both (on,off)\n");
+            return 2;
+        }
     }
 
     double copy_gbs = 0, gemm_tflops = 0;
@@ -471,7 +489,8 @@ int main(int argc, char **argv)
             o.kv_block_size = 32;
             o.max_seq_len = max_ctx;
             o.kv_cache_tokens = kv_tokens;
-            o.no_fusion = !fused;
+            o.no_fusion = fused == 0;
+            o.no_norm_gemv = fused == 2;
             anvil_runtime *rt = NULL;
             double tl = now_s();
             if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
@@ -482,7 +501,7 @@ int main(int argc, char **argv)
             tl = now_s() - tl;
             printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
                    (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
-                   fused ? "on" : "off");
+                   fused == 2 ? "on, add+norm not in the GEMV (no-norm-gemv)" : fused ? "on" : "off");
             printf("%-12s %9s %9s %9s  %-28s %-24s %s\n", "B:P:N", "TTFT ms", "TPOT ms", "tok/s", "decode (bytes | flops)",
                    "prefill", "");
             for (int k = 0; k < n_cases; k++) {
@@ -504,11 +523,12 @@ int main(int argc, char **argv)
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
-                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
-                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", fused ? "true" : "false", cs[k].batch, cs[k].input,
+                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", fused ? "true" : "false",
+                            fused == 1 ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
                             dfl / gemm_tflops, pfl, pfl / gemm_tflops);
                     first_json = 0;

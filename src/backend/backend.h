@@ -209,6 +209,22 @@ typedef struct anvil_backend_ops {
     anvil_status (*matmul_silu_mul)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
                                     const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
                                     anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
+    /* The residual add and the norm before them in the same op, for the
+     * GEMV sizes of decode steps: sum = a + b, x = rmsnorm(sum) * norm_w
+     * (add_rmsnorm), then matmul_multi of x (w, bias, out, n) or
+     * matmul_silu_mul of x (wg, bg, wu, bu, gate, up, out), each giving
+     * what those two ops in a row give. x is the norm's buffer [T, K], the
+     * backend's to use as scratch (its contents afterwards unspecified).
+     * sum, x and the outputs alias none of a, b, sum, x or each other. */
+    anvil_status (*add_rmsnorm_matmul_multi)(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                             const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                             anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                             const anvil_tensor *const *bias, anvil_tensor *const *out);
+    anvil_status (*add_rmsnorm_matmul_silu_mul)(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                                const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                                anvil_tensor *x, const anvil_tensor *wg, const anvil_tensor *bg,
+                                                const anvil_tensor *wu, const anvil_tensor *bu, anvil_tensor *gate,
+                                                anvil_tensor *up, anvil_tensor *out);
     /* 1: attention takes rope (see anvil_attention_args) */
     int attention_rope;
 

@@ -15,6 +15,12 @@
  *   2..ANVIL_MATMUL_MULTI_MAX linears of one x in a row -> matmul_multi
  *   rope(q), rope(k) read only by attention(q, k, v)   -> attention with
  *     rope_inv_freq (the two ropes alike)
+ * and then (anvil_fuse_merge_norm, the runtime's) an add + rmsnorm group
+ * with the matmul group after it that alone reads the norm
+ *   -> add_rmsnorm_matmul_multi / add_rmsnorm_matmul_silu_mul
+ * which on a GPU computes the norm in each GEMV block's prologue: a
+ * layer's decode step is then 7 launches (attention's split-K combine
+ * aside): add+norm+qkv, attention, o, add+norm+gate/up+silu, down.
  */
 #include "builder/fuse_plan.h"
 
@@ -47,13 +53,16 @@ anvil_fuse_caps anvil_fuse_caps_of(const anvil_backend_ops *ops)
         c.matmul_multi = ops->matmul_multi != NULL;
         c.matmul_silu_mul = ops->matmul_silu_mul != NULL;
         c.attention_rope = ops->attention_rope != 0;
+        c.add_rmsnorm_matmul_multi = ops->add_rmsnorm_matmul_multi != NULL;
+        c.add_rmsnorm_matmul_silu_mul = ops->add_rmsnorm_matmul_silu_mul != NULL;
     }
     return c;
 }
 
 anvil_fuse_caps anvil_fuse_caps_all(void)
 {
-    return (anvil_fuse_caps){.add_rmsnorm = 1, .matmul_multi = 1, .matmul_silu_mul = 1, .attention_rope = 1};
+    return (anvil_fuse_caps){.add_rmsnorm = 1, .matmul_multi = 1, .matmul_silu_mul = 1, .attention_rope = 1,
+                             .add_rmsnorm_matmul_multi = 1, .add_rmsnorm_matmul_silu_mul = 1};
 }
 
 anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *ops, int disabled, anvil_fuse **out)
@@ -143,8 +152,7 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *op
     return ANVIL_OK;
 }
 
-/* The ops a group spans: [i, i + span). */
-static int32_t group_span(const anvil_fuse *g)
+int32_t anvil_fuse_span(const anvil_fuse *g)
 {
     switch (g->kind) {
     case ANVIL_FUSE_ADD_RMSNORM:
@@ -153,8 +161,50 @@ static int32_t group_span(const anvil_fuse *g)
         return g->n;
     case ANVIL_FUSE_SILU_MUL:
         return 3;
+    case ANVIL_FUSE_NORM_MULTI:
+        return 2 + g->n;
+    case ANVIL_FUSE_NORM_SILU:
+        return 5;
     default:
         return 1;
+    }
+}
+
+void anvil_fuse_merge_norm(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f)
+{
+    const int32_t n = anvil_network_op_count(net);
+    if (!caps->add_rmsnorm_matmul_multi && !caps->add_rmsnorm_matmul_silu_mul)
+        return;
+    for (int32_t i = 0; i + 2 < n; i++) {
+        if (f[i].kind != ANVIL_FUSE_ADD_RMSNORM)
+            continue;
+        const int32_t norm = i + 1, g = i + 2;
+        const anvil_net_op *op = anvil_network_op(net, g);
+        if (op->kind != ANVIL_OP_LINEAR || !token_rows(op) || op->inputs[0] != norm)
+            continue;
+        /* the group after the norm must be its only reader: the fused op
+         * does not keep the norm (on a GPU it lives in shared memory) */
+        int32_t readers = 0;
+        for (int32_t j = norm + 1; j < n; j++) {
+            const anvil_net_op *o = anvil_network_op(net, j);
+            for (int k = 0; k < 3; k++)
+                readers += o->inputs[k] == norm;
+        }
+        if (anvil_network_output(net) == norm)
+            readers++;
+        if (f[g].kind == ANVIL_FUSE_SILU_MUL && caps->add_rmsnorm_matmul_silu_mul && readers == 2) {
+            f[i].kind = ANVIL_FUSE_NORM_SILU;
+            f[norm].kind = f[g].kind = ANVIL_FUSE_SKIP;
+        } else if ((f[g].kind == ANVIL_FUSE_MATMUL_MULTI || f[g].kind == ANVIL_FUSE_NONE) &&
+                   caps->add_rmsnorm_matmul_multi) {
+            const int8_t m = f[g].kind == ANVIL_FUSE_MATMUL_MULTI ? f[g].n : 1;
+            if (readers != m)
+                continue;
+            f[i].kind = ANVIL_FUSE_NORM_MULTI;
+            f[i].n = m;
+            f[norm].kind = f[g].kind = ANVIL_FUSE_SKIP;
+            f[g].n = 0;
+        }
     }
 }
 
@@ -167,21 +217,24 @@ void anvil_fuse_extend_lives(const anvil_network *net, const anvil_fuse *f, int3
         if (f[i].kind == ANVIL_FUSE_NONE || f[i].kind == ANVIL_FUSE_SKIP ||
             f[i].kind == ANVIL_FUSE_ROPE_ATTENTION)
             continue;
-        const int32_t end = i + group_span(&f[i]) - 1;
+        const int32_t end = i + anvil_fuse_span(&f[i]) - 1;
+        /* every value the group reads, those made inside it too (the norm
+         * of a NORM group is read by its linears while their outputs are
+         * written) */
         for (int32_t j = i; j <= end; j++) {
             const anvil_net_op *op = anvil_network_op(net, j);
             for (int k = 0; k < 3; k++) {
                 const anvil_value v = op->inputs[k];
-                if (v != ANVIL_VALUE_NONE && v < i && last_use[v] < end)
+                if (v != ANVIL_VALUE_NONE && v < end && last_use[v] < end)
                     last_use[v] = end;
             }
         }
     }
 }
 
-void anvil_fuse_counts(const anvil_fuse *f, int32_t n_ops, int32_t counts[6])
+void anvil_fuse_counts(const anvil_fuse *f, int32_t n_ops, int32_t counts[ANVIL_FUSE_KINDS])
 {
-    memset(counts, 0, 6 * sizeof counts[0]);
+    memset(counts, 0, ANVIL_FUSE_KINDS * sizeof counts[0]);
     for (int32_t i = 0; i < n_ops; i++)
         counts[f[i].kind]++;
 }

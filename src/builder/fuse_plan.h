@@ -16,18 +16,23 @@ typedef enum anvil_fuse_kind {
     ANVIL_FUSE_ADD_RMSNORM,   /* this add and the rmsnorm at i + 1 */
     ANVIL_FUSE_MATMUL_MULTI,  /* this linear and the n - 1 after it (one input) */
     ANVIL_FUSE_SILU_MUL,      /* linears gate (i), up (i + 1), silu_mul (i + 2) */
-    ANVIL_FUSE_ROPE_ATTENTION /* this attention and the two ropes of its q and k */
+    ANVIL_FUSE_ROPE_ATTENTION, /* this attention and the two ropes of its q and k */
+    /* made by anvil_fuse_merge_norm (the runtime's, never in an engine's plan): */
+    ANVIL_FUSE_NORM_MULTI,    /* this add, the rmsnorm at i + 1 and the n linears after it (of the norm) */
+    ANVIL_FUSE_NORM_SILU,     /* this add, the rmsnorm at i + 1, gate, up and silu_mul at i + 2..i + 4 */
+    ANVIL_FUSE_KINDS
 } anvil_fuse_kind;
 
 typedef struct anvil_fuse {
     int8_t kind;              /* anvil_fuse_kind */
-    int8_t n;                 /* ANVIL_FUSE_MATMUL_MULTI: linears in the group */
+    int8_t n;                 /* ANVIL_FUSE_MATMUL_MULTI, ANVIL_FUSE_NORM_MULTI: linears in the group */
     int32_t rope_op;          /* ANVIL_FUSE_ROPE_ATTENTION: the rope of q (its table) */
 } anvil_fuse;
 
 /* Which fused ops a target has (backend.h's optional fused ops). */
 typedef struct anvil_fuse_caps {
     int add_rmsnorm, matmul_multi, matmul_silu_mul, attention_rope;
+    int add_rmsnorm_matmul_multi, add_rmsnorm_matmul_silu_mul;
 } anvil_fuse_caps;
 
 /* The fused ops of a backend's table; ops NULL: none. */
@@ -44,6 +49,20 @@ anvil_fuse_caps anvil_fuse_caps_all(void);
 anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *caps, int disabled, anvil_fuse **out);
 
 /*
+ * Merges, in a plan of anvil_fuse_plan, each add + rmsnorm group with the
+ * matmul group that reads the norm alone after it (a matmul_multi group, a
+ * single linear, or a gate/up + silu group) into one ANVIL_FUSE_NORM_MULTI
+ * or ANVIL_FUSE_NORM_SILU group, where caps has the fused op. The runtime
+ * does this after the plan is made or read from an engine, so engines
+ * never hold these kinds (their plans stay what older anvils read).
+ */
+void anvil_fuse_merge_norm(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f);
+
+/* The ops a group spans, [i, i + span): 1 for NONE, SKIP and attention
+ * (whose ropes come before it). */
+int32_t anvil_fuse_span(const anvil_fuse *g);
+
+/*
  * Extends last_use[v] (the index of the last op reading value v) to the
  * last op of each fused group that reads v: a fused op reads its inputs
  * while it writes the outputs of later ops of the group, so those outputs
@@ -52,6 +71,6 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *ca
 void anvil_fuse_extend_lives(const anvil_network *net, const anvil_fuse *f, int32_t *last_use);
 
 /* How many groups of each kind (for the log line and tests). */
-void anvil_fuse_counts(const anvil_fuse *f, int32_t n_ops, int32_t counts[6]);
+void anvil_fuse_counts(const anvil_fuse *f, int32_t n_ops, int32_t counts[ANVIL_FUSE_KINDS]);
 
 #endif

@@ -975,12 +975,18 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     }
     rt->fuse = rt->plan->fuse; /* the plan's, made with this backend's fused ops */
     rt->plan->fuse = NULL;
+    if (!rt->opts.no_fusion && !rt->opts.no_norm_gemv) {
+        const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
+        anvil_fuse_merge_norm(rt->net, &caps, rt->fuse);
+    }
     {
-        int32_t c[6];
+        int32_t c[ANVIL_FUSE_KINDS];
         anvil_fuse_counts(rt->fuse, anvil_network_op_count(rt->net), c);
-        anvil_log(ANVIL_LOG_INFO, "fused ops: %d add+rmsnorm, %d matmul groups, %d gate/up+silu, %d rope+attention",
+        anvil_log(ANVIL_LOG_INFO,
+                  "fused ops: %d add+rmsnorm, %d matmul groups, %d gate/up+silu, %d rope+attention, "
+                  "%d add+rmsnorm+matmuls, %d add+rmsnorm+gate/up+silu",
                   c[ANVIL_FUSE_ADD_RMSNORM], c[ANVIL_FUSE_MATMUL_MULTI], c[ANVIL_FUSE_SILU_MUL],
-                  c[ANVIL_FUSE_ROPE_ATTENTION]);
+                  c[ANVIL_FUSE_ROPE_ATTENTION], c[ANVIL_FUSE_NORM_MULTI], c[ANVIL_FUSE_NORM_SILU]);
     }
     TRY_GOTO(plan_activations(rt), fail);
     TRY_GOTO(alloc_kv_cache(rt), fail);
@@ -1263,6 +1269,33 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
                                     &rt->weights[up->weights[0]],
                                     up->weights[1] >= 0 ? &rt->weights[up->weights[1]] : NULL, &g, &u, &out);
     }
+    case ANVIL_FUSE_NORM_MULTI:
+    case ANVIL_FUSE_NORM_SILU: {
+        const anvil_net_op *norm = anvil_network_op(rt->net, i + 1), *lin = anvil_network_op(rt->net, i + 2);
+        anvil_tensor a = value_tensor(rt, s, op->inputs[0]), b = value_tensor(rt, s, op->inputs[1]);
+        anvil_tensor sum = value_tensor(rt, s, i), x = value_tensor(rt, s, i + 1);
+        const anvil_tensor *nw = &rt->weights[norm->weights[0]];
+        if (f->kind == ANVIL_FUSE_NORM_SILU) {
+            const anvil_net_op *up = anvil_network_op(rt->net, i + 3);
+            anvil_tensor g = value_tensor(rt, s, i + 2), u = value_tensor(rt, s, i + 3);
+            anvil_tensor out = value_tensor(rt, s, i + 4);
+            return ops->add_rmsnorm_matmul_silu_mul(
+                be, &a, &b, nw, (float)norm->eps, &sum, &x, &rt->weights[lin->weights[0]],
+                lin->weights[1] >= 0 ? &rt->weights[lin->weights[1]] : NULL, &rt->weights[up->weights[0]],
+                up->weights[1] >= 0 ? &rt->weights[up->weights[1]] : NULL, &g, &u, &out);
+        }
+        anvil_tensor outs[ANVIL_MATMUL_MULTI_MAX];
+        const anvil_tensor *w[ANVIL_MATMUL_MULTI_MAX], *bias[ANVIL_MATMUL_MULTI_MAX];
+        anvil_tensor *o[ANVIL_MATMUL_MULTI_MAX];
+        for (int j = 0; j < f->n; j++) {
+            const anvil_net_op *lj = anvil_network_op(rt->net, i + 2 + j);
+            outs[j] = value_tensor(rt, s, i + 2 + j);
+            o[j] = &outs[j];
+            w[j] = &rt->weights[lj->weights[0]];
+            bias[j] = lj->weights[1] >= 0 ? &rt->weights[lj->weights[1]] : NULL;
+        }
+        return ops->add_rmsnorm_matmul_multi(be, &a, &b, nw, (float)norm->eps, &sum, &x, f->n, w, bias, o);
+    }
     case ANVIL_FUSE_ROPE_ATTENTION: {
         const anvil_attention_params *p = &op->attn;
         anvil_tensor q = value_tensor(rt, s, op->inputs[0]), k = value_tensor(rt, s, op->inputs[1]);
@@ -1279,6 +1312,7 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
     }
     case ANVIL_FUSE_NONE:
     case ANVIL_FUSE_SKIP:
+    case ANVIL_FUSE_KINDS:
         break;
     }
     return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "op %d: unknown fusion %d", i, (int)f->kind);

@@ -8,6 +8,14 @@
  *   matmul_silu_mul   = matmul, matmul, silu_mul
  *   attention + rope  = rope q, rope k, attention (decode and prefill steps,
  *                       head_dim 64 and 128, GQA 1, 4, 8)
+ *   add_rmsnorm_matmul_multi / _silu_mul
+ *                     = add, rmsnorm, then the matmuls (+ silu_mul): rows 1..4
+ *                       (the norm in the GEMV prologue) and 5 (separate),
+ *                       widths on the warp and vector paths and past one
+ *                       8-piece batch of the GEMV, a grid of one block a
+ *                       column and one of runs of columns (sum written by one
+ *                       block), the knob that takes the two-launch path, and
+ *                       the aliasing refused
  * (the separate matmuls of 1..4 rows take the same GEMV kernel, so both
  * sides run the same arithmetic). Then whole models: fused against separate runs
  * of the tiny models in f32 and bf16 (tests/fusion_check.c).
@@ -208,6 +216,161 @@ static void test_matmul_groups(void **s)
         }
         anvil_backend_free(be);
     }
+}
+
+/* The separate ops for add_rmsnorm_matmul_*: sum, x, then the n matmuls
+ * (silu: gate, up, silu_mul into out[0], with g and u as scratch). */
+static void norm_reference(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *nw,
+                           anvil_tensor *sum, anvil_tensor *x, int n, const anvil_tensor *w,
+                           const anvil_tensor *const *bias, anvil_tensor *out, int silu, anvil_tensor *g,
+                           anvil_tensor *u)
+{
+    assert_int_equal(be->ops->add(be, a, b, sum), ANVIL_OK);
+    assert_int_equal(be->ops->rmsnorm(be, sum, nw, 1e-5f, x), ANVIL_OK);
+    if (silu) {
+        assert_int_equal(be->ops->matmul(be, x, &w[0], bias[0], g), ANVIL_OK);
+        assert_int_equal(be->ops->matmul(be, x, &w[1], bias[1], u), ANVIL_OK);
+        assert_int_equal(be->ops->silu_mul(be, g, u, &out[0]), ANVIL_OK);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        assert_int_equal(be->ops->matmul(be, x, &w[i], bias[i], &out[i]), ANVIL_OK);
+}
+
+/* One case of add_rmsnorm_matmul_*: rows T of width K into matrices of
+ * ns[0..n) columns (silu: two of ns[0]), against the separate ops, with
+ * the knob norm_gemv = knob. */
+static void run_norm_case(anvil_backend *be, anvil_dtype dt, int64_t T, int64_t K, int n, const int64_t *ns,
+                          int silu, int with_bias, int knob)
+{
+    anvil_cuda_knobs k;
+    memset(&k, 0, sizeof k);
+    k.matmul_gemv = 1;
+    k.norm_gemv = knob;
+    assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
+    const size_t es = anvil_dtype_size(dt);
+    const int parts = silu ? 2 : n;
+    void *mem[40];
+    int nm = 0;
+    anvil_tensor ta = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_rand(be, dt, T * K, 4.0f));
+    anvil_tensor tb = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_rand(be, dt, T * K, 4.0f));
+    anvil_tensor tnw = anvil_tensor_1d(ANVIL_DTYPE_BF16, K, mem[nm++] = dev_rand(be, ANVIL_DTYPE_BF16, K, 1.0f));
+    anvil_tensor ts1 = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * es));
+    anvil_tensor ts2 = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * es));
+    anvil_tensor tx1 = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * es));
+    anvil_tensor tx2 = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * es));
+    anvil_tensor tw[4], tbias[4], to1[4], to2[4];
+    const anvil_tensor *wp[4], *bp[4];
+    anvil_tensor *op[4];
+    for (int i = 0; i < parts; i++) {
+        const int64_t N = silu ? ns[0] : ns[i];
+        tw[i] = anvil_tensor_2d(dt, N, K, mem[nm++] = dev_rand(be, dt, N * K, 0.1f));
+        tbias[i] = anvil_tensor_1d(ANVIL_DTYPE_F32, N, mem[nm++] = dev_rand(be, ANVIL_DTYPE_F32, N, 1.0f));
+        to1[i] = anvil_tensor_2d(dt, T, N, mem[nm++] = dev_zero(be, (size_t)(T * N) * es));
+        to2[i] = anvil_tensor_2d(dt, T, N, mem[nm++] = dev_zero(be, (size_t)(T * N) * es));
+        wp[i] = &tw[i];
+        bp[i] = with_bias ? &tbias[i] : NULL;
+        op[i] = &to2[i];
+    }
+    /* silu: to1[1]/to2[1] are the gate and up scratch of each side, to1[0]/to2[0] the results */
+    anvil_tensor tg = anvil_tensor_2d(dt, T, ns[0], mem[nm++] = dev_zero(be, (size_t)(T * ns[0]) * es));
+    norm_reference(be, &ta, &tb, &tnw, &ts1, &tx1, n, tw, bp, to1, silu, &tg, &to1[1]);
+    if (silu)
+        assert_int_equal(be->ops->add_rmsnorm_matmul_silu_mul(be, &ta, &tb, &tnw, 1e-5f, &ts2, &tx2, &tw[0], bp[0],
+                                                              &tw[1], bp[1], &tg, &to2[1], &to2[0]),
+                         ANVIL_OK);
+    else
+        assert_int_equal(be->ops->add_rmsnorm_matmul_multi(be, &ta, &tb, &tnw, 1e-5f, &ts2, &tx2, n, wp, bp, op),
+                         ANVIL_OK);
+    char what[128];
+    snprintf(what, sizeof what, "add_rmsnorm_matmul %s %s T=%lld K=%lld bias %d knob %d sum", silu ? "silu" : "multi",
+             anvil_dtype_name(dt), (long long)T, (long long)K, with_bias, knob);
+    expect_same(be, what, ts1.data, ts2.data, (size_t)(T * K) * es);
+    for (int i = 0; i < (silu ? 1 : n); i++) {
+        snprintf(what, sizeof what, "add_rmsnorm_matmul %s %s T=%lld K=%lld bias %d knob %d out %d",
+                 silu ? "silu" : "multi", anvil_dtype_name(dt), (long long)T, (long long)K, with_bias, knob, i);
+        expect_same(be, what, to1[i].data, to2[i].data, (size_t)(T * (silu ? ns[0] : ns[i])) * es);
+    }
+    /* a and b untouched (sum went elsewhere) */
+    assert_int_equal(be->ops->add(be, &ta, &tb, &tx1), ANVIL_OK);
+    expect_same(be, "add_rmsnorm_matmul: a + b after the op", tx1.data, ts1.data, (size_t)(T * K) * es);
+    for (int i = 0; i < nm; i++)
+        be->ops->free(be, mem[i]);
+}
+
+static void test_norm_matmul(void **s)
+{
+    (void)s;
+    NEED_GPU();
+    /* warp path (<= 1024), vector path, a tail past 8 pieces of 32 lanes (2056), 4096 */
+    const int64_t Ks[] = {64, 1000, 1024, 2056, 4096};
+    const int64_t small[3] = {200, 64, 72}, odd[2] = {136, 8};
+    for (size_t d = 0; d < 3; d++) {
+        anvil_backend *be = gpu(dts[d]);
+        for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+            for (int64_t T = 1; T <= 5; T++)
+                for (int with_bias = 0; with_bias < 2; with_bias++) {
+                    run_norm_case(be, dts[d], T, Ks[ki], 3, small, 0, with_bias, 0);
+                    run_norm_case(be, dts[d], T, Ks[ki], 1, odd, 0, with_bias, 0);
+                    run_norm_case(be, dts[d], T, Ks[ki], 0, odd, 1, with_bias, 0);
+                    if (T == 2) { /* the two-launch path of the knob */
+                        run_norm_case(be, dts[d], T, Ks[ki], 3, small, 0, with_bias, 2);
+                        run_norm_case(be, dts[d], T, Ks[ki], 0, odd, 1, with_bias, 2);
+                    }
+                }
+        anvil_backend_free(be);
+    }
+    /* Llama-3-8B's q/k/v and a gate/up of 8192: more columns than a wave of
+     * blocks holds at a column a warp, so each block takes a run of them */
+    anvil_backend *be = gpu(ANVIL_DTYPE_BF16);
+    const int64_t qkv[3] = {4096, 1024, 1024}, mlp[1] = {8192};
+    for (int64_t T = 1; T <= 4; T++) {
+        run_norm_case(be, ANVIL_DTYPE_BF16, T, 4096, 3, qkv, 0, 0, 0);
+        run_norm_case(be, ANVIL_DTYPE_BF16, T, 4096, 0, mlp, 1, T == 3, 0);
+    }
+    anvil_backend_free(be);
+}
+
+/* The aliasing the op refuses (its blocks read a and b while one of them
+ * writes sum), and zero rows. */
+static void test_norm_matmul_alias(void **s)
+{
+    (void)s;
+    NEED_GPU();
+    const anvil_dtype dt = ANVIL_DTYPE_BF16;
+    const int64_t T = 2, K = 256, N = 64;
+    anvil_backend *be = gpu(dt);
+    void *mem[8];
+    int nm = 0;
+    anvil_tensor ta = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_rand(be, dt, T * K, 1.0f));
+    anvil_tensor tb = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_rand(be, dt, T * K, 1.0f));
+    anvil_tensor tnw = anvil_tensor_1d(dt, K, mem[nm++] = dev_rand(be, dt, K, 1.0f));
+    anvil_tensor tsum = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * 2));
+    anvil_tensor tx = anvil_tensor_2d(dt, T, K, mem[nm++] = dev_zero(be, (size_t)(T * K) * 2));
+    anvil_tensor tw = anvil_tensor_2d(dt, N, K, mem[nm++] = dev_rand(be, dt, N * K, 0.1f));
+    anvil_tensor to = anvil_tensor_2d(dt, T, N, mem[nm++] = dev_zero(be, (size_t)(T * N) * 2));
+    const anvil_tensor *wp[1] = {&tw}, *bp[1] = {NULL};
+    anvil_tensor *op[1] = {&to};
+    assert_int_equal(be->ops->add_rmsnorm_matmul_multi(be, &ta, &tb, &tnw, 1e-5f, &ta, &tx, 1, wp, bp, op),
+                     ANVIL_ERR_INVALID_ARG); /* sum over a */
+    assert_int_equal(be->ops->add_rmsnorm_matmul_multi(be, &ta, &tb, &tnw, 1e-5f, &tsum, &tb, 1, wp, bp, op),
+                     ANVIL_ERR_INVALID_ARG); /* x over b */
+    anvil_tensor ta_as_out = anvil_tensor_2d(dt, T, N, ta.data);
+    anvil_tensor *op_a[1] = {&ta_as_out};
+    assert_int_equal(be->ops->add_rmsnorm_matmul_multi(be, &ta, &tb, &tnw, 1e-5f, &tsum, &tx, 1, wp, bp, op_a),
+                     ANVIL_ERR_INVALID_ARG); /* out over a */
+    assert_int_equal(be->ops->add_rmsnorm_matmul_silu_mul(be, &ta, &tb, &tnw, 1e-5f, &tb, &tx, &tw, NULL, &tw, NULL,
+                                                          &to, &to, &to),
+                     ANVIL_ERR_INVALID_ARG); /* sum over b */
+    anvil_tensor za = anvil_tensor_2d(dt, 0, K, ta.data), zb = anvil_tensor_2d(dt, 0, K, tb.data);
+    anvil_tensor zs = anvil_tensor_2d(dt, 0, K, tsum.data), zx = anvil_tensor_2d(dt, 0, K, tx.data);
+    anvil_tensor zo = anvil_tensor_2d(dt, 0, N, to.data);
+    anvil_tensor *zop[1] = {&zo};
+    assert_int_equal(be->ops->add_rmsnorm_matmul_multi(be, &za, &zb, &tnw, 1e-5f, &zs, &zx, 1, wp, bp, zop), ANVIL_OK);
+    assert_int_equal(be->ops->synchronize(be), ANVIL_OK);
+    for (int i = 0; i < nm; i++)
+        be->ops->free(be, mem[i]);
+    anvil_backend_free(be);
 }
 
 typedef struct rope_case {
@@ -412,6 +575,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_add_rmsnorm),
         cmocka_unit_test(test_matmul_groups),
+        cmocka_unit_test(test_norm_matmul),
+        cmocka_unit_test(test_norm_matmul_alias),
         cmocka_unit_test(test_rope_attention),
         cmocka_unit_test(test_models),
     };

@@ -68,8 +68,32 @@ static anvil_status dummy_silu(anvil_backend *be, const anvil_tensor *x, const a
     return ANVIL_OK;
 }
 
-static void plan_counts(const char *model, const anvil_backend_ops *ops, int disabled, int32_t c[6],
-                        int64_t *layers)
+static anvil_status dummy_norm_multi(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                     const anvil_tensor *nw, float eps, anvil_tensor *sum, anvil_tensor *x, int n,
+                                     const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                     anvil_tensor *const *out)
+{
+    (void)be, (void)a, (void)b, (void)nw, (void)eps, (void)sum, (void)x, (void)n, (void)w, (void)bias, (void)out;
+    return ANVIL_OK;
+}
+
+static anvil_status dummy_norm_silu(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                    const anvil_tensor *nw, float eps, anvil_tensor *sum, anvil_tensor *x,
+                                    const anvil_tensor *wg, const anvil_tensor *bg, const anvil_tensor *wu,
+                                    const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+{
+    (void)be, (void)a, (void)b, (void)nw, (void)eps, (void)sum, (void)x, (void)wg, (void)bg, (void)wu, (void)bu,
+        (void)gate, (void)up, (void)out;
+    return ANVIL_OK;
+}
+
+/* The plan of a model for a backend with ops (anvil_fuse_plan, then
+ * anvil_fuse_merge_norm as the runtime does unless merge is 0), its
+ * counts, checked for consistency: every group's members are marked
+ * skipped and nothing else is; a NORM group is an add, its rmsnorm and the
+ * matmuls that alone read the norm. */
+static void plan_counts_merge(const char *model, const anvil_backend_ops *ops, int disabled, int merge,
+                              int32_t c[ANVIL_FUSE_KINDS], int64_t *layers)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
@@ -80,17 +104,48 @@ static void plan_counts(const char *model, const anvil_backend_ops *ops, int dis
     anvil_fuse *f = NULL;
     const anvil_fuse_caps caps = anvil_fuse_caps_of(ops);
     assert_int_equal(anvil_fuse_plan(net, &caps, disabled, &f), ANVIL_OK);
+    if (merge && !disabled)
+        anvil_fuse_merge_norm(net, &caps, f);
     anvil_fuse_counts(f, anvil_network_op_count(net), c);
     /* every group's members are marked skipped; nothing else is */
-    int32_t skipped =
-        c[ANVIL_FUSE_ADD_RMSNORM] + 2 * c[ANVIL_FUSE_ROPE_ATTENTION] + 2 * c[ANVIL_FUSE_SILU_MUL];
-    for (int32_t i = 0; i < anvil_network_op_count(net); i++)
+    int32_t skipped = c[ANVIL_FUSE_ADD_RMSNORM] + 2 * c[ANVIL_FUSE_ROPE_ATTENTION] + 2 * c[ANVIL_FUSE_SILU_MUL] +
+                      4 * c[ANVIL_FUSE_NORM_SILU];
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
         if (f[i].kind == ANVIL_FUSE_MATMUL_MULTI)
             skipped += f[i].n - 1;
+        if (f[i].kind == ANVIL_FUSE_NORM_MULTI)
+            skipped += f[i].n + 1;
+        if (f[i].kind != ANVIL_FUSE_NORM_MULTI && f[i].kind != ANVIL_FUSE_NORM_SILU)
+            continue;
+        const int32_t span = anvil_fuse_span(&f[i]);
+        assert_true(f[i].kind == ANVIL_FUSE_NORM_SILU ? span == 5 : f[i].n >= 1 && span == f[i].n + 2);
+        assert_int_equal(anvil_network_op(net, i)->kind, ANVIL_OP_ADD);
+        assert_int_equal(anvil_network_op(net, i + 1)->kind, ANVIL_OP_RMSNORM);
+        assert_int_equal(anvil_network_op(net, i + 1)->inputs[0], i);
+        const int32_t n_lin = f[i].kind == ANVIL_FUSE_NORM_SILU ? 2 : f[i].n;
+        for (int32_t j = 1; j < span; j++)
+            assert_int_equal(f[i + j].kind, ANVIL_FUSE_SKIP);
+        for (int32_t j = 0; j < n_lin; j++) {
+            assert_int_equal(anvil_network_op(net, i + 2 + j)->kind, ANVIL_OP_LINEAR);
+            assert_int_equal(anvil_network_op(net, i + 2 + j)->inputs[0], i + 1);
+        }
+        if (f[i].kind == ANVIL_FUSE_NORM_SILU)
+            assert_int_equal(anvil_network_op(net, i + 4)->kind, ANVIL_OP_SILU_MUL);
+        /* nothing after the group reads the norm */
+        for (int32_t j = i + span; j < anvil_network_op_count(net); j++)
+            for (int k = 0; k < 3; k++)
+                assert_int_not_equal(anvil_network_op(net, j)->inputs[k], i + 1);
+    }
     assert_int_equal(c[ANVIL_FUSE_SKIP], skipped);
     *layers = cfg.n_layers;
     free(f);
     anvil_network_free(net);
+}
+
+static void plan_counts(const char *model, const anvil_backend_ops *ops, int disabled, int32_t c[ANVIL_FUSE_KINDS],
+                        int64_t *layers)
+{
+    plan_counts_merge(model, ops, disabled, 1, c, layers);
 }
 
 static void test_plan_groups(void **s)
@@ -98,10 +153,10 @@ static void test_plan_groups(void **s)
     (void)s;
     anvil_backend_ops ops;
     memset(&ops, 0, sizeof ops);
-    int32_t c[6];
+    int32_t c[ANVIL_FUSE_KINDS];
     int64_t L = 0;
     plan_counts("tiny-qwen3", &ops, 0, c, &L); /* a backend without fused ops: nothing */
-    for (int k = ANVIL_FUSE_SKIP; k < 6; k++)
+    for (int k = ANVIL_FUSE_SKIP; k < ANVIL_FUSE_KINDS; k++)
         assert_int_equal(c[k], 0);
 
     ops.add_rmsnorm = dummy_add_rmsnorm;
@@ -124,8 +179,72 @@ static void test_plan_groups(void **s)
     assert_int_equal(c[ANVIL_FUSE_SILU_MUL], 0);
 
     plan_counts("tiny-qwen2", &ops, 1, c, &L); /* disabled */
-    for (int k = ANVIL_FUSE_SKIP; k < 6; k++)
+    for (int k = ANVIL_FUSE_SKIP; k < ANVIL_FUSE_KINDS; k++)
         assert_int_equal(c[k], 0);
+}
+
+/* The add + rmsnorm + matmuls groups: where the backend has the ops, every
+ * layer's add before the MLP joins its gate/up + silu group and every layer
+ * but the first (no add before its input norm) joins its q/k/v group (the
+ * final norm reads the logit rows, after the last add); without the
+ * merge (an engine's plan, or the runtime's no_norm_gemv) the plan is
+ * today's. */
+static void test_plan_norm_groups(void **s)
+{
+    (void)s;
+    anvil_backend_ops ops;
+    memset(&ops, 0, sizeof ops);
+    ops.add_rmsnorm = dummy_add_rmsnorm;
+    ops.matmul_multi = dummy_multi;
+    ops.matmul_silu_mul = dummy_silu;
+    ops.attention_rope = 1;
+    int32_t c[ANVIL_FUSE_KINDS], c0[ANVIL_FUSE_KINDS];
+    int64_t L = 0;
+    const char *models[] = {"tiny-llama3", "tiny-qwen2", "tiny-qwen3", "stories260K"};
+    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+        /* the NORM ops missing: nothing merges */
+        plan_counts(models[m], &ops, 0, c, &L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_MULTI] + c[ANVIL_FUSE_NORM_SILU], 0);
+        assert_int_equal(c[ANVIL_FUSE_ADD_RMSNORM], 2 * L - 1);
+
+        ops.add_rmsnorm_matmul_multi = dummy_norm_multi;
+        ops.add_rmsnorm_matmul_silu_mul = dummy_norm_silu;
+        plan_counts(models[m], &ops, 0, c, &L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_SILU], L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_MULTI], L - 1);
+        assert_int_equal(c[ANVIL_FUSE_ADD_RMSNORM], 0);  /* all merged (the final norm follows the logit rows) */
+        assert_int_equal(c[ANVIL_FUSE_MATMUL_MULTI], 1); /* the first layer's q/k/v */
+        assert_int_equal(c[ANVIL_FUSE_SILU_MUL], 0);
+        assert_int_equal(c[ANVIL_FUSE_ROPE_ATTENTION], L);
+        plan_counts_merge(models[m], &ops, 0, 0, c0, &L); /* not merged: as before */
+        assert_int_equal(c0[ANVIL_FUSE_NORM_MULTI] + c0[ANVIL_FUSE_NORM_SILU], 0);
+        assert_int_equal(c0[ANVIL_FUSE_ADD_RMSNORM], 2 * L - 1);
+        plan_counts(models[m], &ops, 1, c, &L); /* disabled */
+        for (int k = ANVIL_FUSE_SKIP; k < ANVIL_FUSE_KINDS; k++)
+            assert_int_equal(c[k], 0);
+
+        /* one of the two: only its groups */
+        ops.add_rmsnorm_matmul_multi = NULL;
+        plan_counts(models[m], &ops, 0, c, &L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_MULTI], 0);
+        assert_int_equal(c[ANVIL_FUSE_NORM_SILU], L);
+        assert_int_equal(c[ANVIL_FUSE_MATMUL_MULTI], L);
+        ops.add_rmsnorm_matmul_multi = dummy_norm_multi;
+        ops.add_rmsnorm_matmul_silu_mul = NULL;
+        plan_counts(models[m], &ops, 0, c, &L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_MULTI], L - 1);
+        assert_int_equal(c[ANVIL_FUSE_NORM_SILU], 0);
+        assert_int_equal(c[ANVIL_FUSE_SILU_MUL], L);
+        /* without matmul_silu_mul, gate and up are a matmul group of two,
+         * which the norm joins as a NORM_MULTI group */
+        ops.matmul_silu_mul = NULL;
+        plan_counts(models[m], &ops, 0, c, &L);
+        assert_int_equal(c[ANVIL_FUSE_NORM_MULTI], 2 * L - 1);
+        assert_int_equal(c[ANVIL_FUSE_NORM_SILU] + c[ANVIL_FUSE_SILU_MUL], 0);
+        ops.matmul_silu_mul = dummy_silu;
+        ops.add_rmsnorm_matmul_multi = NULL;
+        ops.add_rmsnorm_matmul_silu_mul = NULL;
+    }
 }
 
 /*
@@ -146,6 +265,7 @@ static size_t plan_bytes(const char *model, const anvil_backend_ops *ops, int64_
     anvil_fuse *f = NULL;
     const anvil_fuse_caps caps = anvil_fuse_caps_of(ops);
     assert_int_equal(anvil_fuse_plan(net, &caps, 0, &f), ANVIL_OK);
+    anvil_fuse_merge_norm(net, &caps, f);
     const int32_t n = anvil_network_op_count(net);
     int32_t *vb = calloc((size_t)n, sizeof *vb), *last = calloc((size_t)n, sizeof *last);
     int32_t *first = calloc((size_t)n, sizeof *first);
@@ -206,6 +326,8 @@ static void test_activations_reused(void **s)
             ops.matmul_multi = dummy_multi;
             ops.matmul_silu_mul = dummy_silu;
             ops.attention_rope = 1;
+            ops.add_rmsnorm_matmul_multi = dummy_norm_multi;
+            ops.add_rmsnorm_matmul_silu_mul = dummy_norm_silu;
         }
         for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
             const size_t two = plan_bytes(models[i], &ops, 2), twelve = plan_bytes(models[i], &ops, 12);
@@ -221,6 +343,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plan_groups),
+        cmocka_unit_test(test_plan_norm_groups),
         cmocka_unit_test(test_activations_reused),
         cmocka_unit_test(test_fused_equals_separate),
     };

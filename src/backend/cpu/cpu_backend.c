@@ -185,6 +185,8 @@ static const anvil_backend_ops cpu_ops = {
     .add_rmsnorm = anvil_cpu_op_add_rmsnorm,
     .matmul_multi = anvil_cpu_op_matmul_multi,
     .matmul_silu_mul = anvil_cpu_op_matmul_silu_mul,
+    .add_rmsnorm_matmul_multi = anvil_cpu_op_add_rmsnorm_matmul_multi,
+    .add_rmsnorm_matmul_silu_mul = anvil_cpu_op_add_rmsnorm_matmul_silu_mul,
     .attention_rope = 1,
 };
 

@@ -34,6 +34,26 @@ anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor 
     return anvil_cpu_op_silu_mul(be, gate, up, out);
 }
 
+anvil_status anvil_cpu_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                                  const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                                  anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                                  const anvil_tensor *const *bias, anvil_tensor *const *out)
+{
+    TRY(anvil_cpu_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
+    return anvil_cpu_op_matmul_multi(be, x, n, w, bias, out);
+}
+
+anvil_status anvil_cpu_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const anvil_tensor *a,
+                                                     const anvil_tensor *b, const anvil_tensor *norm_w, float eps,
+                                                     anvil_tensor *sum, anvil_tensor *x, const anvil_tensor *wg,
+                                                     const anvil_tensor *bg, const anvil_tensor *wu,
+                                                     const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                                     anvil_tensor *out)
+{
+    TRY(anvil_cpu_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
+    return anvil_cpu_op_matmul_silu_mul(be, x, wg, bg, wu, bu, gate, up, out);
+}
+
 /* Attention given unrotated q and k (args->rope set): the two ropes, then
  * the attention op. */
 anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args)

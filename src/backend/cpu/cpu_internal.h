@@ -218,6 +218,16 @@ anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x,
 anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
                                           const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
                                           anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
+anvil_status anvil_cpu_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                                  const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                                  anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                                  const anvil_tensor *const *bias, anvil_tensor *const *out);
+anvil_status anvil_cpu_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const anvil_tensor *a,
+                                                     const anvil_tensor *b, const anvil_tensor *norm_w, float eps,
+                                                     anvil_tensor *sum, anvil_tensor *x, const anvil_tensor *wg,
+                                                     const anvil_tensor *bg, const anvil_tensor *wu,
+                                                     const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                                     anvil_tensor *out);
 anvil_status anvil_cpu_attention_with_rope(anvil_backend *be, const anvil_attention_args *args);
 anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                       anvil_tensor *out);

@@ -416,6 +416,8 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->add_rmsnorm = anvil_cuda_op_add_rmsnorm;
     o->matmul_multi = anvil_cuda_op_matmul_multi;
     o->matmul_silu_mul = anvil_cuda_op_matmul_silu_mul;
+    o->add_rmsnorm_matmul_multi = anvil_cuda_op_add_rmsnorm_matmul_multi;
+    o->add_rmsnorm_matmul_silu_mul = anvil_cuda_op_add_rmsnorm_matmul_silu_mul;
     o->attention_rope = 1;
     cb->graphs_enabled = !c->no_cuda_graphs;
     cb->be.ops = &cb->ops;

@@ -38,6 +38,8 @@ typedef struct anvil_cuda_knobs {
     int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
+    int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of
+                                 the GEMV with the norm in its prologue (0, 1: the one launch) */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

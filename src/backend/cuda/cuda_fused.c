@@ -6,6 +6,8 @@
  * separate ops: there a GEMM's cost is its arithmetic, not its launch.
  * (rope + KV write is the attention op's: cuda_attention.c.)
  */
+#include <string.h>
+
 #include "backend/cuda/cuda_internal.h"
 
 anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
@@ -101,4 +103,140 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
                                            bg ? bg->dtype : ANVIL_DTYPE_F32, wu->data, bu ? bu->data : NULL,
                                            bu ? bu->dtype : ANVIL_DTYPE_F32, out->data, cb->ops.act_dtype,
                                            x->shape[0], x->shape[1], wg->shape[0]);
+}
+
+/*
+ * add_rmsnorm + the matmuls of its norm. For the GEMV sizes (1..4 rows,
+ * weights in the activation dtype, x fitting shared memory) one launch of
+ * the norm GEMV kernel (cuda_gemv_norm.cu), which never writes x;
+ * otherwise, or with the knob norm_gemv = 2, add_rmsnorm into x and then the
+ * matmul group (two launches at decode sizes, today's path).
+ */
+
+/* The checks both ops share: shapes, dtypes and the aliasing rules. */
+static anvil_status check_norm_args(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,
+                                    const anvil_tensor *norm_w, const anvil_tensor *sum, const anvil_tensor *x)
+{
+    TRY(anvil_cuda_check_act(cb, a, "add_rmsnorm_matmul a"));
+    TRY(anvil_cuda_check_act(cb, b, "add_rmsnorm_matmul b"));
+    TRY(anvil_cuda_check_act(cb, sum, "add_rmsnorm_matmul sum"));
+    TRY(anvil_cuda_check_act(cb, x, "add_rmsnorm_matmul x"));
+    TRY(anvil_cuda_check_same_shape(a, b, "add_rmsnorm_matmul"));
+    TRY(anvil_cuda_check_same_shape(a, sum, "add_rmsnorm_matmul sum"));
+    TRY(anvil_cuda_check_same_shape(a, x, "add_rmsnorm_matmul x"));
+    TRY(anvil_cuda_check_vector(norm_w, a->shape[1], "add_rmsnorm_matmul norm weight"));
+    CHECK(a->shape[0] == 0 || (sum->data != a->data && sum->data != b->data && x->data != a->data &&
+                               x->data != b->data && x->data != sum->data),
+          ANVIL_ERR_INVALID_ARG, "add_rmsnorm_matmul: sum and x must not alias a, b or each other");
+    return ANVIL_OK;
+}
+
+/* out must not alias the inputs of the op (nor x, which the fallback writes). */
+static anvil_status check_out_alias(const anvil_tensor *out, const anvil_tensor *a, const anvil_tensor *b,
+                                    const anvil_tensor *sum, const anvil_tensor *x)
+{
+    CHECK(a->shape[0] == 0 || (out->data != a->data && out->data != b->data && out->data != sum->data &&
+                               out->data != x->data),
+          ANVIL_ERR_INVALID_ARG, "add_rmsnorm_matmul: an output aliases a, b, sum or x");
+    return ANVIL_OK;
+}
+
+/* Whether the one-launch kernel takes it; *max_blocks then its wave. */
+static int norm_gemv_direct(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,
+                            const anvil_tensor *sum, int silu, int *max_blocks)
+{
+    const anvil_dtype dt = cb->ops.act_dtype;
+    const int64_t T = a->shape[0], K = a->shape[1];
+    if (cb->knobs.norm_gemv == 2 || !anvil_cuda_norm_gemv_ok(dt, T, K, a->data, b->data, sum->data))
+        return 0;
+    const int di = dt == ANVIL_DTYPE_BF16 ? 0 : 1;
+    int *occ = &cb->norm_gemv_occupancy[di][T - 1][silu];
+    int64_t *occ_k = &cb->norm_gemv_k[di][T - 1][silu];
+    if (*occ == 0 || *occ_k != K) {
+        *occ = anvil_cuda_norm_gemv_per_sm(dt, T, K, silu);
+        *occ_k = K;
+    }
+    *max_blocks = *occ * cb->n_sm;
+    return 1;
+}
+
+anvil_status anvil_cuda_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                                   const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                                   anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                                   const anvil_tensor *const *bias, anvil_tensor *const *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(n >= 1 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_INVALID_ARG, "add_rmsnorm_matmul_multi: %d matrices",
+          n);
+    TRY(check_norm_args(cb, a, b, norm_w, sum, x));
+    int direct = 1, max_blocks = 0;
+    for (int i = 0; i < n; i++) {
+        TRY(anvil_cuda_check_act(cb, out[i], "add_rmsnorm_matmul_multi out"));
+        TRY(check_out_alias(out[i], a, b, sum, x));
+        direct = direct && gemv_direct(cb, x, w[i], out[i]) && bias_ok(bias[i], w[i]->shape[0]);
+    }
+    if (!direct || !norm_gemv_direct(cb, a, b, sum, 0, &max_blocks)) {
+        TRY(anvil_cuda_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
+        return anvil_cuda_op_matmul_multi(be, x, n, w, bias, out);
+    }
+    anvil_cuda_norm_gemv g;
+    memset(&g, 0, sizeof g);
+    g.a = a->data;
+    g.b = b->data;
+    g.norm_w = norm_w->data;
+    g.norm_w_dt = norm_w->dtype;
+    g.eps = eps;
+    g.sum = sum->data;
+    g.n_parts = n;
+    for (int i = 0; i < n; i++) {
+        g.w[i] = w[i]->data;
+        g.bias[i] = bias[i] ? bias[i]->data : NULL;
+        g.bias_dt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
+        g.out[i] = out[i]->data;
+        g.n[i] = w[i]->shape[0];
+    }
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_norm_gemv(cb->stream, cb->pdl, max_blocks, &g, cb->ops.act_dtype, a->shape[0],
+                                       a->shape[1]);
+}
+
+anvil_status anvil_cuda_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const anvil_tensor *a,
+                                                      const anvil_tensor *b, const anvil_tensor *norm_w, float eps,
+                                                      anvil_tensor *sum, anvil_tensor *x, const anvil_tensor *wg,
+                                                      const anvil_tensor *bg, const anvil_tensor *wu,
+                                                      const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                                      anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_norm_args(cb, a, b, norm_w, sum, x));
+    TRY(anvil_cuda_check_act(cb, out, "add_rmsnorm_matmul_silu_mul out"));
+    TRY(check_out_alias(out, a, b, sum, x));
+    int max_blocks = 0;
+    if (!(gemv_direct(cb, x, wg, out) && gemv_direct(cb, x, wu, out) && wg->shape[0] == wu->shape[0] &&
+          bias_ok(bg, wg->shape[0]) && bias_ok(bu, wu->shape[0]) && norm_gemv_direct(cb, a, b, sum, 1, &max_blocks))) {
+        TRY(anvil_cuda_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
+        return anvil_cuda_op_matmul_silu_mul(be, x, wg, bg, wu, bu, gate, up, out);
+    }
+    anvil_cuda_norm_gemv g;
+    memset(&g, 0, sizeof g);
+    g.a = a->data;
+    g.b = b->data;
+    g.norm_w = norm_w->data;
+    g.norm_w_dt = norm_w->dtype;
+    g.eps = eps;
+    g.sum = sum->data;
+    g.silu = 1;
+    g.n_parts = 2;
+    g.w[0] = wg->data;
+    g.w[1] = wu->data;
+    g.bias[0] = bg ? bg->data : NULL;
+    g.bias_dt[0] = bg ? bg->dtype : ANVIL_DTYPE_F32;
+    g.bias[1] = bu ? bu->data : NULL;
+    g.bias_dt[1] = bu ? bu->dtype : ANVIL_DTYPE_F32;
+    g.out[0] = out->data;
+    g.n[0] = wg->shape[0];
+    g.n[1] = wu->shape[0];
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_norm_gemv(cb->stream, cb->pdl, max_blocks, &g, cb->ops.act_dtype, a->shape[0],
+                                       a->shape[1]);
 }

@@ -99,6 +99,9 @@ typedef struct anvil_cuda_backend {
     anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
     int decode_occupancy[3][4][4]; /* decode kernel blocks per SM by [dtype][head_dim class][group class], 0: not asked yet */
     int decode_mma_occupancy[2][3][2]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128][2/3 stages] */
+    /* the norm GEMV kernel's blocks per SM by [bf16/f16][rows - 1][silu], for norm_gemv_k (0: not asked yet) */
+    int norm_gemv_occupancy[2][4][2];
+    int64_t norm_gemv_k[2][4][2];
 } anvil_cuda_backend;
 
 static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (anvil_cuda_backend *)be->impl; }
@@ -189,6 +192,16 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
 anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
                                            const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
                                            anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out);
+anvil_status anvil_cuda_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
+                                                   const anvil_tensor *norm_w, float eps, anvil_tensor *sum,
+                                                   anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                                   const anvil_tensor *const *bias, anvil_tensor *const *out);
+anvil_status anvil_cuda_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const anvil_tensor *a,
+                                                      const anvil_tensor *b, const anvil_tensor *norm_w, float eps,
+                                                      anvil_tensor *sum, anvil_tensor *x, const anvil_tensor *wg,
+                                                      const anvil_tensor *bg, const anvil_tensor *wu,
+                                                      const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
+                                                      anvil_tensor *out);
 
 /* ---------------------------------------------------------------- launchers (cuda_*.cu)
  * Each checks what the kernel itself relies on, launches on `stream`, and
@@ -268,6 +281,33 @@ anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, int pdl, const
 anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int pdl, const void *a, const void *b, const void *w,
                                            anvil_dtype w_dt, void *sum, void *norm, anvil_dtype act_dt, int64_t rows,
                                            int64_t width, float eps);
+
+/* add + rmsnorm in the prologue of the GEMVs of its norm (cuda_gemv_norm.cu):
+ * sum = a + b (written once), x = rmsnorm(sum) * norm_w (in each block's
+ * shared memory only), then as anvil_cuda_launch_gemv_multi of x (n_parts
+ * matrices) or, with silu, as anvil_cuda_launch_gemv_silu_mul (w[0] gate,
+ * w[1] up, out[0]). a, b, sum [T, K] in act_dt; sum aliases neither a nor b. */
+typedef struct anvil_cuda_norm_gemv {
+    const void *a, *b, *norm_w;
+    anvil_dtype norm_w_dt;
+    float eps;
+    void *sum;
+    int silu;
+    int n_parts;
+    const void *w[ANVIL_MATMUL_MULTI_MAX];
+    const void *bias[ANVIL_MATMUL_MULTI_MAX];
+    anvil_dtype bias_dt[ANVIL_MATMUL_MULTI_MAX];
+    void *out[ANVIL_MATMUL_MULTI_MAX];
+    int64_t n[ANVIL_MATMUL_MULTI_MAX]; /* columns of each matrix */
+} anvil_cuda_norm_gemv;
+/* Whether the kernel takes these rows (bf16/f16, 1..4 rows, K a multiple
+ * of 8, x fitting 48 KB of shared memory, a, b and sum 16-byte aligned). */
+int anvil_cuda_norm_gemv_ok(anvil_dtype dt, int64_t T, int64_t K, const void *a, const void *b, const void *sum);
+/* Blocks of the kernel for (dt, T, K, silu) one SM holds at once. */
+int anvil_cuda_norm_gemv_per_sm(anvil_dtype dt, int64_t T, int64_t K, int silu);
+/* max_blocks: the blocks of one wave (n_sm x per_sm; <= 0: a block per 8 columns). */
+anvil_status anvil_cuda_launch_norm_gemv(cudaStream_t stream, int pdl, int max_blocks, const anvil_cuda_norm_gemv *g,
+                                         anvil_dtype act_dt, int64_t T, int64_t K);
 
 /* Attention geometry shared by the attention kernels. */
 typedef struct anvil_cuda_attn {
