@@ -233,6 +233,88 @@ static void perf_elementwise(anvil_backend *be, const char *what, perf_kind kind
     be->ops->free(be, w);
 }
 
+/* add + rmsnorm and the matmuls of its norm at decode rows (Llama-3-8B's
+ * q/k/v, or gate/up + silu): knob norm_gemv 0, the one launch with the norm
+ * in the GEMV prologue, against 2, add_rmsnorm then the GEMV. Timed as the
+ * other rows (back-to-back launches, median of 7), so the gap between the
+ * two kernels of the second is what the first saves, less what PDL and
+ * graphs already hide in a real step (bench_cuda_latency --fusion
+ * on,no-norm-gemv measures that). */
+static void perf_norm_gemv(anvil_backend *be, int64_t T, int silu)
+{
+    const int64_t K = 4096, ns[3] = {4096, 1024, 1024}, N_mlp = 14336;
+    const int n = silu ? 2 : 3;
+    void *a = perf_buf(be, T * K), *b = perf_buf(be, T * K), *nw = perf_buf(be, K);
+    void *sum = perf_buf(be, T * K), *x = perf_buf(be, T * K), *w[3], *o[3];
+    anvil_tensor ta = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, a), tb = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, b);
+    anvil_tensor tnw = anvil_tensor_1d(ANVIL_DTYPE_BF16, K, nw);
+    anvil_tensor ts = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, sum), tx = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, x);
+    anvil_tensor tw[3], to[3];
+    const anvil_tensor *wp[3], *bp[3] = {NULL, NULL, NULL};
+    anvil_tensor *op[3];
+    double wbytes = 0;
+    for (int i = 0; i < n; i++) {
+        const int64_t N = silu ? N_mlp : ns[i];
+        w[i] = perf_buf(be, N * K);
+        o[i] = perf_buf(be, T * N);
+        tw[i] = anvil_tensor_2d(ANVIL_DTYPE_BF16, N, K, w[i]);
+        to[i] = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, o[i]);
+        wp[i] = &tw[i];
+        op[i] = &to[i];
+        wbytes += 2.0 * (double)(N * K);
+    }
+    void *so = perf_buf(be, T * N_mlp); /* silu: the result (to[0], to[1]: gate and up scratch) */
+    anvil_tensor tso = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N_mlp, so);
+    cudaStream_t s = anvil_cuda_impl(be)->stream;
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    for (int knob = 0; knob <= 2; knob += 2) {
+        char what[64];
+        snprintf(what, sizeof what, "add+norm+%s T=%lld %s", silu ? "gate/up+silu" : "qkv", (long long)T,
+                 knob ? "2 launches" : "1 launch");
+        if (!perf_wanted(what))
+            continue;
+        anvil_cuda_knobs k = {.norm_gemv = knob};
+        anvil_cuda_set_knobs(be, &k);
+        float ms[7];
+        int failed = 0;
+        for (int r = -1; r < 7 && !failed; r++) {
+            cudaEventRecord(e0, s);
+            for (int i = 0; i < 50 && !failed; i++)
+                failed = (silu ? be->ops->add_rmsnorm_matmul_silu_mul(be, &ta, &tb, &tnw, 1e-5f, &ts, &tx, wp[0], NULL,
+                                                                       wp[1], NULL, &to[0], &to[1], &tso)
+                               : be->ops->add_rmsnorm_matmul_multi(be, &ta, &tb, &tnw, 1e-5f, &ts, &tx, 3, wp, bp,
+                                                                    op)) != ANVIL_OK;
+            cudaEventRecord(e1, s);
+            cudaEventSynchronize(e1);
+            if (r >= 0) {
+                cudaEventElapsedTime(&ms[r], e0, e1);
+                ms[r] /= 50.0f;
+            }
+        }
+        if (failed) {
+            fprintf(stderr, "perf: %s: %s\n", what, anvil_last_error());
+            break;
+        }
+        qsort(ms, 7, sizeof ms[0], perf_cmp);
+        const double gbs = wbytes / (ms[3] * 1e-3) / 1e9;
+        printf("%-34s %9.4f ms %8s         %7.0f GB/s  (%3.0f%% of copy)\n", what, ms[3], "", gbs,
+               100.0 * gbs / perf_copy_gbs);
+    }
+    anvil_cuda_knobs k0 = {0};
+    anvil_cuda_set_knobs(be, &k0);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    void *bufs[] = {a, b, nw, sum, x, so};
+    for (int i = 0; i < 6; i++)
+        be->ops->free(be, bufs[i]);
+    for (int i = 0; i < n; i++) {
+        be->ops->free(be, w[i]);
+        be->ops->free(be, o[i]);
+    }
+}
+
 static int anvil_cuda_perf_main(void)
 {
     if (anvil_cuda_device_count() == 0) {
@@ -322,6 +404,9 @@ static int anvil_cuda_perf_main(void)
     perf_elementwise(be, "rmsnorm 512x4096", PERF_RMSNORM, 512, 4096);
     perf_elementwise(be, "silu_mul 512x14336", PERF_SILU, 512, 14336);
     perf_elementwise(be, "add 512x4096", PERF_ADD, 512, 4096);
+    perf_norm_gemv(be, 1, 0);
+    perf_norm_gemv(be, 4, 0);
+    perf_norm_gemv(be, 1, 1);
     anvil_backend_free(be);
     return 0;
 }
