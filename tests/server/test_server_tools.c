@@ -3,7 +3,11 @@
  * (the content streamed out, put together, and the calls are the whole
  * parse's); malformed calls fall back to content; the forcing grammar of
  * each family accepts a valid call and refuses a wrong one (a tool with
- * $defs included); the parser read from real chat templates. The server
+ * $defs included); the parser read from real chat templates; requests
+ * mapped (srv_openai_map, no executor) with tinycode's tokenizer and the
+ * real templates: the prompt ends with the call's opening marker when a
+ * call is forced, a past call and the tool's answer are rendered (the
+ * arguments as an object), refusals name their field. The server
  * tests (tests/python/test_server_tools.py) drive it end to end. */
 #include <jansson.h>
 #include <stdio.h>
@@ -12,6 +16,8 @@
 
 #include "anvil/chat_template.h"
 #include "anvil/grammar.h"
+#include "server/server_guided.h"
+#include "server/server_openai.h"
 #include "server/server_tools.h"
 #include "testutil.h"
 
@@ -342,12 +348,180 @@ static void test_detect_from_templates(void **state)
     assert_int_equal(srv_tools_detect(NULL, NULL), SRV_TOOLS_NONE);
 }
 
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    b[n] = '\0';
+    fclose(f);
+    return b;
+}
+
+/* A model without an executor (as the fuzz target's): tinycode's
+ * tokenizer, a real template, the server's parser choice "auto". */
+typedef struct fake {
+    struct anvil_server srv;
+    srv_model m;
+} fake;
+
+static void fake_init(fake *f, const char *template_file)
+{
+    memset(f, 0, sizeof *f);
+    char rel[256];
+    snprintf(rel, sizeof rel, "chat_templates/%s", template_file);
+    char *src = read_all(anvil_test_shared_path(rel));
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", anvil_test_shared_path("models/tinycode"));
+    assert_int_equal(anvil_tokenizer_load(dir, &f->m.tok), ANVIL_OK);
+    assert_int_equal(anvil_chat_template_load_source(dir, src, &f->m.tmpl), ANVIL_OK);
+    free(src);
+    f->srv.tool_parser = SRV_TOOLS_AUTO;
+    f->m.srv = &f->srv;
+    f->m.name = "tinycode";
+    f->m.max_seq_len = 1024;
+    pthread_mutex_init(&f->m.mu, NULL);
+    pthread_mutex_init(&f->m.guided_mu, NULL);
+}
+
+static void fake_free(fake *f)
+{
+    srv_guided_model_free(&f->m);
+    anvil_chat_template_free(f->m.tmpl);
+    anvil_tokenizer_free(f->m.tok);
+    pthread_mutex_destroy(&f->m.mu);
+    pthread_mutex_destroy(&f->m.guided_mu);
+}
+
+/* The mapped request's prompt as text (malloc'd); NULL with *status and
+ * *param when refused. */
+static char *map_prompt(fake *f, const char *body, srv_mapped **out, int *status, char *param, size_t cap)
+{
+    json_t *b = json_loads(body, 0, NULL);
+    assert_non_null(b);
+    json_t *err = NULL;
+    srv_mapped *q = NULL;
+    int rc = srv_openai_map(&f->m, b, 1, &q, status, &err);
+    json_decref(b);
+    if (rc < 0) {
+        const char *pm = json_string_value(json_object_get(json_object_get(err, "error"), "param"));
+        snprintf(param, cap, "%s", pm ? pm : "");
+        json_decref(err);
+        *out = NULL;
+        return NULL;
+    }
+    char *text = NULL;
+    size_t n = 0;
+    assert_int_equal(anvil_tokenizer_decode(f->m.tok, q->prompts[0].ids, q->prompts[0].n_ids, 0, &text, &n),
+                     ANVIL_OK);
+    *out = q;
+    return text;
+}
+
+static int ends_with(const char *s, const char *tail)
+{
+    size_t a = strlen(s), b = strlen(tail);
+    return a >= b && strcmp(s + a - b, tail) == 0;
+}
+
+#define TOOLS_JSON                                                                                              \
+    "[{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", "     \
+    "\"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}]"
+
+static void test_map_requests(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        int parser;
+        const char *tail;   /* the forced prompt's end */
+        const char *answer; /* how the template shows the tool's answer */
+    } fam[] = {
+        {"Qwen-Qwen2.5-7B-Instruct.jinja", SRV_TOOLS_HERMES, "<|im_start|>assistant\n<tool_call>\n",
+         "<tool_response>\nsunny-17\n</tool_response>"},
+        {"meta-llama-Llama-3.1-8B-Instruct.jinja", SRV_TOOLS_LLAMA3,
+         "<|start_header_id|>assistant<|end_header_id|>\n\n", "ipython<|end_header_id|>\n\n"},
+        {"mistralai-Mistral-Nemo-Instruct-2407.jinja", SRV_TOOLS_MISTRAL, "[/INST][TOOL_CALLS]",
+         "[TOOL_RESULTS]{\"content\": sunny-17"},
+    };
+    for (size_t i = 0; i < sizeof fam / sizeof fam[0]; i++) {
+        fake f;
+        fake_init(&f, fam[i].file);
+        srv_mapped *q;
+        int status = 0;
+        char param[64];
+        /* required: the grammar, the marker at the prompt's end */
+        char *text = map_prompt(&f,
+                                "{\"messages\": [{\"role\": \"user\", \"content\": \"Weather in Oslo?\"}], \"tools\": " TOOLS_JSON
+                                ", \"tool_choice\": \"required\"}",
+                                &q, &status, param, sizeof param);
+        assert_non_null(text);
+        assert_true(q->tools_active && q->tools_forced);
+        assert_int_equal(q->tool_parser, fam[i].parser);
+        assert_non_null(q->grammar);
+        assert_ptr_equal(q->req.grammar, q->grammar);
+        if (!ends_with(text, fam[i].tail))
+            fail_msg("%s: the forced prompt ends [%s]", fam[i].file, text + (strlen(text) > 80 ? strlen(text) - 80 : 0));
+        assert_non_null(strstr(text, "get_weather")); /* the template showed the tool */
+        /* Llama's and Mistral's markers are special tokens: kept in the text */
+        assert_int_equal(q->req.skip_special_tokens, fam[i].parser == SRV_TOOLS_HERMES);
+        free(text);
+        srv_mapped_free(q);
+        /* auto: no grammar, the prompt as the template ends it */
+        text = map_prompt(&f, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"tools\": " TOOLS_JSON "}", &q,
+                          &status, param, sizeof param);
+        assert_non_null(text);
+        assert_true(q->tools_active && !q->tools_forced);
+        assert_null(q->grammar);
+        free(text);
+        srv_mapped_free(q);
+        /* a call and its answer go back through the template; the
+         * arguments string as the object it holds */
+        text = map_prompt(
+            &f,
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Weather in Oslo?\"}, {\"role\": \"assistant\", "
+            "\"content\": null, \"tool_calls\": [{\"id\": \"Ab3dE6gH9\", \"type\": \"function\", \"function\": {\"name\": "
+            "\"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Oslo\\\"}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": "
+            "\"Ab3dE6gH9\", \"content\": \"sunny-17\"}], \"tools\": " TOOLS_JSON "}",
+            &q, &status, param, sizeof param);
+        if (text == NULL)
+            fail_msg("%s: the round trip is refused (%d, %s)", fam[i].file, status, param);
+        if (strstr(text, fam[i].answer) == NULL || strstr(text, "\"city\": \"Oslo\"") == NULL ||
+            strstr(text, "\\\"city") != NULL)
+            fail_msg("%s: the past call or the answer is not rendered as expected:\n%s", fam[i].file, text);
+        free(text);
+        srv_mapped_free(q);
+        /* refusals name their field */
+        static const struct {
+            const char *extra, *param;
+        } bad[] = {
+            {"\"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": \"nope\"}}", "tool_choice"},
+            {"\"tool_choice\": \"required\", \"guided_regex\": \"a+\"", "tool_choice"},
+            {"\"function_call\": {\"name\": \"get_weather\"}", "function_call"},
+        };
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            char body[1024];
+            snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"tools\": %s, %s}",
+                     TOOLS_JSON, bad[k].extra);
+            assert_null(map_prompt(&f, body, &q, &status, param, sizeof param));
+            assert_int_equal(status, 400);
+            assert_string_equal(param, bad[k].param);
+        }
+        fake_free(&f);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_whole),      cmocka_unit_test(test_parse_streamed),
         cmocka_unit_test(test_stream_holds_only_markers), cmocka_unit_test(test_call_ids),
         cmocka_unit_test(test_forcing_grammar),  cmocka_unit_test(test_detect_from_templates),
+        cmocka_unit_test(test_map_requests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
