@@ -8,6 +8,10 @@
  *   matmul_silu_mul   = matmul, matmul, silu_mul
  *   attention + rope  = rope q, rope k, attention (decode and prefill steps,
  *                       head_dim 64 and 128, GQA 1, 4, 8)
+ *   decode attention  = the same with the split-K combine in the decode
+ *                       kernel (the last split merges) and in its own kernel
+ *                       (knob attn_combine_kernel), run twice (the counters
+ *                       reset for the next launch)
  *   add_rmsnorm_matmul_multi / _silu_mul
  *                     = add, rmsnorm, then the matmuls (+ silu_mul): rows 1..4
  *                       (the norm in the GEMV prologue) and 5 (separate),
@@ -373,6 +377,94 @@ static void test_norm_matmul_alias(void **s)
     anvil_backend_free(be);
 }
 
+/* Decode attention (one token for each of 3 sequences at contexts 8, 101,
+ * 251) with the combine in the decode kernel against the combine kernel,
+ * bit for bit, for `splits` splits (0: the cost model's). */
+static void run_combine_case(anvil_dtype dt, int32_t n_heads, int32_t n_kv_heads, int32_t hd, int32_t splits)
+{
+    anvil_backend *be = gpu(dt);
+    const size_t es = anvil_dtype_size(dt);
+    enum { SEQS = 3, BS = 16, MB = 16, NB = SEQS * MB };
+    const int32_t ctx_before[SEQS] = {7, 100, 250};
+    int32_t pos[SEQS], seq_of[SEQS], starts[SEQS + 1], lens[SEQS], tables[SEQS * MB], slots[SEQS], rows[SEQS];
+    for (int s = 0; s < SEQS; s++) {
+        for (int b = 0; b < MB; b++)
+            tables[s * MB + b] = (NB - 1) - (s + SEQS * b);
+        pos[s] = ctx_before[s];
+        seq_of[s] = s;
+        slots[s] = tables[s * MB + pos[s] / BS] * BS + pos[s] % BS;
+        starts[s] = s;
+        lens[s] = pos[s] + 1;
+        rows[s] = s;
+    }
+    starts[SEQS] = SEQS;
+    anvil_step st = {.n_tokens = SEQS, .n_seqs = SEQS, .n_logits = SEQS, .max_blocks_per_seq = MB,
+                     .block_size = BS, .max_context = ctx_before[SEQS - 1] + 1, .n_decode = SEQS,
+                     .decode_max_context = ctx_before[SEQS - 1] + 1};
+    st.positions = dev_ints(be, pos, SEQS);
+    st.seq_of_token = dev_ints(be, seq_of, SEQS);
+    st.seq_starts = dev_ints(be, starts, SEQS + 1);
+    st.seq_lens = dev_ints(be, lens, SEQS);
+    st.block_tables = dev_ints(be, tables, SEQS * MB);
+    st.slots = dev_ints(be, slots, SEQS);
+    st.logit_rows = dev_ints(be, rows, SEQS);
+    st.token_ids = dev_ints(be, pos, SEQS);
+    const int64_t qw = (int64_t)n_heads * hd, kw = (int64_t)n_kv_heads * hd, cache_n = (int64_t)NB * BS * kw;
+    void *q = dev_rand(be, dt, SEQS * qw, 1.0f), *k = dev_rand(be, dt, SEQS * kw, 1.0f);
+    void *v = dev_rand(be, dt, SEQS * kw, 1.0f);
+    void *kc = dev_rand(be, dt, cache_n, 1.0f), *vc = dev_rand(be, dt, cache_n, 1.0f);
+    void *o[3];
+    for (int i = 0; i < 3; i++)
+        o[i] = dev_zero(be, (size_t)(SEQS * qw) * es);
+    anvil_tensor tq = anvil_tensor_2d(dt, SEQS, qw, q), tk = anvil_tensor_2d(dt, SEQS, kw, k);
+    anvil_tensor tv = anvil_tensor_2d(dt, SEQS, kw, v);
+    int64_t cshape[4] = {NB, BS, n_kv_heads, hd};
+    anvil_tensor tkc = {.dtype = dt, .n_dims = 4, .data = kc}, tvc = tkc;
+    memcpy(tkc.shape, cshape, sizeof cshape);
+    memcpy(tvc.shape, cshape, sizeof cshape);
+    tvc.data = vc;
+    for (int run = 0; run < 3; run++) { /* the combine kernel, then the decode kernel's own, twice */
+        anvil_cuda_knobs kn;
+        memset(&kn, 0, sizeof kn);
+        kn.matmul_gemv = 1;
+        kn.attn_kernel = ANVIL_CUDA_ATTN_DECODE;
+        kn.attn_splits = splits;
+        kn.attn_combine_kernel = run == 0;
+        assert_int_equal(anvil_cuda_set_knobs(be, &kn), ANVIL_OK);
+        anvil_tensor to = anvil_tensor_2d(dt, SEQS, qw, o[run]);
+        anvil_attention_args a = {.q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to,
+                                  .step = &st, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = hd,
+                                  .scale = 1.0f / sqrtf((float)hd)};
+        assert_int_equal(be->ops->attention(be, &a), ANVIL_OK);
+    }
+    char what[128];
+    for (int run = 1; run < 3; run++) {
+        snprintf(what, sizeof what, "decode combine in the kernel %s heads %d/%d hd %d splits %d, run %d",
+                 anvil_dtype_name(dt), n_heads, n_kv_heads, hd, splits, run);
+        expect_same(be, what, o[0], o[run], (size_t)(SEQS * qw) * es);
+    }
+    void *all[] = {q, k, v, kc, vc, o[0], o[1], o[2], (void *)st.positions, (void *)st.seq_of_token,
+                   (void *)st.seq_starts, (void *)st.seq_lens, (void *)st.block_tables, (void *)st.slots,
+                   (void *)st.logit_rows, (void *)st.token_ids};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        be->ops->free(be, all[i]);
+    anvil_backend_free(be);
+}
+
+static void test_decode_combine(void **s)
+{
+    (void)s;
+    NEED_GPU();
+    /* GQA 4 and 1, a group of 20 (two blocks of 16 heads), head_dim 32/64/128;
+     * 1 split (no combine), 3, 8 (most of the shortest context's splits empty), the model's */
+    const int32_t shapes[][3] = {{32, 8, 128}, {8, 8, 64}, {40, 2, 64}, {4, 1, 32}};
+    const int32_t splits[] = {1, 3, 8, 0};
+    for (size_t d = 1; d < 3; d++) /* bf16, f16: the tensor-core decode kernel */
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            for (size_t j = 0; j < sizeof splits / sizeof splits[0]; j++)
+                run_combine_case(dts[d], shapes[i][0], shapes[i][1], shapes[i][2], splits[j]);
+}
+
 typedef struct rope_case {
     int32_t n_heads, n_kv_heads, head_dim;
     int decode;   /* 1: one token per sequence; 0: prompts of 5, 9 and 40 */
@@ -577,6 +669,7 @@ int main(void)
         cmocka_unit_test(test_matmul_groups),
         cmocka_unit_test(test_norm_matmul),
         cmocka_unit_test(test_norm_matmul_alias),
+        cmocka_unit_test(test_decode_combine),
         cmocka_unit_test(test_rope_attention),
         cmocka_unit_test(test_models),
     };

@@ -129,9 +129,20 @@ static anvil_status launch_decode(anvil_cuda_backend *cb, anvil_cuda_attn *a, an
     if (n_splits > 1)
         TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(a, n_splits),
                                "attention: split-K workspace"));
+    int *counters = NULL;
+    if (mma && n_splits > 1 && !cb->knobs.attn_combine_kernel) {
+        /* the splits count themselves done; the last merges (and sets its
+         * counter back to zero, so a grown buffer is zeroed once) */
+        const size_t need = (size_t)anvil_cuda_attn_decode_mma_counters(a) * sizeof(int);
+        const int grows = need > cb->attn_cnt_bytes;
+        TRY(anvil_cuda_reserve(cb, &cb->attn_cnt, &cb->attn_cnt_bytes, need, "attention: split counters"));
+        if (grows)
+            CUDA_TRY(cudaMemsetAsync(cb->attn_cnt, 0, cb->attn_cnt_bytes, cb->stream), "attention: split counters");
+        counters = (int *)cb->attn_cnt;
+    }
     if (mma)
-        return anvil_cuda_launch_attn_decode_mma(cb->stream, a, n_splits, split_len, (float *)cb->attn_ws, stages,
-                                                 cb->smem_optin);
+        return anvil_cuda_launch_attn_decode_mma(cb->stream, a, n_splits, split_len, (float *)cb->attn_ws, counters,
+                                                 stages, cb->smem_optin);
     return anvil_cuda_launch_attn_decode(cb->stream, a, n_splits, split_len, (float *)cb->attn_ws);
 }
 

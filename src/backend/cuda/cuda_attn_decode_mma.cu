@@ -19,8 +19,16 @@
  * fragments from transposed ldmatrix (as in cuda_attn_prefill_mma.cu). At
  * the end the 4 warps' (m, l, O) merge through shared memory; with one
  * split the block writes the output, with several it writes the same
- * (m, l, acc) partials as the SIMT kernel (m in natural-log units) and the
- * same combine kernel merges them.
+ * (m, l, acc) partials as the SIMT kernel (m in natural-log units). Then
+ * either the same combine kernel merges them, or (with counters, the
+ * default) the last split of each (token, block of heads) to finish does:
+ * each split block, its partials written, fences and adds one to the
+ * counter of its (token, blockIdx.y); the block that brings it to n_splits
+ * reads every split's partials (from L2: they were written by other SMs)
+ * and merges them with the combine kernel's arithmetic, in its order, so
+ * the bits do not change, and sets the counter back to zero for the next
+ * launch (step graphs replay the same counters). That saves the combine's
+ * launch and its dependent-kernel gap, once per layer of a decode step.
  *
  * P is rounded to the input dtype for P V, as in the prefill kernel.
  */
@@ -39,9 +47,56 @@ static size_t dm_smem_bytes(int hd, int stages)
     return (size_t)stages * 2 * DM_BN * (size_t)(hd + 8) * 2;
 }
 
+/* A block's result for row r (head h) from the warps' (m, l, O) in shared
+ * memory: the output with one split, else split sp's (m, l, acc) partials. */
+template <typename T>
+__device__ __forceinline__ void decode_mma_out(const anvil_cuda_attn &a, const float *sm_o, const float *sm_ml,
+                                               int r, int t, int h, int sp, int n_splits, int d0, int per, float *ws)
+{
+    const int hd = a.head_dim;
+    const int64_t qw = (int64_t)a.n_heads * hd;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DM_WARPS; w++)
+        mx = fmaxf(mx, sm_ml[(w * DM_ROWS + r) * 2]);
+    float f[DM_WARPS], lsum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DM_WARPS; w++) {
+        const float mw = sm_ml[(w * DM_ROWS + r) * 2];
+        f[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
+        lsum += sm_ml[(w * DM_ROWS + r) * 2 + 1] * f[w];
+    }
+    if (n_splits == 1) {
+        const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+        T *out = (T *)a.out + (int64_t)t * qw + (int64_t)h * hd;
+        for (int d = d0; d < d0 + per; d++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DM_WARPS; w++)
+                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
+            out[d] = anvil_from_f32<T>(acc * inv);
+        }
+    } else {
+        const int64_t idx = ((int64_t)t * a.n_heads + h) * n_splits + sp;
+        float *ml = ws + 2 * idx;
+        float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * hd;
+        if (d0 == 0) { /* one thread of the row */
+            ml[0] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f; /* log2 units -> natural */
+            ml[1] = lsum;
+        }
+        for (int d = d0; d < d0 + per; d++) {
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < DM_WARPS; w++)
+                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
+            pa[d] = acc;
+        }
+    }
+}
+
 template <typename T, int HDM, int STAGES>
 __global__ void __launch_bounds__(DM_WARPS * 32)
-    anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws)
+    anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws, int *cnt)
 {
     anvil_pdl_wait();
     anvil_pdl_launch();
@@ -267,45 +322,46 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
 
     /* 8 threads per row, hd / 8 dims each */
     const int r = threadIdx.x >> 3, seg = threadIdx.x & 7, hh = hc * DM_ROWS + r;
-    if (hh >= group)
-        return;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < DM_WARPS; w++)
-        mx = fmaxf(mx, sm_ml[(w * DM_ROWS + r) * 2]);
-    float f[DM_WARPS], lsum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < DM_WARPS; w++) {
-        const float mw = sm_ml[(w * DM_ROWS + r) * 2];
-        f[w] = mw == -INFINITY ? 0.0f : exp2f(mw - mx);
-        lsum += sm_ml[(w * DM_ROWS + r) * 2 + 1] * f[w];
-    }
     const int h = g * group + hh, per = hd / 8, d0 = seg * per;
-    if (n_splits == 1) {
-        const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-        T *out = (T *)a.out + (int64_t)t * qw + (int64_t)h * hd;
-        for (int d = d0; d < d0 + per; d++) {
-            float acc = 0.0f;
-#pragma unroll
-            for (int w = 0; w < DM_WARPS; w++)
-                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
-            out[d] = anvil_from_f32<T>(acc * inv);
+    if (hh < group)
+        decode_mma_out<T>(a, sm_o, sm_ml, r, t, h, sp, n_splits, d0, per, ws);
+    if (n_splits == 1 || cnt == nullptr)
+        return;
+    /* the last split of (t, blockIdx.y) to finish merges them all */
+    __shared__ int last;
+    __threadfence(); /* this block's partials, visible before its count */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *c = cnt + (int64_t)t * gridDim.y + blockIdx.y;
+        last = atomicAdd(c, 1) == n_splits - 1;
+        if (last)
+            *c = 0; /* every split of this launch has counted: ready for the next */
+    }
+    __syncthreads();
+    if (!last || hh >= group)
+        return;
+    __threadfence(); /* the other splits' partials after their counts */
+    const int64_t idx = (int64_t)t * a.n_heads + h; /* as anvil_attn_combine_kernel, per dimension */
+    const float *ml = ws + 2 * idx * n_splits;
+    const float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * n_splits * hd;
+    float mx = -INFINITY;
+    for (int s2 = 0; s2 < n_splits; s2++)
+        mx = fmaxf(mx, __ldcg(ml + 2 * s2));
+    float lsum = 0.0f;
+    for (int s2 = 0; s2 < n_splits; s2++) {
+        const float m2 = __ldcg(ml + 2 * s2);
+        lsum += m2 == -INFINITY ? 0.0f : __ldcg(ml + 2 * s2 + 1) * expf(m2 - mx);
+    }
+    const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
+    T *out = (T *)a.out + idx * hd;
+    for (int d = d0; d < d0 + per; d++) {
+        float o2 = 0.0f;
+        for (int s2 = 0; s2 < n_splits; s2++) {
+            const float m2 = __ldcg(ml + 2 * s2);
+            if (m2 != -INFINITY)
+                o2 += __ldcg(pa + (int64_t)s2 * hd + d) * expf(m2 - mx);
         }
-    } else {
-        const int64_t idx = ((int64_t)t * a.n_heads + h) * n_splits + sp;
-        float *ml = ws + 2 * idx;
-        float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * hd;
-        if (seg == 0) {
-            ml[0] = mx == -INFINITY ? -INFINITY : mx * 0.6931471805599453f; /* log2 units -> natural */
-            ml[1] = lsum;
-        }
-        for (int d = d0; d < d0 + per; d++) {
-            float acc = 0.0f;
-#pragma unroll
-            for (int w = 0; w < DM_WARPS; w++)
-                acc += sm_o[(w * DM_ROWS + r) * hd + d] * f[w];
-            pa[d] = acc;
-        }
+        out[d] = anvil_from_f32<T>(o2 * inv);
     }
 }
 
@@ -334,14 +390,15 @@ template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
 
 template <typename T, int HDM, int STAGES>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
-                           int split_len, float *ws)
+                           int split_len, float *ws, int *cnt)
 {
     TRY((set_smem<T, HDM, STAGES>(a->head_dim)));
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
     anvil_launch(anvil_attn_decode_mma_kernel<T, HDM, STAGES>, grid, DM_WARPS * 32,
-                 dm_smem_bytes(a->head_dim, STAGES), stream, a->pdl, *a, n_hc, n_splits, split_len, ws);
+                 dm_smem_bytes(a->head_dim, STAGES), stream, a->pdl, *a, n_hc, n_splits, split_len, ws,
+                 n_splits > 1 ? cnt : (int *)nullptr);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
-    if (n_splits > 1)
+    if (n_splits > 1 && cnt == nullptr)
         TRY(anvil_cuda_launch_attn_combine(stream, a, n_splits, ws));
     return ANVIL_OK;
 }
@@ -371,16 +428,16 @@ template <typename T> static int occupancy_t(int hd, int stages)
 
 template <typename T>
 static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
-                             int split_len, float *ws, int stages)
+                             int split_len, float *ws, int *cnt, int stages)
 {
     const int hd = a->head_dim;
     if (stages == 3)
-        return hd <= 32   ? launch<T, 32, 3>(stream, a, n_hc, n_splits, split_len, ws)
-               : hd <= 64 ? launch<T, 64, 3>(stream, a, n_hc, n_splits, split_len, ws)
-                          : launch<T, 128, 3>(stream, a, n_hc, n_splits, split_len, ws);
-    return hd <= 32   ? launch<T, 32, 2>(stream, a, n_hc, n_splits, split_len, ws)
-           : hd <= 64 ? launch<T, 64, 2>(stream, a, n_hc, n_splits, split_len, ws)
-                      : launch<T, 128, 2>(stream, a, n_hc, n_splits, split_len, ws);
+        return hd <= 32   ? launch<T, 32, 3>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+               : hd <= 64 ? launch<T, 64, 3>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+                          : launch<T, 128, 3>(stream, a, n_hc, n_splits, split_len, ws, cnt);
+    return hd <= 32   ? launch<T, 32, 2>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+           : hd <= 64 ? launch<T, 64, 2>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+                      : launch<T, 128, 2>(stream, a, n_hc, n_splits, split_len, ws, cnt);
 }
 
 extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
@@ -403,7 +460,7 @@ extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a
 
 extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a,
                                                           int32_t n_splits, int32_t split_len, float *ws,
-                                                          int stages, size_t smem_optin)
+                                                          int *counters, int stages, size_t smem_optin)
 {
     CHECK(anvil_cuda_attn_decode_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
           "attention decode (mma): %s with head_dim %d (bf16/f16, head_dim 32, 64 or 128)",
@@ -421,6 +478,12 @@ extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, c
     CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
           a->n_kv_heads, n_hc);
     if (a->dt == ANVIL_DTYPE_BF16)
-        return launch_t<__nv_bfloat16>(stream, a, n_hc, n_splits, split_len, ws, stages);
-    return launch_t<__half>(stream, a, n_hc, n_splits, split_len, ws, stages);
+        return launch_t<__nv_bfloat16>(stream, a, n_hc, n_splits, split_len, ws, counters, stages);
+    return launch_t<__half>(stream, a, n_hc, n_splits, split_len, ws, counters, stages);
+}
+
+extern "C" int64_t anvil_cuda_attn_decode_mma_counters(const anvil_cuda_attn *a)
+{
+    const int group = a->n_heads / a->n_kv_heads;
+    return (int64_t)a->n_tokens * a->n_kv_heads * ((group + DM_ROWS - 1) / DM_ROWS);
 }

@@ -104,6 +104,7 @@ static void cuda_destroy(anvil_backend *be)
     cudaFree(cb->lt_workspace);
     cudaFree(cb->mm_scratch);
     cudaFree(cb->attn_ws);
+    cudaFree(cb->attn_cnt);
     cudaFree(cb->d_err);
     cudaFreeHost(cb->h_err);
     cudaFreeHost(cb->h_err_slot);

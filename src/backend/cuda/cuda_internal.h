@@ -70,6 +70,8 @@ typedef struct anvil_cuda_backend {
     size_t mm_scratch_bytes;
     void *attn_ws;             /* attention: split-K partial results */
     size_t attn_ws_bytes;
+    void *attn_cnt;            /* attention: the splits done per block of heads, zero between launches */
+    size_t attn_cnt_bytes;
 
     /* the error word: device int, and a pinned host copy */
     int *d_err;
@@ -355,10 +357,15 @@ anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, const anvil_cud
 
 /* The decode kernel on tensor cores (cuda_attn_decode_mma.cu): bf16/f16,
  * head_dim a multiple of 16 up to 128 (anvil_cuda_attn_decode_mma_ok). The
- * same split-K contract and workspace layout as the kernel above. */
+ * same split-K contract and workspace layout as the kernel above. With
+ * counters (anvil_cuda_attn_decode_mma_counters ints, zero, left zero) the
+ * last split of each block of heads to finish merges the partials itself,
+ * as the combine kernel would; NULL: the combine kernel. */
 int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a);
 anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a, int32_t n_splits,
-                                               int32_t split_len, float *ws, int stages, size_t smem_optin);
+                                               int32_t split_len, float *ws, int *counters, int stages,
+                                               size_t smem_optin);
+int64_t anvil_cuda_attn_decode_mma_counters(const anvil_cuda_attn *a);
 /* stages: 2 or 3 tiles of 64 keys in shared memory */
 int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages, size_t smem_optin);
 
