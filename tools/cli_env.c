@@ -42,4 +42,6 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->host_sampling = 1;
     if (is("ANVIL_NORM_GEMV", "0"))
         o->no_norm_gemv = 1;
+    if (is("ANVIL_CUDA_COMBINE_KERNEL", "1"))
+        o->attn_combine_kernel = 1;
 }

@@ -36,9 +36,14 @@
  * --graphs off runs without step graphs; --pdl off without programmatic
  * dependent launch (runtime option no_pdl). --fusion takes a list of
  * modes, each run in turn: on (every fused op), off (every op of the
- * network separately: runtime option no_fusion), no-norm-gemv (fused, but
- * the residual add + RMSNorm as its own kernel before the GEMVs instead of
- * in their prologue: runtime option no_norm_gemv); both = on,off.
+ * network separately: runtime option no_fusion, and the attention's
+ * combine in its own kernel), both (on,off), or on less
+ * some of the decode fusions, joined by +: no-norm-gemv (the residual add
+ * + RMSNorm as its own kernel before the GEMVs instead of in their
+ * prologue: runtime option no_norm_gemv), combine-kernel (the split-K
+ * decode attention's combine in its own kernel: runtime option
+ * attn_combine_kernel). E.g. --fusion on,no-norm-gemv+combine-kernel
+ * compares the decode fusions of issue 14 with the step before them.
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -380,7 +385,7 @@ int main(int argc, char **argv)
             break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,no-norm-gemv|both] [--pdl on|off] "
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,no-norm-gemv+combine-kernel] [--pdl on|off] "
                             "[--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -401,27 +406,36 @@ int main(int argc, char **argv)
         fprintf(stderr, "--graphs on, off or both\n");
         return 2;
     }
-    /* fusion modes: 1 on, 0 off, 2 on without the norm in the GEMV prologue */
+    /* fusion modes: bit 0 fused ops on, bit 1 no_norm_gemv, bit 2 attn_combine_kernel */
     int f_modes[8], n_fmodes = 0;
     {
         char fl[128];
         snprintf(fl, sizeof fl, "%s", fusion);
-        for (char *sv = NULL, *m = strtok_r(fl, ",", &sv); m; m = strtok_r(NULL, ",", &sv)) {
-            const int both = strcmp(m, "both") == 0;
-            if (n_fmodes > 5 || (!both && strcmp(m, "on") != 0 && strcmp(m, "off") != 0 &&
-                                 strcmp(m, "no-norm-gemv") != 0)) {
-                fprintf(stderr, "--fusion: a list of on, off, no-norm-gemv, both (on,off)\n");
-                return 2;
-            }
-            if (both || strcmp(m, "on") == 0)
+        int bad = 0;
+        for (char *sv = NULL, *m = strtok_r(fl, ",", &sv); m && !bad; m = strtok_r(NULL, ",", &sv)) {
+            if (n_fmodes > 6) {
+                bad = 1;
+            } else if (strcmp(m, "both") == 0) {
                 f_modes[n_fmodes++] = 1;
-            if (both || strcmp(m, "off") == 0)
                 f_modes[n_fmodes++] = 0;
-            if (strcmp(m, "no-norm-gemv") == 0)
-                f_modes[n_fmodes++] = 2;
+            } else if (strcmp(m, "on") == 0 || strcmp(m, "off") == 0) {
+                f_modes[n_fmodes++] = strcmp(m, "on") == 0;
+            } else { /* on, less some fusions: no-norm-gemv, combine-kernel, joined by + */
+                int f = 1;
+                for (char *sv2 = NULL, *x = strtok_r(m, "+", &sv2); x; x = strtok_r(NULL, "+", &sv2)) {
+                    if (strcmp(x, "no-norm-gemv") == 0)
+                        f |= 2;
+                    else if (strcmp(x, "combine-kernel") == 0)
+                        f |= 4;
+                    else
+                        bad = 1;
+                }
+                f_modes[n_fmodes++] = f;
+            }
         }
-        if (n_fmodes == 0) {
-            fprintf(stderr, "--fusion: a list of on, off, no-norm-gemv, both (on,off)\n");
+        if (bad || n_fmodes == 0) {
+            fprintf(stderr, "--fusion: a list of on, off, both (on,off), or on less some decode fusions: "
+                            "no-norm-gemv, combine-kernel, no-norm-gemv+combine-kernel\n");
             return 2;
         }
     }
@@ -489,8 +503,9 @@ int main(int argc, char **argv)
             o.kv_block_size = 32;
             o.max_seq_len = max_ctx;
             o.kv_cache_tokens = kv_tokens;
-            o.no_fusion = fused == 0;
-            o.no_norm_gemv = fused == 2;
+            o.no_fusion = !(fused & 1);
+            o.no_norm_gemv = (fused & 2) != 0;
+            o.attn_combine_kernel = !(fused & 1) || (fused & 4) != 0; /* off: nothing fused, this neither */
             anvil_runtime *rt = NULL;
             double tl = now_s();
             if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
@@ -501,7 +516,11 @@ int main(int argc, char **argv)
             tl = now_s() - tl;
             printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
                    (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
-                   fused == 2 ? "on, add+norm not in the GEMV (no-norm-gemv)" : fused ? "on" : "off");
+                   !(fused & 1) ? "off"
+                   : fused == 1 ? "on"
+                   : fused == 3 ? "on but add+norm not in the GEMV (no-norm-gemv)"
+                   : fused == 5 ? "on but the attention combine in its own kernel (combine-kernel)"
+                                : "on but no-norm-gemv+combine-kernel");
             printf("%-12s %9s %9s %9s  %-28s %-24s %s\n", "B:P:N", "TTFT ms", "TPOT ms", "tok/s", "decode (bytes | flops)",
                    "prefill", "");
             for (int k = 0; k < n_cases; k++) {
@@ -523,12 +542,13 @@ int main(int argc, char **argv)
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
-                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
-                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false", fused ? "true" : "false",
-                            fused == 1 ? "true" : "false", cs[k].batch, cs[k].input,
+                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false",
+                            (fused & 1) ? "true" : "false", fused == 1 || fused == 5 ? "true" : "false",
+                            (fused & 1) && !(fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
                             dfl / gemm_tflops, pfl, pfl / gemm_tflops);
                     first_json = 0;

@@ -84,6 +84,8 @@ typedef struct anvil_runtime_options {
     int no_norm_gemv;           /* 1: the residual add + RMSNorm before a layer's matmuls stays its own
                                    fused op instead of joining them (backend.h's add_rmsnorm_matmul_*:
                                    on CUDA the GEMV blocks of a decode step normalise in their prologue) */
+    int attn_combine_kernel;    /* CUDA: 1: split-K decode attention merges its splits in a separate
+                                   combine kernel instead of inside the decode kernel (A/B runs) */
     /* Called during the load as weights arrive (bytes prepared of the
      * weights' bytes in all), every few milliseconds and once at the end
      * with every byte, from the thread that called anvil_runtime_load (the

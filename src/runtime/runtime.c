@@ -963,6 +963,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.cpu_isa = rt->opts.cpu_isa;
     bc.no_cuda_graphs = rt->opts.no_cuda_graphs;
     bc.no_pdl = rt->opts.no_pdl;
+    bc.attn_combine_kernel = rt->opts.attn_combine_kernel;
     bc.cuda_module = rt->opts.cuda_module;
     TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);
     TRY_GOTO(check_sizes_early(rt), fail);
