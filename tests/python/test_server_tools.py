@@ -270,6 +270,12 @@ def test_langchain_bind_tools_default_choice(qwen):
     msg = llm.invoke("What is the weather in Oslo?")
     assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather"
     assert set(msg.tool_calls[0]["args"]) <= {"city", "unit"}
+    # streamed: langchain adds the chunks' tool_call_chunks up to the same call
+    total = None
+    for chunk in llm.stream("What is the weather in Oslo?"):
+        total = chunk if total is None else total + chunk
+    assert [(t["name"], t["args"]) for t in total.tool_calls] == [(t["name"], t["args"]) for t in msg.tool_calls]
+    assert total.tool_calls[0]["id"]
 
 
 def test_langchain_structured_output(qwen):
