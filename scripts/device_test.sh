@@ -7,7 +7,8 @@
 # (bench: BENCH_ARGS are passed to bench_cuda_latency; models are written
 # to /dev/shm when it has room, else /tmp).
 # Logs go to $OUT when it is set (the device tool brings them back).
-#   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|perf|e2e|bench|test_cuda_<name> ...]
+#   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
+#                           test_cuda_<name> ...]
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,8 @@ for s in "${steps[@]}"; do
     test_cuda_*) timeout 240 $bin/$s >"$out/$s.log" 2>&1 ;;
     memcheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                       $bin/test_cuda_fused >"$out/memcheck_fused.log" 2>&1 ;;
+    racecheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
+                       $bin/test_cuda_fused >"$out/racecheck_fused.log" 2>&1 ;;
     *) echo "unknown step $s"; false ;;
   esac
   rc=$?

@@ -306,12 +306,16 @@ static void test_norm_matmul(void **s)
 {
     (void)s;
     NEED_GPU();
-    /* warp path (<= 1024), vector path, a tail past 8 pieces of 32 lanes (2056), 4096 */
-    const int64_t Ks[] = {64, 1000, 1024, 2056, 4096};
+    /* warp path (<= 1024), vector path, a tail past 8 pieces of 32 lanes (2056), 4096;
+     * ANVIL_TEST_QUICK (the sanitizer runs): the two paths' odd widths, bf16 and f32 */
+    const int quick = getenv("ANVIL_TEST_QUICK") != NULL;
+    const int64_t Ks_all[] = {64, 1000, 1024, 2056, 4096}, Ks_quick[] = {1000, 2056};
+    const int64_t *Ks = quick ? Ks_quick : Ks_all;
+    const size_t n_ks = quick ? 2 : 5;
     const int64_t small[3] = {200, 64, 72}, odd[2] = {136, 8};
-    for (size_t d = 0; d < 3; d++) {
+    for (size_t d = 0; d < (quick ? 2u : 3u); d++) {
         anvil_backend *be = gpu(dts[d]);
-        for (size_t ki = 0; ki < sizeof Ks / sizeof Ks[0]; ki++)
+        for (size_t ki = 0; ki < n_ks; ki++)
             for (int64_t T = 1; T <= 5; T++)
                 for (int with_bias = 0; with_bias < 2; with_bias++) {
                     run_norm_case(be, dts[d], T, Ks[ki], 3, small, 0, with_bias, 0);
@@ -326,6 +330,8 @@ static void test_norm_matmul(void **s)
     }
     /* Llama-3-8B's q/k/v and a gate/up of 8192: more columns than a wave of
      * blocks holds at a column a warp, so each block takes a run of them */
+    if (quick)
+        return;
     anvil_backend *be = gpu(ANVIL_DTYPE_BF16);
     const int64_t qkv[3] = {4096, 1024, 1024}, mlp[1] = {8192};
     for (int64_t T = 1; T <= 4; T++) {
@@ -459,8 +465,9 @@ static void test_decode_combine(void **s)
      * 1 split (no combine), 3, 8 (most of the shortest context's splits empty), the model's */
     const int32_t shapes[][3] = {{32, 8, 128}, {8, 8, 64}, {40, 2, 64}, {4, 1, 32}};
     const int32_t splits[] = {1, 3, 8, 0};
-    for (size_t d = 1; d < 3; d++) /* bf16, f16: the tensor-core decode kernel */
-        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    const int quick = getenv("ANVIL_TEST_QUICK") != NULL; /* the sanitizer runs: bf16, two shapes */
+    for (size_t d = 1; d < (quick ? 2u : 3u); d++) /* bf16, f16: the tensor-core decode kernel */
+        for (size_t i = 0; i < (quick ? 2u : sizeof shapes / sizeof shapes[0]); i++)
             for (size_t j = 0; j < sizeof splits / sizeof splits[0]; j++)
                 run_combine_case(dts[d], shapes[i][0], shapes[i][1], shapes[i][2], splits[j]);
 }
