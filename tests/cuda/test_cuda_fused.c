@@ -462,9 +462,10 @@ static void test_decode_combine(void **s)
     (void)s;
     NEED_GPU();
     /* GQA 4 and 1, a group of 20 (two blocks of 16 heads), head_dim 32/64/128;
-     * 1 split (no combine), 3, 8 (most of the shortest context's splits empty), the model's */
+     * 1 split (no combine), 3, 8 (most of the shortest context's splits empty), the model's,
+     * 40 (36 of 7 keys: past the 32 the decode kernel merges, so the combine kernel both times) */
     const int32_t shapes[][3] = {{32, 8, 128}, {8, 8, 64}, {40, 2, 64}, {4, 1, 32}};
-    const int32_t splits[] = {1, 3, 8, 0};
+    const int32_t splits[] = {1, 3, 8, 0, 40};
     const int quick = getenv("ANVIL_TEST_QUICK") != NULL; /* the sanitizer runs: bf16, two shapes */
     for (size_t d = 1; d < (quick ? 2u : 3u); d++) /* bf16, f16: the tensor-core decode kernel */
         for (size_t i = 0; i < (quick ? 2u : sizeof shapes / sizeof shapes[0]); i++)

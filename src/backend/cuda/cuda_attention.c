@@ -23,6 +23,11 @@
 
 #define MIN_KEYS_PER_SPLIT 32
 #define MAX_SPLITS 256
+/* Up to this many splits the tensor-core decode kernel merges them itself
+ * (its last split block reads every split's partials for up to 16 heads,
+ * a latency chain that grows with the splits); beyond, the combine kernel,
+ * a block per head, does. B = 1 at context 512 takes 8, at 2048 up to 32. */
+#define FUSED_COMBINE_MAX_SPLITS 32
 
 static int is_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
@@ -130,7 +135,7 @@ static anvil_status launch_decode(anvil_cuda_backend *cb, anvil_cuda_attn *a, an
         TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(a, n_splits),
                                "attention: split-K workspace"));
     int *counters = NULL;
-    if (mma && n_splits > 1 && !cb->knobs.attn_combine_kernel) {
+    if (mma && n_splits > 1 && n_splits <= FUSED_COMBINE_MAX_SPLITS && !cb->knobs.attn_combine_kernel) {
         /* the splits count themselves done; the last merges (and sets its
          * counter back to zero, so a grown buffer is zeroed once) */
         const size_t need = (size_t)anvil_cuda_attn_decode_mma_counters(a) * sizeof(int);

@@ -29,6 +29,9 @@
  * the bits do not change, and sets the counter back to zero for the next
  * launch (step graphs replay the same counters). That saves the combine's
  * launch and its dependent-kernel gap, once per layer of a decode step.
+ * The merge runs on one block per (token, block of heads), where the
+ * combine kernel has a block per head: the host keeps it to a few splits
+ * (cuda_attention.c), where it is short.
  *
  * P is rounded to the input dtype for P V, as in the prefill kernel.
  */
@@ -345,24 +348,39 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     const float *ml = ws + 2 * idx * n_splits;
     const float *pa = ws + 2 * (int64_t)a.n_tokens * a.n_heads * n_splits + idx * n_splits * hd;
     float mx = -INFINITY;
+#pragma unroll 4
     for (int s2 = 0; s2 < n_splits; s2++)
         mx = fmaxf(mx, __ldcg(ml + 2 * s2));
     float lsum = 0.0f;
+#pragma unroll 4
     for (int s2 = 0; s2 < n_splits; s2++) {
         const float m2 = __ldcg(ml + 2 * s2);
         lsum += m2 == -INFINITY ? 0.0f : __ldcg(ml + 2 * s2 + 1) * expf(m2 - mx);
     }
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-    T *out = (T *)a.out + idx * hd;
-    for (int d = d0; d < d0 + per; d++) {
-        float o2 = 0.0f;
-        for (int s2 = 0; s2 < n_splits; s2++) {
-            const float m2 = __ldcg(ml + 2 * s2);
-            if (m2 != -INFINITY)
-                o2 += __ldcg(pa + (int64_t)s2 * hd + d) * expf(m2 - mx);
-        }
-        out[d] = anvil_from_f32<T>(o2 * inv);
+    /* the thread's per (= HDM / 8) dimensions at once, the splits in order:
+     * for each dimension the combine kernel's sum, term for term, with one
+     * expf per split instead of one per split and dimension */
+    float acc[HDM / 8];
+#pragma unroll
+    for (int i = 0; i < HDM / 8; i++)
+        acc[i] = 0.0f;
+    for (int s2 = 0; s2 < n_splits; s2++) {
+        const float m2 = __ldcg(ml + 2 * s2);
+        if (m2 == -INFINITY)
+            continue;
+        const float f = expf(m2 - mx);
+        const float *ps = pa + (int64_t)s2 * hd + d0;
+#pragma unroll
+        for (int i = 0; i < HDM / 8; i++)
+            if (i < per)
+                acc[i] += __ldcg(ps + i) * f;
     }
+    T *out = (T *)a.out + idx * hd + d0;
+#pragma unroll
+    for (int i = 0; i < HDM / 8; i++)
+        if (i < per)
+            out[i] = anvil_from_f32<T>(acc[i] * inv);
 }
 
 /* The shared-memory limit, raised once per kernel and device (a driver call
