@@ -401,6 +401,7 @@ static int anvil_cuda_perf_main(void)
     }
     perf_attention(be, "attn prefill 1x2048", 1, 2048, 2048, 32, 8, 128);
     perf_attention(be, "attn prefill 4x512", 4, 512, 512, 32, 8, 128);
+    perf_attention(be, "attn prefill 4x2048", 4, 2048, 2048, 32, 8, 128); /* a full 8,192-token step of 2048/128 */
     perf_elementwise(be, "rmsnorm 512x4096", PERF_RMSNORM, 512, 4096);
     perf_elementwise(be, "silu_mul 512x14336", PERF_SILU, 512, 14336);
     perf_elementwise(be, "add 512x4096", PERF_ADD, 512, 4096);

@@ -21,7 +21,8 @@
  *
  * P is rounded to the input dtype for the P V product, as FlashAttention
  * does; everything else is f32 (exponentials as exp2 of scores prescaled
- * by log2 e; tiles inside every row's causal window skip the mask).
+ * by log2 e, the scale folded into the exponent's FFMA; tiles inside every
+ * row's causal window skip the mask).
  */
 #include <math.h>
 
@@ -32,6 +33,15 @@
 #define MMA_ROWS 64  /* query rows per block: 16 per warp */
 #define MMA_BN 64    /* keys per tile */
 #define FULL_MASK 0xffffffffu
+
+/* 2^x, subnormal results flushed to 0 (they vanish next to the row's
+ * largest p = 1 anyway): one MUFU.EX2, without exp2f's range fix-up. */
+__device__ __forceinline__ float anvil_exp2_ftz(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 /* At most 168 registers, so three blocks share an SM (12 warps): with two,
  * the warps stalled on mma and exp2 latencies too often (ncu, H200: 1.9
@@ -44,6 +54,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
     extern __shared__ uint4 mma_smem4[];
     __shared__ int row_t[MMA_ROWS], row_h[MMA_ROWS], row_p[MMA_ROWS], row_lo[MMA_ROWS], tok_seq[MMA_ROWS];
+    __shared__ int key_row[2][MMA_BN]; /* cache rows of the keys of the tiles in flight */
 
     /* two stages of (K tile, V tile), 64 rows each, padded by 8 elements */
     const int hd = a.head_dim, kst = hd + 8;
@@ -106,6 +117,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     for (int i = 0; i < NTO; i++)
         o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const float sl2 = a.scale * 1.4426950408889634f; /* scores into log2 units */
 
     for (int seg_begin = 0; seg_begin < n_tok;) {
         const int s = tok_seq[seg_begin];
@@ -131,45 +143,83 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
         const bool in1 = tr1 >= 0 && tr1 - t0 >= seg_begin && tr1 - t0 < seg_end;
         const bool any = __any_sync(FULL_MASK, in0 || in1);
 
-        /* the keys of tile kt into stage st: 16-byte pieces, hd / 16 of K and of V per thread */
-        auto issue = [&](int kt, int st) {
+        /* The cache row of each key of tile kt into slot st of key_row (-1:
+         * past the segment's keys or a bad block; zero-filled): one block
+         * table read and one division per key, by the first 64 threads,
+         * instead of one per 16-byte piece by every thread. Split in two
+         * (row_of, then the store) so the table read's latency passes under
+         * a tile's arithmetic. */
+        auto row_of = [&](int kt) -> int {
+            const int kj = kt + (int)threadIdx.x;
+            if (threadIdx.x >= MMA_BN || kj >= khi)
+                return -1;
+            const int bi = kj / a.block_size;
+            const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+            if (blk >= 0 && blk < a.n_blocks)
+                return blk * a.block_size + (kj - bi * a.block_size);
+            anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
+            return -1;
+        };
+        auto put_row = [&](int st, int row) {
+            if (threadIdx.x < MMA_BN)
+                key_row[st][threadIdx.x] = row;
+        };
+
+        /* the keys of the tile whose rows are in slot st into stage st:
+         * 16-byte pieces. When hd is the template's, a thread copies the
+         * same piece of every (threads / pieces)-th key: shifts, no
+         * division. */
+        auto issue = [&](int st) {
             uint16_t *k_s = smem + st * stage_elems, *v_s = k_s + MMA_BN * kst;
-            const int pieces = hd / 8;
+            const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
+            const int *kr = key_row[st];
+            if (hd == HDM) {
+                constexpr int P = HDM / 8, KPP = MMA_WARPS * 32 / P;
+                const int part = threadIdx.x % P, key0 = threadIdx.x / P;
 #pragma unroll
-            for (int i = 0; i < KC; i++) {
-                if (i * 16 < hd) {
-                    const int c = threadIdx.x + i * MMA_WARPS * 32, key = c / pieces, part = c - key * pieces;
-                    const int kj = kt + key;
-                    long long off = -1;
-                    if (kj < khi) {
-                        const int bi = kj / a.block_size;
-                        const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
-                        if (blk >= 0 && blk < a.n_blocks)
-                            off = ((long long)blk * a.block_size + (kj - bi * a.block_size)) * kw + (long long)g * hd +
-                                  part * 8;
-                        else if (part == 0)
-                            anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
+                for (int i = 0; i < MMA_BN / KPP; i++) {
+                    const int key = key0 + i * KPP, row = kr[key];
+                    const long long off = (long long)row * kw + (long long)g * HDM + part * 8;
+                    anvil_cp_async16(k_s + key * kst + part * 8, row >= 0 ? kc + off : kc, row >= 0);
+                    anvil_cp_async16(v_s + key * kst + part * 8, row >= 0 ? vc + off : vc, row >= 0);
+                }
+            } else {
+                const int pieces = hd / 8;
+#pragma unroll
+                for (int i = 0; i < KC; i++) {
+                    if (i * 16 < hd) {
+                        const int c = threadIdx.x + i * MMA_WARPS * 32, key = c / pieces, part = c - key * pieces;
+                        const int row = kr[key];
+                        const long long off = (long long)row * kw + (long long)g * hd + part * 8;
+                        anvil_cp_async16(k_s + key * kst + part * 8, row >= 0 ? kc + off : kc, row >= 0);
+                        anvil_cp_async16(v_s + key * kst + part * 8, row >= 0 ? vc + off : vc, row >= 0);
                     }
-                    const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
-                    anvil_cp_async16(k_s + key * kst + part * 8, off >= 0 ? kc + off : kc, off >= 0);
-                    anvil_cp_async16(v_s + key * kst + part * 8, off >= 0 ? vc + off : vc, off >= 0);
                 }
             }
             anvil_cp_async_commit();
         };
 
         const int n_tiles = khi > klo ? (khi - klo + MMA_BN - 1) / MMA_BN : 0;
-        if (n_tiles > 0)
-            issue(klo, 0);
+        if (n_tiles > 0) {
+            /* the rows of tiles 0 and 1, then tile 0 on its way */
+            const int r0 = row_of(klo), r1 = n_tiles > 1 ? row_of(klo + MMA_BN) : -1;
+            put_row(0, r0); /* the last reads of both slots were before the previous tile loop's last barrier */
+            put_row(1, r1);
+            __syncthreads();
+            issue(0);
+        }
         for (int it = 0; it < n_tiles; it++) {
             const int kt = klo + it * MMA_BN;
             /* the next tile on its way while this one is used */
             if (it + 1 < n_tiles) {
-                issue(kt + MMA_BN, (it + 1) & 1);
+                issue((it + 1) & 1);
                 anvil_cp_async_wait<1>();
             } else {
                 anvil_cp_async_wait<0>();
             }
+            /* the rows of tile it + 2, into the slot tile it's issue has
+             * finished reading; stored after the arithmetic */
+            const int next_row = it + 2 < n_tiles ? row_of(kt + 2 * MMA_BN) : -1;
             __syncthreads(); /* tile it is in shared memory for every thread */
             const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + MMA_BN * kst;
             if (any) {
@@ -197,25 +247,15 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
                     }
                 }
             }
-            /* scale, mask, and the tile max of each of the two rows */
-            /* Scores in log2 units (scale * log2 e folded in, so each p is one
-             * exp2). A tile inside every row's window (most of a long prompt)
-             * needs no mask: the same for the whole warp. */
-            const float sl2 = a.scale * 1.4426950408889634f;
+            /* mask, and the tile max of each of the two rows, on the raw
+             * scores: the scale (with log2 e, so each p is one exp2) goes
+             * into the exponent's FFMA below, max commuting with a positive
+             * scale. A tile inside every row's window (most of a long
+             * prompt) needs no mask: the same for the whole warp. */
             const bool full = __all_sync(FULL_MASK, in0 && in1 && kt + MMA_BN <= khi && kt >= max(lo0, lo1) &&
                                                         kt + MMA_BN - 1 <= min(p0, p1));
             float mt0 = -INFINITY, mt1 = -INFINITY;
-            if (full) {
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    sc[nt][0] *= sl2;
-                    sc[nt][1] *= sl2;
-                    sc[nt][2] *= sl2;
-                    sc[nt][3] *= sl2;
-                    mt0 = fmaxf(mt0, fmaxf(sc[nt][0], sc[nt][1]));
-                    mt1 = fmaxf(mt1, fmaxf(sc[nt][2], sc[nt][3]));
-                }
-            } else {
+            if (!full) {
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
@@ -224,22 +264,24 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
                         const bool upper = e >= 2;
                         const bool valid = (upper ? in1 : in0) && kj < khi && kj >= (upper ? lo1 : lo0) &&
                                            kj <= (upper ? p1 : p0);
-                        const float x = valid ? sc[nt][e] * sl2 : -INFINITY;
-                        sc[nt][e] = x;
-                        if (upper)
-                            mt1 = fmaxf(mt1, x);
-                        else
-                            mt0 = fmaxf(mt0, x);
+                        if (!valid)
+                            sc[nt][e] = -INFINITY;
                     }
                 }
+            }
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                mt0 = fmaxf(mt0, fmaxf(sc[nt][0], sc[nt][1]));
+                mt1 = fmaxf(mt1, fmaxf(sc[nt][2], sc[nt][3]));
             }
             mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
             mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
             mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
             mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
-            const float mn0 = fmaxf(m0, mt0), mn1 = fmaxf(m1, mt1);
-            const float c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - mn0);
-            const float c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - mn1);
+            /* running maxima in log2 units */
+            const float mn0 = fmaxf(m0, mt0 * sl2), mn1 = fmaxf(m1, mt1 * sl2);
+            const float c0 = mn0 == -INFINITY ? 1.0f : anvil_exp2_ftz(m0 - mn0);
+            const float c1 = mn1 == -INFINITY ? 1.0f : anvil_exp2_ftz(m1 - mn1);
             m0 = mn0;
             m1 = mn1;
             l0 *= c0;
@@ -257,8 +299,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
             uint32_t pf[4][4];
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
-                const float pr0 = exp2f(sc[nt][0] - ms0), pr1 = exp2f(sc[nt][1] - ms0);
-                const float pr2 = exp2f(sc[nt][2] - ms1), pr3 = exp2f(sc[nt][3] - ms1);
+                const float pr0 = anvil_exp2_ftz(fmaf(sc[nt][0], sl2, -ms0));
+                const float pr1 = anvil_exp2_ftz(fmaf(sc[nt][1], sl2, -ms0));
+                const float pr2 = anvil_exp2_ftz(fmaf(sc[nt][2], sl2, -ms1));
+                const float pr3 = anvil_exp2_ftz(fmaf(sc[nt][3], sl2, -ms1));
                 l0 += pr0 + pr1;
                 l1 += pr2 + pr3;
                 const int kc2 = nt >> 1, hi = (nt & 1) * 2;
@@ -281,7 +325,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
                 }
             }
             } /* any */
-            __syncthreads(); /* stage it & 1 is free for tile it + 2 */
+            put_row(it & 1, next_row);
+            __syncthreads(); /* stage it & 1 is free for tile it + 2, whose rows are in slot it & 1 */
         }
         seg_begin = seg_end;
     }
