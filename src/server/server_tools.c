@@ -318,7 +318,10 @@ int srv_tools_parse(int parser, int forced, const char *text, size_t len, srv_to
         }
         if (rc == 0 && json_array_size(calls) > 0) {
             out->calls = calls;
-            return set_content(out, text, at);
+            if (set_content(out, text, at) == 0)
+                return 0;
+            srv_tools_result_free(out);
+            return -1;
         }
         json_decref(calls);
     }
