@@ -402,6 +402,19 @@ static int anvil_cuda_perf_main(void)
     perf_attention(be, "attn prefill 1x2048", 1, 2048, 2048, 32, 8, 128);
     perf_attention(be, "attn prefill 4x512", 4, 512, 512, 32, 8, 128);
     perf_attention(be, "attn prefill 4x2048", 4, 2048, 2048, 32, 8, 128); /* a full 8,192-token step of 2048/128 */
+    {
+        /* the tensor-core prefill kernel with two m-tiles a warp (128 rows a block) */
+        anvil_cuda_knobs k128 = {.attn_prefill_rows = 128};
+        anvil_cuda_set_knobs(be, &k128);
+        perf_attention(be, "attn prefill-128 1x2048", 1, 2048, 2048, 32, 8, 128);
+        perf_attention(be, "attn prefill-128 4x512", 4, 512, 512, 32, 8, 128);
+        perf_attention(be, "attn prefill-128 4x2048", 4, 2048, 2048, 32, 8, 128);
+        anvil_cuda_knobs k64 = {.attn_prefill_rows = 64};
+        anvil_cuda_set_knobs(be, &k64);
+        perf_attention(be, "attn prefill-64 4x2048", 4, 2048, 2048, 32, 8, 128);
+        anvil_cuda_knobs k0 = {0};
+        anvil_cuda_set_knobs(be, &k0);
+    }
     perf_elementwise(be, "rmsnorm 512x4096", PERF_RMSNORM, 512, 4096);
     perf_elementwise(be, "silu_mul 512x14336", PERF_SILU, 512, 14336);
     perf_elementwise(be, "add 512x4096", PERF_ADD, 512, 4096);

@@ -918,6 +918,7 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
 /* A case end to end in one mode: the history step, then the tested step,
  * then the caches compared slot by slot where written. */
 static int attn_stages; /* the decode kernel's stages knob for the runs of attn_run_case */
+static int attn_rows;   /* the tensor-core prefill kernel's rows-a-block knob (0, 64, 128) */
 
 static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn_kernel kernel, int32_t splits)
 {
@@ -962,16 +963,17 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     e.kc_d = dev_alloc(g, e.cache_bytes); /* poisoned: reading an unwritten slot gives NaN */
     e.vc_d = dev_alloc(g, e.cache_bytes);
 
-    anvil_cuda_knobs k = {.attn_kernel = kernel, .attn_splits = splits, .attn_decode_stages = attn_stages};
+    anvil_cuda_knobs k = {.attn_kernel = kernel, .attn_splits = splits, .attn_decode_stages = attn_stages,
+                          .attn_prefill_rows = attn_rows};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
-    char mode[64];
-    snprintf(mode, sizeof mode, "%s splits=%d stages=%d",
+    char mode[80];
+    snprintf(mode, sizeof mode, "%s splits=%d stages=%d rows=%d",
              kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
              : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
              : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
              : kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ? "decode-simt"
                                                  : "prefill-simt",
-             splits, attn_stages);
+             splits, attn_stages, attn_rows);
     attn_run_step(f, &e, 0, mode);
     attn_run_step(f, &e, 1, mode);
     reset_knobs(g);
@@ -1027,6 +1029,12 @@ static void test_attention(void **state)
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
                 attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
                 attn_stages = 0;
+                for (int r = 64; r <= 128; r += 64) { /* the prefill kernel at both block heights */
+                    attn_rows = r;
+                    attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+                    attn_run_case(f, c, a, ANVIL_CUDA_ATTN_AUTO, 0);
+                }
+                attn_rows = 0;
             }
         }
     }

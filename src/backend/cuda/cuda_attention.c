@@ -202,12 +202,12 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         p.out = (char *)a.out + (size_t)st->n_decode * row;
         p.positions = a.positions + st->n_decode;
         p.seq_of_token = a.seq_of_token + st->n_decode;
-        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &p, cb->smem_optin);
+        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &p, cb->smem_optin, cb->knobs.attn_prefill_rows);
     }
     if (kernel == ANVIL_CUDA_ATTN_AUTO)
         kernel = st->n_tokens == st->n_seqs ? ANVIL_CUDA_ATTN_DECODE : ANVIL_CUDA_ATTN_PREFILL;
     if (kernel == ANVIL_CUDA_ATTN_PREFILL && anvil_cuda_attn_prefill_mma_ok(&a))
-        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &a, cb->smem_optin);
+        return anvil_cuda_launch_attn_prefill_mma(cb->stream, &a, cb->smem_optin, cb->knobs.attn_prefill_rows);
     if (kernel == ANVIL_CUDA_ATTN_PREFILL || kernel == ANVIL_CUDA_ATTN_PREFILL_SIMT)
         return anvil_cuda_launch_attn_prefill(cb->stream, &a, cb->smem_optin);
     return launch_decode(cb, &a, kernel, st->max_context);

@@ -43,23 +43,39 @@ __device__ __forceinline__ float anvil_exp2_ftz(float x)
     return y;
 }
 
-/* At most 168 registers, so three blocks share an SM (12 warps): with two,
- * the warps stalled on mma and exp2 latencies too often (ncu, H200: 1.9
- * warps per scheduler, 0.4 eligible). */
-template <typename T, int HDM>
-__global__ void __launch_bounds__(MMA_WARPS * 32, 3)
+/* Launch bounds: with one m-tile a warp (MT 1), at most 168 registers, so
+ * three blocks share an SM (12 warps): with two, the warps stalled on mma
+ * and exp2 latencies too often (ncu, H200: 1.9 warps per scheduler, 0.4
+ * eligible). With two (MT 2: 32 rows a warp, 128 a block, as
+ * FlashAttention-2 does), two blocks of up to 255 registers: each K and V
+ * fragment read from shared memory feeds two mma instead of one, and each
+ * warp has two independent accumulator chains. */
+template <int MT> struct prefill_bounds;
+template <> struct prefill_bounds<1> { static constexpr int blocks = 3; };
+template <> struct prefill_bounds<2> { static constexpr int blocks = 2; };
+
+template <typename T, int HDM, bool EXACT, int MT>
+__global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
     anvil_attn_prefill_mma_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
 {
+    static_assert(MT == 1 || (MT == 2 && EXACT), "two m-tiles a warp need head_dim == HDM");
     constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
     constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
+    constexpr int ROWS = MMA_ROWS * MT;
     extern __shared__ uint4 mma_smem4[];
-    __shared__ int row_t[MMA_ROWS], row_h[MMA_ROWS], row_p[MMA_ROWS], row_lo[MMA_ROWS], tok_seq[MMA_ROWS];
+    __shared__ int row_t[ROWS], row_h[ROWS], row_p[ROWS], row_lo[ROWS], tok_seq[ROWS];
     __shared__ int key_row[2][MMA_BN]; /* cache rows of the keys of the tiles in flight */
+    __shared__ int seg_klo, seg_khi;
 
-    /* two stages of (K tile, V tile), 64 rows each, padded by 8 elements */
-    const int hd = a.head_dim, kst = hd + 8;
+    /* EXACT (head_dim == HDM, the usual case): every stride and bound is a
+     * constant, so fragment addresses fold into the instructions' offsets
+     * and the head_dim tests vanish */
+    const int hd = EXACT ? HDM : a.head_dim, kst = hd + 8;
+    /* two stages of (K tile, V tile), 64 rows each, padded by 8 elements;
+     * with MT 2 then the block's Q rows, padded the same way */
     uint16_t *const smem = reinterpret_cast<uint16_t *>(mma_smem4);
     const int stage_elems = 2 * MMA_BN * kst;
+    uint16_t *const q_s = smem + 2 * stage_elems;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     /* Blocks start in the order of their linear index (x fastest): it
@@ -74,7 +90,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     const int n_tok = min(qt, a.n_tokens - t0);
     const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
 
-    if (threadIdx.x < MMA_ROWS) {
+    if (threadIdx.x < ROWS) {
         const int r = threadIdx.x, tl = r / gh, hh = hc * gh + r % gh;
         const bool ok = tl < n_tok && hh < group;
         const int p = ok ? a.positions[t0 + tl] : 0;
@@ -87,14 +103,19 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     }
     __syncthreads();
 
-    /* this thread's rows (of the warp's 16): gq and gq + 8 */
-    const int r0 = warp * 16 + gq, r1 = r0 + 8;
-    const int tr0 = row_t[r0], tr1 = row_t[r1];
-    const int p0 = row_p[r0], p1 = row_p[r1], lo0 = row_lo[r0], lo1 = row_lo[r1];
+    /* this thread's rows: gq and gq + 8 of each of the warp's MT m-tiles
+     * (their token, position and window are read from shared memory where
+     * needed: registers are what limits the kernel) */
+    auto my_row = [&](int mt, int h) { return warp * 16 * MT + mt * 16 + gq + 8 * h; };
 
-    /* Q fragments (A operand, row-major 16 x 16 per chunk), for the whole kernel */
-    uint32_t qf[KC][4];
-    {
+    /* Q: with MT 1 the fragments (A operand, row-major 16 x 16 per chunk)
+     * stay in registers for the whole kernel; with MT 2 they would take 64
+     * registers, so the rows go to shared memory once and each tile reads
+     * them back by ldmatrix */
+    uint32_t qf[MT == 1 ? KC : 1][4];
+    if constexpr (MT == 1) {
+        const int r0 = warp * 16 + gq, r1 = r0 + 8;
+        const int tr0 = row_t[r0], tr1 = row_t[r1];
         const uint32_t *q0 = tr0 >= 0 ? reinterpret_cast<const uint32_t *>((const T *)a.q + (int64_t)tr0 * qw +
                                                                            (int64_t)row_h[r0] * hd)
                                       : nullptr;
@@ -110,13 +131,29 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
             qf[kc][2] = in && q0 ? q0[w0 + 4] : 0u;
             qf[kc][3] = in && q1 ? q1[w0 + 4] : 0u;
         }
+    } else {
+        constexpr int P = HDM / 8; /* 16-byte pieces a row */
+        for (int c = threadIdx.x; c < ROWS * P; c += MMA_WARPS * 32) {
+            const int r = c / P, part = c % P;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (row_t[r] >= 0)
+                v = *reinterpret_cast<const uint4 *>((const T *)a.q + (int64_t)row_t[r] * qw +
+                                                     (int64_t)row_h[r] * HDM + part * 8);
+            *reinterpret_cast<uint4 *>(q_s + r * kst + part * 8) = v;
+        }
+        /* read after the first tile's barrier */
     }
 
-    float o[NTO][4];
+    float o[MT][NTO][4];
 #pragma unroll
-    for (int i = 0; i < NTO; i++)
-        o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int i = 0; i < NTO; i++)
+            o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
     const float sl2 = a.scale * 1.4426950408889634f; /* scores into log2 units */
 
     for (int seg_begin = 0; seg_begin < n_tok;) {
@@ -124,14 +161,23 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
         int seg_end = seg_begin + 1;
         while (seg_end < n_tok && tok_seq[seg_end] == s)
             seg_end++;
-        int klo = INT_MAX, khi = 0;
-        for (int r = 0; r < MMA_ROWS; r++) {
-            const int tl = row_t[r] - t0;
+        /* the segment's key range: one row per thread, min/max in shared
+         * memory (the first barrier: every thread has read the last
+         * segment's range, even where it had no tile) */
+        __syncthreads();
+        if (threadIdx.x == 0)
+            seg_klo = INT_MAX, seg_khi = 0;
+        __syncthreads();
+        if (threadIdx.x < ROWS) {
+            const int r = threadIdx.x, tl = row_t[r] - t0;
             if (row_t[r] >= 0 && tl >= seg_begin && tl < seg_end) {
-                klo = min(klo, row_lo[r]);
-                khi = max(khi, row_p[r] + 1);
+                atomicMin(&seg_klo, row_lo[r]);
+                atomicMax(&seg_khi, row_p[r] + 1);
             }
         }
+        __syncthreads();
+        const int klo = seg_klo;
+        int khi = seg_khi;
         const bool seq_ok = s >= 0 && s < a.n_seqs;
         if (!seq_ok) {
             if (threadIdx.x == 0)
@@ -139,9 +185,28 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
             khi = klo;
         }
         const int32_t *bt = a.block_tables + (seq_ok ? (int64_t)s * a.max_blocks_per_seq : 0);
-        const bool in0 = tr0 >= 0 && tr0 - t0 >= seg_begin && tr0 - t0 < seg_end;
-        const bool in1 = tr1 >= 0 && tr1 - t0 >= seg_begin && tr1 - t0 < seg_end;
-        const bool any = __any_sync(FULL_MASK, in0 || in1);
+        /* over this thread's rows: whether any / all are in the segment,
+         * the latest window start and the earliest position (a tile
+         * between them is unmasked for all) */
+        auto in_seg = [&](int r) {
+            const int t = row_t[r];
+            return t >= 0 && t - t0 >= seg_begin && t - t0 < seg_end;
+        };
+        bool any_row = false, all_rows = true;
+        int lo_max = INT_MIN, p_min = INT_MAX;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = my_row(mt, h);
+                const bool i = in_seg(r);
+                any_row |= i;
+                all_rows &= i;
+                lo_max = max(lo_max, row_lo[r]);
+                p_min = min(p_min, row_p[r]);
+            }
+        }
+        const bool any = __any_sync(FULL_MASK, any_row);
 
         /* The cache row of each key of tile kt into slot st of key_row (-1:
          * past the segment's keys or a bad block; zero-filled): one block
@@ -203,7 +268,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
         if (n_tiles > 0) {
             /* the rows of tiles 0 and 1, then tile 0 on its way */
             const int r0 = row_of(klo), r1 = n_tiles > 1 ? row_of(klo + MMA_BN) : -1;
-            put_row(0, r0); /* the last reads of both slots were before the previous tile loop's last barrier */
+            put_row(0, r0); /* the last reads of both slots were before the barriers above */
             put_row(1, r1);
             __syncthreads();
             issue(0);
@@ -223,27 +288,58 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
             __syncthreads(); /* tile it is in shared memory for every thread */
             const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + MMA_BN * kst;
             if (any) {
-            /* S = Q K^T for 16 rows x 64 keys: 8 tiles of 8 keys */
-            float sc[8][4];
+            /* S = Q K^T for 16 MT rows x 64 keys: 8 tiles of 8 keys */
+            float sc[MT][8][4];
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-                /* B operands of two 16-wide chunks of head_dim per ldmatrix
-                 * (matrices: dims +0, +8, +16, +24 of keys nt*8..+8): one
-                 * instruction where 32-bit loads took four */
-                const uint16_t *kl = k_s + (nt * 8 + (lane & 7)) * kst + (lane >> 3) * 8;
-                const uint16_t *kr = k_s + (nt * 8 + gq) * kst + 2 * tq;
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++)
+                    sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.0f;
+            if constexpr (MT == 1) {
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    /* B operands of two 16-wide chunks of head_dim per ldmatrix
+                     * (matrices: dims +0, +8, +16, +24 of keys nt*8..+8): one
+                     * instruction where 32-bit loads took four */
+                    const uint16_t *kl = k_s + (nt * 8 + (lane & 7)) * kst + (lane >> 3) * 8;
+                    const uint16_t *kr = k_s + (nt * 8 + gq) * kst + 2 * tq;
+#pragma unroll
+                    for (int kc = 0; kc < KC; kc += 2) {
+                        if ((kc + 1) * 16 < hd) {
+                            uint32_t kb[4];
+                            anvil_ldmatrix_x4(kb, kl + kc * 16);
+                            anvil_mma16816<T>(sc[0][nt], qf[kc], kb[0], kb[1]);
+                            anvil_mma16816<T>(sc[0][nt], qf[kc + 1], kb[2], kb[3]);
+                        } else if (kc * 16 < hd) { /* an odd last chunk */
+                            const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
+                            const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
+                            anvil_mma16816<T>(sc[0][nt], qf[kc], b0, b1);
+                        }
+                    }
+                }
+            } else {
+                /* per pair of 16-wide chunks: both m-tiles' Q fragments by
+                 * ldmatrix (lane l: row l % 16, columns + 8 (l / 16)), then
+                 * each K fragment pair into four mma */
 #pragma unroll
                 for (int kc = 0; kc < KC; kc += 2) {
-                    if ((kc + 1) * 16 < hd) {
+                    uint32_t qa[MT][2][4];
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        const uint16_t *qr = q_s + (warp * 16 * MT + mt * 16 + (lane & 15)) * kst + (lane >> 4) * 8;
+                        anvil_ldmatrix_x4(qa[mt][0], qr + kc * 16);
+                        anvil_ldmatrix_x4(qa[mt][1], qr + kc * 16 + 16);
+                    }
+#pragma unroll
+                    for (int nt = 0; nt < 8; nt++) {
+                        const uint16_t *kl = k_s + (nt * 8 + (lane & 7)) * kst + (lane >> 3) * 8;
                         uint32_t kb[4];
                         anvil_ldmatrix_x4(kb, kl + kc * 16);
-                        anvil_mma16816<T>(sc[nt], qf[kc], kb[0], kb[1]);
-                        anvil_mma16816<T>(sc[nt], qf[kc + 1], kb[2], kb[3]);
-                    } else if (kc * 16 < hd) { /* an odd last chunk */
-                        const uint32_t b0 = *reinterpret_cast<const uint32_t *>(kr + kc * 16);
-                        const uint32_t b1 = *reinterpret_cast<const uint32_t *>(kr + kc * 16 + 8);
-                        anvil_mma16816<T>(sc[nt], qf[kc], b0, b1);
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            anvil_mma16816<T>(sc[mt][nt], qa[mt][0], kb[0], kb[1]);
+                            anvil_mma16816<T>(sc[mt][nt], qa[mt][1], kb[2], kb[3]);
+                        }
                     }
                 }
             }
@@ -252,65 +348,67 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
              * into the exponent's FFMA below, max commuting with a positive
              * scale. A tile inside every row's window (most of a long
              * prompt) needs no mask: the same for the whole warp. */
-            const bool full = __all_sync(FULL_MASK, in0 && in1 && kt + MMA_BN <= khi && kt >= max(lo0, lo1) &&
-                                                        kt + MMA_BN - 1 <= min(p0, p1));
-            float mt0 = -INFINITY, mt1 = -INFINITY;
-            if (!full) {
+            const bool full = __all_sync(FULL_MASK, all_rows && kt + MMA_BN <= khi && kt >= lo_max &&
+                                                        kt + MMA_BN - 1 <= p_min);
+            uint32_t pf[MT][4][4];
 #pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
+            for (int mt = 0; mt < MT; mt++) {
+                if (!full) {
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const int kj = kt + nt * 8 + 2 * tq + (e & 1);
-                        const bool upper = e >= 2;
-                        const bool valid = (upper ? in1 : in0) && kj < khi && kj >= (upper ? lo1 : lo0) &&
-                                           kj <= (upper ? p1 : p0);
-                        if (!valid)
-                            sc[nt][e] = -INFINITY;
+                    for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int kj = kt + nt * 8 + 2 * tq + (e & 1), r = my_row(mt, e >> 1);
+                            const bool valid = in_seg(r) && kj < khi && kj >= row_lo[r] && kj <= row_p[r];
+                            if (!valid)
+                                sc[mt][nt][e] = -INFINITY;
+                        }
                     }
                 }
-            }
+                float mt0 = -INFINITY, mt1 = -INFINITY;
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                mt0 = fmaxf(mt0, fmaxf(sc[nt][0], sc[nt][1]));
-                mt1 = fmaxf(mt1, fmaxf(sc[nt][2], sc[nt][3]));
-            }
-            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
-            mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
-            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
-            mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
-            /* running maxima in log2 units */
-            const float mn0 = fmaxf(m0, mt0 * sl2), mn1 = fmaxf(m1, mt1 * sl2);
-            const float c0 = mn0 == -INFINITY ? 1.0f : anvil_exp2_ftz(m0 - mn0);
-            const float c1 = mn1 == -INFINITY ? 1.0f : anvil_exp2_ftz(m1 - mn1);
-            m0 = mn0;
-            m1 = mn1;
-            l0 *= c0;
-            l1 *= c1;
+                for (int nt = 0; nt < 8; nt++) {
+                    mt0 = fmaxf(mt0, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
+                    mt1 = fmaxf(mt1, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
+                }
+                mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 1));
+                mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
+                mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
+                mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
+                /* running maxima in log2 units */
+                const float mn0 = fmaxf(m[mt][0], mt0 * sl2), mn1 = fmaxf(m[mt][1], mt1 * sl2);
+                const float c0 = mn0 == -INFINITY ? 1.0f : anvil_exp2_ftz(m[mt][0] - mn0);
+                const float c1 = mn1 == -INFINITY ? 1.0f : anvil_exp2_ftz(m[mt][1] - mn1);
+                m[mt][0] = mn0;
+                m[mt][1] = mn1;
+                l[mt][0] *= c0;
+                l[mt][1] *= c1;
 #pragma unroll
-            for (int i = 0; i < NTO; i++) {
-                o[i][0] *= c0;
-                o[i][1] *= c0;
-                o[i][2] *= c1;
-                o[i][3] *= c1;
-            }
-            /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand.
-             * A row with no valid key yet has m = -inf: its p are 0 (exp2(-inf)), never NaN. */
-            const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
-            uint32_t pf[4][4];
+                for (int i = 0; i < NTO; i++) {
+                    o[mt][i][0] *= c0;
+                    o[mt][i][1] *= c0;
+                    o[mt][i][2] *= c1;
+                    o[mt][i][3] *= c1;
+                }
+                /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand.
+                 * A row with no valid key yet has m = -inf: its p are 0 (exp2(-inf)), never NaN. */
+                const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                const float pr0 = anvil_exp2_ftz(fmaf(sc[nt][0], sl2, -ms0));
-                const float pr1 = anvil_exp2_ftz(fmaf(sc[nt][1], sl2, -ms0));
-                const float pr2 = anvil_exp2_ftz(fmaf(sc[nt][2], sl2, -ms1));
-                const float pr3 = anvil_exp2_ftz(fmaf(sc[nt][3], sl2, -ms1));
-                l0 += pr0 + pr1;
-                l1 += pr2 + pr3;
-                const int kc2 = nt >> 1, hi = (nt & 1) * 2;
-                pf[kc2][hi + 0] = anvil_pack2<T>(pr0, pr1);
-                pf[kc2][hi + 1] = anvil_pack2<T>(pr2, pr3);
+                for (int nt = 0; nt < 8; nt++) {
+                    const float pr0 = anvil_exp2_ftz(fmaf(sc[mt][nt][0], sl2, -ms0));
+                    const float pr1 = anvil_exp2_ftz(fmaf(sc[mt][nt][1], sl2, -ms0));
+                    const float pr2 = anvil_exp2_ftz(fmaf(sc[mt][nt][2], sl2, -ms1));
+                    const float pr3 = anvil_exp2_ftz(fmaf(sc[mt][nt][3], sl2, -ms1));
+                    l[mt][0] += pr0 + pr1;
+                    l[mt][1] += pr2 + pr3;
+                    const int kc2 = nt >> 1, hi = (nt & 1) * 2;
+                    pf[mt][kc2][hi + 0] = anvil_pack2<T>(pr0, pr1);
+                    pf[mt][kc2][hi + 1] = anvil_pack2<T>(pr2, pr3);
+                }
             }
             /* O += P V: the B operands (16 keys x 8 dims) of two dim tiles per
-             * transposed ldmatrix (matrices: keys +0/+8, dims +0/+8) */
+             * transposed ldmatrix (matrices: keys +0/+8, dims +0/+8), each
+             * into every m-tile */
 #pragma unroll
             for (int kc2 = 0; kc2 < 4; kc2++) {
                 const uint16_t *vr = v_s + (kc2 * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kst + (lane >> 4) * 8;
@@ -319,8 +417,11 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
                     if (nt * 8 < hd) {
                         uint32_t vb[4];
                         anvil_ldmatrix_x4_trans(vb, vr + nt * 8);
-                        anvil_mma16816<T>(o[nt], pf[kc2], vb[0], vb[1]);
-                        anvil_mma16816<T>(o[nt + 1], pf[kc2], vb[2], vb[3]);
+#pragma unroll
+                        for (int mt = 0; mt < MT; mt++) {
+                            anvil_mma16816<T>(o[mt][nt], pf[mt][kc2], vb[0], vb[1]);
+                            anvil_mma16816<T>(o[mt][nt + 1], pf[mt][kc2], vb[2], vb[3]);
+                        }
                     }
                 }
             }
@@ -332,38 +433,60 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, 3)
     }
 
     /* the row sums over the quad, then out = O / l */
-    l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
-    l0 += __shfl_xor_sync(FULL_MASK, l0, 2);
-    l1 += __shfl_xor_sync(FULL_MASK, l1, 1);
-    l1 += __shfl_xor_sync(FULL_MASK, l1, 2);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    T *o0 = tr0 >= 0 ? (T *)a.out + (int64_t)tr0 * qw + (int64_t)row_h[r0] * hd : nullptr;
-    T *o1 = tr1 >= 0 ? (T *)a.out + (int64_t)tr1 * qw + (int64_t)row_h[r1] * hd : nullptr;
 #pragma unroll
-    for (int nt = 0; nt < NTO; nt++) {
-        if (nt * 8 < hd) {
-            const int d = nt * 8 + 2 * tq;
-            if (o0)
-                *reinterpret_cast<uint32_t *>(o0 + d) = anvil_pack2<T>(o[nt][0] * inv0, o[nt][1] * inv0);
-            if (o1)
-                *reinterpret_cast<uint32_t *>(o1 + d) = anvil_pack2<T>(o[nt][2] * inv1, o[nt][3] * inv1);
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float lh = l[mt][h];
+            lh += __shfl_xor_sync(FULL_MASK, lh, 1);
+            lh += __shfl_xor_sync(FULL_MASK, lh, 2);
+            const float inv = lh > 0.0f ? 1.0f / lh : 0.0f;
+            const int r = my_row(mt, h), t = row_t[r];
+            T *op = t >= 0 ? (T *)a.out + (int64_t)t * qw + (int64_t)row_h[r] * hd : nullptr;
+            if (op == nullptr)
+                continue;
+#pragma unroll
+            for (int nt = 0; nt < NTO; nt++) {
+                if (nt * 8 < hd) {
+                    const int d = nt * 8 + 2 * tq;
+                    *reinterpret_cast<uint32_t *>(op + d) =
+                        anvil_pack2<T>(o[mt][nt][2 * h] * inv, o[mt][nt][2 * h + 1] * inv);
+                }
+            }
         }
     }
 }
 
-template <typename T, int HDM>
-static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
-                           int qt, int n_hc)
+/* shared memory: 2 stages of K and V tiles (+ the Q rows with MT 2), rows padded by 8, 2 bytes an element */
+static size_t prefill_smem(int hd, int mt)
 {
-    const size_t smem = (size_t)2 * 2 * MMA_BN * (a->head_dim + 8) * 2; /* 2 stages of K and V, 2 bytes each */
+    return (size_t)(2 * 2 * MMA_BN + (mt == 2 ? MMA_ROWS * 2 : 0)) * (size_t)(hd + 8) * 2;
+}
+
+template <typename T, int HDM, bool EXACT, int MT>
+static anvil_status launch_exact(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
+                                 int qt, int n_hc)
+{
+    const size_t smem = prefill_smem(a->head_dim, MT);
     CHECK(smem <= smem_optin, ANVIL_ERR_UNSUPPORTED, "attention: head_dim %d needs %zu bytes of shared memory",
           a->head_dim, smem);
     if (smem > 48 * 1024)
-        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_mma_kernel<T, HDM>,
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention: shared memory limit", __FILE__, __LINE__));
-    anvil_attn_prefill_mma_kernel<T, HDM><<<grid, MMA_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
+    anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT><<<grid, MMA_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
     return ANVIL_CUDA_LAUNCHED("attention prefill (mma) kernel");
+}
+
+template <typename T, int HDM>
+static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
+                           int qt, int n_hc, int mt)
+{
+    if (a->head_dim != HDM)
+        return launch_exact<T, HDM, false, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    if (mt == 2)
+        return launch_exact<T, HDM, true, 2>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    return launch_exact<T, HDM, true, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
 }
 
 extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
@@ -372,31 +495,36 @@ extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
 }
 
 extern "C" anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a,
-                                                           size_t smem_optin)
+                                                           size_t smem_optin, int rows)
 {
     CHECK(anvil_cuda_attn_prefill_mma_ok(a), ANVIL_ERR_UNSUPPORTED,
           "attention (mma): %s with head_dim %d (bf16/f16, multiples of 16 up to 128)", anvil_dtype_name(a->dt),
           a->head_dim);
+    CHECK(rows == 0 || rows == 64 || rows == 128, ANVIL_ERR_INVALID_ARG, "attention (mma): %d rows a block (64, 128)",
+          rows);
     if (a->n_tokens == 0)
         return ANVIL_OK;
+    /* two m-tiles a warp only where head_dim is a template's (32, 64, 128) */
+    const int hd = a->head_dim;
+    const int mt = rows == 128 && (hd == 32 || hd == 64 || hd == 128) ? 2 : 1;
+    const int block_rows = MMA_ROWS * mt;
     const int group = a->n_heads / a->n_kv_heads;
-    const int gh = group < MMA_ROWS ? group : MMA_ROWS;
+    const int gh = group < block_rows ? group : block_rows;
     const int n_hc = (group + gh - 1) / gh;
-    const int qt = MMA_ROWS / gh;
+    const int qt = block_rows / gh;
     CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",
           a->n_kv_heads, n_hc);
     const dim3 grid((unsigned)((a->n_tokens + qt - 1) / qt), (unsigned)(a->n_kv_heads * n_hc), 1);
-    const int hd = a->head_dim;
     if (a->dt == ANVIL_DTYPE_BF16) {
         if (hd <= 32)
-            return launch<__nv_bfloat16, 32>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<__nv_bfloat16, 32>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
         if (hd <= 64)
-            return launch<__nv_bfloat16, 64>(stream, a, smem_optin, grid, gh, qt, n_hc);
-        return launch<__nv_bfloat16, 128>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<__nv_bfloat16, 64>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
+        return launch<__nv_bfloat16, 128>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
     }
     if (hd <= 32)
-        return launch<__half, 32>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        return launch<__half, 32>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
     if (hd <= 64)
-        return launch<__half, 64>(stream, a, smem_optin, grid, gh, qt, n_hc);
-    return launch<__half, 128>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        return launch<__half, 64>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
+    return launch<__half, 128>(stream, a, smem_optin, grid, gh, qt, n_hc, mt);
 }

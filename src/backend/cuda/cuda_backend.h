@@ -42,6 +42,8 @@ typedef struct anvil_cuda_knobs {
                                  the GEMV with the norm in its prologue (0, 1: the one launch) */
     int attn_combine_kernel;  /* 1: the split-K decode on tensor cores merges its splits in a combine kernel
                                  (0: the last split of each block of heads merges them, in the same launch) */
+    int attn_prefill_rows;    /* query rows a block of the tensor-core prefill kernel: 64 (one m-tile a warp)
+                                 or 128 (two); 0: the default */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

@@ -337,9 +337,12 @@ anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, const anvil_cu
 anvil_status anvil_cuda_launch_attn_prefill(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin);
 
 /* The same on tensor cores (mma.sync, bf16/f16, head_dim a multiple of 16
- * up to 128: anvil_cuda_attn_prefill_mma_ok). */
+ * up to 128: anvil_cuda_attn_prefill_mma_ok). rows: query rows a block, 64
+ * (one m-tile a warp) or 128 (two, where head_dim is 32, 64 or 128); 0:
+ * the default (the knob attn_prefill_rows). */
 int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a);
-anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin);
+anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin,
+                                                int rows);
 
 /* Per-token ("decode") kernel, split-K over the context: a block takes one
  * token, the query heads of one KV head, and one split of its keys. With
