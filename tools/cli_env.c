@@ -40,8 +40,8 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->no_pdl = 1;
     if (is("ANVIL_HOST_SAMPLING", "1"))
         o->host_sampling = 1;
-    if (is("ANVIL_NORM_GEMV", "0"))
-        o->no_norm_gemv = 1;
-    if (is("ANVIL_CUDA_COMBINE_KERNEL", "1"))
-        o->attn_combine_kernel = 1;
+    if (is("ANVIL_NORM_GEMV", "1"))
+        o->norm_gemv = 1;
+    if (is("ANVIL_CUDA_COMBINE_IN_KERNEL", "1"))
+        o->attn_combine_in_kernel = 1;
 }

@@ -35,15 +35,14 @@
  * folder or engine with --model.
  * --graphs off runs without step graphs; --pdl off without programmatic
  * dependent launch (runtime option no_pdl). --fusion takes a list of
- * modes, each run in turn: on (every fused op), off (every op of the
- * network separately: runtime option no_fusion, and the attention's
- * combine in its own kernel), both (on,off), or on less
- * some of the decode fusions, joined by +: no-norm-gemv (the residual add
- * + RMSNorm as its own kernel before the GEMVs instead of in their
- * prologue: runtime option no_norm_gemv), combine-kernel (the split-K
- * decode attention's combine in its own kernel: runtime option
- * attn_combine_kernel). E.g. --fusion on,no-norm-gemv+combine-kernel
- * compares the decode fusions of issue 14 with the step before them.
+ * modes, each run in turn: on (the default fused ops), off (every op of
+ * the network separately: runtime option no_fusion), both (on,off), or on
+ * plus decode fusions that are off by default (measured slower on an
+ * H100, docs/performance.md), joined by +: norm-gemv (the residual add +
+ * RMSNorm in the GEMVs' prologue: runtime option norm_gemv),
+ * combine-in-kernel (the split-K decode attention's combine inside the
+ * decode kernel: runtime option attn_combine_in_kernel). E.g. --fusion
+ * on,norm-gemv+combine-in-kernel.
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -385,7 +384,7 @@ int main(int argc, char **argv)
             break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,no-norm-gemv+combine-kernel] [--pdl on|off] "
+                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
                             "[--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -406,7 +405,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "--graphs on, off or both\n");
         return 2;
     }
-    /* fusion modes: bit 0 fused ops on, bit 1 no_norm_gemv, bit 2 attn_combine_kernel */
+    /* fusion modes: bit 0 fused ops on, bit 1 norm_gemv, bit 2 attn_combine_in_kernel */
     int f_modes[8], n_fmodes = 0;
     {
         char fl[128];
@@ -420,12 +419,14 @@ int main(int argc, char **argv)
                 f_modes[n_fmodes++] = 0;
             } else if (strcmp(m, "on") == 0 || strcmp(m, "off") == 0) {
                 f_modes[n_fmodes++] = strcmp(m, "on") == 0;
-            } else { /* on, less some fusions: no-norm-gemv, combine-kernel, joined by + */
+            } else { /* on, plus some fusions: norm-gemv, combine-in-kernel, joined by + */
                 int f = 1;
                 for (char *sv2 = NULL, *x = strtok_r(m, "+", &sv2); x; x = strtok_r(NULL, "+", &sv2)) {
-                    if (strcmp(x, "no-norm-gemv") == 0)
+                    if (strcmp(x, "on") == 0)
+                        continue; /* on+norm-gemv: the same as norm-gemv */
+                    if (strcmp(x, "norm-gemv") == 0)
                         f |= 2;
-                    else if (strcmp(x, "combine-kernel") == 0)
+                    else if (strcmp(x, "combine-in-kernel") == 0)
                         f |= 4;
                     else
                         bad = 1;
@@ -434,8 +435,8 @@ int main(int argc, char **argv)
             }
         }
         if (bad || n_fmodes == 0) {
-            fprintf(stderr, "--fusion: a list of on, off, both (on,off), or on less some decode fusions: "
-                            "no-norm-gemv, combine-kernel, no-norm-gemv+combine-kernel\n");
+            fprintf(stderr, "--fusion: a list of on, off, both (on,off), or on plus decode fusions: "
+                            "norm-gemv, combine-in-kernel, norm-gemv+combine-in-kernel\n");
             return 2;
         }
     }
@@ -504,8 +505,8 @@ int main(int argc, char **argv)
             o.max_seq_len = max_ctx;
             o.kv_cache_tokens = kv_tokens;
             o.no_fusion = !(fused & 1);
-            o.no_norm_gemv = (fused & 2) != 0;
-            o.attn_combine_kernel = !(fused & 1) || (fused & 4) != 0; /* off: nothing fused, this neither */
+            o.norm_gemv = (fused & 2) != 0;
+            o.attn_combine_in_kernel = (fused & 1) && (fused & 4) != 0; /* off: nothing fused, this neither */
             anvil_runtime *rt = NULL;
             double tl = now_s();
             if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
@@ -518,9 +519,9 @@ int main(int argc, char **argv)
                    (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
                    !(fused & 1) ? "off"
                    : fused == 1 ? "on"
-                   : fused == 3 ? "on but add+norm not in the GEMV (no-norm-gemv)"
-                   : fused == 5 ? "on but the attention combine in its own kernel (combine-kernel)"
-                                : "on but no-norm-gemv+combine-kernel");
+                   : fused == 3 ? "on + add+norm in the GEMV prologue (norm-gemv)"
+                   : fused == 5 ? "on + the attention combine in the decode kernel (combine-in-kernel)"
+                                : "on + norm-gemv+combine-in-kernel");
             printf("%-12s %9s %9s %9s  %-28s %-24s %s\n", "B:P:N", "TTFT ms", "TPOT ms", "tok/s", "decode (bytes | flops)",
                    "prefill", "");
             for (int k = 0; k < n_cases; k++) {
@@ -547,8 +548,8 @@ int main(int argc, char **argv)
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
                             first_json ? "" : ",", name, g_modes[gm] ? "true" : "false",
-                            (fused & 1) ? "true" : "false", fused == 1 || fused == 5 ? "true" : "false",
-                            (fused & 1) && !(fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
+                            (fused & 1) ? "true" : "false", (fused & 1) && (fused & 2) ? "true" : "false",
+                            (fused & 1) && (fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
                             dfl / gemm_tflops, pfl, pfl / gemm_tflops);
                     first_json = 0;

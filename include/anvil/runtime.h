@@ -81,11 +81,12 @@ typedef struct anvil_runtime_options {
                                    libanvil's folder, else the dynamic loader's search path */
     int host_sampling;          /* 1: logits always come back to the host to be sampled there, even on a
                                    backend with a sample op (anvil_runtime_forward_sample) */
-    int no_norm_gemv;           /* 1: the residual add + RMSNorm before a layer's matmuls stays its own
-                                   fused op instead of joining them (backend.h's add_rmsnorm_matmul_*:
-                                   on CUDA the GEMV blocks of a decode step normalise in their prologue) */
-    int attn_combine_kernel;    /* CUDA: 1: split-K decode attention merges its splits in a separate
-                                   combine kernel instead of inside the decode kernel (A/B runs) */
+    int norm_gemv;              /* 1: the residual add + RMSNorm before a layer's matmuls joins them
+                                   (backend.h's add_rmsnorm_matmul_*: on CUDA the GEMV blocks of a decode
+                                   step normalise in their prologue). Off by default: slower on an H100
+                                   (docs/performance.md) */
+    int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits inside the decode
+                                   kernel, not in a combine kernel. Off by default: slower on an H100 */
     /* Called during the load as weights arrive (bytes prepared of the
      * weights' bytes in all), every few milliseconds and once at the end
      * with every byte, from the thread that called anvil_runtime_load (the

@@ -282,8 +282,8 @@ typedef struct anvil_backend_config {
                                   "avx512": that one, for comparisons (the best when the CPU lacks it) */
     int no_cuda_graphs;        /* CUDA: 1: never record or replay step graphs */
     int no_pdl;                /* CUDA: 1: never launch with programmatic dependent launch (sm_90+) */
-    int attn_combine_kernel;   /* CUDA: 1: split-K decode attention merges its splits in a combine kernel,
-                                  not in the decode kernel (for A/B runs; the knob of the same name) */
+    int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits in the decode
+                                   kernel, not in a combine kernel (the knob of the same name) */
     const char *cuda_module;   /* CUDA: the path of libanvil-cuda.so to load; NULL: the one next to
                                   libanvil, else the dynamic loader's (backend_module.h) */
 } anvil_backend_config;

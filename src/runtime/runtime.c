@@ -963,7 +963,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.cpu_isa = rt->opts.cpu_isa;
     bc.no_cuda_graphs = rt->opts.no_cuda_graphs;
     bc.no_pdl = rt->opts.no_pdl;
-    bc.attn_combine_kernel = rt->opts.attn_combine_kernel;
+    bc.attn_combine_in_kernel = rt->opts.attn_combine_in_kernel;
     bc.cuda_module = rt->opts.cuda_module;
     TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);
     TRY_GOTO(check_sizes_early(rt), fail);
@@ -976,7 +976,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     }
     rt->fuse = rt->plan->fuse; /* the plan's, made with this backend's fused ops */
     rt->plan->fuse = NULL;
-    if (!rt->opts.no_fusion && !rt->opts.no_norm_gemv) {
+    if (!rt->opts.no_fusion && rt->opts.norm_gemv) {
         const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
         anvil_fuse_merge_norm(rt->net, &caps, rt->fuse);
     }

@@ -239,7 +239,7 @@ static void perf_elementwise(anvil_backend *be, const char *what, perf_kind kind
  * other rows (back-to-back launches, median of 7), so the gap between the
  * two kernels of the second is what the first saves, less what PDL and
  * graphs already hide in a real step (bench_cuda_latency --fusion
- * on,no-norm-gemv measures that). */
+ * on,norm-gemv measures that). */
 static void perf_norm_gemv(anvil_backend *be, int64_t T, int silu)
 {
     const int64_t K = 4096, ns[3] = {4096, 1024, 1024}, N_mlp = 14336;

@@ -10,7 +10,7 @@
  *                       head_dim 64 and 128, GQA 1, 4, 8)
  *   decode attention  = the same with the split-K combine in the decode
  *                       kernel (the last split merges) and in its own kernel
- *                       (knob attn_combine_kernel), run twice (the counters
+ *                       (knob attn_combine_in_kernel), run twice (the counters
  *                       reset for the next launch)
  *   add_rmsnorm_matmul_multi / _silu_mul
  *                     = add, rmsnorm, then the matmuls (+ silu_mul): rows 1..4
@@ -435,7 +435,7 @@ static void run_combine_case(anvil_dtype dt, int32_t n_heads, int32_t n_kv_heads
         kn.matmul_gemv = 1;
         kn.attn_kernel = ANVIL_CUDA_ATTN_DECODE;
         kn.attn_splits = splits;
-        kn.attn_combine_kernel = run == 0;
+        kn.attn_combine_in_kernel = run != 0;
         assert_int_equal(anvil_cuda_set_knobs(be, &kn), ANVIL_OK);
         anvil_tensor to = anvil_tensor_2d(dt, SEQS, qw, o[run]);
         anvil_attention_args a = {.q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to,
@@ -646,7 +646,7 @@ static void test_models(void **s)
         " \"short_factor\": [1.0, 1.1, 1.3, 1.6], \"long_factor\": [1.5, 2.5, 6.0, 11.0]}}",
         longrope_dir, sizeof longrope_dir);
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
-        for (int bf = 0; bf < 2; bf++) {
+        for (int bf = 0; bf < 4; bf++) { /* f32, bf16; then both with the opt-in decode fusions */
             char dir[1024];
             if (strcmp(models[m], "tiny-phi3 longrope") == 0)
                 snprintf(dir, sizeof dir, "%s", longrope_dir);
@@ -655,14 +655,16 @@ static void test_models(void **s)
             anvil_runtime_options o;
             anvil_runtime_options_default(&o);
             o.device = "cuda";
-            o.weight_dtype = bf ? ANVIL_DTYPE_BF16 : ANVIL_DTYPE_F32;
+            o.weight_dtype = bf & 1 ? ANVIL_DTYPE_BF16 : ANVIL_DTYPE_F32;
+            o.norm_gemv = o.attn_combine_in_kernel = bf >= 2;
             fusion_diff d;
             anvil_status st = fusion_compare(dir, &o, 8, &d);
             if (st != ANVIL_OK)
                 print_error("%s: %s\n", models[m], anvil_last_error());
             assert_int_equal(st, ANVIL_OK);
             printf("  %-12s %s: max |fused - separate| %.3g of max |logit| %.3g, %d of %d argmaxes differ\n",
-                   models[m], bf ? "bf16" : "f32 ", d.max_abs, d.max_logit, d.greedy_differ, d.rows);
+                   models[m], bf == 0 ? "f32 " : bf == 1 ? "bf16" : bf == 2 ? "f32  + norm-gemv, combine-in-kernel" : "bf16 + norm-gemv, combine-in-kernel",
+                   d.max_abs, d.max_logit, d.greedy_differ, d.rows);
             /* the same arithmetic, kernel for kernel */
             assert_true(d.max_abs == 0.0);
             assert_int_equal(d.greedy_differ, 0);

@@ -22,19 +22,22 @@ static void check_model(const char *name)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), name);
-    anvil_runtime_options o;
-    anvil_runtime_options_default(&o);
-    o.n_threads = 2;
-    fusion_diff d;
-    anvil_status st = fusion_compare(dir, &o, 6, &d);
-    if (st != ANVIL_OK)
-        print_error("%s: %s\n", name, anvil_last_error());
-    assert_int_equal(st, ANVIL_OK);
-    assert_int_equal(d.rows, 3 * 7);
-    if (d.max_abs != 0.0)
-        print_error("%s: fused logits differ by up to %g\n", name, d.max_abs);
-    assert_true(d.max_abs == 0.0);
-    assert_int_equal(d.greedy_differ, 0);
+    for (int norm_gemv = 0; norm_gemv < 2; norm_gemv++) { /* the default, and the opt-in norm groups */
+        anvil_runtime_options o;
+        anvil_runtime_options_default(&o);
+        o.n_threads = 2;
+        o.norm_gemv = norm_gemv;
+        fusion_diff d;
+        anvil_status st = fusion_compare(dir, &o, 6, &d);
+        if (st != ANVIL_OK)
+            print_error("%s: %s\n", name, anvil_last_error());
+        assert_int_equal(st, ANVIL_OK);
+        assert_int_equal(d.rows, 3 * 7);
+        if (d.max_abs != 0.0)
+            print_error("%s (norm_gemv %d): fused logits differ by up to %g\n", name, norm_gemv, d.max_abs);
+        assert_true(d.max_abs == 0.0);
+        assert_int_equal(d.greedy_differ, 0);
+    }
 }
 
 static void test_fused_equals_separate(void **s)
@@ -187,7 +190,7 @@ static void test_plan_groups(void **s)
  * layer's add before the MLP joins its gate/up + silu group and every layer
  * but the first (no add before its input norm) joins its q/k/v group (the
  * final norm reads the logit rows, after the last add); without the
- * merge (an engine's plan, or the runtime's no_norm_gemv) the plan is
+ * merge (an engine's plan, or the runtime's default, without norm_gemv) the plan is
  * today's. */
 static void test_plan_norm_groups(void **s)
 {

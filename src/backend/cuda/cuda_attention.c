@@ -135,7 +135,7 @@ static anvil_status launch_decode(anvil_cuda_backend *cb, anvil_cuda_attn *a, an
         TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, anvil_cuda_attn_decode_ws_bytes(a, n_splits),
                                "attention: split-K workspace"));
     int *counters = NULL;
-    if (mma && n_splits > 1 && n_splits <= FUSED_COMBINE_MAX_SPLITS && !cb->knobs.attn_combine_kernel) {
+    if (mma && n_splits > 1 && n_splits <= FUSED_COMBINE_MAX_SPLITS && cb->knobs.attn_combine_in_kernel) {
         /* the splits count themselves done; the last merges (and sets its
          * counter back to zero, so a grown buffer is zeroed once) */
         const size_t need = (size_t)anvil_cuda_attn_decode_mma_counters(a) * sizeof(int);

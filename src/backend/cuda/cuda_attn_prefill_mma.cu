@@ -4,9 +4,10 @@
  * with mma.sync.m16n8k16 (sm_80 and newer), f32 accumulation, online
  * softmax in f32.
  *
- * A block of 4 warps owns 64 query rows: a run of `qt` consecutive tokens
- * times `gh` query heads of one KV head (GQA: the heads of a group read the
- * same K/V tile). Per tile of 64 keys: the block gathers the keys' cache
+ * A block of 4 warps owns 64 query rows (16 a warp, MT 1) or 128 (two
+ * m-tiles of 16 a warp, MT 2, the default where head_dim is 32, 64 or
+ * 128): a run of `qt` consecutive tokens times `gh` query heads of one KV
+ * head (GQA: the heads of a group read the same K/V tile). Per tile of 64 keys: the block gathers the keys' cache
  * rows through the block table into shared memory (16-byte copies, rows
  * padded by 8 elements so fragment reads hit distinct banks) with
  * cp.async, two stages deep, the next tile in flight while this one is
@@ -504,9 +505,10 @@ extern "C" anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, 
           rows);
     if (a->n_tokens == 0)
         return ANVIL_OK;
-    /* two m-tiles a warp only where head_dim is a template's (32, 64, 128) */
+    /* two m-tiles a warp (the default) only where head_dim is a
+     * template's (32, 64, 128) */
     const int hd = a->head_dim;
-    const int mt = rows == 128 && (hd == 32 || hd == 64 || hd == 128) ? 2 : 1;
+    const int mt = rows != 64 && (hd == 32 || hd == 64 || hd == 128) ? 2 : 1;
     const int block_rows = MMA_ROWS * mt;
     const int group = a->n_heads / a->n_kv_heads;
     const int gh = group < block_rows ? group : block_rows;

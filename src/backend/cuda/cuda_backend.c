@@ -376,7 +376,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     cb->device = device;
     cb->config = *c;
     cb->config.cpu_isa = NULL; /* not ours, and not kept past the call */
-    cb->knobs.attn_combine_kernel = c->attn_combine_kernel != 0;
+    cb->knobs.attn_combine_in_kernel = c->attn_combine_in_kernel != 0;
     pthread_mutex_init(&cb->lanes_mu, NULL);
     anvil_status st = cuda_init(cb);
     if (st != ANVIL_OK) {

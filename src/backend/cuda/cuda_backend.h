@@ -40,10 +40,10 @@ typedef struct anvil_cuda_knobs {
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
     int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of
                                  the GEMV with the norm in its prologue (0, 1: the one launch) */
-    int attn_combine_kernel;  /* 1: the split-K decode on tensor cores merges its splits in a combine kernel
-                                 (0: the last split of each block of heads merges them, in the same launch) */
+    int attn_combine_in_kernel; /* 1: the split-K decode on tensor cores merges its splits in the same launch
+                                   (the last split of each block of heads); 0: in the combine kernel */
     int attn_prefill_rows;    /* query rows a block of the tensor-core prefill kernel: 64 (one m-tile a warp)
-                                 or 128 (two); 0: the default */
+                                 or 128 (two); 0: the default (128 where head_dim is 32, 64 or 128) */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind
