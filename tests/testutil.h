@@ -17,6 +17,20 @@
 #define ANVIL_TEST_SANITIZED 0
 #endif
 
+/* 1 under ThreadSanitizer alone (make test-tsan, the slowest tier of CI):
+ * there the longest executor tests run smaller still, the paths and the
+ * threads the same. */
+#if defined(__SANITIZE_THREAD__)
+#define ANVIL_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ANVIL_TEST_TSAN 1
+#endif
+#endif
+#ifndef ANVIL_TEST_TSAN
+#define ANVIL_TEST_TSAN 0
+#endif
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

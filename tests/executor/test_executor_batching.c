@@ -49,7 +49,7 @@ static void test_greedy_matches_golden(void **state)
 
 /* ---- batch invariance */
 
-#define N_REQ 32
+#define N_REQ (ANVIL_TEST_TSAN ? 16 : 32) /* fewer under TSan (testutil.h) */
 
 typedef struct inv_req {
     int32_t prompt[300];

@@ -695,11 +695,14 @@ static int check_text_after(const anvil_tokenizer *tok, const anvil_result *res,
 static void test_text_after_prompt(void **state)
 {
     (void)state;
+    /* tiny-llama3's 128k-token tokenizer is most of this test's time under
+     * TSan, which looks at the threads, the same for every model */
     static const char *const models[] = {"stories260K", "tinycode", "tiny-llama3"};
+    const size_t n_models = ANVIL_TEST_TSAN ? 2 : sizeof models / sizeof models[0];
     static const char *const texts[] = {"The cat", "Once upon a time", "Lily and Tom went to the park. They saw a",
                                         "def add(a, b):", "x = 1\nif x", "The cat ", "\xe6\x97\xa5\xe6\x9c\xac",
                                         "caf\xc3\xa9 \xf0\x9f\x98\x80"};
-    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+    for (size_t m = 0; m < n_models; m++) {
         anvil_runtime_options o;
         kit_rt_options(&o);
         anvil_runtime *rt = kit_load(models[m], &o);

@@ -30,7 +30,13 @@
 
 #include "exec_testkit.h"
 
-#if ANVIL_TEST_SANITIZED /* the same run, smaller (testutil.h) */
+#if ANVIL_TEST_TSAN /* the same run, smaller still under TSan (testutil.h) */
+#define N_STREAMS    8
+#define N_SHORT      2 /* streams 0 and 4: finished before the refit */
+#define LONG_TOKENS  32
+#define SHORT_TOKENS 6
+#define TRIGGER      6   /* the refit starts once every long stream has this many tokens */
+#elif ANVIL_TEST_SANITIZED /* the same run, smaller (testutil.h) */
 #define N_STREAMS    16
 #define N_SHORT      4 /* streams 0, 4, 8, 12: finished before the refit */
 #define LONG_TOKENS  40

@@ -1,4 +1,4 @@
-"""anvil serve under load: 256 concurrent streaming clients on stories260K
+"""anvil serve under load: 256 concurrent streaming clients (128 under the sanitizers) on stories260K
 (CPU), each with its own prompt, half greedy and half sampled with a seed of
 their own, completions and chat, some with logprobs, most with
 include_usage. Every stream must be well formed (SSE events, one
@@ -11,12 +11,15 @@ prefix cache). Afterwards the server runs nothing and holds no KV block, and
 its counters add up."""
 import http.client
 import json
+import os
 import threading
 import time
 
 from test_server_openai import KEY, Server, wait_idle
 
-N_CLIENTS = 256
+# fewer under the sanitizers (ANVIL_TEST_SANITIZED, as the C tests): the
+# same concurrency paths, half the streams
+N_CLIENTS = 128 if os.environ.get("ANVIL_TEST_SANITIZED") == "1" else 256
 NAMES = ["Lily", "Tim", "Ben", "Sue", "Max", "Anna", "Tom", "Mia", "Sam", "Lucy", "Jack", "Zoe", "Bob", "Kate",
          "Leo", "Amy"]
 THINGS = ["ball", "dog", "tree", "cake", "bird", "car", "boat", "cat", "flower", "box", "kite", "fish", "hat",
