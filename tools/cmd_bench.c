@@ -13,6 +13,12 @@
  * the executor's event callbacks: time to first token (TTFT) from the
  * request's send time, inter-token latency (ITL) between consecutive token
  * events of a sequence, time per output token (TPOT), end-to-end latency.
+ *
+ * Structured output: --dataset lines may carry response_format / guided_*
+ * (compiled as `anvil run --input` does, exec_grammar.c, once per distinct
+ * field), and --response-format json_object or --json-schema FILE
+ * constrains every synthetic request. The report adds the compile time and
+ * the executor's grammar time per constrained token (grammar_s).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -46,6 +52,8 @@ typedef struct bench_args {
     double request_rate;
     request_values rv;      /* the request flags: the synthetic requests', the defaults of --dataset lines */
     int progress;
+    const char *response_format; /* synthetic: "json_object" (NULL or "text": none) */
+    const char *json_schema;     /* synthetic: a schema file */
     exec_cli_opts eo;
 } bench_args;
 
@@ -90,6 +98,8 @@ static void bench_usage(FILE *out)
             "      --request-rate R        Poisson arrivals, R requests/s (default: all at once)\n"
             "      --json FILE             write the results as JSON\n"
             "      --no-progress           no progress bar (it shows only on a terminal)\n"
+            "      --response-format TYPE  synthetic requests constrained to JSON: json_object (or text: none)\n"
+            "      --json-schema FILE      synthetic requests constrained to the JSON schema in FILE\n"
             "\n"
             "The request flags: the synthetic requests' (temperature 0 unless given; request i samples with\n"
             "seed S+i, and S also seeds the dataset and the arrivals), and the defaults of --dataset lines\n");
@@ -118,13 +128,15 @@ static int parse_range(const char *s, const char *flag, range *r)
 
 static int parse_args(int argc, char **argv, bench_args *a)
 {
-    enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG };
+    enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG,
+           OPT_RF, OPT_SCHEMA };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
         {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
         {"output-len", required_argument, 0, OPT_OUT},  {"shared-prefix", required_argument, 0, OPT_PREFIX},
         {"concurrency", required_argument, 0, OPT_CONC}, {"request-rate", required_argument, 0, OPT_RATE},
         {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
+        {"response-format", required_argument, 0, OPT_RF}, {"json-schema", required_argument, 0, OPT_SCHEMA},
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
     };
@@ -169,6 +181,15 @@ static int parse_args(int argc, char **argv, bench_args *a)
             break;
         case OPT_JSON: a->json_path = optarg; break;
         case OPT_NOPROG: a->progress = 0; break;
+        case OPT_RF:
+            if (strcmp(optarg, "json_object") != 0 && strcmp(optarg, "text") != 0) {
+                fprintf(stderr, TOOL ": --response-format expects json_object or text (a schema: --json-schema "
+                                "FILE), got '%s'\n", optarg);
+                return 2;
+            }
+            a->response_format = optarg;
+            break;
+        case OPT_SCHEMA: a->json_schema = optarg; break;
         case 'h': bench_usage(stdout); return 0;
         case EXEC_CLI_BAD: return 2;
         default:
@@ -186,6 +207,17 @@ static int parse_args(int argc, char **argv, bench_args *a)
     }
     if (a->model == NULL) {
         fprintf(stderr, TOOL ": --model DIR is required (see anvil bench --help)\n");
+        return 2;
+    }
+    if (a->response_format && strcmp(a->response_format, "text") == 0)
+        a->response_format = NULL;
+    if (a->json_schema && a->response_format) {
+        fprintf(stderr, TOOL ": --json-schema and --response-format json_object are two constraints: give one\n");
+        return 2;
+    }
+    if (a->dataset && (a->json_schema || a->response_format)) {
+        fprintf(stderr, TOOL ": --response-format and --json-schema constrain the synthetic requests; --dataset "
+                        "lines carry their own response_format or guided_* fields\n");
         return 2;
     }
     return -1;
@@ -238,10 +270,71 @@ typedef struct dataset {
     json_t **objs;
     long n;
     int32_t *ids;           /* synthetic prompts' storage */
+    /* structured output: one grammar per distinct key (exec_cli_grammar_key),
+     * borrowed by the requests; freed after the executor */
+    anvil_grammar_vocab *vocab;
+    char **gkeys;
+    anvil_grammar **grams;
+    int n_grams;
+    long n_constrained;
+    double vocab_s, compile_s;
 } dataset;
+
+/* The grammar obj asks for (NULL: none), compiled once per distinct key. */
+static int dataset_grammar(dataset *d, json_t *obj, const anvil_tokenizer *tok, const anvil_model_config *cfg,
+                           anvil_grammar **out, char *err, size_t n)
+{
+    *out = NULL;
+    char *key;
+    if (exec_cli_grammar_key(obj, &key) != 0)
+        return snprintf(err, n, "out of memory"), -1;
+    if (key == NULL)
+        return 0;
+    d->n_constrained++;
+    for (int i = 0; i < d->n_grams; i++)
+        if (strcmp(d->gkeys[i], key) == 0) {
+            free(key);
+            *out = d->grams[i];
+            return 0;
+        }
+    if (d->vocab == NULL) {
+        const double t0 = exec_cli_now();
+        if (exec_cli_grammar_vocab(tok, cfg, &d->vocab, err, n) != 0) {
+            free(key);
+            return -1;
+        }
+        d->vocab_s = exec_cli_now() - t0;
+    }
+    char **k2 = realloc(d->gkeys, (size_t)(d->n_grams + 1) * sizeof *k2);
+    if (k2)
+        d->gkeys = k2;
+    anvil_grammar **g2 = k2 ? realloc(d->grams, (size_t)(d->n_grams + 1) * sizeof *g2) : NULL;
+    if (g2)
+        d->grams = g2;
+    if (!k2 || !g2) {
+        free(key);
+        return snprintf(err, n, "out of memory"), -1;
+    }
+    const double t0 = exec_cli_now();
+    if (exec_cli_request_grammar(obj, tok, cfg, &d->vocab, out, err, n) != 0) {
+        free(key);
+        return -1;
+    }
+    d->compile_s += exec_cli_now() - t0;
+    d->gkeys[d->n_grams] = key;
+    d->grams[d->n_grams++] = *out;
+    return 0;
+}
 
 static void dataset_free(dataset *d)
 {
+    for (int i = 0; i < d->n_grams; i++) {
+        anvil_grammar_free(d->grams[i]);
+        free(d->gkeys[i]);
+    }
+    free(d->grams);
+    free(d->gkeys);
+    anvil_grammar_vocab_free(d->vocab);
     for (long i = 0; d->reqs && i < d->n; i++)
         exec_cli_request_clear(&d->reqs[i]);
     for (long i = 0; d->objs && i < d->n; i++)
@@ -271,6 +364,7 @@ static int synthetic(const bench_args *a, const anvil_runtime *rt, const anvil_t
     /* usable ids: not special, not BOS/EOS/pad */
     int32_t *usable = malloc((size_t)vocab * sizeof *usable);
     int32_t n_usable = 0;
+    int rc = 0;
     for (int32_t t = 0; usable && t < vocab; t++) {
         int bad = t == cfg->bos_token_id || t == cfg->pad_token_id || (tok && anvil_tokenizer_is_special(tok, t));
         for (int k = 0; k < cfg->n_eos_token_ids; k++)
@@ -326,15 +420,41 @@ static int synthetic(const bench_args *a, const anvil_runtime *rt, const anvil_t
         r->has_seed = 1;
         off += lens[i];
     }
+    if (a->response_format || a->json_schema) {
+        /* the request an OpenAI client would send, through the same compile */
+        json_t *schema = NULL;
+        json_error_t jerr;
+        if (a->json_schema && (schema = json_load_file(a->json_schema, JSON_DECODE_ANY, &jerr)) == NULL) {
+            fprintf(stderr, TOOL ": --json-schema %s: %s (line %d)\n", a->json_schema, jerr.text, jerr.line);
+            rc = -1;
+        }
+        json_t *obj = rc ? NULL
+                      : schema ? json_pack("{s:{s:s, s:{s:s, s:o}}}", "response_format", "type", "json_schema",
+                                            "json_schema", "name", "bench", "schema", schema)
+                               : json_pack("{s:{s:s}}", "response_format", "type", "json_object");
+        char err[512];
+        anvil_grammar *g = NULL;
+        if (rc == 0 && obj == NULL) {
+            fprintf(stderr, TOOL ": out of memory\n");
+            rc = -1;
+        } else if (rc == 0 && dataset_grammar(d, obj, tok, cfg, &g, err, sizeof err) != 0) {
+            fprintf(stderr, TOOL ": %s: %s\n", a->json_schema ? a->json_schema : "--response-format", err);
+            rc = -1;
+        }
+        json_decref(obj);
+        for (long i = 0; rc == 0 && i < n; i++)
+            d->reqs[i].req.grammar = g;
+        d->n_constrained = rc == 0 ? n : 0;
+    }
     d->n = n;
     free(usable);
     free(lens);
     free(outs);
     free(prefix);
-    return 0;
+    return rc;
 }
 
-static int from_file(const bench_args *a, dataset *d)
+static int from_file(const bench_args *a, const anvil_runtime *rt, const anvil_tokenizer *tok, dataset *d)
 {
     FILE *f = fopen(a->dataset, "r");
     if (f == NULL) {
@@ -376,24 +496,14 @@ static int from_file(const bench_args *a, dataset *d)
         q->req.max_tokens = 256;
         request_values_apply(&a->rv, &q->req);
         d->objs[d->n++] = o;
-        char err[300];
-        const char *k;
-        json_t *kv;
-        json_object_foreach(o, k, kv)
-        {
-            if (exec_cli_structured_field(k) && !json_is_null(kv) &&
-                !(strcmp(k, "response_format") == 0 &&
-                  json_is_string(json_object_get(kv, "type")) &&
-                  strcmp(json_string_value(json_object_get(kv, "type")), "text") == 0)) {
-                fprintf(stderr, TOOL ": %s line %ld: '%s': structured output is not measured by anvil bench yet\n",
-                        a->dataset, d->n, k);
-                rc = -1;
-            }
-        }
-        if (rc == 0 && exec_cli_request_from_json(o, q, err, sizeof err)) {
+        char err[512];
+        anvil_grammar *g = NULL;
+        if (exec_cli_request_from_json(o, q, err, sizeof err) ||
+            dataset_grammar(d, o, tok, anvil_runtime_config(rt), &g, err, sizeof err)) {
             fprintf(stderr, TOOL ": %s line %ld: %s\n", a->dataset, d->n, err);
             rc = -1;
         }
+        q->req.grammar = g;
     }
     free(buf);
     fclose(f);
@@ -537,7 +647,7 @@ int anvil_cmd_bench(int argc, char **argv)
     rc = 1;
     if (!sync_ok || exec_cli_load(&a.eo, a.model, TOOL, &rt, &tok, &ex))
         goto done;
-    if (a.dataset ? from_file(&a, &d) : synthetic(&a, rt, tok, &d))
+    if (a.dataset ? from_file(&a, rt, tok, &d) : synthetic(&a, rt, tok, &d))
         goto done;
     b.recs = calloc((size_t)d.n, sizeof *b.recs);
     if (b.recs == NULL)
@@ -711,6 +821,12 @@ int anvil_cmd_bench(int argc, char **argv)
                "text, events)\n",
                1e3 * m.schedule_s / (double)m.steps, 1e3 * m.forward_s / (double)m.steps,
                1e3 * m.tokens_s / (double)m.steps);
+    const double mask_us = m.grammar_tokens > 0 ? 1e6 * m.grammar_s / (double)m.grammar_tokens : 0.0;
+    if (d.n_grams > 0)
+        printf("  structured output          %ld of %ld requests constrained; %d distinct grammars compiled in %.2f ms "
+               "(vocabulary %.2f ms, once); masks %.1f us a token (%lld tokens, %.1f%% of the tokens phase)\n",
+               d.n_constrained, d.n, d.n_grams, 1e3 * d.compile_s, 1e3 * d.vocab_s, mask_us,
+               (long long)m.grammar_tokens, m.tokens_s > 0 ? 100.0 * m.grammar_s / m.tokens_s : 0.0);
     if (m.steps > 0)
         printf("  overlap scheduler          %s: %lld of %lld steps launched beside the one before, %.3f ms of "
                "schedule + tokens a step hidden under the device\n",
@@ -729,6 +845,11 @@ int anvil_cmd_bench(int argc, char **argv)
         json_object_set_new(cfgj, "input_len", json_sprintf("%ld:%ld", a.input_len.lo, a.input_len.hi));
         json_object_set_new(cfgj, "output_len", json_sprintf("%ld:%ld", a.output_len.lo, a.output_len.hi));
         json_object_set_new(cfgj, "shared_prefix", json_integer(a.shared_prefix));
+        json_object_set_new(cfgj, "response_format",
+                            a.json_schema ? json_string("json_schema")
+                            : a.response_format ? json_string(a.response_format)
+                                                : json_null());
+        json_object_set_new(cfgj, "json_schema", a.json_schema ? json_string(a.json_schema) : json_null());
         json_object_set_new(cfgj, "concurrency", json_integer(conc));
         json_object_set_new(cfgj, "request_rate", a.request_rate > 0 ? json_real(a.request_rate) : json_null());
         json_object_set_new(cfgj, "policy", json_string(a.eo.ex.policy == ANVIL_CAPACITY_MAX_UTILIZATION
@@ -761,6 +882,15 @@ int anvil_cmd_bench(int argc, char **argv)
         json_object_set_new(o, "tokens_s", json_real(m.tokens_s));
         json_object_set_new(o, "overlapped_s", json_real(m.overlapped_s));
         json_object_set_new(o, "overlap_steps", json_integer(m.overlap_steps));
+        json_t *gj = json_object();
+        json_object_set_new(gj, "constrained_requests", json_integer(d.n_constrained));
+        json_object_set_new(gj, "distinct", json_integer(d.n_grams));
+        json_object_set_new(gj, "compile_s", json_real(d.compile_s));
+        json_object_set_new(gj, "vocab_s", json_real(d.vocab_s));
+        json_object_set_new(gj, "grammar_s", json_real(m.grammar_s));
+        json_object_set_new(gj, "grammar_tokens", json_integer(m.grammar_tokens));
+        json_object_set_new(gj, "mask_us_per_token", json_real(mask_us));
+        json_object_set_new(o, "grammar", gj);
         json_object_set_new(lat, "ttft", summary_json(s_ttft, 1e3));
         json_object_set_new(lat, "itl", summary_json(s_itl, 1e3));
         json_object_set_new(lat, "tpot", summary_json(s_tpot, 1e3));

@@ -196,6 +196,14 @@ int exec_cli_request_from_json(json_t *obj, exec_cli_request *out, char *err, si
 int exec_cli_structured_field(const char *key);
 int exec_cli_request_grammar(json_t *obj, const anvil_tokenizer *tok, const anvil_model_config *cfg,
                              anvil_grammar_vocab **vocab, anvil_grammar **out, char *err, size_t n);
+/* The vocabulary alone (*vocab built once, as above), for a caller that
+ * times it apart from the compiles. 0, or -1 with err. */
+int exec_cli_grammar_vocab(const anvil_tokenizer *tok, const anvil_model_config *cfg, anvil_grammar_vocab **vocab,
+                           char *err, size_t n);
+/* What decides obj's grammar, as text (its structured fields, compact with
+ * sorted keys; *key malloc'd, NULL when it asks for none): equal keys
+ * compile to the same grammar. 0, or -1 out of memory. */
+int exec_cli_grammar_key(json_t *obj, char **key);
 void exec_cli_request_clear(exec_cli_request *r);
 
 /* One result as JSON (OpenAI-like choices, usage, finish reason); beam:

@@ -132,10 +132,48 @@ int exec_cli_request_grammar(json_t *obj, const anvil_tokenizer *tok, const anvi
         snprintf(err, n, "structured output needs the model's tokenizer");
         return -1;
     }
+    if (exec_cli_grammar_vocab(tok, cfg, vocab, err, n) != 0)
+        return -1;
+    return compile_field(field, val, *vocab, out, err, n);
+}
+
+int exec_cli_grammar_vocab(const anvil_tokenizer *tok, const anvil_model_config *cfg, anvil_grammar_vocab **vocab,
+                           char *err, size_t n)
+{
+    if (tok == NULL) {
+        snprintf(err, n, "structured output needs the model's tokenizer");
+        return -1;
+    }
     if (*vocab == NULL && anvil_grammar_vocab_from_tokenizer(tok, (int32_t)cfg->vocab_size, cfg->eos_token_ids,
                                                              cfg->n_eos_token_ids, vocab) != ANVIL_OK) {
         snprintf(err, n, "the vocabulary for structured output: %s", anvil_last_error());
         return -1;
     }
-    return compile_field(field, val, *vocab, out, err, n);
+    return 0;
+}
+
+int exec_cli_grammar_key(json_t *obj, char **key)
+{
+    *key = NULL;
+    json_t *sel = json_object();
+    if (sel == NULL)
+        return -1;
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        if (!exec_cli_structured_field(k) || json_is_null(v))
+            continue;
+        const char *ty = json_string_value(json_object_get(v, "type"));
+        if (strcmp(k, "response_format") == 0 && ty && strcmp(ty, "text") == 0)
+            continue;
+        json_object_set(sel, k, v);
+    }
+    int rc = 0;
+    if (json_object_size(sel) > 0) {
+        *key = json_dumps(sel, JSON_COMPACT | JSON_SORT_KEYS);
+        rc = *key ? 0 : -1;
+    }
+    json_decref(sel);
+    return rc;
 }

@@ -315,6 +315,11 @@ typedef struct anvil_executor_metrics {
     int64_t overlap_steps;         /* steps launched while another was on the device */
     int64_t refits;                /* anvil_executor_refit calls that replaced the weights */
     double refit_pause_s;          /* the last one's commit: how long steps waited for the copy */
+    /* structured output, part of tokens_s: the grammar's masks (filled and
+     * applied to the logits) and its matchers following the sampled tokens;
+     * grammar_tokens counts the masks (one a constrained token) */
+    double grammar_s;
+    int64_t grammar_tokens;
 } anvil_executor_metrics;
 
 /* A snapshot of the counters (updated after every step). */

@@ -226,6 +226,8 @@ struct anvil_executor {
     double schedule_s, forward_s, tokens_s; /* parts of busy_s (anvil_executor_metrics) */
     double overlapped_s;
     int64_t c_overlap_steps;
+    double grammar_s;         /* masks and matchers (anvil_executor_metrics) */
+    int64_t c_grammar;
     double rate_t[64];
     int64_t rate_g[64];
     int32_t rate_i;

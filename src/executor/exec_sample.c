@@ -217,7 +217,11 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
     anvil_logits_apply(ex->sampler, &proc, w, r->prompt, r->n_prompt, s->tokens + r->n_prompt, n_gen);
     if (s->gm != NULL) {
         int none = 0;
-        TRY(apply_grammar(ex, s, w, &none));
+        const double t0 = anvil_exec_now();
+        const anvil_status st = apply_grammar(ex, s, w, &none);
+        ex->grammar_s += anvil_exec_now() - t0;
+        ex->c_grammar++;
+        TRY(st);
         if (none)
             return end_by_grammar(ex, r, s);
     }
@@ -261,8 +265,12 @@ anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32
         return anvil_exec_nonfinite(ex, r, s);
     /* the grammar follows the token first: a token it refuses (its mask
      * was not applied) fails the request before anything is output */
-    if (s->gm != NULL)
-        TRY(anvil_grammar_matcher_accept_token(s->gm, tok));
+    if (s->gm != NULL) {
+        const double t0 = anvil_exec_now();
+        const anvil_status st = anvil_grammar_matcher_accept_token(s->gm, tok);
+        ex->grammar_s += anvil_exec_now() - t0;
+        TRY(st);
+    }
     int32_t n_gen = s->n_tokens - r->n_prompt;
     s->tokens[s->n_tokens++] = tok;
     n_gen++;

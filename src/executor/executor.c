@@ -239,6 +239,8 @@ static void publish_metrics(anvil_executor *ex)
     m->overlap_steps = ex->c_overlap_steps;
     m->refits = ex->c_refits;
     m->refit_pause_s = ex->refit_pause_s;
+    m->grammar_s = ex->grammar_s;
+    m->grammar_tokens = ex->c_grammar;
     const int32_t n = (int32_t)(sizeof ex->rate_t / sizeof ex->rate_t[0]);
     ex->rate_t[ex->rate_i] = now;
     ex->rate_g[ex->rate_i] = ex->c_generated;
