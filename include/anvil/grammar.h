@@ -126,8 +126,14 @@ anvil_status anvil_grammar_compile_choice(const anvil_grammar_vocab *v, const ch
                                           const size_t *lens, int n, const anvil_grammar_options *opts,
                                           anvil_grammar **out);
 
-/* Frees a grammar (no matcher may use it any more); NULL is a no-op. */
+/* Drops a reference to g: the last one frees it (no matcher may use it any
+ * more then); NULL is a no-op. A compile returns a grammar with one. */
 void anvil_grammar_free(anvil_grammar *g);
+
+/* Takes another reference to g (any thread; returns g): a compiled-grammar
+ * cache and the requests that use its grammar each hold one, and each
+ * drops it with anvil_grammar_free. */
+anvil_grammar *anvil_grammar_retain(anvil_grammar *g);
 
 /* The vocabulary g was compiled against (borrowed; its mask's size). */
 const anvil_grammar_vocab *anvil_grammar_get_vocab(const anvil_grammar *g);

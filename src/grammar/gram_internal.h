@@ -27,6 +27,7 @@
 #define ANVIL_GRAMMAR_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -205,6 +206,7 @@ struct anvil_grammar {
     gram g;
     const anvil_grammar_vocab *v;
     anvil_grammar_options o;
+    atomic_int refs;      /* anvil_grammar_retain / anvil_grammar_free (a server's cache shares one) */
     pthread_mutex_t lock; /* guards the cache below */
     gram_mask_entry **ht; /* mask cache: open addressing by key hash */
     size_t ht_cap, n_entries;

@@ -55,6 +55,7 @@ anvil_status gram_compiled_new(const anvil_grammar_vocab *v, const anvil_grammar
     }
     g->v = v;
     g->o = *o;
+    atomic_init(&g->refs, 1);
     if (pthread_mutex_init(&g->lock, NULL) != 0) {
         gram_free(&g->g);
         free(g);
@@ -79,9 +80,18 @@ const anvil_grammar_vocab *anvil_grammar_get_vocab(const anvil_grammar *g)
     return g ? g->v : NULL;
 }
 
+anvil_grammar *anvil_grammar_retain(anvil_grammar *g)
+{
+    if (g)
+        atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+    return g;
+}
+
 void anvil_grammar_free(anvil_grammar *g)
 {
-    if (!g)
+    /* the last reference frees: acq_rel so the freeing thread sees every
+     * other holder's writes (the mask cache) */
+    if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
         return;
     gram_mask_cache_free(g);
     pthread_mutex_destroy(&g->lock);

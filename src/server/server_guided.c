@@ -7,14 +7,17 @@
  *
  * The model's grammar vocabulary is built once, on its first constrained
  * request (about 0.5 s for a 128k vocabulary), under the model's guided_mu,
- * and freed with the model. Every request compiles its own grammar (the
- * request owns it: freed with its srv_gen, after its last final event).
+ * and freed with the model. A request's grammar comes from the model's
+ * compiled-grammar cache (server_grammar_cache.c: the same kind and text
+ * compile once) or is compiled and put there; the request holds a
+ * reference, dropped with its srv_gen after its last final event.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "anvil/grammar.h"
+#include "core/error.h"
 #include "server/server_guided.h"
 
 static int refuse(srv_guided_err *e, int status, const char *param, const char *fmt, const char *arg)
@@ -42,6 +45,8 @@ static int vocab(srv_model *m, const anvil_grammar_vocab **out, const char *para
         return refuse(e, 400, param, "structured output needs the model's tokenizer (this model has none)%s",
                       NULL);
     pthread_mutex_lock(&m->guided_mu);
+    if (m->gcache == NULL) /* out of memory: requests compile uncached */
+        m->gcache = srv_gcache_create(SRV_GCACHE_DEFAULT);
     if (m->guided_vocab == NULL) {
         const anvil_model_config *cfg = m->rt ? anvil_runtime_config(m->rt) : NULL;
         anvil_status st = anvil_grammar_vocab_from_tokenizer(
@@ -65,6 +70,79 @@ int srv_guided_vocab(srv_model *m, const anvil_grammar_vocab **out, const char *
 void srv_guided_json_options(anvil_grammar_options *o)
 {
     json_opts(o);
+}
+
+/* kind + text: the key, and the compile on a miss */
+anvil_status srv_guided_compile(srv_gcache *cache, const anvil_grammar_vocab *v, char kind, const char *text,
+                                size_t len, anvil_grammar **out)
+{
+    if (kind == SRV_GUIDED_OBJECT)
+        len = 0;
+    char *key = malloc(len + 1);
+    if (key == NULL)
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    key[0] = kind;
+    if (len)
+        memcpy(key + 1, text, len);
+    *out = srv_gcache_get(cache, key, len + 1);
+    if (*out != NULL) {
+        free(key);
+        return ANVIL_OK;
+    }
+    anvil_grammar_options o;
+    json_opts(&o);
+    anvil_status st;
+    switch (kind) {
+    case SRV_GUIDED_JSON: st = anvil_grammar_compile_json_schema(v, text, len, &o, out); break;
+    case SRV_GUIDED_OBJECT: st = anvil_grammar_compile_json_object(v, &o, out); break;
+    case SRV_GUIDED_REGEX: st = anvil_grammar_compile_regex(v, text, len, NULL, out); break;
+    default: st = anvil_grammar_compile_ebnf(v, text, len, NULL, NULL, out); break;
+    }
+    if (st == ANVIL_OK)
+        srv_gcache_put(cache, key, len + 1, *out);
+    free(key);
+    return st;
+}
+
+/* guided_choice: its strings, each after its length, as one key */
+static anvil_status compile_choice(srv_gcache *cache, const anvil_grammar_vocab *v, const char *const *ch,
+                                   const size_t *lens, int n, anvil_grammar **out)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += 21 + lens[i];
+    char *key = malloc(len);
+    if (key == NULL)
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    size_t k = 0;
+    key[k++] = 'c';
+    for (int i = 0; i < n; i++) {
+        k += (size_t)snprintf(key + k, len - k, "%zu:", lens[i]);
+        memcpy(key + k, ch[i], lens[i]);
+        k += lens[i];
+    }
+    *out = srv_gcache_get(cache, key, k);
+    anvil_status st = ANVIL_OK;
+    if (*out == NULL) {
+        st = anvil_grammar_compile_choice(v, ch, lens, n, NULL, out);
+        if (st == ANVIL_OK)
+            srv_gcache_put(cache, key, k, *out);
+    }
+    free(key);
+    return st;
+}
+
+srv_gcache *srv_guided_cache(srv_model *m)
+{
+    pthread_mutex_lock(&m->guided_mu);
+    srv_gcache *c = m->gcache;
+    pthread_mutex_unlock(&m->guided_mu);
+    return c;
+}
+
+void srv_guided_cache_stats(srv_model *m, srv_gcache_stats *out)
+{
+    srv_gcache_get_stats(srv_guided_cache(m), out);
 }
 
 /* The engine's verdict on a compile: a refused schema or grammar is the
@@ -96,9 +174,8 @@ static int from_response_format(srv_model *m, json_t *rf, anvil_grammar **out, s
     if (strcmp(ty, "json_object") == 0) {
         if (vocab(m, &v, "response_format", e) < 0)
             return -1;
-        anvil_grammar_options o;
-        json_opts(&o);
-        return compiled(anvil_grammar_compile_json_object(v, &o, out), "response_format", e);
+        return compiled(srv_guided_compile(srv_guided_cache(m), v, SRV_GUIDED_OBJECT, NULL, 0, out),
+                        "response_format", e);
     }
     /* json_schema: {name, schema, strict, description}; always strict */
     json_t *js = json_object_get(rf, "json_schema");
@@ -117,14 +194,13 @@ static int from_response_format(srv_model *m, json_t *rf, anvil_grammar **out, s
                       NULL);
     if (vocab(m, &v, "response_format.json_schema.schema", e) < 0)
         return -1;
-    anvil_grammar_options o;
-    json_opts(&o);
+    srv_gcache *cache = srv_guided_cache(m);
     if (schema == NULL) /* no schema: any JSON object */
-        return compiled(anvil_grammar_compile_json_object(v, &o, out), "response_format", e);
+        return compiled(srv_guided_compile(cache, v, SRV_GUIDED_OBJECT, NULL, 0, out), "response_format", e);
     char *text;
     if (json_schema_text(schema, "response_format.json_schema.schema", e, &text) < 0)
         return -1;
-    int rc = compiled(anvil_grammar_compile_json_schema(v, text, strlen(text), &o, out),
+    int rc = compiled(srv_guided_compile(cache, v, SRV_GUIDED_JSON, text, strlen(text), out),
                       "response_format.json_schema.schema", e);
     free(text);
     return rc;
@@ -149,11 +225,9 @@ static int from_guided(srv_model *m, const char *field, json_t *val, anvil_gramm
             return refuse(e, 400, "guided_json", "'guided_json' must be a JSON schema (an object or a string)%s",
                           NULL);
         }
-        anvil_grammar_options o;
-        json_opts(&o);
         int rc = vocab(m, &v, field, e);
         if (rc == 0)
-            rc = compiled(anvil_grammar_compile_json_schema(v, s, len, &o, out), field, e);
+            rc = compiled(srv_guided_compile(srv_guided_cache(m), v, SRV_GUIDED_JSON, s, len, out), field, e);
         free(text);
         return rc;
     }
@@ -164,8 +238,8 @@ static int from_guided(srv_model *m, const char *field, json_t *val, anvil_gramm
             return -1;
         const char *s = json_string_value(val);
         const size_t len = json_string_length(val);
-        return compiled(field[7] == 'r' ? anvil_grammar_compile_regex(v, s, len, NULL, out)
-                                        : anvil_grammar_compile_ebnf(v, s, len, NULL, NULL, out),
+        return compiled(srv_guided_compile(srv_guided_cache(m), v, field[7] == 'r' ? SRV_GUIDED_REGEX : SRV_GUIDED_EBNF,
+                                           s, len, out),
                         field, e);
     }
     /* guided_choice */
@@ -191,7 +265,7 @@ static int from_guided(srv_model *m, const char *field, json_t *val, anvil_gramm
     if (rc == 0)
         rc = vocab(m, &v, field, e);
     if (rc == 0)
-        rc = compiled(anvil_grammar_compile_choice(v, ch, lens, (int)n, NULL, out), field, e);
+        rc = compiled(compile_choice(srv_guided_cache(m), v, ch, lens, (int)n, out), field, e);
     free(ch);
     free(lens);
     return rc;
@@ -228,6 +302,8 @@ int srv_guided_map(srv_model *m, json_t *body, anvil_grammar **out, srv_guided_e
 
 void srv_guided_model_free(srv_model *m)
 {
+    srv_gcache_free(m->gcache); /* its grammars use the vocabulary */
+    m->gcache = NULL;
     anvil_grammar_vocab_free(m->guided_vocab);
     m->guided_vocab = NULL;
 }

@@ -47,6 +47,7 @@ typedef struct srv_model {
      * the first constrained request, under guided_mu */
     pthread_mutex_t guided_mu;
     anvil_grammar_vocab *guided_vocab;
+    struct srv_gcache *gcache; /* compiled grammars (server_grammar_cache.c), made with the vocabulary */
     int tool_parser;           /* tool-call syntax from its template (server_tools.h) + 1; 0: not read yet (guided_mu) */
 } srv_model;
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/server_guided.h"
 #include "server/server_internal.h"
 
 static const double bounds[SRV_N_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -173,6 +174,25 @@ char *srv_metrics_text(struct anvil_server *s)
                 break;
             }
             pthread_mutex_unlock(&m->mu);
+        }
+    }
+    /* the compiled-grammar cache (server_grammar_cache.c) */
+    static const char *const gc[][2] = {
+        {"anvil_grammar_cache_hits_total", "Structured-output and tool grammars reused from the model's cache."},
+        {"anvil_grammar_cache_misses_total", "Structured-output and tool grammars compiled (not in the cache)."},
+        {"anvil_grammar_cache_evictions_total", "Compiled grammars dropped from the cache at its bound."},
+        {"anvil_grammar_cache_entries", "Compiled grammars in the model's cache."},
+    };
+    for (int gi = 0; gi < 4; gi++) {
+        put(&b, "# HELP %s %s\n# TYPE %s %s\n", gc[gi][0], gc[gi][1], gc[gi][0], gi < 3 ? "counter" : "gauge");
+        for (int i = 0; i < n_models; i++) {
+            srv_gcache_stats gs;
+            srv_guided_cache_stats(models[i], &gs);
+            const unsigned long long v = gi == 0   ? gs.hits
+                                         : gi == 1 ? gs.misses
+                                         : gi == 2 ? gs.evictions
+                                                   : (unsigned long long)gs.entries;
+            put(&b, "%s{model=\"%s\"} %llu\n", gc[gi][0], models[i]->name, v);
         }
     }
     static const char *const hists[][2] = {

@@ -513,11 +513,10 @@ static int chat_tools(parse_ctx *c, srv_mapped *q, json_t *body, char **tools_js
     const anvil_grammar_vocab *v;
     if (srv_guided_vocab(q->model, &v, "tool_choice", &e) < 0)
         return fail(c, e.status, e.param, e.status == 400 ? "invalid_value" : NULL, "%s", e.msg);
-    anvil_grammar_options o;
-    srv_guided_json_options(&o);
     int st = 0;
     char msg[512];
-    if (srv_tools_force(v, &o, q->tool_parser, tools, named, parallel, &q->grammar, tail, &st, msg, sizeof msg) < 0)
+    if (srv_tools_force_cached(srv_guided_cache(q->model), v, q->tool_parser, tools, named, parallel, &q->grammar,
+                               tail, &st, msg, sizeof msg) < 0)
         return fail(c, st, st == 400 ? "tools" : NULL, st == 400 ? "invalid_value" : NULL,
                     "the tools' parameters: %s", msg);
     q->req.grammar = q->grammar;

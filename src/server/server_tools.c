@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "server/server_guided.h"
 #include "server/server_tools.h"
 
 static const char HERMES_OPEN[] = "<tool_call>";
@@ -544,9 +545,9 @@ char *srv_tools_force_schema(int parser, json_t *tools, const char *name, int pa
     return s;
 }
 
-int srv_tools_force(const anvil_grammar_vocab *v, const anvil_grammar_options *opts, int parser, json_t *tools,
-                    const char *name, int parallel, anvil_grammar **out, const char **tail, int *status,
-                    char *msg, size_t cap)
+static int force(struct srv_gcache *cache, const anvil_grammar_vocab *v, const anvil_grammar_options *opts,
+                 int parser, json_t *tools, const char *name, int parallel, anvil_grammar **out, const char **tail,
+                 int *status, char *msg, size_t cap)
 {
     *out = NULL;
     *tail = parser == SRV_TOOLS_HERMES ? "<tool_call>\n" : parser == SRV_TOOLS_MISTRAL ? MISTRAL_OPEN : "";
@@ -556,11 +557,27 @@ int srv_tools_force(const anvil_grammar_vocab *v, const anvil_grammar_options *o
         snprintf(msg, cap, "out of memory");
         return -1;
     }
-    anvil_status st = anvil_grammar_compile_json_schema(v, schema, strlen(schema), opts, out);
+    /* agents send the same tools on every request: the cache compiles them once */
+    anvil_status st = opts ? anvil_grammar_compile_json_schema(v, schema, strlen(schema), opts, out)
+                           : srv_guided_compile(cache, v, SRV_GUIDED_JSON, schema, strlen(schema), out);
     free(schema);
     if (st == ANVIL_OK)
         return 0;
     *status = st == ANVIL_ERR_OOM ? 500 : 400;
     snprintf(msg, cap, "%s", st == ANVIL_ERR_OOM ? "out of memory compiling the tools' grammar" : anvil_last_error());
     return -1;
+}
+
+int srv_tools_force(const anvil_grammar_vocab *v, const anvil_grammar_options *opts, int parser, json_t *tools,
+                    const char *name, int parallel, anvil_grammar **out, const char **tail, int *status,
+                    char *msg, size_t cap)
+{
+    return force(NULL, v, opts, parser, tools, name, parallel, out, tail, status, msg, cap);
+}
+
+int srv_tools_force_cached(struct srv_gcache *cache, const anvil_grammar_vocab *v, int parser, json_t *tools,
+                           const char *name, int parallel, anvil_grammar **out, const char **tail, int *status,
+                           char *msg, size_t cap)
+{
+    return force(cache, v, NULL, parser, tools, name, parallel, out, tail, status, msg, cap);
 }

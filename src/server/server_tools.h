@@ -93,6 +93,13 @@ int srv_tools_force(const anvil_grammar_vocab *v, const anvil_grammar_options *o
                     const char *name, int parallel, anvil_grammar **out, const char **tail, int *status,
                     char *msg, size_t cap);
 
+/* The same through the model's compiled-grammar cache (cache: server_guided.h's
+ * srv_guided_cache; JSON compiled with srv_guided_json_options, not opts'). */
+struct srv_gcache;
+int srv_tools_force_cached(struct srv_gcache *cache, const anvil_grammar_vocab *v, int parser, json_t *tools,
+                           const char *name, int parallel, anvil_grammar **out, const char **tail, int *status,
+                           char *msg, size_t cap);
+
 /* The forcing schema itself (the text srv_tools_force compiles; malloc'd),
  * for tests. NULL out of memory. */
 char *srv_tools_force_schema(int parser, json_t *tools, const char *name, int parallel);
