@@ -62,6 +62,8 @@ static void usage(FILE *out)
             "                              closed (also the idle keep-alive time; default 10; 0: none)\n"
             "      --stream-interval N     write a stream every N steps, the steps between together\n"
             "                              (default 1: every token as it comes)\n"
+            "      --grammar-cache N       compiled grammars (structured output, forced tool calls) each\n"
+            "                              model keeps for requests that send them again (default 64; 0: none)\n"
             "      --load-timeout S        a model load that takes longer fails (default 900; 0: none)\n"
             "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10);\n"
             "                              a signal during the start's loads cancels them; a second\n"
@@ -82,6 +84,7 @@ enum {
     OPT_QUEUE,
     OPT_CONNS,
     OPT_STREAM_INTERVAL,
+    OPT_GRAMMAR_CACHE,
     OPT_SHUTDOWN,
     OPT_REPO,
     OPT_LOAD,
@@ -211,6 +214,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"max-queue-size", required_argument, 0, OPT_QUEUE},
         {"max-connections", required_argument, 0, OPT_CONNS},
         {"stream-interval", required_argument, 0, OPT_STREAM_INTERVAL},
+        {"grammar-cache", required_argument, 0, OPT_GRAMMAR_CACHE},
         {"shutdown-timeout", required_argument, 0, OPT_SHUTDOWN},
         {"model-repo", required_argument, 0, OPT_REPO},
         {"load-model", required_argument, 0, OPT_LOAD},
@@ -333,6 +337,11 @@ int anvil_cmd_serve(int argc, char **argv)
             if (exec_cli_int(optarg, "--stream-interval", 1, 1000, &v, tool))
                 return 2;
             so.stream_interval = (int)v;
+            break;
+        case OPT_GRAMMAR_CACHE:
+            if (exec_cli_int(optarg, "--grammar-cache", 0, 1 << 20, &v, tool))
+                return 2;
+            so.grammar_cache_entries = (int)v;
             break;
         case OPT_SHUTDOWN:
             if (exec_cli_double(optarg, "--shutdown-timeout", 0, 3600, &shutdown_s, tool))

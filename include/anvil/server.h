@@ -113,6 +113,11 @@ typedef struct anvil_server_options {
      * "auto" (the default): from each model's chat template and tokenizer.
      * Another name is refused by create. */
     const char *tool_call_parser;
+    /* Compiled grammars (response_format, guided_*, forced tool calls) each
+     * model keeps for requests that send the same schema, expression or
+     * tools again; least recently used first out. Default 64; 0: none
+     * (every request compiles). */
+    int grammar_cache_entries;
 } anvil_server_options;
 
 void anvil_server_options_default(anvil_server_options *o);

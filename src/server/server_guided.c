@@ -46,7 +46,7 @@ static int vocab(srv_model *m, const anvil_grammar_vocab **out, const char *para
                       NULL);
     pthread_mutex_lock(&m->guided_mu);
     if (m->gcache == NULL) /* out of memory: requests compile uncached */
-        m->gcache = srv_gcache_create(SRV_GCACHE_DEFAULT);
+        m->gcache = srv_gcache_create(m->srv ? m->srv->opts.grammar_cache_entries : SRV_GCACHE_DEFAULT);
     if (m->guided_vocab == NULL) {
         const anvil_model_config *cfg = m->rt ? anvil_runtime_config(m->rt) : NULL;
         anvil_status st = anvil_grammar_vocab_from_tokenizer(

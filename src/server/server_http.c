@@ -62,6 +62,7 @@ void anvil_server_options_default(anvil_server_options *o)
     o->unload_timeout_s = 10;
     o->load_timeout_s = 900;
     o->stream_interval = 1;
+    o->grammar_cache_entries = 64;
     o->header_timeout_s = 10;
     o->max_connections_per_client = 0; /* max_connections / 2 */
 }

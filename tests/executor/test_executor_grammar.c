@@ -6,7 +6,8 @@
  * the samples. Unconstrained requests batched with constrained ones give
  * the tokens they give alone (the grammar rows take the host path, the
  * others are untouched), with the overlap scheduler too, whose constrained
- * outputs equal the synchronous loop's. A grammar with beam search, or
+ * outputs equal the synchronous loop's; the metrics count a mask per
+ * constrained token (grammar_s, within tokens_s). A grammar with beam search, or
  * over a vocabulary larger than the model's, is refused at enqueue.
  */
 #include <regex.h>
@@ -162,9 +163,31 @@ static void test_constrained_and_plain(void **st)
         make(&q, 200 + i, NULL);
         KIT_OK(anvil_executor_generate(ex, &q, &alone[i]));
     }
+    anvil_executor_metrics m;
+    KIT_OK(anvil_executor_stats(ex, &m));
+    assert_int_equal(m.grammar_tokens, 0); /* unconstrained: no grammar time */
+    assert_true(m.grammar_s == 0.0);
     anvil_result *mixed[2 * N_SEEDS + N_PLAIN];
     run_mix(ex, 1, mixed);
     check_mix(mixed, 1);
+    /* the grammar's time: one mask per constrained token, give or take one
+     * a sequence (its stop token, not in its tokens; n = 2's samples fork
+     * after a mask), a part of tokens_s */
+    KIT_OK(anvil_executor_stats(ex, &m));
+    int64_t toks = 0, seqs = 0;
+    for (int i = 0, k = 0; i < N_SEEDS; i++) {
+        for (int j = 0; j < 2; j++, k++) {
+            for (int s = 0; s < mixed[k]->n_sequences; s++)
+                toks += mixed[k]->sequences[s].n_tokens;
+            seqs += mixed[k]->n_sequences;
+        }
+        if (i < N_PLAIN)
+            k++;
+    }
+    if (m.grammar_tokens < toks - seqs || m.grammar_tokens > toks + seqs)
+        fail_msg("%lld masks for %lld constrained tokens of %lld sequences", (long long)m.grammar_tokens,
+                 (long long)toks, (long long)seqs);
+    assert_true(m.grammar_s > 0.0 && m.grammar_s <= m.tokens_s);
     for (int i = 0; i < N_PLAIN; i++)
         same_tokens(alone[i], mixed[3 * i + 2]);
     anvil_executor_free(ex);

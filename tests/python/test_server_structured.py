@@ -91,6 +91,41 @@ def test_guided_choice_regex_json_grammar(client):
     assert re.fullmatch(r"a[0-9][0-9]?;", r.choices[0].text), r.choices[0].text
 
 
+def cache_counts(server):
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=30).read().decode()
+    out = {}
+    for k in ("hits", "misses"):
+        m = re.search(r'^anvil_grammar_cache_%s_total\{model="tinycode"\} (\d+)$' % k, text, re.M)
+        assert m, text
+        out[k] = int(m.group(1))
+    return out
+
+
+def test_compiled_grammar_cache(server, client):
+    """The same schema again is a cache hit (not compiled twice), with the
+    output of the first compile; a changed schema is a miss."""
+    schema = {"type": "object", "properties": {"tag": {"type": "string", "maxLength": 6},
+                                               "k": {"enum": ["a", "b", "cache-test"]}},
+              "required": ["tag", "k"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}
+    before = cache_counts(server)
+    texts = []
+    for _ in range(2):
+        r = client.completions.create(model="tinycode", prompt="x = ", max_tokens=40, temperature=0,
+                                      extra_body={"response_format": fmt})
+        texts.append(r.choices[0].text)
+        jsonschema.validate(json.loads(r.choices[0].text), schema)
+    after = cache_counts(server)
+    assert after["misses"] - before["misses"] == 1, (before, after)
+    assert after["hits"] - before["hits"] == 1, (before, after)
+    assert texts[0] == texts[1]
+    schema["properties"]["k"]["enum"].append("d")
+    client.completions.create(model="tinycode", prompt="x = ", max_tokens=4, temperature=0,
+                              extra_body={"response_format": fmt})
+    assert cache_counts(server)["misses"] - after["misses"] == 1
+
+
 def test_chat_and_stream(client):
     schema = schema_of(Pet)
     fmt = {"type": "json_schema", "json_schema": {"name": "pet", "schema": schema}}
