@@ -45,8 +45,10 @@ static int vocab(srv_model *m, const anvil_grammar_vocab **out, const char *para
         return refuse(e, 400, param, "structured output needs the model's tokenizer (this model has none)%s",
                       NULL);
     pthread_mutex_lock(&m->guided_mu);
-    if (m->gcache == NULL) /* out of memory: requests compile uncached */
-        m->gcache = srv_gcache_create(m->srv ? m->srv->opts.grammar_cache_entries : SRV_GCACHE_DEFAULT);
+    if (m->gcache == NULL) /* out of memory: requests compile uncached; atomic: /metrics reads it unlocked */
+        __atomic_store_n(&m->gcache,
+                         srv_gcache_create(m->srv ? m->srv->opts.grammar_cache_entries : SRV_GCACHE_DEFAULT),
+                         __ATOMIC_RELEASE);
     if (m->guided_vocab == NULL) {
         const anvil_model_config *cfg = m->rt ? anvil_runtime_config(m->rt) : NULL;
         anvil_status st = anvil_grammar_vocab_from_tokenizer(
@@ -132,12 +134,11 @@ static anvil_status compile_choice(srv_gcache *cache, const anvil_grammar_vocab 
     return st;
 }
 
+/* Not under guided_mu, which a vocabulary build holds for up to 0.5 s:
+ * /metrics must not wait for it. Set once, freed with the model. */
 srv_gcache *srv_guided_cache(srv_model *m)
 {
-    pthread_mutex_lock(&m->guided_mu);
-    srv_gcache *c = m->gcache;
-    pthread_mutex_unlock(&m->guided_mu);
-    return c;
+    return __atomic_load_n(&m->gcache, __ATOMIC_ACQUIRE);
 }
 
 void srv_guided_cache_stats(srv_model *m, srv_gcache_stats *out)
