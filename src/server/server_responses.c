@@ -184,13 +184,23 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     json_t *text = get(in, "text"), *fmt = text ? get(text, "format") : NULL;
     if (text && !json_is_object(text))
         return fail(status, err, "text", "invalid_type", "'text' must be an object");
+    /* text.format: "text", or structured output as chat's response_format
+     * (json_schema's name / schema / strict sit in the format itself here;
+     * made below, once nothing else can be refused) */
+    const char *ft = NULL;
     if (fmt) {
-        const char *t = json_string_value(get(fmt, "type"));
-        if (t == NULL)
-            return fail(status, err, "text.format", "invalid_value", "'text.format' must be {\"type\": \"text\"}");
-        if (strcmp(t, "text") != 0)
-            return fail(status, err, "text.format", "unsupported",
-                        "'text.format' of type '%.40s' is not supported (no constrained decoding); use \"text\"", t);
+        ft = json_is_object(fmt) ? json_string_value(get(fmt, "type")) : NULL;
+        if (ft == NULL)
+            return fail(status, err, "text.format", "invalid_value",
+                        "'text.format' must be an object with a 'type': \"text\", \"json_object\" or \"json_schema\"");
+        if (strcmp(ft, "json_schema") == 0 && !json_is_object(get(fmt, "schema")))
+            return fail(status, err, "text.format.schema", "invalid_value",
+                        "'text.format.schema' must be a JSON schema object");
+        if (strcmp(ft, "text") != 0 && strcmp(ft, "json_object") != 0 && strcmp(ft, "json_schema") != 0)
+            return fail(status, err, "text.format", "invalid_value",
+                        "'text.format' of type '%.40s': use \"text\", \"json_object\" or \"json_schema\"", ft);
+        if (strcmp(ft, "text") == 0)
+            ft = NULL;
     }
     json_t *instr = get(in, "instructions");
     if (instr && !json_is_string(instr))
@@ -215,6 +225,19 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     }
     json_t *o = json_object();
     json_object_set_new(o, "messages", msgs);
+    if (ft) { /* compiled by the chat mapping's structured output */
+        json_t *rf = json_object();
+        json_object_set_new(rf, "type", json_string(ft));
+        if (strcmp(ft, "json_schema") == 0) {
+            json_t *js = json_object(), *name = get(fmt, "name"), *strict = get(fmt, "strict");
+            json_object_set_new(js, "name", name ? json_incref(name) : json_string("response"));
+            json_object_set(js, "schema", get(fmt, "schema"));
+            if (strict)
+                json_object_set(js, "strict", strict);
+            json_object_set_new(rf, "json_schema", js);
+        }
+        json_object_set_new(o, "response_format", rf);
+    }
     /* the fields the chat mapping checks; vLLM's extensions pass through */
     static const char *const same[] = {"model", "temperature", "top_p", "stream", "user", "seed", "top_k",
                                        "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
@@ -236,6 +259,8 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     json_object_set_new(c, "top_p", p ? json_incref(p) : json_real(1.0));
     json_object_set_new(c, "metadata", meta ? json_incref(meta) : json_object());
     json_object_set(c, "user", get(in, "user") ? get(in, "user") : json_null());
+    if (ft)
+        json_object_set(c, "text_format", fmt); /* the response repeats it */
     *chat = o;
     *ctx = c;
     return 0;
@@ -297,9 +322,14 @@ static json_t *response_json(const srv_gen *g, const char *status, const char *t
     json_object_set_new(o, "reasoning", reasoning);
     json_object_set_new(o, "store", json_false()); /* nothing is kept */
     json_object_set(o, "temperature", json_object_get(ctx, "temperature"));
-    json_t *tf = json_object(), *f = json_object();
-    json_object_set_new(f, "type", json_string("text"));
-    json_object_set_new(tf, "format", f);
+    json_t *tf = json_object(), *f = json_object_get(ctx, "text_format");
+    if (f) {
+        json_object_set(tf, "format", f);
+    } else {
+        f = json_object();
+        json_object_set_new(f, "type", json_string("text"));
+        json_object_set_new(tf, "format", f);
+    }
     json_object_set_new(o, "text", tf);
     json_object_set_new(o, "tool_choice", json_string("none"));
     json_object_set_new(o, "tools", json_array());

@@ -2,7 +2,9 @@
 driven by the official openai client: responses.create, streamed and not,
 greedy text equal to the same conversation through /v1/chat/completions,
 instructions as the system turn, max_output_tokens (status "incomplete"),
-the stream's events in order with their sequence numbers, and each refused
+the stream's events in order with their sequence numbers, text.format
+json_schema / json_object (structured output, and openai's responses.parse
+with a pydantic model), and each refused
 field named. A real server on stories260K with Phi-3.5's chat template."""
 import http.client
 import json
@@ -122,6 +124,54 @@ def test_stream(client):
     assert final.status == "completed" and final.output_text == "".join(deltas) == events[-1].response.output_text
 
 
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                         "age": {"type": "integer", "minimum": 0, "maximum": 30},
+                                         "tags": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 3}},
+          "required": ["name", "age", "tags"], "additionalProperties": False}
+
+
+def test_text_format_json_schema(client):
+    """text.format json_schema (Responses' form of response_format): sampled at
+    temperature 1 from a random-ish model, every output parses and validates;
+    the response repeats the format; streamed equals not."""
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "name": "pet", "schema": SCHEMA, "strict": True}
+    for seed in range(4):
+        r = client.responses.create(model="stories260K", input="A pet", temperature=1.0, extra_body={"seed": seed},
+                                    max_output_tokens=120, text={"format": fmt})
+        assert r.status == "completed", r
+        jsonschema.validate(json.loads(r.output_text), SCHEMA)
+        assert r.text.format.type == "json_schema" and r.text.format.name == "pet"
+    with client.responses.stream(model="stories260K", input="A pet", temperature=1.0, extra_body={"seed": 1},
+                                 max_output_tokens=120, text={"format": fmt}) as stream:
+        streamed = stream.get_final_response().output_text
+    alone = client.responses.create(model="stories260K", input="A pet", temperature=1.0, extra_body={"seed": 1},
+                                    max_output_tokens=120, text={"format": fmt}).output_text
+    assert streamed == alone
+    # json_object bounds nothing: a random model's string may outrun the
+    # tokens (status "incomplete"), but what it wrote is an object's start
+    r = client.responses.create(model="stories260K", input="x", max_output_tokens=200,
+                                text={"format": {"type": "json_object"}})
+    if r.status == "completed":
+        assert isinstance(json.loads(r.output_text), dict)
+    else:
+        assert r.status == "incomplete" and r.output_text.startswith("{"), r
+
+
+def test_responses_parse_pydantic(client):
+    """openai's responses.parse with a pydantic model: text_format becomes a
+    strict json_schema, and the parsed output is an instance of the model."""
+    pydantic = pytest.importorskip("pydantic")
+
+    class Pet(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=12)
+        age: int = pydantic.Field(ge=0, le=30)
+
+    r = client.responses.parse(model="stories260K", input="A pet", temperature=1.0, extra_body={"seed": 5},
+                               max_output_tokens=80, text_format=Pet)
+    assert isinstance(r.output_parsed, Pet), r.output_text
+
+
 def test_refusals(client):
     cases = [
         (dict(input="x", previous_response_id="resp_1"), "previous_response_id"),
@@ -133,7 +183,8 @@ def test_refusals(client):
          "input[0].content[0]"),
         (dict(input=[{"type": "function_call_output", "call_id": "c", "output": "x"}]), "input[0]"),
         (dict(input=[{"role": "wizard", "content": "x"}]), "input"),
-        (dict(input="x", text={"format": {"type": "json_object"}}), "text.format"),
+        (dict(input="x", text={"format": {"type": "yaml"}}), "text.format"),
+        (dict(input="x", text={"format": {"type": "json_schema", "name": "x"}}), "text.format.schema"),
         (dict(input="x", temperature=3), "temperature"),
     ]
     for kw, param in cases:
