@@ -227,6 +227,31 @@ static void test_responses_map(void **state)
     json_decref(want);
     json_decref(o);
     json_decref(ctx);
+    /* text.format: json_schema's flat fields become chat's response_format, the response repeats the format */
+    o = responses("{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\", \"name\": \"p\", "
+                  "\"schema\": {\"type\": \"object\"}, \"strict\": true}}}",
+                  &ctx, param, sizeof param);
+    assert_non_null(o);
+    want = parse("{\"type\": \"json_schema\", \"json_schema\": {\"name\": \"p\", \"schema\": {\"type\": \"object\"}, "
+                 "\"strict\": true}}");
+    assert_true(json_equal(json_object_get(o, "response_format"), want));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ctx, "text_format"), "name")), "p");
+    json_decref(want);
+    json_decref(o);
+    json_decref(ctx);
+    o = responses("{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_object\"}}}", &ctx, param,
+                  sizeof param);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "response_format"), "type")),
+                        "json_object");
+    json_decref(o);
+    json_decref(ctx);
+    o = responses("{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"text\"}}}", &ctx, param, sizeof param);
+    assert_non_null(o);
+    assert_null(json_object_get(o, "response_format"));
+    assert_null(json_object_get(ctx, "text_format"));
+    json_decref(o);
+    json_decref(ctx);
     static const struct {
         const char *body, *param;
     } refused[] = {
@@ -242,7 +267,10 @@ static void test_responses_map(void **state)
         {"{\"input\": \"x\", \"background\": true}", "background"},
         {"{\"input\": \"x\", \"tools\": [{}]}", "tools"},
         {"{\"input\": \"x\", \"top_logprobs\": 2}", "top_logprobs"},
-        {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}", "text.format"},
+        {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}", "text.format.schema"},
+        {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"yaml\"}}}", "text.format"},
+        {"{\"input\": \"x\", \"text\": {\"format\": \"json\"}}", "text.format"},
+        {"{\"input\": \"x\", \"text\": 3}", "text"},
         {"{\"input\": \"x\", \"instructions\": 5}", "instructions"},
         {"{\"input\": \"x\", \"metadata\": []}", "metadata"},
     };
