@@ -41,7 +41,7 @@ void srv_gen_release(srv_gen *g)
     free(g->buf);
     free(g->role_sent);
     for (int32_t i = 0; g->tools_st && i < j->n_choices; i++)
-        srv_tools_stream_free(&g->tools_st[i]);
+        srv_tools_stream_free(g->tools_st[i]);
     free(g->tools_st);
     for (int32_t i = 0; j->echo && i < j->n_prompts; i++)
         free(j->echo[i]);
@@ -384,9 +384,8 @@ static void chunk_out(srv_gen *g, int32_t index, const char *text, size_t text_l
     sse(g, o);
 }
 
-/* The tool_calls of a message or delta: calls ({name, arguments}) with
- * their ids; delta: each with its index. */
-static json_t *tool_calls_json(const srv_gen *g, json_t *calls, int delta)
+/* The tool_calls of a message: calls ({name, arguments}) with their ids. */
+static json_t *tool_calls_json(const srv_gen *g, json_t *calls)
 {
     json_t *a = json_array();
     size_t i;
@@ -398,8 +397,6 @@ static json_t *tool_calls_json(const srv_gen *g, json_t *calls, int delta)
         json_t *f = json_object(), *tc = json_object();
         json_object_set(f, "name", json_object_get(c, "name"));
         json_object_set(f, "arguments", json_object_get(c, "arguments"));
-        if (delta)
-            json_object_set_new(tc, "index", json_integer((json_int_t)i));
         json_object_set_new(tc, "id", json_string(id));
         json_object_set_new(tc, "type", json_string("function"));
         json_object_set_new(tc, "function", f);
@@ -408,10 +405,17 @@ static json_t *tool_calls_json(const srv_gen *g, json_t *calls, int delta)
     return a;
 }
 
-/* A chat chunk of a tool-calls stream in the jansson shape: the calls'
- * delta (calls non-NULL), or the end with finish_reason "tool_calls". */
-static void tool_chunk(srv_gen *g, int32_t index, json_t *calls)
+/* A chat chunk of a tool-calls stream in the jansson shape: one call's
+ * delta (d non-NULL: its start with id, type and name and "arguments": "",
+ * or the next piece of its arguments, as OpenAI and vLLM stream them), or
+ * the end with finish_reason "tool_calls". */
+static void tool_chunk(srv_gen *g, int32_t index, const srv_tools_delta *d)
 {
+    if (d && g->wire) {
+        if (g->wire->tool)
+            g->wire->tool(g, d);
+        return;
+    }
     json_t *o = envelope(g, "chat.completion.chunk");
     json_t *c = json_object(), *delta = json_object();
     json_object_set_new(c, "index", json_integer(index));
@@ -419,11 +423,26 @@ static void tool_chunk(srv_gen *g, int32_t index, json_t *calls)
         json_object_set_new(delta, "role", json_string("assistant"));
         g->role_sent[index] = 1;
     }
-    if (calls)
-        json_object_set_new(delta, "tool_calls", tool_calls_json(g, calls, 1));
+    if (d) {
+        json_t *tc = json_object(), *f = json_object(), *a = json_array();
+        json_object_set_new(tc, "index", json_integer(d->index));
+        if (d->kind == SRV_TOOLS_DELTA_CALL) {
+            char id[40];
+            srv_tools_call_id(g->tool_parser, id, sizeof id);
+            json_object_set_new(tc, "id", json_string(id));
+            json_object_set_new(tc, "type", json_string("function"));
+            json_object_set_new(f, "name", jstr(d->text, d->len));
+            json_object_set_new(f, "arguments", json_string(""));
+        } else {
+            json_object_set_new(f, "arguments", jstr(d->text, d->len));
+        }
+        json_object_set_new(tc, "function", f);
+        json_array_append_new(a, tc);
+        json_object_set_new(delta, "tool_calls", a);
+    }
     json_object_set_new(c, "delta", delta);
     json_object_set_new(c, "logprobs", json_null());
-    json_object_set_new(c, "finish_reason", calls ? json_null() : json_string("tool_calls"));
+    json_object_set_new(c, "finish_reason", d ? json_null() : json_string("tool_calls"));
     json_t *choices = json_array();
     json_array_append_new(choices, c);
     json_object_set_new(o, "choices", choices);
@@ -432,9 +451,24 @@ static void tool_chunk(srv_gen *g, int32_t index, json_t *calls)
     sse(g, o);
 }
 
+/* A parser's deltas out: content as content chunks (the first carries
+ * the piece's logprobs, lp), calls as tool-call chunks. *lp: taken when
+ * used. */
+static void deltas_out(srv_gen *g, int32_t index, const srv_tools_delta *ev, int n_ev, json_t **lp)
+{
+    for (int i = 0; i < n_ev; i++) {
+        if (ev[i].kind == SRV_TOOLS_DELTA_CONTENT) {
+            chunk_out(g, index, ev[i].text, ev[i].len, *lp, ANVIL_REQUEST_RUNNING);
+            *lp = NULL;
+        } else {
+            tool_chunk(g, index, &ev[i]);
+        }
+    }
+}
+
 /* A chunk of a stream: with tools, through the choice's call parser (the
- * content that cannot be a call goes out at once; the calls, whole, at the
- * end: one delta each, as vLLM's and OpenAI's clients take them). */
+ * content that cannot be a call goes out at once; a call once its name is
+ * read, then its arguments piece by piece: server_tools_stream.c). */
 static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t text_len, json_t *lp,
                          anvil_request_finish finish)
 {
@@ -442,37 +476,29 @@ static void stream_chunk(srv_gen *g, int32_t index, const char *text, size_t tex
         chunk_out(g, index, text, text_len, lp, finish);
         return;
     }
-    srv_tools_stream *ts = &g->tools_st[index];
-    const char *out = NULL;
-    size_t out_len = 0;
-    if (srv_tools_stream_push(ts, text, text_len, &out, &out_len) < 0) {
-        /* out of memory: this piece as content, the parser off */
-        srv_tools_stream_free(ts);
-        srv_tools_stream_init(ts, SRV_TOOLS_NONE, 0);
-        out = text;
-        out_len = text_len;
-    }
-    if (finish == ANVIL_REQUEST_RUNNING) {
-        if (out_len > 0 || lp)
-            chunk_out(g, index, out, out_len, lp, finish);
-        else
-            json_decref(lp);
-        return;
-    }
-    if (out_len > 0 || lp)
-        chunk_out(g, index, out, out_len, lp, ANVIL_REQUEST_RUNNING);
-    srv_tools_result r = {0};
-    if (srv_tools_stream_finish(ts, &r) < 0)
-        memset(&r, 0, sizeof r);
-    if (r.content_len > 0)
-        chunk_out(g, index, r.content, r.content_len, NULL, ANVIL_REQUEST_RUNNING);
-    if (r.calls && (finish == ANVIL_REQUEST_STOP || finish == ANVIL_REQUEST_LENGTH)) {
-        tool_chunk(g, index, r.calls);
-        tool_chunk(g, index, NULL);
+    srv_tools_stream *ts = g->tools_st[index];
+    const srv_tools_delta *ev = NULL;
+    int n_ev = 0;
+    if (srv_tools_stream_push(ts, text, text_len, &ev, &n_ev) < 0) {
+        /* out of memory: this piece as content (the parser passes the rest through) */
+        srv_tools_delta d = {SRV_TOOLS_DELTA_CONTENT, 0, text, text_len};
+        deltas_out(g, index, &d, 1, &lp);
     } else {
-        chunk_out(g, index, "", 0, NULL, finish);
+        deltas_out(g, index, ev, n_ev, &lp);
     }
-    srv_tools_result_free(&r);
+    if (lp) /* logprobs of a piece that is held */
+        chunk_out(g, index, "", 0, lp, ANVIL_REQUEST_RUNNING);
+    if (finish == ANVIL_REQUEST_RUNNING)
+        return;
+    int whole = 0;
+    if (srv_tools_stream_finish(ts, &ev, &n_ev, &whole) < 0)
+        n_ev = 0;
+    deltas_out(g, index, ev, n_ev, &lp);
+    g->tools_whole = whole;
+    if (whole && (finish == ANVIL_REQUEST_STOP || finish == ANVIL_REQUEST_LENGTH) && g->wire == NULL)
+        tool_chunk(g, index, NULL);
+    else
+        chunk_out(g, index, "", 0, NULL, finish);
 }
 
 /* A stream's token events wait as records (index, finish, text) until the
@@ -594,7 +620,7 @@ static void add_choices(srv_job *j, const srv_sub *sub, const anvil_result *r)
                 srv_tools_parse(g->tool_parser, g->tools_forced, sq->text, sq->text_len, &tr) == 0 && tr.calls) {
                 /* the text before the calls, or null (OpenAI's shape) */
                 json_object_set_new(m, "content", tr.content_len ? jstr(tr.content, tr.content_len) : json_null());
-                json_object_set_new(m, "tool_calls", tool_calls_json(g, tr.calls, 0));
+                json_object_set_new(m, "tool_calls", tool_calls_json(g, tr.calls));
                 calls = 1;
             } else {
                 json_object_set_new(m, "content", jstr(sq->text, sq->text_len));
@@ -918,7 +944,7 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     g->logprobs = q->logprobs;
     g->top_as_chat = q->chat;
     g->wire = q->wire;
-    g->tools_active = q->tools_active && q->chat && q->wire == NULL;
+    g->tools_active = q->tools_active && q->chat && (q->wire == NULL || q->wire->tool != NULL);
     g->tool_parser = q->tool_parser;
     g->tools_forced = q->tools_forced;
     /* its own copy: a wire may note things in it (under g->mu) while the
@@ -942,7 +968,7 @@ srv_job *srv_job_new(struct anvil_server *s, const srv_mapped *q)
     if (ok && g->stream && g->tools_active) {
         ok = (g->tools_st = calloc((size_t)j->n_choices, sizeof *g->tools_st)) != NULL;
         for (int32_t i = 0; ok && i < j->n_choices; i++)
-            srv_tools_stream_init(&g->tools_st[i], g->tool_parser, g->tools_forced);
+            ok = (g->tools_st[i] = srv_tools_stream_new(g->tool_parser, g->tools_forced)) != NULL;
     }
     if (ok && q->echo) {
         ok = (j->echo = calloc((size_t)j->n_prompts, sizeof *j->echo)) != NULL &&

@@ -105,6 +105,7 @@ typedef struct srv_conn {
 
 struct srv_gen;
 struct srv_job;
+struct srv_tools_delta;
 
 /* A wire format of a generation's output other than OpenAI's completions
  * and chat (server_gen.c's own): Triton's generate extension
@@ -126,6 +127,10 @@ typedef struct srv_wire {
     /* a non-streamed failure's body from OpenAI's error object (taken);
      * NULL: OpenAI's as it is */
     json_t *(*error_body)(json_t *openai_error);
+    /* a stream's tool-call delta (a call begins, a piece of its arguments:
+     * server_tools.h), before the sample's last chunk; NULL: the wire
+     * takes no tools (a chat request's tools are then not parsed) */
+    void (*tool)(struct srv_gen *g, const struct srv_tools_delta *d);
 } srv_wire;
 
 /* One generation request in flight: shared by the event loop that serves it
@@ -169,7 +174,8 @@ typedef struct srv_gen {
     anvil_grammar *grammar;    /* structured output (owned; the executor borrows it until the final events) */
     int tool_parser, tools_forced; /* chat with tools (tools_active): outputs parsed into tool_calls (server_tools.h) */
     int tools_active;
-    struct srv_tools_stream *tools_st; /* [n_choices] a chat stream with tools: each choice's parser */
+    struct srv_tools_stream **tools_st; /* [n_choices] a chat stream with tools: each choice's parser */
+    int tools_whole;           /* a wire stream's end: its calls are whole (srv_tools_stream_finish) */
     struct srv_gen *next, *prev; /* the server's list of requests in flight */
 } srv_gen;
 

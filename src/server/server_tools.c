@@ -8,8 +8,7 @@
  *   mistral      text [TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]
  *
  * An output whose calls do not parse is content, whole (vLLM's fallback).
- * A stream hands content out as it comes and holds what may be a call
- * (from the first byte that may start its marker) until the end.
+ * Streams: server_tools_stream.c.
  *
  * With tool_choice "required" or a named function the call is forced: the
  * prompt ends with the family's opening marker and a JSON schema grammar
@@ -26,10 +25,10 @@
 #include "server/server_guided.h"
 #include "server/server_tools.h"
 
-static const char HERMES_OPEN[] = "<tool_call>";
-static const char HERMES_CLOSE[] = "</tool_call>";
-static const char MISTRAL_OPEN[] = "[TOOL_CALLS]";
-static const char PYTHON_TAG[] = "<|python_tag|>";
+static const char HERMES_OPEN[] = SRV_TOOLS_HERMES_OPEN;
+static const char HERMES_CLOSE[] = SRV_TOOLS_HERMES_CLOSE;
+static const char MISTRAL_OPEN[] = SRV_TOOLS_MISTRAL_OPEN;
+static const char PYTHON_TAG[] = SRV_TOOLS_PYTHON_TAG;
 
 static const char *const NAMES[] = {"none", "llama3_json", "hermes", "mistral"};
 
@@ -139,13 +138,15 @@ static size_t find(const char *t, size_t len, size_t at, const char *lit)
     return len;
 }
 
-/* One JSON value (object or array) at t[at]: *end past it. NULL when none. */
+/* One JSON value (object or array) at t[at]: *end past it. NULL when none.
+ * A key twice in an object is malformed: a stream sends a call's
+ * arguments as they come and cannot take the first value back. */
 static json_t *json_at(const char *t, size_t len, size_t at, size_t *end)
 {
     if (at >= len || (t[at] != '{' && t[at] != '['))
         return NULL;
     json_error_t e;
-    json_t *v = json_loadb(t + at, len - at, JSON_DISABLE_EOF_CHECK, &e);
+    json_t *v = json_loadb(t + at, len - at, JSON_DISABLE_EOF_CHECK | JSON_REJECT_DUPLICATES, &e);
     if (v)
         *end = at + (size_t)e.position;
     return v;
@@ -162,6 +163,8 @@ static int add_call(json_t *calls, json_t *o)
     json_t *args = json_object_get(o, "arguments");
     if (args == NULL)
         args = json_object_get(o, "parameters");
+    else if (json_object_get(o, "parameters")) /* which one? (a stream may have sent the first) */
+        return -1;
     json_t *text;
     if (args == NULL || json_is_null(args)) {
         text = json_string("{}");
@@ -327,107 +330,6 @@ int srv_tools_parse(int parser, int forced, const char *text, size_t len, srv_to
         json_decref(calls);
     }
     return set_content(out, text, len);
-}
-
-/* ------------------------------------------------------------ streaming */
-
-void srv_tools_stream_init(srv_tools_stream *s, int parser, int forced)
-{
-    memset(s, 0, sizeof *s);
-    s->parser = parser;
-    s->forced = forced;
-    s->state = forced ? 1 : parser == SRV_TOOLS_NONE ? 2 : 0;
-}
-
-void srv_tools_stream_free(srv_tools_stream *s)
-{
-    free(s->buf);
-    s->buf = NULL;
-}
-
-/* The longest suffix of t[at, len) that is a proper prefix of lit. */
-static size_t partial_suffix(const char *t, size_t len, size_t at, const char *lit)
-{
-    size_t n = strlen(lit);
-    for (size_t k = n - 1; k > 0; k--)
-        if (len - at >= k && memcmp(t + len - k, lit, k) == 0)
-            return k;
-    return 0;
-}
-
-int srv_tools_stream_push(srv_tools_stream *s, const char *text, size_t len, const char **out, size_t *out_len)
-{
-    *out = "";
-    *out_len = 0;
-    if (s->len + len + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->len + len + 1)
-            cap *= 2;
-        char *b = realloc(s->buf, cap);
-        if (b == NULL)
-            return -1;
-        s->buf = b;
-        s->cap = cap;
-    }
-    if (len)
-        memcpy(s->buf + s->len, text, len);
-    s->len += len;
-    s->buf[s->len] = '\0';
-    size_t upto = s->emitted; /* content that may go out now: [emitted, upto) */
-    if (s->state == 2) {
-        upto = s->len;
-    } else if (s->state == 0 && s->parser == SRV_TOOLS_LLAMA3) {
-        /* a call only from the start: decide at the first other byte than whitespace */
-        size_t at = skip_ws(s->buf, s->len, 0);
-        if (at < s->len) {
-            size_t n = s->len - at < strlen(PYTHON_TAG) ? s->len - at : strlen(PYTHON_TAG);
-            if (s->buf[at] == '{' || starts(s->buf, s->len, at, PYTHON_TAG))
-                s->state = 1;
-            else if (memcmp(s->buf + at, PYTHON_TAG, n) != 0) {
-                s->state = 2;
-                upto = s->len;
-            }
-        }
-    } else if (s->state == 0) {
-        const char *open = s->parser == SRV_TOOLS_HERMES ? HERMES_OPEN : MISTRAL_OPEN;
-        /* a marker cannot start before emitted - (its length - 1) */
-        size_t from = s->emitted > strlen(open) ? s->emitted - strlen(open) : 0;
-        size_t at = find(s->buf, s->len, from, open);
-        if (at < s->len) {
-            s->state = 1;
-            upto = at;
-        } else {
-            upto = s->len - partial_suffix(s->buf, s->len, s->emitted, open);
-        }
-    }
-    if (upto > s->emitted) {
-        *out = s->buf + s->emitted;
-        *out_len = upto - s->emitted;
-        s->emitted = upto;
-    }
-    return 0;
-}
-
-int srv_tools_stream_finish(srv_tools_stream *s, srv_tools_result *out)
-{
-    memset(out, 0, sizeof *out);
-    if (s->finished) /* a second end (a cancel after the end): nothing new */
-        return set_content(out, "", 0);
-    s->finished = 1;
-    srv_tools_result whole;
-    if (srv_tools_parse(s->parser, s->forced, s->buf ? s->buf : "", s->len, &whole) < 0)
-        return -1;
-    memset(out, 0, sizeof *out);
-    out->calls = whole.calls;
-    whole.calls = NULL;
-    /* the whole parse's content, less what went out (a prefix of it) */
-    size_t rest = whole.content_len > s->emitted ? whole.content_len - s->emitted : 0;
-    int rc = set_content(out, whole.content + (whole.content_len - rest), rest);
-    s->emitted += rest;
-    srv_tools_result_free(&whole);
-    if (rc < 0)
-        srv_tools_result_free(out);
-    return rc;
 }
 
 /* ------------------------------------------------------------ ids */

@@ -51,27 +51,60 @@ void srv_tools_result_free(srv_tools_result *r);
  */
 int srv_tools_parse(int parser, int forced, const char *text, size_t len, srv_tools_result *out);
 
-/* The same, streamed: pieces pushed as they come, the content that can no
- * longer be part of a call handed out at once, the rest held until finish.
- * The content handed out, put together, is what srv_tools_parse of the
- * whole text gives. */
-typedef struct srv_tools_stream {
-    int parser, forced;
-    int state;            /* 0 searching, 1 in calls (held), 2 content only */
-    char *buf;            /* every byte pushed */
-    size_t len, cap;
-    size_t emitted;       /* bytes of buf handed out as content */
-    int finished;         /* finish ran: nothing more comes out */
-} srv_tools_stream;
+/* The call markers (server_tools.c, server_tools_stream.c). */
+#define SRV_TOOLS_HERMES_OPEN "<tool_call>"
+#define SRV_TOOLS_HERMES_CLOSE "</tool_call>"
+#define SRV_TOOLS_MISTRAL_OPEN "[TOOL_CALLS]"
+#define SRV_TOOLS_PYTHON_TAG "<|python_tag|>"
 
-void srv_tools_stream_init(srv_tools_stream *s, int parser, int forced);
-void srv_tools_stream_free(srv_tools_stream *s);
-/* Appends text; *out / *out_len: content to send now (inside s->buf, valid
- * until the next call; length 0: nothing). 0, or -1 out of memory. */
-int srv_tools_stream_push(srv_tools_stream *s, const char *text, size_t len, const char **out, size_t *out_len);
-/* The end: out->content is the content not handed out yet, out->calls the
- * calls. 0, or -1 out of memory. */
-int srv_tools_stream_finish(srv_tools_stream *s, srv_tools_result *out);
+/*
+ * The same, streamed (server_tools_stream.c): pieces pushed as they come
+ * out of the model, deltas handed back at once. Content that can no longer
+ * be part of a call goes out as it comes; from the first byte that may
+ * start a call marker the text is held. Once a call's name is read, the
+ * call goes out (SRV_TOOLS_DELTA_CALL), then its arguments as they are
+ * generated (SRV_TOOLS_DELTA_ARGS), in the compact JSON text the whole
+ * parse returns: a piece goes out only when no later byte can change it
+ * (a number when it ends, a string's characters as they come, a brace
+ * when it closes). For an output whose calls parse, the content and each
+ * call's pieces put together are what srv_tools_parse of the whole text
+ * gives, however the text was cut. A held marker that turns out not to
+ * start a call (the whole parse finds none) goes out as content. A call
+ * that breaks after its name went out (cut by max_tokens, malformed JSON)
+ * keeps what went out; the rest of the output is dropped, and the end
+ * reports the calls as not whole (finish_reason: the generation's own,
+ * not "tool_calls"). docs/server.md, "Tool calls".
+ */
+typedef enum srv_tools_delta_kind {
+    SRV_TOOLS_DELTA_CONTENT = 0, /* text: content */
+    SRV_TOOLS_DELTA_CALL,        /* call index begins: text is its name */
+    SRV_TOOLS_DELTA_ARGS,        /* text: the next piece of call index's arguments */
+} srv_tools_delta_kind;
+
+typedef struct srv_tools_delta {
+    int kind;
+    int index;        /* the call's, from 0 (CALL, ARGS) */
+    const char *text; /* borrowed from the stream until its next push, finish or free */
+    size_t len;
+} srv_tools_delta;
+
+typedef struct srv_tools_stream srv_tools_stream;
+
+/* A stream for one output (forced: as srv_tools_parse's); NULL out of memory. */
+srv_tools_stream *srv_tools_stream_new(int parser, int forced);
+void srv_tools_stream_free(srv_tools_stream *s); /* NULL: no-op */
+/* Appends text; *ev / *n_ev: the deltas to send now, in order (valid
+ * until the next call). 0, or -1 out of memory (the stream is then
+ * content only: what is held is lost, later text passes through). */
+int srv_tools_stream_push(srv_tools_stream *s, const char *text, size_t len, const srv_tools_delta **ev,
+                          int *n_ev);
+/* The end: the last deltas (the content held, the arguments' last piece),
+ * and *whole: 1 when calls went out and each is whole (what the whole parse
+ * returns): the finish reason is then "tool_calls". A second finish gives
+ * nothing. 0, or -1 out of memory. */
+int srv_tools_stream_finish(srv_tools_stream *s, const srv_tools_delta **ev, int *n_ev, int *whole);
+/* Calls that went out so far. */
+int srv_tools_stream_calls(const srv_tools_stream *s);
 
 /* A tool call's id: "call_" and 24 letters and digits; Mistral's templates
  * take only 9 letters and digits, so its parser's are that. buf >= 32. */

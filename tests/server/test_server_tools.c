@@ -114,79 +114,291 @@ static void test_parse_whole(void **state)
     }
 }
 
-/* Streams text cut at the given offsets (n_cuts of them, ascending). */
-static void stream_case(const tcase *c, const size_t *cuts, int n_cuts, const char *how)
+/* What a stream handed out, put together: its content, its calls
+ * ({name, arguments} as the pieces add up), whether the end said whole. */
+typedef struct streamed {
+    char *content;
+    size_t content_len;
+    json_t *calls;
+    int whole;
+    int early; /* argument pieces out before the end */
+} streamed;
+
+static void add_deltas(streamed *o, const srv_tools_delta *ev, int n_ev, int at_end)
 {
-    size_t len = strlen(c->text), at = 0;
-    char *content = malloc(len + 1);
-    size_t n = 0;
-    srv_tools_stream s;
-    srv_tools_stream_init(&s, c->parser, c->forced);
+    for (int i = 0; i < n_ev; i++) {
+        const srv_tools_delta *d = &ev[i];
+        if (d->kind == SRV_TOOLS_DELTA_CONTENT) {
+            /* content only before the first call */
+            assert_int_equal(json_array_size(o->calls), 0);
+            o->content = realloc(o->content, o->content_len + d->len + 1);
+            memcpy(o->content + o->content_len, d->text, d->len);
+            o->content_len += d->len;
+        } else if (d->kind == SRV_TOOLS_DELTA_CALL) {
+            /* calls in order, each once */
+            assert_int_equal(d->index, (int)json_array_size(o->calls));
+            assert_true(d->len > 0);
+            json_array_append_new(o->calls, json_pack("{s:s%, s:s}", "name", d->text, d->len, "arguments", ""));
+        } else {
+            /* pieces of the last call only: a call's arguments are whole before the next begins */
+            assert_int_equal(d->kind, SRV_TOOLS_DELTA_ARGS);
+            assert_int_equal(d->index, (int)json_array_size(o->calls) - 1);
+            assert_true(d->len > 0);
+            json_t *c = json_array_get(o->calls, (size_t)d->index);
+            const char *a = json_string_value(json_object_get(c, "arguments"));
+            char *b = malloc(strlen(a) + d->len + 1);
+            memcpy(b, a, strlen(a));
+            memcpy(b + strlen(a), d->text, d->len);
+            json_object_set_new(c, "arguments", json_stringn(b, strlen(a) + d->len));
+            free(b);
+            o->early |= !at_end;
+        }
+    }
+}
+
+/* Streams text cut at the given offsets (n_cuts of them, ascending). */
+static streamed stream_run(int parser, int forced, const char *text, const size_t *cuts, int n_cuts)
+{
+    size_t len = strlen(text), at = 0;
+    streamed o = {malloc(1), 0, json_array(), 0, 0};
+    srv_tools_stream *s = srv_tools_stream_new(parser, forced);
+    assert_non_null(s);
+    const srv_tools_delta *ev;
+    int n_ev;
     for (int k = 0; k <= n_cuts; k++) {
         size_t to = k < n_cuts ? cuts[k] : len;
-        const char *out;
-        size_t out_len;
-        assert_int_equal(srv_tools_stream_push(&s, c->text + at, to - at, &out, &out_len), 0);
-        /* content goes out only as a prefix of the whole parse's */
-        assert_true(n + out_len <= len);
-        if (out_len)
-            memcpy(content + n, out, out_len);
-        n += out_len;
+        assert_int_equal(srv_tools_stream_push(s, text + at, to - at, &ev, &n_ev), 0);
+        add_deltas(&o, ev, n_ev, 0);
         at = to;
     }
-    srv_tools_result r;
-    assert_int_equal(srv_tools_stream_finish(&s, &r), 0);
-    memcpy(content + n, r.content, r.content_len);
-    n += r.content_len;
-    check_result(c, content, n, r.calls, how);
-    srv_tools_result_free(&r);
+    assert_int_equal(srv_tools_stream_finish(s, &ev, &n_ev, &o.whole), 0);
+    add_deltas(&o, ev, n_ev, 1);
+    assert_int_equal(srv_tools_stream_calls(s), (int)json_array_size(o.calls));
     /* a second end (a cancel after it) gives nothing */
-    assert_int_equal(srv_tools_stream_finish(&s, &r), 0);
-    assert_int_equal(r.content_len, 0);
-    assert_null(r.calls);
+    int whole2 = 1;
+    assert_int_equal(srv_tools_stream_finish(s, &ev, &n_ev, &whole2), 0);
+    assert_int_equal(n_ev, 0);
+    assert_int_equal(whole2, 0);
+    srv_tools_stream_free(s);
+    return o;
+}
+
+static void streamed_free(streamed *o)
+{
+    free(o->content);
+    json_decref(o->calls);
+}
+
+static int streamed_equal(const streamed *a, const streamed *b)
+{
+    return a->content_len == b->content_len && memcmp(a->content, b->content, a->content_len) == 0 &&
+           json_equal(a->calls, b->calls) && a->whole == b->whole;
+}
+
+/*
+ * Streams text cut in two at every offset and a byte at a time. Each gives
+ * what the text pushed whole gives. When the whole parse finds calls, the
+ * stream's content and calls (the pieces put together) are the parse's and
+ * the end says whole; when it finds none and no call went out, the content
+ * is the whole text; a call that went out and then broke is not whole
+ * (want_calls: what went out, JSON; NULL: no check).
+ */
+static void stream_check(int parser, int forced, const char *text, const char *want_calls)
+{
+    size_t len = strlen(text);
+    streamed one = stream_run(parser, forced, text, NULL, 0);
+    srv_tools_result r;
+    assert_int_equal(srv_tools_parse(parser, forced, text, len, &r), 0);
+    if (r.calls) {
+        if (!one.whole || one.content_len != r.content_len || memcmp(one.content, r.content, r.content_len) != 0 ||
+            !json_equal(one.calls, r.calls)) {
+            char *got = json_dumps(one.calls, JSON_COMPACT), *want = json_dumps(r.calls, JSON_COMPACT);
+            fail_msg("stream of [%s]: content [%.*s] calls %s whole %d, want [%s] %s", text, (int)one.content_len,
+                     one.content, got, one.whole, r.content, want);
+        }
+    } else if (json_array_size(one.calls) == 0) {
+        assert_false(one.whole);
+        if (one.content_len != len || memcmp(one.content, text, len) != 0)
+            fail_msg("stream of [%s]: content [%.*s], want the whole text", text, (int)one.content_len, one.content);
+    } else {
+        assert_false(one.whole); /* a call broke after it went out */
+    }
+    if (want_calls) {
+        json_t *w = json_loads(want_calls, 0, NULL);
+        assert_non_null(w);
+        if (!json_equal(w, one.calls)) {
+            char *got = json_dumps(one.calls, JSON_COMPACT);
+            fail_msg("stream of [%s]: calls %s, want %s", text, got, want_calls);
+        }
+        json_decref(w);
+    }
     srv_tools_result_free(&r);
-    srv_tools_stream_free(&s);
-    free(content);
+    size_t *every = malloc((len + 1) * sizeof *every);
+    for (size_t k = 0; k <= len; k++) {
+        streamed two = stream_run(parser, forced, text, &k, 1);
+        if (!streamed_equal(&one, &two))
+            fail_msg("stream of [%s] cut at %zu differs from it whole", text, k);
+        streamed_free(&two);
+        every[k] = k + 1;
+    }
+    streamed bytes = stream_run(parser, forced, text, every, len > 0 ? (int)len - 1 : 0);
+    if (!streamed_equal(&one, &bytes))
+        fail_msg("stream of [%s] a byte at a time differs from it whole", text);
+    streamed_free(&bytes);
+    free(every);
+    streamed_free(&one);
 }
 
 static void test_parse_streamed(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
-        const tcase *c = &CASES[i];
-        size_t len = strlen(c->text);
-        for (size_t k = 0; k <= len; k++) { /* two pieces, at every offset */
-            char how[64];
-            snprintf(how, sizeof how, "stream cut at %zu", k);
-            stream_case(c, &k, 1, how);
-        }
-        size_t *every = malloc((len + 1) * sizeof *every); /* a byte at a time */
-        for (size_t k = 0; k < len; k++)
-            every[k] = k + 1;
-        stream_case(c, every, (int)len, "byte-by-byte stream");
-        free(every);
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+        stream_check(CASES[i].parser, CASES[i].forced, CASES[i].text, NULL);
+}
+
+/* Arguments whose compact text differs from what the model wrote: escapes,
+ * characters, numbers jansson writes its own way, nesting; arguments as a
+ * string; arguments before the name; several calls. Streamed equals whole. */
+static void test_stream_arguments(void **state)
+{
+    (void)state;
+    static const struct {
+        int parser, forced;
+        const char *text;
+    } cases[] = {
+        {SRV_TOOLS_HERMES, 0,
+         "Sure.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"a\\\"b\\\\c\\n\\t\\u00e9\\u20ac "
+         "caf\xc3\xa9 \xf0\x9f\x98\x80 \\ud83d\\ude00 \\/ \\u001f\", \"n\": [1, -2, 3.50, 1e3, -0, 0.1, 1E-7], "
+         "\"b\": [true, false, null], \"o\": {\"x\": {}, \"y\": [], \"z\": [[{\"q\": \"\"}]]}}}\n</tool_call>"},
+        {SRV_TOOLS_HERMES, 0,
+         "<tool_call>{\"arguments\": {\"city\": \"Oslo\"}, \"name\": \"get_weather\"}</tool_call> between "
+         "<tool_call>{\"name\": \"g\", \"id\": 7, \"arguments\": \"{\\\"raw\\\": [1,2]}\", \"extra\": [{\"a\": "
+         "1}]}</tool_call>\ntrailing"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"p\"}</tool_call><tool_call>{\"name\": \"q\", \"arguments\": "
+                              "null}</tool_call>"},
+        {SRV_TOOLS_MISTRAL, 0,
+         "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"v\": 1.25e2}}, {\"name\": \"b\", \"arguments\": {\"w\": "
+         "\"\\u00fcber\"}}, {\"name\": \"c\", \"arguments\": {}}]"},
+        {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS]{\"name\": \"a\", \"arguments\": {\"k\": [{}, {\"l\": 0}]}}"},
+        {SRV_TOOLS_LLAMA3, 0,
+         "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"q\": \"x y\"}}; {\"name\": \"g\", \"parameters\": "
+         "{\"n\": 42}}"},
+        {SRV_TOOLS_LLAMA3, 1, "{\"name\": \"f\", \"parameters\": {\"deep\": {\"a\": {\"b\": {\"c\": [0.5]}}}}}"},
+        {SRV_TOOLS_NONE, 1, "[{\"name\": \"f\", \"parameters\": {\"a\": 1}}, {\"name\": \"g\", \"parameters\": {}}]"},
+        {SRV_TOOLS_MISTRAL, 1, "[{\"name\": \"f\", \"arguments\": {\"a\": \"\xe2\x82\xac\"}}]"},
+        {SRV_TOOLS_HERMES, 1, "{\"name\": \"f\", \"arguments\": {\"n\": 123456789012}}\n</tool_call>"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        srv_tools_result r;
+        assert_int_equal(srv_tools_parse(cases[i].parser, cases[i].forced, cases[i].text, strlen(cases[i].text), &r),
+                         0);
+        if (r.calls == NULL)
+            fail_msg("case %zu: the whole parse finds no call", i);
+        srv_tools_result_free(&r);
+        stream_check(cases[i].parser, cases[i].forced, cases[i].text, NULL);
     }
 }
 
-/* Content before a hermes call goes out before the call is complete; a
- * partial marker is held. */
-static void test_stream_holds_only_markers(void **state)
+/* A call that breaks after its name went out: what went out stays (the
+ * arguments so far), the end says not whole; a marker that is no call,
+ * and a call object broken before its name, are content. */
+static void test_stream_broken(void **state)
 {
     (void)state;
-    srv_tools_stream s;
-    srv_tools_stream_init(&s, SRV_TOOLS_HERMES, 0);
-    const char *out;
-    size_t n;
-    assert_int_equal(srv_tools_stream_push(&s, "Hello <tool", 11, &out, &n), 0);
-    assert_int_equal(n, 6);
-    assert_memory_equal(out, "Hello ", 6);
-    assert_int_equal(srv_tools_stream_push(&s, "_call>{\"name\"", 13, &out, &n), 0);
+    static const struct {
+        int parser, forced;
+        const char *text, *calls; /* what went out */
+    } cases[] = {
+        /* max_tokens cut inside the arguments: the number at the end is whole at the end */
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"f\", \"arguments\": {\"k\": \"v\", \"n\": 12",
+         "[{\"name\": \"f\", \"arguments\": \"{\\\"k\\\":\\\"v\\\",\\\"n\\\":12\"}]"},
+        {SRV_TOOLS_HERMES, 1, "{\"name\": \"f\", \"arguments\": {\"k\": \"caf\xc3",
+         "[{\"name\": \"f\", \"arguments\": \"{\\\"k\\\":\\\"caf\"}]"},
+        {SRV_TOOLS_NONE, 1, "[{\"name\": \"f\", \"param", "[{\"name\": \"f\", \"arguments\": \"\"}]"},
+        {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}, {\"name\": \"b\", \"argu",
+         "[{\"name\": \"a\", \"arguments\": \"{}\"}, {\"name\": \"b\", \"arguments\": \"\"}]"},
+        /* malformed after the name: True is no JSON; a second block that is no call; text after llama's call */
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"f\", \"arguments\": {\"ok\": True}}</tool_call>",
+         "[{\"name\": \"f\", \"arguments\": \"{\\\"ok\\\":\"}]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"f\"}</tool_call><tool_call>oops</tool_call>",
+         "[{\"name\": \"f\", \"arguments\": \"{}\"}]"},
+        {SRV_TOOLS_LLAMA3, 0, "{\"name\": \"f\", \"parameters\": {}} and more", "[{\"name\": \"f\", \"arguments\": \"{}\"}]"},
+        /* a key twice, arguments and parameters both: which value? */
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1, \"a\": 2}}</tool_call>",
+         "[{\"name\": \"f\", \"arguments\": \"{\\\"a\\\":1,\\\"a\\\":2}\"}]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}, \"parameters\": {}}</tool_call>",
+         "[{\"name\": \"f\", \"arguments\": \"{\\\"a\\\":1}\"}]"},
+        /* no call went out: content, whole */
+        {SRV_TOOLS_HERMES, 0, "Hi <tool_call> not a call", "[]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"arguments\": {\"a\": 1}, \"id\": 3}</tool_call> text", "[]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": 5, \"arguments\": {}}</tool_call>", "[]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>[{\"name\": \"f\"}]</tool_call>", "[]"},
+        {SRV_TOOLS_MISTRAL, 0, "ok [TOOL_CALLS] sorry", "[]"},
+        {SRV_TOOLS_MISTRAL, 0, "[TOOL_CALLS][\"f\"]", "[]"},
+        {SRV_TOOLS_LLAMA3, 0, "<|python_tag|>print(1)", "[]"},
+        {SRV_TOOLS_LLAMA3, 0, "{\"x\": 1, \"name\": \"", "[]"},
+        {SRV_TOOLS_HERMES, 0, "<tool_call>{\"name\": \"a\\u0000\"}</tool_call>", "[]"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        stream_check(cases[i].parser, cases[i].forced, cases[i].text, cases[i].calls);
+}
+
+/* Pieces go out as they come: content before a call at once, a partial
+ * marker held, the call at its name, the arguments as generated, a number
+ * held until it ends, a string by whole characters. */
+static int push(srv_tools_stream *s, const char *t, const srv_tools_delta **ev, int *n)
+{
+    return srv_tools_stream_push(s, t, strlen(t), ev, n);
+}
+
+static void test_stream_pieces(void **state)
+{
+    (void)state;
+    srv_tools_stream *s = srv_tools_stream_new(SRV_TOOLS_HERMES, 0);
+    const srv_tools_delta *ev;
+    int n;
+    assert_int_equal(push(s, "Hello <tool", &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].kind, SRV_TOOLS_DELTA_CONTENT);
+    assert_memory_equal(ev[0].text, "Hello ", 6);
+    assert_int_equal(ev[0].len, 6);
+    assert_int_equal(push(s, "_call>\n{\"name\": \"get_wea", &ev, &n), 0);
+    assert_int_equal(n, 0); /* the name is not whole yet */
+    assert_int_equal(push(s, "ther\", \"arguments\": {\"city\": \"Par", &ev, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(ev[0].kind, SRV_TOOLS_DELTA_CALL);
+    assert_int_equal(ev[0].index, 0);
+    assert_int_equal(ev[0].len, 11);
+    assert_memory_equal(ev[0].text, "get_weather", 11);
+    assert_int_equal(ev[1].kind, SRV_TOOLS_DELTA_ARGS);
+    assert_int_equal(ev[1].len, 12);
+    assert_memory_equal(ev[1].text, "{\"city\":\"Par", 12);
+    assert_int_equal(push(s, "is \xe2\x82", &ev, &n), 0); /* half a character */
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].len, 3);
+    assert_memory_equal(ev[0].text, "is ", 3);
+    assert_int_equal(push(s, "\xac\", \"days\": 1", &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].len, 12); /* the 1 may go on: held */
+    assert_memory_equal(ev[0].text, "\xe2\x82\xac\",\"days\":", 12);
+    assert_int_equal(push(s, "0}", &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].len, 3);
+    assert_memory_equal(ev[0].text, "10}", 3);
+    assert_int_equal(push(s, "}\n</tool_call>", &ev, &n), 0);
     assert_int_equal(n, 0);
-    srv_tools_stream_free(&s);
-    srv_tools_stream_init(&s, SRV_TOOLS_LLAMA3, 0);
-    assert_int_equal(srv_tools_stream_push(&s, " Paris", 6, &out, &n), 0);
-    assert_int_equal(n, 6); /* not a call: everything at once */
-    srv_tools_stream_free(&s);
+    int whole = 0;
+    assert_int_equal(srv_tools_stream_finish(s, &ev, &n, &whole), 0);
+    assert_int_equal(n, 0);
+    assert_true(whole);
+    srv_tools_stream_free(s);
+    /* llama3_json: not a call, everything at once */
+    s = srv_tools_stream_new(SRV_TOOLS_LLAMA3, 0);
+    assert_int_equal(push(s, " Paris", &ev, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(ev[0].len, 6);
+    srv_tools_stream_free(s);
+    srv_tools_stream_free(NULL);
 }
 
 static void test_call_ids(void **state)
@@ -519,7 +731,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_whole),      cmocka_unit_test(test_parse_streamed),
-        cmocka_unit_test(test_stream_holds_only_markers), cmocka_unit_test(test_call_ids),
+        cmocka_unit_test(test_stream_arguments), cmocka_unit_test(test_stream_broken),
+        cmocka_unit_test(test_stream_pieces),    cmocka_unit_test(test_call_ids),
         cmocka_unit_test(test_forcing_grammar),  cmocka_unit_test(test_detect_from_templates),
         cmocka_unit_test(test_map_requests),
     };
