@@ -155,11 +155,30 @@ anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, 
 anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids);
 
 /* How one logits row is sampled (anvil_runtime_forward_sample): the
- * parameters of anvil_sampler_sample and the sequence's generator. */
+ * parameters of anvil_sampler_sample, the sequence's generator and an
+ * optional mask. Zero-initialize it (designated initializers or memset):
+ * zero is "no mask" in every field added since. */
 typedef struct anvil_sample_row {
     anvil_sampling_params sampling; /* checked as anvil_sampling_params_check; sampling.seed unused */
     anvil_rng *rng;                 /* drawn from when the row samples (NULL allowed for greedy rows) */
+    /* The tokens the row may pick (a grammar's mask), NULL: all of them.
+     * (vocab_size + 31) / 32 words; token i is allowed when bit i % 32 of
+     * word i / 32 is set (bits past the vocabulary are ignored). The
+     * others count as -inf logits before anything else (temperature,
+     * min-p, top-k, top-p, the argmax): the row samples exactly as
+     * anvil_sampler_sample does on its logits with those set to -inf. A
+     * mask that allows no token gives ANVIL_TOKEN_NONE_ALLOWED. Borrowed:
+     * read during the call. */
+    const uint32_t *allowed;
+    /* anvil_runtime_forward_sample_launch only: 1: the row's mask is not
+     * known yet (allowed is not read); the step's sampler waits for
+     * anvil_runtime_forward_sample_masks. 0 elsewhere. */
+    int32_t mask_pending;
 } anvil_sample_row;
+
+/* The id of a row whose mask allowed no token (anvil_sample_row.allowed):
+ * nothing was sampled and, in forward_sample, nothing drawn. */
+#define ANVIL_TOKEN_NONE_ALLOWED (-2)
 
 /*
  * The same step, sampling each logit row on the backend: next_ids[i]
@@ -204,10 +223,30 @@ anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *
  * its step (the caller fails that step's requests). On the CPU a launch
  * computes the whole step before it returns (the same ids, the same
  * contract: anvil_runtime_launches_ahead says 0).
+ *
+ * Masks that depend on the previous step's tokens (a grammar's: the host
+ * learns step n's tokens at wait(n), after step n + 1 was launched): rows
+ * of a launch flagged mask_pending defer the step's sampler. The launch
+ * queues the forward alone (and takes the draws, as ever); the caller
+ * fills the masks and gives them with anvil_runtime_forward_sample_masks,
+ * which queues the sampler; only then may that step be waited for or
+ * another be launched (both refused before: ANVIL_ERR_INVALID_ARG).
+ *
+ *     launch(n + 1, rows with mask_pending); wait(n); fill the masks; masks(n + 1); ...
+ *
+ * A row of ANVIL_TOKEN_NONE_ALLOWED feeds token 0 to a placeholder, as a
+ * poisoned row does. On the CPU the forward is computed at launch and
+ * the sampler at masks.
  */
 #define ANVIL_TOKEN_FROM_ROW(j) (-1 - (int32_t)(j))
 anvil_status anvil_runtime_forward_sample_launch(anvil_runtime *rt, const anvil_batch *batch,
                                                  const anvil_sample_row *rows);
+/* allowed: one pointer per logits row of the last launch; read for the
+ * rows flagged mask_pending (NULL there: every token), during the call.
+ * Refused (ANVIL_ERR_INVALID_ARG) when the last launch has no pending
+ * mask. A failure here (a copy) leaves the step launched: its wait fails
+ * with it, and no placeholder may name its rows. */
+anvil_status anvil_runtime_forward_sample_masks(anvil_runtime *rt, const uint32_t *const *allowed);
 /* next_ids: n_logits of that step */
 anvil_status anvil_runtime_forward_sample_wait(anvil_runtime *rt, int32_t *next_ids);
 /* 1 where a launch returns before the device finished (CUDA with its

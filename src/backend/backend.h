@@ -66,6 +66,20 @@ typedef struct anvil_step {
 } anvil_step;
 
 /*
+ * Allowed-token masks for some logits rows of a sample_rows call (a
+ * grammar's, anvil_sample_row.allowed): mask k belongs to row rows[k];
+ * token i of that row may be picked only when bit i % 32 of
+ * words[k * n_words + i / 32] is set. Bits past the row's columns are
+ * ignored. The counts are on the host, the arrays in backend memory.
+ */
+typedef struct anvil_sample_masks {
+    int32_t n;               /* masked rows */
+    int32_t n_words;         /* words per mask, >= (cols + 31) / 32 */
+    const int32_t *rows;     /* [n] the logits row of each mask */
+    const uint32_t *words;   /* [n * n_words] */
+} anvil_sample_masks;
+
+/*
  * A rope op's frequencies: tables of [head_dim / 2] floats in backend
  * memory. The angle of pair i of a token at position p is p * inv_freq[i];
  * with inv_freq_long (LongRoPE), a token of sequence s takes
@@ -164,9 +178,14 @@ typedef struct anvil_backend_ops {
      * poisoned row, one with a NaN or +inf or no value above -inf, greedy or
      * not (the draw was not used; the runtime's guard against a damaged
      * model). draws and ids are in backend memory: sampling without copying
-     * the logits out. */
+     * the logits out. masks (NULL, or n 0: none) restrict some rows to the
+     * tokens they allow (anvil_sample_masks): a disallowed token's logit is
+     * -inf before anything else looks at the row, exactly as if the host
+     * had written -inf there (so a NaN there no longer poisons the row, and
+     * a row that allows nothing gives -1). The op writes those -inf into x
+     * itself: a masked row's logits are not kept. */
     anvil_status (*sample_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
-                                int32_t *ids);
+                                const anvil_sample_masks *masks, int32_t *ids);
 
     /*
      * Step graphs: the runtime brackets the ops of a step whose launches

@@ -64,6 +64,8 @@ typedef struct xseq {
     /* this step */
     int32_t sched_count;      /* tokens scheduled; 0: not in the batch */
     int32_t logit_row;        /* -1: no logits this step */
+    anvil_status mask_st;     /* this step's grammar mask could not be made: the request fails after the
+                                 step, with the message in its err_msg (anvil_exec_masks_give, defer) */
 } xseq;
 
 /* A finished beam hypothesis. */
@@ -140,6 +142,7 @@ typedef struct launched_step {
     int32_t *row;             /* [max_batch] -1: no logits */
     int32_t *ids;             /* [max_batch] */
     int32_t n;
+    int masks_pending;        /* its grammar rows' masks are not given yet (anvil_exec_masks_give) */
 } launched_step;
 
 struct anvil_executor {
@@ -201,6 +204,9 @@ struct anvil_executor {
     int fl_first, fl_count;
     int32_t *b_tokens, *b_pos, *b_starts, *b_tables, *b_rows;
     anvil_sample_row *b_sample; /* [max_batch] per logits row, when the step samples on the backend */
+    int32_t b_n_pending;      /* rows of b_sample whose mask is pending (a grammar's) */
+    const uint32_t **b_allowed; /* [max_batch] per logits row: its mask, or NULL (anvil_exec_masks_give) */
+    uint32_t *gmasks;         /* [max_batch * (vocab + 31) / 32] the rows' grammar masks */
     int32_t *b_next;          /* [max_batch] the ids it sampled */
     float *logits;            /* [max_batch * vocab] */
     float *work;              /* [vocab] processed logits */
@@ -316,11 +322,22 @@ void anvil_exec_overlap_free(anvil_executor *ex);
  * it; sets s->finish when it ends. */
 anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const float *row);
 /* Whether s's next token can be sampled from its logits alone (on the
- * backend, by anvil_runtime_forward_sample): no log-probabilities, no logit
- * processors in effect (penalties, bias, min_tokens masking), no grammar
- * (its mask is applied on the host), not a beam, not a request about to
- * fork its samples. */
+ * backend, by anvil_runtime_forward_sample; a grammar's mask goes with
+ * it): no log-probabilities, no logit processors in effect (penalties,
+ * bias, min_tokens masking), not a beam, not a request about to fork its
+ * samples. */
 int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s);
+/* The masks of the last launched step's grammar rows (those built with
+ * mask_pending): for each entry i of e [n] with a logits row row[i] >= 0,
+ * the mask of its sequence's grammar as it is now, or NULL (no grammar, or
+ * the sequence ended: its row is sampled and dropped). A request whose
+ * mask cannot be made fails here, or with `defer` (the synchronous step,
+ * which still holds its requests) after the step (xseq.mask_st). Then the
+ * runtime queues the step's sampler (anvil_runtime_forward_sample_masks;
+ * its status is returned: on failure the step's wait fails). The time of
+ * the masks goes to tokens_s, *fill_s (not NULL) gets it. */
+anvil_status anvil_exec_masks_give(anvil_executor *ex, const plan_entry *e, const int32_t *row, int32_t n,
+                                   int defer, double *fill_s);
 /* Appends tok (sampled elsewhere) to s, as anvil_exec_sample_seq does after
  * its draw: stop conditions, text, the event. */
 anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok);

@@ -14,6 +14,15 @@
  * pending token is known to be its last (max_tokens, the context) is not
  * planned beside it.
  *
+ * Grammar rows. The mask of a row of step n + 1 depends on the token its
+ * sequence takes in step n, which the host learns when it takes step n.
+ * So step n + 1 is launched with those masks pending (the forward alone
+ * is queued), step n is taken (its tokens go through the matchers), the
+ * masks are made from the matchers and given (give_masks), and only then
+ * is step n + 1's sampler queued: the masks are made while the device
+ * runs step n + 1's forward. A row whose sequence ended in step n is
+ * sampled without a mask and dropped.
+ *
  * The round goes synchronous (anvil_exec_drain, then the plain step) when
  * the plan beside a launched step has a row that needs its logits on the
  * host (log-probabilities, penalties, bias, min_tokens masking, beams,
@@ -120,6 +129,7 @@ static void launch(anvil_executor *ex, const anvil_batch *b, int32_t n_reqs)
     launched_step *l = &ex->fl[(ex->fl_first + ex->fl_count) % 2];
     ex->fl_count++;
     l->n = ex->n_plan;
+    l->masks_pending = ex->b_n_pending > 0;
     for (int32_t i = 0; i < ex->n_plan; i++) {
         plan_entry *e = &ex->plan[i];
         xseq *s = e->s;
@@ -209,6 +219,29 @@ static void take_oldest(anvil_executor *ex)
         ex->overlapped_s += dt;
 }
 
+/* The newest launched step's grammar masks, if it waits for them: made
+ * from its sequences' matchers as they are now, after every earlier step
+ * was taken; the runtime then queues its sampler. A failure there fails
+ * at that step's wait (take_oldest fails its requests). */
+static void give_masks(anvil_executor *ex)
+{
+    if (ex->fl_count == 0)
+        return;
+    launched_step *l = &ex->fl[(ex->fl_first + ex->fl_count - 1) % 2];
+    if (!l->masks_pending)
+        return;
+    l->masks_pending = 0;
+    double fill_s = 0.0;
+    const double t0 = anvil_exec_now();
+    anvil_status st = anvil_exec_masks_give(ex, l->e, l->row, l->n, 0, &fill_s);
+    const double dt = anvil_exec_now() - t0;
+    ex->forward_s += dt - fill_s;
+    if (ex->overlap_hidden) /* under the step's forward */
+        ex->overlapped_s += fill_s;
+    if (st != ANVIL_OK)
+        anvil_log(ANVIL_LOG_ERROR, "executor: queueing a step's sampler failed: %s", anvil_last_error());
+}
+
 void anvil_exec_drain(anvil_executor *ex)
 {
     while (ex->fl_count > 0)
@@ -235,6 +268,7 @@ void anvil_exec_round(anvil_executor *ex)
         if (go) {
             launch(ex, &b, n_reqs);
             take_oldest(ex);
+            give_masks(ex); /* step n's tokens are in the matchers now */
             return;
         }
         /* it cannot go beside step n: take step n, then plan as usual */
@@ -251,8 +285,9 @@ void anvil_exec_round(anvil_executor *ex)
     ex->schedule_s += anvil_exec_now() - t0;
     if (ex->n_plan == 0)
         return;
-    if (ex->overlap && on_backend)
+    if (ex->overlap && on_backend) {
         launch(ex, &b, n_reqs); /* taken in the next round, after step n + 1 is launched */
-    else
+        give_masks(ex);         /* made while the device runs the forward */
+    } else
         anvil_exec_step(ex, &b, n_reqs, on_backend);
 }

@@ -14,11 +14,13 @@
  * ids but adds no text, as in vLLM.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "executor/exec_internal.h"
+#include "sampler/sampler.h"
 
 static anvil_status text_append(xseq *s, const char *p, size_t n)
 {
@@ -145,32 +147,64 @@ static void apply_min_tokens(const anvil_executor *ex, const xreq *r, float *w)
         w[r->stop_ids[i]] = -INFINITY;
 }
 
+/* s's grammar's allowed tokens now (after every token it accepted) into
+ * words [(vocab + 31) / 32], counted in the grammar's time and masks. */
+static anvil_status fill_mask(anvil_executor *ex, xseq *s, uint32_t *words)
+{
+    const size_t n = ((size_t)ex->vocab + 31) / 32;
+    const double t0 = anvil_exec_now();
+    memset(words, 0, n * sizeof *words);
+    const anvil_status st = anvil_grammar_matcher_fill_mask(s->gm, words, n);
+    ex->grammar_s += anvil_exec_now() - t0;
+    ex->c_grammar++;
+    return st;
+}
+
 /* A grammar's mask on the processed logits: what it does not allow is
  * -inf (its end tokens are allowed only where the output may end). Sets
  * *none when it allows nothing (no token of the vocabulary continues). */
 static anvil_status apply_grammar(anvil_executor *ex, xseq *s, float *w, int *none)
 {
-    const int32_t V = ex->vocab;
-    const size_t words = ((size_t)V + 31) / 32;
     if (ex->gmask == NULL) {
-        ex->gmask = malloc(words * sizeof *ex->gmask);
+        ex->gmask = malloc(((size_t)ex->vocab + 31) / 32 * sizeof *ex->gmask);
         CHECK(ex->gmask != NULL, ANVIL_ERR_OOM, "out of memory for a grammar mask");
     }
-    memset(ex->gmask, 0, words * sizeof *ex->gmask);
-    TRY(anvil_grammar_matcher_fill_mask(s->gm, ex->gmask, words));
-    uint32_t any = 0;
-    for (size_t k = 0; k < words; k++) {
-        const uint32_t m = ex->gmask[k];
-        any |= m;
-        if (m == 0xffffffffu)
-            continue;
-        const int32_t end = (int32_t)(k * 32 + 32) < V ? (int32_t)(k * 32 + 32) : V;
-        for (int32_t i = (int32_t)(k * 32); i < end; i++)
-            if (!((m >> (i & 31)) & 1u))
-                w[i] = -INFINITY;
-    }
-    *none = any == 0;
+    TRY(fill_mask(ex, s, ex->gmask));
+    const double t0 = anvil_exec_now();
+    *none = !anvil_sampler_mask(w, ex->vocab, ex->gmask);
+    ex->grammar_s += anvil_exec_now() - t0;
     return ANVIL_OK;
+}
+
+anvil_status anvil_exec_masks_give(anvil_executor *ex, const plan_entry *e, const int32_t *row, int32_t n,
+                                   int defer, double *fill_s)
+{
+    const size_t words = ((size_t)ex->vocab + 31) / 32;
+    const double t0 = anvil_exec_now();
+    for (int32_t i = 0; i < n; i++) {
+        if (row[i] < 0)
+            continue;
+        xreq *r = e[i].r;
+        xseq *s = e[i].s;
+        ex->b_allowed[row[i]] = NULL; /* an ended sequence's row: sampled, then dropped */
+        if (s == NULL || s->gm == NULL || s->finish != ANVIL_REQUEST_RUNNING)
+            continue;
+        uint32_t *m = ex->gmasks + (size_t)row[i] * words;
+        anvil_status st = fill_mask(ex, s, m);
+        if (st == ANVIL_OK) {
+            ex->b_allowed[row[i]] = m;
+        } else if (defer) {
+            s->mask_st = st;
+            snprintf(r->err_msg, sizeof r->err_msg, "%s", anvil_last_error());
+        } else {
+            anvil_exec_fail_request(ex, r, st, anvil_last_error()); /* drops its launched entries */
+        }
+    }
+    const double dt = anvil_exec_now() - t0;
+    ex->tokens_s += dt;
+    if (fill_s != NULL)
+        *fill_s = dt;
+    return anvil_runtime_forward_sample_masks(ex->rt, ex->b_allowed);
 }
 
 /* The grammar allows no token: the sequence ends here, as the engine asks
@@ -217,11 +251,7 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
     anvil_logits_apply(ex->sampler, &proc, w, r->prompt, r->n_prompt, s->tokens + r->n_prompt, n_gen);
     if (s->gm != NULL) {
         int none = 0;
-        const double t0 = anvil_exec_now();
-        const anvil_status st = apply_grammar(ex, s, w, &none);
-        ex->grammar_s += anvil_exec_now() - t0;
-        ex->c_grammar++;
-        TRY(st);
+        TRY(apply_grammar(ex, s, w, &none));
         if (none)
             return end_by_grammar(ex, r, s);
     }
@@ -241,7 +271,7 @@ anvil_status anvil_exec_sample_seq(anvil_executor *ex, xreq *r, xseq *s, const f
 
 int anvil_exec_samples_on_backend(const anvil_executor *ex, const xreq *r, const xseq *s)
 {
-    if (r->beam || s->logprobs != NULL || (r->width > 1 && !r->forked) || s->gm != NULL)
+    if (r->beam || s->logprobs != NULL || (r->width > 1 && !r->forked))
         return 0;
     if (r->n_bias > 0 || r->p.repetition_penalty != 1.0f || r->p.presence_penalty != 0.0f ||
         r->p.frequency_penalty != 0.0f)
@@ -261,6 +291,8 @@ anvil_status anvil_exec_nonfinite(const anvil_executor *ex, const xreq *r, const
 
 anvil_status anvil_exec_accept_token(anvil_executor *ex, xreq *r, xseq *s, int32_t tok)
 {
+    if (tok == ANVIL_TOKEN_NONE_ALLOWED && s->gm != NULL) /* its mask allowed nothing */
+        return end_by_grammar(ex, r, s);
     if (tok < 0) /* the device sampler's verdict on a poisoned row */
         return anvil_exec_nonfinite(ex, r, s);
     /* the grammar follows the token first: a token it refuses (its mask

@@ -7,7 +7,10 @@
  * host (no log-probabilities, processors, beams or fork: see
  * anvil_exec_samples_on_backend), the runtime samples them where they are
  * (anvil_runtime_forward_sample) and only the ids come back; the draws are
- * the same either way. Requests whose sequences have all ended finish.
+ * the same either way. Rows with a grammar sample there too, with its
+ * mask: the step is launched, the masks are made while the device runs
+ * the forward, and the sampler is queued with them (forward_masked).
+ * Requests whose sequences have all ended finish.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +83,14 @@ static void handle_samples(anvil_executor *ex, xreq *r, int on_backend)
         xseq *s = r->seqs[i];
         if (s->logit_row < 0 || s->finish != ANVIL_REQUEST_RUNNING)
             continue;
+        if (s->mask_st != ANVIL_OK) { /* its grammar could not make the mask (forward_masked) */
+            char msg[sizeof r->err_msg];
+            memcpy(msg, r->err_msg, sizeof msg);
+            const anvil_status mst = s->mask_st;
+            s->mask_st = ANVIL_OK;
+            anvil_exec_fail_request(ex, r, mst, msg);
+            return;
+        }
         anvil_status st = on_backend
                               ? anvil_exec_accept_token(ex, r, s, ex->b_next[s->logit_row])
                               : anvil_exec_sample_seq(ex, r, s, ex->logits + (size_t)s->logit_row * (size_t)ex->vocab);
@@ -138,6 +149,7 @@ int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs_o
     /* sampling on the backend (only ids come back) when every row needs
      * nothing else from its logits; else the logits come to the host */
     int on_backend = 1;
+    ex->b_n_pending = 0;
     for (int32_t i = 0; i < S; i++) {
         const plan_entry *e = &ex->plan[i];
         xseq *s = e->s;
@@ -153,7 +165,11 @@ int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs_o
         if (e->start + e->count == s->n_tokens) {
             const xreq *r = e->r;
             on_backend = on_backend && anvil_exec_samples_on_backend(ex, r, s);
-            ex->b_sample[L] = (anvil_sample_row){.sampling = r->p.sampling, .rng = &s->rng};
+            /* a grammar's mask depends on the tokens before this one, which
+             * a launched step may still be computing: it comes later
+             * (anvil_exec_masks_give), while the device runs the forward */
+            ex->b_sample[L] = (anvil_sample_row){.sampling = r->p.sampling, .rng = &s->rng, .mask_pending = s->gm != NULL};
+            ex->b_n_pending += s->gm != NULL;
             s->logit_row = L;
             ex->b_rows[L++] = T - 1;
         }
@@ -168,14 +184,29 @@ int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs_o
     return on_backend;
 }
 
+/* The step sampled on the backend with its grammar rows' masks, made while
+ * the device runs the forward: launched, masks given, waited for. */
+static anvil_status forward_masked(anvil_executor *ex, const anvil_batch *b, double *fill_s)
+{
+    TRY(anvil_runtime_forward_sample_launch(ex->rt, b, ex->b_sample));
+    int32_t *row = ex->fl[0].row; /* scratch: no step is launched here */
+    for (int32_t i = 0; i < ex->n_plan; i++)
+        row[i] = ex->plan[i].s->logit_row;
+    const anvil_status st = anvil_exec_masks_give(ex, ex->plan, row, ex->n_plan, 1, fill_s);
+    const anvil_status wst = anvil_runtime_forward_sample_wait(ex->rt, ex->b_next); /* takes the step either way */
+    return st != ANVIL_OK ? st : wst;
+}
+
 void anvil_exec_step(anvil_executor *ex, const anvil_batch *b, int32_t n_reqs, int on_backend)
 {
     const int32_t S = ex->n_plan, T = b->n_tokens;
     xreq **reqs = ex->step_reqs;
     on_backend = on_backend && b->n_logits > 0;
     const double t_fwd = anvil_exec_now();
-    anvil_status st = on_backend ? anvil_runtime_forward_sample(ex->rt, b, ex->b_sample, ex->b_next)
-                                 : anvil_runtime_forward(ex->rt, b, ex->logits);
+    double fill_s = 0.0; /* the masks' part of the forward's time: tokens_s has it */
+    anvil_status st = !on_backend            ? anvil_runtime_forward(ex->rt, b, ex->logits)
+                      : ex->b_n_pending > 0 ? forward_masked(ex, b, &fill_s)
+                                             : anvil_runtime_forward_sample(ex->rt, b, ex->b_sample, ex->b_next);
     if (st != ANVIL_OK) {
         char msg[256];
         snprintf(msg, sizeof msg, "forward step failed: %s", anvil_last_error());
@@ -185,7 +216,7 @@ void anvil_exec_step(anvil_executor *ex, const anvil_batch *b, int32_t n_reqs, i
         return;
     }
     const double t_tok = anvil_exec_now();
-    ex->forward_s += t_tok - t_fwd;
+    ex->forward_s += t_tok - t_fwd - fill_s;
     ex->c_steps++;
     ex->c_computed += T;
     for (int32_t i = 0; i < S; i++) {

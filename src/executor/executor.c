@@ -345,6 +345,8 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->b_rows = malloc(S * sizeof *ex->b_rows);
     ex->b_sample = malloc(S * sizeof *ex->b_sample);
     ex->b_next = malloc(S * sizeof *ex->b_next);
+    ex->b_allowed = malloc(S * sizeof *ex->b_allowed);
+    ex->gmasks = malloc(S * ((V + 31) / 32) * sizeof *ex->gmasks);
     ex->hits = malloc(S * sizeof *ex->hits);
     ex->step_reqs = malloc(S * sizeof *ex->step_reqs);
     ex->beam_rows = malloc(S * sizeof *ex->beam_rows);
@@ -352,7 +354,7 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->work = malloc(V * sizeof *ex->work);
     ex->lp = malloc(V * sizeof *ex->lp);
     ex->mark = calloc((size_t)anvil_runtime_kv_blocks_total(ex->rt), sizeof *ex->mark);
-    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->b_sample && ex->b_next && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
+    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->b_sample && ex->b_next && ex->b_allowed && ex->gmasks && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
               ex->work && ex->lp && ex->mark,
           ANVIL_ERR_OOM, "out of memory for the executor's step buffers");
     return anvil_sampler_create(ex->vocab, &ex->sampler);
@@ -380,6 +382,8 @@ static void free_state(anvil_executor *ex)
     free(ex->b_rows);
     free(ex->b_sample);
     free(ex->b_next);
+    free((void *)ex->b_allowed);
+    free(ex->gmasks);
     free(ex->hits);
     free(ex->step_reqs);
     free((void *)ex->beam_rows);

@@ -74,6 +74,8 @@ void anvil_runtime_free(anvil_runtime *rt)
             be->ops->free(be, rt->ids_dev);
         if (rt->sample_dev)
             be->ops->free(be, rt->sample_dev);
+        if (rt->mask_dev)
+            be->ops->free(be, rt->mask_dev);
         for (int i = 0; i < 2; i++) {
             if (rt->launch_ids[i] != NULL && rt->launch_pinned)
                 be->ops->host_free(be, rt->launch_ids[i]);
@@ -100,6 +102,11 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->logits_host_stage);
     free(rt->sample_host);
     free(rt->sample_saved);
+    free(rt->mask_host);
+    free(rt->mask_none);
+    free(rt->launch_none[0]);
+    free(rt->launch_none[1]);
+    free(rt->pend_rows);
     free(rt->host_logits);
     anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
@@ -1075,7 +1082,7 @@ done:
  * allowed only when prev_rows > 0 (that step's row count): with prev_host
  * (those ids on the host) it is resolved here, else it goes to the backend
  * as it is (resolve_tokens rewrites it there); *n_ph counts them. */
-static anvil_status prepare_step_ph(anvil_runtime *rt, const anvil_batch *b, anvil_step *s, int32_t prev_rows,
+anvil_status anvil_rt_prepare_step(anvil_runtime *rt, const anvil_batch *b, anvil_step *s, int32_t prev_rows,
                                     const int32_t *prev_host, int32_t *n_ph)
 {
     const anvil_runtime_options *o = &rt->opts;
@@ -1173,7 +1180,7 @@ static anvil_status prepare_step_ph(anvil_runtime *rt, const anvil_batch *b, anv
 static anvil_status prepare_step(anvil_runtime *rt, const anvil_batch *b, anvil_step *s)
 {
     int32_t n_ph = 0;
-    return prepare_step_ph(rt, b, s, 0, NULL, &n_ph);
+    return anvil_rt_prepare_step(rt, b, s, 0, NULL, &n_ph);
 }
 
 static anvil_tensor value_tensor(const anvil_runtime *rt, const anvil_step *s, anvil_value v)
@@ -1181,6 +1188,11 @@ static anvil_tensor value_tensor(const anvil_runtime *rt, const anvil_step *s, a
     const anvil_net_op *op = anvil_network_op(rt->net, v);
     int64_t rows = op->row_kind == 0 ? s->n_tokens : s->n_logits;
     return anvil_tensor_2d(rt->be->ops->act_dtype, rows, op->width, rt->buffers[rt->value_buffer[v]]);
+}
+
+anvil_tensor anvil_rt_logits_tensor(const anvil_runtime *rt, const anvil_step *s)
+{
+    return value_tensor(rt, s, anvil_network_output(rt->net));
 }
 
 static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
@@ -1338,7 +1350,7 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
     if (ids_dev != NULL && s->n_logits > 0) {
         anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));
         if (rt->step_sample != NULL)
-            TRY(rt->be->ops->sample_rows(rt->be, &lg, rt->step_sample, ids_dev));
+            TRY(rt->be->ops->sample_rows(rt->be, &lg, rt->step_sample, NULL, ids_dev));
         else
             TRY(rt->be->ops->argmax_rows(rt->be, &lg, ids_dev));
     }
@@ -1377,7 +1389,7 @@ static uint64_t step_graph_key(const anvil_runtime *rt, anvil_step *s, int greed
 }
 
 /* The ops of the step, through a step graph where one applies. */
-static anvil_status run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev)
+anvil_status anvil_rt_run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev)
 {
     anvil_backend *be = rt->be;
     /* the ids come from the argmax (1) or, in a forward_sample step, the sampler (2) */
@@ -1400,7 +1412,7 @@ static anvil_status run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev)
 /* The synchronous steps: refused while a launched step was not waited
  * for (its ids and buffers are still in use); after one, no placeholder
  * may name the last launched step. */
-static anvil_status check_not_launched(anvil_runtime *rt, const char *what)
+anvil_status anvil_rt_check_not_launched(anvil_runtime *rt, const char *what)
 {
     CHECK(rt->launch_count == 0, ANVIL_ERR_INVALID_ARG,
           "%s: %d launched step%s not waited for (anvil_runtime_forward_sample_wait)", what, rt->launch_count,
@@ -1410,11 +1422,11 @@ static anvil_status check_not_launched(anvil_runtime *rt, const char *what)
 }
 
 /* The step with its logits to the host (forward's body). */
-static anvil_status forward_logits(anvil_runtime *rt, const anvil_batch *batch, float *logits)
+anvil_status anvil_rt_forward_logits(anvil_runtime *rt, const anvil_batch *batch, float *logits)
 {
     anvil_step s;
     TRY(prepare_step(rt, batch, &s));
-    TRY(run_step(rt, &s, NULL));
+    TRY(anvil_rt_run_step(rt, &s, NULL));
     if (s.n_logits == 0)
         return rt->be->ops->synchronize(rt->be);
     const anvil_value outv = anvil_network_output(rt->net);
@@ -1432,15 +1444,15 @@ anvil_status anvil_runtime_forward(anvil_runtime *rt, const anvil_batch *batch, 
 {
     CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
     CHECK(batch->n_logits == 0 || logits != NULL, ANVIL_ERR_INVALID_ARG, "forward: logits buffer is NULL");
-    TRY(check_not_launched(rt, "forward"));
-    return forward_logits(rt, batch, logits);
+    TRY(anvil_rt_check_not_launched(rt, "forward"));
+    return anvil_rt_forward_logits(rt, batch, logits);
 }
 
 anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *batch, int32_t *next_ids)
 {
     CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
     CHECK(batch->n_logits == 0 || next_ids != NULL, ANVIL_ERR_INVALID_ARG, "forward: next_ids is NULL");
-    TRY(check_not_launched(rt, "forward_greedy"));
+    TRY(anvil_rt_check_not_launched(rt, "forward_greedy"));
     anvil_backend *be = rt->be;
     if (be->ops->argmax_rows == NULL) {
         /* the logits come to the host, one row at a time through a buffer */
@@ -1458,246 +1470,9 @@ anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *
         TRY(be->ops->alloc(be, (size_t)rt->opts.max_logit_rows * sizeof(int32_t), &rt->ids_dev));
     anvil_step s;
     TRY(prepare_step(rt, batch, &s));
-    TRY(run_step(rt, &s, rt->ids_dev));
+    TRY(anvil_rt_run_step(rt, &s, rt->ids_dev));
     if (s.n_logits == 0)
         return be->ops->synchronize(be);
     return be->ops->download(be, next_ids, rt->ids_dev, (size_t)s.n_logits * sizeof(int32_t));
 }
 
-/* forward_sample where the backend has no sample op (or opts.host_sampling):
- * the logits come to the host and go through the host sampler. */
-static anvil_status sample_on_host(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
-                                   int32_t *next_ids)
-{
-    const int32_t L = batch->n_logits;
-    const int64_t vocab = rt->cfg.vocab_size;
-    if (L > 0 && rt->host_logits == NULL) {
-        rt->host_logits = malloc((size_t)rt->opts.max_logit_rows * (size_t)vocab * sizeof *rt->host_logits);
-        CHECK(rt->host_logits != NULL, ANVIL_ERR_OOM, "forward_sample: out of memory for the logits");
-    }
-    if (L > 0 && rt->host_sampler == NULL)
-        TRY(anvil_sampler_create((int32_t)vocab, &rt->host_sampler));
-    TRY(forward_logits(rt, batch, rt->host_logits));
-    for (int32_t i = 0; i < L; i++)
-        next_ids[i] = anvil_sampler_sample(rt->host_sampler, rt->host_logits + (int64_t)i * vocab, &rows[i].sampling,
-                                           rows[i].rng);
-    return ANVIL_OK;
-}
-
-static int row_samples(const anvil_sample_row *r) { return !anvil_sampling_is_greedy(&r->sampling); }
-
-static anvil_status check_rows(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows)
-{
-    const int32_t L = batch->n_logits;
-    CHECK(L >= 0 && L <= rt->opts.max_logit_rows, ANVIL_ERR_CAPACITY, "%d logit rows exceed max_logit_rows %d", L,
-          rt->opts.max_logit_rows);
-    CHECK(L == 0 || rows != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample: rows is NULL");
-    for (int32_t i = 0; i < L; i++) {
-        const anvil_sample_row *r = &rows[i];
-        if (anvil_sampling_params_check(&r->sampling) != ANVIL_OK)
-            return anvil_error_wrap("forward_sample: row %d", i);
-        CHECK(r->rng != NULL || !row_samples(r), ANVIL_ERR_INVALID_ARG, "forward_sample: row %d samples without a generator",
-              i);
-    }
-    return ANVIL_OK;
-}
-
-/* Whether forward_sample samples on the backend (else on the host). */
-static int samples_on_backend(const anvil_runtime *rt)
-{
-    return rt->be->ops->sample_rows != NULL && !rt->host_sampling;
-}
-
-/*
- * The device-sampled step up to its ids in ids_dev (queued, not waited
- * for): the draws on the host, the step's arrays and draws uploaded, the
- * ops and the sampler. Placeholders (prev_rows > 0) are resolved on the
- * backend from ids_dev, which still holds the previous step's ids when the
- * step's first op runs. On failure every generator is as it was.
- */
-static anvil_status sample_step_queue(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
-                                      int32_t prev_rows)
-{
-    anvil_backend *be = rt->be;
-    const int32_t L = batch->n_logits;
-    const size_t n_max = (size_t)rt->opts.max_logit_rows;
-    if (rt->sample_host == NULL) {
-        rt->sample_host = malloc(n_max * sizeof *rt->sample_host);
-        rt->sample_saved = malloc(n_max * sizeof *rt->sample_saved);
-        if (rt->sample_host == NULL || rt->sample_saved == NULL) {
-            free(rt->sample_host);
-            free(rt->sample_saved);
-            rt->sample_host = NULL;
-            rt->sample_saved = NULL;
-            return ANVIL_FAIL(ANVIL_ERR_OOM, "forward_sample: out of memory");
-        }
-    }
-    if (rt->sample_dev == NULL)
-        TRY(be->ops->alloc(be, n_max * sizeof(anvil_sample_draw), &rt->sample_dev));
-    if (rt->ids_dev == NULL)
-        TRY(be->ops->alloc(be, n_max * sizeof(int32_t), &rt->ids_dev));
-
-    /* the draws happen here, on the host, in the generators' own order;
-     * the device only uses them */
-    for (int32_t i = 0; i < L; i++) {
-        const anvil_sample_row *r = &rows[i];
-        double u = 0.0;
-        if (row_samples(r)) {
-            rt->sample_saved[i] = *r->rng;
-            u = anvil_rng_uniform(r->rng);
-        }
-        anvil_sample_draw_make(&rt->sample_host[i], &r->sampling, u);
-    }
-    anvil_step s;
-    int32_t n_ph = 0;
-    anvil_status st = prepare_step_ph(rt, batch, &s, prev_rows, NULL, &n_ph);
-    if (st == ANVIL_OK && n_ph > 0 && be->ops->resolve_tokens == NULL)
-        st = ANVIL_FAIL(ANVIL_ERR_INTERNAL, "forward_sample: the backend cannot resolve placeholders");
-    if (st == ANVIL_OK && L > 0)
-        st = be->ops->upload(be, rt->sample_dev, rt->sample_host, (size_t)L * sizeof(anvil_sample_draw));
-    if (st == ANVIL_OK) {
-        rt->step_sample = rt->sample_dev;
-        rt->step_prev_ids = n_ph > 0 ? rt->ids_dev : NULL;
-        st = run_step(rt, &s, rt->ids_dev);
-        rt->step_sample = NULL;
-        rt->step_prev_ids = NULL;
-    }
-    if (st != ANVIL_OK)
-        for (int32_t i = 0; i < L; i++)
-            if (row_samples(&rows[i]))
-                *rows[i].rng = rt->sample_saved[i];
-    return st;
-}
-
-anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
-                                          int32_t *next_ids)
-{
-    CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward: NULL argument");
-    TRY(check_rows(rt, batch, rows));
-    const int32_t L = batch->n_logits;
-    CHECK(L == 0 || next_ids != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample: next_ids is NULL");
-    TRY(check_not_launched(rt, "forward_sample"));
-    if (!samples_on_backend(rt))
-        return sample_on_host(rt, batch, rows, next_ids);
-    anvil_backend *be = rt->be;
-    TRY(sample_step_queue(rt, batch, rows, 0));
-    anvil_status st = L == 0 ? be->ops->synchronize(be)
-                             : be->ops->download(be, next_ids, rt->ids_dev, (size_t)L * sizeof(int32_t));
-    for (int32_t i = 0; i < L; i++) {
-        /* a poisoned row (-1) draws nothing, as on the host */
-        const int undraw = st != ANVIL_OK || next_ids[i] < 0;
-        if (undraw && row_samples(&rows[i]))
-            *rows[i].rng = rt->sample_saved[i];
-    }
-    return st;
-}
-
-/* ------------------------------------------------------------ steps launched ahead */
-
-static anvil_status launch_slots_ready(anvil_runtime *rt)
-{
-    if (rt->launch_ids[0] != NULL)
-        return ANVIL_OK;
-    anvil_backend *be = rt->be;
-    const size_t bytes = (size_t)rt->opts.max_logit_rows * sizeof(int32_t);
-    /* pinned memory where the backend copies into it asynchronously */
-    rt->launch_pinned = be->ops->host_alloc != NULL && be->ops->download_async != NULL;
-    for (int i = 0; i < 2; i++) {
-        if (rt->launch_pinned) {
-            void *p = NULL;
-            TRY(be->ops->host_alloc(be, bytes, &p));
-            rt->launch_ids[i] = p;
-        } else {
-            rt->launch_ids[i] = malloc(bytes);
-            CHECK(rt->launch_ids[i] != NULL, ANVIL_ERR_OOM, "forward_sample_launch: out of memory");
-        }
-    }
-    return ANVIL_OK;
-}
-
-int anvil_runtime_launches_ahead(const anvil_runtime *rt)
-{
-    const anvil_backend_ops *o = rt->be->ops;
-    return samples_on_backend(rt) && o->resolve_tokens != NULL && o->download_async != NULL &&
-           o->download_wait != NULL && o->host_alloc != NULL;
-}
-
-anvil_status anvil_runtime_forward_sample_launch(anvil_runtime *rt, const anvil_batch *batch,
-                                                 const anvil_sample_row *rows)
-{
-    CHECK(rt != NULL && batch != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample_launch: NULL argument");
-    TRY(check_rows(rt, batch, rows));
-    CHECK(rt->launch_count < 2, ANVIL_ERR_INVALID_ARG,
-          "forward_sample_launch: two launched steps not waited for (wait for the older first)");
-    TRY(launch_slots_ready(rt));
-    anvil_backend *be = rt->be;
-    const int32_t L = batch->n_logits;
-    const int slot = (rt->launch_first + rt->launch_count) % 2;
-    const int prev_slot = (slot + 1) % 2;
-    int32_t *ids = rt->launch_ids[slot];
-    const int32_t prev_rows = rt->launch_prev_rows;
-    rt->launch_prev_rows = 0; /* until this launch succeeds: no placeholder names a failed step */
-    anvil_status st;
-    if (!samples_on_backend(rt)) {
-        /* synchronous, on the host: the previous step's ids are in its slot
-         * (this path downloads at launch); placeholders resolve into a copy */
-        int32_t n_ph = 0;
-        for (int32_t t = 0; t < batch->n_tokens && batch->token_ids; t++)
-            n_ph += batch->token_ids[t] < 0;
-        anvil_batch b = *batch;
-        int32_t *tok = NULL;
-        if (n_ph > 0) {
-            tok = malloc((size_t)batch->n_tokens * sizeof *tok);
-            CHECK(tok != NULL, ANVIL_ERR_OOM, "forward_sample_launch: out of memory");
-            for (int32_t t = 0; t < batch->n_tokens; t++) {
-                int32_t v = batch->token_ids[t];
-                if (v < 0 && -1 - (int64_t)v < prev_rows)
-                    v = rt->launch_ids[prev_slot][-1 - v] < 0 ? 0 : rt->launch_ids[prev_slot][-1 - v];
-                else if (v < 0) {
-                    free(tok);
-                    return ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "token id %d: %s", v,
-                                      prev_rows > 0 ? "a placeholder for a row the last launched step does not have"
-                                                    : "out of range (placeholders only in a step launched after "
-                                                      "another)");
-                }
-                tok[t] = v;
-            }
-            b.token_ids = tok;
-        }
-        st = sample_on_host(rt, &b, rows, ids);
-        free(tok);
-    } else {
-        st = sample_step_queue(rt, batch, rows, prev_rows);
-        if (st == ANVIL_OK) {
-            if (be->ops->download_async != NULL && rt->launch_pinned)
-                st = be->ops->download_async(be, slot, ids, rt->ids_dev, (size_t)L * sizeof(int32_t));
-            else
-                st = L == 0 ? be->ops->synchronize(be)
-                            : be->ops->download(be, ids, rt->ids_dev, (size_t)L * sizeof(int32_t));
-        }
-    }
-    if (st != ANVIL_OK)
-        return st; /* sample_step_queue gave the draws back */
-    rt->launch_rows[slot] = L;
-    rt->launch_count++;
-    rt->launch_prev_rows = L;
-    return ANVIL_OK;
-}
-
-anvil_status anvil_runtime_forward_sample_wait(anvil_runtime *rt, int32_t *next_ids)
-{
-    CHECK(rt != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample_wait: NULL runtime");
-    CHECK(rt->launch_count > 0, ANVIL_ERR_INVALID_ARG, "forward_sample_wait: no launched step");
-    const int slot = rt->launch_first;
-    const int32_t L = rt->launch_rows[slot];
-    CHECK(L == 0 || next_ids != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample_wait: next_ids is NULL");
-    anvil_backend *be = rt->be;
-    /* the slot is taken whatever the outcome: a failed step is not waited twice */
-    rt->launch_first = (slot + 1) % 2;
-    rt->launch_count--;
-    if (samples_on_backend(rt) && be->ops->download_async != NULL && rt->launch_pinned)
-        TRY(be->ops->download_wait(be, slot));
-    if (L > 0)
-        memcpy(next_ids, rt->launch_ids[slot], (size_t)L * sizeof *next_ids);
-    return ANVIL_OK;
-}

@@ -2,6 +2,8 @@
  * The runtime's state, shared by its files:
  *   runtime.c        loading (weights, activations, KV cache) and the forward step
  *   runtime_refit.c  new weights of the same shapes in place (refit)
+ *   runtime_sample.c the sampled steps: forward_sample, launch / masks / wait,
+ *                    allowed-token masks
  *
  * The struct is opaque to everything outside src/runtime/.
  */
@@ -88,6 +90,35 @@ struct anvil_runtime {
     int32_t launch_prev_rows;          /* logits rows of the last launched step, whose ids a
                                           placeholder may name; 0: none (another forward since) */
     const int32_t *step_prev_ids;      /* during a launch with placeholders: resolve_tokens with these */
+    anvil_status launch_status[2];     /* a slot whose sampling could not be queued: its wait fails so */
+
+    /* allowed-token masks (anvil_sample_row.allowed), made on first use:
+     * a masked step's draws, masked rows and masks, staged back to back
+     * and uploaded in one copy (runtime_sample.c, sample_masked) */
+    int32_t mask_words;                /* (vocab + 31) / 32 */
+    unsigned char *mask_host;          /* draws [max_logit_rows], rows [max_logit_rows], words [n_masks * mask_words] */
+    void *mask_dev;                    /* the same on the backend */
+    int32_t n_masks;                   /* masks staged for the step */
+    unsigned char *mask_none;          /* [max_logit_rows] the step's rows whose mask allows nothing */
+    unsigned char *launch_none[2];     /* the same per launched slot, applied at wait */
+    /* a launch whose sampling waits for masks (anvil_runtime_forward_sample_masks) */
+    int pend;                          /* the last launched step's sampler is not queued yet */
+    anvil_step pend_step;              /* its counts (for the logits tensor) */
+    unsigned char *pend_rows;          /* [max_logit_rows] 1: the row's mask is pending */
 };
+
+/* ---- runtime.c, for runtime_sample.c */
+/* Checks the batch and fills the step's metadata (placeholders: see runtime.c). */
+anvil_status anvil_rt_prepare_step(anvil_runtime *rt, const anvil_batch *b, anvil_step *s, int32_t prev_rows,
+                                   const int32_t *prev_host, int32_t *n_ph);
+/* The step's ops (through a step graph where one applies); with ids_dev the
+ * argmax, or with rt->step_sample the sampler, of each logits row into it. */
+anvil_status anvil_rt_run_step(anvil_runtime *rt, anvil_step *s, int32_t *ids_dev);
+/* Refuses a synchronous step while a launched one was not waited for. */
+anvil_status anvil_rt_check_not_launched(anvil_runtime *rt, const char *what);
+/* The step with its logits downloaded to the host (f32). */
+anvil_status anvil_rt_forward_logits(anvil_runtime *rt, const anvil_batch *batch, float *logits);
+/* The logits of step s: [n_logits, vocab] in the backend's buffer. */
+anvil_tensor anvil_rt_logits_tensor(const anvil_runtime *rt, const anvil_step *s);
 
 #endif

@@ -388,3 +388,21 @@ void anvil_top_logprobs(anvil_sampler *s, const float *lp, int32_t k, anvil_toke
         out[i].logprob = s->c[i].logit;
     }
 }
+
+int anvil_sampler_mask(float *logits, int32_t n, const uint32_t *allowed)
+{
+    uint32_t any = 0;
+    for (int32_t k = 0; (int64_t)k * 32 < n; k++) {
+        const int32_t end = n - k * 32 < 32 ? n - k * 32 : 32;
+        uint32_t m = allowed[k];
+        if (end < 32)
+            m &= (1u << end) - 1u; /* the bits past n */
+        any |= m;
+        if (m == 0xffffffffu)
+            continue;
+        for (int32_t j = 0; j < end; j++)
+            if (!((m >> j) & 1u))
+                logits[k * 32 + j] = -INFINITY;
+    }
+    return any != 0;
+}

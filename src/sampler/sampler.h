@@ -62,6 +62,17 @@ int32_t anvil_sampler_pick(anvil_sampler *s, const float *logits, const anvil_sa
  */
 int32_t anvil_sampler_pick_margin(anvil_sampler *s, const float *logits, const anvil_sample_draw *d, double *margin);
 
+/*
+ * An allowed-token mask (anvil_sample_row.allowed: bit i % 32 of
+ * allowed[i / 32] set = token i allowed; bits past n ignored) applied to
+ * logits [n] in place: every disallowed token's logit becomes -inf.
+ * Returns whether the mask allows any token of the n. The one home of
+ * this loop: the executor's host path, the runtime's host sampling and the
+ * CPU backend's sample op all mask with it (the CUDA op repeats it in a
+ * kernel, tested against this).
+ */
+int anvil_sampler_mask(float *logits, int32_t n, const uint32_t *allowed);
+
 #ifdef __cplusplus
 }
 #endif

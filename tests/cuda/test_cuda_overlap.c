@@ -72,6 +72,7 @@ static void launch_matches(const char *model, const char *dtype)
     int32_t blocks[2][S * MB];
     anvil_rng rng[2][S];
     anvil_sample_row rows[2][S];
+    memset(rows, 0, sizeof rows); /* no mask */
     for (int k = 0; k < 2; k++) {
         OK(anvil_runtime_kv_alloc(k ? rt : ref, S * MB, blocks[k]));
         for (int s = 0; s < S; s++) {

@@ -222,7 +222,7 @@ static void check_batch(anvil_backend *be, anvil_dtype dt, int64_t V, int R, uin
     assert_int_equal(be->ops->upload(be, xd, h, (size_t)R * (size_t)V * es), ANVIL_OK);
     assert_int_equal(be->ops->upload(be, qd, q, (size_t)R * sizeof *q), ANVIL_OK);
     anvil_tensor x = anvil_tensor_2d(dt, R, V, xd);
-    if (be->ops->sample_rows(be, &x, qd, idd) != ANVIL_OK)
+    if (be->ops->sample_rows(be, &x, qd, NULL, idd) != ANVIL_OK)
         fail_msg("sample_rows: %s", anvil_last_error());
     assert_int_equal(be->ops->download(be, got, idd, (size_t)R * sizeof(int32_t)), ANVIL_OK);
     char what[64];
@@ -507,7 +507,7 @@ static int perf_main(void)
                 cudaEventRecord(e0, stream);
                 for (int it = 0; it < 20; it++) {
                     const anvil_status st = ci < 0 ? be->ops->argmax_rows(be, &x, idd)
-                                                   : be->ops->sample_rows(be, &x, qd, idd);
+                                                   : be->ops->sample_rows(be, &x, qd, NULL, idd);
                     if (st != ANVIL_OK) {
                         printf("\nfailed: %s\n", anvil_last_error());
                         return 1;

@@ -438,6 +438,7 @@ static void launch_matches(int host_sampling)
             anvil_rng_seed(&rng[k][s], 5 + (uint64_t)s);
     }
     anvil_sample_row rows[2][S];
+    memset(rows, 0, sizeof rows); /* no mask */
     for (int k = 0; k < 2; k++)
         for (int s = 0; s < S; s++) {
             anvil_sampling_params_default(&rows[k][s].sampling);

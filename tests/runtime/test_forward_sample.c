@@ -261,7 +261,7 @@ static void test_cpu_op_rows(void **st)
             anvil_sample_draw_make(&p[i], &s.sampling, anvil_rng_uniform(&rng));
         }
         anvil_tensor t = anvil_tensor_2d(ANVIL_DTYPE_F32, R, V, x);
-        assert_int_equal(be->ops->sample_rows(be, &t, p, ids), ANVIL_OK);
+        assert_int_equal(be->ops->sample_rows(be, &t, p, NULL, ids), ANVIL_OK);
         for (int32_t i = 0; i < R; i++) {
             assert_int_equal(ids[i], anvil_sampler_pick(sm, x + (size_t)i * V, &p[i]));
             assert_int_equal(ids[i] < 0, poisoned_kind((i + rep) % ROW_KINDS));
@@ -269,7 +269,7 @@ static void test_cpu_op_rows(void **st)
     }
     p[3].u = 1.0;
     anvil_tensor t = anvil_tensor_2d(ANVIL_DTYPE_F32, R, V, x);
-    assert_status_msg(be->ops->sample_rows(be, &t, p, ids), ANVIL_ERR_INVALID_ARG, "row 3");
+    assert_status_msg(be->ops->sample_rows(be, &t, p, NULL, ids), ANVIL_ERR_INVALID_ARG, "row 3");
     anvil_sampler_free(sm);
     free(x);
     free(p);

@@ -233,7 +233,7 @@ anvil_status anvil_cpu_op_gather_rows(anvil_backend *be, const anvil_tensor *x, 
                                       anvil_tensor *out);
 /* sample_rows through the host sampler, a row per thread (cpu_sample.c) */
 anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
-                                      int32_t *ids);
+                                      const anvil_sample_masks *masks, int32_t *ids);
 /* resolve_tokens (backend.h), in cpu_sample.c */
 anvil_status anvil_cpu_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
 

@@ -3,7 +3,9 @@
  * (anvil_sampler_pick, src/sampler/), rows spread over the backend's
  * threads. The op exists so that anvil_runtime_forward_sample works on
  * every backend, and is by construction what the executor's host path
- * computes, bit for bit, whichever thread takes a row.
+ * computes, bit for bit, whichever thread takes a row. A mask writes -inf
+ * over the tokens it does not allow, in place, before the pick: what the
+ * executor's host path does to its copy of the row (anvil_sampler_mask).
  */
 #include <stdlib.h>
 
@@ -27,7 +29,7 @@ static void sample_task(void *ctx, int ith, int nth)
 }
 
 anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
-                                      int32_t *ids)
+                                      const anvil_sample_masks *masks, int32_t *ids)
 {
     anvil_cpu_backend *cb = anvil_cpu_impl(be);
     CHECK(x != NULL && x->dtype == ANVIL_DTYPE_F32 && x->data != NULL, ANVIL_ERR_INVALID_ARG,
@@ -43,6 +45,17 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
                   q->u >= 0.0 && q->u < 1.0,
               ANVIL_ERR_INVALID_ARG, "sample_rows: row %lld: temperature %g, top_p %g, u %g", (long long)r,
               (double)q->sampling.temperature, (double)q->sampling.top_p, q->u);
+    }
+    if (masks != NULL && masks->n > 0) {
+        CHECK(masks->rows != NULL && masks->words != NULL && masks->n_words >= (cols + 31) / 32,
+              ANVIL_ERR_INVALID_ARG, "sample_rows: %d masks of %d words for rows of %lld columns", masks->n,
+              masks->n_words, (long long)cols);
+        for (int32_t k = 0; k < masks->n; k++)
+            CHECK(masks->rows[k] >= 0 && masks->rows[k] < rows, ANVIL_ERR_INVALID_ARG,
+                  "sample_rows: mask %d names row %d of %lld", k, masks->rows[k], (long long)rows);
+        for (int32_t k = 0; k < masks->n; k++)
+            (void)anvil_sampler_mask((float *)x->data + (int64_t)masks->rows[k] * cols, (int32_t)cols,
+                                     masks->words + (size_t)k * (size_t)masks->n_words);
     }
     /* a sampler per thread (scratch of cols entries); at most one thread per row */
     int nth = cb->n_threads < rows ? cb->n_threads : (int)rows;

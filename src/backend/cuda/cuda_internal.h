@@ -184,7 +184,7 @@ anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x,
 /* sample_rows (cuda_sample.cu); anvil_cuda_sample_set_chunk: a test knob, the
  * shared-memory chunk (1..4096 candidates) of the streamed paths */
 anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
-                                       int32_t *ids);
+                                       const anvil_sample_masks *masks, int32_t *ids);
 void anvil_cuda_sample_set_chunk(int cap);
 /* cuda_fused.c */
 anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,

@@ -39,6 +39,9 @@
  * the top-p and draw crossings are found (usually in the first chunk). The
  * unsorted case (temperature alone, min-p) is one pass of prefix sums in id
  * order over groups, then a rescan of the one group where u * sum falls.
+ *
+ * A row with a mask (a grammar's allowed tokens) first has its disallowed
+ * logits set to -inf in place by the mask kernel at the end of the file.
  */
 #include <math.h>
 
@@ -901,13 +904,55 @@ extern "C" anvil_status anvil_cuda_launch_sample_rows(cudaStream_t stream, const
     return ANVIL_CUDA_LAUNCHED("sample_rows kernel");
 }
 
+/*
+ * Masks (a grammar's allowed tokens, backend.h's anvil_sample_masks): a
+ * disallowed token's logit becomes -inf in place, before the sampler
+ * kernel runs, which is exactly the row the host path samples (it writes
+ * -inf into its copy). A thread per token, a block row per mask: the 32
+ * lanes of a warp read one mask word (one transaction) and write
+ * consecutive logits. Kept out of the sampler kernel so that an
+ * unconstrained step runs the same kernel as ever; a masked step pays one
+ * pass over its masked rows.
+ */
+#define SM_THREADS 256
+
+template <typename T>
+__global__ void __launch_bounds__(SM_THREADS)
+    anvil_sample_mask_kernel(T *x, int64_t cols, const int32_t *rows, const uint32_t *words, int n_words)
+{
+    const int64_t i = (int64_t)blockIdx.x * SM_THREADS + threadIdx.x;
+    if (i >= cols)
+        return;
+    const uint32_t w = words[(size_t)blockIdx.y * (size_t)n_words + (size_t)(i >> 5)];
+    if (!((w >> (i & 31)) & 1u))
+        x[(int64_t)rows[blockIdx.y] * cols + i] = anvil_from_f32<T>(-INFINITY);
+}
+
+extern "C" anvil_status anvil_cuda_launch_sample_mask(cudaStream_t stream, void *x, anvil_dtype act_dt, int64_t cols,
+                                                      const anvil_sample_masks *m)
+{
+    if (m == NULL || m->n == 0)
+        return ANVIL_OK;
+    CHECK(m->n > 0 && m->n <= 65535 && m->rows != NULL && m->words != NULL && (int64_t)m->n_words * 32 >= cols,
+          ANVIL_ERR_INVALID_ARG, "sample_rows: %d masks of %d words for rows of %lld columns", m->n, m->n_words,
+          (long long)cols);
+    const dim3 grid((unsigned)((cols + SM_THREADS - 1) / SM_THREADS), (unsigned)m->n);
+    ANVIL_CUDA_DISPATCH(act_dt, anvil_sample_mask_kernel<T><<<grid, SM_THREADS, 0, stream>>>((T *)x, cols, m->rows,
+                                                                                             m->words, m->n_words));
+    return ANVIL_CUDA_LAUNCHED("sample_rows mask kernel");
+}
+
 extern "C" anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x,
-                                                  const anvil_sample_draw *draws, int32_t *ids)
+                                                  const anvil_sample_draw *draws, const anvil_sample_masks *masks,
+                                                  int32_t *ids)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(anvil_cuda_check_act(cb, x, "sample_rows x"));
     CHECK((draws != NULL && ids != NULL) || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG,
           "sample_rows: draws or ids is NULL");
     TRY(anvil_cuda_use(cb));
+    if (x->shape[0] == 0)
+        return ANVIL_OK;
+    TRY(anvil_cuda_launch_sample_mask(cb->stream, x->data, x->dtype, x->shape[1], masks));
     return anvil_cuda_launch_sample_rows(cb->stream, x->data, x->dtype, x->shape[0], x->shape[1], draws, ids);
 }
