@@ -1,11 +1,12 @@
 /*
- * POST /v1/responses: OpenAI's Responses API, text in and text out, no
- * stored state. The body is mapped to a chat body (input and instructions
- * to messages, max_output_tokens to max_tokens: srv_responses_map), which
- * the chat mapping checks and enqueues as any other; the answer is a
- * "response" object, or a stream of its events (response.created,
- * response.output_text.delta, ..., response.completed), each with its type
- * and sequence_number. docs/server.md, "Responses API".
+ * POST /v1/responses: OpenAI's Responses API, no stored state. The body is
+ * mapped to a chat body (srv_responses_map: input and instructions to
+ * messages, function_call / function_call_output items to an assistant
+ * turn's tool_calls and tool messages, the flat function tools to chat's
+ * nested ones, max_output_tokens to max_tokens), which the chat mapping
+ * checks and enqueues as any other, tool calls included (server_tools.c);
+ * the answer (server_responses_wire.c) is a "response" object, or a
+ * stream of its events. docs/server.md, "Responses API".
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,10 +19,11 @@ static const char *const renames[][2] = {
     {"max_tokens", "max_output_tokens"},
 };
 
-/* "messages[i]..." of the chat body as the client's "input[i - offset]..."
- * (offset 1: the instructions are messages[0]) into out; 0 when p is no
+/* "messages[i]..." of the chat body as the client's "input[k]..." into
+ * out: k is the input item message i came from (ctx's "items": -1 for the
+ * instructions; without it, i less the instructions' turn); 0 when p is no
  * such path. */
-static int input_path(const char *p, int offset, char *out, size_t cap)
+static int input_path(const char *p, json_t *ctx, char *out, size_t cap)
 {
     if (strncmp(p, "messages", 8) != 0)
         return 0;
@@ -31,12 +33,19 @@ static int input_path(const char *p, int offset, char *out, size_t cap)
     }
     char *end;
     long i = strtol(p + 9, &end, 10);
-    if (*end != ']')
+    if (*end != ']' || i < 0)
         return 0;
-    if (i < offset)
+    json_t *items = json_object_get(ctx, "items");
+    long k = items ? (json_is_integer(json_array_get(items, (size_t)i))
+                          ? (long)json_integer_value(json_array_get(items, (size_t)i))
+                          : -2)
+                   : i - (json_is_string(json_object_get(ctx, "instructions")) ? 1 : 0);
+    if (k == -2)
+        return 0;
+    if (k < 0)
         snprintf(out, cap, "instructions");
     else
-        snprintf(out, cap, "input[%ld]%s", i - offset, end + 1);
+        snprintf(out, cap, "input[%ld]%s", k, end + 1);
     return 1;
 }
 
@@ -49,8 +58,7 @@ void srv_responses_rename(json_t *err, json_t *ctx)
     if (param == NULL || strlen(param) >= sizeof from)
         return;
     snprintf(from, sizeof from, "%s", param);
-    int offset = json_is_string(json_object_get(ctx, "instructions"));
-    if (!input_path(from, offset, to, sizeof to))
+    if (!input_path(from, ctx, to, sizeof to))
         return;
     json_object_set_new(e, "param", json_string(to));
     const char *const names[][2] = {{from, to}};
@@ -117,14 +125,105 @@ static int item_content(json_t *content, size_t i, json_t **out, int *status, js
     return 0;
 }
 
-/* input (a string or a list of message items) as chat messages. */
-static int input_messages(json_t *input, json_t *msgs, int *status, json_t **err)
+/* A function_call_output's output: a string, or input_text parts (joined). */
+static json_t *call_output(json_t *out)
+{
+    if (json_is_string(out))
+        return json_incref(out);
+    if (!json_is_array(out))
+        return NULL;
+    json_t *parts = json_array();
+    size_t k;
+    json_t *p;
+    json_array_foreach(out, k, p)
+    {
+        const char *type = json_string_value(json_object_get(p, "type"));
+        json_t *text = json_object_get(p, "text");
+        if (type == NULL || (strcmp(type, "input_text") != 0 && strcmp(type, "output_text") != 0) ||
+            !json_is_string(text)) {
+            json_decref(parts);
+            return NULL;
+        }
+        json_t *t = json_object();
+        json_object_set_new(t, "type", json_string("text"));
+        json_object_set(t, "text", text);
+        json_array_append_new(parts, t);
+    }
+    return parts;
+}
+
+/* A function_call item (a past call) as a tool call of an assistant turn:
+ * the turn before it when that is the assistant's (its text, or calls
+ * made together), else a new one. */
+static int past_call(json_t *it, size_t i, json_t *msgs, json_t *items, int *status, json_t **err)
+{
+    char param[64];
+    static const char *const need[] = {"call_id", "name", "arguments"};
+    for (size_t k = 0; k < 3; k++) {
+        if (!json_is_string(get(it, need[k]))) {
+            snprintf(param, sizeof param, "input[%zu].%s", i, need[k]);
+            return fail(status, err, param, "invalid_value", "'%s' must be a string", param);
+        }
+    }
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1), *calls;
+    const char *role = json_string_value(json_object_get(last, "role"));
+    if (last == NULL || role == NULL || strcmp(role, "assistant") != 0) {
+        last = json_pack("{s:s, s:n, s:[]}", "role", "assistant", "content", "tool_calls");
+        json_array_append_new(msgs, last);
+        json_array_append_new(items, json_integer((json_int_t)i));
+    }
+    calls = json_object_get(last, "tool_calls");
+    if (calls == NULL) {
+        calls = json_array();
+        json_object_set_new(last, "tool_calls", calls);
+    }
+    json_array_append_new(calls, json_pack("{s:O, s:s, s:{s:O, s:O}}", "id", get(it, "call_id"), "type", "function",
+                                           "function", "name", get(it, "name"), "arguments", get(it, "arguments")));
+    return 0;
+}
+
+/* A function_call_output item as a tool message (named after its call,
+ * for the templates that print the name). */
+static int call_result(json_t *it, size_t i, json_t *msgs, json_t *items, int *status, json_t **err)
+{
+    char param[64];
+    json_t *id = get(it, "call_id"), *out = get(it, "output");
+    if (!json_is_string(id)) {
+        snprintf(param, sizeof param, "input[%zu].call_id", i);
+        return fail(status, err, param, "invalid_value", "'%s' must be a string", param);
+    }
+    json_t *content = call_output(out);
+    if (content == NULL) {
+        snprintf(param, sizeof param, "input[%zu].output", i);
+        return fail(status, err, param, "invalid_value", "'%s' must be a string or a list of input_text parts",
+                    param);
+    }
+    json_t *m = json_pack("{s:s, s:O, s:o}", "role", "tool", "tool_call_id", id, "content", content);
+    size_t k;
+    json_t *prev;
+    json_array_foreach(msgs, k, prev)
+    {
+        size_t c;
+        json_t *tc;
+        json_array_foreach(json_object_get(prev, "tool_calls"), c, tc) if (json_equal(json_object_get(tc, "id"), id))
+            json_object_set(m, "name", json_object_get(json_object_get(tc, "function"), "name"));
+    }
+    json_array_append_new(msgs, m);
+    json_array_append_new(items, json_integer((json_int_t)i));
+    return 0;
+}
+
+/* input (a string, or a list of message, function_call and
+ * function_call_output items) as chat messages; items: for each message,
+ * the input item it came from. */
+static int input_messages(json_t *input, json_t *msgs, json_t *items, int *status, json_t **err)
 {
     if (json_is_string(input)) {
         json_t *m = json_object();
         json_object_set_new(m, "role", json_string("user"));
         json_object_set(m, "content", input);
         json_array_append_new(msgs, m);
+        json_array_append_new(items, json_integer(0));
         return 0;
     }
     if (!json_is_array(input) || json_array_size(input) == 0)
@@ -139,9 +238,20 @@ static int input_messages(json_t *input, json_t *msgs, int *status, json_t **err
         if (!json_is_object(it))
             return fail(status, err, param, "invalid_type", "'%s' must be a message object", param);
         const char *type = json_string_value(get(it, "type"));
+        if (type && strcmp(type, "function_call") == 0) {
+            if (past_call(it, i, msgs, items, status, err) < 0)
+                return -1;
+            continue;
+        }
+        if (type && strcmp(type, "function_call_output") == 0) {
+            if (call_result(it, i, msgs, items, status, err) < 0)
+                return -1;
+            continue;
+        }
         if (type && strcmp(type, "message") != 0)
             return fail(status, err, param, "unsupported",
-                        "'%s': items of type '%s' are not supported (messages only; no tools, no stored state)",
+                        "'%s': items of type '%s' are not supported (messages, function_call and "
+                        "function_call_output only; no stored state)",
                         param, type);
         json_t *role = get(it, "role"), *content = get(it, "content");
         if (!json_is_string(role) || content == NULL)
@@ -153,7 +263,75 @@ static int input_messages(json_t *input, json_t *msgs, int *status, json_t **err
         json_object_set(m, "role", role); /* the chat mapping checks it */
         json_object_set_new(m, "content", c);
         json_array_append_new(msgs, m);
+        json_array_append_new(items, json_integer((json_int_t)i));
     }
+    return 0;
+}
+
+/* tools (flat function tools: {"type": "function", "name", "description",
+ * "parameters", "strict"}) as chat's nested ones, and tool_choice's
+ * function form, into the chat body o. */
+static int map_tools(json_t *in, json_t *o, int *status, json_t **err)
+{
+    json_t *tools = get(in, "tools"), *choice = get(in, "tool_choice"), *par = get(in, "parallel_tool_calls");
+    if (tools && !json_is_array(tools))
+        return fail(status, err, "tools", "invalid_type", "'tools' must be a list of tools");
+    json_t *chat_tools = tools ? json_array() : NULL;
+    if (chat_tools)
+        json_object_set_new(o, "tools", chat_tools);
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t)
+    {
+        char param[64];
+        snprintf(param, sizeof param, "tools[%zu].type", i);
+        const char *type = json_string_value(json_object_get(t, "type"));
+        if (type == NULL)
+            return fail(status, err, param, "invalid_value", "'%s' must be a string (\"function\")", param);
+        if (strcmp(type, "function") != 0)
+            return fail(status, err, param, "unsupported",
+                        "'%s' '%.40s' is not supported: only function tools (the server runs no tools itself)", param,
+                        type);
+        json_t *name = get(t, "name"), *params = get(t, "parameters"), *desc = get(t, "description"),
+               *strict = get(t, "strict");
+        snprintf(param, sizeof param, "tools[%zu].name", i);
+        if (!json_is_string(name) || json_string_length(name) == 0)
+            return fail(status, err, param, "invalid_value", "'%s' must be a non-empty string", param);
+        snprintf(param, sizeof param, "tools[%zu].parameters", i);
+        if (params && !json_is_object(params))
+            return fail(status, err, param, "invalid_value", "'%s' must be a JSON schema object", param);
+        snprintf(param, sizeof param, "tools[%zu].description", i);
+        if (desc && !json_is_string(desc))
+            return fail(status, err, param, "invalid_type", "'%s' must be a string", param);
+        snprintf(param, sizeof param, "tools[%zu].strict", i);
+        if (strict && !json_is_boolean(strict))
+            return fail(status, err, param, "invalid_type", "'%s' must be a boolean", param);
+        json_t *fn = json_pack("{s:O}", "name", name);
+        if (desc)
+            json_object_set(fn, "description", desc);
+        if (params)
+            json_object_set(fn, "parameters", params);
+        if (strict)
+            json_object_set(fn, "strict", strict);
+        json_array_append_new(chat_tools, json_pack("{s:s, s:o}", "type", "function", "function", fn));
+    }
+    if (json_is_object(choice)) {
+        const char *type = json_string_value(json_object_get(choice, "type"));
+        json_t *name = json_object_get(choice, "name");
+        if (type == NULL || strcmp(type, "function") != 0)
+            return fail(status, err, "tool_choice", "unsupported",
+                        "'tool_choice' of type '%.40s' is not supported: \"none\", \"auto\", \"required\" or "
+                        "{\"type\": \"function\", \"name\": ...}",
+                        type ? type : "(none)");
+        if (!json_is_string(name))
+            return fail(status, err, "tool_choice", "invalid_value",
+                        "'tool_choice' as an object must be {\"type\": \"function\", \"name\": ...}");
+        json_object_set_new(o, "tool_choice", json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name", name));
+    } else if (choice) {
+        json_object_set(o, "tool_choice", choice); /* the chat mapping checks it */
+    }
+    if (par)
+        json_object_set(o, "parallel_tool_calls", par);
     return 0;
 }
 
@@ -163,7 +341,7 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     *ctx = NULL;
     if (!json_is_object(in))
         return fail(status, err, NULL, "invalid_json", "The request body must be a JSON object.");
-    /* what needs state kept between requests, or tools */
+    /* what needs state kept between requests */
     static const char *const stateful[] = {"previous_response_id", "conversation", "prompt"};
     for (size_t i = 0; i < sizeof stateful / sizeof stateful[0]; i++)
         if (get(in, stateful[i]))
@@ -174,9 +352,6 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     json_t *bg = get(in, "background");
     if (bg && !json_is_false(bg))
         return fail(status, err, "background", "unsupported", "'background' is not supported");
-    json_t *tools = get(in, "tools");
-    if (tools && !(json_is_array(tools) && json_array_size(tools) == 0))
-        return fail(status, err, "tools", "unsupported", "'tools' are not supported (text in, text out)");
     json_t *tlp = get(in, "top_logprobs");
     if (tlp && !(json_is_integer(tlp) && json_integer_value(tlp) == 0))
         return fail(status, err, "top_logprobs", "unsupported",
@@ -212,19 +387,21 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     if (input == NULL)
         return fail(status, err, "input", "missing_required_parameter",
                     "'input' is required: a string, or a list of messages");
-    json_t *msgs = json_array();
+    json_t *msgs = json_array(), *items = json_array();
     if (instr) {
         json_t *m = json_object();
         json_object_set_new(m, "role", json_string("system"));
         json_object_set(m, "content", instr);
         json_array_append_new(msgs, m);
-    }
-    if (input_messages(input, msgs, status, err) < 0) {
-        json_decref(msgs);
-        return -1;
+        json_array_append_new(items, json_integer(-1));
     }
     json_t *o = json_object();
     json_object_set_new(o, "messages", msgs);
+    if (input_messages(input, msgs, items, status, err) < 0 || map_tools(in, o, status, err) < 0) {
+        json_decref(o);
+        json_decref(items);
+        return -1;
+    }
     if (ft) { /* compiled by the chat mapping's structured output */
         json_t *rf = json_object();
         json_object_set_new(rf, "type", json_string(ft));
@@ -261,237 +438,12 @@ int srv_responses_map(json_t *in, json_t **chat, json_t **ctx, int *status, json
     json_object_set(c, "user", get(in, "user") ? get(in, "user") : json_null());
     if (ft)
         json_object_set(c, "text_format", fmt); /* the response repeats it */
+    json_object_set_new(c, "items", items);
+    json_t *tools = get(in, "tools"), *choice = get(in, "tool_choice"), *par = get(in, "parallel_tool_calls");
+    json_object_set_new(c, "tools", tools ? json_incref(tools) : json_array());
+    json_object_set_new(c, "tool_choice", choice ? json_incref(choice) : json_string("auto"));
+    json_object_set_new(c, "parallel_tool_calls", par ? json_incref(par) : json_true());
     *chat = o;
     *ctx = c;
     return 0;
 }
-
-/* ------------------------------------------------------------ output */
-
-/* The response object: status "in_progress", "completed", "incomplete" or
- * "failed"; text NULL: no output item yet. */
-static json_t *response_json(const srv_gen *g, const char *status, const char *text, size_t len,
-                             const char *incomplete, const char *error_code, const char *error_msg,
-                             const srv_job *usage)
-{
-    json_t *o = json_object(), *ctx = g->wire_ctx;
-    json_object_set_new(o, "id", json_string(g->rid));
-    json_object_set_new(o, "object", json_string("response"));
-    json_object_set_new(o, "created_at", json_integer(g->created));
-    json_object_set_new(o, "status", json_string(status));
-    json_object_set_new(o, "background", json_false());
-    if (error_code) {
-        json_t *e = json_object();
-        json_object_set_new(e, "code", json_string(error_code));
-        json_object_set_new(e, "message", json_string(error_msg));
-        json_object_set_new(o, "error", e);
-    } else {
-        json_object_set_new(o, "error", json_null());
-    }
-    if (incomplete) {
-        json_t *d = json_object();
-        json_object_set_new(d, "reason", json_string(incomplete));
-        json_object_set_new(o, "incomplete_details", d);
-    } else {
-        json_object_set_new(o, "incomplete_details", json_null());
-    }
-    json_object_set(o, "instructions", json_object_get(ctx, "instructions"));
-    json_object_set(o, "max_output_tokens", json_object_get(ctx, "max_output_tokens"));
-    json_object_set_new(o, "model", json_string(g->model->name));
-    json_t *output = json_array();
-    if (text) {
-        json_t *item = json_object(), *content = json_array(), *part = json_object();
-        json_object_set_new(part, "type", json_string("output_text"));
-        json_object_set_new(part, "text", srv_json_text(text, len));
-        json_object_set_new(part, "annotations", json_array());
-        json_object_set_new(part, "logprobs", json_array());
-        json_array_append_new(content, part);
-        json_object_set_new(item, "type", json_string("message"));
-        json_object_set_new(item, "id", json_sprintf("msg_%s", g->rid + 5));
-        json_object_set_new(item, "status", json_string(incomplete ? "incomplete" : "completed"));
-        json_object_set_new(item, "role", json_string("assistant"));
-        json_object_set_new(item, "content", content);
-        json_array_append_new(output, item);
-    }
-    json_object_set_new(o, "output", output);
-    json_object_set_new(o, "parallel_tool_calls", json_true());
-    json_object_set_new(o, "previous_response_id", json_null());
-    json_t *reasoning = json_object();
-    json_object_set_new(reasoning, "effort", json_null());
-    json_object_set_new(reasoning, "summary", json_null());
-    json_object_set_new(o, "reasoning", reasoning);
-    json_object_set_new(o, "store", json_false()); /* nothing is kept */
-    json_object_set(o, "temperature", json_object_get(ctx, "temperature"));
-    json_t *tf = json_object(), *f = json_object_get(ctx, "text_format");
-    if (f) {
-        json_object_set(tf, "format", f);
-    } else {
-        f = json_object();
-        json_object_set_new(f, "type", json_string("text"));
-        json_object_set_new(tf, "format", f);
-    }
-    json_object_set_new(o, "text", tf);
-    json_object_set_new(o, "tool_choice", json_string("none"));
-    json_object_set_new(o, "tools", json_array());
-    json_object_set(o, "top_p", json_object_get(ctx, "top_p"));
-    json_object_set_new(o, "truncation", json_string("disabled"));
-    if (usage) {
-        json_t *u = json_object(), *in = json_object(), *out = json_object();
-        json_object_set_new(u, "input_tokens", json_integer(usage->prompt_tokens));
-        json_object_set_new(in, "cached_tokens", json_integer(0));
-        json_object_set_new(u, "input_tokens_details", in);
-        json_object_set_new(u, "output_tokens", json_integer(usage->completion_tokens));
-        json_object_set_new(out, "reasoning_tokens", json_integer(0));
-        json_object_set_new(u, "output_tokens_details", out);
-        json_object_set_new(u, "total_tokens", json_integer(usage->prompt_tokens + usage->completion_tokens));
-        json_object_set_new(o, "usage", u);
-    } else {
-        json_object_set_new(o, "usage", json_null());
-    }
-    json_object_set(o, "user", json_object_get(ctx, "user"));
-    json_object_set(o, "metadata", json_object_get(ctx, "metadata"));
-    return o;
-}
-
-/* One streamed event: {"type": type, "sequence_number": n, ...o} (takes o). */
-static void event(srv_gen *g, const char *type, json_t *o)
-{
-    json_object_set_new(o, "type", json_string(type));
-    json_object_set_new(o, "sequence_number", json_integer(g->seq++));
-    srv_gen_sse(g, type, o);
-}
-
-static json_t *with(const char *key, json_t *v)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, key, v);
-    return o;
-}
-
-/* item_id, output_index, content_index: where a text event belongs. */
-static json_t *at_text(const srv_gen *g)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "item_id", json_sprintf("msg_%s", g->rid + 5));
-    json_object_set_new(o, "output_index", json_integer(0));
-    json_object_set_new(o, "content_index", json_integer(0));
-    return o;
-}
-
-static json_t *item_json(const srv_gen *g, const char *status, const char *text, size_t len)
-{
-    json_t *item = json_object(), *content = json_array();
-    json_object_set_new(item, "id", json_sprintf("msg_%s", g->rid + 5));
-    json_object_set_new(item, "type", json_string("message"));
-    json_object_set_new(item, "status", json_string(status));
-    json_object_set_new(item, "role", json_string("assistant"));
-    if (text) {
-        json_t *part = json_object();
-        json_object_set_new(part, "type", json_string("output_text"));
-        json_object_set_new(part, "text", srv_json_text(text, len));
-        json_object_set_new(part, "annotations", json_array());
-        json_object_set_new(part, "logprobs", json_array());
-        json_array_append_new(content, part);
-    }
-    json_object_set_new(item, "content", content);
-    return item;
-}
-
-static void r_start(srv_gen *g)
-{
-    event(g, "response.created", with("response", response_json(g, "in_progress", NULL, 0, NULL, NULL, NULL, NULL)));
-    event(g, "response.in_progress",
-          with("response", response_json(g, "in_progress", NULL, 0, NULL, NULL, NULL, NULL)));
-    json_t *o = with("item", item_json(g, "in_progress", NULL, 0));
-    json_object_set_new(o, "output_index", json_integer(0));
-    event(g, "response.output_item.added", o);
-    o = at_text(g);
-    json_t *part = json_object();
-    json_object_set_new(part, "type", json_string("output_text"));
-    json_object_set_new(part, "text", json_string(""));
-    json_object_set_new(part, "annotations", json_array());
-    json_object_set_new(part, "logprobs", json_array());
-    json_object_set_new(o, "part", part);
-    event(g, "response.content_part.added", o);
-}
-
-static void r_chunk(srv_gen *g, const char *text, size_t len, anvil_request_finish finish)
-{
-    if (finish != ANVIL_REQUEST_RUNNING)
-        json_object_set_new(g->wire_ctx, "finish", json_integer(finish));
-    if (len == 0)
-        return;
-    srv_gen_text_add(g, text, len);
-    json_t *o = at_text(g);
-    json_object_set_new(o, "delta", srv_json_text(text, len));
-    json_object_set_new(o, "logprobs", json_array());
-    event(g, "response.output_text.delta", o);
-}
-
-static void r_error(srv_gen *g, const char *msg)
-{
-    event(g, "response.failed",
-          with("response", response_json(g, "failed", NULL, 0, NULL, "server_error", msg, NULL)));
-    g->wire_failed = 1;
-}
-
-static void r_end(srv_job *j)
-{
-    srv_gen *g = &j->g;
-    if (g->wire_failed)
-        return;
-    json_int_t f = json_integer_value(json_object_get(g->wire_ctx, "finish"));
-    if (f == ANVIL_REQUEST_CANCELLED || f == ANVIL_REQUEST_ERROR) {
-        event(g, "response.failed",
-              with("response", response_json(g, "failed", NULL, 0, NULL, "cancelled",
-                                             "the request was cancelled (the server is shutting down, or its "
-                                             "model unloading)",
-                                             j)));
-        return;
-    }
-    const char *text = g->text ? g->text : "";
-    const char *incomplete = f == ANVIL_REQUEST_LENGTH ? "max_output_tokens" : NULL;
-    json_t *o = at_text(g);
-    json_object_set_new(o, "text", srv_json_text(text, g->text_len));
-    json_object_set_new(o, "logprobs", json_array());
-    event(g, "response.output_text.done", o);
-    o = at_text(g);
-    json_t *item = item_json(g, "completed", text, g->text_len);
-    json_object_set(o, "part", json_array_get(json_object_get(item, "content"), 0));
-    event(g, "response.content_part.done", o);
-    json_object_set_new(item, "status", json_string(incomplete ? "incomplete" : "completed"));
-    o = with("item", item);
-    json_object_set_new(o, "output_index", json_integer(0));
-    event(g, "response.output_item.done", o);
-    event(g, incomplete ? "response.incomplete" : "response.completed",
-          with("response", response_json(g, incomplete ? "incomplete" : "completed", text, g->text_len,
-                                         incomplete, NULL, NULL, j)));
-}
-
-static void r_body(srv_job *j)
-{
-    srv_gen *g = &j->g;
-    json_t *c = json_array_get(j->choices, 0);
-    json_t *content = json_object_get(json_object_get(c, "message"), "content");
-    const char *f = json_string_value(json_object_get(c, "finish_reason"));
-    const char *incomplete = f && strcmp(f, "length") == 0 ? "max_output_tokens" : NULL;
-    json_t *o = response_json(g, incomplete ? "incomplete" : "completed",
-                              json_string_value(content) ? json_string_value(content) : "",
-                              json_string_length(content), incomplete, NULL, NULL, j);
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    g->http_status = s ? 200 : 500;
-    if (s)
-        srv_gen_append(g, s, strlen(s));
-    free(s);
-}
-
-const srv_wire srv_responses_wire = {
-    .id_prefix = "resp",
-    .start = r_start,
-    .chunk = r_chunk,
-    .error = r_error,
-    .end = r_end,
-    .body = r_body,
-    .error_body = NULL,
-};

@@ -260,12 +260,30 @@ static void test_responses_map(void **state)
         {"{\"input\": []}", "input"},
         {"{\"input\": [5]}", "input[0]"},
         {"{\"input\": [{\"role\": \"user\"}]}", "input[0]"},
-        {"{\"input\": [{\"type\": \"function_call\", \"name\": \"f\"}]}", "input[0]"},
+        {"{\"input\": [{\"type\": \"function_call\", \"name\": \"f\"}]}", "input[0].call_id"},
+        {"{\"input\": [{\"type\": \"function_call\", \"call_id\": \"c\", \"name\": \"f\", \"arguments\": {}}]}",
+         "input[0].arguments"},
+        {"{\"input\": [{\"type\": \"function_call_output\", \"call_id\": \"c\", \"output\": 3}]}",
+         "input[0].output"},
+        {"{\"input\": [{\"type\": \"function_call_output\", \"output\": \"x\"}]}", "input[0].call_id"},
+        {"{\"input\": [{\"type\": \"reasoning\", \"summary\": []}]}", "input[0]"},
+        {"{\"input\": \"x\", \"tools\": {}}", "tools"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"web_search\"}]}", "tools[0].type"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\", \"name\": \"f\"}, {\"type\": \"file_search\"}]}",
+         "tools[1].type"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]}",
+         "tools[0].name"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\", \"name\": \"f\", \"parameters\": 1}]}",
+         "tools[0].parameters"},
+        {"{\"input\": \"x\", \"tools\": [{\"type\": \"function\", \"name\": \"f\", \"strict\": 1}]}",
+         "tools[0].strict"},
+        {"{\"input\": \"x\", \"tool_choice\": {\"type\": \"file_search\"}}", "tool_choice"},
+        {"{\"input\": \"x\", \"tool_choice\": {\"type\": \"function\"}}", "tool_choice"},
         {"{\"input\": [{\"role\": \"user\", \"content\": [{\"type\": \"input_image\"}]}]}", "input[0].content[0]"},
         {"{\"input\": \"x\", \"previous_response_id\": \"resp_1\"}", "previous_response_id"},
         {"{\"input\": \"x\", \"conversation\": \"c\"}", "conversation"},
         {"{\"input\": \"x\", \"background\": true}", "background"},
-        {"{\"input\": \"x\", \"tools\": [{}]}", "tools"},
+        {"{\"input\": \"x\", \"tools\": [{}]}", "tools[0].type"},
         {"{\"input\": \"x\", \"top_logprobs\": 2}", "top_logprobs"},
         {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"json_schema\"}}}", "text.format.schema"},
         {"{\"input\": \"x\", \"text\": {\"format\": {\"type\": \"yaml\"}}}", "text.format"},
@@ -281,6 +299,81 @@ static void test_responses_map(void **state)
         if (r != NULL || strcmp(p, refused[i].param) != 0)
             fail_msg("%s: param '%s', want '%s'", refused[i].body, p, refused[i].param);
     }
+}
+
+/* Function tools (flat) as chat's nested ones, tool_choice's function
+ * form, and past calls and their outputs as an assistant turn's tool_calls
+ * and tool messages; the response repeats tools, tool_choice and
+ * parallel_tool_calls; each chat message knows its input item. */
+static void test_responses_tools(void **state)
+{
+    (void)state;
+    json_t *ctx = NULL;
+    char param[64];
+    json_t *o = responses(
+        "{\"input\": [{\"role\": \"user\", \"content\": \"w?\"}, {\"type\": \"message\", \"role\": \"assistant\", "
+        "\"content\": [{\"type\": \"output_text\", \"text\": \"Looking.\"}]}, {\"type\": \"function_call\", \"id\": "
+        "\"fc_1\", \"call_id\": \"call_1\", \"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\":\\\"Oslo\\\"}\", "
+        "\"status\": \"completed\"}, {\"type\": \"function_call\", \"call_id\": \"call_2\", \"name\": \"ping\", "
+        "\"arguments\": \"{}\"}, {\"type\": \"function_call_output\", \"call_id\": \"call_1\", \"output\": \"sunny\"}, "
+        "{\"type\": \"function_call_output\", \"call_id\": \"call_2\", \"output\": [{\"type\": \"input_text\", "
+        "\"text\": \"pong\"}]}, {\"type\": \"function_call\", \"call_id\": \"call_3\", \"name\": \"ping\", "
+        "\"arguments\": \"{}\"}], \"instructions\": \"sys\", \"tools\": [{\"type\": \"function\", \"name\": "
+        "\"get_weather\", \"description\": \"d\", \"parameters\": {\"type\": \"object\"}, \"strict\": true}, "
+        "{\"type\": \"function\", \"name\": \"ping\"}], \"tool_choice\": {\"type\": \"function\", \"name\": "
+        "\"ping\"}, \"parallel_tool_calls\": false}",
+        &ctx, param, sizeof param);
+    if (o == NULL)
+        fail_msg("refused: %s", param);
+    json_t *want = parse(
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"sys\"}, {\"role\": \"user\", \"content\": \"w?\"}, "
+        "{\"role\": \"assistant\", \"content\": [{\"type\": \"text\", \"text\": \"Looking.\"}], \"tool_calls\": [{\"id\": "
+        "\"call_1\", \"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"arguments\": "
+        "\"{\\\"city\\\":\\\"Oslo\\\"}\"}}, {\"id\": \"call_2\", \"type\": \"function\", \"function\": {\"name\": "
+        "\"ping\", \"arguments\": \"{}\"}}]}, {\"role\": \"tool\", \"tool_call_id\": \"call_1\", \"content\": \"sunny\", "
+        "\"name\": \"get_weather\"}, {\"role\": \"tool\", \"tool_call_id\": \"call_2\", \"content\": [{\"type\": "
+        "\"text\", \"text\": \"pong\"}], \"name\": \"ping\"}, {\"role\": \"assistant\", \"content\": null, "
+        "\"tool_calls\": [{\"id\": \"call_3\", \"type\": \"function\", \"function\": {\"name\": \"ping\", "
+        "\"arguments\": \"{}\"}}]}], \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", "
+        "\"description\": \"d\", \"parameters\": {\"type\": \"object\"}, \"strict\": true}}, {\"type\": \"function\", "
+        "\"function\": {\"name\": \"ping\"}}], \"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": "
+        "\"ping\"}}, \"parallel_tool_calls\": false}");
+    if (!json_equal(o, want)) {
+        char *got = json_dumps(o, JSON_COMPACT);
+        fail_msg("mapped to %s", got);
+    }
+    json_decref(want);
+    want = parse("[-1, 0, 1, 4, 5, 6]"); /* each message's input item */
+    assert_true(json_equal(json_object_get(ctx, "items"), want));
+    json_decref(want);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(ctx, "tools"), 1), "name")),
+                        "ping");
+    assert_true(json_is_false(json_object_get(ctx, "parallel_tool_calls")));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(ctx, "tool_choice"), "type")), "function");
+    /* a chat error on messages[4] names input[5] */
+    json_t *e = srv_error_json("bad messages[4].content", "invalid_request_error", "messages[4].content", NULL);
+    srv_responses_rename(e, ctx);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e, "error"), "param")), "input[5].content");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e, "error"), "message")),
+                        "bad input[5].content");
+    json_decref(e);
+    json_decref(o);
+    json_decref(ctx);
+    /* the defaults the response repeats; "required" passes to the chat mapping */
+    o = responses("{\"input\": \"x\", \"tools\": [{\"type\": \"function\", \"name\": \"f\"}], \"tool_choice\": "
+                  "\"required\"}",
+                  &ctx, param, sizeof param);
+    assert_non_null(o);
+    assert_string_equal(json_string_value(json_object_get(o, "tool_choice")), "required");
+    assert_true(json_is_true(json_object_get(ctx, "parallel_tool_calls")));
+    json_decref(o);
+    json_decref(ctx);
+    o = responses("{\"input\": \"x\"}", &ctx, param, sizeof param);
+    assert_null(json_object_get(o, "tools"));
+    assert_string_equal(json_string_value(json_object_get(ctx, "tool_choice")), "auto");
+    assert_int_equal(json_array_size(json_object_get(ctx, "tools")), 0);
+    json_decref(o);
+    json_decref(ctx);
 }
 
 /* The chat mapping's messages[i] is the client's input[i - 1] after
@@ -400,6 +493,7 @@ int main(void)
         cmocka_unit_test(test_triton_fields),    cmocka_unit_test(test_triton_refusals),
         cmocka_unit_test(test_triton_errors),    cmocka_unit_test(test_triton_paths),
         cmocka_unit_test(test_responses_map),    cmocka_unit_test(test_responses_rename),
+        cmocka_unit_test(test_responses_tools),
         cmocka_unit_test(test_cors_list),        cmocka_unit_test(test_infer_tensors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
