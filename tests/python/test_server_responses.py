@@ -5,7 +5,9 @@ instructions as the system turn, max_output_tokens (status "incomplete"),
 the stream's events in order with their sequence numbers, text.format
 json_schema / json_object (structured output, and openai's responses.parse
 with a pydantic model), and each refused
-field named. A real server on stories260K with Phi-3.5's chat template."""
+field named (tools other than functions among them). A real server on
+stories260K with Phi-3.5's chat template; tool calls on /v1/responses are
+tested in test_server_tools.py (tinycode with the call families' templates)."""
 import http.client
 import json
 import signal
@@ -175,13 +177,18 @@ def test_responses_parse_pydantic(client):
 def test_refusals(client):
     cases = [
         (dict(input="x", previous_response_id="resp_1"), "previous_response_id"),
-        (dict(input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]), "tools"),
+        (dict(input="x", tools=[{"type": "web_search"}]), "tools[0].type"),
+        (dict(input="x", tools=[{"type": "function", "name": "f"}, {"type": "file_search", "vector_store_ids": []}]),
+         "tools[1].type"),
+        (dict(input="x", tools=[{"type": "function", "name": "f"}], tool_choice={"type": "web_search_preview"}),
+         "tool_choice"),
         (dict(input="x", max_output_tokens=100000), "max_output_tokens"),
         (dict(input="x", max_output_tokens=0), "max_output_tokens"),
         (dict(input=[]), "input"),
         (dict(input=[{"role": "user", "content": [{"type": "input_image", "image_url": "http://x/y.png"}]}]),
          "input[0].content[0]"),
-        (dict(input=[{"type": "function_call_output", "call_id": "c", "output": "x"}]), "input[0]"),
+        (dict(input=[{"type": "reasoning", "id": "rs_1", "summary": []}]), "input[0]"),
+        (dict(input=[{"type": "function_call_output", "call_id": "c", "output": 5}]), "input[0].output"),
         (dict(input=[{"role": "wizard", "content": "x"}]), "input"),
         (dict(input="x", text={"format": {"type": "yaml"}}), "text.format"),
         (dict(input="x", text={"format": {"type": "json_schema", "name": "x"}}), "text.format.schema"),

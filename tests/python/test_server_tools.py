@@ -6,7 +6,11 @@ call's arguments validating against its tool's schema with jsonschema,
 streamed and not; the openai client's round trip (a call, the tool's
 answer back through the template, a reply); langchain-openai's bind_tools
 with the default choice and with_structured_output by function calling and
-by json_schema; tool_choice none and auto; refusals. The model is small
+by json_schema; tool_choice none and auto; refusals; calls streamed
+argument by argument (the pieces add up to the unstreamed call, with the
+openai client and langchain's stream); /v1/responses with function tools
+(function_call items, their streamed events, the round trip with a
+function_call_output). The model is small
 and untrained for tools, so its free output is rarely a call: the parsers
 of free output are tested in tests/server/test_server_tools.c."""
 import json
@@ -130,6 +134,125 @@ def test_named_function_streamed_and_not(family):
         jsonschema.validate(json.loads(calls[0]["arguments"]), SCHEMAS["book_table"])
         # greedy-free but seeded: the stream is the same sample as the body
         assert json.loads(calls[0]["arguments"]) == json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+
+
+def stream_calls(client, **kw):
+    """A chat stream's tool calls as the openai client's users assemble them
+    (by index: id, name, the arguments' pieces joined), the pieces per call,
+    the content and the finish reason."""
+    calls, pieces, content, finish = {}, {}, "", None
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        d = chunk.choices[0].delta
+        content += d.content or ""
+        for tc in d.tool_calls or []:
+            if tc.id:  # a call begins: its id, type and name, "arguments": ""
+                assert tc.index not in calls and tc.type == "function" and tc.function.name
+                assert tc.function.arguments == ""
+                calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": ""}
+                pieces[tc.index] = 0
+            else:  # then only the next piece of its arguments
+                assert tc.function.name is None and tc.function.arguments
+            calls[tc.index]["arguments"] += tc.function.arguments or ""
+            pieces[tc.index] += 1 if tc.function.arguments else 0
+        finish = chunk.choices[0].finish_reason or finish
+    return [calls[i] for i in sorted(calls)], pieces, content, finish
+
+
+def test_streamed_argument_by_argument(family):
+    """stream=True with tools at temperature 0: each call starts with its
+    name, its arguments come in pieces as generated, and the pieces put
+    together equal the unstreamed call's arguments string (compact JSON),
+    the names and the count equal, the finish reason tool_calls."""
+    name, _, client = family
+    for kw in (dict(tool_choice="required", parallel_tool_calls=False),
+               dict(tool_choice={"type": "function", "function": {"name": "book_table"}}),
+               dict(tool_choice="required")):
+        kw = dict(model="tinycode", messages=ASK, tools=TOOLS, temperature=0, max_tokens=200, **kw)
+        r = client.chat.completions.create(**kw).choices[0]
+        calls, pieces, content, finish = stream_calls(client, **kw)
+        if r.message.tool_calls is None:  # Mistral's array cut by max_tokens: text, as unstreamed
+            assert finish == r.finish_reason == "length"
+            continue
+        assert r.finish_reason == finish == "tool_calls" and content == "" and r.message.content is None
+        want = [(tc.function.name, tc.function.arguments) for tc in r.message.tool_calls]
+        assert [(c["name"], c["arguments"]) for c in calls] == want
+        for i, c in enumerate(calls):
+            check_calls(r.message.tool_calls, SCHEMAS)
+            json.loads(c["arguments"])
+            if c["arguments"] != "{}":
+                assert pieces[i] > 1, (name, c, pieces)  # argument by argument, not whole at the end
+    # the default choice: what a random model writes is text, streamed the same
+    kw = dict(model="tinycode", messages=ASK, tools=TOOLS, temperature=0, max_tokens=16)
+    r = client.chat.completions.create(**kw).choices[0]
+    calls, _, content, finish = stream_calls(client, **kw)
+    assert [(c["name"], c["arguments"]) for c in calls] == [
+        (tc.function.name, tc.function.arguments) for tc in r.message.tool_calls or []]
+    assert (r.message.content or "") == content and finish == r.finish_reason
+
+
+def test_responses_tools(family):
+    """/v1/responses with function tools (the Responses form, flat): a call
+    forced with tool_choice required comes back as a function_call item;
+    streamed, its events (output_item.added, function_call_arguments.delta /
+    .done, output_item.done) add up to the same call at temperature 0; the
+    round trip with the call and a function_call_output goes through the
+    template as chat's tool messages; a hosted tool type is 400."""
+    name, _, client = family
+    tools = [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
+              "parameters": t["function"].get("parameters", {"type": "object", "properties": {}, "additionalProperties": False}),
+              "strict": True}
+             for t in TOOLS]
+    kw = dict(model="tinycode", input=ASK[0]["content"], tools=tools, tool_choice="required", temperature=0,
+              max_output_tokens=200, parallel_tool_calls=False)
+    r = client.responses.create(**kw)
+    assert r.status == "completed", r
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert len(calls) == 1 and calls[0].status == "completed" and calls[0].id.startswith("fc_")
+    fc = calls[0]
+    jsonschema.validate(json.loads(fc.arguments), SCHEMAS[fc.name])
+    if name == "mistral":
+        assert len(fc.call_id) == 9 and fc.call_id.isalnum()
+    else:
+        assert fc.call_id.startswith("call_")
+    assert r.tool_choice == "required" and [t.name for t in r.tools] == [t["name"] for t in tools]
+    assert r.parallel_tool_calls is False
+    # streamed: the same call, its arguments in pieces
+    events = list(client.responses.create(stream=True, **kw))
+    types = [e.type for e in events]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert types[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
+    assert types[-3:] == ["response.function_call_arguments.done", "response.output_item.done",
+                          "response.completed"]
+    added = events[2].item
+    assert added.type == "function_call" and added.name == fc.name and added.arguments == ""
+    deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert all(e.item_id == added.id for e in events if e.type.startswith("response.function_call_arguments"))
+    assert "".join(deltas) == fc.arguments == events[-3].arguments == events[-2].item.arguments
+    if fc.arguments != "{}":
+        assert len(deltas) > 1
+    final = events[-1].response
+    assert [(o.type, o.name, o.arguments) for o in final.output] == [("function_call", fc.name, fc.arguments)]
+    # the SDK's stream helper rebuilds the same
+    with client.responses.stream(**kw) as stream:
+        got = stream.get_final_response()
+    assert [(o.name, o.arguments) for o in got.output if o.type == "function_call"] == [(fc.name, fc.arguments)]
+    # the round trip: the call and its output back, then a reply (the prompt grew by them)
+    follow = [{"role": "user", "content": ASK[0]["content"]}] + [o.model_dump(exclude_none=True) for o in r.output] + [
+        {"type": "function_call_output", "call_id": fc.call_id, "output": json.dumps({"ok": True, "temp": 21})}]
+    r2 = client.responses.create(model="tinycode", input=follow, tools=tools, temperature=0, max_output_tokens=8)
+    assert r2.status in ("completed", "incomplete") and r2.output
+    assert r2.usage.input_tokens > r.usage.input_tokens
+    # tool_choice none: text
+    r3 = client.responses.create(model="tinycode", input=follow, tools=tools, tool_choice="none", temperature=0,
+                                 max_output_tokens=8)
+    assert [o.type for o in r3.output] == ["message"]
+    # a named function (the Responses form of tool_choice)
+    r4 = client.responses.create(model="tinycode", input=ASK[0]["content"], tools=tools, temperature=0,
+                                 max_output_tokens=200, tool_choice={"type": "function", "name": "book_table"})
+    assert [o.name for o in r4.output if o.type == "function_call"] == ["book_table"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="tinycode", input="x", tools=[{"type": "web_search_preview"}])
+    assert e.value.body["param"] == "tools[0].type"
 
 
 def test_round_trip(family):
@@ -276,6 +399,16 @@ def test_langchain_bind_tools_default_choice(qwen):
         total = chunk if total is None else total + chunk
     assert [(t["name"], t["args"]) for t in total.tool_calls] == [(t["name"], t["args"]) for t in msg.tool_calls]
     assert total.tool_calls[0]["id"]
+    # at temperature 0 the same, and the arguments came in several chunks
+    llm = chat_model(qwen, temperature=0, max_tokens=120).bind_tools([get_weather], tool_choice="any")
+    msg = llm.invoke("What is the weather in Oslo?")
+    total, n_args = None, 0
+    for chunk in llm.stream("What is the weather in Oslo?"):
+        n_args += sum(1 for t in chunk.tool_call_chunks if t.get("args"))
+        total = chunk if total is None else total + chunk
+    assert msg.tool_calls and [(t["name"], t["args"]) for t in total.tool_calls] == [
+        (t["name"], t["args"]) for t in msg.tool_calls]
+    assert n_args > 1 and not total.invalid_tool_calls
 
 
 def test_langchain_structured_output(qwen):
