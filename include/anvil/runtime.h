@@ -193,7 +193,10 @@ typedef struct anvil_sample_row {
  * identical to that call's; on CUDA too except where the draw or the top-p
  * mass lands within ~1e-9 of a cumulative-probability boundary (the device
  * sums in another order; docs/cuda-backend.md). On failure no generator
- * has advanced.
+ * has advanced. Rows with a mask (allowed) sample after the step's ops
+ * (outside its step graph on CUDA), with the masks uploaded in one copy;
+ * a row whose mask allows nothing is ANVIL_TOKEN_NONE_ALLOWED and draws
+ * nothing. mask_pending is refused here (ANVIL_ERR_INVALID_ARG).
  */
 anvil_status anvil_runtime_forward_sample(anvil_runtime *rt, const anvil_batch *batch, const anvil_sample_row *rows,
                                           int32_t *next_ids);
