@@ -6,15 +6,21 @@
  *   same threads (anvil_cpu_stream_read_gbps). Weight buffers are rotated
  *   through a pool of at least 4x the last-level cache, so every call reads
  *   from memory, as a decode step does.
- *   GEMM (T = 128, 512): GFLOP/s next to the measured FMA peak.
+ *   GEMM (T = 16, 128, 512): GFLOP/s next to the measured FMA peak, and
+ *   GFLOP/s per CPU-second (the process's CPU time over the same calls:
+ *   on a shared machine, time the threads were descheduled does not count;
+ *   time they spun waiting does).
  *   Decode attention at the Llama-3.2-1B shape (32 heads, 8 kv heads,
  *   head_dim 64, f32 cache): GB/s of cached K/V read, next to the stream.
  *
- *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn] [--json FILE]
+ *   --tokens T: only the GEMMs of T tokens (16, 128 or 512).
+ *
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn] [--tokens T] [--json FILE]
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "anvil_internal.h" /* internal: not part of the API */
@@ -24,6 +30,7 @@ typedef struct result {
     int64_t T, K, N;
     double seconds, rate, ceiling; /* GB/s and stream GB/s, or GFLOP/s and peak */
     double ratio;                  /* rate / ceiling (for GEMV: the median of per-round ratios) */
+    double cpu_rate;               /* GEMM: GFLOP per CPU-second */
 } result;
 
 /* Random bf16 in +-[2^-7, 1): no zeros, denormals, infinities or NaNs. */
@@ -38,6 +45,13 @@ static void fill_bf16(uint16_t *w, size_t n, uint64_t *s)
         uint16_t sign = (uint16_t)((x >> 20) & 0x8000u), exp = (uint16_t)(120 + (x >> 8) % 7), mant = (uint16_t)(x & 0x7f);
         w[i] = (uint16_t)(sign | (exp << 7) | mant);
     }
+}
+
+static double cpu_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -119,7 +133,7 @@ static int bench_gemv(anvil_backend *be, int n_threads, int64_t K, int64_t N, in
         ratio[i] = gbps[i] / stream[i];
     }
     *r = (result){"gemv", 1, K, N, median3(secs[0], secs[1], secs[2]), median3(gbps[0], gbps[1], gbps[2]),
-                  median3(stream[0], stream[1], stream[2]), median3(ratio[0], ratio[1], ratio[2])};
+                  median3(stream[0], stream[1], stream[2]), median3(ratio[0], ratio[1], ratio[2]), 0};
     free(x);
     free(out);
     free(pool);
@@ -141,16 +155,17 @@ static int bench_gemm(anvil_backend *be, double peak, int64_t T, int64_t K, int6
     be->ops->matmul(be, &tx, &tw, NULL, &to); /* warm-up */
     double times[64];
     int reps = 0;
-    double start = anvil_cpu_now_s(), budget = quick ? 0.3 : 1.0;
+    double start = anvil_cpu_now_s(), budget = quick ? 0.3 : 1.0, cpu0 = cpu_now_s();
     while (reps < 64 && (reps < 3 || anvil_cpu_now_s() - start < budget)) {
         double t0 = anvil_cpu_now_s();
         be->ops->matmul(be, &tx, &tw, NULL, &to);
         times[reps++] = anvil_cpu_now_s() - t0;
     }
+    double cpu = cpu_now_s() - cpu0;
     qsort(times, (size_t)reps, sizeof times[0], cmp_double);
     double flops = 2.0 * (double)T * (double)K * (double)N;
     *r = (result){"gemm", T, K, N, times[reps / 2], flops / times[reps / 2] * 1e-9, peak,
-                  flops / times[reps / 2] * 1e-9 / peak};
+                  flops / times[reps / 2] * 1e-9 / peak, flops * reps / cpu * 1e-9};
     free(w);
     free(x);
     free(out);
@@ -215,7 +230,7 @@ static int bench_attention(anvil_backend *be, int n_threads, int32_t n_seqs, int
     double kv_bytes = 2.0 * (double)n_seqs * (ctx + 1) * (double)kw * 4;
     double stream = anvil_cpu_stream_read_gbps((size_t)kv_bytes, n_threads);
     *r = (result){"attention", n_seqs, ctx, 0, times[reps / 2], kv_bytes / times[reps / 2] * 1e-9, stream,
-                  kv_bytes / times[reps / 2] * 1e-9 / stream};
+                  kv_bytes / times[reps / 2] * 1e-9 / stream, 0};
     free(kc);
     free(vc);
     free(q);
@@ -234,6 +249,7 @@ static int bench_attention(anvil_backend *be, int n_threads, int32_t n_seqs, int
 int main(int argc, char **argv)
 {
     int n_threads = 0, quick = 0;
+    int64_t only_t = 0;
     const char *json = NULL, *only = "";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -242,10 +258,12 @@ int main(int argc, char **argv)
             quick = 1;
         else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc)
             only = argv[++i];
+        else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc)
+            only_t = atoll(argv[++i]);
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn] [--tokens T] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -262,7 +280,7 @@ int main(int argc, char **argv)
 
     static const int64_t gemv_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}, {2048, 128256}};
     static const int64_t gemm_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}};
-    static const int64_t gemm_tokens[] = {128, 512};
+    static const int64_t gemm_tokens[] = {16, 128, 512};
     result res[40];
     int n_res = 0;
 
@@ -278,16 +296,18 @@ int main(int argc, char **argv)
                (double)(r->K * r->N * 2) / 1e6, r->seconds * 1e6, r->rate, r->ceiling, 100 * r->ratio);
         fflush(stdout);
     }
-    printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads)\n");
-    printf("%8s %8s %8s %10s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak");
+    printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads;\n"
+           "cpu = GFLOP per CPU-second of the process, %%cpu = that against the peak of one thread)\n");
+    printf("%8s %8s %8s %10s %10s %8s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak", "cpu", "%cpu");
     for (size_t t = 0; strcmp(only, "gemv") != 0 && strcmp(only, "attn") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
-        for (size_t i = 0; i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
+        for (size_t i = 0; (only_t == 0 || only_t == gemm_tokens[t]) && i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
             result *r = &res[n_res];
             if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)
                 return 1;
             n_res++;
-            printf("%8lld %8lld %8lld %10.2f %10.1f %7.1f%%\n", (long long)r->T, (long long)r->K, (long long)r->N,
-                   r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling);
+            printf("%8lld %8lld %8lld %10.2f %10.1f %7.1f%% %10.1f %7.1f%%\n", (long long)r->T, (long long)r->K,
+                   (long long)r->N, r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling, r->cpu_rate,
+                   100 * r->cpu_rate * n_threads / r->ceiling);
             fflush(stdout);
         }
 
@@ -320,10 +340,10 @@ int main(int argc, char **argv)
             int gemv = strcmp(r->kind, "gemm") != 0;
             fprintf(f,
                     "  {\"kind\": \"%s\", \"T\": %lld, \"K\": %lld, \"N\": %lld, \"seconds\": %.9f, \"%s\": %.3f, "
-                    "\"%s\": %.3f, \"ratio\": %.4f}%s\n",
+                    "\"%s\": %.3f, \"ratio\": %.4f, \"gflops_per_cpu_s\": %.3f}%s\n",
                     r->kind, (long long)r->T, (long long)r->K, (long long)r->N, r->seconds,
                     gemv ? "gbps" : "gflops", r->rate, gemv ? "stream_gbps" : "peak_gflops", r->ceiling, r->ratio,
-                    i + 1 < n_res ? "," : "");
+                    r->cpu_rate, i + 1 < n_res ? "," : "");
         }
         fprintf(f, "]}\n");
         fclose(f);

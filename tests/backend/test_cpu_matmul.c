@@ -29,7 +29,8 @@ static const struct {
     {5, 129, 70},  {6, 8, 11},    {7, 255, 13},  {8, 33, 100},  {9, 48, 31},   {10, 15, 7},   {13, 200, 50},
     {16, 513, 23}, {17, 32, 2},   {33, 77, 65},  {64, 300, 130}, {70, 1000, 45}, {1, 2048, 300}, {37, 40, 7},
     {12, 1, 40},   {69, 96, 97},
-    {40, 1029, 14}, {12, 1024, 9}, /* the AVX2 panel tile's k blocks of 512: a tail after them, and none */
+    {40, 1029, 14}, {12, 1024, 9}, /* k blocks (AVX2's of 256): a tail after them, and none */
+    {133, 776, 25}, {130, 256, 12}, /* AVX2's token blocks of 128 and weight-row blocks of 12: remainders, and none */
 };
 
 typedef enum bias_kind { BIAS_NONE, BIAS_SAME, BIAS_F32 } bias_kind;

@@ -159,6 +159,7 @@ typedef struct anvil_cpu_mm_shape {
     int gemv_rows;    /* weight rows per GEMV thread-split unit (a multiple of every GEMV tile) */
     int gemm_rows;    /* weight rows per converted panel */
     int gemm_tokens;  /* tokens per GEMM tile */
+    size_t (*gemm_scratch)(int64_t K); /* scratch of an ISA's own GEMM driver (T > gemv_max_t), or NULL */
 } anvil_cpu_mm_shape;
 
 /* Computes out[t0:t1, n0:n1]. scratch: anvil_cpu_mm_scratch_bytes(),
@@ -166,6 +167,8 @@ typedef struct anvil_cpu_mm_shape {
 static inline size_t anvil_cpu_mm_scratch_bytes(const anvil_cpu_mm_shape *sh, int64_t K)
 {
     size_t kp = ((size_t)K + 15) / 16 * 16 + 16; /* + the padding of mm_panel_ld() */
+    if (sh->gemm_scratch != NULL)
+        return sh->gemm_scratch(K);
     return (size_t)sh->gemm_rows * kp * sizeof(float);
 }
 

@@ -7,14 +7,13 @@
 #include "backend/cpu/cpu_gemm_avx2.h"
 
 /* 16 ymm registers: a streamed tile is TT x NT outputs of two registers
- * each; the panel tile runs the two halves in turn (cpu_gemm_avx2.h). */
+ * each; the GEMM runs the two halves in turn, k-blocked (cpu_gemm_avx2.h). */
 #define MM_GEMV_MAX_T 8
 #define MM_GEMV_ROWS_T2 4
 #define MM_GEMV_ROWS 2
 #define MM_GEMM_ROWS GEMM_AVX2_NT
 #define MM_GEMM_TOKENS GEMM_AVX2_TT
-#define MM_PANEL_TILE mm_panel_tile_4x3_avx2
-#define MM_L2_BYTES (512 << 10) /* Zen 2/3 and most AVX2 parts: 512 KiB to 1 MiB a core */
+#define MM_GEMM_DRIVER mm_gemm_avx2
 #define MM_ENTRY mm_entry_avx2
 #include "backend/cpu/cpu_matmul_tmpl.h"
 
@@ -23,7 +22,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_avx2 = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS, gemm_avx2_scratch},
     .matmul = mm_entry_avx2,
     .attention = attn_entry_avx2,
 };

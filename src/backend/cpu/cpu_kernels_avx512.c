@@ -19,7 +19,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_avx512 = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS, NULL},
     .matmul = mm_entry_avx512,
     .attention = attn_entry_avx512,
 };

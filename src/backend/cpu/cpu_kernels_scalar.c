@@ -16,7 +16,7 @@
 #include "backend/cpu/cpu_attention_tmpl.h"
 
 const anvil_cpu_kernels anvil_cpu_kernels_scalar = {
-    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS},
+    .mm_shape = {MM_GEMV_MAX_T, MM_GEMV_ROWS_T2, MM_GEMM_ROWS, MM_GEMM_TOKENS, NULL},
     .matmul = mm_entry_scalar,
     .attention = attn_entry_scalar,
 };

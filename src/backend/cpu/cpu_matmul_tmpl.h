@@ -10,9 +10,9 @@
  *   MM_GEMM_TOKENS  tokens per GEMM tile (<= 4)
  *   MM_ENTRY        the name of the entry point (an anvil_cpu_mm_fn)
  * and optionally:
- *   MM_PANEL_TILE   a function for the full MM_GEMM_TOKENS x MM_GEMM_ROWS
- *                   panel tile (x, ldx, panel, kp, K, out, ldo, bias) in
- *                   place of the generic one, with the same arithmetic
+ *   MM_GEMM_DRIVER  a function (m, t0, t1, n0, n1, scratch) for T > 8 in
+ *                   place of the generic panel GEMM, with the same
+ *                   arithmetic (AVX2's k-blocked one, cpu_gemm_avx2.h)
  *   MM_L2_BYTES     the L2 cache of one core (default 2 MiB): a token
  *                   block's x rows take half of it
  *
@@ -114,7 +114,7 @@ MM_INST_T2(MM_GEMV_ROWS_T2, bf16, ANVIL_DTYPE_BF16)
 MM_INST_T2(MM_GEMV_ROWS_T2, f16, ANVIL_DTYPE_F16)
 #endif
 /* panel tiles (f32 panel) */
-#if MM_GEMM_ROWS != MM_GEMV_ROWS && MM_GEMM_ROWS != 1
+#if MM_GEMM_ROWS != MM_GEMV_ROWS && MM_GEMM_ROWS != 1 && !defined(MM_GEMM_DRIVER)
 MM_INST_T(MM_GEMM_ROWS, f32, ANVIL_DTYPE_F32)
 #endif
 
@@ -128,7 +128,9 @@ static const mm_tile_fn mm_tiles_one[3][4] = {MM_ROW_T(1, f32), MM_ROW_T(1, bf16
 #define MM_ROW_T2(NT, DTN) {MM_NAME(1, NT, DTN), MM_NAME(2, NT, DTN)}
 static const mm_tile_fn mm_tiles_t2[3][2] = {MM_ROW_T2(MM_GEMV_ROWS_T2, f32), MM_ROW_T2(MM_GEMV_ROWS_T2, bf16),
                                              MM_ROW_T2(MM_GEMV_ROWS_T2, f16)};
+#ifndef MM_GEMM_DRIVER
 static const mm_tile_fn mm_tiles_panel[4] = MM_ROW_T(MM_GEMM_ROWS, f32);
+#endif
 
 static int mm_dt_index(anvil_dtype dt) { return dt == ANVIL_DTYPE_F32 ? 0 : dt == ANVIL_DTYPE_BF16 ? 1 : 2; }
 
@@ -178,6 +180,7 @@ static VEC_FN void mm_gemv(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
     }
 }
 
+#ifndef MM_GEMM_DRIVER
 /* The panel's row stride: K rounded up to 16, plus one cache line when
  * that is a multiple of 4 KiB, so the panel rows do not all fall into the
  * same L1 sets. */
@@ -251,11 +254,7 @@ static VEC_FN void mm_gemm(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
             int64_t t = tb0;
             if (nr == MM_GEMM_ROWS) {
                 for (; t + MM_GEMM_TOKENS <= tb1; t += MM_GEMM_TOKENS)
-#ifdef MM_PANEL_TILE
-                    MM_PANEL_TILE(m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b);
-#else
                     mm_tiles_panel[MM_GEMM_TOKENS - 1](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
-#endif
                 for (; t < tb1; t++)
                     mm_tiles_panel[0](m->x + t * K, K, panel, kp, K, m->out + t * N + n, N, b, NULL);
             } else {
@@ -272,10 +271,16 @@ static VEC_FN void mm_gemm(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_
     }
 }
 
+#endif /* MM_GEMM_DRIVER */
+
 static VEC_FN void MM_ENTRY(const anvil_cpu_mm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1, float *scratch)
 {
     if (t1 - t0 <= MM_GEMV_MAX_T)
         mm_gemv(m, t0, t1, n0, n1);
     else
+#ifdef MM_GEMM_DRIVER
+        MM_GEMM_DRIVER(m, t0, t1, n0, n1, scratch);
+#else
         mm_gemm(m, t0, t1, n0, n1, scratch);
+#endif
 }
