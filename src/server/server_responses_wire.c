@@ -322,8 +322,10 @@ static void r_end(srv_job *j)
                                              j)));
         return;
     }
-    const char *incomplete = f == ANVIL_REQUEST_LENGTH ? "max_output_tokens" : NULL;
-    /* a call cut short or broken is incomplete; whole calls are completed */
+    /* whole calls are completed, also when the length ended the text after
+     * them (the body's finish_reason is then "tool_calls"); a call cut
+     * short or broken is incomplete */
+    const char *incomplete = f == ANVIL_REQUEST_LENGTH && !g->tools_whole ? "max_output_tokens" : NULL;
     const char *k = open_kind(g);
     int call = k && strcmp(k, "call") == 0;
     if (json_array_size(items(g)) == 0)

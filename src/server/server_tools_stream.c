@@ -24,6 +24,7 @@
  * for arguments that do not parse.
  */
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -201,6 +201,21 @@ static void test_stream_call_cut(void **state)
     assert_string_equal(json_string_value(json_object_get(r, "tool_choice")), "required");
     json_decref(ev);
     fake_free(&f);
+    /* whole calls, then the length ran out (text after them, dropped): completed, as the body */
+    g = fake_new(&f, "{\"input\": \"w?\", " TOOLS "}", 1);
+    w->start(g);
+    tool(g, SRV_TOOLS_DELTA_CALL, 0, "get_weather");
+    tool(g, SRV_TOOLS_DELTA_ARGS, 0, "{}");
+    g->tools_whole = 1;
+    w->chunk(g, "", 0, ANVIL_REQUEST_LENGTH);
+    w->end(f.j);
+    ev = events(g);
+    r = json_object_get(json_array_get(ev, json_array_size(ev) - 1), "response");
+    assert_string_equal(type_of(ev, json_array_size(ev) - 1), "response.completed");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(r, "output"), 0), "status")),
+                        "completed");
+    json_decref(ev);
+    fake_free(&f);
     /* tools, but neither text nor a call: one empty message, as the body has */
     g = fake_new(&f, "{\"input\": \"w?\", " TOOLS "}", 1);
     w->start(g);
