@@ -10,6 +10,7 @@
  * arguments as an object), refusals name their field. The server
  * tests (tests/python/test_server_tools.py) drive it end to end. */
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -296,6 +297,87 @@ static void test_stream_arguments(void **state)
             fail_msg("case %zu: the whole parse finds no call", i);
         srv_tools_result_free(&r);
         stream_check(cases[i].parser, cases[i].forced, cases[i].text, NULL);
+    }
+}
+
+/* A small deterministic generator (xorshift) for random arguments. */
+static uint64_t rng_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static json_t *random_value(uint64_t *x, int depth)
+{
+    static const char *const strs[] = {"Oslo", "a \"quoted\" \\ word", "line\nbreak\ttab", "caf\xc3\xa9 \xe2\x82\xac",
+                                       "\xf0\x9f\x98\x80 emoji", "ctl \x01\x1f", "", "slash / and <tag>"};
+    static const double reals[] = {1.5, -0.25, 1e-7, 2.5e10, 3.0, 0.1};
+    int kind = (int)(rng_next(x) % (depth < 3 ? 8 : 5));
+    switch (kind) {
+    case 0:
+        return json_string(strs[rng_next(x) % 8]);
+    case 1:
+        return json_integer((json_int_t)(rng_next(x) % 2000000) - 1000000);
+    case 2:
+        return json_real(reals[rng_next(x) % 6]);
+    case 3:
+        return rng_next(x) % 2 ? json_true() : json_false();
+    case 4:
+        return json_null();
+    case 5:
+    case 6: {
+        json_t *o = json_object();
+        int n = (int)(rng_next(x) % 4);
+        for (int i = 0; i < n; i++)
+            json_object_set_new(o, strs[rng_next(x) % 8], random_value(x, depth + 1));
+        return o;
+    }
+    default: {
+        json_t *a = json_array();
+        int n = (int)(rng_next(x) % 4);
+        for (int i = 0; i < n; i++)
+            json_array_append_new(a, random_value(x, depth + 1));
+        return a;
+    }
+    }
+}
+
+/* Random arguments (every JSON kind, escapes, characters outside the BMP)
+ * written the ways models and json.dumps write them (compact, indented,
+ * spaced, \u-escaped): streamed at every cut equals the whole parse. */
+static void test_stream_random(void **state)
+{
+    (void)state;
+    static const size_t flags[] = {JSON_COMPACT, JSON_INDENT(2), 0, JSON_ENSURE_ASCII, JSON_ENSURE_ASCII | JSON_COMPACT};
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 30; i++) {
+        json_t *args = json_object();
+        int n = 1 + (int)(rng_next(&x) % 3);
+        for (int k = 0; k < n; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "k%d", k);
+            json_object_set_new(args, key, random_value(&x, 1));
+        }
+        json_t *call = json_pack("{s:s, s:o}", "name", "tool_x", i % 3 == 2 ? "parameters" : "arguments", args);
+        char *body = json_dumps(call, flags[i % 5]);
+        json_decref(call);
+        char text[4096];
+        int parser = i % 3 == 0 ? SRV_TOOLS_HERMES : i % 3 == 1 ? SRV_TOOLS_MISTRAL : SRV_TOOLS_LLAMA3;
+        if (parser == SRV_TOOLS_HERMES)
+            snprintf(text, sizeof text, "Text first. <tool_call>\n%s\n</tool_call>", body);
+        else if (parser == SRV_TOOLS_MISTRAL)
+            snprintf(text, sizeof text, "[TOOL_CALLS][%s, %s]", body, body);
+        else
+            snprintf(text, sizeof text, "<|python_tag|>%s", body);
+        free(body);
+        srv_tools_result r;
+        assert_int_equal(srv_tools_parse(parser, 0, text, strlen(text), &r), 0);
+        if (r.calls == NULL)
+            fail_msg("random case %d does not parse: %s", i, text);
+        srv_tools_result_free(&r);
+        stream_check(parser, 0, text, NULL);
     }
 }
 
@@ -731,7 +813,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_whole),      cmocka_unit_test(test_parse_streamed),
-        cmocka_unit_test(test_stream_arguments), cmocka_unit_test(test_stream_broken),
+        cmocka_unit_test(test_stream_arguments), cmocka_unit_test(test_stream_random),
+        cmocka_unit_test(test_stream_broken),
         cmocka_unit_test(test_stream_pieces),    cmocka_unit_test(test_call_ids),
         cmocka_unit_test(test_forcing_grammar),  cmocka_unit_test(test_detect_from_templates),
         cmocka_unit_test(test_map_requests),
