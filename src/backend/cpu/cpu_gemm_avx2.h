@@ -49,6 +49,7 @@
  * rows are contiguous: rows a multiple of 4 KiB apart would share L1
  * sets with each other and with the chunk). */
 #define GEMM_AVX2_CHUNK_FLOATS (GEMM_AVX2_NB * GEMM_AVX2_KC)
+#define GEMM_AVX2_PST (GEMM_AVX2_NB * 16) /* part: [token][row][16]; a constant, so parking needs no address math */
 #define GEMM_AVX2_PART_FLOATS (GEMM_AVX2_TB * GEMM_AVX2_NB * 16)
 
 static size_t gemm_avx2_scratch(int64_t K)
@@ -69,10 +70,14 @@ static size_t gemm_avx2_scratch(int64_t K)
  * the chunk and both halves h, lanes [8h, 8h + 8) of TT tokens x 3 rows
  * over the block's nc 16-wide chunks. x: the tile's packed rows (stride
  * GEMM_AVX2_KC). Accumulators start at +0 when first, else from part, and
- * go back to part: part + t * pst + (3s + j) * 16 + 8h. */
+ * go back to part: part + t * GEMM_AVX2_PST + (3s + j) * 16 + 8h.
+ * pfx, pfp: the next tile's x rows and parked lanes, fetched into L1 a line
+ * per iteration (the tile's passes have ~8 x 16 iterations for its ~112
+ * lines): the hardware prefetcher sees those streams only after misses. */
 VEC_INLINE void gemm_avx2_tile(const int TT, const float *x, const float *chunk, int nsub, int64_t nc, float *part,
-                               int64_t pst, int first)
+                               int first, const float *pfx, const float *pfp)
 {
+    const int64_t nx = GEMM_AVX2_TT * GEMM_AVX2_KC / 16, np = GEMM_AVX2_TT * GEMM_AVX2_NB;
     for (int s = 0; s < nsub; s++)
         for (int h = 0; h < 2; h++) {
             __m256 acc[GEMM_AVX2_TT][GEMM_AVX2_NT];
@@ -82,8 +87,14 @@ VEC_UNROLL
             for (int t = 0; t < TT; t++)
 VEC_UNROLL
                 for (int j = 0; j < GEMM_AVX2_NT; j++)
-                    acc[t][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(p + t * pst + j * 16);
+                    acc[t][j] = first ? _mm256_setzero_ps() : _mm256_load_ps(p + t * GEMM_AVX2_PST + j * 16);
+            const int64_t lb = (2 * s + h) * nc;
             for (int64_t k = 0; k < nc * 16; k += 16) {
+                const int64_t l = lb + k / 16;
+                if (l < nx)
+                    _mm_prefetch((const char *)(pfx + l * 16), _MM_HINT_T0);
+                else if (l < nx + np)
+                    _mm_prefetch((const char *)(pfp + (l - nx) * 16), _MM_HINT_T0);
                 const __m256 b0 = _mm256_load_ps(w0 + k), b1 = _mm256_load_ps(w0 + GEMM_AVX2_KC + k),
                              b2 = _mm256_load_ps(w0 + 2 * GEMM_AVX2_KC + k);
 VEC_UNROLL
@@ -94,15 +105,15 @@ VEC_UNROLL
             for (int t = 0; t < TT; t++)
 VEC_UNROLL
                 for (int j = 0; j < GEMM_AVX2_NT; j++)
-                    _mm256_store_ps(p + t * pst + j * 16, acc[t][j]);
+                    _mm256_store_ps(p + t * GEMM_AVX2_PST + j * 16, acc[t][j]);
         }
 }
 
 #define GEMM_AVX2_TILE_INST(TT)                                                                                 \
     static VEC_FN void gemm_avx2_tile_##TT(const float *x, const float *chunk, int nsub, int64_t nc, float *part, \
-                                           int64_t pst, int first)                                             \
+                                           int first, const float *pfx, const float *pfp)                      \
     {                                                                                                           \
-        gemm_avx2_tile(TT, x, chunk, nsub, nc, part, pst, first);                                               \
+        gemm_avx2_tile(TT, x, chunk, nsub, nc, part, first, pfx, pfp);                                                    \
     }
 GEMM_AVX2_TILE_INST(1)
 GEMM_AVX2_TILE_INST(2)
@@ -110,29 +121,33 @@ GEMM_AVX2_TILE_INST(3)
 GEMM_AVX2_TILE_INST(4)
 
 typedef void (*gemm_avx2_tile_fn)(const float *x, const float *chunk, int nsub, int64_t nc, float *part,
-                                  int64_t pst, int first);
+                                  int first, const float *pfx, const float *pfp);
 static const gemm_avx2_tile_fn gemm_avx2_tiles[GEMM_AVX2_TT] = {gemm_avx2_tile_1, gemm_avx2_tile_2,
                                                                 gemm_avx2_tile_3, gemm_avx2_tile_4};
 
 /* Converts w[n + i, k0 + c] for i < nr, c < kn to f32 into chunk row i
  * (stride GEMM_AVX2_KC), zero-filled up to the next multiple of 16 and
  * for the rows [nr, nrp) (a sub-panel's padding rows: their outputs are
- * computed and dropped). Prefetches the same rows' next chunk into L2. */
-static VEC_FN void gemm_avx2_convert(const anvil_cpu_mm *m, int64_t n, int nr, int nrp, int64_t k0, int64_t kn,
-                                     float *chunk)
+ * computed and dropped). Prefetches the chunk that comes next into L2: the
+ * same rows' next k block, or after the last one the first k block of the
+ * next rows (< n1), which otherwise come cold from memory. */
+static VEC_FN void gemm_avx2_convert(const anvil_cpu_mm *m, int64_t n, int nr, int nrp, int64_t n1, int64_t k0,
+                                     int64_t kn, float *chunk)
 {
     const int64_t K = m->K, esz = (int64_t)anvil_dtype_size(m->wdt);
     const int64_t k16 = kn / 16 * 16;
     const int r = (int)(kn - k16);
+    const int64_t pn = k0 + kn < K ? n : n + GEMM_AVX2_NB, pk = k0 + kn < K ? k0 + kn : 0;
+    const int64_t pnr = n1 - pn < GEMM_AVX2_NB ? n1 - pn : GEMM_AVX2_NB;
+    const int64_t pbytes = (K - pk < GEMM_AVX2_KC ? K - pk : GEMM_AVX2_KC) * esz;
+    for (int64_t i = 0; i < pnr; i++) {
+        const char *next = (const char *)m->w + ((pn + i) * K + pk) * esz;
+        for (int64_t b = 0; b < pbytes; b += 64)
+            _mm_prefetch(next + b, _MM_HINT_T1);
+    }
     for (int i = 0; i < nr; i++) {
         const int64_t base = (n + i) * K + k0;
         float *dst = chunk + (int64_t)i * GEMM_AVX2_KC;
-        if (k0 + kn < K) {
-            const char *next = (const char *)m->w + (base + kn) * esz;
-            const int64_t nb = (K - k0 - kn < GEMM_AVX2_KC ? K - k0 - kn : GEMM_AVX2_KC) * esz;
-            for (int64_t b = 0; b < nb; b += 64)
-                _mm_prefetch(next + b, _MM_HINT_T1);
-        }
         int64_t k = 0;
         switch (m->wdt) {
         case ANVIL_DTYPE_BF16:
@@ -180,7 +195,7 @@ static VEC_FN void mm_gemm_avx2(const anvil_cpu_mm *m, int64_t t0, int64_t t1, i
 {
     const int64_t K = m->K, N = m->N;
     float *chunk = scratch, *part = chunk + GEMM_AVX2_CHUNK_FLOATS, *xp = part + GEMM_AVX2_PART_FLOATS;
-    const int64_t pst = GEMM_AVX2_NB * 16; /* part: [token][row][16] */
+    const int64_t pst = GEMM_AVX2_PST;
     for (int64_t tb0 = t0; tb0 < t1; tb0 += GEMM_AVX2_TB) {
         const int64_t tb1 = tb0 + GEMM_AVX2_TB < t1 ? tb0 + GEMM_AVX2_TB : t1, tn = tb1 - tb0;
         gemm_avx2_pack_x(m, tb0, tb1, tn, xp);
@@ -189,12 +204,16 @@ static VEC_FN void mm_gemm_avx2(const anvil_cpu_mm *m, int64_t t0, int64_t t1, i
             const int nsub = (nr + GEMM_AVX2_NT - 1) / GEMM_AVX2_NT;
             for (int64_t k0 = 0; k0 < K; k0 += GEMM_AVX2_KC) {
                 const int64_t kn = K - k0 < GEMM_AVX2_KC ? K - k0 : GEMM_AVX2_KC;
-                gemm_avx2_convert(m, n, nr, nsub * GEMM_AVX2_NT, k0, kn, chunk);
+                gemm_avx2_convert(m, n, nr, nsub * GEMM_AVX2_NT, n1, k0, kn, chunk);
                 const float *xb = xp + k0 / GEMM_AVX2_KC * tn * GEMM_AVX2_KC;
                 for (int64_t t = 0; t < tn; t += GEMM_AVX2_TT) {
                     const int tt = (int)(tn - t < GEMM_AVX2_TT ? tn - t : GEMM_AVX2_TT);
-                    gemm_avx2_tiles[tt - 1](xb + t * GEMM_AVX2_KC, chunk, nsub, (kn + 15) / 16, part + t * pst, pst,
-                                            k0 == 0);
+                    /* the next tile: in this k block, else the first of the next one */
+                    const int64_t tnx = t + GEMM_AVX2_TT < tn ? t + GEMM_AVX2_TT : 0;
+                    const float *pfx = tnx > 0 ? xb + tnx * GEMM_AVX2_KC
+                                       : k0 + kn < K ? xb + tn * GEMM_AVX2_KC : xb;
+                    gemm_avx2_tiles[tt - 1](xb + t * GEMM_AVX2_KC, chunk, nsub, (kn + 15) / 16, part + t * pst,
+                                            k0 == 0, pfx, part + tnx * pst);
                 }
             }
             for (int64_t t = 0; t < tn; t++)
