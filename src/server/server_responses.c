@@ -49,6 +49,18 @@ static int input_path(const char *p, json_t *ctx, char *out, size_t cap)
     return 1;
 }
 
+/* chat's nested "tools[i].function.x" and "tool_choice.function.x" as
+ * the client's flat "tools[i].x", "tool_choice.x"; 0 when p is neither. */
+static int flat_path(const char *p, char *out, size_t cap)
+{
+    const char *f = strstr(p, ".function");
+    if (f == NULL || (strncmp(p, "tools[", 6) != 0 && strncmp(p, "tool_choice.", 12) != 0) ||
+        strchr(p, '.') != f)
+        return 0;
+    snprintf(out, cap, "%.*s%s", (int)(f - p), p, f + strlen(".function"));
+    return 1;
+}
+
 void srv_responses_rename(json_t *err, json_t *ctx)
 {
     srv_error_rename(err, renames, sizeof renames / sizeof renames[0], 1);
@@ -58,7 +70,7 @@ void srv_responses_rename(json_t *err, json_t *ctx)
     if (param == NULL || strlen(param) >= sizeof from)
         return;
     snprintf(from, sizeof from, "%s", param);
-    if (!input_path(from, ctx, to, sizeof to))
+    if (!input_path(from, ctx, to, sizeof to) && !flat_path(from, to, sizeof to))
         return;
     json_object_set_new(e, "param", json_string(to));
     const char *const names[][2] = {{from, to}};

@@ -393,6 +393,18 @@ static void test_responses_rename(void **state)
     srv_responses_rename(e, ctx);
     assert_string_equal(json_string_value(json_object_get(json_object_get(e, "error"), "param")), "instructions");
     json_decref(e);
+    /* chat's nested tool fields as the flat ones the client sent */
+    e = srv_error_json("tools[1].function.name must not contain a NUL character", "invalid_request_error",
+                       "tools[1].function.name", NULL);
+    srv_responses_rename(e, ctx);
+    in = json_object_get(e, "error");
+    assert_string_equal(json_string_value(json_object_get(in, "param")), "tools[1].name");
+    assert_string_equal(json_string_value(json_object_get(in, "message")), "tools[1].name must not contain a NUL character");
+    json_decref(e);
+    e = srv_error_json("x", "invalid_request_error", "tool_choice.function.name", NULL);
+    srv_responses_rename(e, ctx);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e, "error"), "param")), "tool_choice.name");
+    json_decref(e);
     e = srv_error_json("'max_tokens' is too large", "invalid_request_error", "max_tokens", NULL);
     srv_responses_rename(e, NULL);
     in = json_object_get(e, "error");
