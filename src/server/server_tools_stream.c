@@ -49,7 +49,7 @@ enum { K_NONE, K_NAME, K_ARGS, K_PARAMS, K_OTHER };
 /* how a call's arguments are written */
 enum { A_NONE, A_OBJECT, A_STRING, A_DONE };
 
-#define MAX_DEPTH 128 /* deeper arguments are malformed (a model's calls are a few levels) */
+#define MAX_DEPTH JSON_PARSER_MAX_DEPTH /* jansson's own limit: deeper is malformed for both */
 
 typedef struct text {
     char *p;

@@ -379,6 +379,20 @@ static void test_stream_random(void **state)
         srv_tools_result_free(&r);
         stream_check(parser, 0, text, NULL);
     }
+    /* deep arguments (300 levels; jansson takes 2048) */
+    char deep[2048];
+    int k = snprintf(deep, sizeof deep, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": ");
+    for (int i = 0; i < 300; i++)
+        deep[k++] = '[';
+    deep[k++] = '1';
+    for (int i = 0; i < 300; i++)
+        deep[k++] = ']';
+    snprintf(deep + k, sizeof deep - (size_t)k, "}}</tool_call>");
+    srv_tools_result r;
+    assert_int_equal(srv_tools_parse(SRV_TOOLS_HERMES, 0, deep, strlen(deep), &r), 0);
+    assert_non_null(r.calls);
+    srv_tools_result_free(&r);
+    stream_check(SRV_TOOLS_HERMES, 0, deep, NULL);
 }
 
 /* A call that breaks after its name went out: what went out stays (the
