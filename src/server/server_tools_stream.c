@@ -79,7 +79,8 @@ struct srv_tools_stream {
     int args_depth;        /* A_OBJECT: the depth of the arguments object */
     text pend;             /* arguments read before the name (sent after the call) */
     int n_calls;           /* calls out */
-    json_t *sent;          /* [{name, arguments}] out, for the end's check */
+    json_t *sent;          /* [{name, arguments}] out, for the end's check (the last one's arguments in sent_args) */
+    text sent_args;        /* the last call's arguments out so far */
     /* one push's output */
     srv_tools_delta *ev;
     int n_ev, ev_cap;
@@ -129,6 +130,7 @@ void srv_tools_stream_free(srv_tools_stream *s)
         return;
     free(s->buf.p);
     free(s->pend.p);
+    free(s->sent_args.p);
     free(s->out.p);
     free(s->ev);
     json_decref(s->sent);
@@ -189,25 +191,27 @@ static void args_out(srv_tools_stream *s, const char *p, size_t n)
         return;
     }
     emit(s, SRV_TOOLS_DELTA_ARGS, s->n_calls - 1, p, n);
+    if (t_add(&s->sent_args, p, n) < 0)
+        s->oom = 1;
+}
+
+/* The last call's arguments into sent (a new call begins, or the end). */
+static void args_done(srv_tools_stream *s)
+{
     json_t *c = json_array_get(s->sent, (size_t)s->n_calls - 1);
-    json_t *a = json_object_get(c, "arguments");
-    size_t old = json_string_length(a);
-    char *b = malloc(old + n + 1);
-    if (b == NULL || a == NULL) {
-        free(b);
-        s->oom = 1;
+    if (c == NULL)
         return;
-    }
-    memcpy(b, json_string_value(a), old);
-    memcpy(b + old, p, n);
-    if (json_object_set_new(c, "arguments", json_stringn(b, old + n)) != 0)
+    /* invalid UTF-8 cannot have gone out (strings are decoded by jansson) */
+    json_t *a = json_stringn(s->sent_args.p ? s->sent_args.p : "", s->sent_args.len);
+    if (a == NULL || json_object_set_new(c, "arguments", a) != 0)
         s->oom = 1;
-    free(b);
+    s->sent_args.len = 0;
 }
 
 /* The call's name is read: the call goes out, then what of its arguments came first. */
 static void commit(srv_tools_stream *s, json_t *name)
 {
+    args_done(s);
     json_t *c = json_pack("{s:O, s:s}", "name", name, "arguments", "");
     if (c == NULL || json_array_append_new(s->sent, c) != 0) {
         s->oom = 1;
@@ -318,7 +322,18 @@ static int string_piece(srv_tools_stream *s, size_t upto)
 {
     if (upto <= s->str_at)
         return 0;
-    json_t *v = decode(s->buf.p + s->str_at, upto - s->str_at);
+    /* printable ASCII without escapes decodes and re-escapes to itself:
+     * no round trip through jansson (most of a piece's cost) */
+    const char *raw = s->buf.p + s->str_at;
+    size_t n = upto - s->str_at, i = 0;
+    while (i < n && raw[i] >= 0x20 && raw[i] < 0x7f && raw[i] != '\\')
+        i++;
+    if (i == n) {
+        args_out(s, raw, n);
+        s->str_at = upto;
+        return 0;
+    }
+    json_t *v = decode(raw, n);
     if (v == NULL)
         return -1;
     int rc = args_string(s, v, s->args == A_OBJECT);
@@ -766,6 +781,7 @@ int srv_tools_stream_finish(srv_tools_stream *s, const srv_tools_delta **ev, int
         if (s->phase == PH_BODY && (s->outer == O_IN || s->outer == O_VALUE || s->in_str))
             malformed(s);
     }
+    args_done(s);
     if (s->oom)
         return out_of_memory(s);
     srv_tools_result w;
