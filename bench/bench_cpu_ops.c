@@ -297,17 +297,17 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     printf("\nGEMM, bf16 weights (GFLOP/s; peak = measured FMA peak, same threads;\n"
-           "cpu = GFLOP per CPU-second of the process, %%cpu = that against the peak of one thread)\n");
-    printf("%8s %8s %8s %10s %10s %8s %10s %8s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak", "cpu", "%cpu");
+           "cpu = GFLOP per CPU-second of the process: one core's FMA peak is the peak / threads when\n"
+           "measured on an idle machine)\n");
+    printf("%8s %8s %8s %10s %10s %8s %10s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak", "cpu");
     for (size_t t = 0; strcmp(only, "gemv") != 0 && strcmp(only, "attn") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
         for (size_t i = 0; (only_t == 0 || only_t == gemm_tokens[t]) && i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
             result *r = &res[n_res];
             if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)
                 return 1;
             n_res++;
-            printf("%8lld %8lld %8lld %10.2f %10.1f %7.1f%% %10.1f %7.1f%%\n", (long long)r->T, (long long)r->K,
-                   (long long)r->N, r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling, r->cpu_rate,
-                   100 * r->cpu_rate * n_threads / r->ceiling);
+            printf("%8lld %8lld %8lld %10.2f %10.1f %7.1f%% %10.1f\n", (long long)r->T, (long long)r->K,
+                   (long long)r->N, r->seconds * 1e3, r->rate, 100 * r->rate / r->ceiling, r->cpu_rate);
             fflush(stdout);
         }
 
