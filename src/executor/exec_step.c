@@ -168,7 +168,8 @@ int anvil_exec_build_batch(anvil_executor *ex, anvil_batch *b, int32_t *n_reqs_o
             /* a grammar's mask depends on the tokens before this one, which
              * a launched step may still be computing: it comes later
              * (anvil_exec_masks_give), while the device runs the forward */
-            ex->b_sample[L] = (anvil_sample_row){.sampling = r->p.sampling, .rng = &s->rng, .mask_pending = s->gm != NULL};
+            ex->b_sample[L] = (anvil_sample_row){
+                .sampling = r->p.sampling, .rng = &s->rng, .mask_pending = s->gm != NULL};
             ex->b_n_pending += s->gm != NULL;
             s->logit_row = L;
             ex->b_rows[L++] = T - 1;

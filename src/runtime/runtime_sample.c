@@ -64,8 +64,9 @@ static anvil_status masks_ready(anvil_runtime *rt)
     unsigned char *none = calloc(R, 1), *n0 = calloc(R, 1), *n1 = calloc(R, 1), *pend = calloc(R, 1);
     unsigned char *host = malloc(bytes);
     void *dev = NULL;
-    anvil_status st = none && n0 && n1 && pend && host ? ANVIL_OK
-                                                      : ANVIL_FAIL(ANVIL_ERR_OOM, "forward_sample: out of memory for masks");
+    anvil_status st = ANVIL_OK;
+    if (!(none && n0 && n1 && pend && host))
+        st = ANVIL_FAIL(ANVIL_ERR_OOM, "forward_sample: out of memory for masks");
     if (st == ANVIL_OK && samples_on_backend(rt))
         st = be->ops->alloc(be, bytes, &dev);
     if (st != ANVIL_OK) {

@@ -335,8 +335,8 @@ static void runtime_case(const char *model, anvil_dtype wdt, int *near_ties)
             float *row = logits + (size_t)s * (size_t)V;
             assert_true(anvil_sampler_mask(row, (int32_t)V, rows[0][s].allowed));
             anvil_sample_draw d;
-            anvil_sample_draw_make(&d, &rows[0][s].sampling,
-                                   anvil_sampling_is_greedy(&rows[0][s].sampling) ? 0.0 : anvil_rng_uniform(&before[s]));
+            const int greedy = anvil_sampling_is_greedy(&rows[0][s].sampling);
+            anvil_sample_draw_make(&d, &rows[0][s].sampling, greedy ? 0.0 : anvil_rng_uniform(&before[s]));
             assert_memory_equal(&before[s], &rng[0][s], sizeof before[s]);
             double margin = INFINITY;
             const int32_t host = anvil_sampler_pick_margin(sm, row, &d, &margin);
