@@ -34,6 +34,7 @@
 #define MMA_ROWS 64  /* query rows per block: 16 per warp */
 #define MMA_BN 64    /* keys per tile */
 #define FULL_MASK 0xffffffffu
+#define RESCALE_LOG2 8.0f /* a row's running maximum moves only when it grows by more than 2^8 */
 
 /* 2^x, subnormal results flushed to 0 (they vanish next to the row's
  * largest p = 1 anyway): one MUFU.EX2, without exp2f's range fix-up. */
@@ -352,6 +353,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
             const bool full = __all_sync(FULL_MASK, all_rows && kt + MMA_BN <= khi && kt >= lo_max &&
                                                         kt + MMA_BN - 1 <= p_min);
             uint32_t pf[MT][4][4];
+            float cand[MT][2];
+            bool up[MT][2], any_up = false;
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
                 if (!full) {
@@ -376,24 +379,44 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
                 mt0 = fmaxf(mt0, __shfl_xor_sync(FULL_MASK, mt0, 2));
                 mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 1));
                 mt1 = fmaxf(mt1, __shfl_xor_sync(FULL_MASK, mt1, 2));
-                /* running maxima in log2 units */
-                const float mn0 = fmaxf(m[mt][0], mt0 * sl2), mn1 = fmaxf(m[mt][1], mt1 * sl2);
-                const float c0 = mn0 == -INFINITY ? 1.0f : anvil_exp2_ftz(m[mt][0] - mn0);
-                const float c1 = mn1 == -INFINITY ? 1.0f : anvil_exp2_ftz(m[mt][1] - mn1);
-                m[mt][0] = mn0;
-                m[mt][1] = mn1;
-                l[mt][0] *= c0;
-                l[mt][1] *= c1;
+                /* Running maxima in log2 units, moved only when a row's
+                 * maximum grows by more than 2^RESCALE_LOG2 (the trick of
+                 * FlashAttention-4): under a stale maximum a p = 2^(s - m)
+                 * stays below 2^8, harmless in f32 and in P's bf16/f16,
+                 * and the result O / l is the same. Most tiles of a long
+                 * row then skip the multiplies of O (and P V's wait on
+                 * them): the warp rescales only when one of its rows must. */
+                cand[mt][0] = fmaxf(m[mt][0], mt0 * sl2);
+                cand[mt][1] = fmaxf(m[mt][1], mt1 * sl2);
+                up[mt][0] = cand[mt][0] > m[mt][0] + RESCALE_LOG2;
+                up[mt][1] = cand[mt][1] > m[mt][1] + RESCALE_LOG2;
+                any_up |= up[mt][0] || up[mt][1];
+            }
+            if (__any_sync(FULL_MASK, any_up)) {
 #pragma unroll
-                for (int i = 0; i < NTO; i++) {
-                    o[mt][i][0] *= c0;
-                    o[mt][i][1] *= c0;
-                    o[mt][i][2] *= c1;
-                    o[mt][i][3] *= c1;
+                for (int mt = 0; mt < MT; mt++) {
+                    /* a first finite maximum: c = 2^-inf = 0 (O and l are still 0) */
+                    const float c0 = up[mt][0] ? anvil_exp2_ftz(m[mt][0] - cand[mt][0]) : 1.0f;
+                    const float c1 = up[mt][1] ? anvil_exp2_ftz(m[mt][1] - cand[mt][1]) : 1.0f;
+                    m[mt][0] = up[mt][0] ? cand[mt][0] : m[mt][0];
+                    m[mt][1] = up[mt][1] ? cand[mt][1] : m[mt][1];
+                    l[mt][0] *= c0;
+                    l[mt][1] *= c1;
+#pragma unroll
+                    for (int i = 0; i < NTO; i++) {
+                        o[mt][i][0] *= c0;
+                        o[mt][i][1] *= c0;
+                        o[mt][i][2] *= c1;
+                        o[mt][i][3] *= c1;
+                    }
                 }
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
                 /* P, and P as A fragments: the accumulator layout of two key tiles is one A operand.
                  * A row with no valid key yet has m = -inf: its p are 0 (exp2(-inf)), never NaN. */
-                const float ms0 = mn0 == -INFINITY ? 0.0f : mn0, ms1 = mn1 == -INFINITY ? 0.0f : mn1;
+                const float ms0 = m[mt][0] == -INFINITY ? 0.0f : m[mt][0];
+                const float ms1 = m[mt][1] == -INFINITY ? 0.0f : m[mt][1];
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++) {
                     const float pr0 = anvil_exp2_ftz(fmaf(sc[mt][nt][0], sl2, -ms0));
