@@ -186,6 +186,11 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
     case EXEC_OPT_OVERLAP:
         o->ex.enable_overlap = ANVIL_OVERLAP_ALWAYS;
         return 1;
+    case EXEC_OPT_GRAMMAR_THREADS:
+        if (exec_cli_int(arg, "--grammar-threads", 0, 64, &v, tool))
+            return -1;
+        o->ex.grammar_threads = (int32_t)v;
+        return 1;
     case EXEC_OPT_DTYPE:
         return exec_cli_dtype(arg, &o->rt.weight_dtype, tool) == 0 ? 1 : -1;
     case EXEC_OPT_MMAP:

@@ -36,6 +36,7 @@ enum {
     EXEC_OPT_KV_DTYPE,
     EXEC_OPT_NO_OVERLAP,
     EXEC_OPT_OVERLAP,
+    EXEC_OPT_GRAMMAR_THREADS,
 };
 
 /* The shared entries of a getopt_long table. */
@@ -54,6 +55,7 @@ enum {
         {"no-prefix-caching", no_argument, 0, EXEC_OPT_NO_PREFIX_CACHE},                  \
         {"no-overlap", no_argument, 0, EXEC_OPT_NO_OVERLAP},                               \
         {"overlap", no_argument, 0, EXEC_OPT_OVERLAP},                                     \
+        {"grammar-threads", required_argument, 0, EXEC_OPT_GRAMMAR_THREADS},               \
         {"dtype", required_argument, 0, EXEC_OPT_DTYPE},                                   \
         {"mmap", no_argument, 0, EXEC_OPT_MMAP}
 
@@ -79,6 +81,8 @@ enum {
     "      --no-overlap            plan and stream each step after it ran, not while the next runs\n"  \
     "                              (the overlap scheduler is on by default on cuda)\n"                \
     "      --overlap               the overlap scheduler also on the CPU (no gain there; for tests)\n" \
+    "      --grammar-threads N     threads making a step's structured-output masks side by side\n"    \
+    "                              (default 0: half the CPUs, at most 8; 1: none beside the loop)\n" \
     "      --mmap                  map the weights instead of reading them (CPU: shared with the page\n" \
     "                              cache; a checkpoint truncated while served then kills the process)\n"
 

@@ -86,6 +86,12 @@ typedef struct anvil_executor_options {
      * ANVIL_OVERLAP_ALWAYS: also where a launch computes the step first
      * (the CPU: no gain, one step more of latency; for tests). */
     int enable_overlap;
+    /* Threads that make a step's grammar masks side by side (structured
+     * output: at a 128k vocabulary a mask takes 1 us to a few ms, and 64
+     * of them can outlast a small model's forward). 0 (the default): half
+     * the CPUs, at most 8; 1: the executor's own thread only. Made on the
+     * first step with two or more constrained rows. */
+    int32_t grammar_threads;
 } anvil_executor_options;
 
 enum { ANVIL_OVERLAP_OFF = 0, ANVIL_OVERLAP_AUTO = 1, ANVIL_OVERLAP_ALWAYS = 2 };

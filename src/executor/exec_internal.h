@@ -207,6 +207,10 @@ struct anvil_executor {
     int32_t b_n_pending;      /* rows of b_sample whose mask is pending (a grammar's) */
     const uint32_t **b_allowed; /* [max_batch] per logits row: its mask, or NULL (anvil_exec_masks_give) */
     uint32_t *gmasks;         /* [max_batch * (vocab + 31) / 32] the rows' grammar masks */
+    int32_t *gm_todo;         /* [max_batch] the entries whose masks a step makes (exec_masks.c) */
+    anvil_status *gm_st;      /* [max_batch] and how each went */
+    char (*gm_msg)[256];      /* [max_batch] a failed one's message */
+    struct anvil_threadpool *gm_pool; /* the mask threads (grammar_threads), made on first use */
     int32_t *b_next;          /* [max_batch] the ids it sampled */
     float *logits;            /* [max_batch * vocab] */
     float *work;              /* [vocab] processed logits */

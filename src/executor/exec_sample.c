@@ -176,37 +176,6 @@ static anvil_status apply_grammar(anvil_executor *ex, xseq *s, float *w, int *no
     return ANVIL_OK;
 }
 
-anvil_status anvil_exec_masks_give(anvil_executor *ex, const plan_entry *e, const int32_t *row, int32_t n,
-                                   int defer, double *fill_s)
-{
-    const size_t words = ((size_t)ex->vocab + 31) / 32;
-    const double t0 = anvil_exec_now();
-    for (int32_t i = 0; i < n; i++) {
-        if (row[i] < 0)
-            continue;
-        xreq *r = e[i].r;
-        xseq *s = e[i].s;
-        ex->b_allowed[row[i]] = NULL; /* an ended sequence's row: sampled, then dropped */
-        if (s == NULL || s->gm == NULL || s->finish != ANVIL_REQUEST_RUNNING)
-            continue;
-        uint32_t *m = ex->gmasks + (size_t)row[i] * words;
-        anvil_status st = fill_mask(ex, s, m);
-        if (st == ANVIL_OK) {
-            ex->b_allowed[row[i]] = m;
-        } else if (defer) {
-            s->mask_st = st;
-            snprintf(r->err_msg, sizeof r->err_msg, "%s", anvil_last_error());
-        } else {
-            anvil_exec_fail_request(ex, r, st, anvil_last_error()); /* drops its launched entries */
-        }
-    }
-    const double dt = anvil_exec_now() - t0;
-    ex->tokens_s += dt;
-    if (fill_s != NULL)
-        *fill_s = dt;
-    return anvil_runtime_forward_sample_masks(ex->rt, ex->b_allowed);
-}
-
 /* The grammar allows no token: the sequence ends here, as the engine asks
  * (a vocabulary without a byte the grammar needs), with what it has. */
 static anvil_status end_by_grammar(anvil_executor *ex, xreq *r, xseq *s)

@@ -15,6 +15,7 @@
 
 #include "anvil/log.h"
 #include "core/error.h"
+#include "core/threadpool.h"
 #include "executor/exec_internal.h"
 
 double anvil_exec_now(void)
@@ -347,6 +348,9 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->b_next = malloc(S * sizeof *ex->b_next);
     ex->b_allowed = malloc(S * sizeof *ex->b_allowed);
     ex->gmasks = malloc(S * ((V + 31) / 32) * sizeof *ex->gmasks);
+    ex->gm_todo = malloc(S * sizeof *ex->gm_todo);
+    ex->gm_st = malloc(S * sizeof *ex->gm_st);
+    ex->gm_msg = malloc(S * sizeof *ex->gm_msg);
     ex->hits = malloc(S * sizeof *ex->hits);
     ex->step_reqs = malloc(S * sizeof *ex->step_reqs);
     ex->beam_rows = malloc(S * sizeof *ex->beam_rows);
@@ -354,7 +358,7 @@ static anvil_status alloc_step_buffers(anvil_executor *ex)
     ex->work = malloc(V * sizeof *ex->work);
     ex->lp = malloc(V * sizeof *ex->lp);
     ex->mark = calloc((size_t)anvil_runtime_kv_blocks_total(ex->rt), sizeof *ex->mark);
-    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->b_sample && ex->b_next && ex->b_allowed && ex->gmasks && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
+    CHECK(ex->plan && ex->b_tokens && ex->b_pos && ex->b_starts && ex->b_tables && ex->b_rows && ex->b_sample && ex->b_next && ex->b_allowed && ex->gmasks && ex->gm_todo && ex->gm_st && ex->gm_msg && ex->hits && ex->step_reqs && ex->beam_rows && ex->logits &&
               ex->work && ex->lp && ex->mark,
           ANVIL_ERR_OOM, "out of memory for the executor's step buffers");
     return anvil_sampler_create(ex->vocab, &ex->sampler);
@@ -384,6 +388,10 @@ static void free_state(anvil_executor *ex)
     free(ex->b_next);
     free((void *)ex->b_allowed);
     free(ex->gmasks);
+    free(ex->gm_todo);
+    free(ex->gm_st);
+    free(ex->gm_msg);
+    anvil_threadpool_free(ex->gm_pool);
     free(ex->hits);
     free(ex->step_reqs);
     free((void *)ex->beam_rows);

@@ -14,6 +14,8 @@
  *     taken), constrained alone;
  *   - a runtime with host_sampling (the runtime's own host path), overlap
  *     scheduler, mixed;
+ *   - the CPU backend's sample op with the masks made on 3 or 4 mask
+ *     threads side by side (exec_masks.c), sync and overlap, mixed;
  *
  * and every run gives the reference's tokens and finish reasons, the
  * unconstrained requests their tokens alone. A grammar whose vocabulary
@@ -87,12 +89,14 @@ static void make(anvil_request *q, int i, int logprobs)
 }
 
 /* All requests in flight together (only the constrained ones unless
- * with_plain), on rt with the overlap scheduler or not. */
-static void run(anvil_runtime *rt, int overlap, int logprobs, int with_plain, anvil_result **res)
+ * with_plain), on rt with the overlap scheduler or not, the masks made by
+ * `threads` mask threads (0: the default). */
+static void run(anvil_runtime *rt, int overlap, int logprobs, int with_plain, int threads, anvil_result **res)
 {
     anvil_executor_options eo;
     anvil_executor_options_default(&eo);
     eo.seed = 1234;
+    eo.grammar_threads = threads;
     eo.enable_overlap = overlap ? ANVIL_OVERLAP_ALWAYS : ANVIL_OVERLAP_OFF;
     anvil_executor *ex = NULL;
     KIT_OK(anvil_executor_create(rt, tok, &eo, &ex));
@@ -134,7 +138,7 @@ static void test_paths_agree(void **st)
 {
     (void)st;
     static anvil_result *ref[N_ALL], *got[N_ALL], *alone[N_ALL];
-    run(rt_dev, 0, 1, 1, ref); /* the executor's host path */
+    run(rt_dev, 0, 1, 1, 0, ref); /* the executor's host path */
     int stopped = 0;
     for (int i = 0; i < N_CON; i++)
         stopped += ref[i]->sequences[0].finish == ANVIL_REQUEST_STOP;
@@ -143,14 +147,17 @@ static void test_paths_agree(void **st)
     const struct {
         const char *what;
         anvil_runtime **rt;
-        int overlap, with_plain;
+        int overlap, with_plain, threads;
     } runs[] = {
-        {"device sampler, sync, mixed", &rt_dev, 0, 1},
-        {"device sampler, overlap, alone", &rt_dev, 1, 0},
-        {"runtime host path, overlap, mixed", &rt_host, 1, 1},
+        {"device sampler, sync, mixed", &rt_dev, 0, 1, 1},
+        {"device sampler, overlap, alone", &rt_dev, 1, 0, 0},
+        {"runtime host path, overlap, mixed", &rt_host, 1, 1, 0},
+        /* the masks side by side (exec_masks.c): the same tokens */
+        {"device sampler, sync, mixed, 4 mask threads", &rt_dev, 0, 1, 4},
+        {"device sampler, overlap, mixed, 3 mask threads", &rt_dev, 1, 1, 3},
     };
     for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
-        run(*runs[k].rt, runs[k].overlap, 0, runs[k].with_plain, got);
+        run(*runs[k].rt, runs[k].overlap, 0, runs[k].with_plain, runs[k].threads, got);
         for (int i = 0; i < (runs[k].with_plain ? N_ALL : N_CON); i++)
             same(runs[k].what, i, got[i], ref[i]);
         free_all(got);
