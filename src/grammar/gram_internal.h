@@ -202,15 +202,28 @@ static inline int gram_dfa_live(const gram_dfa *d, int32_t s)
 
 typedef struct gram_mask_entry gram_mask_entry;
 
+#define GRAM_MAX_PENDING 64 /* entries computed at once, beyond which a miss computes its own */
+
 struct anvil_grammar {
     gram g;
     const anvil_grammar_vocab *v;
     anvil_grammar_options o;
     atomic_int refs;      /* anvil_grammar_retain / anvil_grammar_free (a server's cache shares one) */
     pthread_mutex_t lock; /* guards the cache below */
+    pthread_cond_t done;  /* an entry being computed is in the cache (or given up) */
     gram_mask_entry **ht; /* mask cache: open addressing by key hash */
     size_t ht_cap, n_entries;
     int64_t cache_bytes;
+    /* The keys whose entries threads are computing now (gram_mask_fill):
+     * a thread that misses on one of them waits for it instead of walking
+     * the trie for the same key (the rows of a batch tend to reach a new
+     * state together). Each points at the computing matcher's key. */
+    struct gram_pending {
+        const int32_t *key;
+        int32_t n_key;
+        uint64_t hash;
+    } pending[GRAM_MAX_PENDING];
+    int n_pending;
 };
 
 /* Builds the grammar object around a finished builder (grammar.c). */

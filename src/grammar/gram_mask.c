@@ -158,6 +158,27 @@ static gram_mask_entry *cache_find(const anvil_grammar *g, const int32_t *key, i
     return NULL;
 }
 
+/* The pending computation of a key (under the lock): its index, or -1. */
+static int pending_find(const anvil_grammar *g, const int32_t *key, int32_t n, uint64_t h)
+{
+    for (int i = 0; i < g->n_pending; i++) {
+        const struct gram_pending *p = &g->pending[i];
+        if (p->hash == h && p->n_key == n && memcmp(p->key, key, (size_t)n * sizeof *key) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Drops the pending computation whose key is this buffer (under the lock). */
+static void pending_remove(anvil_grammar *g, const int32_t *key)
+{
+    for (int i = 0; i < g->n_pending; i++)
+        if (g->pending[i].key == key) {
+            g->pending[i] = g->pending[--g->n_pending];
+            return;
+        }
+}
+
 /* Inserts e (under the lock); 0 when the cache is full (the caller keeps e). */
 static int cache_insert(anvil_grammar *g, gram_mask_entry *e, int64_t bytes)
 {
@@ -359,18 +380,31 @@ anvil_status gram_mask_fill(anvil_grammar_matcher *m, uint32_t *words)
     uint64_t h = key_hash(m->cut, n_key);
     pthread_mutex_lock(&g->lock);
     gram_mask_entry *e = cache_find(g, m->cut, n_key, h);
+    /* another thread computing this key: wait for its entry (one trie walk, not one a thread) */
+    while (!e && pending_find(g, m->cut, n_key, h) >= 0) {
+        pthread_cond_wait(&g->done, &g->lock);
+        e = cache_find(g, m->cut, n_key, h);
+    }
+    const int mine = !e && g->n_pending < GRAM_MAX_PENDING;
+    if (mine)
+        g->pending[g->n_pending++] = (struct gram_pending){.key = m->cut, .n_key = n_key, .hash = h};
     pthread_mutex_unlock(&g->lock);
     gram_mask_entry *own = NULL;
     if (!e) {
         int64_t bytes = 0;
-        TRY(entry_compute(g, m->cut, n_key, h, &own, &bytes));
+        anvil_status st = entry_compute(g, m->cut, n_key, h, &own, &bytes);
         pthread_mutex_lock(&g->lock);
-        e = cache_find(g, m->cut, n_key, h); /* another thread may have been first */
-        if (!e && cache_insert(g, own, bytes)) {
+        if (mine) {
+            pending_remove(g, m->cut);
+            pthread_cond_broadcast(&g->done); /* in the cache now, or not (full, failed): waiters look again */
+        }
+        e = st == ANVIL_OK ? cache_find(g, m->cut, n_key, h) : NULL; /* another thread may have been first */
+        if (st == ANVIL_OK && !e && cache_insert(g, own, bytes)) {
             e = own;
             own = NULL;
         }
         pthread_mutex_unlock(&g->lock);
+        TRY(st);
         if (!e)
             e = own;
     }

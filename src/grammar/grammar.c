@@ -61,6 +61,12 @@ anvil_status gram_compiled_new(const anvil_grammar_vocab *v, const anvil_grammar
         free(g);
         CHECK(0, ANVIL_ERR_OOM, "cannot create a lock");
     }
+    if (pthread_cond_init(&g->done, NULL) != 0) {
+        pthread_mutex_destroy(&g->lock);
+        gram_free(&g->g);
+        free(g);
+        CHECK(0, ANVIL_ERR_OOM, "cannot create a condition variable");
+    }
     /* the start state must be reachable: a grammar that matches nothing is an error now, not at the first step */
     anvil_grammar_matcher *m = NULL;
     st = anvil_grammar_matcher_create(g, &m);
@@ -94,6 +100,7 @@ void anvil_grammar_free(anvil_grammar *g)
     if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
         return;
     gram_mask_cache_free(g);
+    pthread_cond_destroy(&g->done);
     pthread_mutex_destroy(&g->lock);
     gram_free(&g->g);
     free(g);

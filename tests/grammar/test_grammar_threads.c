@@ -2,13 +2,16 @@
  * One compiled grammar shared by many threads (as by the requests of a
  * server): each thread walks its own matchers through it while the others
  * fill the shared mask cache; every mask equals the one a single thread
- * computes on a fresh grammar along the same tokens.
+ * computes on a fresh grammar along the same tokens. Threads go in pairs
+ * along the same tokens and start together, so two of them often miss on
+ * the same key at once: one computes the entry while the other waits for
+ * it (gram_mask_fill's pending keys).
  */
 #include <pthread.h>
 
 #include "gram_testkit.h"
 
-#define N_THREADS 4
+#define N_THREADS 8
 #define N_STEPS 40
 
 static const char SCHEMA[] =
@@ -24,6 +27,7 @@ typedef struct job {
     uint32_t *masks; /* (N_STEPS, words) */
     int n;
     anvil_status st;
+    pthread_barrier_t *start;
 } job;
 
 static void *run(void *arg)
@@ -34,6 +38,7 @@ static void *run(void *arg)
     if ((j->st = anvil_grammar_matcher_create(j->g, &m)) != ANVIL_OK)
         return NULL;
     uint64_t rng = j->seed;
+    pthread_barrier_wait(j->start);
     for (j->n = 0; j->n < N_STEPS && !anvil_grammar_matcher_is_done(m); j->n++) {
         uint32_t *w = j->masks + (size_t)j->n * nw;
         if ((j->st = anvil_grammar_matcher_fill_mask(m, w, nw)) != ANVIL_OK)
@@ -68,17 +73,21 @@ static void test_shared_grammar(void **state)
     OK(anvil_grammar_compile_json_schema(v, SCHEMA, sizeof SCHEMA - 1, NULL, &shared));
     job jobs[N_THREADS];
     pthread_t th[N_THREADS];
+    pthread_barrier_t start;
+    assert_int_equal(pthread_barrier_init(&start, NULL, N_THREADS), 0);
     for (int t = 0; t < N_THREADS; t++) {
         memset(&jobs[t], 0, sizeof jobs[t]);
         jobs[t].g = shared;
         jobs[t].v = v;
-        jobs[t].seed = 1000 + (uint64_t)t;
+        jobs[t].seed = 1000 + (uint64_t)(t / 2); /* pairs on the same tokens */
+        jobs[t].start = &start;
         jobs[t].masks = calloc(N_STEPS * nw, 4);
         assert_non_null(jobs[t].masks);
         assert_int_equal(pthread_create(&th[t], NULL, run, &jobs[t]), 0);
     }
     for (int t = 0; t < N_THREADS; t++)
         assert_int_equal(pthread_join(th[t], NULL), 0);
+    pthread_barrier_destroy(&start);
     /* the same tokens on a fresh grammar, one thread: the same masks */
     uint32_t *w = calloc(nw, 4);
     for (int t = 0; t < N_THREADS; t++) {
