@@ -798,12 +798,13 @@ __global__ void __launch_bounds__(SR_THREADS, 1)
     const anvil_sample_draw P = draws[blockIdx.x];
 
     if (P.greedy) {
-        /* greedy: the host scan's argmax */
+        /* greedy: the host scan's argmax; a row with nothing above -inf
+         * (a grammar's mask that allows no token) keeps bi = INT_MAX: -1 */
         float best = -INFINITY;
         int bi = INT_MAX, bad = 0;
         sr_each(row, n, vec, [&](int id, float v) {
             bad |= id < n && !(v < INFINITY); /* the tail past n is NaN padding */
-            if (v > best || (v == best && id < bi)) {
+            if (v > -INFINITY && (v > best || (v == best && id < bi))) {
                 best = v;
                 bi = id;
             }
