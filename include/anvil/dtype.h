@@ -23,10 +23,15 @@ typedef enum anvil_dtype {
     ANVIL_DTYPE_I8,
     ANVIL_DTYPE_U8,
     ANVIL_DTYPE_F8_E4M3,
+    /* Packed 4-bit: two elements a byte along the flattened row-major
+     * order, low nibble first, values 0..15 (a quantized weight's zero
+     * point is subtracted: docs/quantization.md). No element has a whole
+     * byte: anvil_dtype_size() is 0, anvil_tensor_nbytes() is ceil(n / 2). */
+    ANVIL_DTYPE_U4,
     ANVIL_DTYPE_COUNT,
 } anvil_dtype;
 
-/* Bytes per element. */
+/* Bytes per element (0 for U4: see there). */
 size_t anvil_dtype_size(anvil_dtype dt);
 
 /* Lower-case name ("f32", "bf16", ...); "?" for an invalid value. */
@@ -41,6 +46,13 @@ float anvil_bf16_to_f32(uint16_t h);
 uint16_t anvil_f32_to_bf16(float f);
 float anvil_f16_to_f32(uint16_t h);
 uint16_t anvil_f32_to_f16(float f);
+
+/* FP8 E4M3 ("fn": no infinities, NaN 0x7f/0xff, largest 448), as
+ * PyTorch's float8_e4m3fn. From f32: round to nearest, ties to even;
+ * magnitudes of 448 and more (infinity too) saturate to +-448, as the
+ * quantizers clamp before they convert; NaN stays NaN. */
+float anvil_fp8_e4m3_to_f32(uint8_t q);
+uint8_t anvil_f32_to_fp8_e4m3(float f);
 
 /* Converts n elements of src (F32, F16 or BF16) into dst as float. */
 void anvil_convert_to_f32(anvil_dtype src_dt, const void *src, float *dst, int64_t n);

@@ -32,13 +32,14 @@ size_t anvil_dtype_size(anvil_dtype dt)
     case ANVIL_DTYPE_I8: return 1;
     case ANVIL_DTYPE_U8: return 1;
     case ANVIL_DTYPE_F8_E4M3: return 1;
+    case ANVIL_DTYPE_U4: return 0; /* packed: anvil_tensor_nbytes */
     case ANVIL_DTYPE_COUNT: break;
     }
     return 0;
 }
 
 static const char *const dtype_names[ANVIL_DTYPE_COUNT] = {
-    "f32", "f16", "bf16", "i32", "i64", "i8", "u8", "f8_e4m3",
+    "f32", "f16", "bf16", "i32", "i64", "i8", "u8", "f8_e4m3", "u4",
 };
 
 const char *anvil_dtype_name(anvil_dtype dt)
@@ -181,4 +182,39 @@ int64_t anvil_find_nonfinite(anvil_dtype dt, const void *data, int64_t n)
         break;
     }
     return -1;
+}
+
+float anvil_fp8_e4m3_to_f32(uint8_t q)
+{
+    const unsigned e = (q >> 3) & 15u, m = q & 7u;
+    float v;
+    if (e == 15 && m == 7)
+        v = NAN;
+    else if (e == 0)
+        v = ldexpf((float)m, -9); /* subnormal: m x 2^-9 */
+    else
+        v = ldexpf(1.0f + (float)m / 8.0f, (int)e - 7);
+    return (q & 0x80) ? -v : v;
+}
+
+uint8_t anvil_f32_to_fp8_e4m3(float f)
+{
+    const uint32_t u = f32_bits(f);
+    const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)
+        return sign | 0x7f; /* NaN */
+    if (a >= 0x43e00000u)
+        return sign | 0x7e; /* 448 and more, infinity too: saturate */
+    if (a < 0x3c800000u) {
+        /* Below 2^-6, the subnormal steps of 2^-9: a x 512 is exact, and
+         * rintf rounds half to even in the default rounding mode. 8 is
+         * 0x08, the smallest normal. */
+        return sign | (uint8_t)rintf(f32_from_bits(a) * 512.0f);
+    }
+    /* Round the 23-bit mantissa to 3 bits, ties to even; a carry moves
+     * into the exponent. Under 448 nothing rounds past 0x7e. */
+    const uint32_t r = a + 0x7ffffu + ((a >> 20) & 1u);
+    const uint32_t e = (r >> 23) - 127u + 7u;
+    return sign | (uint8_t)((e << 3) | ((r >> 20) & 7u));
 }

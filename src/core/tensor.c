@@ -12,7 +12,10 @@ int64_t anvil_tensor_numel(const anvil_tensor *t)
 
 size_t anvil_tensor_nbytes(const anvil_tensor *t)
 {
-    return (size_t)anvil_tensor_numel(t) * anvil_dtype_size(t->dtype);
+    const size_t n = (size_t)anvil_tensor_numel(t);
+    if (t->dtype == ANVIL_DTYPE_U4)
+        return n / 2 + n % 2;
+    return n * anvil_dtype_size(t->dtype);
 }
 
 anvil_tensor anvil_tensor_2d(anvil_dtype dt, int64_t rows, int64_t cols, void *data)

@@ -20,7 +20,7 @@ static const struct {
     [ANVIL_ENGINE_KIND_F16] = {"f16", ANVIL_DTYPE_F16, 16},
     [ANVIL_ENGINE_KIND_FP8_E4M3] = {"fp8_e4m3", ANVIL_DTYPE_F8_E4M3, 8},
     [ANVIL_ENGINE_KIND_INT8] = {"int8", ANVIL_DTYPE_I8, 8},
-    [ANVIL_ENGINE_KIND_INT4] = {"int4", -1, 4},
+    [ANVIL_ENGINE_KIND_INT4] = {"int4", ANVIL_DTYPE_U4, 4},
 };
 
 static int kind_valid(anvil_engine_kind k)

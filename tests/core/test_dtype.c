@@ -75,12 +75,44 @@ static void test_dtype_names(void **state)
     assert_string_equal(anvil_dtype_name(ANVIL_DTYPE_BF16), "bf16");
 }
 
+/* Every fp8 e4m3 code round-trips; the midpoint of two neighbours rounds
+ * to the one with an even code; out of range saturates; NaN stays NaN. */
+static void test_fp8_e4m3(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        const float v = anvil_fp8_e4m3_to_f32((uint8_t)c);
+        if ((c & 0x7f) == 0x7f) {
+            assert_true(isnan(v));
+            assert_int_equal(anvil_f32_to_fp8_e4m3(v) & 0x7f, 0x7f);
+            continue;
+        }
+        assert_int_equal(anvil_f32_to_fp8_e4m3(v), c);
+        if ((c & 0x7f) < 0x7e) {
+            const float next = anvil_fp8_e4m3_to_f32((uint8_t)(c + 1));
+            const float mid = (v + next) / 2; /* exact in f32 */
+            const int even = (c & 1) == 0 ? c : c + 1;
+            assert_int_equal(anvil_f32_to_fp8_e4m3(mid), even);
+            assert_int_equal(anvil_f32_to_fp8_e4m3(nextafterf(mid, 0.0f)), c);
+        }
+    }
+    assert_float_equal(anvil_fp8_e4m3_to_f32(0x7e), 448.0f, 0.0f);
+    assert_float_equal(anvil_fp8_e4m3_to_f32(0x01), 1.0f / 512.0f, 0.0f);
+    assert_float_equal(anvil_fp8_e4m3_to_f32(0x08), 1.0f / 64.0f, 0.0f);
+    assert_int_equal(anvil_f32_to_fp8_e4m3(1000.0f), 0x7e);
+    assert_int_equal(anvil_f32_to_fp8_e4m3(-INFINITY), 0xfe);
+    assert_int_equal(anvil_f32_to_fp8_e4m3(1e-9f), 0x00);
+    assert_int_equal(anvil_f32_to_fp8_e4m3(3.0f / 1024.0f), 0x02); /* 1.5 steps: to even */
+    assert_string_equal(anvil_dtype_name(ANVIL_DTYPE_U4), "u4");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bf16_round_trip_and_ties),
         cmocka_unit_test(test_f16_round_trip_and_edges),
         cmocka_unit_test(test_dtype_names),
+        cmocka_unit_test(test_fp8_e4m3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
