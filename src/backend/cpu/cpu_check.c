@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/cpu_quant.h"
 #include "core/error.h"
 
 static anvil_status check_act(const anvil_tensor *t, const char *what)
@@ -83,7 +84,9 @@ anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w
     TRY(check_act(x, "matmul x"));
     TRY(check_act(out, "matmul out"));
     CHECK(w != NULL && w->data != NULL && w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "matmul: expected a 2-D weight");
-    TRY(check_weight_dtype(w, "matmul weight"));
+    TRY(anvil_cpu_check_quant_weight(w));
+    if (w->quant == NULL)
+        TRY(check_weight_dtype(w, "matmul weight"));
     CHECK(w->shape[1] == x->shape[1] && w->shape[0] == out->shape[1] && x->shape[0] == out->shape[0],
           ANVIL_ERR_INVALID_ARG, "matmul: x [%lld, %lld] w [%lld, %lld] out [%lld, %lld]", (long long)x->shape[0],
           (long long)x->shape[1], (long long)w->shape[0], (long long)w->shape[1], (long long)out->shape[0],
@@ -91,7 +94,8 @@ anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w
     CHECK(out->data != x->data || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "matmul: out must not alias x");
     if (bias != NULL) {
         TRY(check_vector(bias, w->shape[0], "matmul bias"));
-        CHECK(bias->dtype == w->dtype || bias->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED,
+        /* a quantized weight's bias stays in the checkpoint's dtype */
+        CHECK(bias->dtype == w->dtype || bias->dtype == ANVIL_DTYPE_F32 || w->quant != NULL, ANVIL_ERR_UNSUPPORTED,
               "matmul: bias dtype %s with weight dtype %s", anvil_dtype_name(bias->dtype),
               anvil_dtype_name(w->dtype));
     }

@@ -3,6 +3,7 @@
  * decides who computes which block of out; an element's arithmetic is the
  * same whatever the split (batch and thread-count invariance). */
 #include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/cpu_quant.h"
 #include "core/error.h"
 
 typedef struct mm_job {
@@ -31,6 +32,8 @@ anvil_status anvil_cpu_op_matmul(anvil_backend *be, const anvil_tensor *x, const
 {
     TRY(anvil_cpu_check_matmul(x, w, bias, out));
     anvil_cpu_backend *cb = anvil_cpu_impl(be);
+    if (w->quant != NULL)
+        return anvil_cpu_quant_matmul(cb, anvil_cpu_kernels_for(cb->isa), x, w, bias, out);
     mm_job job = {.cb = cb, .kern = anvil_cpu_kernels_for(cb->isa)};
     job.mm = (anvil_cpu_mm){
         .x = x->data,

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/cpu_quant.h"
 #include "core/error.h"
 
 anvil_status anvil_cpu_ref_embedding(const anvil_tensor *table, const anvil_step *step, anvil_tensor *out)
@@ -52,10 +53,38 @@ anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tenso
     return ANVIL_OK;
 }
 
+/* A quantized w (cpu_quant.h): each row of x prepared (perm, fp8
+ * rounding), then sum_k x'[k] * W[n][k] in double, W[n][k] = fl((v - z) * s). */
+static anvil_status ref_matmul_quant(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
+                                     anvil_tensor *out)
+{
+    const anvil_cpu_qw qw = anvil_cpu_qw_of(w);
+    int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
+    float *xr = malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
+    CHECK(xr != NULL, ANVIL_ERR_OOM, "matmul reference: out of memory");
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t t = 0; t < T; t++) {
+        anvil_cpu_quant_prep_row(w->quant, xs + t * K, K, xr);
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (double)xr[k] * (double)anvil_cpu_quant_value(&qw, n, k);
+            if (bias != NULL)
+                acc += (double)anvil_cpu_load_elem(bias->data, bias->dtype, n);
+            o[t * N + n] = (float)acc;
+        }
+    }
+    free(xr);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                   anvil_tensor *out)
 {
     TRY(anvil_cpu_check_matmul(x, w, bias, out));
+    if (w->quant != NULL)
+        return ref_matmul_quant(x, w, bias, out);
     int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
     const float *xs = x->data;
     float *o = out->data;

@@ -29,7 +29,10 @@ anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w,
 anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int32_t head_dim, float eps,
                                         anvil_tensor *out);
 
-/* out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), summed in double. */
+/* out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), summed in double.
+ * A quantized w (w->quant, cpu_quant.h): sum_k x'[t, k] * W[n, k], with
+ * W[n, k] = fl((v - z) * s) and x' the row permuted (perm) and, for fp8
+ * activations, rounded to fp8 (anvil_cpu_quant_prep_row). */
 anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                   anvil_tensor *out);
 

@@ -9,6 +9,20 @@ int anvil_cuda_is_float_dtype(anvil_dtype dt)
     return dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16;
 }
 
+anvil_status anvil_cuda_check_quant(const anvil_tensor *w, const char *what)
+{
+    if (w == NULL)
+        return ANVIL_OK;
+    const char *kind = w->dtype == ANVIL_DTYPE_U4 ? "int4"
+                       : w->dtype == ANVIL_DTYPE_I8 ? "int8"
+                       : w->dtype == ANVIL_DTYPE_F8_E4M3 ? "fp8"
+                                                         : NULL;
+    if (kind == NULL && w->quant == NULL)
+        return ANVIL_OK;
+    return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "%s: quantized weights (%s) are not supported on cuda yet", what,
+                      kind != NULL ? kind : anvil_dtype_name(w->dtype));
+}
+
 anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what)
 {
     CHECK(t != NULL && t->data != NULL, ANVIL_ERR_INVALID_ARG, "%s: missing tensor", what);

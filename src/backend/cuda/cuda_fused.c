@@ -35,7 +35,7 @@ static int gemv_direct(const anvil_cuda_backend *cb, const anvil_tensor *x, cons
                        const anvil_tensor *out)
 {
     const anvil_dtype dt = cb->ops.act_dtype;
-    return cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && w != NULL && w->dtype == dt &&
+    return cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && w != NULL && w->dtype == dt && w->quant == NULL &&
            w->n_dims == 2 && w->shape[1] == x->shape[1] && out->shape[0] == x->shape[0] &&
            out->shape[1] == w->shape[0] && out->data != x->data &&
            anvil_cuda_gemv_ok(dt, x->shape[0], x->shape[1], x->data, w->data, out->data);

@@ -153,6 +153,10 @@ void anvil_cuda_graphs_free(anvil_cuda_backend *cb);
 /* ---------------------------------------------------------------- checks */
 
 int anvil_cuda_is_float_dtype(anvil_dtype dt);
+/* ANVIL_ERR_UNSUPPORTED for a quantized weight (w->quant, or an fp8,
+ * int8 or int4 dtype), naming the scheme: the CUDA kernels for them are
+ * not written yet (issue 15). ANVIL_OK for NULL and plain weights. */
+anvil_status anvil_cuda_check_quant(const anvil_tensor *w, const char *what);
 anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what);
 anvil_status anvil_cuda_check_vector(const anvil_tensor *w, int64_t n, const char *what);
 anvil_status anvil_cuda_check_same_shape(const anvil_tensor *a, const anvil_tensor *b, const char *what);

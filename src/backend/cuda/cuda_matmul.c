@@ -276,6 +276,7 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
     TRY(anvil_cuda_check_act(cb, x, "matmul x"));
     TRY(anvil_cuda_check_act(cb, out, "matmul out"));
     CHECK(w != NULL && w->data != NULL && w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "matmul: expected a 2-D weight");
+    TRY(anvil_cuda_check_quant(w, "matmul"));
     CHECK(anvil_cuda_is_float_dtype(w->dtype), ANVIL_ERR_UNSUPPORTED, "matmul weight: dtype %s (f32, bf16 or f16)",
           anvil_dtype_name(w->dtype));
     CHECK(w->shape[1] == x->shape[1] && w->shape[0] == out->shape[1] && x->shape[0] == out->shape[0],
