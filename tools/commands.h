@@ -11,6 +11,7 @@ int anvil_cmd_serve(int argc, char **argv);
 int anvil_cmd_build(int argc, char **argv);
 int anvil_cmd_inspect(int argc, char **argv);
 int anvil_cmd_refit(int argc, char **argv);
+int anvil_cmd_perplexity(int argc, char **argv);
 
 /* anvil run's batch mode (tools/run_batch.c): many requests through the
  * executor, for --input FILE.jsonl or --beam-width. */

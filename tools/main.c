@@ -22,6 +22,7 @@ static const command commands[] = {
     {"build", anvil_cmd_build, "build a model folder into one engine file"},
     {"inspect", anvil_cmd_inspect, "show what an engine file holds; --verify checks every byte"},
     {"refit", anvil_cmd_refit, "put new weights of the same shapes into an engine file"},
+    {"perplexity", anvil_cmd_perplexity, "score a text: perplexity, and KL divergence against a base model"},
 };
 
 static void usage(FILE *out)
