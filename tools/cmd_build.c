@@ -29,6 +29,11 @@ static void usage(FILE *out)
             "      --random-weights    random weights from the config alone (benchmarks at a real shape)\n"
             "      --seed N            the random weights' seed (default 1)\n"
             "      --no-fusion         no fused ops, no fused weight matrices\n"
+            "      --quantize Q        quantize the linear weights (not embeddings, norms, LM head), round to\n"
+            "                          nearest: fp8 (e4m3, per-channel scales, fp8 activations per token),\n"
+            "                          int8-wo (per-channel scales), int4-wo (groups along K, zero points);\n"
+            "                          none (default). docs/quantization.md\n"
+            "      --group-size N      int4-wo's group (default 128); it must divide every weight's width\n"
             "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
@@ -36,13 +41,24 @@ static void usage(FILE *out)
 
 int anvil_cmd_build(int argc, char **argv)
 {
-    enum { OPT_CONFIG = 256, OPT_DTYPE, OPT_RANDOM, OPT_SEED, OPT_NO_FUSION, OPT_THREADS, OPT_NO_PROGRESS };
+    enum {
+        OPT_CONFIG = 256,
+        OPT_DTYPE,
+        OPT_RANDOM,
+        OPT_SEED,
+        OPT_NO_FUSION,
+        OPT_THREADS,
+        OPT_NO_PROGRESS,
+        OPT_QUANTIZE,
+        OPT_GROUP
+    };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
         {"output", required_argument, 0, 'o'},     {"dtype", required_argument, 0, OPT_DTYPE},
         {"random-weights", no_argument, 0, OPT_RANDOM}, {"seed", required_argument, 0, OPT_SEED},
         {"no-fusion", no_argument, 0, OPT_NO_FUSION}, {"threads", required_argument, 0, OPT_THREADS},
         {"no-progress", no_argument, 0, OPT_NO_PROGRESS}, {"help", no_argument, 0, 'h'},
+        {"quantize", required_argument, 0, OPT_QUANTIZE}, {"group-size", required_argument, 0, OPT_GROUP},
         {0, 0, 0, 0},
     };
     anvil_build_options o;
@@ -72,6 +88,16 @@ int anvil_cmd_build(int argc, char **argv)
             o.n_threads = (int)v;
             break;
         case OPT_NO_PROGRESS: no_progress = 1; break;
+        case OPT_QUANTIZE:
+            if (anvil_quantize_parse(optarg, &o.quantize) != 0) {
+                fprintf(stderr, TOOL ": --quantize %s: expected none, fp8, int8-wo or int4-wo\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_GROUP:
+            if (exec_cli_int(optarg, "--group-size", 2, 1L << 20, &v, TOOL)) return 2;
+            o.quant_group = (int32_t)v;
+            break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
@@ -87,6 +113,10 @@ int anvil_cmd_build(int argc, char **argv)
     if (o.random_weights ? (config == NULL || model != NULL) : (model == NULL || config != NULL)) {
         fprintf(stderr, o.random_weights ? TOOL ": --random-weights builds from --config config.json (no --model)\n"
                                          : TOOL ": --model DIR is required (--config goes with --random-weights)\n");
+        return 2;
+    }
+    if (o.quant_group > 0 && o.quantize != ANVIL_QUANTIZE_INT4_WO) {
+        fprintf(stderr, TOOL ": --group-size goes with --quantize int4-wo (fp8 and int8-wo scale whole rows)\n");
         return 2;
     }
     cli_progress b;

@@ -1,6 +1,6 @@
 /*
  * anvil inspect: what an engine file holds (docs/engine.md): every weight
- * (kind, shape, bytes), totals, the build options and provenance, the
+ * (kind, shape, bytes, quantization), totals, the build options and provenance, the
  * network and its fusion plan, the files it carries, and the memory plan
  * for a batch and KV cache size; --verify reads every byte (checksums,
  * NaN/inf); --json for programs.
@@ -52,7 +52,36 @@ typedef struct inspect_args {
     anvil_dtype act;
 } inspect_args;
 
-/* --verify: checksums, then a scan of every weight for NaN and infinity. */
+/* Whether t is named as the "zeros" of a quantized tensor. */
+static int is_zeros_of_some(const anvil_engine_file *f, const anvil_engine_tensor *t)
+{
+    for (int64_t i = 0; i < anvil_engine_file_count(f); i++) {
+        const char *z = json_string_value(json_object_get(json_object_get(anvil_engine_file_tensor(f, i)->entry, "scales"), "zeros"));
+        if (z != NULL && strcmp(z, t->name) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int64_t first_above(const char *p, size_t n, unsigned max)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] > max)
+            return (int64_t)i;
+    return -1;
+}
+
+static int64_t first_fp8_nan(const char *p, size_t n) /* e4m3fn's NaN: S.1111.111 */
+{
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)p[i] & 0x7f) == 0x7f)
+            return (int64_t)i;
+    return -1;
+}
+
+/* --verify: checksums, then a scan of every weight (and scales) for NaN
+ * and infinity, of fp8 weights for NaN codes, of int4 zero points for
+ * values above 15. */
 static anvil_status verify(const anvil_engine_file *f, json_t *out)
 {
     TRY(anvil_engine_file_verify(f, NULL, NULL));
@@ -63,16 +92,20 @@ static anvil_status verify(const anvil_engine_file *f, json_t *out)
     for (int64_t i = 0; i < anvil_engine_file_count(f) && st == ANVIL_OK; i++) {
         const anvil_engine_tensor *t = anvil_engine_file_tensor(f, i);
         anvil_dtype dt;
-        if (anvil_engine_kind_to_dtype(t->kind, &dt) != 0)
-            continue; /* quantized kinds: their codes are all finite */
+        if (anvil_engine_kind_to_dtype(t->kind, &dt) != 0 || anvil_dtype_size(dt) == 0)
+            continue; /* int4 codes are all valid */
         const size_t es = anvil_dtype_size(dt);
+        const int zeros = is_zeros_of_some(f, t); /* int4 zero points: 0..15 */
         for (size_t off = 0; off < t->bytes && st == ANVIL_OK; off += chunk) {
             const size_t len = t->bytes - off < chunk ? t->bytes - off : chunk;
             st = anvil_engine_file_read(f, i, off, buf, len);
-            const int64_t bad = st == ANVIL_OK ? anvil_find_nonfinite(dt, buf, (int64_t)(len / es)) : -1;
+            const int64_t bad = st != ANVIL_OK ? -1
+                                : zeros        ? first_above(buf, len, 15)
+                                : dt == ANVIL_DTYPE_F8_E4M3 ? first_fp8_nan(buf, len)
+                                               : anvil_find_nonfinite(dt, buf, (int64_t)(len / es));
             if (bad >= 0)
-                st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' holds a NaN or infinity at element %lld", t->name,
-                                (long long)(off / es) + bad);
+                st = ANVIL_FAIL(ANVIL_ERR_FORMAT, "tensor '%s' holds %s at element %lld", t->name,
+                                zeros ? "a zero point above 15" : "a NaN or infinity", (long long)(off / es) + bad);
         }
     }
     free(buf);
@@ -94,10 +127,51 @@ static json_t *weights_json(const anvil_engine_file *f, size_t *total)
         json_object_set_new(o, "kind", json_string(anvil_engine_kind_name(t->kind)));
         json_object_set_new(o, "shape", shape);
         json_object_set_new(o, "bytes", json_integer((json_int_t)t->bytes));
+        const json_t *sc = json_object_get(t->entry, "scales");
+        if (json_is_object(sc)) { /* the table's "scales" object, with the scheme its kind implies */
+            json_t *q = json_deep_copy(sc);
+            json_object_set_new(q, "scheme", json_string(t->kind == ANVIL_ENGINE_KIND_FP8_E4M3 ? "fp8"
+                                                         : t->kind == ANVIL_ENGINE_KIND_INT8   ? "int8"
+                                                         : t->kind == ANVIL_ENGINE_KIND_INT4   ? "int4"
+                                                                                               : "?"));
+            json_object_set_new(o, "quantization", q);
+        }
         json_array_append_new(a, o);
         *total += t->bytes;
     }
     return a;
+}
+
+/* "quantization": the build's record (scheme, method, group) and how many
+ * weight tensors are quantized, of how many (companions not counted). */
+static json_t *quant_summary(const json_t *manifest, const json_t *weights)
+{
+    const json_t *bq = json_object_get(json_object_get(manifest, "build"), "quantization");
+    json_t *o = json_is_object(bq) ? json_deep_copy(bq) : json_object();
+    json_t *companions = json_object(); /* names of the scales, zeros and perm tensors */
+    size_t i;
+    const json_t *e;
+    json_array_foreach(weights, i, e)
+    {
+        const json_t *q = json_object_get(e, "quantization");
+        static const char *const keys[] = {"tensor", "zeros", "perm"};
+        for (int k = 0; q != NULL && k < 3; k++)
+            if (json_is_string(json_object_get(q, keys[k])))
+                json_object_set_new(companions, json_string_value(json_object_get(q, keys[k])), json_true());
+    }
+    json_int_t n = 0, of = 0;
+    json_array_foreach(weights, i, e)
+    {
+        if (json_object_get(companions, json_string_value(json_object_get(e, "name"))) != NULL)
+            continue;
+        of++;
+        n += json_object_get(e, "quantization") != NULL;
+    }
+    json_object_set_new(o, "quantized_tensors", json_integer(n));
+    json_object_set_new(o, "weight_tensors", json_integer(of));
+    json_object_set_new(o, "companion_tensors", json_integer((json_int_t)json_object_size(companions)));
+    json_decref(companions);
+    return o;
 }
 
 /* The memory a runtime of this engine takes with the given options. */
@@ -183,6 +257,20 @@ static void print_human(const json_t *r, int all_weights)
     const json_t *ws = json_object_get(r, "weights");
     printf("weights     %zu tensors, %.1f MiB\n", json_array_size(ws),
            (double)json_integer_value(json_object_get(r, "weight_bytes")) / 1048576.0);
+    const json_t *qs = json_object_get(r, "quantization");
+    if (json_integer_value(json_object_get(qs, "quantized_tensors")) > 0) {
+        const char *scheme = json_string_value(json_object_get(qs, "scheme"));
+        const char *method = json_string_value(json_object_get(qs, "method"));
+        const json_int_t g = json_integer_value(json_object_get(qs, "group"));
+        char grp[32] = "";
+        if (g > 0)
+            snprintf(grp, sizeof grp, ", group %lld", (long long)g);
+        printf("quantization %s%s%s%s: %lld of %lld tensors (and %lld scales/zero-point tensors)\n",
+               scheme ? scheme : "pre-quantized", method ? " " : "", method ? method : "", grp,
+               (long long)json_integer_value(json_object_get(qs, "quantized_tensors")),
+               (long long)json_integer_value(json_object_get(qs, "weight_tensors")),
+               (long long)json_integer_value(json_object_get(qs, "companion_tensors")));
+    }
     json_array_foreach(ws, i, e)
     {
         if (!all_weights && i >= 8) {
@@ -195,9 +283,20 @@ static void print_human(const json_t *r, int all_weights)
         json_array_foreach(json_object_get(e, "shape"), d, x)
             snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%lld", d ? ", " : "",
                      (long long)json_integer_value(x));
-        printf("  %-60.60s %-5s [%s] %lld bytes\n", json_string_value(json_object_get(e, "name")),
+        char qdesc[160] = "";
+        const json_t *q = json_object_get(e, "quantization");
+        if (q != NULL) {
+            const json_int_t g = json_integer_value(json_object_get(q, "group"));
+            const char *act = json_string_value(json_object_get(q, "act"));
+            char grp[32];
+            snprintf(grp, sizeof grp, g > 0 ? "group %lld" : "per channel", (long long)g);
+            snprintf(qdesc, sizeof qdesc, "  %s, %s%s%s%s, scales %s", json_string_value(json_object_get(q, "scheme")), grp,
+                     json_object_get(q, "zeros") ? ", zero points" : "", act ? ", act " : "", act ? act : "",
+                     json_string_value(json_object_get(q, "tensor")));
+        }
+        printf("  %-60.60s %-8s [%s] %lld bytes%s\n", json_string_value(json_object_get(e, "name")),
                json_string_value(json_object_get(e, "kind")), shape,
-               (long long)json_integer_value(json_object_get(e, "bytes")));
+               (long long)json_integer_value(json_object_get(e, "bytes")), qdesc);
     }
     const json_t *mem = json_object_get(r, "memory");
     if (json_object_get(mem, "error")) {
@@ -311,6 +410,7 @@ int anvil_cmd_inspect(int argc, char **argv)
     json_object_set_new(r, "network", network_json(man));
     size_t total = 0;
     json_object_set_new(r, "weights", weights_json(f, &total));
+    json_object_set_new(r, "quantization", quant_summary(man, json_object_get(r, "weights")));
     json_object_set_new(r, "weight_bytes", json_integer((json_int_t)total));
     json_object_set_new(r, "file_bytes", json_integer((json_int_t)h->file_size));
     json_object_set_new(r, "memory", memory_json(&cfg, &a, total));

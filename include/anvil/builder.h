@@ -34,6 +34,22 @@ extern "C" {
  */
 anvil_status anvil_write_random_model(const char *dir, const char *config_json, uint64_t seed);
 
+/* Weight quantization at build time (docs/quantization.md): the linear
+ * weights (q/k/v/o, gate/up/down; not the embeddings, norms or LM head)
+ * rounded to nearest (RTN) with per-row or per-group scales. */
+typedef enum anvil_quantize {
+    ANVIL_QUANTIZE_NONE = 0,
+    ANVIL_QUANTIZE_FP8,     /* "fp8": e4m3, per-channel scales, fp8 activations (dynamic, per token) */
+    ANVIL_QUANTIZE_INT8_WO, /* "int8-wo": int8 symmetric, per-channel scales, activations as computed */
+    ANVIL_QUANTIZE_INT4_WO, /* "int4-wo": int4 asymmetric (min/max), groups along K with zero points */
+    ANVIL_QUANTIZE_COUNT,
+} anvil_quantize;
+
+/* "none", "fp8", "int8-wo", "int4-wo"; "?" for an invalid value. */
+const char *anvil_quantize_name(anvil_quantize q);
+/* The inverse of anvil_quantize_name; 0, or -1 when unknown. */
+int anvil_quantize_parse(const char *name, anvil_quantize *out);
+
 typedef struct anvil_build_options {
     /* Weights converted to this (f32, bf16, f16); ANVIL_DTYPE_COUNT
      * (default, "auto"): as the checkpoint stores them. It also sets the
@@ -48,6 +64,11 @@ typedef struct anvil_build_options {
      * dtype. */
     int random_weights;
     uint64_t seed;
+    /* Quantize the linear weights (ANVIL_QUANTIZE_NONE: as weight_dtype).
+     * quant_group: int4's group along K (0: 128); it must divide every
+     * quantized weight's K. fp8 and int8 have one scale per row. */
+    anvil_quantize quantize;
+    int32_t quant_group;
     /* Called as bytes are written (of all the weights' bytes); a nonzero
      * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
      * NULL. Called from the building threads, one at a time. */

@@ -38,11 +38,9 @@ typedef struct build_job {
     const anvil_build_plan *plan;
     const anvil_network *net;
     const anvil_checkpoint *ck;  /* NULL: random weights */
-    uint64_t seed;
     pthread_mutex_t mu;
     anvil_build_scratch **free_scratch; /* a pool: one per thread at most */
     int n_free;
-    const anvil_build_options *o;
 } build_job;
 
 static anvil_build_scratch *take_scratch(build_job *j)
@@ -64,42 +62,19 @@ static void give_scratch(build_job *j, anvil_build_scratch *s)
     pthread_mutex_unlock(&j->mu);
 }
 
-/* Random values for stored tensor s's bytes [offset, +len). */
-static anvil_status fill_random(build_job *j, int64_t s, size_t offset, void *dst, size_t len, float *tmp)
-{
-    const anvil_stored *t = &j->plan->stored[s];
-    const size_t es = anvil_dtype_size(t->kind);
-    const int64_t a = (int64_t)(offset / es), b = (int64_t)((offset + len) / es);
-    for (int32_t k = 0; k < t->n; k++) {
-        const int32_t wi = j->plan->members[t->first + k];
-        const anvil_net_weight *w = anvil_network_weight(j->net, wi);
-        const int64_t m0 = j->plan->weight_offset[wi], m1 = m0 + w->shape[0] * (w->n_dims > 1 ? w->shape[1] : 1);
-        const int64_t lo = a > m0 ? a : m0, hi = b < m1 ? b : m1;
-        if (lo >= hi)
-            continue;
-        anvil_random_weights(j->net, wi, j->seed, lo - m0, hi - lo, tmp);
-        anvil_convert_from_f32(t->kind, tmp, (char *)dst + (size_t)(lo - a) * es, hi - lo);
-    }
-    return ANVIL_OK;
-}
-
 /* The writer's fill callback: prepared bytes, checked for NaN and inf. */
 static anvil_status fill(void *user, int64_t index, size_t offset, void *dst, size_t len)
 {
     build_job *j = user;
     anvil_build_scratch *sc = take_scratch(j);
     CHECK(sc != NULL, ANVIL_ERR_OOM, "out of memory for the build's buffers");
-    anvil_status st;
-    if (j->ck != NULL) {
-        st = anvil_build_fill(j->plan, j->net, j->ck, (int32_t)index, offset, dst, len, sc);
-    } else {
-        float *tmp = malloc(len / 2 * sizeof *tmp + sizeof *tmp); /* len / 2 elements at most (2-byte kinds) */
-        st = tmp ? fill_random(j, index, offset, dst, len, tmp) : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
-        free(tmp);
-    }
+    /* no checkpoint: random weights of the plan's seed */
+    const anvil_status st = anvil_build_fill(j->plan, j->net, j->ck, (int32_t)index, offset, dst, len, sc);
     give_scratch(j, sc);
     TRY(st);
     const anvil_stored *t = &j->plan->stored[index];
+    if (!anvil_stored_kind_is_float(t->kind))
+        return ANVIL_OK; /* quantized: the converter scanned the values it rounded */
     const size_t es = anvil_dtype_size(t->kind);
     const int64_t bad = anvil_find_nonfinite(t->kind, dst, (int64_t)(len / es));
     CHECK(bad < 0, ANVIL_ERR_FORMAT, "tensor '%s' holds a NaN or infinity at element %lld: the checkpoint is damaged",
@@ -146,6 +121,14 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
     ok &= json_object_set_new(b, "source", json_string(src)) == 0;
     ok &= json_object_set_new(b, "created", json_string(when)) == 0;
     ok &= json_object_set_new(b, "weight_bytes", json_integer((json_int_t)p->total_bytes)) == 0;
+    if (o->quantize != ANVIL_QUANTIZE_NONE) { /* what made the quantized weights (docs/quantization.md) */
+        json_t *q = json_pack("{s:s, s:s}", "scheme", anvil_quantize_name(o->quantize), "method", "rtn");
+        if (q != NULL && o->quantize == ANVIL_QUANTIZE_INT4_WO)
+            ok &= json_object_set_new(q, "group", json_integer(o->quant_group > 0 ? o->quant_group : 128)) == 0;
+        if (q != NULL && o->quantize == ANVIL_QUANTIZE_FP8)
+            ok &= json_object_set_new(q, "act", json_string("fp8_dynamic")) == 0;
+        ok &= q != NULL && json_object_set_new(b, "quantization", q) == 0;
+    }
     /* tuned kernel choices would go here; anvil's kernels pick at run time
      * from the shapes alone (docs/engine.md) */
     ok &= json_object_set_new(b, "kernels", json_object()) == 0;
@@ -177,6 +160,11 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
         o = *opts;
     else
         anvil_build_options_default(&o);
+    CHECK(o.quantize >= ANVIL_QUANTIZE_NONE && o.quantize < ANVIL_QUANTIZE_COUNT, ANVIL_ERR_INVALID_ARG,
+          "unknown quantization %d", (int)o.quantize);
+    CHECK(o.quant_group == 0 || (o.quantize == ANVIL_QUANTIZE_INT4_WO && o.quant_group > 0), ANVIL_ERR_INVALID_ARG,
+          "a group size (%d) goes with int4-wo quantization only (fp8 and int8-wo scale whole rows)",
+          (int)o.quant_group);
     char *cfg_text = NULL; /* a config file given alone (random weights) */
     TRY(random_config_file(model, o.random_weights, &cfg_text));
     const char *dir = model;
@@ -188,7 +176,7 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     anvil_build_plan *plan = NULL;
     anvil_engine_writer *w = NULL;
     json_t *manifest = NULL;
-    build_job job = {.o = &o, .seed = o.seed};
+    build_job job = {0};
     pthread_mutex_init(&job.mu, NULL);
 
     if (cfg_text != NULL) {
@@ -205,8 +193,13 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     else if (o.weight_dtype == ANVIL_DTYPE_COUNT)
         o.weight_dtype = cfg.dtype;
     const anvil_fuse_caps caps = anvil_fuse_caps_all();
-    const anvil_plan_options po = {.weight_dtype = o.weight_dtype, .caps = &caps, .no_fusion = o.no_fusion};
+    const anvil_plan_options po = {.weight_dtype = o.weight_dtype,
+                                   .caps = &caps,
+                                   .no_fusion = o.no_fusion,
+                                   .quantize = o.quantize,
+                                   .quant_group = o.quant_group};
     TRY_GOTO(anvil_build_plan_make(net, ck, &po, &plan), done);
+    plan->seed = o.seed;
 
     TRY_GOTO(anvil_engine_writer_create(output, &w), done);
     for (int32_t s = 0; s < plan->n_stored; s++) {
@@ -218,6 +211,9 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
         TRY_GOTO(anvil_engine_writer_add_tensor(w, t->name, kind, t->n_dims, t->shape, &idx), done);
         CHECK_GOTO(idx == s, ANVIL_ERR_INTERNAL, done, "engine tensor %lld for stored tensor %d", (long long)idx, s);
     }
+    for (int32_t s = 0; s < plan->n_stored; s++) /* the quantized weights' "scales" objects */
+        if (plan->stored[s].q.scales >= 0)
+            TRY_GOTO(anvil_manifest_set_quant(w, plan, s), done);
     manifest = json_object();
     json_t *files = json_object(), *m = json_object();
     CHECK_GOTO(manifest && files && m, ANVIL_ERR_OOM, done, "out of memory");

@@ -5,12 +5,15 @@
  */
 #include "builder/build_plan.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/checked.h"
 #include "core/error.h"
+#include "builder/quantize.h"
+#include "builder/random_weights.h"
 
 /* Members of a fused stored tensor start at multiples of this many bytes,
  * so that a view into it is as aligned as an allocation (vector loads). */
@@ -19,6 +22,8 @@
 struct anvil_build_scratch {
     void *src;  /* [ANVIL_BUILD_CHUNK bytes] source bytes */
     float *f32; /* [ANVIL_BUILD_CHUNK bytes] the same as f32 */
+    void *rows; /* [rows_cap bytes] a converter's (anvil_build_scratch_rows) */
+    size_t rows_cap;
 };
 
 /* Elements of a piece converted at once: its f32 form fills the scratch. */
@@ -45,7 +50,43 @@ void anvil_build_scratch_free(anvil_build_scratch *s)
         return;
     free(s->src);
     free(s->f32);
+    free(s->rows);
     free(s);
+}
+
+void *anvil_build_scratch_rows(anvil_build_scratch *s, size_t bytes)
+{
+    if (bytes > 2 * ANVIL_BUILD_CHUNK)
+        return NULL;
+    if (s->rows_cap < bytes) {
+        free(s->rows);
+        s->rows_cap = 0;
+        s->rows = malloc(2 * ANVIL_BUILD_CHUNK); /* once: every converter's rows fit */
+        if (s->rows == NULL)
+            return NULL;
+        s->rows_cap = 2 * ANVIL_BUILD_CHUNK;
+    }
+    return s->rows;
+}
+
+size_t anvil_stored_kind_bytes(anvil_dtype kind, int64_t n)
+{
+    if (n < 0)
+        return 0;
+    if (kind == ANVIL_DTYPE_U4)
+        return (size_t)(n / 2 + n % 2);
+    size_t bytes;
+    return anvil_mul_size_ok((size_t)n, anvil_dtype_size(kind), &bytes) ? bytes : 0;
+}
+
+int anvil_stored_kind_is_float(anvil_dtype kind)
+{
+    return kind == ANVIL_DTYPE_F32 || kind == ANVIL_DTYPE_BF16 || kind == ANVIL_DTYPE_F16;
+}
+
+int anvil_stored_kind_is_quantized(anvil_dtype kind)
+{
+    return kind == ANVIL_DTYPE_F8_E4M3 || kind == ANVIL_DTYPE_I8 || kind == ANVIL_DTYPE_U4;
 }
 
 void anvil_build_plan_free(anvil_build_plan *p)
@@ -66,15 +107,16 @@ anvil_status anvil_build_plan_alloc(int32_t n_weights, int32_t n_ops, int32_t n_
                                     anvil_build_plan **out)
 {
     *out = NULL;
-    CHECK(n_weights >= 0 && n_ops >= 0 && n_stored >= 0 && n_stored <= n_weights, ANVIL_ERR_INVALID_ARG,
-          "a plan of %d stored tensors for %d weights", n_stored, n_weights);
+    CHECK(n_weights >= 0 && n_ops >= 0 && n_stored >= 0 && n_weights <= INT32_MAX / ANVIL_PLAN_STORED_PER_WEIGHT &&
+              n_stored <= n_weights * ANVIL_PLAN_STORED_PER_WEIGHT,
+          ANVIL_ERR_INVALID_ARG, "a plan of %d stored tensors for %d weights", n_stored, n_weights);
     anvil_build_plan *p = calloc(1, sizeof *p);
     CHECK(p != NULL, ANVIL_ERR_OOM, "out of memory");
     p->n_weights = n_weights;
     p->n_ops = n_ops;
     p->n_stored = n_stored;
-    /* room for one stored tensor per weight (the most a plan can have) */
-    p->stored = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->stored);
+    /* room for the most a plan can have: each weight stored alone, quantized, with every companion */
+    p->stored = calloc((size_t)(n_weights ? n_weights : 1) * ANVIL_PLAN_STORED_PER_WEIGHT, sizeof *p->stored);
     p->members = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->members);
     p->weight_stored = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->weight_stored);
     p->weight_offset = calloc((size_t)(n_weights ? n_weights : 1), sizeof *p->weight_offset);
@@ -246,13 +288,111 @@ static anvil_status add_stored(anvil_build_plan *p, const anvil_network *net, co
         elems += w_numel(w);
     }
     st->shape[0] = rows;
-    size_t bytes;
-    CHECK(anvil_mul_size_ok((size_t)elems, anvil_dtype_size(kind), &bytes), ANVIL_ERR_UNSUPPORTED,
-          "weight '%s' is too large", st->name);
+    st->role = ANVIL_STORED_WEIGHT;
+    st->of = -1;
+    st->q = (anvil_stored_quant){.scales = -1, .zeros = -1, .perm = -1};
+    const size_t bytes = anvil_stored_kind_bytes(kind, elems);
+    CHECK(bytes > 0, ANVIL_ERR_UNSUPPORTED, "weight '%s' is too large", st->name);
     st->bytes = bytes;
     CHECK(p->total_bytes <= SIZE_MAX - bytes, ANVIL_ERR_UNSUPPORTED, "the weights are too large");
     p->total_bytes += bytes;
     p->n_stored++;
+    return ANVIL_OK;
+}
+
+/* Appends a companion of stored weight s (the last one added). */
+static anvil_status add_companion(anvil_build_plan *p, int32_t s, anvil_stored_role role, anvil_dtype kind,
+                                  int n_dims, int64_t d0, int64_t d1, int32_t n_members)
+{
+    static const char *const suffix[] = {"", ".scales", ".zeros", ".perm"};
+    anvil_stored *t = &p->stored[p->n_stored];
+    memset(t, 0, sizeof *t);
+    const size_t len = strlen(p->stored[s].name) + 8;
+    t->name = malloc(len);
+    CHECK(t->name != NULL, ANVIL_ERR_OOM, "out of memory");
+    snprintf(t->name, len, "%s%s", p->stored[s].name, suffix[role]);
+    t->kind = kind;
+    t->shard = p->stored[s].shard;
+    t->n_dims = n_dims;
+    t->shape[0] = d0;
+    t->shape[1] = n_dims > 1 ? d1 : 0;
+    t->first = n_members;
+    t->n = 0;
+    t->role = role;
+    t->of = s;
+    t->q = (anvil_stored_quant){.scales = -1, .zeros = -1, .perm = -1};
+    t->conv = p->stored[s].conv;
+    t->bytes = anvil_stored_kind_bytes(kind, d0 * (n_dims > 1 ? d1 : 1));
+    CHECK(t->bytes > 0 && p->total_bytes <= SIZE_MAX - t->bytes, ANVIL_ERR_UNSUPPORTED, "'%s' is too large",
+          t->name);
+    p->total_bytes += t->bytes;
+    p->n_stored++;
+    return ANVIL_OK;
+}
+
+/* Makes stored weight s (just added, of a quantized kind) quantized by the
+ * RTN converter: its scales (and for int4 its zero points) follow it. */
+static anvil_status quantize_stored(anvil_build_plan *p, int32_t s, int32_t group, int32_t n_members)
+{
+    anvil_stored *t = &p->stored[s];
+    const int64_t n = t->shape[0], k = t->shape[1];
+    t->conv = &anvil_rtn_converter;
+    t->q.group = t->kind == ANVIL_DTYPE_U4 ? group : 0;
+    t->q.act = t->kind == ANVIL_DTYPE_F8_E4M3 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
+    const int64_t g = t->q.group ? k / t->q.group : 1;
+    t->q.scales = p->n_stored;
+    TRY(add_companion(p, s, ANVIL_STORED_SCALES, ANVIL_DTYPE_F32, t->q.group ? 2 : 1, n, g, n_members));
+    if (t->kind == ANVIL_DTYPE_U4) {
+        t->q.zeros = p->n_stored;
+        TRY(add_companion(p, s, ANVIL_STORED_ZEROS, ANVIL_DTYPE_U8, 2, n, g, n_members));
+    }
+    return ANVIL_OK;
+}
+
+/* The storage kind of a quantization scheme's weights. */
+static anvil_dtype quant_kind(anvil_quantize q)
+{
+    return q == ANVIL_QUANTIZE_FP8       ? ANVIL_DTYPE_F8_E4M3
+           : q == ANVIL_QUANTIZE_INT8_WO ? ANVIL_DTYPE_I8
+           : q == ANVIL_QUANTIZE_INT4_WO ? ANVIL_DTYPE_U4
+                                         : ANVIL_DTYPE_COUNT;
+}
+
+/* Whether weight i is quantized: a matrix that only linear ops over token
+ * rows read (the q/k/v/o and MLP projections; not the LM head, whose op
+ * runs over logit rows, nor an embedding tied to it). */
+static int quantizable(const anvil_network *net, int32_t i)
+{
+    const anvil_net_weight *w = anvil_network_weight(net, i);
+    if (w->n_dims != 2)
+        return 0;
+    int used = 0;
+    for (int32_t o = 0; o < anvil_network_op_count(net); o++) {
+        const anvil_net_op *op = anvil_network_op(net, o);
+        for (int32_t k = 0; k < op->n_weights; k++) {
+            if (op->weights[k] != i)
+                continue;
+            if (op->kind != ANVIL_OP_LINEAR || k != 0 || op->row_kind != 0)
+                return 0;
+            used = 1;
+        }
+    }
+    return used;
+}
+
+/* Checks that quantized weight i can be quantized in groups of `group`. */
+static anvil_status check_quant_shape(const anvil_network *net, int32_t i, anvil_quantize q, int32_t group)
+{
+    const anvil_net_weight *w = anvil_network_weight(net, i);
+    if (q != ANVIL_QUANTIZE_INT4_WO)
+        return ANVIL_OK;
+    CHECK(w->shape[1] % group == 0, ANVIL_ERR_INVALID_ARG,
+          "--quantize int4-wo: the group size %d does not divide the %lld columns of '%s' (choose a group size "
+          "that divides it)",
+          group, (long long)w->shape[1], w->name);
+    CHECK(w->shape[1] % 2 == 0, ANVIL_ERR_INVALID_ARG,
+          "--quantize int4-wo: '%s' has %lld columns; int4 rows are whole bytes (an even number of columns)",
+          w->name, (long long)w->shape[1]);
     return ANVIL_OK;
 }
 
@@ -270,7 +410,7 @@ static int fusable(const anvil_build_plan *p, const anvil_network *net, const an
                 return 0;
         const anvil_net_weight *w = anvil_network_weight(net, ws[k]);
         if (w->n_dims != 2 || w->shape[1] != w0->shape[1] || kinds[ws[k]] != kinds[ws[0]] ||
-            ((size_t)w_numel(w) * anvil_dtype_size(kinds[ws[k]])) % FUSE_ALIGN != 0)
+            anvil_stored_kind_bytes(kinds[ws[k]], w_numel(w)) % FUSE_ALIGN != 0)
             return 0;
     }
     return 1;
@@ -300,11 +440,21 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
     CHECK_GOTO(kinds && uses, ANVIL_ERR_OOM, done, "out of memory");
     CHECK_GOTO(ck != NULL || (opts && opts->weight_dtype != ANVIL_DTYPE_COUNT), ANVIL_ERR_INVALID_ARG, done,
                "a plan without a checkpoint needs a weight dtype");
+    const anvil_quantize quant = opts ? opts->quantize : ANVIL_QUANTIZE_NONE;
+    const int32_t group = opts && opts->quant_group > 0 ? opts->quant_group : 128;
+    CHECK_GOTO(quant >= ANVIL_QUANTIZE_NONE && quant < ANVIL_QUANTIZE_COUNT, ANVIL_ERR_INVALID_ARG, done,
+               "unknown quantization %d", (int)quant);
+    CHECK_GOTO(opts == NULL || opts->quant_group >= 0, ANVIL_ERR_INVALID_ARG, done, "group size %d is negative",
+               opts ? opts->quant_group : 0);
     for (int32_t i = 0; i < nw; i++) {
         anvil_dtype src = ANVIL_DTYPE_COUNT;
         if (ck != NULL) /* no checkpoint: random weights, nothing to check */
             TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
         kinds[i] = opts && opts->weight_dtype != ANVIL_DTYPE_COUNT ? opts->weight_dtype : src;
+        if (quant != ANVIL_QUANTIZE_NONE && quantizable(net, i)) {
+            TRY_GOTO(check_quant_shape(net, i, quant, group), done);
+            kinds[i] = quant_kind(quant);
+        }
     }
     TRY_GOTO(anvil_build_plan_alloc(nw, nops, 0, &p), done);
     for (int32_t i = 0; i < nw; i++)
@@ -331,12 +481,19 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
         int once = 1;
         for (int32_t k = 0; k < n; k++)
             once &= uses[ws[k]] == 1;
-        if (once)
+        if (once) {
             TRY_GOTO(add_stored(p, net, ws, n, kinds[ws[0]], &n_members), done);
+            if (anvil_stored_kind_is_quantized(kinds[ws[0]]))
+                TRY_GOTO(quantize_stored(p, p->n_stored - 1, group, n_members), done);
+        }
     }
-    for (int32_t i = 0; i < nw; i++)
-        if (p->weight_stored[i] < 0)
-            TRY_GOTO(add_stored(p, net, &i, 1, kinds[i], &n_members), done);
+    for (int32_t i = 0; i < nw; i++) {
+        if (p->weight_stored[i] >= 0)
+            continue;
+        TRY_GOTO(add_stored(p, net, &i, 1, kinds[i], &n_members), done);
+        if (anvil_stored_kind_is_quantized(kinds[i]))
+            TRY_GOTO(quantize_stored(p, p->n_stored - 1, group, n_members), done);
+    }
 done:
     free(kinds);
     free(uses);
@@ -345,6 +502,79 @@ done:
         return st;
     }
     *out = p;
+    return ANVIL_OK;
+}
+
+/* A companion: right after its quantized weight (or another of its
+ * companions), named by that weight's description, of its kind and shape. */
+static anvil_status check_companion(const anvil_build_plan *p, int32_t s)
+{
+    static const char *const what[] = {"weight", "scales", "zeros", "perm"};
+    const anvil_stored *t = &p->stored[s];
+    CHECK(t->role > ANVIL_STORED_WEIGHT && t->role <= ANVIL_STORED_PERM && t->n == 0 && t->of >= 0 && t->of < s,
+          ANVIL_ERR_FORMAT, "stored tensor '%s' is a companion of no weight before it", t->name);
+    const anvil_stored *w = &p->stored[t->of];
+    const int32_t named = t->role == ANVIL_STORED_SCALES  ? w->q.scales
+                          : t->role == ANVIL_STORED_ZEROS ? w->q.zeros
+                                                          : w->q.perm;
+    CHECK(w->role == ANVIL_STORED_WEIGHT && named == s, ANVIL_ERR_FORMAT,
+          "stored tensor '%s' is not the %s of '%s'", t->name, what[t->role], w->name);
+    for (int32_t k = t->of + 1; k < s; k++)
+        CHECK(p->stored[k].of == t->of, ANVIL_ERR_FORMAT, "the %s '%s' does not follow its weight '%s'",
+              what[t->role], t->name, w->name);
+    return ANVIL_OK;
+}
+
+/* A quantized weight's description against its kind and companions: the
+ * scales f32 [N] (group 0) or [N, K / group], zeros u8 of the same shape
+ * (int4 only), perm i32 [K]; a group that divides K; fp8 activations only
+ * on fp8 weights. */
+static anvil_status check_quantized(const anvil_build_plan *p, int32_t s)
+{
+    const anvil_stored *t = &p->stored[s];
+    const anvil_stored_quant *q = &t->q;
+    CHECK(anvil_stored_kind_is_quantized(t->kind), ANVIL_ERR_FORMAT, "tensor '%s' is %s but has scales", t->name,
+          anvil_dtype_name(t->kind));
+    CHECK(t->n_dims == 2, ANVIL_ERR_FORMAT, "quantized tensor '%s' is not a matrix", t->name);
+    const int64_t n = t->shape[0], k = t->shape[1];
+    CHECK(q->group >= 0 && (q->group == 0 || k % q->group == 0), ANVIL_ERR_FORMAT,
+          "quantized tensor '%s': group %d does not divide its %lld columns", t->name, q->group, (long long)k);
+    CHECK(t->kind != ANVIL_DTYPE_U4 || k % 2 == 0, ANVIL_ERR_FORMAT,
+          "int4 tensor '%s' has an odd number of columns (%lld)", t->name, (long long)k);
+    const int64_t g = q->group ? k / q->group : 1;
+    const int32_t comp[3] = {q->scales, q->zeros, q->perm};
+    const anvil_dtype want[3] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_U8, ANVIL_DTYPE_I32};
+    static const char *const what[3] = {"scales", "zeros", "perm"};
+    for (int c = 0; c < 3; c++) {
+        if (comp[c] < 0)
+            continue;
+        CHECK(comp[c] > s && comp[c] < p->n_stored && p->stored[comp[c]].role == (anvil_stored_role)(c + 1) &&
+                  p->stored[comp[c]].of == s,
+              ANVIL_ERR_FORMAT, "quantized tensor '%s': its %s are not a companion stored after it", t->name,
+              what[c]);
+        const anvil_stored *x = &p->stored[comp[c]];
+        const int64_t d0 = c == 2 ? k : n;
+        const int dims = c == 2 || (c == 0 && q->group == 0) ? 1 : 2;
+        const int fits = x->kind == want[c] && x->n_dims == dims && x->shape[0] == d0 && (dims == 1 || x->shape[1] == g) &&
+                         x->bytes == anvil_stored_kind_bytes(x->kind, d0 * (dims == 2 ? g : 1));
+        if (!fits) {
+            char have[96];
+            anvil_shape_str(x->shape, x->n_dims, have, sizeof have);
+            return ANVIL_FAIL(ANVIL_ERR_FORMAT,
+                              "quantized tensor '%s' [%lld, %lld]: its %s '%s' are %s %s, not %s [%lld%s%lld]",
+                              t->name, (long long)n, (long long)k, what[c], x->name, anvil_dtype_name(x->kind), have,
+                              anvil_dtype_name(want[c]), (long long)d0, dims == 2 ? ", " : "",
+                              dims == 2 ? (long long)g : 0LL);
+        }
+    }
+    CHECK(q->zeros < 0 || t->kind == ANVIL_DTYPE_U4, ANVIL_ERR_FORMAT,
+          "quantized tensor '%s' is %s but has zero points (only int4 has them)", t->name, anvil_dtype_name(t->kind));
+    CHECK(q->act == ANVIL_QUANT_ACT_NONE || t->kind == ANVIL_DTYPE_F8_E4M3, ANVIL_ERR_FORMAT,
+          "quantized tensor '%s' is %s but rounds its activations to fp8 (only fp8 weights do)", t->name,
+          anvil_dtype_name(t->kind));
+    CHECK(q->act != ANVIL_QUANT_ACT_FP8_STATIC || (q->input_scale > 0.0f && isfinite(q->input_scale)),
+          ANVIL_ERR_FORMAT, "quantized tensor '%s': input_scale %g is not a positive number", t->name,
+          (double)q->input_scale);
     return ANVIL_OK;
 }
 
@@ -357,14 +587,22 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
     int32_t seen = 0;
     for (int32_t s = 0; s < p->n_stored; s++) {
         const anvil_stored *t = &p->stored[s];
-        CHECK(t->n >= 1 && t->first >= 0 && t->first <= nw - t->n && t->first == seen, ANVIL_ERR_FORMAT,
-              "stored tensor '%s': members [%d, +%d) out of order", t->name, t->first, t->n);
         CHECK(t->shard.count == 1 && t->shard.rank == 0, ANVIL_ERR_UNSUPPORTED,
               "stored tensor '%s' is shard %d of %d; this anvil runs whole tensors only", t->name,
               t->shard.rank, t->shard.count);
-        CHECK(t->kind == ANVIL_DTYPE_F32 || t->kind == ANVIL_DTYPE_BF16 || t->kind == ANVIL_DTYPE_F16,
-              ANVIL_ERR_UNSUPPORTED, "stored tensor '%s': kind %s is not supported", t->name,
+        if (t->role != ANVIL_STORED_WEIGHT) {
+            TRY(check_companion(p, s));
+            continue;
+        }
+        CHECK(t->n >= 1 && t->first >= 0 && t->first <= nw - t->n && t->first == seen, ANVIL_ERR_FORMAT,
+              "stored tensor '%s': members [%d, +%d) out of order", t->name, t->first, t->n);
+        CHECK(anvil_stored_kind_is_float(t->kind) || anvil_stored_kind_is_quantized(t->kind), ANVIL_ERR_UNSUPPORTED,
+              "stored tensor '%s': kind %s is not a weight's", t->name, anvil_dtype_name(t->kind));
+        CHECK(anvil_stored_kind_is_float(t->kind) || t->q.scales >= 0, ANVIL_ERR_FORMAT,
+              "stored tensor '%s' is %s without scales (a quantized weight needs its scales tensor)", t->name,
               anvil_dtype_name(t->kind));
+        if (t->q.scales >= 0)
+            TRY(check_quantized(p, s));
         int64_t rows = 0, elems = 0;
         for (int32_t k = 0; k < t->n; k++) {
             const int32_t wi = p->members[t->first + k];
@@ -380,10 +618,8 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
             rows += w->shape[0];
             elems += w_numel(w);
         }
-        size_t bytes;
-        CHECK(rows == t->shape[0] && anvil_mul_size_ok((size_t)elems, anvil_dtype_size(t->kind), &bytes) &&
-                  bytes == t->bytes,
-              ANVIL_ERR_FORMAT, "stored tensor '%s': shape or bytes do not match its members", t->name);
+        CHECK(rows == t->shape[0] && anvil_stored_kind_bytes(t->kind, elems) == t->bytes, ANVIL_ERR_FORMAT,
+              "stored tensor '%s': shape or bytes do not match its members", t->name);
         seen += t->n;
     }
     CHECK(seen == nw, ANVIL_ERR_FORMAT, "%d of the network's %d weights are stored", seen, nw);
@@ -477,32 +713,79 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
     return ANVIL_OK;
 }
 
-anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
-                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch)
+/* Elements [a, b) of weight w in `kind` at dst: random values of seed. */
+static void fill_random(const anvil_network *net, int32_t wi, uint64_t seed, int64_t a, int64_t b,
+                        anvil_dtype kind, char *dst, anvil_build_scratch *sc)
 {
-    CHECK(s >= 0 && s < p->n_stored, ANVIL_ERR_INVALID_ARG, "stored tensor %d out of range", s);
+    const size_t des = anvil_dtype_size(kind);
+    while (a < b) {
+        const int64_t m = b - a < PIECE_ELEMS ? b - a : PIECE_ELEMS;
+        anvil_random_weights(net, wi, seed, a, m, sc->f32);
+        anvil_convert_from_f32(kind, sc->f32, dst, m);
+        a += m;
+        dst += (size_t)m * des;
+    }
+}
+
+/* Elements [a, b) of float stored weight tensor s in `kind` (its own, or
+ * f32 for a converter) at dst, member by member. */
+static anvil_status fill_members(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                                 int32_t s, int64_t a, int64_t b, anvil_dtype kind, char *dst,
+                                 anvil_build_scratch *sc)
+{
     const anvil_stored *t = &p->stored[s];
-    const size_t es = anvil_dtype_size(t->kind);
-    CHECK(offset % es == 0 && len % es == 0 && offset <= t->bytes && len <= t->bytes - offset &&
-              len <= ANVIL_BUILD_CHUNK,
-          ANVIL_ERR_INVALID_ARG, "fill of '%s': bytes [%zu, +%zu) do not fit", t->name, offset, len);
-    const int64_t a = (int64_t)(offset / es), b = (int64_t)((offset + len) / es);
+    const size_t es = anvil_dtype_size(kind);
     for (int32_t k = 0; k < t->n; k++) {
         const int32_t wi = p->members[t->first + k];
         const anvil_net_weight *w = anvil_network_weight(net, wi);
         const int64_t m0 = p->weight_offset[wi], m1 = m0 + w_numel(w);
         const int64_t lo = a > m0 ? a : m0, hi = b < m1 ? b : m1;
-        if (lo < hi)
-            TRY(fill_member(w, ck, lo - m0, hi - m0, t->kind, (char *)dst + (size_t)(lo - a) * es, scratch));
+        if (lo >= hi)
+            continue;
+        if (ck == NULL)
+            fill_random(net, wi, p->seed, lo - m0, hi - m0, kind, dst + (size_t)(lo - a) * es, sc);
+        else
+            TRY(fill_member(w, ck, lo - m0, hi - m0, kind, dst + (size_t)(lo - a) * es, sc));
     }
     return ANVIL_OK;
+}
+
+anvil_status anvil_build_values(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                                int32_t s, int64_t a, int64_t b, float *dst, anvil_build_scratch *scratch)
+{
+    CHECK(s >= 0 && s < p->n_stored && p->stored[s].role == ANVIL_STORED_WEIGHT, ANVIL_ERR_INVALID_ARG,
+          "values of stored tensor %d: not a weight", s);
+    const anvil_stored *t = &p->stored[s];
+    const int64_t numel = t->shape[0] * (t->n_dims > 1 ? t->shape[1] : 1);
+    CHECK(a >= 0 && a <= b && b <= numel && b - a <= PIECE_ELEMS, ANVIL_ERR_INVALID_ARG,
+          "values of '%s': elements [%lld, %lld) do not fit", t->name, (long long)a, (long long)b);
+    return fill_members(p, net, ck, s, a, b, ANVIL_DTYPE_F32, (char *)dst, scratch);
+}
+
+anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch)
+{
+    CHECK(s >= 0 && s < p->n_stored, ANVIL_ERR_INVALID_ARG, "stored tensor %d out of range", s);
+    const anvil_stored *t = &p->stored[s];
+    CHECK(offset <= t->bytes && len <= t->bytes - offset && len <= ANVIL_BUILD_CHUNK, ANVIL_ERR_INVALID_ARG,
+          "fill of '%s': bytes [%zu, +%zu) do not fit", t->name, offset, len);
+    if (t->conv != NULL)
+        return t->conv->fill(p, net, ck, s, offset, dst, len, scratch);
+    CHECK(t->role == ANVIL_STORED_WEIGHT && anvil_stored_kind_is_float(t->kind), ANVIL_ERR_UNSUPPORTED,
+          "stored tensor '%s' (%s) has no converter to make it from a checkpoint", t->name, anvil_dtype_name(t->kind));
+    const size_t es = anvil_dtype_size(t->kind);
+    CHECK(offset % es == 0 && len % es == 0 && offset <= t->bytes && len <= t->bytes - offset &&
+              len <= ANVIL_BUILD_CHUNK,
+          ANVIL_ERR_INVALID_ARG, "fill of '%s': bytes [%zu, +%zu) do not fit", t->name, offset, len);
+    const int64_t a = (int64_t)(offset / es), b = (int64_t)((offset + len) / es);
+    return fill_members(p, net, ck, s, a, b, t->kind, dst, scratch);
 }
 
 const anvil_st_tensor *anvil_build_plain_source(const anvil_build_plan *p, const anvil_network *net,
                                                 const anvil_checkpoint *ck, int32_t s)
 {
     const anvil_stored *t = &p->stored[s];
-    if (t->n != 1)
+    if (t->n != 1 || t->conv != NULL)
         return NULL;
     const anvil_net_weight *w = anvil_network_weight(net, p->members[t->first]);
     if (w->recipe != ANVIL_RECIPE_TENSOR)

@@ -29,7 +29,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "anvil/builder.h"
 #include "anvil/network.h"
+#include "core/tensor.h"
 #include "backend/backend.h"
 #include "builder/fuse_plan.h"
 #include "io/safetensors.h"
@@ -43,6 +45,46 @@ typedef struct anvil_shard {
     int axis; /* -1 when whole */
 } anvil_shard;
 
+/* What a stored tensor is: a weight (or fused weights), or a companion of
+ * a quantized weight (docs/quantization.md): its scales (f32 [N] or
+ * [N, K / group]), zero points (u8 [N, K / group], int4 only) or column
+ * permutation (i32 [K]). A companion is stored right after its weight and
+ * has no member weights of its own. */
+typedef enum anvil_stored_role {
+    ANVIL_STORED_WEIGHT = 0,
+    ANVIL_STORED_SCALES,
+    ANVIL_STORED_ZEROS,
+    ANVIL_STORED_PERM,
+} anvil_stored_role;
+
+/* A quantized weight's description (the engine's "scales" object): which
+ * stored tensors hold its companions and how its scales apply. The values
+ * of anvil_quant (core/tensor.h) but for pointers, which the runtime makes
+ * from these indices. */
+typedef struct anvil_stored_quant {
+    int32_t scales, zeros, perm; /* stored tensors, -1 where none; scales >= 0: quantized */
+    int32_t group;               /* K columns per scale; 0: one scale per row */
+    anvil_quant_act act;
+    float input_scale;           /* ANVIL_QUANT_ACT_FP8_STATIC */
+} anvil_stored_quant;
+
+typedef struct anvil_build_plan anvil_build_plan;
+typedef struct anvil_build_scratch anvil_build_scratch;
+
+/*
+ * How a stored tensor's bytes are made, where it is not its members'
+ * recipes converted to its kind: quantization (builder/quantize.c: "rtn",
+ * round to nearest), and later a pre-quantized checkpoint's packed tensors
+ * repacked. fill has anvil_build_fill's contract (ck NULL: random weights
+ * from the plan's seed), for the weight and for each of its companions;
+ * chunks come in any order and on any thread, so it keeps no state.
+ */
+typedef struct anvil_stored_converter {
+    const char *method; /* the manifest's build.quantization.method: "rtn", ... */
+    anvil_status (*fill)(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                         int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch);
+} anvil_stored_converter;
+
 /* A tensor as stored (engine weight table, runtime allocation). */
 typedef struct anvil_stored {
     char *name;
@@ -51,20 +93,36 @@ typedef struct anvil_stored {
     int n_dims;        /* 1 or 2 */
     int64_t shape[2];
     size_t bytes;
-    int32_t first, n; /* its member weights: members[first .. first + n), stacked along axis 0 */
+    int32_t first, n; /* its member weights: members[first .. first + n), stacked along axis 0; n 0 for companions */
+    anvil_stored_role role;
+    int32_t of;                         /* a companion's weight (stored index); -1 for weights */
+    anvil_stored_quant q;               /* weights: scales -1 when not quantized */
+    const anvil_stored_converter *conv; /* NULL: the members' recipes converted to kind */
 } anvil_stored;
 
-typedef struct anvil_build_plan {
+struct anvil_build_plan {
     int32_t n_weights; /* the network's */
     int32_t n_ops;
     int32_t n_stored;
-    anvil_stored *stored;   /* [n_stored] */
+    anvil_stored *stored;   /* [n_stored]: room for ANVIL_PLAN_STORED_PER_WEIGHT per weight */
     int32_t *members;       /* [n_weights] weight indices, grouped by stored tensor */
     int32_t *weight_stored; /* [n_weights] the stored tensor of each weight */
     int64_t *weight_offset; /* [n_weights] its first element in that stored tensor */
     anvil_fuse *fuse;       /* [n_ops] the fusion plan */
     size_t total_bytes;     /* of every stored tensor */
-} anvil_build_plan;
+    uint64_t seed;          /* random weights' (fills with no checkpoint) */
+};
+
+/* A weight and its scales, zero points and permutation at most. */
+#define ANVIL_PLAN_STORED_PER_WEIGHT 4
+
+/* Bytes of n elements of kind (U4: packed two a byte, ceil(n / 2)); 0 on
+ * overflow. */
+size_t anvil_stored_kind_bytes(anvil_dtype kind, int64_t n);
+
+/* The kinds a stored weight may have, and those of quantized weights. */
+int anvil_stored_kind_is_float(anvil_dtype kind);     /* f32, bf16, f16 */
+int anvil_stored_kind_is_quantized(anvil_dtype kind); /* f8_e4m3, i8, u4 */
 
 typedef struct anvil_plan_options {
     /* Every weight converted to this kind; ANVIL_DTYPE_COUNT: each as its
@@ -74,6 +132,12 @@ typedef struct anvil_plan_options {
      * NULL or no_fusion: none, and no weight stored fused. */
     const anvil_fuse_caps *caps;
     int no_fusion;
+    /* Quantize the linear weights (those only linear ops over token rows
+     * read: not the LM head): fp8 -> F8_E4M3, int8-wo -> I8, int4-wo -> U4
+     * in groups of quant_group (0: 128), each with its companions and the
+     * RTN converter (builder/quantize.c). */
+    anvil_quantize quantize;
+    int32_t quant_group;
 } anvil_plan_options;
 
 /*
@@ -102,22 +166,37 @@ anvil_status anvil_build_plan_check(const anvil_build_plan *p, const anvil_netwo
 void anvil_build_plan_free(anvil_build_plan *p); /* NULL is a no-op */
 
 /* Scratch for anvil_build_fill: room for ANVIL_BUILD_CHUNK bytes of
- * sources and of their f32 values (one per thread). */
+ * sources and of their f32 values, and for a converter's rows (made on
+ * first use), one per thread. */
 #define ANVIL_BUILD_CHUNK ((size_t)16 << 20)
-typedef struct anvil_build_scratch anvil_build_scratch;
 anvil_status anvil_build_scratch_create(anvil_build_scratch **out);
 void anvil_build_scratch_free(anvil_build_scratch *s);
 
 /*
  * Writes bytes [offset, offset + len) of stored tensor s, in its kind, into
- * dst: what its members' recipes give from ck. offset and len must be
- * multiples of the kind's element size, len at most ANVIL_BUILD_CHUNK.
+ * dst: what its members' recipes give from ck (NULL: random weights from
+ * p->seed), through its converter where it has one. offset and len must be
+ * multiples of the kind's element size (U4: any bytes), len at most
+ * ANVIL_BUILD_CHUNK.
  * Reads through anvil_st_read (pread or the mapping): a checkpoint that
  * changed since the plan was made is ANVIL_ERR_IO. Safe from several
  * threads with a scratch each.
  */
 anvil_status anvil_build_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
                               int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *scratch);
+
+/*
+ * The f32 values of elements [a, b) of stored weight tensor s as its
+ * members' recipes give them (before any conversion to its kind), into
+ * dst: what a converter quantizes. ck NULL: the random weights of p->seed.
+ * b - a at most ANVIL_BUILD_CHUNK / 4.
+ */
+anvil_status anvil_build_values(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                                int32_t s, int64_t a, int64_t b, float *dst, anvil_build_scratch *scratch);
+
+/* A converter's row buffer in scratch: at least `bytes` (up to
+ * ANVIL_BUILD_CHUNK), made on first use; NULL when out of memory. */
+void *anvil_build_scratch_rows(anvil_build_scratch *scratch, size_t bytes);
 
 /* Checks every recipe of net against checkpoint ck, as
  * anvil_build_plan_make does (sources present, f32/bf16/f16, shapes that

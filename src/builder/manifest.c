@@ -25,6 +25,28 @@ int anvil_manifest_fuse_parse(const char *name)
 }
 
 static const char *const recipe_names[] = {"tensor", "slice", "concat"};
+static void put(json_t *o, const char *k, json_t *v, int *ok);
+static const char *const role_names[] = {"weight", "scales", "zeros", "perm"};
+static const char *const act_names[] = {"none", "fp8_dynamic", "fp8_static"};
+
+anvil_status anvil_manifest_set_quant(anvil_engine_writer *w, const anvil_build_plan *p, int32_t s)
+{
+    const anvil_stored_quant *q = &p->stored[s].q;
+    TRY(anvil_engine_writer_set_scales(w, s, q->scales));
+    json_t *info = json_pack("{s:i}", "group", (int)q->group);
+    int ok = info != NULL;
+    if (ok && q->zeros >= 0)
+        put(info, "zeros", json_string(p->stored[q->zeros].name), &ok);
+    if (ok && q->perm >= 0)
+        put(info, "perm", json_string(p->stored[q->perm].name), &ok);
+    if (ok && q->act != ANVIL_QUANT_ACT_NONE)
+        put(info, "act", json_string(act_names[q->act]), &ok);
+    if (ok && q->act == ANVIL_QUANT_ACT_FP8_STATIC)
+        put(info, "input_scale", json_real(q->input_scale), &ok);
+    anvil_status st = ok ? anvil_engine_writer_set_scales_info(w, s, info) : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    json_decref(info);
+    return st;
+}
 
 /* ------------------------------------------------------------ writing */
 
@@ -175,6 +197,8 @@ json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net)
             add(members, json_string(anvil_network_weight(net, p->members[t->first + k])->name), &ok);
         if (e) {
             put(e, "name", json_string(t->name), &ok);
+            if (t->role != ANVIL_STORED_WEIGHT)
+                put(e, "role", json_string(role_names[t->role]), &ok);
             put(e, "members", members, &ok);
             put(e, "shard",
                 json_pack("{s:i, s:i, s:i}", "rank", t->shard.rank, "of", t->shard.count, "axis",
@@ -310,6 +334,51 @@ static anvil_status check_fusion_matches(anvil_build_plan *p, const anvil_networ
     return st;
 }
 
+/* A companion named in a "scales" object (key `key`): its table index. */
+static anvil_status companion_index(const anvil_engine_file *f, const anvil_engine_tensor *et, const json_t *sc,
+                                    const char *key, int32_t *out)
+{
+    const json_t *j = json_object_get(sc, key);
+    if (j == NULL)
+        return ANVIL_OK;
+    const anvil_engine_tensor *c = json_is_string(j) ? anvil_engine_file_find(f, json_string_value(j)) : NULL;
+    CHECK(c != NULL && c != et, ANVIL_ERR_FORMAT, "tensor '%s': its %s tensor %s%s%s is not in the table", et->name,
+          key, json_is_string(j) ? "'" : "", json_is_string(j) ? json_string_value(j) : "(not a name)",
+          json_is_string(j) ? "'" : "");
+    *out = (int32_t)c->index;
+    return ANVIL_OK;
+}
+
+/* A quantized weight's "scales" object (docs/quantization.md): the scales
+ * tensor (resolved by the reader), "group", "zeros", "perm", "act",
+ * "input_scale". Their fit with the weight is anvil_build_plan_check's. */
+static anvil_status read_quant(const anvil_engine_file *f, const anvil_engine_tensor *et, anvil_stored_quant *q)
+{
+    const json_t *sc = json_object_get(et->entry, "scales");
+    q->scales = (int32_t)et->scales;
+    const json_t *g = json_object_get(sc, "group");
+    CHECK(g == NULL || (json_is_integer(g) && json_integer_value(g) >= 0 && json_integer_value(g) <= INT32_MAX),
+          ANVIL_ERR_FORMAT, "tensor '%s': its scales' \"group\" is not a size", et->name);
+    q->group = g ? (int32_t)json_integer_value(g) : 0;
+    TRY(companion_index(f, et, sc, "zeros", &q->zeros));
+    TRY(companion_index(f, et, sc, "perm", &q->perm));
+    const json_t *act = json_object_get(sc, "act");
+    q->act = ANVIL_QUANT_ACT_NONE;
+    if (act != NULL) {
+        int a = 2;
+        while (a > 0 && !(json_is_string(act) && strcmp(json_string_value(act), act_names[a]) == 0))
+            a--;
+        CHECK(a > 0, ANVIL_ERR_FORMAT, "tensor '%s': its scales' \"act\" is not fp8_dynamic or fp8_static",
+              et->name);
+        q->act = (anvil_quant_act)a;
+    }
+    const json_t *is = json_object_get(sc, "input_scale");
+    CHECK(is == NULL || json_is_number(is), ANVIL_ERR_FORMAT, "tensor '%s': its \"input_scale\" is not a number",
+          et->name);
+    q->input_scale = is ? (float)json_number_value(is) : 0.0f;
+    return ANVIL_OK;
+}
+
 anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_network *net,
                                       anvil_build_plan **out)
 {
@@ -332,7 +401,8 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
     CHECK(json_is_array(stored) && (int64_t)json_array_size(stored) == n_stored, ANVIL_ERR_FORMAT,
           "the manifest's plan does not list the %lld stored tensors", (long long)n_stored);
     const int32_t nw = anvil_network_weight_count(net);
-    CHECK(n_stored <= nw, ANVIL_ERR_FORMAT, "%lld stored tensors for %d weights", (long long)n_stored, nw);
+    CHECK(n_stored <= (int64_t)nw * ANVIL_PLAN_STORED_PER_WEIGHT, ANVIL_ERR_FORMAT,
+          "%lld stored tensors for %d weights", (long long)n_stored, nw);
     anvil_build_plan *p = NULL;
     TRY(anvil_build_plan_alloc(nw, anvil_network_op_count(net), 0, &p));
     anvil_status st = ANVIL_OK;
@@ -342,9 +412,15 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
     for (int64_t s = 0; s < n_stored; s++) {
         const anvil_engine_tensor *et = anvil_engine_file_tensor(f, s);
         const json_t *e = json_array_get(stored, (size_t)s), *members = json_object_get(e, "members");
-        const json_t *jname = json_object_get(e, "name");
+        const json_t *jname = json_object_get(e, "name"), *jrole = json_object_get(e, "role");
+        int role = ANVIL_STORED_WEIGHT;
+        if (jrole != NULL)
+            for (role = 3; role > 0 && !(json_is_string(jrole) && strcmp(json_string_value(jrole), role_names[role]) == 0);)
+                role--;
+        CHECK_GOTO(jrole == NULL || (json_is_string(jrole) && strcmp(json_string_value(jrole), role_names[role]) == 0),
+                   ANVIL_ERR_FORMAT, fail, "the plan's stored tensor '%s' has an unknown role", et->name);
         CHECK_GOTO(json_is_string(jname) && strcmp(json_string_value(jname), et->name) == 0 &&
-                       json_is_array(members) && json_array_size(members) >= 1,
+                       json_is_array(members) && (json_array_size(members) >= 1) == (role == ANVIL_STORED_WEIGHT),
                    ANVIL_ERR_FORMAT, fail, "the plan's stored tensor %lld is not tensor '%s'", (long long)s,
                    et->name);
         anvil_dtype kind;
@@ -379,6 +455,11 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         t->bytes = et->bytes;
         t->first = n_members;
         t->n = (int32_t)json_array_size(members);
+        t->role = (anvil_stored_role)role;
+        t->of = -1; /* a companion's weight: set by the weight that names it */
+        t->q = (anvil_stored_quant){.scales = -1, .zeros = -1, .perm = -1};
+        if (et->scales >= 0)
+            TRY_GOTO(read_quant(f, et, &t->q), fail);
         int64_t elems = 0;
         for (int32_t k = 0; k < t->n; k++) {
             const int32_t wi =
@@ -393,6 +474,13 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
             elems += w->n_dims == 1 ? w->shape[0] : w->shape[0] * w->shape[1];
         }
         p->total_bytes += t->bytes;
+    }
+    for (int32_t s = 0; s < p->n_stored; s++) { /* each companion's weight: the one that names it */
+        const anvil_stored_quant *q = &p->stored[s].q;
+        const int32_t comp[3] = {q->scales, q->zeros, q->perm};
+        for (int c = 0; c < 3; c++)
+            if (comp[c] >= 0 && comp[c] < p->n_stored && p->stored[comp[c]].of < 0)
+                p->stored[comp[c]].of = s;
     }
     TRY_GOTO(read_fusion(json_object_get(plan, "fusion"), p), fail);
     TRY_GOTO(anvil_build_plan_check(p, net), fail);

@@ -27,6 +27,11 @@ json_t *anvil_manifest_network(const anvil_network *net);
 /* {"stored": [{"name", "members": [weight names]}], "fusion": [{"op", "kind", "n"}]}. */
 json_t *anvil_manifest_plan(const anvil_build_plan *p, const anvil_network *net);
 
+/* Declares stored tensor s's quantization in the writer (its table entry's
+ * "scales" object: tensor, group, zeros, perm, act, input_scale), its
+ * companions already declared. */
+anvil_status anvil_manifest_set_quant(anvil_engine_writer *w, const anvil_build_plan *p, int32_t s);
+
 /* The first difference between two networks' JSON (anvil_manifest_network),
  * for a message: "op 3 (rmsnorm) differs", "12 weights instead of 14". */
 void anvil_manifest_network_diff(const json_t *want, const json_t *have, char *buf, size_t cap);

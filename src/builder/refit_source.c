@@ -192,6 +192,13 @@ anvil_status anvil_refit_source_open(const char *path, const anvil_model_config 
 {
     *out = NULL;
     CHECK(path != NULL && path[0], ANVIL_ERR_INVALID_ARG, "refit: no weights given");
+    /* a quantized weight would be quantized again from the new checkpoint
+     * (or copied with its scales from another engine): not done yet */
+    for (int32_t s = 0; s < plan->n_stored; s++)
+        CHECK(plan->stored[s].q.scales < 0, ANVIL_ERR_UNSUPPORTED,
+              "refit of a quantized engine ('%s' is %s) is not supported yet: build the new weights with "
+              "anvil build --quantize",
+              plan->stored[s].name, anvil_dtype_name(plan->stored[s].kind));
     anvil_refit_source *src = calloc(1, sizeof *src);
     CHECK(src != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st = ANVIL_OK;

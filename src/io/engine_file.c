@@ -21,6 +21,8 @@ static const struct {
     [ANVIL_ENGINE_KIND_FP8_E4M3] = {"fp8_e4m3", ANVIL_DTYPE_F8_E4M3, 8},
     [ANVIL_ENGINE_KIND_INT8] = {"int8", ANVIL_DTYPE_I8, 8},
     [ANVIL_ENGINE_KIND_INT4] = {"int4", ANVIL_DTYPE_U4, 4},
+    [ANVIL_ENGINE_KIND_U8] = {"u8", ANVIL_DTYPE_U8, 8},
+    [ANVIL_ENGINE_KIND_I32] = {"i32", ANVIL_DTYPE_I32, 32},
 };
 
 static int kind_valid(anvil_engine_kind k)

@@ -73,11 +73,13 @@ typedef enum anvil_engine_kind {
     ANVIL_ENGINE_KIND_FP8_E4M3,
     ANVIL_ENGINE_KIND_INT8,
     ANVIL_ENGINE_KIND_INT4, /* two per byte along the last dim, low nibble first; bytes = ceil(numel / 2) */
+    ANVIL_ENGINE_KIND_U8,   /* int4 zero points (format 1.1) */
+    ANVIL_ENGINE_KIND_I32,  /* column permutations (format 1.1) */
     ANVIL_ENGINE_KIND_COUNT,
 } anvil_engine_kind;
 
 /* The manifest's spelling ("f32", "bf16", "f16", "fp8_e4m3", "int8",
- * "int4"); "?" for an invalid value. */
+ * "int4", "u8", "i32"); "?" for an invalid value. */
 const char *anvil_engine_kind_name(anvil_engine_kind k);
 
 /* The inverse of anvil_engine_kind_name (exact spelling); 0, or -1 when
@@ -88,8 +90,8 @@ int anvil_engine_kind_parse(const char *name, anvil_engine_kind *out);
  * overflows or k is invalid (no valid tensor has 0 bytes). */
 uint64_t anvil_engine_kind_bytes(anvil_engine_kind k, uint64_t numel);
 
-/* The kind of an element type (F32, BF16, F16, F8_E4M3, I8), and back
- * (INT4 has no anvil_dtype); 0, or -1 when there is none. */
+/* The kind of an element type (F32, BF16, F16, F8_E4M3, I8, U4, U8, I32),
+ * and back; 0, or -1 when there is none. */
 int anvil_engine_kind_from_dtype(anvil_dtype dt, anvil_engine_kind *out);
 int anvil_engine_kind_to_dtype(anvil_engine_kind k, anvil_dtype *out);
 
@@ -155,8 +157,14 @@ anvil_status anvil_engine_writer_add_tensor(anvil_engine_writer *w, const char *
 
 /* Records that tensor `scales` holds the scales of tensor `index` (the
  * manifest entry's "scales": {"tensor": name}); both already declared and
- * different. Reserved for quantized kinds: nothing else is checked yet. */
+ * different. What the scales mean is the builder's (set_scales_info). */
 anvil_status anvil_engine_writer_set_scales(anvil_engine_writer *w, int64_t index, int64_t scales);
+
+/* The other keys of tensor `index`'s "scales" object (a quantized
+ * weight's group, zero points, activation scheme: docs/quantization.md),
+ * copied from the object info; set_scales first. The reader checks only
+ * "tensor"; the builder checks the rest. */
+anvil_status anvil_engine_writer_set_scales_info(anvil_engine_writer *w, int64_t index, const json_t *info);
 
 /*
  * Produces bytes [offset, offset + len) of tensor `index` into dst (len at

@@ -172,7 +172,7 @@ static anvil_status entry_kind_shape(const anvil_engine_file *f, const json_t *e
     CHECK(json_is_string(jkind), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"kind\" must be a string, got %s", path,
           name, anvil_json_type_name(jkind));
     CHECK(anvil_engine_kind_parse(json_string_value(jkind), &t->kind) == 0, ANVIL_ERR_UNSUPPORTED,
-          "%s: tensor '%s': kind \"%s\" is not one this anvil knows (f32, bf16, f16, fp8_e4m3, int8, int4)",
+          "%s: tensor '%s': kind \"%s\" is not one this anvil knows (f32, bf16, f16, fp8_e4m3, int8, int4, u8, i32)",
           path, name, json_string_value(jkind));
     CHECK(json_is_array(jshape), ANVIL_ERR_FORMAT, "%s: tensor '%s': \"shape\" must be an array, got %s",
           path, name, anvil_json_type_name(jshape));

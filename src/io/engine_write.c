@@ -44,6 +44,7 @@ typedef struct wtensor {
     uint64_t bytes;
     uint64_t xxh64; /* set as it is written */
     int64_t scales; /* index, or -1 */
+    json_t *scales_info; /* the "scales" object's other keys (owned), or NULL */
 } wtensor;
 
 struct anvil_engine_writer {
@@ -124,8 +125,10 @@ void anvil_engine_writer_abort(anvil_engine_writer *w)
         close(w->fd);
         unlink(w->tmp);
     }
-    for (int64_t i = 0; i < w->n; i++)
+    for (int64_t i = 0; i < w->n; i++) {
         free(w->t[i].name);
+        json_decref(w->t[i].scales_info);
+    }
     free(w->t);
     json_decref(w->names);
     free(w->tmp);
@@ -204,6 +207,21 @@ anvil_status anvil_engine_writer_set_scales(anvil_engine_writer *w, int64_t inde
     return ANVIL_OK;
 }
 
+anvil_status anvil_engine_writer_set_scales_info(anvil_engine_writer *w, int64_t index, const json_t *info)
+{
+    CHECK(w != NULL && json_is_object(info), ANVIL_ERR_INVALID_ARG,
+          "anvil_engine_writer_set_scales_info: w is NULL or info is not an object");
+    CHECK(index >= 0 && index < w->n && w->t[index].scales >= 0, ANVIL_ERR_INVALID_ARG,
+          "%s: set_scales_info(%lld): a declared tensor with scales needed", w->path, (long long)index);
+    CHECK(json_object_get(info, "tensor") == NULL, ANVIL_ERR_INVALID_ARG,
+          "%s: set_scales_info: \"tensor\" is set_scales's", w->path);
+    json_t *copy = json_deep_copy(info);
+    CHECK(copy != NULL, ANVIL_ERR_OOM, "out of memory");
+    json_decref(w->t[index].scales_info);
+    w->t[index].scales_info = copy;
+    return ANVIL_OK;
+}
+
 /* --------------------------------------------------------------- manifest */
 
 /* The weight table, with each tensor's checksum as it is now. */
@@ -222,9 +240,14 @@ static json_t *tensor_table(const anvil_engine_writer *w)
                                       anvil_engine_kind_name(t->kind), "shape", shape, "offset",
                                       (json_int_t)t->offset, "bytes", (json_int_t)t->bytes, "xxh64", hex)
                           : NULL;
-        if (e != NULL && t->scales >= 0 &&
-            json_object_set_new(e, "scales", json_pack("{s:s}", "tensor", w->t[t->scales].name)) != 0)
-            e = (json_decref(e), NULL);
+        json_t *sc = NULL;
+        if (e != NULL && t->scales >= 0) { /* "tensor" first, then the quantization's keys */
+            sc = json_pack("{s:s}", "tensor", w->t[t->scales].name);
+            if (sc != NULL && t->scales_info != NULL && json_object_update(sc, t->scales_info) != 0)
+                sc = (json_decref(sc), NULL);
+            if (sc == NULL || json_object_set_new(e, "scales", sc) != 0)
+                e = (json_decref(e), NULL);
+        }
         if (e == NULL || json_array_append_new(arr, e) != 0)
             arr = (json_decref(arr), NULL);
     }

@@ -85,6 +85,7 @@ void anvil_runtime_free(anvil_runtime *rt)
         anvil_backend_free(be);
     }
     free(rt->weights);
+    free(rt->quants);
     free(rt->stored_allocs);
     free(rt->stored_data);
     anvil_build_plan_free(rt->plan);
@@ -251,14 +252,30 @@ static void loader_fail(weight_loader *wl, anvil_status st)
     atomic_store(&wl->stop, 1);
 }
 
+/* An int4 zero point above 15, or an fp8 NaN (S.1111.111), among the n
+ * bytes at p (elements [first, first + n) of t): a damaged engine. */
+static anvil_status check_codes(const anvil_stored *t, const void *p, int64_t n, int64_t first)
+{
+    const unsigned char *b = p;
+    const int zeros = t->role == ANVIL_STORED_ZEROS;
+    for (int64_t i = 0; i < n; i++)
+        CHECK(zeros ? b[i] <= 15 : (b[i] & 0x7f) != 0x7f, ANVIL_ERR_FORMAT, "tensor '%s' holds %s at element %lld",
+              t->name, zeros ? "a zero point above 15" : "an fp8 NaN", (long long)(first + i));
+    return ANVIL_OK;
+}
+
 /* A NaN or infinity among the n elements at p, elements [first, first + n)
  * of stored tensor s, is a damaged checkpoint: it would be served as
  * garbage. The message names the network weight and its element. */
 static anvil_status check_finite(const anvil_runtime *rt, int32_t s, const void *p, int64_t n, int64_t first)
 {
+    const anvil_stored *t = &rt->plan->stored[s];
     if (rt->opts.no_weight_check)
         return ANVIL_OK;
-    const anvil_stored *t = &rt->plan->stored[s];
+    if (t->role == ANVIL_STORED_ZEROS || t->kind == ANVIL_DTYPE_F8_E4M3) /* codes: bytes */
+        return check_codes(t, p, n, first);
+    if (!anvil_stored_kind_is_float(t->kind))
+        return ANVIL_OK; /* int8, int4: every code is a value */
     const int64_t i = anvil_find_nonfinite(t->kind, p, n);
     if (i < 0)
         return ANVIL_OK;
@@ -327,7 +344,8 @@ static anvil_status load_one(weight_loader *wl, const load_chunk *c, void *buf, 
     anvil_runtime *rt = wl->rt;
     anvil_backend *be = rt->be;
     const size_t es = anvil_dtype_size(rt->plan->stored[c->s].kind);
-    const int64_t n = (int64_t)(c->len / es), first = (int64_t)(c->off / es);
+    /* elements for the scan (float kinds only: U4 has no whole-byte element) */
+    const int64_t n = es ? (int64_t)(c->len / es) : 0, first = es ? (int64_t)(c->off / es) : 0;
     char *dev = (char *)rt->stored_data[c->s] + c->off;
     if (be->ops->weights_in_host_memory) {
         if (rt->stored_allocs[c->s] != NULL) /* else in the mapping: scanned only */
@@ -434,6 +452,23 @@ static anvil_status load_chunks(anvil_runtime *rt, weight_loader *wl)
     return ANVIL_OK;
 }
 
+/* A quantized weight's anvil_quant: its stored tensor's scales (zeros,
+ * perm) in backend memory, from its first row on (a member of a fused
+ * tensor starts at a later row: its scales rows are sliced with it). */
+static void make_quant(const anvil_runtime *rt, int32_t i, anvil_quant *q)
+{
+    const anvil_stored *t = &rt->plan->stored[rt->plan->weight_stored[i]];
+    const int64_t k = t->shape[1], g = t->q.group ? k / t->q.group : 1;
+    const int64_t row = rt->plan->weight_offset[i] / k;
+    memset(q, 0, sizeof *q);
+    q->group = t->q.group;
+    q->scales = (const float *)rt->stored_data[t->q.scales] + row * g;
+    q->zeros = t->q.zeros >= 0 ? (const uint8_t *)rt->stored_data[t->q.zeros] + row * g : NULL;
+    q->perm = t->q.perm >= 0 ? (const int32_t *)rt->stored_data[t->q.perm] : NULL;
+    q->act = t->q.act;
+    q->input_scale = t->q.input_scale;
+}
+
 /* The network's weights as views into the stored tensors. */
 static void make_views(anvil_runtime *rt)
 {
@@ -447,7 +482,11 @@ static void make_views(anvil_runtime *rt)
         v->n_dims = w->n_dims;
         v->shape[0] = w->shape[0];
         v->shape[1] = w->n_dims > 1 ? w->shape[1] : 0;
-        v->data = (char *)rt->stored_data[s] + (size_t)rt->plan->weight_offset[i] * anvil_dtype_size(t->kind);
+        v->data = (char *)rt->stored_data[s] + anvil_stored_kind_bytes(t->kind, rt->plan->weight_offset[i]);
+        if (t->q.scales >= 0) {
+            make_quant(rt, i, &rt->quants[i]);
+            v->quant = &rt->quants[i];
+        }
     }
 }
 
@@ -493,9 +532,10 @@ static anvil_status load_weights(anvil_runtime *rt)
     const int32_t ns = rt->plan->n_stored;
     rt->n_weights = anvil_network_weight_count(rt->net);
     rt->weights = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->weights);
+    rt->quants = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->quants);
     rt->stored_allocs = calloc((size_t)(ns ? ns : 1), sizeof *rt->stored_allocs);
     rt->stored_data = calloc((size_t)(ns ? ns : 1), sizeof *rt->stored_data);
-    CHECK(rt->weights && rt->stored_allocs && rt->stored_data, ANVIL_ERR_OOM, "out of memory");
+    CHECK(rt->weights && rt->quants && rt->stored_allocs && rt->stored_data, ANVIL_ERR_OOM, "out of memory");
     rt->weight_bytes = rt->plan->total_bytes;
     weight_loader wl = {.rt = rt, .total = rt->plan->total_bytes};
     int64_t n_chunks = 0;

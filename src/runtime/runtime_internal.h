@@ -40,6 +40,7 @@ struct anvil_runtime {
     void **stored_data;       /* [plan->n_stored] where each stored tensor's bytes are */
     int32_t n_weights;
     anvil_tensor *weights;
+    anvil_quant *quants;      /* [n_weights] the quantized weights' (weights[i].quant points here) */
     size_t weight_bytes;
 
     /* activations: one buffer per value, shared between values whose lives

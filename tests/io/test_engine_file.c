@@ -502,8 +502,8 @@ static void test_writer_bad_args(void **state)
 static void test_kinds(void **state)
 {
     (void)state;
-    static const char *names[] = {"f32", "bf16", "f16", "fp8_e4m3", "int8", "int4"};
-    static const uint64_t bytes7[] = {28, 14, 14, 7, 7, 4};
+    static const char *names[] = {"f32", "bf16", "f16", "fp8_e4m3", "int8", "int4", "u8", "i32"};
+    static const uint64_t bytes7[] = {28, 14, 14, 7, 7, 4, 7, 28};
     for (int k = 0; k < ANVIL_ENGINE_KIND_COUNT; k++) {
         anvil_engine_kind kk;
         assert_string_equal(anvil_engine_kind_name((anvil_engine_kind)k), names[k]);
