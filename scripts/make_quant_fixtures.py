@@ -294,22 +294,19 @@ FORMATS = {
                      config=ct_config("pack-quantized", ct_args(4, "int", "group", 128), None),
                      how="compressed-tensors pack-quantized int4 group 128 (W4A16 preset), packed by "
                          "compressed-tensors' pack_to_int32"),
-    "awq-gemm": dict(hf_note="transformers runs AWQ only through gptqmodel, which does not install here",
-                     q=q_awq, act=None,
+    "awq-gemm": dict(hf_runs=True, q=q_awq, act=None,
                      config={"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
                              "version": "gemm", "modules_to_not_convert": None},
                      how="AutoAWQ's WQLinear_GEMM layout (int4, group 128, zero points, nibble order "
                          "0 2 4 6 1 3 5 7), RTN without the activation-aware search, from its spec (autoawq does "
                          "not install here)"),
-    "gptq": dict(hf_note="transformers runs GPTQ only through optimum + gptqmodel, which do not install here",
-                 q=q_gptq, act=None,
+    "gptq": dict(hf_runs=True, q=q_gptq, act=None,
                  config={"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True,
                          "checkpoint_format": "gptq", "static_groups": False, "true_sequential": True,
                          "damp_percent": 0.01},
                  how="GPTQ v1 checkpoint layout (qweight along K, qzeros stored minus one, g_idx) as AutoGPTQ / "
                      "GPTQModel save it, RTN without the Hessian update, from its spec"),
-    "gptq-descact": dict(hf_note="transformers runs GPTQ only through optimum + gptqmodel, which do not install here",
-                         q=lambda w, m, c: q_gptq(w, m, c, desc_act=True, sym=False), act=None,
+    "gptq-descact": dict(hf_runs=True, q=lambda w, m, c: q_gptq(w, m, c, desc_act=True, sym=False), act=None,
                          config={"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True,
                                  "sym": False, "checkpoint_format": "gptq", "static_groups": False,
                                  "true_sequential": True, "damp_percent": 0.01},
@@ -422,7 +419,8 @@ def main():
             meta["transformers_error"] = spec.get("hf_note", "transformers does not run this format on the CPU")
         else:
           try:
-            hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+            # AWQ and GPTQ run through gptqmodel's torch kernel (CPU)
+            hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu").eval()
             with torch.no_grad():
                 diffs = [(hf(torch.tensor([ids])).logits[0].float() - ref[f"prompt{i}.logits"]).abs().max().item()
                          for i, ids in enumerate(ids_list)]
@@ -430,6 +428,12 @@ def main():
                                                    min_new_tokens=N_GREEDY, pad_token_id=0)[0, len(ids):],
                                        ref[f"prompt{i}.greedy"]) for i, ids in enumerate(ids_list))
             meta["transformers_loads"] = True
+            meta["transformers_module"] = type(hf.model.layers[0].self_attn.k_proj).__module__
+            for pkg in ["compressed_tensors", "gptqmodel", "optimum"]:
+                try:
+                    meta[pkg] = __import__(pkg).__version__
+                except Exception:  # noqa: BLE001  (not installed: not used for this format)
+                    pass
             meta["transformers_max_abs_logit_diff"] = max(diffs)
             meta["transformers_greedy_identical"] = same
           except Exception as e:  # noqa: BLE001  (recorded: which formats transformers cannot run here)
