@@ -154,8 +154,8 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         return 1;
     case EXEC_OPT_KV_DTYPE:
         if (strcmp(arg, "auto") != 0 && strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0 &&
-            strcmp(arg, "f16") != 0) {
-            fprintf(stderr, "%s: --kv-cache-dtype expects auto, f32, bf16 or f16, got '%s'\n", tool, arg);
+            strcmp(arg, "f16") != 0 && strcmp(arg, "fp8") != 0 && strcmp(arg, "fp8_e4m3") != 0) {
+            fprintf(stderr, "%s: --kv-cache-dtype expects auto, f32, bf16, f16 or fp8, got '%s'\n", tool, arg);
             return -1;
         }
         o->rt.kv_cache_dtype = arg;

@@ -73,7 +73,8 @@ enum {
     "                              of free memory; on cuda: 0.9 of the memory left, no count)\n"           \
     "      --kv-cache-fraction F   KV cache size as a fraction of the memory left after the weights\n"    \
     "      --kv-cache-dtype DT     auto (default: on the CPU f16 for a bf16/f16 model, else f32; on\n"   \
-    "                              cuda the compute dtype), f32, bf16 or f16 (CPU)\n"                  \
+    "                              cuda the compute dtype), f32, bf16 or f16 (CPU), or fp8 (e4m3,\n"  \
+    "                              1 byte an element: twice the tokens of a 16-bit cache)\n"          \
     "      --block-size N          tokens per KV block (default 32)\n"                                    \
     "      --scheduler-policy P    no-evict (guaranteed-no-evict, default) or max-utilization\n"          \
     "                              (TensorRT-LLM's capacity policies; also --policy)\n"                  \

@@ -55,11 +55,12 @@ typedef struct anvil_runtime_options {
      * checkpoint (config.json's torch_dtype) computes in that dtype on
      * cuda, everything else in f32. */
     anvil_dtype weight_dtype;
-    /* The KV cache's element type: "f32", "bf16", "f16", or NULL / "auto"
-     * (default): on the CPU f16 for a model that computes in bf16/f16
-     * (config.json's torch_dtype or weight_dtype), else f32; on cuda the
-     * compute dtype, the only one cuda takes for now (docs/cpu-backend.md).
-     * A string so that new types (fp8) can join without an ABI change. */
+    /* The KV cache's element type: "f32", "bf16", "f16", "fp8" (also
+     * "fp8_e4m3": fp8 e4m3 with a scale per layer, docs/quantization.md),
+     * or NULL / "auto" (default): on the CPU f16 for a model that computes
+     * in bf16/f16 (config.json's torch_dtype or weight_dtype), else f32; on
+     * cuda the compute dtype (docs/cpu-backend.md). A string so that new
+     * types can join without an ABI change. */
     const char *kv_cache_dtype;
     int no_fusion;              /* 1: run every op of the network by itself, never the backend's fused ops
                                    (the reference the fused path is compared with); default 0 */

@@ -98,7 +98,7 @@ typedef struct anvil_attention_args {
     const anvil_tensor *q;        /* [n_tokens, n_heads * head_dim] */
     const anvil_tensor *k;        /* [n_tokens, n_kv_heads * head_dim] (rotated) */
     const anvil_tensor *v;        /* [n_tokens, n_kv_heads * head_dim] */
-    anvil_tensor *k_cache;        /* [n_blocks, block_size, n_kv_heads, head_dim] */
+    anvil_tensor *k_cache;        /* [n_blocks, block_size, n_kv_heads, head_dim]: F32, BF16, F16 or F8_E4M3 */
     anvil_tensor *v_cache;
     anvil_tensor *out;            /* [n_tokens, n_heads * head_dim] */
     const anvil_step *step;
@@ -112,6 +112,13 @@ typedef struct anvil_attention_args {
      * place and k (as the rope op would, with these frequencies) before it
      * caches k and attends. */
     const anvil_rope_freqs *rope;
+    /* An F8_E4M3 cache (the fp8 KV cache, docs/quantization.md) holds
+     * fp8(k / k_scale) and fp8(v / v_scale), rounded to nearest even and
+     * saturated at +-448; attention reads back fp8 * scale. One pair per
+     * layer, host values (0 means 1, so that initializers without them
+     * mean unscaled); ignored for other cache dtypes. */
+    float k_scale;
+    float v_scale;
 } anvil_attention_args;
 
 typedef struct anvil_backend_ops {

@@ -97,6 +97,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->fuse);
     free(rt->k_cache);
     free(rt->v_cache);
+    free(rt->kv_scales);
     free(rt->free_blocks);
     free(rt->block_used);
     free(rt->meta_host);
@@ -118,16 +119,20 @@ void anvil_runtime_free(anvil_runtime *rt)
 
 /* ------------------------------------------------------------ options */
 
-/* kv_cache_dtype's text: ANVIL_DTYPE_COUNT for NULL or "auto". */
+/* kv_cache_dtype's text: ANVIL_DTYPE_COUNT for NULL or "auto"; "fp8" and
+ * "fp8_e4m3" (vLLM's names) are F8_E4M3, as the dtype's own names are. */
 static anvil_status parse_kv_cache_dtype(const char *name, anvil_dtype *out)
 {
     *out = ANVIL_DTYPE_COUNT;
     if (name == NULL || strcmp(name, "auto") == 0)
         return ANVIL_OK;
     anvil_dtype dt;
-    CHECK(anvil_dtype_parse(name, &dt) == 0 &&
-              (dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16),
-          ANVIL_ERR_INVALID_ARG, "kv_cache_dtype \"%s\": expected auto, f32, bf16 or f16", name);
+    if (strcmp(name, "fp8") == 0 || strcmp(name, "fp8_e4m3") == 0)
+        dt = ANVIL_DTYPE_F8_E4M3;
+    else
+        CHECK(anvil_dtype_parse(name, &dt) == 0 && (dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 ||
+                                                    dt == ANVIL_DTYPE_F16 || dt == ANVIL_DTYPE_F8_E4M3),
+              ANVIL_ERR_INVALID_ARG, "kv_cache_dtype \"%s\": expected auto, f32, bf16, f16 or fp8", name);
     *out = dt;
     return ANVIL_OK;
 }
@@ -750,8 +755,11 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     rt->v_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->v_cache);
     rt->free_blocks = malloc((size_t)rt->n_blocks * sizeof *rt->free_blocks);
     rt->block_used = calloc((size_t)rt->n_blocks, 1);
-    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used, ANVIL_ERR_OOM,
-          "out of memory for the lists of %d KV blocks", rt->n_blocks);
+    rt->kv_scales = malloc((size_t)rt->n_kv_layers * 2 * sizeof *rt->kv_scales);
+    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used && (rt->kv_scales || !rt->n_kv_layers),
+          ANVIL_ERR_OOM, "out of memory for the lists of %d KV blocks", rt->n_blocks);
+    for (int32_t i = 0; i < 2 * rt->n_kv_layers; i++)
+        rt->kv_scales[i] = 1.0f; /* vLLM's default where a checkpoint gives none */
     /* pop order 0, 1, 2, ...: blocks are handed out lowest first */
     for (int32_t i = 0; i < rt->n_blocks; i++)
         rt->free_blocks[i] = rt->n_blocks - 1 - i;
@@ -1270,6 +1278,7 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .out = &out, .step = s,
             .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
             .sliding_window = p->sliding_window, .scale = p->scale,
+            .k_scale = rt->kv_scales[2 * p->layer], .v_scale = rt->kv_scales[2 * p->layer + 1],
         };
         return ops->attention(be, &args);
     }
@@ -1359,6 +1368,7 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .out = &out, .step = s,
             .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
             .sliding_window = p->sliding_window, .scale = p->scale,
+            .k_scale = rt->kv_scales[2 * p->layer], .v_scale = rt->kv_scales[2 * p->layer + 1],
             .rope = &rt->rope_freqs[f->rope_op],
         };
         return ops->attention(be, &args);

@@ -60,6 +60,10 @@ struct anvil_runtime {
     int32_t n_blocks;
     int32_t max_blocks_per_seq;
     anvil_tensor *k_cache, *v_cache;
+    /* [n_kv_layers * 2]: layer l's k_scale and v_scale at 2l and 2l + 1,
+     * what an fp8 cache holds k and v divided by (anvil_attention_args);
+     * 1 until checkpoints that carry their own scales are read */
+    float *kv_scales;
     int32_t *free_blocks;     /* a stack of free block ids */
     int32_t n_free;
     unsigned char *block_used;

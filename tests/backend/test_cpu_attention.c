@@ -3,7 +3,8 @@
  * table-driven steps (head_dim 8..128 and off multiples of 16, GQA ratios
  * 1/2/3/4/6/7/8, odd block sizes, scattered block tables, sequence lengths off
  * the block size, sliding windows smaller than the context, several packed
- * sequences mixing prefill chunks and decode tokens, f32/bf16/f16 caches);
+ * sequences mixing prefill chunks and decode tokens, f32/bf16/f16/fp8
+ * caches, fp8 with scales);
  * the caches written exactly as the reference writes them; guard bytes;
  * the code paths bitwise equal; and the error paths.
  */
@@ -20,6 +21,7 @@ static const struct {
     {ANVIL_DTYPE_F32, 3e-6f, 1e-5f},
     {ANVIL_DTYPE_BF16, 3e-6f, 1e-5f},
     {ANVIL_DTYPE_F16, 3e-6f, 1e-5f},
+    {ANVIL_DTYPE_F8_E4M3, 3e-6f, 1e-5f},
 };
 
 static const attn_case cases[] = {
@@ -41,7 +43,17 @@ static const attn_case cases[] = {
     {128, 32, 8, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{70, 1}, {0, 23}, {129, 1}}},
     {32, 6, 2, 8, 0, ANVIL_DTYPE_F32, 0, 2, {{37, 1}, {0, 21}}},             /* group 3 */
     {48, 7, 1, 16, 40, ANVIL_DTYPE_BF16, 0, 2, {{90, 1}, {15, 18}}},         /* group 7 = 4 + 3 */
+    /* fp8 caches, each run with every pair of fp8_scales */
+    {64, 8, 2, 16, 0, ANVIL_DTYPE_F8_E4M3, 0, 3, {{40, 1}, {0, 19}, {129, 1}}},
+    {128, 8, 1, 32, 0, ANVIL_DTYPE_F8_E4M3, 0, 2, {{200, 1}, {60, 10}}},
+    {80, 6, 3, 5, 9, ANVIL_DTYPE_F8_E4M3, 0, 3, {{12, 4}, {0, 1}, {7, 1}}},
+    {24, 7, 1, 7, 0, ANVIL_DTYPE_F8_E4M3, 0, 2, {{33, 1}, {5, 9}}},
 };
+
+/* (k_scale, v_scale) of the fp8 cases: none (0 means 1), 1, scaled so that
+ * k / k_scale fills e4m3's range, uneven, and a k_scale so small that
+ * k / k_scale saturates at 448 */
+static const float fp8_scales[][2] = {{0, 0}, {1, 1}, {1.0f / 448, 1.0f / 448}, {0.25f, 2.0f}, {1.0f / 1000, 3.0f}};
 
 static void case_name(const attn_case *c, char *buf, size_t cap)
 {
@@ -57,10 +69,17 @@ static void test_attention_vs_reference(void **state)
     uint64_t rng = 1234;
     kit_backends kb = kit_backends_new(2);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        char name[256];
-        case_name(&cases[ci], name, sizeof name);
+      const int fp8 = cases[ci].cache_dt == ANVIL_DTYPE_F8_E4M3;
+      for (size_t si = 0; si < (fp8 ? sizeof fp8_scales / sizeof fp8_scales[0] : 1); si++) {
+        char name[300];
+        case_name(&cases[ci], name, sizeof name - 40);
         attn_fixture f;
         attn_fixture_build(&f, &cases[ci], &rng);
+        if (fp8) {
+            f.k_scale = fp8_scales[si][0];
+            f.v_scale = fp8_scales[si][1];
+            snprintf(name + strlen(name), 40, " scales %g %g", (double)f.k_scale, (double)f.v_scale);
+        }
         attn_result want = attn_fixture_run(&f, NULL);
         float atol = 0, rtol = 0;
         for (size_t i = 0; i < sizeof tolerances / sizeof tolerances[0]; i++)
@@ -72,7 +91,7 @@ static void test_attention_vs_reference(void **state)
         assert_true(memcmp(want.kc.data, f.kc0, f.cache_bytes) != 0);
         attn_result first = {0};
         for (int i = 0; i < kb.n; i++) {
-            char pname[300];
+            char pname[340];
             snprintf(pname, sizeof pname, "%s [%s]", name, anvil_cpu_isa_name(kb.isa[i]));
             attn_result got = attn_fixture_run(&f, kb.be[i]);
             kit_expect_bitwise(pname, got.kc.data, want.kc.data, f.cache_bytes);
@@ -88,6 +107,7 @@ static void test_attention_vs_reference(void **state)
         attn_result_free(&first);
         attn_result_free(&want);
         attn_fixture_free(&f);
+      }
     }
     kit_backends_free(&kb);
 }
@@ -150,6 +170,85 @@ static void test_attention_half_cache_vs_f32(void **state)
         attn_result_free(&want);
         attn_fixture_free(&f);
     }
+    kit_backends_free(&kb);
+}
+
+/* An fp8 cache (the runtime's kv_cache_dtype "fp8") against the f32
+ * reference on the same keys and values. e4m3 keeps 3 bits of mantissa: a
+ * cached value in [-1, 1] moves by at most half an ulp, 2^-5 of its
+ * magnitude (2^-10 absolute among the subnormals at scale 1), so out, a
+ * convex combination of values, moves by up to ~0.03 from the values and a
+ * little more from the scores (each a sum of head_dim products whose
+ * rounding errors partly cancel). Measured on these cases (3 cases x 2
+ * scales): 0.041 at most; the bound is 0.06, well under the spread of the
+ * outputs themselves (values uniform in [-1, 1]). With k_scale = v_scale = 1/448 (max |x| /
+ * 448, what a calibration picks) the values use e4m3's whole range. The
+ * caches the step writes are the f32 reference's divided by the scale and
+ * rounded to e4m3. */
+static void test_attention_fp8_cache_vs_f32(void **state)
+{
+    (void)state;
+    static const attn_case fc[] = {
+        {64, 32, 8, 32, 0, ANVIL_DTYPE_F32, 0, 2, {{300, 1}, {0, 40}}}, /* the Llama-3.2-1B head shape */
+        {128, 8, 2, 16, 0, ANVIL_DTYPE_F32, 0, 3, {{100, 1}, {17, 9}, {0, 1}}},
+        {80, 6, 3, 5, 30, ANVIL_DTYPE_F32, 0, 2, {{70, 1}, {3, 12}}},
+    };
+    static const float scales[][2] = {{1.0f, 1.0f}, {1.0f / 448, 1.0f / 448}};
+    const float bound = 0.06f;
+    uint64_t rng = 4242;
+    float worst = 0.0f;
+    kit_backends kb = kit_backends_new(2);
+    for (size_t ci = 0; ci < sizeof fc / sizeof fc[0]; ci++) {
+        attn_fixture f;
+        attn_fixture_build(&f, &fc[ci], &rng);
+        attn_result want = attn_fixture_run(&f, NULL);
+        const int64_t elems = (int64_t)(f.cache_bytes / 4);
+        for (size_t si = 0; si < sizeof scales / sizeof scales[0]; si++) {
+            const float ks = scales[si][0], vs = scales[si][1];
+            attn_fixture h = f; /* shares f's arrays; only the caches are its own */
+            h.c.cache_dt = ANVIL_DTYPE_F8_E4M3;
+            h.k_scale = ks;
+            h.v_scale = vs;
+            h.cache_bytes = (size_t)elems;
+            uint8_t *kc0 = fix_calloc(h.cache_bytes, 1), *vc0 = fix_calloc(h.cache_bytes, 1);
+            uint8_t *kc_want = fix_calloc(h.cache_bytes, 1), *vc_want = fix_calloc(h.cache_bytes, 1);
+            const float *kf0 = f.kc0, *vf0 = f.vc0, *kfw = want.kc.data, *vfw = want.vc.data;
+            for (int64_t i = 0; i < elems; i++) {
+                kc0[i] = anvil_f32_to_fp8_e4m3(kf0[i] / ks);
+                vc0[i] = anvil_f32_to_fp8_e4m3(vf0[i] / vs);
+                kc_want[i] = anvil_f32_to_fp8_e4m3(kfw[i] / ks);
+                vc_want[i] = anvil_f32_to_fp8_e4m3(vfw[i] / vs);
+            }
+            h.kc0 = kc0;
+            h.vc0 = vc0;
+            attn_result ref = attn_fixture_run(&h, NULL);
+            kit_expect_bitwise("fp8 reference k", ref.kc.data, kc_want, h.cache_bytes);
+            kit_expect_bitwise("fp8 reference v", ref.vc.data, vc_want, h.cache_bytes);
+            for (int i = 0; i < kb.n; i++) {
+                char name[160];
+                snprintf(name, sizeof name, "fp8 cache case %zu scales %g %g [%s]", ci, (double)ks, (double)vs,
+                         anvil_cpu_isa_name(kb.isa[i]));
+                attn_result got = attn_fixture_run(&h, kb.be[i]);
+                kit_expect_bitwise(name, got.kc.data, kc_want, h.cache_bytes);
+                kit_expect_bitwise(name, got.vc.data, vc_want, h.cache_bytes);
+                kit_expect_close(name, got.out.data, want.out.data, NULL, (int64_t)(got.out.bytes / 4), bound, 0.0f);
+                /* the rounding is there: not every output equals the f32 one */
+                assert_true(memcmp(got.out.data, want.out.data, got.out.bytes) != 0);
+                const float *o = got.out.data, *w = want.out.data;
+                for (int64_t j = 0; j < (int64_t)(got.out.bytes / 4); j++)
+                    worst = fmaxf(worst, fabsf(o[j] - w[j]));
+                attn_result_free(&got);
+            }
+            attn_result_free(&ref);
+            free(kc_want);
+            free(vc_want);
+            free(kc0);
+            free(vc0);
+        }
+        attn_result_free(&want);
+        attn_fixture_free(&f);
+    }
+    printf("fp8 cache against f32: largest |out| error %.4f (bound %.2f)\n", (double)worst, (double)bound);
     kit_backends_free(&kb);
 }
 
@@ -258,6 +357,26 @@ static void test_attention_errors(void **state)
     a.v_cache = &int_vc;
     assert_status_msg(run_args(be, a), ANVIL_ERR_UNSUPPORTED, "dtype");
 
+    /* an fp8 cache's scales: positive and finite (0 means 1) */
+    anvil_tensor f8_kc = tkc, f8_vc = tvc;
+    f8_kc.dtype = f8_vc.dtype = ANVIL_DTYPE_F8_E4M3;
+    a = good;
+    a.k_cache = &f8_kc;
+    a.v_cache = &f8_vc;
+    KIT_OK(run_args(be, a));
+    a.k_scale = -1.0f;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales k -1");
+    assert_status_msg(anvil_cpu_ref_attention(&a), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales");
+    a.k_scale = 1.0f;
+    a.v_scale = NAN;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales");
+    a.v_scale = INFINITY;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales");
+    /* an f32 cache ignores them */
+    a = good;
+    a.k_scale = -1.0f;
+    KIT_OK(run_args(be, a));
+
     /* and the reference refuses the same calls */
     a = good;
     a.n_heads = 5;
@@ -278,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_attention_reference_by_hand),
         cmocka_unit_test(test_attention_vs_reference),
         cmocka_unit_test(test_attention_half_cache_vs_f32),
+        cmocka_unit_test(test_attention_fp8_cache_vs_f32),
         cmocka_unit_test(test_attention_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

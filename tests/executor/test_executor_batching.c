@@ -2,7 +2,8 @@
  * In-flight batching on the CPU backend:
  *  - greedy outputs equal Hugging Face's (the golden continuations);
  *  - batch invariance: a request's greedy output, and its sampled output
- *    with a fixed seed, are identical run alone and among 31 others of
+ *    with a fixed seed, are identical run alone and among 31 others (with
+ *    an f32 and an fp8 KV cache) of
  *    different lengths that join and leave at different steps (some are
  *    enqueued from callbacks while others run; prompts are chunked);
  *  - streamed events carry exactly the result's tokens, one final event;
@@ -169,7 +170,8 @@ static void run_alone(anvil_executor *ex, inv_req *q)
     anvil_result_free(res);
 }
 
-static void check_invariance(anvil_capacity_policy policy, int64_t kv_tokens)
+/* kv_dtype: the runtime's kv_cache_dtype (NULL: auto, f32 for stories260K) */
+static void check_invariance(anvil_capacity_policy policy, int64_t kv_tokens, const char *kv_dtype)
 {
     kit_case cases[8];
     int n_cases = kit_cases("stories260K", cases, 8);
@@ -180,6 +182,7 @@ static void check_invariance(anvil_capacity_policy policy, int64_t kv_tokens)
 
     anvil_runtime_options o;
     kit_rt_options(&o);
+    o.kv_cache_dtype = kv_dtype;
     anvil_runtime *rt = kit_load("stories260K", &o);
     anvil_executor *ex = kit_executor(rt, NULL, ANVIL_CAPACITY_GUARANTEED_NO_EVICT);
     for (int i = 0; i < N_REQ; i++)
@@ -237,8 +240,9 @@ static void check_invariance(anvil_capacity_policy policy, int64_t kv_tokens)
     for (int i = 0; i < N_REQ; i++)
         gen += reqs[i].n_out;
     assert_int_equal(m.generated_tokens, gen);
-    print_message("policy %d, %lld KV tokens: %lld steps, %lld preemptions, %lld/%lld prompt tokens cached\n",
-                  (int)policy, (long long)kv_tokens, (long long)m.steps, (long long)m.preemptions,
+    print_message("policy %d, %lld KV tokens (%s): %lld steps, %lld preemptions, %lld/%lld prompt tokens cached\n",
+                  (int)policy, (long long)kv_tokens, kv_dtype ? kv_dtype : "auto", (long long)m.steps,
+                  (long long)m.preemptions,
                   (long long)m.cached_prompt_tokens, (long long)m.prompt_tokens);
     if (kv_tokens < 4096 && policy == ANVIL_CAPACITY_MAX_UTILIZATION)
         assert_true(m.preemptions > 0); /* the small pool did force preemption */
@@ -252,21 +256,23 @@ static void check_invariance(anvil_capacity_policy policy, int64_t kv_tokens)
 static void test_batch_invariance(void **state)
 {
     (void)state;
-    check_invariance(ANVIL_CAPACITY_GUARANTEED_NO_EVICT, 16 * 512);
+    /* with an fp8 KV cache: the cache's rounding is per element, so it
+     * keeps the invariance (the small pools below run the default f32) */
+    check_invariance(ANVIL_CAPACITY_GUARANTEED_NO_EVICT, 16 * 512, "fp8");
 }
 
 static void test_batch_invariance_preemption(void **state)
 {
     (void)state;
     /* 40 blocks of 16: a few requests at a time; max-utilization preempts */
-    check_invariance(ANVIL_CAPACITY_MAX_UTILIZATION, 16 * 40);
+    check_invariance(ANVIL_CAPACITY_MAX_UTILIZATION, 16 * 40, NULL);
 }
 
 static void test_batch_invariance_no_evict_small(void **state)
 {
     (void)state;
     /* the same small pool under guaranteed-no-evict: fewer at once, never preempted */
-    check_invariance(ANVIL_CAPACITY_GUARANTEED_NO_EVICT, 16 * 40);
+    check_invariance(ANVIL_CAPACITY_GUARANTEED_NO_EVICT, 16 * 40, NULL);
 }
 
 int main(void)

@@ -21,15 +21,32 @@ typedef struct attn_job {
     int64_t n_items;
 } attn_job;
 
+/* dst[i] = fp8(src[i] / scale), as the reference's store (division, not a
+ * reciprocal's product: the same bits as anvil_cpu_ref_attention). */
+static void write_fp8_row(const float *src, uint8_t *dst, int64_t n, float scale)
+{
+    if (scale == 1.0f) {
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = anvil_f32_to_fp8_e4m3(src[i]);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = anvil_f32_to_fp8_e4m3(src[i] / scale);
+}
+
 /* Writes the rows of tokens [t0, t1) into their cache slots. */
 static void write_cache(const anvil_attention_args *a, int64_t t0, int64_t t1)
 {
     int64_t kw = (int64_t)a->n_kv_heads * a->head_dim;
     anvil_dtype cdt = a->k_cache->dtype;
     const float *k = a->k->data, *v = a->v->data;
+    const float ks = anvil_cpu_kv_scale(cdt, a->k_scale), vs = anvil_cpu_kv_scale(cdt, a->v_scale);
     for (int64_t t = t0; t < t1; t++) {
         int64_t slot = a->step->slots[t];
-        if (cdt == ANVIL_DTYPE_F32) {
+        if (cdt == ANVIL_DTYPE_F8_E4M3) {
+            write_fp8_row(k + t * kw, (uint8_t *)a->k_cache->data + slot * kw, kw, ks);
+            write_fp8_row(v + t * kw, (uint8_t *)a->v_cache->data + slot * kw, kw, vs);
+        } else if (cdt == ANVIL_DTYPE_F32) {
             memcpy((float *)a->k_cache->data + slot * kw, k + t * kw, (size_t)kw * 4);
             memcpy((float *)a->v_cache->data + slot * kw, v + t * kw, (size_t)kw * 4);
         } else {

@@ -39,7 +39,7 @@ VEC_INLINE void attn_prefetch_row(const void *base, int64_t off, int64_t bytes, 
 VEC_INLINE void attn_scores(const int HN, const anvil_dtype DT, const float *q, int64_t hd, const void *kc,
                             const int64_t *off, int32_t n, float scale, float *scores, int64_t ld)
 {
-    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : 2;
+    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : DT == ANVIL_DTYPE_F8_E4M3 ? 1 : 2;
     const int JB = 16 / HN;
     int32_t j = 0;
     for (; j + JB <= n; j += JB) {
@@ -117,7 +117,7 @@ VEC_UNROLL
 VEC_INLINE void attn_values(const int HN, const anvil_dtype DT, const float *p, int64_t ld, const float *sums,
                             const void *vc, const int64_t *off, int32_t n, int64_t hd, float *out)
 {
-    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : 2;
+    const int64_t esz = DT == ANVIL_DTYPE_F32 ? 4 : DT == ANVIL_DTYPE_F8_E4M3 ? 1 : 2;
     for (int64_t d0 = 0; d0 < hd; d0 += 16 * ATTN_DCHUNKS) {
         int64_t left = hd - d0;
         int nc = left >= 16 * ATTN_DCHUNKS ? ATTN_DCHUNKS : (int)((left + 15) / 16);
@@ -204,6 +204,7 @@ VEC_INLINE float attn_softmax(float *sc, int32_t n)
 ATTN_INST_H(f32, ANVIL_DTYPE_F32)
 ATTN_INST_H(bf16, ANVIL_DTYPE_BF16)
 ATTN_INST_H(f16, ANVIL_DTYPE_F16)
+ATTN_INST_H(fp8, ANVIL_DTYPE_F8_E4M3)
 
 typedef void (*attn_scores_fn)(const float *q, int64_t hd, const void *kc, const int64_t *off, int32_t n, float scale,
                                float *scores, int64_t ld);
@@ -211,10 +212,10 @@ typedef void (*attn_values_fn)(const float *p, int64_t ld, const float *sums, co
                                int32_t n, int64_t hd, float *out);
 
 #define ATTN_ROW(KIND, DTN) {attn_##KIND##_1_##DTN, attn_##KIND##_2_##DTN, attn_##KIND##_3_##DTN, attn_##KIND##_4_##DTN}
-static const attn_scores_fn attn_scores_tbl[3][ATTN_HEAD_TILE] = {ATTN_ROW(scores, f32), ATTN_ROW(scores, bf16),
-                                                                   ATTN_ROW(scores, f16)};
-static const attn_values_fn attn_values_tbl[3][ATTN_HEAD_TILE] = {ATTN_ROW(values, f32), ATTN_ROW(values, bf16),
-                                                                   ATTN_ROW(values, f16)};
+static const attn_scores_fn attn_scores_tbl[4][ATTN_HEAD_TILE] = {ATTN_ROW(scores, f32), ATTN_ROW(scores, bf16),
+                                                                   ATTN_ROW(scores, f16), ATTN_ROW(scores, fp8)};
+static const attn_values_fn attn_values_tbl[4][ATTN_HEAD_TILE] = {ATTN_ROW(values, f32), ATTN_ROW(values, bf16),
+                                                                   ATTN_ROW(values, f16), ATTN_ROW(values, fp8)};
 
 static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t g, void *scratch)
 {
@@ -226,7 +227,11 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
     int32_t lo = anvil_cpu_window_lo(p, a->sliding_window);
     int32_t n = p - lo + 1;
     anvil_dtype cdt = a->k_cache->dtype;
-    int di = cdt == ANVIL_DTYPE_F32 ? 0 : cdt == ANVIL_DTYPE_BF16 ? 1 : 2;
+    int di = cdt == ANVIL_DTYPE_F32 ? 0 : cdt == ANVIL_DTYPE_BF16 ? 1 : cdt == ANVIL_DTYPE_F16 ? 2 : 3;
+    /* An fp8 cache's scales, applied once per score and once per output
+     * (k_scale folded into the score scale, v_scale into the softmax sum)
+     * instead of on every element; 1 (no change) for the other dtypes. */
+    const float ks = anvil_cpu_kv_scale(cdt, a->k_scale), vs = anvil_cpu_kv_scale(cdt, a->v_scale);
 
     /* element offset of (slot of position j, kv head g) in either cache */
     int64_t *off = scratch;
@@ -245,7 +250,7 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
     const float *q = (const float *)a->q->data + (int64_t)t * qw + (int64_t)g * group * hd;
     for (int32_t h = 0; h < group; h += ATTN_HEAD_TILE) {
         int hn = group - h < ATTN_HEAD_TILE ? group - h : ATTN_HEAD_TILE;
-        attn_scores_tbl[di][hn - 1](q + h * hd, hd, a->k_cache->data, off, n, a->scale, scores + h * ld, ld);
+        attn_scores_tbl[di][hn - 1](q + h * hd, hd, a->k_cache->data, off, n, a->scale * ks, scores + h * ld, ld);
     }
 
     float sums[ATTN_HEAD_TILE];
@@ -253,7 +258,7 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
     for (int32_t h = 0; h < group; h += ATTN_HEAD_TILE) {
         int hn = group - h < ATTN_HEAD_TILE ? group - h : ATTN_HEAD_TILE;
         for (int i = 0; i < hn; i++)
-            sums[i] = attn_softmax(scores + (h + i) * ld, n);
+            sums[i] = attn_softmax(scores + (h + i) * ld, n) / vs;
         attn_values_tbl[di][hn - 1](scores + h * ld, ld, sums, a->v_cache->data, off, n, hd, out + h * hd);
     }
 }

@@ -152,8 +152,8 @@ static anvil_status check_cache(const anvil_tensor *c, const anvil_attention_arg
 {
     CHECK(c != NULL && c->data != NULL && c->n_dims == 4, ANVIL_ERR_INVALID_ARG,
           "attention: %s must be [n_blocks, block_size, n_kv_heads, head_dim]", what);
-    CHECK(anvil_cpu_is_float_dtype(c->dtype), ANVIL_ERR_UNSUPPORTED, "attention: %s dtype %s", what,
-          anvil_dtype_name(c->dtype));
+    CHECK(anvil_cpu_is_float_dtype(c->dtype) || c->dtype == ANVIL_DTYPE_F8_E4M3, ANVIL_ERR_UNSUPPORTED,
+          "attention: %s dtype %s", what, anvil_dtype_name(c->dtype));
     CHECK(c->shape[0] > 0 && c->shape[1] == a->step->block_size && c->shape[2] == a->n_kv_heads &&
               c->shape[3] == a->head_dim,
           ANVIL_ERR_INVALID_ARG, "attention: %s is [%lld, %lld, %lld, %lld], want [*, %d, %d, %d]", what,
@@ -188,6 +188,11 @@ anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
     TRY(check_cache(a->v_cache, a, "v_cache"));
     CHECK(a->k_cache->shape[0] == a->v_cache->shape[0] && a->k_cache->dtype == a->v_cache->dtype,
           ANVIL_ERR_INVALID_ARG, "attention: k_cache and v_cache differ");
+    /* !(x >= 0) also catches NaN; 0 means 1 */
+    CHECK(a->k_cache->dtype != ANVIL_DTYPE_F8_E4M3 ||
+              (a->k_scale >= 0.0f && a->v_scale >= 0.0f && isfinite(a->k_scale) && isfinite(a->v_scale)),
+          ANVIL_ERR_INVALID_ARG, "attention: fp8 KV cache scales k %g, v %g: want positive and finite (0 means 1)",
+          (double)a->k_scale, (double)a->v_scale);
     if (T == 0)
         return ANVIL_OK;
     CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,

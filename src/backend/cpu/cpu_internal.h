@@ -79,8 +79,9 @@ static inline int anvil_cpu_is_float_dtype(anvil_dtype dt)
     return dt == ANVIL_DTYPE_F32 || dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16;
 }
 
-/* Element i of a F32/BF16/F16 array as float. memcpy because weights point
- * into an mmap'd file and may be only 2-byte aligned. */
+/* Element i of a F32/BF16/F16 (or F8_E4M3, unscaled) array as float.
+ * memcpy because weights point into an mmap'd file and may be only 2-byte
+ * aligned. */
 static inline float anvil_cpu_load_elem(const void *base, anvil_dtype dt, int64_t i)
 {
     if (dt == ANVIL_DTYPE_F32) {
@@ -88,20 +89,34 @@ static inline float anvil_cpu_load_elem(const void *base, anvil_dtype dt, int64_
         memcpy(&f, (const char *)base + i * 4, 4);
         return f;
     }
+    if (dt == ANVIL_DTYPE_F8_E4M3)
+        return anvil_fp8_e4m3_to_f32(((const uint8_t *)base)[i]);
     uint16_t h;
     memcpy(&h, (const char *)base + i * 2, 2);
     return dt == ANVIL_DTYPE_BF16 ? anvil_bf16_to_f32(h) : anvil_f16_to_f32(h);
 }
 
-/* Stores f as element i of a F32/BF16/F16 array (round to nearest even). */
+/* Stores f as element i of a F32/BF16/F16 (or F8_E4M3: saturating) array
+ * (round to nearest even). */
 static inline void anvil_cpu_store_elem(void *base, anvil_dtype dt, int64_t i, float f)
 {
     if (dt == ANVIL_DTYPE_F32) {
         memcpy((char *)base + i * 4, &f, 4);
         return;
     }
+    if (dt == ANVIL_DTYPE_F8_E4M3) {
+        ((uint8_t *)base)[i] = anvil_f32_to_fp8_e4m3(f);
+        return;
+    }
     uint16_t h = dt == ANVIL_DTYPE_BF16 ? anvil_f32_to_bf16(f) : anvil_f32_to_f16(f);
     memcpy((char *)base + i * 2, &h, 2);
+}
+
+/* An fp8 KV cache's scale as attention uses it (anvil_attention_args:
+ * 0 means 1); 1 for the other cache dtypes, which are not scaled. */
+static inline float anvil_cpu_kv_scale(anvil_dtype cache_dt, float s)
+{
+    return cache_dt == ANVIL_DTYPE_F8_E4M3 && s != 0.0f ? s : 1.0f;
 }
 
 /* ---------------------------------------------------------------- validation

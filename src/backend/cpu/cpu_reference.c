@@ -132,12 +132,14 @@ anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
     anvil_dtype cdt = a->k_cache->dtype;
     const float *q = a->q->data, *k = a->k->data, *v = a->v->data;
     float *out = a->out->data;
+    /* an fp8 cache holds k / k_scale and reads back fp8 * k_scale (1 otherwise) */
+    const float ks = anvil_cpu_kv_scale(cdt, a->k_scale), vs = anvil_cpu_kv_scale(cdt, a->v_scale);
 
     /* 1. the new keys and values into their slots */
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < kw; i++) {
-            anvil_cpu_store_elem(a->k_cache->data, cdt, (int64_t)st->slots[t] * kw + i, k[t * kw + i]);
-            anvil_cpu_store_elem(a->v_cache->data, cdt, (int64_t)st->slots[t] * kw + i, v[t * kw + i]);
+            anvil_cpu_store_elem(a->k_cache->data, cdt, (int64_t)st->slots[t] * kw + i, k[t * kw + i] / ks);
+            anvil_cpu_store_elem(a->v_cache->data, cdt, (int64_t)st->slots[t] * kw + i, v[t * kw + i] / vs);
         }
     }
 
@@ -158,7 +160,7 @@ anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
                 int64_t row = (blk * st->block_size + j % st->block_size) * kw + (int64_t)g * hd;
                 double dot = 0.0;
                 for (int64_t d = 0; d < hd; d++)
-                    dot += (double)qh[d] * (double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d);
+                    dot += (double)qh[d] * ((double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d) * ks);
                 float score = (float)dot * a->scale;
                 m = score > m ? score : m;
             }
@@ -171,11 +173,11 @@ anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
                 int64_t row = (blk * st->block_size + j % st->block_size) * kw + (int64_t)g * hd;
                 double dot = 0.0;
                 for (int64_t d = 0; d < hd; d++)
-                    dot += (double)qh[d] * (double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d);
+                    dot += (double)qh[d] * ((double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d) * ks);
                 float e = expf((float)dot * a->scale - m);
                 sum += e;
                 for (int64_t d = 0; d < hd; d++)
-                    acc[d] += (double)e * (double)anvil_cpu_load_elem(a->v_cache->data, cdt, row + d);
+                    acc[d] += (double)e * ((double)anvil_cpu_load_elem(a->v_cache->data, cdt, row + d) * vs);
             }
             for (int64_t d = 0; d < hd; d++)
                 out[t * qw + (int64_t)h * hd + d] = (float)(acc[d] / sum);

@@ -43,7 +43,9 @@ anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, 
  * f->long_after after the step (backend.h, anvil_rope_freqs). */
 anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t head_dim, const anvil_rope_freqs *f);
 
-/* Writes k, v into the caches at step->slots (converted to the cache dtype),
+/* Writes k, v into the caches at step->slots (converted to the cache dtype;
+ * an F8_E4M3 cache takes k / k_scale and v / v_scale, and reads back the
+ * fp8 values times the scale, as k_j and v_j below),
  * then for every token t and head h: softmax(q . k_j * scale) over the
  * cached positions j of its sequence in [max(0, p - window + 1), p], and
  * out = sum_j softmax_j * v_j (GQA: kv head h / (n_heads / n_kv_heads)). */

@@ -112,11 +112,29 @@ VEC_INLINE __m256 v_from_half8(__m128i h, anvil_dtype dt)
     return _mm256_cvtph_ps(h);
 }
 
+/* The fp8 e4m3 bytes 0-7 of b as floats, exactly: e4m3's bits s.eeee.mmm
+ * placed as f16's s and (eeee.mmm << 7) are the same number times 2^-8
+ * (subnormals too), widened by vcvtph2ps and scaled back; e4m3's NaN
+ * (eeee.mmm all ones) becomes an f16 NaN. */
+VEC_INLINE __m256 v_from_fp8x8(__m128i b)
+{
+    const __m128i w = _mm_cvtepu8_epi16(b);
+    const __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
+    const __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
+    const __m128i nan = _mm_and_si128(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x3f80)), _mm_set1_epi16(0x7c00));
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(_mm_or_si128(mag, sign), nan)), _mm256_set1_ps(256.0f));
+}
+
 VEC_INLINE vec16 v_load_w(const void *base, int64_t i, anvil_dtype dt)
 {
     const char *p = (const char *)base;
     if (dt == ANVIL_DTYPE_F32)
         return v_load((const float *)(const void *)(p + i * 4));
+    if (dt == ANVIL_DTYPE_F8_E4M3) {
+        const __m128i b = _mm_loadu_si128((const __m128i *)(p + i));
+        vec16 r = {v_from_fp8x8(b), v_from_fp8x8(_mm_srli_si128(b, 8))};
+        return r;
+    }
     vec16 r = {v_from_half8(_mm_loadu_si128((const __m128i *)(p + i * 2)), dt),
                v_from_half8(_mm_loadu_si128((const __m128i *)(p + i * 2 + 16)), dt)};
     return r;
@@ -127,9 +145,10 @@ VEC_INLINE vec16 v_load_w_n(const void *base, int64_t i, int n, anvil_dtype dt)
     const char *p = (const char *)base;
     if (dt == ANVIL_DTYPE_F32)
         return v_load_n((const float *)(const void *)(p + i * 4), n);
-    /* no 16-bit masked load on AVX2: go through a zeroed copy */
+    /* no 8- or 16-bit masked load on AVX2: go through a zeroed copy */
+    const size_t esz = dt == ANVIL_DTYPE_F8_E4M3 ? 1 : 2;
     uint16_t tmp[16] = {0};
-    memcpy(tmp, p + i * 2, (size_t)n * 2);
+    memcpy(tmp, p + i * (int64_t)esz, (size_t)n * esz);
     return v_load_w(tmp, 0, dt);
 }
 

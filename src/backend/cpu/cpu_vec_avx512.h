@@ -46,10 +46,24 @@ VEC_INLINE vec16 v_from_half(__m256i h, anvil_dtype dt)
     return _mm512_cvtph_ps(h);
 }
 
+/* 16 fp8 e4m3 bytes as floats, exactly (as cpu_vec_avx2.h's v_from_fp8x8:
+ * the bits placed as an f16 2^8 times smaller, NaN kept NaN). */
+VEC_INLINE vec16 v_from_fp8(__m128i b)
+{
+    const __m256i w = _mm256_cvtepu8_epi16(b);
+    const __m256i mag = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x7f)), 7);
+    const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8);
+    const __m256i nan =
+        _mm256_and_si256(_mm256_cmpeq_epi16(mag, _mm256_set1_epi16(0x3f80)), _mm256_set1_epi16(0x7c00));
+    return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_or_si256(_mm256_or_si256(mag, sign), nan)), _mm512_set1_ps(256.0f));
+}
+
 VEC_INLINE vec16 v_load_w(const void *base, int64_t i, anvil_dtype dt)
 {
     if (dt == ANVIL_DTYPE_F32)
         return _mm512_loadu_ps((const char *)base + i * 4);
+    if (dt == ANVIL_DTYPE_F8_E4M3)
+        return v_from_fp8(_mm_loadu_si128((const __m128i *)((const char *)base + i)));
     return v_from_half(_mm256_loadu_si256((const __m256i *)((const char *)base + i * 2)), dt);
 }
 
@@ -57,6 +71,8 @@ VEC_INLINE vec16 v_load_w_n(const void *base, int64_t i, int n, anvil_dtype dt)
 {
     if (dt == ANVIL_DTYPE_F32)
         return _mm512_maskz_loadu_ps(v_mask(n), (const char *)base + i * 4);
+    if (dt == ANVIL_DTYPE_F8_E4M3)
+        return v_from_fp8(_mm_maskz_loadu_epi8(v_mask(n), (const char *)base + i));
     return v_from_half(_mm256_maskz_loadu_epi16(v_mask(n), (const char *)base + i * 2), dt);
 }
 

@@ -112,7 +112,7 @@ VEC_INLINE void v_store(float *p, vec16 v) { memcpy(p, v.f, sizeof v.f); }
 
 VEC_INLINE void v_store_n(float *p, vec16 v, int n) { memcpy(p, v.f, (size_t)n * 4); }
 
-/* Elements [i, i + 16) of an f32/bf16/f16 array, as floats. */
+/* Elements [i, i + 16) of an f32/bf16/f16 (or fp8 e4m3, unscaled) array, as floats. */
 VEC_INLINE vec16 v_load_w(const void *base, int64_t i, anvil_dtype dt)
 {
     vec16 r;
