@@ -77,6 +77,10 @@ static size_t row_bytes(const anvil_stored *t, int64_t k, int64_t g)
     }
 }
 
+/* The f32 rows read at once (a build holds this per thread, beside its
+ * 32 MiB of scratch): rows up to 1M columns. */
+#define VALUES_BYTES (ANVIL_BUILD_CHUNK / 4)
+
 static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *sc)
 {
@@ -87,11 +91,11 @@ static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net
           ANVIL_ERR_INTERNAL, "rtn: '%s' is not a quantized matrix or its scales", t->name);
     const int64_t k = w->shape[1], group = w->q.group ? w->q.group : k, g = k / group;
     const size_t rb = row_bytes(t, k, g);
-    const int64_t block = (int64_t)(ANVIL_BUILD_CHUNK / sizeof(float)) / k; /* rows of values read at once */
+    const int64_t block = (int64_t)(VALUES_BYTES / sizeof(float)) / k; /* rows of values read at once */
     CHECK(block >= 1 && rb > 0, ANVIL_ERR_UNSUPPORTED, "rtn: rows of %lld columns are too long", (long long)k);
-    float *vals = anvil_build_scratch_rows(sc, ANVIL_BUILD_CHUNK + (size_t)k + (size_t)g * 5 + 64);
+    float *vals = anvil_build_scratch_rows(sc, VALUES_BYTES + (size_t)k + (size_t)g * 5 + 64);
     CHECK(vals != NULL, ANVIL_ERR_OOM, "out of memory for the quantizer's rows");
-    uint8_t *q = (uint8_t *)vals + ANVIL_BUILD_CHUNK;
+    uint8_t *q = (uint8_t *)vals + VALUES_BYTES;
     float *scales = (float *)(q + ((size_t)k + 63) / 64 * 64);
     uint8_t *zeros = (uint8_t *)(scales + g);
     const int64_t r0 = (int64_t)(offset / rb), r1 = (int64_t)((offset + len + rb - 1) / rb);

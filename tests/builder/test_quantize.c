@@ -25,6 +25,7 @@
 #include "anvil/builder.h"
 #include "anvil/generate.h"
 #include "anvil/runtime.h"
+#include "builder/build_plan.h"
 #include "builder/random_weights.h"
 #include "golden.h"
 #include "io/engine_file.h"
@@ -275,6 +276,59 @@ static void test_random_weights(void **st)
     anvil_runtime *rt = NULL;
     assert_int_equal(anvil_runtime_load(eng, &ro, &rt), ANVIL_OK);
     anvil_runtime_free(rt);
+}
+
+/* The build fills a tensor in 16 MiB chunks on several threads, which on
+ * tinycode never split a row: here every stored tensor of each quantized
+ * plan is filled in odd pieces (rows and groups cut anywhere, last piece
+ * first) and must give the engine's bytes. */
+static void test_fill_in_pieces(void **st)
+{
+    (void)st;
+    anvil_model_config c;
+    assert_int_equal(anvil_model_config_load(model_dir, &c), ANVIL_OK);
+    anvil_network *net = NULL;
+    assert_int_equal(anvil_model_build_network(&c, &net), ANVIL_OK);
+    anvil_checkpoint *ck = NULL;
+    assert_int_equal(anvil_checkpoint_open_ex(model_dir, ANVIL_ST_READ, &ck), ANVIL_OK);
+    anvil_build_scratch *sc = NULL;
+    assert_int_equal(anvil_build_scratch_create(&sc), ANVIL_OK);
+    const anvil_fuse_caps caps = anvil_fuse_caps_all();
+    for (int q = FP8; q < N_SCHEMES; q++) {
+        const anvil_plan_options po = {.weight_dtype = ANVIL_DTYPE_COUNT, .caps = &caps, .quantize = schemes[q]};
+        anvil_build_plan *p = NULL;
+        assert_int_equal(anvil_build_plan_make(net, ck, &po, &p), ANVIL_OK);
+        assert_int_equal(anvil_build_plan_check(p, net), ANVIL_OK);
+        anvil_engine_file *f = NULL;
+        assert_int_equal(anvil_engine_file_open(engines[q], ANVIL_ST_READ, &f), ANVIL_OK);
+        assert_int_equal(anvil_engine_file_count(f), p->n_stored);
+        for (int32_t s = 0; s < p->n_stored; s++) {
+            const anvil_stored *t = &p->stored[s];
+            if (t->conv == NULL)
+                continue; /* the float tensors' fill is test_recipes' */
+            const anvil_engine_tensor *et = anvil_engine_file_tensor(f, s);
+            assert_string_equal(et->name, t->name);
+            assert_int_equal(et->bytes, t->bytes);
+            uint8_t *want = malloc(t->bytes), *got = malloc(t->bytes);
+            assert_int_equal(anvil_engine_file_read(f, s, 0, want, t->bytes), ANVIL_OK);
+            memset(got, 0xa5, t->bytes);
+            const size_t piece = 777 * 4; /* not a row's bytes of any tensor here */
+            for (size_t end = t->bytes; end > 0;) {
+                const size_t off = end > piece ? end - piece : 0;
+                assert_int_equal(anvil_build_fill(p, net, ck, s, off, got + off, end - off, sc), ANVIL_OK);
+                end = off;
+            }
+            if (memcmp(got, want, t->bytes) != 0)
+                fail_msg("%s: filled in pieces, its bytes differ from the engine's", t->name);
+            free(want);
+            free(got);
+        }
+        anvil_engine_file_close(f);
+        anvil_build_plan_free(p);
+    }
+    anvil_build_scratch_free(sc);
+    anvil_checkpoint_close(ck);
+    anvil_network_free(net);
 }
 
 /* ------------------------------------------------------------ running */
@@ -626,6 +680,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stored_bytes),    cmocka_unit_test(test_random_weights),
+        cmocka_unit_test(test_fill_in_pieces),
         cmocka_unit_test(test_logits_close),    cmocka_unit_test(test_generate),
         cmocka_unit_test(test_malformed_engines), cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_inspect),
