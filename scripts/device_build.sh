@@ -20,6 +20,9 @@ cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DA
   -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
 # every tests/cuda test, the latency benchmark, the anvil command and the CUDA module
 cuda_tests=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//' | tr '\n' ' ')
+# DEVICE_EXTRA_TESTS: more test targets to carry (e.g. the CPU kernel tests,
+# to run them on the GPU machine's AVX-512 host)
+cuda_tests="$cuda_tests ${DEVICE_EXTRA_TESTS:-}"
 cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_load anvil_cli anvil_cuda
 
 rm -rf .device/bin
