@@ -13,9 +13,13 @@
  *   Decode attention at the Llama-3.2-1B shape (32 heads, 8 kv heads,
  *   head_dim 64, f32 cache): GB/s of cached K/V read, next to the stream.
  *
- *   --tokens T: only the GEMMs of T tokens (16, 128 or 512).
+ *   Quantized weights (--only quant): int4 (groups of 128, zero points),
+ *   int8 and fp8 (per channel) beside bf16, T = 1, 2, 4 (decode: weights
+ *   from memory), 16 and 128, at the GEMV shapes.
  *
- *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn] [--tokens T] [--json FILE]
+ *   --tokens T: only the GEMMs (and quantized runs) of T tokens.
+ *
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--json FILE]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +35,7 @@ typedef struct result {
     double seconds, rate, ceiling; /* GB/s and stream GB/s, or GFLOP/s and peak */
     double ratio;                  /* rate / ceiling (for GEMV: the median of per-round ratios) */
     double cpu_rate;               /* GEMM: GFLOP per CPU-second */
+    double gflops;                 /* quantized: GFLOP/s */
 } result;
 
 /* Random bf16 in +-[2^-7, 1): no zeros, denormals, infinities or NaNs. */
@@ -133,7 +138,7 @@ static int bench_gemv(anvil_backend *be, int n_threads, int64_t K, int64_t N, in
         ratio[i] = gbps[i] / stream[i];
     }
     *r = (result){"gemv", 1, K, N, median3(secs[0], secs[1], secs[2]), median3(gbps[0], gbps[1], gbps[2]),
-                  median3(stream[0], stream[1], stream[2]), median3(ratio[0], ratio[1], ratio[2]), 0};
+                  median3(stream[0], stream[1], stream[2]), median3(ratio[0], ratio[1], ratio[2]), 0, 0};
     free(x);
     free(out);
     free(pool);
@@ -165,10 +170,102 @@ static int bench_gemm(anvil_backend *be, double peak, int64_t T, int64_t K, int6
     qsort(times, (size_t)reps, sizeof times[0], cmp_double);
     double flops = 2.0 * (double)T * (double)K * (double)N;
     *r = (result){"gemm", T, K, N, times[reps / 2], flops / times[reps / 2] * 1e-9, peak,
-                  flops / times[reps / 2] * 1e-9 / peak, flops * reps / cpu * 1e-9};
+                  flops / times[reps / 2] * 1e-9 / peak, flops * reps / cpu * 1e-9, 0};
     free(w);
     free(x);
     free(out);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- quantized
+ * The matmul over quantized weights (docs/quantization.md's canonical
+ * form; cpu_quant.h): int4 in groups of 128 with zero points and int8 per
+ * channel (the int path: int8 activations, integer dot products), fp8 per
+ * channel (the f32 path), and bf16 beside them. Each pool slot holds a
+ * weight's elements, scales and zero points, rotated as in the GEMV bench
+ * so that every call reads them from memory. GB/s counts those bytes. */
+
+typedef enum qkind { QK_U4, QK_I8, QK_F8, QK_BF16, QK_COUNT } qkind;
+static const char *const qkind_name[QK_COUNT] = {"int4 g128", "int8", "fp8", "bf16"};
+
+static size_t qk_bytes(qkind k, int64_t N, int64_t K, size_t *sc_off, size_t *z_off)
+{
+    size_t w = k == QK_U4 ? (size_t)(N * K) / 2 : k == QK_BF16 ? (size_t)(N * K) * 2 : (size_t)(N * K);
+    size_t ns = k == QK_U4 ? (size_t)(N * (K / 128)) : (size_t)N;
+    *sc_off = (w + 63) / 64 * 64;
+    *z_off = *sc_off + (k == QK_BF16 ? 0 : ns * 4);
+    return *z_off + (k == QK_U4 ? ns : 0);
+}
+
+static int bench_quant(anvil_backend *be, int n_threads, qkind kind, int64_t T, int64_t K, int64_t N, int quick,
+                       result *r)
+{
+    size_t sc_off, z_off, bytes = qk_bytes(kind, N, K, &sc_off, &z_off);
+    size_t stride = (bytes + 4095) / 4096 * 4096;
+    size_t n_bufs = T > 8 ? 1 : (4 * llc_bytes() + stride - 1) / stride;
+    n_bufs = n_bufs < 1 ? 1 : n_bufs;
+    char *pool = NULL;
+    if (posix_memalign((void **)&pool, 4096, n_bufs * stride) != 0)
+        return -1;
+    uint64_t rng = 11;
+    for (size_t b = 0; b < n_bufs; b++) {
+        char *p = pool + b * stride;
+        if (kind == QK_BF16)
+            fill_bf16((uint16_t *)(void *)p, (size_t)(N * K), &rng);
+        else {
+            for (size_t i = 0; i < sc_off; i++) { /* fp8: finite values only (no 0x7f / 0xff) */
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                uint8_t v = (uint8_t)(rng >> 56);
+                p[i] = (char)(kind == QK_F8 && (v & 0x7f) == 0x7f ? v - 1 : v);
+            }
+            float *sc = (float *)(void *)(p + sc_off);
+            for (size_t i = 0; i < (z_off - sc_off) / 4; i++)
+                sc[i] = 0.01f + (float)(i % 7) * 0.001f;
+            for (size_t i = z_off; i < bytes; i++)
+                p[i] = (char)(i % 16);
+        }
+    }
+    float *x = malloc((size_t)(T * K) * 4), *out = malloc((size_t)(T * N) * 4);
+    for (int64_t i = 0; i < T * K; i++)
+        x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, K, x), to = anvil_tensor_2d(ANVIL_DTYPE_F32, T, N, out);
+    static const anvil_dtype dts[QK_COUNT] = {ANVIL_DTYPE_U4, ANVIL_DTYPE_I8, ANVIL_DTYPE_F8_E4M3, ANVIL_DTYPE_BF16};
+    enum { MAX_REPS = 1000 };
+    double times[MAX_REPS], secs[GEMV_ROUNDS], stream[GEMV_ROUNDS], cpu = 0.0;
+    int total = 0;
+    for (int round = -1; round < GEMV_ROUNDS; round++) { /* round -1: untimed (page tables, clocks) */
+        if (round >= 0)
+            stream[round] = anvil_cpu_stream_read_gbps(bytes, n_threads);
+        int reps = 0;
+        double start = anvil_cpu_now_s(), budget = round < 0 ? 0.0 : quick ? 0.15 : 0.4, cpu0 = cpu_now_s();
+        while (reps < MAX_REPS && (reps < (round < 0 ? (int)n_bufs : 5) || anvil_cpu_now_s() - start < budget)) {
+            char *p = pool + ((size_t)reps % n_bufs) * stride;
+            anvil_quant q = {.group = kind == QK_U4 ? 128 : 0,
+                             .scales = (const float *)(const void *)(p + sc_off),
+                             .zeros = kind == QK_U4 ? (const uint8_t *)(p + z_off) : NULL};
+            anvil_tensor tw = anvil_tensor_2d(dts[kind], N, K, p);
+            tw.quant = kind == QK_BF16 ? NULL : &q;
+            double t0 = anvil_cpu_now_s();
+            if (be->ops->matmul(be, &tx, &tw, NULL, &to) != ANVIL_OK) {
+                fprintf(stderr, "matmul failed: %s\n", anvil_last_error());
+                return -1;
+            }
+            times[reps++] = anvil_cpu_now_s() - t0;
+        }
+        if (round < 0)
+            continue;
+        cpu += cpu_now_s() - cpu0;
+        total += reps;
+        qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+        secs[round] = times[reps / 2];
+    }
+    double sec = median3(secs[0], secs[1], secs[2]), flops = 2.0 * (double)T * (double)K * (double)N;
+    const double st = median3(stream[0], stream[1], stream[2]);
+    *r = (result){qkind_name[kind], T, K, N, sec, (double)bytes / sec * 1e-9, st, (double)bytes / sec * 1e-9 / st,
+                  flops * total / cpu * 1e-9, flops / sec * 1e-9};
+    free(x);
+    free(out);
+    free(pool);
     return 0;
 }
 
@@ -230,7 +327,7 @@ static int bench_attention(anvil_backend *be, int n_threads, int32_t n_seqs, int
     double kv_bytes = 2.0 * (double)n_seqs * (ctx + 1) * (double)kw * 4;
     double stream = anvil_cpu_stream_read_gbps((size_t)kv_bytes, n_threads);
     *r = (result){"attention", n_seqs, ctx, 0, times[reps / 2], kv_bytes / times[reps / 2] * 1e-9, stream,
-                  kv_bytes / times[reps / 2] * 1e-9 / stream, 0};
+                  kv_bytes / times[reps / 2] * 1e-9 / stream, 0, 0};
     free(kc);
     free(vc);
     free(q);
@@ -263,7 +360,7 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn] [--tokens T] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -281,13 +378,13 @@ int main(int argc, char **argv)
     static const int64_t gemv_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}, {2048, 128256}};
     static const int64_t gemm_shapes[][2] = {{2048, 2048}, {2048, 512}, {2048, 8192}, {8192, 2048}};
     static const int64_t gemm_tokens[] = {16, 128, 512};
-    result res[40];
+    result res[120];
     int n_res = 0;
 
     printf("GEMV, T = 1, bf16 weights (GB/s of weights; stream = plain read of the same bytes, same threads;\n"
            "medians of %d alternating rounds)\n", GEMV_ROUNDS);
     printf("%8s %8s %10s %10s %10s %10s %8s\n", "K", "N", "MB", "us", "GB/s", "stream", "%");
-    for (size_t i = 0; strcmp(only, "gemm") != 0 && strcmp(only, "attn") != 0 && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
+    for (size_t i = 0; strcmp(only, "gemm") != 0 && strcmp(only, "attn") != 0 && strcmp(only, "quant") != 0 && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++) {
         result *r = &res[n_res];
         if (bench_gemv(be, n_threads, gemv_shapes[i][0], gemv_shapes[i][1], quick, r) != 0)
             return 1;
@@ -300,7 +397,7 @@ int main(int argc, char **argv)
            "cpu = GFLOP per CPU-second of the process: one core's FMA peak is the peak / threads when\n"
            "measured on an idle machine)\n");
     printf("%8s %8s %8s %10s %10s %8s %10s\n", "T", "K", "N", "ms", "GFLOP/s", "%peak", "cpu");
-    for (size_t t = 0; strcmp(only, "gemv") != 0 && strcmp(only, "attn") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
+    for (size_t t = 0; strcmp(only, "gemv") != 0 && strcmp(only, "attn") != 0 && strcmp(only, "quant") != 0 && t < sizeof gemm_tokens / sizeof gemm_tokens[0]; t++)
         for (size_t i = 0; (only_t == 0 || only_t == gemm_tokens[t]) && i < sizeof gemm_shapes / sizeof gemm_shapes[0]; i++) {
             result *r = &res[n_res];
             if (bench_gemm(be, peak, gemm_tokens[t], gemm_shapes[i][0], gemm_shapes[i][1], quick, r) != 0)
@@ -311,12 +408,35 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
 
+    static const int64_t quant_tokens[] = {1, 2, 4, 16, 128};
+    const int do_quant = strcmp(only, "quant") == 0 || only[0] == 0;
+    if (do_quant) {
+        printf("\nQuantized weights (GB/s of weight bytes incl. scales and zero points; stream = a plain read of\n"
+               "the same bytes; medians of %d alternating rounds; cpu = GFLOP per CPU-second)\n", GEMV_ROUNDS);
+        printf("%10s %5s %6s %7s %10s %8s %8s %9s %8s\n", "weights", "T", "K", "N", "us", "GB/s", "stream",
+               "GFLOP/s", "cpu");
+    }
+    for (size_t t = 0; do_quant && t < sizeof quant_tokens / sizeof quant_tokens[0]; t++)
+        for (size_t i = 0; (only_t == 0 || only_t == quant_tokens[t]) && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++)
+            for (int k = 0; k < QK_COUNT; k++) {
+                if (quant_tokens[t] > 4 && gemv_shapes[i][1] > 8192)
+                    continue; /* the LM head: decode only */
+                result *r = &res[n_res < 119 ? n_res++ : n_res];
+                if (bench_quant(be, n_threads, (qkind)k, quant_tokens[t], gemv_shapes[i][0], gemv_shapes[i][1], quick,
+                                r) != 0)
+                    return 1;
+                printf("%10s %5lld %6lld %7lld %10.1f %8.2f %8.2f %9.1f %8.1f\n", r->kind, (long long)r->T,
+                       (long long)r->K, (long long)r->N, r->seconds * 1e6, r->rate, r->ceiling, r->gflops,
+                       r->cpu_rate);
+                fflush(stdout);
+            }
+
     static const int32_t attn_cases[][2] = {{1, 512}, {1, 4096}, {8, 512}, {8, 4096}};
-    if (strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0) {
+    if (strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0 && strcmp(only, "quant") != 0) {
         printf("\nDecode attention, 32 heads / 8 kv heads x 64, f32 cache (GB/s of K/V read; stream = same bytes)\n");
         printf("%8s %8s %10s %10s %10s %10s %8s\n", "seqs", "context", "MB", "us", "GB/s", "stream", "%");
     }
-    for (size_t i = 0; strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0 && i < 4; i++) {
+    for (size_t i = 0; strcmp(only, "gemv") != 0 && strcmp(only, "gemm") != 0 && strcmp(only, "quant") != 0 && i < 4; i++) {
         result *r = &res[n_res];
         if (bench_attention(be, n_threads, attn_cases[i][0], attn_cases[i][1], quick, r) != 0)
             return 1;
@@ -340,10 +460,10 @@ int main(int argc, char **argv)
             int gemv = strcmp(r->kind, "gemm") != 0;
             fprintf(f,
                     "  {\"kind\": \"%s\", \"T\": %lld, \"K\": %lld, \"N\": %lld, \"seconds\": %.9f, \"%s\": %.3f, "
-                    "\"%s\": %.3f, \"ratio\": %.4f, \"gflops_per_cpu_s\": %.3f}%s\n",
+                    "\"%s\": %.3f, \"ratio\": %.4f, \"gflops_per_cpu_s\": %.3f, \"gflops\": %.3f}%s\n",
                     r->kind, (long long)r->T, (long long)r->K, (long long)r->N, r->seconds,
                     gemv ? "gbps" : "gflops", r->rate, gemv ? "stream_gbps" : "peak_gflops", r->ceiling, r->ratio,
-                    r->cpu_rate, i + 1 < n_res ? "," : "");
+                    r->cpu_rate, r->gflops != 0 ? r->gflops : gemv ? 0 : r->rate, i + 1 < n_res ? "," : "");
         }
         fprintf(f, "]}\n");
         fclose(f);

@@ -87,9 +87,12 @@ static void qweight_free(qweight *qw)
 }
 
 /* Runs one case on every code path: against the reference (|got - want|
- * <= 1e-6 + 2e-6 sum_k |x'_k W_k| (+|b|): f32 accumulation against double),
- * bitwise against each other and against the f32 matmul of the
- * dequantized W with the prepared x. */
+ * <= 1e-6 + 2e-6 sum |products| (+|b|): f32 accumulation against double),
+ * bitwise against each other and, on the f32 path, against the f32 matmul
+ * of the dequantized W with the prepared x; on the int path (int8
+ * activations), within the error of the activations' rounding of that
+ * f32 result: |x - q d| <= d / 2 per element, so |int - f32| <= sum_k
+ * d_b(k) / 2 |W_k| (+ rounding). */
 static void run_case(const q_case *c, kit_backends *kb, uint64_t *rng)
 {
     char name[200];
@@ -118,14 +121,25 @@ static void run_case(const q_case *c, kit_backends *kb, uint64_t *rng)
     for (int64_t t = 0; t < c->T; t++)
         anvil_cpu_quant_prep_row(&qw.q, (float *)x.data + t * c->K, c->K, xp + t * c->K);
     anvil_cpu_quant_dequant_rows(&cq, 0, c->N, wd, c->K);
-    float *scale = malloc((size_t)(c->T * c->N) * 4 + 4);
-    for (int64_t t = 0; t < c->T; t++)
+    const int ip = anvil_cpu_quant_int_path(&cq);
+    float *scale = malloc((size_t)(c->T * c->N) * 4 + 4), *qerr = malloc((size_t)(c->T * c->N) * 4 + 4);
+    void *q8 = malloc(anvil_cpu_q8_bytes(c->K) + 1);
+    const anvil_cpu_q8 a8 = anvil_cpu_q8_at(q8, 1, c->K, 0);
+    for (int64_t t = 0; t < c->T; t++) {
+        if (ip)
+            anvil_cpu_quant_prep_q8(&cq, (float *)x.data + t * c->K, a8);
         for (int64_t n = 0; n < c->N; n++) {
-            double s = pb ? fabs(anvil_cpu_load_elem(b.data, bdt, n)) : 0.0;
-            for (int64_t k = 0; k < c->K; k++)
+            double s = pb ? fabs(anvil_cpu_load_elem(b.data, bdt, n)) : 0.0, e = 0.0;
+            for (int64_t k = 0; k < c->K; k++) {
                 s += fabs((double)xp[t * c->K + k] * (double)wd[n * c->K + k]);
-            scale[t * c->N + n] = (float)s;
+                if (ip) /* |q d| <= |x| + d / 2: the int products' size and the rounding's error */
+                    e += (double)a8.dl[k / 32 * 8] * fabs((double)wd[n * c->K + k]);
+            }
+            scale[t * c->N + n] = (float)(s + e);
+            qerr[t * c->N + n] = (float)(0.5 * e * 1.001);
         }
+    }
+    free(q8);
     gbuf deq = gbuf_new((size_t)(c->T * c->N) * 4, 0);
     anvil_tensor txp = anvil_tensor_2d(ANVIL_DTYPE_F32, c->T, c->K, xp);
     anvil_tensor twd = anvil_tensor_2d(ANVIL_DTYPE_F32, c->N, c->K, wd);
@@ -137,6 +151,7 @@ static void run_case(const q_case *c, kit_backends *kb, uint64_t *rng)
     KIT_OK(kb->be[0]->ops->matmul(kb->be[0], &txp, &twd, pb != NULL ? &tbf : NULL, &tdeq));
     free(bf);
 
+    gbuf first = {0};
     for (int i = 0; i < kb->n; i++) {
         char pname[260];
         snprintf(pname, sizeof pname, "%s [%s]", name, anvil_cpu_isa_name(kb->isa[i]));
@@ -145,9 +160,22 @@ static void run_case(const q_case *c, kit_backends *kb, uint64_t *rng)
         KIT_OK(kb->be[i]->ops->matmul(kb->be[i], &tx, &qw.t, pb, &tgot));
         gbuf_check(&got, pname);
         kit_expect_close(pname, got.data, want.data, scale, c->T * c->N, 1e-6f, 2e-6f);
-        kit_expect_bitwise(pname, got.data, deq.data, got.bytes);
-        gbuf_free(&got);
+        if (!ip)
+            kit_expect_bitwise(pname, got.data, deq.data, got.bytes);
+        else {
+            for (int64_t e = 0; e < c->T * c->N; e++)
+                qerr[e] += 1e-5f + 4e-6f * scale[e];
+            kit_expect_close(pname, got.data, deq.data, qerr, c->T * c->N, 0.0f, 1.0f);
+        }
+        if (i == 0)
+            first = got;
+        else {
+            kit_expect_bitwise(pname, got.data, first.data, got.bytes);
+            gbuf_free(&got);
+        }
     }
+    gbuf_free(&first);
+    free(qerr);
     gbuf_check(&qw.w, name);
     free(xp);
     free(wd);
@@ -180,7 +208,9 @@ static void test_quant_vs_reference(void **state)
         int64_t mult = c.group > 0 ? c.group : 1;
         c.K = mult * rand_in(&rng, 1, c.group > 0 ? 640 / c.group + 1 : 700);
         if (c.group == 0 && i % 4 == 0)
-            c.K |= 1; /* odd widths: u4 rows that start mid-byte */
+            c.K |= 1; /* odd widths: u4 rows that start mid-byte (the f32 path) */
+        else if (c.group == 0 && i % 4 == 2)
+            c.K = 32 * rand_in(&rng, 1, 21); /* per channel on the int path */
         c.N = rand_in(&rng, 1, 80) | 1;
         c.T = i < 12 ? (i % 4) + 1 : rand_in(&rng, 1, 70);
         c.zeros = c.dt == ANVIL_DTYPE_U4 && (i / 2) % 2 == 0;
@@ -350,7 +380,43 @@ static void test_quant_values(void **state)
     q8.act = ANVIL_QUANT_ACT_NONE; /* weight-only: x as it is */
     KIT_OK(kb.be[kb.n - 1]->ops->matmul(kb.be[kb.n - 1], &tx3, &t8, NULL, &to));
     assert_float_equal(out[0], 1.0f + 2.0f * 0.3f, 1e-6);
+    /* The int path (K a multiple of 32): x is rounded to int8 per block of
+     * 32, q = rint(x / d), d = max|x| / 127. A block whose largest value
+     * is 127 has d = 1: its integers stay, and 0.3 rounds to 0. u4 v_k =
+     * k % 16, zero point 8, scale 0.5. */
+    uint8_t w32[16];
+    float x32[32], s32 = 0.5f;
+    for (int i = 0; i < 16; i++)
+        w32[i] = (uint8_t)(((2 * i + 1) % 16) << 4 | (2 * i) % 16);
+    double want32 = 0.0;
+    for (int k = 0; k < 32; k++) {
+        x32[k] = k == 0 ? 127.0f : k == 5 ? 0.3f : (float)(k - 16);
+        want32 += (k == 5 ? 0.0 : (double)x32[k]) * (double)(k % 16 - 8) * 0.5;
+    }
+    anvil_quant q32 = {.scales = &s32};
+    anvil_tensor t32 = anvil_tensor_2d(ANVIL_DTYPE_U4, 1, 32, w32);
+    t32.quant = &q32;
+    anvil_tensor tx32 = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 32, x32);
+    KIT_OK(anvil_cpu_ref_matmul(&tx32, &t32, NULL, &tw_));
+    assert_float_equal(want[0], want32, 1e-4);
+    for (int b = 0; b < kb.n; b++) {
+        KIT_OK(kb.be[b]->ops->matmul(kb.be[b], &tx32, &t32, NULL, &to));
+        assert_float_equal(out[0], want32, 1e-4);
+    }
     kit_backends_free(&kb);
+}
+
+/* The kernels' fp8 conversion equals core's on all 256 values. */
+static void test_quant_fp8_exhaustive(void **state)
+{
+    (void)state;
+    for (int q = 0; q < 256; q++) {
+        const float a = anvil_cpu_fp8_to_f32((uint8_t)q), b = anvil_fp8_e4m3_to_f32((uint8_t)q);
+        if (isnan(b))
+            assert_true(isnan(a));
+        else if (memcmp(&a, &b, sizeof a) != 0)
+            fail_msg("fp8 0x%02x: %.9g, core says %.9g", q, a, b);
+    }
 }
 
 static void test_quant_errors(void **state)
@@ -421,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_quant_invariance),
         cmocka_unit_test(test_quant_fused),
         cmocka_unit_test(test_quant_values),
+        cmocka_unit_test(test_quant_fp8_exhaustive),
         cmocka_unit_test(test_quant_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

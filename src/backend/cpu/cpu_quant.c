@@ -52,7 +52,7 @@ anvil_cpu_qw anvil_cpu_qw_of(const anvil_tensor *w)
 /* fp8(v / sx) * sx, one rounding each */
 static float fp8_round(float v, float sx)
 {
-    return anvil_fp8_e4m3_to_f32(anvil_f32_to_fp8_e4m3(v / sx)) * sx;
+    return anvil_cpu_fp8_to_f32(anvil_f32_to_fp8_e4m3(v / sx)) * sx;
 }
 
 void anvil_cpu_quant_prep_row(const anvil_quant *q, const float *x, int64_t K, float *dst)
@@ -77,11 +77,57 @@ void anvil_cpu_quant_prep_row(const anvil_quant *q, const float *x, int64_t K, f
         dst[k] = fp8_round(dst[k], sx);
 }
 
+void anvil_cpu_quant_prep_q8(const anvil_cpu_qw *qw, const float *x, anvil_cpu_q8 a)
+{
+    const int32_t *perm = qw->q->perm;
+    const int64_t nb = qw->K / ANVIL_CPU_QB;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t k0 = b * ANVIL_CPU_QB;
+        float v[ANVIL_CPU_QB], amax = 0.0f;
+        for (int p = 0; p < ANVIL_CPU_QB; p++) {
+            const int64_t k = k0 + anvil_cpu_quant_kmap(qw->dt, p);
+            v[p] = x[perm != NULL ? perm[k] : k];
+            amax = fabsf(v[p]) > amax ? fabsf(v[p]) : amax;
+        }
+        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        int8_t *q = a.q + k0;
+        for (int p = 0; p < ANVIL_CPU_QB; p++) {
+            const float r = rintf(v[p] * id);
+            q[p] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : r == r ? (int)r : 0);
+        }
+        for (int l = 0; l < 8; l++) {
+            a.dl[b * 8 + l] = d;
+            a.qs[b * 8 + l] = (float)(q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3]);
+        }
+    }
+}
+
 void anvil_cpu_quant_dequant_rows(const anvil_cpu_qw *qw, int64_t n, int64_t nr, float *dst, int64_t ld)
 {
-    for (int64_t r = 0; r < nr; r++)
-        for (int64_t k = 0; k < qw->K; k++)
-            dst[r * ld + k] = anvil_cpu_quant_value(qw, n + r, k);
+    const int64_t K = qw->K;
+    const uint8_t *w = qw->w;
+    for (int64_t r = 0; r < nr; r++) {
+        float *d = dst + r * ld;
+        for (int64_t g = 0; g < qw->G; g++) {
+            const int64_t i = (n + r) * qw->G + g, k0 = g * qw->gs, k1 = k0 + qw->gs;
+            const float s = qw->q->scales[i];
+            const int64_t base = (n + r) * K;
+            /* one loop per dtype, so the compiler vectorizes each */
+            if (qw->dt == ANVIL_DTYPE_F8_E4M3) {
+                for (int64_t k = k0; k < k1; k++)
+                    d[k] = anvil_cpu_fp8_to_f32(w[base + k]) * s;
+            } else if (qw->dt == ANVIL_DTYPE_I8) {
+                for (int64_t k = k0; k < k1; k++)
+                    d[k] = (float)(int8_t)w[base + k] * s;
+            } else {
+                const int z = qw->q->zeros != NULL ? qw->q->zeros[i] : 8;
+                for (int64_t k = k0; k < k1; k++) {
+                    const int64_t e = base + k;
+                    d[k] = (float)(((e & 1) ? w[e >> 1] >> 4 : w[e >> 1] & 15) - z) * s;
+                }
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- driver
@@ -154,6 +200,81 @@ static void q_task(void *ctx, int ith, int nth)
     }
 }
 
+/* ---------------------------------------------------------------- int path
+ * First the tokens' int8 activations (a task per token range), into the
+ * backend's scratch used as one shared buffer (the int kernels need no
+ * per-thread scratch, so the whole arena, n_threads x stride bytes, is
+ * free), then the kernel over rows (or tokens, when the rows are too few
+ * to go round), in units of QI_UNIT (a multiple of every tile). */
+
+#define QI_UNIT 4
+
+typedef struct qi_job {
+    const anvil_cpu_qw *qw;
+    const float *x;
+    void *xq;
+    anvil_cpu_qmm_fn fn;
+    anvil_cpu_qmm m;
+    int split_tokens;
+} qi_job;
+
+static void qi_prep_task(void *ctx, int ith, int nth)
+{
+    qi_job *job = ctx;
+    int64_t t0, t1;
+    anvil_cpu_split(job->m.T, 1, ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++)
+        anvil_cpu_quant_prep_q8(job->qw, job->x + t * job->qw->K, anvil_cpu_q8_at(job->xq, job->m.T, job->qw->K, t));
+}
+
+static void qi_task(void *ctx, int ith, int nth)
+{
+    qi_job *job = ctx;
+    int64_t t0 = 0, t1 = job->m.T, n0 = 0, n1 = job->qw->N;
+    if (job->split_tokens)
+        anvil_cpu_split(job->m.T, QI_UNIT, ith, nth, &t0, &t1);
+    else
+        anvil_cpu_split(job->qw->N, QI_UNIT, ith, nth, &n0, &n1);
+    if (t0 < t1 && n0 < n1)
+        job->fn(&job->m, t0, t1, n0, n1);
+}
+
+static anvil_cpu_qmm_fn qi_kernel(anvil_cpu_isa isa)
+{
+#if defined(__x86_64__)
+    if (isa == ANVIL_CPU_ISA_AVX512)
+        return __builtin_cpu_supports("avx512vnni") ? anvil_cpu_qmm_avx512vnni : anvil_cpu_qmm_avx512;
+    if (isa == ANVIL_CPU_ISA_AVX2)
+        return anvil_cpu_qmm_avx2;
+#endif
+    (void)isa;
+    return anvil_cpu_qmm_scalar;
+}
+
+static anvil_status quant_matmul_int(anvil_cpu_backend *cb, const anvil_cpu_qw *qw, const anvil_tensor *x,
+                                     const anvil_tensor *bias, anvil_tensor *out)
+{
+    const int64_t T = x->shape[0], N = qw->N;
+    const size_t bytes = (size_t)T * anvil_cpu_q8_bytes(qw->K);
+    TRY(anvil_cpu_scratch_reserve(cb, (bytes + (size_t)cb->n_threads - 1) / (size_t)cb->n_threads));
+    qi_job job = {
+        .qw = qw,
+        .x = x->data,
+        .xq = cb->scratch,
+        .fn = qi_kernel(cb->isa),
+        .m = {.qw = *qw,
+              .xq = cb->scratch,
+              .bias = bias != NULL ? bias->data : NULL,
+              .bias_dt = bias != NULL ? bias->dtype : ANVIL_DTYPE_F32,
+              .out = out->data,
+              .T = T},
+    };
+    anvil_threadpool_run(cb->pool, qi_prep_task, &job);
+    job.split_tokens = T > 8 && (N + QI_UNIT - 1) / QI_UNIT < 4 * (int64_t)cb->n_threads;
+    anvil_threadpool_run(cb->pool, qi_task, &job);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kernels *kern, const anvil_tensor *x,
                                     const anvil_tensor *w, const anvil_tensor *bias, anvil_tensor *out)
 {
@@ -170,6 +291,8 @@ anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kerne
     const int64_t K = job.qw.K, N = job.qw.N;
     if (job.T == 0 || N == 0)
         return ANVIL_OK;
+    if (anvil_cpu_quant_int_path(&job.qw))
+        return quant_matmul_int(cb, &job.qw, x, bias, out);
     const size_t mm_bytes = (anvil_cpu_mm_scratch_bytes(&kern->mm_shape, K) + 63) / 64 * 64;
     job.mm_floats = mm_bytes / sizeof(float);
     size_t floats = (size_t)QR * (size_t)K + (size_t)QT * QR;

@@ -53,12 +53,49 @@ anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tenso
     return ANVIL_OK;
 }
 
+/* int8/int4 weights on the int path (cpu_quant.h): each row of x
+ * quantized to int8 per block of 32 (anvil_cpu_quant_prep_q8), then
+ * sum over blocks b of fl(d_b * s) * sum_k q_k (v_k - z), in double. */
+static anvil_status ref_matmul_quant_int(const anvil_cpu_qw *qw, const anvil_tensor *x, const anvil_tensor *bias,
+                                         anvil_tensor *out)
+{
+    const int64_t T = x->shape[0], K = qw->K, N = qw->N, nb = K / ANVIL_CPU_QB;
+    void *buf = malloc(anvil_cpu_q8_bytes(K) + 1);
+    CHECK(buf != NULL, ANVIL_ERR_OOM, "matmul reference: out of memory");
+    const anvil_cpu_q8 a = anvil_cpu_q8_at(buf, 1, K, 0);
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t t = 0; t < T; t++) {
+        anvil_cpu_quant_prep_q8(qw, xs + t * K, a);
+        for (int64_t n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int64_t b = 0; b < nb; b++) {
+                const int64_t g = n * qw->G + b * ANVIL_CPU_QB / qw->gs;
+                const int z = qw->dt == ANVIL_DTYPE_U4 ? (qw->q->zeros != NULL ? qw->q->zeros[g] : 8) : 0;
+                int64_t sum = 0;
+                for (int p = 0; p < ANVIL_CPU_QB; p++) {
+                    const int64_t k = b * ANVIL_CPU_QB + anvil_cpu_quant_kmap(qw->dt, p);
+                    sum += (int64_t)a.q[b * ANVIL_CPU_QB + p] * ((int64_t)anvil_cpu_quant_raw(qw, n, k) - z);
+                }
+                acc += (double)(a.dl[b * 8] * qw->q->scales[g]) * (double)sum;
+            }
+            if (bias != NULL)
+                acc += (double)anvil_cpu_load_elem(bias->data, bias->dtype, n);
+            o[t * N + n] = (float)acc;
+        }
+    }
+    free(buf);
+    return ANVIL_OK;
+}
+
 /* A quantized w (cpu_quant.h): each row of x prepared (perm, fp8
  * rounding), then sum_k x'[k] * W[n][k] in double, W[n][k] = fl((v - z) * s). */
 static anvil_status ref_matmul_quant(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                      anvil_tensor *out)
 {
     const anvil_cpu_qw qw = anvil_cpu_qw_of(w);
+    if (anvil_cpu_quant_int_path(&qw))
+        return ref_matmul_quant_int(&qw, x, bias, out);
     int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
     float *xr = malloc((size_t)(K > 0 ? K : 1) * sizeof(float));
     CHECK(xr != NULL, ANVIL_ERR_OOM, "matmul reference: out of memory");

@@ -32,7 +32,9 @@ anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tenso
 /* out[t, n] = sum_k x[t, k] * w[n, k] (+ bias[n]), summed in double.
  * A quantized w (w->quant, cpu_quant.h): sum_k x'[t, k] * W[n, k], with
  * W[n, k] = fl((v - z) * s) and x' the row permuted (perm) and, for fp8
- * activations, rounded to fp8 (anvil_cpu_quant_prep_row). */
+ * activations, rounded to fp8 (anvil_cpu_quant_prep_row); int8/int4
+ * weights on the int path (anvil_cpu_quant_int_path): x' quantized to int8
+ * per block of 32 columns, sum_b fl(d_b * s) * sum_k q_k (v_k - z). */
 anvil_status anvil_cpu_ref_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                   anvil_tensor *out);
 

@@ -1,0 +1,144 @@
+/*
+ * cpu_quant_avx512.h: the int path's AVX-512 kernel (cpu_quant.h), for
+ * cpu_quant_avx512.c (AVX-512 BW: maddubs + madd) and
+ * cpu_quant_avx512vnni.c (vpdpbusd). Define QI_VNNI (0 or 1) and QI_ENTRY
+ * first. A zmm holds two blocks of 32 columns: lanes 0-7 the even block's,
+ * 8-15 the odd one's, which is the definition's lane order, so one
+ * accumulator per output; an odd last block runs zero-extended (its upper
+ * lanes add fma(0, 0) = nothing). The lanes' integer sums are exact either
+ * way, so both variants give the bits of the other paths.
+ */
+#if QI_VNNI
+#define QI_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+#else
+#define QI_TARGET "avx512f,avx512bw,avx512vl,avx2,fma,f16c"
+#endif
+#define QFN __attribute__((target(QI_TARGET)))
+#ifndef ANVIL_CPU_SANITIZED
+#define QI_INLINE static inline __attribute__((always_inline, target(QI_TARGET)))
+#else
+#define QI_INLINE static inline __attribute__((target(QI_TARGET)))
+#endif
+
+/* two per-block values as the 16 lanes: v0 in 0-7, v1 in 8-15 */
+QI_INLINE __m512 q_pair(float v0, float v1)
+{
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(v0)),
+                                               _mm256_castps_pd(_mm256_set1_ps(v1)), 1));
+}
+
+/* The 32-byte blocks b, b + 1 (one: the second zero) of R rows x TT tokens. */
+QI_INLINE void q_pairs(const int R, const int TT, const anvil_dtype DT, const int one, int64_t b,
+                       const uint8_t *const *wr, const __m512 *sv, const __m512 *zv, const anvil_cpu_q8 *a,
+                       __m512 (*acc)[4])
+{
+    __m512i qv[4];
+    __m512 dv[4], qsv[4];
+    for (int j = 0; j < TT; j++) {
+        if (one) {
+            qv[j] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(a[j].q + b * 32)));
+            dv[j] = _mm512_zextps256_ps512(_mm256_loadu_ps(a[j].dl + b * 8));
+            qsv[j] = _mm512_zextps256_ps512(_mm256_loadu_ps(a[j].qs + b * 8));
+        } else {
+            qv[j] = _mm512_loadu_si512((const void *)(a[j].q + b * 32));
+            dv[j] = _mm512_loadu_ps(a[j].dl + b * 8);
+            qsv[j] = _mm512_loadu_ps(a[j].qs + b * 8);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        __m512i wv;
+        if (DT == ANVIL_DTYPE_U4) {
+            if (one) {
+                const __m128i by = _mm_loadu_si128((const __m128i *)(const void *)(wr[r] + b * 16));
+                const __m128i m4 = _mm_set1_epi8(0x0F);
+                wv = _mm512_zextsi256_si512(
+                    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(by, 4), m4), _mm_and_si128(by, m4)));
+            } else {
+                const __m256i by = _mm256_loadu_si256((const __m256i *)(const void *)(wr[r] + b * 16));
+                const __m256i m4 = _mm256_set1_epi8(0x0F);
+                const __m256i lo = _mm256_and_si256(by, m4), hi = _mm256_and_si256(_mm256_srli_epi16(by, 4), m4);
+                /* quarters [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1]: each block's low nibbles, then high */
+                const __m512i t4 = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                wv = _mm512_shuffle_i64x2(t4, t4, _MM_SHUFFLE(3, 1, 2, 0));
+            }
+        } else {
+            wv = one ? _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(wr[r] + b * 32)))
+                     : _mm512_loadu_si512((const void *)(wr[r] + b * 32));
+        }
+        __m512i uw = wv; /* the unsigned operand */
+        __mmask64 neg = 0;
+        if (DT == ANVIL_DTYPE_I8) {
+            uw = _mm512_abs_epi8(wv);
+            neg = _mm512_movepi8_mask(wv);
+        }
+        for (int j = 0; j < TT; j++) {
+            /* i8: q with w's sign (where w is 0, |w| is 0: the product too) */
+            const __m512i qs8 =
+                DT == ANVIL_DTYPE_I8 ? _mm512_mask_sub_epi8(qv[j], neg, _mm512_setzero_si512(), qv[j]) : qv[j];
+#if QI_VNNI
+            const __m512i i32 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), uw, qs8);
+#else
+            const __m512i i32 = _mm512_madd_epi16(_mm512_maddubs_epi16(uw, qs8), _mm512_set1_epi16(1));
+#endif
+            __m512 f = _mm512_cvtepi32_ps(i32);
+            if (DT == ANVIL_DTYPE_U4)
+                f = _mm512_fnmadd_ps(zv[r], qsv[j], f);
+            acc[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(dv[j], sv[r]), f, acc[r][j]);
+        }
+    }
+}
+
+/* scale (and zero point) vectors of R rows for the blocks b and b + 1 */
+QI_INLINE void q_scales2(const int R, const anvil_dtype DT, const anvil_cpu_qw *qw, int64_t n, int64_t b,
+                         int64_t nb, __m512 *sv, __m512 *zv)
+{
+    const int64_t g0 = b * ANVIL_CPU_QB / qw->gs, g1 = b + 1 < nb ? (b + 1) * ANVIL_CPU_QB / qw->gs : g0;
+    for (int r = 0; r < R; r++) {
+        const int64_t i0 = (n + r) * qw->G + g0, i1 = (n + r) * qw->G + g1;
+        sv[r] = q_pair(qw->q->scales[i0], qw->q->scales[i1]);
+        if (DT == ANVIL_DTYPE_U4) {
+            const uint8_t *zp = qw->q->zeros;
+            zv[r] = q_pair(zp != NULL ? (float)zp[i0] : 8.0f, zp != NULL ? (float)zp[i1] : 8.0f);
+        }
+    }
+}
+
+QI_INLINE void q_tile(const int R, const int TT, const anvil_dtype DT, const anvil_cpu_qmm *m, int64_t n, int64_t t)
+{
+    const anvil_cpu_qw *qw = &m->qw;
+    const int64_t K = qw->K, nb = K / ANVIL_CPU_QB, bpg = qw->gs / ANVIL_CPU_QB;
+    const int64_t rb = DT == ANVIL_DTYPE_U4 ? K / 2 : K;
+    __m512 acc[4][4], sv[4], zv[4];
+    anvil_cpu_q8 a[4];
+    const uint8_t *wr[4];
+    for (int j = 0; j < TT; j++)
+        a[j] = anvil_cpu_q8_at(m->xq, m->T, K, t + j);
+    for (int r = 0; r < R; r++) {
+        wr[r] = (const uint8_t *)qw->w + (n + r) * rb;
+        for (int j = 0; j < TT; j++)
+            acc[r][j] = _mm512_setzero_ps();
+    }
+    int64_t b = 0;
+    if (bpg % 2 == 0) { /* a pair never straddles two groups: scales per group */
+        for (int64_t g = 0; b < nb; g++) {
+            q_scales2(R, DT, qw, n, b, nb, sv, zv);
+            const int64_t be = b + bpg;
+            for (; b + 2 <= be; b += 2)
+                q_pairs(R, TT, DT, 0, b, wr, sv, zv, a, acc);
+        }
+    } else {
+        for (; b + 2 <= nb; b += 2) {
+            q_scales2(R, DT, qw, n, b, nb, sv, zv);
+            q_pairs(R, TT, DT, 0, b, wr, sv, zv, a, acc);
+        }
+        if (b < nb) {
+            q_scales2(R, DT, qw, n, b, nb, sv, zv);
+            q_pairs(R, TT, DT, 1, b, wr, sv, zv, a, acc);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < TT; j++)
+            m->out[(t + j) * qw->N + n + r] = anvil_cpu_qmm_out(m, n + r, v_reduce(acc[r][j]));
+}
+
+#include "backend/cpu/cpu_quant_tmpl.h"
