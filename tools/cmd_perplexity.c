@@ -272,12 +272,32 @@ static int model_window(ppl_model *m, const int32_t *tokens, const int32_t *posi
     return 0;
 }
 
-static void print_human(const ppl_args *a, const ppl_summary *s, int has_base, int32_t ctx, int64_t windows,
-                        int64_t n_input, double seconds, int interrupted)
+/* What a runtime computes with: the line after "model:" and the JSON keys. */
+static void print_model_line(const char *what, const ppl_model *m)
 {
-    printf("model: %s\n", a->model);
+    printf("%s: %s (weights %.1f MiB, compute %s, KV cache %s)\n", what, m->path,
+           (double)anvil_runtime_weight_bytes(m->rt) / 1048576.0,
+           anvil_dtype_name(anvil_runtime_compute_dtype(m->rt)),
+           anvil_dtype_name(anvil_runtime_kv_cache_dtype(m->rt)));
+}
+
+static int json_model(json_t *o, const char *prefix, const ppl_model *m)
+{
+    char k1[64], k2[64], k3[64];
+    snprintf(k1, sizeof k1, "%s_weight_bytes", prefix);
+    snprintf(k2, sizeof k2, "%s_compute_dtype", prefix);
+    snprintf(k3, sizeof k3, "%s_kv_cache_dtype", prefix);
+    return json_object_set_new(o, k1, json_integer((json_int_t)anvil_runtime_weight_bytes(m->rt))) ||
+           json_object_set_new(o, k2, json_string(anvil_dtype_name(anvil_runtime_compute_dtype(m->rt)))) ||
+           json_object_set_new(o, k3, json_string(anvil_dtype_name(anvil_runtime_kv_cache_dtype(m->rt))));
+}
+
+static void print_human(const ppl_model *m, const ppl_model *b, const ppl_summary *s, int has_base,
+                        int32_t ctx, int64_t windows, int64_t n_input, double seconds, int interrupted)
+{
+    print_model_line("model", m);
     if (has_base)
-        printf("base: %s\n", a->base);
+        print_model_line("base", b);
     printf("windows: %lld of %d tokens (%lld of the input's %lld tokens), %lld tokens scored%s\n",
            (long long)windows, ctx, (long long)windows * ctx, (long long)n_input, (long long)s->n,
            interrupted ? " (interrupted)" : "");
@@ -299,15 +319,16 @@ static void print_human(const ppl_args *a, const ppl_summary *s, int has_base, i
            s->dp_mean, s->dp_rms, s->abs_dp_p99, s->abs_dp_p999, s->abs_dp_max);
 }
 
-static int print_json(const ppl_args *a, const ppl_summary *s, int has_base, int32_t ctx, int64_t windows,
-                      int64_t n_input, double seconds, int interrupted)
+static int print_json(const ppl_args *a, const ppl_model *m, const ppl_model *b, const ppl_summary *s,
+                      int has_base, int32_t ctx, int64_t windows, int64_t n_input, double seconds,
+                      int interrupted)
 {
     json_t *o = json_pack("{s:s, s:i, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:b}", "model", a->model, "ctx", ctx,
                           "windows", (json_int_t)windows, "input_tokens", (json_int_t)n_input,
                           "tokens_scored", (json_int_t)s->n, "seconds", seconds, "mean_nll", s->mean_nll,
                           "perplexity", s->ppl, "perplexity_stderr", s->ppl_err, "interrupted", interrupted);
     if (o && has_base) {
-        json_t *b =
+        json_t *j =
             json_pack("{s:s, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, "
                       "s:f, s:f, s:f}",
                       "base", a->base, "base_mean_nll", s->mean_nll_base, "base_perplexity", s->base_ppl,
@@ -317,11 +338,15 @@ static int print_json(const ppl_args *a, const ppl_summary *s, int has_base, int
                       s->kl_max, "top1_agreement", s->top1, "top1_agreement_stderr", s->top1_err, "dp_mean",
                       s->dp_mean, "dp_rms", s->dp_rms, "abs_dp_p99", s->abs_dp_p99, "abs_dp_p999",
                       s->abs_dp_p999, "abs_dp_max", s->abs_dp_max);
-        if (!b || json_object_update(o, b) != 0) {
+        if (!j || json_object_update(o, j) != 0 || json_model(o, "base", b) != 0) {
             json_decref(o);
             o = NULL;
         }
-        json_decref(b);
+        json_decref(j);
+    }
+    if (o && json_model(o, "model", m) != 0) {
+        json_decref(o);
+        o = NULL;
     }
     char *text = o ? json_dumps(o, JSON_INDENT(1) | JSON_REAL_PRECISION(10)) : NULL;
     json_decref(o);
@@ -453,10 +478,10 @@ int anvil_cmd_perplexity(int argc, char **argv)
         goto done;
     }
     if (a.json) {
-        if (print_json(&a, &s, has_base, ctx, w, n_ids, seconds, interrupted) != 0)
+        if (print_json(&a, &m, &b, &s, has_base, ctx, w, n_ids, seconds, interrupted) != 0)
             goto done;
     } else {
-        print_human(&a, &s, has_base, ctx, w, n_ids, seconds, interrupted);
+        print_human(&m, &b, &s, has_base, ctx, w, n_ids, seconds, interrupted);
     }
     rc = fflush(stdout) != 0 ? 1 : interrupted ? 130 : 0;
 done:
