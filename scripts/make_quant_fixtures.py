@@ -15,7 +15,10 @@ reference.safetensors holds:
   prompt<i>.ids     I64 [T]     the prompt (BOS first)
   prompt<i>.logits  F32 [T, V]  logits at every position, float32
   prompt<i>.greedy  I64 [16]    greedy continuation
-  dequant.<module>  F32 [N, K]  layer 0's k_proj dequantized by the format's formula
+  dequant.<module>  F32 [N, K]  layer 0's k_proj dequantized
+and for the int8/int4 formats the same logits and greedy continuation with
+each quantized linear's input rounded as anvil's CPU int path rounds it
+(prompt<i>.logits_a8, prompt<i>.greedy_a8: int8 per block of 32 columns) by the format's formula
 computed from the weights dequantized by the format's published formula
 (activations of W8A8 formats rounded to fp8 as the format says), in
 float32 with transformers' LlamaForCausalLM. Where transformers itself
@@ -261,6 +264,8 @@ def ct_args(num_bits, typ, strategy, group_size=None, dynamic=False):
             "observer_kwargs": {}}
 
 
+INT_NAMES = ("ct-w8a16", "ct-w4a16", "awq-gemm", "gptq", "gptq-descact")
+
 FORMATS = {
     "modelopt-fp8": dict(q=q_modelopt_fp8, act="static",
                          config={"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": None,
@@ -324,17 +329,39 @@ def fp8_qdq_rows(x, scale=None):
     return to_fp8(x / scale).float() * scale
 
 
-def reference_model(base, deq, act, input_scales):
+def int8_blocks(x, perm=None):
+    """anvil's CPU int path (docs/cpu-backend.md, as llama.cpp's Q8_0): the
+    row permuted by perm, rounded to int8 per block of 32 columns with
+    d = max|block| / 127, q = rint(x * (1 / d)) in -127..127."""
+    if perm is not None:
+        x = x[..., perm]
+    sh = x.shape
+    xb = x.reshape(*sh[:-1], sh[-1] // 32, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(d > 0, torch.round(xb * (1 / d)).clamp(-127, 127), torch.zeros_like(xb))
+    y = (q * d).reshape(sh)
+    if perm is not None:
+        out = torch.empty_like(y)
+        out[..., perm] = y
+        y = out
+    return y
+
+
+def reference_model(base, deq, act, input_scales, perms=None):
     m = LlamaForCausalLM(base.config).float().eval()
     sd = {k: v.float() for k, v in base.state_dict().items()}
     for mod, w in deq.items():
         sd[mod + ".weight"] = w
     m.load_state_dict(sd)
-    if act:
+    if act in ("static", "dynamic"):
         for name, mod in m.named_modules():
             if name in deq:
                 sc = input_scales.get(name) if act == "static" else None
                 mod.register_forward_pre_hook(lambda _m, a, sc=sc: (fp8_qdq_rows(a[0], sc),))
+    elif act == "int8_blocks":
+        for name, mod in m.named_modules():
+            if name in deq:
+                mod.register_forward_pre_hook(lambda _m, a, p=perms.get(name): (int8_blocks(a[0], p),))
     return m
 
 
@@ -390,6 +417,7 @@ def main():
         cfg = base.config.to_dict()
         cfg["quantization_config"] = spec["config"]
         cfg["dtype"] = "bfloat16"
+        cfg["architectures"] = ["LlamaForCausalLM"]  # what save_pretrained writes
         with open(os.path.join(d, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
         if "hf_quant" in spec:
@@ -403,6 +431,16 @@ def main():
         ref = logits_and_greedy(ref_model, ids_list)
         for mod in DEQUANT_KEEP:
             ref[f"dequant.{mod}"] = deq[mod].contiguous()
+        if name in INT_NAMES:
+            # the same with the activations rounded as anvil's CPU int path
+            # rounds them: a second, tight reference for that backend
+            perms = {mod: torch.argsort(tensors[mod + ".g_idx"].long(), stable=True)
+                     for mod in deq if mod + ".g_idx" in tensors
+                     and not torch.equal(tensors[mod + ".g_idx"].long(), torch.arange(deq[mod].shape[1]) // 128)}
+            a8 = logits_and_greedy(reference_model(base, deq, "int8_blocks", {}, perms), ids_list)
+            for k, v in a8.items():
+                if not k.endswith(".ids"):
+                    ref[k.replace(".logits", ".logits_a8").replace(".greedy", ".greedy_a8")] = v
         save_file(ref, os.path.join(d, "reference.safetensors"))
 
         meta = {"how": spec["how"], "torch": torch.__version__,

@@ -129,6 +129,11 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
             ok &= json_object_set_new(q, "act", json_string("fp8_dynamic")) == 0;
         ok &= q != NULL && json_object_set_new(b, "quantization", q) == 0;
     }
+    if (p->prequant.format != ANVIL_QFORMAT_NONE) { /* a pre-quantized checkpoint, converted */
+        json_t *q = json_pack("{s:s, s:s, s:s}", "scheme", anvil_qscheme_name(p->prequant.scheme), "method",
+                              p->prequant.method, "format", anvil_qformat_name(p->prequant.format));
+        ok &= q != NULL && json_object_set_new(b, "quantization", q) == 0;
+    }
     /* tuned kernel choices would go here; anvil's kernels pick at run time
      * from the shapes alone (docs/engine.md) */
     ok &= json_object_set_new(b, "kernels", json_object()) == 0;
@@ -176,6 +181,7 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     anvil_build_plan *plan = NULL;
     anvil_engine_writer *w = NULL;
     json_t *manifest = NULL;
+    anvil_quant_config qc = {0}; /* a pre-quantized checkpoint's */
     build_job job = {0};
     pthread_mutex_init(&job.mu, NULL);
 
@@ -188,8 +194,10 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
         TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
     }
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
-    if (!o.random_weights)
+    if (!o.random_weights) {
         TRY_GOTO(anvil_checkpoint_open_ex(dir, ANVIL_ST_READ, &ck), done);
+        TRY_GOTO(anvil_quant_config_load(dir, &qc), done);
+    }
     else if (o.weight_dtype == ANVIL_DTYPE_COUNT)
         o.weight_dtype = cfg.dtype;
     const anvil_fuse_caps caps = anvil_fuse_caps_all();
@@ -197,7 +205,8 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
                                    .caps = &caps,
                                    .no_fusion = o.no_fusion,
                                    .quantize = o.quantize,
-                                   .quant_group = o.quant_group};
+                                   .quant_group = o.quant_group,
+                                   .prequant = &qc};
     TRY_GOTO(anvil_build_plan_make(net, ck, &po, &plan), done);
     plan->seed = o.seed;
 
@@ -258,6 +267,7 @@ done:
     free(job.free_scratch);
     pthread_mutex_destroy(&job.mu);
     anvil_build_plan_free(plan);
+    anvil_quant_config_free(&qc);
     anvil_checkpoint_close(ck);
     anvil_network_free(net);
     anvil_model_files_close(mf);

@@ -12,6 +12,7 @@
 
 #include "core/checked.h"
 #include "core/error.h"
+#include "builder/prequant.h"
 #include "builder/quantize.h"
 #include "builder/random_weights.h"
 
@@ -349,6 +350,35 @@ static anvil_status quantize_stored(anvil_build_plan *p, int32_t s, int32_t grou
     return ANVIL_OK;
 }
 
+/* Makes stored weight s (just added: the pre-quantized weights ws[0..n))
+ * filled by the pre-quantized converter, with the companions they have.
+ * Fused static input scales take the members' largest (as vLLM does). */
+static anvil_status prequant_stored(anvil_build_plan *p, int32_t s, const anvil_prequant_info *pq,
+                                    const int32_t *ws, int32_t n, int32_t n_members)
+{
+    anvil_stored *t = &p->stored[s];
+    const anvil_prequant_info *a = &pq[ws[0]];
+    const int64_t rows = t->shape[0], k = t->shape[1];
+    t->conv = &anvil_prequant_converter;
+    t->q.group = a->group;
+    t->q.act = a->act;
+    for (int32_t m = 0; m < n; m++)
+        if (pq[ws[m]].input_scale > t->q.input_scale)
+            t->q.input_scale = pq[ws[m]].input_scale;
+    const int64_t g = a->group ? k / a->group : 1;
+    t->q.scales = p->n_stored;
+    TRY(add_companion(p, s, ANVIL_STORED_SCALES, ANVIL_DTYPE_F32, a->group ? 2 : 1, rows, g, n_members));
+    if (a->zeros) {
+        t->q.zeros = p->n_stored;
+        TRY(add_companion(p, s, ANVIL_STORED_ZEROS, ANVIL_DTYPE_U8, 2, rows, g, n_members));
+    }
+    if (a->perm) {
+        t->q.perm = p->n_stored;
+        TRY(add_companion(p, s, ANVIL_STORED_PERM, ANVIL_DTYPE_I32, 1, k, 0, n_members));
+    }
+    return ANVIL_OK;
+}
+
 /* The storage kind of a quantization scheme's weights. */
 static anvil_dtype quant_kind(anvil_quantize q)
 {
@@ -435,9 +465,14 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
     const int32_t nw = anvil_network_weight_count(net), nops = anvil_network_op_count(net);
     anvil_dtype *kinds = malloc((size_t)(nw ? nw : 1) * sizeof *kinds);
     int32_t *uses = calloc((size_t)(nw ? nw : 1), sizeof *uses);
+    anvil_prequant_info *pq = calloc((size_t)(nw ? nw : 1), sizeof *pq);
     anvil_build_plan *p = NULL;
     anvil_status st = ANVIL_OK;
-    CHECK_GOTO(kinds && uses, ANVIL_ERR_OOM, done, "out of memory");
+    CHECK_GOTO(kinds && uses && pq, ANVIL_ERR_OOM, done, "out of memory");
+    const anvil_quant_config *prequant =
+        opts && opts->prequant && opts->prequant->format != ANVIL_QFORMAT_NONE ? opts->prequant : NULL;
+    CHECK_GOTO(!prequant || opts->quantize == ANVIL_QUANTIZE_NONE, ANVIL_ERR_INVALID_ARG, done,
+               "the checkpoint is quantized already (%s): --quantize takes a float checkpoint", prequant->method);
     CHECK_GOTO(ck != NULL || (opts && opts->weight_dtype != ANVIL_DTYPE_COUNT), ANVIL_ERR_INVALID_ARG, done,
                "a plan without a checkpoint needs a weight dtype");
     const anvil_quantize quant = opts ? opts->quantize : ANVIL_QUANTIZE_NONE;
@@ -448,6 +483,13 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
                opts ? opts->quant_group : 0);
     for (int32_t i = 0; i < nw; i++) {
         anvil_dtype src = ANVIL_DTYPE_COUNT;
+        if (prequant && ck != NULL && quantizable(net, i)) {
+            TRY_GOTO(anvil_prequant_probe(prequant, net, i, ck, &pq[i]), done);
+            if (pq[i].quantized) {
+                kinds[i] = pq[i].kind;
+                continue;
+            }
+        }
         if (ck != NULL) /* no checkpoint: random weights, nothing to check */
             TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
         kinds[i] = opts && opts->weight_dtype != ANVIL_DTYPE_COUNT ? opts->weight_dtype : src;
@@ -459,6 +501,11 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
     TRY_GOTO(anvil_build_plan_alloc(nw, nops, 0, &p), done);
     for (int32_t i = 0; i < nw; i++)
         p->weight_stored[i] = -1;
+    if (prequant) {
+        p->prequant = *prequant;
+        p->prequant.ignore = NULL;
+        p->prequant.n_ignore = 0;
+    }
     const int no_fusion = opts == NULL || opts->no_fusion || opts->caps == NULL;
     anvil_fuse *fuse = NULL;
     const anvil_fuse_caps none = {0};
@@ -476,14 +523,16 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
         else if (fuse[i].kind == ANVIL_FUSE_SILU_MUL)
             for (n = 0; n < 2; n++)
                 ws[n] = linear_weight(net, i + n);
-        if (n < 2 || !fusable(p, net, kinds, ws, n))
+        if (n < 2 || !fusable(p, net, kinds, ws, n) || !anvil_prequant_fusable(pq, ws, n))
             continue;
         int once = 1;
         for (int32_t k = 0; k < n; k++)
             once &= uses[ws[k]] == 1;
         if (once) {
             TRY_GOTO(add_stored(p, net, ws, n, kinds[ws[0]], &n_members), done);
-            if (anvil_stored_kind_is_quantized(kinds[ws[0]]))
+            if (pq[ws[0]].quantized)
+                TRY_GOTO(prequant_stored(p, p->n_stored - 1, pq, ws, n, n_members), done);
+            else if (anvil_stored_kind_is_quantized(kinds[ws[0]]))
                 TRY_GOTO(quantize_stored(p, p->n_stored - 1, group, n_members), done);
         }
     }
@@ -491,12 +540,15 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
         if (p->weight_stored[i] >= 0)
             continue;
         TRY_GOTO(add_stored(p, net, &i, 1, kinds[i], &n_members), done);
-        if (anvil_stored_kind_is_quantized(kinds[i]))
+        if (pq[i].quantized)
+            TRY_GOTO(prequant_stored(p, p->n_stored - 1, pq, &i, 1, n_members), done);
+        else if (anvil_stored_kind_is_quantized(kinds[i]))
             TRY_GOTO(quantize_stored(p, p->n_stored - 1, group, n_members), done);
     }
 done:
     free(kinds);
     free(uses);
+    free(pq);
     if (st != ANVIL_OK) {
         anvil_build_plan_free(p);
         return st;

@@ -34,6 +34,7 @@
 #include "core/tensor.h"
 #include "backend/backend.h"
 #include "builder/fuse_plan.h"
+#include "io/quant_config.h"
 #include "io/safetensors.h"
 
 /* Which part of a logical tensor a stored tensor is: rank `rank` of
@@ -111,6 +112,10 @@ struct anvil_build_plan {
     anvil_fuse *fuse;       /* [n_ops] the fusion plan */
     size_t total_bytes;     /* of every stored tensor */
     uint64_t seed;          /* random weights' (fills with no checkpoint) */
+    /* a pre-quantized checkpoint's config (format NONE: none), what
+     * anvil_prequant_converter reads (its ignore list is not kept: the
+     * plan already says which weights are quantized) */
+    anvil_quant_config prequant;
 };
 
 /* A weight and its scales, zero points and permutation at most. */
@@ -138,6 +143,11 @@ typedef struct anvil_plan_options {
      * RTN converter (builder/quantize.c). */
     anvil_quantize quantize;
     int32_t quant_group;
+    /* The checkpoint's quantization config (anvil_quant_config_load; NULL
+     * or format NONE: a plain checkpoint): the linear weights it says are
+     * quantized are stored as they convert to the canonical form
+     * (builder/prequant.h), with their companions. Not with quantize. */
+    const anvil_quant_config *prequant;
 } anvil_plan_options;
 
 /*

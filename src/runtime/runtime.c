@@ -112,6 +112,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->host_logits);
     anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
+    anvil_quant_config_free(&rt->prequant);
     anvil_engine_file_close(rt->engine);
     anvil_network_free(rt->net);
     free(rt);
@@ -529,6 +530,7 @@ static anvil_status load_weights(anvil_runtime *rt)
         const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
         const anvil_plan_options bo = {
             .weight_dtype = rt->opts.weight_dtype, .caps = &caps, .no_fusion = rt->opts.no_fusion,
+            .prequant = &rt->prequant,
         };
         TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
     } else {
@@ -998,7 +1000,10 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         TRY_GOTO(engine_weight_dtype(rt, &wdt), fail);
     } else {
         TRY_GOTO(anvil_checkpoint_open_ex(model_dir, access, &rt->ckpt), fail);
-        TRY_GOTO(check_checkpoint_names(rt), fail);
+        TRY_GOTO(anvil_quant_config_load(model_dir, &rt->prequant), fail);
+        /* a pre-quantized folder has no "<linear>.weight": the plan checks its tensors */
+        if (rt->prequant.format == ANVIL_QFORMAT_NONE)
+            TRY_GOTO(check_checkpoint_names(rt), fail);
     }
     /* activations and KV cache: the dtype the weights are converted to when
      * that is bf16/f16; with weights as stored, a bf16/f16 checkpoint

@@ -29,6 +29,7 @@ struct anvil_runtime {
     int seq_len_from_config;  /* opts.max_seq_len is the config's context (no option gave one) */
     anvil_network *net;
     anvil_checkpoint *ckpt;   /* an HF folder's: kept open while weights point into it */
+    anvil_quant_config prequant; /* an HF folder's quantization config (format NONE: a plain checkpoint) */
     anvil_engine_file *engine; /* an engine file's: likewise */
     anvil_backend *be;
 
