@@ -82,7 +82,9 @@ int ppl_read_ids(const char *tool, const char *path, int64_t vocab_size, int32_t
     int64_t cap = 1024, count = 0;
     int32_t *out = malloc((size_t)cap * sizeof *out);
     const char *p = text;
-    while (out) {
+    if (!out)
+        goto oom;
+    for (;;) {
         while (*p && (isspace((unsigned char)*p) || *p == ',' || *p == '[' || *p == ']'))
             p++;
         if (!*p)
@@ -109,16 +111,12 @@ int ppl_read_ids(const char *tool, const char *path, int64_t vocab_size, int32_t
         if (count == cap) {
             int32_t *o = realloc(out, (size_t)cap * 2 * sizeof *out);
             if (!o)
-                break;
+                goto oom;
             out = o;
             cap *= 2;
         }
         out[count++] = (int32_t)v;
         p = end;
-    }
-    if (!out) {
-        fprintf(stderr, "%s: out of memory reading %s\n", tool, path);
-        goto fail;
     }
     if (count == 0) {
         fprintf(stderr, "%s: %s holds no token ids: there is nothing to score\n", tool, path);
@@ -128,6 +126,8 @@ int ppl_read_ids(const char *tool, const char *path, int64_t vocab_size, int32_t
     *ids = out;
     *n = count;
     return 0;
+oom:
+    fprintf(stderr, "%s: out of memory reading %s\n", tool, path);
 fail:
     free(out);
     free(text);
