@@ -18,8 +18,10 @@
  *   from memory), 16 and 128, at the GEMV shapes.
  *
  *   --tokens T: only the GEMMs (and quantized runs) of T tokens.
+ *   --shape K,N: the quantized runs at this shape only (llama.cpp's
+ *   test-backend-ops perf times MUL_MAT at 14336,4096).
  *
- *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--json FILE]
+ *   usage: bench_cpu_ops [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--shape K,N] [--json FILE]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +271,115 @@ static int bench_quant(anvil_backend *be, int n_threads, qkind kind, int64_t T, 
     return 0;
 }
 
+/* ---------------------------------------------------------------- option (b)
+ * The alternative the int path was measured against (docs/cpu-backend.md,
+ * "Quantized weights"), kept here only as an experiment: int4 weights
+ * (groups of 128, zero points) dequantized to f32 in registers, w = v * s
+ * - z * s (one fma), then f32 fmas with x. x is read in the weights'
+ * nibble order (each 32-column block's even columns, then its odd ones),
+ * as the int path stores its activations, so no shuffles. AVX2 only. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+typedef struct b_job {
+    const uint8_t *w;
+    const float *sc;
+    const uint8_t *zp;
+    const float *x; /* [T, K] in nibble order */
+    float *out;
+    int64_t T, K, N;
+} b_job;
+
+static inline __attribute__((always_inline, target("avx2,fma"))) void b_rows(const int T, const b_job *j, int ith,
+                                                                            int nth)
+{
+    const int64_t K = j->K, G = K / 128;
+    int64_t n0, n1;
+    anvil_cpu_split(j->N, 4, ith, nth, &n0, &n1);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int64_t n = n0; n < n1; n++) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t g = 0; g < G; g++) {
+            const float s = j->sc[n * G + g];
+            const __m256 sv = _mm256_set1_ps(s), zs = _mm256_set1_ps(-(float)j->zp[n * G + g] * s);
+            for (int64_t c = g * 128; c < g * 128 + 128; c += 32) {
+                const __m128i by = _mm_loadu_si128((const __m128i *)(const void *)(j->w + (n * K + c) / 2));
+                const __m128i lo = _mm_and_si128(by, m4), hi = _mm_and_si128(_mm_srli_epi16(by, 4), m4);
+                const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) {
+                    const __m256 wv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[q])), sv, zs);
+#pragma GCC unroll 4
+                    for (int t = 0; t < T; t++)
+                        acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(j->x + t * K + c + q * 8), acc[t]);
+                }
+            }
+        }
+        for (int64_t t = 0; t < T; t++) {
+            float l[8];
+            _mm256_storeu_ps(l, acc[t]);
+            j->out[t * j->N + n] = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void b_task(void *ctx, int ith, int nth)
+{
+    const b_job *j = ctx;
+    switch (j->T) { /* T a constant: the accumulators in registers */
+    case 1: b_rows(1, j, ith, nth); break;
+    case 2: b_rows(2, j, ith, nth); break;
+    case 3: b_rows(3, j, ith, nth); break;
+    default: b_rows(4, j, ith, nth); break;
+    }
+}
+
+/* Times option (b) on int4 weights as bench_quant times the op (T <= 4). */
+static int bench_quant_b(anvil_backend *be, int n_threads, int64_t T, int64_t K, int64_t N, int quick, result *r)
+{
+    size_t sc_off, z_off, bytes = qk_bytes(QK_U4, N, K, &sc_off, &z_off);
+    size_t stride = (bytes + 4095) / 4096 * 4096, n_bufs = (4 * llc_bytes() + stride - 1) / stride;
+    char *pool = NULL;
+    if (T > 4 || posix_memalign((void **)&pool, 4096, n_bufs * stride) != 0)
+        return -1;
+    for (size_t i = 0; i < n_bufs * stride; i++)
+        pool[i] = (char)((i * 7) % 16);
+    for (size_t b = 0; b < n_bufs; b++)
+        for (size_t i = sc_off; i < z_off; i += 4)
+            *(float *)(void *)(pool + b * stride + i) = 0.01f;
+    float *x = malloc((size_t)(T * K) * 4), *out = malloc((size_t)(T * N) * 4);
+    for (int64_t i = 0; i < T * K; i++)
+        x[i] = (float)((i * 37) % 101) / 101.0f - 0.5f;
+    anvil_threadpool *tp = anvil_cpu_impl(be)->pool;
+    double times[1000], secs[GEMV_ROUNDS], stream[GEMV_ROUNDS];
+    for (int round = -1; round < GEMV_ROUNDS; round++) {
+        if (round >= 0)
+            stream[round] = anvil_cpu_stream_read_gbps(bytes, n_threads);
+        int reps = 0;
+        double start = anvil_cpu_now_s(), budget = round < 0 ? 0.0 : quick ? 0.15 : 0.4;
+        while (reps < 1000 && (reps < (round < 0 ? (int)n_bufs : 5) || anvil_cpu_now_s() - start < budget)) {
+            char *p = pool + ((size_t)reps % n_bufs) * stride;
+            b_job j = {(const uint8_t *)p, (const float *)(const void *)(p + sc_off), (const uint8_t *)p + z_off,
+                       x, out, T, K, N};
+            double t0 = anvil_cpu_now_s();
+            anvil_threadpool_run(tp, b_task, &j);
+            times[reps++] = anvil_cpu_now_s() - t0;
+        }
+        if (round < 0)
+            continue;
+        qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+        secs[round] = times[reps / 2];
+    }
+    const double sec = median3(secs[0], secs[1], secs[2]), st = median3(stream[0], stream[1], stream[2]);
+    *r = (result){"int4 (b)", T, K, N, sec, (double)bytes / sec * 1e-9, st, (double)bytes / sec * 1e-9 / st, 0,
+                  2.0 * (double)(T * K * N) / sec * 1e-9};
+    free(x);
+    free(out);
+    free(pool);
+    return 0;
+}
+#endif
+
 /* One decode step: n_seqs sequences of ctx cached tokens, one new token
  * each, scattered blocks of 16. Rate: bytes of K and V read per second. */
 static int bench_attention(anvil_backend *be, int n_threads, int32_t n_seqs, int32_t ctx, int quick, result *r)
@@ -347,6 +458,7 @@ int main(int argc, char **argv)
 {
     int n_threads = 0, quick = 0;
     int64_t only_t = 0;
+    long long qshape_k = 0, qshape_n = 0; /* --shape: the quantized runs at this K, N only */
     const char *json = NULL, *only = "";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -357,10 +469,15 @@ int main(int argc, char **argv)
             only = argv[++i];
         else if (strcmp(argv[i], "--tokens") == 0 && i + 1 < argc)
             only_t = atoll(argv[++i]);
-        else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
+        else if (strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+            if (sscanf(argv[++i], "%lld,%lld", &qshape_k, &qshape_n) != 2 || qshape_k <= 0 || qshape_n <= 0) {
+                fprintf(stderr, "--shape K,N: two positive sizes\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--json FILE]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--quick] [--only gemv|gemm|attn|quant] [--tokens T] [--shape K,N] [--json FILE]\n", argv[0]);
             return 2;
         }
     }
@@ -416,19 +533,31 @@ int main(int argc, char **argv)
         printf("%10s %5s %6s %7s %10s %8s %8s %9s %8s\n", "weights", "T", "K", "N", "us", "GB/s", "stream",
                "GFLOP/s", "cpu");
     }
+    const size_t n_qshapes = qshape_k > 0 ? 1 : sizeof gemv_shapes / sizeof gemv_shapes[0];
     for (size_t t = 0; do_quant && t < sizeof quant_tokens / sizeof quant_tokens[0]; t++)
-        for (size_t i = 0; (only_t == 0 || only_t == quant_tokens[t]) && i < sizeof gemv_shapes / sizeof gemv_shapes[0]; i++)
+        for (size_t i = 0; (only_t == 0 || only_t == quant_tokens[t]) && i < n_qshapes; i++)
             for (int k = 0; k < QK_COUNT; k++) {
-                if (quant_tokens[t] > 4 && gemv_shapes[i][1] > 8192)
+                const int64_t K = qshape_k > 0 ? qshape_k : gemv_shapes[i][0];
+                const int64_t N = qshape_k > 0 ? qshape_n : gemv_shapes[i][1];
+                if (quant_tokens[t] > 4 && N > 8192)
                     continue; /* the LM head: decode only */
                 result *r = &res[n_res < 119 ? n_res++ : n_res];
-                if (bench_quant(be, n_threads, (qkind)k, quant_tokens[t], gemv_shapes[i][0], gemv_shapes[i][1], quick,
-                                r) != 0)
+                if (bench_quant(be, n_threads, (qkind)k, quant_tokens[t], K, N, quick, r) != 0)
                     return 1;
                 printf("%10s %5lld %6lld %7lld %10.1f %8.2f %8.2f %9.1f %8.1f\n", r->kind, (long long)r->T,
                        (long long)r->K, (long long)r->N, r->seconds * 1e6, r->rate, r->ceiling, r->gflops,
                        r->cpu_rate);
                 fflush(stdout);
+#if defined(__x86_64__)
+                if (k == QK_U4 && quant_tokens[t] <= 4 && K % 128 == 0 && cb->isa >= ANVIL_CPU_ISA_AVX2) {
+                    r = &res[n_res < 119 ? n_res++ : n_res];
+                    if (bench_quant_b(be, n_threads, quant_tokens[t], K, N, quick, r) != 0)
+                        return 1;
+                    printf("%10s %5lld %6lld %7lld %10.1f %8.2f %8.2f %9.1f %8s\n", r->kind, (long long)r->T,
+                           (long long)r->K, (long long)r->N, r->seconds * 1e6, r->rate, r->ceiling, r->gflops, "-");
+                    fflush(stdout);
+                }
+#endif
             }
 
     static const int32_t attn_cases[][2] = {{1, 512}, {1, 4096}, {8, 512}, {8, 4096}};

@@ -113,7 +113,10 @@ void anvil_cpu_quant_dequant_rows(const anvil_cpu_qw *qw, int64_t n, int64_t nr,
             const float s = qw->q->scales[i];
             const int64_t base = (n + r) * K;
             /* one loop per dtype, so the compiler vectorizes each */
-            if (qw->dt == ANVIL_DTYPE_F8_E4M3) {
+            if (qw->dt == ANVIL_DTYPE_F8_E4M3 && qw->fp8_lut != NULL) {
+                for (int64_t k = k0; k < k1; k++)
+                    d[k] = qw->fp8_lut[w[base + k]] * s;
+            } else if (qw->dt == ANVIL_DTYPE_F8_E4M3) {
                 for (int64_t k = k0; k < k1; k++)
                     d[k] = anvil_cpu_fp8_to_f32(w[base + k]) * s;
             } else if (qw->dt == ANVIL_DTYPE_I8) {
@@ -291,6 +294,12 @@ anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kerne
     const int64_t K = job.qw.K, N = job.qw.N;
     if (job.T == 0 || N == 0)
         return ANVIL_OK;
+    float lut[256]; /* fp8's 256 values: a load per element instead of the bit steps */
+    if (job.qw.dt == ANVIL_DTYPE_F8_E4M3) {
+        for (int i = 0; i < 256; i++)
+            lut[i] = anvil_cpu_fp8_to_f32((uint8_t)i);
+        job.qw.fp8_lut = lut;
+    }
     if (anvil_cpu_quant_int_path(&job.qw))
         return quant_matmul_int(cb, &job.qw, x, bias, out);
     const size_t mm_bytes = (anvil_cpu_mm_scratch_bytes(&kern->mm_shape, K) + 63) / 64 * 64;

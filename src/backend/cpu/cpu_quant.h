@@ -42,6 +42,7 @@ typedef struct anvil_cpu_qw {
     int64_t K, N;
     int64_t gs;           /* columns per scale: q->group, or K when 0 */
     int64_t G;            /* scales per row: K / gs */
+    const float *fp8_lut; /* NULL, or fp8's 256 values as f32 (anvil_cpu_fp8_to_f32) */
 } anvil_cpu_qw;
 
 anvil_cpu_qw anvil_cpu_qw_of(const anvil_tensor *w);
