@@ -8,7 +8,8 @@
 # to /dev/shm when it has room, else /tmp).
 # Logs go to $OUT when it is set (the device tool brings them back).
 #   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
-#                           test_cuda_<name> ...]
+#                           kv_fp8|test_cuda_<name> ...]
+#   (kv_fp8: the fp8 KV cache's op and golden tests alone)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,8 @@ for s in "${steps[@]}"; do
       [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
       timeout 500 $bin/bench_cuda_latency --workdir $ws --json "$out/bench.json" ${BENCH_ARGS:-} >"$out/bench.log" 2>&1 ;;
     golden) timeout 120 $bin/test_cuda_golden >"$out/golden.log" 2>&1 ;;
+    kv_fp8) { timeout 200 $bin/test_cuda_ops --only 'test_attention_fp8' &&
+              timeout 60 $bin/test_cuda_golden --only 'test_fp8_kv'; } >"$out/kv_fp8.log" 2>&1 ;;
     load) # build and load times of an engine vs its folder (LOAD_ARGS: bench_load's options)
       timeout 560 $bin/bench_load --workdir /tmp/anvil-load --device cuda --json "$out/load.json" ${LOAD_ARGS:-} >"$out/load.log" 2>&1 ;;
     memcheck) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \

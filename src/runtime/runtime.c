@@ -188,7 +188,8 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
  * (its checkpoint's torch_dtype, or weight_dtype), as llama.cpp does: half
  * the bytes a decode step reads from the cache and twice the contexts in
  * the same memory, with f16's 11-bit mantissa (bf16 keeps 8); f32 for an
- * f32 model. cuda keeps its cache in its compute dtype for now.
+ * f32 model. cuda keeps its cache in its compute dtype, or in fp8 beside
+ * bf16/f16 compute (its fp8 kernels convert to the compute dtype).
  */
 static anvil_status kv_cache_dtype_for(const anvil_model_config *cfg, const anvil_runtime_options *o, anvil_dtype wdt,
                                        anvil_dtype act, anvil_dtype *out)
@@ -196,10 +197,18 @@ static anvil_status kv_cache_dtype_for(const anvil_model_config *cfg, const anvi
     anvil_dtype want;
     TRY(parse_kv_cache_dtype(o->kv_cache_dtype, &want));
     const int cuda = o->device != NULL && strncmp(o->device, "cuda", 4) == 0;
+    if (cuda && want == ANVIL_DTYPE_F8_E4M3) {
+        CHECK(act == ANVIL_DTYPE_BF16 || act == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
+              "kv_cache_dtype fp8: the cuda backend reads an fp8 KV cache beside bf16/f16 compute, not %s; use "
+              "--dtype bf16",
+              anvil_dtype_name(act));
+        *out = want;
+        return ANVIL_OK;
+    }
     if (cuda) {
         CHECK(want == ANVIL_DTYPE_COUNT || want == act, ANVIL_ERR_UNSUPPORTED,
-              "kv_cache_dtype %s: the cuda backend keeps its KV cache in its compute dtype (%s) for now; use "
-              "--kv-cache-dtype auto or %s there",
+              "kv_cache_dtype %s: the cuda backend keeps its KV cache in its compute dtype (%s) or fp8; use "
+              "--kv-cache-dtype auto, %s or fp8 there",
               anvil_dtype_name(want), anvil_dtype_name(act), anvil_dtype_name(act));
         *out = act;
         return ANVIL_OK;

@@ -12,6 +12,15 @@
  * >= 99% of all positions of all models, and wherever it differs, HF's
  * top two within 2e-2 x max|logit| (a near tie that bf16 rounding can flip).
  *
+ * fp8 KV cache (bf16 compute, --kv-cache-dtype fp8): each prompt followed
+ * by HF's greedy continuation, its first half as one step (the prefill
+ * kernel) and the rest a token a step (the decode kernel): the prompt's
+ * logits within FP8_KV_TOL x max|logit| of HF's, and HF's greedy token the
+ * top-1 at >= 93% (tinycode) / 80% (tiny-llama3) of the continuation's
+ * steps (on the CPU, in
+ * f32 compute, an fp8 cache gives 3.6e-2 and 98% on tinycode:
+ * tests/runtime/test_kv_dtype.c; bf16 adds ~1e-2).
+ *
  * Skips when no CUDA device is present.
  */
 #include <jansson.h>
@@ -249,6 +258,99 @@ static void test_bf16_top1_pooled(void **s)
         fail_msg("bf16: top-1 agreement %.2f%% < %.0f%%", 100.0 * share, 100.0 * BF16_MIN_AGREEMENT);
 }
 
+#define FP8_KV_TOL 8e-2
+
+static anvil_runtime *load_fp8_kv(const char *model)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    o.device = "cuda";
+    o.weight_dtype = ANVIL_DTYPE_BF16;
+    o.kv_cache_dtype = "fp8";
+    o.max_num_tokens = 1024;
+    o.max_logit_rows = 1024;
+    o.max_batch_size = 8;
+    o.kv_block_size = 16;
+    o.kv_cache_tokens = 4096;
+    anvil_runtime *rt = NULL;
+    if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK)
+        fail_msg("load %s on cuda with an fp8 KV cache: %s", model, anvil_last_error());
+    assert_int_equal(anvil_runtime_kv_cache_dtype(rt), ANVIL_DTYPE_F8_E4M3);
+    return rt;
+}
+
+static void test_fp8_kv(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    /* the share of steps where HF's greedy token is the top-1: tinycode
+     * (trained) 98% on the CPU, tiny-llama3 (random weights, near-ties
+     * everywhere) 91% */
+    static const char *const models[] = {"tinycode", "tiny-llama3"};
+    static const double min_top1[] = {0.93, 0.80};
+    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+        golden g;
+        golden_load(models[m], &g);
+        anvil_runtime *rt = load_fp8_kv(models[m]);
+        const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+        const int32_t bs = anvil_runtime_kv_block_size(rt);
+        int64_t agree = 0, total = 0;
+        double worst = 0;
+        for (int i = 0; i < g.n_cases; i++) {
+            const golden_case *gc = &g.cases[i];
+            const int32_t n = gc->n_ids + gc->n_greedy - 1, nb = (n + bs - 1) / bs, half = n / 2;
+            int32_t *ids = malloc((size_t)n * 4), *pos = malloc((size_t)n * 4);
+            int32_t *blocks = malloc((size_t)nb * 4);
+            float *logits = malloc((size_t)n * (size_t)vocab * 4);
+            assert_true(ids && pos && blocks && logits);
+            for (int32_t t = 0; t < n; t++) {
+                ids[t] = t < gc->n_ids ? gc->ids[t] : gc->greedy[t - gc->n_ids];
+                pos[t] = t;
+            }
+            assert_int_equal(anvil_runtime_kv_alloc(rt, nb, blocks), ANVIL_OK);
+            for (int32_t first = 0; first < n;) { /* the first half in one step, then a token a step */
+                const int32_t cnt = first == 0 ? half : 1;
+                int32_t starts[2] = {0, cnt};
+                anvil_batch b = {.n_tokens = cnt, .token_ids = ids + first, .positions = pos + first, .n_seqs = 1,
+                                 .seq_starts = starts, .block_tables = blocks, .max_blocks_per_seq = nb,
+                                 .n_logits = cnt, .logit_rows = pos}; /* rows 0 .. cnt - 1 */
+                if (anvil_runtime_forward(rt, &b, logits + (int64_t)first * vocab) != ANVIL_OK)
+                    fail_msg("%s fp8 kv %s: %s", models[m], gc->name, anvil_last_error());
+                first += cnt;
+            }
+            for (int32_t t = 0; t < gc->n_ids; t++) {
+                const float *got = logits + (int64_t)t * vocab, *want = gc->logits + (int64_t)t * vocab;
+                double mr = 0, me = 0;
+                for (int64_t v = 0; v < vocab; v++) {
+                    mr = fmax(mr, fabs(want[v]));
+                    me = fmax(me, isnan(got[v]) ? INFINITY : fabs(got[v] - want[v]));
+                }
+                worst = fmax(worst, me / mr);
+            }
+            for (int32_t j = 0; j < gc->n_greedy; j++) {
+                agree += argmax(logits + (int64_t)(gc->n_ids - 1 + j) * vocab, vocab) == gc->greedy[j];
+                total++;
+            }
+            anvil_runtime_kv_release(rt, nb, blocks);
+            free(ids);
+            free(pos);
+            free(blocks);
+            free(logits);
+        }
+        printf("  %s fp8 KV (bf16): prompt logits max |error| %.3g x max|logit|, top-1 on HF's greedy %lld of %lld\n",
+               models[m], worst, (long long)agree, (long long)total);
+        if (!(worst <= FP8_KV_TOL))
+            fail_msg("%s fp8 KV: error %.3g x max|logit| > %.3g", models[m], worst, FP8_KV_TOL);
+        if (!((double)agree >= min_top1[m] * (double)total))
+            fail_msg("%s fp8 KV: top-1 %lld of %lld", models[m], (long long)agree, (long long)total);
+        anvil_runtime_free(rt);
+        golden_free(&g);
+    }
+}
+
 static void run_model(const char *model)
 {
     if (anvil_cuda_device_count() == 0)
@@ -275,14 +377,17 @@ static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
 static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
 static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 2 && strcmp(argv[1], "--only") == 0) /* the tests whose names match a pattern (cmocka's) */
+        cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stories260K),  cmocka_unit_test(test_tinycode),
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_phi3),
         cmocka_unit_test(test_bf16_top1_pooled),
+        cmocka_unit_test(test_fp8_kv),
     };
     return anvil_test_run_group(tests);
 }

@@ -762,6 +762,22 @@ static const attn_case attn_cases[] = {
     {"long prefill window 100", 8, 2, 128, 32, 100, 1, {0}, {333}, 0},
 };
 
+/* The fp8 KV cache's cases (test_attention_fp8): every fp8 kernel (decode
+ * and prefill on tensor cores for head_dim 32/64/128, the SIMT tiled
+ * kernel for the others), GQA, scattered block tables, windows, contexts
+ * up to a few thousand. */
+static const attn_case attn_fp8_cases[] = {
+    {"fp8 prefill GQA4 hd128 + chunk", 8, 2, 128, 16, 0, 2, {0, 20}, {50, 13}, 0},
+    {"fp8 decode GQA8 hd64", 16, 2, 64, 16, 0, 5, {0, 16, 32, 99, 256}, {1, 1, 1, 1, 1}, 0},
+    {"fp8 mixed MQA hd128", 8, 1, 128, 32, 0, 4, {40, 0, 7, 64}, {1, 23, 1, 10}, 0},
+    {"fp8 decodes then prefill GQA4", 32, 8, 128, 32, 0, 5, {300, 64, 1000, 0, 40}, {1, 1, 1, 70, 33}, 0},
+    {"fp8 sliding window 16", 8, 2, 64, 16, 16, 3, {0, 50, 30}, {45, 1, 5}, 0},
+    {"fp8 GQA3 hd32 bs8", 12, 4, 32, 8, 0, 2, {5, 100}, {9, 1}, 0},
+    {"fp8 hd80 bs5 window 7 (SIMT)", 6, 3, 80, 5, 7, 3, {12, 0, 9}, {4, 1, 1}, 0},
+    {"fp8 long prefill hd64", 8, 4, 64, 16, 0, 2, {0, 150}, {300, 90}, 0},
+    {"fp8 long decode 2500", 8, 2, 128, 16, 0, 3, {2500, 1200, 3000}, {1, 1, 1}, 1},
+};
+
 typedef struct attn_step_host {
     int32_t T, S, MB;
     int32_t *pos, *seq_of, *starts, *lens, *tables, *slots, *ids;
@@ -823,9 +839,12 @@ static void free_step(attn_step_host *h)
     free(h->tables);
 }
 
+static float attn_k_scale, attn_v_scale; /* an fp8 cache's scales for the runs of attn_run_case */
+
 typedef struct attn_env {
     const attn_case *c;
     int a; /* act index */
+    anvil_dtype cache_dt; /* the act dtype, or F8_E4M3 */
     int32_t n_blocks, MB;
     int32_t *tables; /* [n_seqs * MB], scattered */
     float *kc_cpu, *vc_cpu; /* CPU caches: held in the act dtype (as the GPU), stored as raw bytes */
@@ -851,7 +870,7 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
     float *k = rand_floats(&f->rng, h.T * kw, 1.0f, act);
     float *v = rand_floats(&f->rng, h.T * kw, 1.0f, act);
     float *want = malloc((size_t)(h.T * qw) * 4);
-    const anvil_dtype cdt = act;
+    const anvil_dtype cdt = e->cache_dt;
 
     anvil_tensor qh = anvil_tensor_2d(ANVIL_DTYPE_F32, h.T, qw, q), kh = anvil_tensor_2d(ANVIL_DTYPE_F32, h.T, kw, k),
                  vh = anvil_tensor_2d(ANVIL_DTYPE_F32, h.T, kw, v), oh = anvil_tensor_2d(ANVIL_DTYPE_F32, h.T, qw, want);
@@ -866,7 +885,8 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
     const float scale = 1.0f / sqrtf((float)c->head_dim);
     anvil_attention_args ah = {.q = &qh, .k = &kh, .v = &vh, .k_cache = &kch, .v_cache = &vch, .out = &oh,
                                .step = &sh, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-                               .head_dim = c->head_dim, .sliding_window = c->window, .scale = scale};
+                               .head_dim = c->head_dim, .sliding_window = c->window, .scale = scale,
+                               .k_scale = attn_k_scale, .v_scale = attn_v_scale};
     OK_OR_FAIL(f->cpu->ops->attention(f->cpu, &ah), "cpu attention");
 
     /* the same step on the GPU */
@@ -899,7 +919,8 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
     ad.out = &ot;
     ad.step = &sd;
     char name[200];
-    snprintf(name, sizeof name, "attention '%s' act=%s phase=%d mode=%s", c->name, anvil_dtype_name(act), phase, mode);
+    snprintf(name, sizeof name, "attention '%s' act=%s cache=%s phase=%d mode=%s", c->name, anvil_dtype_name(act),
+             anvil_dtype_name(cdt), phase, mode);
     OK_OR_FAIL(g->ops->attention(g, &ad), name);
     float *got = dev_download_floats(g, od, h.T * qw, act, name);
     expect_close(name, got, want, h.T * qw, tol_for(act, 0));
@@ -919,6 +940,7 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
  * then the caches compared slot by slot where written. */
 static int attn_stages; /* the decode kernel's stages knob for the runs of attn_run_case */
 static int attn_rows;   /* the tensor-core prefill kernel's rows-a-block knob (0, 64, 128) */
+static int attn_fp8;    /* 1: an fp8 KV cache with attn_k_scale / attn_v_scale (0 means 1) */
 
 static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn_kernel kernel, int32_t splits)
 {
@@ -928,6 +950,7 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     memset(&e, 0, sizeof e);
     e.c = c;
     e.a = a;
+    e.cache_dt = attn_fp8 ? ANVIL_DTYPE_F8_E4M3 : act;
     int32_t need = 0, MB = 1;
     for (int s = 0; s < c->n_seqs; s++) {
         int32_t nb = (c->hist[s] + c->n_new[s] + c->block_size - 1) / c->block_size;
@@ -955,7 +978,7 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     free(perm);
     const int64_t kw = (int64_t)c->n_kv_heads * c->head_dim;
     const int64_t cache_elems = (int64_t)e.n_blocks * c->block_size * kw;
-    e.cache_bytes = (size_t)cache_elems * anvil_dtype_size(act);
+    e.cache_bytes = (size_t)cache_elems * anvil_dtype_size(e.cache_dt);
     e.kc_h = malloc(e.cache_bytes);
     e.vc_h = malloc(e.cache_bytes);
     memset(e.kc_h, 0, e.cache_bytes);
@@ -967,23 +990,43 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
                           .attn_prefill_rows = attn_rows};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
     char mode[80];
-    snprintf(mode, sizeof mode, "%s splits=%d stages=%d rows=%d",
+    snprintf(mode, sizeof mode, "%s splits=%d stages=%d rows=%d scales=%g,%g",
              kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
              : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
              : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
              : kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ? "decode-simt"
                                                  : "prefill-simt",
-             splits, attn_stages, attn_rows);
+             splits, attn_stages, attn_rows, (double)attn_k_scale, (double)attn_v_scale);
     attn_run_step(f, &e, 0, mode);
     attn_run_step(f, &e, 1, mode);
     reset_knobs(g);
 
-    /* the caches: every written slot equal, bit for bit */
-    float *kg = dev_download_floats(g, e.kc_d, cache_elems, act, "k cache");
-    float *vg = dev_download_floats(g, e.vc_d, cache_elems, act, "v cache");
-    float *kcpu = malloc((size_t)cache_elems * 4), *vcpu = malloc((size_t)cache_elems * 4);
-    anvil_convert_to_f32(act, e.kc_h, kcpu, cache_elems);
-    anvil_convert_to_f32(act, e.vc_h, vcpu, cache_elems);
+    /* the caches: every written slot equal, bit for bit (an fp8 cache's
+     * bytes: the same quantization on both sides) */
+    float *kg, *vg, *kcpu = malloc((size_t)cache_elems * 4), *vcpu = malloc((size_t)cache_elems * 4);
+    if (attn_fp8) {
+        uint8_t *kb = malloc(e.cache_bytes), *vb = malloc(e.cache_bytes);
+        assert_true(kb && vb);
+        assert_int_equal(g->ops->download(g, kb, e.kc_d, e.cache_bytes), ANVIL_OK);
+        assert_int_equal(g->ops->download(g, vb, e.vc_d, e.cache_bytes), ANVIL_OK);
+        kg = malloc((size_t)cache_elems * 4);
+        vg = malloc((size_t)cache_elems * 4);
+        assert_true(kg && vg);
+        const uint8_t *kh8 = e.kc_h, *vh8 = e.vc_h;
+        for (int64_t i = 0; i < cache_elems; i++) { /* bytes as floats: compared bit for bit below */
+            kg[i] = (float)kb[i];
+            vg[i] = (float)vb[i];
+            kcpu[i] = (float)kh8[i];
+            vcpu[i] = (float)vh8[i];
+        }
+        free(kb);
+        free(vb);
+    } else {
+        kg = dev_download_floats(g, e.kc_d, cache_elems, act, "k cache");
+        vg = dev_download_floats(g, e.vc_d, cache_elems, act, "v cache");
+        anvil_convert_to_f32(act, e.kc_h, kcpu, cache_elems);
+        anvil_convert_to_f32(act, e.vc_h, vcpu, cache_elems);
+    }
     for (int s = 0; s < c->n_seqs; s++) {
         for (int32_t p = 0; p < c->hist[s] + c->n_new[s]; p++) {
             int64_t slot = (int64_t)e.tables[(size_t)s * e.MB + p / c->block_size] * c->block_size + p % c->block_size;
@@ -1038,6 +1081,54 @@ static void test_attention(void **state)
             }
         }
     }
+}
+
+/*
+ * The fp8 KV cache against the CPU's, on every kernel that reads it: the
+ * caches written bit for bit alike (k / k_scale rounded to e4m3 on both),
+ * and out within the 16-bit tolerance (both sides read the same cached
+ * values; only the arithmetic differs, as with a bf16/f16 cache). Scales
+ * none (1), and k 0.5 / v 0.25 (unbalanced, so a scale applied to the
+ * wrong side shows).
+ */
+static void test_attention_fp8(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    static const float scales[][2] = {{0.0f, 0.0f}, {0.5f, 0.25f}};
+    attn_fp8 = 1;
+    for (size_t i = 0; i < sizeof attn_fp8_cases / sizeof attn_fp8_cases[0]; i++) {
+        const attn_case *c = &attn_fp8_cases[i];
+        if (f->quick && c->big)
+            continue;
+        for (int a = 1; a < N_ACT; a++) { /* bf16, f16: an fp8 cache needs 16-bit activations */
+            for (size_t si = 0; si < sizeof scales / sizeof scales[0]; si++) {
+                attn_k_scale = scales[si][0];
+                attn_v_scale = scales[si][1];
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_AUTO, 0);
+                if (f->quick && (a > 1 || si > 0))
+                    continue;
+                if (c->big) { /* the long contexts: the kernels that read them split, SIMT as the check */
+                    attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
+                    attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
+                    continue;
+                }
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 0); /* takes the SIMT tiled kernel */
+                attn_rows = 64; /* the fp8 prefill kernel keeps two m-tiles: the knob changes nothing */
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+                attn_rows = 0;
+                attn_stages = 3; /* the fp8 decode kernel keeps two stages */
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
+                attn_stages = 0;
+            }
+        }
+    }
+    attn_fp8 = 0;
+    attn_k_scale = attn_v_scale = 0.0f;
 }
 
 /* Bad slots and block tables come back as ANVIL_ERR_INVALID_ARG at the
@@ -1105,6 +1196,44 @@ static void test_attention_errors(void **state)
     bad = a;
     bad.k_cache = &kc16;
     assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_UNSUPPORTED, "k_cache");
+    /* an fp8 cache: not beside f32 activations, and its scales positive and finite */
+    anvil_tensor kc8 = kc, vc8 = vc;
+    kc8.dtype = vc8.dtype = ANVIL_DTYPE_F8_E4M3;
+    bad = a;
+    bad.k_cache = &kc8;
+    bad.v_cache = &vc8;
+    assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_UNSUPPORTED, "f8_e4m3 with bf16/f16");
+    {
+        anvil_backend *g16 = f->gpu[1];
+        void *buf16 = dev_alloc(g16, 1 << 16);
+        char *b16 = buf16;
+        anvil_tensor q16 = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, H * hd, b16);
+        anvil_tensor k16 = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, KV * hd, b16 + 1024);
+        anvil_tensor v16 = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, KV * hd, b16 + 2048);
+        anvil_tensor o16 = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, H * hd, b16 + 3072);
+        anvil_tensor k8 = {.dtype = ANVIL_DTYPE_F8_E4M3, .n_dims = 4, .shape = {n_blocks, bs, KV, hd}, .data = b16 + 8192};
+        anvil_tensor v8 = k8;
+        v8.data = b16 + 16384;
+        anvil_attention_args a8 = a;
+        a8.q = &q16;
+        a8.k = &k16;
+        a8.v = &v16;
+        a8.out = &o16;
+        a8.k_cache = &k8;
+        a8.v_cache = &v8;
+        a8.k_scale = NAN;
+        assert_status_msg(g16->ops->attention(g16, &a8), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales");
+        a8.k_scale = 1.0f;
+        a8.v_scale = -2.0f;
+        assert_status_msg(g16->ops->attention(g16, &a8), ANVIL_ERR_INVALID_ARG, "fp8 KV cache scales");
+        anvil_tensor v16c = v8;
+        v16c.dtype = ANVIL_DTYPE_BF16;
+        a8.v_scale = 1.0f;
+        a8.v_cache = &v16c; /* k fp8, v bf16 */
+        assert_status_msg(g16->ops->attention(g16, &a8), ANVIL_ERR_INVALID_ARG, "differ");
+        gpu_sync_ok(g16, "fp8 attention errors");
+        g16->ops->free(g16, buf16);
+    }
     bad = a;
     bad.out = &q;
     assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_INVALID_ARG, "alias");
@@ -1125,6 +1254,8 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--perf") == 0)
         return anvil_cuda_perf_main();
+    if (argc > 2 && strcmp(argv[1], "--only") == 0) /* the tests whose names match a pattern (cmocka's) */
+        cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_memory),
@@ -1137,6 +1268,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_fp8),
         cmocka_unit_test(test_attention_errors),
     };
     return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);

@@ -85,13 +85,19 @@ static void test_refusals(void **state)
     o.max_seq_len = 512;
     o.kv_cache_dtype = "f16";
     assert_status_msg(anvil_runtime_plan_sizes(&c, &o, ANVIL_DTYPE_BF16, 0, &z), ANVIL_ERR_UNSUPPORTED,
-                      "the cuda backend keeps its KV cache in its compute dtype (bf16)");
+                      "the cuda backend keeps its KV cache in its compute dtype (bf16) or fp8");
     o.kv_cache_dtype = "bf16";
     assert_int_equal(anvil_runtime_plan_sizes(&c, &o, ANVIL_DTYPE_BF16, 0, &z), ANVIL_OK);
     assert_int_equal(z.kv_dtype, ANVIL_DTYPE_BF16);
     o.kv_cache_dtype = NULL;
     assert_int_equal(anvil_runtime_plan_sizes(&c, &o, ANVIL_DTYPE_BF16, 0, &z), ANVIL_OK);
     assert_int_equal(z.kv_dtype, ANVIL_DTYPE_BF16);
+    /* fp8 on cuda: beside bf16/f16 compute only */
+    o.kv_cache_dtype = "fp8";
+    assert_int_equal(anvil_runtime_plan_sizes(&c, &o, ANVIL_DTYPE_BF16, 0, &z), ANVIL_OK);
+    assert_int_equal(z.kv_dtype, ANVIL_DTYPE_F8_E4M3);
+    assert_status_msg(anvil_runtime_plan_sizes(&c, &o, ANVIL_DTYPE_F32, 0, &z), ANVIL_ERR_UNSUPPORTED,
+                      "reads an fp8 KV cache beside bf16/f16 compute, not f32");
 }
 
 /* The pool is sized in bytes: per token, f16 is half of f32, and a pool

@@ -16,6 +16,12 @@
  *     tensor cores: the decode kernel for those rows, the tiled one for
  *     the rest.
  * Both are correct for any batch; the knobs of cuda_backend.h pin either.
+ *
+ * An fp8 KV cache (F8_E4M3, with bf16/f16 activations): the KV writes
+ * quantize (k / k_scale, v / v_scale), the tensor-core kernels read it for
+ * head_dim 32, 64 and 128; any other head_dim, or a SIMT knob, takes the
+ * SIMT tiled kernel, which reads it too (the SIMT decode kernel does not:
+ * fp8 decode steps take the tiled one there, correct for any batch).
  */
 #include <math.h>
 
@@ -49,7 +55,7 @@ static int decode_mma_occupancy(anvil_cuda_backend *cb, const anvil_cuda_attn *a
 {
     const int di = a->dt == ANVIL_DTYPE_BF16 ? 0 : 1;
     const int hi = a->head_dim <= 32 ? 0 : a->head_dim <= 64 ? 1 : 2;
-    int *slot = &cb->decode_mma_occupancy[di][hi][stages == 3];
+    int *slot = &cb->decode_mma_occupancy[di][hi][a->cache_dt == ANVIL_DTYPE_F8_E4M3 ? 2 : stages == 3];
     if (*slot == 0)
         *slot = anvil_cuda_attn_decode_mma_blocks_per_sm(a, stages, cb->smem_optin);
     return *slot;
@@ -165,7 +171,9 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
     anvil_cuda_attn a = {
         .q = args->q->data, .k = args->k->data, .v = args->v->data,
         .k_cache = args->k_cache->data, .v_cache = args->v_cache->data, .out = args->out->data,
-        .dt = cb->ops.act_dtype,
+        .dt = cb->ops.act_dtype, .cache_dt = args->k_cache->dtype,
+        .k_scale = args->k_cache->dtype == ANVIL_DTYPE_F8_E4M3 && args->k_scale != 0.0f ? args->k_scale : 1.0f,
+        .v_scale = args->k_cache->dtype == ANVIL_DTYPE_F8_E4M3 && args->v_scale != 0.0f ? args->v_scale : 1.0f,
         .positions = st->positions, .seq_of_token = st->seq_of_token, .block_tables = st->block_tables,
         .slots = st->slots,
         .n_tokens = st->n_tokens, .n_seqs = st->n_seqs, .max_blocks_per_seq = st->max_blocks_per_seq,
@@ -206,6 +214,10 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
     }
     if (kernel == ANVIL_CUDA_ATTN_AUTO)
         kernel = st->n_tokens == st->n_seqs ? ANVIL_CUDA_ATTN_DECODE : ANVIL_CUDA_ATTN_PREFILL;
+    if (a.cache_dt == ANVIL_DTYPE_F8_E4M3 &&
+        (kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ||
+         (kernel == ANVIL_CUDA_ATTN_DECODE && !anvil_cuda_attn_decode_mma_ok(&a))))
+        kernel = ANVIL_CUDA_ATTN_PREFILL_SIMT; /* the SIMT decode kernel reads no fp8 */
     if (kernel == ANVIL_CUDA_ATTN_PREFILL && anvil_cuda_attn_prefill_mma_ok(&a))
         return anvil_cuda_launch_attn_prefill_mma(cb->stream, &a, cb->smem_optin, cb->knobs.attn_prefill_rows);
     if (kernel == ANVIL_CUDA_ATTN_PREFILL || kernel == ANVIL_CUDA_ATTN_PREFILL_SIMT)

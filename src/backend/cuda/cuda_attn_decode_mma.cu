@@ -34,6 +34,14 @@
  * (cuda_attention.c), where it is short.
  *
  * P is rounded to the input dtype for P V, as in the prefill kernel.
+ *
+ * An fp8 KV cache (F8, cache_dt F8_E4M3; two stages): the tiles' fp8 rows
+ * are copied the same way into a staging area (half the bytes read from
+ * memory, what a memory-bound decode step pays for), and once a tile has
+ * landed the block converts it (exactly: e4m3 fits bf16 and f16) into the
+ * one bf16/f16 tile the fragments are read from, so everything after is
+ * the 16-bit kernel's. k_scale goes into the score scale, v_scale onto O
+ * before the warps merge.
  */
 #include <math.h>
 
@@ -44,9 +52,12 @@
 #define DM_ROWS   16 /* query heads per block (the mma M dimension) */
 #define FULL_MASK 0xffffffffu
 
-/* K and V tiles of every stage, rows padded by 8 elements */
-static size_t dm_smem_bytes(int hd, int stages)
+/* K and V tiles of every stage, rows padded by 8 elements; with an fp8
+ * cache, every stage's fp8 K and V rows (unpadded) and one converted tile */
+static size_t dm_smem_bytes(int hd, int stages, bool f8 = false)
 {
+    if (f8)
+        return (size_t)stages * 2 * DM_BN * (size_t)hd + 2 * DM_BN * (size_t)(hd + 8) * 2;
     return (size_t)stages * 2 * DM_BN * (size_t)(hd + 8) * 2;
 }
 
@@ -97,7 +108,7 @@ __device__ __forceinline__ void decode_mma_out(const anvil_cuda_attn &a, const f
     }
 }
 
-template <typename T, int HDM, int STAGES>
+template <typename T, int HDM, int STAGES, bool F8>
 __global__ void __launch_bounds__(DM_WARPS * 32)
     anvil_attn_decode_mma_kernel(anvil_cuda_attn a, int n_hc, int n_splits, int split_len, float *ws, int *cnt)
 {
@@ -110,6 +121,10 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
               kst = hd + 8; /* rows padded by 8 elements: fragment reads hit distinct banks */
     uint16_t *const smem = reinterpret_cast<uint16_t *>(dm_smem4);
     const int stage_elems = 2 * DM_BN * kst;
+    /* F8: the stages' fp8 rows (HDM == hd: bytes a row), then the converted tile */
+    uint8_t *const stg8 = reinterpret_cast<uint8_t *>(dm_smem4);
+    constexpr int STAGE8 = 2 * DM_BN * HDM;
+    uint16_t *const tile8 = reinterpret_cast<uint16_t *>(stg8 + STAGES * STAGE8);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     const int t = blockIdx.x, sp = blockIdx.z;
@@ -168,7 +183,40 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     const int part = threadIdx.x % P, key0 = threadIdx.x / P;
     const bool bs_pow2 = (a.block_size & (a.block_size - 1)) == 0;
     const int bs_shift = __ffs(a.block_size) - 1;
+    constexpr int P8 = HDM / 16, KSTEP8 = DM_WARPS * 32 / P8, NPC8 = DM_BN / KSTEP8; /* F8: 16 keys' bytes a piece */
+    const int part8 = threadIdx.x % P8, key08 = threadIdx.x / P8;
+    auto issue8 = [&](int kt, int st) {
+        uint8_t *k_s = stg8 + st * STAGE8 + key08 * HDM + part8 * 16, *v_s = k_s + DM_BN * HDM;
+        const uint8_t *kc = (const uint8_t *)a.k_cache + (int64_t)g * HDM + part8 * 16;
+        const uint8_t *vc = (const uint8_t *)a.v_cache + (int64_t)g * HDM + part8 * 16;
+        int rows[NPC8];
+#pragma unroll
+        for (int i = 0; i < NPC8; i++) {
+            const int kj = kt + key08 + i * KSTEP8;
+            rows[i] = -1;
+            if (kj < kend) {
+                const int bi = bs_pow2 ? kj >> bs_shift : kj / a.block_size;
+                const int in_blk = kj - bi * a.block_size;
+                const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
+                if (blk >= 0 && blk < a.n_blocks)
+                    rows[i] = blk * a.block_size + in_blk;
+                else if (part8 == 0)
+                    anvil_flag(a.err, ANVIL_CUDA_BAD_BLOCK);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < NPC8; i++) {
+            const int64_t off = rows[i] >= 0 ? (int64_t)rows[i] * kw : 0;
+            anvil_cp_async16(k_s + i * KSTEP8 * HDM, kc + off, rows[i] >= 0);
+            anvil_cp_async16(v_s + i * KSTEP8 * HDM, vc + off, rows[i] >= 0);
+        }
+        anvil_cp_async_commit();
+    };
     auto issue = [&](int kt, int st) {
+        if constexpr (F8) {
+            issue8(kt, st);
+            return;
+        }
         uint16_t *k_s = smem + st * stage_elems + key0 * kst + part * 8, *v_s = k_s + DM_BN * kst;
         const T *kc = (const T *)a.k_cache + (int64_t)g * hd + part * 8;
         const T *vc = (const T *)a.v_cache + (int64_t)g * hd + part * 8;
@@ -197,7 +245,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         anvil_cp_async_commit();
     };
 
-    const float sl2 = a.scale * 1.4426950408889634f;
+    const float sl2 = (F8 ? a.scale * a.k_scale : a.scale) * 1.4426950408889634f;
     const int n_tiles = kend > kbeg ? (kend - kbeg + DM_BN - 1) / DM_BN : 0;
     /* STAGES - 1 tiles in flight ahead of the one in use (an empty group
      * where there is no tile, so the group count stays uniform) */
@@ -218,6 +266,19 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         anvil_cp_async_wait<STAGES - 1>();
         __syncthreads(); /* tile it is in shared memory for every thread */
         const uint16_t *k_s = smem + (it % STAGES) * stage_elems, *v_s = k_s + DM_BN * kst;
+        if constexpr (F8) {
+            /* the staged fp8 K and V rows into the bf16/f16 tile (its last
+             * readers passed the barrier at the end of the previous tile) */
+            const uint8_t *src = stg8 + (it % STAGES) * STAGE8;
+            for (int c = threadIdx.x; c < 2 * DM_BN * P8; c += DM_WARPS * 32) {
+                const int row = c / P8, pc = c - row * P8;
+                anvil_fp8x16_to<T>(*reinterpret_cast<const uint4 *>(src + row * HDM + pc * 16),
+                                   tile8 + row * kst + pc * 16);
+            }
+            __syncthreads();
+            k_s = tile8;
+            v_s = tile8 + DM_BN * kst;
+        }
         const int kw0 = kt + warp * 16; /* this warp's first key */
         if (kw0 < kend) {               /* the same for the whole warp */
             /* S = Q K^T: the B fragments of both 8-key tiles and a 16-wide
@@ -297,6 +358,15 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
         __syncthreads(); /* stage it % STAGES is free for tile it + STAGES */
     }
     anvil_cp_async_wait<0>(); /* the empty groups */
+    if constexpr (F8) { /* the values were fp8(v / v_scale) */
+#pragma unroll
+        for (int i = 0; i < NTO; i++) {
+            o[i][0] *= a.v_scale;
+            o[i][1] *= a.v_scale;
+            o[i][2] *= a.v_scale;
+            o[i][3] *= a.v_scale;
+        }
+    }
 
     /* merge the warps: row sums over the quad, then (m, l, O) through shared memory */
     l0 += __shfl_xor_sync(FULL_MASK, l0, 1);
@@ -388,7 +458,7 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
  * the kernel on a device, which CUDA keeps for the whole process, so the
  * record of having raised it is per process too; backends on several
  * threads launch at once, hence atomics (raising it twice is harmless). */
-template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
+template <typename T, int HDM, int STAGES, bool F8> static anvil_status set_smem(int hd)
 {
     static int done[16];
     int dev = 0;
@@ -396,9 +466,9 @@ template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
     if (dev >= 0 && dev < 16 && __atomic_load_n(&done[dev], __ATOMIC_ACQUIRE))
         return ANVIL_OK;
     (void)hd;
-    const size_t smem = dm_smem_bytes(HDM, STAGES); /* the most any head_dim of this kernel needs */
+    const size_t smem = dm_smem_bytes(HDM, STAGES, F8); /* the most any head_dim of this kernel needs */
     if (smem > 48 * 1024)
-        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_decode_mma_kernel<T, HDM, STAGES>,
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_decode_mma_kernel<T, HDM, STAGES, F8>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention decode (mma): shared memory limit", __FILE__, __LINE__));
     if (dev >= 0 && dev < 16)
@@ -406,14 +476,14 @@ template <typename T, int HDM, int STAGES> static anvil_status set_smem(int hd)
     return ANVIL_OK;
 }
 
-template <typename T, int HDM, int STAGES>
+template <typename T, int HDM, int STAGES, bool F8 = false>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_hc, int n_splits,
                            int split_len, float *ws, int *cnt)
 {
-    TRY((set_smem<T, HDM, STAGES>(a->head_dim)));
+    TRY((set_smem<T, HDM, STAGES, F8>(a->head_dim)));
     const dim3 grid((unsigned)a->n_tokens, (unsigned)(a->n_kv_heads * n_hc), (unsigned)n_splits);
-    anvil_launch(anvil_attn_decode_mma_kernel<T, HDM, STAGES>, grid, DM_WARPS * 32,
-                 dm_smem_bytes(a->head_dim, STAGES), stream, a->pdl, *a, n_hc, n_splits, split_len, ws,
+    anvil_launch(anvil_attn_decode_mma_kernel<T, HDM, STAGES, F8>, grid, DM_WARPS * 32,
+                 dm_smem_bytes(a->head_dim, STAGES, F8), stream, a->pdl, *a, n_hc, n_splits, split_len, ws,
                  n_splits > 1 ? cnt : (int *)nullptr);
     TRY(ANVIL_CUDA_LAUNCHED("attention decode (mma) kernel"));
     if (n_splits > 1 && cnt == nullptr)
@@ -421,22 +491,26 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, int n_
     return ANVIL_OK;
 }
 
-template <typename T, int HDM, int STAGES> static int occupancy(int hd)
+template <typename T, int HDM, int STAGES, bool F8 = false> static int occupancy(int hd)
 {
     int n = 0;
-    if (set_smem<T, HDM, STAGES>(hd) != ANVIL_OK ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM, STAGES>,
+    if (set_smem<T, HDM, STAGES, F8>(hd) != ANVIL_OK ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, anvil_attn_decode_mma_kernel<T, HDM, STAGES, F8>,
                                                       DM_WARPS * 32,
-                                                      dm_smem_bytes(hd, STAGES)) != cudaSuccess) {
+                                                      dm_smem_bytes(hd, STAGES, F8)) != cudaSuccess) {
         (void)cudaGetLastError();
         n = 1;
     }
     return n > 0 ? n : 1;
 }
 
-/* head_dim class x stages: the instantiations */
-template <typename T> static int occupancy_t(int hd, int stages)
+/* head_dim class x stages: the instantiations (an fp8 cache: two stages only,
+ * to keep the compile time) */
+template <typename T> static int occupancy_t(int hd, int stages, bool f8)
 {
+    if (f8)
+        return hd <= 32 ? occupancy<T, 32, 2, true>(hd) : hd <= 64 ? occupancy<T, 64, 2, true>(hd)
+                                                                 : occupancy<T, 128, 2, true>(hd);
     if (stages == 3)
         return hd <= 32   ? occupancy<T, 32, 3>(hd)
                : hd <= 64 ? occupancy<T, 64, 3>(hd)
@@ -449,6 +523,10 @@ static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int 
                              int split_len, float *ws, int *cnt, int stages)
 {
     const int hd = a->head_dim;
+    if (a->cache_dt == ANVIL_DTYPE_F8_E4M3)
+        return hd <= 32   ? launch<T, 32, 2, true>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+               : hd <= 64 ? launch<T, 64, 2, true>(stream, a, n_hc, n_splits, split_len, ws, cnt)
+                          : launch<T, 128, 2, true>(stream, a, n_hc, n_splits, split_len, ws, cnt);
     if (stages == 3)
         return hd <= 32   ? launch<T, 32, 3>(stream, a, n_hc, n_splits, split_len, ws, cnt)
                : hd <= 64 ? launch<T, 64, 3>(stream, a, n_hc, n_splits, split_len, ws, cnt)
@@ -461,6 +539,7 @@ static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int 
 extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
 {
     return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
+           (a->cache_dt == a->dt || a->cache_dt == ANVIL_DTYPE_F8_E4M3) &&
            (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128) &&
            (int64_t)a->n_blocks * a->block_size <= INT32_MAX;
 }
@@ -469,11 +548,14 @@ extern "C" int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a
                                                         size_t smem_optin)
 {
     const int hd = a->head_dim;
-    if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd, stages) > smem_optin)
+    const bool f8 = a->cache_dt == ANVIL_DTYPE_F8_E4M3;
+    if (f8)
+        stages = 2;
+    if (!anvil_cuda_attn_decode_mma_ok(a) || dm_smem_bytes(hd, stages, f8) > smem_optin)
         return 1;
     if (a->dt == ANVIL_DTYPE_BF16)
-        return occupancy_t<__nv_bfloat16>(hd, stages);
-    return occupancy_t<__half>(hd, stages);
+        return occupancy_t<__nv_bfloat16>(hd, stages, f8);
+    return occupancy_t<__half>(hd, stages, f8);
 }
 
 extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, const anvil_cuda_attn *a,
@@ -486,11 +568,14 @@ extern "C" anvil_status anvil_cuda_launch_attn_decode_mma(cudaStream_t stream, c
     CHECK(stages == 2 || stages == 3, ANVIL_ERR_INVALID_ARG, "attention decode (mma): %d stages", stages);
     if (a->n_tokens == 0)
         return ANVIL_OK;
+    const bool f8 = a->cache_dt == ANVIL_DTYPE_F8_E4M3;
+    if (f8)
+        stages = 2; /* the fp8 kernel's only */
     CHECK(n_splits >= 1 && n_splits <= 65535 && split_len >= 1 && (n_splits == 1 || ws != NULL),
           ANVIL_ERR_INVALID_ARG, "attention decode: %d splits of %d", n_splits, split_len);
-    CHECK(dm_smem_bytes(a->head_dim, stages) <= smem_optin, ANVIL_ERR_UNSUPPORTED,
+    CHECK(dm_smem_bytes(a->head_dim, stages, f8) <= smem_optin, ANVIL_ERR_UNSUPPORTED,
           "attention decode (mma): head_dim %d needs %zu bytes of shared memory", a->head_dim,
-          dm_smem_bytes(a->head_dim, stages));
+          dm_smem_bytes(a->head_dim, stages, f8));
     const int group = a->n_heads / a->n_kv_heads;
     const int n_hc = (group + DM_ROWS - 1) / DM_ROWS;
     CHECK((int64_t)a->n_kv_heads * n_hc <= 65535, ANVIL_ERR_UNSUPPORTED, "attention: %d KV heads x %d",

@@ -27,7 +27,9 @@
 #define PF_ROWS (PF_WARPS * PF_RPW)  /* rows per block */
 #define PF_BN 32                     /* keys per tile: one per lane */
 
-template <typename T, int DPL>
+/* TC: the cache's element type, T or __nv_fp8_e4m3 (the fp8 cache: its
+ * values times k_scale / v_scale as they are staged in f32) */
+template <typename T, typename TC, int DPL>
 __global__ void __launch_bounds__(PF_WARPS * 32)
     anvil_attn_prefill_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
 {
@@ -45,7 +47,9 @@ __global__ void __launch_bounds__(PF_WARPS * 32)
     const int group = a.n_heads / a.n_kv_heads;
     const int n_tok = min(qt, a.n_tokens - t0);
     const int64_t qw = (int64_t)a.n_heads * hd, kw = (int64_t)a.n_kv_heads * hd;
-    const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
+    const TC *kc = (const TC *)a.k_cache, *vc = (const TC *)a.v_cache;
+    const bool f8 = !std::is_same<T, TC>::value;
+    const float ks = f8 ? a.k_scale : 1.0f, vs = f8 ? a.v_scale : 1.0f;
 
     if (threadIdx.x < PF_ROWS) {
         const int r = threadIdx.x, tl = r / gh, hh = hc * gh + r % gh;
@@ -109,7 +113,7 @@ __global__ void __launch_bounds__(PF_WARPS * 32)
             __syncthreads(); /* the previous tile (or the q rows) is no longer being read/written */
             for (int j = warp; j < PF_BN; j += PF_WARPS) {
                 const int kj = kt + j;
-                const T *kr = nullptr, *vr = nullptr;
+                const TC *kr = nullptr, *vr = nullptr;
                 if (kj < khi) {
                     const int bi = kj / a.block_size;
                     const int blk = bi < a.max_blocks_per_seq ? bt[bi] : -1;
@@ -123,8 +127,8 @@ __global__ void __launch_bounds__(PF_WARPS * 32)
                     }
                 }
                 for (int d = lane; d < hd; d += 32) {
-                    k_s[j * kst + d] = kr ? anvil_to_f32(kr[d]) : 0.0f;
-                    v_s[j * hd + d] = vr ? anvil_to_f32(vr[d]) : 0.0f;
+                    k_s[j * kst + d] = kr ? (f8 ? anvil_to_f32(kr[d]) * ks : anvil_to_f32(kr[d])) : 0.0f;
+                    v_s[j * hd + d] = vr ? (f8 ? anvil_to_f32(vr[d]) * vs : anvil_to_f32(vr[d])) : 0.0f;
                 }
             }
             __syncthreads();
@@ -205,7 +209,7 @@ __global__ void __launch_bounds__(PF_WARPS * 32)
     }
 }
 
-template <typename T, int DPL>
+template <typename T, typename TC, int DPL>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
                            int qt, int n_hc)
 {
@@ -214,10 +218,10 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t
     CHECK(smem <= smem_optin, ANVIL_ERR_UNSUPPORTED, "attention: head_dim %d needs %zu bytes of shared memory",
           a->head_dim, smem);
     if (smem > 48 * 1024)
-        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_kernel<T, DPL>,
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_kernel<T, TC, DPL>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention: shared memory limit", __FILE__, __LINE__));
-    anvil_attn_prefill_kernel<T, DPL><<<grid, PF_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
+    anvil_attn_prefill_kernel<T, TC, DPL><<<grid, PF_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
     return ANVIL_CUDA_LAUNCHED("attention prefill kernel");
 }
 
@@ -234,14 +238,37 @@ extern "C" anvil_status anvil_cuda_launch_attn_prefill(cudaStream_t stream, cons
           a->n_kv_heads, n_hc);
     const dim3 grid((unsigned)((a->n_tokens + qt - 1) / qt), (unsigned)(a->n_kv_heads * n_hc), 1);
     const int hd = a->head_dim;
+    if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) {
+        CHECK(a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
+              "attention: an fp8 KV cache with %s activations (bf16 or f16)", anvil_dtype_name(a->dt));
+        typedef __nv_fp8_e4m3 TC;
+        if (a->dt == ANVIL_DTYPE_BF16) {
+            typedef __nv_bfloat16 T;
+            if (hd <= 32)
+                return launch<T, TC, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            if (hd <= 64)
+                return launch<T, TC, 2>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            if (hd <= 128)
+                return launch<T, TC, 4>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<T, TC, 8>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        }
+        typedef __half T;
+        if (hd <= 32)
+            return launch<T, TC, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        if (hd <= 64)
+            return launch<T, TC, 2>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        if (hd <= 128)
+            return launch<T, TC, 4>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        return launch<T, TC, 8>(stream, a, smem_optin, grid, gh, qt, n_hc);
+    }
     ANVIL_CUDA_DISPATCH(a->dt, {
         if (hd <= 32)
-            return launch<T, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<T, T, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
         if (hd <= 64)
-            return launch<T, 2>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<T, T, 2>(stream, a, smem_optin, grid, gh, qt, n_hc);
         if (hd <= 128)
-            return launch<T, 4>(stream, a, smem_optin, grid, gh, qt, n_hc);
-        return launch<T, 8>(stream, a, smem_optin, grid, gh, qt, n_hc);
+            return launch<T, T, 4>(stream, a, smem_optin, grid, gh, qt, n_hc);
+        return launch<T, T, 8>(stream, a, smem_optin, grid, gh, qt, n_hc);
     });
     return ANVIL_OK;
 }

@@ -24,6 +24,12 @@
  * does; everything else is f32 (exponentials as exp2 of scores prescaled
  * by log2 e, the scale folded into the exponent's FFMA; tiles inside every
  * row's causal window skip the mask).
+ *
+ * An fp8 KV cache (F8: cache_dt F8_E4M3, head_dim 32, 64 or 128): each
+ * stage holds the tile's fp8 rows, and once a tile has landed the block
+ * converts it (exactly) into one bf16/f16 tile that the fragments are read
+ * from, as in cuda_attn_decode_mma.cu; k_scale goes into the score scale,
+ * v_scale into the final 1 / l.
  */
 #include <math.h>
 
@@ -56,11 +62,12 @@ template <int MT> struct prefill_bounds;
 template <> struct prefill_bounds<1> { static constexpr int blocks = 3; };
 template <> struct prefill_bounds<2> { static constexpr int blocks = 2; };
 
-template <typename T, int HDM, bool EXACT, int MT>
+template <typename T, int HDM, bool EXACT, int MT, bool F8>
 __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
     anvil_attn_prefill_mma_kernel(anvil_cuda_attn a, int gh, int qt, int n_hc)
 {
     static_assert(MT == 1 || (MT == 2 && EXACT), "two m-tiles a warp need head_dim == HDM");
+    static_assert(!F8 || EXACT, "an fp8 cache needs head_dim == HDM");
     constexpr int KC = HDM / 16; /* 16-wide chunks of head_dim */
     constexpr int NTO = HDM / 8; /* 8-wide tiles of the output */
     constexpr int ROWS = MMA_ROWS * MT;
@@ -77,7 +84,11 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
      * with MT 2 then the block's Q rows, padded the same way */
     uint16_t *const smem = reinterpret_cast<uint16_t *>(mma_smem4);
     const int stage_elems = 2 * MMA_BN * kst;
-    uint16_t *const q_s = smem + 2 * stage_elems;
+    /* F8: two stages of fp8 K and V rows (unpadded), the converted tile, then Q */
+    uint8_t *const stg8 = reinterpret_cast<uint8_t *>(mma_smem4);
+    constexpr int STAGE8 = 2 * MMA_BN * HDM;
+    uint16_t *const tile8 = reinterpret_cast<uint16_t *>(stg8 + 2 * STAGE8);
+    uint16_t *const q_s = F8 ? tile8 + stage_elems : smem + 2 * stage_elems;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
     /* Blocks start in the order of their linear index (x fastest): it
@@ -156,7 +167,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
         m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
-    const float sl2 = a.scale * 1.4426950408889634f; /* scores into log2 units */
+    const float sl2 = (F8 ? a.scale * a.k_scale : a.scale) * 1.4426950408889634f; /* scores into log2 units */
 
     for (int seg_begin = 0; seg_begin < n_tok;) {
         const int s = tok_seq[seg_begin];
@@ -237,6 +248,22 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
          * same piece of every (threads / pieces)-th key: shifts, no
          * division. */
         auto issue = [&](int st) {
+            if constexpr (F8) { /* 16 keys' bytes a piece */
+                constexpr int P8 = HDM / 16, KPP8 = MMA_WARPS * 32 / P8;
+                const int part8 = threadIdx.x % P8, key08 = threadIdx.x / P8;
+                uint8_t *k8 = stg8 + st * STAGE8, *v8 = k8 + MMA_BN * HDM;
+                const uint8_t *kc8 = (const uint8_t *)a.k_cache, *vc8 = (const uint8_t *)a.v_cache;
+                const int *kr8 = key_row[st];
+#pragma unroll
+                for (int i = 0; i < MMA_BN / KPP8; i++) {
+                    const int key = key08 + i * KPP8, row = kr8[key];
+                    const long long off = (long long)row * kw + (long long)g * HDM + part8 * 16;
+                    anvil_cp_async16(k8 + key * HDM + part8 * 16, row >= 0 ? kc8 + off : kc8, row >= 0);
+                    anvil_cp_async16(v8 + key * HDM + part8 * 16, row >= 0 ? vc8 + off : vc8, row >= 0);
+                }
+                anvil_cp_async_commit();
+                return;
+            }
             uint16_t *k_s = smem + st * stage_elems, *v_s = k_s + MMA_BN * kst;
             const T *kc = (const T *)a.k_cache, *vc = (const T *)a.v_cache;
             const int *kr = key_row[st];
@@ -289,6 +316,20 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
             const int next_row = it + 2 < n_tiles ? row_of(kt + 2 * MMA_BN) : -1;
             __syncthreads(); /* tile it is in shared memory for every thread */
             const uint16_t *k_s = smem + (it & 1) * stage_elems, *v_s = k_s + MMA_BN * kst;
+            if constexpr (F8) {
+                /* the staged fp8 rows into the bf16/f16 tile (its last
+                 * readers passed the barrier that ended the previous tile) */
+                constexpr int P8 = HDM / 16;
+                const uint8_t *src = stg8 + (it & 1) * STAGE8;
+                for (int c = threadIdx.x; c < 2 * MMA_BN * P8; c += MMA_WARPS * 32) {
+                    const int row = c / P8, pc = c - row * P8;
+                    anvil_fp8x16_to<T>(*reinterpret_cast<const uint4 *>(src + row * HDM + pc * 16),
+                                       tile8 + row * kst + pc * 16);
+                }
+                __syncthreads();
+                k_s = tile8;
+                v_s = tile8 + MMA_BN * kst;
+            }
             if (any) {
             /* S = Q K^T for 16 MT rows x 64 keys: 8 tiles of 8 keys */
             float sc[MT][8][4];
@@ -464,7 +505,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
             float lh = l[mt][h];
             lh += __shfl_xor_sync(FULL_MASK, lh, 1);
             lh += __shfl_xor_sync(FULL_MASK, lh, 2);
-            const float inv = lh > 0.0f ? 1.0f / lh : 0.0f;
+            float inv = lh > 0.0f ? 1.0f / lh : 0.0f;
+            if constexpr (F8)
+                inv *= a.v_scale; /* the values were fp8(v / v_scale) */
             const int r = my_row(mt, h), t = row_t[r];
             T *op = t >= 0 ? (T *)a.out + (int64_t)t * qw + (int64_t)row_h[r] * hd : nullptr;
             if (op == nullptr)
@@ -481,24 +524,28 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
     }
 }
 
-/* shared memory: 2 stages of K and V tiles (+ the Q rows with MT 2), rows padded by 8, 2 bytes an element */
-static size_t prefill_smem(int hd, int mt)
+/* shared memory: 2 stages of K and V tiles (+ the Q rows with MT 2), rows padded by 8, 2 bytes an element;
+ * with an fp8 cache, 2 stages of fp8 K and V rows and one converted tile */
+static size_t prefill_smem(int hd, int mt, bool f8 = false)
 {
-    return (size_t)(2 * 2 * MMA_BN + (mt == 2 ? MMA_ROWS * 2 : 0)) * (size_t)(hd + 8) * 2;
+    const size_t q = (mt == 2 ? MMA_ROWS * 2 : 0) * (size_t)(hd + 8) * 2;
+    if (f8)
+        return 2 * 2 * MMA_BN * (size_t)hd + 2 * MMA_BN * (size_t)(hd + 8) * 2 + q;
+    return (size_t)(2 * 2 * MMA_BN) * (size_t)(hd + 8) * 2 + q;
 }
 
-template <typename T, int HDM, bool EXACT, int MT>
+template <typename T, int HDM, bool EXACT, int MT, bool F8 = false>
 static anvil_status launch_exact(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
                                  int qt, int n_hc)
 {
-    const size_t smem = prefill_smem(a->head_dim, MT);
+    const size_t smem = prefill_smem(a->head_dim, MT, F8);
     CHECK(smem <= smem_optin, ANVIL_ERR_UNSUPPORTED, "attention: head_dim %d needs %zu bytes of shared memory",
           a->head_dim, smem);
     if (smem > 48 * 1024)
-        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT>,
+        TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT, F8>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "attention: shared memory limit", __FILE__, __LINE__));
-    anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT><<<grid, MMA_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
+    anvil_attn_prefill_mma_kernel<T, HDM, EXACT, MT, F8><<<grid, MMA_WARPS * 32, smem, stream>>>(*a, gh, qt, n_hc);
     return ANVIL_CUDA_LAUNCHED("attention prefill (mma) kernel");
 }
 
@@ -506,6 +553,8 @@ template <typename T, int HDM>
 static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t smem_optin, dim3 grid, int gh,
                            int qt, int n_hc, int mt)
 {
+    if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) /* head_dim == HDM (prefill_mma_ok); two m-tiles, to keep the compile time */
+        return launch_exact<T, HDM, true, 2, true>(stream, a, smem_optin, grid, gh, qt, n_hc);
     if (a->head_dim != HDM)
         return launch_exact<T, HDM, false, 1>(stream, a, smem_optin, grid, gh, qt, n_hc);
     if (mt == 2)
@@ -515,7 +564,11 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t
 
 extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
 {
-    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) && a->head_dim % 16 == 0 && a->head_dim <= 128;
+    if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) /* the fp8 kernels: head_dim a template's */
+        return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
+               (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128);
+    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) && a->cache_dt == a->dt && a->head_dim % 16 == 0 &&
+           a->head_dim <= 128;
 }
 
 extern "C" anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, const anvil_cuda_attn *a,
@@ -531,7 +584,7 @@ extern "C" anvil_status anvil_cuda_launch_attn_prefill_mma(cudaStream_t stream, 
     /* two m-tiles a warp (the default) only where head_dim is a
      * template's (32, 64, 128) */
     const int hd = a->head_dim;
-    const int mt = rows != 64 && (hd == 32 || hd == 64 || hd == 128) ? 2 : 1;
+    const int mt = (rows != 64 || a->cache_dt == ANVIL_DTYPE_F8_E4M3) && (hd == 32 || hd == 64 || hd == 128) ? 2 : 1;
     const int block_rows = MMA_ROWS * mt;
     const int group = a->n_heads / a->n_kv_heads;
     const int gh = group < block_rows ? group : block_rows;

@@ -2,6 +2,8 @@
  * without reading device memory (shapes, dtypes, aliasing, limits). The
  * contents of the step arrays are checked by the kernels themselves (see
  * the error word in cuda_internal.h). */
+#include <math.h>
+
 #include "backend/cuda/cuda_internal.h"
 
 int anvil_cuda_is_float_dtype(anvil_dtype dt)
@@ -64,8 +66,11 @@ static anvil_status check_cache(const anvil_tensor *c, const anvil_attention_arg
 {
     CHECK(c != NULL && c->data != NULL && c->n_dims == 4, ANVIL_ERR_INVALID_ARG,
           "attention: %s must be [n_blocks, block_size, n_kv_heads, head_dim]", what);
-    CHECK(c->dtype == act, ANVIL_ERR_UNSUPPORTED, "attention: %s is %s; the CUDA backend keeps it in %s", what,
-          anvil_dtype_name(c->dtype), anvil_dtype_name(act));
+    /* the compute dtype, or fp8 e4m3 beside bf16/f16 activations (the fp8 KV cache) */
+    CHECK(c->dtype == act ||
+              (c->dtype == ANVIL_DTYPE_F8_E4M3 && (act == ANVIL_DTYPE_BF16 || act == ANVIL_DTYPE_F16)),
+          ANVIL_ERR_UNSUPPORTED, "attention: %s is %s; the CUDA backend keeps it in %s (or f8_e4m3 with bf16/f16)",
+          what, anvil_dtype_name(c->dtype), anvil_dtype_name(act));
     CHECK(c->shape[0] > 0 && c->shape[0] <= INT32_MAX / a->step->block_size && c->shape[1] == a->step->block_size &&
               c->shape[2] == a->n_kv_heads && c->shape[3] == a->head_dim,
           ANVIL_ERR_INVALID_ARG, "attention: %s is [%lld, %lld, %lld, %lld], want [*, %d, %d, %d]", what,
@@ -104,7 +109,13 @@ anvil_status anvil_cuda_check_attention(const anvil_cuda_backend *cb, const anvi
     CHECK(a->out->data != a->q->data || T == 0, ANVIL_ERR_INVALID_ARG, "attention: out must not alias q");
     TRY(check_cache(a->k_cache, a, cb->ops.act_dtype, "k_cache"));
     TRY(check_cache(a->v_cache, a, cb->ops.act_dtype, "v_cache"));
-    CHECK(a->k_cache->shape[0] == a->v_cache->shape[0], ANVIL_ERR_INVALID_ARG, "attention: k_cache and v_cache differ");
+    CHECK(a->k_cache->shape[0] == a->v_cache->shape[0] && a->k_cache->dtype == a->v_cache->dtype,
+          ANVIL_ERR_INVALID_ARG, "attention: k_cache and v_cache differ");
+    /* !(x >= 0) also catches NaN; 0 means 1 */
+    CHECK(a->k_cache->dtype != ANVIL_DTYPE_F8_E4M3 ||
+              (a->k_scale >= 0.0f && a->v_scale >= 0.0f && isfinite(a->k_scale) && isfinite(a->v_scale)),
+          ANVIL_ERR_INVALID_ARG, "attention: fp8 KV cache scales k %g, v %g: want positive and finite (0 means 1)",
+          (double)a->k_scale, (double)a->v_scale);
     CHECK(T == 0 || (st->n_seqs > 0 && st->positions && st->seq_of_token && st->block_tables && st->slots),
           ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
     CHECK(T == 0 || st->max_context > 0, ANVIL_ERR_INVALID_ARG, "attention: max_context %d", st->max_context);

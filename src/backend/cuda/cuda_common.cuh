@@ -8,7 +8,10 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 #include "backend/cuda/cuda_internal.h"
 
@@ -26,6 +29,8 @@ __device__ __forceinline__ const float *anvil_rope_table(const anvil_cuda_rope &
 __device__ __forceinline__ float anvil_to_f32(float x) { return x; }
 __device__ __forceinline__ float anvil_to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float anvil_to_f32(__half x) { return __half2float(x); }
+/* fp8 e4m3 (the fp8 KV cache's elements), exactly */
+__device__ __forceinline__ float anvil_to_f32(__nv_fp8_e4m3 x) { return (float)x; }
 
 /* Round to nearest even, as the host conversions in core/dtype.c do. */
 template <typename T> __device__ __forceinline__ T anvil_from_f32(float x);
@@ -35,6 +40,58 @@ template <> __device__ __forceinline__ __nv_bfloat16 anvil_from_f32<__nv_bfloat1
     return __float2bfloat16_rn(x);
 }
 template <> __device__ __forceinline__ __half anvil_from_f32<__half>(float x) { return __float2half_rn(x); }
+/* Round to nearest even, saturating at +-448 (NaN stays NaN), as
+ * anvil_f32_to_fp8_e4m3 */
+template <> __device__ __forceinline__ __nv_fp8_e4m3 anvil_from_f32<__nv_fp8_e4m3>(float x)
+{
+    __nv_fp8_e4m3 r;
+    r.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+    return r;
+}
+
+/* x as a KV cache of TC stores it: itself (TC == T), or fp8(x / scale)
+ * (the fp8 cache: the division, then e4m3's rounding, as the CPU's) */
+template <typename T, typename TC> __device__ __forceinline__ TC anvil_kv_put(T x, float scale)
+{
+    if constexpr (std::is_same<T, TC>::value) {
+        (void)scale;
+        return x;
+    } else {
+        return anvil_from_f32<TC>(__fdiv_rn(anvil_to_f32(x), scale));
+    }
+}
+
+/* Two fp8 e4m3 values (the low byte first) as a packed pair of T (bf16 or
+ * f16, low half first), exactly: e4m3 fits both. */
+template <typename T> __device__ __forceinline__ uint32_t anvil_fp8x2_to(uint16_t two);
+template <> __device__ __forceinline__ uint32_t anvil_fp8x2_to<__half>(uint16_t two)
+{
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+template <> __device__ __forceinline__ uint32_t anvil_fp8x2_to<__nv_bfloat16>(uint16_t two)
+{
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two, __NV_E4M3);
+    const float2 f = __half22float2(__half2(h));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+    return *reinterpret_cast<const uint32_t *>(&b);
+}
+
+/* 16 fp8 e4m3 values (a 16-byte piece of an fp8 cache row) into 16 T at
+ * dst (16-byte aligned): how the tensor-core attention kernels turn a
+ * staged fp8 tile into the bf16/f16 tile their fragments are read from. */
+template <typename T> __device__ __forceinline__ void anvil_fp8x16_to(const uint4 &src, uint16_t *dst)
+{
+    const uint32_t w[4] = {src.x, src.y, src.z, src.w};
+    uint32_t o[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        o[2 * i] = anvil_fp8x2_to<T>((uint16_t)(w[i] & 0xffffu));
+        o[2 * i + 1] = anvil_fp8x2_to<T>((uint16_t)(w[i] >> 16));
+    }
+    *reinterpret_cast<uint4 *>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
+    *reinterpret_cast<uint4 *>(dst + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+}
 
 /* Element i of an f32/bf16/f16 array whose dtype is only known at run time
  * (weights may be in another dtype than the activations). */

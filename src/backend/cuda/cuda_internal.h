@@ -100,7 +100,7 @@ typedef struct anvil_cuda_backend {
 
     anvil_cuda_knobs knobs;    /* test knobs, see cuda_backend.h */
     int decode_occupancy[3][4][4]; /* decode kernel blocks per SM by [dtype][head_dim class][group class], 0: not asked yet */
-    int decode_mma_occupancy[2][3][2]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128][2/3 stages] */
+    int decode_mma_occupancy[2][3][3]; /* tensor-core decode kernel blocks per SM by [bf16/f16][head_dim 32/64/128][2/3 stages, fp8 cache] */
     /* the norm GEMV kernel's blocks per SM by [bf16/f16][rows - 1][silu], for norm_gemv_k (0: not asked yet) */
     int norm_gemv_occupancy[2][4][2];
     int64_t norm_gemv_k[2][4][2];
@@ -320,7 +320,9 @@ typedef struct anvil_cuda_attn {
     const void *q, *k, *v;       /* [T, n_heads * hd], [T, n_kv_heads * hd] x2 */
     void *k_cache, *v_cache;     /* [n_blocks, block_size, n_kv_heads, hd] */
     void *out;                   /* [T, n_heads * hd] */
-    anvil_dtype dt;              /* activations and cache */
+    anvil_dtype dt;              /* activations (and the cache, unless cache_dt is F8_E4M3) */
+    anvil_dtype cache_dt;        /* dt, or F8_E4M3: the fp8 KV cache (docs/quantization.md) */
+    float k_scale, v_scale;      /* an fp8 cache holds k / k_scale, v / v_scale; 1 otherwise */
     const int32_t *positions, *seq_of_token, *block_tables, *slots;
     int32_t n_tokens, n_seqs, max_blocks_per_seq, block_size, n_blocks;
     int32_t n_heads, n_kv_heads, head_dim, window;

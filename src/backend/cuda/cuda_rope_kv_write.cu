@@ -6,12 +6,14 @@
  * same table and angle, sincosf, the same scaling, and products rounded
  * before the sum).
  * A block per token; a slot outside the cache skips the token's cache
- * writes and sets ANVIL_CUDA_BAD_SLOT, as the KV write does.
+ * writes and sets ANVIL_CUDA_BAD_SLOT, as the KV write does. An fp8 cache
+ * takes the rotated k (rounded to T first, as the rope op leaves it) and v
+ * divided by their scales and rounded to e4m3 (anvil_kv_put).
  */
 #include "backend/cuda/cuda_common.cuh"
 
-template <typename T>
-__device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float c, float s, T *copy)
+template <typename T, typename TC>
+__device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float c, float s, TC *copy, float cscale)
 {
     const float x1 = anvil_to_f32(xh[i]), x2 = anvil_to_f32(xh[i + half]);
     const T y1 = anvil_from_f32<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
@@ -19,16 +21,17 @@ __device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float 
     xh[i] = y1;
     xh[i + half] = y2;
     if (copy != nullptr) {
-        copy[i] = y1;
-        copy[i + half] = y2;
+        copy[i] = anvil_kv_put<T, TC>(y1, cscale);
+        copy[i + half] = anvil_kv_put<T, TC>(y2, cscale);
     }
 }
 
-template <typename T>
-__global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T *v_cache,
+template <typename T, typename TC>
+__global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, TC *k_cache, TC *v_cache,
                                            const int32_t *slots, const int32_t *positions,
                                            const anvil_cuda_rope rope, int32_t n_tokens, int n_heads,
-                                           int n_kv_heads, int head_dim, int64_t n_slots, int *err)
+                                           int n_kv_heads, int head_dim, int64_t n_slots, float k_scale,
+                                           float v_scale, int *err)
 {
     anvil_pdl_wait();
     anvil_pdl_launch();
@@ -51,14 +54,15 @@ __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, T *k_cache, T
             c = __fmul_rn(c, rope.scale);
             s = __fmul_rn(s, rope.scale);
             if (is_q)
-                anvil_rotate_pair<T>(q + t * qw + (int64_t)h * head_dim, i, half, c, s, nullptr);
+                anvil_rotate_pair<T, TC>(q + t * qw + (int64_t)h * head_dim, i, half, c, s, (TC *)nullptr, 1.0f);
             else
-                anvil_rotate_pair<T>(k + t * kw + (int64_t)h * head_dim, i, half, c, s,
-                                     slot_ok ? k_cache + slot * kw + (int64_t)h * head_dim : nullptr);
+                anvil_rotate_pair<T, TC>(k + t * kw + (int64_t)h * head_dim, i, half, c, s,
+                                         slot_ok ? k_cache + slot * kw + (int64_t)h * head_dim : nullptr,
+                                         k_scale);
         }
         if (slot_ok)
             for (int64_t i = threadIdx.x; i < kw; i += blockDim.x)
-                v_cache[slot * kw + i] = v[(int64_t)t * kw + i];
+                v_cache[slot * kw + i] = anvil_kv_put<T, TC>(v[(int64_t)t * kw + i], v_scale);
     }
 }
 
@@ -74,10 +78,18 @@ extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, con
     const unsigned grid = a->n_tokens < 65535 ? (unsigned)a->n_tokens : 65535u;
     const int pairs = (a->n_heads + a->n_kv_heads) * (a->head_dim / 2);
     const unsigned threads = pairs >= 256 ? 256 : pairs >= 128 ? 128 : 64;
+    if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) {
+        ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_rope_kv_write_kernel<T, __nv_fp8_e4m3>, grid, threads, 0,
+                                                stream, a->pdl, (T *)a->q, (T *)a->k, (const T *)a->v,
+                                                (__nv_fp8_e4m3 *)a->k_cache, (__nv_fp8_e4m3 *)a->v_cache, a->slots,
+                                                a->positions, a->rope, a->n_tokens, a->n_heads, a->n_kv_heads,
+                                                a->head_dim, n_slots, a->k_scale, a->v_scale, a->err));
+        return ANVIL_CUDA_LAUNCHED("rope_kv_write kernel (fp8)");
+    }
     ANVIL_CUDA_DISPATCH(a->dt,
-                        anvil_launch(anvil_rope_kv_write_kernel<T>, grid, threads, 0, stream, a->pdl, (T *)a->q,
+                        anvil_launch(anvil_rope_kv_write_kernel<T, T>, grid, threads, 0, stream, a->pdl, (T *)a->q,
                                      (T *)a->k, (const T *)a->v, (T *)a->k_cache, (T *)a->v_cache, a->slots,
                                      a->positions, a->rope, a->n_tokens, a->n_heads, a->n_kv_heads,
-                                     a->head_dim, n_slots, a->err));
+                                     a->head_dim, n_slots, 1.0f, 1.0f, a->err));
     return ANVIL_CUDA_LAUNCHED("rope_kv_write kernel");
 }
