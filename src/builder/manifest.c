@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "builder/quantize.h"
 #include "core/error.h"
 
 static const char *const fuse_names[] = {"none",         "skip",     "add_rmsnorm",
@@ -475,12 +476,23 @@ anvil_status anvil_manifest_read_plan(const anvil_engine_file *f, const anvil_ne
         }
         p->total_bytes += t->bytes;
     }
+    /* weights quantized by round to nearest can be made again from a
+     * checkpoint (a refit): they get the RTN converter, their companions too */
+    const char *method = json_string_value(
+        json_object_get(json_object_get(json_object_get(m, "build"), "quantization"), "method"));
+    const anvil_stored_converter *conv = method && strcmp(method, anvil_rtn_converter.method) == 0
+                                             ? &anvil_rtn_converter
+                                             : NULL;
     for (int32_t s = 0; s < p->n_stored; s++) { /* each companion's weight: the one that names it */
         const anvil_stored_quant *q = &p->stored[s].q;
         const int32_t comp[3] = {q->scales, q->zeros, q->perm};
+        if (q->scales >= 0)
+            p->stored[s].conv = conv;
         for (int c = 0; c < 3; c++)
-            if (comp[c] >= 0 && comp[c] < p->n_stored && p->stored[comp[c]].of < 0)
+            if (comp[c] >= 0 && comp[c] < p->n_stored && p->stored[comp[c]].of < 0) {
                 p->stored[comp[c]].of = s;
+                p->stored[comp[c]].conv = conv;
+            }
     }
     TRY_GOTO(read_fusion(json_object_get(plan, "fusion"), p), fail);
     TRY_GOTO(anvil_build_plan_check(p, net), fail);

@@ -115,8 +115,18 @@ anvil_status anvil_refit_engine(const char *engine, const char *weights, const c
         const anvil_engine_tensor *t = anvil_engine_file_tensor(f, i);
         int64_t idx;
         TRY_GOTO(anvil_engine_writer_add_tensor(w, t->name, t->kind, t->n_dims, t->shape, &idx), done);
-        if (t->scales >= 0)
-            TRY_GOTO(anvil_engine_writer_set_scales(w, idx, t->scales), done);
+    }
+    for (int64_t i = 0; i < anvil_engine_file_count(f); i++) { /* scales follow their weights: all declared now */
+        const anvil_engine_tensor *t = anvil_engine_file_tensor(f, i);
+        if (t->scales >= 0) { /* the "scales" object whole: group, zero points, activations */
+            TRY_GOTO(anvil_engine_writer_set_scales(w, i, t->scales), done);
+            json_t *info = json_deep_copy(json_object_get(t->entry, "scales"));
+            CHECK_GOTO(info != NULL, ANVIL_ERR_OOM, done, "out of memory");
+            json_object_del(info, "tensor");
+            st = anvil_engine_writer_set_scales_info(w, i, info);
+            json_decref(info);
+            TRY_GOTO(st, done);
+        }
     }
     manifest = json_deep_copy(anvil_engine_file_manifest(f));
     CHECK_GOTO(manifest != NULL, ANVIL_ERR_OOM, done, "out of memory");

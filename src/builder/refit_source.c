@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "builder/manifest.h"
+#include "builder/quantize.h"
 #include "core/error.h"
 #include "io/engine_file.h"
 #include "io/safetensors.h"
@@ -169,6 +170,10 @@ static anvil_status check_same_plan(const anvil_build_plan *want, const anvil_bu
         CHECK(a->kind == b->kind, ANVIL_ERR_INVALID_ARG,
               "%s: tensor '%s' is stored as %s, the model's as %s: build it with --dtype %s", path, a->name,
               anvil_dtype_name(b->kind), anvil_dtype_name(a->kind), anvil_dtype_name(a->kind));
+        CHECK(a->role == b->role && a->q.group == b->q.group && (a->q.zeros < 0) == (b->q.zeros < 0) &&
+                  (a->q.perm < 0) == (b->q.perm < 0) && a->q.act == b->q.act,
+              ANVIL_ERR_INVALID_ARG, "%s: tensor '%s' is quantized otherwise than the model's: build it with the "
+              "model's --quantize", path, a->name);
         int same = a->n_dims == b->n_dims && a->n == b->n && a->bytes == b->bytes;
         for (int d = 0; same && d < a->n_dims; d++)
             same = a->shape[d] == b->shape[d];
@@ -192,13 +197,7 @@ anvil_status anvil_refit_source_open(const char *path, const anvil_model_config 
 {
     *out = NULL;
     CHECK(path != NULL && path[0], ANVIL_ERR_INVALID_ARG, "refit: no weights given");
-    /* a quantized weight would be quantized again from the new checkpoint
-     * (or copied with its scales from another engine): not done yet */
-    for (int32_t s = 0; s < plan->n_stored; s++)
-        CHECK(plan->stored[s].q.scales < 0, ANVIL_ERR_UNSUPPORTED,
-              "refit of a quantized engine ('%s' is %s) is not supported yet: build the new weights with "
-              "anvil build --quantize",
-              plan->stored[s].name, anvil_dtype_name(plan->stored[s].kind));
+
     anvil_refit_source *src = calloc(1, sizeof *src);
     CHECK(src != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st = ANVIL_OK;
@@ -230,6 +229,16 @@ anvil_status anvil_refit_source_open(const char *path, const anvil_model_config 
         TRY_GOTO(anvil_manifest_read_plan(src->f, net, &src->fplan), fail);
         TRY_GOTO(check_same_plan(plan, src->fplan, path), fail);
     } else {
+        /* a quantized weight is quantized again from the new checkpoint by
+         * its converter: round to nearest can be; a pre-quantized
+         * checkpoint's weights come from packed tensors this folder's
+         * recipes do not name */
+        for (int32_t s = 0; s < plan->n_stored; s++)
+            CHECK_GOTO(plan->stored[s].q.scales < 0 || plan->stored[s].conv == &anvil_rtn_converter,
+                       ANVIL_ERR_UNSUPPORTED, fail,
+                       "refit of '%s' (%s, not quantized by anvil build --quantize) from a folder is not "
+                       "supported: refit from an engine built from the new weights",
+                       plan->stored[s].name, anvil_dtype_name(plan->stored[s].kind));
         TRY_GOTO(anvil_checkpoint_open_ex(path, ANVIL_ST_READ, &src->ck), fail);
         if (anvil_build_check_checkpoint(net, src->ck) != ANVIL_OK) {
             st = does_not_fit(path);
@@ -264,6 +273,8 @@ anvil_status anvil_refit_source_fill(const anvil_refit_source *src, int32_t s, s
     if (!src->check_finite)
         return ANVIL_OK;
     const anvil_stored *t = &src->plan->stored[s];
+    if (!anvil_stored_kind_is_float(t->kind) || t->role != ANVIL_STORED_WEIGHT)
+        return ANVIL_OK; /* quantized: the converter scanned its values; an engine's scales were at its build */
     const size_t es = anvil_dtype_size(t->kind);
     const int64_t i = anvil_find_nonfinite(t->kind, dst, (int64_t)(len / es));
     if (i < 0)

@@ -344,6 +344,21 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
             "refit: copying the new weights failed after %d of %d tensors: the runtime's weights are "
             "partly replaced (free it and load the model again)",
             copied, n);
+    /* a quantized weight's scales, zero points and perm move with their
+     * stored tensors (each pointer keeps its offset; before the bases change) */
+    for (int32_t i = 0; n_fresh > 0 && i < rt->n_weights; i++) {
+        const anvil_stored_quant *q = &rt->plan->stored[rt->plan->weight_stored[i]].q;
+        anvil_quant *wq = &rt->quants[i];
+        if (q->scales < 0)
+            continue;
+        if (fresh[q->scales] != NULL)
+            wq->scales = (const float *)((char *)fresh[q->scales] +
+                                         ((const char *)wq->scales - (const char *)rt->stored_data[q->scales]));
+        if (q->zeros >= 0 && fresh[q->zeros] != NULL)
+            wq->zeros = (const uint8_t *)fresh[q->zeros] + (wq->zeros - (const uint8_t *)rt->stored_data[q->zeros]);
+        if (q->perm >= 0 && fresh[q->perm] != NULL)
+            wq->perm = (const int32_t *)fresh[q->perm] + (wq->perm - (const int32_t *)rt->stored_data[q->perm]);
+    }
     for (int32_t s = 0; s < n; s++) {
         if (fresh[s] == NULL)
             continue;
@@ -355,8 +370,8 @@ anvil_status anvil_runtime_refit_commit(anvil_runtime *rt, anvil_refit_staging *
         for (int32_t i = 0; i < rt->n_weights; i++) {
             const int32_t s = rt->plan->weight_stored[i];
             if (fresh[s] != NULL)
-                rt->weights[i].data = (char *)fresh[s] + (size_t)rt->plan->weight_offset[i] *
-                                                             anvil_dtype_size(rt->plan->stored[s].kind);
+                rt->weights[i].data = (char *)fresh[s] + anvil_stored_kind_bytes(rt->plan->stored[s].kind,
+                                                                                  rt->plan->weight_offset[i]);
         }
         /* no weight points into the old file any longer */
         anvil_checkpoint_close(rt->ckpt);

@@ -13,8 +13,10 @@
  *    divide a width, a group size without int4, malformed quantized
  *    entries (scales missing or of the wrong shape, zero points on int8,
  *    a group that does not divide, fp8 activations on int4, zero points
- *    above 15), refit of a quantized engine; anvil inspect shows the
- *    quantization and --verify catches bad zero points.
+ *    above 15); anvil inspect shows the quantization and --verify catches
+ *    bad zero points;
+ *  - refit quantizes the new weights again: on disk the bytes of a build
+ *    of them, live (read and mapped) the logits of that engine.
  */
 #include <jansson.h>
 #include <math.h>
@@ -634,9 +636,85 @@ static void test_bad_options(void **st)
     assert_int_equal(anvil_quantize_parse("int4-wo", &q), 0);
     assert_int_equal(q, ANVIL_QUANTIZE_INT4_WO);
     assert_int_equal(anvil_quantize_parse("int4", &q), -1);
-    /* refit would need the new weights quantized again: refused, the engine untouched */
-    assert_status_msg(anvil_refit_engine(engines[INT8], model_dir, out, NULL), ANVIL_ERR_UNSUPPORTED,
-                      "refit of a quantized engine");
+    /* refit from an engine of other kinds: refused, nothing written */
+    assert_status_msg(anvil_refit_engine(engines[INT8], engines[INT4], out, NULL), ANVIL_ERR_INVALID_ARG,
+                      "stores 86 tensors, the model 62");
+    f = fopen(out, "rb");
+    assert_null(f);
+}
+
+/* Every stored tensor of two engines: the same names, kinds, shapes,
+ * "scales" objects and bytes. */
+static void assert_same_tensors(const char *a, const char *b)
+{
+    anvil_engine_file *fa = NULL, *fb = NULL;
+    assert_int_equal(anvil_engine_file_open(a, ANVIL_ST_MMAP, &fa), ANVIL_OK);
+    assert_int_equal(anvil_engine_file_open(b, ANVIL_ST_MMAP, &fb), ANVIL_OK);
+    assert_int_equal(anvil_engine_file_count(fa), anvil_engine_file_count(fb));
+    for (int64_t i = 0; i < anvil_engine_file_count(fa); i++) {
+        const anvil_engine_tensor *x = anvil_engine_file_tensor(fa, i), *y = anvil_engine_file_tensor(fb, i);
+        assert_string_equal(x->name, y->name);
+        assert_int_equal(x->kind, y->kind);
+        assert_int_equal(x->bytes, y->bytes);
+        assert_true(json_equal(json_object_get(x->entry, "scales"), json_object_get(y->entry, "scales")) ||
+                    (json_object_get(x->entry, "scales") == NULL && json_object_get(y->entry, "scales") == NULL));
+        if (memcmp(x->data, y->data, x->bytes) != 0)
+            fail_msg("tensor '%s' differs between %s and %s", x->name, a, b);
+    }
+    anvil_engine_file_close(fa);
+    anvil_engine_file_close(fb);
+}
+
+/* Refit of an RTN-quantized engine with new weights quantizes them again
+ * through the engine's plan: on disk it gives the engine a build of the new
+ * weights gives, byte for byte; live (read, and mapped: the scales move
+ * with the weights) the logits of that engine, bit for bit. */
+static void test_refit(void **st)
+{
+    (void)st;
+    char ft[700], want[700], out[700];
+    anvil_test_perturbed_model("tinycode", "tc-ft", 0.05, NULL, NULL, ft, sizeof ft);
+    for (int q = FP8; q < N_SCHEMES; q++) {
+        anvil_build_options o;
+        anvil_build_options_default(&o);
+        o.quantize = schemes[q];
+        o.n_threads = 2;
+        snprintf(want, sizeof want, "%s/ft-%d.engine", anvil_test_tmpdir(), q);
+        snprintf(out, sizeof out, "%s/refit-%d.engine", anvil_test_tmpdir(), q);
+        assert_int_equal(anvil_build_engine(ft, want, &o), ANVIL_OK);
+        if (anvil_refit_engine(engines[q], ft, out, NULL) != ANVIL_OK)
+            fail_msg("refit %s: %s", engines[q], anvil_last_error());
+        assert_same_tensors(want, out);
+        if (q != INT4)
+            continue;
+        golden g;
+        golden_load("tinycode", &g);
+        anvil_runtime *ref = load(want);
+        float *a = logits_of(ref, &g.cases[0], g.cases[0].n_ids);
+        for (int mmap = 0; mmap < 2; mmap++) {
+            anvil_runtime_options ro;
+            anvil_runtime_options_default(&ro);
+            ro.n_threads = 2;
+            ro.max_num_tokens = 512;
+            ro.max_batch_size = 1;
+            ro.max_logit_rows = 512;
+            ro.kv_cache_tokens = 1024;
+            ro.max_seq_len = 1024;
+            ro.use_mmap = mmap;
+            anvil_runtime *rt = NULL;
+            assert_int_equal(anvil_runtime_load(engines[q], &ro, &rt), ANVIL_OK);
+            if (anvil_runtime_refit(rt, ft, NULL) != ANVIL_OK)
+                fail_msg("live refit: %s", anvil_last_error());
+            float *b = logits_of(rt, &g.cases[0], g.cases[0].n_ids);
+            const size_t n = (size_t)g.cases[0].n_ids * (size_t)anvil_runtime_config(rt)->vocab_size;
+            assert_memory_equal(a, b, n * sizeof *a);
+            free(b);
+            anvil_runtime_free(rt);
+        }
+        free(a);
+        anvil_runtime_free(ref);
+        golden_free(&g);
+    }
 }
 
 /* anvil inspect --json --verify: the quantization of each weight and the summary. */
@@ -683,7 +761,7 @@ int main(void)
         cmocka_unit_test(test_fill_in_pieces),
         cmocka_unit_test(test_logits_close),    cmocka_unit_test(test_generate),
         cmocka_unit_test(test_malformed_engines), cmocka_unit_test(test_bad_options),
-        cmocka_unit_test(test_inspect),
+        cmocka_unit_test(test_refit),           cmocka_unit_test(test_inspect),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
