@@ -274,12 +274,16 @@ static anvil_status convert_ct_packed(const anvil_quant_config *qc, const anvil_
         TRY(read_scales(src->scales, 0, n, k, group, what, w->scales));
         uint8_t *d = w->data;
         int64_t row_words = p->shape[1];
-        for (int64_t r = 0; r < n; r++)
-            for (int64_t c = 0; c < k; c++) {
-                /* stored q + 8 is the canonical u4 itself */
-                unsigned v = (word_at(p, r * row_words + c / 8) >> (4 * (c % 8))) & 15u;
-                set_u4(d, r * k + c, v);
-            }
+        if (k % 8 == 0) {
+            /* stored q + 8 is the canonical u4 itself, and the words' bytes
+             * (little-endian, element c at bit 4c) are its bytes */
+            for (int64_t r = 0; r < n; r++)
+                memcpy(d + r * (k / 2), (const uint8_t *)p->data + (size_t)(r * row_words) * 4, (size_t)(k / 2));
+        } else {
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t c = 0; c < k; c++)
+                    set_u4(d, r * k + c, (word_at(p, r * row_words + c / 8) >> (4 * (c % 8))) & 15u);
+        }
         if (!qc->symmetric) {
             const anvil_st_tensor *z = src->zeros;
             TRY(need(z, "weight_zero_point", what));
@@ -345,11 +349,13 @@ static anvil_status convert_awq(const anvil_quant_config *qc, const anvil_quant_
             w->scales[c * ng + g] = s[g * n + c];
     free(s);
     uint8_t *d = w->data;
-    for (int64_t r = 0; r < k; r++)
+    /* two input rows at a time: each output's byte of columns r, r + 1 */
+    for (int64_t r = 0; r < k; r += 2)
         for (int64_t j = 0; j < n / 8; j++) {
-            uint32_t word = word_at(qw, r * (n / 8) + j);
+            const uint32_t w0 = word_at(qw, r * (n / 8) + j), w1 = word_at(qw, (r + 1) * (n / 8) + j);
             for (int i = 0; i < 8; i++)
-                set_u4(d, (8 * j + AWQ_ORDER[i]) * k + r, (word >> (4 * i)) & 15u);
+                d[(8 * j + AWQ_ORDER[i]) * (k / 2) + r / 2] =
+                    (uint8_t)(((w0 >> (4 * i)) & 15u) | (((w1 >> (4 * i)) & 15u) << 4));
         }
     for (int64_t g = 0; g < ng; g++)
         for (int64_t j = 0; j < n / 8; j++) {
@@ -462,10 +468,19 @@ static anvil_status convert_gptq(const anvil_quant_config *qc, const anvil_quant
             }
         }
     uint8_t *d = w->data;
-    for (int64_t j = 0; j < k; j++) {
-        int64_t c = w->perm ? w->perm[j] : j; /* checkpoint column of canonical column j */
-        for (int64_t r = 0; r < n; r++)
-            set_u4(d, r * k + j, (word_at(qw, (c / 8) * n + r) >> (4 * (c % 8))) & 15u);
+    if (w->perm == NULL) {
+        /* a word holds input rows 8j .. 8j + 7 of one output, low nibble
+         * first: its 4 bytes are that output's canonical bytes */
+        for (int64_t j = 0; j < k / 8; j++)
+            for (int64_t r = 0; r < n; r++)
+                memcpy(d + r * (k / 2) + j * 4, (const uint8_t *)qw->data + (size_t)(j * n + r) * 4, 4);
+    } else {
+        for (int64_t j = 0; j < k; j += 2) {
+            const int64_t c0 = w->perm[j], c1 = w->perm[j + 1]; /* checkpoint columns of canonical j, j + 1 */
+            for (int64_t r = 0; r < n; r++)
+                d[r * (k / 2) + j / 2] = (uint8_t)(((word_at(qw, (c0 / 8) * n + r) >> (4 * (c0 % 8))) & 15u) |
+                                                   (((word_at(qw, (c1 / 8) * n + r) >> (4 * (c1 % 8))) & 15u) << 4));
+        }
     }
     return ANVIL_OK;
 }

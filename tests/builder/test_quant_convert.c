@@ -343,6 +343,19 @@ static void test_ct_packing(void **state)
     assert_status_msg(anvil_quant_convert(&qc, &src, "ct", &w), ANVIL_ERR_FORMAT, "a scale per 8 columns");
     ts.shape[1] = 2;
 
+    /* a width that is not a whole number of words (the nibble-by-nibble path) */
+    anvil_quant_config q6 = {.format = ANVIL_QFORMAT_CT_PACKED, .scheme = ANVIL_QSCHEME_INT4, .bits = 4, .symmetric = 1};
+    uint32_t p6[1] = {0x00654321u};
+    int64_t shape6[2] = {1, 6};
+    float s6[1] = {1.0f};
+    anvil_st_tensor t6 = tensor("weight_packed", ANVIL_DTYPE_I32, 1, 1, p6), tsh6 = tensor("weight_shape", ANVIL_DTYPE_I64, 2, -1, shape6),
+                    ts6 = tensor("weight_scale", ANVIL_DTYPE_F32, 1, 1, s6);
+    anvil_quant_sources src6 = {.weight = &t6, .scales = &ts6, .shape = &tsh6};
+    assert_int_equal(anvil_quant_convert(&q6, &src6, "ct6", &w), ANVIL_OK);
+    static const uint8_t want6[3] = {0x21, 0x43, 0x65};
+    assert_memory_equal(w.data, want6, 3);
+    anvil_qweight_free(&w);
+
     /* int8: byte c % 4 of word c / 4, stored q + 128 */
     anvil_quant_config q8 = {.format = ANVIL_QFORMAT_CT_PACKED, .scheme = ANVIL_QSCHEME_INT8, .bits = 8, .symmetric = 1};
     uint32_t p8[2] = {0x00ff8081u, 0x7f018000u}; /* row 0: 129 128 255 0 -> 1 0 127 -128; 0 128 1 127 */
