@@ -243,6 +243,7 @@ static void test_quant_invariance(void **state)
         {70, 256, 101, ANVIL_DTYPE_U4, 64, 1, 1, ANVIL_QUANT_ACT_NONE, 1, 0},
         {70, 192, 67, ANVIL_DTYPE_I8, 0, 0, 0, ANVIL_QUANT_ACT_NONE, 0, 1},
         {70, 160, 45, ANVIL_DTYPE_F8_E4M3, 0, 0, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC, 0, 0},
+        {70, 96, 9, ANVIL_DTYPE_U4, 32, 1, 0, ANVIL_QUANT_ACT_NONE, 0, 0}, /* few rows: tokens split */
     };
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const q_case *c = &cs[ci];

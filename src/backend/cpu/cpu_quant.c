@@ -113,7 +113,9 @@ void anvil_cpu_quant_dequant_rows(const anvil_cpu_qw *qw, int64_t n, int64_t nr,
             const float s = qw->q->scales[i];
             const int64_t base = (n + r) * K;
             /* one loop per dtype, so the compiler vectorizes each */
-            if (qw->dt == ANVIL_DTYPE_F8_E4M3 && qw->fp8_lut != NULL) {
+            if (qw->dt == ANVIL_DTYPE_F8_E4M3 && qw->fp8_rows != NULL) {
+                qw->fp8_rows(w + base + k0, s, d + k0, k1 - k0);
+            } else if (qw->dt == ANVIL_DTYPE_F8_E4M3 && qw->fp8_lut != NULL) {
                 for (int64_t k = k0; k < k1; k++)
                     d[k] = qw->fp8_lut[w[base + k]] * s;
             } else if (qw->dt == ANVIL_DTYPE_F8_E4M3) {
@@ -299,6 +301,10 @@ anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kerne
         for (int i = 0; i < 256; i++)
             lut[i] = anvil_cpu_fp8_to_f32((uint8_t)i);
         job.qw.fp8_lut = lut;
+#if defined(__x86_64__)
+        if (cb->isa >= ANVIL_CPU_ISA_AVX2)
+            job.qw.fp8_rows = anvil_cpu_dequant_fp8_avx2;
+#endif
     }
     if (anvil_cpu_quant_int_path(&job.qw))
         return quant_matmul_int(cb, &job.qw, x, bias, out);

@@ -43,6 +43,8 @@ typedef struct anvil_cpu_qw {
     int64_t gs;           /* columns per scale: q->group, or K when 0 */
     int64_t G;            /* scales per row: K / gs */
     const float *fp8_lut; /* NULL, or fp8's 256 values as f32 (anvil_cpu_fp8_to_f32) */
+    /* NULL, or an ISA's dst[i] = fp8(w[i]) * s (the same values as the LUT) */
+    void (*fp8_rows)(const uint8_t *w, float s, float *dst, int64_t n);
 } anvil_cpu_qw;
 
 anvil_cpu_qw anvil_cpu_qw_of(const anvil_tensor *w);
@@ -176,6 +178,7 @@ void anvil_cpu_qmm_scalar(const anvil_cpu_qmm *m, int64_t t0, int64_t t1, int64_
 void anvil_cpu_qmm_avx2(const anvil_cpu_qmm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void anvil_cpu_qmm_avx512(const anvil_cpu_qmm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
 void anvil_cpu_qmm_avx512vnni(const anvil_cpu_qmm *m, int64_t t0, int64_t t1, int64_t n0, int64_t n1);
+void anvil_cpu_dequant_fp8_avx2(const uint8_t *w, float s, float *dst, int64_t n);
 #endif
 
 /* Rows [n, n + nr) of W as f32 into dst (row stride ld >= K). */

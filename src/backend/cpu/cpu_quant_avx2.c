@@ -106,6 +106,26 @@ VEC_UNROLL
         }
 }
 
+/* dst[i] = fp8(w[i]) * s for n elements: anvil_cpu_fp8_to_f32's integer
+ * steps, 8 at a time (the f32 path's dequantization of fp8 rows). */
+QFN void anvil_cpu_dequant_fp8_avx2(const uint8_t *w, float s, float *dst, int64_t n)
+{
+    const __m256 sv = _mm256_set1_ps(s), e120 = _mm256_set1_ps(0x1p120f), qnan = _mm256_set1_ps(NAN);
+    const __m256i m7f = _mm256_set1_epi32(0x7f), m80 = _mm256_set1_epi32(0x80);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(w + i)));
+        const __m256i mag = _mm256_and_si256(b, m7f);
+        const __m256i bits =
+            _mm256_or_si256(_mm256_slli_epi32(_mm256_and_si256(b, m80), 24), _mm256_slli_epi32(mag, 20));
+        __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(bits), e120);
+        f = _mm256_blendv_ps(f, qnan, _mm256_castsi256_ps(_mm256_cmpeq_epi32(mag, m7f)));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(f, sv));
+    }
+    for (; i < n; i++)
+        dst[i] = anvil_cpu_fp8_to_f32(w[i]) * s;
+}
+
 #define QI_ENTRY anvil_cpu_qmm_avx2
 #include "backend/cpu/cpu_quant_tmpl.h"
 #else
