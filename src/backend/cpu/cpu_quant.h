@@ -2,16 +2,19 @@
  * cpu_quant.h: quantized weights on the CPU backend (docs/quantization.md,
  * the canonical form; docs/cpu-backend.md, "Quantized weights").
  *
- * A weight w [N, K] of dtype F8_E4M3, I8 or U4 with w->quant stands for
- * the f32 matrix
- *     W[n][k] = fl((v - z) * s)
- * (v the element's value, z its zero point, s its scale: core/tensor.h),
- * one rounding, the same on every path. The matmul over such a weight is
- * the f32 matmul (the dot16 of cpu_internal.h) of the prepared
- * activations x' with W: bitwise the result the f32 kernels give on the
- * dequantized matrix, so batch, thread-count and ISA invariance carry over.
- * x' is x with its columns permuted (perm) and, for fp8 activations, each
- * row rounded to fp8: x'[k] = fl(fp8(x[k] / sx) * sx).
+ * Two paths, each one arithmetic on every ISA, batch and thread split:
+ *  - the int path (int8/int4 weights in groups of a multiple of 32, K a
+ *    multiple of 32): int8 activations per block of 32 and exact integer
+ *    dot products (its definition is below, "int path");
+ *  - the f32 path (fp8, and other int8/int4 layouts): a weight w [N, K]
+ *    with w->quant stands for the f32 matrix
+ *        W[n][k] = fl((v - z) * s)
+ *    (v the element's value, z its zero point, s its scale:
+ *    core/tensor.h), one rounding, and the matmul is the f32 matmul (the
+ *    dot16 of cpu_internal.h) of the prepared activations x' with W:
+ *    bitwise the result the f32 kernels give on the dequantized matrix.
+ *    x' is x with its columns permuted (perm) and, for fp8 activations,
+ *    each row rounded to fp8: x'[k] = fl(fp8(x[k] / sx) * sx).
  *
  *     TRY(anvil_cpu_check_quant_weight(w));  // from anvil_cpu_check_matmul
  *     float v = anvil_cpu_quant_value(&qw, n, k);
