@@ -7,6 +7,7 @@
 #include "io/quant_config.h"
 
 #include <fnmatch.h>
+#include <math.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,7 +88,9 @@ static anvil_status get_intish(const json_t *obj, const char *prefix, const char
                                int64_t def, int64_t *out)
 {
     const json_t *v = json_object_get(obj, key);
-    if (v && json_is_real(v) && json_real_value(v) == (double)(int64_t)json_real_value(v)) {
+    /* range first: casting a double outside int64's range is undefined */
+    if (v && json_is_real(v) && fabs(json_real_value(v)) < 9.0e15 &&
+        json_real_value(v) == (double)(int64_t)json_real_value(v)) {
         *out = (int64_t)json_real_value(v);
         return ANVIL_OK;
     }

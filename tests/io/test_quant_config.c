@@ -243,6 +243,8 @@ static void test_bad_configs(void **state)
     bad("{\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 128, \"zero_point\": false}", ANVIL_ERR_UNSUPPORTED,
         "zero_point");
     bad("{\"quant_method\": \"awq\", \"bits\": 8}", ANVIL_ERR_UNSUPPORTED, "bits 8");
+    bad("{\"quant_method\": \"gptq\", \"bits\": 1e300}", ANVIL_ERR_FORMAT, "bits");
+    bad("{\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": -1e19}", ANVIL_ERR_FORMAT, "group_size");
     bad("{\"quant_method\": \"modelopt\", \"quant_algo\": \"NVFP4\"}", ANVIL_ERR_UNSUPPORTED, "\"NVFP4\"");
     bad("{\"quant_method\": \"modelopt\"}", ANVIL_ERR_FORMAT, "quant_algo");
     bad("{\"quant_method\": \"fp8\", \"fmt\": \"e5m2\"}", ANVIL_ERR_UNSUPPORTED, "fmt \"e5m2\"");
