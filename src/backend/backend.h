@@ -137,6 +137,10 @@ typedef struct anvil_backend_ops {
     anvil_dtype act_dtype;
     /* Whether weights can stay where the host mapped them (CPU: yes). */
     int weights_in_host_memory;
+    /* Whether its matmuls take quantized weights (anvil_tensor.quant): the
+     * runtime refuses a quantized model at load, before any upload, on a
+     * backend without them (CPU: yes; cuda: not yet). */
+    int quantized_weights;
 
     /* ---- ops */
     /* out[t] = table[ids[t]] */

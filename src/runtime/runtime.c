@@ -546,6 +546,13 @@ static anvil_status load_weights(anvil_runtime *rt)
         adapt_fusion(rt);
     }
     const int32_t ns = rt->plan->n_stored;
+    for (int32_t t = 0; t < ns && !rt->be->ops->quantized_weights; t++) {
+        const anvil_stored *st = &rt->plan->stored[t];
+        if (st->q.scales >= 0)
+            return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
+                              "quantized weights (%s, e.g. %s) are not supported on %s yet: run this model on the cpu",
+                              anvil_dtype_name(st->kind), st->name, rt->be->ops->name);
+    }
     rt->n_weights = anvil_network_weight_count(rt->net);
     rt->weights = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->weights);
     rt->quants = calloc((size_t)(rt->n_weights ? rt->n_weights : 1), sizeof *rt->quants);

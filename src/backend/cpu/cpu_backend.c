@@ -171,6 +171,7 @@ static const anvil_backend_ops cpu_ops = {
     .mem_available = cpu_mem_available,
     .act_dtype = ANVIL_DTYPE_F32,
     .weights_in_host_memory = 1,
+    .quantized_weights = 1,
     .embedding = anvil_cpu_op_embedding,
     .rmsnorm = anvil_cpu_op_rmsnorm,
     .head_rmsnorm = anvil_cpu_op_head_rmsnorm,
