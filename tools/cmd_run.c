@@ -72,6 +72,7 @@ static void run_usage(FILE *out)
             "                              weights on load (bf16/f16 on cuda: activations and KV cache too)\n"
             "      --threads N             CPU threads (default: all cores)\n"
             "      --max-seq-len N         context length (default: the model's)\n"
+            "      --kv-cache-dtype DT     auto (default), f32, bf16, f16 or fp8 (e4m3, a scale per layer)\n"
             "      --mmap                  map the weights instead of reading them into memory\n"
             "  -h, --help                  this help\n");
 }
@@ -79,7 +80,7 @@ static void run_usage(FILE *out)
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
-           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER };
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -89,6 +90,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"dtype", required_argument, 0, OPT_DTYPE},    {"mmap", no_argument, 0, OPT_MMAP},
         {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -125,6 +127,9 @@ static int parse_args(int argc, char **argv, run_args *a)
             if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
         case OPT_MMAP: a->rt.use_mmap = 1; break;
+        case OPT_KV_DTYPE:
+            if (exec_cli_kv_dtype(optarg, &a->rt.kv_cache_dtype, "anvil run")) return 2;
+            break;
         case OPT_REFIT_WEIGHTS: a->refit_weights = optarg; break;
         case OPT_REFIT_AFTER:
             if (exec_cli_int(optarg, "--refit-after", 1, INT32_MAX, &v, "anvil run")) return 2;

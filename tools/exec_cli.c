@@ -110,6 +110,17 @@ int exec_cli_parser_bad(const exec_cli_parser *p)
     return cli_bad_flag(p->tool, p->argv, p->shortopts, p->longopts);
 }
 
+int exec_cli_kv_dtype(const char *arg, const char **out, const char *tool)
+{
+    if (strcmp(arg, "auto") != 0 && strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0 && strcmp(arg, "f16") != 0 &&
+        strcmp(arg, "fp8") != 0 && strcmp(arg, "fp8_e4m3") != 0) {
+        fprintf(stderr, "%s: --kv-cache-dtype expects auto, f32, bf16, f16 or fp8, got '%s'\n", tool, arg);
+        return -1;
+    }
+    *out = arg;
+    return 0;
+}
+
 int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool)
 {
     long v;
@@ -153,13 +164,7 @@ int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool
         o->kv_set = 1;
         return 1;
     case EXEC_OPT_KV_DTYPE:
-        if (strcmp(arg, "auto") != 0 && strcmp(arg, "f32") != 0 && strcmp(arg, "bf16") != 0 &&
-            strcmp(arg, "f16") != 0 && strcmp(arg, "fp8") != 0 && strcmp(arg, "fp8_e4m3") != 0) {
-            fprintf(stderr, "%s: --kv-cache-dtype expects auto, f32, bf16, f16 or fp8, got '%s'\n", tool, arg);
-            return -1;
-        }
-        o->rt.kv_cache_dtype = arg;
-        return 1;
+        return exec_cli_kv_dtype(arg, &o->rt.kv_cache_dtype, tool) == 0 ? 1 : -1;
     case EXEC_OPT_BLOCK_SIZE:
         if (exec_cli_int(arg, "--block-size", 1, 4096, &v, tool))
             return -1;

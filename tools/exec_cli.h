@@ -148,6 +148,9 @@ int exec_cli_parser_bad(const exec_cli_parser *p);
  * dtype auto), f32, bf16 or f16 (anvil_runtime_options.weight_dtype). 0 ok,
  * -1 reported. */
 int exec_cli_dtype(const char *arg, anvil_dtype *out, const char *tool);
+/* --kv-cache-dtype's value (auto, f32, bf16, f16, fp8, fp8_e4m3) into *out (the argument itself);
+ * -1 with a message otherwise. */
+int exec_cli_kv_dtype(const char *arg, const char **out, const char *tool);
 
 /* Number parsing with messages: 0 ok, -1 reported. */
 int exec_cli_int(const char *s, const char *flag, long min, long max, long *out, const char *tool);

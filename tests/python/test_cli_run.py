@@ -162,6 +162,7 @@ def test_help_describes_every_flag(anvil):
     (["--model", "MODEL"], 2, "--prompt"),
     (["--model", "MODEL", "--prompt-ids", "1", "--device", "tpu"], 1, "unknown device"),
     (["--model", "MODEL", "--prompt-ids", "1", "--bogus"], 2, "bogus"),
+    (["--model", "MODEL", "--prompt-ids", "1", "--kv-cache-dtype", "int3"], 2, "--kv-cache-dtype expects"),
 ])
 def test_usage_and_input_errors(anvil, shared, args, code, needle):
     args = [str(shared / "models" / "stories260K") if a == "MODEL" else a for a in args]
@@ -187,6 +188,25 @@ def test_scheduler_policy_and_dtype_flags(anvil, shared):
             f"anvil {cmd}: --scheduler-policy expects no-evict or max-utilization, got 'fifo'\n", r.stderr
         r = anvil(cmd, "--model", model, "--dtype", "fp8")
         assert r.returncode == 2 and r.stderr == f"anvil {cmd}: --dtype expects auto, f32, bf16 or f16, got 'fp8'\n"
+
+
+def test_kv_cache_dtype_one_prompt(anvil, shared, tmp_path):
+    """anvil run --kv-cache-dtype (one prompt, no executor) gives what the executor gives with the same
+    KV cache (anvil run --input), and the fp8 cache is really used: its 48 greedy tokens of tinycode
+    part from the f32 cache's (at the 29th on every ISA: the CPU's results do not depend on it)."""
+    model = shared / "models" / "tinycode"
+    prompt = "import os\n\ndef walk(root):\n"
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": prompt, "max_tokens": 48, "temperature": 0, "ignore_eos": True}) + "\n")
+    ids = {}
+    for dt in ("fp8", "f32"):
+        one = run_json(anvil, "--model", model, "--prompt", prompt, "--temperature", "0", "--max-tokens", "48",
+                       "--ignore-eos", "--kv-cache-dtype", dt, "--threads", "1")
+        r = anvil("run", "--model", model, "--input", path, "--threads", "1", "--kv-cache-dtype", dt)
+        assert r.returncode == 0, r.stderr
+        assert one["ids"] == json.loads(r.stdout)["choices"][0]["token_ids"], dt
+        ids[dt] = one["ids"]
+    assert ids["fp8"] != ids["f32"]
 
 
 def test_broken_model_folder(anvil, shared, tmp_path):
