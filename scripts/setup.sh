@@ -25,7 +25,9 @@ done
 pkgs=(build-essential cmake pkg-config libjansson-dev libpcre2-dev libutf8proc-dev libxxhash-dev
       libmicrohttpd-dev)
 if [ $want_test = 1 ]; then
-  pkgs+=(libcmocka-dev python3 python3-venv curl clang libclang-rt-14-dev)
+  # Open MPI: the tensor-parallel tests run under mpirun (docs/parallel.md);
+  # the plain build finds it when present and runs one rank without it
+  pkgs+=(libcmocka-dev python3 python3-venv curl clang libclang-rt-14-dev libopenmpi-dev openmpi-bin)
 else
   pkgs+=(libcmocka-dev)   # the test executables are part of the default build
 fi

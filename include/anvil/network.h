@@ -58,6 +58,8 @@ typedef enum anvil_op_kind {
     ANVIL_OP_SILU_MUL,      /* silu(a) * b */
     ANVIL_OP_ADD,           /* a + b */
     ANVIL_OP_LOGIT_ROWS,    /* the rows that need logits */
+    ANVIL_OP_ALL_REDUCE,    /* the sum over the ranks (tensor parallelism), in place */
+    ANVIL_OP_ALL_GATHER,    /* every rank's columns side by side, in rank order */
     ANVIL_OP_COUNT,
 } anvil_op_kind;
 
@@ -104,6 +106,13 @@ anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k
 anvil_value anvil_net_silu_mul(anvil_network *net, anvil_value gate, anvil_value up);
 anvil_value anvil_net_add(anvil_network *net, anvil_value a, anvil_value b);
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x);
+/* Tensor parallelism (docs/parallel.md): a network cut for one of several
+ * ranks (anvil_network_shard in the builder) joins the ranks' partial
+ * values with these; the runtime runs them through its communicator.
+ * all_reduce: x summed over the ranks, the same width. all_gather: the
+ * n_ranks ranks' x side by side in rank order, n_ranks times x's width. */
+anvil_value anvil_net_all_reduce(anvil_network *net, anvil_value x);
+anvil_value anvil_net_all_gather(anvil_network *net, anvil_value x, int32_t n_ranks);
 void anvil_net_set_output(anvil_network *net, anvil_value logits);
 
 /* ---- reading a network back (the runtime, the builder passes, tests) */
@@ -137,7 +146,7 @@ typedef struct anvil_net_op {
     int64_t width;           /* columns of the result */
     int row_kind;            /* 0: one row per token, 1: one row per logit row */
     double eps;              /* norms */
-    int64_t head_dim;        /* head norms, rope */
+    int64_t head_dim;        /* head norms, rope; all_gather: the number of ranks */
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */
 } anvil_net_op;

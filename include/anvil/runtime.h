@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "anvil/builder.h" /* anvil_refit_options */
+#include "anvil/comm.h"
 #include "anvil/dtype.h"
 #include "anvil/model_config.h"
 #include "anvil/sampling.h"
@@ -96,6 +97,13 @@ typedef struct anvil_runtime_options {
      * frees what it made. NULL: none. */
     int (*progress)(void *user, size_t bytes_done, size_t bytes_total);
     void *progress_user;
+    /* Tensor parallelism (docs/parallel.md): this process is rank
+     * anvil_comm_rank of anvil_comm_size, which hold the model's shards and
+     * run the same steps (the forward calls in the same order on every
+     * rank, with the same batches); the weights are cut for this rank at
+     * load (a model folder; engines are one rank's for now). Borrowed: it
+     * must outlive the runtime. NULL (default): one rank. */
+    anvil_comm *comm;
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);

@@ -34,6 +34,7 @@ typedef enum anvil_status {
     ANVIL_ERR_CAPACITY,     /* a fixed limit (KV blocks, max tokens) is exceeded */
     ANVIL_ERR_INTERNAL,     /* a bug in anvil */
     ANVIL_ERR_CANCELLED,    /* the caller asked to stop (a load's progress callback, a deadline) */
+    ANVIL_ERR_COMM,         /* a collective or message between ranks failed (anvil/comm.h) */
 } anvil_status;
 
 /* A short constant name for a status ("ANVIL_ERR_FORMAT"); never NULL. */

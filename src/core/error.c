@@ -28,6 +28,7 @@ const char *anvil_status_name(anvil_status st)
     case ANVIL_ERR_CAPACITY: return "ANVIL_ERR_CAPACITY";
     case ANVIL_ERR_INTERNAL: return "ANVIL_ERR_INTERNAL";
     case ANVIL_ERR_CANCELLED: return "ANVIL_ERR_CANCELLED";
+    case ANVIL_ERR_COMM: return "ANVIL_ERR_COMM";
     }
     return "ANVIL_ERR_UNKNOWN";
 }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "models/network_edit.h"
 
 struct anvil_network {
     anvil_net_op *ops;
@@ -34,6 +35,7 @@ struct anvil_network {
 static const char *const op_names[ANVIL_OP_COUNT] = {
     "embedding", "rmsnorm", "head_rmsnorm", "linear", "rope",
     "attention", "silu_mul", "add", "logit_rows",
+    "all_reduce", "all_gather",
 };
 
 const char *anvil_op_kind_name(anvil_op_kind kind)
@@ -538,6 +540,41 @@ anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x)
     return commit_op(net);
 }
 
+anvil_value anvil_net_all_reduce(anvil_network *net, anvil_value x)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "all_reduce: bad input value");
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    anvil_net_op *op = push_op(net, ANVIL_OP_ALL_REDUCE, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_all_gather(anvil_network *net, anvil_value x, int32_t n_ranks)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "all_gather: bad input value");
+    NET_CHECK(n_ranks > 0 && in->width <= INT64_MAX / n_ranks, ANVIL_ERR_INVALID_ARG,
+              "all_gather: %d ranks of width %lld", n_ranks, (long long)in->width);
+    int64_t width = in->width * n_ranks;
+    int row_kind = in->row_kind;
+    anvil_net_op *op = push_op(net, ANVIL_OP_ALL_GATHER, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = row_kind;
+    op->head_dim = n_ranks;
+    return commit_op(net);
+}
+
 void anvil_net_set_output(anvil_network *net, anvil_value logits)
 {
     if (net->error != ANVIL_OK)
@@ -548,6 +585,48 @@ void anvil_net_set_output(anvil_network *net, anvil_value logits)
         return;
     }
     net->output = logits;
+}
+
+int32_t anvil_network_use_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
+{
+    return add_weight(net, name, n_dims, d0, d1);
+}
+
+anvil_value anvil_network_append_copy(anvil_network *net, const anvil_net_op *src, const anvil_value inputs[3],
+                                      const int32_t *weights, int32_t n_weights, int64_t width)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    NET_CHECK(src != NULL && (int)src->kind >= 0 && src->kind < ANVIL_OP_COUNT && n_weights >= 0,
+              ANVIL_ERR_INVALID_ARG, "append_copy: bad op");
+    for (int k = 0; k < 3; k++)
+        NET_CHECK(inputs[k] == ANVIL_VALUE_NONE || value_op(net, inputs[k]) != NULL, ANVIL_ERR_INVALID_ARG,
+                  "append_copy %s: bad input value", op_names[src->kind]);
+    for (int32_t k = 0; k < n_weights; k++)
+        NET_CHECK(weights[k] >= -1 && weights[k] < net->n_weights, ANVIL_ERR_INVALID_ARG,
+                  "append_copy %s: bad weight", op_names[src->kind]);
+    anvil_net_op *op = push_op(net, src->kind, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    /* every parameter of src; then this network's own lists */
+    const int32_t at = op->weights_at;
+    const int32_t *w = op->weights;
+    const int32_t nw = op->n_weights;
+    *op = *src;
+    op->weights_at = at;
+    op->weights = w;
+    op->n_weights = nw;
+    op->width = width;
+    if (n_weights > nw && op_weights(net, op, n_weights) == NULL)
+        return ANVIL_VALUE_NONE;
+    op = &net->ops[net->n_ops]; /* (the pool may have moved; the op did not) */
+    for (int32_t k = 0; k < n_weights; k++)
+        net->wpool[op->weights_at + k] = weights[k];
+    for (int k = 0; k < 3; k++)
+        op->inputs[k] = inputs[k];
+    if (op->kind == ANVIL_OP_ATTENTION && op->attn.layer + 1 > net->n_kv_layers)
+        net->n_kv_layers = op->attn.layer + 1;
+    return commit_op(net);
 }
 
 int32_t anvil_network_op_count(const anvil_network *net) { return net->n_ops; }

@@ -110,6 +110,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->launch_none[1]);
     free(rt->pend_rows);
     free(rt->host_logits);
+    free(rt->tp_stage);
     anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
     anvil_quant_config_free(&rt->prequant);
@@ -668,17 +669,17 @@ typedef struct kv_plan {
     size_t pool_bytes;  /* every layer's keys and values, and the block lists */
 } kv_plan;
 
-static anvil_status plan_kv(const anvil_model_config *cfg, const anvil_runtime_options *o, int32_t n_kv_layers,
-                            size_t act, kv_plan *p)
+static anvil_status plan_kv(int64_t n_kv_heads, int64_t head_dim, const anvil_runtime_options *o,
+                            int32_t n_kv_layers, size_t act, kv_plan *p)
 {
     memset(p, 0, sizeof *p);
     const int64_t bs = o->kv_block_size;
     /* resolve_options bounds both: blocks fit int32 */
     p->n_blocks = (int32_t)((o->kv_cache_tokens + bs - 1) / bs);
     p->max_blocks_per_seq = (int32_t)(((int64_t)o->max_seq_len + bs - 1) / bs);
-    TRY(anvil_plan_kv_bytes_per_token(n_kv_layers, cfg->n_kv_heads, cfg->head_dim, act, &p->per_token));
+    TRY(anvil_plan_kv_bytes_per_token(n_kv_layers, n_kv_heads, head_dim, act, &p->per_token));
     size_t row, lists;
-    CHECK(anvil_mul_size_ok((size_t)cfg->n_kv_heads, (size_t)cfg->head_dim, &row) &&
+    CHECK(anvil_mul_size_ok((size_t)n_kv_heads, (size_t)head_dim, &row) &&
               anvil_mul_size_ok(row, act, &row) && anvil_mul_size_ok(row, (size_t)p->n_blocks, &p->layer_bytes) &&
               anvil_mul_size_ok(p->layer_bytes, (size_t)bs, &p->layer_bytes) &&
               anvil_mul_size_ok(p->per_token, (size_t)p->n_blocks, &p->pool_bytes) &&
@@ -699,7 +700,7 @@ static anvil_status check_kv_fits(anvil_runtime *rt, const kv_plan *p)
     snprintf(what, sizeof what,
              "the KV cache for %lld tokens (%s a token: %d layers x 2 x %lld KV heads x %lld x %zu bytes)",
              (long long)o->kv_cache_tokens, anvil_plan_fmt_bytes(p->per_token, per, sizeof per),
-             anvil_network_kv_layers(rt->net), (long long)rt->cfg.n_kv_heads, (long long)rt->cfg.head_dim,
+             anvil_network_kv_layers(rt->net), (long long)rt->n_kv_heads, (long long)rt->cfg.head_dim,
              anvil_dtype_size(rt->kv_dtype));
     char hint[256];
     if (rt->seq_len_from_config && o->kv_cache_tokens == o->max_seq_len)
@@ -732,7 +733,7 @@ static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
     size_t avail = 0;
     TRY(rt->be->ops->mem_available(rt->be, &avail));
     size_t per_token = 0;
-    TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), rt->cfg.n_kv_heads, rt->cfg.head_dim,
+    TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), rt->n_kv_heads, rt->cfg.head_dim,
                                       anvil_dtype_size(rt->kv_dtype), &per_token));
     CHECK(per_token > 0, ANVIL_ERR_INTERNAL, "the model has no KV cache");
     double tokens = (double)avail * o->kv_cache_fraction / (double)per_token;
@@ -764,7 +765,8 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     TRY(size_kv_cache_from_memory(rt));
     const anvil_runtime_options *o = &rt->opts;
     kv_plan kp;
-    TRY(plan_kv(&rt->cfg, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype), &kp));
+    TRY(plan_kv(rt->n_kv_heads, rt->cfg.head_dim, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype),
+                &kp));
     TRY(check_kv_fits(rt, &kp));
     rt->n_kv_layers = anvil_network_kv_layers(rt->net);
     rt->n_blocks = kp.n_blocks;
@@ -784,7 +786,7 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     rt->n_free = rt->n_blocks;
 
     const anvil_dtype dt = rt->kv_dtype;
-    const int64_t kv_heads = rt->cfg.n_kv_heads, hd = rt->cfg.head_dim;
+    const int64_t kv_heads = rt->n_kv_heads, hd = rt->cfg.head_dim;
     const size_t bytes = kp.layer_bytes;
     for (int32_t l = 0; l < rt->n_kv_layers; l++) {
         anvil_tensor *k = &rt->k_cache[l], *v = &rt->v_cache[l];
@@ -843,7 +845,7 @@ anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *
         return ANVIL_OK;
     /* Through a host buffer: the backend interface has upload and download,
      * and this runs once per fork, not per token. */
-    const size_t row = (size_t)(rt->cfg.n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->kv_dtype);
+    const size_t row = (size_t)(rt->n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->kv_dtype);
     const size_t block_bytes = row * (size_t)bs, bytes = row * (size_t)n_tokens;
     void *stage = malloc(bytes);
     CHECK(stage != NULL, ANVIL_ERR_OOM, "out of memory");
@@ -923,7 +925,8 @@ static anvil_status check_sizes_early(anvil_runtime *rt)
     if (rt->opts.kv_cache_fraction > 0.0)
         return ANVIL_OK;
     kv_plan kp;
-    TRY(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype), &kp));
+    TRY(plan_kv(rt->n_kv_heads, rt->cfg.head_dim, &rt->opts, anvil_network_kv_layers(rt->net),
+                anvil_dtype_size(rt->kv_dtype), &kp));
     TRY(check_kv_fits(rt, &kp));
     return check_step_fits(rt, kp.max_blocks_per_seq);
 }
@@ -1008,6 +1011,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
+    TRY_GOTO(anvil_rt_tp_setup(rt, engine), fail);
     const anvil_st_access access = rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ;
     anvil_dtype wdt = rt->opts.weight_dtype;
     if (engine) {
@@ -1042,6 +1046,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.attn_combine_in_kernel = rt->opts.attn_combine_in_kernel;
     bc.cuda_module = rt->opts.cuda_module;
     TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);
+    TRY_GOTO(anvil_rt_tp_check_backend(rt), fail);
     TRY_GOTO(check_sizes_early(rt), fail);
     TRY_GOTO(load_weights(rt), fail);
     if (!rt->be->ops->weights_in_host_memory || !rt->opts.use_mmap) {
@@ -1116,7 +1121,9 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
     anvil_dtype kv_dt;
     TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, rt->opts.weight_dtype, act_dtype, &kv_dt), done);
     kv_plan kp;
-    TRY_GOTO(plan_kv(&rt->cfg, &rt->opts, anvil_network_kv_layers(rt->net), anvil_dtype_size(kv_dt), &kp), done);
+    TRY_GOTO(plan_kv(rt->cfg.n_kv_heads, rt->cfg.head_dim, &rt->opts, anvil_network_kv_layers(rt->net),
+                     anvil_dtype_size(kv_dt), &kp),
+             done);
     size_t ints = 0, stage = 0;
     TRY_GOTO(plan_step(rt, act_dtype, kp.max_blocks_per_seq, &ints, &stage), done);
     CHECK_GOTO(anvil_add_size_ok(ints * sizeof(int32_t), stage, &out->step_bytes), ANVIL_ERR_UNSUPPORTED, done,
@@ -1309,6 +1316,9 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
         return ops->add(be, &a, &b, &out);
     case ANVIL_OP_LOGIT_ROWS:
         return ops->gather_rows(be, &a, s, &out);
+    case ANVIL_OP_ALL_REDUCE:
+    case ANVIL_OP_ALL_GATHER:
+        return anvil_rt_tp_collective(rt, op, &a, &out);
     case ANVIL_OP_COUNT:
         break;
     }

@@ -55,7 +55,12 @@ struct anvil_runtime {
     float **rope_tables;      /* [n_ops] backend memory, for rope ops: one table, or LongRoPE's two back to back */
     anvil_rope_freqs *rope_freqs; /* [n_ops] what rope ops (and the attention that fuses them) take */
 
-    /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim] */
+    /* tensor parallelism (runtime_tp.c): opts.comm's rank runs rt->net cut for it */
+    void *tp_stage;           /* all_gather's rank-ordered parts, made on the first gather */
+
+    /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim],
+     * n_kv_heads this rank's (the config's on one rank) */
+    int64_t n_kv_heads;
     anvil_dtype kv_dtype;     /* opts.kv_cache_dtype resolved (kv_cache_dtype_for) */
     int32_t n_kv_layers;
     int32_t n_blocks;
@@ -126,5 +131,15 @@ anvil_status anvil_rt_check_not_launched(anvil_runtime *rt, const char *what);
 anvil_status anvil_rt_forward_logits(anvil_runtime *rt, const anvil_batch *batch, float *logits);
 /* The logits of step s: [n_logits, vocab] in the backend's buffer. */
 anvil_tensor anvil_rt_logits_tensor(const anvil_runtime *rt, const anvil_step *s);
+
+/* ---- runtime_tp.c: tensor parallelism */
+/* Cuts rt->net for opts.comm's rank (when it has several; refused for an
+ * engine file) and sets rt->n_kv_heads. */
+anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine);
+/* Refuses a communicator whose memory the backend does not compute in. */
+anvil_status anvil_rt_tp_check_backend(const anvil_runtime *rt);
+/* An all_reduce (in place: out is in) or all_gather op through opts.comm. */
+anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
+                                    anvil_tensor *out);
 
 #endif

@@ -1,0 +1,108 @@
+/*
+ * anvil/comm.h: the communicator, how the ranks of a tensor- (and later
+ * pipeline-) parallel model talk to each other.
+ *
+ * One process per device; a communicator joins them. Rank 0 .. size-1 each
+ * hold a shard of the weights and run the same forward steps; the runtime
+ * sums the shards' partial results through anvil_comm_all_reduce_sum where
+ * the network says so (docs/parallel.md). Implementations:
+ *
+ *   - "self": one process, size 1 (every collective is a no-op); what a
+ *     runtime without a communicator uses.
+ *   - "mpi": Open MPI's MPI_COMM_WORLD (host buffers: the CPU backend), for
+ *     processes started by mpirun. Sums are computed by anvil, in f32 and in
+ *     rank order, so every rank gets the same bits whatever MPI's algorithm
+ *     and whatever the element type.
+ *   - "nccl" (next): device buffers, for the CUDA backend.
+ *
+ *     anvil_comm *comm;
+ *     if (anvil_comm_create_mpi(&comm) != ANVIL_OK) ... // mpirun -np 2 prog
+ *     anvil_runtime_options o;
+ *     anvil_runtime_options_default(&o);
+ *     o.comm = comm;                                     // --tp = the comm's size
+ *     anvil_runtime_load(dir, &o, &rt);
+ *     ... the same forward steps on every rank ...
+ *     anvil_runtime_free(rt);
+ *     anvil_comm_free(comm);
+ *
+ * Failures: a collective that fails (an MPI error, a peer gone) returns
+ * ANVIL_ERR_COMM with a message; the communicator is then broken, and
+ * every later call fails at once with the same message, so that no rank
+ * waits on a collective the others will never join. (Timeouts and the
+ * ending of every rank when one dies are the next milestone.)
+ *
+ * Thread safety: one communicator is used by one thread at a time (the
+ * runtime's step). Collectives must be called in the same order on every
+ * rank.
+ */
+#ifndef ANVIL_COMM_H
+#define ANVIL_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "anvil/dtype.h"
+#include "anvil/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct anvil_comm anvil_comm;
+
+/* Where a communicator's buffers live. */
+typedef enum anvil_comm_memory {
+    ANVIL_COMM_HOST = 0,   /* host memory (MPI, self) */
+    ANVIL_COMM_DEVICE = 1, /* the device's memory (NCCL) */
+} anvil_comm_memory;
+
+/* A communicator of one process (rank 0 of 1). *out NULL on failure. */
+anvil_status anvil_comm_create_self(anvil_comm **out);
+
+/*
+ * The processes of MPI_COMM_WORLD (started by mpirun), on a duplicate of it
+ * with errors returned, not fatal. Initializes MPI when the program has not
+ * (and finalizes it in anvil_comm_free); a program that initialized MPI
+ * itself keeps it. ANVIL_ERR_UNSUPPORTED when anvil was built without MPI.
+ * *out NULL on failure. Call it from the thread that will use it.
+ */
+anvil_status anvil_comm_create_mpi(anvil_comm **out);
+
+/* 1 when anvil was built with MPI (anvil_comm_create_mpi can work). */
+int anvil_comm_mpi_built(void);
+
+/* Frees the communicator (and finalizes MPI when it initialized it). NULL
+ * is a no-op. */
+void anvil_comm_free(anvil_comm *comm);
+
+int32_t anvil_comm_rank(const anvil_comm *comm);
+int32_t anvil_comm_size(const anvil_comm *comm);
+const char *anvil_comm_name(const anvil_comm *comm); /* "self", "mpi" */
+anvil_comm_memory anvil_comm_memory_kind(const anvil_comm *comm);
+
+/*
+ * Sums buf (n elements of dtype: f32, bf16 or f16) over every rank, in
+ * place: afterwards every rank holds the same sum. bf16/f16 are summed in
+ * f32 and rounded once (to nearest, ties to even). Deterministic: the
+ * addends are added in rank order.
+ */
+anvil_status anvil_comm_all_reduce_sum(anvil_comm *comm, void *buf, int64_t n, anvil_dtype dtype);
+
+/* recv (size x bytes) receives every rank's send (bytes), in rank order. */
+anvil_status anvil_comm_all_gather(anvil_comm *comm, const void *send, void *recv, size_t bytes);
+
+/* buf (bytes) of rank `root` copied into buf on every rank. */
+anvil_status anvil_comm_broadcast(anvil_comm *comm, void *buf, size_t bytes, int32_t root);
+
+/* Point to point (pipeline stages): bytes to / from rank peer, matched by
+ * tag (0 .. 32767). A send may wait until the peer receives. */
+anvil_status anvil_comm_send(anvil_comm *comm, const void *buf, size_t bytes, int32_t peer, int32_t tag);
+anvil_status anvil_comm_recv(anvil_comm *comm, void *buf, size_t bytes, int32_t peer, int32_t tag);
+
+/* Returns when every rank has called it. */
+anvil_status anvil_comm_barrier(anvil_comm *comm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

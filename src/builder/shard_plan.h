@@ -1,0 +1,44 @@
+/*
+ * Tensor parallelism: the network one rank of `size` runs (docs/parallel.md).
+ *
+ * The model file describes the whole model; anvil_network_shard rewrites
+ * that network for rank `rank` before the build plan is made, so the plan,
+ * the loader and the runtime see an ordinary network whose weights are
+ * slices of the checkpoint tensors (recipes), plus the collective ops that
+ * join the ranks' partial results:
+ *
+ *   - the linears whose outputs feed attention (q, k, v, through RoPE and
+ *     head norms) are cut by output rows along heads: rank r takes query
+ *     heads [r H/N, (r+1) H/N) and KV heads likewise (n_kv_heads < N: each
+ *     rank takes the one KV head its query heads use, replicated);
+ *   - the linears whose outputs feed the gated MLP's product (gate, up) are
+ *     cut by output rows into N equal parts;
+ *   - the linears that read those cut values (o_proj, down_proj) are cut by
+ *     input columns, followed by an all_reduce (their bias on rank 0 only,
+ *     so it is added once);
+ *   - the LM head (the linear that makes the network's output) is cut by
+ *     vocabulary rows, followed by an all_gather of the logits;
+ *   - everything else (embedding, norms, residual adds) is replicated.
+ *
+ * Weights keep their names (a tied LM head's slice is named
+ * "<embedding>@lm_head"), so messages and the checkpoint checks read as
+ * before.
+ */
+#ifndef ANVIL_BUILDER_SHARD_PLAN_H
+#define ANVIL_BUILDER_SHARD_PLAN_H
+
+#include <stdint.h>
+
+#include "anvil/network.h"
+
+/*
+ * The network rank `rank` of `size` runs, in *out (NULL on failure). size 1
+ * gives a copy. ANVIL_ERR_UNSUPPORTED names what cannot be cut: head counts
+ * or widths that `size` does not divide, a KV head count that neither
+ * divides nor is a multiple of `size`, an op this version cannot run on cut
+ * values, a weight whose recipe cannot be sliced again (a concatenation, a
+ * stack, a slice along the other axis).
+ */
+anvil_status anvil_network_shard(const anvil_network *net, int32_t rank, int32_t size, anvil_network **out);
+
+#endif

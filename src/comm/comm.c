@@ -1,0 +1,131 @@
+/*
+ * The communicator's public calls (anvil/comm.h): arguments checked once
+ * here, then the implementation's function; a failure breaks the
+ * communicator, so that a rank whose collective failed never enters the
+ * next one out of step with the others.
+ */
+#include "comm/comm_internal.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t size, void *impl)
+{
+    anvil_comm *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->ops = ops;
+    c->rank = rank;
+    c->size = size;
+    c->impl = impl;
+    return c;
+}
+
+void anvil_comm_free(anvil_comm *comm)
+{
+    if (comm == NULL)
+        return;
+    if (comm->ops->destroy)
+        comm->ops->destroy(comm);
+    free(comm);
+}
+
+int32_t anvil_comm_rank(const anvil_comm *comm) { return comm ? comm->rank : 0; }
+int32_t anvil_comm_size(const anvil_comm *comm) { return comm ? comm->size : 1; }
+const char *anvil_comm_name(const anvil_comm *comm) { return comm ? comm->ops->name : "self"; }
+
+anvil_comm_memory anvil_comm_memory_kind(const anvil_comm *comm)
+{
+    return comm ? comm->ops->memory : ANVIL_COMM_HOST;
+}
+
+/* Refuses a call on a broken communicator, with the first failure's message. */
+static anvil_status check_usable(const anvil_comm *c, const char *what)
+{
+    CHECK(c != NULL, ANVIL_ERR_INVALID_ARG, "%s: no communicator", what);
+    CHECK(c->broken == ANVIL_OK, ANVIL_ERR_COMM, "%s: the communicator failed earlier (%s)", what,
+          c->broken_msg);
+    return ANVIL_OK;
+}
+
+/* A failed call breaks the communicator (see comm_internal.h). */
+static anvil_status note(anvil_comm *c, anvil_status st, const char *what)
+{
+    if (st == ANVIL_OK)
+        return st;
+    st = anvil_error_wrap("%s (rank %d of %d, %s)", what, c->rank, c->size, c->ops->name);
+    if (st == ANVIL_ERR_COMM && c->broken == ANVIL_OK) {
+        c->broken = st;
+        snprintf(c->broken_msg, sizeof c->broken_msg, "%s", anvil_last_error());
+    }
+    return st;
+}
+
+anvil_status anvil_comm_all_reduce_sum(anvil_comm *comm, void *buf, int64_t n, anvil_dtype dtype)
+{
+    TRY(check_usable(comm, "all_reduce"));
+    CHECK(dtype == ANVIL_DTYPE_F32 || dtype == ANVIL_DTYPE_BF16 || dtype == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
+          "all_reduce: cannot sum %s (f32, bf16 or f16)", anvil_dtype_name(dtype));
+    CHECK(n >= 0 && (n == 0 || buf != NULL), ANVIL_ERR_INVALID_ARG, "all_reduce: %lld elements at %p",
+          (long long)n, buf);
+    if (n == 0 || comm->size == 1)
+        return ANVIL_OK;
+    return note(comm, comm->ops->all_reduce_sum(comm, buf, n, dtype), "all_reduce");
+}
+
+anvil_status anvil_comm_all_gather(anvil_comm *comm, const void *send, void *recv, size_t bytes)
+{
+    TRY(check_usable(comm, "all_gather"));
+    CHECK(bytes == 0 || (send != NULL && recv != NULL), ANVIL_ERR_INVALID_ARG, "all_gather: NULL buffer");
+    if (bytes == 0)
+        return ANVIL_OK;
+    return note(comm, comm->ops->all_gather(comm, send, recv, bytes), "all_gather");
+}
+
+anvil_status anvil_comm_broadcast(anvil_comm *comm, void *buf, size_t bytes, int32_t root)
+{
+    TRY(check_usable(comm, "broadcast"));
+    CHECK(root >= 0 && root < comm->size, ANVIL_ERR_INVALID_ARG, "broadcast: root %d of %d ranks", root,
+          comm->size);
+    CHECK(bytes == 0 || buf != NULL, ANVIL_ERR_INVALID_ARG, "broadcast: NULL buffer");
+    if (bytes == 0 || comm->size == 1)
+        return ANVIL_OK;
+    return note(comm, comm->ops->broadcast(comm, buf, bytes, root), "broadcast");
+}
+
+/* A point-to-point call's arguments. */
+static anvil_status check_p2p(const anvil_comm *c, const char *what, const void *buf, size_t bytes, int32_t peer,
+                              int32_t tag)
+{
+    CHECK(peer >= 0 && peer < c->size && peer != c->rank, ANVIL_ERR_INVALID_ARG,
+          "%s: peer %d is not another of the %d ranks (this is rank %d)", what, peer, c->size, c->rank);
+    CHECK(tag >= 0 && tag <= 32767, ANVIL_ERR_INVALID_ARG, "%s: tag %d outside 0..32767", what, tag);
+    CHECK(bytes == 0 || buf != NULL, ANVIL_ERR_INVALID_ARG, "%s: NULL buffer", what);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_comm_send(anvil_comm *comm, const void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    TRY(check_usable(comm, "send"));
+    TRY(check_p2p(comm, "send", buf, bytes, peer, tag));
+    return note(comm, comm->ops->send(comm, buf, bytes, peer, tag), "send");
+}
+
+anvil_status anvil_comm_recv(anvil_comm *comm, void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    TRY(check_usable(comm, "recv"));
+    TRY(check_p2p(comm, "recv", buf, bytes, peer, tag));
+    return note(comm, comm->ops->recv(comm, buf, bytes, peer, tag), "recv");
+}
+
+anvil_status anvil_comm_barrier(anvil_comm *comm)
+{
+    TRY(check_usable(comm, "barrier"));
+    if (comm->size == 1)
+        return ANVIL_OK;
+    return note(comm, comm->ops->barrier(comm), "barrier");
+}

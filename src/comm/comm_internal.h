@@ -1,0 +1,47 @@
+/*
+ * The communicator's seam (anvil/comm.h): a table of functions per
+ * implementation, as backend.h is for devices.
+ *
+ *   comm.c          the public calls: arguments checked, the broken state,
+ *                   dispatch
+ *   comm_self.c     size 1: no-ops
+ *   comm_mpi.c      Open MPI (built when CMake finds MPI; comm_mpi_none.c
+ *                   otherwise)
+ *
+ * An implementation's functions get arguments already checked (ranks in
+ * range, n > 0, a dtype it is asked to sum: f32, bf16, f16) and return
+ * ANVIL_ERR_COMM with a message on failure; comm.c then marks the
+ * communicator broken.
+ */
+#ifndef ANVIL_COMM_INTERNAL_H
+#define ANVIL_COMM_INTERNAL_H
+
+#include "anvil/comm.h"
+
+typedef struct anvil_comm_ops {
+    const char *name;
+    anvil_comm_memory memory;
+    anvil_status (*all_reduce_sum)(anvil_comm *c, void *buf, int64_t n, anvil_dtype dtype);
+    anvil_status (*all_gather)(anvil_comm *c, const void *send, void *recv, size_t bytes);
+    anvil_status (*broadcast)(anvil_comm *c, void *buf, size_t bytes, int32_t root);
+    anvil_status (*send)(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag);
+    anvil_status (*recv)(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag);
+    anvil_status (*barrier)(anvil_comm *c);
+    void (*destroy)(anvil_comm *c); /* frees impl (not the struct) */
+} anvil_comm_ops;
+
+struct anvil_comm {
+    const anvil_comm_ops *ops;
+    int32_t rank, size;
+    void *impl;
+    /* the first failed call's status and message: a broken communicator
+     * refuses every later call (a peer may be gone or out of step) */
+    anvil_status broken;
+    char broken_msg[512];
+};
+
+/* A communicator struct around ops and impl (comm.c); NULL when out of
+ * memory. */
+anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t size, void *impl);
+
+#endif

@@ -1,0 +1,263 @@
+/*
+ * The MPI communicator: the processes of MPI_COMM_WORLD (mpirun), host
+ * buffers, on a duplicate communicator whose errors are returned rather
+ * than fatal (MPI's default aborts the job).
+ *
+ * The sum is anvil's, not MPI_Allreduce's: MPI has no bf16/f16 type, and an
+ * MPI reduction may add in an order that differs between ranks or
+ * algorithms. Here each rank owns a slice of the buffer (a reduce-scatter
+ * through MPI_Alltoallv), adds the ranks' values for its slice in f32 in
+ * rank order, rounds once to the element type, and the slices are gathered
+ * back (MPI_Allgatherv): every rank ends with the same bits, moving the
+ * bytes a ring all-reduce moves (2 (size - 1) / size of the buffer).
+ */
+#include <limits.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm_internal.h"
+#include "core/error.h"
+
+/* Elements summed per round, so that MPI's int counts and the scratch stay
+ * small whatever the buffer. */
+#define PIECE_ELEMS ((int64_t)1 << 22)
+/* Bytes per call of a plain byte transfer (int counts). */
+#define XFER_BYTES ((size_t)1 << 30)
+
+typedef struct mpi_impl {
+    MPI_Comm comm;
+    int owns_init;      /* MPI_Init was ours: MPI_Finalize is too */
+    unsigned char *recv; /* [PIECE_ELEMS x 2 bytes... grows] the slices the ranks send this rank */
+    size_t recv_cap;
+    float *acc;          /* [slice] the sum in f32 */
+    size_t acc_cap;
+    int *counts, *displs; /* [size] x 4: send counts/displs, recv counts/displs */
+} mpi_impl;
+
+/* ANVIL_ERR_COMM with MPI's own words for code. */
+static anvil_status mpi_fail(int code, const char *what)
+{
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(code, msg, &len) != MPI_SUCCESS)
+        snprintf(msg, sizeof msg, "MPI error %d", code);
+    return ANVIL_FAIL(ANVIL_ERR_COMM, "%s: %s", what, msg);
+}
+
+#define MPI_TRY(call, what)              \
+    do {                                 \
+        int mpi_rc_ = (call);            \
+        if (mpi_rc_ != MPI_SUCCESS)      \
+            return mpi_fail(mpi_rc_, what); \
+    } while (0)
+
+/* Room for `bytes` in *buf (kept between calls: steps repeat sizes). */
+static anvil_status reserve(void **buf, size_t *cap, size_t bytes)
+{
+    if (*cap >= bytes)
+        return ANVIL_OK;
+    void *p = realloc(*buf, bytes);
+    CHECK(p != NULL, ANVIL_ERR_OOM, "out of memory for %zu bytes of communication buffer", bytes);
+    *buf = p;
+    *cap = bytes;
+    return ANVIL_OK;
+}
+
+/* [lo, hi) of rank r's slice of n elements over size ranks. */
+static int64_t slice_lo(int64_t n, int32_t r, int32_t size) { return n * r / size; }
+
+/* dst (f32 [cnt]) = the size ranks' slices in src (rank j's at j * cnt
+ * elements of dtype), added in rank order. */
+static void sum_slices(anvil_dtype dt, const unsigned char *src, int32_t size, int64_t cnt, float *dst)
+{
+    const size_t es = anvil_dtype_size(dt);
+    for (int32_t j = 0; j < size; j++) {
+        const unsigned char *s = src + (size_t)j * (size_t)cnt * es;
+        for (int64_t i = 0; i < cnt; i++) {
+            float v;
+            if (dt == ANVIL_DTYPE_F32)
+                memcpy(&v, s + (size_t)i * 4, 4);
+            else {
+                uint16_t h;
+                memcpy(&h, s + (size_t)i * 2, 2);
+                v = dt == ANVIL_DTYPE_BF16 ? anvil_bf16_to_f32(h) : anvil_f16_to_f32(h);
+            }
+            dst[i] = j == 0 ? v : dst[i] + v;
+        }
+    }
+}
+
+/* One piece of the all-reduce: n elements at buf (n <= PIECE_ELEMS). */
+static anvil_status reduce_piece(anvil_comm *c, unsigned char *buf, int64_t n, anvil_dtype dt)
+{
+    mpi_impl *m = c->impl;
+    const int32_t size = c->size, me = c->rank;
+    const size_t es = anvil_dtype_size(dt);
+    const int64_t my_lo = slice_lo(n, me, size), my_cnt = slice_lo(n, me + 1, size) - my_lo;
+    int *scount = m->counts, *sdispl = m->counts + size, *rcount = m->counts + 2 * size,
+        *rdispl = m->counts + 3 * size;
+    for (int32_t j = 0; j < size; j++) {
+        const int64_t lo = slice_lo(n, j, size), hi = slice_lo(n, j + 1, size);
+        scount[j] = (int)((hi - lo) * (int64_t)es);
+        sdispl[j] = (int)(lo * (int64_t)es);
+        rcount[j] = (int)(my_cnt * (int64_t)es);
+        rdispl[j] = (int)((int64_t)j * my_cnt * (int64_t)es);
+    }
+    TRY(reserve((void **)&m->recv, &m->recv_cap, (size_t)my_cnt * es * (size_t)size + 1));
+    TRY(reserve((void **)&m->acc, &m->acc_cap, ((size_t)my_cnt + 1) * sizeof(float)));
+    MPI_TRY(MPI_Alltoallv(buf, scount, sdispl, MPI_BYTE, m->recv, rcount, rdispl, MPI_BYTE, m->comm),
+            "reduce-scatter (MPI_Alltoallv)");
+    sum_slices(dt, m->recv, size, my_cnt, m->acc);
+    if (dt == ANVIL_DTYPE_F32)
+        memcpy(buf + (size_t)my_lo * es, m->acc, (size_t)my_cnt * es);
+    else
+        anvil_convert_from_f32(dt, m->acc, buf + (size_t)my_lo * es, my_cnt);
+    /* every rank's summed slice back to every rank, in place */
+    MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, scount, sdispl, MPI_BYTE, m->comm),
+            "all-gather of the sums (MPI_Allgatherv)");
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_all_reduce(anvil_comm *c, void *buf, int64_t n, anvil_dtype dt)
+{
+    const size_t es = anvil_dtype_size(dt);
+    for (int64_t at = 0; at < n; at += PIECE_ELEMS) {
+        const int64_t len = n - at < PIECE_ELEMS ? n - at : PIECE_ELEMS;
+        TRY(reduce_piece(c, (unsigned char *)buf + (size_t)at * es, len, dt));
+    }
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_all_gather(anvil_comm *c, const void *send, void *recv, size_t bytes)
+{
+    mpi_impl *m = c->impl;
+    CHECK(bytes <= (size_t)INT_MAX / (size_t)c->size, ANVIL_ERR_UNSUPPORTED,
+          "all_gather of %zu bytes a rank over %d ranks: more than MPI's int counts reach", bytes, c->size);
+    MPI_TRY(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm), "MPI_Allgather");
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_broadcast(anvil_comm *c, void *buf, size_t bytes, int32_t root)
+{
+    mpi_impl *m = c->impl;
+    for (size_t at = 0; at < bytes; at += XFER_BYTES) {
+        const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
+        MPI_TRY(MPI_Bcast((unsigned char *)buf + at, (int)len, MPI_BYTE, root, m->comm), "MPI_Bcast");
+    }
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_send(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    mpi_impl *m = c->impl;
+    size_t at = 0;
+    do { /* a zero-byte message is still one message */
+        const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
+        MPI_TRY(MPI_Send((const unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm), "MPI_Send");
+        at += len;
+    } while (at < bytes);
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_recv(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    mpi_impl *m = c->impl;
+    size_t at = 0;
+    do {
+        const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
+        MPI_Status status;
+        MPI_TRY(MPI_Recv((unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm, &status), "MPI_Recv");
+        int got = 0;
+        MPI_TRY(MPI_Get_count(&status, MPI_BYTE, &got), "MPI_Get_count");
+        CHECK((size_t)got == len, ANVIL_ERR_COMM, "recv: %d bytes from rank %d where %zu were expected", got, peer,
+              len);
+        at += len;
+    } while (at < bytes);
+    return ANVIL_OK;
+}
+
+static anvil_status mpi_barrier(anvil_comm *c)
+{
+    mpi_impl *m = c->impl;
+    MPI_TRY(MPI_Barrier(m->comm), "MPI_Barrier");
+    return ANVIL_OK;
+}
+
+static void mpi_destroy(anvil_comm *c)
+{
+    mpi_impl *m = c->impl;
+    if (m == NULL)
+        return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && m->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&m->comm);
+    if (!finalized && m->owns_init)
+        MPI_Finalize();
+    free(m->recv);
+    free(m->acc);
+    free(m->counts);
+    free(m);
+}
+
+static const anvil_comm_ops mpi_ops = {
+    .name = "mpi",
+    .memory = ANVIL_COMM_HOST,
+    .all_reduce_sum = mpi_all_reduce,
+    .all_gather = mpi_all_gather,
+    .broadcast = mpi_broadcast,
+    .send = mpi_send,
+    .recv = mpi_recv,
+    .barrier = mpi_barrier,
+    .destroy = mpi_destroy,
+};
+
+int anvil_comm_mpi_built(void) { return 1; }
+
+anvil_status anvil_comm_create_mpi(anvil_comm **out)
+{
+    CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "anvil_comm_create_mpi: NULL out");
+    *out = NULL;
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    CHECK(!finalized, ANVIL_ERR_COMM, "MPI was already finalized in this process");
+    mpi_impl *m = calloc(1, sizeof *m);
+    CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
+    m->comm = MPI_COMM_NULL;
+    anvil_status st = ANVIL_OK;
+    anvil_comm *c = NULL;
+    int rc;
+    if (!inited) {
+        /* serialized: the runtime's steps may come from any one thread at a time */
+        int provided = 0;
+        rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+        if (rc != MPI_SUCCESS) {
+            st = mpi_fail(rc, "MPI_Init_thread");
+            goto fail;
+        }
+        m->owns_init = 1;
+    }
+    rc = MPI_Comm_dup(MPI_COMM_WORLD, &m->comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
+    int rank = 0, size = 1;
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_rank(m->comm, &rank);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(m->comm, &size);
+    if (rc != MPI_SUCCESS) {
+        st = mpi_fail(rc, "setting up the MPI communicator");
+        goto fail;
+    }
+    m->counts = malloc((size_t)size * 4 * sizeof *m->counts);
+    c = m->counts ? anvil_comm_wrap(&mpi_ops, rank, size, m) : NULL;
+    CHECK_GOTO(c != NULL, ANVIL_ERR_OOM, fail, "out of memory");
+    *out = c;
+    return ANVIL_OK;
+fail:
+    mpi_destroy(&(anvil_comm){.impl = m});
+    return st;
+}

@@ -1,0 +1,302 @@
+/*
+ * Tensor parallelism on the CPU over MPI (docs/parallel.md), run by ctest as
+ * `mpirun -np 2` and `-np 4` (tests/CMakeLists.txt):
+ *
+ *   - the MPI communicator: sums of f32, bf16 and f16 identical on every
+ *     rank and equal to the rank-order f32 sum rounded once; broadcast,
+ *     all_gather, send/recv, barrier; bad arguments refused without
+ *     breaking it;
+ *   - every golden model whose heads the ranks divide, cut over the ranks:
+ *     each prompt's prefill logits within 1e-4 x max|logit| of Hugging
+ *     Face's (f32), then decode steps of every prompt together in one batch,
+ *     whose greedy tokens are HF's; every rank's logits bit for bit the
+ *     same; a model the ranks cannot cut fails its load with a message.
+ *
+ * Every rank runs the same calls in the same order. A failed check aborts
+ * its rank (CMOCKA_TEST_ABORT=1, set below), and mpirun then ends the
+ * others, rather than letting the ranks fall out of step.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/comm.h"
+#include "anvil/log.h"
+#include "anvil/runtime.h"
+#include "golden.h"
+#include "testutil.h"
+
+#define REL_TOL 1e-4
+#define DECODE_STEPS 64 /* or the fewest greedy tokens a case of the model has */
+
+static anvil_comm *comm;
+
+/* ------------------------------------------------------------ the communicator */
+
+/* The value rank r contributes at i: a spread of magnitudes and signs, so
+ * that the order of the additions shows in the rounding. */
+static float addend(int32_t r, int64_t i)
+{
+    uint32_t h = (uint32_t)(r * 2654435761u) ^ (uint32_t)(i * 40503u + 17u);
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    float mag = (float)(h % 100000u) / 1000.0f;
+    float scale = (h >> 20) % 3 == 0 ? 1e3f : (h >> 20) % 3 == 1 ? 1.0f : 1e-3f;
+    return (h & 1u ? -mag : mag) * scale;
+}
+
+static void check_sum(anvil_dtype dt, int64_t n)
+{
+    const int32_t size = anvil_comm_size(comm), rank = anvil_comm_rank(comm);
+    const size_t es = anvil_dtype_size(dt);
+    unsigned char *buf = malloc((size_t)n * es + 1), *want = malloc((size_t)n * es + 1);
+    unsigned char *all = malloc((size_t)n * es * (size_t)size + 1);
+    float *mine = malloc((size_t)n * sizeof *mine + 4), *acc = malloc((size_t)n * sizeof *acc + 4);
+    assert_true(buf && want && all && mine && acc);
+    for (int64_t i = 0; i < n; i++)
+        mine[i] = addend(rank, i);
+    anvil_convert_from_f32(dt, mine, buf, n);
+    /* the reference: every rank's addends as their dtype holds them, added
+     * in rank order in f32, rounded once */
+    for (int32_t r = 0; r < size; r++)
+        for (int64_t i = 0; i < n; i++) {
+            float v = addend(r, i), q = v;
+            if (dt != ANVIL_DTYPE_F32) {
+                uint16_t h;
+                anvil_convert_from_f32(dt, &v, &h, 1);
+                anvil_convert_to_f32(dt, &h, &q, 1);
+            }
+            acc[i] = r == 0 ? q : acc[i] + q;
+        }
+    anvil_convert_from_f32(dt, acc, want, n);
+    if (anvil_comm_all_reduce_sum(comm, buf, n, dt) != ANVIL_OK)
+        fail_msg("all_reduce %s x %lld: %s", anvil_dtype_name(dt), (long long)n, anvil_last_error());
+    if (memcmp(buf, want, (size_t)n * es) != 0)
+        fail_msg("rank %d: all_reduce %s x %lld is not the rank-order sum", rank, anvil_dtype_name(dt),
+                 (long long)n);
+    /* the same bits on every rank */
+    assert_int_equal(anvil_comm_all_gather(comm, buf, all, (size_t)n * es), ANVIL_OK);
+    for (int32_t r = 0; r < size; r++)
+        if (memcmp(all + (size_t)r * (size_t)n * es, buf, (size_t)n * es) != 0)
+            fail_msg("all_reduce %s x %lld: rank %d and rank %d differ", anvil_dtype_name(dt), (long long)n, r,
+                     rank);
+    free(buf);
+    free(want);
+    free(all);
+    free(mine);
+    free(acc);
+}
+
+static void test_all_reduce(void **state)
+{
+    (void)state;
+    const anvil_dtype dts[3] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16, ANVIL_DTYPE_F16};
+    /* fewer elements than ranks, sizes the ranks do not divide, one past a
+     * round size (the comm sums in pieces of 4M elements: not crossed here,
+     * to stay fast) */
+    const int64_t ns[5] = {1, 3, 64, 1001, 65537};
+    for (int d = 0; d < 3; d++)
+        for (int k = 0; k < 5; k++)
+            check_sum(dts[d], ns[k]);
+    /* zero elements: nothing to do, on every rank */
+    assert_int_equal(anvil_comm_all_reduce_sum(comm, NULL, 0, ANVIL_DTYPE_F32), ANVIL_OK);
+}
+
+static void test_broadcast_gather_p2p(void **state)
+{
+    (void)state;
+    const int32_t size = anvil_comm_size(comm), rank = anvil_comm_rank(comm);
+    unsigned char buf[1000];
+    for (int32_t root = 0; root < size; root++) {
+        for (int i = 0; i < 1000; i++)
+            buf[i] = rank == root ? (unsigned char)(i * 7 + root) : 0xAA;
+        assert_int_equal(anvil_comm_broadcast(comm, buf, sizeof buf, root), ANVIL_OK);
+        for (int i = 0; i < 1000; i++)
+            if (buf[i] != (unsigned char)(i * 7 + root))
+                fail_msg("rank %d: broadcast from %d: byte %d is %d", rank, root, i, buf[i]);
+    }
+    int32_t mine[3] = {rank, rank * 10, -rank}, all[4 * 3];
+    assert_true(size <= 4);
+    assert_int_equal(anvil_comm_all_gather(comm, mine, all, sizeof mine), ANVIL_OK);
+    for (int32_t r = 0; r < size; r++) {
+        assert_int_equal(all[3 * r], r);
+        assert_int_equal(all[3 * r + 1], r * 10);
+        assert_int_equal(all[3 * r + 2], -r);
+    }
+    /* a ring: each rank sends its number on and receives its left neighbour's */
+    const int32_t next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    int64_t out = 1000 + rank, in = -1;
+    if (rank % 2 == 0) {
+        assert_int_equal(anvil_comm_send(comm, &out, sizeof out, next, 7), ANVIL_OK);
+        assert_int_equal(anvil_comm_recv(comm, &in, sizeof in, prev, 7), ANVIL_OK);
+    } else {
+        assert_int_equal(anvil_comm_recv(comm, &in, sizeof in, prev, 7), ANVIL_OK);
+        assert_int_equal(anvil_comm_send(comm, &out, sizeof out, next, 7), ANVIL_OK);
+    }
+    assert_int_equal(in, 1000 + prev);
+    assert_int_equal(anvil_comm_barrier(comm), ANVIL_OK);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    const int32_t size = anvil_comm_size(comm), rank = anvil_comm_rank(comm);
+    int32_t x = 1;
+    assert_status_msg(anvil_comm_broadcast(comm, &x, 4, size), ANVIL_ERR_INVALID_ARG, "root");
+    assert_status_msg(anvil_comm_send(comm, &x, 4, rank, 0), ANVIL_ERR_INVALID_ARG, "peer");
+    assert_status_msg(anvil_comm_recv(comm, &x, 4, size, 0), ANVIL_ERR_INVALID_ARG, "peer");
+    assert_status_msg(anvil_comm_send(comm, &x, 4, (rank + 1) % size, 40000), ANVIL_ERR_INVALID_ARG, "tag");
+    assert_status_msg(anvil_comm_all_reduce_sum(comm, &x, 1, ANVIL_DTYPE_I32), ANVIL_ERR_UNSUPPORTED, "i32");
+    /* refusals break nothing: the next collective still runs */
+    check_sum(ANVIL_DTYPE_F32, 10);
+    assert_string_equal(anvil_comm_name(comm), "mpi");
+    assert_int_equal(anvil_comm_memory_kind(comm), ANVIL_COMM_HOST);
+}
+
+/* ------------------------------------------------------------ models */
+
+static anvil_status load_model(const char *model, anvil_runtime **rt)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    o.n_threads = 1; /* ranks share CI's two cores */
+    o.max_num_tokens = 512; /* stories260K has a prompt of 440 tokens */
+    o.max_logit_rows = 512;
+    o.max_batch_size = 8;
+    o.kv_block_size = 16;
+    o.kv_cache_tokens = 2048;
+    o.kv_cache_dtype = "f32"; /* HF computes in f32: so does this comparison */
+    o.comm = comm;
+    return anvil_runtime_load(dir, &o, rt);
+}
+
+/* Fails unless every rank holds the same n floats. */
+static void check_same_on_ranks(const char *model, const char *what, const float *x, int64_t n)
+{
+    const int32_t size = anvil_comm_size(comm);
+    float *all = malloc((size_t)n * (size_t)size * sizeof *all);
+    assert_non_null(all);
+    assert_int_equal(anvil_comm_all_gather(comm, x, all, (size_t)n * sizeof *x), ANVIL_OK);
+    for (int32_t r = 0; r < size; r++)
+        if (memcmp(all + (size_t)r * (size_t)n, x, (size_t)n * sizeof *x) != 0)
+            fail_msg("%s %s: the logits of rank %d and rank %d differ", model, what, r, anvil_comm_rank(comm));
+    free(all);
+}
+
+static void run_model(const char *model)
+{
+    golden g;
+    golden_load(model, &g);
+    anvil_runtime *rt = NULL;
+    if (load_model(model, &rt) != ANVIL_OK)
+        fail_msg("load %s on rank %d of %d: %s", model, anvil_comm_rank(comm), anvil_comm_size(comm),
+                 anvil_last_error());
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    const int32_t bs = anvil_runtime_kv_block_size(rt);
+    enum { MAXB = 32 };
+    /* block tables as wide as the model's context allows (at most MAXB) */
+    const int32_t mb = (anvil_runtime_options_get(rt)->max_seq_len + bs - 1) / bs < MAXB
+                           ? (anvil_runtime_options_get(rt)->max_seq_len + bs - 1) / bs
+                           : MAXB;
+    int32_t tables[GOLDEN_MAX_CASES * MAXB], len[GOLDEN_MAX_CASES], next[GOLDEN_MAX_CASES];
+    int32_t steps = DECODE_STEPS;
+    for (int i = 0; i < g.n_cases; i++)
+        if (g.cases[i].n_greedy < steps)
+            steps = g.cases[i].n_greedy;
+
+    /* prefill: each prompt alone, logits at every row */
+    for (int i = 0; i < g.n_cases; i++) {
+        const golden_case *gc = &g.cases[i];
+        const int32_t n = gc->n_ids, nb = (n + steps + bs - 1) / bs;
+        assert_true(nb <= mb);
+        assert_int_equal(anvil_runtime_kv_alloc(rt, nb, tables + i * mb), ANVIL_OK);
+        int32_t *pos = malloc((size_t)n * 4), *rows = malloc((size_t)n * 4);
+        float *logits = malloc((size_t)n * (size_t)vocab * 4);
+        assert_true(pos && rows && logits);
+        for (int32_t t = 0; t < n; t++)
+            pos[t] = rows[t] = t;
+        int32_t starts[2] = {0, n};
+        anvil_batch b = {.n_tokens = n, .token_ids = gc->ids, .positions = pos, .n_seqs = 1, .seq_starts = starts,
+                         .block_tables = tables + i * mb, .max_blocks_per_seq = mb, .n_logits = n,
+                         .logit_rows = rows};
+        if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
+            fail_msg("%s %s: %s", model, gc->name, anvil_last_error());
+        golden_check_logits(model, "prefill", gc, 0, n, logits, vocab, REL_TOL);
+        check_same_on_ranks(model, gc->name, logits, (int64_t)n * vocab);
+        next[i] = anvil_greedy_pick(logits + (size_t)(n - 1) * (size_t)vocab, (int32_t)vocab);
+        len[i] = n;
+        free(pos);
+        free(rows);
+        free(logits);
+    }
+    /* decode: every prompt's next token in one packed step, greedy */
+    for (int32_t step = 0; step < steps; step++) {
+        int32_t ids[GOLDEN_MAX_CASES], pos[GOLDEN_MAX_CASES], rows[GOLDEN_MAX_CASES], starts[GOLDEN_MAX_CASES + 1];
+        for (int i = 0; i < g.n_cases; i++) {
+            if (next[i] != g.cases[i].greedy[step])
+                fail_msg("%s %s: greedy token %d is %d, HF has %d", model, g.cases[i].name, step, next[i],
+                         g.cases[i].greedy[step]);
+            ids[i] = next[i];
+            pos[i] = len[i]++;
+            rows[i] = starts[i] = i;
+        }
+        starts[g.n_cases] = g.n_cases;
+        if (step + 1 == steps)
+            break; /* every golden token checked */
+        anvil_batch b = {.n_tokens = g.n_cases, .token_ids = ids, .positions = pos, .n_seqs = g.n_cases,
+                         .seq_starts = starts, .block_tables = tables, .max_blocks_per_seq = mb,
+                         .n_logits = g.n_cases, .logit_rows = rows};
+        if (anvil_runtime_forward_greedy(rt, &b, next) != ANVIL_OK)
+            fail_msg("%s decode step %d: %s", model, step, anvil_last_error());
+    }
+    for (int i = 0; i < g.n_cases; i++)
+        anvil_runtime_kv_release(rt, (g.cases[i].n_ids + steps + bs - 1) / bs, tables + i * mb);
+    anvil_runtime_free(rt);
+    golden_free(&g);
+}
+
+/* The models whose heads every rank count here divides run; the others
+ * must refuse the cut with a message. */
+static void run_or_refuse(const char *model, int32_t n_heads)
+{
+    if (n_heads % anvil_comm_size(comm) == 0) {
+        run_model(model);
+        return;
+    }
+    anvil_runtime *rt = NULL;
+    assert_status_msg(load_model(model, &rt), ANVIL_ERR_UNSUPPORTED, "attention heads cannot be split");
+    assert_null(rt);
+}
+
+static void test_stories260K(void **s) { (void)s; run_or_refuse("stories260K", 8); }
+static void test_tinycode(void **s) { (void)s; run_or_refuse("tinycode", 6); }
+static void test_tiny_llama3(void **s) { (void)s; run_or_refuse("tiny-llama3", 8); }
+static void test_tiny_qwen2(void **s) { (void)s; run_or_refuse("tiny-qwen2", 8); }
+static void test_tiny_mistral(void **s) { (void)s; run_or_refuse("tiny-mistral", 8); }
+static void test_tiny_qwen3(void **s) { (void)s; run_or_refuse("tiny-qwen3", 8); }
+static void test_tiny_phi3(void **s) { (void)s; run_or_refuse("tiny-phi3", 8); }
+
+int main(void)
+{
+    /* a failed check ends this rank at once (mpirun then ends the others):
+     * cmocka would otherwise go on to the next test out of step */
+    setenv("CMOCKA_TEST_ABORT", "1", 1);
+    anvil_log_set_level(ANVIL_LOG_WARN);
+    if (anvil_comm_create_mpi(&comm) != ANVIL_OK) {
+        fprintf(stderr, "test_tp: %s\n", anvil_last_error());
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_all_reduce),   cmocka_unit_test(test_broadcast_gather_p2p),
+        cmocka_unit_test(test_bad_arguments), cmocka_unit_test(test_stories260K),
+        cmocka_unit_test(test_tinycode),     cmocka_unit_test(test_tiny_llama3),
+        cmocka_unit_test(test_tiny_qwen2),   cmocka_unit_test(test_tiny_mistral),
+        cmocka_unit_test(test_tiny_qwen3),   cmocka_unit_test(test_tiny_phi3),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    anvil_comm_free(comm);
+    return rc;
+}
