@@ -2,7 +2,7 @@
 """Writes the accuracy corpus of docs/quantization.md ("Accuracy"): Python
 standard library source, for `anvil perplexity`.
 
-    scripts/quant_corpus.py OUT [--root /usr/lib/python3.11]
+    scripts/quant_corpus.py OUT [--root /usr/lib/python3.11] [--calib]
 
 OUT is the concatenation of a fixed, sorted list of standard-library modules
 (the .py files of each module or package, package files sorted by path, test
@@ -14,6 +14,11 @@ run can say exactly which text it scored.
 The same Python installation gives the same bytes: nothing depends on the
 time, the locale or the order the file system lists a folder in. tinycode
 (../shared/models/tinycode) was trained on site-packages, not on this text.
+With --calib it writes the calibration text of `anvil build --calib` (AWQ)
+instead: the same kind of source from another fixed list of modules
+(CALIB_MODULES), none of them in the evaluation corpus, so that the scheme
+is never calibrated on the text it is measured on.
+
 Standard library only (no third-party import).
 """
 import argparse
@@ -51,6 +56,30 @@ MODULES = [
     "string.py",
     "textwrap.py",
 ]
+
+# The calibration text's modules (--calib): disjoint from MODULES (checked
+# below), present from Python 3.8 through 3.13.
+CALIB_MODULES = [
+    "base64.py",
+    "bisect.py",
+    "calendar.py",
+    "copy.py",
+    "gettext.py",
+    "heapq.py",
+    "inspect.py",
+    "logging",
+    "operator.py",
+    "pprint.py",
+    "queue.py",
+    "random.py",
+    "sched.py",
+    "selectors.py",
+    "tokenize.py",
+    "typing.py",
+    "uuid.py",
+    "zipfile.py",
+]
+assert not set(CALIB_MODULES) & set(MODULES)
 
 SEPARATOR = "\n# ==== anvil corpus file: {} ====\n"
 TEST_DIRS = {"test", "tests", "idle_test"}
@@ -103,22 +132,26 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", help="the corpus file to write (OUT.json is written beside it)")
     ap.add_argument("--root", help="the standard library folder (default: the newest /usr/lib/python3.X)")
+    ap.add_argument("--calib", action="store_true",
+                    help="write the calibration text (CALIB_MODULES, none of the corpus's) instead")
     args = ap.parse_args()
+    modules = CALIB_MODULES if args.calib else MODULES
+    what = "calibration text" if args.calib else "quantization corpus"
     root = os.path.abspath(args.root or default_root())
     if not os.path.isfile(os.path.join(root, "os.py")):
         sys.exit(f"quant_corpus.py: {root} is not a Python standard library folder (it has no os.py)")
     version = python_version(root)
 
     files, missing = [], []
-    for m in MODULES:
+    for m in modules:
         got = module_files(root, m)
         if got is None:
             missing.append(m)
         else:
             files.extend(got)
 
-    header = (f"# anvil quantization corpus (scripts/quant_corpus.py): Python {version} standard library,\n"
-              f"# {len(files)} files of {len(MODULES) - len(missing)} modules from {root}"
+    header = (f"# anvil {what} (scripts/quant_corpus.py): Python {version} standard library,\n"
+              f"# {len(files)} files of {len(modules) - len(missing)} modules from {root}"
               + (f"; missing here: {', '.join(missing)}" if missing else "") + "\n")
     body = [header]
     listing = []
@@ -136,7 +169,7 @@ def main():
     meta = {
         "python_version": version,
         "root": root,
-        "modules": MODULES,
+        "modules": modules,
         "missing": missing,
         "files": listing,
         "bytes": len(out_bytes),

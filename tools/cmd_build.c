@@ -34,6 +34,12 @@ static void usage(FILE *out)
             "                          int8-wo (per-channel scales), int4-wo (groups along K, zero points);\n"
             "                          none (default). docs/quantization.md\n"
             "      --group-size N      int4-wo's group (default 128); it must divide every weight's width\n"
+            "      --calib FILE        with int4-wo or int8-wo: activation-aware scaling (AWQ) searched on this\n"
+            "                          UTF-8 text, run through the model (f32, CPU) before quantizing\n"
+            "      --calib-seq-len N   tokens per calibration window (default 512)\n"
+            "      --calib-tokens N    calibration tokens at most (default 16384: whole windows from the start)\n"
+            "      --calib-rows N      rows of each linear's input in the search (default 512)\n"
+            "      --calib-no-clip     no clipping search (scales only)\n"
             "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
@@ -50,7 +56,12 @@ int anvil_cmd_build(int argc, char **argv)
         OPT_THREADS,
         OPT_NO_PROGRESS,
         OPT_QUANTIZE,
-        OPT_GROUP
+        OPT_GROUP,
+        OPT_CALIB,
+        OPT_CALIB_SEQ_LEN,
+        OPT_CALIB_TOKENS,
+        OPT_CALIB_ROWS,
+        OPT_CALIB_NO_CLIP
     };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
@@ -59,6 +70,9 @@ int anvil_cmd_build(int argc, char **argv)
         {"no-fusion", no_argument, 0, OPT_NO_FUSION}, {"threads", required_argument, 0, OPT_THREADS},
         {"no-progress", no_argument, 0, OPT_NO_PROGRESS}, {"help", no_argument, 0, 'h'},
         {"quantize", required_argument, 0, OPT_QUANTIZE}, {"group-size", required_argument, 0, OPT_GROUP},
+        {"calib", required_argument, 0, OPT_CALIB},       {"calib-seq-len", required_argument, 0, OPT_CALIB_SEQ_LEN},
+        {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS}, {"calib-rows", required_argument, 0, OPT_CALIB_ROWS},
+        {"calib-no-clip", no_argument, 0, OPT_CALIB_NO_CLIP},
         {0, 0, 0, 0},
     };
     anvil_build_options o;
@@ -98,6 +112,20 @@ int anvil_cmd_build(int argc, char **argv)
             if (exec_cli_int(optarg, "--group-size", 2, 1L << 20, &v, TOOL)) return 2;
             o.quant_group = (int32_t)v;
             break;
+        case OPT_CALIB: o.calib_file = optarg; break;
+        case OPT_CALIB_SEQ_LEN:
+            if (exec_cli_int(optarg, "--calib-seq-len", 2, 1L << 20, &v, TOOL)) return 2;
+            o.calib_seq_len = (int32_t)v;
+            break;
+        case OPT_CALIB_TOKENS:
+            if (exec_cli_int(optarg, "--calib-tokens", 2, 1L << 30, &v, TOOL)) return 2;
+            o.calib_tokens = v;
+            break;
+        case OPT_CALIB_ROWS:
+            if (exec_cli_int(optarg, "--calib-rows", 1, 1L << 20, &v, TOOL)) return 2;
+            o.calib_rows = (int32_t)v;
+            break;
+        case OPT_CALIB_NO_CLIP: o.calib_no_clip = 1; break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
@@ -117,6 +145,20 @@ int anvil_cmd_build(int argc, char **argv)
     }
     if (o.quant_group > 0 && o.quantize != ANVIL_QUANTIZE_INT4_WO) {
         fprintf(stderr, TOOL ": --group-size goes with --quantize int4-wo (fp8 and int8-wo scale whole rows)\n");
+        return 2;
+    }
+    const int calib_flags = o.calib_seq_len > 0 || o.calib_tokens > 0 || o.calib_rows > 0 || o.calib_no_clip;
+    if (o.calib_file == NULL && calib_flags) {
+        fprintf(stderr, TOOL ": --calib-seq-len, --calib-tokens, --calib-rows and --calib-no-clip go with --calib FILE\n");
+        return 2;
+    }
+    if (o.calib_file != NULL && o.quantize != ANVIL_QUANTIZE_INT4_WO && o.quantize != ANVIL_QUANTIZE_INT8_WO) {
+        fprintf(stderr, TOOL ": --calib (AWQ) goes with --quantize int4-wo or int8-wo\n");
+        return 2;
+    }
+    if (o.calib_file != NULL && o.calib_seq_len > 0 && o.calib_tokens > 0 && o.calib_tokens < o.calib_seq_len) {
+        fprintf(stderr, TOOL ": --calib-tokens %lld is less than one window (--calib-seq-len %d)\n",
+                (long long)o.calib_tokens, (int)o.calib_seq_len);
         return 2;
     }
     cli_progress b;

@@ -69,6 +69,17 @@ typedef struct anvil_build_options {
      * quantized weight's K. fp8 and int8 have one scale per row. */
     anvil_quantize quantize;
     int32_t quant_group;
+    /* Activation-aware scaling (AWQ, docs/quantization.md "AWQ") of the
+     * int4-wo or int8-wo weights, searched on calib_file (UTF-8 text,
+     * tokenized with the model's tokenizer; a model folder only): windows
+     * of calib_seq_len tokens (0: 512), at most calib_tokens tokens (0:
+     * 16384), calib_rows rows of each linear's input in the search (0:
+     * 512). calib_no_clip: no clipping search. NULL: round to nearest. */
+    const char *calib_file;
+    int32_t calib_seq_len;
+    int64_t calib_tokens;
+    int32_t calib_rows;
+    int calib_no_clip;
     /* Called as bytes are written (of all the weights' bytes); a nonzero
      * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
      * NULL. Called from the building threads, one at a time. */

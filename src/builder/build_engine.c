@@ -17,7 +17,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "anvil/log.h"
 #include "anvil/network.h"
+#include "builder/awq.h"
 #include "builder/build_plan.h"
 #include "builder/manifest.h"
 #include "builder/random_weights.h"
@@ -26,6 +28,7 @@
 #include "io/engine_file.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
+#include "runtime/runtime_calib.h"
 
 void anvil_build_options_default(anvil_build_options *o)
 {
@@ -98,8 +101,14 @@ static anvil_status files_json(anvil_model_files *mf, json_t *files)
     return ANVIL_OK;
 }
 
-/* The manifest's "build": options and provenance. */
-static json_t *build_json(const char *model, const anvil_build_options *o, const anvil_build_plan *p)
+/* AWQ's defaults (anvil_build_options; docs/quantization.md "AWQ"). */
+#define CALIB_SEQ_LEN 512
+#define CALIB_TOKENS 16384
+#define CALIB_ROWS 512
+
+/* The manifest's "build": options and provenance (ci: an AWQ build's calibration). */
+static json_t *build_json(const char *model, const anvil_build_options *o, const anvil_build_plan *p,
+                          const anvil_calib_info *ci)
 {
     json_t *b = json_object();
     if (b == NULL)
@@ -122,11 +131,23 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
     ok &= json_object_set_new(b, "created", json_string(when)) == 0;
     ok &= json_object_set_new(b, "weight_bytes", json_integer((json_int_t)p->total_bytes)) == 0;
     if (o->quantize != ANVIL_QUANTIZE_NONE) { /* what made the quantized weights (docs/quantization.md) */
-        json_t *q = json_pack("{s:s, s:s}", "scheme", anvil_quantize_name(o->quantize), "method", "rtn");
+        json_t *q = json_pack("{s:s, s:s}", "scheme", anvil_quantize_name(o->quantize), "method",
+                              ci ? anvil_awq_converter.method : "rtn");
         if (q != NULL && o->quantize == ANVIL_QUANTIZE_INT4_WO)
             ok &= json_object_set_new(q, "group", json_integer(o->quant_group > 0 ? o->quant_group : 128)) == 0;
         if (q != NULL && o->quantize == ANVIL_QUANTIZE_FP8)
             ok &= json_object_set_new(q, "act", json_string("fp8_dynamic")) == 0;
+        if (q != NULL && ci != NULL) { /* which text, and how much of it */
+            const char *slash = strrchr(o->calib_file, '/');
+            char hash[17];
+            snprintf(hash, sizeof hash, "%016llx", (unsigned long long)ci->xxh64);
+            json_t *c = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:b}", "file", slash ? slash + 1 : o->calib_file,
+                                  "xxh64", hash, "text_tokens", (json_int_t)ci->n_text_tokens, "tokens",
+                                  (json_int_t)ci->n_tokens, "seq_len", (int)(ci->n_tokens / ci->n_windows),
+                                  "rows", (int)(o->calib_rows > 0 ? o->calib_rows : CALIB_ROWS), "clip",
+                                  !o->calib_no_clip);
+            ok &= c != NULL && json_object_set_new(q, "calib", c) == 0;
+        }
         ok &= q != NULL && json_object_set_new(b, "quantization", q) == 0;
     }
     if (p->prequant.format != ANVIL_QFORMAT_NONE) { /* a pre-quantized checkpoint, converted */
@@ -159,6 +180,12 @@ static anvil_status random_config_file(const char *model, int random, char **tex
 
 anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *opts)
 {
+    return anvil_build_engine_awq(model, output, opts, NULL, NULL);
+}
+
+anvil_status anvil_build_engine_awq(const char *model, const char *output, const anvil_build_options *opts,
+                                    anvil_awq_scales_fn scales_fn, void *scales_user)
+{
     CHECK(model != NULL && output != NULL, ANVIL_ERR_INVALID_ARG, "anvil_build_engine: NULL argument");
     anvil_build_options o;
     if (opts)
@@ -170,6 +197,14 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     CHECK(o.quant_group == 0 || (o.quantize == ANVIL_QUANTIZE_INT4_WO && o.quant_group > 0), ANVIL_ERR_INVALID_ARG,
           "a group size (%d) goes with int4-wo quantization only (fp8 and int8-wo scale whole rows)",
           (int)o.quant_group);
+    CHECK(o.calib_file == NULL || o.quantize == ANVIL_QUANTIZE_INT4_WO || o.quantize == ANVIL_QUANTIZE_INT8_WO,
+          ANVIL_ERR_INVALID_ARG,
+          "a calibration file (--calib, AWQ) goes with int4-wo or int8-wo quantization, not %s",
+          anvil_quantize_name(o.quantize));
+    CHECK(o.calib_file == NULL || !o.random_weights, ANVIL_ERR_INVALID_ARG,
+          "a calibration file (--calib) needs a model folder (its tokenizer and weights), not random weights");
+    CHECK(o.calib_seq_len >= 0 && o.calib_tokens >= 0 && o.calib_rows >= 0, ANVIL_ERR_INVALID_ARG,
+          "negative calibration sizes");
     char *cfg_text = NULL; /* a config file given alone (random weights) */
     TRY(random_config_file(model, o.random_weights, &cfg_text));
     const char *dir = model;
@@ -182,6 +217,8 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     anvil_engine_writer *w = NULL;
     json_t *manifest = NULL;
     anvil_quant_config qc = {0}; /* a pre-quantized checkpoint's */
+    anvil_awq *awq = NULL;
+    anvil_calib_info ci;
     build_job job = {0};
     pthread_mutex_init(&job.mu, NULL);
 
@@ -209,6 +246,37 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
                                    .prequant = &qc};
     TRY_GOTO(anvil_build_plan_make(net, ck, &po, &plan), done);
     plan->seed = o.seed;
+    int threads = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1)
+        threads = 1;
+    if (threads > 16 && o.n_threads <= 0)
+        threads = 16;
+    if (o.calib_file != NULL) {
+        const anvil_calib_options co = {.text_file = o.calib_file,
+                                        .seq_len = o.calib_seq_len > 0 ? o.calib_seq_len : CALIB_SEQ_LEN,
+                                        .max_tokens = o.calib_tokens > 0 ? o.calib_tokens : CALIB_TOKENS,
+                                        .n_threads = threads};
+        const anvil_dtype kind = o.quantize == ANVIL_QUANTIZE_INT4_WO ? ANVIL_DTYPE_U4 : ANVIL_DTYPE_I8;
+        TRY_GOTO(anvil_awq_create(net, plan, kind, o.quant_group > 0 ? o.quant_group : 128,
+                                  o.calib_rows > 0 ? o.calib_rows : CALIB_ROWS, co.max_tokens, &awq),
+                 done);
+        TRY_GOTO(anvil_calib_run(dir, &co, awq, &ci), done);
+        TRY_GOTO(anvil_awq_search(awq, plan, net, ck, !o.calib_no_clip, threads), done);
+        for (int32_t g = 0; g < awq->n_groups; g++)
+            anvil_log(ANVIL_LOG_INFO, "awq: value %d (%d linears, %lld wide): alpha %.2f, error %.4g -> %.4g of RTN's",
+                      awq->groups[g].input, awq->groups[g].n_linears, (long long)awq->groups[g].k,
+                      (double)awq->groups[g].alpha, awq->groups[g].err_rtn,
+                      awq->groups[g].err_rtn > 0 ? awq->groups[g].err_awq / awq->groups[g].err_rtn : 1.0);
+        anvil_awq_attach(awq, plan);
+    } else if (scales_fn != NULL) { /* tests: given scales, folded (quantized or not) */
+        const anvil_dtype kind = o.quantize == ANVIL_QUANTIZE_INT4_WO   ? ANVIL_DTYPE_U4
+                                 : o.quantize == ANVIL_QUANTIZE_INT8_WO ? ANVIL_DTYPE_I8
+                                                                        : ANVIL_DTYPE_F32;
+        TRY_GOTO(anvil_awq_create(net, plan, kind, o.quant_group > 0 ? o.quant_group : 128, 1, 1, &awq), done);
+        scales_fn(scales_user, awq, net);
+        anvil_awq_set_folds(awq);
+        anvil_awq_attach(awq, plan);
+    }
 
     TRY_GOTO(anvil_engine_writer_create(output, &w), done);
     for (int32_t s = 0; s < plan->n_stored; s++) {
@@ -235,17 +303,12 @@ anvil_status anvil_build_engine(const char *model, const char *output, const anv
     json_object_set_new(m, "architecture", json_string(cfg.architecture));
     json_object_set_new(m, "model_type", json_string(cfg.model_type));
     json_object_set_new(manifest, "model", m);
-    json_t *b = build_json(model, &o, plan), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
+    json_t *b = build_json(model, &o, plan, awq ? &ci : NULL), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
     CHECK_GOTO(b && jn && jp, ANVIL_ERR_OOM, done, "out of memory");
     json_object_set_new(manifest, "build", b);
     json_object_set_new(manifest, "network", jn);
     json_object_set_new(manifest, "plan", jp);
 
-    int threads = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (threads < 1)
-        threads = 1;
-    if (threads > 16 && o.n_threads <= 0)
-        threads = 16;
     job.plan = plan;
     job.net = net;
     job.ck = ck;
@@ -267,6 +330,7 @@ done:
     free(job.free_scratch);
     pthread_mutex_destroy(&job.mu);
     anvil_build_plan_free(plan);
+    anvil_awq_free(awq); /* after the plan's last fill */
     anvil_quant_config_free(&qc);
     anvil_checkpoint_close(ck);
     anvil_network_free(net);

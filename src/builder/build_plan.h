@@ -116,6 +116,9 @@ struct anvil_build_plan {
      * anvil_prequant_converter reads (its ignore list is not kept: the
      * plan already says which weights are quantized) */
     anvil_quant_config prequant;
+    /* AWQ's scales (builder/awq.h), borrowed during a build with --calib:
+     * what anvil_awq_converter's fills read; NULL otherwise */
+    const struct anvil_awq *awq;
 };
 
 /* A weight and its scales, zero points and permutation at most. */

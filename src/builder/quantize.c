@@ -81,8 +81,9 @@ static size_t row_bytes(const anvil_stored *t, int64_t k, int64_t g)
  * 32 MiB of scratch): rows up to 1M columns. */
 #define VALUES_BYTES (ANVIL_BUILD_CHUNK / 4)
 
-static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
-                             int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *sc)
+anvil_status anvil_quant_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *sc,
+                              anvil_quant_row_fn before)
 {
     const anvil_stored *t = &p->stored[s];
     const int32_t ws = t->role == ANVIL_STORED_WEIGHT ? s : t->of;
@@ -110,6 +111,8 @@ static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net
                               anvil_network_weight(net, wi)->name, (long long)at);
         }
         for (int64_t i = 0; i < m; i++) {
+            if (before != NULL)
+                before(p, ws, r + i, vals + i * k, k);
             anvil_rtn_row(w->kind, w->q.group, vals + i * k, k, q, scales, zeros);
             const void *out = t->role == ANVIL_STORED_WEIGHT ? (const void *)q
                               : t->role == ANVIL_STORED_SCALES ? (const void *)scales
@@ -122,6 +125,12 @@ static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net
         }
     }
     return ANVIL_OK;
+}
+
+static anvil_status rtn_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                             int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *sc)
+{
+    return anvil_quant_fill(p, net, ck, s, offset, dst, len, sc, NULL);
 }
 
 const anvil_stored_converter anvil_rtn_converter = {.method = "rtn", .fill = rtn_fill};

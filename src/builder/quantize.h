@@ -34,4 +34,14 @@ extern const anvil_stored_converter anvil_rtn_converter;
 void anvil_rtn_row(anvil_dtype kind, int32_t group, const float *x, int64_t k, uint8_t *q, float *scales,
                    uint8_t *zeros);
 
+/* Called on each row of values (stored row r of weight tensor ws, k
+ * columns) before it is rounded: AWQ's scaling (builder/awq.h). */
+typedef void (*anvil_quant_row_fn)(const anvil_build_plan *p, int32_t ws, int64_t r, float *x, int64_t k);
+
+/* The RTN converter's fill (anvil_stored_converter.fill) with each row
+ * passed through `before` (NULL: none) first. */
+anvil_status anvil_quant_fill(const anvil_build_plan *p, const anvil_network *net, const anvil_checkpoint *ck,
+                              int32_t s, size_t offset, void *dst, size_t len, anvil_build_scratch *sc,
+                              anvil_quant_row_fn before);
+
 #endif

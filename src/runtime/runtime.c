@@ -1427,6 +1427,10 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
         anvil_status st = rt->fuse[i].kind == ANVIL_FUSE_NONE ? run_op(rt, s, i) : run_fused(rt, s, i);
         if (st != ANVIL_OK)
             return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
+        if (rt->op_hook != NULL && rt->fuse[i].kind == ANVIL_FUSE_NONE) {
+            const anvil_tensor out = value_tensor(rt, s, i);
+            TRY(rt->op_hook(rt->op_hook_user, i, &out, s));
+        }
     }
     if (ids_dev != NULL && s->n_logits > 0) {
         anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));

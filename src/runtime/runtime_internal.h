@@ -23,6 +23,10 @@
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
 
+/* Sees op `op`'s value out [rows, width] (backend memory: host memory on
+ * the CPU) of step s right after the op ran; an error stops the step. */
+typedef anvil_status (*anvil_rt_op_hook)(void *user, int32_t op, const anvil_tensor *out, const anvil_step *s);
+
 struct anvil_runtime {
     anvil_runtime_options opts;
     anvil_model_config cfg;
@@ -116,6 +120,11 @@ struct anvil_runtime {
     int pend;                          /* the last launched step's sampler is not queued yet */
     anvil_step pend_step;              /* its counts (for the logits tensor) */
     unsigned char *pend_rows;          /* [max_logit_rows] 1: the row's mask is pending */
+
+    /* calibration (runtime_calib.c): called after each op of a step runs
+     * by itself (fused groups are not seen), with the op's value */
+    anvil_rt_op_hook op_hook;
+    void *op_hook_user;
 };
 
 /* ---- runtime.c, for runtime_sample.c */
