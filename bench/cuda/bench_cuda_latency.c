@@ -4,7 +4,7 @@
  *
  *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR]
  *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion MODE,...]
- *                      [--json FILE]
+ *                      [--quantize none,fp8,int8-wo,int4-wo] [--json FILE]
  *
  * A case B:P:N is a batch of B sequences with P-token prompts (random
  * ids) generating N tokens each, greedily (anvil_runtime_forward_greedy:
@@ -17,7 +17,11 @@
  *
  * Ceilings, measured in the same run: cudaMemcpy device to device of
  * 1 GiB (bytes read + written, median of 9) and a bf16 GEMM 8192^3 through
- * the backend's matmul (cuBLASLt, random data, median of 9 batches of 5).
+ * the backend's matmul (cuBLASLt, random data, median of 9 batches of 5);
+ * and cuBLASLt's FP8 GEMM alone (e4m3 x e4m3 -> bf16 with the per-channel
+ * and per-token scales the fp8 matmul uses: anvil_cuda_gemm_fp8) at
+ * 2048 x 4096 x 14336 (2048 tokens through Llama-3-8B's gate or up), the
+ * ceiling of an fp8 engine's prefill (its fraction is printed against it).
  * Fractions printed:
  *   decode  bytes a step must read (weights, less the embedding table when
  *           the LM head is separate, + every sequence's K and V at its mean
@@ -25,6 +29,12 @@
  *           matmul + attention FLOPs / TPOT vs the GEMM rate;
  *   prefill 2 x matmul params x prompt tokens (LM head: one row per
  *           sequence) + causal attention FLOPs, / TTFT, vs the GEMM rate.
+ *
+ * --quantize takes a list of schemes, each a random-weight engine of its
+ * own built as `anvil build --quantize` builds it (the builder's
+ * anvil_build_options.quantize; "none" the bf16 one): fp8 (W8A8, dynamic
+ * per-token activations), int8-wo, int4-wo (groups of 128), run one after
+ * the other in the same process, beside the same ceilings.
  *
  * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
  * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
@@ -59,6 +69,7 @@
 #include "anvil/builder.h"
 #include "anvil/runtime.h"
 #include "anvil_internal.h" /* internal: not part of the API */
+#include "backend/cuda/cuda_internal.h" /* anvil_cuda_gemm_fp8, for the FP8 ceiling */
 
 static const char *llama_8b_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 4096,\n"
@@ -97,9 +108,13 @@ static int cmp_double(const void *a, const void *b)
 /* A random-weight engine of the config (the builder's, as `anvil build
  * --config FILE --random-weights` makes it), written once into workdir
  * (--scratch DIR; default bench-scratch/ beside this binary). */
-static int ensure_model(const char *workdir, const char *name, const char *config, char *path, size_t cap)
+static int ensure_model(const char *workdir, const char *name, const char *config, anvil_quantize quant, char *path,
+                        size_t cap)
 {
-    snprintf(path, cap, "%s/%s.engine", workdir, name);
+    if (quant == ANVIL_QUANTIZE_NONE)
+        snprintf(path, cap, "%s/%s.engine", workdir, name);
+    else
+        snprintf(path, cap, "%s/%s-%s.engine", workdir, name, anvil_quantize_name(quant));
     if (anvil_file_exists(path))
         return 0;
     mkdir(workdir, 0755);
@@ -116,6 +131,7 @@ static int ensure_model(const char *workdir, const char *name, const char *confi
     anvil_build_options_default(&bo);
     bo.random_weights = 1;
     bo.seed = 0x5eed;
+    bo.quantize = quant;
     if (anvil_build_engine(cfg_path, path, &bo) != ANVIL_OK) {
         fprintf(stderr, "error: %s\n", anvil_last_error());
         return -1;
@@ -126,7 +142,58 @@ static int ensure_model(const char *workdir, const char *name, const char *confi
 
 /* ------------------------------------------------------------ ceilings */
 
-static int measure_ceilings(double *copy_gbs, double *gemm_tflops, char *device, size_t cap)
+/* cuBLASLt's FP8 GEMM alone at T x K x N (random codes, unit scales), as
+ * the fp8 matmul calls it; 0 when this GPU has none. */
+static double fp8_gemm_tflops(anvil_backend *be, int64_t T, int64_t K, int64_t N)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    const size_t xb = (size_t)(T * K), wb = (size_t)(N * K);
+    void *x = NULL, *w = NULL, *o = NULL, *sx = NULL, *sw = NULL;
+    unsigned char *h = malloc(wb > xb ? wb : xb);
+    float *ones = malloc((size_t)(N > T ? N : T) * sizeof(float));
+    double tf = 0, t[9];
+    if (h == NULL || ones == NULL || be->ops->alloc(be, xb, &x) || be->ops->alloc(be, wb, &w) ||
+        be->ops->alloc(be, (size_t)(T * N) * 2, &o) || be->ops->alloc(be, (size_t)T * 4, &sx) ||
+        be->ops->alloc(be, (size_t)N * 4, &sw))
+        goto done;
+    uint64_t s = 777;
+    for (size_t i = 0; i < (wb > xb ? wb : xb); i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = (unsigned char)((s >> 56) & 0x77); /* finite e4m3 codes of either sign, below 2^8 */
+    }
+    for (int64_t i = 0; i < (N > T ? N : T); i++)
+        ones[i] = 1.0f;
+    if (be->ops->upload(be, x, h, xb) || be->ops->upload(be, w, h, wb) ||
+        be->ops->upload(be, sx, ones, (size_t)T * 4) || be->ops->upload(be, sw, ones, (size_t)N * 4))
+        goto done;
+    if (anvil_cuda_gemm_fp8(cb, x, sx, w, sw, NULL, ANVIL_DTYPE_F32, o, ANVIL_DTYPE_BF16, T, K, N) != ANVIL_OK ||
+        be->ops->synchronize(be))
+        goto done;
+    for (int r = 0; r < 9; r++) {
+        double t0 = now_s();
+        for (int k = 0; k < 5; k++)
+            if (anvil_cuda_gemm_fp8(cb, x, sx, w, sw, NULL, ANVIL_DTYPE_F32, o, ANVIL_DTYPE_BF16, T, K, N))
+                goto done;
+        if (be->ops->synchronize(be))
+            goto done;
+        t[r] = (now_s() - t0) / 5;
+    }
+    qsort(t, 9, sizeof t[0], cmp_double);
+    tf = 2.0 * (double)T * (double)K * (double)N / t[4] / 1e12;
+done:
+    if (tf == 0)
+        fprintf(stderr, "fp8 GEMM ceiling: none (%s)\n", anvil_last_error());
+    free(h);
+    free(ones);
+    be->ops->free(be, x);
+    be->ops->free(be, w);
+    be->ops->free(be, o);
+    be->ops->free(be, sx);
+    be->ops->free(be, sw);
+    return tf;
+}
+
+static int measure_ceilings(double *copy_gbs, double *gemm_tflops, double *fp8_tflops, char *device, size_t cap)
 {
     struct cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
@@ -198,6 +265,7 @@ static int measure_ceilings(double *copy_gbs, double *gemm_tflops, char *device,
     }
     qsort(t, 9, sizeof t[0], cmp_double);
     *gemm_tflops = 2.0 * (double)n * n * n / t[4] / 1e12;
+    *fp8_tflops = fp8_gemm_tflops(be, 2048, 4096, 14336);
     rc = 0;
 done:
     if (rc != 0)
@@ -355,7 +423,7 @@ int main(int argc, char **argv)
 {
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
-    const char *fusion = "on";
+    const char *fusion = "on", *quant_s = "none";
     int no_pdl = 0;
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
@@ -363,6 +431,7 @@ int main(int argc, char **argv)
         {"cases", required_argument, 0, 'c'},
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
         {"fusion", required_argument, 0, 'f'}, {"pdl", required_argument, 0, 'p'},
+        {"quantize", required_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;
@@ -375,6 +444,7 @@ int main(int argc, char **argv)
         case 'g': graphs = optarg; break;
         case 'f': fusion = optarg; break;
         case 'j': json_path = optarg; break;
+        case 'q': quant_s = optarg; break;
         case 'p':
             if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
                 fprintf(stderr, "--pdl on or off\n");
@@ -385,7 +455,7 @@ int main(int argc, char **argv)
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
                             "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
-                            "[--json FILE]\n",
+                            "[--quantize none,fp8,int8-wo,int4-wo] [--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
@@ -441,14 +511,33 @@ int main(int argc, char **argv)
         }
     }
 
-    double copy_gbs = 0, gemm_tflops = 0;
+    anvil_quantize quants[ANVIL_QUANTIZE_COUNT];
+    int n_quants = 0;
+    {
+        char ql[128];
+        snprintf(ql, sizeof ql, "%s", quant_s);
+        for (char *sv = NULL, *m = strtok_r(ql, ",", &sv); m; m = strtok_r(NULL, ",", &sv)) {
+            if (n_quants >= ANVIL_QUANTIZE_COUNT || anvil_quantize_parse(m, &quants[n_quants]) != 0) {
+                fprintf(stderr, "--quantize: a list of none, fp8, int8-wo, int4-wo\n");
+                return 2;
+            }
+            n_quants++;
+        }
+        if (n_quants == 0 || (model_dir != NULL && (n_quants > 1 || quants[0] != ANVIL_QUANTIZE_NONE))) {
+            fprintf(stderr, "--quantize: a list of none, fp8, int8-wo, int4-wo (named shapes only, not --model)\n");
+            return 2;
+        }
+    }
+
+    double copy_gbs = 0, gemm_tflops = 0, fp8_tflops = 0;
     char device[256];
-    if (measure_ceilings(&copy_gbs, &gemm_tflops, device, sizeof device) != 0) {
+    if (measure_ceilings(&copy_gbs, &gemm_tflops, &fp8_tflops, device, sizeof device) != 0) {
         fprintf(stderr, "no CUDA device, or the ceilings failed\n");
         return 1;
     }
-    printf("device: %s\nceilings: copy %.0f GB/s (read + written), bf16 GEMM 8192^3 %.0f TFLOP/s\n", device,
-           copy_gbs, gemm_tflops);
+    printf("device: %s\nceilings: copy %.0f GB/s (read + written), bf16 GEMM 8192^3 %.0f TFLOP/s, "
+           "fp8 GEMM 2048x4096x14336 %.0f TFLOP/s (cuBLASLt alone)\n",
+           device, copy_gbs, gemm_tflops, fp8_tflops);
 
     FILE *js = NULL;
     if (json_path) {
@@ -457,15 +546,19 @@ int main(int argc, char **argv)
             fprintf(stderr, "cannot write %s\n", json_path);
             return 1;
         }
-        fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"gemm_tflops\": %.1f, \"results\": [", device,
-                copy_gbs, gemm_tflops);
+        fprintf(js, "{\"device\": \"%s\", \"copy_gbs\": %.1f, \"gemm_tflops\": %.1f, \"fp8_gemm_tflops\": %.1f, "
+                "\"results\": [", device, copy_gbs, gemm_tflops, fp8_tflops);
     }
     int first_json = 1, rc = 0;
 
     /* the model list: named shapes, or one folder */
     char list[256];
     snprintf(list, sizeof list, "%s", model_dir ? "dir" : models);
-    for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+    for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save))
+    for (int qi = 0; qi < n_quants; qi++) {
+        const anvil_quantize quant = quants[qi];
+        /* an fp8 engine's prefill runs on the FP8 GEMM: its ceiling */
+        const double pf_ceiling = quant == ANVIL_QUANTIZE_FP8 && fp8_tflops > 0 ? fp8_tflops : gemm_tflops;
         char dir[4096];
         if (model_dir) {
             snprintf(dir, sizeof dir, "%s", model_dir);
@@ -479,7 +572,7 @@ int main(int argc, char **argv)
             }
             char workdir[3072];
             if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0 ||
-                ensure_model(workdir, name, cfg, dir, sizeof dir) != 0)
+                ensure_model(workdir, name, cfg, quant, dir, sizeof dir) != 0)
                 return 1;
         }
         for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
@@ -515,7 +608,8 @@ int main(int argc, char **argv)
                 continue;
             }
             tl = now_s() - tl;
-            printf("\n%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
+            printf("\n%s%s%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
+                   quant != ANVIL_QUANTIZE_NONE ? " " : "", quant != ANVIL_QUANTIZE_NONE ? anvil_quantize_name(quant) : "",
                    (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
                    !(fused & 1) ? "off"
                    : fused == 1 ? "on"
@@ -539,19 +633,19 @@ int main(int argc, char **argv)
                     snprintf(dec, sizeof dec, "%5.0f GB/s %3.0f%% | %4.0f%%", bw, 100 * bw / copy_gbs,
                              100 * dfl / gemm_tflops);
                 printf("%4d:%d:%-5d %9.2f %9.3f %9.1f  %-28s %5.0f TFLOP/s %3.0f%%\n", cs[k].batch, cs[k].input,
-                       cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, dec, pfl, 100 * pfl / gemm_tflops);
+                       cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, dec, pfl, 100 * pfl / pf_ceiling);
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
-                            "%s\n {\"model\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "%s\n {\"model\": \"%s\", \"quantize\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
-                            first_json ? "" : ",", name, g_modes[gm] ? "true" : "false",
+                            first_json ? "" : ",", name, anvil_quantize_name(quant), g_modes[gm] ? "true" : "false",
                             (fused & 1) ? "true" : "false", (fused & 1) && (fused & 2) ? "true" : "false",
                             (fused & 1) && (fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
-                            dfl / gemm_tflops, pfl, pfl / gemm_tflops);
+                            dfl / gemm_tflops, pfl, pfl / pf_ceiling);
                     first_json = 0;
                 }
             }

@@ -139,7 +139,7 @@ typedef struct anvil_backend_ops {
     int weights_in_host_memory;
     /* Whether its matmuls take quantized weights (anvil_tensor.quant): the
      * runtime refuses a quantized model at load, before any upload, on a
-     * backend without them (CPU: yes; cuda: not yet). */
+     * backend without them (CPU and cuda: yes). */
     int quantized_weights;
 
     /* ---- ops */

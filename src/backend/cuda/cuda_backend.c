@@ -75,6 +75,7 @@ static anvil_status check_error_word(anvil_cuda_backend *cb, const char *what)
         {ANVIL_CUDA_BAD_BLOCK, " block id outside the KV cache or position past the block table;"},
         {ANVIL_CUDA_BAD_SEQ, " seq_of_token outside [0, n_seqs);"},
         {ANVIL_CUDA_BAD_ROW, " logit row outside the activations;"},
+        {ANVIL_CUDA_BAD_PERM, " quantized weight's perm entry outside [0, K);"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (bits & names[i].bit)
@@ -103,6 +104,7 @@ static void cuda_destroy(anvil_backend *be)
         cublasLtDestroy(cb->lt);
     cudaFree(cb->lt_workspace);
     cudaFree(cb->mm_scratch);
+    cudaFree(cb->q_scratch);
     cudaFree(cb->attn_ws);
     cudaFree(cb->attn_cnt);
     cudaFree(cb->d_err);
@@ -333,6 +335,7 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
           "cuda backend: device %d (%s) is sm_%d%d; anvil needs sm_80 or newer", cb->device, prop.name,
           prop.major, prop.minor);
     cb->n_sm = prop.multiProcessorCount;
+    cb->sm = prop.major * 10 + prop.minor;
     /* programmatic dependent launch needs sm_90; each backend decides for
      * its own launches (several devices may differ) */
     cb->pdl = prop.major >= 9 && !cb->config.no_pdl;
@@ -402,6 +405,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->mem_available = cuda_mem_available;
     o->act_dtype = act_dtype;
     o->weights_in_host_memory = 0;
+    o->quantized_weights = 1; /* fp8, int8, int4: cuda_matmul_quant.c */
     o->embedding = anvil_cuda_op_embedding;
     o->rmsnorm = anvil_cuda_op_rmsnorm;
     o->head_rmsnorm = anvil_cuda_op_head_rmsnorm;

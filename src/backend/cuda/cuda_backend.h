@@ -44,6 +44,9 @@ typedef struct anvil_cuda_knobs {
                                    (the last split of each block of heads); 0: in the combine kernel */
     int attn_prefill_rows;    /* query rows a block of the tensor-core prefill kernel: 64 (one m-tile a warp)
                                  or 128 (two); 0: the default (128 where head_dim is 32, 64 or 128) */
+    int matmul_quant;         /* quantized weights: 1 the weight dequantized to the activation dtype and the
+                                 plain GEMM, always (the slow reference path); 2 never cuBLASLt's FP8 GEMM
+                                 (the GEMV, or 1); 0: automatic */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

@@ -15,14 +15,31 @@ anvil_status anvil_cuda_check_quant(const anvil_tensor *w, const char *what)
 {
     if (w == NULL)
         return ANVIL_OK;
-    const char *kind = w->dtype == ANVIL_DTYPE_U4 ? "int4"
-                       : w->dtype == ANVIL_DTYPE_I8 ? "int8"
-                       : w->dtype == ANVIL_DTYPE_F8_E4M3 ? "fp8"
-                                                         : NULL;
-    if (kind == NULL && w->quant == NULL)
+    const anvil_quant *q = w->quant;
+    const char *dn = anvil_dtype_name(w->dtype);
+    if (!anvil_cuda_is_quant_dtype(w->dtype)) {
+        CHECK(q == NULL, ANVIL_ERR_INVALID_ARG,
+              "%s: a %s weight with quantization scales (only fp8_e4m3, i8 and u4 weights are quantized)", what, dn);
         return ANVIL_OK;
-    return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "%s: quantized weights (%s) are not supported on cuda yet", what,
-                      kind != NULL ? kind : anvil_dtype_name(w->dtype));
+    }
+    CHECK(q != NULL, ANVIL_ERR_INVALID_ARG, "%s: a %s weight without its quantization (scales)", what, dn);
+    CHECK(w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "%s: a quantized weight must be 2-D", what);
+    const int64_t N = w->shape[0], K = w->shape[1];
+    CHECK(q->scales != NULL, ANVIL_ERR_INVALID_ARG, "%s: %s weight [%lld, %lld] without scales", what, dn,
+          (long long)N, (long long)K);
+    CHECK(q->group >= 0 && (q->group == 0 || K % q->group == 0), ANVIL_ERR_INVALID_ARG,
+          "%s: quantization group %d does not divide the weight's width %lld", what, (int)q->group, (long long)K);
+    CHECK(q->zeros == NULL || w->dtype == ANVIL_DTYPE_U4, ANVIL_ERR_INVALID_ARG,
+          "%s: zero points on a %s weight (only u4 has them)", what, dn);
+    CHECK(q->act >= ANVIL_QUANT_ACT_NONE && q->act <= ANVIL_QUANT_ACT_FP8_STATIC, ANVIL_ERR_INVALID_ARG,
+          "%s: unknown activation quantization %d", what, (int)q->act);
+    CHECK(q->act == ANVIL_QUANT_ACT_NONE || w->dtype == ANVIL_DTYPE_F8_E4M3, ANVIL_ERR_INVALID_ARG,
+          "%s: fp8 activations with a %s weight (only fp8_e4m3 weights take them)", what, dn);
+    CHECK(q->act != ANVIL_QUANT_ACT_FP8_STATIC || (isfinite(q->input_scale) && q->input_scale > 0.0f),
+          ANVIL_ERR_INVALID_ARG, "%s: static fp8 input scale %g (must be finite and > 0)", what,
+          (double)q->input_scale);
+    /* perm lives in device memory: the kernels check its entries (ANVIL_CUDA_BAD_PERM) */
+    return ANVIL_OK;
 }
 
 anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what)

@@ -43,6 +43,7 @@ enum {
     ANVIL_CUDA_BAD_BLOCK = 4,   /* attention: block id outside the cache, or position past the table */
     ANVIL_CUDA_BAD_SEQ = 8,     /* attention: seq_of_token outside [0, n_seqs) */
     ANVIL_CUDA_BAD_ROW = 16,    /* gather_rows: row outside x */
+    ANVIL_CUDA_BAD_PERM = 32,   /* quantized matmul: a perm entry outside [0, K) */
 };
 
 typedef struct anvil_cuda_mm_cache anvil_cuda_mm_cache; /* cuda_matmul.c */
@@ -55,6 +56,7 @@ typedef struct anvil_cuda_backend {
     anvil_backend_config config; /* as created (cpu_isa cleared) */
     cudaStream_t stream;
     int n_sm;
+    int sm;                    /* compute capability, major * 10 + minor (90: sm_90) */
     int pdl;                   /* launch a decode step's kernels with programmatic dependent launch
                                   (sm_90+, unless config.no_pdl) */
     size_t smem_optin;         /* largest dynamic shared memory a block may opt in to */
@@ -68,6 +70,8 @@ typedef struct anvil_cuda_backend {
     /* device scratch, grown on demand (never shrinks) */
     void *mm_scratch;          /* matmul: a weight converted to the activation dtype */
     size_t mm_scratch_bytes;
+    void *q_scratch;           /* quantized matmul: prepared activations (x', fp8 codes and row scales) */
+    size_t q_scratch_bytes;
     void *attn_ws;             /* attention: split-K partial results */
     size_t attn_ws_bytes;
     void *attn_cnt;            /* attention: the splits done per block of heads, zero between launches */
@@ -153,10 +157,18 @@ void anvil_cuda_graphs_free(anvil_cuda_backend *cb);
 /* ---------------------------------------------------------------- checks */
 
 int anvil_cuda_is_float_dtype(anvil_dtype dt);
-/* ANVIL_ERR_UNSUPPORTED for a quantized weight (w->quant, or an fp8,
- * int8 or int4 dtype), naming the scheme: the CUDA kernels for them are
- * not written yet (issue 15). ANVIL_OK for NULL and plain weights. */
+/* A quantized weight (docs/quantization.md, the canonical form) as the
+ * CUDA matmul takes it: ANVIL_ERR_INVALID_ARG for a malformed one (quant
+ * on a float weight, a quantized dtype without quant or scales, a group
+ * that does not divide K, zeros on anything but u4, fp8 activations on
+ * anything but fp8, a bad static input scale), as the CPU's check; perm's
+ * entries are device memory: the kernels check them (ANVIL_CUDA_BAD_PERM).
+ * ANVIL_OK for NULL and plain weights. */
 anvil_status anvil_cuda_check_quant(const anvil_tensor *w, const char *what);
+static inline int anvil_cuda_is_quant_dtype(anvil_dtype dt)
+{
+    return dt == ANVIL_DTYPE_F8_E4M3 || dt == ANVIL_DTYPE_I8 || dt == ANVIL_DTYPE_U4;
+}
 anvil_status anvil_cuda_check_act(const anvil_cuda_backend *cb, const anvil_tensor *t, const char *what);
 anvil_status anvil_cuda_check_vector(const anvil_tensor *w, int64_t n, const char *what);
 anvil_status anvil_cuda_check_same_shape(const anvil_tensor *a, const anvil_tensor *b, const char *what);
@@ -169,6 +181,26 @@ void anvil_cuda_matmul_cache_free(anvil_cuda_mm_cache *c);
 anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                   const anvil_tensor *bias, anvil_tensor *out);
 anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_args *args);
+/* matmul of a quantized weight (cuda_matmul_quant.c; w checked by
+ * anvil_cuda_check_quant, x/out/bias by anvil_cuda_op_matmul, T, N, K > 0) */
+anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                                     const anvil_tensor *bias, anvil_tensor *out);
+/* The matmuls of one x with quantized weights of one layout (q/k/v,
+ * gate/up): one preparation of x and one GEMV launch where the GEMV takes
+ * them (*done = 1); else nothing done (*done = 0) and the caller runs the
+ * separate matmuls. Each part checked as anvil_cuda_op_matmul checks. */
+anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
+                                           const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                           anvil_tensor *const *out, int *done);
+/* out[T, N] = (sx[t] * sw[n]) * sum_k xq[t, k] wq[n, k] (+ bias[N]) on
+ * cuBLASLt's FP8 GEMM (e4m3 x e4m3, f32 accumulation, outer-vector scales;
+ * cuda_matmul.c): xq [T, K] and wq [N, K] fp8 e4m3, sx [T] and sw [N] f32,
+ * out in act_dt (bf16/f16). ANVIL_ERR_UNSUPPORTED (nothing launched, no
+ * error left) when cuBLASLt has no algorithm for it: the caller takes
+ * another path. */
+anvil_status anvil_cuda_gemm_fp8(anvil_cuda_backend *cb, const void *xq, const float *sx, const void *wq,
+                                 const float *sw, const void *bias, anvil_dtype bias_dt, void *out,
+                                 anvil_dtype act_dt, int64_t T, int64_t K, int64_t N);
 /* resolve_tokens (backend.h), cuda_ops.c */
 anvil_status anvil_cuda_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
 anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
@@ -283,6 +315,59 @@ anvil_status anvil_cuda_launch_gemv_multi(cudaStream_t stream, int pdl, const vo
 anvil_status anvil_cuda_launch_gemv_silu_mul(cudaStream_t stream, int pdl, const void *x, const void *wg, const void *bg,
                                              anvil_dtype bg_dt, const void *wu, const void *bu, anvil_dtype bu_dt,
                                              void *out, anvil_dtype act_dt, int64_t T, int64_t K, int64_t N);
+/* ---- quantized weights (docs/quantization.md's canonical form; docs/cuda-backend.md "Quantized weights") */
+
+/* A quantized weight w [N, K] as the kernels take it (device pointers). */
+typedef struct anvil_cuda_qweight {
+    const void *w;          /* [N, K] of dt: F8_E4M3, I8 or U4 (two a byte along K, low nibble first) */
+    anvil_dtype dt;
+    const float *scales;    /* [N, K / gs] */
+    const uint8_t *zeros;   /* U4 only: [N, K / gs]; NULL: 8 */
+    int64_t gs;             /* columns per scale (the group, or K when per channel) */
+    int64_t N, K;
+} anvil_cuda_qweight;
+
+/* The weight-only GEMV (cuda_gemv_quant.cu): out[t, n] = sum_k x[t, k]
+ * W[n][k] (+ bias[n]), W[n][k] = (v - z) * s, for T rows (any T >= 1, run
+ * four at a time: each pass reads the weight once). x [T, K] in x_dt
+ * (the activation dtype, or F32: prepared activations), out [T, N] in
+ * out_dt (F32, BF16, F16). Takes (anvil_cuda_gemv_quant_ok): K a multiple
+ * of a 16-byte piece (16 fp8/i8 elements, 32 u4 ones), the group a multiple
+ * of it, x, w and out 16-byte aligned. */
+int anvil_cuda_gemv_quant_ok(const anvil_cuda_qweight *w, const void *x, anvil_dtype x_dt, const void *out);
+anvil_status anvil_cuda_launch_gemv_quant(cudaStream_t stream, int pdl, const anvil_cuda_qweight *w, const void *x,
+                                          anvil_dtype x_dt, const void *bias, anvil_dtype bias_dt, void *out,
+                                          anvil_dtype out_dt, int64_t T);
+/* Several weights of one x and one layout (dtype, K, group) in one launch
+ * (q, k and v; gate and up): out[i] [T, w[i].N] = x W_i^T (+ bias[i]),
+ * i < n_parts (1..4); bias NULL or [n_parts] (entries may be NULL). */
+anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, int pdl, int n_parts, const anvil_cuda_qweight *w,
+                                                const void *x, anvil_dtype x_dt, const void *const *bias,
+                                                const anvil_dtype *bias_dt, void *const *out, anvil_dtype out_dt,
+                                                int64_t T);
+
+/* Prepared activations (cuda_quant_act.cu): x' [T, K] from x [T, K] (x_dt):
+ * x'[t, k] = x[t, perm[k]] (perm NULL: x[t, k]), then with fp8 activations
+ * (act, input_scale as anvil_quant) each row rounded to fp8 with sx =
+ * max|row| / 448 (dynamic) or input_scale (static), as the CPU does. Into
+ * out as out_dt (F32, BF16, F16: fl(fp8(x' / sx) * sx) rounded to it) or,
+ * with F8_E4M3, the codes fp8(x' / sx) and sx per row into row_scale [T]
+ * (act NONE: sx 1). A row of zeros (sx 0) gives zeros (codes 0, sx 0). A
+ * perm entry outside [0, K) reads 0 and sets ANVIL_CUDA_BAD_PERM in err. */
+anvil_status anvil_cuda_launch_quant_act(cudaStream_t stream, int pdl, const void *x, anvil_dtype x_dt,
+                                         const int32_t *perm, int act, float input_scale, int64_t T, int64_t K,
+                                         void *out, anvil_dtype out_dt, float *row_scale, int *err);
+
+/* out[t, n] = acc[t, n] * (sx[t] * sw[n]) (+ bias[n]), rounded to out_dt: the
+ * FP8 GEMM's scales where cuBLASLt takes no scale vectors (cuda_fp8_scale.cu). */
+anvil_status anvil_cuda_launch_fp8_scale(cudaStream_t stream, const float *acc, const float *sx, const float *sw,
+                                         const void *bias, anvil_dtype bias_dt, void *out, anvil_dtype out_dt,
+                                         int64_t T, int64_t N);
+
+/* W as out_dt (F32, BF16, F16) [N, K]: fl((v - z) * s) rounded to it (cuda_dequant.cu). */
+anvil_status anvil_cuda_launch_dequant(cudaStream_t stream, const anvil_cuda_qweight *w, void *out,
+                                       anvil_dtype out_dt);
+
 /* sum = a + b, norm = rmsnorm(sum) * w over rows of `width` (cuda_add_rmsnorm.cu). */
 anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int pdl, const void *a, const void *b, const void *w,
                                            anvil_dtype w_dt, void *sum, void *norm, anvil_dtype act_dt, int64_t rows,

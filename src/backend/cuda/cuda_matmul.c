@@ -17,6 +17,11 @@
  * descriptors and its algorithm once, from the heuristic query, and keeps
  * them in a hash table: a step only sets the bias pointer and calls
  * cublasLtMatmul.
+ *
+ * Quantized weights go to cuda_matmul_quant.c, which comes back here for
+ * cuBLASLt's FP8 GEMM (anvil_cuda_gemm_fp8: e4m3 x e4m3 with a scale per
+ * weight row and one per token, cuBLASLt's outer-vector scale mode; its
+ * plans share the table, keyed apart by mm_key.fp8).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,14 +36,17 @@ typedef struct mm_key {
     int32_t dt;          /* data type of A, B, C, D (the activation dtype) */
     int32_t bias_dt;     /* -1: no fused bias */
     uint32_t align_a, align_b, align_d;
-    uint32_t pad;        /* keeps the struct free of implicit padding (keys are compared bytewise) */
+    uint32_t fp8;        /* 1: the FP8 GEMM (A and B e4m3, outer-vector scales, D in dt); 2: the same
+                            without scales, D in f32 (a kernel scales it); also keeps the struct free
+                            of implicit padding (keys are compared bytewise) */
 } mm_key;
 
 typedef struct mm_plan {
     mm_key key;
     int used;
     int fused_bias;      /* the epilogue adds the bias (else a kernel does) */
-    int simt;            /* cuBLASLt has no algorithm: the plain kernel (cuda_gemm_simt.cu) */
+    int simt;            /* cuBLASLt has no algorithm: the plain kernel (cuda_gemm_simt.cu); for an fp8 key,
+                            the caller's other path */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
@@ -161,14 +169,31 @@ static uint32_t ptr_align(const void *p)
     } while (0)
 
 /* Descriptors, layouts and the heuristic's best algorithm for k. Returns
- * ANVIL_ERR_UNSUPPORTED when the heuristic has no algorithm. */
-static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan *p)
+ * ANVIL_ERR_UNSUPPORTED when the heuristic has no algorithm. sw, sx: an
+ * fp8 key's scale vectors, set before the heuristic is asked (they are set
+ * again before every call). */
+static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan *p, const float *sw, const float *sx)
 {
     const cudaDataType_t t = cuda_type((anvil_dtype)k->dt);
+    /* FP8: A (the weight) and B (the tokens) e4m3, D in the activation
+     * dtype (C too: cuBLASLt wants C's type to be D's for a 16-bit D) */
+    const cudaDataType_t tab = k->fp8 ? CUDA_R_8F_E4M3 : t, td = k->fp8 == 2 ? CUDA_R_32F : t;
     LT_TRY(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
     const cublasOperation_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
     LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t), "TRANSA");
     LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n), "TRANSB");
+    if (k->fp8 == 1) {
+        /* one f32 scale per row of D (a weight row n) and per column (a token t) */
+        const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode),
+               "A_SCALE_MODE");
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode),
+               "B_SCALE_MODE");
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw),
+               "A_SCALE_POINTER");
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx),
+               "B_SCALE_POINTER");
+    }
     if (k->bias_dt >= 0) {
         const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
         const int32_t bt = (int32_t)cuda_type((anvil_dtype)k->bias_dt);
@@ -176,9 +201,9 @@ static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan 
         LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
                "BIAS_DATA_TYPE");
     }
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->a, t, (uint64_t)k->K, (uint64_t)k->N, k->K), "layout A");
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->b, t, (uint64_t)k->K, (uint64_t)k->T, k->K), "layout B");
-    LT_TRY(cublasLtMatrixLayoutCreate(&p->d, t, (uint64_t)k->N, (uint64_t)k->T, k->N), "layout D");
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->a, tab, (uint64_t)k->K, (uint64_t)k->N, k->K), "layout A");
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->b, tab, (uint64_t)k->K, (uint64_t)k->T, k->K), "layout B");
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->d, td, (uint64_t)k->N, (uint64_t)k->T, k->N), "layout D");
 
     cublasLtMatmulPreference_t pref = NULL;
     LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
@@ -202,9 +227,10 @@ static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan 
      * caller falls back, first without the epilogue, then to the plain kernel. */
     if (s != CUBLAS_STATUS_SUCCESS || n_res == 0)
         return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
-                          "matmul: no cuBLASLt algorithm for [%lld, %lld] x [%lld, %lld]^T %s%s (%s)", (long long)k->T,
-                          (long long)k->K, (long long)k->N, (long long)k->K, anvil_dtype_name((anvil_dtype)k->dt),
-                          k->bias_dt >= 0 ? " with bias" : "", cublasGetStatusString(s));
+                          "matmul: no cuBLASLt algorithm for [%lld, %lld] x [%lld, %lld]^T %s%s%s (%s)", (long long)k->T,
+                          (long long)k->K, (long long)k->N, (long long)k->K, k->fp8 ? "fp8 -> " : "",
+                          anvil_dtype_name((anvil_dtype)k->dt), k->bias_dt >= 0 ? " with bias" : "",
+                          cublasGetStatusString(s));
     p->algo = res.algo;
     p->workspace = res.workspaceSize;
     p->fused_bias = k->bias_dt >= 0;
@@ -212,21 +238,25 @@ static anvil_status plan_build(anvil_cuda_backend *cb, const mm_key *k, mm_plan 
 }
 
 /* The cached plan for k, built on first use. With a bias, falls back to a
- * plan without the epilogue when cuBLASLt has none with it. */
-static anvil_status plan_get(anvil_cuda_backend *cb, mm_key *k, mm_plan **out)
+ * plan without the epilogue when cuBLASLt has none with it. An fp8 key
+ * that cuBLASLt refuses in any way (this GPU or this cuBLASLt has no FP8
+ * GEMM, or not with these scales) is remembered as having no plan. */
+static anvil_status plan_get(anvil_cuda_backend *cb, mm_key *k, mm_plan **out, const float *sw, const float *sx)
 {
     *out = cache_find(cb->mm_cache, k);
     if (*out != NULL)
         return ANVIL_OK;
     mm_plan tmp;
     memset(&tmp, 0, sizeof tmp);
-    anvil_status st = plan_build(cb, k, &tmp);
+    anvil_status st = plan_build(cb, k, &tmp, sw, sx);
     if (st == ANVIL_ERR_UNSUPPORTED && k->bias_dt >= 0) {
         plan_destroy(&tmp);
         mm_key k2 = *k;
         k2.bias_dt = -1;
-        st = plan_build(cb, &k2, &tmp);
+        st = plan_build(cb, &k2, &tmp, NULL, NULL);
     }
+    if (k->fp8 && st == ANVIL_ERR_CUDA)
+        st = ANVIL_ERR_UNSUPPORTED;
     if (st == ANVIL_ERR_UNSUPPORTED) { /* remembered, so the heuristic is asked once */
         plan_destroy(&tmp);
         tmp.simt = 1;
@@ -277,7 +307,8 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
     TRY(anvil_cuda_check_act(cb, out, "matmul out"));
     CHECK(w != NULL && w->data != NULL && w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "matmul: expected a 2-D weight");
     TRY(anvil_cuda_check_quant(w, "matmul"));
-    CHECK(anvil_cuda_is_float_dtype(w->dtype), ANVIL_ERR_UNSUPPORTED, "matmul weight: dtype %s (f32, bf16 or f16)",
+    CHECK(w->quant != NULL || anvil_cuda_is_float_dtype(w->dtype), ANVIL_ERR_UNSUPPORTED,
+          "matmul weight: dtype %s (f32, bf16 or f16, or a quantized weight with its scales)",
           anvil_dtype_name(w->dtype));
     CHECK(w->shape[1] == x->shape[1] && w->shape[0] == out->shape[1] && x->shape[0] == out->shape[0],
           ANVIL_ERR_INVALID_ARG, "matmul: x [%lld, %lld] w [%lld, %lld] out [%lld, %lld]", (long long)x->shape[0],
@@ -298,6 +329,8 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
         CUDA_TRY(cudaMemsetAsync(out->data, 0, (size_t)(T * N) * anvil_dtype_size(dt), cb->stream), "matmul");
         return bias ? anvil_cuda_launch_bias_add(cb->stream, out->data, dt, bias->data, bias->dtype, T, N) : ANVIL_OK;
     }
+    if (w->quant != NULL)
+        return anvil_cuda_matmul_quant(cb, x, w, bias, out);
 
     const void *wdata = w->data;
     if (w->dtype != dt) {
@@ -330,6 +363,57 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
     key.align_b = ptr_align(x->data);
     key.align_d = ptr_align(out->data);
     mm_plan *p = NULL;
-    TRY(plan_get(cb, &key, &p));
+    TRY(plan_get(cb, &key, &p, NULL, NULL));
     return run_plan(cb, p, x->data, wdata, bp, bdt, out->data, dt, T, K, N);
+}
+
+/* ---------------------------------------------------------------- FP8 GEMM */
+
+anvil_status anvil_cuda_gemm_fp8(anvil_cuda_backend *cb, const void *xq, const float *sx, const void *wq,
+                                 const float *sw, const void *bias, anvil_dtype bias_dt, void *out,
+                                 anvil_dtype act_dt, int64_t T, int64_t K, int64_t N)
+{
+    CHECK(act_dt == ANVIL_DTYPE_BF16 || act_dt == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
+          "matmul: the FP8 GEMM writes bf16 or f16, not %s", anvil_dtype_name(act_dt));
+    mm_key key;
+    memset(&key, 0, sizeof key);
+    key.T = T;
+    key.N = N;
+    key.K = K;
+    key.dt = (int32_t)act_dt;
+    key.bias_dt = -1; /* a kernel adds it (the epilogue's bias with fp8 inputs is not worth a second plan) */
+    key.align_a = ptr_align(wq);
+    key.align_b = ptr_align(xq);
+    key.align_d = ptr_align(out);
+    key.fp8 = 1;
+    mm_plan *p = NULL;
+    TRY(plan_get(cb, &key, &p, sw, sx));
+    const float alpha = 1.0f, beta = 0.0f;
+    if (!p->simt) {
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw),
+               "A_SCALE_POINTER");
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx),
+               "B_SCALE_POINTER");
+        LT_TRY(cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, out, p->d, out, p->d, &p->algo,
+                              cb->lt_workspace, p->workspace, cb->stream),
+               "cublasLtMatmul (fp8)");
+        TRY(ANVIL_CUDA_LAUNCHED("cublasLtMatmul (fp8)"));
+        if (bias != NULL)
+            TRY(anvil_cuda_launch_bias_add(cb->stream, out, act_dt, bias, bias_dt, T, N));
+        return ANVIL_OK;
+    }
+    /* No outer-vector scales here: the unscaled products in f32 (into the
+     * matmul scratch), then a kernel scales them by sx[t] sw[n]. */
+    key.fp8 = 2;
+    key.align_d = 256; /* the scratch */
+    TRY(plan_get(cb, &key, &p, NULL, NULL));
+    if (p->simt) /* no FP8 algorithm for this problem: the caller's other path */
+        return ANVIL_ERR_UNSUPPORTED;
+    TRY(anvil_cuda_reserve(cb, &cb->mm_scratch, &cb->mm_scratch_bytes, (size_t)(T * N) * sizeof(float),
+                           "matmul: fp8 GEMM accumulator buffer"));
+    LT_TRY(cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, cb->mm_scratch, p->d, cb->mm_scratch,
+                          p->d, &p->algo, cb->lt_workspace, p->workspace, cb->stream),
+           "cublasLtMatmul (fp8, unscaled)");
+    TRY(ANVIL_CUDA_LAUNCHED("cublasLtMatmul (fp8, unscaled)"));
+    return anvil_cuda_launch_fp8_scale(cb->stream, cb->mm_scratch, sx, sw, bias, bias_dt, out, act_dt, T, N);
 }

@@ -1,0 +1,213 @@
+/*
+ * matmul of a quantized weight on CUDA (docs/quantization.md, the
+ * canonical form; docs/cuda-backend.md, "Quantized weights"): which kernel
+ * runs, by rows and scheme, the same choice for the same shape every time.
+ *
+ *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
+ *     16 of int8 and fp8 weight-only, 4 of W8A8 (decode), four rows a pass, each pass reading the weight once; fp8,
+ *     int8, int4 in pieces of 16 bytes (K and the group multiples of
+ *     16 / 32 elements, aligned). W8A8 up to four rows only when the FP8
+ *     GEMM can take the rest.
+ *     The weights of one x (q/k/v, gate/up: matmul_multi and
+ *     matmul_silu_mul) take one preparation of x and one launch
+ *     (anvil_cuda_matmul_quant_multi).
+ *  2. fp8 W8A8 (fp8 weights with per-channel scales and fp8 activations),
+ *     more rows, bf16/f16 activations, sm_89+: each row of x quantized to
+ *     fp8 (its scale per row), then cuBLASLt's FP8 GEMM with the weight's
+ *     scales and the rows' scales as outer vectors (cuda_matmul.c).
+ *  3. Everything else (int8/int4 past the GEMV's rows, fp8 weight-only or in
+ *     blocks, f32 activations, layouts the GEMV does not take, GPUs without
+ *     an FP8 GEMM): the weight dequantized into the activation dtype and the
+ *     plain matmul. Correct, not fast: it writes and reads the whole weight
+ *     in 16 (or 32) bits every call.
+ * perm and fp8 activations are applied to x first (cuda_quant_act.cu): into
+ * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
+ * the activation dtype for path 3, into codes and row scales for path 2.
+ *
+ * The knob matmul_quant pins path 3 (1) or rules out path 2 (2), so that
+ * tests compare the fast paths with the slow one; matmul_gemv = 2 rules out
+ * path 1, as it does for plain weights.
+ */
+#include "backend/cuda/cuda_internal.h"
+
+/* Rows the GEMV takes. It reads the weight once per four rows; the
+ * dequantizing path writes and reads it in 16 bits (4.5 bytes an int4
+ * element, 5 an int8 one, with the read of the weight), then runs the GEMM:
+ * so the GEMV up to 32 rows of int4 (8 reads of half a byte), 16 of int8
+ * and fp8 weight-only. W8A8 past four rows goes to the FP8 GEMM (when
+ * there is one). */
+#define GEMV_ROWS_INT4 32
+#define GEMV_ROWS_INT8 16
+#define GEMV_ROWS_FP8 4
+
+static size_t round256(size_t b) { return (b + 255) / 256 * 256; }
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Whether the FP8 GEMM may take this weight (not yet whether cuBLASLt has an
+ * algorithm: anvil_cuda_gemm_fp8 says). */
+static int fp8_gemm_ok(const anvil_cuda_backend *cb, const anvil_tensor *w)
+{
+    const anvil_quant *q = w->quant;
+    const anvil_dtype dt = cb->ops.act_dtype;
+    return w->dtype == ANVIL_DTYPE_F8_E4M3 && q->act != ANVIL_QUANT_ACT_NONE && q->group == 0 && cb->sm >= 89 &&
+           cb->knobs.matmul_quant == 0 && !cb->knobs.matmul_simt &&
+           (dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16) && w->shape[1] % 16 == 0 && w->shape[0] % 16 == 0 &&
+           aligned16(w->data) && aligned16(q->scales);
+}
+
+static int64_t gemv_rows(const anvil_cuda_backend *cb, const anvil_tensor *w)
+{
+    if (fp8_gemm_ok(cb, w))
+        return GEMV_ROWS_FP8;
+    return w->dtype == ANVIL_DTYPE_U4 ? GEMV_ROWS_INT4 : GEMV_ROWS_INT8;
+}
+
+/* x' (perm, fp8 rounding) into the scratch as out_dt; *xp its address. */
+static anvil_status prep_x(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_quant *q, anvil_dtype out_dt,
+                           const void **xp)
+{
+    const int64_t T = x->shape[0], K = x->shape[1];
+    TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, (size_t)(T * K) * anvil_dtype_size(out_dt),
+                           "matmul: quantized activations buffer"));
+    TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+                                    q->input_scale, T, K, cb->q_scratch, out_dt, NULL, cb->d_err));
+    *xp = cb->q_scratch;
+    return ANVIL_OK;
+}
+
+/* Path 2; ANVIL_ERR_UNSUPPORTED (nothing left queued that matters, no
+ * error) when cuBLASLt has no FP8 algorithm for the problem. */
+static anvil_status run_fp8_gemm(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                                 const anvil_tensor *bias, anvil_tensor *out)
+{
+    const anvil_quant *q = w->quant;
+    const int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
+    const size_t codes = round256((size_t)(T * K));
+    TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, codes + (size_t)T * sizeof(float),
+                           "matmul: fp8 activations buffer"));
+    void *xq = cb->q_scratch;
+    float *sx = (float *)(void *)((char *)cb->q_scratch + codes);
+    TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+                                    q->input_scale, T, K, xq, ANVIL_DTYPE_F8_E4M3, sx, cb->d_err));
+    return anvil_cuda_gemm_fp8(cb, xq, sx, w->data, q->scales, bias ? bias->data : NULL,
+                               bias ? bias->dtype : ANVIL_DTYPE_F32, out->data, cb->ops.act_dtype, T, K, N);
+}
+
+/* Path 3: W and x' in the activation dtype, then the plain matmul. */
+static anvil_status run_dequant(anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_tensor *x,
+                                const anvil_quant *q, const anvil_tensor *bias, anvil_tensor *out)
+{
+    const anvil_dtype dt = cb->ops.act_dtype;
+    const int64_t T = x->shape[0], K = qw->K, N = qw->N;
+    TRY(anvil_cuda_reserve(cb, &cb->mm_scratch, &cb->mm_scratch_bytes, (size_t)(N * K) * anvil_dtype_size(dt),
+                           "matmul: dequantized weight buffer"));
+    TRY(anvil_cuda_launch_dequant(cb->stream, qw, cb->mm_scratch, dt));
+    const void *xp = x->data;
+    if (q->perm != NULL || q->act != ANVIL_QUANT_ACT_NONE)
+        TRY(prep_x(cb, x, q, dt, &xp));
+    anvil_tensor xt = anvil_tensor_2d(dt, T, K, (void *)(uintptr_t)xp);
+    anvil_tensor wt = anvil_tensor_2d(dt, N, K, cb->mm_scratch);
+    return anvil_cuda_op_matmul(&cb->be, &xt, &wt, bias, out);
+}
+
+anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                                     const anvil_tensor *bias, anvil_tensor *out)
+{
+    const anvil_quant *q = w->quant;
+    const anvil_dtype dt = cb->ops.act_dtype;
+    const int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
+    anvil_cuda_qweight qw = {
+        .w = w->data, .dt = w->dtype, .scales = q->scales, .zeros = q->zeros,
+        .gs = q->group > 0 ? q->group : K, .N = N, .K = K,
+    };
+    const int prep = q->perm != NULL || q->act != ANVIL_QUANT_ACT_NONE;
+    const int fp8_gemm = fp8_gemm_ok(cb, w);
+    const void *bp = bias ? bias->data : NULL;
+    const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
+
+    if (cb->knobs.matmul_quant != 1 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && T <= gemv_rows(cb, w) &&
+        anvil_cuda_gemv_quant_ok(&qw, x->data, dt, out->data)) {
+        const void *xp = x->data;
+        anvil_dtype xdt = dt;
+        if (prep) {
+            TRY(prep_x(cb, x, q, ANVIL_DTYPE_F32, &xp));
+            xdt = ANVIL_DTYPE_F32;
+        }
+        return anvil_cuda_launch_gemv_quant(cb->stream, cb->pdl, &qw, xp, xdt, bp, bdt, out->data, dt, T);
+    }
+    if (fp8_gemm) {
+        const anvil_status st = run_fp8_gemm(cb, x, w, bias, out);
+        if (st != ANVIL_ERR_UNSUPPORTED)
+            return st;
+        anvil_clear_error();
+    }
+    return run_dequant(cb, &qw, x, q, bias, out);
+}
+
+/* What anvil_cuda_op_matmul checks, for one part of a group. */
+static anvil_status check_part(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                               const anvil_tensor *bias, const anvil_tensor *out)
+{
+    TRY(anvil_cuda_check_act(cb, x, "matmul x"));
+    TRY(anvil_cuda_check_act(cb, out, "matmul out"));
+    CHECK(w != NULL && w->data != NULL && w->n_dims == 2, ANVIL_ERR_INVALID_ARG, "matmul: expected a 2-D weight");
+    TRY(anvil_cuda_check_quant(w, "matmul"));
+    CHECK(w->shape[1] == x->shape[1] && w->shape[0] == out->shape[1] && x->shape[0] == out->shape[0],
+          ANVIL_ERR_INVALID_ARG, "matmul: x [%lld, %lld] w [%lld, %lld] out [%lld, %lld]", (long long)x->shape[0],
+          (long long)x->shape[1], (long long)w->shape[0], (long long)w->shape[1], (long long)out->shape[0],
+          (long long)out->shape[1]);
+    CHECK(out->data != x->data || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "matmul: out must not alias x");
+    if (bias != NULL)
+        TRY(anvil_cuda_check_vector(bias, w->shape[0], "matmul bias"));
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
+                                           const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                           anvil_tensor *const *out, int *done)
+{
+    *done = 0;
+    if (n < 1 || n > ANVIL_MATMUL_MULTI_MAX || cb->knobs.matmul_quant == 1 || cb->knobs.matmul_gemv == 2 ||
+        cb->knobs.matmul_simt)
+        return ANVIL_OK;
+    for (int i = 0; i < n; i++)
+        TRY(check_part(cb, x, w[i], bias[i], out[i]));
+    const anvil_quant *q0 = w[0]->quant;
+    const anvil_dtype dt = cb->ops.act_dtype;
+    const int64_t T = x->shape[0], K = x->shape[1];
+    if (q0 == NULL || T == 0 || K == 0 || T > INT32_MAX || K > INT32_MAX)
+        return ANVIL_OK;
+    anvil_cuda_qweight qw[ANVIL_MATMUL_MULTI_MAX];
+    const void *bp[ANVIL_MATMUL_MULTI_MAX];
+    anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
+    void *op[ANVIL_MATMUL_MULTI_MAX];
+    for (int i = 0; i < n; i++) {
+        const anvil_quant *q = w[i]->quant;
+        /* one layout, one preparation of x */
+        if (q == NULL || w[i]->dtype != w[0]->dtype || q->group != q0->group || q->act != q0->act ||
+            q->perm != q0->perm || (q->act == ANVIL_QUANT_ACT_FP8_STATIC && q->input_scale != q0->input_scale) ||
+            w[i]->shape[0] == 0)
+            return ANVIL_OK;
+        qw[i] = (anvil_cuda_qweight){
+            .w = w[i]->data, .dt = w[i]->dtype, .scales = q->scales, .zeros = q->zeros,
+            .gs = q->group > 0 ? q->group : K, .N = w[i]->shape[0], .K = K,
+        };
+        if (T > gemv_rows(cb, w[i]) ||
+            !anvil_cuda_gemv_quant_ok(&qw[i], x->data, dt, out[i]->data))
+            return ANVIL_OK;
+        bp[i] = bias[i] ? bias[i]->data : NULL;
+        bdt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
+        op[i] = out[i]->data;
+    }
+    TRY(anvil_cuda_use(cb));
+    const void *xp = x->data;
+    anvil_dtype xdt = dt;
+    if (q0->perm != NULL || q0->act != ANVIL_QUANT_ACT_NONE) {
+        TRY(prep_x(cb, x, q0, ANVIL_DTYPE_F32, &xp));
+        xdt = ANVIL_DTYPE_F32;
+    }
+    TRY(anvil_cuda_launch_gemv_quant_multi(cb->stream, cb->pdl, n, qw, xp, xdt, bp, bdt, op, dt, T));
+    *done = 1;
+    return ANVIL_OK;
+}

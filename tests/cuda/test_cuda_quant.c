@@ -1,0 +1,845 @@
+/*
+ * Quantized weights on CUDA (docs/quantization.md; docs/cuda-backend.md,
+ * "Quantized weights").
+ *
+ * The matmul op, every scheme of the canonical form (fp8 per channel with
+ * activations none / dynamic / static, fp8 in blocks of 128, int8 per
+ * channel, int4 in groups of 32/64/128 with and without zero points, with
+ * a perm, per channel; K and N off the kernels' piece sizes where the
+ * scheme allows, and layouts the GEMV does not take) x T in {1, 2, 4, 5,
+ * 17, 64} x activations f32 / bf16 / f16, each through every path (the
+ * automatic choice, with the GEMV ruled out, and the slow dequantizing
+ * path pinned by the knob matmul_quant = 1), against the exact definition
+ * of the canonical form: out = x' W^T in double, W[n][k] = fl((v - z) * s)
+ * and x' the CPU's prepared activations (perm; for W8A8 each row rounded to
+ * fp8 exactly as the CPU rounds it: anvil_cpu_quant_prep_row), which is
+ * anvil_cpu_ref_matmul's f32 path. Not the CPU op itself for int8/int4:
+ * the CPU rounds activations to int8 per block of 32 (its int path), the
+ * GPU computes the weight-only product in floating point as the formats
+ * (and transformers) define it, so the exact reference is the one both
+ * approximate. Tolerance, max |got - want| <= tol * max |want|:
+ *   f32 activations: 2e-5 (f32 summation order; W and x' are the same f32
+ *     values on both sides);
+ *   bf16 / f16: 1e-2 (the output's rounding, 2^-9 of an element for bf16,
+ *     and on the dequantizing path W and x' rounded to bf16/f16 too: the
+ *     same bound as every bf16 op of test_cuda_ops.c).
+ * Also: the fused ops with quantized weights equal the separate ops bit for
+ * bit, a perm entry outside [0, K) is reported at the next synchronize,
+ * malformed quantized weights are refused with a message.
+ *
+ * Whole models: tinycode built with --quantize fp8 / int8-wo / int4-wo
+ * (anvil_build_engine), the same engine on CUDA and on the CPU, logits at
+ * every position of the golden prompts: built in f32 (CUDA in f32) within
+ * MODEL_F32_TOL for fp8 and MODEL_INT_TOL for int8/int4 (whose CPU path
+ * rounds activations to int8: 2.5-3.2% on the fixtures,
+ * docs/quantization.md), top-1 equal at >= MODEL_TOP1 of the positions;
+ * built as stored (bf16 compute on CUDA) top-1 equal at >= MODEL_TOP1_BF16.
+ * And the pre-quantized fixtures of tests/data/quant on CUDA (f32 compute)
+ * against their references as tests/models/test_quant_models.c holds them
+ * on the CPU: prompt logits within 1e-4 of the format's reference (the
+ * GPU computes the format's definition, so this holds for the int formats
+ * too, where the CPU needs the int8-activation reference), teacher-forced
+ * top-1 equal at all but at most one of 16 steps per prompt, free greedy
+ * equal up to the first teacher-forced miss.
+ *
+ * Skips without a CUDA device.  `--only PATTERN` runs the matching tests.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/builder.h"
+#include "anvil/dtype.h"
+#include "anvil/generate.h"
+#include "anvil/runtime.h"
+#include "backend/backend.h"
+#include "backend/cpu/cpu_quant.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_internal.h"
+#include "core/tensor.h"
+#include "golden.h"
+#include "io/safetensors.h"
+#include "testutil.h"
+
+static const anvil_dtype act_dtypes[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16, ANVIL_DTYPE_F16};
+#define N_ACT 3
+
+typedef struct fixture {
+    anvil_backend *gpu[N_ACT];
+    uint64_t rng;
+} fixture;
+
+static int have_gpu(void)
+{
+    static int have = -1;
+    if (have < 0)
+        have = anvil_cuda_device_count() > 0;
+    return have;
+}
+
+#define NEED_GPU()        \
+    do {                  \
+        if (!have_gpu())  \
+            skip();       \
+    } while (0)
+
+#define OK_OR_FAIL(expr, what)                                      \
+    do {                                                            \
+        anvil_status ok_st_ = (expr);                               \
+        if (ok_st_ != ANVIL_OK)                                     \
+            fail_msg("%s: %s", (what), anvil_last_error());         \
+    } while (0)
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return -1;
+    f->rng = 0x9a17c0deull;
+    if (have_gpu())
+        for (int i = 0; i < N_ACT; i++)
+            if (anvil_backend_cuda_create(0, act_dtypes[i], &f->gpu[i]) != ANVIL_OK) {
+                fprintf(stderr, "cuda backend: %s\n", anvil_last_error());
+                return -1;
+            }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    if (f == NULL)
+        return 0;
+    for (int i = 0; i < N_ACT; i++)
+        anvil_backend_free(f->gpu[i]);
+    free(f);
+    return 0;
+}
+
+static void set_knobs(anvil_backend *be, int matmul_quant, int matmul_gemv)
+{
+    anvil_cuda_knobs k;
+    memset(&k, 0, sizeof k);
+    k.matmul_quant = matmul_quant;
+    k.matmul_gemv = matmul_gemv;
+    assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
+}
+
+/* ---------------------------------------------------------------- device buffers */
+
+static void *dev_put(anvil_backend *be, const void *h, size_t bytes)
+{
+    void *d = NULL;
+    OK_OR_FAIL(be->ops->alloc(be, bytes > 0 ? bytes : 1, &d), "alloc");
+    if (bytes > 0)
+        OK_OR_FAIL(be->ops->upload(be, d, h, bytes), "upload");
+    return d;
+}
+
+/* n floats as dt on the device */
+static void *dev_put_floats(anvil_backend *be, const float *f, int64_t n, anvil_dtype dt)
+{
+    const size_t bytes = (size_t)n * anvil_dtype_size(dt);
+    void *h = malloc(bytes > 0 ? bytes : 1);
+    assert_non_null(h);
+    anvil_convert_from_f32(dt, f, h, n);
+    void *d = dev_put(be, h, bytes);
+    free(h);
+    return d;
+}
+
+static float *dev_get_floats(anvil_backend *be, const void *d, int64_t n, anvil_dtype dt)
+{
+    const size_t bytes = (size_t)n * anvil_dtype_size(dt);
+    void *h = malloc(bytes > 0 ? bytes : 1);
+    float *f = malloc((size_t)(n > 0 ? n : 1) * sizeof *f);
+    assert_true(h && f);
+    OK_OR_FAIL(be->ops->download(be, h, d, bytes), "download");
+    anvil_convert_to_f32(dt, h, f, n);
+    free(h);
+    return f;
+}
+
+/* ---------------------------------------------------------------- quantized weights */
+
+typedef struct qcase {
+    const char *name;
+    anvil_dtype dt;
+    int64_t N, K;
+    int32_t group;
+    int zeros, perm, bias;
+    anvil_quant_act act;
+} qcase;
+
+/* (GEMV: K and the group multiples of 16 (fp8/i8) or 32 (u4); FP8 GEMM:
+ * W8A8 per channel, N and K multiples of 16; anything else: dequantize.) */
+static const qcase CASES[] = {
+    {"fp8 w8a16", ANVIL_DTYPE_F8_E4M3, 77, 208, 0, 0, 0, 1, ANVIL_QUANT_ACT_NONE},
+    {"fp8 dynamic", ANVIL_DTYPE_F8_E4M3, 96, 528, 0, 0, 0, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC},
+    {"fp8 dynamic odd N", ANVIL_DTYPE_F8_E4M3, 77, 208, 0, 0, 0, 1, ANVIL_QUANT_ACT_FP8_DYNAMIC},
+    {"fp8 static", ANVIL_DTYPE_F8_E4M3, 64, 256, 0, 0, 0, 1, ANVIL_QUANT_ACT_FP8_STATIC},
+    {"fp8 dynamic large", ANVIL_DTYPE_F8_E4M3, 512, 1024, 0, 0, 0, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC},
+    {"fp8 dynamic perm", ANVIL_DTYPE_F8_E4M3, 48, 256, 0, 0, 1, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC},
+    {"fp8 blocks of 128", ANVIL_DTYPE_F8_E4M3, 48, 384, 128, 0, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"fp8 odd K", ANVIL_DTYPE_F8_E4M3, 33, 100, 0, 0, 0, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC},
+    {"int8", ANVIL_DTYPE_I8, 77, 208, 0, 0, 0, 1, ANVIL_QUANT_ACT_NONE},
+    {"int8 large", ANVIL_DTYPE_I8, 300, 1024, 0, 0, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int8 odd K", ANVIL_DTYPE_I8, 40, 99, 0, 0, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 g32 zeros", ANVIL_DTYPE_U4, 50, 160, 32, 1, 0, 1, ANVIL_QUANT_ACT_NONE},
+    {"int4 g64 symmetric", ANVIL_DTYPE_U4, 33, 320, 64, 0, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 g128 zeros perm", ANVIL_DTYPE_U4, 40, 384, 128, 1, 1, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 g128 large", ANVIL_DTYPE_U4, 256, 1536, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 per channel", ANVIL_DTYPE_U4, 21, 96, 0, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 g16 zeros", ANVIL_DTYPE_U4, 24, 96, 16, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 odd K", ANVIL_DTYPE_U4, 19, 70, 14, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+};
+#define N_CASES (sizeof CASES / sizeof CASES[0])
+
+static const int64_t ROWS[] = {1, 2, 4, 5, 17, 64};
+#define N_ROWS (sizeof ROWS / sizeof ROWS[0])
+
+/* A random weight of case c on the host: codes, scales, zeros, perm. */
+typedef struct hweight {
+    uint8_t *codes;
+    size_t code_bytes;
+    float *scales;
+    uint8_t *zeros;
+    int32_t *perm;
+    int64_t n_scales;
+    float *bias;
+    anvil_quant q;
+    anvil_tensor t; /* host view */
+} hweight;
+
+static void make_weight(uint64_t *rng, const qcase *c, hweight *h)
+{
+    memset(h, 0, sizeof *h);
+    const int64_t N = c->N, K = c->K, gs = c->group > 0 ? c->group : K;
+    h->code_bytes = c->dt == ANVIL_DTYPE_U4 ? (size_t)((N * K + 1) / 2) : (size_t)(N * K);
+    h->codes = malloc(h->code_bytes);
+    h->n_scales = N * (K / gs);
+    h->scales = malloc((size_t)h->n_scales * sizeof(float));
+    assert_true(h->codes && h->scales);
+    for (size_t i = 0; i < h->code_bytes; i++) {
+        uint8_t b = (uint8_t)(anvil_test_rand(rng) >> 56);
+        if (c->dt == ANVIL_DTYPE_F8_E4M3 && (b & 0x7f) == 0x7f) /* NaN codes: never in a weight */
+            b ^= 1;
+        if (c->dt == ANVIL_DTYPE_I8 && b == 0x80) /* -128: the builder writes -127..127 */
+            b = 0x81;
+        h->codes[i] = b;
+    }
+    /* |W| about 1: fp8 codes reach 448, int8 127, int4 (v - z) 15 */
+    const float unit = c->dt == ANVIL_DTYPE_F8_E4M3 ? 1.0f / 448 : c->dt == ANVIL_DTYPE_I8 ? 1.0f / 127 : 1.0f / 8;
+    for (int64_t i = 0; i < h->n_scales; i++)
+        h->scales[i] = unit * (0.5f + 0.5f * fabsf(anvil_test_randf(rng)));
+    if (c->zeros) {
+        h->zeros = malloc((size_t)h->n_scales);
+        assert_non_null(h->zeros);
+        for (int64_t i = 0; i < h->n_scales; i++)
+            h->zeros[i] = (uint8_t)(anvil_test_rand(rng) % 16);
+    }
+    if (c->perm) { /* a random permutation of the columns */
+        h->perm = malloc((size_t)K * sizeof(int32_t));
+        assert_non_null(h->perm);
+        for (int64_t k = 0; k < K; k++)
+            h->perm[k] = (int32_t)k;
+        for (int64_t k = K - 1; k > 0; k--) {
+            const int64_t j = (int64_t)(anvil_test_rand(rng) % (uint64_t)(k + 1));
+            const int32_t t = h->perm[k];
+            h->perm[k] = h->perm[j];
+            h->perm[j] = t;
+        }
+    }
+    if (c->bias) {
+        h->bias = malloc((size_t)N * sizeof(float));
+        assert_non_null(h->bias);
+        for (int64_t n = 0; n < N; n++)
+            h->bias[n] = anvil_test_randf(rng);
+    }
+    h->q.group = c->group;
+    h->q.scales = h->scales;
+    h->q.zeros = h->zeros;
+    h->q.perm = h->perm;
+    h->q.act = c->act;
+    h->q.input_scale = c->act == ANVIL_QUANT_ACT_FP8_STATIC ? 2.0f / 448 : 0.0f;
+    h->t = anvil_tensor_2d(c->dt, N, K, h->codes);
+    h->t.quant = &h->q;
+}
+
+static void free_weight(hweight *h)
+{
+    free(h->codes);
+    free(h->scales);
+    free(h->zeros);
+    free(h->perm);
+    free(h->bias);
+}
+
+/* The weight on a device: the same canonical form with device pointers. */
+typedef struct dweight {
+    void *codes, *scales, *zeros, *perm, *bias;
+    anvil_quant q;
+    anvil_tensor t;
+} dweight;
+
+static void upload_weight(anvil_backend *be, const hweight *h, const qcase *c, dweight *d)
+{
+    memset(d, 0, sizeof *d);
+    d->codes = dev_put(be, h->codes, h->code_bytes);
+    d->scales = dev_put(be, h->scales, (size_t)h->n_scales * sizeof(float));
+    if (h->zeros)
+        d->zeros = dev_put(be, h->zeros, (size_t)h->n_scales);
+    if (h->perm)
+        d->perm = dev_put(be, h->perm, (size_t)c->K * sizeof(int32_t));
+    if (h->bias) /* a bf16 bias, as checkpoints store it */
+        d->bias = dev_put_floats(be, h->bias, c->N, ANVIL_DTYPE_BF16);
+    d->q = h->q;
+    d->q.scales = d->scales;
+    d->q.zeros = d->zeros;
+    d->q.perm = d->perm;
+    d->t = anvil_tensor_2d(c->dt, c->N, c->K, d->codes);
+    d->t.quant = &d->q;
+}
+
+static void free_dweight(anvil_backend *be, dweight *d)
+{
+    be->ops->free(be, d->codes);
+    be->ops->free(be, d->scales);
+    be->ops->free(be, d->zeros);
+    be->ops->free(be, d->perm);
+    be->ops->free(be, d->bias);
+}
+
+/* want [T, N] = x' W^T (+ bias) in double: the canonical form's definition
+ * (anvil_cpu_ref_matmul's f32 path), x [T, K] as given (already rounded to
+ * the activation dtype). bias: its bf16 values. */
+static void reference(const hweight *h, const qcase *c, const float *x, int64_t T, float *want)
+{
+    const anvil_cpu_qw qw = anvil_cpu_qw_of(&h->t);
+    float *xr = malloc((size_t)c->K * sizeof(float));
+    float *b = malloc((size_t)c->N * sizeof(float));
+    assert_true(xr && b);
+    for (int64_t n = 0; n < c->N; n++)
+        b[n] = h->bias ? h->bias[n] : 0.0f;
+    if (h->bias) { /* the device holds bf16 */
+        uint16_t *tmp = malloc((size_t)c->N * 2);
+        assert_non_null(tmp);
+        anvil_convert_from_f32(ANVIL_DTYPE_BF16, b, tmp, c->N);
+        anvil_convert_to_f32(ANVIL_DTYPE_BF16, tmp, b, c->N);
+        free(tmp);
+    }
+    for (int64_t t = 0; t < T; t++) {
+        anvil_cpu_quant_prep_row(&h->q, x + t * c->K, c->K, xr);
+        for (int64_t n = 0; n < c->N; n++) {
+            double acc = b[n];
+            for (int64_t k = 0; k < c->K; k++)
+                acc += (double)xr[k] * (double)anvil_cpu_quant_value(&qw, n, k);
+            want[t * c->N + n] = (float)acc;
+        }
+    }
+    free(xr);
+    free(b);
+}
+
+/* max |got - want| <= tol * max |want| (NaN fails) */
+static void expect_close(const char *what, const float *got, const float *want, int64_t n, double tol)
+{
+    double max_ref = 0, max_err = 0;
+    int64_t worst = -1;
+    for (int64_t i = 0; i < n; i++) {
+        const double ref = want[i];
+        double err = fabs((double)got[i] - ref);
+        if (isnan(got[i]) || isnan(want[i]))
+            err = INFINITY;
+        max_ref = fmax(max_ref, fabs(ref));
+        if (err > max_err || (worst < 0 && err == INFINITY)) {
+            max_err = err;
+            worst = i;
+        }
+    }
+    const double bound = tol * (max_ref > 1e-6 ? max_ref : 1e-6);
+    if (!(max_err <= bound))
+        fail_msg("%s: max error %.3g at %lld (got %g, want %g), bound %.3g", what, max_err, (long long)worst,
+                 worst >= 0 ? got[worst] : 0.0, worst >= 0 ? want[worst] : 0.0, bound);
+}
+
+/* x [T, K] random in [-1, 1), rounded to dt; a few rows scaled up and one
+ * row of zeros (fp8 activations: a row's own scale; zeros stay zeros) */
+static float *rand_x(uint64_t *rng, int64_t T, int64_t K, anvil_dtype dt)
+{
+    float *x = malloc((size_t)(T * K) * sizeof *x);
+    void *tmp = malloc((size_t)(T * K) * 4);
+    assert_true(x && tmp);
+    for (int64_t t = 0; t < T; t++) {
+        const float s = t % 3 == 1 ? 8.0f : 1.0f;
+        for (int64_t k = 0; k < K; k++)
+            x[t * K + k] = t == 2 ? 0.0f : anvil_test_randf(rng) * s;
+    }
+    anvil_convert_from_f32(dt, x, tmp, T * K);
+    anvil_convert_to_f32(dt, tmp, x, T * K);
+    free(tmp);
+    return x;
+}
+
+static const char *path_name(int p) { return p == 0 ? "auto" : p == 1 ? "no gemv" : "dequantize"; }
+
+static void test_matmul_quant(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    for (size_t ci = 0; ci < N_CASES; ci++) {
+        const qcase *c = &CASES[ci];
+        hweight h;
+        make_weight(&f->rng, c, &h);
+        for (int a = 0; a < N_ACT; a++) {
+            anvil_backend *g = f->gpu[a];
+            const anvil_dtype act = act_dtypes[a];
+            dweight d;
+            upload_weight(g, &h, c, &d);
+            anvil_tensor bias = anvil_tensor_1d(ANVIL_DTYPE_BF16, c->N, d.bias);
+            for (size_t ri = 0; ri < N_ROWS; ri++) {
+                const int64_t T = ROWS[ri];
+                float *x = rand_x(&f->rng, T, c->K, act);
+                float *want = malloc((size_t)(T * c->N) * sizeof *want);
+                assert_non_null(want);
+                reference(&h, c, x, T, want);
+                void *xd = dev_put_floats(g, x, T * c->K, act);
+                void *od = NULL;
+                OK_OR_FAIL(g->ops->alloc(g, (size_t)(T * c->N) * anvil_dtype_size(act), &od), "alloc out");
+                anvil_tensor xt = anvil_tensor_2d(act, T, c->K, xd);
+                anvil_tensor ot = anvil_tensor_2d(act, T, c->N, od);
+                for (int p = 0; p < 3; p++) {
+                    set_knobs(g, p == 2 ? 1 : 0, p == 1 ? 2 : 0);
+                    char name[160];
+                    snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld act=%s path=%s", c->name, (long long)c->N,
+                             (long long)c->K, (long long)T, anvil_dtype_name(act), path_name(p));
+                    /* NaN first: an element left unwritten fails */
+                    float *nan_out = malloc((size_t)(T * c->N) * sizeof(float));
+                    assert_non_null(nan_out);
+                    for (int64_t i = 0; i < T * c->N; i++)
+                        nan_out[i] = NAN;
+                    void *nh = malloc((size_t)(T * c->N) * anvil_dtype_size(act));
+                    anvil_convert_from_f32(act, nan_out, nh, T * c->N);
+                    OK_OR_FAIL(g->ops->upload(g, od, nh, (size_t)(T * c->N) * anvil_dtype_size(act)), name);
+                    free(nh);
+                    free(nan_out);
+                    anvil_status st = g->ops->matmul(g, &xt, &d.t, c->bias ? &bias : NULL, &ot);
+                    if (st != ANVIL_OK)
+                        fail_msg("%s: %s", name, anvil_last_error());
+                    float *got = dev_get_floats(g, od, T * c->N, act);
+                    expect_close(name, got, want, T * c->N, act == ANVIL_DTYPE_F32 ? 2e-5 : 1e-2);
+                    free(got);
+                }
+                set_knobs(g, 0, 0);
+                g->ops->free(g, xd);
+                g->ops->free(g, od);
+                free(x);
+                free(want);
+            }
+            free_dweight(g, &d);
+        }
+        free_weight(&h);
+    }
+}
+
+/* matmul_multi (q/k/v) and matmul_silu_mul (gate/up) with quantized
+ * weights: the separate ops' results, bit for bit (the CUDA fused ops run
+ * the separate ones for quantized weights), at a GEMV size and past it. */
+static void test_fused_quant(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    anvil_backend *g = f->gpu[1]; /* bf16 */
+    const anvil_dtype act = ANVIL_DTYPE_BF16;
+    const qcase cs[3] = {
+        {"q", ANVIL_DTYPE_U4, 64, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+        {"k", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+        {"v", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    };
+    const int64_t Ts[2] = {1, 9};
+    for (int si = 0; si < 3; si++) {
+        const anvil_dtype wdt = si == 0 ? ANVIL_DTYPE_U4 : si == 1 ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_F8_E4M3;
+        hweight h[3];
+        dweight d[3];
+        for (int i = 0; i < 3; i++) {
+            qcase c = cs[i];
+            c.dt = wdt;
+            c.group = wdt == ANVIL_DTYPE_U4 ? 128 : 0;
+            c.zeros = wdt == ANVIL_DTYPE_U4;
+            c.act = wdt == ANVIL_DTYPE_F8_E4M3 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
+            make_weight(&f->rng, &c, &h[i]);
+            upload_weight(g, &h[i], &c, &d[i]);
+        }
+        for (int ti = 0; ti < 2; ti++) {
+            const int64_t T = Ts[ti], K = 256;
+            float *x = rand_x(&f->rng, T, K, act);
+            void *xd = dev_put_floats(g, x, T * K, act);
+            anvil_tensor xt = anvil_tensor_2d(act, T, K, xd);
+            void *o[6];
+            anvil_tensor ot[6];
+            for (int i = 0; i < 6; i++) {
+                const int64_t n = cs[i % 3].N;
+                OK_OR_FAIL(g->ops->alloc(g, (size_t)(T * n) * 2, &o[i]), "alloc");
+                ot[i] = anvil_tensor_2d(act, T, n, o[i]);
+            }
+            const anvil_tensor *w[3] = {&d[0].t, &d[1].t, &d[2].t}, *b[3] = {NULL, NULL, NULL};
+            anvil_tensor *outs[3] = {&ot[0], &ot[1], &ot[2]};
+            OK_OR_FAIL(g->ops->matmul_multi(g, &xt, 3, w, b, outs), "matmul_multi");
+            for (int i = 0; i < 3; i++)
+                OK_OR_FAIL(g->ops->matmul(g, &xt, w[i], NULL, &ot[3 + i]), "matmul");
+            for (int i = 0; i < 3; i++) {
+                float *a1 = dev_get_floats(g, o[i], T * cs[i].N, act);
+                float *a2 = dev_get_floats(g, o[3 + i], T * cs[i].N, act);
+                assert_memory_equal(a1, a2, (size_t)(T * cs[i].N) * sizeof(float));
+                free(a1);
+                free(a2);
+            }
+            /* gate/up: k and v are both [32, 256] */
+            void *sd = NULL;
+            OK_OR_FAIL(g->ops->alloc(g, (size_t)(T * 32) * 2, &sd), "alloc");
+            anvil_tensor st_ = anvil_tensor_2d(act, T, 32, sd);
+            OK_OR_FAIL(g->ops->matmul_silu_mul(g, &xt, w[1], NULL, w[2], NULL, &ot[1], &ot[2], &st_),
+                       "matmul_silu_mul");
+            anvil_tensor o3 = anvil_tensor_2d(act, T, 32, o[3]);
+            OK_OR_FAIL(g->ops->silu_mul(g, &ot[4], &ot[5], &o3), "silu_mul");
+            float *a1 = dev_get_floats(g, sd, T * 32, act);
+            float *a2 = dev_get_floats(g, o[3], T * 32, act);
+            assert_memory_equal(a1, a2, (size_t)(T * 32) * sizeof(float));
+            free(a1);
+            free(a2);
+            g->ops->free(g, sd);
+            for (int i = 0; i < 6; i++)
+                g->ops->free(g, o[i]);
+            g->ops->free(g, xd);
+            free(x);
+        }
+        for (int i = 0; i < 3; i++) {
+            free_dweight(g, &d[i]);
+            free_weight(&h[i]);
+        }
+    }
+}
+
+static void test_quant_errors(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    anvil_backend *g = f->gpu[1];
+    const anvil_dtype act = ANVIL_DTYPE_BF16;
+    const qcase c = {"errors", ANVIL_DTYPE_U4, 32, 128, 32, 1, 1, 0, ANVIL_QUANT_ACT_NONE};
+    hweight h;
+    make_weight(&f->rng, &c, &h);
+    h.perm[5] = 128; /* outside [0, K) */
+    dweight d;
+    upload_weight(g, &h, &c, &d);
+    float *x = rand_x(&f->rng, 3, 128, act);
+    void *xd = dev_put_floats(g, x, 3 * 128, act);
+    void *od = NULL;
+    OK_OR_FAIL(g->ops->alloc(g, 3 * 32 * 2, &od), "alloc");
+    anvil_tensor xt = anvil_tensor_2d(act, 3, 128, xd), ot = anvil_tensor_2d(act, 3, 32, od);
+    /* a bad perm entry: reported at the next synchronize, then cleared */
+    for (int p = 0; p < 2; p++) {
+        set_knobs(g, p, 0);
+        OK_OR_FAIL(g->ops->matmul(g, &xt, &d.t, NULL, &ot), "matmul with a bad perm");
+        assert_status_msg(g->ops->synchronize(g), ANVIL_ERR_INVALID_ARG, "perm");
+        OK_OR_FAIL(g->ops->synchronize(g), "after the bad perm");
+    }
+    set_knobs(g, 0, 0);
+    /* malformed weights */
+    anvil_tensor w = d.t;
+    anvil_quant q = d.q;
+    w.quant = &q;
+    q.group = 48; /* does not divide 128 */
+    assert_status_msg(g->ops->matmul(g, &xt, &w, NULL, &ot), ANVIL_ERR_INVALID_ARG, "group");
+    q = d.q;
+    q.scales = NULL;
+    assert_status_msg(g->ops->matmul(g, &xt, &w, NULL, &ot), ANVIL_ERR_INVALID_ARG, "scales");
+    q = d.q;
+    q.act = ANVIL_QUANT_ACT_FP8_DYNAMIC; /* on int4 */
+    assert_status_msg(g->ops->matmul(g, &xt, &w, NULL, &ot), ANVIL_ERR_INVALID_ARG, "fp8 activations");
+    w.quant = NULL; /* u4 without its scales */
+    assert_status_msg(g->ops->matmul(g, &xt, &w, NULL, &ot), ANVIL_ERR_INVALID_ARG, "without");
+    anvil_tensor w8 = d.t;
+    anvil_quant q8 = d.q;
+    w8.dtype = ANVIL_DTYPE_I8;
+    w8.quant = &q8;
+    assert_status_msg(g->ops->matmul(g, &xt, &w8, NULL, &ot), ANVIL_ERR_INVALID_ARG, "zero points");
+    anvil_tensor wf = d.t;
+    wf.dtype = ANVIL_DTYPE_BF16;
+    assert_status_msg(g->ops->matmul(g, &xt, &wf, NULL, &ot), ANVIL_ERR_INVALID_ARG, "quantization scales");
+    anvil_tensor ws = d.t;
+    anvil_quant qs = d.q;
+    ws.dtype = ANVIL_DTYPE_F8_E4M3;
+    ws.quant = &qs;
+    qs.zeros = NULL;
+    qs.act = ANVIL_QUANT_ACT_FP8_STATIC;
+    qs.input_scale = 0.0f;
+    assert_status_msg(g->ops->matmul(g, &xt, &ws, NULL, &ot), ANVIL_ERR_INVALID_ARG, "input scale");
+    OK_OR_FAIL(g->ops->synchronize(g), "errors");
+    g->ops->free(g, xd);
+    g->ops->free(g, od);
+    free_dweight(g, &d);
+    free_weight(&h);
+    free(x);
+}
+
+/* ---------------------------------------------------------------- whole models */
+
+/* Measured bounds for whole models (see the top). */
+#define MODEL_F32_TOL 2e-2  /* fp8 W8A8, f32: summation order, and fp8 rounding midpoints that flip */
+#define MODEL_INT_TOL 6e-2  /* int8/int4: the CPU's int8 activations */
+#define MODEL_TOP1 0.95
+#define MODEL_TOP1_BF16 0.90
+
+static anvil_runtime *load_rt(const char *path, const char *device, anvil_dtype wdt, const char *kv)
+{
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    o.device = device;
+    o.weight_dtype = wdt;
+    o.max_num_tokens = 256;
+    o.max_logit_rows = 256;
+    o.max_batch_size = 4;
+    o.kv_block_size = 16;
+    o.kv_cache_tokens = 1024;
+    o.kv_cache_dtype = kv;
+    o.n_threads = 2;
+    anvil_runtime *rt = NULL;
+    if (anvil_runtime_load(path, &o, &rt) != ANVIL_OK)
+        fail_msg("load %s on %s: %s", path, device, anvil_last_error());
+    return rt;
+}
+
+/* One prompt's logits at every position into out [n, vocab]. */
+static void forward(anvil_runtime *rt, const int32_t *ids, int32_t n, float *out)
+{
+    const int32_t bs = anvil_runtime_kv_block_size(rt), nb = (n + bs - 1) / bs;
+    int32_t *pos = malloc((size_t)n * 4), *rows = malloc((size_t)n * 4), *blocks = malloc((size_t)nb * 4);
+    assert_true(pos && rows && blocks);
+    for (int32_t t = 0; t < n; t++)
+        pos[t] = rows[t] = t;
+    int32_t starts[2] = {0, n};
+    assert_int_equal(anvil_runtime_kv_alloc(rt, nb, blocks), ANVIL_OK);
+    anvil_batch b = {.n_tokens = n, .token_ids = ids, .positions = pos, .n_seqs = 1, .seq_starts = starts,
+                     .block_tables = blocks, .max_blocks_per_seq = nb, .n_logits = n, .logit_rows = rows};
+    if (anvil_runtime_forward(rt, &b, out) != ANVIL_OK)
+        fail_msg("forward: %s", anvil_last_error());
+    anvil_runtime_kv_release(rt, nb, blocks);
+    free(pos);
+    free(rows);
+    free(blocks);
+}
+
+static int32_t argmax(const float *row, int64_t vocab)
+{
+    int32_t best = 0;
+    for (int64_t v = 1; v < vocab; v++)
+        if (row[v] > row[best])
+            best = (int32_t)v;
+    return best;
+}
+
+/* max |got - want| / max |want| over n, and the rows whose argmax agree */
+static double compare_rows(const float *got, const float *want, int32_t rows, int64_t vocab, int *same_top1)
+{
+    double maxw = 0, maxd = 0;
+    for (int64_t j = 0; j < (int64_t)rows * vocab; j++) {
+        if (!isfinite(got[j]))
+            fail_msg("logit %lld is %g", (long long)j, (double)got[j]);
+        maxw = fmax(maxw, fabs(want[j]));
+        maxd = fmax(maxd, fabs((double)got[j] - want[j]));
+    }
+    for (int32_t r = 0; r < rows; r++)
+        *same_top1 += argmax(got + (size_t)r * vocab, vocab) == argmax(want + (size_t)r * vocab, vocab);
+    return maxd / maxw;
+}
+
+static void test_tinycode_quantized(void **state)
+{
+    NEED_GPU();
+    (void)state;
+    char model[600];
+    snprintf(model, sizeof model, "%s/models/tinycode", anvil_test_shared_dir());
+    golden gold;
+    golden_load("tinycode", &gold);
+    const anvil_quantize schemes[3] = {ANVIL_QUANTIZE_FP8, ANVIL_QUANTIZE_INT8_WO, ANVIL_QUANTIZE_INT4_WO};
+    for (int s = 0; s < 3; s++) {
+        for (int as_f32 = 1; as_f32 >= 0; as_f32--) {
+            char engine[700];
+            snprintf(engine, sizeof engine, "%s/tc-%s-%s.engine", anvil_test_tmpdir(), anvil_quantize_name(schemes[s]),
+                     as_f32 ? "f32" : "auto");
+            anvil_build_options bo;
+            anvil_build_options_default(&bo);
+            bo.quantize = schemes[s];
+            bo.n_threads = 2;
+            bo.weight_dtype = as_f32 ? ANVIL_DTYPE_F32 : ANVIL_DTYPE_COUNT;
+            if (anvil_build_engine(model, engine, &bo) != ANVIL_OK)
+                fail_msg("build %s: %s", engine, anvil_last_error());
+            anvil_runtime *cpu = load_rt(engine, "cpu", ANVIL_DTYPE_COUNT, "f32");
+            anvil_runtime *gpu = load_rt(engine, "cuda", ANVIL_DTYPE_COUNT, as_f32 ? "f32" : NULL);
+            const int64_t vocab = anvil_runtime_config(cpu)->vocab_size;
+            double worst = 0;
+            int same = 0, total = 0;
+            for (int i = 0; i < gold.n_cases; i++) {
+                const golden_case *gc = &gold.cases[i];
+                float *a = malloc((size_t)gc->n_ids * (size_t)vocab * sizeof *a);
+                float *b = malloc((size_t)gc->n_ids * (size_t)vocab * sizeof *b);
+                assert_true(a && b);
+                forward(cpu, gc->ids, gc->n_ids, a);
+                forward(gpu, gc->ids, gc->n_ids, b);
+                worst = fmax(worst, compare_rows(b, a, gc->n_ids, vocab, &same));
+                total += gc->n_ids;
+                free(a);
+                free(b);
+            }
+            const double agree = (double)same / total;
+            const double tol = schemes[s] == ANVIL_QUANTIZE_FP8 ? MODEL_F32_TOL : MODEL_INT_TOL;
+            print_message("tinycode %-8s %s: cuda vs cpu logits %.2e of max |logit|, top-1 equal %d/%d\n",
+                          anvil_quantize_name(schemes[s]), as_f32 ? "f32 " : "bf16", worst, same, total);
+            if (as_f32 && worst > tol)
+                fail_msg("tinycode %s (f32): cuda vs cpu logits differ by %.3g of max |logit| (bound %.0e)",
+                         anvil_quantize_name(schemes[s]), worst, tol);
+            if (agree < (as_f32 ? MODEL_TOP1 : MODEL_TOP1_BF16))
+                fail_msg("tinycode %s (%s): top-1 equal at %.3f of positions (bound %.2f)",
+                         anvil_quantize_name(schemes[s]), as_f32 ? "f32" : "bf16", agree,
+                         as_f32 ? MODEL_TOP1 : MODEL_TOP1_BF16);
+            anvil_runtime_free(cpu);
+            anvil_runtime_free(gpu);
+            remove(engine);
+        }
+    }
+    golden_free(&gold);
+}
+
+/* ---------------------------------------------------------------- pre-quantized fixtures */
+
+#define FIX_TOL 1e-4
+#define N_PROMPTS 3
+#define N_GREEDY 16
+
+static const char *const FIXTURES[] = {"modelopt-fp8", "fp8-tensor", "fp8-block", "ct-fp8-static", "ct-fp8-dynamic",
+                                       "ct-w8a16",     "ct-w4a16",   "awq-gemm",  "gptq",          "gptq-descact"};
+
+static const char *fixture_dir(const char *name)
+{
+    static char buf[4096];
+    const char *src = getenv("ANVIL_SOURCE_DIR");
+    snprintf(buf, sizeof buf, "%s/tests/data/quant/%s", src ? src : ".", name);
+    return buf;
+}
+
+static int32_t *ref_i64(const anvil_safetensors *ref, const char *name, int32_t *n)
+{
+    const anvil_st_tensor *t = anvil_safetensors_find(ref, name);
+    if (t == NULL)
+        fail_msg("reference: no %s", name);
+    assert_int_equal(t->dtype, ANVIL_DTYPE_I64);
+    *n = (int32_t)t->shape[0];
+    int32_t *ids = malloc((size_t)*n * sizeof *ids);
+    assert_non_null(ids);
+    for (int32_t j = 0; j < *n; j++) {
+        int64_t v;
+        memcpy(&v, (const char *)t->data + 8 * j, 8);
+        ids[j] = (int32_t)v;
+    }
+    return ids;
+}
+
+static void check_fixture_cuda(const char *name)
+{
+    char refpath[4200];
+    snprintf(refpath, sizeof refpath, "%s/reference.safetensors", fixture_dir(name));
+    anvil_safetensors *ref;
+    if (anvil_safetensors_open(refpath, &ref) != ANVIL_OK)
+        fail_msg("%s: %s", name, anvil_last_error());
+    anvil_runtime *rt = load_rt(fixture_dir(name), "cuda", ANVIL_DTYPE_F32, "f32");
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    double worst = 0;
+    int tf_miss = 0, free_same = 0;
+    for (int i = 0; i < N_PROMPTS; i++) {
+        char key[64];
+        int32_t n, ng;
+        snprintf(key, sizeof key, "prompt%d.ids", i);
+        int32_t *ids = ref_i64(ref, key, &n);
+        snprintf(key, sizeof key, "prompt%d.greedy", i);
+        int32_t *greedy = ref_i64(ref, key, &ng);
+        assert_int_equal(ng, N_GREEDY);
+        snprintf(key, sizeof key, "prompt%d.logits", i);
+        const anvil_st_tensor *lt = anvil_safetensors_find(ref, key);
+        assert_non_null(lt);
+        const float *want = lt->data;
+        float *got = malloc((size_t)(n + N_GREEDY) * (size_t)vocab * sizeof *got);
+        assert_non_null(got);
+        forward(rt, ids, n, got);
+        int same = 0;
+        const double rel = compare_rows(got, want, n, vocab, &same);
+        worst = fmax(worst, rel);
+        if (rel > FIX_TOL)
+            fail_msg("%s prompt %d on cuda: logits differ from the reference by %.3g of max |logit| (bound %.0e)", name,
+                     i, rel, FIX_TOL);
+        /* teacher-forced on the reference's continuation */
+        int32_t *full = malloc((size_t)(n + N_GREEDY) * sizeof *full), nf = 0, first_miss = N_GREEDY, miss = 0;
+        assert_non_null(full);
+        for (int32_t j = 0; j < n; j++)
+            full[nf++] = ids[j];
+        for (int32_t j = 0; j < N_GREEDY - 1; j++)
+            full[nf++] = greedy[j];
+        forward(rt, full, nf, got);
+        for (int32_t j = 0; j < N_GREEDY; j++)
+            if (argmax(got + (size_t)(n - 1 + j) * (size_t)vocab, vocab) != greedy[j]) {
+                miss++;
+                if (first_miss == N_GREEDY)
+                    first_miss = j;
+            }
+        tf_miss += miss;
+        if (miss > 1)
+            fail_msg("%s prompt %d on cuda: teacher-forced top-1 differs from the reference at %d of %d steps", name,
+                     i, miss, N_GREEDY);
+        anvil_generate_params p = {.max_tokens = N_GREEDY};
+        p.sampling.temperature = 0.0f;
+        p.sampling.top_p = 1.0f;
+        p.ignore_eos = 1;
+        int32_t out[N_GREEDY + 1], n_out = 0;
+        if (anvil_generate(rt, ids, n, &p, NULL, NULL, out, &n_out, NULL) != ANVIL_OK)
+            fail_msg("%s generate on cuda: %s", name, anvil_last_error());
+        assert_int_equal(n_out, N_GREEDY);
+        for (int32_t j = 0; j < first_miss; j++)
+            if (out[j] != greedy[j])
+                fail_msg("%s prompt %d on cuda: greedy token %d is %d, the reference has %d", name, i, j, out[j],
+                         greedy[j]);
+        free_same += first_miss == N_GREEDY;
+        free(full);
+        free(got);
+        free(ids);
+        free(greedy);
+    }
+    print_message("%-15s cuda f32 logits vs the format's reference %.1e (bound %.0e); teacher-forced misses %d/%d; "
+                  "greedy identical %d/%d\n",
+                  name, worst, FIX_TOL, tf_miss, N_PROMPTS * N_GREEDY, free_same, N_PROMPTS);
+    anvil_runtime_free(rt);
+    anvil_safetensors_close(ref);
+}
+
+static void test_quant_fixtures(void **state)
+{
+    NEED_GPU();
+    (void)state;
+    for (size_t i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++)
+        check_fixture_cuda(FIXTURES[i]);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 2 && strcmp(argv[1], "--only") == 0)
+        cmocka_set_test_filter(argv[2]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_quant),
+        cmocka_unit_test(test_fused_quant),
+        cmocka_unit_test(test_quant_errors),
+        cmocka_unit_test(test_tinycode_quantized),
+        cmocka_unit_test(test_quant_fixtures),
+    };
+    return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);
+}
