@@ -13,11 +13,12 @@
 # Then, with the device tool:  run(command="scripts/device_test.sh", carry=[".device"])
 # (.device is in .gitignore).
 #   scripts/device_build.sh [--no-data]
+# DEVICE_CUDA_ARCHS="90a-real": one architecture (half the nvcc time, for a run on an H100/H200 only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cmake -S . -B build-device -DCMAKE_BUILD_TYPE=RelWithDebInfo -DANVIL_CUDA=ON -DANVIL_STATIC_DEPS=ON -DANVIL_WERROR=ON \
-  -DCMAKE_CUDA_ARCHITECTURES="80-real;90a-real" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
+  -DCMAKE_CUDA_ARCHITECTURES="${DEVICE_CUDA_ARCHS:-80-real;90a-real}" -DANVIL_SHARED_DIR="$PWD/.device/shared" >/dev/null
 # every tests/cuda test, the latency benchmark, the anvil command and the CUDA module
 cuda_tests=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//' | tr '\n' ' ')
 # DEVICE_EXTRA_TESTS: more test targets to carry (e.g. the CPU kernel tests,
@@ -49,7 +50,7 @@ rm -rf .device/bin
 if [ "${1:-}" != "--no-data" ]; then
   shared=${ANVIL_SHARED_DIR:-$PWD/../shared}
   mkdir -p .device/shared/models .device/shared/golden/models
-  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3; do
+  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3 tiny-gemma2; do
     rm -rf .device/shared/models/$m .device/shared/golden/models/$m
     cp -r "$shared/models/$m" .device/shared/models/
     cp -r "$shared/golden/models/$m" .device/shared/golden/models/
