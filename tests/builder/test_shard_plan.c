@@ -1,0 +1,293 @@
+/*
+ * The tensor-parallel cut of a network for one rank (builder/shard_plan.c),
+ * without MPI: the networks of the golden models' configs cut for every
+ * rank of 2 and 4, read back op by op and weight by weight:
+ *   - q, k, v rows along heads (KV heads replicated when fewer than ranks),
+ *     biases likewise; attention's head counts per rank;
+ *   - gate and up rows, o_proj and down_proj columns, each followed by an
+ *     all_reduce, their biases on rank 0 only;
+ *   - the LM head's vocabulary rows and one all_gather; a tied head renamed
+ *     so the embedding stays whole;
+ *   - Phi-3's fused checkpoint tensors: one slice of the source;
+ *   - one rank is a copy; the refusals (heads, KV heads, arguments) with
+ *     their messages.
+ * The ranks' slices tile every cut tensor exactly once (checked by
+ * adding up what each rank takes). tests/parallel/test_tp.c runs the cut
+ * networks under mpirun against the goldens.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "anvil/model_config.h"
+#include "anvil/network.h"
+#include "builder/shard_plan.h"
+#include "testutil.h"
+
+static void load_cfg(const char *model, anvil_model_config *cfg)
+{
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    if (anvil_model_config_load(dir, cfg) != ANVIL_OK)
+        fail_msg("%s: %s", model, anvil_last_error());
+}
+
+static anvil_network *build(const anvil_model_config *cfg)
+{
+    anvil_network *net = NULL;
+    if (anvil_model_build_network(cfg, &net) != ANVIL_OK)
+        fail_msg("%s", anvil_last_error());
+    return net;
+}
+
+static anvil_network *cut(const anvil_network *net, int32_t rank, int32_t size)
+{
+    anvil_network *out = NULL;
+    if (anvil_network_shard(net, rank, size, &out) != ANVIL_OK)
+        fail_msg("rank %d of %d: %s", rank, size, anvil_last_error());
+    return out;
+}
+
+static const anvil_net_weight *weight(const anvil_network *net, const char *name)
+{
+    int32_t i = anvil_network_find_weight(net, name);
+    if (i < 0)
+        fail_msg("no weight %s", name);
+    return anvil_network_weight(net, i);
+}
+
+/* Weight `name` of the cut network: a slice of `source` along axis from
+ * start, of shape [d0, d1] (d1 -1: a vector). */
+static void check_slice(const anvil_network *net, const char *name, const char *source, int axis, int64_t start,
+                        int64_t d0, int64_t d1)
+{
+    const anvil_net_weight *w = weight(net, name);
+    if (w->recipe != ANVIL_RECIPE_SLICE || strcmp(w->sources[0], source) != 0 || w->axis != axis ||
+        w->start != start || w->shape[0] != d0 || (d1 >= 0 && w->shape[1] != d1) || w->n_dims != (d1 >= 0 ? 2 : 1))
+        fail_msg("%s: recipe %d of %s axis %d start %lld shape [%lld, %lld]; want a slice of %s axis %d start %lld "
+                 "shape [%lld, %lld]",
+                 name, w->recipe, w->sources[0], w->axis, (long long)w->start, (long long)w->shape[0],
+                 (long long)w->shape[1], source, axis, (long long)start, (long long)d0, (long long)d1);
+}
+
+static void check_whole(const anvil_network *net, const char *name, int64_t d0, int64_t d1)
+{
+    const anvil_net_weight *w = weight(net, name);
+    assert_int_equal(w->recipe, ANVIL_RECIPE_TENSOR);
+    assert_int_equal(w->shape[0], d0);
+    if (d1 >= 0)
+        assert_int_equal(w->shape[1], d1);
+}
+
+static int32_t count_kind(const anvil_network *net, anvil_op_kind kind)
+{
+    int32_t n = 0;
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++)
+        n += anvil_network_op(net, i)->kind == kind;
+    return n;
+}
+
+/* The linear op that names weight `name` (its first weight). */
+static const anvil_net_op *linear_of(const anvil_network *net, const char *name)
+{
+    int32_t w = anvil_network_find_weight(net, name);
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
+        const anvil_net_op *op = anvil_network_op(net, i);
+        if (op->kind == ANVIL_OP_LINEAR && op->weights[0] == w)
+            return op;
+    }
+    fail_msg("no linear names %s", name);
+    return NULL;
+}
+
+/* Qwen2 (q/k/v biases, untied head) with an MLP and o_proj bias, over 2
+ * and 4 ranks: every rank's cut, and the slices tiling each tensor. */
+static void test_llama_family_cut(void **state)
+{
+    (void)state;
+    anvil_model_config cfg;
+    load_cfg("tiny-qwen2", &cfg);
+    cfg.mlp_bias = 1; /* a bias after the sum: on rank 0 only */
+    cfg.attention_out_bias = 1;
+    anvil_network *net = build(&cfg);
+    const int64_t H = cfg.n_heads, K = cfg.n_kv_heads, hd = cfg.head_dim, D = cfg.hidden_size;
+    const int64_t I = cfg.intermediate_size, V = cfg.vocab_size;
+    for (int32_t size = 2; size <= 4; size += 2) {
+        int64_t q_rows = 0, k_rows = 0, o_cols = 0, g_rows = 0, d_cols = 0, v_rows = 0;
+        for (int32_t r = 0; r < size; r++) {
+            anvil_network *c = cut(net, r, size);
+            const int64_t hq = H / size, hkv = K >= size ? K / size : 1, kv0 = r * K / size;
+            check_slice(c, "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight", 0,
+                        r * hq * hd, hq * hd, D);
+            check_slice(c, "model.layers.1.self_attn.q_proj.bias", "model.layers.1.self_attn.q_proj.bias", 0,
+                        r * hq * hd, hq * hd, -1);
+            check_slice(c, "model.layers.1.self_attn.k_proj.weight", "model.layers.1.self_attn.k_proj.weight", 0,
+                        kv0 * hd, hkv * hd, D);
+            check_slice(c, "model.layers.1.self_attn.v_proj.bias", "model.layers.1.self_attn.v_proj.bias", 0,
+                        kv0 * hd, hkv * hd, -1);
+            check_slice(c, "model.layers.1.self_attn.o_proj.weight", "model.layers.1.self_attn.o_proj.weight", 1,
+                        r * hq * hd, D, hq * hd);
+            check_slice(c, "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.gate_proj.weight", 0,
+                        r * I / size, I / size, D);
+            check_slice(c, "model.layers.0.mlp.up_proj.bias", "model.layers.0.mlp.up_proj.bias", 0, r * I / size,
+                        I / size, -1);
+            check_slice(c, "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.weight", 1,
+                        r * I / size, D, I / size);
+            check_slice(c, "lm_head.weight", "lm_head.weight", 0, r * V / size, V / size, D);
+            check_whole(c, "model.embed_tokens.weight", V, D);
+            check_whole(c, "model.layers.0.input_layernorm.weight", D, -1);
+            /* the biases added after the sum: rank 0's alone */
+            const int has_bias = r == 0;
+            assert_int_equal(linear_of(c, "model.layers.0.mlp.down_proj.weight")->weights[1] >= 0, has_bias);
+            assert_int_equal(linear_of(c, "model.layers.2.self_attn.o_proj.weight")->weights[1] >= 0, has_bias);
+            assert_int_equal(anvil_network_find_weight(c, "model.layers.0.mlp.down_proj.bias") >= 0, has_bias);
+            /* the collectives, and the ops' widths around them */
+            assert_int_equal(count_kind(c, ANVIL_OP_ALL_REDUCE), 2 * cfg.n_layers);
+            assert_int_equal(count_kind(c, ANVIL_OP_ALL_GATHER), 1);
+            const anvil_net_op *out = anvil_network_op(c, anvil_network_output(c));
+            assert_int_equal(out->kind, ANVIL_OP_ALL_GATHER);
+            assert_int_equal(out->width, V);
+            for (int32_t i = 0; i < anvil_network_op_count(c); i++) {
+                const anvil_net_op *op = anvil_network_op(c, i);
+                if (op->kind == ANVIL_OP_ATTENTION) {
+                    assert_int_equal(op->attn.n_heads, hq);
+                    assert_int_equal(op->attn.n_kv_heads, hkv);
+                    assert_int_equal(op->width, hq * hd);
+                }
+                if (op->kind == ANVIL_OP_ALL_REDUCE) {
+                    const anvil_net_op *in = anvil_network_op(c, op->inputs[0]);
+                    assert_int_equal(in->kind, ANVIL_OP_LINEAR);
+                    assert_int_equal(op->width, D);
+                }
+            }
+            assert_int_equal(anvil_network_kv_layers(c), anvil_network_kv_layers(net));
+            q_rows += weight(c, "model.layers.1.self_attn.q_proj.weight")->shape[0];
+            k_rows += weight(c, "model.layers.1.self_attn.k_proj.weight")->shape[0];
+            o_cols += weight(c, "model.layers.1.self_attn.o_proj.weight")->shape[1];
+            g_rows += weight(c, "model.layers.0.mlp.gate_proj.weight")->shape[0];
+            d_cols += weight(c, "model.layers.0.mlp.down_proj.weight")->shape[1];
+            v_rows += weight(c, "lm_head.weight")->shape[0];
+            anvil_network_free(c);
+        }
+        /* the parts add up to the whole (KV heads: replicated past K ranks) */
+        assert_int_equal(q_rows, H * hd);
+        assert_int_equal(k_rows, (size > K ? size : K) * hd);
+        assert_int_equal(o_cols, H * hd);
+        assert_int_equal(g_rows, I);
+        assert_int_equal(d_cols, I);
+        assert_int_equal(v_rows, V);
+    }
+    anvil_network_free(net);
+}
+
+/* A tied LM head: its slice gets a name of its own, the embedding stays whole. */
+static void test_tied_head(void **state)
+{
+    (void)state;
+    anvil_model_config cfg;
+    load_cfg("tiny-qwen3", &cfg);
+    assert_true(cfg.tie_word_embeddings);
+    anvil_network *net = build(&cfg);
+    anvil_network *c = cut(net, 1, 2);
+    const int64_t V = cfg.vocab_size, D = cfg.hidden_size;
+    check_whole(c, "model.embed_tokens.weight", V, D);
+    check_slice(c, "model.embed_tokens.weight@lm_head", "model.embed_tokens.weight", 0, V / 2, V / 2, D);
+    /* the head norms stay whole: they work head by head */
+    check_whole(c, "model.layers.0.self_attn.q_norm.weight", cfg.head_dim, -1);
+    anvil_network_free(c);
+    anvil_network_free(net);
+}
+
+/* Phi-3's q/k/v and gate/up are slices of fused tensors: a rank's part is
+ * one slice of the same source. */
+static void test_fused_sources(void **state)
+{
+    (void)state;
+    anvil_model_config cfg;
+    load_cfg("tiny-phi3", &cfg);
+    anvil_network *net = build(&cfg);
+    const int64_t H = cfg.n_heads, K = cfg.n_kv_heads, hd = cfg.head_dim, I = cfg.intermediate_size;
+    for (int32_t r = 0; r < 4; r++) {
+        anvil_network *c = cut(net, r, 4);
+        int32_t q = -1, k = -1, up = -1;
+        for (int32_t i = 0; i < anvil_network_weight_count(c); i++) {
+            const anvil_net_weight *w = anvil_network_weight(c, i);
+            if (w->recipe != ANVIL_RECIPE_SLICE || strncmp(w->name, "model.layers.0.", 15) != 0)
+                continue;
+            if (strcmp(w->sources[0], "model.layers.0.self_attn.qkv_proj.weight") == 0) {
+                if (q < 0)
+                    q = i;
+                else if (k < 0)
+                    k = i;
+            }
+            if (strcmp(w->sources[0], "model.layers.0.mlp.gate_up_proj.weight") == 0 && w->start >= I)
+                up = i;
+        }
+        assert_true(q >= 0 && k >= 0 && up >= 0);
+        assert_int_equal(anvil_network_weight(c, q)->start, r * (H / 4) * hd);
+        assert_int_equal(anvil_network_weight(c, k)->start, H * hd + r * (K / 4) * hd);
+        assert_int_equal(anvil_network_weight(c, up)->start, I + r * I / 4);
+        assert_int_equal(anvil_network_weight(c, up)->shape[0], I / 4);
+        anvil_network_free(c);
+    }
+    anvil_network_free(net);
+}
+
+/* One rank: the same network, op for op. */
+static void test_one_rank_is_a_copy(void **state)
+{
+    (void)state;
+    anvil_model_config cfg;
+    load_cfg("stories260K", &cfg);
+    anvil_network *net = build(&cfg);
+    anvil_network *c = cut(net, 0, 1);
+    assert_int_equal(anvil_network_op_count(c), anvil_network_op_count(net));
+    assert_int_equal(anvil_network_weight_count(c), anvil_network_weight_count(net));
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
+        const anvil_net_op *a = anvil_network_op(net, i), *b = anvil_network_op(c, i);
+        assert_int_equal(a->kind, b->kind);
+        assert_int_equal(a->width, b->width);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(a->inputs[k], b->inputs[k]);
+        assert_int_equal(a->weights[0], b->weights[0]);
+        assert_int_equal(a->weights[1], b->weights[1]);
+        assert_memory_equal(&a->attn, &b->attn, sizeof a->attn);
+    }
+    anvil_network_free(c);
+    anvil_network_free(net);
+}
+
+static void test_refusals(void **state)
+{
+    (void)state;
+    anvil_model_config cfg;
+    anvil_network *out = (anvil_network *)&out;
+    load_cfg("tinycode", &cfg); /* 6 heads, 2 KV heads */
+    anvil_network *net = build(&cfg);
+    assert_status_msg(anvil_network_shard(net, 0, 4, &out), ANVIL_ERR_UNSUPPORTED,
+                      "6 attention heads cannot be split over 4 ranks");
+    assert_null(out);
+    assert_status_msg(anvil_network_shard(net, 0, 3, &out), ANVIL_ERR_UNSUPPORTED,
+                      "2 KV heads can be neither split over nor replicated on 3 ranks");
+    assert_status_msg(anvil_network_shard(net, 2, 2, &out), ANVIL_ERR_INVALID_ARG, "rank 2 of 2");
+    assert_status_msg(anvil_network_shard(net, 0, 0, &out), ANVIL_ERR_INVALID_ARG, "rank 0 of 0");
+    anvil_network_free(net);
+    /* an MLP width the ranks do not divide */
+    load_cfg("tiny-llama3", &cfg);
+    cfg.intermediate_size = 162;
+    net = build(&cfg);
+    assert_status_msg(anvil_network_shard(net, 0, 4, &out), ANVIL_ERR_UNSUPPORTED,
+                      "162 outputs cannot be split over 4 ranks");
+    assert_null(out);
+    anvil_network_free(net);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_llama_family_cut), cmocka_unit_test(test_tied_head),
+        cmocka_unit_test(test_fused_sources),    cmocka_unit_test(test_one_rank_is_a_copy),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
