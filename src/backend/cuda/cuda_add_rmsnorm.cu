@@ -58,36 +58,95 @@ __global__ void __launch_bounds__(AN_ROWS * 32)
         norm[off + i] = anvil_from_f32<T>(anvil_to_f32(sum[off + i]) * inv * anvil_load_any(w, w_dt, i));
 }
 
-/* 16-byte accesses: width a multiple of V, a, b, sum and norm 16-byte aligned. */
+/* V weights at i (a multiple of V) as floats: one 16-byte load when the
+ * weight is in T and aligned (a bf16 model's norms), else element by
+ * element. The values are anvil_load_any's either way. */
+template <typename T, int V>
+__device__ __forceinline__ void an_load_w(const void *w, int w_dt, int w_vec, int64_t i, float (&out)[V])
+{
+    if (w_vec) {
+        anvil_load_vec<T, V>((const T *)w + i, out);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; k++)
+            out[k] = anvil_load_any(w, w_dt, i + k);
+    }
+}
+
+/* The rounded sums a thread keeps in registers between the two passes
+ * (AN_KEEP x V of them: rows up to AN_KEEP * V * AN_BLOCK = 8192 wide in
+ * bf16); wider rows read the rest back from sum. At batch 1 this kernel is
+ * a few microseconds on the decode step's critical path, and the second
+ * pass's re-read of sum (just written, from L2) was most of it. */
+#define AN_KEEP 4
+
+/* 16-byte accesses: width a multiple of V, a, b, sum and norm 16-byte
+ * aligned. w_vec: the weight is in T and 16-byte aligned. */
 template <typename T>
 __global__ void __launch_bounds__(AN_BLOCK)
-    anvil_add_rmsnorm_vec_kernel(const T *a, const T *b, const void *w, int w_dt, T *sum, T *norm,
+    anvil_add_rmsnorm_vec_kernel(const T *a, const T *b, const void *w, int w_dt, int w_vec, T *sum, T *norm,
                                  int64_t width, float eps)
 {
-    anvil_pdl_wait();
-    anvil_pdl_launch();
     constexpr int V = 16 / sizeof(T);
     __shared__ float partial[AN_BLOCK / 32];
     const int64_t row = blockIdx.x, n_vec = width / V, off = row * width;
+    /* the weight is never written: loaded before the dependent-launch wait */
+    float wk[AN_KEEP][V];
+#pragma unroll
+    for (int it = 0; it < AN_KEEP; it++) {
+        const int64_t j = threadIdx.x + (int64_t)it * AN_BLOCK;
+        if (j < n_vec)
+            an_load_w<T, V>(w, w_dt, w_vec, j * V, wk[it]);
+    }
+    anvil_pdl_wait();
+    anvil_pdl_launch();
+    float keep[AN_KEEP][V];
     float ss = 0.0f;
-    for (int64_t j = threadIdx.x; j < n_vec; j += AN_BLOCK) {
+#pragma unroll
+    for (int it = 0; it < AN_KEEP; it++) {
+        const int64_t j = threadIdx.x + (int64_t)it * AN_BLOCK;
+        if (j < n_vec) {
+            float y[V];
+            anvil_load_vec<T, V>(a + off + j * V, keep[it]);
+            anvil_load_vec<T, V>(b + off + j * V, y);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                keep[it][i] = anvil_to_f32(anvil_from_f32<T>(keep[it][i] + y[i])); /* the stored sum, rounded */
+                ss += keep[it][i] * keep[it][i];
+            }
+            anvil_store_vec<T, V>(sum + off + j * V, keep[it]);
+        }
+    }
+    for (int64_t j = threadIdx.x + (int64_t)AN_KEEP * AN_BLOCK; j < n_vec; j += AN_BLOCK) {
         float x[V], y[V];
         anvil_load_vec<T, V>(a + off + j * V, x);
         anvil_load_vec<T, V>(b + off + j * V, y);
 #pragma unroll
         for (int i = 0; i < V; i++) {
-            x[i] = anvil_to_f32(anvil_from_f32<T>(x[i] + y[i])); /* the stored sum, rounded */
+            x[i] = anvil_to_f32(anvil_from_f32<T>(x[i] + y[i]));
             ss += x[i] * x[i];
         }
         anvil_store_vec<T, V>(sum + off + j * V, x);
     }
     const float inv = 1.0f / sqrtf(an_block_sum<T>(ss, partial) / (float)width + eps);
-    for (int64_t j = threadIdx.x; j < n_vec; j += AN_BLOCK) {
-        float x[V];
+#pragma unroll
+    for (int it = 0; it < AN_KEEP; it++) {
+        const int64_t j = threadIdx.x + (int64_t)it * AN_BLOCK;
+        if (j < n_vec) {
+            float x[V];
+#pragma unroll
+            for (int i = 0; i < V; i++)
+                x[i] = keep[it][i] * inv * wk[it][i];
+            anvil_store_vec<T, V>(norm + off + j * V, x);
+        }
+    }
+    for (int64_t j = threadIdx.x + (int64_t)AN_KEEP * AN_BLOCK; j < n_vec; j += AN_BLOCK) {
+        float x[V], wv[V];
         anvil_load_vec<T, V>(sum + off + j * V, x);
+        an_load_w<T, V>(w, w_dt, w_vec, j * V, wv);
 #pragma unroll
         for (int i = 0; i < V; i++)
-            x[i] = x[i] * inv * anvil_load_any(w, w_dt, j * V + i);
+            x[i] = x[i] * inv * wv[i];
         anvil_store_vec<T, V>(norm + off + j * V, x);
     }
 }
@@ -135,7 +194,8 @@ extern "C" anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int p
         if (width % V == 0 && anvil_aligned16(a) && anvil_aligned16(b) && anvil_aligned16(sum) &&
             anvil_aligned16(norm))
             anvil_launch(anvil_add_rmsnorm_vec_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, pdl, (const T *)a,
-                         (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);
+                         (const T *)b, w, (int)w_dt, (int)(w_dt == act_dt && anvil_aligned16(w)),
+                         (T *)sum, (T *)norm, width, eps);
         else
             anvil_launch(anvil_add_rmsnorm_kernel<T>, (unsigned)rows, AN_BLOCK, 0, stream, pdl, (const T *)a,
                          (const T *)b, w, (int)w_dt, (T *)sum, (T *)norm, width, eps);

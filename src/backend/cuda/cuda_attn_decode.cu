@@ -275,18 +275,31 @@ __global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tok
     const int64_t idx = blockIdx.x; /* t * n_heads + h */
     const float *ml = ws + 2 * idx * n_splits;
     const float *pa = ws + 2 * (int64_t)n_tokens * n_heads * n_splits + idx * n_splits * hd;
+    /* The loops are unrolled so that several splits' loads are in flight at
+     * once (each is an L2 round trip: at batch 1 this kernel is latency on
+     * the decode step's critical path); the arithmetic and its order are
+     * what they were, and what the decode kernel's in-kernel merge does. */
     float mx = -INFINITY;
+#pragma unroll 4
     for (int sp = 0; sp < n_splits; sp++)
         mx = fmaxf(mx, ml[2 * sp]);
     float lsum = 0.0f;
-    for (int sp = 0; sp < n_splits; sp++)
-        lsum += ml[2 * sp] == -INFINITY ? 0.0f : ml[2 * sp + 1] * expf(ml[2 * sp] - mx);
+#pragma unroll 4
+    for (int sp = 0; sp < n_splits; sp++) {
+        const float m2 = ml[2 * sp], l2 = ml[2 * sp + 1];
+        lsum += m2 == -INFINITY ? 0.0f : l2 * expf(m2 - mx);
+    }
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-        for (int sp = 0; sp < n_splits; sp++)
-            if (ml[2 * sp] != -INFINITY)
-                o += pa[(int64_t)sp * hd + d] * expf(ml[2 * sp] - mx);
+#pragma unroll 4
+        for (int sp = 0; sp < n_splits; sp++) {
+            /* loaded whatever m2 is (an empty split's partial is allocated,
+             * unused), so the loads need not wait for the test */
+            const float m2 = ml[2 * sp], p = pa[(int64_t)sp * hd + d];
+            if (m2 != -INFINITY)
+                o += p * expf(m2 - mx);
+        }
         out[idx * hd + d] = anvil_from_f32<T>(o * inv);
     }
 }

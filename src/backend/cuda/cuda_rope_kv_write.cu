@@ -5,7 +5,7 @@
  * to its slot. The rotation is the rope op's to the bit (cuda_rope.cu: the
  * same table and angle, sincosf, the same scaling, and products rounded
  * before the sum).
- * A block per token; a slot outside the cache skips the token's cache
+ * Blocks (token, part of its work); a slot outside the cache skips the token's cache
  * writes and sets ANVIL_CUDA_BAD_SLOT, as the KV write does. An fp8 cache
  * takes the rotated k (rounded to T first, as the rope op leaves it) and v
  * divided by their scales and rounded to e4m3 (anvil_kv_put).
@@ -26,6 +26,8 @@ __device__ __forceinline__ void anvil_rotate_pair(T *xh, int i, int half, float 
     }
 }
 
+/* A token's work items: its rotations (q's pairs, then k's) and then v's
+ * elements, blockIdx.y and threadIdx.x striding over them. */
 template <typename T, typename TC>
 __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, TC *k_cache, TC *v_cache,
                                            const int32_t *slots, const int32_t *positions,
@@ -38,14 +40,23 @@ __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, TC *k_cache, 
     const int half = head_dim / 2;
     const int64_t qw = (int64_t)n_heads * head_dim, kw = (int64_t)n_kv_heads * head_dim;
     const int q_pairs = n_heads * half, all_pairs = (n_heads + n_kv_heads) * half;
+    const int64_t items = all_pairs + kw;
     for (int32_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
         const int64_t slot = slots[t];
         const bool slot_ok = slot >= 0 && slot < n_slots;
-        if (!slot_ok && threadIdx.x == 0)
+        if (!slot_ok && threadIdx.x == 0 && blockIdx.y == 0)
             anvil_flag(err, ANVIL_CUDA_BAD_SLOT);
         const float pos = (float)positions[t];
         const float *inv_freq = anvil_rope_table(rope, t);
-        for (int r = threadIdx.x; r < all_pairs; r += blockDim.x) {
+        for (int64_t it = (int64_t)blockIdx.y * blockDim.x + threadIdx.x; it < items;
+             it += (int64_t)gridDim.y * blockDim.x) {
+            if (it >= all_pairs) {
+                const int64_t i = it - all_pairs;
+                if (slot_ok)
+                    v_cache[slot * kw + i] = anvil_kv_put<T, TC>(v[(int64_t)t * kw + i], v_scale);
+                continue;
+            }
+            const int r = (int)it;
             const bool is_q = r < q_pairs;
             const int rr = is_q ? r : r - q_pairs;
             const int h = rr / half, i = rr - h * half;
@@ -60,9 +71,6 @@ __global__ void anvil_rope_kv_write_kernel(T *q, T *k, const T *v, TC *k_cache, 
                                          slot_ok ? k_cache + slot * kw + (int64_t)h * head_dim : nullptr,
                                          k_scale);
         }
-        if (slot_ok)
-            for (int64_t i = threadIdx.x; i < kw; i += blockDim.x)
-                v_cache[slot * kw + i] = anvil_kv_put<T, TC>(v[(int64_t)t * kw + i], v_scale);
     }
 }
 
@@ -75,9 +83,20 @@ extern "C" anvil_status anvil_cuda_launch_rope_kv_write(cudaStream_t stream, con
     if (a->n_tokens == 0)
         return ANVIL_OK;
     const int64_t n_slots = (int64_t)a->n_blocks * a->block_size;
-    const unsigned grid = a->n_tokens < 65535 ? (unsigned)a->n_tokens : 65535u;
     const int pairs = (a->n_heads + a->n_kv_heads) * (a->head_dim / 2);
     const unsigned threads = pairs >= 256 ? 256 : pairs >= 128 ? 128 : 64;
+    /* A token's rotations and v copy spread over up to 16 blocks (each
+     * thread one item): a decode step of a few tokens had one block per
+     * token, and its dozen dependent rounds of loads and stores took ~12 us
+     * of the step's critical path per layer (ncu, 8B, batch 1); at prefill
+     * sizes the token blocks alone fill the GPU. */
+    const int64_t items = pairs + (int64_t)a->n_kv_heads * a->head_dim;
+    int64_t gy = (items + threads - 1) / threads;
+    if (gy > 16)
+        gy = 16;
+    if (a->n_tokens >= 1024)
+        gy = 1;
+    const dim3 grid(a->n_tokens < 65535 ? (unsigned)a->n_tokens : 65535u, (unsigned)gy);
     if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) {
         ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_rope_kv_write_kernel<T, __nv_fp8_e4m3>, grid, threads, 0,
                                                 stream, a->pdl, (T *)a->q, (T *)a->k, (const T *)a->v,
