@@ -34,6 +34,8 @@ static void usage(FILE *out)
             "                          int8-wo (per-channel scales), int4-wo (groups along K, zero points);\n"
             "                          none (default). docs/quantization.md\n"
             "      --group-size N      int4-wo's group (default 128); it must divide every weight's width\n"
+            "      --quantize-lm-head  the LM head too (default: it stays in --dtype); tied embeddings stay\n"
+            "                          unquantized, the LM head gets a quantized copy\n"
             "      --calib FILE        with int4-wo or int8-wo: activation-aware scaling (AWQ) searched on this\n"
             "                          UTF-8 text, run through the model (f32, CPU) before quantizing\n"
             "      --calib-seq-len N   tokens per calibration window (default 512)\n"
@@ -61,7 +63,8 @@ int anvil_cmd_build(int argc, char **argv)
         OPT_CALIB_SEQ_LEN,
         OPT_CALIB_TOKENS,
         OPT_CALIB_ROWS,
-        OPT_CALIB_NO_CLIP
+        OPT_CALIB_NO_CLIP,
+        OPT_LM_HEAD
     };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
@@ -72,7 +75,7 @@ int anvil_cmd_build(int argc, char **argv)
         {"quantize", required_argument, 0, OPT_QUANTIZE}, {"group-size", required_argument, 0, OPT_GROUP},
         {"calib", required_argument, 0, OPT_CALIB},       {"calib-seq-len", required_argument, 0, OPT_CALIB_SEQ_LEN},
         {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS}, {"calib-rows", required_argument, 0, OPT_CALIB_ROWS},
-        {"calib-no-clip", no_argument, 0, OPT_CALIB_NO_CLIP},
+        {"calib-no-clip", no_argument, 0, OPT_CALIB_NO_CLIP}, {"quantize-lm-head", no_argument, 0, OPT_LM_HEAD},
         {0, 0, 0, 0},
     };
     anvil_build_options o;
@@ -126,6 +129,7 @@ int anvil_cmd_build(int argc, char **argv)
             o.calib_rows = (int32_t)v;
             break;
         case OPT_CALIB_NO_CLIP: o.calib_no_clip = 1; break;
+        case OPT_LM_HEAD: o.quantize_lm_head = 1; break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
@@ -159,6 +163,10 @@ int anvil_cmd_build(int argc, char **argv)
     if (o.calib_file != NULL && o.calib_seq_len > 0 && o.calib_tokens > 0 && o.calib_tokens < o.calib_seq_len) {
         fprintf(stderr, TOOL ": --calib-tokens %lld is less than one window (--calib-seq-len %d)\n",
                 (long long)o.calib_tokens, (int)o.calib_seq_len);
+        return 2;
+    }
+    if (o.quantize_lm_head && o.quantize == ANVIL_QUANTIZE_NONE) {
+        fprintf(stderr, TOOL ": --quantize-lm-head goes with --quantize\n");
         return 2;
     }
     cli_progress b;

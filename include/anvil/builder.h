@@ -80,6 +80,10 @@ typedef struct anvil_build_options {
     int64_t calib_tokens;
     int32_t calib_rows;
     int calib_no_clip;
+    /* With quantize: the LM head too, in the same scheme (default: it stays
+     * in weight_dtype). Tied embeddings stay unquantized: the LM head then
+     * gets a quantized copy of the matrix of its own. */
+    int quantize_lm_head;
     /* Called as bytes are written (of all the weights' bytes); a nonzero
      * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
      * NULL. Called from the building threads, one at a time. */

@@ -158,6 +158,13 @@ const anvil_net_weight *anvil_network_weight(const anvil_network *net, int32_t i
 /* The index of the weight named `name`, or -1. */
 int32_t anvil_network_find_weight(const anvil_network *net, const char *name);
 anvil_value anvil_network_output(const anvil_network *net);
+/* Gives op v (a linear) a weight of its own named `name`: the whole
+ * checkpoint matrix its weight read (a slice recipe of it), where it
+ * shared that weight with another op (tied embeddings whose LM head is
+ * quantized; docs/quantization.md). ANVIL_ERR_INVALID_ARG for an op
+ * without a weight or a name in use, ANVIL_ERR_UNSUPPORTED for a weight
+ * that is not one checkpoint matrix. */
+anvil_status anvil_network_untie(anvil_network *net, anvil_value v, const char *name);
 /* The number of attention layers (KV cache layers) the network uses. */
 int32_t anvil_network_kv_layers(const anvil_network *net);
 const char *anvil_op_kind_name(anvil_op_kind kind);

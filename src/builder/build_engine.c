@@ -21,6 +21,7 @@
 #include "anvil/network.h"
 #include "builder/awq.h"
 #include "builder/build_plan.h"
+#include "builder/lm_head.h"
 #include "builder/manifest.h"
 #include "builder/random_weights.h"
 #include "core/error.h"
@@ -108,7 +109,7 @@ static anvil_status files_json(anvil_model_files *mf, json_t *files)
 
 /* The manifest's "build": options and provenance (ci: an AWQ build's calibration). */
 static json_t *build_json(const char *model, const anvil_build_options *o, const anvil_build_plan *p,
-                          const anvil_calib_info *ci)
+                          const anvil_calib_info *ci, int untied)
 {
     json_t *b = json_object();
     if (b == NULL)
@@ -135,6 +136,8 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
                               ci ? anvil_awq_converter.method : "rtn");
         if (q != NULL && o->quantize == ANVIL_QUANTIZE_INT4_WO)
             ok &= json_object_set_new(q, "group", json_integer(o->quant_group > 0 ? o->quant_group : 128)) == 0;
+        if (q != NULL && o->quantize_lm_head)
+            ok &= json_object_set_new(q, "lm_head", json_true()) == 0;
         if (q != NULL && o->quantize == ANVIL_QUANTIZE_FP8)
             ok &= json_object_set_new(q, "act", json_string("fp8_dynamic")) == 0;
         if (q != NULL && ci != NULL) { /* which text, and how much of it */
@@ -150,6 +153,8 @@ static json_t *build_json(const char *model, const anvil_build_options *o, const
         }
         ok &= q != NULL && json_object_set_new(b, "quantization", q) == 0;
     }
+    if (untied) /* the network has an LM head matrix of its own (builder/lm_head.h) */
+        ok &= json_object_set_new(b, "untied_lm_head", json_string(ANVIL_UNTIED_LM_HEAD)) == 0;
     if (p->prequant.format != ANVIL_QFORMAT_NONE) { /* a pre-quantized checkpoint, converted */
         json_t *q = json_pack("{s:s, s:s, s:s}", "scheme", anvil_qscheme_name(p->prequant.scheme), "method",
                               p->prequant.method, "format", anvil_qformat_name(p->prequant.format));
@@ -203,6 +208,8 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
           anvil_quantize_name(o.quantize));
     CHECK(o.calib_file == NULL || !o.random_weights, ANVIL_ERR_INVALID_ARG,
           "a calibration file (--calib) needs a model folder (its tokenizer and weights), not random weights");
+    CHECK(!o.quantize_lm_head || o.quantize != ANVIL_QUANTIZE_NONE, ANVIL_ERR_INVALID_ARG,
+          "quantizing the LM head (--quantize-lm-head) needs a scheme (--quantize)");
     CHECK(o.calib_seq_len >= 0 && o.calib_tokens >= 0 && o.calib_rows >= 0, ANVIL_ERR_INVALID_ARG,
           "negative calibration sizes");
     char *cfg_text = NULL; /* a config file given alone (random weights) */
@@ -231,6 +238,9 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
         TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
     }
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
+    const int untie = o.quantize_lm_head && anvil_lm_head_is_tied(net);
+    if (untie) /* the embedding stays as it is; the LM head gets a matrix of its own */
+        TRY_GOTO(anvil_lm_head_untie(net), done);
     if (!o.random_weights) {
         TRY_GOTO(anvil_checkpoint_open_ex(dir, ANVIL_ST_READ, &ck), done);
         TRY_GOTO(anvil_quant_config_load(dir, &qc), done);
@@ -243,7 +253,8 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
                                    .no_fusion = o.no_fusion,
                                    .quantize = o.quantize,
                                    .quant_group = o.quant_group,
-                                   .prequant = &qc};
+                                   .prequant = &qc,
+                                   .quantize_lm_head = o.quantize_lm_head};
     TRY_GOTO(anvil_build_plan_make(net, ck, &po, &plan), done);
     plan->seed = o.seed;
     int threads = o.n_threads > 0 ? o.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -303,7 +314,7 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     json_object_set_new(m, "architecture", json_string(cfg.architecture));
     json_object_set_new(m, "model_type", json_string(cfg.model_type));
     json_object_set_new(manifest, "model", m);
-    json_t *b = build_json(model, &o, plan, awq ? &ci : NULL), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
+    json_t *b = build_json(model, &o, plan, awq ? &ci : NULL, untie), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
     CHECK_GOTO(b && jn && jp, ANVIL_ERR_OOM, done, "out of memory");
     json_object_set_new(manifest, "build", b);
     json_object_set_new(manifest, "network", jn);

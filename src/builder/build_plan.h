@@ -151,6 +151,9 @@ typedef struct anvil_plan_options {
      * quantized are stored as they convert to the canonical form
      * (builder/prequant.h), with their companions. Not with quantize. */
     const anvil_quant_config *prequant;
+    /* With quantize: the LM head too (a linear over the logit rows; its
+     * weight must be its own, builder/lm_head.h, not an embedding's). */
+    int quantize_lm_head;
 } anvil_plan_options;
 
 /*

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "builder/build_plan.h"
+#include "builder/lm_head.h"
 #include "builder/manifest.h"
 #include "builder/refit.h"
 #include "core/error.h"
@@ -107,6 +108,7 @@ anvil_status anvil_refit_engine(const char *engine, const char *weights, const c
     TRY_GOTO(anvil_engine_file_open(engine, ANVIL_ST_READ, &f), done);
     TRY_GOTO(anvil_model_config_load(engine, &cfg), done);
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
+    TRY_GOTO(anvil_lm_head_untie_as_engine(f, net), done);
     TRY_GOTO(anvil_manifest_read_plan(f, net, &plan), done);
     TRY_GOTO(anvil_refit_source_open(weights, &cfg, net, plan, 1, &src), done);
 

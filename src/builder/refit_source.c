@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "builder/lm_head.h"
 #include "builder/manifest.h"
 #include "builder/quantize.h"
 #include "core/error.h"
@@ -213,6 +214,8 @@ anvil_status anvil_refit_source_open(const char *path, const anvil_model_config 
      * too, so that a config field the comparison does not know yet cannot
      * slip through */
     TRY_GOTO(anvil_model_build_network(&have, &net2), fail);
+    if (anvil_lm_head_was_untied(net) && anvil_lm_head_is_tied(net2))
+        TRY_GOTO(anvil_lm_head_untie(net2), fail); /* the engine's LM head has its own (quantized) matrix */
     jw = anvil_manifest_network(net);
     jh = anvil_manifest_network(net2);
     CHECK_GOTO(jw && jh, ANVIL_ERR_OOM, fail, "out of memory");

@@ -638,5 +638,29 @@ const anvil_net_weight *anvil_network_weight(const anvil_network *net, int32_t i
     return i >= 0 && i < net->n_weights ? &net->weights[i] : NULL;
 }
 
+anvil_status anvil_network_untie(anvil_network *net, anvil_value v, const char *name)
+{
+    CHECK(net != NULL && name != NULL, ANVIL_ERR_INVALID_ARG, "untie: NULL argument");
+    CHECK(net->error == ANVIL_OK, net->error, "%s", net->error_msg);
+    CHECK(v >= 0 && v < net->n_ops && net->ops[v].n_weights >= 1 && net->ops[v].weights[0] >= 0,
+          ANVIL_ERR_INVALID_ARG, "untie: op %d has no weight", v);
+    const anvil_net_weight *old = &net->weights[net->ops[v].weights[0]];
+    CHECK(old->recipe == ANVIL_RECIPE_TENSOR && old->n_dims == 2, ANVIL_ERR_UNSUPPORTED,
+          "untie: '%s' is not a checkpoint matrix", old->name);
+    char *src = strdup(old->sources[0]); /* new_weight may move the weights */
+    CHECK(src != NULL, ANVIL_ERR_OOM, "out of memory");
+    const int64_t d0 = old->shape[0], d1 = old->shape[1];
+    anvil_net_weight_slice(net, name, src, 0, 0); /* the whole matrix, a weight of its own */
+    free(src);
+    const int32_t i = anvil_network_find_weight(net, name);
+    if (net->error != ANVIL_OK || i < 0)
+        return ANVIL_FAIL(net->error != ANVIL_OK ? net->error : ANVIL_ERR_INTERNAL, "untie: %s", net->error_msg);
+    net->weights[i].n_dims = 2;
+    net->weights[i].shape[0] = d0;
+    net->weights[i].shape[1] = d1;
+    net->wpool[net->ops[v].weights_at] = i;
+    return ANVIL_OK;
+}
+
 anvil_value anvil_network_output(const anvil_network *net) { return net->output; }
 int32_t anvil_network_kv_layers(const anvil_network *net) { return net->n_kv_layers; }

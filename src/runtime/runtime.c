@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
+#include "builder/lm_head.h"
 #include "builder/build_plan.h"
 #include "builder/fuse_plan.h"
 #include "builder/manifest.h"
@@ -1016,6 +1017,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     anvil_dtype wdt = rt->opts.weight_dtype;
     if (engine) {
         TRY_GOTO(anvil_engine_file_open(model_dir, access, &rt->engine), fail);
+        TRY_GOTO(anvil_lm_head_untie_as_engine(rt->engine, rt->net), fail);
         TRY_GOTO(anvil_manifest_read_plan(rt->engine, rt->net, &rt->plan), fail);
         TRY_GOTO(engine_weight_dtype(rt, &wdt), fail);
     } else {

@@ -15,6 +15,10 @@
  *  - end to end: int4-wo and int8-wo AWQ engines of tinycode, calibrated on
  *    Python source (this repository's scripts), record their calibration,
  *    load and stay close to the bf16 engine on the golden prompts;
+ *  - --quantize-lm-head: tinycode's tied embedding stays bf16 and the LM
+ *    head gets an int4 copy of its own (build.untied_lm_head), which loads,
+ *    runs and refits from the folder to the same bytes; an untied model's
+ *    lm_head.weight is quantized itself;
  *  - bad input: a missing or empty calibration file, --calib with fp8 or
  *    without quantization, with random weights, a text shorter than one
  *    window: clear errors, no engine left.
@@ -375,6 +379,86 @@ static void test_end_to_end(void **st)
     golden_free(&g);
 }
 
+/* ------------------------------------------------------------ --quantize-lm-head */
+
+/* The kind of tensor `name` in engine `path` ("" when absent). */
+static const char *kind_of(const char *path, const char *name, char *buf, size_t cap)
+{
+    anvil_engine_file *f = NULL;
+    assert_int_equal(anvil_engine_file_open(path, ANVIL_ST_READ, &f), ANVIL_OK);
+    const anvil_engine_tensor *t = anvil_engine_file_find(f, name);
+    snprintf(buf, cap, "%s", t ? anvil_engine_kind_name(t->kind) : "");
+    anvil_engine_file_close(f);
+    return buf;
+}
+
+static void test_lm_head(void **st)
+{
+    (void)st;
+    char path[700], refit[700], k[32];
+    snprintf(path, sizeof path, "%s/tc-int4-lm.engine", anvil_test_tmpdir());
+    anvil_build_options o;
+    anvil_build_options_default(&o);
+    o.n_threads = 2;
+    o.quantize = ANVIL_QUANTIZE_INT4_WO;
+    o.quantize_lm_head = 1;
+    assert_int_equal(anvil_build_engine(tc_dir, path, &o), ANVIL_OK);
+    /* tied: the embedding stays bf16, the LM head is an int4 matrix of its own */
+    assert_string_equal(kind_of(path, "model.embed_tokens.weight", k, sizeof k), "bf16");
+    assert_string_equal(kind_of(path, "lm_head.weight", k, sizeof k), "int4");
+    assert_string_equal(kind_of(path, "lm_head.weight.scales", k, sizeof k), "f32");
+    anvil_engine_file *f = NULL;
+    assert_int_equal(anvil_engine_file_open(path, ANVIL_ST_READ, &f), ANVIL_OK);
+    const json_t *b = json_object_get(anvil_engine_file_manifest(f), "build");
+    assert_string_equal(json_string_value(json_object_get(b, "untied_lm_head")), "lm_head.weight");
+    assert_true(json_is_true(json_object_get(json_object_get(b, "quantization"), "lm_head")));
+    anvil_engine_file_close(f);
+    /* it runs, close to bf16 (int4 on every matrix, the LM head's 8192 rows included) */
+    golden g;
+    golden_load("tinycode", &g);
+    anvil_runtime *rt = load(path);
+    const int64_t V = anvil_runtime_config(rt)->vocab_size;
+    int64_t agree = 0, rows = 0;
+    for (int ci = 0; ci < g.n_cases; ci++) {
+        const int32_t n = g.cases[ci].n_ids < 128 ? g.cases[ci].n_ids : 128;
+        float *y = logits_of(rt, g.cases[ci].ids, n);
+        for (int32_t r = 0; r < n; r++) {
+            agree += argmax(y + (int64_t)r * V, V) == argmax(g.cases[ci].logits + (int64_t)r * V, V);
+            rows++;
+        }
+        free(y);
+    }
+    printf("int4-wo with the LM head: top-1 agreement with transformers %.3f over %lld positions\n",
+           (double)agree / (double)rows, (long long)rows);
+    assert_true((double)agree / (double)rows >= 0.75);
+    anvil_runtime_free(rt);
+    golden_free(&g);
+    /* a refit from the folder quantizes the LM head's copy again: the same bytes */
+    snprintf(refit, sizeof refit, "%s/tc-int4-lm-refit.engine", anvil_test_tmpdir());
+    assert_int_equal(anvil_refit_engine(path, tc_dir, refit, NULL), ANVIL_OK);
+    anvil_engine_file *fa = NULL, *fb = NULL;
+    assert_int_equal(anvil_engine_file_open(path, ANVIL_ST_READ, &fa), ANVIL_OK);
+    assert_int_equal(anvil_engine_file_open(refit, ANVIL_ST_READ, &fb), ANVIL_OK);
+    for (int64_t i = 0; i < anvil_engine_file_count(fa); i++)
+        assert_true(anvil_engine_file_tensor(fa, i)->xxh64 == anvil_engine_file_tensor(fb, i)->xxh64);
+    anvil_engine_file_close(fa);
+    anvil_engine_file_close(fb);
+    /* untied (the small model): lm_head.weight itself is quantized, nothing untied */
+    snprintf(path, sizeof path, "%s/small-int8-lm.engine", anvil_test_tmpdir());
+    o.quantize = ANVIL_QUANTIZE_INT8_WO;
+    assert_int_equal(anvil_build_engine(small_dir, path, &o), ANVIL_OK);
+    assert_string_equal(kind_of(path, "lm_head.weight", k, sizeof k), "int8");
+    assert_string_equal(kind_of(path, "model.embed_tokens.weight", k, sizeof k), "f32");
+    assert_int_equal(anvil_engine_file_open(path, ANVIL_ST_READ, &f), ANVIL_OK);
+    assert_null(json_object_get(json_object_get(anvil_engine_file_manifest(f), "build"), "untied_lm_head"));
+    anvil_engine_file_close(f);
+    rt = load(path);
+    anvil_runtime_free(rt);
+    /* and without a scheme it is refused */
+    o.quantize = ANVIL_QUANTIZE_NONE;
+    assert_status_msg(anvil_build_engine(small_dir, path, &o), ANVIL_ERR_INVALID_ARG, "needs a scheme");
+}
+
 /* ------------------------------------------------------------ bad input */
 
 static void expect_refused(const anvil_build_options *o, const char *model, anvil_status want, const char *needle)
@@ -421,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_fold_exact),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_end_to_end),
+        cmocka_unit_test(test_lm_head),
         cmocka_unit_test(test_bad_input),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
