@@ -390,17 +390,23 @@ anvil_status anvil_cuda_gemm_fp8(anvil_cuda_backend *cb, const void *xq, const f
     TRY(plan_get(cb, &key, &p, sw, sx));
     const float alpha = 1.0f, beta = 0.0f;
     if (!p->simt) {
-        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw),
-               "A_SCALE_POINTER");
-        LT_TRY(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx),
-               "B_SCALE_POINTER");
-        LT_TRY(cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, out, p->d, out, p->d, &p->algo,
-                              cb->lt_workspace, p->workspace, cb->stream),
-               "cublasLtMatmul (fp8)");
-        TRY(ANVIL_CUDA_LAUNCHED("cublasLtMatmul (fp8)"));
-        if (bias != NULL)
-            TRY(anvil_cuda_launch_bias_add(cb->stream, out, act_dt, bias, bias_dt, T, N));
-        return ANVIL_OK;
+        cublasStatus_t s = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sw, sizeof sw);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, out, p->d, out, p->d, &p->algo,
+                               cb->lt_workspace, p->workspace, cb->stream);
+        if (s == CUBLAS_STATUS_SUCCESS) {
+            TRY(ANVIL_CUDA_LAUNCHED("cublasLtMatmul (fp8)"));
+            if (bias != NULL)
+                TRY(anvil_cuda_launch_bias_add(cb->stream, out, act_dt, bias, bias_dt, T, N));
+            return ANVIL_OK;
+        }
+        /* the heuristic's algorithm refused at the call (launches nothing):
+         * remembered, and the unscaled plan below from now on */
+        if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE)
+            return ANVIL_FAIL(ANVIL_ERR_CUDA, "matmul: cublasLtMatmul (fp8): %s", cublasGetStatusString(s));
+        p->simt = 1;
     }
     /* No outer-vector scales here: the unscaled products in f32 (into the
      * matmul scratch), then a kernel scales them by sx[t] sw[n]. */
@@ -411,9 +417,15 @@ anvil_status anvil_cuda_gemm_fp8(anvil_cuda_backend *cb, const void *xq, const f
         return ANVIL_ERR_UNSUPPORTED;
     TRY(anvil_cuda_reserve(cb, &cb->mm_scratch, &cb->mm_scratch_bytes, (size_t)(T * N) * sizeof(float),
                            "matmul: fp8 GEMM accumulator buffer"));
-    LT_TRY(cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, cb->mm_scratch, p->d, cb->mm_scratch,
-                          p->d, &p->algo, cb->lt_workspace, p->workspace, cb->stream),
-           "cublasLtMatmul (fp8, unscaled)");
+    const cublasStatus_t s = cublasLtMatmul(cb->lt, p->desc, &alpha, wq, p->a, xq, p->b, &beta, cb->mm_scratch, p->d,
+                                            cb->mm_scratch, p->d, &p->algo, cb->lt_workspace, p->workspace,
+                                            cb->stream);
+    if (s == CUBLAS_STATUS_NOT_SUPPORTED || s == CUBLAS_STATUS_INVALID_VALUE) {
+        p->simt = 1; /* the caller's other path, from now on */
+        return ANVIL_ERR_UNSUPPORTED;
+    }
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return ANVIL_FAIL(ANVIL_ERR_CUDA, "matmul: cublasLtMatmul (fp8, unscaled): %s", cublasGetStatusString(s));
     TRY(ANVIL_CUDA_LAUNCHED("cublasLtMatmul (fp8, unscaled)"));
     return anvil_cuda_launch_fp8_scale(cb->stream, cb->mm_scratch, sx, sw, bias, bias_dt, out, act_dt, T, N);
 }
