@@ -53,6 +53,10 @@ extern "C" {
 #define ANVIL_MIN_RMS_NORM_EPS 1e-12
 #define ANVIL_MAX_RMS_NORM_EPS 0.1
 #define ANVIL_MAX_TEMPERATURE 100.0          /* generation_config.json */
+#define ANVIL_MIN_SOFTCAP 1e-3               /* attn_logit_softcapping, final_logit_softcapping (Gemma 2: 50, 30) */
+#define ANVIL_MAX_SOFTCAP 1e6
+#define ANVIL_MIN_QUERY_PRE_ATTN_SCALAR 1e-3 /* query_pre_attn_scalar (Gemma 2 9B: 224) */
+#define ANVIL_MAX_QUERY_PRE_ATTN_SCALAR 1e9
 
 typedef enum anvil_rope_type {
     ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
@@ -83,6 +87,12 @@ typedef struct anvil_rope_config {
     float long_factor[ANVIL_MAX_ROPE_EXT_FACTORS];  /* longrope */
 } anvil_rope_config;
 
+/* The MLP's activation (hidden_act, Gemma's hidden_activation). */
+typedef enum anvil_hidden_act {
+    ANVIL_ACT_SILU = 0,  /* "silu": the Llama family */
+    ANVIL_ACT_GELU_TANH, /* "gelu_pytorch_tanh": Gemma 2 */
+} anvil_hidden_act;
+
 typedef struct anvil_model_config {
     char architecture[64];       /* "LlamaForCausalLM", ... (the first of "architectures") */
     char model_type[32];         /* "llama", "qwen2", ... */
@@ -102,6 +112,18 @@ typedef struct anvil_model_config {
     int mlp_bias;
     int qk_norm;                 /* RMSNorm over each head of q and k (Qwen3) */
     int64_t sliding_window;      /* 0: full attention */
+    /* 1: sliding_window applies only to the layers whose bit is set in
+     * sliding_layers (bit l % 64 of word l / 64): Gemma 2's layer_types,
+     * or its default, every even layer. 0: to every layer. */
+    int per_layer_window;
+    uint64_t sliding_layers[ANVIL_MAX_LAYERS / 64];
+    anvil_hidden_act hidden_act;
+    /* Gemma 2 (0 elsewhere): attention scale query_pre_attn_scalar^-0.5
+     * (0: head_dim^-0.5); the attention logits' and the final logits'
+     * soft caps, tanh(x / cap) * cap (0: none) */
+    double query_pre_attn_scalar;
+    double attn_logit_softcap;
+    double final_logit_softcap;
     anvil_dtype dtype;           /* the checkpoint's dtype */
     int32_t bos_token_id;        /* -1 when none */
     int32_t pad_token_id;        /* -1 when none */

@@ -58,6 +58,9 @@ typedef enum anvil_op_kind {
     ANVIL_OP_SILU_MUL,      /* silu(a) * b */
     ANVIL_OP_ADD,           /* a + b */
     ANVIL_OP_LOGIT_ROWS,    /* the rows that need logits */
+    ANVIL_OP_GELU_TANH_MUL, /* gelu_tanh(a) * b (Gemma's gated MLP) */
+    ANVIL_OP_SCALE,         /* x * c, c rounded to the activation dtype first */
+    ANVIL_OP_SOFTCAP,       /* tanh(x / c) * c (Gemma 2's final logits) */
     ANVIL_OP_ALL_REDUCE,    /* the sum over the ranks (tensor parallelism), in place */
     ANVIL_OP_ALL_GATHER,    /* every rank's columns side by side, in rank order */
     ANVIL_OP_COUNT,
@@ -70,6 +73,8 @@ typedef struct anvil_attention_params {
     int32_t head_dim;
     int32_t sliding_window; /* 0: full attention */
     float scale;            /* 0: 1 / sqrt(head_dim) */
+    float softcap;          /* 0: none; else each scaled logit s becomes tanh(s / softcap) * softcap
+                               before the mask and the softmax (Gemma 2's attn_logit_softcapping) */
 } anvil_attention_params;
 
 /* An empty network. *out is NULL on failure. */
@@ -96,6 +101,10 @@ void anvil_net_weight_concat(anvil_network *net, const char *name, int axis, con
 /* ---- ops. Weight names are copied. A NULL bias means none. */
 anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t vocab, int64_t width);
 anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps);
+/* x / rms(x) * (weight_offset + w), the sum taken in f32 from the stored w
+ * (Gemma's RMSNorm: weight_offset 1, as transformers' (1 + w.float())). */
+anvil_value anvil_net_rmsnorm_offset(anvil_network *net, anvil_value x, const char *weight, double eps,
+                                     float weight_offset);
 anvil_value anvil_net_head_rmsnorm(anvil_network *net, anvil_value x, const char *weight, int64_t head_dim,
                                    double eps);
 anvil_value anvil_net_linear(anvil_network *net, anvil_value x, const char *weight, const char *bias,
@@ -105,6 +114,16 @@ anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k
                                 const anvil_attention_params *p);
 anvil_value anvil_net_silu_mul(anvil_network *net, anvil_value gate, anvil_value up);
 anvil_value anvil_net_add(anvil_network *net, anvil_value a, anvil_value b);
+/* gelu(gate) * up, GELU with the tanh approximation (PyTorch's
+ * approximate="tanh", transformers' gelu_pytorch_tanh):
+ * 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3))). */
+anvil_value anvil_net_gelu_tanh_mul(anvil_network *net, anvil_value gate, anvil_value up);
+/* x * c, c first rounded to the activation dtype, as torch multiplies by
+ * torch.tensor(c, dtype=x.dtype) (Gemma's embedding normalizer); c finite
+ * and nonzero. */
+anvil_value anvil_net_scale(anvil_network *net, anvil_value x, float c);
+/* tanh(x / cap) * cap, cap > 0 (Gemma 2's final_logit_softcapping). */
+anvil_value anvil_net_softcap(anvil_network *net, anvil_value x, float cap);
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x);
 /* Tensor parallelism (docs/parallel.md): a network cut for one of several
  * ranks (anvil_network_shard in the builder) joins the ranks' partial
@@ -146,6 +165,8 @@ typedef struct anvil_net_op {
     int64_t width;           /* columns of the result */
     int row_kind;            /* 0: one row per token, 1: one row per logit row */
     double eps;              /* norms */
+    float weight_offset;     /* rmsnorm: y = x / rms(x) * (weight_offset + w); 0 but for Gemma */
+    float scalar;            /* scale: the factor c; softcap: the cap */
     int64_t head_dim;        /* head norms, rope; all_gather: the number of ranks */
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */

@@ -107,6 +107,8 @@ typedef struct anvil_attention_args {
     int32_t head_dim;
     int32_t sliding_window;       /* 0: full causal attention */
     float scale;                  /* usually 1 / sqrt(head_dim) */
+    float softcap;                /* 0: none; else each score s = q.k * scale becomes tanh(s / softcap) *
+                                     softcap before the softmax (Gemma 2) */
     /* NULL: q and k arrive rotated. Else (backends with attention_rope
      * only) they arrive as the rope op's inputs: the backend rotates q in
      * place and k (as the rope op would, with these frequencies) before it
@@ -146,9 +148,10 @@ typedef struct anvil_backend_ops {
     /* out[t] = table[ids[t]] */
     anvil_status (*embedding)(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                               anvil_tensor *out);
-    /* out = x / rms(x) * w, per row */
+    /* out = x / rms(x) * (w_offset + w), per row, w_offset + w summed in
+     * f32 (0 but for Gemma's (1 + w)) */
     anvil_status (*rmsnorm)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
-                            anvil_tensor *out);
+                            float w_offset, anvil_tensor *out);
     /* The same over each head_dim-wide piece of every row (Qwen3 q/k norm). */
     anvil_status (*head_rmsnorm)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                  int32_t head_dim, float eps, anvil_tensor *out);
@@ -169,6 +172,13 @@ typedef struct anvil_backend_ops {
                              anvil_tensor *out);
     /* out = a + b (out may alias a or b) */
     anvil_status (*add)(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+    /* out = gelu_tanh(gate) * up: 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3))) * up */
+    anvil_status (*gelu_tanh_mul)(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                  anvil_tensor *out);
+    /* out = x * c, c rounded to x's dtype first (out may alias x) */
+    anvil_status (*scale)(anvil_backend *be, const anvil_tensor *x, float c, anvil_tensor *out);
+    /* out = tanh(x / cap) * cap, in f32 (out may alias x) */
+    anvil_status (*softcap)(anvil_backend *be, const anvil_tensor *x, float cap, anvil_tensor *out);
     /* out[i] = x[step->logit_rows[i]] */
     anvil_status (*gather_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                 anvil_tensor *out);

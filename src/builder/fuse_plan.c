@@ -115,8 +115,10 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *op
             continue;
         const anvil_net_op *n1 = i + 1 < n ? anvil_network_op(net, i + 1) : NULL;
         const anvil_net_op *n2 = i + 2 < n ? anvil_network_op(net, i + 2) : NULL;
+        /* the fused norms compute x / rms(x) * w: a norm with a weight
+         * offset (Gemma's 1 + w) runs alone */
         if (op->kind == ANVIL_OP_ADD && ops->add_rmsnorm && n1 && n1->kind == ANVIL_OP_RMSNORM &&
-            token_rows(n1) && n1->inputs[0] == i && !f[i + 1].kind) {
+            n1->weight_offset == 0.0f && token_rows(n1) && n1->inputs[0] == i && !f[i + 1].kind) {
             f[i].kind = ANVIL_FUSE_ADD_RMSNORM;
             f[i + 1].kind = ANVIL_FUSE_SKIP;
             continue;

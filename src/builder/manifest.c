@@ -113,6 +113,13 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
     switch (op->kind) {
     case ANVIL_OP_RMSNORM:
         put(o, "eps", json_real(op->eps), ok);
+        /* only where set: the manifests of engines built before it stay equal */
+        if (op->weight_offset != 0.0f)
+            put(o, "weight_offset", json_real(op->weight_offset), ok);
+        break;
+    case ANVIL_OP_SCALE:
+    case ANVIL_OP_SOFTCAP:
+        put(o, "value", json_real(op->scalar), ok);
         break;
     case ANVIL_OP_HEAD_RMSNORM:
         put(o, "eps", json_real(op->eps), ok);
@@ -130,6 +137,8 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
         put(o, "head_dim", json_integer(p->head_dim), ok);
         put(o, "sliding_window", json_integer(p->sliding_window), ok);
         put(o, "scale", json_real(p->scale), ok);
+        if (p->softcap != 0.0f)
+            put(o, "softcap", json_real(p->softcap), ok);
         break;
     }
     default:

@@ -196,6 +196,19 @@ static anvil_status check_config(const anvil_model_config *c, const char *what, 
     CHECK(c->sliding_window >= 0, ANVIL_ERR_FORMAT, "%s: sliding_window must not be negative, got %lld", what,
           (long long)c->sliding_window);
     TRY(int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT));
+    CHECK(c->per_layer_window == 0 || c->per_layer_window == 1, ANVIL_ERR_INVALID_ARG,
+          "%s: per_layer_window must be 0 or 1", what);
+    CHECK(c->hidden_act == ANVIL_ACT_SILU || c->hidden_act == ANVIL_ACT_GELU_TANH, ANVIL_ERR_UNSUPPORTED,
+          "%s: hidden activation %d is not supported", what, (int)c->hidden_act);
+    if (c->query_pre_attn_scalar != 0)
+        TRY(real_in_range(what, "query_pre_attn_scalar", c->query_pre_attn_scalar, ANVIL_MIN_QUERY_PRE_ATTN_SCALAR,
+                          ANVIL_MAX_QUERY_PRE_ATTN_SCALAR));
+    if (c->attn_logit_softcap != 0)
+        TRY(real_in_range(what, "attn_logit_softcapping", c->attn_logit_softcap, ANVIL_MIN_SOFTCAP,
+                          ANVIL_MAX_SOFTCAP));
+    if (c->final_logit_softcap != 0)
+        TRY(real_in_range(what, "final_logit_softcapping", c->final_logit_softcap, ANVIL_MIN_SOFTCAP,
+                          ANVIL_MAX_SOFTCAP));
     CHECK(c->dtype == ANVIL_DTYPE_F32 || c->dtype == ANVIL_DTYPE_F16 || c->dtype == ANVIL_DTYPE_BF16,
           ANVIL_ERR_UNSUPPORTED, "%s: dtype %d is not supported (float32, float16, bfloat16)", what,
           (int)c->dtype);
@@ -456,6 +469,80 @@ static anvil_status parse_window(const json_t *root, const char *what, const fam
     return int_in_range(what, "sliding_window", c->sliding_window, 0, ANVIL_MAX_CONTEXT);
 }
 
+/* ---------------------------------------------------------------- Gemma 2 */
+
+/* A soft cap: the family default when absent, none (0) when null. */
+static anvil_status get_softcap(const json_t *root, const char *key, const char *what, double def, double *out)
+{
+    const json_t *v = json_object_get(root, key);
+    if (v != NULL && json_is_null(v)) {
+        *out = 0;
+        return ANVIL_OK;
+    }
+    TRY(anvil_json_get_double(root, NULL, key, what, def, out));
+    return real_in_range(what, key, *out, ANVIL_MIN_SOFTCAP, ANVIL_MAX_SOFTCAP);
+}
+
+/*
+ * Gemma2Config's keys (transformers 5; its defaults where absent):
+ * hidden_activation (gelu_pytorch_tanh, the only one anvil has),
+ * query_pre_attn_scalar (256), attn_logit_softcapping (50) and
+ * final_logit_softcapping (30), null meaning none, sliding_window (4096)
+ * on the layers layer_types names sliding_attention; without layer_types
+ * every even layer (0, 2, ...) slides, as Gemma2Config fills it in.
+ */
+static anvil_status parse_gemma2(const json_t *root, const char *what, anvil_model_config *c)
+{
+    const char *act = NULL;
+    TRY(anvil_json_get_string(root, NULL, "hidden_activation", what, NULL, &act));
+    if (act == NULL) /* older Gemma configs also wrote hidden_act */
+        TRY(anvil_json_get_string(root, NULL, "hidden_act", what, "gelu_pytorch_tanh", &act));
+    CHECK(strcmp(act, "gelu_pytorch_tanh") == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: hidden_activation \"%s\" is not supported (anvil implements gelu_pytorch_tanh for gemma2)", what,
+          act);
+    c->hidden_act = ANVIL_ACT_GELU_TANH;
+    TRY(anvil_json_get_double(root, NULL, "query_pre_attn_scalar", what, 256.0, &c->query_pre_attn_scalar));
+    TRY(real_in_range(what, "query_pre_attn_scalar", c->query_pre_attn_scalar, ANVIL_MIN_QUERY_PRE_ATTN_SCALAR,
+                      ANVIL_MAX_QUERY_PRE_ATTN_SCALAR));
+    TRY(get_softcap(root, "attn_logit_softcapping", what, 50.0, &c->attn_logit_softcap));
+    TRY(get_softcap(root, "final_logit_softcapping", what, 30.0, &c->final_logit_softcap));
+    int bidirectional = 0;
+    TRY(anvil_json_get_bool(root, NULL, "use_bidirectional_attention", what, 0, &bidirectional));
+    CHECK(!bidirectional, ANVIL_ERR_UNSUPPORTED,
+          "%s: use_bidirectional_attention is not supported (anvil's attention is causal)", what);
+    if (json_object_get(root, "sliding_window") == NULL)
+        c->sliding_window = 4096;
+
+    c->per_layer_window = 1;
+    memset(c->sliding_layers, 0, sizeof c->sliding_layers);
+    const json_t *types = json_object_get(root, "layer_types");
+    if (types == NULL || json_is_null(types)) {
+        for (int64_t l = 0; l < c->n_layers; l += 2)
+            c->sliding_layers[l / 64] |= 1ull << (l % 64);
+        return ANVIL_OK;
+    }
+    CHECK(json_is_array(types), ANVIL_ERR_FORMAT, "%s: field \"layer_types\" must be a list of strings, got %s",
+          what, anvil_json_type_name(types));
+    CHECK((int64_t)json_array_size(types) == c->n_layers, ANVIL_ERR_FORMAT,
+          "%s: layer_types has %zu entries; num_hidden_layers is %lld", what, json_array_size(types),
+          (long long)c->n_layers);
+    size_t i;
+    json_t *e;
+    json_array_foreach(types, i, e)
+    {
+        CHECK(json_is_string(e), ANVIL_ERR_FORMAT, "%s: layer_types[%zu] must be a string, got %s", what, i,
+              anvil_json_type_name(e));
+        const char *t = json_string_value(e);
+        if (strcmp(t, "sliding_attention") == 0)
+            c->sliding_layers[i / 64] |= 1ull << (i % 64);
+        else
+            CHECK(strcmp(t, "full_attention") == 0, ANVIL_ERR_UNSUPPORTED,
+                  "%s: layer_types[%zu] is \"%s\" (anvil implements sliding_attention and full_attention)", what,
+                  i, t);
+    }
+    return ANVIL_OK;
+}
+
 /* ---------------------------------------------------------------- config */
 
 /* The key RoPE parameters were read from, for messages. */
@@ -513,6 +600,8 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     const int head_dim_given = hd != NULL && !json_is_null(hd);
     if (head_dim_given) {
         TRY(anvil_json_get_int(root, NULL, "head_dim", what, 0, &c->head_dim));
+    } else if (strcmp(model_type, "gemma2") == 0) {
+        c->head_dim = 256; /* Gemma2Config's default, not hidden_size / heads */
     } else {
         CHECK(
             c->hidden_size % c->n_heads == 0, ANVIL_ERR_FORMAT,
@@ -552,6 +641,8 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     c->mlp_bias = fam->mlp_bias_key ? mlp_bias : 0;
     c->qk_norm = fam->qk_norm;
     TRY(parse_window(root, what, fam, c));
+    if (strcmp(model_type, "gemma2") == 0)
+        TRY(parse_gemma2(root, what, c));
 
     /* transformers 5 writes "dtype", older versions "torch_dtype". */
     const char *dtype = NULL;

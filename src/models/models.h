@@ -10,4 +10,8 @@ anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_networ
 /* Phi3ForCausalLM: fused qkv_proj and gate_up_proj, sliced by recipes */
 anvil_status anvil_model_phi3_build(const anvil_model_config *cfg, anvil_network *net);
 
+/* Gemma2ForCausalLM: (1 + w) norms around attention and MLP, GELU-tanh,
+ * soft caps, alternating sliding and full layers */
+anvil_status anvil_model_gemma2_build(const anvil_model_config *cfg, anvil_network *net);
+
 #endif

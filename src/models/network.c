@@ -35,6 +35,7 @@ struct anvil_network {
 static const char *const op_names[ANVIL_OP_COUNT] = {
     "embedding", "rmsnorm", "head_rmsnorm", "linear", "rope",
     "attention", "silu_mul", "add", "logit_rows",
+    "gelu_tanh_mul", "scale", "softcap",
     "all_reduce", "all_gather",
 };
 
@@ -381,8 +382,16 @@ anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t 
 
 anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps)
 {
+    return anvil_net_rmsnorm_offset(net, x, weight, eps, 0.0f);
+}
+
+anvil_value anvil_net_rmsnorm_offset(anvil_network *net, anvil_value x, const char *weight, double eps,
+                                     float weight_offset)
+{
     if (net->error != ANVIL_OK)
         return ANVIL_VALUE_NONE;
+    NET_CHECK(isfinite(weight_offset), ANVIL_ERR_INVALID_ARG, "rmsnorm %s: weight_offset must be finite",
+              weight ? weight : "");
     const anvil_net_op *in = value_op(net, x);
     NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "rmsnorm %s: bad input value", weight ? weight : "");
     NET_CHECK(eps > 0, ANVIL_ERR_INVALID_ARG, "rmsnorm %s: eps must be > 0", weight ? weight : "");
@@ -395,6 +404,7 @@ anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *wei
     op->inputs[0] = x;
     net->wpool[op->weights_at] = w;
     op->eps = eps;
+    op->weight_offset = weight_offset;
     op->row_kind = row_kind;
     return commit_op(net);
 }
@@ -481,6 +491,9 @@ anvil_value anvil_net_attention(anvil_network *net, anvil_value q, anvil_value k
               ANVIL_ERR_INVALID_ARG, "attention layer %d: k/v width != kv heads x head_dim", p->layer);
     NET_CHECK(p->layer >= 0 && p->layer < INT32_MAX && p->sliding_window >= 0, ANVIL_ERR_INVALID_ARG,
               "attention: bad layer/window");
+    NET_CHECK(isfinite(p->scale) && p->scale >= 0 && isfinite(p->softcap) && p->softcap >= 0,
+              ANVIL_ERR_INVALID_ARG, "attention layer %d: scale %g and softcap %g must be finite, not negative",
+              p->layer, (double)p->scale, (double)p->softcap);
     anvil_net_op *op = push_op(net, ANVIL_OP_ATTENTION, oq->width);
     if (op == NULL)
         return ANVIL_VALUE_NONE;
@@ -523,6 +536,42 @@ anvil_value anvil_net_silu_mul(anvil_network *net, anvil_value gate, anvil_value
 anvil_value anvil_net_add(anvil_network *net, anvil_value a, anvil_value b)
 {
     return binary_op(net, ANVIL_OP_ADD, a, b);
+}
+
+anvil_value anvil_net_gelu_tanh_mul(anvil_network *net, anvil_value gate, anvil_value up)
+{
+    return binary_op(net, ANVIL_OP_GELU_TANH_MUL, gate, up);
+}
+
+/* An elementwise op of one input and a constant (scale, softcap). */
+static anvil_value scalar_op(anvil_network *net, anvil_op_kind kind, anvil_value x, float c)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "%s: bad input value", op_names[kind]);
+    NET_CHECK(isfinite(c) && (kind == ANVIL_OP_SOFTCAP ? c > 0 : c != 0), ANVIL_ERR_INVALID_ARG,
+              "%s: the constant %g must be finite and %s", op_names[kind], (double)c,
+              kind == ANVIL_OP_SOFTCAP ? "positive" : "nonzero");
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    anvil_net_op *op = push_op(net, kind, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = row_kind;
+    op->scalar = c;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_scale(anvil_network *net, anvil_value x, float c)
+{
+    return scalar_op(net, ANVIL_OP_SCALE, x, c);
+}
+
+anvil_value anvil_net_softcap(anvil_network *net, anvil_value x, float cap)
+{
+    return scalar_op(net, ANVIL_OP_SOFTCAP, x, cap);
 }
 
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x)

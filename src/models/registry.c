@@ -17,6 +17,7 @@ static const model_entry registry[] = {
     {"Qwen2ForCausalLM", anvil_model_llama_build},
     {"Qwen3ForCausalLM", anvil_model_llama_build},
     {"Phi3ForCausalLM", anvil_model_phi3_build},
+    {"Gemma2ForCausalLM", anvil_model_gemma2_build},
 };
 
 #define N_MODELS (sizeof registry / sizeof registry[0])

@@ -1293,7 +1293,7 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     case ANVIL_OP_EMBEDDING:
         return ops->embedding(be, w0, s, &out);
     case ANVIL_OP_RMSNORM:
-        return ops->rmsnorm(be, &a, w0, (float)op->eps, &out);
+        return ops->rmsnorm(be, &a, w0, (float)op->eps, op->weight_offset, &out);
     case ANVIL_OP_HEAD_RMSNORM:
         return ops->head_rmsnorm(be, &a, w0, (int32_t)op->head_dim, (float)op->eps, &out);
     case ANVIL_OP_LINEAR:
@@ -1307,7 +1307,7 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .k_cache = &rt->k_cache[p->layer], .v_cache = &rt->v_cache[p->layer],
             .out = &out, .step = s,
             .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
-            .sliding_window = p->sliding_window, .scale = p->scale,
+            .sliding_window = p->sliding_window, .scale = p->scale, .softcap = p->softcap,
             .k_scale = rt->kv_scales[2 * p->layer], .v_scale = rt->kv_scales[2 * p->layer + 1],
         };
         return ops->attention(be, &args);
@@ -1318,6 +1318,15 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
         return ops->add(be, &a, &b, &out);
     case ANVIL_OP_LOGIT_ROWS:
         return ops->gather_rows(be, &a, s, &out);
+    case ANVIL_OP_GELU_TANH_MUL:
+        CHECK(ops->gelu_tanh_mul != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no gelu_tanh_mul", ops->name);
+        return ops->gelu_tanh_mul(be, &a, &b, &out);
+    case ANVIL_OP_SCALE:
+        CHECK(ops->scale != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no scale op", ops->name);
+        return ops->scale(be, &a, op->scalar, &out);
+    case ANVIL_OP_SOFTCAP:
+        CHECK(ops->softcap != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no softcap op", ops->name);
+        return ops->softcap(be, &a, op->scalar, &out);
     case ANVIL_OP_ALL_REDUCE:
     case ANVIL_OP_ALL_GATHER:
         return anvil_rt_tp_collective(rt, op, &a, &out);
@@ -1400,7 +1409,7 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .k_cache = &rt->k_cache[p->layer], .v_cache = &rt->v_cache[p->layer],
             .out = &out, .step = s,
             .n_heads = p->n_heads, .n_kv_heads = p->n_kv_heads, .head_dim = p->head_dim,
-            .sliding_window = p->sliding_window, .scale = p->scale,
+            .sliding_window = p->sliding_window, .scale = p->scale, .softcap = p->softcap,
             .k_scale = rt->kv_scales[2 * p->layer], .v_scale = rt->kv_scales[2 * p->layer + 1],
             .rope = &rt->rope_freqs[f->rope_op],
         };

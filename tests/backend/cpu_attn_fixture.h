@@ -35,6 +35,7 @@ typedef struct attn_fixture {
     void *kc0, *vc0;           /* the caches before the step */
     size_t cache_bytes;
     float k_scale, v_scale;    /* an fp8 cache's (anvil_attention_args); 0 (as built): 1 */
+    float softcap;             /* the scores' soft cap (Gemma 2); 0 (as built): none */
 } attn_fixture;
 
 static inline void *fix_calloc(size_t n, size_t sz)
@@ -198,7 +199,7 @@ static inline attn_result attn_fixture_run(const attn_fixture *f, anvil_backend 
         .q = &tq, .k = &tk, .v = &tv, .k_cache = &tkc, .v_cache = &tvc, .out = &to, .step = &f->step,
         .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
         .sliding_window = c->window, .scale = c->scale != 0 ? c->scale : 1.0f / sqrtf((float)c->head_dim),
-        .k_scale = f->k_scale, .v_scale = f->v_scale,
+        .k_scale = f->k_scale, .v_scale = f->v_scale, .softcap = f->softcap,
     };
     if (be == NULL)
         KIT_OK(anvil_cpu_ref_attention(&a));

@@ -70,15 +70,24 @@ static void test_attention_vs_reference(void **state)
     kit_backends kb = kit_backends_new(2);
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
       const int fp8 = cases[ci].cache_dt == ANVIL_DTYPE_F8_E4M3;
-      for (size_t si = 0; si < (fp8 ? sizeof fp8_scales / sizeof fp8_scales[0] : 1); si++) {
+      /* fp8 cases: each pair of scales; the others: without and with a
+       * soft cap on the scores (Gemma 2), one that bends them (|q.k *
+       * scale| reaches a few here), and fp8's last pair with it too */
+      const size_t n_runs = fp8 ? sizeof fp8_scales / sizeof fp8_scales[0] + 1 : 2;
+      for (size_t si = 0; si < n_runs; si++) {
         char name[300];
-        case_name(&cases[ci], name, sizeof name - 40);
+        case_name(&cases[ci], name, sizeof name - 80);
         attn_fixture f;
         attn_fixture_build(&f, &cases[ci], &rng);
+        const size_t n_scales = sizeof fp8_scales / sizeof fp8_scales[0];
         if (fp8) {
-            f.k_scale = fp8_scales[si][0];
-            f.v_scale = fp8_scales[si][1];
+            f.k_scale = fp8_scales[si < n_scales ? si : n_scales - 1][0];
+            f.v_scale = fp8_scales[si < n_scales ? si : n_scales - 1][1];
             snprintf(name + strlen(name), 40, " scales %g %g", (double)f.k_scale, (double)f.v_scale);
+        }
+        if (si == n_runs - 1 && (!fp8 || si == n_scales)) {
+            f.softcap = 0.75f;
+            snprintf(name + strlen(name), 40, " softcap %g", (double)f.softcap);
         }
         attn_result want = attn_fixture_run(&f, NULL);
         float atol = 0, rtol = 0;
@@ -283,6 +292,14 @@ static void test_attention_reference_by_hand(void **state)
     assert_float_equal(out[0], (float)((1.0 * e0 + 2.0 * e1 + 3.0 * e2) / z), 1e-6);
     assert_float_equal(out[1], -1.0f, 1e-6);
     attn_result_free(&r);
+    /* soft-capped scores (Gemma 2): c(s) = 1.5 tanh(s / 1.5) before the softmax */
+    f.softcap = 1.5f;
+    r = attn_fixture_run(&f, NULL);
+    double c1 = exp(1.5 * tanh(1.0 / 1.5)), c2 = exp(1.5 * tanh(2.0 / 1.5)), zc = 1.0 + c1 + c2;
+    out = r.out.data;
+    assert_float_equal(out[0], (float)((1.0 + 2.0 * c1 + 3.0 * c2) / zc), 1e-6);
+    assert_true(fabsf(out[0] - (float)((1.0 * e0 + 2.0 * e1 + 3.0 * e2) / z)) > 1e-2); /* the cap moved it */
+    attn_result_free(&r);
     attn_fixture_free(&f);
 }
 
@@ -376,6 +393,16 @@ static void test_attention_errors(void **state)
     a = good;
     a.k_scale = -1.0f;
     KIT_OK(run_args(be, a));
+
+    /* a soft cap: 0 (none) or positive and finite */
+    a = good;
+    a.softcap = -1.0f;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "softcap -1");
+    assert_status_msg(anvil_cpu_ref_attention(&a), ANVIL_ERR_INVALID_ARG, "softcap");
+    a.softcap = NAN;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "softcap");
+    a.softcap = INFINITY;
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "softcap");
 
     /* and the reference refuses the same calls */
     a = good;

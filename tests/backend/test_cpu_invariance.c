@@ -80,13 +80,13 @@ static void test_rmsnorm_batch_invariance(void **state)
     kit_fill_dtype(w, ANVIL_DTYPE_BF16, D, &rng);
     anvil_tensor tw = anvil_tensor_1d(ANVIL_DTYPE_BF16, D, w);
     anvil_tensor tr = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, D, row), ta = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, D, alone);
-    KIT_OK(be[0]->ops->rmsnorm(be[0], &tr, &tw, 1e-5f, &ta));
+    KIT_OK(be[0]->ops->rmsnorm(be[0], &tr, &tw, 1e-5f, 0.0f, &ta));
     for (int64_t T = 2; T <= Tmax; T += 17) {
         kit_fill_f32(x, T * D, &rng);
         memcpy(x + (T - 1) * D, row, (size_t)D * 4);
         anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, x), to = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, out);
         for (int th = 0; th < N_THREAD_COUNTS; th++) {
-            KIT_OK(be[th]->ops->rmsnorm(be[th], &tx, &tw, 1e-5f, &to));
+            KIT_OK(be[th]->ops->rmsnorm(be[th], &tx, &tw, 1e-5f, 0.0f, &to));
             kit_expect_bitwise("rmsnorm row in batch", out + (T - 1) * D, alone, (size_t)D * 4);
         }
     }

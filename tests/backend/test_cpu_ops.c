@@ -1,6 +1,7 @@
 /*
  * The CPU backend's light ops (embedding, rmsnorm, head_rmsnorm, rope,
- * silu_mul, add, gather_rows) against the scalar reference on
+ * silu_mul, add, gather_rows, and Gemma's gelu_tanh_mul, scale, softcap and
+ * rmsnorm weight offset) against the scalar reference on
  * table-driven shapes and dtypes with guard bytes; the reference itself on
  * values checked by hand; memory ops; and the error paths.
  */
@@ -26,26 +27,29 @@ static void test_rmsnorm(void **state)
         for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
             int64_t D = widths[wi], T = row_counts[ri];
             anvil_dtype wdt = wdts[(wi + ri) % 3];
+            /* every other shape with Gemma's (1 + w) */
+            const float off = (wi + ri) % 2 ? 1.0f : 0.0f;
             char name[128];
-            snprintf(name, sizeof name, "rmsnorm T=%lld D=%lld w=%s", (long long)T, (long long)D, kit_dt(wdt));
+            snprintf(name, sizeof name, "rmsnorm T=%lld D=%lld w=%s w_offset=%g", (long long)T, (long long)D,
+                     kit_dt(wdt), (double)off);
             gbuf x = gbuf_new((size_t)(T * D) * 4, 0), w = gbuf_new((size_t)D * anvil_dtype_size(wdt), 2);
             kit_fill_f32(x.data, T * D, &rng);
             kit_fill_dtype(w.data, wdt, D, &rng);
             gbuf want = gbuf_new((size_t)(T * D) * 4, 0);
             anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, x.data), tw = anvil_tensor_1d(wdt, D, w.data);
             anvil_tensor twant = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, want.data);
-            KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw, 1e-5f, &twant));
+            KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw, 1e-5f, off, &twant));
             for (int i = 0; i < kb.n; i++) {
                 gbuf got = gbuf_new((size_t)(T * D) * 4, 0);
                 anvil_tensor tgot = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, got.data);
-                KIT_OK(kb.be[i]->ops->rmsnorm(kb.be[i], &tx, &tw, 1e-5f, &tgot));
+                KIT_OK(kb.be[i]->ops->rmsnorm(kb.be[i], &tx, &tw, 1e-5f, off, &tgot));
                 gbuf_check(&got, name);
                 kit_expect_close(name, got.data, want.data, NULL, T * D, NORM_ATOL, NORM_RTOL);
                 /* in place gives the same bits */
                 gbuf inplace = gbuf_new((size_t)(T * D) * 4, 0);
                 memcpy(inplace.data, x.data, (size_t)(T * D) * 4);
                 anvil_tensor tin = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, inplace.data);
-                KIT_OK(kb.be[i]->ops->rmsnorm(kb.be[i], &tin, &tw, 1e-5f, &tin));
+                KIT_OK(kb.be[i]->ops->rmsnorm(kb.be[i], &tin, &tw, 1e-5f, off, &tin));
                 kit_expect_bitwise(name, inplace.data, got.data, got.bytes);
                 gbuf_free(&inplace);
                 gbuf_free(&got);
@@ -85,7 +89,7 @@ static void test_head_rmsnorm(void **state)
                 anvil_tensor slice_x = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, hd, (float *)x.data + D - hd);
                 float *slice_o = malloc((size_t)hd * 4);
                 anvil_tensor slice_t = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, hd, slice_o);
-                KIT_OK(anvil_cpu_ref_rmsnorm(&slice_x, &tw, 1e-6f, &slice_t));
+                KIT_OK(anvil_cpu_ref_rmsnorm(&slice_x, &tw, 1e-6f, 0.0f, &slice_t));
                 kit_expect_bitwise(name, slice_o, (float *)want.data + D - hd, (size_t)hd * 4);
                 free(slice_o);
                 for (int i = 0; i < kb.n; i++) {
@@ -109,7 +113,7 @@ static void test_rmsnorm_reference_by_hand(void **state)
     float x[4] = {1, 2, 3, 4}, w[4] = {1, 0.5f, 2, -1}, out[4];
     anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, x), tw = anvil_tensor_1d(ANVIL_DTYPE_F32, 4, w);
     anvil_tensor to = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, out);
-    KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw, 0.0f, &to));
+    KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw, 0.0f, 0.0f, &to));
     float inv = 1.0f / sqrtf(7.5f); /* mean(1, 4, 9, 16) = 7.5 */
     assert_float_equal(out[0], 1 * inv * 1, 1e-7);
     assert_float_equal(out[1], 2 * inv * 0.5f, 1e-7);
@@ -236,6 +240,114 @@ static void test_elementwise(void **state)
     kit_backends_free(&kb);
 }
 
+/* Gemma's elementwise ops against the reference, to the bit (the same
+ * expression per element), out aliasing the input, and values by hand. */
+static void test_gemma_elementwise(void **state)
+{
+    (void)state;
+    uint64_t rng = 15;
+    kit_backends kb = kit_backends_new(2);
+    static const int64_t shapes[][2] = {{1, 1}, {1, 17}, {3, 100}, {7, 2048}, {33, 8192}, {70, 129}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t T = shapes[si][0], D = shapes[si][1], n = T * D;
+        char name[128];
+        gbuf a = gbuf_new((size_t)n * 4, 0), b = gbuf_new((size_t)n * 4, 0);
+        kit_fill_f32(a.data, n, &rng);
+        kit_fill_f32(b.data, n, &rng);
+        float *av = a.data;
+        for (int64_t i = 0; i < n; i++)
+            av[i] *= 8.0f; /* past the caps and GELU's bend */
+        av[0] = 30.0f;
+        if (n > 1)
+            av[1] = -30.0f;
+        anvil_tensor ta = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, a.data), tb = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, b.data);
+        gbuf want_g = gbuf_new((size_t)n * 4, 0), want_s = gbuf_new((size_t)n * 4, 0), want_c = gbuf_new((size_t)n * 4, 0);
+        anvil_tensor twg = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, want_g.data);
+        anvil_tensor tws = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, want_s.data);
+        anvil_tensor twc = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, want_c.data);
+        KIT_OK(anvil_cpu_ref_gelu_tanh_mul(&ta, &tb, &twg));
+        KIT_OK(anvil_cpu_ref_scale(&ta, 6.5f, &tws));
+        KIT_OK(anvil_cpu_ref_softcap(&ta, 5.0f, &twc));
+        for (int i = 0; i < kb.n; i++) {
+            gbuf got = gbuf_new((size_t)n * 4, 0);
+            anvil_tensor tg = anvil_tensor_2d(ANVIL_DTYPE_F32, T, D, got.data);
+            snprintf(name, sizeof name, "gelu_tanh_mul [%lld, %lld]", (long long)T, (long long)D);
+            KIT_OK(kb.be[i]->ops->gelu_tanh_mul(kb.be[i], &ta, &tb, &tg));
+            gbuf_check(&got, name);
+            kit_expect_bitwise(name, got.data, want_g.data, got.bytes);
+            snprintf(name, sizeof name, "scale [%lld, %lld]", (long long)T, (long long)D);
+            KIT_OK(kb.be[i]->ops->scale(kb.be[i], &ta, 6.5f, &tg));
+            gbuf_check(&got, name);
+            kit_expect_bitwise(name, got.data, want_s.data, got.bytes);
+            memcpy(got.data, a.data, a.bytes); /* in place */
+            KIT_OK(kb.be[i]->ops->scale(kb.be[i], &tg, 6.5f, &tg));
+            kit_expect_bitwise(name, got.data, want_s.data, got.bytes);
+            snprintf(name, sizeof name, "softcap [%lld, %lld]", (long long)T, (long long)D);
+            KIT_OK(kb.be[i]->ops->softcap(kb.be[i], &ta, 5.0f, &tg));
+            gbuf_check(&got, name);
+            kit_expect_bitwise(name, got.data, want_c.data, got.bytes);
+            memcpy(got.data, a.data, a.bytes);
+            KIT_OK(kb.be[i]->ops->softcap(kb.be[i], &tg, 5.0f, &tg));
+            kit_expect_bitwise(name, got.data, want_c.data, got.bytes);
+            gbuf_free(&got);
+        }
+        /* by hand: gelu(30) u = 30 u, gelu(-30) u = 0; 30 capped at 5 is
+         * 5 tanh(6), -30 its negative; every capped value inside (-5, 5) */
+        const float *bv = b.data, *g = want_g.data, *s = want_s.data, *c = want_c.data;
+        assert_float_equal(g[0], 30.0f * bv[0], 1e-4);
+        assert_float_equal(c[0], 5.0f * tanhf(6.0f), 1e-6);
+        if (n > 1) {
+            assert_float_equal(g[1], 0.0f, 1e-9);
+            assert_float_equal(c[1], -5.0f * tanhf(6.0f), 1e-6);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            assert_true(fabsf(c[i]) <= 5.0f && fabsf(c[i]) <= fabsf(av[i]) * (1 + 1e-6f) && c[i] * av[i] >= 0);
+            assert_true(s[i] == av[i] * 6.5f);
+        }
+        gbuf_free(&want_g);
+        gbuf_free(&want_s);
+        gbuf_free(&want_c);
+        gbuf_free(&a);
+        gbuf_free(&b);
+    }
+    /* gelu_tanh by hand: 0 at 0, 0.5 (1 + tanh(sqrt(2/pi) 1.044715)) at 1
+     * (PyTorch: 0.841192), odd part g - gelu(g) = gelu(-g) */
+    assert_float_equal(anvil_cpu_gelu_tanh(0.0f), 0.0f, 0);
+    assert_float_equal(anvil_cpu_gelu_tanh(1.0f), 0.841192f, 1e-6);
+    assert_float_equal(anvil_cpu_gelu_tanh(-1.0f), 0.841192f - 1.0f, 1e-6);
+    kit_backends_free(&kb);
+}
+
+/* The (1 + w) norm by hand: w = 0 with offset 1 is the plain norm with w = 1. */
+static void test_rmsnorm_offset_by_hand(void **state)
+{
+    (void)state;
+    float x[4] = {1, 2, 3, 4}, w0[4] = {0, 0, 0, 0}, w1[4] = {1, 1, 1, 1}, wh[4] = {0.5f, -1, 0, 2};
+    float a[4], b[4], c[4];
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, x), ta = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, a);
+    anvil_tensor tb = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, b), tc = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 4, c);
+    anvil_tensor tw0 = anvil_tensor_1d(ANVIL_DTYPE_F32, 4, w0), tw1 = anvil_tensor_1d(ANVIL_DTYPE_F32, 4, w1);
+    anvil_tensor twh = anvil_tensor_1d(ANVIL_DTYPE_F32, 4, wh);
+    KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw0, 1e-6f, 1.0f, &ta));
+    KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &tw1, 1e-6f, 0.0f, &tb));
+    assert_memory_equal(a, b, sizeof a);
+    KIT_OK(anvil_cpu_ref_rmsnorm(&tx, &twh, 1e-6f, 1.0f, &tc));
+    const float inv = 1.0f / sqrtf(7.5f + 1e-6f); /* mean of 1, 4, 9, 16 */
+    for (int i = 0; i < 4; i++)
+        assert_float_equal(c[i], x[i] * inv * (1.0f + wh[i]), 1e-6);
+    anvil_backend *be = NULL;
+    KIT_OK(anvil_backend_cpu_create(1, &be));
+    assert_status_msg(be->ops->rmsnorm(be, &tx, &tw0, 1e-6f, NAN, &ta), ANVIL_ERR_INVALID_ARG, "weight offset");
+    /* the scalar ops' errors: a cap that is not positive, shapes that differ */
+    assert_status_msg(be->ops->softcap(be, &tx, 0.0f, &ta), ANVIL_ERR_INVALID_ARG, "cap");
+    assert_status_msg(be->ops->softcap(be, &tx, -3.0f, &ta), ANVIL_ERR_INVALID_ARG, "cap");
+    assert_status_msg(anvil_cpu_ref_softcap(&tx, NAN, &ta), ANVIL_ERR_INVALID_ARG, "cap");
+    anvil_tensor t22 = anvil_tensor_2d(ANVIL_DTYPE_F32, 2, 2, a);
+    assert_status_msg(be->ops->scale(be, &tx, 2.0f, &t22), ANVIL_ERR_INVALID_ARG, "shape");
+    assert_status_msg(be->ops->gelu_tanh_mul(be, &tx, &tx, &t22), ANVIL_ERR_INVALID_ARG, "shape");
+    anvil_backend_free(be);
+}
+
 static void test_embedding_and_gather(void **state)
 {
     (void)state;
@@ -328,7 +440,7 @@ static void test_op_errors(void **state)
 
     /* norms: weight length, head_dim not dividing the row */
     anvil_tensor tw3 = anvil_tensor_1d(ANVIL_DTYPE_F32, 3, w);
-    assert_status_msg(be->ops->rmsnorm(be, &tx, &tw3, 1e-5f, &to), ANVIL_ERR_INVALID_ARG, "weight");
+    assert_status_msg(be->ops->rmsnorm(be, &tx, &tw3, 1e-5f, 0.0f, &to), ANVIL_ERR_INVALID_ARG, "weight");
     anvil_tensor tw2 = anvil_tensor_1d(ANVIL_DTYPE_F32, 3, w);
     assert_status_msg(be->ops->head_rmsnorm(be, &tx, &tw2, 3, 1e-5f, &to), ANVIL_ERR_INVALID_ARG, "multiple");
 
@@ -395,6 +507,8 @@ int main(void)
         cmocka_unit_test(test_rope_reference_by_hand),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_gemma_elementwise),
+        cmocka_unit_test(test_rmsnorm_offset_by_hand),
         cmocka_unit_test(test_embedding_and_gather),
         cmocka_unit_test(test_op_errors),
         cmocka_unit_test(test_memory_ops),

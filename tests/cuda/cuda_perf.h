@@ -34,7 +34,7 @@ static int perf_run(perf_op *p)
     switch (p->kind) {
     case PERF_MATMUL: st = be->ops->matmul(be, &p->x, &p->w, NULL, &p->out); break;
     case PERF_ATTN: st = be->ops->attention(be, &p->attn); break;
-    case PERF_RMSNORM: st = be->ops->rmsnorm(be, &p->x, &p->w, 1e-5f, &p->out); break;
+    case PERF_RMSNORM: st = be->ops->rmsnorm(be, &p->x, &p->w, 1e-5f, 0.0f, &p->out); break;
     case PERF_SILU: st = be->ops->silu_mul(be, &p->x, &p->y, &p->out); break;
     case PERF_ADD: st = be->ops->add(be, &p->x, &p->y, &p->out); break;
     case PERF_COPY:

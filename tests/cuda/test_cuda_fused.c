@@ -134,7 +134,7 @@ static void test_add_rmsnorm(void **s)
                 anvil_tensor ts1 = anvil_tensor_2d(dts[d], rows, W, sum1),
                              tn1 = anvil_tensor_2d(dts[d], rows, W, norm1);
                 assert_int_equal(be->ops->add(be, &ta, &tb, &ts1), ANVIL_OK);
-                assert_int_equal(be->ops->rmsnorm(be, &ts1, &tw, 1e-5f, &tn1), ANVIL_OK);
+                assert_int_equal(be->ops->rmsnorm(be, &ts1, &tw, 1e-5f, 0.0f, &tn1), ANVIL_OK);
                 /* fused, with sum written over a (as the runtime may) */
                 anvil_tensor tn2 = anvil_tensor_2d(dts[d], rows, W, norm2);
                 assert_int_equal(be->ops->add_rmsnorm(be, &ta, &tb, &tw, 1e-5f, &ta, &tn2), ANVIL_OK);
@@ -230,7 +230,7 @@ static void norm_reference(anvil_backend *be, const anvil_tensor *a, const anvil
                            anvil_tensor *u)
 {
     assert_int_equal(be->ops->add(be, a, b, sum), ANVIL_OK);
-    assert_int_equal(be->ops->rmsnorm(be, sum, nw, 1e-5f, x), ANVIL_OK);
+    assert_int_equal(be->ops->rmsnorm(be, sum, nw, 1e-5f, 0.0f, x), ANVIL_OK);
     if (silu) {
         assert_int_equal(be->ops->matmul(be, x, &w[0], bias[0], g), ANVIL_OK);
         assert_int_equal(be->ops->matmul(be, x, &w[1], bias[1], u), ANVIL_OK);

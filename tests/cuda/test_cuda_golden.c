@@ -1,6 +1,6 @@
 /*
  * Golden tests on CUDA: the runtime on the CUDA backend against Hugging
- * Face transformers, for every Llama-family model (and Phi-3) in
+ * Face transformers, for every Llama-family model (and Phi-3, Gemma 2) in
  * $ANVIL_SHARED_DIR/golden/models.
  *
  * f32 (exact mode, weights converted to f32): for every prompt the logits
@@ -376,6 +376,7 @@ static void test_tiny_qwen2(void **s) { (void)s; run_model("tiny-qwen2"); }
 static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
 static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
 static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
+static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
 
 int main(int argc, char **argv)
 {
@@ -385,7 +386,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stories260K),  cmocka_unit_test(test_tinycode),
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
-        cmocka_unit_test(test_tiny_phi3),
+        cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
         cmocka_unit_test(test_bf16_top1_pooled),
         cmocka_unit_test(test_fp8_kv),
     };

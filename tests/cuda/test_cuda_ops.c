@@ -371,7 +371,8 @@ static void test_embedding(void **state)
 
 /* ---------------------------------------------------------------- norms */
 
-static void run_norm(fixture *f, int a, int64_t rows, int64_t width, int32_t head_dim, anvil_dtype wdt, float eps)
+static void run_norm(fixture *f, int a, int64_t rows, int64_t width, int32_t head_dim, anvil_dtype wdt, float eps,
+                     float w_offset)
 {
     anvil_backend *g = f->gpu[a];
     const anvil_dtype act = act_dtypes[a];
@@ -386,7 +387,7 @@ static void run_norm(fixture *f, int a, int64_t rows, int64_t width, int32_t hea
     if (head_dim > 0)
         OK_OR_FAIL(f->cpu->ops->head_rmsnorm(f->cpu, &xh, &wth, head_dim, eps, &oh), "cpu head_rmsnorm");
     else
-        OK_OR_FAIL(f->cpu->ops->rmsnorm(f->cpu, &xh, &wth, eps, &oh), "cpu rmsnorm");
+        OK_OR_FAIL(f->cpu->ops->rmsnorm(f->cpu, &xh, &wth, eps, w_offset, &oh), "cpu rmsnorm");
 
     void *xd = dev_upload_floats(g, x, n, act);
     void *wd = dev_upload_raw(g, wh, (size_t)wn * anvil_dtype_size(wdt));
@@ -397,16 +398,17 @@ static void run_norm(fixture *f, int a, int64_t rows, int64_t width, int32_t hea
     if (head_dim > 0)
         OK_OR_FAIL(g->ops->head_rmsnorm(g, &xt, &wt, head_dim, eps, &ot), "cuda head_rmsnorm");
     else
-        OK_OR_FAIL(g->ops->rmsnorm(g, &xt, &wt, eps, &ot), "cuda rmsnorm");
+        OK_OR_FAIL(g->ops->rmsnorm(g, &xt, &wt, eps, w_offset, &ot), "cuda rmsnorm");
     float *got = dev_download_floats(g, od, n, act, "rmsnorm");
     char name[128];
-    snprintf(name, sizeof name, "%s act=%s w=%s rows=%lld width=%lld hd=%d", head_dim ? "head_rmsnorm" : "rmsnorm",
-             anvil_dtype_name(act), anvil_dtype_name(wdt), (long long)rows, (long long)width, head_dim);
+    snprintf(name, sizeof name, "%s act=%s w=%s rows=%lld width=%lld hd=%d w_offset=%g",
+             head_dim ? "head_rmsnorm" : "rmsnorm", anvil_dtype_name(act), anvil_dtype_name(wdt), (long long)rows,
+             (long long)width, head_dim, (double)w_offset);
     expect_close(name, got, want, n, tol_for(act, 1));
 
     /* in place (out == x) gives the same */
     if (head_dim == 0) {
-        OK_OR_FAIL(g->ops->rmsnorm(g, &xt, &wt, eps, &xt), "cuda rmsnorm in place");
+        OK_OR_FAIL(g->ops->rmsnorm(g, &xt, &wt, eps, w_offset, &xt), "cuda rmsnorm in place");
         float *got2 = dev_download_floats(g, xd, n, act, "rmsnorm in place");
         expect_close(name, got2, want, n, tol_for(act, 1));
         free(got2);
@@ -431,7 +433,7 @@ static void test_rmsnorm(void **state)
         for (size_t r = 0; r < 3; r++)
             for (size_t w = 0; w < 5; w++)
                 run_norm(f, a, rows[r], widths[w], 0, w % 2 ? act_dtypes[a] : ANVIL_DTYPE_F32,
-                         w % 2 ? 1e-6f : 1e-5f);
+                         w % 2 ? 1e-6f : 1e-5f, r % 2 ? 1.0f : 0.0f); /* Gemma's (1 + w) on odd rows */
 }
 
 static void test_head_rmsnorm(void **state)
@@ -441,8 +443,8 @@ static void test_head_rmsnorm(void **state)
     const int32_t hds[] = {32, 64, 128};
     for (int a = 0; a < N_ACT; a++)
         for (size_t h = 0; h < 3; h++) {
-            run_norm(f, a, 1, 8 * hds[h], hds[h], ANVIL_DTYPE_BF16, 1e-6f);
-            run_norm(f, a, 9, 3 * hds[h], hds[h], ANVIL_DTYPE_F32, 1e-6f);
+            run_norm(f, a, 1, 8 * hds[h], hds[h], ANVIL_DTYPE_BF16, 1e-6f, 0.0f);
+            run_norm(f, a, 9, 3 * hds[h], hds[h], ANVIL_DTYPE_F32, 1e-6f, 0.0f);
         }
 }
 
@@ -690,6 +692,75 @@ static void test_elementwise(void **state)
     }
 }
 
+/* Gemma's elementwise ops against the CPU's: gelu_tanh_mul, scale (its
+ * factor rounded to the activation dtype first, so the CPU gets the factor
+ * rounded the same way) and softcap, in place too. */
+static void test_gemma_elementwise(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    const int64_t shapes[][2] = {{1, 1}, {3, 1001}, {17, 14336}};
+    const float c = 59.866518f, cap = 5.0f; /* sqrt(3584), Gemma 2 9B's normalizer: not a bf16 value */
+    for (int a = 0; a < N_ACT; a++) {
+        anvil_backend *g = f->gpu[a];
+        const anvil_dtype act = act_dtypes[a];
+        const float c_act = act == ANVIL_DTYPE_BF16  ? anvil_bf16_to_f32(anvil_f32_to_bf16(c))
+                            : act == ANVIL_DTYPE_F16 ? anvil_f16_to_f32(anvil_f32_to_f16(c))
+                                                     : c;
+        for (size_t s = 0; s < 3; s++) {
+            const int64_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+            float *x = rand_floats(&f->rng, n, 12.0f, act), *y = rand_floats(&f->rng, n, 2.0f, act);
+            float *w1 = malloc((size_t)n * 4), *w2 = malloc((size_t)n * 4), *w3 = malloc((size_t)n * 4);
+            anvil_tensor xh = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, x), yh = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, y);
+            anvil_tensor o1 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w1), o2 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w2);
+            anvil_tensor o3 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w3);
+            OK_OR_FAIL(f->cpu->ops->gelu_tanh_mul(f->cpu, &xh, &yh, &o1), "cpu gelu_tanh_mul");
+            OK_OR_FAIL(f->cpu->ops->scale(f->cpu, &xh, c_act, &o2), "cpu scale");
+            OK_OR_FAIL(f->cpu->ops->softcap(f->cpu, &xh, cap, &o3), "cpu softcap");
+
+            void *xd = dev_upload_floats(g, x, n, act), *yd = dev_upload_floats(g, y, n, act);
+            void *od = dev_alloc(g, (size_t)n * anvil_dtype_size(act));
+            anvil_tensor xt = anvil_tensor_2d(act, R, C, xd), yt = anvil_tensor_2d(act, R, C, yd);
+            anvil_tensor ot = anvil_tensor_2d(act, R, C, od);
+            char name[96];
+            snprintf(name, sizeof name, "gelu_tanh_mul act=%s [%lld, %lld]", anvil_dtype_name(act), (long long)R,
+                     (long long)C);
+            OK_OR_FAIL(g->ops->gelu_tanh_mul(g, &xt, &yt, &ot), name);
+            float *got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w1, n, tol_for(act, 1));
+            free(got);
+            snprintf(name, sizeof name, "scale act=%s [%lld, %lld]", anvil_dtype_name(act), (long long)R, (long long)C);
+            OK_OR_FAIL(g->ops->scale(g, &xt, c, &ot), name);
+            got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w2, n, tol_for(act, 1));
+            free(got);
+            snprintf(name, sizeof name, "softcap act=%s [%lld, %lld]", anvil_dtype_name(act), (long long)R,
+                     (long long)C);
+            OK_OR_FAIL(g->ops->softcap(g, &xt, cap, &ot), name);
+            got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w3, n, tol_for(act, 1));
+            free(got);
+            /* in place, as the runtime may run them */
+            OK_OR_FAIL(g->ops->softcap(g, &xt, cap, &xt), name);
+            got = dev_download_floats(g, xd, n, act, name);
+            expect_close(name, got, w3, n, tol_for(act, 1));
+            free(got);
+            assert_status_msg(g->ops->softcap(g, &xt, 0.0f, &ot), ANVIL_ERR_INVALID_ARG, "cap");
+            anvil_tensor bad = anvil_tensor_2d(act, R, C + 1, yd);
+            assert_status_msg(g->ops->gelu_tanh_mul(g, &xt, &bad, &ot), ANVIL_ERR_INVALID_ARG, "shape");
+            assert_status_msg(g->ops->scale(g, &xt, c, &bad), ANVIL_ERR_INVALID_ARG, "shape");
+            g->ops->free(g, xd);
+            g->ops->free(g, yd);
+            g->ops->free(g, od);
+            free(x);
+            free(y);
+            free(w1);
+            free(w2);
+            free(w3);
+        }
+    }
+}
+
 static void test_gather_rows(void **state)
 {
     NEED_GPU();
@@ -840,6 +911,7 @@ static void free_step(attn_step_host *h)
 }
 
 static float attn_k_scale, attn_v_scale; /* an fp8 cache's scales for the runs of attn_run_case */
+static float attn_softcap;               /* the scores' soft cap (Gemma 2) for them; 0: none */
 
 typedef struct attn_env {
     const attn_case *c;
@@ -886,7 +958,7 @@ static void attn_run_step(fixture *f, attn_env *e, int phase, const char *mode)
     anvil_attention_args ah = {.q = &qh, .k = &kh, .v = &vh, .k_cache = &kch, .v_cache = &vch, .out = &oh,
                                .step = &sh, .n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
                                .head_dim = c->head_dim, .sliding_window = c->window, .scale = scale,
-                               .k_scale = attn_k_scale, .v_scale = attn_v_scale};
+                               .k_scale = attn_k_scale, .v_scale = attn_v_scale, .softcap = attn_softcap};
     OK_OR_FAIL(f->cpu->ops->attention(f->cpu, &ah), "cpu attention");
 
     /* the same step on the GPU */
@@ -989,14 +1061,14 @@ static void attn_run_case(fixture *f, const attn_case *c, int a, anvil_cuda_attn
     anvil_cuda_knobs k = {.attn_kernel = kernel, .attn_splits = splits, .attn_decode_stages = attn_stages,
                           .attn_prefill_rows = attn_rows};
     assert_int_equal(anvil_cuda_set_knobs(g, &k), ANVIL_OK);
-    char mode[80];
-    snprintf(mode, sizeof mode, "%s splits=%d stages=%d rows=%d scales=%g,%g",
+    char mode[96];
+    snprintf(mode, sizeof mode, "%s splits=%d stages=%d rows=%d scales=%g,%g softcap=%g",
              kernel == ANVIL_CUDA_ATTN_AUTO     ? "auto"
              : kernel == ANVIL_CUDA_ATTN_DECODE ? "decode"
              : kernel == ANVIL_CUDA_ATTN_PREFILL ? "prefill"
              : kernel == ANVIL_CUDA_ATTN_DECODE_SIMT ? "decode-simt"
                                                  : "prefill-simt",
-             splits, attn_stages, attn_rows, (double)attn_k_scale, (double)attn_v_scale);
+             splits, attn_stages, attn_rows, (double)attn_k_scale, (double)attn_v_scale, (double)attn_softcap);
     attn_run_step(f, &e, 0, mode);
     attn_run_step(f, &e, 1, mode);
     reset_knobs(g);
@@ -1129,6 +1201,41 @@ static void test_attention_fp8(void **state)
     }
     attn_fp8 = 0;
     attn_k_scale = attn_v_scale = 0.0f;
+}
+
+/*
+ * Soft-capped scores (Gemma 2's attn_logit_softcapping) against the CPU's,
+ * under every kernel choice: the tensor-core kernels do not cap, so the
+ * backend takes the SIMT ones for a soft cap whatever the knob (a cap that
+ * reached a tensor-core kernel would be ignored and fail here: 1.5 bends
+ * these scores, |q.k| * scale reaching a few). An fp8 cache too (the SIMT
+ * tiled kernel).
+ */
+static void test_attention_softcap(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    attn_softcap = 1.5f;
+    for (size_t i = 0; i < sizeof attn_cases / sizeof attn_cases[0]; i++) {
+        const attn_case *c = &attn_cases[i];
+        if (c->big)
+            continue;
+        for (int a = 0; a < N_ACT; a++) {
+            attn_run_case(f, c, a, ANVIL_CUDA_ATTN_AUTO, 0);
+            attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
+            attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
+            attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+        }
+    }
+    attn_fp8 = 1;
+    for (size_t i = 0; i < sizeof attn_fp8_cases / sizeof attn_fp8_cases[0]; i++)
+        if (!attn_fp8_cases[i].big)
+            for (int a = 1; a < N_ACT; a++) {
+                attn_run_case(f, &attn_fp8_cases[i], a, ANVIL_CUDA_ATTN_AUTO, 0);
+                attn_run_case(f, &attn_fp8_cases[i], a, ANVIL_CUDA_ATTN_DECODE, 0);
+            }
+    attn_fp8 = 0;
+    attn_softcap = 0.0f;
 }
 
 /* Bad slots and block tables come back as ANVIL_ERR_INVALID_ARG at the
@@ -1266,9 +1373,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_matmul_errors),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_gemma_elementwise),
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_fp8),
+        cmocka_unit_test(test_attention_softcap),
         cmocka_unit_test(test_attention_errors),
     };
     return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);

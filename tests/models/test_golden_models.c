@@ -1,6 +1,6 @@
 /*
  * Golden tests: anvil's CPU forward against Hugging Face transformers.
- * For every prompt of every Llama-family model (and Phi-3) in ../shared/golden/models:
+ * For every prompt of every Llama-family model (and Phi-3, Gemma 2) in ../shared/golden/models:
  * the logits at every position within 1e-4 x max|logit| of HF's (float32),
  * the same logits when all prompts run packed in one batch, and the greedy
  * continuation identical token for token.
@@ -158,6 +158,7 @@ static void test_tiny_qwen2(void **s) { (void)s; run_model("tiny-qwen2"); }
 static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
 static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
 static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
+static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
 
 int main(void)
 {
@@ -165,7 +166,7 @@ int main(void)
         cmocka_unit_test(test_stories260K),  cmocka_unit_test(test_tinycode),
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
-        cmocka_unit_test(test_tiny_phi3),
+        cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
  * for the group. Per query head and per element the arithmetic is fixed
  * (batch invariance):
  *   score_j = v_reduce(dot16(q, k_j)) * scale       for j = lo .. p
+ *     (then tanhf(score_j / softcap) * softcap with a softcap: Gemma 2)
  *   m = max_j score_j; e_j = v_exp(score_j - m)
  *   sum = v_reduce(16 lanes, lane l adding e_j for j - lo = l mod 16 in order)
  *   out[d] = (fma chain over j = lo .. p of e_j * v_j[d]) / sum
@@ -252,6 +253,10 @@ static VEC_FN void ATTN_ENTRY(const anvil_attention_args *a, int32_t t, int32_t 
         int hn = group - h < ATTN_HEAD_TILE ? group - h : ATTN_HEAD_TILE;
         attn_scores_tbl[di][hn - 1](q + h * hd, hd, a->k_cache->data, off, n, a->scale * ks, scores + h * ld, ld);
     }
+    if (a->softcap > 0.0f) /* Gemma 2: tanh(s / cap) * cap, as the reference, before the softmax */
+        for (int32_t h = 0; h < group; h++)
+            for (int32_t j = 0; j < n; j++)
+                scores[h * ld + j] = anvil_cpu_softcap_score(scores[h * ld + j], a->softcap);
 
     float sums[ATTN_HEAD_TILE];
     float *out = (float *)a->out->data + (int64_t)t * qw + (int64_t)g * group * hd;

@@ -132,6 +132,13 @@ anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b
     return check_same_shape(a, out, "elementwise out");
 }
 
+anvil_status anvil_cpu_check_unary(const anvil_tensor *x, const anvil_tensor *out, const char *what)
+{
+    TRY(check_act(x, what));
+    TRY(check_act(out, what));
+    return check_same_shape(x, out, what);
+}
+
 anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out)
 {
     TRY(check_act(x, "gather_rows x"));
@@ -193,6 +200,8 @@ anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
               (a->k_scale >= 0.0f && a->v_scale >= 0.0f && isfinite(a->k_scale) && isfinite(a->v_scale)),
           ANVIL_ERR_INVALID_ARG, "attention: fp8 KV cache scales k %g, v %g: want positive and finite (0 means 1)",
           (double)a->k_scale, (double)a->v_scale);
+    CHECK(a->softcap >= 0.0f && isfinite(a->softcap), ANVIL_ERR_INVALID_ARG,
+          "attention: softcap %g: want 0 (none) or positive and finite", (double)a->softcap);
     if (T == 0)
         return ANVIL_OK;
     CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,

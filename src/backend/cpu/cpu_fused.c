@@ -11,7 +11,7 @@ anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, 
                                       const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm)
 {
     TRY(anvil_cpu_op_add(be, a, b, sum));
-    return anvil_cpu_op_rmsnorm(be, sum, w, eps, norm);
+    return anvil_cpu_op_rmsnorm(be, sum, w, eps, 0.0f, norm);
 }
 
 anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n,

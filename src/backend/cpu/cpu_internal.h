@@ -133,6 +133,8 @@ anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step,
 /* Also checks every slot, position and block-table entry the op will use. */
 anvil_status anvil_cpu_check_attention(const anvil_attention_args *a);
 anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out);
+/* x and out (which may alias) f32 activations of one shape; what names the op */
+anvil_status anvil_cpu_check_unary(const anvil_tensor *x, const anvil_tensor *out, const char *what);
 anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out);
 
 /* The inverse frequencies token t of step rotates with: LongRoPE's long
@@ -146,6 +148,20 @@ static inline const float *anvil_cpu_rope_table(const anvil_rope_freqs *f, const
 
 /* What cos and sin are multiplied by (0 in anvil_rope_freqs means none). */
 static inline float anvil_cpu_rope_scale(const anvil_rope_freqs *f) { return f->scale == 0.0f ? 1.0f : f->scale; }
+
+/* GELU, tanh approximation (PyTorch's approximate="tanh"), in f32: the
+ * reference and the op compute it with this one function. */
+static inline float anvil_cpu_gelu_tanh(float g)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
+/* A soft-capped score: tanhf(s / cap) * cap, or s when cap is 0 (none). */
+static inline float anvil_cpu_softcap_score(float s, float cap)
+{
+    return cap > 0.0f ? tanhf(s / cap) * cap : s;
+}
 
 /* The first cached position a query at position p attends to. */
 static inline int32_t anvil_cpu_window_lo(int32_t p, int32_t window)
@@ -217,7 +233,7 @@ const anvil_cpu_kernels *anvil_cpu_kernels_for(anvil_cpu_isa isa);
 anvil_status anvil_cpu_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                                     anvil_tensor *out);
 anvil_status anvil_cpu_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
-                                  anvil_tensor *out);
+                                  float w_offset, anvil_tensor *out);
 anvil_status anvil_cpu_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                        int32_t head_dim, float eps, anvil_tensor *out);
 anvil_status anvil_cpu_op_matmul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
@@ -228,6 +244,11 @@ anvil_status anvil_cpu_op_attention(anvil_backend *be, const anvil_attention_arg
 anvil_status anvil_cpu_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
                                    anvil_tensor *out);
 anvil_status anvil_cpu_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+/* cpu_activation.c */
+anvil_status anvil_cpu_op_gelu_tanh_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                        anvil_tensor *out);
+anvil_status anvil_cpu_op_scale(anvil_backend *be, const anvil_tensor *x, float c, anvil_tensor *out);
+anvil_status anvil_cpu_op_softcap(anvil_backend *be, const anvil_tensor *x, float cap, anvil_tensor *out);
 /* cpu_fused.c */
 anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
                                       const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm);

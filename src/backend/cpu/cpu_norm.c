@@ -11,6 +11,7 @@ typedef struct norm_job {
     float *out;
     int64_t n_pieces, width;
     float eps;
+    float w_offset; /* y = x * inv * (w_offset + w): Gemma's (1 + w), summed in f32 as transformers does */
 } norm_job;
 
 static float sum_squares(const float *x, int64_t n)
@@ -42,11 +43,11 @@ static void norm_pieces(const norm_job *job, int64_t r0, int64_t r1)
             for (int64_t i = 0; i < width; i++) {
                 float w;
                 memcpy(&w, (const char *)job->w + i * 4, 4);
-                o[i] = x[i] * inv * w;
+                o[i] = x[i] * inv * (job->w_offset + w);
             }
         } else {
             for (int64_t i = 0; i < width; i++)
-                o[i] = x[i] * inv * anvil_cpu_load_elem(job->w, job->wdt, i);
+                o[i] = x[i] * inv * (job->w_offset + anvil_cpu_load_elem(job->w, job->wdt, i));
         }
     }
 }
@@ -60,11 +61,12 @@ static void norm_task(void *ctx, int ith, int nth)
 }
 
 static anvil_status run_norm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, int64_t width,
-                             float eps, anvil_tensor *out)
+                             float eps, float w_offset, anvil_tensor *out)
 {
     if (anvil_tensor_numel(x) == 0)
         return ANVIL_OK;
-    norm_job job = {.x = x->data, .w = w->data, .wdt = w->dtype, .out = out->data, .width = width, .eps = eps};
+    norm_job job = {.x = x->data, .w = w->data, .wdt = w->dtype, .out = out->data, .width = width, .eps = eps,
+                    .w_offset = w_offset};
     job.n_pieces = x->shape[0] * (x->shape[1] / width);
     if (anvil_tensor_numel(x) >= 16384)
         anvil_threadpool_run(anvil_cpu_impl(be)->pool, norm_task, &job);
@@ -74,15 +76,16 @@ static anvil_status run_norm(anvil_backend *be, const anvil_tensor *x, const anv
 }
 
 anvil_status anvil_cpu_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
-                                  anvil_tensor *out)
+                                  float w_offset, anvil_tensor *out)
 {
     TRY(anvil_cpu_check_rmsnorm(x, w, x != NULL ? x->shape[1] : 0, out));
-    return run_norm(be, x, w, x->shape[1], eps, out);
+    CHECK(isfinite(w_offset), ANVIL_ERR_INVALID_ARG, "rmsnorm: weight offset %g", (double)w_offset);
+    return run_norm(be, x, w, x->shape[1], eps, w_offset, out);
 }
 
 anvil_status anvil_cpu_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                        int32_t head_dim, float eps, anvil_tensor *out)
 {
     TRY(anvil_cpu_check_rmsnorm(x, w, head_dim, out));
-    return run_norm(be, x, w, head_dim, eps, out);
+    return run_norm(be, x, w, head_dim, eps, 0.0f, out);
 }

@@ -20,7 +20,8 @@ anvil_status anvil_cpu_ref_embedding(const anvil_tensor *table, const anvil_step
     return ANVIL_OK;
 }
 
-static void ref_norm_rows(const anvil_tensor *x, const anvil_tensor *w, int64_t width, float eps, anvil_tensor *out)
+static void ref_norm_rows(const anvil_tensor *x, const anvil_tensor *w, int64_t width, float eps, float w_offset,
+                          anvil_tensor *out)
 {
     const float *xs = x->data;
     float *o = out->data;
@@ -33,15 +34,16 @@ static void ref_norm_rows(const anvil_tensor *x, const anvil_tensor *w, int64_t 
         float var = (float)(ss / (double)width);
         float inv = 1.0f / sqrtf(var + eps);
         for (int64_t i = 0; i < width; i++)
-            o[r * width + i] = xr[i] * inv * anvil_cpu_load_elem(w->data, w->dtype, i);
+            o[r * width + i] = xr[i] * inv * (w_offset + anvil_cpu_load_elem(w->data, w->dtype, i));
     }
 }
 
-anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, anvil_tensor *out)
+anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, float w_offset,
+                                   anvil_tensor *out)
 {
     TRY(anvil_cpu_check_rmsnorm(x, w, x != NULL ? x->shape[1] : 0, out));
     if (x->shape[1] > 0)
-        ref_norm_rows(x, w, x->shape[1], eps, out);
+        ref_norm_rows(x, w, x->shape[1], eps, w_offset, out);
     return ANVIL_OK;
 }
 
@@ -49,7 +51,7 @@ anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tenso
                                         anvil_tensor *out)
 {
     TRY(anvil_cpu_check_rmsnorm(x, w, head_dim, out));
-    ref_norm_rows(x, w, head_dim, eps, out);
+    ref_norm_rows(x, w, head_dim, eps, 0.0f, out);
     return ANVIL_OK;
 }
 
@@ -198,7 +200,7 @@ anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
                 double dot = 0.0;
                 for (int64_t d = 0; d < hd; d++)
                     dot += (double)qh[d] * ((double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d) * ks);
-                float score = (float)dot * a->scale;
+                float score = anvil_cpu_softcap_score((float)dot * a->scale, a->softcap);
                 m = score > m ? score : m;
             }
             /* pass 2: softmax weights and the weighted sum of values */
@@ -211,7 +213,7 @@ anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a)
                 double dot = 0.0;
                 for (int64_t d = 0; d < hd; d++)
                     dot += (double)qh[d] * ((double)anvil_cpu_load_elem(a->k_cache->data, cdt, row + d) * ks);
-                float e = expf((float)dot * a->scale - m);
+                float e = expf(anvil_cpu_softcap_score((float)dot * a->scale, a->softcap) - m);
                 sum += e;
                 for (int64_t d = 0; d < hd; d++)
                     acc[d] += (double)e * ((double)anvil_cpu_load_elem(a->v_cache->data, cdt, row + d) * vs);
@@ -232,6 +234,40 @@ anvil_status anvil_cpu_ref_silu_mul(const anvil_tensor *gate, const anvil_tensor
     float *o = out->data;
     for (int64_t i = 0; i < n; i++)
         o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_gelu_tanh_mul(const anvil_tensor *gate, const anvil_tensor *up, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_binary(gate, up, out));
+    int64_t n = anvil_tensor_numel(gate);
+    const float *g = gate->data, *u = up->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = anvil_cpu_gelu_tanh(g[i]) * u[i];
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_scale(const anvil_tensor *x, float c, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_unary(x, out, "scale"));
+    int64_t n = anvil_tensor_numel(x);
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = xs[i] * c;
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_softcap(const anvil_tensor *x, float cap, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_unary(x, out, "softcap"));
+    CHECK(isfinite(cap) && cap > 0, ANVIL_ERR_INVALID_ARG, "softcap: the cap must be positive, got %g", (double)cap);
+    int64_t n = anvil_tensor_numel(x);
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = anvil_cpu_softcap_score(xs[i], cap);
     return ANVIL_OK;
 }
 

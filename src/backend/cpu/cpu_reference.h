@@ -22,8 +22,10 @@
  * ANVIL_ERR_INVALID_ARG. */
 anvil_status anvil_cpu_ref_embedding(const anvil_tensor *table, const anvil_step *step, anvil_tensor *out);
 
-/* var = mean(x^2), y = x * (1 / sqrtf(var + eps)) * w, per row. */
-anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, anvil_tensor *out);
+/* var = mean(x^2), y = x * (1 / sqrtf(var + eps)) * (w_offset + w), per row
+ * (w_offset + w in f32: Gemma's (1 + w) with w_offset 1). */
+anvil_status anvil_cpu_ref_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, float eps, float w_offset,
+                                   anvil_tensor *out);
 
 /* The same over each head_dim-wide piece of every row (w is [head_dim]). */
 anvil_status anvil_cpu_ref_head_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int32_t head_dim, float eps,
@@ -48,13 +50,23 @@ anvil_status anvil_cpu_ref_rope(anvil_tensor *x, const anvil_step *step, int32_t
 /* Writes k, v into the caches at step->slots (converted to the cache dtype;
  * an F8_E4M3 cache takes k / k_scale and v / v_scale, and reads back the
  * fp8 values times the scale, as k_j and v_j below),
- * then for every token t and head h: softmax(q . k_j * scale) over the
+ * then for every token t and head h: softmax(cap(q . k_j * scale)) over the
  * cached positions j of its sequence in [max(0, p - window + 1), p], and
- * out = sum_j softmax_j * v_j (GQA: kv head h / (n_heads / n_kv_heads)). */
+ * out = sum_j softmax_j * v_j (GQA: kv head h / (n_heads / n_kv_heads));
+ * cap(s) = tanhf(s / softcap) * softcap, or s when softcap is 0. */
 anvil_status anvil_cpu_ref_attention(const anvil_attention_args *a);
 
 /* out = gate / (1 + expf(-gate)) * up */
 anvil_status anvil_cpu_ref_silu_mul(const anvil_tensor *gate, const anvil_tensor *up, anvil_tensor *out);
+
+/* out = gelu_tanh(gate) * up, gelu_tanh as anvil_cpu_gelu_tanh (cpu_internal.h) */
+anvil_status anvil_cpu_ref_gelu_tanh_mul(const anvil_tensor *gate, const anvil_tensor *up, anvil_tensor *out);
+
+/* out = x * c */
+anvil_status anvil_cpu_ref_scale(const anvil_tensor *x, float c, anvil_tensor *out);
+
+/* out = tanhf(x / cap) * cap */
+anvil_status anvil_cpu_ref_softcap(const anvil_tensor *x, float cap, anvil_tensor *out);
 
 /* out = a + b */
 anvil_status anvil_cpu_ref_add(const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);

@@ -179,7 +179,7 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         .n_tokens = st->n_tokens, .n_seqs = st->n_seqs, .max_blocks_per_seq = st->max_blocks_per_seq,
         .block_size = st->block_size, .n_blocks = (int32_t)args->k_cache->shape[0],
         .n_heads = args->n_heads, .n_kv_heads = args->n_kv_heads, .head_dim = args->head_dim,
-        .window = args->sliding_window, .scale = args->scale, .err = cb->d_err,
+        .window = args->sliding_window, .scale = args->scale, .softcap = args->softcap, .err = cb->d_err,
         .rope = anvil_cuda_rope_of(args->rope, st),
         .pdl = cb->pdl,
     };

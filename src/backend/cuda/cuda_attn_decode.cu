@@ -175,7 +175,10 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
 #pragma unroll
         for (int u = 0; u < KEYS; u++)
             ok_me = u == u_me ? ok[u] : ok_me;
-        const float sc = ok_me ? part[0] * a.scale : -INFINITY;
+        float sc = part[0] * a.scale;
+        if (a.softcap > 0.0f) /* Gemma 2: tanh(s / cap) * cap before the softmax */
+            sc = tanhf(sc / a.softcap) * a.softcap;
+        sc = ok_me ? sc : -INFINITY;
         /* the chunk max of each row: over the lanes holding that row's keys */
         float mt = sc;
 #pragma unroll

@@ -538,7 +538,8 @@ static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int 
 
 extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
 {
-    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
+    /* soft-capped logits (Gemma 2) take the SIMT kernels, which have them */
+    return a->softcap == 0.0f && (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
            (a->cache_dt == a->dt || a->cache_dt == ANVIL_DTYPE_F8_E4M3) &&
            (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128) &&
            (int64_t)a->n_blocks * a->block_size <= INT32_MAX;

@@ -158,7 +158,10 @@ __global__ void __launch_bounds__(PF_WARPS * 32)
             for (int rr = 0; rr < PF_RPW; rr++) {
                 const int r = r0 + rr;
                 const bool valid = mine[rr] && kj < khi && kj >= row_lo[r] && kj <= row_p[r];
-                const float x = valid ? sc[rr] * a.scale : -INFINITY;
+                float x = sc[rr] * a.scale;
+                if (a.softcap > 0.0f) /* Gemma 2: tanh(s / cap) * cap before the softmax */
+                    x = tanhf(x / a.softcap) * a.softcap;
+                x = valid ? x : -INFINITY;
                 const float mt = anvil_warp_max(x);
                 pr[rr] = 0.0f;
                 if (mt != -INFINITY) { /* uniform: mt is the same in every lane */

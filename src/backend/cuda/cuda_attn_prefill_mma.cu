@@ -564,6 +564,8 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t
 
 extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
 {
+    if (a->softcap != 0.0f) /* soft-capped logits (Gemma 2): the SIMT kernel has them */
+        return 0;
     if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) /* the fp8 kernels: head_dim a template's */
         return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
                (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128);

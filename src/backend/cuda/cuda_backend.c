@@ -414,6 +414,9 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->attention = anvil_cuda_op_attention;
     o->silu_mul = anvil_cuda_op_silu_mul;
     o->add = anvil_cuda_op_add;
+    o->gelu_tanh_mul = anvil_cuda_op_gelu_tanh_mul;
+    o->scale = anvil_cuda_op_scale;
+    o->softcap = anvil_cuda_op_softcap;
     o->gather_rows = anvil_cuda_op_gather_rows;
     o->argmax_rows = anvil_cuda_op_argmax_rows;
     o->sample_rows = anvil_cuda_op_sample_rows;

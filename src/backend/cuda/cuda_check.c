@@ -133,6 +133,8 @@ anvil_status anvil_cuda_check_attention(const anvil_cuda_backend *cb, const anvi
               (a->k_scale >= 0.0f && a->v_scale >= 0.0f && isfinite(a->k_scale) && isfinite(a->v_scale)),
           ANVIL_ERR_INVALID_ARG, "attention: fp8 KV cache scales k %g, v %g: want positive and finite (0 means 1)",
           (double)a->k_scale, (double)a->v_scale);
+    CHECK(a->softcap >= 0.0f && isfinite(a->softcap), ANVIL_ERR_INVALID_ARG,
+          "attention: softcap %g: want 0 (none) or positive and finite", (double)a->softcap);
     CHECK(T == 0 || (st->n_seqs > 0 && st->positions && st->seq_of_token && st->block_tables && st->slots),
           ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
     CHECK(T == 0 || st->max_context > 0, ANVIL_ERR_INVALID_ARG, "attention: max_context %d", st->max_context);

@@ -206,7 +206,7 @@ anvil_status anvil_cuda_op_resolve_tokens(anvil_backend *be, const anvil_step *s
 anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                                      anvil_tensor *out);
 anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
-                                   anvil_tensor *out);
+                                   float w_offset, anvil_tensor *out);
 anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                         int32_t head_dim, float eps, anvil_tensor *out);
 anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_step *step, int32_t head_dim,
@@ -214,6 +214,10 @@ anvil_status anvil_cuda_op_rope(anvil_backend *be, anvil_tensor *x, const anvil_
 anvil_status anvil_cuda_op_silu_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
                                     anvil_tensor *out);
 anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
+anvil_status anvil_cuda_op_gelu_tanh_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                         anvil_tensor *out);
+anvil_status anvil_cuda_op_scale(anvil_backend *be, const anvil_tensor *x, float c, anvil_tensor *out);
+anvil_status anvil_cuda_op_softcap(anvil_backend *be, const anvil_tensor *x, float cap, anvil_tensor *out);
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                        anvil_tensor *out);
 anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
@@ -251,9 +255,18 @@ anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const void *table,
                                          int64_t vocab, const int32_t *ids, int32_t n_tokens, void *out,
                                          anvil_dtype out_dt, int64_t width, int *err);
 
-/* n_pieces pieces of `width` elements each, contiguous; w is [width]. */
+/* n_pieces pieces of `width` elements each, contiguous; w is [width];
+ * y = x / rms(x) * (w_offset + w). */
 anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, int pdl, const void *x, const void *w, anvil_dtype w_dt,
-                                       void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width, float eps);
+                                       void *out, anvil_dtype act_dt, int64_t n_pieces, int64_t width, float eps,
+                                       float w_offset);
+/* out = gelu_tanh(gate) * up in f32 (cuda_gelu.cu) */
+anvil_status anvil_cuda_launch_gelu_tanh_mul(cudaStream_t stream, const void *gate, const void *up, void *out,
+                                             anvil_dtype act_dt, int64_t n);
+/* softcap 0: out = x * c, c rounded to act_dt first; softcap 1: out =
+ * tanhf(x / c) * c in f32 (cuda_softcap.cu). out may alias x. */
+anvil_status anvil_cuda_launch_scale(cudaStream_t stream, const void *x, float c, int softcap, void *out,
+                                     anvil_dtype act_dt, int64_t n);
 
 /* A rope's frequencies (backend.h's anvil_rope_freqs) as the kernels take
  * them, by value: with inv_freq_long, token t of sequence seq_of_token[t]
@@ -412,6 +425,7 @@ typedef struct anvil_cuda_attn {
     int32_t n_tokens, n_seqs, max_blocks_per_seq, block_size, n_blocks;
     int32_t n_heads, n_kv_heads, head_dim, window;
     float scale;
+    float softcap;               /* 0: none; else scores s -> tanhf(s / softcap) * softcap (SIMT kernels only) */
     int *err;
     anvil_cuda_rope rope;        /* rope.inv_freq non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
     int pdl;                     /* the backend's pdl: launch with programmatic dependent launch */

@@ -34,7 +34,7 @@ anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *tabl
 }
 
 static anvil_status norm(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w, int64_t width,
-                         float eps, anvil_tensor *out)
+                         float eps, float w_offset, anvil_tensor *out)
 {
     TRY(anvil_cuda_check_act(cb, x, "rmsnorm x"));
     TRY(anvil_cuda_check_act(cb, out, "rmsnorm out"));
@@ -42,21 +42,22 @@ static anvil_status norm(anvil_cuda_backend *cb, const anvil_tensor *x, const an
     CHECK(width > 0 && x->shape[1] % width == 0, ANVIL_ERR_INVALID_ARG,
           "rmsnorm: row width %lld is not a multiple of %lld", (long long)x->shape[1], (long long)width);
     TRY(anvil_cuda_check_vector(w, width, "rmsnorm weight"));
+    CHECK(isfinite(w_offset), ANVIL_ERR_INVALID_ARG, "rmsnorm: weight offset %g", (double)w_offset);
     TRY(anvil_cuda_use(cb));
     return anvil_cuda_launch_rmsnorm(cb->stream, cb->pdl, x->data, w->data, w->dtype, out->data, out->dtype,
-                                     x->shape[0] * (x->shape[1] / width), width, eps);
+                                     x->shape[0] * (x->shape[1] / width), width, eps, w_offset);
 }
 
 anvil_status anvil_cuda_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
-                                   anvil_tensor *out)
+                                   float w_offset, anvil_tensor *out)
 {
-    return norm(anvil_cuda_impl(be), x, w, x != NULL ? x->shape[1] : 0, eps, out);
+    return norm(anvil_cuda_impl(be), x, w, x != NULL ? x->shape[1] : 0, eps, w_offset, out);
 }
 
 anvil_status anvil_cuda_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
                                         int32_t head_dim, float eps, anvil_tensor *out)
 {
-    return norm(anvil_cuda_impl(be), x, w, head_dim, eps, out);
+    return norm(anvil_cuda_impl(be), x, w, head_dim, eps, 0.0f, out);
 }
 
 anvil_cuda_rope anvil_cuda_rope_of(const anvil_rope_freqs *f, const anvil_step *step)
@@ -118,6 +119,40 @@ anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const a
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(check_binary(cb, a, b, out));
     return anvil_cuda_launch_add(cb->stream, cb->pdl, a->data, b->data, out->data, out->dtype, anvil_tensor_numel(out));
+}
+
+anvil_status anvil_cuda_op_gelu_tanh_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
+                                         anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_binary(cb, gate, up, out));
+    return anvil_cuda_launch_gelu_tanh_mul(cb->stream, gate->data, up->data, out->data, out->dtype,
+                                           anvil_tensor_numel(out));
+}
+
+/* scale and softcap: x and out (which may alias) of one shape */
+static anvil_status check_unary(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *out,
+                                const char *what)
+{
+    TRY(anvil_cuda_check_act(cb, x, what));
+    TRY(anvil_cuda_check_act(cb, out, what));
+    TRY(anvil_cuda_check_same_shape(x, out, what));
+    return anvil_cuda_use(cb);
+}
+
+anvil_status anvil_cuda_op_scale(anvil_backend *be, const anvil_tensor *x, float c, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_unary(cb, x, out, "scale"));
+    return anvil_cuda_launch_scale(cb->stream, x->data, c, 0, out->data, out->dtype, anvil_tensor_numel(out));
+}
+
+anvil_status anvil_cuda_op_softcap(anvil_backend *be, const anvil_tensor *x, float cap, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    CHECK(isfinite(cap) && cap > 0, ANVIL_ERR_INVALID_ARG, "softcap: the cap must be positive, got %g", (double)cap);
+    TRY(check_unary(cb, x, out, "softcap"));
+    return anvil_cuda_launch_scale(cb->stream, x->data, cap, 1, out->data, out->dtype, anvil_tensor_numel(out));
 }
 
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
