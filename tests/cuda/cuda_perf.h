@@ -16,7 +16,7 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-typedef enum perf_kind { PERF_MATMUL, PERF_ATTN, PERF_RMSNORM, PERF_SILU, PERF_ADD, PERF_COPY } perf_kind;
+typedef enum perf_kind { PERF_MATMUL, PERF_ATTN, PERF_RMSNORM, PERF_SILU, PERF_ADD, PERF_COPY, PERF_FP8_GEMM } perf_kind;
 
 typedef struct perf_op {
     perf_kind kind;
@@ -25,6 +25,8 @@ typedef struct perf_op {
     anvil_attention_args attn;
     void *copy_dst, *copy_src;
     size_t copy_bytes;
+    /* PERF_FP8_GEMM: cuBLASLt's FP8 GEMM alone (anvil_cuda_gemm_fp8) on x.data, w.data, out.data */
+    const float *sx, *sw;
 } perf_op;
 
 static int perf_run(perf_op *p)
@@ -33,6 +35,10 @@ static int perf_run(perf_op *p)
     anvil_status st = ANVIL_OK;
     switch (p->kind) {
     case PERF_MATMUL: st = be->ops->matmul(be, &p->x, &p->w, NULL, &p->out); break;
+    case PERF_FP8_GEMM:
+        st = anvil_cuda_gemm_fp8(anvil_cuda_impl(be), p->x.data, p->sx, p->w.data, p->sw, NULL, ANVIL_DTYPE_F32,
+                                 p->out.data, ANVIL_DTYPE_BF16, p->x.shape[0], p->x.shape[1], p->w.shape[0]);
+        break;
     case PERF_ATTN: st = be->ops->attention(be, &p->attn); break;
     case PERF_RMSNORM: st = be->ops->rmsnorm(be, &p->x, &p->w, 1e-5f, 0.0f, &p->out); break;
     case PERF_SILU: st = be->ops->silu_mul(be, &p->x, &p->y, &p->out); break;
@@ -150,6 +156,74 @@ static void perf_matmul(anvil_backend *be, const char *what, int64_t T, int64_t 
 
 /* Attention over a fresh cache: n_seqs sequences of ctx positions (blocks
  * of 16, tables in order), `new_tokens` tokens each in the step. */
+
+/* A quantized weight [N, K] in the canonical form (docs/quantization.md),
+ * random codes and scales, on the device: the matmul of bf16 activations
+ * with it (the quantized GEMV for few rows, the FP8 GEMM or the
+ * dequantizing path for many: cuda_matmul_quant.c), or with fp8_gemm the
+ * FP8 GEMM alone (x quantized beforehand: the ceiling of the W8A8 path).
+ * GB/s counts the weight's bytes (codes, scales, zeros) and x and out. */
+static void perf_matmul_quant(anvil_backend *be, const char *what, anvil_dtype wdt, int32_t group,
+                              anvil_quant_act act, int fp8_gemm, int64_t T, int64_t K, int64_t N)
+{
+    if (!perf_wanted(what))
+        return;
+    const int64_t G = group > 0 ? K / group : 1;
+    const size_t wb = wdt == ANVIL_DTYPE_U4 ? (size_t)(N * K / 2) : (size_t)(N * K);
+    unsigned char *h = malloc(wb > (size_t)(N * G * 4) ? wb : (size_t)(N * G * 4));
+    uint64_t rng = 0xabcdefull + (uint64_t)(N * K);
+    for (size_t i = 0; i < wb; i++)
+        h[i] = (unsigned char)((anvil_test_rand(&rng) >> 56) & (wdt == ANVIL_DTYPE_F8_E4M3 ? 0x77 : 0xff));
+    void *w = NULL, *sc = NULL, *z = NULL, *xq = NULL, *sx = NULL;
+    int ok = be->ops->alloc(be, wb, &w) == ANVIL_OK && be->ops->upload(be, w, h, wb) == ANVIL_OK;
+    float *f = (float *)(void *)h;
+    for (int64_t i = 0; i < N * G; i++)
+        f[i] = 1.0f / 512;
+    ok = ok && be->ops->alloc(be, (size_t)(N * G) * 4, &sc) == ANVIL_OK &&
+         be->ops->upload(be, sc, f, (size_t)(N * G) * 4) == ANVIL_OK;
+    if (wdt == ANVIL_DTYPE_U4) { /* zero points 8 */
+        memset(h, 8, (size_t)(N * G));
+        ok = ok && be->ops->alloc(be, (size_t)(N * G), &z) == ANVIL_OK &&
+             be->ops->upload(be, z, h, (size_t)(N * G)) == ANVIL_OK;
+    }
+    if (fp8_gemm && T * K <= (int64_t)wb) { /* x as codes (the weight's), unit row scales */
+        ok = ok && be->ops->alloc(be, (size_t)(T * K), &xq) == ANVIL_OK &&
+             be->ops->upload(be, xq, h, (size_t)(T * K)) == ANVIL_OK;
+        for (int64_t i = 0; i < T; i++)
+            f[i] = 1.0f;
+        ok = ok && be->ops->alloc(be, (size_t)T * 4, &sx) == ANVIL_OK &&
+             be->ops->upload(be, sx, f, (size_t)T * 4) == ANVIL_OK;
+    } else if (fp8_gemm) {
+        ok = 0;
+    }
+    free(h);
+    if (!ok) {
+        fprintf(stderr, "perf: %s\n", anvil_last_error());
+        exit(1);
+    }
+    anvil_quant q = {.group = group, .scales = sc, .zeros = z, .act = act};
+    perf_op p = {.kind = fp8_gemm ? PERF_FP8_GEMM : PERF_MATMUL, .be = be, .sx = sx, .sw = sc};
+    void *x = perf_buf(be, T * K), *o = perf_buf(be, T * N);
+    p.x = anvil_tensor_2d(fp8_gemm ? ANVIL_DTYPE_F8_E4M3 : ANVIL_DTYPE_BF16, T, K, fp8_gemm ? xq : x);
+    p.w = anvil_tensor_2d(wdt, N, K, w);
+    p.w.quant = &q;
+    p.out = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, o);
+    float ms = perf_time(&p, T * K * N > ((int64_t)1 << 33) ? 5 : 50);
+    double flops = 2.0 * (double)T * (double)K * (double)N;
+    double bytes = (double)wb + 4.0 * (double)(N * G) + (z ? (double)(N * G) : 0) + 2.0 * (double)(T * K + T * N);
+    if (ms > 0)
+        printf("%-34s %9.4f ms %8.1f TFLOP/s %7.0f GB/s  (%3.0f%% of GEMM, %3.0f%% of copy)\n", what, ms,
+               flops / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, 100.0 * flops / (ms * 1e-3) / 1e12 / perf_gemm_tflops,
+               100.0 * bytes / (ms * 1e-3) / 1e9 / perf_copy_gbs);
+    be->ops->free(be, w);
+    be->ops->free(be, sc);
+    be->ops->free(be, z);
+    be->ops->free(be, xq);
+    be->ops->free(be, sx);
+    be->ops->free(be, x);
+    be->ops->free(be, o);
+}
+
 static void perf_attention(anvil_backend *be, const char *what, int n_seqs, int ctx, int new_tokens, int H, int KV,
                            int hd)
 {
@@ -369,6 +443,22 @@ static int anvil_cuda_perf_main(void)
     perf_matmul(be, "matmul T=512 4096->4096", 512, 4096, 4096);
     perf_matmul(be, "matmul T=512 4096->14336", 512, 4096, 14336);
     perf_matmul(be, "matmul T=2048 4096->14336", 2048, 4096, 14336);
+    /* quantized weights (cuda_matmul_quant.c): int4 groups of 128 with zero points, int8, fp8 per channel */
+    perf_matmul_quant(be, "q4 gemv T=1 4096->14336", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 1, 4096, 14336);
+    perf_matmul_quant(be, "q4 gemv T=1 14336->4096", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 1, 14336, 4096);
+    perf_matmul_quant(be, "q4 gemv T=1 4096->4096", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 1, 4096, 4096);
+    perf_matmul_quant(be, "q4 gemv T=4 4096->14336", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 4, 4096, 14336);
+    perf_matmul_quant(be, "q8 gemv T=1 4096->14336", ANVIL_DTYPE_I8, 0, ANVIL_QUANT_ACT_NONE, 0, 1, 4096, 14336);
+    perf_matmul_quant(be, "fp8 w8a16 gemv T=1 4096->14336", ANVIL_DTYPE_F8_E4M3, 0, ANVIL_QUANT_ACT_NONE, 0, 1, 4096,
+                      14336);
+    perf_matmul_quant(be, "fp8 w8a8 T=1 4096->14336 (+prep)", ANVIL_DTYPE_F8_E4M3, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC, 0,
+                      1, 4096, 14336);
+    perf_matmul_quant(be, "fp8 GEMM alone T=2048 4096->14336", ANVIL_DTYPE_F8_E4M3, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC,
+                      1, 2048, 4096, 14336);
+    perf_matmul_quant(be, "fp8 w8a8 T=2048 4096->14336", ANVIL_DTYPE_F8_E4M3, 0, ANVIL_QUANT_ACT_FP8_DYNAMIC, 0,
+                      2048, 4096, 14336);
+    perf_matmul_quant(be, "q4 T=2048 4096->14336 (dequant)", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 2048,
+                      4096, 14336);
     perf_attention(be, "attn decode B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);
