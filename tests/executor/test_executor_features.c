@@ -497,8 +497,10 @@ static void test_penalties_vs_reference(void **state)
         {.rep = 1.2f, .pres = 0.5f, .freq = 0.3f, .bias = bias, .n_bias = 2},
         {.rep = 1, .pres = -1.0f, .freq = 0},
     };
+    /* every parameter set on three prompts; under TSan (which looks at the
+     * threads, not at the sampler's arithmetic) on one */
     for (size_t k = 0; k < sizeof params / sizeof params[0]; k++) {
-        for (int c = 1; c <= 3; c++) {
+        for (int c = 1; c <= (ANVIL_TEST_TSAN ? 1 : 3); c++) {
             const ref_params *rp = &params[k];
             int32_t want[40];
             int32_t n_want = reference_greedy(ref_rt, cases[c].ids, cases[c].n_ids, 40, rp, want);
@@ -695,10 +697,12 @@ static int check_text_after(const anvil_tokenizer *tok, const anvil_result *res,
 static void test_text_after_prompt(void **state)
 {
     (void)state;
-    /* tiny-llama3's 128k-token tokenizer is most of this test's time under
-     * TSan, which looks at the threads, the same for every model */
+    /* tiny-llama3's 128k-token tokenizer and tinycode's steps are most of
+     * this test's time under TSan (70 s of CI's TSan tier with tinycode),
+     * which looks at the threads, the same for every model: it runs
+     * stories260K alone there (ASan and the plain build run all three) */
     static const char *const models[] = {"stories260K", "tinycode", "tiny-llama3"};
-    const size_t n_models = ANVIL_TEST_TSAN ? 2 : sizeof models / sizeof models[0];
+    const size_t n_models = ANVIL_TEST_TSAN ? 1 : sizeof models / sizeof models[0];
     static const char *const texts[] = {"The cat", "Once upon a time", "Lily and Tom went to the park. They saw a",
                                         "def add(a, b):", "x = 1\nif x", "The cat ", "\xe6\x97\xa5\xe6\x9c\xac",
                                         "caf\xc3\xa9 \xf0\x9f\x98\x80"};
