@@ -84,7 +84,8 @@ typedef struct anvil_awq {
     const float **div;  /* [n_weights] row divisors of a matrix (1-D weights: element divisors) */
     float **clip;       /* [n_weights] per (row, group) largest |w s| kept; NULL: none */
     int64_t n_tokens;   /* calibration tokens seen (stride sampling) */
-    int64_t stride;     /* every stride-th row of a value is sampled */
+    int64_t stride;     /* every stride-th row of a value is sampled (the calibration pass sets it
+                           from the tokens it runs) */
 } anvil_awq;
 
 /*

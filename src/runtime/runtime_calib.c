@@ -92,6 +92,8 @@ anvil_status anvil_calib_run(const char *model_dir, const anvil_calib_options *o
     info->n_text_tokens = n_ids;
     info->n_windows = (int32_t)n_win;
     info->n_tokens = n_win * L;
+    /* the sampled rows spread over the tokens that run */
+    a->stride = info->n_tokens > a->max_rows ? info->n_tokens / a->max_rows : 1;
 
     anvil_runtime_options ro;
     anvil_runtime_options_default(&ro);

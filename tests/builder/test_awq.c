@@ -19,7 +19,7 @@
  *    head gets an int4 copy of its own (build.untied_lm_head), which loads,
  *    runs and refits from the folder to the same bytes; an untied model's
  *    lm_head.weight is quantized itself;
- *  - bad input: a missing or empty calibration file, --calib with fp8 or
+ *  - bad input: a missing, empty or non-UTF-8 calibration file, --calib with fp8 or
  *    without quantization, with random weights, a text shorter than one
  *    window: clear errors, no engine left.
  */
@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "anvil/builder.h"
@@ -482,6 +483,9 @@ static void test_bad_input(void **st)
     snprintf(path, sizeof path, "%s/empty-calib.txt", anvil_test_tmpdir());
     anvil_test_write_file(path, "", 0);
     expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "is empty");
+    snprintf(path, sizeof path, "%s/latin1-calib.txt", anvil_test_tmpdir());
+    anvil_test_write_file(path, "caf\xe9 = 1\n", 9);
+    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "tokenizing the calibration file");
     snprintf(path, sizeof path, "%s/short-calib.txt", anvil_test_tmpdir());
     anvil_test_write_file(path, "def f(x):\n    return x\n", 23);
     expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "fewer than one window of 128");
@@ -496,6 +500,29 @@ static void test_bad_input(void **st)
     o.random_weights = 1;
     snprintf(path, sizeof path, "%s/config.json", tc_dir);
     expect_refused(&o, path, ANVIL_ERR_INVALID_ARG, "needs a model folder");
+    /* the command's usage errors (exit 2) */
+    const char *bin = getenv("ANVIL_BIN");
+    if (bin == NULL)
+        return;
+    static const char *const bad[] = {
+        "--quantize int4-wo --calib-tokens 1024",      /* a calibration flag without --calib */
+        "--quantize fp8 --calib CALIB",                /* AWQ is for int4-wo and int8-wo */
+        "--calib CALIB",                               /* and needs --quantize */
+        "--quantize int4-wo --calib CALIB --calib-seq-len 512 --calib-tokens 100",
+        "--quantize-lm-head",                          /* needs --quantize */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char args[300], cmd[2000];
+        snprintf(args, sizeof args, "%s", bad[i]);
+        char *c = strstr(args, "CALIB");
+        if (c != NULL)
+            *c = '\0';
+        snprintf(cmd, sizeof cmd, "'%s' build --model '%s' --output '%s/cli.engine' %s%s%s 2>/dev/null", bin, tc_dir,
+                 anvil_test_tmpdir(), args, c ? calib_file : "", c ? c + 5 : "");
+        const int rc = system(cmd);
+        if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 2)
+            fail_msg("'%s' exited %d, not 2", bad[i], WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+    }
 }
 
 int main(void)
