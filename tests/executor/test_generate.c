@@ -168,7 +168,10 @@ static void test_stories(void **st)
 static void test_tinycode(void **st)
 {
     (void)st;
-    compare_model("tinycode", 24, 1); /* all 24: one of them ends at end-of-sequence */
+    /* all 24: one of them (case 18) ends at end-of-sequence; under the
+     * sanitizers the first 19 (the same sampling settings, that case
+     * included: tinycode's steps were 60 s of CI's ASan tier) */
+    compare_model("tinycode", ANVIL_TEST_SANITIZED ? 19 : 24, 1);
 }
 
 /* max_tokens past the context: prompt + generated = max_seq_len, LENGTH */
