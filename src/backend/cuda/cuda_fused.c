@@ -5,7 +5,7 @@
  * steps. Larger steps (prefill), f32, or weights in another dtype take the
  * separate ops: there a GEMM's cost is its arithmetic, not its launch.
  * Quantized weights: the matmuls of one input as one quantized GEMV launch
- * (gate + up, then silu_mul) where that kernel takes them
+ * (gate + up with the silu_mul in it) where that kernel takes them
  * (anvil_cuda_matmul_quant_multi), else the separate ops.
  * (rope + KV write is the attention op's: cuda_attention.c.)
  */
@@ -65,7 +65,7 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
     if (!direct) {
         if (w[0] != NULL && w[0]->quant != NULL) { /* quantized: one GEMV launch where it takes them */
             int done = 0;
-            TRY(anvil_cuda_matmul_quant_multi(cb, x, n, w, bias, out, &done));
+            TRY(anvil_cuda_matmul_quant_multi(cb, x, n, w, bias, out, 0, &done));
             if (done)
                 return ANVIL_OK;
         }
@@ -101,13 +101,14 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
     TRY(anvil_cuda_check_act(cb, out, "matmul_silu_mul out"));
     if (!(gemv_direct(cb, x, wg, out) && gemv_direct(cb, x, wu, out) && bias_ok(bg, wg->shape[0]) &&
           bias_ok(bu, wu->shape[0]))) {
-        if (wg != NULL && wg->quant != NULL) { /* quantized: gate and up in one GEMV launch where it takes them */
+        if (wg != NULL && wg->quant != NULL) { /* quantized: gate, up and silu in one GEMV launch where it takes them */
+            TRY(anvil_cuda_check_act(cb, up, "matmul_silu_mul up"));
             const anvil_tensor *w2[2] = {wg, wu}, *b2[2] = {bg, bu};
-            anvil_tensor *o2[2] = {gate, up};
+            anvil_tensor *o2[2] = {out, up};
             int done = 0;
-            TRY(anvil_cuda_matmul_quant_multi(cb, x, 2, w2, b2, o2, &done));
+            TRY(anvil_cuda_matmul_quant_multi(cb, x, 2, w2, b2, o2, 1, &done));
             if (done)
-                return anvil_cuda_op_silu_mul(be, gate, up, out);
+                return ANVIL_OK;
         }
         TRY(anvil_cuda_op_matmul(be, x, wg, bg, gate));
         TRY(anvil_cuda_op_matmul(be, x, wu, bu, up));

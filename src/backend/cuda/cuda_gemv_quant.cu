@@ -20,6 +20,12 @@
  * (anvil_cuda_gemv_quant_ok); other layouts take the dequantizing path
  * (cuda_matmul_quant.c).
  *
+ * Several weights of one x and one layout run as parts of one launch (q,
+ * k, v: the warps' columns run through the parts), and gate + up as one
+ * launch whose warps stream both rows n and write silu(gate) * up, each
+ * product rounded to the output dtype first, as matmul, matmul and
+ * silu_mul would (cuda_silu_mul.cu's arithmetic).
+ *
  * Dependent launch (docs/cuda-backend.md): the first pieces of the weight
  * (weights: no kernel writes them) are loaded before anvil_pdl_wait, x
  * after.
@@ -95,34 +101,22 @@ typedef struct gq_args {
     void *out[GQ_MAX_PARTS];
     int end[GQ_MAX_PARTS]; /* columns of parts 0..i together */
     int n_parts;
+    int silu; /* parts 0 (gate) and 1 (up) of one N: out[0] = silu(x W0^T + b0) * (x W1^T + b1) */
     const void *x;
     int K, gs, G; /* G: scales per row */
     int rows;     /* rows of this pass (1..GQ_MAX_ROWS) */
 } gq_args;
 
-template <typename X, typename O, int S, int R>
-__global__ void __launch_bounds__(GQ_WARPS * 32) anvil_gemv_quant_kernel(gq_args a)
+/* acc[r] += x[r, :] . W[n, :] for the rows r < R (the lane's share; the
+ * caller sums the warp): w_row the row's codes, sc and zr its scales and
+ * zero points. With `wait`, the first pieces of the weight are loaded
+ * before anvil_pdl_wait (weights: no kernel writes them), x after. */
+template <typename X, int S, int R>
+__device__ __forceinline__ void gq_row(const X *__restrict__ x, const uint4 *wr, const float *sc, const uint8_t *zr,
+                                       int K, int per_group, int lane, float (&acc)[R], bool wait)
 {
     constexpr int E = gq_piece<S>::E;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int gcol = blockIdx.x * GQ_WARPS + warp;
-    if (gcol >= a.end[a.n_parts - 1])
-        return;
-    int part = 0;
-    while (gcol >= a.end[part])
-        part++;
-    const int n0 = part > 0 ? a.end[part - 1] : 0;
-    const int n = gcol - n0, N = a.end[part] - n0;
-    const int np = a.K / E; /* pieces per row */
-    const int per_group = a.gs / E;
-    const uint4 *wr = reinterpret_cast<const uint4 *>((const char *)a.w[part] + (int64_t)n * (a.K / (E / 16)));
-    const float *sc = a.scales[part] + (int64_t)n * a.G;
-    const uint8_t *zr = a.zeros[part] != nullptr ? a.zeros[part] + (int64_t)n * a.G : nullptr;
-    const X *x = (const X *)a.x;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        acc[r] = 0.0f;
+    const int np = K / E; /* pieces per row */
 
     /* one piece c (its 16 bytes in p): acc[r] += s * sum_i x[r, c * E + i] wf[i] */
     auto piece = [&](int c, const uint4 &p) {
@@ -134,7 +128,7 @@ __global__ void __launch_bounds__(GQ_WARPS * 32) anvil_gemv_quant_kernel(gq_args
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float xf[E];
-            anvil_load_vec<X, E>(x + (int64_t)r * a.K + (int64_t)c * E, xf);
+            anvil_load_vec<X, E>(x + (int64_t)r * K + (int64_t)c * E, xf);
             float d = 0.0f;
 #pragma unroll
             for (int i = 0; i < E; i++)
@@ -144,7 +138,6 @@ __global__ void __launch_bounds__(GQ_WARPS * 32) anvil_gemv_quant_kernel(gq_args
     };
 
     int c = lane;
-    bool wait = true;
     for (; c + (GQ_UNROLL - 1) * 32 < np; c += GQ_UNROLL * 32) {
         uint4 wv[GQ_UNROLL];
 #pragma unroll
@@ -165,16 +158,67 @@ __global__ void __launch_bounds__(GQ_WARPS * 32) anvil_gemv_quant_kernel(gq_args
     }
     for (; c < np; c += 32)
         piece(c, anvil_ld_stream16(wr + c));
+}
+
+/* Column gcol's row: part p, row n of it. */
+template <int S>
+__device__ __forceinline__ const uint4 *gq_wrow(const gq_args &a, int p, int n)
+{
+    constexpr int E = gq_piece<S>::E;
+    return reinterpret_cast<const uint4 *>((const char *)a.w[p] + (int64_t)n * (a.K / (E / 16)));
+}
+
+template <typename X, typename O, int S, int R>
+__global__ void __launch_bounds__(GQ_WARPS * 32) anvil_gemv_quant_kernel(gq_args a)
+{
+    constexpr int E = gq_piece<S>::E;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gcol = blockIdx.x * GQ_WARPS + warp;
+    const int cols = a.silu ? a.end[0] : a.end[a.n_parts - 1];
+    if (gcol >= cols)
+        return;
+    int part = 0;
+    while (gcol >= a.end[part])
+        part++;
+    const int n0 = part > 0 ? a.end[part - 1] : 0;
+    const int n = gcol - n0, N = a.end[part] - n0;
+    const int per_group = a.gs / E;
+    const X *x = (const X *)a.x;
+    float acc[R], acc2[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
+        acc[r] = acc2[r] = 0.0f;
+    gq_row<X, S, R>(x, gq_wrow<S>(a, part, n), a.scales[part] + (int64_t)n * a.G,
+                    a.zeros[part] != nullptr ? a.zeros[part] + (int64_t)n * a.G : nullptr, a.K, per_group, lane, acc,
+                    true);
+    if (a.silu) /* the up row n (part 1) beside the gate row n (part 0) */
+        gq_row<X, S, R>(x, gq_wrow<S>(a, 1, n), a.scales[1] + (int64_t)n * a.G,
+                        a.zeros[1] != nullptr ? a.zeros[1] + (int64_t)n * a.G : nullptr, a.K, per_group, lane, acc2,
+                        false);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
         acc[r] = anvil_warp_sum(acc[r]);
+        if (a.silu)
+            acc2[r] = anvil_warp_sum(acc2[r]);
+    }
     if (lane == 0) {
         const void *bias = a.bias[part];
         const float b = bias != nullptr ? anvil_load_any(bias, a.bias_dt[part], n) : 0.0f;
         O *out = (O *)a.out[part];
+        if (!a.silu) {
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            out[(int64_t)r * N + n] = anvil_from_f32<O>(acc[r] + b);
+            for (int r = 0; r < R; r++)
+                out[(int64_t)r * N + n] = anvil_from_f32<O>(acc[r] + b);
+        } else {
+            /* as matmul + matmul + silu_mul: each product rounded to O first */
+            const float b2 = a.bias[1] != nullptr ? anvil_load_any(a.bias[1], a.bias_dt[1], n) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const float gv = anvil_to_f32(anvil_from_f32<O>(acc[r] + b));
+                const float uv = anvil_to_f32(anvil_from_f32<O>(acc2[r] + b2));
+                out[(int64_t)r * N + n] = anvil_from_f32<O>(gv / (1.0f + expf(-gv)) * uv);
+            }
+        }
     }
 }
 
@@ -192,7 +236,8 @@ extern "C" int anvil_cuda_gemv_quant_ok(const anvil_cuda_qweight *w, const void 
 template <typename X, typename O, int S>
 static void launch_rows(cudaStream_t stream, int pdl, const gq_args &a)
 {
-    const dim3 grid((unsigned)((a.end[a.n_parts - 1] + GQ_WARPS - 1) / GQ_WARPS));
+    const int cols = a.silu ? a.end[0] : a.end[a.n_parts - 1];
+    const dim3 grid((unsigned)((cols + GQ_WARPS - 1) / GQ_WARPS));
     switch (a.rows) {
     case 1:
         anvil_launch(anvil_gemv_quant_kernel<X, O, S, 1>, grid, GQ_WARPS * 32, 0, stream, pdl, a);
@@ -220,11 +265,9 @@ static void launch_scheme(cudaStream_t stream, int pdl, anvil_dtype wdt, const g
         launch_rows<X, O, GQ_U4>(stream, pdl, a);
 }
 
-extern "C" anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, int pdl, int n_parts,
-                                                           const anvil_cuda_qweight *w, const void *x,
-                                                           anvil_dtype x_dt, const void *const *bias,
-                                                           const anvil_dtype *bias_dt, void *const *out,
-                                                           anvil_dtype out_dt, int64_t T)
+static anvil_status launch_parts(cudaStream_t stream, int pdl, int n_parts, const anvil_cuda_qweight *w,
+                                 const void *x, anvil_dtype x_dt, const void *const *bias, const anvil_dtype *bias_dt,
+                                 void *const *out, anvil_dtype out_dt, int64_t T, int silu)
 {
     CHECK(n_parts >= 1 && n_parts <= GQ_MAX_PARTS, ANVIL_ERR_INVALID_ARG, "gemv (quantized): %d parts (1..%d)",
           n_parts, GQ_MAX_PARTS);
@@ -257,6 +300,7 @@ extern "C" anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, 
         a.end[i] = (int)total;
     }
     a.n_parts = n_parts;
+    a.silu = silu;
     if (T == 0 || total == 0)
         return ANVIL_OK;
     a.K = (int)w[0].K;
@@ -281,6 +325,30 @@ extern "C" anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, 
         TRY(ANVIL_CUDA_LAUNCHED("gemv (quantized) kernel"));
     }
     return ANVIL_OK;
+}
+
+extern "C" anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, int pdl, int n_parts,
+                                                           const anvil_cuda_qweight *w, const void *x,
+                                                           anvil_dtype x_dt, const void *const *bias,
+                                                           const anvil_dtype *bias_dt, void *const *out,
+                                                           anvil_dtype out_dt, int64_t T)
+{
+    return launch_parts(stream, pdl, n_parts, w, x, x_dt, bias, bias_dt, out, out_dt, T, 0);
+}
+
+extern "C" anvil_status anvil_cuda_launch_gemv_quant_silu(cudaStream_t stream, int pdl, const anvil_cuda_qweight *wg,
+                                                          const anvil_cuda_qweight *wu, const void *x,
+                                                          anvil_dtype x_dt, const void *bg, anvil_dtype bg_dt,
+                                                          const void *bu, anvil_dtype bu_dt, void *out,
+                                                          anvil_dtype out_dt, int64_t T)
+{
+    CHECK(wg->N == wu->N, ANVIL_ERR_INVALID_ARG, "gemv silu (quantized): gate %lld and up %lld columns",
+          (long long)wg->N, (long long)wu->N);
+    const anvil_cuda_qweight w[2] = {*wg, *wu};
+    const void *b[2] = {bg, bu};
+    const anvil_dtype bdt[2] = {bg_dt, bu_dt};
+    void *o[2] = {out, out};
+    return launch_parts(stream, pdl, 2, w, x, x_dt, b, bdt, o, out_dt, T, 1);
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv_quant(cudaStream_t stream, int pdl, const anvil_cuda_qweight *w,

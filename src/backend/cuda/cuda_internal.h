@@ -188,10 +188,12 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
 /* The matmuls of one x with quantized weights of one layout (q/k/v,
  * gate/up): one preparation of x and one GEMV launch where the GEMV takes
  * them (*done = 1); else nothing done (*done = 0) and the caller runs the
- * separate matmuls. Each part checked as anvil_cuda_op_matmul checks. */
+ * separate matmuls. Each part checked as anvil_cuda_op_matmul checks.
+ * With silu (n 2: gate, up): out[0] = silu(x W0^T + b0) * (x W1^T + b1)
+ * in the same launch, each product rounded first (out[1] not written). */
 anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
                                            const anvil_tensor *const *w, const anvil_tensor *const *bias,
-                                           anvil_tensor *const *out, int *done);
+                                           anvil_tensor *const *out, int silu, int *done);
 /* out[T, N] = (sx[t] * sw[n]) * sum_k xq[t, k] wq[n, k] (+ bias[N]) on
  * cuBLASLt's FP8 GEMM (e4m3 x e4m3, f32 accumulation, outer-vector scales;
  * cuda_matmul.c): xq [T, K] and wq [N, K] fp8 e4m3, sx [T] and sw [N] f32,
@@ -358,6 +360,13 @@ anvil_status anvil_cuda_launch_gemv_quant_multi(cudaStream_t stream, int pdl, in
                                                 const void *x, anvil_dtype x_dt, const void *const *bias,
                                                 const anvil_dtype *bias_dt, void *const *out, anvil_dtype out_dt,
                                                 int64_t T);
+/* out [T, N] = silu(x Wg^T + bg) * (x Wu^T + bu), each product rounded to
+ * out_dt first (as two matmuls and silu_mul), in one launch: wg and wu of
+ * one layout and N. */
+anvil_status anvil_cuda_launch_gemv_quant_silu(cudaStream_t stream, int pdl, const anvil_cuda_qweight *wg,
+                                               const anvil_cuda_qweight *wu, const void *x, anvil_dtype x_dt,
+                                               const void *bg, anvil_dtype bg_dt, const void *bu, anvil_dtype bu_dt,
+                                               void *out, anvil_dtype out_dt, int64_t T);
 
 /* Prepared activations (cuda_quant_act.cu): x' [T, K] from x [T, K] (x_dt):
  * x'[t, k] = x[t, perm[k]] (perm NULL: x[t, k]), then with fp8 activations

@@ -10,7 +10,7 @@
  *     GEMM can take the rest.
  *     The weights of one x (q/k/v, gate/up: matmul_multi and
  *     matmul_silu_mul) take one preparation of x and one launch
- *     (anvil_cuda_matmul_quant_multi).
+ *     (anvil_cuda_matmul_quant_multi; gate/up with the silu in it).
  *  2. fp8 W8A8 (fp8 weights with per-channel scales and fp8 activations),
  *     more rows, bf16/f16 activations, sm_89+: each row of x quantized to
  *     fp8 (its scale per row), then cuBLASLt's FP8 GEMM with the weight's
@@ -165,14 +165,16 @@ static anvil_status check_part(anvil_cuda_backend *cb, const anvil_tensor *x, co
 
 anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
                                            const anvil_tensor *const *w, const anvil_tensor *const *bias,
-                                           anvil_tensor *const *out, int *done)
+                                           anvil_tensor *const *out, int silu, int *done)
 {
     *done = 0;
-    if (n < 1 || n > ANVIL_MATMUL_MULTI_MAX || cb->knobs.matmul_quant == 1 || cb->knobs.matmul_gemv == 2 ||
-        cb->knobs.matmul_simt)
+    if (n < 1 || n > ANVIL_MATMUL_MULTI_MAX || (silu && n != 2) || cb->knobs.matmul_quant == 1 ||
+        cb->knobs.matmul_gemv == 2 || cb->knobs.matmul_simt)
         return ANVIL_OK;
     for (int i = 0; i < n; i++)
         TRY(check_part(cb, x, w[i], bias[i], out[i]));
+    if (silu && w[0]->shape[0] != w[1]->shape[0])
+        return ANVIL_OK;
     const anvil_quant *q0 = w[0]->quant;
     const anvil_dtype dt = cb->ops.act_dtype;
     const int64_t T = x->shape[0], K = x->shape[1];
@@ -207,7 +209,11 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         TRY(prep_x(cb, x, q0, ANVIL_DTYPE_F32, &xp));
         xdt = ANVIL_DTYPE_F32;
     }
-    TRY(anvil_cuda_launch_gemv_quant_multi(cb->stream, cb->pdl, n, qw, xp, xdt, bp, bdt, op, dt, T));
+    if (silu)
+        TRY(anvil_cuda_launch_gemv_quant_silu(cb->stream, cb->pdl, &qw[0], &qw[1], xp, xdt, bp[0], bdt[0], bp[1],
+                                              bdt[1], op[0], dt, T));
+    else
+        TRY(anvil_cuda_launch_gemv_quant_multi(cb->stream, cb->pdl, n, qw, xp, xdt, bp, bdt, op, dt, T));
     *done = 1;
     return ANVIL_OK;
 }

@@ -12,7 +12,7 @@
  */
 #include "backend/cuda/cuda_common.cuh"
 
-#define QA_THREADS 256
+#define QA_THREADS 512 /* a decode row is one block: wide, so that its two passes are short */
 
 template <typename X>
 __device__ __forceinline__ float qa_load(const X *xr, const int32_t *perm, int k, int K, int *err)
