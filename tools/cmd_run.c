@@ -18,6 +18,7 @@
 #include "cli_env.h"
 #include "cli_error.h"
 #include "cli_signal.h"
+#include "cli_tp.h"
 #include "commands.h"
 #include "exec_cli.h"
 #include "request_flags.h"
@@ -34,6 +35,7 @@ typedef struct run_args {
     const char *refit_weights; /* --refit-weights: new weights after refit_after tokens */
     int32_t refit_after;
     int refit_after_set;
+    int32_t tp;                /* --tp N: ranks of mpirun (0: not given) */
     anvil_runtime_options rt;
 } run_args;
 
@@ -74,13 +76,15 @@ static void run_usage(FILE *out)
             "      --max-seq-len N         context length (default: the model's)\n"
             "      --kv-cache-dtype DT     auto (default), f32, bf16, f16 or fp8 (e4m3, a scale per layer)\n"
             "      --mmap                  map the weights instead of reading them into memory\n"
+            "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (CPU; rank 0\n"
+            "                              prints, the others follow its steps: docs/parallel.md)\n"
             "  -h, --help                  this help\n");
 }
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
-           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE };
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -91,6 +95,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
+        {"tp", required_argument, 0, OPT_TP},
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -127,6 +132,10 @@ static int parse_args(int argc, char **argv, run_args *a)
             if (exec_cli_dtype(optarg, &a->rt.weight_dtype, "anvil run")) return 2;
             break;
         case OPT_MMAP: a->rt.use_mmap = 1; break;
+        case OPT_TP:
+            if (exec_cli_int(optarg, "--tp", 1, 4096, &v, "anvil run")) return 2;
+            a->tp = (int32_t)v;
+            break;
         case OPT_KV_DTYPE:
             if (exec_cli_kv_dtype(optarg, &a->rt.kv_cache_dtype, "anvil run")) return 2;
             break;
@@ -307,6 +316,22 @@ int anvil_cmd_run(int argc, char **argv)
         return rc;
     }
     rc = 1;
+    anvil_comm *comm = NULL;
+    if (a.tp > 1) {
+        if (a.refit_weights) {
+            fprintf(stderr, "anvil run: --refit-weights is one rank's (not with --tp)\n");
+            request_values_free(&a.rv);
+            return 2;
+        }
+        if (cli_tp_join("anvil run", a.tp, &a.rt, &comm) != 0) {
+            request_values_free(&a.rv);
+            return 1;
+        }
+        if (anvil_comm_rank(comm) != 0) { /* the others follow rank 0's steps */
+            request_values_free(&a.rv);
+            return cli_tp_follow("anvil run", a.model, &a.rt);
+        }
+    }
     cli_sigint_install("anvil run"); /* loading: Ctrl-C exits 130 */
 
     anvil_tokenizer *tok = NULL;
@@ -472,7 +497,9 @@ done:
     free(prompt);
     free(out);
     anvil_detokenizer_free(detok);
-    anvil_runtime_free(rt);
+    const int loaded = rt != NULL;
+    anvil_runtime_free(rt); /* with --tp: the other ranks return */
+    cli_tp_end("anvil run", comm, loaded);
     anvil_tokenizer_free(tok);
     request_values_free(&a.rv);
     return rc;

@@ -104,6 +104,11 @@ typedef struct anvil_runtime_options {
      * load (a model folder; engines are one rank's for now). Borrowed: it
      * must outlive the runtime. NULL (default): one rank. */
     anvil_comm *comm;
+    /* With comm: 0 (default): every rank calls the same steps itself
+     * (lockstep). 1: rank 0 alone calls them (an executor, anvil run) and
+     * sends each step, with its KV block copies, to the other ranks, which
+     * run them inside anvil_runtime_follow. */
+    int comm_lead;
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);
@@ -115,6 +120,24 @@ void anvil_runtime_options_default(anvil_runtime_options *opts);
  * config, a malformed file. *out is NULL on failure.
  */
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out);
+
+/*
+ * Tensor parallelism led by rank 0 (options.comm_lead): on every other
+ * rank, runs the steps rank 0 sends, until rank 0 ends (its runtime freed,
+ * or anvil_runtime_lead_end); ANVIL_OK then. Sampling happens on rank 0
+ * only; each rank's KV cache follows rank 0's block ids. A failed step or
+ * collective returns its error (the communicator is broken by then).
+ * ANVIL_ERR_INVALID_ARG on rank 0 or without comm_lead.
+ */
+anvil_status anvil_runtime_follow(anvil_runtime *rt);
+
+/*
+ * Rank 0 of a led communicator: tells the followers to return from
+ * anvil_runtime_follow. Freeing rank 0's runtime does it; this is for a rank
+ * 0 that ends without one (its load failed while the others' succeeded).
+ * Once per communicator.
+ */
+anvil_status anvil_runtime_lead_end(anvil_comm *comm);
 
 /* Frees the runtime and everything it allocated. NULL is a no-op. */
 void anvil_runtime_free(anvil_runtime *rt);

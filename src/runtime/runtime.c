@@ -53,6 +53,7 @@ void anvil_runtime_free(anvil_runtime *rt)
 {
     if (rt == NULL)
         return;
+    anvil_rt_tp_release(rt); /* a leading rank 0 lets the others return */
     anvil_backend *be = rt->be;
     if (be != NULL) {
         for (int32_t i = 0; rt->plan && i < rt->plan->n_stored; i++)
@@ -844,6 +845,7 @@ anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *
     }
     if (n == 0 || n_tokens == 0)
         return ANVIL_OK;
+    TRY(anvil_rt_tp_lead_kv_copy(rt, n, src, dst, n_tokens));
     /* Through a host buffer: the backend interface has upload and download,
      * and this runs once per fork, not per token. */
     const size_t row = (size_t)(rt->n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->kv_dtype);
@@ -1428,6 +1430,7 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
 {
     if (rt->step_prev_ids != NULL) /* placeholders: the previous step's ids, in stream order */
         TRY(rt->be->ops->resolve_tokens(rt->be, s, rt->step_prev_ids));
+    TRY(anvil_rt_tp_lead_step(rt, s)); /* a leading rank 0 sends the step to the others */
     for (int32_t i = 0; i < rt->n_ops; i++) {
         const anvil_net_op *op = anvil_network_op(rt->net, i);
         /* ops over the logit rows are skipped when no row wants logits */

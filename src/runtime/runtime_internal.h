@@ -61,6 +61,7 @@ struct anvil_runtime {
 
     /* tensor parallelism (runtime_tp.c): opts.comm's rank runs rt->net cut for it */
     void *tp_stage;           /* all_gather's rank-ordered parts, made on the first gather */
+    int tp_ended;             /* comm_lead, rank 0: the followers were released */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim],
      * n_kv_heads this rank's (the config's on one rank) */
@@ -150,5 +151,11 @@ anvil_status anvil_rt_tp_check_backend(const anvil_runtime *rt);
 /* An all_reduce (in place: out is in) or all_gather op through opts.comm. */
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
                                     anvil_tensor *out);
+/* comm_lead, rank 0 (no-ops elsewhere): sends the step about to run (its
+ * metadata as the backend holds it), a KV block copy, the end. */
+anvil_status anvil_rt_tp_lead_step(anvil_runtime *rt, const anvil_step *s);
+anvil_status anvil_rt_tp_lead_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
+                                      int32_t n_tokens);
+void anvil_rt_tp_release(anvil_runtime *rt);
 
 #endif

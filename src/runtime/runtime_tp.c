@@ -111,3 +111,179 @@ anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, c
                    (const unsigned char *)rt->tp_stage + (size_t)k * part + (size_t)r * cols, cols);
     return ANVIL_OK;
 }
+
+/* ------------------------------------------------------------ rank 0 leads (options.comm_lead) */
+
+/* What rank 0 sends its followers: a header, broadcast, then its arrays. */
+enum { TP_MSG_STEP = 1, TP_MSG_KV_COPY = 2, TP_MSG_END = 3 };
+
+#define TP_STEP_ARRAYS 8
+
+typedef struct tp_msg {
+    int32_t kind;
+    /* STEP: the step's counts, and where its arrays lie in the step
+     * metadata (ints from its start; the layout is rank 0's) */
+    int32_t n_tokens, n_seqs, n_logits, max_blocks_per_seq, max_context, n_decode, decode_max_context;
+    int64_t ints;                 /* STEP: metadata ints; KV_COPY: block pairs */
+    int64_t off[TP_STEP_ARRAYS];  /* STEP */
+    int32_t copy_tokens;          /* KV_COPY: tokens per block copied */
+} tp_msg;
+
+static int leads(const anvil_runtime *rt)
+{
+    return rt->opts.comm_lead && anvil_comm_size(rt->opts.comm) > 1 && anvil_comm_rank(rt->opts.comm) == 0 &&
+           !rt->tp_ended;
+}
+
+/* The step's arrays in a fixed order, and their lengths. */
+static void step_arrays(const anvil_step *s, const int32_t *a[TP_STEP_ARRAYS], int64_t n[TP_STEP_ARRAYS])
+{
+    const int64_t T = s->n_tokens, S = s->n_seqs;
+    a[0] = s->token_ids, n[0] = T;
+    a[1] = s->positions, n[1] = T;
+    a[2] = s->seq_of_token, n[2] = T;
+    a[3] = s->seq_starts, n[3] = S + 1;
+    a[4] = s->seq_lens, n[4] = S;
+    a[5] = s->block_tables, n[5] = S * s->max_blocks_per_seq;
+    a[6] = s->slots, n[6] = T;
+    a[7] = s->logit_rows, n[7] = s->n_logits;
+}
+
+anvil_status anvil_rt_tp_lead_step(anvil_runtime *rt, const anvil_step *s)
+{
+    if (!leads(rt))
+        return ANVIL_OK;
+    anvil_comm *comm = rt->opts.comm;
+    tp_msg m = {.kind = TP_MSG_STEP, .n_tokens = s->n_tokens, .n_seqs = s->n_seqs, .n_logits = s->n_logits,
+                .max_blocks_per_seq = s->max_blocks_per_seq, .max_context = s->max_context,
+                .n_decode = s->n_decode, .decode_max_context = s->decode_max_context};
+    const int32_t *a[TP_STEP_ARRAYS];
+    int64_t n[TP_STEP_ARRAYS];
+    step_arrays(s, a, n);
+    const int32_t *base = rt->meta_dev;
+    for (int k = 0; k < TP_STEP_ARRAYS; k++) {
+        m.off[k] = a[k] - base;
+        if (m.off[k] + n[k] > m.ints)
+            m.ints = m.off[k] + n[k];
+    }
+    /* the ids as the backend holds them: placeholders resolved */
+    TRY(rt->be->ops->synchronize(rt->be));
+    TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
+    return anvil_comm_broadcast(comm, rt->meta_dev, (size_t)m.ints * sizeof(int32_t), 0);
+}
+
+anvil_status anvil_rt_tp_lead_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
+                                      int32_t n_tokens)
+{
+    if (!leads(rt) || n == 0 || n_tokens == 0)
+        return ANVIL_OK;
+    anvil_comm *comm = rt->opts.comm;
+    tp_msg m = {.kind = TP_MSG_KV_COPY, .ints = n, .copy_tokens = n_tokens};
+    TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
+    TRY(anvil_comm_broadcast(comm, (void *)src, (size_t)n * sizeof *src, 0));
+    return anvil_comm_broadcast(comm, (void *)dst, (size_t)n * sizeof *dst, 0);
+}
+
+anvil_status anvil_runtime_lead_end(anvil_comm *comm)
+{
+    CHECK(comm != NULL && anvil_comm_rank(comm) == 0, ANVIL_ERR_INVALID_ARG,
+          "anvil_runtime_lead_end: only rank 0 leads");
+    if (anvil_comm_size(comm) == 1)
+        return ANVIL_OK;
+    tp_msg m = {.kind = TP_MSG_END};
+    return anvil_comm_broadcast(comm, &m, sizeof m, 0);
+}
+
+void anvil_rt_tp_release(anvil_runtime *rt)
+{
+    if (!leads(rt))
+        return;
+    rt->tp_ended = 1;
+    if (anvil_runtime_lead_end(rt->opts.comm) != ANVIL_OK)
+        anvil_log(ANVIL_LOG_WARN, "releasing the other ranks: %s", anvil_last_error());
+}
+
+/* A step from rank 0: its counts checked against this runtime's limits
+ * (the ranks were loaded with the same options), its metadata received
+ * into the backend's step buffer, then run. */
+static anvil_status follow_step(anvil_runtime *rt, const tp_msg *m)
+{
+    const anvil_runtime_options *o = &rt->opts;
+    CHECK(m->n_tokens > 0 && m->n_tokens <= o->max_num_tokens && m->n_seqs > 0 && m->n_seqs <= o->max_batch_size &&
+              m->n_logits >= 0 && m->n_logits <= o->max_logit_rows && m->max_blocks_per_seq > 0 &&
+              m->max_blocks_per_seq <= rt->max_blocks_per_seq && m->ints > 0 && (size_t)m->ints <= rt->meta_ints,
+          ANVIL_ERR_COMM,
+          "rank 0 sent a step of %d tokens, %d sequences, %d logit rows, %d blocks a sequence, %lld ints: this "
+          "rank's limits differ (load every rank with the same options)",
+          m->n_tokens, m->n_seqs, m->n_logits, m->max_blocks_per_seq, (long long)m->ints);
+    TRY(anvil_comm_broadcast(rt->opts.comm, rt->meta_dev, (size_t)m->ints * sizeof(int32_t), 0));
+    const int32_t *base = rt->meta_dev;
+    anvil_step s = {.n_tokens = m->n_tokens, .n_seqs = m->n_seqs, .n_logits = m->n_logits,
+                    .max_blocks_per_seq = m->max_blocks_per_seq, .block_size = o->kv_block_size,
+                    .max_context = m->max_context, .n_decode = m->n_decode,
+                    .decode_max_context = m->decode_max_context};
+    const int32_t *a[TP_STEP_ARRAYS];
+    int64_t n[TP_STEP_ARRAYS];
+    step_arrays(&s, a, n); /* the lengths */
+    const int32_t **dst[TP_STEP_ARRAYS] = {&s.token_ids, &s.positions, &s.seq_of_token, &s.seq_starts,
+                                           &s.seq_lens,  &s.block_tables, &s.slots,    &s.logit_rows};
+    for (int k = 0; k < TP_STEP_ARRAYS; k++) {
+        CHECK(m->off[k] >= 0 && m->off[k] + n[k] <= m->ints, ANVIL_ERR_COMM,
+              "rank 0 sent a step whose array %d lies outside its metadata", k);
+        *dst[k] = base + m->off[k];
+    }
+    TRY(anvil_rt_run_step(rt, &s, NULL));
+    return rt->be->ops->synchronize(rt->be);
+}
+
+/* Block copies from rank 0: this rank allocates no blocks of its own (rank
+ * 0's ids name its blocks), so the pairs are marked in use for the copy. */
+static anvil_status follow_kv_copy(anvil_runtime *rt, const tp_msg *m)
+{
+    CHECK(m->ints > 0 && m->ints <= rt->n_blocks, ANVIL_ERR_COMM, "rank 0 sent a copy of %lld blocks",
+          (long long)m->ints);
+    const int32_t n = (int32_t)m->ints;
+    int32_t *pairs = malloc((size_t)n * 2 * sizeof *pairs);
+    CHECK(pairs != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st = anvil_comm_broadcast(rt->opts.comm, pairs, (size_t)n * sizeof *pairs, 0);
+    if (st == ANVIL_OK)
+        st = anvil_comm_broadcast(rt->opts.comm, pairs + n, (size_t)n * sizeof *pairs, 0);
+    for (int32_t i = 0; st == ANVIL_OK && i < 2 * n; i++)
+        if (pairs[i] < 0 || pairs[i] >= rt->n_blocks)
+            st = ANVIL_FAIL(ANVIL_ERR_COMM, "rank 0 sent block id %d (%d blocks)", pairs[i], rt->n_blocks);
+    if (st == ANVIL_OK) {
+        for (int32_t i = 0; i < 2 * n; i++)
+            rt->block_used[pairs[i]] = 1;
+        st = anvil_runtime_kv_copy(rt, n, pairs, pairs + n, m->copy_tokens);
+        for (int32_t i = 0; i < 2 * n; i++)
+            rt->block_used[pairs[i]] = 0;
+    }
+    free(pairs);
+    return st;
+}
+
+anvil_status anvil_runtime_follow(anvil_runtime *rt)
+{
+    CHECK(rt != NULL, ANVIL_ERR_INVALID_ARG, "anvil_runtime_follow: NULL runtime");
+    anvil_comm *comm = rt->opts.comm;
+    CHECK(rt->opts.comm_lead && anvil_comm_size(comm) > 1 && anvil_comm_rank(comm) != 0, ANVIL_ERR_INVALID_ARG,
+          "anvil_runtime_follow: for ranks 1.. of a communicator led by rank 0 (options.comm_lead)");
+    for (;;) {
+        tp_msg m;
+        TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
+        switch (m.kind) {
+        case TP_MSG_END:
+            return ANVIL_OK;
+        case TP_MSG_STEP:
+            if (follow_step(rt, &m) != ANVIL_OK)
+                return anvil_error_wrap("rank %d following a step", anvil_comm_rank(comm));
+            break;
+        case TP_MSG_KV_COPY:
+            if (follow_kv_copy(rt, &m) != ANVIL_OK)
+                return anvil_error_wrap("rank %d following a KV copy", anvil_comm_rank(comm));
+            break;
+        default:
+            return ANVIL_FAIL(ANVIL_ERR_COMM, "rank 0 sent message kind %d", m.kind);
+        }
+    }
+}

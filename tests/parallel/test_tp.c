@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "anvil/comm.h"
+#include "anvil/generate.h"
 #include "anvil/log.h"
 #include "anvil/runtime.h"
 #include "golden.h"
@@ -166,7 +167,7 @@ static void test_bad_arguments(void **state)
 
 /* ------------------------------------------------------------ models */
 
-static anvil_status load_model(const char *model, anvil_runtime **rt)
+static anvil_status load_model_led(const char *model, int lead, anvil_runtime **rt)
 {
     char dir[512];
     snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
@@ -180,8 +181,11 @@ static anvil_status load_model(const char *model, anvil_runtime **rt)
     o.kv_cache_tokens = 2048;
     o.kv_cache_dtype = "f32"; /* HF computes in f32: so does this comparison */
     o.comm = comm;
+    o.comm_lead = lead;
     return anvil_runtime_load(dir, &o, rt);
 }
+
+static anvil_status load_model(const char *model, anvil_runtime **rt) { return load_model_led(model, 0, rt); }
 
 /* Fails unless every rank holds the same n floats. */
 static void check_same_on_ranks(const char *model, const char *what, const float *x, int64_t n)
@@ -281,6 +285,51 @@ static void run_or_refuse(const char *model, int32_t n_heads)
     assert_null(rt);
 }
 
+/* Led by rank 0 (anvil run and serve): rank 0 alone generates through the
+ * executor (anvil_generate: overlapped steps whose ids rank 0 samples), the
+ * other ranks follow its steps; the greedy tokens are HF's, and freeing
+ * rank 0's runtime releases the others. */
+static void run_led(const char *model)
+{
+    golden g;
+    golden_load(model, &g);
+    anvil_runtime *rt = NULL;
+    if (load_model_led(model, 1, &rt) != ANVIL_OK)
+        fail_msg("load %s led: %s", model, anvil_last_error());
+    if (anvil_comm_rank(comm) != 0) {
+        if (anvil_runtime_follow(rt) != ANVIL_OK)
+            fail_msg("%s: rank %d follow: %s", model, anvil_comm_rank(comm), anvil_last_error());
+        anvil_runtime_free(rt);
+        golden_free(&g);
+        return;
+    }
+    assert_status_msg(anvil_runtime_follow(rt), ANVIL_ERR_INVALID_ARG, "ranks 1..");
+    for (int i = 0; i < g.n_cases; i++) {
+        const golden_case *gc = &g.cases[i];
+        anvil_generate_params p = {.max_tokens = gc->n_greedy < DECODE_STEPS ? gc->n_greedy : DECODE_STEPS};
+        p.sampling.temperature = 0.0f;
+        p.sampling.top_p = 1.0f;
+        int32_t *out = malloc((size_t)(p.max_tokens + 1) * 4), n_out = 0;
+        assert_non_null(out);
+        if (anvil_generate(rt, gc->ids, gc->n_ids, &p, NULL, NULL, out, &n_out, NULL) != ANVIL_OK)
+            fail_msg("%s %s led generate: %s", model, gc->name, anvil_last_error());
+        assert_int_equal(n_out, p.max_tokens);
+        for (int32_t j = 0; j < n_out; j++)
+            if (out[j] != gc->greedy[j])
+                fail_msg("%s %s led: greedy token %d is %d, HF has %d", model, gc->name, j, out[j], gc->greedy[j]);
+        free(out);
+    }
+    anvil_runtime_free(rt); /* the followers return */
+    golden_free(&g);
+}
+
+static void test_led_generation(void **s)
+{
+    (void)s;
+    run_led("tiny-qwen2");
+    run_led("tiny-phi3");
+}
+
 static void test_stories260K(void **s) { (void)s; run_or_refuse("stories260K", 8); }
 static void test_tinycode(void **s) { (void)s; run_or_refuse("tinycode", 6); }
 static void test_tiny_llama3(void **s) { (void)s; run_or_refuse("tiny-llama3", 8); }
@@ -305,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_tinycode),     cmocka_unit_test(test_tiny_llama3),
         cmocka_unit_test(test_tiny_qwen2),   cmocka_unit_test(test_tiny_mistral),
         cmocka_unit_test(test_tiny_qwen3),   cmocka_unit_test(test_tiny_phi3),
+        cmocka_unit_test(test_led_generation),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
 #ifdef TP_LSAN

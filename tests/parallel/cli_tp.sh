@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# anvil run --tp N under mpirun against one rank (docs/parallel.md): for
+# each model, the greedy continuation's ids of `mpirun -np N anvil run --tp
+# N --json` must be one rank's, rank 0 alone must print (one JSON line),
+# and --tp with another rank count must fail with its message.
+#   cli_tp.sh ANVIL MPIRUN SHARED N MODEL...
+set -euo pipefail
+anvil=$1 mpirun=$2 shared=$3 n=$4
+shift 4
+for model in "$@"; do
+  args=(run --model "$shared/models/$model" --prompt-ids 1,403,407,261 --temperature 0 --max-tokens 24 --json
+        --threads 1)
+  one=$("$anvil" "${args[@]}")
+  many=$("$mpirun" -np "$n" "$anvil" "${args[@]}" --tp "$n")
+  lines=$(printf '%s\n' "$many" | wc -l)
+  [ "$lines" = 1 ] || { echo "FAIL $model: $lines lines from $n ranks, want rank 0's one"; exit 1; }
+  ids_one=$(printf '%s' "$one" | sed 's/.*"ids": *\[\([^]]*\)\].*/\1/')
+  ids_many=$(printf '%s' "$many" | sed 's/.*"ids": *\[\([^]]*\)\].*/\1/')
+  [ -n "$ids_one" ] || { echo "FAIL $model: no ids from one rank: $one"; exit 1; }
+  [ "$ids_one" = "$ids_many" ] || { echo "FAIL $model: --tp $n gave [$ids_many], one rank [$ids_one]"; exit 1; }
+  echo "ok $model --tp $n: [$ids_many]"
+done
+# a rank count that is not --tp's: every rank ends, rank 0 says why
+if err=$("$mpirun" -np "$n" "$anvil" run --model "$shared/models/$1" --prompt-ids 1 --tp $((n + 1)) 2>&1); then
+  echo "FAIL: --tp $((n + 1)) on $n ranks succeeded"; exit 1
+fi
+printf '%s' "$err" | grep -q "needs $((n + 1)) ranks (mpirun -np $((n + 1))), this job has $n" ||
+  { echo "FAIL: --tp $((n + 1)) on $n ranks: $err"; exit 1; }
+echo "ok: --tp $((n + 1)) on $n ranks refused"
