@@ -403,6 +403,10 @@ static void test_attention_errors(void **state)
     assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "softcap");
     a.softcap = INFINITY;
     assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "softcap");
+    a.softcap = 30.0f;
+    KIT_OK(run_args(be, a));
+    a.scale = 0.0f; /* the cap applies to scaled scores */
+    assert_status_msg(run_args(be, a), ANVIL_ERR_INVALID_ARG, "positive scale");
 
     /* and the reference refuses the same calls */
     a = good;

@@ -1205,11 +1205,10 @@ static void test_attention_fp8(void **state)
 
 /*
  * Soft-capped scores (Gemma 2's attn_logit_softcapping) against the CPU's,
- * under every kernel choice: the tensor-core kernels do not cap, so the
- * backend takes the SIMT ones for a soft cap whatever the knob (a cap that
- * reached a tensor-core kernel would be ignored and fail here: 1.5 bends
- * these scores, |q.k| * scale reaching a few). An fp8 cache too (the SIMT
- * tiled kernel).
+ * under every kernel: tensor-core decode (two and three stages) and
+ * prefill (both block heights), the mixed split, the SIMT ones, an fp8
+ * cache. 1.5 bends these scores (|q.k| * scale reaches a few), so a kernel
+ * that ignored the cap would fail here.
  */
 static void test_attention_softcap(void **state)
 {
@@ -1225,6 +1224,16 @@ static void test_attention_softcap(void **state)
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 0);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
             attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+            if (a > 0) { /* f32 takes the SIMT kernels already */
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL_SIMT, 0);
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE_SIMT, 3);
+                attn_stages = 3;
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_DECODE, 3);
+                attn_stages = 0;
+                attn_rows = 128;
+                attn_run_case(f, c, a, ANVIL_CUDA_ATTN_PREFILL, 0);
+                attn_rows = 0;
+            }
         }
     }
     attn_fp8 = 1;
@@ -1341,6 +1350,12 @@ static void test_attention_errors(void **state)
         gpu_sync_ok(g16, "fp8 attention errors");
         g16->ops->free(g16, buf16);
     }
+    bad = a;
+    bad.softcap = -1.0f; /* a soft cap: 0 or positive, with a positive scale */
+    assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_INVALID_ARG, "softcap");
+    bad.softcap = 30.0f;
+    bad.scale = 0.0f;
+    assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_INVALID_ARG, "positive scale");
     bad = a;
     bad.out = &q;
     assert_status_msg(g->ops->attention(g, &bad), ANVIL_ERR_INVALID_ARG, "alias");

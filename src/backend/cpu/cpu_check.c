@@ -202,6 +202,8 @@ anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
           (double)a->k_scale, (double)a->v_scale);
     CHECK(a->softcap >= 0.0f && isfinite(a->softcap), ANVIL_ERR_INVALID_ARG,
           "attention: softcap %g: want 0 (none) or positive and finite", (double)a->softcap);
+    CHECK(a->softcap == 0.0f || (a->scale > 0.0f && isfinite(a->scale)), ANVIL_ERR_INVALID_ARG,
+          "attention: a soft cap needs a positive scale, got %g", (double)a->scale);
     if (T == 0)
         return ANVIL_OK;
     CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,

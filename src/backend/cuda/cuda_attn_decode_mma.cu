@@ -246,6 +246,9 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
     };
 
     const float sl2 = (F8 ? a.scale * a.k_scale : a.scale) * 1.4426950408889634f;
+    /* a soft cap (Gemma 2) on raw scores: cap_out tanh(raw cap_in) = cap tanh(scaled / cap) / scale */
+    const float s_raw = F8 ? a.scale * a.k_scale : a.scale;
+    const float cap_in = a.softcap > 0.0f ? s_raw / a.softcap : 0.0f, cap_out = a.softcap / s_raw;
     const int n_tiles = kend > kbeg ? (kend - kbeg + DM_BN - 1) / DM_BN : 0;
     /* STAGES - 1 tiles in flight ahead of the one in use (an empty group
      * where there is no tile, so the group count stays uniform) */
@@ -295,6 +298,13 @@ __global__ void __launch_bounds__(DM_WARPS * 32)
                 anvil_ldmatrix_x4(kb, kr + kc * 16);
                 anvil_mma16816<T>(sc[0], qf[kc], kb[0], kb[1]);
                 anvil_mma16816<T>(sc[1], qf[kc], kb[2], kb[3]);
+            }
+            if (a.softcap > 0.0f) { /* Gemma 2's cap, before the mask (uniform: a kernel parameter) */
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        sc[nt][e] = cap_out * tanhf(sc[nt][e] * cap_in);
             }
             /* scale, mask the keys past kend, and the max of each of the two rows */
             const bool full = kw0 + 16 <= kend;
@@ -538,8 +548,7 @@ static anvil_status launch_t(cudaStream_t stream, const anvil_cuda_attn *a, int 
 
 extern "C" int anvil_cuda_attn_decode_mma_ok(const anvil_cuda_attn *a)
 {
-    /* soft-capped logits (Gemma 2) take the SIMT kernels, which have them */
-    return a->softcap == 0.0f && (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
+    return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
            (a->cache_dt == a->dt || a->cache_dt == ANVIL_DTYPE_F8_E4M3) &&
            (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128) &&
            (int64_t)a->n_blocks * a->block_size <= INT32_MAX;

@@ -168,6 +168,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
     for (int mt = 0; mt < MT; mt++)
         m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.0f;
     const float sl2 = (F8 ? a.scale * a.k_scale : a.scale) * 1.4426950408889634f; /* scores into log2 units */
+    /* a soft cap on raw scores: cap_out tanh(raw cap_in) = cap tanh(scaled / cap) / scale */
+    const float s_raw = F8 ? a.scale * a.k_scale : a.scale;
+    const float cap_in = a.softcap > 0.0f ? s_raw / a.softcap : 0.0f, cap_out = a.softcap / s_raw;
 
     for (int seg_begin = 0; seg_begin < n_tok;) {
         const int s = tok_seq[seg_begin];
@@ -386,6 +389,20 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, prefill_bounds<MT>::blocks)
                     }
                 }
             }
+            /* Soft-capped scores (Gemma 2): s -> cap tanh(s / cap) on the
+             * scaled score, kept in raw units (divided by the scale again)
+             * so the scale stays folded into the exponent below; before
+             * the mask, which must stay -inf. Monotone, so the tile max
+             * below still commutes with it. Uniform: a kernel parameter. */
+            if (a.softcap > 0.0f) {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            sc[mt][nt][e] = cap_out * tanhf(sc[mt][nt][e] * cap_in);
+            }
             /* mask, and the tile max of each of the two rows, on the raw
              * scores: the scale (with log2 e, so each p is one exp2) goes
              * into the exponent's FFMA below, max commuting with a positive
@@ -564,8 +581,6 @@ static anvil_status launch(cudaStream_t stream, const anvil_cuda_attn *a, size_t
 
 extern "C" int anvil_cuda_attn_prefill_mma_ok(const anvil_cuda_attn *a)
 {
-    if (a->softcap != 0.0f) /* soft-capped logits (Gemma 2): the SIMT kernel has them */
-        return 0;
     if (a->cache_dt == ANVIL_DTYPE_F8_E4M3) /* the fp8 kernels: head_dim a template's */
         return (a->dt == ANVIL_DTYPE_BF16 || a->dt == ANVIL_DTYPE_F16) &&
                (a->head_dim == 32 || a->head_dim == 64 || a->head_dim == 128);

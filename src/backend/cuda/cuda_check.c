@@ -135,6 +135,8 @@ anvil_status anvil_cuda_check_attention(const anvil_cuda_backend *cb, const anvi
           (double)a->k_scale, (double)a->v_scale);
     CHECK(a->softcap >= 0.0f && isfinite(a->softcap), ANVIL_ERR_INVALID_ARG,
           "attention: softcap %g: want 0 (none) or positive and finite", (double)a->softcap);
+    CHECK(a->softcap == 0.0f || (a->scale > 0.0f && isfinite(a->scale)), ANVIL_ERR_INVALID_ARG,
+          "attention: a soft cap needs a positive scale, got %g", (double)a->scale);
     CHECK(T == 0 || (st->n_seqs > 0 && st->positions && st->seq_of_token && st->block_tables && st->slots),
           ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
     CHECK(T == 0 || st->max_context > 0, ANVIL_ERR_INVALID_ARG, "attention: max_context %d", st->max_context);

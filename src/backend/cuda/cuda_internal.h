@@ -434,7 +434,7 @@ typedef struct anvil_cuda_attn {
     int32_t n_tokens, n_seqs, max_blocks_per_seq, block_size, n_blocks;
     int32_t n_heads, n_kv_heads, head_dim, window;
     float scale;
-    float softcap;               /* 0: none; else scores s -> tanhf(s / softcap) * softcap (SIMT kernels only) */
+    float softcap;               /* 0: none; else scaled scores s -> tanhf(s / softcap) * softcap */
     int *err;
     anvil_cuda_rope rope;        /* rope.inv_freq non-NULL: q and k arrive unrotated (rope_kv_write rotates them) */
     int pdl;                     /* the backend's pdl: launch with programmatic dependent launch */
