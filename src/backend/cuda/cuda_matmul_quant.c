@@ -4,10 +4,10 @@
  * runs, by rows and scheme, the same choice for the same shape every time.
  *
  *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
- *     16 of int8 and fp8 weight-only, 4 of W8A8 (decode), four rows a pass, each pass reading the weight once; fp8,
+ *     16 of int8 and fp8 weight-only, 4 of W8A8 (16 where there is no FP8
+ *     GEMM), four rows a pass, each pass reading the weight once; fp8,
  *     int8, int4 in pieces of 16 bytes (K and the group multiples of
- *     16 / 32 elements, aligned). W8A8 up to four rows only when the FP8
- *     GEMM can take the rest.
+ *     16 / 32 elements, aligned).
  *     The weights of one x (q/k/v, gate/up: matmul_multi and
  *     matmul_silu_mul) take one preparation of x and one launch
  *     (anvil_cuda_matmul_quant_multi; gate/up with the silu in it).
