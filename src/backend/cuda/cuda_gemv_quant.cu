@@ -7,7 +7,7 @@
  * bandwidth, but over fewer bytes: fp8 and int8 read one byte an element
  * (half of bf16), int4 half a byte (a quarter). A warp per output column
  * n; each lane takes 16-byte pieces of w's row (lane, lane + 32, ...;
- * four in flight, loaded past L1 so that the weight does not evict x),
+ * eight in flight, loaded past L1 so that the weight does not evict x),
  * turns them into f32 in registers (fp8 through the cvt instructions,
  * int8 and int4 through the f32 bit trick below), multiplies them with x
  * (L1-resident) for every row t, and scales each piece's sum by its group's
@@ -36,7 +36,7 @@
 
 #define GQ_WARPS    4
 #define GQ_MAX_ROWS 4 /* rows a pass; more rows run several passes */
-#define GQ_UNROLL   4 /* pieces in flight per lane */
+#define GQ_UNROLL   8 /* pieces in flight per lane (128 bytes, as the bf16 GEMV) */
 
 enum { GQ_FP8 = 0, GQ_I8 = 1, GQ_U4 = 2 };
 
@@ -129,20 +129,24 @@ __device__ __forceinline__ void gq_row(const X *__restrict__ x, const uint4 *wr,
         for (int r = 0; r < R; r++) {
             float xf[E];
             anvil_load_vec<X, E>(x + (int64_t)r * K + (int64_t)c * E, xf);
-            float d = 0.0f;
+            /* four independent chains: a 16- or 32-long chain of dependent
+             * FMAs would leave the warp waiting on their latency */
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
             for (int i = 0; i < E; i++)
-                d = fmaf(xf[i], wf[i], d);
-            acc[r] = fmaf(d, s, acc[r]);
+                d[i & 3] = fmaf(xf[i], wf[i], d[i & 3]);
+            acc[r] = fmaf((d[0] + d[1]) + (d[2] + d[3]), s, acc[r]);
         }
     };
 
-    int c = lane;
-    for (; c + (GQ_UNROLL - 1) * 32 < np; c += GQ_UNROLL * 32) {
+    /* GQ_UNROLL pieces a lane in flight, the last round's predicated (a row
+     * of int4 at K = 4096 is four pieces a lane: all of them at once) */
+    for (int c = lane; c < np; c += GQ_UNROLL * 32) {
         uint4 wv[GQ_UNROLL];
 #pragma unroll
         for (int u = 0; u < GQ_UNROLL; u++)
-            wv[u] = anvil_ld_stream16(wr + c + u * 32);
+            if (c + u * 32 < np)
+                wv[u] = anvil_ld_stream16(wr + c + u * 32);
         if (wait) {
             anvil_pdl_wait();
             anvil_pdl_launch();
@@ -150,14 +154,13 @@ __device__ __forceinline__ void gq_row(const X *__restrict__ x, const uint4 *wr,
         }
 #pragma unroll
         for (int u = 0; u < GQ_UNROLL; u++)
-            piece(c + u * 32, wv[u]);
+            if (c + u * 32 < np)
+                piece(c + u * 32, wv[u]);
     }
-    if (wait) {
+    if (wait) { /* a lane with no piece (np < 32) */
         anvil_pdl_wait();
         anvil_pdl_launch();
     }
-    for (; c < np; c += 32)
-        piece(c, anvil_ld_stream16(wr + c));
 }
 
 /* Column gcol's row: part p, row n of it. */
