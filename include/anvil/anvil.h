@@ -12,6 +12,8 @@
  * fallible call returns an anvil_status and leaves a message for
  * anvil_last_error() (status.h). examples/ has one small program for each
  * of these; docs/install.md says how to build against an installed anvil.
+ * Several processes share one model (tensor parallelism under mpirun)
+ * through a communicator (comm.h, runtime options comm).
  *
  * The CUDA backend (--device cuda, anvil_runtime_options.device "cuda") is
  * a separate library, libanvil-cuda.so, loaded when a CUDA device is asked
@@ -28,6 +30,7 @@
 #include "anvil/chat_template.h"
 #include "anvil/network.h"
 #include "anvil/builder.h"
+#include "anvil/comm.h"
 #include "anvil/sampling.h"
 #include "anvil/grammar.h"
 #include "anvil/runtime.h"

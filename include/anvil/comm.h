@@ -63,7 +63,8 @@ anvil_status anvil_comm_create_self(anvil_comm **out);
  * The processes of MPI_COMM_WORLD (started by mpirun), on a duplicate of it
  * with errors returned, not fatal. Initializes MPI when the program has not
  * (and finalizes it in anvil_comm_free); a program that initialized MPI
- * itself keeps it. ANVIL_ERR_UNSUPPORTED when anvil was built without MPI.
+ * itself keeps it (so of several communicators, free the first one made
+ * last). ANVIL_ERR_UNSUPPORTED when anvil was built without MPI.
  * *out NULL on failure. Call it from the thread that will use it.
  */
 anvil_status anvil_comm_create_mpi(anvil_comm **out);

@@ -60,7 +60,8 @@ struct anvil_runtime {
     anvil_rope_freqs *rope_freqs; /* [n_ops] what rope ops (and the attention that fuses them) take */
 
     /* tensor parallelism (runtime_tp.c): opts.comm's rank runs rt->net cut for it */
-    void *tp_stage;           /* all_gather's rank-ordered parts, made on the first gather */
+    void *tp_stage;           /* [tp_stage_bytes] all_gather's rank-ordered parts (NULL: no gathers) */
+    size_t tp_stage_bytes;
     int tp_ended;             /* comm_lead, rank 0: the followers were released */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim],
@@ -146,8 +147,9 @@ anvil_tensor anvil_rt_logits_tensor(const anvil_runtime *rt, const anvil_step *s
 /* Cuts rt->net for opts.comm's rank (when it has several; refused for an
  * engine file) and sets rt->n_kv_heads. */
 anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine);
-/* Refuses a communicator whose memory the backend does not compute in. */
-anvil_status anvil_rt_tp_check_backend(const anvil_runtime *rt);
+/* Refuses a communicator whose memory the backend does not compute in;
+ * allocates the all_gather buffer. */
+anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt);
 /* An all_reduce (in place: out is in) or all_gather op through opts.comm. */
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
                                     anvil_tensor *out);

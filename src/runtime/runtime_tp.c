@@ -48,7 +48,33 @@ anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
     return local_kv_heads(rt, &rt->n_kv_heads);
 }
 
-anvil_status anvil_rt_tp_check_backend(const anvil_runtime *rt)
+/* Room for one all_gather's rank-ordered parts, the largest the steps can
+ * ask for (none without gathers), made at load: a step allocates nothing. */
+static anvil_status gather_stage(anvil_runtime *rt)
+{
+    size_t most = 0;
+    const size_t act = anvil_dtype_size(rt->be->ops->act_dtype);
+    for (int32_t i = 0; i < anvil_network_op_count(rt->net); i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        size_t b;
+        const int32_t rows = op->row_kind == 0 ? rt->opts.max_num_tokens : rt->opts.max_logit_rows;
+        if (op->kind != ANVIL_OP_ALL_GATHER)
+            continue;
+        CHECK(anvil_mul_size_ok((size_t)rows, (size_t)op->width, &b) && anvil_mul_size_ok(b, act, &b),
+              ANVIL_ERR_UNSUPPORTED, "all_gather of %d rows of %lld values overflows a size", rows,
+              (long long)op->width);
+        if (b > most)
+            most = b;
+    }
+    if (most == 0)
+        return ANVIL_OK;
+    rt->tp_stage = malloc(most);
+    rt->tp_stage_bytes = most;
+    CHECK(rt->tp_stage != NULL, ANVIL_ERR_OOM, "out of memory for the all_gather buffer (%zu bytes)", most);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
 {
     const anvil_comm *comm = rt->opts.comm;
     if (anvil_comm_size(comm) == 1)
@@ -58,29 +84,7 @@ anvil_status anvil_rt_tp_check_backend(const anvil_runtime *rt)
           "the %s communicator moves host memory, and the %s backend computes in device memory (NCCL is next: "
           "docs/parallel.md)",
           anvil_comm_name(comm), rt->be->ops->name);
-    return ANVIL_OK;
-}
-
-/* Room for one all_gather's rank-ordered parts, the largest the steps can
- * ask for, made on the first gather. */
-static anvil_status gather_stage(anvil_runtime *rt, size_t bytes)
-{
-    if (rt->tp_stage != NULL)
-        return ANVIL_OK;
-    size_t most = 0;
-    const size_t act = anvil_dtype_size(rt->be->ops->act_dtype);
-    for (int32_t i = 0; i < rt->n_ops; i++) {
-        const anvil_net_op *op = anvil_network_op(rt->net, i);
-        size_t b;
-        const int32_t rows = op->row_kind == 0 ? rt->opts.max_num_tokens : rt->opts.max_logit_rows;
-        if (op->kind == ANVIL_OP_ALL_GATHER && anvil_mul_size_ok((size_t)rows, (size_t)op->width, &b) &&
-            anvil_mul_size_ok(b, act, &b) && b > most)
-            most = b;
-    }
-    CHECK(bytes <= most, ANVIL_ERR_INTERNAL, "all_gather of %zu bytes past the planned %zu", bytes, most);
-    rt->tp_stage = malloc(most ? most : 1);
-    CHECK(rt->tp_stage != NULL, ANVIL_ERR_OOM, "out of memory for the all_gather buffer (%zu bytes)", most);
-    return ANVIL_OK;
+    return gather_stage(rt);
 }
 
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
@@ -101,7 +105,8 @@ anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, c
     CHECK(n == anvil_comm_size(comm), ANVIL_ERR_INVALID_ARG,
           "the network gathers over %d ranks; the communicator has %d", n, anvil_comm_size(comm));
     const size_t part = (size_t)rows * (size_t)in->shape[1] * es;
-    TRY(gather_stage(rt, part * (size_t)n));
+    CHECK(part * (size_t)n <= rt->tp_stage_bytes, ANVIL_ERR_INTERNAL, "all_gather of %zu bytes past the planned %zu",
+          part * (size_t)n, rt->tp_stage_bytes);
     TRY(anvil_comm_all_gather(comm, in->data, rt->tp_stage, part));
     /* [rank][row][cols] -> [row][rank x cols] */
     const size_t cols = (size_t)in->shape[1] * es;
