@@ -4,7 +4,7 @@
  *
  *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR]
  *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion MODE,...]
- *                      [--quantize none,fp8,int8-wo,int4-wo] [--json FILE]
+ *                      [--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head] [--json FILE]
  *
  * A case B:P:N is a batch of B sequences with P-token prompts (random
  * ids) generating N tokens each, greedily (anvil_runtime_forward_greedy:
@@ -35,6 +35,8 @@
  * anvil_build_options.quantize; "none" the bf16 one): fp8 (W8A8, dynamic
  * per-token activations), int8-wo, int4-wo (groups of 128), run one after
  * the other in the same process, beside the same ceilings.
+ * --quantize-lm-head quantizes the LM head too (anvil build
+ * --quantize-lm-head; its engines are named *-lmhead.engine).
  *
  * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
  * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
@@ -108,13 +110,14 @@ static int cmp_double(const void *a, const void *b)
 /* A random-weight engine of the config (the builder's, as `anvil build
  * --config FILE --random-weights` makes it), written once into workdir
  * (--scratch DIR; default bench-scratch/ beside this binary). */
-static int ensure_model(const char *workdir, const char *name, const char *config, anvil_quantize quant, char *path,
-                        size_t cap)
+static int ensure_model(const char *workdir, const char *name, const char *config, anvil_quantize quant,
+                        int lm_head, char *path, size_t cap)
 {
+    lm_head = lm_head && quant != ANVIL_QUANTIZE_NONE;
     if (quant == ANVIL_QUANTIZE_NONE)
         snprintf(path, cap, "%s/%s.engine", workdir, name);
     else
-        snprintf(path, cap, "%s/%s-%s.engine", workdir, name, anvil_quantize_name(quant));
+        snprintf(path, cap, "%s/%s-%s%s.engine", workdir, name, anvil_quantize_name(quant), lm_head ? "-lmhead" : "");
     if (anvil_file_exists(path))
         return 0;
     mkdir(workdir, 0755);
@@ -132,6 +135,7 @@ static int ensure_model(const char *workdir, const char *name, const char *confi
     bo.random_weights = 1;
     bo.seed = 0x5eed;
     bo.quantize = quant;
+    bo.quantize_lm_head = lm_head;
     if (anvil_build_engine(cfg_path, path, &bo) != ANVIL_OK) {
         fprintf(stderr, "error: %s\n", anvil_last_error());
         return -1;
@@ -424,14 +428,14 @@ int main(int argc, char **argv)
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
     const char *fusion = "on", *quant_s = "none";
-    int no_pdl = 0;
+    int no_pdl = 0, q_lm_head = 0;
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
         {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
         {"cases", required_argument, 0, 'c'},
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
         {"fusion", required_argument, 0, 'f'}, {"pdl", required_argument, 0, 'p'},
-        {"quantize", required_argument, 0, 'q'},
+        {"quantize", required_argument, 0, 'q'}, {"quantize-lm-head", no_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;
@@ -445,6 +449,7 @@ int main(int argc, char **argv)
         case 'f': fusion = optarg; break;
         case 'j': json_path = optarg; break;
         case 'q': quant_s = optarg; break;
+        case 'L': q_lm_head = 1; break;
         case 'p':
             if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
                 fprintf(stderr, "--pdl on or off\n");
@@ -455,7 +460,7 @@ int main(int argc, char **argv)
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
                             "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
-                            "[--quantize none,fp8,int8-wo,int4-wo] [--json FILE]\n",
+                            "[--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head] [--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
         }
@@ -572,7 +577,7 @@ int main(int argc, char **argv)
             }
             char workdir[3072];
             if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0 ||
-                ensure_model(workdir, name, cfg, quant, dir, sizeof dir) != 0)
+                ensure_model(workdir, name, cfg, quant, q_lm_head, dir, sizeof dir) != 0)
                 return 1;
         }
         for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
@@ -608,8 +613,9 @@ int main(int argc, char **argv)
                 continue;
             }
             tl = now_s() - tl;
-            printf("\n%s%s%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
+            printf("\n%s%s%s%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
                    quant != ANVIL_QUANTIZE_NONE ? " " : "", quant != ANVIL_QUANTIZE_NONE ? anvil_quantize_name(quant) : "",
+                   quant != ANVIL_QUANTIZE_NONE && q_lm_head ? " (LM head too)" : "",
                    (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
                    !(fused & 1) ? "off"
                    : fused == 1 ? "on"
@@ -637,11 +643,12 @@ int main(int argc, char **argv)
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
-                            "%s\n {\"model\": \"%s\", \"quantize\": \"%s\", \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
+                            "%s\n {\"model\": \"%s\", \"quantize\": \"%s\", \"quantize_lm_head\": %s, \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
                             "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
-                            first_json ? "" : ",", name, anvil_quantize_name(quant), g_modes[gm] ? "true" : "false",
+                            first_json ? "" : ",", name, anvil_quantize_name(quant),
+                            quant != ANVIL_QUANTIZE_NONE && q_lm_head ? "true" : "false", g_modes[gm] ? "true" : "false",
                             (fused & 1) ? "true" : "false", (fused & 1) && (fused & 2) ? "true" : "false",
                             (fused & 1) && (fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
