@@ -588,6 +588,16 @@ static void test_quant_errors(void **state)
 
 /* ---------------------------------------------------------------- whole models */
 
+/* A bound missed by one model: printed and counted; the test fails at its
+ * end, so that one run reports every model and fixture. */
+static int soft_failures;
+#define SOFT_FAIL(...)                             \
+    do {                                           \
+        print_error("FAIL: " __VA_ARGS__);         \
+        print_error("\n");                         \
+        soft_failures++;                           \
+    } while (0)
+
 /*
  * Bounds for whole models, from what each scheme defines:
  *  - fp8 W8A8: the activations are rounded to fp8 (e4m3, steps of 1/16 to
@@ -681,6 +691,7 @@ static void test_tinycode_quantized(void **state)
     (void)state;
     char model[600];
     snprintf(model, sizeof model, "%s/models/tinycode", anvil_test_shared_dir());
+    soft_failures = 0;
     golden gold;
     golden_load("tinycode", &gold);
     const anvil_quantize schemes[3] = {ANVIL_QUANTIZE_FP8, ANVIL_QUANTIZE_INT8_WO, ANVIL_QUANTIZE_INT4_WO};
@@ -718,10 +729,10 @@ static void test_tinycode_quantized(void **state)
             print_message("tinycode %-8s %s: cuda vs cpu logits %.2e of max |logit|, top-1 equal %d/%d\n",
                           anvil_quantize_name(schemes[s]), as_f32 ? "f32 " : "bf16", worst, same, total);
             if (as_f32 && worst > tol)
-                fail_msg("tinycode %s (f32): cuda vs cpu logits differ by %.3g of max |logit| (bound %.0e)",
+                SOFT_FAIL("tinycode %s (f32): cuda vs cpu logits differ by %.3g of max |logit| (bound %.0e)",
                          anvil_quantize_name(schemes[s]), worst, tol);
             if (agree < (as_f32 ? MODEL_TOP1 : MODEL_TOP1_BF16))
-                fail_msg("tinycode %s (%s): top-1 equal at %.3f of positions (bound %.2f)",
+                SOFT_FAIL("tinycode %s (%s): top-1 equal at %.3f of positions (bound %.2f)",
                          anvil_quantize_name(schemes[s]), as_f32 ? "f32" : "bf16", agree,
                          as_f32 ? MODEL_TOP1 : MODEL_TOP1_BF16);
             anvil_runtime_free(cpu);
@@ -730,6 +741,8 @@ static void test_tinycode_quantized(void **state)
         }
     }
     golden_free(&gold);
+    if (soft_failures > 0)
+        fail_msg("%d bounds missed (above)", soft_failures);
 }
 
 /* ---------------------------------------------------------------- pre-quantized fixtures */
@@ -818,8 +831,8 @@ static void check_fixture_cuda(const qfixture *fx)
         const double rel = compare_rows(got, want, n, vocab, &same);
         worst = fmax(worst, rel);
         if (rel > tol)
-            fail_msg("%s prompt %d on cuda: logits differ from the reference by %.3g of max |logit| (bound %.0e)", name,
-                     i, rel, tol);
+            SOFT_FAIL("%s prompt %d on cuda: logits differ from the reference by %.3g of max |logit| (bound %.0e)", name,
+                      i, rel, tol);
         /* teacher-forced on the reference's continuation */
         int32_t *full = malloc((size_t)(n + N_GREEDY) * sizeof *full), nf = 0, first_miss = N_GREEDY, miss = 0;
         assert_non_null(full);
@@ -836,8 +849,8 @@ static void check_fixture_cuda(const qfixture *fx)
             }
         tf_miss += miss;
         if (miss > 1)
-            fail_msg("%s prompt %d on cuda: teacher-forced top-1 differs from the reference at %d of %d steps", name,
-                     i, miss, N_GREEDY);
+            SOFT_FAIL("%s prompt %d on cuda: teacher-forced top-1 differs from the reference at %d of %d steps", name,
+                      i, miss, N_GREEDY);
         anvil_generate_params p = {.max_tokens = N_GREEDY};
         p.sampling.temperature = 0.0f;
         p.sampling.top_p = 1.0f;
@@ -847,9 +860,11 @@ static void check_fixture_cuda(const qfixture *fx)
             fail_msg("%s generate on cuda: %s", name, anvil_last_error());
         assert_int_equal(n_out, N_GREEDY);
         for (int32_t j = 0; j < first_miss; j++)
-            if (out[j] != greedy[j])
-                fail_msg("%s prompt %d on cuda: greedy token %d is %d, the reference has %d", name, i, j, out[j],
-                         greedy[j]);
+            if (out[j] != greedy[j]) {
+                SOFT_FAIL("%s prompt %d on cuda: greedy token %d is %d, the reference has %d", name, i, j, out[j],
+                          greedy[j]);
+                break;
+            }
         free_same += first_miss == N_GREEDY;
         free(full);
         free(got);
@@ -867,8 +882,11 @@ static void test_quant_fixtures(void **state)
 {
     NEED_GPU();
     (void)state;
+    soft_failures = 0;
     for (size_t i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++)
         check_fixture_cuda(&FIXTURES[i]);
+    if (soft_failures > 0)
+        fail_msg("%d bounds missed (above)", soft_failures);
 }
 
 int main(int argc, char **argv)
