@@ -28,6 +28,7 @@ void anvil_awq_free(anvil_awq *a)
     free(a->clip);
     free(a->col);
     free(a->div);
+    free(a->offset);
     free(a);
 }
 
@@ -104,15 +105,18 @@ static void find_fold(const anvil_network *net, anvil_awq_group *g)
     int32_t lin = -1;
     switch (p->kind) {
     case ANVIL_OP_RMSNORM:
-        /* y = x / rms(x) * w: w / s makes y / s; a norm weight another op
-         * shares (none in the models today) would change that op too */
+        /* y = x / rms(x) * (off + w): (off + w) / s - off makes y / s; a
+         * norm weight another op shares (none in the models today) would
+         * change that op too */
         if (p->n_weights >= 1 && p->weights[0] >= 0 && weight_uses(net, p->weights[0]) == 1 &&
             anvil_network_weight(net, p->weights[0])->n_dims == 1) {
             g->fold = ANVIL_AWQ_FOLD_NORM;
             g->fold_weight = p->weights[0];
+            g->fold_offset = p->weight_offset;
         }
         return;
-    case ANVIL_OP_SILU_MUL: /* silu(gate) * up: up's rows / s */
+    case ANVIL_OP_SILU_MUL:      /* silu(gate) * up: up's rows / s */
+    case ANVIL_OP_GELU_TANH_MUL: /* Gemma's gelu_tanh(gate) * up, likewise */
         lin = row_fold_target(net, p->inputs[1], g->input);
         break;
     case ANVIL_OP_ATTENTION:
@@ -152,7 +156,8 @@ anvil_status anvil_awq_create(const anvil_network *net, const anvil_build_plan *
     a->col = calloc((size_t)(a->n_weights ? a->n_weights : 1), sizeof *a->col);
     a->div = calloc((size_t)(a->n_weights ? a->n_weights : 1), sizeof *a->div);
     a->clip = calloc((size_t)(a->n_weights ? a->n_weights : 1), sizeof *a->clip);
-    CHECK_GOTO(a->groups && a->col && a->div && a->clip, ANVIL_ERR_OOM, fail, "out of memory");
+    a->offset = calloc((size_t)(a->n_weights ? a->n_weights : 1), sizeof *a->offset);
+    CHECK_GOTO(a->groups && a->col && a->div && a->clip && a->offset, ANVIL_ERR_OOM, fail, "out of memory");
     for (int32_t i = 0; i < nops; i++) {
         const anvil_net_op *op = anvil_network_op(net, i);
         if (op->kind != ANVIL_OP_LINEAR || op->row_kind != 0 || op->n_weights < 1 || op->weights[0] < 0)
@@ -453,6 +458,7 @@ void anvil_awq_set_folds(anvil_awq *a)
         for (int32_t m = 0; m < g->n_linears; m++)
             a->col[g->weights[m]] = g->scales;
         a->div[g->fold_weight] = g->scales;
+        a->offset[g->fold_weight] = g->fold == ANVIL_AWQ_FOLD_NORM ? g->fold_offset : 0.0f;
         if (g->fold_bias >= 0)
             a->div[g->fold_bias] = g->scales;
     }

@@ -62,6 +62,7 @@ typedef struct anvil_awq_group {
     int64_t k;                              /* input width */
     anvil_awq_fold fold;
     int32_t fold_weight, fold_bias;         /* network weights (-1: none) */
+    float fold_offset;                      /* NORM: the norm's weight_offset (y = x / rms * (off + w)) */
     /* calibration: sum |x| per channel over every row, and a sample of rows */
     double *abs_sum;                        /* [k] */
     int64_t n_seen;                         /* rows summed */
@@ -82,6 +83,7 @@ typedef struct anvil_awq {
     int32_t n_weights;  /* the network's; per weight below, NULL where none applies */
     const float **col;  /* [n_weights] column factors of a quantized matrix (its group's scales) */
     const float **div;  /* [n_weights] row divisors of a matrix (1-D weights: element divisors) */
+    float *offset;      /* [n_weights] a folded norm's weight_offset (Gemma's 1): (off + w) / s - off */
     float **clip;       /* [n_weights] per (row, group) largest |w s| kept; NULL: none */
     int64_t n_tokens;   /* calibration tokens seen (stride sampling) */
     int64_t stride;     /* every stride-th row of a value is sampled (the calibration pass sets it
@@ -132,7 +134,8 @@ extern const anvil_stored_converter anvil_awq_converter;
  * The factor row r of weight w (a matrix [N, K] read through the plan) is
  * quantized with: value = w[r][c] * col[c] / div[r], clipped to
  * +-clip[r][c / group] (a quantized matrix); a 1-D weight's element r
- * divided by div[r]. Exposed for the tests.
+ * divided by div[r] ((off + w) / div[r] - off for a norm with an offset).
+ * Exposed for the tests.
  */
 void anvil_awq_transform_row(const anvil_awq *a, int32_t w, int64_t r, float *x, int64_t k);
 

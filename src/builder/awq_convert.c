@@ -6,7 +6,8 @@
  *   - a quantized matrix: w[r][c] * col[c] / div[r], clipped to
  *     +-clip[r][c / group], then rounded by anvil_rtn_row (quantize.c);
  *   - a float tensor that a group's 1/s was folded into (an RMSNorm weight,
- *     a bias): w[r] / div[r], rounded once to the tensor's kind (bf16:
+ *     a bias): w[r] / div[r] ((off + w[r]) / div[r] - off for a norm that
+ *     multiplies by off + w, Gemma's), rounded once to the tensor's kind (bf16:
  *     to nearest even, as every conversion of the builder); an unquantized
  *     matrix (tests of the fold alone) w[r][c] * col[c] / div[r] likewise.
  *
@@ -23,9 +24,10 @@ void anvil_awq_transform_row(const anvil_awq *a, int32_t w, int64_t r, float *x,
 {
     const float *col = a->col[w], *div = a->div[w], *clip = a->clip[w];
     if (k == 1 || col == NULL) { /* a 1-D weight's element r, or a matrix only its rows scale */
+        const float off = a->offset[w];
         if (div != NULL)
             for (int64_t c = 0; c < k; c++)
-                x[c] /= div[r];
+                x[c] = off != 0.0f ? (off + x[c]) / div[r] - off : x[c] / div[r];
     } else {
         const float d = div != NULL ? div[r] : 1.0f;
         for (int64_t c = 0; c < k; c++)
@@ -69,8 +71,9 @@ static anvil_status fold_fill(const anvil_build_plan *p, const anvil_network *ne
             const int64_t row = nw->n_dims == 1 ? at : at / nw->shape[1];
             if (nw->n_dims == 2 && p->awq->col[w] != NULL) /* an unquantized matrix (tests of the fold) */
                 vals[i] *= p->awq->col[w][at % nw->shape[1]];
-            if (p->awq->div[w] != NULL)
-                vals[i] /= p->awq->div[w][row];
+            const float off = p->awq->offset[w];
+            if (p->awq->div[w] != NULL) /* a norm with an offset (Gemma): (off + w) / s - off */
+                vals[i] = off != 0.0f ? (off + vals[i]) / p->awq->div[w][row] - off : vals[i] / p->awq->div[w][row];
         }
         anvil_convert_from_f32(t->kind, vals, (char *)dst + (size_t)e * es, m);
     }

@@ -7,11 +7,12 @@
  *    channel 7 the largest scale, and its error, recomputed here from the
  *    checkpoint's rows, the scales and the RTN quantizer, is below RTN's;
  *  - the fold is exact: an f32 build with random scales folded into the
- *    norms, v_proj's and up_proj's rows (and multiplied into the columns),
+ *    norms, v_proj's and up_proj's rows (and multiplied into the columns;
+ *    the small model, and tiny-gemma2 for (1 + w) norms and GELU),
  *    unquantized, gives the plain build's logits up to f32 rounding (the
  *    scales, up to 4x either way, change every folded tensor);
- *  - determinism: two AWQ builds of tinycode (1 and 2 threads) have the
- *    same bytes in every tensor;
+ *  - determinism: two AWQ builds of the small model (1 and 2 threads) have
+ *    the same bytes in every tensor;
  *  - end to end: int4-wo and int8-wo AWQ engines of tinycode, calibrated on
  *    Python source (this repository's scripts), record their calibration,
  *    load and stay close to the bf16 engine on the golden prompts;
@@ -44,11 +45,12 @@
 /* ------------------------------------------------------------ a small random model */
 
 /* hidden 256 (two int4 groups), n_heads == n_kv_heads: q/k/v, o, gate/up
- * and down all fold */
+ * and down all fold; tinycode's vocabulary, whose tokenizer it borrows so
+ * that it calibrates (a quick stand-in for tinycode where only bytes count) */
 static const char *small_config =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": 256,"
     " \"intermediate_size\": 512, \"num_hidden_layers\": 2, \"num_attention_heads\": 4,"
-    " \"num_key_value_heads\": 4, \"vocab_size\": 512, \"max_position_embeddings\": 256,"
+    " \"num_key_value_heads\": 4, \"vocab_size\": 8192, \"max_position_embeddings\": 256,"
     " \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0, \"tie_word_embeddings\": false,"
     " \"torch_dtype\": \"float32\"}";
 
@@ -59,9 +61,14 @@ static int setup(void **st)
     (void)st;
     snprintf(small_dir, sizeof small_dir, "%s/small", anvil_test_tmpdir());
     snprintf(tc_dir, sizeof tc_dir, "%s/models/tinycode", anvil_test_shared_dir());
-    char cmd[1400];
+    char cmd[2200];
     snprintf(cmd, sizeof cmd, "mkdir -p '%s'", small_dir);
     if (system(cmd) != 0 || anvil_write_random_model(small_dir, small_config, 5) != ANVIL_OK) {
+        fprintf(stderr, "small model: %s\n", anvil_last_error());
+        return -1;
+    }
+    snprintf(cmd, sizeof cmd, "ln -s '%s/tokenizer.json' '%s/tokenizer_config.json' '%s/'", tc_dir, tc_dir, small_dir);
+    if (system(cmd) != 0) {
         fprintf(stderr, "small model: %s\n", anvil_last_error());
         return -1;
     }
@@ -170,7 +177,7 @@ static void test_search_protects_outlier(void **st)
 
 typedef struct fold_user {
     uint64_t seed;
-    int n_folded;
+    int n_folded, n_offset; /* groups folded; into a norm with a weight offset (Gemma's 1 + w) */
 } fold_user;
 
 /* Random scales in [1/4, 4] for every folded group. */
@@ -182,6 +189,7 @@ static void random_scales(void *user, anvil_awq *a, const anvil_network *net)
         if (a->groups[j].fold == ANVIL_AWQ_FOLD_NONE)
             continue;
         u->n_folded++;
+        u->n_offset += a->groups[j].fold == ANVIL_AWQ_FOLD_NORM && a->groups[j].fold_offset != 0.0f;
         for (int64_t c = 0; c < a->groups[j].k; c++)
             a->groups[j].scales[c] = exp2f(2.0f * anvil_test_randf(&u->seed));
     }
@@ -232,20 +240,19 @@ static double rel_diff(const float *a, const float *b, int64_t n)
     return err / amax;
 }
 
-static void test_fold_exact(void **st)
+/* An f32 build of model with random scales folded against its plain f32
+ * build: the same logits up to rounding; u says what was folded. */
+static void fold_exact(const char *model, const char *name, fold_user *u)
 {
-    (void)st;
     char plain[700], folded[700];
-    snprintf(plain, sizeof plain, "%s/small-f32.engine", anvil_test_tmpdir());
-    snprintf(folded, sizeof folded, "%s/small-folded.engine", anvil_test_tmpdir());
+    snprintf(plain, sizeof plain, "%s/%s-f32.engine", anvil_test_tmpdir(), name);
+    snprintf(folded, sizeof folded, "%s/%s-folded.engine", anvil_test_tmpdir(), name);
     anvil_build_options o;
     anvil_build_options_default(&o);
     o.weight_dtype = ANVIL_DTYPE_F32;
     o.n_threads = 2;
-    assert_int_equal(anvil_build_engine(small_dir, plain, &o), ANVIL_OK);
-    fold_user u = {.seed = 3};
-    assert_int_equal(anvil_build_engine_awq(small_dir, folded, &o, random_scales, &u), ANVIL_OK);
-    assert_int_equal(u.n_folded, 8); /* norms (q/k/v, gate/up), v_proj rows (o), up_proj rows (down) */
+    assert_int_equal(anvil_build_engine(model, plain, &o), ANVIL_OK);
+    assert_int_equal(anvil_build_engine_awq(model, folded, &o, random_scales, u), ANVIL_OK);
     /* the weights did change: a norm weight and v_proj differ */
     anvil_engine_file *fa = NULL, *fb = NULL;
     assert_int_equal(anvil_engine_file_open(plain, ANVIL_ST_READ, &fa), ANVIL_OK);
@@ -253,8 +260,9 @@ static void test_fold_exact(void **st)
     int64_t differ = 0;
     for (int64_t i = 0; i < anvil_engine_file_count(fa); i++)
         differ += anvil_engine_file_tensor(fa, i)->xxh64 != anvil_engine_file_tensor(fb, i)->xxh64;
-    printf("%lld of %lld tensors changed by the fold\n", (long long)differ, (long long)anvil_engine_file_count(fa));
-    assert_true(differ >= 2 * 2 + 2 * 2); /* per layer: 2 norms, q/k/v, o (or with v), gate/up, down */
+    printf("%s: %lld of %lld tensors changed by the fold\n", name, (long long)differ,
+           (long long)anvil_engine_file_count(fa));
+    assert_true(differ >= u->n_folded); /* at least each folded group's linears */
     anvil_engine_file_close(fa);
     anvil_engine_file_close(fb);
 
@@ -263,14 +271,31 @@ static void test_fold_exact(void **st)
     for (int i = 0; i < 64; i++)
         ids[i] = (int32_t)(anvil_test_rand(&r) % 512);
     anvil_runtime *ra = load(plain), *rb = load(folded);
+    const int64_t V = anvil_runtime_config(ra)->vocab_size;
     float *la = logits_of(ra, ids, 64), *lb = logits_of(rb, ids, 64);
-    const double d = rel_diff(la, lb, 64 * 512);
-    printf("folded vs plain logits (f32): largest difference %.3g of the largest logit\n", d);
+    const double d = rel_diff(la, lb, 64 * V);
+    printf("%s: folded vs plain logits (f32): largest difference %.3g of the largest logit\n", name, d);
     assert_true(d < 1e-4);
     free(la);
     free(lb);
     anvil_runtime_free(ra);
     anvil_runtime_free(rb);
+}
+
+static void test_fold_exact(void **st)
+{
+    (void)st;
+    fold_user u = {.seed = 3};
+    fold_exact(small_dir, "small", &u);
+    assert_int_equal(u.n_folded, 8); /* norms (q/k/v, gate/up), v_proj rows (o), up_proj rows (down) */
+    assert_int_equal(u.n_offset, 0);
+    /* Gemma 2: (1 + w) norms, gelu_tanh(gate) * up; GQA, so o_proj is not folded */
+    char gemma[700];
+    snprintf(gemma, sizeof gemma, "%s/models/tiny-gemma2", anvil_test_shared_dir());
+    fold_user ug = {.seed = 4};
+    fold_exact(gemma, "gemma2", &ug);
+    assert_int_equal(ug.n_folded, 3 * 3); /* 3 layers: q/k/v, gate/up, down */
+    assert_int_equal(ug.n_offset, 3 * 2);
 }
 
 /* ------------------------------------------------------------ tinycode end to end */
@@ -290,13 +315,13 @@ static void test_deterministic(void **st)
 {
     (void)st;
     char a[700], b[700];
-    snprintf(a, sizeof a, "%s/tc-awq-1.engine", anvil_test_tmpdir());
-    snprintf(b, sizeof b, "%s/tc-awq-2.engine", anvil_test_tmpdir());
+    snprintf(a, sizeof a, "%s/small-awq-1.engine", anvil_test_tmpdir());
+    snprintf(b, sizeof b, "%s/small-awq-2.engine", anvil_test_tmpdir());
     anvil_build_options o;
     awq_options(&o, ANVIL_QUANTIZE_INT4_WO, 1);
-    assert_int_equal(anvil_build_engine(tc_dir, a, &o), ANVIL_OK);
+    assert_int_equal(anvil_build_engine(small_dir, a, &o), ANVIL_OK);
     awq_options(&o, ANVIL_QUANTIZE_INT4_WO, 2);
-    assert_int_equal(anvil_build_engine(tc_dir, b, &o), ANVIL_OK);
+    assert_int_equal(anvil_build_engine(small_dir, b, &o), ANVIL_OK);
     anvil_engine_file *fa = NULL, *fb = NULL;
     assert_int_equal(anvil_engine_file_open(a, ANVIL_ST_READ, &fa), ANVIL_OK);
     assert_int_equal(anvil_engine_file_open(b, ANVIL_ST_READ, &fb), ANVIL_OK);
@@ -479,26 +504,26 @@ static void test_bad_input(void **st)
     awq_options(&o, ANVIL_QUANTIZE_INT4_WO, 2);
     snprintf(path, sizeof path, "%s/no-such-calib.txt", anvil_test_tmpdir());
     o.calib_file = path;
-    expect_refused(&o, tc_dir, ANVIL_ERR_IO, "no-such-calib.txt");
+    expect_refused(&o, small_dir, ANVIL_ERR_IO, "no-such-calib.txt");
     snprintf(path, sizeof path, "%s/empty-calib.txt", anvil_test_tmpdir());
     anvil_test_write_file(path, "", 0);
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "is empty");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "is empty");
     snprintf(path, sizeof path, "%s/latin1-calib.txt", anvil_test_tmpdir());
     anvil_test_write_file(path, "caf\xe9 = 1\n", 9);
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "tokenizing the calibration file");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "tokenizing the calibration file");
     snprintf(path, sizeof path, "%s/short-calib.txt", anvil_test_tmpdir());
     anvil_test_write_file(path, "def f(x):\n    return x\n", 23);
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "fewer than one window of 128");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "fewer than one window of 128");
     awq_options(&o, ANVIL_QUANTIZE_FP8, 2);
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "goes with int4-wo or int8-wo");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "goes with int4-wo or int8-wo");
     awq_options(&o, ANVIL_QUANTIZE_NONE, 2);
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "goes with int4-wo or int8-wo");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "goes with int4-wo or int8-wo");
     awq_options(&o, ANVIL_QUANTIZE_INT4_WO, 2);
     o.calib_tokens = 100; /* below one window of 128 */
-    expect_refused(&o, tc_dir, ANVIL_ERR_INVALID_ARG, "fewer than one window");
+    expect_refused(&o, small_dir, ANVIL_ERR_INVALID_ARG, "fewer than one window");
     awq_options(&o, ANVIL_QUANTIZE_INT4_WO, 2);
     o.random_weights = 1;
-    snprintf(path, sizeof path, "%s/config.json", tc_dir);
+    snprintf(path, sizeof path, "%s/config.json", small_dir);
     expect_refused(&o, path, ANVIL_ERR_INVALID_ARG, "needs a model folder");
     /* the command's usage errors (exit 2) */
     const char *bin = getenv("ANVIL_BIN");
@@ -517,7 +542,7 @@ static void test_bad_input(void **st)
         char *c = strstr(args, "CALIB");
         if (c != NULL)
             *c = '\0';
-        snprintf(cmd, sizeof cmd, "'%s' build --model '%s' --output '%s/cli.engine' %s%s%s 2>/dev/null", bin, tc_dir,
+        snprintf(cmd, sizeof cmd, "'%s' build --model '%s' --output '%s/cli.engine' %s%s%s 2>/dev/null", bin, small_dir,
                  anvil_test_tmpdir(), args, c ? calib_file : "", c ? c + 5 : "");
         const int rc = system(cmd);
         if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 2)
