@@ -10,5 +10,6 @@ anvil_status anvil_comm_create_mpi(anvil_comm **out)
         *out = NULL;
     return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
                       "anvil was built without MPI, so it runs one rank only: install Open MPI "
-                      "(libopenmpi-dev; scripts/setup.sh) and configure again (ANVIL_MPI)");
+                      "(libopenmpi-dev openmpi-bin: scripts/setup.sh --test installs them) and configure again "
+                      "(ANVIL_MPI)");
 }
