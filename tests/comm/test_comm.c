@@ -1,0 +1,106 @@
+/*
+ * The communicator's seam without MPI (src/comm/comm.c, comm_self.c):
+ *   - "self": rank 0 of 1; sums and broadcasts leave the buffer as it is, a
+ *     gather copies, point to point has no peer;
+ *   - the broken state: an implementation whose collective fails with
+ *     ANVIL_ERR_COMM breaks the communicator, and every later call is refused
+ *     at once with the first failure's message; argument errors break
+ *     nothing.
+ * tests/parallel/test_tp.c runs the MPI implementation under mpirun.
+ */
+#include <string.h>
+
+#include "comm/comm_internal.h"
+#include "core/error.h"
+#include "testutil.h"
+
+static void test_self(void **state)
+{
+    (void)state;
+    anvil_comm *c = NULL;
+    assert_int_equal(anvil_comm_create_self(&c), ANVIL_OK);
+    assert_int_equal(anvil_comm_rank(c), 0);
+    assert_int_equal(anvil_comm_size(c), 1);
+    assert_string_equal(anvil_comm_name(c), "self");
+    assert_int_equal(anvil_comm_memory_kind(c), ANVIL_COMM_HOST);
+    float x[3] = {1.5f, -2.0f, 3.25f};
+    assert_int_equal(anvil_comm_all_reduce_sum(c, x, 3, ANVIL_DTYPE_F32), ANVIL_OK);
+    assert_true(x[0] == 1.5f && x[1] == -2.0f && x[2] == 3.25f);
+    assert_int_equal(anvil_comm_broadcast(c, x, sizeof x, 0), ANVIL_OK);
+    float y[3] = {0};
+    assert_int_equal(anvil_comm_all_gather(c, x, y, sizeof x), ANVIL_OK);
+    assert_memory_equal(x, y, sizeof x);
+    assert_int_equal(anvil_comm_barrier(c), ANVIL_OK);
+    assert_status_msg(anvil_comm_send(c, x, 4, 0, 0), ANVIL_ERR_INVALID_ARG, "peer 0 is not another");
+    assert_status_msg(anvil_comm_broadcast(c, x, 4, 1), ANVIL_ERR_INVALID_ARG, "root 1 of 1");
+    assert_status_msg(anvil_comm_all_reduce_sum(c, x, 1, ANVIL_DTYPE_I8), ANVIL_ERR_UNSUPPORTED, "cannot sum i8");
+    anvil_comm_free(c);
+    anvil_comm_free(NULL);
+    /* no communicator: one rank */
+    assert_int_equal(anvil_comm_size(NULL), 1);
+    assert_int_equal(anvil_comm_rank(NULL), 0);
+}
+
+/* A two-rank implementation whose collectives fail while `fail` is set. */
+static int fail_next;
+static int calls;
+
+static anvil_status flaky_reduce(anvil_comm *c, void *buf, int64_t n, anvil_dtype dt)
+{
+    (void)c, (void)buf, (void)n, (void)dt;
+    calls++;
+    if (fail_next)
+        return ANVIL_FAIL(ANVIL_ERR_COMM, "peer rank 1 is gone");
+    return ANVIL_OK;
+}
+
+static anvil_status flaky_barrier(anvil_comm *c)
+{
+    (void)c;
+    calls++;
+    return ANVIL_OK;
+}
+
+static const anvil_comm_ops flaky_ops = {
+    .name = "flaky",
+    .memory = ANVIL_COMM_HOST,
+    .all_reduce_sum = flaky_reduce,
+    .barrier = flaky_barrier,
+};
+
+static void test_broken_stays_broken(void **state)
+{
+    (void)state;
+    anvil_comm *c = anvil_comm_wrap(&flaky_ops, 0, 2, NULL);
+    assert_non_null(c);
+    float x = 1.0f;
+    fail_next = 0;
+    calls = 0;
+    assert_int_equal(anvil_comm_all_reduce_sum(c, &x, 1, ANVIL_DTYPE_F32), ANVIL_OK);
+    /* argument errors are refused before the implementation and break nothing */
+    assert_status_msg(anvil_comm_broadcast(c, &x, 4, 2), ANVIL_ERR_INVALID_ARG, "root 2 of 2");
+    assert_int_equal(anvil_comm_barrier(c), ANVIL_OK);
+    assert_int_equal(calls, 2);
+    /* a failed collective: its message, with the rank and the implementation */
+    fail_next = 1;
+    anvil_status st = anvil_comm_all_reduce_sum(c, &x, 1, ANVIL_DTYPE_F32);
+    assert_int_equal(st, ANVIL_ERR_COMM);
+    assert_non_null(strstr(anvil_last_error(), "peer rank 1 is gone"));
+    assert_non_null(strstr(anvil_last_error(), "rank 0 of 2, flaky"));
+    /* then every call is refused at once, naming the first failure */
+    fail_next = 0;
+    calls = 0;
+    assert_status_msg(anvil_comm_barrier(c), ANVIL_ERR_COMM, "failed earlier");
+    assert_status_msg(anvil_comm_all_reduce_sum(c, &x, 1, ANVIL_DTYPE_F32), ANVIL_ERR_COMM, "peer rank 1 is gone");
+    assert_int_equal(calls, 0);
+    anvil_comm_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_self),
+        cmocka_unit_test(test_broken_stays_broken),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
