@@ -50,7 +50,7 @@ static int32_t linear_behind(const anvil_network *net, anvil_value v)
 }
 
 /* The gated MLP's product of two linears' outputs, element by element. */
-static int is_gated_product(anvil_op_kind k) { return k == ANVIL_OP_SILU_MUL; }
+static int is_gated_product(anvil_op_kind k) { return k == ANVIL_OP_SILU_MUL || k == ANVIL_OP_GELU_TANH_MUL; }
 
 static anvil_status set_role(shard_ctx *c, int32_t lin, role r, int32_t attn)
 {

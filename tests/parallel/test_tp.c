@@ -337,6 +337,7 @@ static void test_tiny_qwen2(void **s) { (void)s; run_or_refuse("tiny-qwen2", 8);
 static void test_tiny_mistral(void **s) { (void)s; run_or_refuse("tiny-mistral", 8); }
 static void test_tiny_qwen3(void **s) { (void)s; run_or_refuse("tiny-qwen3", 8); }
 static void test_tiny_phi3(void **s) { (void)s; run_or_refuse("tiny-phi3", 8); }
+static void test_tiny_gemma2(void **s) { (void)s; run_or_refuse("tiny-gemma2", 8); }
 
 int main(void)
 {
@@ -354,7 +355,7 @@ int main(void)
         cmocka_unit_test(test_tinycode),     cmocka_unit_test(test_tiny_llama3),
         cmocka_unit_test(test_tiny_qwen2),   cmocka_unit_test(test_tiny_mistral),
         cmocka_unit_test(test_tiny_qwen3),   cmocka_unit_test(test_tiny_phi3),
-        cmocka_unit_test(test_led_generation),
+        cmocka_unit_test(test_tiny_gemma2),  cmocka_unit_test(test_led_generation),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
 #ifdef TP_LSAN
