@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,16 +28,41 @@ const char *anvil_test_shared_path(const char *rel)
     return buf;
 }
 
+static char tmp_dir[256];
+static pid_t tmp_dir_owner;
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* At exit, the test's temporary folder goes (engines and model copies of
+ * hundreds of MB each: left behind, a day of test runs filled the disk).
+ * Only in the process that made it: a forked child's exit leaves it to its
+ * parent. ANVIL_TEST_KEEP_TMP=1 keeps it, for looking at after a failure. */
+static void remove_tmp_dir(void)
+{
+    const char *keep = getenv("ANVIL_TEST_KEEP_TMP");
+    if (tmp_dir[0] == '\0' || getpid() != tmp_dir_owner || (keep && *keep && strcmp(keep, "0") != 0))
+        return;
+    nftw(tmp_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 const char *anvil_test_tmpdir(void)
 {
-    static char dir[256];
-    if (dir[0] == '\0') {
+    if (tmp_dir[0] == '\0') {
         const char *base = getenv("TMPDIR");
-        snprintf(dir, sizeof dir, "%s/anvil-test-XXXXXX", base && *base ? base : "/tmp");
-        if (mkdtemp(dir) == NULL)
+        snprintf(tmp_dir, sizeof tmp_dir, "%s/anvil-test-XXXXXX", base && *base ? base : "/tmp");
+        if (mkdtemp(tmp_dir) == NULL)
             fail_msg("mkdtemp failed");
+        tmp_dir_owner = getpid();
+        atexit(remove_tmp_dir);
     }
-    return dir;
+    return tmp_dir;
 }
 
 void anvil_test_model_variant(const char *model, const char *name, const char *patch, char *out, size_t cap)

@@ -45,7 +45,8 @@ const char *anvil_test_shared_dir(void);
 /* Writes shared_dir + "/" + rel into a static buffer and returns it. */
 const char *anvil_test_shared_path(const char *rel);
 
-/* A fresh temporary directory for this test (removed by the OS, not us). */
+/* A fresh temporary directory for this test, removed with what it holds
+ * when the test program exits (ANVIL_TEST_KEEP_TMP=1 keeps it). */
 const char *anvil_test_tmpdir(void);
 
 /* A copy of the shared model folder `model` as the temporary folder `name`
