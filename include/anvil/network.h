@@ -63,6 +63,7 @@ typedef enum anvil_op_kind {
     ANVIL_OP_SOFTCAP,       /* tanh(x / c) * c (Gemma 2's final logits) */
     ANVIL_OP_ALL_REDUCE,    /* the sum over the ranks (tensor parallelism), in place */
     ANVIL_OP_ALL_GATHER,    /* every rank's columns side by side, in rank order */
+    ANVIL_OP_MOE,           /* mixture of experts: router, top-k, the experts' gated MLPs, weighted sum */
     ANVIL_OP_COUNT,
 } anvil_op_kind;
 
@@ -76,6 +77,15 @@ typedef struct anvil_attention_params {
     float softcap;          /* 0: none; else each scaled logit s becomes tanh(s / softcap) * softcap
                                before the mask and the softmax (Gemma 2's attn_logit_softcapping) */
 } anvil_attention_params;
+
+/* A mixture-of-experts op's shape (anvil_net_moe). */
+typedef struct anvil_moe_params {
+    int32_t n_experts;      /* E */
+    int32_t top_k;          /* experts per token, 1..E */
+    int64_t inter;          /* I: each expert's intermediate size */
+    int64_t shared_inter;   /* Is: the shared expert's intermediate size; 0: none */
+    int32_t norm_topk_prob; /* 1: the k routing weights divided by their sum (Mixtral always) */
+} anvil_moe_params;
 
 /* An empty network. *out is NULL on failure. */
 anvil_status anvil_network_create(anvil_network **out);
@@ -125,6 +135,21 @@ anvil_value anvil_net_scale(anvil_network *net, anvil_value x, float c);
 /* tanh(x / cap) * cap, cap > 0 (Gemma 2's final_logit_softcapping). */
 anvil_value anvil_net_softcap(anvil_network *net, anvil_value x, float cap);
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x);
+/* Mixture of experts over x [T, H] (Mixtral, Qwen2-MoE, Qwen3-MoE), as
+ * transformers computes it: p = softmax(x router^T) in f32 ([E, H] router),
+ * the top_k largest (the lower expert on ties, as torch.topk), divided by
+ * their sum with norm_topk_prob; out = sum over the k experts e of
+ * p_e * down_e(silu(gate_e x) * up_e x), plus, with a shared expert
+ * (shared_inter > 0), sigmoid(x shared_gate^T) * shared_down(silu(sg x) *
+ * su x). Weights: gate_up [E * 2I, H], expert e's gate rows then its up
+ * rows ([e * 2I, e * 2I + I) and [e * 2I + I, (e + 1) * 2I)); down
+ * [E * H, I], expert e's rows [e * H, (e + 1) * H); shared_gate_up [2 Is, H]
+ * (gate rows then up rows), shared_down [H, Is], shared_gate [1, H]; the
+ * shared names NULL without a shared expert. A model stacks its
+ * checkpoint's per-expert tensors into these with concat recipes. */
+anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router, const char *gate_up,
+                          const char *down, const char *shared_gate_up, const char *shared_down,
+                          const char *shared_gate, const anvil_moe_params *p);
 /* Tensor parallelism (docs/parallel.md): a network cut for one of several
  * ranks (anvil_network_shard in the builder) joins the ranks' partial
  * values with these; the runtime runs them through its communicator.
@@ -170,6 +195,7 @@ typedef struct anvil_net_op {
     int64_t head_dim;        /* head norms, rope; all_gather: the number of ranks */
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */
+    anvil_moe_params moe;    /* moe: weights router, gate_up, down, shared_gate_up, shared_down, shared_gate */
 } anvil_net_op;
 
 int32_t anvil_network_op_count(const anvil_network *net);

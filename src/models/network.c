@@ -36,7 +36,7 @@ static const char *const op_names[ANVIL_OP_COUNT] = {
     "embedding", "rmsnorm", "head_rmsnorm", "linear", "rope",
     "attention", "silu_mul", "add", "logit_rows",
     "gelu_tanh_mul", "scale", "softcap",
-    "all_reduce", "all_gather",
+    "all_reduce", "all_gather", "moe",
 };
 
 const char *anvil_op_kind_name(anvil_op_kind kind)
@@ -586,6 +586,51 @@ anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x)
         return ANVIL_VALUE_NONE;
     op->inputs[0] = x;
     op->row_kind = 1;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router, const char *gate_up,
+                          const char *down, const char *shared_gate_up, const char *shared_down,
+                          const char *shared_gate, const anvil_moe_params *p)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL && p != NULL, ANVIL_ERR_INVALID_ARG, "moe: bad arguments");
+    NET_CHECK(in->row_kind == 0, ANVIL_ERR_INVALID_ARG, "moe: needs one row per token");
+    NET_CHECK(p->n_experts > 0 && p->top_k > 0 && p->top_k <= p->n_experts, ANVIL_ERR_INVALID_ARG,
+              "moe: top_k %d of %d experts", p->top_k, p->n_experts);
+    NET_CHECK(p->inter > 0 && p->shared_inter >= 0 && (p->norm_topk_prob == 0 || p->norm_topk_prob == 1),
+              ANVIL_ERR_INVALID_ARG, "moe: intermediate sizes %lld and %lld", (long long)p->inter,
+              (long long)p->shared_inter);
+    const int shared = p->shared_inter > 0;
+    NET_CHECK(!shared == (shared_gate_up == NULL && shared_down == NULL && shared_gate == NULL) &&
+                  (!shared || (shared_gate_up && shared_down && shared_gate)),
+              ANVIL_ERR_INVALID_ARG, "moe %s: a shared expert needs its three weights (and only with one)",
+              router ? router : "");
+    const int64_t H = in->width, E = p->n_experts, I = p->inter, Is = p->shared_inter;
+    /* the stacked shapes stay far below overflow: config bounds keep H, I, E small */
+    NET_CHECK(H <= INT32_MAX && I <= INT32_MAX && Is <= INT32_MAX && E <= 65536, ANVIL_ERR_UNSUPPORTED,
+              "moe: sizes too large");
+    int32_t w[6] = {-1, -1, -1, -1, -1, -1};
+    w[0] = add_weight(net, router, 2, E, H);
+    w[1] = add_weight(net, gate_up, 2, E * 2 * I, H);
+    w[2] = add_weight(net, down, 2, E * H, I);
+    if (shared) {
+        w[3] = add_weight(net, shared_gate_up, 2, 2 * Is, H);
+        w[4] = add_weight(net, shared_down, 2, H, Is);
+        w[5] = add_weight(net, shared_gate, 2, 1, H);
+    }
+    for (int k = 0; k < (shared ? 6 : 3); k++)
+        if (w[k] < 0)
+            return ANVIL_VALUE_NONE;
+    anvil_net_op *op = push_op(net, ANVIL_OP_MOE, H);
+    if (op == NULL || op_weights(net, op, 6) == NULL)
+        return ANVIL_VALUE_NONE;
+    for (int k = 0; k < 6; k++)
+        net->wpool[op->weights_at + k] = w[k];
+    op->inputs[0] = x;
+    op->moe = *p;
     return commit_op(net);
 }
 
