@@ -64,6 +64,9 @@ typedef enum anvil_op_kind {
     ANVIL_OP_ALL_REDUCE,    /* the sum over the ranks (tensor parallelism), in place */
     ANVIL_OP_ALL_GATHER,    /* every rank's columns side by side, in rank order */
     ANVIL_OP_MOE,           /* mixture of experts: router, top-k, the experts' gated MLPs, weighted sum */
+    ANVIL_OP_LAYERNORM,     /* (x - mean) / sqrt(var + eps) * w + b (GPT-2) */
+    ANVIL_OP_GELU_TANH,     /* gelu_tanh(x) (GPT-2's non-gated MLP) */
+    ANVIL_OP_POS_EMBEDDING, /* x + table[position] (GPT-2's learned absolute positions) */
     ANVIL_OP_COUNT,
 } anvil_op_kind;
 
@@ -108,6 +111,13 @@ void anvil_net_weight_slice(anvil_network *net, const char *name, const char *so
 void anvil_net_weight_concat(anvil_network *net, const char *name, int axis, const char *const *sources,
                              int32_t n);
 
+/* `name` [rows, cols] is columns [start, start + rows) of the 2-D
+ * checkpoint tensor `source` [cols, n] transposed: name[r][c] =
+ * source[c][start + r]. GPT-2's Conv1D stores its weights [in, out], the
+ * transpose of nn.Linear's [out, in] that anvil's linear takes; its fused
+ * c_attn [H, 3H] gives q, k and v with starts 0, H and 2H. */
+void anvil_net_weight_transpose(anvil_network *net, const char *name, const char *source, int64_t start);
+
 /* ---- ops. Weight names are copied. A NULL bias means none. */
 anvil_value anvil_net_embedding(anvil_network *net, const char *weight, int64_t vocab, int64_t width);
 anvil_value anvil_net_rmsnorm(anvil_network *net, anvil_value x, const char *weight, double eps);
@@ -135,6 +145,18 @@ anvil_value anvil_net_scale(anvil_network *net, anvil_value x, float c);
 /* tanh(x / cap) * cap, cap > 0 (Gemma 2's final_logit_softcapping). */
 anvil_value anvil_net_softcap(anvil_network *net, anvil_value x, float cap);
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x);
+/* LayerNorm over each row, as torch.nn.LayerNorm in f32: mean m and
+ * (biased) variance v of the row, (x - m) / sqrt(v + eps) * w + b; w and
+ * b [width] (GPT-2's ln_1, ln_2, ln_f). */
+anvil_value anvil_net_layernorm(anvil_network *net, anvil_value x, const char *weight, const char *bias,
+                                double eps);
+/* gelu(x) with the tanh approximation, not gated: 0.5 x (1 + tanh(sqrt(2 /
+ * pi) (x + 0.044715 x^3))) (transformers' gelu_new and gelu_pytorch_tanh). */
+anvil_value anvil_net_gelu_tanh(anvil_network *net, anvil_value x);
+/* x + table[p] for each row, p the row's position in its sequence: learned
+ * absolute position embeddings (GPT-2's wpe), table [n_positions, width];
+ * a position past the table is refused by the backend. */
+anvil_value anvil_net_pos_embedding(anvil_network *net, anvil_value x, const char *table, int64_t n_positions);
 /* Mixture of experts over x [T, H] (Mixtral, Qwen2-MoE, Qwen3-MoE), as
  * transformers computes it: p = softmax(x router^T) in f32 ([E, H] router),
  * the top_k largest (the lower expert on ties, as torch.topk), divided by
@@ -166,6 +188,7 @@ typedef enum anvil_recipe_kind {
     ANVIL_RECIPE_TENSOR = 0, /* the checkpoint tensor sources[0] as it is */
     ANVIL_RECIPE_SLICE,      /* a stretch of sources[0] (axis, start) */
     ANVIL_RECIPE_CONCAT,     /* sources[0..n_sources) concatenated along axis */
+    ANVIL_RECIPE_TRANSPOSE,  /* columns [start, start + shape[0]) of sources[0], transposed */
 } anvil_recipe_kind;
 
 typedef struct anvil_net_weight {
@@ -174,7 +197,7 @@ typedef struct anvil_net_weight {
     int64_t shape[2];
     anvil_recipe_kind recipe;
     int axis;                    /* SLICE, CONCAT */
-    int64_t start;               /* SLICE */
+    int64_t start;               /* SLICE, TRANSPOSE */
     int32_t n_sources;
     const char *const *sources;  /* checkpoint tensor names; TENSOR: { name } */
 } anvil_net_weight;

@@ -37,6 +37,7 @@ static const char *const op_names[ANVIL_OP_COUNT] = {
     "attention", "silu_mul", "add", "logit_rows",
     "gelu_tanh_mul", "scale", "softcap",
     "all_reduce", "all_gather", "moe",
+    "layernorm", "gelu_tanh", "pos_embedding",
 };
 
 const char *anvil_op_kind_name(anvil_op_kind kind)
@@ -281,6 +282,19 @@ void anvil_net_weight_slice(anvil_network *net, const char *name, const char *so
     anvil_net_weight *w = declare(net, name, &source, 1, axis);
     if (w) {
         w->recipe = ANVIL_RECIPE_SLICE;
+        w->start = start;
+    }
+}
+
+void anvil_net_weight_transpose(anvil_network *net, const char *name, const char *source, int64_t start)
+{
+    if (start < 0 && net->error == ANVIL_OK) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "recipe of %s: negative start", name ? name : "?"));
+        return;
+    }
+    anvil_net_weight *w = declare(net, name, &source, 1, 1);
+    if (w) {
+        w->recipe = ANVIL_RECIPE_TRANSPOSE;
         w->start = start;
     }
 }
@@ -572,6 +586,67 @@ anvil_value anvil_net_scale(anvil_network *net, anvil_value x, float c)
 anvil_value anvil_net_softcap(anvil_network *net, anvil_value x, float cap)
 {
     return scalar_op(net, ANVIL_OP_SOFTCAP, x, cap);
+}
+
+anvil_value anvil_net_layernorm(anvil_network *net, anvil_value x, const char *weight, const char *bias,
+                                double eps)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "layernorm %s: bad input value", weight ? weight : "");
+    NET_CHECK(eps > 0, ANVIL_ERR_INVALID_ARG, "layernorm %s: eps must be > 0", weight ? weight : "");
+    NET_CHECK(bias != NULL, ANVIL_ERR_INVALID_ARG, "layernorm %s: needs a bias", weight ? weight : "");
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    int32_t w = add_weight(net, weight, 1, width, 0);
+    int32_t b = add_weight(net, bias, 1, width, 0);
+    anvil_net_op *op = push_op(net, ANVIL_OP_LAYERNORM, width);
+    if (op == NULL || w < 0 || b < 0)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    net->wpool[op->weights_at] = w;
+    net->wpool[op->weights_at + 1] = b;
+    op->eps = eps;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_gelu_tanh(anvil_network *net, anvil_value x)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "gelu_tanh: bad input value");
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    anvil_net_op *op = push_op(net, ANVIL_OP_GELU_TANH, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = row_kind;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_pos_embedding(anvil_network *net, anvil_value x, const char *table, int64_t n_positions)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "pos_embedding %s: bad input value", table ? table : "");
+    /* positions are those of the step's tokens: rows over logit rows have none */
+    NET_CHECK(in->row_kind == 0, ANVIL_ERR_INVALID_ARG, "pos_embedding %s: needs one row per token",
+              table ? table : "");
+    NET_CHECK(n_positions > 0, ANVIL_ERR_INVALID_ARG, "pos_embedding %s: n_positions must be > 0",
+              table ? table : "");
+    int64_t width = in->width;
+    int32_t w = add_weight(net, table, 2, n_positions, width);
+    anvil_net_op *op = push_op(net, ANVIL_OP_POS_EMBEDDING, width);
+    if (op == NULL || w < 0)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    net->wpool[op->weights_at] = w;
+    return commit_op(net);
 }
 
 anvil_value anvil_net_logit_rows(anvil_network *net, anvil_value x)
