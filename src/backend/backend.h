@@ -123,6 +123,72 @@ typedef struct anvil_attention_args {
     float v_scale;
 } anvil_attention_args;
 
+/*
+ * A mixture-of-experts layer (transformers' Mixtral / Qwen2-MoE / Qwen3-MoE
+ * sparse block) over x [T, H]:
+ *   p = softmax(x router^T) in f32, per row over the E experts;
+ *   the top_k largest p (the lower expert on ties, as torch.topk), divided
+ *   by their sum when norm_topk_prob;
+ *   out = sum over those experts e, in ascending e, of
+ *         p_e * down_e(silu(x gate_e^T) * (x up_e^T))
+ *       (+ sigmoid(x shared_gate^T) * shared_down(silu(x sg^T) * (x su^T))).
+ * Expert e's weights are slices of the stacked tensors: gate_e rows
+ * [e 2I, e 2I + I) and up_e rows [e 2I + I, (e + 1) 2I) of gate_up, down_e
+ * rows [e H, (e + 1) H) of down; the shared expert's gate rows then up rows
+ * in shared_gate_up. scratch: backend memory of at least
+ * anvil_moe_scratch_bytes(T, ...) bytes, the op's to use (sized once at
+ * load, so a step allocates nothing).
+ */
+typedef struct anvil_moe_args {
+    const anvil_tensor *x;              /* [T, H] */
+    const anvil_tensor *router;         /* [E, H] */
+    const anvil_tensor *gate_up;        /* [E * 2I, H] */
+    const anvil_tensor *down;           /* [E * H, I] */
+    const anvil_tensor *shared_gate_up; /* [2 Is, H], or NULL: no shared expert */
+    const anvil_tensor *shared_down;    /* [H, Is] */
+    const anvil_tensor *shared_gate;    /* [1, H] */
+    anvil_tensor *out;                  /* [T, H], aliases none of the above */
+    int32_t n_experts;                  /* E */
+    int32_t top_k;                      /* 1..E */
+    int64_t inter;                      /* I */
+    int64_t shared_inter;               /* Is (0 without a shared expert) */
+    int32_t norm_topk_prob;
+    void *scratch;
+    size_t scratch_bytes;
+} anvil_moe_args;
+
+/*
+ * Where the pieces of a moe op's scratch lie (byte offsets from its start,
+ * each 256-byte aligned) for n_tokens rows, and the bytes in all; the CPU
+ * and CUDA ops share it. ANVIL_ERR_UNSUPPORTED when the sizes overflow.
+ */
+typedef struct anvil_moe_scratch {
+    size_t logits;   /* f32 [T, E] the router's logits */
+    size_t topk_ids; /* i32 [T, k] each row's experts, ascending */
+    size_t topk_w;   /* f32 [T, k] their weights */
+    size_t offsets;  /* i32 [E + 1] where each expert's rows start among the sorted rows */
+    size_t active;   /* i32 [E + 1] the experts with rows, in order, then their count */
+    size_t order;    /* i32 [T k] sorted row r is (token, slot) order[r] = t k + j */
+    size_t row_of;   /* i32 [T k] the sorted row of (token t, slot j) */
+    size_t xs;       /* f32 [T k, H] the sorted rows of x */
+    size_t g;        /* f32 [T k, I] gate products (then silu(g) * u) */
+    size_t u;        /* f32 [T k, I] */
+    size_t a;        /* f32 [T k, I] */
+    size_t y;        /* f32 [T k, H] each sorted row's expert output */
+    size_t sg;       /* f32 [T, Is] the shared expert's gate products */
+    size_t su;       /* f32 [T, Is] */
+    size_t sa;       /* f32 [T, Is] */
+    size_t sy;       /* f32 [T, H] */
+    size_t sgate;    /* f32 [T] the shared expert's gate logit */
+    size_t bytes;
+} anvil_moe_scratch;
+
+anvil_status anvil_moe_scratch_layout(int64_t n_tokens, int64_t hidden, int32_t n_experts, int32_t top_k,
+                                      int64_t inter, int64_t shared_inter, anvil_moe_scratch *out);
+/* The checks every backend's moe op makes (shapes, dense f32/bf16/f16
+ * weights, the scratch's size), with the scratch layout for args->x's rows. */
+anvil_status anvil_moe_check_args(const anvil_moe_args *args, anvil_moe_scratch *layout);
+
 typedef struct anvil_backend_ops {
     const char *name;
     void (*destroy)(anvil_backend *be);
@@ -311,6 +377,10 @@ struct anvil_backend {
 
 /*
  * How a backend is made. The runtime fills it from anvil_runtime_options;
+
+    /* ---- mixture of experts (anvil_moe_args above); NULL: the runtime
+     * refuses a model with moe ops */
+    anvil_status (*moe)(anvil_backend *be, const anvil_moe_args *args);
  * nothing below reads the environment (the anvil command reads ANVIL_*
  * variables into those options, tools/cli_env.c). Zero everywhere is the
  * default: the best of everything.

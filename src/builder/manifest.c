@@ -144,6 +144,15 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
     default:
         break;
     }
+    case ANVIL_OP_MOE: {
+        const anvil_moe_params *p = &op->moe;
+        put(o, "n_experts", json_integer(p->n_experts), ok);
+        put(o, "top_k", json_integer(p->top_k), ok);
+        put(o, "inter", json_integer(p->inter), ok);
+        put(o, "shared_inter", json_integer(p->shared_inter), ok);
+        put(o, "norm_topk_prob", json_integer(p->norm_topk_prob), ok);
+        break;
+    }
     return o;
 }
 

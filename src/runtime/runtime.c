@@ -72,6 +72,8 @@ void anvil_runtime_free(anvil_runtime *rt)
         }
         if (rt->meta_dev)
             be->ops->free(be, rt->meta_dev);
+        if (rt->moe_scratch)
+            be->ops->free(be, rt->moe_scratch);
         if (rt->ids_dev)
             be->ops->free(be, rt->ids_dev);
         if (rt->sample_dev)
@@ -611,6 +613,23 @@ static anvil_status check_fits(anvil_runtime *rt, size_t bytes, const char *what
     return ANVIL_OK;
 }
 
+/* The scratch the network's moe ops need for a step of n_tokens (the
+ * largest of them: they run one at a time), 0 without any. */
+static anvil_status moe_scratch_bytes(const anvil_network *net, int32_t n_tokens, size_t *out)
+{
+    *out = 0;
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
+        const anvil_net_op *op = anvil_network_op(net, i);
+        if (op->kind != ANVIL_OP_MOE)
+            continue;
+        anvil_moe_scratch L;
+        TRY(anvil_moe_scratch_layout(n_tokens, op->width, op->moe.n_experts, op->moe.top_k, op->moe.inter,
+                                     op->moe.shared_inter, &L));
+        *out = L.bytes > *out ? L.bytes : *out;
+    }
+    return ANVIL_OK;
+}
+
 /*
  * Activation buffers (runtime_plan.c assigns them) and the RoPE tables,
  * allocated once for the worst-case step.
@@ -632,7 +651,16 @@ static anvil_status plan_activations(anvil_runtime *rt)
                                rt->value_buffer, rt->buffer_bytes, &n_buffers, &total));
     char what[160];
     snprintf(what, sizeof what, "activations for %d tokens a step (%d buffers)", rt->opts.max_num_tokens, n_buffers);
+    size_t moe_bytes;
+    TRY(moe_scratch_bytes(rt->net, rt->opts.max_num_tokens, &moe_bytes));
+    CHECK(total <= SIZE_MAX - moe_bytes, ANVIL_ERR_OOM, "activations overflow");
+    total += moe_bytes;
     TRY(check_fits(rt, total, what, "lower max_num_tokens (--max-num-tokens)"));
+    if (moe_bytes > 0) {
+        if (rt->be->ops->alloc(rt->be, moe_bytes, &rt->moe_scratch) != ANVIL_OK)
+            return anvil_error_wrap("the mixture-of-experts scratch of %zu bytes", moe_bytes);
+        rt->moe_scratch_bytes = moe_bytes;
+    }
     for (int32_t b = 0; b < n_buffers; b++) {
         if (rt->be->ops->alloc(rt->be, rt->buffer_bytes[b], &rt->buffers[b]) != ANVIL_OK)
             return anvil_error_wrap("activation buffer %d of %zu bytes", b, rt->buffer_bytes[b]);
@@ -1111,6 +1139,9 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
     TRY_GOTO(anvil_plan_activations(rt->net, rt->fuse, rt->opts.max_num_tokens, rt->opts.max_logit_rows, act,
                                     rt->value_buffer, rt->buffer_bytes, &out->n_act_buffers, &out->act_bytes),
              done);
+    size_t moe_bytes = 0;
+    TRY_GOTO(moe_scratch_bytes(rt->net, rt->opts.max_num_tokens, &moe_bytes), done);
+    out->act_bytes += moe_bytes; /* (far below overflow: checked in the layout) */
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(rt->net, i);
         float table[2048], scale;
@@ -1341,6 +1372,21 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
 /* The fused group that starts at op i (or, for attention, ends there). */
 static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
 {
+    case ANVIL_OP_MOE: {
+        CHECK(ops->moe != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no moe op", ops->name);
+        const anvil_moe_params *p = &op->moe;
+        const int32_t *wi = op->weights;
+        anvil_moe_args args = {
+            .x = &a, .router = &rt->weights[wi[0]], .gate_up = &rt->weights[wi[1]], .down = &rt->weights[wi[2]],
+            .shared_gate_up = wi[3] >= 0 ? &rt->weights[wi[3]] : NULL,
+            .shared_down = wi[4] >= 0 ? &rt->weights[wi[4]] : NULL,
+            .shared_gate = wi[5] >= 0 ? &rt->weights[wi[5]] : NULL,
+            .out = &out, .n_experts = p->n_experts, .top_k = p->top_k, .inter = p->inter,
+            .shared_inter = p->shared_inter, .norm_topk_prob = p->norm_topk_prob,
+            .scratch = rt->moe_scratch, .scratch_bytes = rt->moe_scratch_bytes,
+        };
+        return ops->moe(be, &args);
+    }
     anvil_backend *be = rt->be;
     const anvil_backend_ops *ops = be->ops;
     const anvil_net_op *op = anvil_network_op(rt->net, i);

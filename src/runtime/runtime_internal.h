@@ -83,6 +83,8 @@ struct anvil_runtime {
     /* step metadata staged on the host, then uploaded in one copy */
     int32_t *meta_host;
     void *meta_dev;
+    void *moe_scratch;        /* the moe ops' scratch (backend.h, anvil_moe_scratch), shared by them */
+    size_t moe_scratch_bytes;
     size_t meta_ints;
     void *logits_host_stage;  /* when activations are not f32 */
     void *ids_dev;            /* [max_logit_rows] argmax ids (forward_greedy), made on first use */

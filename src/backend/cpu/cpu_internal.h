@@ -285,5 +285,7 @@ static inline void anvil_cpu_split(int64_t n, int64_t unit, int ith, int nth, in
     *lo = a * unit < n ? a * unit : n;
     *hi = b * unit < n ? b * unit : n;
 }
+/* cpu_moe.c */
+anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *args);
 
 #endif

@@ -293,3 +293,99 @@ anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *
             o[i * width + c] = xs[(int64_t)step->logit_rows[i] * width + c];
     return ANVIL_OK;
 }
+
+/* One expert's gated MLP on one row of x (H), weights gate rows g, up rows
+ * u [I, H] and down rows d [H, I] at element offsets of their tensors:
+ * y = d (silu(g x) * (u x)), the products rounded to f32 as the matmul
+ * ops round them. */
+static void ref_expert(const float *x, int64_t H, int64_t I, const anvil_tensor *gu, int64_t g_row, int64_t u_row,
+                       const anvil_tensor *dn, int64_t d_row, float *act, float *y)
+{
+    for (int64_t i = 0; i < I; i++) {
+        double gs = 0.0, us = 0.0;
+        for (int64_t h = 0; h < H; h++) {
+            gs += (double)x[h] * (double)anvil_cpu_load_elem(gu->data, gu->dtype, (g_row + i) * H + h);
+            us += (double)x[h] * (double)anvil_cpu_load_elem(gu->data, gu->dtype, (u_row + i) * H + h);
+        }
+        const float gf = (float)gs, uf = (float)us;
+        act[i] = gf / (1.0f + expf(-gf)) * uf;
+    }
+    for (int64_t h = 0; h < H; h++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < I; i++)
+            acc += (double)act[i] * (double)anvil_cpu_load_elem(dn->data, dn->dtype, (d_row + h) * I + i);
+        y[h] = (float)acc;
+    }
+}
+
+anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
+{
+    anvil_moe_scratch L;
+    TRY(anvil_moe_check_args(a, &L));
+    CHECK(a->x->dtype == ANVIL_DTYPE_F32 && a->out->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED,
+          "moe reference: activations are f32");
+    const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
+    const int32_t E = a->n_experts, k = a->top_k;
+    /* the scratch holds more than this needs: probabilities, one row's
+     * activations and one expert output */
+    float *p = a->scratch, *act = (float *)a->scratch + E, *y = act + (I > Is ? I : Is);
+    int32_t *chosen = (int32_t *)(y + H); /* the k experts picked */
+    CHECK(T == 0 || a->scratch_bytes >= (size_t)(E + (I > Is ? I : Is) + H + k) * sizeof(float),
+          ANVIL_ERR_INVALID_ARG, "moe reference: scratch too small");
+    const float *x = a->x->data;
+    float *out = a->out->data;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * H;
+        float *o = out + t * H;
+        for (int32_t e = 0; e < E; e++) {
+            double acc = 0.0;
+            for (int64_t h = 0; h < H; h++)
+                acc += (double)xr[h] * (double)anvil_cpu_load_elem(a->router->data, a->router->dtype, e * H + h);
+            p[e] = (float)acc;
+        }
+        float mx = p[0], sum = 0.0f;
+        for (int32_t e = 1; e < E; e++)
+            mx = fmaxf(mx, p[e]);
+        for (int32_t e = 0; e < E; e++)
+            sum += (p[e] = expf(p[e] - mx));
+        /* the k largest, lower expert first on ties; chosen[e] = weight or -1 */
+        float wsum = 0.0f;
+        for (int32_t j = 0; j < k; j++) {
+            int32_t best = -1;
+            for (int32_t e = 0; e < E; e++) {
+                int taken = 0;
+                for (int32_t q = 0; q < j; q++)
+                    taken |= chosen[q] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = e;
+            }
+            chosen[j] = best;
+            wsum += p[best] / sum;
+        }
+        for (int64_t h = 0; h < H; h++)
+            o[h] = 0.0f;
+        for (int32_t e = 0; e < E; e++) { /* ascending expert order, as index_add over the experts */
+            int sel = 0;
+            for (int32_t j = 0; j < k; j++)
+                sel |= chosen[j] == e;
+            if (!sel)
+                continue;
+            float w = p[e] / sum;
+            if (a->norm_topk_prob)
+                w /= wsum;
+            ref_expert(xr, H, I, a->gate_up, 2 * e * I, (2 * e + 1) * I, a->down, e * H, act, y);
+            for (int64_t h = 0; h < H; h++)
+                o[h] += y[h] * w;
+        }
+        if (Is > 0) {
+            ref_expert(xr, H, Is, a->shared_gate_up, 0, Is, a->shared_down, 0, act, y);
+            double gs = 0.0;
+            for (int64_t h = 0; h < H; h++)
+                gs += (double)xr[h] * (double)anvil_cpu_load_elem(a->shared_gate->data, a->shared_gate->dtype, h);
+            const float gate = 1.0f / (1.0f + expf(-(float)gs));
+            for (int64_t h = 0; h < H; h++)
+                o[h] += gate * y[h];
+        }
+    }
+    return ANVIL_OK;
+}

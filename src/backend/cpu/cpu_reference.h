@@ -75,3 +75,11 @@ anvil_status anvil_cpu_ref_add(const anvil_tensor *a, const anvil_tensor *b, anv
 anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *step, anvil_tensor *out);
 
 #endif
+/* The moe op (backend.h, anvil_moe_args), one token at a time: router
+ * logits as dot products in double, softmax in f32, the k largest (the lower
+ * expert on ties), each chosen expert's gated MLP (products in double,
+ * rounded to f32), summed in ascending expert order with its weight (divided
+ * by the k weights' sum with norm_topk_prob), plus sigmoid(shared gate) *
+ * the shared expert. Uses the args' scratch (the same size as the op's). */
+anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a);
+
