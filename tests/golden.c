@@ -21,12 +21,12 @@ void golden_load(const char *model, golden *g)
 {
     memset(g, 0, sizeof *g);
     char path[512];
-    snprintf(path, sizeof path, "%s/golden/models/%s/cases.json", anvil_test_shared_dir(), model);
+    snprintf(path, sizeof path, "%s/cases.json", anvil_test_golden_dir(model));
     json_error_t jerr;
     g->root = json_load_file(path, 0, &jerr);
     if (g->root == NULL)
         fail_msg("%s: %s", path, jerr.text);
-    snprintf(path, sizeof path, "%s/golden/models/%s/logits.safetensors", anvil_test_shared_dir(), model);
+    snprintf(path, sizeof path, "%s/logits.safetensors", anvil_test_golden_dir(model));
     if (anvil_safetensors_open(path, &g->logits_file) != ANVIL_OK)
         fail_msg("%s", anvil_last_error());
     json_t *cases = json_object_get(g->root, "cases");

@@ -28,6 +28,36 @@ const char *anvil_test_shared_path(const char *rel)
     return buf;
 }
 
+/* tests/data/models/<model>/<file> of the source tree into buf, or NULL
+ * when that file is not there. */
+static const char *repo_model_file(const char *model, const char *file, char *buf, size_t cap)
+{
+    const char *src = getenv("ANVIL_SOURCE_DIR");
+    snprintf(buf, cap, "%s/tests/data/models/%s/%s", src && *src ? src : ".", model, file);
+    if (access(buf, R_OK) != 0)
+        return NULL;
+    snprintf(buf, cap, "%s/tests/data/models/%s", src && *src ? src : ".", model);
+    return buf;
+}
+
+const char *anvil_test_model_dir(const char *model)
+{
+    static char buf[4096];
+    if (repo_model_file(model, "config.json", buf, sizeof buf) != NULL)
+        return buf;
+    snprintf(buf, sizeof buf, "%s/models/%s", anvil_test_shared_dir(), model);
+    return buf;
+}
+
+const char *anvil_test_golden_dir(const char *model)
+{
+    static char buf[4096];
+    if (repo_model_file(model, "cases.json", buf, sizeof buf) != NULL)
+        return buf;
+    snprintf(buf, sizeof buf, "%s/golden/models/%s", anvil_test_shared_dir(), model);
+    return buf;
+}
+
 static char tmp_dir[256];
 static pid_t tmp_dir_owner;
 

@@ -45,6 +45,16 @@ const char *anvil_test_shared_dir(void);
 /* Writes shared_dir + "/" + rel into a static buffer and returns it. */
 const char *anvil_test_shared_path(const char *rel);
 
+/* The folder of model `model`: tests/data/models/<model> of the source tree
+ * (ANVIL_SOURCE_DIR) where the repository has it (tiny-gpt2), else the
+ * shared models/<model>. A static buffer. */
+const char *anvil_test_model_dir(const char *model);
+
+/* The folder of its Hugging Face goldens (cases.json, logits.safetensors):
+ * the same tests/data/models/<model> folder, else the shared
+ * golden/models/<model>. A static buffer. */
+const char *anvil_test_golden_dir(const char *model);
+
 /* A fresh temporary directory for this test, removed with what it holds
  * when the test program exits (ANVIL_TEST_KEEP_TMP=1 keeps it). */
 const char *anvil_test_tmpdir(void);

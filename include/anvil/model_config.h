@@ -90,7 +90,7 @@ typedef struct anvil_rope_config {
 /* The MLP's activation (hidden_act, Gemma's hidden_activation). */
 typedef enum anvil_hidden_act {
     ANVIL_ACT_SILU = 0,  /* "silu": the Llama family */
-    ANVIL_ACT_GELU_TANH, /* "gelu_pytorch_tanh": Gemma 2 */
+    ANVIL_ACT_GELU_TANH, /* "gelu_pytorch_tanh": Gemma 2; "gelu_new": GPT-2 (the same function) */
 } anvil_hidden_act;
 
 typedef struct anvil_model_config {
@@ -104,7 +104,7 @@ typedef struct anvil_model_config {
     int64_t n_kv_heads;          /* == n_heads without grouped-query attention */
     int64_t head_dim;            /* hidden_size / n_heads unless given */
     int64_t max_position_embeddings;
-    double rms_norm_eps;
+    double rms_norm_eps;         /* the norms' eps (GPT-2: layer_norm_epsilon) */
     anvil_rope_config rope;
     int tie_word_embeddings;     /* LM head reuses the embedding table */
     int attention_bias;          /* biases on q/k/v (Qwen2 family) */

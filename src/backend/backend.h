@@ -248,6 +248,20 @@ typedef struct anvil_backend_ops {
     /* out[i] = x[step->logit_rows[i]] */
     anvil_status (*gather_rows)(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                 anvil_tensor *out);
+    /* GPT-2's ops (the runtime refuses a model that needs one a backend lacks).
+     * out = (x - mean) / sqrt(var + eps) * w + b per row, mean and biased
+     * variance in f32 (torch.nn.LayerNorm); out may alias x */
+    anvil_status (*layernorm)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                              const anvil_tensor *b, float eps, anvil_tensor *out);
+    /* out = gelu_tanh(x): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (out may alias x) */
+    anvil_status (*gelu_tanh)(anvil_backend *be, const anvil_tensor *x, anvil_tensor *out);
+    /* out[t] = x[t] + table[step->positions[t]], summed in f32 (learned
+     * position embeddings); a position past the table's rows is
+     * ANVIL_ERR_INVALID_ARG where the backend can see it (the CPU), and the
+     * runtime refuses such positions before any step (max_position_embeddings);
+     * out may alias x */
+    anvil_status (*pos_embedding)(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *table,
+                                  const anvil_step *step, anvil_tensor *out);
 
     /* ---- optional (NULL where a backend has none; the runtime then does
      * without) */

@@ -194,6 +194,15 @@ static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoi
             return shape_error(w, st, "the slice runs past the tensor");
         return ANVIL_OK;
     }
+    case ANVIL_RECIPE_TRANSPOSE: {
+        if (st->n_dims != 2 || w->n_dims != 2)
+            return shape_error(w, st, "a transpose takes and gives a matrix");
+        if (st->shape[0] != w->shape[1])
+            return shape_error(w, st, "the source's rows are the weight's columns");
+        if (w->start > st->shape[1] || w->shape[0] > st->shape[1] - w->start)
+            return shape_error(w, st, "the columns run past the tensor");
+        return ANVIL_OK;
+    }
     case ANVIL_RECIPE_CONCAT: {
         if (w->axis >= w->n_dims)
             return shape_error(w, st, "no such axis");
@@ -711,6 +720,32 @@ static anvil_status copy_elems(const anvil_st_tensor *st, int64_t first, int64_t
     return ANVIL_OK;
 }
 
+/* Elements [a, b) of a TRANSPOSE weight w [R, C] (w[r][c] = st[c][start + r])
+ * in `kind` at dst: the rows of w they touch are a run of st's columns, read
+ * as C contiguous pieces (one per row of st), then put in place in f32 and
+ * converted at once. */
+static anvil_status fill_transposed(const anvil_net_weight *w, const anvil_st_tensor *st, int64_t a, int64_t b,
+                                    anvil_dtype kind, char *dst, anvil_build_scratch *sc)
+{
+    const int64_t C = w->shape[1], N = st->shape[1];
+    const int64_t r0 = a / C, nr = (b - 1) / C - r0 + 1;
+    float *piece = malloc((size_t)nr * sizeof *piece), *out = malloc((size_t)(b - a) * sizeof *out);
+    anvil_status s = piece != NULL && out != NULL ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    for (int64_t c = 0; s == ANVIL_OK && c < C; c++) {
+        s = copy_elems(st, c * N + w->start + r0, nr, ANVIL_DTYPE_F32, piece, sc);
+        for (int64_t k = 0; s == ANVIL_OK && k < nr; k++) {
+            const int64_t e = (r0 + k) * C + c;
+            if (e >= a && e < b)
+                out[e - a] = piece[k];
+        }
+    }
+    if (s == ANVIL_OK)
+        anvil_convert_from_f32(kind, out, dst, b - a);
+    free(piece);
+    free(out);
+    return s;
+}
+
 /* Elements [a, b) of weight w (row-major in its shape), in `kind`, at dst. */
 static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoint *ck, int64_t a, int64_t b,
                                 anvil_dtype kind, char *dst, anvil_build_scratch *sc)
@@ -721,6 +756,8 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
     TRY(find_source(ck, w->sources[0], &st));
     if (w->recipe == ANVIL_RECIPE_TENSOR)
         return copy_elems(st, a, b - a, kind, dst, sc);
+    if (w->recipe == ANVIL_RECIPE_TRANSPOSE)
+        return fill_transposed(w, st, a, b, kind, dst, sc);
     if (w->recipe == ANVIL_RECIPE_SLICE && (st->n_dims == w->n_dims + 1 || w->axis == 0)) {
         /* a stack's matrix or a run of rows: contiguous in the source */
         const int64_t base = st->n_dims == w->n_dims + 1 ? w->start * w_numel(w) : w->start * cols;

@@ -25,7 +25,7 @@ int anvil_manifest_fuse_parse(const char *name)
     return -1;
 }
 
-static const char *const recipe_names[] = {"tensor", "slice", "concat"};
+static const char *const recipe_names[] = {"tensor", "slice", "concat", "transpose"};
 static void put(json_t *o, const char *k, json_t *v, int *ok);
 static const char *const role_names[] = {"weight", "scales", "zeros", "perm"};
 static const char *const act_names[] = {"none", "fp8_dynamic", "fp8_static"};
@@ -111,6 +111,9 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
     put(o, "width", json_integer(op->width), ok);
     put(o, "rows", json_string(op->row_kind ? "logits" : "tokens"), ok);
     switch (op->kind) {
+    case ANVIL_OP_LAYERNORM:
+        put(o, "eps", json_real(op->eps), ok);
+        break;
     case ANVIL_OP_RMSNORM:
         put(o, "eps", json_real(op->eps), ok);
         /* only where set: the manifests of engines built before it stay equal */
@@ -141,9 +144,6 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
             put(o, "softcap", json_real(p->softcap), ok);
         break;
     }
-    default:
-        break;
-    }
     case ANVIL_OP_MOE: {
         const anvil_moe_params *p = &op->moe;
         put(o, "n_experts", json_integer(p->n_experts), ok);
@@ -151,6 +151,9 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
         put(o, "inter", json_integer(p->inter), ok);
         put(o, "shared_inter", json_integer(p->shared_inter), ok);
         put(o, "norm_topk_prob", json_integer(p->norm_topk_prob), ok);
+        break;
+    }
+    default:
         break;
     }
     return o;
@@ -176,7 +179,7 @@ static json_t *weight_json(const anvil_net_weight *w, int *ok)
             add(src, json_string(w->sources[k]), ok);
         put(o, "sources", src, ok);
         put(o, "axis", json_integer(w->axis), ok);
-        if (w->recipe == ANVIL_RECIPE_SLICE)
+        if (w->recipe == ANVIL_RECIPE_SLICE || w->recipe == ANVIL_RECIPE_TRANSPOSE)
             put(o, "start", json_integer(w->start), ok);
     }
     return o;

@@ -165,15 +165,23 @@ static anvil_status put_weight(shard_ctx *c, const anvil_net_weight *w, const ch
                 anvil_net_weight_slice(dst, name, w->sources[0], w->axis, w->start);
             else if (w->recipe == ANVIL_RECIPE_CONCAT)
                 anvil_net_weight_concat(dst, name, w->axis, w->sources, w->n_sources);
+            else if (w->recipe == ANVIL_RECIPE_TRANSPOSE)
+                anvil_net_weight_transpose(dst, name, w->sources[0], w->start);
         } else if (w->recipe == ANVIL_RECIPE_TENSOR) {
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, s->start);
+        } else if (w->recipe == ANVIL_RECIPE_TRANSPOSE && s->axis == 0) {
+            /* rows of a transposed weight are columns of its source */
+            anvil_net_weight_transpose(dst, name, w->sources[0], w->start + s->start);
         } else {
             /* a slice of a slice along the same axis is one slice of the
              * source (of a 2-D source: a stack's slice picks a matrix, and
              * stacks are not cut yet) */
             CHECK(w->recipe == ANVIL_RECIPE_SLICE && w->axis == s->axis, ANVIL_ERR_UNSUPPORTED,
                   "tensor parallelism: weight %s (a %s recipe) cannot be cut along axis %d", w->name,
-                  w->recipe == ANVIL_RECIPE_CONCAT ? "concatenation" : "slice", s->axis);
+                  w->recipe == ANVIL_RECIPE_CONCAT      ? "concatenation"
+                  : w->recipe == ANVIL_RECIPE_TRANSPOSE ? "transpose"
+                                                        : "slice",
+                  s->axis);
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, w->start + s->start);
         }
     }

@@ -217,5 +217,12 @@ const anvil_st_tensor *anvil_checkpoint_find(const anvil_checkpoint *c, const ch
 {
     if (c == NULL || name == NULL)
         return NULL;
-    return anvil_st_lookup(c->by_name, c->n, name);
+    const anvil_st_tensor *t = anvil_st_lookup(c->by_name, c->n, name);
+    /* GPT-2: save_pretrained writes "transformer.h.0...", the original gpt2
+     * checkpoint (and its copies) "h.0..." for the same tensors; a name
+     * that is not there under the prefix is looked up without it */
+    static const char prefix[] = "transformer.";
+    if (t == NULL && strncmp(name, prefix, sizeof prefix - 1) == 0)
+        t = anvil_st_lookup(c->by_name, c->n, name + sizeof prefix - 1);
+    return t;
 }

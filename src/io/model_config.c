@@ -58,6 +58,8 @@ static const family families[] = {
     {"qwen3", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN, 0},
     {"phi3", 0, 10000.0, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY, 4096},
     {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY, 0},
+    /* GPT-2: biases everywhere and no RoPE (parse_gpt2); its eps is layer_norm_epsilon */
+    {"gpt2", 1, 10000.0, 1e-5, BIAS_FROM_KEY, 0, 0, WINDOW_NONE, 0},
 };
 
 /* Anything else gets PretrainedConfig's defaults (tied embeddings). */
@@ -543,6 +545,65 @@ static anvil_status parse_gemma2(const json_t *root, const char *what, anvil_mod
     return ANVIL_OK;
 }
 
+/* ---------------------------------------------------------------- GPT-2 */
+
+/* A GPT-2 switch whose value anvil lacks: refused by name. */
+static anvil_status gpt2_switch(const json_t *root, const char *key, const char *what, int def, int want,
+                                const char *why)
+{
+    int v = def;
+    TRY(anvil_json_get_bool(root, NULL, key, what, def, &v));
+    CHECK(v == want, ANVIL_ERR_UNSUPPORTED, "%s: %s %s is not supported (%s)", what, key, v ? "true" : "false",
+          why);
+    return ANVIL_OK;
+}
+
+/*
+ * GPT2Config's keys (its defaults where absent): vocab_size (50257), n_embd
+ * (768), n_layer (12), n_head (12), n_positions (1024), n_inner (null: 4 *
+ * n_embd), layer_norm_epsilon (1e-5, read with the other norms' eps),
+ * activation_function (gelu_new; gelu_pytorch_tanh is the same function,
+ * anything else is refused by name). The switches of GPT2Attention anvil
+ * lacks are refused by name: scale_attn_weights false (no 1/sqrt(head_dim)),
+ * scale_attn_by_inverse_layer_idx true, add_cross_attention true.
+ * reorder_and_upcast_attn is accepted either way: it computes the scores
+ * in f32, which anvil's attention always does.
+ */
+static anvil_status parse_gpt2(const json_t *root, const char *what, anvil_model_config *c)
+{
+    TRY(anvil_json_get_int(root, NULL, "vocab_size", what, 50257, &c->vocab_size));
+    TRY(int_in_range(what, "vocab_size", c->vocab_size, 1, ANVIL_MAX_VOCAB_SIZE));
+    TRY(anvil_json_get_int(root, NULL, "n_embd", what, 768, &c->hidden_size));
+    TRY(int_in_range(what, "n_embd", c->hidden_size, 1, ANVIL_MAX_HIDDEN_SIZE));
+    TRY(anvil_json_get_int(root, NULL, "n_layer", what, 12, &c->n_layers));
+    TRY(int_in_range(what, "n_layer", c->n_layers, 1, ANVIL_MAX_LAYERS));
+    TRY(anvil_json_get_int(root, NULL, "n_head", what, 12, &c->n_heads));
+    TRY(int_in_range(what, "n_head", c->n_heads, 1, ANVIL_MAX_HEADS));
+    TRY(anvil_json_get_int(root, NULL, "n_positions", what, 1024, &c->max_position_embeddings));
+    TRY(int_in_range(what, "n_positions", c->max_position_embeddings, 1, ANVIL_MAX_CONTEXT));
+    const json_t *inner = json_object_get(root, "n_inner");
+    if (inner == NULL || json_is_null(inner)) {
+        c->intermediate_size = 4 * c->hidden_size; /* bounded: hidden <= 65536 */
+    } else {
+        TRY(anvil_json_get_int(root, NULL, "n_inner", what, 0, &c->intermediate_size));
+    }
+    TRY(int_in_range(what, "n_inner", c->intermediate_size, 1, ANVIL_MAX_INTERMEDIATE_SIZE));
+    const char *act = NULL;
+    TRY(anvil_json_get_string(root, NULL, "activation_function", what, "gelu_new", &act));
+    CHECK(strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: activation_function \"%s\" is not supported (anvil implements gelu_new and gelu_pytorch_tanh, "
+          "the tanh approximation, for gpt2)",
+          what, act);
+    c->hidden_act = ANVIL_ACT_GELU_TANH;
+    TRY(gpt2_switch(root, "scale_attn_weights", what, 1, 1, "anvil scales attention scores by 1/sqrt(head_dim)"));
+    TRY(gpt2_switch(root, "scale_attn_by_inverse_layer_idx", what, 0, 0,
+                    "anvil has no per-layer attention scale"));
+    TRY(gpt2_switch(root, "add_cross_attention", what, 0, 0, "anvil runs decoder-only models"));
+    int reorder = 0;
+    TRY(anvil_json_get_bool(root, NULL, "reorder_and_upcast_attn", what, 0, &reorder));
+    return ANVIL_OK;
+}
+
 /* ---------------------------------------------------------------- config */
 
 /* The key RoPE parameters were read from, for messages. */
@@ -579,15 +640,20 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     strcpy(c->model_type, model_type);
     const family *fam = find_family(model_type);
 
-    /* each bounded as it is read: head_dim is derived from two of them */
-    TRY(require_size(root, "vocab_size", what, ANVIL_MAX_VOCAB_SIZE, &c->vocab_size));
-    TRY(require_size(root, "hidden_size", what, ANVIL_MAX_HIDDEN_SIZE, &c->hidden_size));
-    TRY(require_size(root, "intermediate_size", what, ANVIL_MAX_INTERMEDIATE_SIZE, &c->intermediate_size));
-    TRY(require_size(root, "num_hidden_layers", what, ANVIL_MAX_LAYERS, &c->n_layers));
-    TRY(require_size(root, "num_attention_heads", what, ANVIL_MAX_HEADS, &c->n_heads));
-    /* kept as int64 and bounded here: the runtime's max_seq_len (int32)
-     * defaults to it, and a value cut to 32 bits would run silently */
-    TRY(require_size(root, "max_position_embeddings", what, ANVIL_MAX_CONTEXT, &c->max_position_embeddings));
+    const int gpt2 = strcmp(model_type, "gpt2") == 0;
+    if (gpt2) {
+        TRY(parse_gpt2(root, what, c));
+    } else {
+        /* each bounded as it is read: head_dim is derived from two of them */
+        TRY(require_size(root, "vocab_size", what, ANVIL_MAX_VOCAB_SIZE, &c->vocab_size));
+        TRY(require_size(root, "hidden_size", what, ANVIL_MAX_HIDDEN_SIZE, &c->hidden_size));
+        TRY(require_size(root, "intermediate_size", what, ANVIL_MAX_INTERMEDIATE_SIZE, &c->intermediate_size));
+        TRY(require_size(root, "num_hidden_layers", what, ANVIL_MAX_LAYERS, &c->n_layers));
+        TRY(require_size(root, "num_attention_heads", what, ANVIL_MAX_HEADS, &c->n_heads));
+        /* kept as int64 and bounded here: the runtime's max_seq_len (int32)
+         * defaults to it, and a value cut to 32 bits would run silently */
+        TRY(require_size(root, "max_position_embeddings", what, ANVIL_MAX_CONTEXT, &c->max_position_embeddings));
+    }
 
     TRY(anvil_json_get_int(root, NULL, "num_key_value_heads", what, c->n_heads, &c->n_kv_heads));
     TRY(int_in_range(what, "num_key_value_heads", c->n_kv_heads, 1, ANVIL_MAX_HEADS));
@@ -614,10 +680,11 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     CHECK(c->head_dim % 2 == 0, ANVIL_ERR_FORMAT, "%s: head_dim must be even (RoPE rotates pairs), got %lld",
           what, (long long)c->head_dim);
 
-    TRY(anvil_json_get_double(root, NULL, "rms_norm_eps", what, fam->rms_norm_eps, &c->rms_norm_eps));
-    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: rms_norm_eps must be positive, got %g", what,
+    const char *eps_key = gpt2 ? "layer_norm_epsilon" : "rms_norm_eps";
+    TRY(anvil_json_get_double(root, NULL, eps_key, what, fam->rms_norm_eps, &c->rms_norm_eps));
+    CHECK(c->rms_norm_eps > 0, ANVIL_ERR_FORMAT, "%s: %s must be positive, got %g", what, eps_key,
           c->rms_norm_eps);
-    TRY(real_in_range(what, "rms_norm_eps", c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
+    TRY(real_in_range(what, eps_key, c->rms_norm_eps, ANVIL_MIN_RMS_NORM_EPS, ANVIL_MAX_RMS_NORM_EPS));
     TRY(parse_rope(root, what, fam, c));
 
     TRY(anvil_json_get_bool(root, NULL, "tie_word_embeddings", what, fam->tie_word_embeddings,
@@ -640,6 +707,8 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     TRY(anvil_json_get_bool(root, NULL, "mlp_bias", what, 0, &mlp_bias));
     c->mlp_bias = fam->mlp_bias_key ? mlp_bias : 0;
     c->qk_norm = fam->qk_norm;
+    if (gpt2) /* Conv1D layers: every one has a bias */
+        c->attention_bias = c->attention_out_bias = c->mlp_bias = 1;
     TRY(parse_window(root, what, fam, c));
     if (strcmp(model_type, "gemma2") == 0)
         TRY(parse_gemma2(root, what, c));

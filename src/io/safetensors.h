@@ -99,7 +99,9 @@ anvil_status anvil_checkpoint_check_unchanged(const anvil_checkpoint *c);
 void anvil_checkpoint_close(anvil_checkpoint *c); /* NULL is a no-op */
 int64_t anvil_checkpoint_count(const anvil_checkpoint *c);
 const anvil_st_tensor *anvil_checkpoint_at(const anvil_checkpoint *c, int64_t i);
-/* NULL when absent (not an error by itself: callers decide). */
+/* NULL when absent (not an error by itself: callers decide). A name that
+ * starts with "transformer." is also found without it (GPT-2's original
+ * checkpoint). */
 const anvil_st_tensor *anvil_checkpoint_find(const anvil_checkpoint *c, const char *name);
 
 /* Writes a safetensors file from host tensors (used by tests to make bad

@@ -14,4 +14,8 @@ anvil_status anvil_model_phi3_build(const anvil_model_config *cfg, anvil_network
  * soft caps, alternating sliding and full layers */
 anvil_status anvil_model_gemma2_build(const anvil_model_config *cfg, anvil_network *net);
 
+/* GPT2LMHeadModel: LayerNorms with biases, learned positions, GELU MLP,
+ * Conv1D (transposed) weights read through transpose recipes */
+anvil_status anvil_model_gpt2_build(const anvil_model_config *cfg, anvil_network *net);
+
 #endif

@@ -18,6 +18,7 @@ static const model_entry registry[] = {
     {"Qwen3ForCausalLM", anvil_model_llama_build},
     {"Phi3ForCausalLM", anvil_model_phi3_build},
     {"Gemma2ForCausalLM", anvil_model_gemma2_build},
+    {"GPT2LMHeadModel", anvil_model_gpt2_build},
 };
 
 #define N_MODELS (sizeof registry / sizeof registry[0])

@@ -1360,18 +1360,18 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     case ANVIL_OP_SOFTCAP:
         CHECK(ops->softcap != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no softcap op", ops->name);
         return ops->softcap(be, &a, op->scalar, &out);
+    case ANVIL_OP_LAYERNORM:
+        CHECK(ops->layernorm != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no layernorm", ops->name);
+        return ops->layernorm(be, &a, w0, w1, (float)op->eps, &out);
+    case ANVIL_OP_GELU_TANH:
+        CHECK(ops->gelu_tanh != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no gelu_tanh", ops->name);
+        return ops->gelu_tanh(be, &a, &out);
+    case ANVIL_OP_POS_EMBEDDING:
+        CHECK(ops->pos_embedding != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no pos_embedding", ops->name);
+        return ops->pos_embedding(be, &a, w0, s, &out);
     case ANVIL_OP_ALL_REDUCE:
     case ANVIL_OP_ALL_GATHER:
         return anvil_rt_tp_collective(rt, op, &a, &out);
-    case ANVIL_OP_COUNT:
-        break;
-    }
-    return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
-}
-
-/* The fused group that starts at op i (or, for attention, ends there). */
-static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
-{
     case ANVIL_OP_MOE: {
         CHECK(ops->moe != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no moe op", ops->name);
         const anvil_moe_params *p = &op->moe;
@@ -1387,6 +1387,15 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
         };
         return ops->moe(be, &args);
     }
+    case ANVIL_OP_COUNT:
+        break;
+    }
+    return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "unknown op kind %d", (int)op->kind);
+}
+
+/* The fused group that starts at op i (or, for attention, ends there). */
+static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
+{
     anvil_backend *be = rt->be;
     const anvil_backend_ops *ops = be->ops;
     const anvil_net_op *op = anvil_network_op(rt->net, i);

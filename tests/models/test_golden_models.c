@@ -1,6 +1,7 @@
 /*
  * Golden tests: anvil's CPU forward against Hugging Face transformers.
- * For every prompt of every Llama-family model (and Phi-3, Gemma 2) in ../shared/golden/models:
+ * For every prompt of every Llama-family model (and Phi-3, Gemma 2) in ../shared/golden/models
+ * and GPT-2 in tests/data/models/tiny-gpt2:
  * the logits at every position within 1e-4 x max|logit| of HF's (float32),
  * the same logits when all prompts run packed in one batch, and the greedy
  * continuation identical token for token.
@@ -22,7 +23,7 @@
 static anvil_runtime *load_model(const char *model)
 {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(model));
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.max_num_tokens = 1024;
@@ -159,6 +160,8 @@ static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
 static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
 static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
 static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
+/* tests/data/models/tiny-gpt2 (scripts/make_gpt2_model.py) */
+static void test_tiny_gpt2(void **s) { (void)s; run_model("tiny-gpt2"); }
 
 int main(void)
 {
@@ -167,6 +170,7 @@ int main(void)
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
+        cmocka_unit_test(test_tiny_gpt2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

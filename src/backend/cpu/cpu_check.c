@@ -139,6 +139,37 @@ anvil_status anvil_cpu_check_unary(const anvil_tensor *x, const anvil_tensor *ou
     return check_same_shape(x, out, what);
 }
 
+anvil_status anvil_cpu_check_layernorm(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *b,
+                                       float eps, const anvil_tensor *out)
+{
+    TRY(check_act(x, "layernorm x"));
+    TRY(check_act(out, "layernorm out"));
+    TRY(check_same_shape(x, out, "layernorm"));
+    CHECK(isfinite(eps) && eps > 0, ANVIL_ERR_INVALID_ARG, "layernorm: eps must be positive, got %g", (double)eps);
+    TRY(check_vector(w, x->shape[1], "layernorm weight"));
+    return check_vector(b, x->shape[1], "layernorm bias");
+}
+
+anvil_status anvil_cpu_check_pos_embedding(const anvil_tensor *x, const anvil_tensor *table, const anvil_step *step,
+                                           const anvil_tensor *out)
+{
+    TRY(check_act(x, "pos_embedding x"));
+    TRY(check_act(out, "pos_embedding out"));
+    TRY(check_same_shape(x, out, "pos_embedding"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2, ANVIL_ERR_INVALID_ARG,
+          "pos_embedding: expected a 2-D table");
+    TRY(check_weight_dtype(table, "pos_embedding table"));
+    CHECK(table->shape[1] == x->shape[1], ANVIL_ERR_INVALID_ARG, "pos_embedding: table width %lld, x width %lld",
+          (long long)table->shape[1], (long long)x->shape[1]);
+    TRY(check_step_tokens(step, x->shape[0], "pos_embedding"));
+    CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "pos_embedding: no positions");
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        CHECK(step->positions[t] >= 0 && step->positions[t] < table->shape[0], ANVIL_ERR_INVALID_ARG,
+              "pos_embedding: position %d at row %d outside the table's %lld positions", step->positions[t], t,
+              (long long)table->shape[0]);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out)
 {
     TRY(check_act(x, "gather_rows x"));

@@ -135,6 +135,10 @@ anvil_status anvil_cpu_check_attention(const anvil_attention_args *a);
 anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out);
 /* x and out (which may alias) f32 activations of one shape; what names the op */
 anvil_status anvil_cpu_check_unary(const anvil_tensor *x, const anvil_tensor *out, const char *what);
+anvil_status anvil_cpu_check_layernorm(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *b,
+                                       float eps, const anvil_tensor *out);
+anvil_status anvil_cpu_check_pos_embedding(const anvil_tensor *x, const anvil_tensor *table, const anvil_step *step,
+                                           const anvil_tensor *out);
 anvil_status anvil_cpu_check_gather_rows(const anvil_tensor *x, const anvil_step *step, const anvil_tensor *out);
 
 /* The inverse frequencies token t of step rotates with: LongRoPE's long
@@ -249,6 +253,12 @@ anvil_status anvil_cpu_op_gelu_tanh_mul(anvil_backend *be, const anvil_tensor *g
                                         anvil_tensor *out);
 anvil_status anvil_cpu_op_scale(anvil_backend *be, const anvil_tensor *x, float c, anvil_tensor *out);
 anvil_status anvil_cpu_op_softcap(anvil_backend *be, const anvil_tensor *x, float cap, anvil_tensor *out);
+/* cpu_layernorm.c: GPT-2's layernorm, gelu_tanh, pos_embedding */
+anvil_status anvil_cpu_op_layernorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                    const anvil_tensor *b, float eps, anvil_tensor *out);
+anvil_status anvil_cpu_op_gelu_tanh(anvil_backend *be, const anvil_tensor *x, anvil_tensor *out);
+anvil_status anvil_cpu_op_pos_embedding(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *table,
+                                        const anvil_step *step, anvil_tensor *out);
 /* cpu_fused.c */
 anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
                                       const anvil_tensor *w, float eps, anvil_tensor *sum, anvil_tensor *norm);

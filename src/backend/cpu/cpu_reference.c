@@ -294,6 +294,54 @@ anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *
     return ANVIL_OK;
 }
 
+anvil_status anvil_cpu_ref_layernorm(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *b, float eps,
+                                     anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_layernorm(x, w, b, eps, out));
+    const int64_t rows = x->shape[0], width = x->shape[1];
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t r = 0; r < rows && width > 0; r++) {
+        const float *xr = xs + r * width;
+        double sum = 0.0, ss = 0.0;
+        for (int64_t i = 0; i < width; i++)
+            sum += xr[i];
+        const float mean = (float)(sum / (double)width);
+        for (int64_t i = 0; i < width; i++)
+            ss += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+        const float inv = 1.0f / sqrtf((float)(ss / (double)width) + eps);
+        for (int64_t i = 0; i < width; i++)
+            o[r * width + i] = (xr[i] - mean) * inv * anvil_cpu_load_elem(w->data, w->dtype, i) +
+                               anvil_cpu_load_elem(b->data, b->dtype, i);
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_gelu_tanh(const anvil_tensor *x, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_unary(x, out, "gelu_tanh"));
+    int64_t n = anvil_tensor_numel(x);
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int64_t i = 0; i < n; i++)
+        o[i] = anvil_cpu_gelu_tanh(xs[i]);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cpu_ref_pos_embedding(const anvil_tensor *x, const anvil_tensor *table, const anvil_step *step,
+                                         anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_pos_embedding(x, table, step, out));
+    const int64_t width = x->shape[1];
+    const float *xs = x->data;
+    float *o = out->data;
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        for (int64_t i = 0; i < width; i++)
+            o[t * width + i] = xs[t * width + i] +
+                               anvil_cpu_load_elem(table->data, table->dtype, step->positions[t] * width + i);
+    return ANVIL_OK;
+}
+
 /* One expert's gated MLP on one row of x (H), weights gate rows g, up rows
  * u [I, H] and down rows d [H, I] at element offsets of their tensors:
  * y = d (silu(g x) * (u x)), the products rounded to f32 as the matmul

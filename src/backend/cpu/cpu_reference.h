@@ -71,10 +71,22 @@ anvil_status anvil_cpu_ref_softcap(const anvil_tensor *x, float cap, anvil_tenso
 /* out = a + b */
 anvil_status anvil_cpu_ref_add(const anvil_tensor *a, const anvil_tensor *b, anvil_tensor *out);
 
+/* LayerNorm per row: m = mean(x), v = mean((x - m)^2) (sums in double),
+ * out = (x - m) * (1 / sqrtf(v + eps)) * w + b. */
+anvil_status anvil_cpu_ref_layernorm(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *b, float eps,
+                                     anvil_tensor *out);
+
+/* out = gelu_tanh(x), as anvil_cpu_gelu_tanh (cpu_internal.h) */
+anvil_status anvil_cpu_ref_gelu_tanh(const anvil_tensor *x, anvil_tensor *out);
+
+/* out[t, :] = x[t, :] + table[positions[t], :] (the table as f32). A
+ * position outside the table is ANVIL_ERR_INVALID_ARG. */
+anvil_status anvil_cpu_ref_pos_embedding(const anvil_tensor *x, const anvil_tensor *table, const anvil_step *step,
+                                         anvil_tensor *out);
+
 /* out[i, :] = x[logit_rows[i], :] */
 anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *step, anvil_tensor *out);
 
-#endif
 /* The moe op (backend.h, anvil_moe_args), one token at a time: router
  * logits as dot products in double, softmax in f32, the k largest (the lower
  * expert on ties), each chosen expert's gated MLP (products in double,
@@ -83,3 +95,4 @@ anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *
  * the shared expert. Uses the args' scratch (the same size as the op's). */
 anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a);
 
+#endif
