@@ -55,6 +55,13 @@ if [ "${1:-}" != "--no-data" ]; then
     cp -r "$shared/models/$m" .device/shared/models/
     cp -r "$shared/golden/models/$m" .device/shared/golden/models/
   done
+  # models kept in the repository (their goldens in the same folder)
+  for m in tiny-gpt2; do
+    rm -rf .device/shared/models/$m .device/shared/golden/models/$m
+    mkdir -p .device/shared/models/$m .device/shared/golden/models/$m
+    cp tests/data/models/$m/* .device/shared/models/$m/
+    cp tests/data/models/$m/cases.json tests/data/models/$m/logits.safetensors .device/shared/golden/models/$m/
+  done
   chmod -R u+w .device/shared
 fi
 du -sh .device

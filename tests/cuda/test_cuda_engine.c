@@ -11,7 +11,7 @@
 #include "testutil.h"
 
 static const char *const models[] = {"stories260K", "tinycode", "tiny-llama3", "tiny-qwen2", "tiny-mistral",
-                                     "tiny-qwen3", "tiny-phi3", "tiny-gemma2"};
+                                     "tiny-qwen3", "tiny-phi3", "tiny-gemma2", "tiny-gpt2"};
 
 static void test_cuda_engine_equal(void **st)
 {

@@ -43,7 +43,7 @@
 static anvil_runtime *load_model(const char *model, anvil_dtype wdt)
 {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(model));
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.device = "cuda";
@@ -263,7 +263,7 @@ static void test_bf16_top1_pooled(void **s)
 static anvil_runtime *load_fp8_kv(const char *model)
 {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(model));
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.device = "cuda";
@@ -377,6 +377,8 @@ static void test_tiny_mistral(void **s) { (void)s; run_model("tiny-mistral"); }
 static void test_tiny_qwen3(void **s) { (void)s; run_model("tiny-qwen3"); }
 static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
 static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
+/* tests/data/models/tiny-gpt2: no RoPE, learned positions, LayerNorm, plain MHA of head_dim 16 */
+static void test_tiny_gpt2(void **s) { (void)s; run_model("tiny-gpt2"); }
 
 int main(int argc, char **argv)
 {
@@ -387,7 +389,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
-        cmocka_unit_test(test_bf16_top1_pooled),
+        cmocka_unit_test(test_tiny_gpt2),    cmocka_unit_test(test_bf16_top1_pooled),
         cmocka_unit_test(test_fp8_kv),
     };
     return anvil_test_run_group(tests);

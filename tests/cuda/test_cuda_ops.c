@@ -121,6 +121,15 @@ static void *dev_upload_floats(anvil_backend *be, const float *f, int64_t n, anv
     return d;
 }
 
+/* n floats as dt into the existing device buffer d. */
+static anvil_status dev_upload_into(anvil_backend *be, void *d, const float *f, int64_t n, anvil_dtype dt)
+{
+    void *h = to_dtype(f, n, dt);
+    anvil_status st = be->ops->upload(be, d, h, (size_t)n * anvil_dtype_size(dt));
+    free(h);
+    return st;
+}
+
 static void *dev_upload_raw(anvil_backend *be, const void *h, size_t bytes)
 {
     void *d = dev_alloc(be, bytes);
@@ -761,6 +770,127 @@ static void test_gemma_elementwise(void **state)
     }
 }
 
+/* GPT-2's ops against the CPU's: layernorm (weights and biases in f32 and
+ * the activation dtype, rows of 64 to 1600 and an odd width; in place too),
+ * gelu_tanh (in place too) and pos_embedding (tables in each dtype; a
+ * position past the table reported at the next synchronize). */
+static void test_gpt2_ops(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    const int64_t shapes[][2] = {{1, 64}, {7, 77}, {33, 768}, {5, 1600}};
+    for (int a = 0; a < N_ACT; a++) {
+        anvil_backend *g = f->gpu[a];
+        const anvil_dtype act = act_dtypes[a];
+        for (size_t s = 0; s < 4; s++) {
+            const int64_t R = shapes[s][0], C = shapes[s][1], n = R * C;
+            const anvil_dtype wdt = s % 2 ? act : ANVIL_DTYPE_F32;
+            /* an offset mean, as residual streams have: the two-pass variance matters */
+            float *x = rand_floats(&f->rng, n, 3.0f, act);
+            for (int64_t i = 0; i < n; i++)
+                x[i] += 4.0f;
+            if (act != ANVIL_DTYPE_F32) {
+                void *tmp = to_dtype(x, n, act);
+                anvil_convert_to_f32(act, tmp, x, n);
+                free(tmp);
+            }
+            float *wf = rand_floats(&f->rng, C, 1.5f, wdt), *bf = rand_floats(&f->rng, C, 0.5f, wdt);
+            void *wh = to_dtype(wf, C, wdt), *bh = to_dtype(bf, C, wdt);
+            float *w1 = malloc((size_t)n * 4), *w2 = malloc((size_t)n * 4), *w3 = malloc((size_t)n * 4);
+            assert_true(w1 && w2 && w3);
+            anvil_tensor xh = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, x);
+            anvil_tensor wth = anvil_tensor_1d(wdt, C, wh), bth = anvil_tensor_1d(wdt, C, bh);
+            anvil_tensor o1 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w1), o2 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w2);
+            OK_OR_FAIL(f->cpu->ops->layernorm(f->cpu, &xh, &wth, &bth, 1e-5f, &o1), "cpu layernorm");
+            OK_OR_FAIL(f->cpu->ops->gelu_tanh(f->cpu, &xh, &o2), "cpu gelu_tanh");
+            /* positions 0..R-1 reversed into a table of R + 3 rows */
+            const int64_t P = R + 3;
+            int32_t *pos = malloc((size_t)R * 4);
+            assert_non_null(pos);
+            for (int64_t t = 0; t < R; t++)
+                pos[t] = (int32_t)(R - 1 - t);
+            float *tf = rand_floats(&f->rng, P * C, 1.0f, wdt);
+            void *th = to_dtype(tf, P * C, wdt);
+            anvil_tensor tbh = anvil_tensor_2d(wdt, P, C, th), o3 = anvil_tensor_2d(ANVIL_DTYPE_F32, R, C, w3);
+            anvil_step sh = {.n_tokens = (int32_t)R, .positions = pos};
+            OK_OR_FAIL(f->cpu->ops->pos_embedding(f->cpu, &xh, &tbh, &sh, &o3), "cpu pos_embedding");
+
+            void *xd = dev_upload_floats(g, x, n, act), *od = dev_alloc(g, (size_t)n * anvil_dtype_size(act));
+            void *wd = dev_upload_raw(g, wh, (size_t)C * anvil_dtype_size(wdt));
+            void *bd = dev_upload_raw(g, bh, (size_t)C * anvil_dtype_size(wdt));
+            void *tbd = dev_upload_raw(g, th, (size_t)(P * C) * anvil_dtype_size(wdt));
+            void *pd = dev_upload_raw(g, pos, (size_t)R * 4);
+            anvil_tensor xt = anvil_tensor_2d(act, R, C, xd), ot = anvil_tensor_2d(act, R, C, od);
+            anvil_tensor wt = anvil_tensor_1d(wdt, C, wd), bt = anvil_tensor_1d(wdt, C, bd);
+            anvil_tensor tbt = anvil_tensor_2d(wdt, P, C, tbd);
+            anvil_step sd = {.n_tokens = (int32_t)R, .positions = pd};
+            char name[128];
+            snprintf(name, sizeof name, "layernorm act=%s w=%s [%lld, %lld]", anvil_dtype_name(act),
+                     anvil_dtype_name(wdt), (long long)R, (long long)C);
+            OK_OR_FAIL(g->ops->layernorm(g, &xt, &wt, &bt, 1e-5f, &ot), name);
+            float *got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w1, n, tol_for(act, 1));
+            free(got);
+            snprintf(name, sizeof name, "gelu_tanh act=%s [%lld, %lld]", anvil_dtype_name(act), (long long)R,
+                     (long long)C);
+            OK_OR_FAIL(g->ops->gelu_tanh(g, &xt, &ot), name);
+            got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w2, n, tol_for(act, 1));
+            free(got);
+            snprintf(name, sizeof name, "pos_embedding act=%s table=%s [%lld, %lld]", anvil_dtype_name(act),
+                     anvil_dtype_name(wdt), (long long)R, (long long)C);
+            OK_OR_FAIL(g->ops->pos_embedding(g, &xt, &tbt, &sd, &ot), name);
+            got = dev_download_floats(g, od, n, act, name);
+            expect_close(name, got, w3, n, tol_for(act, 1));
+            free(got);
+            /* in place, as the runtime may run them: layernorm last (it overwrites x) */
+            OK_OR_FAIL(g->ops->pos_embedding(g, &xt, &tbt, &sd, &xt), name);
+            got = dev_download_floats(g, xd, n, act, name);
+            expect_close(name, got, w3, n, tol_for(act, 1));
+            free(got);
+            OK_OR_FAIL(dev_upload_into(g, xd, x, n, act), "x again");
+            OK_OR_FAIL(g->ops->gelu_tanh(g, &xt, &xt), name);
+            got = dev_download_floats(g, xd, n, act, name);
+            expect_close(name, got, w2, n, tol_for(act, 1));
+            free(got);
+            OK_OR_FAIL(dev_upload_into(g, xd, x, n, act), "x again");
+            OK_OR_FAIL(g->ops->layernorm(g, &xt, &wt, &bt, 1e-5f, &xt), name);
+            got = dev_download_floats(g, xd, n, act, name);
+            expect_close(name, got, w1, n, tol_for(act, 1));
+            free(got);
+            /* refusals, and a position past the table */
+            anvil_tensor bad = anvil_tensor_2d(act, R, C + 1, od);
+            assert_status_msg(g->ops->layernorm(g, &xt, &wt, &bt, 0.0f, &ot), ANVIL_ERR_INVALID_ARG, "eps");
+            assert_status_msg(g->ops->gelu_tanh(g, &xt, &bad), ANVIL_ERR_INVALID_ARG, "shape");
+            int32_t past[1] = {(int32_t)P};
+            void *pastd = dev_upload_raw(g, past, sizeof past);
+            anvil_step sp = {.n_tokens = 1, .positions = pastd};
+            anvil_tensor x1 = anvil_tensor_2d(act, 1, C, xd), o1d = anvil_tensor_2d(act, 1, C, od);
+            OK_OR_FAIL(g->ops->pos_embedding(g, &x1, &tbt, &sp, &o1d), "pos_embedding (past the table)");
+            assert_status_msg(g->ops->synchronize(g), ANVIL_ERR_INVALID_ARG, "position");
+            gpu_sync_ok(g, "after the bad position");
+            g->ops->free(g, xd);
+            g->ops->free(g, od);
+            g->ops->free(g, wd);
+            g->ops->free(g, bd);
+            g->ops->free(g, tbd);
+            g->ops->free(g, pd);
+            g->ops->free(g, pastd);
+            free(x);
+            free(wf);
+            free(bf);
+            free(wh);
+            free(bh);
+            free(tf);
+            free(th);
+            free(pos);
+            free(w1);
+            free(w2);
+            free(w3);
+        }
+    }
+}
+
 static void test_gather_rows(void **state)
 {
     NEED_GPU();
@@ -1389,6 +1519,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_gemma_elementwise),
+        cmocka_unit_test(test_gpt2_ops),
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_fp8),

@@ -76,6 +76,7 @@ static anvil_status check_error_word(anvil_cuda_backend *cb, const char *what)
         {ANVIL_CUDA_BAD_SEQ, " seq_of_token outside [0, n_seqs);"},
         {ANVIL_CUDA_BAD_ROW, " logit row outside the activations;"},
         {ANVIL_CUDA_BAD_PERM, " quantized weight's perm entry outside [0, K);"},
+        {ANVIL_CUDA_BAD_POSITION, " position outside the position embedding table;"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (bits & names[i].bit)
@@ -418,6 +419,9 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->scale = anvil_cuda_op_scale;
     o->softcap = anvil_cuda_op_softcap;
     o->gather_rows = anvil_cuda_op_gather_rows;
+    o->layernorm = anvil_cuda_op_layernorm;
+    o->gelu_tanh = anvil_cuda_op_gelu_tanh;
+    o->pos_embedding = anvil_cuda_op_pos_embedding;
     o->argmax_rows = anvil_cuda_op_argmax_rows;
     o->sample_rows = anvil_cuda_op_sample_rows;
     o->graph_begin = anvil_cuda_graph_begin;

@@ -44,6 +44,7 @@ enum {
     ANVIL_CUDA_BAD_SEQ = 8,     /* attention: seq_of_token outside [0, n_seqs) */
     ANVIL_CUDA_BAD_ROW = 16,    /* gather_rows: row outside x */
     ANVIL_CUDA_BAD_PERM = 32,   /* quantized matmul: a perm entry outside [0, K) */
+    ANVIL_CUDA_BAD_POSITION = 64, /* pos_embedding: position outside the table */
 };
 
 typedef struct anvil_cuda_mm_cache anvil_cuda_mm_cache; /* cuda_matmul.c */
@@ -223,6 +224,12 @@ anvil_status anvil_cuda_op_softcap(anvil_backend *be, const anvil_tensor *x, flo
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                        anvil_tensor *out);
 anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x, int32_t *ids);
+/* GPT-2's ops (cuda_ops.c) */
+anvil_status anvil_cuda_op_layernorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                     const anvil_tensor *b, float eps, anvil_tensor *out);
+anvil_status anvil_cuda_op_gelu_tanh(anvil_backend *be, const anvil_tensor *x, anvil_tensor *out);
+anvil_status anvil_cuda_op_pos_embedding(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *table,
+                                         const anvil_step *step, anvil_tensor *out);
 /* sample_rows (cuda_sample.cu); anvil_cuda_sample_set_chunk: a test knob, the
  * shared-memory chunk (1..4096 candidates) of the streamed paths */
 anvil_status anvil_cuda_op_sample_rows(anvil_backend *be, const anvil_tensor *x, const anvil_sample_draw *draws,
@@ -265,6 +272,17 @@ anvil_status anvil_cuda_launch_rmsnorm(cudaStream_t stream, int pdl, const void 
 /* out = gelu_tanh(gate) * up in f32 (cuda_gelu.cu) */
 anvil_status anvil_cuda_launch_gelu_tanh_mul(cudaStream_t stream, const void *gate, const void *up, void *out,
                                              anvil_dtype act_dt, int64_t n);
+/* out = gelu_tanh(x) in f32, out may alias x (cuda_gelu.cu) */
+anvil_status anvil_cuda_launch_gelu_tanh(cudaStream_t stream, const void *x, void *out, anvil_dtype act_dt, int64_t n);
+/* rows rows of `width`: y = (x - mean) / sqrt(var + eps) * w + b in f32 (cuda_layernorm.cu) */
+anvil_status anvil_cuda_launch_layernorm(cudaStream_t stream, int pdl, const void *x, const void *w, anvil_dtype w_dt,
+                                         const void *b, anvil_dtype b_dt, void *out, anvil_dtype act_dt, int64_t rows,
+                                         int64_t width, float eps);
+/* out[t] = x[t] + table[positions[t]] in f32; a position outside [0,
+ * n_positions) adds nothing and sets ANVIL_CUDA_BAD_POSITION (cuda_pos_embedding.cu) */
+anvil_status anvil_cuda_launch_pos_embedding(cudaStream_t stream, const void *x, const void *table,
+                                             anvil_dtype table_dt, int64_t n_positions, const int32_t *positions,
+                                             int32_t n_tokens, void *out, anvil_dtype act_dt, int64_t width, int *err);
 /* softcap 0: out = x * c, c rounded to act_dt first; softcap 1: out =
  * tanhf(x / c) * c in f32 (cuda_softcap.cu). out may alias x. */
 anvil_status anvil_cuda_launch_scale(cudaStream_t stream, const void *x, float c, int softcap, void *out,

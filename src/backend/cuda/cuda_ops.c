@@ -155,6 +155,49 @@ anvil_status anvil_cuda_op_softcap(anvil_backend *be, const anvil_tensor *x, flo
     return anvil_cuda_launch_scale(cb->stream, x->data, cap, 1, out->data, out->dtype, anvil_tensor_numel(out));
 }
 
+/* ---- GPT-2's ops */
+
+anvil_status anvil_cuda_op_layernorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
+                                     const anvil_tensor *b, float eps, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, x, "layernorm x"));
+    TRY(anvil_cuda_check_act(cb, out, "layernorm out"));
+    TRY(anvil_cuda_check_same_shape(x, out, "layernorm"));
+    CHECK(isfinite(eps) && eps > 0, ANVIL_ERR_INVALID_ARG, "layernorm: eps must be positive, got %g", (double)eps);
+    TRY(anvil_cuda_check_vector(w, x->shape[1], "layernorm weight"));
+    TRY(anvil_cuda_check_vector(b, x->shape[1], "layernorm bias"));
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_layernorm(cb->stream, cb->pdl, x->data, w->data, w->dtype, b->data, b->dtype, out->data,
+                                       out->dtype, x->shape[0], x->shape[1], eps);
+}
+
+anvil_status anvil_cuda_op_gelu_tanh(anvil_backend *be, const anvil_tensor *x, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_unary(cb, x, out, "gelu_tanh"));
+    return anvil_cuda_launch_gelu_tanh(cb->stream, x->data, out->data, out->dtype, anvil_tensor_numel(out));
+}
+
+anvil_status anvil_cuda_op_pos_embedding(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *table,
+                                         const anvil_step *step, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(check_unary(cb, x, out, "pos_embedding"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2, ANVIL_ERR_INVALID_ARG,
+          "pos_embedding: expected a 2-D table");
+    CHECK(anvil_cuda_is_float_dtype(table->dtype), ANVIL_ERR_UNSUPPORTED, "pos_embedding: table dtype %s",
+          anvil_dtype_name(table->dtype));
+    CHECK(table->shape[1] == x->shape[1], ANVIL_ERR_INVALID_ARG, "pos_embedding: table width %lld, x width %lld",
+          (long long)table->shape[1], (long long)x->shape[1]);
+    TRY(anvil_cuda_check_step_rows(step, x->shape[0], "pos_embedding"));
+    CHECK(step->n_tokens == 0 || step->positions != NULL, ANVIL_ERR_INVALID_ARG, "pos_embedding: no positions");
+    /* positions live in device memory: the kernel checks them (ANVIL_CUDA_BAD_POSITION) */
+    return anvil_cuda_launch_pos_embedding(cb->stream, x->data, table->data, table->dtype, table->shape[0],
+                                           step->positions, step->n_tokens, out->data, out->dtype, x->shape[1],
+                                           cb->d_err);
+}
+
 anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x, const anvil_step *step,
                                        anvil_tensor *out)
 {
