@@ -168,6 +168,7 @@ typedef struct anvil_moe_scratch {
     size_t topk_w;   /* f32 [T, k] their weights */
     size_t offsets;  /* i32 [E + 1] where each expert's rows start among the sorted rows */
     size_t active;   /* i32 [E + 1] the experts with rows, in order, then their count */
+    size_t tiles;    /* i32 [E + 1] (CUDA) the first row tile of each expert in the grouped moe GEMM, then the count */
     size_t order;    /* i32 [T k] sorted row r is (token, slot) order[r] = t k + j */
     size_t row_of;   /* i32 [T k] the sorted row of (token t, slot j) */
     size_t xs;       /* f32 [T k, H] the sorted rows of x */
@@ -377,6 +378,10 @@ typedef struct anvil_backend_ops {
      * reports a kernel's invalid-data flag raised before it. */
     anvil_status (*download_async)(anvil_backend *be, int slot, void *dst, const void *src, size_t bytes);
     anvil_status (*download_wait)(anvil_backend *be, int slot);
+
+    /* ---- mixture of experts (anvil_moe_args above); NULL: the runtime
+     * refuses a model with moe ops */
+    anvil_status (*moe)(anvil_backend *be, const anvil_moe_args *args);
 } anvil_backend_ops;
 
 #define ANVIL_MATMUL_MULTI_MAX 4
@@ -391,10 +396,6 @@ struct anvil_backend {
 
 /*
  * How a backend is made. The runtime fills it from anvil_runtime_options;
-
-    /* ---- mixture of experts (anvil_moe_args above); NULL: the runtime
-     * refuses a model with moe ops */
-    anvil_status (*moe)(anvil_backend *be, const anvil_moe_args *args);
  * nothing below reads the environment (the anvil command reads ANVIL_*
  * variables into those options, tools/cli_env.c). Zero everywhere is the
  * default: the best of everything.

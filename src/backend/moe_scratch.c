@@ -29,6 +29,7 @@ anvil_status anvil_moe_scratch_layout(int64_t n_tokens, int64_t hidden, int32_t 
     size_t at = 0;
     ok = ok && piece(&at, &out->logits, te) && piece(&at, &out->topk_ids, tk) && piece(&at, &out->topk_w, tk) &&
          piece(&at, &out->offsets, (int64_t)n_experts + 1) && piece(&at, &out->active, (int64_t)n_experts + 1) &&
+         piece(&at, &out->tiles, (int64_t)n_experts + 1) &&
          piece(&at, &out->order, tk) && piece(&at, &out->row_of, tk) && piece(&at, &out->xs, tkh) &&
          piece(&at, &out->g, tki) && piece(&at, &out->u, tki) && piece(&at, &out->a, tki) &&
          piece(&at, &out->y, tkh) && piece(&at, &out->sg, tis) && piece(&at, &out->su, tis) &&

@@ -432,6 +432,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->add_rmsnorm_matmul_multi = anvil_cuda_op_add_rmsnorm_matmul_multi;
     o->add_rmsnorm_matmul_silu_mul = anvil_cuda_op_add_rmsnorm_matmul_silu_mul;
     o->attention_rope = 1;
+    o->moe = anvil_cuda_op_moe;
     cb->graphs_enabled = !c->no_cuda_graphs;
     cb->be.ops = &cb->ops;
     cb->be.impl = cb;

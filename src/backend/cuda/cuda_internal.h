@@ -508,3 +508,31 @@ int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stage
 }
 #endif
 #endif
+/* ---------------------------------------------------------------- moe (cuda_moe.c, cuda_moe.cu) */
+anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *args);
+/* route: each token's top-k experts (ascending) and weights; sort: the
+ * (token, slot) pairs by expert (offsets, active, tiles, order, row_of as
+ * backend.h's anvil_moe_scratch says) */
+anvil_status anvil_cuda_launch_moe_route(cudaStream_t stream, const void *x, anvil_dtype act_dt, const void *router,
+                                         anvil_dtype w_dt, int64_t T, int64_t H, int32_t E, int32_t k, int norm,
+                                         int32_t *topk_ids, float *topk_w);
+anvil_status anvil_cuda_launch_moe_sort(cudaStream_t stream, const int32_t *topk_ids, int64_t n_pairs, int32_t E,
+                                        int32_t *offsets, int32_t *active, int32_t *tiles, int32_t *order,
+                                        int32_t *row_of);
+/* every active expert in one launch: silu 1: a = silu(x Wg^T) * (x Wu^T)
+ * from x's token rows (X act dtype) and the stacked gate|up; silu 0: y = a
+ * Wd^T (X the f32 a) and the stacked down; out f32 [T k, N] by sorted row */
+anvil_status anvil_cuda_launch_moe_experts(cudaStream_t stream, int silu, const void *X, anvil_dtype x_dt,
+                                           const void *W, anvil_dtype w_dt, int64_t T, int32_t k, int32_t E,
+                                           int64_t K, int64_t N, const int32_t *offsets, const int32_t *active,
+                                           const int32_t *tiles, const int32_t *order, float *out);
+/* xs[r] = x[order[r] / k] (the loop reference's gathered rows) */
+anvil_status anvil_cuda_launch_moe_gather(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t H, int32_t k,
+                                          int64_t n_pairs, const int32_t *order, void *xs);
+/* out[t] = sum_j w[t, j] y[row_of[t k + j]] (+ sigmoid(x[t] . sgw) sy[t]);
+ * y f32 when y_f32, else act_dt; sgw NULL: no shared expert */
+anvil_status anvil_cuda_launch_moe_combine(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t T,
+                                           int64_t H, int32_t k, const float *topk_w, const int32_t *row_of,
+                                           const void *y, int y_f32, const void *sgw, anvil_dtype w_dt,
+                                           const void *sy, void *out);
+

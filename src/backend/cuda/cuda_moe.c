@@ -1,0 +1,106 @@
+/*
+ * The moe op on CUDA (backend.h, anvil_moe_args): checks, then the kernels
+ * of cuda_moe.cu in stream order: route, sort, the experts' gate|up with
+ * the silu and their down as one grouped launch each (a GEMV over the
+ * active experts for at most 8 tokens, a grouped GEMM otherwise), the
+ * shared expert through the backend's own matmuls, and the combine.
+ *
+ * The knob moe_loop (cuda_backend.h) runs the experts instead as a loop of
+ * the backend's matmul_silu_mul and matmul over each expert's gathered
+ * rows: the reference the tests and the benchmark compare the grouped
+ * launches with. It reads the expert counts back to the host, so it cannot
+ * run inside a step graph (refused there).
+ */
+#include "backend/cuda/cuda_internal.h"
+
+#define AT(base, off) ((void *)((char *)(base) + (off)))
+
+/* The experts one at a time (the loop reference): x's rows gathered by
+ * expert, then each expert's matmul_silu_mul and matmul on its rows, the
+ * products in the activation dtype; y in act dtype at L->y. */
+static anvil_status moe_loop(anvil_backend *be, anvil_cuda_backend *cb, const anvil_moe_args *a,
+                             const anvil_moe_scratch *L)
+{
+    CHECK(!cb->capturing, ANVIL_ERR_UNSUPPORTED, "cuda moe: the loop over experts cannot run in a step graph");
+    const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter;
+    const int32_t E = a->n_experts, k = a->top_k;
+    const anvil_dtype adt = a->x->dtype;
+    const size_t as = anvil_dtype_size(adt);
+    void *s = a->scratch;
+    TRY(anvil_cuda_launch_moe_gather(cb->stream, a->x->data, adt, H, k, T * k, AT(s, L->order), AT(s, L->xs)));
+    int32_t offsets[4097]; /* E <= 4096 (the route launcher's bound) */
+    CHECK(E <= 4096, ANVIL_ERR_INVALID_ARG, "cuda moe: %d experts", E);
+    TRY(anvil_cuda_status(cudaMemcpyAsync(offsets, AT(s, L->offsets), (size_t)(E + 1) * sizeof *offsets,
+                                          cudaMemcpyDeviceToHost,
+                                          cb->stream), "moe offsets", __FILE__, __LINE__));
+    TRY(anvil_cuda_status(cudaStreamSynchronize(cb->stream), "moe offsets", __FILE__, __LINE__));
+    const size_t gu_row = (size_t)H * anvil_dtype_size(a->gate_up->dtype);
+    const size_t dn_row = (size_t)I * anvil_dtype_size(a->down->dtype);
+    for (int32_t e = 0; e < E; e++) {
+        const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
+        if (n == 0)
+            continue;
+        anvil_tensor xe = anvil_tensor_2d(adt, n, H, AT(s, L->xs + (size_t)r0 * H * as));
+        anvil_tensor wg = anvil_tensor_2d(a->gate_up->dtype, I, H, AT(a->gate_up->data, (size_t)(2 * e * I) * gu_row));
+        anvil_tensor wu =
+            anvil_tensor_2d(a->gate_up->dtype, I, H, AT(a->gate_up->data, (size_t)((2 * e + 1) * I) * gu_row));
+        anvil_tensor wd = anvil_tensor_2d(a->down->dtype, H, I, AT(a->down->data, (size_t)(e * H) * dn_row));
+        anvil_tensor ge = anvil_tensor_2d(adt, n, I, AT(s, L->g + (size_t)r0 * I * as));
+        anvil_tensor ue = anvil_tensor_2d(adt, n, I, AT(s, L->u + (size_t)r0 * I * as));
+        anvil_tensor ae = anvil_tensor_2d(adt, n, I, AT(s, L->a + (size_t)r0 * I * as));
+        anvil_tensor ye = anvil_tensor_2d(adt, n, H, AT(s, L->y + (size_t)r0 * H * as));
+        TRY(anvil_cuda_op_matmul_silu_mul(be, &xe, &wg, NULL, &wu, NULL, &ge, &ue, &ae));
+        TRY(anvil_cuda_op_matmul(be, &ae, &wd, NULL, &ye));
+    }
+    return ANVIL_OK;
+}
+
+anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    anvil_moe_scratch L;
+    TRY(anvil_moe_check_args(a, &L));
+    TRY(anvil_cuda_check_act(cb, a->x, "moe x"));
+    TRY(anvil_cuda_check_act(cb, a->out, "moe out"));
+    const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
+    const int32_t E = a->n_experts, k = a->top_k;
+    if (T == 0)
+        return ANVIL_OK;
+    TRY(anvil_cuda_use(cb));
+    const anvil_dtype adt = a->x->dtype;
+    void *s = a->scratch;
+    int32_t *ids = AT(s, L.topk_ids), *offsets = AT(s, L.offsets), *active = AT(s, L.active);
+    int32_t *tiles = AT(s, L.tiles), *order = AT(s, L.order), *row_of = AT(s, L.row_of);
+    float *topw = AT(s, L.topk_w);
+    TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
+                                    a->norm_topk_prob, ids, topw));
+    TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, T * k, E, offsets, active, tiles, order, row_of));
+    const int loop = cb->knobs.moe_loop == 1;
+    if (loop) {
+        TRY(moe_loop(be, cb, a, &L));
+    } else {
+        TRY(anvil_cuda_launch_moe_experts(cb->stream, 1, a->x->data, adt, a->gate_up->data, a->gate_up->dtype, T, k,
+                                          E, H, I, offsets, active, tiles, order, AT(s, L.a)));
+        TRY(anvil_cuda_launch_moe_experts(cb->stream, 0, AT(s, L.a), ANVIL_DTYPE_F32, a->down->data,
+                                          a->down->dtype, T, k, E, I, H, offsets, active, tiles, order,
+                                          AT(s, L.y)));
+    }
+    const void *sgw = NULL, *sy = NULL;
+    anvil_dtype sg_dt = a->router->dtype;
+    if (Is > 0) {
+        const size_t row = (size_t)H * anvil_dtype_size(a->shared_gate_up->dtype);
+        anvil_tensor wg = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, a->shared_gate_up->data);
+        anvil_tensor wu = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, AT(a->shared_gate_up->data, (size_t)Is * row));
+        anvil_tensor gt = anvil_tensor_2d(adt, T, Is, AT(s, L.sg));
+        anvil_tensor ut = anvil_tensor_2d(adt, T, Is, AT(s, L.su));
+        anvil_tensor at = anvil_tensor_2d(adt, T, Is, AT(s, L.sa));
+        anvil_tensor yt = anvil_tensor_2d(adt, T, H, AT(s, L.sy));
+        TRY(anvil_cuda_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
+        TRY(anvil_cuda_op_matmul(be, &at, a->shared_down, NULL, &yt));
+        sgw = a->shared_gate->data;
+        sg_dt = a->shared_gate->dtype;
+        sy = yt.data;
+    }
+    return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), !loop, sgw,
+                                         sg_dt, sy, a->out->data);
+}
