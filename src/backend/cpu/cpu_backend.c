@@ -195,10 +195,10 @@ static const anvil_backend_ops cpu_ops = {
     .add_rmsnorm_matmul_multi = anvil_cpu_op_add_rmsnorm_matmul_multi,
     .add_rmsnorm_matmul_silu_mul = anvil_cpu_op_add_rmsnorm_matmul_silu_mul,
     .attention_rope = 1,
+    .moe = anvil_cpu_op_moe,
 };
 
 anvil_status anvil_backend_cpu_create_isa(int n_threads, anvil_cpu_isa isa, anvil_backend **out)
-    .moe = anvil_cpu_op_moe,
 {
     *out = NULL;
     CHECK((int)isa >= 0 && isa < ANVIL_CPU_ISA_COUNT && anvil_cpu_isa_supported(isa), ANVIL_ERR_UNSUPPORTED,

@@ -285,6 +285,8 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
                                       const anvil_sample_masks *masks, int32_t *ids);
 /* resolve_tokens (backend.h), in cpu_sample.c */
 anvil_status anvil_cpu_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
+/* cpu_moe.c */
+anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *args);
 
 /* Splits [0, n) into nth nearly equal ranges aligned to `unit` (except the
  * end) and returns range ith in [*lo, *hi). */
@@ -295,7 +297,5 @@ static inline void anvil_cpu_split(int64_t n, int64_t unit, int ith, int nth, in
     *lo = a * unit < n ? a * unit : n;
     *hi = b * unit < n ? b * unit : n;
 }
-/* cpu_moe.c */
-anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *args);
 
 #endif
