@@ -504,10 +504,6 @@ int64_t anvil_cuda_attn_decode_mma_counters(const anvil_cuda_attn *a);
 /* stages: 2 or 3 tiles of 64 keys in shared memory */
 int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stages, size_t smem_optin);
 
-#ifdef __cplusplus
-}
-#endif
-#endif
 /* ---------------------------------------------------------------- moe (cuda_moe.c, cuda_moe.cu) */
 anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *args);
 /* route: each token's top-k experts (ascending) and weights; sort: the
@@ -536,3 +532,7 @@ anvil_status anvil_cuda_launch_moe_combine(cudaStream_t stream, const void *x, a
                                            const void *y, int y_f32, const void *sgw, anvil_dtype w_dt,
                                            const void *sy, void *out);
 
+#ifdef __cplusplus
+}
+#endif
+#endif
