@@ -48,7 +48,11 @@ typedef struct anvil_cuda_knobs {
                                  or 128 (two); 0: the default (128 where head_dim is 32, 64 or 128) */
     int matmul_quant;         /* quantized weights: 1 the weight dequantized to the activation dtype and the
                                  plain GEMM, always (the slow reference path); 2 never cuBLASLt's FP8 GEMM
-                                 (the GEMV, or 1); 0: automatic */
+                                 (the GEMV, or 1); 3 the SIMT quantized GEMV (cuda_gemv_quant.cu) where the
+                                 tensor-core one would run (fp8 W8A8 activations then prepared by their own
+                                 kernel, int8/int4 weight-only in f32); 0: automatic */
+    int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 1, 2 or 4 tiles of 16 weight rows a block;
+                                 0: chosen from the rows and the SMs */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

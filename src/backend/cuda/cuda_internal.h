@@ -386,6 +386,36 @@ anvil_status anvil_cuda_launch_gemv_quant_silu(cudaStream_t stream, int pdl, con
                                                const void *bg, anvil_dtype bg_dt, const void *bu, anvil_dtype bu_dt,
                                                void *out, anvil_dtype out_dt, int64_t T);
 
+/* The quantized GEMV on tensor cores (cuda_gemv_mma_quant.cu), T = 1..8
+ * rows: int8 / int4 weights times x' rounded to int8 per block of 32 (the
+ * CPU's int path), fp8 W8A8 per channel (sm_89+) times x' rounded to fp8
+ * per row; x' (perm, rounding) made inside the launch from x in its own
+ * dtype. Takes (anvil_cuda_gemv_mma_quant_ok): K a multiple of 64, int
+ * groups of a multiple of 32, fp8 per channel with act dynamic or static,
+ * w and x 16-byte aligned, x' in the device's shared memory. */
+typedef struct anvil_cuda_gemv_mma_call {
+    cudaStream_t stream;
+    int pdl;
+    int n_parts;                 /* 1..4 (q, k, v); 2 with silu (gate, up of one N) */
+    int silu;                    /* out[0] = silu(x W0^T + b0) * (x W1^T + b1), each rounded to x_dt first */
+    anvil_cuda_qweight w[4];     /* one layout (dtype, K, group) */
+    const void *bias[4];         /* NULL or [w[i].N] */
+    anvil_dtype bias_dt[4];
+    void *out[4];                /* [T, w[i].N] in x_dt */
+    const void *x;               /* [T, K] in x_dt (F32, BF16, F16) */
+    anvil_dtype x_dt;
+    int64_t T;
+    const int32_t *perm;         /* NULL or [K]: an entry outside [0, K) reads 0 and sets ANVIL_CUDA_BAD_PERM */
+    int *err;
+    int act;                     /* fp8: ANVIL_QUANT_ACT_FP8_DYNAMIC / _STATIC; int: NONE */
+    float input_scale;
+    int sm, n_sm;                /* compute capability (89: 8.9), SMs */
+    int tiles_knob;              /* 1, 2, 4: tiles of 16 rows a block; else chosen */
+} anvil_cuda_gemv_mma_call;
+int anvil_cuda_gemv_mma_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const void *x, anvil_dtype x_dt,
+                                 int64_t T);
+anvil_status anvil_cuda_launch_gemv_mma_quant(const anvil_cuda_gemv_mma_call *c);
+
 /* Prepared activations (cuda_quant_act.cu): x' [T, K] from x [T, K] (x_dt):
  * x'[t, k] = x[t, perm[k]] (perm NULL: x[t, k]), then with fp8 activations
  * (act, input_scale as anvil_quant) each row rounded to fp8 with sx =

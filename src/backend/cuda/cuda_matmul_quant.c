@@ -3,6 +3,12 @@
  * canonical form; docs/cuda-backend.md, "Quantized weights"): which kernel
  * runs, by rows and scheme, the same choice for the same shape every time.
  *
+ *  0. The GEMV on tensor cores (cuda_gemv_mma_quant.cu), up to 8 rows:
+ *     int8 and int4 (K a multiple of 64, groups of a multiple of 32) with
+ *     x' rounded to int8 per block of 32 as the CPU's int path does, and
+ *     fp8 W8A8 per channel (sm_89+) with x' rounded to fp8 per row; x'
+ *     (perm, rounding) made inside the launch. The matmuls of one x (q/k/v,
+ *     gate/up with the silu) as one launch.
  *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
  *     16 of int8 and fp8 weight-only, 4 of W8A8 (16 where there is no FP8
  *     GEMM), four rows a pass, each pass reading the weight once; fp8,
@@ -24,9 +30,13 @@
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
  *
- * The knob matmul_quant pins path 3 (1) or rules out path 2 (2), so that
- * tests compare the fast paths with the slow one; matmul_gemv = 2 rules out
- * path 1, as it does for plain weights.
+ * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or path 0
+ * (3), so that tests compare the fast paths with the slow one and the two
+ * GEMVs; matmul_gemv = 2 rules out paths 0 and 1, as it does for plain
+ * weights. Path 0 changes the int8/int4 arithmetic (activations rounded to
+ * int8: the CPU's definition), so a decode step of up to 8 rows and a
+ * prefill of more rows (path 1 or 3, activations in floating point) differ
+ * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do.
  */
 #include "backend/cuda/cuda_internal.h"
 
@@ -61,6 +71,28 @@ static int64_t gemv_rows(const anvil_cuda_backend *cb, const anvil_tensor *w)
     if (fp8_gemm_ok(cb, w))
         return GEMV_ROWS_FP8;
     return w->dtype == ANVIL_DTYPE_U4 ? GEMV_ROWS_INT4 : GEMV_ROWS_INT8;
+}
+
+/* Whether path 0 takes this weight for T rows of x into out. */
+static int mma_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                  int64_t T)
+{
+    return cb->knobs.matmul_quant != 1 && cb->knobs.matmul_quant != 3 && cb->knobs.matmul_gemv != 2 &&
+           !cb->knobs.matmul_simt && anvil_cuda_gemv_mma_quant_ok(qw, (int)q->act, cb->sm, x, cb->ops.act_dtype, T);
+}
+
+/* Path 0's call for n parts of one x (their biases and outputs set by the caller). */
+static anvil_cuda_gemv_mma_call mma_call(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_quant *q, int n,
+                                         const anvil_cuda_qweight *qw)
+{
+    anvil_cuda_gemv_mma_call c = {
+        .stream = cb->stream, .pdl = cb->pdl, .n_parts = n, .x = x->data, .x_dt = cb->ops.act_dtype,
+        .T = x->shape[0], .perm = q->perm, .err = cb->d_err, .act = (int)q->act, .input_scale = q->input_scale,
+        .sm = cb->sm, .n_sm = cb->n_sm, .tiles_knob = cb->knobs.gemv_quant_tiles,
+    };
+    for (int i = 0; i < n; i++)
+        c.w[i] = qw[i];
+    return c;
 }
 
 /* x' (perm, fp8 rounding) into the scratch as out_dt; *xp its address. */
@@ -126,6 +158,13 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
     const void *bp = bias ? bias->data : NULL;
     const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
 
+    if (mma_ok(cb, &qw, q, x->data, T)) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
+        c.bias[0] = bp;
+        c.bias_dt[0] = bdt;
+        c.out[0] = out->data;
+        return anvil_cuda_launch_gemv_mma_quant(&c);
+    }
     if (cb->knobs.matmul_quant != 1 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && T <= gemv_rows(cb, w) &&
         anvil_cuda_gemv_quant_ok(&qw, x->data, dt, out->data)) {
         const void *xp = x->data;
@@ -184,6 +223,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     const void *bp[ANVIL_MATMUL_MULTI_MAX];
     anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
+    int mma = n <= 4; /* path 0 takes every part */
     for (int i = 0; i < n; i++) {
         const anvil_quant *q = w[i]->quant;
         /* one layout, one preparation of x */
@@ -195,14 +235,27 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
             .w = w[i]->data, .dt = w[i]->dtype, .scales = q->scales, .zeros = q->zeros,
             .gs = q->group > 0 ? q->group : K, .N = w[i]->shape[0], .K = K,
         };
-        if (T > gemv_rows(cb, w[i]) ||
-            !anvil_cuda_gemv_quant_ok(&qw[i], x->data, dt, out[i]->data))
-            return ANVIL_OK;
         bp[i] = bias[i] ? bias[i]->data : NULL;
         bdt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
         op[i] = out[i]->data;
+        mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
     }
     TRY(anvil_cuda_use(cb));
+    if (mma) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
+        c.silu = silu;
+        for (int i = 0; i < n; i++) {
+            c.bias[i] = bp[i];
+            c.bias_dt[i] = bdt[i];
+            c.out[i] = op[i];
+        }
+        TRY(anvil_cuda_launch_gemv_mma_quant(&c));
+        *done = 1;
+        return ANVIL_OK;
+    }
+    for (int i = 0; i < n; i++)
+        if (T > gemv_rows(cb, w[i]) || !anvil_cuda_gemv_quant_ok(&qw[i], x->data, dt, out[i]->data))
+            return ANVIL_OK;
     const void *xp = x->data;
     anvil_dtype xdt = dt;
     if (q0->perm != NULL || q0->act != ANVIL_QUANT_ACT_NONE) {
