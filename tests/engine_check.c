@@ -13,7 +13,7 @@
 int engine_model_present(const char *m)
 {
     char path[600];
-    snprintf(path, sizeof path, "%s/models/%s/config.json", anvil_test_shared_dir(), m);
+    snprintf(path, sizeof path, "%s/config.json", anvil_test_model_dir(m));
     FILE *f = fopen(path, "r");
     if (f)
         fclose(f);
@@ -65,7 +65,7 @@ static float *logits_of(anvil_runtime *rt, const golden_case *gc)
 void engine_check_model(const char *m, const char *device, anvil_dtype dt)
 {
     char dir[600], engine[700];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), m);
+    snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(m));
     snprintf(engine, sizeof engine, "%s/%s-%s.engine", anvil_test_tmpdir(), m,
              dt == ANVIL_DTYPE_COUNT ? "auto" : anvil_dtype_name(dt));
     anvil_build_options bo;

@@ -21,7 +21,7 @@
 #include "testutil.h"
 
 static const char *const models[] = {"stories260K", "tinycode", "tiny-llama3", "tiny-qwen2", "tiny-mistral",
-                                     "tiny-qwen3", "tiny-phi3", "tiny-gemma2"};
+                                     "tiny-qwen3", "tiny-phi3", "tiny-gemma2", "tiny-gpt2"};
 
 static void test_logits_equal(void **st)
 {
