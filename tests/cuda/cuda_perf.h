@@ -459,6 +459,33 @@ static int anvil_cuda_perf_main(void)
                       2048, 4096, 14336);
     perf_matmul_quant(be, "q4 T=2048 4096->14336 (dequant)", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 2048,
                       4096, 14336);
+    {
+        /* the quantized GEMVs per Llama-3-8B shape: tensor cores (cuda_gemv_mma_quant.cu, the automatic
+         * choice up to 8 rows) against the SIMT kernel (knob matmul_quant = 3: cuda_gemv_quant.cu, W8A8
+         * with its preparation launch); GB/s over the weight's bytes and the copy ceiling above */
+        static const int64_t shp[5][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 128256}};
+        static const int64_t rows[3] = {1, 4, 8};
+        for (int kind = 0; kind < 2; kind++) {
+            anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 0 : 3};
+            anvil_cuda_set_knobs(be, &kq);
+            for (int sc = 0; sc < 3; sc++)
+                for (int ri = 0; ri < 3; ri++)
+                    for (int i = 0; i < 5; i++) {
+                        if (rows[ri] > 1 && i != 2) /* more rows: one shape */
+                            continue;
+                        char name[64];
+                        snprintf(name, sizeof name, "%s %s T=%lld %lld->%lld", kind == 0 ? "mma" : "simt",
+                                 sc == 0 ? "q4g128" : sc == 1 ? "q8" : "w8a8", (long long)rows[ri],
+                                 (long long)shp[i][0], (long long)shp[i][1]);
+                        const anvil_dtype wdt =
+                            sc == 0 ? ANVIL_DTYPE_U4 : sc == 1 ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_F8_E4M3;
+                        const anvil_quant_act act = sc == 2 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
+                        perf_matmul_quant(be, name, wdt, sc == 0 ? 128 : 0, act, 0, rows[ri], shp[i][0], shp[i][1]);
+                    }
+        }
+        anvil_cuda_knobs k0 = {0};
+        anvil_cuda_set_knobs(be, &k0);
+    }
     perf_attention(be, "attn decode B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);

@@ -51,8 +51,8 @@ typedef struct anvil_cuda_knobs {
                                  (the GEMV, or 1); 3 the SIMT quantized GEMV (cuda_gemv_quant.cu) where the
                                  tensor-core one would run (fp8 W8A8 activations then prepared by their own
                                  kernel, int8/int4 weight-only in f32); 0: automatic */
-    int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 1, 2 or 4 tiles of 16 weight rows a block;
-                                 0: chosen from the rows and the SMs */
+    int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
+                                 (fewer quantizations of x, another order of the f32 sums); else 1 */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

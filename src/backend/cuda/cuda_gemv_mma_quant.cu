@@ -21,9 +21,9 @@
  * fp8 weight-only (act none) and every other layout stay on the SIMT
  * kernel (cuda_gemv_quant.cu).
  *
- * Work: a block of 8 warps takes MT tiles of 16 weight rows (MT = 1, 2 or
- * 4, chosen by the launcher so that there are blocks for every SM); the 8 /
- * MT warps of a tile split K into contiguous ranges of 64-column steps and
+ * Work: a block of 8 warps takes MT tiles of 16 weight rows (MT = 1; 2 or
+ * 4 through the knob gemv_quant_tiles, see the launcher); the 8 / MT warps
+ * of a tile split K into contiguous ranges of 64-column steps and
  * sum their partial results in shared memory at the end, in a fixed order.
  * The fragment mapping and its loads: cuda_gemv_mma_quant_map.h.
  *
@@ -34,15 +34,17 @@
  * weight bytes (b = 1 for int8 / fp8, 1/2 for int4): x is 2 T / (16 MT b)
  * of the block's weight bytes: at T = 1 and MT = 1, 12.5% (int8, fp8) and
  * 25% (int4) more bytes, from L2 (about 2.5x the DRAM bandwidth on an H100:
- * 5-10% of the time, overlapped with the weight stream); at T = 8 the
- * quantization is 8 times as much and a "quantize once" kernel (the
- * cuda_quant_act.cu route) would be cheaper: so the launcher takes MT = 4
- * where the grid still fills the GPU.
+ * 5-10% of the time, overlapped with the weight stream: worth a launch of
+ * ~2-3 us, four a layer). At T = 8 it is 8 times as much (100% / 200%) and
+ * a "quantize once" kernel (cuda_quant_act.cu writing codes and d, the
+ * GEMV reading them) would be cheaper; MT = 4 (the knob) divides it by 4.
  *
- * Bytes in flight: a lane keeps U steps of loads in flight (int8 and fp8:
- * 4 steps, 4 x 32 bytes; int4: 8 steps, 8 x 16 bytes): 4 KB a warp, 32 KB
- * a block of 8 warps; an H100 needs about 25-40 KB an SM (3.35 TB/s x ~1 us
- * over 132 SMs), so one to two blocks an SM.
+ * Bytes in flight: a lane keeps U = 4 steps of loads in flight (int8 and
+ * fp8: 4 x 32 bytes, 4 KB a warp; int4 4 x 16 bytes, 2 KB a warp; twice
+ * that for gate/up), two blocks of 8 warps an SM (at most 128 registers a
+ * thread, __launch_bounds__): 64 KB an SM for int8/fp8, 32 KB for int4,
+ * against the ~25-40 KB an H100 needs (3.35 TB/s x ~1 us over 132 SMs).
+ * (int4 at U = 8 spilled 136 bytes at 128 registers.)
  *
  * Predicted time per shape (Llama-3-8B, weight bytes only, at 3.0 TB/s on
  * an H100 and 4.3 TB/s on an H200; scales add K/gs x 4 (+1) bytes a row):
@@ -613,16 +615,15 @@ extern "C" anvil_status anvil_cuda_launch_gemv_mma_quant(const anvil_cuda_gemv_m
     a.G = (int)(c->w[0].K / c->w[0].gs);
     a.T = (int)c->T;
     a.xs = a.K + gm_pad(scheme);
-    /* the most tiles a block that still leaves two blocks an SM (fewer tiles a
-     * block: more blocks each quantizing x) */
-    const int run_tiles = (int)(c->silu ? a.tile_end[0] : tiles);
-    a.MT = 1;
-    if (run_tiles >= 4 * 2 * c->n_sm)
-        a.MT = 4;
-    else if (run_tiles >= 2 * 2 * c->n_sm)
-        a.MT = 2;
-    if (c->tiles_knob == 1 || c->tiles_knob == 2 || c->tiles_knob == 4)
-        a.MT = c->tiles_knob;
+    /* one tile a block unless the knob says otherwise: the grouping decides
+     * the K split (8 / MT warps a tile) and so the order of the f32 sums,
+     * and one choice for every shape keeps q/k/v and gate/up in one launch
+     * equal to the separate matmuls bit for bit. Two blocks fit an SM (128
+     * registers a thread), N / 16 blocks fill an H100's 132 SMs evenly
+     * enough at the 8B's shapes (o and down 256 blocks, qkv 384, gate/up
+     * 896, the LM head 8016); MT = 2 or 4 quantizes x fewer times (the
+     * knob gemv_quant_tiles, for benchmarks). */
+    a.MT = c->tiles_knob == 2 || c->tiles_knob == 4 ? c->tiles_knob : 1;
     const size_t smem = gm_smem_bytes(scheme, a.T, a.K);
     if (c->x_dt == ANVIL_DTYPE_F32)
         return gm_launch_scheme<float>(c->stream, c->pdl, scheme, a, smem);

@@ -409,8 +409,8 @@ typedef struct anvil_cuda_gemv_mma_call {
     int *err;
     int act;                     /* fp8: ANVIL_QUANT_ACT_FP8_DYNAMIC / _STATIC; int: NONE */
     float input_scale;
-    int sm, n_sm;                /* compute capability (89: 8.9), SMs */
-    int tiles_knob;              /* 1, 2, 4: tiles of 16 rows a block; else chosen */
+    int sm;                      /* compute capability (89: 8.9) */
+    int tiles_knob;              /* 2, 4: tiles of 16 rows a block; else 1 */
 } anvil_cuda_gemv_mma_call;
 int anvil_cuda_gemv_mma_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const void *x, anvil_dtype x_dt,
                                  int64_t T);
