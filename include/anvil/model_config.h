@@ -57,6 +57,7 @@ extern "C" {
 #define ANVIL_MAX_SOFTCAP 1e6
 #define ANVIL_MIN_QUERY_PRE_ATTN_SCALAR 1e-3 /* query_pre_attn_scalar (Gemma 2 9B: 224) */
 #define ANVIL_MAX_QUERY_PRE_ATTN_SCALAR 1e9
+#define ANVIL_MAX_EXPERTS 1024              /* num_local_experts / num_experts (Qwen3-235B: 128) */
 
 typedef enum anvil_rope_type {
     ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
@@ -133,6 +134,17 @@ typedef struct anvil_model_config {
     float gen_temperature;
     int32_t gen_top_k;
     float gen_top_p;
+    /* Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE); n_experts 0: a
+     * dense model. Layer l's MLP is the experts when (l + 1) %
+     * decoder_sparse_step == 0 and its bit in mlp_only_layers is clear,
+     * else a dense MLP of intermediate_size. */
+    int32_t n_experts;           /* num_local_experts (Mixtral), num_experts (Qwen) */
+    int32_t n_experts_per_tok;   /* num_experts_per_tok */
+    int64_t moe_intermediate_size; /* each expert's (Mixtral: intermediate_size) */
+    int64_t shared_expert_intermediate_size; /* Qwen2-MoE's shared expert; 0: none */
+    int norm_topk_prob;          /* the k routing weights divided by their sum (Mixtral: always) */
+    int32_t decoder_sparse_step;
+    uint64_t mlp_only_layers[ANVIL_MAX_LAYERS / 64]; /* bit l % 64 of word l / 64 */
 } anvil_model_config;
 
 /*

@@ -58,6 +58,8 @@ static const family families[] = {
     {"qwen3", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN, 0},
     {"phi3", 0, 10000.0, 1e-5, BIAS_NONE, 0, 0, WINDOW_FROM_KEY, 4096},
     {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY, 0},
+    {"qwen2_moe", 0, 10000.0, 1e-6, BIAS_QKV, 0, 0, WINDOW_QWEN, 0},
+    {"qwen3_moe", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN, 0},
     /* GPT-2: biases everywhere and no RoPE (parse_gpt2); its eps is layer_norm_epsilon */
     {"gpt2", 1, 10000.0, 1e-5, BIAS_FROM_KEY, 0, 0, WINDOW_NONE, 0},
 };
@@ -221,6 +223,16 @@ static anvil_status check_config(const anvil_model_config *c, const char *what, 
     for (int i = 0; i < c->n_eos_token_ids; i++)
         CHECK(c->eos_token_ids[i] >= 0, ANVIL_ERR_FORMAT, "%s: eos_token_id %d is not a valid token id", what,
               c->eos_token_ids[i]);
+    if (c->n_experts > 0) {
+        TRY(int_in_range(what, "num_experts", c->n_experts, 1, ANVIL_MAX_EXPERTS));
+        TRY(int_in_range(what, "num_experts_per_tok", c->n_experts_per_tok, 1, c->n_experts));
+        TRY(int_in_range(what, "moe_intermediate_size", c->moe_intermediate_size, 1, ANVIL_MAX_INTERMEDIATE_SIZE));
+        TRY(int_in_range(what, "shared_expert_intermediate_size", c->shared_expert_intermediate_size, 0,
+                         ANVIL_MAX_INTERMEDIATE_SIZE));
+        TRY(int_in_range(what, "decoder_sparse_step", c->decoder_sparse_step, 1, ANVIL_MAX_LAYERS));
+        CHECK(c->norm_topk_prob == 0 || c->norm_topk_prob == 1, ANVIL_ERR_INVALID_ARG,
+              "%s: norm_topk_prob must be 0 or 1", what);
+    }
     /* the generation defaults size nothing; parse_generation checks them */
     return ANVIL_OK;
 }
@@ -545,6 +557,98 @@ static anvil_status parse_gemma2(const json_t *root, const char *what, anvil_mod
     return ANVIL_OK;
 }
 
+/* ---------------------------------------------------------------- mixture of experts */
+
+/* A routing key whose value anvil lacks, refused by name (DeepSeek's and
+ * others' routers: sigmoid scores, group-limited top-k, scaled weights). */
+static anvil_status moe_router_string(const json_t *root, const char *key, const char *want, const char *what)
+{
+    const char *v = NULL;
+    TRY(anvil_json_get_string(root, NULL, key, what, NULL, &v));
+    CHECK(v == NULL || strcmp(v, want) == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: MoE router %s \"%s\" is not supported (anvil implements \"%s\")", what, key, v, want);
+    return ANVIL_OK;
+}
+
+/*
+ * Mixtral (num_local_experts, its experts of intermediate_size, always
+ * renormalised), Qwen2-MoE and Qwen3-MoE (num_experts of
+ * moe_intermediate_size, norm_topk_prob (default false), Qwen2-MoE's
+ * shared expert, dense layers by decoder_sparse_step and mlp_only_layers),
+ * with transformers' defaults where a key is absent.
+ */
+static anvil_status parse_moe(const json_t *root, const char *what, anvil_model_config *c)
+{
+    const int mixtral = strcmp(c->model_type, "mixtral") == 0;
+    const int qwen2 = strcmp(c->model_type, "qwen2_moe") == 0;
+    int64_t v;
+    /* Mixtral's key; transformers 5 also writes it for Qwen3-MoE (an alias of num_experts), which
+     * published Qwen MoE configs write */
+    const char *n_key = mixtral || json_object_get(root, "num_local_experts") != NULL ? "num_local_experts"
+                                                                                      : "num_experts";
+    TRY(anvil_json_get_int(root, NULL, n_key, what, mixtral ? 8 : qwen2 ? 60 : 128, &v));
+    TRY(int_in_range(what, n_key, v, 1, ANVIL_MAX_EXPERTS));
+    c->n_experts = (int32_t)v;
+    TRY(anvil_json_get_int(root, NULL, "num_experts_per_tok", what, mixtral ? 2 : qwen2 ? 4 : 8, &v));
+    TRY(int_in_range(what, "num_experts_per_tok", v, 1, c->n_experts));
+    c->n_experts_per_tok = (int32_t)v;
+    if (mixtral) {
+        c->moe_intermediate_size = c->intermediate_size;
+        c->norm_topk_prob = 1;
+    } else {
+        TRY(anvil_json_get_int(root, NULL, "moe_intermediate_size", what, qwen2 ? 1408 : 768, &v));
+        TRY(int_in_range(what, "moe_intermediate_size", v, 1, ANVIL_MAX_INTERMEDIATE_SIZE));
+        c->moe_intermediate_size = v;
+        TRY(anvil_json_get_bool(root, NULL, "norm_topk_prob", what, 0, &c->norm_topk_prob));
+    }
+    c->shared_expert_intermediate_size = 0;
+    if (qwen2) {
+        TRY(anvil_json_get_int(root, NULL, "shared_expert_intermediate_size", what, 5632, &v));
+        TRY(int_in_range(what, "shared_expert_intermediate_size", v, 0, ANVIL_MAX_INTERMEDIATE_SIZE));
+        c->shared_expert_intermediate_size = v;
+        int qkv_bias = 1; /* transformers 5's key; older versions always biased q, k and v */
+        TRY(anvil_json_get_bool(root, NULL, "qkv_bias", what, 1, &qkv_bias));
+        c->attention_bias = qkv_bias;
+    }
+    c->decoder_sparse_step = 1;
+    memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers);
+    if (!mixtral) {
+        TRY(anvil_json_get_int(root, NULL, "decoder_sparse_step", what, 1, &v));
+        TRY(int_in_range(what, "decoder_sparse_step", v, 1, ANVIL_MAX_LAYERS));
+        c->decoder_sparse_step = (int32_t)v;
+        const json_t *only = json_object_get(root, "mlp_only_layers");
+        if (only != NULL && !json_is_null(only)) {
+            CHECK(json_is_array(only), ANVIL_ERR_FORMAT, "%s: field \"mlp_only_layers\" must be a list of layer "
+                  "indices, got %s", what, anvil_json_type_name(only));
+            size_t i;
+            json_t *e;
+            json_array_foreach(only, i, e)
+            {
+                CHECK(json_is_integer(e) && json_integer_value(e) >= 0 && json_integer_value(e) < c->n_layers,
+                      ANVIL_ERR_FORMAT, "%s: mlp_only_layers[%zu] must be a layer index below %lld", what, i,
+                      (long long)c->n_layers);
+                const int64_t l = json_integer_value(e);
+                c->mlp_only_layers[l / 64] |= 1ull << (l % 64);
+            }
+        }
+    }
+    /* the one router anvil implements: softmax over every expert, plain top-k */
+    TRY(moe_router_string(root, "scoring_func", "softmax", what));
+    TRY(moe_router_string(root, "topk_method", "greedy", what));
+    TRY(anvil_json_get_int(root, NULL, "n_group", what, 1, &v));
+    CHECK(v <= 1, ANVIL_ERR_UNSUPPORTED, "%s: MoE router n_group %lld (group-limited routing) is not supported", what,
+          (long long)v);
+    double scale = 1.0;
+    TRY(anvil_json_get_double(root, NULL, "routed_scaling_factor", what, 1.0, &scale));
+    CHECK(scale == 1.0, ANVIL_ERR_UNSUPPORTED, "%s: MoE router routed_scaling_factor %g is not supported", what,
+          scale);
+    int sliding = 0;
+    TRY(anvil_json_get_bool(root, NULL, "use_sliding_window", what, 0, &sliding));
+    CHECK(!sliding || mixtral, ANVIL_ERR_UNSUPPORTED, "%s: use_sliding_window is not supported for %s", what,
+          c->model_type);
+    return ANVIL_OK;
+}
+
 /* ---------------------------------------------------------------- GPT-2 */
 
 /* A GPT-2 switch whose value anvil lacks: refused by name. */
@@ -712,6 +816,9 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     TRY(parse_window(root, what, fam, c));
     if (strcmp(model_type, "gemma2") == 0)
         TRY(parse_gemma2(root, what, c));
+    if (strcmp(model_type, "mixtral") == 0 || strcmp(model_type, "qwen2_moe") == 0 ||
+        strcmp(model_type, "qwen3_moe") == 0)
+        TRY(parse_moe(root, what, c));
 
     /* transformers 5 writes "dtype", older versions "torch_dtype". */
     const char *dtype = NULL;

@@ -5,6 +5,9 @@
  *   - biases on q/k/v (Qwen2), RMSNorm on each head of q and k (Qwen3)
  *   - sliding-window attention (Mistral)
  *   - RoPE scaling (Llama 3.1 "llama3", linear), tied or untied LM head
+ *   - mixture of experts in place of the MLP (Mixtral, Qwen2-MoE with its
+ *     shared expert, Qwen3-MoE; moe.c), on every layer or those the config
+ *     makes sparse
  *
  * Per layer (pre-norm residual):
  *   h = x + o_proj(attention(rope(q_norm(q_proj(n))), rope(k_norm(k_proj(n))), v_proj(n)))
@@ -76,6 +79,10 @@ anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_networ
         x = anvil_net_add(net, x, o);
 
         n = anvil_net_rmsnorm(net, x, layer_name(w, l, "post_attention_layernorm.weight"), eps);
+        if (anvil_model_moe_layer(cfg, l)) { /* Mixtral, Qwen MoE: the experts (moe.c) */
+            x = anvil_net_add(net, x, anvil_model_moe_block(net, cfg, n, l));
+            continue;
+        }
         const int mb = cfg->mlp_bias;
         anvil_value g = anvil_net_linear(net, n, layer_name(w, l, "mlp.gate_proj.weight"),
                                          mb ? layer_name(b, l, "mlp.gate_proj.bias") : NULL,

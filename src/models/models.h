@@ -4,7 +4,8 @@
 
 #include "anvil/network.h"
 
-/* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM */
+/* LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, and with moe.c's
+ * expert layers MixtralForCausalLM, Qwen2MoeForCausalLM, Qwen3MoeForCausalLM */
 anvil_status anvil_model_llama_build(const anvil_model_config *cfg, anvil_network *net);
 
 /* Phi3ForCausalLM: fused qkv_proj and gate_up_proj, sliced by recipes */
@@ -17,5 +18,12 @@ anvil_status anvil_model_gemma2_build(const anvil_model_config *cfg, anvil_netwo
 /* GPT2LMHeadModel: LayerNorms with biases, learned positions, GELU MLP,
  * Conv1D (transposed) weights read through transpose recipes */
 anvil_status anvil_model_gpt2_build(const anvil_model_config *cfg, anvil_network *net);
+
+/* moe.c: the mixture-of-experts block of llama.c's decoder (Mixtral,
+ * Qwen2-MoE, Qwen3-MoE). moe_layer: whether layer's MLP is the experts
+ * (decoder_sparse_step, mlp_only_layers); moe_block: the op over n, its
+ * stacked weights declared by recipes. */
+int anvil_model_moe_layer(const anvil_model_config *cfg, int64_t layer);
+anvil_value anvil_model_moe_block(anvil_network *net, const anvil_model_config *cfg, anvil_value n, int64_t layer);
 
 #endif

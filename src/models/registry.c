@@ -18,6 +18,9 @@ static const model_entry registry[] = {
     {"Qwen3ForCausalLM", anvil_model_llama_build},
     {"Phi3ForCausalLM", anvil_model_phi3_build},
     {"Gemma2ForCausalLM", anvil_model_gemma2_build},
+    {"MixtralForCausalLM", anvil_model_llama_build},
+    {"Qwen2MoeForCausalLM", anvil_model_llama_build},
+    {"Qwen3MoeForCausalLM", anvil_model_llama_build},
     {"GPT2LMHeadModel", anvil_model_gpt2_build},
 };
 

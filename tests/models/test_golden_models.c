@@ -1,7 +1,7 @@
 /*
  * Golden tests: anvil's CPU forward against Hugging Face transformers.
  * For every prompt of every Llama-family model (and Phi-3, Gemma 2) in ../shared/golden/models
- * and GPT-2 in tests/data/models/tiny-gpt2:
+ * and GPT-2, Qwen2-MoE and Qwen3-MoE in tests/data/models (Mixtral is in ../shared):
  * the logits at every position within 1e-4 x max|logit| of HF's (float32),
  * the same logits when all prompts run packed in one batch, and the greedy
  * continuation identical token for token.
@@ -162,6 +162,11 @@ static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
 static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
 /* tests/data/models/tiny-gpt2 (scripts/make_gpt2_model.py) */
 static void test_tiny_gpt2(void **s) { (void)s; run_model("tiny-gpt2"); }
+/* mixture of experts: ../shared's tiny-mixtral; tests/data/models/tiny-qwen2-moe and
+ * tiny-qwen3-moe (scripts/make_moe_models.py) */
+static void test_tiny_mixtral(void **s) { (void)s; run_model("tiny-mixtral"); }
+static void test_tiny_qwen2_moe(void **s) { (void)s; run_model("tiny-qwen2-moe"); }
+static void test_tiny_qwen3_moe(void **s) { (void)s; run_model("tiny-qwen3-moe"); }
 
 int main(void)
 {
@@ -171,6 +176,8 @@ int main(void)
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
         cmocka_unit_test(test_tiny_gpt2),
+        cmocka_unit_test(test_tiny_mixtral), cmocka_unit_test(test_tiny_qwen2_moe),
+        cmocka_unit_test(test_tiny_qwen3_moe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
