@@ -50,13 +50,13 @@ rm -rf .device/bin
 if [ "${1:-}" != "--no-data" ]; then
   shared=${ANVIL_SHARED_DIR:-$PWD/../shared}
   mkdir -p .device/shared/models .device/shared/golden/models
-  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3 tiny-gemma2; do
+  for m in stories260K tinycode tiny-llama3 tiny-qwen2 tiny-mistral tiny-qwen3 tiny-phi3 tiny-gemma2 tiny-mixtral; do
     rm -rf .device/shared/models/$m .device/shared/golden/models/$m
     cp -r "$shared/models/$m" .device/shared/models/
     cp -r "$shared/golden/models/$m" .device/shared/golden/models/
   done
   # models kept in the repository (their goldens in the same folder)
-  for m in tiny-gpt2; do
+  for m in tiny-gpt2 tiny-qwen2-moe tiny-qwen3-moe; do
     rm -rf .device/shared/models/$m .device/shared/golden/models/$m
     mkdir -p .device/shared/models/$m .device/shared/golden/models/$m
     cp tests/data/models/$m/* .device/shared/models/$m/

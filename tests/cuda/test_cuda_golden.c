@@ -379,6 +379,11 @@ static void test_tiny_phi3(void **s) { (void)s; run_model("tiny-phi3"); }
 static void test_tiny_gemma2(void **s) { (void)s; run_model("tiny-gemma2"); }
 /* tests/data/models/tiny-gpt2: no RoPE, learned positions, LayerNorm, plain MHA of head_dim 16 */
 static void test_tiny_gpt2(void **s) { (void)s; run_model("tiny-gpt2"); }
+/* mixture of experts (cuda_moe.c): the GEMV over the active experts for decode steps, the
+ * grouped GEMM for prompts; tiny-qwen2-moe and tiny-qwen3-moe from tests/data/models */
+static void test_tiny_mixtral(void **s) { (void)s; run_model("tiny-mixtral"); }
+static void test_tiny_qwen2_moe(void **s) { (void)s; run_model("tiny-qwen2-moe"); }
+static void test_tiny_qwen3_moe(void **s) { (void)s; run_model("tiny-qwen3-moe"); }
 
 int main(int argc, char **argv)
 {
@@ -389,6 +394,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_tiny_llama3),  cmocka_unit_test(test_tiny_qwen2),
         cmocka_unit_test(test_tiny_mistral), cmocka_unit_test(test_tiny_qwen3),
         cmocka_unit_test(test_tiny_phi3),    cmocka_unit_test(test_tiny_gemma2),
+        cmocka_unit_test(test_tiny_mixtral), cmocka_unit_test(test_tiny_qwen2_moe),
+        cmocka_unit_test(test_tiny_qwen3_moe),
         cmocka_unit_test(test_tiny_gpt2),    cmocka_unit_test(test_bf16_top1_pooled),
         cmocka_unit_test(test_fp8_kv),
     };
