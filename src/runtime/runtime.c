@@ -1031,6 +1031,24 @@ static anvil_status engine_weight_dtype(const anvil_runtime *rt, anvil_dtype *ou
     return ANVIL_OK;
 }
 
+/* A model with learned position embeddings (GPT-2's wpe) has none past its
+ * table: a max_seq_len beyond it is refused at load, before any step
+ * could reach such a position (RoPE models extrapolate; these cannot). */
+static anvil_status check_learned_positions(const anvil_runtime *rt)
+{
+    for (int32_t i = 0; i < anvil_network_op_count(rt->net); i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        if (op->kind != ANVIL_OP_POS_EMBEDDING)
+            continue;
+        const int64_t n_pos = anvil_network_weight(rt->net, op->weights[0])->shape[0];
+        CHECK(rt->opts.max_seq_len <= n_pos, ANVIL_ERR_UNSUPPORTED,
+              "max_seq_len (--max-seq-len) %d is past the model's %lld learned positions (n_positions): a position "
+              "embedding table has no rows beyond it",
+              rt->opts.max_seq_len, (long long)n_pos);
+    }
+    return ANVIL_OK;
+}
+
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out)
 {
     *out = NULL;
@@ -1042,6 +1060,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
+    TRY_GOTO(check_learned_positions(rt), fail);
     TRY_GOTO(anvil_rt_tp_setup(rt, engine), fail);
     const anvil_st_access access = rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ;
     anvil_dtype wdt = rt->opts.weight_dtype;
