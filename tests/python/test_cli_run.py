@@ -88,6 +88,14 @@ def choice_ids(choice):
     return ids[:-1] if choice["finish_reason"] == "stop" and choice.get("stop_reason") == ids[-1] else ids
 
 
+# Under the sanitizers (ANVIL_TEST_SANITIZED=1, as the C tests) the test below
+# takes 10 prompts of random ids instead of 25 and compares `anvil run` with
+# the batch on 4 of the texts (a first word's space, a trailing space, CJK,
+# an accent and an emoji) instead of 8: tinycode's case alone was 163 s of
+# the test's 352 under ASan on the loaded VM
+SANITIZED = os.environ.get("ANVIL_TEST_SANITIZED") == "1"
+
+
 @pytest.mark.parametrize("model", ["stories260K", "tinycode", "tiny-llama3"])
 def test_generated_text_is_what_it_adds_to_the_prompt(anvil, shared, model, tmp_path):
     """SentencePiece (stories260K; tiny-llama3's random weights draw byte
@@ -106,7 +114,7 @@ def test_generated_text_is_what_it_adds_to_the_prompt(anvil, shared, model, tmp_
                   {"prompt_ids": ids, "max_tokens": 8, "beam_width": 3},
                   {"prompt_ids": ids, "max_tokens": 8, "temperature": 1.0, "seed": 4, "skip_special_tokens": False}]
     vocab = tok.get_vocab_size()
-    for i in range(25):  # random ids: byte tokens and partial characters at the prompt's end
+    for i in range(10 if SANITIZED else 25):  # random ids: byte tokens and partial characters at the prompt's end
         ids = [rng.randrange(vocab) for _ in range(rng.randrange(1, 8))]
         lines.append({"prompt_ids": ids, "max_tokens": 10, "temperature": 1.5, "seed": i, "n": 2, "ignore_eos": True})
     path = tmp_path / "in.jsonl"
@@ -123,7 +131,9 @@ def test_generated_text_is_what_it_adds_to_the_prompt(anvil, shared, model, tmp_
             spaced += ch["text"].startswith(" ")
     assert spaced > 0
     # anvil run (one prompt, not through the executor) gives the same text
-    for line, out in zip(lines[:4 * len(texts):4], outs[:4 * len(texts):4]):
+    for k, (line, out) in enumerate(zip(lines[:4 * len(texts):4], outs[:4 * len(texts):4])):
+        if SANITIZED and k not in (0, 5, 6, 7):
+            continue
         one = run_json(anvil, "--model", shared / "models" / model, "--prompt-ids",
                        ",".join(map(str, line["prompt_ids"])), "--temperature", "0", "--max-tokens", "12")
         assert one["ids"] == out["choices"][0]["token_ids"]
