@@ -13,7 +13,7 @@ WERROR ?= ON
 CMAKE_FLAGS ?=
 CONFIGURE = cmake -S . -B $(BUILD) -DANVIL_SHARED_DIR=$(SHARED) -DANVIL_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null
 
-.PHONY: all build demo test test-asan test-tsan install format bench clean
+.PHONY: all build demo test test-asan test-tsan asan-tree tsan-tree install format bench clean
 
 all: build
 
@@ -43,10 +43,15 @@ test:
 # The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer
 # (the CUDA backend is left out: nvcc objects are not instrumented; the
 # benchmarks too: no test runs them).
-test-asan:
+# asan-tree and tsan-tree configure and build a tier's tree without running
+# it (.ci/run builds the next tier's tree at the lowest priority while a
+# tier's tests run).
+asan-tree:
 	@scripts/setup.sh --test
 	@cmake -S . -B build-asan -DANVIL_SANITIZE=ON -DANVIL_CUDA=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
 	@cmake --build build-asan -j $(JOBS)
+
+test-asan: asan-tree
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j $(JOBS)
 
 # The executor and server tests under ThreadSanitizer (CPU only): every C
@@ -65,10 +70,12 @@ TSAN_SKIP = ^executor/test_generate$$
 TSAN_TESTS = ^(executor|server)/|^grammar/test_grammar_threads$$|^python/test_server_(openai|hostile|reliability|load|faults|triton|responses|overlap)$$
 TSAN_TARGETS = anvil_cli $$(cd build-tsan && ctest -N -R '$(TSAN_TESTS)' -E '$(TSAN_SKIP)' | \
   sed -n '/: python\//d; s|^ *Test *\#[0-9]*: [a-z_]*/\(test_[A-Za-z0-9_]*\)$$|\1|p')
-test-tsan:
+tsan-tree:
 	@scripts/setup.sh --test
 	@cmake -S . -B build-tsan -DANVIL_SANITIZE_THREAD=ON -DANVIL_CUDA=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_WERROR=$(WERROR) -DANVIL_SHARED_DIR=$(SHARED) >/dev/null
 	@cmake --build build-tsan -j $(JOBS) --target $(TSAN_TARGETS)
+
+test-tsan: tsan-tree
 	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)' -E '$(TSAN_SKIP)'
 
 # Builds what is installed (not the tests) and installs it under PREFIX.

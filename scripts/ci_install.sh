@@ -8,8 +8,16 @@
 # libanvil.so, the anvil command and the examples need no CUDA library, and
 # that a cuda device names the missing module.
 #   scripts/ci_install.sh [BUILD_DIR]        (default build-ci-gcc; CC=clang: build-ci-clang)
+#   scripts/ci_install.sh --build-only [BUILD_DIR]   (configure and build what is
+#       installed, nothing else: .ci/run builds while tests run, and the
+#       install then finds the build done)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+  build_only=1
+  shift
+fi
 cc=${CC:-gcc}
 build=${1:-build-ci-$(basename "$cc" | sed 's/-[0-9.]*$//')}
 shared=${ANVIL_SHARED_DIR:-$(cd .. && pwd)/shared}
@@ -18,6 +26,14 @@ t0=$(date +%s)
 
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_C_COMPILER="$cc" -DANVIL_CUDA=OFF \
   -DANVIL_BUILD_TESTS=OFF -DANVIL_BUILD_BENCH=OFF -DANVIL_BUILD_EXAMPLES=OFF -DANVIL_WERROR=ON >/dev/null
+if [ $build_only = 1 ]; then
+  # the Makefile's configure (make install's, below) with the same values, then its build
+  cmake -S . -B "$build" -DANVIL_SHARED_DIR="$shared" -DANVIL_WERROR=ON >/dev/null
+  cmake --build "$build" --target anvil_install_deps -j "${JOBS:-$(nproc)}" >"$build/ci-build.log" 2>&1 ||
+    { cat "$build/ci-build.log"; exit 1; }
+  echo "ci_install: $cc Release build in $(( $(date +%s) - t0 )) s"
+  exit 0
+fi
 prefix=$(mktemp -d /tmp/anvil-install.XXXXXX)
 trap 'rm -rf "$prefix"' EXIT
 make --no-print-directory install BUILD="$build" PREFIX="$prefix" SHARED="$shared" JOBS="${JOBS:-$(nproc)}" \

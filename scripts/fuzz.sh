@@ -12,9 +12,15 @@
 # A libFuzzer run uses one core, so JOBS targets (default: the cores) run at
 # once, each still for SECONDS (on CI's 2 cores: 9 targets in 50 s, not 90).
 #   scripts/fuzz.sh [SECONDS]
+#   scripts/fuzz.sh --build-only   (configure and build; .ci/run builds while tests run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=0
+if [ "${1:-}" = --build-only ]; then
+  build_only=1
+  shift
+fi
 secs=${1:-20}
 build=build-fuzz
 shared=${ANVIL_SHARED_DIR:-$(cd .. && pwd)/shared}
@@ -40,6 +46,7 @@ cmake --build "$build" --target "${targets[@]}" -j "$(nproc)" >"$build/fuzz-buil
   echo "fuzz: build failed (full log: $build/fuzz-build.log)" >&2
   exit 1
 }
+[ $build_only = 1 ] && exit 0
 
 mkdir -p "$build/fuzz-artifacts" "$build/fuzz-logs"
 # one target: its run's log in fuzz-logs/<name>.log, its exit status in
