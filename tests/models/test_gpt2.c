@@ -24,6 +24,7 @@
 #include "anvil/network.h"
 #include "anvil/runtime.h"
 #include "builder/fuse_plan.h"
+#include "builder/shard_plan.h"
 #include "fusion_check.h"
 #include "io/safetensors.h"
 #include "testutil.h"
@@ -170,6 +171,12 @@ static void test_network(void **s)
                          k[ANVIL_FUSE_SILU_MUL] + k[ANVIL_FUSE_ROPE_ATTENTION],
                      0);
     free(f);
+
+    /* tensor parallelism: the attention's c_proj would be cut along its
+     * input, a run of its transposed source's rows: refused, naming it */
+    anvil_network *cut = NULL;
+    assert_status_msg(anvil_network_shard(net, 0, 2, &cut), ANVIL_ERR_UNSUPPORTED, "transpose");
+    assert_null(cut);
     anvil_network_free(net);
 
     /* untied: lm_head.weight, an nn.Linear [vocab, n_embd] read as it is */
