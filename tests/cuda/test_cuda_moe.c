@@ -229,6 +229,7 @@ static const moe_case cases[] = {
     {1, 64, 8, 2, 96, 0, 1, ANVIL_DTYPE_BF16},   /* decode: the GEMV */
     {3, 72, 6, 3, 40, 24, 0, ANVIL_DTYPE_F32},   /* a shared expert, odd sizes */
     {8, 64, 8, 2, 96, 48, 0, ANVIL_DTYPE_BF16},  /* the GEMV's largest */
+    {5, 36, 4, 2, 20, 0, 1, ANVIL_DTYPE_F16},    /* the GEMV without 16-byte loads (K not a multiple of 8) */
     {9, 64, 8, 2, 96, 0, 1, ANVIL_DTYPE_F16},    /* the grouped GEMM's smallest */
     {70, 72, 8, 2, 40, 24, 1, ANVIL_DTYPE_BF16}, /* several tiles, partial ones */
     {33, 48, 16, 4, 33, 0, 0, ANVIL_DTYPE_F32},

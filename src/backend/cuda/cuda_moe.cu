@@ -8,8 +8,9 @@
  *            experts with rows, and each one's range of row tiles;
  *   experts  gate|up with the silu, then down, each ONE launch over every
  *            active expert: for at most 8 tokens a GEMV (a warp a weight
- *            row, the expert's few token rows in registers, so only the
- *            active experts' weights are read, once), else a grouped SIMT
+ *            row, 16-byte loads where K allows, the expert's few token
+ *            rows in registers, so only the active experts' weights are
+ *            read, once), else a grouped SIMT
  *            GEMM whose blocks each own one row tile of one expert;
  *   combine  one block a token: the k expert rows weighted and summed in
  *            ascending expert order, plus sigmoid(shared gate) times the
@@ -183,6 +184,65 @@ __global__ void anvil_moe_gemv_kernel(const TX *X, const TW *W, int64_t K, int64
                 ag[i] += g * xv;
                 if (SILU)
                     au[i] += u * xv;
+            }
+    }
+#pragma unroll
+    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
+        if (i >= rows)
+            break;
+        const float g = anvil_warp_sum(ag[i]);
+        const float u = SILU ? anvil_warp_sum(au[i]) : 0.0f;
+        if (lane == 0)
+            out[(int64_t)(r0 + i) * N + n] = SILU ? g / (1.0f + expf(-g)) * u : g;
+    }
+}
+
+/* The same with 16-byte loads: eight elements a lane and step, a warp
+ * streaming 256 consecutive elements of each weight row at a time (K a
+ * multiple of 8, X and W 16-byte aligned: the launcher checks). */
+template <typename TX, typename TW, bool SILU>
+__global__ void anvil_moe_gemv_vec_kernel(const TX *X, const TW *W, int64_t K, int64_t N, int64_t w_stride_e,
+                                          int64_t up_off, int32_t k, int32_t E, const int32_t *offsets,
+                                          const int32_t *active, const int32_t *order, float *out)
+{
+    const int32_t slot = blockIdx.y;
+    if (slot >= active[E])
+        return;
+    const int32_t e = active[slot];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t n = (int64_t)blockIdx.x * MOE_GEMV_WARPS + warp;
+    if (n >= N)
+        return;
+    const int32_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
+    const TW *wg = W + (int64_t)e * w_stride_e + n * K;
+    const TW *wu = SILU ? wg + up_off * K : wg;
+    const TX *xr[MOE_GEMV_MAX_ROWS];
+#pragma unroll
+    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
+        const int32_t r = r0 + (i < rows ? i : 0);
+        xr[i] = SILU ? X + (int64_t)(order[r] / k) * K : X + (int64_t)r * K;
+    }
+    float ag[MOE_GEMV_MAX_ROWS], au[MOE_GEMV_MAX_ROWS];
+#pragma unroll
+    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
+        ag[i] = au[i] = 0.0f;
+#pragma unroll 2
+    for (int64_t c = (int64_t)lane * 8; c < K; c += 256) {
+        float g[8], u[8];
+        anvil_load_vec<TW, 8>(wg + c, g);
+        if constexpr (SILU)
+            anvil_load_vec<TW, 8>(wu + c, u);
+#pragma unroll
+        for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
+            if (i < rows) {
+                float xv[8];
+                anvil_load_vec<TX, 8>(xr[i] + c, xv);
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    ag[i] += g[q] * xv[q];
+                    if constexpr (SILU)
+                        au[i] += u[q] * xv[q];
+                }
             }
     }
 #pragma unroll
@@ -370,8 +430,15 @@ extern "C" anvil_status anvil_cuda_launch_moe_experts(cudaStream_t stream, int s
         const int32_t max_active = n_pairs < E ? (int32_t)n_pairs : E;
         CHECK((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS <= INT32_MAX, ANVIL_ERR_INVALID_ARG, "moe gemv: N too large");
         dim3 grid((unsigned)((N + MOE_GEMV_WARPS - 1) / MOE_GEMV_WARPS), (unsigned)max_active);
+        const bool vec = K % 8 == 0 && anvil_aligned16(X) && anvil_aligned16(W);
         ANVIL_CUDA_DISPATCH(x_dt, MOE_WEIGHT_DISPATCH(w_dt, {
-            if (silu)
+            if (vec && silu)
+                anvil_moe_gemv_vec_kernel<T, TW, true><<<grid, MOE_GEMV_WARPS * 32, 0, stream>>>(
+                    (const T *)X, (const TW *)W, K, N, stride, N, k, E, offsets, active, order, out);
+            else if (vec)
+                anvil_moe_gemv_vec_kernel<T, TW, false><<<grid, MOE_GEMV_WARPS * 32, 0, stream>>>(
+                    (const T *)X, (const TW *)W, K, N, stride, 0, k, E, offsets, active, order, out);
+            else if (silu)
                 anvil_moe_gemv_kernel<T, TW, true><<<grid, MOE_GEMV_WARPS * 32, 0, stream>>>(
                     (const T *)X, (const TW *)W, K, N, stride, N, k, E, offsets, active, order, out);
             else
