@@ -659,9 +659,10 @@ static void test_quant_errors(void **state)
     void *od = NULL;
     OK_OR_FAIL(g->ops->alloc(g, 3 * 32 * 2, &od), "alloc");
     anvil_tensor xt = anvil_tensor_2d(act, 3, 128, xd), ot = anvil_tensor_2d(act, 3, 32, od);
-    /* a bad perm entry: reported at the next synchronize, then cleared */
-    for (int p = 0; p < 2; p++) {
-        set_knobs(g, p, 0);
+    /* a bad perm entry: reported at the next synchronize, then cleared (the
+     * tensor-core GEMV, the dequantizing path, the SIMT GEMV) */
+    for (int p = 0; p < 3; p++) {
+        set_knobs(g, p == 2 ? 3 : p, 0);
         OK_OR_FAIL(g->ops->matmul(g, &xt, &d.t, NULL, &ot), "matmul with a bad perm");
         assert_status_msg(g->ops->synchronize(g), ANVIL_ERR_INVALID_ARG, "perm");
         OK_OR_FAIL(g->ops->synchronize(g), "after the bad perm");
