@@ -25,11 +25,14 @@
  *     anvil_runtime_free(rt);
  *     anvil_comm_free(comm);
  *
- * Failures: a collective that fails (an MPI error, a peer gone) returns
- * ANVIL_ERR_COMM with a message; the communicator is then broken, and
- * every later call fails at once with the same message, so that no rank
- * waits on a collective the others will never join. (Timeouts and the
- * ending of every rank when one dies are the next milestone.)
+ * Failures: a collective that fails (an MPI error, a peer gone) or that the
+ * other ranks do not join within the communicator's timeout (30 s unless
+ * anvil_comm_set_timeout says otherwise) returns ANVIL_ERR_COMM with a
+ * message naming this rank and the call; the communicator is then broken,
+ * and every later call fails at once with the same message, so that no
+ * rank waits on a collective the others will never join. A program ends
+ * the other ranks with anvil_comm_abort (the library never does); mpirun
+ * itself ends the job when a rank dies (docs/parallel.md, "Failures").
  *
  * Thread safety: one communicator is used by one thread at a time (the
  * runtime's step). Collectives must be called in the same order on every
@@ -71,6 +74,35 @@ anvil_status anvil_comm_create_mpi(anvil_comm **out);
 
 /* 1 when anvil was built with MPI (anvil_comm_create_mpi can work). */
 int anvil_comm_mpi_built(void);
+
+/* How long a call waits for the other ranks by default (seconds). */
+#define ANVIL_COMM_TIMEOUT_DEFAULT_S 30.0
+
+/*
+ * How long each later call waits for the other ranks before it fails with
+ * ANVIL_ERR_COMM ("... no answer within 30 s") and breaks the
+ * communicator; 0: for ever. A rank that waits for work (a follower while
+ * rank 0's server is idle) sets 0 around that wait. ANVIL_ERR_INVALID_ARG
+ * outside 0 .. 1e7.
+ */
+anvil_status anvil_comm_set_timeout(anvil_comm *comm, double seconds);
+double anvil_comm_timeout(const anvil_comm *comm);
+
+/*
+ * The first failure's message once the communicator is broken (valid until
+ * it is freed), else NULL. Any thread may ask (a server's /health does
+ * while its executor runs the steps).
+ */
+const char *anvil_comm_error(const anvil_comm *comm);
+
+/*
+ * Ends every rank's process at once with exit code `code` (MPI_Abort:
+ * mpirun kills the others), for a program whose ranks cannot go on (one
+ * failed, the others may wait for it). Does not return for "mpi" with
+ * several ranks; does nothing for one rank. For programs only: the library
+ * never calls it.
+ */
+void anvil_comm_abort(anvil_comm *comm, int code);
 
 /* Frees the communicator (and finalizes MPI when it initialized it). NULL
  * is a no-op. */

@@ -126,7 +126,11 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
  * rank, runs the steps rank 0 sends, until rank 0 ends (its runtime freed,
  * or anvil_runtime_lead_end); ANVIL_OK then. Sampling happens on rank 0
  * only; each rank's KV cache follows rank 0's block ids. A failed step or
- * collective returns its error (the communicator is broken by then).
+ * collective returns its error (the communicator is broken by then). The
+ * ranks first meet in a barrier without a deadline (they load at their own
+ * pace), and each wait for rank 0's next step has none either (a server
+ * may idle for hours); everything else runs under the communicator's
+ * timeout (anvil_comm_set_timeout).
  * ANVIL_ERR_INVALID_ARG on rank 0 or without comm_lead.
  */
 anvil_status anvil_runtime_follow(anvil_runtime *rt);
@@ -135,7 +139,8 @@ anvil_status anvil_runtime_follow(anvil_runtime *rt);
  * Rank 0 of a led communicator: tells the followers to return from
  * anvil_runtime_follow. Freeing rank 0's runtime does it; this is for a rank
  * 0 that ends without one (its load failed while the others' succeeded).
- * Once per communicator.
+ * The followers are released once per communicator: a second call, or one
+ * after rank 0's runtime was freed, does nothing.
  */
 anvil_status anvil_runtime_lead_end(anvil_comm *comm);
 

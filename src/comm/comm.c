@@ -22,6 +22,8 @@ anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t siz
     c->rank = rank;
     c->size = size;
     c->impl = impl;
+    c->timeout_s = ANVIL_COMM_TIMEOUT_DEFAULT_S;
+    atomic_init(&c->failed, 0);
     return c;
 }
 
@@ -43,6 +45,28 @@ anvil_comm_memory anvil_comm_memory_kind(const anvil_comm *comm)
     return comm ? comm->ops->memory : ANVIL_COMM_HOST;
 }
 
+anvil_status anvil_comm_set_timeout(anvil_comm *comm, double seconds)
+{
+    CHECK(comm != NULL, ANVIL_ERR_INVALID_ARG, "anvil_comm_set_timeout: no communicator");
+    CHECK(seconds >= 0 && seconds <= 1e7, ANVIL_ERR_INVALID_ARG,
+          "communicator timeout of %g s: 0 (none) to 10,000,000", seconds);
+    comm->timeout_s = seconds;
+    return ANVIL_OK;
+}
+
+double anvil_comm_timeout(const anvil_comm *comm) { return comm ? comm->timeout_s : 0.0; }
+
+const char *anvil_comm_error(const anvil_comm *comm)
+{
+    return comm && atomic_load(&comm->failed) ? comm->broken_msg : NULL;
+}
+
+void anvil_comm_abort(anvil_comm *comm, int code)
+{
+    if (comm != NULL && comm->size > 1 && comm->ops->abort)
+        comm->ops->abort(comm, code);
+}
+
 /* Refuses a call on a broken communicator, with the first failure's message. */
 static anvil_status check_usable(const anvil_comm *c, const char *what)
 {
@@ -61,6 +85,7 @@ static anvil_status note(anvil_comm *c, anvil_status st, const char *what)
     if (st == ANVIL_ERR_COMM && c->broken == ANVIL_OK) {
         c->broken = st;
         snprintf(c->broken_msg, sizeof c->broken_msg, "%s", anvil_last_error());
+        atomic_store(&c->failed, 1);
     }
     return st;
 }

@@ -16,6 +16,8 @@
 #ifndef ANVIL_COMM_INTERNAL_H
 #define ANVIL_COMM_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include "anvil/comm.h"
 
 typedef struct anvil_comm_ops {
@@ -27,6 +29,7 @@ typedef struct anvil_comm_ops {
     anvil_status (*send)(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag);
     anvil_status (*recv)(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag);
     anvil_status (*barrier)(anvil_comm *c);
+    void (*abort)(anvil_comm *c, int code); /* ends every rank; NULL: nothing to end */
     void (*destroy)(anvil_comm *c); /* frees impl (not the struct) */
 } anvil_comm_ops;
 
@@ -34,10 +37,21 @@ struct anvil_comm {
     const anvil_comm_ops *ops;
     int32_t rank, size;
     void *impl;
+    /* how long a call waits for the other ranks (seconds; 0: for ever);
+     * the implementation reads it (anvil_comm_set_timeout) */
+    double timeout_s;
     /* the first failed call's status and message: a broken communicator
-     * refuses every later call (a peer may be gone or out of step) */
+     * refuses every later call (a peer may be gone or out of step).
+     * broken_msg is written before failed is set, and never after, so any
+     * thread that sees failed may read it (anvil_comm_error). */
     anvil_status broken;
     char broken_msg[512];
+    atomic_int failed;
+    /* rank 0 leading (runtime_tp.c): the followers were met, released.
+     * Kept here, not in a runtime: a rank 0 whose load failed has none
+     * (anvil_runtime_lead_end), and the followers must be released once
+     * per lead (a new leading runtime resets both) */
+    int lead_met, lead_ended;
 };
 
 /* A communicator struct around ops and impl (comm.c); NULL when out of

@@ -10,12 +10,20 @@
  * rank order, rounds once to the element type, and the slices are gathered
  * back (MPI_Allgatherv): every rank ends with the same bits, moving the
  * bytes a ring all-reduce moves (2 (size - 1) / size of the buffer).
+ *
+ * Every call is MPI's non-blocking one, polled until it completes or the
+ * communicator's timeout passes (wait_done): a blocking MPI call to a rank
+ * that died or stopped would never return, and Open MPI 4 has no timeout
+ * of its own. After a timeout the request stays pending: the communicator
+ * is broken (comm.c), so nothing reuses its buffers' contents, and it is
+ * neither freed nor finalized (either may wait on the missing rank).
  */
 #include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm/comm_internal.h"
 #include "core/error.h"
@@ -45,6 +53,51 @@ static anvil_status mpi_fail(int code, const char *what)
         snprintf(msg, sizeof msg, "MPI error %d", code);
     return ANVIL_FAIL(ANVIL_ERR_COMM, "%s: %s", what, msg);
 }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Polls req until it completes, fails or c->timeout_s passes. The first
+ * polls spin (a decode step's collectives take microseconds); then the
+ * rank sleeps between polls, 50 us doubling to 1 ms, so that a rank
+ * waiting for a slow or idle peer leaves its core to the others. */
+static anvil_status wait_done(anvil_comm *c, MPI_Request *req, MPI_Status *status, const char *what)
+{
+    const double t0 = now_s();
+    long nap_ns = 50000;
+    for (int polls = 0;; polls++) {
+        int done = 0;
+        const int rc = MPI_Test(req, &done, status ? status : MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(rc, what);
+        if (done)
+            return ANVIL_OK;
+        if (polls < 2000)
+            continue;
+        if (c->timeout_s > 0 && now_s() - t0 > c->timeout_s)
+            return ANVIL_FAIL(ANVIL_ERR_COMM,
+                              "%s: no answer within %g s (a rank died, was stopped, or is not running the same "
+                              "steps)",
+                              what, c->timeout_s);
+        struct timespec nap = {0, nap_ns};
+        nanosleep(&nap, NULL);
+        if (nap_ns < 1000000)
+            nap_ns *= 2;
+    }
+}
+
+/* Starts a non-blocking call (its request in `req`) and waits for it. */
+#define MPI_WAIT(c, call, req, status, what)                    \
+    do {                                                        \
+        int mpi_rc_ = (call);                                   \
+        if (mpi_rc_ != MPI_SUCCESS)                             \
+            return mpi_fail(mpi_rc_, what);                     \
+        TRY(wait_done((c), (req), (status), what));             \
+    } while (0)
 
 #define MPI_TRY(call, what)              \
     do {                                 \
@@ -107,16 +160,17 @@ static anvil_status reduce_piece(anvil_comm *c, unsigned char *buf, int64_t n, a
     }
     TRY(reserve((void **)&m->recv, &m->recv_cap, (size_t)my_cnt * es * (size_t)size + 1));
     TRY(reserve((void **)&m->acc, &m->acc_cap, ((size_t)my_cnt + 1) * sizeof(float)));
-    MPI_TRY(MPI_Alltoallv(buf, scount, sdispl, MPI_BYTE, m->recv, rcount, rdispl, MPI_BYTE, m->comm),
-            "reduce-scatter (MPI_Alltoallv)");
+    MPI_Request req;
+    MPI_WAIT(c, MPI_Ialltoallv(buf, scount, sdispl, MPI_BYTE, m->recv, rcount, rdispl, MPI_BYTE, m->comm, &req), &req,
+             NULL, "reduce-scatter (MPI_Ialltoallv)");
     sum_slices(dt, m->recv, size, my_cnt, m->acc);
     if (dt == ANVIL_DTYPE_F32)
         memcpy(buf + (size_t)my_lo * es, m->acc, (size_t)my_cnt * es);
     else
         anvil_convert_from_f32(dt, m->acc, buf + (size_t)my_lo * es, my_cnt);
     /* every rank's summed slice back to every rank, in place */
-    MPI_TRY(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, scount, sdispl, MPI_BYTE, m->comm),
-            "all-gather of the sums (MPI_Allgatherv)");
+    MPI_WAIT(c, MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, scount, sdispl, MPI_BYTE, m->comm, &req),
+             &req, NULL, "all-gather of the sums (MPI_Iallgatherv)");
     return ANVIL_OK;
 }
 
@@ -135,7 +189,9 @@ static anvil_status mpi_all_gather(anvil_comm *c, const void *send, void *recv, 
     mpi_impl *m = c->impl;
     CHECK(bytes <= (size_t)INT_MAX / (size_t)c->size, ANVIL_ERR_UNSUPPORTED,
           "all_gather of %zu bytes a rank over %d ranks: more than MPI's int counts reach", bytes, c->size);
-    MPI_TRY(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm), "MPI_Allgather");
+    MPI_Request req;
+    MPI_WAIT(c, MPI_Iallgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, m->comm, &req), &req, NULL,
+             "MPI_Iallgather");
     return ANVIL_OK;
 }
 
@@ -144,7 +200,10 @@ static anvil_status mpi_broadcast(anvil_comm *c, void *buf, size_t bytes, int32_
     mpi_impl *m = c->impl;
     for (size_t at = 0; at < bytes; at += XFER_BYTES) {
         const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
-        MPI_TRY(MPI_Bcast((unsigned char *)buf + at, (int)len, MPI_BYTE, root, m->comm), "MPI_Bcast");
+        MPI_Request req;
+        char what[64];
+        snprintf(what, sizeof what, "broadcast from rank %d (MPI_Ibcast)", root);
+        MPI_WAIT(c, MPI_Ibcast((unsigned char *)buf + at, (int)len, MPI_BYTE, root, m->comm, &req), &req, NULL, what);
     }
     return ANVIL_OK;
 }
@@ -155,7 +214,11 @@ static anvil_status mpi_send(anvil_comm *c, const void *buf, size_t bytes, int32
     size_t at = 0;
     do { /* a zero-byte message is still one message */
         const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
-        MPI_TRY(MPI_Send((const unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm), "MPI_Send");
+        MPI_Request req;
+        char what[64];
+        snprintf(what, sizeof what, "send to rank %d (MPI_Isend)", peer);
+        MPI_WAIT(c, MPI_Isend((const unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm, &req), &req,
+                 NULL, what);
         at += len;
     } while (at < bytes);
     return ANVIL_OK;
@@ -168,7 +231,11 @@ static anvil_status mpi_recv(anvil_comm *c, void *buf, size_t bytes, int32_t pee
     do {
         const size_t len = bytes - at < XFER_BYTES ? bytes - at : XFER_BYTES;
         MPI_Status status;
-        MPI_TRY(MPI_Recv((unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm, &status), "MPI_Recv");
+        MPI_Request req;
+        char what[64];
+        snprintf(what, sizeof what, "receive from rank %d (MPI_Irecv)", peer);
+        MPI_WAIT(c, MPI_Irecv((unsigned char *)buf + at, (int)len, MPI_BYTE, peer, tag, m->comm, &req), &req, &status,
+                 what);
         int got = 0;
         MPI_TRY(MPI_Get_count(&status, MPI_BYTE, &got), "MPI_Get_count");
         CHECK((size_t)got == len, ANVIL_ERR_COMM, "recv: %d bytes from rank %d where %zu were expected", got, peer,
@@ -181,8 +248,17 @@ static anvil_status mpi_recv(anvil_comm *c, void *buf, size_t bytes, int32_t pee
 static anvil_status mpi_barrier(anvil_comm *c)
 {
     mpi_impl *m = c->impl;
-    MPI_TRY(MPI_Barrier(m->comm), "MPI_Barrier");
+    MPI_Request req;
+    MPI_WAIT(c, MPI_Ibarrier(m->comm, &req), &req, NULL, "MPI_Ibarrier");
     return ANVIL_OK;
+}
+
+static void mpi_abort(anvil_comm *c, int code)
+{
+    (void)c;
+    fflush(stdout);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
 }
 
 static void mpi_destroy(anvil_comm *c)
@@ -192,9 +268,13 @@ static void mpi_destroy(anvil_comm *c)
         return;
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized && m->comm != MPI_COMM_NULL)
+    /* a broken communicator may have a request pending with a rank that is
+     * gone: freeing it or finalizing would wait for that rank (the process
+     * exits without finalizing; mpirun then ends the job, as it should) */
+    const int broken = atomic_load(&c->failed);
+    if (!finalized && !broken && m->comm != MPI_COMM_NULL)
         MPI_Comm_free(&m->comm);
-    if (!finalized && m->owns_init)
+    if (!finalized && !broken && m->owns_init)
         MPI_Finalize();
     free(m->recv);
     free(m->acc);
@@ -211,6 +291,7 @@ static const anvil_comm_ops mpi_ops = {
     .send = mpi_send,
     .recv = mpi_recv,
     .barrier = mpi_barrier,
+    .abort = mpi_abort,
     .destroy = mpi_destroy,
 };
 

@@ -9,6 +9,7 @@
 
 #include "anvil/log.h"
 #include "builder/shard_plan.h"
+#include "comm/comm_internal.h"
 #include "core/checked.h"
 #include "core/error.h"
 #include "runtime/runtime_internal.h"
@@ -44,6 +45,10 @@ anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
         anvil_network_free(rt->net);
         rt->net = cut;
         anvil_log(ANVIL_LOG_INFO, "tensor parallelism: rank %d of %d (%s)", rank, size, anvil_comm_name(comm));
+        if (rt->opts.comm_lead && rank == 0) { /* a new lead: the followers meet it, and are released once */
+            rt->opts.comm->lead_met = 0;
+            rt->opts.comm->lead_ended = 0;
+        }
     }
     return local_kv_heads(rt, &rt->n_kv_heads);
 }
@@ -140,6 +145,30 @@ static int leads(const anvil_runtime *rt)
            !rt->tp_ended;
 }
 
+/* Rank 0's first message and a follower's first wait are preceded by a
+ * barrier without a deadline: the ranks load at their own pace (a large
+ * model, a slow disk), and only once all are loaded do the steps'
+ * collectives run under the communicator's timeout, which then bounds
+ * compute between two collectives, not a load. */
+static anvil_status meet(anvil_comm *comm)
+{
+    const double timeout_s = anvil_comm_timeout(comm);
+    TRY(anvil_comm_set_timeout(comm, 0));
+    const anvil_status st = anvil_comm_barrier(comm);
+    TRY(anvil_comm_set_timeout(comm, timeout_s));
+    if (st != ANVIL_OK)
+        return anvil_error_wrap("rank %d waiting for every rank to load", anvil_comm_rank(comm));
+    return ANVIL_OK;
+}
+
+static anvil_status lead_meet(anvil_comm *comm)
+{
+    if (comm->lead_met)
+        return ANVIL_OK;
+    comm->lead_met = 1;
+    return meet(comm);
+}
+
 /* The step's arrays in a fixed order, and their lengths. */
 static void step_arrays(const anvil_step *s, const int32_t *a[TP_STEP_ARRAYS], int64_t n[TP_STEP_ARRAYS])
 {
@@ -159,12 +188,15 @@ anvil_status anvil_rt_tp_lead_step(anvil_runtime *rt, const anvil_step *s)
     if (!leads(rt))
         return ANVIL_OK;
     anvil_comm *comm = rt->opts.comm;
+    CHECK(!comm->lead_ended, ANVIL_ERR_INVALID_ARG,
+          "rank 0 released the other ranks already: a led communicator serves one runtime's steps");
     tp_msg m = {.kind = TP_MSG_STEP, .n_tokens = s->n_tokens, .n_seqs = s->n_seqs, .n_logits = s->n_logits,
                 .max_blocks_per_seq = s->max_blocks_per_seq, .max_context = s->max_context,
                 .n_decode = s->n_decode, .decode_max_context = s->decode_max_context};
     const int32_t *a[TP_STEP_ARRAYS];
     int64_t n[TP_STEP_ARRAYS];
     step_arrays(s, a, n);
+    TRY(lead_meet(rt->opts.comm));
     const int32_t *base = rt->meta_dev;
     for (int k = 0; k < TP_STEP_ARRAYS; k++) {
         m.off[k] = a[k] - base;
@@ -184,9 +216,21 @@ anvil_status anvil_rt_tp_lead_kv_copy(anvil_runtime *rt, int32_t n, const int32_
         return ANVIL_OK;
     anvil_comm *comm = rt->opts.comm;
     tp_msg m = {.kind = TP_MSG_KV_COPY, .ints = n, .copy_tokens = n_tokens};
+    TRY(lead_meet(rt->opts.comm));
     TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
     TRY(anvil_comm_broadcast(comm, (void *)src, (size_t)n * sizeof *src, 0));
     return anvil_comm_broadcast(comm, (void *)dst, (size_t)n * sizeof *dst, 0);
+}
+
+/* Releases the followers, once per communicator (after the meeting). */
+static anvil_status send_end(anvil_comm *comm)
+{
+    if (comm->lead_ended)
+        return ANVIL_OK;
+    comm->lead_ended = 1;
+    TRY(lead_meet(comm));
+    tp_msg m = {.kind = TP_MSG_END};
+    return anvil_comm_broadcast(comm, &m, sizeof m, 0);
 }
 
 anvil_status anvil_runtime_lead_end(anvil_comm *comm)
@@ -195,8 +239,7 @@ anvil_status anvil_runtime_lead_end(anvil_comm *comm)
           "anvil_runtime_lead_end: only rank 0 leads");
     if (anvil_comm_size(comm) == 1)
         return ANVIL_OK;
-    tp_msg m = {.kind = TP_MSG_END};
-    return anvil_comm_broadcast(comm, &m, sizeof m, 0);
+    return send_end(comm);
 }
 
 void anvil_rt_tp_release(anvil_runtime *rt)
@@ -204,7 +247,7 @@ void anvil_rt_tp_release(anvil_runtime *rt)
     if (!leads(rt))
         return;
     rt->tp_ended = 1;
-    if (anvil_runtime_lead_end(rt->opts.comm) != ANVIL_OK)
+    if (send_end(rt->opts.comm) != ANVIL_OK)
         anvil_log(ANVIL_LOG_WARN, "releasing the other ranks: %s", anvil_last_error());
 }
 
@@ -273,9 +316,18 @@ anvil_status anvil_runtime_follow(anvil_runtime *rt)
     anvil_comm *comm = rt->opts.comm;
     CHECK(rt->opts.comm_lead && anvil_comm_size(comm) > 1 && anvil_comm_rank(comm) != 0, ANVIL_ERR_INVALID_ARG,
           "anvil_runtime_follow: for ranks 1.. of a communicator led by rank 0 (options.comm_lead)");
+    const double timeout_s = anvil_comm_timeout(comm);
+    TRY(meet(comm));
     for (;;) {
         tp_msg m;
-        TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
+        /* the next step may be hours away (an idle server): this wait has
+         * no deadline; what follows a header comes at once, under the
+         * communicator's timeout. A rank 0 that dies ends the job (mpirun). */
+        TRY(anvil_comm_set_timeout(comm, 0));
+        const anvil_status st = anvil_comm_broadcast(comm, &m, sizeof m, 0);
+        TRY(anvil_comm_set_timeout(comm, timeout_s));
+        if (st != ANVIL_OK)
+            return anvil_error_wrap("rank %d waiting for rank 0's next step", anvil_comm_rank(comm));
         switch (m.kind) {
         case TP_MSG_END:
             return ANVIL_OK;

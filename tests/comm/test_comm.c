@@ -34,6 +34,8 @@ static void test_self(void **state)
     assert_status_msg(anvil_comm_send(c, x, 4, 0, 0), ANVIL_ERR_INVALID_ARG, "peer 0 is not another");
     assert_status_msg(anvil_comm_broadcast(c, x, 4, 1), ANVIL_ERR_INVALID_ARG, "root 1 of 1");
     assert_status_msg(anvil_comm_all_reduce_sum(c, x, 1, ANVIL_DTYPE_I8), ANVIL_ERR_UNSUPPORTED, "cannot sum i8");
+    assert_null(anvil_comm_error(c)); /* argument errors break nothing */
+    anvil_comm_abort(c, 1);           /* one rank: nothing to end, it returns */
     anvil_comm_free(c);
     anvil_comm_free(NULL);
     /* no communicator: one rank */
@@ -77,6 +79,15 @@ static void test_broken_stays_broken(void **state)
     fail_next = 0;
     calls = 0;
     assert_int_equal(anvil_comm_all_reduce_sum(c, &x, 1, ANVIL_DTYPE_F32), ANVIL_OK);
+    assert_null(anvil_comm_error(c));
+    /* the timeout: 30 s unless set; 0 is none; out of range refused */
+    assert_true(anvil_comm_timeout(c) == ANVIL_COMM_TIMEOUT_DEFAULT_S);
+    assert_int_equal(anvil_comm_set_timeout(c, 0), ANVIL_OK);
+    assert_true(anvil_comm_timeout(c) == 0.0);
+    assert_status_msg(anvil_comm_set_timeout(c, -1), ANVIL_ERR_INVALID_ARG, "0 (none)");
+    assert_true(anvil_comm_timeout(c) == 0.0);
+    assert_int_equal(anvil_comm_set_timeout(c, 2.5), ANVIL_OK);
+    assert_true(anvil_comm_timeout(c) == 2.5);
     /* argument errors are refused before the implementation and break nothing */
     assert_status_msg(anvil_comm_broadcast(c, &x, 4, 2), ANVIL_ERR_INVALID_ARG, "root 2 of 2");
     assert_int_equal(anvil_comm_barrier(c), ANVIL_OK);
@@ -87,6 +98,10 @@ static void test_broken_stays_broken(void **state)
     assert_int_equal(st, ANVIL_ERR_COMM);
     assert_non_null(strstr(anvil_last_error(), "peer rank 1 is gone"));
     assert_non_null(strstr(anvil_last_error(), "rank 0 of 2, flaky"));
+    /* what /health reports (any thread may ask) */
+    assert_non_null(anvil_comm_error(c));
+    assert_non_null(strstr(anvil_comm_error(c), "peer rank 1 is gone"));
+    assert_non_null(strstr(anvil_comm_error(c), "rank 0 of 2, flaky"));
     /* then every call is refused at once, naming the first failure */
     fail_next = 0;
     calls = 0;

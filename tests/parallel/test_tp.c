@@ -5,7 +5,7 @@
  *   - the MPI communicator: sums of f32, bf16 and f16 identical on every
  *     rank and equal to the rank-order f32 sum rounded once; broadcast,
  *     all_gather, send/recv, barrier; bad arguments refused without
- *     breaking it;
+ *     breaking it; a collective the others join late timing out on rank 0;
  *   - every golden model whose heads the ranks divide, cut over the ranks:
  *     each prompt's prefill logits within 1e-4 x max|logit| of Hugging
  *     Face's (f32), then decode steps of every prompt together in one batch,
@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "anvil/comm.h"
 #include "anvil/generate.h"
@@ -163,6 +164,31 @@ static void test_bad_arguments(void **state)
     check_sum(ANVIL_DTYPE_F32, 10);
     assert_string_equal(anvil_comm_name(comm), "mpi");
     assert_int_equal(anvil_comm_memory_kind(comm), ANVIL_COMM_HOST);
+}
+
+/* A collective the other ranks join late: rank 0's, under a 0.3 s timeout,
+ * fails with the message and breaks its communicator (a second one, so
+ * the first stays usable); the others' completes when they join. */
+static void test_timeout(void **state)
+{
+    (void)state;
+    anvil_comm *c = NULL;
+    assert_int_equal(anvil_comm_create_mpi(&c), ANVIL_OK);
+    const int32_t rank = anvil_comm_rank(c);
+    if (rank == 0) {
+        assert_int_equal(anvil_comm_set_timeout(c, 0.3), ANVIL_OK);
+        assert_status_msg(anvil_comm_barrier(c), ANVIL_ERR_COMM, "no answer within 0.3 s");
+        assert_non_null(strstr(anvil_last_error(), "rank 0 of"));
+        assert_non_null(anvil_comm_error(c));
+        assert_status_msg(anvil_comm_barrier(c), ANVIL_ERR_COMM, "failed earlier");
+    } else {
+        struct timespec nap = {1, 0};
+        nanosleep(&nap, NULL);
+        assert_int_equal(anvil_comm_barrier(c), ANVIL_OK);
+        assert_null(anvil_comm_error(c));
+    }
+    anvil_comm_free(c);
+    assert_int_equal(anvil_comm_barrier(comm), ANVIL_OK);
 }
 
 /* ------------------------------------------------------------ models */
@@ -351,7 +377,8 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_all_reduce),   cmocka_unit_test(test_broadcast_gather_p2p),
-        cmocka_unit_test(test_bad_arguments), cmocka_unit_test(test_stories260K),
+        cmocka_unit_test(test_bad_arguments), cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_stories260K),
         cmocka_unit_test(test_tinycode),     cmocka_unit_test(test_tiny_llama3),
         cmocka_unit_test(test_tiny_qwen2),   cmocka_unit_test(test_tiny_mistral),
         cmocka_unit_test(test_tiny_qwen3),   cmocka_unit_test(test_tiny_phi3),
