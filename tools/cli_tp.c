@@ -1,11 +1,14 @@
 /* --tp N: joining the ranks mpirun started (cli_tp.h). */
 #include "cli_tp.h"
 
+#include <stdint.h>
 #include <stdio.h>
+
+#include "anvil/model_config.h"
 
 #include "cli_error.h"
 
-int cli_tp_join(const char *cmd, int32_t tp, anvil_runtime_options *opts, anvil_comm **comm)
+int cli_tp_join(const char *cmd, int32_t tp, double timeout_s, anvil_runtime_options *opts, anvil_comm **comm)
 {
     *comm = NULL;
     if (anvil_comm_create_mpi(comm) != ANVIL_OK) {
@@ -16,6 +19,12 @@ int cli_tp_join(const char *cmd, int32_t tp, anvil_runtime_options *opts, anvil_
         if (anvil_comm_rank(*comm) == 0)
             fprintf(stderr, "%s: --tp %d needs %d ranks (mpirun -np %d), this job has %d\n", cmd, tp, tp, tp,
                     anvil_comm_size(*comm));
+        anvil_comm_free(*comm);
+        *comm = NULL;
+        return 1;
+    }
+    if (timeout_s >= 0 && anvil_comm_set_timeout(*comm, timeout_s) != ANVIL_OK) {
+        anvil_cli_report("%s: --comm-timeout", cmd);
         anvil_comm_free(*comm);
         *comm = NULL;
         return 1;
@@ -38,15 +47,40 @@ int cli_tp_follow(const char *cmd, const char *model_dir, const anvil_runtime_op
         rc = 1;
     }
     anvil_runtime_free(rt);
+    if (rc != 0) /* rank 0 may wait on this rank: end them all (mpirun does) */
+        cli_tp_abort(cmd, comm);
     anvil_comm_free(comm);
     return rc;
+}
+
+void cli_tp_abort(const char *cmd, anvil_comm *comm)
+{
+    if (comm == NULL || anvil_comm_size(comm) == 1)
+        return;
+    const char *why = anvil_comm_error(comm);
+    fprintf(stderr, "%s: rank %d of %d: ending every rank%s%s\n", cmd, anvil_comm_rank(comm), anvil_comm_size(comm),
+            why ? " after a failed collective: " : "", why ? why : "");
+    anvil_comm_abort(comm, 1);
 }
 
 void cli_tp_end(const char *cmd, anvil_comm *comm, int runtime_loaded)
 {
     if (comm == NULL)
         return;
-    if (!runtime_loaded && anvil_runtime_lead_end(comm) != ANVIL_OK)
+    if (anvil_comm_error(comm) != NULL) { /* the followers may be waiting on a step that failed */
+        cli_tp_abort(cmd, comm);
+    } else if (!runtime_loaded && anvil_runtime_lead_end(comm) != ANVIL_OK) {
         anvil_cli_report("%s: releasing the other ranks", cmd);
+        cli_tp_abort(cmd, comm);
+    }
     anvil_comm_free(comm);
+}
+
+void cli_tp_kv_tokens(anvil_runtime_options *ro, const char *dir)
+{
+    anvil_model_config cfg;
+    if (ro->kv_cache_tokens != 0 || ro->kv_cache_fraction != 0 || anvil_model_config_load(dir, &cfg) != ANVIL_OK)
+        return;
+    const int64_t ctx = ro->max_seq_len > 0 ? ro->max_seq_len : cfg.max_position_embeddings;
+    ro->kv_cache_tokens = ctx < INT64_MAX / 32 ? 32 * ctx : INT64_MAX;
 }

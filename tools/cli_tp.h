@@ -16,18 +16,44 @@
 #include "anvil/comm.h"
 #include "anvil/runtime.h"
 
+/* The help lines of --tp and --comm-timeout. */
+#define CLI_TP_HELP                                                                                       \
+    "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (CPU; rank 0\n"    \
+    "                              leads, the others follow; docs/parallel.md)\n"                        \
+    "      --comm-timeout S        with --tp: a collective the other ranks do not join within S seconds\n" \
+    "                              fails and ends every rank (default 30; 0: wait for ever)\n"
+
 /* Joins the ranks for --tp tp (> 1): *comm and opts->comm / comm_lead
- * set. 0, or 1 after a message on stderr ("<cmd>: --tp 4 needs 4 ranks
- * (mpirun -np 4), this job has 2"; anvil built without MPI; ...). */
-int cli_tp_join(const char *cmd, int32_t tp, anvil_runtime_options *opts, anvil_comm **comm);
+ * set, the communicator's timeout timeout_s (< 0: its default). 0, or 1
+ * after a message on stderr ("<cmd>: --tp 4 needs 4 ranks (mpirun -np 4),
+ * this job has 2"; anvil built without MPI; ...). */
+int cli_tp_join(const char *cmd, int32_t tp, double timeout_s, anvil_runtime_options *opts, anvil_comm **comm);
 
 /* Ranks 1..: loads model_dir with opts and follows rank 0's steps until it
  * ends. The exit code (0, or 1 after a message). */
 int cli_tp_follow(const char *cmd, const char *model_dir, const anvil_runtime_options *opts);
 
+/* A rank that cannot go on: says so on stderr (with the communicator's
+ * failure, if any) and ends every rank of the job (anvil_comm_abort:
+ * mpirun kills the others, the exit code is 1). Does not return with
+ * several ranks; NULL comm or one rank: nothing. */
+void cli_tp_abort(const char *cmd, anvil_comm *comm);
+
+/* Seconds a server whose ranks failed keeps answering (/health: 503 and
+ * why) before it ends every rank. */
+#define CLI_TP_FAIL_GRACE_S 2
+
+/* A KV cache every rank sizes alike: 32 contexts of the model in dir (the
+ * server's automatic size without its share of free memory, which differs
+ * between ranks). Leaves ro as it is when the config does not load (the
+ * load then says why). */
+void cli_tp_kv_tokens(anvil_runtime_options *ro, const char *dir);
+
 /* Rank 0, at its end: releases the others when no runtime of its own did
- * (runtime_loaded 0: its load failed, or the command stopped before it),
- * then frees comm. NULL comm: nothing. */
+ * (runtime_loaded 0: its load failed, or the command stopped before it;
+ * releasing twice does nothing, so 0 is always safe),
+ * then frees comm; a communicator that failed ends every rank instead
+ * (cli_tp_abort). NULL comm: nothing. */
 void cli_tp_end(const char *cmd, anvil_comm *comm, int runtime_loaded);
 
 #endif

@@ -31,6 +31,7 @@
 
 #include "anvil/model_config.h"
 #include "cli_signal.h"
+#include "cli_tp.h"
 #include "commands.h"
 #include "exec_cli.h"
 #include "request_flags.h"
@@ -55,6 +56,8 @@ typedef struct bench_args {
     const char *response_format; /* synthetic: "json_object" (NULL or "text": none) */
     const char *json_schema;     /* synthetic: a schema file */
     exec_cli_opts eo;
+    int32_t tp;             /* --tp N (0: not given) */
+    double comm_timeout;    /* --comm-timeout S (< 0: not given) */
 } bench_args;
 
 /* Per request: written by the executor thread (callbacks), read by the
@@ -104,7 +107,7 @@ static void bench_usage(FILE *out)
             "The request flags: the synthetic requests' (temperature 0 unless given; request i samples with\n"
             "seed S+i, and S also seeds the dataset and the arrivals), and the defaults of --dataset lines\n");
     request_flags_help(out, RF_BENCH);
-    fprintf(out, "\n" EXEC_CLI_HELP "  -h, --help                  this help\n");
+    fprintf(out, "\n" CLI_TP_HELP EXEC_CLI_HELP "  -h, --help                  this help\n");
 }
 
 static int parse_range(const char *s, const char *flag, range *r)
@@ -129,7 +132,7 @@ static int parse_range(const char *s, const char *flag, range *r)
 static int parse_args(int argc, char **argv, bench_args *a)
 {
     enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG,
-           OPT_RF, OPT_SCHEMA };
+           OPT_RF, OPT_SCHEMA, OPT_TP, OPT_COMM_TIMEOUT };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
         {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
@@ -137,12 +140,14 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"concurrency", required_argument, 0, OPT_CONC}, {"request-rate", required_argument, 0, OPT_RATE},
         {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
         {"response-format", required_argument, 0, OPT_RF}, {"json-schema", required_argument, 0, OPT_SCHEMA},
+        {"tp", required_argument, 0, OPT_TP},           {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
     request_values_init(&a->rv);
     a->num_requests = -1;
+    a->comm_timeout = -1;
     a->input_len = (range){128, 128};
     a->output_len = (range){128, 128};
     a->progress = isatty(2);
@@ -190,6 +195,17 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->response_format = optarg;
             break;
         case OPT_SCHEMA: a->json_schema = optarg; break;
+        case OPT_TP: {
+            long v;
+            if (exec_cli_int(optarg, "--tp", 1, 4096, &v, TOOL))
+                return 2;
+            a->tp = (int32_t)v;
+            break;
+        }
+        case OPT_COMM_TIMEOUT:
+            if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &a->comm_timeout, TOOL))
+                return 2;
+            break;
         case 'h': bench_usage(stdout); return 0;
         case EXEC_CLI_BAD: return 2;
         default:
@@ -637,6 +653,21 @@ int anvil_cmd_bench(int argc, char **argv)
         request_values_free(&a.rv);
         return rc;
     }
+    anvil_comm *comm = NULL;
+    if (a.tp > 1) {
+        if (!a.eo.kv_set) { /* the same KV cache on every rank (cli_tp.h) */
+            cli_tp_kv_tokens(&a.eo.rt, a.model);
+            a.eo.kv_set = 1;
+        }
+        if (cli_tp_join(TOOL, a.tp, a.comm_timeout, &a.eo.rt, &comm) != 0) {
+            request_values_free(&a.rv);
+            return 1;
+        }
+        if (anvil_comm_rank(comm) != 0) { /* the others follow rank 0's steps */
+            request_values_free(&a.rv);
+            return cli_tp_follow(TOOL, a.model, &a.eo.rt);
+        }
+    }
     cli_sigint_install(TOOL); /* loading: Ctrl-C exits 130 */
     anvil_runtime *rt = NULL;
     anvil_tokenizer *tok = NULL;
@@ -915,7 +946,8 @@ done:
             free(b.recs[i].itl);
     free(b.recs);
     dataset_free(&d);
-    anvil_runtime_free(rt);
+    anvil_runtime_free(rt); /* with --tp: the other ranks return */
+    cli_tp_end(TOOL, comm, 0);
     anvil_tokenizer_free(tok);
     if (sync_ok) {
         pthread_cond_destroy(&b.cv);

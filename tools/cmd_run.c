@@ -36,6 +36,7 @@ typedef struct run_args {
     int32_t refit_after;
     int refit_after_set;
     int32_t tp;                /* --tp N: ranks of mpirun (0: not given) */
+    double comm_timeout;       /* --comm-timeout S (< 0: not given) */
     anvil_runtime_options rt;
 } run_args;
 
@@ -76,15 +77,14 @@ static void run_usage(FILE *out)
             "      --max-seq-len N         context length (default: the model's)\n"
             "      --kv-cache-dtype DT     auto (default), f32, bf16, f16 or fp8 (e4m3, a scale per layer)\n"
             "      --mmap                  map the weights instead of reading them into memory\n"
-            "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (CPU; rank 0\n"
-            "                              prints, the others follow its steps: docs/parallel.md)\n"
+            CLI_TP_HELP
             "  -h, --help                  this help\n");
 }
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
-           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP };
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP, OPT_COMM_TIMEOUT };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -96,11 +96,13 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"tp", required_argument, 0, OPT_TP},
+        {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
     request_values_init(&a->rv);
     a->rv.req.max_tokens = 256;
+    a->comm_timeout = -1;
     anvil_runtime_options_default(&a->rt);
     cli_env_runtime_options(&a->rt);
     a->rt.max_batch_size = 1;
@@ -135,6 +137,9 @@ static int parse_args(int argc, char **argv, run_args *a)
         case OPT_TP:
             if (exec_cli_int(optarg, "--tp", 1, 4096, &v, "anvil run")) return 2;
             a->tp = (int32_t)v;
+            break;
+        case OPT_COMM_TIMEOUT:
+            if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &a->comm_timeout, "anvil run")) return 2;
             break;
         case OPT_KV_DTYPE:
             if (exec_cli_kv_dtype(optarg, &a->rt.kv_cache_dtype, "anvil run")) return 2;
@@ -323,7 +328,7 @@ int anvil_cmd_run(int argc, char **argv)
             request_values_free(&a.rv);
             return 2;
         }
-        if (cli_tp_join("anvil run", a.tp, &a.rt, &comm) != 0) {
+        if (cli_tp_join("anvil run", a.tp, a.comm_timeout, &a.rt, &comm) != 0) {
             request_values_free(&a.rv);
             return 1;
         }

@@ -13,6 +13,7 @@
 #include "cli_env.h"
 #include "cli_error.h"
 #include "cli_flags.h"
+#include "cli_tp.h"
 #include "commands.h"
 #include "exec_cli.h"
 
@@ -67,7 +68,9 @@ static void usage(FILE *out)
             "      --load-timeout S        a model load that takes longer fails (default 900; 0: none)\n"
             "      --shutdown-timeout S    on SIGINT/SIGTERM, seconds to let requests finish (default 10);\n"
             "                              a signal during the start's loads cancels them; a second\n"
-            "                              signal, or a shutdown 30 s past this, exits at once\n" EXEC_CLI_HELP
+            "                              signal, or a shutdown 30 s past this, exits at once\n" CLI_TP_HELP
+            "                              (--tp: one --model; /health names the ranks, 503 once one\n"
+            "                              failed; the repository API is refused)\n" EXEC_CLI_HELP
             "  -h, --help                  this help\n\n"
             "Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
             "with '.', without '..'.\n");
@@ -94,6 +97,8 @@ enum {
     OPT_CONNS_PER_CLIENT,
     OPT_HEADER_TIMEOUT,
     OPT_LOAD_TIMEOUT,
+    OPT_TP,
+    OPT_COMM_TIMEOUT,
 };
 
 /* SIGINT / SIGTERM, taken by a thread of their own from before the first
@@ -224,6 +229,8 @@ int anvil_cmd_serve(int argc, char **argv)
         {"max-connections-per-client", required_argument, 0, OPT_CONNS_PER_CLIENT},
         {"header-timeout", required_argument, 0, OPT_HEADER_TIMEOUT},
         {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
+        {"tp", required_argument, 0, OPT_TP},
+        {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
@@ -240,7 +247,8 @@ int anvil_cmd_serve(int argc, char **argv)
     const char *models[64], *loads[64];
     int n_models = 0, n_loads = 0, no_load_all = 0;
     const char *template_path = NULL;
-    double shutdown_s = 10;
+    double shutdown_s = 10, comm_timeout = -1;
+    int32_t tp = 0;
     long v;
     int opt;
     optind = 1;
@@ -354,6 +362,15 @@ int anvil_cmd_serve(int argc, char **argv)
             so.load_timeout_s = sec > 0 ? sec : -1; /* the library's 0 is its default */
             break;
         }
+        case OPT_TP:
+            if (exec_cli_int(optarg, "--tp", 1, 4096, &v, tool))
+                return 2;
+            tp = (int32_t)v;
+            break;
+        case OPT_COMM_TIMEOUT:
+            if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &comm_timeout, tool))
+                return 2;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -385,6 +402,11 @@ int anvil_cmd_serve(int argc, char **argv)
         fprintf(stderr, "%s: --load-model and --no-load-all choose among the models of --model-repo\n", tool);
         return 2;
     }
+    if (tp > 1 && (n_models != 1 || so.model_repo != NULL)) {
+        fprintf(stderr, "%s: --tp serves one --model (the other ranks follow one runtime), not %s\n", tool,
+                so.model_repo ? "--model-repo" : "several");
+        return 2;
+    }
     char *template_src = NULL;
     if (template_path && (template_src = read_text(template_path)) == NULL) {
         fprintf(stderr, "%s: cannot read --chat-template %s: %s\n", tool, template_path, strerror(errno));
@@ -408,11 +430,32 @@ int anvil_cmd_serve(int argc, char **argv)
     so.executor = &eo.ex;
     so.kv_cache_auto = !eo.kv_set && !gpu_kv;
     so.chat_template_source = template_src;
+    anvil_comm *comm = NULL;
+    if (tp > 1) {
+        char name[256];
+        const char *dir;
+        model_arg(models[0], name, sizeof name, &dir);
+        /* the same KV cache on every rank: a count, not a share of each
+         * rank's free memory (rank 0's block ids name the others' blocks) */
+        if (!eo.kv_set && !gpu_kv)
+            cli_tp_kv_tokens(&eo.rt, dir);
+        so.kv_cache_auto = 0;
+        if (cli_tp_join(tool, tp, comm_timeout, &eo.rt, &comm) != 0) {
+            free(template_src);
+            return 1;
+        }
+        if (anvil_comm_rank(comm) != 0) { /* the others follow rank 0's steps; mpirun's signals end them */
+            free(template_src);
+            pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
+            return cli_tp_follow(tool, dir, &eo.rt);
+        }
+    }
     anvil_server *srv = NULL;
-    int rc = 1;
+    int rc = 1, tp_loaded = 0;
     if (anvil_server_create(&so, &srv) != ANVIL_OK) {
         anvil_cli_report("%s", tool);
         free(template_src);
+        cli_tp_end(tool, comm, 0);
         return 1;
     }
     /* static: the signal thread outlives this function (it ends with the process) */
@@ -473,20 +516,47 @@ int anvil_cmd_serve(int argc, char **argv)
         anvil_server_shutdown(srv, 0);
         goto done;
     }
+    tp_loaded = 1;
     anvil_server_set_ready(srv, 1);
     fprintf(stderr, "%s: ready on http://%s%s%s:%d\n", tool, v6 ? "[" : "", so.host, v6 ? "]" : "",
             anvil_server_port(srv));
     pthread_mutex_lock(&w.mu);
-    while (w.sig == 0)
-        pthread_cond_wait(&w.cv, &w.mu);
+    while (w.sig == 0) {
+        if (comm == NULL) {
+            pthread_cond_wait(&w.cv, &w.mu);
+            continue;
+        }
+        /* --tp: a failed collective (a rank died, stopped or timed out)
+         * leaves the ranks unable to step: /health says why (503) for a
+         * moment, then every rank ends */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&w.cv, &w.mu, &ts);
+        const char *why = anvil_comm_error(comm);
+        if (why != NULL && w.sig == 0) {
+            pthread_mutex_unlock(&w.mu);
+            fprintf(stderr, "%s: rank 0: the ranks failed (%s): /health reports it; ending every rank in %d s\n",
+                    tool, why, CLI_TP_FAIL_GRACE_S);
+            sleep(CLI_TP_FAIL_GRACE_S);
+            cli_tp_abort(tool, comm); /* does not return */
+            pthread_mutex_lock(&w.mu);
+        }
+    }
     sig = w.sig;
     pthread_mutex_unlock(&w.mu);
-    fprintf(stderr, "%s: %s: shutting down (%d requests in flight)\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM",
-            anvil_server_in_flight(srv));
+    fprintf(stderr, "%s: %s: shutting down (%d requests in flight)%s\n", tool, sig == SIGINT ? "SIGINT" : "SIGTERM",
+            anvil_server_in_flight(srv),
+            comm ? "; with --tp, mpirun sends it when a rank died (its message names the rank)" : "");
     anvil_server_shutdown(srv, shutdown_s);
     rc = 0;
 done:
-    anvil_server_free(srv);
+    anvil_server_free(srv); /* with --tp: the other ranks return */
+    cli_tp_end(tool, comm, tp_loaded);
     free(template_src);
     return rc;
 }

@@ -594,6 +594,11 @@ static enum MHD_Result serve_repository(anvil_server *s, struct MHD_Connection *
                           "invalid_request_error", "name", "invalid_model_name", NULL);
     if (atomic_load(&s->shutting_down))
         return send_error(s, c, 503, "The server is shutting down", "service_unavailable", NULL, NULL, NULL);
+    if (anvil_comm_size(s->rt_opts.comm) > 1)
+        return send_error(s, c, 501,
+                          "The repository API (load, unload, refit) is not available with tensor parallelism "
+                          "(--tp): the other ranks follow the one runtime loaded at the start (docs/parallel.md)",
+                          "invalid_request_error", NULL, "unsupported", NULL);
     if (strcmp(verb, "refit") != 0)
         return start_repo_job(s, c, cc, name, strcmp(verb, "unload") == 0 ? JOB_UNLOAD : JOB_LOAD, NULL);
     /* refit: {"weights": "PATH"} */
@@ -642,6 +647,26 @@ static const route routes[] = {
     {"/v2/health/ready", "GET", R_V2_READY},
     {"/v2/models/stats", "GET", R_V2_STATS},
 };
+
+/* /health of a model served by several ranks (anvil serve --tp): the
+ * ranks, and a failed communicator's reason (a rank died, stopped or timed
+ * out: every step fails from then on) as 503 "failed". */
+static enum MHD_Result send_health_ranks(anvil_server *s, struct MHD_Connection *c)
+{
+    const anvil_comm *comm = s->rt_opts.comm;
+    const char *why = anvil_comm_error(comm);
+    const char *status = why                               ? "failed"
+                         : atomic_load(&s->shutting_down) ? "shutting down"
+                         : !atomic_load(&s->ready)         ? "loading"
+                                                           : "ok";
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string(status));
+    json_object_set_new(o, "ranks", json_integer(anvil_comm_size(comm)));
+    json_object_set_new(o, "communicator", json_string(anvil_comm_name(comm)));
+    if (why != NULL)
+        json_object_set_new(o, "reason", json_string(why));
+    return send_json(s, c, strcmp(status, "ok") == 0 ? 200 : 503, o, NULL);
+}
 
 /* 404 naming what was asked for (the path cut to printable ASCII) and what
  * there is. */
@@ -885,6 +910,8 @@ static enum MHD_Result dispatch(anvil_server *s, struct MHD_Connection *c, const
     }
     switch (rt->id) {
     case R_HEALTH:
+        if (anvil_comm_size(s->rt_opts.comm) > 1)
+            return send_health_ranks(s, c);
         if (atomic_load(&s->shutting_down))
             return send_error(s, c, 503, "shutting down", "service_unavailable", NULL, NULL, NULL);
         if (!atomic_load(&s->ready))

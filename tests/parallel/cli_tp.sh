@@ -2,7 +2,8 @@
 # anvil run --tp N under mpirun against one rank (docs/parallel.md): for
 # each model, the greedy continuation's ids of `mpirun -np N anvil run --tp
 # N --json` must be one rank's, rank 0 alone must print (one JSON line),
-# and --tp with another rank count must fail with its message.
+# and --tp with another rank count must fail with its message; anvil
+# bench --tp N serves every request, rank 0 alone reporting.
 #   cli_tp.sh ANVIL MPIRUN SHARED N MODEL...
 set -euo pipefail
 anvil=$1 mpirun=$2 shared=$3 n=$4
@@ -20,6 +21,16 @@ for model in "$@"; do
   [ "$ids_one" = "$ids_many" ] || { echo "FAIL $model: --tp $n gave [$ids_many], one rank [$ids_one]"; exit 1; }
   echo "ok $model --tp $n: [$ids_many]"
 done
+# anvil bench --tp N: rank 0's report alone, every request served
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$mpirun" -np "$n" "$anvil" bench --model "$shared/models/$1" --tp "$n" --num-requests 8 --concurrency 4 \
+  --input-len 16 --output-len 8 --threads 1 --no-progress --json "$tmp/b.json" > "$tmp/out" 2>&1
+reports=$(grep -c '^anvil bench:.*synthetic' "$tmp/out" || true)
+[ "$reports" = 1 ] || { echo "FAIL bench --tp $n: $reports reports"; cat "$tmp/out"; exit 1; }
+grep -q '"output_tokens": 64' "$tmp/b.json" && grep -q '"failed": 0' "$tmp/b.json" ||
+  { echo "FAIL bench --tp $n:"; cat "$tmp/b.json"; exit 1; }
+echo "ok: bench --tp $n, 8 requests of 8 tokens"
 # a rank count that is not --tp's: every rank ends, rank 0 says why
 if err=$("$mpirun" -np "$n" "$anvil" run --model "$shared/models/$1" --prompt-ids 1 --tp $((n + 1)) 2>&1); then
   echo "FAIL: --tp $((n + 1)) on $n ranks succeeded"; exit 1
