@@ -264,6 +264,14 @@ def ct_args(num_bits, typ, strategy, group_size=None, dynamic=False):
             "observer_kwargs": {}}
 
 
+def ct_kv_scheme():
+    # llm-compressor's kv_cache_scheme for an FP8 KV cache: one static scale
+    # per layer for k and one for v (k_scale, v_scale in self_attn)
+    return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "tensor", "group_size": None,
+            "dynamic": False, "actorder": None, "block_structure": None, "observer": "minmax",
+            "observer_kwargs": {}}
+
+
 INT_NAMES = ("ct-w8a16", "ct-w4a16", "awq-gemm", "gptq", "gptq-descact")
 
 FORMATS = {
@@ -291,6 +299,13 @@ FORMATS = {
                            config=ct_config("float-quantized", ct_args(8, "float", "channel"),
                                             ct_args(8, "float", "token", dynamic=True)),
                            how="compressed-tensors float-quantized as llm-compressor's FP8_DYNAMIC preset writes it"),
+    "ct-fp8-kv": dict(hf_runs=True, q=lambda w, m, c: q_ct_fp8(w, m, c, True), act="static", kv=True,
+                      config=dict(ct_config("float-quantized", ct_args(8, "float", "tensor"),
+                                            ct_args(8, "float", "tensor")), kv_cache_scheme=ct_kv_scheme()),
+                      how="compressed-tensors float-quantized (llm-compressor's FP8 preset) with an fp8 "
+                          "kv_cache_scheme: per-layer self_attn.k_scale / v_scale (f32 [1]) = max|k| / 448 "
+                          "(after RoPE) and max|v| / 448 over the prompts; k_proj and v_proj times 256, q_proj "
+                          "and o_proj over 256 (the same function, k and v past 448: unit scales saturate)"),
     "ct-w8a16": dict(hf_runs=True, q=q_ct_int8, act=None,
                      config=ct_config("pack-quantized", ct_args(8, "int", "channel"), None),
                      how="compressed-tensors pack-quantized int8 (W8A16 preset), packed by compressed-tensors' "
@@ -365,15 +380,56 @@ def reference_model(base, deq, act, input_scales, perms=None):
     return m
 
 
-def logits_and_greedy(model, ids_list):
+KV_UP = 256.0  # ct-fp8-kv: k_proj, v_proj times this, q_proj, o_proj over it (exact in bf16)
+
+
+def kv_scaled_model(base):
+    """the same function with k and v KV_UP times larger: q.k and the
+    attention output through o_proj are unchanged (RoPE is linear)."""
+    import copy
+    m = copy.deepcopy(base)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            a = layer.self_attn
+            a.k_proj.weight.mul_(KV_UP)
+            a.v_proj.weight.mul_(KV_UP)
+            a.q_proj.weight.div_(KV_UP)
+            a.o_proj.weight.div_(KV_UP)
+    return m
+
+
+def kv_cache(scales=None, amax=None):
+    """a DynamicCache whose update sees each layer's k (after RoPE) and v as
+    attention uses them: recorded into amax, or rounded to
+    fp8(k / k_scale) * k_scale (scales[layer] = (k_scale, v_scale)) as an
+    fp8 KV cache stores them"""
+    from transformers import DynamicCache
+
+    class KVCache(DynamicCache):
+        def update(self, key_states, value_states, layer_idx, *a, **kw):
+            if amax is not None:
+                ka, va = amax.get(layer_idx, (0.0, 0.0))
+                amax[layer_idx] = (max(ka, key_states.abs().max().item()), max(va, value_states.abs().max().item()))
+            if scales is not None:
+                ks, vs = scales[layer_idx]
+                key_states = to_fp8(key_states / ks).to(key_states.dtype) * ks
+                value_states = to_fp8(value_states / vs).to(value_states.dtype) * vs
+            return super().update(key_states, value_states, layer_idx, *a, **kw)
+
+    return KVCache()
+
+
+def logits_and_greedy(model, ids_list, cache=None):
     out = {}
     with torch.no_grad():
         for i, ids in enumerate(ids_list):
             x = torch.tensor([ids])
             out[f"prompt{i}.ids"] = x[0].to(torch.int64)
-            out[f"prompt{i}.logits"] = model(x).logits[0].float().contiguous()
+            kw = {"past_key_values": cache(), "use_cache": True} if cache else {}
+            out[f"prompt{i}.logits"] = model(x, **kw).logits[0].float().contiguous()
+            kw = {"past_key_values": cache()} if cache else {}
             g = model.generate(x, max_new_tokens=N_GREEDY, do_sample=False, min_new_tokens=N_GREEDY,
-                               pad_token_id=0)
+                               pad_token_id=0, **kw)
             out[f"prompt{i}.greedy"] = g[0, len(ids):].to(torch.int64).contiguous()
     return out
 
@@ -391,13 +447,17 @@ def main():
     ids_list = [tok(p) for p in PROMPTS]
     assert all(ids[0] == 1 for ids in ids_list), "the tokenizer must add BOS"
 
-    base = base_model()
-    amax = calib_input_amax(base, tok)
-    ctx = {"amax": amax}
-    base_sd = base.state_dict()
+    base0 = base_model()
+    amax0 = calib_input_amax(base0, tok)
     for name, spec in FORMATS.items():
         if args.only and name not in args.only:
             continue
+        base, amax = base0, amax0
+        if spec.get("kv"):
+            base = kv_scaled_model(base0)
+            amax = calib_input_amax(base, tok)
+        ctx = {"amax": amax}
+        base_sd = base.state_dict()
         d = os.path.join(args.out, name)
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -413,6 +473,22 @@ def main():
                     input_scales[mod] = t["input_scale"].float().reshape(())
             else:
                 tensors[k] = v.contiguous()
+        kv_scales, cache = None, None
+        if spec.get("kv"):
+            # max |k| and |v| as attention sees them in the reference model (W8A8)
+            kv_amax = {}
+            probe = reference_model(base, deq, spec["act"], input_scales)
+            with torch.no_grad():
+                for ids in ids_list:
+                    probe(torch.tensor([ids]), past_key_values=kv_cache(amax=kv_amax), use_cache=True)
+            kv_scales = {}
+            for layer, (ka, va) in sorted(kv_amax.items()):
+                k_s = torch.tensor([ka / FP8_MAX], dtype=torch.float32)
+                v_s = torch.tensor([va / FP8_MAX], dtype=torch.float32)
+                tensors[f"model.layers.{layer}.self_attn.k_scale"] = k_s
+                tensors[f"model.layers.{layer}.self_attn.v_scale"] = v_s
+                kv_scales[layer] = (k_s.item(), v_s.item())
+            cache = lambda: kv_cache(scales=kv_scales)  # noqa: E731
         save_file(tensors, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
         cfg = base.config.to_dict()
         cfg["quantization_config"] = spec["config"]
@@ -428,7 +504,15 @@ def main():
             os.chmod(os.path.join(d, fn), 0o644)
 
         ref_model = reference_model(base, deq, spec["act"], input_scales)
-        ref = logits_and_greedy(ref_model, ids_list)
+        ref = logits_and_greedy(ref_model, ids_list, cache)
+        if kv_scales is not None:
+            # the same with unit scales (k and v saturating at 448): what the
+            # scales save
+            unit = {layer: (1.0, 1.0) for layer in kv_scales}
+            u = logits_and_greedy(ref_model, ids_list, lambda: kv_cache(scales=unit))
+            for k, v in u.items():
+                if not k.endswith(".ids"):
+                    ref[k.replace(".logits", ".logits_unit_kv").replace(".greedy", ".greedy_unit_kv")] = v
         for mod in DEQUANT_KEEP:
             ref[f"dequant.{mod}"] = deq[mod].contiguous()
         if name in INT_NAMES:
@@ -448,7 +532,11 @@ def main():
                 "reference": "float32 LlamaForCausalLM over the weights dequantized by the format's formula"
                              + ({"static": ", inputs of quantized linears rounded to fp8 with input_scale",
                                  "dynamic": ", inputs of quantized linears rounded to fp8 per token"}
-                                .get(spec["act"], ""))}
+                                .get(spec["act"], ""))
+                             + (", k and v rounded to fp8(k / k_scale) * k_scale where attention uses them"
+                                if kv_scales is not None else "")}
+        if kv_scales is not None:
+            meta["kv_scales"] = {str(layer): list(v) for layer, v in kv_scales.items()}
         # transformers' own loading, where it runs the format on the CPU
         # (it reads modelopt and per-tensor fp8 configs without applying
         # them: their weights would load as raw fp8 values)
@@ -462,6 +550,10 @@ def main():
             with torch.no_grad():
                 diffs = [(hf(torch.tensor([ids])).logits[0].float() - ref[f"prompt{i}.logits"]).abs().max().item()
                          for i, ids in enumerate(ids_list)]
+                if kv_scales is not None:  # whether transformers applied the KV scheme at all
+                    meta["transformers_max_abs_logit_diff_unit_kv"] = max(
+                        (hf(torch.tensor([ids])).logits[0].float() - ref[f"prompt{i}.logits_unit_kv"]).abs().max()
+                        .item() for i, ids in enumerate(ids_list))
                 same = all(torch.equal(hf.generate(torch.tensor([ids]), max_new_tokens=N_GREEDY, do_sample=False,
                                                    min_new_tokens=N_GREEDY, pad_token_id=0)[0, len(ids):],
                                        ref[f"prompt{i}.greedy"]) for i, ids in enumerate(ids_list))

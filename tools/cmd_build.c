@@ -37,11 +37,15 @@ static void usage(FILE *out)
             "      --quantize-lm-head  the LM head too (default: it stays in --dtype); tied embeddings stay\n"
             "                          unquantized, the LM head gets a quantized copy\n"
             "      --calib FILE        with int4-wo or int8-wo: activation-aware scaling (AWQ) searched on this\n"
-            "                          UTF-8 text, run through the model (f32, CPU) before quantizing\n"
+            "                          UTF-8 text, run through the model (f32, CPU) before quantizing; with\n"
+            "                          --kv-cache-dtype fp8: the KV scales (max |k|, |v| / 448) from it too\n"
             "      --calib-seq-len N   tokens per calibration window (default 512)\n"
             "      --calib-tokens N    calibration tokens at most (default 16384: whole windows from the start)\n"
             "      --calib-rows N      rows of each linear's input in the search (default 512)\n"
             "      --calib-no-clip     no clipping search (scales only)\n"
+            "      --kv-cache-dtype KV auto (default: fp8 when the checkpoint declares an fp8 KV cache) or fp8:\n"
+            "                          the engine runs an fp8 KV cache, with the checkpoint's k/v scales,\n"
+            "                          else --calib's, else 1\n"
             "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
@@ -64,7 +68,8 @@ int anvil_cmd_build(int argc, char **argv)
         OPT_CALIB_TOKENS,
         OPT_CALIB_ROWS,
         OPT_CALIB_NO_CLIP,
-        OPT_LM_HEAD
+        OPT_LM_HEAD,
+        OPT_KV_DTYPE
     };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
@@ -76,6 +81,7 @@ int anvil_cmd_build(int argc, char **argv)
         {"calib", required_argument, 0, OPT_CALIB},       {"calib-seq-len", required_argument, 0, OPT_CALIB_SEQ_LEN},
         {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS}, {"calib-rows", required_argument, 0, OPT_CALIB_ROWS},
         {"calib-no-clip", no_argument, 0, OPT_CALIB_NO_CLIP}, {"quantize-lm-head", no_argument, 0, OPT_LM_HEAD},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {0, 0, 0, 0},
     };
     anvil_build_options o;
@@ -130,6 +136,7 @@ int anvil_cmd_build(int argc, char **argv)
             break;
         case OPT_CALIB_NO_CLIP: o.calib_no_clip = 1; break;
         case OPT_LM_HEAD: o.quantize_lm_head = 1; break;
+        case OPT_KV_DTYPE: o.kv_cache_dtype = optarg; break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
@@ -156,8 +163,11 @@ int anvil_cmd_build(int argc, char **argv)
         fprintf(stderr, TOOL ": --calib-seq-len, --calib-tokens, --calib-rows and --calib-no-clip go with --calib FILE\n");
         return 2;
     }
-    if (o.calib_file != NULL && o.quantize != ANVIL_QUANTIZE_INT4_WO && o.quantize != ANVIL_QUANTIZE_INT8_WO) {
-        fprintf(stderr, TOOL ": --calib (AWQ) goes with --quantize int4-wo or int8-wo\n");
+    const int kv_fp8 = o.kv_cache_dtype != NULL && strncmp(o.kv_cache_dtype, "fp8", 3) == 0;
+    if (o.calib_file != NULL && o.quantize != ANVIL_QUANTIZE_INT4_WO && o.quantize != ANVIL_QUANTIZE_INT8_WO &&
+        !kv_fp8) {
+        fprintf(stderr, TOOL ": --calib goes with --quantize int4-wo or int8-wo (AWQ) or --kv-cache-dtype fp8 (the "
+                             "KV cache's scales)\n");
         return 2;
     }
     if (o.calib_file != NULL && o.calib_seq_len > 0 && o.calib_tokens > 0 && o.calib_tokens < o.calib_seq_len) {

@@ -224,6 +224,29 @@ static json_t *network_json(const json_t *manifest)
     return o;
 }
 
+/* The manifest's "kv_cache" (builder/kv_manifest.h): what kv_cache_dtype
+ * auto runs, and each layer's k_scale / v_scale (the first 8 layers
+ * unless all). */
+static void print_kv(const json_t *kv, int all)
+{
+    if (!json_is_object(kv))
+        return;
+    const char *dt = json_string_value(json_object_get(kv, "dtype"));
+    const char *src = json_string_value(json_object_get(kv, "scales"));
+    printf("kv cache    %s under --kv-cache-dtype auto; scales: %s\n",
+           dt && strcmp(dt, "fp8") == 0 ? "fp8" : "not fp8", src ? src : "?");
+    const json_t *ks = json_object_get(kv, "k_scale"), *vs = json_object_get(kv, "v_scale");
+    const size_t n = json_array_size(ks);
+    for (size_t l = 0; l < n; l++) {
+        if (!all && l >= 8) {
+            printf("  ... (%zu more layers: --weights lists them all)\n", n - 8);
+            break;
+        }
+        printf("  layer %-4zu k_scale %-12.6g v_scale %.6g\n", l, json_number_value(json_array_get(ks, l)),
+               json_number_value(json_array_get(vs, l)));
+    }
+}
+
 static void print_human(const json_t *r, int all_weights)
 {
     const json_t *m = json_object_get(r, "model"), *b = json_object_get(r, "build");
@@ -271,6 +294,7 @@ static void print_human(const json_t *r, int all_weights)
                (long long)json_integer_value(json_object_get(qs, "weight_tensors")),
                (long long)json_integer_value(json_object_get(qs, "companion_tensors")));
     }
+    print_kv(json_object_get(r, "kv_cache"), all_weights);
     json_array_foreach(ws, i, e)
     {
         if (!all_weights && i >= 8) {
@@ -402,6 +426,8 @@ int anvil_cmd_inspect(int argc, char **argv)
     json_object_set_new(r, "anvil_version", json_incref(json_object_get(man, "anvil_version")));
     json_object_set_new(r, "model", json_incref(json_object_get(man, "model")));
     json_object_set_new(r, "build", json_incref(json_object_get(man, "build")));
+    if (json_object_get(man, "kv_cache") != NULL) /* builder/kv_manifest.h */
+        json_object_set_new(r, "kv_cache", json_incref(json_object_get(man, "kv_cache")));
     json_t *files = json_array();
     const char *k;
     json_t *v;

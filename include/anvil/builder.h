@@ -84,6 +84,14 @@ typedef struct anvil_build_options {
      * in weight_dtype). Tied embeddings stay unquantized: the LM head then
      * gets a quantized copy of the matrix of its own. */
     int quantize_lm_head;
+    /* The engine's KV cache (docs/quantization.md, "FP8 KV cache"): NULL
+     * or "auto": the checkpoint's k/v scales go into the engine when it
+     * has them, and its fp8 KV cache when its config declares one; "fp8"
+     * (or "fp8_e4m3"): the engine runs an fp8 cache under kv_cache_dtype
+     * auto, with the checkpoint's scales, else scales calibrated on
+     * calib_file (max |k| after RoPE and max |v| over its windows / 448),
+     * else 1. */
+    const char *kv_cache_dtype;
     /* Called as bytes are written (of all the weights' bytes); a nonzero
      * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
      * NULL. Called from the building threads, one at a time. */

@@ -20,6 +20,7 @@
 #include "anvil/log.h"
 #include "anvil/network.h"
 #include "builder/awq.h"
+#include "builder/kv_manifest.h"
 #include "builder/build_plan.h"
 #include "builder/lm_head.h"
 #include "builder/manifest.h"
@@ -29,6 +30,7 @@
 #include "io/engine_file.h"
 #include "io/model_files.h"
 #include "io/safetensors.h"
+#include "io/kv_scales.h"
 #include "runtime/runtime_calib.h"
 
 void anvil_build_options_default(anvil_build_options *o)
@@ -183,6 +185,48 @@ static anvil_status random_config_file(const char *model, int random, char **tex
     return anvil_read_file(model, text, &len);
 }
 
+/* The build's kv_cache_dtype: NULL or "auto" (0), "fp8" or "fp8_e4m3" (1).
+ * An f32/bf16/f16 cache is chosen at run time (--kv-cache-dtype there): the
+ * engine's weights do not depend on it. */
+static anvil_status parse_kv_dtype(const char *name, int *fp8)
+{
+    *fp8 = 0;
+    if (name == NULL || strcmp(name, "auto") == 0)
+        return ANVIL_OK;
+    CHECK(strcmp(name, "fp8") == 0 || strcmp(name, "fp8_e4m3") == 0, ANVIL_ERR_INVALID_ARG,
+          "kv_cache_dtype \"%s\" (--kv-cache-dtype): a build takes auto or fp8 (an f32, bf16 or f16 cache is "
+          "chosen when the engine runs)",
+          name);
+    *fp8 = 1;
+    return ANVIL_OK;
+}
+
+/* The manifest's "kv_cache" (builder/kv_manifest.h), or NULL with nothing
+ * to say (no scales, no fp8 cache asked for or declared); *oom when it
+ * could not be made. ci: the calibration that gave the scales. */
+static json_t *kv_json(int fp8, const char *source, int32_t n_layers, const float *scales, const char *calib_file,
+                       const anvil_calib_info *ci, int *oom)
+{
+    *oom = 0;
+    if (!fp8 && scales == NULL)
+        return NULL;
+    json_t *kv = anvil_manifest_kv(fp8, source, n_layers, scales);
+    if (kv != NULL && ci != NULL) {
+        const char *slash = strrchr(calib_file, '/');
+        char hash[17];
+        snprintf(hash, sizeof hash, "%016llx", (unsigned long long)ci->xxh64);
+        json_t *c = json_pack("{s:s, s:s, s:I, s:I, s:i}", "file", slash ? slash + 1 : calib_file, "xxh64", hash,
+                              "text_tokens", (json_int_t)ci->n_text_tokens, "tokens", (json_int_t)ci->n_tokens,
+                              "seq_len", (int)(ci->n_tokens / ci->n_windows));
+        if (c == NULL || json_object_set_new(kv, "calib", c) != 0) {
+            json_decref(kv);
+            kv = NULL;
+        }
+    }
+    *oom = kv == NULL;
+    return kv;
+}
+
 anvil_status anvil_build_engine(const char *model, const char *output, const anvil_build_options *opts)
 {
     return anvil_build_engine_awq(model, output, opts, NULL, NULL);
@@ -202,10 +246,13 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     CHECK(o.quant_group == 0 || (o.quantize == ANVIL_QUANTIZE_INT4_WO && o.quant_group > 0), ANVIL_ERR_INVALID_ARG,
           "a group size (%d) goes with int4-wo quantization only (fp8 and int8-wo scale whole rows)",
           (int)o.quant_group);
-    CHECK(o.calib_file == NULL || o.quantize == ANVIL_QUANTIZE_INT4_WO || o.quantize == ANVIL_QUANTIZE_INT8_WO,
-          ANVIL_ERR_INVALID_ARG,
-          "a calibration file (--calib, AWQ) goes with int4-wo or int8-wo quantization, not %s",
-          anvil_quantize_name(o.quantize));
+    int kv_fp8 = 0;
+    TRY(parse_kv_dtype(o.kv_cache_dtype, &kv_fp8));
+    const int awq_calib = o.quantize == ANVIL_QUANTIZE_INT4_WO || o.quantize == ANVIL_QUANTIZE_INT8_WO;
+    CHECK(o.calib_file == NULL || awq_calib || kv_fp8, ANVIL_ERR_INVALID_ARG,
+          "a calibration file (--calib) goes with int4-wo or int8-wo quantization (AWQ) or with an fp8 KV cache "
+          "(--kv-cache-dtype fp8), not with %s weights and a %s KV cache",
+          anvil_quantize_name(o.quantize), o.kv_cache_dtype ? o.kv_cache_dtype : "auto");
     CHECK(o.calib_file == NULL || !o.random_weights, ANVIL_ERR_INVALID_ARG,
           "a calibration file (--calib) needs a model folder (its tokenizer and weights), not random weights");
     CHECK(!o.quantize_lm_head || o.quantize != ANVIL_QUANTIZE_NONE, ANVIL_ERR_INVALID_ARG,
@@ -225,7 +272,10 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     json_t *manifest = NULL;
     anvil_quant_config qc = {0}; /* a pre-quantized checkpoint's */
     anvil_awq *awq = NULL;
-    anvil_calib_info ci;
+    anvil_calib_info ci, kv_ci;
+    float *kv_scales = NULL; /* [2 * KV layers]: the checkpoint's or calibrated; NULL: none */
+    const char *kv_source = "none";
+    int kv_calibrated = 0;
     build_job job = {0};
     pthread_mutex_init(&job.mu, NULL);
 
@@ -247,6 +297,23 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     }
     else if (o.weight_dtype == ANVIL_DTYPE_COUNT)
         o.weight_dtype = cfg.dtype;
+    const int32_t n_kv = anvil_network_kv_layers(net);
+    if (ck != NULL || kv_fp8) {
+        kv_scales = malloc(((size_t)n_kv * 2 + 1) * sizeof *kv_scales);
+        CHECK_GOTO(kv_scales != NULL, ANVIL_ERR_OOM, done, "out of memory");
+        int found = 0;
+        if (ck != NULL)
+            TRY_GOTO(anvil_kv_scales_read(ck, qc.kv_fp8, dir, n_kv, kv_scales, &found), done);
+        kv_source = found ? "checkpoint" : "none";
+        if (found && o.calib_file != NULL && kv_fp8)
+            anvil_log(ANVIL_LOG_INFO, "kv cache: the checkpoint's k/v scales are kept (not calibrated on %s)",
+                      o.calib_file);
+        if (!found && !(kv_fp8 && o.calib_file != NULL)) {
+            free(kv_scales);
+            kv_scales = NULL;
+        }
+        kv_calibrated = !found && kv_scales != NULL;
+    }
     const anvil_fuse_caps caps = anvil_fuse_caps_all();
     const anvil_plan_options po = {.weight_dtype = o.weight_dtype,
                                    .caps = &caps,
@@ -262,16 +329,21 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
         threads = 1;
     if (threads > 16 && o.n_threads <= 0)
         threads = 16;
-    if (o.calib_file != NULL) {
-        const anvil_calib_options co = {.text_file = o.calib_file,
-                                        .seq_len = o.calib_seq_len > 0 ? o.calib_seq_len : CALIB_SEQ_LEN,
-                                        .max_tokens = o.calib_tokens > 0 ? o.calib_tokens : CALIB_TOKENS,
-                                        .n_threads = threads};
+    const anvil_calib_options co = {.text_file = o.calib_file,
+                                    .seq_len = o.calib_seq_len > 0 ? o.calib_seq_len : CALIB_SEQ_LEN,
+                                    .max_tokens = o.calib_tokens > 0 ? o.calib_tokens : CALIB_TOKENS,
+                                    .n_threads = threads,
+                                    .kv_amax = kv_calibrated ? kv_scales : NULL,
+                                    .n_kv_layers = n_kv};
+    if (o.calib_file != NULL && !awq_calib && kv_calibrated) /* the KV scales alone */
+        TRY_GOTO(anvil_calib_run(dir, &co, NULL, &kv_ci), done);
+    if (o.calib_file != NULL && awq_calib) { /* AWQ, and the KV scales in the same pass */
         const anvil_dtype kind = o.quantize == ANVIL_QUANTIZE_INT4_WO ? ANVIL_DTYPE_U4 : ANVIL_DTYPE_I8;
         TRY_GOTO(anvil_awq_create(net, plan, kind, o.quant_group > 0 ? o.quant_group : 128,
                                   o.calib_rows > 0 ? o.calib_rows : CALIB_ROWS, co.max_tokens, &awq),
                  done);
         TRY_GOTO(anvil_calib_run(dir, &co, awq, &ci), done);
+        kv_ci = ci;
         TRY_GOTO(anvil_awq_search(awq, plan, net, ck, !o.calib_no_clip, threads), done);
         for (int32_t g = 0; g < awq->n_groups; g++)
             anvil_log(ANVIL_LOG_INFO, "awq: value %d (%d linears, %lld wide): alpha %.2f, error %.4g -> %.4g of RTN's",
@@ -289,6 +361,18 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
         anvil_awq_attach(awq, plan);
     }
 
+    if (kv_calibrated) { /* max |k| and |v| to scales: amax / 448, e4m3's largest */
+        for (int32_t i = 0; i < 2 * n_kv; i++) {
+            const float a = kv_scales[i];
+            kv_scales[i] = a > 0.0f ? a / 448.0f : 1.0f; /* a layer of zeros: any scale, 1 */
+            char what[96];
+            snprintf(what, sizeof what, "the calibrated %s scale of layer %d", i % 2 ? "v" : "k", (int)(i / 2));
+            TRY_GOTO(anvil_kv_scale_check(kv_scales[i], what), done);
+        }
+        kv_source = "calibration";
+        anvil_log(ANVIL_LOG_INFO, "kv cache: scales calibrated on %s (layer 0: k_scale %g, v_scale %g)", o.calib_file,
+                  (double)kv_scales[0], (double)kv_scales[1]);
+    }
     TRY_GOTO(anvil_engine_writer_create(output, &w), done);
     for (int32_t s = 0; s < plan->n_stored; s++) {
         const anvil_stored *t = &plan->stored[s];
@@ -319,6 +403,12 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     json_object_set_new(manifest, "build", b);
     json_object_set_new(manifest, "network", jn);
     json_object_set_new(manifest, "plan", jp);
+    int kv_oom;
+    json_t *jkv = kv_json(kv_fp8 || qc.kv_fp8, kv_source, n_kv, kv_scales, o.calib_file,
+                          kv_calibrated ? &kv_ci : NULL, &kv_oom);
+    CHECK_GOTO(!kv_oom, ANVIL_ERR_OOM, done, "out of memory");
+    if (jkv != NULL)
+        json_object_set_new(manifest, "kv_cache", jkv);
 
     job.plan = plan;
     job.net = net;
@@ -342,6 +432,7 @@ done:
     pthread_mutex_destroy(&job.mu);
     anvil_build_plan_free(plan);
     anvil_awq_free(awq); /* after the plan's last fill */
+    free(kv_scales);
     anvil_quant_config_free(&qc);
     anvil_checkpoint_close(ck);
     anvil_network_free(net);

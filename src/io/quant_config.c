@@ -123,6 +123,17 @@ static anvil_status parse_modelopt(const json_t *q, const char *prefix, const ch
     }
     TRY(read_ignore(q, prefix, "exclude_modules", what, qc));
     TRY(read_ignore(q, prefix, "ignore", what, qc));
+    /* ModelOpt's KV cache: "FP8" stores k_scale / v_scale per layer (the
+     * only one anvil's fp8 cache matches; NVFP4, INT8 are other caches) */
+    const json_t *kv = json_object_get(q, "kv_cache_quant_algo");
+    if (kv && !json_is_null(kv)) {
+        CHECK(json_is_string(kv), ANVIL_ERR_FORMAT, "%s: %s.kv_cache_quant_algo must be a string or null, got %s",
+              what, prefix, anvil_json_type_name(kv));
+        CHECK(strcmp(json_string_value(kv), "FP8") == 0, ANVIL_ERR_UNSUPPORTED,
+              "%s: %s.kv_cache_quant_algo \"%s\" is not supported (anvil's KV cache reads FP8 scales)", what, prefix,
+              json_string_value(kv));
+        qc->kv_fp8 = 1;
+    }
     return ANVIL_OK;
 }
 
@@ -204,6 +215,44 @@ static anvil_status ct_strategy(const json_t *args, const char *px, const char *
         return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
                           "%s: %s.strategy \"%s\" is not supported (tensor, channel or group)", what, px, strategy);
     }
+    return ANVIL_OK;
+}
+
+/* compressed-tensors' kv_cache_scheme (llm-compressor's KV cache
+ * quantization): anvil's fp8 cache is fp8 e4m3 with one static scale per
+ * layer for k and one for v, so type float, 8 bits, strategy tensor,
+ * symmetric, not dynamic; anything else is another cache, refused by name. */
+static anvil_status parse_ct_kv(const json_t *q, const char *what, anvil_quant_config *qc)
+{
+    const char *px = "quantization_config.kv_cache_scheme";
+    const json_t *kv = json_object_get(q, "kv_cache_scheme");
+    if (!kv || json_is_null(kv))
+        return ANVIL_OK;
+    CHECK(json_is_object(kv), ANVIL_ERR_FORMAT, "%s: %s must be an object or null, got %s", what, px,
+          anvil_json_type_name(kv));
+    int64_t bits;
+    TRY(get_intish(kv, px, "num_bits", what, 8, &bits));
+    const char *type, *strategy;
+    TRY(anvil_json_get_string(kv, px, "type", what, "int", &type));
+    TRY(anvil_json_get_string(kv, px, "strategy", what, "tensor", &strategy));
+    const json_t *d = json_object_get(kv, "dynamic");
+    CHECK(!json_is_string(d), ANVIL_ERR_UNSUPPORTED,
+          "%s: %s.dynamic \"%s\" (KV scales computed at run time) is not supported (static scales only)", what, px,
+          json_string_value(d));
+    int dyn, sym;
+    TRY(anvil_json_get_bool(kv, px, "dynamic", what, 0, &dyn));
+    TRY(anvil_json_get_bool(kv, px, "symmetric", what, 1, &sym));
+    CHECK(strcmp(type, "float") == 0 && bits == 8, ANVIL_ERR_UNSUPPORTED,
+          "%s: %s: type %s with num_bits %lld is not supported (anvil's KV cache is fp8: type float, 8 bits)", what,
+          px, type, (long long)bits);
+    CHECK(strcmp(strategy, "tensor") == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: %s.strategy \"%s\" is not supported (one k and one v scale per layer: strategy tensor)", what, px,
+          strategy);
+    CHECK(!dyn, ANVIL_ERR_UNSUPPORTED,
+          "%s: %s.dynamic true (KV scales computed at run time) is not supported (static scales only)", what, px);
+    CHECK(sym, ANVIL_ERR_UNSUPPORTED, "%s: %s.symmetric false: a KV cache with zero points is not supported", what,
+          px);
+    qc->kv_fp8 = 1;
     return ANVIL_OK;
 }
 
@@ -342,7 +391,7 @@ static anvil_status parse_ct(const json_t *q, const char *what, anvil_quant_conf
         }
     }
     TRY(read_ignore(q, "quantization_config", "ignore", what, qc));
-    return ANVIL_OK;
+    return parse_ct_kv(q, what, qc);
 }
 
 /* -------------------------------------------------------------- awq, gptq */

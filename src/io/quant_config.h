@@ -76,6 +76,11 @@ typedef struct anvil_quant_config {
     int n_ignore;
     int ignore_substring; /* match entries as substrings (transformers' modules_to_not_convert) */
     int lm_head;          /* GPTQ "lm_head": true (the LM head is quantized too) */
+    /* the config declares an fp8 KV cache with static per-tensor scales
+     * per layer (ModelOpt kv_cache_quant_algo "FP8", compressed-tensors
+     * kv_cache_scheme float / 8 bits / tensor / static): the checkpoint
+     * must hold them (io/kv_scales.h) */
+    int kv_fp8;
 } anvil_quant_config;
 
 /* Longest checkpoint tensor name a description holds (incl. the NUL). */

@@ -25,8 +25,10 @@
 #include "builder/lm_head.h"
 #include "builder/build_plan.h"
 #include "builder/fuse_plan.h"
+#include "builder/kv_manifest.h"
 #include "builder/manifest.h"
 #include "io/engine_file.h"
+#include "io/kv_scales.h"
 #include "runtime/runtime_internal.h"
 #include "runtime/runtime_plan.h"
 
@@ -197,11 +199,23 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
  * bf16/f16 compute (its fp8 kernels convert to the compute dtype).
  */
 static anvil_status kv_cache_dtype_for(const anvil_model_config *cfg, const anvil_runtime_options *o, anvil_dtype wdt,
-                                       anvil_dtype act, anvil_dtype *out)
+                                       anvil_dtype act, int fp8_default, anvil_dtype *out)
 {
     anvil_dtype want;
     TRY(parse_kv_cache_dtype(o->kv_cache_dtype, &want));
     const int cuda = o->device != NULL && strncmp(o->device, "cuda", 4) == 0;
+    /* auto with a checkpoint that declares an fp8 KV cache (or an engine
+     * built for one): fp8, as TensorRT-LLM builds it, where the backend
+     * reads fp8 beside this compute dtype (cuda: bf16/f16) */
+    if (want == ANVIL_DTYPE_COUNT && fp8_default) {
+        if (!cuda || act == ANVIL_DTYPE_BF16 || act == ANVIL_DTYPE_F16)
+            want = ANVIL_DTYPE_F8_E4M3;
+        else
+            anvil_log(ANVIL_LOG_WARN,
+                      "the checkpoint declares an fp8 KV cache, but the cuda backend reads fp8 beside bf16/f16 "
+                      "compute only; the KV cache stays %s (--dtype bf16 for fp8)",
+                      anvil_dtype_name(act));
+    }
     if (cuda && want == ANVIL_DTYPE_F8_E4M3) {
         CHECK(act == ANVIL_DTYPE_BF16 || act == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
               "kv_cache_dtype fp8: the cuda backend reads an fp8 KV cache beside bf16/f16 compute, not %s; use "
@@ -805,11 +819,9 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     rt->v_cache = calloc((size_t)rt->n_kv_layers, sizeof *rt->v_cache);
     rt->free_blocks = malloc((size_t)rt->n_blocks * sizeof *rt->free_blocks);
     rt->block_used = calloc((size_t)rt->n_blocks, 1);
-    rt->kv_scales = malloc((size_t)rt->n_kv_layers * 2 * sizeof *rt->kv_scales);
-    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used && (rt->kv_scales || !rt->n_kv_layers),
-          ANVIL_ERR_OOM, "out of memory for the lists of %d KV blocks", rt->n_blocks);
-    for (int32_t i = 0; i < 2 * rt->n_kv_layers; i++)
-        rt->kv_scales[i] = 1.0f; /* vLLM's default where a checkpoint gives none */
+    CHECK(rt->k_cache && rt->v_cache && rt->free_blocks && rt->block_used, ANVIL_ERR_OOM,
+          "out of memory for the lists of %d KV blocks", rt->n_blocks);
+    CHECK(rt->kv_scales || !rt->n_kv_layers, ANVIL_ERR_INTERNAL, "the KV scales were not read at load");
     /* pop order 0, 1, 2, ...: blocks are handed out lowest first */
     for (int32_t i = 0; i < rt->n_blocks; i++)
         rt->free_blocks[i] = rt->n_blocks - 1 - i;
@@ -1049,6 +1061,44 @@ static anvil_status check_learned_positions(const anvil_runtime *rt)
     return ANVIL_OK;
 }
 
+/*
+ * Every KV layer's k_scale and v_scale, read while the checkpoint or engine
+ * is open (it is closed after the weights are copied): a folder's from its
+ * tensors (io/kv_scales.h), an engine's from its manifest
+ * (builder/kv_manifest.h); 1 where they give none, vLLM's default. The
+ * attention op of KV layer l is model layer l's (the models number their
+ * attention layers so), so layer l's tensors are model.layers.l's; on
+ * every rank of a tensor-parallel run the same, since scales are per
+ * tensor, not per head.
+ */
+static anvil_status load_kv_scales(anvil_runtime *rt, const char *model_dir)
+{
+    const int32_t n = anvil_network_kv_layers(rt->net);
+    rt->kv_scales = malloc(((size_t)n * 2 + 1) * sizeof *rt->kv_scales);
+    CHECK(rt->kv_scales != NULL, ANVIL_ERR_OOM, "out of memory");
+    for (int32_t i = 0; i < 2 * n; i++)
+        rt->kv_scales[i] = 1.0f;
+    if (rt->engine != NULL)
+        return anvil_manifest_read_kv(rt->engine, n, rt->kv_scales, &rt->kv_scales_given, &rt->kv_fp8_default);
+    rt->kv_fp8_default = rt->prequant.kv_fp8;
+    return anvil_kv_scales_read(rt->ckpt, rt->prequant.kv_fp8, model_dir, n, rt->kv_scales, &rt->kv_scales_given);
+}
+
+/* Says which scales the KV cache uses, or that an explicit cache dtype
+ * other than fp8 leaves the checkpoint's unused. */
+static void log_kv_scales(const anvil_runtime *rt)
+{
+    if (!rt->kv_scales_given)
+        return;
+    if (rt->kv_dtype == ANVIL_DTYPE_F8_E4M3)
+        anvil_log(ANVIL_LOG_INFO, "kv cache: fp8 with the model's k/v scales (layer 0: k_scale %g, v_scale %g)",
+                  (double)rt->kv_scales[0], (double)rt->kv_scales[1]);
+    else
+        anvil_log(ANVIL_LOG_INFO,
+                  "kv cache: %s; the model's fp8 k/v scales are not used (they apply to --kv-cache-dtype fp8)",
+                  anvil_dtype_name(rt->kv_dtype));
+}
+
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out)
 {
     *out = NULL;
@@ -1076,6 +1126,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         if (rt->prequant.format == ANVIL_QFORMAT_NONE)
             TRY_GOTO(check_checkpoint_names(rt), fail);
     }
+    TRY_GOTO(load_kv_scales(rt, model_dir), fail);
     /* activations and KV cache: the dtype the weights are converted to when
      * that is bf16/f16; with weights as stored, a bf16/f16 checkpoint
      * computes in its own dtype on cuda (vLLM's --dtype auto: f32 compute
@@ -1086,7 +1137,8 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     if (wdt == ANVIL_DTYPE_COUNT && rt->opts.device && strncmp(rt->opts.device, "cuda", 4) == 0 &&
         (rt->cfg.dtype == ANVIL_DTYPE_BF16 || rt->cfg.dtype == ANVIL_DTYPE_F16))
         act = rt->cfg.dtype;
-    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, wdt, act, &rt->kv_dtype), fail);
+    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, wdt, act, rt->kv_fp8_default, &rt->kv_dtype), fail);
+    log_kv_scales(rt);
     anvil_backend_config bc;
     anvil_backend_config_default(&bc);
     bc.n_threads = rt->opts.n_threads;
@@ -1173,7 +1225,7 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
         TRY_GOTO(anvil_rope_tables(&op->rope, op->head_dim, table, &n_tables, &long_after, &scale), done);
     }
     anvil_dtype kv_dt;
-    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, rt->opts.weight_dtype, act_dtype, &kv_dt), done);
+    TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, rt->opts.weight_dtype, act_dtype, 0, &kv_dt), done);
     kv_plan kp;
     TRY_GOTO(plan_kv(rt->cfg.n_kv_heads, rt->cfg.head_dim, &rt->opts, anvil_network_kv_layers(rt->net),
                      anvil_dtype_size(kv_dt), &kp),

@@ -1,6 +1,7 @@
-/* The calibration pass of an AWQ build (runtime_calib.h). */
+/* The calibration pass of a build: AWQ, KV cache scales (runtime_calib.h). */
 #include "runtime/runtime_calib.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -11,16 +12,38 @@
 #include "runtime/runtime_internal.h"
 
 typedef struct calib_pass {
-    anvil_awq *a;
+    anvil_awq *a;        /* NULL: no AWQ */
     int64_t first_token; /* the window's first token in the pass's stream */
+    float *kv_amax;      /* [2 * KV layers] or NULL */
+    int32_t *kv_slot;    /* [ops]: where op's value goes in kv_amax (an attention's k or v input), or -1 */
 } calib_pass;
 
-/* The runtime's op hook: a group's input, observed as it is computed. */
+/* The largest |x| of a value into *amax (a NaN as well: it fails the scale check later). */
+static void kv_observe(float *amax, const anvil_tensor *out)
+{
+    const float *x = out->data;
+    const int64_t n = out->shape[0] * out->shape[1];
+    float m = *amax;
+    for (int64_t i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        if (a > m || isnan(a))
+            m = a;
+    }
+    *amax = m;
+}
+
+/* The runtime's op hook: a group's input, or an attention's k or v,
+ * observed as it is computed. */
 static anvil_status observe(void *user, int32_t op, const anvil_tensor *out, const anvil_step *s)
 {
     (void)s;
     calib_pass *c = user;
-    if (!anvil_awq_wants(c->a, op))
+    if (c->kv_slot != NULL && c->kv_slot[op] >= 0) {
+        CHECK(out->dtype == ANVIL_DTYPE_F32 && out->n_dims == 2, ANVIL_ERR_INTERNAL,
+              "calibration: op %d's value is not f32 rows", op);
+        kv_observe(&c->kv_amax[c->kv_slot[op]], out);
+    }
+    if (c->a == NULL || !anvil_awq_wants(c->a, op))
         return ANVIL_OK;
     CHECK(out->dtype == ANVIL_DTYPE_F32 && out->n_dims == 2, ANVIL_ERR_INTERNAL,
           "calibration: op %d's value is not f32 rows", op);
@@ -75,7 +98,7 @@ anvil_status anvil_calib_run(const char *model_dir, const anvil_calib_options *o
     CHECK(o->max_tokens >= o->seq_len, ANVIL_ERR_INVALID_ARG,
           "calibration: %lld tokens (--calib-tokens) are fewer than one window of %d (--calib-seq-len)",
           (long long)o->max_tokens, o->seq_len);
-    int32_t *ids = NULL, *pos = NULL, *blocks = NULL;
+    int32_t *ids = NULL, *pos = NULL, *blocks = NULL, *kv_slot = NULL;
     int64_t n_ids = 0;
     int32_t bos = -1, n_blocks = 0, taken = 0;
     anvil_runtime *rt = NULL;
@@ -93,7 +116,8 @@ anvil_status anvil_calib_run(const char *model_dir, const anvil_calib_options *o
     info->n_windows = (int32_t)n_win;
     info->n_tokens = n_win * L;
     /* the sampled rows spread over the tokens that run */
-    a->stride = info->n_tokens > a->max_rows ? info->n_tokens / a->max_rows : 1;
+    if (a != NULL)
+        a->stride = info->n_tokens > a->max_rows ? info->n_tokens / a->max_rows : 1;
 
     anvil_runtime_options ro;
     anvil_runtime_options_default(&ro);
@@ -118,6 +142,25 @@ anvil_status anvil_calib_run(const char *model_dir, const anvil_calib_options *o
     TRY_GOTO(anvil_runtime_kv_alloc(rt, n_blocks, blocks), done);
     taken = 1;
     calib_pass c = {.a = a};
+    if (o->kv_amax != NULL) {
+        /* an attention's k input is its RoPE'd keys, v its values: what the cache stores */
+        CHECK_GOTO(o->n_kv_layers == rt->n_kv_layers, ANVIL_ERR_INTERNAL, done,
+                   "calibration: %d KV layers asked for, the model has %d", o->n_kv_layers, rt->n_kv_layers);
+        kv_slot = malloc((size_t)rt->n_ops * sizeof *kv_slot);
+        CHECK_GOTO(kv_slot != NULL, ANVIL_ERR_OOM, done, "out of memory");
+        for (int32_t i = 0; i < rt->n_ops; i++)
+            kv_slot[i] = -1;
+        for (int32_t i = 0; i < rt->n_ops; i++) {
+            const anvil_net_op *op = anvil_network_op(rt->net, i);
+            if (op->kind != ANVIL_OP_ATTENTION)
+                continue;
+            kv_slot[op->inputs[1]] = 2 * op->attn.layer;
+            kv_slot[op->inputs[2]] = 2 * op->attn.layer + 1;
+        }
+        memset(o->kv_amax, 0, (size_t)o->n_kv_layers * 2 * sizeof *o->kv_amax);
+        c.kv_amax = o->kv_amax;
+        c.kv_slot = kv_slot;
+    }
     rt->op_hook = observe;
     rt->op_hook_user = &c;
     for (int64_t w = 0; w < n_win; w++) {
@@ -145,5 +188,6 @@ done:
     free(ids);
     free(pos);
     free(blocks);
+    free(kv_slot);
     return st;
 }

@@ -73,9 +73,13 @@ struct anvil_runtime {
     int32_t max_blocks_per_seq;
     anvil_tensor *k_cache, *v_cache;
     /* [n_kv_layers * 2]: layer l's k_scale and v_scale at 2l and 2l + 1,
-     * what an fp8 cache holds k and v divided by (anvil_attention_args);
-     * 1 until checkpoints that carry their own scales are read */
+     * what an fp8 cache holds k and v divided by (anvil_attention_args):
+     * the checkpoint's or the engine's (read during load, load_kv_scales),
+     * else 1 (vLLM's default); set before the KV cache is allocated */
     float *kv_scales;
+    int kv_scales_given;      /* kv_scales came from the checkpoint or engine */
+    int kv_fp8_default;       /* the checkpoint declares an fp8 KV cache, or the engine was built
+                                 for one: kv_cache_dtype auto means fp8 */
     int32_t *free_blocks;     /* a stack of free block ids */
     int32_t n_free;
     unsigned char *block_used;
