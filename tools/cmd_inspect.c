@@ -439,6 +439,9 @@ int anvil_cmd_inspect(int argc, char **argv)
     json_object_set_new(r, "quantization", quant_summary(man, json_object_get(r, "weights")));
     json_object_set_new(r, "weight_bytes", json_integer((json_int_t)total));
     json_object_set_new(r, "file_bytes", json_integer((json_int_t)h->file_size));
+    const char *kv_dt = json_string_value(json_object_get(json_object_get(man, "kv_cache"), "dtype"));
+    if (a.rt.kv_cache_dtype == NULL && kv_dt != NULL && strcmp(kv_dt, "fp8") == 0)
+        a.rt.kv_cache_dtype = "fp8"; /* what auto runs for this engine */
     json_object_set_new(r, "memory", memory_json(&cfg, &a, total));
     if (a.verify && verify(f, r) != ANVIL_OK) {
         anvil_cli_report(TOOL ": %s", a.path);
