@@ -63,12 +63,13 @@ static double now_s(void)
 
 /* Polls req until it completes, fails or c->timeout_s passes. The first
  * polls spin (a decode step's collectives take microseconds); then the
- * rank sleeps between polls, 50 us doubling to 1 ms, so that a rank
- * waiting for a slow or idle peer leaves its core to the others. */
+ * rank naps 20 us between polls for its first second of waiting (a
+ * follower waiting for rank 0's next step must not start it a millisecond
+ * late), and 1 ms after that (an idle server's followers leave their
+ * cores to the others). */
 static anvil_status wait_done(anvil_comm *c, MPI_Request *req, MPI_Status *status, const char *what)
 {
     const double t0 = now_s();
-    long nap_ns = 50000;
     for (int polls = 0;; polls++) {
         int done = 0;
         const int rc = MPI_Test(req, &done, status ? status : MPI_STATUS_IGNORE);
@@ -76,17 +77,18 @@ static anvil_status wait_done(anvil_comm *c, MPI_Request *req, MPI_Status *statu
             return mpi_fail(rc, what);
         if (done)
             return ANVIL_OK;
-        if (polls < 2000)
-            continue;
-        if (c->timeout_s > 0 && now_s() - t0 > c->timeout_s)
+        /* the clock on every poll: with more ranks than cores MPI_Test
+         * yields the core, and 2,000 polls can take seconds */
+        const double waited = now_s() - t0;
+        if (c->timeout_s > 0 && waited > c->timeout_s)
             return ANVIL_FAIL(ANVIL_ERR_COMM,
                               "%s: no answer within %g s (a rank died, was stopped, or is not running the same "
                               "steps)",
                               what, c->timeout_s);
-        struct timespec nap = {0, nap_ns};
+        if (polls < 2000)
+            continue;
+        struct timespec nap = {0, waited < 1.0 ? 20000 : 1000000};
         nanosleep(&nap, NULL);
-        if (nap_ns < 1000000)
-            nap_ns *= 2;
     }
 }
 

@@ -190,7 +190,7 @@ def test_recovery_mode_health_reports_failed_rank():
     collective gets no answer, /health says why, rank 0 ends every rank."""
     s = Server(ranks=2, mpi_args=("--enable-recovery",), extra=("--comm-timeout", "2"))
     try:
-        c, r, t0 = stream_then_kill(s, 1)
+        c, r, _ = stream_then_kill(s, 1)
         body = r.read().decode()  # the stream ends with the step's error
         assert "no answer within 2 s" in body, body[-500:]
         status, text = request(s.port, "GET", "/health", timeout=5)
@@ -199,8 +199,9 @@ def test_recovery_mode_health_reports_failed_rank():
         assert h["status"] == "failed" and h["ranks"] == 2
         assert "rank 0 of 2" in h["reason"] and "no answer within 2 s" in h["reason"], h
         c.close()
-        assert s.wait(10) is not None, "rank 0 did not end the job"
-        assert time.time() - t0 < 10
+        # the deadline (2 s) and /health's grace (2 s), then MPI_Abort; the
+        # bound is for a hang, with room for a loaded CI machine
+        assert s.wait(30) is not None, "rank 0 did not end the job"
         err = s.stderr()
         assert "the ranks failed" in err and "ending every rank" in err, err
     finally:
