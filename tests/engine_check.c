@@ -31,6 +31,11 @@ static anvil_runtime *load(const char *path, const char *device, anvil_dtype dt,
     o.max_logit_rows = 512; /* every position's logits */
     o.kv_cache_tokens = 1024;
     o.max_seq_len = 1024;
+    /* no further than the model's positions go (GPT-2's learned table:
+     * a longer context is refused at load) */
+    anvil_model_config cfg;
+    if (anvil_model_config_load(path, &cfg) == ANVIL_OK && cfg.max_position_embeddings < o.max_seq_len)
+        o.max_seq_len = (int32_t)cfg.max_position_embeddings;
     o.weight_dtype = dt;
     o.use_mmap = mmap;
     anvil_runtime *rt = NULL;
