@@ -1,8 +1,9 @@
 /*
  * The CUDA moe op (cuda_moe.c / cuda_moe.cu) against the CPU's scalar
  * reference (anvil_cpu_ref_moe), in each activation dtype, with the grouped
- * launches (GEMV for at most 8 tokens, grouped GEMM above) and with the
- * loop over experts (knob moe_loop), at token counts on both sides of the
+ * launches (GEMV for at most 8 tokens, grouped GEMM above), with the loop
+ * over experts, and with the automatic choice (knob moe_loop 2, 1, 0), at
+ * token counts on both sides of the
  * GEMV bound, with and without a shared expert and renormalisation:
  *   f32:        max |cuda - ref| <= 2e-5 * max |ref|
  *   bf16, f16:  max |cuda - ref| <= 2e-2 * max |ref| (the expert rows are
@@ -251,11 +252,12 @@ static void test_moe_vs_reference(void **state)
             const moe_case *c = &cases[ci];
             host_moe h = host_new(c, acts[ai], &rng);
             float *want = reference(&h);
-            for (int loop = 0; loop < 2; loop++) {
+            for (int loop = 0; loop <= 2; loop++) { /* the knob: 0 automatic, 1 the loop, 2 grouped */
                 char what[200];
                 snprintf(what, sizeof what, "moe act=%s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s %s",
                          anvil_dtype_name(acts[ai]), (long long)c->T, (long long)c->H, c->E, c->k, (long long)c->I,
-                         (long long)c->Is, c->norm, anvil_dtype_name(c->wdt), loop ? "loop" : "grouped");
+                         (long long)c->Is, c->norm, anvil_dtype_name(c->wdt),
+                         loop == 0 ? "automatic" : loop == 1 ? "loop" : "grouped");
                 set_loop(be, loop);
                 dev_moe d = dev_new(be, &h);
                 anvil_moe_args a = dev_args(&d, c);
@@ -388,10 +390,10 @@ static int perf_main(void)
                             .top_k = k, .inter = I, .norm_topk_prob = 1, .scratch = scratch, .scratch_bytes = L.bytes};
         /* the experts this input routes to: read back the sort's counts */
         double ms[2] = {0, 0};
-        for (int loop = 0; loop < 2; loop++) {
+        for (int loop = 0; loop < 2; loop++) { /* ms[0] grouped (knob 2), ms[1] the loop (knob 1) */
             anvil_cuda_knobs kn;
             memset(&kn, 0, sizeof kn);
-            kn.moe_loop = loop;
+            kn.moe_loop = loop ? 1 : 2;
             anvil_cuda_set_knobs(be, &kn);
             for (int w = 0; w < 3; w++)
                 be->ops->moe(be, &a);

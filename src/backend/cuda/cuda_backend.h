@@ -36,8 +36,9 @@ typedef struct anvil_cuda_knobs {
     int32_t attn_splits;      /* > 0: this many splits in the decode kernel (capped by the context) */
     int matmul_no_epilogue;   /* 1: bias added by a separate kernel, not the cuBLASLt epilogue */
     int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
-    int moe_loop;             /* 1: the moe op's experts as a loop of matmuls over each expert's rows (the
-                                 reference for the grouped launches; not in step graphs); 0: grouped */
+    int moe_loop;             /* the moe op's experts: 1 a loop of matmuls over each expert's rows (the
+                                 reference for the grouped launches; not in step graphs); 2 the grouped
+                                 launches always; 0: grouped for <= 8 tokens and in step graphs, else the loop */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
     int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of

@@ -5,11 +5,15 @@
  * active experts for at most 8 tokens, a grouped GEMM otherwise), the
  * shared expert through the backend's own matmuls, and the combine.
  *
- * The knob moe_loop (cuda_backend.h) runs the experts instead as a loop of
- * the backend's matmul_silu_mul and matmul over each expert's gathered
- * rows: the reference the tests and the benchmark compare the grouped
- * launches with. It reads the expert counts back to the host, so it cannot
- * run inside a step graph (refused there).
+ * The loop: the experts as a loop of the backend's matmul_silu_mul and
+ * matmul over each expert's gathered rows, the reference the tests and the
+ * benchmark compare the grouped launches with. It reads the expert counts
+ * back to the host, so it cannot run inside a step graph. Which runs (the
+ * knob moe_loop, cuda_backend.h): 1 the loop, 2 the grouped launches, 0
+ * (the default) the grouped GEMV for at most 8 tokens and inside step
+ * graphs, the loop for more tokens elsewhere: on an H100 (session 26,
+ * docs/performance.md) the grouped SIMT GEMM was 6-14x slower than
+ * cuBLASLt per expert at 16 to 256 tokens, until it has tensor-core tiles.
  */
 #include "backend/cuda/cuda_internal.h"
 
@@ -75,7 +79,8 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
                                     a->norm_topk_prob, ids, topw));
     TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, T * k, E, offsets, active, tiles, order, row_of));
-    const int loop = cb->knobs.moe_loop == 1;
+    const int knob = cb->knobs.moe_loop;
+    const int loop = knob == 1 || (knob == 0 && T > 8 && !cb->capturing);
     if (loop) {
         TRY(moe_loop(be, cb, a, &L));
     } else {
