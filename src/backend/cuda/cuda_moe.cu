@@ -197,13 +197,17 @@ __global__ void anvil_moe_gemv_kernel(const TX *X, const TW *W, int64_t K, int64
     }
 }
 
-/* The same with 16-byte loads: eight elements a lane and step, a warp
- * streaming 256 consecutive elements of each weight row at a time (K a
- * multiple of 8, X and W 16-byte aligned: the launcher checks). */
+/* The same with 16-byte loads: each lane keeps MOE_GEMV_PIECES pieces of
+ * eight elements of each weight row in flight (a warp streams 256 x
+ * MOE_GEMV_PIECES consecutive elements of a row per step: decode lives on
+ * memory-level parallelism), then applies them to the expert's token rows.
+ * K a multiple of 8, X and W 16-byte aligned: the launcher checks. */
+#define MOE_GEMV_PIECES 4
 template <typename TX, typename TW, bool SILU>
-__global__ void anvil_moe_gemv_vec_kernel(const TX *X, const TW *W, int64_t K, int64_t N, int64_t w_stride_e,
-                                          int64_t up_off, int32_t k, int32_t E, const int32_t *offsets,
-                                          const int32_t *active, const int32_t *order, float *out)
+__global__ void anvil_moe_gemv_vec_kernel(const TX *__restrict__ X, const TW *__restrict__ W, int64_t K, int64_t N,
+                                          int64_t w_stride_e, int64_t up_off, int32_t k, int32_t E,
+                                          const int32_t *offsets, const int32_t *active, const int32_t *order,
+                                          float *out)
 {
     const int32_t slot = blockIdx.y;
     if (slot >= active[E])
@@ -226,24 +230,35 @@ __global__ void anvil_moe_gemv_vec_kernel(const TX *X, const TW *W, int64_t K, i
 #pragma unroll
     for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
         ag[i] = au[i] = 0.0f;
-#pragma unroll 2
-    for (int64_t c = (int64_t)lane * 8; c < K; c += 256) {
-        float g[8], u[8];
-        anvil_load_vec<TW, 8>(wg + c, g);
-        if constexpr (SILU)
-            anvil_load_vec<TW, 8>(wu + c, u);
+    for (int64_t c0 = (int64_t)lane * 8; c0 < K; c0 += 256 * MOE_GEMV_PIECES) {
+        float g[MOE_GEMV_PIECES][8], u[MOE_GEMV_PIECES][8];
 #pragma unroll
-        for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
-            if (i < rows) {
-                float xv[8];
-                anvil_load_vec<TX, 8>(xr[i] + c, xv);
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    ag[i] += g[q] * xv[q];
-                    if constexpr (SILU)
-                        au[i] += u[q] * xv[q];
-                }
+        for (int p = 0; p < MOE_GEMV_PIECES; p++) {
+            const int64_t c = c0 + (int64_t)p * 256;
+            if (c < K) {
+                anvil_load_vec<TW, 8>(wg + c, g[p]);
+                if constexpr (SILU)
+                    anvil_load_vec<TW, 8>(wu + c, u[p]);
             }
+        }
+#pragma unroll
+        for (int p = 0; p < MOE_GEMV_PIECES; p++) {
+            const int64_t c = c0 + (int64_t)p * 256;
+            if (c >= K)
+                break;
+#pragma unroll
+            for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
+                if (i < rows) {
+                    float xv[8];
+                    anvil_load_vec<TX, 8>(xr[i] + c, xv);
+#pragma unroll
+                    for (int q = 0; q < 8; q++) {
+                        ag[i] += g[p][q] * xv[q];
+                        if constexpr (SILU)
+                            au[i] += u[p][q] * xv[q];
+                    }
+                }
+        }
     }
 #pragma unroll
     for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
