@@ -460,16 +460,17 @@ static int anvil_cuda_perf_main(void)
     perf_matmul_quant(be, "q4 T=2048 4096->14336 (dequant)", ANVIL_DTYPE_U4, 128, ANVIL_QUANT_ACT_NONE, 0, 2048,
                       4096, 14336);
     {
-        /* the quantized GEMVs per Llama-3-8B shape: tensor cores (cuda_gemv_mma_quant.cu, the automatic
-         * choice up to 8 rows) against the SIMT kernel (knob matmul_quant = 3: cuda_gemv_quant.cu, W8A8
+        /* the quantized GEMVs per Llama-3-8B shape: tensor cores (knob matmul_quant = 4:
+         * cuda_gemv_mma_quant.cu at every row count; the automatic choice from 3 rows of int4, 4 of
+         * int8, 1 of fp8 W8A8) against the SIMT kernel (knob matmul_quant = 3: cuda_gemv_quant.cu, W8A8
          * with its preparation launch); GB/s over the weight's bytes and the copy ceiling above */
         static const int64_t shp[5][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 128256}};
-        static const int64_t rows[3] = {1, 4, 8};
+        static const int64_t rows[5] = {1, 2, 3, 4, 8};
         for (int kind = 0; kind < 2; kind++) {
-            anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 0 : 3};
+            anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 4 : 3};
             anvil_cuda_set_knobs(be, &kq);
             for (int sc = 0; sc < 3; sc++)
-                for (int ri = 0; ri < 3; ri++)
+                for (int ri = 0; ri < 5; ri++)
                     for (int i = 0; i < 5; i++) {
                         if (rows[ri] > 1 && i != 2) /* more rows: one shape */
                             continue;

@@ -9,9 +9,10 @@
  * scheme allows, and layouts the GEMV does not take) x T in {1, 2, 3, 4, 5,
  * 8, 17, 64} x activations f32 / bf16 / f16, each through every path (the
  * automatic choice, with the GEMVs ruled out, the slow dequantizing path
- * pinned by the knob matmul_quant = 1, and where the tensor-core GEMV runs:
- * the SIMT GEMV instead (matmul_quant = 3) and the tensor-core one with 2
- * and 4 tiles a block), against the exact definition of the canonical
+ * pinned by the knob matmul_quant = 1, and where the tensor-core GEMV takes
+ * the weight: the SIMT GEMV (matmul_quant = 3) and the tensor-core one
+ * (matmul_quant = 4: also at the 1-3 rows the automatic choice gives the
+ * SIMT GEMV) with 1, 2 and 4 tiles a block), against the exact definition of the canonical
  * form: out = x' W^T in double, W[n][k] = fl((v - z) * s) and x' the CPU's
  * prepared activations (perm; for W8A8 each row rounded to fp8 exactly as
  * the CPU rounds it: anvil_cpu_quant_prep_row), which is
@@ -374,6 +375,14 @@ static void reference(const hweight *h, const qcase *c, const float *x, int64_t 
 /* Whether the tensor-core GEMV takes case c at T rows (its automatic path;
  * the device is sm_89+ for fp8, as the CI's GPUs are: an older one runs the
  * other paths, whose reference is the float one for int too, and fails). */
+/* Whether the automatic choice runs the tensor-core GEMV where it takes
+ * the weight: int4 from 3 rows, int8 from 4, fp8 W8A8 always
+ * (cuda_matmul_quant.c's MMA_MIN_ROWS_*, from the first H100 run). */
+static int mma_auto(const qcase *c, int64_t T)
+{
+    return c->dt == ANVIL_DTYPE_F8_E4M3 || T >= (c->dt == ANVIL_DTYPE_U4 ? 3 : 4);
+}
+
 static int mma_takes(const qcase *c, int64_t T)
 {
     const int64_t gs = c->group > 0 ? c->group : c->K;
@@ -483,13 +492,14 @@ static float *rand_x(uint64_t *rng, int64_t T, int64_t K, anvil_dtype dt)
 
 /* The paths each case runs: 0 automatic, 1 no GEMV (matmul_gemv = 2), 2
  * the dequantizing path (matmul_quant = 1), 3 the SIMT GEMV where the
- * tensor-core one would run (matmul_quant = 3), 4 and 5 automatic with 2
- * and 4 tiles a block of the tensor-core GEMV. */
-#define N_PATHS 6
+ * tensor-core one would run (matmul_quant = 3), 4, 5 and 6 the tensor-core
+ * GEMV at every row count it takes (matmul_quant = 4) with 1, 2 and 4 tiles
+ * a block. */
+#define N_PATHS 7
 static const char *path_name(int p)
 {
-    static const char *names[N_PATHS] = {"auto", "no gemv", "dequantize", "simt gemv", "auto tiles 2",
-                                         "auto tiles 4"};
+    static const char *names[N_PATHS] = {"auto", "no gemv", "dequantize", "simt gemv", "mma", "mma tiles 2",
+                                         "mma tiles 4"};
     return names[p];
 }
 
@@ -525,8 +535,9 @@ static void test_matmul_quant(void **state)
                 for (int p = 0; p < N_PATHS; p++) {
                     if (p >= 3 && !mma)
                         continue; /* the same path as auto */
-                    set_knobs_tiles(g, p == 2 ? 1 : p == 3 ? 3 : 0, p == 1 ? 2 : 0, p == 4 ? 2 : p == 5 ? 4 : 0);
-                    const int on_mma = mma && (p == 0 || p >= 4);
+                    set_knobs_tiles(g, p == 2 ? 1 : p == 3 ? 3 : p >= 4 ? 4 : 0, p == 1 ? 2 : 0,
+                                    p == 5 ? 2 : p == 6 ? 4 : 0);
+                    const int on_mma = mma && ((p == 0 && mma_auto(c, T)) || p >= 4);
                     char name[160];
                     snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld act=%s path=%s", c->name, (long long)c->N,
                              (long long)c->K, (long long)T, anvil_dtype_name(act), path_name(p));
@@ -578,7 +589,10 @@ static void test_fused_quant(void **state)
         {"k", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
         {"v", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
     };
-    const int64_t Ts[3] = {1, 5, 9}; /* the tensor-core GEMV (1, 5), the SIMT one (9) */
+    /* automatic: int4 / int8 on the SIMT GEMV at 1 (int8 also at 3), on the tensor-core one at
+     * 5 (int4 also at 3), fp8 W8A8 on the tensor-core one; 9 past it; under matmul_quant = 4
+     * every scheme on the tensor-core GEMV at 1, 3 and 5 */
+    const int64_t Ts[4] = {1, 3, 5, 9};
     for (int si = 0; si < 3; si++) {
         const anvil_dtype wdt = si == 0 ? ANVIL_DTYPE_U4 : si == 1 ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_F8_E4M3;
         hweight h[3];
@@ -592,8 +606,9 @@ static void test_fused_quant(void **state)
             make_weight(&f->rng, &c, &h[i]);
             upload_weight(g, &h[i], &c, &d[i]);
         }
-        for (int ti = 0; ti < 3; ti++) {
-            const int64_t T = Ts[ti], K = 256;
+        for (int ti = 0; ti < 8; ti++) {
+            set_knobs(g, ti >= 4 ? 4 : 0, 0);
+            const int64_t T = Ts[ti % 4], K = 256;
             float *x = rand_x(&f->rng, T, K, act);
             void *xd = dev_put_floats(g, x, T * K, act);
             anvil_tensor xt = anvil_tensor_2d(act, T, K, xd);
@@ -635,6 +650,7 @@ static void test_fused_quant(void **state)
             g->ops->free(g, xd);
             free(x);
         }
+        set_knobs(g, 0, 0);
         for (int i = 0; i < 3; i++) {
             free_dweight(g, &d[i]);
             free_weight(&h[i]);
@@ -662,7 +678,7 @@ static void test_quant_errors(void **state)
     /* a bad perm entry: reported at the next synchronize, then cleared (the
      * tensor-core GEMV, the dequantizing path, the SIMT GEMV) */
     for (int p = 0; p < 3; p++) {
-        set_knobs(g, p == 2 ? 3 : p, 0);
+        set_knobs(g, p == 0 ? 4 : p == 2 ? 3 : p, 0);
         OK_OR_FAIL(g->ops->matmul(g, &xt, &d.t, NULL, &ot), "matmul with a bad perm");
         assert_status_msg(g->ops->synchronize(g), ANVIL_ERR_INVALID_ARG, "perm");
         OK_OR_FAIL(g->ops->synchronize(g), "after the bad perm");

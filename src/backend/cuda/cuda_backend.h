@@ -51,7 +51,9 @@ typedef struct anvil_cuda_knobs {
                                  plain GEMM, always (the slow reference path); 2 never cuBLASLt's FP8 GEMM
                                  (the GEMV, or 1); 3 the SIMT quantized GEMV (cuda_gemv_quant.cu) where the
                                  tensor-core one would run (fp8 W8A8 activations then prepared by their own
-                                 kernel, int8/int4 weight-only in f32); 0: automatic */
+                                 kernel, int8/int4 weight-only in f32); 4 the tensor-core one at every row
+                                 count it takes (automatic: from 3 rows of int4, 4 of int8; tests,
+                                 benchmarks); 0: automatic */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
                                  (fewer quantizations of x, another order of the f32 sums); else 1 */
 } anvil_cuda_knobs;

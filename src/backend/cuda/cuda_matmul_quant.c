@@ -8,7 +8,27 @@
  *     x' rounded to int8 per block of 32 as the CPU's int path does, and
  *     fp8 W8A8 per channel (sm_89+) with x' rounded to fp8 per row; x'
  *     (perm, rounding) made inside the launch. The matmuls of one x (q/k/v,
- *     gate/up with the silu) as one launch.
+ *     gate/up with the silu) as one launch. From MMA_MIN_ROWS_* rows on
+ *     (below: path 1, where it takes the weight), by the first H100 run
+ *     (d1eb847, docs/performance.md; ms, Llama-3-8B gate 4096->14336):
+ *
+ *                      1 row   4 rows  8 rows   1 row, the five 8B shapes
+ *        int4 g128 mma   0.0351  0.0420  0.0574    790-1167 GB/s
+ *                  simt  0.0218  0.0661  0.1322   1052-1609 (faster on each)
+ *        int8      mma   0.0372  0.0493  0.0661   1379-1921
+ *                  simt  0.0252  0.0510  0.1011   1899-2772 (faster on each)
+ *        fp8 W8A8  mma   0.0406  0.1053  0.1847   1241-1917 (faster on each)
+ *                  simt  0.0467  0.1327  0.2599    841-1774 (with its prep)
+ *
+ *     The SIMT GEMV's time grows about linearly with the rows (0.0218 ->
+ *     0.0661 int4 at 4), the mma's slowly; interpolated, int4 crosses
+ *     between 2 and 3 rows (simt ~0.036 / ~0.051 at 2 / 3, mma ~0.037 /
+ *     ~0.040), int8 between 3 and 4 (simt ~0.042 at 3, mma ~0.045; equal
+ *     at 4). So int4 from 3 rows, int8 from 4; fp8 W8A8 from 1 (the SIMT
+ *     GEMV with the W8A8 preparation is slower at every measured shape and
+ *     row count; the W8A16 SIMT GEMV's 2618 GB/s is another arithmetic,
+ *     x' not rounded to fp8). The knob matmul_quant = 4 takes path 0 at
+ *     every row count it takes (the tests, the benchmarks).
  *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
  *     16 of int8 and fp8 weight-only, 4 of W8A8 (16 where there is no FP8
  *     GEMM), four rows a pass, each pass reading the weight once; fp8,
@@ -31,8 +51,9 @@
  * the activation dtype for path 3, into codes and row scales for path 2.
  *
  * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or path 0
- * (3), so that tests compare the fast paths with the slow one and the two
- * GEMVs; matmul_gemv = 2 rules out paths 0 and 1, as it does for plain
+ * (3), or takes path 0 below its rows too (4), so that tests compare the
+ * fast paths with the slow one and the two GEMVs; matmul_gemv = 2 rules
+ * out paths 0 and 1, as it does for plain
  * weights. Path 0 changes the int8/int4 arithmetic (activations rounded to
  * int8: the CPU's definition), so a decode step of up to 8 rows and a
  * prefill of more rows (path 1 or 3, activations in floating point) differ
@@ -50,6 +71,12 @@
 #define GEMV_ROWS_INT8 16
 #define GEMV_ROWS_FP8 4
 
+/* Fewest rows path 0 takes by default (the table at the top): below, the
+ * SIMT GEMV is faster on an H100. */
+#define MMA_MIN_ROWS_INT4 3
+#define MMA_MIN_ROWS_INT8 4
+#define MMA_MIN_ROWS_FP8 1
+
 static size_t round256(size_t b) { return (b + 255) / 256 * 256; }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
@@ -61,7 +88,7 @@ static int fp8_gemm_ok(const anvil_cuda_backend *cb, const anvil_tensor *w)
     const anvil_quant *q = w->quant;
     const anvil_dtype dt = cb->ops.act_dtype;
     return w->dtype == ANVIL_DTYPE_F8_E4M3 && q->act != ANVIL_QUANT_ACT_NONE && q->group == 0 && cb->sm >= 89 &&
-           cb->knobs.matmul_quant == 0 && !cb->knobs.matmul_simt &&
+           (cb->knobs.matmul_quant == 0 || cb->knobs.matmul_quant == 4) && !cb->knobs.matmul_simt &&
            (dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16) && w->shape[1] % 16 == 0 && w->shape[0] % 16 == 0 &&
            aligned16(w->data) && aligned16(q->scales);
 }
@@ -79,6 +106,24 @@ static int mma_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, co
 {
     return cb->knobs.matmul_quant != 1 && cb->knobs.matmul_quant != 3 && cb->knobs.matmul_gemv != 2 &&
            !cb->knobs.matmul_simt && anvil_cuda_gemv_mma_quant_ok(qw, (int)q->act, cb->sm, x, cb->ops.act_dtype, T);
+}
+
+/* Whether path 0 is the first choice for T rows of this weight (where it
+ * takes it): from MMA_MIN_ROWS_* on, or always under matmul_quant = 4. */
+static int mma_first(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, int64_t T)
+{
+    const int64_t min_rows = qw->dt == ANVIL_DTYPE_U4   ? MMA_MIN_ROWS_INT4
+                             : qw->dt == ANVIL_DTYPE_I8 ? MMA_MIN_ROWS_INT8
+                                                        : MMA_MIN_ROWS_FP8;
+    return cb->knobs.matmul_quant == 4 || T >= min_rows;
+}
+
+/* Whether path 1 takes this weight for T rows of x into out. */
+static int simt_ok(const anvil_cuda_backend *cb, const anvil_tensor *w, const anvil_cuda_qweight *qw, const void *x,
+                   const void *out, int64_t T)
+{
+    return cb->knobs.matmul_quant != 1 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
+           T <= gemv_rows(cb, w) && anvil_cuda_gemv_quant_ok(qw, x, cb->ops.act_dtype, out);
 }
 
 /* Path 0's call for n parts of one x (their biases and outputs set by the caller). */
@@ -158,15 +203,15 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
     const void *bp = bias ? bias->data : NULL;
     const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
 
-    if (mma_ok(cb, &qw, q, x->data, T)) {
+    const int simt = simt_ok(cb, w, &qw, x->data, out->data, T);
+    if (mma_ok(cb, &qw, q, x->data, T) && (mma_first(cb, &qw, T) || !simt)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
         c.bias_dt[0] = bdt;
         c.out[0] = out->data;
         return anvil_cuda_launch_gemv_mma_quant(&c);
     }
-    if (cb->knobs.matmul_quant != 1 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt && T <= gemv_rows(cb, w) &&
-        anvil_cuda_gemv_quant_ok(&qw, x->data, dt, out->data)) {
+    if (simt) {
         const void *xp = x->data;
         anvil_dtype xdt = dt;
         if (prep) {
@@ -223,7 +268,8 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     const void *bp[ANVIL_MATMUL_MULTI_MAX];
     anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
-    int mma = n <= 4; /* path 0 takes every part */
+    int mma = n <= 4;  /* path 0 takes every part */
+    int simt = 1;      /* path 1 takes every part */
     for (int i = 0; i < n; i++) {
         const anvil_quant *q = w[i]->quant;
         /* one layout, one preparation of x */
@@ -239,9 +285,11 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         bdt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
         op[i] = out[i]->data;
         mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
+        simt = simt && simt_ok(cb, w[i], &qw[i], x->data, op[i], T);
     }
     TRY(anvil_cuda_use(cb));
-    if (mma) {
+    /* one dtype for every part: mma_first says the same for each */
+    if (mma && (mma_first(cb, &qw[0], T) || !simt)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
         for (int i = 0; i < n; i++) {
@@ -253,9 +301,8 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         *done = 1;
         return ANVIL_OK;
     }
-    for (int i = 0; i < n; i++)
-        if (T > gemv_rows(cb, w[i]) || !anvil_cuda_gemv_quant_ok(&qw[i], x->data, dt, out[i]->data))
-            return ANVIL_OK;
+    if (!simt)
+        return ANVIL_OK;
     const void *xp = x->data;
     anvil_dtype xdt = dt;
     if (q0->perm != NULL || q0->act != ANVIL_QUANT_ACT_NONE) {
