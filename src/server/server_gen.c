@@ -809,9 +809,8 @@ static void on_final(srv_sub *sub, const anvil_result *r, uint64_t version)
             g->wire->error(g, r->error[0] ? r->error : "the request failed");
             j->error_sent = 1;
         } else if (r->finish == ANVIL_REQUEST_ERROR && !j->error_sent) {
-            json_t *e = json_object();
-            json_object_set_new(e, "error", srv_error_json(r->error, "server_error", NULL, NULL));
-            sse(g, e);
+            /* srv_error_json is the whole {"error": {...}} object */
+            sse(g, srv_error_json(r->error, "server_error", NULL, NULL));
             j->error_sent = 1;
         } else if (r->finish == ANVIL_REQUEST_CANCELLED) {
             for (int32_t i = 0; i < g->n; i++)

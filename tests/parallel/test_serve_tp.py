@@ -191,8 +191,10 @@ def test_recovery_mode_health_reports_failed_rank():
     s = Server(ranks=2, mpi_args=("--enable-recovery",), extra=("--comm-timeout", "2"))
     try:
         c, r, _ = stream_then_kill(s, 1)
-        body = r.read().decode()  # the stream ends with the step's error
-        assert "no answer within 2 s" in body, body[-500:]
+        body = r.read().decode()  # the stream ends with the step's error, in OpenAI's shape
+        chunks = [json.loads(line[6:]) for line in body.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        assert "no answer within 2 s" in chunks[-1]["error"]["message"], body[-500:]
         status, text = request(s.port, "GET", "/health", timeout=5)
         assert status == 503, text
         h = json.loads(text)
