@@ -16,6 +16,10 @@
  * mmas together the dot over the step's 64 columns. Integers stand for
  * the codes (fp8's products are exact, so the mapping is all that can go
  * wrong). The lanes' load offsets must tile the row's bytes exactly once.
+ * Then whole int8/int4 matmuls in the pre-quantized fixtures' layouts (no
+ * zero points, varying ones, a perm, small K and N, q/k/v and gate/up as
+ * one launch) through that mapping, against the CPU's int path: see
+ * test_int_path_fixture_layouts.
  */
 #include <math.h>
 #include <stdlib.h>

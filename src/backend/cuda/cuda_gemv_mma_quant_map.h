@@ -1,7 +1,7 @@
 /*
  * The fragment mapping of the tensor-core quantized GEMV
  * (cuda_gemv_mma_quant.cu), in plain C so that the kernel and a CPU test
- * (tests/cuda/test_cuda_quant_map.c) run the same code: which k of a
+ * (tests/backend/test_cuda_quant_map.c) run the same code: which k of a
  * 64-column step each byte of a lane's mma fragments holds.
  *
  * mma.sync.aligned.m16n8k32 (s8/u8 with s32 accumulators, e4m3 with f32),
