@@ -79,7 +79,7 @@ void cli_tp_end(const char *cmd, anvil_comm *comm, int runtime_loaded)
 void cli_tp_kv_tokens(anvil_runtime_options *ro, const char *dir)
 {
     anvil_model_config cfg;
-    if (ro->kv_cache_tokens != 0 || ro->kv_cache_fraction != 0 || anvil_model_config_load(dir, &cfg) != ANVIL_OK)
+    if (ro->kv_cache_tokens != 0 || ro->kv_cache_fraction != 0 || anvil_model_config_load_path(dir, &cfg) != ANVIL_OK)
         return;
     const int64_t ctx = ro->max_seq_len > 0 ? ro->max_seq_len : cfg.max_position_embeddings;
     ro->kv_cache_tokens = ctx < INT64_MAX / 32 ? 32 * ctx : INT64_MAX;

@@ -87,6 +87,7 @@ static void bench_usage(FILE *out)
 {
     fprintf(out,
             "usage: anvil bench --model DIR [--dataset FILE | synthetic options] [options]\n"
+            "       anvil bench --config FILE --random-weights [--weight-seed N] [options]\n"
             "\n"
             "Measures requests/s, tokens/s, time to first token and inter-token latency of the executor.\n"
             "Ctrl-C stops it and reports the requests completed so far (marked partial), exit 130.\n"
@@ -107,7 +108,7 @@ static void bench_usage(FILE *out)
             "The request flags: the synthetic requests' (temperature 0 unless given; request i samples with\n"
             "seed S+i, and S also seeds the dataset and the arrivals), and the defaults of --dataset lines\n");
     request_flags_help(out, RF_BENCH);
-    fprintf(out, "\n" CLI_TP_HELP EXEC_CLI_HELP "  -h, --help                  this help\n");
+    fprintf(out, "\n" CLI_TP_HELP EXEC_CLI_HELP EXEC_CLI_RANDOM_HELP "  -h, --help                  this help\n");
 }
 
 static int parse_range(const char *s, const char *flag, range *r)
@@ -221,10 +222,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         fprintf(stderr, TOOL ": unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->model == NULL) {
-        fprintf(stderr, TOOL ": --model DIR is required (see anvil bench --help)\n");
+    if (exec_cli_random_resolve(&a->eo.random, &a->eo.rt, &a->model, TOOL) != 0)
         return 2;
-    }
     if (a->response_format && strcmp(a->response_format, "text") == 0)
         a->response_format = NULL;
     if (a->json_schema && a->response_format) {

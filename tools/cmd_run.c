@@ -37,6 +37,7 @@ typedef struct run_args {
     int refit_after_set;
     int32_t tp;                /* --tp N: ranks of mpirun (0: not given) */
     double comm_timeout;       /* --comm-timeout S (< 0: not given) */
+    exec_cli_random random;    /* --config FILE --random-weights: no model file */
     anvil_runtime_options rt;
 } run_args;
 
@@ -44,6 +45,7 @@ static void run_usage(FILE *out)
 {
     fprintf(out,
             "usage: anvil run --model DIR (--prompt TEXT | --prompt-ids IDS) [options]\n"
+            "       anvil run --config FILE --random-weights --prompt-ids IDS [--weight-seed N] [options]\n"
             "\n"
             "Generates a continuation of one prompt and streams it to stdout. Ctrl-C stops it: the text so\n"
             "far stays (--json prints it with \"finish_reason\": \"cancelled\"), exit 130.\n"
@@ -77,6 +79,7 @@ static void run_usage(FILE *out)
             "      --max-seq-len N         context length (default: the model's)\n"
             "      --kv-cache-dtype DT     auto (default), f32, bf16, f16 or fp8 (e4m3, a scale per layer)\n"
             "      --mmap                  map the weights instead of reading them into memory\n"
+            EXEC_CLI_RANDOM_HELP
             CLI_TP_HELP
             "  -h, --help                  this help\n");
 }
@@ -97,6 +100,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"tp", required_argument, 0, OPT_TP},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
+        EXEC_CLI_RANDOM_LONGOPTS,
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -113,6 +117,11 @@ static int parse_args(int argc, char **argv, run_args *a)
     int c;
     long v;
     while ((c = exec_cli_parser_next(&p)) != -1) {
+        const int r = exec_cli_random_option(&a->random, &a->rt, c, optarg, "anvil run");
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
@@ -169,10 +178,8 @@ static int parse_args(int argc, char **argv, run_args *a)
         fprintf(stderr, "anvil run: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->model == NULL) {
-        fprintf(stderr, "anvil run: --model DIR is required (see anvil run --help)\n");
+    if (exec_cli_random_resolve(&a->random, &a->rt, &a->model, "anvil run") != 0)
         return 2;
-    }
     if ((a->prompt == NULL) == (a->prompt_ids == NULL)) {
         fprintf(stderr, "anvil run: give exactly one of --prompt TEXT or --prompt-ids IDS\n");
         return 2;
@@ -345,7 +352,8 @@ int anvil_cmd_run(int argc, char **argv)
     int32_t *prompt = NULL, *out = NULL, n_prompt = 0, n_out = 0;
     char *chat_text = NULL, *text = NULL;
 
-    if (exec_cli_model_check(a.model, "anvil run", NULL) != 0)
+    if (a.rt.random_weights ? exec_cli_config_check(a.model, "anvil run", NULL)
+                            : exec_cli_model_check(a.model, "anvil run", NULL))
         goto done;
     int have_tokenizer = anvil_tokenizer_available(a.model);
     if (have_tokenizer && anvil_tokenizer_load(a.model, &tok) != ANVIL_OK) {
@@ -354,7 +362,11 @@ int anvil_cmd_run(int argc, char **argv)
     }
     if (a.prompt) {
         if (tok == NULL) {
-            fprintf(stderr, "anvil run: %s has no tokenizer.json: give the prompt as --prompt-ids IDS\n", a.model);
+            if (a.rt.random_weights)
+                fprintf(stderr, "anvil run: random weights come without a tokenizer (%s has none): give the prompt "
+                                "as --prompt-ids IDS\n", a.model);
+            else
+                fprintf(stderr, "anvil run: %s has no tokenizer.json: give the prompt as --prompt-ids IDS\n", a.model);
             goto done;
         }
         const char *ptext = a.prompt;

@@ -121,10 +121,74 @@ int exec_cli_kv_dtype(const char *arg, const char **out, const char *tool)
     return 0;
 }
 
+int exec_cli_random_option(exec_cli_random *r, anvil_runtime_options *ro, int opt, const char *arg,
+                           const char *tool)
+{
+    long v;
+    switch (opt) {
+    case EXEC_OPT_CONFIG:
+        r->config = arg;
+        return 1;
+    case EXEC_OPT_RANDOM:
+        r->random = 1;
+        return 1;
+    case EXEC_OPT_WEIGHT_SEED:
+        /* anvil build's --seed range: the same seed gives the same engine's values */
+        if (exec_cli_int(arg, "--weight-seed", 0, 0x7fffffffL, &v, tool))
+            return -1;
+        ro->seed = (uint64_t)v;
+        r->seed_set = 1;
+        return 1;
+    case EXEC_OPT_QUANTIZE:
+        if (anvil_quantize_parse(arg, &ro->quantize) != 0) {
+            fprintf(stderr, "%s: --quantize expects none, fp8, int8-wo or int4-wo, got '%s'\n", tool, arg);
+            return -1;
+        }
+        r->quantize_set = 1;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int exec_cli_random_resolve(const exec_cli_random *r, anvil_runtime_options *ro, const char **model,
+                            const char *tool)
+{
+    if (!r->random) {
+        if (r->config != NULL || r->seed_set || r->quantize_set) {
+            fprintf(stderr, "%s: %s goes with --random-weights (a model folder or engine is --model DIR)\n", tool,
+                    r->config ? "--config" : r->seed_set ? "--weight-seed" : "--quantize");
+            return -1;
+        }
+        if (*model == NULL) {
+            fprintf(stderr, "%s: --model DIR is required (or --config FILE --random-weights; see %s --help)\n", tool,
+                    tool);
+            return -1;
+        }
+        return 0;
+    }
+    if (r->config == NULL) {
+        fprintf(stderr, "%s: --random-weights needs --config FILE (an HF config.json: the shape to make)\n", tool);
+        return -1;
+    }
+    if (*model != NULL) {
+        fprintf(stderr, "%s: --random-weights takes the shape from --config FILE, not --model (give one)\n", tool);
+        return -1;
+    }
+    *model = r->config;
+    ro->random_weights = 1;
+    if (!r->seed_set)
+        ro->seed = 1; /* anvil build's default */
+    return 0;
+}
+
 int exec_cli_option(exec_cli_opts *o, int opt, const char *arg, const char *tool)
 {
     long v;
     double d;
+    const int r = exec_cli_random_option(&o->random, &o->rt, opt, arg, tool);
+    if (r != 0)
+        return r;
     switch (opt) {
     case EXEC_OPT_DEVICE:
         o->rt.device = arg;
@@ -235,6 +299,16 @@ int exec_cli_model_check(const char *path, const char *tool, anvil_model_config 
     return 0;
 }
 
+int exec_cli_config_check(const char *path, const char *tool, anvil_model_config *cfg)
+{
+    anvil_model_config c;
+    if (anvil_model_config_load_path(path, cfg ? cfg : &c) != ANVIL_OK) {
+        anvil_cli_report("%s: --config", tool);
+        return -1;
+    }
+    return 0;
+}
+
 int exec_cli_gpu_sizes(const exec_cli_opts *o, anvil_runtime_options *ro, int kv)
 {
     if (ro->device == NULL || strncmp(ro->device, "cuda", 4) != 0)
@@ -260,8 +334,10 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
     *rt = NULL;
     *tok = NULL;
     *ex = NULL;
-    if (exec_cli_model_check(model_dir, tool, NULL) != 0)
+    const int random = o->rt.random_weights;
+    if (random ? exec_cli_config_check(model_dir, tool, NULL) : exec_cli_model_check(model_dir, tool, NULL))
         return -1;
+    /* a --config folder may hold a tokenizer; a config file has none (prompts as ids) */
     if (anvil_tokenizer_available(model_dir) && anvil_tokenizer_load(model_dir, tok) != ANVIL_OK) {
         anvil_cli_report("%s", tool);
         return -1;
@@ -271,7 +347,8 @@ int exec_cli_load(exec_cli_opts *o, const char *model_dir, const char *tool, anv
     if (!cuda && !o->kv_set) {
         /* room for many sequences in flight, without taking the machine */
         anvil_model_config cfg;
-        if (anvil_model_config_load(model_dir, &cfg) == ANVIL_OK) {
+        if ((random ? anvil_model_config_load_path(model_dir, &cfg) : anvil_model_config_load(model_dir, &cfg)) ==
+            ANVIL_OK) {
             /* bounded by the config's limits; an overflow would only raise the cap */
             int64_t ctx = ro.max_seq_len > 0 ? ro.max_seq_len : cfg.max_position_embeddings;
             ro.kv_cache_tokens = ctx <= INT64_MAX / 32 ? 32 * ctx : INT64_MAX;

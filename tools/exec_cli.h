@@ -37,7 +37,51 @@ enum {
     EXEC_OPT_NO_OVERLAP,
     EXEC_OPT_OVERLAP,
     EXEC_OPT_GRAMMAR_THREADS,
+    EXEC_OPT_CONFIG,
+    EXEC_OPT_RANDOM,
+    EXEC_OPT_WEIGHT_SEED,
+    EXEC_OPT_QUANTIZE,
 };
+
+/* A model with random weights and no file (anvil_runtime_options.random_weights):
+ * --config FILE --random-weights [--weight-seed N] [--quantize S]; anvil run's
+ * own table takes the same entries. */
+#define EXEC_CLI_RANDOM_LONGOPTS                                                           \
+    {"config", required_argument, 0, EXEC_OPT_CONFIG},                                     \
+        {"random-weights", no_argument, 0, EXEC_OPT_RANDOM},                               \
+        {"weight-seed", required_argument, 0, EXEC_OPT_WEIGHT_SEED},                       \
+        {"quantize", required_argument, 0, EXEC_OPT_QUANTIZE}
+
+#define EXEC_CLI_RANDOM_HELP                                                                              \
+    "      --config FILE           with --random-weights: an HF config.json (any file name, or a folder\n" \
+    "                              holding one) instead of --model\n"                                   \
+    "      --random-weights        random weights made as they load (anvil build --random-weights'\n"   \
+    "                              values), no file read or written: benchmarks at a real shape; no\n"  \
+    "                              tokenizer (prompts as ids)\n"                                         \
+    "      --weight-seed N         the random weights' seed (default 1, anvil build's --seed)\n"        \
+    "      --quantize S            with --random-weights: fp8, int8-wo or int4-wo (RTN, as anvil build\n" \
+    "                              --quantize)\n"
+
+/* What the random-weight flags gave (see EXEC_CLI_RANDOM_LONGOPTS). */
+typedef struct exec_cli_random {
+    const char *config; /* --config FILE */
+    int random;         /* --random-weights */
+    int seed_set;       /* --weight-seed given */
+    int quantize_set;   /* --quantize given */
+} exec_cli_random;
+
+/* Handles a random-weight flag into r and ro. 1: handled; 0: not one of
+ * them; -1: a bad value (reported). */
+int exec_cli_random_option(exec_cli_random *r, anvil_runtime_options *ro, int opt, const char *arg,
+                           const char *tool);
+
+/* After the flags: the model the command loads. With --random-weights,
+ * *model becomes the --config path (and ro->random_weights is set);
+ * otherwise *model (--model) must be given. -1 (reported; exit 2) for
+ * --random-weights without --config or with --model, --config without
+ * --random-weights, --weight-seed or --quantize without it, or no model. */
+int exec_cli_random_resolve(const exec_cli_random *r, anvil_runtime_options *ro, const char **model,
+                            const char *tool);
 
 /* The shared entries of a getopt_long table. */
 #define EXEC_CLI_LONGOPTS                                                                  \
@@ -57,7 +101,8 @@ enum {
         {"overlap", no_argument, 0, EXEC_OPT_OVERLAP},                                     \
         {"grammar-threads", required_argument, 0, EXEC_OPT_GRAMMAR_THREADS},               \
         {"dtype", required_argument, 0, EXEC_OPT_DTYPE},                                   \
-        {"mmap", no_argument, 0, EXEC_OPT_MMAP}
+        {"mmap", no_argument, 0, EXEC_OPT_MMAP},                                           \
+        EXEC_CLI_RANDOM_LONGOPTS
 
 /* Help text for the shared options. */
 #define EXEC_CLI_HELP                                                                                     \
@@ -93,6 +138,7 @@ typedef struct exec_cli_opts {
     int kv_set;                 /* --kv-cache-tokens or --kv-cache-fraction given */
     int batch_set;              /* --max-batch-size given */
     int tokens_set;             /* --max-num-tokens given */
+    exec_cli_random random;     /* --config, --random-weights, --weight-seed, --quantize */
 } exec_cli_opts;
 
 void exec_cli_opts_default(exec_cli_opts *o);
@@ -164,6 +210,11 @@ int exec_cli_double(const char *s, const char *flag, double min, double max, dou
  * config into cfg (may be NULL). 0 ok; -1 reported on stderr.
  */
 int exec_cli_model_check(const char *path, const char *tool, anvil_model_config *cfg);
+
+/* The same for random weights' --config: anything that holds a config (a
+ * config.json of any name, a folder, an engine), read into cfg (may be
+ * NULL). 0 ok; -1 reported on stderr. */
+int exec_cli_config_check(const char *path, const char *tool, anvil_model_config *cfg);
 
 /* On a cuda device (ro->device), the sizes that use the GPU where the flags
  * did not set them: 512 sequences and 8192 tokens a step, and (kv) a KV

@@ -80,7 +80,7 @@ static void batch_usage(FILE *out)
                  "\n"
                  "The request flags: defaults for the lines that omit the field of the same name\n");
     request_flags_help(out, RF_BATCH);
-    fprintf(out, "\n" EXEC_CLI_HELP "  -h, --help                  this help\n");
+    fprintf(out, "\n" EXEC_CLI_HELP EXEC_CLI_RANDOM_HELP "  -h, --help                  this help\n");
 }
 
 static int parse_args(int argc, char **argv, batch_args *a)
@@ -115,10 +115,8 @@ static int parse_args(int argc, char **argv, batch_args *a)
         fprintf(stderr, TOOL ": unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->model == NULL) {
-        fprintf(stderr, TOOL ": --model DIR is required (see anvil run --input FILE --help)\n");
+    if (exec_cli_random_resolve(&a->eo.random, &a->eo.rt, &a->model, TOOL) != 0)
         return 2;
-    }
     if ((a->input != NULL) + (a->prompt != NULL) + (a->prompt_ids != NULL) != 1) {
         fprintf(stderr, TOOL ": give exactly one of --input, --prompt, --prompt-ids\n");
         return 2;

@@ -158,6 +158,12 @@ anvil_status anvil_model_config_load(const char *dir, anvil_model_config *out);
 /* The same from config.json text already in memory (generation defaults unset). */
 anvil_status anvil_model_config_parse(const char *json_text, anvil_model_config *out);
 
+/* The config that path names: a model folder or an engine file
+ * (anvil_model_config_load), or else a config.json file of any name (its
+ * text alone, generation defaults unset): what --config FILE takes with
+ * random weights. */
+anvil_status anvil_model_config_load_path(const char *path, anvil_model_config *out);
+
 /*
  * Checks a config made some other way (by hand, or edited after a load)
  * against the same bounds and rules the parser applies: ANVIL_OK, or the

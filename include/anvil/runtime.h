@@ -109,15 +109,44 @@ typedef struct anvil_runtime_options {
      * sends each step, with its KV block copies, to the other ranks, which
      * run them inside anvil_runtime_follow. */
     int comm_lead;
+    /* With comm: its ranks form this many pipeline stages (docs/parallel.md)
+     * of size / pipeline_stages tensor-parallel ranks each, stage-major:
+     * rank r is TP rank r % T of stage r / T (T = size / stages), so rank 0
+     * runs the embedding and receives the logits. Each stage holds its
+     * layers' weights and KV cache; the last stage sends the logits to the
+     * first stage, whose ranks (and the last stage's) return them (forward,
+     * the sampled and greedy ids: a stage between leaves those as they
+     * are). The load splits comm (anvil_comm_split, under its timeout) into
+     * the stage's ranks and the chain of stages, kept by the runtime. 0 or
+     * 1 (default): one stage. */
+    int32_t pipeline_stages;
+    /* Random weights, no checkpoint (benchmarks at a real shape with no
+     * file to hold the weights): 1: model_dir names a config alone (a
+     * config.json of any name, or a folder holding one; its safetensors,
+     * if any, are not read) and every weight is anvil build
+     * --random-weights' value for the same config, weight dtype and seed,
+     * made chunk by chunk as the load copies it to the backend, so host
+     * memory holds the load's chunk buffers, never the model (on a GPU).
+     * weight_dtype ANVIL_DTYPE_COUNT: the config's torch_dtype, as the
+     * build takes it. quantize / quant_group: the build's --quantize (RTN)
+     * of the same random weights; only with random_weights (a folder is
+     * quantized by anvil build). With comm, each rank's shard is random of
+     * its own (not a cut of one rank's model). 0 (default): off. */
+    int random_weights;
+    uint64_t seed;
+    anvil_quantize quantize;
+    int32_t quant_group;
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);
 
 /*
- * Loads a Hugging Face model folder (config.json, *.safetensors) onto the
- * device of opts (NULL: defaults). Errors name what is wrong: an unsupported
- * architecture, a missing tensor, a tensor whose shape disagrees with the
- * config, a malformed file. *out is NULL on failure.
+ * Loads a Hugging Face model folder (config.json, *.safetensors) or an
+ * engine file onto the device of opts (NULL: defaults); with
+ * opts->random_weights, a config with random weights. Errors name what is
+ * wrong: an unsupported architecture, a missing tensor, a tensor whose
+ * shape disagrees with the config, a malformed file. *out is NULL on
+ * failure.
  */
 anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_options *opts, anvil_runtime **out);
 

@@ -122,6 +122,7 @@ void anvil_runtime_free(anvil_runtime *rt)
     anvil_quant_config_free(&rt->prequant);
     anvil_engine_file_close(rt->engine);
     anvil_network_free(rt->net);
+    anvil_rt_pp_free(rt); /* after the release above, which speaks over opts.comm */
     free(rt);
 }
 
@@ -186,6 +187,15 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
           (long long)(INT32_MAX - 1) * o->kv_block_size, o->kv_block_size);
     anvil_dtype kv;
     TRY(parse_kv_cache_dtype(o->kv_cache_dtype, &kv));
+    CHECK(o->quantize >= ANVIL_QUANTIZE_NONE && o->quantize < ANVIL_QUANTIZE_COUNT, ANVIL_ERR_INVALID_ARG,
+          "unknown quantization %d", (int)o->quantize);
+    CHECK(o->quantize == ANVIL_QUANTIZE_NONE || o->random_weights, ANVIL_ERR_INVALID_ARG,
+          "quantizing at load (--quantize %s) goes with random weights: a model folder is quantized by anvil build "
+          "--quantize",
+          anvil_quantize_name(o->quantize));
+    CHECK(o->quant_group == 0 || (o->quantize == ANVIL_QUANTIZE_INT4_WO && o->quant_group > 0), ANVIL_ERR_INVALID_ARG,
+          "a group size (%d) goes with int4-wo quantization only (fp8 and int8-wo scale whole rows)",
+          (int)o->quant_group);
     return ANVIL_OK;
 }
 
@@ -331,7 +341,8 @@ static anvil_status check_finite(const anvil_runtime *rt, int32_t s, const void 
 }
 
 /* Bytes [off, off + len) of stored tensor s: prepared from the checkpoint
- * by the builder, or read from the engine file. */
+ * by the builder (with none, random_weights: the plan's seed's values, as
+ * anvil build --random-weights writes them), or read from the engine file. */
 static anvil_status stored_fill(anvil_runtime *rt, int32_t s, size_t off, void *dst, size_t len,
                                 anvil_build_scratch *scratch)
 {
@@ -345,6 +356,8 @@ static const void *stored_in_place(const anvil_runtime *rt, int32_t s)
 {
     if (rt->engine != NULL)
         return anvil_engine_file_tensor(rt->engine, s)->data;
+    if (rt->ckpt == NULL) /* random weights: made, never mapped */
+        return NULL;
     const anvil_st_tensor *plain = anvil_build_plain_source(rt->plan, rt->net, rt->ckpt, s);
     return plain ? plain->data : NULL;
 }
@@ -410,7 +423,8 @@ static void *load_thread(void *arg)
     const int me = atomic_fetch_add(&wl->threads, 1); /* lanes 2 me and 2 me + 1 */
     void *buf[2] = {NULL, NULL};
     anvil_build_scratch *scratch = NULL;
-    anvil_status st = rt->ckpt ? anvil_build_scratch_create(&scratch) : ANVIL_OK;
+    /* the builder's fills (a checkpoint's, or random weights) need one */
+    anvil_status st = rt->engine == NULL ? anvil_build_scratch_create(&scratch) : ANVIL_OK;
     for (int b = 0; b < 2 && st == ANVIL_OK && !host; b++) {
         if (lanes)
             st = be->ops->host_alloc(be, ANVIL_BUILD_CHUNK, &buf[b]);
@@ -550,17 +564,19 @@ static void adapt_fusion(anvil_runtime *rt)
     }
 }
 
-/* The build plan (made for this backend and options from a checkpoint, or
- * an engine's), then every stored tensor placed and the views made. */
+/* The build plan (made for this backend and options from a checkpoint or
+ * for random weights, or an engine's), then every stored tensor placed and
+ * the views made. */
 static anvil_status load_weights(anvil_runtime *rt)
 {
     if (rt->engine == NULL) {
         const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
         const anvil_plan_options bo = {
             .weight_dtype = rt->opts.weight_dtype, .caps = &caps, .no_fusion = rt->opts.no_fusion,
-            .prequant = &rt->prequant,
+            .prequant = &rt->prequant, .quantize = rt->opts.quantize, .quant_group = rt->opts.quant_group,
         };
         TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
+        rt->plan->seed = rt->opts.seed; /* what random weights are made from (no checkpoint) */
     } else {
         adapt_fusion(rt);
     }
@@ -1080,6 +1096,8 @@ static anvil_status load_kv_scales(anvil_runtime *rt, const char *model_dir)
         rt->kv_scales[i] = 1.0f;
     if (rt->engine != NULL)
         return anvil_manifest_read_kv(rt->engine, n, rt->kv_scales, &rt->kv_scales_given, &rt->kv_fp8_default);
+    if (rt->ckpt == NULL) /* random weights: no scales */
+        return ANVIL_OK;
     rt->kv_fp8_default = rt->prequant.kv_fp8;
     return anvil_kv_scales_read(rt->ckpt, rt->prequant.kv_fp8, model_dir, n, rt->kv_scales, &rt->kv_scales_given);
 }
@@ -1106,8 +1124,12 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     anvil_runtime *rt = calloc(1, sizeof *rt);
     CHECK(rt != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st;
-    const int engine = anvil_engine_file_is_engine(model_dir);
-    TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
+    const int random = opts != NULL && opts->random_weights;
+    const int engine = !random && anvil_engine_file_is_engine(model_dir);
+    if (random) /* a config alone: a file of any name, a folder or an engine's */
+        TRY_GOTO(anvil_model_config_load_path(model_dir, &rt->cfg), fail);
+    else
+        TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
     TRY_GOTO(check_learned_positions(rt), fail);
@@ -1119,6 +1141,18 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
         TRY_GOTO(anvil_lm_head_untie_as_engine(rt->engine, rt->net), fail);
         TRY_GOTO(anvil_manifest_read_plan(rt->engine, rt->net, &rt->plan), fail);
         TRY_GOTO(engine_weight_dtype(rt, &wdt), fail);
+    } else if (random) {
+        /* the dtype anvil build --random-weights stores: the config's
+         * unless one is asked for (the plan converts the values to it) */
+        if (wdt == ANVIL_DTYPE_COUNT)
+            wdt = rt->cfg.dtype;
+        CHECK_GOTO(wdt == ANVIL_DTYPE_F32 || wdt == ANVIL_DTYPE_BF16 || wdt == ANVIL_DTYPE_F16, ANVIL_ERR_UNSUPPORTED,
+                   fail, "random weights in %s are not supported (f32, bf16 or f16)", anvil_dtype_name(wdt));
+        rt->opts.weight_dtype = wdt;
+        anvil_log(ANVIL_LOG_INFO, "random weights (seed %llu, %s%s%s): no checkpoint is read",
+                  (unsigned long long)rt->opts.seed, anvil_dtype_name(wdt),
+                  rt->opts.quantize != ANVIL_QUANTIZE_NONE ? ", quantized " : "",
+                  rt->opts.quantize != ANVIL_QUANTIZE_NONE ? anvil_quantize_name(rt->opts.quantize) : "");
     } else {
         TRY_GOTO(anvil_checkpoint_open_ex(model_dir, access, &rt->ckpt), fail);
         TRY_GOTO(anvil_quant_config_load(model_dir, &rt->prequant), fail);
@@ -1443,6 +1477,10 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
     case ANVIL_OP_ALL_REDUCE:
     case ANVIL_OP_ALL_GATHER:
         return anvil_rt_tp_collective(rt, op, &a, &out);
+    case ANVIL_OP_SEND:
+        return anvil_rt_pp_transfer(rt, op, &a, &out);
+    case ANVIL_OP_RECV:
+        return anvil_rt_pp_transfer(rt, op, NULL, &out);
     case ANVIL_OP_MOE: {
         CHECK(ops->moe != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no moe op", ops->name);
         const anvil_moe_params *p = &op->moe;
@@ -1572,7 +1610,7 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
             TRY(rt->op_hook(rt->op_hook_user, i, &out, s));
         }
     }
-    if (ids_dev != NULL && s->n_logits > 0) {
+    if (ids_dev != NULL && s->n_logits > 0 && rt->has_logits) { /* (a stage between has none) */
         anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));
         if (rt->step_sample != NULL)
             TRY(rt->be->ops->sample_rows(rt->be, &lg, rt->step_sample, NULL, ids_dev));
@@ -1652,7 +1690,7 @@ anvil_status anvil_rt_forward_logits(anvil_runtime *rt, const anvil_batch *batch
     anvil_step s;
     TRY(prepare_step(rt, batch, &s));
     TRY(anvil_rt_run_step(rt, &s, NULL));
-    if (s.n_logits == 0)
+    if (s.n_logits == 0 || !rt->has_logits) /* a pipeline stage between the first and the last */
         return rt->be->ops->synchronize(rt->be);
     const anvil_value outv = anvil_network_output(rt->net);
     const void *src = rt->buffers[rt->value_buffer[outv]];
@@ -1696,7 +1734,7 @@ anvil_status anvil_runtime_forward_greedy(anvil_runtime *rt, const anvil_batch *
     anvil_step s;
     TRY(prepare_step(rt, batch, &s));
     TRY(anvil_rt_run_step(rt, &s, rt->ids_dev));
-    if (s.n_logits == 0)
+    if (s.n_logits == 0 || !rt->has_logits)
         return be->ops->synchronize(be);
     return be->ops->download(be, next_ids, rt->ids_dev, (size_t)s.n_logits * sizeof(int32_t));
 }
