@@ -70,7 +70,7 @@ static void usage(FILE *out)
             "                              a signal during the start's loads cancels them; a second\n"
             "                              signal, or a shutdown 30 s past this, exits at once\n" CLI_TP_HELP
             "                              (--tp: one --model; /health names the ranks, 503 once one\n"
-            "                              failed; the repository API is refused)\n" EXEC_CLI_HELP
+            "                              failed; the repository API is refused)\n" EXEC_CLI_HELP EXEC_CLI_RANDOM_HELP
             "  -h, --help                  this help\n\n"
             "Model names (NAME, repository folders) are 1 to 128 of A-Z a-z 0-9 . _ -, not starting\n"
             "with '.', without '..'.\n");
@@ -380,6 +380,18 @@ int anvil_cmd_serve(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "%s: unexpected argument '%s'\n", tool, argv[optind]);
         return 2;
+    }
+    if (eo.random.random || eo.random.config || eo.random.seed_set || eo.random.quantize_set) {
+        /* --config FILE --random-weights: the one model, served as FILE's name */
+        const char *m = NULL;
+        if (eo.random.random && (n_models > 0 || so.model_repo != NULL)) {
+            fprintf(stderr, "%s: --random-weights serves the one model of --config FILE (no --model or --model-repo)\n",
+                    tool);
+            return 2;
+        }
+        if (exec_cli_random_resolve(&eo.random, &eo.rt, &m, tool) != 0)
+            return 2;
+        models[n_models++] = m;
     }
     if (n_models == 0 && so.model_repo == NULL) {
         fprintf(stderr, "%s: --model or --model-repo is required\n\n", tool);

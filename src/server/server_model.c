@@ -2,6 +2,7 @@
  * srv_model_release), loading one from a folder, freeing one. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -143,7 +144,10 @@ anvil_status srv_model_load_dir(struct anvil_server *s, const char *name, const 
         anvil_tokenizer_free(tok);
         return st;
     }
-    return srv_model_new(s, name, dir, s->template_src, rt, tok, ex, out);
+    /* random weights from a config file: no folder to hold a chat template */
+    struct stat sb;
+    const int config_file = ro.random_weights && !(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode));
+    return srv_model_new(s, name, config_file ? NULL : dir, s->template_src, rt, tok, ex, out);
 }
 
 void srv_model_free(srv_model *m)
