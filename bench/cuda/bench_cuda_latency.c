@@ -2,9 +2,10 @@
  * bench_cuda_latency: static-batch latency of the runtime on a CUDA GPU,
  * against the device's own ceilings measured in the same run.
  *
- *   bench_cuda_latency [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR]
- *                      [--cases B:P:N,...] [--graphs on|off|both] [--fusion MODE,...]
- *                      [--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head] [--json FILE]
+ *   bench_cuda_latency [--models llama-8b,llama-1b,mixtral-8x7b] [--model DIR] [--scratch DIR]
+ *                      [--source engine|random] [--cases B:P:N,...] [--graphs on|off|both]
+ *                      [--fusion MODE,...] [--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head]
+ *                      [--json FILE]
  *
  * A case B:P:N is a batch of B sequences with P-token prompts (random
  * ids) generating N tokens each, greedily (anvil_runtime_forward_greedy:
@@ -29,6 +30,12 @@
  *           matmul + attention FLOPs / TPOT vs the GEMM rate;
  *   prefill 2 x matmul params x prompt tokens (LM head: one row per
  *           sequence) + causal attention FLOPs, / TTFT, vs the GEMM rate.
+ * For a mixture of experts a step reads only the experts its tokens
+ * select, and a token computes with its top-k only: the decode bytes count
+ * of each MoE layer's E experts the expected number of distinct ones that
+ * B tokens pick under uniform routing, E (1 - (1 - k/E)^B) (B = 1: k; an
+ * estimate, printed as such, not the router's count; random weights route
+ * about uniformly), and the FLOPs count k experts a token (+ the router).
  *
  * --quantize takes a list of schemes, each a random-weight engine of its
  * own built as `anvil build --quantize` builds it (the builder's
@@ -39,12 +46,20 @@
  * --quantize-lm-head; its engines are named *-lmhead.engine).
  *
  * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
- * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256) and
+ * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256),
  * Llama-3.2-1B's (hidden 2048, 16 layers, 32/8 heads of 64, intermediate
- * 8192, tied): random-weight engines built into the work folder on first
- * use by the builder (anvil_build_engine, random_weights; default
- * /dev/shm/anvil-bench: memory, so 16 GB write and read fast); or any model
- * folder or engine with --model.
+ * 8192, tied) and Mixtral-8x7B's (MixtralForCausalLM: hidden 4096, 32
+ * layers, 32/8 heads, 8 experts of 14336, top-2, vocab 32000, rope_theta
+ * 1e6; 93 GB in bf16: an H200's memory, not an H100's); or any model
+ * folder or engine with --model. --source engine (the default for the
+ * Llama shapes): random-weight engines built into the work folder on first
+ * use by the builder (anvil_build_engine, random_weights; --scratch DIR,
+ * default bench-scratch/ beside this binary) and loaded; --source random
+ * (always for mixtral-8x7b, whose engine no disk or /dev/shm of a GPU
+ * machine holds): no engine, the runtime makes the same random weights as
+ * it loads them (anvil_runtime_options.random_weights, seed 0x5eed as the
+ * engines'), only the config is written to the work folder. The load line
+ * prints the process's peak host memory (VmHWM) so far.
  * --graphs off runs without step graphs; --pdl off without programmatic
  * dependent launch (runtime option no_pdl). --fusion takes a list of
  * modes, each run in turn: on (the default fused ops), off (every op of
@@ -89,6 +104,16 @@ static const char *llama_1b_config =
     " \"original_max_position_embeddings\": 8192}, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\",\n"
     " \"bos_token_id\": 128000, \"eos_token_id\": 128001}\n";
 
+/* 93 GB of bf16 weights: loaded from the random source (--source random),
+ * never an engine (docs/engine.md "Random weights without a file"). */
+static const char *mixtral_8x7b_config =
+    "{\"architectures\": [\"MixtralForCausalLM\"], \"model_type\": \"mixtral\", \"hidden_size\": 4096,\n"
+    " \"intermediate_size\": 14336, \"num_hidden_layers\": 32, \"num_attention_heads\": 32,\n"
+    " \"num_key_value_heads\": 8, \"num_local_experts\": 8, \"num_experts_per_tok\": 2, \"vocab_size\": 32000,\n"
+    " \"max_position_embeddings\": 32768, \"rms_norm_eps\": 1e-05, \"rope_theta\": 1000000.0,\n"
+    " \"sliding_window\": null, \"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\",\n"
+    " \"bos_token_id\": 1, \"eos_token_id\": 2}\n";
+
 #define PREFILL_CHUNK 2048
 #define MAX_CASES 16
 
@@ -107,6 +132,34 @@ static int cmp_double(const void *a, const void *b)
 
 /* ------------------------------------------------------------ random model */
 
+/* The config of a named shape as workdir/NAME-config.json (path). */
+static int write_config(const char *workdir, const char *name, const char *config, char *path, size_t cap)
+{
+    mkdir(workdir, 0755);
+    snprintf(path, cap, "%s/%s-config.json", workdir, name);
+    FILE *f = fopen(path, "wb");
+    const int ok = f != NULL && fputs(config, f) >= 0;
+    if (f == NULL || fclose(f) != 0 || !ok) {
+        fprintf(stderr, "error: cannot write %s\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* The process's peak resident memory (VmHWM) in bytes; 0 if unknown. */
+static double peak_host_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = 0;
+    while (f != NULL && fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0)
+            kb = strtod(line + 6, NULL);
+    if (f != NULL)
+        fclose(f);
+    return kb * 1024.0;
+}
+
 /* A random-weight engine of the config (the builder's, as `anvil build
  * --config FILE --random-weights` makes it), written once into workdir
  * (--scratch DIR; default bench-scratch/ beside this binary). */
@@ -120,14 +173,9 @@ static int ensure_model(const char *workdir, const char *name, const char *confi
         snprintf(path, cap, "%s/%s-%s%s.engine", workdir, name, anvil_quantize_name(quant), lm_head ? "-lmhead" : "");
     if (anvil_file_exists(path))
         return 0;
-    mkdir(workdir, 0755);
     char cfg_path[4200];
-    snprintf(cfg_path, sizeof cfg_path, "%s/%s-config.json", workdir, name);
-    FILE *f = fopen(cfg_path, "wb");
-    if (f == NULL || fputs(config, f) < 0 || fclose(f) != 0) {
-        fprintf(stderr, "error: cannot write %s\n", cfg_path);
+    if (write_config(workdir, name, config, cfg_path, sizeof cfg_path) != 0)
         return -1;
-    }
     fprintf(stderr, "building a random-weight %s-shaped engine %s ...\n", name, path);
     double t0 = now_s();
     anvil_build_options bo;
@@ -291,19 +339,67 @@ typedef struct bench_case {
 typedef struct case_result {
     double ttft_s, tpot_s, tok_s;
     double decode_bytes, decode_flops, prefill_flops;
+    double experts_read; /* MoE: the expected distinct experts a decode step reads per layer (0: dense) */
 } case_result;
 
-/* FLOPs of the matmuls for `rows` token rows (without the LM head) and of the LM head per row. */
-static void matmul_params(const anvil_model_config *c, double *body, double *head)
+/* What the fractions count of a model's matmuls. */
+typedef struct shape_counts {
+    double body;          /* params a token computes with, less the LM head (MoE: its top-k experts + router) */
+    double head;          /* the LM head's */
+    double expert_params; /* every routed expert's, over the MoE layers; 0: dense */
+    int32_t n_experts, top_k;
+} shape_counts;
+
+/* Whether layer l's MLP is the experts (src/models/moe.c's rule). */
+static int moe_layer(const anvil_model_config *c, int64_t l)
+{
+    if (c->n_experts <= 0 || c->decoder_sparse_step <= 0)
+        return 0;
+    const int dense = (int)((c->mlp_only_layers[l / 64] >> (l % 64)) & 1);
+    return !dense && (l + 1) % c->decoder_sparse_step == 0;
+}
+
+static void count_params(const anvil_model_config *c, shape_counts *sc)
 {
     const double h = (double)c->hidden_size, qd = (double)(c->n_heads * c->head_dim),
                  kvd = (double)(c->n_kv_heads * c->head_dim), in = (double)c->intermediate_size;
-    *body = (double)c->n_layers * (h * qd + 2 * h * kvd + qd * h + 3 * h * in);
-    *head = (double)c->vocab_size * h;
+    const double attn = h * qd + 2 * h * kvd + qd * h;
+    memset(sc, 0, sizeof *sc);
+    sc->n_experts = c->n_experts;
+    sc->top_k = c->n_experts_per_tok;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        if (!moe_layer(c, l)) {
+            sc->body += attn + 3 * h * in;
+            continue;
+        }
+        const double ie = c->moe_intermediate_size > 0 ? (double)c->moe_intermediate_size : in;
+        const double is = (double)c->shared_expert_intermediate_size;
+        sc->body += attn + (double)c->n_experts_per_tok * 3 * h * ie + h * (double)c->n_experts +
+                    (is > 0 ? 3 * h * is + h : 0);
+        sc->expert_params += (double)c->n_experts * 3 * h * ie;
+    }
+    sc->head = (double)c->vocab_size * h;
 }
 
-/* Runs case k: prefill then n_decode decode steps; *res when measured. */
-static int run_case(anvil_runtime *rt, const bench_case *bc, int32_t n_decode, case_result *res)
+/* Bytes a routed expert's weight element takes as stored: bf16 2; fp8 and
+ * int8 1 (a scale a row of K elements, below 0.1%, left out); int4 half
+ * a byte, + an f32 scale and a u8 zero point a group of 128. */
+static double expert_elem_bytes(anvil_quantize q)
+{
+    return q == ANVIL_QUANTIZE_NONE ? 2.0 : q == ANVIL_QUANTIZE_INT4_WO ? 0.5 + 5.0 / 128 : 1.0;
+}
+
+/* The expected distinct experts of E that B tokens pick, k distinct each,
+ * under uniform routing: E (1 - (1 - k/E)^B). */
+static double expected_experts(int32_t E, int32_t k, int32_t B)
+{
+    return E > 0 ? (double)E * (1.0 - pow(1.0 - (double)k / (double)E, (double)B)) : 0;
+}
+
+/* Runs case k: prefill then n_decode decode steps; *res when measured
+ * (quant: the routed experts' storage, for their bytes). */
+static int run_case(anvil_runtime *rt, const bench_case *bc, int32_t n_decode, anvil_quantize quant,
+                    case_result *res)
 {
     const anvil_model_config *cfg = anvil_runtime_config(rt);
     const int32_t B = bc->batch, P = bc->input, bs = anvil_runtime_kv_block_size(rt);
@@ -373,8 +469,9 @@ static int run_case(anvil_runtime *rt, const bench_case *bc, int32_t n_decode, c
     }
     const double tdec = now_s() - t1;
     if (res) {
-        double body, head;
-        matmul_params(cfg, &body, &head);
+        shape_counts sc;
+        count_params(cfg, &sc);
+        const double body = sc.body, head = sc.head;
         const double kv_row = 2.0 * (double)(cfg->n_kv_heads * cfg->head_dim) * 2 * (double)cfg->n_layers;
         const double mean_ctx = P + 1 + (n_decode - 1) / 2.0;
         const double attn_per_key = 4.0 * (double)(cfg->n_heads * cfg->head_dim) * (double)cfg->n_layers;
@@ -382,7 +479,12 @@ static int run_case(anvil_runtime *rt, const bench_case *bc, int32_t n_decode, c
         res->ttft_s = ttft;
         res->tpot_s = n_decode > 0 ? tdec / n_decode : 0;
         res->tok_s = (double)B * (n_decode + 1) / (ttft + tdec);
-        res->decode_bytes = (double)anvil_runtime_weight_bytes(rt) - (cfg->tie_word_embeddings ? 0 : embed) +
+        /* MoE: the experts no token of the step picked stay unread (expected, uniform routing) */
+        res->experts_read = expected_experts(sc.n_experts, sc.top_k, B);
+        const double unread = sc.n_experts > 0 ? sc.expert_params * expert_elem_bytes(quant) *
+                                                     (1.0 - res->experts_read / (double)sc.n_experts)
+                                               : 0;
+        res->decode_bytes = (double)anvil_runtime_weight_bytes(rt) - (cfg->tie_word_embeddings ? 0 : embed) - unread +
                             (double)B * mean_ctx * kv_row;
         res->decode_flops = (double)B * (2 * (body + head) + attn_per_key * mean_ctx);
         res->prefill_flops = (double)B * (2 * body * P + 2 * head + attn_per_key * (double)P * (P + 1) / 2);
@@ -427,7 +529,7 @@ int main(int argc, char **argv)
 {
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
-    const char *fusion = "on", *quant_s = "none";
+    const char *fusion = "on", *quant_s = "none", *source = NULL;
     int no_pdl = 0, q_lm_head = 0;
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
@@ -436,6 +538,7 @@ int main(int argc, char **argv)
         {"graphs", required_argument, 0, 'g'}, {"json", required_argument, 0, 'j'},
         {"fusion", required_argument, 0, 'f'}, {"pdl", required_argument, 0, 'p'},
         {"quantize", required_argument, 0, 'q'}, {"quantize-lm-head", no_argument, 0, 'L'},
+        {"source", required_argument, 0, 's'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
     };
     int c;
@@ -450,6 +553,13 @@ int main(int argc, char **argv)
         case 'j': json_path = optarg; break;
         case 'q': quant_s = optarg; break;
         case 'L': q_lm_head = 1; break;
+        case 's':
+            if (strcmp(optarg, "engine") != 0 && strcmp(optarg, "random") != 0) {
+                fprintf(stderr, "--source engine or random\n");
+                return 2;
+            }
+            source = optarg;
+            break;
         case 'p':
             if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
                 fprintf(stderr, "--pdl on or off\n");
@@ -458,8 +568,8 @@ int main(int argc, char **argv)
             no_pdl = strcmp(optarg, "off") == 0;
             break;
         default:
-            fprintf(stderr, "usage: %s [--models llama-8b,llama-1b] [--model DIR] [--scratch DIR] "
-                            "[--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
+            fprintf(stderr, "usage: %s [--models llama-8b,llama-1b,mixtral-8x7b] [--model DIR] [--scratch DIR] "
+                            "[--source engine|random] [--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
                             "[--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head] [--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -533,6 +643,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (source != NULL && model_dir != NULL) {
+        fprintf(stderr, "--source: for the named shapes (--models), not --model\n");
+        return 2;
+    }
 
     double copy_gbs = 0, gemm_tflops = 0, fp8_tflops = 0;
     char device[256];
@@ -564,20 +678,36 @@ int main(int argc, char **argv)
         const anvil_quantize quant = quants[qi];
         /* an fp8 engine's prefill runs on the FP8 GEMM: its ceiling */
         const double pf_ceiling = quant == ANVIL_QUANTIZE_FP8 && fp8_tflops > 0 ? fp8_tflops : gemm_tflops;
-        char dir[4096];
+        char dir[4200];
+        int random = 0; /* the runtime makes the weights: dir is a config */
         if (model_dir) {
             snprintf(dir, sizeof dir, "%s", model_dir);
         } else {
-            const char *cfg = strcmp(name, "llama-8b") == 0 ? llama_8b_config
-                              : strcmp(name, "llama-1b") == 0 ? llama_1b_config
-                                                              : NULL;
+            const char *cfg = strcmp(name, "llama-8b") == 0       ? llama_8b_config
+                              : strcmp(name, "llama-1b") == 0     ? llama_1b_config
+                              : strcmp(name, "mixtral-8x7b") == 0 ? mixtral_8x7b_config
+                                                                  : NULL;
             if (cfg == NULL) {
-                fprintf(stderr, "unknown model %s (llama-8b, llama-1b)\n", name);
+                fprintf(stderr, "unknown model %s (llama-8b, llama-1b, mixtral-8x7b)\n", name);
+                return 2;
+            }
+            /* Mixtral's 93 GB engine fits no GPU machine's disk or /dev/shm */
+            const int no_engine = cfg == mixtral_8x7b_config;
+            random = no_engine || (source != NULL && strcmp(source, "random") == 0);
+            if (no_engine && source != NULL && strcmp(source, "engine") == 0) {
+                fprintf(stderr, "%s: --source engine is not offered (its engine outgrows the disk)\n", name);
+                return 2;
+            }
+            if (random && q_lm_head && quant != ANVIL_QUANTIZE_NONE) {
+                fprintf(stderr, "--quantize-lm-head needs engines (--source engine): the random source quantizes "
+                                "the linears only\n");
                 return 2;
             }
             char workdir[3072];
-            if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0 ||
-                ensure_model(workdir, name, cfg, quant, q_lm_head, dir, sizeof dir) != 0)
+            if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0)
+                return 1;
+            if (random ? write_config(workdir, name, cfg, dir, sizeof dir)
+                       : ensure_model(workdir, name, cfg, quant, q_lm_head, dir, sizeof dir))
                 return 1;
         }
         for (int mode = 0; mode < n_modes * n_fmodes; mode++) {
@@ -605,6 +735,11 @@ int main(int argc, char **argv)
             o.no_fusion = !(fused & 1);
             o.norm_gemv = (fused & 2) != 0;
             o.attn_combine_in_kernel = (fused & 1) && (fused & 4) != 0; /* off: nothing fused, this neither */
+            if (random) { /* the engines' values (ensure_model's seed), made as they load */
+                o.random_weights = 1;
+                o.seed = 0x5eed;
+                o.quantize = quant;
+            }
             anvil_runtime *rt = NULL;
             double tl = now_s();
             if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK) {
@@ -613,10 +748,12 @@ int main(int argc, char **argv)
                 continue;
             }
             tl = now_s() - tl;
-            printf("\n%s%s%s%s (%.2f GB of weights, loaded in %.1f s), step graphs %s, fusion %s\n", name,
-                   quant != ANVIL_QUANTIZE_NONE ? " " : "", quant != ANVIL_QUANTIZE_NONE ? anvil_quantize_name(quant) : "",
+            printf("\n%s%s%s%s (%.2f GB of weights, %s in %.1f s; host peak %.2f GB), step graphs %s, fusion %s\n",
+                   name, quant != ANVIL_QUANTIZE_NONE ? " " : "",
+                   quant != ANVIL_QUANTIZE_NONE ? anvil_quantize_name(quant) : "",
                    quant != ANVIL_QUANTIZE_NONE && q_lm_head ? " (LM head too)" : "",
-                   (double)anvil_runtime_weight_bytes(rt) / 1e9, tl, g_modes[gm] ? "on" : "off",
+                   (double)anvil_runtime_weight_bytes(rt) / 1e9, random ? "made (random source)" : "loaded", tl,
+                   peak_host_bytes() / 1e9, g_modes[gm] ? "on" : "off",
                    !(fused & 1) ? "off"
                    : fused == 1 ? "on"
                    : fused == 3 ? "on + add+norm in the GEMV prologue (norm-gemv)"
@@ -627,7 +764,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < n_cases; k++) {
                 case_result r;
                 const int32_t nd = cs[k].output - 1;
-                if (run_case(rt, &cs[k], nd < 4 ? nd : 4, NULL) != 0 || run_case(rt, &cs[k], nd, &r) != 0) {
+                if (run_case(rt, &cs[k], nd < 4 ? nd : 4, quant, NULL) != 0 ||
+                    run_case(rt, &cs[k], nd, quant, &r) != 0) {
                     rc = 1;
                     continue;
                 }
@@ -638,21 +776,27 @@ int main(int argc, char **argv)
                 if (nd > 0)
                     snprintf(dec, sizeof dec, "%5.0f GB/s %3.0f%% | %4.0f%%", bw, 100 * bw / copy_gbs,
                              100 * dfl / gemm_tflops);
-                printf("%4d:%d:%-5d %9.2f %9.3f %9.1f  %-28s %5.0f TFLOP/s %3.0f%%\n", cs[k].batch, cs[k].input,
-                       cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, dec, pfl, 100 * pfl / pf_ceiling);
+                char moe[96] = "";
+                if (r.experts_read > 0) /* the estimate the decode bytes count */
+                    snprintf(moe, sizeof moe, "  decode reads ~%.2f of %d experts a layer (expected, uniform routing)",
+                             r.experts_read, anvil_runtime_config(rt)->n_experts);
+                printf("%4d:%d:%-5d %9.2f %9.3f %9.1f  %-28s %5.0f TFLOP/s %3.0f%%%s\n", cs[k].batch, cs[k].input,
+                       cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, dec, pfl, 100 * pfl / pf_ceiling, moe);
                 fflush(stdout);
                 if (js) {
                     fprintf(js,
                             "%s\n {\"model\": \"%s\", \"quantize\": \"%s\", \"quantize_lm_head\": %s, \"graphs\": %s, \"fusion\": %s, \"norm_gemv\": %s, \"combine_in_kernel\": %s, \"batch\": %d, \"input\": %d, \"output\": %d, "
                             "\"ttft_ms\": %.3f, \"tpot_ms\": %.4f, \"tokens_per_s\": %.2f, \"decode_gbs\": %.1f, "
                             "\"decode_bw_frac\": %.4f, \"decode_tflops\": %.2f, \"decode_gemm_frac\": %.4f, "
-                            "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f}",
+                            "\"prefill_tflops\": %.2f, \"prefill_gemm_frac\": %.4f, \"source\": \"%s\", "
+                            "\"decode_experts_expected\": %.3f}",
                             first_json ? "" : ",", name, anvil_quantize_name(quant),
                             quant != ANVIL_QUANTIZE_NONE && q_lm_head ? "true" : "false", g_modes[gm] ? "true" : "false",
                             (fused & 1) ? "true" : "false", (fused & 1) && (fused & 2) ? "true" : "false",
                             (fused & 1) && (fused & 4) ? "true" : "false", cs[k].batch, cs[k].input,
                             cs[k].output, r.ttft_s * 1e3, r.tpot_s * 1e3, r.tok_s, bw, bw / copy_gbs, dfl,
-                            dfl / gemm_tflops, pfl, pfl / pf_ceiling);
+                            dfl / gemm_tflops, pfl, pfl / pf_ceiling,
+                            model_dir ? "model" : random ? "random" : "engine", r.experts_read);
                     first_json = 0;
                 }
             }
