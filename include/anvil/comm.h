@@ -34,8 +34,8 @@
  * the other ranks with anvil_comm_abort (the library never does); mpirun
  * itself ends the job when a rank dies (docs/parallel.md, "Failures").
  *
- * Thread safety: one communicator is used by one thread at a time (the
- * runtime's step). Collectives must be called in the same order on every
+ * Thread safety: one communicator (with those split from it) is used by
+ * one thread at a time (the runtime's step). Collectives must be called in the same order on every
  * rank.
  */
 #ifndef ANVIL_COMM_H
@@ -134,6 +134,20 @@ anvil_status anvil_comm_recv(anvil_comm *comm, void *buf, size_t bytes, int32_t 
 
 /* Returns when every rank has called it. */
 anvil_status anvil_comm_barrier(anvil_comm *comm);
+
+/*
+ * A communicator of the ranks that pass the same color (>= 0), ranked by
+ * key (equal keys: by rank here), as MPI_Comm_split: pipeline x tensor
+ * parallelism splits the job by stage (the TP collectives) and by TP rank
+ * (the chain of stages). Every rank calls it. Under the timeout as the
+ * other calls: the ranks' colors and keys are gathered first (a rank that
+ * does not come fails the call here and breaks comm), then the
+ * communicator is made. The new one has comm's timeout and is tied to it:
+ * a failure of either breaks both (a program that checks anvil_comm_error
+ * on the job's communicator sees a stage's failure). Free it before comm.
+ * *out NULL on failure.
+ */
+anvil_status anvil_comm_split(anvil_comm *comm, int32_t color, int32_t key, anvil_comm **out);
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,13 @@ void anvil_comm_free(anvil_comm *comm)
 {
     if (comm == NULL)
         return;
+    /* split from a communicator that failed: its ranks may be gone, so the
+     * implementation must not wait on them while freeing (comm_mpi.c) */
+    if (comm->parent != NULL && atomic_load(&comm->parent->failed) && !atomic_load(&comm->failed)) {
+        snprintf(comm->broken_msg, sizeof comm->broken_msg, "%s", comm->parent->broken_msg);
+        comm->broken = comm->parent->broken;
+        atomic_store(&comm->failed, 1);
+    }
     if (comm->ops->destroy)
         comm->ops->destroy(comm);
     free(comm);
@@ -67,26 +74,37 @@ void anvil_comm_abort(anvil_comm *comm, int code)
         comm->ops->abort(comm, code);
 }
 
-/* Refuses a call on a broken communicator, with the first failure's message. */
+/* Refuses a call on a broken communicator (or one split from a broken
+ * one), with the first failure's message. */
 static anvil_status check_usable(const anvil_comm *c, const char *what)
 {
     CHECK(c != NULL, ANVIL_ERR_INVALID_ARG, "%s: no communicator", what);
-    CHECK(c->broken == ANVIL_OK, ANVIL_ERR_COMM, "%s: the communicator failed earlier (%s)", what,
-          c->broken_msg);
+    for (const anvil_comm *p = c; p != NULL; p = p->parent)
+        CHECK(p->broken == ANVIL_OK, ANVIL_ERR_COMM, "%s: the communicator failed earlier (%s)", what,
+              p->broken_msg);
     return ANVIL_OK;
 }
 
-/* A failed call breaks the communicator (see comm_internal.h). */
+/* Marks c broken with the current message (the first failure only). */
+static void mark_broken(anvil_comm *c, anvil_status st)
+{
+    if (c->broken != ANVIL_OK)
+        return;
+    c->broken = st;
+    snprintf(c->broken_msg, sizeof c->broken_msg, "%s", anvil_last_error());
+    atomic_store(&c->failed, 1);
+}
+
+/* A failed call breaks the communicator (see comm_internal.h), and the
+ * ones it was split from: the program watches the job's. */
 static anvil_status note(anvil_comm *c, anvil_status st, const char *what)
 {
     if (st == ANVIL_OK)
         return st;
     st = anvil_error_wrap("%s (rank %d of %d, %s)", what, c->rank, c->size, c->ops->name);
-    if (st == ANVIL_ERR_COMM && c->broken == ANVIL_OK) {
-        c->broken = st;
-        snprintf(c->broken_msg, sizeof c->broken_msg, "%s", anvil_last_error());
-        atomic_store(&c->failed, 1);
-    }
+    if (st == ANVIL_ERR_COMM)
+        for (anvil_comm *p = c; p != NULL; p = p->parent)
+            mark_broken(p, st);
     return st;
 }
 
@@ -153,4 +171,25 @@ anvil_status anvil_comm_barrier(anvil_comm *comm)
     if (comm->size == 1)
         return ANVIL_OK;
     return note(comm, comm->ops->barrier(comm), "barrier");
+}
+
+anvil_status anvil_comm_split(anvil_comm *comm, int32_t color, int32_t key, anvil_comm **out)
+{
+    CHECK(out != NULL, ANVIL_ERR_INVALID_ARG, "split: NULL out");
+    *out = NULL;
+    TRY(check_usable(comm, "split"));
+    CHECK(color >= 0, ANVIL_ERR_INVALID_ARG, "split: color %d (0 or more)", color);
+    anvil_comm *c = NULL;
+    if (comm->size == 1) {
+        /* one rank: the part is this rank alone */
+        TRY(anvil_comm_create_self(&c));
+    } else {
+        CHECK(comm->ops->split != NULL, ANVIL_ERR_UNSUPPORTED, "split: the %s communicator cannot split",
+              comm->ops->name);
+        TRY(note(comm, comm->ops->split(comm, color, key, &c), "split"));
+    }
+    c->timeout_s = comm->timeout_s;
+    c->parent = comm;
+    *out = c;
+    return ANVIL_OK;
 }

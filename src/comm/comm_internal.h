@@ -29,6 +29,9 @@ typedef struct anvil_comm_ops {
     anvil_status (*send)(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag);
     anvil_status (*recv)(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag);
     anvil_status (*barrier)(anvil_comm *c);
+    /* the ranks of c whose color is `color`, ranked by key then rank
+     * (comm.c makes a self communicator when c has one rank) */
+    anvil_status (*split)(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out);
     void (*abort)(anvil_comm *c, int code); /* ends every rank; NULL: nothing to end */
     void (*destroy)(anvil_comm *c); /* frees impl (not the struct) */
 } anvil_comm_ops;
@@ -52,6 +55,9 @@ struct anvil_comm {
      * (anvil_runtime_lead_end), and the followers must be released once
      * per lead (a new leading runtime resets both) */
     int lead_met, lead_ended;
+    /* the communicator this one was split from (anvil_comm_split), which
+     * outlives it; NULL for a job's own. A failure here breaks it too */
+    anvil_comm *parent;
 };
 
 /* A communicator struct around ops and impl (comm.c); NULL when out of

@@ -255,6 +255,38 @@ static anvil_status mpi_barrier(anvil_comm *c)
     return ANVIL_OK;
 }
 
+static anvil_status wrap_comm(MPI_Comm mc, int owns_init, anvil_comm **out);
+
+/* MPI_Comm_split has no non-blocking form (MPI 3): the ranks' colors and
+ * keys are gathered first under the deadline (a rank that does not come
+ * fails here), and only then, with every rank known to be making the same
+ * call, does MPI_Comm_split run. The gathered pairs also check that the
+ * ranks agree on nothing stranger than colors and keys. */
+static anvil_status mpi_split(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out)
+{
+    mpi_impl *m = c->impl;
+    int32_t mine[2] = {color, key};
+    int32_t *all = malloc((size_t)c->size * sizeof mine);
+    CHECK(all != NULL, ANVIL_ERR_OOM, "out of memory");
+    MPI_Request req;
+    int rc = MPI_Iallgather(mine, 2, MPI_INT32_T, all, 2, MPI_INT32_T, m->comm, &req);
+    anvil_status st = rc == MPI_SUCCESS ? wait_done(c, &req, NULL, "the ranks' colors (MPI_Iallgather)")
+                                        : mpi_fail(rc, "the ranks' colors (MPI_Iallgather)");
+    for (int32_t r = 0; st == ANVIL_OK && r < c->size; r++)
+        if (all[2 * r] < 0)
+            st = ANVIL_FAIL(ANVIL_ERR_COMM, "rank %d split with color %d", r, all[2 * r]);
+    free(all);
+    TRY(st);
+    MPI_Comm part = MPI_COMM_NULL;
+    rc = MPI_Comm_split(m->comm, color, key, &part);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "MPI_Comm_split");
+    st = wrap_comm(part, 0, out);
+    if (st != ANVIL_OK && part != MPI_COMM_NULL)
+        MPI_Comm_free(&part);
+    return st;
+}
+
 static void mpi_abort(anvil_comm *c, int code)
 {
     (void)c;
@@ -293,11 +325,40 @@ static const anvil_comm_ops mpi_ops = {
     .send = mpi_send,
     .recv = mpi_recv,
     .barrier = mpi_barrier,
+    .split = mpi_split,
     .abort = mpi_abort,
     .destroy = mpi_destroy,
 };
 
 int anvil_comm_mpi_built(void) { return 1; }
+
+/* A communicator around mc (taken: freed on failure by the caller),
+ * errors returned, not fatal. */
+static anvil_status wrap_comm(MPI_Comm mc, int owns_init, anvil_comm **out)
+{
+    *out = NULL;
+    int rank = 0, size = 1;
+    int rc = MPI_Comm_set_errhandler(mc, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_rank(mc, &rank);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(mc, &size);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail(rc, "setting up the MPI communicator");
+    mpi_impl *m = calloc(1, sizeof *m);
+    CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
+    m->comm = mc;
+    m->owns_init = owns_init;
+    m->counts = malloc((size_t)size * 4 * sizeof *m->counts);
+    anvil_comm *c = m->counts ? anvil_comm_wrap(&mpi_ops, rank, size, m) : NULL;
+    if (c == NULL) {
+        free(m->counts);
+        free(m);
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    }
+    *out = c;
+    return ANVIL_OK;
+}
 
 anvil_status anvil_comm_create_mpi(anvil_comm **out)
 {
@@ -307,40 +368,22 @@ anvil_status anvil_comm_create_mpi(anvil_comm **out)
     MPI_Initialized(&inited);
     MPI_Finalized(&finalized);
     CHECK(!finalized, ANVIL_ERR_COMM, "MPI was already finalized in this process");
-    mpi_impl *m = calloc(1, sizeof *m);
-    CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
-    m->comm = MPI_COMM_NULL;
-    anvil_status st = ANVIL_OK;
-    anvil_comm *c = NULL;
     int rc;
     if (!inited) {
         /* serialized: the runtime's steps may come from any one thread at a time */
         int provided = 0;
         rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
-        if (rc != MPI_SUCCESS) {
-            st = mpi_fail(rc, "MPI_Init_thread");
-            goto fail;
-        }
-        m->owns_init = 1;
+        if (rc != MPI_SUCCESS)
+            return mpi_fail(rc, "MPI_Init_thread");
     }
-    rc = MPI_Comm_dup(MPI_COMM_WORLD, &m->comm);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
-    int rank = 0, size = 1;
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_rank(m->comm, &rank);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_size(m->comm, &size);
-    if (rc != MPI_SUCCESS) {
-        st = mpi_fail(rc, "setting up the MPI communicator");
-        goto fail;
+    MPI_Comm mc = MPI_COMM_NULL;
+    rc = MPI_Comm_dup(MPI_COMM_WORLD, &mc);
+    anvil_status st = rc == MPI_SUCCESS ? wrap_comm(mc, !inited, out) : mpi_fail(rc, "MPI_Comm_dup");
+    if (st != ANVIL_OK) {
+        if (mc != MPI_COMM_NULL)
+            MPI_Comm_free(&mc);
+        if (!inited)
+            MPI_Finalize();
     }
-    m->counts = malloc((size_t)size * 4 * sizeof *m->counts);
-    c = m->counts ? anvil_comm_wrap(&mpi_ops, rank, size, m) : NULL;
-    CHECK_GOTO(c != NULL, ANVIL_ERR_OOM, fail, "out of memory");
-    *out = c;
-    return ANVIL_OK;
-fail:
-    mpi_destroy(&(anvil_comm){.impl = m});
     return st;
 }

@@ -5,7 +5,9 @@
  *   - the broken state: an implementation whose collective fails with
  *     ANVIL_ERR_COMM breaks the communicator, and every later call is refused
  *     at once with the first failure's message; argument errors break
- *     nothing.
+ *     nothing;
+ *   - anvil_comm_split: a self part for one rank, a part's failure breaking
+ *     the communicator it was split from (and the other way).
  * tests/parallel/test_tp.c runs the MPI implementation under mpirun.
  */
 #include <string.h>
@@ -111,11 +113,82 @@ static void test_broken_stays_broken(void **state)
     anvil_comm_free(c);
 }
 
+static anvil_status flaky_split(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out);
+
+static const anvil_comm_ops flaky_split_ops = {
+    .name = "flaky",
+    .memory = ANVIL_COMM_HOST,
+    .all_reduce_sum = flaky_reduce,
+    .barrier = flaky_barrier,
+    .split = flaky_split,
+};
+
+/* Rank 0 of a part of 2 (what MPI would make for two ranks of one color). */
+static anvil_status flaky_split(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out)
+{
+    (void)c, (void)color, (void)key;
+    *out = anvil_comm_wrap(&flaky_split_ops, 0, 2, NULL);
+    return *out ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+}
+
+/* anvil_comm_split: one rank gives a self communicator; a part inherits
+ * the timeout, and a part's failure breaks the communicator it came from
+ * (the program watches that one), which then refuses new parts. */
+static void test_split(void **state)
+{
+    (void)state;
+    anvil_comm *self = NULL, *part = NULL;
+    assert_int_equal(anvil_comm_create_self(&self), ANVIL_OK);
+    assert_int_equal(anvil_comm_set_timeout(self, 4), ANVIL_OK);
+    assert_int_equal(anvil_comm_split(self, 3, 0, &part), ANVIL_OK);
+    assert_int_equal(anvil_comm_size(part), 1);
+    assert_string_equal(anvil_comm_name(part), "self");
+    assert_true(anvil_comm_timeout(part) == 4.0);
+    anvil_comm_free(part);
+    assert_status_msg(anvil_comm_split(self, -2, 0, &part), ANVIL_ERR_INVALID_ARG, "color -2");
+    assert_null(part);
+    anvil_comm_free(self);
+    /* an implementation of several ranks that cannot split */
+    anvil_comm *c = anvil_comm_wrap(&flaky_ops, 0, 2, NULL);
+    assert_non_null(c);
+    assert_status_msg(anvil_comm_split(c, 0, 0, &part), ANVIL_ERR_UNSUPPORTED, "cannot split");
+    assert_null(anvil_comm_error(c));
+    anvil_comm_free(c);
+    /* a part that fails */
+    c = anvil_comm_wrap(&flaky_split_ops, 0, 2, NULL);
+    assert_non_null(c);
+    assert_int_equal(anvil_comm_split(c, 0, 0, &part), ANVIL_OK);
+    assert_int_equal(anvil_comm_size(part), 2);
+    fail_next = 1;
+    float x = 1.0f;
+    assert_status_msg(anvil_comm_all_reduce_sum(part, &x, 1, ANVIL_DTYPE_F32), ANVIL_ERR_COMM, "peer rank 1");
+    fail_next = 0;
+    assert_non_null(anvil_comm_error(part));
+    assert_non_null(anvil_comm_error(c));
+    assert_non_null(strstr(anvil_comm_error(c), "peer rank 1 is gone"));
+    assert_status_msg(anvil_comm_barrier(c), ANVIL_ERR_COMM, "failed earlier");
+    anvil_comm *again = NULL;
+    assert_status_msg(anvil_comm_split(c, 0, 0, &again), ANVIL_ERR_COMM, "failed earlier");
+    assert_null(again);
+    anvil_comm_free(part);
+    anvil_comm_free(c);
+    /* the parent fails: the part refuses too */
+    c = anvil_comm_wrap(&flaky_split_ops, 0, 2, NULL);
+    assert_int_equal(anvil_comm_split(c, 0, 0, &part), ANVIL_OK);
+    fail_next = 1;
+    assert_status_msg(anvil_comm_all_reduce_sum(c, &x, 1, ANVIL_DTYPE_F32), ANVIL_ERR_COMM, "peer rank 1");
+    fail_next = 0;
+    assert_status_msg(anvil_comm_barrier(part), ANVIL_ERR_COMM, "failed earlier");
+    anvil_comm_free(part);
+    anvil_comm_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_self),
         cmocka_unit_test(test_broken_stays_broken),
+        cmocka_unit_test(test_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
