@@ -868,6 +868,11 @@ int anvil_cmd_bench(int argc, char **argv)
     if (a.json_path) {
         json_t *o = json_object(), *cfgj = json_object(), *lat = json_object();
         json_object_set_new(cfgj, "model", json_string(a.model));
+        if (ro->random_weights) { /* the model is a config: the weights' seed and scheme say what ran */
+            json_object_set_new(cfgj, "random_weights", json_true());
+            json_object_set_new(cfgj, "weight_seed", json_integer((json_int_t)ro->seed));
+            json_object_set_new(cfgj, "quantize", json_string(anvil_quantize_name(ro->quantize)));
+        }
         json_object_set_new(cfgj, "device", json_string(ro->device));
         json_object_set_new(cfgj, "cpu", json_string(cpu));
         json_object_set_new(cfgj, "threads", json_integer(threads));

@@ -68,6 +68,7 @@ def test_run_input_and_bench(anvil, config, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
     assert res["requests"] == 3 and res["failed"] == 0 and res["output_tokens"] == 12
+    assert res["config"]["random_weights"] is True and res["config"]["weight_seed"] == 1
 
 
 def test_refusals(anvil, config, shared):
