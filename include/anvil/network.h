@@ -67,6 +67,8 @@ typedef enum anvil_op_kind {
     ANVIL_OP_LAYERNORM,     /* (x - mean) / sqrt(var + eps) * w + b (GPT-2) */
     ANVIL_OP_GELU_TANH,     /* gelu_tanh(x) (GPT-2's non-gated MLP) */
     ANVIL_OP_POS_EMBEDDING, /* x + table[position] (GPT-2's learned absolute positions) */
+    ANVIL_OP_SEND,          /* x to another pipeline stage (in place: the value is x) */
+    ANVIL_OP_RECV,          /* a value from another pipeline stage */
     ANVIL_OP_COUNT,
 } anvil_op_kind;
 
@@ -179,6 +181,17 @@ anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router,
  * n_ranks ranks' x side by side in rank order, n_ranks times x's width. */
 anvil_value anvil_net_all_reduce(anvil_network *net, anvil_value x);
 anvil_value anvil_net_all_gather(anvil_network *net, anvil_value x, int32_t n_ranks);
+/* Pipeline parallelism (docs/parallel.md): a network cut into stages
+ * (anvil_network_stage in the builder) hands values from stage to stage
+ * with these; the runtime runs them through its chain of stages. send: x
+ * to stage `peer` as message `tag` (0 .. 32767), the value x itself (in
+ * place). recv: a value of `width` columns over the token rows (row_kind
+ * 0) or the logit rows (1) from stage `peer`, message `tag`. */
+anvil_value anvil_net_send(anvil_network *net, anvil_value x, int32_t peer, int32_t tag);
+anvil_value anvil_net_recv(anvil_network *net, int64_t width, int row_kind, int32_t peer, int32_t tag);
+/* The network's output: the logits, a value over the logit rows; or, for
+ * a pipeline stage between the first and the last, which makes none, the
+ * send of its last value on. */
 void anvil_net_set_output(anvil_network *net, anvil_value logits);
 
 /* ---- reading a network back (the runtime, the builder passes, tests) */
@@ -219,6 +232,7 @@ typedef struct anvil_net_op {
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */
     anvil_moe_params moe;    /* moe: weights router, gate_up, down, shared_gate_up, shared_down, shared_gate */
+    int32_t peer, tag;       /* send, recv: the other stage and the message's tag */
 } anvil_net_op;
 
 int32_t anvil_network_op_count(const anvil_network *net);

@@ -137,9 +137,14 @@ static anvil_status find_roles(shard_ctx *c)
               anvil_op_kind_name(op->kind));
         c->cut[i] = 1;
     }
-    /* the LM head: the linear that makes the output */
-    const anvil_value head = anvil_network_output(net);
+    /* the LM head: the linear that makes the output (a pipeline's last
+     * stage sends it on to the first: the linear behind that send) */
+    anvil_value head = anvil_network_output(net);
     const anvil_net_op *out = anvil_network_op(net, head);
+    if (out != NULL && out->kind == ANVIL_OP_SEND) {
+        head = out->inputs[0];
+        out = anvil_network_op(net, head);
+    }
     if (out != NULL && out->kind == ANVIL_OP_LINEAR && c->roles[head] == ROLE_NONE && out->width % c->size == 0)
         c->roles[head] = ROLE_VOCAB; /* a vocabulary the ranks do not divide stays whole on every rank */
     return ANVIL_OK;
@@ -158,16 +163,13 @@ static anvil_status put_weight(shard_ctx *c, const anvil_net_weight *w, const ch
                                int32_t *out)
 {
     anvil_network *dst = c->dst;
+    if (s->len == 0) {
+        *out = anvil_network_copy_weight(dst, w, name);
+        return *out < 0 ? anvil_network_status(dst) : ANVIL_OK;
+    }
     int64_t shape[2] = {w->shape[0], w->shape[1]};
     if (anvil_network_find_weight(dst, name) < 0) {
-        if (s->len == 0) {
-            if (w->recipe == ANVIL_RECIPE_SLICE)
-                anvil_net_weight_slice(dst, name, w->sources[0], w->axis, w->start);
-            else if (w->recipe == ANVIL_RECIPE_CONCAT)
-                anvil_net_weight_concat(dst, name, w->axis, w->sources, w->n_sources);
-            else if (w->recipe == ANVIL_RECIPE_TRANSPOSE)
-                anvil_net_weight_transpose(dst, name, w->sources[0], w->start);
-        } else if (w->recipe == ANVIL_RECIPE_TENSOR) {
+        if (w->recipe == ANVIL_RECIPE_TENSOR) {
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, s->start);
         } else if (w->recipe == ANVIL_RECIPE_TRANSPOSE && s->axis == 0) {
             /* rows of a transposed weight are columns of its source */
@@ -185,8 +187,7 @@ static anvil_status put_weight(shard_ctx *c, const anvil_net_weight *w, const ch
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, w->start + s->start);
         }
     }
-    if (s->len != 0)
-        shape[s->axis] = s->len;
+    shape[s->axis] = s->len;
     *out = anvil_network_use_weight(dst, name, w->n_dims, shape[0], shape[1]);
     return *out < 0 ? anvil_network_status(dst) : ANVIL_OK;
 }

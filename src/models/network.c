@@ -38,6 +38,7 @@ static const char *const op_names[ANVIL_OP_COUNT] = {
     "gelu_tanh_mul", "scale", "softcap",
     "all_reduce", "all_gather", "moe",
     "layernorm", "gelu_tanh", "pos_embedding",
+    "send", "recv",
 };
 
 const char *anvil_op_kind_name(anvil_op_kind kind)
@@ -744,12 +745,46 @@ anvil_value anvil_net_all_gather(anvil_network *net, anvil_value x, int32_t n_ra
     return commit_op(net);
 }
 
+anvil_value anvil_net_send(anvil_network *net, anvil_value x, int32_t peer, int32_t tag)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *in = value_op(net, x);
+    NET_CHECK(in != NULL, ANVIL_ERR_INVALID_ARG, "send: bad input value");
+    NET_CHECK(peer >= 0 && tag >= 0 && tag <= 32767, ANVIL_ERR_INVALID_ARG, "send: stage %d, tag %d", peer, tag);
+    int64_t width = in->width;
+    int row_kind = in->row_kind;
+    anvil_net_op *op = push_op(net, ANVIL_OP_SEND, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = x;
+    op->row_kind = row_kind;
+    op->peer = peer;
+    op->tag = tag;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_recv(anvil_network *net, int64_t width, int row_kind, int32_t peer, int32_t tag)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    NET_CHECK(peer >= 0 && tag >= 0 && tag <= 32767 && (row_kind == 0 || row_kind == 1), ANVIL_ERR_INVALID_ARG,
+              "recv: stage %d, tag %d, rows %d", peer, tag, row_kind);
+    anvil_net_op *op = push_op(net, ANVIL_OP_RECV, width);
+    if (op == NULL)
+        return ANVIL_VALUE_NONE;
+    op->row_kind = row_kind;
+    op->peer = peer;
+    op->tag = tag;
+    return commit_op(net);
+}
+
 void anvil_net_set_output(anvil_network *net, anvil_value logits)
 {
     if (net->error != ANVIL_OK)
         return;
     const anvil_net_op *op = value_op(net, logits);
-    if (op == NULL || op->row_kind != 1) {
+    if (op == NULL || (op->row_kind != 1 && op->kind != ANVIL_OP_SEND)) {
         record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG, "the output must be a value over the logit rows"));
         return;
     }
@@ -759,6 +794,23 @@ void anvil_net_set_output(anvil_network *net, anvil_value logits)
 int32_t anvil_network_use_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1)
 {
     return add_weight(net, name, n_dims, d0, d1);
+}
+
+int32_t anvil_network_copy_weight(anvil_network *net, const anvil_net_weight *w, const char *name)
+{
+    if (net->error != ANVIL_OK)
+        return -1;
+    if (anvil_network_find_weight(net, name) < 0) {
+        if (w->recipe == ANVIL_RECIPE_SLICE)
+            anvil_net_weight_slice(net, name, w->sources[0], w->axis, w->start);
+        else if (w->recipe == ANVIL_RECIPE_CONCAT)
+            anvil_net_weight_concat(net, name, w->axis, w->sources, w->n_sources);
+        else if (w->recipe == ANVIL_RECIPE_TRANSPOSE)
+            anvil_net_weight_transpose(net, name, w->sources[0], w->start);
+        else if (strcmp(name, w->sources[0]) != 0) /* a tensor under another name */
+            anvil_net_weight_slice(net, name, w->sources[0], 0, 0);
+    }
+    return add_weight(net, name, w->n_dims, w->shape[0], w->shape[1]);
 }
 
 anvil_value anvil_network_append_copy(anvil_network *net, const anvil_net_op *src, const anvil_value inputs[3],

@@ -19,6 +19,11 @@
  * (recorded in net, see anvil_network_status). */
 int32_t anvil_network_use_weight(anvil_network *net, const char *name, int n_dims, int64_t d0, int64_t d1);
 
+/* The index in net of weight w of another network, under `name` (w's own
+ * or another), with w's recipe and shape; a weight of that name already
+ * in net is used as it is. -1 on error (recorded). */
+int32_t anvil_network_copy_weight(anvil_network *net, const anvil_net_weight *w, const char *name);
+
 /* Appends a copy of op src with inputs[0..3) (values of net or
  * ANVIL_VALUE_NONE), weights[0..n_weights) (indices into net's weights or
  * -1) and the result's width; NONE on error (recorded). An attention

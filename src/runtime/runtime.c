@@ -1083,23 +1083,30 @@ static anvil_status check_learned_positions(const anvil_runtime *rt)
  * tensors (io/kv_scales.h), an engine's from its manifest
  * (builder/kv_manifest.h); 1 where they give none, vLLM's default. The
  * attention op of KV layer l is model layer l's (the models number their
- * attention layers so), so layer l's tensors are model.layers.l's; on
- * every rank of a tensor-parallel run the same, since scales are per
- * tensor, not per head.
+ * attention layers so), so layer l's tensors are model.layers.l's (on a
+ * pipeline stage, model layer kv_layer0 + l's); on every rank of a
+ * tensor-parallel run the same, since scales are per tensor, not per
+ * head.
  */
 static anvil_status load_kv_scales(anvil_runtime *rt, const char *model_dir)
 {
-    const int32_t n = anvil_network_kv_layers(rt->net);
-    rt->kv_scales = malloc(((size_t)n * 2 + 1) * sizeof *rt->kv_scales);
+    /* a pipeline stage's KV layer l is model layer kv_layer0 + l (0 on one
+     * stage): the model's layers before the stage are read too, then
+     * dropped */
+    const int32_t l0 = rt->kv_layer0, n = anvil_network_kv_layers(rt->net);
+    rt->kv_scales = malloc(((size_t)(l0 + n) * 2 + 1) * sizeof *rt->kv_scales);
     CHECK(rt->kv_scales != NULL, ANVIL_ERR_OOM, "out of memory");
-    for (int32_t i = 0; i < 2 * n; i++)
+    for (int32_t i = 0; i < 2 * (l0 + n); i++)
         rt->kv_scales[i] = 1.0f;
     if (rt->engine != NULL)
         return anvil_manifest_read_kv(rt->engine, n, rt->kv_scales, &rt->kv_scales_given, &rt->kv_fp8_default);
     if (rt->ckpt == NULL) /* random weights: no scales */
         return ANVIL_OK;
     rt->kv_fp8_default = rt->prequant.kv_fp8;
-    return anvil_kv_scales_read(rt->ckpt, rt->prequant.kv_fp8, model_dir, n, rt->kv_scales, &rt->kv_scales_given);
+    TRY(anvil_kv_scales_read(rt->ckpt, rt->prequant.kv_fp8, model_dir, l0 + n, rt->kv_scales,
+                             &rt->kv_scales_given));
+    memmove(rt->kv_scales, rt->kv_scales + 2 * l0, (size_t)n * 2 * sizeof *rt->kv_scales);
+    return ANVIL_OK;
 }
 
 /* Says which scales the KV cache uses, or that an explicit cache dtype

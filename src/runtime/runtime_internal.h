@@ -63,6 +63,13 @@ struct anvil_runtime {
     void *tp_stage;           /* [tp_stage_bytes] all_gather's rank-ordered parts (NULL: no gathers) */
     size_t tp_stage_bytes;
     int tp_ended;             /* comm_lead, rank 0: the followers were released */
+    /* pipeline parallelism (runtime_pp.c): opts.comm's ranks split into
+     * this stage's TP ranks and this TP rank's chain of stages */
+    anvil_comm *tp_comm;      /* the collectives' ranks: opts.comm, or the stage's (owned) */
+    anvil_comm *pp_comm;      /* the chain of stages (owned; NULL: one stage) */
+    int32_t pp_stage, pp_stages;
+    int32_t kv_layer0;        /* the model's attention layer that is this stage's KV layer 0 */
+    int has_logits;           /* the network's output is the logits (every stage but those between) */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim],
      * n_kv_heads this rank's (the config's on one rank) */
@@ -165,5 +172,16 @@ anvil_status anvil_rt_tp_lead_step(anvil_runtime *rt, const anvil_step *s);
 anvil_status anvil_rt_tp_lead_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
                                       int32_t n_tokens);
 void anvil_rt_tp_release(anvil_runtime *rt);
+
+/* ---- runtime_pp.c: pipeline parallelism */
+/* With opts.pipeline_stages > 1: cuts rt->net for this rank's stage and
+ * splits opts.comm (rt->tp_comm, rt->pp_comm); else rt->tp_comm is
+ * opts.comm. *tp_rank and *tp_size: this rank's place in its stage. */
+anvil_status anvil_rt_pp_setup(anvil_runtime *rt, int engine, int32_t *tp_rank, int32_t *tp_size);
+/* A send (in place: out is in) or recv op through rt->pp_comm. */
+anvil_status anvil_rt_pp_transfer(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
+                                  anvil_tensor *out);
+/* Frees the communicators the setup split. */
+void anvil_rt_pp_free(anvil_runtime *rt);
 
 #endif

@@ -67,8 +67,9 @@ anvil_status anvil_plan_activations(const anvil_network *net, const anvil_fuse *
     size_t total = 0;
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(net, i);
-        /* in place: RoPE rotates its input, all_reduce sums into it */
-        if (op->kind == ANVIL_OP_ROPE || op->kind == ANVIL_OP_ALL_REDUCE) {
+        /* in place: RoPE rotates its input, all_reduce sums into it, send
+         * sends it */
+        if (op->kind == ANVIL_OP_ROPE || op->kind == ANVIL_OP_ALL_REDUCE || op->kind == ANVIL_OP_SEND) {
             CHECK_GOTO(last_use[op->inputs[0]] == i, ANVIL_ERR_INTERNAL, done,
                        "%s input (op %d) is used after it", anvil_op_kind_name(op->kind), op->inputs[0]);
             value_buffer[i] = value_buffer[op->inputs[0]];

@@ -36,6 +36,9 @@ static anvil_status check_rows(anvil_runtime *rt, const anvil_batch *batch, cons
     CHECK(L >= 0 && L <= rt->opts.max_logit_rows, ANVIL_ERR_CAPACITY, "%d logit rows exceed max_logit_rows %d", L,
           rt->opts.max_logit_rows);
     CHECK(L == 0 || rows != NULL, ANVIL_ERR_INVALID_ARG, "forward_sample: rows is NULL");
+    CHECK(L == 0 || rt->has_logits, ANVIL_ERR_INVALID_ARG,
+          "forward_sample: pipeline stage %d of %d has no logits to sample (the first and the last have them)",
+          rt->pp_stage, rt->pp_stages);
     *n_masked = 0;
     for (int32_t i = 0; i < L; i++) {
         const anvil_sample_row *r = &rows[i];

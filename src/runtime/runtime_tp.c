@@ -1,8 +1,9 @@
 /*
  * Tensor parallelism in the runtime (docs/parallel.md): the network cut
  * for this rank at load (builder/shard_plan.c), and the collective ops run
- * through the runtime's communicator (anvil_runtime_options.comm), not the
- * backend.
+ * through the runtime's communicator (anvil_runtime_options.comm, or with
+ * pipeline stages the stage's part of it: runtime_pp.c), not the backend;
+ * rank 0 leading the others over the whole communicator.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +33,9 @@ static anvil_status local_kv_heads(const anvil_runtime *rt, int64_t *out)
 
 anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
 {
-    const anvil_comm *comm = rt->opts.comm;
-    const int32_t size = anvil_comm_size(comm), rank = anvil_comm_rank(comm);
+    anvil_comm *comm = rt->opts.comm;
+    int32_t rank, size; /* this rank's place among its stage's TP ranks */
+    TRY(anvil_rt_pp_setup(rt, engine, &rank, &size));
     if (size > 1) {
         CHECK(!engine, ANVIL_ERR_UNSUPPORTED,
               "tensor parallelism over %d ranks loads from a model folder: engine files are one rank's for now "
@@ -45,11 +47,14 @@ anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
         anvil_network_free(rt->net);
         rt->net = cut;
         anvil_log(ANVIL_LOG_INFO, "tensor parallelism: rank %d of %d (%s)", rank, size, anvil_comm_name(comm));
-        if (rt->opts.comm_lead && rank == 0) { /* a new lead: the followers meet it, and are released once */
-            rt->opts.comm->lead_met = 0;
-            rt->opts.comm->lead_ended = 0;
-        }
     }
+    if (rt->opts.comm_lead && anvil_comm_size(comm) > 1 && anvil_comm_rank(comm) == 0) {
+        /* a new lead: the followers meet it, and are released once */
+        comm->lead_met = 0;
+        comm->lead_ended = 0;
+    }
+    const anvil_net_op *out = anvil_network_op(rt->net, anvil_network_output(rt->net));
+    rt->has_logits = out != NULL && out->row_kind == 1;
     return local_kv_heads(rt, &rt->n_kv_heads);
 }
 
@@ -95,7 +100,7 @@ anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
                                     anvil_tensor *out)
 {
-    anvil_comm *comm = rt->opts.comm;
+    anvil_comm *comm = rt->tp_comm; /* the stage's ranks */
     const anvil_dtype dt = rt->be->ops->act_dtype;
     const size_t es = anvil_dtype_size(dt);
     const int64_t rows = out->shape[0];
