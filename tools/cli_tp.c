@@ -1,4 +1,4 @@
-/* --tp N: joining the ranks mpirun started (cli_tp.h). */
+/* --tp N, --pp N: joining the ranks mpirun started (cli_tp.h). */
 #include "cli_tp.h"
 
 #include <stdint.h>
@@ -8,17 +8,42 @@
 
 #include "cli_error.h"
 
-int cli_tp_join(const char *cmd, int32_t tp, double timeout_s, anvil_runtime_options *opts, anvil_comm **comm)
+/* Whether the model of dir has at least pp layers (1: yes, or its config
+ * does not load: the load then says why); 0 after rank 0's message. */
+static int layers_enough(const char *cmd, int32_t pp, const char *dir, int32_t rank)
+{
+    anvil_model_config cfg;
+    if (pp <= 1 || dir == NULL || anvil_model_config_load(dir, &cfg) != ANVIL_OK || cfg.n_layers >= pp)
+        return 1;
+    if (rank == 0)
+        fprintf(stderr, "%s: --pp %d: the model has %lld layers, and each pipeline stage needs one at least\n", cmd,
+                pp, (long long)cfg.n_layers);
+    return 0;
+}
+
+int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char *model_dir, double timeout_s,
+                anvil_runtime_options *opts, anvil_comm **comm)
 {
     *comm = NULL;
+    tp = tp > 1 ? tp : 1;
+    pp = pp > 1 ? pp : 1;
     if (anvil_comm_create_mpi(comm) != ANVIL_OK) {
-        anvil_cli_report("%s: --tp %d", cmd, tp);
+        if (pp > 1)
+            anvil_cli_report("%s: --tp %d --pp %d", cmd, tp, pp);
+        else
+            anvil_cli_report("%s: --tp %d", cmd, tp);
         return 1;
     }
-    if (anvil_comm_size(*comm) != tp) {
-        if (anvil_comm_rank(*comm) == 0)
-            fprintf(stderr, "%s: --tp %d needs %d ranks (mpirun -np %d), this job has %d\n", cmd, tp, tp, tp,
-                    anvil_comm_size(*comm));
+    const int32_t rank = anvil_comm_rank(*comm);
+    if ((int64_t)anvil_comm_size(*comm) != (int64_t)tp * pp || !layers_enough(cmd, pp, model_dir, rank)) {
+        if (rank == 0 && (int64_t)anvil_comm_size(*comm) != (int64_t)tp * pp) {
+            if (pp > 1)
+                fprintf(stderr, "%s: --tp %d --pp %d needs %lld ranks (mpirun -np %lld), this job has %d\n", cmd,
+                        tp, pp, (long long)tp * pp, (long long)tp * pp, anvil_comm_size(*comm));
+            else
+                fprintf(stderr, "%s: --tp %d needs %d ranks (mpirun -np %d), this job has %d\n", cmd, tp, tp, tp,
+                        anvil_comm_size(*comm));
+        }
         anvil_comm_free(*comm);
         *comm = NULL;
         return 1;
@@ -31,6 +56,7 @@ int cli_tp_join(const char *cmd, int32_t tp, double timeout_s, anvil_runtime_opt
     }
     opts->comm = *comm;
     opts->comm_lead = 1;
+    opts->pipeline_stages = pp;
     return 0;
 }
 

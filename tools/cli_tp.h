@@ -1,8 +1,9 @@
 /*
- * --tp N in the anvil command: the ranks mpirun started, joined through the
- * MPI communicator, rank 0 leading (docs/parallel.md).
+ * --tp N and --pp N in the anvil command: the ranks mpirun started, joined
+ * through the MPI communicator, rank 0 leading (docs/parallel.md).
  *
  *     mpirun -np 2 anvil run --model M --tp 2 --prompt "..."
+ *     mpirun -np 4 anvil run --model M --tp 2 --pp 2 --prompt "..."
  *
  * Rank 0 runs the command as usual with opts->comm set (comm_lead: its
  * steps go to the others); ranks 1.. load the same model with the same
@@ -16,18 +17,25 @@
 #include "anvil/comm.h"
 #include "anvil/runtime.h"
 
-/* The help lines of --tp and --comm-timeout. */
+/* The help lines of --tp, --pp and --comm-timeout. */
 #define CLI_TP_HELP                                                                                       \
     "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (CPU; rank 0\n"    \
     "                              leads, the others follow; docs/parallel.md)\n"                        \
-    "      --comm-timeout S        with --tp: a collective the other ranks do not join within S seconds\n" \
-    "                              fails and ends every rank (default 30; 0: wait for ever)\n"
+    "      --pp N                  pipeline parallelism: the layers in N stages, each over --tp ranks\n" \
+    "                              (mpirun -np tp x pp; rank 0 runs the first stage and samples)\n"      \
+    "      --comm-timeout S        with --tp/--pp: a collective the other ranks do not join within S\n"  \
+    "                              seconds fails and ends every rank (default 30; 0: wait for ever)\n"
 
-/* Joins the ranks for --tp tp (> 1): *comm and opts->comm / comm_lead
- * set, the communicator's timeout timeout_s (< 0: its default). 0, or 1
- * after a message on stderr ("<cmd>: --tp 4 needs 4 ranks (mpirun -np 4),
- * this job has 2"; anvil built without MPI; ...). */
-int cli_tp_join(const char *cmd, int32_t tp, double timeout_s, anvil_runtime_options *opts, anvil_comm **comm);
+/* Joins the ranks for --tp tp and --pp pp (0: not given, 1; their
+ * product > 1): *comm and opts->comm / comm_lead / pipeline_stages set,
+ * the communicator's timeout timeout_s (< 0: its default). 0, or 1 after a
+ * message on stderr from rank 0 ("<cmd>: --tp 4 needs 4 ranks (mpirun -np
+ * 4), this job has 2"; "--pp 4: the model has 3 layers"; anvil built
+ * without MPI; ...), every rank returning so. model_dir: the model whose
+ * layers --pp divides (its config read here; one that does not load is
+ * left to the load to report). */
+int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char *model_dir, double timeout_s,
+                anvil_runtime_options *opts, anvil_comm **comm);
 
 /* Ranks 1..: loads model_dir with opts and follows rank 0's steps until it
  * ends. The exit code (0, or 1 after a message). */

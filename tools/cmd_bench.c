@@ -57,6 +57,7 @@ typedef struct bench_args {
     const char *json_schema;     /* synthetic: a schema file */
     exec_cli_opts eo;
     int32_t tp;             /* --tp N (0: not given) */
+    int32_t pp;             /* --pp N (0: not given) */
     double comm_timeout;    /* --comm-timeout S (< 0: not given) */
 } bench_args;
 
@@ -133,7 +134,7 @@ static int parse_range(const char *s, const char *flag, range *r)
 static int parse_args(int argc, char **argv, bench_args *a)
 {
     enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG,
-           OPT_RF, OPT_SCHEMA, OPT_TP, OPT_COMM_TIMEOUT };
+           OPT_RF, OPT_SCHEMA, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
         {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
@@ -141,7 +142,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"concurrency", required_argument, 0, OPT_CONC}, {"request-rate", required_argument, 0, OPT_RATE},
         {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
         {"response-format", required_argument, 0, OPT_RF}, {"json-schema", required_argument, 0, OPT_SCHEMA},
-        {"tp", required_argument, 0, OPT_TP},           {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
+        {"tp", required_argument, 0, OPT_TP},           {"pp", required_argument, 0, OPT_PP},
+        {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
     };
@@ -201,6 +203,13 @@ static int parse_args(int argc, char **argv, bench_args *a)
             if (exec_cli_int(optarg, "--tp", 1, 4096, &v, TOOL))
                 return 2;
             a->tp = (int32_t)v;
+            break;
+        }
+        case OPT_PP: {
+            long v;
+            if (exec_cli_int(optarg, "--pp", 1, 4096, &v, TOOL))
+                return 2;
+            a->pp = (int32_t)v;
             break;
         }
         case OPT_COMM_TIMEOUT:
@@ -653,12 +662,12 @@ int anvil_cmd_bench(int argc, char **argv)
         return rc;
     }
     anvil_comm *comm = NULL;
-    if (a.tp > 1) {
+    if (a.tp > 1 || a.pp > 1) {
         if (!a.eo.kv_set) { /* the same KV cache on every rank (cli_tp.h) */
             cli_tp_kv_tokens(&a.eo.rt, a.model);
             a.eo.kv_set = 1;
         }
-        if (cli_tp_join(TOOL, a.tp, a.comm_timeout, &a.eo.rt, &comm) != 0) {
+        if (cli_tp_join(TOOL, a.tp, a.pp, a.model, a.comm_timeout, &a.eo.rt, &comm) != 0) {
             request_values_free(&a.rv);
             return 1;
         }

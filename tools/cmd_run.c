@@ -36,6 +36,7 @@ typedef struct run_args {
     int32_t refit_after;
     int refit_after_set;
     int32_t tp;                /* --tp N: ranks of mpirun (0: not given) */
+    int32_t pp;                /* --pp N: pipeline stages (0: not given) */
     double comm_timeout;       /* --comm-timeout S (< 0: not given) */
     exec_cli_random random;    /* --config FILE --random-weights: no model file */
     anvil_runtime_options rt;
@@ -87,7 +88,7 @@ static void run_usage(FILE *out)
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
-           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP, OPT_COMM_TIMEOUT };
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -98,7 +99,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"refit-weights", required_argument, 0, OPT_REFIT_WEIGHTS},
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
-        {"tp", required_argument, 0, OPT_TP},
+        {"tp", required_argument, 0, OPT_TP},          {"pp", required_argument, 0, OPT_PP},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         EXEC_CLI_RANDOM_LONGOPTS,
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
@@ -146,6 +147,10 @@ static int parse_args(int argc, char **argv, run_args *a)
         case OPT_TP:
             if (exec_cli_int(optarg, "--tp", 1, 4096, &v, "anvil run")) return 2;
             a->tp = (int32_t)v;
+            break;
+        case OPT_PP:
+            if (exec_cli_int(optarg, "--pp", 1, 4096, &v, "anvil run")) return 2;
+            a->pp = (int32_t)v;
             break;
         case OPT_COMM_TIMEOUT:
             if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &a->comm_timeout, "anvil run")) return 2;
@@ -329,13 +334,13 @@ int anvil_cmd_run(int argc, char **argv)
     }
     rc = 1;
     anvil_comm *comm = NULL;
-    if (a.tp > 1) {
+    if (a.tp > 1 || a.pp > 1) {
         if (a.refit_weights) {
-            fprintf(stderr, "anvil run: --refit-weights is one rank's (not with --tp)\n");
+            fprintf(stderr, "anvil run: --refit-weights is one rank's (not with --tp or --pp)\n");
             request_values_free(&a.rv);
             return 2;
         }
-        if (cli_tp_join("anvil run", a.tp, a.comm_timeout, &a.rt, &comm) != 0) {
+        if (cli_tp_join("anvil run", a.tp, a.pp, a.model, a.comm_timeout, &a.rt, &comm) != 0) {
             request_values_free(&a.rv);
             return 1;
         }

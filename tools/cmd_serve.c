@@ -98,6 +98,7 @@ enum {
     OPT_HEADER_TIMEOUT,
     OPT_LOAD_TIMEOUT,
     OPT_TP,
+    OPT_PP,
     OPT_COMM_TIMEOUT,
 };
 
@@ -230,6 +231,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"header-timeout", required_argument, 0, OPT_HEADER_TIMEOUT},
         {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
         {"tp", required_argument, 0, OPT_TP},
+        {"pp", required_argument, 0, OPT_PP},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
@@ -248,7 +250,7 @@ int anvil_cmd_serve(int argc, char **argv)
     int n_models = 0, n_loads = 0, no_load_all = 0;
     const char *template_path = NULL;
     double shutdown_s = 10, comm_timeout = -1;
-    int32_t tp = 0;
+    int32_t tp = 0, pp = 0;
     long v;
     int opt;
     optind = 1;
@@ -367,6 +369,11 @@ int anvil_cmd_serve(int argc, char **argv)
                 return 2;
             tp = (int32_t)v;
             break;
+        case OPT_PP:
+            if (exec_cli_int(optarg, "--pp", 1, 4096, &v, tool))
+                return 2;
+            pp = (int32_t)v;
+            break;
         case OPT_COMM_TIMEOUT:
             if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &comm_timeout, tool))
                 return 2;
@@ -414,9 +421,9 @@ int anvil_cmd_serve(int argc, char **argv)
         fprintf(stderr, "%s: --load-model and --no-load-all choose among the models of --model-repo\n", tool);
         return 2;
     }
-    if (tp > 1 && (n_models != 1 || so.model_repo != NULL)) {
-        fprintf(stderr, "%s: --tp serves one --model (the other ranks follow one runtime), not %s\n", tool,
-                so.model_repo ? "--model-repo" : "several");
+    if ((tp > 1 || pp > 1) && (n_models != 1 || so.model_repo != NULL)) {
+        fprintf(stderr, "%s: --%s serves one --model (the other ranks follow one runtime), not %s\n", tool,
+                tp > 1 ? "tp" : "pp", so.model_repo ? "--model-repo" : "several");
         return 2;
     }
     char *template_src = NULL;
@@ -443,7 +450,7 @@ int anvil_cmd_serve(int argc, char **argv)
     so.kv_cache_auto = !eo.kv_set && !gpu_kv;
     so.chat_template_source = template_src;
     anvil_comm *comm = NULL;
-    if (tp > 1) {
+    if (tp > 1 || pp > 1) {
         char name[256];
         const char *dir;
         model_arg(models[0], name, sizeof name, &dir);
@@ -452,7 +459,7 @@ int anvil_cmd_serve(int argc, char **argv)
         if (!eo.kv_set && !gpu_kv)
             cli_tp_kv_tokens(&eo.rt, dir);
         so.kv_cache_auto = 0;
-        if (cli_tp_join(tool, tp, comm_timeout, &eo.rt, &comm) != 0) {
+        if (cli_tp_join(tool, tp, pp, dir, comm_timeout, &eo.rt, &comm) != 0) {
             free(template_src);
             return 1;
         }

@@ -44,7 +44,7 @@
 #define REL_TOL 1e-4
 /* decode steps after the prefills (or the fewest greedy tokens a case of
  * the model has); fewer under the sanitizers */
-#define DECODE_STEPS (ANVIL_TEST_SANITIZED ? 4 : 32)
+#define DECODE_STEPS (ANVIL_TEST_SANITIZED ? 4 : 16)
 
 static anvil_comm *comm;
 static int32_t n_stages; /* the layout under test: n_stages x (size / n_stages) */

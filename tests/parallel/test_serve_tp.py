@@ -1,11 +1,13 @@
-"""anvil serve --tp 2 under mpirun (docs/parallel.md): rank 0 serves, rank 1
-follows its steps. Greedy text of completions (streamed and not, several
+"""anvil serve --tp 2 (and --pp 2) under mpirun (docs/parallel.md): rank 0
+serves, rank 1 follows its steps (with --pp 2: runs the second stage). Greedy text of completions (streamed and not, several
 at once) equals the one-rank server's; /health names the ranks; the
 repository API is refused; and failures: a follower or rank 0 killed
 mid-stream ends every rank within 10 s with mpirun's message naming it, and
 under --enable-recovery (the job kept alive when a rank dies) rank 0's
 collective times out, /health says 503 "failed" with the reason, and rank 0
-ends every rank. stories260K, 127.0.0.1 only, --threads 1."""
+ends every rank (with --pp: the stage chain's send or receive times out,
+and the job's communicator reports it). stories260K, 127.0.0.1 only,
+--threads 1."""
 import http.client
 import json
 import os
@@ -59,14 +61,17 @@ def complete(port, prompt, max_tokens=24, stream=False):
 
 
 class Server:
-    """anvil serve, one rank or mpirun -np ranks with --tp ranks."""
+    """anvil serve, one rank or mpirun -np ranks: --tp ranks, or --pp pp
+    stages of ranks / pp."""
 
-    def __init__(self, ranks=1, mpi_args=(), extra=()):
+    def __init__(self, ranks=1, mpi_args=(), extra=(), pp=1):
         self.port = free_port()
         self.err = tempfile.TemporaryFile(mode="w+")
         cmd = [ANVIL, "serve", "--model", str(MODEL), "--port", str(self.port), "--threads", "1", *extra]
         if ranks > 1:
-            cmd = [MPIRUN, *mpi_args, "-np", str(ranks), *cmd, "--tp", str(ranks)]
+            cmd = [MPIRUN, *mpi_args, "-np", str(ranks), *cmd, "--tp", str(ranks // pp)]
+            if pp > 1:
+                cmd += ["--pp", str(pp)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err, text=True)
         deadline = time.time() + 60
         while True:
@@ -151,6 +156,34 @@ def test_tp_serves_one_ranks_greedy_text(one_rank_texts):
         s.stop()
 
 
+def test_pp_serves_one_ranks_greedy_text(one_rank_texts):
+    """Two stages: rank 0 the embedding and the first layers, rank 1 the
+    others and the LM head, whose logits come back to rank 0."""
+    s = Server(ranks=2, pp=2)
+    try:
+        status, text = request(s.port, "GET", "/health")
+        assert status == 200 and json.loads(text)["ranks"] == 2, text
+        for p in PROMPTS:
+            assert complete(s.port, p) == one_rank_texts[p], p
+        got, errs = {}, []
+
+        def run(p):
+            try:
+                got[p] = complete(s.port, p, stream=True)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errs.append(repr(e))
+
+        threads = [threading.Thread(target=run, args=(p,)) for p in PROMPTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errs, errs
+        assert got == one_rank_texts
+    finally:
+        s.stop()
+
+
 def stream_then_kill(s, victim):
     """A long stream; once tokens flow, SIGKILL to rank `victim`. Returns the
     seconds from the kill until mpirun ended, and its exit code."""
@@ -168,9 +201,9 @@ def stream_then_kill(s, victim):
     return c, r, t0
 
 
-@pytest.mark.parametrize("victim", [1, 0])
-def test_killed_rank_ends_every_rank(victim):
-    s = Server(ranks=2)
+@pytest.mark.parametrize("victim,pp", [(1, 1), (0, 1), (1, 2)])
+def test_killed_rank_ends_every_rank(victim, pp):
+    s = Server(ranks=2, pp=pp)
     try:
         c, _, t0 = stream_then_kill(s, victim)
         rc = s.wait(10)
@@ -185,10 +218,13 @@ def test_killed_rank_ends_every_rank(victim):
         s.stop()
 
 
-def test_recovery_mode_health_reports_failed_rank():
+@pytest.mark.parametrize("pp", [1, 2])
+def test_recovery_mode_health_reports_failed_rank(pp):
     """--enable-recovery keeps the job alive when a rank dies: rank 0's next
-    collective gets no answer, /health says why, rank 0 ends every rank."""
-    s = Server(ranks=2, mpi_args=("--enable-recovery",), extra=("--comm-timeout", "2"))
+    collective (with --pp 2: its receive of the logits, or the send of its
+    hidden state) gets no answer, /health says why, rank 0 ends every
+    rank."""
+    s = Server(ranks=2, mpi_args=("--enable-recovery",), extra=("--comm-timeout", "2"), pp=pp)
     try:
         c, r, _ = stream_then_kill(s, 1)
         body = r.read().decode()  # the stream ends with the step's error, in OpenAI's shape
