@@ -10,8 +10,10 @@
  *     ranks), led by rank 0 as anvil run and serve are: each prompt's
  *     prefill logits on rank 0 within 1e-4 x max|logit| of Hugging Face's
  *     (f32), then decode steps of every prompt together in one batch whose
- *     greedy tokens are HF's; a model with fewer layers than stages, or
- *     one the TP cut refuses, fails its load with a message on every rank;
+ *     greedy tokens are HF's (the models of ../shared and of
+ *     tests/data/models: GPT-2, Qwen2-MoE, Qwen3-MoE); a model with fewer
+ *     layers than stages, or one the TP cut refuses (heads, GPT-2's
+ *     transposed weights), fails its load with a message on every rank;
  *   - the lockstep mode (every rank calls the steps): the first and the
  *     last stage hold the same logits, a stage between leaves its logits
  *     buffer as it was and refuses to sample;
@@ -126,8 +128,7 @@ static void test_split_timeout(void **state)
 
 static anvil_status load_model(const char *model, int lead, anvil_runtime **rt)
 {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    const char *dir = anvil_test_model_dir(model); /* ../shared, or tests/data/models */
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.n_threads = 1; /* ranks share CI's two cores */
@@ -237,7 +238,9 @@ static void refuse(const char *model, const char *msg)
 }
 
 /* The models whose layers the stages divide (at least one each) and whose
- * heads the TP ranks of a stage divide run; the others are refused. */
+ * heads the TP ranks of a stage divide run; the others are refused, as is
+ * GPT-2 over TP ranks (its Conv1D weights are transposes, which the TP cut
+ * does not slice by columns yet). */
 static void run_or_refuse(const char *model, int32_t n_layers, int32_t n_heads)
 {
     const int32_t tp = anvil_comm_size(comm) / n_stages;
@@ -245,6 +248,8 @@ static void run_or_refuse(const char *model, int32_t n_layers, int32_t n_heads)
         refuse(model, "layers cannot be split over");
     else if (n_heads % tp != 0)
         refuse(model, "attention heads cannot be split");
+    else if (tp > 1 && strcmp(model, "tiny-gpt2") == 0)
+        refuse(model, "(a transpose recipe) cannot be cut along axis 1");
     else
         run_model_led(model);
 }
@@ -349,27 +354,24 @@ static void run_generate(const char *model)
     golden_free(&g);
 }
 
-/* The golden models: layers, attention heads. */
+/* The golden models: layers, attention heads. The mixtures of experts run
+ * their experts whole on every TP rank (the TP cut leaves the moe op
+ * replicated). */
 static const struct {
     const char *name;
     int32_t n_layers, n_heads;
 } models[] = {
-    {"stories260K", 5, 8}, {"tinycode", 6, 6},   {"tiny-llama3", 3, 8}, {"tiny-qwen2", 3, 8},
-    {"tiny-mistral", 3, 8}, {"tiny-qwen3", 3, 8}, {"tiny-phi3", 3, 8},   {"tiny-gemma2", 3, 8},
+    {"stories260K", 5, 8},    {"tinycode", 6, 6},       {"tiny-llama3", 3, 8}, {"tiny-qwen2", 3, 8},
+    {"tiny-mistral", 3, 8},   {"tiny-qwen3", 3, 8},     {"tiny-phi3", 3, 8},   {"tiny-gemma2", 3, 8},
+    {"tiny-mixtral", 3, 8},   {"tiny-qwen2-moe", 3, 4}, {"tiny-qwen3-moe", 3, 4}, {"tiny-gpt2", 3, 4},
 };
 
-/* One layout: every golden model, MoE (stages only: the TP cut refuses
- * stacked experts), lockstep and the executor. */
+/* One layout: every golden model, lockstep and the executor. */
 static void run_layout(int32_t stages)
 {
     n_stages = stages;
-    const int32_t tp = anvil_comm_size(comm) / stages;
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
         run_or_refuse(models[i].name, models[i].n_layers, models[i].n_heads);
-    if (stages > 3)
-        refuse("tiny-mixtral", "3 layers cannot be split over 4 pipeline stages");
-    else if (tp == 1)
-        run_model_led("tiny-mixtral");
     run_lockstep("stories260K");
     run_generate(stages <= 3 ? "tiny-qwen2" : "tinycode");
     assert_int_equal(anvil_comm_barrier(comm), ANVIL_OK);
