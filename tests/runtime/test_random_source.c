@@ -2,10 +2,10 @@
  * Random weights with no file (anvil_runtime_options.random_weights): a
  * runtime loaded from a config alone gives, bit for bit, the logits of the
  * engine `anvil build --random-weights` writes for the same config, seed
- * and dtype (a Llama-style model, three MoE families; f32 and bf16; int8-wo
- * and int4-wo), a prompt and a decode step after it; another seed gives
- * other logits; the config may have any file name; bad options are
- * refused with a message. Memory: loading a ~300 MB config holds the
+ * and dtype (a Llama-style model, three MoE families, every other golden
+ * family; f32 and bf16; int8-wo and int4-wo), a prompt and a decode step
+ * after it; another seed gives other logits; the config may have any file
+ * name; bad options are refused with a message. Memory: loading a ~300 MB config holds the
  * weights (the CPU computes from host memory) and chunk buffers, not a
  * second copy of the model (printed, and bounded by half the model).
  */
@@ -28,6 +28,22 @@ static void test_llama(void **st)
     random_check_config(cfg, "cpu", 7, ANVIL_DTYPE_COUNT, ANVIL_QUANTIZE_NONE, 0);
     random_check_config(cfg, "cpu", 3, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_NONE, 0);
     random_check_config(cfg, "cpu", 3, ANVIL_DTYPE_F32, ANVIL_QUANTIZE_NONE, 0);
+}
+
+/* Every other family the builder makes random weights for, from the
+ * model folders (the config.json inside; their safetensors unread). */
+static void test_families(void **st)
+{
+    (void)st;
+    static const char *const models[] = {"stories260K", "tinycode",   "tiny-qwen2", "tiny-mistral",
+                                         "tiny-qwen3",  "tiny-phi3",  "tiny-gemma2", "tiny-gpt2"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        char path[800];
+        snprintf(path, sizeof path, "%s/config.json", anvil_test_model_dir(models[i]));
+        if (access(path, F_OK) != 0)
+            continue;
+        random_check_config(anvil_test_model_dir(models[i]), "cpu", 11, ANVIL_DTYPE_COUNT, ANVIL_QUANTIZE_NONE, 0);
+    }
 }
 
 /* The folder form (config.json inside) as well as a file. */
@@ -144,6 +160,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama),
         cmocka_unit_test(test_moe),
+        cmocka_unit_test(test_families),
         cmocka_unit_test(test_quantized),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_peak_memory),
