@@ -58,12 +58,19 @@ extern "C" {
 #define ANVIL_MIN_QUERY_PRE_ATTN_SCALAR 1e-3 /* query_pre_attn_scalar (Gemma 2 9B: 224) */
 #define ANVIL_MAX_QUERY_PRE_ATTN_SCALAR 1e9
 #define ANVIL_MAX_EXPERTS 1024              /* num_local_experts / num_experts (Qwen3-235B: 128) */
+#define ANVIL_MAX_LORA_RANK 16384           /* DeepSeek-V2's q_lora_rank and kv_lora_rank (V2: 1536, 512) */
+#define ANVIL_MIN_ROUTED_SCALE 1e-6         /* routed_scaling_factor (DeepSeek-V2: 16, V2-Lite: 1) */
+#define ANVIL_MAX_ROUTED_SCALE 1e6
+#define ANVIL_MAX_YARN_BETA 1e4             /* YaRN beta_fast, beta_slow (DeepSeek-V2: 32, 1) */
+#define ANVIL_MAX_YARN_MSCALE 100.0         /* YaRN mscale, mscale_all_dim (DeepSeek-V2: 0.707) */
 
 typedef enum anvil_rope_type {
     ANVIL_ROPE_DEFAULT = 0, /* theta ** (-2i/d) */
     ANVIL_ROPE_LINEAR,      /* positions divided by factor */
     ANVIL_ROPE_LLAMA3,      /* Llama 3.1 frequency-dependent scaling */
     ANVIL_ROPE_LONGROPE,    /* Phi-3 LongRoPE: per-frequency factors, short or long by sequence length */
+    ANVIL_ROPE_YARN,        /* YaRN (DeepSeek-V2): interpolated and extrapolated frequencies ramped, cos and
+                               sin times attention_factor */
 } anvil_rope_type;
 
 /*
@@ -86,6 +93,20 @@ typedef struct anvil_rope_config {
     int32_t n_ext_factors;           /* longrope: head_dim / 2 entries in each of: */
     float short_factor[ANVIL_MAX_ROPE_EXT_FACTORS]; /* longrope */
     float long_factor[ANVIL_MAX_ROPE_EXT_FACTORS];  /* longrope */
+    /* yarn (transformers' _compute_yarn_parameters): inverse frequency i
+     * blends 1 / theta^(2i/d) and that over factor by a ramp between the
+     * dimensions where beta_fast and beta_slow rotations fit
+     * original_max_position (bounds floored and ceiled with truncate);
+     * attention_factor (given, or get_mscale(factor, mscale) /
+     * get_mscale(factor, mscale_all_dim) when both are nonzero, else
+     * get_mscale(factor)) multiplies cos and sin. DeepSeek-V2 also
+     * multiplies its softmax scale by get_mscale(factor, mscale_all_dim)^2
+     * (src/models/deepseek2.c). */
+    double beta_fast;
+    double beta_slow;
+    double mscale;                   /* 0: not given */
+    double mscale_all_dim;           /* 0: not given */
+    int truncate;
 } anvil_rope_config;
 
 /* The MLP's activation (hidden_act, Gemma's hidden_activation). */
@@ -145,6 +166,26 @@ typedef struct anvil_model_config {
     int norm_topk_prob;          /* the k routing weights divided by their sum (Mixtral: always) */
     int32_t decoder_sparse_step;
     uint64_t mlp_only_layers[ANVIL_MAX_LAYERS / 64]; /* bit l % 64 of word l / 64 */
+    /* DeepSeek-V2's router (0 / 1 elsewhere): experts in moe_n_group groups,
+     * each token's top-k taken from the moe_topk_group groups with the
+     * largest best expert (group_limited_greedy; 1 and 1: plain greedy),
+     * the k weights times routed_scaling_factor (1: none) */
+    int32_t moe_n_group;
+    int32_t moe_topk_group;
+    double routed_scaling_factor;
+    /* DeepSeek-V2's layers (first_k_dense_replace): the first ones have a
+     * dense MLP, the rest the experts */
+    int32_t first_k_dense_replace;
+    /* Multi-head latent attention (DeepSeek-V2; kv_lora_rank 0 elsewhere):
+     * q from q_proj, or through a rank q_lora_rank bottleneck (q_a_proj,
+     * q_a_layernorm, q_b_proj); keys and values from a normalized latent
+     * of kv_lora_rank and one shared rope key of qk_rope_head_dim
+     * (head_dim is that: the rotated part); each head's q and k are
+     * qk_nope_head_dim + qk_rope_head_dim wide, its v v_head_dim. */
+    int64_t q_lora_rank;         /* 0: a plain q_proj */
+    int64_t kv_lora_rank;
+    int64_t qk_nope_head_dim;
+    int64_t v_head_dim;
 } anvil_model_config;
 
 /*
@@ -172,6 +213,11 @@ anvil_status anvil_model_config_load_path(const char *path, anvil_model_config *
  * an unchecked config.
  */
 anvil_status anvil_model_config_check(const anvil_model_config *cfg);
+
+/* YaRN's get_mscale(scale, mscale): 1 for scale <= 1, else
+ * 0.1 * mscale * ln(scale) + 1 (DeepSeek-V2's softmax scale is
+ * multiplied by its square with mscale_all_dim). */
+double anvil_yarn_mscale(double scale, double mscale);
 
 #ifdef __cplusplus
 }

@@ -67,6 +67,7 @@ typedef enum anvil_op_kind {
     ANVIL_OP_LAYERNORM,     /* (x - mean) / sqrt(var + eps) * w + b (GPT-2) */
     ANVIL_OP_GELU_TANH,     /* gelu_tanh(x) (GPT-2's non-gated MLP) */
     ANVIL_OP_POS_EMBEDDING, /* x + table[position] (GPT-2's learned absolute positions) */
+    ANVIL_OP_MLA,           /* multi-head latent attention over a cache of latents (DeepSeek-V2) */
     ANVIL_OP_SEND,          /* x to another pipeline stage (in place: the value is x) */
     ANVIL_OP_RECV,          /* a value from another pipeline stage */
     ANVIL_OP_COUNT,
@@ -90,7 +91,34 @@ typedef struct anvil_moe_params {
     int64_t inter;          /* I: each expert's intermediate size */
     int64_t shared_inter;   /* Is: the shared expert's intermediate size; 0: none */
     int32_t norm_topk_prob; /* 1: the k routing weights divided by their sum (Mixtral always) */
+    /* DeepSeek-V2's router (0 everywhere in the others'): the experts in
+     * n_group equal groups, each token's top_k taken among the topk_group
+     * groups whose best expert scores highest (the others' scores 0), the
+     * weights then times routed_scale; n_group 0 or 1: plain top-k, 0 or 1:
+     * no scaling */
+    int32_t n_group;
+    int32_t topk_group;
+    float routed_scale;
+    int32_t shared_ungated; /* 1: the shared expert is added as it is (DeepSeek's), no shared_gate */
 } anvil_moe_params;
+
+/*
+ * Multi-head latent attention's shape (anvil_net_mla, DeepSeek-V2). Per
+ * head h, q is nope_dim then rope_dim wide; keys and values come from a
+ * latent c of kv_rank and one rope key shared by every head: k_h =
+ * [W_UK_h c, rope(k_pe)], v_h = W_UV_h c, with kv_b [n_heads (nope_dim +
+ * v_dim), kv_rank] holding W_UK_h (nope_dim rows) then W_UV_h (v_dim
+ * rows) for each head in turn (transformers' kv_b_proj).
+ */
+typedef struct anvil_mla_params {
+    int32_t layer;    /* which KV cache layer */
+    int32_t n_heads;
+    int32_t kv_rank;  /* kv_lora_rank */
+    int32_t nope_dim; /* qk_nope_head_dim */
+    int32_t rope_dim; /* qk_rope_head_dim (even) */
+    int32_t v_dim;    /* v_head_dim */
+    float scale;      /* softmax scale, > 0 */
+} anvil_mla_params;
 
 /* An empty network. *out is NULL on failure. */
 anvil_status anvil_network_create(anvil_network **out);
@@ -169,8 +197,11 @@ anvil_value anvil_net_pos_embedding(anvil_network *net, anvil_value x, const cha
  * rows ([e * 2I, e * 2I + I) and [e * 2I + I, (e + 1) * 2I)); down
  * [E * H, I], expert e's rows [e * H, (e + 1) * H); shared_gate_up [2 Is, H]
  * (gate rows then up rows), shared_down [H, Is], shared_gate [1, H]; the
- * shared names NULL without a shared expert. A model stacks its
- * checkpoint's per-expert tensors into these with concat recipes. */
+ * shared names NULL without a shared expert; shared_gate NULL with
+ * shared_ungated (DeepSeek-V2: the shared experts' output added as it is,
+ * and the routing of n_group / topk_group / routed_scale, see
+ * anvil_moe_params). A model stacks its checkpoint's per-expert tensors
+ * into these with concat recipes. */
 anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router, const char *gate_up,
                           const char *down, const char *shared_gate_up, const char *shared_down,
                           const char *shared_gate, const anvil_moe_params *p);
@@ -179,6 +210,17 @@ anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router,
  * values with these; the runtime runs them through its communicator.
  * all_reduce: x summed over the ranks, the same width. all_gather: the
  * n_ranks ranks' x side by side in rank order, n_ranks times x's width. */
+/* Multi-head latent attention (DeepSeek-V2; anvil_mla_params): q [T,
+ * n_heads (nope_dim + rope_dim)], c [T, kv_rank] the normalized latent,
+ * k_pe [T, rope_dim] the shared rope key, not rotated yet; kv_b the
+ * checkpoint's kv_b_proj. The op rotates the rope parts of q and k_pe
+ * with `rope` in interleaved pairs (x[2i], x[2i + 1]), as transformers'
+ * apply_rotary_emb multiplies complex numbers, caches [c, rope(k_pe)] (one
+ * row of kv_rank + rope_dim a token: the KV cache's only "head", no
+ * values), and attends causally with keys and values expanded from the
+ * cached latents. Result [T, n_heads v_dim]. */
+anvil_value anvil_net_mla(anvil_network *net, anvil_value q, anvil_value c, anvil_value k_pe, const char *kv_b,
+                          const anvil_rope_config *rope, const anvil_mla_params *p);
 anvil_value anvil_net_all_reduce(anvil_network *net, anvil_value x);
 anvil_value anvil_net_all_gather(anvil_network *net, anvil_value x, int32_t n_ranks);
 /* Pipeline parallelism (docs/parallel.md): a network cut into stages
@@ -232,6 +274,7 @@ typedef struct anvil_net_op {
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */
     anvil_moe_params moe;    /* moe: weights router, gate_up, down, shared_gate_up, shared_down, shared_gate */
+    anvil_mla_params mla;    /* mla: weight kv_b; its rope in `rope`, rope_dim in head_dim */
     int32_t peer, tag;       /* send, recv: the other stage and the message's tag */
 } anvil_net_op;
 

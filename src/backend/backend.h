@@ -128,10 +128,14 @@ typedef struct anvil_attention_args {
  * sparse block) over x [T, H]:
  *   p = softmax(x router^T) in f32, per row over the E experts;
  *   the top_k largest p (the lower expert on ties, as torch.topk), divided
- *   by their sum when norm_topk_prob;
+ *   by their sum when norm_topk_prob; with n_group > 1 (DeepSeek-V2's
+ *   group_limited_greedy) only among the topk_group groups of E / n_group
+ *   experts whose largest p is largest (the lower group on ties), the
+ *   others' p taken as 0; then times routed_scale (0: 1);
  *   out = sum over those experts e, in ascending e, of
  *         p_e * down_e(silu(x gate_e^T) * (x up_e^T))
- *       (+ sigmoid(x shared_gate^T) * shared_down(silu(x sg^T) * (x su^T))).
+ *       (+ sigmoid(x shared_gate^T) * shared_down(silu(x sg^T) * (x su^T)),
+ *        without the sigmoid factor when shared_gate is NULL: DeepSeek's).
  * Expert e's weights are slices of the stacked tensors: gate_e rows
  * [e 2I, e 2I + I) and up_e rows [e 2I + I, (e + 1) 2I) of gate_up, down_e
  * rows [e H, (e + 1) H) of down; the shared expert's gate rows then up rows
@@ -146,13 +150,16 @@ typedef struct anvil_moe_args {
     const anvil_tensor *down;           /* [E * H, I] */
     const anvil_tensor *shared_gate_up; /* [2 Is, H], or NULL: no shared expert */
     const anvil_tensor *shared_down;    /* [H, Is] */
-    const anvil_tensor *shared_gate;    /* [1, H] */
+    const anvil_tensor *shared_gate;    /* [1, H], or NULL: the shared expert ungated */
     anvil_tensor *out;                  /* [T, H], aliases none of the above */
     int32_t n_experts;                  /* E */
     int32_t top_k;                      /* 1..E */
     int64_t inter;                      /* I */
     int64_t shared_inter;               /* Is (0 without a shared expert) */
     int32_t norm_topk_prob;
+    int32_t n_group;                    /* 0 or 1: plain top-k */
+    int32_t topk_group;
+    float routed_scale;                 /* 0: 1 */
     void *scratch;
     size_t scratch_bytes;
 } anvil_moe_args;
@@ -189,6 +196,44 @@ anvil_status anvil_moe_scratch_layout(int64_t n_tokens, int64_t hidden, int32_t 
 /* The checks every backend's moe op makes (shapes, dense f32/bf16/f16
  * weights, the scratch's size), with the scratch layout for args->x's rows. */
 anvil_status anvil_moe_check_args(const anvil_moe_args *args, anvil_moe_scratch *layout);
+
+/*
+ * Multi-head latent attention (DeepSeek-V2; include/anvil/network.h,
+ * anvil_net_mla). For each token t at position p of sequence s:
+ *   rotate the last rope_dim of each head of q[t] and k_pe[t] in
+ *   interleaved pairs (x[2i], x[2i+1]) by p * inv_freq[i] (cos and sin
+ *   times rope->scale), as transformers' complex apply_rotary_emb;
+ *   cache row slots[t] (kv_rank + rope_dim wide) = [c[t], rope(k_pe[t])];
+ *   for each head h, over the cached positions j <= p of s:
+ *     score_j = (q_nope_h . (W_UK_h c_j) + q_pe_h . kpe_j) * scale,
+ *     out[t, h] = sum_j softmax(score)_j W_UV_h c_j,
+ *   W_UK_h and W_UV_h the rows [h (nope + v), h (nope + v) + nope) and
+ *   [h (nope + v) + nope, (h + 1)(nope + v)) of kv_b.
+ * The same numbers two ways: expanded (each cached latent through W_UK and
+ * W_UV, then attention as usual: a prefill's many rows share the
+ * expansion) or absorbed (q_nope through W_UK^T into the latent space,
+ * attention over the latents, the weighted latent through W_UV: what a
+ * decode step reads is the latents alone). form picks: 0 the backend's
+ * choice (the CPU: expanded for a sequence with more than one row in the
+ * step, absorbed for one row), 1 expanded, 2 absorbed.
+ */
+typedef struct anvil_mla_args {
+    const anvil_tensor *q;        /* [T, n_heads * (nope_dim + rope_dim)], f32 */
+    const anvil_tensor *c;        /* [T, kv_rank] the normalized latent */
+    const anvil_tensor *k_pe;     /* [T, rope_dim], not rotated */
+    const anvil_tensor *kv_b;     /* [n_heads * (nope_dim + v_dim), kv_rank], f32/bf16/f16 */
+    anvil_tensor *cache;          /* [n_blocks, block_size, 1, kv_rank + rope_dim]: F32, BF16 or F16 */
+    anvil_tensor *out;            /* [T, n_heads * v_dim] */
+    const anvil_step *step;
+    const anvil_rope_freqs *rope; /* [rope_dim / 2] */
+    int32_t n_heads;
+    int32_t kv_rank;
+    int32_t nope_dim;
+    int32_t rope_dim;
+    int32_t v_dim;
+    float scale;
+    int32_t form;                 /* 0 the backend's choice, 1 expanded, 2 absorbed */
+} anvil_mla_args;
 
 typedef struct anvil_backend_ops {
     const char *name;
@@ -382,6 +427,10 @@ typedef struct anvil_backend_ops {
     /* ---- mixture of experts (anvil_moe_args above); NULL: the runtime
      * refuses a model with moe ops */
     anvil_status (*moe)(anvil_backend *be, const anvil_moe_args *args);
+
+    /* ---- multi-head latent attention (anvil_mla_args above); NULL: the
+     * runtime refuses a model with mla ops at load */
+    anvil_status (*mla)(anvil_backend *be, const anvil_mla_args *args);
 } anvil_backend_ops;
 
 #define ANVIL_MATMUL_MULTI_MAX 4

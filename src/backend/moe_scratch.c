@@ -1,6 +1,9 @@
 /* The layout of a moe op's scratch (backend.h, anvil_moe_scratch), shared by
  * the backends so that the runtime can size it once at load. */
 #include "backend/backend.h"
+
+#include <math.h>
+
 #include "core/checked.h"
 #include "core/error.h"
 
@@ -76,8 +79,16 @@ anvil_status anvil_moe_check_args(const anvil_moe_args *a, anvil_moe_scratch *la
     if (Is > 0) {
         TRY(check_weight(a->shared_gate_up, 2 * Is, H, "the shared expert's gate_up"));
         TRY(check_weight(a->shared_down, H, Is, "the shared expert's down"));
-        TRY(check_weight(a->shared_gate, 1, H, "the shared expert's gate"));
+        if (a->shared_gate != NULL) /* NULL: ungated (DeepSeek) */
+            TRY(check_weight(a->shared_gate, 1, H, "the shared expert's gate"));
     }
+    const int32_t groups = a->n_group > 1 ? a->n_group : 1;
+    CHECK(E % groups == 0 &&
+              (groups == 1 || (a->topk_group >= 1 && a->topk_group <= groups &&
+                               (int64_t)a->topk_group * (E / groups) >= a->top_k)) &&
+              isfinite(a->routed_scale) && a->routed_scale >= 0.0f,
+          ANVIL_ERR_INVALID_ARG, "moe: %d groups keeping %d for top-%d of %lld experts, scale %g", a->n_group,
+          a->topk_group, a->top_k, (long long)E, (double)a->routed_scale);
     CHECK(T == 0 || (a->scratch != NULL && a->scratch_bytes >= layout->bytes), ANVIL_ERR_INVALID_ARG,
           "moe: %zu scratch bytes for %lld tokens need %zu", a->scratch_bytes, (long long)T, layout->bytes);
     return ANVIL_OK;

@@ -87,6 +87,14 @@ static json_t *rope_json(const anvil_rope_config *r, int *ok)
         put(o, "short_factor", sf, ok);
         put(o, "long_factor", lf, ok);
     }
+    if (r->type == ANVIL_ROPE_YARN) { /* only for yarn: older engines' manifests stay equal */
+        put(o, "attention_factor", json_real(r->attention_factor), ok);
+        put(o, "beta_fast", json_real(r->beta_fast), ok);
+        put(o, "beta_slow", json_real(r->beta_slow), ok);
+        put(o, "mscale", json_real(r->mscale), ok);
+        put(o, "mscale_all_dim", json_real(r->mscale_all_dim), ok);
+        put(o, "truncate", json_integer(r->truncate), ok);
+    }
     return o;
 }
 
@@ -151,6 +159,27 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
         put(o, "inter", json_integer(p->inter), ok);
         put(o, "shared_inter", json_integer(p->shared_inter), ok);
         put(o, "norm_topk_prob", json_integer(p->norm_topk_prob), ok);
+        /* DeepSeek-V2's router, only where set (older manifests stay equal) */
+        if (p->n_group > 1) {
+            put(o, "n_group", json_integer(p->n_group), ok);
+            put(o, "topk_group", json_integer(p->topk_group), ok);
+        }
+        if (p->routed_scale != 0.0f && p->routed_scale != 1.0f)
+            put(o, "routed_scale", json_real(p->routed_scale), ok);
+        if (p->shared_ungated)
+            put(o, "shared_ungated", json_integer(1), ok);
+        break;
+    }
+    case ANVIL_OP_MLA: {
+        const anvil_mla_params *p = &op->mla;
+        put(o, "layer", json_integer(p->layer), ok);
+        put(o, "n_heads", json_integer(p->n_heads), ok);
+        put(o, "kv_rank", json_integer(p->kv_rank), ok);
+        put(o, "nope_dim", json_integer(p->nope_dim), ok);
+        put(o, "rope_dim", json_integer(p->rope_dim), ok);
+        put(o, "v_dim", json_integer(p->v_dim), ok);
+        put(o, "scale", json_real(p->scale), ok);
+        put(o, "rope", rope_json(&op->rope, ok), ok);
         break;
     }
     default:

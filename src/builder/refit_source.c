@@ -76,8 +76,8 @@ static anvil_status diff_bool(const char *key, int want, int have)
 
 static const char *rope_type_name(anvil_rope_type t)
 {
-    static const char *const names[] = {"default", "linear", "llama3", "longrope"};
-    return t >= 0 && t < 4 ? names[t] : "?";
+    static const char *const names[] = {"default", "linear", "llama3", "longrope", "yarn"};
+    return t >= 0 && t < 5 ? names[t] : "?";
 }
 
 /* [a, b, ...] of n ids, cut short when long. */

@@ -90,6 +90,8 @@ static anvil_status find_roles(shard_ctx *c)
     const int32_t n = anvil_network_op_count(net);
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(net, i);
+        CHECK(op->kind != ANVIL_OP_MLA, ANVIL_ERR_UNSUPPORTED,
+              "tensor parallelism: multi-head latent attention (mla, DeepSeek-V2) is not cut across ranks yet");
         if (op->kind == ANVIL_OP_ATTENTION) {
             for (int k = 0; k < 3; k++) {
                 int32_t lin = linear_behind(net, op->inputs[k]);

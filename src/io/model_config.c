@@ -60,6 +60,8 @@ static const family families[] = {
     {"gemma2", 1, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 0, WINDOW_FROM_KEY, 0},
     {"qwen2_moe", 0, 10000.0, 1e-6, BIAS_QKV, 0, 0, WINDOW_QWEN, 0},
     {"qwen3_moe", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 0, 1, WINDOW_QWEN, 0},
+    /* DeepSeek-V2: multi-head latent attention and its own MoE router (parse_deepseek2) */
+    {"deepseek_v2", 0, 10000.0, 1e-6, BIAS_FROM_KEY, 1, 0, WINDOW_NONE, 0},
     /* GPT-2: biases everywhere and no RoPE (parse_gpt2); its eps is layer_norm_epsilon */
     {"gpt2", 1, 10000.0, 1e-5, BIAS_FROM_KEY, 0, 0, WINDOW_NONE, 0},
 };
@@ -139,6 +141,29 @@ static anvil_status check_longrope(const anvil_rope_config *r, int64_t head_dim,
     return int_in_range(what, "original_max_position_embeddings", r->original_max_position, 1, ANVIL_MAX_CONTEXT);
 }
 
+/* YaRN's parameters (parse_yarn). */
+static anvil_status check_yarn(const anvil_rope_config *r, const char *what, const char *obj)
+{
+    char key[96];
+    snprintf(key, sizeof key, "%s.factor", obj);
+    TRY(real_in_range(what, key, r->factor, ANVIL_MIN_ROPE_FACTOR, ANVIL_MAX_ROPE_FACTOR));
+    snprintf(key, sizeof key, "%s.original_max_position_embeddings", obj);
+    TRY(int_in_range(what, key, r->original_max_position, 1, ANVIL_MAX_CONTEXT));
+    snprintf(key, sizeof key, "%s.beta_fast", obj);
+    TRY(real_in_range(what, key, r->beta_fast, 1e-6, ANVIL_MAX_YARN_BETA));
+    snprintf(key, sizeof key, "%s.beta_slow", obj);
+    TRY(real_in_range(what, key, r->beta_slow, 1e-6, ANVIL_MAX_YARN_BETA));
+    snprintf(key, sizeof key, "%s.mscale", obj);
+    TRY(real_in_range(what, key, r->mscale, 0.0, ANVIL_MAX_YARN_MSCALE));
+    snprintf(key, sizeof key, "%s.mscale_all_dim", obj);
+    TRY(real_in_range(what, key, r->mscale_all_dim, 0.0, ANVIL_MAX_YARN_MSCALE));
+    CHECK(r->truncate == 0 || r->truncate == 1, ANVIL_ERR_INVALID_ARG, "%s: %s.truncate must be 0 or 1", what,
+          obj);
+    snprintf(key, sizeof key, "%s.attention_factor", obj);
+    return real_in_range(what, key, r->attention_factor, ANVIL_MIN_ROPE_ATTENTION_FACTOR,
+                         ANVIL_MAX_ROPE_ATTENTION_FACTOR);
+}
+
 /* RoPE parameters; obj names the object they came from, for messages. */
 static anvil_status check_rope(const anvil_rope_config *r, int64_t head_dim, const char *what, const char *obj)
 {
@@ -153,6 +178,8 @@ static anvil_status check_rope(const anvil_rope_config *r, int64_t head_dim, con
     case ANVIL_ROPE_LINEAR:
     case ANVIL_ROPE_LLAMA3:
         break;
+    case ANVIL_ROPE_YARN:
+        return check_yarn(r, what, obj);
     default:
         return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "%s: RoPE type %d is not supported", what, (int)r->type);
     }
@@ -232,6 +259,27 @@ static anvil_status check_config(const anvil_model_config *c, const char *what, 
         TRY(int_in_range(what, "decoder_sparse_step", c->decoder_sparse_step, 1, ANVIL_MAX_LAYERS));
         CHECK(c->norm_topk_prob == 0 || c->norm_topk_prob == 1, ANVIL_ERR_INVALID_ARG,
               "%s: norm_topk_prob must be 0 or 1", what);
+        /* DeepSeek's router; 0 (a config made by hand) means none, as 1 does */
+        const int32_t groups = c->moe_n_group > 1 ? c->moe_n_group : 1;
+        TRY(int_in_range(what, "n_group", groups, 1, c->n_experts));
+        CHECK(c->n_experts % groups == 0, ANVIL_ERR_FORMAT, "%s: n_group %d does not divide the %d experts", what,
+              groups, c->n_experts);
+        if (groups > 1) {
+            TRY(int_in_range(what, "topk_group", c->moe_topk_group, 1, groups));
+            CHECK((int64_t)c->moe_topk_group * (c->n_experts / groups) >= c->n_experts_per_tok, ANVIL_ERR_FORMAT,
+                  "%s: topk_group %d of %d groups holds fewer experts than num_experts_per_tok %d", what,
+                  c->moe_topk_group, groups, c->n_experts_per_tok);
+        }
+        if (c->routed_scaling_factor != 0.0)
+            TRY(real_in_range(what, "routed_scaling_factor", c->routed_scaling_factor, ANVIL_MIN_ROUTED_SCALE,
+                              ANVIL_MAX_ROUTED_SCALE));
+        TRY(int_in_range(what, "first_k_dense_replace", c->first_k_dense_replace, 0, c->n_layers));
+    }
+    if (c->kv_lora_rank != 0) { /* multi-head latent attention (DeepSeek-V2) */
+        TRY(int_in_range(what, "kv_lora_rank", c->kv_lora_rank, 1, ANVIL_MAX_LORA_RANK));
+        TRY(int_in_range(what, "q_lora_rank", c->q_lora_rank, 0, ANVIL_MAX_LORA_RANK));
+        TRY(int_in_range(what, "qk_nope_head_dim", c->qk_nope_head_dim, 1, ANVIL_MAX_HEAD_DIM));
+        TRY(int_in_range(what, "v_head_dim", c->v_head_dim, 1, ANVIL_MAX_HEAD_DIM));
     }
     /* the generation defaults size nothing; parse_generation checks them */
     return ANVIL_OK;
@@ -396,6 +444,52 @@ static anvil_status parse_longrope(const json_t *root, const json_t *rope, const
                          ANVIL_MAX_ROPE_ATTENTION_FACTOR);
 }
 
+/* YaRN's get_mscale (transformers' modeling_rope_utils and DeepSeek-V2's
+ * yarn_get_mscale): 1 for scale <= 1, else 0.1 mscale ln(scale) + 1. */
+double anvil_yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1.0 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/*
+ * YaRN's keys, as transformers 5 resolves them (_compute_yarn_parameters):
+ * factor (required), original_max_position_embeddings (else
+ * max_position_embeddings, as standardize_rope_params sets it), beta_fast
+ * and beta_slow (a missing or zero one: 32 and 1), mscale and
+ * mscale_all_dim (none: 0), truncate (true), attention_factor (else from
+ * the mscales, see anvil_rope_config).
+ */
+static anvil_status parse_yarn(const json_t *rope, const char *obj_name, const char *what, anvil_model_config *c)
+{
+    anvil_rope_config *r = &c->rope;
+    r->type = ANVIL_ROPE_YARN;
+    TRY(anvil_json_require_double(rope, obj_name, "factor", what, &r->factor));
+    TRY(anvil_json_get_int(rope, obj_name, "original_max_position_embeddings", what, c->max_position_embeddings,
+                           &r->original_max_position));
+    const char *dkeys[4] = {"beta_fast", "beta_slow", "mscale", "mscale_all_dim"};
+    double *dvals[4] = {&r->beta_fast, &r->beta_slow, &r->mscale, &r->mscale_all_dim};
+    for (int i = 0; i < 4; i++) {
+        const json_t *v = json_object_get(rope, dkeys[i]);
+        *dvals[i] = 0.0;
+        if (v != NULL && !json_is_null(v))
+            TRY(anvil_json_require_double(rope, obj_name, dkeys[i], what, dvals[i]));
+    }
+    if (r->beta_fast == 0.0) /* python's `or`: absent, null and 0 alike */
+        r->beta_fast = 32.0;
+    if (r->beta_slow == 0.0)
+        r->beta_slow = 1.0;
+    TRY(anvil_json_get_bool(rope, obj_name, "truncate", what, 1, &r->truncate));
+    const json_t *af = json_object_get(rope, "attention_factor");
+    if (af != NULL && !json_is_null(af))
+        TRY(anvil_json_require_double(rope, obj_name, "attention_factor", what, &r->attention_factor));
+    else if (r->mscale != 0.0 && r->mscale_all_dim != 0.0)
+        r->attention_factor =
+            anvil_yarn_mscale(r->factor, r->mscale) / anvil_yarn_mscale(r->factor, r->mscale_all_dim);
+    else
+        r->attention_factor = anvil_yarn_mscale(r->factor, 1.0);
+    return ANVIL_OK;
+}
+
 static anvil_status parse_rope(const json_t *root, const char *what, const family *fam, anvil_model_config *c)
 {
     /* transformers 5 writes rope_parameters (theta inside); older configs
@@ -442,11 +536,13 @@ static anvil_status parse_rope(const json_t *root, const char *what, const famil
         } else if (strcmp(type, "longrope") == 0 ||
                    (fam->phi3_original_max > 0 && (strcmp(type, "su") == 0 || strcmp(type, "yarn") == 0))) {
             TRY(parse_longrope(root, rope, obj_name, what, fam, c));
+        } else if (strcmp(type, "yarn") == 0 && strcmp(c->model_type, "deepseek_v2") == 0) {
+            TRY(parse_yarn(rope, obj_name, what, c));
         } else {
-            return ANVIL_FAIL(
-                ANVIL_ERR_UNSUPPORTED,
-                "%s: RoPE type \"%s\" is not supported (anvil implements default, linear, llama3, longrope)",
-                what, type);
+            return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED,
+                              "%s: RoPE type \"%s\" is not supported for %s (anvil implements default, linear, "
+                              "llama3, longrope, and yarn for deepseek_v2)",
+                              what, type, c->model_type);
         }
     }
     CHECK(partial == 1.0, ANVIL_ERR_UNSUPPORTED, "%s: partial_rotary_factor %g is not supported (only 1.0)",
@@ -649,6 +745,116 @@ static anvil_status parse_moe(const json_t *root, const char *what, anvil_model_
     return ANVIL_OK;
 }
 
+/* ---------------------------------------------------------------- DeepSeek-V2 */
+
+/* An integer key that may be null (transformers' Optional[int]): def when
+ * absent, null_value when null. */
+static anvil_status get_int_or_null(const json_t *root, const char *key, const char *what, int64_t def,
+                                    int64_t null_value, int64_t *out)
+{
+    const json_t *v = json_object_get(root, key);
+    if (v != NULL && json_is_null(v)) {
+        *out = null_value;
+        return ANVIL_OK;
+    }
+    return anvil_json_get_int(root, NULL, key, what, def, out);
+}
+
+/* A switch that must be off for deepseek_v2 (what anvil lacks there). */
+static anvil_status deepseek_off(const json_t *root, const char *key, const char *what, const char *why)
+{
+    int v = 0;
+    TRY(anvil_json_get_bool(root, NULL, key, what, 0, &v));
+    CHECK(!v, ANVIL_ERR_UNSUPPORTED, "%s: %s true is not supported for deepseek_v2 (%s)", what, key, why);
+    return ANVIL_OK;
+}
+
+/*
+ * DeepseekV2Config's keys with its defaults (transformers 5.17,
+ * models/deepseek_v2): multi-head latent attention (q_lora_rank null: a
+ * plain q_proj), the experts (n_routed_experts of moe_intermediate_size,
+ * n_shared_experts of the same size summed ungated, layers from
+ * first_k_dense_replace on), the router (softmax scores; topk_method
+ * greedy, or group_limited_greedy over n_group groups keeping topk_group;
+ * routed_scaling_factor). What transformers' DeepseekV2 ignores but the
+ * original remote code used (moe_layer_freq, norm_topk_prob) is refused
+ * unless it is the value both agree on, and what anvil lacks (biases, other
+ * routers) is refused by name. head_dim (qk_rope_head_dim) is read with
+ * the other sizes in parse_config.
+ */
+static anvil_status parse_deepseek2(const json_t *root, const char *what, anvil_model_config *c)
+{
+    int64_t v;
+    TRY(get_int_or_null(root, "q_lora_rank", what, 1536, 0, &v));
+    TRY(int_in_range(what, "q_lora_rank", v, 0, ANVIL_MAX_LORA_RANK));
+    c->q_lora_rank = v;
+    TRY(anvil_json_get_int(root, NULL, "kv_lora_rank", what, 512, &c->kv_lora_rank));
+    TRY(anvil_json_get_int(root, NULL, "qk_nope_head_dim", what, 128, &c->qk_nope_head_dim));
+    TRY(anvil_json_get_int(root, NULL, "v_head_dim", what, 128, &c->v_head_dim));
+    TRY(deepseek_off(root, "attention_bias", what, "anvil's latent attention has no biases"));
+    TRY(deepseek_off(root, "mlp_bias", what, "anvil's experts have no biases"));
+    const char *act = NULL;
+    TRY(anvil_json_get_string(root, NULL, "hidden_act", what, "silu", &act));
+    CHECK(strcmp(act, "silu") == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: hidden_act \"%s\" is not supported for deepseek_v2 (anvil implements silu)", what, act);
+
+    TRY(get_int_or_null(root, "n_routed_experts", what, 64, 0, &v));
+    CHECK(v >= 1, ANVIL_ERR_UNSUPPORTED, "%s: n_routed_experts %lld: anvil runs deepseek_v2 with experts", what,
+          (long long)v);
+    TRY(int_in_range(what, "n_routed_experts", v, 1, ANVIL_MAX_EXPERTS));
+    c->n_experts = (int32_t)v;
+    TRY(get_int_or_null(root, "num_experts_per_tok", what, 0, 0, &v));
+    TRY(int_in_range(what, "num_experts_per_tok", v, 1, c->n_experts));
+    c->n_experts_per_tok = (int32_t)v;
+    TRY(anvil_json_get_int(root, NULL, "moe_intermediate_size", what, 1407, &v));
+    TRY(int_in_range(what, "moe_intermediate_size", v, 1, ANVIL_MAX_INTERMEDIATE_SIZE));
+    c->moe_intermediate_size = v;
+    TRY(get_int_or_null(root, "n_shared_experts", what, 2, 0, &v));
+    TRY(int_in_range(what, "n_shared_experts", v, 0, ANVIL_MAX_EXPERTS));
+    c->shared_expert_intermediate_size = v * c->moe_intermediate_size; /* both bounded: no overflow */
+    TRY(int_in_range(what, "moe_intermediate_size x n_shared_experts", c->shared_expert_intermediate_size, 0,
+                     ANVIL_MAX_INTERMEDIATE_SIZE));
+    TRY(anvil_json_get_int(root, NULL, "first_k_dense_replace", what, 0, &v));
+    TRY(int_in_range(what, "first_k_dense_replace", v, 0, c->n_layers));
+    c->first_k_dense_replace = (int32_t)v;
+    TRY(get_int_or_null(root, "moe_layer_freq", what, 1, 1, &v));
+    CHECK(v == 1, ANVIL_ERR_UNSUPPORTED,
+          "%s: moe_layer_freq %lld is not supported (transformers' DeepseekV2 puts experts on every layer from "
+          "first_k_dense_replace on: 1)",
+          what, (long long)v);
+    int norm = 0;
+    TRY(anvil_json_get_bool(root, NULL, "norm_topk_prob", what, 0, &norm));
+    CHECK(!norm, ANVIL_ERR_UNSUPPORTED,
+          "%s: MoE router norm_topk_prob true is not supported for deepseek_v2 (transformers' DeepseekV2 "
+          "ignores it, the original code divides by the sum)",
+          what);
+    c->norm_topk_prob = 0;
+    c->decoder_sparse_step = 1;
+    memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers);
+
+    TRY(moe_router_string(root, "scoring_func", "softmax", what));
+    const char *method = NULL;
+    TRY(anvil_json_get_string(root, NULL, "topk_method", what, "greedy", &method));
+    const int grouped = strcmp(method, "group_limited_greedy") == 0;
+    CHECK(grouped || strcmp(method, "greedy") == 0, ANVIL_ERR_UNSUPPORTED,
+          "%s: MoE router topk_method \"%s\" is not supported (anvil implements greedy and "
+          "group_limited_greedy)",
+          what, method);
+    c->moe_n_group = c->moe_topk_group = 1;
+    if (grouped) {
+        TRY(get_int_or_null(root, "n_group", what, 0, 0, &v));
+        TRY(int_in_range(what, "n_group", v, 1, c->n_experts));
+        CHECK(c->n_experts % v == 0, ANVIL_ERR_FORMAT, "%s: n_group %lld does not divide n_routed_experts %d", what,
+              (long long)v, c->n_experts);
+        c->moe_n_group = (int32_t)v;
+        TRY(get_int_or_null(root, "topk_group", what, 0, 0, &v));
+        TRY(int_in_range(what, "topk_group", v, 1, c->moe_n_group));
+        c->moe_topk_group = (int32_t)v;
+    }
+    TRY(anvil_json_get_double(root, NULL, "routed_scaling_factor", what, 1.0, &c->routed_scaling_factor));
+    return ANVIL_OK;
+}
+
 /* ---------------------------------------------------------------- GPT-2 */
 
 /* A GPT-2 switch whose value anvil lacks: refused by name. */
@@ -768,7 +974,10 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     /* presence, not a sentinel value: any integer may be written there */
     const json_t *hd = json_object_get(root, "head_dim");
     const int head_dim_given = hd != NULL && !json_is_null(hd);
-    if (head_dim_given) {
+    if (strcmp(model_type, "deepseek_v2") == 0) {
+        /* the rotated part of each head, as DeepseekV2Config sets head_dim */
+        TRY(anvil_json_get_int(root, NULL, "qk_rope_head_dim", what, 64, &c->head_dim));
+    } else if (head_dim_given) {
         TRY(anvil_json_get_int(root, NULL, "head_dim", what, 0, &c->head_dim));
     } else if (strcmp(model_type, "gemma2") == 0) {
         c->head_dim = 256; /* Gemma2Config's default, not hidden_size / heads */
@@ -819,6 +1028,8 @@ static anvil_status parse_config(const json_t *root, const char *what, anvil_mod
     if (strcmp(model_type, "mixtral") == 0 || strcmp(model_type, "qwen2_moe") == 0 ||
         strcmp(model_type, "qwen3_moe") == 0)
         TRY(parse_moe(root, what, c));
+    if (strcmp(model_type, "deepseek_v2") == 0)
+        TRY(parse_deepseek2(root, what, c));
 
     /* transformers 5 writes "dtype", older versions "torch_dtype". */
     const char *dtype = NULL;

@@ -19,9 +19,14 @@ anvil_status anvil_model_gemma2_build(const anvil_model_config *cfg, anvil_netwo
  * Conv1D (transposed) weights read through transpose recipes */
 anvil_status anvil_model_gpt2_build(const anvil_model_config *cfg, anvil_network *net);
 
+/* DeepseekV2ForCausalLM: multi-head latent attention (anvil_net_mla),
+ * dense first layers, then moe.c's experts with DeepSeek's router */
+anvil_status anvil_model_deepseek2_build(const anvil_model_config *cfg, anvil_network *net);
+
 /* moe.c: the mixture-of-experts block of llama.c's decoder (Mixtral,
- * Qwen2-MoE, Qwen3-MoE). moe_layer: whether layer's MLP is the experts
- * (decoder_sparse_step, mlp_only_layers); moe_block: the op over n, its
+ * Qwen2-MoE, Qwen3-MoE) and of deepseek2.c's. moe_layer: whether layer's
+ * MLP is the experts (decoder_sparse_step, mlp_only_layers,
+ * first_k_dense_replace); moe_block: the op over n, its
  * stacked weights declared by recipes. */
 int anvil_model_moe_layer(const anvil_model_config *cfg, int64_t layer);
 anvil_value anvil_model_moe_block(anvil_network *net, const anvil_model_config *cfg, anvil_value n, int64_t layer);

@@ -15,6 +15,9 @@
  *   Mixtral:   model.layers.L.block_sparse_moe.{gate, experts.E.{w1, w3, w2}}  (w1 gate, w3 up, w2 down)
  *   Qwen MoE:  model.layers.L.mlp.{gate, experts.E.{gate,up,down}_proj,
  *              shared_expert.{gate,up,down}_proj, shared_expert_gate}
+ *   DeepSeek-V2: model.layers.L.mlp.{gate, experts.E.{gate,up,down}_proj,
+ *              shared_experts.{gate,up,down}_proj} (no gate on the shared
+ *              experts; the router's groups and scale in anvil_moe_params)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +31,7 @@
 
 int anvil_model_moe_layer(const anvil_model_config *cfg, int64_t layer)
 {
-    if (cfg->n_experts <= 0 || cfg->decoder_sparse_step <= 0)
+    if (cfg->n_experts <= 0 || cfg->decoder_sparse_step <= 0 || layer < cfg->first_k_dense_replace)
         return 0;
     const int dense = (cfg->mlp_only_layers[layer / 64] >> (layer % 64)) & 1;
     return !dense && (layer + 1) % cfg->decoder_sparse_step == 0;
@@ -46,6 +49,8 @@ static void stack(anvil_network *net, const char *name, const char *srcs, int32_
 anvil_value anvil_model_moe_block(anvil_network *net, const anvil_model_config *cfg, anvil_value n, int64_t layer)
 {
     const int mixtral = strcmp(cfg->model_type, "mixtral") == 0;
+    const int deepseek = strcmp(cfg->model_type, "deepseek_v2") == 0;
+    const char *shared_pre = deepseek ? "shared_experts" : "shared_expert";
     const int32_t E = cfg->n_experts;
     const char *pre = mixtral ? "block_sparse_moe" : "mlp";
     const char *g_name = mixtral ? "w1" : "gate_proj", *u_name = mixtral ? "w3" : "up_proj";
@@ -79,11 +84,11 @@ anvil_value anvil_model_moe_block(anvil_network *net, const anvil_model_config *
     stack(net, down, srcs, E, ptrs);
     const int shared = cfg->shared_expert_intermediate_size > 0;
     if (shared) {
-        snprintf(srcs, NAME_LEN, "model.layers.%lld.mlp.shared_expert.gate_proj.weight", l);
-        snprintf(srcs + NAME_LEN, NAME_LEN, "model.layers.%lld.mlp.shared_expert.up_proj.weight", l);
-        snprintf(sgu, sizeof sgu, "model.layers.%lld.mlp.shared_expert.stacked_gate_up", l);
+        snprintf(srcs, NAME_LEN, "model.layers.%lld.mlp.%s.gate_proj.weight", l, shared_pre);
+        snprintf(srcs + NAME_LEN, NAME_LEN, "model.layers.%lld.mlp.%s.up_proj.weight", l, shared_pre);
+        snprintf(sgu, sizeof sgu, "model.layers.%lld.mlp.%s.stacked_gate_up", l, shared_pre);
         stack(net, sgu, srcs, 2, ptrs);
-        snprintf(sdown, sizeof sdown, "model.layers.%lld.mlp.shared_expert.down_proj.weight", l);
+        snprintf(sdown, sizeof sdown, "model.layers.%lld.mlp.%s.down_proj.weight", l, shared_pre);
         snprintf(sgate, sizeof sgate, "model.layers.%lld.mlp.shared_expert_gate.weight", l);
     }
     free(srcs);
@@ -94,7 +99,11 @@ anvil_value anvil_model_moe_block(anvil_network *net, const anvil_model_config *
         .inter = cfg->moe_intermediate_size,
         .shared_inter = cfg->shared_expert_intermediate_size,
         .norm_topk_prob = cfg->norm_topk_prob,
+        .n_group = cfg->moe_n_group > 1 ? cfg->moe_n_group : 0,
+        .topk_group = cfg->moe_n_group > 1 ? cfg->moe_topk_group : 0,
+        .routed_scale = cfg->routed_scaling_factor == 1.0 ? 0.0f : (float)cfg->routed_scaling_factor,
+        .shared_ungated = deepseek && shared,
     };
     return anvil_net_moe(net, n, router, gate_up, down, shared ? sgu : NULL, shared ? sdown : NULL,
-                         shared ? sgate : NULL, &p);
+                         shared && !deepseek ? sgate : NULL, &p);
 }

@@ -37,7 +37,7 @@ static const char *const op_names[ANVIL_OP_COUNT] = {
     "attention", "silu_mul", "add", "logit_rows",
     "gelu_tanh_mul", "scale", "softcap",
     "all_reduce", "all_gather", "moe",
-    "layernorm", "gelu_tanh", "pos_embedding",
+    "layernorm", "gelu_tanh", "pos_embedding", "mla",
     "send", "recv",
 };
 
@@ -681,9 +681,17 @@ anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router,
               (long long)p->shared_inter);
     const int shared = p->shared_inter > 0;
     NET_CHECK(!shared == (shared_gate_up == NULL && shared_down == NULL && shared_gate == NULL) &&
-                  (!shared || (shared_gate_up && shared_down && shared_gate)),
-              ANVIL_ERR_INVALID_ARG, "moe %s: a shared expert needs its three weights (and only with one)",
+                  (!shared || (shared_gate_up && shared_down && (shared_gate != NULL) == !p->shared_ungated)),
+              ANVIL_ERR_INVALID_ARG,
+              "moe %s: a shared expert needs its weights, a gate unless ungated (and only with one)",
               router ? router : "");
+    const int32_t groups = p->n_group > 1 ? p->n_group : 1;
+    NET_CHECK((p->shared_ungated == 0 || p->shared_ungated == 1) && p->n_experts % groups == 0 &&
+                  (groups == 1 || (p->topk_group >= 1 && p->topk_group <= groups &&
+                                   (int64_t)p->topk_group * (p->n_experts / groups) >= p->top_k)) &&
+                  isfinite(p->routed_scale) && p->routed_scale >= 0.0f,
+              ANVIL_ERR_INVALID_ARG, "moe %s: router of %d groups keeping %d for top-%d, scale %g",
+              router ? router : "", p->n_group, p->topk_group, p->top_k, (double)p->routed_scale);
     const int64_t H = in->width, E = p->n_experts, I = p->inter, Is = p->shared_inter;
     /* the stacked shapes stay far below overflow: config bounds keep H, I, E small */
     NET_CHECK(H <= INT32_MAX && I <= INT32_MAX && Is <= INT32_MAX && E <= 65536, ANVIL_ERR_UNSUPPORTED,
@@ -695,9 +703,10 @@ anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router,
     if (shared) {
         w[3] = add_weight(net, shared_gate_up, 2, 2 * Is, H);
         w[4] = add_weight(net, shared_down, 2, H, Is);
-        w[5] = add_weight(net, shared_gate, 2, 1, H);
+        if (!p->shared_ungated)
+            w[5] = add_weight(net, shared_gate, 2, 1, H);
     }
-    for (int k = 0; k < (shared ? 6 : 3); k++)
+    for (int k = 0; k < (shared ? (p->shared_ungated ? 5 : 6) : 3); k++)
         if (w[k] < 0)
             return ANVIL_VALUE_NONE;
     anvil_net_op *op = push_op(net, ANVIL_OP_MOE, H);
@@ -707,6 +716,46 @@ anvil_value anvil_net_moe(anvil_network *net, anvil_value x, const char *router,
         net->wpool[op->weights_at + k] = w[k];
     op->inputs[0] = x;
     op->moe = *p;
+    return commit_op(net);
+}
+
+anvil_value anvil_net_mla(anvil_network *net, anvil_value q, anvil_value c, anvil_value k_pe, const char *kv_b,
+                          const anvil_rope_config *rope, const anvil_mla_params *p)
+{
+    if (net->error != ANVIL_OK)
+        return ANVIL_VALUE_NONE;
+    const anvil_net_op *oq = value_op(net, q), *oc = value_op(net, c), *ok = value_op(net, k_pe);
+    NET_CHECK(oq && oc && ok && kv_b && rope && p, ANVIL_ERR_INVALID_ARG, "mla: bad arguments");
+    NET_CHECK(p->n_heads > 0 && p->kv_rank > 0 && p->nope_dim > 0 && p->rope_dim > 0 && p->rope_dim % 2 == 0 &&
+                  p->v_dim > 0 && p->layer >= 0 && p->layer < INT32_MAX && isfinite(p->scale) && p->scale > 0.0f,
+              ANVIL_ERR_INVALID_ARG, "mla layer %d: %d heads, rank %d, dims %d/%d/%d, scale %g", p->layer,
+              p->n_heads, p->kv_rank, p->nope_dim, p->rope_dim, p->v_dim, (double)p->scale);
+    const int64_t H = p->n_heads;
+    NET_CHECK(oq->width == H * (p->nope_dim + p->rope_dim) && oc->width == p->kv_rank && ok->width == p->rope_dim &&
+                  oq->row_kind == 0 && oc->row_kind == 0 && ok->row_kind == 0,
+              ANVIL_ERR_INVALID_ARG, "mla layer %d: q, c, k_pe widths %lld, %lld, %lld for %d heads of %d + %d, rank %d",
+              p->layer, (long long)oq->width, (long long)oc->width, (long long)ok->width, p->n_heads, p->nope_dim,
+              p->rope_dim, p->kv_rank);
+    NET_CHECK(rope->theta > 0, ANVIL_ERR_INVALID_ARG, "mla: rope theta must be > 0");
+    int32_t w = add_weight(net, kv_b, 2, H * (p->nope_dim + p->v_dim), p->kv_rank);
+    anvil_net_op *op = push_op(net, ANVIL_OP_MLA, H * p->v_dim);
+    if (op == NULL || w < 0)
+        return ANVIL_VALUE_NONE;
+    op->inputs[0] = q;
+    op->inputs[1] = c;
+    op->inputs[2] = k_pe;
+    net->wpool[op->weights_at] = w;
+    op->mla = *p;
+    op->rope = *rope;
+    op->head_dim = p->rope_dim; /* what the runtime sizes the op's rope tables by */
+    /* the KV cache holds one row of kv_rank + rope_dim a token and layer */
+    op->attn.layer = p->layer;
+    op->attn.n_heads = p->n_heads;
+    op->attn.n_kv_heads = 1;
+    op->attn.head_dim = p->kv_rank + p->rope_dim;
+    op->attn.scale = p->scale;
+    if (p->layer + 1 > net->n_kv_layers)
+        net->n_kv_layers = p->layer + 1;
     return commit_op(net);
 }
 
@@ -845,7 +894,7 @@ anvil_value anvil_network_append_copy(anvil_network *net, const anvil_net_op *sr
         net->wpool[op->weights_at + k] = weights[k];
     for (int k = 0; k < 3; k++)
         op->inputs[k] = inputs[k];
-    if (op->kind == ANVIL_OP_ATTENTION && op->attn.layer + 1 > net->n_kv_layers)
+    if ((op->kind == ANVIL_OP_ATTENTION || op->kind == ANVIL_OP_MLA) && op->attn.layer + 1 > net->n_kv_layers)
         net->n_kv_layers = op->attn.layer + 1;
     return commit_op(net);
 }

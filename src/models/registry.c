@@ -22,6 +22,7 @@ static const model_entry registry[] = {
     {"Qwen2MoeForCausalLM", anvil_model_llama_build},
     {"Qwen3MoeForCausalLM", anvil_model_llama_build},
     {"GPT2LMHeadModel", anvil_model_gpt2_build},
+    {"DeepseekV2ForCausalLM", anvil_model_deepseek2_build},
 };
 
 #define N_MODELS (sizeof registry / sizeof registry[0])

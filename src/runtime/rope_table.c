@@ -45,6 +45,37 @@ static anvil_status longrope_table(const anvil_rope_config *rope, int64_t head_d
     return check_table(rope, half, out);
 }
 
+/* YaRN (transformers' _compute_yarn_parameters): the correction range in
+ * double as Python computes it, the ramp and the blend in float32 as torch
+ * does, one rounding per operation. */
+static anvil_status yarn_table(const anvil_rope_config *rope, int64_t head_dim, float *out)
+{
+    const double dim = (double)head_dim, base = rope->theta, omax = (double)rope->original_max_position;
+    CHECK(rope->factor > 0 && omax >= 1 && rope->beta_fast > 0 && rope->beta_slow > 0, ANVIL_ERR_FORMAT,
+          "rope: yarn needs factor, original_max_position_embeddings, beta_fast and beta_slow > 0");
+    double low = dim * log(omax / (rope->beta_fast * 2.0 * M_PI)) / (2.0 * log(base));
+    double high = dim * log(omax / (rope->beta_slow * 2.0 * M_PI)) / (2.0 * log(base));
+    if (rope->truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
+    low = low > 0.0 ? low : 0.0;
+    high = high < dim - 1.0 ? high : dim - 1.0;
+    if (low == high)
+        high += 0.001; /* transformers: prevent a singularity */
+    const float factor = (float)rope->factor, flo = (float)low, span = (float)(high - low);
+    const int64_t half = head_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float pos = powf((float)base, (float)(2 * i) / (float)head_dim);
+        const float extra = 1.0f / pos, inter = 1.0f / (factor * pos);
+        float ramp = ((float)i - flo) / span;
+        ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+        const float ef = 1.0f - ramp; /* the extrapolation factor */
+        out[i] = inter * (1.0f - ef) + extra * ef;
+    }
+    return check_table(rope, half, out);
+}
+
 anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim, float *out)
 {
     CHECK(head_dim > 0 && head_dim % 2 == 0, ANVIL_ERR_INVALID_ARG, "rope: head_dim %lld must be even",
@@ -59,6 +90,8 @@ anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim
               rope->low_freq_factor, rope->high_freq_factor);
     if (rope->type == ANVIL_ROPE_LONGROPE)
         return longrope_table(rope, head_dim, rope->short_factor, out);
+    if (rope->type == ANVIL_ROPE_YARN)
+        return yarn_table(rope, head_dim, out);
     const int64_t half = head_dim / 2;
     const float base = (float)rope->theta;
     for (int64_t i = 0; i < half; i++)
@@ -95,6 +128,7 @@ anvil_status anvil_rope_inv_freq(const anvil_rope_config *rope, int64_t head_dim
         return check_table(rope, half, out);
     }
     case ANVIL_ROPE_LONGROPE:
+    case ANVIL_ROPE_YARN:
         break; /* above */
     }
     return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "rope: unknown scaling type %d", (int)rope->type);
@@ -107,6 +141,13 @@ anvil_status anvil_rope_tables(const anvil_rope_config *rope, int64_t head_dim, 
     *long_after = 0;
     *scale = 1.0f;
     TRY(anvil_rope_inv_freq(rope, head_dim, table));
+    if (rope->type == ANVIL_ROPE_YARN) {
+        CHECK(isfinite(rope->attention_factor) && rope->attention_factor >= ANVIL_MIN_ROPE_ATTENTION_FACTOR &&
+                  rope->attention_factor <= ANVIL_MAX_ROPE_ATTENTION_FACTOR,
+              ANVIL_ERR_FORMAT, "rope: yarn attention_factor %g is out of range", rope->attention_factor);
+        *scale = (float)rope->attention_factor;
+        return ANVIL_OK;
+    }
     if (rope->type != ANVIL_ROPE_LONGROPE)
         return ANVIL_OK;
     /* the config's bounds, again for a config made by hand: the threshold

@@ -698,7 +698,7 @@ static anvil_status plan_activations(anvil_runtime *rt)
     }
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(rt->net, i);
-        if (op->kind != ANVIL_OP_ROPE)
+        if (op->kind != ANVIL_OP_ROPE && op->kind != ANVIL_OP_MLA) /* mla rotates inside, by its own tables */
             continue;
         float table[2048]; /* LongRoPE's two tables of head_dim / 2 */
         CHECK(op->head_dim > 0 && op->head_dim <= 2048, ANVIL_ERR_UNSUPPORTED, "rope: head_dim %lld too large",
@@ -719,6 +719,30 @@ static anvil_status plan_activations(anvil_runtime *rt)
 
 /* ------------------------------------------------------------ KV cache */
 
+/* The KV cache's rows: per token and layer, n_kv_heads x head_dim values in
+ * k and as many in v; or, with multi-head latent attention (DeepSeek-V2's
+ * mla op), one row of kv_rank + rope_dim (the latent and the rope key) in
+ * k alone: values are products of the latent, not cached. */
+typedef struct kv_shape {
+    int64_t heads, head_dim;
+    int n_caches; /* 2: k and v; 1: k alone */
+} kv_shape;
+
+static kv_shape kv_shape_of(const anvil_network *net, int64_t heads, int64_t head_dim)
+{
+    kv_shape s = {heads, head_dim, 2};
+    for (int32_t i = 0; i < anvil_network_op_count(net); i++) {
+        const anvil_net_op *op = anvil_network_op(net, i);
+        if (op->kind == ANVIL_OP_MLA) {
+            s.heads = 1;
+            s.head_dim = op->attn.head_dim;
+            s.n_caches = 1;
+            break;
+        }
+    }
+    return s;
+}
+
 /* The KV pool for the options as they stand, every size checked. A pool
  * still to be sized from memory (kv_cache_tokens 0) has no blocks yet. */
 typedef struct kv_plan {
@@ -729,15 +753,17 @@ typedef struct kv_plan {
     size_t pool_bytes;  /* every layer's keys and values, and the block lists */
 } kv_plan;
 
-static anvil_status plan_kv(int64_t n_kv_heads, int64_t head_dim, const anvil_runtime_options *o,
-                            int32_t n_kv_layers, size_t act, kv_plan *p)
+static anvil_status plan_kv(kv_shape ks, const anvil_runtime_options *o, int32_t n_kv_layers, size_t act, kv_plan *p)
 {
+    const int64_t n_kv_heads = ks.heads, head_dim = ks.head_dim;
     memset(p, 0, sizeof *p);
     const int64_t bs = o->kv_block_size;
     /* resolve_options bounds both: blocks fit int32 */
     p->n_blocks = (int32_t)((o->kv_cache_tokens + bs - 1) / bs);
     p->max_blocks_per_seq = (int32_t)(((int64_t)o->max_seq_len + bs - 1) / bs);
     TRY(anvil_plan_kv_bytes_per_token(n_kv_layers, n_kv_heads, head_dim, act, &p->per_token));
+    if (ks.n_caches == 1) /* keys alone: half of what the count of k and v gives */
+        p->per_token /= 2;
     size_t row, lists;
     CHECK(anvil_mul_size_ok((size_t)n_kv_heads, (size_t)head_dim, &row) &&
               anvil_mul_size_ok(row, act, &row) && anvil_mul_size_ok(row, (size_t)p->n_blocks, &p->layer_bytes) &&
@@ -757,10 +783,11 @@ static anvil_status check_kv_fits(anvil_runtime *rt, const kv_plan *p)
 {
     const anvil_runtime_options *o = &rt->opts;
     char what[256], per[32];
+    const kv_shape ks = kv_shape_of(rt->net, rt->n_kv_heads, rt->cfg.head_dim);
     snprintf(what, sizeof what,
-             "the KV cache for %lld tokens (%s a token: %d layers x 2 x %lld KV heads x %lld x %zu bytes)",
+             "the KV cache for %lld tokens (%s a token: %d layers x %d x %lld KV heads x %lld x %zu bytes)",
              (long long)o->kv_cache_tokens, anvil_plan_fmt_bytes(p->per_token, per, sizeof per),
-             anvil_network_kv_layers(rt->net), (long long)rt->n_kv_heads, (long long)rt->cfg.head_dim,
+             anvil_network_kv_layers(rt->net), ks.n_caches, (long long)ks.heads, (long long)ks.head_dim,
              anvil_dtype_size(rt->kv_dtype));
     char hint[256];
     if (rt->seq_len_from_config && o->kv_cache_tokens == o->max_seq_len)
@@ -793,8 +820,10 @@ static anvil_status size_kv_cache_from_memory(anvil_runtime *rt)
     size_t avail = 0;
     TRY(rt->be->ops->mem_available(rt->be, &avail));
     size_t per_token = 0;
-    TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), rt->n_kv_heads, rt->cfg.head_dim,
+    const kv_shape ks = kv_shape_of(rt->net, rt->n_kv_heads, rt->cfg.head_dim);
+    TRY(anvil_plan_kv_bytes_per_token(anvil_network_kv_layers(rt->net), ks.heads, ks.head_dim,
                                       anvil_dtype_size(rt->kv_dtype), &per_token));
+    per_token = ks.n_caches == 1 ? per_token / 2 : per_token;
     CHECK(per_token > 0, ANVIL_ERR_INTERNAL, "the model has no KV cache");
     double tokens = (double)avail * o->kv_cache_fraction / (double)per_token;
     const double cap = (double)(INT32_MAX - 1) * (double)o->kv_block_size;
@@ -825,8 +854,8 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     TRY(size_kv_cache_from_memory(rt));
     const anvil_runtime_options *o = &rt->opts;
     kv_plan kp;
-    TRY(plan_kv(rt->n_kv_heads, rt->cfg.head_dim, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype),
-                &kp));
+    const kv_shape ks = kv_shape_of(rt->net, rt->n_kv_heads, rt->cfg.head_dim);
+    TRY(plan_kv(ks, o, anvil_network_kv_layers(rt->net), anvil_dtype_size(rt->kv_dtype), &kp));
     TRY(check_kv_fits(rt, &kp));
     rt->n_kv_layers = anvil_network_kv_layers(rt->net);
     rt->n_blocks = kp.n_blocks;
@@ -844,7 +873,9 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
     rt->n_free = rt->n_blocks;
 
     const anvil_dtype dt = rt->kv_dtype;
-    const int64_t kv_heads = rt->n_kv_heads, hd = rt->cfg.head_dim;
+    CHECK(ks.n_caches == 2 || dt != ANVIL_DTYPE_F8_E4M3, ANVIL_ERR_UNSUPPORTED,
+          "kv_cache_dtype fp8: the latent cache of multi-head latent attention (DeepSeek-V2) is f32, bf16 or f16");
+    const int64_t kv_heads = ks.heads, hd = ks.head_dim;
     const size_t bytes = kp.layer_bytes;
     for (int32_t l = 0; l < rt->n_kv_layers; l++) {
         anvil_tensor *k = &rt->k_cache[l], *v = &rt->v_cache[l];
@@ -854,12 +885,13 @@ static anvil_status alloc_kv_cache(anvil_runtime *rt)
         k->shape[1] = v->shape[1] = o->kv_block_size;
         k->shape[2] = v->shape[2] = kv_heads;
         k->shape[3] = v->shape[3] = hd;
+        /* keys alone (mla): the v tensor keeps its shape and no data */
         if (rt->be->ops->alloc(rt->be, bytes, &k->data) != ANVIL_OK ||
-            rt->be->ops->alloc(rt->be, bytes, &v->data) != ANVIL_OK)
+            (ks.n_caches == 2 && rt->be->ops->alloc(rt->be, bytes, &v->data) != ANVIL_OK))
             return anvil_error_wrap("KV cache of layer %d (%zu bytes for keys, as many for values)", l, bytes);
     }
     anvil_log(ANVIL_LOG_INFO, "kv cache: %d blocks of %d tokens, %s, %.1f MiB", rt->n_blocks, o->kv_block_size,
-              anvil_dtype_name(dt), 2.0 * (double)bytes * rt->n_kv_layers / 1048576.0);
+              anvil_dtype_name(dt), (double)ks.n_caches * (double)bytes * rt->n_kv_layers / 1048576.0);
     return ANVIL_OK;
 }
 
@@ -904,14 +936,15 @@ anvil_status anvil_runtime_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *
     TRY(anvil_rt_tp_lead_kv_copy(rt, n, src, dst, n_tokens));
     /* Through a host buffer: the backend interface has upload and download,
      * and this runs once per fork, not per token. */
-    const size_t row = (size_t)(rt->n_kv_heads * rt->cfg.head_dim) * anvil_dtype_size(rt->kv_dtype);
+    const kv_shape ks = kv_shape_of(rt->net, rt->n_kv_heads, rt->cfg.head_dim);
+    const size_t row = (size_t)(ks.heads * ks.head_dim) * anvil_dtype_size(rt->kv_dtype);
     const size_t block_bytes = row * (size_t)bs, bytes = row * (size_t)n_tokens;
     void *stage = malloc(bytes);
     CHECK(stage != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st = ANVIL_OK;
     for (int32_t l = 0; l < rt->n_kv_layers && st == ANVIL_OK; l++) {
         anvil_tensor *caches[2] = {&rt->k_cache[l], &rt->v_cache[l]};
-        for (int c = 0; c < 2 && st == ANVIL_OK; c++) {
+        for (int c = 0; c < ks.n_caches && st == ANVIL_OK; c++) {
             char *base = caches[c]->data;
             for (int32_t i = 0; i < n && st == ANVIL_OK; i++) {
                 st = rt->be->ops->download(rt->be, stage, base + (size_t)src[i] * block_bytes, bytes);
@@ -984,7 +1017,7 @@ static anvil_status check_sizes_early(anvil_runtime *rt)
     if (rt->opts.kv_cache_fraction > 0.0)
         return ANVIL_OK;
     kv_plan kp;
-    TRY(plan_kv(rt->n_kv_heads, rt->cfg.head_dim, &rt->opts, anvil_network_kv_layers(rt->net),
+    TRY(plan_kv(kv_shape_of(rt->net, rt->n_kv_heads, rt->cfg.head_dim), &rt->opts, anvil_network_kv_layers(rt->net),
                 anvil_dtype_size(rt->kv_dtype), &kp));
     TRY(check_kv_fits(rt, &kp));
     return check_step_fits(rt, kp.max_blocks_per_seq);
@@ -1074,6 +1107,20 @@ static anvil_status check_learned_positions(const anvil_runtime *rt)
               "embedding table has no rows beyond it",
               rt->opts.max_seq_len, (long long)n_pos);
     }
+    return ANVIL_OK;
+}
+
+/* A network with mla ops (DeepSeek-V2) on a backend without that op is
+ * refused at load, naming the model, before any weight is copied. */
+static anvil_status check_backend_mla(const anvil_runtime *rt)
+{
+    if (rt->be->ops->mla != NULL)
+        return ANVIL_OK;
+    for (int32_t i = 0; i < anvil_network_op_count(rt->net); i++)
+        CHECK(anvil_network_op(rt->net, i)->kind != ANVIL_OP_MLA, ANVIL_ERR_UNSUPPORTED,
+              "%s (%s): the %s backend has no mla op (multi-head latent attention runs on the cpu backend for "
+              "now)",
+              rt->cfg.architecture, rt->cfg.model_type, rt->be->ops->name);
     return ANVIL_OK;
 }
 
@@ -1191,6 +1238,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.cuda_module = rt->opts.cuda_module;
     TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);
     TRY_GOTO(anvil_rt_tp_check_backend(rt), fail);
+    TRY_GOTO(check_backend_mla(rt), fail);
     TRY_GOTO(check_sizes_early(rt), fail);
     TRY_GOTO(load_weights(rt), fail);
     if (!rt->be->ops->weights_in_host_memory || !rt->opts.use_mmap) {
@@ -1259,7 +1307,7 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
         float table[2048], scale;
         int n_tables;
         int32_t long_after;
-        if (op->kind != ANVIL_OP_ROPE)
+        if (op->kind != ANVIL_OP_ROPE && op->kind != ANVIL_OP_MLA)
             continue;
         CHECK_GOTO(op->head_dim > 0 && op->head_dim <= 2048, ANVIL_ERR_UNSUPPORTED, done,
                    "rope: head_dim %lld too large", (long long)op->head_dim);
@@ -1268,8 +1316,8 @@ anvil_status anvil_runtime_plan_sizes(const anvil_model_config *cfg, const anvil
     anvil_dtype kv_dt;
     TRY_GOTO(kv_cache_dtype_for(&rt->cfg, &rt->opts, rt->opts.weight_dtype, act_dtype, 0, &kv_dt), done);
     kv_plan kp;
-    TRY_GOTO(plan_kv(rt->cfg.n_kv_heads, rt->cfg.head_dim, &rt->opts, anvil_network_kv_layers(rt->net),
-                     anvil_dtype_size(kv_dt), &kp),
+    TRY_GOTO(plan_kv(kv_shape_of(rt->net, rt->cfg.n_kv_heads, rt->cfg.head_dim), &rt->opts,
+                     anvil_network_kv_layers(rt->net), anvil_dtype_size(kv_dt), &kp),
              done);
     size_t ints = 0, stage = 0;
     TRY_GOTO(plan_step(rt, act_dtype, kp.max_blocks_per_seq, &ints, &stage), done);
@@ -1499,9 +1547,20 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
             .shared_gate = wi[5] >= 0 ? &rt->weights[wi[5]] : NULL,
             .out = &out, .n_experts = p->n_experts, .top_k = p->top_k, .inter = p->inter,
             .shared_inter = p->shared_inter, .norm_topk_prob = p->norm_topk_prob,
+            .n_group = p->n_group, .topk_group = p->topk_group, .routed_scale = p->routed_scale,
             .scratch = rt->moe_scratch, .scratch_bytes = rt->moe_scratch_bytes,
         };
         return ops->moe(be, &args);
+    }
+    case ANVIL_OP_MLA: {
+        CHECK(ops->mla != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no mla op", ops->name);
+        const anvil_mla_params *p = &op->mla;
+        anvil_mla_args args = {
+            .q = &a, .c = &b, .k_pe = &c, .kv_b = w0, .cache = &rt->k_cache[p->layer], .out = &out, .step = s,
+            .rope = &rt->rope_freqs[i], .n_heads = p->n_heads, .kv_rank = p->kv_rank, .nope_dim = p->nope_dim,
+            .rope_dim = p->rope_dim, .v_dim = p->v_dim, .scale = p->scale,
+        };
+        return ops->mla(be, &args);
     }
     case ANVIL_OP_COUNT:
         break;

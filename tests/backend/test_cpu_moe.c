@@ -3,7 +3,9 @@
  * reference on table-driven shapes (experts, top-k, with and without a
  * shared expert and renormalisation, weight dtypes) with guard bytes; a
  * token's result the same bits alone and in a batch; the routing checked
- * by hand (ties go to the lower expert, as torch.topk); the error paths.
+ * by hand (ties go to the lower expert, as torch.topk; DeepSeek-V2's
+ * group-limited top-k, scaled weights and ungated shared experts); the
+ * error paths.
  */
 #include "cpu_testkit.h"
 
@@ -18,15 +20,22 @@ typedef struct moe_case {
     int64_t I, Is;
     int norm;
     anvil_dtype wdt;
+    int32_t groups, keep; /* DeepSeek's group_limited_greedy (0: plain top-k) */
+    float scale;          /* routed_scaling_factor (0: none) */
+    int ungated;          /* the shared expert without its sigmoid gate (DeepSeek) */
 } moe_case;
 
 static const moe_case cases[] = {
-    {1, 16, 4, 2, 24, 0, 1, ANVIL_DTYPE_BF16},   /* Mixtral-like decode */
-    {7, 32, 8, 2, 40, 0, 0, ANVIL_DTYPE_F32},
-    {33, 64, 8, 2, 48, 32, 0, ANVIL_DTYPE_BF16}, /* Qwen2-MoE-like: a shared expert */
-    {70, 17, 8, 3, 13, 9, 1, ANVIL_DTYPE_F16},   /* odd sizes */
-    {5, 8, 4, 4, 8, 0, 1, ANVIL_DTYPE_F32},      /* every expert */
-    {19, 24, 16, 1, 16, 0, 0, ANVIL_DTYPE_BF16}, /* top-1 */
+    {1, 16, 4, 2, 24, 0, 1, ANVIL_DTYPE_BF16, 0, 0, 0.0f, 0},   /* Mixtral-like decode */
+    {7, 32, 8, 2, 40, 0, 0, ANVIL_DTYPE_F32, 0, 0, 0.0f, 0},
+    {33, 64, 8, 2, 48, 32, 0, ANVIL_DTYPE_BF16, 0, 0, 0.0f, 0}, /* Qwen2-MoE-like: a shared expert */
+    {70, 17, 8, 3, 13, 9, 1, ANVIL_DTYPE_F16, 0, 0, 0.0f, 0},   /* odd sizes */
+    {5, 8, 4, 4, 8, 0, 1, ANVIL_DTYPE_F32, 0, 0, 0.0f, 0},      /* every expert */
+    {19, 24, 16, 1, 16, 0, 0, ANVIL_DTYPE_BF16, 0, 0, 0.0f, 0}, /* top-1 */
+    /* DeepSeek-V2-like: 4 of 16 experts from 2 of 4 groups, weights x 2.5, an ungated shared expert */
+    {40, 32, 16, 4, 24, 16, 0, ANVIL_DTYPE_BF16, 4, 2, 2.5f, 1},
+    {9, 24, 8, 3, 16, 32, 0, ANVIL_DTYPE_F32, 0, 0, 16.0f, 1},   /* V2-Lite-like: greedy, scaled, ungated */
+    {12, 16, 12, 2, 8, 0, 0, ANVIL_DTYPE_F16, 6, 1, 0.0f, 0},    /* one group of 2 kept: both its experts */
 };
 
 /* The weights and activations of one case. */
@@ -63,6 +72,8 @@ static moe_fix fix_new(const moe_case *c, uint64_t *rng)
         f.tsgu = anvil_tensor_2d(c->wdt, 2 * Is, H, f.sgu.data);
         f.tsdown = anvil_tensor_2d(c->wdt, H, Is, f.sdown.data);
         f.tsgate = anvil_tensor_2d(c->wdt, 1, H, f.sgate.data);
+        if (c->ungated)
+            gbuf_free(&f.sgate);
     }
     anvil_moe_scratch L;
     KIT_OK(anvil_moe_scratch_layout(T, H, c->E, c->k, I, Is, &L));
@@ -85,8 +96,9 @@ static anvil_moe_args fix_args(moe_fix *f, anvil_tensor *x, anvil_tensor *out)
     anvil_moe_args a = {
         .x = x, .router = &f->trouter, .gate_up = &f->tgu, .down = &f->tdown,
         .shared_gate_up = c->Is > 0 ? &f->tsgu : NULL, .shared_down = c->Is > 0 ? &f->tsdown : NULL,
-        .shared_gate = c->Is > 0 ? &f->tsgate : NULL, .out = out,
+        .shared_gate = c->Is > 0 && !c->ungated ? &f->tsgate : NULL, .out = out,
         .n_experts = c->E, .top_k = c->k, .inter = c->I, .shared_inter = c->Is, .norm_topk_prob = c->norm,
+        .n_group = c->groups, .topk_group = c->keep, .routed_scale = c->scale,
         .scratch = f->scratch.data, .scratch_bytes = f->scratch.bytes,
     };
     return a;
@@ -100,8 +112,9 @@ static void test_moe_vs_reference(void **state)
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         const moe_case *c = &cases[ci];
         char name[160];
-        snprintf(name, sizeof name, "moe T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s", (long long)c->T,
-                 (long long)c->H, c->E, c->k, (long long)c->I, (long long)c->Is, c->norm, kit_dt(c->wdt));
+        snprintf(name, sizeof name, "moe T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s groups=%d/%d scale=%g%s",
+                 (long long)c->T, (long long)c->H, c->E, c->k, (long long)c->I, (long long)c->Is, c->norm,
+                 kit_dt(c->wdt), c->keep, c->groups, (double)c->scale, c->ungated ? " ungated" : "");
         moe_fix f = fix_new(c, &rng);
         const int64_t n = c->T * c->H;
         gbuf want = gbuf_new((size_t)n * 4, 0);
@@ -186,11 +199,75 @@ static void test_moe_routing_by_hand(void **state)
     anvil_backend_free(be);
 }
 
+/*
+ * DeepSeek's router by hand: H 1, x 1, four experts in two groups {0, 1},
+ * {2, 3} with router rows 0, 0, 1, -5. Keeping one group takes {2, 3}
+ * (its best, expert 2, beats the other group's best), so top-2 is experts
+ * 2 and 3 although expert 0 outscores 3; plain top-2 takes 2 and 0.
+ * Expert e's MLP gives silu(1) (e + 1); the weights are the softmax
+ * probabilities over all four, times the scale; an ungated shared expert
+ * adds silu(1) * 4 as it is.
+ */
+static void test_moe_groups_by_hand(void **state)
+{
+    (void)state;
+    float x = 1.0f, router[4] = {0.0f, 0.0f, 1.0f, -5.0f}, gate_up[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    float down[4] = {1, 2, 3, 4}, sgu[2] = {1, 1}, sdown[1] = {4}, out = 0.0f;
+    unsigned char scratch[8192];
+    anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 1, &x), tr = anvil_tensor_2d(ANVIL_DTYPE_F32, 4, 1, router);
+    anvil_tensor tgu = anvil_tensor_2d(ANVIL_DTYPE_F32, 8, 1, gate_up), td = anvil_tensor_2d(ANVIL_DTYPE_F32, 4, 1, down);
+    anvil_tensor tsgu = anvil_tensor_2d(ANVIL_DTYPE_F32, 2, 1, sgu), tsd = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 1, sdown);
+    anvil_tensor to = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, 1, &out);
+    const float silu1 = 1.0f / (1.0f + expf(-1.0f));
+    const float z = 2.0f + expf(1.0f) + expf(-5.0f);
+    const float p0 = 1.0f / z, p2 = expf(1.0f) / z, p3 = expf(-5.0f) / z;
+    anvil_backend *be;
+    KIT_OK(anvil_backend_cpu_create(1, &be));
+    struct {
+        int32_t groups, keep;
+        float scale;
+        int shared;
+        float want;
+    } rows[] = {
+        {2, 1, 0.0f, 0, p2 * silu1 * 3.0f + p3 * silu1 * 4.0f},          /* group {2, 3} alone */
+        {0, 0, 0.0f, 0, p0 * silu1 * 1.0f + p2 * silu1 * 3.0f},          /* plain top-2: 0 and 2 */
+        {2, 2, 0.0f, 0, p0 * silu1 * 1.0f + p2 * silu1 * 3.0f},          /* both groups kept: plain */
+        {2, 1, 2.5f, 0, 2.5f * (p2 * silu1 * 3.0f) + 2.5f * (p3 * silu1 * 4.0f)}, /* scaled */
+        {2, 1, 2.5f, 1, 2.5f * (p2 * silu1 * 3.0f) + 2.5f * (p3 * silu1 * 4.0f) + silu1 * 4.0f},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        anvil_moe_args a = {.x = &tx, .router = &tr, .gate_up = &tgu, .down = &td, .out = &to, .n_experts = 4,
+                            .top_k = 2, .inter = 1, .n_group = rows[i].groups, .topk_group = rows[i].keep,
+                            .routed_scale = rows[i].scale, .scratch = scratch, .scratch_bytes = sizeof scratch};
+        if (rows[i].shared) {
+            a.shared_gate_up = &tsgu;
+            a.shared_down = &tsd;
+            a.shared_inter = 1;
+        }
+        KIT_OK(be->ops->moe(be, &a));
+        assert_float_equal(out, rows[i].want, 1e-6f);
+        KIT_OK(anvil_cpu_ref_moe(&a));
+        assert_float_equal(out, rows[i].want, 1e-6f);
+    }
+    /* a group count that does not divide the experts, a keep past it, too few experts kept */
+    anvil_moe_args bad = {.x = &tx, .router = &tr, .gate_up = &tgu, .down = &td, .out = &to, .n_experts = 4,
+                          .top_k = 2, .inter = 1, .n_group = 3, .topk_group = 1, .scratch = scratch,
+                          .scratch_bytes = sizeof scratch};
+    assert_int_equal(be->ops->moe(be, &bad), ANVIL_ERR_INVALID_ARG);
+    bad.n_group = 2;
+    bad.topk_group = 3;
+    assert_int_equal(be->ops->moe(be, &bad), ANVIL_ERR_INVALID_ARG);
+    bad.n_group = 4;
+    bad.topk_group = 1; /* one group of one expert for top-2 */
+    assert_int_equal(be->ops->moe(be, &bad), ANVIL_ERR_INVALID_ARG);
+    anvil_backend_free(be);
+}
+
 static void test_moe_errors(void **state)
 {
     (void)state;
     uint64_t rng = 5;
-    const moe_case c = {3, 8, 4, 2, 8, 4, 1, ANVIL_DTYPE_F32};
+    const moe_case c = {3, 8, 4, 2, 8, 4, 1, ANVIL_DTYPE_F32, 0, 0, 0.0f, 0};
     moe_fix f = fix_new(&c, &rng);
     gbuf got = gbuf_new((size_t)(c.T * c.H) * 4, 0);
     anvil_tensor tgot = anvil_tensor_2d(ANVIL_DTYPE_F32, c.T, c.H, got.data);
@@ -226,6 +303,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moe_routing_by_hand),
+        cmocka_unit_test(test_moe_groups_by_hand),
         cmocka_unit_test(test_moe_vs_reference),
         cmocka_unit_test(test_moe_errors),
     };

@@ -1,7 +1,7 @@
 /*
  * Golden tests: anvil's CPU forward against Hugging Face transformers.
  * For every prompt of every Llama-family model (and Phi-3, Gemma 2) in ../shared/golden/models
- * and GPT-2, Qwen2-MoE and Qwen3-MoE in tests/data/models (Mixtral is in ../shared):
+ * and GPT-2, Qwen2-MoE, Qwen3-MoE and DeepSeek-V2 in tests/data/models (Mixtral is in ../shared):
  * the logits at every position within 1e-4 x max|logit| of HF's (float32),
  * the same logits when all prompts run packed in one batch, and the greedy
  * continuation identical token for token.
@@ -167,6 +167,11 @@ static void test_tiny_gpt2(void **s) { (void)s; run_model("tiny-gpt2"); }
 static void test_tiny_mixtral(void **s) { (void)s; run_model("tiny-mixtral"); }
 static void test_tiny_qwen2_moe(void **s) { (void)s; run_model("tiny-qwen2-moe"); }
 static void test_tiny_qwen3_moe(void **s) { (void)s; run_model("tiny-qwen3-moe"); }
+/* multi-head latent attention: tests/data/models/tiny-deepseek-v2-lite (plain q_proj, greedy
+ * routing) and tiny-deepseek-v2 (q_lora, group-limited routing, scaled weights), made by
+ * scripts/make_deepseek_models.py; prompts run the expanded form, greedy steps the absorbed */
+static void test_tiny_deepseek_v2_lite(void **s) { (void)s; run_model("tiny-deepseek-v2-lite"); }
+static void test_tiny_deepseek_v2(void **s) { (void)s; run_model("tiny-deepseek-v2"); }
 
 int main(void)
 {
@@ -178,6 +183,7 @@ int main(void)
         cmocka_unit_test(test_tiny_gpt2),
         cmocka_unit_test(test_tiny_mixtral), cmocka_unit_test(test_tiny_qwen2_moe),
         cmocka_unit_test(test_tiny_qwen3_moe),
+        cmocka_unit_test(test_tiny_deepseek_v2_lite), cmocka_unit_test(test_tiny_deepseek_v2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

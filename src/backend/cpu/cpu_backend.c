@@ -196,6 +196,7 @@ static const anvil_backend_ops cpu_ops = {
     .add_rmsnorm_matmul_silu_mul = anvil_cpu_op_add_rmsnorm_matmul_silu_mul,
     .attention_rope = 1,
     .moe = anvil_cpu_op_moe,
+    .mla = anvil_cpu_op_mla,
 };
 
 anvil_status anvil_backend_cpu_create_isa(int n_threads, anvil_cpu_isa isa, anvil_backend **out)

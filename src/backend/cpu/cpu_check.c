@@ -200,6 +200,47 @@ static anvil_status check_cache(const anvil_tensor *c, const anvil_attention_arg
     return ANVIL_OK;
 }
 
+/* The step's tokens, slots and the block-table entries their queries
+ * read (positions [window_lo, p]) against a paged cache of n_blocks. */
+static anvil_status check_paged_step(const anvil_step *st, int64_t n_blocks, int32_t window, const char *what)
+{
+    const int64_t T = st->n_tokens;
+    if (T == 0)
+        return ANVIL_OK;
+    CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,
+          ANVIL_ERR_INVALID_ARG, "%s: step arrays missing", what);
+    int64_t n_slots = n_blocks * st->block_size;
+    CHECK(st->seq_starts[0] == 0 && st->seq_starts[st->n_seqs] == T, ANVIL_ERR_INVALID_ARG,
+          "%s: seq_starts must run from 0 to n_tokens %lld", what, (long long)T);
+    for (int32_t s = 0; s < st->n_seqs; s++) {
+        int32_t b = st->seq_starts[s], e = st->seq_starts[s + 1];
+        CHECK(b <= e, ANVIL_ERR_INVALID_ARG, "%s: seq_starts not increasing at %d", what, s);
+        int32_t lo_min = INT32_MAX, p_max = -1;
+        for (int32_t t = b; t < e; t++) {
+            int32_t p = st->positions[t];
+            CHECK(st->seq_of_token[t] == s, ANVIL_ERR_INVALID_ARG,
+                  "%s: token %d is in sequence %d but seq_of_token says %d", what, t, s, st->seq_of_token[t]);
+            CHECK(p >= 0 && p / st->block_size < st->max_blocks_per_seq, ANVIL_ERR_INVALID_ARG,
+                  "%s: position %d of token %d outside the block table", what, p, t);
+            CHECK(st->slots[t] >= 0 && st->slots[t] < n_slots, ANVIL_ERR_INVALID_ARG,
+                  "%s: slot %d of token %d outside the cache [0, %lld)", what, st->slots[t], t,
+                  (long long)n_slots);
+            int32_t lo = anvil_cpu_window_lo(p, window);
+            lo_min = lo < lo_min ? lo : lo_min;
+            p_max = p > p_max ? p : p_max;
+        }
+        /* Only the blocks some query reads must be valid (a sliding window
+         * lets the runtime free the ones behind it). */
+        for (int32_t blk = lo_min / st->block_size; e > b && blk <= p_max / st->block_size; blk++) {
+            int32_t id = st->block_tables[(int64_t)s * st->max_blocks_per_seq + blk];
+            CHECK(id >= 0 && id < n_blocks, ANVIL_ERR_INVALID_ARG,
+                  "%s: block table of sequence %d names block %d at %d, outside [0, %lld)", what, s, id, blk,
+                  (long long)n_blocks);
+        }
+    }
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
 {
     CHECK(a != NULL && a->step != NULL, ANVIL_ERR_INVALID_ARG, "attention: missing arguments");
@@ -235,39 +276,51 @@ anvil_status anvil_cpu_check_attention(const anvil_attention_args *a)
           "attention: softcap %g: want 0 (none) or positive and finite", (double)a->softcap);
     CHECK(a->softcap == 0.0f || (a->scale > 0.0f && isfinite(a->scale)), ANVIL_ERR_INVALID_ARG,
           "attention: a soft cap needs a positive scale, got %g", (double)a->scale);
-    if (T == 0)
-        return ANVIL_OK;
-    CHECK(st->positions && st->seq_of_token && st->seq_starts && st->block_tables && st->slots,
-          ANVIL_ERR_INVALID_ARG, "attention: step arrays missing");
-    int64_t n_blocks = a->k_cache->shape[0];
-    int64_t n_slots = n_blocks * st->block_size;
-    CHECK(st->seq_starts[0] == 0 && st->seq_starts[st->n_seqs] == T, ANVIL_ERR_INVALID_ARG,
-          "attention: seq_starts must run from 0 to n_tokens %lld", (long long)T);
-    for (int32_t s = 0; s < st->n_seqs; s++) {
-        int32_t b = st->seq_starts[s], e = st->seq_starts[s + 1];
-        CHECK(b <= e, ANVIL_ERR_INVALID_ARG, "attention: seq_starts not increasing at %d", s);
-        int32_t lo_min = INT32_MAX, p_max = -1;
-        for (int32_t t = b; t < e; t++) {
-            int32_t p = st->positions[t];
-            CHECK(st->seq_of_token[t] == s, ANVIL_ERR_INVALID_ARG,
-                  "attention: token %d is in sequence %d but seq_of_token says %d", t, s, st->seq_of_token[t]);
-            CHECK(p >= 0 && p / st->block_size < st->max_blocks_per_seq, ANVIL_ERR_INVALID_ARG,
-                  "attention: position %d of token %d outside the block table", p, t);
-            CHECK(st->slots[t] >= 0 && st->slots[t] < n_slots, ANVIL_ERR_INVALID_ARG,
-                  "attention: slot %d of token %d outside the cache [0, %lld)", st->slots[t], t,
-                  (long long)n_slots);
-            int32_t lo = anvil_cpu_window_lo(p, a->sliding_window);
-            lo_min = lo < lo_min ? lo : lo_min;
-            p_max = p > p_max ? p : p_max;
-        }
-        /* Only the blocks some query reads must be valid (a sliding window
-         * lets the runtime free the ones behind it). */
-        for (int32_t blk = lo_min / st->block_size; e > b && blk <= p_max / st->block_size; blk++) {
-            int32_t id = st->block_tables[(int64_t)s * st->max_blocks_per_seq + blk];
-            CHECK(id >= 0 && id < n_blocks, ANVIL_ERR_INVALID_ARG,
-                  "attention: block table of sequence %d names block %d at %d, outside [0, %lld)", s, id, blk,
-                  (long long)n_blocks);
-        }
-    }
-    return ANVIL_OK;
+    return check_paged_step(st, a->k_cache->shape[0], a->sliding_window, "attention");
+}
+
+anvil_status anvil_cpu_check_mla(const anvil_mla_args *a)
+{
+    CHECK(a != NULL && a->step != NULL && a->rope != NULL && a->rope->inv_freq != NULL, ANVIL_ERR_INVALID_ARG,
+          "mla: missing arguments");
+    const anvil_step *st = a->step;
+    CHECK(a->n_heads > 0 && a->kv_rank > 0 && a->nope_dim > 0 && a->rope_dim > 0 && a->rope_dim % 2 == 0 &&
+              a->v_dim > 0 && a->scale > 0.0f && isfinite(a->scale) && a->form >= 0 && a->form <= 2,
+          ANVIL_ERR_INVALID_ARG, "mla: %d heads, rank %d, dims %d/%d/%d, scale %g, form %d", a->n_heads,
+          a->kv_rank, a->nope_dim, a->rope_dim, a->v_dim, (double)a->scale, a->form);
+    CHECK(a->rope->inv_freq_long == NULL && isfinite(a->rope->scale), ANVIL_ERR_INVALID_ARG,
+          "mla: one rope table and a finite scale");
+    CHECK(st->block_size > 0 && st->max_blocks_per_seq > 0 && st->n_seqs >= 0, ANVIL_ERR_INVALID_ARG,
+          "mla: block_size %d, max_blocks_per_seq %d, n_seqs %d", st->block_size, st->max_blocks_per_seq,
+          st->n_seqs);
+    TRY(check_act(a->q, "mla q"));
+    TRY(check_act(a->c, "mla c"));
+    TRY(check_act(a->k_pe, "mla k_pe"));
+    TRY(check_act(a->out, "mla out"));
+    const int64_t T = st->n_tokens, H = a->n_heads;
+    CHECK(a->q->shape[0] == T && a->q->shape[1] == H * (a->nope_dim + a->rope_dim) && a->c->shape[0] == T &&
+              a->c->shape[1] == a->kv_rank && a->k_pe->shape[0] == T && a->k_pe->shape[1] == a->rope_dim &&
+              a->out->shape[0] == T && a->out->shape[1] == H * a->v_dim,
+          ANVIL_ERR_INVALID_ARG, "mla: q/c/k_pe/out shapes do not match %lld tokens x %d heads", (long long)T,
+          a->n_heads);
+    CHECK(T == 0 || (a->out->data != a->q->data && a->out->data != a->c->data && a->out->data != a->k_pe->data),
+          ANVIL_ERR_INVALID_ARG, "mla: out must not alias an input");
+    const anvil_tensor *w = a->kv_b;
+    CHECK(w != NULL && w->data != NULL && w->n_dims == 2 && w->quant == NULL, ANVIL_ERR_INVALID_ARG,
+          "mla: kv_b must be a dense 2-D weight");
+    TRY(check_weight_dtype(w, "mla kv_b"));
+    CHECK(w->shape[0] == H * (a->nope_dim + a->v_dim) && w->shape[1] == a->kv_rank, ANVIL_ERR_INVALID_ARG,
+          "mla: kv_b is [%lld, %lld], want [%lld, %d]", (long long)w->shape[0], (long long)w->shape[1],
+          (long long)(H * (a->nope_dim + a->v_dim)), a->kv_rank);
+    const anvil_tensor *c = a->cache;
+    CHECK(c != NULL && c->data != NULL && c->n_dims == 4, ANVIL_ERR_INVALID_ARG,
+          "mla: cache must be [n_blocks, block_size, 1, kv_rank + rope_dim]");
+    CHECK(anvil_cpu_is_float_dtype(c->dtype), ANVIL_ERR_UNSUPPORTED,
+          "mla: cache dtype %s (the latent cache is f32, bf16 or f16)", anvil_dtype_name(c->dtype));
+    CHECK(c->shape[0] > 0 && c->shape[1] == st->block_size && c->shape[2] == 1 &&
+              c->shape[3] == (int64_t)a->kv_rank + a->rope_dim,
+          ANVIL_ERR_INVALID_ARG, "mla: cache is [%lld, %lld, %lld, %lld], want [*, %d, 1, %d]",
+          (long long)c->shape[0], (long long)c->shape[1], (long long)c->shape[2], (long long)c->shape[3],
+          st->block_size, a->kv_rank + a->rope_dim);
+    return check_paged_step(st, c->shape[0], 0, "mla");
 }

@@ -133,6 +133,8 @@ anvil_status anvil_cpu_check_rope(const anvil_tensor *x, const anvil_step *step,
 /* Also checks every slot, position and block-table entry the op will use. */
 anvil_status anvil_cpu_check_attention(const anvil_attention_args *a);
 anvil_status anvil_cpu_check_binary(const anvil_tensor *a, const anvil_tensor *b, const anvil_tensor *out);
+/* Also checks every slot, position and block-table entry the op will use. */
+anvil_status anvil_cpu_check_mla(const anvil_mla_args *a);
 /* x and out (which may alias) f32 activations of one shape; what names the op */
 anvil_status anvil_cpu_check_unary(const anvil_tensor *x, const anvil_tensor *out, const char *what);
 anvil_status anvil_cpu_check_layernorm(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *b,
@@ -287,6 +289,7 @@ anvil_status anvil_cpu_op_sample_rows(anvil_backend *be, const anvil_tensor *x, 
 anvil_status anvil_cpu_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids);
 /* cpu_moe.c */
 anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *args);
+anvil_status anvil_cpu_op_mla(anvil_backend *be, const anvil_mla_args *args);
 
 /* Splits [0, n) into nth nearly equal ranges aligned to `unit` (except the
  * end) and returns range ith in [*lo, *hi). */

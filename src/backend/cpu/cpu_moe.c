@@ -1,7 +1,7 @@
 /*
  * The moe op on the CPU (backend.h, anvil_moe_args): the router's logits as
  * one matmul, each row's softmax and top-k, the step's (token, slot) pairs
- * sorted by expert, then each expert's rows as one matmul_silu_mul and one
+ * sorted by expert (DeepSeek's group-limited routing and scaled weights too), then each expert's rows as one matmul_silu_mul and one
  * matmul (so an expert's weights are streamed once per step, not once per
  * token), and the weighted sum per token in ascending expert order, as
  * transformers' index_add over the experts in order. Every piece runs the
@@ -16,12 +16,51 @@
 
 #define AT(base, off) ((void *)((char *)(base) + (off)))
 
+/* The largest of the group's n probabilities. */
+static float group_max(const float *p, int32_t n)
+{
+    float m = p[0];
+    for (int32_t i = 1; i < n; i++)
+        m = p[i] > m ? p[i] : m;
+    return m;
+}
+
+/* DeepSeek's group_limited_greedy: the probabilities of every expert
+ * outside the keep groups (of G) whose largest probability is largest
+ * (the lower group on ties) set to 0, as transformers' masked_fill. No
+ * storage: the last group kept (rank keep - 1) is found first; a group is
+ * kept when it ranks at or above it. */
+static void mask_groups(float *p, int32_t E, int32_t G, int32_t keep)
+{
+    const int32_t n = E / G;
+    int32_t last = 0;
+    for (int32_t g = 0; g < G; g++) {
+        const float m = group_max(p + g * n, n);
+        int32_t rank = 0;
+        for (int32_t h = 0; h < G; h++) {
+            const float mh = group_max(p + h * n, n);
+            rank += mh > m || (mh == m && h < g);
+        }
+        if (rank == keep - 1)
+            last = g;
+    }
+    const float ml = group_max(p + last * n, n);
+    for (int32_t g = 0; g < G; g++) {
+        const float m = group_max(p + g * n, n);
+        if (!(m > ml || (m == ml && g <= last)))
+            for (int32_t i = 0; i < n; i++)
+                p[g * n + i] = 0.0f;
+    }
+}
+
 /* Row t's top-k experts and weights from its router logits (in place:
- * logits become probabilities): softmax in f32, the k largest (the lower
+ * logits become probabilities): softmax in f32, with G > 1 the groups
+ * outside the top `keep` masked (mask_groups), the k largest (the lower
  * expert on ties, as torch.topk), divided by their sum (taken largest
- * first, as torch sums the topk values) with norm; then ids ascending, each
- * weight with its expert. */
-static void route_row(float *p, int32_t E, int32_t k, int norm, int32_t *ids, float *w)
+ * first, as torch sums the topk values) with norm, times scale (0: 1);
+ * then ids ascending, each weight with its expert. */
+static void route_row(float *p, int32_t E, int32_t k, int norm, int32_t G, int32_t keep, float scale, int32_t *ids,
+                      float *w)
 {
     float mx = p[0];
     for (int32_t e = 1; e < E; e++)
@@ -33,6 +72,8 @@ static void route_row(float *p, int32_t E, int32_t k, int norm, int32_t *ids, fl
     }
     for (int32_t e = 0; e < E; e++)
         p[e] /= sum;
+    if (G > 1)
+        mask_groups(p, E, G, keep);
     float wsum = 0.0f;
     for (int32_t j = 0; j < k; j++) {
         int32_t best = -1;
@@ -51,6 +92,9 @@ static void route_row(float *p, int32_t E, int32_t k, int norm, int32_t *ids, fl
     if (norm)
         for (int32_t j = 0; j < k; j++)
             w[j] /= wsum;
+    if (scale != 0.0f && scale != 1.0f)
+        for (int32_t j = 0; j < k; j++)
+            w[j] *= scale;
     for (int32_t j = 1; j < k; j++) /* insertion sort by expert */
         for (int32_t q = j; q > 0 && ids[q - 1] > ids[q]; q--) {
             int32_t ti = ids[q];
@@ -86,7 +130,8 @@ anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
     anvil_tensor lt = anvil_tensor_2d(ANVIL_DTYPE_F32, T, E, logits);
     TRY(anvil_cpu_op_matmul(be, a->x, a->router, NULL, &lt));
     for (int64_t t = 0; t < T; t++)
-        route_row(logits + t * E, E, k, a->norm_topk_prob, ids + t * k, topw + t * k);
+        route_row(logits + t * E, E, k, a->norm_topk_prob, a->n_group, a->topk_group, a->routed_scale, ids + t * k,
+                  topw + t * k);
 
     /* the (token, slot) pairs by expert, tokens ascending within one */
     memset(offsets, 0, (size_t)(E + 1) * sizeof *offsets);
@@ -138,9 +183,11 @@ anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
         anvil_tensor st = anvil_tensor_2d(ANVIL_DTYPE_F32, T, 1, AT(s, L.sgate));
         TRY(anvil_cpu_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
         TRY(anvil_cpu_op_matmul(be, &at, a->shared_down, NULL, &yt));
-        TRY(anvil_cpu_op_matmul(be, a->x, a->shared_gate, NULL, &st));
+        if (a->shared_gate != NULL) {
+            TRY(anvil_cpu_op_matmul(be, a->x, a->shared_gate, NULL, &st));
+            sgate = st.data;
+        }
         sy = yt.data;
-        sgate = st.data;
     }
     for (int64_t t = 0; t < T; t++) {
         float *o = out + t * H;
@@ -151,10 +198,13 @@ anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
             for (int64_t i = 0; i < H; i++)
                 o[i] += yr[i] * wj;
         }
-        if (sy != NULL) {
+        if (sy != NULL && sgate != NULL) {
             const float gate = 1.0f / (1.0f + expf(-sgate[t]));
             for (int64_t i = 0; i < H; i++)
                 o[i] += gate * sy[t * H + i];
+        } else if (sy != NULL) { /* DeepSeek: the shared experts' output as it is */
+            for (int64_t i = 0; i < H; i++)
+                o[i] += sy[t * H + i];
         }
     }
     return ANVIL_OK;

@@ -378,8 +378,11 @@ anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
      * activations and one expert output */
     float *p = a->scratch, *act = (float *)a->scratch + E, *y = act + (I > Is ? I : Is);
     int32_t *chosen = (int32_t *)(y + H); /* the k experts picked */
-    CHECK(T == 0 || a->scratch_bytes >= (size_t)(E + (I > Is ? I : Is) + H + k) * sizeof(float),
+    const int32_t G = a->n_group > 1 ? a->n_group : 1, keep = G > 1 ? a->topk_group : 1, gsize = E / G;
+    int32_t *groups = chosen + k;         /* the keep groups kept (DeepSeek's group_limited_greedy) */
+    CHECK(T == 0 || a->scratch_bytes >= (size_t)(E + (I > Is ? I : Is) + H + k + keep) * sizeof(float),
           ANVIL_ERR_INVALID_ARG, "moe reference: scratch too small");
+    const float scale = a->routed_scale == 0.0f ? 1.0f : a->routed_scale;
     const float *x = a->x->data;
     float *out = a->out->data;
     for (int64_t t = 0; t < T; t++) {
@@ -396,15 +399,35 @@ anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
             mx = fmaxf(mx, p[e]);
         for (int32_t e = 0; e < E; e++)
             sum += (p[e] = expf(p[e] - mx));
-        /* the k largest, lower expert first on ties; chosen[e] = weight or -1 */
+        /* the keep groups of the largest best expert, the lower group first on ties */
+        for (int32_t j = 0; j < keep; j++) {
+            int32_t best = -1;
+            float best_m = 0.0f;
+            for (int32_t g = 0; g < G; g++) {
+                int taken = 0;
+                for (int32_t q = 0; q < j; q++)
+                    taken |= groups[q] == g;
+                float m = p[g * gsize];
+                for (int32_t e = 1; e < gsize; e++)
+                    m = fmaxf(m, p[g * gsize + e]);
+                if (!taken && (best < 0 || m > best_m)) {
+                    best = g;
+                    best_m = m;
+                }
+            }
+            groups[j] = best;
+        }
+        /* the k largest of the kept groups, lower expert first on ties */
         float wsum = 0.0f;
         for (int32_t j = 0; j < k; j++) {
             int32_t best = -1;
             for (int32_t e = 0; e < E; e++) {
-                int taken = 0;
+                int taken = 0, kept = G == 1;
                 for (int32_t q = 0; q < j; q++)
                     taken |= chosen[q] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
+                for (int32_t q = 0; q < keep; q++)
+                    kept |= groups[q] == e / gsize;
+                if (kept && !taken && (best < 0 || p[e] > p[best]))
                     best = e;
             }
             chosen[j] = best;
@@ -421,6 +444,7 @@ anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
             float w = p[e] / sum;
             if (a->norm_topk_prob)
                 w /= wsum;
+            w *= scale;
             ref_expert(xr, H, I, a->gate_up, 2 * e * I, (2 * e + 1) * I, a->down, e * H, act, y);
             for (int64_t h = 0; h < H; h++)
                 o[h] += y[h] * w;
@@ -428,12 +452,99 @@ anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
         if (Is > 0) {
             ref_expert(xr, H, Is, a->shared_gate_up, 0, Is, a->shared_down, 0, act, y);
             double gs = 0.0;
-            for (int64_t h = 0; h < H; h++)
+            for (int64_t h = 0; a->shared_gate != NULL && h < H; h++)
                 gs += (double)xr[h] * (double)anvil_cpu_load_elem(a->shared_gate->data, a->shared_gate->dtype, h);
-            const float gate = 1.0f / (1.0f + expf(-(float)gs));
+            /* no gate (DeepSeek): the shared experts' output as it is */
+            const float gate = a->shared_gate != NULL ? 1.0f / (1.0f + expf(-(float)gs)) : 1.0f;
             for (int64_t h = 0; h < H; h++)
                 o[h] += gate * y[h];
         }
     }
+    return ANVIL_OK;
+}
+
+/* x [rope_dim] rotated in interleaved pairs by position p, as
+ * transformers' complex apply_rotary_emb (and as the op: the same floats). */
+static void ref_rope_pairs(const anvil_mla_args *a, int32_t p, const float *x, float *out)
+{
+    const float scale = anvil_cpu_rope_scale(a->rope);
+    for (int32_t i = 0; i < a->rope_dim / 2; i++) {
+        const float angle = (float)p * a->rope->inv_freq[i];
+        const float c = cosf(angle) * scale, s = sinf(angle) * scale;
+        out[2 * i] = x[2 * i] * c - x[2 * i + 1] * s;
+        out[2 * i + 1] = x[2 * i] * s + x[2 * i + 1] * c;
+    }
+}
+
+/* kv_b row `row` times cached row at `at` (its first kv_rank values), in double. */
+static double ref_kvb_dot(const anvil_mla_args *a, int64_t row, int64_t at)
+{
+    double acc = 0.0;
+    for (int64_t r = 0; r < a->kv_rank; r++)
+        acc += (double)anvil_cpu_load_elem(a->kv_b->data, a->kv_b->dtype, row * a->kv_rank + r) *
+               (double)anvil_cpu_load_elem(a->cache->data, a->cache->dtype, at + r);
+    return acc;
+}
+
+anvil_status anvil_cpu_ref_mla(const anvil_mla_args *a)
+{
+    TRY(anvil_cpu_check_mla(a));
+    const anvil_step *st = a->step;
+    const int64_t T = st->n_tokens, H = a->n_heads, R = a->kv_rank, dn = a->nope_dim, dr = a->rope_dim;
+    const int64_t dv = a->v_dim, w = R + dr, qw = H * (dn + dr);
+    float *rot = malloc((size_t)(2 * dr + 1) * sizeof *rot);
+    double *acc = malloc((size_t)(dv + 1) * sizeof *acc);
+    if (rot == NULL || acc == NULL) {
+        free(rot);
+        free(acc);
+        return ANVIL_FAIL(ANVIL_ERR_OOM, "reference mla: out of memory");
+    }
+    /* 1. the cache rows */
+    for (int64_t t = 0; t < T; t++) {
+        ref_rope_pairs(a, st->positions[t], (const float *)a->k_pe->data + t * dr, rot);
+        const int64_t at = (int64_t)st->slots[t] * w;
+        for (int64_t i = 0; i < R; i++)
+            anvil_cpu_store_elem(a->cache->data, a->cache->dtype, at + i, ((const float *)a->c->data)[t * R + i]);
+        for (int64_t i = 0; i < dr; i++)
+            anvil_cpu_store_elem(a->cache->data, a->cache->dtype, at + R + i, rot[i]);
+    }
+    /* 2. each query over its sequence's cached positions, two passes */
+    for (int64_t t = 0; t < T; t++) {
+        const int32_t s = st->seq_of_token[t], p = st->positions[t];
+        for (int64_t h = 0; h < H; h++) {
+            const float *q = (const float *)a->q->data + t * qw + h * (dn + dr);
+            ref_rope_pairs(a, p, q + dn, rot);
+            const int64_t krow = h * (dn + dv), vrow = krow + dn;
+            float m = -INFINITY;
+            for (int pass = 0; pass < 2; pass++) {
+                double sum = 0.0;
+                for (int64_t i = 0; i < dv; i++)
+                    acc[i] = 0.0;
+                for (int32_t j = 0; j <= p; j++) {
+                    const int64_t blk = st->block_tables[(int64_t)s * st->max_blocks_per_seq + j / st->block_size];
+                    const int64_t at = (blk * st->block_size + j % st->block_size) * w;
+                    double dot = 0.0;
+                    for (int64_t d = 0; d < dn; d++) /* q_nope . (W_UK_h c_j) */
+                        dot += (double)q[d] * ref_kvb_dot(a, krow + d, at);
+                    for (int64_t d = 0; d < dr; d++) /* q_pe . kpe_j */
+                        dot += (double)rot[d] * (double)anvil_cpu_load_elem(a->cache->data, a->cache->dtype, at + R + d);
+                    const float score = (float)dot * a->scale;
+                    if (pass == 0) {
+                        m = score > m ? score : m;
+                        continue;
+                    }
+                    const float e = expf(score - m);
+                    sum += e;
+                    for (int64_t i = 0; i < dv; i++) /* v_j = W_UV_h c_j */
+                        acc[i] += (double)e * ref_kvb_dot(a, vrow + i, at);
+                }
+                if (pass == 1)
+                    for (int64_t i = 0; i < dv; i++)
+                        ((float *)a->out->data)[t * H * dv + h * dv + i] = (float)(acc[i] / sum);
+            }
+        }
+    }
+    free(rot);
+    free(acc);
     return ANVIL_OK;
 }

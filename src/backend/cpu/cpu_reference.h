@@ -95,4 +95,12 @@ anvil_status anvil_cpu_ref_gather_rows(const anvil_tensor *x, const anvil_step *
  * the shared expert. Uses the args' scratch (the same size as the op's). */
 anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a);
 
+/* Multi-head latent attention (backend.h, anvil_mla_args) in its defining
+ * form, one (token, head) at a time: the cache row written as [c,
+ * rope(k_pe)] (rotation in f32 as the op), then every key and value
+ * expanded from the cached latents again for each query, products and sums
+ * in double; args->form is ignored (both of the op's forms are held to
+ * this). */
+anvil_status anvil_cpu_ref_mla(const anvil_mla_args *a);
+
 #endif

@@ -64,6 +64,13 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     anvil_moe_scratch L;
     TRY(anvil_moe_check_args(a, &L));
+    /* DeepSeek-V2's router and ungated shared experts: the CPU's for now
+     * (the runtime refuses DeepSeek-V2 on cuda at load: no mla op) */
+    CHECK(a->n_group <= 1 && (a->routed_scale == 0.0f || a->routed_scale == 1.0f) &&
+              (a->shared_inter == 0 || a->shared_gate != NULL),
+          ANVIL_ERR_UNSUPPORTED,
+          "cuda moe: group-limited routing, routed_scaling_factor and ungated shared experts (DeepSeek-V2) are not "
+          "implemented on cuda");
     TRY(anvil_cuda_check_act(cb, a->x, "moe x"));
     TRY(anvil_cuda_check_act(cb, a->out, "moe out"));
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
