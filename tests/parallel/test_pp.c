@@ -85,6 +85,7 @@ static void test_split(void **state)
         assert_int_not_equal(in, rank);
     }
     assert_int_equal(anvil_comm_barrier(part), ANVIL_OK);
+    anvil_comm_free(part);
     /* one part of everything: the same ranks */
     anvil_comm *all = NULL;
     assert_int_equal(anvil_comm_split(comm, 0, rank, &all), ANVIL_OK);
