@@ -19,6 +19,10 @@ void anvil_stage_layers(int32_t n_layers, int32_t stage, int32_t n_stages, int32
     *count = (int32_t)(hi - lo);
 }
 
+/* Whether op is a KV layer (attention, or DeepSeek's mla), and its layer. */
+static int is_layer(const anvil_net_op *op) { return op->kind == ANVIL_OP_ATTENTION || op->kind == ANVIL_OP_MLA; }
+static int32_t layer_of(const anvil_net_op *op) { return op->kind == ANVIL_OP_MLA ? op->mla.layer : op->attn.layer; }
+
 typedef struct stage_ctx {
     const anvil_network *src;
     int32_t n;          /* the source's ops */
@@ -46,14 +50,14 @@ static anvil_status find_cuts(stage_ctx *c, int32_t n_stages)
     const anvil_network *net = c->src;
     int32_t n_layers = 0;
     for (int32_t i = 0; i < c->n; i++)
-        n_layers += anvil_network_op(net, i)->kind == ANVIL_OP_ATTENTION;
+        n_layers += is_layer(anvil_network_op(net, i));
     CHECK(n_layers >= n_stages, ANVIL_ERR_UNSUPPORTED,
           "pipeline parallelism: %d layers cannot be split over %d pipeline stages (at least one layer a stage)",
           n_layers, n_stages);
     int32_t *attn = malloc((size_t)n_layers * sizeof *attn);
     CHECK(attn != NULL, ANVIL_ERR_OOM, "out of memory");
     for (int32_t i = 0, k = 0; i < c->n; i++)
-        if (anvil_network_op(net, i)->kind == ANVIL_OP_ATTENTION)
+        if (is_layer(anvil_network_op(net, i)))
             attn[k++] = i;
     c->cuts[0] = 0;
     c->cuts[n_stages] = c->n;
@@ -76,7 +80,7 @@ static anvil_status find_cuts(stage_ctx *c, int32_t n_stages)
 }
 
 /* Op i copied into dst with its inputs mapped and its weights whole;
- * attention's layer renumbered from the stage's first. */
+ * attention's (or mla's) layer renumbered from the stage's first. */
 static anvil_status copy_op(const stage_ctx *c, anvil_network *dst, int32_t i, int32_t layer0, anvil_value *map)
 {
     const anvil_net_op *op = anvil_network_op(c->src, i);
@@ -102,6 +106,8 @@ static anvil_status copy_op(const stage_ctx *c, anvil_network *dst, int32_t i, i
     anvil_net_op copy = *op;
     if (op->kind == ANVIL_OP_ATTENTION)
         copy.attn.layer -= layer0;
+    else if (op->kind == ANVIL_OP_MLA)
+        copy.mla.layer -= layer0;
     map[i] = anvil_network_append_copy(dst, &copy, in, w, op->n_weights, op->width);
     return map[i] == ANVIL_VALUE_NONE ? anvil_network_status(dst) : ANVIL_OK;
 }
@@ -116,8 +122,8 @@ static anvil_status build_stage(const stage_ctx *c, int32_t stage, int32_t n_sta
     int32_t layer0 = 0;
     for (int32_t i = 0; i < lo; i++) {
         const anvil_net_op *op = anvil_network_op(net, i);
-        if (op->kind == ANVIL_OP_ATTENTION && op->attn.layer + 1 > layer0)
-            layer0 = op->attn.layer + 1;
+        if (is_layer(op) && layer_of(op) + 1 > layer0)
+            layer0 = layer_of(op) + 1;
     }
     *kv_layer0 = layer0;
     for (int32_t v = 0; v < c->n; v++)

@@ -4,8 +4,9 @@
  *
  * The model file describes the whole model; anvil_network_stage keeps the
  * ops of stage s's layers, [s L / P, (s + 1) L / P) of the L attention
- * layers in op order (the embedding on stage 0, the final norm and the LM
- * head on the last), before the tensor-parallel cut and the build plan:
+ * layers in op order (attention ops, or DeepSeek's mla), the embedding on
+ * stage 0, the final norm and the LM head on the last, before the
+ * tensor-parallel cut and the build plan:
  *
  *   - between two stages the network is cut where the fewest values cross
  *     (by columns), between the last attention of one stage and the first

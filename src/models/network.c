@@ -894,8 +894,11 @@ anvil_value anvil_network_append_copy(anvil_network *net, const anvil_net_op *sr
         net->wpool[op->weights_at + k] = weights[k];
     for (int k = 0; k < 3; k++)
         op->inputs[k] = inputs[k];
-    if ((op->kind == ANVIL_OP_ATTENTION || op->kind == ANVIL_OP_MLA) && op->attn.layer + 1 > net->n_kv_layers)
-        net->n_kv_layers = op->attn.layer + 1;
+    /* an attention or mla op's layer joins the KV layers (each kind keeps
+     * it in its own parameters) */
+    const int32_t layer = op->kind == ANVIL_OP_MLA ? op->mla.layer : op->attn.layer;
+    if ((op->kind == ANVIL_OP_ATTENTION || op->kind == ANVIL_OP_MLA) && layer + 1 > net->n_kv_layers)
+        net->n_kv_layers = layer + 1;
     return commit_op(net);
 }
 

@@ -1,9 +1,11 @@
 /*
  * The pipeline cut of a network into stages (builder/stage_plan.c), without
  * MPI: the golden models' networks (Llama, Gemma 2's post-norms and soft
- * cap, Phi-3's fused tensors, Mixtral's experts) cut into 2, 3 and 4
- * stages where their layers allow, read back op by op:
- *   - each stage's attention layers are its share, renumbered from 0;
+ * cap, Phi-3's fused tensors, GPT-2, the MoE models, DeepSeek-V2's mla
+ * layers and its dense first layer) cut into 2 to 5 stages where their
+ * layers allow, read back op by op:
+ *   - each stage's attention (or mla) layers are its share, renumbered
+ *     from 0;
  *   - only the hidden state crosses between stages: one recv (tag 0) at the
  *     start of each stage but the first, one send at the end of each but
  *     the last; the logits go from the last stage to stage 0 (tag 32767),
@@ -29,8 +31,7 @@
 
 static anvil_network *build(const char *model, anvil_model_config *cfg)
 {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/models/%s", anvil_test_shared_dir(), model);
+    const char *dir = anvil_test_model_dir(model); /* ../shared, or tests/data/models */
     if (anvil_model_config_load(dir, cfg) != ANVIL_OK)
         fail_msg("%s: %s", model, anvil_last_error());
     anvil_network *net = NULL;
@@ -77,12 +78,14 @@ static void check_stages(const char *model, int32_t n)
         anvil_stage_layers(L, s, n, &first, &count);
         assert_int_equal(layer0, first);
         assert_int_equal(anvil_network_kv_layers(st), count);
-        assert_int_equal(count_kind(st, ANVIL_OP_ATTENTION), count);
+        assert_int_equal(count_kind(st, ANVIL_OP_ATTENTION) + count_kind(st, ANVIL_OP_MLA), count);
         int32_t k = 0;
         for (int32_t i = 0; i < anvil_network_op_count(st); i++) {
             const anvil_net_op *op = anvil_network_op(st, i);
             if (op->kind == ANVIL_OP_ATTENTION)
                 assert_int_equal(op->attn.layer, k++);
+            else if (op->kind == ANVIL_OP_MLA)
+                assert_int_equal(op->mla.layer, k++);
         }
         assert_int_equal(count_kind(st, ANVIL_OP_EMBEDDING), s == 0);
         /* the hidden state alone crosses (stage 0 receives the logits, the
@@ -149,7 +152,9 @@ static void check_stages(const char *model, int32_t n)
 static void test_stages(void **state)
 {
     (void)state;
-    static const char *const three[] = {"tiny-llama3", "tiny-gemma2", "tiny-phi3", "tiny-mixtral", "tiny-qwen3"};
+    static const char *const three[] = {"tiny-llama3", "tiny-gemma2",    "tiny-phi3",
+                                        "tiny-mixtral", "tiny-qwen3",     "tiny-gpt2",
+                                        "tiny-qwen2-moe", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"};
     for (int32_t n = 2; n <= 3; n++)
         for (size_t i = 0; i < sizeof three / sizeof three[0]; i++)
             check_stages(three[i], n);
