@@ -648,8 +648,8 @@ static const route routes[] = {
     {"/v2/models/stats", "GET", R_V2_STATS},
 };
 
-/* /health of a model served by several ranks (anvil serve --tp): the
- * ranks, and a failed communicator's reason (a rank died, stopped or timed
+/* /health of a model served by several ranks (anvil serve --tp, --pp):
+ * the ranks (and their pipeline stages), and a failed communicator's reason (a rank died, stopped or timed
  * out: every step fails from then on) as 503 "failed". */
 static enum MHD_Result send_health_ranks(anvil_server *s, struct MHD_Connection *c)
 {
@@ -663,6 +663,8 @@ static enum MHD_Result send_health_ranks(anvil_server *s, struct MHD_Connection 
     json_object_set_new(o, "status", json_string(status));
     json_object_set_new(o, "ranks", json_integer(anvil_comm_size(comm)));
     json_object_set_new(o, "communicator", json_string(anvil_comm_name(comm)));
+    if (s->rt_opts.pipeline_stages > 1) /* anvil serve --pp: the ranks in stages */
+        json_object_set_new(o, "pipeline_stages", json_integer(s->rt_opts.pipeline_stages));
     if (why != NULL)
         json_object_set_new(o, "reason", json_string(why));
     return send_json(s, c, strcmp(status, "ok") == 0 ? 200 : 503, o, NULL);

@@ -162,7 +162,8 @@ def test_pp_serves_one_ranks_greedy_text(one_rank_texts):
     s = Server(ranks=2, pp=2)
     try:
         status, text = request(s.port, "GET", "/health")
-        assert status == 200 and json.loads(text)["ranks"] == 2, text
+        assert status == 200 and json.loads(text) == {"status": "ok", "ranks": 2, "communicator": "mpi",
+                                                      "pipeline_stages": 2}, text
         for p in PROMPTS:
             assert complete(s.port, p) == one_rank_texts[p], p
         got, errs = {}, []
