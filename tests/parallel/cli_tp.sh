@@ -35,6 +35,8 @@ echo "ok: bench --tp $n, 8 requests of 8 tokens"
 if err=$("$mpirun" -np "$n" "$anvil" run --model "$shared/models/$1" --prompt-ids 1 --tp $((n + 1)) 2>&1); then
   echo "FAIL: --tp $((n + 1)) on $n ranks succeeded"; exit 1
 fi
-printf '%s' "$err" | grep -q "needs $((n + 1)) ranks (mpirun -np $((n + 1))), this job has $n" ||
+# (a here-string, not a pipe: grep -q ends at its match, and under pipefail
+# the writer's SIGPIPE would fail the check now and then)
+grep -q "needs $((n + 1)) ranks (mpirun -np $((n + 1))), this job has $n" <<< "$err" ||
   { echo "FAIL: --tp $((n + 1)) on $n ranks: $err"; exit 1; }
 echo "ok: --tp $((n + 1)) on $n ranks refused"
