@@ -56,7 +56,7 @@ if [ "${1:-}" != "--no-data" ]; then
     cp -r "$shared/golden/models/$m" .device/shared/golden/models/
   done
   # models kept in the repository (their goldens in the same folder)
-  for m in tiny-gpt2 tiny-qwen2-moe tiny-qwen3-moe; do
+  for m in tiny-gpt2 tiny-qwen2-moe tiny-qwen3-moe tiny-deepseek-v2-lite tiny-deepseek-v2; do
     rm -rf .device/shared/models/$m .device/shared/golden/models/$m
     mkdir -p .device/shared/models/$m .device/shared/golden/models/$m
     cp tests/data/models/$m/* .device/shared/models/$m/

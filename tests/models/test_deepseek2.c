@@ -12,18 +12,24 @@
  *    the moe ops' router parameters;
  *  - the KV pool's bytes per token: the latent and the rope key alone;
  *  - the fusion plan around the new ops: fused = separate, bit for bit;
- *  - an engine built from each tiny model gives the folder's logits bit for bit.
+ *  - an engine built from each tiny model gives the folder's logits bit for bit;
+ *  - the executor: every golden prompt at once, prompts cut into chunks of
+ *    16 rows (the expanded form for chunks, the absorbed one for decode
+ *    rows, over a pool the runtime sized from the latent rows), greedy
+ *    tokens equal to transformers'.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "anvil/executor.h"
 #include "anvil/model_config.h"
 #include "anvil/network.h"
 #include "anvil/runtime.h"
 #include "engine_check.h"
 #include "fusion_check.h"
+#include "golden.h"
 #include "runtime/runtime_plan.h"
 #include "testutil.h"
 
@@ -330,12 +336,68 @@ static void test_engine_equal(void **s)
     }
 }
 
+static void test_executor_greedy(void **s)
+{
+    (void)s;
+    const char *models[] = {"tiny-deepseek-v2-lite", "tiny-deepseek-v2"};
+    for (size_t m = 0; m < 2; m++) {
+        golden g;
+        golden_load(models[m], &g);
+        anvil_runtime_options o;
+        anvil_runtime_options_default(&o);
+        o.n_threads = 2;
+        o.max_num_tokens = 16; /* the 48-token prompt in chunks, decodes beside them */
+        o.max_batch_size = 8;
+        o.kv_block_size = 16;
+        o.kv_cache_tokens = 16 * 32;
+        o.kv_cache_dtype = "f32";
+        anvil_runtime *rt = NULL;
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(models[m]));
+        if (anvil_runtime_load(dir, &o, &rt) != ANVIL_OK)
+            fail_msg("%s: %s", models[m], anvil_last_error());
+        anvil_executor_options eo;
+        anvil_executor_options_default(&eo);
+        anvil_executor *ex = NULL;
+        if (anvil_executor_create(rt, NULL, &eo, &ex) != ANVIL_OK)
+            fail_msg("executor: %s", anvil_last_error());
+        uint64_t ids[GOLDEN_MAX_CASES];
+        for (int i = 0; i < g.n_cases; i++) {
+            anvil_request r;
+            anvil_request_init(&r);
+            r.prompt_ids = g.cases[i].ids;
+            r.n_prompt_ids = g.cases[i].n_ids;
+            r.sampling.temperature = 0;
+            r.max_tokens = g.cases[i].n_greedy;
+            r.retain_result = 1;
+            if (anvil_executor_enqueue(ex, &r, &ids[i]) != ANVIL_OK)
+                fail_msg("enqueue: %s", anvil_last_error());
+        }
+        for (int i = 0; i < g.n_cases; i++) {
+            anvil_result *res = NULL;
+            if (anvil_executor_wait(ex, ids[i], &res) != ANVIL_OK)
+                fail_msg("wait: %s", anvil_last_error());
+            assert_int_equal(res->status, ANVIL_OK);
+            assert_int_equal(res->sequences[0].n_tokens, g.cases[i].n_greedy);
+            for (int32_t j = 0; j < g.cases[i].n_greedy; j++)
+                if (res->sequences[0].token_ids[j] != g.cases[i].greedy[j])
+                    fail_msg("%s %s: executor token %d is %d, HF has %d", models[m], g.cases[i].name, j,
+                             res->sequences[0].token_ids[j], g.cases[i].greedy[j]);
+            anvil_result_free(res);
+        }
+        anvil_executor_free(ex);
+        anvil_runtime_free(rt);
+        golden_free(&g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_lite),           cmocka_unit_test(test_config_v2),
         cmocka_unit_test(test_tiny_models),           cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_fused_equals_separate), cmocka_unit_test(test_engine_equal),
+        cmocka_unit_test(test_executor_greedy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

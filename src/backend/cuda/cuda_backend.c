@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_mla.h"
 
 #define STAGE_BYTES ((size_t)4 << 20)           /* per pinned upload buffer */
 #define LT_WORKSPACE_BYTES ((size_t)32 << 20)   /* what cuBLAS advises for Hopper */
@@ -433,6 +434,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->add_rmsnorm_matmul_silu_mul = anvil_cuda_op_add_rmsnorm_matmul_silu_mul;
     o->attention_rope = 1;
     o->moe = anvil_cuda_op_moe;
+    o->mla = anvil_cuda_op_mla;
     cb->graphs_enabled = !c->no_cuda_graphs;
     cb->be.ops = &cb->ops;
     cb->be.impl = cb;

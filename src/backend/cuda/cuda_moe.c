@@ -16,6 +16,7 @@
  * cuBLASLt per expert at 16 to 256 tokens, until it has tensor-core tiles.
  */
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_moe_route_groups.h"
 
 #define AT(base, off) ((void *)((char *)(base) + (off)))
 
@@ -64,13 +65,6 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     anvil_moe_scratch L;
     TRY(anvil_moe_check_args(a, &L));
-    /* DeepSeek-V2's router and ungated shared experts: the CPU's for now
-     * (the runtime refuses DeepSeek-V2 on cuda at load: no mla op) */
-    CHECK(a->n_group <= 1 && (a->routed_scale == 0.0f || a->routed_scale == 1.0f) &&
-              (a->shared_inter == 0 || a->shared_gate != NULL),
-          ANVIL_ERR_UNSUPPORTED,
-          "cuda moe: group-limited routing, routed_scaling_factor and ungated shared experts (DeepSeek-V2) are not "
-          "implemented on cuda");
     TRY(anvil_cuda_check_act(cb, a->x, "moe x"));
     TRY(anvil_cuda_check_act(cb, a->out, "moe out"));
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
@@ -83,8 +77,13 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     int32_t *ids = AT(s, L.topk_ids), *offsets = AT(s, L.offsets), *active = AT(s, L.active);
     int32_t *tiles = AT(s, L.tiles), *order = AT(s, L.order), *row_of = AT(s, L.row_of);
     float *topw = AT(s, L.topk_w);
-    TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
-                                    a->norm_topk_prob, ids, topw));
+    if (a->n_group > 1 || (a->routed_scale != 0.0f && a->routed_scale != 1.0f)) /* DeepSeek-V2's router */
+        TRY(anvil_cuda_launch_moe_route_groups(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H,
+                                               E, k, a->norm_topk_prob, a->n_group, a->topk_group, a->routed_scale,
+                                               ids, topw));
+    else
+        TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
+                                        a->norm_topk_prob, ids, topw));
     TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, T * k, E, offsets, active, tiles, order, row_of));
     const int knob = cb->knobs.moe_loop;
     const int loop = knob == 1 || (knob == 0 && T > 8 && !cb->capturing);
@@ -109,8 +108,10 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
         anvil_tensor yt = anvil_tensor_2d(adt, T, H, AT(s, L.sy));
         TRY(anvil_cuda_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
         TRY(anvil_cuda_op_matmul(be, &at, a->shared_down, NULL, &yt));
-        sgw = a->shared_gate->data;
-        sg_dt = a->shared_gate->dtype;
+        if (a->shared_gate != NULL) { /* NULL: DeepSeek's shared experts, added ungated */
+            sgw = a->shared_gate->data;
+            sg_dt = a->shared_gate->dtype;
+        }
         sy = yt.data;
     }
     return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), !loop, sgw,

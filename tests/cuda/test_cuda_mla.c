@@ -1,0 +1,384 @@
+/*
+ * DeepSeek-V2 on CUDA, op by op, against the CPU's scalar references:
+ *  - the mla op (cuda_mla.cu: the latent cache write, the absorbed
+ *    attention for every row) on prefill chunks, decode rows and mixed
+ *    steps over earlier cached positions with scattered block tables, in
+ *    f32 (within 1e-4 x max|out|) and bf16 (2e-2: the inputs and the cache
+ *    in bf16), the cache rows written checked too;
+ *  - the moe op with DeepSeek's router (cuda_moe_route_groups.cu:
+ *    group-limited top-k, routed_scaling_factor) and ungated shared
+ *    experts, at 5 tokens (the grouped GEMV) and 40 (the per-expert loop);
+ *  - --perf: the mla op at DeepSeek-V2-Lite's decode shape (16 heads, rank
+ *    512, 64 + 128 / 128) for 32 sequences of 1024 and 4096 cached
+ *    positions, ms per call and the latent cache's bytes read per second.
+ * Each case prints PASS or FAIL with its error. Skips without a GPU.
+ *
+ *   build/tests/test_cuda_mla [--perf]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/cpu_reference.h"
+#include "backend/cuda/cuda_backend.h"
+#include "anvil/dtype.h"
+#include "testutil.h"
+
+static int g_perf;
+
+static float randf(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*s >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+/* n floats rounded to dt (so that the CPU reference sees what the GPU does) */
+static float *rand_rounded(uint64_t *rng, int64_t n, anvil_dtype dt)
+{
+    float *f = malloc((size_t)n * sizeof *f);
+    assert_non_null(f);
+    for (int64_t i = 0; i < n; i++) {
+        f[i] = randf(rng);
+        if (dt == ANVIL_DTYPE_BF16)
+            f[i] = anvil_bf16_to_f32(anvil_f32_to_bf16(f[i]));
+    }
+    return f;
+}
+
+static void *dev_put(anvil_backend *be, const float *f, int64_t n, anvil_dtype dt)
+{
+    const size_t bytes = (size_t)n * anvil_dtype_size(dt);
+    void *h = malloc(bytes > 0 ? bytes : 1), *d = NULL;
+    assert_non_null(h);
+    if (dt == ANVIL_DTYPE_F32)
+        memcpy(h, f, bytes);
+    else
+        anvil_convert_from_f32(dt, f, h, n);
+    assert_int_equal(be->ops->alloc(be, bytes > 0 ? bytes : 1, &d), ANVIL_OK);
+    assert_int_equal(be->ops->upload(be, d, h, bytes), ANVIL_OK);
+    free(h);
+    return d;
+}
+
+static void *dev_put_raw(anvil_backend *be, const void *h, size_t bytes)
+{
+    void *d = NULL;
+    assert_int_equal(be->ops->alloc(be, bytes, &d), ANVIL_OK);
+    assert_int_equal(be->ops->upload(be, d, h, bytes), ANVIL_OK);
+    return d;
+}
+
+static float *dev_get(anvil_backend *be, const void *d, int64_t n, anvil_dtype dt)
+{
+    const size_t bytes = (size_t)n * anvil_dtype_size(dt);
+    void *h = malloc(bytes);
+    float *f = malloc((size_t)n * sizeof *f);
+    assert_true(h && f);
+    assert_int_equal(be->ops->download(be, h, d, bytes), ANVIL_OK);
+    for (int64_t i = 0; i < n; i++)
+        f[i] = dt == ANVIL_DTYPE_F32 ? ((float *)h)[i]
+               : dt == ANVIL_DTYPE_BF16 ? anvil_bf16_to_f32(((uint16_t *)h)[i])
+                                        : anvil_f16_to_f32(((uint16_t *)h)[i]);
+    free(h);
+    return f;
+}
+
+/* max |got - want| / max |want| */
+static double rel_err(const float *got, const float *want, int64_t n)
+{
+    double me = 0.0, mw = 1e-30;
+    for (int64_t i = 0; i < n; i++) {
+        me = fmax(me, isnan(got[i]) ? INFINITY : fabs((double)got[i] - want[i]));
+        mw = fmax(mw, fabs((double)want[i]));
+    }
+    return me / mw;
+}
+
+/* ---------------------------------------------------------------- mla */
+
+#define MAX_SEQS 4
+
+typedef struct mla_case {
+    int32_t H, R, dn, dr, dv, bs, n_seqs;
+    int32_t prior[MAX_SEQS], rows[MAX_SEQS];
+    float rope_scale;
+} mla_case;
+
+static const mla_case mla_cases[] = {
+    {4, 32, 16, 8, 24, 4, 1, {0}, {13}, 1.0f},                   /* the tiny models' shape, a prefill */
+    {4, 32, 16, 8, 24, 4, 3, {5, 17, 9}, {1, 1, 1}, 1.0253f},    /* decode rows, an attention factor */
+    {3, 24, 8, 6, 10, 16, 3, {7, 3, 0}, {1, 6, 1}, 1.0f},        /* mixed */
+    {16, 512, 128, 64, 128, 32, 2, {70, 0}, {1, 40}, 1.0f},      /* DeepSeek-V2-Lite's shape */
+};
+
+/* One case on one GPU backend of act dtype `act`: PASS within tol x max|out|. */
+static void run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint64_t *rng, double tol)
+{
+    int32_t T = 0, most = 0, starts[MAX_SEQS + 1], lens[MAX_SEQS];
+    for (int32_t s = 0; s < c->n_seqs; s++) {
+        starts[s] = T;
+        T += c->rows[s];
+        lens[s] = c->prior[s] + c->rows[s];
+        most = lens[s] > most ? lens[s] : most;
+    }
+    starts[c->n_seqs] = T;
+    const int32_t maxb = (most + c->bs - 1) / c->bs, n_blocks = c->n_seqs * maxb + 1;
+    const int64_t H = c->H, qw = H * (c->dn + c->dr), w = (int64_t)c->R + c->dr;
+    const int64_t n_cache = (int64_t)n_blocks * c->bs * w, n_out = (int64_t)T * H * c->dv;
+    float *q = rand_rounded(rng, T * qw, act), *cc = rand_rounded(rng, (int64_t)T * c->R, act);
+    float *kpe = rand_rounded(rng, (int64_t)T * c->dr, act);
+    float *kvb = rand_rounded(rng, H * (c->dn + c->dv) * c->R, ANVIL_DTYPE_BF16);
+    float *cache = rand_rounded(rng, n_cache, act);
+    float inv[128];
+    for (int32_t i = 0; i < c->dr / 2; i++)
+        inv[i] = powf(10000.0f, -(float)(2 * i) / (float)c->dr);
+    int32_t *pos = malloc((size_t)T * 4), *sot = malloc((size_t)T * 4), *slots = malloc((size_t)T * 4);
+    int32_t *tables = malloc((size_t)(c->n_seqs * maxb) * 4);
+    assert_true(pos && sot && slots && tables);
+    for (int32_t s = 0; s < c->n_seqs; s++)
+        for (int32_t j = 0; j < maxb; j++)
+            tables[s * maxb + j] = n_blocks - 1 - (s * maxb + j);
+    for (int32_t s = 0; s < c->n_seqs; s++)
+        for (int32_t t = starts[s]; t < starts[s + 1]; t++) {
+            pos[t] = c->prior[s] + t - starts[s];
+            sot[t] = s;
+            slots[t] = tables[s * maxb + pos[t] / c->bs] * c->bs + pos[t] % c->bs;
+        }
+    /* the reference: f32 everything, the cache as the GPU's starts */
+    float *want = calloc((size_t)n_out, sizeof *want), *want_cache = malloc((size_t)n_cache * sizeof(float));
+    assert_true(want && want_cache);
+    memcpy(want_cache, cache, (size_t)n_cache * sizeof(float));
+    anvil_rope_freqs hf = {.inv_freq = inv, .scale = c->rope_scale};
+    anvil_step hs = {.n_tokens = T, .n_seqs = c->n_seqs, .max_blocks_per_seq = maxb, .block_size = c->bs,
+                     .positions = pos, .seq_of_token = sot, .seq_starts = starts, .seq_lens = lens,
+                     .block_tables = tables, .slots = slots};
+    anvil_tensor tq = anvil_tensor_2d(ANVIL_DTYPE_F32, T, qw, q), tc = anvil_tensor_2d(ANVIL_DTYPE_F32, T, c->R, cc);
+    anvil_tensor tk = anvil_tensor_2d(ANVIL_DTYPE_F32, T, c->dr, kpe);
+    anvil_tensor tw = anvil_tensor_2d(ANVIL_DTYPE_F32, H * (c->dn + c->dv), c->R, kvb);
+    anvil_tensor tout = anvil_tensor_2d(ANVIL_DTYPE_F32, T, H * c->dv, want);
+    anvil_tensor tcache = {.dtype = ANVIL_DTYPE_F32, .n_dims = 4, .shape = {n_blocks, c->bs, 1, w}, .data = want_cache};
+    anvil_mla_args ra = {.q = &tq, .c = &tc, .k_pe = &tk, .kv_b = &tw, .cache = &tcache, .out = &tout, .step = &hs,
+                         .rope = &hf, .n_heads = c->H, .kv_rank = c->R, .nope_dim = c->dn, .rope_dim = c->dr,
+                         .v_dim = c->dv, .scale = 1.0f / sqrtf((float)(c->dn + c->dr))};
+    assert_int_equal(anvil_cpu_ref_mla(&ra), ANVIL_OK);
+
+    /* the GPU: act-dtype activations and cache, bf16 kv_b */
+    void *dq = dev_put(gpu, q, T * qw, act), *dc = dev_put(gpu, cc, (int64_t)T * c->R, act);
+    void *dk = dev_put(gpu, kpe, (int64_t)T * c->dr, act);
+    void *dw = dev_put(gpu, kvb, H * (c->dn + c->dv) * c->R, ANVIL_DTYPE_BF16);
+    void *dcache = dev_put(gpu, cache, n_cache, act), *dout = NULL;
+    assert_int_equal(gpu->ops->alloc(gpu, (size_t)n_out * anvil_dtype_size(act), &dout), ANVIL_OK);
+    void *dpos = dev_put_raw(gpu, pos, (size_t)T * 4), *dsot = dev_put_raw(gpu, sot, (size_t)T * 4);
+    void *dslots = dev_put_raw(gpu, slots, (size_t)T * 4);
+    void *dtables = dev_put_raw(gpu, tables, (size_t)(c->n_seqs * maxb) * 4);
+    void *dinv = dev_put_raw(gpu, inv, (size_t)(c->dr / 2) * 4);
+    anvil_rope_freqs df = {.inv_freq = dinv, .scale = c->rope_scale};
+    anvil_step ds = hs;
+    ds.positions = dpos;
+    ds.seq_of_token = dsot;
+    ds.slots = dslots;
+    ds.block_tables = dtables;
+    ds.seq_starts = NULL; /* host only; the kernels take seq_of_token */
+    ds.seq_lens = NULL;
+    anvil_tensor gq = anvil_tensor_2d(act, T, qw, dq), gc = anvil_tensor_2d(act, T, c->R, dc);
+    anvil_tensor gk = anvil_tensor_2d(act, T, c->dr, dk), gout = anvil_tensor_2d(act, T, H * c->dv, dout);
+    anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, H * (c->dn + c->dv), c->R, dw);
+    anvil_tensor gcache = {.dtype = act, .n_dims = 4, .shape = {n_blocks, c->bs, 1, w}, .data = dcache};
+    anvil_mla_args ga = ra;
+    ga.q = &gq;
+    ga.c = &gc;
+    ga.k_pe = &gk;
+    ga.kv_b = &gw;
+    ga.cache = &gcache;
+    ga.out = &gout;
+    ga.step = &ds;
+    ga.rope = &df;
+    if (gpu->ops->mla(gpu, &ga) != ANVIL_OK || gpu->ops->synchronize(gpu) != ANVIL_OK)
+        fail_msg("mla on %s: %s", gpu->ops->name, anvil_last_error());
+    float *got = dev_get(gpu, dout, n_out, act), *got_cache = dev_get(gpu, dcache, n_cache, act);
+    const double e = rel_err(got, want, n_out), ec = rel_err(got_cache, want_cache, n_cache);
+    const int ok = e <= tol && ec <= tol;
+    printf("  %s mla H=%d R=%d %d/%d/%d seqs=%d T=%d on %s: out %.3g, cache %.3g x max (tol %.3g)\n",
+           ok ? "PASS" : "FAIL", c->H, c->R, c->dn, c->dr, c->dv, c->n_seqs, T, gpu->ops->name, e, ec, tol);
+    void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtables, dinv};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        gpu->ops->free(gpu, dev[i]);
+    free(q), free(cc), free(kpe), free(kvb), free(cache), free(pos), free(sot), free(slots), free(tables);
+    free(want), free(want_cache), free(got), free(got_cache);
+    if (!ok)
+        fail_msg("mla: error %.3g / cache %.3g x max|out| > %.3g", e, ec, tol);
+}
+
+static void test_mla(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    uint64_t rng = 0x5eedull;
+    const anvil_dtype acts[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16};
+    const double tols[] = {1e-4, 2e-2};
+    for (int a = 0; a < 2; a++) {
+        anvil_backend *gpu;
+        assert_int_equal(anvil_backend_cuda_create(0, acts[a], &gpu), ANVIL_OK);
+        for (size_t i = 0; i < sizeof mla_cases / sizeof mla_cases[0]; i++)
+            run_mla(gpu, acts[a], &mla_cases[i], &rng, tols[a]);
+        anvil_backend_free(gpu);
+    }
+}
+
+/* ---------------------------------------------------------------- moe */
+
+/* DeepSeek's router on the GPU against the CPU reference, f32 */
+static void test_moe_groups(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    uint64_t rng = 0xfeedull;
+    anvil_backend *gpu;
+    assert_int_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_F32, &gpu), ANVIL_OK);
+    const int64_t H = 64, I = 32, Is = 64;
+    const int32_t E = 16, k = 4;
+    const int64_t Ts[] = {5, 40};
+    for (int ti = 0; ti < 2; ti++) {
+        const int64_t T = Ts[ti];
+        float *x = rand_rounded(&rng, T * H, ANVIL_DTYPE_F32), *router = rand_rounded(&rng, E * H, ANVIL_DTYPE_F32);
+        float *gu = rand_rounded(&rng, E * 2 * I * H, ANVIL_DTYPE_F32), *dn = rand_rounded(&rng, E * H * I, ANVIL_DTYPE_F32);
+        float *sgu = rand_rounded(&rng, 2 * Is * H, ANVIL_DTYPE_F32), *sdn = rand_rounded(&rng, H * Is, ANVIL_DTYPE_F32);
+        for (int64_t i = 0; i < E * H; i++)
+            router[i] *= 3.0f; /* routing that varies from token to token */
+        anvil_moe_scratch L;
+        assert_int_equal(anvil_moe_scratch_layout(T, H, E, k, I, Is, &L), ANVIL_OK);
+        void *hs = calloc(1, L.bytes);
+        float *want = calloc((size_t)(T * H), sizeof *want);
+        assert_true(hs && want);
+        anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, H, x), tr = anvil_tensor_2d(ANVIL_DTYPE_F32, E, H, router);
+        anvil_tensor tgu = anvil_tensor_2d(ANVIL_DTYPE_F32, E * 2 * I, H, gu), tdn = anvil_tensor_2d(ANVIL_DTYPE_F32, E * H, I, dn);
+        anvil_tensor tsgu = anvil_tensor_2d(ANVIL_DTYPE_F32, 2 * Is, H, sgu), tsdn = anvil_tensor_2d(ANVIL_DTYPE_F32, H, Is, sdn);
+        anvil_tensor tout = anvil_tensor_2d(ANVIL_DTYPE_F32, T, H, want);
+        anvil_moe_args a = {.x = &tx, .router = &tr, .gate_up = &tgu, .down = &tdn, .shared_gate_up = &tsgu,
+                            .shared_down = &tsdn, .out = &tout, .n_experts = E, .top_k = k, .inter = I,
+                            .shared_inter = Is, .n_group = 4, .topk_group = 2, .routed_scale = 2.5f,
+                            .scratch = hs, .scratch_bytes = L.bytes};
+        assert_int_equal(anvil_cpu_ref_moe(&a), ANVIL_OK);
+        void *dx = dev_put(gpu, x, T * H, ANVIL_DTYPE_F32), *dr = dev_put(gpu, router, E * H, ANVIL_DTYPE_F32);
+        void *dgu = dev_put(gpu, gu, E * 2 * I * H, ANVIL_DTYPE_F32), *ddn = dev_put(gpu, dn, E * H * I, ANVIL_DTYPE_F32);
+        void *dsgu = dev_put(gpu, sgu, 2 * Is * H, ANVIL_DTYPE_F32), *dsdn = dev_put(gpu, sdn, H * Is, ANVIL_DTYPE_F32);
+        void *dout = NULL, *dscr = NULL;
+        assert_int_equal(gpu->ops->alloc(gpu, (size_t)(T * H) * 4, &dout), ANVIL_OK);
+        assert_int_equal(gpu->ops->alloc(gpu, L.bytes, &dscr), ANVIL_OK);
+        anvil_tensor gx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, H, dx), gr = anvil_tensor_2d(ANVIL_DTYPE_F32, E, H, dr);
+        anvil_tensor ggu = anvil_tensor_2d(ANVIL_DTYPE_F32, E * 2 * I, H, dgu), gdn = anvil_tensor_2d(ANVIL_DTYPE_F32, E * H, I, ddn);
+        anvil_tensor gsgu = anvil_tensor_2d(ANVIL_DTYPE_F32, 2 * Is, H, dsgu), gsdn = anvil_tensor_2d(ANVIL_DTYPE_F32, H, Is, dsdn);
+        anvil_tensor gout = anvil_tensor_2d(ANVIL_DTYPE_F32, T, H, dout);
+        anvil_moe_args ga = a;
+        ga.x = &gx, ga.router = &gr, ga.gate_up = &ggu, ga.down = &gdn, ga.shared_gate_up = &gsgu;
+        ga.shared_down = &gsdn, ga.out = &gout, ga.scratch = dscr;
+        if (gpu->ops->moe(gpu, &ga) != ANVIL_OK || gpu->ops->synchronize(gpu) != ANVIL_OK)
+            fail_msg("moe on cuda: %s", anvil_last_error());
+        float *got = dev_get(gpu, dout, T * H, ANVIL_DTYPE_F32);
+        const double e = rel_err(got, want, T * H);
+        printf("  %s moe groups 2 of 4, top-%d of %d, scale 2.5, ungated shared, T=%lld: %.3g x max (tol 1e-4)\n",
+               e <= 1e-4 ? "PASS" : "FAIL", k, E, (long long)T, e);
+        void *dev[] = {dx, dr, dgu, ddn, dsgu, dsdn, dout, dscr};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+            gpu->ops->free(gpu, dev[i]);
+        free(x), free(router), free(gu), free(dn), free(sgu), free(sdn), free(hs), free(want), free(got);
+        if (!(e <= 1e-4))
+            fail_msg("moe groups: error %.3g", e);
+    }
+    anvil_backend_free(gpu);
+}
+
+/* ---------------------------------------------------------------- perf */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* DeepSeek-V2-Lite decode: 32 sequences, one row each, n_ctx cached positions, bf16 */
+static void test_mla_perf(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0 || !g_perf)
+        skip();
+    anvil_backend *gpu;
+    assert_int_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &gpu), ANVIL_OK);
+    const int32_t H = 16, R = 512, dn = 128, dr = 64, dv = 128, B = 32, bs = 32;
+    const int32_t ctxs[] = {1024, 4096};
+    for (int ci = 0; ci < 2; ci++) {
+        const int32_t n_ctx = ctxs[ci], maxb = n_ctx / bs, n_blocks = B * maxb;
+        const int64_t w = R + dr;
+        uint64_t rng = 7;
+        float *q = rand_rounded(&rng, (int64_t)B * H * (dn + dr), ANVIL_DTYPE_BF16);
+        float *c = rand_rounded(&rng, (int64_t)B * R, ANVIL_DTYPE_BF16), *k = rand_rounded(&rng, (int64_t)B * dr, ANVIL_DTYPE_BF16);
+        float *wb = rand_rounded(&rng, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+        float inv[32];
+        for (int i = 0; i < dr / 2; i++)
+            inv[i] = powf(10000.0f, -(float)(2 * i) / (float)dr);
+        int32_t *pos = malloc(B * 4), *sot = malloc(B * 4), *slots = malloc(B * 4), *tables = malloc((size_t)n_blocks * 4);
+        assert_true(pos && sot && slots && tables);
+        for (int32_t i = 0; i < n_blocks; i++)
+            tables[i] = i;
+        for (int32_t b = 0; b < B; b++) {
+            pos[b] = n_ctx - 1;
+            sot[b] = b;
+            slots[b] = tables[b * maxb + pos[b] / bs] * bs + pos[b] % bs;
+        }
+        void *dq = dev_put(gpu, q, (int64_t)B * H * (dn + dr), ANVIL_DTYPE_BF16), *dc = dev_put(gpu, c, (int64_t)B * R, ANVIL_DTYPE_BF16);
+        void *dk = dev_put(gpu, k, (int64_t)B * dr, ANVIL_DTYPE_BF16);
+        void *dw = dev_put(gpu, wb, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+        void *dcache = NULL, *dout = NULL;
+        const size_t cache_bytes = (size_t)n_blocks * bs * (size_t)w * 2;
+        assert_int_equal(gpu->ops->alloc(gpu, cache_bytes, &dcache), ANVIL_OK);
+        assert_int_equal(gpu->ops->alloc(gpu, (size_t)B * H * dv * 2, &dout), ANVIL_OK);
+        void *dpos = dev_put_raw(gpu, pos, B * 4), *dsot = dev_put_raw(gpu, sot, B * 4);
+        void *dslots = dev_put_raw(gpu, slots, B * 4), *dtab = dev_put_raw(gpu, tables, (size_t)n_blocks * 4);
+        void *dinv = dev_put_raw(gpu, inv, (size_t)(dr / 2) * 4);
+        anvil_rope_freqs df = {.inv_freq = dinv, .scale = 1.0f};
+        anvil_step ds = {.n_tokens = B, .n_seqs = B, .max_blocks_per_seq = maxb, .block_size = bs, .positions = dpos,
+                         .seq_of_token = dsot, .block_tables = dtab, .slots = dslots};
+        anvil_tensor gq = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, H * (dn + dr), dq), gc = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, R, dc);
+        anvil_tensor gk = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, dr, dk), gout = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, H * dv, dout);
+        anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, H * (dn + dv), R, dw);
+        anvil_tensor gcache = {.dtype = ANVIL_DTYPE_BF16, .n_dims = 4, .shape = {n_blocks, bs, 1, w}, .data = dcache};
+        anvil_mla_args ga = {.q = &gq, .c = &gc, .k_pe = &gk, .kv_b = &gw, .cache = &gcache, .out = &gout, .step = &ds,
+                             .rope = &df, .n_heads = H, .kv_rank = R, .nope_dim = dn, .rope_dim = dr, .v_dim = dv,
+                             .scale = 0.07f};
+        assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
+        assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
+        const int reps = 20;
+        const double t0 = now_s();
+        for (int r = 0; r < reps; r++)
+            assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
+        assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
+        const double ms = (now_s() - t0) * 1e3 / reps;
+        /* every head of every sequence reads the sequence's latents */
+        const double bytes = (double)B * n_ctx * (double)w * 2.0 * H;
+        printf("  perf mla decode (V2-Lite shape, bf16) %d seqs x %d positions: %.3f ms, %.0f GB/s of latent reads "
+               "(each head re-reads them)\n",
+               B, n_ctx, ms, bytes / (ms * 1e-3) / 1e9);
+        void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtab, dinv};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+            gpu->ops->free(gpu, dev[i]);
+        free(q), free(c), free(k), free(wb), free(pos), free(sot), free(slots), free(tables);
+    }
+    anvil_backend_free(gpu);
+}
+
+int main(int argc, char **argv)
+{
+    g_perf = argc > 1 && strcmp(argv[1], "--perf") == 0;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mla),
+        cmocka_unit_test(test_moe_groups),
+        cmocka_unit_test(test_mla_perf),
+    };
+    return anvil_test_run_group(tests);
+}
