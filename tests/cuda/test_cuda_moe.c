@@ -1,21 +1,31 @@
 /*
- * The CUDA moe op (cuda_moe.c / cuda_moe.cu) against the CPU's scalar
- * reference (anvil_cpu_ref_moe), in each activation dtype, with the grouped
- * launches (GEMV for at most 8 tokens, grouped GEMM above), with the loop
- * over experts, and with the automatic choice (knob moe_loop 2, 1, 0), at
- * token counts on both sides of the
- * GEMV bound, with and without a shared expert and renormalisation:
+ * The CUDA moe op (cuda_moe.c / cuda_moe.cu / cuda_moe_mma.cu) against the
+ * CPU's scalar reference (anvil_cpu_ref_moe), in each activation dtype,
+ * under every value of the knob moe_loop: 0 automatic, 1 the loop over
+ * experts, 2 the grouped launches (GEMV for at most 8 tokens, the
+ * tensor-core GEMM above where it applies, else SIMT), 3 the tensor-core
+ * GEMM at every token count, 4 the SIMT GEMM above 8 tokens:
  *   f32:        max |cuda - ref| <= 2e-5 * max |ref|
- *   bf16, f16:  max |cuda - ref| <= 2e-2 * max |ref| (the expert rows are
- *               rounded to the activation dtype on the loop path)
- * Outputs are poisoned with NaN first and followed by guard bytes.
- * Skips without a GPU.
+ *   bf16, f16:  max |cuda - ref| <= 2e-2 * max |ref| (the expert rows, and
+ *               on tensor cores the silu products, are rounded to the
+ *               activation dtype)
+ * Cases with a routing forced through x and a one-hot router give chosen
+ * rows per expert (0, 1, 15, 17, 64, 100: empty experts, partial and
+ * several row tiles of each height 16, 32, 64), H and I off the tensor-core
+ * GEMM's 64-wide steps and column tiles, Qwen-MoE-like many small experts
+ * (E 60, I 1408, top 4, a shared expert) and Mixtral-like (E 8, top 2);
+ * there the tensor-core GEMM must apply (asserted) where weights and
+ * activations share bf16 or f16. Outputs are poisoned with NaN first and
+ * followed by guard bytes. Skips without a GPU.
  *
- * `test_cuda_moe --perf`: grouped vs loop on a Mixtral-8x7B layer (H 4096,
- * I 14336, 8 experts, top 2, bf16) at 1, 16, 64 and 256 tokens: time per
- * call and, for the grouped path, bandwidth over the bytes of the experts
- * actually read, against a 1 GiB device-to-device copy in the same run
- * (the issue's must-show).
+ * `test_cuda_moe --perf`: on a Mixtral-8x7B layer (H 4096, I 14336, 8
+ * experts, top 2, bf16) at 1, 16, 64 and 256 tokens, in one run: the
+ * grouped GEMM on tensor cores (knob 3), the grouped GEMV (knob 2, at most
+ * 8 tokens), the SIMT grouped GEMM (knob 4, above 8 tokens), the loop over
+ * experts (knob 1) and the automatic choice (0): time per call, and for
+ * the tensor-core GEMM its bandwidth over the bytes of the experts read
+ * against a 1 GiB device-to-device copy and its FLOP rate against a large
+ * cuBLASLt GEMM, both measured in the same run (the issue's must-show).
  */
 #include <math.h>
 #include <stdio.h>
@@ -28,6 +38,7 @@
 #include "backend/cpu/cpu_reference.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_moe_schedule.h"
 #include "core/tensor.h"
 #include "testutil.h"
 
@@ -84,13 +95,50 @@ static void *dev_floats(anvil_backend *be, const float *f, int64_t n, anvil_dtyp
     return d;
 }
 
+#define MAX_FORCED 16
 typedef struct moe_case {
     int64_t T, H;
     int32_t E, k;
     int64_t I, Is;
     int norm;
-    anvil_dtype wdt;
+    anvil_dtype wdt;   /* ignored when w_as_act */
+    int w_as_act;      /* weights in the activation dtype (the tensor-core GEMM's case) */
+    int32_t forced[MAX_FORCED]; /* n_forced > 0: the rows each expert gets (sum T k, each <= T) */
+    int32_t n_forced;
 } moe_case;
+
+static anvil_dtype w_dtype(const moe_case *c, anvil_dtype act) { return c->w_as_act ? act : c->wdt; }
+
+/* A routing with forced[e] rows for expert e: the sorted list of experts
+ * (forced[e] copies of e), token t taking entries t, t + T, .., t + (k-1) T
+ * (distinct: no expert has more than T entries, so two entries T apart
+ * are different experts). The router is one-hot (row e: 1 at column e),
+ * so a token's logits are x[t, 0..E): its j-th expert gets 3 - 0.25 j, the
+ * rest stay in [-1, 1), far below. */
+static void force_routing(const moe_case *c, float *x, float *router)
+{
+    const int64_t T = c->T, H = c->H;
+    const int32_t E = c->E, k = c->k;
+    assert_true(c->n_forced == E && H >= E);
+    int32_t *list = malloc((size_t)(T * k) * sizeof *list);
+    assert_non_null(list);
+    int64_t at = 0;
+    for (int32_t e = 0; e < E; e++) {
+        assert_true(c->forced[e] <= T);
+        for (int32_t i = 0; i < c->forced[e]; i++)
+            list[at++] = e;
+    }
+    assert_int_equal(at, T * k);
+    for (int64_t t = 0; t < T; t++) {
+        for (int32_t e = 0; e < E; e++)
+            x[t * H + e] *= 0.5f; /* exact in every dtype */
+        for (int32_t j = 0; j < k; j++)
+            x[t * H + list[t + j * T]] = 3.0f - 0.25f * (float)j;
+    }
+    for (int64_t i = 0; i < (int64_t)E * H; i++)
+        router[i] = (i % H == i / H) ? 1.0f : 0.0f;
+    free(list);
+}
 
 /* The host side of a case: f32 values (rounded to their dtypes). */
 typedef struct host_moe {
@@ -102,15 +150,21 @@ static host_moe host_new(const moe_case *c, anvil_dtype act, uint64_t *rng)
 {
     host_moe h = {.c = *c};
     const int64_t H = c->H, E = c->E, I = c->I, Is = c->Is;
+    const anvil_dtype wdt = w_dtype(c, act);
+    h.c.wdt = wdt;
+    /* weights scaled by 1 / sqrt(fan-in) so that products stay O(1) at any size */
+    const float sh = 1.0f / sqrtf((float)H), si = 1.0f / sqrtf((float)I);
     h.x = rand_floats(rng, c->T * H, 1.0f, act);
-    h.router = rand_floats(rng, E * H, 1.0f, c->wdt);
-    h.gu = rand_floats(rng, E * 2 * I * H, 0.3f, c->wdt);
-    h.down = rand_floats(rng, E * H * I, 0.3f, c->wdt);
+    h.router = rand_floats(rng, E * H, 1.0f, wdt);
+    h.gu = rand_floats(rng, E * 2 * I * H, 2.4f * sh, wdt);
+    h.down = rand_floats(rng, E * H * I, 2.4f * si, wdt);
     if (Is > 0) {
-        h.sgu = rand_floats(rng, 2 * Is * H, 0.3f, c->wdt);
-        h.sdown = rand_floats(rng, H * Is, 0.3f, c->wdt);
-        h.sgate = rand_floats(rng, H, 0.3f, c->wdt);
+        h.sgu = rand_floats(rng, 2 * Is * H, 2.4f * sh, wdt);
+        h.sdown = rand_floats(rng, H * Is, 2.4f / sqrtf((float)Is), wdt);
+        h.sgate = rand_floats(rng, H, 2.4f * sh, wdt);
     }
+    if (c->n_forced > 0)
+        force_routing(c, h.x, h.router);
     return h;
 }
 
@@ -163,7 +217,7 @@ typedef struct dev_moe {
 static dev_moe dev_new(anvil_backend *be, const host_moe *h)
 {
     const moe_case *c = &h->c;
-    const anvil_dtype act = be->ops->act_dtype, w = c->wdt;
+    const anvil_dtype act = be->ops->act_dtype, w = h->c.wdt;
     dev_moe d;
     memset(&d, 0, sizeof d);
     d.x = anvil_tensor_2d(act, c->T, c->H, dev_floats(be, h->x, c->T * c->H, act));
@@ -227,15 +281,31 @@ static void expect_close(const char *what, const float *got, const float *want, 
                  got[worst], want[worst], tol * fmax(max_ref, 1e-6));
 }
 
+#define BF ANVIL_DTYPE_BF16
+#define F16 ANVIL_DTYPE_F16
+#define F32 ANVIL_DTYPE_F32
 static const moe_case cases[] = {
-    {1, 64, 8, 2, 96, 0, 1, ANVIL_DTYPE_BF16},   /* decode: the GEMV */
-    {3, 72, 6, 3, 40, 24, 0, ANVIL_DTYPE_F32},   /* a shared expert, odd sizes */
-    {8, 64, 8, 2, 96, 48, 0, ANVIL_DTYPE_BF16},  /* the GEMV's largest */
-    {5, 36, 4, 2, 20, 0, 1, ANVIL_DTYPE_F16},    /* the GEMV without 16-byte loads (K not a multiple of 8) */
-    {9, 64, 8, 2, 96, 0, 1, ANVIL_DTYPE_F16},    /* the grouped GEMM's smallest */
-    {70, 72, 8, 2, 40, 24, 1, ANVIL_DTYPE_BF16}, /* several tiles, partial ones */
-    {33, 48, 16, 4, 33, 0, 0, ANVIL_DTYPE_F32},
+    {1, 64, 8, 2, 96, 0, 1, BF, 0, {0}, 0},   /* decode: the GEMV */
+    {3, 72, 6, 3, 40, 24, 0, F32, 0, {0}, 0}, /* a shared expert, odd sizes */
+    {8, 64, 8, 2, 96, 48, 0, BF, 0, {0}, 0},  /* the GEMV's largest */
+    {5, 36, 4, 2, 20, 0, 1, F16, 0, {0}, 0},  /* the GEMV without 16-byte loads (K not a multiple of 8) */
+    {9, 64, 8, 2, 96, 0, 1, F16, 0, {0}, 0},  /* the grouped GEMM's smallest */
+    {70, 72, 8, 2, 40, 24, 1, BF, 0, {0}, 0}, /* several tiles, partial ones */
+    {33, 48, 16, 4, 33, 0, 0, F32, 0, {0}, 0},
+    /* weights in the activation dtype: the tensor-core GEMM where bf16/f16.
+     * Forced rows per expert 0, 1, 15, 17, 64, 100; H 200 and I 136: a
+     * partial 64-wide K step (8 columns) and column tile in both GEMMs */
+    {4, 64, 8, 2, 96, 0, 1, F32, 1, {0}, 0},  /* few tokens on tensor cores (knob 3) */
+    {100, 200, 8, 2, 136, 0, 1, F32, 1, {0, 1, 15, 17, 64, 100, 3, 0}, 8},          /* 25 rows on average: tiles of 32 */
+    {100, 200, 16, 2, 136, 24, 0, F32, 1, {0, 1, 15, 17, 64, 100, 1, 0, 0, 2}, 16}, /* 12.5: tiles of 16 */
+    {100, 200, 4, 2, 136, 0, 1, F32, 1, {17, 100, 64, 19}, 4},                       /* 50: tiles of 64 */
+    {256, 256, 8, 2, 512, 0, 1, F32, 1, {0}, 0}, /* Mixtral-like: 8 experts, top 2, random routing */
+    {64, 128, 60, 4, 1408, 256, 0, F32, 1, {0}, 0}, /* Qwen-MoE-like: 60 small experts, top 4, a shared one */
+    {24, 40, 4, 2, 24, 0, 1, F32, 1, {0}, 0}, /* H, I multiples of 8 below one step */
 };
+#undef BF
+#undef F16
+#undef F32
 
 static void test_moe_vs_reference(void **state)
 {
@@ -252,15 +322,23 @@ static void test_moe_vs_reference(void **state)
             const moe_case *c = &cases[ci];
             host_moe h = host_new(c, acts[ai], &rng);
             float *want = reference(&h);
-            for (int loop = 0; loop <= 2; loop++) { /* the knob: 0 automatic, 1 the loop, 2 grouped */
-                char what[200];
-                snprintf(what, sizeof what, "moe act=%s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s %s",
+            for (int knob = 0; knob <= 4; knob++) {
+                static const char *names[] = {"automatic", "loop", "grouped", "tensor cores", "simt"};
+                char what[240];
+                snprintf(what, sizeof what, "moe act=%s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s%s %s",
                          anvil_dtype_name(acts[ai]), (long long)c->T, (long long)c->H, c->E, c->k, (long long)c->I,
-                         (long long)c->Is, c->norm, anvil_dtype_name(c->wdt),
-                         loop == 0 ? "automatic" : loop == 1 ? "loop" : "grouped");
-                set_loop(be, loop);
+                         (long long)c->Is, c->norm, anvil_dtype_name(h.c.wdt), c->n_forced ? " forced" : "",
+                         names[knob]);
+                set_loop(be, knob);
                 dev_moe d = dev_new(be, &h);
                 anvil_moe_args a = dev_args(&d, c);
+                if (c->w_as_act && acts[ai] != ANVIL_DTYPE_F32) {
+                    /* the case is the tensor-core GEMM's: it must take it */
+                    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+                    if (!anvil_cuda_moe_mma_ok(acts[ai], h.c.wdt, c->H, c->I, d.x.data, d.gu.data, d.down.data,
+                                               cb->smem_optin))
+                        fail_msg("%s: the tensor-core GEMM does not apply", what);
+                }
                 if (be->ops->moe(be, &a) != ANVIL_OK || be->ops->synchronize(be) != ANVIL_OK)
                     fail_msg("%s: %s", what, anvil_last_error());
                 const int64_t n = c->T * c->H;
@@ -294,7 +372,7 @@ static void test_moe_errors(void **state)
     anvil_backend *be;
     assert_int_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &be), ANVIL_OK);
     uint64_t rng = 9;
-    const moe_case c = {4, 32, 4, 2, 16, 0, 1, ANVIL_DTYPE_BF16};
+    const moe_case c = {4, 32, 4, 2, 16, 0, 1, ANVIL_DTYPE_BF16, 0, {0}, 0};
     host_moe h = host_new(&c, ANVIL_DTYPE_BF16, &rng);
     dev_moe d = dev_new(be, &h);
     anvil_moe_args a = dev_args(&d, &c);
@@ -322,6 +400,50 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* ms per call of the moe op under knob moe_loop `knob` (moe_tile_rows
+ * `tile`) after 3 warm-up calls; < 0 on error */
+static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int tile, int iters)
+{
+    anvil_cuda_knobs kn;
+    memset(&kn, 0, sizeof kn);
+    kn.moe_loop = knob;
+    kn.moe_tile_rows = tile;
+    if (anvil_cuda_set_knobs(be, &kn) != ANVIL_OK)
+        return -1;
+    for (int w = 0; w < 3; w++)
+        if (be->ops->moe(be, a) != ANVIL_OK)
+            return -1;
+    if (be->ops->synchronize(be) != ANVIL_OK)
+        return -1;
+    const double t0 = now_s();
+    for (int it = 0; it < iters; it++)
+        if (be->ops->moe(be, a) != ANVIL_OK)
+            return -1;
+    if (be->ops->synchronize(be) != ANVIL_OK)
+        return -1;
+    return (now_s() - t0) * 1e3 / iters;
+}
+
+/* max |a - b| / max |b| over n bf16 values on the device */
+static double rel_diff(anvil_backend *be, const void *da, const void *db, int64_t n)
+{
+    uint16_t *ha = malloc((size_t)n * 2), *hb = malloc((size_t)n * 2);
+    if (!ha || !hb || be->ops->download(be, ha, da, (size_t)n * 2) || be->ops->download(be, hb, db, (size_t)n * 2)) {
+        free(ha);
+        free(hb);
+        return INFINITY;
+    }
+    double md = 0, mb = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const double x = anvil_bf16_to_f32(ha[i]), y = anvil_bf16_to_f32(hb[i]);
+        md = fmax(md, isnan(x) || isnan(y) ? INFINITY : fabs(x - y));
+        mb = fmax(mb, fabs(y));
+    }
+    free(ha);
+    free(hb);
+    return md / fmax(mb, 1e-30);
+}
+
 static int perf_main(void)
 {
     if (!have_gpu()) {
@@ -333,6 +455,7 @@ static int perf_main(void)
         fprintf(stderr, "%s\n", anvil_last_error());
         return 1;
     }
+    anvil_cuda_backend *cbk = anvil_cuda_impl(be);
     const int64_t Ts[] = {1, 16, 64, 256};
     const int64_t H = 4096, I = 14336;
     const int32_t E = 8, k = 2;
@@ -345,16 +468,17 @@ static int perf_main(void)
     void *gu = NULL, *dn = NULL, *router = NULL;
     if (be->ops->alloc(be, (size_t)n_gu * 2, &gu) != ANVIL_OK || be->ops->alloc(be, (size_t)n_dn * 2, &dn) != ANVIL_OK ||
         be->ops->alloc(be, (size_t)E * H * 2, &router) != ANVIL_OK || be->ops->upload(be, gu, hw, (size_t)n_gu * 2) ||
-        be->ops->upload(be, dn, hw, (size_t)n_dn * 2) || be->ops->upload(be, router, hw, (size_t)E * H * 2)) {
+        be->ops->upload(be, dn, hw + 7, (size_t)n_dn * 2) || be->ops->upload(be, router, hw + 3, (size_t)E * H * 2)) {
         fprintf(stderr, "%s\n", anvil_last_error());
         return 1;
     }
-    /* the ceiling, same run: a 1 GiB device-to-device copy (bytes read + written) */
-    double copy_gbs = 0;
+    /* the ceilings, same run: a 1 GiB device-to-device copy (bytes read +
+     * written) and a cuBLASLt GEMM of 4096 rows through the first expert's
+     * gate (4096 x 14336 x 4096, the backend's own matmul) */
+    double copy_gbs = 0, gemm_tflops = 0;
     {
         const size_t cb = (size_t)1 << 30;
         void *src = NULL, *dst = NULL;
-        anvil_cuda_backend *cbk = anvil_cuda_impl(be);
         if (be->ops->alloc(be, cb, &src) != ANVIL_OK || be->ops->alloc(be, cb, &dst) != ANVIL_OK) {
             fprintf(stderr, "%s\n", anvil_last_error());
             return 1;
@@ -366,19 +490,40 @@ static int perf_main(void)
             cudaMemcpyAsync(dst, src, cb, cudaMemcpyDeviceToDevice, cbk->stream);
         be->ops->synchronize(be);
         copy_gbs = 2.0 * (double)cb * 10 / (now_s() - t0) / 1e9;
+        /* the GEMM's operands in the copy buffers: x [4096, 4096] from the weights' bytes, out [4096, 14336] */
+        const int64_t M = 4096;
+        if (be->ops->upload(be, src, hw, (size_t)(M * H) * 2) != ANVIL_OK) {
+            fprintf(stderr, "%s\n", anvil_last_error());
+            return 1;
+        }
+        anvil_tensor gx = anvil_tensor_2d(ANVIL_DTYPE_BF16, M, H, src);
+        anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, I, H, gu);
+        anvil_tensor go = anvil_tensor_2d(ANVIL_DTYPE_BF16, M, I, dst);
+        for (int i = 0; i < 3; i++)
+            anvil_cuda_op_matmul(be, &gx, &gw, NULL, &go);
+        be->ops->synchronize(be);
+        const double t1 = now_s();
+        for (int i = 0; i < 10; i++)
+            if (anvil_cuda_op_matmul(be, &gx, &gw, NULL, &go) != ANVIL_OK) {
+                fprintf(stderr, "%s\n", anvil_last_error());
+                return 1;
+            }
+        be->ops->synchronize(be);
+        gemm_tflops = 2.0 * (double)M * (double)I * (double)H * 10 / (now_s() - t1) / 1e12;
         be->ops->free(be, src);
         be->ops->free(be, dst);
     }
     printf("{\"bench\": \"moe\", \"H\": %lld, \"I\": %lld, \"experts\": %d, \"top_k\": %d, \"dtype\": \"bf16\", "
-           "\"copy_GBps\": %.1f}\n",
-           (long long)H, (long long)I, E, k, copy_gbs);
+           "\"copy_GBps\": %.1f, \"cublaslt_gemm_TFLOPs\": %.1f}\n",
+           (long long)H, (long long)I, E, k, copy_gbs, gemm_tflops);
     for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
         const int64_t T = Ts[ti];
         anvil_moe_scratch L;
         anvil_moe_scratch_layout(T, H, E, k, I, 0, &L);
-        void *x = NULL, *out = NULL, *scratch = NULL;
+        void *x = NULL, *out = NULL, *out_loop = NULL, *scratch = NULL;
         if (be->ops->alloc(be, (size_t)(T * H) * 2, &x) || be->ops->alloc(be, (size_t)(T * H) * 2, &out) ||
-            be->ops->alloc(be, L.bytes, &scratch) || be->ops->upload(be, x, hw + 12345, (size_t)(T * H) * 2)) {
+            be->ops->alloc(be, (size_t)(T * H) * 2, &out_loop) || be->ops->alloc(be, L.bytes, &scratch) ||
+            be->ops->upload(be, x, hw + 12345, (size_t)(T * H) * 2)) {
             fprintf(stderr, "%s\n", anvil_last_error());
             return 1;
         }
@@ -388,36 +533,48 @@ static int perf_main(void)
         anvil_tensor tdn = anvil_tensor_2d(ANVIL_DTYPE_BF16, (int64_t)E * H, I, dn);
         anvil_moe_args a = {.x = &tx, .router = &tr, .gate_up = &tgu, .down = &tdn, .out = &to, .n_experts = E,
                             .top_k = k, .inter = I, .norm_topk_prob = 1, .scratch = scratch, .scratch_bytes = L.bytes};
-        /* the experts this input routes to: read back the sort's counts */
-        double ms[2] = {0, 0};
-        for (int loop = 0; loop < 2; loop++) { /* ms[0] grouped (knob 2), ms[1] the loop (knob 1) */
-            anvil_cuda_knobs kn;
-            memset(&kn, 0, sizeof kn);
-            kn.moe_loop = loop ? 1 : 2;
-            anvil_cuda_set_knobs(be, &kn);
-            for (int w = 0; w < 3; w++)
-                be->ops->moe(be, &a);
-            be->ops->synchronize(be);
-            const int iters = 20;
-            const double t0 = now_s();
-            for (int it = 0; it < iters; it++)
-                if (be->ops->moe(be, &a) != ANVIL_OK) {
-                    fprintf(stderr, "%s\n", anvil_last_error());
-                    return 1;
-                }
-            be->ops->synchronize(be);
-            ms[loop] = (now_s() - t0) * 1e3 / iters;
-        }
+        const int iters = 20;
+        /* knob 3 the tensor-core GEMM, 2 (at most 8 tokens) the GEMV, 4 (above 8) the SIMT GEMM, 1 the loop, 0 auto */
+        const double mma_ms = time_moe(be, &a, 3, 0, iters);
+        double tile_ms[3]; /* the tensor-core GEMM with row tiles of 16, 32, 64 */
+        for (int i = 0; i < 3; i++)
+            tile_ms[i] = time_moe(be, &a, 3, 16 << i, iters);
         int32_t active[8 + 1];
         be->ops->download(be, active, (char *)scratch + L.active, sizeof active);
+        const double gemv_ms = T <= 8 ? time_moe(be, &a, 2, 0, iters) : -1;
+        const double simt_ms = T > 8 ? time_moe(be, &a, 4, 0, iters / 4) : -1;
+        to.data = out_loop;
+        const double loop_ms = time_moe(be, &a, 1, 0, iters);
+        to.data = out;
+        const double auto_ms = time_moe(be, &a, 0, 0, iters);
+        if (mma_ms < 0 || tile_ms[0] < 0 || tile_ms[1] < 0 || tile_ms[2] < 0 || loop_ms < 0 || auto_ms < 0 || (T <= 8 && gemv_ms < 0) || (T > 8 && simt_ms < 0)) {
+            fprintf(stderr, "%s\n", anvil_last_error());
+            return 1;
+        }
+        /* out holds the automatic choice's result; the tensor-core GEMM's again for the comparison */
+        time_moe(be, &a, 3, 0, 1);
+        const double diff = rel_diff(be, out, out_loop, T * H);
         const int32_t n_active = active[E];
         const double bytes = (double)n_active * 3.0 * (double)H * (double)I * 2.0;
-        const double gbs = bytes / (ms[0] * 1e-3) / 1e9;
-        printf("{\"tokens\": %lld, \"active_experts\": %d, \"grouped_ms\": %.4f, \"loop_ms\": %.4f, "
-               "\"grouped_GBps_over_read\": %.1f, \"grouped_pct_of_copy\": %.1f}\n",
-               (long long)T, n_active, ms[0], ms[1], gbs, 100.0 * gbs / copy_gbs);
+        const double flops = 2.0 * (double)(T * k) * 3.0 * (double)H * (double)I;
+        const double gbs = bytes / (mma_ms * 1e-3) / 1e9, tfl = flops / (mma_ms * 1e-3) / 1e12;
+        const double loop_gbs = bytes / (loop_ms * 1e-3) / 1e9;
+        char gemv_s[32] = "null", simt_s[32] = "null"; /* not run: null */
+        if (gemv_ms >= 0)
+            snprintf(gemv_s, sizeof gemv_s, "%.4f", gemv_ms);
+        if (simt_ms >= 0)
+            snprintf(simt_s, sizeof simt_s, "%.4f", simt_ms);
+        printf("{\"tokens\": %lld, \"active_experts\": %d, \"tile_rows\": %d, \"mma_ms\": %.4f, "
+               "\"mma_ms_tiles_16_32_64\": [%.4f, %.4f, %.4f], \"gemv_ms\": %s, \"simt_ms\": %s, "
+               "\"loop_ms\": %.4f, \"auto_ms\": %.4f, \"loop_over_mma\": %.2f, \"mma_GBps_over_read\": %.1f, "
+               "\"mma_pct_of_copy\": %.1f, \"mma_TFLOPs\": %.1f, \"mma_pct_of_gemm\": %.1f, "
+               "\"loop_pct_of_copy\": %.1f, \"mma_vs_loop_rel_diff\": %.2e}\n",
+               (long long)T, n_active, moe_tile_rows(T * k, E), mma_ms, tile_ms[0], tile_ms[1], tile_ms[2], gemv_s,
+               simt_s, loop_ms, auto_ms, loop_ms / mma_ms, gbs,
+               100.0 * gbs / copy_gbs, tfl, 100.0 * tfl / gemm_tflops, 100.0 * loop_gbs / copy_gbs, diff);
         be->ops->free(be, x);
         be->ops->free(be, out);
+        be->ops->free(be, out_loop);
         be->ops->free(be, scratch);
     }
     be->ops->free(be, gu);

@@ -38,7 +38,12 @@ typedef struct anvil_cuda_knobs {
     int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
     int moe_loop;             /* the moe op's experts: 1 a loop of matmuls over each expert's rows (the
                                  reference for the grouped launches; not in step graphs); 2 the grouped
-                                 launches always; 0: grouped for <= 8 tokens and in step graphs, else the loop */
+                                 launches (the GEMV for <= 8 tokens, else the tensor-core GEMM where it
+                                 applies, else SIMT); 3 the tensor-core GEMM at every token count; 4 the SIMT
+                                 GEMM above 8 tokens; 0: as 2, but the loop where 2 would take the SIMT GEMM
+                                 outside step graphs (cuda_moe.c) */
+    int moe_tile_rows;        /* the tensor-core grouped GEMM's row tiles: 16, 32 or 64; 0: by the average
+                                 rows an expert gets (cuda_moe_schedule.h) */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
     int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of

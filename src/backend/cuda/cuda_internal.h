@@ -538,20 +538,35 @@ int anvil_cuda_attn_decode_mma_blocks_per_sm(const anvil_cuda_attn *a, int stage
 anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *args);
 /* route: each token's top-k experts (ascending) and weights; sort: the
  * (token, slot) pairs by expert (offsets, active, tiles, order, row_of as
- * backend.h's anvil_moe_scratch says) */
+ * backend.h's anvil_moe_scratch says), tiles of tile_m rows (the GEMM's:
+ * cuda_moe_schedule.h) */
 anvil_status anvil_cuda_launch_moe_route(cudaStream_t stream, const void *x, anvil_dtype act_dt, const void *router,
                                          anvil_dtype w_dt, int64_t T, int64_t H, int32_t E, int32_t k, int norm,
                                          int32_t *topk_ids, float *topk_w);
 anvil_status anvil_cuda_launch_moe_sort(cudaStream_t stream, const int32_t *topk_ids, int64_t n_pairs, int32_t E,
-                                        int32_t *offsets, int32_t *active, int32_t *tiles, int32_t *order,
-                                        int32_t *row_of);
-/* every active expert in one launch: silu 1: a = silu(x Wg^T) * (x Wu^T)
- * from x's token rows (X act dtype) and the stacked gate|up; silu 0: y = a
- * Wd^T (X the f32 a) and the stacked down; out f32 [T k, N] by sorted row */
+                                        int tile_m, int32_t *offsets, int32_t *active, int32_t *tiles,
+                                        int32_t *order, int32_t *row_of);
+/* every active expert in one launch, on CUDA cores: silu 1: a = silu(x
+ * Wg^T) * (x Wu^T) from x's token rows (X act dtype) and the stacked
+ * gate|up; silu 0: y = a Wd^T (X the f32 a) and the stacked down; out f32
+ * [T k, N] by sorted row. A GEMV for T <= 8 (only the active experts'
+ * weights read, once), else the SIMT GEMM (tiles of MOE_SIMT_TILE_ROWS). */
 anvil_status anvil_cuda_launch_moe_experts(cudaStream_t stream, int silu, const void *X, anvil_dtype x_dt,
                                            const void *W, anvil_dtype w_dt, int64_t T, int32_t k, int32_t E,
                                            int64_t K, int64_t N, const int32_t *offsets, const int32_t *active,
                                            const int32_t *tiles, const int32_t *order, float *out);
+/* The same on tensor cores (cuda_moe_mma.cu), X and W both of dtype dt
+ * (bf16/f16): silu 1: out a [T k, N] in dt; silu 0: X that a, out y [T k,
+ * N] f32. tile_m: the sort's (16, 32 or 64, moe_tile_rows). K a multiple
+ * of 8, operands 16-byte aligned. */
+anvil_status anvil_cuda_launch_moe_experts_mma(cudaStream_t stream, int silu, const void *X, anvil_dtype dt,
+                                               const void *W, int64_t T, int32_t k, int32_t E, int64_t K, int64_t N,
+                                               int tile_m, const int32_t *offsets, const int32_t *tiles,
+                                               const int32_t *order, void *out);
+/* Whether the tensor-core launches take this op (both activations and
+ * weights bf16 or both f16, H and I multiples of 8, aligned, shared memory). */
+int anvil_cuda_moe_mma_ok(anvil_dtype x_dt, anvil_dtype w_dt, int64_t H, int64_t I, const void *x,
+                          const void *gate_up, const void *down, size_t smem_optin);
 /* xs[r] = x[order[r] / k] (the loop reference's gathered rows) */
 anvil_status anvil_cuda_launch_moe_gather(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t H, int32_t k,
                                           int64_t n_pairs, const int32_t *order, void *xs);

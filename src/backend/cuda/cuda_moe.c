@@ -1,22 +1,30 @@
 /*
  * The moe op on CUDA (backend.h, anvil_moe_args): checks, then the kernels
- * of cuda_moe.cu in stream order: route, sort, the experts' gate|up with
- * the silu and their down as one grouped launch each (a GEMV over the
- * active experts for at most 8 tokens, a grouped GEMM otherwise), the
- * shared expert through the backend's own matmuls, and the combine.
+ * of cuda_moe.cu / cuda_moe_mma.cu in stream order: route, sort, the
+ * experts' gate|up with the silu and their down as one grouped launch each,
+ * the shared expert through the backend's own matmuls, and the combine.
+ * The grouped launches, by what they are good at:
+ *   GEMV          at most 8 tokens: a warp a weight row, the expert's few
+ *                 rows in registers (only the active experts' weights read);
+ *   tensor cores  the grouped GEMM of cuda_moe_mma.cu (bf16/f16, H and I
+ *                 multiples of 8): row tiles of 16-64 rows per expert;
+ *   SIMT          the grouped GEMM on CUDA cores, where the tensor-core one
+ *                 does not apply (f32, odd sizes, mixed dtypes).
  *
  * The loop: the experts as a loop of the backend's matmul_silu_mul and
  * matmul over each expert's gathered rows, the reference the tests and the
  * benchmark compare the grouped launches with. It reads the expert counts
  * back to the host, so it cannot run inside a step graph. Which runs (the
- * knob moe_loop, cuda_backend.h): 1 the loop, 2 the grouped launches, 0
- * (the default) the grouped GEMV for at most 8 tokens and inside step
- * graphs, the loop for more tokens elsewhere: on an H100 (session 26,
- * docs/performance.md) the grouped SIMT GEMM was 6-14x slower than
- * cuBLASLt per expert at 16 to 256 tokens, until it has tensor-core tiles.
+ * knob moe_loop, cuda_backend.h): 1 the loop; 2 the grouped launches (the
+ * GEMV for at most 8 tokens, else tensor cores where they apply, else
+ * SIMT); 3 the tensor-core GEMM at every token count (where it applies);
+ * 4 the SIMT GEMM above 8 tokens; 0 (the default) as 2, except that above
+ * 8 tokens without the tensor-core GEMM the loop runs outside step graphs
+ * (on an H100, session 26, docs/performance.md, the SIMT GEMM was 6-14x
+ * slower than cuBLASLt per expert at 16 to 256 tokens).
  */
 #include "backend/cuda/cuda_internal.h"
-#include "backend/cuda/cuda_moe_route_groups.h"
+#include "backend/cuda/cuda_moe_schedule.h"
 
 #define AT(base, off) ((void *)((char *)(base) + (off)))
 
@@ -77,18 +85,37 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     int32_t *ids = AT(s, L.topk_ids), *offsets = AT(s, L.offsets), *active = AT(s, L.active);
     int32_t *tiles = AT(s, L.tiles), *order = AT(s, L.order), *row_of = AT(s, L.row_of);
     float *topw = AT(s, L.topk_w);
-    if (a->n_group > 1 || (a->routed_scale != 0.0f && a->routed_scale != 1.0f)) /* DeepSeek-V2's router */
-        TRY(anvil_cuda_launch_moe_route_groups(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H,
-                                               E, k, a->norm_topk_prob, a->n_group, a->topk_group, a->routed_scale,
-                                               ids, topw));
-    else
-        TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
-                                        a->norm_topk_prob, ids, topw));
-    TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, T * k, E, offsets, active, tiles, order, row_of));
+    TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
+                                    a->norm_topk_prob, ids, topw));
+    const int64_t n_pairs = T * k;
     const int knob = cb->knobs.moe_loop;
-    const int loop = knob == 1 || (knob == 0 && T > 8 && !cb->capturing);
-    if (loop) {
+    const int mma = knob != 4 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
+                                                       a->down->data, cb->smem_optin);
+    enum { LOOP, GEMV, MMA, SIMT } path;
+    if (knob == 1)
+        path = LOOP;
+    else if (knob == 3 && mma)
+        path = MMA;
+    else if (T <= 8)
+        path = GEMV;
+    else if (mma)
+        path = MMA;
+    else
+        path = knob == 0 && !cb->capturing ? LOOP : SIMT;
+    /* the sort cuts each expert's rows into the tiles of the GEMM that runs */
+    const int forced = cb->knobs.moe_tile_rows;
+    const int tile_m = path != MMA                                     ? MOE_SIMT_TILE_ROWS
+                       : forced == 16 || forced == 32 || forced == 64 ? forced
+                                                                      : moe_tile_rows(n_pairs, E);
+    TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, n_pairs, E, tile_m, offsets, active, tiles, order, row_of));
+    if (path == LOOP) {
         TRY(moe_loop(be, cb, a, &L));
+    } else if (path == MMA) {
+        /* a (scratch piece of f32 size) holds the silu products in the weights' dtype */
+        TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 1, a->x->data, adt, a->gate_up->data, T, k, E, H, I, tile_m,
+                                              offsets, tiles, order, AT(s, L.a)));
+        TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 0, AT(s, L.a), adt, a->down->data, T, k, E, I, H, tile_m,
+                                              offsets, tiles, order, AT(s, L.y)));
     } else {
         TRY(anvil_cuda_launch_moe_experts(cb->stream, 1, a->x->data, adt, a->gate_up->data, a->gate_up->dtype, T, k,
                                           E, H, I, offsets, active, tiles, order, AT(s, L.a)));
@@ -108,12 +135,10 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
         anvil_tensor yt = anvil_tensor_2d(adt, T, H, AT(s, L.sy));
         TRY(anvil_cuda_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
         TRY(anvil_cuda_op_matmul(be, &at, a->shared_down, NULL, &yt));
-        if (a->shared_gate != NULL) { /* NULL: DeepSeek's shared experts, added ungated */
-            sgw = a->shared_gate->data;
-            sg_dt = a->shared_gate->dtype;
-        }
+        sgw = a->shared_gate->data;
+        sg_dt = a->shared_gate->dtype;
         sy = yt.data;
     }
-    return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), !loop, sgw,
+    return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), path != LOOP, sgw,
                                          sg_dt, sy, a->out->data);
 }

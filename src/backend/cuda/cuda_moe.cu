@@ -18,6 +18,7 @@
  * Expert products stay in f32 between the kernels (scratch pieces g, a, y).
  */
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_moe_schedule.h"
 
 /* Runs the statement(s) with `TW` the C++ type of weight dtype dt. */
 #define MOE_WEIGHT_DISPATCH(dt, ...)                                                                   \
@@ -39,7 +40,7 @@
 #define MOE_ROUTE_THREADS 256
 #define MOE_GEMV_WARPS 8
 #define MOE_GEMV_MAX_ROWS 8
-#define MOE_TM 32
+#define MOE_TM MOE_SIMT_TILE_ROWS
 #define MOE_TN 32
 #define MOE_TK 32
 
@@ -106,9 +107,10 @@ __global__ void anvil_moe_route_kernel(const T *x, const TW *router, int64_t H, 
 /* ---------------------------------------------------------------- sort */
 
 /* One block. offsets[E + 1]; active[0..n) the experts with rows, active[E]
- * = n; tiles[e] the first MOE_TM-row tile of expert e, tiles[E] the count;
- * order[r] = t k + j of sorted row r, row_of the inverse. */
-__global__ void anvil_moe_sort_kernel(const int32_t *topk_ids, int64_t n_pairs, int32_t E, int32_t *offsets,
+ * = n; tiles[e] the first bm-row tile of expert e, tiles[E] the count
+ * (cuda_moe_schedule.h); order[r] = t k + j of sorted row r, row_of the
+ * inverse. */
+__global__ void anvil_moe_sort_kernel(const int32_t *topk_ids, int64_t n_pairs, int32_t E, int bm, int32_t *offsets,
                                       int32_t *active, int32_t *tiles, int32_t *order, int32_t *row_of)
 {
     for (int32_t e = threadIdx.x; e < E; e += blockDim.x) {
@@ -120,16 +122,15 @@ __global__ void anvil_moe_sort_kernel(const int32_t *topk_ids, int64_t n_pairs, 
     __syncthreads();
     if (threadIdx.x == 0) {
         offsets[0] = 0;
-        tiles[0] = 0;
         int32_t n_active = 0;
         for (int32_t e = 0; e < E; e++) {
             const int32_t c = offsets[e + 1];
             if (c > 0)
                 active[n_active++] = e;
             offsets[e + 1] = offsets[e] + c;
-            tiles[e + 1] = tiles[e] + (c + MOE_TM - 1) / MOE_TM;
         }
         active[E] = n_active;
+        moe_tile_prefix(offsets, E, bm, tiles);
     }
     __syncthreads();
     for (int32_t e = threadIdx.x; e < E; e += blockDim.x) {
@@ -147,54 +148,82 @@ __global__ void anvil_moe_sort_kernel(const int32_t *topk_ids, int64_t n_pairs, 
 /* Block (bx, by): active expert by, weight rows n of warps bx * MOE_GEMV_WARPS ..
  * silu: out a[r, n] = silu(x_r . Wg[n]) * (x_r . Wu[n]) for the expert's rows r
  * (x_r the token row of sorted row r: X is x [T, K] read through order / k);
- * else out y[r, n] = a_r . Wd[n] (X is a [rows, K], f32, row r itself). */
+ * else out y[r, n] = a_r . Wd[n] (X is a [rows, K], f32, row r itself).
+ * What a warp of either GEMV kernel works on: */
+template <typename TX, typename TW> struct moe_gemv_job {
+    const TW *wg, *wu;                /* the gate (or down) weight row n, and with silu its up row */
+    const TX *xr[MOE_GEMV_MAX_ROWS]; /* the expert's input rows (past `rows`: its first again) */
+    int32_t r0, rows;                 /* the expert's sorted rows [r0, r0 + rows) */
+    int64_t n;
+};
+
+/* This warp's job; false when the block's expert slot or the warp's row is
+ * past the end (the warp returns: the GEMVs have no barriers). */
+template <typename TX, typename TW, bool SILU>
+__device__ __forceinline__ bool moe_gemv_begin(moe_gemv_job<TX, TW> &j, const TX *X, const TW *W, int64_t K,
+                                               int64_t N, int64_t w_stride_e, int64_t up_off, int32_t k, int32_t E,
+                                               const int32_t *offsets, const int32_t *active, const int32_t *order)
+{
+    const int32_t slot = blockIdx.y;
+    if (slot >= active[E]) /* active[E]: how many experts have rows */
+        return false;
+    const int32_t e = active[slot];
+    j.n = (int64_t)blockIdx.x * MOE_GEMV_WARPS + threadIdx.x / 32;
+    if (j.n >= N)
+        return false;
+    j.r0 = offsets[e];
+    j.rows = offsets[e + 1] - offsets[e];
+    j.wg = W + (int64_t)e * w_stride_e + j.n * K;
+    j.wu = SILU ? j.wg + up_off * K : j.wg;
+#pragma unroll
+    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
+        const int32_t r = j.r0 + (i < j.rows ? i : 0);
+        j.xr[i] = SILU ? X + (int64_t)(order[r] / k) * K : X + (int64_t)r * K;
+    }
+    return true;
+}
+
+/* The warp's sums of each row into out[r, n] (silu(g) * u with SILU). */
+template <typename TX, typename TW, bool SILU>
+__device__ __forceinline__ void moe_gemv_end(const moe_gemv_job<TX, TW> &j, const float (&ag)[MOE_GEMV_MAX_ROWS],
+                                             const float (&au)[MOE_GEMV_MAX_ROWS], int64_t N, float *out)
+{
+#pragma unroll
+    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
+        if (i >= j.rows)
+            break;
+        const float g = anvil_warp_sum(ag[i]);
+        const float u = SILU ? anvil_warp_sum(au[i]) : 0.0f;
+        if (threadIdx.x % 32 == 0)
+            out[(int64_t)(j.r0 + i) * N + j.n] = SILU ? g / (1.0f + expf(-g)) * u : g;
+    }
+}
+
 template <typename TX, typename TW, bool SILU>
 __global__ void anvil_moe_gemv_kernel(const TX *X, const TW *W, int64_t K, int64_t N, int64_t w_stride_e,
                                       int64_t up_off, int32_t k, int32_t E, const int32_t *offsets,
                                       const int32_t *active, const int32_t *order, float *out)
 {
-    const int32_t slot = blockIdx.y;
-    if (slot >= active[E]) /* active[E]: how many experts have rows */
+    moe_gemv_job<TX, TW> j;
+    if (!moe_gemv_begin<TX, TW, SILU>(j, X, W, K, N, w_stride_e, up_off, k, E, offsets, active, order))
         return;
-    const int32_t e = active[slot];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t n = (int64_t)blockIdx.x * MOE_GEMV_WARPS + warp;
-    if (n >= N)
-        return;
-    const int32_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
-    const TW *wg = W + (int64_t)e * w_stride_e + n * K;
-    const TW *wu = SILU ? wg + up_off * K : wg;
-    const TX *xr[MOE_GEMV_MAX_ROWS];
-#pragma unroll
-    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
-        const int32_t r = r0 + (i < rows ? i : 0);
-        xr[i] = SILU ? X + (int64_t)(order[r] / k) * K : X + (int64_t)r * K;
-    }
     float ag[MOE_GEMV_MAX_ROWS], au[MOE_GEMV_MAX_ROWS];
 #pragma unroll
     for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
         ag[i] = au[i] = 0.0f;
-    for (int64_t c = lane; c < K; c += 32) {
-        const float g = anvil_to_f32(wg[c]);
-        const float u = SILU ? anvil_to_f32(wu[c]) : 0.0f;
+    for (int64_t c = threadIdx.x % 32; c < K; c += 32) {
+        const float g = anvil_to_f32(j.wg[c]);
+        const float u = SILU ? anvil_to_f32(j.wu[c]) : 0.0f;
 #pragma unroll
         for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
-            if (i < rows) {
-                const float xv = anvil_to_f32(xr[i][c]);
+            if (i < j.rows) {
+                const float xv = anvil_to_f32(j.xr[i][c]);
                 ag[i] += g * xv;
                 if (SILU)
                     au[i] += u * xv;
             }
     }
-#pragma unroll
-    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
-        if (i >= rows)
-            break;
-        const float g = anvil_warp_sum(ag[i]);
-        const float u = SILU ? anvil_warp_sum(au[i]) : 0.0f;
-        if (lane == 0)
-            out[(int64_t)(r0 + i) * N + n] = SILU ? g / (1.0f + expf(-g)) * u : g;
-    }
+    moe_gemv_end<TX, TW, SILU>(j, ag, au, N, out);
 }
 
 /* The same with 16-byte loads: each lane keeps MOE_GEMV_PIECES pieces of
@@ -209,36 +238,23 @@ __global__ void anvil_moe_gemv_vec_kernel(const TX *__restrict__ X, const TW *__
                                           const int32_t *offsets, const int32_t *active, const int32_t *order,
                                           float *out)
 {
-    const int32_t slot = blockIdx.y;
-    if (slot >= active[E])
+    moe_gemv_job<TX, TW> j;
+    if (!moe_gemv_begin<TX, TW, SILU>(j, X, W, K, N, w_stride_e, up_off, k, E, offsets, active, order))
         return;
-    const int32_t e = active[slot];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t n = (int64_t)blockIdx.x * MOE_GEMV_WARPS + warp;
-    if (n >= N)
-        return;
-    const int32_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
-    const TW *wg = W + (int64_t)e * w_stride_e + n * K;
-    const TW *wu = SILU ? wg + up_off * K : wg;
-    const TX *xr[MOE_GEMV_MAX_ROWS];
-#pragma unroll
-    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
-        const int32_t r = r0 + (i < rows ? i : 0);
-        xr[i] = SILU ? X + (int64_t)(order[r] / k) * K : X + (int64_t)r * K;
-    }
     float ag[MOE_GEMV_MAX_ROWS], au[MOE_GEMV_MAX_ROWS];
 #pragma unroll
     for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
         ag[i] = au[i] = 0.0f;
+    const int lane = threadIdx.x % 32;
     for (int64_t c0 = (int64_t)lane * 8; c0 < K; c0 += 256 * MOE_GEMV_PIECES) {
         float g[MOE_GEMV_PIECES][8], u[MOE_GEMV_PIECES][8];
 #pragma unroll
         for (int p = 0; p < MOE_GEMV_PIECES; p++) {
             const int64_t c = c0 + (int64_t)p * 256;
             if (c < K) {
-                anvil_load_vec<TW, 8>(wg + c, g[p]);
+                anvil_load_vec<TW, 8>(j.wg + c, g[p]);
                 if constexpr (SILU)
-                    anvil_load_vec<TW, 8>(wu + c, u[p]);
+                    anvil_load_vec<TW, 8>(j.wu + c, u[p]);
             }
         }
 #pragma unroll
@@ -248,9 +264,9 @@ __global__ void anvil_moe_gemv_vec_kernel(const TX *__restrict__ X, const TW *__
                 break;
 #pragma unroll
             for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++)
-                if (i < rows) {
+                if (i < j.rows) {
                     float xv[8];
-                    anvil_load_vec<TX, 8>(xr[i] + c, xv);
+                    anvil_load_vec<TX, 8>(j.xr[i] + c, xv);
 #pragma unroll
                     for (int q = 0; q < 8; q++) {
                         ag[i] += g[p][q] * xv[q];
@@ -260,21 +276,13 @@ __global__ void anvil_moe_gemv_vec_kernel(const TX *__restrict__ X, const TW *__
                 }
         }
     }
-#pragma unroll
-    for (int i = 0; i < MOE_GEMV_MAX_ROWS; i++) {
-        if (i >= rows)
-            break;
-        const float g = anvil_warp_sum(ag[i]);
-        const float u = SILU ? anvil_warp_sum(au[i]) : 0.0f;
-        if (lane == 0)
-            out[(int64_t)(r0 + i) * N + n] = SILU ? g / (1.0f + expf(-g)) * u : g;
-    }
+    moe_gemv_end<TX, TW, SILU>(j, ag, au, N, out);
 }
 
 /* ---------------------------------------------------------------- grouped GEMM */
 
-/* Block (bx, by): output columns [bx MOE_TN, +MOE_TN) of row tile by, which
- * belongs to the expert e with tiles[e] <= by < tiles[e + 1]. 256 threads,
+/* Block (bx, by): output columns [bx MOE_TN, +MOE_TN) of row tile by of the
+ * schedule (cuda_moe_schedule.h, bm = MOE_TM). 256 threads,
  * each 2 x 2 outputs (and with SILU their up twins). Same X / out as the
  * GEMV. */
 template <typename TX, typename TW, bool SILU>
@@ -285,20 +293,9 @@ __global__ void anvil_moe_gemm_kernel(const TX *X, const TW *W, int64_t K, int64
     __shared__ float xs[MOE_TM][MOE_TK + 1];
     __shared__ float gs[MOE_TN][MOE_TK + 1];
     __shared__ float us[SILU ? MOE_TN : 1][MOE_TK + 1];
-    const int32_t tile = blockIdx.y;
-    if (tile >= tiles[E])
+    int32_t e, r_begin, r_end;
+    if (!moe_tile_find(offsets, tiles, E, MOE_TM, (int32_t)blockIdx.y, &e, &r_begin, &r_end))
         return;
-    int32_t lo = 0, hi = E; /* the expert whose tiles hold `tile`: tiles[lo] <= tile < tiles[lo + 1] */
-    while (hi - lo > 1) {
-        const int32_t mid = (lo + hi) / 2;
-        if (tiles[mid] <= tile)
-            lo = mid;
-        else
-            hi = mid;
-    }
-    const int32_t e = lo;
-    const int32_t r_begin = offsets[e] + (tile - tiles[e]) * MOE_TM;
-    const int32_t r_end = min(r_begin + MOE_TM, offsets[e + 1]);
     const int64_t n0 = (int64_t)blockIdx.x * MOE_TN;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     float ag[2][2] = {{0, 0}, {0, 0}}, au[2][2] = {{0, 0}, {0, 0}};
@@ -394,8 +391,8 @@ __global__ void anvil_moe_combine_kernel(const T *x, int64_t H, int32_t k, const
         float o = 0.0f;
         for (int32_t j = 0; j < k; j++)
             o += anvil_to_f32(y[(int64_t)row_of[t * k + j] * H + h]) * topk_w[t * k + j];
-        if (sy != nullptr) /* without a gate weight (DeepSeek): the shared experts' output as it is */
-            o += (sgw != nullptr ? gate : 1.0f) * anvil_to_f32(sy[t * H + h]);
+        if (sgw != nullptr)
+            o += gate * anvil_to_f32(sy[t * H + h]);
         out[t * H + h] = anvil_from_f32<T>(o);
     }
 }
@@ -417,12 +414,13 @@ extern "C" anvil_status anvil_cuda_launch_moe_route(cudaStream_t stream, const v
 }
 
 extern "C" anvil_status anvil_cuda_launch_moe_sort(cudaStream_t stream, const int32_t *topk_ids, int64_t n_pairs,
-                                                   int32_t E, int32_t *offsets, int32_t *active, int32_t *tiles,
-                                                   int32_t *order, int32_t *row_of)
+                                                   int32_t E, int tile_m, int32_t *offsets, int32_t *active,
+                                                   int32_t *tiles, int32_t *order, int32_t *row_of)
 {
-    CHECK(n_pairs > 0 && n_pairs <= INT32_MAX && E > 0, ANVIL_ERR_INVALID_ARG, "moe sort: %lld rows, %d experts",
-          (long long)n_pairs, E);
-    anvil_moe_sort_kernel<<<1, 256, 0, stream>>>(topk_ids, n_pairs, E, offsets, active, tiles, order, row_of);
+    CHECK(n_pairs > 0 && n_pairs <= INT32_MAX && E > 0 && tile_m > 0, ANVIL_ERR_INVALID_ARG,
+          "moe sort: %lld rows, %d experts, tiles of %d", (long long)n_pairs, E, tile_m);
+    anvil_moe_sort_kernel<<<1, 256, 0, stream>>>(topk_ids, n_pairs, E, tile_m, offsets, active, tiles, order,
+                                                 row_of);
     return ANVIL_CUDA_LAUNCHED("moe sort kernel");
 }
 
@@ -463,7 +461,7 @@ extern "C" anvil_status anvil_cuda_launch_moe_experts(cudaStream_t stream, int s
         return ANVIL_CUDA_LAUNCHED("moe gemv kernel");
     }
     /* every expert's tiles: at most ceil(rows / TM) + one partial tile per expert */
-    const int64_t max_tiles = (n_pairs + MOE_TM - 1) / MOE_TM + (n_pairs < E ? n_pairs : E);
+    const int64_t max_tiles = moe_tiles_bound(n_pairs, E, MOE_TM);
     CHECK(max_tiles <= 65535 && (N + MOE_TN - 1) / MOE_TN <= INT32_MAX, ANVIL_ERR_INVALID_ARG,
           "moe gemm: %lld row tiles (at most 65535: fewer tokens a step)", (long long)max_tiles);
     dim3 grid((unsigned)((N + MOE_TN - 1) / MOE_TN), (unsigned)max_tiles);
