@@ -463,19 +463,24 @@ static int anvil_cuda_perf_main(void)
         /* the quantized GEMVs per Llama-3-8B shape: tensor cores (knob matmul_quant = 4:
          * cuda_gemv_mma_quant.cu at every row count; the automatic choice from 3 rows of int4, 4 of
          * int8, 1 of fp8 W8A8) against the SIMT kernel (knob matmul_quant = 3: cuda_gemv_quant.cu, W8A8
-         * with its preparation launch); GB/s over the weight's bytes and the copy ceiling above */
+         * with its preparation launch) and the 16-bit tensor-core one (knob matmul_quant = 6:
+         * cuda_gemv_mma16_quant.cu, x in bf16, W8A8's codes made in the launch); GB/s over the
+         * weight's bytes and the copy ceiling above */
         static const int64_t shp[5][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 128256}};
         static const int64_t rows[5] = {1, 2, 3, 4, 8};
-        for (int kind = 0; kind < 2; kind++) {
-            anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 4 : 3};
+        for (int kind = 0; kind < 4; kind++) {
+            /* kind 3: the 16-bit GEMV's int4 kernel at three blocks an SM (gemv_quant_tiles = 3) */
+            anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 4 : kind == 1 ? 3 : 6,
+                                   .gemv_quant_tiles = kind == 3 ? 3 : 0};
             anvil_cuda_set_knobs(be, &kq);
             for (int sc = 0; sc < 3; sc++)
                 for (int ri = 0; ri < 5; ri++)
                     for (int i = 0; i < 5; i++) {
-                        if (rows[ri] > 1 && i != 2) /* more rows: one shape */
+                        if ((rows[ri] > 1 && i != 2) || (kind == 3 && sc != 0)) /* more rows: one shape */
                             continue;
                         char name[64];
-                        snprintf(name, sizeof name, "%s %s T=%lld %lld->%lld", kind == 0 ? "mma" : "simt",
+                        snprintf(name, sizeof name, "%s %s T=%lld %lld->%lld",
+                                 kind == 0 ? "mma" : kind == 1 ? "simt" : kind == 2 ? "mma16" : "mma16x3",
                                  sc == 0 ? "q4g128" : sc == 1 ? "q8" : "w8a8", (long long)rows[ri],
                                  (long long)shp[i][0], (long long)shp[i][1]);
                         const anvil_dtype wdt =

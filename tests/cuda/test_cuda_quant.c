@@ -6,18 +6,20 @@
  * activations none / dynamic / static, fp8 in blocks of 128, int8 per
  * channel, int4 in groups of 32/64/128 with and without zero points, with
  * a perm, per channel; K and N off the kernels' piece sizes where the
- * scheme allows, and layouts the GEMV does not take) x T in {1, 2, 3, 4, 5,
- * 8, 17, 64} x activations f32 / bf16 / f16, each through every path (the
+ * scheme allows, and layouts the GEMV does not take) x T in {1, ..., 8, 17,
+ * 64} x activations f32 / bf16 / f16, each through every path (the
  * automatic choice, with the GEMVs ruled out, the slow dequantizing path
  * pinned by the knob matmul_quant = 1, and where the tensor-core GEMV takes
  * the weight: the SIMT GEMV (matmul_quant = 3) and the tensor-core one
  * (matmul_quant = 4: also at the 1-3 rows the automatic choice gives the
- * SIMT GEMV) with 1, 2 and 4 tiles a block), against the exact definition of the canonical
+ * SIMT GEMV) with 1, 2 and 4 tiles a block; where the 16-bit tensor-core
+ * GEMV takes it: that one at every row count (matmul_quant = 6) and the
+ * automatic choice without it (matmul_quant = 5)), against the exact definition of the canonical
  * form: out = x' W^T in double, W[n][k] = fl((v - z) * s) and x' the CPU's
  * prepared activations (perm; for W8A8 each row rounded to fp8 exactly as
  * the CPU rounds it: anvil_cpu_quant_prep_row), which is
  * anvil_cpu_ref_matmul's f32 path. int8/int4 on the tensor-core GEMV (T <=
- * 8) compute the CPU's int path instead (activations rounded to int8 per
+ * 8, int8-activation kernel) compute the CPU's int path instead (activations rounded to int8 per
  * block of 32, exact integer sums per block): against that definition
  * (reference_q8); on the other paths the GPU computes the weight-only
  * product in floating point as the formats (and transformers) define it.
@@ -226,10 +228,17 @@ static const qcase CASES[] = {
     {"int4 g64 mma symmetric", ANVIL_DTYPE_U4, 18, 128, 64, 0, 0, 1, ANVIL_QUANT_ACT_NONE},
     {"fp8 dynamic mma", ANVIL_DTYPE_F8_E4M3, 77, 320, 0, 0, 0, 1, ANVIL_QUANT_ACT_FP8_DYNAMIC},
     {"fp8 static mma long", ANVIL_DTYPE_F8_E4M3, 40, 4160, 0, 0, 0, 0, ANVIL_QUANT_ACT_FP8_STATIC},
+    /* the 16-bit tensor-core GEMV (K a multiple of 128 int4 / 64 int8 and fp8 columns; int4 groups
+     * of 32 and 64 fold the scale into the weight, 128 and per channel scale after the mma; odd N) */
+    {"int4 g32 zeros mma16", ANVIL_DTYPE_U4, 45, 384, 32, 1, 0, 1, ANVIL_QUANT_ACT_NONE},
+    {"int4 g64 mma16", ANVIL_DTYPE_U4, 23, 512, 64, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int4 per channel mma16", ANVIL_DTYPE_U4, 29, 512, 0, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
+    {"int8 g64 mma16", ANVIL_DTYPE_I8, 37, 256, 64, 0, 0, 1, ANVIL_QUANT_ACT_NONE},
+    {"fp8 dynamic mma16 long", ANVIL_DTYPE_F8_E4M3, 51, 14336, 0, 0, 0, 1, ANVIL_QUANT_ACT_FP8_DYNAMIC},
 };
 #define N_CASES (sizeof CASES / sizeof CASES[0])
 
-static const int64_t ROWS[] = {1, 2, 3, 4, 5, 8, 17, 64};
+static const int64_t ROWS[] = {1, 2, 3, 4, 5, 6, 7, 8, 17, 64};
 #define N_ROWS (sizeof ROWS / sizeof ROWS[0])
 
 /* A random weight of case c on the host: codes, scales, zeros, perm. */
@@ -396,6 +405,27 @@ static int mma_takes(const qcase *c, int64_t T)
     return gs % 32 == 0;
 }
 
+/* Whether the 16-bit tensor-core GEMV (cuda_gemv_mma16_quant.cu) takes case
+ * c at T rows of act: bf16 / f16 activations, T <= 8, no perm, K a
+ * multiple of 128 (int4) / 64 columns, int4 groups of a multiple of 32,
+ * int8 of 64, fp8 W8A8 per channel. It computes the float definition (want). */
+static int mma16_takes(const qcase *c, int64_t T, anvil_dtype act)
+{
+    const int64_t gs = c->group > 0 ? c->group : c->K;
+    if (T < 1 || T > 8 || act == ANVIL_DTYPE_F32 || c->perm || c->K % (c->dt == ANVIL_DTYPE_U4 ? 128 : 64) != 0)
+        return 0;
+    if (c->dt == ANVIL_DTYPE_F8_E4M3)
+        return c->act != ANVIL_QUANT_ACT_NONE && c->group == 0;
+    return gs % (c->dt == ANVIL_DTYPE_U4 ? 32 : 64) == 0;
+}
+
+/* Whether the automatic choice runs it where it takes the weight: fp8 W8A8
+ * and int4 always, int8 from 2 rows (cuda_matmul_quant.c's mma16_first). */
+static int mma16_auto(const qcase *c, int64_t T)
+{
+    return c->dt != ANVIL_DTYPE_I8 || T >= 2;
+}
+
 /* want [T, N] for int8/int4 on the tensor-core GEMV: the CPU's int path
  * (docs/quantization.md): x' quantized per block of 32, d = max|x'| / 127,
  * q = rint(x' * (1 / d)), the block's exact integer sum q (v - z) times
@@ -497,13 +527,22 @@ static float *rand_x(uint64_t *rng, int64_t T, int64_t K, anvil_dtype dt)
  * the dequantizing path (matmul_quant = 1), 3 the SIMT GEMV where the
  * tensor-core one would run (matmul_quant = 3), 4, 5 and 6 the tensor-core
  * GEMV at every row count it takes (matmul_quant = 4) with 1, 2 and 4 tiles
- * a block. */
-#define N_PATHS 7
+ * a block, 7 the 16-bit tensor-core GEMV at every row count it takes
+ * (matmul_quant = 6), 8 the automatic choice without it (matmul_quant = 5,
+ * session 26's). */
+#define N_PATHS 9
 static const char *path_name(int p)
 {
-    static const char *names[N_PATHS] = {"auto", "no gemv", "dequantize", "simt gemv", "mma", "mma tiles 2",
-                                         "mma tiles 4"};
+    static const char *names[N_PATHS] = {"auto",        "no gemv",     "dequantize", "simt gemv",    "mma",
+                                         "mma tiles 2", "mma tiles 4", "mma16",      "auto no mma16"};
     return names[p];
+}
+
+/* the knob matmul_quant of path p */
+static int path_knob(int p)
+{
+    static const int knobs[N_PATHS] = {0, 0, 1, 3, 4, 4, 4, 6, 5};
+    return knobs[p];
 }
 
 static void test_matmul_quant(void **state)
@@ -528,6 +567,7 @@ static void test_matmul_quant(void **state)
                 assert_true(want && want_q8);
                 reference(&h, c, x, T, want);
                 const int mma = mma_takes(c, T), is_int = c->dt != ANVIL_DTYPE_F8_E4M3;
+                const int m16 = mma16_takes(c, T, act);
                 if (mma && is_int)
                     reference_q8(&h, c, x, T, want_q8);
                 void *xd = dev_put_floats(g, x, T * c->K, act);
@@ -536,11 +576,14 @@ static void test_matmul_quant(void **state)
                 anvil_tensor xt = anvil_tensor_2d(act, T, c->K, xd);
                 anvil_tensor ot = anvil_tensor_2d(act, T, c->N, od);
                 for (int p = 0; p < N_PATHS; p++) {
-                    if (p >= 3 && !mma)
+                    if ((p >= 3 && p <= 6 && !mma) || (p == 7 && !m16) || (p == 8 && !(mma || m16)))
                         continue; /* the same path as auto */
-                    set_knobs_tiles(g, p == 2 ? 1 : p == 3 ? 3 : p >= 4 ? 4 : 0, p == 1 ? 2 : 0,
-                                    p == 5 ? 2 : p == 6 ? 4 : 0);
-                    const int on_mma = mma && ((p == 0 && mma_auto(c, T)) || p >= 4);
+                    set_knobs_tiles(g, path_knob(p), p == 1 ? 2 : 0, p == 5 ? 2 : p == 6 ? 4 : 0);
+                    /* the int8-activation GEMV: automatic (where the 16-bit one does not run
+                     * first), or pinned by matmul_quant = 4 */
+                    const int auto16 = m16 && mma16_auto(c, T);
+                    const int auto_mma = ((p == 0 && !auto16) || p == 8) && mma_auto(c, T);
+                    const int on_mma = mma && (auto_mma || (p >= 4 && p <= 6));
                     char name[160];
                     snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld act=%s path=%s", c->name, (long long)c->N,
                              (long long)c->K, (long long)T, anvil_dtype_name(act), path_name(p));
@@ -592,10 +635,11 @@ static void test_fused_quant(void **state)
         {"k", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
         {"v", ANVIL_DTYPE_U4, 32, 256, 128, 1, 0, 0, ANVIL_QUANT_ACT_NONE},
     };
-    /* automatic: int4 / int8 on the SIMT GEMV at 1 (int8 also at 3), on the tensor-core one at
-     * 5 (int4 also at 3), fp8 W8A8 on the tensor-core one; 9 past it; under matmul_quant = 4
-     * every scheme on the tensor-core GEMV at 1, 3 and 5 */
+    /* automatic: every scheme on the 16-bit tensor-core GEMV at 1 (int8: the SIMT GEMV), 3 and
+     * 5; 9 past it; under matmul_quant = 4 every scheme on the int8-activation GEMV at 1, 3 and 5 */
     const int64_t Ts[4] = {1, 3, 5, 9};
+    /* ti 0-3 automatic, 4-7 matmul_quant = 4, 8-11 matmul_quant = 6 (the 16-bit tensor-core GEMV at
+     * 1, 3, 5 rows: gate/up as one launch of 16-warp blocks) */
     for (int si = 0; si < 3; si++) {
         const anvil_dtype wdt = si == 0 ? ANVIL_DTYPE_U4 : si == 1 ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_F8_E4M3;
         hweight h[3];
@@ -609,8 +653,8 @@ static void test_fused_quant(void **state)
             make_weight(&f->rng, &c, &h[i]);
             upload_weight(g, &h[i], &c, &d[i]);
         }
-        for (int ti = 0; ti < 8; ti++) {
-            set_knobs(g, ti >= 4 ? 4 : 0, 0);
+        for (int ti = 0; ti < 12; ti++) {
+            set_knobs(g, ti >= 8 ? 6 : ti >= 4 ? 4 : 0, 0);
             const int64_t T = Ts[ti % 4], K = 256;
             float *x = rand_x(&f->rng, T, K, act);
             void *xd = dev_put_floats(g, x, T * K, act);

@@ -29,6 +29,14 @@
  *     row count; the W8A16 SIMT GEMV's 2618 GB/s is another arithmetic,
  *     x' not rounded to fp8). The knob matmul_quant = 4 takes path 0 at
  *     every row count it takes (the tests, the benchmarks).
+ * 0w. The GEMV on tensor cores with 16-bit operands (cuda_gemv_mma16_quant.cu,
+ *     session 27, issue 15), up to 8 rows of bf16 / f16 activations, no perm:
+ *     int8 / int4 weight-only (x as it is: the SIMT GEMV's arithmetic, the
+ *     products exact, f32 sums), int4 at 1-8 rows, int8 at 2-8 (one row:
+ *     path 1, faster there), and fp8 W8A8 per channel at 1-8 rows (path
+ *     0's definition, x' codes made in the launch); by the H100 run of
+ *     session 27 (docs/cuda-backend.md). matmul_quant = 6 takes it at every
+ *     row count it takes, 5 never (session 26's choice).
  *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
  *     16 of int8 and fp8 weight-only, 4 of W8A8 (16 where there is no FP8
  *     GEMM), four rows a pass, each pass reading the weight once; fp8,
@@ -50,8 +58,9 @@
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
  *
- * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or path 0
- * (3), or takes path 0 below its rows too (4), so that tests compare the
+ * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or paths 0
+ * and 0w (3), takes path 0 below its rows too and never 0w (4), never 0w
+ * (5), or 0w at every row count it takes (6), so that tests compare the
  * fast paths with the slow one and the two GEMVs; matmul_gemv = 2 rules
  * out paths 0 and 1, as it does for plain
  * weights. Path 0 changes the int8/int4 arithmetic (activations rounded to
@@ -59,6 +68,7 @@
  * prefill of more rows (path 1 or 3, activations in floating point) differ
  * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do.
  */
+#include "backend/cuda/cuda_gemv_mma16_quant.h"
 #include "backend/cuda/cuda_internal.h"
 
 /* Rows the GEMV takes. It reads the weight once per four rows; the
@@ -76,6 +86,9 @@
 #define MMA_MIN_ROWS_INT4 3
 #define MMA_MIN_ROWS_INT8 4
 #define MMA_MIN_ROWS_FP8 1
+
+/* Fewest int8 rows path 0w takes by default (below: the SIMT GEMV). */
+#define MMA16_MIN_ROWS_INT8 2
 
 static size_t round256(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -124,6 +137,32 @@ static int simt_ok(const anvil_cuda_backend *cb, const anvil_tensor *w, const an
 {
     return cb->knobs.matmul_quant != 1 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
            T <= gemv_rows(cb, w) && anvil_cuda_gemv_quant_ok(qw, x, cb->ops.act_dtype, out);
+}
+
+/* Whether path 0w (the 16-bit tensor-core GEMV) takes this weight for T
+ * rows of x: not under matmul_quant 1 (dequantize), 3 (SIMT), 4 (the
+ * int8-activation GEMV at every row count) or 5 (session 26's routing). */
+static int mma16_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                    int64_t T)
+{
+    const int k = cb->knobs.matmul_quant;
+    return k != 1 && k != 3 && k != 4 && k != 5 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
+           anvil_cuda_gemv_mma16_quant_ok(qw, (int)q->act, cb->sm, q->perm, x, cb->ops.act_dtype, T);
+}
+
+/* Whether path 0w is the first choice where it takes the weight, by the
+ * H100 run of session 27 (docs/cuda-backend.md, "Which GEMV, by rows"):
+ * fp8 W8A8 and int4 at every row count it takes (faster than path 0 at
+ * 1-8 rows on every Llama-3-8B shape, and than the SIMT GEMV at one row),
+ * int8 from 2 rows (at one row the SIMT GEMV is faster on the gate/up and
+ * down shapes). int8 / int4 there compute the weight-only definition (x
+ * not rounded to int8), as the SIMT GEMV and prefill do; path 0's int8
+ * activations remain where path 0w does not take the weight (f32
+ * activations, a perm, other layouts) and under matmul_quant = 4. Every
+ * row count it takes under matmul_quant = 6. */
+static int mma16_first(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, int64_t T)
+{
+    return cb->knobs.matmul_quant == 6 || qw->dt != ANVIL_DTYPE_I8 || T >= MMA16_MIN_ROWS_INT8;
 }
 
 /* Path 0's call for n parts of one x (their biases and outputs set by the caller). */
@@ -203,6 +242,13 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
     const void *bp = bias ? bias->data : NULL;
     const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
 
+    if (mma16_ok(cb, &qw, q, x->data, T) && mma16_first(cb, &qw, T)) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
+        c.bias[0] = bp;
+        c.bias_dt[0] = bdt;
+        c.out[0] = out->data;
+        return anvil_cuda_launch_gemv_mma16_quant(&c);
+    }
     const int simt = simt_ok(cb, w, &qw, x->data, out->data, T);
     if (mma_ok(cb, &qw, q, x->data, T) && (mma_first(cb, &qw, T) || !simt)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
@@ -268,8 +314,9 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     const void *bp[ANVIL_MATMUL_MULTI_MAX];
     anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
-    int mma = n <= 4;  /* path 0 takes every part */
-    int simt = 1;      /* path 1 takes every part */
+    int mma16 = n <= 4; /* path 0w takes every part */
+    int mma = n <= 4;   /* path 0 takes every part */
+    int simt = 1;       /* path 1 takes every part */
     for (int i = 0; i < n; i++) {
         const anvil_quant *q = w[i]->quant;
         /* one layout, one preparation of x */
@@ -284,12 +331,14 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         bp[i] = bias[i] ? bias[i]->data : NULL;
         bdt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
         op[i] = out[i]->data;
+        mma16 = mma16 && mma16_ok(cb, &qw[i], q, x->data, T);
         mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
         simt = simt && simt_ok(cb, w[i], &qw[i], x->data, op[i], T);
     }
     TRY(anvil_cuda_use(cb));
-    /* one dtype for every part: mma_first says the same for each */
-    if (mma && (mma_first(cb, &qw[0], T) || !simt)) {
+    /* one dtype for every part: mma16_first / mma_first say the same for each */
+    const int use16 = mma16 && mma16_first(cb, &qw[0], T);
+    if (use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
         for (int i = 0; i < n; i++) {
@@ -297,7 +346,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
             c.bias_dt[i] = bdt[i];
             c.out[i] = op[i];
         }
-        TRY(anvil_cuda_launch_gemv_mma_quant(&c));
+        TRY(use16 ? anvil_cuda_launch_gemv_mma16_quant(&c) : anvil_cuda_launch_gemv_mma_quant(&c));
         *done = 1;
         return ANVIL_OK;
     }
