@@ -255,6 +255,14 @@ typedef struct anvil_net_weight {
     int64_t start;               /* SLICE, TRANSPOSE */
     int32_t n_sources;
     const char *const *sources;  /* checkpoint tensor names; TENSOR: { name } */
+    /* A part of each source (the tensor-parallel cut, builder/shard_plan.c;
+     * part_len 0: whole sources, as a model file declares them). CONCAT:
+     * each source gives its stretch [part_start, part_start + part_len)
+     * along part_axis (a stack of experts, each cut alike). TRANSPOSE: the
+     * source's rows [part_start, part_start + part_len) are the weight's
+     * columns (part_len = shape[1]). */
+    int part_axis;
+    int64_t part_start, part_len;
 } anvil_net_weight;
 
 typedef struct anvil_net_op {
@@ -271,6 +279,8 @@ typedef struct anvil_net_op {
     float weight_offset;     /* rmsnorm: y = x / rms(x) * (weight_offset + w); 0 but for Gemma */
     float scalar;            /* scale: the factor c; softcap: the cap */
     int64_t head_dim;        /* head norms, rope; all_gather: the number of ranks */
+    int64_t first_id;        /* embedding: the token id of the table's row 0 (a vocabulary slice under
+                                tensor parallelism: ids outside the table give zeros); 0 otherwise */
     anvil_rope_config rope;  /* rope */
     anvil_attention_params attn; /* attention */
     anvil_moe_params moe;    /* moe: weights router, gate_up, down, shared_gate_up, shared_down, shared_gate */

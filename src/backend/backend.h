@@ -431,6 +431,14 @@ typedef struct anvil_backend_ops {
     /* ---- multi-head latent attention (anvil_mla_args above); NULL: the
      * runtime refuses a model with mla ops at load */
     anvil_status (*mla)(anvil_backend *be, const anvil_mla_args *args);
+
+    /* ---- a vocabulary slice's lookup (tensor parallelism, docs/parallel.md):
+     * out[t] = table[ids[t] - first_id] for ids in [first_id, first_id +
+     * table rows), zeros for the others (another rank's rows; an
+     * all_reduce then sums the ranks' lookups). NULL: the runtime keeps the
+     * embedding whole on every rank. */
+    anvil_status (*embedding_part)(anvil_backend *be, const anvil_tensor *table, int64_t first_id,
+                                   const anvil_step *step, anvil_tensor *out);
 } anvil_backend_ops;
 
 #define ANVIL_MATMUL_MULTI_MAX 4

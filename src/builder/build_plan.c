@@ -197,7 +197,8 @@ static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoi
     case ANVIL_RECIPE_TRANSPOSE: {
         if (st->n_dims != 2 || w->n_dims != 2)
             return shape_error(w, st, "a transpose takes and gives a matrix");
-        if (st->shape[0] != w->shape[1])
+        if (w->part_len == 0 ? st->shape[0] != w->shape[1]
+                             : w->part_len != w->shape[1] || w->part_start > st->shape[0] - w->part_len)
             return shape_error(w, st, "the source's rows are the weight's columns");
         if (w->start > st->shape[1] || w->shape[0] > st->shape[1] - w->start)
             return shape_error(w, st, "the columns run past the tensor");
@@ -207,6 +208,8 @@ static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoi
         if (w->axis >= w->n_dims)
             return shape_error(w, st, "no such axis");
         int64_t sum = 0;
+        if (w->part_len > 0 && (w->axis != 0 || w->part_axis >= w->n_dims))
+            return shape_error(w, st, "a concatenation of parts is along axis 0, cut along an axis it has");
         for (int32_t k = 0; k < w->n_sources; k++) {
             if (k > 0)
                 TRY(find_source(ck, w->sources[k], &st));
@@ -214,10 +217,19 @@ static anvil_status check_recipe(const anvil_net_weight *w, const anvil_checkpoi
                   w->name, anvil_dtype_name(*dtype), anvil_dtype_name(st->dtype));
             if (st->n_dims != w->n_dims)
                 return shape_error(w, st, "ranks differ");
+            /* each source's extent in the weight: its part along part_axis */
+            int64_t ext[2] = {st->shape[0], st->n_dims == 2 ? st->shape[1] : 0};
+            if (w->part_len > 0) {
+                if (w->part_start > st->shape[w->part_axis] - w->part_len)
+                    return shape_error(w, st, "the part runs past a source");
+                ext[w->part_axis] = w->part_len;
+                if (ext[0] * w->n_sources != w->shape[0]) /* (fill_member's rows a source) */
+                    return shape_error(w, st, "the parts' rows differ");
+            }
             for (int d = 0; d < w->n_dims; d++)
-                if (d != w->axis && st->shape[d] != w->shape[d])
+                if (d != w->axis && ext[d] != w->shape[d])
                     return shape_error(w, st, "the other axis differs");
-            sum += st->shape[w->axis];
+            sum += ext[w->axis];
         }
         if (sum != w->shape[w->axis])
             return shape_error(w, st, "the parts do not add up");
@@ -728,11 +740,12 @@ static anvil_status fill_transposed(const anvil_net_weight *w, const anvil_st_te
                                     anvil_dtype kind, char *dst, anvil_build_scratch *sc)
 {
     const int64_t C = w->shape[1], N = st->shape[1];
+    const int64_t c0 = w->part_len > 0 ? w->part_start : 0; /* the source's first row (a TP cut) */
     const int64_t r0 = a / C, nr = (b - 1) / C - r0 + 1;
     float *piece = malloc((size_t)nr * sizeof *piece), *out = malloc((size_t)(b - a) * sizeof *out);
     anvil_status s = piece != NULL && out != NULL ? ANVIL_OK : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
     for (int64_t c = 0; s == ANVIL_OK && c < C; c++) {
-        s = copy_elems(st, c * N + w->start + r0, nr, ANVIL_DTYPE_F32, piece, sc);
+        s = copy_elems(st, (c0 + c) * N + w->start + r0, nr, ANVIL_DTYPE_F32, piece, sc);
         for (int64_t k = 0; s == ANVIL_OK && k < nr; k++) {
             const int64_t e = (r0 + k) * C + c;
             if (e >= a && e < b)
@@ -762,6 +775,23 @@ static anvil_status fill_member(const anvil_net_weight *w, const anvil_checkpoin
         /* a stack's matrix or a run of rows: contiguous in the source */
         const int64_t base = st->n_dims == w->n_dims + 1 ? w->start * w_numel(w) : w->start * cols;
         return copy_elems(st, base + a, b - a, kind, dst, sc);
+    }
+    if (w->recipe == ANVIL_RECIPE_CONCAT && w->part_len > 0) {
+        /* parts of sources along axis 0 (check_recipe): source k gives rows
+         * [k R, (k + 1) R) of w, R its part's rows; row by row, each row's
+         * stretch contiguous in its source */
+        const int64_t R = w->shape[0] / w->n_sources;
+        for (int64_t e = a; e < b;) {
+            const int64_t row = e / cols, col = e % cols;
+            const int64_t row_end = (row + 1) * cols < b ? (row + 1) * cols : b;
+            TRY(find_source(ck, w->sources[row / R], &st));
+            const int64_t sc1 = st->n_dims == 2 ? st->shape[1] : 1;
+            const int64_t srow = w->part_axis == 0 ? w->part_start + row % R : row % R;
+            const int64_t scol = w->part_axis == 1 ? w->part_start + col : col;
+            TRY(copy_elems(st, srow * sc1 + scol, row_end - e, kind, dst + (size_t)(e - a) * des, sc));
+            e = row_end;
+        }
+        return ANVIL_OK;
     }
     if (w->recipe == ANVIL_RECIPE_CONCAT && w->axis == 0) {
         int64_t at = 0; /* the first element of source k in w */

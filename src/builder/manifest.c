@@ -122,6 +122,13 @@ static json_t *op_json(const anvil_net_op *op, int *ok)
     case ANVIL_OP_LAYERNORM:
         put(o, "eps", json_real(op->eps), ok);
         break;
+    case ANVIL_OP_EMBEDDING:
+        if (op->first_id != 0) /* a TP rank's vocabulary slice */
+            put(o, "first_id", json_integer(op->first_id), ok);
+        break;
+    case ANVIL_OP_ALL_GATHER:
+        put(o, "n_ranks", json_integer(op->head_dim), ok);
+        break;
     case ANVIL_OP_RMSNORM:
         put(o, "eps", json_real(op->eps), ok);
         /* only where set: the manifests of engines built before it stay equal */
@@ -210,6 +217,11 @@ static json_t *weight_json(const anvil_net_weight *w, int *ok)
         put(o, "axis", json_integer(w->axis), ok);
         if (w->recipe == ANVIL_RECIPE_SLICE || w->recipe == ANVIL_RECIPE_TRANSPOSE)
             put(o, "start", json_integer(w->start), ok);
+        if (w->part_len > 0) { /* a TP rank's part of each source (only where cut: older manifests stay equal) */
+            put(o, "part_axis", json_integer(w->part_axis), ok);
+            put(o, "part_start", json_integer(w->part_start), ok);
+            put(o, "part_len", json_integer(w->part_len), ok);
+        }
     }
     return o;
 }

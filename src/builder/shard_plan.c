@@ -21,12 +21,17 @@ typedef enum role {
     ROLE_COL,      /* output rows cut in equal parts (gate, up) */
     ROLE_ROW,      /* input columns cut, then all_reduce (o_proj, down_proj) */
     ROLE_VOCAB,    /* the LM head: output rows cut along the vocabulary, then all_gather */
+    ROLE_EMBED,    /* the embedding: table rows cut along the vocabulary, zeros elsewhere, then all_reduce */
+    ROLE_MOE,      /* every expert's intermediate cut (gate/up rows, down columns), then all_reduce */
 } role;
 
 typedef struct shard_ctx {
     const anvil_network *src;
     anvil_network *dst;
     int32_t rank, size;
+    int cut_embedding; /* the backend can look up a vocabulary slice */
+    int embedding_cut; /* the network's embedding is cut by vocabulary */
+    int32_t head;      /* the LM head's op when cut by vocabulary, else -1 */
     role *roles;       /* [src ops] */
     int32_t *attn_of;  /* [src ops] a Q/KV linear's attention op */
     unsigned char *cut; /* [src ops] the value is this rank's part only */
@@ -51,6 +56,10 @@ static int32_t linear_behind(const anvil_network *net, anvil_value v)
 
 /* The gated MLP's product of two linears' outputs, element by element. */
 static int is_gated_product(anvil_op_kind k) { return k == ANVIL_OP_SILU_MUL || k == ANVIL_OP_GELU_TANH_MUL; }
+
+/* An activation of one linear's output, element by element (GPT-2's
+ * non-gated MLP: c_fc, gelu, c_proj). */
+static int is_activation(anvil_op_kind k) { return k == ANVIL_OP_GELU_TANH; }
 
 static anvil_status set_role(shard_ctx *c, int32_t lin, role r, int32_t attn)
 {
@@ -92,6 +101,17 @@ static anvil_status find_roles(shard_ctx *c)
         const anvil_net_op *op = anvil_network_op(net, i);
         CHECK(op->kind != ANVIL_OP_MLA, ANVIL_ERR_UNSUPPORTED,
               "tensor parallelism: multi-head latent attention (mla, DeepSeek-V2) is not cut across ranks yet");
+        if (op->kind == ANVIL_OP_MOE) {
+            CHECK(op->moe.inter % c->size == 0 && op->moe.shared_inter % c->size == 0, ANVIL_ERR_UNSUPPORTED,
+                  "tensor parallelism: experts of %lld (shared: %lld) intermediate columns cannot be split over %d "
+                  "ranks (moe op %d)",
+                  (long long)op->moe.inter, (long long)op->moe.shared_inter, c->size, i);
+            c->roles[i] = ROLE_MOE;
+        } else if (op->kind == ANVIL_OP_EMBEDDING && c->cut_embedding &&
+                   anvil_network_weight(net, op->weights[0])->shape[0] % c->size == 0) {
+            c->roles[i] = ROLE_EMBED; /* a vocabulary the ranks do not divide stays whole */
+            c->embedding_cut = 1;
+        }
         if (op->kind == ANVIL_OP_ATTENTION) {
             for (int k = 0; k < 3; k++) {
                 int32_t lin = linear_behind(net, op->inputs[k]);
@@ -108,6 +128,11 @@ static anvil_status find_roles(shard_ctx *c)
                       anvil_op_kind_name(op->kind));
                 TRY(set_role(c, op->inputs[k], ROLE_COL, -1));
             }
+        } else if (is_activation(op->kind)) {
+            const anvil_net_op *in = anvil_network_op(net, op->inputs[0]);
+            CHECK(in->kind == ANVIL_OP_LINEAR && in->row_kind == 0, ANVIL_ERR_UNSUPPORTED,
+                  "tensor parallelism: op %d (%s) does not follow a linear", i, anvil_op_kind_name(op->kind));
+            TRY(set_role(c, op->inputs[0], ROLE_COL, -1));
         }
     }
     /* cut values, forward: a value computed from cut values alone is cut;
@@ -133,7 +158,8 @@ static anvil_status find_roles(shard_ctx *c)
         if (n_cut == 0)
             continue;
         const int headwise = op->kind == ANVIL_OP_ROPE || op->kind == ANVIL_OP_HEAD_RMSNORM ||
-                             op->kind == ANVIL_OP_ATTENTION || is_gated_product(op->kind);
+                             op->kind == ANVIL_OP_ATTENTION || is_gated_product(op->kind) ||
+                             is_activation(op->kind);
         CHECK(headwise && n_cut == n_in, ANVIL_ERR_UNSUPPORTED,
               "tensor parallelism: op %d (%s) cannot run on values cut across ranks", i,
               anvil_op_kind_name(op->kind));
@@ -149,6 +175,7 @@ static anvil_status find_roles(shard_ctx *c)
     }
     if (out != NULL && out->kind == ANVIL_OP_LINEAR && c->roles[head] == ROLE_NONE && out->width % c->size == 0)
         c->roles[head] = ROLE_VOCAB; /* a vocabulary the ranks do not divide stays whole on every rank */
+    c->head = out != NULL && c->roles[head] == ROLE_VOCAB ? head : -1;
     return ANVIL_OK;
 }
 
@@ -173,9 +200,17 @@ static anvil_status put_weight(shard_ctx *c, const anvil_net_weight *w, const ch
     if (anvil_network_find_weight(dst, name) < 0) {
         if (w->recipe == ANVIL_RECIPE_TENSOR) {
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, s->start);
-        } else if (w->recipe == ANVIL_RECIPE_TRANSPOSE && s->axis == 0) {
-            /* rows of a transposed weight are columns of its source */
-            anvil_net_weight_transpose(dst, name, w->sources[0], w->start + s->start);
+        } else if (w->recipe == ANVIL_RECIPE_TRANSPOSE && w->part_len == 0) {
+            /* rows of a transposed weight are columns of its source, its
+             * columns the source's rows (GPT-2's Conv1D c_proj) */
+            anvil_net_weight_transpose(dst, name, w->sources[0], w->start + (s->axis == 0 ? s->start : 0));
+            if (s->axis == 1)
+                anvil_network_weight_part(dst, name, 0, s->start, s->len);
+        } else if (w->recipe == ANVIL_RECIPE_CONCAT && w->axis == 0 && w->part_len == 0) {
+            /* a stack of experts: each source cut alike (the caller's
+             * stretch is of one source: rows for axis 0, columns for 1) */
+            anvil_net_weight_concat(dst, name, 0, w->sources, w->n_sources);
+            anvil_network_weight_part(dst, name, s->axis, s->start, s->len);
         } else {
             /* a slice of a slice along the same axis is one slice of the
              * source (of a 2-D source: a stack's slice picks a matrix, and
@@ -189,7 +224,8 @@ static anvil_status put_weight(shard_ctx *c, const anvil_net_weight *w, const ch
             anvil_net_weight_slice(dst, name, w->sources[0], s->axis, w->start + s->start);
         }
     }
-    shape[s->axis] = s->len;
+    /* a stack's rows: its n sources' parts */
+    shape[s->axis] = w->recipe == ANVIL_RECIPE_CONCAT && s->axis == 0 ? s->len * w->n_sources : s->len;
     *out = anvil_network_use_weight(dst, name, w->n_dims, shape[0], shape[1]);
     return *out < 0 ? anvil_network_status(dst) : ANVIL_OK;
 }
@@ -240,6 +276,13 @@ static anvil_status copy_op(shard_ctx *c, int32_t i)
         const int64_t cols = anvil_network_op(c->dst, in[0])->width;
         wcut = (cut_spec){1, cols * c->rank, cols};
         drop_bias = c->rank != 0; /* added once, by rank 0, before the sum */
+    } else if (r == ROLE_EMBED) {
+        const int64_t rows = anvil_network_weight(src, op->weights[0])->shape[0] / c->size;
+        wcut = (cut_spec){0, rows * c->rank, rows};
+        copy.first_id = rows * c->rank;
+    } else if (r == ROLE_MOE) {
+        copy.moe.inter = op->moe.inter / c->size;
+        copy.moe.shared_inter = op->moe.shared_inter / c->size;
     } else if (c->cut[i]) {
         /* a head-wise op or the gated product on cut values: the input's width */
         width = anvil_network_op(c->dst, in[0])->width;
@@ -259,16 +302,30 @@ static anvil_status copy_op(shard_ctx *c, int32_t i)
             continue;
         const anvil_net_weight *sw = anvil_network_weight(src, op->weights[k]);
         const cut_spec none = {0, 0, 0};
-        const cut_spec *s = op->kind != ANVIL_OP_LINEAR ? &none : k == 0 ? &wcut : k == 1 ? &bcut : &none;
-        /* a cut LM head tied to the embedding gets a name of its own: the
-         * embedding keeps the whole table */
+        const cut_spec *s = op->kind == ANVIL_OP_LINEAR ? (k == 0 ? &wcut : k == 1 ? &bcut : &none)
+                            : r == ROLE_EMBED && k == 0 ? &wcut
+                                                        : &none;
+        cut_spec ecut;
+        if (r == ROLE_MOE && k >= 1 && k <= 4) {
+            /* gate_up, down (the experts'), shared_gate_up, shared_down: each
+             * expert's intermediate [r I/N, (r+1) I/N) (router, shared_gate whole) */
+            const int64_t inter = k <= 2 ? copy.moe.inter : copy.moe.shared_inter;
+            ecut = (cut_spec){k == 1 || k == 3 ? 0 : 1, inter * c->rank, inter};
+            s = &ecut;
+        }
+        /* a cut LM head tied to an embedding kept whole gets a name of its
+         * own; tied to an embedding cut alike, it shares the slice */
         char name[512];
-        const int rename = r == ROLE_VOCAB && k == 0 && weight_shared(src, op->weights[k], i);
-        snprintf(name, sizeof name, "%s%s", sw->name, rename ? "@lm_head" : "");
+        const int shared = k == 0 && weight_shared(src, op->weights[k], i);
+        const int head_shares = c->head >= 0 && anvil_network_op(src, c->head)->weights[0] == op->weights[0];
+        const char *suffix = r == ROLE_VOCAB && shared && !c->embedding_cut ? "@lm_head"
+                             : r == ROLE_EMBED && shared && !head_shares   ? "@embedding" /* a head kept whole */
+                                                                           : "";
+        snprintf(name, sizeof name, "%s%s", sw->name, suffix);
         TRY(put_weight(c, sw, name, s, &w[k]));
     }
     anvil_value v = anvil_network_append_copy(c->dst, &copy, in, w, op->n_weights, width);
-    if (r == ROLE_ROW)
+    if (r == ROLE_ROW || r == ROLE_EMBED || r == ROLE_MOE)
         v = anvil_net_all_reduce(c->dst, v);
     else if (r == ROLE_VOCAB)
         v = anvil_net_all_gather(c->dst, v, c->size);
@@ -280,12 +337,18 @@ static anvil_status copy_op(shard_ctx *c, int32_t i)
 
 anvil_status anvil_network_shard(const anvil_network *net, int32_t rank, int32_t size, anvil_network **out)
 {
+    return anvil_network_shard_ex(net, rank, size, 1, out);
+}
+
+anvil_status anvil_network_shard_ex(const anvil_network *net, int32_t rank, int32_t size, int cut_embedding,
+                                    anvil_network **out)
+{
     *out = NULL;
     CHECK(net != NULL && size >= 1 && rank >= 0 && rank < size, ANVIL_ERR_INVALID_ARG,
           "tensor parallelism: rank %d of %d", rank, size);
     TRY(anvil_network_status(net));
     const int32_t n = anvil_network_op_count(net);
-    shard_ctx c = {.src = net, .rank = rank, .size = size};
+    shard_ctx c = {.src = net, .rank = rank, .size = size, .cut_embedding = cut_embedding, .head = -1};
     anvil_status st = ANVIL_OK;
     c.roles = calloc((size_t)n, sizeof *c.roles);
     c.attn_of = calloc((size_t)n, sizeof *c.attn_of);

@@ -16,9 +16,17 @@
  *   - the linears that read those cut values (o_proj, down_proj) are cut by
  *     input columns, followed by an all_reduce (their bias on rank 0 only,
  *     so it is added once);
+ *   - GPT-2's non-gated MLP likewise: the linear before the activation by
+ *     output rows, the one after by input columns (Conv1D weights are
+ *     transposes of their checkpoint tensors: rows and columns swap);
+ *   - a mixture of experts: each expert's (and the shared experts')
+ *     intermediate cut in N equal parts (gate/up rows, down columns; the
+ *     router whole, so every rank routes alike), then an all_reduce;
+ *   - the embedding is cut by vocabulary rows (a lookup gives zeros for
+ *     another rank's ids), followed by an all_reduce;
  *   - the LM head (the linear that makes the network's output) is cut by
  *     vocabulary rows, followed by an all_gather of the logits;
- *   - everything else (embedding, norms, residual adds) is replicated.
+ *   - everything else (norms, residual adds, the router) is replicated.
  *
  * Weights keep their names (a tied LM head's slice is named
  * "<embedding>@lm_head"), so messages and the checkpoint checks read as
@@ -40,5 +48,11 @@
  * stack, a slice along the other axis).
  */
 anvil_status anvil_network_shard(const anvil_network *net, int32_t rank, int32_t size, anvil_network **out);
+
+/* The same, with the embedding cut by vocabulary (cut_embedding 1, as
+ * anvil_network_shard) or kept whole on every rank (0: for a backend
+ * without embedding_part). */
+anvil_status anvil_network_shard_ex(const anvil_network *net, int32_t rank, int32_t size, int cut_embedding,
+                                    anvil_network **out);
 
 #endif

@@ -858,8 +858,30 @@ int32_t anvil_network_copy_weight(anvil_network *net, const anvil_net_weight *w,
             anvil_net_weight_transpose(net, name, w->sources[0], w->start);
         else if (strcmp(name, w->sources[0]) != 0) /* a tensor under another name */
             anvil_net_weight_slice(net, name, w->sources[0], 0, 0);
+        if (w->part_len > 0)
+            anvil_network_weight_part(net, name, w->part_axis, w->part_start, w->part_len);
     }
     return add_weight(net, name, w->n_dims, w->shape[0], w->shape[1]);
+}
+
+void anvil_network_weight_part(anvil_network *net, const char *name, int part_axis, int64_t part_start,
+                               int64_t part_len)
+{
+    if (net->error != ANVIL_OK)
+        return;
+    const int32_t i = name ? anvil_network_find_weight(net, name) : -1;
+    anvil_net_weight *w = i >= 0 ? &net->weights[i] : NULL;
+    if (w == NULL || (w->recipe != ANVIL_RECIPE_CONCAT && w->recipe != ANVIL_RECIPE_TRANSPOSE) || w->n_dims != 0 ||
+        (part_axis != 0 && part_axis != 1) || part_start < 0 || part_len < 1) {
+        record_error(net, ANVIL_FAIL(ANVIL_ERR_INVALID_ARG,
+                                     "part of %s: not a concatenation or transpose declared and unused, or a bad "
+                                     "stretch (axis %d, start %lld, length %lld)",
+                                     name ? name : "?", part_axis, (long long)part_start, (long long)part_len));
+        return;
+    }
+    w->part_axis = part_axis;
+    w->part_start = part_start;
+    w->part_len = part_len;
 }
 
 anvil_value anvil_network_append_copy(anvil_network *net, const anvil_net_op *src, const anvil_value inputs[3],

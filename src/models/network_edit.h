@@ -24,6 +24,12 @@ int32_t anvil_network_use_weight(anvil_network *net, const char *name, int n_dim
  * in net is used as it is. -1 on error (recorded). */
 int32_t anvil_network_copy_weight(anvil_network *net, const anvil_net_weight *w, const char *name);
 
+/* Gives weight `name` of net, declared by a CONCAT or TRANSPOSE recipe
+ * and not used yet, a part of each source (anvil_net_weight's part_*).
+ * Recorded errors: no such recipe weight, or a weight already in use. */
+void anvil_network_weight_part(anvil_network *net, const char *name, int part_axis, int64_t part_start,
+                               int64_t part_len);
+
 /* Appends a copy of op src with inputs[0..3) (values of net or
  * ANVIL_VALUE_NONE), weights[0..n_weights) (indices into net's weights or
  * -1) and the result's width; NONE on error (recorded). An attention

@@ -1484,6 +1484,11 @@ static anvil_status run_op(anvil_runtime *rt, const anvil_step *s, int32_t i)
 
     switch (op->kind) {
     case ANVIL_OP_EMBEDDING:
+        if (w0->shape[0] < rt->cfg.vocab_size) { /* a TP rank's vocabulary slice */
+            CHECK(ops->embedding_part != NULL, ANVIL_ERR_UNSUPPORTED, "the %s backend has no embedding_part",
+                  ops->name);
+            return ops->embedding_part(be, w0, op->first_id, s, &out);
+        }
         return ops->embedding(be, w0, s, &out);
     case ANVIL_OP_RMSNORM:
         return ops->rmsnorm(be, &a, w0, (float)op->eps, op->weight_offset, &out);

@@ -42,7 +42,11 @@ anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
               "(docs/parallel.md)",
               size);
         anvil_network *cut = NULL;
-        if (anvil_network_shard(rt->net, rank, size, &cut) != ANVIL_OK)
+        /* the embedding is cut by vocabulary where the backend has the
+         * slice's lookup (embedding_part: the CPU's; the backend is made
+         * after the cut, so it is known by the device's name here) */
+        const int cpu = rt->opts.device == NULL || strncmp(rt->opts.device, "cpu", 3) == 0;
+        if (anvil_network_shard_ex(rt->net, rank, size, cpu, &cut) != ANVIL_OK)
             return anvil_error_wrap("rank %d of %d", rank, size);
         anvil_network_free(rt->net);
         rt->net = cut;

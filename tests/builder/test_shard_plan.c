@@ -6,8 +6,15 @@
  *     biases likewise; attention's head counts per rank;
  *   - gate and up rows, o_proj and down_proj columns, each followed by an
  *     all_reduce, their biases on rank 0 only;
- *   - the LM head's vocabulary rows and one all_gather; a tied head renamed
- *     so the embedding stays whole;
+ *   - the LM head's vocabulary rows and one all_gather; the embedding's
+ *     vocabulary rows (its first id) and an all_reduce; a tied head sharing
+ *     the embedding's slice, or renamed where the embedding stays whole
+ *     (anvil_network_shard_ex without the cut), a head kept whole (Gemma 2's
+ *     soft cap) beside a cut embedding;
+ *   - GPT-2's transposed Conv1D weights (c_attn columns, c_proj rows: a
+ *     transpose with a part), its non-gated MLP;
+ *   - the experts of Mixtral, Qwen2-MoE (shared expert), Qwen3-MoE: each
+ *     expert's intermediate cut (stacks of parts), the router whole;
  *   - Phi-3's fused checkpoint tensors: one slice of the source;
  *   - one rank is a copy; the refusals (heads, KV heads, arguments) with
  *     their messages.
@@ -46,6 +53,14 @@ static anvil_network *cut(const anvil_network *net, int32_t rank, int32_t size)
     if (anvil_network_shard(net, rank, size, &out) != ANVIL_OK)
         fail_msg("rank %d of %d: %s", rank, size, anvil_last_error());
     return out;
+}
+
+static anvil_network *build_dir(const char *dir)
+{
+    anvil_model_config cfg;
+    if (anvil_model_config_load(dir, &cfg) != ANVIL_OK)
+        fail_msg("%s: %s", dir, anvil_last_error());
+    return build(&cfg);
 }
 
 static const anvil_net_weight *weight(const anvil_network *net, const char *name)
@@ -134,7 +149,10 @@ static void test_llama_family_cut(void **state)
             check_slice(c, "model.layers.0.mlp.down_proj.weight", "model.layers.0.mlp.down_proj.weight", 1,
                         r * I / size, D, I / size);
             check_slice(c, "lm_head.weight", "lm_head.weight", 0, r * V / size, V / size, D);
-            check_whole(c, "model.embed_tokens.weight", V, D);
+            check_slice(c, "model.embed_tokens.weight", "model.embed_tokens.weight", 0, r * V / size, V / size, D);
+            assert_int_equal(anvil_network_op(c, 0)->kind, ANVIL_OP_EMBEDDING);
+            assert_int_equal(anvil_network_op(c, 0)->first_id, r * V / size);
+            assert_int_equal(anvil_network_op(c, 1)->kind, ANVIL_OP_ALL_REDUCE);
             check_whole(c, "model.layers.0.input_layernorm.weight", D, -1);
             /* the biases added after the sum: rank 0's alone */
             const int has_bias = r == 0;
@@ -142,7 +160,7 @@ static void test_llama_family_cut(void **state)
             assert_int_equal(linear_of(c, "model.layers.2.self_attn.o_proj.weight")->weights[1] >= 0, has_bias);
             assert_int_equal(anvil_network_find_weight(c, "model.layers.0.mlp.down_proj.bias") >= 0, has_bias);
             /* the collectives, and the ops' widths around them */
-            assert_int_equal(count_kind(c, ANVIL_OP_ALL_REDUCE), 2 * cfg.n_layers);
+            assert_int_equal(count_kind(c, ANVIL_OP_ALL_REDUCE), 2 * cfg.n_layers + 1);
             assert_int_equal(count_kind(c, ANVIL_OP_ALL_GATHER), 1);
             const anvil_net_op *out = anvil_network_op(c, anvil_network_output(c));
             assert_int_equal(out->kind, ANVIL_OP_ALL_GATHER);
@@ -156,7 +174,7 @@ static void test_llama_family_cut(void **state)
                 }
                 if (op->kind == ANVIL_OP_ALL_REDUCE) {
                     const anvil_net_op *in = anvil_network_op(c, op->inputs[0]);
-                    assert_int_equal(in->kind, ANVIL_OP_LINEAR);
+                    assert_true(in->kind == ANVIL_OP_LINEAR || in->kind == ANVIL_OP_EMBEDDING);
                     assert_int_equal(op->width, D);
                 }
             }
@@ -180,7 +198,9 @@ static void test_llama_family_cut(void **state)
     anvil_network_free(net);
 }
 
-/* A tied LM head: its slice gets a name of its own, the embedding stays whole. */
+/* A tied LM head: cut like the embedding, it shares its slice; with the
+ * embedding kept whole (a backend without the slice's lookup), the head's
+ * slice gets a name of its own. */
 static void test_tied_head(void **state)
 {
     (void)state;
@@ -188,14 +208,146 @@ static void test_tied_head(void **state)
     load_cfg("tiny-qwen3", &cfg);
     assert_true(cfg.tie_word_embeddings);
     anvil_network *net = build(&cfg);
-    anvil_network *c = cut(net, 1, 2);
     const int64_t V = cfg.vocab_size, D = cfg.hidden_size;
+    anvil_network *c = cut(net, 1, 2);
+    check_slice(c, "model.embed_tokens.weight", "model.embed_tokens.weight", 0, V / 2, V / 2, D);
+    assert_int_equal(anvil_network_find_weight(c, "model.embed_tokens.weight@lm_head"), -1);
+    const anvil_net_op *head = anvil_network_op(c, anvil_network_op(c, anvil_network_output(c))->inputs[0]);
+    assert_int_equal(head->kind, ANVIL_OP_LINEAR);
+    assert_int_equal(head->weights[0], anvil_network_op(c, 0)->weights[0]);
+    anvil_network_free(c);
+
+    assert_int_equal(anvil_network_shard_ex(net, 1, 2, 0, &c), ANVIL_OK);
     check_whole(c, "model.embed_tokens.weight", V, D);
     check_slice(c, "model.embed_tokens.weight@lm_head", "model.embed_tokens.weight", 0, V / 2, V / 2, D);
+    assert_int_equal(anvil_network_op(c, 0)->first_id, 0);
+    assert_int_equal(anvil_network_op(c, 1)->kind, ANVIL_OP_RMSNORM); /* no sum after the whole table */
     /* the head norms stay whole: they work head by head */
     check_whole(c, "model.layers.0.self_attn.q_norm.weight", cfg.head_dim, -1);
     anvil_network_free(c);
     anvil_network_free(net);
+
+    /* Gemma 2: the tied head before the soft cap stays whole; the embedding
+     * cut beside it gets a name of its own */
+    load_cfg("tiny-gemma2", &cfg);
+    net = build(&cfg);
+    c = cut(net, 1, 2);
+    check_slice(c, "model.embed_tokens.weight@embedding", "model.embed_tokens.weight", 0, V / 2, V / 2, D);
+    check_whole(c, "model.embed_tokens.weight", V, D);
+    anvil_network_free(c);
+    anvil_network_free(net);
+}
+
+/* GPT-2: q, k, v are transposed columns of c_attn (cut along heads), the
+ * MLP's c_fc columns and c_proj rows (a transpose with a part of the
+ * source's rows), both c_proj followed by a sum, their biases on rank 0. */
+static void test_gpt2_cut(void **state)
+{
+    (void)state;
+    anvil_network *net = build_dir(anvil_test_model_dir("tiny-gpt2"));
+    const int64_t D = 64, I = 256, H = 4, hd = 16;
+    for (int32_t size = 2; size <= 4; size += 2)
+        for (int32_t r = 0; r < size; r++) {
+            anvil_network *c = cut(net, r, size);
+            const anvil_net_weight *k = weight(c, "transformer.h.1.attn.k_proj.weight");
+            assert_int_equal(k->recipe, ANVIL_RECIPE_TRANSPOSE);
+            assert_string_equal(k->sources[0], "transformer.h.1.attn.c_attn.weight");
+            assert_int_equal(k->start, D + r * (H / size) * hd);
+            assert_int_equal(k->shape[0], D / size);
+            assert_int_equal(k->part_len, 0);
+            check_slice(c, "transformer.h.1.attn.k_proj.bias", "transformer.h.1.attn.c_attn.bias", 0,
+                        D + r * D / size, D / size, -1);
+            const anvil_net_weight *o = weight(c, "transformer.h.1.attn.o_proj.weight");
+            assert_int_equal(o->recipe, ANVIL_RECIPE_TRANSPOSE);
+            assert_int_equal(o->start, 0);
+            assert_int_equal(o->shape[0], D);
+            assert_int_equal(o->shape[1], D / size);
+            assert_int_equal(o->part_start, r * D / size);
+            assert_int_equal(o->part_len, D / size);
+            const anvil_net_weight *fc = weight(c, "transformer.h.0.mlp.fc.weight");
+            assert_int_equal(fc->start, r * I / size);
+            assert_int_equal(fc->shape[0], I / size);
+            const anvil_net_weight *pr = weight(c, "transformer.h.0.mlp.proj.weight");
+            assert_int_equal(pr->part_start, r * I / size);
+            assert_int_equal(pr->shape[1], I / size);
+            assert_int_equal(anvil_network_find_weight(c, "transformer.h.0.mlp.c_proj.bias") >= 0, r == 0);
+            /* embedding, 2 a layer; the tied head shares the embedding's slice */
+            assert_int_equal(count_kind(c, ANVIL_OP_ALL_REDUCE), 1 + 2 * 3);
+            check_slice(c, "transformer.wte.weight", "transformer.wte.weight", 0, r * 512 / size, 512 / size, D);
+            check_whole(c, "transformer.wpe.weight", weight(net, "transformer.wpe.weight")->shape[0], D);
+            anvil_network_free(c);
+        }
+    anvil_network_free(net);
+}
+
+/* Mixtral, Qwen2-MoE (a shared expert behind a gate), Qwen3-MoE: every
+ * expert's gate/up rows and down columns [r I/N, (r+1) I/N) as stacks of
+ * parts, the moe op's widths, the router and shared gate whole, a sum
+ * after the op. */
+static void test_moe_cut(void **state)
+{
+    (void)state;
+    const char *dirs[3];
+    char mixtral[512];
+    snprintf(mixtral, sizeof mixtral, "%s/models/tiny-mixtral", anvil_test_shared_dir());
+    dirs[0] = mixtral;
+    char q2[512], q3[512];
+    snprintf(q2, sizeof q2, "%s", anvil_test_model_dir("tiny-qwen2-moe"));
+    snprintf(q3, sizeof q3, "%s", anvil_test_model_dir("tiny-qwen3-moe"));
+    dirs[1] = q2;
+    dirs[2] = q3;
+    for (int m = 0; m < 3; m++) {
+        anvil_network *net = build_dir(dirs[m]);
+        int32_t moe = -1;
+        for (int32_t i = 0; moe < 0 && i < anvil_network_op_count(net); i++)
+            if (anvil_network_op(net, i)->kind == ANVIL_OP_MOE)
+                moe = i;
+        assert_true(moe >= 0);
+        const anvil_net_op *whole = anvil_network_op(net, moe);
+        const int64_t I = whole->moe.inter, Is = whole->moe.shared_inter, E = whole->moe.n_experts;
+        assert_true(m != 1 || Is > 0);
+        for (int32_t size = 2; size <= 4; size += 2)
+            for (int32_t r = 0; r < size; r++) {
+                anvil_network *c = cut(net, r, size);
+                int32_t n_moe = 0;
+                for (int32_t i = 0; i < anvil_network_op_count(c); i++) {
+                    const anvil_net_op *op = anvil_network_op(c, i);
+                    if (op->kind != ANVIL_OP_MOE)
+                        continue;
+                    n_moe++;
+                    assert_int_equal(op->moe.inter, I / size);
+                    assert_int_equal(op->moe.shared_inter, Is / size);
+                    assert_int_equal(anvil_network_op(c, i + 1)->kind, ANVIL_OP_ALL_REDUCE);
+                    const anvil_net_weight *gu = anvil_network_weight(c, op->weights[1]);
+                    assert_int_equal(gu->recipe, ANVIL_RECIPE_CONCAT);
+                    assert_int_equal(gu->n_sources, 2 * E);
+                    assert_int_equal(gu->part_axis, 0);
+                    assert_int_equal(gu->part_start, r * I / size);
+                    assert_int_equal(gu->part_len, I / size);
+                    assert_int_equal(gu->shape[0], 2 * E * I / size);
+                    const anvil_net_weight *dn = anvil_network_weight(c, op->weights[2]);
+                    assert_int_equal(dn->part_axis, 1);
+                    assert_int_equal(dn->part_start, r * I / size);
+                    assert_int_equal(dn->shape[1], I / size);
+                    const anvil_net_weight *router = anvil_network_weight(c, op->weights[0]);
+                    assert_int_equal(router->recipe, ANVIL_RECIPE_TENSOR);
+                    assert_int_equal(router->shape[0], E);
+                    if (Is > 0) {
+                        const anvil_net_weight *sgu = anvil_network_weight(c, op->weights[3]);
+                        assert_int_equal(sgu->part_start, r * Is / size);
+                        assert_int_equal(sgu->shape[0], 2 * Is / size);
+                        const anvil_net_weight *sd = anvil_network_weight(c, op->weights[4]);
+                        assert_int_equal(sd->recipe, ANVIL_RECIPE_SLICE);
+                        assert_int_equal(sd->axis, 1);
+                        assert_int_equal(sd->start, r * Is / size);
+                        assert_int_equal(anvil_network_weight(c, op->weights[5])->recipe, ANVIL_RECIPE_TENSOR);
+                    }
+                }
+                assert_true(n_moe > 0);
+                anvil_network_free(c);
+            }
+        anvil_network_free(net);
+    }
 }
 
 /* Phi-3's q/k/v and gate/up are slices of fused tensors: a rank's part is
@@ -286,6 +438,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_family_cut), cmocka_unit_test(test_tied_head),
+        cmocka_unit_test(test_gpt2_cut),         cmocka_unit_test(test_moe_cut),
         cmocka_unit_test(test_fused_sources),    cmocka_unit_test(test_one_rank_is_a_copy),
         cmocka_unit_test(test_refusals),
     };

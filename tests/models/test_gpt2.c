@@ -172,11 +172,16 @@ static void test_network(void **s)
                      0);
     free(f);
 
-    /* tensor parallelism: the attention's c_proj would be cut along its
-     * input, a run of its transposed source's rows: refused, naming it */
+    /* tensor parallelism: the attention's c_proj is cut along its input, a
+     * run of its transposed source's rows (a transpose with a part; the cut
+     * itself in tests/builder/test_shard_plan.c) */
     anvil_network *cut = NULL;
-    assert_status_msg(anvil_network_shard(net, 0, 2, &cut), ANVIL_ERR_UNSUPPORTED, "transpose");
-    assert_null(cut);
+    assert_int_equal(anvil_network_shard(net, 1, 2, &cut), ANVIL_OK);
+    const anvil_net_weight *cp = anvil_network_weight(cut, anvil_network_find_weight(cut, "transformer.h.0.attn.o_proj.weight"));
+    assert_non_null(cp);
+    assert_int_equal(cp->recipe, ANVIL_RECIPE_TRANSPOSE);
+    assert_int_equal(cp->part_start, cp->shape[1]);
+    anvil_network_free(cut);
     anvil_network_free(net);
 
     /* untied: lm_head.weight, an nn.Linear [vocab, n_embd] read as it is */

@@ -197,6 +197,7 @@ static const anvil_backend_ops cpu_ops = {
     .attention_rope = 1,
     .moe = anvil_cpu_op_moe,
     .mla = anvil_cpu_op_mla,
+    .embedding_part = anvil_cpu_op_embedding_part,
 };
 
 anvil_status anvil_backend_cpu_create_isa(int n_threads, anvil_cpu_isa isa, anvil_backend **out)

@@ -51,6 +51,24 @@ static anvil_status check_step_tokens(const anvil_step *step, int64_t rows, cons
     return ANVIL_OK;
 }
 
+anvil_status anvil_cpu_check_embedding_part(const anvil_tensor *table, int64_t first_id, const anvil_step *step,
+                                            const anvil_tensor *out)
+{
+    TRY(check_act(out, "embedding out"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2, ANVIL_ERR_INVALID_ARG,
+          "embedding: expected a 2-D table");
+    TRY(check_weight_dtype(table, "embedding table"));
+    CHECK(table->shape[1] == out->shape[1] && first_id >= 0, ANVIL_ERR_INVALID_ARG,
+          "embedding: table width %lld, out width %lld, first id %lld", (long long)table->shape[1],
+          (long long)out->shape[1], (long long)first_id);
+    TRY(check_step_tokens(step, out->shape[0], "embedding"));
+    CHECK(step->n_tokens == 0 || step->token_ids != NULL, ANVIL_ERR_INVALID_ARG, "embedding: no token ids");
+    for (int32_t t = 0; t < step->n_tokens; t++)
+        CHECK(step->token_ids[t] >= 0, ANVIL_ERR_INVALID_ARG, "embedding: token id %d at row %d",
+              step->token_ids[t], t);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_check_embedding(const anvil_tensor *table, const anvil_step *step, const anvil_tensor *out)
 {
     TRY(check_act(out, "embedding out"));

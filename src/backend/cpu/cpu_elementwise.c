@@ -21,6 +21,7 @@ typedef struct ew_job {
     int64_t rows, width;
     int32_t head_dim;
     const anvil_rope_freqs *freqs;
+    int64_t first_id, n_ids; /* embedding: the table's ids [first_id, first_id + n_ids) */
 } ew_job;
 
 static void rope_rows(const ew_job *job, int64_t r0, int64_t r1, float *cs)
@@ -54,8 +55,10 @@ static void ew_range(const ew_job *job, int64_t r0, int64_t r1, int ith)
     switch (job->kind) {
     case EW_EMBEDDING:
         for (int64_t t = r0; t < r1; t++) {
-            int64_t id = job->step->token_ids[t];
-            if (job->a_dt == ANVIL_DTYPE_F32)
+            int64_t id = job->step->token_ids[t] - job->first_id;
+            if (id < 0 || id >= job->n_ids) /* another rank's row of a vocabulary slice */
+                memset(job->out + t * width, 0, (size_t)width * 4);
+            else if (job->a_dt == ANVIL_DTYPE_F32)
                 memcpy(job->out + t * width, (const char *)job->a + id * width * 4, (size_t)width * 4);
             else
                 for (int64_t i = 0; i < width; i++)
@@ -114,7 +117,16 @@ anvil_status anvil_cpu_op_embedding(anvil_backend *be, const anvil_tensor *table
 {
     TRY(anvil_cpu_check_embedding(table, step, out));
     ew_job job = {.kind = EW_EMBEDDING, .step = step, .a = table->data, .a_dt = table->dtype, .out = out->data,
-                  .rows = out->shape[0], .width = out->shape[1]};
+                  .rows = out->shape[0], .width = out->shape[1], .n_ids = table->shape[0]};
+    return ew_run(be, &job);
+}
+
+anvil_status anvil_cpu_op_embedding_part(anvil_backend *be, const anvil_tensor *table, int64_t first_id,
+                                         const anvil_step *step, anvil_tensor *out)
+{
+    TRY(anvil_cpu_check_embedding_part(table, first_id, step, out));
+    ew_job job = {.kind = EW_EMBEDDING, .step = step, .a = table->data, .a_dt = table->dtype, .out = out->data,
+                  .rows = out->shape[0], .width = out->shape[1], .first_id = first_id, .n_ids = table->shape[0]};
     return ew_run(be, &job);
 }
 

@@ -125,6 +125,10 @@ static inline float anvil_cpu_kv_scale(anvil_dtype cache_dt, float s)
  * ANVIL_ERR_UNSUPPORTED (a dtype the CPU backend does not handle). */
 
 anvil_status anvil_cpu_check_embedding(const anvil_tensor *table, const anvil_step *step, const anvil_tensor *out);
+/* The same for a vocabulary slice from first_id: any id >= 0 (outside the
+ * slice: zeros). */
+anvil_status anvil_cpu_check_embedding_part(const anvil_tensor *table, int64_t first_id, const anvil_step *step,
+                                            const anvil_tensor *out);
 anvil_status anvil_cpu_check_rmsnorm(const anvil_tensor *x, const anvil_tensor *w, int64_t width, const anvil_tensor *out);
 anvil_status anvil_cpu_check_matmul(const anvil_tensor *x, const anvil_tensor *w, const anvil_tensor *bias,
                                     const anvil_tensor *out);
@@ -238,6 +242,8 @@ const anvil_cpu_kernels *anvil_cpu_kernels_for(anvil_cpu_isa isa);
 
 anvil_status anvil_cpu_op_embedding(anvil_backend *be, const anvil_tensor *table, const anvil_step *step,
                                     anvil_tensor *out);
+anvil_status anvil_cpu_op_embedding_part(anvil_backend *be, const anvil_tensor *table, int64_t first_id,
+                                         const anvil_step *step, anvil_tensor *out);
 anvil_status anvil_cpu_op_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w, float eps,
                                   float w_offset, anvil_tensor *out);
 anvil_status anvil_cpu_op_head_rmsnorm(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *w,
