@@ -391,8 +391,8 @@ __global__ void anvil_moe_combine_kernel(const T *x, int64_t H, int32_t k, const
         float o = 0.0f;
         for (int32_t j = 0; j < k; j++)
             o += anvil_to_f32(y[(int64_t)row_of[t * k + j] * H + h]) * topk_w[t * k + j];
-        if (sgw != nullptr)
-            o += gate * anvil_to_f32(sy[t * H + h]);
+        if (sy != nullptr) /* without a gate weight (DeepSeek): the shared experts' output as it is */
+            o += (sgw != nullptr ? gate : 1.0f) * anvil_to_f32(sy[t * H + h]);
         out[t * H + h] = anvil_from_f32<T>(o);
     }
 }
