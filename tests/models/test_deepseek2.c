@@ -30,6 +30,7 @@
 #include "engine_check.h"
 #include "fusion_check.h"
 #include "golden.h"
+#include "runtime/rope_table.h"
 #include "runtime/runtime_plan.h"
 #include "testutil.h"
 
@@ -158,6 +159,41 @@ static void test_config_lite(void **s)
     assert_int_equal(sz.kv_bytes_per_token, 27 * (512 + 64) * 4);
     assert_true(sz.kv_bytes >= (size_t)8192 * 27 * (512 + 64) * 4);
     assert_true(sz.kv_bytes < (size_t)8192 * 27 * (512 + 64) * 4 + 65536);
+}
+
+/* YaRN's inverse frequencies for V2-Lite (theta 1e4, 64 rotated dims,
+ * factor 40 over 4096): transformers 5.17's _compute_yarn_parameters gives
+ * these float32 bits (printed from its tensor); the ramp spans several
+ * pairs here, not the 4 pairs of the tiny models. rope_table.c gives the
+ * same bits. */
+static void test_yarn_table(void **s)
+{
+    (void)s;
+    static const uint32_t hf[32] = {
+        0x3f800000, 0x3f3ff911, 0x3f0ff59a, 0x3ed7e89b, 0x3ea1e89b, 0x3e72d423, 0x3e361887, 0x3e088d77,
+        0x3dcccccd, 0x3d99940d, 0x3d6655c2, 0x3d1fc5ba, 0x3cdc321b, 0x3c968dc3, 0x3c4bf283, 0x3c088d77,
+        0x3bb43959, 0x3b697066, 0x3b136a16, 0x3ab3a2cd, 0x3a4f3e37, 0x39d99312, 0x393a7753, 0x380bd471,
+        0x37d1b717, 0x379d43a3, 0x376bdcf0, 0x3730df51, 0x3704a2b3, 0x36c6ecdd, 0x36952c42, 0x365fba4f,
+    };
+    anvil_model_config c;
+    parse_ok(lite_json(""), &c);
+    float inv[32];
+    if (anvil_rope_inv_freq(&c.rope, 64, inv) != ANVIL_OK)
+        fail_msg("yarn table: %s", anvil_last_error());
+    for (int i = 0; i < 32; i++) {
+        uint32_t got;
+        memcpy(&got, &inv[i], 4);
+        if (got != hf[i])
+            fail_msg("yarn inv_freq[%d] = %a (%#x), transformers %#x", i, (double)inv[i], got, hf[i]);
+    }
+    float table[64];
+    int n_tables = 0;
+    int32_t long_after = -1;
+    float scale = 0.0f;
+    if (anvil_rope_tables(&c.rope, 64, table, &n_tables, &long_after, &scale) != ANVIL_OK)
+        fail_msg("yarn tables: %s", anvil_last_error());
+    assert_int_equal(n_tables, 1);
+    assert_float_equal(scale, 1.0f, 0.0f); /* equal mscales */
 }
 
 /* deepseek-ai/DeepSeek-V2's differences from Lite */
@@ -394,7 +430,8 @@ static void test_executor_greedy(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_config_lite),           cmocka_unit_test(test_config_v2),
+        cmocka_unit_test(test_config_lite),           cmocka_unit_test(test_yarn_table),
+        cmocka_unit_test(test_config_v2),
         cmocka_unit_test(test_tiny_models),           cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_fused_equals_separate), cmocka_unit_test(test_engine_equal),
         cmocka_unit_test(test_executor_greedy),
