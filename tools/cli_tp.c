@@ -3,7 +3,9 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 
+#include "anvil/builder.h"
 #include "anvil/model_config.h"
 
 #include "cli_error.h"
@@ -21,9 +23,22 @@ static int layers_enough(const char *cmd, int32_t pp, const char *dir, int32_t r
     return 0;
 }
 
-int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char *model_dir, double timeout_s,
+/* A folder of per-rank engines (anvil build --tp N): rank `rank`'s file
+ * in buf, else NULL. */
+static const char *rank_engine(const char *dir, int32_t rank, char *buf, size_t cap)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || anvil_engine_rank_path(dir, 0, buf, cap) != ANVIL_OK ||
+        stat(buf, &sb) != 0 || anvil_engine_rank_path(dir, rank, buf, cap) != ANVIL_OK)
+        return NULL;
+    return buf;
+}
+
+int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char **model, double timeout_s,
                 anvil_runtime_options *opts, anvil_comm **comm)
 {
+    static char rank_file[4096]; /* one join a process: the model path the command goes on with */
+    const char *model_dir = *model;
     *comm = NULL;
     tp = tp > 1 ? tp : 1;
     pp = pp > 1 ? pp : 1;
@@ -35,6 +50,11 @@ int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char *model_dir, 
         return 1;
     }
     const int32_t rank = anvil_comm_rank(*comm);
+    /* a folder of per-rank engines: each rank goes on with its own file
+     * (a missing one is the load's to report) */
+    const char *own = rank_engine(model_dir, rank, rank_file, sizeof rank_file);
+    if (own != NULL)
+        *model = model_dir = own;
     if ((int64_t)anvil_comm_size(*comm) != (int64_t)tp * pp || !layers_enough(cmd, pp, model_dir, rank)) {
         if (rank == 0 && (int64_t)anvil_comm_size(*comm) != (int64_t)tp * pp) {
             if (pp > 1)
@@ -104,6 +124,10 @@ void cli_tp_end(const char *cmd, anvil_comm *comm, int runtime_loaded)
 
 void cli_tp_kv_tokens(anvil_runtime_options *ro, const char *dir)
 {
+    char first[4096];
+    const char *engine = rank_engine(dir, 0, first, sizeof first); /* every rank's config is the same */
+    if (engine != NULL)
+        dir = engine;
     anvil_model_config cfg;
     if (ro->kv_cache_tokens != 0 || ro->kv_cache_fraction != 0 || anvil_model_config_load_path(dir, &cfg) != ANVIL_OK)
         return;

@@ -33,8 +33,10 @@
  * 4), this job has 2"; "--pp 4: the model has 3 layers"; anvil built
  * without MPI; ...), every rank returning so. model_dir: the model whose
  * layers --pp divides (its config read here; one that does not load is
- * left to the load to report). */
-int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char *model_dir, double timeout_s,
+ * left to the load to report). *model: the model's path, replaced by
+ * this rank's file when it is a folder of per-rank engines (anvil build
+ * --tp N: rank0.engine ...; the path stays valid for the process). */
+int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char **model, double timeout_s,
                 anvil_runtime_options *opts, anvil_comm **comm);
 
 /* Ranks 1..: loads model_dir with opts and follows rank 0's steps until it

@@ -667,7 +667,7 @@ int anvil_cmd_bench(int argc, char **argv)
             cli_tp_kv_tokens(&a.eo.rt, a.model);
             a.eo.kv_set = 1;
         }
-        if (cli_tp_join(TOOL, a.tp, a.pp, a.model, a.comm_timeout, &a.eo.rt, &comm) != 0) {
+        if (cli_tp_join(TOOL, a.tp, a.pp, &a.model, a.comm_timeout, &a.eo.rt, &comm) != 0) {
             request_values_free(&a.rv);
             return 1;
         }

@@ -17,6 +17,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: anvil build --model DIR --output FILE [options]\n"
+            "       anvil build --model DIR --tp N --output FOLDER [options]\n"
             "       anvil build --config config.json --random-weights --output FILE [options]\n\n"
             "Builds a Hugging Face model folder into one engine file: the weights prepared for the\n"
             "runtime (converted, fused), the network's ops and fusion plan, and the config, tokenizer,\n"
@@ -46,6 +47,9 @@ static void usage(FILE *out)
             "      --kv-cache-dtype KV auto (default: fp8 when the checkpoint declares an fp8 KV cache) or fp8:\n"
             "                          the engine runs an fp8 KV cache, with the checkpoint's k/v scales,\n"
             "                          else --calib's, else 1\n"
+            "      --tp N              tensor parallelism: N engines, one a rank, into the folder --output\n"
+            "                          (rank0.engine ... rank<N-1>.engine); run them with mpirun -np N anvil\n"
+            "                          run|bench|serve --model FOLDER --tp N (docs/parallel.md)\n"
             "      --threads N         threads preparing and writing (default: the CPUs, at most 16)\n"
             "      --no-progress       no progress bar (it shows only on a terminal)\n"
             "  -h, --help              this help\n");
@@ -69,7 +73,8 @@ int anvil_cmd_build(int argc, char **argv)
         OPT_CALIB_ROWS,
         OPT_CALIB_NO_CLIP,
         OPT_LM_HEAD,
-        OPT_KV_DTYPE
+        OPT_KV_DTYPE,
+        OPT_TP
     };
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},      {"config", required_argument, 0, OPT_CONFIG},
@@ -81,7 +86,7 @@ int anvil_cmd_build(int argc, char **argv)
         {"calib", required_argument, 0, OPT_CALIB},       {"calib-seq-len", required_argument, 0, OPT_CALIB_SEQ_LEN},
         {"calib-tokens", required_argument, 0, OPT_CALIB_TOKENS}, {"calib-rows", required_argument, 0, OPT_CALIB_ROWS},
         {"calib-no-clip", no_argument, 0, OPT_CALIB_NO_CLIP}, {"quantize-lm-head", no_argument, 0, OPT_LM_HEAD},
-        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE}, {"tp", required_argument, 0, OPT_TP},
         {0, 0, 0, 0},
     };
     anvil_build_options o;
@@ -137,6 +142,10 @@ int anvil_cmd_build(int argc, char **argv)
         case OPT_CALIB_NO_CLIP: o.calib_no_clip = 1; break;
         case OPT_LM_HEAD: o.quantize_lm_head = 1; break;
         case OPT_KV_DTYPE: o.kv_cache_dtype = optarg; break;
+        case OPT_TP:
+            if (exec_cli_int(optarg, "--tp", 1, 1024, &v, TOOL)) return 2;
+            o.tp_size = (int32_t)v;
+            break;
         case 'h': usage(stdout); return 0;
         default: return cli_bad_flag(TOOL, argv, "m:o:h", longopts);
         }
@@ -184,12 +193,16 @@ int anvil_cmd_build(int argc, char **argv)
     o.progress = cli_progress_cb;
     o.progress_user = &b;
     const char *src = o.random_weights ? config : model;
-    anvil_status st = anvil_build_engine(src, output, &o);
+    anvil_status st = o.tp_size > 1 ? anvil_build_engines_tp(src, output, &o) : anvil_build_engine(src, output, &o);
     cli_progress_end(&b);
     if (st != ANVIL_OK) {
         anvil_cli_report(TOOL);
         return st == ANVIL_ERR_CANCELLED ? 130 : 1;
     }
-    fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output, cli_progress_elapsed(&b));
+    if (o.tp_size > 1)
+        fprintf(stderr, TOOL ": wrote %d engines (rank0.engine ... rank%d.engine) into %s in %.2f s\n",
+                (int)o.tp_size, (int)o.tp_size - 1, output, cli_progress_elapsed(&b));
+    else
+        fprintf(stderr, TOOL ": wrote %s in %.2f s\n", output, cli_progress_elapsed(&b));
     return 0;
 }

@@ -340,7 +340,7 @@ int anvil_cmd_run(int argc, char **argv)
             request_values_free(&a.rv);
             return 2;
         }
-        if (cli_tp_join("anvil run", a.tp, a.pp, a.model, a.comm_timeout, &a.rt, &comm) != 0) {
+        if (cli_tp_join("anvil run", a.tp, a.pp, &a.model, a.comm_timeout, &a.rt, &comm) != 0) {
             request_values_free(&a.rv);
             return 1;
         }

@@ -450,6 +450,7 @@ int anvil_cmd_serve(int argc, char **argv)
     so.kv_cache_auto = !eo.kv_set && !gpu_kv;
     so.chat_template_source = template_src;
     anvil_comm *comm = NULL;
+    const char *tp_dir = NULL; /* with --tp: the model's path (rank 0's own engine of a per-rank folder) */
     if (tp > 1 || pp > 1) {
         char name[256];
         const char *dir;
@@ -459,7 +460,7 @@ int anvil_cmd_serve(int argc, char **argv)
         if (!eo.kv_set && !gpu_kv)
             cli_tp_kv_tokens(&eo.rt, dir);
         so.kv_cache_auto = 0;
-        if (cli_tp_join(tool, tp, pp, dir, comm_timeout, &eo.rt, &comm) != 0) {
+        if (cli_tp_join(tool, tp, pp, &dir, comm_timeout, &eo.rt, &comm) != 0) {
             free(template_src);
             return 1;
         }
@@ -468,6 +469,7 @@ int anvil_cmd_serve(int argc, char **argv)
             pthread_sigmask(SIG_UNBLOCK, &sigs, NULL);
             return cli_tp_follow(tool, dir, &eo.rt);
         }
+        tp_dir = dir;
     }
     anvil_server *srv = NULL;
     int rc = 1, tp_loaded = 0;
@@ -492,6 +494,8 @@ int anvil_cmd_serve(int argc, char **argv)
         char name[256];
         const char *dir;
         model_arg(models[i], name, sizeof name, &dir);
+        if (i == 0 && tp_dir != NULL)
+            dir = tp_dir;
         if (anvil_server_add_model_dir(srv, name, dir) != ANVIL_OK) {
             anvil_cli_report("%s: --model %s", tool, models[i]);
             goto done;

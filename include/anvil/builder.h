@@ -92,6 +92,12 @@ typedef struct anvil_build_options {
      * calib_file (max |k| after RoPE and max |v| over its windows / 448),
      * else 1. */
     const char *kv_cache_dtype;
+    /* Tensor parallelism (docs/parallel.md): tp_size 2 or more builds the
+     * engine of rank tp_rank of a --tp tp_size job, its network cut as the
+     * runtime cuts a folder's (anvil_build_engines_tp writes every rank's);
+     * the embedding stays whole, so the engines load on either backend.
+     * 0 or 1: one rank. */
+    int32_t tp_size, tp_rank;
     /* Called as bytes are written (of all the weights' bytes); a nonzero
      * return stops the build (ANVIL_ERR_CANCELLED, no file left). May be
      * NULL. Called from the building threads, one at a time. */
@@ -101,6 +107,23 @@ typedef struct anvil_build_options {
 
 /* auto dtype, fusion on, threads auto, no random weights. */
 void anvil_build_options_default(anvil_build_options *o);
+
+/*
+ * Tensor parallelism: every rank's engine of a --tp o->tp_size job into
+ * the folder dir (made when missing), as rank0.engine, rank1.engine, ...
+ * (TensorRT-LLM's layout), each built as anvil_build_engine with tp_rank
+ * set. `anvil run|bench|serve --model dir --tp N` under mpirun -np N loads
+ * each rank's own file. Refused: tp_size < 2, random weights (a cut
+ * network's random values are not the whole model's), AWQ or KV
+ * calibration (they run the model on one rank), a quantized tied LM head.
+ * A rank that fails leaves the ranks written before it.
+ */
+anvil_status anvil_build_engines_tp(const char *model, const char *dir, const anvil_build_options *o);
+
+/* The file of rank `rank` in a folder of per-rank engines:
+ * "<dir>/rank<rank>.engine" into buf (ANVIL_ERR_INVALID_ARG when it does
+ * not fit cap). */
+anvil_status anvil_engine_rank_path(const char *dir, int32_t rank, char *buf, size_t cap);
 
 /*
  * Builds model (a Hugging Face folder; or, with random_weights, a

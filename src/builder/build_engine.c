@@ -25,6 +25,7 @@
 #include "builder/lm_head.h"
 #include "builder/manifest.h"
 #include "builder/random_weights.h"
+#include "builder/shard_plan.h"
 #include "core/error.h"
 #include "core/fileutil.h"
 #include "io/engine_file.h"
@@ -259,6 +260,13 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
           "quantizing the LM head (--quantize-lm-head) needs a scheme (--quantize)");
     CHECK(o.calib_seq_len >= 0 && o.calib_tokens >= 0 && o.calib_rows >= 0, ANVIL_ERR_INVALID_ARG,
           "negative calibration sizes");
+    CHECK(o.tp_size >= 0 && (o.tp_size <= 1 || (o.tp_rank >= 0 && o.tp_rank < o.tp_size)), ANVIL_ERR_INVALID_ARG,
+          "tensor-parallel rank %d of %d", o.tp_rank, o.tp_size);
+    CHECK(o.tp_size <= 1 || (!o.random_weights && o.calib_file == NULL && !o.quantize_lm_head),
+          ANVIL_ERR_UNSUPPORTED,
+          "an engine per tensor-parallel rank (--tp %d) is built from a model folder without --random-weights, "
+          "--calib or --quantize-lm-head (not yet: docs/parallel.md)",
+          o.tp_size);
     char *cfg_text = NULL; /* a config file given alone (random weights) */
     TRY(random_config_file(model, o.random_weights, &cfg_text));
     const char *dir = model;
@@ -288,6 +296,15 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
         TRY_GOTO(anvil_model_config_load(dir, &cfg), done);
     }
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
+    if (o.tp_size > 1) { /* rank tp_rank's network, as the runtime cuts a folder's (runtime_tp.c) */
+        anvil_network *cut = NULL;
+        if (anvil_network_shard_ex(net, o.tp_rank, o.tp_size, 0, &cut) != ANVIL_OK) {
+            st = anvil_error_wrap("rank %d of --tp %d", o.tp_rank, o.tp_size);
+            goto done;
+        }
+        anvil_network_free(net);
+        net = cut;
+    }
     const int untie = o.quantize_lm_head && anvil_lm_head_is_tied(net);
     if (untie) /* the embedding stays as it is; the LM head gets a matrix of its own */
         TRY_GOTO(anvil_lm_head_untie(net), done);
@@ -400,6 +417,10 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     json_object_set_new(manifest, "model", m);
     json_t *b = build_json(model, &o, plan, awq ? &ci : NULL, untie), *jn = anvil_manifest_network(net), *jp = anvil_manifest_plan(plan, net);
     CHECK_GOTO(b && jn && jp, ANVIL_ERR_OOM, done, "out of memory");
+    if (o.tp_size > 1) /* the runtime cuts its network as this one was (runtime_tp.c) */
+        CHECK_GOTO(json_object_set_new(b, "tp", json_pack("{s:i, s:i, s:b}", "size", (int)o.tp_size, "rank",
+                                                          (int)o.tp_rank, "cut_embedding", 0)) == 0,
+                   ANVIL_ERR_OOM, done, "out of memory");
     json_object_set_new(manifest, "build", b);
     json_object_set_new(manifest, "network", jn);
     json_object_set_new(manifest, "plan", jp);
@@ -439,4 +460,36 @@ done:
     anvil_model_files_close(mf);
     free(cfg_text);
     return st;
+}
+
+anvil_status anvil_engine_rank_path(const char *dir, int32_t rank, char *buf, size_t cap)
+{
+    CHECK(dir != NULL && buf != NULL && rank >= 0, ANVIL_ERR_INVALID_ARG, "anvil_engine_rank_path: bad argument");
+    const int n = snprintf(buf, cap, "%s/rank%d.engine", dir, (int)rank);
+    CHECK(n > 0 && (size_t)n < cap, ANVIL_ERR_INVALID_ARG, "the path of rank %d's engine in %s is too long", rank,
+          dir);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_build_engines_tp(const char *model, const char *dir, const anvil_build_options *opts)
+{
+    CHECK(model != NULL && dir != NULL && opts != NULL, ANVIL_ERR_INVALID_ARG, "anvil_build_engines_tp: NULL argument");
+    CHECK(opts->tp_size >= 2, ANVIL_ERR_INVALID_ARG, "an engine per rank needs --tp 2 or more (it is %d)",
+          opts->tp_size);
+    struct stat sb;
+    if (stat(dir, &sb) != 0)
+        CHECK(mkdir(dir, 0755) == 0, ANVIL_ERR_IO, "cannot make the folder %s for the ranks' engines", dir);
+    else
+        CHECK(S_ISDIR(sb.st_mode), ANVIL_ERR_INVALID_ARG,
+              "%s is not a folder: --tp %d writes rank0.engine ... rank%d.engine into one", dir, opts->tp_size,
+              opts->tp_size - 1);
+    anvil_build_options o = *opts;
+    for (int32_t r = 0; r < opts->tp_size; r++) {
+        char path[4096];
+        TRY(anvil_engine_rank_path(dir, r, path, sizeof path));
+        o.tp_rank = r;
+        TRY(anvil_build_engine(model, path, &o));
+        anvil_log(ANVIL_LOG_INFO, "rank %d of %d: %s", r, opts->tp_size, path);
+    }
+    return ANVIL_OK;
 }

@@ -1175,6 +1175,10 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
 {
     *out = NULL;
     CHECK(model_dir != NULL, ANVIL_ERR_INVALID_ARG, "no model folder given");
+    char rank_file[4096]; /* a folder of per-rank engines (anvil build --tp N): this rank's */
+    TRY(anvil_rt_tp_rank_engine(model_dir, opts != NULL ? opts->comm : NULL, rank_file, sizeof rank_file));
+    if (rank_file[0] != '\0')
+        model_dir = rank_file;
     anvil_runtime *rt = calloc(1, sizeof *rt);
     CHECK(rt != NULL, ANVIL_ERR_OOM, "out of memory");
     anvil_status st;
@@ -1185,13 +1189,14 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     else
         TRY_GOTO(anvil_model_config_load(model_dir, &rt->cfg), fail);
     TRY_GOTO(resolve_options(rt, opts), fail);
+    const anvil_st_access access = rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ;
+    if (engine) /* before the cut: an engine of a TP rank says how it was cut */
+        TRY_GOTO(anvil_engine_file_open(model_dir, access, &rt->engine), fail);
     TRY_GOTO(anvil_model_build_network(&rt->cfg, &rt->net), fail);
     TRY_GOTO(check_learned_positions(rt), fail);
     TRY_GOTO(anvil_rt_tp_setup(rt, engine), fail);
-    const anvil_st_access access = rt->opts.use_mmap ? ANVIL_ST_MMAP : ANVIL_ST_READ;
     anvil_dtype wdt = rt->opts.weight_dtype;
     if (engine) {
-        TRY_GOTO(anvil_engine_file_open(model_dir, access, &rt->engine), fail);
         TRY_GOTO(anvil_lm_head_untie_as_engine(rt->engine, rt->net), fail);
         TRY_GOTO(anvil_manifest_read_plan(rt->engine, rt->net, &rt->plan), fail);
         TRY_GOTO(engine_weight_dtype(rt, &wdt), fail);

@@ -160,6 +160,10 @@ anvil_tensor anvil_rt_logits_tensor(const anvil_runtime *rt, const anvil_step *s
 /* Cuts rt->net for opts.comm's rank (when it has several; refused for an
  * engine file) and sets rt->n_kv_heads. */
 anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine);
+/* model_dir a folder of per-rank engines (rank0.engine ...: anvil build
+ * --tp N): this rank's file into buf (comm's rank; one rank: rank 0's, so
+ * that its refusal names the build); else buf "". */
+anvil_status anvil_rt_tp_rank_engine(const char *model_dir, const anvil_comm *comm, char *buf, size_t cap);
 /* Refuses a communicator whose memory the backend does not compute in;
  * allocates the all_gather buffer. */
 anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt);

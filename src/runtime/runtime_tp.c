@@ -5,11 +5,15 @@
  * pipeline stages the stage's part of it: runtime_pp.c), not the backend;
  * rank 0 leading the others over the whole communicator.
  */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "anvil/builder.h"
 #include "anvil/log.h"
 #include "builder/shard_plan.h"
+#include "io/engine_file.h"
 #include "comm/comm_internal.h"
 #include "core/checked.h"
 #include "core/error.h"
@@ -31,22 +35,57 @@ static anvil_status local_kv_heads(const anvil_runtime *rt, int64_t *out)
     return ANVIL_OK;
 }
 
+anvil_status anvil_rt_tp_rank_engine(const char *model_dir, const anvil_comm *comm, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    struct stat sb;
+    char first[4096];
+    TRY(anvil_engine_rank_path(model_dir, 0, first, sizeof first));
+    if (stat(model_dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || stat(first, &sb) != 0)
+        return ANVIL_OK; /* a model folder or one engine file */
+    TRY(anvil_engine_rank_path(model_dir, anvil_comm_rank(comm), buf, cap));
+    CHECK(stat(buf, &sb) == 0, ANVIL_ERR_NOT_FOUND,
+          "%s holds per-rank engines but no rank%d.engine: it was built for fewer ranks than this job's %d "
+          "(anvil build --tp N)",
+          model_dir, anvil_comm_rank(comm), anvil_comm_size(comm));
+    return ANVIL_OK;
+}
+
+/* How an engine was cut (its manifest's build.tp; one rank when absent). */
+static void engine_tp(const anvil_runtime *rt, int32_t *size, int32_t *rank, int *cut_embedding)
+{
+    const json_t *tp = json_object_get(json_object_get(anvil_engine_file_manifest(rt->engine), "build"), "tp");
+    *size = tp ? (int32_t)json_integer_value(json_object_get(tp, "size")) : 1;
+    *rank = tp ? (int32_t)json_integer_value(json_object_get(tp, "rank")) : 0;
+    *cut_embedding = tp ? json_is_true(json_object_get(tp, "cut_embedding")) : 0;
+}
+
 anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
 {
     anvil_comm *comm = rt->opts.comm;
     int32_t rank, size; /* this rank's place among its stage's TP ranks */
     TRY(anvil_rt_pp_setup(rt, engine, &rank, &size));
+    /* the embedding is cut by vocabulary where the backend has the
+     * slice's lookup (embedding_part: the CPU's; the backend is made
+     * after the cut, so it is known by the device's name here); an
+     * engine is cut as its build cut it */
+    int cut_embedding = rt->opts.device == NULL || strncmp(rt->opts.device, "cpu", 3) == 0;
+    if (engine) {
+        int32_t esize, erank;
+        engine_tp(rt, &esize, &erank, &cut_embedding);
+        CHECK(esize == size || esize == 1, ANVIL_ERR_UNSUPPORTED,
+              "this engine is rank %d of a --tp %d build: run its folder with --tp %d under mpirun -np %d (this "
+              "job has %d tensor-parallel rank%s)",
+              erank, esize, esize, esize, size, size == 1 ? "" : "s");
+        CHECK(esize == size, ANVIL_ERR_UNSUPPORTED,
+              "this engine holds the whole model for one rank: --tp %d needs an engine per rank (anvil build "
+              "--tp %d --output FOLDER) or a model folder",
+              size, size);
+        CHECK(erank == rank, ANVIL_ERR_INVALID_ARG, "rank %d of %d loaded rank %d's engine", rank, size, erank);
+    }
     if (size > 1) {
-        CHECK(!engine, ANVIL_ERR_UNSUPPORTED,
-              "tensor parallelism over %d ranks loads from a model folder: engine files are one rank's for now "
-              "(docs/parallel.md)",
-              size);
         anvil_network *cut = NULL;
-        /* the embedding is cut by vocabulary where the backend has the
-         * slice's lookup (embedding_part: the CPU's; the backend is made
-         * after the cut, so it is known by the device's name here) */
-        const int cpu = rt->opts.device == NULL || strncmp(rt->opts.device, "cpu", 3) == 0;
-        if (anvil_network_shard_ex(rt->net, rank, size, cpu, &cut) != ANVIL_OK)
+        if (anvil_network_shard_ex(rt->net, rank, size, cut_embedding, &cut) != ANVIL_OK)
             return anvil_error_wrap("rank %d of %d", rank, size);
         anvil_network_free(rt->net);
         rt->net = cut;

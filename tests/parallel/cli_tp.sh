@@ -24,6 +24,27 @@ done
 # anvil bench --tp N: rank 0's report alone, every request served
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# engines per rank: anvil build --tp N writes rank0.engine ... into a
+# folder; run from it gives the folder's ids; a job of another size is
+# refused by name
+"$anvil" build --model "$shared/models/$1" --tp "$n" --output "$tmp/eng" --no-progress --threads 1 2> /dev/null
+[ -f "$tmp/eng/rank$((n - 1)).engine" ] || { echo "FAIL: anvil build --tp $n wrote no rank$((n - 1)).engine"; exit 1; }
+args=(run --model "$tmp/eng" --prompt-ids 1,403,407,261 --temperature 0 --max-tokens 24 --json --threads 1)
+many=$("$mpirun" -np "$n" "$anvil" "${args[@]}" --tp "$n")
+ids_eng=$(printf '%s' "$many" | sed 's/.*"ids": *\[\([^]]*\)\].*/\1/')
+one=$("$anvil" run --model "$shared/models/$1" --prompt-ids 1,403,407,261 --temperature 0 --max-tokens 24 --json \
+  --threads 1)
+ids_one=$(printf '%s' "$one" | sed 's/.*"ids": *\[\([^]]*\)\].*/\1/')
+[ "$ids_eng" = "$ids_one" ] || { echo "FAIL engines --tp $n gave [$ids_eng], one rank [$ids_one]"; exit 1; }
+echo "ok $1 engines --tp $n: [$ids_eng]"
+if [ "$n" -gt 2 ]; then
+  if err=$("$mpirun" -np 2 "$anvil" "${args[@]}" --tp 2 2>&1); then
+    echo "FAIL: engines of --tp $n ran with --tp 2"; exit 1
+  fi
+  grep -q "of a --tp $n build: run its folder with --tp $n" <<< "$err" ||
+    { echo "FAIL: engines of --tp $n under --tp 2: $err"; exit 1; }
+  echo "ok: engines of --tp $n refused under --tp 2"
+fi
 "$mpirun" -np "$n" "$anvil" bench --model "$shared/models/$1" --tp "$n" --num-requests 8 --concurrency 4 \
   --input-len 16 --output-len 8 --threads 1 --no-progress --json "$tmp/b.json" > "$tmp/out" 2>&1
 reports=$(grep -c '^anvil bench:.*synthetic' "$tmp/out" || true)

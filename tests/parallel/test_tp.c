@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "anvil/builder.h"
 #include "anvil/comm.h"
 #include "anvil/generate.h"
 #include "anvil/log.h"
@@ -46,6 +47,9 @@
 #define DECODE_STEPS (ANVIL_TEST_SANITIZED ? 4 : 64)
 
 static anvil_comm *comm;
+/* where load_model finds the model instead of its folder (a folder of
+ * per-rank engines), or NULL */
+static const char *model_path;
 
 /* ------------------------------------------------------------ the communicator */
 
@@ -200,7 +204,7 @@ static void test_timeout(void **state)
 static anvil_status load_model_led(const char *model, int lead, anvil_runtime **rt)
 {
     char dir[512];
-    snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(model)); /* ../shared's or tests/data/models' */
+    snprintf(dir, sizeof dir, "%s", model_path ? model_path : anvil_test_model_dir(model)); /* ../shared's or tests/data/models' */
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
     o.n_threads = 1; /* ranks share CI's two cores */
@@ -383,6 +387,59 @@ static void test_tiny_deepseek_v2(void **s)
     assert_null(rt);
 }
 
+/* Engines per rank (anvil build --tp N): the folder of rank0.engine ...
+ * (built by every rank into its own temporary folder, f32), each rank
+ * loading its own file from it, gives what the model folder gives: each
+ * prompt's prefill logits within 1e-4 x max|logit| of HF's and the same
+ * bits on every rank, HF's greedy tokens (run_model). Llama-family with
+ * biases, GPT-2 (transposes, a tied head), Qwen2-MoE (the experts' parts),
+ * Gemma 2 (a tied head kept whole before its soft cap). A folder built for
+ * twice the job's ranks is refused by name on every rank. */
+static void test_engines_per_rank(void **s)
+{
+    (void)s;
+    static const char *const names[] = {"tiny-qwen2", "tiny-gpt2", "tiny-qwen2-moe", "tiny-gemma2"};
+    const int32_t size = anvil_comm_size(comm);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char out[1024];
+        snprintf(out, sizeof out, "%s/%s-tp%d", anvil_test_tmpdir(), names[i], size);
+        anvil_build_options o;
+        anvil_build_options_default(&o);
+        o.weight_dtype = ANVIL_DTYPE_F32;
+        o.n_threads = 1;
+        o.tp_size = size;
+        if (anvil_build_engines_tp(anvil_test_model_dir(names[i]), out, &o) != ANVIL_OK)
+            fail_msg("build %s --tp %d: %s", names[i], size, anvil_last_error());
+        model_path = out;
+        run_model(names[i]);
+        model_path = NULL;
+    }
+    /* built for 2 x size ranks: each rank's file says so */
+    char out[1024];
+    snprintf(out, sizeof out, "%s/tiny-qwen2-tp%d", anvil_test_tmpdir(), 2 * size);
+    anvil_build_options o;
+    anvil_build_options_default(&o);
+    o.n_threads = 1;
+    o.tp_size = 2 * size;
+    assert_int_equal(anvil_build_engines_tp(anvil_test_model_dir("tiny-qwen2"), out, &o), ANVIL_OK);
+    char want[128];
+    snprintf(want, sizeof want, "rank %d of a --tp %d build", anvil_comm_rank(comm), 2 * size);
+    model_path = out;
+    anvil_runtime *rt = NULL;
+    assert_status_msg(load_model("tiny-qwen2", &rt), ANVIL_ERR_UNSUPPORTED, want);
+    assert_null(rt);
+    model_path = NULL;
+    /* the build's own refusals */
+    o.random_weights = 1;
+    assert_status_msg(anvil_build_engines_tp(anvil_test_model_dir("tiny-qwen2"), out, &o), ANVIL_ERR_UNSUPPORTED,
+                      "without --random-weights");
+    o.random_weights = 0;
+    o.tp_size = 1;
+    assert_status_msg(anvil_build_engines_tp(anvil_test_model_dir("tiny-qwen2"), out, &o), ANVIL_ERR_INVALID_ARG,
+                      "--tp 2 or more");
+    assert_int_equal(anvil_comm_barrier(comm), ANVIL_OK);
+}
+
 int main(void)
 {
     /* a failed check ends this rank at once (mpirun then ends the others):
@@ -403,7 +460,7 @@ int main(void)
         cmocka_unit_test(test_tiny_gemma2),  cmocka_unit_test(test_tiny_gpt2),
         cmocka_unit_test(test_tiny_mixtral), cmocka_unit_test(test_tiny_qwen2_moe),
         cmocka_unit_test(test_tiny_qwen3_moe), cmocka_unit_test(test_tiny_deepseek_v2),
-        cmocka_unit_test(test_led_generation),
+        cmocka_unit_test(test_led_generation), cmocka_unit_test(test_engines_per_rank),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
 #ifdef TP_LSAN
