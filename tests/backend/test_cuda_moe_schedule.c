@@ -163,11 +163,13 @@ static void test_bound_is_tight_enough(void **state)
 static void test_tile_rows(void **state)
 {
     (void)state;
-    assert_int_equal(moe_tile_rows(16 * 2, 8), 16);  /* Mixtral, 16 tokens: 4 rows an expert */
-    assert_int_equal(moe_tile_rows(64 * 2, 8), 16);  /* 16 */
-    assert_int_equal(moe_tile_rows(128 * 2, 8), 32); /* 32 */
+    assert_int_equal(moe_tile_rows(8 * 2, 8), 16);   /* Mixtral, 8 tokens: 2 rows an expert */
+    assert_int_equal(moe_tile_rows(16 * 2, 8), 16);  /* 4 */
+    assert_int_equal(moe_tile_rows(32 * 2, 8), 32);  /* 8 */
+    assert_int_equal(moe_tile_rows(64 * 2, 8), 32);  /* 16 */
+    assert_int_equal(moe_tile_rows(68 * 2, 8), 64);  /* 17 */
     assert_int_equal(moe_tile_rows(256 * 2, 8), 64); /* 64 */
-    assert_int_equal(moe_tile_rows(256 * 4, 60), 32); /* Qwen-MoE: 17 */
+    assert_int_equal(moe_tile_rows(64 * 4, 60), 32); /* Qwen-MoE: 4.3 */
     assert_int_equal(moe_tile_rows(1, 4096), 16);
     assert_int_equal(moe_tile_count(0, 16), 0);
     assert_int_equal(moe_tile_count(1, 16), 1);

@@ -2,9 +2,10 @@
  * The CUDA moe op (cuda_moe.c / cuda_moe.cu / cuda_moe_mma.cu) against the
  * CPU's scalar reference (anvil_cpu_ref_moe), in each activation dtype,
  * under every value of the knob moe_loop: 0 automatic, 1 the loop over
- * experts, 2 the grouped launches (GEMV for at most 8 tokens, the
- * tensor-core GEMM above where it applies, else SIMT), 3 the tensor-core
- * GEMM at every token count, 4 the SIMT GEMM above 8 tokens:
+ * experts, 2 the grouped launches (the tensor-core GEMM where it applies,
+ * else the GEMV for at most 8 tokens and the SIMT GEMM above), 3 the
+ * grouped launches on CUDA cores (GEMV, SIMT), and where the tensor-core
+ * GEMM applies, 2 with its row tiles forced to 16, 32 and 64 rows:
  *   f32:        max |cuda - ref| <= 2e-5 * max |ref|
  *   bf16, f16:  max |cuda - ref| <= 2e-2 * max |ref| (the expert rows, and
  *               on tensor cores the silu products, are rounded to the
@@ -19,13 +20,15 @@
  * followed by guard bytes. Skips without a GPU.
  *
  * `test_cuda_moe --perf`: on a Mixtral-8x7B layer (H 4096, I 14336, 8
- * experts, top 2, bf16) at 1, 16, 64 and 256 tokens, in one run: the
- * grouped GEMM on tensor cores (knob 3), the grouped GEMV (knob 2, at most
- * 8 tokens), the SIMT grouped GEMM (knob 4, above 8 tokens), the loop over
- * experts (knob 1) and the automatic choice (0): time per call, and for
- * the tensor-core GEMM its bandwidth over the bytes of the experts read
- * against a 1 GiB device-to-device copy and its FLOP rate against a large
- * cuBLASLt GEMM, both measured in the same run (the issue's must-show).
+ * experts, top 2, bf16) at 1, 8, 16, 64 and 256 tokens, in one run: the
+ * grouped GEMM on tensor cores (knob 2; and with row tiles of 16, 32, 64),
+ * the grouped GEMV (knob 3, at most 8 tokens), the SIMT grouped GEMM
+ * (knob 3, above 8 tokens), the loop over experts (knob 1) and the
+ * automatic choice (0): time per call, and for the tensor-core GEMM its
+ * bandwidth over the bytes of the experts read against a 1 GiB
+ * device-to-device copy and its FLOP rate against a large cuBLASLt GEMM,
+ * both measured in the same run (the issue's must-show), and its output's
+ * relative difference from the loop's.
  */
 #include <math.h>
 #include <stdio.h>
@@ -256,11 +259,12 @@ static anvil_moe_args dev_args(dev_moe *d, const moe_case *c)
     return a;
 }
 
-static void set_loop(anvil_backend *be, int loop)
+static void set_loop(anvil_backend *be, int loop, int tile_rows)
 {
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);
     k.moe_loop = loop;
+    k.moe_tile_rows = tile_rows;
     assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
 }
 
@@ -295,7 +299,7 @@ static const moe_case cases[] = {
     /* weights in the activation dtype: the tensor-core GEMM where bf16/f16.
      * Forced rows per expert 0, 1, 15, 17, 64, 100; H 200 and I 136: a
      * partial 64-wide K step (8 columns) and column tile in both GEMMs */
-    {4, 64, 8, 2, 96, 0, 1, F32, 1, {0}, 0},  /* few tokens on tensor cores (knob 3) */
+    {4, 64, 8, 2, 96, 0, 1, F32, 1, {0}, 0},  /* few tokens on tensor cores */
     {100, 200, 8, 2, 136, 0, 1, F32, 1, {0, 1, 15, 17, 64, 100, 3, 0}, 8},          /* 25 rows on average: tiles of 32 */
     {100, 200, 16, 2, 136, 24, 0, F32, 1, {0, 1, 15, 17, 64, 100, 1, 0, 0, 2}, 16}, /* 12.5: tiles of 16 */
     {100, 200, 4, 2, 136, 0, 1, F32, 1, {17, 100, 64, 19}, 4},                       /* 50: tiles of 64 */
@@ -322,17 +326,23 @@ static void test_moe_vs_reference(void **state)
             const moe_case *c = &cases[ci];
             host_moe h = host_new(c, acts[ai], &rng);
             float *want = reference(&h);
-            for (int knob = 0; knob <= 4; knob++) {
-                static const char *names[] = {"automatic", "loop", "grouped", "tensor cores", "simt"};
+            /* variants 0..3: the knob moe_loop; 4..6: grouped with row tiles of 16, 32, 64 forced */
+            const int mma_case = c->w_as_act && acts[ai] != ANVIL_DTYPE_F32;
+            for (int v = 0; v < (mma_case ? 7 : 4); v++) {
+                static const char *names[] = {"automatic",          "loop",
+                                              "grouped",            "cuda cores",
+                                              "tensor cores bm 16", "tensor cores bm 32",
+                                              "tensor cores bm 64"};
+                const int knob = v < 4 ? v : 2, tile_rows = v < 4 ? 0 : 16 << (v - 4);
                 char what[240];
                 snprintf(what, sizeof what, "moe act=%s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s%s %s",
                          anvil_dtype_name(acts[ai]), (long long)c->T, (long long)c->H, c->E, c->k, (long long)c->I,
                          (long long)c->Is, c->norm, anvil_dtype_name(h.c.wdt), c->n_forced ? " forced" : "",
-                         names[knob]);
-                set_loop(be, knob);
+                         names[v]);
+                set_loop(be, knob, tile_rows);
                 dev_moe d = dev_new(be, &h);
                 anvil_moe_args a = dev_args(&d, c);
-                if (c->w_as_act && acts[ai] != ANVIL_DTYPE_F32) {
+                if (mma_case) {
                     /* the case is the tensor-core GEMM's: it must take it */
                     anvil_cuda_backend *cb = anvil_cuda_impl(be);
                     if (!anvil_cuda_moe_mma_ok(acts[ai], h.c.wdt, c->H, c->I, d.x.data, d.gu.data, d.down.data,
@@ -356,7 +366,7 @@ static void test_moe_vs_reference(void **state)
                 free(got);
                 dev_free(be, &d);
             }
-            set_loop(be, 0);
+            set_loop(be, 0, 0);
             free(want);
             host_free(&h);
         }
@@ -456,7 +466,7 @@ static int perf_main(void)
         return 1;
     }
     anvil_cuda_backend *cbk = anvil_cuda_impl(be);
-    const int64_t Ts[] = {1, 16, 64, 256};
+    const int64_t Ts[] = {1, 8, 16, 64, 256};
     const int64_t H = 4096, I = 14336;
     const int32_t E = 8, k = 2;
     /* weights: uploaded once from random bytes in bf16's range (not f32 copies: 2.8 GB) */
@@ -534,25 +544,26 @@ static int perf_main(void)
         anvil_moe_args a = {.x = &tx, .router = &tr, .gate_up = &tgu, .down = &tdn, .out = &to, .n_experts = E,
                             .top_k = k, .inter = I, .norm_topk_prob = 1, .scratch = scratch, .scratch_bytes = L.bytes};
         const int iters = 20;
-        /* knob 3 the tensor-core GEMM, 2 (at most 8 tokens) the GEMV, 4 (above 8) the SIMT GEMM, 1 the loop, 0 auto */
-        const double mma_ms = time_moe(be, &a, 3, 0, iters);
+        /* knob 2 the tensor-core GEMM, 3 the GEMV (at most 8 tokens) or the SIMT GEMM (above), 1 the loop, 0 auto */
+        const double mma_ms = time_moe(be, &a, 2, 0, iters);
         double tile_ms[3]; /* the tensor-core GEMM with row tiles of 16, 32, 64 */
         for (int i = 0; i < 3; i++)
-            tile_ms[i] = time_moe(be, &a, 3, 16 << i, iters);
+            tile_ms[i] = time_moe(be, &a, 2, 16 << i, iters);
         int32_t active[8 + 1];
         be->ops->download(be, active, (char *)scratch + L.active, sizeof active);
-        const double gemv_ms = T <= 8 ? time_moe(be, &a, 2, 0, iters) : -1;
-        const double simt_ms = T > 8 ? time_moe(be, &a, 4, 0, iters / 4) : -1;
+        const double gemv_ms = T <= 8 ? time_moe(be, &a, 3, 0, iters) : -1;
+        const double simt_ms = T > 8 ? time_moe(be, &a, 3, 0, iters / 4) : -1;
         to.data = out_loop;
         const double loop_ms = time_moe(be, &a, 1, 0, iters);
         to.data = out;
         const double auto_ms = time_moe(be, &a, 0, 0, iters);
-        if (mma_ms < 0 || tile_ms[0] < 0 || tile_ms[1] < 0 || tile_ms[2] < 0 || loop_ms < 0 || auto_ms < 0 || (T <= 8 && gemv_ms < 0) || (T > 8 && simt_ms < 0)) {
+        if (mma_ms < 0 || tile_ms[0] < 0 || tile_ms[1] < 0 || tile_ms[2] < 0 || loop_ms < 0 || auto_ms < 0 ||
+            (T <= 8 && gemv_ms < 0) || (T > 8 && simt_ms < 0)) {
             fprintf(stderr, "%s\n", anvil_last_error());
             return 1;
         }
         /* out holds the automatic choice's result; the tensor-core GEMM's again for the comparison */
-        time_moe(be, &a, 3, 0, 1);
+        time_moe(be, &a, 2, 0, 1);
         const double diff = rel_diff(be, out, out_loop, T * H);
         const int32_t n_active = active[E];
         const double bytes = (double)n_active * 3.0 * (double)H * (double)I * 2.0;

@@ -38,10 +38,10 @@ typedef struct anvil_cuda_knobs {
     int matmul_simt;          /* 1: the plain fallback GEMM kernel instead of cuBLASLt */
     int moe_loop;             /* the moe op's experts: 1 a loop of matmuls over each expert's rows (the
                                  reference for the grouped launches; not in step graphs); 2 the grouped
-                                 launches (the GEMV for <= 8 tokens, else the tensor-core GEMM where it
-                                 applies, else SIMT); 3 the tensor-core GEMM at every token count; 4 the SIMT
-                                 GEMM above 8 tokens; 0: as 2, but the loop where 2 would take the SIMT GEMM
-                                 outside step graphs (cuda_moe.c) */
+                                 launches (the tensor-core GEMM where it applies, else the GEMV for <= 8
+                                 tokens and the SIMT GEMM above); 3 the grouped launches on CUDA cores only
+                                 (GEMV, SIMT); 0: as 2, but the loop where 2 would take the SIMT GEMM outside
+                                 step graphs (cuda_moe.c) */
     int moe_tile_rows;        /* the tensor-core grouped GEMM's row tiles: 16, 32 or 64; 0: by the average
                                  rows an expert gets (cuda_moe_schedule.h) */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
@@ -58,14 +58,9 @@ typedef struct anvil_cuda_knobs {
                                  tensor-core one would run (fp8 W8A8 activations then prepared by their own
                                  kernel, int8/int4 weight-only in f32); 4 the tensor-core one at every row
                                  count it takes (automatic: from 3 rows of int4, 4 of int8; tests,
-                                 benchmarks), never the 16-bit one; 5 never the 16-bit tensor-core GEMV
-                                 (cuda_gemv_mma16_quant.cu: session 26's choice); 6 the 16-bit one at every
-                                 row count it takes (automatic: fp8 W8A8 and int4 always, int8 from 2
-                                 rows); 0: automatic */
+                                 benchmarks); 0: automatic */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
-                                 (fewer quantizations of x, another order of the f32 sums); else 1. 3:
-                                 the 16-bit one's int4 kernel at three blocks an SM (85 registers,
-                                 ~150 bytes of spills; benchmarks) instead of two */
+                                 (fewer quantizations of x, another order of the f32 sums); else 1 */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

@@ -3,28 +3,28 @@
  * of cuda_moe.cu / cuda_moe_mma.cu in stream order: route, sort, the
  * experts' gate|up with the silu and their down as one grouped launch each,
  * the shared expert through the backend's own matmuls, and the combine.
- * The grouped launches, by what they are good at:
- *   GEMV          at most 8 tokens: a warp a weight row, the expert's few
- *                 rows in registers (only the active experts' weights read);
- *   tensor cores  the grouped GEMM of cuda_moe_mma.cu (bf16/f16, H and I
- *                 multiples of 8): row tiles of 16-64 rows per expert;
- *   SIMT          the grouped GEMM on CUDA cores, where the tensor-core one
- *                 does not apply (f32, odd sizes, mixed dtypes).
+ * The grouped launches:
+ *   tensor cores  the grouped GEMM of cuda_moe_mma.cu wherever it applies
+ *                 (activations and weights both bf16 or both f16, H and I
+ *                 multiples of 8): row tiles of 16-64 rows per expert, at
+ *                 every token count (on an H100 it beat the GEMV at one
+ *                 token: docs/cuda-backend.md);
+ *   GEMV          elsewhere, at most 8 tokens: a warp a weight row, the
+ *                 expert's few rows in registers;
+ *   SIMT          elsewhere, above 8 tokens: the grouped GEMM on CUDA cores.
  *
  * The loop: the experts as a loop of the backend's matmul_silu_mul and
  * matmul over each expert's gathered rows, the reference the tests and the
  * benchmark compare the grouped launches with. It reads the expert counts
  * back to the host, so it cannot run inside a step graph. Which runs (the
- * knob moe_loop, cuda_backend.h): 1 the loop; 2 the grouped launches (the
- * GEMV for at most 8 tokens, else tensor cores where they apply, else
- * SIMT); 3 the tensor-core GEMM at every token count (where it applies);
- * 4 the SIMT GEMM above 8 tokens; 0 (the default) as 2, except that above
- * 8 tokens without the tensor-core GEMM the loop runs outside step graphs
- * (on an H100, session 26, docs/performance.md, the SIMT GEMM was 6-14x
- * slower than cuBLASLt per expert at 16 to 256 tokens).
+ * knob moe_loop, cuda_backend.h): 1 the loop; 2 the grouped launches as
+ * above; 3 the grouped launches on CUDA cores only (the GEMV, the SIMT
+ * GEMM); 0 (the default) as 2, except that where 2 would take the SIMT
+ * GEMM outside a step graph the loop runs (on an H100, session 26,
+ * docs/performance.md, the SIMT GEMM was 6-14x slower than cuBLASLt per
+ * expert at 16 to 256 tokens).
  */
 #include "backend/cuda/cuda_internal.h"
-#include "backend/cuda/cuda_moe_route_groups.h"
 #include "backend/cuda/cuda_moe_schedule.h"
 
 #define AT(base, off) ((void *)((char *)(base) + (off)))
@@ -86,26 +86,19 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     int32_t *ids = AT(s, L.topk_ids), *offsets = AT(s, L.offsets), *active = AT(s, L.active);
     int32_t *tiles = AT(s, L.tiles), *order = AT(s, L.order), *row_of = AT(s, L.row_of);
     float *topw = AT(s, L.topk_w);
-    if (a->n_group > 1 || (a->routed_scale != 0.0f && a->routed_scale != 1.0f)) /* DeepSeek-V2's router */
-        TRY(anvil_cuda_launch_moe_route_groups(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H,
-                                               E, k, a->norm_topk_prob, a->n_group, a->topk_group, a->routed_scale,
-                                               ids, topw));
-    else
-        TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
-                                        a->norm_topk_prob, ids, topw));
+    TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
+                                    a->norm_topk_prob, ids, topw));
     const int64_t n_pairs = T * k;
     const int knob = cb->knobs.moe_loop;
-    const int mma = knob != 4 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
+    const int mma = knob != 3 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
                                                        a->down->data, cb->smem_optin);
     enum { LOOP, GEMV, MMA, SIMT } path;
     if (knob == 1)
         path = LOOP;
-    else if (knob == 3 && mma)
+    else if (mma)
         path = MMA;
     else if (T <= 8)
         path = GEMV;
-    else if (mma)
-        path = MMA;
     else
         path = knob == 0 && !cb->capturing ? LOOP : SIMT;
     /* the sort cuts each expert's rows into the tiles of the GEMM that runs */
@@ -141,10 +134,8 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
         anvil_tensor yt = anvil_tensor_2d(adt, T, H, AT(s, L.sy));
         TRY(anvil_cuda_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
         TRY(anvil_cuda_op_matmul(be, &at, a->shared_down, NULL, &yt));
-        if (a->shared_gate != NULL) { /* NULL: DeepSeek's shared experts, added ungated */
-            sgw = a->shared_gate->data;
-            sg_dt = a->shared_gate->dtype;
-        }
+        sgw = a->shared_gate->data;
+        sg_dt = a->shared_gate->dtype;
         sy = yt.data;
     }
     return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), path != LOOP, sgw,

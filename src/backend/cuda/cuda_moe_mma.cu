@@ -15,9 +15,10 @@
  * host never reads the routing back) times columns [64 y, 64 y + 64).
  * Row tiles are the fastest index so that the tiles of one expert that
  * read the same weight columns run side by side and share them through L2.
- * 4 warps; warp w owns columns 16 w .. + 16 (two n8 tiles) of every row of
- * the tile (BM / 16 m-tiles): the tile is short (16-64 rows, an expert's
- * share of 16-256 tokens), so warps split the columns. With SILU a block
+ * 4 warps across the columns, warp w owning columns 16 w .. + 16 (two n8
+ * tiles), times 1 (16- and 32-row tiles) or 2 (64-row tiles) along the
+ * rows (moe_mma_shape): the tile is short (16-64 rows, an expert's share
+ * of 16-256 tokens), so warps split the columns first. With SILU a block
  * holds the gate and the up rows of the same 64 columns, and the epilogue
  * has both products of an element in the same thread.
  *
@@ -50,18 +51,27 @@ static constexpr size_t moe_mma_smem(int bm, int nb)
     return (size_t)MOE_MMA_STAGES * (size_t)(bm + nb * MOE_MMA_BN) * MOE_MMA_LDS * 2;
 }
 
+/* Warps along the rows of a tile: two for 64-row tiles (8 warps, each 32
+ * rows x 16 columns: more warps an SM to hide the copies' latency, half
+ * the accumulators a warp), else one (4 warps). */
+template <int BM> struct moe_mma_shape {
+    static constexpr int warps_m = BM == 64 ? 2 : 1;
+    static constexpr int threads = MOE_MMA_WARPS * 32 * warps_m;
+};
+
 template <typename T, int BM, bool SILU>
-__global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
+__global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
     anvil_moe_mma_kernel(const T *__restrict__ X, const T *__restrict__ W, int64_t K, int64_t N, int64_t w_stride_e,
                          int64_t up_off, int32_t k, int32_t E, const int32_t *offsets, const int32_t *tiles,
                          const int32_t *order, void *out)
 {
     constexpr int NB = SILU ? 2 : 1; /* weight row blocks: gate (and up) */
-    constexpr int MT = BM / 16;      /* m16 tiles a warp */
-    constexpr int A_PER = BM * 8 / (MOE_MMA_WARPS * 32);               /* 16-byte pieces of x a thread */
-    constexpr int B_PER = NB * MOE_MMA_BN * 8 / (MOE_MMA_WARPS * 32);  /* of weights */
-    constexpr int STAGE = (BM + NB * MOE_MMA_BN) * MOE_MMA_LDS;         /* elements */
-    static_assert(A_PER >= 1 && BM * 8 % (MOE_MMA_WARPS * 32) == 0, "x pieces must tile the threads");
+    constexpr int NT = moe_mma_shape<BM>::threads;
+    constexpr int MT = BM / 16 / moe_mma_shape<BM>::warps_m; /* m16 tiles a warp */
+    constexpr int A_PER = BM * 8 / NT;                         /* 16-byte pieces of x a thread */
+    constexpr int B_PER = NB * MOE_MMA_BN * 8 / NT;            /* of weights */
+    constexpr int STAGE = (BM + NB * MOE_MMA_BN) * MOE_MMA_LDS; /* elements */
+    static_assert(A_PER >= 1 && BM * 8 % NT == 0 && NB * MOE_MMA_BN * 8 % NT == 0, "pieces must tile the threads");
     extern __shared__ uint4 moe_mma_smem4[];
     uint16_t *const smem = reinterpret_cast<uint16_t *>(moe_mma_smem4);
 
@@ -70,14 +80,15 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
         return; /* the whole block: before any barrier */
     const int64_t n0 = (int64_t)blockIdx.y * MOE_MMA_BN;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq = lane & 3;
+    const int wn = warp & (MOE_MMA_WARPS - 1), m0 = (warp / MOE_MMA_WARPS) * MT * 16; /* the warp's columns, rows */
 
     /* Each thread copies the same pieces of every step: piece c = tid + i
-     * 128 is row c / 8, columns 8 (c % 8) of the step. Row sources once. */
+     * NT is row c / 8, columns 8 (c % 8) of the step. Row sources once. */
     const T *a_src[A_PER];
     int a_dst[A_PER];
 #pragma unroll
     for (int i = 0; i < A_PER; i++) {
-        const int c = threadIdx.x + i * MOE_MMA_WARPS * 32, row = c >> 3, part = c & 7;
+        const int c = threadIdx.x + i * NT, row = c >> 3, part = c & 7;
         const int32_t r = r_begin + row;
         a_src[i] = nullptr;
         if (r < r_end)
@@ -89,7 +100,7 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
     const T *const We = W + (int64_t)e * w_stride_e;
 #pragma unroll
     for (int i = 0; i < B_PER; i++) {
-        const int c = threadIdx.x + i * MOE_MMA_WARPS * 32, row = c >> 3, part = c & 7;
+        const int c = threadIdx.x + i * NT, row = c >> 3, part = c & 7;
         const int nb = row / MOE_MMA_BN;
         const int64_t n = n0 + (row % MOE_MMA_BN);
         b_src[i] = n < N ? We + (nb * up_off + n) * K + part * 8 : nullptr;
@@ -101,13 +112,13 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
         const int64_t k0 = (int64_t)s * MOE_MMA_BK;
 #pragma unroll
         for (int i = 0; i < A_PER; i++) {
-            const int part = (threadIdx.x + i * MOE_MMA_WARPS * 32) & 7;
+            const int part = (threadIdx.x + i * NT) & 7;
             const bool ok = a_src[i] != nullptr && k0 + part * 8 < K;
             anvil_cp_async16(base + a_dst[i], ok ? a_src[i] + k0 : X, ok);
         }
 #pragma unroll
         for (int i = 0; i < B_PER; i++) {
-            const int part = (threadIdx.x + i * MOE_MMA_WARPS * 32) & 7;
+            const int part = (threadIdx.x + i * NT) & 7;
             const bool ok = b_src[i] != nullptr && k0 + part * 8 < K;
             anvil_cp_async16(base + b_dst[i], ok ? b_src[i] + k0 : W, ok);
         }
@@ -148,7 +159,7 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
             uint32_t af[MT][2][4];
 #pragma unroll
             for (int mt = 0; mt < MT; mt++) {
-                const uint16_t *ar = a_s + (mt * 16 + (lane & 15)) * MOE_MMA_LDS + kh * 32 + (lane >> 4) * 8;
+                const uint16_t *ar = a_s + (m0 + mt * 16 + (lane & 15)) * MOE_MMA_LDS + kh * 32 + (lane >> 4) * 8;
                 anvil_ldmatrix_x4(af[mt][0], ar);
                 anvil_ldmatrix_x4(af[mt][1], ar + 16);
             }
@@ -159,7 +170,7 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
                     /* B: weight rows (the n index) of this n8 tile, k32 in one load:
                      * registers 0, 1 the first k16 chunk, 2, 3 the second */
                     const uint16_t *br =
-                        b_s + (nb * MOE_MMA_BN + warp * 16 + nt * 8 + (lane & 7)) * MOE_MMA_LDS + kh * 32 +
+                        b_s + (nb * MOE_MMA_BN + wn * 16 + nt * 8 + (lane & 7)) * MOE_MMA_LDS + kh * 32 +
                         (lane >> 3) * 8;
                     uint32_t bf[4];
                     anvil_ldmatrix_x4(bf, br);
@@ -178,14 +189,14 @@ __global__ void __launch_bounds__(MOE_MMA_WARPS * 32)
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int32_t r = r_begin + mt * 16 + gq + 8 * h;
+            const int32_t r = r_begin + m0 + mt * 16 + gq + 8 * h;
             if (r >= r_end)
                 continue;
 #pragma unroll
             for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
-                    const int64_t n = n0 + warp * 16 + nt * 8 + 2 * tq + j;
+                    const int64_t n = n0 + wn * 16 + nt * 8 + 2 * tq + j;
                     if (n >= N)
                         continue;
                     const float g = acc[0][mt][nt][2 * h + j];
@@ -209,7 +220,7 @@ static anvil_status moe_mma_launch(cudaStream_t stream, const void *X, const voi
         TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_moe_mma_kernel<T, BM, SILU>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "moe mma: shared memory limit", __FILE__, __LINE__));
-    anvil_moe_mma_kernel<T, BM, SILU><<<grid, MOE_MMA_WARPS * 32, smem, stream>>>(
+    anvil_moe_mma_kernel<T, BM, SILU><<<grid, moe_mma_shape<BM>::threads, smem, stream>>>(
         (const T *)X, (const T *)W, K, N, stride, SILU ? N : 0, k, E, offsets, tiles, order, out);
     return ANVIL_CUDA_LAUNCHED("moe mma kernel");
 }
