@@ -58,9 +58,14 @@ typedef struct anvil_cuda_knobs {
                                  tensor-core one would run (fp8 W8A8 activations then prepared by their own
                                  kernel, int8/int4 weight-only in f32); 4 the tensor-core one at every row
                                  count it takes (automatic: from 3 rows of int4, 4 of int8; tests,
-                                 benchmarks); 0: automatic */
+                                 benchmarks), never the 16-bit one; 5 never the 16-bit tensor-core GEMV
+                                 (cuda_gemv_mma16_quant.cu: session 26's choice); 6 the 16-bit one at every
+                                 row count it takes (automatic: fp8 W8A8 and int4 always, int8 from 2
+                                 rows); 0: automatic */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
-                                 (fewer quantizations of x, another order of the f32 sums); else 1 */
+                                 (fewer quantizations of x, another order of the f32 sums); else 1. 3:
+                                 the 16-bit one's int4 kernel at three blocks an SM (85 registers,
+                                 ~150 bytes of spills; benchmarks) instead of two */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

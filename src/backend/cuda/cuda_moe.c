@@ -25,6 +25,7 @@
  * expert at 16 to 256 tokens).
  */
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_moe_route_groups.h"
 #include "backend/cuda/cuda_moe_schedule.h"
 
 #define AT(base, off) ((void *)((char *)(base) + (off)))
@@ -86,8 +87,13 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     int32_t *ids = AT(s, L.topk_ids), *offsets = AT(s, L.offsets), *active = AT(s, L.active);
     int32_t *tiles = AT(s, L.tiles), *order = AT(s, L.order), *row_of = AT(s, L.row_of);
     float *topw = AT(s, L.topk_w);
-    TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
-                                    a->norm_topk_prob, ids, topw));
+    if (a->n_group > 1 || (a->routed_scale != 0.0f && a->routed_scale != 1.0f)) /* DeepSeek-V2's router */
+        TRY(anvil_cuda_launch_moe_route_groups(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H,
+                                               E, k, a->norm_topk_prob, a->n_group, a->topk_group, a->routed_scale,
+                                               ids, topw));
+    else
+        TRY(anvil_cuda_launch_moe_route(cb->stream, a->x->data, adt, a->router->data, a->router->dtype, T, H, E, k,
+                                        a->norm_topk_prob, ids, topw));
     const int64_t n_pairs = T * k;
     const int knob = cb->knobs.moe_loop;
     const int mma = knob != 3 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
@@ -134,8 +140,10 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
         anvil_tensor yt = anvil_tensor_2d(adt, T, H, AT(s, L.sy));
         TRY(anvil_cuda_op_matmul_silu_mul(be, a->x, &wg, NULL, &wu, NULL, &gt, &ut, &at));
         TRY(anvil_cuda_op_matmul(be, &at, a->shared_down, NULL, &yt));
-        sgw = a->shared_gate->data;
-        sg_dt = a->shared_gate->dtype;
+        if (a->shared_gate != NULL) { /* NULL: DeepSeek's shared experts, added ungated */
+            sgw = a->shared_gate->data;
+            sg_dt = a->shared_gate->dtype;
+        }
         sy = yt.data;
     }
     return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), path != LOOP, sgw,
