@@ -49,9 +49,14 @@ def run_json(anvil, *args):
 @pytest.mark.parametrize("model", ["stories260K", "tinycode"])
 def test_greedy_text_prompts_match_hf(anvil, shared, model):
     tok = tokenizer(shared, model)
-    for case in golden(shared, model):
-        if not case["prompt"] or len(case["ids"]) > 100:
-            continue
+    cases = [c for c in golden(shared, model) if c["prompt"] and len(c["ids"]) <= 100]
+    if SANITIZED and model == "tinycode":
+        # tinycode's first prompt and its longest (indents, a docstring):
+        # the same steps as the other two, whose greedy ids the sanitizer
+        # tiers check in C too (test_golden_models); each is a process
+        # building tinycode, this file's longest step under ASan
+        cases = [cases[0], max(cases, key=lambda c: len(c["ids"]))]
+    for case in cases:
         out = run_json(anvil, "--model", shared / "models" / model, "--prompt", case["prompt"],
                        "--temperature", "0", "--max-tokens", len(case["greedy"]))
         assert out["prompt_ids"] == case["ids"]

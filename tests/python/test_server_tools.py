@@ -375,12 +375,22 @@ class Weather(pydantic.BaseModel):
     days: int = pydantic.Field(ge=1, le=7)
 
 
+# Under the sanitizers the langchain and pydantic tests are skipped: what
+# they add is the Python clients' side (their requests and parsing); the
+# C paths they reach are the tests above (tool_choice required and named,
+# calls streamed argument by argument) and the grammar's C tests (pattern,
+# $defs: tests/grammar), all of which run there. They were a third of this
+# file's time under ASan.
+client_only = pytest.mark.skipif(SAN, reason="client-side checks: their C paths run in the tests above")
+
+
 def chat_model(server, **kw):
     import langchain_openai as lco
     return lco.ChatOpenAI(model="tinycode", base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none",
                           max_retries=0, timeout=TIMEOUT, **kw)
 
 
+@client_only
 def test_langchain_bind_tools_default_choice(qwen):
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
@@ -420,6 +430,7 @@ def test_langchain_bind_tools_default_choice(qwen):
     assert n_args > 1 and not total.invalid_tool_calls
 
 
+@client_only
 def test_langchain_structured_output(qwen):
     for method in ("function_calling", "json_schema"):
         for seed in seeds(4):
@@ -429,6 +440,7 @@ def test_langchain_structured_output(qwen):
             jsonschema.validate(out.model_dump(), Weather.model_json_schema())
 
 
+@client_only
 def test_openai_pydantic_function_tool(qwen):
     """openai's pydantic_function_tool (strict, with $defs) and parse():
     the call is parsed back into the model."""
