@@ -3,6 +3,8 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "anvil/builder.h"
@@ -77,6 +79,15 @@ int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char **model, dou
     opts->comm = *comm;
     opts->comm_lead = 1;
     opts->pipeline_stages = pp;
+    /* --device cuda without an index: one GPU a rank, by the rank's place
+     * on its node (mpirun's OMPI_COMM_WORLD_LOCAL_RANK; the job's rank
+     * without it), as TensorRT-LLM places its ranks */
+    static char device[32];
+    if (opts->device != NULL && strcmp(opts->device, "cuda") == 0) {
+        const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+        snprintf(device, sizeof device, "cuda:%d", local != NULL ? atoi(local) : rank);
+        opts->device = device;
+    }
     return 0;
 }
 

@@ -19,8 +19,9 @@
 
 /* The help lines of --tp, --pp and --comm-timeout. */
 #define CLI_TP_HELP                                                                                       \
-    "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (CPU; rank 0\n"    \
-    "                              leads, the others follow; docs/parallel.md)\n"                        \
+    "      --tp N                  tensor parallelism over the N ranks of mpirun -np N (rank 0 leads,\n" \
+    "                              the others follow; --device cuda: a GPU a rank, summed by NCCL;\n"    \
+    "                              docs/parallel.md)\n"                                                 \
     "      --pp N                  pipeline parallelism: the layers in N stages, each over --tp ranks\n" \
     "                              (mpirun -np tp x pp; rank 0 runs the first stage and samples)\n"      \
     "      --comm-timeout S        with --tp/--pp: a collective the other ranks do not join within S\n"  \
@@ -35,7 +36,8 @@
  * layers --pp divides (its config read here; one that does not load is
  * left to the load to report). *model: the model's path, replaced by
  * this rank's file when it is a folder of per-rank engines (anvil build
- * --tp N: rank0.engine ...; the path stays valid for the process). */
+ * --tp N: rank0.engine ...; the path stays valid for the process).
+ * opts->device "cuda" becomes "cuda:<the rank's place on its node>". */
 int cli_tp_join(const char *cmd, int32_t tp, int32_t pp, const char **model, double timeout_s,
                 anvil_runtime_options *opts, anvil_comm **comm);
 

@@ -13,7 +13,10 @@
  *     processes started by mpirun. Sums are computed by anvil, in f32 and in
  *     rank order, so every rank gets the same bits whatever MPI's algorithm
  *     and whatever the element type.
- *   - "nccl" (next): device buffers, for the CUDA backend.
+ *   - "nccl": NCCL on device buffers (one GPU a rank), for the CUDA
+ *     backend; made over a boot communicator (MPI) that carries its unique
+ *     id (anvil_comm_create_nccl). Sums are NCCL's: the same bits on every
+ *     rank, in NCCL's order.
  *
  *     anvil_comm *comm;
  *     if (anvil_comm_create_mpi(&comm) != ANVIL_OK) ... // mpirun -np 2 prog
@@ -75,6 +78,19 @@ anvil_status anvil_comm_create_mpi(anvil_comm **out);
 /* 1 when anvil was built with MPI (anvil_comm_create_mpi can work). */
 int anvil_comm_mpi_built(void);
 
+/*
+ * A communicator of boot's ranks over NCCL, this rank on CUDA device
+ * `device` (cuda:N), for device buffers (docs/parallel.md, "NCCL"): rank 0
+ * makes NCCL's unique id, boot broadcasts it, every rank joins within
+ * boot's timeout (the new one keeps it). NCCL_NVLS_ENABLE=0 is set in the
+ * process environment before NCCL starts, always. The new communicator is
+ * tied to boot as a split one is (a failure breaks both; anvil_comm_abort
+ * ends the job through boot); free it before boot. Every rank calls it.
+ * ANVIL_ERR_UNSUPPORTED when anvil's CUDA module was built without NCCL
+ * or is missing. *out NULL on failure.
+ */
+anvil_status anvil_comm_create_nccl(anvil_comm *boot, int device, anvil_comm **out);
+
 /* How long a call waits for the other ranks by default (seconds). */
 #define ANVIL_COMM_TIMEOUT_DEFAULT_S 30.0
 
@@ -110,7 +126,7 @@ void anvil_comm_free(anvil_comm *comm);
 
 int32_t anvil_comm_rank(const anvil_comm *comm);
 int32_t anvil_comm_size(const anvil_comm *comm);
-const char *anvil_comm_name(const anvil_comm *comm); /* "self", "mpi" */
+const char *anvil_comm_name(const anvil_comm *comm); /* "self", "mpi", "nccl" */
 anvil_comm_memory anvil_comm_memory_kind(const anvil_comm *comm);
 
 /*
@@ -123,6 +139,13 @@ anvil_status anvil_comm_all_reduce_sum(anvil_comm *comm, void *buf, int64_t n, a
 
 /* recv (size x bytes) receives every rank's send (bytes), in rank order. */
 anvil_status anvil_comm_all_gather(anvil_comm *comm, const void *send, void *recv, size_t bytes);
+
+/* Every rank's send [rows, row_bytes] side by side, in rank order, in recv
+ * [rows, size x row_bytes] (the LM head's vocabulary slices of each logit
+ * row); stage: size x rows x row_bytes of scratch in the communicator's
+ * memory. */
+anvil_status anvil_comm_all_gather_cols(anvil_comm *comm, const void *send, void *recv, void *stage, int64_t rows,
+                                        size_t row_bytes);
 
 /* buf (bytes) of rank `root` copied into buf on every rank. */
 anvil_status anvil_comm_broadcast(anvil_comm *comm, void *buf, size_t bytes, int32_t root);

@@ -146,14 +146,20 @@ static anvil_status load_module(const char *explicit_path, anvil_backend_module 
     return ANVIL_OK;
 }
 
+anvil_status anvil_backend_cuda_module(const char *module_path, anvil_backend_module *m)
+{
+    memset(m, 0, sizeof *m);
+    if (anvil_cuda_module_describe != NULL)
+        anvil_cuda_module_describe(m);
+    else
+        TRY(load_module(module_path, m));
+    return ANVIL_OK;
+}
+
 anvil_status anvil_backend_cuda_load(int device, const anvil_backend_config *c, anvil_backend **out)
 {
     *out = NULL;
     anvil_backend_module m;
-    memset(&m, 0, sizeof m);
-    if (anvil_cuda_module_describe != NULL)
-        anvil_cuda_module_describe(&m);
-    else
-        TRY(load_module(c->cuda_module, &m));
+    TRY(anvil_backend_cuda_module(c->cuda_module, &m));
     return m.create(device, c, out);
 }

@@ -30,12 +30,15 @@
 
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "anvil/log.h"
 #include "backend/backend.h"
 
+struct anvil_comm_ops; /* comm/comm_internal.h */
+
 /* Raised whenever anything in this file changes shape. */
-#define ANVIL_BACKEND_MODULE_ABI 1
+#define ANVIL_BACKEND_MODULE_ABI 2
 
 /* The file name of the CUDA module and the symbol it exports. */
 #define ANVIL_CUDA_MODULE_FILE "libanvil-cuda.so"
@@ -60,6 +63,11 @@ typedef struct anvil_backend_module {
     /* Makes a backend on `device` (checks the driver and the GPU first). */
     anvil_status (*create)(int device, const anvil_backend_config *c, anvil_backend **out);
     int (*device_count)(void);
+    /* NCCL (src/comm/comm_nccl.h); NULL where the module was built
+     * without it */
+    anvil_status (*nccl_unique_id)(unsigned char *id);
+    anvil_status (*nccl_open)(const unsigned char *id, int32_t rank, int32_t size, int device, double timeout_s,
+                              const struct anvil_comm_ops **ops, void **impl);
 } anvil_backend_module;
 
 /* Sizes of the structs the two sides pass each other: a module built from
@@ -74,8 +82,13 @@ typedef struct anvil_backend_module {
 typedef int (*anvil_backend_module_init_fn)(const anvil_backend_host *host, const char *version, size_t layout,
                                             anvil_backend_module *out);
 
+/* The CUDA module's table (the objects linked in, or libanvil-cuda.so
+ * loaded from module_path, NULL: beside libanvil): for what is not a
+ * backend (the NCCL communicator). */
+anvil_status anvil_backend_cuda_module(const char *module_path, anvil_backend_module *out);
+
 /* In the CUDA objects (cuda/cuda_module.c): fills *out (abi, version,
- * layout, create, device_count). */
+ * layout, create, device_count, the NCCL calls when built with NCCL). */
 void anvil_cuda_module_describe(anvil_backend_module *out);
 
 /*

@@ -70,8 +70,13 @@ const char *anvil_comm_error(const anvil_comm *comm)
 
 void anvil_comm_abort(anvil_comm *comm, int code)
 {
-    if (comm != NULL && comm->size > 1 && comm->ops->abort)
-        comm->ops->abort(comm, code);
+    /* a communicator that cannot end processes itself (NCCL) asks the one
+     * it was made from (MPI) */
+    for (anvil_comm *p = comm; p != NULL; p = p->parent)
+        if (p->size > 1 && p->ops->abort) {
+            p->ops->abort(p, code);
+            return;
+        }
 }
 
 /* Refuses a call on a broken communicator (or one split from a broken
@@ -127,6 +132,28 @@ anvil_status anvil_comm_all_gather(anvil_comm *comm, const void *send, void *rec
     if (bytes == 0)
         return ANVIL_OK;
     return note(comm, comm->ops->all_gather(comm, send, recv, bytes), "all_gather");
+}
+
+anvil_status anvil_comm_all_gather_cols(anvil_comm *comm, const void *send, void *recv, void *stage, int64_t rows,
+                                        size_t row_bytes)
+{
+    TRY(check_usable(comm, "all_gather"));
+    CHECK(rows >= 0 && (rows == 0 || row_bytes == 0 || (send != NULL && recv != NULL && stage != NULL)),
+          ANVIL_ERR_INVALID_ARG, "all_gather: NULL buffer");
+    if (rows == 0 || row_bytes == 0)
+        return ANVIL_OK;
+    if (comm->ops->all_gather_cols != NULL)
+        return note(comm, comm->ops->all_gather_cols(comm, send, recv, stage, rows, row_bytes), "all_gather");
+    CHECK(comm->ops->memory == ANVIL_COMM_HOST, ANVIL_ERR_INTERNAL, "all_gather: the %s communicator has no "
+          "gather by columns", comm->ops->name);
+    const size_t part = (size_t)rows * row_bytes, n = (size_t)comm->size;
+    TRY(anvil_comm_all_gather(comm, send, stage, part));
+    /* [rank][row][row_bytes] -> [row][rank x row_bytes] */
+    for (int64_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < n; k++)
+            memcpy((unsigned char *)recv + ((size_t)r * n + k) * row_bytes,
+                   (const unsigned char *)stage + k * part + (size_t)r * row_bytes, row_bytes);
+    return ANVIL_OK;
 }
 
 anvil_status anvil_comm_broadcast(anvil_comm *comm, void *buf, size_t bytes, int32_t root)

@@ -7,6 +7,8 @@
  *   comm_self.c     size 1: no-ops
  *   comm_mpi.c      Open MPI (built when CMake finds MPI; comm_mpi_none.c
  *                   otherwise)
+ *   comm_nccl.c      NCCL on device buffers, in the CUDA module (comm_nccl.h);
+ *   comm_nccl_boot.c its creation in libanvil, over a boot communicator
  *
  * An implementation's functions get arguments already checked (ranks in
  * range, n > 0, a dtype it is asked to sum: f32, bf16, f16) and return
@@ -25,6 +27,11 @@ typedef struct anvil_comm_ops {
     anvil_comm_memory memory;
     anvil_status (*all_reduce_sum)(anvil_comm *c, void *buf, int64_t n, anvil_dtype dtype);
     anvil_status (*all_gather)(anvil_comm *c, const void *send, void *recv, size_t bytes);
+    /* every rank's [rows, row_bytes] side by side in recv [rows, size x
+     * row_bytes], through stage (size x rows x row_bytes); NULL: comm.c
+     * gathers into stage and moves the parts with memcpy (host memory) */
+    anvil_status (*all_gather_cols)(anvil_comm *c, const void *send, void *recv, void *stage, int64_t rows,
+                                    size_t row_bytes);
     anvil_status (*broadcast)(anvil_comm *c, void *buf, size_t bytes, int32_t root);
     anvil_status (*send)(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag);
     anvil_status (*recv)(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag);

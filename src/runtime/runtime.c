@@ -82,6 +82,8 @@ void anvil_runtime_free(anvil_runtime *rt)
             be->ops->free(be, rt->sample_dev);
         if (rt->mask_dev)
             be->ops->free(be, rt->mask_dev);
+        if (rt->tp_stage != NULL && rt->tp_stage_dev)
+            be->ops->free(be, rt->tp_stage);
         for (int i = 0; i < 2; i++) {
             if (rt->launch_ids[i] != NULL && rt->launch_pinned)
                 be->ops->host_free(be, rt->launch_ids[i]);
@@ -116,7 +118,8 @@ void anvil_runtime_free(anvil_runtime *rt)
     free(rt->launch_none[1]);
     free(rt->pend_rows);
     free(rt->host_logits);
-    free(rt->tp_stage);
+    if (!rt->tp_stage_dev)
+        free(rt->tp_stage);
     anvil_sampler_free(rt->host_sampler);
     anvil_checkpoint_close(rt->ckpt);
     anvil_quant_config_free(&rt->prequant);

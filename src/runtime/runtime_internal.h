@@ -62,10 +62,12 @@ struct anvil_runtime {
     /* tensor parallelism (runtime_tp.c): opts.comm's rank runs rt->net cut for it */
     void *tp_stage;           /* [tp_stage_bytes] all_gather's rank-ordered parts (NULL: no gathers) */
     size_t tp_stage_bytes;
+    int tp_stage_dev;         /* tp_stage is backend memory (a device communicator's), not malloc's */
     int tp_ended;             /* comm_lead, rank 0: the followers were released */
     /* pipeline parallelism (runtime_pp.c): opts.comm's ranks split into
      * this stage's TP ranks and this TP rank's chain of stages */
-    anvil_comm *tp_comm;      /* the collectives' ranks: opts.comm, or the stage's (owned) */
+    anvil_comm *tp_comm;      /* the collectives' ranks: opts.comm, the stage's, or NCCL's over opts.comm for
+                                 a backend in device memory (owned unless opts.comm) */
     anvil_comm *pp_comm;      /* the chain of stages (owned; NULL: one stage) */
     int32_t pp_stage, pp_stages;
     int32_t kv_layer0;        /* the model's attention layer that is this stage's KV layer 0 */

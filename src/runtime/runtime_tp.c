@@ -121,10 +121,20 @@ static anvil_status gather_stage(anvil_runtime *rt)
     }
     if (most == 0)
         return ANVIL_OK;
-    rt->tp_stage = malloc(most);
     rt->tp_stage_bytes = most;
+    if (anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_DEVICE) { /* NCCL gathers into device memory */
+        rt->tp_stage_dev = 1;
+        return rt->be->ops->alloc(rt->be, most, &rt->tp_stage);
+    }
+    rt->tp_stage = malloc(most);
     CHECK(rt->tp_stage != NULL, ANVIL_ERR_OOM, "out of memory for the all_gather buffer (%zu bytes)", most);
     return ANVIL_OK;
+}
+
+/* The CUDA device of a device name ("cuda": 0, "cuda:N": N). */
+static int device_index(const char *device)
+{
+    return device != NULL && strncmp(device, "cuda:", 5) == 0 ? atoi(device + 5) : 0;
 }
 
 anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
@@ -132,12 +142,33 @@ anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
     const anvil_comm *comm = rt->opts.comm;
     if (anvil_comm_size(comm) == 1)
         return ANVIL_OK;
-    CHECK(anvil_comm_memory_kind(comm) != ANVIL_COMM_HOST || rt->be->ops->weights_in_host_memory,
-          ANVIL_ERR_UNSUPPORTED,
-          "the %s communicator moves host memory, and the %s backend computes in device memory (NCCL is next: "
-          "docs/parallel.md)",
-          anvil_comm_name(comm), rt->be->ops->name);
+    if (anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_HOST && !rt->be->ops->weights_in_host_memory &&
+        anvil_comm_size(rt->tp_comm) > 1) {
+        /* a backend in device memory sums through NCCL, made over the
+         * host communicator (which carries its id and the led steps'
+         * headers); the runtime owns it (anvil_rt_pp_free) */
+        CHECK(rt->pp_comm == NULL, ANVIL_ERR_UNSUPPORTED,
+              "pipeline stages on the %s backend need NCCL's send and receive (next: docs/parallel.md); --pp "
+              "runs on the CPU",
+              rt->be->ops->name);
+        anvil_comm *nccl = NULL;
+        if (anvil_comm_create_nccl(rt->tp_comm, device_index(rt->opts.device), &nccl) != ANVIL_OK)
+            return anvil_error_wrap("tensor parallelism on %s", rt->opts.device ? rt->opts.device : "cuda");
+        rt->tp_comm = nccl;
+        anvil_log(ANVIL_LOG_INFO, "tensor parallelism: rank %d of %d sums through NCCL on %s",
+                  anvil_comm_rank(nccl), anvil_comm_size(nccl), rt->opts.device ? rt->opts.device : "cuda");
+    }
+    CHECK(anvil_comm_memory_kind(rt->tp_comm) != ANVIL_COMM_HOST || rt->be->ops->weights_in_host_memory,
+          ANVIL_ERR_UNSUPPORTED, "the %s communicator moves host memory, and the %s backend computes in device memory",
+          anvil_comm_name(rt->tp_comm), rt->be->ops->name);
     return gather_stage(rt);
+}
+
+/* The led steps' metadata (in the backend's memory) goes through the
+ * communicator of that memory; headers and host arrays through opts.comm. */
+static anvil_comm *meta_comm(const anvil_runtime *rt)
+{
+    return anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_DEVICE ? rt->tp_comm : rt->opts.comm;
 }
 
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,
@@ -160,14 +191,8 @@ anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, c
     const size_t part = (size_t)rows * (size_t)in->shape[1] * es;
     CHECK(part * (size_t)n <= rt->tp_stage_bytes, ANVIL_ERR_INTERNAL, "all_gather of %zu bytes past the planned %zu",
           part * (size_t)n, rt->tp_stage_bytes);
-    TRY(anvil_comm_all_gather(comm, in->data, rt->tp_stage, part));
-    /* [rank][row][cols] -> [row][rank x cols] */
-    const size_t cols = (size_t)in->shape[1] * es;
-    for (int64_t r = 0; r < rows; r++)
-        for (int32_t k = 0; k < n; k++)
-            memcpy((unsigned char *)out->data + ((size_t)r * (size_t)n + (size_t)k) * cols,
-                   (const unsigned char *)rt->tp_stage + (size_t)k * part + (size_t)r * cols, cols);
-    return ANVIL_OK;
+    /* [rank][row][cols] through the stage -> [row][rank x cols] */
+    return anvil_comm_all_gather_cols(comm, in->data, out->data, rt->tp_stage, rows, (size_t)in->shape[1] * es);
 }
 
 /* ------------------------------------------------------------ rank 0 leads (options.comm_lead) */
@@ -254,7 +279,7 @@ anvil_status anvil_rt_tp_lead_step(anvil_runtime *rt, const anvil_step *s)
     /* the ids as the backend holds them: placeholders resolved */
     TRY(rt->be->ops->synchronize(rt->be));
     TRY(anvil_comm_broadcast(comm, &m, sizeof m, 0));
-    return anvil_comm_broadcast(comm, rt->meta_dev, (size_t)m.ints * sizeof(int32_t), 0);
+    return anvil_comm_broadcast(meta_comm(rt), rt->meta_dev, (size_t)m.ints * sizeof(int32_t), 0);
 }
 
 anvil_status anvil_rt_tp_lead_kv_copy(anvil_runtime *rt, int32_t n, const int32_t *src, const int32_t *dst,
@@ -312,7 +337,7 @@ static anvil_status follow_step(anvil_runtime *rt, const tp_msg *m)
           "rank 0 sent a step of %d tokens, %d sequences, %d logit rows, %d blocks a sequence, %lld ints: this "
           "rank's limits differ (load every rank with the same options)",
           m->n_tokens, m->n_seqs, m->n_logits, m->max_blocks_per_seq, (long long)m->ints);
-    TRY(anvil_comm_broadcast(rt->opts.comm, rt->meta_dev, (size_t)m->ints * sizeof(int32_t), 0));
+    TRY(anvil_comm_broadcast(meta_comm(rt), rt->meta_dev, (size_t)m->ints * sizeof(int32_t), 0));
     const int32_t *base = rt->meta_dev;
     anvil_step s = {.n_tokens = m->n_tokens, .n_seqs = m->n_seqs, .n_logits = m->n_logits,
                     .max_blocks_per_seq = m->max_blocks_per_seq, .block_size = o->kv_block_size,

@@ -32,6 +32,11 @@ static void test_self(void **state)
     float y[3] = {0};
     assert_int_equal(anvil_comm_all_gather(c, x, y, sizeof x), ANVIL_OK);
     assert_memory_equal(x, y, sizeof x);
+    /* by columns: one rank's rows as they are (through the stage) */
+    float z[3] = {0}, stage[3] = {0};
+    assert_int_equal(anvil_comm_all_gather_cols(c, x, z, stage, 3, sizeof(float)), ANVIL_OK);
+    assert_memory_equal(x, z, sizeof x);
+    assert_status_msg(anvil_comm_all_gather_cols(c, x, NULL, stage, 3, 4), ANVIL_ERR_INVALID_ARG, "NULL buffer");
     assert_int_equal(anvil_comm_barrier(c), ANVIL_OK);
     assert_status_msg(anvil_comm_send(c, x, 4, 0, 0), ANVIL_ERR_INVALID_ARG, "peer 0 is not another");
     assert_status_msg(anvil_comm_broadcast(c, x, 4, 1), ANVIL_ERR_INVALID_ARG, "root 1 of 1");

@@ -8,6 +8,9 @@
 
 #include "backend/backend_module.h"
 #include "backend/cuda/cuda_internal.h"
+#if ANVIL_HAVE_NCCL
+#include "comm/comm_nccl.h"
+#endif
 
 /* libcuda.so.1 is the driver's library: without it there is no NVIDIA
  * driver, whatever the CUDA runtime's message says. */
@@ -62,4 +65,8 @@ void anvil_cuda_module_describe(anvil_backend_module *out)
     out->layout = ANVIL_BACKEND_MODULE_LAYOUT;
     out->create = module_create;
     out->device_count = anvil_cuda_device_count;
+#if ANVIL_HAVE_NCCL
+    out->nccl_unique_id = anvil_nccl_unique_id;
+    out->nccl_open = anvil_nccl_open;
+#endif
 }

@@ -1,0 +1,302 @@
+/*
+ * The NCCL communicator (comm_nccl.h): the seam's calls on device buffers
+ * of one GPU a rank, built into the CUDA module only.
+ *
+ * Every call is enqueued on the communicator's own CUDA stream (the
+ * runtime drains the backend's queue before a collective, so the buffers
+ * hold what the step wrote) and then waited for under the communicator's
+ * deadline, as comm_mpi.c waits for MPI: the stream is polled
+ * (cudaStreamQuery) together with ncclCommGetAsyncError, spinning first,
+ * then napping. A call that does not finish within the timeout aborts the
+ * NCCL communicator (ncclCommAbort: its kernels stop waiting for the rank
+ * that is gone) and fails with ANVIL_ERR_COMM; comm.c then keeps the
+ * communicator broken, and the runtime's program ends the job (the boot
+ * communicator's MPI_Abort). The communicator is made non-blocking
+ * (ncclConfig_t.blocking 0), so that its initialization waits under the
+ * same deadline rather than for ever.
+ *
+ * Sums are NCCL's (ncclSum in the element type): every rank gets the same
+ * bits (NCCL's ring and tree reduce once and broadcast the result), but
+ * not comm_mpi.c's rank-order f32 sum rounded once: with more than two
+ * ranks a bf16/f16 sum is rounded at each step of NCCL's order
+ * (docs/parallel.md).
+ *
+ * NCCL_NVLS_ENABLE=0 is set before NCCL reads its environment, always:
+ * NVLink SHARP (multicast) needs a fabric manager setup the GPU machines
+ * this runs on do not have, and NCCL then fails or hangs at init.
+ */
+#include "comm/comm_nccl.h"
+
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+
+typedef struct nccl_impl {
+    ncclComm_t comm;     /* NULL once aborted */
+    cudaStream_t stream; /* the collectives' own */
+    int device;
+    void *one;           /* [1] float on the device: the barrier's all-reduce */
+} nccl_impl;
+
+_Static_assert(sizeof(ncclUniqueId) == ANVIL_NCCL_ID_BYTES, "NCCL's unique id changed size");
+
+static void nvls_off(void)
+{
+    /* the library's one environment write: NCCL reads only its
+     * environment for this (docs/parallel.md, "NCCL") */
+    setenv("NCCL_NVLS_ENABLE", "0", 1);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static anvil_status nccl_fail(ncclResult_t r, ncclComm_t comm, const char *what)
+{
+    const char *last = comm != NULL ? ncclGetLastError(comm) : NULL;
+    return ANVIL_FAIL(ANVIL_ERR_COMM, "%s: %s%s%s", what, ncclGetErrorString(r), last && *last ? ": " : "",
+                      last && *last ? last : "");
+}
+
+/* Waits for what is enqueued on m's stream (and, with init, for the
+ * communicator's initialization) to finish, fail, or pass the deadline:
+ * then the NCCL communicator is aborted. */
+static anvil_status wait_done(nccl_impl *m, double timeout_s, int stream_too, const char *what)
+{
+    const double t0 = now_s();
+    for (int polls = 0;; polls++) {
+        ncclResult_t ar = ncclSuccess;
+        ncclResult_t r = ncclCommGetAsyncError(m->comm, &ar);
+        if (r != ncclSuccess)
+            ar = r;
+        if (ar != ncclSuccess && ar != ncclInProgress) {
+            const anvil_status st = nccl_fail(ar, m->comm, what);
+            ncclCommAbort(m->comm);
+            m->comm = NULL;
+            return st;
+        }
+        int done = ar == ncclSuccess;
+        if (done && stream_too) {
+            const cudaError_t q = cudaStreamQuery(m->stream);
+            if (q != cudaSuccess && q != cudaErrorNotReady) {
+                (void)cudaGetLastError();
+                return ANVIL_FAIL(ANVIL_ERR_COMM, "%s: %s (%s)", what, cudaGetErrorString(q), cudaGetErrorName(q));
+            }
+            done = q == cudaSuccess;
+        }
+        if (done)
+            return ANVIL_OK;
+        const double waited = now_s() - t0;
+        if (timeout_s > 0 && waited > timeout_s) {
+            ncclCommAbort(m->comm); /* its kernels stop waiting for the rank that is gone */
+            m->comm = NULL;
+            return ANVIL_FAIL(ANVIL_ERR_COMM,
+                              "%s: no answer within %g s (a rank died, was stopped, or is not running the same "
+                              "steps; the NCCL communicator was aborted)",
+                              what, timeout_s);
+        }
+        if (polls < 2000)
+            continue;
+        struct timespec nap = {0, waited < 1.0 ? 20000 : 1000000};
+        nanosleep(&nap, NULL);
+    }
+}
+
+/* Enqueues `call` (an ncclResult_t expression) on m and waits for it. */
+#define NCCL_RUN(c, m, call, what)                                              \
+    do {                                                                        \
+        CHECK((m)->comm != NULL, ANVIL_ERR_COMM, "%s: the NCCL communicator was aborted", what); \
+        TRY(cuda_device(m));                                                    \
+        ncclResult_t nccl_r_ = (call);                                          \
+        if (nccl_r_ != ncclSuccess && nccl_r_ != ncclInProgress)                \
+            return nccl_fail(nccl_r_, (m)->comm, what);                         \
+        return wait_done(m, (c)->timeout_s, 1, what);                           \
+    } while (0)
+
+static anvil_status cuda_device(const nccl_impl *m)
+{
+    const cudaError_t e = cudaSetDevice(m->device);
+    CHECK(e == cudaSuccess, ANVIL_ERR_CUDA, "cudaSetDevice(%d): %s", m->device, cudaGetErrorString(e));
+    return ANVIL_OK;
+}
+
+static ncclDataType_t nccl_type(anvil_dtype dt)
+{
+    return dt == ANVIL_DTYPE_BF16 ? ncclBfloat16 : dt == ANVIL_DTYPE_F16 ? ncclFloat16 : ncclFloat32;
+}
+
+static anvil_status nccl_all_reduce(anvil_comm *c, void *buf, int64_t n, anvil_dtype dt)
+{
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclAllReduce(buf, buf, (size_t)n, nccl_type(dt), ncclSum, m->comm, m->stream), "ncclAllReduce");
+}
+
+static anvil_status nccl_all_gather(anvil_comm *c, const void *send, void *recv, size_t bytes)
+{
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclAllGather(send, recv, bytes, ncclUint8, m->comm, m->stream), "ncclAllGather");
+}
+
+/* ncclAllGather into stage ([rank][rows][row_bytes]), then each rank's
+ * part copied into its columns of recv ([rows][size x row_bytes]), on the
+ * same stream. */
+static ncclResult_t gather_cols(nccl_impl *m, int32_t size, const void *send, void *recv, void *stage, int64_t rows,
+                                size_t row_bytes)
+{
+    const size_t part = (size_t)rows * row_bytes;
+    ncclResult_t r = ncclAllGather(send, stage, part, ncclUint8, m->comm, m->stream);
+    if (r != ncclSuccess && r != ncclInProgress)
+        return r;
+    for (int32_t k = 0; k < size; k++)
+        if (cudaMemcpy2DAsync((char *)recv + (size_t)k * row_bytes, (size_t)size * row_bytes,
+                              (const char *)stage + (size_t)k * part, row_bytes, row_bytes, (size_t)rows,
+                              cudaMemcpyDeviceToDevice, m->stream) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return ncclUnhandledCudaError;
+        }
+    return r;
+}
+
+static anvil_status nccl_all_gather_cols(anvil_comm *c, const void *send, void *recv, void *stage, int64_t rows,
+                                         size_t row_bytes)
+{
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, gather_cols(m, c->size, send, recv, stage, rows, row_bytes), "ncclAllGather (columns)");
+}
+
+static anvil_status nccl_broadcast(anvil_comm *c, void *buf, size_t bytes, int32_t root)
+{
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclBroadcast(buf, buf, bytes, ncclUint8, root, m->comm, m->stream), "ncclBroadcast");
+}
+
+/* Point to point: NCCL matches a pair's messages in the order they are
+ * posted (no tags): the pipeline posts them in the same order on both
+ * sides, so the tag is only checked by comm.c. */
+static anvil_status nccl_send(anvil_comm *c, const void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    (void)tag;
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclSend(buf, bytes, ncclUint8, peer, m->comm, m->stream), "ncclSend");
+}
+
+static anvil_status nccl_recv(anvil_comm *c, void *buf, size_t bytes, int32_t peer, int32_t tag)
+{
+    (void)tag;
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclRecv(buf, bytes, ncclUint8, peer, m->comm, m->stream), "ncclRecv");
+}
+
+/* A sum of one float: returns on every rank once all have called it. */
+static anvil_status nccl_barrier(anvil_comm *c)
+{
+    nccl_impl *m = c->impl;
+    NCCL_RUN(c, m, ncclAllReduce(m->one, m->one, 1, ncclFloat32, ncclSum, m->comm, m->stream), "barrier");
+}
+
+static void nccl_destroy(anvil_comm *c)
+{
+    nccl_impl *m = c->impl;
+    if (m == NULL)
+        return;
+    (void)cudaSetDevice(m->device);
+    if (m->comm != NULL) {
+        /* broken: a peer may be gone, and a destroy may wait for it */
+        if (atomic_load(&c->failed))
+            ncclCommAbort(m->comm);
+        else
+            ncclCommDestroy(m->comm);
+    }
+    if (m->one != NULL)
+        cudaFree(m->one);
+    if (m->stream != NULL)
+        cudaStreamDestroy(m->stream);
+    free(m);
+}
+
+static const anvil_comm_ops nccl_ops = {
+    .name = "nccl",
+    .memory = ANVIL_COMM_DEVICE,
+    .all_reduce_sum = nccl_all_reduce,
+    .all_gather = nccl_all_gather,
+    .all_gather_cols = nccl_all_gather_cols,
+    .broadcast = nccl_broadcast,
+    .send = nccl_send,
+    .recv = nccl_recv,
+    .barrier = nccl_barrier,
+    .split = NULL,  /* ncclCommSplit: with pipeline stages on NCCL (docs/parallel.md, Next) */
+    .abort = NULL,  /* the boot communicator's (comm.c walks to the parent) */
+    .destroy = nccl_destroy,
+};
+
+anvil_status anvil_nccl_unique_id(unsigned char id[ANVIL_NCCL_ID_BYTES])
+{
+    nvls_off();
+    ncclUniqueId u;
+    const ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess)
+        return nccl_fail(r, NULL, "ncclGetUniqueId");
+    memcpy(id, &u, sizeof u);
+    return ANVIL_OK;
+}
+
+anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_t rank, int32_t size, int device,
+                             double timeout_s, const anvil_comm_ops **ops, void **impl)
+{
+    *ops = NULL;
+    *impl = NULL;
+    nvls_off();
+    nccl_impl *m = calloc(1, sizeof *m);
+    CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
+    m->device = device;
+    anvil_status st = ANVIL_OK;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&m->one, sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMemset(m->one, 0, sizeof(float));
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = ANVIL_FAIL(ANVIL_ERR_CUDA, "NCCL communicator on cuda:%d: %s", device, cudaGetErrorString(e));
+        goto fail;
+    }
+    ncclUniqueId u;
+    memcpy(&u, id, sizeof u);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0; /* the init waits under the deadline (wait_done), not for ever */
+    const ncclResult_t r = ncclCommInitRankConfig(&m->comm, size, u, rank, &cfg);
+    if (r != ncclSuccess && r != ncclInProgress) {
+        st = nccl_fail(r, m->comm, "ncclCommInitRankConfig");
+        if (m->comm != NULL)
+            ncclCommAbort(m->comm);
+        m->comm = NULL;
+        goto fail;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "ncclCommInitRankConfig (rank %d of %d, cuda:%d)", rank, size, device);
+    st = wait_done(m, timeout_s, 0, what);
+    if (st != ANVIL_OK)
+        goto fail;
+    *ops = &nccl_ops;
+    *impl = m;
+    return ANVIL_OK;
+fail:
+    if (m->comm != NULL)
+        ncclCommAbort(m->comm);
+    if (m->one != NULL)
+        cudaFree(m->one);
+    if (m->stream != NULL)
+        cudaStreamDestroy(m->stream);
+    free(m);
+    return st;
+}

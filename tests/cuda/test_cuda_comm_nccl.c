@@ -1,0 +1,319 @@
+/*
+ * The NCCL communicator (src/comm/comm_nccl.c, docs/parallel.md "NCCL") on
+ * device buffers, one GPU a rank:
+ *
+ *   test_cuda_comm_nccl                     one rank on one GPU (booted by
+ *                                           the self communicator): every
+ *                                           call is the identity
+ *   mpirun -np 2 test_cuda_comm_nccl        two ranks on two GPUs (booted by
+ *                                           MPI; rank r on cuda:<local rank>):
+ *                                           the real collectives
+ *
+ * Checked on every rank: sums of f32, bf16 and f16 (small integers, so the
+ * sum is exact whatever NCCL's order) at 1 to 2^20 + 3 elements, all_gather
+ * and the runtime's gather by columns, broadcast from every root, a
+ * send/recv ring, barrier; with several ranks, tiny-llama3 (f32) cut over
+ * the ranks on cuda against the same model on one GPU: the prefill logits
+ * within 1e-4 x max|logit| and the greedy tokens equal. Prints PASS/FAIL
+ * lines and the all-reduce's time per call at decode and prefill sizes
+ * (no timed assertion). Skips (77) without a GPU or without NCCL.
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "anvil/comm.h"
+#include "anvil/runtime.h"
+#include "backend/cuda/cuda_backend.h"
+#include "anvil/sampling.h"
+#include "testutil.h"
+
+static anvil_comm *boot; /* MPI under mpirun, else self */
+static anvil_comm *nccl;
+static int device;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void *dev_alloc(size_t bytes)
+{
+    void *p = NULL;
+    assert_int_equal(cudaMalloc(&p, bytes), cudaSuccess);
+    return p;
+}
+
+/* Sums of small integers: exact in every dtype and order. */
+static void check_sum(anvil_dtype dt, int64_t n)
+{
+    const int32_t rank = anvil_comm_rank(nccl), size = anvil_comm_size(nccl);
+    const size_t es = anvil_dtype_size(dt);
+    float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+    void *h = malloc((size_t)n * es);
+    assert_true(x && y && h);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = (float)((rank + 1) * (int)(i % 7) - 3);
+    anvil_convert_from_f32(dt, x, h, n);
+    void *d = dev_alloc((size_t)n * es);
+    assert_int_equal(cudaMemcpy(d, h, (size_t)n * es, cudaMemcpyHostToDevice), cudaSuccess);
+    if (anvil_comm_all_reduce_sum(nccl, d, n, dt) != ANVIL_OK)
+        fail_msg("all_reduce %s x %lld: %s", anvil_dtype_name(dt), (long long)n, anvil_last_error());
+    assert_int_equal(cudaMemcpy(h, d, (size_t)n * es, cudaMemcpyDeviceToHost), cudaSuccess);
+    anvil_convert_to_f32(dt, h, y, n);
+    for (int64_t i = 0; i < n; i++) {
+        const float want = (float)((size * (size + 1) / 2) * (int)(i % 7) - 3 * size);
+        if (y[i] != want)
+            fail_msg("FAIL all_reduce %s x %lld: [%lld] = %g, want %g (rank %d of %d)", anvil_dtype_name(dt),
+                     (long long)n, (long long)i, (double)y[i], (double)want, rank, size);
+    }
+    cudaFree(d);
+    free(x);
+    free(y);
+    free(h);
+}
+
+static void test_all_reduce(void **state)
+{
+    (void)state;
+    static const int64_t sizes[] = {1, 7, 4097, 65537, ((int64_t)1 << 20) + 3};
+    static const anvil_dtype dts[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16, ANVIL_DTYPE_F16};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
+            check_sum(dts[d], sizes[k]);
+    printf("PASS all_reduce f32/bf16/f16, 1 .. 2^20+3 elements (rank %d of %d)\n", anvil_comm_rank(nccl),
+           anvil_comm_size(nccl));
+}
+
+static void test_gather_broadcast_p2p(void **state)
+{
+    (void)state;
+    const int32_t rank = anvil_comm_rank(nccl), size = anvil_comm_size(nccl);
+    enum { BYTES = 1000, ROWS = 3, ROW = 8 };
+    unsigned char h[BYTES * 8];
+    unsigned char *send = dev_alloc(BYTES), *recv = dev_alloc((size_t)BYTES * (size_t)size);
+    unsigned char *stage = dev_alloc((size_t)BYTES * (size_t)size);
+    /* all_gather: rank k's bytes are k + 1 + i % 5 */
+    for (int i = 0; i < BYTES; i++)
+        h[i] = (unsigned char)(rank + 1 + i % 5);
+    assert_int_equal(cudaMemcpy(send, h, BYTES, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(anvil_comm_all_gather(nccl, send, recv, BYTES), ANVIL_OK);
+    assert_int_equal(cudaMemcpy(h, recv, (size_t)BYTES * (size_t)size, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int32_t k = 0; k < size; k++)
+        for (int i = 0; i < BYTES; i++)
+            if (h[k * BYTES + i] != (unsigned char)(k + 1 + i % 5))
+                fail_msg("FAIL all_gather: rank %d's byte %d is %d (on rank %d)", k, i, h[k * BYTES + i], rank);
+    /* by columns: row r of rank k's [ROWS, ROW] is 16 k + r, side by side */
+    for (int r = 0; r < ROWS; r++)
+        memset(h + r * ROW, 16 * rank + r, ROW);
+    assert_int_equal(cudaMemcpy(send, h, ROWS * ROW, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(anvil_comm_all_gather_cols(nccl, send, recv, stage, ROWS, ROW), ANVIL_OK);
+    assert_int_equal(cudaMemcpy(h, recv, (size_t)ROWS * ROW * (size_t)size, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int r = 0; r < ROWS; r++)
+        for (int32_t k = 0; k < size; k++)
+            for (int i = 0; i < ROW; i++)
+                if (h[(r * size + k) * ROW + i] != (unsigned char)(16 * k + r))
+                    fail_msg("FAIL all_gather by columns: row %d, rank %d's part holds %d", r, k,
+                             h[(r * size + k) * ROW + i]);
+    /* broadcast from every root */
+    for (int32_t root = 0; root < size; root++) {
+        memset(h, rank == root ? 100 + root : 0, BYTES);
+        assert_int_equal(cudaMemcpy(send, h, BYTES, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(anvil_comm_broadcast(nccl, send, BYTES, root), ANVIL_OK);
+        assert_int_equal(cudaMemcpy(h, send, BYTES, cudaMemcpyDeviceToHost), cudaSuccess);
+        for (int i = 0; i < BYTES; i++)
+            if (h[i] != (unsigned char)(100 + root))
+                fail_msg("FAIL broadcast from %d: byte %d is %d on rank %d", root, i, h[i], rank);
+    }
+    /* a ring: each rank sends its number to the next (even ranks send
+     * first, odd ones receive first: NCCL's send waits for its receive) */
+    if (size > 1) {
+        const int32_t next = (rank + 1) % size, prev = (rank + size - 1) % size;
+        memset(h, rank, 64);
+        assert_int_equal(cudaMemcpy(send, h, 64, cudaMemcpyHostToDevice), cudaSuccess);
+        for (int turn = 0; turn < 2; turn++) {
+            if ((rank % 2 == 0) == (turn == 0))
+                assert_int_equal(anvil_comm_send(nccl, send, 64, next, 5), ANVIL_OK);
+            else
+                assert_int_equal(anvil_comm_recv(nccl, recv, 64, prev, 5), ANVIL_OK);
+        }
+        assert_int_equal(cudaMemcpy(h, recv, 64, cudaMemcpyDeviceToHost), cudaSuccess);
+        for (int i = 0; i < 64; i++)
+            if (h[i] != (unsigned char)prev)
+                fail_msg("FAIL send/recv ring: rank %d got %d, want %d", rank, h[i], prev);
+    }
+    assert_int_equal(anvil_comm_barrier(nccl), ANVIL_OK);
+    cudaFree(send);
+    cudaFree(recv);
+    cudaFree(stage);
+    printf("PASS all_gather, by columns, broadcast from every root%s, barrier (rank %d of %d)\n",
+           size > 1 ? ", send/recv ring" : "", rank, size);
+}
+
+/* Time per all_reduce at a decode step's size (one row of a 8192-wide
+ * model, bf16) and a prefill's (512 rows). */
+static void test_timing(void **state)
+{
+    (void)state;
+    static const int64_t rows[] = {1, 512};
+    for (int k = 0; k < 2; k++) {
+        const int64_t n = rows[k] * 8192;
+        void *d = dev_alloc((size_t)n * 2);
+        assert_int_equal(cudaMemset(d, 0, (size_t)n * 2), cudaSuccess);
+        const int iters = 200;
+        for (int i = 0; i < 10; i++)
+            assert_int_equal(anvil_comm_all_reduce_sum(nccl, d, n, ANVIL_DTYPE_BF16), ANVIL_OK);
+        const double t0 = now_s();
+        for (int i = 0; i < iters; i++)
+            assert_int_equal(anvil_comm_all_reduce_sum(nccl, d, n, ANVIL_DTYPE_BF16), ANVIL_OK);
+        const double us = (now_s() - t0) / iters * 1e6;
+        if (anvil_comm_rank(nccl) == 0)
+            printf("TIME all_reduce bf16 %lld x 8192 (%.1f KiB) on %d ranks: %.1f us a call (with the host's wait), "
+                   "%.2f GB/s algorithm bandwidth\n",
+                   (long long)rows[k], (double)n * 2 / 1024, anvil_comm_size(nccl), us, (double)n * 2 / us * 1e-3);
+        cudaFree(d);
+    }
+}
+
+static anvil_status load(const char *model, anvil_comm *c, anvil_runtime **rt)
+{
+    anvil_runtime_options o;
+    anvil_runtime_options_default(&o);
+    char dev[32];
+    snprintf(dev, sizeof dev, "cuda:%d", device);
+    o.device = dev;
+    o.weight_dtype = ANVIL_DTYPE_F32;
+    o.kv_cache_dtype = "f32";
+    o.max_seq_len = 256;
+    o.max_num_tokens = 256;
+    o.max_logit_rows = 256;
+    o.max_batch_size = 4;
+    o.kv_cache_tokens = 1024;
+    o.comm = c;
+    char path[512];
+    snprintf(path, sizeof path, "models/%s", model);
+    return anvil_runtime_load(anvil_test_shared_path(path), &o, rt);
+}
+
+/* One prompt's prefill logits and 16 greedy tokens of rt. */
+static void prefill_and_decode(anvil_runtime *rt, const int32_t *ids, int32_t n, float *logits, int32_t *greedy)
+{
+    int32_t table[16], pos[64], rows[64], starts[2] = {0, n};
+    const int32_t bs = anvil_runtime_kv_block_size(rt), nb = (n + 16 + bs - 1) / bs;
+    assert_true(nb <= 16 && n <= 48);
+    assert_int_equal(anvil_runtime_kv_alloc(rt, nb, table), ANVIL_OK);
+    for (int32_t t = 0; t < n; t++)
+        pos[t] = rows[t] = t;
+    anvil_batch b = {.n_tokens = n, .token_ids = ids, .positions = pos, .n_seqs = 1, .seq_starts = starts,
+                     .block_tables = table, .max_blocks_per_seq = nb, .n_logits = n, .logit_rows = rows};
+    if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
+        fail_msg("prefill: %s", anvil_last_error());
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    int32_t next = anvil_greedy_pick(logits + (size_t)(n - 1) * (size_t)vocab, (int32_t)vocab);
+    for (int32_t s = 0; s < 16; s++) {
+        greedy[s] = next;
+        int32_t p = n + s, r = 0, st[2] = {0, 1};
+        anvil_batch d = {.n_tokens = 1, .token_ids = &next, .positions = &p, .n_seqs = 1, .seq_starts = st,
+                         .block_tables = table, .max_blocks_per_seq = nb, .n_logits = 1, .logit_rows = &r};
+        if (anvil_runtime_forward_greedy(rt, &d, &next) != ANVIL_OK)
+            fail_msg("decode step %d: %s", s, anvil_last_error());
+    }
+    anvil_runtime_kv_release(rt, nb, table);
+}
+
+/* tiny-llama3 cut over the ranks (the runtime makes its own NCCL
+ * communicator over boot) against one GPU alone, in lockstep. */
+static void test_runtime_tp(void **state)
+{
+    (void)state;
+    const int32_t size = anvil_comm_size(boot);
+    if (size == 1)
+        skip(); /* one rank: the runtime runs no collective */
+    static const int32_t ids[] = {1, 403, 407, 261, 299, 310, 262, 1014, 278, 262, 3239, 29889};
+    const int32_t n = (int32_t)(sizeof ids / sizeof ids[0]);
+    anvil_runtime *one = NULL, *cut = NULL;
+    if (load("tiny-llama3", NULL, &one) != ANVIL_OK)
+        fail_msg("load one GPU: %s", anvil_last_error());
+    if (load("tiny-llama3", boot, &cut) != ANVIL_OK)
+        fail_msg("load over %d ranks: %s", size, anvil_last_error());
+    const int64_t vocab = anvil_runtime_config(one)->vocab_size;
+    float *a = malloc((size_t)n * (size_t)vocab * 4), *b = malloc((size_t)n * (size_t)vocab * 4);
+    int32_t ga[16], gb[16];
+    assert_true(a && b);
+    prefill_and_decode(one, ids, n, a, ga);
+    prefill_and_decode(cut, ids, n, b, gb);
+    float amax = 0, dmax = 0;
+    for (int64_t i = 0; i < (int64_t)n * vocab; i++) {
+        amax = fmaxf(amax, fabsf(a[i]));
+        dmax = fmaxf(dmax, fabsf(a[i] - b[i]));
+    }
+    if (dmax > 1e-4f * amax)
+        fail_msg("FAIL tiny-llama3 over %d ranks: logits differ by %g (max|logit| %g)", size, (double)dmax,
+                 (double)amax);
+    for (int s = 0; s < 16; s++)
+        if (ga[s] != gb[s])
+            fail_msg("FAIL tiny-llama3 over %d ranks: greedy token %d is %d, one GPU %d", size, s, gb[s], ga[s]);
+    printf("PASS tiny-llama3 f32 over %d ranks on cuda (NCCL): logits within %.2g x max|logit| of one GPU, 16 "
+           "greedy tokens equal (rank %d)\n",
+           size, (double)(dmax / amax), anvil_comm_rank(boot));
+    anvil_runtime_free(cut);
+    anvil_runtime_free(one);
+    free(a);
+    free(b);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    if (anvil_cuda_device_count() == 0) {
+        printf("SKIP: no CUDA GPU\n");
+        return -1;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    setenv("CMOCKA_TEST_ABORT", "1", 1); /* a failed rank ends; mpirun ends the others */
+    const int under_mpirun = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
+    if (under_mpirun && anvil_comm_mpi_built() ? anvil_comm_create_mpi(&boot) != ANVIL_OK
+                                               : anvil_comm_create_self(&boot) != ANVIL_OK) {
+        fprintf(stderr, "test_cuda_comm_nccl: %s\n", anvil_last_error());
+        return 1;
+    }
+    const int n_dev = anvil_cuda_device_count();
+    if (n_dev == 0) {
+        printf("SKIP: no CUDA GPU\n");
+        anvil_comm_free(boot);
+        return 77;
+    }
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    device = (local ? atoi(local) : anvil_comm_rank(boot)) % n_dev;
+    const anvil_status st = anvil_comm_create_nccl(boot, device, &nccl);
+    if (st == ANVIL_ERR_UNSUPPORTED) {
+        printf("SKIP: %s\n", anvil_last_error());
+        anvil_comm_free(boot);
+        return 77;
+    }
+    if (st != ANVIL_OK) {
+        fprintf(stderr, "FAIL: anvil_comm_create_nccl on cuda:%d: %s\n", device, anvil_last_error());
+        return 1;
+    }
+    printf("nccl communicator: rank %d of %d on cuda:%d (boot: %s)\n", anvil_comm_rank(nccl), anvil_comm_size(nccl),
+           device, anvil_comm_name(boot));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_all_reduce),
+        cmocka_unit_test(test_gather_broadcast_p2p),
+        cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_runtime_tp),
+    };
+    int rc = cmocka_run_group_tests(tests, setup, NULL);
+    anvil_comm_free(nccl);
+    anvil_comm_free(boot);
+    return rc;
+}
