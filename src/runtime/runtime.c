@@ -1717,6 +1717,11 @@ static uint64_t step_graph_key(const anvil_runtime *rt, anvil_step *s, int greed
     const anvil_backend_ops *ops = rt->be->ops;
     if (ops->graph_begin == NULL || ops->graph_end == NULL)
         return 0;
+    /* the collectives of TP ranks and pipeline stages wait for the
+     * backend's queue on the host, which a graph's capture cannot hold
+     * (NCCL inside the graph is next: docs/parallel.md) */
+    if (anvil_comm_size(rt->tp_comm) > 1 || rt->pp_comm != NULL)
+        return 0;
     if (s->n_tokens != s->n_seqs || s->n_tokens > GRAPH_MAX_TOKENS || s->n_logits > 4095 ||
         s->max_blocks_per_seq >= (1 << 20))
         return 0;
