@@ -23,6 +23,8 @@ typedef enum role {
     ROLE_VOCAB,    /* the LM head: output rows cut along the vocabulary, then all_gather */
     ROLE_EMBED,    /* the embedding: table rows cut along the vocabulary, zeros elsewhere, then all_reduce */
     ROLE_MOE,      /* every expert's intermediate cut (gate/up rows, down columns), then all_reduce */
+    ROLE_MLA_Q,    /* multi-head latent attention's q: output rows cut along heads (nope + rope each) */
+    ROLE_MLA,      /* the mla op: its heads (kv_b's rows per head), on the whole latent */
 } role;
 
 typedef struct shard_ctx {
@@ -99,9 +101,18 @@ static anvil_status find_roles(shard_ctx *c)
     const int32_t n = anvil_network_op_count(net);
     for (int32_t i = 0; i < n; i++) {
         const anvil_net_op *op = anvil_network_op(net, i);
-        CHECK(op->kind != ANVIL_OP_MLA, ANVIL_ERR_UNSUPPORTED,
-              "tensor parallelism: multi-head latent attention (mla, DeepSeek-V2) is not cut across ranks yet");
-        if (op->kind == ANVIL_OP_MOE) {
+        if (op->kind == ANVIL_OP_MLA) {
+            /* heads split: q and kv_b by heads; the latent and the rope
+             * key (kv_a, its norm) replicated, each rank caching them whole */
+            CHECK(op->mla.n_heads % c->size == 0, ANVIL_ERR_UNSUPPORTED,
+                  "tensor parallelism: %d attention heads cannot be split over %d ranks (layer %d)",
+                  op->mla.n_heads, c->size, op->mla.layer);
+            const anvil_net_op *q = anvil_network_op(net, op->inputs[0]);
+            CHECK(q != NULL && q->kind == ANVIL_OP_LINEAR && q->row_kind == 0, ANVIL_ERR_UNSUPPORTED,
+                  "tensor parallelism: the q of mla layer %d does not come from a linear", op->mla.layer);
+            TRY(set_role(c, op->inputs[0], ROLE_MLA_Q, i));
+            c->roles[i] = ROLE_MLA;
+        } else if (op->kind == ANVIL_OP_MOE) {
             CHECK(op->moe.inter % c->size == 0 && op->moe.shared_inter % c->size == 0, ANVIL_ERR_UNSUPPORTED,
                   "tensor parallelism: experts of %lld (shared: %lld) intermediate columns cannot be split over %d "
                   "ranks (moe op %d)",
@@ -151,7 +162,8 @@ static anvil_status find_roles(shard_ctx *c)
             c->roles[i] = ROLE_ROW;
             continue;
         }
-        if (c->roles[i] == ROLE_Q || c->roles[i] == ROLE_KV || c->roles[i] == ROLE_COL) {
+        if (c->roles[i] == ROLE_Q || c->roles[i] == ROLE_KV || c->roles[i] == ROLE_COL || c->roles[i] == ROLE_MLA_Q ||
+            c->roles[i] == ROLE_MLA) { /* (mla: its q cut, its latent and rope key whole) */
             c->cut[i] = 1;
             continue;
         }
@@ -276,6 +288,19 @@ static anvil_status copy_op(shard_ctx *c, int32_t i)
         const int64_t cols = anvil_network_op(c->dst, in[0])->width;
         wcut = (cut_spec){1, cols * c->rank, cols};
         drop_bias = c->rank != 0; /* added once, by rank 0, before the sum */
+    } else if (r == ROLE_MLA_Q || r == ROLE_MLA) {
+        const anvil_mla_params *p = &anvil_network_op(src, r == ROLE_MLA ? i : c->attn_of[i])->mla;
+        const int64_t hq = p->n_heads / c->size;
+        /* q: nope + rope a head; kv_b: W_UK (nope rows) then W_UV (v rows) a head */
+        const int64_t per_head = r == ROLE_MLA_Q ? p->nope_dim + p->rope_dim : p->nope_dim + p->v_dim;
+        wcut = (cut_spec){0, c->rank * hq * per_head, hq * per_head};
+        bcut = wcut;
+        if (r == ROLE_MLA_Q) {
+            width = hq * per_head;
+        } else {
+            width = hq * p->v_dim;
+            copy.mla.n_heads = (int32_t)hq;
+        }
     } else if (r == ROLE_EMBED) {
         const int64_t rows = anvil_network_weight(src, op->weights[0])->shape[0] / c->size;
         wcut = (cut_spec){0, rows * c->rank, rows};
@@ -303,8 +328,8 @@ static anvil_status copy_op(shard_ctx *c, int32_t i)
         const anvil_net_weight *sw = anvil_network_weight(src, op->weights[k]);
         const cut_spec none = {0, 0, 0};
         const cut_spec *s = op->kind == ANVIL_OP_LINEAR ? (k == 0 ? &wcut : k == 1 ? &bcut : &none)
-                            : r == ROLE_EMBED && k == 0 ? &wcut
-                                                        : &none;
+                            : (r == ROLE_EMBED || r == ROLE_MLA) && k == 0 ? &wcut
+                                                                           : &none;
         cut_spec ecut;
         if (r == ROLE_MOE && k >= 1 && k <= 4) {
             /* gate_up, down (the experts'), shared_gate_up, shared_down: each

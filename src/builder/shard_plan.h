@@ -22,6 +22,10 @@
  *   - a mixture of experts: each expert's (and the shared experts')
  *     intermediate cut in N equal parts (gate/up rows, down columns; the
  *     router whole, so every rank routes alike), then an all_reduce;
+ *   - multi-head latent attention (DeepSeek-V2): q's linear and the op's
+ *     kv_b cut by output rows along heads, the latent and rope key whole
+ *     (each rank caches the whole latent for its heads); the o_proj after
+ *     it by input columns;
  *   - the embedding is cut by vocabulary rows (a lookup gives zeros for
  *     another rank's ids), followed by an all_reduce;
  *   - the LM head (the linear that makes the network's output) is cut by

@@ -15,6 +15,7 @@
  *     transpose with a part), its non-gated MLP;
  *   - the experts of Mixtral, Qwen2-MoE (shared expert), Qwen3-MoE: each
  *     expert's intermediate cut (stacks of parts), the router whole;
+ *   - DeepSeek-V2's mla: q and kv_b by heads, the latent whole;
  *   - Phi-3's fused checkpoint tensors: one slice of the source;
  *   - one rank is a copy; the refusals (heads, KV heads, arguments) with
  *     their messages.
@@ -280,6 +281,60 @@ static void test_gpt2_cut(void **state)
     anvil_network_free(net);
 }
 
+/* DeepSeek-V2's multi-head latent attention: q (q_b_proj, or q_proj in
+ * -lite) and kv_b cut by heads, the latent and rope key (kv_a_proj_with_mqa's
+ * stretches, its norm) whole, the mla op's heads and width per rank, o_proj
+ * by columns and summed. */
+static void test_mla_cut(void **state)
+{
+    (void)state;
+    static const char *const models[] = {"tiny-deepseek-v2", "tiny-deepseek-v2-lite"};
+    for (int m = 0; m < 2; m++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s", anvil_test_model_dir(models[m]));
+        anvil_model_config cfg;
+        if (anvil_model_config_load(dir, &cfg) != ANVIL_OK)
+            fail_msg("%s: %s", dir, anvil_last_error());
+        anvil_network *net = build(&cfg);
+        const int64_t H = cfg.n_heads, dn = cfg.qk_nope_head_dim, dr = cfg.head_dim, dv = cfg.v_head_dim;
+        const int64_t R = cfg.kv_lora_rank, D = cfg.hidden_size;
+        const char *q = cfg.q_lora_rank > 0 ? "model.layers.1.self_attn.q_b_proj.weight"
+                                            : "model.layers.1.self_attn.q_proj.weight";
+        const int64_t qin = cfg.q_lora_rank > 0 ? cfg.q_lora_rank : D;
+        for (int32_t size = 2; size <= 4; size += 2)
+            for (int32_t r = 0; r < size; r++) {
+                anvil_network *c = cut(net, r, size);
+                const int64_t hq = H / size;
+                check_slice(c, q, q, 0, r * hq * (dn + dr), hq * (dn + dr), qin);
+                check_slice(c, "model.layers.1.self_attn.kv_b_proj.weight", "model.layers.1.self_attn.kv_b_proj.weight",
+                            0, r * hq * (dn + dv), hq * (dn + dv), R);
+                check_slice(c, "model.layers.1.self_attn.o_proj.weight", "model.layers.1.self_attn.o_proj.weight", 1,
+                            r * hq * dv, D, hq * dv);
+                check_slice(c, "model.layers.1.self_attn.kv_a_proj_with_mqa.latent",
+                            "model.layers.1.self_attn.kv_a_proj_with_mqa.weight", 0, 0, R, D);
+                check_slice(c, "model.layers.1.self_attn.kv_a_proj_with_mqa.rope_key",
+                            "model.layers.1.self_attn.kv_a_proj_with_mqa.weight", 0, R, dr, D);
+                int32_t n_mla = 0;
+                for (int32_t i = 0; i < anvil_network_op_count(c); i++) {
+                    const anvil_net_op *op = anvil_network_op(c, i);
+                    if (op->kind != ANVIL_OP_MLA)
+                        continue;
+                    n_mla++;
+                    assert_int_equal(op->mla.n_heads, hq);
+                    assert_int_equal(op->mla.kv_rank, R);
+                    assert_int_equal(op->width, hq * dv);
+                    assert_int_equal(anvil_network_op(c, op->inputs[1])->width, R); /* the latent, whole */
+                    assert_int_equal(anvil_network_op(c, op->inputs[2])->width, dr);
+                    assert_int_equal(anvil_network_op(c, i + 2)->kind, ANVIL_OP_ALL_REDUCE); /* after o_proj */
+                }
+                assert_int_equal(n_mla, cfg.n_layers);
+                assert_int_equal(anvil_network_kv_layers(c), cfg.n_layers);
+                anvil_network_free(c);
+            }
+        anvil_network_free(net);
+    }
+}
+
 /* Mixtral, Qwen2-MoE (a shared expert behind a gate), Qwen3-MoE: every
  * expert's gate/up rows and down columns [r I/N, (r+1) I/N) as stacks of
  * parts, the moe op's widths, the router and shared gate whole, a sum
@@ -439,6 +494,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_family_cut), cmocka_unit_test(test_tied_head),
         cmocka_unit_test(test_gpt2_cut),         cmocka_unit_test(test_moe_cut),
+        cmocka_unit_test(test_mla_cut),
         cmocka_unit_test(test_fused_sources),    cmocka_unit_test(test_one_rank_is_a_copy),
         cmocka_unit_test(test_refusals),
     };

@@ -13,7 +13,7 @@
  *     greedy tokens are HF's (the models of ../shared and of
  *     tests/data/models: GPT-2, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2's mla);
  *     a model with fewer layers than stages, or one the TP cut refuses
- *     (heads, mla), fails its load with a
+ *     (heads), fails its load with a
  *     message on every rank;
  *   - the lockstep mode (every rank calls the steps): the first and the
  *     last stage hold the same logits, a stage between leaves its logits
@@ -252,8 +252,7 @@ static void refuse(const char *model, const char *msg)
 }
 
 /* The models whose layers the stages divide (at least one each) and whose
- * heads the TP ranks of a stage divide run; the others are refused, as is
- * DeepSeek-V2 over TP ranks (mla is not cut yet). */
+ * heads the TP ranks of a stage divide run; the others are refused. */
 static void run_or_refuse(const char *model, int32_t n_layers, int32_t n_heads)
 {
     const int32_t tp = anvil_comm_size(comm) / n_stages;
@@ -261,8 +260,6 @@ static void run_or_refuse(const char *model, int32_t n_layers, int32_t n_heads)
         refuse(model, "layers cannot be split over");
     else if (n_heads % tp != 0)
         refuse(model, "attention heads cannot be split");
-    else if (tp > 1 && strncmp(model, "tiny-deepseek", 13) == 0)
-        refuse(model, "multi-head latent attention (mla, DeepSeek-V2) is not cut across ranks yet");
     else
         run_model_led(model);
 }

@@ -13,8 +13,8 @@
  *     same; a model the ranks cannot cut fails its load with a message.
  *     The models of ../shared and of tests/data/models: GPT-2 (transposed
  *     Conv1D weights), the mixtures of experts (each expert's intermediate
- *     cut), the embeddings cut by vocabulary (tied heads sharing the slice);
- *     DeepSeek-V2's mla refused by name.
+ *     cut), the embeddings cut by vocabulary (tied heads sharing the slice),
+ *     DeepSeek-V2's multi-head latent attention (heads split).
  *
  * Every rank runs the same calls in the same order. A failed check aborts
  * its rank (CMOCKA_TEST_ABORT=1, set below), and mpirun then ends the
@@ -377,14 +377,14 @@ static void test_tiny_mixtral(void **s) { (void)s; run_or_refuse("tiny-mixtral",
 static void test_tiny_qwen2_moe(void **s) { (void)s; run_or_refuse("tiny-qwen2-moe", 4); }
 static void test_tiny_qwen3_moe(void **s) { (void)s; run_or_refuse("tiny-qwen3-moe", 4); }
 
-/* DeepSeek-V2's multi-head latent attention is not cut yet: refused by name. */
+/* DeepSeek-V2's multi-head latent attention: heads split, the latent
+ * whole on every rank (with q_lora and group-limited routing; and -lite:
+ * q_proj, plain top-k) */
 static void test_tiny_deepseek_v2(void **s)
 {
     (void)s;
-    anvil_runtime *rt = NULL;
-    assert_status_msg(load_model("tiny-deepseek-v2", &rt), ANVIL_ERR_UNSUPPORTED,
-                      "multi-head latent attention (mla, DeepSeek-V2) is not cut across ranks yet");
-    assert_null(rt);
+    run_or_refuse("tiny-deepseek-v2", 4);
+    run_or_refuse("tiny-deepseek-v2-lite", 4);
 }
 
 /* Engines per rank (anvil build --tp N): the folder of rank0.engine ...
