@@ -80,9 +80,11 @@ static void rows_times(const anvil_mla_args *a, int64_t row0, int32_t n_rows, co
     for (int32_t n = 0; n < n_rows; n++) {
         float acc = 0.0f;
         if (dt == ANVIL_DTYPE_F32) {
-            const float *w = (const float *)a->kv_b->data + (row0 + n) * R;
+            /* loads through memcpy (anvil_cpu_load_elem with a constant
+             * dtype): a weight view need not be 4-byte aligned (test_cpu_mla
+             * puts kv_b 2 bytes off; UBSan stops at a misaligned float load) */
             for (int64_t r = 0; r < R; r++)
-                acc += w[r] * x[r];
+                acc += anvil_cpu_load_elem(a->kv_b->data, ANVIL_DTYPE_F32, (row0 + n) * R + r) * x[r];
         } else {
             for (int64_t r = 0; r < R; r++)
                 acc += anvil_cpu_load_elem(a->kv_b->data, dt, (row0 + n) * R + r) * x[r];
@@ -162,10 +164,9 @@ static void run_absorbed(const anvil_mla_args *a, int32_t t, int32_t h, float *s
         qlat[r] = 0.0f;
     for (int32_t d = 0; d < dn; d++) {
         const float qd = q[d];
-        if (a->kv_b->dtype == ANVIL_DTYPE_F32) {
-            const float *w = (const float *)a->kv_b->data + (hrow + d) * R;
+        if (a->kv_b->dtype == ANVIL_DTYPE_F32) { /* memcpy loads: see rows_times */
             for (int32_t r = 0; r < R; r++)
-                qlat[r] += qd * w[r];
+                qlat[r] += qd * anvil_cpu_load_elem(a->kv_b->data, ANVIL_DTYPE_F32, (hrow + d) * R + r);
         } else {
             for (int32_t r = 0; r < R; r++)
                 qlat[r] += qd * anvil_cpu_load_elem(a->kv_b->data, a->kv_b->dtype, (hrow + d) * R + r);
