@@ -94,8 +94,8 @@ typedef struct anvil_build_options {
     const char *kv_cache_dtype;
     /* Tensor parallelism (docs/parallel.md): tp_size 2 or more builds the
      * engine of rank tp_rank of a --tp tp_size job, its network cut as the
-     * runtime cuts a folder's (anvil_build_engines_tp writes every rank's);
-     * the embedding stays whole, so the engines load on either backend.
+     * runtime cuts a folder's (anvil_build_engines_tp writes every rank's;
+     * the embedding cut by vocabulary, a tied head sharing its slice).
      * 0 or 1: one rank. */
     int32_t tp_size, tp_rank;
     /* Called as bytes are written (of all the weights' bytes); a nonzero

@@ -298,7 +298,7 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     TRY_GOTO(anvil_model_build_network(&cfg, &net), done);
     if (o.tp_size > 1) { /* rank tp_rank's network, as the runtime cuts a folder's (runtime_tp.c) */
         anvil_network *cut = NULL;
-        if (anvil_network_shard_ex(net, o.tp_rank, o.tp_size, 0, &cut) != ANVIL_OK) {
+        if (anvil_network_shard_ex(net, o.tp_rank, o.tp_size, 1, &cut) != ANVIL_OK) {
             st = anvil_error_wrap("rank %d of --tp %d", o.tp_rank, o.tp_size);
             goto done;
         }
@@ -419,7 +419,7 @@ anvil_status anvil_build_engine_awq(const char *model, const char *output, const
     CHECK_GOTO(b && jn && jp, ANVIL_ERR_OOM, done, "out of memory");
     if (o.tp_size > 1) /* the runtime cuts its network as this one was (runtime_tp.c) */
         CHECK_GOTO(json_object_set_new(b, "tp", json_pack("{s:i, s:i, s:b}", "size", (int)o.tp_size, "rank",
-                                                          (int)o.tp_rank, "cut_embedding", 0)) == 0,
+                                                          (int)o.tp_rank, "cut_embedding", 1)) == 0,
                    ANVIL_ERR_OOM, done, "out of memory");
     json_object_set_new(manifest, "build", b);
     json_object_set_new(manifest, "network", jn);

@@ -65,11 +65,10 @@ anvil_status anvil_rt_tp_setup(anvil_runtime *rt, int engine)
     anvil_comm *comm = rt->opts.comm;
     int32_t rank, size; /* this rank's place among its stage's TP ranks */
     TRY(anvil_rt_pp_setup(rt, engine, &rank, &size));
-    /* the embedding is cut by vocabulary where the backend has the
-     * slice's lookup (embedding_part: the CPU's; the backend is made
-     * after the cut, so it is known by the device's name here); an
-     * engine is cut as its build cut it */
-    int cut_embedding = rt->opts.device == NULL || strncmp(rt->opts.device, "cpu", 3) == 0;
+    /* the embedding is cut by vocabulary (both backends have the slice's
+     * lookup, embedding_part; the runtime refuses a step on one without
+     * it); an engine is cut as its build cut it */
+    int cut_embedding = 1;
     if (engine) {
         int32_t esize, erank;
         engine_tp(rt, &esize, &erank, &cut_embedding);

@@ -393,6 +393,19 @@ static void test_embedding_and_gather(void **state)
                 KIT_OK(kb.be[i]->ops->gather_rows(kb.be[i], &tg, &st, &tgg));
                 gbuf_check(&got_g, "gather_rows");
                 kit_expect_bitwise("gather_rows", got_g.data, want_g.data, got_g.bytes);
+                /* a vocabulary slice (tensor parallelism): the table as
+                 * ids [V/2, V/2 + V); a lower id is another rank's: zeros */
+                const int64_t first = V / 2;
+                KIT_OK(kb.be[i]->ops->embedding_part(kb.be[i], &ttab, first, &st, &tg));
+                gbuf_check(&got, "embedding_part");
+                for (int32_t t = 0; t < T; t++)
+                    for (int64_t k = 0; k < D; k++) {
+                        const float w = ids[t] < first ? 0.0f
+                                                       : anvil_cpu_load_elem(table.data, dt, (ids[t] - first) * D + k);
+                        if (((float *)got.data)[(int64_t)t * D + k] != w)
+                            fail_msg("%s: embedding_part row %d (id %d, first %lld) [%lld]", name, t, ids[t],
+                                     (long long)first, (long long)k);
+                    }
                 gbuf_free(&got_g);
                 gbuf_free(&got);
             }

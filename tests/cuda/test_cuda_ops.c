@@ -356,6 +356,22 @@ static void test_embedding(void **state)
                          anvil_dtype_name(tdts[ti]), (long long)W);
                 expect_close(name, got, want, T * W, act == ANVIL_DTYPE_F32 ? 0.0 : tol_for(act, 1));
 
+                /* a vocabulary slice (tensor parallelism): the table as ids
+                 * [300, 1300), so the ids below 300 are another rank's
+                 * (zeros), against the CPU's embedding_part */
+                OK_OR_FAIL(f->cpu->ops->embedding_part(f->cpu, &table_h, 300, &sh, &out_h), "cpu embedding_part");
+                OK_OR_FAIL(g->ops->embedding_part(g, &table_d, 300, &sd, &out_d), "cuda embedding_part");
+                free(got);
+                got = dev_download_floats(g, od, T * W, act, "embedding_part");
+                int zeros = 0;
+                for (int t = 0; t < T; t++)
+                    zeros += ids[t] < 300 && want[(int64_t)t * W] == 0.0f;
+                assert_true(zeros > 0); /* some ids are another rank's */
+                snprintf(name, sizeof name, "embedding_part act=%s table=%s W=%lld", anvil_dtype_name(act),
+                         anvil_dtype_name(tdts[ti]), (long long)W);
+                expect_close(name, got, want, T * W, act == ANVIL_DTYPE_F32 ? 0.0 : tol_for(act, 1));
+                gpu_sync_ok(g, "embedding_part: another rank's ids are not errors");
+
                 /* a bad id: zeros written, the error word reports it at the next sync */
                 int32_t bad[2] = {3, (int32_t)vocab};
                 void *badd = dev_upload_raw(g, bad, sizeof bad);

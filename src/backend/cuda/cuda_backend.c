@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/cuda_embedding_part.h"
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/cuda_mla.h"
 
@@ -409,6 +410,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     o->weights_in_host_memory = 0;
     o->quantized_weights = 1; /* fp8, int8, int4: cuda_matmul_quant.c */
     o->embedding = anvil_cuda_op_embedding;
+    o->embedding_part = anvil_cuda_op_embedding_part;
     o->rmsnorm = anvil_cuda_op_rmsnorm;
     o->head_rmsnorm = anvil_cuda_op_head_rmsnorm;
     o->matmul = anvil_cuda_op_matmul;

@@ -1,19 +1,23 @@
 /* Embedding gather: out[t, :] = table[ids[t], :], converted to the
  * activation dtype. An id outside the table writes zeros and sets
- * ANVIL_CUDA_BAD_TOKEN in the error word. */
+ * ANVIL_CUDA_BAD_TOKEN in the error word. A vocabulary slice (tensor
+ * parallelism, cuda_embedding_part.h): the table's rows are ids [first_id,
+ * first_id + vocab), and another rank's id writes zeros unflagged (only a
+ * negative id is bad). */
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_embedding_part.h"
 
 template <typename T>
-__global__ void anvil_embedding_kernel(const void *table, int table_dt, int64_t vocab, const int32_t *ids,
-                                       int32_t n_tokens, T *out, int64_t width, int *err)
+__global__ void anvil_embedding_kernel(const void *table, int table_dt, int64_t vocab, int64_t first_id, int part,
+                                       const int32_t *ids, int32_t n_tokens, T *out, int64_t width, int *err)
 {
     for (int32_t t = blockIdx.x; t < n_tokens; t += gridDim.x) {
-        const int32_t id = ids[t];
+        const int64_t id = (int64_t)ids[t] - first_id;
         const bool ok = id >= 0 && id < vocab;
-        if (!ok && threadIdx.x == 0)
+        if ((part ? ids[t] < 0 : !ok) && threadIdx.x == 0)
             anvil_flag(err, ANVIL_CUDA_BAD_TOKEN);
         for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-            float v = ok ? anvil_load_any(table, table_dt, (int64_t)id * width + i) : 0.0f;
+            float v = ok ? anvil_load_any(table, table_dt, id * width + i) : 0.0f;
             out[(int64_t)t * width + i] = anvil_from_f32<T>(v);
         }
     }
@@ -29,8 +33,23 @@ extern "C" anvil_status anvil_cuda_launch_embedding(cudaStream_t stream, const v
         return ANVIL_OK;
     const unsigned grid = n_tokens < 65535 ? (unsigned)n_tokens : 65535u;
     ANVIL_CUDA_DISPATCH(out_dt, anvil_embedding_kernel<T><<<grid, 256, 0, stream>>>(
-                                    table, (int)table_dt, vocab, ids, n_tokens, (T *)out, width, err));
+                                    table, (int)table_dt, vocab, 0, 0, ids, n_tokens, (T *)out, width, err));
     return ANVIL_CUDA_LAUNCHED("embedding kernel");
+}
+
+extern "C" anvil_status anvil_cuda_launch_embedding_part(cudaStream_t stream, const void *table, anvil_dtype table_dt,
+                                                         int64_t vocab, int64_t first_id, const int32_t *ids,
+                                                         int32_t n_tokens, void *out, anvil_dtype out_dt,
+                                                         int64_t width, int *err)
+{
+    CHECK(anvil_cuda_is_float_dtype(table_dt), ANVIL_ERR_UNSUPPORTED, "embedding: table dtype %s",
+          anvil_dtype_name(table_dt));
+    if (n_tokens == 0 || width == 0)
+        return ANVIL_OK;
+    const unsigned grid = n_tokens < 65535 ? (unsigned)n_tokens : 65535u;
+    ANVIL_CUDA_DISPATCH(out_dt, anvil_embedding_kernel<T><<<grid, 256, 0, stream>>>(
+                                    table, (int)table_dt, vocab, first_id, 1, ids, n_tokens, (T *)out, width, err));
+    return ANVIL_CUDA_LAUNCHED("embedding kernel (a vocabulary slice)");
 }
 
 /* The overlap scheduler's placeholders (backend.h, resolve_tokens): an id

@@ -3,6 +3,7 @@
  * their own. */
 #include <math.h>
 
+#include "backend/cuda/cuda_embedding_part.h"
 #include "backend/cuda/cuda_internal.h"
 
 anvil_status anvil_cuda_op_resolve_tokens(anvil_backend *be, const anvil_step *step, const int32_t *prev_ids)
@@ -31,6 +32,25 @@ anvil_status anvil_cuda_op_embedding(anvil_backend *be, const anvil_tensor *tabl
     TRY(anvil_cuda_use(cb));
     return anvil_cuda_launch_embedding(cb->stream, table->data, table->dtype, table->shape[0], step->token_ids,
                                        step->n_tokens, out->data, out->dtype, out->shape[1], cb->d_err);
+}
+
+anvil_status anvil_cuda_op_embedding_part(anvil_backend *be, const anvil_tensor *table, int64_t first_id,
+                                          const anvil_step *step, anvil_tensor *out)
+{
+    anvil_cuda_backend *cb = anvil_cuda_impl(be);
+    TRY(anvil_cuda_check_act(cb, out, "embedding out"));
+    CHECK(table != NULL && table->data != NULL && table->n_dims == 2 && first_id >= 0, ANVIL_ERR_INVALID_ARG,
+          "embedding: expected a 2-D table and a first id >= 0");
+    CHECK(anvil_cuda_is_float_dtype(table->dtype), ANVIL_ERR_UNSUPPORTED, "embedding: table dtype %s",
+          anvil_dtype_name(table->dtype));
+    CHECK(table->shape[1] == out->shape[1], ANVIL_ERR_INVALID_ARG, "embedding: table width %lld, out width %lld",
+          (long long)table->shape[1], (long long)out->shape[1]);
+    TRY(anvil_cuda_check_step_rows(step, out->shape[0], "embedding"));
+    CHECK(step->n_tokens == 0 || step->token_ids != NULL, ANVIL_ERR_INVALID_ARG, "embedding: no token ids");
+    TRY(anvil_cuda_use(cb));
+    return anvil_cuda_launch_embedding_part(cb->stream, table->data, table->dtype, table->shape[0], first_id,
+                                            step->token_ids, step->n_tokens, out->data, out->dtype, out->shape[1],
+                                            cb->d_err);
 }
 
 static anvil_status norm(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w, int64_t width,
