@@ -8,6 +8,12 @@
  *   mpirun -np 2 test_cuda_comm_nccl        two ranks on two GPUs (booted by
  *                                           MPI; rank r on cuda:<local rank>):
  *                                           the real collectives
+ *   test_cuda_comm_nccl --fork 2            the same without MPI (a machine
+ *                                           without mpirun): a process a rank,
+ *                                           forked before CUDA starts, booted by
+ *                                           pipes (this file's boot
+ *                                           communicator: broadcast from rank 0
+ *                                           and barrier, nothing else)
  *
  * Checked on every rank: sums of f32, bf16 and f16 (small integers, so the
  * sum is exact whatever NCCL's order) at 1 to 2^20 + 3 elements, all_gather
@@ -23,13 +29,131 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "anvil/comm.h"
 #include "anvil/runtime.h"
-#include "backend/cuda/cuda_backend.h"
 #include "anvil/sampling.h"
+#include "backend/cuda/cuda_backend.h"
+#include "comm/comm_internal.h"
+#include "core/error.h"
 #include "testutil.h"
+
+/* ---- a boot communicator over pipes between forked ranks (--fork N):
+ * rank 0 writes to down[r], rank r > 0 writes to up[r] */
+#define MAX_FORK 8
+typedef struct pipe_comm {
+    int down[MAX_FORK][2], up[MAX_FORK][2];
+} pipe_comm;
+
+static anvil_status full_io(int fd, void *buf, size_t n, int writing)
+{
+    for (size_t done = 0; done < n;) {
+        const ssize_t k = writing ? write(fd, (char *)buf + done, n - done) : read(fd, (char *)buf + done, n - done);
+        CHECK(k > 0, ANVIL_ERR_COMM, "pipe %s failed (a rank ended)", writing ? "write" : "read");
+        done += (size_t)k;
+    }
+    return ANVIL_OK;
+}
+
+static anvil_status pipe_broadcast(anvil_comm *c, void *buf, size_t bytes, int32_t root)
+{
+    pipe_comm *p = c->impl;
+    CHECK(root == 0, ANVIL_ERR_UNSUPPORTED, "the pipe communicator broadcasts from rank 0 only");
+    if (c->rank != 0)
+        return full_io(p->down[c->rank][0], buf, bytes, 0);
+    for (int32_t r = 1; r < c->size; r++)
+        TRY(full_io(p->down[r][1], buf, bytes, 1));
+    return ANVIL_OK;
+}
+
+static anvil_status pipe_barrier(anvil_comm *c)
+{
+    pipe_comm *p = c->impl;
+    unsigned char b = 1;
+    if (c->rank != 0) {
+        TRY(full_io(p->up[c->rank][1], &b, 1, 1));
+        return full_io(p->down[c->rank][0], &b, 1, 0);
+    }
+    for (int32_t r = 1; r < c->size; r++)
+        TRY(full_io(p->up[r][0], &b, 1, 0));
+    for (int32_t r = 1; r < c->size; r++)
+        TRY(full_io(p->down[r][1], &b, 1, 1));
+    return ANVIL_OK;
+}
+
+static anvil_status pipe_none(void)
+{
+    return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "the pipe communicator only broadcasts and meets");
+}
+static anvil_status pipe_reduce(anvil_comm *c, void *b, int64_t n, anvil_dtype d)
+{
+    (void)c, (void)b, (void)n, (void)d;
+    return pipe_none();
+}
+static anvil_status pipe_gather(anvil_comm *c, const void *s, void *r, size_t n)
+{
+    (void)c, (void)s, (void)r, (void)n;
+    return pipe_none();
+}
+static anvil_status pipe_send(anvil_comm *c, const void *b, size_t n, int32_t peer, int32_t tag)
+{
+    (void)c, (void)b, (void)n, (void)peer, (void)tag;
+    return pipe_none();
+}
+static anvil_status pipe_recv(anvil_comm *c, void *b, size_t n, int32_t peer, int32_t tag)
+{
+    (void)c, (void)b, (void)n, (void)peer, (void)tag;
+    return pipe_none();
+}
+static void pipe_destroy(anvil_comm *c) { (void)c; }
+
+static const anvil_comm_ops pipe_ops = {
+    .name = "pipe", .memory = ANVIL_COMM_HOST, .all_reduce_sum = pipe_reduce, .all_gather = pipe_gather,
+    .broadcast = pipe_broadcast, .send = pipe_send, .recv = pipe_recv, .barrier = pipe_barrier,
+    .destroy = pipe_destroy,
+};
+
+static pipe_comm pipes;
+static int32_t fork_rank;
+static pid_t children[MAX_FORK];
+
+/* Forks n - 1 ranks (before CUDA starts: a forked CUDA context is not
+ * usable); every process returns with its boot communicator. */
+static anvil_comm *fork_ranks(int32_t n)
+{
+    for (int32_t r = 1; r < n; r++)
+        if (pipe(pipes.down[r]) != 0 || pipe(pipes.up[r]) != 0)
+            return NULL;
+    fork_rank = 0;
+    for (int32_t r = 1; r < n; r++) {
+        const pid_t pid = fork();
+        if (pid < 0)
+            return NULL;
+        if (pid == 0) {
+            fork_rank = r;
+            break;
+        }
+        children[r] = pid;
+    }
+    return anvil_comm_wrap(&pipe_ops, fork_rank, n, &pipes);
+}
+
+/* Rank 0: 1 when every forked rank exited with 0. */
+static int fork_wait(int32_t n)
+{
+    int ok = 1;
+    for (int32_t r = 1; r < n; r++) {
+        int status = 0;
+        if (waitpid(children[r], &status, 0) != children[r] || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "FAIL: forked rank %d ended with status %d\n", r, status);
+            ok = 0;
+        }
+    }
+    return ok;
+}
 
 static anvil_comm *boot; /* MPI under mpirun, else self */
 static anvil_comm *nccl;
@@ -277,12 +401,23 @@ static int setup(void **state)
     return 0;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     setenv("CMOCKA_TEST_ABORT", "1", 1); /* a failed rank ends; mpirun ends the others */
     const int under_mpirun = getenv("OMPI_COMM_WORLD_SIZE") != NULL || getenv("PMIX_RANK") != NULL;
-    if (under_mpirun && anvil_comm_mpi_built() ? anvil_comm_create_mpi(&boot) != ANVIL_OK
-                                               : anvil_comm_create_self(&boot) != ANVIL_OK) {
+    const int32_t n_fork = argc == 3 && strcmp(argv[1], "--fork") == 0 ? (int32_t)atoi(argv[2]) : 0;
+    if (n_fork > MAX_FORK || (argc > 1 && n_fork < 1)) {
+        fprintf(stderr, "usage: test_cuda_comm_nccl [--fork N (1..%d)]\n", MAX_FORK);
+        return 2;
+    }
+    if (n_fork > 1) {
+        boot = fork_ranks(n_fork);
+        if (boot == NULL) {
+            fprintf(stderr, "test_cuda_comm_nccl: cannot fork %d ranks\n", n_fork);
+            return 1;
+        }
+    } else if (under_mpirun && anvil_comm_mpi_built() ? anvil_comm_create_mpi(&boot) != ANVIL_OK
+                                                      : anvil_comm_create_self(&boot) != ANVIL_OK) {
         fprintf(stderr, "test_cuda_comm_nccl: %s\n", anvil_last_error());
         return 1;
     }
@@ -292,7 +427,7 @@ int main(void)
         anvil_comm_free(boot);
         return 77;
     }
-    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    const char *local = n_fork > 1 ? NULL : getenv("OMPI_COMM_WORLD_LOCAL_RANK");
     device = (local ? atoi(local) : anvil_comm_rank(boot)) % n_dev;
     const anvil_status st = anvil_comm_create_nccl(boot, device, &nccl);
     if (st == ANVIL_ERR_UNSUPPORTED) {
@@ -315,5 +450,9 @@ int main(void)
     int rc = cmocka_run_group_tests(tests, setup, NULL);
     anvil_comm_free(nccl);
     anvil_comm_free(boot);
+    if (n_fork > 1 && fork_rank == 0 && !fork_wait(n_fork))
+        rc = 1;
+    if (n_fork > 1 && fork_rank == 0)
+        printf("%s: %d forked ranks\n", rc == 0 ? "PASS" : "FAIL", n_fork);
     return rc;
 }
