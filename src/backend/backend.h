@@ -194,8 +194,19 @@ typedef struct anvil_moe_scratch {
 anvil_status anvil_moe_scratch_layout(int64_t n_tokens, int64_t hidden, int32_t n_experts, int32_t top_k,
                                       int64_t inter, int64_t shared_inter, anvil_moe_scratch *out);
 /* The checks every backend's moe op makes (shapes, dense f32/bf16/f16
- * weights, the scratch's size), with the scratch layout for args->x's rows. */
+ * weights, the scratch's size), with the scratch layout for args->x's rows.
+ * _quant also takes quantized experts (gate_up, down, the shared expert's
+ * gate_up and down in the canonical form of docs/quantization.md, scales
+ * per row or per group of K, so that each expert's rows are a quantized
+ * matrix of their own); the router and the shared gate stay dense. */
 anvil_status anvil_moe_check_args(const anvil_moe_args *args, anvil_moe_scratch *layout);
+anvil_status anvil_moe_check_args_quant(const anvil_moe_args *args, anvil_moe_scratch *layout);
+/* Rows [row0, row0 + rows) of the stacked weight w as a weight of its own
+ * (an expert's gate, up or down): the data at that row, and for a
+ * quantized w its scales and zero points from that row, written into *q
+ * (which the view points at: it must outlive the view). Pointer
+ * arithmetic only, so it works on device memory too. */
+anvil_tensor anvil_moe_weight_rows(const anvil_tensor *w, int64_t row0, int64_t rows, anvil_quant *q);
 
 /*
  * Multi-head latent attention (DeepSeek-V2; include/anvil/network.h,

@@ -44,19 +44,68 @@ anvil_status anvil_moe_scratch_layout(int64_t n_tokens, int64_t hidden, int32_t 
     return ANVIL_OK;
 }
 
-/* A weight of shape [d0, d1], dense (moe weights are never quantized). */
-static anvil_status check_weight(const anvil_tensor *w, int64_t d0, int64_t d1, const char *what)
+/* A weight of shape [d0, d1]: dense f32/bf16/f16, or with quant_ok 1
+ * quantized in the canonical form (docs/quantization.md: fp8, int8 or int4
+ * with per-row or per-group scales), whole rows per expert. */
+static anvil_status check_weight(const anvil_tensor *w, int64_t d0, int64_t d1, const char *what, int quant_ok)
 {
-    CHECK(w != NULL && w->data != NULL && w->n_dims == 2 && w->shape[0] == d0 && w->shape[1] == d1 &&
-              w->quant == NULL,
-          ANVIL_ERR_INVALID_ARG, "moe: %s must be a dense [%lld, %lld] weight", what, (long long)d0,
-          (long long)d1);
-    CHECK(w->dtype == ANVIL_DTYPE_F32 || w->dtype == ANVIL_DTYPE_BF16 || w->dtype == ANVIL_DTYPE_F16,
-          ANVIL_ERR_UNSUPPORTED, "moe: %s of dtype %s (f32, bf16 or f16)", what, anvil_dtype_name(w->dtype));
+    CHECK(w != NULL && w->data != NULL && w->n_dims == 2 && w->shape[0] == d0 && w->shape[1] == d1,
+          ANVIL_ERR_INVALID_ARG, "moe: %s must be a [%lld, %lld] weight", what, (long long)d0, (long long)d1);
+    if (w->quant == NULL) {
+        CHECK(w->dtype == ANVIL_DTYPE_F32 || w->dtype == ANVIL_DTYPE_BF16 || w->dtype == ANVIL_DTYPE_F16,
+              ANVIL_ERR_UNSUPPORTED, "moe: %s of dtype %s (f32, bf16 or f16, or quantized with scales)", what,
+              anvil_dtype_name(w->dtype));
+        return ANVIL_OK;
+    }
+    /* quant_ok -1: a weight that stays unquantized (the router, the shared gate) */
+    CHECK(quant_ok >= 0, ANVIL_ERR_INVALID_ARG,
+          "moe: %s is quantized (%s): the router and the shared expert's gate stay unquantized", what,
+          anvil_dtype_name(w->dtype));
+    CHECK(quant_ok > 0, ANVIL_ERR_UNSUPPORTED, "moe: %s is quantized (%s), which this backend's moe op does not take",
+          what, anvil_dtype_name(w->dtype));
+    const anvil_quant *q = w->quant;
+    CHECK(w->dtype == ANVIL_DTYPE_F8_E4M3 || w->dtype == ANVIL_DTYPE_I8 || w->dtype == ANVIL_DTYPE_U4,
+          ANVIL_ERR_INVALID_ARG, "moe: %s has scales but is %s (fp8, int8 or int4)", what,
+          anvil_dtype_name(w->dtype));
+    CHECK(q->scales != NULL && q->group >= 0 && (q->group == 0 || d1 % q->group == 0), ANVIL_ERR_INVALID_ARG,
+          "moe: %s [%lld, %lld]: scales missing or group %d not dividing its columns", what, (long long)d0,
+          (long long)d1, q->group);
+    /* an expert's rows of int4 start on a byte */
+    CHECK(w->dtype != ANVIL_DTYPE_U4 || d1 % 2 == 0, ANVIL_ERR_INVALID_ARG,
+          "moe: %s is int4 of %lld columns (an even number: whole bytes per row)", what, (long long)d1);
+    CHECK(q->zeros == NULL || w->dtype == ANVIL_DTYPE_U4, ANVIL_ERR_INVALID_ARG,
+          "moe: %s has zero points but is %s (only int4 has them)", what, anvil_dtype_name(w->dtype));
     return ANVIL_OK;
 }
 
+anvil_tensor anvil_moe_weight_rows(const anvil_tensor *w, int64_t row0, int64_t rows, anvil_quant *q)
+{
+    const int64_t K = w->shape[1];
+    const size_t row_bytes = w->dtype == ANVIL_DTYPE_U4 ? (size_t)(K / 2) : (size_t)K * anvil_dtype_size(w->dtype);
+    anvil_tensor t = anvil_tensor_2d(w->dtype, rows, K, (char *)w->data + (size_t)row0 * row_bytes);
+    if (w->quant != NULL) {
+        const int64_t g = w->quant->group > 0 ? K / w->quant->group : 1; /* scales a row */
+        *q = *w->quant;
+        q->scales = w->quant->scales + row0 * g;
+        q->zeros = w->quant->zeros != NULL ? w->quant->zeros + row0 * g : NULL;
+        t.quant = q;
+    }
+    return t;
+}
+
+static anvil_status check_args(const anvil_moe_args *a, anvil_moe_scratch *layout, int quant_ok);
+
 anvil_status anvil_moe_check_args(const anvil_moe_args *a, anvil_moe_scratch *layout)
+{
+    return check_args(a, layout, 0);
+}
+
+anvil_status anvil_moe_check_args_quant(const anvil_moe_args *a, anvil_moe_scratch *layout)
+{
+    return check_args(a, layout, 1);
+}
+
+static anvil_status check_args(const anvil_moe_args *a, anvil_moe_scratch *layout, int quant_ok)
 {
     CHECK(a != NULL && a->x != NULL && a->out != NULL && a->x->n_dims == 2 && a->out->n_dims == 2 &&
               a->x->shape[0] == a->out->shape[0] && a->x->shape[1] == a->out->shape[1] && a->x->data != NULL &&
@@ -71,16 +120,16 @@ anvil_status anvil_moe_check_args(const anvil_moe_args *a, anvil_moe_scratch *la
     int64_t e2i, eh;
     CHECK(anvil_mul_i64_ok(E, 2 * I, &e2i) && anvil_mul_i64_ok(E, H, &eh), ANVIL_ERR_INVALID_ARG,
           "moe: stacked sizes overflow");
-    TRY(check_weight(a->router, E, H, "the router"));
-    TRY(check_weight(a->gate_up, e2i, H, "gate_up"));
-    TRY(check_weight(a->down, eh, I, "down"));
+    TRY(check_weight(a->router, E, H, "the router", -quant_ok));
+    TRY(check_weight(a->gate_up, e2i, H, "gate_up", quant_ok));
+    TRY(check_weight(a->down, eh, I, "down", quant_ok));
     CHECK((Is > 0) == (a->shared_gate_up != NULL), ANVIL_ERR_INVALID_ARG,
           "moe: shared_inter %lld with%s shared weights", (long long)Is, a->shared_gate_up ? "" : "out");
     if (Is > 0) {
-        TRY(check_weight(a->shared_gate_up, 2 * Is, H, "the shared expert's gate_up"));
-        TRY(check_weight(a->shared_down, H, Is, "the shared expert's down"));
+        TRY(check_weight(a->shared_gate_up, 2 * Is, H, "the shared expert's gate_up", quant_ok));
+        TRY(check_weight(a->shared_down, H, Is, "the shared expert's down", quant_ok));
         if (a->shared_gate != NULL) /* NULL: ungated (DeepSeek) */
-            TRY(check_weight(a->shared_gate, 1, H, "the shared expert's gate"));
+            TRY(check_weight(a->shared_gate, 1, H, "the shared expert's gate", -quant_ok));
     }
     const int32_t groups = a->n_group > 1 ? a->n_group : 1;
     CHECK(E % groups == 0 &&

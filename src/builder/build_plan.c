@@ -409,10 +409,22 @@ static anvil_dtype quant_kind(anvil_quantize q)
                                          : ANVIL_DTYPE_COUNT;
 }
 
+/* Whether weight k of a moe op is quantized: the stacked experts' gate_up
+ * and down and the shared expert's (each row, or group, with its own scale,
+ * so each expert's slice is a quantized matrix of its own); never the
+ * router nor the shared expert's gate (k 0 and 5), small matrices whose
+ * logits pick the experts, kept as TensorRT-LLM and vLLM keep them. */
+static int moe_quantizable(int32_t k)
+{
+    return k >= 1 && k <= 4;
+}
+
 /* Whether weight i is quantized: a matrix that only linear ops over token
  * rows read (the q/k/v/o and MLP projections; not the LM head, whose op
- * runs over logit rows, unless lm_head, nor an embedding tied to it). */
-static int quantizable(const anvil_network *net, int32_t i, int lm_head)
+ * runs over logit rows, unless lm_head, nor an embedding tied to it), or
+ * with moe a moe op's expert matrices (moe_quantizable; pre-quantized
+ * checkpoints' experts are not read yet). */
+static int quantizable(const anvil_network *net, int32_t i, int lm_head, int moe)
 {
     const anvil_net_weight *w = anvil_network_weight(net, i);
     if (w->n_dims != 2)
@@ -423,6 +435,10 @@ static int quantizable(const anvil_network *net, int32_t i, int lm_head)
         for (int32_t k = 0; k < op->n_weights; k++) {
             if (op->weights[k] != i)
                 continue;
+            if (op->kind == ANVIL_OP_MOE && moe && moe_quantizable(k)) {
+                used = 1;
+                continue;
+            }
             if (op->kind != ANVIL_OP_LINEAR || k != 0 || (op->row_kind != 0 && !lm_head))
                 return 0;
             used = 1;
@@ -504,7 +520,7 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
                opts ? opts->quant_group : 0);
     for (int32_t i = 0; i < nw; i++) {
         anvil_dtype src = ANVIL_DTYPE_COUNT;
-        if (prequant && ck != NULL && quantizable(net, i, 0)) {
+        if (prequant && ck != NULL && quantizable(net, i, 0, 0)) {
             TRY_GOTO(anvil_prequant_probe(prequant, net, i, ck, &pq[i]), done);
             if (pq[i].quantized) {
                 kinds[i] = pq[i].kind;
@@ -514,7 +530,7 @@ anvil_status anvil_build_plan_make(const anvil_network *net, const anvil_checkpo
         if (ck != NULL) /* no checkpoint: random weights, nothing to check */
             TRY_GOTO(check_recipe(anvil_network_weight(net, i), ck, &src), done);
         kinds[i] = opts && opts->weight_dtype != ANVIL_DTYPE_COUNT ? opts->weight_dtype : src;
-        if (quant != ANVIL_QUANTIZE_NONE && quantizable(net, i, opts->quantize_lm_head)) {
+        if (quant != ANVIL_QUANTIZE_NONE && quantizable(net, i, opts->quantize_lm_head, 1)) {
             TRY_GOTO(check_quant_shape(net, i, quant, group), done);
             kinds[i] = quant_kind(quant);
         }

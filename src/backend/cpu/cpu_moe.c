@@ -7,6 +7,9 @@
  * transformers' index_add over the experts in order. Every piece runs the
  * CPU's own ops, whose per-element arithmetic does not depend on the rows
  * around it: a token's result is the same whatever else the step holds.
+ * Quantized experts (fp8, int8, int4: docs/quantization.md "Mixture of
+ * experts") run the same way: each expert's slice of the stack is a
+ * quantized matrix that the quantized matmul_silu_mul and matmul take.
  */
 #include <math.h>
 #include <string.h>
@@ -106,12 +109,10 @@ static void route_row(float *p, int32_t E, int32_t k, int norm, int32_t G, int32
         }
 }
 
-static size_t elem_bytes(anvil_dtype dt) { return anvil_dtype_size(dt); }
-
 anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
 {
     anvil_moe_scratch L;
-    TRY(anvil_moe_check_args(a, &L));
+    TRY(anvil_moe_check_args_quant(a, &L));
     CHECK(a->x->dtype == ANVIL_DTYPE_F32 && a->out->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED,
           "cpu moe: activations are f32");
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
@@ -150,17 +151,18 @@ anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
     for (int64_t r = 0; r < T * k; r++)
         memcpy(xs + (int64_t)row_of[r] * H, x + (r / k) * H, (size_t)H * sizeof *xs);
 
-    /* each expert's rows: gate and up with the silu in one op, then down */
-    const size_t gu_row = (size_t)H * elem_bytes(a->gate_up->dtype), dn_row = (size_t)I * elem_bytes(a->down->dtype);
+    /* each expert's rows: gate and up with the silu in one op, then down;
+     * a quantized expert is its slice of the stack's rows and scales, which
+     * the quantized matmuls take as any quantized weight */
     for (int32_t e = 0; e < E; e++) {
         const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)
             continue;
+        anvil_quant qg, qu, qd;
         anvil_tensor xe = anvil_tensor_2d(ANVIL_DTYPE_F32, n, H, xs + r0 * H);
-        anvil_tensor wg = anvil_tensor_2d(a->gate_up->dtype, I, H, AT(a->gate_up->data, (size_t)(2 * e * I) * gu_row));
-        anvil_tensor wu = anvil_tensor_2d(a->gate_up->dtype, I, H,
-                                          AT(a->gate_up->data, (size_t)((2 * e + 1) * I) * gu_row));
-        anvil_tensor wd = anvil_tensor_2d(a->down->dtype, H, I, AT(a->down->data, (size_t)(e * H) * dn_row));
+        anvil_tensor wg = anvil_moe_weight_rows(a->gate_up, 2 * e * I, I, &qg);
+        anvil_tensor wu = anvil_moe_weight_rows(a->gate_up, (2 * e + 1) * I, I, &qu);
+        anvil_tensor wd = anvil_moe_weight_rows(a->down, e * H, H, &qd);
         anvil_tensor ge = anvil_tensor_2d(ANVIL_DTYPE_F32, n, I, g + r0 * I);
         anvil_tensor ue = anvil_tensor_2d(ANVIL_DTYPE_F32, n, I, u + r0 * I);
         anvil_tensor ae = anvil_tensor_2d(ANVIL_DTYPE_F32, n, I, act + r0 * I);
@@ -173,9 +175,9 @@ anvil_status anvil_cpu_op_moe(anvil_backend *be, const anvil_moe_args *a)
      * experts' sum, then + sigmoid(gate) * shared) */
     float *sy = NULL, *sgate = NULL;
     if (Is > 0) {
-        const size_t sg_row = (size_t)H * elem_bytes(a->shared_gate_up->dtype);
-        anvil_tensor wg = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, a->shared_gate_up->data);
-        anvil_tensor wu = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, AT(a->shared_gate_up->data, (size_t)Is * sg_row));
+        anvil_quant qg, qu;
+        anvil_tensor wg = anvil_moe_weight_rows(a->shared_gate_up, 0, Is, &qg);
+        anvil_tensor wu = anvil_moe_weight_rows(a->shared_gate_up, Is, Is, &qu);
         anvil_tensor gt = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Is, AT(s, L.sg));
         anvil_tensor ut = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Is, AT(s, L.su));
         anvil_tensor at = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Is, AT(s, L.sa));

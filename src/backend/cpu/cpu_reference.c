@@ -366,10 +366,46 @@ static void ref_expert(const float *x, int64_t H, int64_t I, const anvil_tensor 
     }
 }
 
+/* ref_expert for quantized weights: each expert's rows as a quantized
+ * matrix (anvil_moe_weight_rows) through anvil_cpu_ref_matmul, which
+ * computes the scheme's definition (activations rounded as the CPU's
+ * quantized matmul rounds them) with sums in double, and the same silu. */
+static anvil_status ref_expert_quant(const float *x, int64_t H, int64_t I, const anvil_tensor *gu, int64_t g_row,
+                                     int64_t u_row, const anvil_tensor *dn, int64_t d_row, float *act, float *y)
+{
+    float *u = malloc((size_t)I * sizeof *u);
+    CHECK(u != NULL, ANVIL_ERR_OOM, "moe reference: out of memory");
+    anvil_quant qg, qu, qd;
+    const anvil_tensor wg = anvil_moe_weight_rows(gu, g_row, I, &qg), wu = anvil_moe_weight_rows(gu, u_row, I, &qu);
+    const anvil_tensor wd = anvil_moe_weight_rows(dn, d_row, H, &qd);
+    const anvil_tensor xt = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, H, (void *)x);
+    anvil_tensor gt = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, I, act), ut = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, I, u);
+    anvil_tensor at = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, I, act), yt = anvil_tensor_2d(ANVIL_DTYPE_F32, 1, H, y);
+    anvil_status st = anvil_cpu_ref_matmul(&xt, &wg, NULL, &gt);
+    if (st == ANVIL_OK)
+        st = anvil_cpu_ref_matmul(&xt, &wu, NULL, &ut);
+    for (int64_t i = 0; st == ANVIL_OK && i < I; i++)
+        act[i] = act[i] / (1.0f + expf(-act[i])) * u[i];
+    if (st == ANVIL_OK)
+        st = anvil_cpu_ref_matmul(&at, &wd, NULL, &yt);
+    free(u);
+    return st;
+}
+
+/* One expert on one row, dense or quantized. */
+static anvil_status ref_expert_any(const float *x, int64_t H, int64_t I, const anvil_tensor *gu, int64_t g_row,
+                                   int64_t u_row, const anvil_tensor *dn, int64_t d_row, float *act, float *y)
+{
+    if (gu->quant != NULL || dn->quant != NULL)
+        return ref_expert_quant(x, H, I, gu, g_row, u_row, dn, d_row, act, y);
+    ref_expert(x, H, I, gu, g_row, u_row, dn, d_row, act, y);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
 {
     anvil_moe_scratch L;
-    TRY(anvil_moe_check_args(a, &L));
+    TRY(anvil_moe_check_args_quant(a, &L));
     CHECK(a->x->dtype == ANVIL_DTYPE_F32 && a->out->dtype == ANVIL_DTYPE_F32, ANVIL_ERR_UNSUPPORTED,
           "moe reference: activations are f32");
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
@@ -445,12 +481,12 @@ anvil_status anvil_cpu_ref_moe(const anvil_moe_args *a)
             if (a->norm_topk_prob)
                 w /= wsum;
             w *= scale;
-            ref_expert(xr, H, I, a->gate_up, 2 * e * I, (2 * e + 1) * I, a->down, e * H, act, y);
+            TRY(ref_expert_any(xr, H, I, a->gate_up, 2 * e * I, (2 * e + 1) * I, a->down, e * H, act, y));
             for (int64_t h = 0; h < H; h++)
                 o[h] += y[h] * w;
         }
         if (Is > 0) {
-            ref_expert(xr, H, Is, a->shared_gate_up, 0, Is, a->shared_down, 0, act, y);
+            TRY(ref_expert_any(xr, H, Is, a->shared_gate_up, 0, Is, a->shared_down, 0, act, y));
             double gs = 0.0;
             for (int64_t h = 0; a->shared_gate != NULL && h < H; h++)
                 gs += (double)xr[h] * (double)anvil_cpu_load_elem(a->shared_gate->data, a->shared_gate->dtype, h);
