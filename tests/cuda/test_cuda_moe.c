@@ -5,7 +5,8 @@
  * experts, 2 the grouped launches (the tensor-core GEMM where it applies,
  * else the GEMV for at most 8 tokens and the SIMT GEMM above), 3 the
  * grouped launches on CUDA cores (GEMV, SIMT), and where the tensor-core
- * GEMM applies, 2 with its row tiles forced to 16, 32 and 64 rows:
+ * GEMM applies, 2 with its row tiles forced to 16, 32 and 64 rows and
+ * with its down GEMM split in two halves of K (knob moe_split_k 1, 2):
  *   f32:        max |cuda - ref| <= 2e-5 * max |ref|
  *   bf16, f16:  max |cuda - ref| <= 2e-2 * max |ref| (the expert rows, and
  *               on tensor cores the silu products, are rounded to the
@@ -21,7 +22,8 @@
  *
  * `test_cuda_moe --perf`: on a Mixtral-8x7B layer (H 4096, I 14336, 8
  * experts, top 2, bf16) at 1, 8, 16, 64 and 256 tokens, in one run: the
- * grouped GEMM on tensor cores (knob 2; and with row tiles of 16, 32, 64),
+ * grouped GEMM on tensor cores (knob 2; and with row tiles of 16, 32, 64,
+ * and with the down GEMM not split / split in K),
  * the grouped GEMV (knob 3, at most 8 tokens), the SIMT grouped GEMM
  * (knob 3, above 8 tokens), the loop over experts (knob 1) and the
  * automatic choice (0): time per call, and for the tensor-core GEMM its
@@ -259,12 +261,13 @@ static anvil_moe_args dev_args(dev_moe *d, const moe_case *c)
     return a;
 }
 
-static void set_loop(anvil_backend *be, int loop, int tile_rows)
+static void set_loop(anvil_backend *be, int loop, int tile_rows, int split_k)
 {
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);
     k.moe_loop = loop;
     k.moe_tile_rows = tile_rows;
+    k.moe_split_k = split_k;
     assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
 }
 
@@ -300,9 +303,9 @@ static const moe_case cases[] = {
      * Forced rows per expert 0, 1, 15, 17, 64, 100; H 200 and I 136: a
      * partial 64-wide K step (8 columns) and column tile in both GEMMs */
     {4, 64, 8, 2, 96, 0, 1, F32, 1, {0}, 0},  /* few tokens on tensor cores */
-    {100, 200, 8, 2, 136, 0, 1, F32, 1, {0, 1, 15, 17, 64, 100, 3, 0}, 8},          /* 25 rows on average: tiles of 32 */
-    {100, 200, 16, 2, 136, 24, 0, F32, 1, {0, 1, 15, 17, 64, 100, 1, 0, 0, 2}, 16}, /* 12.5: tiles of 16 */
-    {100, 200, 4, 2, 136, 0, 1, F32, 1, {17, 100, 64, 19}, 4},                       /* 50: tiles of 64 */
+    {100, 200, 8, 2, 136, 0, 1, F32, 1, {0, 1, 15, 17, 64, 100, 3, 0}, 8},          /* 25 rows an expert: bm 64 */
+    {100, 200, 16, 2, 136, 24, 0, F32, 1, {0, 1, 15, 17, 64, 100, 1, 0, 0, 2}, 16}, /* 12.5: bm 32 */
+    {100, 200, 4, 2, 136, 0, 1, F32, 1, {17, 100, 64, 19}, 4},                       /* 50: bm 64 */
     {256, 256, 8, 2, 512, 0, 1, F32, 1, {0}, 0}, /* Mixtral-like: 8 experts, top 2, random routing */
     {64, 128, 60, 4, 1408, 256, 0, F32, 1, {0}, 0}, /* Qwen-MoE-like: 60 small experts, top 4, a shared one */
     {24, 40, 4, 2, 24, 0, 1, F32, 1, {0}, 0}, /* H, I multiples of 8 below one step */
@@ -326,20 +329,23 @@ static void test_moe_vs_reference(void **state)
             const moe_case *c = &cases[ci];
             host_moe h = host_new(c, acts[ai], &rng);
             float *want = reference(&h);
-            /* variants 0..3: the knob moe_loop; 4..6: grouped with row tiles of 16, 32, 64 forced */
+            /* variants 0..3: the knob moe_loop; 4..6: grouped with row tiles of 16, 32, 64 forced; 7, 8:
+             * the down GEMM split in K where it has few blocks (every small case) / always */
             const int mma_case = c->w_as_act && acts[ai] != ANVIL_DTYPE_F32;
-            for (int v = 0; v < (mma_case ? 7 : 4); v++) {
+            for (int v = 0; v < (mma_case ? 9 : 4); v++) {
                 static const char *names[] = {"automatic",          "loop",
                                               "grouped",            "cuda cores",
                                               "tensor cores bm 16", "tensor cores bm 32",
-                                              "tensor cores bm 64"};
-                const int knob = v < 4 ? v : 2, tile_rows = v < 4 ? 0 : 16 << (v - 4);
+                                              "tensor cores bm 64", "tensor cores, K split where few blocks",
+                                              "tensor cores, K split"};
+                const int knob = v < 4 ? v : 2, tile_rows = v < 4 || v > 6 ? 0 : 16 << (v - 4);
+                const int split_k = v == 7 ? 1 : v == 8 ? 2 : 0;
                 char what[240];
                 snprintf(what, sizeof what, "moe act=%s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld norm=%d w=%s%s %s",
                          anvil_dtype_name(acts[ai]), (long long)c->T, (long long)c->H, c->E, c->k, (long long)c->I,
                          (long long)c->Is, c->norm, anvil_dtype_name(h.c.wdt), c->n_forced ? " forced" : "",
                          names[v]);
-                set_loop(be, knob, tile_rows);
+                set_loop(be, knob, tile_rows, split_k);
                 dev_moe d = dev_new(be, &h);
                 anvil_moe_args a = dev_args(&d, c);
                 if (mma_case) {
@@ -366,7 +372,7 @@ static void test_moe_vs_reference(void **state)
                 free(got);
                 dev_free(be, &d);
             }
-            set_loop(be, 0, 0);
+            set_loop(be, 0, 0, 0);
             free(want);
             host_free(&h);
         }
@@ -411,13 +417,14 @@ static double now_s(void)
 }
 
 /* ms per call of the moe op under knob moe_loop `knob` (moe_tile_rows
- * `tile`) after 3 warm-up calls; < 0 on error */
-static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int tile, int iters)
+ * `tile`, moe_split_k `split`) after 3 warm-up calls; < 0 on error */
+static double time_moe_split(anvil_backend *be, anvil_moe_args *a, int knob, int tile, int split, int iters)
 {
     anvil_cuda_knobs kn;
     memset(&kn, 0, sizeof kn);
     kn.moe_loop = knob;
     kn.moe_tile_rows = tile;
+    kn.moe_split_k = split;
     if (anvil_cuda_set_knobs(be, &kn) != ANVIL_OK)
         return -1;
     for (int w = 0; w < 3; w++)
@@ -432,6 +439,11 @@ static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int tile,
     if (be->ops->synchronize(be) != ANVIL_OK)
         return -1;
     return (now_s() - t0) * 1e3 / iters;
+}
+
+static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int tile, int iters)
+{
+    return time_moe_split(be, a, knob, tile, 0, iters);
 }
 
 /* max |a - b| / max |b| over n bf16 values on the device */
@@ -549,6 +561,9 @@ static int perf_main(void)
         double tile_ms[3]; /* the tensor-core GEMM with row tiles of 16, 32, 64 */
         for (int i = 0; i < 3; i++)
             tile_ms[i] = time_moe(be, &a, 2, 16 << i, iters);
+        /* the down GEMM never / always split in two halves of K */
+        const double nosplit_ms = time_moe_split(be, &a, 2, 0, 0, iters);
+        const double split_ms = time_moe_split(be, &a, 2, 0, 2, iters);
         int32_t active[8 + 1];
         be->ops->download(be, active, (char *)scratch + L.active, sizeof active);
         const double gemv_ms = T <= 8 ? time_moe(be, &a, 3, 0, iters) : -1;
@@ -557,8 +572,8 @@ static int perf_main(void)
         const double loop_ms = time_moe(be, &a, 1, 0, iters);
         to.data = out;
         const double auto_ms = time_moe(be, &a, 0, 0, iters);
-        if (mma_ms < 0 || tile_ms[0] < 0 || tile_ms[1] < 0 || tile_ms[2] < 0 || loop_ms < 0 || auto_ms < 0 ||
-            (T <= 8 && gemv_ms < 0) || (T > 8 && simt_ms < 0)) {
+        if (mma_ms < 0 || nosplit_ms < 0 || split_ms < 0 || tile_ms[0] < 0 || tile_ms[1] < 0 || tile_ms[2] < 0 ||
+            loop_ms < 0 || auto_ms < 0 ||            (T <= 8 && gemv_ms < 0) || (T > 8 && simt_ms < 0)) {
             fprintf(stderr, "%s\n", anvil_last_error());
             return 1;
         }
@@ -576,11 +591,13 @@ static int perf_main(void)
         if (simt_ms >= 0)
             snprintf(simt_s, sizeof simt_s, "%.4f", simt_ms);
         printf("{\"tokens\": %lld, \"active_experts\": %d, \"tile_rows\": %d, \"mma_ms\": %.4f, "
-               "\"mma_ms_tiles_16_32_64\": [%.4f, %.4f, %.4f], \"gemv_ms\": %s, \"simt_ms\": %s, "
+               "\"mma_ms_tiles_16_32_64\": [%.4f, %.4f, %.4f], \"mma_ms_split_k_never_always\": [%.4f, %.4f], "
+               "\"gemv_ms\": %s, \"simt_ms\": %s, "
                "\"loop_ms\": %.4f, \"auto_ms\": %.4f, \"loop_over_mma\": %.2f, \"mma_GBps_over_read\": %.1f, "
                "\"mma_pct_of_copy\": %.1f, \"mma_TFLOPs\": %.1f, \"mma_pct_of_gemm\": %.1f, "
                "\"loop_pct_of_copy\": %.1f, \"mma_vs_loop_rel_diff\": %.2e}\n",
-               (long long)T, n_active, moe_tile_rows(T * k, E), mma_ms, tile_ms[0], tile_ms[1], tile_ms[2], gemv_s,
+               (long long)T, n_active, moe_tile_rows(T * k, E), mma_ms, tile_ms[0], tile_ms[1], tile_ms[2], nosplit_ms,
+               split_ms, gemv_s,
                simt_s, loop_ms, auto_ms, loop_ms / mma_ms, gbs,
                100.0 * gbs / copy_gbs, tfl, 100.0 * tfl / gemm_tflops, 100.0 * loop_gbs / copy_gbs, diff);
         be->ops->free(be, x);

@@ -44,6 +44,10 @@ typedef struct anvil_cuda_knobs {
                                  step graphs (cuda_moe.c) */
     int moe_tile_rows;        /* the tensor-core grouped GEMM's row tiles: 16, 32 or 64; 0: by the average
                                  rows an expert gets (cuda_moe_schedule.h) */
+    int moe_split_k;          /* the tensor-core down GEMM in two halves of K (partials added by the combine):
+                                 1 when its blocks would not fill the GPU twice (decode), 2 always; 0 never
+                                 (the default until it is timed on a GPU: session 27 wrote it after its
+                                 device time was spent) */
     int attn_decode_stages;   /* 3: the tensor-core decode kernel keeps 3 tiles in shared memory (default 2) */
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
     int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of

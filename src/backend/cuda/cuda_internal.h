@@ -557,12 +557,14 @@ anvil_status anvil_cuda_launch_moe_experts(cudaStream_t stream, int silu, const 
                                            const int32_t *tiles, const int32_t *order, float *out);
 /* The same on tensor cores (cuda_moe_mma.cu), X and W both of dtype dt
  * (bf16/f16): silu 1: out a [T k, N] in dt; silu 0: X that a, out y [T k,
- * N] f32. tile_m: the sort's (16, 32 or 64, moe_tile_rows). K a multiple
+ * N] f32, and with out2 (f32 [T k, N], or NULL) split in two halves of K:
+ * out the first's partial products, out2 the second's (the combine adds
+ * them). tile_m: the sort's (16, 32 or 64, moe_tile_rows). K a multiple
  * of 8, operands 16-byte aligned. */
 anvil_status anvil_cuda_launch_moe_experts_mma(cudaStream_t stream, int silu, const void *X, anvil_dtype dt,
                                                const void *W, int64_t T, int32_t k, int32_t E, int64_t K, int64_t N,
                                                int tile_m, const int32_t *offsets, const int32_t *tiles,
-                                               const int32_t *order, void *out);
+                                               const int32_t *order, void *out, float *out2);
 /* Whether the tensor-core launches take this op (both activations and
  * weights bf16 or both f16, H and I multiples of 8, aligned, shared memory). */
 int anvil_cuda_moe_mma_ok(anvil_dtype x_dt, anvil_dtype w_dt, int64_t H, int64_t I, const void *x,
@@ -571,11 +573,12 @@ int anvil_cuda_moe_mma_ok(anvil_dtype x_dt, anvil_dtype w_dt, int64_t H, int64_t
 anvil_status anvil_cuda_launch_moe_gather(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t H, int32_t k,
                                           int64_t n_pairs, const int32_t *order, void *xs);
 /* out[t] = sum_j w[t, j] y[row_of[t k + j]] (+ sigmoid(x[t] . sgw) sy[t]);
- * y f32 when y_f32, else act_dt; sgw NULL: no shared expert */
+ * y f32 when y_f32, else act_dt; y2 NULL, or (with y_f32) a second f32
+ * partial of y (y + y2: a down GEMM split in K); sgw NULL: no shared expert */
 anvil_status anvil_cuda_launch_moe_combine(cudaStream_t stream, const void *x, anvil_dtype act_dt, int64_t T,
                                            int64_t H, int32_t k, const float *topk_w, const int32_t *row_of,
-                                           const void *y, int y_f32, const void *sgw, anvil_dtype w_dt,
-                                           const void *sy, void *out);
+                                           const void *y, int y_f32, const float *y2, const void *sgw,
+                                           anvil_dtype w_dt, const void *sy, void *out);
 
 #ifdef __cplusplus
 }

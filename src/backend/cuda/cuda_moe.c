@@ -112,15 +112,23 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     const int tile_m = path != MMA                                     ? MOE_SIMT_TILE_ROWS
                        : forced == 16 || forced == 32 || forced == 64 ? forced
                                                                       : moe_tile_rows(n_pairs, E);
+    float *y2 = NULL; /* a split down GEMM's second partial */
     TRY(anvil_cuda_launch_moe_sort(cb->stream, ids, n_pairs, E, tile_m, offsets, active, tiles, order, row_of));
     if (path == LOOP) {
         TRY(moe_loop(be, cb, a, &L));
     } else if (path == MMA) {
         /* a (scratch piece of f32 size) holds the silu products in the weights' dtype */
+        /* The down GEMM of a decode step has few blocks (experts with rows x H / 64: 128 for Mixtral's one
+         * token on 132 SMs), too few reads in flight (67% of the copy rate at one token, the loop's GEMV
+         * 82%): knob moe_split_k runs it in two halves of K, the second's partial products in xs (f32
+         * [T k, H], unused here), added by the combine. Off by default until timed. */
+        const int64_t est_blocks = (n_pairs < E ? n_pairs : E) * ((H + 63) / 64);
+        const int split = cb->knobs.moe_split_k == 2 || (cb->knobs.moe_split_k == 1 && est_blocks < 2 * cb->n_sm);
+        y2 = split ? AT(s, L.xs) : NULL;
         TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 1, a->x->data, adt, a->gate_up->data, T, k, E, H, I, tile_m,
-                                              offsets, tiles, order, AT(s, L.a)));
+                                              offsets, tiles, order, AT(s, L.a), NULL));
         TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 0, AT(s, L.a), adt, a->down->data, T, k, E, I, H, tile_m,
-                                              offsets, tiles, order, AT(s, L.y)));
+                                              offsets, tiles, order, AT(s, L.y), y2));
     } else {
         TRY(anvil_cuda_launch_moe_experts(cb->stream, 1, a->x->data, adt, a->gate_up->data, a->gate_up->dtype, T, k,
                                           E, H, I, offsets, active, tiles, order, AT(s, L.a)));
@@ -146,6 +154,6 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
         }
         sy = yt.data;
     }
-    return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), path != LOOP, sgw,
-                                         sg_dt, sy, a->out->data);
+    return anvil_cuda_launch_moe_combine(cb->stream, a->x->data, adt, T, H, k, topw, row_of, AT(s, L.y), path != LOOP,
+                                         y2, sgw, sg_dt, sy, a->out->data);
 }

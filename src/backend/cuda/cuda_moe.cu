@@ -366,7 +366,8 @@ __global__ void anvil_moe_gather_kernel(const T *x, int64_t H, int32_t k, int64_
  * ascending) + sigmoid(x[t] . sgw) * sy[t] with a shared expert. */
 template <typename T, typename TY, typename TW>
 __global__ void anvil_moe_combine_kernel(const T *x, int64_t H, int32_t k, const float *topk_w,
-                                         const int32_t *row_of, const TY *y, const TW *sgw, const T *sy, T *out)
+                                         const int32_t *row_of, const TY *y, const float *y2, const TW *sgw,
+                                         const T *sy, T *out)
 {
     __shared__ float red[32];
     __shared__ float gate;
@@ -389,8 +390,12 @@ __global__ void anvil_moe_combine_kernel(const T *x, int64_t H, int32_t k, const
     }
     for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
         float o = 0.0f;
-        for (int32_t j = 0; j < k; j++)
-            o += anvil_to_f32(y[(int64_t)row_of[t * k + j] * H + h]) * topk_w[t * k + j];
+        for (int32_t j = 0; j < k; j++) {
+            const int64_t at = (int64_t)row_of[t * k + j] * H + h;
+            /* y2: the second half of K of a split down GEMM, added in a fixed order */
+            const float v = y2 != nullptr ? anvil_to_f32(y[at]) + y2[at] : anvil_to_f32(y[at]);
+            o += v * topk_w[t * k + j];
+        }
         if (sy != nullptr) /* without a gate weight (DeepSeek): the shared experts' output as it is */
             o += (sgw != nullptr ? gate : 1.0f) * anvil_to_f32(sy[t * H + h]);
         out[t * H + h] = anvil_from_f32<T>(o);
@@ -487,21 +492,25 @@ extern "C" anvil_status anvil_cuda_launch_moe_gather(cudaStream_t stream, const 
     return ANVIL_CUDA_LAUNCHED("moe gather kernel");
 }
 
-/* y_f32: y is f32 (the grouped path), else in act_dt (the loop). sgw NULL:
+/* y_f32: y is f32 (the grouped path), else in act_dt (the loop); y2 (f32,
+ * with y_f32): a second partial y added to y (a split down GEMM), or NULL. sgw NULL:
  * no shared expert (sy unused). */
 extern "C" anvil_status anvil_cuda_launch_moe_combine(cudaStream_t stream, const void *x, anvil_dtype act_dt,
                                                       int64_t n_tok, int64_t H, int32_t k, const float *topk_w,
                                                       const int32_t *row_of, const void *y, int y_f32,
-                                                      const void *sgw, anvil_dtype w_dt, const void *sy, void *out)
+                                                      const float *y2, const void *sgw, anvil_dtype w_dt,
+                                                      const void *sy, void *out)
 {
     CHECK(n_tok > 0 && n_tok <= INT32_MAX && H > 0 && k > 0, ANVIL_ERR_INVALID_ARG, "moe combine: %lld tokens", (long long)n_tok);
     ANVIL_CUDA_DISPATCH(act_dt, MOE_WEIGHT_DISPATCH(w_dt, {
         if (y_f32)
             anvil_moe_combine_kernel<T, float, TW><<<(unsigned)n_tok, 256, 0, stream>>>(
-                (const T *)x, H, k, topk_w, row_of, (const float *)y, (const TW *)sgw, (const T *)sy, (T *)out);
+                (const T *)x, H, k, topk_w, row_of, (const float *)y, y2, (const TW *)sgw, (const T *)sy,
+                (T *)out);
         else
             anvil_moe_combine_kernel<T, T, TW><<<(unsigned)n_tok, 256, 0, stream>>>(
-                (const T *)x, H, k, topk_w, row_of, (const T *)y, (const TW *)sgw, (const T *)sy, (T *)out);
+                (const T *)x, H, k, topk_w, row_of, (const T *)y, nullptr, (const TW *)sgw, (const T *)sy,
+                (T *)out);
     }));
     return ANVIL_CUDA_LAUNCHED("moe combine kernel");
 }

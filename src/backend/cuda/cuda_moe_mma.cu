@@ -31,6 +31,11 @@
  * tile, columns + 8 (l / 8): two k16 chunks a load), as the tensor-core
  * prefill kernel reads Q and K (cuda_attn_prefill_mma.cu).
  *
+ * The down GEMM of a decode step has few blocks (experts with rows x H /
+ * 64: 128 for Mixtral's one token), too few reads in flight for the
+ * bandwidth: it can run in two halves of K (grid z), the second writing
+ * its partial products to out2; the combine adds the two in a fixed order.
+ *
  * Needs K a multiple of 8 (16-byte rows pieces; a partial last step is
  * zero-filled by whole pieces) and 16-byte aligned operands: the launcher
  * checks, cuda_moe.c falls back to the SIMT kernels otherwise.
@@ -63,7 +68,7 @@ template <typename T, int BM, bool SILU>
 __global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
     anvil_moe_mma_kernel(const T *__restrict__ X, const T *__restrict__ W, int64_t K, int64_t N, int64_t w_stride_e,
                          int64_t up_off, int32_t k, int32_t E, const int32_t *offsets, const int32_t *tiles,
-                         const int32_t *order, void *out)
+                         const int32_t *order, void *out, float *out2, int split_steps)
 {
     constexpr int NB = SILU ? 2 : 1; /* weight row blocks: gate (and up) */
     constexpr int NT = moe_mma_shape<BM>::threads;
@@ -106,10 +111,14 @@ __global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
         b_src[i] = n < N ? We + (nb * up_off + n) * K + part * 8 : nullptr;
         b_dst[i] = (BM + row) * MOE_MMA_LDS + part * 8;
     }
-    /* step s's pieces into stage st; pieces past K or the rows zero-filled */
+    /* blockIdx.z: which part of K's steps (split_steps each; 0: all) */
+    const int all_steps = (int)((K + MOE_MMA_BK - 1) / MOE_MMA_BK);
+    const int s_begin = split_steps > 0 ? (int)blockIdx.z * split_steps : 0;
+    const int n_steps = split_steps > 0 ? max(0, min(all_steps - s_begin, split_steps)) : all_steps;
+    /* step s_begin + s's pieces into stage st; pieces past K or the rows zero-filled */
     auto issue = [&](int s, int st) {
         uint16_t *base = smem + st * STAGE;
-        const int64_t k0 = (int64_t)s * MOE_MMA_BK;
+        const int64_t k0 = (int64_t)(s_begin + s) * MOE_MMA_BK;
 #pragma unroll
         for (int i = 0; i < A_PER; i++) {
             const int part = (threadIdx.x + i * NT) & 7;
@@ -133,7 +142,6 @@ __global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
             for (int nt = 0; nt < 2; nt++)
                 acc[nb][mt][nt][0] = acc[nb][mt][nt][1] = acc[nb][mt][nt][2] = acc[nb][mt][nt][3] = 0.0f;
 
-    const int n_steps = (int)((K + MOE_MMA_BK - 1) / MOE_MMA_BK);
     /* the first STAGES - 1 steps on their way (empty groups past the end
      * keep the group count uniform for the waits below) */
 #pragma unroll
@@ -204,7 +212,7 @@ __global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
                         const float u = acc[NB - 1][mt][nt][2 * h + j];
                         ((T *)out)[(int64_t)r * N + n] = anvil_from_f32<T>(g / (1.0f + expf(-g)) * u);
                     } else {
-                        ((float *)out)[(int64_t)r * N + n] = g;
+                        (blockIdx.z == 0 ? (float *)out : out2)[(int64_t)r * N + n] = g;
                     }
                 }
         }
@@ -213,7 +221,8 @@ __global__ void __launch_bounds__(moe_mma_shape<BM>::threads)
 template <typename T, int BM, bool SILU>
 static anvil_status moe_mma_launch(cudaStream_t stream, const void *X, const void *W, int64_t K, int64_t N,
                                    int64_t stride, int32_t k, int32_t E, dim3 grid, const int32_t *offsets,
-                                   const int32_t *tiles, const int32_t *order, void *out)
+                                   const int32_t *tiles, const int32_t *order, void *out, float *out2,
+                                   int split_steps)
 {
     constexpr size_t smem = moe_mma_smem(BM, SILU ? 2 : 1);
     if (smem > 48 * 1024) /* a host-side attribute, no stream work: fine inside a graph capture */
@@ -221,7 +230,7 @@ static anvil_status moe_mma_launch(cudaStream_t stream, const void *X, const voi
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                               "moe mma: shared memory limit", __FILE__, __LINE__));
     anvil_moe_mma_kernel<T, BM, SILU><<<grid, moe_mma_shape<BM>::threads, smem, stream>>>(
-        (const T *)X, (const T *)W, K, N, stride, SILU ? N : 0, k, E, offsets, tiles, order, out);
+        (const T *)X, (const T *)W, K, N, stride, SILU ? N : 0, k, E, offsets, tiles, order, out, out2, split_steps);
     return ANVIL_CUDA_LAUNCHED("moe mma kernel");
 }
 
@@ -236,22 +245,29 @@ extern "C" int anvil_cuda_moe_mma_ok(anvil_dtype x_dt, anvil_dtype w_dt, int64_t
 extern "C" anvil_status anvil_cuda_launch_moe_experts_mma(cudaStream_t stream, int silu, const void *X, anvil_dtype dt,
                                                           const void *W, int64_t n_tok, int32_t k, int32_t E,
                                                           int64_t K, int64_t N, int tile_m, const int32_t *offsets,
-                                                          const int32_t *tiles, const int32_t *order, void *out)
+                                                          const int32_t *tiles, const int32_t *order, void *out,
+                                                          float *out2)
 {
     CHECK(n_tok > 0 && k > 0 && E > 0 && K > 0 && N > 0 && n_tok * k <= INT32_MAX, ANVIL_ERR_INVALID_ARG,
           "moe mma: %lld tokens x %d, K %lld, N %lld", (long long)n_tok, k, (long long)K, (long long)N);
     CHECK(tile_m == 16 || tile_m == 32 || tile_m == 64, ANVIL_ERR_INVALID_ARG, "moe mma: row tiles of %d", tile_m);
+    CHECK(out2 == nullptr || !silu, ANVIL_ERR_INVALID_ARG, "moe mma: only the down GEMM splits K");
     CHECK(K % 8 == 0 && anvil_aligned16(X) && anvil_aligned16(W) && anvil_aligned16(out), ANVIL_ERR_UNSUPPORTED,
           "moe mma: K %lld (a multiple of 8) and 16-byte aligned operands", (long long)K);
     const int64_t n_pairs = n_tok * k;
     const int64_t max_tiles = moe_tiles_bound(n_pairs, E, tile_m), n_tiles = (N + MOE_MMA_BN - 1) / MOE_MMA_BN;
     CHECK(max_tiles <= INT32_MAX && n_tiles <= 65535, ANVIL_ERR_INVALID_ARG, "moe mma: %lld row tiles, N %lld",
           (long long)max_tiles, (long long)N);
-    const dim3 grid((unsigned)max_tiles, (unsigned)n_tiles);
+    /* with out2: two halves of K's steps, blockIdx.z 0 and 1 */
+    const int all_steps = (int)((K + MOE_MMA_BK - 1) / MOE_MMA_BK);
+    const int split_steps = out2 != nullptr ? (all_steps + 1) / 2 : 0;
+    const dim3 grid((unsigned)max_tiles, (unsigned)n_tiles, out2 != nullptr ? 2u : 1u);
     const int64_t stride = silu ? 2 * N * K : N * K;
 #define MOE_MMA_BM(T, BM)                                                                                        \
-    return silu ? moe_mma_launch<T, BM, true>(stream, X, W, K, N, stride, k, E, grid, offsets, tiles, order, out) \
-                : moe_mma_launch<T, BM, false>(stream, X, W, K, N, stride, k, E, grid, offsets, tiles, order, out)
+    return silu ? moe_mma_launch<T, BM, true>(stream, X, W, K, N, stride, k, E, grid, offsets, tiles, order, out,     \
+                                              nullptr, 0)                                                          \
+                : moe_mma_launch<T, BM, false>(stream, X, W, K, N, stride, k, E, grid, offsets, tiles, order, out,    \
+                                               out2, split_steps)
 #define MOE_MMA_T(T)                                                                                             \
     do {                                                                                                         \
         if (tile_m == 16)                                                                                        \
