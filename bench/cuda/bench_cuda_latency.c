@@ -50,7 +50,8 @@
  * Llama-3.2-1B's (hidden 2048, 16 layers, 32/8 heads of 64, intermediate
  * 8192, tied) and Mixtral-8x7B's (MixtralForCausalLM: hidden 4096, 32
  * layers, 32/8 heads, 8 experts of 14336, top-2, vocab 32000, rope_theta
- * 1e6; 93 GB in bf16: an H200's memory, not an H100's); or any model
+ * 1e6; 93 GB in bf16: an H200's memory, not an H100's; about 47 GB with
+ * --quantize fp8, experts included, which an H100 holds); or any model
  * folder or engine with --model. --source engine (the default for the
  * Llama shapes): random-weight engines built into the work folder on first
  * use by the builder (anvil_build_engine, random_weights; --scratch DIR,

@@ -22,9 +22,16 @@
  * GEMM); 0 (the default) as 2, except that where 2 would take the SIMT
  * GEMM outside a step graph the loop runs (on an H100, session 26,
  * docs/performance.md, the SIMT GEMM was 6-14x slower than cuBLASLt per
- * expert at 16 to 256 tokens).
+ * expert at 16 to 256 tokens). Quantized experts (fp8, int8, int4:
+ * docs/quantization.md "Mixture of experts"): at most 8 tokens the
+ * quantized grouped GEMV (cuda_moe_quant.cu: one launch each for gate|up
+ * and down, step graphs hold it) unless the knob says 1; else, and for
+ * layouts it does not take, the loop, each expert's slice through the
+ * quantized matmuls (no step graph holds it: the capture is refused by
+ * name, and the step then runs unrecorded).
  */
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_moe_quant.h"
 #include "backend/cuda/cuda_moe_route_groups.h"
 #include "backend/cuda/cuda_moe_schedule.h"
 
@@ -36,7 +43,8 @@
 static anvil_status moe_loop(anvil_backend *be, anvil_cuda_backend *cb, const anvil_moe_args *a,
                              const anvil_moe_scratch *L)
 {
-    CHECK(!cb->capturing, ANVIL_ERR_UNSUPPORTED, "cuda moe: the loop over experts cannot run in a step graph");
+    CHECK(!cb->capturing, ANVIL_ERR_UNSUPPORTED, "cuda moe: the loop over experts%s cannot run in a step graph",
+          a->gate_up->quant != NULL || a->down->quant != NULL ? " (which quantized experts take)" : "");
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter;
     const int32_t E = a->n_experts, k = a->top_k;
     const anvil_dtype adt = a->x->dtype;
@@ -49,17 +57,16 @@ static anvil_status moe_loop(anvil_backend *be, anvil_cuda_backend *cb, const an
                                           cudaMemcpyDeviceToHost,
                                           cb->stream), "moe offsets", __FILE__, __LINE__));
     TRY(anvil_cuda_status(cudaStreamSynchronize(cb->stream), "moe offsets", __FILE__, __LINE__));
-    const size_t gu_row = (size_t)H * anvil_dtype_size(a->gate_up->dtype);
-    const size_t dn_row = (size_t)I * anvil_dtype_size(a->down->dtype);
     for (int32_t e = 0; e < E; e++) {
         const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];
         if (n == 0)
             continue;
+        /* an expert's slices of the stacks; quantized ones with their rows of the scales and zero points */
+        anvil_quant qg, qu, qd;
         anvil_tensor xe = anvil_tensor_2d(adt, n, H, AT(s, L->xs + (size_t)r0 * H * as));
-        anvil_tensor wg = anvil_tensor_2d(a->gate_up->dtype, I, H, AT(a->gate_up->data, (size_t)(2 * e * I) * gu_row));
-        anvil_tensor wu =
-            anvil_tensor_2d(a->gate_up->dtype, I, H, AT(a->gate_up->data, (size_t)((2 * e + 1) * I) * gu_row));
-        anvil_tensor wd = anvil_tensor_2d(a->down->dtype, H, I, AT(a->down->data, (size_t)(e * H) * dn_row));
+        anvil_tensor wg = anvil_moe_weight_rows(a->gate_up, 2 * e * I, I, &qg);
+        anvil_tensor wu = anvil_moe_weight_rows(a->gate_up, (2 * e + 1) * I, I, &qu);
+        anvil_tensor wd = anvil_moe_weight_rows(a->down, e * H, H, &qd);
         anvil_tensor ge = anvil_tensor_2d(adt, n, I, AT(s, L->g + (size_t)r0 * I * as));
         anvil_tensor ue = anvil_tensor_2d(adt, n, I, AT(s, L->u + (size_t)r0 * I * as));
         anvil_tensor ae = anvil_tensor_2d(adt, n, I, AT(s, L->a + (size_t)r0 * I * as));
@@ -74,7 +81,7 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     anvil_moe_scratch L;
-    TRY(anvil_moe_check_args(a, &L));
+    TRY(anvil_moe_check_args_quant(a, &L));
     TRY(anvil_cuda_check_act(cb, a->x, "moe x"));
     TRY(anvil_cuda_check_act(cb, a->out, "moe out"));
     const int64_t T = a->x->shape[0], H = a->x->shape[1], I = a->inter, Is = a->shared_inter;
@@ -96,10 +103,18 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
                                         a->norm_topk_prob, ids, topw));
     const int64_t n_pairs = T * k;
     const int knob = cb->knobs.moe_loop;
-    const int mma = knob != 3 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
+    /* quantized experts: at most 8 tokens the quantized grouped GEMV (cuda_moe_quant.cu) where it takes
+     * both stacks, else the loop through the quantized matmuls (cuda_matmul_quant.c); the other grouped
+     * launches read dense weights only */
+    const int quant = a->gate_up->quant != NULL || a->down->quant != NULL;
+    const int qgemv = quant && knob != 1 && anvil_cuda_moe_gemv_quant_ok(a->gate_up, T) &&
+                      anvil_cuda_moe_gemv_quant_ok(a->down, T);
+    const int mma = !quant && knob != 3 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
                                                        a->down->data, cb->smem_optin);
-    enum { LOOP, GEMV, MMA, SIMT } path;
-    if (knob == 1)
+    enum { LOOP, GEMV, MMA, SIMT, QGEMV } path;
+    if (qgemv)
+        path = QGEMV;
+    else if (knob == 1 || quant)
         path = LOOP;
     else if (mma)
         path = MMA;
@@ -129,6 +144,11 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
                                               offsets, tiles, order, AT(s, L.a), NULL));
         TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 0, AT(s, L.a), adt, a->down->data, T, k, E, I, H, tile_m,
                                               offsets, tiles, order, AT(s, L.y), y2));
+    } else if (path == QGEMV) {
+        TRY(anvil_cuda_launch_moe_experts_quant(cb->stream, 1, a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
+                                                active, order, AT(s, L.a)));
+        TRY(anvil_cuda_launch_moe_experts_quant(cb->stream, 0, AT(s, L.a), ANVIL_DTYPE_F32, a->down, T, k, E, I, H,
+                                                offsets, active, order, AT(s, L.y)));
     } else {
         TRY(anvil_cuda_launch_moe_experts(cb->stream, 1, a->x->data, adt, a->gate_up->data, a->gate_up->dtype, T, k,
                                           E, H, I, offsets, active, tiles, order, AT(s, L.a)));
@@ -139,9 +159,9 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
     const void *sgw = NULL, *sy = NULL;
     anvil_dtype sg_dt = a->router->dtype;
     if (Is > 0) {
-        const size_t row = (size_t)H * anvil_dtype_size(a->shared_gate_up->dtype);
-        anvil_tensor wg = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, a->shared_gate_up->data);
-        anvil_tensor wu = anvil_tensor_2d(a->shared_gate_up->dtype, Is, H, AT(a->shared_gate_up->data, (size_t)Is * row));
+        anvil_quant qg, qu;
+        anvil_tensor wg = anvil_moe_weight_rows(a->shared_gate_up, 0, Is, &qg);
+        anvil_tensor wu = anvil_moe_weight_rows(a->shared_gate_up, Is, Is, &qu);
         anvil_tensor gt = anvil_tensor_2d(adt, T, Is, AT(s, L.sg));
         anvil_tensor ut = anvil_tensor_2d(adt, T, Is, AT(s, L.su));
         anvil_tensor at = anvil_tensor_2d(adt, T, Is, AT(s, L.sa));
