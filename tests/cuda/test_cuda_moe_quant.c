@@ -14,12 +14,18 @@
  *          block of 32, fp8 W8A8 with activations rounded to fp8 per row);
  *   ref_d  anvil_cpu_ref_moe on the dequantized f32 weights (the format's
  *          definition, which CUDA's weight-only paths compute).
- * Bounds, max |cuda - ref| / max |ref|:
+ * Bounds, max |cuda - ref| / max |ref| over the whole output (as
+ * test_cuda_moe), and the same within each token's row (so that a token
+ * whose experts are the small ones is held too; looser, since a short row
+ * cancels less):
  *   int8/int4: 3e-2 against ref_d (bf16/f16: the rows and products rounded
  *              to the activation dtype; f32: the int8-activation GEMV's
- *              rounding at 1-8 rows), 5e-2 against ref_q;
+ *              rounding at 1-8 rows), 5e-2 against ref_q; per token 0.15
+ *              against ref_d;
  *   fp8:       6e-2 against ref_q (fp8 activation codes may round the other
- *              way where the activations differ in their last bits).
+ *              way where the activations differ in their last bits); per
+ *              token 0.3 (on the CPU the fp8 reference is up to 0.17 per
+ *              token from the dequantized one at H 32).
  * Token counts 1, 5, 8 (the grouped GEMV under knob moe_loop 0, the loop
  * and its quantized GEMVs under 1) and 9, 12, 33, 40 (the loop under both).
  * Outputs are poisoned with NaN first and followed by guard bytes. Skips
@@ -320,19 +326,32 @@ static float *reference(hfix *f, int deq)
     return out;
 }
 
-static double rel_err(const float *got, const float *want, int64_t n, int64_t *worst)
+/* max |got - want| / max |want|: over all of [T, H] (rows 0), or the
+ * largest over the tokens of that within the token's row (rows 1: a token
+ * whose experts are the small ones is held too); *worst: the element. */
+static double rel_err(const float *got, const float *want, int64_t T, int64_t H, int rows, int64_t *worst)
 {
-    double max_ref = 0, max_err = 0;
+    const int64_t n_rows = rows ? T : 1, len = rows ? H : T * H;
+    double worst_rel = 0;
     *worst = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double err = isnan(got[i]) ? INFINITY : fabs((double)got[i] - want[i]);
-        max_ref = fmax(max_ref, fabs(want[i]));
-        if (err > max_err || (i == 0 && err == INFINITY)) {
-            max_err = err;
-            *worst = i;
+    for (int64_t t = 0; t < n_rows; t++) {
+        double max_ref = 0, max_err = 0;
+        int64_t at = t * len;
+        for (int64_t i = t * len; i < (t + 1) * len; i++) {
+            const double err = isnan(got[i]) ? INFINITY : fabs((double)got[i] - want[i]);
+            max_ref = fmax(max_ref, fabs(want[i]));
+            if (err > max_err || (i == t * len && err == INFINITY)) {
+                max_err = err;
+                at = i;
+            }
+        }
+        const double rel = max_err / fmax(max_ref, 1e-6);
+        if (rel > worst_rel || (t == 0 && rel == INFINITY)) {
+            worst_rel = rel;
+            *worst = at;
         }
     }
-    return max_err / fmax(max_ref, 1e-6);
+    return worst_rel;
 }
 
 static void set_loop(anvil_backend *be, int loop)
@@ -411,11 +430,13 @@ static void test_moe_quant_vs_cpu(void **state)
                 assert_int_equal(be->ops->download(be, hout, out.data, out_bytes), ANVIL_OK);
                 dev_check_guard(be, out.data, out_bytes, what);
                 anvil_convert_to_f32(act, hout, got, n);
-                int64_t wq, wd;
-                const double eq = rel_err(got, ref_q, n, &wq), ed = rel_err(got, ref_d, n, &wd);
+                int64_t wq, wd, wr;
                 const int fp8 = c->kind == ANVIL_DTYPE_F8_E4M3;
-                const int ok = fp8 ? eq <= 6e-2 : (ed <= 3e-2 && eq <= 5e-2);
-                printf("%-4s %s: vs quantized reference %.2e, vs dequantized %.2e\n", ok ? "ok" : "FAIL", what, eq, ed);
+                const double eq = rel_err(got, ref_q, c->T, c->H, 0, &wq), ed = rel_err(got, ref_d, c->T, c->H, 0, &wd);
+                const double er = rel_err(got, fp8 ? ref_q : ref_d, c->T, c->H, 1, &wr);
+                const int ok = fp8 ? eq <= 6e-2 && er <= 0.3 : (ed <= 3e-2 && eq <= 5e-2 && er <= 0.15);
+                printf("%-4s %s: vs quantized reference %.2e, vs dequantized %.2e, worst token %.2e\n",
+                       ok ? "ok" : "FAIL", what, eq, ed, er);
                 if (!ok) {
                     printf("     worst: got %g, want %g (quantized) / %g (dequantized)\n", got[fp8 ? wq : wd],
                            ref_q[fp8 ? wq : wd], ref_d[fp8 ? wq : wd]);
