@@ -234,6 +234,9 @@ static const qcase qcases[] = {
     {40, 128, 16, 4, 192, 64, U4, 32},
     {40, 128, 16, 4, 192, 64, FP8, 0},
     {33, 96, 8, 2, 160, 48, U4, 16},  /* groups of 16, K off the GEMVs' steps */
+    {4, 96, 8, 2, 160, 48, U4, 16},   /* the grouped GEMV: groups of 16, K not a multiple of 256 lanes' codes */
+    {1, 96, 8, 2, 160, 0, FP8, 0},
+    {7, 96, 6, 3, 40, 0, I8, 0},      /* K 40: lanes past the row's end from the start */
     {12, 96, 8, 2, 160, 0, I8, 0},
 };
 #undef FP8

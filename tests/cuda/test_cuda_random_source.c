@@ -4,7 +4,8 @@
  *    the engine anvil build --random-weights writes for the same config,
  *    seed and dtype, both on the GPU (tests/random_check.c): tiny Llama-3,
  *    Qwen2-MoE and Mixtral configs in bf16 (the fast mode) and as stored,
- *    int8-wo and int4-wo;
+ *    int8-wo and int4-wo (Llama), Qwen2-MoE int4-wo and Mixtral fp8 and
+ *    int8-wo (quantized experts);
  *  - host memory: a 5.6 GB bf16 config loads onto the GPU with the process's
  *    peak resident size growing by the load's chunk buffers (16 MiB pieces:
  *    two pinned staging buffers and an f32 piece a thread, at most 16
@@ -35,10 +36,16 @@ static void test_cuda_random_equal(void **st)
         printf("  tiny-llama3: random source == engine on cuda (bf16, as stored, int8-wo, int4-wo)\n");
     }
     random_check_config(anvil_test_model_dir("tiny-qwen2-moe"), "cuda", 5, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_NONE, 0);
-    printf("  tiny-qwen2-moe: random source == engine on cuda (bf16)\n");
+    /* quantized experts (docs/quantization.md "Mixture of experts"): the 7-token prompt and the decode step
+     * take the quantized grouped GEMV (cuda_moe_quant.cu) */
+    random_check_config(anvil_test_model_dir("tiny-qwen2-moe"), "cuda", 5, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT4_WO,
+                        16);
+    printf("  tiny-qwen2-moe: random source == engine on cuda (bf16, int4-wo g16)\n");
     if (random_check_config_copy("tiny-mixtral", cfg, sizeof cfg) != NULL) {
         random_check_config(cfg, "cuda", 9, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_NONE, 0);
-        printf("  tiny-mixtral: random source == engine on cuda (bf16)\n");
+        random_check_config(cfg, "cuda", 9, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_FP8, 0);
+        random_check_config(cfg, "cuda", 9, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT8_WO, 0);
+        printf("  tiny-mixtral: random source == engine on cuda (bf16, fp8, int8-wo)\n");
     }
 }
 
