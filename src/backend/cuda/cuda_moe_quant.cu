@@ -16,27 +16,29 @@
  */
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_moe_quant.h"
+#include "backend/cuda/cuda_moe_quant_map.h"
 
 #define MQ_WARPS 8
 #define MQ_MAX_ROWS 8
 
-enum { MQ_FP8 = 0, MQ_I8 = 1, MQ_U4 = 2 };
+enum { MQ_FP8 = MQM_FP8, MQ_I8 = MQM_I8, MQ_U4 = MQM_U4 };
 
-/* The 8 codes of a weight row from column c (c % 8 == 0) as v - z. */
+/* The 8 codes of a weight row from column c (c % 8 == 0) as v - z, read
+ * and unpacked as cuda_moe_quant_map.h says (checked on the CPU by
+ * test_cuda_moe_quant_map). */
 template <int KIND>
 __device__ __forceinline__ void mq_codes(const uint8_t *__restrict__ wrow, int64_t c, float z, float (&v)[8])
 {
     if constexpr (KIND == MQ_U4) {
-        /* element c + i at bits 4i: two a byte along K, low nibble first */
-        const uint32_t p = __ldg(reinterpret_cast<const unsigned int *>(wrow + c / 2));
+        const uint32_t p = __ldg(reinterpret_cast<const unsigned int *>(wrow + mqm_byte(KIND, c)));
 #pragma unroll
         for (int i = 0; i < 8; i++)
-            v[i] = (float)((p >> (4 * i)) & 15u) - z;
+            v[i] = (float)mqm_code(KIND, p, 0u, i) - z;
     } else {
-        const uint2 p = __ldg(reinterpret_cast<const uint2 *>(wrow + c));
+        const uint2 p = __ldg(reinterpret_cast<const uint2 *>(wrow + mqm_byte(KIND, c)));
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const uint32_t b = ((i < 4 ? p.x : p.y) >> (8 * (i % 4))) & 0xffu;
+            const uint32_t b = mqm_code(KIND, p.x, p.y, i);
             if constexpr (KIND == MQ_I8) {
                 v[i] = (float)(int8_t)(uint8_t)b;
             } else {
@@ -65,9 +67,8 @@ __global__ void anvil_moe_gemv_quant_kernel(const TX *__restrict__ X, const uint
     const int lane = threadIdx.x % 32;
     const int32_t r0 = offsets[e], rows = offsets[e + 1] - offsets[e];
     /* the stack's rows: gate e 2N + n and up e 2N + N + n; down e N + n */
-    const int64_t rg = SILU ? (int64_t)e * 2 * N + n : (int64_t)e * N + n, ru = rg + N;
+    const int64_t rg = mqm_row(SILU, e, N, n), ru = rg + N;
     const int64_t row_bytes = KIND == MQ_U4 ? K / 2 : K;
-    const int64_t G = group > 0 ? K / group : 1; /* scales a row */
     const uint8_t *wg = W + rg * row_bytes, *wu = W + ru * row_bytes;
     const TX *xr[MQ_MAX_ROWS];
 #pragma unroll
@@ -90,11 +91,11 @@ __global__ void anvil_moe_gemv_quant_kernel(const TX *__restrict__ X, const uint
 #pragma unroll
     for (int i = 0; i < MQ_MAX_ROWS; i++)
         ag[i] = au[i] = 0.0f;
-    for (int64_t c = (int64_t)lane * 8; c < K; c += 32 * 8) {
-        const int64_t gi = group > 0 ? c / group : 0;
-        const float sg = scales[rg * G + gi], su = SILU ? scales[ru * G + gi] : 0.0f;
-        const float zg = KIND == MQ_U4 ? (zeros != nullptr ? (float)zeros[rg * G + gi] : 8.0f) : 0.0f;
-        const float zu = KIND == MQ_U4 && SILU ? (zeros != nullptr ? (float)zeros[ru * G + gi] : 8.0f) : 0.0f;
+    for (int64_t c = (int64_t)lane * MQM_CODES; c < K; c += MQM_STEP) {
+        const int64_t ig = mqm_scale_at(rg, c, K, group), iu = mqm_scale_at(ru, c, K, group);
+        const float sg = scales[ig], su = SILU ? scales[iu] : 0.0f;
+        const float zg = KIND == MQ_U4 ? (zeros != nullptr ? (float)zeros[ig] : 8.0f) : 0.0f;
+        const float zu = KIND == MQ_U4 && SILU ? (zeros != nullptr ? (float)zeros[iu] : 8.0f) : 0.0f;
         float vg[8], vu[8];
         mq_codes<KIND>(wg, c, zg, vg);
         if (SILU)
