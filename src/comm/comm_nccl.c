@@ -21,6 +21,11 @@
  * ranks a bf16/f16 sum is rounded at each step of NCCL's order
  * (docs/parallel.md).
  *
+ * NCCL is opened at run time (dlopen of libnccl.so.2 on the first call),
+ * not linked: the CUDA module must load on a machine without NCCL (one
+ * GPU needs none), and a --tp job there fails with a message naming the
+ * library instead of the whole CUDA backend failing to load.
+ *
  * NCCL_NVLS_ENABLE=0 is set before NCCL reads its environment, always:
  * NVLink SHARP (multicast) needs a fabric manager setup the GPU machines
  * this runs on do not have, and NCCL then fails or hangs at init.
@@ -28,13 +33,68 @@
 #include "comm/comm_nccl.h"
 
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <nccl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/error.h"
+
+/* NCCL's entry points, found by dlsym (nccl_load); the names below call
+ * through them, so the code reads as plain NCCL. */
+#define NCCL_FUNCS(X)                                                                          \
+    X(AllGather) X(AllReduce) X(Broadcast) X(CommAbort) X(CommDestroy) X(CommGetAsyncError)    \
+    X(CommInitRankConfig) X(GetErrorString) X(GetLastError) X(GetUniqueId) X(Recv) X(Send)
+#define NCCL_PTR(f) static __typeof__(&nccl##f) nccl_p_##f;
+NCCL_FUNCS(NCCL_PTR)
+#undef NCCL_PTR
+#define ncclAllGather          nccl_p_AllGather
+#define ncclAllReduce          nccl_p_AllReduce
+#define ncclBroadcast          nccl_p_Broadcast
+#define ncclCommAbort          nccl_p_CommAbort
+#define ncclCommDestroy        nccl_p_CommDestroy
+#define ncclCommGetAsyncError  nccl_p_CommGetAsyncError
+#define ncclCommInitRankConfig nccl_p_CommInitRankConfig
+#define ncclGetErrorString     nccl_p_GetErrorString
+#define ncclGetLastError       nccl_p_GetLastError
+#define ncclGetUniqueId        nccl_p_GetUniqueId
+#define ncclRecv               nccl_p_Recv
+#define ncclSend               nccl_p_Send
+
+static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
+static char nccl_load_error[512]; /* empty: loaded */
+
+static void nccl_load_once(void)
+{
+    /* the library stays open for the process: NCCL keeps threads of its own */
+    void *h = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL)
+        h = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *e = dlerror();
+        snprintf(nccl_load_error, sizeof nccl_load_error,
+                 "NCCL could not be loaded (%s): tensor parallelism on CUDA needs libnccl.so.2 (the NCCL "
+                 "package, or pip's nvidia-nccl-cu13) where the dynamic loader finds it (LD_LIBRARY_PATH)",
+                 e ? e : "libnccl.so.2 not found");
+        return;
+    }
+#define NCCL_SYM(f)                                                                                     \
+    if (nccl_load_error[0] == 0 && (*(void **)&nccl_p_##f = dlsym(h, "nccl" #f)) == NULL)              \
+        snprintf(nccl_load_error, sizeof nccl_load_error, "NCCL was loaded but lacks nccl" #f           \
+                 " (a version older than this build's nccl.h %d.%d?)", NCCL_MAJOR, NCCL_MINOR);
+    NCCL_FUNCS(NCCL_SYM)
+#undef NCCL_SYM
+}
+
+static anvil_status nccl_load(void)
+{
+    pthread_once(&nccl_once, nccl_load_once);
+    CHECK(nccl_load_error[0] == 0, ANVIL_ERR_UNSUPPORTED, "%s", nccl_load_error);
+    return ANVIL_OK;
+}
 
 typedef struct nccl_impl {
     ncclComm_t comm;     /* NULL once aborted */
@@ -240,6 +300,7 @@ static const anvil_comm_ops nccl_ops = {
 anvil_status anvil_nccl_unique_id(unsigned char id[ANVIL_NCCL_ID_BYTES])
 {
     nvls_off();
+    TRY(nccl_load());
     ncclUniqueId u;
     const ncclResult_t r = ncclGetUniqueId(&u);
     if (r != ncclSuccess)
@@ -254,6 +315,7 @@ anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_
     *ops = NULL;
     *impl = NULL;
     nvls_off();
+    TRY(nccl_load());
     nccl_impl *m = calloc(1, sizeof *m);
     CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
     m->device = device;
