@@ -283,6 +283,23 @@ int exec_cli_model_check(const char *path, const char *tool, anvil_model_config 
     if (S_ISDIR(sb.st_mode)) {
         char cfg_path[4096];
         snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+        snprintf(cfg_path, sizeof cfg_path, "%s/rank0.engine", path);
+        if (access(cfg_path, F_OK) == 0) {
+            /* anvil build --tp N's folder, run without its ranks */
+            int n = 1;
+            while (n < 4096) {
+                snprintf(cfg_path, sizeof cfg_path, "%s/rank%d.engine", path, n);
+                if (access(cfg_path, F_OK) != 0)
+                    break;
+                n++;
+            }
+            fprintf(stderr,
+                    "%s: %s holds the per-rank engines of a --tp build (rank0.engine ... rank%d.engine): run it "
+                    "with its ranks, mpirun -np %d anvil %s --model %s --tp %d (docs/parallel.md)\n",
+                    tool, path, n - 1, n, strncmp(tool, "anvil ", 6) == 0 ? tool + 6 : tool, path, n);
+            return -1;
+        }
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
         if (access(cfg_path, F_OK) != 0) {
             fprintf(stderr,
                     "%s: %s is not a model folder: it has no config.json (a Hugging Face model folder holds "

@@ -52,6 +52,18 @@ def test_folder_without_config_json(anvil, tmp_path):
                     "folder holds config.json, *.safetensors and tokenizer.json)")
 
 
+def test_folder_of_per_rank_engines_without_its_ranks(anvil, tmp_path):
+    # what anvil build --tp 3 writes (the names are all the check reads)
+    for r in range(3):
+        (tmp_path / f"rank{r}.engine").write_bytes(b"")
+    for tool in ("run", "bench"):
+        args = ["--prompt", "Once"] if tool == "run" else ["--num-requests", "1"]
+        line = one_line(anvil(tool, "--model", tmp_path, *args), 1)
+        assert line == (f"anvil {tool}: {tmp_path} holds the per-rank engines of a --tp build (rank0.engine ... "
+                        f"rank2.engine): run it with its ranks, mpirun -np 3 anvil {tool} --model {tmp_path} "
+                        "--tp 3 (docs/parallel.md)")
+
+
 def test_prompt_text_without_tokenizer(anvil, shared, tmp_path):
     for name in ("config.json", "model.safetensors"):
         os.symlink(f"{models(shared)}/{name}", tmp_path / name)
@@ -274,11 +286,13 @@ def test_ctrl_c_on_run_input_writes_a_line_for_every_request(shared, tmp_path):
     data.write_text("".join(json.dumps(x) + "\n" for x in [short] * 3 + [long] * 3))
     p = start("run", "--model", models(shared, "tinycode"), "--input", data, "--max-seq-len", "8192")
     wait_loaded(p)
-    time.sleep(1.0)
+    # the short requests' lines (written in order, each as it ends), then ^C:
+    # a fixed second was not enough under ASan on a loaded 2-core machine
+    first = [p.stdout.readline() for _ in range(3)]
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
-    lines = [json.loads(x) for x in out.decode().splitlines()]
+    lines = [json.loads(x) for x in b"".join(first + [out]).decode().splitlines()]
     assert [x["index"] for x in lines] == list(range(6))  # one line each, in order
     assert [x["finish_reason"] for x in lines] == ["length"] * 3 + ["cancelled"] * 3
     assert all(len(x["choices"][0]["token_ids"]) == 2 for x in lines[:3])
