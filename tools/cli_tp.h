@@ -24,6 +24,8 @@
     "                              docs/parallel.md)\n"                                                 \
     "      --pp N                  pipeline parallelism: the layers in N stages, each over --tp ranks\n" \
     "                              (mpirun -np tp x pp; rank 0 runs the first stage and samples)\n"      \
+    "      --pp-micro-batches N    with --pp: a step's sequences in N micro-batches, so the stages\n"    \
+    "                              overlap (default 0: as many as stages; 1: the step whole)\n"         \
     "      --comm-timeout S        with --tp/--pp: a collective the other ranks do not join within S\n"  \
     "                              seconds fails and ends every rank (default 30; 0: wait for ever)\n"
 

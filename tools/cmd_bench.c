@@ -134,7 +134,8 @@ static int parse_range(const char *s, const char *flag, range *r)
 static int parse_args(int argc, char **argv, bench_args *a)
 {
     enum { OPT_DATASET = 256, OPT_NUM, OPT_IN, OPT_OUT, OPT_PREFIX, OPT_CONC, OPT_RATE, OPT_JSON, OPT_NOPROG,
-           OPT_RF, OPT_SCHEMA, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT };
+           OPT_RF, OPT_SCHEMA, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT,
+           OPT_PP_MICRO };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},           {"dataset", required_argument, 0, OPT_DATASET},
         {"num-requests", required_argument, 0, OPT_NUM}, {"input-len", required_argument, 0, OPT_IN},
@@ -143,6 +144,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"json", required_argument, 0, OPT_JSON},       {"no-progress", no_argument, 0, OPT_NOPROG},
         {"response-format", required_argument, 0, OPT_RF}, {"json-schema", required_argument, 0, OPT_SCHEMA},
         {"tp", required_argument, 0, OPT_TP},           {"pp", required_argument, 0, OPT_PP},
+        {"pp-micro-batches", required_argument, 0, OPT_PP_MICRO},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},                  EXEC_CLI_LONGOPTS,
         {0, 0, 0, 0},
@@ -210,6 +212,13 @@ static int parse_args(int argc, char **argv, bench_args *a)
             if (exec_cli_int(optarg, "--pp", 1, 4096, &v, TOOL))
                 return 2;
             a->pp = (int32_t)v;
+            break;
+        }
+        case OPT_PP_MICRO: {
+            long v;
+            if (exec_cli_int(optarg, "--pp-micro-batches", 0, 4096, &v, TOOL))
+                return 2;
+            a->eo.rt.pp_micro_batches = (int32_t)v;
             break;
         }
         case OPT_COMM_TIMEOUT:

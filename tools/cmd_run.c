@@ -88,7 +88,8 @@ static void run_usage(FILE *out)
 static int parse_args(int argc, char **argv, run_args *a)
 {
     enum { OPT_IDS = 256, OPT_NO_ECHO, OPT_CHAT, OPT_SYSTEM, OPT_JSON, OPT_DEVICE, OPT_THREADS, OPT_SEQ, OPT_DTYPE,
-           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT };
+           OPT_MMAP, OPT_REFIT_WEIGHTS, OPT_REFIT_AFTER, OPT_KV_DTYPE, OPT_TP, OPT_PP, OPT_COMM_TIMEOUT,
+           OPT_PP_MICRO };
     static const struct option own[] = {
         {"model", required_argument, 0, 'm'},          {"prompt", required_argument, 0, 'p'},
         {"prompt-ids", required_argument, 0, OPT_IDS}, {"chat", no_argument, 0, OPT_CHAT},
@@ -100,6 +101,7 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"refit-after", required_argument, 0, OPT_REFIT_AFTER},
         {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"tp", required_argument, 0, OPT_TP},          {"pp", required_argument, 0, OPT_PP},
+        {"pp-micro-batches", required_argument, 0, OPT_PP_MICRO},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         EXEC_CLI_RANDOM_LONGOPTS,
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0},
@@ -151,6 +153,10 @@ static int parse_args(int argc, char **argv, run_args *a)
         case OPT_PP:
             if (exec_cli_int(optarg, "--pp", 1, 4096, &v, "anvil run")) return 2;
             a->pp = (int32_t)v;
+            break;
+        case OPT_PP_MICRO:
+            if (exec_cli_int(optarg, "--pp-micro-batches", 0, 4096, &v, "anvil run")) return 2;
+            a->rt.pp_micro_batches = (int32_t)v;
             break;
         case OPT_COMM_TIMEOUT:
             if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &a->comm_timeout, "anvil run")) return 2;

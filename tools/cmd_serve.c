@@ -100,6 +100,7 @@ enum {
     OPT_TP,
     OPT_PP,
     OPT_COMM_TIMEOUT,
+    OPT_PP_MICRO,
 };
 
 /* SIGINT / SIGTERM, taken by a thread of their own from before the first
@@ -232,6 +233,7 @@ int anvil_cmd_serve(int argc, char **argv)
         {"load-timeout", required_argument, 0, OPT_LOAD_TIMEOUT},
         {"tp", required_argument, 0, OPT_TP},
         {"pp", required_argument, 0, OPT_PP},
+        {"pp-micro-batches", required_argument, 0, OPT_PP_MICRO},
         {"comm-timeout", required_argument, 0, OPT_COMM_TIMEOUT},
         {"help", no_argument, 0, 'h'},
         EXEC_CLI_LONGOPTS,
@@ -373,6 +375,11 @@ int anvil_cmd_serve(int argc, char **argv)
             if (exec_cli_int(optarg, "--pp", 1, 4096, &v, tool))
                 return 2;
             pp = (int32_t)v;
+            break;
+        case OPT_PP_MICRO:
+            if (exec_cli_int(optarg, "--pp-micro-batches", 0, 4096, &v, tool))
+                return 2;
+            eo.rt.pp_micro_batches = (int32_t)v;
             break;
         case OPT_COMM_TIMEOUT:
             if (exec_cli_double(optarg, "--comm-timeout", 0, 1e7, &comm_timeout, tool))

@@ -120,6 +120,13 @@ typedef struct anvil_runtime_options {
      * the stage's ranks and the chain of stages, kept by the runtime. 0 or
      * 1 (default): one stage. */
     int32_t pipeline_stages;
+    /* With pipeline_stages > 1: each step's sequences run as this many
+     * micro-batches (whole sequences each, about as many tokens each), so
+     * stage s computes micro-batch k while stage s + 1 computes k - 1
+     * (docs/parallel.md). 0 (default): as many as stages; 1: the step
+     * whole; never more than the step's sequences. Every rank of a job
+     * must give the same value. The logits are the unsplit step's. */
+    int32_t pp_micro_batches;
     /* Random weights, no checkpoint (benchmarks at a real shape with no
      * file to hold the weights): 1: model_dir names a config alone (a
      * config.json of any name, or a folder holding one; its safetensors,

@@ -74,6 +74,7 @@ void anvil_runtime_free(anvil_runtime *rt)
         }
         if (rt->meta_dev)
             be->ops->free(be, rt->meta_dev);
+        anvil_rt_micro_free(rt);
         if (rt->moe_scratch)
             be->ops->free(be, rt->moe_scratch);
         if (rt->ids_dev)
@@ -160,6 +161,8 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
         o->device = "cpu";
     CHECK(o->max_num_tokens > 0, ANVIL_ERR_INVALID_ARG, "max_num_tokens must be > 0");
     CHECK(o->max_batch_size > 0, ANVIL_ERR_INVALID_ARG, "max_batch_size must be > 0");
+    CHECK(o->pp_micro_batches >= 0, ANVIL_ERR_INVALID_ARG, "pp_micro_batches is %d (0 or more)",
+          o->pp_micro_batches);
     CHECK(o->kv_block_size > 0 && o->kv_block_size <= 4096, ANVIL_ERR_INVALID_ARG,
           "kv_block_size must be in 1..4096");
     if (o->max_logit_rows <= 0)
@@ -1273,6 +1276,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     TRY_GOTO(plan_activations(rt), fail);
     TRY_GOTO(alloc_kv_cache(rt), fail);
     TRY_GOTO(alloc_step_meta(rt), fail);
+    TRY_GOTO(anvil_rt_micro_alloc(rt), fail);
     rt->host_sampling = rt->opts.host_sampling != 0;
     anvil_log(ANVIL_LOG_INFO, "loaded %s (%s) on %s: %.1f MiB of weights", model_dir, rt->cfg.architecture,
               rt->be->ops->name, (double)rt->weight_bytes / 1048576.0);
@@ -1668,12 +1672,10 @@ static anvil_status run_fused(anvil_runtime *rt, const anvil_step *s, int32_t i)
     return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "op %d: unknown fusion %d", i, (int)f->kind);
 }
 
-/* Every op of the step, and with ids_dev the argmax of each logit row into it. */
-static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids_dev)
+/* Every op of the step in plan order (runtime_internal.h). */
+anvil_status anvil_rt_op_loop(anvil_runtime *rt, const anvil_step *s, anvil_rt_micro *mb)
 {
-    if (rt->step_prev_ids != NULL) /* placeholders: the previous step's ids, in stream order */
-        TRY(rt->be->ops->resolve_tokens(rt->be, s, rt->step_prev_ids));
-    TRY(anvil_rt_tp_lead_step(rt, s)); /* a leading rank 0 sends the step to the others */
+    const anvil_value outv = anvil_network_output(rt->net);
     for (int32_t i = 0; i < rt->n_ops; i++) {
         const anvil_net_op *op = anvil_network_op(rt->net, i);
         /* ops over the logit rows are skipped when no row wants logits */
@@ -1681,6 +1683,10 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
             continue;
         if (rt->fuse[i].kind == ANVIL_FUSE_SKIP)
             continue;
+        if (mb != NULL && op->kind == ANVIL_OP_RECV && i == outv)
+            continue; /* stage 0's logits: received by the schedule (runtime_micro.c) */
+        if (mb != NULL && op->kind == ANVIL_OP_SEND)
+            TRY(anvil_rt_micro_before_send(rt, mb));
         anvil_status st = rt->fuse[i].kind == ANVIL_FUSE_NONE ? run_op(rt, s, i) : run_fused(rt, s, i);
         if (st != ANVIL_OK)
             return anvil_error_wrap("op %d (%s)", i, anvil_op_kind_name(op->kind));
@@ -1689,6 +1695,20 @@ static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids
             TRY(rt->op_hook(rt->op_hook_user, i, &out, s));
         }
     }
+    return ANVIL_OK;
+}
+
+/* Every op of the step (as micro-batches where they apply), and with
+ * ids_dev the argmax of each logit row into it. */
+static anvil_status run_ops(anvil_runtime *rt, const anvil_step *s, int32_t *ids_dev)
+{
+    if (rt->step_prev_ids != NULL) /* placeholders: the previous step's ids, in stream order */
+        TRY(rt->be->ops->resolve_tokens(rt->be, s, rt->step_prev_ids));
+    TRY(anvil_rt_tp_lead_step(rt, s)); /* a leading rank 0 sends the step to the others */
+    int micro = 0;
+    TRY(anvil_rt_micro_run(rt, s, &micro)); /* pipeline stages: the step as micro-batches */
+    if (!micro)
+        TRY(anvil_rt_op_loop(rt, s, NULL));
     if (ids_dev != NULL && s->n_logits > 0 && rt->has_logits) { /* (a stage between has none) */
         anvil_tensor lg = value_tensor(rt, s, anvil_network_output(rt->net));
         if (rt->step_sample != NULL)

@@ -72,6 +72,12 @@ struct anvil_runtime {
     int32_t pp_stage, pp_stages;
     int32_t kv_layer0;        /* the model's attention layer that is this stage's KV layer 0 */
     int has_logits;           /* the network's output is the logits (every stage but those between) */
+    /* micro-batches (runtime_micro.c), with pp_stages > 1 */
+    int32_t *mb_host;         /* [mb_ints] the split's host staging */
+    void *mb_meta_dev;        /* [mb_ints] the micro-batches' rebased arrays, backend memory */
+    size_t mb_ints;
+    void *mb_logits;          /* [max_logit_rows x vocab] the step's logits gathered (has_logits) */
+    int64_t mb_steps;         /* steps run as micro-batches (tests read it) */
 
     /* KV cache: per layer k and v [n_blocks, block_size, n_kv_heads, head_dim],
      * n_kv_heads this rank's (the config's on one rank) */
@@ -189,5 +195,22 @@ anvil_status anvil_rt_pp_transfer(anvil_runtime *rt, const anvil_net_op *op, con
                                   anvil_tensor *out);
 /* Frees the communicators the setup split. */
 void anvil_rt_pp_free(anvil_runtime *rt);
+
+/* ---- runtime_micro.c: a pipeline step as micro-batches */
+/* The buffers of the split, at load (pp_stages > 1). */
+anvil_status anvil_rt_micro_alloc(anvil_runtime *rt);
+void anvil_rt_micro_free(anvil_runtime *rt);
+/* The schedule's state while a micro-batch runs (run by anvil_rt_op_loop). */
+typedef struct anvil_rt_micro anvil_rt_micro;
+/* Runs step s as micro-batches where that applies (*ran 1), the logits
+ * left in the output buffer as the unsplit step leaves them; else *ran 0
+ * and nothing ran. */
+anvil_status anvil_rt_micro_run(anvil_runtime *rt, const anvil_step *s, int *ran);
+/* Called by anvil_rt_op_loop before a send op of a micro-batch: stage 0
+ * receives the logits the ring must drain first. */
+anvil_status anvil_rt_micro_before_send(anvil_runtime *rt, anvil_rt_micro *mb);
+/* Every op of step s in plan order; with mb, stage 0's receive of the
+ * logits is left to the schedule. */
+anvil_status anvil_rt_op_loop(anvil_runtime *rt, const anvil_step *s, anvil_rt_micro *mb);
 
 #endif

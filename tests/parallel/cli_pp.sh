@@ -29,11 +29,12 @@ for layout in "${layouts[@]}"; do
   done
 done
 # anvil bench over the stages: rank 0's report alone, every request served
+# (a step's sequences in 3 micro-batches: groups of uneven sizes)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # shellcheck disable=SC2086
-"$mpirun" -np "$n" "$anvil" bench --model "$shared/models/stories260K" ${layouts[0]} --num-requests 8 \
-  --concurrency 4 --input-len 16 --output-len 8 --threads 1 --no-progress --json "$tmp/b.json" > "$tmp/out" 2>&1
+"$mpirun" -np "$n" "$anvil" bench --model "$shared/models/stories260K" ${layouts[0]} --pp-micro-batches 3 \
+  --num-requests 8 --concurrency 4 --input-len 16 --output-len 8 --threads 1 --no-progress --json "$tmp/b.json" > "$tmp/out" 2>&1
 reports=$(grep -c '^anvil bench:.*synthetic' "$tmp/out" || true)
 [ "$reports" = 1 ] || { echo "FAIL bench ${layouts[0]}: $reports reports"; cat "$tmp/out"; exit 1; }
 grep -q '"output_tokens": 64' "$tmp/b.json" && grep -q '"failed": 0' "$tmp/b.json" ||
