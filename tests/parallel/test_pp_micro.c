@@ -317,16 +317,16 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* A prefill step of 8 sequences of 48 tokens, lockstep, timed on rank 0
+/* A prefill step of 8 sequences of 32 tokens, lockstep, timed on rank 0
  * with the step whole and as micro-batches (a printout, not a check). */
 static void time_step(const char *model, int32_t micro, double *best)
 {
     anvil_runtime *rt = NULL;
     if (load_model(model, 0, micro, &rt) != ANVIL_OK)
         fail_msg("load %s: %s", model, anvil_last_error());
-    const int32_t S = MAX_SEQS, n = 48, bs = anvil_runtime_kv_block_size(rt), nb = (n + bs - 1) / bs;
+    const int32_t S = MAX_SEQS, n = 32, bs = anvil_runtime_kv_block_size(rt), nb = (n + bs - 1) / bs;
     const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
-    int32_t tables[MAX_SEQS * 4], ids[MAX_SEQS * 48], pos[MAX_SEQS * 48], starts[MAX_SEQS + 1],
+    int32_t tables[MAX_SEQS * 4], ids[MAX_SEQS * 32], pos[MAX_SEQS * 32], starts[MAX_SEQS + 1],
         rows[MAX_SEQS];
     for (int32_t q = 0; q < S; q++) {
         assert_int_equal(anvil_runtime_kv_alloc(rt, nb, tables + q * 4), ANVIL_OK);
@@ -350,7 +350,7 @@ static void time_step(const char *model, int32_t micro, double *best)
                      .n_logits = S,
                      .logit_rows = rows};
     *best = 1e30;
-    for (int rep = 0; rep < 3; rep++) {
+    for (int rep = 0; rep < 2; rep++) {
         assert_int_equal(anvil_comm_barrier(comm), ANVIL_OK);
         const double t0 = now_s();
         if (anvil_runtime_forward(rt, &b, lg) != ANVIL_OK)
@@ -377,7 +377,7 @@ static void test_timing(void **s)
     time_step(model, 2, &split2);
     time_step(model, 4, &split4);
     if (anvil_comm_rank(comm) == 0)
-        printf("test_pp_micro timing (%s, 2 stages, 8 sequences x 48 tokens, best of 3, ranks sharing the "
+        printf("test_pp_micro timing (%s, 2 stages, 8 sequences x 32 tokens, best of 2, ranks sharing the "
                "machine's cores): whole step %.2f ms, 2 micro-batches %.2f ms, 4 micro-batches %.2f ms\n",
                model, 1e3 * whole, 1e3 * split2, 1e3 * split4);
 }
