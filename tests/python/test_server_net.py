@@ -193,15 +193,28 @@ def burst_rounds(srv, rounds, rng, most):
         finally:
             for s in socks:
                 s.close()
+        # A burst past the per-client limit can leave the server counting
+        # sockets the client has closed but whose ends it has not read yet:
+        # a connection made at once may then be refused (reset) as over the
+        # limit. What must hold is that /health answers within a second.
         t = time.time()
-        h = connect(srv.port, timeout=1.0)
-        try:
-            h.sendall(HEALTH)
-            st, _, _, _ = read_response(h)
-        except socket.timeout:
-            pytest.fail(f"round {r}: no answer within 1 s after a burst of {n}")
-        finally:
-            h.close()
+        st = None
+        while st is None:
+            left = 1.0 - (time.time() - t)
+            if left <= 0:
+                pytest.fail(f"round {r}: no answer within 1 s after a burst of {n}")
+            h = None
+            try:
+                h = connect(srv.port, timeout=left)
+                h.sendall(HEALTH)
+                st, _, _, _ = read_response(h)
+            except socket.timeout:
+                pytest.fail(f"round {r}: no answer within 1 s after a burst of {n}")
+            except (ConnectionError, BrokenPipeError):
+                time.sleep(0.01)  # refused as over the limit: the count catches up
+            finally:
+                if h is not None:
+                    h.close()
         assert st == 200 and time.time() - t < 1.0, (r, n, st)
 
 
