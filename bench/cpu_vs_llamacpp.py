@@ -14,6 +14,10 @@ is faster). The workloads, as llama.cpp's tools name them:
   pp512    llama-bench -p 512 -n 0                   bench_cpu_model --prompt-len 512 (one step)
   batch16  llama-batched-bench -npp 128 -ntg 128 -npl 16   anvil bench --num-requests 16
            (16 sequences of 128 prompt tokens and 128 generated: all tokens / total time)
+  decode-engine  llama-bench -p 0 -n 128 on --gguf        anvil bench --model ENGINE --num-requests 1
+           --input-len 1 --output-len 128 (1 / mean TPOT): a quantized engine (anvil build
+           --quantize int8-wo|int4-wo --quantize-lm-head) against a quantized GGUF
+           (llama-quantize --pure Q8_0|Q4_0) of the same weights
 
 DIR is the Hugging Face folder (bench_cpu_model writes llama-1b, a random
 Llama-3.2-1B-shaped bf16 model); FILE is the same weights as GGUF bf16
@@ -55,6 +59,15 @@ def anvil_prefill(a, n):
     return anvil_model_bench(a, n, 1)["prefill_tok_s"]
 
 
+def anvil_engine_decode(a):
+    """tg128 of a quantized engine (anvil build --quantize): one request of
+    one prompt token and 128 generated, through the executor; 1 / TPOT."""
+    out = os.path.join(tempfile.mkdtemp(), "e.json")
+    run([os.path.join(a.anvil_build, "anvil"), "bench", "--model", a.engine, "--num-requests", "1",
+         "--input-len", "1", "--output-len", "128", "--threads", str(a.threads), "--no-progress", "--json", out])
+    return 1000.0 / json.load(open(out))["latency_ms"]["tpot"]["mean"]
+
+
 def anvil_batch16(a):
     out = os.path.join(tempfile.mkdtemp(), "b.json")
     run([os.path.join(a.anvil_build, "anvil"), "bench", "--model", a.model, "--num-requests", "16",
@@ -85,20 +98,23 @@ WORKLOADS = {
     "pp128": (lambda a: anvil_prefill(a, 128), lambda a: llama_bench(a, 128, 0), "prefill 128 tokens, tok/s"),
     "pp512": (lambda a: anvil_prefill(a, 512), lambda a: llama_bench(a, 512, 0), "prefill 512 tokens, tok/s"),
     "batch16": (anvil_batch16, llama_batch16, "16 requests 128 in / 128 out, all tok/s"),
+    # --engine E --gguf G: a quantized engine against a quantized GGUF
+    "decode-engine": (anvil_engine_decode, lambda a: llama_bench(a, 0, 128), "decode, batch 1 (tg128), tok/s"),
 }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anvil-build", required=True)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="the bf16 folder (decode, pp128, pp512, batch16)")
+    ap.add_argument("--engine", help="an anvil engine (decode-engine)")
     ap.add_argument("--llama-bin", required=True)
     ap.add_argument("--gguf", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3,
                     help="timed repetitions inside one run (after a warm-up): llama-bench -r, bench_cpu_model --prefill-reps")
-    ap.add_argument("--only", default=",".join(WORKLOADS))
+    ap.add_argument("--only", default="decode,pp128,pp512,batch16")
     ap.add_argument("--json")
     a = ap.parse_args()
     raw = {}
