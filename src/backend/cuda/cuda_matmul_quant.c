@@ -54,6 +54,14 @@
  *     an FP8 GEMM): the weight dequantized into the activation dtype and the
  *     plain matmul. Correct, not fast: it writes and reads the whole weight
  *     in 16 (or 32) bits every call.
+ * 3g. The quantized GEMM on tensor cores (cuda_gemm_quant.cu, session 28,
+ *     issue 15: Marlin's role): int4 / int8 weight-only where it takes the
+ *     weight (bf16/f16 x, no perm, K a multiple of 128 / 64, int4 groups of
+ *     a multiple of 32, int8 of 16), the stored bytes streamed through a
+ *     cp.async ring and converted in registers, mma.sync m16n8k16, group
+ *     scales on f32 partial sums. matmul_quant = 8 takes it wherever it
+ *     takes the weight (every row count: the tests), 9 where path 3 would
+ *     run (the proposed default, until an H100 has timed it).
  * perm and fp8 activations are applied to x first (cuda_quant_act.cu): into
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
@@ -68,6 +76,7 @@
  * prefill of more rows (path 1 or 3, activations in floating point) differ
  * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do.
  */
+#include "backend/cuda/cuda_gemm_quant.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
 #include "backend/cuda/cuda_internal.h"
 
@@ -227,6 +236,37 @@ static anvil_status run_dequant(anvil_cuda_backend *cb, const anvil_cuda_qweight
     return anvil_cuda_op_matmul(&cb->be, &xt, &wt, bias, out);
 }
 
+/* Whether path 3g (the quantized GEMM) takes this weight for T rows of x:
+ * only under matmul_quant = 8 (every row count) or 9 (where path 3 would
+ * run), until an H100 has timed it against path 3. */
+static int gemm_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                   int64_t T)
+{
+    return (cb->knobs.matmul_quant == 8 || cb->knobs.matmul_quant == 9) && !cb->knobs.matmul_simt && T >= 1 &&
+           anvil_cuda_gemm_quant_ok(qw, q->perm, (int)q->act, cb->sm, cb->smem_optin, x, cb->ops.act_dtype,
+                                    cb->ops.act_dtype);
+}
+
+/* Path 3g: its split-K partials (where K is split) in the quantized
+ * scratch, then the launch. */
+static anvil_status run_gemm(anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_tensor *x,
+                             const anvil_tensor *bias, anvil_tensor *out)
+{
+    anvil_cuda_gemm_quant_call c = {
+        .stream = cb->stream, .w = *qw, .x = x->data, .x_dt = cb->ops.act_dtype, .M = x->shape[0],
+        .bias = bias ? bias->data : NULL, .bias_dt = bias ? bias->dtype : ANVIL_DTYPE_F32, .out = out->data,
+        .out_dt = cb->ops.act_dtype, .n_sm = cb->n_sm, .smem_optin = cb->smem_optin,
+    };
+    const size_t need = anvil_cuda_gemm_quant_scratch_bytes(&c);
+    if (need > 0) {
+        TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, need,
+                               "matmul: quantized GEMM split-K partials"));
+        c.scratch = (float *)cb->q_scratch;
+        c.scratch_bytes = cb->q_scratch_bytes;
+    }
+    return anvil_cuda_launch_gemm_quant(&c);
+}
+
 anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
                                      const anvil_tensor *bias, anvil_tensor *out)
 {
@@ -242,6 +282,8 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
     const void *bp = bias ? bias->data : NULL;
     const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
 
+    if (cb->knobs.matmul_quant == 8 && gemm_ok(cb, &qw, q, x->data, T))
+        return run_gemm(cb, &qw, x, bias, out);
     if (mma16_ok(cb, &qw, q, x->data, T) && mma16_first(cb, &qw, T)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
@@ -272,6 +314,8 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
             return st;
         anvil_clear_error();
     }
+    if (gemm_ok(cb, &qw, q, x->data, T))
+        return run_gemm(cb, &qw, x, bias, out);
     return run_dequant(cb, &qw, x, q, bias, out);
 }
 
@@ -298,7 +342,9 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
                                            anvil_tensor *const *out, int silu, int *done)
 {
     *done = 0;
+    /* matmul_quant 8: the separate matmuls, each on the quantized GEMM where it takes the weight */
     if (n < 1 || n > ANVIL_MATMUL_MULTI_MAX || (silu && n != 2) || cb->knobs.matmul_quant == 1 ||
+        cb->knobs.matmul_quant == 8 ||
         cb->knobs.matmul_gemv == 2 || cb->knobs.matmul_simt)
         return ANVIL_OK;
     for (int i = 0; i < n; i++)
