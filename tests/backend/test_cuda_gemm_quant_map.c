@@ -10,8 +10,9 @@
  *    the x element a lane puts in B (shared read at gqm_x_word_off, then
  *    gmw_u4_xpair) is the column of the weight element it puts in A;
  *  - the stage: cp.async's chunk placement (weights, x) is a bijection
- *    onto whole 16-byte chunks of the stage, and each lane's shared reads
- *    return the stored bytes the mapping names;
+ *    onto whole 16-byte chunks of the stage, a thread's later chunks land
+ *    whole passes of rows after its first (the kernel's stride form), and
+ *    each lane's shared reads return the stored bytes the mapping names;
  *  - banks: the weight word reads of a warp hit 32 banks, x's 16-byte
  *    (int4) / 8-byte (int8) reads fill every bank once a phase, the
  *    epilogue's D writes hit 32 banks;
@@ -156,6 +157,27 @@ static void test_stage(void **state)
                 for (int i = 0; i < 4; i++)
                     assert_int_equal(stage[gqm_w_word_off(row, j, t) + i],
                                      (uint8_t)((row * 64 + 16 * j + 4 * t + i) * 7 + row));
+    /* the copies' passes (the kernel's stride form): thread tid's chunk i
+     * lands where chunk 0 lands plus i passes of whole rows */
+    for (int tid = 0; tid < GQM_THREADS; tid++) {
+        for (int i = 0; i < GQM_BN * 4 / GQM_THREADS; i++) {
+            const int row = tid / 4 + i * gqm_w_rows_per_pass();
+            assert_int_equal((tid + i * GQM_THREADS) / 4, row);
+            assert_int_equal(gqm_w_chunk_off(row, tid % 4),
+                             gqm_w_chunk_off(tid / 4, tid % 4) + i * gqm_w_rows_per_pass() * GQM_STEP_BYTES);
+        }
+        for (int si = 0; si < 2; si++) {
+            const int s = SCHEMES[si], xch = gqm_x_chunks(s);
+            for (int i = 0; i < 8; i++) {
+                const int c = tid + i * GQM_THREADS, row = tid / xch + i * gqm_x_rows_per_pass(s);
+                assert_int_equal(c / xch, row);
+                assert_int_equal(c % xch, tid % xch);
+                assert_int_equal(gqm_x_chunk_off(s, row, tid % xch),
+                                 gqm_x_chunk_off(s, tid / xch, tid % xch) +
+                                     i * gqm_x_rows_per_pass(s) * gqm_x_row_bytes(s));
+            }
+        }
+    }
     /* x: every tile's chunks on distinct whole chunks of the x area */
     for (int si = 0; si < 2; si++)
         for (int ti = 0; ti < 3; ti++) {

@@ -166,6 +166,8 @@ __global__ void __launch_bounds__(GQM_THREADS, gq_occupancy<TM>::min_blocks) anv
     constexpr int SZ_N = GQM_BN * NSEG;                                 /* scales (and zero points) a stage */
     constexpr int SZ_PER = (SZ_N + GQM_THREADS - 1) / GQM_THREADS;
     static_assert(GQM_BN * 4 % GQM_THREADS == 0, "weight chunks must tile the threads");
+    static_assert(GQM_THREADS % (4 * 8) == 0 && GQM_THREADS % (gqm_x_chunks(S) * 4) == 0,
+                  "a pass of copies keeps the rows' swizzle bits");
     static_assert(STAGES >= 3, "the scales' ring store needs a stage between store and use");
     static_assert(STAGE % 16 == 0 && WB % 16 == 0 && XB % 16 == 0, "stages of whole chunks");
 
@@ -179,35 +181,32 @@ __global__ void __launch_bounds__(GQM_THREADS, gq_occupancy<TM>::min_blocks) anv
     const int wr0 = gqm_warp_row0(TM, warp), wt0 = gqm_warp_tok0(TM, warp);
     const X *const x = (const X *)a.x;
 
-    /* each thread copies the same chunks of every step (sources once) */
-    const uint8_t *w_src[W_PER];
-    int w_dst[W_PER];
-#pragma unroll
-    for (int i = 0; i < W_PER; i++) {
-        const int c = tid + i * GQM_THREADS, row = c >> 2, part = c & 3;
-        w_src[i] = n0 + row < a.N ? a.w + (n0 + row) * a.row_bytes + 16 * part : nullptr;
-        w_dst[i] = gqm_w_chunk_off(row, part);
-    }
-    const X *x_src[X_PER];
-    int x_dst[X_PER];
-#pragma unroll
-    for (int i = 0; i < X_PER; i++) {
-        const int c = tid + i * GQM_THREADS, row = c / XCH, part = c % XCH;
-        x_src[i] = c < TM * XCH && m0 + row < a.M ? x + (m0 + row) * a.K + 8 * part : nullptr;
-        x_dst[i] = c < TM * XCH ? WB + gqm_x_chunk_off(S, row, part) : -1;
-    }
+    /* each thread copies the same chunks of every step (cuda_gemm_quant_map.h,
+     * "The copies"): chunk i of a pass is chunk 0 plus i passes of rows, in
+     * global and in shared memory (so no per-chunk pointers held) */
+    constexpr int WRP = gqm_w_rows_per_pass(), XRP = gqm_x_rows_per_pass(S);
+    constexpr int XROW = gqm_x_row_bytes(S);
+    const int w_row0 = tid >> 2, w_part = tid & 3, x_row0 = tid / XCH, x_part = tid % XCH;
+    const int w_dst0 = gqm_w_chunk_off(w_row0, w_part), x_dst0 = WB + gqm_x_chunk_off(S, x_row0, x_part);
     /* local step s into stage stg; rows past M or N zero-filled */
     auto issue = [&](int s, int stg) {
         uint8_t *base = smem + stg * STAGE;
         const int64_t st = st0 + s;
 #pragma unroll
-        for (int i = 0; i < W_PER; i++)
-            anvil_cp_async16(base + w_dst[i], w_src[i] != nullptr ? w_src[i] + st * GQM_STEP_BYTES : a.w,
-                             w_src[i] != nullptr);
+        for (int i = 0; i < W_PER; i++) {
+            const int64_t n = n0 + w_row0 + i * WRP;
+            const bool ok = n < a.N;
+            anvil_cp_async16(base + w_dst0 + i * WRP * GQM_STEP_BYTES,
+                             ok ? a.w + n * a.row_bytes + st * GQM_STEP_BYTES + 16 * w_part : a.w, ok);
+        }
 #pragma unroll
-        for (int i = 0; i < X_PER; i++)
-            if (x_dst[i] >= 0)
-                anvil_cp_async16(base + x_dst[i], x_src[i] != nullptr ? x_src[i] + st * SE : x, x_src[i] != nullptr);
+        for (int i = 0; i < X_PER; i++) {
+            if (x_row0 + i * XRP >= TM)
+                continue;
+            const int64_t m = m0 + x_row0 + i * XRP;
+            const bool ok = m < a.M;
+            anvil_cp_async16(base + x_dst0 + i * XRP * XROW, ok ? x + m * a.K + st * SE + 8 * x_part : x, ok);
+        }
     };
     /* the scales and zero points of local step s (0 and 8 past the rows or the steps) */
     float sz_s[SZ_PER], sz_z[SZ_PER];
@@ -277,7 +276,9 @@ __global__ void __launch_bounds__(GQM_THREADS, gq_occupancy<TM>::min_blocks) anv
         const uint8_t *ws = smem + (s % STAGES) * STAGE;
         const uint8_t *xs = ws + WB;
         const float *ss = reinterpret_cast<const float *>(xs + XB), *zs = ss + SZ_N;
-#pragma unroll
+        /* 128-token tiles: one segment at a time (unrolled, the compiler hoists
+         * every segment's loads and conversions and spills at 255 registers) */
+#pragma unroll(TM >= 128 ? 1 : NSEG)
         for (int sg = 0; sg < NSEG; sg++) {
             /* the segment's words of the lane's rows, converted */
             uint32_t v[MW][2][WPS][4];

@@ -134,6 +134,15 @@ GQM_HD int gqm_x_word_off(int s, int r, int j, int t)
     return gqm_x_chunk_off(s, r, 2 * j + (t >> 1)) + 8 * (t & 1);
 }
 
+/* The copies: thread tid copies chunk tid % 4 of weight row tid / 4 + i
+ * gqm_w_rows_per_pass() and chunk tid % xch of x row tid / xch + i
+ * gqm_x_rows_per_pass(s) of every step (i = 0, 1, ...). The swizzles
+ * depend on a row's bits 1-2 (weights) and 0-1 (x) only, which a pass
+ * keeps, so chunk i lands i passes of whole rows after chunk 0 (the
+ * kernel adds that stride; test_cuda_gemm_quant_map checks it). */
+GQM_CX int gqm_w_rows_per_pass(void) { return GQM_THREADS / 4; }
+GQM_CX int gqm_x_rows_per_pass(int s) { return GQM_THREADS / gqm_x_chunks(s); }
+
 /* ---------------------------------------------------------------- scale segments */
 
 /* Words (j) a segment: the largest of 4, 2, 1 whose columns the group
