@@ -201,8 +201,9 @@ GQM_HD int gqm_tile(int64_t M, int forced)
 }
 
 /* K splits of a launch (forced >= 1: that many, capped): where the tiles
- * alone leave the GPU short of blocks (about two an SM for tm <= 64, one
- * for 128: what their registers and shared memory let run at once), as
+ * alone leave the GPU short of blocks (two an SM for tm 16, one for 64
+ * and 128: what their registers (<= 117 / 139-217 / 153-240, ptxas) and
+ * shared memory let run at once), as
  * many splits as the idle slots take whole (floor: a split that adds a
  * wave costs more than it gives, with the partials' traffic and the sum),
  * each of at least 4 steps (the ring's depth), at most GQM_MAX_SPLITS;
@@ -215,7 +216,7 @@ GQM_HD int gqm_splits(int64_t M, int64_t N, int64_t steps, int tm, int n_sm, int
         want = forced;
     } else {
         const int64_t blocks = ((M + tm - 1) / tm) * ((N + GQM_BN - 1) / GQM_BN);
-        const int64_t fill = (int64_t)(tm >= 128 ? 1 : 2) * (n_sm > 0 ? n_sm : 1);
+        const int64_t fill = (int64_t)(tm <= 16 ? 2 : 1) * (n_sm > 0 ? n_sm : 1);
         want = blocks >= fill ? 1 : fill / blocks;
         want = want < steps / 4 ? want : steps / 4;
     }
