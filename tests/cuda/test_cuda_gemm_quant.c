@@ -28,7 +28,9 @@
  * -> 4096, 4096 -> 14336, 14336 -> 4096) at M = 16, 64, 256, 512, 2048, int4
  * g128 and int8 per channel; ms (median of 7 after a warm-up), TFLOP/s (2 M
  * N K), GB/s over the quantized weight's bytes (codes + scales + zeros).
- * Nothing asserted there. `--only PATTERN` runs the matching tests.
+ * Nothing asserted there. `--only PATTERN` runs the matching tests;
+ * ANVIL_TEST_QUICK=1 (for compute-sanitizer) M = 17 and 200 only, forced
+ * tiles with 3 splits only.
  *
  * Skips without a CUDA device.
  */
@@ -156,6 +158,13 @@ static const gcase CASES[] = {
     {"int8 g32", ANVIL_DTYPE_I8, 130, 512, 32, 0, 0},
 };
 static const int64_t ROWS[] = {1, 17, 64, 200, 512};
+static const int64_t ROWS_QUICK[] = {17, 200}; /* ANVIL_TEST_QUICK (under compute-sanitizer) */
+
+static int quick(void)
+{
+    const char *q = getenv("ANVIL_TEST_QUICK");
+    return q != NULL && q[0] == '1';
+}
 
 typedef struct hweight {
     uint8_t *codes;
@@ -368,8 +377,10 @@ static void test_gemm_quant(void **state)
             const anvil_cuda_qweight qw = qweight_of(c, &h, &d);
             anvil_cuda_backend *cb = anvil_cuda_impl(be);
             assert_true(anvil_cuda_gemm_quant_ok(&qw, NULL, 0, cb->sm, cb->smem_optin, d.codes, dt, dt));
-            for (size_t ri = 0; ri < sizeof ROWS / sizeof ROWS[0]; ri++) {
-                const int64_t M = ROWS[ri];
+            const int64_t *rows = quick() ? ROWS_QUICK : ROWS;
+            const size_t n_rows = quick() ? sizeof ROWS_QUICK / sizeof ROWS_QUICK[0] : sizeof ROWS / sizeof ROWS[0];
+            for (size_t ri = 0; ri < n_rows; ri++) {
+                const int64_t M = rows[ri];
                 float *x = rand_x(&f->rng, M, c->K, dt);
                 double *want = malloc((size_t)(M * c->N) * sizeof(double));
                 double *mag = malloc((size_t)(M * c->N) * sizeof(double));
@@ -391,7 +402,7 @@ static void test_gemm_quant(void **state)
                 const int tiles[] = {16, 64, 128};
                 for (int ti = 0; ti < 3; ti++)
                     for (int splits = 1; splits <= 3; splits += 2) {
-                        if (M > 200 && tiles[ti] == 16 && splits == 3)
+                        if ((M > 200 && tiles[ti] == 16 && splits == 3) || (quick() && splits == 1))
                             continue; /* enough */
                         got = launch(be, call, tiles[ti], splits, &sp);
                         char what[64];
