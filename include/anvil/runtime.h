@@ -86,7 +86,8 @@ typedef struct anvil_runtime_options {
     int norm_gemv;              /* 1: the residual add + RMSNorm before a layer's matmuls joins them
                                    (backend.h's add_rmsnorm_matmul_*: on CUDA the GEMV blocks of a decode
                                    step normalise in their prologue). Off by default: slower on an H100
-                                   (docs/performance.md) */
+                                   (docs/performance.md). Groups whose matmuls are all fp8 W8A8 are joined
+                                   either way (the norm makes their fp8 activations: docs/cuda-backend.md) */
     int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits inside the decode
                                    kernel, not in a combine kernel. Off by default: slower on an H100 */
     /* Called during the load as weights arrive (bytes prepared of the

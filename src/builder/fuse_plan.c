@@ -174,6 +174,25 @@ int32_t anvil_fuse_span(const anvil_fuse *g)
 
 void anvil_fuse_merge_norm(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f)
 {
+    anvil_fuse_merge_norm_where(net, caps, f, NULL);
+}
+
+/* Whether every linear of the group at g (span linears, or gate and up) is
+ * one the caller lets merge. */
+static int group_ok(const anvil_fuse *f, int32_t g, const uint8_t *linear_ok)
+{
+    if (linear_ok == NULL)
+        return 1;
+    const int32_t m = f[g].kind == ANVIL_FUSE_MATMUL_MULTI ? f[g].n : f[g].kind == ANVIL_FUSE_SILU_MUL ? 2 : 1;
+    for (int32_t j = 0; j < m; j++)
+        if (!linear_ok[g + j])
+            return 0;
+    return 1;
+}
+
+void anvil_fuse_merge_norm_where(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f,
+                                 const uint8_t *linear_ok)
+{
     const int32_t n = anvil_network_op_count(net);
     if (!caps->add_rmsnorm_matmul_multi && !caps->add_rmsnorm_matmul_silu_mul)
         return;
@@ -182,7 +201,7 @@ void anvil_fuse_merge_norm(const anvil_network *net, const anvil_fuse_caps *caps
             continue;
         const int32_t norm = i + 1, g = i + 2;
         const anvil_net_op *op = anvil_network_op(net, g);
-        if (op->kind != ANVIL_OP_LINEAR || !token_rows(op) || op->inputs[0] != norm)
+        if (op->kind != ANVIL_OP_LINEAR || !token_rows(op) || op->inputs[0] != norm || !group_ok(f, g, linear_ok))
             continue;
         /* the group after the norm must be its only reader: the fused op
          * does not keep the norm (on a GPU it lives in shared memory) */

@@ -58,6 +58,13 @@ anvil_status anvil_fuse_plan(const anvil_network *net, const anvil_fuse_caps *ca
  */
 void anvil_fuse_merge_norm(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f);
 
+/* The same for the groups whose linears all have linear_ok[op] nonzero
+ * ([n_ops], indexed by op; NULL: every group, anvil_fuse_merge_norm): the
+ * runtime merges the groups of fp8 W8A8 weights alone by default, so that
+ * the norm can make their fp8 activations (docs/cuda-backend.md). */
+void anvil_fuse_merge_norm_where(const anvil_network *net, const anvil_fuse_caps *caps, anvil_fuse *f,
+                                 const uint8_t *linear_ok);
+
 /* The ops a group spans, [i, i + span): 1 for NONE, SKIP and attention
  * (whose ropes come before it). */
 int32_t anvil_fuse_span(const anvil_fuse *g);

@@ -544,6 +544,39 @@ static void make_views(anvil_runtime *rt)
     }
 }
 
+/* The add + rmsnorm groups joined to the matmuls that read the norm
+ * (anvil_fuse_merge_norm): every group with the option norm_gemv; by
+ * default those whose matmuls all round their input to fp8 (W8A8), so that
+ * the backend's fused op makes the fp8 activations in the norm (on CUDA,
+ * cuda_fp8_x.c: one pass instead of a quantization launch per matmul at
+ * prefill sizes; at decode sizes the same kernels as the separate ops).
+ * Other groups stay apart: the norm in the GEMV's prologue is slower on an
+ * H100 (docs/performance.md). */
+static anvil_status merge_norm_groups(anvil_runtime *rt)
+{
+    const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
+    if (rt->opts.norm_gemv) {
+        anvil_fuse_merge_norm(rt->net, &caps, rt->fuse);
+        return ANVIL_OK;
+    }
+    const int32_t n = anvil_network_op_count(rt->net);
+    uint8_t *fp8 = calloc((size_t)(n > 0 ? n : 1), 1);
+    CHECK(fp8 != NULL, ANVIL_ERR_OOM, "out of memory");
+    int any = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        if (op->kind != ANVIL_OP_LINEAR || op->weights[0] < 0 || op->weights[0] >= rt->n_weights)
+            continue;
+        const anvil_quant *q = rt->weights[op->weights[0]].quant;
+        fp8[i] = q != NULL && q->act != ANVIL_QUANT_ACT_NONE;
+        any |= fp8[i];
+    }
+    if (any)
+        anvil_fuse_merge_norm_where(rt->net, &caps, rt->fuse, fp8);
+    free(fp8);
+    return ANVIL_OK;
+}
+
 /* An engine's fusion plan on this backend: a group whose fused op the
  * backend lacks (or every group, with no_fusion) runs as its separate ops. */
 static void adapt_fusion(anvil_runtime *rt)
@@ -1260,10 +1293,8 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     }
     rt->fuse = rt->plan->fuse; /* the plan's, made with this backend's fused ops */
     rt->plan->fuse = NULL;
-    if (!rt->opts.no_fusion && rt->opts.norm_gemv) {
-        const anvil_fuse_caps caps = anvil_fuse_caps_of(rt->be->ops);
-        anvil_fuse_merge_norm(rt->net, &caps, rt->fuse);
-    }
+    if (!rt->opts.no_fusion)
+        TRY_GOTO(merge_norm_groups(rt), fail);
     {
         int32_t c[ANVIL_FUSE_KINDS];
         anvil_fuse_counts(rt->fuse, anvil_network_op_count(rt->net), c);

@@ -108,6 +108,7 @@ static void cuda_destroy(anvil_backend *be)
     cudaFree(cb->lt_workspace);
     cudaFree(cb->mm_scratch);
     cudaFree(cb->q_scratch);
+    cudaFree(cb->fp8_x_buf);
     cudaFree(cb->attn_ws);
     cudaFree(cb->attn_cnt);
     cudaFree(cb->d_err);

@@ -52,6 +52,10 @@ typedef struct anvil_cuda_knobs {
     int matmul_gemv;          /* for 1..4 rows: 2 cuBLASLt instead of the GEMV kernel (0, 1: the GEMV) */
     int norm_gemv;            /* add_rmsnorm_matmul_*: 2 add_rmsnorm then the GEMV (two launches) instead of
                                  the GEMV with the norm in its prologue (0, 1: the one launch) */
+    int fp8_act_share;        /* fp8 W8A8 matmuls on the FP8 GEMM (prefill): 2 each quantizes its x itself
+                                 (session 27's path, the reference) instead of the matmuls of one x (q/k/v,
+                                 gate/up) sharing one quantization and the add + rmsnorm before them making
+                                 it (cuda_fp8_x.c); 0, 1: shared. The same bits either way */
     int attn_combine_in_kernel; /* 1: the split-K decode on tensor cores merges its splits in the same launch
                                    (the last split of each block of heads); 0: in the combine kernel */
     int attn_prefill_rows;    /* query rows a block of the tensor-core prefill kernel: 64 (one m-tile a warp)

@@ -6,7 +6,10 @@
  * separate ops: there a GEMM's cost is its arithmetic, not its launch.
  * Quantized weights: the matmuls of one input as one quantized GEMV launch
  * (gate + up with the silu_mul in it) where that kernel takes them
- * (anvil_cuda_matmul_quant_multi), else the separate ops.
+ * (anvil_cuda_matmul_quant_multi), else the separate ops; those of fp8
+ * W8A8 weights on the FP8 GEMM (prefill) share one quantization of the
+ * input, which the add + rmsnorm before them makes where the op has it
+ * (cuda_fp8_x.c).
  * (rope + KV write is the attention op's: cuda_attention.c.)
  */
 #include <string.h>
@@ -33,6 +36,13 @@ anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a,
                                          norm->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps);
 }
 
+/* Whether the weight's matmuls quantize x to fp8 (W8A8): the shared codes
+ * are worth opening for them. */
+static int fp8_act(const anvil_tensor *w)
+{
+    return w != NULL && w->quant != NULL && w->quant->act != ANVIL_QUANT_ACT_NONE;
+}
+
 /* Whether x [T, K] w^T -> out can take the GEMV kernels directly. */
 static int gemv_direct(const anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
                        const anvil_tensor *out)
@@ -50,6 +60,24 @@ static int bias_ok(const anvil_tensor *bias, int64_t n)
            (bias->data != NULL && anvil_cuda_is_float_dtype(bias->dtype) && anvil_tensor_numel(bias) == n);
 }
 
+/* matmul_multi off the plain GEMV: the quantized GEMV's one launch where
+ * it takes the group, else a matmul each (those on the FP8 GEMM read the
+ * shared codes of x, if open). */
+static anvil_status matmul_multi_separate(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
+                                          const anvil_tensor *const *w, const anvil_tensor *const *bias,
+                                          anvil_tensor *const *out)
+{
+    if (w[0] != NULL && w[0]->quant != NULL) { /* quantized: one GEMV launch where it takes them */
+        int done = 0;
+        TRY(anvil_cuda_matmul_quant_multi(cb, x, n, w, bias, out, 0, &done));
+        if (done)
+            return ANVIL_OK;
+    }
+    for (int i = 0; i < n; i++)
+        TRY(anvil_cuda_op_matmul(&cb->be, x, w[i], bias[i], out[i]));
+    return ANVIL_OK;
+}
+
 anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x, int n,
                                         const anvil_tensor *const *w, const anvil_tensor *const *bias,
                                         anvil_tensor *const *out)
@@ -63,15 +91,11 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
         direct = direct && gemv_direct(cb, x, w[i], out[i]) && bias_ok(bias[i], w[i]->shape[0]);
     }
     if (!direct) {
-        if (w[0] != NULL && w[0]->quant != NULL) { /* quantized: one GEMV launch where it takes them */
-            int done = 0;
-            TRY(anvil_cuda_matmul_quant_multi(cb, x, n, w, bias, out, 0, &done));
-            if (done)
-                return ANVIL_OK;
-        }
-        for (int i = 0; i < n; i++)
-            TRY(anvil_cuda_op_matmul(be, x, w[i], bias[i], out[i]));
-        return ANVIL_OK;
+        const int shared = fp8_act(w[0]) && anvil_cuda_fp8_x_open(cb, x);
+        const anvil_status st = matmul_multi_separate(cb, x, n, w, bias, out);
+        if (shared)
+            anvil_cuda_fp8_x_close(cb);
+        return st;
     }
     const void *wp[ANVIL_MATMUL_MULTI_MAX], *bp[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
@@ -91,6 +115,27 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
                                         x->shape[0], x->shape[1]);
 }
 
+/* matmul_silu_mul off the plain GEMV: the quantized GEMV's one launch
+ * where it takes gate and up, else matmul, matmul, silu_mul (the matmuls
+ * on the FP8 GEMM read the shared codes of x, if open). */
+static anvil_status silu_mul_separate(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *wg,
+                                      const anvil_tensor *bg, const anvil_tensor *wu, const anvil_tensor *bu,
+                                      anvil_tensor *gate, anvil_tensor *up, anvil_tensor *out)
+{
+    if (wg != NULL && wg->quant != NULL) { /* quantized: gate, up and silu in one GEMV launch where it takes them */
+        TRY(anvil_cuda_check_act(cb, up, "matmul_silu_mul up"));
+        const anvil_tensor *w2[2] = {wg, wu}, *b2[2] = {bg, bu};
+        anvil_tensor *o2[2] = {out, up};
+        int done = 0;
+        TRY(anvil_cuda_matmul_quant_multi(cb, x, 2, w2, b2, o2, 1, &done));
+        if (done)
+            return ANVIL_OK;
+    }
+    TRY(anvil_cuda_op_matmul(&cb->be, x, wg, bg, gate));
+    TRY(anvil_cuda_op_matmul(&cb->be, x, wu, bu, up));
+    return anvil_cuda_op_silu_mul(&cb->be, gate, up, out);
+}
+
 anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor *x, const anvil_tensor *wg,
                                            const anvil_tensor *bg, const anvil_tensor *wu,
                                            const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
@@ -101,18 +146,11 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
     TRY(anvil_cuda_check_act(cb, out, "matmul_silu_mul out"));
     if (!(gemv_direct(cb, x, wg, out) && gemv_direct(cb, x, wu, out) && bias_ok(bg, wg->shape[0]) &&
           bias_ok(bu, wu->shape[0]))) {
-        if (wg != NULL && wg->quant != NULL) { /* quantized: gate, up and silu in one GEMV launch where it takes them */
-            TRY(anvil_cuda_check_act(cb, up, "matmul_silu_mul up"));
-            const anvil_tensor *w2[2] = {wg, wu}, *b2[2] = {bg, bu};
-            anvil_tensor *o2[2] = {out, up};
-            int done = 0;
-            TRY(anvil_cuda_matmul_quant_multi(cb, x, 2, w2, b2, o2, 1, &done));
-            if (done)
-                return ANVIL_OK;
-        }
-        TRY(anvil_cuda_op_matmul(be, x, wg, bg, gate));
-        TRY(anvil_cuda_op_matmul(be, x, wu, bu, up));
-        return anvil_cuda_op_silu_mul(be, gate, up, out);
+        const int shared = fp8_act(wg) && anvil_cuda_fp8_x_open(cb, x);
+        const anvil_status st = silu_mul_separate(cb, x, wg, bg, wu, bu, gate, up, out);
+        if (shared)
+            anvil_cuda_fp8_x_close(cb);
+        return st;
     }
     if (x->shape[0] == 0)
         return ANVIL_OK;
@@ -128,8 +166,31 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
  * weights in the activation dtype, x fitting shared memory) one launch of
  * the norm GEMV kernel (cuda_gemv_norm.cu), which never writes x;
  * otherwise, or with the knob norm_gemv = 2, add_rmsnorm into x and then the
- * matmul group (two launches at decode sizes, today's path).
+ * matmul group (two launches at decode sizes, today's path). Where the
+ * group's first matmul is fp8 W8A8 on the FP8 GEMM (prefill), the norm
+ * kernel also writes x's fp8 codes and row scales into the share the
+ * group's matmuls read (cuda_fp8_x.c): no quantization launch of their own.
  */
+
+/* add_rmsnorm into x, with x's fp8 codes into the open share where w0 (the
+ * group's first weight) goes to the FP8 GEMM for these rows. */
+static anvil_status norm_for_group(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,
+                                   const anvil_tensor *norm_w, float eps, anvil_tensor *sum, anvil_tensor *x,
+                                   const anvil_tensor *w0, const anvil_tensor *out0)
+{
+    const anvil_quant *q = w0 != NULL ? w0->quant : NULL;
+    if (cb->fp8_x.x == NULL || cb->fp8_x.x != x->data || cb->fp8_x.made || q == NULL ||
+        q->act == ANVIL_QUANT_ACT_NONE || q->perm != NULL || x->shape[0] == 0 || out0 == NULL ||
+        !anvil_cuda_matmul_quant_on_fp8_gemm(cb, x, w0, out0))
+        return anvil_cuda_op_add_rmsnorm(&cb->be, a, b, norm_w, eps, sum, x);
+    TRY(anvil_cuda_use(cb)); /* (the arguments checked by the caller, check_norm_args) */
+    void *codes = NULL;
+    float *sx = NULL;
+    TRY(anvil_cuda_fp8_x_fill(cb, q, &codes, &sx));
+    return anvil_cuda_launch_add_rmsnorm_quant(cb->stream, cb->pdl, a->data, b->data, norm_w->data, norm_w->dtype,
+                                               sum->data, x->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps,
+                                               (int)q->act, q->input_scale, codes, sx);
+}
 
 /* The checks both ops share: shapes, dtypes and the aliasing rules. */
 static anvil_status check_norm_args(anvil_cuda_backend *cb, const anvil_tensor *a, const anvil_tensor *b,
@@ -194,8 +255,13 @@ anvil_status anvil_cuda_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anv
         direct = direct && gemv_direct(cb, x, w[i], out[i]) && bias_ok(bias[i], w[i]->shape[0]);
     }
     if (!direct || !norm_gemv_direct(cb, a, b, sum, 0, &max_blocks)) {
-        TRY(anvil_cuda_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
-        return anvil_cuda_op_matmul_multi(be, x, n, w, bias, out);
+        const int shared = fp8_act(w[0]) && anvil_cuda_fp8_x_open(cb, x);
+        anvil_status st = norm_for_group(cb, a, b, norm_w, eps, sum, x, w[0], out[0]);
+        if (st == ANVIL_OK)
+            st = anvil_cuda_op_matmul_multi(be, x, n, w, bias, out);
+        if (shared)
+            anvil_cuda_fp8_x_close(cb);
+        return st;
     }
     anvil_cuda_norm_gemv g;
     memset(&g, 0, sizeof g);
@@ -232,8 +298,13 @@ anvil_status anvil_cuda_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const 
     int max_blocks = 0;
     if (!(gemv_direct(cb, x, wg, out) && gemv_direct(cb, x, wu, out) && wg->shape[0] == wu->shape[0] &&
           bias_ok(bg, wg->shape[0]) && bias_ok(bu, wu->shape[0]) && norm_gemv_direct(cb, a, b, sum, 1, &max_blocks))) {
-        TRY(anvil_cuda_op_add_rmsnorm(be, a, b, norm_w, eps, sum, x));
-        return anvil_cuda_op_matmul_silu_mul(be, x, wg, bg, wu, bu, gate, up, out);
+        const int shared = fp8_act(wg) && anvil_cuda_fp8_x_open(cb, x);
+        anvil_status st = norm_for_group(cb, a, b, norm_w, eps, sum, x, wg, gate);
+        if (st == ANVIL_OK)
+            st = anvil_cuda_op_matmul_silu_mul(be, x, wg, bg, wu, bu, gate, up, out);
+        if (shared)
+            anvil_cuda_fp8_x_close(cb);
+        return st;
     }
     anvil_cuda_norm_gemv g;
     memset(&g, 0, sizeof g);

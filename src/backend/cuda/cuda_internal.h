@@ -50,6 +50,19 @@ enum {
 typedef struct anvil_cuda_mm_cache anvil_cuda_mm_cache; /* cuda_matmul.c */
 typedef struct anvil_cuda_graphs anvil_cuda_graphs;     /* cuda_graph.c */
 
+/* The fp8 W8A8 codes of one x shared by the matmuls that read it, inside
+ * one op call (cuda_fp8_x.c). */
+typedef struct anvil_cuda_fp8_x {
+    const void *x;             /* the activations [T, K] shared; NULL: no share open */
+    int64_t T, K;
+    int made;                  /* codes and sx hold x's, quantized with act, input_scale, perm */
+    int act;
+    float input_scale;
+    const int32_t *perm;
+    void *codes;               /* [T, K] fp8 e4m3, in fp8_x_buf */
+    float *sx;                 /* [T] */
+} anvil_cuda_fp8_x;
+
 typedef struct anvil_cuda_backend {
     anvil_backend be;          /* be.impl points back here */
     anvil_backend_ops ops;     /* per instance: act_dtype differs */
@@ -73,6 +86,12 @@ typedef struct anvil_cuda_backend {
     size_t mm_scratch_bytes;
     void *q_scratch;           /* quantized matmul: prepared activations (x', fp8 codes and row scales) */
     size_t q_scratch_bytes;
+    void *fp8_x_buf;           /* the shared fp8 codes and row scales (fp8_x) */
+    size_t fp8_x_bytes;
+    anvil_cuda_fp8_x fp8_x;
+    /* what the share did, for the tests: codes made by a norm kernel, made by
+     * a matmul's quantization launch, and matmuls that read codes made before */
+    int64_t fp8_x_norm_made, fp8_x_quant_made, fp8_x_reused;
     void *attn_ws;             /* attention: split-K partial results */
     size_t attn_ws_bytes;
     void *attn_cnt;            /* attention: the splits done per block of heads, zero between launches */
@@ -195,6 +214,33 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
 anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_tensor *x, int n,
                                            const anvil_tensor *const *w, const anvil_tensor *const *bias,
                                            anvil_tensor *const *out, int silu, int *done);
+/* Whether anvil_cuda_matmul_quant takes cuBLASLt's FP8 GEMM (path 2) for
+ * x [T, K] through w into out for certain: the GEMM takes w and no GEMV
+ * path takes these rows (1 for every prefill of an fp8 W8A8 weight; at
+ * the GEMV's rows 0, also where a GEMV would decline x's alignment and
+ * leave it to the GEMM: callers use it to decide whether to make codes
+ * ahead, which only costs time when wrong). */
+int anvil_cuda_matmul_quant_on_fp8_gemm(const anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                                        const anvil_tensor *out);
+
+/*
+ * Shared fp8 activations (cuda_fp8_x.c). anvil_cuda_fp8_x_open(x) before
+ * the matmuls of one x (1: it opened the share, the caller closes it;
+ * 0: one is open already, or the knob fp8_act_share = 2 keeps it off),
+ * anvil_cuda_fp8_x_close after, on every path. Inside, anvil_cuda_fp8_x_get
+ * gives the FP8 GEMM path the codes of x for a weight's quantization: the
+ * share's (made by the first caller, through anvil_cuda_launch_quant_act
+ * as the unshared path), or *codes NULL when no share holds x or it holds
+ * another quantization (the caller makes its own). anvil_cuda_fp8_x_fill:
+ * the share's buffers for the codes of x under q, marked made (the caller
+ * writes them before anything reads them: the norm kernel).
+ */
+int anvil_cuda_fp8_x_open(anvil_cuda_backend *cb, const anvil_tensor *x);
+void anvil_cuda_fp8_x_close(anvil_cuda_backend *cb);
+anvil_status anvil_cuda_fp8_x_get(anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_quant *q,
+                                  const void **codes, const float **sx);
+anvil_status anvil_cuda_fp8_x_fill(anvil_cuda_backend *cb, const anvil_quant *q, void **codes, float **sx);
+
 /* out[T, N] = (sx[t] * sw[n]) * sum_k xq[t, k] wq[n, k] (+ bias[N]) on
  * cuBLASLt's FP8 GEMM (e4m3 x e4m3, f32 accumulation, outer-vector scales;
  * cuda_matmul.c): xq [T, K] and wq [N, K] fp8 e4m3, sx [T] and sw [N] f32,
@@ -442,6 +488,14 @@ anvil_status anvil_cuda_launch_dequant(cudaStream_t stream, const anvil_cuda_qwe
 anvil_status anvil_cuda_launch_add_rmsnorm(cudaStream_t stream, int pdl, const void *a, const void *b, const void *w,
                                            anvil_dtype w_dt, void *sum, void *norm, anvil_dtype act_dt, int64_t rows,
                                            int64_t width, float eps);
+/* The same, and the norm's fp8 W8A8 activations (act dynamic or static,
+ * input_scale as anvil_quant) into codes [rows, width] and row_scale
+ * [rows]: what anvil_cuda_launch_quant_act (no perm, F8_E4M3 out) makes of
+ * the norm as stored, to the bit. */
+anvil_status anvil_cuda_launch_add_rmsnorm_quant(cudaStream_t stream, int pdl, const void *a, const void *b,
+                                                 const void *w, anvil_dtype w_dt, void *sum, void *norm,
+                                                 anvil_dtype act_dt, int64_t rows, int64_t width, float eps, int act,
+                                                 float input_scale, void *codes, float *row_scale);
 
 /* add + rmsnorm in the prologue of the GEMVs of its norm (cuda_gemv_norm.cu):
  * sum = a + b (written once), x = rmsnorm(sum) * norm_w (in each block's

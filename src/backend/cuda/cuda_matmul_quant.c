@@ -208,15 +208,38 @@ static anvil_status run_fp8_gemm(anvil_cuda_backend *cb, const anvil_tensor *x, 
 {
     const anvil_quant *q = w->quant;
     const int64_t T = x->shape[0], K = x->shape[1], N = w->shape[0];
-    const size_t codes = round256((size_t)(T * K));
-    TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, codes + (size_t)T * sizeof(float),
-                           "matmul: fp8 activations buffer"));
-    void *xq = cb->q_scratch;
-    float *sx = (float *)(void *)((char *)cb->q_scratch + codes);
-    TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
-                                    q->input_scale, T, K, xq, ANVIL_DTYPE_F8_E4M3, sx, cb->d_err));
+    const void *xq = NULL;
+    const float *sx = NULL;
+    TRY(anvil_cuda_fp8_x_get(cb, x, q, &xq, &sx)); /* the codes the matmuls of x share (cuda_fp8_x.c) */
+    if (xq == NULL) {
+        const size_t codes = round256((size_t)(T * K));
+        TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, codes + (size_t)T * sizeof(float),
+                               "matmul: fp8 activations buffer"));
+        float *row_scale = (float *)(void *)((char *)cb->q_scratch + codes);
+        TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+                                        q->input_scale, T, K, cb->q_scratch, ANVIL_DTYPE_F8_E4M3, row_scale,
+                                        cb->d_err));
+        xq = cb->q_scratch;
+        sx = row_scale;
+    }
     return anvil_cuda_gemm_fp8(cb, xq, sx, w->data, q->scales, bias ? bias->data : NULL,
                                bias ? bias->dtype : ANVIL_DTYPE_F32, out->data, cb->ops.act_dtype, T, K, N);
+}
+
+int anvil_cuda_matmul_quant_on_fp8_gemm(const anvil_cuda_backend *cb, const anvil_tensor *x, const anvil_tensor *w,
+                                        const anvil_tensor *out)
+{
+    const anvil_quant *q = w->quant;
+    if (q == NULL || !fp8_gemm_ok(cb, w))
+        return 0;
+    const int64_t T = x->shape[0], K = x->shape[1];
+    const anvil_cuda_qweight qw = {
+        .w = w->data, .dt = w->dtype, .scales = q->scales, .zeros = q->zeros,
+        .gs = q->group > 0 ? q->group : K, .N = w->shape[0], .K = K,
+    };
+    /* no GEMV path takes the rows at all: whatever their order, path 2 */
+    return !mma16_ok(cb, &qw, q, x->data, T) && !mma_ok(cb, &qw, q, x->data, T) &&
+           !simt_ok(cb, w, &qw, x->data, out->data, T);
 }
 
 /* Path 3: W and x' in the activation dtype, then the plain matmul. */
