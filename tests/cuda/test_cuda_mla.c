@@ -1,16 +1,24 @@
 /*
  * DeepSeek-V2 on CUDA, op by op, against the CPU's scalar references:
- *  - the mla op (cuda_mla.cu: the latent cache write, the absorbed
- *    attention for every row) on prefill chunks, decode rows and mixed
- *    steps over earlier cached positions with scattered block tables, in
- *    f32 (within 1e-4 x max|out|) and bf16 (2e-2: the inputs and the cache
- *    in bf16), the cache rows written checked too;
+ *  - the mla op (cuda_mla.h: the latent cache write, then the absorbed
+ *    form on tensor cores where it applies, else the reference kernels)
+ *    on prefill chunks, decode rows and mixed steps over earlier cached
+ *    positions (contexts 1 to 3000, tile and block edges, 12/16/20 heads)
+ *    with shuffled block tables, in f32 (within 1e-4 x max|out|: the
+ *    reference kernels), bf16 (2e-2: the inputs and the cache in bf16) and
+ *    f16 (1e-2), each case on every path that applies: the reference
+ *    (knob mla_kernel 1) and the tensor-core form with its own splits,
+ *    3 and 17 (knob attn_splits); the output poisoned before each run, the
+ *    cache rows written checked too;
+ *  - a block id outside the cache in a table: the tensor-core form flags it;
  *  - the moe op with DeepSeek's router (cuda_moe_route_groups.cu:
  *    group-limited top-k, routed_scaling_factor) and ungated shared
  *    experts, at 5 tokens (the grouped GEMV) and 40 (the per-expert loop);
- *  - --perf: the mla op at DeepSeek-V2-Lite's decode shape (16 heads, rank
- *    512, 64 + 128 / 128) for 32 sequences of 1024 and 4096 cached
- *    positions, ms per call and the latent cache's bytes read per second.
+ *  - --perf: the mla op at DeepSeek-V2-Lite's shape (16 heads, rank 512,
+ *    128 + 64 / 128, bf16): decode at 1, 16 and 64 sequences of 512 and
+ *    4096 cached positions, and one 2048-row prefill, on both paths, ms per
+ *    call against the time to read the latent rows and kv_b once at the
+ *    device's memory bandwidth.
  * Each case prints PASS or FAIL with its error. Skips without a GPU.
  *
  *   build/tests/test_cuda_mla [--perf]
@@ -24,6 +32,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_reference.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_mla.h"
 #include "anvil/dtype.h"
 #include "testutil.h"
 
@@ -44,6 +53,8 @@ static float *rand_rounded(uint64_t *rng, int64_t n, anvil_dtype dt)
         f[i] = randf(rng);
         if (dt == ANVIL_DTYPE_BF16)
             f[i] = anvil_bf16_to_f32(anvil_f32_to_bf16(f[i]));
+        else if (dt == ANVIL_DTYPE_F16)
+            f[i] = anvil_f16_to_f32(anvil_f32_to_f16(f[i]));
     }
     return f;
 }
@@ -112,10 +123,63 @@ static const mla_case mla_cases[] = {
     {4, 32, 16, 8, 24, 4, 3, {5, 17, 9}, {1, 1, 1}, 1.0253f},    /* decode rows, an attention factor */
     {3, 24, 8, 6, 10, 16, 3, {7, 3, 0}, {1, 6, 1}, 1.0f},        /* mixed */
     {16, 512, 128, 64, 128, 32, 2, {70, 0}, {1, 40}, 1.0f},      /* DeepSeek-V2-Lite's shape */
+    /* the tensor-core form's shapes (kv_rank 128/256/512, rope a multiple of 16) */
+    {16, 512, 128, 64, 128, 64, 1, {0}, {1}, 1.0f},              /* context 1 */
+    {20, 128, 32, 16, 48, 16, 3, {0, 130, 2999}, {37, 1, 1}, 1.0f}, /* 2 chunks of heads, mixed, context 3000 */
+    {12, 256, 64, 32, 64, 7, 4, {0, 63, 64, 500}, {1, 1, 1, 1}, 1.0253f}, /* tile edges, block size 7 */
+    {16, 512, 128, 64, 128, 16, 2, {190, 200}, {1, 3}, 1.0f},    /* V2-Lite: a decode row and a 3-row chunk */
 };
 
-/* One case on one GPU backend of act dtype `act`: PASS within tol x max|out|. */
-static void run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint64_t *rng, double tol)
+/* The CUDA paths a case runs on: the knobs (mla_kernel, attn_splits) */
+typedef struct mla_path {
+    int kernel, splits;
+    const char *name;
+} mla_path;
+
+static const mla_path mla_paths[] = {
+    {1, 0, "reference"},
+    {0, 0, "auto"},
+    {2, 0, "absorbed"},
+    {2, 3, "absorbed 3 splits"},
+    {2, 17, "absorbed 17 splits"},
+    {3, 0, "expanded"},
+};
+
+/* Whether the op takes the tensor-core forms for this case at act dtype
+ * `act`: 0 none, 1 the absorbed, 2 the absorbed and the expanded */
+static int mla_mma_applies(anvil_backend *gpu, anvil_dtype act, const mla_case *c, int32_t n_blocks)
+{
+    const anvil_cuda_mla m = {.dt = act, .rank = c->R, .rope = c->dr, .nope = c->dn, .v = c->dv,
+                              .n_heads = c->H, .block_size = c->bs, .n_blocks = n_blocks};
+    const size_t optin = anvil_cuda_impl(gpu)->smem_optin;
+    return !anvil_cuda_mla_mma_ok(&m, optin) ? 0 : anvil_cuda_mla_xp_ok(&m, optin) ? 2 : 1;
+}
+
+static void set_mla_knobs(anvil_backend *gpu, int kernel, int splits)
+{
+    anvil_cuda_knobs k = anvil_cuda_impl(gpu)->knobs; /* the others as they are */
+    k.mla_kernel = kernel;
+    k.attn_splits = splits;
+    assert_int_equal(anvil_cuda_set_knobs(gpu, &k), ANVIL_OK);
+}
+
+/* Block ids 0 .. n - 1 in a shuffled order (scattered tables) */
+static void shuffled_ids(uint64_t *rng, int32_t *ids, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++)
+        ids[i] = i;
+    for (int32_t i = n - 1; i > 0; i--) {
+        *rng = *rng * 6364136223846793005ull + 1442695040888963407ull;
+        const int32_t j = (int32_t)((*rng >> 33) % (uint64_t)(i + 1)), x = ids[i];
+        ids[i] = ids[j];
+        ids[j] = x;
+    }
+}
+
+/* One case on one GPU backend of act dtype `act`, on every path that
+ * applies: PASS within tol x max|out|; the output of the op on each path
+ * and the cache rows it wrote. Returns the number of failures. */
+static int run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint64_t *rng, double tol)
 {
     int32_t T = 0, most = 0, starts[MAX_SEQS + 1], lens[MAX_SEQS];
     for (int32_t s = 0; s < c->n_seqs; s++) {
@@ -136,11 +200,11 @@ static void run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint
     for (int32_t i = 0; i < c->dr / 2; i++)
         inv[i] = powf(10000.0f, -(float)(2 * i) / (float)c->dr);
     int32_t *pos = malloc((size_t)T * 4), *sot = malloc((size_t)T * 4), *slots = malloc((size_t)T * 4);
-    int32_t *tables = malloc((size_t)(c->n_seqs * maxb) * 4);
-    assert_true(pos && sot && slots && tables);
-    for (int32_t s = 0; s < c->n_seqs; s++)
-        for (int32_t j = 0; j < maxb; j++)
-            tables[s * maxb + j] = n_blocks - 1 - (s * maxb + j);
+    int32_t *tables = malloc((size_t)(c->n_seqs * maxb) * 4), *ids = malloc((size_t)n_blocks * 4);
+    assert_true(pos && sot && slots && tables && ids);
+    shuffled_ids(rng, ids, n_blocks);
+    for (int32_t i = 0; i < c->n_seqs * maxb; i++)
+        tables[i] = ids[i]; /* one block never used */
     for (int32_t s = 0; s < c->n_seqs; s++)
         for (int32_t t = starts[s]; t < starts[s + 1]; t++) {
             pos[t] = c->prior[s] + t - starts[s];
@@ -152,7 +216,13 @@ static void run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint
     assert_true(want && want_cache);
     memcpy(want_cache, cache, (size_t)n_cache * sizeof(float));
     anvil_rope_freqs hf = {.inv_freq = inv, .scale = c->rope_scale};
+    int32_t n_decode = 0, decode_ctx = 0; /* the leading one-row sequences, as the executor plans them */
+    while (n_decode < c->n_seqs && c->rows[n_decode] == 1) {
+        decode_ctx = lens[n_decode] > decode_ctx ? lens[n_decode] : decode_ctx;
+        n_decode++;
+    }
     anvil_step hs = {.n_tokens = T, .n_seqs = c->n_seqs, .max_blocks_per_seq = maxb, .block_size = c->bs,
+                     .max_context = most, .n_decode = n_decode, .decode_max_context = decode_ctx,
                      .positions = pos, .seq_of_token = sot, .seq_starts = starts, .seq_lens = lens,
                      .block_tables = tables, .slots = slots};
     anvil_tensor tq = anvil_tensor_2d(ANVIL_DTYPE_F32, T, qw, q), tc = anvil_tensor_2d(ANVIL_DTYPE_F32, T, c->R, cc);
@@ -196,20 +266,35 @@ static void run_mla(anvil_backend *gpu, anvil_dtype act, const mla_case *c, uint
     ga.out = &gout;
     ga.step = &ds;
     ga.rope = &df;
-    if (gpu->ops->mla(gpu, &ga) != ANVIL_OK || gpu->ops->synchronize(gpu) != ANVIL_OK)
-        fail_msg("mla on %s: %s", gpu->ops->name, anvil_last_error());
-    float *got = dev_get(gpu, dout, n_out, act), *got_cache = dev_get(gpu, dcache, n_cache, act);
-    const double e = rel_err(got, want, n_out), ec = rel_err(got_cache, want_cache, n_cache);
-    const int ok = e <= tol && ec <= tol;
-    printf("  %s mla H=%d R=%d %d/%d/%d seqs=%d T=%d on %s: out %.3g, cache %.3g x max (tol %.3g)\n",
-           ok ? "PASS" : "FAIL", c->H, c->R, c->dn, c->dr, c->dv, c->n_seqs, T, gpu->ops->name, e, ec, tol);
+    const int mma = mla_mma_applies(gpu, act, c, n_blocks);
+    int fails = 0;
+    for (size_t pi = 0; pi < sizeof mla_paths / sizeof mla_paths[0]; pi++) {
+        const mla_path *path = &mla_paths[pi];
+        if (path->kernel != 1 && !mma)
+            continue; /* the reference again */
+        if (path->kernel == 3 && mma < 2)
+            continue; /* the absorbed form again */
+        set_mla_knobs(gpu, path->kernel, path->splits);
+        /* the output poisoned first (0xff bytes: NaN), so rows left unwritten fail */
+        assert_int_equal(cudaMemset(dout, 0xff, (size_t)n_out * anvil_dtype_size(act)), cudaSuccess);
+        if (gpu->ops->mla(gpu, &ga) != ANVIL_OK || gpu->ops->synchronize(gpu) != ANVIL_OK)
+            fail_msg("mla on %s (%s): %s", gpu->ops->name, path->name, anvil_last_error());
+        float *got = dev_get(gpu, dout, n_out, act), *got_cache = dev_get(gpu, dcache, n_cache, act);
+        const double e = rel_err(got, want, n_out), ec = rel_err(got_cache, want_cache, n_cache);
+        const int ok = e <= tol && ec <= tol;
+        fails += !ok;
+        printf("  %s mla H=%d R=%d %d/%d/%d seqs=%d T=%d ctx<=%d %s %s: out %.3g, cache %.3g x max (tol %.3g)\n",
+               ok ? "PASS" : "FAIL", c->H, c->R, c->dn, c->dr, c->dv, c->n_seqs, T, most, anvil_dtype_name(act),
+               path->name, e, ec, tol);
+        free(got), free(got_cache);
+    }
+    set_mla_knobs(gpu, 0, 0);
     void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtables, dinv};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         gpu->ops->free(gpu, dev[i]);
-    free(q), free(cc), free(kpe), free(kvb), free(cache), free(pos), free(sot), free(slots), free(tables);
-    free(want), free(want_cache), free(got), free(got_cache);
-    if (!ok)
-        fail_msg("mla: error %.3g / cache %.3g x max|out| > %.3g", e, ec, tol);
+    free(q), free(cc), free(kpe), free(kvb), free(cache), free(pos), free(sot), free(slots), free(tables), free(ids);
+    free(want), free(want_cache);
+    return fails;
 }
 
 static void test_mla(void **s)
@@ -218,15 +303,70 @@ static void test_mla(void **s)
     if (anvil_cuda_device_count() == 0)
         skip();
     uint64_t rng = 0x5eedull;
-    const anvil_dtype acts[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16};
-    const double tols[] = {1e-4, 2e-2};
-    for (int a = 0; a < 2; a++) {
+    const anvil_dtype acts[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16, ANVIL_DTYPE_F16};
+    const double tols[] = {1e-4, 2e-2, 1e-2};
+    int fails = 0;
+    for (int a = 0; a < 3; a++) {
         anvil_backend *gpu;
         assert_int_equal(anvil_backend_cuda_create(0, acts[a], &gpu), ANVIL_OK);
         for (size_t i = 0; i < sizeof mla_cases / sizeof mla_cases[0]; i++)
-            run_mla(gpu, acts[a], &mla_cases[i], &rng, tols[a]);
+            fails += run_mla(gpu, acts[a], &mla_cases[i], &rng, tols[a]);
         anvil_backend_free(gpu);
     }
+    if (fails)
+        fail_msg("mla: %d case(s) and path(s) out of tolerance", fails);
+}
+
+/* A block id outside the cache in a table: the tensor-core form flags it
+ * (the op's synchronize fails) and reads nothing outside the cache */
+static void test_mla_bad_block(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    anvil_backend *gpu;
+    assert_int_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &gpu), ANVIL_OK);
+    const int32_t H = 16, R = 128, dn = 32, dr = 16, dv = 32, bs = 16, n_blocks = 4, T = 1;
+    const int64_t w = R + dr;
+    uint64_t rng = 3;
+    float *q = rand_rounded(&rng, (int64_t)H * (dn + dr), ANVIL_DTYPE_BF16), *c = rand_rounded(&rng, R, ANVIL_DTYPE_BF16);
+    float *k = rand_rounded(&rng, dr, ANVIL_DTYPE_BF16), *wb = rand_rounded(&rng, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+    float *cache = rand_rounded(&rng, (int64_t)n_blocks * bs * w, ANVIL_DTYPE_BF16);
+    float inv[8];
+    for (int i = 0; i < dr / 2; i++)
+        inv[i] = 1.0f / (float)(i + 1);
+    const int32_t pos = 40, sot = 0, tables[3] = {2, 1000, 0}, slots = 0 * bs + 40 % bs;
+    void *dq = dev_put(gpu, q, (int64_t)H * (dn + dr), ANVIL_DTYPE_BF16), *dc = dev_put(gpu, c, R, ANVIL_DTYPE_BF16);
+    void *dk = dev_put(gpu, k, dr, ANVIL_DTYPE_BF16), *dw = dev_put(gpu, wb, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+    void *dcache = dev_put(gpu, cache, (int64_t)n_blocks * bs * w, ANVIL_DTYPE_BF16), *dout = NULL;
+    assert_int_equal(gpu->ops->alloc(gpu, (size_t)H * dv * 2, &dout), ANVIL_OK);
+    void *dpos = dev_put_raw(gpu, &pos, 4), *dsot = dev_put_raw(gpu, &sot, 4), *dslots = dev_put_raw(gpu, &slots, 4);
+    void *dtab = dev_put_raw(gpu, tables, sizeof tables), *dinv = dev_put_raw(gpu, inv, (size_t)(dr / 2) * 4);
+    anvil_rope_freqs df = {.inv_freq = dinv, .scale = 1.0f};
+    anvil_step ds = {.n_tokens = T, .n_seqs = 1, .max_blocks_per_seq = 3, .block_size = bs, .max_context = pos + 1,
+                     .positions = dpos, .seq_of_token = dsot, .block_tables = dtab, .slots = dslots};
+    anvil_tensor gq = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, (int64_t)H * (dn + dr), dq);
+    anvil_tensor gc = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, R, dc), gk = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, dr, dk);
+    anvil_tensor gout = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, (int64_t)H * dv, dout);
+    anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, (int64_t)H * (dn + dv), R, dw);
+    anvil_tensor gcache = {.dtype = ANVIL_DTYPE_BF16, .n_dims = 4, .shape = {n_blocks, bs, 1, w}, .data = dcache};
+    anvil_mla_args ga = {.q = &gq, .c = &gc, .k_pe = &gk, .kv_b = &gw, .cache = &gcache, .out = &gout, .step = &ds,
+                         .rope = &df, .n_heads = H, .kv_rank = R, .nope_dim = dn, .rope_dim = dr, .v_dim = dv,
+                         .scale = 0.1f};
+    const anvil_cuda_mla m = {.dt = ANVIL_DTYPE_BF16, .rank = R, .rope = dr, .nope = dn, .v = dv, .n_heads = H,
+                              .block_size = bs, .n_blocks = n_blocks};
+    assert_true(anvil_cuda_mla_mma_ok(&m, anvil_cuda_impl(gpu)->smem_optin));
+    anvil_status st = gpu->ops->mla(gpu, &ga);
+    if (st == ANVIL_OK)
+        st = gpu->ops->synchronize(gpu);
+    printf("  %s mla (mma) with block id 1000 of 4 in the table: %s\n", st == ANVIL_ERR_INVALID_ARG ? "PASS" : "FAIL",
+           st == ANVIL_OK ? "no error" : anvil_last_error());
+    assert_int_equal(st, ANVIL_ERR_INVALID_ARG);
+    void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtab, dinv};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        gpu->ops->free(gpu, dev[i]);
+    free(q), free(c), free(k), free(wb), free(cache);
+    anvil_backend_free(gpu);
 }
 
 /* ---------------------------------------------------------------- moe */
@@ -302,7 +442,86 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* DeepSeek-V2-Lite decode: 32 sequences, one row each, n_ctx cached positions, bf16 */
+/* The device's memory bandwidth ceiling in bytes/s (2 x memory clock x bus width) */
+static double peak_bytes_per_s(void)
+{
+    int dev = 0, khz = 0, bits = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess)
+        return 3.35e12; /* an H100 SXM's */
+    return 2.0 * (double)khz * 1e3 * (double)bits / 8.0;
+}
+
+/* ms per mla call at DeepSeek-V2-Lite's shape (16 heads, rank 512, 128 +
+ * 64 / 128, bf16): B sequences of `rows` rows each after `prior` cached
+ * positions, on path `kernel` (the mla_kernel knob) */
+static double mla_perf_ms(anvil_backend *gpu, int32_t B, int32_t prior, int32_t rows, int kernel)
+{
+    const int32_t H = 16, R = 512, dn = 128, dr = 64, dv = 128, bs = 64;
+    const int32_t n_ctx = prior + rows, maxb = (n_ctx + bs - 1) / bs, n_blocks = B * maxb, T = B * rows;
+    const int64_t w = R + dr;
+    uint64_t rng = 7;
+    float *q = rand_rounded(&rng, (int64_t)T * H * (dn + dr), ANVIL_DTYPE_BF16);
+    float *c = rand_rounded(&rng, (int64_t)T * R, ANVIL_DTYPE_BF16), *k = rand_rounded(&rng, (int64_t)T * dr, ANVIL_DTYPE_BF16);
+    float *wb = rand_rounded(&rng, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+    float inv[32];
+    for (int i = 0; i < dr / 2; i++)
+        inv[i] = powf(10000.0f, -(float)(2 * i) / (float)dr);
+    int32_t *pos = malloc((size_t)T * 4), *sot = malloc((size_t)T * 4), *slots = malloc((size_t)T * 4);
+    int32_t *tables = malloc((size_t)n_blocks * 4);
+    assert_true(pos && sot && slots && tables);
+    for (int32_t i = 0; i < n_blocks; i++)
+        tables[i] = i;
+    for (int32_t b = 0; b < B; b++)
+        for (int32_t r = 0; r < rows; r++) {
+            const int32_t t = b * rows + r;
+            pos[t] = prior + r;
+            sot[t] = b;
+            slots[t] = tables[b * maxb + pos[t] / bs] * bs + pos[t] % bs;
+        }
+    void *dq = dev_put(gpu, q, (int64_t)T * H * (dn + dr), ANVIL_DTYPE_BF16), *dc = dev_put(gpu, c, (int64_t)T * R, ANVIL_DTYPE_BF16);
+    void *dk = dev_put(gpu, k, (int64_t)T * dr, ANVIL_DTYPE_BF16);
+    void *dw = dev_put(gpu, wb, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
+    void *dcache = NULL, *dout = NULL;
+    const size_t cache_bytes = (size_t)n_blocks * bs * (size_t)w * 2;
+    assert_int_equal(gpu->ops->alloc(gpu, cache_bytes, &dcache), ANVIL_OK);
+    /* finite latents (bf16 0x3c3c = 0.0115) without uploading them */
+    assert_int_equal(cudaMemset(dcache, 0x3c, cache_bytes), cudaSuccess);
+    assert_int_equal(gpu->ops->alloc(gpu, (size_t)T * H * dv * 2, &dout), ANVIL_OK);
+    void *dpos = dev_put_raw(gpu, pos, (size_t)T * 4), *dsot = dev_put_raw(gpu, sot, (size_t)T * 4);
+    void *dslots = dev_put_raw(gpu, slots, (size_t)T * 4), *dtab = dev_put_raw(gpu, tables, (size_t)n_blocks * 4);
+    void *dinv = dev_put_raw(gpu, inv, (size_t)(dr / 2) * 4);
+    anvil_rope_freqs df = {.inv_freq = dinv, .scale = 1.0f};
+    anvil_step ds = {.n_tokens = T, .n_seqs = B, .max_blocks_per_seq = maxb, .block_size = bs, .max_context = n_ctx,
+                     .positions = dpos, .seq_of_token = dsot, .block_tables = dtab, .slots = dslots};
+    anvil_tensor gq = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, H * (dn + dr), dq), gc = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, R, dc);
+    anvil_tensor gk = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, dr, dk), gout = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, H * dv, dout);
+    anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, H * (dn + dv), R, dw);
+    anvil_tensor gcache = {.dtype = ANVIL_DTYPE_BF16, .n_dims = 4, .shape = {n_blocks, bs, 1, w}, .data = dcache};
+    anvil_mla_args ga = {.q = &gq, .c = &gc, .k_pe = &gk, .kv_b = &gw, .cache = &gcache, .out = &gout, .step = &ds,
+                         .rope = &df, .n_heads = H, .kv_rank = R, .nope_dim = dn, .rope_dim = dr, .v_dim = dv,
+                         .scale = 0.07f};
+    set_mla_knobs(gpu, kernel, 0);
+    assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
+    assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
+    const int reps = rows > 1 ? 3 : 20;
+    const double t0 = now_s();
+    for (int r = 0; r < reps; r++)
+        assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
+    assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
+    const double ms = (now_s() - t0) * 1e3 / reps;
+    set_mla_knobs(gpu, 0, 0);
+    void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtab, dinv};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        gpu->ops->free(gpu, dev[i]);
+    free(q), free(c), free(k), free(wb), free(pos), free(sot), free(slots), free(tables);
+    return ms;
+}
+
+/* DeepSeek-V2-Lite's mla op, bf16: decode at 1/16/64 sequences x 512/4096
+ * cached positions and a 2048-row prefill, the reference kernels and the
+ * tensor-core form, against the bytes-read ceiling (the latent rows once
+ * and kv_b once: what the absorbed form must read at least) */
 static void test_mla_perf(void **s)
 {
     (void)s;
@@ -310,65 +529,27 @@ static void test_mla_perf(void **s)
         skip();
     anvil_backend *gpu;
     assert_int_equal(anvil_backend_cuda_create(0, ANVIL_DTYPE_BF16, &gpu), ANVIL_OK);
-    const int32_t H = 16, R = 512, dn = 128, dr = 64, dv = 128, B = 32, bs = 32;
-    const int32_t ctxs[] = {1024, 4096};
-    for (int ci = 0; ci < 2; ci++) {
-        const int32_t n_ctx = ctxs[ci], maxb = n_ctx / bs, n_blocks = B * maxb;
-        const int64_t w = R + dr;
-        uint64_t rng = 7;
-        float *q = rand_rounded(&rng, (int64_t)B * H * (dn + dr), ANVIL_DTYPE_BF16);
-        float *c = rand_rounded(&rng, (int64_t)B * R, ANVIL_DTYPE_BF16), *k = rand_rounded(&rng, (int64_t)B * dr, ANVIL_DTYPE_BF16);
-        float *wb = rand_rounded(&rng, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
-        float inv[32];
-        for (int i = 0; i < dr / 2; i++)
-            inv[i] = powf(10000.0f, -(float)(2 * i) / (float)dr);
-        int32_t *pos = malloc(B * 4), *sot = malloc(B * 4), *slots = malloc(B * 4), *tables = malloc((size_t)n_blocks * 4);
-        assert_true(pos && sot && slots && tables);
-        for (int32_t i = 0; i < n_blocks; i++)
-            tables[i] = i;
-        for (int32_t b = 0; b < B; b++) {
-            pos[b] = n_ctx - 1;
-            sot[b] = b;
-            slots[b] = tables[b * maxb + pos[b] / bs] * bs + pos[b] % bs;
+    const double peak = peak_bytes_per_s(), kvb_bytes = 16.0 * 256 * 512 * 2, row_bytes = 576.0 * 2;
+    printf("  perf mla (V2-Lite: 16 heads, rank 512, 128 + 64 / 128, bf16), memory ceiling %.0f GB/s\n", peak / 1e9);
+    const int32_t Bs[] = {1, 16, 64}, ctxs[] = {512, 4096};
+    for (int bi = 0; bi < 3; bi++)
+        for (int ci = 0; ci < 2; ci++) {
+            const int32_t B = Bs[bi], n_ctx = ctxs[ci];
+            const double bytes = (double)B * n_ctx * row_bytes + kvb_bytes, floor_ms = bytes / peak * 1e3;
+            const double ref = mla_perf_ms(gpu, B, n_ctx - 1, 1, 1), mma = mla_perf_ms(gpu, B, n_ctx - 1, 1, 2);
+            printf("  perf mla decode B=%2d ctx=%4d: reference %.3f ms, mma %.3f ms (%.1fx); ceiling %.3f ms "
+                   "(%.1f MB): mma at %.0f%% of it\n",
+                   B, n_ctx, ref, mma, ref / mma, floor_ms, bytes / 1e6, 100.0 * floor_ms / mma);
         }
-        void *dq = dev_put(gpu, q, (int64_t)B * H * (dn + dr), ANVIL_DTYPE_BF16), *dc = dev_put(gpu, c, (int64_t)B * R, ANVIL_DTYPE_BF16);
-        void *dk = dev_put(gpu, k, (int64_t)B * dr, ANVIL_DTYPE_BF16);
-        void *dw = dev_put(gpu, wb, (int64_t)H * (dn + dv) * R, ANVIL_DTYPE_BF16);
-        void *dcache = NULL, *dout = NULL;
-        const size_t cache_bytes = (size_t)n_blocks * bs * (size_t)w * 2;
-        assert_int_equal(gpu->ops->alloc(gpu, cache_bytes, &dcache), ANVIL_OK);
-        assert_int_equal(gpu->ops->alloc(gpu, (size_t)B * H * dv * 2, &dout), ANVIL_OK);
-        void *dpos = dev_put_raw(gpu, pos, B * 4), *dsot = dev_put_raw(gpu, sot, B * 4);
-        void *dslots = dev_put_raw(gpu, slots, B * 4), *dtab = dev_put_raw(gpu, tables, (size_t)n_blocks * 4);
-        void *dinv = dev_put_raw(gpu, inv, (size_t)(dr / 2) * 4);
-        anvil_rope_freqs df = {.inv_freq = dinv, .scale = 1.0f};
-        anvil_step ds = {.n_tokens = B, .n_seqs = B, .max_blocks_per_seq = maxb, .block_size = bs, .positions = dpos,
-                         .seq_of_token = dsot, .block_tables = dtab, .slots = dslots};
-        anvil_tensor gq = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, H * (dn + dr), dq), gc = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, R, dc);
-        anvil_tensor gk = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, dr, dk), gout = anvil_tensor_2d(ANVIL_DTYPE_BF16, B, H * dv, dout);
-        anvil_tensor gw = anvil_tensor_2d(ANVIL_DTYPE_BF16, H * (dn + dv), R, dw);
-        anvil_tensor gcache = {.dtype = ANVIL_DTYPE_BF16, .n_dims = 4, .shape = {n_blocks, bs, 1, w}, .data = dcache};
-        anvil_mla_args ga = {.q = &gq, .c = &gc, .k_pe = &gk, .kv_b = &gw, .cache = &gcache, .out = &gout, .step = &ds,
-                             .rope = &df, .n_heads = H, .kv_rank = R, .nope_dim = dn, .rope_dim = dr, .v_dim = dv,
-                             .scale = 0.07f};
-        assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
-        assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
-        const int reps = 20;
-        const double t0 = now_s();
-        for (int r = 0; r < reps; r++)
-            assert_int_equal(gpu->ops->mla(gpu, &ga), ANVIL_OK);
-        assert_int_equal(gpu->ops->synchronize(gpu), ANVIL_OK);
-        const double ms = (now_s() - t0) * 1e3 / reps;
-        /* every head of every sequence reads the sequence's latents */
-        const double bytes = (double)B * n_ctx * (double)w * 2.0 * H;
-        printf("  perf mla decode (V2-Lite shape, bf16) %d seqs x %d positions: %.3f ms, %.0f GB/s of latent reads "
-               "(each head re-reads them)\n",
-               B, n_ctx, ms, bytes / (ms * 1e-3) / 1e9);
-        void *dev[] = {dq, dc, dk, dw, dcache, dout, dpos, dsot, dslots, dtab, dinv};
-        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
-            gpu->ops->free(gpu, dev[i]);
-        free(q), free(c), free(k), free(wb), free(pos), free(sot), free(slots), free(tables);
-    }
+    const double ref = mla_perf_ms(gpu, 1, 0, 2048, 1), ab = mla_perf_ms(gpu, 1, 0, 2048, 2);
+    const double xp = mla_perf_ms(gpu, 1, 0, 2048, 3);
+    /* tensor-core work a (row, key, head): absorbed (576 + 512) x 2 flops,
+     * expanded (192 + 128) x 2 plus the GEMM of 2048 latents with kv_b */
+    const double pairs = 16.0 * (2048.0 * 2049 / 2);
+    const double f_ab = 2.0 * (576 + 512) * pairs, f_xp = 2.0 * (192 + 128) * pairs + 2.0 * 2048 * 512 * 4096;
+    printf("  perf mla prefill 2048 rows: reference %.3f ms, absorbed %.3f ms (%.0f TFLOP/s), expanded %.3f ms "
+           "(%.0f TFLOP/s with its GEMM)\n",
+           ref, ab, f_ab / (ab * 1e-3) / 1e12, xp, f_xp / (xp * 1e-3) / 1e12);
     anvil_backend_free(gpu);
 }
 
@@ -377,6 +558,7 @@ int main(int argc, char **argv)
     g_perf = argc > 1 && strcmp(argv[1], "--perf") == 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mla),
+        cmocka_unit_test(test_mla_bad_block),
         cmocka_unit_test(test_moe_groups),
         cmocka_unit_test(test_mla_perf),
     };

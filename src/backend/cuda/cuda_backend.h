@@ -78,6 +78,12 @@ typedef struct anvil_cuda_knobs {
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,
                                  ~150 bytes of spills; benchmarks) instead of two */
+    int mla_kernel;           /* the mla op (cuda_mla.h): 1 the reference kernels (a block per token and
+                                 head, SIMT) for every row; 2 the absorbed form on tensor cores for every
+                                 row; 3 the expanded form on tensor cores for the rows after the decode
+                                 rows; 0: expanded when a sequence brings several rows, else absorbed (each
+                                 where it applies, the reference elsewhere). attn_splits > 0 pins the
+                                 absorbed form's splits too */
 } anvil_cuda_knobs;
 
 /* Sets the knobs of a CUDA backend (ANVIL_ERR_INVALID_ARG for another kind

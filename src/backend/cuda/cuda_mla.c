@@ -1,10 +1,102 @@
 /* The mla op on CUDA (cuda_mla.h): the checks the host can make (the step
  * arrays are device memory: the kernels check slots and block ids and flag
- * what is outside), then the two launches. */
+ * what is outside), the cache write, then per row one of the forms:
+ *   - expanded on tensor cores (cuda_mla_prefill.cu) for the rows after the
+ *     step's decode rows when a sequence brings several (a prefill chunk):
+ *     its K_nope and V from one GEMM of the gathered latents with kv_b
+ *     (the matmul op: cuBLASLt), then flash attention;
+ *   - absorbed on tensor cores (cuda_mla_mma.cu) for the decode rows, and
+ *     for all rows where the expanded form does not apply;
+ *   - the reference kernels (cuda_mla.cu) for f32 and other shapes.
+ * anvil_mla_args.form (1 expanded, 2 absorbed) and knob mla_kernel pin the
+ * choice. The workspace is the attention's split-K buffer: the ops run one
+ * after another on the backend's stream. */
 #include <math.h>
 
 #include "backend/cuda/cuda_mla.h"
+#include "backend/cuda/cuda_mla_map.h"
 #include "core/error.h"
+#include "core/tensor.h"
+
+/* The expanded form's buffers are skipped (absorbed form) beyond this */
+#define XP_MAX_BYTES ((size_t)1 << 30)
+
+/* Blocks of the tensor-core kernel an SM holds at once, from its shared
+ * memory alone (the cost model's "wave"; its registers allow 2 or more) */
+static int32_t mma_per_sm(const anvil_cuda_backend *cb, const anvil_cuda_mla *m)
+{
+    const size_t smem = anvil_cuda_mla_mma_smem(m) + 1024; /* the driver reserves 1 KiB a block */
+    /* H100: 228 KiB an SM, of which a block may take smem_optin (227 KiB) */
+    const size_t per_sm = (cb->smem_optin + 1024) / smem;
+    return per_sm < 1 ? 1 : per_sm > 4 ? 4 : (int32_t)per_sm;
+}
+
+/* The step's span of contexts: max_context, else what the tables allow */
+static int32_t step_span(const anvil_step *st)
+{
+    int64_t span = st->max_context > 0 ? st->max_context : (int64_t)st->max_blocks_per_seq * st->block_size;
+    return span > INT32_MAX ? INT32_MAX : (int32_t)span;
+}
+
+/* The absorbed form's splits and workspace bytes for m's tokens */
+static void plan_absorbed(const anvil_cuda_backend *cb, const anvil_step *st, const anvil_cuda_mla *m,
+                          int32_t *n_splits, int32_t *split_len, size_t *bytes)
+{
+    const int64_t blocks = (int64_t)m->n_tokens * ((m->n_heads + MLA_ROWS - 1) / MLA_ROWS);
+    mla_choose_splits(blocks, mma_per_sm(cb, m), cb->n_sm, step_span(st), cb->knobs.attn_splits, n_splits,
+                      split_len);
+    anvil_cuda_mla_ws L;
+    anvil_cuda_mla_mma_ws(m, *n_splits, &L);
+    *bytes = L.bytes;
+}
+
+/* The absorbed form on tensor cores for m's tokens (the cache written) */
+static anvil_status launch_absorbed(anvil_cuda_backend *cb, const anvil_step *st, const anvil_cuda_mla *m)
+{
+    if (m->n_tokens == 0)
+        return ANVIL_OK;
+    int32_t n_splits = 1, split_len = 1;
+    size_t bytes = 0;
+    plan_absorbed(cb, st, m, &n_splits, &split_len, &bytes);
+    TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, bytes, "mla: workspace"));
+    return anvil_cuda_launch_mla_mma(cb->stream, m, n_splits, split_len, cb->attn_ws, cb->smem_optin);
+}
+
+/* Rows [n_decode, T) expanded (the decode rows before them absorbed), or
+ * *done = 0 when the buffers would pass XP_MAX_BYTES */
+static anvil_status launch_expanded(anvil_cuda_backend *cb, const anvil_mla_args *a, const anvil_cuda_mla *m,
+                                    int *done)
+{
+    const anvil_step *st = a->step;
+    const int32_t t0 = st->n_decode > 0 && st->n_decode < st->n_tokens ? st->n_decode : 0;
+    const int32_t n_seqs = st->n_seqs - t0, L = step_span(st);
+    anvil_cuda_mla_xp xp;
+    size_t bytes = 0;
+    anvil_cuda_mla_xp_layout(m, t0, t0, n_seqs, L, NULL, &xp, &bytes);
+    *done = 0;
+    if (bytes > XP_MAX_BYTES || (int64_t)n_seqs * L > INT32_MAX)
+        return ANVIL_OK;
+    *done = 1;
+    anvil_cuda_mla md = *m; /* the decode rows [0, t0): the arrays start at row 0 */
+    md.n_tokens = t0;
+    int32_t n_splits = 1, split_len = 1;
+    size_t abs_bytes = 0;
+    if (t0 > 0)
+        plan_absorbed(cb, st, &md, &n_splits, &split_len, &abs_bytes);
+    /* one reservation for both (the expanded part's buffers are used after
+     * the absorbed part's launches on the stream) */
+    TRY(anvil_cuda_reserve(cb, &cb->attn_ws, &cb->attn_ws_bytes, bytes > abs_bytes ? bytes : abs_bytes,
+                           "mla: workspace"));
+    if (t0 > 0)
+        TRY(anvil_cuda_launch_mla_mma(cb->stream, &md, n_splits, split_len, cb->attn_ws, cb->smem_optin));
+    anvil_cuda_mla_xp_layout(m, t0, t0, n_seqs, L, cb->attn_ws, &xp, &bytes);
+    TRY(anvil_cuda_launch_mla_xp_prep(cb->stream, m, &xp));
+    const int64_t rows = (int64_t)n_seqs * L;
+    anvil_tensor x = anvil_tensor_2d(m->dt, rows, m->rank, xp.x);
+    anvil_tensor kv = anvil_tensor_2d(m->dt, rows, (int64_t)m->n_heads * (m->nope + m->v), xp.kv);
+    TRY(anvil_cuda_op_matmul(&cb->be, &x, a->kv_b, NULL, &kv));
+    return anvil_cuda_launch_mla_xp_attn(cb->stream, m, &xp, cb->smem_optin);
+}
 
 anvil_status anvil_cuda_op_mla(anvil_backend *be, const anvil_mla_args *a)
 {
@@ -64,5 +156,18 @@ anvil_status anvil_cuda_op_mla(anvil_backend *be, const anvil_mla_args *a)
         .err = cb->d_err,
     };
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_mla(cb->stream, &m);
+    const int knob = cb->knobs.mla_kernel;
+    if (knob == 1 || !anvil_cuda_mla_mma_ok(&m, cb->smem_optin))
+        return anvil_cuda_launch_mla(cb->stream, &m);
+    TRY(anvil_cuda_launch_mla_cache(cb->stream, &m));
+    /* expanded where a sequence brings several rows (T > n_seqs), unless
+     * pinned: form 1 / knob 3 expanded, form 2 / knob 2 absorbed */
+    const int expand = a->form == 1 || (a->form == 0 && (knob == 3 || (knob == 0 && T > st->n_seqs)));
+    if (expand && a->form != 2 && anvil_cuda_mla_xp_ok(&m, cb->smem_optin)) {
+        int done = 0;
+        TRY(launch_expanded(cb, a, &m, &done));
+        if (done)
+            return ANVIL_OK;
+    }
+    return launch_absorbed(cb, st, &m);
 }

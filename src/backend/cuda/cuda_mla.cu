@@ -1,8 +1,8 @@
-/* Multi-head latent attention's kernels (cuda_mla.h says what each does). */
+/* Multi-head latent attention: the cache write and the reference kernel (cuda_mla.h says what each does). */
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_mla.h"
 
-#define MLA_WARPS 8
+#define REF_WARPS 8
 
 /* x [rope] rotated in interleaved pairs by position p into out (floats):
  * (x0 + i x1)(cos + i sin), cos and sin times scale, as transformers'
@@ -51,7 +51,7 @@ template <typename T, typename W> __global__ void anvil_mla_attn_kernel(anvil_cu
 {
     extern __shared__ float sm[];
     const int R = m.rank, dn = m.nope, dr = m.rope, dv = m.v;
-    float *qlat = sm, *qpe = qlat + R, *olat = qpe + dr, *wm = olat + MLA_WARPS * R, *wl = wm + MLA_WARPS;
+    float *qlat = sm, *qpe = qlat + R, *olat = qpe + dr, *wm = olat + REF_WARPS * R, *wl = wm + REF_WARPS;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int64_t W_rows_h = (int64_t)dn + dv, w = (int64_t)R + dr;
     const W *kvb = (const W *)m.kv_b;
@@ -78,7 +78,7 @@ template <typename T, typename W> __global__ void anvil_mla_attn_kernel(anvil_cu
         __syncthreads();
         /* each warp: positions warp, warp + 8, ... with an online softmax */
         float mx = -INFINITY, l = 0.0f;
-        for (int32_t j = warp; j <= p; j += MLA_WARPS) {
+        for (int32_t j = warp; j <= p; j += REF_WARPS) {
             const int32_t blk = m.block_tables[(int64_t)s * m.max_blocks_per_seq + j / m.block_size];
             if (blk < 0 || blk >= m.n_blocks) {
                 if (lane == 0)
@@ -105,21 +105,21 @@ template <typename T, typename W> __global__ void anvil_mla_attn_kernel(anvil_cu
         __syncthreads();
         /* merge the warps into qlat (no longer needed) */
         float M = -INFINITY;
-        for (int k = 0; k < MLA_WARPS; k++)
+        for (int k = 0; k < REF_WARPS; k++)
             M = fmaxf(M, wm[k]);
         float L = 0.0f;
-        for (int k = 0; k < MLA_WARPS; k++)
+        for (int k = 0; k < REF_WARPS; k++)
             L += wl[k] > 0.0f ? wl[k] * expf(wm[k] - M) : 0.0f;
         for (int r = threadIdx.x; r < R; r += blockDim.x) {
             float acc = 0.0f;
-            for (int k = 0; k < MLA_WARPS; k++)
+            for (int k = 0; k < REF_WARPS; k++)
                 acc += wl[k] > 0.0f ? olat[k * R + r] * expf(wm[k] - M) : 0.0f;
             qlat[r] = acc / L;
         }
         __syncthreads();
         /* out = W_UV_h o_lat: a warp per output column */
         T *out = (T *)m.out + (int64_t)t * m.n_heads * dv + (int64_t)h * dv;
-        for (int i = warp; i < dv; i += MLA_WARPS) {
+        for (int i = warp; i < dv; i += REF_WARPS) {
             float part = 0.0f;
             for (int r = lane; r < R; r += 32)
                 part += anvil_to_f32(wv[(int64_t)i * R + r]) * qlat[r];
@@ -134,24 +134,31 @@ template <typename T, typename W> __global__ void anvil_mla_attn_kernel(anvil_cu
 template <typename T> static void launch_attn(cudaStream_t stream, const anvil_cuda_mla *m, unsigned grid, size_t smem)
 {
     if (m->kv_b_dt == ANVIL_DTYPE_F32)
-        anvil_mla_attn_kernel<T, float><<<grid, 32 * MLA_WARPS, smem, stream>>>(*m);
+        anvil_mla_attn_kernel<T, float><<<grid, 32 * REF_WARPS, smem, stream>>>(*m);
     else if (m->kv_b_dt == ANVIL_DTYPE_BF16)
-        anvil_mla_attn_kernel<T, __nv_bfloat16><<<grid, 32 * MLA_WARPS, smem, stream>>>(*m);
+        anvil_mla_attn_kernel<T, __nv_bfloat16><<<grid, 32 * REF_WARPS, smem, stream>>>(*m);
     else
-        anvil_mla_attn_kernel<T, __half><<<grid, 32 * MLA_WARPS, smem, stream>>>(*m);
+        anvil_mla_attn_kernel<T, __half><<<grid, 32 * REF_WARPS, smem, stream>>>(*m);
 }
 
-extern "C" anvil_status anvil_cuda_launch_mla(cudaStream_t stream, const anvil_cuda_mla *m)
+extern "C" anvil_status anvil_cuda_launch_mla_cache(cudaStream_t stream, const anvil_cuda_mla *m)
 {
     if (m->n_tokens == 0)
         return ANVIL_OK;
     const unsigned cgrid = m->n_tokens < 65535 ? (unsigned)m->n_tokens : 65535u;
     const size_t csmem = (size_t)m->rope * sizeof(float);
     ANVIL_CUDA_DISPATCH(m->dt, anvil_mla_cache_kernel<T><<<cgrid, 128, csmem, stream>>>(*m));
-    TRY(ANVIL_CUDA_LAUNCHED("mla cache kernel"));
+    return ANVIL_CUDA_LAUNCHED("mla cache kernel");
+}
+
+extern "C" anvil_status anvil_cuda_launch_mla(cudaStream_t stream, const anvil_cuda_mla *m)
+{
+    if (m->n_tokens == 0)
+        return ANVIL_OK;
+    TRY(anvil_cuda_launch_mla_cache(stream, m));
     const int64_t items = (int64_t)m->n_tokens * m->n_heads;
     const unsigned grid = items < 65535 * 16 ? (unsigned)items : 65535u * 16;
-    const size_t smem = ((size_t)(MLA_WARPS + 1) * m->rank + m->rope + 2 * MLA_WARPS) * sizeof(float);
+    const size_t smem = ((size_t)(REF_WARPS + 1) * m->rank + m->rope + 2 * REF_WARPS) * sizeof(float);
     /* the rank and rope bounds keep smem at most 9 x 1024 + 256 + 16 floats, under the 48 KiB default */
     ANVIL_CUDA_DISPATCH(m->dt, launch_attn<T>(stream, m, grid, smem));
     return ANVIL_CUDA_LAUNCHED("mla attention kernel");
