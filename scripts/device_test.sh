@@ -8,8 +8,10 @@
 # to /dev/shm when it has room, else /tmp).
 # Logs go to $OUT when it is set (the device tool brings them back).
 #   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
-#                           kv_fp8|test_cuda_<name>|perf_gemm_quant|memcheck_gemm_quant|racecheck_gemm_quant ...]
+#                           kv_fp8|test_cuda_<name>|perf_gemm_quant|memcheck_gemm_quant|racecheck_gemm_quant|
+#                           perf_mla|memcheck_mla|racecheck_mla ...]
 #   (*_gemm_quant: the quantized GEMM's --perf table, and its test under compute-sanitizer, quick mode)
+#   (*_mla: the same for test_cuda_mla, DeepSeek-V2's attention)
 #   (kv_fp8: the fp8 KV cache's op and golden tests alone)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
@@ -52,6 +54,11 @@ for s in "${steps[@]}"; do
                            $bin/test_cuda_gemm_quant >"$out/memcheck_gemm_quant.log" 2>&1 ;;
     racecheck_gemm_quant) ANVIL_TEST_QUICK=1 timeout 400 "$sanitizer" --tool racecheck --racecheck-report all \
                             --error-exitcode 9 $bin/test_cuda_gemm_quant >"$out/racecheck_gemm_quant.log" 2>&1 ;;
+    perf_mla) timeout 300 $bin/test_cuda_mla --perf >"$out/perf_mla.log" 2>&1 ;;
+    memcheck_mla) ANVIL_TEST_QUICK=1 timeout 400 "$sanitizer" --tool memcheck --error-exitcode 9 \
+                    $bin/test_cuda_mla >"$out/memcheck_mla.log" 2>&1 ;;
+    racecheck_mla) ANVIL_TEST_QUICK=1 timeout 500 "$sanitizer" --tool racecheck --racecheck-report all \
+                     --error-exitcode 9 $bin/test_cuda_mla >"$out/racecheck_mla.log" 2>&1 ;;
     memcheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                       $bin/test_cuda_fused >"$out/memcheck_fused.log" 2>&1 ;;
     racecheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
@@ -66,6 +73,7 @@ for s in "${steps[@]}"; do
 done
 [ -f "$out/perf.log" ] && cat "$out/perf.log"
 [ -f "$out/perf_gemm_quant.log" ] && cat "$out/perf_gemm_quant.log"
+[ -f "$out/perf_mla.log" ] && cat "$out/perf_mla.log"
 [ -f "$out/bench.log" ] && cat "$out/bench.log"
 [ -f "$out/load.log" ] && cat "$out/load.log"
 exit $status

@@ -11,6 +11,7 @@
  *    3 and 17 (knob attn_splits); the output poisoned before each run, the
  *    cache rows written checked too;
  *  - a block id outside the cache in a table: the tensor-core form flags it;
+ *  - ANVIL_TEST_QUICK=1 (compute-sanitizer): bf16 only, contexts up to 256;
  *  - the moe op with DeepSeek's router (cuda_moe_route_groups.cu:
  *    group-limited top-k, routed_scaling_factor) and ungated shared
  *    experts, at 5 tokens (the grouped GEMV) and 40 (the per-expert loop);
@@ -303,14 +304,23 @@ static void test_mla(void **s)
     if (anvil_cuda_device_count() == 0)
         skip();
     uint64_t rng = 0x5eedull;
-    const anvil_dtype acts[] = {ANVIL_DTYPE_F32, ANVIL_DTYPE_BF16, ANVIL_DTYPE_F16};
-    const double tols[] = {1e-4, 2e-2, 1e-2};
+    const anvil_dtype acts[] = {ANVIL_DTYPE_BF16, ANVIL_DTYPE_F32, ANVIL_DTYPE_F16};
+    const double tols[] = {2e-2, 1e-4, 1e-2};
+    /* ANVIL_TEST_QUICK (the sanitizer runs): bf16, contexts up to 256 */
+    const int quick = getenv("ANVIL_TEST_QUICK") != NULL;
     int fails = 0;
-    for (int a = 0; a < 3; a++) {
+    for (int a = 0; a < (quick ? 1 : 3); a++) {
         anvil_backend *gpu;
         assert_int_equal(anvil_backend_cuda_create(0, acts[a], &gpu), ANVIL_OK);
-        for (size_t i = 0; i < sizeof mla_cases / sizeof mla_cases[0]; i++)
-            fails += run_mla(gpu, acts[a], &mla_cases[i], &rng, tols[a]);
+        for (size_t i = 0; i < sizeof mla_cases / sizeof mla_cases[0]; i++) {
+            const mla_case *c = &mla_cases[i];
+            int32_t most = 0;
+            for (int32_t sq = 0; sq < c->n_seqs; sq++)
+                most = c->prior[sq] + c->rows[sq] > most ? c->prior[sq] + c->rows[sq] : most;
+            if (quick && most > 256)
+                continue;
+            fails += run_mla(gpu, acts[a], c, &rng, tols[a]);
+        }
         anvil_backend_free(gpu);
     }
     if (fails)
