@@ -44,4 +44,7 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->norm_gemv = 1;
     if (is("ANVIL_CUDA_COMBINE_IN_KERNEL", "1"))
         o->attn_combine_in_kernel = 1;
+    const char *ar = getenv("ANVIL_ALLREDUCE");
+    if (ar != NULL && ar[0] != '\0')
+        o->all_reduce = ar; /* checked by the load: auto, nccl, oneshot, twoshot */
 }

@@ -16,7 +16,8 @@
  *   - "nccl": NCCL on device buffers (one GPU a rank), for the CUDA
  *     backend; made over a boot communicator (MPI) that carries its unique
  *     id (anvil_comm_create_nccl). Sums are NCCL's: the same bits on every
- *     rank, in NCCL's order.
+ *     rank, in NCCL's order; or, for the sizes anvil_comm_set_all_reduce
+ *     gives them, one-shot / two-shot over CUDA IPC in rank order.
  *
  *     anvil_comm *comm;
  *     if (anvil_comm_create_mpi(&comm) != ANVIL_OK) ... // mpirun -np 2 prog
@@ -157,6 +158,48 @@ anvil_status anvil_comm_recv(anvil_comm *comm, void *buf, size_t bytes, int32_t 
 
 /* Returns when every rank has called it. */
 anvil_status anvil_comm_barrier(anvil_comm *comm);
+
+/*
+ * How a device communicator (NCCL) sums (docs/parallel.md, "The
+ * small-message all-reduce"):
+ *   - AUTO: by message size, from a table of measured crossovers (until
+ *     measured: NCCL at every size);
+ *   - NCCL: ncclAllReduce;
+ *   - ONESHOT: every rank reads every rank's buffer through CUDA IPC and
+ *     adds them in rank order (f32, rounded once): one step, for small sums;
+ *   - TWOSHOT: a reduce-scatter then an all-gather over the same buffers:
+ *     each rank adds one slice of the ranks' values, then reads the others'.
+ * One-shot and two-shot give the same bits as the "mpi" communicator's
+ * rank-order sum, on every rank.
+ */
+typedef enum anvil_all_reduce_algo {
+    ANVIL_ALL_REDUCE_AUTO = 0,
+    ANVIL_ALL_REDUCE_NCCL = 1,
+    ANVIL_ALL_REDUCE_ONESHOT = 2,
+    ANVIL_ALL_REDUCE_TWOSHOT = 3,
+} anvil_all_reduce_algo;
+
+/* "auto", "nccl", "oneshot", "twoshot" (the ANVIL_ALLREDUCE values) and
+ * back. Parse: ANVIL_ERR_INVALID_ARG for any other name (NULL: auto). */
+anvil_status anvil_all_reduce_algo_parse(const char *name, anvil_all_reduce_algo *out);
+const char *anvil_all_reduce_algo_name(anvil_all_reduce_algo algo);
+
+/*
+ * Chooses how anvil_comm_all_reduce_sum sums on a device communicator;
+ * every rank calls it with the same arguments (a collective). One-shot and
+ * two-shot take sums of up to max_bytes (larger ones go to NCCL) through a
+ * buffer of max_bytes a rank that every other rank opens with CUDA IPC;
+ * where that cannot be (ranks on several hosts, GPUs without peer access,
+ * more than 8 ranks, no memory) every rank keeps NCCL and a warning says
+ * why (anvil_comm_all_reduce_algo tells). A communicator whose sums are its
+ * own ("self", "mpi") ignores it. Not during a CUDA graph capture.
+ */
+anvil_status anvil_comm_set_all_reduce(anvil_comm *comm, anvil_all_reduce_algo algo, size_t max_bytes);
+
+/* What a sum of n elements of dtype on comm runs now (never AUTO): NCCL,
+ * ONESHOT or TWOSHOT on a device communicator; NCCL elsewhere too (the
+ * communicator's own sum). */
+anvil_all_reduce_algo anvil_comm_all_reduce_algo(const anvil_comm *comm, int64_t n, anvil_dtype dtype);
 
 /*
  * A communicator of the ranks that pass the same color (>= 0), ranked by

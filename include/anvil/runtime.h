@@ -128,6 +128,12 @@ typedef struct anvil_runtime_options {
      * whole; never more than the step's sequences. Every rank of a job
      * must give the same value. The logits are the unsplit step's. */
     int32_t pp_micro_batches;
+    /* With comm on a device backend (NCCL): how the tensor-parallel sums
+     * run: "auto" (NULL, default: by size, the measured table), "nccl",
+     * "oneshot" or "twoshot" (over CUDA IPC peer buffers, for sums up to
+     * 8 MiB; NCCL above). The anvil command sets it from ANVIL_ALLREDUCE.
+     * Every rank of a job must give the same value (docs/parallel.md). */
+    const char *all_reduce;
     /* Random weights, no checkpoint (benchmarks at a real shape with no
      * file to hold the weights): 1: model_dir names a config alone (a
      * config.json of any name, or a folder holding one; its safetensors,

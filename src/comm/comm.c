@@ -13,20 +13,6 @@
 
 #include "core/error.h"
 
-anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t size, void *impl)
-{
-    anvil_comm *c = calloc(1, sizeof *c);
-    if (c == NULL)
-        return NULL;
-    c->ops = ops;
-    c->rank = rank;
-    c->size = size;
-    c->impl = impl;
-    c->timeout_s = ANVIL_COMM_TIMEOUT_DEFAULT_S;
-    atomic_init(&c->failed, 0);
-    return c;
-}
-
 void anvil_comm_free(anvil_comm *comm)
 {
     if (comm == NULL)
@@ -219,4 +205,21 @@ anvil_status anvil_comm_split(anvil_comm *comm, int32_t color, int32_t key, anvi
     c->parent = comm;
     *out = c;
     return ANVIL_OK;
+}
+
+anvil_status anvil_comm_set_all_reduce(anvil_comm *comm, anvil_all_reduce_algo algo, size_t max_bytes)
+{
+    TRY(check_usable(comm, "set_all_reduce"));
+    CHECK(algo >= ANVIL_ALL_REDUCE_AUTO && algo <= ANVIL_ALL_REDUCE_TWOSHOT, ANVIL_ERR_INVALID_ARG,
+          "set_all_reduce: algorithm %d", (int)algo);
+    if (comm->size == 1 || comm->ops->set_all_reduce == NULL)
+        return ANVIL_OK; /* its sum is its own */
+    return note(comm, comm->ops->set_all_reduce(comm, algo, max_bytes), "set_all_reduce");
+}
+
+anvil_all_reduce_algo anvil_comm_all_reduce_algo(const anvil_comm *comm, int64_t n, anvil_dtype dtype)
+{
+    if (comm == NULL || comm->size == 1 || comm->ops->all_reduce_algo == NULL || n <= 0)
+        return ANVIL_ALL_REDUCE_NCCL;
+    return comm->ops->all_reduce_algo(comm, (size_t)n * anvil_dtype_size(dtype));
 }

@@ -9,6 +9,10 @@
  *                   otherwise)
  *   comm_nccl.c      NCCL on device buffers, in the CUDA module (comm_nccl.h);
  *   comm_nccl_boot.c its creation in libanvil, over a boot communicator
+ *   comm_ipc.c       the one-shot / two-shot all-reduce over CUDA IPC peer
+ *                    buffers, in the CUDA module (comm_ipc.h; its kernel:
+ *                    comm_ipc_kernel.cu, its addressing: comm_ipc_map.h)
+ *   comm_plan.c      the decisions that need no GPU (comm_plan.h), in both
  *
  * An implementation's functions get arguments already checked (ranks in
  * range, n > 0, a dtype it is asked to sum: f32, bf16, f16) and return
@@ -19,6 +23,7 @@
 #define ANVIL_COMM_INTERNAL_H
 
 #include <stdatomic.h>
+#include <stdlib.h>
 
 #include "anvil/comm.h"
 
@@ -39,6 +44,10 @@ typedef struct anvil_comm_ops {
     /* the ranks of c whose color is `color`, ranked by key then rank
      * (comm.c makes a self communicator when c has one rank) */
     anvil_status (*split)(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out);
+    /* how all_reduce_sum sums (anvil_comm_set_all_reduce: a collective)
+     * and what a sum of `bytes` runs; NULL: the implementation's own sum */
+    anvil_status (*set_all_reduce)(anvil_comm *c, anvil_all_reduce_algo algo, size_t max_bytes);
+    anvil_all_reduce_algo (*all_reduce_algo)(const anvil_comm *c, size_t bytes);
     void (*abort)(anvil_comm *c, int code); /* ends every rank; NULL: nothing to end */
     void (*destroy)(anvil_comm *c); /* frees impl (not the struct) */
 } anvil_comm_ops;
@@ -67,8 +76,20 @@ struct anvil_comm {
     anvil_comm *parent;
 };
 
-/* A communicator struct around ops and impl (comm.c); NULL when out of
- * memory. */
-anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t size, void *impl);
+/* A communicator struct around ops and impl; NULL when out of memory.
+ * Inline: the CUDA module, which links no libanvil, wraps its splits too. */
+static inline anvil_comm *anvil_comm_wrap(const anvil_comm_ops *ops, int32_t rank, int32_t size, void *impl)
+{
+    anvil_comm *c = (anvil_comm *)calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->ops = ops;
+    c->rank = rank;
+    c->size = size;
+    c->impl = impl;
+    c->timeout_s = ANVIL_COMM_TIMEOUT_DEFAULT_S;
+    atomic_init(&c->failed, 0);
+    return c;
+}
 
 #endif

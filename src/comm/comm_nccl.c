@@ -26,6 +26,17 @@
  * GPU needs none), and a --tp job there fails with a message naming the
  * library instead of the whole CUDA backend failing to load.
  *
+ * Splits (pipeline stages) go through ncclCommSplit where the library has
+ * it, else through a new communicator from a unique id made by the part's
+ * first rank and sent through this one. Either way the ranks' colors and
+ * keys are gathered first under the deadline (comm_plan.c ranks them), as
+ * comm_mpi.c does before MPI_Comm_split.
+ *
+ * Sums up to the size anvil_comm_set_all_reduce gave may run one-shot or
+ * two-shot over CUDA IPC peer buffers instead (comm_ipc.c), chosen by size
+ * (comm_plan.c: anvil_ar_pick); their handles are exchanged through this
+ * communicator's own all-gather.
+ *
  * NCCL_NVLS_ENABLE=0 is set before NCCL reads its environment, always:
  * NVLink SHARP (multicast) needs a fabric manager setup the GPU machines
  * this runs on do not have, and NCCL then fails or hangs at init.
@@ -41,6 +52,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "anvil/log.h"
+#include "comm/comm_ipc.h"
+#include "comm/comm_plan.h"
 #include "core/error.h"
 
 /* NCCL's entry points, found by dlsym (nccl_load); the names below call
@@ -63,6 +77,9 @@ NCCL_FUNCS(NCCL_PTR)
 #define ncclGetUniqueId        nccl_p_GetUniqueId
 #define ncclRecv               nccl_p_Recv
 #define ncclSend               nccl_p_Send
+
+/* Optional: NCCL 2.18 and later (NULL: splits take a new unique id). */
+static __typeof__(&ncclCommSplit) nccl_p_CommSplit;
 
 static pthread_once_t nccl_once = PTHREAD_ONCE_INIT;
 static char nccl_load_error[512]; /* empty: loaded */
@@ -87,6 +104,7 @@ static void nccl_load_once(void)
                  " (a version older than this build's nccl.h %d.%d?)", NCCL_MAJOR, NCCL_MINOR);
     NCCL_FUNCS(NCCL_SYM)
 #undef NCCL_SYM
+    *(void **)&nccl_p_CommSplit = dlsym(h, "ncclCommSplit");
 }
 
 static anvil_status nccl_load(void)
@@ -101,6 +119,10 @@ typedef struct nccl_impl {
     cudaStream_t stream; /* the collectives' own */
     int device;
     void *one;           /* [1] float on the device: the barrier's all-reduce */
+    /* the sums (anvil_comm_set_all_reduce): the mode, and the IPC buffers
+     * for one-shot / two-shot (NULL: NCCL for every size) */
+    anvil_all_reduce_algo ar_mode;
+    anvil_ipc_ar *ipc;
 } nccl_impl;
 
 _Static_assert(sizeof(ncclUniqueId) == ANVIL_NCCL_ID_BYTES, "NCCL's unique id changed size");
@@ -196,6 +218,13 @@ static ncclDataType_t nccl_type(anvil_dtype dt)
 static anvil_status nccl_all_reduce(anvil_comm *c, void *buf, int64_t n, anvil_dtype dt)
 {
     nccl_impl *m = c->impl;
+    const anvil_all_reduce_algo algo =
+        anvil_ar_pick(m->ar_mode, (size_t)n * anvil_dtype_size(dt), c->size, anvil_ipc_ar_max_bytes(m->ipc));
+    if (algo != ANVIL_ALL_REDUCE_NCCL) {
+        const char *what = algo == ANVIL_ALL_REDUCE_ONESHOT ? "one-shot all-reduce" : "two-shot all-reduce";
+        TRY(anvil_ipc_ar_enqueue(m->ipc, buf, n, dt, algo, m->stream));
+        return anvil_ipc_ar_wait(m->ipc, m->stream, c->timeout_s, what);
+    }
     NCCL_RUN(c, m, ncclAllReduce(buf, buf, (size_t)n, nccl_type(dt), ncclSum, m->comm, m->stream), "ncclAllReduce");
 }
 
@@ -268,6 +297,7 @@ static void nccl_destroy(anvil_comm *c)
     if (m == NULL)
         return;
     (void)cudaSetDevice(m->device);
+    anvil_ipc_ar_free(m->ipc);
     if (m->comm != NULL) {
         /* broken: a peer may be gone, and a destroy may wait for it */
         if (atomic_load(&c->failed))
@@ -282,6 +312,147 @@ static void nccl_destroy(anvil_comm *c)
     free(m);
 }
 
+/* ------------------------------------------------------------ exchanges, splits, the sums' choice */
+
+/* Every rank's `bytes` of host memory, in rank order, into all (size x
+ * bytes), through ncclAllGather on a device buffer made for the call (only
+ * at set-up: splits and the IPC handles). */
+static anvil_status nccl_exchange(void *ctx, const void *mine, void *all, size_t bytes)
+{
+    anvil_comm *c = ctx;
+    nccl_impl *m = c->impl;
+    CHECK(m->comm != NULL, ANVIL_ERR_COMM, "exchange: the NCCL communicator was aborted");
+    TRY(cuda_device(m));
+    unsigned char *d = NULL;
+    const size_t total = bytes * (size_t)(c->size + 1);
+    cudaError_t e = cudaMalloc((void **)&d, total);
+    if (e == cudaSuccess)
+        e = cudaMemcpy(d + bytes * (size_t)c->size, mine, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (d != NULL)
+            cudaFree(d);
+        return ANVIL_FAIL(ANVIL_ERR_CUDA, "exchange of %zu bytes a rank on cuda:%d: %s", bytes, m->device,
+                          cudaGetErrorString(e));
+    }
+    anvil_status st = ANVIL_OK;
+    const ncclResult_t r = ncclAllGather(d + bytes * (size_t)c->size, d, bytes, ncclUint8, m->comm, m->stream);
+    if (r != ncclSuccess && r != ncclInProgress)
+        st = nccl_fail(r, m->comm, "exchange (ncclAllGather)");
+    else
+        st = wait_done(m, c->timeout_s, 1, "exchange (ncclAllGather)");
+    if (st == ANVIL_OK && (e = cudaMemcpy(all, d, bytes * (size_t)c->size, cudaMemcpyDeviceToHost)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = ANVIL_FAIL(ANVIL_ERR_CUDA, "exchange: %s", cudaGetErrorString(e));
+    }
+    cudaFree(d);
+    return st;
+}
+
+static anvil_status impl_new(int device, nccl_impl **out);
+static void impl_free(nccl_impl *m);
+static const anvil_comm_ops nccl_ops;
+
+/* The ranks of c whose color is `color`, ranked by key then rank: their
+ * (color, key) gathered first under the deadline, then ncclCommSplit, or
+ * without it a new communicator from a unique id the part's first rank
+ * makes and sends through c. */
+static anvil_status nccl_split(anvil_comm *c, int32_t color, int32_t key, anvil_comm **out)
+{
+    nccl_impl *m = c->impl;
+    *out = NULL;
+    const int32_t mine[2] = {color, key};
+    int32_t *pairs = malloc((size_t)c->size * sizeof mine);
+    CHECK(pairs != NULL, ANVIL_ERR_OOM, "out of memory");
+    anvil_status st = nccl_exchange(c, mine, pairs, sizeof mine);
+    for (int32_t r = 0; st == ANVIL_OK && r < c->size; r++)
+        if (pairs[2 * r] < 0)
+            st = ANVIL_FAIL(ANVIL_ERR_COMM, "rank %d split with color %d", r, pairs[2 * r]);
+    int32_t new_rank = 0, new_size = 1, leader = 0;
+    if (st == ANVIL_OK)
+        anvil_split_place(pairs, c->size, c->rank, &new_rank, &new_size, &leader);
+    free(pairs);
+    TRY(st);
+    nccl_impl *n = NULL;
+    TRY(impl_new(m->device, &n));
+    char what[96] = "a split";
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0; /* waited for under the deadline */
+    if (nccl_p_CommSplit != NULL) {
+        snprintf(what, sizeof what, "ncclCommSplit (color %d, rank %d of %d)", color, new_rank, new_size);
+        const ncclResult_t r = nccl_p_CommSplit(m->comm, color, key, &n->comm, &cfg);
+        if (r != ncclSuccess && r != ncclInProgress)
+            st = nccl_fail(r, m->comm, what);
+    } else {
+        /* every rank takes part in the exchange, whether its id was made */
+        unsigned char id[ANVIL_NCCL_ID_BYTES] = {0};
+        const anvil_status ist = c->rank == leader ? anvil_nccl_unique_id(id) : ANVIL_OK;
+        unsigned char *ids = malloc((size_t)c->size * sizeof id);
+        st = ids != NULL ? nccl_exchange(c, id, ids, sizeof id) : ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+        if (st == ANVIL_OK)
+            st = ist;
+        if (st == ANVIL_OK) {
+            ncclUniqueId u;
+            memcpy(&u, ids + (size_t)leader * sizeof id, sizeof u);
+            snprintf(what, sizeof what, "ncclCommInitRankConfig (a split: color %d, rank %d of %d)", color,
+                     new_rank, new_size);
+            const ncclResult_t r = ncclCommInitRankConfig(&n->comm, new_size, u, new_rank, &cfg);
+            if (r != ncclSuccess && r != ncclInProgress)
+                st = nccl_fail(r, n->comm, what);
+        }
+        free(ids);
+    }
+    if (st == ANVIL_OK && n->comm == NULL)
+        st = ANVIL_FAIL(ANVIL_ERR_COMM, "%s gave no communicator", what);
+    if (st == ANVIL_OK)
+        st = wait_done(n, c->timeout_s, 0, what);
+    if (st == ANVIL_OK) /* a non-blocking parent takes part in the split too */
+        st = wait_done(m, c->timeout_s, 0, what);
+    anvil_comm *part = st == ANVIL_OK ? anvil_comm_wrap(&nccl_ops, new_rank, new_size, n) : NULL;
+    if (st == ANVIL_OK && part == NULL)
+        st = ANVIL_FAIL(ANVIL_ERR_OOM, "out of memory");
+    if (st != ANVIL_OK) {
+        impl_free(n);
+        return st;
+    }
+    *out = part;
+    return ANVIL_OK;
+}
+
+static anvil_status nccl_set_all_reduce(anvil_comm *c, anvil_all_reduce_algo algo, size_t max_bytes)
+{
+    nccl_impl *m = c->impl;
+    const size_t need = anvil_ar_ipc_bytes(algo, c->size, max_bytes);
+    m->ar_mode = algo;
+    if (m->ipc != NULL && anvil_ipc_ar_max_bytes(m->ipc) >= need && need > 0)
+        return ANVIL_OK; /* every rank holds buffers as large already */
+    /* every rank frees and makes alike: the choice depends on the
+     * arguments alone */
+    TRY(cuda_device(m));
+    (void)cudaStreamSynchronize(m->stream);
+    anvil_ipc_ar_free(m->ipc);
+    m->ipc = NULL;
+    if (need == 0)
+        return ANVIL_OK;
+    char why[256];
+    const anvil_status st =
+        anvil_ipc_ar_create(c->rank, c->size, m->device, need, nccl_exchange, c, &m->ipc, why, sizeof why);
+    if (st == ANVIL_ERR_UNSUPPORTED) {
+        /* the same answer on every rank: NCCL sums every size */
+        if (c->rank == 0)
+            anvil_log(ANVIL_LOG_WARN, "all-reduce %s on %d ranks: CUDA IPC cannot run here (%s); NCCL sums instead",
+                      anvil_all_reduce_algo_name(algo), c->size, why);
+        return ANVIL_OK;
+    }
+    return st;
+}
+
+static anvil_all_reduce_algo nccl_all_reduce_algo(const anvil_comm *c, size_t bytes)
+{
+    const nccl_impl *m = c->impl;
+    return anvil_ar_pick(m->ar_mode, bytes, c->size, anvil_ipc_ar_max_bytes(m->ipc));
+}
+
 static const anvil_comm_ops nccl_ops = {
     .name = "nccl",
     .memory = ANVIL_COMM_DEVICE,
@@ -292,7 +463,9 @@ static const anvil_comm_ops nccl_ops = {
     .send = nccl_send,
     .recv = nccl_recv,
     .barrier = nccl_barrier,
-    .split = NULL,  /* ncclCommSplit: with pipeline stages on NCCL (docs/parallel.md, Next) */
+    .split = nccl_split,
+    .set_all_reduce = nccl_set_all_reduce,
+    .all_reduce_algo = nccl_all_reduce_algo,
     .abort = NULL,  /* the boot communicator's (comm.c walks to the parent) */
     .destroy = nccl_destroy,
 };
@@ -309,17 +482,14 @@ anvil_status anvil_nccl_unique_id(unsigned char id[ANVIL_NCCL_ID_BYTES])
     return ANVIL_OK;
 }
 
-anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_t rank, int32_t size, int device,
-                             double timeout_s, const anvil_comm_ops **ops, void **impl)
+/* A communicator's CUDA side on `device` (its NCCL communicator comes
+ * after): its stream and the barrier's float. */
+static anvil_status impl_new(int device, nccl_impl **out)
 {
-    *ops = NULL;
-    *impl = NULL;
-    nvls_off();
-    TRY(nccl_load());
+    *out = NULL;
     nccl_impl *m = calloc(1, sizeof *m);
     CHECK(m != NULL, ANVIL_ERR_OOM, "out of memory");
     m->device = device;
-    anvil_status st = ANVIL_OK;
     cudaError_t e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking);
@@ -329,9 +499,38 @@ anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_
         e = cudaMemset(m->one, 0, sizeof(float));
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        st = ANVIL_FAIL(ANVIL_ERR_CUDA, "NCCL communicator on cuda:%d: %s", device, cudaGetErrorString(e));
-        goto fail;
+        impl_free(m);
+        return ANVIL_FAIL(ANVIL_ERR_CUDA, "NCCL communicator on cuda:%d: %s", device, cudaGetErrorString(e));
     }
+    *out = m;
+    return ANVIL_OK;
+}
+
+/* Frees what impl_new made, aborting a communicator that never served. */
+static void impl_free(nccl_impl *m)
+{
+    if (m == NULL)
+        return;
+    if (m->comm != NULL)
+        ncclCommAbort(m->comm);
+    anvil_ipc_ar_free(m->ipc);
+    if (m->one != NULL)
+        cudaFree(m->one);
+    if (m->stream != NULL)
+        cudaStreamDestroy(m->stream);
+    free(m);
+}
+
+anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_t rank, int32_t size, int device,
+                             double timeout_s, const anvil_comm_ops **ops, void **impl)
+{
+    *ops = NULL;
+    *impl = NULL;
+    nvls_off();
+    TRY(nccl_load());
+    nccl_impl *m = NULL;
+    TRY(impl_new(device, &m));
+    anvil_status st = ANVIL_OK;
     ncclUniqueId u;
     memcpy(&u, id, sizeof u);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
@@ -339,9 +538,6 @@ anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_
     const ncclResult_t r = ncclCommInitRankConfig(&m->comm, size, u, rank, &cfg);
     if (r != ncclSuccess && r != ncclInProgress) {
         st = nccl_fail(r, m->comm, "ncclCommInitRankConfig");
-        if (m->comm != NULL)
-            ncclCommAbort(m->comm);
-        m->comm = NULL;
         goto fail;
     }
     char what[96];
@@ -353,12 +549,6 @@ anvil_status anvil_nccl_open(const unsigned char id[ANVIL_NCCL_ID_BYTES], int32_
     *impl = m;
     return ANVIL_OK;
 fail:
-    if (m->comm != NULL)
-        ncclCommAbort(m->comm);
-    if (m->one != NULL)
-        cudaFree(m->one);
-    if (m->stream != NULL)
-        cudaStreamDestroy(m->stream);
-    free(m);
+    impl_free(m);
     return st;
 }

@@ -69,6 +69,9 @@ struct anvil_runtime {
     anvil_comm *tp_comm;      /* the collectives' ranks: opts.comm, the stage's, or NCCL's over opts.comm for
                                  a backend in device memory (owned unless opts.comm) */
     anvil_comm *pp_comm;      /* the chain of stages (owned; NULL: one stage) */
+    anvil_comm *dev_comm;     /* NCCL over opts.comm for a backend in device memory (owned; NULL: none):
+                                 the led steps' metadata; tp_comm (one stage) or the parent of the
+                                 stage's and the chain's NCCL splits */
     int32_t pp_stage, pp_stages;
     int32_t kv_layer0;        /* the model's attention layer that is this stage's KV layer 0 */
     int has_logits;           /* the network's output is the logits (every stage but those between) */

@@ -3,7 +3,9 @@
  * for this rank's stage at load (builder/stage_plan.c), the job's
  * communicator split into the stage's tensor-parallel ranks and the chain
  * of stages, and the send / recv ops run through that chain, not the
- * backend.
+ * backend. On a backend in device memory runtime_tp.c replaces both splits
+ * by NCCL's (anvil_rt_tp_check_backend), so the chain moves device buffers
+ * with ncclSend / ncclRecv.
  *
  * Ranks are stage-major: with T ranks a stage, rank r is TP rank r % T of
  * stage r / T. So rank 0, which leads (runtime_tp.c), runs the embedding
@@ -80,9 +82,12 @@ anvil_status anvil_rt_pp_transfer(anvil_runtime *rt, const anvil_net_op *op, con
 
 void anvil_rt_pp_free(anvil_runtime *rt)
 {
+    /* the splits before the communicator they were split from */
     anvil_comm_free(rt->pp_comm);
-    if (rt->tp_comm != rt->opts.comm)
+    if (rt->tp_comm != rt->opts.comm && rt->tp_comm != rt->dev_comm)
         anvil_comm_free(rt->tp_comm);
+    anvil_comm_free(rt->dev_comm);
     rt->pp_comm = NULL;
     rt->tp_comm = NULL;
+    rt->dev_comm = NULL;
 }

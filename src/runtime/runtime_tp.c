@@ -136,30 +136,86 @@ static int device_index(const char *device)
     return device != NULL && strncmp(device, "cuda:", 5) == 0 ? atoi(device + 5) : 0;
 }
 
+/* The largest all_reduce the steps can ask for (bytes). */
+static size_t largest_sum(const anvil_runtime *rt)
+{
+    size_t most = 0;
+    const size_t act = anvil_dtype_size(rt->be->ops->act_dtype);
+    for (int32_t i = 0; i < anvil_network_op_count(rt->net); i++) {
+        const anvil_net_op *op = anvil_network_op(rt->net, i);
+        const int32_t rows = op->row_kind == 0 ? rt->opts.max_num_tokens : rt->opts.max_logit_rows;
+        size_t b;
+        if (op->kind == ANVIL_OP_ALL_REDUCE && anvil_mul_size_ok((size_t)rows, (size_t)op->width, &b) &&
+            anvil_mul_size_ok(b, act, &b) && b > most)
+            most = b;
+    }
+    return most;
+}
+
+/* The one-shot / two-shot sums' IPC buffers hold at most this much a rank:
+ * past a few MiB NCCL's ring is as fast, and a rank's memory is the model's */
+#define RT_IPC_MAX_BYTES ((size_t)8 << 20)
+
+/* A backend in device memory over a host communicator (MPI): NCCL over the
+ * whole job (rt->dev_comm, which also carries the led steps' metadata),
+ * and with pipeline stages its two splits in place of the host ones
+ * (runtime_pp.c made those before the backend was known). */
+static anvil_status open_nccl(anvil_runtime *rt)
+{
+    const char *dev = rt->opts.device ? rt->opts.device : "cuda";
+    if (anvil_comm_create_nccl(rt->opts.comm, device_index(rt->opts.device), &rt->dev_comm) != ANVIL_OK)
+        return anvil_error_wrap("%s on %s", rt->pp_comm ? "pipeline stages" : "tensor parallelism", dev);
+    if (rt->pp_comm == NULL) {
+        rt->tp_comm = rt->dev_comm;
+        anvil_log(ANVIL_LOG_INFO, "tensor parallelism: rank %d of %d sums through NCCL on %s",
+                  anvil_comm_rank(rt->dev_comm), anvil_comm_size(rt->dev_comm), dev);
+        return ANVIL_OK;
+    }
+    /* the same colors and keys as anvil_rt_pp_setup: the stage's TP ranks,
+     * and TP rank t's chain of stages */
+    const int32_t rank = anvil_comm_rank(rt->opts.comm);
+    const int32_t T = anvil_comm_size(rt->opts.comm) / rt->pp_stages, tp_rank = rank % T;
+    anvil_comm *stage = NULL, *chain = NULL;
+    anvil_status st = anvil_comm_split(rt->dev_comm, rt->pp_stage, rank, &stage);
+    if (st == ANVIL_OK)
+        st = anvil_comm_split(rt->dev_comm, tp_rank, rank, &chain);
+    if (st != ANVIL_OK) {
+        anvil_comm_free(stage);
+        return anvil_error_wrap("pipeline stages on %s: splitting the NCCL communicator", dev);
+    }
+    if (anvil_comm_rank(chain) != rt->pp_stage || anvil_comm_size(chain) != rt->pp_stages ||
+        anvil_comm_size(stage) != T) {
+        anvil_comm_free(chain);
+        anvil_comm_free(stage);
+        return ANVIL_FAIL(ANVIL_ERR_INTERNAL, "the NCCL splits have the wrong ranks");
+    }
+    anvil_comm_free(rt->pp_comm);
+    if (rt->tp_comm != rt->opts.comm)
+        anvil_comm_free(rt->tp_comm);
+    rt->tp_comm = stage;
+    rt->pp_comm = chain;
+    anvil_log(ANVIL_LOG_INFO, "pipeline parallelism: stage %d of %d on %s: hidden states through ncclSend/ncclRecv",
+              rt->pp_stage, rt->pp_stages, dev);
+    return ANVIL_OK;
+}
+
 anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
 {
     const anvil_comm *comm = rt->opts.comm;
     if (anvil_comm_size(comm) == 1)
         return ANVIL_OK;
-    if (anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_HOST && !rt->be->ops->weights_in_host_memory &&
-        anvil_comm_size(rt->tp_comm) > 1) {
-        /* a backend in device memory sums through NCCL, made over the
-         * host communicator (which carries its id and the led steps'
-         * headers); the runtime owns it (anvil_rt_pp_free) */
-        CHECK(rt->pp_comm == NULL, ANVIL_ERR_UNSUPPORTED,
-              "pipeline stages on the %s backend need NCCL's send and receive (next: docs/parallel.md); --pp "
-              "runs on the CPU",
-              rt->be->ops->name);
-        anvil_comm *nccl = NULL;
-        if (anvil_comm_create_nccl(rt->tp_comm, device_index(rt->opts.device), &nccl) != ANVIL_OK)
-            return anvil_error_wrap("tensor parallelism on %s", rt->opts.device ? rt->opts.device : "cuda");
-        rt->tp_comm = nccl;
-        anvil_log(ANVIL_LOG_INFO, "tensor parallelism: rank %d of %d sums through NCCL on %s",
-                  anvil_comm_rank(nccl), anvil_comm_size(nccl), rt->opts.device ? rt->opts.device : "cuda");
-    }
+    anvil_all_reduce_algo algo;
+    TRY(anvil_all_reduce_algo_parse(rt->opts.all_reduce, &algo));
+    if (anvil_comm_memory_kind(comm) == ANVIL_COMM_HOST && !rt->be->ops->weights_in_host_memory)
+        TRY(open_nccl(rt));
     CHECK(anvil_comm_memory_kind(rt->tp_comm) != ANVIL_COMM_HOST || rt->be->ops->weights_in_host_memory,
           ANVIL_ERR_UNSUPPORTED, "the %s communicator moves host memory, and the %s backend computes in device memory",
           anvil_comm_name(rt->tp_comm), rt->be->ops->name);
+    if (anvil_comm_size(rt->tp_comm) > 1 && anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_DEVICE) {
+        /* every rank of the stage: the same network, so the same size */
+        const size_t most = largest_sum(rt);
+        TRY(anvil_comm_set_all_reduce(rt->tp_comm, algo, most < RT_IPC_MAX_BYTES ? most : RT_IPC_MAX_BYTES));
+    }
     return gather_stage(rt);
 }
 
@@ -167,7 +223,7 @@ anvil_status anvil_rt_tp_check_backend(anvil_runtime *rt)
  * communicator of that memory; headers and host arrays through opts.comm. */
 static anvil_comm *meta_comm(const anvil_runtime *rt)
 {
-    return anvil_comm_memory_kind(rt->tp_comm) == ANVIL_COMM_DEVICE ? rt->tp_comm : rt->opts.comm;
+    return rt->dev_comm != NULL ? rt->dev_comm : rt->opts.comm;
 }
 
 anvil_status anvil_rt_tp_collective(anvil_runtime *rt, const anvil_net_op *op, const anvil_tensor *in,

@@ -11,16 +11,16 @@
  *   test_cuda_comm_nccl --fork 2            the same without MPI (a machine
  *                                           without mpirun): a process a rank,
  *                                           forked before CUDA starts, booted by
- *                                           pipes (this file's boot
- *                                           communicator: broadcast from rank 0
- *                                           and barrier, nothing else)
+ *                                           pipes (fork_comm.h)
  *
  * Checked on every rank: sums of f32, bf16 and f16 (small integers, so the
  * sum is exact whatever NCCL's order) at 1 to 2^20 + 3 elements, all_gather
  * and the runtime's gather by columns, broadcast from every root, a
- * send/recv ring, barrier; with several ranks, tiny-llama3 (f32) cut over
- * the ranks on cuda against the same model on one GPU: the prefill logits
- * within 1e-4 x max|logit| and the greedy tokens equal. Prints PASS/FAIL
+ * send/recv ring, barrier; splits (ncclCommSplit): singletons and every
+ * rank ranked backwards, with sums and a ring inside; with several ranks,
+ * tiny-llama3 (f32) cut over the ranks on cuda, and over 2 pipeline stages
+ * (ncclSend / ncclRecv), against the same model on one GPU: the prefill
+ * logits within 1e-4 x max|logit| and the greedy tokens equal. Prints PASS/FAIL
  * lines and the all-reduce's time per call at decode and prefill sizes
  * (no timed assertion). Skips (77) without a GPU or without NCCL.
  */
@@ -39,121 +39,8 @@
 #include "backend/cuda/cuda_backend.h"
 #include "comm/comm_internal.h"
 #include "core/error.h"
+#include "fork_comm.h"
 #include "testutil.h"
-
-/* ---- a boot communicator over pipes between forked ranks (--fork N):
- * rank 0 writes to down[r], rank r > 0 writes to up[r] */
-#define MAX_FORK 8
-typedef struct pipe_comm {
-    int down[MAX_FORK][2], up[MAX_FORK][2];
-} pipe_comm;
-
-static anvil_status full_io(int fd, void *buf, size_t n, int writing)
-{
-    for (size_t done = 0; done < n;) {
-        const ssize_t k = writing ? write(fd, (char *)buf + done, n - done) : read(fd, (char *)buf + done, n - done);
-        CHECK(k > 0, ANVIL_ERR_COMM, "pipe %s failed (a rank ended)", writing ? "write" : "read");
-        done += (size_t)k;
-    }
-    return ANVIL_OK;
-}
-
-static anvil_status pipe_broadcast(anvil_comm *c, void *buf, size_t bytes, int32_t root)
-{
-    pipe_comm *p = c->impl;
-    CHECK(root == 0, ANVIL_ERR_UNSUPPORTED, "the pipe communicator broadcasts from rank 0 only");
-    if (c->rank != 0)
-        return full_io(p->down[c->rank][0], buf, bytes, 0);
-    for (int32_t r = 1; r < c->size; r++)
-        TRY(full_io(p->down[r][1], buf, bytes, 1));
-    return ANVIL_OK;
-}
-
-static anvil_status pipe_barrier(anvil_comm *c)
-{
-    pipe_comm *p = c->impl;
-    unsigned char b = 1;
-    if (c->rank != 0) {
-        TRY(full_io(p->up[c->rank][1], &b, 1, 1));
-        return full_io(p->down[c->rank][0], &b, 1, 0);
-    }
-    for (int32_t r = 1; r < c->size; r++)
-        TRY(full_io(p->up[r][0], &b, 1, 0));
-    for (int32_t r = 1; r < c->size; r++)
-        TRY(full_io(p->down[r][1], &b, 1, 1));
-    return ANVIL_OK;
-}
-
-static anvil_status pipe_none(void)
-{
-    return ANVIL_FAIL(ANVIL_ERR_UNSUPPORTED, "the pipe communicator only broadcasts and meets");
-}
-static anvil_status pipe_reduce(anvil_comm *c, void *b, int64_t n, anvil_dtype d)
-{
-    (void)c, (void)b, (void)n, (void)d;
-    return pipe_none();
-}
-static anvil_status pipe_gather(anvil_comm *c, const void *s, void *r, size_t n)
-{
-    (void)c, (void)s, (void)r, (void)n;
-    return pipe_none();
-}
-static anvil_status pipe_send(anvil_comm *c, const void *b, size_t n, int32_t peer, int32_t tag)
-{
-    (void)c, (void)b, (void)n, (void)peer, (void)tag;
-    return pipe_none();
-}
-static anvil_status pipe_recv(anvil_comm *c, void *b, size_t n, int32_t peer, int32_t tag)
-{
-    (void)c, (void)b, (void)n, (void)peer, (void)tag;
-    return pipe_none();
-}
-static void pipe_destroy(anvil_comm *c) { (void)c; }
-
-static const anvil_comm_ops pipe_ops = {
-    .name = "pipe", .memory = ANVIL_COMM_HOST, .all_reduce_sum = pipe_reduce, .all_gather = pipe_gather,
-    .broadcast = pipe_broadcast, .send = pipe_send, .recv = pipe_recv, .barrier = pipe_barrier,
-    .destroy = pipe_destroy,
-};
-
-static pipe_comm pipes;
-static int32_t fork_rank;
-static pid_t children[MAX_FORK];
-
-/* Forks n - 1 ranks (before CUDA starts: a forked CUDA context is not
- * usable); every process returns with its boot communicator. */
-static anvil_comm *fork_ranks(int32_t n)
-{
-    for (int32_t r = 1; r < n; r++)
-        if (pipe(pipes.down[r]) != 0 || pipe(pipes.up[r]) != 0)
-            return NULL;
-    fork_rank = 0;
-    for (int32_t r = 1; r < n; r++) {
-        const pid_t pid = fork();
-        if (pid < 0)
-            return NULL;
-        if (pid == 0) {
-            fork_rank = r;
-            break;
-        }
-        children[r] = pid;
-    }
-    return anvil_comm_wrap(&pipe_ops, fork_rank, n, &pipes);
-}
-
-/* Rank 0: 1 when every forked rank exited with 0. */
-static int fork_wait(int32_t n)
-{
-    int ok = 1;
-    for (int32_t r = 1; r < n; r++) {
-        int status = 0;
-        if (waitpid(children[r], &status, 0) != children[r] || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            fprintf(stderr, "FAIL: forked rank %d ended with status %d\n", r, status);
-            ok = 0;
-        }
-    }
-    return ok;
-}
 
 static anvil_comm *boot; /* MPI under mpirun, else self */
 static anvil_comm *nccl;
@@ -174,9 +61,9 @@ static void *dev_alloc(size_t bytes)
 }
 
 /* Sums of small integers: exact in every dtype and order. */
-static void check_sum(anvil_dtype dt, int64_t n)
+static void check_sum_on(anvil_comm *c, anvil_dtype dt, int64_t n)
 {
-    const int32_t rank = anvil_comm_rank(nccl), size = anvil_comm_size(nccl);
+    const int32_t rank = anvil_comm_rank(c), size = anvil_comm_size(c);
     const size_t es = anvil_dtype_size(dt);
     float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
     void *h = malloc((size_t)n * es);
@@ -186,7 +73,7 @@ static void check_sum(anvil_dtype dt, int64_t n)
     anvil_convert_from_f32(dt, x, h, n);
     void *d = dev_alloc((size_t)n * es);
     assert_int_equal(cudaMemcpy(d, h, (size_t)n * es, cudaMemcpyHostToDevice), cudaSuccess);
-    if (anvil_comm_all_reduce_sum(nccl, d, n, dt) != ANVIL_OK)
+    if (anvil_comm_all_reduce_sum(c, d, n, dt) != ANVIL_OK)
         fail_msg("all_reduce %s x %lld: %s", anvil_dtype_name(dt), (long long)n, anvil_last_error());
     assert_int_equal(cudaMemcpy(h, d, (size_t)n * es, cudaMemcpyDeviceToHost), cudaSuccess);
     anvil_convert_to_f32(dt, h, y, n);
@@ -201,6 +88,8 @@ static void check_sum(anvil_dtype dt, int64_t n)
     free(y);
     free(h);
 }
+
+static void check_sum(anvil_dtype dt, int64_t n) { check_sum_on(nccl, dt, n); }
 
 static void test_all_reduce(void **state)
 {
@@ -304,7 +193,7 @@ static void test_timing(void **state)
     }
 }
 
-static anvil_status load(const char *model, anvil_comm *c, anvil_runtime **rt)
+static anvil_status load_pp(const char *model, anvil_comm *c, int32_t stages, anvil_runtime **rt)
 {
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
@@ -318,10 +207,13 @@ static anvil_status load(const char *model, anvil_comm *c, anvil_runtime **rt)
     o.max_batch_size = 4;
     o.kv_cache_tokens = 1024;
     o.comm = c;
+    o.pipeline_stages = stages;
     char path[512];
     snprintf(path, sizeof path, "models/%s", model);
     return anvil_runtime_load(anvil_test_shared_path(path), &o, rt);
 }
+
+static anvil_status load(const char *model, anvil_comm *c, anvil_runtime **rt) { return load_pp(model, c, 1, rt); }
 
 /* One prompt's prefill logits and 16 greedy tokens of rt. */
 static void prefill_and_decode(anvil_runtime *rt, const int32_t *ids, int32_t n, float *logits, int32_t *greedy)
@@ -390,6 +282,114 @@ static void test_runtime_tp(void **state)
     free(b);
 }
 
+/* A send/recv ring inside c (even ranks send first: NCCL's send waits for
+ * its receive): each rank receives its predecessor's number. */
+static void ring(anvil_comm *c, const char *what)
+{
+    const int32_t rank = anvil_comm_rank(c), size = anvil_comm_size(c);
+    if (size == 1)
+        return;
+    unsigned char h[64];
+    unsigned char *send = dev_alloc(64), *recv = dev_alloc(64);
+    const int32_t next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    memset(h, 40 + rank, 64);
+    assert_int_equal(cudaMemcpy(send, h, 64, cudaMemcpyHostToDevice), cudaSuccess);
+    for (int turn = 0; turn < 2; turn++) {
+        const anvil_status st = (rank % 2 == 0) == (turn == 0) ? anvil_comm_send(c, send, 64, next, 1)
+                                                                : anvil_comm_recv(c, recv, 64, prev, 1);
+        if (st != ANVIL_OK)
+            fail_msg("FAIL %s: send/recv ring: %s", what, anvil_last_error());
+    }
+    assert_int_equal(cudaMemcpy(h, recv, 64, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int i = 0; i < 64; i++)
+        if (h[i] != (unsigned char)(40 + prev))
+            fail_msg("FAIL %s: ring: rank %d got %d, want %d", what, rank, h[i], 40 + prev);
+    cudaFree(send);
+    cudaFree(recv);
+}
+
+/* ncclCommSplit (or a new id through the parent where NCCL lacks it): one
+ * rank's split is a self part; on several ranks, singletons (NCCL
+ * communicators of one rank: a gather is a copy) and the whole job ranked
+ * backwards by key, whose sums, gathers and ring run inside the part. */
+static void test_split(void **state)
+{
+    (void)state;
+    const int32_t rank = anvil_comm_rank(nccl), size = anvil_comm_size(nccl);
+    anvil_comm *one = NULL, *all = NULL;
+    if (anvil_comm_split(nccl, rank, 0, &one) != ANVIL_OK)
+        fail_msg("FAIL split into singletons: %s", anvil_last_error());
+    assert_int_equal(anvil_comm_rank(one), 0);
+    assert_int_equal(anvil_comm_size(one), 1);
+    assert_string_equal(anvil_comm_name(one), size == 1 ? "self" : "nccl");
+    if (size > 1) {
+        unsigned char h[16], *d = dev_alloc(16), *g = dev_alloc(16);
+        memset(h, 7 + rank, 16);
+        assert_int_equal(cudaMemcpy(d, h, 16, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(anvil_comm_all_gather(one, d, g, 16), ANVIL_OK);
+        memset(h, 0, 16);
+        assert_int_equal(cudaMemcpy(h, g, 16, cudaMemcpyDeviceToHost), cudaSuccess);
+        assert_int_equal(h[15], 7 + rank);
+        assert_int_equal(anvil_comm_barrier(one), ANVIL_OK);
+        cudaFree(d);
+        cudaFree(g);
+    }
+    if (anvil_comm_split(nccl, 3, size - rank, &all) != ANVIL_OK)
+        fail_msg("FAIL split of every rank: %s", anvil_last_error());
+    assert_int_equal(anvil_comm_size(all), size);
+    assert_int_equal(anvil_comm_rank(all), size - 1 - rank);
+    assert_ptr_equal(anvil_comm_error(all), NULL);
+    check_sum_on(all, ANVIL_DTYPE_BF16, 4097);
+    check_sum_on(all, ANVIL_DTYPE_F32, 65537);
+    ring(all, "split of every rank");
+    assert_int_equal(anvil_comm_barrier(all), ANVIL_OK);
+    anvil_comm_free(all);
+    anvil_comm_free(one);
+    printf("PASS split: singletons, every rank ranked backwards (sums, gather, ring inside) (rank %d of %d)\n", rank,
+           size);
+}
+
+/* tiny-llama3 (f32) over 2 pipeline stages on cuda (with 4 ranks, 2 TP
+ * ranks each): the hidden state through ncclSend / ncclRecv, the logits
+ * back to stage 0; both stages return one GPU's logits and greedy tokens. */
+static void test_runtime_pp(void **state)
+{
+    (void)state;
+    const int32_t size = anvil_comm_size(boot);
+    if (size == 1 || size % 2 != 0)
+        skip();
+    static const int32_t ids[] = {1, 403, 407, 261, 299, 310, 262, 114, 278, 262, 329, 289};
+    const int32_t n = (int32_t)(sizeof ids / sizeof ids[0]);
+    anvil_runtime *one = NULL, *cut = NULL;
+    if (load("tiny-llama3", NULL, &one) != ANVIL_OK)
+        fail_msg("load one GPU: %s", anvil_last_error());
+    if (load_pp("tiny-llama3", boot, 2, &cut) != ANVIL_OK)
+        fail_msg("FAIL load over 2 stages of %d ranks on cuda: %s", size / 2, anvil_last_error());
+    const int64_t vocab = anvil_runtime_config(one)->vocab_size;
+    float *a = malloc((size_t)n * (size_t)vocab * 4), *b = malloc((size_t)n * (size_t)vocab * 4);
+    int32_t ga[16], gb[16];
+    assert_true(a && b);
+    prefill_and_decode(one, ids, n, a, ga);
+    prefill_and_decode(cut, ids, n, b, gb);
+    float amax = 0, dmax = 0;
+    for (int64_t i = 0; i < (int64_t)n * vocab; i++) {
+        amax = fmaxf(amax, fabsf(a[i]));
+        dmax = fmaxf(dmax, fabsf(a[i] - b[i]));
+    }
+    if (dmax > 1e-4f * amax)
+        fail_msg("FAIL tiny-llama3 over 2 stages: logits differ by %g (max|logit| %g)", (double)dmax, (double)amax);
+    for (int s = 0; s < 16; s++)
+        if (ga[s] != gb[s])
+            fail_msg("FAIL tiny-llama3 over 2 stages: greedy token %d is %d, one GPU %d", s, gb[s], ga[s]);
+    printf("PASS tiny-llama3 f32 over 2 pipeline stages x %d TP ranks on cuda (ncclSend/ncclRecv): logits within "
+           "%.2g x max|logit| of one GPU, 16 greedy tokens equal (rank %d)\n",
+           size / 2, (double)(dmax / amax), anvil_comm_rank(boot));
+    anvil_runtime_free(cut);
+    anvil_runtime_free(one);
+    free(a);
+    free(b);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -445,6 +445,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gather_broadcast_p2p),
         cmocka_unit_test(test_timing),
         cmocka_unit_test(test_runtime_tp),
+        cmocka_unit_test(test_split),
+        cmocka_unit_test(test_runtime_pp),
     };
     int rc = cmocka_run_group_tests(tests, setup, NULL);
     anvil_comm_free(nccl);
