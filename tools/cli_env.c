@@ -44,6 +44,9 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->norm_gemv = 1;
     if (is("ANVIL_CUDA_COMBINE_IN_KERNEL", "1"))
         o->attn_combine_in_kernel = 1;
+    const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
+    if (mq != NULL && mq[0] >= '0' && mq[0] <= '9' && mq[1] == '\0')
+        o->cuda_matmul_quant = mq[0] - '0';
     const char *ar = getenv("ANVIL_ALLREDUCE");
     if (ar != NULL && ar[0] != '\0')
         o->all_reduce = ar; /* checked by the load: auto, nccl, oneshot, twoshot */

@@ -736,6 +736,9 @@ int main(int argc, char **argv)
             o.no_fusion = !(fused & 1);
             o.norm_gemv = (fused & 2) != 0;
             o.attn_combine_in_kernel = (fused & 1) && (fused & 4) != 0; /* off: nothing fused, this neither */
+            /* the quantized matmuls' kernel choice, as the anvil command reads it (docs/cli.md) */
+            const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
+            o.cuda_matmul_quant = mq != NULL ? atoi(mq) : 0;
             if (random) { /* the engines' values (ensure_model's seed), made as they load */
                 o.random_weights = 1;
                 o.seed = 0x5eed;

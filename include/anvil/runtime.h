@@ -90,6 +90,9 @@ typedef struct anvil_runtime_options {
                                    either way (the norm makes their fp8 activations: docs/cuda-backend.md) */
     int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits inside the decode
                                    kernel, not in a combine kernel. Off by default: slower on an H100 */
+    int cuda_matmul_quant;      /* CUDA: quantized matmuls' kernel choice, the backend knob of that name
+                                   (cuda_backend.h; e.g. 7: the streaming GEMV wherever it applies);
+                                   0: automatic */
     /* Called during the load as weights arrive (bytes prepared of the
      * weights' bytes in all), every few milliseconds and once at the end
      * with every byte, from the thread that called anvil_runtime_load (the

@@ -477,6 +477,7 @@ typedef struct anvil_backend_config {
     int no_pdl;                /* CUDA: 1: never launch with programmatic dependent launch (sm_90+) */
     int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits in the decode
                                    kernel, not in a combine kernel (the knob of the same name) */
+    int cuda_matmul_quant;     /* CUDA: the knob matmul_quant (quantized matmuls' kernel choice); 0 automatic */
     const char *cuda_module;   /* CUDA: the path of libanvil-cuda.so to load; NULL: the one next to
                                   libanvil, else the dynamic loader's (backend_module.h) */
 } anvil_backend_config;

@@ -492,6 +492,31 @@ static int anvil_cuda_perf_main(void)
         anvil_cuda_knobs k0 = {0};
         anvil_cuda_set_knobs(be, &k0);
     }
+    {
+        /* the streaming GEMV (knob matmul_quant = 7: cuda_gemv_stream_quant.cu, issue 15) beside the
+         * 16-bit tensor-core one it follows (6), every Llama-3-8B shape at 1, 2, 4 and 8 rows, int4
+         * g128 with zero points, int8, fp8 W8A8; where the streaming one declines (W8A8 at 8 rows of
+         * K = 14336: x's codes past the shared memory) knob 7 runs the automatic choice */
+        static const int64_t shp[5][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 128256}};
+        static const int64_t rows[4] = {1, 2, 4, 8};
+        for (int sc = 0; sc < 3; sc++)
+            for (int ri = 0; ri < 4; ri++)
+                for (int i = 0; i < 5; i++)
+                    for (int kind = 0; kind < 2; kind++) {
+                        anvil_cuda_knobs kq = {.matmul_quant = kind == 0 ? 6 : 7};
+                        anvil_cuda_set_knobs(be, &kq);
+                        char name[64];
+                        snprintf(name, sizeof name, "%s %s T=%lld %lld->%lld", kind == 0 ? "mma16" : "stream",
+                                 sc == 0 ? "q4g128" : sc == 1 ? "q8" : "w8a8", (long long)rows[ri],
+                                 (long long)shp[i][0], (long long)shp[i][1]);
+                        const anvil_dtype wdt =
+                            sc == 0 ? ANVIL_DTYPE_U4 : sc == 1 ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_F8_E4M3;
+                        const anvil_quant_act act = sc == 2 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
+                        perf_matmul_quant(be, name, wdt, sc == 0 ? 128 : 0, act, 0, rows[ri], shp[i][0], shp[i][1]);
+                    }
+        anvil_cuda_knobs k0 = {0};
+        anvil_cuda_set_knobs(be, &k0);
+    }
     perf_attention(be, "attn decode B=1 ctx=4096", 1, 4096, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=1 ctx=32768", 1, 32768, 1, 32, 8, 128);
     perf_attention(be, "attn decode B=32 ctx=1024", 32, 1024, 1, 32, 8, 128);

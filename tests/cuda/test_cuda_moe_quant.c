@@ -27,14 +27,18 @@
  *              token 0.3 (on the CPU the fp8 reference is up to 0.17 per
  *              token from the dequantized one at H 32).
  * Token counts 1, 5, 8 (the grouped GEMV under knob moe_loop 0, the loop
- * and its quantized GEMVs under 1) and 9, 12, 33, 40 (the loop under both).
+ * and its quantized GEMVs under 1) and 9, 12, 33, 40 (the loop under both);
+ * each also under matmul_quant 7 (fp8 W8A8 experts with K a multiple of 64
+ * on the streaming form, cuda_moe_quant.cu; H 1024 / I 2048 at 2 and 6
+ * tokens split K).
  * Outputs are poisoned with NaN first and followed by guard bytes. Skips
  * without a GPU.
  *
  * `test_cuda_moe_quant --perf`: one Mixtral-8x7B layer's experts (H 4096,
  * I 14336, 8 experts, top 2, bf16 activations) as bf16, fp8, int8-wo and
- * int4-wo (g128) at 1, 8 and 64 tokens, under moe_loop 0 (the grouped
- * GEMV at 1 and 8 tokens; bf16: the tensor-core GEMM) and 1 (the loop):
+ * int4-wo (g128) at 1, 2, 4, 8 and 64 tokens, under moe_loop 0 (the grouped
+ * GEMV at 1 and 8 tokens; bf16: the tensor-core GEMM), 1 (the loop) and,
+ * fp8 at up to 6 tokens, matmul_quant 7 (`strm`: the streaming form):
  * ms per call, and the bytes of the experts read (the active experts'
  * weights and scales, as if every token picked its own) per ms.
  */
@@ -238,6 +242,9 @@ static const qcase qcases[] = {
     {1, 96, 8, 2, 160, 0, FP8, 0},
     {7, 96, 6, 3, 40, 0, I8, 0},      /* K 40: lanes past the row's end from the start */
     {12, 96, 8, 2, 160, 0, I8, 0},
+    /* the streaming form: K split (gate/up 2, down 4 at 264 blocks), 1 and 6 tokens */
+    {2, 1024, 8, 2, 2048, 0, FP8, 0},
+    {6, 1024, 8, 2, 2048, 0, FP8, 0},
 };
 #undef FP8
 #undef I8
@@ -357,11 +364,15 @@ static double rel_err(const float *got, const float *want, int64_t T, int64_t H,
     return worst_rel;
 }
 
+/* loop 0, 1: the knob moe_loop; 2: moe_loop 0 with matmul_quant 7 (the
+ * streaming GEMVs: fp8 W8A8 experts on cuda_moe_quant.cu's streaming form
+ * where it takes them, the shared expert's matmuls on the dense one) */
 static void set_loop(anvil_backend *be, int loop)
 {
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);
-    k.moe_loop = loop;
+    k.moe_loop = loop == 1;
+    k.matmul_quant = loop == 2 ? 7 : 0;
     assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
 }
 
@@ -415,7 +426,7 @@ static void test_moe_quant_vs_cpu(void **state)
             float *got = malloc((size_t)n * sizeof *got);
             void *hout = malloc(out_bytes);
             assert_true(got && hout);
-            for (int loop = 0; loop <= 1; loop++) {
+            for (int loop = 0; loop <= 2; loop++) {
                 anvil_tensor out = anvil_tensor_2d(act, c->T, c->H, dev_alloc(be, out_bytes));
                 anvil_moe_args a = {.x = &x, .router = &router, .gate_up = &gu.t, .down = &dn.t,
                                     .shared_gate_up = c->Is > 0 ? &sgu.t : NULL,
@@ -425,9 +436,10 @@ static void test_moe_quant_vs_cpu(void **state)
                                     .scratch = scratch, .scratch_bytes = L.bytes};
                 set_loop(be, loop);
                 char what[200];
-                snprintf(what, sizeof what, "%s act %s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld g%d moe_loop %d",
+                snprintf(what, sizeof what, "%s act %s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld g%d %s",
                          anvil_dtype_name(c->kind), anvil_dtype_name(act), (long long)c->T, (long long)c->H, c->E,
-                         c->k, (long long)c->I, (long long)c->Is, c->group, loop);
+                         c->k, (long long)c->I, (long long)c->Is, c->group,
+                         loop == 0 ? "moe_loop 0" : loop == 1 ? "moe_loop 1" : "matmul_quant 7");
                 if (be->ops->moe(be, &a) != ANVIL_OK || be->ops->synchronize(be) != ANVIL_OK)
                     fail_msg("%s: %s", what, anvil_last_error());
                 assert_int_equal(be->ops->download(be, hout, out.data, out_bytes), ANVIL_OK);
@@ -482,7 +494,8 @@ static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int iters
 {
     anvil_cuda_knobs kn;
     memset(&kn, 0, sizeof kn);
-    kn.moe_loop = knob;
+    kn.moe_loop = knob == 1;
+    kn.matmul_quant = knob == 2 ? 7 : 0; /* 2: the streaming form (fp8 W8A8) */
     if (anvil_cuda_set_knobs(be, &kn) != ANVIL_OK)
         return -1;
     for (int w = 0; w < 3; w++)
@@ -513,7 +526,7 @@ static int perf_main(void)
         fprintf(stderr, "%s\n", anvil_last_error());
         return 1;
     }
-    const int64_t H = 4096, I = 14336, Ts[] = {1, 8, 64};
+    const int64_t H = 4096, I = 14336, Ts[] = {1, 2, 4, 8, 64};
     const int32_t E = 8, k = 2;
     const anvil_dtype kinds[] = {ANVIL_DTYPE_COUNT, ANVIL_DTYPE_F8_E4M3, ANVIL_DTYPE_I8, ANVIL_DTYPE_U4};
     uint64_t rng = 5;
@@ -554,15 +567,18 @@ static int perf_main(void)
             /* the experts a step reads: at most T k of them, at most E */
             const int64_t active = T * k < E ? T * k : E;
             const double bytes = (double)expert_bytes * (double)active;
-            for (int knob = 0; knob <= 1; knob++) {
+            for (int knob = 0; knob <= 2; knob++) {
+                /* stream: fp8 at up to 6 tokens (8 rows of K = 14336 pass the shared memory) */
+                if (knob == 2 && (kinds[ki] != ANVIL_DTYPE_F8_E4M3 || T > 6))
+                    continue;
                 const double ms = time_moe(be, &a, knob, 20);
                 const char *kname = kinds[ki] == ANVIL_DTYPE_COUNT ? "bf16" : anvil_dtype_name(kinds[ki]);
+                const char *pname = knob == 0 ? "auto" : knob == 1 ? "loop" : "strm";
                 if (ms < 0)
-                    printf("%-8s %6lld %-5s failed: %s\n", kname, (long long)T, knob ? "loop" : "auto",
-                           anvil_last_error());
+                    printf("%-8s %6lld %-5s failed: %s\n", kname, (long long)T, pname, anvil_last_error());
                 else
-                    printf("%-8s %6lld %-5s %10.3f %14.0f %10.1f\n", kname, (long long)T, knob ? "loop" : "auto", ms,
-                           bytes, bytes / ms * 1e-6);
+                    printf("%-8s %6lld %-5s %10.3f %14.0f %10.1f\n", kname, (long long)T, pname, ms, bytes,
+                           bytes / ms * 1e-6);
             }
             be->ops->free(be, scratch);
             be->ops->free(be, x.data);

@@ -14,7 +14,9 @@
  * (matmul_quant = 4: also at the 1-3 rows the automatic choice gives the
  * SIMT GEMV) with 1, 2 and 4 tiles a block; where the 16-bit tensor-core
  * GEMV takes it: that one at every row count (matmul_quant = 6) and the
- * automatic choice without it (matmul_quant = 5)), against the exact definition of the canonical
+ * automatic choice without it (matmul_quant = 5); where the streaming GEMV
+ * takes it: that one (matmul_quant = 7; its splits, determinism and fused
+ * forms in test_cuda_stream_quant.c)), against the exact definition of the canonical
  * form: out = x' W^T in double, W[n][k] = fl((v - z) * s) and x' the CPU's
  * prepared activations (perm; for W8A8 each row rounded to fp8 exactly as
  * the CPU rounds it: anvil_cpu_quant_prep_row), which is
@@ -68,6 +70,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_quant.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_gemv_stream_quant.h"
 #include "backend/cuda/cuda_internal.h"
 #include "core/tensor.h"
 #include "golden.h"
@@ -419,6 +422,24 @@ static int mma16_takes(const qcase *c, int64_t T, anvil_dtype act)
     return gs % (c->dt == ANVIL_DTYPE_U4 ? 32 : 64) == 0;
 }
 
+/* Whether the streaming GEMV (cuda_gemv_stream_quant.cu, matmul_quant = 7)
+ * takes case c at T rows of act (as uploaded: device d's pointers); it
+ * computes the float definition (want). */
+static int stream_takes(const qcase *c, const dweight *d, int64_t T, anvil_dtype act)
+{
+    int dev = 0, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        return 0;
+    const anvil_cuda_qweight qw = {
+        .w = d->codes, .dt = c->dt, .scales = d->scales, .zeros = d->zeros,
+        .gs = c->group > 0 ? c->group : c->K, .N = c->N, .K = c->K,
+    };
+    /* a 16-byte aligned stand-in for x: the device's allocations are */
+    return anvil_cuda_gemv_stream_quant_ok(&qw, (int)c->act, 90, c->perm ? d->perm : NULL, d->codes, act, T,
+                                           (size_t)optin);
+}
+
 /* Whether the automatic choice runs it where it takes the weight: fp8 W8A8
  * and int4 always, int8 from 2 rows (cuda_matmul_quant.c's mma16_first). */
 static int mma16_auto(const qcase *c, int64_t T)
@@ -523,25 +544,26 @@ static float *rand_x(uint64_t *rng, int64_t T, int64_t K, anvil_dtype dt)
     return x;
 }
 
-/* The paths each case runs: 0 automatic, 1 no GEMV (matmul_gemv = 2), 2
+/* The paths each case runs (9: the streaming GEMV, matmul_quant = 7, where it takes the weight): 0 automatic, 1 no GEMV (matmul_gemv = 2), 2
  * the dequantizing path (matmul_quant = 1), 3 the SIMT GEMV where the
  * tensor-core one would run (matmul_quant = 3), 4, 5 and 6 the tensor-core
  * GEMV at every row count it takes (matmul_quant = 4) with 1, 2 and 4 tiles
  * a block, 7 the 16-bit tensor-core GEMV at every row count it takes
  * (matmul_quant = 6), 8 the automatic choice without it (matmul_quant = 5,
  * session 26's). */
-#define N_PATHS 9
+#define N_PATHS 10
 static const char *path_name(int p)
 {
-    static const char *names[N_PATHS] = {"auto",        "no gemv",     "dequantize", "simt gemv",    "mma",
-                                         "mma tiles 2", "mma tiles 4", "mma16",      "auto no mma16"};
+    static const char *names[N_PATHS] = {"auto",        "no gemv",     "dequantize",    "simt gemv", "mma",
+                                         "mma tiles 2", "mma tiles 4", "mma16",         "auto no mma16",
+                                         "stream"};
     return names[p];
 }
 
 /* the knob matmul_quant of path p */
 static int path_knob(int p)
 {
-    static const int knobs[N_PATHS] = {0, 0, 1, 3, 4, 4, 4, 6, 5};
+    static const int knobs[N_PATHS] = {0, 0, 1, 3, 4, 4, 4, 6, 5, 7};
     return knobs[p];
 }
 
@@ -568,6 +590,7 @@ static void test_matmul_quant(void **state)
                 reference(&h, c, x, T, want);
                 const int mma = mma_takes(c, T), is_int = c->dt != ANVIL_DTYPE_F8_E4M3;
                 const int m16 = mma16_takes(c, T, act);
+                const int strm = stream_takes(c, &d, T, act);
                 if (mma && is_int)
                     reference_q8(&h, c, x, T, want_q8);
                 void *xd = dev_put_floats(g, x, T * c->K, act);
@@ -576,7 +599,8 @@ static void test_matmul_quant(void **state)
                 anvil_tensor xt = anvil_tensor_2d(act, T, c->K, xd);
                 anvil_tensor ot = anvil_tensor_2d(act, T, c->N, od);
                 for (int p = 0; p < N_PATHS; p++) {
-                    if ((p >= 3 && p <= 6 && !mma) || (p == 7 && !m16) || (p == 8 && !(mma || m16)))
+                    if ((p >= 3 && p <= 6 && !mma) || (p == 7 && !m16) || (p == 8 && !(mma || m16)) ||
+                        (p == 9 && !strm))
                         continue; /* the same path as auto */
                     set_knobs_tiles(g, path_knob(p), p == 1 ? 2 : 0, p == 5 ? 2 : p == 6 ? 4 : 0);
                     /* the int8-activation GEMV: automatic (where the 16-bit one does not run

@@ -111,6 +111,8 @@ static void cuda_destroy(anvil_backend *be)
     cudaFree(cb->fp8_x_buf);
     cudaFree(cb->attn_ws);
     cudaFree(cb->attn_cnt);
+    cudaFree(cb->gsq_ws);
+    cudaFree(cb->gsq_cnt);
     cudaFree(cb->d_err);
     cudaFreeHost(cb->h_err);
     cudaFreeHost(cb->h_err_slot);
@@ -384,6 +386,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     cb->config = *c;
     cb->config.cpu_isa = NULL; /* not ours, and not kept past the call */
     cb->knobs.attn_combine_in_kernel = c->attn_combine_in_kernel != 0;
+    cb->knobs.matmul_quant = c->cuda_matmul_quant;
     pthread_mutex_init(&cb->lanes_mu, NULL);
     anvil_status st = cuda_init(cb);
     if (st != ANVIL_OK) {

@@ -69,7 +69,10 @@ typedef struct anvil_cuda_knobs {
                                  benchmarks), never the 16-bit one; 5 never the 16-bit tensor-core GEMV
                                  (cuda_gemv_mma16_quant.cu: session 26's choice); 6 the 16-bit one at every
                                  row count it takes (automatic: fp8 W8A8 and int4 always, int8 from 2
-                                 rows);
+                                 rows); 7 the streaming GEMV (cuda_gemv_stream_quant.cu) wherever it takes
+                                 the weight (1-8 rows), else as 0 (not the default until an H100 times
+                                 it; ANVIL_CUDA_MATMUL_QUANT=7 for the anvil command and
+                                 bench_cuda_latency);
                                  8 the quantized GEMM on tensor cores (cuda_gemm_quant.cu, int4 / int8 weight-only)
                                  wherever it takes the weight, every row count, fp8 W8A8 never on the FP8 GEMM (as
                                  2); 9 that GEMM only where the weight would be dequantized (more rows than the

@@ -96,6 +96,10 @@ typedef struct anvil_cuda_backend {
     size_t attn_ws_bytes;
     void *attn_cnt;            /* attention: the splits done per block of heads, zero between launches */
     size_t attn_cnt_bytes;
+    void *gsq_ws;              /* the streaming quantized GEMV: split-K partial sums */
+    size_t gsq_ws_bytes;
+    void *gsq_cnt;             /* the streaming quantized GEMV: splits done per tile, zero between launches */
+    size_t gsq_cnt_bytes;
 
     /* the error word: device int, and a pinned host copy */
     int *d_err;

@@ -37,6 +37,13 @@
  *     0's definition, x' codes made in the launch); by the H100 run of
  *     session 27 (docs/cuda-backend.md). matmul_quant = 6 takes it at every
  *     row count it takes, 5 never (session 26's choice).
+ * 0s. The streaming GEMV (cuda_gemv_stream_quant.cu, session 28, issue 15):
+ *     path 0w's arithmetic and the layouts it takes (but per-channel int4
+ *     with zero points), 1-8 rows, with the weights streamed by cp.async
+ *     through a shared-memory ring and K split over persistent blocks (a
+ *     workspace and tile counters, gemv_stream_ws below). Only under
+ *     matmul_quant = 7 until an H100 has timed it; where it declines a
+ *     weight, the automatic choice.
  *  1. The weight-only GEMV (cuda_gemv_quant.cu): up to 32 rows of int4,
  *     16 of int8 and fp8 weight-only, 4 of W8A8 (16 where there is no FP8
  *     GEMM), four rows a pass, each pass reading the weight once; fp8,
@@ -68,7 +75,8 @@
  *
  * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or paths 0
  * and 0w (3), takes path 0 below its rows too and never 0w (4), never 0w
- * (5), or 0w at every row count it takes (6), so that tests compare the
+ * (5), or 0w at every row count it takes (6), or 0s wherever it takes
+ * the weight, else the automatic choice (7), so that tests compare the
  * fast paths with the slow one and the two GEMVs; matmul_gemv = 2 rules
  * out paths 0 and 1, as it does for plain
  * weights. Path 0 changes the int8/int4 arithmetic (activations rounded to
@@ -78,6 +86,7 @@
  */
 #include "backend/cuda/cuda_gemm_quant.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
+#include "backend/cuda/cuda_gemv_stream_quant.h"
 #include "backend/cuda/cuda_internal.h"
 
 /* Rows the GEMV takes. It reads the weight once per four rows; the
@@ -110,7 +119,8 @@ static int fp8_gemm_ok(const anvil_cuda_backend *cb, const anvil_tensor *w)
     const anvil_quant *q = w->quant;
     const anvil_dtype dt = cb->ops.act_dtype;
     return w->dtype == ANVIL_DTYPE_F8_E4M3 && q->act != ANVIL_QUANT_ACT_NONE && q->group == 0 && cb->sm >= 89 &&
-           (cb->knobs.matmul_quant == 0 || cb->knobs.matmul_quant == 4) && !cb->knobs.matmul_simt &&
+           (cb->knobs.matmul_quant == 0 || cb->knobs.matmul_quant == 4 || cb->knobs.matmul_quant == 7) &&
+           !cb->knobs.matmul_simt &&
            (dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16) && w->shape[1] % 16 == 0 && w->shape[0] % 16 == 0 &&
            aligned16(w->data) && aligned16(q->scales);
 }
@@ -172,6 +182,38 @@ static int mma16_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, 
 static int mma16_first(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, int64_t T)
 {
     return cb->knobs.matmul_quant == 6 || qw->dt != ANVIL_DTYPE_I8 || T >= MMA16_MIN_ROWS_INT8;
+}
+
+/* Whether path 0s (the streaming GEMV) takes this weight for T rows of x:
+ * only under matmul_quant = 7 (the default stays as measured until an H100
+ * times it). */
+static int stream_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                     int64_t T)
+{
+    return cb->knobs.matmul_quant == 7 && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
+           anvil_cuda_gemv_stream_quant_ok(qw, (int)q->act, cb->sm, q->perm, x, cb->ops.act_dtype, T,
+                                           cb->smem_optin);
+}
+
+/* Path 0s: its workspace (partials, and tile counters zeroed when they are
+ * made: every launch leaves them zero, so a grown buffer is zeroed once),
+ * then the launch. */
+static anvil_status run_stream(anvil_cuda_backend *cb, const anvil_cuda_gemv_mma_call *c)
+{
+    anvil_cuda_gemv_stream_ws ws = {NULL, NULL};
+    const int64_t n_cnt = anvil_cuda_gemv_stream_counters(c);
+    if (n_cnt > 0) {
+        TRY(anvil_cuda_reserve(cb, &cb->gsq_ws, &cb->gsq_ws_bytes, anvil_cuda_gemv_stream_ws_bytes(c),
+                               "matmul: streaming GEMV partials"));
+        const size_t need = (size_t)n_cnt * sizeof(int);
+        const int grows = need > cb->gsq_cnt_bytes;
+        TRY(anvil_cuda_reserve(cb, &cb->gsq_cnt, &cb->gsq_cnt_bytes, need, "matmul: streaming GEMV counters"));
+        if (grows)
+            CUDA_TRY(cudaMemsetAsync(cb->gsq_cnt, 0, cb->gsq_cnt_bytes, cb->stream), "matmul: streaming GEMV counters");
+        ws.partials = (float *)cb->gsq_ws;
+        ws.counters = (int *)cb->gsq_cnt;
+    }
+    return anvil_cuda_launch_gemv_stream_quant(c, &ws);
 }
 
 /* Path 0's call for n parts of one x (their biases and outputs set by the caller). */
@@ -307,6 +349,13 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
 
     if (cb->knobs.matmul_quant == 8 && gemm_ok(cb, &qw, q, x->data, T))
         return run_gemm(cb, &qw, x, bias, out);
+    if (stream_ok(cb, &qw, q, x->data, T)) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
+        c.bias[0] = bp;
+        c.bias_dt[0] = bdt;
+        c.out[0] = out->data;
+        return run_stream(cb, &c);
+    }
     if (mma16_ok(cb, &qw, q, x->data, T) && mma16_first(cb, &qw, T)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
@@ -383,7 +432,8 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     const void *bp[ANVIL_MATMUL_MULTI_MAX];
     anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
-    int mma16 = n <= 4; /* path 0w takes every part */
+    int stream = n <= 4; /* path 0s takes every part */
+    int mma16 = n <= 4;  /* path 0w takes every part */
     int mma = n <= 4;   /* path 0 takes every part */
     int simt = 1;       /* path 1 takes every part */
     for (int i = 0; i < n; i++) {
@@ -400,6 +450,8 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         bp[i] = bias[i] ? bias[i]->data : NULL;
         bdt[i] = bias[i] ? bias[i]->dtype : ANVIL_DTYPE_F32;
         op[i] = out[i]->data;
+        stream = stream && stream_ok(cb, &qw[i], q, x->data, T) &&
+                 (qw[i].dt != ANVIL_DTYPE_U4 || (qw[i].zeros != NULL) == (qw[0].zeros != NULL));
         mma16 = mma16 && mma16_ok(cb, &qw[i], q, x->data, T);
         mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
         simt = simt && simt_ok(cb, w[i], &qw[i], x->data, op[i], T);
@@ -407,6 +459,18 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     TRY(anvil_cuda_use(cb));
     /* one dtype for every part: mma16_first / mma_first say the same for each */
     const int use16 = mma16 && mma16_first(cb, &qw[0], T);
+    if (stream) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
+        c.silu = silu;
+        for (int i = 0; i < n; i++) {
+            c.bias[i] = bp[i];
+            c.bias_dt[i] = bdt[i];
+            c.out[i] = op[i];
+        }
+        TRY(run_stream(cb, &c));
+        *done = 1;
+        return ANVIL_OK;
+    }
     if (use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;

@@ -40,6 +40,36 @@
 /* The experts one at a time (the loop reference): x's rows gathered by
  * expert, then each expert's matmul_silu_mul and matmul on its rows, the
  * products in the activation dtype; y in act dtype at L->y. */
+/* The quantized experts on the streaming GEMV (knob matmul_quant = 7,
+ * cuda_moe_quant.h): its workspace (the dense streaming GEMV's buffers,
+ * the counters zeroed when they grow: every launch leaves them zero), then
+ * gate|up with the silu into a [T k, I] and down into y [T k, H]. */
+static anvil_status moe_stream(anvil_cuda_backend *cb, const anvil_moe_args *a, anvil_dtype adt, int64_t T,
+                               int32_t k, int32_t E, int64_t H, int64_t I, const int32_t *offsets,
+                               const int32_t *active, const int32_t *order, float *ab, float *y)
+{
+    size_t wb[2];
+    int64_t nc[2];
+    anvil_cuda_moe_stream_ws(1, T, k, E, H, I, &wb[0], &nc[0]);
+    anvil_cuda_moe_stream_ws(0, T, k, E, I, H, &wb[1], &nc[1]);
+    const size_t ws_bytes = wb[0] > wb[1] ? wb[0] : wb[1];
+    const int64_t n_cnt = nc[0] > nc[1] ? nc[0] : nc[1];
+    if (n_cnt > 0) {
+        TRY(anvil_cuda_reserve(cb, &cb->gsq_ws, &cb->gsq_ws_bytes, ws_bytes, "moe: streaming GEMV partials"));
+        const size_t need = (size_t)n_cnt * sizeof(int);
+        const int grows = need > cb->gsq_cnt_bytes;
+        TRY(anvil_cuda_reserve(cb, &cb->gsq_cnt, &cb->gsq_cnt_bytes, need, "moe: streaming GEMV counters"));
+        if (grows)
+            CUDA_TRY(cudaMemsetAsync(cb->gsq_cnt, 0, cb->gsq_cnt_bytes, cb->stream), "moe: streaming GEMV counters");
+    }
+    TRY(anvil_cuda_launch_moe_experts_stream(cb->stream, 1, a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
+                                             active, order, ab, (float *)cb->gsq_ws, (int *)cb->gsq_cnt,
+                                             cb->smem_optin));
+    return anvil_cuda_launch_moe_experts_stream(cb->stream, 0, ab, ANVIL_DTYPE_F32, a->down, T, k, E, I, H, offsets,
+                                                active, order, y, (float *)cb->gsq_ws, (int *)cb->gsq_cnt,
+                                                cb->smem_optin);
+}
+
 static anvil_status moe_loop(anvil_backend *be, anvil_cuda_backend *cb, const anvil_moe_args *a,
                              const anvil_moe_scratch *L)
 {
@@ -144,6 +174,10 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
                                               offsets, tiles, order, AT(s, L.a), NULL));
         TRY(anvil_cuda_launch_moe_experts_mma(cb->stream, 0, AT(s, L.a), adt, a->down->data, T, k, E, I, H, tile_m,
                                               offsets, tiles, order, AT(s, L.y), y2));
+    } else if (path == QGEMV && cb->knobs.matmul_quant == 7 &&
+               anvil_cuda_moe_stream_quant_ok(a->gate_up, T, cb->smem_optin) &&
+               anvil_cuda_moe_stream_quant_ok(a->down, T, cb->smem_optin)) {
+        TRY(moe_stream(cb, a, adt, T, k, E, H, I, offsets, active, order, AT(s, L.a), AT(s, L.y)));
     } else if (path == QGEMV) {
         TRY(anvil_cuda_launch_moe_experts_quant(cb->stream, 1, a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
                                                 active, order, AT(s, L.a)));

@@ -33,6 +33,25 @@ anvil_status anvil_cuda_launch_moe_experts_quant(cudaStream_t stream, int silu, 
                                                  int64_t K, int64_t N, const int32_t *offsets,
                                                  const int32_t *active, const int32_t *order, float *out);
 
+/* The streaming form (the knob matmul_quant = 7; cuda_moe_quant.cu's second
+ * half): fp8 W8A8 per channel (ANVIL_QUANT_ACT_FP8_DYNAMIC) only, K a
+ * multiple of 64, the expert's rows of x within the shared memory
+ * (smem_optin). */
+int anvil_cuda_moe_stream_quant_ok(const anvil_tensor *w, int64_t n_tok, size_t smem_optin);
+
+/* Its workspace for one launch: partial sums (bytes) and tile counters
+ * (ints, zero before a launch, left zero); both 0 when K is not split. */
+void anvil_cuda_moe_stream_ws(int silu, int64_t n_tok, int32_t k, int32_t E, int64_t K, int64_t N, size_t *ws_bytes,
+                              int64_t *counters);
+
+/* As anvil_cuda_launch_moe_experts_quant, on the streaming form; ws and
+ * counters as anvil_cuda_moe_stream_ws says (NULL where it says 0). */
+anvil_status anvil_cuda_launch_moe_experts_stream(cudaStream_t stream, int silu, const void *X, anvil_dtype x_dt,
+                                                  const anvil_tensor *W, int64_t n_tok, int32_t k, int32_t E,
+                                                  int64_t K, int64_t N, const int32_t *offsets,
+                                                  const int32_t *active, const int32_t *order, float *out,
+                                                  float *ws, int *counters, size_t smem_optin);
+
 #ifdef __cplusplus
 }
 #endif
