@@ -5,6 +5,7 @@
  *     its leader (who makes a new NCCL id without ncclCommSplit);
  *   - the algorithm names, the choice by size (anvil_ar_pick: the table
  *     empty until measured, so NCCL under auto) and the IPC buffer it needs;
+ *     a host communicator taking the choice and ignoring it;
  *   - the exchange's checks: records out of order, a rank without a buffer,
  *     two hosts, too many ranks, a rank that could not open a peer;
  *   - the barrier of comm_ipc_map.h run by threads (a thread a rank and
@@ -112,6 +113,21 @@ static void test_pick(void **state)
     assert_int_equal(anvil_ar_ipc_bytes(ANVIL_ALL_REDUCE_ONESHOT, 2, MB), MB);
     assert_int_equal(anvil_ar_ipc_bytes(ANVIL_ALL_REDUCE_TWOSHOT, 8, MB), MB);
     assert_int_equal(anvil_ar_ipc_bytes(ANVIL_ALL_REDUCE_TWOSHOT, 9, MB), 0);
+}
+
+/* A communicator whose sum is its own ("self"; "mpi" alike) takes the
+ * choice and ignores it; an unknown algorithm is refused. */
+static void test_set_all_reduce_host(void **state)
+{
+    (void)state;
+    anvil_comm *c = NULL;
+    assert_int_equal(anvil_comm_create_self(&c), ANVIL_OK);
+    assert_int_equal(anvil_comm_set_all_reduce(c, ANVIL_ALL_REDUCE_ONESHOT, 1 << 20), ANVIL_OK);
+    assert_int_equal(anvil_comm_all_reduce_algo(c, 1024, ANVIL_DTYPE_BF16), ANVIL_ALL_REDUCE_NCCL);
+    assert_int_equal(anvil_comm_set_all_reduce(c, (anvil_all_reduce_algo)7, 1 << 20), ANVIL_ERR_INVALID_ARG);
+    assert_null(anvil_comm_error(c)); /* an argument error breaks nothing */
+    assert_int_equal(anvil_comm_set_all_reduce(NULL, ANVIL_ALL_REDUCE_AUTO, 0), ANVIL_ERR_INVALID_ARG);
+    anvil_comm_free(c);
 }
 
 static void test_records(void **state)
@@ -423,7 +439,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_place), cmocka_unit_test(test_algo_names), cmocka_unit_test(test_pick),
-        cmocka_unit_test(test_records),     cmocka_unit_test(test_barrier_threads),
+        cmocka_unit_test(test_set_all_reduce_host), cmocka_unit_test(test_records),
+        cmocka_unit_test(test_barrier_threads),
         cmocka_unit_test(test_addressing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
