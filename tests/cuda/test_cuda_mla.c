@@ -560,6 +560,15 @@ static void test_mla_perf(void **s)
     printf("  perf mla prefill 2048 rows: reference %.3f ms, absorbed %.3f ms (%.0f TFLOP/s), expanded %.3f ms "
            "(%.0f TFLOP/s with its GEMM)\n",
            ref, ab, f_ab / (ab * 1e-3) / 1e12, xp, f_xp / (xp * 1e-3) / 1e12);
+    /* where the automatic choice switches (cuda_mla.c, expand_pays): chunks
+     * of 32..512 rows at the end of a 2048 context, both forms */
+    const int32_t chunks[] = {32, 64, 128, 512};
+    for (int i = 0; i < 4; i++) {
+        const int32_t n = chunks[i];
+        const double a = mla_perf_ms(gpu, 1, 2048 - n, n, 2), e = mla_perf_ms(gpu, 1, 2048 - n, n, 3);
+        printf("  perf mla chunk of %3d rows after %d: absorbed %.3f ms, expanded %.3f ms (automatic: %s)\n", n,
+               2048 - n, a, e, n >= 64 && 2048 <= 16 * n ? "expanded" : "absorbed");
+    }
     anvil_backend_free(gpu);
 }
 

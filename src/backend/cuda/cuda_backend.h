@@ -84,8 +84,8 @@ typedef struct anvil_cuda_knobs {
     int mla_kernel;           /* the mla op (cuda_mla.h): 1 the reference kernels (a block per token and
                                  head, SIMT) for every row; 2 the absorbed form on tensor cores for every
                                  row; 3 the expanded form on tensor cores for the rows after the decode
-                                 rows; 0: expanded when a sequence brings several rows, else absorbed (each
-                                 where it applies, the reference elsewhere). attn_splits > 0 pins the
+                                 rows; 0: expanded for prefill chunks where it pays (cuda_mla.c, expand_pays),
+                                 else absorbed (each where it applies, the reference elsewhere). attn_splits > 0 pins the
                                  absorbed form's splits too */
 } anvil_cuda_knobs;
 

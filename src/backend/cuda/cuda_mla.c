@@ -38,6 +38,28 @@ static int32_t step_span(const anvil_step *st)
     return span > INT32_MAX ? INT32_MAX : (int32_t)span;
 }
 
+/*
+ * Whether the expanded form should take the rows after the decode rows.
+ * Its GEMM expands every cached row of every prefill sequence, L =
+ * max_context rows each (the host knows no tighter bound): per cached row
+ * 2 rank heads (nope + v) flops (4.2 MFLOP for V2-Lite, on cuBLASLt), where
+ * the absorbed form pays 2 heads (rank + rope + rank) per (row, key) (35
+ * KFLOP) against the expanded attention's 2 heads (nope + rope + v) (10
+ * KFLOP), on mma.sync at maybe half the GEMM's rate. So the expansion pays
+ * from about a hundred rows a sequence; below 64, or when the buffers would
+ * be far larger than the rows (a short chunk in a step whose decodes have
+ * long contexts: L is theirs), the absorbed form runs. To be checked on a
+ * GPU (test_cuda_mla --perf times both at 2048 rows and a 128-row chunk).
+ */
+static int expand_pays(const anvil_step *st)
+{
+    const int32_t t0 = st->n_decode > 0 && st->n_decode < st->n_tokens ? st->n_decode : 0;
+    const int64_t rows = (int64_t)st->n_tokens - t0, n_seqs = (int64_t)st->n_seqs - t0;
+    if (n_seqs <= 0 || rows <= n_seqs) /* no sequence brings several rows */
+        return 0;
+    return rows >= 64 * n_seqs && n_seqs * (int64_t)step_span(st) <= 16 * rows;
+}
+
 /* The absorbed form's splits and workspace bytes for m's tokens */
 static void plan_absorbed(const anvil_cuda_backend *cb, const anvil_step *st, const anvil_cuda_mla *m,
                           int32_t *n_splits, int32_t *split_len, size_t *bytes)
@@ -160,9 +182,9 @@ anvil_status anvil_cuda_op_mla(anvil_backend *be, const anvil_mla_args *a)
     if (knob == 1 || !anvil_cuda_mla_mma_ok(&m, cb->smem_optin))
         return anvil_cuda_launch_mla(cb->stream, &m);
     TRY(anvil_cuda_launch_mla_cache(cb->stream, &m));
-    /* expanded where a sequence brings several rows (T > n_seqs), unless
-     * pinned: form 1 / knob 3 expanded, form 2 / knob 2 absorbed */
-    const int expand = a->form == 1 || (a->form == 0 && (knob == 3 || (knob == 0 && T > st->n_seqs)));
+    /* expanded for prefill chunks (expand_pays), unless pinned: form 1 /
+     * knob 3 expanded, form 2 / knob 2 absorbed */
+    const int expand = a->form == 1 || (a->form == 0 && (knob == 3 || (knob == 0 && expand_pays(st))));
     if (expand && a->form != 2 && anvil_cuda_mla_xp_ok(&m, cb->smem_optin)) {
         int done = 0;
         TRY(launch_expanded(cb, a, &m, &done));
