@@ -18,9 +18,10 @@
  * and the runtime's gather by columns, broadcast from every root, a
  * send/recv ring, barrier; splits (ncclCommSplit): singletons and every
  * rank ranked backwards, with sums and a ring inside; with several ranks,
- * tiny-llama3 (f32) cut over the ranks on cuda, and over 2 pipeline stages
- * (ncclSend / ncclRecv), against the same model on one GPU: the prefill
- * logits within 1e-4 x max|logit| and the greedy tokens equal. Prints PASS/FAIL
+ * tiny-llama3 (f32) cut over the ranks on cuda (NCCL's sums, then one-shot
+ * and two-shot over CUDA IPC), and over 2 pipeline stages (ncclSend /
+ * ncclRecv), against the same model on one GPU: the prefill logits within
+ * 1e-4 x max|logit| and the greedy tokens equal. Prints PASS/FAIL
  * lines and the all-reduce's time per call at decode and prefill sizes
  * (no timed assertion). Skips (77) without a GPU or without NCCL.
  */
@@ -193,6 +194,8 @@ static void test_timing(void **state)
     }
 }
 
+static const char *all_reduce; /* the runtime option all_reduce of the next load (NULL: auto) */
+
 static anvil_status load_pp(const char *model, anvil_comm *c, int32_t stages, anvil_runtime **rt)
 {
     anvil_runtime_options o;
@@ -208,6 +211,7 @@ static anvil_status load_pp(const char *model, anvil_comm *c, int32_t stages, an
     o.kv_cache_tokens = 1024;
     o.comm = c;
     o.pipeline_stages = stages;
+    o.all_reduce = all_reduce;
     char path[512];
     snprintf(path, sizeof path, "models/%s", model);
     return anvil_runtime_load(anvil_test_shared_path(path), &o, rt);
@@ -280,6 +284,24 @@ static void test_runtime_tp(void **state)
     anvil_runtime_free(one);
     free(a);
     free(b);
+}
+
+/* tiny-llama3 over the ranks with the TP sums one-shot, then two-shot,
+ * over CUDA IPC (the runtime option all_reduce; NCCL where IPC cannot run,
+ * which the communicator logs): one GPU's logits and greedy tokens. */
+static void test_runtime_tp_ipc(void **state)
+{
+    (void)state;
+    if (anvil_comm_size(boot) == 1)
+        skip();
+    static const char *const algos[] = {"oneshot", "twoshot"};
+    for (int a = 0; a < 2; a++) {
+        all_reduce = algos[a];
+        /* test_runtime_tp's comparison, with the sums chosen */
+        test_runtime_tp(state);
+        all_reduce = NULL;
+        printf("PASS the same with ANVIL_ALLREDUCE=%s (rank %d)\n", algos[a], anvil_comm_rank(boot));
+    }
 }
 
 /* A send/recv ring inside c (even ranks send first: NCCL's send waits for
@@ -445,6 +467,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gather_broadcast_p2p),
         cmocka_unit_test(test_timing),
         cmocka_unit_test(test_runtime_tp),
+        cmocka_unit_test(test_runtime_tp_ipc),
         cmocka_unit_test(test_split),
         cmocka_unit_test(test_runtime_pp),
     };
