@@ -175,7 +175,16 @@ static void test_schedule(void **state)
         /* odd N, short and odd K, few blocks, more blocks than items */
         {1, 0, {45, 0, 0, 0}, 3, 264},
         {3, 0, {37, 5, 23, 0}, 13, 7},
-        {4, 0, {16, 17, 1, 33, }, 40, 3},
+        {4,
+         0,
+         {
+             16,
+             17,
+             1,
+             33,
+         },
+         40,
+         3},
         {2, 1, {51, 51, 0, 0}, 17, 5},
         {2, 1, {16, 16, 0, 0}, 1, 1},
         {1, 0, {1, 0, 0, 0}, 1, 264},
@@ -198,8 +207,8 @@ static void test_moe_items(void **state)
             for (int64_t i = 0; i < I; i++) {
                 int slot, part, tile, sp;
                 gsq_moe_item(i, parts, tiles, ks, &slot, &part, &tile, &sp);
-                assert_true(slot >= 0 && slot < slots && part >= 0 && part < parts && tile >= 0 && tile < tiles &&
-                            sp >= 0 && sp < ks);
+                assert_true(slot >= 0 && slot < slots && part >= 0 && part < parts && tile >= 0 &&
+                            tile < tiles && sp >= 0 && sp < ks);
                 const int64_t j = gsq_moe_item_of(parts, tiles, ks, slot, part, tile, sp);
                 assert_true(j == i && j == prev + 1);
                 prev = j;
@@ -219,7 +228,8 @@ static void test_copy_map(void **state)
     for (int pc = 0; pc < GSQ_PIECES; pc++) {
         int row, step, c;
         gsq_piece(pc, &row, &step, &c);
-        assert_true(row >= 0 && row < GSQ_TILE_ROWS && step >= 0 && step < GSQ_STAGE_STEPS && c >= 0 && c < 4);
+        assert_true(row >= 0 && row < GSQ_TILE_ROWS && step >= 0 && step < GSQ_STAGE_STEPS && c >= 0 &&
+                    c < 4);
         const int o = gsq_w_off(step, row, c);
         assert_true(o % 16 == 0 && o >= 0 && o < GSQ_STAGE_W_BYTES);
         assert_int_equal(owner[o / 16], -1);
@@ -252,7 +262,8 @@ static void test_copy_map(void **state)
     for (int w = 0; w < GSQ_WARPS; w++)
         for (int h = 0; h < 2; h++)
             for (int lane = 0; lane < 32; lane++)
-                assert_int_equal(gsq_w_off(w, lane / 4 + 8 * h, lane % 4) - gsq_w_off(w, 8 * h, 0), 16 * lane);
+                assert_int_equal(gsq_w_off(w, lane / 4 + 8 * h, lane % 4) - gsq_w_off(w, 8 * h, 0),
+                                 16 * lane);
 }
 
 static void test_scale_slots(void **state)
@@ -338,9 +349,10 @@ static void test_smem(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_splits),      cmocka_unit_test(test_schedule),    cmocka_unit_test(test_moe_items),
-        cmocka_unit_test(test_copy_map),
-        cmocka_unit_test(test_scale_slots), cmocka_unit_test(test_zero_points), cmocka_unit_test(test_smem),
+        cmocka_unit_test(test_splits),      cmocka_unit_test(test_schedule),
+        cmocka_unit_test(test_moe_items),   cmocka_unit_test(test_copy_map),
+        cmocka_unit_test(test_scale_slots), cmocka_unit_test(test_zero_points),
+        cmocka_unit_test(test_smem),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,17 +46,17 @@ typedef struct fixture {
     uint64_t rng;
 } fixture;
 
-#define NEED_GPU()                              \
-    do {                                        \
-        if (anvil_cuda_device_count() <= 0)     \
-            skip();                             \
+#define NEED_GPU()                                                                                           \
+    do {                                                                                                     \
+        if (anvil_cuda_device_count() <= 0)                                                                  \
+            skip();                                                                                          \
     } while (0)
 
-#define OK_OR_FAIL(expr, what)                                      \
-    do {                                                            \
-        anvil_status ok_st_ = (expr);                               \
-        if (ok_st_ != ANVIL_OK)                                     \
-            fail_msg("%s: %s", (what), anvil_last_error());         \
+#define OK_OR_FAIL(expr, what)                                                                               \
+    do {                                                                                                     \
+        anvil_status ok_st_ = (expr);                                                                        \
+        if (ok_st_ != ANVIL_OK)                                                                              \
+            fail_msg("%s: %s", (what), anvil_last_error());                                                  \
     } while (0)
 
 static int setup(void **state)
@@ -162,7 +162,9 @@ static void make_weight(anvil_backend *be, uint64_t *rng, const scase *c, int64_
             b = 0x81;
         w->codes[i] = b;
     }
-    const float unit = c->dt == ANVIL_DTYPE_F8_E4M3 ? 1.0f / 448 : c->dt == ANVIL_DTYPE_I8 ? 1.0f / 127 : 1.0f / 8;
+    const float unit = c->dt == ANVIL_DTYPE_F8_E4M3 ? 1.0f / 448
+                       : c->dt == ANVIL_DTYPE_I8    ? 1.0f / 127
+                                                    : 1.0f / 8;
     for (int64_t i = 0; i < w->n_scales; i++)
         w->scales[i] = unit * (0.5f + 0.5f * fabsf(anvil_test_randf(rng)));
     if (c->zeros) {
@@ -213,8 +215,13 @@ static int takes(const weight *w, int64_t T, anvil_dtype act)
 {
     const int optin = smem_optin();
     const anvil_cuda_qweight qw = {
-        .w = w->dcodes, .dt = w->dt, .scales = w->dscales, .zeros = w->dzeros,
-        .gs = w->hq.group > 0 ? w->hq.group : w->K, .N = w->N, .K = w->K,
+        .w = w->dcodes,
+        .dt = w->dt,
+        .scales = w->dscales,
+        .zeros = w->dzeros,
+        .gs = w->hq.group > 0 ? w->hq.group : w->K,
+        .N = w->N,
+        .K = w->K,
     };
     return anvil_cuda_gemv_stream_quant_ok(&qw, (int)w->hq.act, 90, NULL, w->dcodes, act, T, (size_t)optin);
 }
@@ -331,11 +338,14 @@ static void test_stream_matmul(void **state)
                 make_weight(g, &f->rng, c, N, K, &w);
                 for (int64_t T = 1; T <= 8; T++) {
                     char name[160];
-                    snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld %s", c->name, (long long)N, (long long)K,
-                             (long long)T, anvil_dtype_name(act));
-                    /* it declines int4 rows off 128 columns and x's rows past the shared memory only */
+                    snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld %s", c->name, (long long)N,
+                             (long long)K, (long long)T, anvil_dtype_name(act));
+                    /* it declines int4 rows off 128 columns, zero points off whole words and x's rows
+                     * past the shared memory only */
                     const int fold = c->dt == ANVIL_DTYPE_U4 && c->group % 128 != 0;
-                    const int expect = !(c->dt == ANVIL_DTYPE_U4 && K % 128 != 0) &&
+                    /* zero points: a row's G = K / group of them a whole number of words */
+                    const int zp_ok = !c->zeros || (K / (c->group > 0 ? c->group : K)) % 4 == 0;
+                    const int expect = !(c->dt == ANVIL_DTYPE_U4 && K % 128 != 0) && zp_ok &&
                                        gsq_smem_bytes((int)T, K, gsq_sps(c->dt == ANVIL_DTYPE_F8_E4M3, fold),
                                                       c->zeros) <= smem_optin();
                     if (takes(&w, T, act) != expect)
@@ -379,8 +389,8 @@ static void test_stream_matmul(void **state)
                 free_weight(g, &w);
             }
             int64_t tiles = (N + 15) / 16, steps = (SCHEMES[si].dt == ANVIL_DTYPE_U4 ? K / 2 : K) / GSQ_STEP;
-            print_message("%-18s [%lld, %lld]: %d splits of K at 264 blocks\n", c->name, (long long)N, (long long)K,
-                          gsq_splits(tiles, steps, 264));
+            print_message("%-18s [%lld, %lld]: %d splits of K at 264 blocks\n", c->name, (long long)N,
+                          (long long)K, gsq_splits(tiles, steps, 264));
         }
 }
 
@@ -438,7 +448,8 @@ static void test_stream_fused(void **state)
                 /* gate (w[0]) / up (w[3]) with the silu against matmul, matmul, silu_mul */
                 void *sd = out_nan(g, T * Ns[0], act), *ud = out_nan(g, T * Ns[0], act);
                 anvil_tensor st = anvil_tensor_2d(act, T, Ns[0], sd), ut = anvil_tensor_2d(act, T, Ns[0], ud);
-                OK_OR_FAIL(g->ops->matmul_silu_mul(g, &xt, &w[0].d, NULL, &w[3].d, NULL, &ot[0], &ut, &st), name);
+                OK_OR_FAIL(g->ops->matmul_silu_mul(g, &xt, &w[0].d, NULL, &w[3].d, NULL, &ot[0], &ut, &st),
+                           name);
                 OK_OR_FAIL(g->ops->matmul(g, &xt, &w[0].d, NULL, &ot[3]), name);
                 OK_OR_FAIL(g->ops->matmul(g, &xt, &w[3].d, NULL, &ut), name);
                 void *sep = out_nan(g, T * Ns[0], act);
@@ -468,5 +479,6 @@ int main(void)
         cmocka_unit_test(test_stream_matmul),
         cmocka_unit_test(test_stream_fused),
     };
-    return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);
+    return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown),
+                                   sizeof tests / sizeof tests[0]);
 }

@@ -42,8 +42,14 @@ template <typename H2> __device__ __forceinline__ uint32_t gsq_as_u32(H2 h)
     memcpy(&u, &h, 4);
     return u;
 }
-__device__ __forceinline__ __half2 gsq_splat(float v, __half2 *) { return __float2half2_rn(v); }
-__device__ __forceinline__ __nv_bfloat162 gsq_splat(float v, __nv_bfloat162 *) { return __float2bfloat162_rn(v); }
+__device__ __forceinline__ __half2 gsq_splat(float v, __half2 *)
+{
+    return __float2half2_rn(v);
+}
+__device__ __forceinline__ __nv_bfloat162 gsq_splat(float v, __nv_bfloat162 *)
+{
+    return __float2bfloat162_rn(v);
+}
 
 /* 4 bytes global -> shared (zeros when !valid; src then not read but mapped) */
 __device__ __forceinline__ void gsq_cp_async4(void *dst, const void *src, bool valid)
@@ -87,7 +93,7 @@ __device__ __forceinline__ void gsq_step(const gsq_buf &b, const void *xg, float
         H2 zlo[2], zhi[2], sc[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            zlo[h] = gsq_splat(mv + (float)b.z[h], (H2 *)nullptr);           /* M + z */
+            zlo[h] = gsq_splat(mv + (float)b.z[h], (H2 *)nullptr);            /* M + z */
             zhi[h] = gsq_splat(-(mv / 16.0f + (float)b.z[h]), (H2 *)nullptr); /* -(M / 16 + z) */
             sc[h] = gsq_splat(b.s[h], (H2 *)nullptr);
         }
@@ -125,8 +131,10 @@ __device__ __forceinline__ void gsq_step(const gsq_buf &b, const void *xg, float
             for (int h = 0; h < 2; h++) {
                 const uint32_t wd = h == 0 ? w0[m] : w1[m];
                 if constexpr (S == GMW_FP8) {
-                    const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd & 0xffffu), __NV_E4M3);
-                    const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd >> 16), __NV_E4M3);
+                    const __half2_raw lo =
+                        __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd & 0xffffu), __NV_E4M3);
+                    const __half2_raw hi =
+                        __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd >> 16), __NV_E4M3);
                     v[h][0] = gsq_as_u32(__half2(lo));
                     v[h][1] = gsq_as_u32(__half2(hi));
                 } else if constexpr (bf16) {

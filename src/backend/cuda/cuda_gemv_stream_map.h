@@ -36,21 +36,21 @@
 #define GSQ_HD static inline
 #endif
 
-#define GSQ_STEP 64           /* bytes of a weight row a step */
-#define GSQ_TILE_ROWS 16      /* weight rows a tile (the mma's m16) */
-#define GSQ_STAGE_STEPS 8     /* steps a stage: one a warp */
-#define GSQ_WARPS GSQ_STAGE_STEPS
-#define GSQ_THREADS (GSQ_WARPS * 32)
-#define GSQ_STAGES 6          /* ring slots: 5 stages (40 KB of weights) in flight a block */
-#define GSQ_STAGE_W_BYTES (GSQ_TILE_ROWS * GSQ_STEP * GSQ_STAGE_STEPS) /* 8 KB */
-#define GSQ_PIECES (GSQ_STAGE_W_BYTES / 16) /* 16-byte copies a stage: 512 */
-#define GSQ_SPS 4             /* scale slots a step a row (one a lane's piece) */
-#define GSQ_ITEMS_A_BLOCK 4   /* items aimed at a block: the last item's imbalance <= 1/4 */
-#define GSQ_MIN_ITEM_STEPS 8  /* an item is at least a stage where K allows */
-#define GSQ_MAX_PARTS 4
-#define GSQ_MAX_ROWS 8        /* x rows: the mma's n8 */
-#define GSQ_XPAD 8            /* 16-bit elements after each shared row of x */
-#define GSQ_MAX_BLOCKS_SM 2
+#define GSQ_STEP           64 /* bytes of a weight row a step */
+#define GSQ_TILE_ROWS      16 /* weight rows a tile (the mma's m16) */
+#define GSQ_STAGE_STEPS    8  /* steps a stage: one a warp */
+#define GSQ_WARPS          GSQ_STAGE_STEPS
+#define GSQ_THREADS        (GSQ_WARPS * 32)
+#define GSQ_STAGES         6 /* ring slots: 5 stages (40 KB of weights) in flight a block */
+#define GSQ_STAGE_W_BYTES  (GSQ_TILE_ROWS * GSQ_STEP * GSQ_STAGE_STEPS) /* 8 KB */
+#define GSQ_PIECES         (GSQ_STAGE_W_BYTES / 16)                     /* 16-byte copies a stage: 512 */
+#define GSQ_SPS            4 /* scale slots a step a row (one a lane's piece) */
+#define GSQ_ITEMS_A_BLOCK  4 /* items aimed at a block: the last item's imbalance <= 1/4 */
+#define GSQ_MIN_ITEM_STEPS 8 /* an item is at least a stage where K allows */
+#define GSQ_MAX_PARTS      4
+#define GSQ_MAX_ROWS       8 /* x rows: the mma's n8 */
+#define GSQ_XPAD           8 /* 16-bit elements after each shared row of x */
+#define GSQ_MAX_BLOCKS_SM  2
 
 /* ---------------------------------------------------------------- the schedule */
 
@@ -78,7 +78,10 @@ GSQ_HD void gsq_split_steps(int64_t steps, int ks, int sp, int64_t *s0, int64_t 
 }
 
 /* Stages of the steps [s0, s1). */
-GSQ_HD int64_t gsq_stages(int64_t s0, int64_t s1) { return (s1 - s0 + GSQ_STAGE_STEPS - 1) / GSQ_STAGE_STEPS; }
+GSQ_HD int64_t gsq_stages(int64_t s0, int64_t s1)
+{
+    return (s1 - s0 + GSQ_STAGE_STEPS - 1) / GSQ_STAGE_STEPS;
+}
 
 /* Block b's items [*i0, *i1) of I on B blocks. */
 GSQ_HD void gsq_block_items(int64_t I, int64_t B, int64_t b, int64_t *i0, int64_t *i1)
@@ -124,7 +127,10 @@ GSQ_HD int64_t gsq_moe_item_of(int parts, int tiles, int ks, int slot, int part,
 }
 
 /* Whether part p of the launch writes its outputs without the workspace. */
-GSQ_HD int gsq_direct(int ks, int silu) { return ks == 1 && !silu; }
+GSQ_HD int gsq_direct(int ks, int silu)
+{
+    return ks == 1 && !silu;
+}
 
 /* Blocks resident an SM for `smem` bytes of dynamic shared memory a block
  * (sm_bytes a multiprocessor, 1 KB a block reserved by the driver). */
@@ -139,7 +145,10 @@ GSQ_HD int gsq_blocks_sm(int64_t smem, int64_t sm_bytes)
 /* Scale slots a step a row: 0 for fp8 (per channel, after the sums), 1
  * where the step lies in one group, GSQ_SPS where int4 groups of 32 / 64
  * give each lane's 32-element piece its own (fold). */
-GSQ_HD int gsq_sps(int fp8, int fold) { return fp8 ? 0 : fold ? GSQ_SPS : 1; }
+GSQ_HD int gsq_sps(int fp8, int fold)
+{
+    return fp8 ? 0 : fold ? GSQ_SPS : 1;
+}
 
 /* Bytes of one ring slot: the weights, the scales (f32), the zero points'
  * words (int4 with zero points: the 4-byte word holding each). */
@@ -150,11 +159,17 @@ GSQ_HD int64_t gsq_slot_bytes(int sps, int zp)
 
 /* Bytes of the shared rows of x: [T][K + GSQ_XPAD] 16-bit elements (fp8: x's
  * codes as f16; int: x as it is), rounded to 16. */
-GSQ_HD int64_t gsq_x_bytes(int T, int64_t K) { return ((int64_t)T * (K + GSQ_XPAD) * 2 + 15) / 16 * 16; }
+GSQ_HD int64_t gsq_x_bytes(int T, int64_t K)
+{
+    return ((int64_t)T * (K + GSQ_XPAD) * 2 + 15) / 16 * 16;
+}
 
 /* The rest: the rows' sx [8], the warps' row maxima [8 warps][8], the
  * warps' partials [8][128], the split counter's answer [4]. */
-GSQ_HD int64_t gsq_misc_bytes(void) { return (8 + GSQ_WARPS * 8 + GSQ_WARPS * 128 + 4) * 4; }
+GSQ_HD int64_t gsq_misc_bytes(void)
+{
+    return (8 + GSQ_WARPS * 8 + GSQ_WARPS * 128 + 4) * 4;
+}
 
 GSQ_HD int64_t gsq_smem_bytes(int T, int64_t K, int sps, int zp)
 {
@@ -175,10 +190,16 @@ GSQ_HD void gsq_piece(int piece, int *row, int *step, int *c)
 /* Its byte in the slot: [step][row][64 bytes], so that lane (g, t) of warp
  * `step` finds rows g and g + 8 of its step at 16 t as the mma16 GEMV's
  * lanes load them (512 contiguous bytes a row half: no bank conflicts). */
-GSQ_HD int gsq_w_off(int step, int row, int c) { return (step * GSQ_TILE_ROWS + row) * GSQ_STEP + 16 * c; }
+GSQ_HD int gsq_w_off(int step, int row, int c)
+{
+    return (step * GSQ_TILE_ROWS + row) * GSQ_STEP + 16 * c;
+}
 
 /* Scale slot (step, row, j) of a slot's scales (f32 index). */
-GSQ_HD int gsq_s_off(int sps, int step, int row, int j) { return (step * GSQ_TILE_ROWS + row) * sps + j; }
+GSQ_HD int gsq_s_off(int sps, int step, int row, int j)
+{
+    return (step * GSQ_TILE_ROWS + row) * sps + j;
+}
 
 /* The column whose group scale slot j of a step holds: the step's first
  * column (sps 1) or that of lane piece j (sps GSQ_SPS; piece_elems 32 for
@@ -191,10 +212,16 @@ GSQ_HD int64_t gsq_s_col(int64_t step_abs, int j, int step_elems, int piece_elem
 /* A zero point's byte within the 4-byte word holding it (the words copied
  * from index & ~3; the zero points' rows must then be 4-byte aligned:
  * gsq_zp_ok). */
-GSQ_HD uint32_t gsq_zp_byte(uint32_t word, int64_t index) { return (word >> (8 * (index & 3))) & 0xffu; }
+GSQ_HD uint32_t gsq_zp_byte(uint32_t word, int64_t index)
+{
+    return (word >> (8 * (index & 3))) & 0xffu;
+}
 
 /* Whether zero points of G a row at address `addr` can be copied by words:
  * every row starts on a word, so no word reaches past the array. */
-GSQ_HD int gsq_zp_ok(uintptr_t addr, int64_t G) { return (addr & 3) == 0 && G % 4 == 0; }
+GSQ_HD int gsq_zp_ok(uintptr_t addr, int64_t G)
+{
+    return (addr & 3) == 0 && G % 4 == 0;
+}
 
 #endif

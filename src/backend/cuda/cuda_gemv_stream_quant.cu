@@ -66,7 +66,7 @@ typedef struct gsq_args {
     int T;        /* 1..8 */
     int steps;    /* steps a row */
     int items;
-    float *ws;    /* [items][128] */
+    float *ws; /* [items][128] */
     int *cnt;
 } gsq_args;
 
@@ -74,7 +74,8 @@ typedef struct gsq_args {
 
 /* x's rows into xs [T][K + GSQ_XPAD]: int as they are; fp8 as codes
  * (gsq_code_rows, sxs their scales) */
-template <typename X, int S> __device__ void gsq_x_rows(const gsq_args &a, uint16_t *xs, float *sxs, float *redm)
+template <typename X, int S>
+__device__ void gsq_x_rows(const gsq_args &a, uint16_t *xs, float *sxs, float *redm)
 {
     if constexpr (S != GMW_FP8) {
         const int ld = a.K + GSQ_XPAD;
@@ -186,10 +187,11 @@ __device__ __forceinline__ void gsq_compute(const gsq_args &a, const gsq_cur &c,
             const int j = gsq_s_off(SPS, w, g + 8 * h, q);
             b.s[h] = ss[j];
             if constexpr (ZP) {
-                const uint32_t *sz = reinterpret_cast<const uint32_t *>(ss + GSQ_STAGE_STEPS * GSQ_TILE_ROWS * SPS);
+                const uint32_t *sz =
+                    reinterpret_cast<const uint32_t *>(ss + GSQ_STAGE_STEPS * GSQ_TILE_ROWS * SPS);
                 const int n = c.tile * GSQ_TILE_ROWS + g + 8 * h;
-                const int64_t idx = (int64_t)n * a.G +
-                                    gsq_s_col(c.st + w, q, gmw_step_elems(S), gmw_piece_elems(S)) / a.gs;
+                const int64_t idx =
+                    (int64_t)n * a.G + gsq_s_col(c.st + w, q, gmw_step_elems(S), gmw_piece_elems(S)) / a.gs;
                 b.z[h] = (int)gsq_zp_byte(sz[j], idx);
             }
         }
@@ -359,9 +361,15 @@ static int gsq_scheme(anvil_dtype dt)
 }
 
 /* int4 groups of whole steps (128 columns) scale after the mma; smaller ones fold (as the mma16 GEMV) */
-static int gsq_fold(const anvil_cuda_qweight *w) { return w->dt == ANVIL_DTYPE_U4 && w->gs % 128 != 0; }
+static int gsq_fold(const anvil_cuda_qweight *w)
+{
+    return w->dt == ANVIL_DTYPE_U4 && w->gs % 128 != 0;
+}
 
-static int gsq_zp(const anvil_cuda_qweight *w) { return w->dt == ANVIL_DTYPE_U4 && w->zeros != NULL; }
+static int gsq_zp(const anvil_cuda_qweight *w)
+{
+    return w->dt == ANVIL_DTYPE_U4 && w->zeros != NULL;
+}
 
 static size_t gsq_smem_of(const anvil_cuda_qweight *w, int64_t T)
 {
@@ -383,8 +391,9 @@ static void gsq_device(int *n_sm, int *sm_smem, int *optin)
         cudaGetLastError();
 }
 
-extern "C" int anvil_cuda_gemv_stream_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const int32_t *perm,
-                                               const void *x, anvil_dtype x_dt, int64_t T, size_t smem_optin)
+extern "C" int anvil_cuda_gemv_stream_quant_ok(const anvil_cuda_qweight *w, int act, int sm,
+                                               const int32_t *perm, const void *x, anvil_dtype x_dt,
+                                               int64_t T, size_t smem_optin)
 {
     if (T < 1 || T > GSQ_MAX_ROWS || (x_dt != ANVIL_DTYPE_BF16 && x_dt != ANVIL_DTYPE_F16) || perm != NULL ||
         sm < 80 || w->K <= 0 || w->gs <= 0 || w->K % w->gs != 0 || w->scales == NULL)
@@ -411,16 +420,17 @@ extern "C" int anvil_cuda_gemv_stream_quant_ok(const anvil_cuda_qweight *w, int 
 
 /* The launch's arguments (but x, outputs, workspace) and its grid from the
  * call; *counters: the tile counters it needs. */
-static anvil_status gsq_plan(const anvil_cuda_gemv_mma_call *c, int n_sm, int sm_smem, gsq_args *a, int *blocks,
-                             int64_t *counters)
+static anvil_status gsq_plan(const anvil_cuda_gemv_mma_call *c, int n_sm, int sm_smem, gsq_args *a,
+                             int *blocks, int64_t *counters)
 {
     const int n_parts = c->n_parts;
     CHECK(n_parts >= 1 && n_parts <= GSQ_MAX_PARTS && (!c->silu || n_parts == 2), ANVIL_ERR_INVALID_ARG,
           "gemv (quantized, streaming): %d parts (1..%d; 2 with silu)", n_parts, GSQ_MAX_PARTS);
-    CHECK(c->T >= 1 && c->T <= GSQ_MAX_ROWS, ANVIL_ERR_INVALID_ARG, "gemv (quantized, streaming): %lld rows (1..%d)",
-          (long long)c->T, GSQ_MAX_ROWS);
+    CHECK(c->T >= 1 && c->T <= GSQ_MAX_ROWS, ANVIL_ERR_INVALID_ARG,
+          "gemv (quantized, streaming): %lld rows (1..%d)", (long long)c->T, GSQ_MAX_ROWS);
     CHECK(!c->silu || c->w[0].N == c->w[1].N, ANVIL_ERR_INVALID_ARG,
-          "gemv silu (quantized, streaming): gate %lld and up %lld rows", (long long)c->w[0].N, (long long)c->w[1].N);
+          "gemv silu (quantized, streaming): gate %lld and up %lld rows", (long long)c->w[0].N,
+          (long long)c->w[1].N);
     memset(a, 0, sizeof *a);
     const size_t smem = gsq_smem_of(&c->w[0], c->T);
     const int64_t B = (int64_t)n_sm * gsq_blocks_sm((int64_t)smem, sm_smem);
@@ -518,22 +528,22 @@ static anvil_status gsq_launch(const anvil_cuda_gemv_mma_call *c, const gsq_args
 {
     if (smem > 48 * 1024)
         TRY((gsq_set_smem<X, S, FOLD, ZP, SILU>(optin)));
-    anvil_launch(anvil_gemv_stream_quant_kernel<X, S, FOLD, ZP, SILU>, dim3((unsigned)blocks), GSQ_THREADS, smem,
-                 c->stream, c->pdl, a);
+    anvil_launch(anvil_gemv_stream_quant_kernel<X, S, FOLD, ZP, SILU>, dim3((unsigned)blocks), GSQ_THREADS,
+                 smem, c->stream, c->pdl, a);
     return ANVIL_CUDA_LAUNCHED("gemv (quantized, streaming) kernel");
 }
 
 template <typename X, int S, bool FOLD, bool ZP>
-static anvil_status gsq_launch_silu(const anvil_cuda_gemv_mma_call *c, const gsq_args &a, int blocks, size_t smem,
-                                    int optin)
+static anvil_status gsq_launch_silu(const anvil_cuda_gemv_mma_call *c, const gsq_args &a, int blocks,
+                                    size_t smem, int optin)
 {
     return c->silu ? gsq_launch<X, S, FOLD, ZP, true>(c, a, blocks, smem, optin)
                    : gsq_launch<X, S, FOLD, ZP, false>(c, a, blocks, smem, optin);
 }
 
 template <typename X>
-static anvil_status gsq_launch_scheme(const anvil_cuda_gemv_mma_call *c, const gsq_args &a, int blocks, size_t smem,
-                                      int optin)
+static anvil_status gsq_launch_scheme(const anvil_cuda_gemv_mma_call *c, const gsq_args &a, int blocks,
+                                      size_t smem, int optin)
 {
     const int scheme = gsq_scheme(c->w[0].dt);
     if (scheme == GMW_I8)
@@ -555,12 +565,13 @@ extern "C" anvil_status anvil_cuda_launch_gemv_stream_quant(const anvil_cuda_gem
     gsq_device(&n_sm, &sm_smem, &optin);
     for (int i = 0; i < c->n_parts && i < GSQ_MAX_PARTS; i++) {
         const anvil_cuda_qweight *w = &c->w[i];
-        CHECK(anvil_cuda_gemv_stream_quant_ok(w, c->act, c->sm, c->perm, c->x, c->x_dt, c->T, (size_t)optin),
-              ANVIL_ERR_UNSUPPORTED,
-              "gemv (quantized, streaming): %s [%lld, %lld], group %lld, %lld rows of %s (K a multiple of 128 "
-              "int4 / 64 int8 and fp8 columns, no perm, aligned, shared memory)",
-              anvil_dtype_name(w->dt), (long long)w->N, (long long)w->K, (long long)w->gs, (long long)c->T,
-              anvil_dtype_name(c->x_dt));
+        CHECK(
+            anvil_cuda_gemv_stream_quant_ok(w, c->act, c->sm, c->perm, c->x, c->x_dt, c->T, (size_t)optin),
+            ANVIL_ERR_UNSUPPORTED,
+            "gemv (quantized, streaming): %s [%lld, %lld], group %lld, %lld rows of %s (K a multiple of 128 "
+            "int4 / 64 int8 and fp8 columns, no perm, aligned, shared memory)",
+            anvil_dtype_name(w->dt), (long long)w->N, (long long)w->K, (long long)w->gs, (long long)c->T,
+            anvil_dtype_name(c->x_dt));
         CHECK(c->bias[i] == NULL || anvil_cuda_is_float_dtype(c->bias_dt[i]), ANVIL_ERR_UNSUPPORTED,
               "gemv (quantized, streaming): bias dtype %s", anvil_dtype_name(c->bias_dt[i]));
     }

@@ -22,8 +22,8 @@ extern "C" {
  * word-aligned, not per channel), int8 of 64, fp8 W8A8 per channel; K a
  * multiple of 128 (int4) / 64; x, w and the scales aligned; the ring and
  * x's rows within the shared memory. */
-int anvil_cuda_gemv_stream_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const int32_t *perm, const void *x,
-                                    anvil_dtype x_dt, int64_t T, size_t smem_optin);
+int anvil_cuda_gemv_stream_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const int32_t *perm,
+                                    const void *x, anvil_dtype x_dt, int64_t T, size_t smem_optin);
 
 /* Where the launch keeps its partial sums and counts. */
 typedef struct anvil_cuda_gemv_stream_ws {
