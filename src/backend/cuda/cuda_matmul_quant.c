@@ -67,8 +67,9 @@
  *     a multiple of 32, int8 of 16), the stored bytes streamed through a
  *     cp.async ring and converted in registers, mma.sync m16n8k16, group
  *     scales on f32 partial sums. matmul_quant = 8 takes it wherever it
- *     takes the weight (every row count: the tests), 9 where path 3 would
- *     run (the proposed default, until an H100 has timed it).
+ *     takes the weight (every row count: the tests; fp8 W8A8 then off path
+ *     2), 9 where path 3 would run (otherwise as 0: the proposed default,
+ *     until an H100 has timed it).
  * perm and fp8 activations are applied to x first (cuda_quant_act.cu): into
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
@@ -119,7 +120,8 @@ static int fp8_gemm_ok(const anvil_cuda_backend *cb, const anvil_tensor *w)
     const anvil_quant *q = w->quant;
     const anvil_dtype dt = cb->ops.act_dtype;
     return w->dtype == ANVIL_DTYPE_F8_E4M3 && q->act != ANVIL_QUANT_ACT_NONE && q->group == 0 && cb->sm >= 89 &&
-           (cb->knobs.matmul_quant == 0 || cb->knobs.matmul_quant == 4 || cb->knobs.matmul_quant == 7) &&
+           (cb->knobs.matmul_quant == 0 || cb->knobs.matmul_quant == 4 || cb->knobs.matmul_quant == 7 ||
+            cb->knobs.matmul_quant == 9) &&
            !cb->knobs.matmul_simt &&
            (dt == ANVIL_DTYPE_BF16 || dt == ANVIL_DTYPE_F16) && w->shape[1] % 16 == 0 && w->shape[0] % 16 == 0 &&
            aligned16(w->data) && aligned16(q->scales);
