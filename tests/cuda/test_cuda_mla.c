@@ -11,6 +11,9 @@
  *    3 and 17 (knob attn_splits); the output poisoned before each run, the
  *    cache rows written checked too;
  *  - a block id outside the cache in a table: the tensor-core form flags it;
+ *  - a whole DeepSeek-V2 network at a size the tensor-core forms take
+ *    (random weights, bf16): its logits on the automatic, absorbed and
+ *    expanded paths against the same runtime's on the reference kernels;
  *  - ANVIL_TEST_QUICK=1 (compute-sanitizer): bf16 only, contexts up to 256;
  *  - the moe op with DeepSeek's router (cuda_moe_route_groups.cu:
  *    group-limited top-k, routed_scaling_factor) and ungated shared
@@ -29,11 +32,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_reference.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_mla.h"
+#include "anvil/runtime.h"
+#include "runtime/runtime_internal.h"
 #include "anvil/dtype.h"
 #include "testutil.h"
 
@@ -379,6 +385,108 @@ static void test_mla_bad_block(void **s)
     anvil_backend_free(gpu);
 }
 
+/* ---------------------------------------------------------------- a whole model */
+
+/* DeepSeek-V2-Lite's layout at a size whose mla ops take the tensor-core
+ * forms (kv_rank 128, nope 32 + rope 16, v 48, 16 heads), all layers dense
+ * (a routing flip on a rounding difference would swamp the comparison) */
+static const char *mla_model_config =
+    "{\"architectures\": [\"DeepseekV2ForCausalLM\"], \"attention_bias\": false, \"bos_token_id\": 1,"
+    " \"dtype\": \"bfloat16\", \"eos_token_id\": 2, \"first_k_dense_replace\": 3, \"head_dim\": 16,"
+    " \"hidden_act\": \"silu\", \"hidden_size\": 64, \"intermediate_size\": 96, \"kv_lora_rank\": 128,"
+    " \"max_position_embeddings\": 256, \"model_type\": \"deepseek_v2\", \"moe_intermediate_size\": 32,"
+    " \"n_group\": 1, \"n_routed_experts\": 8, \"n_shared_experts\": 2, \"norm_topk_prob\": false,"
+    " \"num_attention_heads\": 16, \"num_experts_per_tok\": 2, \"num_hidden_layers\": 3,"
+    " \"num_key_value_heads\": 16, \"q_lora_rank\": null, \"qk_head_dim\": 48, \"qk_nope_head_dim\": 32,"
+    " \"qk_rope_head_dim\": 16, \"rms_norm_eps\": 1e-06, \"rope_parameters\": {\"beta_fast\": 32.0, \"beta_slow\": 1.0,"
+    " \"factor\": 4.0, \"mscale\": 0.707, \"mscale_all_dim\": 0.707, \"original_max_position_embeddings\": 64,"
+    " \"rope_theta\": 10000.0, \"rope_type\": \"yarn\"}, \"routed_scaling_factor\": 1.0,"
+    " \"tie_word_embeddings\": false, \"topk_group\": 1, \"topk_method\": \"greedy\", \"v_head_dim\": 48,"
+    " \"vocab_size\": 512}";
+
+#define MODEL_PROMPT 70
+
+/* The prompt's logits (every row) and two decode steps' after it, on the
+ * runtime's backend with knob mla_kernel = kernel */
+static void mla_model_run(anvil_runtime *rt, const int32_t *blocks, int kernel, float *logits)
+{
+    set_mla_knobs(rt->be, kernel, 0);
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
+    int32_t ids[MODEL_PROMPT], pos[MODEL_PROMPT], rows[MODEL_PROMPT], starts[2] = {0, MODEL_PROMPT};
+    for (int32_t i = 0; i < MODEL_PROMPT; i++) {
+        ids[i] = (int32_t)((3 + 37 * i) % vocab);
+        pos[i] = i;
+        rows[i] = i;
+    }
+    anvil_batch b = {.n_tokens = MODEL_PROMPT, .token_ids = ids, .positions = pos, .n_seqs = 1, .seq_starts = starts,
+                     .block_tables = blocks, .max_blocks_per_seq = 6, .n_logits = MODEL_PROMPT, .logit_rows = rows};
+    if (anvil_runtime_forward(rt, &b, logits) != ANVIL_OK)
+        fail_msg("prompt (mla_kernel %d): %s", kernel, anvil_last_error());
+    for (int32_t k = 0; k < 2; k++) {
+        int32_t id = (int32_t)((11 + 5 * k) % vocab), p = MODEL_PROMPT + k, row = 0, st1[2] = {0, 1};
+        anvil_batch d = {.n_tokens = 1, .token_ids = &id, .positions = &p, .n_seqs = 1, .seq_starts = st1,
+                         .block_tables = blocks, .max_blocks_per_seq = 6, .n_logits = 1, .logit_rows = &row};
+        if (anvil_runtime_forward(rt, &d, logits + (size_t)(MODEL_PROMPT + k) * (size_t)vocab) != ANVIL_OK)
+            fail_msg("decode step %d (mla_kernel %d): %s", k, kernel, anvil_last_error());
+    }
+}
+
+/* The whole network with random weights on CUDA (bf16): the logits of a
+ * 70-row prompt (the expanded form) and two decode steps (the absorbed
+ * form) against the same runtime's with the reference kernels (knob 1):
+ * only the mla op differs, so within 5e-2 x max|logit| (the tensor-core
+ * forms round q_abs, P and the expanded K to bf16) */
+static void test_mla_model(void **s)
+{
+    (void)s;
+    if (anvil_cuda_device_count() == 0)
+        skip();
+    char dir[] = "/tmp/anvil-mla-model-XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(mla_model_config, f);
+    fclose(f);
+    anvil_runtime_options ro;
+    anvil_runtime_options_default(&ro);
+    ro.device = "cuda";
+    ro.max_seq_len = 96;
+    ro.kv_cache_tokens = 96;
+    ro.kv_block_size = 16;
+    ro.max_num_tokens = 80;
+    ro.max_batch_size = 2;
+    ro.max_logit_rows = 80;
+    ro.weight_dtype = ANVIL_DTYPE_BF16;
+    ro.random_weights = 1;
+    anvil_runtime *rt = NULL;
+    if (anvil_runtime_load(path, &ro, &rt) != ANVIL_OK)
+        fail_msg("load %s: %s", path, anvil_last_error());
+    int32_t blocks[6];
+    assert_int_equal(anvil_runtime_kv_alloc(rt, 6, blocks), ANVIL_OK);
+    const int64_t vocab = anvil_runtime_config(rt)->vocab_size, n = (int64_t)(MODEL_PROMPT + 2) * vocab;
+    float *want = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+    assert_true(want && got);
+    mla_model_run(rt, blocks, 1, want);
+    const int kernels[] = {0, 2, 3};
+    const char *names[] = {"automatic (prompt expanded, decode absorbed)", "absorbed", "expanded"};
+    int fails = 0;
+    for (int k = 0; k < 3; k++) {
+        mla_model_run(rt, blocks, kernels[k], got);
+        const double e = rel_err(got, want, n);
+        printf("  %s mla model (random weights, bf16, 16 heads, rank 128) %s vs the reference kernels: %.3g x max "
+               "(tol 5e-2)\n", e <= 5e-2 ? "PASS" : "FAIL", names[k], e);
+        fails += !(e <= 5e-2);
+    }
+    set_mla_knobs(rt->be, 0, 0);
+    anvil_runtime_free(rt);
+    free(want), free(got);
+    remove(path);
+    rmdir(dir);
+    if (fails)
+        fail_msg("mla model: %d path(s) out of tolerance", fails);
+}
+
 /* ---------------------------------------------------------------- moe */
 
 /* DeepSeek's router on the GPU against the CPU reference, f32 */
@@ -578,6 +686,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mla),
         cmocka_unit_test(test_mla_bad_block),
+        cmocka_unit_test(test_mla_model),
         cmocka_unit_test(test_moe_groups),
         cmocka_unit_test(test_mla_perf),
     };
