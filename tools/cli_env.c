@@ -42,6 +42,8 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->host_sampling = 1;
     if (is("ANVIL_NORM_GEMV", "1"))
         o->norm_gemv = 1;
+    if (is("ANVIL_CUDA_FP8_UNSHARED", "1"))
+        o->cuda_fp8_unshared = 1;
     if (is("ANVIL_CUDA_COMBINE_IN_KERNEL", "1"))
         o->attn_combine_in_kernel = 1;
     const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");

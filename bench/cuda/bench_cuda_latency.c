@@ -70,7 +70,10 @@
  * RMSNorm in the GEMVs' prologue: runtime option norm_gemv),
  * combine-in-kernel (the split-K decode attention's combine inside the
  * decode kernel: runtime option attn_combine_in_kernel). E.g. --fusion
- * on,norm-gemv+combine-in-kernel.
+ * on,norm-gemv+combine-in-kernel. ANVIL_CUDA_FP8_UNSHARED=1 in the
+ * environment: fp8 engines' prefill with each matmul quantizing its own
+ * input (runtime option cuda_fp8_unshared: the A/B of the norm's shared
+ * codes, docs/cli.md).
  */
 #include <cuda_runtime_api.h>
 #include <getopt.h>
@@ -739,6 +742,9 @@ int main(int argc, char **argv)
             /* the quantized matmuls' kernel choice, as the anvil command reads it (docs/cli.md) */
             const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
             o.cuda_matmul_quant = mq != NULL ? atoi(mq) : 0;
+            /* ANVIL_CUDA_FP8_UNSHARED=1: fp8 prefill without the norm's shared codes (A/B, docs/cli.md) */
+            const char *fu = getenv("ANVIL_CUDA_FP8_UNSHARED");
+            o.cuda_fp8_unshared = fu != NULL && strcmp(fu, "1") == 0;
             if (random) { /* the engines' values (ensure_model's seed), made as they load */
                 o.random_weights = 1;
                 o.seed = 0x5eed;

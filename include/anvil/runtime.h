@@ -93,6 +93,9 @@ typedef struct anvil_runtime_options {
     int cuda_matmul_quant;      /* CUDA: quantized matmuls' kernel choice, the backend knob of that name
                                    (cuda_backend.h; e.g. 7: the streaming GEMV wherever it applies);
                                    0: automatic */
+    int cuda_fp8_unshared;      /* CUDA: 1: each fp8 W8A8 matmul on the FP8 GEMM quantizes its input itself,
+                                   none shares the norm's codes (session 27's path, the same bits: the knob
+                                   fp8_act_share = 2), for A/B timings; 0 (default): shared */
     /* Called during the load as weights arrive (bytes prepared of the
      * weights' bytes in all), every few milliseconds and once at the end
      * with every byte, from the thread that called anvil_runtime_load (the

@@ -20,7 +20,8 @@
  *     compute): fused against separate ops (fusion_compare: a 33-token
  *     prefill, which takes the FP8 GEMM, then 8 decode steps; every logit
  *     and greedy token), and with the fused plan, the share on against off
- *     (every logit of the golden prompts), the norm having made codes.
+ *     (the runtime option cuda_fp8_unshared; every logit of the golden
+ *     prompts), the norm having made codes, none made with it off.
  *
  * --perf: a 2048-token prefill's groups at Llama-3-8B's shapes (bf16):
  * q/k/v and gate/up + silu with their add + rmsnorm, shared and not, next
@@ -444,7 +445,7 @@ static void build_fp8(const char *engine, anvil_dtype wdt)
         fail_msg("build %s: %s", engine, anvil_last_error());
 }
 
-static anvil_runtime *load(const char *engine)
+static anvil_runtime *load(const char *engine, int unshared)
 {
     anvil_runtime_options o;
     anvil_runtime_options_default(&o);
@@ -454,6 +455,7 @@ static anvil_runtime *load(const char *engine)
     o.max_batch_size = 4;
     o.kv_block_size = 16;
     o.kv_cache_tokens = 1024;
+    o.cuda_fp8_unshared = unshared;
     anvil_runtime *rt = NULL;
     if (anvil_runtime_load(engine, &o, &rt) != ANVIL_OK)
         fail_msg("load %s: %s", engine, anvil_last_error());
@@ -504,10 +506,8 @@ static void test_model(void **s)
                       d ? "f16 " : "bf16", fd.max_abs, fd.max_logit, fd.greedy_differ, fd.rows);
         assert_true(fd.max_abs == 0.0);
         assert_int_equal(fd.greedy_differ, 0);
-        /* the fused plan with the share on and off */
-        anvil_runtime *on = load(engine), *off = load(engine);
-        set_share(on->be, 1);
-        set_share(off->be, 0);
+        /* the fused plan with the share on and off (the runtime option cuda_fp8_unshared) */
+        anvil_runtime *on = load(engine, 0), *off = load(engine, 1);
         const int64_t vocab = anvil_runtime_config(on)->vocab_size;
         const counts c0 = counts_of(on->be), c0off = counts_of(off->be);
         for (int i = 0; i < gold.n_cases; i++) {
