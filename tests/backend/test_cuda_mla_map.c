@@ -6,6 +6,8 @@
  *    the span), splits are whole 64-key tiles, at most MLA_MAX_SPLITS;
  *  - the tile copy: every 16-byte piece of every row of a tile copied
  *    exactly once by the block's 128 threads;
+ *  - the score tile's padding: a warp's writes and reads of it meet at most
+ *    2-way bank conflicts;
  *  - the attention kernel itself, warp by warp and lane by lane: the
  *    shared-memory tiles filled through the copy map and a scattered block
  *    table, the ldmatrix row addresses of Q, K and V (ldmatrix emulated
@@ -114,6 +116,52 @@ static void test_copy_map(void **s)
     printf("  PASS copy map: every piece of a tile once, widths 144..768\n");
 }
 
+/* The score tile's accesses by a warp (the absorbed kernel's writes of its
+ * 16 keys, its reads of P's A fragments): at most 2 distinct words a bank */
+static int worst_bank_conflict(const int addr[32])
+{
+    int worst = 0;
+    for (int b = 0; b < 32; b++) {
+        int words[32], n = 0;
+        for (int l = 0; l < 32; l++) {
+            if (addr[l] % 32 != b)
+                continue;
+            int seen = 0;
+            for (int i = 0; i < n; i++)
+                seen |= words[i] == addr[l];
+            if (!seen)
+                words[n++] = addr[l];
+        }
+        worst = n > worst ? n : worst;
+    }
+    return worst;
+}
+
+static void test_score_banks(void **s)
+{
+    (void)s;
+    int worst = 0, addr[32];
+    for (int warp = 0; warp < MLA_WARPS; warp++)
+        for (int nt = 0; nt < 2; nt++)
+            for (int e = 0; e < 4; e++) {
+                for (int l = 0; l < 32; l++)
+                    addr[l] = mla_acc_row(l, e) * MLA_SS + warp * 16 + nt * 8 + mla_acc_col(l, e);
+                const int w = worst_bank_conflict(addr);
+                worst = w > worst ? w : worst;
+            }
+    for (int kc = 0; kc < 4; kc++)
+        for (int r = 0; r < 4; r++)
+            for (int h = 0; h < 2; h++) {
+                for (int l = 0; l < 32; l++)
+                    addr[l] = mla_a_row(l, r) * MLA_SS + kc * 16 + mla_a_k(l, r, h);
+                const int w = worst_bank_conflict(addr);
+                worst = w > worst ? w : worst;
+            }
+    printf("  %s score tile: at most %d-way bank conflicts (row stride %d floats)\n", worst <= 2 ? "PASS" : "FAIL",
+           worst, MLA_SS);
+    assert_true(worst <= 2);
+}
+
 /* ---------------------------------------------------------------- warp emulation */
 
 /* PTX ISA, mma.m16n8k16 .bf16/.f16 fragments (g = lane / 4, t = lane % 4):
@@ -179,7 +227,7 @@ static void emulate_block(const ecase *c, const float *qabs, const float *cache,
 {
     const int32_t R = c->R, w = R + c->dr, ks = w + 8, KC = w / 16, P = w / 8, DW = R / MLA_WARPS, NTW = DW / 8;
     float *qsm = calloc((size_t)MLA_ROWS * ks, sizeof(float)), *tile = calloc((size_t)MLA_BN * ks, sizeof(float));
-    float ssm[MLA_ROWS * MLA_BN];
+    float ssm[MLA_ROWS * MLA_SS];
     lane_state *ls = calloc(MLA_WARPS * 32, sizeof *ls);
     assert_true(qsm && tile && ls);
     for (int i = 0; i < MLA_WARPS * 32; i++)
@@ -230,7 +278,7 @@ static void emulate_block(const ecase *c, const float *qabs, const float *cache,
                 for (int l = 0; l < 32; l++)
                     for (int e = 0; e < 4; e++) {
                         const int col = warp * 16 + nt * 8 + mla_acc_col(l, e);
-                        ssm[mla_acc_row(l, e) * MLA_BN + col] = kt + col < kend ? sc[nt][l][e] * sl2 : -INFINITY;
+                        ssm[mla_acc_row(l, e) * MLA_SS + col] = kt + col < kend ? sc[nt][l][e] * sl2 : -INFINITY;
                     }
         }
         /* every warp: softmax over the whole tile, then P V on its dims */
@@ -242,7 +290,7 @@ static void emulate_block(const ecase *c, const float *qabs, const float *cache,
                 for (int kc = 0; kc < 4; kc++)
                     for (int r = 0; r < 4; r++)
                         for (int h = 0; h < 2; h++) {
-                            const float x = ssm[mla_a_row(l, r) * MLA_BN + kc * 16 + mla_a_k(l, r, h)];
+                            const float x = ssm[mla_a_row(l, r) * MLA_SS + kc * 16 + mla_a_k(l, r, h)];
                             pf[kc][l][r][h] = x;
                             if (r & 1)
                                 mt1[l] = fmaxf(mt1[l], x);
@@ -612,6 +660,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_splits),
         cmocka_unit_test(test_copy_map),
+        cmocka_unit_test(test_score_banks),
         cmocka_unit_test(test_kernel_emulation),
         cmocka_unit_test(test_xp_emulation),
     };

@@ -37,6 +37,9 @@
 #define MLA_WARPS      4
 #define MLA_THREADS    (MLA_WARPS * 32)
 #define MLA_MAX_SPLITS 64  /* the output kernel keeps a factor per split in shared memory */
+/* The score tile's row stride in floats: a warp's accesses (8 rows x 4
+ * column pairs) fall into 2-way bank conflicts instead of 8-way with 64 */
+#define MLA_SS         (MLA_BN + 8)
 
 /* ---------------------------------------------------------------- splits */
 

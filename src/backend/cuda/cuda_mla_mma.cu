@@ -120,13 +120,13 @@ __global__ void __launch_bounds__(QA_COLS * QA_GROUPS) anvil_mla_qabs_kernel(anv
 
 /* ---------------------------------------------------------------- 2. attention */
 
-/* Q [16][ks], the score tile [16][MLA_BN] f32, two stages of [MLA_BN][ks]
+/* Q [16][ks], the score tile [16][MLA_SS] f32, two stages of [MLA_BN][ks]
  * (ks = width + 8: rows 16 bytes apart in the banks, so the 8 row
  * addresses of an ldmatrix hit distinct banks) */
 static size_t mla_mma_smem(int w)
 {
     const size_t ks = (size_t)w + 8;
-    return MLA_ROWS * ks * 2 + (size_t)MLA_ROWS * MLA_BN * 4 + 2 * (size_t)MLA_BN * ks * 2;
+    return MLA_ROWS * ks * 2 + (size_t)MLA_ROWS * MLA_SS * 4 + 2 * (size_t)MLA_BN * ks * 2;
 }
 
 template <typename T, int RM>
@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
     const int w = RM + m.rope, ks = w + 8, KC = w / 16, P = w / 8;
     uint16_t *const qsm = reinterpret_cast<uint16_t *>(mla_smem4);
     float *const ssm = reinterpret_cast<float *>(qsm + MLA_ROWS * ks);
-    uint16_t *const tiles = reinterpret_cast<uint16_t *>(ssm + MLA_ROWS * MLA_BN);
+    uint16_t *const tiles = reinterpret_cast<uint16_t *>(ssm + MLA_ROWS * MLA_SS);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
     const int t = blockIdx.x, hc = blockIdx.y, sp = blockIdx.z;
@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int col = warp * 16 + nt * 8 + mla_acc_col(lane, e);
-                ssm[mla_acc_row(lane, e) * MLA_BN + col] = kt + col < kend ? sc[nt][e] * sl2 : -INFINITY;
+                ssm[mla_acc_row(lane, e) * MLA_SS + col] = kt + col < kend ? sc[nt][e] * sl2 : -INFINITY;
             }
         __syncthreads(); /* the whole score tile */
 
@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(MLA_THREADS, 1)
             for (int r = 0; r < 4; r++)
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    const float x = ssm[mla_a_row(lane, r) * MLA_BN + kc * 16 + mla_a_k(lane, r, hf)];
+                    const float x = ssm[mla_a_row(lane, r) * MLA_SS + kc * 16 + mla_a_k(lane, r, hf)];
                     sv[kc][r][hf] = x;
                     if (r & 1)
                         mt1 = fmaxf(mt1, x);
