@@ -9,9 +9,13 @@
 # Logs go to $OUT when it is set (the device tool brings them back).
 #   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
 #                           kv_fp8|test_cuda_<name>|perf_gemm_quant|memcheck_gemm_quant|racecheck_gemm_quant|
-#                           perf_mla|memcheck_mla|racecheck_mla ...]
+#                           perf_mla|memcheck_mla|racecheck_mla|perf_stream|memcheck_stream|racecheck_stream|
+#                           perf_moe_quant|bench_stream ...]
 #   (*_gemm_quant: the quantized GEMM's --perf table, and its test under compute-sanitizer, quick mode)
 #   (*_mla: the same for test_cuda_mla, DeepSeek-V2's attention)
+#   (*_stream: the streaming quantized GEMV (matmul_quant = 7): its --perf rows beside the mma16 GEMV's,
+#    test_cuda_stream_quant under compute-sanitizer; perf_moe_quant: one Mixtral layer's experts;
+#    bench_stream: bench_cuda_latency with ANVIL_CUDA_MATMUL_QUANT=7 and BENCH_ARGS)
 #   (kv_fp8: the fp8 KV cache's op and golden tests alone)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
@@ -55,6 +59,18 @@ for s in "${steps[@]}"; do
     racecheck_gemm_quant) ANVIL_TEST_QUICK=1 timeout 400 "$sanitizer" --tool racecheck --racecheck-report all \
                             --error-exitcode 9 $bin/test_cuda_gemm_quant >"$out/racecheck_gemm_quant.log" 2>&1 ;;
     perf_mla) timeout 300 $bin/test_cuda_mla --perf >"$out/perf_mla.log" 2>&1 ;;
+    perf_stream) { ANVIL_PERF_FILTER=stream timeout 200 $bin/test_cuda_ops --perf &&
+                   ANVIL_PERF_FILTER=mma16 timeout 200 $bin/test_cuda_ops --perf; } >"$out/perf_stream.log" 2>&1 ;;
+    memcheck_stream) ANVIL_TEST_QUICK=1 timeout 400 "$sanitizer" --tool memcheck --error-exitcode 9 \
+                       $bin/test_cuda_stream_quant >"$out/memcheck_stream.log" 2>&1 ;;
+    racecheck_stream) ANVIL_TEST_QUICK=1 timeout 500 "$sanitizer" --tool racecheck --racecheck-report all \
+                        --error-exitcode 9 $bin/test_cuda_stream_quant >"$out/racecheck_stream.log" 2>&1 ;;
+    perf_moe_quant) timeout 300 $bin/test_cuda_moe_quant --perf >"$out/perf_moe_quant.log" 2>&1 ;;
+    bench_stream)
+      ws=/dev/shm/anvil-bench
+      [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
+      ANVIL_CUDA_MATMUL_QUANT=7 timeout 500 $bin/bench_cuda_latency --workdir $ws --json "$out/bench_stream.json" \
+        ${BENCH_ARGS:-} >"$out/bench_stream.log" 2>&1 ;;
     memcheck_mla) ANVIL_TEST_QUICK=1 timeout 400 "$sanitizer" --tool memcheck --error-exitcode 9 \
                     $bin/test_cuda_mla >"$out/memcheck_mla.log" 2>&1 ;;
     racecheck_mla) ANVIL_TEST_QUICK=1 timeout 500 "$sanitizer" --tool racecheck --racecheck-report all \
@@ -74,6 +90,9 @@ done
 [ -f "$out/perf.log" ] && cat "$out/perf.log"
 [ -f "$out/perf_gemm_quant.log" ] && cat "$out/perf_gemm_quant.log"
 [ -f "$out/perf_mla.log" ] && cat "$out/perf_mla.log"
+[ -f "$out/perf_stream.log" ] && cat "$out/perf_stream.log"
+[ -f "$out/perf_moe_quant.log" ] && cat "$out/perf_moe_quant.log"
+[ -f "$out/bench_stream.log" ] && cat "$out/bench_stream.log"
 [ -f "$out/bench.log" ] && cat "$out/bench.log"
 [ -f "$out/load.log" ] && cat "$out/load.log"
 exit $status
