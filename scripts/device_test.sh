@@ -10,13 +10,17 @@
 #   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
 #                           kv_fp8|test_cuda_<name>|perf_gemm_quant|memcheck_gemm_quant|racecheck_gemm_quant|
 #                           perf_mla|memcheck_mla|racecheck_mla|perf_stream|memcheck_stream|racecheck_stream|
-#                           perf_moe_quant|bench_stream ...]
+#                           perf_moe_quant|bench_stream|perf_fp8_norm|bench_fp8_norm ...]
 #   (*_gemm_quant: the quantized GEMM's --perf table, and its test under compute-sanitizer, quick mode)
 #   (*_mla: the same for test_cuda_mla, DeepSeek-V2's attention)
 #   (*_stream: the streaming quantized GEMV (matmul_quant = 7): its --perf rows beside the mma16 GEMV's,
 #    test_cuda_stream_quant under compute-sanitizer; perf_moe_quant: one Mixtral layer's experts;
 #    bench_stream: bench_cuda_latency with ANVIL_CUDA_MATMUL_QUANT=7 and BENCH_ARGS)
 #   (kv_fp8: the fp8 KV cache's op and golden tests alone)
+#   (perf_fp8_norm: test_cuda_fp8_norm --perf, a 2048-token fp8 prefill's q/k/v and gate/up groups with the
+#    norm's shared codes and without, beside cuBLASLt's FP8 GEMMs alone; bench_fp8_norm: bench_cuda_latency
+#    on the fp8 8B engine at 1:2048:1 (its FP8 GEMM rate and the prefill's fraction of it), shared then
+#    ANVIL_CUDA_FP8_UNSHARED=1)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +70,13 @@ for s in "${steps[@]}"; do
     racecheck_stream) ANVIL_TEST_QUICK=1 timeout 500 "$sanitizer" --tool racecheck --racecheck-report all \
                         --error-exitcode 9 $bin/test_cuda_stream_quant >"$out/racecheck_stream.log" 2>&1 ;;
     perf_moe_quant) timeout 300 $bin/test_cuda_moe_quant --perf >"$out/perf_moe_quant.log" 2>&1 ;;
+    perf_fp8_norm) timeout 200 $bin/test_cuda_fp8_norm --perf >"$out/perf_fp8_norm.log" 2>&1 ;;
+    bench_fp8_norm)
+      ws=/dev/shm/anvil-bench
+      [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
+      { timeout 500 $bin/bench_cuda_latency --workdir $ws --models llama-8b --quantize fp8 --cases 1:2048:1 &&
+        ANVIL_CUDA_FP8_UNSHARED=1 timeout 300 $bin/bench_cuda_latency --workdir $ws --models llama-8b \
+          --quantize fp8 --cases 1:2048:1; } >"$out/bench_fp8_norm.log" 2>&1 ;;
     bench_stream)
       ws=/dev/shm/anvil-bench
       [ "$(df --output=avail -k /dev/shm 2>/dev/null | tail -1)" -gt 40000000 ] 2>/dev/null || ws=/tmp/anvil-bench
@@ -92,6 +103,8 @@ done
 [ -f "$out/perf_mla.log" ] && cat "$out/perf_mla.log"
 [ -f "$out/perf_stream.log" ] && cat "$out/perf_stream.log"
 [ -f "$out/perf_moe_quant.log" ] && cat "$out/perf_moe_quant.log"
+[ -f "$out/perf_fp8_norm.log" ] && cat "$out/perf_fp8_norm.log"
+[ -f "$out/bench_fp8_norm.log" ] && cat "$out/bench_fp8_norm.log"
 [ -f "$out/bench_stream.log" ] && cat "$out/bench_stream.log"
 [ -f "$out/bench.log" ] && cat "$out/bench.log"
 [ -f "$out/load.log" ] && cat "$out/load.log"
