@@ -506,7 +506,10 @@ extern "C" int64_t anvil_cuda_gemv_stream_counters(const anvil_cuda_gemv_mma_cal
     return cnt;
 }
 
-/* raises the kernel's dynamic shared memory limit once per device */
+/* raises the kernel's dynamic shared memory limit once per device, and asks
+ * for the largest shared-memory carveout: the grid is sized for
+ * gsq_blocks_sm blocks an SM (two of ~87 KB at one row), which a carveout
+ * the driver picked for one block would halve into a second wave */
 template <typename X, int S, bool FOLD, bool ZP, bool SILU> static anvil_status gsq_set_smem(int optin)
 {
     static int done[16];
@@ -517,6 +520,10 @@ template <typename X, int S, bool FOLD, bool ZP, bool SILU> static anvil_status 
     TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_gemv_stream_quant_kernel<X, S, FOLD, ZP, SILU>,
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
                           "gemv (quantized, streaming): shared memory limit", __FILE__, __LINE__));
+    TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_gemv_stream_quant_kernel<X, S, FOLD, ZP, SILU>,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                                               cudaSharedmemCarveoutMaxShared),
+                          "gemv (quantized, streaming): shared memory carveout", __FILE__, __LINE__));
     if (dev >= 0 && dev < 16)
         __atomic_store_n(&done[dev], 1, __ATOMIC_RELEASE);
     return ANVIL_OK;
@@ -526,8 +533,7 @@ template <typename X, int S, bool FOLD, bool ZP, bool SILU>
 static anvil_status gsq_launch(const anvil_cuda_gemv_mma_call *c, const gsq_args &a, int blocks, size_t smem,
                                int optin)
 {
-    if (smem > 48 * 1024)
-        TRY((gsq_set_smem<X, S, FOLD, ZP, SILU>(optin)));
+    TRY((gsq_set_smem<X, S, FOLD, ZP, SILU>(optin)));
     anvil_launch(anvil_gemv_stream_quant_kernel<X, S, FOLD, ZP, SILU>, dim3((unsigned)blocks), GSQ_THREADS,
                  smem, c->stream, c->pdl, a);
     return ANVIL_CUDA_LAUNCHED("gemv (quantized, streaming) kernel");

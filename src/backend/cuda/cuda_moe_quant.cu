@@ -480,7 +480,7 @@ extern "C" void anvil_cuda_moe_stream_ws(int silu, int64_t n_tok, int32_t k, int
 template <typename XT, bool SILU> static anvil_status mqs_launch(cudaStream_t stream, const mqs_args &a, int blocks,
                                                                   size_t smem)
 {
-    if (smem > 48 * 1024) {
+    { /* the smem limit and the largest carveout, once per device (as the dense form's gsq_set_smem) */
         static int done[16];
         int dev = 0;
         TRY(anvil_cuda_status(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__));
@@ -491,6 +491,10 @@ template <typename XT, bool SILU> static anvil_status mqs_launch(cudaStream_t st
             TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_moe_stream_quant_kernel<XT, SILU>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
                                   "moe streaming gemv: shared memory limit", __FILE__, __LINE__));
+            TRY(anvil_cuda_status(cudaFuncSetAttribute(anvil_moe_stream_quant_kernel<XT, SILU>,
+                                                       cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                       cudaSharedmemCarveoutMaxShared),
+                                  "moe streaming gemv: shared memory carveout", __FILE__, __LINE__));
             if (dev >= 0 && dev < 16)
                 __atomic_store_n(&done[dev], 1, __ATOMIC_RELEASE);
         }
