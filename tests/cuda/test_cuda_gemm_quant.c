@@ -13,7 +13,8 @@
  * launcher's own choice, with every tile (16, 64, 128 tokens) and a forced
  * K split, and through the matmul op under matmul_quant = 8 (every row
  * count) and 9 (where the dequantizing path would run), which must give
- * the launcher's bits.
+ * the launcher's bits; the fused q/k/v and gate/up (silu) ops under both
+ * knobs, which must give the separate ops' bits.
  *
  * Tolerance, per element, from the kernel's rounding (cuda_gemm_quant.cu):
  *   |got - want| <= u_out |want| + (2^-16 + (segments + splits + 1) 2^-24) mag
@@ -487,6 +488,100 @@ static void test_gemm_quant_refusals(void **state)
     free_weight(&h);
 }
 
+/* The fused ops under matmul_quant 8 and 9 (64 rows: past the int4 GEMV's
+ * 32): q/k/v (matmul_multi) and gate/up with the silu (matmul_silu_mul)
+ * run as separate matmuls on the GEMM, so they give the separate ops'
+ * bits. */
+static void test_gemm_quant_fused(void **state)
+{
+    fixture *f = *state;
+    if (!have_gpu())
+        skip();
+    const int64_t M = 64, K = 512;
+    const gcase parts[5] = {
+        {"q", ANVIL_DTYPE_U4, 256, K, 64, 1, 1},   {"k", ANVIL_DTYPE_U4, 128, K, 64, 1, 0},
+        {"v", ANVIL_DTYPE_U4, 128, K, 64, 1, 0},   {"gate", ANVIL_DTYPE_U4, 320, K, 128, 1, 0},
+        {"up", ANVIL_DTYPE_U4, 320, K, 128, 1, 0},
+    };
+    for (int ai = 0; ai < N_ACT; ai++) {
+        anvil_backend *be = f->gpu[ai];
+        const anvil_dtype dt = act_dtypes[ai];
+        hweight h[5];
+        dweight d[5];
+        void *o1[5], *o2[5];
+        for (int i = 0; i < 5; i++) {
+            make_weight(&f->rng, &parts[i], &h[i]);
+            upload_weight(be, &parts[i], &h[i], &d[i]);
+            OK_OR_FAIL(be->ops->alloc(be, (size_t)(M * parts[i].N) * 2, &o1[i]), "alloc");
+            OK_OR_FAIL(be->ops->alloc(be, (size_t)(M * parts[i].N) * 2, &o2[i]), "alloc");
+        }
+        void *silu1 = NULL, *silu2 = NULL;
+        OK_OR_FAIL(be->ops->alloc(be, (size_t)(M * 320) * 2, &silu1), "alloc");
+        OK_OR_FAIL(be->ops->alloc(be, (size_t)(M * 320) * 2, &silu2), "alloc");
+        float *x = rand_x(&f->rng, M, K, dt);
+        void *dx = dev_put_floats(be, x, M * K, dt);
+        const anvil_tensor xt = anvil_tensor_2d(dt, M, K, dx);
+        anvil_tensor t1[5], t2[5];
+        for (int i = 0; i < 5; i++) {
+            t1[i] = anvil_tensor_2d(dt, M, parts[i].N, o1[i]);
+            t2[i] = anvil_tensor_2d(dt, M, parts[i].N, o2[i]);
+        }
+        anvil_tensor s1 = anvil_tensor_2d(dt, M, 320, silu1), s2 = anvil_tensor_2d(dt, M, 320, silu2);
+        for (int knob = 8; knob <= 9; knob++) {
+            set_quant_knob(be, knob);
+            const anvil_tensor *w3[3] = {&d[0].t, &d[1].t, &d[2].t};
+            const anvil_tensor *b3[3] = {&d[0].bt, NULL, NULL};
+            anvil_tensor *out3[3] = {&t1[0], &t1[1], &t1[2]};
+            OK_OR_FAIL(be->ops->matmul_multi(be, &xt, 3, w3, b3, out3), "matmul_multi");
+            for (int i = 0; i < 3; i++)
+                OK_OR_FAIL(be->ops->matmul(be, &xt, &d[i].t, i == 0 ? &d[0].bt : NULL, &t2[i]), "matmul");
+            OK_OR_FAIL(be->ops->matmul_silu_mul(be, &xt, &d[3].t, NULL, &d[4].t, NULL, &t1[3], &t1[4], &s1),
+                       "matmul_silu_mul");
+            OK_OR_FAIL(be->ops->matmul(be, &xt, &d[3].t, NULL, &t2[3]), "matmul gate");
+            OK_OR_FAIL(be->ops->matmul(be, &xt, &d[4].t, NULL, &t2[4]), "matmul up");
+            OK_OR_FAIL(be->ops->silu_mul(be, &t2[3], &t2[4], &s2), "silu_mul");
+            OK_OR_FAIL(be->ops->synchronize(be), "synchronize");
+            for (int i = 0; i < 4; i++) {
+                const void *a = i < 3 ? o1[i] : silu1, *b = i < 3 ? o2[i] : silu2;
+                const int64_t n = M * (i < 3 ? parts[i].N : 320);
+                float *fa = dev_get_floats(be, a, n, dt), *fb = dev_get_floats(be, b, n, dt);
+                if (memcmp(fa, fb, (size_t)n * sizeof(float)) != 0)
+                    fail_msg("%s, matmul_quant = %d: the fused op is not the separate ops' bits (%s)",
+                             anvil_dtype_name(dt), knob, i < 3 ? parts[i].name : "gate/up silu");
+                free(fa);
+                free(fb);
+            }
+            /* and q (the GEMM, with its bias) against the definition */
+            double *want = malloc((size_t)(M * parts[0].N) * sizeof(double));
+            double *mag = malloc((size_t)(M * parts[0].N) * sizeof(double));
+            assert_true(want && mag);
+            reference(&parts[0], &h[0], x, M, want, mag);
+            float *q = dev_get_floats(be, o1[0], M * parts[0].N, dt);
+            anvil_cuda_gemm_quant_call call = call_of(be, &(anvil_cuda_qweight){.w = d[0].codes, .dt = parts[0].dt,
+                                                                               .scales = d[0].scales,
+                                                                               .zeros = d[0].zeros, .gs = 64,
+                                                                               .N = parts[0].N, .K = K},
+                                                      dx, dt, M, &d[0], o1[0], dt);
+            expect_gemm("q of matmul_multi", &parts[0], &h[0], M, want, mag, q, dt,
+                        anvil_cuda_gemm_quant_splits(&call));
+            free(q);
+            free(want);
+            free(mag);
+        }
+        set_quant_knob(be, 0);
+        be->ops->free(be, dx);
+        be->ops->free(be, silu1);
+        be->ops->free(be, silu2);
+        free(x);
+        for (int i = 0; i < 5; i++) {
+            be->ops->free(be, o1[i]);
+            be->ops->free(be, o2[i]);
+            free_dweight(be, &d[i]);
+            free_weight(&h[i]);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- --perf */
 
 typedef struct perf_case {
@@ -605,6 +700,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_quant),
         cmocka_unit_test(test_gemm_quant_refusals),
+        cmocka_unit_test(test_gemm_quant_fused),
     };
     return anvil_test_group_result(cmocka_run_group_tests(tests, setup, teardown), sizeof tests / sizeof tests[0]);
 }
