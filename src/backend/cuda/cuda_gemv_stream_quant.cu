@@ -1,8 +1,8 @@
 /*
  * The streaming quantized GEMV for the few rows of a decode step (T =
  * 1..8; issue 15): the 16-bit tensor-core GEMV's arithmetic
- * (cuda_gemv_mma16_quant.cu, whose step this file's gsq_step follows line
- * for line, through the same bit tricks of cuda_gemv_mma16_map.h) with
+ * (cuda_gemv_mma16_quant.cu; its step, gw_step of cuda_gemv_mma16_step.cuh,
+ * is called here as it is there, on the same bytes) with
  * another way of moving the bytes, because that kernel was latency-bound
  * (session 27, ncu: 20-24% of warps active, long-scoreboard stalls, a
  * block's life one tile, so blocks ramp up and drain one by one and grids
@@ -174,7 +174,7 @@ __device__ __forceinline__ void gsq_compute(const gsq_args &a, const gsq_cur &c,
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     if (c.st + w >= c.s1)
         return;
-    gsq_buf b;
+    gw_buf b;
     b.w[0] = *reinterpret_cast<const uint4 *>(slot + gsq_w_off(w, g, t));
     b.w[1] = *reinterpret_cast<const uint4 *>(slot + gsq_w_off(w, g + 8, t));
     b.s[0] = b.s[1] = 1.0f;
@@ -199,7 +199,7 @@ __device__ __forceinline__ void gsq_compute(const gsq_args &a, const gsq_cur &c,
     const void *xg = nullptr;
     if (g < a.T)
         xg = xs + (size_t)g * (a.K + GSQ_XPAD) + (c.st + w) * gmw_step_elems(S) + gmw_piece_elems(S) * t;
-    gsq_step<X, S, FOLD>(b, xg, acc);
+    gw_step<X, S, FOLD>(b, xg, acc);
 }
 
 /* ---------------------------------------------------------------- an item's end */

@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(GSQ_THREADS, GSQ_MAX_BLOCKS_SM) anvil_moe_stre
         }
         const uint8_t *slot = mqs_smem + (kk % GSQ_STAGES) * slot_bytes;
         if (cc.st + w < cc.s1) {
-            gsq_buf b;
+            gw_buf b;
             b.w[0] = *reinterpret_cast<const uint4 *>(slot + gsq_w_off(w, g, t));
             b.w[1] = *reinterpret_cast<const uint4 *>(slot + gsq_w_off(w, g + 8, t));
             b.s[0] = b.s[1] = 1.0f;
@@ -409,7 +409,7 @@ __global__ void __launch_bounds__(GSQ_THREADS, GSQ_MAX_BLOCKS_SM) anvil_moe_stre
             if (g < rows)
                 xg = xs + (size_t)g * (a.K + GSQ_XPAD) + (cc.st + w) * gmw_step_elems(GMW_FP8) +
                      gmw_piece_elems(GMW_FP8) * t;
-            gsq_step<__half, GMW_FP8, false>(b, xg, acc);
+            gw_step<__half, GMW_FP8, false>(b, xg, acc);
         }
         if (pc.item < i1) {
             mqs_issue(a, pc, mqs_smem + ((kk + GSQ_STAGES - 1) % GSQ_STAGES) * slot_bytes);
