@@ -323,6 +323,122 @@ static void test_quant_fused(void **state)
     qweight_free(&wu);
 }
 
+/* A fused group of int-path weights of one dtype (q, k, v; gate, up) runs
+ * as one job (cpu_fused.c): each output as its matmul alone, to the bit,
+ * for decode's tokens (each thread prepares its own activations) and
+ * more (one shared preparation; the split over tokens past 8), a group
+ * of more rows than a thread's chunk and tails that are not whole tiles,
+ * on 1 to 3 threads. */
+static void test_quant_multi_group(void **state)
+{
+    (void)state;
+    enum { KQ = 128, NW = 3 };
+    const int64_t Ns[NW] = {1031, 12, 9}, Ts[] = {1, 2, 5, 13};
+    const anvil_dtype dts[] = {ANVIL_DTYPE_U4, ANVIL_DTYPE_I8};
+    uint64_t rng = 11;
+    for (int di = 0; di < 2; di++) {
+        qweight w[NW];
+        for (int i = 0; i < NW; i++) {
+            q_case c = {1, KQ, Ns[i], dts[di], di == 0 ? 64 : 0, di == 0 && i != 1, 0, ANVIL_QUANT_ACT_NONE, 0, 0};
+            qweight_init(&w[i], &c, &rng);
+        }
+        float bias[9]; /* the third weight's */
+        kit_fill_f32(bias, Ns[2], &rng);
+        const anvil_tensor tb = anvil_tensor_1d(ANVIL_DTYPE_F32, Ns[2], bias);
+        for (int nth = 1; nth <= 3; nth++) {
+            anvil_backend *be = NULL;
+            KIT_OK(anvil_backend_cpu_create(nth, &be));
+            for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+                const int64_t T = Ts[ti];
+                float *x = malloc((size_t)(T * KQ) * sizeof(float));
+                float *one[NW], *grp[NW];
+                anvil_tensor to1[NW], to2[NW], *outs[NW];
+                const anvil_tensor *ws[NW], *bs[NW];
+                assert_non_null(x);
+                kit_fill_f32(x, T * KQ, &rng);
+                anvil_tensor tx = anvil_tensor_2d(ANVIL_DTYPE_F32, T, KQ, x);
+                for (int i = 0; i < NW; i++) {
+                    one[i] = calloc((size_t)(T * Ns[i]), sizeof(float));
+                    grp[i] = calloc((size_t)(T * Ns[i]), sizeof(float));
+                    assert_true(one[i] != NULL && grp[i] != NULL);
+                    to1[i] = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Ns[i], one[i]);
+                    to2[i] = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Ns[i], grp[i]);
+                    outs[i] = &to2[i];
+                    ws[i] = &w[i].t;
+                    bs[i] = i == 2 ? &tb : NULL;
+                    KIT_OK(be->ops->matmul(be, &tx, ws[i], bs[i], &to1[i]));
+                }
+                KIT_OK(be->ops->matmul_multi(be, &tx, NW, ws, bs, outs));
+                for (int i = 0; i < NW; i++)
+                    kit_expect_bitwise("matmul_multi group", grp[i], one[i], (size_t)(T * Ns[i]) * sizeof(float));
+                /* gate, up: the second and third, and silu_mul */
+                float *o1 = malloc((size_t)(T * Ns[1]) * sizeof(float)), *o2 = malloc((size_t)(T * Ns[1]) * sizeof(float));
+                assert_true(o1 != NULL && o2 != NULL);
+                if (Ns[1] == Ns[2]) {
+                    anvil_tensor t1 = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Ns[1], o1);
+                    anvil_tensor t2 = anvil_tensor_2d(ANVIL_DTYPE_F32, T, Ns[1], o2);
+                    KIT_OK(be->ops->silu_mul(be, &to1[1], &to1[2], &t1));
+                    KIT_OK(be->ops->matmul_silu_mul(be, &tx, ws[1], bs[1], ws[2], bs[2], &to2[1], &to2[2], &t2));
+                    kit_expect_bitwise("matmul_silu_mul group", o2, o1, (size_t)(T * Ns[1]) * sizeof(float));
+                }
+                free(o1);
+                free(o2);
+                for (int i = 0; i < NW; i++) {
+                    free(one[i]);
+                    free(grp[i]);
+                }
+                free(x);
+            }
+            anvil_backend_free(be);
+        }
+        for (int i = 0; i < NW; i++)
+            qweight_free(&w[i]);
+    }
+}
+
+/* The AVX-512 preparation of the int path's activations gives the scalar
+ * one's bytes: random rows, and blocks of zeros, NaN, infinities,
+ * subnormals, values at rint's ties, one huge value, for u4 (even columns
+ * first) and i8 weights, an odd number of blocks. */
+static void test_quant_prep_avx512(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw"))
+        return;
+    enum { K = 7 * ANVIL_CPU_QB };
+    uint64_t rng = 3;
+    float x[K];
+    for (int round = 0; round < 40; round++) {
+        kit_fill_f32(x, K, &rng);
+        for (int k = 0; k < K; k++)
+            x[k] *= (float)(1 + round % 7) * (round % 2 ? 1e-3f : 10.0f);
+        /* block 1 zeros, block 2 a NaN and an infinity, block 3 subnormals,
+         * block 4 ties (127 / 127 * (m + 0.5)), block 5 one huge value */
+        for (int p = 0; p < ANVIL_CPU_QB; p++) {
+            x[ANVIL_CPU_QB + p] = round % 3 ? 0.0f : -0.0f;
+            x[3 * ANVIL_CPU_QB + p] = (float)(p - 16) * 1e-40f;
+            x[4 * ANVIL_CPU_QB + p] = p == 0 ? 127.0f : (float)(p - 16) + 0.5f;
+            x[5 * ANVIL_CPU_QB + p] = p == round % ANVIL_CPU_QB ? 3e38f : x[5 * ANVIL_CPU_QB + p];
+        }
+        x[2 * ANVIL_CPU_QB + round % ANVIL_CPU_QB] = NAN;
+        if (round % 4 == 1)
+            x[2 * ANVIL_CPU_QB + (round + 5) % ANVIL_CPU_QB] = round % 8 == 1 ? INFINITY : -INFINITY;
+        for (int di = 0; di < 2; di++) {
+            anvil_quant q = {.group = 0};
+            anvil_cpu_qw qw = {.dt = di ? ANVIL_DTYPE_I8 : ANVIL_DTYPE_U4, .q = &q, .K = K, .N = 1, .gs = K, .G = 1};
+            unsigned char want[7 * (ANVIL_CPU_QB + 64)], got[7 * (ANVIL_CPU_QB + 64)];
+            assert_int_equal(sizeof want, anvil_cpu_q8_bytes(K));
+            memset(want, 0xA5, sizeof want);
+            memset(got, 0x5A, sizeof got);
+            anvil_cpu_quant_prep_q8(&qw, x, anvil_cpu_q8_at(want, 1, K, 0));
+            anvil_cpu_quant_prep_q8_avx512(&qw, x, anvil_cpu_q8_at(got, 1, K, 0));
+            kit_expect_bitwise("prep_q8 avx512", got, want, sizeof want);
+        }
+    }
+#endif
+}
+
 /* The definition on values worked out by hand (docs/quantization.md). */
 static void test_quant_values(void **state)
 {
@@ -487,6 +603,8 @@ int main(void)
         cmocka_unit_test(test_quant_vs_reference),
         cmocka_unit_test(test_quant_invariance),
         cmocka_unit_test(test_quant_fused),
+        cmocka_unit_test(test_quant_multi_group),
+        cmocka_unit_test(test_quant_prep_avx512),
         cmocka_unit_test(test_quant_values),
         cmocka_unit_test(test_quant_fp8_exhaustive),
         cmocka_unit_test(test_quant_errors),

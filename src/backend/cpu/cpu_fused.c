@@ -1,10 +1,15 @@
 /*
- * The fused ops of backend.h on the CPU, as their separate ops in a row.
- * The CPU gains nothing from fewer launches; these exist so that the
- * runtime's fused path (builder/fuse_plan.c), which the GPU takes, also runs in
- * every CPU test and must give the separate ops' results to the bit.
+ * The fused ops of backend.h on the CPU, as their separate ops in a row,
+ * but for quantized matmul groups (q, k, v; gate, up of int8/int4
+ * weights), which run as one job: one preparation of the activations and
+ * one pass of the thread pool instead of one each (a decode step is
+ * mostly such matmuls, each a few hundred microseconds). They exist so
+ * that the runtime's fused path (builder/fuse_plan.c), which the GPU
+ * takes, also runs in every CPU test and must give the separate ops'
+ * results to the bit.
  */
 #include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/cpu_quant.h"
 #include "core/error.h"
 
 anvil_status anvil_cpu_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a, const anvil_tensor *b,
@@ -20,6 +25,11 @@ anvil_status anvil_cpu_op_matmul_multi(anvil_backend *be, const anvil_tensor *x,
 {
     CHECK(n >= 1 && n <= ANVIL_MATMUL_MULTI_MAX, ANVIL_ERR_INVALID_ARG, "matmul_multi: %d matrices", n);
     for (int i = 0; i < n; i++)
+        TRY(anvil_cpu_check_matmul(x, w[i], bias[i], out[i]));
+    anvil_status st;
+    if (anvil_cpu_quant_matmul_multi(anvil_cpu_impl(be), x, n, w, bias, out, &st))
+        return st;
+    for (int i = 0; i < n; i++)
         TRY(anvil_cpu_op_matmul(be, x, w[i], bias[i], out[i]));
     return ANVIL_OK;
 }
@@ -29,8 +39,9 @@ anvil_status anvil_cpu_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor 
                                           const anvil_tensor *bu, anvil_tensor *gate, anvil_tensor *up,
                                           anvil_tensor *out)
 {
-    TRY(anvil_cpu_op_matmul(be, x, wg, bg, gate));
-    TRY(anvil_cpu_op_matmul(be, x, wu, bu, up));
+    const anvil_tensor *w[2] = {wg, wu}, *b[2] = {bg, bu};
+    anvil_tensor *o[2] = {gate, up};
+    TRY(anvil_cpu_op_matmul_multi(be, x, 2, w, b, o));
     return anvil_cpu_op_silu_mul(be, gate, up, out);
 }
 

@@ -4,6 +4,7 @@
 #include "backend/cpu/cpu_quant.h"
 
 #include <math.h>
+#include <stdatomic.h>
 
 #include "core/error.h"
 
@@ -206,42 +207,93 @@ static void q_task(void *ctx, int ith, int nth)
 }
 
 /* ---------------------------------------------------------------- int path
- * First the tokens' int8 activations (a task per token range), into the
- * backend's scratch used as one shared buffer (the int kernels need no
- * per-thread scratch, so the whole arena, n_threads x stride bytes, is
- * free), then the kernel over rows (or tokens, when the rows are too few
- * to go round), in units of QI_UNIT (a multiple of every tile). */
+ * One job runs the weights of a fused group (q, k, v; gate, up: one input)
+ * as one range of rows, or a single weight. The tokens' int8 activations
+ * first: at most QI_OWN_T tokens (decode), each thread quantizes them into
+ * its own slice of the backend's scratch, a few microseconds that spare
+ * the pool a round trip; more, one shared copy, a task per token range.
+ * Then the kernel over rows (or tokens, when the rows are too few to go
+ * round), in units of QI_UNIT (a multiple of every tile). A row's result
+ * depends on neither the group nor the split. */
 
 #define QI_UNIT 4
+#define QI_CHUNK_MIN 32
+#define QI_OWN_T 2
 
 typedef struct qi_job {
-    const anvil_cpu_qw *qw;
     const float *x;
-    void *xq;
+    const anvil_cpu_qw *qw0; /* the preparation's weight (its perm and K: the group's) */
+    void (*prep)(const anvil_cpu_qw *qw, const float *x, anvil_cpu_q8 a);
     anvil_cpu_qmm_fn fn;
-    anvil_cpu_qmm m;
+    int n;                   /* weights */
+    anvil_cpu_qmm m[ANVIL_MATMUL_MULTI_MAX];
+    int64_t first[ANVIL_MATMUL_MULTI_MAX + 1]; /* weight i's rows: [first[i], first[i + 1]) */
+    int64_t T, K;
+    void *xq;                /* the shared activations, or NULL: each thread's own */
+    char *own;               /* own activations: thread ith's at own + ith * own_stride */
+    size_t own_stride;
     int split_tokens;
+    int64_t chunk;           /* rows a thread takes at a time */
+    atomic_llong next;       /* the first row not yet taken */
 } qi_job;
+
+static void qi_prep(const qi_job *job, void *xq, int64_t t0, int64_t t1)
+{
+    for (int64_t t = t0; t < t1; t++)
+        job->prep(job->qw0, job->x + t * job->K, anvil_cpu_q8_at(xq, job->T, job->K, t));
+}
 
 static void qi_prep_task(void *ctx, int ith, int nth)
 {
     qi_job *job = ctx;
     int64_t t0, t1;
-    anvil_cpu_split(job->m.T, 1, ith, nth, &t0, &t1);
-    for (int64_t t = t0; t < t1; t++)
-        anvil_cpu_quant_prep_q8(job->qw, job->x + t * job->qw->K, anvil_cpu_q8_at(job->xq, job->m.T, job->qw->K, t));
+    anvil_cpu_split(job->T, 1, ith, nth, &t0, &t1);
+    qi_prep(job, job->xq, t0, t1);
 }
 
+/* rows [r0, r1) of the group, tokens [t0, t1) */
+static void qi_rows(const qi_job *job, const anvil_cpu_qmm *m, int64_t t0, int64_t t1, int64_t r0, int64_t r1)
+{
+    for (int i = 0; i < job->n; i++) {
+        const int64_t a = r0 > job->first[i] ? r0 : job->first[i];
+        const int64_t b = r1 < job->first[i + 1] ? r1 : job->first[i + 1];
+        if (a < b)
+            job->fn(&m[i], t0, t1, a - job->first[i], b - job->first[i]);
+    }
+}
+
+/* Rows go in chunks, each thread taking the next when it is done with one,
+ * not in equal shares fixed up front: decode is a stream of short matmuls,
+ * and a thread that runs behind (a later wake-up, a core shared with the
+ * system) made the others wait at the end of every one. */
 static void qi_task(void *ctx, int ith, int nth)
 {
     qi_job *job = ctx;
-    int64_t t0 = 0, t1 = job->m.T, n0 = 0, n1 = job->qw->N;
-    if (job->split_tokens)
-        anvil_cpu_split(job->m.T, QI_UNIT, ith, nth, &t0, &t1);
-    else
-        anvil_cpu_split(job->qw->N, QI_UNIT, ith, nth, &n0, &n1);
-    if (t0 < t1 && n0 < n1)
-        job->fn(&job->m, t0, t1, n0, n1);
+    const anvil_cpu_qmm *m = job->m;
+    anvil_cpu_qmm own[ANVIL_MATMUL_MULTI_MAX];
+    if (job->xq == NULL) {
+        void *xq = job->own + (size_t)ith * job->own_stride;
+        qi_prep(job, xq, 0, job->T);
+        for (int i = 0; i < job->n; i++) {
+            own[i] = job->m[i];
+            own[i].xq = xq;
+        }
+        m = own;
+    }
+    const int64_t R = job->first[job->n];
+    if (job->split_tokens) {
+        int64_t t0, t1;
+        anvil_cpu_split(job->T, QI_UNIT, ith, nth, &t0, &t1);
+        if (t0 < t1)
+            qi_rows(job, m, t0, t1, 0, R);
+        return;
+    }
+    for (;;) {
+        const int64_t r0 = atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
+        if (r0 >= R)
+            return;
+        qi_rows(job, m, 0, job->T, r0, r0 + job->chunk < R ? r0 + job->chunk : R);
+    }
 }
 
 static anvil_cpu_qmm_fn qi_kernel(anvil_cpu_isa isa)
@@ -256,37 +308,81 @@ static anvil_cpu_qmm_fn qi_kernel(anvil_cpu_isa isa)
     return anvil_cpu_qmm_scalar;
 }
 
-static anvil_status quant_matmul_int(anvil_cpu_backend *cb, const anvil_cpu_qw *qw, const anvil_tensor *x,
-                                     const anvil_tensor *bias, anvil_tensor *out)
+/* out[i] = x w[i]^T (+ bias[i]) for the n int-path weights qw[i] of one K
+ * and one preparation (perm) */
+static anvil_status quant_matmul_int(anvil_cpu_backend *cb, const anvil_tensor *x, int n, const anvil_cpu_qw *qw,
+                                     const anvil_tensor *const *bias, anvil_tensor *const *out)
 {
-    const int64_t T = x->shape[0], N = qw->N;
-    const size_t bytes = (size_t)T * anvil_cpu_q8_bytes(qw->K);
-    TRY(anvil_cpu_scratch_reserve(cb, (bytes + (size_t)cb->n_threads - 1) / (size_t)cb->n_threads));
-    qi_job job = {
-        .qw = qw,
-        .x = x->data,
-        .xq = cb->scratch,
-        .fn = qi_kernel(cb->isa),
-        .m = {.qw = *qw,
-              .xq = cb->scratch,
-              .bias = bias != NULL ? bias->data : NULL,
-              .bias_dt = bias != NULL ? bias->dtype : ANVIL_DTYPE_F32,
-              .out = out->data,
-              .T = T},
-    };
-    anvil_threadpool_run(cb->pool, qi_prep_task, &job);
-    job.split_tokens = T > 8 && (N + QI_UNIT - 1) / QI_UNIT < 4 * (int64_t)cb->n_threads;
+    const int64_t T = x->shape[0], K = qw[0].K;
+    const int nth = cb->n_threads;
+    qi_job job = {.x = x->data, .qw0 = &qw[0], .prep = anvil_cpu_quant_prep_q8, .fn = qi_kernel(cb->isa), .n = n,
+                  .T = T, .K = K};
+#if defined(__x86_64__)
+    if (cb->isa == ANVIL_CPU_ISA_AVX512 && qw[0].q->perm == NULL)
+        job.prep = anvil_cpu_quant_prep_q8_avx512;
+#endif
+    for (int i = 0; i < n; i++) {
+        job.m[i] = (anvil_cpu_qmm){.qw = qw[i],
+                                   .bias = bias[i] != NULL ? bias[i]->data : NULL,
+                                   .bias_dt = bias[i] != NULL ? bias[i]->dtype : ANVIL_DTYPE_F32,
+                                   .out = out[i]->data,
+                                   .T = T};
+        job.first[i + 1] = job.first[i] + qw[i].N;
+    }
+    const int64_t R = job.first[n];
+    if (T == 0 || R == 0)
+        return ANVIL_OK;
+    const size_t bytes = (size_t)T * anvil_cpu_q8_bytes(K);
+    if (T <= QI_OWN_T && nth > 1) {
+        TRY(anvil_cpu_scratch_reserve(cb, bytes));
+        job.own = cb->scratch;
+        job.own_stride = cb->scratch_stride;
+    } else {
+        /* the kernels need no per-thread scratch: the whole arena is one buffer */
+        TRY(anvil_cpu_scratch_reserve(cb, (bytes + (size_t)nth - 1) / (size_t)nth));
+        job.xq = cb->scratch;
+        for (int i = 0; i < n; i++)
+            job.m[i].xq = job.xq;
+        if (nth > 1)
+            anvil_threadpool_run(cb->pool, qi_prep_task, &job);
+        else
+            qi_prep(&job, job.xq, 0, T);
+    }
+    job.split_tokens = T > 8 && (R + QI_UNIT - 1) / QI_UNIT < 4 * (int64_t)nth;
+    /* about 16 chunks a thread (the last one taken is what the others may
+     * wait for), of at least QI_CHUNK_MIN rows (a chunk's setup amortized) */
+    const int64_t per = R / (16 * (int64_t)nth);
+    job.chunk = (per < QI_CHUNK_MIN ? QI_CHUNK_MIN : per + QI_UNIT - 1) / QI_UNIT * QI_UNIT;
+    atomic_init(&job.next, 0);
     anvil_threadpool_run(cb->pool, qi_task, &job);
     return ANVIL_OK;
+}
+
+/* The weights' quantized form, fp8's tables set up (lut: 256 floats). */
+static anvil_cpu_qw quant_weight(const anvil_cpu_backend *cb, const anvil_tensor *w, float *lut)
+{
+    anvil_cpu_qw qw = anvil_cpu_qw_of(w);
+    if (qw.dt == ANVIL_DTYPE_F8_E4M3) {
+        for (int i = 0; i < 256; i++)
+            lut[i] = anvil_cpu_fp8_to_f32((uint8_t)i);
+        qw.fp8_lut = lut;
+#if defined(__x86_64__)
+        if (cb->isa >= ANVIL_CPU_ISA_AVX2)
+            qw.fp8_rows = anvil_cpu_dequant_fp8_avx2;
+#endif
+    }
+    (void)cb;
+    return qw;
 }
 
 anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kernels *kern, const anvil_tensor *x,
                                     const anvil_tensor *w, const anvil_tensor *bias, anvil_tensor *out)
 {
+    float lut[256]; /* fp8's 256 values: a load per element instead of the bit steps */
     q_job job = {
         .cb = cb,
         .kern = kern,
-        .qw = anvil_cpu_qw_of(w),
+        .qw = quant_weight(cb, w, lut),
         .x = x->data,
         .bias = bias != NULL ? bias->data : NULL,
         .bias_dt = bias != NULL ? bias->dtype : ANVIL_DTYPE_F32,
@@ -296,18 +392,8 @@ anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kerne
     const int64_t K = job.qw.K, N = job.qw.N;
     if (job.T == 0 || N == 0)
         return ANVIL_OK;
-    float lut[256]; /* fp8's 256 values: a load per element instead of the bit steps */
-    if (job.qw.dt == ANVIL_DTYPE_F8_E4M3) {
-        for (int i = 0; i < 256; i++)
-            lut[i] = anvil_cpu_fp8_to_f32((uint8_t)i);
-        job.qw.fp8_lut = lut;
-#if defined(__x86_64__)
-        if (cb->isa >= ANVIL_CPU_ISA_AVX2)
-            job.qw.fp8_rows = anvil_cpu_dequant_fp8_avx2;
-#endif
-    }
     if (anvil_cpu_quant_int_path(&job.qw))
-        return quant_matmul_int(cb, &job.qw, x, bias, out);
+        return quant_matmul_int(cb, x, 1, &job.qw, &bias, &out);
     const size_t mm_bytes = (anvil_cpu_mm_scratch_bytes(&kern->mm_shape, K) + 63) / 64 * 64;
     job.mm_floats = mm_bytes / sizeof(float);
     size_t floats = (size_t)QR * (size_t)K + (size_t)QT * QR;
@@ -318,4 +404,23 @@ anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kerne
     job.split_tokens = job.T > QT && (N + QR - 1) / QR < 2 * (int64_t)cb->n_threads;
     anvil_threadpool_run(cb->pool, q_task, &job);
     return ANVIL_OK;
+}
+
+int anvil_cpu_quant_matmul_multi(anvil_cpu_backend *cb, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                 const anvil_tensor *const *bias, anvil_tensor *const *out, anvil_status *st)
+{
+    anvil_cpu_qw qw[ANVIL_MATMUL_MULTI_MAX];
+    if (n < 2 || n > ANVIL_MATMUL_MULTI_MAX)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        if (w[i]->quant == NULL)
+            return 0;
+        qw[i] = anvil_cpu_qw_of(w[i]);
+        /* one preparation: the same K, dtype (its column map) and order */
+        if (!anvil_cpu_quant_int_path(&qw[i]) || qw[i].K != qw[0].K || qw[i].dt != qw[0].dt ||
+            qw[i].q->perm != qw[0].q->perm)
+            return 0;
+    }
+    *st = quant_matmul_int(cb, x, n, qw, bias, out);
+    return 1;
 }

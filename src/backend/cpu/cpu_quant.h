@@ -119,6 +119,15 @@ void anvil_cpu_quant_prep_row(const anvil_quant *q, const float *x, int64_t K, f
 
 #define ANVIL_CPU_QB 32 /* activation block: columns per d_b */
 
+/* A decode tile prefetches the next tile's rows as it streams its own
+ * (cpu_quant_avx512.h, q_prefetch): into L1 while a tile is at most this
+ * many bytes, into L2 beyond. Two tiles of 16 KiB (4 int4 rows of K =
+ * 8192) and the activations do not fit a 32 KiB L1 with room to spare: the
+ * prefetched lines were evicted before their use (bench_cpu_ops int4 8192
+ * x 2048: 442 us with L1, 331 with L2; 2048 x 8192, 4 KiB tiles: 335 with
+ * L1, 374 with L2; best of 4 on a Zen 4). */
+#define ANVIL_CPU_QPF_L1_MAX 4096
+
 static inline int anvil_cpu_quant_int_path(const anvil_cpu_qw *qw)
 {
     return (qw->dt == ANVIL_DTYPE_I8 || qw->dt == ANVIL_DTYPE_U4) && qw->K % ANVIL_CPU_QB == 0 &&
@@ -158,6 +167,10 @@ static inline anvil_cpu_q8 anvil_cpu_q8_at(const void *buf, int64_t T, int64_t K
 
 /* Quantizes one row of K activations (the definition above). */
 void anvil_cpu_quant_prep_q8(const anvil_cpu_qw *qw, const float *x, anvil_cpu_q8 a);
+#if defined(__x86_64__)
+/* The same, to the byte, for a weight without perm, on AVX-512 (F, BW). */
+void anvil_cpu_quant_prep_q8_avx512(const anvil_cpu_qw *qw, const float *x, anvil_cpu_q8 a);
+#endif
 
 /* The int path's kernels: out[t0:t1, n0:n1]. */
 typedef struct anvil_cpu_qmm {
@@ -190,5 +203,13 @@ void anvil_cpu_quant_dequant_rows(const anvil_cpu_qw *qw, int64_t n, int64_t nr,
 /* The matmul op for a quantized w (already checked). */
 anvil_status anvil_cpu_quant_matmul(anvil_cpu_backend *cb, const anvil_cpu_kernels *kern, const anvil_tensor *x,
                                     const anvil_tensor *w, const anvil_tensor *bias, anvil_tensor *out);
+
+/* The matmul_multi op (already checked) as one job, where its n (2 to
+ * ANVIL_MATMUL_MULTI_MAX) weights all take the int path with one K, dtype
+ * and column order (q, k, v; gate, up): their activations prepared once,
+ * their rows one range. 0 where they do not (nothing done); else 1, the
+ * op's status in *st. Each output as the matmul op's, to the bit. */
+int anvil_cpu_quant_matmul_multi(anvil_cpu_backend *cb, const anvil_tensor *x, int n, const anvil_tensor *const *w,
+                                 const anvil_tensor *const *bias, anvil_tensor *const *out, anvil_status *st);
 
 #endif

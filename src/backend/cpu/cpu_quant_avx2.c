@@ -65,15 +65,20 @@ VEC_UNROLL
  * lines block b's loads cover in this tile, asked for as it streams: the
  * hardware prefetcher stops at every 4 KiB page, and an int4 row of K =
  * 2048 is 1 KiB, so each decode tile would begin with misses
- * (cpu_quant_avx512.h does the same, per pair of blocks). */
-VEC_INLINE void q_prefetch(const int R, const anvil_dtype DT, const uint8_t *pf, int64_t b)
+ * (cpu_quant_avx512.h does the same, per pair of blocks; into L2 for
+ * tiles larger than ANVIL_CPU_QPF_L1_MAX). */
+VEC_INLINE void q_prefetch(const int R, const anvil_dtype DT, const uint8_t *pf, int l2, int64_t b)
 {
     if (pf == NULL)
         return;
     const int64_t bb = (DT == ANVIL_DTYPE_U4 ? 16 : 32) * R; /* bytes of the R rows a block reads */
 VEC_UNROLL
-    for (int64_t o = 0; o < bb; o += 64)
-        _mm_prefetch((const char *)pf + b * bb + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < bb; o += 64) {
+        if (l2)
+            _mm_prefetch((const char *)pf + b * bb + o, _MM_HINT_T1);
+        else
+            _mm_prefetch((const char *)pf + b * bb + o, _MM_HINT_T0);
+    }
 }
 
 VEC_INLINE void q_tile(const int R, const int TT, const anvil_dtype DT, const anvil_cpu_qmm *m, int64_t n, int64_t t)
@@ -98,11 +103,12 @@ VEC_UNROLL
     /* decode tiles (TT = 1: R = 4) stream whole rows, the tile driver
      * walking n upwards: the next tile's rows prefetched */
     const uint8_t *pf = TT == 1 && n + 2 * R <= qw->N ? (const uint8_t *)qw->w + (n + R) * rb : NULL;
+    const int l2 = R * rb > ANVIL_CPU_QPF_L1_MAX; /* cpu_quant.h */
     int64_t g = 0, left = bpg;
     q_scales(R, DT, qw, n, 0, s, z);
     for (int64_t b = 0; b < nb; b++) {
         /* two blocks a round, so h is a constant */
-        q_prefetch(R, DT, pf, b);
+        q_prefetch(R, DT, pf, l2, b);
         q_block(R, TT, DT, 0, b, wr, s, z, a, acc);
         if (--left == 0 && b + 1 < nb) {
             left = bpg;
@@ -110,7 +116,7 @@ VEC_UNROLL
         }
         if (++b >= nb)
             break;
-        q_prefetch(R, DT, pf, b);
+        q_prefetch(R, DT, pf, l2, b);
         q_block(R, TT, DT, 1, b, wr, s, z, a, acc);
         if (--left == 0 && b + 1 < nb) {
             left = bpg;

@@ -27,8 +27,19 @@ QI_INLINE __m512 q_pair(float v0, float v1)
                                                _mm256_castps_pd(_mm256_set1_ps(v1)), 1));
 }
 
-/* The 32-byte blocks b, b + 1 (one: the second zero) of R rows x TT tokens. */
-QI_INLINE void q_pairs(const int R, const int TT, const anvil_dtype DT, const int one, int64_t b,
+/* Quarters 1 and 2 of a vector swapped (its own inverse): the swapped
+ * lane order of q_pairs's SW. */
+#define Q_SWAP 0xD8 /* _MM_SHUFFLE(3, 1, 2, 0) */
+
+/* The 32-byte blocks b, b + 1 (one: the second zero) of R rows x TT tokens.
+ * SW (u4 pairs, not one): the lanes in the swapped order [lo b, lo b + 1,
+ * hi b, hi b + 1] (each a quarter: a block's 16 low nibbles, its 16 high
+ * ones), which is what 32 bytes of a row give with a broadcast, a shift
+ * and a mask, instead of 5 steps for the definition's [lo b, hi b, lo b +
+ * 1, hi b + 1]: the activations (shared by the R rows) and the scales are
+ * swapped to match, and the accumulators swapped back once at the end
+ * (q_tile). Each lane's arithmetic is the definition's. */
+QI_INLINE void q_pairs(const int R, const int TT, const anvil_dtype DT, const int SW, const int one, int64_t b,
                        const uint8_t *const *wr, const __m512 *sv, const __m512 *zv, const anvil_cpu_q8 *a,
                        __m512 (*acc)[4])
 {
@@ -36,7 +47,13 @@ QI_INLINE void q_pairs(const int R, const int TT, const anvil_dtype DT, const in
     __m512 dv[4], qsv[4];
     VEC_UNROLL
     for (int j = 0; j < TT; j++) {
-        if (one) {
+        if (SW) {
+            const __m512i q = _mm512_loadu_si512((const void *)(a[j].q + b * 32));
+            qv[j] = _mm512_shuffle_i64x2(q, q, Q_SWAP);
+            const __m512 d = _mm512_loadu_ps(a[j].dl + b * 8), qs = _mm512_loadu_ps(a[j].qs + b * 8);
+            dv[j] = _mm512_shuffle_f32x4(d, d, Q_SWAP);
+            qsv[j] = _mm512_shuffle_f32x4(qs, qs, Q_SWAP);
+        } else if (one) {
             qv[j] = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(a[j].q + b * 32)));
             dv[j] = _mm512_zextps256_ps512(_mm256_loadu_ps(a[j].dl + b * 8));
             qsv[j] = _mm512_zextps256_ps512(_mm256_loadu_ps(a[j].qs + b * 8));
@@ -49,7 +66,12 @@ QI_INLINE void q_pairs(const int R, const int TT, const anvil_dtype DT, const in
     VEC_UNROLL
     for (int r = 0; r < R; r++) {
         __m512i wv;
-        if (DT == ANVIL_DTYPE_U4) {
+        if (SW) {
+            /* bytes 0-31 in both halves; the low half's 16-bit lanes shift by 0, the high half's by 4 */
+            const __m512i by = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(wr[r] + b * 16)));
+            const __m512i sh = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+            wv = _mm512_and_si512(_mm512_srlv_epi16(by, sh), _mm512_set1_epi8(0x0F));
+        } else if (DT == ANVIL_DTYPE_U4) {
             if (one) {
                 const __m128i by = _mm_loadu_si128((const __m128i *)(const void *)(wr[r] + b * 16));
                 const __m128i m4 = _mm_set1_epi8(0x0F);
@@ -107,21 +129,40 @@ QI_INLINE void q_scales2(const int R, const anvil_dtype DT, const anvil_cpu_qw *
     }
 }
 
+/* The same for a pair inside group g (both blocks' scale and zero point
+ * are the group's): broadcasts from the rows' scale and zero arrays
+ * (sr[r], zr[r]: row n + r's), with no division for the group's index. */
+QI_INLINE void q_scales_g(const int R, const anvil_dtype DT, const float *const *sr, const uint8_t *const *zr,
+                          int64_t g, __m512 *sv, __m512 *zv)
+{
+    VEC_UNROLL
+    for (int r = 0; r < R; r++) {
+        sv[r] = _mm512_set1_ps(sr[r][g]);
+        if (DT == ANVIL_DTYPE_U4)
+            zv[r] = _mm512_set1_ps(zr[r] != NULL ? (float)zr[r][g] : 8.0f);
+    }
+}
+
 /* The next tile's rows (pf: R contiguous rows from the row after this
  * tile's), asked for while this tile streams: the pair of blocks b
  * prefetches the lines of the next tile that this pair's loads cover in
  * this one, so the next tile's start is in cache when it begins. The
  * hardware prefetcher stops at every 4 KiB page: an int4 row of K = 2048
  * is 1 KiB, so each tile of 4 rows would otherwise begin with misses
- * (measured: decode of a 1B int4 engine 1.5x slower without it). */
-QI_INLINE void q_prefetch(const int R, const anvil_dtype DT, const uint8_t *pf, int64_t b)
+ * (measured: decode of a 1B int4 engine 1.5x slower without it); into L2
+ * when a tile is larger than ANVIL_CPU_QPF_L1_MAX (cpu_quant.h). */
+QI_INLINE void q_prefetch(const int R, const anvil_dtype DT, const uint8_t *pf, int l2, int64_t b)
 {
     if (pf == NULL)
         return;
     const int64_t pb = (DT == ANVIL_DTYPE_U4 ? 32 : 64) * R; /* bytes of the R rows a pair reads */
     VEC_UNROLL
-    for (int64_t o = 0; o < pb; o += 64)
-        _mm_prefetch((const char *)pf + (b / 2) * pb + o, _MM_HINT_T0);
+    for (int64_t o = 0; o < pb; o += 64) {
+        if (l2)
+            _mm_prefetch((const char *)pf + (b / 2) * pb + o, _MM_HINT_T1);
+        else
+            _mm_prefetch((const char *)pf + (b / 2) * pb + o, _MM_HINT_T0);
+    }
 }
 
 QI_INLINE void q_tile(const int R, const int TT, const anvil_dtype DT, const anvil_cpu_qmm *m, int64_t n, int64_t t)
@@ -145,26 +186,49 @@ QI_INLINE void q_tile(const int R, const int TT, const anvil_dtype DT, const anv
     /* decode tiles (TT = 1: R = 4) stream whole rows: the next tile's rows
      * prefetched (the tile driver walks n upwards) */
     const uint8_t *pf = TT == 1 && n + 2 * R <= qw->N ? (const uint8_t *)qw->w + (n + R) * rb : NULL;
+    const int l2 = R * rb > ANVIL_CPU_QPF_L1_MAX;
+    /* decode tiles of u4 in the swapped lane order (q_pairs): its cost,
+     * 3 shuffles of the activations a pair, is shared by the tile's 4 rows */
+    const int SW = DT == ANVIL_DTYPE_U4 && TT == 1 && R == 4;
     int64_t b = 0;
     if (bpg % 2 == 0) { /* a pair never straddles two groups: scales per group */
+        const float *sr[4];
+        const uint8_t *zr[4];
+        VEC_UNROLL
+        for (int r = 0; r < R; r++) {
+            sr[r] = qw->q->scales + (n + r) * qw->G;
+            zr[r] = qw->q->zeros != NULL ? qw->q->zeros + (n + r) * qw->G : NULL;
+        }
         for (int64_t g = 0; b < nb; g++) {
-            q_scales2(R, DT, qw, n, b, nb, sv, zv);
+            q_scales_g(R, DT, sr, zr, g, sv, zv);
             const int64_t be = b + bpg;
             for (; b + 2 <= be; b += 2) {
-                q_prefetch(R, DT, pf, b);
-                q_pairs(R, TT, DT, 0, b, wr, sv, zv, a, acc);
+                q_prefetch(R, DT, pf, l2, b);
+                q_pairs(R, TT, DT, SW, 0, b, wr, sv, zv, a, acc);
             }
         }
     } else {
         for (; b + 2 <= nb; b += 2) {
             q_scales2(R, DT, qw, n, b, nb, sv, zv);
-            q_prefetch(R, DT, pf, b);
-            q_pairs(R, TT, DT, 0, b, wr, sv, zv, a, acc);
+            if (SW) {
+                VEC_UNROLL
+                for (int r = 0; r < R; r++) {
+                    sv[r] = _mm512_shuffle_f32x4(sv[r], sv[r], Q_SWAP);
+                    zv[r] = _mm512_shuffle_f32x4(zv[r], zv[r], Q_SWAP);
+                }
+            }
+            q_prefetch(R, DT, pf, l2, b);
+            q_pairs(R, TT, DT, SW, 0, b, wr, sv, zv, a, acc);
         }
-        if (b < nb) {
-            q_scales2(R, DT, qw, n, b, nb, sv, zv);
-            q_pairs(R, TT, DT, 1, b, wr, sv, zv, a, acc);
-        }
+    }
+    if (SW) { /* back to the definition's lane order */
+        VEC_UNROLL
+        for (int r = 0; r < R; r++)
+            acc[r][0] = _mm512_shuffle_f32x4(acc[r][0], acc[r][0], Q_SWAP);
+    }
+    if (bpg % 2 != 0 && b < nb) { /* the odd last block, in the definition's order */
+        q_scales2(R, DT, qw, n, b, nb, sv, zv);
+        q_pairs(R, TT, DT, 0, 1, b, wr, sv, zv, a, acc);
     }
     VEC_UNROLL
     for (int r = 0; r < R; r++)
