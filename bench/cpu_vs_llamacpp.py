@@ -7,7 +7,8 @@
 Each workload runs anvil then llama.cpp, --pairs times in alternation (the
 machine's speed drifts; alternating spreads the drift over both), and the
 table gives each side's median and the ratio anvil / llama.cpp (> 1: anvil
-is faster). The workloads, as llama.cpp's tools name them:
+is faster), and the median of the pairs' own ratios (each pair ran back to
+back: less of the drift). The workloads, as llama.cpp's tools name them:
 
   decode   llama-bench -p 0 -n 128 (tg128)           bench_cpu_model --prompt-len 1 --decode 128
   pp128    llama-bench -p 128 -n 0                   bench_cpu_model --prompt-len 128 (one step)
@@ -118,8 +119,11 @@ def main():
     ap.add_argument("--json")
     a = ap.parse_args()
     raw = {}
-    print(f"| workload | anvil (median of {a.pairs}) | llama.cpp (median) | anvil / llama.cpp | runs: anvil; llama.cpp |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    # the pairs' own ratios too: each pair ran back to back, so its ratio
+    # carries less of the machine's drift than the ratio of the medians
+    print(f"| workload | anvil (median of {a.pairs}) | llama.cpp (median) | anvil / llama.cpp | median of the pairs' "
+          "ratios (min-max) | runs: anvil; llama.cpp |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
     for w in a.only.split(","):
         fa, fl, label = WORKLOADS[w]
         xs, ys = [], []
@@ -128,7 +132,9 @@ def main():
             ys.append(fl(a))
         raw[w] = {"anvil": xs, "llama.cpp": ys}
         ma, ml = statistics.median(xs), statistics.median(ys)
-        print(f"| {label} | {ma:.2f} | {ml:.2f} | **{ma / ml:.2f}x** | "
+        rs = [x / y for x, y in zip(xs, ys)]
+        print(f"| {label} | {ma:.2f} | {ml:.2f} | **{ma / ml:.2f}x** | {statistics.median(rs):.2f}x "
+              f"({min(rs):.2f}-{max(rs):.2f}) | "
               f"{', '.join(f'{x:.2f}' for x in xs)}; {', '.join(f'{y:.2f}' for y in ys)} |", flush=True)
     if a.json:
         json.dump(raw, open(a.json, "w"), indent=2)

@@ -130,16 +130,17 @@ QI_INLINE void q_scales2(const int R, const anvil_dtype DT, const anvil_cpu_qw *
 }
 
 /* The same for a pair inside group g (both blocks' scale and zero point
- * are the group's): broadcasts from the rows' scale and zero arrays
- * (sr[r], zr[r]: row n + r's), with no division for the group's index. */
-QI_INLINE void q_scales_g(const int R, const anvil_dtype DT, const float *const *sr, const uint8_t *const *zr,
+ * are the group's): broadcasts from the tile's first row's scales and
+ * zero points (s, z: row n's; NULL z: 8) at a stride of G, with no
+ * division for the group's index. */
+QI_INLINE void q_scales_g(const int R, const anvil_dtype DT, const float *s, const uint8_t *z, int64_t G,
                           int64_t g, __m512 *sv, __m512 *zv)
 {
     VEC_UNROLL
     for (int r = 0; r < R; r++) {
-        sv[r] = _mm512_set1_ps(sr[r][g]);
+        sv[r] = _mm512_set1_ps(s[r * G + g]);
         if (DT == ANVIL_DTYPE_U4)
-            zv[r] = _mm512_set1_ps(zr[r] != NULL ? (float)zr[r][g] : 8.0f);
+            zv[r] = _mm512_set1_ps(z != NULL ? (float)z[r * G + g] : 8.0f);
     }
 }
 
@@ -192,15 +193,10 @@ QI_INLINE void q_tile(const int R, const int TT, const anvil_dtype DT, const anv
     const int SW = DT == ANVIL_DTYPE_U4 && TT == 1 && R == 4;
     int64_t b = 0;
     if (bpg % 2 == 0) { /* a pair never straddles two groups: scales per group */
-        const float *sr[4];
-        const uint8_t *zr[4];
-        VEC_UNROLL
-        for (int r = 0; r < R; r++) {
-            sr[r] = qw->q->scales + (n + r) * qw->G;
-            zr[r] = qw->q->zeros != NULL ? qw->q->zeros + (n + r) * qw->G : NULL;
-        }
+        const float *s0 = qw->q->scales + n * qw->G;
+        const uint8_t *z0 = qw->q->zeros != NULL ? qw->q->zeros + n * qw->G : NULL;
         for (int64_t g = 0; b < nb; g++) {
-            q_scales_g(R, DT, sr, zr, g, sv, zv);
+            q_scales_g(R, DT, s0, z0, qw->G, g, sv, zv);
             const int64_t be = b + bpg;
             for (; b + 2 <= be; b += 2) {
                 q_prefetch(R, DT, pf, l2, b);
