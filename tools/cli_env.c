@@ -49,6 +49,9 @@ void cli_env_runtime_options(anvil_runtime_options *o)
     const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
     if (mq != NULL && mq[0] >= '0' && mq[0] <= '9' && mq[1] == '\0')
         o->cuda_matmul_quant = mq[0] - '0';
+    const char *ml = getenv("ANVIL_CUDA_MOE_LOOP");
+    if (ml != NULL && ml[0] >= '0' && ml[0] <= '3' && ml[1] == '\0')
+        o->cuda_moe_loop = ml[0] - '0';
     const char *ar = getenv("ANVIL_ALLREDUCE");
     if (ar != NULL && ar[0] != '\0')
         o->all_reduce = ar; /* checked by the load: auto, nccl, oneshot, twoshot */

@@ -742,6 +742,9 @@ int main(int argc, char **argv)
             /* the quantized matmuls' kernel choice, as the anvil command reads it (docs/cli.md) */
             const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
             o.cuda_matmul_quant = mq != NULL ? atoi(mq) : 0;
+            /* ANVIL_CUDA_MOE_LOOP=0..3: the moe op's kernel choice (the knob moe_loop, docs/cli.md) */
+            const char *ml = getenv("ANVIL_CUDA_MOE_LOOP");
+            o.cuda_moe_loop = ml != NULL ? atoi(ml) : 0;
             /* ANVIL_CUDA_FP8_UNSHARED=1: fp8 prefill without the norm's shared codes (A/B, docs/cli.md) */
             const char *fu = getenv("ANVIL_CUDA_FP8_UNSHARED");
             o.cuda_fp8_unshared = fu != NULL && strcmp(fu, "1") == 0;

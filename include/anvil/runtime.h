@@ -93,6 +93,9 @@ typedef struct anvil_runtime_options {
     int cuda_matmul_quant;      /* CUDA: quantized matmuls' kernel choice, the backend knob of that name
                                    (cuda_backend.h; e.g. 7: the streaming GEMV wherever it applies);
                                    0: automatic */
+    int cuda_moe_loop;          /* CUDA: the mixture-of-experts op's kernel choice, the backend knob moe_loop
+                                   (cuda_backend.h; 1: the loop of matmuls over each expert's rows, also for
+                                   quantized experts at <= 8 tokens); 0: automatic */
     int cuda_fp8_unshared;      /* CUDA: 1: each fp8 W8A8 matmul on the FP8 GEMM quantizes its input itself,
                                    none shares the norm's codes (session 27's path, the same bits: the knob
                                    fp8_act_share = 2), for A/B timings; 0 (default): shared */

@@ -1280,6 +1280,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.no_pdl = rt->opts.no_pdl;
     bc.attn_combine_in_kernel = rt->opts.attn_combine_in_kernel;
     bc.cuda_matmul_quant = rt->opts.cuda_matmul_quant;
+    bc.cuda_moe_loop = rt->opts.cuda_moe_loop;
     bc.cuda_fp8_unshared = rt->opts.cuda_fp8_unshared;
     bc.cuda_module = rt->opts.cuda_module;
     TRY_GOTO(anvil_backend_create(rt->opts.device, &bc, &rt->be), fail);

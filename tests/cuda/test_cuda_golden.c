@@ -209,7 +209,7 @@ static void check_top1_bf16(const char *model, anvil_runtime *rt, const golden *
 {
     const int64_t vocab = anvil_runtime_config(rt)->vocab_size;
     const int32_t bs = anvil_runtime_kv_block_size(rt);
-    int64_t agree = 0, total = 0;
+    int64_t agree = 0, total = 0, far = 0; /* far: disagreements that are not near ties (every one printed) */
     double max_err_rel = 0;
     for (int i = 0; i < g->n_cases; i++) {
         const golden_case *gc = &g->cases[i];
@@ -235,11 +235,9 @@ static void check_top1_bf16(const char *model, anvil_runtime *rt, const golden *
                 continue;
             }
             const double margin = (double)want[theirs] - (double)want[ours];
-            printf("  %s bf16 %s position %d: top-1 %lld, HF %lld, HF margin %.3g x max|logit|\n", model, gc->name, t,
-                   (long long)ours, (long long)theirs, margin / mr);
-            if (!(margin <= NEAR_TIE * mr))
-                fail_msg("%s bf16 %s position %d: top-1 %lld but HF's %lld is ahead by %.3g x max|logit|", model,
-                         gc->name, t, (long long)ours, (long long)theirs, margin / mr);
+            printf("  %s bf16 %s position %d: top-1 %lld, HF %lld, HF margin %.3g x max|logit|%s\n", model, gc->name,
+                   t, (long long)ours, (long long)theirs, margin / mr, margin <= NEAR_TIE * mr ? "" : " (not a near tie)");
+            far += !(margin <= NEAR_TIE * mr);
         }
         anvil_runtime_kv_release(rt, nb, blocks);
         free(blocks);
@@ -247,6 +245,9 @@ static void check_top1_bf16(const char *model, anvil_runtime *rt, const golden *
     }
     printf("  %s bf16: top-1 agreement %.2f%% of %lld positions, max |error| %.3g x max|logit|\n", model,
            100.0 * (double)agree / (double)total, (long long)total, max_err_rel);
+    if (far > 0)
+        fail_msg("%s bf16: %lld of %lld positions disagree with HF's top-1 by more than a near tie (%g x max|logit|)",
+                 model, (long long)far, (long long)total, NEAR_TIE);
     if (!pooled) {
         /* kept out of the pool, held to its own floor (see run_model_pooled) */
         if (!((double)agree >= UNPOOLED_MIN_AGREEMENT * (double)total))

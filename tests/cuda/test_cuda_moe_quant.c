@@ -8,7 +8,9 @@
  * per channel, int8 per channel, int4 in groups of 128, 32 and 16), the
  * router and shared gate dense; each expert's rows are scaled by 2^e so
  * that an expert reading another's scales or zero points is off by a
- * factor of 2 or more. Two references on the host:
+ * factor of 2 or more (f16 activations: 2^min(e, 2), since with 2^7 the
+ * products silu(g) u and the outputs pass f16's 65504, and become inf where
+ * the loop stores them in f16; f32 and bf16 hold the check). Two references on the host:
  *   ref_q  anvil_cpu_ref_moe on the same quantized weights (the CPU's
  *          definition: int8/int4 with activations rounded to int8 per
  *          block of 32, fp8 W8A8 with activations rounded to fp8 per row);
@@ -115,9 +117,9 @@ typedef struct hmat {
 } hmat;
 
 /* Rows of K values ~ 2.4 / sqrt(K), each block of rows_per_factor rows
- * times 2^(row / rows_per_factor). */
+ * times 2^min(row / rows_per_factor, max_exp). */
 static void hmat_new(hmat *m, anvil_dtype kind, int32_t group, int64_t rows, int64_t K, int64_t rows_per_factor,
-                     int with_deq, uint64_t *rng)
+                     int max_exp, int with_deq, uint64_t *rng)
 {
     memset(m, 0, sizeof *m);
     m->kind = kind;
@@ -138,7 +140,8 @@ static void hmat_new(hmat *m, anvil_dtype kind, int32_t group, int64_t rows, int
     assert_true(m->bytes && m->deq && x && (!quant || m->scales) && (kind != ANVIL_DTYPE_U4 || m->zeros));
     const float unit = 2.4f / sqrtf((float)K);
     for (int64_t r = 0; r < rows; r++) {
-        const float f = unit * ldexpf(1.0f, (int)(r / rows_per_factor));
+        const int64_t e = r / rows_per_factor;
+        const float f = unit * ldexpf(1.0f, (int)(e < max_exp ? e : max_exp));
         for (int64_t i = 0; i < K; i++)
             x[i] = anvil_test_randf(rng) * f;
         uint8_t *q = m->bytes + (size_t)r * rb;
@@ -278,11 +281,12 @@ static void hfix_new(hfix *f, const qcase *c, anvil_dtype act, uint64_t *rng)
     anvil_convert_from_f32(ANVIL_DTYPE_BF16, f->router, tmp, E * H);
     anvil_convert_to_f32(ANVIL_DTYPE_BF16, tmp, f->router, E * H);
     free(tmp);
-    hmat_new(&f->gu, c->kind, c->group, E * 2 * I, H, 2 * I, 1, rng);
-    hmat_new(&f->down, c->kind, c->group, E * H, I, H, 1, rng);
+    const int max_exp = act == ANVIL_DTYPE_F16 ? 2 : 62; /* f16: the products stay inside its range */
+    hmat_new(&f->gu, c->kind, c->group, E * 2 * I, H, 2 * I, max_exp, 1, rng);
+    hmat_new(&f->down, c->kind, c->group, E * H, I, H, max_exp, 1, rng);
     if (Is > 0) {
-        hmat_new(&f->sgu, c->kind, c->group, 2 * Is, H, Is, 1, rng);
-        hmat_new(&f->sdown, c->kind, c->group, H, Is, H, 1, rng);
+        hmat_new(&f->sgu, c->kind, c->group, 2 * Is, H, Is, max_exp, 1, rng);
+        hmat_new(&f->sdown, c->kind, c->group, H, Is, H, max_exp, 1, rng);
         f->sgate = malloc((size_t)H * sizeof *f->sgate);
         uint16_t b[1];
         for (int64_t i = 0; i < H; i++) {
@@ -535,8 +539,8 @@ static int perf_main(void)
     printf("%-8s %6s %-5s %10s %14s %10s\n", "weights", "tokens", "path", "ms", "expert bytes", "GB/s");
     for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++) {
         hmat gu, dn;
-        hmat_new(&gu, kinds[ki], 128, E * 2 * I, H, 2 * I, 0, &rng);
-        hmat_new(&dn, kinds[ki], 128, E * H, I, H, 0, &rng);
+        hmat_new(&gu, kinds[ki], 128, E * 2 * I, H, 2 * I, 62, 0, &rng);
+        hmat_new(&dn, kinds[ki], 128, E * H, I, H, 62, 0, &rng);
         dmat dgu, ddn;
         dmat_new(&dgu, be, &gu);
         dmat_new(&ddn, be, &dn);
