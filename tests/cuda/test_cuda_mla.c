@@ -675,7 +675,7 @@ static void test_mla_perf(void **s)
         const int32_t n = chunks[i];
         const double a = mla_perf_ms(gpu, 1, 2048 - n, n, 2), e = mla_perf_ms(gpu, 1, 2048 - n, n, 3);
         printf("  perf mla chunk of %3d rows after %d: absorbed %.3f ms, expanded %.3f ms (automatic: %s)\n", n,
-               2048 - n, a, e, n >= 64 && 2048 <= 16 * n ? "expanded" : "absorbed");
+               2048 - n, a, e, n >= 64 && 2048 <= 32 * n ? "expanded" : "absorbed");
     }
     anvil_backend_free(gpu);
 }
