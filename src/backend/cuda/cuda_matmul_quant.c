@@ -68,8 +68,9 @@
  *     cp.async ring and converted in registers, mma.sync m16n8k16, group
  *     scales on f32 partial sums. matmul_quant = 8 takes it wherever it
  *     takes the weight (every row count: the tests; fp8 W8A8 then off path
- *     2), 9 where path 3 would run (otherwise as 0: the proposed default,
- *     until an H100 has timed it).
+ *     2), 9 first at 9-256 rows (gemm_first) and where path 3 would run
+ *     (otherwise as 0: the proposed default, until an H100 has timed it
+ *     in whole models).
  * perm and fp8 activations are applied to x first (cuda_quant_act.cu): into
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
@@ -303,9 +304,26 @@ static anvil_status run_dequant(anvil_cuda_backend *cb, const anvil_cuda_qweight
     return anvil_cuda_op_matmul(&cb->be, &xt, &wt, bias, out);
 }
 
+/* Rows path 3g (the quantized GEMM) takes first under matmul_quant = 9:
+ * above the 16-bit GEMV's 8, up to 256. Measured on an H100 (session 30,
+ * test_cuda_gemm_quant --perf, Llama-3-8B shapes): at 16 rows 9-14x faster
+ * than dequantize + cuBLASLt and 1.15-1.76x bf16 cuBLASLt; at 256 about 2x
+ * faster than dequantizing; at 512 about even; at 2048 half as fast. */
+#define GEMM_FIRST_MIN_ROWS 9
+#define GEMM_FIRST_MAX_ROWS 256
+
+/* Whether path 3g comes before the GEMVs for T rows: under matmul_quant =
+ * 8 always, under 9 for GEMM_FIRST_MIN_ROWS..GEMM_FIRST_MAX_ROWS rows. */
+static int gemm_first(const anvil_cuda_backend *cb, int64_t T)
+{
+    const int k = cb->knobs.matmul_quant;
+    return k == 8 || (k == 9 && T >= GEMM_FIRST_MIN_ROWS && T <= GEMM_FIRST_MAX_ROWS);
+}
+
 /* Whether path 3g (the quantized GEMM) takes this weight for T rows of x:
- * only under matmul_quant = 8 (every row count) or 9 (where path 3 would
- * run), until an H100 has timed it against path 3. */
+ * only under matmul_quant = 8 (every row count) or 9 (first at 9-256 rows,
+ * and wherever path 3 would run), until an H100 has timed it in whole
+ * models against the default. */
 static int gemm_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
                    int64_t T)
 {
@@ -349,7 +367,7 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
     const void *bp = bias ? bias->data : NULL;
     const anvil_dtype bdt = bias ? bias->dtype : ANVIL_DTYPE_F32;
 
-    if (cb->knobs.matmul_quant == 8 && gemm_ok(cb, &qw, q, x->data, T))
+    if (gemm_first(cb, T) && gemm_ok(cb, &qw, q, x->data, T))
         return run_gemm(cb, &qw, x, bias, out);
     if (stream_ok(cb, &qw, q, x->data, T)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
@@ -416,9 +434,10 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
                                            anvil_tensor *const *out, int silu, int *done)
 {
     *done = 0;
-    /* matmul_quant 8: the separate matmuls, each on the quantized GEMM where it takes the weight */
+    /* where path 3g comes first (matmul_quant 8; 9 at its rows) the separate matmuls, each on the quantized
+     * GEMM where it takes the weight (int8 / int4: fp8 keeps its paths) */
     if (n < 1 || n > ANVIL_MATMUL_MULTI_MAX || (silu && n != 2) || cb->knobs.matmul_quant == 1 ||
-        cb->knobs.matmul_quant == 8 ||
+        (gemm_first(cb, x->shape[0]) && w[0] != NULL && w[0]->dtype != ANVIL_DTYPE_F8_E4M3) ||
         cb->knobs.matmul_gemv == 2 || cb->knobs.matmul_simt)
         return ANVIL_OK;
     for (int i = 0; i < n; i++)
