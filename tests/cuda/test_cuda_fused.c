@@ -101,10 +101,16 @@ static void expect_same(anvil_backend *be, const char *what, const void *a, cons
     assert_int_equal(be->ops->download(be, x, a, bytes), ANVIL_OK);
     assert_int_equal(be->ops->download(be, y, b, bytes), ANVIL_OK);
     if (memcmp(x, y, bytes) != 0) {
-        size_t i = 0;
+        size_t i = 0, n_diff = 0;
         while (x[i] == y[i])
             i++;
-        print_error("%s: fused and separate differ (first at byte %zu of %zu)\n", what, i, bytes);
+        for (size_t j = 0; j < bytes; j++)
+            n_diff += x[j] != y[j];
+        /* how many bytes, and the first 16-bit words, tell a rounding (a few) from stale input (all) */
+        const size_t w = i & ~(size_t)1;
+        print_error("%s: fused and separate differ (first at byte %zu of %zu; %zu bytes differ; 16-bit words "
+                    "there 0x%02x%02x vs 0x%02x%02x)\n",
+                    what, i, bytes, n_diff, x[w + 1 < bytes ? w + 1 : w], x[w], y[w + 1 < bytes ? w + 1 : w], y[w]);
         fail();
     }
     free(x);

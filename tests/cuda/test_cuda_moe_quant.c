@@ -28,8 +28,9 @@
  *              way where the activations differ in their last bits); per
  *              token 0.3 (on the CPU the fp8 reference is up to 0.17 per
  *              token from the dequantized one at H 32).
- * Token counts 1, 5, 8 (the grouped GEMV under knob moe_loop 0, the loop
- * and its quantized GEMVs under 1) and 9, 12, 33, 40 (the loop under both);
+ * Token counts 1, 5, 8 (the grouped GEMV under knob moe_loop 2, the loop
+ * and its quantized GEMVs under 1, the default) and 9, 12, 33, 40 (the
+ * loop under both);
  * each also under matmul_quant 7 (fp8 W8A8 experts with K a multiple of 64
  * on the streaming form, cuda_moe_quant.cu; H 1024 / I 2048 at 2 and 6
  * tokens split K).
@@ -38,8 +39,9 @@
  *
  * `test_cuda_moe_quant --perf`: one Mixtral-8x7B layer's experts (H 4096,
  * I 14336, 8 experts, top 2, bf16 activations) as bf16, fp8, int8-wo and
- * int4-wo (g128) at 1, 2, 4, 8 and 64 tokens, under moe_loop 0 (the grouped
- * GEMV at 1 and 8 tokens; bf16: the tensor-core GEMM), 1 (the loop) and,
+ * int4-wo (g128) at 1, 2, 4, 8 and 64 tokens, under moe_loop 2 (`grp`: the
+ * grouped GEMV at 1 to 8 tokens; bf16: the tensor-core GEMM), 1 (the loop,
+ * the default for quantized experts since session 30) and,
  * fp8 at up to 6 tokens, matmul_quant 7 (`strm`: the streaming form):
  * ms per call, and the bytes of the experts read (the active experts'
  * weights and scales, as if every token picked its own) per ms.
@@ -368,14 +370,15 @@ static double rel_err(const float *got, const float *want, int64_t T, int64_t H,
     return worst_rel;
 }
 
-/* loop 0, 1: the knob moe_loop; 2: moe_loop 0 with matmul_quant 7 (the
+/* loop 0: the knob moe_loop 2 (the grouped GEMV); 1: moe_loop 1 (the loop,
+ * also the default for quantized experts); 2: moe_loop 0 with matmul_quant 7 (the
  * streaming GEMVs: fp8 W8A8 experts on cuda_moe_quant.cu's streaming form
  * where it takes them, the shared expert's matmuls on the dense one) */
 static void set_loop(anvil_backend *be, int loop)
 {
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);
-    k.moe_loop = loop == 1;
+    k.moe_loop = loop == 0 ? 2 : loop == 1 ? 1 : 0;
     k.matmul_quant = loop == 2 ? 7 : 0;
     assert_int_equal(anvil_cuda_set_knobs(be, &k), ANVIL_OK);
 }
@@ -443,7 +446,7 @@ static void test_moe_quant_vs_cpu(void **state)
                 snprintf(what, sizeof what, "%s act %s T=%lld H=%lld E=%d k=%d I=%lld Is=%lld g%d %s",
                          anvil_dtype_name(c->kind), anvil_dtype_name(act), (long long)c->T, (long long)c->H, c->E,
                          c->k, (long long)c->I, (long long)c->Is, c->group,
-                         loop == 0 ? "moe_loop 0" : loop == 1 ? "moe_loop 1" : "matmul_quant 7");
+                         loop == 0 ? "moe_loop 2" : loop == 1 ? "moe_loop 1" : "matmul_quant 7");
                 if (be->ops->moe(be, &a) != ANVIL_OK || be->ops->synchronize(be) != ANVIL_OK)
                     fail_msg("%s: %s", what, anvil_last_error());
                 assert_int_equal(be->ops->download(be, hout, out.data, out_bytes), ANVIL_OK);
@@ -498,7 +501,7 @@ static double time_moe(anvil_backend *be, anvil_moe_args *a, int knob, int iters
 {
     anvil_cuda_knobs kn;
     memset(&kn, 0, sizeof kn);
-    kn.moe_loop = knob == 1;
+    kn.moe_loop = knob == 0 ? 2 : knob == 1 ? 1 : 0; /* 0: the grouped GEMV; 1: the loop (the default) */
     kn.matmul_quant = knob == 2 ? 7 : 0; /* 2: the streaming form (fp8 W8A8) */
     if (anvil_cuda_set_knobs(be, &kn) != ANVIL_OK)
         return -1;
@@ -577,7 +580,7 @@ static int perf_main(void)
                     continue;
                 const double ms = time_moe(be, &a, knob, 20);
                 const char *kname = kinds[ki] == ANVIL_DTYPE_COUNT ? "bf16" : anvil_dtype_name(kinds[ki]);
-                const char *pname = knob == 0 ? "auto" : knob == 1 ? "loop" : "strm";
+                const char *pname = knob == 0 ? "grp" : knob == 1 ? "loop" : "strm";
                 if (ms < 0)
                     printf("%-8s %6lld %-5s failed: %s\n", kname, (long long)T, pname, anvil_last_error());
                 else

@@ -75,8 +75,9 @@ typedef struct anvil_cuda_knobs {
                                  bench_cuda_latency);
                                  8 the quantized GEMM on tensor cores (cuda_gemm_quant.cu, int4 / int8 weight-only)
                                  wherever it takes the weight, every row count, fp8 W8A8 never on the FP8 GEMM (as
-                                 2); 9 that GEMM first at 9-256 rows of int4 / int8 and where the weight would be
-                                 dequantized, otherwise as 0 (the proposed default); 0: automatic */
+                                 2); 9 that GEMM at 9-256 rows of int4 / int8 (as 0) and also where the weight would
+                                 be dequantized (slower at 2048 rows); 0: automatic (that GEMM first at 9-256
+                                 rows: cuda_matmul_quant.c) */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,

@@ -68,9 +68,9 @@
  *     cp.async ring and converted in registers, mma.sync m16n8k16, group
  *     scales on f32 partial sums. matmul_quant = 8 takes it wherever it
  *     takes the weight (every row count: the tests; fp8 W8A8 then off path
- *     2), 9 first at 9-256 rows (gemm_first) and where path 3 would run
- *     (otherwise as 0: the proposed default, until an H100 has timed it
- *     in whole models).
+ *     2); by default first at 9-256 rows (gemm_first: measured on an
+ *     H100, session 30), 9 there and wherever path 3 would run (slower at
+ *     2048 rows: A/B runs).
  * perm and fp8 activations are applied to x first (cuda_quant_act.cu): into
  * f32 for the GEMV (x' = fl(fp8(x / sx) * sx) is not a bf16 value), into
  * the activation dtype for path 3, into codes and row scales for path 2.
@@ -304,30 +304,34 @@ static anvil_status run_dequant(anvil_cuda_backend *cb, const anvil_cuda_qweight
     return anvil_cuda_op_matmul(&cb->be, &xt, &wt, bias, out);
 }
 
-/* Rows path 3g (the quantized GEMM) takes first under matmul_quant = 9:
- * above the 16-bit GEMV's 8, up to 256. Measured on an H100 (session 30,
- * test_cuda_gemm_quant --perf, Llama-3-8B shapes): at 16 rows 9-14x faster
- * than dequantize + cuBLASLt and 1.15-1.76x bf16 cuBLASLt; at 256 about 2x
- * faster than dequantizing; at 512 about even; at 2048 half as fast. */
+/* Rows path 3g (the quantized GEMM) takes first by default (and under
+ * matmul_quant = 9): above the 16-bit GEMV's 8, up to 256. Measured on an
+ * H100 (session 30, test_cuda_gemm_quant --perf, Llama-3-8B shapes): at 16
+ * rows 9-14x faster than dequantize + cuBLASLt and 1.15-1.76x bf16
+ * cuBLASLt; at 256 about 2x faster than dequantizing; at 512 about even; at
+ * 2048 half as fast. Whole 8B models (bench_cuda_latency, decode of 16 and
+ * 64 sequences): int8 27.3 -> 6.6 and 46.5 -> 11.1 ms a step, int4 33.7 ->
+ * 5.7 and 49.0 -> 10.7 ms, against the SIMT / int8-activation GEMVs and
+ * the dequantizing path they took before. */
 #define GEMM_FIRST_MIN_ROWS 9
 #define GEMM_FIRST_MAX_ROWS 256
 
 /* Whether path 3g comes before the GEMVs for T rows: under matmul_quant =
- * 8 always, under 9 for GEMM_FIRST_MIN_ROWS..GEMM_FIRST_MAX_ROWS rows. */
+ * 8 always; by default and under 9 for GEMM_FIRST_MIN_ROWS..GEMM_FIRST_MAX_ROWS
+ * rows. */
 static int gemm_first(const anvil_cuda_backend *cb, int64_t T)
 {
     const int k = cb->knobs.matmul_quant;
-    return k == 8 || (k == 9 && T >= GEMM_FIRST_MIN_ROWS && T <= GEMM_FIRST_MAX_ROWS);
+    return k == 8 || ((k == 0 || k == 9) && T >= GEMM_FIRST_MIN_ROWS && T <= GEMM_FIRST_MAX_ROWS);
 }
 
-/* Whether path 3g (the quantized GEMM) takes this weight for T rows of x:
- * only under matmul_quant = 8 (every row count) or 9 (first at 9-256 rows,
- * and wherever path 3 would run), until an H100 has timed it in whole
- * models against the default. */
+/* Whether path 3g (the quantized GEMM) takes this weight for T rows of x
+ * (the knob says where it is tried: gemm_first, and under matmul_quant = 9
+ * wherever path 3 would run too: slower at 2048 rows, for A/B runs). */
 static int gemm_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
                    int64_t T)
 {
-    return (cb->knobs.matmul_quant == 8 || cb->knobs.matmul_quant == 9) && !cb->knobs.matmul_simt && T >= 1 &&
+    return !cb->knobs.matmul_simt && T >= 1 &&
            anvil_cuda_gemm_quant_ok(qw, q->perm, (int)q->act, cb->sm, cb->smem_optin, x, cb->ops.act_dtype,
                                     cb->ops.act_dtype);
 }
@@ -406,7 +410,7 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
             return st;
         anvil_clear_error();
     }
-    if (gemm_ok(cb, &qw, q, x->data, T))
+    if (cb->knobs.matmul_quant == 9 && gemm_ok(cb, &qw, q, x->data, T))
         return run_gemm(cb, &qw, x, bias, out);
     return run_dequant(cb, &qw, x, q, bias, out);
 }

@@ -23,12 +23,17 @@
  * GEMM outside a step graph the loop runs (on an H100, session 26,
  * docs/performance.md, the SIMT GEMM was 6-14x slower than cuBLASLt per
  * expert at 16 to 256 tokens). Quantized experts (fp8, int8, int4:
- * docs/quantization.md "Mixture of experts"): at most 8 tokens the
- * quantized grouped GEMV (cuda_moe_quant.cu: one launch each for gate|up
- * and down, step graphs hold it) unless the knob says 1; else, and for
- * layouts it does not take, the loop, each expert's slice through the
- * quantized matmuls (no step graph holds it: the capture is refused by
- * name, and the step then runs unrecorded).
+ * docs/quantization.md "Mixture of experts"): the loop, each expert's
+ * slice through the quantized matmuls (no step graph holds it: the capture
+ * is refused by name, and the step then runs unrecorded); the quantized
+ * grouped GEMV (cuda_moe_quant.cu: one launch each for gate|up and down,
+ * step graphs hold it) at most 8 tokens only under the knob 2 or 3 (or
+ * matmul_quant = 7, which takes its streaming form for fp8). On an
+ * H100 (session 30, test_cuda_moe_quant --perf, one Mixtral-8x7B layer)
+ * the loop took 0.243 / 0.441 / 0.658 / 0.944 ms at 1 / 2 / 4 / 8 tokens of
+ * fp8 experts against the grouped GEMV's 0.685 / 1.278 / 2.218 / 4.540
+ * (int8, int4 alike), and the whole fp8 model's decode 10.3 ms a token
+ * against 23.0 at batch 1, 31.6 against 125.1 at batch 8.
  */
 #include "backend/cuda/cuda_internal.h"
 #include "backend/cuda/cuda_moe_quant.h"
@@ -133,11 +138,13 @@ anvil_status anvil_cuda_op_moe(anvil_backend *be, const anvil_moe_args *a)
                                         a->norm_topk_prob, ids, topw));
     const int64_t n_pairs = T * k;
     const int knob = cb->knobs.moe_loop;
-    /* quantized experts: at most 8 tokens the quantized grouped GEMV (cuda_moe_quant.cu) where it takes
-     * both stacks, else the loop through the quantized matmuls (cuda_matmul_quant.c); the other grouped
-     * launches read dense weights only */
+    /* quantized experts: the loop through the quantized matmuls (cuda_matmul_quant.c); under the knob 2
+     * or 3, at most 8 tokens, the quantized grouped GEMV (cuda_moe_quant.cu) where it takes both stacks
+     * (3-4x slower on an H100: the comment at the top); the other grouped launches read dense weights
+     * only */
     const int quant = a->gate_up->quant != NULL || a->down->quant != NULL;
-    const int qgemv = quant && knob != 1 && anvil_cuda_moe_gemv_quant_ok(a->gate_up, T) &&
+    const int qgemv = quant && (knob == 2 || knob == 3 || cb->knobs.matmul_quant == 7) &&
+                      anvil_cuda_moe_gemv_quant_ok(a->gate_up, T) &&
                       anvil_cuda_moe_gemv_quant_ok(a->down, T);
     const int mma = !quant && knob != 3 && anvil_cuda_moe_mma_ok(adt, a->gate_up->dtype, H, I, a->x->data, a->gate_up->data,
                                                        a->down->data, cb->smem_optin);
