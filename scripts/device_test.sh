@@ -21,6 +21,8 @@
 #    norm's shared codes and without, beside cuBLASLt's FP8 GEMMs alone; bench_fp8_norm: bench_cuda_latency
 #    on the fp8 8B engine at 1:2048:1 (its FP8 GEMM rate and the prefill's fraction of it), shared then
 #    ANVIL_CUDA_FP8_UNSHARED=1)
+#   (fused_contention: test_cuda_fused 3 times beside test_cuda_ops on the same GPU, then 3 times with
+#    ANVIL_TEST_NO_PDL=1: session 30 saw it fail only under contention)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +88,13 @@ for s in "${steps[@]}"; do
                     $bin/test_cuda_mla >"$out/memcheck_mla.log" 2>&1 ;;
     racecheck_mla) ANVIL_TEST_QUICK=1 timeout 500 "$sanitizer" --tool racecheck --racecheck-report all \
                      --error-exitcode 9 $bin/test_cuda_mla >"$out/racecheck_mla.log" 2>&1 ;;
+    fused_contention) # test_cuda_fused beside a GPU load (test_cuda_ops), with dependent launches and without
+      { for pdl in on off; do for i in 1 2 3; do
+          $bin/test_cuda_ops >/dev/null 2>&1 & load=$!
+          if [ $pdl = off ]; then ANVIL_TEST_NO_PDL=1 timeout 100 $bin/test_cuda_fused; else timeout 100 $bin/test_cuda_fused; fi \
+            > /tmp/fused_c.log 2>&1; rc=$?; kill $load 2>/dev/null; wait $load 2>/dev/null
+          echo "pdl $pdl run $i: rc=$rc $(grep -E 'differ|^\[  (PASSED|FAILED)' /tmp/fused_c.log | tr '\n' ' ' | cut -c1-300)"
+        done; done; } >"$out/fused_contention.log" 2>&1; cat "$out/fused_contention.log"; true ;;
     memcheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool memcheck --leak-check full --error-exitcode 9 \
                       $bin/test_cuda_fused >"$out/memcheck_fused.log" 2>&1 ;;
     racecheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
