@@ -7,7 +7,8 @@
 # (bench: BENCH_ARGS are passed to bench_cuda_latency; models are written
 # to /dev/shm when it has room, else /tmp).
 # Logs go to $OUT when it is set (the device tool brings them back).
-#   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|perf|e2e|bench|
+#   scripts/device_test.sh [ops|golden|graph|memcheck|racecheck|memcheck_fused|racecheck_fused|initcheck_fused|
+#                           perf|e2e|bench|
 #                           kv_fp8|test_cuda_<name>|perf_gemm_quant|memcheck_gemm_quant|racecheck_gemm_quant|
 #                           perf_mla|memcheck_mla|racecheck_mla|perf_stream|memcheck_stream|racecheck_stream|
 #                           perf_moe_quant|bench_stream|perf_fp8_norm|bench_fp8_norm ...]
@@ -22,7 +23,8 @@
 #    on the fp8 8B engine at 1:2048:1 (its FP8 GEMM rate and the prefill's fraction of it), shared then
 #    ANVIL_CUDA_FP8_UNSHARED=1)
 #   (fused_contention: test_cuda_fused 3 times beside test_cuda_ops on the same GPU, then 3 times with
-#    ANVIL_TEST_NO_PDL=1: session 30 saw it fail only under contention)
+#    ANVIL_TEST_NO_PDL=1: session 30 saw it fail only under contention; initcheck_fused: its
+#    test_norm_matmul under compute-sanitizer's initcheck, reads of memory nothing wrote)
 #   (default: ops golden graph memcheck racecheck perf e2e)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +101,9 @@ for s in "${steps[@]}"; do
                       $bin/test_cuda_fused >"$out/memcheck_fused.log" 2>&1 ;;
     racecheck_fused) ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool racecheck --racecheck-report all --error-exitcode 9 \
                        $bin/test_cuda_fused >"$out/racecheck_fused.log" 2>&1 ;;
+    initcheck_fused) # reads of device memory nothing wrote (a kernel ahead of an upload would show here)
+      ANVIL_TEST_QUICK=1 timeout 170 "$sanitizer" --tool initcheck --error-exitcode 9 \
+        $bin/test_cuda_fused --only test_norm_matmul >"$out/initcheck_fused.log" 2>&1 ;;
     *) echo "unknown step $s"; false ;;
   esac
   rc=$?

@@ -16,12 +16,22 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-typedef enum perf_kind { PERF_MATMUL, PERF_ATTN, PERF_RMSNORM, PERF_SILU, PERF_ADD, PERF_COPY, PERF_FP8_GEMM } perf_kind;
+typedef enum perf_kind {
+    PERF_MATMUL,
+    PERF_ATTN,
+    PERF_RMSNORM,
+    PERF_SILU,
+    PERF_ADD,
+    PERF_COPY,
+    PERF_FP8_GEMM,
+    PERF_MATMUL_SILU
+} perf_kind;
 
 typedef struct perf_op {
     perf_kind kind;
     anvil_backend *be;
     anvil_tensor x, w, out, y;
+    anvil_tensor w2, gate, up; /* PERF_MATMUL_SILU: out = silu(x w^T) * (x w2^T), gate and up its scratch */
     anvil_attention_args attn;
     void *copy_dst, *copy_src;
     size_t copy_bytes;
@@ -35,6 +45,9 @@ static int perf_run(perf_op *p)
     anvil_status st = ANVIL_OK;
     switch (p->kind) {
     case PERF_MATMUL: st = be->ops->matmul(be, &p->x, &p->w, NULL, &p->out); break;
+    case PERF_MATMUL_SILU:
+        st = be->ops->matmul_silu_mul(be, &p->x, &p->w, NULL, &p->w2, NULL, &p->gate, &p->up, &p->out);
+        break;
     case PERF_FP8_GEMM:
         st = anvil_cuda_gemm_fp8(anvil_cuda_impl(be), p->x.data, p->sx, p->w.data, p->sw, NULL, ANVIL_DTYPE_F32,
                                  p->out.data, ANVIL_DTYPE_BF16, p->x.shape[0], p->x.shape[1], p->w.shape[0]);
@@ -222,6 +235,84 @@ static void perf_matmul_quant(anvil_backend *be, const char *what, anvil_dtype w
     be->ops->free(be, sx);
     be->ops->free(be, x);
     be->ops->free(be, o);
+}
+
+/* The 16-bit tensor-core quantized GEMV (knob matmul_quant = 6) at each
+ * number of warps a tile (knob gemv_quant_warps: 0, its choice, then 4, 6,
+ * 8, 12, 24), one weight [N, K] of wdt (int4 in groups of 128 with zero
+ * points, int8 per channel, fp8 W8A8 per channel) or, with silu, gate and up
+ * of that shape in one launch; GB/s over the weights' bytes. Rows named
+ * "mma16w <scheme> <silu|plain> T=<T> K->N W=<w>". */
+static void perf_mma16_warps(anvil_backend *be, anvil_dtype wdt, int silu, int64_t T, int64_t K, int64_t N)
+{
+    const char *sch = wdt == ANVIL_DTYPE_U4 ? "q4g128" : wdt == ANVIL_DTYPE_I8 ? "q8" : "w8a8";
+    char name[96];
+    snprintf(name, sizeof name, "mma16w %s %s T=%lld %lld->%lld", sch, silu ? "silu" : "plain", (long long)T,
+             (long long)K, (long long)N);
+    if (!perf_wanted(name))
+        return;
+    const int32_t group = wdt == ANVIL_DTYPE_U4 ? 128 : 0;
+    const int64_t G = group > 0 ? K / group : 1;
+    const size_t wb = wdt == ANVIL_DTYPE_U4 ? (size_t)(N * K / 2) : (size_t)(N * K);
+    unsigned char *h = malloc(wb > (size_t)(N * G * 4) ? wb : (size_t)(N * G * 4));
+    uint64_t rng = 0xfeedull + (uint64_t)(N * K);
+    for (size_t i = 0; i < wb; i++)
+        h[i] = (unsigned char)((anvil_test_rand(&rng) >> 56) & (wdt == ANVIL_DTYPE_F8_E4M3 ? 0x77 : 0xff));
+    void *w[2] = {NULL, NULL}, *sc = NULL, *z = NULL;
+    int ok = 1;
+    for (int i = 0; i < 1 + silu; i++)
+        ok = ok && be->ops->alloc(be, wb, &w[i]) == ANVIL_OK && be->ops->upload(be, w[i], h, wb) == ANVIL_OK;
+    float *f = (float *)(void *)h;
+    for (int64_t i = 0; i < N * G; i++)
+        f[i] = 1.0f / 512;
+    ok = ok && be->ops->alloc(be, (size_t)(N * G) * 4, &sc) == ANVIL_OK &&
+         be->ops->upload(be, sc, f, (size_t)(N * G) * 4) == ANVIL_OK;
+    if (wdt == ANVIL_DTYPE_U4) {
+        memset(h, 8, (size_t)(N * G));
+        ok = ok && be->ops->alloc(be, (size_t)(N * G), &z) == ANVIL_OK &&
+             be->ops->upload(be, z, h, (size_t)(N * G)) == ANVIL_OK;
+    }
+    free(h);
+    if (!ok) {
+        fprintf(stderr, "perf: %s\n", anvil_last_error());
+        exit(1);
+    }
+    const anvil_quant_act act = wdt == ANVIL_DTYPE_F8_E4M3 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
+    anvil_quant q = {.group = group, .scales = sc, .zeros = z, .act = act};
+    perf_op p = {.kind = silu ? PERF_MATMUL_SILU : PERF_MATMUL, .be = be};
+    void *x = perf_buf(be, T * K), *o = perf_buf(be, T * N), *g1 = perf_buf(be, T * N), *g2 = perf_buf(be, T * N);
+    p.x = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, K, x);
+    p.w = anvil_tensor_2d(wdt, N, K, w[0]);
+    p.w.quant = &q;
+    p.w2 = anvil_tensor_2d(wdt, N, K, silu ? w[1] : w[0]);
+    p.w2.quant = &q;
+    p.out = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, o);
+    p.gate = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, g1);
+    p.up = anvil_tensor_2d(ANVIL_DTYPE_BF16, T, N, g2);
+    static const int warps[6] = {0, 4, 6, 8, 12, 24};
+    for (int wi = 0; wi < 6; wi++) {
+        anvil_cuda_knobs k = {.matmul_quant = 6, .gemv_quant_warps = warps[wi]};
+        anvil_cuda_set_knobs(be, &k);
+        if (perf_run(&p) != 0) { /* past the kernel's bounds */
+            (void)anvil_last_error();
+            continue;
+        }
+        const float ms = perf_time(&p, 50);
+        const double bytes = (1.0 + silu) * ((double)wb + 4.0 * (double)(N * G) + (z ? (double)(N * G) : 0));
+        if (ms > 0)
+            printf("%s W=%-2d %9.4f ms %7.0f GB/s  (%3.0f%% of copy)\n", name, warps[wi], ms,
+                   bytes / (ms * 1e-3) / 1e9, 100.0 * bytes / (ms * 1e-3) / 1e9 / perf_copy_gbs);
+    }
+    anvil_cuda_knobs k0 = {0};
+    anvil_cuda_set_knobs(be, &k0);
+    for (int i = 0; i < 2; i++)
+        be->ops->free(be, w[i]);
+    be->ops->free(be, sc);
+    be->ops->free(be, z);
+    be->ops->free(be, x);
+    be->ops->free(be, o);
+    be->ops->free(be, g1);
+    be->ops->free(be, g2);
 }
 
 static void perf_attention(anvil_backend *be, const char *what, int n_seqs, int ctx, int new_tokens, int H, int KV,
@@ -491,6 +582,19 @@ static int anvil_cuda_perf_main(void)
         }
         anvil_cuda_knobs k0 = {0};
         anvil_cuda_set_knobs(be, &k0);
+    }
+    {
+        /* the 16-bit GEMV at each number of warps a tile (issue 15's work split), the Llama-3-8B
+         * shapes at one row and gate/up with the silu, and at 4 rows; only with ANVIL_PERF_FILTER
+         * (=mma16w) */
+        static const int64_t shp[5][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 128256}};
+        static const anvil_dtype wdts[3] = {ANVIL_DTYPE_U4, ANVIL_DTYPE_I8, ANVIL_DTYPE_F8_E4M3};
+        for (int sc = 0; sc < 3 && getenv("ANVIL_PERF_FILTER") != NULL; sc++)
+            for (int T = 1; T <= 4; T += 3) {
+                for (int i = 0; i < 5; i++)
+                    perf_mma16_warps(be, wdts[sc], 0, T, shp[i][0], shp[i][1]);
+                perf_mma16_warps(be, wdts[sc], 1, T, 4096, 14336);
+            }
     }
     {
         /* the streaming GEMV (knob matmul_quant = 7: cuda_gemv_stream_quant.cu, issue 15) beside the

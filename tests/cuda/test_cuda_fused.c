@@ -689,8 +689,10 @@ static void test_models(void **s)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 2 && strcmp(argv[1], "--only") == 0) /* the tests whose names match a pattern (cmocka's) */
+        cmocka_set_test_filter(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_add_rmsnorm),
         cmocka_unit_test(test_matmul_groups),

@@ -82,6 +82,10 @@ typedef struct anvil_cuda_knobs {
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,
                                  ~150 bytes of spills; benchmarks) instead of two */
+    int gemv_quant_warps;     /* the 16-bit tensor-core quantized GEMV's warps a tile of 16 weight rows (1..24;
+                                 gate/up with the silu: twice that a block, at most 24, int4 16); 0: picked
+                                 per launch to fill the GPU (cuda_gemv_mma16_split.h). The same bits at
+                                 every value: the sums' order is fixed by the weight */
     int mla_kernel;           /* the mla op (cuda_mla.h): 1 the reference kernels (a block per token and
                                  head, SIMT) for every row; 2 the absorbed form on tensor cores for every
                                  row; 3 the expanded form on tensor cores for the rows after the decode

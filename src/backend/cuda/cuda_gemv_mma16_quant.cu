@@ -26,20 +26,24 @@
  *     times sx, times s[n]: the W8A8 definition, as vLLM and TensorRT-LLM
  *     keep it (no weight-only shortcut: x is rounded to fp8).
  *
- * Work: a block takes one tile of 16 weight rows, its 8 warps split K into
- * contiguous ranges of steps and sum their partial results in shared
- * memory at the end, in a fixed order. gate/up with the silu: blocks of 16
- * warps, the gate tile on warps 0-7 and the up tile of the same rows on
- * 8-15, each split as a plain tile is, so that the fused launch gives the
+ * Work: a block takes one tile of 16 weight rows; K is cut into
+ * GMW_CHUNKS chunks fixed by the weight alone (cuda_gemv_mma16_split.h),
+ * each summed by one warp from zero, and the chunks' sums are added in
+ * chunk order in shared memory at the end. The block's W warps take whole
+ * chunks each, W picked per launch to fill the GPU (gmw_pick_warps): the
+ * bits do not depend on it. gate/up with the silu: blocks of 2 W warps,
+ * the gate tile on warps 0..W-1 and the up tile of the same rows on the
+ * rest, each split as a plain tile is, so that the fused launch gives the
  * separate matmuls' numbers bit for bit. q/k/v: the parts' tiles one after
  * the other in the grid.
  *
  * Bytes in flight: a lane keeps GW_U = 4 steps of its two rows loading
  * (16 bytes each: 128 bytes a lane, 4 KB a warp), refilling a step's
- * registers as soon as it is used; two plain int4 blocks an SM (~100
- * registers), three of int8 / fp8 (85): 64-96 KB an SM, against the ~40 KB
- * an H100 needs (3 TB/s x ~1.7 us over 132 SMs). Scales and zero points
- * are loaded with their step.
+ * registers as soon as it is used, across its chunks; int8 / fp8 blocks
+ * fit in 80 registers a thread (24 warps an SM), int4's in ~100 (20).
+ * Session 30 measured the rate against the warps an SM keeps busy: 24
+ * (96 KB in flight) near the copy rate, 16 (64 KB) at 55-70%. Scales and
+ * zero points are loaded with their step.
  *
  * Measured (H100, session 27, one row, Llama-3-8B shapes): int4 g128
  * 1496-1958 GB/s (49-65% of copy; the SIMT GEMV 1018-1595), int8
@@ -56,10 +60,10 @@
 #include "backend/cuda/cuda_gemv.cuh"
 #include "backend/cuda/cuda_gemv_mma16_map.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
+#include "backend/cuda/cuda_gemv_mma16_split.h"
 #include "backend/cuda/cuda_gemv_mma16_step.cuh"
 
-#define GW_KS        8 /* warps splitting a tile's K */
-#define GW_U         4 /* steps of loads in flight a lane */
+#define GW_U         GMW_U /* steps of loads in flight a lane */
 #define GW_MAX_ROWS  8 /* x rows: the mma's n8 */
 #define GW_MAX_PARTS 4
 #define GW_STEP      64 /* bytes of a weight row a step */
@@ -83,16 +87,16 @@ typedef struct gw_args {
 } gw_args;
 
 /* shared memory: fp8's x codes [T][K + GW_XPAD] halves, then the rows' sx
- * [8], the warps' row maxima [16][8], the warps' partial sums
- * [slots][GW_KS][16][8] */
+ * [8], the warps' row maxima [GMW_WARPS_BLOCK][8], the chunks' partial sums
+ * [slots][GMW_CHUNKS][16][8] */
 static __host__ __device__ size_t gw_xcode_bytes(int scheme, int T, int64_t K)
 {
     return scheme == GMW_FP8 ? ((size_t)T * (size_t)(K + GW_XPAD) * 2 + 15) / 16 * 16 : 0;
 }
 static size_t gw_smem_bytes(int scheme, int T, int64_t K, int slots)
 {
-    return gw_xcode_bytes(scheme, T, K) + (8 + 16 * 8) * sizeof(float) +
-           (size_t)slots * GW_KS * 16 * 8 * sizeof(float);
+    return gw_xcode_bytes(scheme, T, K) + (8 + GMW_WARPS_BLOCK * 8) * sizeof(float) +
+           (size_t)slots * GMW_CHUNKS * 16 * 8 * sizeof(float);
 }
 
 /* ---------------------------------------------------------------- one lane's loads
@@ -181,17 +185,33 @@ template <typename X> __device__ void gw_quant_fp8(const gw_args &a, __half *xc,
 
 /* ---------------------------------------------------------------- the kernel */
 
-/* SL: tile slots a block (1; 2: gate on warps 0-7, up on 8-15). Blocks an
- * SM: int8 / fp8 fit three plain blocks in 85 registers without spills
- * (q/k/v's 384 tiles then run in one wave on 132 SMs); int4 needs ~100
- * (it spilled ~150 bytes at 85): two. */
-#define GW_MIN_BLOCKS(S, SL, MB3) ((SL) == 1 ? ((S) == GMW_U4 && !(MB3) ? 2 : 3) : 1)
+/* The chunks' sums of a warp's accumulators (D's layout) into red[chunk]. */
+__device__ __forceinline__ void gw_flush(float *red, int chunk, float (&acc)[4], int g, int t)
+{
+    float *p = red + (size_t)chunk * 128;
+    p[g * 8 + 2 * t] = acc[0];
+    p[g * 8 + 2 * t + 1] = acc[1];
+    p[(g + 8) * 8 + 2 * t] = acc[2];
+    p[(g + 8) * 8 + 2 * t + 1] = acc[3];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        acc[i] = 0.0f;
+}
+
+/* SL: tile slots a block (1; 2: gate on warps 0..W-1, up on W..2W-1); the
+ * block has SL x W warps, W from the launch (blockDim). The most threads a
+ * block: int8 / fp8 fit 24 warps an SM in 80 registers without spills;
+ * int4 needs ~100 (it spilled ~150 bytes at 85), so its blocks stop at 16
+ * warps (a 128-register bound), except MB3 (the knob's 85-register int4
+ * kernel, for benchmarks). */
+#define GW_MAX_THREADS(S, MB3) ((S) == GMW_U4 && !(MB3) ? 512 : GMW_WARPS_BLOCK * 32)
 template <typename X, int S, bool FOLD, int SL, bool MB3 = false>
-__global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) anvil_gemv_mma16_quant_kernel(gw_args a)
+__global__ void __launch_bounds__(GW_MAX_THREADS(S, MB3), 1) anvil_gemv_mma16_quant_kernel(gw_args a)
 {
     extern __shared__ __align__(16) uint8_t gw_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int slot = warp / GW_KS, ks = warp % GW_KS;
+    const int W = (int)(blockDim.x >> 5) / SL;
+    const int slot = warp / W, kw = warp % W;
 
     /* this warp's tile: part p, rows n0.. (silu: part = slot, the gate's tile index) */
     const int tile = blockIdx.x;
@@ -213,9 +233,12 @@ __global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) an
         rw.z[h] = in && a.zeros[p] != nullptr ? a.zeros[p] + (int64_t)n * a.G : nullptr;
     }
 
-    /* this warp's steps [s0, s1) */
+    /* this warp's chunks [c, c1), steps [s0, s1); ce: the end of chunk c */
     const int steps = (int)(rb / GW_STEP);
-    const int s0 = (int)((int64_t)steps * ks / GW_KS), s1 = (int)((int64_t)steps * (ks + 1) / GW_KS);
+    int c = gmw_warp_chunk(kw, W);
+    const int c1 = gmw_warp_chunk(kw + 1, W);
+    const int s0 = gmw_chunk_start(steps, c), s1 = gmw_chunk_start(steps, c1);
+    int ce = gmw_chunk_start(steps, c + 1);
 
     gw_buf bf[GW_U];
 #pragma unroll
@@ -230,7 +253,7 @@ __global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) an
     __half *xc = reinterpret_cast<__half *>(gw_smem);
     float *sxs = reinterpret_cast<float *>(gw_smem + xcb);
     float *redm = sxs + 8;
-    float *red = redm + 16 * 8; /* [SL][GW_KS][16][8] */
+    float *red = redm + GMW_WARPS_BLOCK * 8 + (size_t)slot * GMW_CHUNKS * 128; /* the slot's [GMW_CHUNKS][16][8] */
     if constexpr (S == GMW_FP8)
         gw_quant_fp8<X>(a, xc, sxs, redm);
 
@@ -238,6 +261,8 @@ __global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) an
     const bool xin = g < a.T;
     const int pe = gmw_piece_elems(S), se = gmw_step_elems(S);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (; c < c1 && ce <= s0; ce = gmw_chunk_start(steps, ++c + 1)) /* empty chunks (steps < GMW_CHUNKS) */
+        gw_flush(red, c, acc, g, t);
     for (int s = s0; s < s1; s += GW_U) {
 #pragma unroll
         for (int u = 0; u < GW_U; u++) {
@@ -251,19 +276,16 @@ __global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) an
                 gw_step<X, S, FOLD>(bf[u], xg, acc);
                 if (st + GW_U < s1)
                     gw_load<S>(bf[u], rw, a, st + GW_U, t);
+                /* the chunks that end here (and empty ones after them) */
+                for (; c < c1 && ce <= st + 1; ce = gmw_chunk_start(steps, ++c + 1))
+                    gw_flush(red, c, acc, g, t);
             }
         }
     }
-
-    /* the warps' partial sums: red[slot][ks][row][col], D's layout */
-    float *rwp = red + (size_t)(slot * GW_KS + ks) * 128;
-    rwp[g * 8 + 2 * t] = acc[0];
-    rwp[g * 8 + 2 * t + 1] = acc[1];
-    rwp[(g + 8) * 8 + 2 * t] = acc[2];
-    rwp[(g + 8) * 8 + 2 * t + 1] = acc[3];
     __syncthreads();
 
-    /* one thread an output (row i, x row r): the K splits summed in order */
+    /* one thread an output (row i, x row r): the chunks summed in order */
+    const float *red0 = redm + GMW_WARPS_BLOCK * 8;
     for (int o = threadIdx.x; o < 128; o += blockDim.x) {
         const int i = o / 8, r = o % 8;
         int op = 0;
@@ -274,10 +296,10 @@ __global__ void __launch_bounds__(SL * GW_KS * 32, GW_MIN_BLOCKS(S, SL, MB3)) an
         if (r >= a.T || n >= a.N[op])
             continue;
         float v = 0.0f, v2 = 0.0f;
-        for (int k = 0; k < GW_KS; k++) {
-            v += red[k * 128 + i * 8 + r];
+        for (int k = 0; k < GMW_CHUNKS; k++) {
+            v += red0[k * 128 + i * 8 + r];
             if (SL == 2)
-                v2 += red[(GW_KS + k) * 128 + i * 8 + r];
+                v2 += red0[(GMW_CHUNKS + k) * 128 + i * 8 + r];
         }
         if constexpr (S == GMW_FP8) {
             const float sxr = sxs[r];
@@ -358,38 +380,109 @@ template <typename X, int S, bool FOLD, int SL, bool MB3> static anvil_status gw
     return ANVIL_OK;
 }
 
-template <typename X, int S, bool FOLD, int SL, bool MB3 = false>
-static anvil_status gw_launch(cudaStream_t stream, int pdl, const gw_args &a, unsigned blocks)
+/* The device's numbers the choice of W needs, asked once per device. */
+typedef struct gw_dev {
+    int n_sm, threads_sm, regs_sm, smem_sm, smem_rsv;
+} gw_dev;
+
+static anvil_status gw_dev_of(gw_dev *d)
 {
+    static int have[16];
+    static gw_dev known[16];
+    int dev = 0;
+    TRY(anvil_cuda_status(cudaGetDevice(&dev), "cudaGetDevice", __FILE__, __LINE__));
+    if (dev >= 0 && dev < 16 && __atomic_load_n(&have[dev], __ATOMIC_ACQUIRE)) {
+        *d = known[dev];
+        return ANVIL_OK;
+    }
+    const struct {
+        cudaDeviceAttr attr;
+        int *to;
+    } asks[5] = {{cudaDevAttrMultiProcessorCount, &d->n_sm},
+                 {cudaDevAttrMaxThreadsPerMultiProcessor, &d->threads_sm},
+                 {cudaDevAttrMaxRegistersPerMultiprocessor, &d->regs_sm},
+                 {cudaDevAttrMaxSharedMemoryPerMultiprocessor, &d->smem_sm},
+                 {cudaDevAttrReservedSharedMemoryPerBlock, &d->smem_rsv}};
+    for (int i = 0; i < 5; i++)
+        TRY(anvil_cuda_status(cudaDeviceGetAttribute(asks[i].to, asks[i].attr, dev),
+                              "gemv (quantized, 16-bit tensor cores): device attributes", __FILE__, __LINE__));
+    if (dev >= 0 && dev < 16) {
+        known[dev] = *d;
+        __atomic_store_n(&have[dev], 1, __ATOMIC_RELEASE);
+    }
+    return ANVIL_OK;
+}
+
+/* gmw_device for the kernel: its registers (from its attributes, asked
+ * once) bound the warps an SM holds, its launch bounds the warps a block. */
+template <typename X, int S, bool FOLD, int SL, bool MB3> static anvil_status gw_fit(gmw_device *out)
+{
+    gw_dev d;
+    TRY(gw_dev_of(&d));
+    static int regs_of = 0; /* 0: not asked yet (one build: the same on every device it runs) */
+    int regs = __atomic_load_n(&regs_of, __ATOMIC_ACQUIRE);
+    if (regs == 0) {
+        cudaFuncAttributes fa;
+        TRY(anvil_cuda_status(cudaFuncGetAttributes(&fa, anvil_gemv_mma16_quant_kernel<X, S, FOLD, SL, MB3>),
+                              "gemv (quantized, 16-bit tensor cores): kernel attributes", __FILE__, __LINE__));
+        regs = fa.numRegs > 0 ? fa.numRegs : 1;
+        __atomic_store_n(&regs_of, regs, __ATOMIC_RELEASE);
+    }
+    const int per_warp = (regs * 32 + 255) / 256 * 256; /* registers go to warps in 256s */
+    const int by_regs = d.regs_sm / per_warp, by_threads = d.threads_sm / 32;
+    out->n_sm = d.n_sm > 0 ? d.n_sm : 1;
+    out->warps_sm = by_regs < by_threads ? by_regs : by_threads;
+    out->max_warps = GW_MAX_THREADS(S, MB3) / 32;
+    out->smem_sm = d.smem_sm;
+    out->smem_rsv = d.smem_rsv;
+    return ANVIL_OK;
+}
+
+template <typename X, int S, bool FOLD, int SL, bool MB3 = false>
+static anvil_status gw_launch(cudaStream_t stream, int pdl, const gw_args &a, unsigned blocks, int warps_knob)
+{
+    gmw_device d;
+    TRY((gw_fit<X, S, FOLD, SL, MB3>(&d)));
     const size_t smem = gw_smem_bytes(S, a.T, a.K, SL);
+    const int steps = (int)((S == GMW_U4 ? a.K / 2 : a.K) / GW_STEP);
+    int W = warps_knob;
+    if (W == 0) {
+        W = gmw_pick_warps(&d, blocks, SL, steps, (int64_t)smem);
+        if (W == 0)
+            W = 4; /* nothing scored: the smallest block */
+    }
+    CHECK(W >= 1 && W <= GMW_CHUNKS && SL * W <= d.max_warps, ANVIL_ERR_INVALID_ARG,
+          "gemv (quantized, 16-bit tensor cores): %d warps a tile (1..%d, at most %d warps a block)", W,
+          GMW_CHUNKS, d.max_warps);
     if (smem > 48 * 1024)
         TRY((gw_set_smem<X, S, FOLD, SL, MB3>()));
-    anvil_launch(anvil_gemv_mma16_quant_kernel<X, S, FOLD, SL, MB3>, dim3(blocks), SL * GW_KS * 32, smem, stream,
-                 pdl, a);
+    anvil_launch(anvil_gemv_mma16_quant_kernel<X, S, FOLD, SL, MB3>, dim3(blocks), SL * W * 32, smem, stream, pdl,
+                 a);
     return ANVIL_CUDA_LAUNCHED("gemv (quantized, 16-bit tensor cores) kernel");
 }
 
-/* mb3: int4's plain kernel at three blocks an SM (the knob gemv_quant_tiles = 3) */
+/* mb3: int4's plain kernel at 85 registers (the knob gemv_quant_tiles = 3) */
 template <typename X, int S, bool FOLD>
-static anvil_status gw_launch_sl(cudaStream_t stream, int pdl, const gw_args &a, int silu, int mb3, unsigned blocks)
+static anvil_status gw_launch_sl(cudaStream_t stream, int pdl, const gw_args &a, int silu, int mb3, unsigned blocks,
+                                 int warps)
 {
     if (silu)
-        return gw_launch<X, S, FOLD, 2>(stream, pdl, a, blocks);
+        return gw_launch<X, S, FOLD, 2>(stream, pdl, a, blocks, warps);
     if (S == GMW_U4 && mb3)
-        return gw_launch<X, S, FOLD, 1, true>(stream, pdl, a, blocks);
-    return gw_launch<X, S, FOLD, 1>(stream, pdl, a, blocks);
+        return gw_launch<X, S, FOLD, 1, true>(stream, pdl, a, blocks, warps);
+    return gw_launch<X, S, FOLD, 1>(stream, pdl, a, blocks, warps);
 }
 
 template <typename X>
 static anvil_status gw_launch_scheme(cudaStream_t stream, int pdl, int scheme, int fold, const gw_args &a, int silu,
-                                     int mb3, unsigned blocks)
+                                     int mb3, unsigned blocks, int warps)
 {
     if (scheme == GMW_I8)
-        return gw_launch_sl<X, GMW_I8, false>(stream, pdl, a, silu, 0, blocks);
+        return gw_launch_sl<X, GMW_I8, false>(stream, pdl, a, silu, 0, blocks, warps);
     if (scheme == GMW_U4)
-        return fold ? gw_launch_sl<X, GMW_U4, true>(stream, pdl, a, silu, mb3, blocks)
-                    : gw_launch_sl<X, GMW_U4, false>(stream, pdl, a, silu, mb3, blocks);
-    return gw_launch_sl<X, GMW_FP8, false>(stream, pdl, a, silu, 0, blocks);
+        return fold ? gw_launch_sl<X, GMW_U4, true>(stream, pdl, a, silu, mb3, blocks, warps)
+                    : gw_launch_sl<X, GMW_U4, false>(stream, pdl, a, silu, mb3, blocks, warps);
+    return gw_launch_sl<X, GMW_FP8, false>(stream, pdl, a, silu, 0, blocks, warps);
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv_mma16_quant(const anvil_cuda_gemv_mma_call *c)
@@ -441,6 +534,7 @@ extern "C" anvil_status anvil_cuda_launch_gemv_mma16_quant(const anvil_cuda_gemv
     const unsigned blocks = (unsigned)(c->silu ? a.tile_end[0] : a.tile_end[n_parts - 1]);
     const int mb3 = c->tiles_knob == 3;
     if (c->x_dt == ANVIL_DTYPE_BF16)
-        return gw_launch_scheme<__nv_bfloat16>(c->stream, c->pdl, scheme, fold, a, c->silu, mb3, blocks);
-    return gw_launch_scheme<__half>(c->stream, c->pdl, scheme, fold, a, c->silu, mb3, blocks);
+        return gw_launch_scheme<__nv_bfloat16>(c->stream, c->pdl, scheme, fold, a, c->silu, mb3, blocks,
+                                               c->warps_knob);
+    return gw_launch_scheme<__half>(c->stream, c->pdl, scheme, fold, a, c->silu, mb3, blocks, c->warps_knob);
 }

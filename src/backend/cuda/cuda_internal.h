@@ -461,6 +461,7 @@ typedef struct anvil_cuda_gemv_mma_call {
     float input_scale;
     int sm;                      /* compute capability (89: 8.9) */
     int tiles_knob;              /* 2, 4: tiles of 16 rows a block; else 1 */
+    int warps_knob;              /* the 16-bit GEMV's warps a tile (knob gemv_quant_warps); 0: its choice */
 } anvil_cuda_gemv_mma_call;
 int anvil_cuda_gemv_mma_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const void *x, anvil_dtype x_dt,
                                  int64_t T);
