@@ -20,9 +20,11 @@
  * whole launch. With W fixed at 8, the attention output and the down
  * projection (256 tiles: 1.9 blocks an SM) read at 55-70% of copy, and
  * gate/up with the silu (16-warp blocks, one an SM) at 67%; q/k/v's 384
- * tiles, 2.9 blocks of 8 an SM, at 96-99%. gmw_pick_warps scores each
- * candidate W by how full its waves of blocks are, the warps it keeps on
- * an SM, and the loads each warp can keep in flight.
+ * tiles, 2.9 blocks of 8 an SM, at 96-99%. gmw_pick_warps times each
+ * candidate W with a small model (gmw_time: waves of blocks, the rounds of
+ * loads of each wave's busiest warp, the bytes against the device's rate)
+ * fitted to session 31's sweep of every W on an H100, where its picks came
+ * within 2.4% of the best W on average over 18 shapes.
  */
 #ifndef ANVIL_CUDA_GEMV_MMA16_SPLIT_H
 #define ANVIL_CUDA_GEMV_MMA16_SPLIT_H
@@ -59,7 +61,16 @@ typedef struct gmw_device {
     int max_warps;     /* warps a block of this kernel may have (its launch bounds) */
     int64_t smem_sm;   /* shared memory an SM gives blocks */
     int64_t smem_rsv;  /* shared memory the system keeps a block */
+    double bw;         /* bytes a microsecond the device's memory streams (~90% of its peak) */
+    unsigned skip;     /* candidates not to take: bit i for gmw_candidate(i) */
 } gmw_device;
+
+/* The timing model's constants, fitted to session 31's sweep on an H100
+ * (docs/performance.md): a warp's round of GMW_U steps of loads takes
+ * ~4 us under load, and a wave of blocks ~2 us more (launch, the x codes,
+ * the chunks' sums, the epilogue). */
+#define GMW_ROUND_US 4.0
+#define GMW_WAVE_US  2.0
 
 /* Blocks of `warps` warps and smem_block bytes of shared memory an SM
  * holds (32 at most), 0 when none. */
@@ -74,41 +85,58 @@ GMS_HD int gmw_blocks_sm(const gmw_device *d, int warps, int64_t smem_block)
     return b < 32 ? b : 32;
 }
 
-/* The score of W (higher is faster; 0: W does not fit) for n tiles of
- * `steps` steps a row, SL slots a block (2: gate and up), smem(W) the
- * block's shared memory. fill: the tiles over the block slots of the
- * waves they need; warps: the share of the SM's warps kept busy; depth: the
- * steps a warp has (so, loads in flight) against GMW_U; balance: the
- * average chunks a warp against the busiest warp's (W that does not divide
- * GMW_CHUNKS). */
-GMS_HD double gmw_score(const gmw_device *d, int64_t n, int SL, int steps, int W, int64_t smem_block)
+/* Steps of the busiest of W warps in a row of `steps` steps. */
+GMS_HD int gmw_most_steps(int steps, int W)
+{
+    int most = 0;
+    for (int w = 0; w < W; w++) {
+        const int s = gmw_chunk_start(steps, gmw_warp_chunk(w + 1, W)) - gmw_chunk_start(steps, gmw_warp_chunk(w, W));
+        most = s > most ? s : most;
+    }
+    return most;
+}
+
+/* The model's microseconds for n tiles of `steps` steps a row (64 bytes
+ * of 16 rows a step), SL slots a block (2: gate and up), W warps a slot,
+ * blocks of smem_block bytes of shared memory; a negative number when W
+ * does not fit. The tiles run in waves of the blocks the SMs hold; a wave
+ * takes the longer of its busiest warp's rounds of loads (GMW_ROUND_US for
+ * each GMW_U steps, at least one round) and its bytes at the device's
+ * rate, plus GMW_WAVE_US. */
+GMS_HD double gmw_time(const gmw_device *d, int64_t n, int SL, int steps, int W, int64_t smem_block)
 {
     const int bsm = gmw_blocks_sm(d, SL * W, smem_block);
     if (bsm == 0 || n <= 0)
-        return 0.0;
+        return -1.0;
     const int64_t slots = (int64_t)bsm * d->n_sm;
-    const int64_t waves = (n + slots - 1) / slots;
-    const double fill = (double)n / (double)(waves * slots);
-    const double warps = (double)(bsm * SL * W) / (double)d->warps_sm;
-    const int most = (GMW_CHUNKS + W - 1) / W; /* chunks of the busiest warp */
-    const double balance = (double)GMW_CHUNKS / W / most;
-    const double per_warp = (double)steps / W; /* steps a warp, on average */
-    const double depth = per_warp >= GMW_U ? 1.0 : per_warp / GMW_U;
-    return fill * warps * depth * balance;
+    const int most = gmw_most_steps(steps, W);
+    const double rounds = most > GMW_U ? (double)most / GMW_U : 1.0;
+    const double lat = GMW_ROUND_US * rounds;
+    const double tile_bytes = 1024.0 * (double)SL * (double)steps; /* 16 rows x 64 bytes a step */
+    double t = 0.0;
+    for (int64_t left = n; left > 0; left -= slots) {
+        const int64_t blocks = left < slots ? left : slots;
+        const double io = (double)blocks * tile_bytes / d->bw;
+        t += (lat > io ? lat : io) + GMW_WAVE_US;
+    }
+    return t;
 }
 
-/* The best candidate W (gmw_candidate) for the launch, with blocks of
- * smem_block bytes of shared memory; 0 if none fits. */
+/* The candidate W (gmw_candidate, not skipped) the model times fastest for
+ * the launch, with blocks of smem_block bytes of shared memory; 0 if none
+ * fits. */
 GMS_HD int gmw_pick_warps(const gmw_device *d, int64_t n, int SL, int steps, int64_t smem_block)
 {
     int best = 0;
-    double best_score = 0.0;
+    double best_t = 0.0;
     for (int i = 0; i < GMW_N_CANDIDATES; i++) {
+        if (d->skip & (1u << i))
+            continue;
         const int W = gmw_candidate(i);
-        const double s = gmw_score(d, n, SL, steps, W, smem_block);
-        /* a candidate must beat the kept one by more than rounding */
-        if (s > best_score * 1.000001) {
-            best_score = s;
+        const double t = gmw_time(d, n, SL, steps, W, smem_block);
+        /* a later candidate must beat the kept one by more than rounding */
+        if (t >= 0.0 && (best == 0 || t < best_t * 0.999999)) {
+            best_t = t;
             best = W;
         }
     }
