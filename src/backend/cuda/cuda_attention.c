@@ -78,6 +78,7 @@ static void choose_splits(anvil_cuda_backend *cb, int64_t blocks, int per_sm, in
     int64_t n = 1;
     if (cb->knobs.attn_splits > 0) {
         n = cb->knobs.attn_splits < span ? cb->knobs.attn_splits : span;
+        n = n < MAX_SPLITS ? n : MAX_SPLITS; /* the combine kernel's bound */
     } else {
         const int64_t wave = (int64_t)per_sm * cb->n_sm;
         int64_t max_n = (span + min_keys - 1) / min_keys;
@@ -147,8 +148,10 @@ static anvil_status launch_decode(anvil_cuda_backend *cb, anvil_cuda_attn *a, an
         const size_t need = (size_t)anvil_cuda_attn_decode_mma_counters(a) * sizeof(int);
         const int grows = need > cb->attn_cnt_bytes;
         TRY(anvil_cuda_reserve(cb, &cb->attn_cnt, &cb->attn_cnt_bytes, need, "attention: split counters"));
-        if (grows)
+        if (grows) {
             CUDA_TRY(cudaMemsetAsync(cb->attn_cnt, 0, cb->attn_cnt_bytes, cb->stream), "attention: split counters");
+            a->pdl = 0; /* the kernel behind the memset launches plainly (anvil_cuda_pdl) */
+        }
         counters = (int *)cb->attn_cnt;
     }
     if (mma)
@@ -181,7 +184,7 @@ anvil_status anvil_cuda_op_attention(anvil_backend *be, const anvil_attention_ar
         .n_heads = args->n_heads, .n_kv_heads = args->n_kv_heads, .head_dim = args->head_dim,
         .window = args->sliding_window, .scale = args->scale, .softcap = args->softcap, .err = cb->d_err,
         .rope = anvil_cuda_rope_of(args->rope, st),
-        .pdl = cb->pdl,
+        .pdl = anvil_cuda_pdl(cb),
     };
     if (args->rope != NULL)
         CHECK(args->rope->inv_freq != NULL && isfinite(args->rope->scale) &&

@@ -268,40 +268,55 @@ __global__ void __launch_bounds__(DC_WARPS * 32)
     }
 }
 
-/* out[t, h] = sum over splits of acc * e^(m - M) / sum of l * e^(m - M). */
+/* out[t, h] = sum over splits of acc * e^(m - M) / sum of l * e^(m - M).
+ * At batch 1 this kernel is latency on the decode step's critical path
+ * (session 31, ncu on an H100: 9.3 us a layer at 9 splits, when its loops
+ * read each split's (m, l) from L2 one round trip after another). So the
+ * block first brings every split's (m, l) into shared memory, one load a
+ * thread, and each thread then loads its whole column of partials (up to
+ * CB_BATCH splits a round) before it sums; the arithmetic and its order are
+ * what they were, and what the decode kernel's in-kernel merge does (the
+ * same bits). */
+#define CB_MAX_SPLITS 256 /* cuda_attention.c's MAX_SPLITS */
+#define CB_BATCH      16
 template <typename T>
 __global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tokens, int n_heads, int hd,
                                           int n_splits)
 {
+    __shared__ float mls[2 * CB_MAX_SPLITS];
     anvil_pdl_wait();
     anvil_pdl_launch();
     const int64_t idx = blockIdx.x; /* t * n_heads + h */
     const float *ml = ws + 2 * idx * n_splits;
     const float *pa = ws + 2 * (int64_t)n_tokens * n_heads * n_splits + idx * n_splits * hd;
-    /* The loops are unrolled so that several splits' loads are in flight at
-     * once (each is an L2 round trip: at batch 1 this kernel is latency on
-     * the decode step's critical path); the arithmetic and its order are
-     * what they were, and what the decode kernel's in-kernel merge does. */
+    for (int i = threadIdx.x; i < 2 * n_splits; i += blockDim.x)
+        mls[i] = ml[i];
+    __syncthreads();
     float mx = -INFINITY;
-#pragma unroll 4
     for (int sp = 0; sp < n_splits; sp++)
-        mx = fmaxf(mx, ml[2 * sp]);
+        mx = fmaxf(mx, mls[2 * sp]);
     float lsum = 0.0f;
-#pragma unroll 4
     for (int sp = 0; sp < n_splits; sp++) {
-        const float m2 = ml[2 * sp], l2 = ml[2 * sp + 1];
+        const float m2 = mls[2 * sp], l2 = mls[2 * sp + 1];
         lsum += m2 == -INFINITY ? 0.0f : l2 * expf(m2 - mx);
     }
     const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float o = 0.0f;
-#pragma unroll 4
-        for (int sp = 0; sp < n_splits; sp++) {
-            /* loaded whatever m2 is (an empty split's partial is allocated,
-             * unused), so the loads need not wait for the test */
-            const float m2 = ml[2 * sp], p = pa[(int64_t)sp * hd + d];
-            if (m2 != -INFINITY)
-                o += p * expf(m2 - mx);
+        for (int s0 = 0; s0 < n_splits; s0 += CB_BATCH) {
+            float p[CB_BATCH];
+#pragma unroll
+            for (int j = 0; j < CB_BATCH; j++) /* every load of the round issued before the sums */
+                p[j] = s0 + j < n_splits ? pa[(int64_t)(s0 + j) * hd + d] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < CB_BATCH; j++) {
+                const int sp = s0 + j;
+                if (sp < n_splits) {
+                    const float m2 = mls[2 * sp];
+                    if (m2 != -INFINITY)
+                        o += p[j] * expf(m2 - mx);
+                }
+            }
         }
         out[idx * hd + d] = anvil_from_f32<T>(o * inv);
     }
@@ -310,6 +325,8 @@ __global__ void anvil_attn_combine_kernel(const float *ws, T *out, int32_t n_tok
 extern "C" anvil_status anvil_cuda_launch_attn_combine(cudaStream_t stream, const anvil_cuda_attn *a,
                                                        int32_t n_splits, const float *ws)
 {
+    CHECK(n_splits >= 1 && n_splits <= CB_MAX_SPLITS, ANVIL_ERR_INVALID_ARG,
+          "attention combine: %d splits (1..%d)", n_splits, CB_MAX_SPLITS);
     const int threads = a->head_dim <= 64 ? 64 : 128;
     const unsigned blocks = (unsigned)((int64_t)a->n_tokens * a->n_heads);
     ANVIL_CUDA_DISPATCH(a->dt, anvil_launch(anvil_attn_combine_kernel<T>, blocks, threads, 0, stream, a->pdl, ws,

@@ -59,6 +59,7 @@ anvil_status anvil_cuda_reserve(anvil_cuda_backend *cb, void **buf, size_t *have
 /* Reads the error word (after the queued work) and reports what it says. */
 static anvil_status check_error_word(anvil_cuda_backend *cb, const char *what)
 {
+    anvil_cuda_fence(cb);
     CUDA_TRY(cudaMemcpyAsync(cb->h_err, cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream), what);
     CUDA_TRY(cudaStreamSynchronize(cb->stream), what);
     int bits = *cb->h_err;
@@ -178,6 +179,7 @@ static anvil_status cuda_upload(anvil_backend *be, void *dst, const void *src, s
         return ANVIL_OK;
     CHECK(dst != NULL && src != NULL, ANVIL_ERR_INVALID_ARG, "cuda upload: NULL pointer");
     TRY(anvil_cuda_use(cb));
+    anvil_cuda_fence(cb);
     for (size_t off = 0; off < bytes;) {
         size_t n = bytes - off < cb->stage_bytes ? bytes - off : cb->stage_bytes;
         int i = cb->stage_next;
@@ -260,6 +262,7 @@ static anvil_status cuda_download(anvil_backend *be, void *dst, const void *src,
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     CHECK(bytes == 0 || (dst != NULL && src != NULL), ANVIL_ERR_INVALID_ARG, "cuda download: NULL pointer");
     TRY(anvil_cuda_use(cb));
+    anvil_cuda_fence(cb);
     if (bytes > 0)
         CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream), "cuda download");
     return check_error_word(cb, "cuda download");
@@ -275,6 +278,7 @@ static anvil_status cuda_download_async(anvil_backend *be, int slot, void *dst, 
     CHECK(slot == 0 || slot == 1, ANVIL_ERR_INVALID_ARG, "cuda download_async: slot %d", slot);
     CHECK(bytes == 0 || (dst != NULL && src != NULL), ANVIL_ERR_INVALID_ARG, "cuda download_async: NULL pointer");
     TRY(anvil_cuda_use(cb));
+    anvil_cuda_fence(cb);
     if (bytes > 0)
         CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream), "cuda download_async");
     CUDA_TRY(cudaMemcpyAsync(&cb->h_err_slot[slot], cb->d_err, sizeof(int), cudaMemcpyDeviceToHost, cb->stream),
@@ -349,6 +353,7 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
     CUDA_TRY(cudaMemsetAsync(cb->d_err, 0, sizeof(int), cb->stream), "cuda backend: error word");
+    anvil_cuda_fence(cb);
     CUDA_TRY(cudaMallocHost((void **)&cb->h_err, sizeof(int)), "cuda backend: error word");
     CUDA_TRY(cudaMallocHost((void **)&cb->h_err_slot, 2 * sizeof(int)), "cuda backend: error word");
     for (int i = 0; i < 2; i++)

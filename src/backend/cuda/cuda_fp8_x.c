@@ -92,7 +92,7 @@ anvil_status anvil_cuda_fp8_x_get(anvil_cuda_backend *cb, const anvil_tensor *x,
         return ANVIL_OK;
     }
     TRY(reserve(cb));
-    TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+    TRY(anvil_cuda_launch_quant_act(cb->stream, anvil_cuda_pdl(cb), x->data, cb->ops.act_dtype, q->perm, (int)q->act,
                                     q->input_scale, s->T, s->K, s->codes, ANVIL_DTYPE_F8_E4M3, s->sx, cb->d_err));
     mark_made(s, q);
     *codes = s->codes;

@@ -32,7 +32,7 @@ anvil_status anvil_cuda_op_add_rmsnorm(anvil_backend *be, const anvil_tensor *a,
     CHECK(a->shape[0] == 0 || (norm->data != a->data && norm->data != b->data && norm->data != sum->data),
           ANVIL_ERR_INVALID_ARG, "add_rmsnorm: norm must not alias a, b or sum");
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_add_rmsnorm(cb->stream, cb->pdl, a->data, b->data, w->data, w->dtype, sum->data,
+    return anvil_cuda_launch_add_rmsnorm(cb->stream, anvil_cuda_pdl(cb), a->data, b->data, w->data, w->dtype, sum->data,
                                          norm->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps);
 }
 
@@ -111,7 +111,7 @@ anvil_status anvil_cuda_op_matmul_multi(anvil_backend *be, const anvil_tensor *x
     if (x->shape[0] == 0)
         return ANVIL_OK;
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_gemv_multi(cb->stream, cb->pdl, x->data, n, wp, bp, bdt, op, cols, cb->ops.act_dtype,
+    return anvil_cuda_launch_gemv_multi(cb->stream, anvil_cuda_pdl(cb), x->data, n, wp, bp, bdt, op, cols, cb->ops.act_dtype,
                                         x->shape[0], x->shape[1]);
 }
 
@@ -155,7 +155,7 @@ anvil_status anvil_cuda_op_matmul_silu_mul(anvil_backend *be, const anvil_tensor
     if (x->shape[0] == 0)
         return ANVIL_OK;
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_gemv_silu_mul(cb->stream, cb->pdl, x->data, wg->data, bg ? bg->data : NULL,
+    return anvil_cuda_launch_gemv_silu_mul(cb->stream, anvil_cuda_pdl(cb), x->data, wg->data, bg ? bg->data : NULL,
                                            bg ? bg->dtype : ANVIL_DTYPE_F32, wu->data, bu ? bu->data : NULL,
                                            bu ? bu->dtype : ANVIL_DTYPE_F32, out->data, cb->ops.act_dtype,
                                            x->shape[0], x->shape[1], wg->shape[0]);
@@ -187,7 +187,7 @@ static anvil_status norm_for_group(anvil_cuda_backend *cb, const anvil_tensor *a
     void *codes = NULL;
     float *sx = NULL;
     TRY(anvil_cuda_fp8_x_fill(cb, q, &codes, &sx));
-    return anvil_cuda_launch_add_rmsnorm_quant(cb->stream, cb->pdl, a->data, b->data, norm_w->data, norm_w->dtype,
+    return anvil_cuda_launch_add_rmsnorm_quant(cb->stream, anvil_cuda_pdl(cb), a->data, b->data, norm_w->data, norm_w->dtype,
                                                sum->data, x->data, cb->ops.act_dtype, a->shape[0], a->shape[1], eps,
                                                (int)q->act, q->input_scale, codes, sx);
 }
@@ -280,7 +280,7 @@ anvil_status anvil_cuda_op_add_rmsnorm_matmul_multi(anvil_backend *be, const anv
         g.n[i] = w[i]->shape[0];
     }
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_norm_gemv(cb->stream, cb->pdl, max_blocks, &g, cb->ops.act_dtype, a->shape[0],
+    return anvil_cuda_launch_norm_gemv(cb->stream, anvil_cuda_pdl(cb), max_blocks, &g, cb->ops.act_dtype, a->shape[0],
                                        a->shape[1]);
 }
 
@@ -326,6 +326,6 @@ anvil_status anvil_cuda_op_add_rmsnorm_matmul_silu_mul(anvil_backend *be, const 
     g.n[0] = wg->shape[0];
     g.n[1] = wu->shape[0];
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_norm_gemv(cb->stream, cb->pdl, max_blocks, &g, cb->ops.act_dtype, a->shape[0],
+    return anvil_cuda_launch_norm_gemv(cb->stream, anvil_cuda_pdl(cb), max_blocks, &g, cb->ops.act_dtype, a->shape[0],
                                        a->shape[1]);
 }

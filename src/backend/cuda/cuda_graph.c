@@ -100,6 +100,7 @@ anvil_status anvil_cuda_graph_begin(anvil_backend *be, uint64_t key, int *action
     TRY(anvil_cuda_use(cb));
     if (e->state == G_RECORDED) {
         CUDA_TRY(cudaGraphLaunch(e->exec, cb->stream), "cuda graph launch");
+        anvil_cuda_fence(cb);
         __atomic_add_fetch(&g_replayed, 1, __ATOMIC_RELAXED);
         *action = ANVIL_GRAPH_REPLAYED;
         return ANVIL_OK;
@@ -140,6 +141,7 @@ anvil_status anvil_cuda_graph_end(anvil_backend *be, uint64_t key, anvil_status 
     ge->state = G_RECORDED;
     __atomic_add_fetch(&g_recorded, 1, __ATOMIC_RELAXED);
     CUDA_TRY(cudaGraphLaunch(exec, cb->stream), "cuda graph launch");
+    anvil_cuda_fence(cb);
     *ran = 1;
     return ANVIL_OK;
 }

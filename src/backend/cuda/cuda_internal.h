@@ -73,6 +73,8 @@ typedef struct anvil_cuda_backend {
     int sm;                    /* compute capability, major * 10 + minor (90: sm_90) */
     int pdl;                   /* launch a decode step's kernels with programmatic dependent launch
                                   (sm_90+, unless config.no_pdl) */
+    int pdl_fence;             /* 1 after a copy or memset was queued on the stream: the next kernel
+                                  launches without the attribute (anvil_cuda_pdl) */
     size_t smem_optin;         /* largest dynamic shared memory a block may opt in to */
 
     /* cuBLASLt: one handle, one workspace, the algorithm per GEMM shape */
@@ -144,6 +146,25 @@ static inline anvil_cuda_backend *anvil_cuda_impl(anvil_backend *be) { return (a
  * launcher takes the backend's pdl (anvil_cuda_backend.pdl) as an argument,
  * the attention launchers in anvil_cuda_attn.pdl.
  */
+
+/* Whether the next kernel on cb's stream launches with programmatic
+ * dependent launch: cb->pdl, except right after a copy or memset on the
+ * stream (cb->pdl_fence, which this clears). A dependent launch waits for
+ * the kernel before it (anvil_pdl_wait); after anything else, the kernel
+ * launches plainly, behind everything queued before it. Session 31 saw,
+ * on an H100 shared with another process, kernels launched with the
+ * attribute right after uploads compute with data the uploads had not yet
+ * written (test_cuda_fused, 3 runs of 3; none without the attribute). Each
+ * launch site reads this once a launch. */
+static inline int anvil_cuda_pdl(anvil_cuda_backend *cb)
+{
+    const int p = cb->pdl && !cb->pdl_fence;
+    cb->pdl_fence = 0;
+    return p;
+}
+
+/* Marks a copy, memset or graph launch queued on cb's stream (above). */
+static inline void anvil_cuda_fence(anvil_cuda_backend *cb) { cb->pdl_fence = 1; }
 
 /* ---------------------------------------------------------------- errors */
 

@@ -327,6 +327,7 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
     const anvil_dtype dt = cb->ops.act_dtype;
     if (K == 0) { /* an empty sum: the bias alone */
         CUDA_TRY(cudaMemsetAsync(out->data, 0, (size_t)(T * N) * anvil_dtype_size(dt), cb->stream), "matmul");
+        anvil_cuda_fence(cb);
         return bias ? anvil_cuda_launch_bias_add(cb->stream, out->data, dt, bias->data, bias->dtype, T, N) : ANVIL_OK;
     }
     if (w->quant != NULL)
@@ -351,7 +352,7 @@ anvil_status anvil_cuda_op_matmul(anvil_backend *be, const anvil_tensor *x, cons
      * tokens after a restart; the GEMV reads at 85-100% of the copy rate
      * on every Llama-3-8B shape, cuBLASLt at 20-88%) */
     if (anvil_cuda_gemv_ok(dt, T, K, x->data, wdata, out->data) && cb->knobs.matmul_gemv != 2)
-        return anvil_cuda_launch_gemv(cb->stream, cb->pdl, x->data, wdata, bp, bdt, out->data, dt, T, K, N);
+        return anvil_cuda_launch_gemv(cb->stream, anvil_cuda_pdl(cb), x->data, wdata, bp, bdt, out->data, dt, T, K, N);
     mm_key key;
     memset(&key, 0, sizeof key);
     key.T = T;

@@ -201,8 +201,9 @@ static int stream_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw,
 /* Path 0s: its workspace (partials, and tile counters zeroed when they are
  * made: every launch leaves them zero, so a grown buffer is zeroed once),
  * then the launch. */
-static anvil_status run_stream(anvil_cuda_backend *cb, const anvil_cuda_gemv_mma_call *c)
+static anvil_status run_stream(anvil_cuda_backend *cb, const anvil_cuda_gemv_mma_call *call)
 {
+    anvil_cuda_gemv_mma_call cc = *call, *c = &cc;
     anvil_cuda_gemv_stream_ws ws = {NULL, NULL};
     const int64_t n_cnt = anvil_cuda_gemv_stream_counters(c);
     if (n_cnt > 0) {
@@ -211,8 +212,10 @@ static anvil_status run_stream(anvil_cuda_backend *cb, const anvil_cuda_gemv_mma
         const size_t need = (size_t)n_cnt * sizeof(int);
         const int grows = need > cb->gsq_cnt_bytes;
         TRY(anvil_cuda_reserve(cb, &cb->gsq_cnt, &cb->gsq_cnt_bytes, need, "matmul: streaming GEMV counters"));
-        if (grows)
+        if (grows) {
             CUDA_TRY(cudaMemsetAsync(cb->gsq_cnt, 0, cb->gsq_cnt_bytes, cb->stream), "matmul: streaming GEMV counters");
+            cc.pdl = 0; /* behind a memset: a plain launch (anvil_cuda_pdl) */
+        }
         ws.partials = (float *)cb->gsq_ws;
         ws.counters = (int *)cb->gsq_cnt;
     }
@@ -224,7 +227,7 @@ static anvil_cuda_gemv_mma_call mma_call(anvil_cuda_backend *cb, const anvil_ten
                                          const anvil_cuda_qweight *qw)
 {
     anvil_cuda_gemv_mma_call c = {
-        .stream = cb->stream, .pdl = cb->pdl, .n_parts = n, .x = x->data, .x_dt = cb->ops.act_dtype,
+        .stream = cb->stream, .pdl = anvil_cuda_pdl(cb), .n_parts = n, .x = x->data, .x_dt = cb->ops.act_dtype,
         .T = x->shape[0], .perm = q->perm, .err = cb->d_err, .act = (int)q->act, .input_scale = q->input_scale,
         .sm = cb->sm, .tiles_knob = cb->knobs.gemv_quant_tiles, .warps_knob = cb->knobs.gemv_quant_warps,
     };
@@ -240,7 +243,7 @@ static anvil_status prep_x(anvil_cuda_backend *cb, const anvil_tensor *x, const 
     const int64_t T = x->shape[0], K = x->shape[1];
     TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, (size_t)(T * K) * anvil_dtype_size(out_dt),
                            "matmul: quantized activations buffer"));
-    TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+    TRY(anvil_cuda_launch_quant_act(cb->stream, anvil_cuda_pdl(cb), x->data, cb->ops.act_dtype, q->perm, (int)q->act,
                                     q->input_scale, T, K, cb->q_scratch, out_dt, NULL, cb->d_err));
     *xp = cb->q_scratch;
     return ANVIL_OK;
@@ -261,7 +264,7 @@ static anvil_status run_fp8_gemm(anvil_cuda_backend *cb, const anvil_tensor *x, 
         TRY(anvil_cuda_reserve(cb, &cb->q_scratch, &cb->q_scratch_bytes, codes + (size_t)T * sizeof(float),
                                "matmul: fp8 activations buffer"));
         float *row_scale = (float *)(void *)((char *)cb->q_scratch + codes);
-        TRY(anvil_cuda_launch_quant_act(cb->stream, cb->pdl, x->data, cb->ops.act_dtype, q->perm, (int)q->act,
+        TRY(anvil_cuda_launch_quant_act(cb->stream, anvil_cuda_pdl(cb), x->data, cb->ops.act_dtype, q->perm, (int)q->act,
                                         q->input_scale, T, K, cb->q_scratch, ANVIL_DTYPE_F8_E4M3, row_scale,
                                         cb->d_err));
         xq = cb->q_scratch;
@@ -402,7 +405,7 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
             TRY(prep_x(cb, x, q, ANVIL_DTYPE_F32, &xp));
             xdt = ANVIL_DTYPE_F32;
         }
-        return anvil_cuda_launch_gemv_quant(cb->stream, cb->pdl, &qw, xp, xdt, bp, bdt, out->data, dt, T);
+        return anvil_cuda_launch_gemv_quant(cb->stream, anvil_cuda_pdl(cb), &qw, xp, xdt, bp, bdt, out->data, dt, T);
     }
     if (fp8_gemm) {
         const anvil_status st = run_fp8_gemm(cb, x, w, bias, out);
@@ -517,10 +520,10 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         xdt = ANVIL_DTYPE_F32;
     }
     if (silu)
-        TRY(anvil_cuda_launch_gemv_quant_silu(cb->stream, cb->pdl, &qw[0], &qw[1], xp, xdt, bp[0], bdt[0], bp[1],
+        TRY(anvil_cuda_launch_gemv_quant_silu(cb->stream, anvil_cuda_pdl(cb), &qw[0], &qw[1], xp, xdt, bp[0], bdt[0], bp[1],
                                               bdt[1], op[0], dt, T));
     else
-        TRY(anvil_cuda_launch_gemv_quant_multi(cb->stream, cb->pdl, n, qw, xp, xdt, bp, bdt, op, dt, T));
+        TRY(anvil_cuda_launch_gemv_quant_multi(cb->stream, anvil_cuda_pdl(cb), n, qw, xp, xdt, bp, bdt, op, dt, T));
     *done = 1;
     return ANVIL_OK;
 }

@@ -64,10 +64,12 @@ static anvil_status moe_stream(anvil_cuda_backend *cb, const anvil_moe_args *a, 
         const size_t need = (size_t)n_cnt * sizeof(int);
         const int grows = need > cb->gsq_cnt_bytes;
         TRY(anvil_cuda_reserve(cb, &cb->gsq_cnt, &cb->gsq_cnt_bytes, need, "moe: streaming GEMV counters"));
-        if (grows)
+        if (grows) {
             CUDA_TRY(cudaMemsetAsync(cb->gsq_cnt, 0, cb->gsq_cnt_bytes, cb->stream), "moe: streaming GEMV counters");
+            anvil_cuda_fence(cb);
+        }
     }
-    TRY(anvil_cuda_launch_moe_experts_stream(cb->stream, 1, a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
+    TRY(anvil_cuda_launch_moe_experts_stream(cb->stream, anvil_cuda_pdl(cb), a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
                                              active, order, ab, (float *)cb->gsq_ws, (int *)cb->gsq_cnt,
                                              cb->smem_optin));
     return anvil_cuda_launch_moe_experts_stream(cb->stream, 0, ab, ANVIL_DTYPE_F32, a->down, T, k, E, I, H, offsets,
@@ -91,6 +93,7 @@ static anvil_status moe_loop(anvil_backend *be, anvil_cuda_backend *cb, const an
     TRY(anvil_cuda_status(cudaMemcpyAsync(offsets, AT(s, L->offsets), (size_t)(E + 1) * sizeof *offsets,
                                           cudaMemcpyDeviceToHost,
                                           cb->stream), "moe offsets", __FILE__, __LINE__));
+    anvil_cuda_fence(cb);
     TRY(anvil_cuda_status(cudaStreamSynchronize(cb->stream), "moe offsets", __FILE__, __LINE__));
     for (int32_t e = 0; e < E; e++) {
         const int64_t r0 = offsets[e], n = offsets[e + 1] - offsets[e];

@@ -64,7 +64,7 @@ static anvil_status norm(anvil_cuda_backend *cb, const anvil_tensor *x, const an
     TRY(anvil_cuda_check_vector(w, width, "rmsnorm weight"));
     CHECK(isfinite(w_offset), ANVIL_ERR_INVALID_ARG, "rmsnorm: weight offset %g", (double)w_offset);
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_rmsnorm(cb->stream, cb->pdl, x->data, w->data, w->dtype, out->data, out->dtype,
+    return anvil_cuda_launch_rmsnorm(cb->stream, anvil_cuda_pdl(cb), x->data, w->data, w->dtype, out->data, out->dtype,
                                      x->shape[0] * (x->shape[1] / width), width, eps, w_offset);
 }
 
@@ -138,7 +138,7 @@ anvil_status anvil_cuda_op_add(anvil_backend *be, const anvil_tensor *a, const a
 {
     anvil_cuda_backend *cb = anvil_cuda_impl(be);
     TRY(check_binary(cb, a, b, out));
-    return anvil_cuda_launch_add(cb->stream, cb->pdl, a->data, b->data, out->data, out->dtype, anvil_tensor_numel(out));
+    return anvil_cuda_launch_add(cb->stream, anvil_cuda_pdl(cb), a->data, b->data, out->data, out->dtype, anvil_tensor_numel(out));
 }
 
 anvil_status anvil_cuda_op_gelu_tanh_mul(anvil_backend *be, const anvil_tensor *gate, const anvil_tensor *up,
@@ -188,7 +188,7 @@ anvil_status anvil_cuda_op_layernorm(anvil_backend *be, const anvil_tensor *x, c
     TRY(anvil_cuda_check_vector(w, x->shape[1], "layernorm weight"));
     TRY(anvil_cuda_check_vector(b, x->shape[1], "layernorm bias"));
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_layernorm(cb->stream, cb->pdl, x->data, w->data, w->dtype, b->data, b->dtype, out->data,
+    return anvil_cuda_launch_layernorm(cb->stream, anvil_cuda_pdl(cb), x->data, w->data, w->dtype, b->data, b->dtype, out->data,
                                        out->dtype, x->shape[0], x->shape[1], eps);
 }
 
@@ -231,7 +231,7 @@ anvil_status anvil_cuda_op_gather_rows(anvil_backend *be, const anvil_tensor *x,
     CHECK(step->n_logits == 0 || step->logit_rows != NULL, ANVIL_ERR_INVALID_ARG, "gather_rows: no logit rows");
     CHECK(out->data != x->data || step->n_logits == 0, ANVIL_ERR_INVALID_ARG, "gather_rows: out must not alias x");
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_gather_rows(cb->stream, cb->pdl, x->data, x->shape[0], out->data, out->dtype, x->shape[1],
+    return anvil_cuda_launch_gather_rows(cb->stream, anvil_cuda_pdl(cb), x->data, x->shape[0], out->data, out->dtype, x->shape[1],
                                          step->logit_rows, step->n_logits, cb->d_err);
 }
 
@@ -243,5 +243,5 @@ anvil_status anvil_cuda_op_argmax_rows(anvil_backend *be, const anvil_tensor *x,
     CHECK(x->shape[1] > 0 || x->shape[0] == 0, ANVIL_ERR_INVALID_ARG, "argmax_rows: rows of width 0");
     CHECK(x->shape[1] <= INT32_MAX, ANVIL_ERR_UNSUPPORTED, "argmax_rows: %lld columns", (long long)x->shape[1]);
     TRY(anvil_cuda_use(cb));
-    return anvil_cuda_launch_argmax_rows(cb->stream, cb->pdl, x->data, x->dtype, x->shape[0], x->shape[1], ids);
+    return anvil_cuda_launch_argmax_rows(cb->stream, anvil_cuda_pdl(cb), x->data, x->dtype, x->shape[0], x->shape[1], ids);
 }
