@@ -62,7 +62,9 @@
  * engines'), only the config is written to the work folder. The load line
  * prints the process's peak host memory (VmHWM) so far.
  * --graphs off runs without step graphs; --pdl off without programmatic
- * dependent launch (runtime option no_pdl). --fusion takes a list of
+ * dependent launch (runtime option no_pdl), --pdl on with it even on a GPU
+ * others may share (runtime option pdl; auto, the default: only on a GPU in
+ * exclusive-process compute mode). --fusion takes a list of
  * modes, each run in turn: on (the default fused ops), off (every op of
  * the network separately: runtime option no_fusion), both (on,off), or on
  * plus decode fusions that are off by default (measured slower on an
@@ -534,7 +536,7 @@ int main(int argc, char **argv)
     const char *models = "llama-8b,llama-1b", *model_dir = NULL, *scratch = NULL;
     const char *cases_s = "1:512:64,1:2048:1,64:512:32,256:512:32", *json_path = NULL, *graphs = "on";
     const char *fusion = "on", *quant_s = "none", *source = NULL;
-    int no_pdl = 0, q_lm_head = 0;
+    int no_pdl = 0, force_pdl = 0, q_lm_head = 0;
     static const struct option longopts[] = {
         {"models", required_argument, 0, 'M'}, {"model", required_argument, 0, 'd'},
         {"scratch", required_argument, 0, 'w'}, {"workdir", required_argument, 0, 'w'},
@@ -565,15 +567,16 @@ int main(int argc, char **argv)
             source = optarg;
             break;
         case 'p':
-            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
-                fprintf(stderr, "--pdl on or off\n");
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0 && strcmp(optarg, "auto") != 0) {
+                fprintf(stderr, "--pdl on, off or auto\n");
                 return 2;
             }
             no_pdl = strcmp(optarg, "off") == 0;
+            force_pdl = strcmp(optarg, "on") == 0;
             break;
         default:
             fprintf(stderr, "usage: %s [--models llama-8b,llama-1b,mixtral-8x7b] [--model DIR] [--scratch DIR] "
-                            "[--source engine|random] [--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off] "
+                            "[--source engine|random] [--cases B:P:N,...] [--graphs on|off|both] [--fusion on,off,both,norm-gemv+combine-in-kernel] [--pdl on|off|auto] "
                             "[--quantize none,fp8,int8-wo,int4-wo] [--quantize-lm-head] [--json FILE]\n",
                     argv[0]);
             return c == 'h' ? 0 : 2;
@@ -729,6 +732,7 @@ int main(int argc, char **argv)
             o.device = "cuda";
             o.no_cuda_graphs = !g_modes[gm];
             o.no_pdl = no_pdl;
+            o.pdl = force_pdl;
             o.weight_dtype = ANVIL_DTYPE_BF16;
             o.max_num_tokens = PREFILL_CHUNK > max_b ? PREFILL_CHUNK : max_b;
             o.max_batch_size = max_b > PREFILL_CHUNK ? max_b : PREFILL_CHUNK; /* a prefill step packs many prompts */

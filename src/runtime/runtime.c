@@ -1278,6 +1278,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.cpu_isa = rt->opts.cpu_isa;
     bc.no_cuda_graphs = rt->opts.no_cuda_graphs;
     bc.no_pdl = rt->opts.no_pdl;
+    bc.pdl = rt->opts.pdl;
     bc.attn_combine_in_kernel = rt->opts.attn_combine_in_kernel;
     bc.cuda_matmul_quant = rt->opts.cuda_matmul_quant;
     bc.cuda_moe_loop = rt->opts.cuda_moe_loop;

@@ -24,11 +24,14 @@
  * sides run the same arithmetic). Then whole models: fused against separate runs
  * of the tiny models in f32 and bf16 (tests/fusion_check.c).
  *
- * ANVIL_TEST_NO_PDL=1: the op-level cases' backends launch without
- * programmatic dependent launch (on an H100, session 30, test_norm_matmul
- * failed at a different case each time it ran beside other processes on
- * the GPU, with wholly different values, and passed alone: this tells
- * whether the dependent launches' ordering is what contention exposes).
+ * The op-level cases' backends launch with programmatic dependent launch
+ * on sm_90 whatever the GPU's compute mode (the runtime's default takes it
+ * only in exclusive-process mode); ANVIL_TEST_NO_PDL=1 without. On an
+ * H100, test_norm_matmul failed at a different case each time it ran
+ * beside another process on the GPU, with wholly different values, and
+ * passed alone (sessions 30-31): 3 runs of 3 failed with dependent
+ * launches (4 of 4 with no dependent launch right after a copy), 3 of 3
+ * passed without. Run it alone on the GPU.
  *
  * Skips without a GPU.
  */
@@ -60,6 +63,7 @@ static anvil_backend *gpu(anvil_dtype dt)
     c.act_dtype = dt;
     const char *np = getenv("ANVIL_TEST_NO_PDL");
     c.no_pdl = np != NULL && strcmp(np, "1") == 0;
+    c.pdl = 1; /* dependent launches on sm_90, whatever the compute mode: what this test checks (alone) */
     assert_int_equal(anvil_backend_cuda_create_config(0, &c, &be), ANVIL_OK);
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);

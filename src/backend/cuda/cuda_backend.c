@@ -347,8 +347,18 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
     cb->n_sm = prop.multiProcessorCount;
     cb->sm = prop.major * 10 + prop.minor;
     /* programmatic dependent launch needs sm_90; each backend decides for
-     * its own launches (several devices may differ) */
-    cb->pdl = prop.major >= 9 && !cb->config.no_pdl;
+     * its own launches (several devices may differ). Automatic: only where
+     * no other process can run on the GPU (exclusive-process compute mode):
+     * on an H100 time-sliced with another process, session 31 saw kernels
+     * launched with it compute with their predecessor's data before it was
+     * written (docs/cuda-backend.md, "Fused ops and dependent launches") */
+    int mode = cudaComputeModeDefault;
+    if (cudaDeviceGetAttribute(&mode, cudaDevAttrComputeMode, cb->device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        mode = cudaComputeModeDefault;
+    }
+    const int alone = mode == cudaComputeModeExclusiveProcess;
+    cb->pdl = prop.major >= 9 && !cb->config.no_pdl && (cb->config.pdl == 1 || alone);
     cb->smem_optin = prop.sharedMemPerBlockOptin;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
