@@ -31,6 +31,17 @@
 #include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 
+/* A copy from pageable host memory to the device, finished: cudaMemcpy
+ * may return before its DMA lands, and the sums run on a non-blocking
+ * stream, which does not wait for the legacy stream's copy (session 31:
+ * on an H100 shared with other processes, a call summed the previous
+ * call's values). */
+static cudaError_t h2d_sync(void *d, const void *h, size_t n)
+{
+    const cudaError_t e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    return e != cudaSuccess ? e : cudaDeviceSynchronize();
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -49,7 +60,7 @@ static int check(anvil_comm *c, void *d, int64_t n, uint16_t *h)
     const int32_t rank = anvil_comm_rank(c), size = anvil_comm_size(c);
     for (int64_t i = 0; i < n; i++)
         h[i] = anvil_f32_to_bf16((float)((rank + 1) * (int)(i % 5)));
-    if (cudaMemcpy(d, h, (size_t)n * 2, cudaMemcpyHostToDevice) != cudaSuccess ||
+    if (h2d_sync(d, h, (size_t)n * 2) != cudaSuccess ||
         anvil_comm_all_reduce_sum(c, d, n, ANVIL_DTYPE_BF16) != ANVIL_OK ||
         cudaMemcpy(h, d, (size_t)n * 2, cudaMemcpyDeviceToHost) != cudaSuccess)
         return 0;

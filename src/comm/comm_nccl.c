@@ -327,7 +327,9 @@ static anvil_status nccl_exchange(void *ctx, const void *mine, void *all, size_t
     const size_t total = bytes * (size_t)(c->size + 1);
     cudaError_t e = cudaMalloc((void **)&d, total);
     if (e == cudaSuccess)
-        e = cudaMemcpy(d + bytes * (size_t)c->size, mine, bytes, cudaMemcpyHostToDevice);
+        /* on the communicator's stream: a plain cudaMemcpy from pageable memory may return before its
+         * DMA lands, and the non-blocking stream would not wait for it */
+        e = cudaMemcpyAsync(d + bytes * (size_t)c->size, mine, bytes, cudaMemcpyHostToDevice, m->stream);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         if (d != NULL)

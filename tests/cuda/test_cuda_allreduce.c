@@ -48,6 +48,18 @@ static anvil_comm *boot; /* MPI under mpirun, pipes under --fork, else self */
 static int device, shared_gpu;
 
 #if ANVIL_HAVE_NCCL
+
+/* A copy from pageable host memory to the device, finished: cudaMemcpy
+ * may return before its DMA lands, and the sums run on a non-blocking
+ * stream, which does not wait for the legacy stream's copy (session 31:
+ * on an H100 shared with other processes, a call summed the previous
+ * call's values). */
+static cudaError_t h2d_sync(void *d, const void *h, size_t n)
+{
+    const cudaError_t e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    return e != cudaSuccess ? e : cudaDeviceSynchronize();
+}
+
 static anvil_ipc_ar *ipc;
 static cudaStream_t stream;
 
@@ -108,7 +120,7 @@ static void check_sums(sum_fn run, anvil_all_reduce_algo algo, anvil_dtype dt, i
     assert_int_equal(cudaMalloc((void **)&d, bytes + (size_t)off * es + 16), cudaSuccess);
     for (int call = 0; call < 3; call++) {
         rank_order_sum(dt, size, n, call, want, mine, rank);
-        assert_int_equal(cudaMemcpy(d + off * (int64_t)es, mine, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(h2d_sync(d + off * (int64_t)es, mine, bytes), cudaSuccess);
         if (run(d + off * (int64_t)es, n, dt, algo) != ANVIL_OK)
             fail_msg("FAIL %s %s %s x %lld: %s", via, anvil_all_reduce_algo_name(algo), anvil_dtype_name(dt),
                      (long long)n, anvil_last_error());
@@ -191,8 +203,8 @@ static void test_ipc_graph(void **state)
     for (int replay = 0; replay < 10; replay++) {
         rank_order_sum(ANVIL_DTYPE_BF16, size, na, 10 + replay, wa, ma, rank);
         rank_order_sum(ANVIL_DTYPE_F32, size, nb, 20 + replay, wb, mb, rank);
-        assert_int_equal(cudaMemcpy(da, ma, (size_t)na * 2, cudaMemcpyHostToDevice), cudaSuccess);
-        assert_int_equal(cudaMemcpy(db, mb, (size_t)nb * 4, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(h2d_sync(da, ma, (size_t)na * 2), cudaSuccess);
+        assert_int_equal(h2d_sync(db, mb, (size_t)nb * 4), cudaSuccess);
         assert_int_equal(cudaGraphLaunch(exec, stream), cudaSuccess);
         if (anvil_ipc_ar_wait(ipc, stream, 30, "graph replay") != ANVIL_OK)
             fail_msg("FAIL graph replay %d: %s", replay, anvil_last_error());

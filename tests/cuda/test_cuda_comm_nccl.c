@@ -43,6 +43,17 @@
 #include "fork_comm.h"
 #include "testutil.h"
 
+/* A copy from pageable host memory to the device, finished: cudaMemcpy
+ * may return before its DMA lands, and the sums run on a non-blocking
+ * stream, which does not wait for the legacy stream's copy (session 31:
+ * on an H100 shared with other processes, a call summed the previous
+ * call's values). */
+static cudaError_t h2d_sync(void *d, const void *h, size_t n)
+{
+    const cudaError_t e = cudaMemcpy(d, h, n, cudaMemcpyHostToDevice);
+    return e != cudaSuccess ? e : cudaDeviceSynchronize();
+}
+
 static anvil_comm *boot; /* MPI under mpirun, else self */
 static anvil_comm *nccl;
 static int device;
@@ -73,7 +84,7 @@ static void check_sum_on(anvil_comm *c, anvil_dtype dt, int64_t n)
         x[i] = (float)((rank + 1) * (int)(i % 7) - 3);
     anvil_convert_from_f32(dt, x, h, n);
     void *d = dev_alloc((size_t)n * es);
-    assert_int_equal(cudaMemcpy(d, h, (size_t)n * es, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(h2d_sync(d, h, (size_t)n * es), cudaSuccess);
     if (anvil_comm_all_reduce_sum(c, d, n, dt) != ANVIL_OK)
         fail_msg("all_reduce %s x %lld: %s", anvil_dtype_name(dt), (long long)n, anvil_last_error());
     assert_int_equal(cudaMemcpy(h, d, (size_t)n * es, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -115,7 +126,7 @@ static void test_gather_broadcast_p2p(void **state)
     /* all_gather: rank k's bytes are k + 1 + i % 5 */
     for (int i = 0; i < BYTES; i++)
         h[i] = (unsigned char)(rank + 1 + i % 5);
-    assert_int_equal(cudaMemcpy(send, h, BYTES, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(h2d_sync(send, h, BYTES), cudaSuccess);
     assert_int_equal(anvil_comm_all_gather(nccl, send, recv, BYTES), ANVIL_OK);
     assert_int_equal(cudaMemcpy(h, recv, (size_t)BYTES * (size_t)size, cudaMemcpyDeviceToHost), cudaSuccess);
     for (int32_t k = 0; k < size; k++)
@@ -125,7 +136,7 @@ static void test_gather_broadcast_p2p(void **state)
     /* by columns: row r of rank k's [ROWS, ROW] is 16 k + r, side by side */
     for (int r = 0; r < ROWS; r++)
         memset(h + r * ROW, 16 * rank + r, ROW);
-    assert_int_equal(cudaMemcpy(send, h, ROWS * ROW, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(h2d_sync(send, h, ROWS * ROW), cudaSuccess);
     assert_int_equal(anvil_comm_all_gather_cols(nccl, send, recv, stage, ROWS, ROW), ANVIL_OK);
     assert_int_equal(cudaMemcpy(h, recv, (size_t)ROWS * ROW * (size_t)size, cudaMemcpyDeviceToHost), cudaSuccess);
     for (int r = 0; r < ROWS; r++)
@@ -137,7 +148,7 @@ static void test_gather_broadcast_p2p(void **state)
     /* broadcast from every root */
     for (int32_t root = 0; root < size; root++) {
         memset(h, rank == root ? 100 + root : 0, BYTES);
-        assert_int_equal(cudaMemcpy(send, h, BYTES, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(h2d_sync(send, h, BYTES), cudaSuccess);
         assert_int_equal(anvil_comm_broadcast(nccl, send, BYTES, root), ANVIL_OK);
         assert_int_equal(cudaMemcpy(h, send, BYTES, cudaMemcpyDeviceToHost), cudaSuccess);
         for (int i = 0; i < BYTES; i++)
@@ -149,7 +160,7 @@ static void test_gather_broadcast_p2p(void **state)
     if (size > 1) {
         const int32_t next = (rank + 1) % size, prev = (rank + size - 1) % size;
         memset(h, rank, 64);
-        assert_int_equal(cudaMemcpy(send, h, 64, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(h2d_sync(send, h, 64), cudaSuccess);
         for (int turn = 0; turn < 2; turn++) {
             if ((rank % 2 == 0) == (turn == 0))
                 assert_int_equal(anvil_comm_send(nccl, send, 64, next, 5), ANVIL_OK);
@@ -315,7 +326,7 @@ static void ring(anvil_comm *c, const char *what)
     unsigned char *send = dev_alloc(64), *recv = dev_alloc(64);
     const int32_t next = (rank + 1) % size, prev = (rank + size - 1) % size;
     memset(h, 40 + rank, 64);
-    assert_int_equal(cudaMemcpy(send, h, 64, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(h2d_sync(send, h, 64), cudaSuccess);
     for (int turn = 0; turn < 2; turn++) {
         const anvil_status st = (rank % 2 == 0) == (turn == 0) ? anvil_comm_send(c, send, 64, next, 1)
                                                                 : anvil_comm_recv(c, recv, 64, prev, 1);
@@ -347,7 +358,7 @@ static void test_split(void **state)
     if (size > 1) {
         unsigned char h[16], *d = dev_alloc(16), *g = dev_alloc(16);
         memset(h, 7 + rank, 16);
-        assert_int_equal(cudaMemcpy(d, h, 16, cudaMemcpyHostToDevice), cudaSuccess);
+        assert_int_equal(h2d_sync(d, h, 16), cudaSuccess);
         assert_int_equal(anvil_comm_all_gather(one, d, g, 16), ANVIL_OK);
         memset(h, 0, 16);
         assert_int_equal(cudaMemcpy(h, g, 16, cudaMemcpyDeviceToHost), cudaSuccess);

@@ -195,7 +195,13 @@ __device__ __forceinline__ int32_t anvil_window_lo(int32_t p, int32_t window)
  * their writes are visible (a no-op when the kernel was launched without
  * the PDL attribute, or before sm_90). A kernel launched by anvil_launch
  * calls it before it reads anything an earlier kernel wrote or writes
- * anything at all; before it, only weights may be read. */
+ * anything at all; before it, only weights may be read. What an earlier
+ * kernel wrote is read with coherent loads, never through a `const
+ * __restrict__` pointer or __ldg: those become ld.global.nc, which the PTX
+ * ISA allows only for data read-only for the kernel's whole lifetime, and
+ * a dependent kernel's lifetime overlaps its predecessor's (session 31:
+ * the GEMVs read x that way and gave wrong results on an H100 shared with
+ * another process, passing alone). */
 __device__ __forceinline__ void anvil_pdl_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -74,7 +74,7 @@ __device__ __forceinline__ void anvil_gemv_row(const uint4 *xr, const uint4 *wr,
 }
 
 template <typename T, int R>
-__global__ void __launch_bounds__(GV_WARPS * 32) anvil_gemv_kernel(const T *__restrict__ x, gv_parts p, int K)
+__global__ void __launch_bounds__(GV_WARPS * 32) anvil_gemv_kernel(const T *x, gv_parts p, int K)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int g = blockIdx.x * GV_WARPS + warp;
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(GV_WARPS * 32) anvil_gemv_kernel(const T *__re
  * the silu, as the separate matmuls and silu_mul would. */
 template <typename T, int R>
 __global__ void __launch_bounds__(GV_WARPS * 32)
-    anvil_gemv_silu_kernel(const T *__restrict__ x, const T *__restrict__ wg, const void *bg, int bg_dt,
+    anvil_gemv_silu_kernel(const T *x, const T *__restrict__ wg, const void *bg, int bg_dt,
                            const T *__restrict__ wu, const void *bu, int bu_dt, T *out, int K, int N)
 {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -112,7 +112,7 @@ typedef struct gq_args {
  * zero points. With `wait`, the first pieces of the weight are loaded
  * before anvil_pdl_wait (weights: no kernel writes them), x after. */
 template <typename X, int S, int R>
-__device__ __forceinline__ void gq_row(const X *__restrict__ x, const uint4 *wr, const float *sc, const uint8_t *zr,
+__device__ __forceinline__ void gq_row(const X *x, const uint4 *wr, const float *sc, const uint8_t *zr,
                                        int K, int per_group, int lane, float (&acc)[R], bool wait)
 {
     constexpr int E = gq_piece<S>::E;

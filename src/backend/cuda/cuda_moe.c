@@ -69,7 +69,7 @@ static anvil_status moe_stream(anvil_cuda_backend *cb, const anvil_moe_args *a, 
             anvil_cuda_fence(cb);
         }
     }
-    TRY(anvil_cuda_launch_moe_experts_stream(cb->stream, anvil_cuda_pdl(cb), a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
+    TRY(anvil_cuda_launch_moe_experts_stream(cb->stream, 1, a->x->data, adt, a->gate_up, T, k, E, H, I, offsets,
                                              active, order, ab, (float *)cb->gsq_ws, (int *)cb->gsq_cnt,
                                              cb->smem_optin));
     return anvil_cuda_launch_moe_experts_stream(cb->stream, 0, ab, ANVIL_DTYPE_F32, a->down, T, k, E, I, H, offsets,

@@ -34,7 +34,7 @@ __device__ __forceinline__ float qa_load(const X *xr, const int32_t *perm, int k
 
 template <typename X, typename O>
 __global__ void __launch_bounds__(QA_THREADS)
-    anvil_quant_act_kernel(const X *__restrict__ x, const int32_t *__restrict__ perm, int act, float input_scale,
+    anvil_quant_act_kernel(const X *x, const int32_t *__restrict__ perm, int act, float input_scale,
                            int K, O *__restrict__ out, float *row_scale, int *err, int vec)
 {
     anvil_pdl_wait();
