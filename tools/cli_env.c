@@ -38,8 +38,6 @@ void cli_env_runtime_options(anvil_runtime_options *o)
         o->no_cuda_graphs = 1;
     if (is("ANVIL_CUDA_PDL", "0"))
         o->no_pdl = 1;
-    if (is("ANVIL_CUDA_PDL", "1"))
-        o->pdl = 1;
     if (is("ANVIL_HOST_SAMPLING", "1"))
         o->host_sampling = 1;
     if (is("ANVIL_NORM_GEMV", "1"))

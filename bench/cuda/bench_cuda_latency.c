@@ -62,9 +62,8 @@
  * engines'), only the config is written to the work folder. The load line
  * prints the process's peak host memory (VmHWM) so far.
  * --graphs off runs without step graphs; --pdl off without programmatic
- * dependent launch (runtime option no_pdl), --pdl on with it even on a GPU
- * others may share (runtime option pdl; auto, the default: only on a GPU in
- * exclusive-process compute mode). --fusion takes a list of
+ * dependent launch (runtime option no_pdl); on and auto (the default) with
+ * it, on sm_90 and newer. --fusion takes a list of
  * modes, each run in turn: on (the default fused ops), off (every op of
  * the network separately: runtime option no_fusion), both (on,off), or on
  * plus decode fusions that are off by default (measured slower on an

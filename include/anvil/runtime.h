@@ -79,10 +79,9 @@ typedef struct anvil_runtime_options {
     const char *cpu_isa;        /* CPU: "scalar", "avx2" or "avx512" instead of the best path this CPU runs */
     int no_cuda_graphs;         /* CUDA: never record or replay step graphs */
     int no_pdl;                 /* CUDA: never launch with programmatic dependent launch (sm_90+) */
-    int pdl;                    /* CUDA: 1: launch with it (sm_90+) even on a GPU other processes may
-                                   share; 0: only on a GPU in exclusive-process compute mode, since
-                                   session 31 measured wrong results with it when another process ran
-                                   on the same GPU (docs/cuda-backend.md) */
+    int pdl;                    /* CUDA: no effect any more: dependent launch is on on sm_90+ unless
+                                   no_pdl (it was off by default outside exclusive-process compute
+                                   mode for a while, then fixed: docs/cuda-backend.md) */
     const char *cuda_module;    /* CUDA: the path of the CUDA backend, libanvil-cuda.so; NULL: the one in
                                    libanvil's folder, else the dynamic loader's search path */
     int host_sampling;          /* 1: logits always come back to the host to be sampled there, even on a

@@ -475,8 +475,9 @@ typedef struct anvil_backend_config {
                                   "avx512": that one, for comparisons (the best when the CPU lacks it) */
     int no_cuda_graphs;        /* CUDA: 1: never record or replay step graphs */
     int no_pdl;                /* CUDA: 1: never launch with programmatic dependent launch (sm_90+) */
-    int pdl;                   /* CUDA: 1: launch with it on sm_90+ even where other processes may share the
-                                  GPU; 0: only on a GPU in exclusive-process compute mode (no_pdl wins) */
+    int pdl;                   /* CUDA: kept for callers of session 31, when dependent launch was off by
+                                  default outside exclusive-process mode: it is on on sm_90+ now (no_pdl
+                                  turns it off) */
     int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits in the decode
                                    kernel, not in a combine kernel (the knob of the same name) */
     int cuda_matmul_quant;     /* CUDA: the knob matmul_quant (quantized matmuls' kernel choice); 0 automatic */

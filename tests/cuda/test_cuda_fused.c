@@ -63,7 +63,7 @@ static anvil_backend *gpu(anvil_dtype dt)
     c.act_dtype = dt;
     const char *np = getenv("ANVIL_TEST_NO_PDL");
     c.no_pdl = np != NULL && strcmp(np, "1") == 0;
-    c.pdl = 1; /* dependent launches on sm_90, whatever the compute mode: what this test checks (alone) */
+    c.pdl = 1; /* dependent launches on sm_90 (the default since session 32): what this test checks */
     assert_int_equal(anvil_backend_cuda_create_config(0, &c, &be), ANVIL_OK);
     anvil_cuda_knobs k;
     memset(&k, 0, sizeof k);

@@ -348,24 +348,14 @@ static anvil_status cuda_init(anvil_cuda_backend *cb)
     cb->n_sm = prop.multiProcessorCount;
     cb->sm = prop.major * 10 + prop.minor;
     /* programmatic dependent launch needs sm_90; each backend decides for
-     * its own launches (several devices may differ). Automatic: only where
-     * no other process can run on the GPU (exclusive-process compute mode):
-     * on an H100 time-sliced with another process, session 31 saw kernels
-     * launched with it compute with their predecessor's data before it was
-     * written (docs/cuda-backend.md, "Fused ops and dependent launches") */
-    int mode = cudaComputeModeDefault;
-    if (cudaDeviceGetAttribute(&mode, cudaDevAttrComputeMode, cb->device) != cudaSuccess) {
-        (void)cudaGetLastError();
-        mode = cudaComputeModeDefault;
-    }
-    const int alone = mode == cudaComputeModeExclusiveProcess;
-    cb->pdl = prop.major >= 9 && !cb->config.no_pdl && (cb->config.pdl == 1 || alone);
-    if (prop.major >= 9 && !cb->pdl && !cb->config.no_pdl)
-        anvil_log(ANVIL_LOG_INFO,
-                  "cuda:%d: no programmatic dependent launch (the GPU's compute mode lets other processes share "
-                  "it); ANVIL_CUDA_PDL=1 or the runtime option pdl takes it, ~4-8%% faster decode at batch 1, on a "
-                  "GPU this process has to itself",
-                  cb->device);
+     * its own launches (several devices may differ). On by default: the
+     * wrong results session 31 saw with it beside another process were
+     * loads of x that the compiler had hoisted above griddepcontrol.wait
+     * (ld.global.nc: the kernel's inputs read before their producer ended),
+     * gone since x is read with coherent loads (cuda_common.cuh); session
+     * 32 checked it under the same contention (docs/cuda-backend.md, "Fused
+     * ops and dependent launches") */
+    cb->pdl = prop.major >= 9 && !cb->config.no_pdl;
     cb->smem_optin = prop.sharedMemPerBlockOptin;
     CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking), "cudaStreamCreate");
     CUDA_TRY(cudaMalloc((void **)&cb->d_err, sizeof(int)), "cuda backend: error word");
