@@ -76,8 +76,10 @@ typedef struct anvil_cuda_knobs {
                                  8 the quantized GEMM on tensor cores (cuda_gemm_quant.cu, int4 / int8 weight-only)
                                  wherever it takes the weight, every row count, fp8 W8A8 never on the FP8 GEMM (as
                                  2); 9 that GEMM at 9-256 rows of int4 / int8 (as 0) and also where the weight would
-                                 be dequantized (slower at 2048 rows); 0: automatic (that GEMM first at 9-256
-                                 rows: cuda_matmul_quant.c) */
+                                 be dequantized (slower at 2048 rows); 10 the fp8 row GEMV
+                                 (cuda_gemv_fp8_rows.cu) wherever it takes the weight (one row of fp8 W8A8 per
+                                 channel), else as 0; 0: automatic (that GEMM first at 9-256 rows, the fp8 row
+                                 GEMV at one row: cuda_matmul_quant.c) */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,

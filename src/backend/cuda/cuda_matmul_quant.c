@@ -37,6 +37,12 @@
  *     0's definition, x' codes made in the launch); by the H100 run of
  *     session 27 (docs/cuda-backend.md). matmul_quant = 6 takes it at every
  *     row count it takes, 5 never (session 26's choice).
+ * 0r. The fp8 row GEMV (cuda_gemv_fp8_rows.cu, session 32): one row of
+ *     fp8 W8A8 per channel, K a multiple of 512, on CUDA cores with a warp a
+ *     weight row: path 0w's definition but for the order of the f32 sums
+ *     (another kernel than 0w's at 2-8 rows, as the SIMT and tensor-core
+ *     paths of bf16 already are). First where it takes the weight; 10 takes
+ *     it only there, the knobs that pin another path never.
  * 0s. The streaming GEMV (cuda_gemv_stream_quant.cu, session 28, issue 15):
  *     path 0w's arithmetic and the layouts it takes (but per-channel int4
  *     with zero points), 1-8 rows, with the weights streamed by cp.async
@@ -87,6 +93,7 @@
  * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do.
  */
 #include "backend/cuda/cuda_gemm_quant.h"
+#include "backend/cuda/cuda_gemv_fp8_rows.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
 #include "backend/cuda/cuda_gemv_stream_quant.h"
 #include "backend/cuda/cuda_internal.h"
@@ -185,6 +192,18 @@ static int mma16_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, 
 static int mma16_first(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, int64_t T)
 {
     return cb->knobs.matmul_quant == 6 || qw->dt != ANVIL_DTYPE_I8 || T >= MMA16_MIN_ROWS_INT8;
+}
+
+/* Whether path 0r (the fp8 row GEMV, cuda_gemv_fp8_rows.cu) takes this
+ * weight for T rows of x: by default (one row of fp8 W8A8 per channel,
+ * where it takes the weight: faster than path 0w there, session 32) and
+ * under matmul_quant = 10; never under the knobs that pin another path. */
+static int rows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                   int64_t T)
+{
+    const int k = cb->knobs.matmul_quant;
+    return (k == 0 || k == 10) && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
+           anvil_cuda_gemv_fp8_rows_ok(qw, (int)q->act, q->perm, x, cb->ops.act_dtype, T);
 }
 
 /* Whether path 0s (the streaming GEMV) takes this weight for T rows of x:
@@ -383,6 +402,13 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
         c.out[0] = out->data;
         return run_stream(cb, &c);
     }
+    if (rows_ok(cb, &qw, q, x->data, T)) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
+        c.bias[0] = bp;
+        c.bias_dt[0] = bdt;
+        c.out[0] = out->data;
+        return anvil_cuda_launch_gemv_fp8_rows(&c);
+    }
     if (mma16_ok(cb, &qw, q, x->data, T) && mma16_first(cb, &qw, T)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
@@ -461,6 +487,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     anvil_dtype bdt[ANVIL_MATMUL_MULTI_MAX];
     void *op[ANVIL_MATMUL_MULTI_MAX];
     int stream = n <= 4; /* path 0s takes every part */
+    int rows = n <= 4;   /* path 0r takes every part */
     int mma16 = n <= 4;  /* path 0w takes every part */
     int mma = n <= 4;   /* path 0 takes every part */
     int simt = 1;       /* path 1 takes every part */
@@ -480,6 +507,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         op[i] = out[i]->data;
         stream = stream && stream_ok(cb, &qw[i], q, x->data, T) &&
                  (qw[i].dt != ANVIL_DTYPE_U4 || (qw[i].zeros != NULL) == (qw[0].zeros != NULL));
+        rows = rows && rows_ok(cb, &qw[i], q, x->data, T);
         mma16 = mma16 && mma16_ok(cb, &qw[i], q, x->data, T);
         mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
         simt = simt && simt_ok(cb, w[i], &qw[i], x->data, op[i], T);
@@ -499,7 +527,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         *done = 1;
         return ANVIL_OK;
     }
-    if (use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
+    if (rows || use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
         for (int i = 0; i < n; i++) {
@@ -507,7 +535,9 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
             c.bias_dt[i] = bdt[i];
             c.out[i] = op[i];
         }
-        TRY(use16 ? anvil_cuda_launch_gemv_mma16_quant(&c) : anvil_cuda_launch_gemv_mma_quant(&c));
+        TRY(rows    ? anvil_cuda_launch_gemv_fp8_rows(&c)
+            : use16 ? anvil_cuda_launch_gemv_mma16_quant(&c)
+                    : anvil_cuda_launch_gemv_mma_quant(&c));
         *done = 1;
         return ANVIL_OK;
     }
