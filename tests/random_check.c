@@ -58,9 +58,15 @@ static void run(anvil_runtime *rt, run_out *out)
 void random_check_config(const char *config, const char *device, uint64_t seed, anvil_dtype dt, anvil_quantize q,
                          int32_t group)
 {
+    random_check_config_head(config, device, seed, dt, q, group, 0);
+}
+
+void random_check_config_head(const char *config, const char *device, uint64_t seed, anvil_dtype dt,
+                              anvil_quantize q, int32_t group, int lm_head)
+{
     char eng[700];
-    snprintf(eng, sizeof eng, "%s/rand-%llu-%d-%d-%d.engine", anvil_test_tmpdir(), (unsigned long long)seed, (int)dt,
-             (int)q, (int)group);
+    snprintf(eng, sizeof eng, "%s/rand-%llu-%d-%d-%d%s.engine", anvil_test_tmpdir(), (unsigned long long)seed,
+             (int)dt, (int)q, (int)group, lm_head ? "-lmhead" : "");
     anvil_build_options bo;
     anvil_build_options_default(&bo);
     bo.random_weights = 1;
@@ -68,6 +74,7 @@ void random_check_config(const char *config, const char *device, uint64_t seed, 
     bo.weight_dtype = dt;
     bo.quantize = q;
     bo.quant_group = group;
+    bo.quantize_lm_head = lm_head;
     if (anvil_build_engine(config, eng, &bo) != ANVIL_OK)
         fail_msg("build: %s", anvil_last_error());
 
@@ -80,6 +87,7 @@ void random_check_config(const char *config, const char *device, uint64_t seed, 
     ro.seed = seed;
     ro.quantize = q;
     ro.quant_group = group;
+    ro.quantize_lm_head = lm_head;
     if (anvil_runtime_load(config, &ro, &b) != ANVIL_OK)
         fail_msg("%s: %s", config, anvil_last_error());
     assert_int_equal(anvil_runtime_weight_bytes(a), anvil_runtime_weight_bytes(b));

@@ -20,6 +20,10 @@
 
 void random_check_config(const char *config, const char *device, uint64_t seed, anvil_dtype dt, anvil_quantize q,
                          int32_t group);
+/* The same with the LM head quantized too (lm_head: the build's
+ * quantize_lm_head and the runtime option of that name). */
+void random_check_config_head(const char *config, const char *device, uint64_t seed, anvil_dtype dt,
+                              anvil_quantize q, int32_t group, int lm_head);
 
 /* The config of model m (anvil_test_model_dir) copied under the temporary
  * name <m>-shape.json, into out[cap]; NULL when the model is absent. */

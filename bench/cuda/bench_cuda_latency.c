@@ -43,7 +43,8 @@
  * per-token activations), int8-wo, int4-wo (groups of 128), run one after
  * the other in the same process, beside the same ceilings.
  * --quantize-lm-head quantizes the LM head too (anvil build
- * --quantize-lm-head; its engines are named *-lmhead.engine).
+ * --quantize-lm-head; its engines are named *-lmhead.engine; --source
+ * random: runtime option quantize_lm_head).
  *
  * Models: random-weight bf16 models of Llama-3-8B's shape (hidden 4096, 32
  * layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256),
@@ -704,11 +705,6 @@ int main(int argc, char **argv)
                 fprintf(stderr, "%s: --source engine is not offered (its engine outgrows the disk)\n", name);
                 return 2;
             }
-            if (random && q_lm_head && quant != ANVIL_QUANTIZE_NONE) {
-                fprintf(stderr, "--quantize-lm-head needs engines (--source engine): the random source quantizes "
-                                "the linears only\n");
-                return 2;
-            }
             char workdir[3072];
             if (bench_scratch_dir(scratch, workdir, sizeof workdir) != 0)
                 return 1;
@@ -755,6 +751,7 @@ int main(int argc, char **argv)
                 o.random_weights = 1;
                 o.seed = 0x5eed;
                 o.quantize = quant;
+                o.quantize_lm_head = q_lm_head && quant != ANVIL_QUANTIZE_NONE;
             }
             anvil_runtime *rt = NULL;
             double tl = now_s();

@@ -157,11 +157,14 @@ typedef struct anvil_runtime_options {
      * build takes it. quantize / quant_group: the build's --quantize (RTN)
      * of the same random weights; only with random_weights (a folder is
      * quantized by anvil build). With comm, each rank's shard is random of
-     * its own (not a cut of one rank's model). 0 (default): off. */
+     * its own (not a cut of one rank's model). quantize_lm_head: the LM
+     * head quantized too, as anvil build --quantize-lm-head (not with tied
+     * embeddings). 0 (default): off. */
     int random_weights;
     uint64_t seed;
     anvil_quantize quantize;
     int32_t quant_group;
+    int quantize_lm_head;
 } anvil_runtime_options;
 
 void anvil_runtime_options_default(anvil_runtime_options *opts);

@@ -22,10 +22,10 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/rope_table.h"
-#include "builder/lm_head.h"
 #include "builder/build_plan.h"
 #include "builder/fuse_plan.h"
 #include "builder/kv_manifest.h"
+#include "builder/lm_head.h"
 #include "builder/manifest.h"
 #include "io/engine_file.h"
 #include "io/kv_scales.h"
@@ -199,6 +199,8 @@ static anvil_status resolve_options(anvil_runtime *rt, const anvil_runtime_optio
           "quantizing at load (--quantize %s) goes with random weights: a model folder is quantized by anvil build "
           "--quantize",
           anvil_quantize_name(o->quantize));
+    CHECK(!o->quantize_lm_head || o->quantize != ANVIL_QUANTIZE_NONE, ANVIL_ERR_INVALID_ARG,
+          "quantize_lm_head goes with a quantization (quantize)");
     CHECK(o->quant_group == 0 || (o->quantize == ANVIL_QUANTIZE_INT4_WO && o->quant_group > 0), ANVIL_ERR_INVALID_ARG,
           "a group size (%d) goes with int4-wo quantization only (fp8 and int8-wo scale whole rows)",
           (int)o->quant_group);
@@ -613,7 +615,12 @@ static anvil_status load_weights(anvil_runtime *rt)
         const anvil_plan_options bo = {
             .weight_dtype = rt->opts.weight_dtype, .caps = &caps, .no_fusion = rt->opts.no_fusion,
             .prequant = &rt->prequant, .quantize = rt->opts.quantize, .quant_group = rt->opts.quant_group,
+            .quantize_lm_head = rt->opts.quantize_lm_head,
         };
+        /* a tied head is the embedding table: the builder unties it into an engine, the load does not */
+        CHECK(!rt->opts.quantize_lm_head || !anvil_lm_head_is_tied(rt->net), ANVIL_ERR_UNSUPPORTED,
+              "quantize_lm_head: this model's LM head is its embedding table (tied); anvil build "
+              "--quantize-lm-head unties it into an engine");
         TRY(anvil_build_plan_make(rt->net, rt->ckpt, &bo, &rt->plan));
         rt->plan->seed = rt->opts.seed; /* what random weights are made from (no checkpoint) */
     } else {

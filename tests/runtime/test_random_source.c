@@ -68,6 +68,9 @@ static void test_quantized(void **st)
         skip();
     random_check_config(cfg, "cpu", 4, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT8_WO, 0);
     random_check_config(cfg, "cpu", 4, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT4_WO, 32);
+    /* the LM head quantized too: the engine's bytes and logits, bit for bit */
+    random_check_config_head(cfg, "cpu", 4, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT8_WO, 0, 1);
+    random_check_config_head(cfg, "cpu", 4, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_FP8, 0, 1);
     if (random_check_config_copy("tiny-mixtral", cfg, sizeof cfg) != NULL)
         random_check_config(cfg, "cpu", 4, ANVIL_DTYPE_BF16, ANVIL_QUANTIZE_INT8_WO, 0);
 }
@@ -107,6 +110,15 @@ static void test_errors(void **st)
     ro.quant_group = 64;
     assert_status_msg(anvil_runtime_load(anvil_test_model_dir("tiny-qwen2-moe"), &ro, &rt), ANVIL_ERR_INVALID_ARG,
                       "int4-wo");
+    assert_null(rt);
+    /* the LM head quantized: with a quantization only, and not where it is the embedding table */
+    ro.quant_group = 0;
+    ro.quantize = ANVIL_QUANTIZE_NONE;
+    ro.quantize_lm_head = 1;
+    assert_status_msg(anvil_runtime_load(anvil_test_model_dir("tiny-qwen2-moe"), &ro, &rt), ANVIL_ERR_INVALID_ARG,
+                      "goes with a quantization");
+    ro.quantize = ANVIL_QUANTIZE_INT8_WO;
+    assert_status_msg(anvil_runtime_load(anvil_test_model_dir("tinycode"), &ro, &rt), ANVIL_ERR_UNSUPPORTED, "tied");
     assert_null(rt);
 }
 
