@@ -24,12 +24,12 @@ cuda_tests=$(ls tests/cuda/test_*.c | xargs -n1 basename | sed 's/\.c$//' | tr '
 # DEVICE_EXTRA_TESTS: more test targets to carry (e.g. the CPU kernel tests,
 # to run them on the GPU machine's AVX-512 host)
 cuda_tests="$cuda_tests ${DEVICE_EXTRA_TESTS:-}"
-cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_allreduce bench_load anvil_cli anvil_cuda
+cmake --build build-device -j2 --target $cuda_tests bench_cuda_latency bench_allreduce bench_gemv_quant bench_load anvil_cli anvil_cuda
 
 rm -rf .device/bin
 mkdir -p .device/bin .device/lib
-cp build-device/bench_cuda_latency build-device/bench_allreduce build-device/bench_load build-device/anvil build-device/libanvil-cuda.so .device/bin/
-for t in $cuda_tests bench_cuda_latency bench_allreduce bench_load anvil libanvil-cuda.so; do
+cp build-device/bench_cuda_latency build-device/bench_allreduce build-device/bench_gemv_quant build-device/bench_load build-device/anvil build-device/libanvil-cuda.so .device/bin/
+for t in $cuda_tests bench_cuda_latency bench_allreduce bench_gemv_quant bench_load anvil libanvil-cuda.so; do
   if [ -f build-device/tests/$t ]; then cp build-device/tests/$t .device/bin/; fi
   strip --strip-debug .device/bin/$t
   # nothing of this machine's -dev libraries may be needed at run time
