@@ -426,8 +426,9 @@ static int mma16_takes(const qcase *c, int64_t T, anvil_dtype act)
     return gs % (c->dt == ANVIL_DTYPE_U4 ? 32 : 64) == 0;
 }
 
-/* Whether the fp8 row GEMV (cuda_gemv_fp8_rows.cu: automatic, and
- * matmul_quant = 10) takes case c at T rows of act: one row of bf16 / f16,
+/* Whether the fp8 row GEMV (cuda_gemv_fp8_rows.cu: matmul_quant = 10; the
+ * automatic choice only from three waves of its blocks, past these cases'
+ * sizes) takes case c at T rows of act: one row of bf16 / f16,
  * fp8 W8A8 per channel, no perm, K a multiple of 512 up to 24576. It
  * computes the float definition (want). */
 static int rows_takes(const qcase *c, int64_t T, anvil_dtype act)

@@ -41,8 +41,10 @@
  *     fp8 W8A8 per channel, K a multiple of 512, on CUDA cores with a warp a
  *     weight row: path 0w's definition but for the order of the f32 sums
  *     (another kernel than 0w's at 2-8 rows, as the SIMT and tensor-core
- *     paths of bf16 already are). First where it takes the weight; 10 takes
- *     it only there, the knobs that pin another path never.
+ *     paths of bf16 already are). First where it takes the weights and the
+ *     launch has three waves of its blocks (rows_first: an 8B model's
+ *     gate/up and LM head, not its q/k/v, o, down); 10 takes it wherever it
+ *     takes them, the knobs that pin another path never.
  * 0s. The streaming GEMV (cuda_gemv_stream_quant.cu, session 28, issue 15):
  *     path 0w's arithmetic and the layouts it takes (but per-channel int4
  *     with zero points), 1-8 rows, with the weights streamed by cp.async
@@ -195,8 +197,7 @@ static int mma16_first(const anvil_cuda_backend *cb, const anvil_cuda_qweight *q
 }
 
 /* Whether path 0r (the fp8 row GEMV, cuda_gemv_fp8_rows.cu) takes this
- * weight for T rows of x: by default (one row of fp8 W8A8 per channel,
- * where it takes the weight: faster than path 0w there, session 32) and
+ * weight for T rows of x (one row of fp8 W8A8 per channel): by default and
  * under matmul_quant = 10; never under the knobs that pin another path. */
 static int rows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
                    int64_t T)
@@ -204,6 +205,22 @@ static int rows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, c
     const int k = cb->knobs.matmul_quant;
     return (k == 0 || k == 10) && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
            anvil_cuda_gemv_fp8_rows_ok(qw, (int)q->act, q->perm, x, cb->ops.act_dtype, T);
+}
+
+/* Weight rows (warps) of a launch from which path 0r comes before path 0w
+ * by default, per SM: three waves of its blocks (4 warps, 8 resident an
+ * SM). Session 32 on an H100, weights past the L2 (bench_gemv_quant): at
+ * 3.4 waves (Llama-3-8B's gate/up with the silu) and 30 (its LM head) the
+ * row GEMV read 83-90% of copy against the 16-bit GEMV's 68-79%; at about
+ * one wave (o, down: 4096 rows; q/k/v 1.5) its blocks start and end
+ * together and it was 14-27% slower. */
+#define ROWS_FIRST_PER_SM 96
+
+/* Whether path 0r is the first choice for a launch of `rows` weight rows
+ * (gate/up with the silu: the output's) where it takes the weights. */
+static int rows_first(const anvil_cuda_backend *cb, int64_t rows)
+{
+    return cb->knobs.matmul_quant == 10 || rows >= (int64_t)ROWS_FIRST_PER_SM * cb->n_sm;
 }
 
 /* Whether path 0s (the streaming GEMV) takes this weight for T rows of x:
@@ -402,7 +419,7 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
         c.out[0] = out->data;
         return run_stream(cb, &c);
     }
-    if (rows_ok(cb, &qw, q, x->data, T)) {
+    if (rows_ok(cb, &qw, q, x->data, T) && rows_first(cb, N)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
         c.bias_dt[0] = bdt;
@@ -515,6 +532,10 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     TRY(anvil_cuda_use(cb));
     /* one dtype for every part: mma16_first / mma_first say the same for each */
     const int use16 = mma16 && mma16_first(cb, &qw[0], T);
+    int64_t rows_total = 0; /* the launch's warps on path 0r: a row each, gate/up a pair */
+    for (int i = 0; i < (silu ? 1 : n); i++)
+        rows_total += qw[i].N;
+    rows = rows && rows_first(cb, rows_total);
     if (stream) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
