@@ -119,18 +119,23 @@ template <typename X> __device__ float gf_quant_x(const gf_args &a, __half *xc, 
     for (int k = 8 * threadIdx.x; k < a.K; k += 8 * nthr) {
         float f[8];
         anvil_load_vec<X, 8>(x + k, f);
-        uint32_t o[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float q0 = sx > 0.0f ? gw_div(f[2 * i], sx, rs) : 0.0f;
-            const float q1 = sx > 0.0f ? gw_div(f[2 * i + 1], sx, rs) : 0.0f;
-            const __nv_fp8x2_storage_t c = __nv_cvt_float2_to_fp8x2(make_float2(q0, q1), __NV_SATFINITE, __NV_E4M3);
-            o[i] = gw_as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(c, __NV_E4M3)));
-        }
-        *reinterpret_cast<uint4 *>(xc + k) = make_uint4(o[0], o[1], o[2], o[3]);
+        *reinterpret_cast<uint4 *>(xc + k) = gw_code8(f, sx, rs);
     }
     __syncthreads();
     return sx;
+}
+
+/* The lane's next piece into b: SILU pieces alternate gate (up = 0) and up. */
+template <bool SILU>
+__device__ __forceinline__ void gf_load(uint4 &b, const uint8_t *&gp, const uint8_t *&upp, int up)
+{
+    if (SILU && up) {
+        b = anvil_ld_stream16(upp);
+        upp += GF_ROW_STEP;
+    } else {
+        b = anvil_ld_stream16(gp);
+        gp += GF_ROW_STEP;
+    }
 }
 
 /* U pieces in flight a lane; TAIL: the lane's pieces need not be a multiple of U. */
@@ -156,17 +161,9 @@ __global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_a
     const uint8_t *upp = SILU && live ? a.w[1] + (int64_t)n * a.K + GF_PIECE * lane : nullptr;
     uint4 buf[U];
 #pragma unroll
-    for (int u = 0; u < U; u++) { /* weights: before the wait */
-        if (u < P) {
-            if (SILU && (u & 1)) {
-                buf[u] = anvil_ld_stream16(upp);
-                upp += GF_ROW_STEP;
-            } else {
-                buf[u] = anvil_ld_stream16(gp);
-                gp += GF_ROW_STEP;
-            }
-        }
-    }
+    for (int u = 0; u < U; u++) /* weights: before the wait */
+        if (u < P)
+            gf_load<SILU>(buf[u], gp, upp, u & 1);
     anvil_pdl_wait();
     anvil_pdl_launch();
 
@@ -183,15 +180,8 @@ __global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_a
             if (TAIL && base + u >= P)
                 break;
             const uint4 wv = buf[u];
-            if (base + u + U < P) {
-                if (SILU && (u & 1)) {
-                    buf[u] = anvil_ld_stream16(upp);
-                    upp += GF_ROW_STEP;
-                } else {
-                    buf[u] = anvil_ld_stream16(gp);
-                    gp += GF_ROW_STEP;
-                }
-            }
+            if (base + u + U < P)
+                gf_load<SILU>(buf[u], gp, upp, u & 1);
             /* the piece's column: SILU pieces go gate, up of one column, then the next (U even) */
             const int h = SILU ? (u & 1) : 0;
             acc[h] = gf_dot16(wv, xl, acc[h]);

@@ -203,4 +203,20 @@ __device__ __forceinline__ float gw_div(float v, float sx, float r)
     return fmaf(fmaf(-q, sx, v), r, q);
 }
 
+/* 8 values of x as their fp8 W8A8 codes, f16 pairs (exact): fp8(v / sx)
+ * by gw_div (r = fl(1 / sx)), e4m3 round to nearest even, saturating; 0
+ * where sx is 0 (a row of zeros). The one coding of every fp8 GEMV. */
+__device__ __forceinline__ uint4 gw_code8(const float (&f)[8], float sx, float r)
+{
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float q0 = sx > 0.0f ? gw_div(f[2 * i], sx, r) : 0.0f;
+        const float q1 = sx > 0.0f ? gw_div(f[2 * i + 1], sx, r) : 0.0f;
+        const __nv_fp8x2_storage_t c = __nv_cvt_float2_to_fp8x2(make_float2(q0, q1), __NV_SATFINITE, __NV_E4M3);
+        o[i] = gw_as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(c, __NV_E4M3)));
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
 #endif

@@ -72,16 +72,7 @@ __device__ void gsq_code_rows(const XT *const *rows, int T, int K, int act, floa
         for (int k = 8 * threadIdx.x; k < K; k += 8 * nthr) {
             float f[8];
             anvil_load_vec<XT, 8>(xr + k, f);
-            uint32_t o[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float q0 = sx > 0.0f ? gw_div(f[2 * i], sx, rs) : 0.0f;
-                const float q1 = sx > 0.0f ? gw_div(f[2 * i + 1], sx, rs) : 0.0f;
-                const __nv_fp8x2_storage_t c =
-                    __nv_cvt_float2_to_fp8x2(make_float2(q0, q1), __NV_SATFINITE, __NV_E4M3);
-                o[i] = gw_as_u32(__half2(__nv_cvt_fp8x2_to_halfraw2(c, __NV_E4M3)));
-            }
-            *reinterpret_cast<uint4 *>(xs + (size_t)r * ld + k) = make_uint4(o[0], o[1], o[2], o[3]);
+            *reinterpret_cast<uint4 *>(xs + (size_t)r * ld + k) = gw_code8(f, sx, rs);
         }
     }
     __syncthreads();
