@@ -890,6 +890,7 @@ int anvil_cmd_bench(int argc, char **argv)
             json_object_set_new(cfgj, "random_weights", json_true());
             json_object_set_new(cfgj, "weight_seed", json_integer((json_int_t)ro->seed));
             json_object_set_new(cfgj, "quantize", json_string(anvil_quantize_name(ro->quantize)));
+            json_object_set_new(cfgj, "quantize_lm_head", json_boolean(ro->quantize_lm_head));
         }
         json_object_set_new(cfgj, "device", json_string(ro->device));
         json_object_set_new(cfgj, "cpu", json_string(cpu));

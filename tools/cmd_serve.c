@@ -395,7 +395,8 @@ int anvil_cmd_serve(int argc, char **argv)
         fprintf(stderr, "%s: unexpected argument '%s'\n", tool, argv[optind]);
         return 2;
     }
-    if (eo.random.random || eo.random.config || eo.random.seed_set || eo.random.quantize_set) {
+    if (eo.random.random || eo.random.config || eo.random.seed_set || eo.random.quantize_set ||
+        eo.random.lm_head_set) {
         /* --config FILE --random-weights: the one model, served as FILE's name */
         const char *m = NULL;
         if (eo.random.random && (n_models > 0 || so.model_repo != NULL)) {

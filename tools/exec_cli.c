@@ -146,6 +146,10 @@ int exec_cli_random_option(exec_cli_random *r, anvil_runtime_options *ro, int op
         }
         r->quantize_set = 1;
         return 1;
+    case EXEC_OPT_QUANTIZE_LM_HEAD:
+        ro->quantize_lm_head = 1;
+        r->lm_head_set = 1;
+        return 1;
     default:
         return 0;
     }
@@ -155,9 +159,12 @@ int exec_cli_random_resolve(const exec_cli_random *r, anvil_runtime_options *ro,
                             const char *tool)
 {
     if (!r->random) {
-        if (r->config != NULL || r->seed_set || r->quantize_set) {
+        if (r->config != NULL || r->seed_set || r->quantize_set || r->lm_head_set) {
             fprintf(stderr, "%s: %s goes with --random-weights (a model folder or engine is --model DIR)\n", tool,
-                    r->config ? "--config" : r->seed_set ? "--weight-seed" : "--quantize");
+                    r->config       ? "--config"
+                    : r->seed_set   ? "--weight-seed"
+                    : r->quantize_set ? "--quantize"
+                                      : "--quantize-lm-head");
             return -1;
         }
         if (*model == NULL) {
@@ -173,6 +180,10 @@ int exec_cli_random_resolve(const exec_cli_random *r, anvil_runtime_options *ro,
     }
     if (*model != NULL) {
         fprintf(stderr, "%s: --random-weights takes the shape from --config FILE, not --model (give one)\n", tool);
+        return -1;
+    }
+    if (r->lm_head_set && ro->quantize == ANVIL_QUANTIZE_NONE) {
+        fprintf(stderr, "%s: --quantize-lm-head goes with --quantize fp8, int8-wo or int4-wo\n", tool);
         return -1;
     }
     *model = r->config;

@@ -41,16 +41,18 @@ enum {
     EXEC_OPT_RANDOM,
     EXEC_OPT_WEIGHT_SEED,
     EXEC_OPT_QUANTIZE,
+    EXEC_OPT_QUANTIZE_LM_HEAD,
 };
 
 /* A model with random weights and no file (anvil_runtime_options.random_weights):
- * --config FILE --random-weights [--weight-seed N] [--quantize S]; anvil run's
- * own table takes the same entries. */
+ * --config FILE --random-weights [--weight-seed N] [--quantize S
+ * [--quantize-lm-head]]; anvil run's own table takes the same entries. */
 #define EXEC_CLI_RANDOM_LONGOPTS                                                           \
     {"config", required_argument, 0, EXEC_OPT_CONFIG},                                     \
         {"random-weights", no_argument, 0, EXEC_OPT_RANDOM},                               \
         {"weight-seed", required_argument, 0, EXEC_OPT_WEIGHT_SEED},                       \
-        {"quantize", required_argument, 0, EXEC_OPT_QUANTIZE}
+        {"quantize", required_argument, 0, EXEC_OPT_QUANTIZE},                             \
+        {"quantize-lm-head", no_argument, 0, EXEC_OPT_QUANTIZE_LM_HEAD}
 
 #define EXEC_CLI_RANDOM_HELP                                                                              \
     "      --config FILE           with --random-weights: an HF config.json (any file name, or a folder\n" \
@@ -60,7 +62,8 @@ enum {
     "                              tokenizer (prompts as ids)\n"                                         \
     "      --weight-seed N         the random weights' seed (default 1, anvil build's --seed)\n"        \
     "      --quantize S            with --random-weights: fp8, int8-wo or int4-wo (RTN, as anvil build\n" \
-    "                              --quantize)\n"
+    "                              --quantize)\n"                                                     \
+    "      --quantize-lm-head      with --quantize: the LM head too (as anvil build; not a tied head)\n"
 
 /* What the random-weight flags gave (see EXEC_CLI_RANDOM_LONGOPTS). */
 typedef struct exec_cli_random {
@@ -68,6 +71,7 @@ typedef struct exec_cli_random {
     int random;         /* --random-weights */
     int seed_set;       /* --weight-seed given */
     int quantize_set;   /* --quantize given */
+    int lm_head_set;    /* --quantize-lm-head given */
 } exec_cli_random;
 
 /* Handles a random-weight flag into r and ro. 1: handled; 0: not one of

@@ -55,6 +55,27 @@ def test_run_equals_built_engine(anvil, config, tmp_path):
         greedy(anvil, "--model", tmp_path / "r1.engine")
 
 
+def test_quantized_lm_head(anvil, config, shared, tmp_path):
+    """--quantize S --quantize-lm-head generates what anvil build's engine of the same flags does; bench
+    records it; a tied head (tinycode's) is refused by the load, by name."""
+    engine = tmp_path / "q.engine"
+    r = anvil("build", "--config", config, "--random-weights", "--quantize", "int8-wo", "--quantize-lm-head",
+              "--output", engine, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    flags = ("--quantize", "int8-wo", "--quantize-lm-head")
+    assert greedy(anvil, "--config", config, "--random-weights", extra=flags) == greedy(anvil, "--model", engine)
+    out = tmp_path / "bench.json"
+    r = anvil("bench", "--config", config, "--random-weights", *flags, "--num-requests", "2", "--input-len", "8",
+              "--output-len", "4", "--json", out, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(out.read_text())["config"]
+    assert cfg["quantize"] == "int8-wo" and cfg["quantize_lm_head"] is True
+    tied = tmp_path / "tied.json"
+    shutil.copy(shared / "models" / "tinycode" / "config.json", tied)
+    r = anvil("run", "--config", tied, "--random-weights", *flags, "--prompt-ids", "1")
+    assert r.returncode == 1 and "tied" in r.stderr, r.stderr
+
+
 def test_run_input_and_bench(anvil, config, tmp_path):
     (tmp_path / "in.jsonl").write_text('{"prompt_ids": [1, 5, 9, 44], "max_tokens": 12, "ignore_eos": true, '
                                        '"temperature": 0}\n')
@@ -83,6 +104,10 @@ def test_refusals(anvil, config, shared):
             f"{tool}: --weight-seed goes with --random-weights (a model folder or engine is --model DIR)"
         assert one_line(anvil(*cmd, "--model", model, "--quantize", "int8-wo"), 2) == \
             f"{tool}: --quantize goes with --random-weights (a model folder or engine is --model DIR)"
+        assert one_line(anvil(*cmd, "--model", model, "--quantize-lm-head"), 2) == \
+            f"{tool}: --quantize-lm-head goes with --random-weights (a model folder or engine is --model DIR)"
+        assert one_line(anvil(*cmd, "--config", config, "--random-weights", "--quantize-lm-head"), 2) == \
+            f"{tool}: --quantize-lm-head goes with --quantize fp8, int8-wo or int4-wo"
         assert one_line(anvil(*cmd, "--config", config, "--random-weights", "--model", model), 2) == \
             f"{tool}: --random-weights takes the shape from --config FILE, not --model (give one)"
         assert "--model DIR is required" in one_line(anvil(*cmd), 2)
