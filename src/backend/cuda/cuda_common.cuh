@@ -195,7 +195,8 @@ __device__ __forceinline__ int32_t anvil_window_lo(int32_t p, int32_t window)
  * their writes are visible (a no-op when the kernel was launched without
  * the PDL attribute, or before sm_90). A kernel launched by anvil_launch
  * calls it before it reads anything an earlier kernel wrote or writes
- * anything at all; before it, only weights may be read. What an earlier
+ * anything at all; before it, only weights may be read (anvil_pdl_load16,
+ * below, or ptxas may move the loads after the wait). What an earlier
  * kernel wrote is read with coherent loads, never through a `const
  * __restrict__` pointer or __ldg: those become ld.global.nc, which the PTX
  * ISA allows only for data read-only for the kernel's whole lifetime, and
@@ -207,6 +208,28 @@ __device__ __forceinline__ void anvil_pdl_wait()
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+/* 16 bytes of weights loaded before anvil_pdl_wait, past L1: a plain (weak)
+ * ld.global where anvil_ld_stream16 (cuda_gemv.cuh) uses ld.global.nc.
+ * Why: ptxas (CUDA 13.0, sm_90a) keeps griddepcontrol.wait (ACQBULK in
+ * SASS) after the plain global loads before it, but not after .nc loads:
+ * it had moved the ACQBULK above all of the first weight loads of the
+ * bf16/f16 and fp8 row GEMVs (LDG.E.NA.128.CONSTANT only after it), so
+ * nothing streamed while the kernel before drained. With this load the
+ * LDG.E.NA.128s are issued before the ACQBULK, which does not wait for
+ * their data (no scoreboard wait on it). Tried and worse: the loaded
+ * registers as "+r" operands of the wait's asm (ptxas sees no use: the
+ * loads still sink), a predicate on the wait computed from the data (the
+ * loads stay before it but the wait waits for them). Weights only:
+ * nothing writes them, so a weak load reads what .nc would. */
+__device__ __forceinline__ uint4 anvil_pdl_load16(const void *p)
+{
+    uint4 r;
+    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
 }
 
 /* Lets the next kernel start launching (once every block of this one has

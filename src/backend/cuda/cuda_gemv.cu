@@ -35,35 +35,50 @@ typedef struct gv_parts {
     int n_parts;
 } gv_parts;
 
+/* acc[r] += x[r, :] . w[u] for the lane's eight pieces at v (v + 32u). */
+template <typename T, int R>
+__device__ __forceinline__ void anvil_gemv_dot8x(const uint4 *xr, const uint4 (&wv)[8], int kv, int v,
+                                                 float (&acc)[R])
+{
+#pragma unroll
+    for (int u = 0; u < 8; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] = anvil_dot8<T>(xr[(int64_t)r * kv + v + u * 32], wv[u], acc[r]);
+}
+
 /* acc[r] += x[r, :] . w_row for the rows r < R (the lane's share; the
  * caller sums the warp). With `wait`, the first weight pieces are loaded
- * before anvil_pdl_wait: they are weights, which no kernel writes, so under
- * a dependent launch they stream in while the kernel before still runs. */
+ * before anvil_pdl_wait (anvil_pdl_load16, so that they stay before it in
+ * SASS): they are weights, which no kernel writes, so under a dependent
+ * launch they stream in while the kernel before still runs. */
 template <typename T, int R>
 __device__ __forceinline__ void anvil_gemv_row(const uint4 *xr, const uint4 *wr, int kv, int lane,
                                                float (&acc)[R], bool wait)
 {
     int v = lane;
+    if (wait) {
+        if (v + 7 * 32 < kv) {
+            uint4 wv[8];
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                wv[u] = anvil_pdl_load16(wr + v + u * 32);
+            anvil_pdl_wait();
+            anvil_pdl_launch();
+            anvil_gemv_dot8x<T, R>(xr, wv, kv, v, acc);
+            v += 8 * 32;
+        } else {
+            anvil_pdl_wait();
+            anvil_pdl_launch();
+        }
+    }
     /* eight pieces per lane in flight, then the tail */
     for (; v + 7 * 32 < kv; v += 8 * 32) {
         uint4 wv[8];
 #pragma unroll
         for (int u = 0; u < 8; u++)
             wv[u] = anvil_ld_stream16(wr + v + u * 32);
-        if (wait) {
-            anvil_pdl_wait();
-            anvil_pdl_launch();
-            wait = false;
-        }
-#pragma unroll
-        for (int u = 0; u < 8; u++)
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                acc[r] = anvil_dot8<T>(xr[(int64_t)r * kv + v + u * 32], wv[u], acc[r]);
-    }
-    if (wait) {
-        anvil_pdl_wait();
-        anvil_pdl_launch();
+        anvil_gemv_dot8x<T, R>(xr, wv, kv, v, acc);
     }
     for (; v < kv; v += 32) {
         const uint4 wv = anvil_ld_stream16(wr + v);

@@ -25,7 +25,8 @@
  * lane + 32, ...: each warp load 512 contiguous bytes), U pieces in flight,
  * each refilled as soon as it is used; U divides the lane's pieces (8, 7 or
  * 4; else 8 with a tail). The first U pieces are loaded before
- * anvil_pdl_wait (weights: no kernel writes them), x after.
+ * anvil_pdl_wait (weights: no kernel writes them), x after; with
+ * anvil_pdl_load16, or ptxas moves them after the wait.
  */
 #include <string.h>
 
@@ -125,15 +126,16 @@ template <typename X> __device__ float gf_quant_x(const gf_args &a, __half *xc, 
     return sx;
 }
 
-/* The lane's next piece into b: SILU pieces alternate gate (up = 0) and up. */
-template <bool SILU>
+/* The lane's next piece into b: SILU pieces alternate gate (up = 0) and up.
+ * EARLY: before anvil_pdl_wait (anvil_pdl_load16, which stays before it). */
+template <bool SILU, bool EARLY = false>
 __device__ __forceinline__ void gf_load(uint4 &b, const uint8_t *&gp, const uint8_t *&upp, int up)
 {
     if (SILU && up) {
-        b = anvil_ld_stream16(upp);
+        b = EARLY ? anvil_pdl_load16(upp) : anvil_ld_stream16(upp);
         upp += GF_ROW_STEP;
     } else {
-        b = anvil_ld_stream16(gp);
+        b = EARLY ? anvil_pdl_load16(gp) : anvil_ld_stream16(gp);
         gp += GF_ROW_STEP;
     }
 }
@@ -163,7 +165,7 @@ __global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_a
 #pragma unroll
     for (int u = 0; u < U; u++) /* weights: before the wait */
         if (u < P)
-            gf_load<SILU>(buf[u], gp, upp, u & 1);
+            gf_load<SILU, true>(buf[u], gp, upp, u & 1);
     anvil_pdl_wait();
     anvil_pdl_launch();
 

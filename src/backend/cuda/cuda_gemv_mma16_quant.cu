@@ -52,8 +52,9 @@
  * K = 4096 int4), so blocks ramp up and drain one by one, and tiles that
  * do not fill whole waves (q/k/v's 384 on 264 int4 slots) leave SMs idle.
  *
- * Dependent launch (docs/cuda-backend.md): the first GW_U steps of weights,
- * scales and zero points are loaded before anvil_pdl_wait, x after.
+ * Dependent launch (docs/cuda-backend.md): the first GW_U steps of weights
+ * (anvil_pdl_load16), scales and zero points are loaded before
+ * anvil_pdl_wait, x after.
  */
 #include <string.h>
 
@@ -109,7 +110,10 @@ typedef struct gw_rows {
     const uint8_t *z[2]; /* int4: NULL, zero point 8 */
 } gw_rows;
 
-template <int S> __device__ __forceinline__ void gw_load(gw_buf &b, const gw_rows &rw, const gw_args &a, int st, int t)
+/* EARLY: before anvil_pdl_wait, the weights with anvil_pdl_load16 (which
+ * ptxas keeps before it; the scales' and zero points' __ldg stayed there). */
+template <int S, bool EARLY = false>
+__device__ __forceinline__ void gw_load(gw_buf &b, const gw_rows &rw, const gw_args &a, int st, int t)
 {
     const int pe = gmw_piece_elems(S);
     const int64_t k0 = (int64_t)st * gmw_step_elems(S) + pe * t; /* the piece's first column */
@@ -117,7 +121,8 @@ template <int S> __device__ __forceinline__ void gw_load(gw_buf &b, const gw_row
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         if (rw.w[h] != nullptr) {
-            b.w[h] = anvil_ld_stream16(rw.w[h] + (int64_t)st * GW_STEP + 16 * t);
+            const uint8_t *wp = rw.w[h] + (int64_t)st * GW_STEP + 16 * t;
+            b.w[h] = EARLY ? anvil_pdl_load16(wp) : anvil_ld_stream16(wp);
             b.s[h] = __ldg(rw.sc[h] + grp);
             b.z[h] = S == GMW_U4 && rw.z[h] != nullptr ? (int)__ldg(rw.z[h] + grp) : 8;
         } else {
@@ -236,7 +241,7 @@ __global__ void __launch_bounds__(GW_MAX_THREADS(S, MB3), 1) anvil_gemv_mma16_qu
 #pragma unroll
     for (int u = 0; u < GW_U; u++)
         if (s0 + u < s1)
-            gw_load<S>(bf[u], rw, a, s0 + u, t); /* weights: before the wait */
+            gw_load<S, true>(bf[u], rw, a, s0 + u, t); /* weights: before the wait */
 
     anvil_pdl_wait();
     anvil_pdl_launch();
