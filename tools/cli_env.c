@@ -47,8 +47,9 @@ void cli_env_runtime_options(anvil_runtime_options *o)
     if (is("ANVIL_CUDA_COMBINE_IN_KERNEL", "1"))
         o->attn_combine_in_kernel = 1;
     const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
-    if (mq != NULL && mq[0] >= '0' && mq[0] <= '9' && (mq[1] == '\0' || (mq[0] == '1' && mq[1] == '0' && mq[2] == '\0')))
-        o->cuda_matmul_quant = atoi(mq); /* 0..10 */
+    if (mq != NULL && mq[0] >= '0' && mq[0] <= '9' &&
+        (mq[1] == '\0' || (mq[0] == '1' && (mq[1] == '0' || mq[1] == '1') && mq[2] == '\0')))
+        o->cuda_matmul_quant = atoi(mq); /* 0..11 */
     const char *ml = getenv("ANVIL_CUDA_MOE_LOOP");
     if (ml != NULL && ml[0] >= '0' && ml[0] <= '3' && ml[1] == '\0')
         o->cuda_moe_loop = ml[0] - '0';

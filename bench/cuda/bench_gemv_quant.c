@@ -16,6 +16,8 @@
  *   fp8 rows      the fp8 W8A8 row GEMV (cuda_gemv_fp8_rows.cu), the default at one row
  *   fp8 mma16     the 16-bit tensor-core GEMV on fp8 W8A8 (its own choice of warps)
  *   int8 mma16, int4 mma16   the same on int8 per channel, int4 in groups of 128 with zero points
+ *   int4 rows     the int4 row GEMV (cuda_gemv_int4_rows.cu: x rounded to int8 in the launch), the
+ *                 default at one row, on the same int4
  * Shapes: q/k/v as one launch, o, gate/up with the silu as one launch,
  * down, the LM head. Prints us a call, GB/s over the weights' bytes and the
  * share of the copy rate (bytes read + written, cudaMemcpy device to device
@@ -28,6 +30,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_gemv_fp8_rows.h"
+#include "backend/cuda/cuda_gemv_int4_rows.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
 #include "backend/cuda/cuda_internal.h"
 #include "core/error.h"
@@ -41,8 +44,11 @@ typedef struct shape {
     int n_parts, silu;
 } shape;
 
-enum { K_FP8_ROWS, K_FP8_MMA16, K_I8_MMA16, K_U4_MMA16, N_KERNELS };
-static const char *const kernel_names[N_KERNELS] = {"fp8 rows", "fp8 mma16", "int8 mma16", "int4 mma16"};
+enum { K_FP8_ROWS, K_FP8_MMA16, K_I8_MMA16, K_U4_MMA16, K_U4_ROWS, N_KERNELS };
+static const char *const kernel_names[N_KERNELS] = {"fp8 rows", "fp8 mma16", "int8 mma16", "int4 mma16",
+                                                    "int4 rows"};
+
+static int is_u4(int k) { return k == K_U4_MMA16 || k == K_U4_ROWS; }
 
 static int fail(const char *what, cudaError_t e)
 {
@@ -72,7 +78,7 @@ static double copy_gbs(void *a, void *b, cudaStream_t s)
 /* Bytes of one part's weight (codes) in kernel k's scheme. */
 static size_t part_bytes(int k, int64_t N, int64_t K)
 {
-    return k == K_U4_MMA16 ? (size_t)(N * K / 2) : (size_t)(N * K);
+    return is_u4(k) ? (size_t)(N * K / 2) : (size_t)(N * K);
 }
 
 /* The call of kernel k on copy r of the shape's weights in the pool. */
@@ -88,12 +94,12 @@ static void make_call(int k, const shape *sh, int r, size_t copy_bytes, uint8_t 
     c->T = 1;
     c->sm = 90;
     c->act = k == K_FP8_ROWS || k == K_FP8_MMA16 ? ANVIL_QUANT_ACT_FP8_DYNAMIC : ANVIL_QUANT_ACT_NONE;
-    const anvil_dtype dt = k == K_I8_MMA16 ? ANVIL_DTYPE_I8 : k == K_U4_MMA16 ? ANVIL_DTYPE_U4 : ANVIL_DTYPE_F8_E4M3;
+    const anvil_dtype dt = k == K_I8_MMA16 ? ANVIL_DTYPE_I8 : is_u4(k) ? ANVIL_DTYPE_U4 : ANVIL_DTYPE_F8_E4M3;
     size_t off = (size_t)r * copy_bytes;
     for (int p = 0; p < sh->n_parts; p++) {
         c->w[p] = (anvil_cuda_qweight){
-            .w = pool + off, .dt = dt, .scales = scales, .zeros = k == K_U4_MMA16 ? zeros : NULL,
-            .gs = k == K_U4_MMA16 ? 128 : sh->K, .N = sh->N[p], .K = sh->K,
+            .w = pool + off, .dt = dt, .scales = scales, .zeros = is_u4(k) ? zeros : NULL,
+            .gs = is_u4(k) ? 128 : sh->K, .N = sh->N[p], .K = sh->K,
         };
         c->out[p] = out;
         off += part_bytes(k, sh->N[p], sh->K);
@@ -102,7 +108,9 @@ static void make_call(int k, const shape *sh, int r, size_t copy_bytes, uint8_t 
 
 static anvil_status launch(int k, const anvil_cuda_gemv_mma_call *c)
 {
-    return k == K_FP8_ROWS ? anvil_cuda_launch_gemv_fp8_rows(c) : anvil_cuda_launch_gemv_mma16_quant(c);
+    return k == K_FP8_ROWS  ? anvil_cuda_launch_gemv_fp8_rows(c)
+           : k == K_U4_ROWS ? anvil_cuda_launch_gemv_int4_rows(c)
+                            : anvil_cuda_launch_gemv_mma16_quant(c);
 }
 
 int main(int argc, char **argv)

@@ -71,6 +71,7 @@
 #include "backend/cpu/cpu_quant.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_gemv_fp8_rows.h"
+#include "backend/cuda/cuda_gemv_int4_rows.h"
 #include "backend/cuda/cuda_gemv_stream_quant.h"
 #include "backend/cuda/cuda_internal.h"
 #include "core/tensor.h"
@@ -437,6 +438,18 @@ static int rows_takes(const qcase *c, int64_t T, anvil_dtype act)
            c->group == 0 && !c->perm && c->K % 512 == 0 && c->K <= 24576;
 }
 
+/* Whether the int4 row GEMV (cuda_gemv_int4_rows.cu: the automatic choice
+ * wherever it takes the weight, and matmul_quant = 11) takes case c at T
+ * rows of act: one row of bf16 / f16, int4 in groups of a power of two
+ * from 32 or per channel, no perm, K a multiple of 32. It computes the
+ * CPU's int definition (want_q8: x rounded to int8 per block of 32). */
+static int irows_takes(const qcase *c, int64_t T, anvil_dtype act)
+{
+    const int64_t gs = c->group > 0 ? c->group : c->K;
+    return T == 1 && act != ANVIL_DTYPE_F32 && c->dt == ANVIL_DTYPE_U4 && !c->perm && c->K % 32 == 0 &&
+           c->K <= 32768 && (gs == c->K || (gs >= 32 && (gs & (gs - 1)) == 0));
+}
+
 /* Whether the streaming GEMV (cuda_gemv_stream_quant.cu, matmul_quant = 7)
  * takes case c at T rows of act (as uploaded: device d's pointers); it
  * computes the float definition (want). */
@@ -560,26 +573,27 @@ static float *rand_x(uint64_t *rng, int64_t T, int64_t K, anvil_dtype dt)
 }
 
 /* The paths each case runs (9: the streaming GEMV, matmul_quant = 7, where it takes the weight; 10: the fp8
- * row GEMV, matmul_quant = 10, where it takes it): 0 automatic, 1 no GEMV (matmul_gemv = 2), 2
+ * row GEMV, matmul_quant = 10, where it takes it; 11: the int4 row GEMV, matmul_quant = 11, where it takes
+ * it): 0 automatic, 1 no GEMV (matmul_gemv = 2), 2
  * the dequantizing path (matmul_quant = 1), 3 the SIMT GEMV where the
  * tensor-core one would run (matmul_quant = 3), 4, 5 and 6 the tensor-core
  * GEMV at every row count it takes (matmul_quant = 4) with 1, 2 and 4 tiles
  * a block, 7 the 16-bit tensor-core GEMV at every row count it takes
  * (matmul_quant = 6), 8 the automatic choice without it (matmul_quant = 5,
  * session 26's). */
-#define N_PATHS 11
+#define N_PATHS 12
 static const char *path_name(int p)
 {
     static const char *names[N_PATHS] = {"auto",        "no gemv",     "dequantize",    "simt gemv", "mma",
                                          "mma tiles 2", "mma tiles 4", "mma16",         "auto no mma16",
-                                         "stream",      "fp8 rows"};
+                                         "stream",      "fp8 rows",    "int4 rows"};
     return names[p];
 }
 
 /* the knob matmul_quant of path p */
 static int path_knob(int p)
 {
-    static const int knobs[N_PATHS] = {0, 0, 1, 3, 4, 4, 4, 6, 5, 7, 10};
+    static const int knobs[N_PATHS] = {0, 0, 1, 3, 4, 4, 4, 6, 5, 7, 10, 11};
     return knobs[p];
 }
 
@@ -608,7 +622,8 @@ static void test_matmul_quant(void **state)
                 const int m16 = mma16_takes(c, T, act);
                 const int strm = stream_takes(c, &d, T, act);
                 const int rows = rows_takes(c, T, act);
-                if (mma && is_int)
+                const int irows = irows_takes(c, T, act);
+                if ((mma || irows) && is_int)
                     reference_q8(&h, c, x, T, want_q8);
                 void *xd = dev_put_floats(g, x, T * c->K, act);
                 void *od = NULL;
@@ -617,14 +632,16 @@ static void test_matmul_quant(void **state)
                 anvil_tensor ot = anvil_tensor_2d(act, T, c->N, od);
                 for (int p = 0; p < N_PATHS; p++) {
                     if ((p >= 3 && p <= 6 && !mma) || (p == 7 && !m16) || (p == 8 && !(mma || m16)) ||
-                        (p == 9 && !strm) || (p == 10 && !rows))
+                        (p == 9 && !strm) || (p == 10 && !rows) || (p == 11 && !irows))
                         continue; /* the same path as auto */
                     set_knobs_tiles(g, path_knob(p), p == 1 ? 2 : 0, p == 5 ? 2 : p == 6 ? 4 : 0);
                     /* the int8-activation GEMV: automatic (where the 16-bit one does not run
                      * first), or pinned by matmul_quant = 4 */
                     const int auto16 = m16 && mma16_auto(c, T); /* or the fp8 row GEMV: the float definition too */
                     const int auto_mma = ((p == 0 && !auto16) || p == 8) && mma_auto(c, T);
-                    const int on_mma = mma && (auto_mma || (p >= 4 && p <= 6));
+                    /* the int4 row GEMV (automatic where it takes the weight, or matmul_quant = 11): int8
+                     * activations as on the int8-activation GEMV */
+                    const int on_mma = (mma && (auto_mma || (p >= 4 && p <= 6))) || (irows && (p == 0 || p == 11));
                     char name[160];
                     snprintf(name, sizeof name, "%s [%lld, %lld] T=%lld act=%s path=%s", c->name, (long long)c->N,
                              (long long)c->K, (long long)T, anvil_dtype_name(act), path_name(p));
@@ -898,6 +915,165 @@ static void test_fp8_rows(void **state)
     c.act = ANVIL_QUANT_ACT_FP8_DYNAMIC;
     assert_int_equal(anvil_cuda_launch_gemv_fp8_rows(&c), ANVIL_ERR_UNSUPPORTED);
     assert_non_null(strstr(anvil_last_error(), "gemv (fp8, rows)"));
+    g->ops->free(g, xd);
+}
+
+/* The int4 row GEMV (cuda_gemv_int4_rows.cu) launched directly: q/k/v as
+ * one launch of three parts and gate/up with the silu, K with 1 piece a
+ * lane (1024), 4 (4096), 14 (14336) and rows that end inside a lane's last
+ * round (160, 3200), groups of 32 / 64 / 128 and per channel, with and
+ * without zero points, odd N, a bias, bf16 and f16 x: within 1e-2 of the
+ * CPU's int definition (reference_q8), each part of the multi launch and
+ * the silu equal to the single launches' bits (and silu_mul's), every
+ * output written; then what it refuses. */
+static void test_int4_rows(void **state)
+{
+    NEED_GPU();
+    fixture *f = *state;
+    typedef struct {
+        int64_t K;
+        int32_t group;
+        int zeros, f16;
+    } icase;
+    const icase ics[] = {
+        {1024, 128, 1, 0}, {4096, 128, 1, 0}, {4096, 32, 0, 1}, {14336, 128, 1, 0},
+        {160, 32, 1, 0},   {3200, 64, 0, 0},  {3200, 0, 1, 1},  {2048, 0, 0, 0},
+    };
+    for (size_t ci = 0; ci < sizeof ics / sizeof ics[0]; ci++) {
+        const int64_t K = ics[ci].K;
+        const anvil_dtype act = ics[ci].f16 ? ANVIL_DTYPE_F16 : ANVIL_DTYPE_BF16;
+        anvil_backend *g = f->gpu[ics[ci].f16 ? 2 : 1];
+        cudaStream_t stream = anvil_cuda_impl(g)->stream;
+        const qcase cs[3] = {
+            {"q", ANVIL_DTYPE_U4, 61, K, ics[ci].group, ics[ci].zeros, 0, 1, ANVIL_QUANT_ACT_NONE},
+            {"k", ANVIL_DTYPE_U4, 32, K, ics[ci].group, ics[ci].zeros, 0, 0, ANVIL_QUANT_ACT_NONE},
+            {"v", ANVIL_DTYPE_U4, 32, K, ics[ci].group, ics[ci].zeros, 0, 0, ANVIL_QUANT_ACT_NONE},
+        };
+        hweight h[3];
+        dweight d[3];
+        anvil_cuda_gemv_mma_call c1, c3;
+        memset(&c3, 0, sizeof c3);
+        float *x = rand_x(&f->rng, 1, K, act);
+        void *xd = dev_put_floats(g, x, K, act);
+        c3.stream = stream;
+        c3.n_parts = 3;
+        c3.x = xd;
+        c3.x_dt = act;
+        c3.T = 1;
+        c3.act = ANVIL_QUANT_ACT_NONE;
+        c3.sm = 90;
+        void *sep[3], *multi[3];
+        for (int i = 0; i < 3; i++) {
+            make_weight(&f->rng, &cs[i], &h[i]);
+            upload_weight(g, &h[i], &cs[i], &d[i]);
+            c3.w[i] = (anvil_cuda_qweight){.w = d[i].codes, .dt = ANVIL_DTYPE_U4, .scales = d[i].scales,
+                                           .zeros = d[i].zeros, .gs = ics[ci].group > 0 ? ics[ci].group : K,
+                                           .N = cs[i].N, .K = K};
+            c3.bias[i] = d[i].bias;
+            c3.bias_dt[i] = ANVIL_DTYPE_BF16;
+            sep[i] = nan_buf(g, cs[i].N);
+            multi[i] = nan_buf(g, cs[i].N);
+            c3.out[i] = multi[i];
+            c1 = c3;
+            c1.n_parts = 1;
+            c1.w[0] = c3.w[i];
+            c1.bias[0] = c3.bias[i];
+            c1.out[0] = sep[i];
+            assert_true(anvil_cuda_gemv_int4_rows_ok(&c1.w[0], ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+            OK_OR_FAIL(anvil_cuda_launch_gemv_int4_rows(&c1), "int4 rows, one part");
+        }
+        OK_OR_FAIL(anvil_cuda_launch_gemv_int4_rows(&c3), "int4 rows, three parts");
+        /* gate/up: k and v */
+        void *su = nan_buf(g, 32);
+        anvil_cuda_gemv_mma_call c2 = c3;
+        c2.n_parts = 2;
+        c2.silu = 1;
+        c2.w[0] = c3.w[1];
+        c2.w[1] = c3.w[2];
+        c2.bias[0] = c2.bias[1] = NULL;
+        c2.out[0] = su;
+        OK_OR_FAIL(anvil_cuda_launch_gemv_int4_rows(&c2), "int4 rows, gate/up");
+        void *sm = NULL;
+        OK_OR_FAIL(g->ops->alloc(g, 32 * 2, &sm), "alloc");
+        anvil_tensor gt = anvil_tensor_2d(act, 1, 32, sep[1]), ut = anvil_tensor_2d(act, 1, 32, sep[2]);
+        anvil_tensor st_ = anvil_tensor_2d(act, 1, 32, sm);
+        OK_OR_FAIL(g->ops->silu_mul(g, &gt, &ut, &st_), "silu_mul");
+        char name[128];
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "int4 rows %s [%lld, %lld] group %d%s %s", cs[i].name, (long long)cs[i].N,
+                     (long long)K, ics[ci].group, ics[ci].zeros ? " zeros" : "", anvil_dtype_name(act));
+            float *want = malloc((size_t)cs[i].N * sizeof *want);
+            assert_non_null(want);
+            reference_q8(&h[i], &cs[i], x, 1, want);
+            float *a1 = dev_get_floats(g, sep[i], cs[i].N, act);
+            float *a2 = dev_get_floats(g, multi[i], cs[i].N, act);
+            expect_close(name, a1, want, cs[i].N, 1e-2);
+            assert_memory_equal(a1, a2, (size_t)cs[i].N * sizeof(float));
+            free(a1);
+            free(a2);
+            free(want);
+        }
+        float *s1 = dev_get_floats(g, su, 32, act), *s2 = dev_get_floats(g, sm, 32, act);
+        for (int i = 0; i < 32; i++)
+            assert_false(isnan(s1[i]));
+        assert_memory_equal(s1, s2, 32 * sizeof(float));
+        free(s1);
+        free(s2);
+        g->ops->free(g, su);
+        g->ops->free(g, sm);
+        for (int i = 0; i < 3; i++) {
+            g->ops->free(g, sep[i]);
+            g->ops->free(g, multi[i]);
+            free_dweight(g, &d[i]);
+            free_weight(&h[i]);
+        }
+        g->ops->free(g, xd);
+        free(x);
+    }
+    /* refused: two rows, a perm, fp8 activations, f32 x, groups of 16 or off a power of two, K off 32 or
+     * past the shared memory, int8; parts of different groups; the launch names the kernel */
+    anvil_backend *g = f->gpu[1];
+    const anvil_dtype act = ANVIL_DTYPE_BF16;
+    void *xd = NULL;
+    OK_OR_FAIL(g->ops->alloc(g, 65536 * 4, &xd), "alloc");
+    const anvil_cuda_qweight ok = {.w = xd, .dt = ANVIL_DTYPE_U4, .scales = xd, .gs = 128, .N = 8, .K = 4096};
+    const int32_t perm1 = 0;
+    assert_true(anvil_cuda_gemv_int4_rows_ok(&ok, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&ok, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 2));
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&ok, ANVIL_QUANT_ACT_FP8_DYNAMIC, NULL, xd, act, 1));
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&ok, ANVIL_QUANT_ACT_NONE, &perm1, xd, act, 1));
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&ok, ANVIL_QUANT_ACT_NONE, NULL, xd, ANVIL_DTYPE_F32, 1));
+    anvil_cuda_qweight bad = ok;
+    bad.gs = 16;
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    bad.gs = 96;
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    bad = ok;
+    bad.K = bad.gs = 4000;
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    bad.K = 32768 + 128;
+    bad.gs = 128;
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    bad = ok;
+    bad.dt = ANVIL_DTYPE_I8;
+    assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
+    anvil_cuda_gemv_mma_call c;
+    memset(&c, 0, sizeof c);
+    c.stream = anvil_cuda_impl(g)->stream;
+    c.n_parts = 1;
+    c.w[0] = ok;
+    c.out[0] = c.out[1] = xd;
+    c.x = xd;
+    c.x_dt = act;
+    c.T = 2;
+    assert_int_equal(anvil_cuda_launch_gemv_int4_rows(&c), ANVIL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(anvil_last_error(), "gemv (int4, rows)"));
+    c.T = 1;
+    c.n_parts = 2;
+    c.w[1] = ok;
+    c.w[1].gs = 64;
+    assert_int_equal(anvil_cuda_launch_gemv_int4_rows(&c), ANVIL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(anvil_last_error(), "gemv (int4, rows)"));
     g->ops->free(g, xd);
 }
 
@@ -1513,6 +1689,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fused_quant),
         cmocka_unit_test(test_mma16_warps),
         cmocka_unit_test(test_fp8_rows),
+        cmocka_unit_test(test_int4_rows),
         cmocka_unit_test(test_quant_errors),
         cmocka_unit_test(test_tinycode_quantized),
         cmocka_unit_test(test_quant_fixtures),

@@ -78,8 +78,10 @@ typedef struct anvil_cuda_knobs {
                                  2); 9 that GEMM at 9-256 rows of int4 / int8 (as 0) and also where the weight would
                                  be dequantized (slower at 2048 rows); 10 the fp8 row GEMV
                                  (cuda_gemv_fp8_rows.cu) wherever it takes the weight (one row of fp8 W8A8 per
-                                 channel), else as 0; 0: automatic (that GEMM first at 9-256 rows, the fp8 row
-                                 GEMV at one row: cuda_matmul_quant.c) */
+                                 channel), else as 0; 11 the int4 row GEMV (cuda_gemv_int4_rows.cu: one row,
+                                 x rounded to int8 per block of 32) wherever it takes the weight, else as 0;
+                                 0: automatic (that GEMM first at 9-256 rows, the fp8 and int4 row GEMVs at
+                                 one row: cuda_matmul_quant.c) */
     int gemv_quant_tiles;     /* the tensor-core quantized GEMV: 2 or 4 tiles of 16 weight rows a block
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,

@@ -45,6 +45,13 @@
  *     launch has three waves of its blocks (rows_first: an 8B model's
  *     gate/up and LM head, not its q/k/v, o, down); 10 takes it wherever it
  *     takes them, the knobs that pin another path never.
+ * 0i. The int4 row GEMV (cuda_gemv_int4_rows.cu, session 33): one row of
+ *     int4 (groups of a power of two from 32, or per channel), K a
+ *     multiple of 32, bf16 / f16 x, no perm, on CUDA cores with a warp a
+ *     weight row and x rounded to int8 per block of 32 in the launch:
+ *     path 0's definition (the CPU's), not path 0w's (x as it is). First
+ *     wherever it takes the weights (irows_first), and under matmul_quant =
+ *     11; the knobs that pin another path never.
  * 0s. The streaming GEMV (cuda_gemv_stream_quant.cu, session 28, issue 15):
  *     path 0w's arithmetic and the layouts it takes (but per-channel int4
  *     with zero points), 1-8 rows, with the weights streamed by cp.async
@@ -86,16 +93,19 @@
  * The knob matmul_quant pins path 3 (1), rules out path 2 (2) or paths 0
  * and 0w (3), takes path 0 below its rows too and never 0w (4), never 0w
  * (5), or 0w at every row count it takes (6), or 0s wherever it takes
- * the weight, else the automatic choice (7), so that tests compare the
- * fast paths with the slow one and the two GEMVs; matmul_gemv = 2 rules
+ * the weight, else the automatic choice (7), or path 0r (10) / 0i (11)
+ * wherever it takes the weights, so that tests compare the
+ * fast paths with the slow one and the GEMVs; matmul_gemv = 2 rules
  * out paths 0 and 1, as it does for plain
  * weights. Path 0 changes the int8/int4 arithmetic (activations rounded to
  * int8: the CPU's definition), so a decode step of up to 8 rows and a
  * prefill of more rows (path 1 or 3, activations in floating point) differ
- * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do.
+ * by that rounding, as llama.cpp's MMVQ and its dequantizing GEMM do;
+ * path 0i (int4, one row) computes path 0's definition too.
  */
 #include "backend/cuda/cuda_gemm_quant.h"
 #include "backend/cuda/cuda_gemv_fp8_rows.h"
+#include "backend/cuda/cuda_gemv_int4_rows.h"
 #include "backend/cuda/cuda_gemv_mma16_quant.h"
 #include "backend/cuda/cuda_gemv_stream_quant.h"
 #include "backend/cuda/cuda_internal.h"
@@ -221,6 +231,27 @@ static int rows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, c
 static int rows_first(const anvil_cuda_backend *cb, int64_t rows)
 {
     return cb->knobs.matmul_quant == 10 || rows >= (int64_t)ROWS_FIRST_PER_SM * cb->n_sm;
+}
+
+/* Whether path 0i (the int4 row GEMV, cuda_gemv_int4_rows.cu) takes this
+ * weight for T rows of x (one row of int4): by default and under
+ * matmul_quant = 11; never under the knobs that pin another path. */
+static int irows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, const anvil_quant *q, const void *x,
+                    int64_t T)
+{
+    const int k = cb->knobs.matmul_quant;
+    return (k == 0 || k == 11) && cb->knobs.matmul_gemv != 2 && !cb->knobs.matmul_simt &&
+           anvil_cuda_gemv_int4_rows_ok(qw, (int)q->act, q->perm, x, cb->ops.act_dtype, T);
+}
+
+/* Whether path 0i is the first choice where it takes the weights: always
+ * (its issue rate is about half the 16-bit GEMV's an element, and its
+ * blocks come and go; docs/cuda-backend.md). A rule by shape goes here
+ * once an H100 has timed it against path 0w (matmul_quant = 6). */
+static int irows_first(const anvil_cuda_backend *cb, int64_t rows)
+{
+    (void)rows;
+    return cb->knobs.matmul_quant == 11 || cb->knobs.matmul_quant == 0;
 }
 
 /* Whether path 0s (the streaming GEMV) takes this weight for T rows of x:
@@ -426,6 +457,13 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
         c.out[0] = out->data;
         return anvil_cuda_launch_gemv_fp8_rows(&c);
     }
+    if (irows_ok(cb, &qw, q, x->data, T) && irows_first(cb, N)) {
+        anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
+        c.bias[0] = bp;
+        c.bias_dt[0] = bdt;
+        c.out[0] = out->data;
+        return anvil_cuda_launch_gemv_int4_rows(&c);
+    }
     if (mma16_ok(cb, &qw, q, x->data, T) && mma16_first(cb, &qw, T)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
@@ -505,6 +543,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     void *op[ANVIL_MATMUL_MULTI_MAX];
     int stream = n <= 4; /* path 0s takes every part */
     int rows = n <= 4;   /* path 0r takes every part */
+    int irows = n <= 4;  /* path 0i takes every part */
     int mma16 = n <= 4;  /* path 0w takes every part */
     int mma = n <= 4;   /* path 0 takes every part */
     int simt = 1;       /* path 1 takes every part */
@@ -525,6 +564,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         stream = stream && stream_ok(cb, &qw[i], q, x->data, T) &&
                  (qw[i].dt != ANVIL_DTYPE_U4 || (qw[i].zeros != NULL) == (qw[0].zeros != NULL));
         rows = rows && rows_ok(cb, &qw[i], q, x->data, T);
+        irows = irows && irows_ok(cb, &qw[i], q, x->data, T);
         mma16 = mma16 && mma16_ok(cb, &qw[i], q, x->data, T);
         mma = mma && mma_ok(cb, &qw[i], q, x->data, T);
         simt = simt && simt_ok(cb, w[i], &qw[i], x->data, op[i], T);
@@ -536,6 +576,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     for (int i = 0; i < (silu ? 1 : n); i++)
         rows_total += qw[i].N;
     rows = rows && rows_first(cb, rows_total);
+    irows = irows && irows_first(cb, rows_total);
     if (stream) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
@@ -548,7 +589,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
         *done = 1;
         return ANVIL_OK;
     }
-    if (rows || use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
+    if (rows || irows || use16 || (mma && (mma_first(cb, &qw[0], T) || !simt))) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
         c.silu = silu;
         for (int i = 0; i < n; i++) {
@@ -557,6 +598,7 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
             c.out[i] = op[i];
         }
         TRY(rows    ? anvil_cuda_launch_gemv_fp8_rows(&c)
+            : irows ? anvil_cuda_launch_gemv_int4_rows(&c)
             : use16 ? anvil_cuda_launch_gemv_mma16_quant(&c)
                     : anvil_cuda_launch_gemv_mma_quant(&c));
         *done = 1;
