@@ -34,10 +34,11 @@
 #include "backend/cuda/cuda_gemv_fp8_rows.h"
 #include "backend/cuda/cuda_gemv_mma16_step.cuh"
 
-#define GF_WARPS     4
+#define GF_WARPS     4 /* warps a block by default (rows_warps: 4, 8 or 16) */
+#define GF_MAX_WARPS 16
 #define GF_MAX_PARTS 4
-#define GF_PIECE     16  /* bytes (codes) a lane loads at once */
-#define GF_ROW_STEP  512 /* a warp's load: 32 lanes x 16 bytes */
+#define GF_PIECE     16    /* bytes (codes) a lane loads at once */
+#define GF_ROW_STEP  512   /* a warp's load: 32 lanes x 16 bytes */
 #define GF_MAX_K     24576 /* x's codes in the default 48 KB of shared memory (f16) */
 
 typedef struct gf_args {
@@ -57,8 +58,10 @@ typedef struct gf_args {
 /* 4 e4m3 codes of a word as f32 (exact) */
 __device__ __forceinline__ void gf_codes4(uint32_t w, float (&f)[4])
 {
-    const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3)));
-    const float2 b = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> 16), __NV_E4M3)));
+    const float2 a =
+        __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3)));
+    const float2 b =
+        __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> 16), __NV_E4M3)));
     f[0] = a.x;
     f[1] = a.y;
     f[2] = b.x;
@@ -142,13 +145,13 @@ __device__ __forceinline__ void gf_load(uint4 &b, const uint8_t *&gp, const uint
 
 /* U pieces in flight a lane; TAIL: the lane's pieces need not be a multiple of U. */
 template <typename X, int U, bool TAIL, bool SILU>
-__global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_args a)
+__global__ void __launch_bounds__(GF_MAX_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_args a)
 {
     static_assert(!SILU || U % 2 == 0, "gate and up pieces alternate: an even U keeps a slot on one of them");
     extern __shared__ __align__(16) uint8_t gf_smem[];
-    __shared__ float red[GF_WARPS];
+    __shared__ float red[GF_MAX_WARPS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = blockIdx.x * GF_WARPS + warp;
+    const int g = blockIdx.x * (blockDim.x >> 5) + warp;
     const int rows = a.end[SILU ? 0 : a.n_parts - 1];
     const bool live = g < rows; /* a warp past the end still helps with x's codes */
     int p = 0;
@@ -156,7 +159,7 @@ __global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_a
         while (p + 1 < a.n_parts && g >= a.end[p])
             p++;
     const int n = g - (p > 0 ? a.end[p - 1] : 0);
-    const int ppl = a.K / GF_ROW_STEP;       /* pieces a lane of one row */
+    const int ppl = a.K / GF_ROW_STEP;             /* pieces a lane of one row */
     const int P = live ? (SILU ? 2 : 1) * ppl : 0; /* SILU: gate and up pieces alternate (even: gate) */
 
     const uint8_t *gp = live ? a.w[p] + (int64_t)n * a.K + GF_PIECE * lane : nullptr;
@@ -212,13 +215,13 @@ __global__ void __launch_bounds__(GF_WARPS * 32) anvil_gemv_fp8_rows_kernel(gf_a
 
 /* ---------------------------------------------------------------- launcher */
 
-extern "C" int anvil_cuda_gemv_fp8_rows_ok(const anvil_cuda_qweight *w, int act, const int32_t *perm, const void *x,
-                                           anvil_dtype x_dt, int64_t T)
+extern "C" int anvil_cuda_gemv_fp8_rows_ok(const anvil_cuda_qweight *w, int act, const int32_t *perm,
+                                           const void *x, anvil_dtype x_dt, int64_t T)
 {
     return w->dt == ANVIL_DTYPE_F8_E4M3 &&
            (act == ANVIL_QUANT_ACT_FP8_DYNAMIC || act == ANVIL_QUANT_ACT_FP8_STATIC) && w->gs == w->K &&
            perm == NULL && T == 1 && (x_dt == ANVIL_DTYPE_BF16 || x_dt == ANVIL_DTYPE_F16) && w->K > 0 &&
-           w->K % GF_ROW_STEP == 0 && w->K <= GF_MAX_K && w->N >= 1 && w->N <= INT32_MAX - GF_WARPS &&
+           w->K % GF_ROW_STEP == 0 && w->K <= GF_MAX_K && w->N >= 1 && w->N <= INT32_MAX - GF_MAX_WARPS &&
            anvil_aligned16(w->w) && anvil_aligned16(x);
 }
 
@@ -229,41 +232,45 @@ static int gf_unroll(int64_t pieces, int silu)
     return pieces % 8 == 0 ? 8 : pieces % 7 == 0 && !silu ? 7 : pieces % 4 == 0 ? 4 : 0;
 }
 
-template <typename X, bool SILU> static void gf_launch(const gf_args &a, int64_t pieces, dim3 grid, size_t smem,
-                                                      cudaStream_t s, int pdl)
+template <typename X, bool SILU>
+static void gf_launch(const gf_args &a, int64_t pieces, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                      int pdl)
 {
     switch (gf_unroll(pieces, SILU)) {
     case 8:
-        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 8, false, SILU>, grid, GF_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 8, false, SILU>, grid, block, smem, s, pdl, a);
         break;
     case 7:
-        anvil_launch(anvil_gemv_fp8_rows_kernel<X, SILU ? 8 : 7, false, SILU>, grid, GF_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_fp8_rows_kernel < X, SILU ? 8 : 7, false, SILU >, grid, block, smem, s, pdl,
+                     a);
         break;
     case 4:
-        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 4, false, SILU>, grid, GF_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 4, false, SILU>, grid, block, smem, s, pdl, a);
         break;
     default:
-        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 8, true, SILU>, grid, GF_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_fp8_rows_kernel<X, 8, true, SILU>, grid, block, smem, s, pdl, a);
         break;
     }
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv_fp8_rows(const anvil_cuda_gemv_mma_call *c)
 {
-    CHECK(c->n_parts >= 1 && c->n_parts <= GF_MAX_PARTS && (!c->silu || c->n_parts == 2), ANVIL_ERR_INVALID_ARG,
-          "gemv (fp8, rows): %d parts%s", c->n_parts, c->silu ? " with the silu (2)" : " (1..4)");
+    CHECK(c->n_parts >= 1 && c->n_parts <= GF_MAX_PARTS && (!c->silu || c->n_parts == 2),
+          ANVIL_ERR_INVALID_ARG, "gemv (fp8, rows): %d parts%s", c->n_parts,
+          c->silu ? " with the silu (2)" : " (1..4)");
     gf_args a;
     memset(&a, 0, sizeof a);
     int64_t total = 0;
     for (int i = 0; i < c->n_parts; i++) {
         const anvil_cuda_qweight *w = &c->w[i];
-        CHECK(anvil_cuda_gemv_fp8_rows_ok(w, c->act, c->perm, c->x, c->x_dt, c->T) && w->K == c->w[0].K &&
-                  anvil_aligned16(c->out[i]),
-              ANVIL_ERR_UNSUPPORTED,
-              "gemv (fp8, rows): %s [%lld, %lld], group %lld, %lld rows of %s (fp8 W8A8 per channel, one row, "
-              "K a multiple of %d up to %d, no perm, aligned)",
-              anvil_dtype_name(w->dt), (long long)w->N, (long long)w->K, (long long)w->gs, (long long)c->T,
-              anvil_dtype_name(c->x_dt), GF_ROW_STEP, GF_MAX_K);
+        CHECK(
+            anvil_cuda_gemv_fp8_rows_ok(w, c->act, c->perm, c->x, c->x_dt, c->T) && w->K == c->w[0].K &&
+                anvil_aligned16(c->out[i]),
+            ANVIL_ERR_UNSUPPORTED,
+            "gemv (fp8, rows): %s [%lld, %lld], group %lld, %lld rows of %s (fp8 W8A8 per channel, one row, "
+            "K a multiple of %d up to %d, no perm, aligned)",
+            anvil_dtype_name(w->dt), (long long)w->N, (long long)w->K, (long long)w->gs, (long long)c->T,
+            anvil_dtype_name(c->x_dt), GF_ROW_STEP, GF_MAX_K);
         CHECK(c->bias[i] == NULL || anvil_cuda_is_float_dtype(c->bias_dt[i]), ANVIL_ERR_UNSUPPORTED,
               "gemv (fp8, rows): bias dtype %s", anvil_dtype_name(c->bias_dt[i]));
         a.w[i] = (const uint8_t *)w->w;
@@ -272,29 +279,32 @@ extern "C" anvil_status anvil_cuda_launch_gemv_fp8_rows(const anvil_cuda_gemv_mm
         a.bias_dt[i] = (int)c->bias_dt[i];
         a.out[i] = c->out[i];
         total += c->silu && i == 1 ? 0 : w->N;
-        CHECK(total <= INT32_MAX - GF_WARPS, ANVIL_ERR_UNSUPPORTED, "gemv (fp8, rows): %lld rows", (long long)total);
+        CHECK(total <= INT32_MAX - GF_MAX_WARPS, ANVIL_ERR_UNSUPPORTED, "gemv (fp8, rows): %lld rows",
+              (long long)total);
         a.end[i] = (int)total;
     }
-    CHECK(!c->silu || c->w[1].N == c->w[0].N, ANVIL_ERR_INVALID_ARG, "gemv (fp8, rows): gate %lld rows, up %lld",
-          (long long)c->w[0].N, (long long)c->w[1].N);
+    CHECK(!c->silu || c->w[1].N == c->w[0].N, ANVIL_ERR_INVALID_ARG,
+          "gemv (fp8, rows): gate %lld rows, up %lld", (long long)c->w[0].N, (long long)c->w[1].N);
     a.n_parts = c->n_parts;
     a.x = c->x;
     a.K = (int)c->w[0].K;
     a.act = c->act;
     a.input_scale = c->input_scale;
-    const dim3 grid((unsigned)((total + GF_WARPS - 1) / GF_WARPS));
+    const int wpb =
+        c->rows_warps == 4 || c->rows_warps == 8 || c->rows_warps == 16 ? c->rows_warps : GF_WARPS;
+    const dim3 grid((unsigned)((total + wpb - 1) / wpb));
     const size_t smem = (size_t)a.K * sizeof(__half);
     const int64_t pieces = (c->silu ? 2 : 1) * (int64_t)(a.K / GF_ROW_STEP);
     if (c->x_dt == ANVIL_DTYPE_BF16) {
         if (c->silu)
-            gf_launch<__nv_bfloat16, true>(a, pieces, grid, smem, c->stream, c->pdl);
+            gf_launch<__nv_bfloat16, true>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
         else
-            gf_launch<__nv_bfloat16, false>(a, pieces, grid, smem, c->stream, c->pdl);
+            gf_launch<__nv_bfloat16, false>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
     } else {
         if (c->silu)
-            gf_launch<__half, true>(a, pieces, grid, smem, c->stream, c->pdl);
+            gf_launch<__half, true>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
         else
-            gf_launch<__half, false>(a, pieces, grid, smem, c->stream, c->pdl);
+            gf_launch<__half, false>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
     }
     return ANVIL_CUDA_LAUNCHED("gemv (fp8, rows) kernel");
 }

@@ -46,7 +46,8 @@
 #include "backend/cuda/cuda_gemv.cuh"
 #include "backend/cuda/cuda_gemv_int4_rows.h"
 
-#define GI_WARPS     8
+#define GI_WARPS     8 /* warps a block by default (rows_warps: 4, 8 or 16) */
+#define GI_MAX_WARPS 16
 #define GI_MAX_PARTS 4
 #define GI_PIECE     16    /* bytes a lane loads at once: 32 columns, one block of x */
 #define GI_ROW_STEP  512   /* a warp's load: 32 lanes x 16 bytes */
@@ -71,10 +72,16 @@ typedef struct gi_args {
 /* (float)i for |i| < 2^22, exactly, without I2F (a quarter of the FMA
  * rate): 1.5 * 2^23 + i as f32 bits. A block's sum is at most
  * 32 x 127 x 255 in magnitude (zero points above 15 are not checked). */
-__device__ __forceinline__ float gi_i2f(int i) { return __int_as_float(0x4B400000 + i) - 12582912.0f; }
+__device__ __forceinline__ float gi_i2f(int i)
+{
+    return __int_as_float(0x4B400000 + i) - 12582912.0f;
+}
 
 /* The larger magnitude as the CPU's quantizer picks it (a NaN never wins). */
-__device__ __forceinline__ float gi_max(float m, float v) { return v > m ? v : m; }
+__device__ __forceinline__ float gi_max(float m, float v)
+{
+    return v > m ? v : m;
+}
 
 __device__ __forceinline__ uint32_t gi_pack4(int a, int b, int c, int d)
 {
@@ -191,12 +198,12 @@ __device__ __forceinline__ float gi_dot(const gi_piece &b, int c, const uint4 *x
  * of U; EDGE: K not a multiple of 1024, some lanes' last pieces empty (a
  * check per piece, which the other instances go without). */
 template <typename X, int U, bool TAIL, bool EDGE, bool SILU>
-__global__ void __launch_bounds__(GI_WARPS * 32) anvil_gemv_int4_rows_kernel(gi_args a)
+__global__ void __launch_bounds__(GI_MAX_WARPS * 32) anvil_gemv_int4_rows_kernel(gi_args a)
 {
     static_assert(!SILU || U % 2 == 0, "gate and up pieces alternate: an even U keeps a slot on one of them");
     extern __shared__ __align__(16) uint8_t gi_smem[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = blockIdx.x * GI_WARPS + warp;
+    const int g = blockIdx.x * (blockDim.x >> 5) + warp;
     const int rows = a.end[SILU ? 0 : a.n_parts - 1];
     const bool live = g < rows; /* a warp past the end still helps with x's codes */
     int p = 0;
@@ -204,8 +211,8 @@ __global__ void __launch_bounds__(GI_WARPS * 32) anvil_gemv_int4_rows_kernel(gi_
         while (p + 1 < a.n_parts && g >= a.end[p])
             p++;
     const int n = g - (p > 0 ? a.end[p - 1] : 0);
-    const int nb = a.K >> 5;                        /* blocks of 32 columns (pieces) a row */
-    const int ppl = (nb + 31) >> 5;                 /* pieces a lane of one row, the last maybe empty */
+    const int nb = a.K >> 5;                       /* blocks of 32 columns (pieces) a row */
+    const int ppl = (nb + 31) >> 5;                /* pieces a lane of one row, the last maybe empty */
     const int P = live ? (SILU ? 2 : 1) * ppl : 0; /* SILU: gate and up pieces alternate (even: gate) */
 
     gi_row row[2];
@@ -239,7 +246,8 @@ __global__ void __launch_bounds__(GI_WARPS * 32) anvil_gemv_int4_rows_kernel(gi_
         for (int u = 0; u < U; u++) {
             if (TAIL && base + u >= P)
                 break;
-            const int h = SILU ? (u & 1) : 0; /* SILU pieces go gate, up of one block, then the next (U even) */
+            const int h =
+                SILU ? (u & 1) : 0; /* SILU pieces go gate, up of one block, then the next (U even) */
             if (!EDGE || c < nb)
                 acc[h] = gi_dot(buf[u], c, xlo, xhi, dq, acc[h]);
             if (!SILU || h == 1)
@@ -281,13 +289,13 @@ static int gi_shift(int64_t gs, int64_t K)
     return -1;
 }
 
-extern "C" int anvil_cuda_gemv_int4_rows_ok(const anvil_cuda_qweight *w, int act, const int32_t *perm, const void *x,
-                                            anvil_dtype x_dt, int64_t T)
+extern "C" int anvil_cuda_gemv_int4_rows_ok(const anvil_cuda_qweight *w, int act, const int32_t *perm,
+                                            const void *x, anvil_dtype x_dt, int64_t T)
 {
     return w->dt == ANVIL_DTYPE_U4 && act == ANVIL_QUANT_ACT_NONE && perm == NULL && T == 1 &&
            (x_dt == ANVIL_DTYPE_BF16 || x_dt == ANVIL_DTYPE_F16) && w->K > 0 && w->K % 32 == 0 &&
            w->K <= GI_MAX_K && gi_shift(w->gs, w->K) >= 0 && w->K % w->gs == 0 && w->N >= 1 &&
-           w->N <= INT32_MAX - GI_WARPS && anvil_aligned16(w->w) && anvil_aligned16(x);
+           w->N <= INT32_MAX - GI_MAX_WARPS && anvil_aligned16(w->w) && anvil_aligned16(x);
 }
 
 /* The lane's pieces (SILU: both rows') in rounds of U: 8, 7 or 4 where one
@@ -298,33 +306,35 @@ static int gi_unroll(int64_t pieces, int silu, int edge)
     return edge ? 0 : pieces % 8 == 0 ? 8 : pieces % 7 == 0 && !silu ? 7 : pieces % 4 == 0 ? 4 : 1;
 }
 
-template <typename X, bool SILU> static void gi_launch(const gi_args &a, int64_t pieces, dim3 grid, size_t smem,
-                                                      cudaStream_t s, int pdl)
+template <typename X, bool SILU>
+static void gi_launch(const gi_args &a, int64_t pieces, dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                      int pdl)
 {
     switch (gi_unroll(pieces, SILU, a.K % 1024 != 0)) {
     case 8:
-        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, false, false, SILU>, grid, GI_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, false, false, SILU>, grid, block, smem, s, pdl, a);
         break;
     case 7:
-        anvil_launch(anvil_gemv_int4_rows_kernel<X, SILU ? 8 : 7, false, false, SILU>, grid, GI_WARPS * 32, smem, s,
-                     pdl, a);
+        anvil_launch(anvil_gemv_int4_rows_kernel < X, SILU ? 8 : 7, false, false, SILU >, grid, block, smem,
+                     s, pdl, a);
         break;
     case 4:
-        anvil_launch(anvil_gemv_int4_rows_kernel<X, 4, false, false, SILU>, grid, GI_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_int4_rows_kernel<X, 4, false, false, SILU>, grid, block, smem, s, pdl, a);
         break;
     case 1:
-        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, true, false, SILU>, grid, GI_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, true, false, SILU>, grid, block, smem, s, pdl, a);
         break;
     default:
-        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, true, true, SILU>, grid, GI_WARPS * 32, smem, s, pdl, a);
+        anvil_launch(anvil_gemv_int4_rows_kernel<X, 8, true, true, SILU>, grid, block, smem, s, pdl, a);
         break;
     }
 }
 
 extern "C" anvil_status anvil_cuda_launch_gemv_int4_rows(const anvil_cuda_gemv_mma_call *c)
 {
-    CHECK(c->n_parts >= 1 && c->n_parts <= GI_MAX_PARTS && (!c->silu || c->n_parts == 2), ANVIL_ERR_INVALID_ARG,
-          "gemv (int4, rows): %d parts%s", c->n_parts, c->silu ? " with the silu (2)" : " (1..4)");
+    CHECK(c->n_parts >= 1 && c->n_parts <= GI_MAX_PARTS && (!c->silu || c->n_parts == 2),
+          ANVIL_ERR_INVALID_ARG, "gemv (int4, rows): %d parts%s", c->n_parts,
+          c->silu ? " with the silu (2)" : " (1..4)");
     gi_args a;
     memset(&a, 0, sizeof a);
     int64_t total = 0;
@@ -333,7 +343,8 @@ extern "C" anvil_status anvil_cuda_launch_gemv_int4_rows(const anvil_cuda_gemv_m
         CHECK(anvil_cuda_gemv_int4_rows_ok(w, c->act, c->perm, c->x, c->x_dt, c->T) && w->K == c->w[0].K &&
                   w->gs == c->w[0].gs && anvil_aligned16(c->out[i]),
               ANVIL_ERR_UNSUPPORTED,
-              "gemv (int4, rows): %s [%lld, %lld], group %lld, %lld rows of %s (int4 in groups of a power of two "
+              "gemv (int4, rows): %s [%lld, %lld], group %lld, %lld rows of %s (int4 in groups of a power of "
+              "two "
               "from 32 or per channel, one row, K a multiple of 32 up to %d, no perm, aligned, one group for "
               "every part)",
               anvil_dtype_name(w->dt), (long long)w->N, (long long)w->K, (long long)w->gs, (long long)c->T,
@@ -347,29 +358,32 @@ extern "C" anvil_status anvil_cuda_launch_gemv_int4_rows(const anvil_cuda_gemv_m
         a.bias_dt[i] = (int)c->bias_dt[i];
         a.out[i] = c->out[i];
         total += c->silu && i == 1 ? 0 : w->N;
-        CHECK(total <= INT32_MAX - GI_WARPS, ANVIL_ERR_UNSUPPORTED, "gemv (int4, rows): %lld rows", (long long)total);
+        CHECK(total <= INT32_MAX - GI_MAX_WARPS, ANVIL_ERR_UNSUPPORTED, "gemv (int4, rows): %lld rows",
+              (long long)total);
         a.end[i] = (int)total;
     }
-    CHECK(!c->silu || c->w[1].N == c->w[0].N, ANVIL_ERR_INVALID_ARG, "gemv (int4, rows): gate %lld rows, up %lld",
-          (long long)c->w[0].N, (long long)c->w[1].N);
+    CHECK(!c->silu || c->w[1].N == c->w[0].N, ANVIL_ERR_INVALID_ARG,
+          "gemv (int4, rows): gate %lld rows, up %lld", (long long)c->w[0].N, (long long)c->w[1].N);
     a.n_parts = c->n_parts;
     a.x = c->x;
     a.K = (int)c->w[0].K;
     a.groups = (int)(c->w[0].K / c->w[0].gs);
     a.gshift = gi_shift(c->w[0].gs, c->w[0].K);
-    const dim3 grid((unsigned)((total + GI_WARPS - 1) / GI_WARPS));
+    const int wpb =
+        c->rows_warps == 4 || c->rows_warps == 8 || c->rows_warps == 16 ? c->rows_warps : GI_WARPS;
+    const dim3 grid((unsigned)((total + wpb - 1) / wpb));
     const size_t smem = (size_t)(a.K / 32) * (2 * sizeof(uint4) + sizeof(float2));
     const int64_t pieces = (c->silu ? 2 : 1) * (int64_t)((a.K / 32 + 31) / 32);
     if (c->x_dt == ANVIL_DTYPE_BF16) {
         if (c->silu)
-            gi_launch<__nv_bfloat16, true>(a, pieces, grid, smem, c->stream, c->pdl);
+            gi_launch<__nv_bfloat16, true>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
         else
-            gi_launch<__nv_bfloat16, false>(a, pieces, grid, smem, c->stream, c->pdl);
+            gi_launch<__nv_bfloat16, false>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
     } else {
         if (c->silu)
-            gi_launch<__half, true>(a, pieces, grid, smem, c->stream, c->pdl);
+            gi_launch<__half, true>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
         else
-            gi_launch<__half, false>(a, pieces, grid, smem, c->stream, c->pdl);
+            gi_launch<__half, false>(a, pieces, grid, dim3(32 * wpb), smem, c->stream, c->pdl);
     }
     return ANVIL_CUDA_LAUNCHED("gemv (int4, rows) kernel");
 }

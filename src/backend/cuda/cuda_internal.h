@@ -483,6 +483,7 @@ typedef struct anvil_cuda_gemv_mma_call {
     int sm;                      /* compute capability (89: 8.9) */
     int tiles_knob;              /* 2, 4: tiles of 16 rows a block; else 1 */
     int warps_knob;              /* the 16-bit GEMV's warps a tile (knob gemv_quant_warps); 0: its choice */
+    int rows_warps;              /* the row GEMVs' warps a block: 4, 8 or 16 (bench_gemv_quant); 0: theirs */
 } anvil_cuda_gemv_mma_call;
 int anvil_cuda_gemv_mma_quant_ok(const anvil_cuda_qweight *w, int act, int sm, const void *x, anvil_dtype x_dt,
                                  int64_t T);
