@@ -428,7 +428,7 @@ static int mma16_takes(const qcase *c, int64_t T, anvil_dtype act)
 }
 
 /* Whether the fp8 row GEMV (cuda_gemv_fp8_rows.cu: matmul_quant = 10; the
- * automatic choice only from three waves of its blocks, past these cases'
+ * automatic choice only from 32 MB of weights a launch, past these cases'
  * sizes) takes case c at T rows of act: one row of bf16 / f16,
  * fp8 W8A8 per channel, no perm, K a multiple of 512 up to 24576. It
  * computes the float definition (want). */
@@ -1053,7 +1053,7 @@ static void test_int4_rows(void **state)
     bad.gs = 96;
     assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
     bad = ok;
-    bad.K = bad.gs = 4000;
+    bad.K = bad.gs = 4016;
     assert_false(anvil_cuda_gemv_int4_rows_ok(&bad, ANVIL_QUANT_ACT_NONE, NULL, xd, act, 1));
     bad.K = 32768 + 128;
     bad.gs = 128;

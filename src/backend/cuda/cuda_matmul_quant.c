@@ -42,8 +42,8 @@
  *     weight row: path 0w's definition but for the order of the f32 sums
  *     (another kernel than 0w's at 2-8 rows, as the SIMT and tensor-core
  *     paths of bf16 already are). First where it takes the weights and the
- *     launch has three waves of its blocks (rows_first: an 8B model's
- *     gate/up and LM head, not its q/k/v, o, down); 10 takes it wherever it
+ *     launch reads 32 MB of them or more (rows_first: an 8B model's
+ *     gate/up, down and LM head, not its q/k/v, o); 10 takes it wherever it
  *     takes them, the knobs that pin another path never.
  * 0i. The int4 row GEMV (cuda_gemv_int4_rows.cu, session 33): one row of
  *     int4 (groups of a power of two from 32, or per channel), K a
@@ -217,20 +217,20 @@ static int rows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, c
            anvil_cuda_gemv_fp8_rows_ok(qw, (int)q->act, q->perm, x, cb->ops.act_dtype, T);
 }
 
-/* Weight rows (warps) of a launch from which path 0r comes before path 0w
- * by default, per SM: three waves of its blocks (4 warps, 8 resident an
- * SM). Session 32 on an H100, weights past the L2 (bench_gemv_quant): at
- * 3.4 waves (Llama-3-8B's gate/up with the silu) and 30 (its LM head) the
- * row GEMV read 83-90% of copy against the 16-bit GEMV's 68-79%; at about
- * one wave (o, down: 4096 rows; q/k/v 1.5) its blocks start and end
- * together and it was 14-27% slower. */
-#define ROWS_FIRST_PER_SM 96
+/* Weight bytes of a launch from which path 0r comes before path 0w by
+ * default. bench_gemv_quant (session 33, H100, weights past the L2, blocks
+ * of 8 warps): gate/up with the silu (117 MB) 43.3 us against 56.7, down
+ * (59 MB, K = 14336) 27.2 against 33.4, the LM head (525 MB) 169.9 against
+ * 220.2; q/k/v (25 MB) 15.7 against 15.1 and o (17 MB) 12.2 against 12.1,
+ * even: their time is a launch's ramp and drain. (Session 32's rule, three
+ * waves of blocks of 4 warps, left down on path 0w.) */
+#define ROWS_FIRST_BYTES ((int64_t)32 << 20)
 
-/* Whether path 0r is the first choice for a launch of `rows` weight rows
- * (gate/up with the silu: the output's) where it takes the weights. */
-static int rows_first(const anvil_cuda_backend *cb, int64_t rows)
+/* Whether path 0r is the first choice for a launch of `bytes` of fp8
+ * weights (gate/up with the silu: both) where it takes them. */
+static int rows_first(const anvil_cuda_backend *cb, int64_t bytes)
 {
-    return cb->knobs.matmul_quant == 10 || rows >= (int64_t)ROWS_FIRST_PER_SM * cb->n_sm;
+    return cb->knobs.matmul_quant == 10 || bytes >= ROWS_FIRST_BYTES;
 }
 
 /* Whether path 0i (the int4 row GEMV, cuda_gemv_int4_rows.cu) takes this
@@ -244,10 +244,12 @@ static int irows_ok(const anvil_cuda_backend *cb, const anvil_cuda_qweight *qw, 
            anvil_cuda_gemv_int4_rows_ok(qw, (int)q->act, q->perm, x, cb->ops.act_dtype, T);
 }
 
-/* Whether path 0i is the first choice where it takes the weights: always
- * (its issue rate is about half the 16-bit GEMV's an element, and its
- * blocks come and go; docs/cuda-backend.md). A rule by shape goes here
- * once an H100 has timed it against path 0w (matmul_quant = 6). */
+/* Whether path 0i is the first choice where it takes the weights: always.
+ * bench_gemv_quant (session 33, H100, weights past the L2, us a call): in
+ * blocks of 16 warps q/k/v 8.5 against the 16-bit GEMV's 12.6, o 6.8 /
+ * 9.3, gate/up with the silu 25.7 / 43.1, down 19.1 / 22.3, an int4 LM
+ * head 90.1 / 159.1; 8B int4 decode 2.854 ms a token against 3.502 (blocks
+ * of 8 warps then). */
 static int irows_first(const anvil_cuda_backend *cb, int64_t rows)
 {
     (void)rows;
@@ -450,7 +452,7 @@ anvil_status anvil_cuda_matmul_quant(anvil_cuda_backend *cb, const anvil_tensor 
         c.out[0] = out->data;
         return run_stream(cb, &c);
     }
-    if (rows_ok(cb, &qw, q, x->data, T) && rows_first(cb, N)) {
+    if (rows_ok(cb, &qw, q, x->data, T) && rows_first(cb, N * K)) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q, 1, &qw);
         c.bias[0] = bp;
         c.bias_dt[0] = bdt;
@@ -572,10 +574,10 @@ anvil_status anvil_cuda_matmul_quant_multi(anvil_cuda_backend *cb, const anvil_t
     TRY(anvil_cuda_use(cb));
     /* one dtype for every part: mma16_first / mma_first say the same for each */
     const int use16 = mma16 && mma16_first(cb, &qw[0], T);
-    int64_t rows_total = 0; /* the launch's warps on path 0r: a row each, gate/up a pair */
-    for (int i = 0; i < (silu ? 1 : n); i++)
+    int64_t rows_total = 0; /* the launch's weight rows (gate/up: both) */
+    for (int i = 0; i < n; i++)
         rows_total += qw[i].N;
-    rows = rows && rows_first(cb, rows_total);
+    rows = rows && rows_first(cb, rows_total * K);
     irows = irows && irows_first(cb, rows_total);
     if (stream) {
         anvil_cuda_gemv_mma_call c = mma_call(cb, x, q0, n, qw);
