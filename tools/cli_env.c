@@ -50,6 +50,9 @@ void cli_env_runtime_options(anvil_runtime_options *o)
     if (mq != NULL && mq[0] >= '0' && mq[0] <= '9' &&
         (mq[1] == '\0' || (mq[0] == '1' && (mq[1] == '0' || mq[1] == '1') && mq[2] == '\0')))
         o->cuda_matmul_quant = atoi(mq); /* 0..11 */
+    const char *rw = getenv("ANVIL_CUDA_ROWS_WARPS");
+    if (rw != NULL && (strcmp(rw, "4") == 0 || strcmp(rw, "8") == 0 || strcmp(rw, "16") == 0))
+        o->cuda_rows_warps = atoi(rw);
     const char *ml = getenv("ANVIL_CUDA_MOE_LOOP");
     if (ml != NULL && ml[0] >= '0' && ml[0] <= '3' && ml[1] == '\0')
         o->cuda_moe_loop = ml[0] - '0';

@@ -741,6 +741,9 @@ int main(int argc, char **argv)
             /* the quantized matmuls' kernel choice, as the anvil command reads it (docs/cli.md) */
             const char *mq = getenv("ANVIL_CUDA_MATMUL_QUANT");
             o.cuda_matmul_quant = mq != NULL ? atoi(mq) : 0;
+            /* ANVIL_CUDA_ROWS_WARPS=4|8|16: the row GEMVs' warps a block (the knob rows_warps) */
+            const char *rw = getenv("ANVIL_CUDA_ROWS_WARPS");
+            o.cuda_rows_warps = rw != NULL ? atoi(rw) : 0;
             /* ANVIL_CUDA_MOE_LOOP=0..3: the moe op's kernel choice (the knob moe_loop, docs/cli.md) */
             const char *ml = getenv("ANVIL_CUDA_MOE_LOOP");
             o.cuda_moe_loop = ml != NULL ? atoi(ml) : 0;

@@ -96,6 +96,8 @@ typedef struct anvil_runtime_options {
     int cuda_matmul_quant;      /* CUDA: quantized matmuls' kernel choice, the backend knob of that name
                                    (cuda_backend.h; e.g. 7: the streaming GEMV wherever it applies);
                                    0: automatic */
+    int cuda_rows_warps;        /* CUDA: the row GEMVs' warps a block (4, 8 or 16; the backend knob
+                                   rows_warps, for A/B runs); 0: theirs */
     int cuda_moe_loop;          /* CUDA: the mixture-of-experts op's kernel choice, the backend knob moe_loop
                                    (cuda_backend.h; 1: the loop of matmuls over each expert's rows, also for
                                    quantized experts at <= 8 tokens); 0: automatic */

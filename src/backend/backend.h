@@ -481,6 +481,7 @@ typedef struct anvil_backend_config {
     int attn_combine_in_kernel; /* CUDA: 1: split-K decode attention merges its splits in the decode
                                    kernel, not in a combine kernel (the knob of the same name) */
     int cuda_matmul_quant;     /* CUDA: the knob matmul_quant (quantized matmuls' kernel choice); 0 automatic */
+    int cuda_rows_warps;       /* CUDA: the knob rows_warps (the row GEMVs' warps a block); 0 theirs */
     int cuda_moe_loop;         /* CUDA: the knob moe_loop (the moe op's experts); 0 automatic */
     int cuda_fp8_unshared;     /* CUDA: 1: the knob fp8_act_share = 2 (fp8 activations not shared) */
     const char *cuda_module;   /* CUDA: the path of libanvil-cuda.so to load; NULL: the one next to

@@ -1288,6 +1288,7 @@ anvil_status anvil_runtime_load(const char *model_dir, const anvil_runtime_optio
     bc.pdl = rt->opts.pdl;
     bc.attn_combine_in_kernel = rt->opts.attn_combine_in_kernel;
     bc.cuda_matmul_quant = rt->opts.cuda_matmul_quant;
+    bc.cuda_rows_warps = rt->opts.cuda_rows_warps;
     bc.cuda_moe_loop = rt->opts.cuda_moe_loop;
     bc.cuda_fp8_unshared = rt->opts.cuda_fp8_unshared;
     bc.cuda_module = rt->opts.cuda_module;

@@ -399,6 +399,7 @@ anvil_status anvil_backend_cuda_create_config(int device, const anvil_backend_co
     cb->config.cpu_isa = NULL; /* not ours, and not kept past the call */
     cb->knobs.attn_combine_in_kernel = c->attn_combine_in_kernel != 0;
     cb->knobs.matmul_quant = c->cuda_matmul_quant;
+    cb->knobs.rows_warps = c->cuda_rows_warps;
     cb->knobs.moe_loop = c->cuda_moe_loop;
     cb->knobs.fp8_act_share = c->cuda_fp8_unshared ? 2 : 0;
     pthread_mutex_init(&cb->lanes_mu, NULL);

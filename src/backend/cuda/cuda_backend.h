@@ -86,6 +86,8 @@ typedef struct anvil_cuda_knobs {
                                  (fewer quantizations of x, another order of the f32 sums); else 1. 3:
                                  the 16-bit one's int4 kernel at three blocks an SM (85 registers,
                                  ~150 bytes of spills; benchmarks) instead of two */
+    int rows_warps;           /* the fp8 / int4 row GEMVs' warps a block: 4, 8 or 16; else their default
+                                 (ANVIL_CUDA_ROWS_WARPS for the anvil command and bench_cuda_latency) */
     int gemv_quant_warps;     /* the 16-bit tensor-core quantized GEMV's warps a tile of 16 weight rows (1..24;
                                  gate/up with the silu: twice that a block, at most 24, int4 16); 0: picked
                                  per launch to fill the GPU (cuda_gemv_mma16_split.h). The same bits at

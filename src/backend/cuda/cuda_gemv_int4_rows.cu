@@ -92,28 +92,23 @@ __device__ __forceinline__ uint32_t gi_pack4(int a, int b, int c, int d)
 /* x's int8 codes, d and sum q of every block of 32 into shared memory
  * (xlo, xhi [K / 32] uint4, dq [K / 32]: d, and the sum as int bits). Four
  * consecutive threads a block, all the warp's lanes in every round (the
- * shuffles), the rounds fewer than 32 for K <= 32768. The next round's x
- * is loaded before this round's arithmetic (its 16 bytes raw), so that a
- * block's rounds wait for the L2 about once, not once each (at K = 14336
- * and 16 warps a block, 3.5 rounds). */
+ * shuffles), the rounds fewer than 32 for K <= 32768. (Loading a
+ * thread's next round of x before this round's arithmetic measured slower,
+ * 31.7 us against 25.7 on gate/up in blocks of 16 warps: session 33.) */
 template <typename X> __device__ void gi_quant_x(const gi_args &a, uint4 *xlo, uint4 *xhi, float2 *dq)
 {
-    const uint4 *x = (const uint4 *)a.x; /* 8 elements each; coherent loads (written by the kernel before) */
+    const X *x = (const X *)a.x;
     const int n4 = (a.K >> 5) * 4;
-    uint4 raw = threadIdx.x < n4 ? x[threadIdx.x] : make_uint4(0u, 0u, 0u, 0u);
     for (int base = 0; base < n4; base += blockDim.x) {
         const int u = base + threadIdx.x;
         const bool on = u < n4;
-        const uint4 cur = raw;
-        const int un = u + blockDim.x;
-        raw = un < n4 ? x[un] : make_uint4(0u, 0u, 0u, 0u);
         float f[8];
-        const uint32_t cw[4] = {cur.x, cur.y, cur.z, cur.w};
+        if (on) {
+            anvil_load_vec<X, 8>(x + 8 * u, f);
+        } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float2 v = anvil_pair_f32(cw[i], (X *)nullptr);
-            f[2 * i] = v.x;
-            f[2 * i + 1] = v.y;
+            for (int i = 0; i < 8; i++)
+                f[i] = 0.0f;
         }
         float m = 0.0f;
 #pragma unroll

@@ -299,6 +299,7 @@ static anvil_cuda_gemv_mma_call mma_call(anvil_cuda_backend *cb, const anvil_ten
         .stream = cb->stream, .pdl = anvil_cuda_pdl(cb), .n_parts = n, .x = x->data, .x_dt = cb->ops.act_dtype,
         .T = x->shape[0], .perm = q->perm, .err = cb->d_err, .act = (int)q->act, .input_scale = q->input_scale,
         .sm = cb->sm, .tiles_knob = cb->knobs.gemv_quant_tiles, .warps_knob = cb->knobs.gemv_quant_warps,
+        .rows_warps = cb->knobs.rows_warps,
     };
     for (int i = 0; i < n; i++)
         c.w[i] = qw[i];
